@@ -1,0 +1,141 @@
+//! Control-plane configuration: TOML parsed into raw serde structs that deny
+//! unknown keys, then converted into typed values. Every error names the key
+//! (or file) that was wrong.
+//!
+//! Sections are owned by the module they configure; each module exposes a
+//! `Raw*` struct (serde) and a typed struct with a `from_raw` conversion, and
+//! this file only composes them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A configuration error. Each variant names the key or path at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped keys.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the TOML parser said (it names the key and line).
+        message: String,
+    },
+    /// A key has a value that parses but is not acceptable.
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid {
+        /// Dotted key path, e.g. `tunnel.listen`.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// Shorthand for [`ConfigError::Invalid`].
+    pub fn invalid(key: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// The file as written, before validation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Directory for the CA, the SQLite log and runtime files.
+    pub data_dir: Option<PathBuf>,
+    /// `[tunnel]`: where sandbox-agents connect.
+    #[serde(default)]
+    pub tunnel: RawTunnel,
+}
+
+/// `[tunnel]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTunnel {
+    /// UDP (QUIC) and TCP (TLS fallback) listen address; same port number for both.
+    pub listen: Option<String>,
+}
+
+/// Validated control-plane configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory for the CA, the SQLite log and runtime files.
+    pub data_dir: PathBuf,
+    /// Tunnel listen address (UDP for QUIC and TCP for the fallback).
+    pub tunnel_listen: SocketAddr,
+}
+
+/// Default data directory when neither the file nor the flag names one.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/airlock";
+/// Default tunnel port.
+pub const DEFAULT_TUNNEL_LISTEN: &str = "0.0.0.0:7443";
+
+impl Config {
+    /// Read and validate a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validate config text; `origin` is only used in error messages.
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        Self::from_raw(raw)
+    }
+
+    /// Convert raw values into typed ones, naming the key on failure.
+    pub fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
+        let data_dir = raw
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let listen = raw
+            .tunnel
+            .listen
+            .unwrap_or_else(|| DEFAULT_TUNNEL_LISTEN.to_owned());
+        let tunnel_listen = listen
+            .parse()
+            .map_err(|e| ConfigError::invalid("tunnel.listen", e))?;
+        Ok(Self {
+            data_dir,
+            tunnel_listen,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse("nope = 1", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn bad_listen_names_key() {
+        let err = Config::parse("[tunnel]\nlisten = \"not an addr\"", Path::new("x.toml"))
+            .unwrap_err();
+        assert!(err.to_string().contains("tunnel.listen"), "{err}");
+    }
+}

@@ -1,0 +1,10 @@
+//! The control plane: holds the durable session log, runs the stateless
+//! harness, serves the public API, and accepts the dialed-out connections of
+//! sandbox-agents (the gateway). It owns no customer credentials.
+//!
+//! `main.rs` only parses arguments and config, initialises tracing and calls
+//! into this library.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod telemetry;

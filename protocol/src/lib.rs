@@ -1,0 +1,7 @@
+//! Wire types shared by the control plane, the sandbox-agent and the in-sandbox
+//! executor: frame encoding with a hard size cap, the versioned hello, and the
+//! request/response messages of every tunnel call.
+//!
+//! This crate owns bytes-on-the-wire and nothing else: no sockets, no TLS, no
+//! async runtime. Decoders never panic; every failure is a typed error.
+#![forbid(unsafe_code)]

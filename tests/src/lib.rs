@@ -1,0 +1,4 @@
+//! Support for Airlock's end-to-end tests: locating and spawning the real
+//! binaries, temporary deployments, and fakes of the external systems that
+//! cannot run here (the model API).
+#![forbid(unsafe_code)]
