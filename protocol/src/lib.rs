@@ -5,3 +5,5 @@
 //! This crate owns bytes-on-the-wire and nothing else: no sockets, no TLS, no
 //! async runtime. Decoders never panic; every failure is a typed error.
 #![forbid(unsafe_code)]
+
+pub mod sandbox;

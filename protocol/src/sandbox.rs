@@ -1,0 +1,146 @@
+//! Message shapes of the sandbox calls carried over the tunnel: `provision`,
+//! `execute`, `destroy`, `list_sandboxes`.
+//!
+//! Tool names and inputs follow Anthropic's `agent_toolset_20260401`; inputs
+//! are carried as JSON so the agent (not the wire) validates each tool's schema.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `provision`: ask the agent for a sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct ProvisionRequest {
+    /// Session the sandbox serves (a label on the container; also used to
+    /// make provision idempotent per session when `reuse_for_session` is set).
+    pub session_id: Option<String>,
+    /// Image reference; `None` means the agent's configured default image.
+    pub image: Option<String>,
+    /// CPU limit in cores (fractional allowed).
+    pub cpu: Option<f64>,
+    /// Memory limit in bytes.
+    pub memory_bytes: Option<u64>,
+    /// Maximum number of processes.
+    pub pids: Option<u64>,
+    /// Writable disk limit in bytes, where the storage driver allows it.
+    pub disk_bytes: Option<u64>,
+    /// Network policy; `None` (the default) means no network at all.
+    pub network: Option<NetworkPolicy>,
+    /// Non-secret environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Working directory inside the sandbox.
+    pub workdir: Option<String>,
+    /// Time to live in seconds; the agent reaps the sandbox after it.
+    pub ttl_seconds: Option<u64>,
+    /// Extra labels (the agent adds its own ownership labels).
+    pub labels: BTreeMap<String, String>,
+    /// Resources the session names (repositories, MCP servers), resolved by the
+    /// agent and its local bridge; never carries credentials.
+    pub resources: Vec<serde_json::Value>,
+}
+
+/// Network access for a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum NetworkPolicy {
+    /// No network interface but loopback.
+    None,
+    /// A named network the agent's policy allows.
+    Named {
+        /// Docker network name.
+        name: String,
+    },
+}
+
+/// Result of `provision`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Provisioned {
+    /// Agent-assigned sandbox id (`sbx_…`).
+    pub sandbox_id: String,
+    /// Image actually used.
+    pub image: String,
+    /// Whether the sandbox came from the warm pool.
+    #[serde(default)]
+    pub from_pool: bool,
+}
+
+/// `execute`: run one tool call in a sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecuteRequest {
+    /// Target sandbox.
+    pub sandbox_id: String,
+    /// The `agent.tool_use` event id: the idempotency key. A repeated call with
+    /// the same id returns the recorded result instead of running again.
+    pub tool_use_id: String,
+    /// Tool name (`bash`, `read`, `write`, `edit`, `glob`, `grep`).
+    pub name: String,
+    /// Tool input as published for `agent_toolset_20260401`.
+    pub input: serde_json::Value,
+    /// Whether the caller wants output streamed as it is produced (bash).
+    #[serde(default)]
+    pub stream: bool,
+}
+
+/// A tool result, as the model will see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolResult {
+    /// Content blocks (`{"type":"text","text":…}`, images, …).
+    pub content: Vec<serde_json::Value>,
+    /// True when the tool failed; a failure is a result, never an RPC error.
+    #[serde(default)]
+    pub is_error: bool,
+    /// How this result was obtained.
+    #[serde(default)]
+    pub disposition: Disposition,
+}
+
+impl ToolResult {
+    /// A single text block result.
+    pub fn text(text: impl Into<String>, is_error: bool) -> Self {
+        Self {
+            content: vec![serde_json::json!({"type": "text", "text": text.into()})],
+            is_error,
+            disposition: Disposition::Ran,
+        }
+    }
+}
+
+/// Whether a result comes from running the tool now, from the agent's record of
+/// an earlier run with the same `tool_use_id`, or is unknown (the call may or
+/// may not have run, e.g. the sandbox died mid-call before anything was recorded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Disposition {
+    /// Ran for this request.
+    #[default]
+    Ran,
+    /// Answered from the agent's execution record.
+    Replayed,
+    /// The outcome of an earlier attempt is unknown.
+    Unknown,
+}
+
+/// `destroy`: remove a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestroyRequest {
+    /// Sandbox to remove.
+    pub sandbox_id: String,
+}
+
+/// One entry of `list_sandboxes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxInfo {
+    /// Sandbox id.
+    pub sandbox_id: String,
+    /// Session it serves, if any.
+    pub session_id: Option<String>,
+    /// Image.
+    pub image: String,
+    /// Lifecycle state as the agent sees it (`running`, `exited`, …).
+    pub state: String,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+    /// Expiry, RFC 3339, when a TTL is set.
+    pub expires_at: Option<String>,
+}
