@@ -5,5 +5,9 @@
 //! This crate owns bytes-on-the-wire and nothing else: no sockets, no TLS, no
 //! async runtime. Decoders never panic; every failure is a typed error.
 #![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod frame;
 pub mod sandbox;
+
+pub use frame::{Frame, FrameCodec, FrameError};
