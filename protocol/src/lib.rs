@@ -7,7 +7,15 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+#[macro_use]
+mod codes;
+pub mod call;
+pub mod control;
 pub mod frame;
+pub mod hello;
 pub mod sandbox;
 
+pub use call::{CallError, ErrorCode, Reply, Request, Response};
+pub use control::ControlMessage;
 pub use frame::{Frame, FrameCodec, FrameError};
+pub use hello::{Hello, HelloAnswer, RejectCode};
