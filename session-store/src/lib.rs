@@ -1,5 +1,131 @@
 //! The durable session log: append-only events with gap-free per-session
-//! sequence numbers, live tails, and session leases whose epochs fence appends.
-//! SQLite (embedded default) and PostgreSQL implementations share one
-//! conformance suite.
+//! sequence numbers, live tails, session records with a status, and session
+//! leases whose epochs fence writes. One trait, [`SessionStore`], with two
+//! implementations that pass one conformance suite: [`SqliteStore`] (the
+//! embedded default: one file, WAL, `synchronous=FULL`, a single writer thread
+//! with group commit) and [`PgStore`] (PostgreSQL, for several control-plane
+//! replicas; LISTEN/NOTIFY carries appends between them).
+//!
+//! This crate owns storage and its invariants: ids, seqs, `processed_at`,
+//! atomic batches, durability before acknowledgement, lease grants and
+//! fencing, schema migrations. It does not understand event types (bodies are
+//! opaque JSON objects with a `type`), does not decide when a session should
+//! run (the harness does), and does not map errors to HTTP (the API does).
+//!
+//! Invariants every implementation keeps:
+//! - an append is one transaction, committed durably before it returns; its
+//!   events get consecutive seqs after the session's last seq (the first is 1);
+//! - a write fenced with [`Fence::Epoch`] is refused with
+//!   [`StoreError::Fenced`] unless the epoch is the session's current one, and
+//!   lease grants and fenced writes serialize on the session row;
+//! - a lease grant always carries a higher epoch than every earlier grant;
+//! - [`SessionStore::subscribe`] yields every event from `from_seq` on, in seq
+//!   order, once.
 #![forbid(unsafe_code)]
+
+mod clock;
+mod error;
+mod lease;
+// pub mod postgres; (next commit)
+pub mod sqlite;
+mod tail;
+mod types;
+
+use std::time::Duration;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{BoxError, Result, StoreError};
+
+pub use sqlite::{SqliteOptions, SqliteStore};
+pub use tail::EventStream;
+pub use types::{
+    format_rfc3339, new_event_id, AppendBatch, BodyUpdate, EventSelector, Fence, Lease, LeaseState, NewEvent,
+    NewSession, Order, SessionPage, SessionQuery, SessionRecord, SessionStatus, SessionUpdate, StoredEvent,
+    TailItem, UnknownStatus,
+};
+
+/// The session log. Cheap to clone handles implement it; share one per process
+/// (`Arc<dyn SessionStore>` works too).
+#[async_trait::async_trait]
+pub trait SessionStore: Send + Sync + std::fmt::Debug {
+    /// Creates a session, with its `initial_events` appended in the same
+    /// transaction. [`StoreError::Conflict`] if the id exists.
+    async fn create_session(&self, new: NewSession) -> Result<(SessionRecord, Vec<StoredEvent>)>;
+
+    /// The session. [`StoreError::NotFound`] if it does not exist.
+    async fn get_session(&self, session_id: &str) -> Result<SessionRecord>;
+
+    /// Changes status and/or body. Moving a terminated session to another
+    /// status, or a failed `if_version`, is [`StoreError::Conflict`].
+    async fn update_session(&self, session_id: &str, update: SessionUpdate) -> Result<SessionRecord>;
+
+    /// A page of sessions in creation order.
+    async fn list_sessions(&self, query: SessionQuery) -> Result<SessionPage>;
+
+    /// Deletes the session, its events and its lease. Live tails of it end
+    /// with [`StoreError::NotFound`].
+    async fn delete_session(&self, session_id: &str) -> Result<()>;
+
+    /// Appends a batch atomically and durably, optionally changing the status
+    /// in the same transaction. Returns the stored events in order.
+    async fn append_batch(&self, session_id: &str, batch: AppendBatch) -> Result<Vec<StoredEvent>>;
+
+    /// Appends `events` under `fence` (see [`SessionStore::append_batch`]).
+    async fn append(&self, session_id: &str, events: Vec<NewEvent>, fence: Fence) -> Result<Vec<StoredEvent>> {
+        self.append_batch(
+            session_id,
+            AppendBatch {
+                events,
+                fence,
+                set_status: None,
+            },
+        )
+        .await
+    }
+
+    /// Sets `processed_at` on the selected queued events (those already
+    /// processed keep their time). Returns the events that changed.
+    /// [`StoreError::EventNotFound`] if any selected event does not exist.
+    async fn mark_processed(&self, session_id: &str, events: EventSelector, fence: Fence) -> Result<Vec<StoredEvent>>;
+
+    /// Up to `limit` events with `seq >= from_seq`, in seq order.
+    async fn read(&self, session_id: &str, from_seq: u64, limit: usize) -> Result<Vec<StoredEvent>>;
+
+    /// The selected events in seq order. [`StoreError::EventNotFound`] if any
+    /// does not exist.
+    async fn get_events(&self, session_id: &str, events: EventSelector) -> Result<Vec<StoredEvent>>;
+
+    /// A live tail: every event from `from_seq` on (1 = from the start), then
+    /// new ones as they are appended (by any replica), plus
+    /// [`TailItem::Processed`] when a delivered queued event is processed.
+    async fn subscribe(&self, session_id: &str, from_seq: u64) -> Result<EventStream>;
+
+    /// Grants the lease to `holder` for `ttl` if it is free or expired, with
+    /// an epoch higher than any before. [`StoreError::LeaseHeld`] otherwise.
+    async fn acquire_lease(&self, session_id: &str, holder: &str, ttl: Duration) -> Result<Lease>;
+
+    /// Extends `lease` by `ttl` from now. [`StoreError::Fenced`] if it was
+    /// taken over or released.
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<Lease>;
+
+    /// Frees `lease` (the epoch stays). [`StoreError::Fenced`] if it was taken
+    /// over or released already.
+    async fn release_lease(&self, lease: &Lease) -> Result<()>;
+
+    /// Ids of sessions with status `running` whose lease is free or expired
+    /// (oldest first, at most `limit`): what a recovery scan should wake.
+    async fn sessions_needing_wake(&self, limit: usize) -> Result<Vec<String>>;
+}
+
+/// Ttl in microseconds, saturating.
+pub(crate) fn ttl_micros(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Checks a page size or read limit.
+pub(crate) fn check_limit(session_id: &str, limit: usize) -> Result<()> {
+    if limit == 0 || limit > 100_000 {
+        return Err(StoreError::invalid(session_id, format!("limit {limit} is not within 1..=100000")));
+    }
+    Ok(())
+}

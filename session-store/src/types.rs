@@ -1,0 +1,505 @@
+//! Values that cross the [`crate::SessionStore`] interface.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde_json::{Map, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::error::{Result, StoreError};
+
+/// Lifecycle status of a session (`rescheduling → running ↔ idle → terminated`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionStatus {
+    /// Waiting to be (re)started.
+    Rescheduling,
+    /// A harness should be advancing the session.
+    Running,
+    /// Waiting for input.
+    Idle,
+    /// Final; no further status change is accepted.
+    Terminated,
+}
+
+impl SessionStatus {
+    /// The wire spelling (`running`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionStatus::Rescheduling => "rescheduling",
+            SessionStatus::Running => "running",
+            SessionStatus::Idle => "idle",
+            SessionStatus::Terminated => "terminated",
+        }
+    }
+
+    /// Whether a session in `self` may move to `next`. Only `terminated` is
+    /// final; every other move is the harness's or the API's decision.
+    pub fn may_become(self, next: SessionStatus) -> bool {
+        self != SessionStatus::Terminated || next == SessionStatus::Terminated
+    }
+}
+
+impl fmt::Display for SessionStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A status string that is not one of the four statuses.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown session status {0:?}")]
+pub struct UnknownStatus(pub String);
+
+impl FromStr for SessionStatus {
+    type Err = UnknownStatus;
+    fn from_str(s: &str) -> Result<Self, UnknownStatus> {
+        Ok(match s {
+            "rescheduling" => SessionStatus::Rescheduling,
+            "running" => SessionStatus::Running,
+            "idle" => SessionStatus::Idle,
+            "terminated" => SessionStatus::Terminated,
+            other => return Err(UnknownStatus(other.to_owned())),
+        })
+    }
+}
+
+/// How a write proves it may touch the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence {
+    /// No lease: API-side writes (user events, status changes by the API).
+    None,
+    /// The epoch of the caller's lease: refused with [`StoreError::Fenced`]
+    /// unless it is the session's current epoch.
+    Epoch(u64),
+}
+
+impl From<&Lease> for Fence {
+    fn from(lease: &Lease) -> Self {
+        Fence::Epoch(lease.epoch)
+    }
+}
+
+/// An event to append. The store assigns `seq`, `created_at`, the id (unless
+/// given) and `processed_at` (unless queued).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// The event as a JSON object with a string `type`. Fields `id`, `seq` and
+    /// `processed_at` in it are ignored: the store owns them.
+    pub body: Value,
+    /// A pre-assigned id (the harness streams previews under an id before the
+    /// buffered event is stored). `None`: the store makes a `sevt_…` id.
+    pub id: Option<String>,
+    /// `true`: stored with `processed_at = null` until
+    /// [`crate::SessionStore::mark_processed`] (client-sent `user.*` events).
+    pub queued: bool,
+}
+
+impl NewEvent {
+    /// An event that is processed as it is stored (server-produced events).
+    pub fn processed(body: Value) -> Self {
+        NewEvent {
+            body,
+            id: None,
+            queued: false,
+        }
+    }
+
+    /// A client-sent event that waits in the queue (`processed_at = null`).
+    pub fn queued(body: Value) -> Self {
+        NewEvent {
+            body,
+            id: None,
+            queued: true,
+        }
+    }
+
+    /// The same event with a pre-assigned id.
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+}
+
+/// Fields of an event body that the store owns and strips from what it is given.
+pub(crate) const STORE_OWNED_FIELDS: [&str; 3] = ["id", "seq", "processed_at"];
+
+/// A new event checked and ready to insert.
+#[derive(Debug)]
+pub(crate) struct PreparedEvent {
+    pub id: String,
+    pub event_type: String,
+    pub body: Map<String, Value>,
+    pub body_text: String,
+    pub queued: bool,
+}
+
+impl PreparedEvent {
+    /// Validates `events` for `session_id` (JSON objects with a string `type`,
+    /// non-empty ids).
+    pub(crate) fn prepare_all(session_id: &str, events: Vec<NewEvent>) -> Result<Vec<PreparedEvent>> {
+        if events.is_empty() {
+            return Err(StoreError::invalid(session_id, "an append needs at least one event"));
+        }
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(index, event)| {
+                let Value::Object(mut body) = event.body else {
+                    return Err(StoreError::invalid(
+                        session_id,
+                        format!("event {index} is not a json object"),
+                    ));
+                };
+                for field in STORE_OWNED_FIELDS {
+                    body.remove(field);
+                }
+                let event_type = match body.get("type") {
+                    Some(Value::String(t)) if !t.is_empty() => t.clone(),
+                    _ => {
+                        return Err(StoreError::invalid(
+                            session_id,
+                            format!("event {index} has no string `type`"),
+                        ))
+                    }
+                };
+                let id = match event.id {
+                    Some(id) if id.is_empty() => {
+                        return Err(StoreError::invalid(session_id, format!("event {index} has an empty id")))
+                    }
+                    Some(id) => id,
+                    None => new_event_id(),
+                };
+                let body_text = serde_json::to_string(&body)
+                    .map_err(|e| StoreError::invalid(session_id, format!("event {index} does not serialize: {e}")))?;
+                Ok(PreparedEvent {
+                    id,
+                    event_type,
+                    body,
+                    body_text,
+                    queued: event.queued,
+                })
+            })
+            .collect()
+    }
+}
+
+/// A fresh, unique event id (`sevt_` + a time-ordered UUIDv7 in hex).
+pub fn new_event_id() -> String {
+    format!("sevt_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// An event as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    /// The session it belongs to.
+    pub session_id: String,
+    /// Gap-free position in the session, starting at 1.
+    pub seq: u64,
+    /// Unique id (`sevt_…` unless the appender chose one).
+    pub id: String,
+    /// The body's `type`.
+    pub event_type: String,
+    /// When the event was processed; `None` while a client event is queued.
+    pub processed_at: Option<OffsetDateTime>,
+    /// When the store accepted it.
+    pub created_at: OffsetDateTime,
+    /// The body as given, without `id`, `seq` and `processed_at`.
+    pub body: Map<String, Value>,
+}
+
+impl StoredEvent {
+    /// The published JSON shape: the body plus `id`, `type` and `processed_at`
+    /// (RFC 3339, UTC, or null). `seq` is not included; the API may add it.
+    pub fn to_json(&self) -> Value {
+        let mut obj = self.body.clone();
+        obj.insert("id".into(), Value::String(self.id.clone()));
+        obj.insert("type".into(), Value::String(self.event_type.clone()));
+        obj.insert(
+            "processed_at".into(),
+            match self.processed_at {
+                Some(t) => Value::String(format_rfc3339(t)),
+                None => Value::Null,
+            },
+        );
+        Value::Object(obj)
+    }
+}
+
+/// RFC 3339 in UTC with a `Z` (falls back to the unix timestamp if the date
+/// is outside what RFC 3339 can spell, which no clock here produces).
+pub fn format_rfc3339(t: OffsetDateTime) -> String {
+    t.to_offset(time::UtcOffset::UTC)
+        .format(&Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+/// A lease grant on a session. Every grant has a fresh, higher epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The session leased.
+    pub session_id: String,
+    /// Who holds it (a replica or harness instance id).
+    pub holder: String,
+    /// The fencing epoch of this grant (1 for the first grant).
+    pub epoch: u64,
+    /// When it lapses unless renewed (store clock; the database clock for PostgreSQL).
+    pub expires_at: OffsetDateTime,
+}
+
+/// The lease state of a session as seen in a [`SessionRecord`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseState {
+    /// Epoch of the latest grant (0: never leased).
+    pub epoch: u64,
+    /// Holder of the latest grant while it is not released.
+    pub holder: Option<String>,
+    /// Expiry of the latest grant while it is not released.
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+/// A session as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRecord {
+    /// The session id (`sesn_…`, chosen by the caller).
+    pub id: String,
+    /// Creation order, unique and increasing; the pagination key.
+    pub position: i64,
+    /// Current status.
+    pub status: SessionStatus,
+    /// The API's session object (agent snapshot, resources, metadata...).
+    pub body: Value,
+    /// Bumped on every body or status change; for optimistic updates.
+    pub version: u64,
+    /// The seq of the last event (0: no events).
+    pub last_seq: u64,
+    /// Lease state.
+    pub lease: LeaseState,
+    /// When created.
+    pub created_at: OffsetDateTime,
+    /// When the body or status last changed.
+    pub updated_at: OffsetDateTime,
+}
+
+/// A session to create.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewSession {
+    /// The id; must be unique ([`StoreError::Conflict`] otherwise).
+    pub id: String,
+    /// Initial status.
+    pub status: SessionStatus,
+    /// The API's session object.
+    pub body: Value,
+    /// Events appended atomically with the creation (`initial_events`).
+    pub initial_events: Vec<NewEvent>,
+}
+
+/// How to change a session's body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BodyUpdate {
+    /// RFC 7396 JSON merge patch: objects merge, `null` deletes a key, other
+    /// values (arrays included) replace.
+    MergePatch(Value),
+    /// Replace the body whole.
+    Replace(Value),
+}
+
+/// A change to a session. Fields left `None` are untouched.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SessionUpdate {
+    /// New status.
+    pub status: Option<SessionStatus>,
+    /// Body change.
+    pub body: Option<BodyUpdate>,
+    /// Refuse with [`StoreError::Conflict`] unless the stored version is this.
+    pub if_version: Option<u64>,
+}
+
+/// Sort order of a listing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Order {
+    /// Oldest first.
+    #[default]
+    Ascending,
+    /// Newest first.
+    Descending,
+}
+
+/// A page request over sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionQuery {
+    /// Only sessions with this status.
+    pub status: Option<SessionStatus>,
+    /// Sort order by creation.
+    pub order: Order,
+    /// Start after this [`SessionRecord::position`] (exclusive) in `order`.
+    pub after_position: Option<i64>,
+    /// Page size (1..=1000).
+    pub limit: usize,
+}
+
+impl Default for SessionQuery {
+    fn default() -> Self {
+        SessionQuery {
+            status: None,
+            order: Order::Ascending,
+            after_position: None,
+            limit: 100,
+        }
+    }
+}
+
+/// One page of sessions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionPage {
+    /// The sessions, in the requested order.
+    pub sessions: Vec<SessionRecord>,
+    /// Whether more sessions follow the last one.
+    pub has_more: bool,
+}
+
+/// A batch to append, with its fence and an optional status change made
+/// atomically with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppendBatch {
+    /// The events, stored in this order with consecutive seqs.
+    pub events: Vec<NewEvent>,
+    /// The writer's fence.
+    pub fence: Fence,
+    /// Set the session's status in the same transaction.
+    pub set_status: Option<SessionStatus>,
+}
+
+/// Which events [`crate::SessionStore::mark_processed`] marks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventSelector {
+    /// By seq.
+    Seqs(Vec<u64>),
+    /// By event id.
+    Ids(Vec<String>),
+}
+
+/// An item of a live tail.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TailItem {
+    /// The next event of the session: seqs are consecutive from the
+    /// subscription's `from_seq`, never skipped or repeated.
+    Appended(StoredEvent),
+    /// An event delivered earlier as queued (`processed_at = null`) has since
+    /// been processed; this is its new state.
+    Processed(StoredEvent),
+}
+
+/// Current time in unix microseconds.
+pub(crate) fn to_micros(t: OffsetDateTime) -> i64 {
+    // i128 nanoseconds / 1000 fits i64 for any date the clock produces.
+    i64::try_from(t.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
+}
+
+/// Unix microseconds to a UTC time.
+pub(crate) fn from_micros(us: i64) -> Result<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
+        .map_err(|e| StoreError::corrupt(format!("timestamp {us} out of range: {e}")))
+}
+
+/// Decodes a stored body text into a JSON object.
+pub(crate) fn decode_body(session_id: &str, seq: u64, text: &str) -> Result<Map<String, Value>> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(StoreError::corrupt(format!(
+            "event body of session {session_id} seq {seq} is not a json object"
+        ))),
+        Err(e) => Err(StoreError::corrupt(format!(
+            "event body of session {session_id} seq {seq} is not json: {e}"
+        ))),
+    }
+}
+
+/// Applies an RFC 7396 merge patch to `target`.
+pub(crate) fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch_obj) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    if let Value::Object(target_obj) = target {
+        for (key, value) in patch_obj {
+            if value.is_null() {
+                target_obj.remove(key);
+            } else {
+                merge_patch(target_obj.entry(key.clone()).or_insert(Value::Null), value);
+            }
+        }
+    }
+}
+
+/// Checks a session id given by a caller.
+pub(crate) fn check_session_id(id: &str) -> Result<()> {
+    if id.is_empty() || id.len() > 255 {
+        return Err(StoreError::invalid(id, "a session id must be 1 to 255 bytes"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merge_patch_follows_rfc7396() {
+        let mut doc = json!({"a": "b", "c": {"d": "e", "f": "g"}, "arr": [1]});
+        merge_patch(&mut doc, &json!({"a": "z", "c": {"f": null}, "arr": [2, 3], "n": {"x": 1}}));
+        assert_eq!(doc, json!({"a": "z", "c": {"d": "e"}, "arr": [2, 3], "n": {"x": 1}}));
+    }
+
+    #[test]
+    fn prepare_strips_store_fields_and_requires_type() {
+        let ok = PreparedEvent::prepare_all(
+            "sesn_1",
+            vec![NewEvent::processed(json!({"type": "x", "id": "forged", "processed_at": "t", "seq": 9, "k": 1}))],
+        )
+        .unwrap();
+        assert_eq!(ok[0].event_type, "x");
+        assert!(ok[0].id.starts_with("sevt_"));
+        assert_eq!(ok[0].body.get("id"), None);
+        assert_eq!(ok[0].body.get("seq"), None);
+        assert_eq!(ok[0].body.get("k"), Some(&json!(1)));
+        let err = PreparedEvent::prepare_all("sesn_1", vec![NewEvent::processed(json!({"k": 1}))]).unwrap_err();
+        assert!(err.to_string().contains("sesn_1"), "{err}");
+        assert!(PreparedEvent::prepare_all("sesn_1", vec![NewEvent::processed(json!([1]))]).is_err());
+        assert!(PreparedEvent::prepare_all("sesn_1", vec![]).is_err());
+    }
+
+    #[test]
+    fn status_round_trips_and_terminated_is_final() {
+        for s in [SessionStatus::Rescheduling, SessionStatus::Running, SessionStatus::Idle, SessionStatus::Terminated] {
+            assert_eq!(s.as_str().parse::<SessionStatus>().unwrap(), s);
+        }
+        assert!("paused".parse::<SessionStatus>().is_err());
+        assert!(!SessionStatus::Terminated.may_become(SessionStatus::Running));
+        assert!(SessionStatus::Idle.may_become(SessionStatus::Running));
+    }
+
+    #[test]
+    fn to_json_has_published_fields() {
+        let e = StoredEvent {
+            session_id: "s".into(),
+            seq: 1,
+            id: "sevt_1".into(),
+            event_type: "user.message".into(),
+            processed_at: None,
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            body: serde_json::from_value(json!({"type": "user.message", "content": []})).unwrap(),
+        };
+        assert_eq!(
+            e.to_json(),
+            json!({"id": "sevt_1", "type": "user.message", "processed_at": null, "content": []})
+        );
+        let p = StoredEvent { processed_at: Some(OffsetDateTime::UNIX_EPOCH), ..e };
+        assert_eq!(p.to_json()["processed_at"], json!("1970-01-01T00:00:00Z"));
+    }
+}

@@ -1,0 +1,785 @@
+//! The conformance suite every `SessionStore` implementation must pass.
+//!
+//! Each case takes a fresh, empty store. `all_conformance_tests!(make)`
+//! expands to one `#[tokio::test]` per case, where `make().await` returns
+//! `Option<Fixture>` (`None`: skip, the fixture printed why).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+use session_store::{
+    AppendBatch, BodyUpdate, EventSelector, Fence, NewEvent, NewSession, Order, SessionQuery, SessionStatus,
+    SessionStore, SessionUpdate, StoreError, StoredEvent, TailItem,
+};
+
+/// A store under test and whatever keeps it alive (temp dir, schema).
+pub struct Fixture {
+    pub store: Arc<dyn SessionStore>,
+    pub guard: Box<dyn std::any::Any + Send>,
+}
+
+/// Generous bound for anything we wait for; only reached when a test fails.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let Some(fixture) = $make().await else { return };
+                conformance::$case(fixture.store.clone()).await;
+                drop(fixture);
+            }
+        )*
+    };
+}
+
+#[macro_export]
+macro_rules! all_conformance_tests {
+    ($make:path) => {
+        $crate::conformance_tests!($make;
+            append_assigns_ids_seqs_and_processed_at,
+            seqs_are_gap_free_and_ordered_across_batches,
+            invalid_and_missing_are_refused_without_effect,
+            a_batch_is_atomic,
+            old_epoch_is_fenced_after_takeover,
+            lease_is_exclusive_until_released_or_expired,
+            epochs_increase_forever,
+            concurrent_appenders_on_one_session,
+            concurrent_appenders_on_many_sessions,
+            subscribe_from_any_seq_while_appending,
+            subscribe_reports_processing_of_queued_events,
+            mark_processed_by_seq_and_id,
+            status_changes_atomically_with_append,
+            session_crud_and_body_patches,
+            delete_ends_tails_and_reads,
+            pagination_and_status_filter,
+            sessions_needing_wake_follows_leases,
+            create_with_initial_events,
+        );
+    };
+}
+
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+pub async fn new_session(store: &dyn SessionStore, status: SessionStatus) -> String {
+    let id = new_id("sesn");
+    store
+        .create_session(NewSession {
+            id: id.clone(),
+            status,
+            body: json!({"title": "t"}),
+            initial_events: vec![],
+        })
+        .await
+        .unwrap();
+    id
+}
+
+pub fn ev(kind: &str, n: u64) -> NewEvent {
+    NewEvent::processed(json!({"type": kind, "n": n}))
+}
+
+async fn read_all(store: &dyn SessionStore, session_id: &str) -> Vec<StoredEvent> {
+    let mut out = Vec::new();
+    let mut from = 1;
+    loop {
+        let page = store.read(session_id, from, 97).await.unwrap();
+        if page.is_empty() {
+            return out;
+        }
+        from = page.last().unwrap().seq + 1;
+        out.extend(page);
+    }
+}
+
+fn assert_gap_free(events: &[StoredEvent], first: u64) {
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.seq, first + i as u64, "seq gap or repeat at index {i}");
+    }
+}
+
+/// Polls `f` until it returns `Some`, bounded by [`PATIENCE`].
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn next_item(stream: &mut session_store::EventStream) -> TailItem {
+    tokio::time::timeout(PATIENCE, stream.next())
+        .await
+        .expect("tail produced nothing in time")
+        .expect("tail ended")
+        .expect("tail failed")
+}
+
+// ---------------------------------------------------------------- cases
+
+pub async fn append_assigns_ids_seqs_and_processed_at(store: Arc<dyn SessionStore>) {
+    let s = new_session(&*store, SessionStatus::Idle).await;
+    let stored = store
+        .append(
+            &s,
+            vec![
+                ev("agent.message", 1),
+                NewEvent::queued(json!({"type": "user.message", "content": [{"type": "text", "text": "hi"}]})),
+                NewEvent::processed(json!({"type": "span.model_request_start", "id": "forged", "processed_at": "x"})),
+            ],
+            Fence::None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    let ids: BTreeSet<_> = stored.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(ids.len(), 3);
+    assert!(ids.iter().all(|id| id.starts_with("sevt_")), "{ids:?}");
+    assert!(stored[0].processed_at.is_some());
+    assert!(stored[1].processed_at.is_none(), "queued events are unprocessed");
+    assert_ne!(stored[2].id, "forged", "the store owns ids");
+    assert_eq!(stored[1].event_type, "user.message");
+    let wire = stored[1].to_json();
+    assert_eq!(wire["processed_at"], Value::Null);
+    assert_eq!(wire["content"][0]["text"], "hi");
+    let back = store.read(&s, 1, 100).await.unwrap();
+    assert_eq!(back, stored, "read returns exactly what append acknowledged");
+    assert_eq!(store.read(&s, 3, 100).await.unwrap(), stored[2..].to_vec());
+    assert!(store.read(&s, 4, 100).await.unwrap().is_empty());
+    assert_eq!(store.get_session(&s).await.unwrap().last_seq, 3);
+    // a chosen id is kept
+    let chosen = session_store::new_event_id();
+    let got = store
+        .append(&s, vec![ev("agent.message", 4).with_id(chosen.clone())], Fence::None)
+        .await
+        .unwrap();
+    assert_eq!(got[0].id, chosen);
+    assert_eq!(got[0].seq, 4);
+}
+
+pub async fn seqs_are_gap_free_and_ordered_across_batches(store: Arc<dyn SessionStore>) {
+    let s = new_session(&*store, SessionStatus::Running).await;
+    let mut n = 0;
+    for size in [1u64, 5, 2, 100, 1, 37] {
+        let batch: Vec<_> = (0..size).map(|i| ev("x", n + i)).collect();
+        let stored = store.append(&s, batch, Fence::None).await.unwrap();
+        assert_gap_free(&stored, n + 1);
+        n += size;
+    }
+    let all = read_all(&*store, &s).await;
+    assert_eq!(all.len() as u64, n);
+    assert_gap_free(&all, 1);
+    for (i, e) in all.iter().enumerate() {
+        assert_eq!(e.body["n"], json!(i as u64), "events keep the appended order");
+    }
+}
+
+pub async fn invalid_and_missing_are_refused_without_effect(store: Arc<dyn SessionStore>) {
+    let missing = new_id("sesn");
+    match store.append(&missing, vec![ev("x", 0)], Fence::None).await {
+        Err(StoreError::NotFound { session_id }) => assert_eq!(session_id, missing),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    let err = store.get_session(&missing).await.unwrap_err();
+    assert!(err.to_string().contains(&missing), "errors name the session: {err}");
+    assert!(matches!(store.read(&missing, 1, 10).await, Err(StoreError::NotFound { .. })));
+    assert!(matches!(store.subscribe(&missing, 1).await, Err(StoreError::NotFound { .. })));
+    assert!(matches!(
+        store.acquire_lease(&missing, "h", Duration::from_secs(5)).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let s = new_session(&*store, SessionStatus::Idle).await;
+    for bad in [json!({"no_type": 1}), json!("text"), json!({"type": 5})] {
+        let err = store
+            .append(&s, vec![ev("ok", 0), NewEvent::processed(bad)], Fence::None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Invalid { .. }), "{err:?}");
+    }
+    assert!(matches!(store.append(&s, vec![], Fence::None).await, Err(StoreError::Invalid { .. })));
+    assert!(store.read(&s, 1, 10).await.unwrap().is_empty(), "refused batches left nothing");
+    assert!(matches!(store.read(&s, 1, 0).await, Err(StoreError::Invalid { .. })));
+}
+
+pub async fn a_batch_is_atomic(store: Arc<dyn SessionStore>) {
+    let s = new_session(&*store, SessionStatus::Idle).await;
+    let taken = store.append(&s, vec![ev("x", 0)], Fence::None).await.unwrap()[0].id.clone();
+    // the third event reuses a taken id: the whole batch must be refused
+    let err = store
+        .append(&s, vec![ev("x", 1), ev("x", 2), ev("x", 3).with_id(taken)], Fence::None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    assert_eq!(read_all(&*store, &s).await.len(), 1, "no event of a refused batch is stored");
+    let next = store.append(&s, vec![ev("x", 4)], Fence::None).await.unwrap();
+    assert_eq!(next[0].seq, 2, "a refused batch consumes no seq");
+    assert_eq!(store.get_session(&s).await.unwrap().last_seq, 2);
+}
+
+pub async fn old_epoch_is_fenced_after_takeover(store: Arc<dyn SessionStore>) {
+    let s = new_session(&*store, SessionStatus::Running).await;
+    let a = store.acquire_lease(&s, "harness-a", Duration::from_millis(300)).await.unwrap();
+    assert_eq!(a.epoch, 1);
+    store.append(&s, vec![ev("a", 1)], Fence::from(&a)).await.unwrap();
+    // b takes over once a's lease lapses
+    let b = eventually("the lease to expire", || {
+        let store = store.clone();
+        let s = s.clone();
+        async move { store.acquire_lease(&s, "harness-b", Duration::from_secs(60)).await.ok() }
+    })
+    .await;
+    assert_eq!(b.epoch, 2);
+    match store.append(&s, vec![ev("a", 2)], Fence::from(&a)).await {
+        Err(StoreError::Fenced {
+            session_id,
+            presented_epoch,
+            current_epoch,
+        }) => {
+            assert_eq!((session_id.as_str(), presented_epoch, current_epoch), (s.as_str(), 1, 2));
+        }
+        other => panic!("expected Fenced, got {other:?}"),
+    }
+    let fenced_status = store
+        .append_batch(
+            &s,
+            AppendBatch {
+                events: vec![ev("session.status_idle", 3)],
+                fence: Fence::from(&a),
+                set_status: Some(SessionStatus::Idle),
+            },
+        )
+        .await;
+    assert!(matches!(fenced_status, Err(StoreError::Fenced { .. })));
+    assert!(matches!(
+        store.mark_processed(&s, EventSelector::Seqs(vec![1]), Fence::from(&a)).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    assert!(matches!(
+        store.renew_lease(&a, Duration::from_secs(60)).await,
+        Err(StoreError::Fenced { current_epoch: 2, .. })
+    ));
+    assert!(matches!(store.release_lease(&a).await, Err(StoreError::Fenced { .. })));
+    // a future epoch is no better than a stale one
+    assert!(matches!(
+        store.append(&s, vec![ev("x", 0)], Fence::Epoch(3)).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    // the new holder and the API still write
+    store.append(&s, vec![ev("b", 3)], Fence::from(&b)).await.unwrap();
+    store.append(&s, vec![NewEvent::queued(json!({"type": "user.message"}))], Fence::None).await.unwrap();
+    let all = read_all(&*store, &s).await;
+    assert_eq!(all.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>(), ["a", "b", "user.message"]);
+    assert_gap_free(&all, 1);
+    assert_eq!(store.get_session(&s).await.unwrap().status, SessionStatus::Running);
+}
+
+pub async fn lease_is_exclusive_until_released_or_expired(store: Arc<dyn SessionStore>) {
+    let s = new_session(&*store, SessionStatus::Running).await;
+    let a = store.acquire_lease(&s, "a", Duration::from_secs(600)).await.unwrap();
+    match store.acquire_lease(&s, "b", Duration::from_secs(600)).await {
+        Err(StoreError::LeaseHeld { holder, epoch, .. }) => assert_eq!((holder.as_str(), epoch), ("a", 1)),
+        other => panic!("expected LeaseHeld, got {other:?}"),
+    }
+    // the holder itself does not get a second grant either
+    assert!(matches!(
+        store.acquire_lease(&s, "a", Duration::from_secs(600)).await,
+        Err(StoreError::LeaseHeld { .. })
+    ));
+    let renewed = store.renew_lease(&a, Duration::from_secs(1200)).await.unwrap();
+    assert_eq!(renewed.epoch, a.epoch);
+    assert!(renewed.expires_at > a.expires_at);
+    let record = store.get_session(&s).await.unwrap();
+    assert_eq!(record.lease.holder.as_deref(), Some("a"));
+    assert_eq!(record.lease.epoch, 1);
+    store.release_lease(&renewed).await.unwrap();
+    let b = store.acquire_lease(&s, "b", Duration::from_millis(200)).await.unwrap();
+    assert_eq!(b.epoch, 2);
+    let c = eventually("b's lease to expire", || {
+        let store = store.clone();
+        let s = s.clone();
+        async move { store.acquire_lease(&s, "c", Duration::from_secs(60)).await.ok() }
+    })
+    .await;
+    assert_eq!(c.epoch, 3);
+    assert_eq!(c.holder, "c");
+}
+
+pub async fn epochs_increase_forever(store: Arc<dyn SessionStore>) {
+    let s = new_session(&*store, SessionStatus::Running).await;
+    let mut last = 0;
+    for i in 0..6 {
+        let lease = store.acquire_lease(&s, &format!("h{i}"), Duration::from_secs(60)).await.unwrap();
+        assert!(lease.epoch > last, "epoch {} after {last}", lease.epoch);
+        last = lease.epoch;
+        store.release_lease(&lease).await.unwrap();
+    }
+    assert_eq!(last, 6);
+}
+
+async fn hammer(store: Arc<dyn SessionStore>, sessions: Vec<String>, tasks: usize, appends: usize) {
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let store = store.clone();
+        let sessions = sessions.clone();
+        handles.push(tokio::spawn(async move {
+            let mut acked: Vec<(String, u64, u64)> = Vec::new(); // (session, seq, n)
+            for i in 0..appends {
+                let s = &sessions[(t + i) % sessions.len()];
+                let size = 1 + (i % 3) as u64;
+                let batch: Vec<_> = (0..size)
+                    .map(|k| NewEvent::processed(json!({"type": "x", "task": t, "n": i as u64 * 10 + k})))
+                    .collect();
+                let stored = store.append(s, batch, Fence::None).await.unwrap();
+                assert_gap_free(&stored, stored[0].seq);
+                for e in stored {
+                    acked.push((s.clone(), e.seq, e.body["n"].as_u64().unwrap()));
+                }
+            }
+            (t, acked)
+        }));
+    }
+    let mut acked_by_session: HashMap<String, Vec<(u64, usize, u64)>> = HashMap::new();
+    for h in handles {
+        let (t, acked) = h.await.unwrap();
+        for (s, seq, n) in acked {
+            acked_by_session.entry(s).or_default().push((seq, t, n));
+        }
+    }
+    for s in &sessions {
+        let all = read_all(&*store, s).await;
+        assert_gap_free(&all, 1);
+        let mut acked = acked_by_session.remove(s).unwrap_or_default();
+        acked.sort();
+        assert_eq!(acked.len(), all.len(), "every acknowledged event is stored once in {s}");
+        let mut last_n_per_task: HashMap<u64, u64> = HashMap::new();
+        for ((seq, t, n), e) in acked.iter().zip(&all) {
+            assert_eq!(e.seq, *seq);
+            assert_eq!(e.body["task"].as_u64(), Some(*t as u64), "seq {seq} belongs to the task it was acked to");
+            assert_eq!(e.body["n"].as_u64(), Some(*n));
+            // each task's own events keep its order
+            if let Some(prev) = last_n_per_task.insert(*t as u64, *n) {
+                assert!(*n > prev, "task {t} order broken at seq {seq}");
+            }
+        }
+    }
+}
+
+pub async fn concurrent_appenders_on_one_session(store: Arc<dyn SessionStore>) {
+    let s = new_session(&*store, SessionStatus::Running).await;
+    hammer(store, vec![s], 16, 25).await;
+}
+
+pub async fn concurrent_appenders_on_many_sessions(store: Arc<dyn SessionStore>) {
+    let mut sessions = Vec::new();
+    for _ in 0..8 {
+        sessions.push(new_session(&*store, SessionStatus::Running).await);
+    }
+    hammer(store, sessions, 12, 24).await;
+}
+
+pub async fn subscribe_from_any_seq_while_appending(store: Arc<dyn SessionStore>) {
+    let s = new_session(&*store, SessionStatus::Running).await;
+    for chunk in 0..5u64 {
+        let batch: Vec<_> = (0..10).map(|k| ev("x", chunk * 10 + k)).collect();
+        store.append(&s, batch, Fence::None).await.unwrap();
+    }
+    const TOTAL: u64 = 260;
+    let mut readers = Vec::new();
+    for from in [1u64, 25, 50, 51, 120, TOTAL] {
+        let stream = store.subscribe(&s, from).await.unwrap();
+        readers.push(tokio::spawn(async move {
+            let mut stream = stream;
+            let mut seen = Vec::new();
+            while seen.last().copied().unwrap_or(from - 1) < TOTAL {
+                match next_item(&mut stream).await {
+                    TailItem::Appended(e) => seen.push(e.seq),
+                    TailItem::Processed(e) => panic!("nothing is queued here, got processed seq {}", e.seq),
+                }
+            }
+            (from, seen)
+        }));
+    }
+    // appends continue from several tasks while the tails replay and follow
+    let mut writers = Vec::new();
+    for w in 0..3u64 {
+        let store = store.clone();
+        let s = s.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..14u64 {
+                let size = 1 + (i + w) % 9;
+                let batch: Vec<_> = (0..size).map(|k| ev("y", w * 1000 + i * 10 + k)).collect();
+                store.append(&s, batch, Fence::None).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let appended = store.get_session(&s).await.unwrap().last_seq;
+    if appended < TOTAL {
+        let batch: Vec<_> = (appended..TOTAL).map(|k| ev("z", k)).collect();
+        store.append(&s, batch, Fence::None).await.unwrap();
+    }
+    let last_seq = store.get_session(&s).await.unwrap().last_seq;
+    assert!(last_seq >= TOTAL);
+    for r in readers {
+        let (from, seen) = r.await.unwrap();
+        let expected: Vec<u64> = (from..=TOTAL).collect();
+        assert_eq!(seen, expected, "tail from {from} skipped or repeated a seq");
+    }
+    // a tail opened at the end sees the next append only
+    let mut late = store.subscribe(&s, last_seq + 1).await.unwrap();
+    store.append(&s, vec![ev("late", 0)], Fence::None).await.unwrap();
+    match next_item(&mut late).await {
+        TailItem::Appended(e) => {
+            assert_eq!(e.seq, last_seq + 1);
+            assert_eq!(e.event_type, "late");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+pub async fn subscribe_reports_processing_of_queued_events(store: Arc<dyn SessionStore>) {
+    let s = new_session(&*store, SessionStatus::Idle).await;
+    let mut tail = store.subscribe(&s, 1).await.unwrap();
+    let queued = store
+        .append(&s, vec![NewEvent::queued(json!({"type": "user.message", "k": 1}))], Fence::None)
+        .await
+        .unwrap();
+    match next_item(&mut tail).await {
+        TailItem::Appended(e) => {
+            assert_eq!(e.seq, 1);
+            assert!(e.processed_at.is_none());
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let lease = store.acquire_lease(&s, "h", Duration::from_secs(60)).await.unwrap();
+    let changed = store
+        .mark_processed(&s, EventSelector::Ids(vec![queued[0].id.clone()]), Fence::from(&lease))
+        .await
+        .unwrap();
+    assert_eq!(changed.len(), 1);
+    store.append(&s, vec![ev("agent.message", 2)], Fence::from(&lease)).await.unwrap();
+    let mut saw_processed = false;
+    let mut saw_next = false;
+    while !(saw_processed && saw_next) {
+        match next_item(&mut tail).await {
+            TailItem::Processed(e) => {
+                assert!(!saw_processed, "processed reported twice");
+                assert_eq!(e.seq, 1);
+                assert_eq!(e.processed_at, changed[0].processed_at);
+                saw_processed = true;
+            }
+            TailItem::Appended(e) => {
+                assert!(!saw_next, "seq 2 delivered twice");
+                assert_eq!(e.seq, 2);
+                saw_next = true;
+            }
+        }
+    }
+    // a tail opened afterwards sees the current state directly
+    let mut fresh = store.subscribe(&s, 1).await.unwrap();
+    match next_item(&mut fresh).await {
+        TailItem::Appended(e) => assert!(e.processed_at.is_some()),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+pub async fn mark_processed_by_seq_and_id(store: Arc<dyn SessionStore>) {
+    let s = new_session(&*store, SessionStatus::Idle).await;
+    let stored = store
+        .append(
+            &s,
+            vec![
+                NewEvent::queued(json!({"type": "user.message", "i": 0})),
+                NewEvent::queued(json!({"type": "user.message", "i": 1})),
+                ev("agent.message", 2),
+                NewEvent::queued(json!({"type": "user.interrupt", "i": 3})),
+            ],
+            Fence::None,
+        )
+        .await
+        .unwrap();
+    let agent_time = stored[2].processed_at;
+    let changed = store
+        .mark_processed(&s, EventSelector::Seqs(vec![1, 3]), Fence::None)
+        .await
+        .unwrap();
+    assert_eq!(changed.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1], "only queued events change");
+    let again = store.mark_processed(&s, EventSelector::Seqs(vec![1]), Fence::None).await.unwrap();
+    assert!(again.is_empty(), "marking twice changes nothing");
+    let by_id = store
+        .mark_processed(&s, EventSelector::Ids(vec![stored[3].id.clone(), stored[1].id.clone()]), Fence::None)
+        .await
+        .unwrap();
+    assert_eq!(by_id.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 4]);
+    let all = read_all(&*store, &s).await;
+    assert!(all.iter().all(|e| e.processed_at.is_some()));
+    assert_eq!(all[0].processed_at, changed[0].processed_at, "processed_at is stored as returned");
+    assert_eq!(all[2].processed_at, agent_time);
+    match store.mark_processed(&s, EventSelector::Seqs(vec![99]), Fence::None).await {
+        Err(StoreError::EventNotFound { session_id, .. }) => assert_eq!(session_id, s),
+        other => panic!("expected EventNotFound, got {other:?}"),
+    }
+    let got = store
+        .get_events(&s, EventSelector::Ids(vec![stored[2].id.clone(), stored[0].id.clone()]))
+        .await
+        .unwrap();
+    assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 3]);
+}
+
+pub async fn status_changes_atomically_with_append(store: Arc<dyn SessionStore>) {
+    let s = new_session(&*store, SessionStatus::Running).await;
+    let before = store.get_session(&s).await.unwrap();
+    let lease = store.acquire_lease(&s, "h", Duration::from_secs(60)).await.unwrap();
+    store
+        .append_batch(
+            &s,
+            AppendBatch {
+                events: vec![ev("agent.message", 0), NewEvent::processed(json!({"type": "session.status_idle", "stop_reason": {"type": "end_turn"}}))],
+                fence: Fence::from(&lease),
+                set_status: Some(SessionStatus::Idle),
+            },
+        )
+        .await
+        .unwrap();
+    let after = store.get_session(&s).await.unwrap();
+    assert_eq!(after.status, SessionStatus::Idle);
+    assert!(after.version > before.version);
+    assert_eq!(after.last_seq, 2);
+    store
+        .append_batch(
+            &s,
+            AppendBatch {
+                events: vec![ev("session.status_terminated", 0)],
+                fence: Fence::None,
+                set_status: Some(SessionStatus::Terminated),
+            },
+        )
+        .await
+        .unwrap();
+    let refused = store
+        .append_batch(
+            &s,
+            AppendBatch {
+                events: vec![ev("session.status_running", 0)],
+                fence: Fence::None,
+                set_status: Some(SessionStatus::Running),
+            },
+        )
+        .await;
+    assert!(matches!(refused, Err(StoreError::Conflict { .. })), "{refused:?}");
+    let record = store.get_session(&s).await.unwrap();
+    assert_eq!(record.status, SessionStatus::Terminated);
+    assert_eq!(record.last_seq, 3, "the refused batch stored nothing");
+    assert!(matches!(
+        store
+            .update_session(&s, SessionUpdate { status: Some(SessionStatus::Idle), ..Default::default() })
+            .await,
+        Err(StoreError::Conflict { .. })
+    ));
+}
+
+pub async fn session_crud_and_body_patches(store: Arc<dyn SessionStore>) {
+    let id = new_id("sesn");
+    let (created, events) = store
+        .create_session(NewSession {
+            id: id.clone(),
+            status: SessionStatus::Idle,
+            body: json!({"title": "one", "metadata": {"a": "1", "b": "2"}, "agent": {"model": "m"}}),
+            initial_events: vec![],
+        })
+        .await
+        .unwrap();
+    assert!(events.is_empty());
+    assert_eq!(created.id, id);
+    assert_eq!(created.status, SessionStatus::Idle);
+    assert_eq!(created.last_seq, 0);
+    assert_eq!(created.lease.epoch, 0);
+    let dup = store
+        .create_session(NewSession {
+            id: id.clone(),
+            status: SessionStatus::Idle,
+            body: json!({}),
+            initial_events: vec![],
+        })
+        .await;
+    assert!(matches!(dup, Err(StoreError::Conflict { .. })), "{dup:?}");
+    assert_eq!(store.get_session(&id).await.unwrap(), created);
+    let patched = store
+        .update_session(
+            &id,
+            SessionUpdate {
+                status: Some(SessionStatus::Running),
+                body: Some(BodyUpdate::MergePatch(json!({"title": "two", "metadata": {"a": null, "c": "3"}}))),
+                if_version: Some(created.version),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.status, SessionStatus::Running);
+    assert_eq!(patched.body, json!({"title": "two", "metadata": {"b": "2", "c": "3"}, "agent": {"model": "m"}}));
+    assert!(patched.version > created.version);
+    assert!(patched.updated_at >= created.updated_at);
+    assert_eq!(patched.created_at, created.created_at);
+    let stale = store
+        .update_session(
+            &id,
+            SessionUpdate {
+                body: Some(BodyUpdate::Replace(json!({}))),
+                if_version: Some(created.version),
+                ..Default::default()
+            },
+        )
+        .await;
+    assert!(matches!(stale, Err(StoreError::Conflict { .. })), "{stale:?}");
+    let replaced = store
+        .update_session(&id, SessionUpdate { body: Some(BodyUpdate::Replace(json!({"x": 1}))), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(replaced.body, json!({"x": 1}));
+    assert!(matches!(
+        store.update_session(&new_id("sesn"), SessionUpdate::default()).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+pub async fn delete_ends_tails_and_reads(store: Arc<dyn SessionStore>) {
+    let s = new_session(&*store, SessionStatus::Running).await;
+    store.append(&s, vec![ev("x", 0)], Fence::None).await.unwrap();
+    let mut tail = store.subscribe(&s, 1).await.unwrap();
+    assert!(matches!(next_item(&mut tail).await, TailItem::Appended(_)));
+    store.delete_session(&s).await.unwrap();
+    let end = tokio::time::timeout(PATIENCE, tail.next()).await.expect("tail did not end");
+    assert!(matches!(end, Some(Err(StoreError::NotFound { .. }))), "{end:?}");
+    assert!(matches!(store.read(&s, 1, 10).await, Err(StoreError::NotFound { .. })));
+    assert!(matches!(store.get_session(&s).await, Err(StoreError::NotFound { .. })));
+    assert!(matches!(store.delete_session(&s).await, Err(StoreError::NotFound { .. })));
+    // the id can be used again, from seq 1
+    store
+        .create_session(NewSession { id: s.clone(), status: SessionStatus::Idle, body: json!({}), initial_events: vec![] })
+        .await
+        .unwrap();
+    let again = store.append(&s, vec![ev("x", 0)], Fence::None).await.unwrap();
+    assert_eq!(again[0].seq, 1);
+}
+
+pub async fn pagination_and_status_filter(store: Arc<dyn SessionStore>) {
+    let mut ids = Vec::new();
+    for i in 0..23 {
+        let status = if i % 3 == 0 { SessionStatus::Running } else { SessionStatus::Idle };
+        ids.push(new_session(&*store, status).await);
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_sessions(SessionQuery { status: None, order: Order::Ascending, after_position: after, limit: 10 })
+            .await
+            .unwrap();
+        seen.extend(page.sessions.iter().map(|r| r.id.clone()));
+        after = page.sessions.last().map(|r| r.position);
+        if !page.has_more {
+            break;
+        }
+    }
+    assert_eq!(seen, ids, "ascending pages list every session once in creation order");
+    let desc = store
+        .list_sessions(SessionQuery { status: None, order: Order::Descending, after_position: None, limit: 5 })
+        .await
+        .unwrap();
+    assert!(desc.has_more);
+    let newest: Vec<_> = ids.iter().rev().take(5).cloned().collect();
+    assert_eq!(desc.sessions.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), newest);
+    let desc2 = store
+        .list_sessions(SessionQuery {
+            status: None,
+            order: Order::Descending,
+            after_position: desc.sessions.last().map(|r| r.position),
+            limit: 5,
+        })
+        .await
+        .unwrap();
+    let next: Vec<_> = ids.iter().rev().skip(5).take(5).cloned().collect();
+    assert_eq!(desc2.sessions.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), next);
+    let running = store
+        .list_sessions(SessionQuery { status: Some(SessionStatus::Running), limit: 100, ..Default::default() })
+        .await
+        .unwrap();
+    let expected: Vec<_> = ids.iter().step_by(3).cloned().collect();
+    assert_eq!(running.sessions.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), expected);
+    assert!(!running.has_more);
+    assert!(running.sessions.iter().all(|r| r.status == SessionStatus::Running));
+}
+
+pub async fn sessions_needing_wake_follows_leases(store: Arc<dyn SessionStore>) {
+    let free = new_session(&*store, SessionStatus::Running).await;
+    let held = new_session(&*store, SessionStatus::Running).await;
+    let short = new_session(&*store, SessionStatus::Running).await;
+    let idle = new_session(&*store, SessionStatus::Idle).await;
+    store.acquire_lease(&held, "h", Duration::from_secs(600)).await.unwrap();
+    store.acquire_lease(&short, "h", Duration::from_millis(150)).await.unwrap();
+    let _ = idle;
+    let now = store.sessions_needing_wake(100).await.unwrap();
+    assert!(now.contains(&free), "{now:?}");
+    assert!(!now.contains(&held));
+    assert!(!now.iter().any(|s| *s == idle));
+    let later = eventually("the short lease to expire", || {
+        let store = store.clone();
+        let short = short.clone();
+        async move {
+            let ids = store.sessions_needing_wake(100).await.unwrap();
+            ids.contains(&short).then_some(ids)
+        }
+    })
+    .await;
+    assert!(later.contains(&free));
+    assert!(!later.contains(&held));
+}
+
+pub async fn create_with_initial_events(store: Arc<dyn SessionStore>) {
+    let id = new_id("sesn");
+    let (record, events) = store
+        .create_session(NewSession {
+            id: id.clone(),
+            status: SessionStatus::Running,
+            body: json!({}),
+            initial_events: vec![
+                NewEvent::queued(json!({"type": "user.message", "content": []})),
+                NewEvent::queued(json!({"type": "user.define_outcome"})),
+            ],
+        })
+        .await
+        .unwrap();
+    assert_eq!(record.last_seq, 2);
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(read_all(&*store, &id).await, events);
+    // an invalid initial event refuses the whole creation
+    let bad = new_id("sesn");
+    let err = store
+        .create_session(NewSession {
+            id: bad.clone(),
+            status: SessionStatus::Running,
+            body: json!({}),
+            initial_events: vec![NewEvent::queued(json!({"no": "type"}))],
+        })
+        .await;
+    assert!(matches!(err, Err(StoreError::Invalid { .. })), "{err:?}");
+    assert!(matches!(store.get_session(&bad).await, Err(StoreError::NotFound { .. })));
+}
