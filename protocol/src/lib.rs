@@ -13,6 +13,7 @@ pub mod call;
 pub mod control;
 pub mod frame;
 pub mod hello;
+pub mod executor;
 pub mod sandbox;
 
 pub use call::{CallError, ErrorCode, Reply, Request, Response};

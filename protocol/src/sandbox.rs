@@ -144,3 +144,36 @@ pub struct SandboxInfo {
     /// Expiry, RFC 3339, when a TTL is set.
     pub expires_at: Option<String>,
 }
+
+/// A sandbox call that failed as an RPC. Tool failures are never this: they
+/// are a [`ToolResult`] with `is_error`. This is for policy refusals, unknown
+/// sandboxes, malformed requests, an unavailable container engine and bugs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxCallError {
+    /// Machine-readable class.
+    pub code: SandboxErrorCode,
+    /// Human-readable message naming the rule, id or field at fault.
+    pub message: String,
+    /// For `policy_denied`: the policy rule (config key) that refused it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+}
+
+/// Class of a [`SandboxCallError`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxErrorCode {
+    /// The agent's local policy refused the request (the caller should not retry).
+    PolicyDenied,
+    /// No sandbox with that id is owned by this agent.
+    UnknownSandbox,
+    /// The request is malformed (caller misused the API).
+    BadRequest,
+    /// Transient: the container engine is unreachable or capacity is exhausted; retry later.
+    Unavailable,
+    /// A bug or an unexpected fault in the agent.
+    Internal,
+    /// A code this version does not know.
+    #[serde(other)]
+    Unknown,
+}

@@ -53,6 +53,15 @@ impl ConfigError {
 pub struct RawConfig {
     /// Directory for the agent's key, certificate, state and audit log.
     pub data_dir: Option<PathBuf>,
+    /// `[sandbox]`: the Docker backend and executor limits.
+    #[serde(default)]
+    pub sandbox: crate::sandbox::config::RawSandbox,
+    /// `[policy]`: what the control plane may ask of this agent.
+    #[serde(default)]
+    pub policy: crate::sandbox::config::RawPolicy,
+    /// `[pool]`: warm containers.
+    #[serde(default)]
+    pub pool: crate::sandbox::config::RawPool,
 }
 
 /// Validated agent configuration.
@@ -60,6 +69,12 @@ pub struct RawConfig {
 pub struct Config {
     /// Directory for the agent's key, certificate, state and audit log.
     pub data_dir: PathBuf,
+    /// `[sandbox]`.
+    pub sandbox: crate::sandbox::config::SandboxSettings,
+    /// `[policy]`.
+    pub policy: crate::sandbox::config::Policy,
+    /// `[pool]`.
+    pub pool: crate::sandbox::config::PoolSettings,
 }
 
 /// Default data directory.
@@ -86,10 +101,16 @@ impl Config {
 
     /// Convert raw values into typed ones, naming the key on failure.
     pub fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
+        let sandbox = crate::sandbox::config::SandboxSettings::from_raw(raw.sandbox)?;
+        let policy = crate::sandbox::config::Policy::from_raw(raw.policy, &sandbox.default_image)?;
+        let pool = crate::sandbox::config::PoolSettings::from_raw(raw.pool, &sandbox.default_image)?;
         Ok(Self {
             data_dir: raw
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            sandbox,
+            policy,
+            pool,
         })
     }
 }

@@ -7,5 +7,7 @@
 //! model, or credentials for Git/MCP (those belong to vault-bridge).
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod config;
+pub mod sandbox;
 pub mod telemetry;

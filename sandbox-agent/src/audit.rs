@@ -1,0 +1,236 @@
+//! The agent's own tamper-evident audit record of every sandbox call, kept on
+//! the customer's side: `audit.jsonl` in the data dir, one JSON object per
+//! line, each carrying `seq`, the SHA-256 of the previous line (`prev`) and
+//! its own hash (`hash` = SHA-256 of `prev` + "\n" + the line's JSON without
+//! `hash`). Editing, removing or reordering a line breaks the chain, which
+//! [`verify`] detects. Lines name the call, sandbox, session, tool_use_id,
+//! tool, outcome and duration; never inputs, outputs, env values or secrets.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The hash `prev` of the first line.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// An audit failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    /// The audit file could not be read or written.
+    #[error("audit log {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The chain is broken at a line (tampering or corruption).
+    #[error("audit log {path} is broken at line {line}: {reason}")]
+    Broken {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What does not match.
+        reason: String,
+    },
+}
+
+/// One call as audited (what the caller fills in).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AuditEvent {
+    /// `provision`, `execute`, `destroy`, `list_sandboxes`, `reap`, `adopt`.
+    pub call: String,
+    /// Sandbox concerned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox_id: Option<String>,
+    /// Session concerned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// Tool call id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_use_id: Option<String>,
+    /// Tool name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    /// `ok`, `tool_error`, `replayed`, `unknown`, `refused`, `error`.
+    pub outcome: String,
+    /// Non-secret detail (a policy rule, an image name, a reason).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Wall time of the call.
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Line {
+    seq: u64,
+    at: String,
+    #[serde(flatten)]
+    event: AuditEvent,
+    prev: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hash: Option<String>,
+}
+
+fn hash_of(prev: &str, body: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(prev.as_bytes());
+    h.update(b"\n");
+    h.update(body);
+    hex::encode(h.finalize())
+}
+
+/// Append handle on the audit log.
+#[derive(Debug)]
+pub struct AuditLog {
+    path: PathBuf,
+    state: Mutex<(File, u64, String)>,
+}
+
+impl AuditLog {
+    /// Open (creating) `dir/audit.jsonl`, verifying the existing chain first.
+    pub fn open(dir: &Path) -> Result<Self, AuditError> {
+        let path = dir.join("audit.jsonl");
+        let io = |source| AuditError::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let (seq, prev) = if path.exists() { verify(&path)? } else { (0, GENESIS.to_owned()) };
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io)?;
+        Ok(Self {
+            path,
+            state: Mutex::new((file, seq, prev)),
+        })
+    }
+
+    /// Path of the log.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Append one event. Failures are logged, not propagated: an audit
+    /// problem must not turn a tool call into an RPC error, but it is loud.
+    pub fn record(&self, event: AuditEvent) {
+        if let Err(error) = self.try_record(event) {
+            tracing::error!(%error, "audit record failed");
+        }
+    }
+
+    fn try_record(&self, event: AuditEvent) -> Result<(), AuditError> {
+        let at = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        // Poisoning cannot leave the chain state half-updated (updated after the write).
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (file, seq, prev) = &mut *st;
+        let mut line = Line {
+            seq: *seq + 1,
+            at,
+            event,
+            prev: prev.clone(),
+            hash: None,
+        };
+        let body = serde_json::to_vec(&line).map_err(|e| AuditError::Io {
+            path: self.path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        let hash = hash_of(prev, &body);
+        line.hash = Some(hash.clone());
+        let mut full = serde_json::to_vec(&line).map_err(|e| AuditError::Io {
+            path: self.path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        full.push(b'\n');
+        file.write_all(&full).map_err(|source| AuditError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        *seq += 1;
+        *prev = hash;
+        Ok(())
+    }
+}
+
+/// Verify the chain of an audit file; returns the last `seq` and hash.
+pub fn verify(path: &Path) -> Result<(u64, String), AuditError> {
+    let file = File::open(path).map_err(|source| AuditError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut prev = GENESIS.to_owned();
+    let mut seq = 0;
+    for (i, raw) in BufReader::new(file).lines().enumerate() {
+        let broken = |reason: String| AuditError::Broken {
+            path: path.to_owned(),
+            line: i + 1,
+            reason,
+        };
+        let raw = raw.map_err(|source| AuditError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut line: Line = serde_json::from_str(&raw).map_err(|e| broken(format!("not an audit line: {e}")))?;
+        let Some(hash) = line.hash.take() else {
+            return Err(broken("missing hash".into()));
+        };
+        if line.prev != prev {
+            return Err(broken("prev does not match the previous line's hash".into()));
+        }
+        if line.seq != seq + 1 {
+            return Err(broken(format!("seq {} follows {seq}", line.seq)));
+        }
+        let body = serde_json::to_vec(&line).map_err(|e| broken(e.to_string()))?;
+        if hash_of(&prev, &body) != hash {
+            return Err(broken("hash does not match the line's content".into()));
+        }
+        prev = hash;
+        seq = line.seq;
+    }
+    Ok((seq, prev))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_verifies_and_detects_tampering() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = AuditLog::open(dir.path()).unwrap();
+            for i in 0..3 {
+                log.record(AuditEvent {
+                    call: "execute".into(),
+                    tool: Some("bash".into()),
+                    outcome: "ok".into(),
+                    duration_ms: i,
+                    ..Default::default()
+                });
+            }
+        }
+        // reopen continues the chain
+        let log = AuditLog::open(dir.path()).unwrap();
+        log.record(AuditEvent {
+            call: "destroy".into(),
+            outcome: "ok".into(),
+            ..Default::default()
+        });
+        let path = log.path().to_owned();
+        assert_eq!(verify(&path).unwrap().0, 4);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replacen("\"duration_ms\":1", "\"duration_ms\":9", 1)).unwrap();
+        let err = verify(&path).unwrap_err();
+        assert!(matches!(err, AuditError::Broken { line: 2, .. }), "{err}");
+        // dropping a line breaks it too
+        let lines: Vec<&str> = text.lines().collect();
+        std::fs::write(&path, format!("{}\n{}\n", lines[0], lines[2])).unwrap();
+        assert!(matches!(verify(&path), Err(AuditError::Broken { line: 2, .. })));
+    }
+}

@@ -1,0 +1,407 @@
+//! The `[sandbox]`, `[policy]` and `[pool]` sections of the agent config:
+//! raw serde structs that deny unknown keys, converted into typed settings
+//! whose errors name the key.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::ConfigError;
+
+const GIB: u64 = 1024 * 1024 * 1024;
+const MIB: u64 = 1024 * 1024;
+
+/// The agent's tool names (`agent_toolset_20260401` minus the server-side web tools).
+pub const TOOL_NAMES: [&str; 6] = ["bash", "read", "write", "edit", "glob", "grep"];
+
+/// `[sandbox]` as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSandbox {
+    /// Docker Engine address (`unix:///var/run/docker.sock`).
+    pub docker_host: Option<String>,
+    /// Host path of the static executor binary, bind-mounted read-only.
+    pub executor_path: Option<PathBuf>,
+    /// Image used when a provision request names none.
+    pub default_image: Option<String>,
+    /// CPU cores when the request gives none.
+    pub default_cpu: Option<f64>,
+    /// Memory limit when the request gives none.
+    pub default_memory_bytes: Option<u64>,
+    /// Process limit when the request gives none.
+    pub default_pids: Option<u64>,
+    /// Size of the writable workspace (tmpfs) when the request gives none.
+    pub default_disk_bytes: Option<u64>,
+    /// Size of the tmpfs mounted on /tmp.
+    pub tmp_bytes: Option<u64>,
+    /// Working directory (and writable workspace mount point).
+    pub workdir: Option<String>,
+    /// `uid:gid` the sandbox runs as; never root.
+    pub user: Option<String>,
+    /// Alternative OCI runtime (e.g. `runsc`), used when Docker has it installed.
+    pub runtime: Option<String>,
+    /// Time to live when the request gives none (0: no TTL).
+    pub default_ttl_seconds: Option<u64>,
+    /// Idle time after which a sandbox is reaped (0: never).
+    pub idle_timeout_seconds: Option<u64>,
+    /// How often the reaper looks.
+    pub reap_interval_seconds: Option<u64>,
+    /// What to do with live owned sandboxes found at start: `adopt` or `reap`.
+    pub on_restart: Option<String>,
+    /// How long to wait for a new executor's `Ready`.
+    pub executor_ready_timeout_seconds: Option<u64>,
+    /// Extra time the agent waits beyond a tool's own timeout before it gives up.
+    pub call_grace_seconds: Option<u64>,
+    /// How long execution records (for `tool_use_id` replay) are kept.
+    pub record_retention_seconds: Option<u64>,
+    /// Bash output kept per call (the last bytes).
+    pub bash_output_max_bytes: Option<u64>,
+    /// Bash timeout when the call gives none.
+    pub bash_default_timeout_seconds: Option<u64>,
+    /// Largest bash timeout a call may ask for.
+    pub bash_max_timeout_seconds: Option<u64>,
+    /// Largest file `read`/`edit` accept.
+    pub file_max_bytes: Option<u64>,
+    /// Most paths `glob` returns.
+    pub glob_max_results: Option<u64>,
+    /// Most bytes `grep` returns.
+    pub grep_max_bytes: Option<u64>,
+}
+
+/// What to do with live owned sandboxes found when the agent starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnRestart {
+    /// Re-attach to their executors and keep serving them.
+    Adopt,
+    /// Remove them.
+    Reap,
+}
+
+/// Typed `[sandbox]`.
+#[derive(Debug, Clone)]
+pub struct SandboxSettings {
+    /// Docker Engine address; `None` means the local default socket.
+    pub docker_host: Option<String>,
+    /// Host path of the static executor binary.
+    pub executor_path: PathBuf,
+    /// Default image.
+    pub default_image: String,
+    /// Default CPU cores.
+    pub default_cpu: f64,
+    /// Default memory limit.
+    pub default_memory_bytes: u64,
+    /// Default process limit.
+    pub default_pids: u64,
+    /// Default workspace size.
+    pub default_disk_bytes: u64,
+    /// Size of /tmp.
+    pub tmp_bytes: u64,
+    /// Working directory.
+    pub workdir: String,
+    /// `uid:gid`.
+    pub user: String,
+    /// Alternative OCI runtime.
+    pub runtime: Option<String>,
+    /// Default TTL (`None`: none).
+    pub default_ttl: Option<Duration>,
+    /// Idle reaping (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// Reaper period.
+    pub reap_interval: Duration,
+    /// Restart behaviour.
+    pub on_restart: OnRestart,
+    /// Executor start-up deadline.
+    pub executor_ready_timeout: Duration,
+    /// Agent-side grace beyond a tool's timeout.
+    pub call_grace: Duration,
+    /// Execution record retention.
+    pub record_retention: Duration,
+    /// Executor limits.
+    pub executor: protocol::executor::ExecutorSettings,
+}
+
+/// Default host path of the executor (where the package installs it).
+pub const DEFAULT_EXECUTOR_PATH: &str = "/usr/lib/airlock/airlock-executor";
+/// Default sandbox image (built by `packaging/images/build-sandbox-image.sh`).
+pub const DEFAULT_IMAGE: &str = "airlock-sandbox:latest";
+
+fn positive(key: &str, v: Option<u64>, default: u64) -> Result<u64, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(0) => Err(ConfigError::invalid(key, "must be greater than 0")),
+        Some(v) => Ok(v),
+    }
+}
+
+fn optional_duration(v: Option<u64>, default: u64) -> Option<Duration> {
+    match v.unwrap_or(default) {
+        0 => None,
+        s => Some(Duration::from_secs(s)),
+    }
+}
+
+/// Parse `uid:gid` (numeric), refusing root.
+pub fn parse_user(key: &str, user: &str) -> Result<String, ConfigError> {
+    let mut parts = user.split(':');
+    let uid = parts.next().unwrap_or_default();
+    let gid = parts.next();
+    let ok_num = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !ok_num(uid) || gid.is_some_and(|g| !ok_num(g)) || parts.next().is_some() {
+        return Err(ConfigError::invalid(key, "expected numeric `uid:gid`"));
+    }
+    if uid.parse::<u64>().ok() == Some(0) {
+        return Err(ConfigError::invalid(key, "sandboxes never run as root (uid 0)"));
+    }
+    Ok(user.to_owned())
+}
+
+impl SandboxSettings {
+    /// Convert `[sandbox]`.
+    pub fn from_raw(raw: RawSandbox) -> Result<Self, ConfigError> {
+        let workdir = raw.workdir.unwrap_or_else(|| "/workspace".into());
+        if !workdir.starts_with('/') || workdir == "/" {
+            return Err(ConfigError::invalid("sandbox.workdir", "must be an absolute path other than /"));
+        }
+        let default_cpu = raw.default_cpu.unwrap_or(1.0);
+        if !(default_cpu > 0.0 && default_cpu.is_finite()) {
+            return Err(ConfigError::invalid("sandbox.default_cpu", "must be a positive number of cores"));
+        }
+        let on_restart = match raw.on_restart.as_deref().unwrap_or("adopt") {
+            "adopt" => OnRestart::Adopt,
+            "reap" => OnRestart::Reap,
+            other => {
+                return Err(ConfigError::invalid(
+                    "sandbox.on_restart",
+                    format!("expected `adopt` or `reap`, got `{other}`"),
+                ))
+            }
+        };
+        let default_timeout_s = positive("sandbox.bash_default_timeout_seconds", raw.bash_default_timeout_seconds, 120)?;
+        let max_timeout_s = positive("sandbox.bash_max_timeout_seconds", raw.bash_max_timeout_seconds, 600)?;
+        if default_timeout_s > max_timeout_s {
+            return Err(ConfigError::invalid(
+                "sandbox.bash_default_timeout_seconds",
+                "must not exceed sandbox.bash_max_timeout_seconds",
+            ));
+        }
+        let file_max_bytes = positive("sandbox.file_max_bytes", raw.file_max_bytes, 256 * 1024)?;
+        let executor = protocol::executor::ExecutorSettings {
+            workdir: workdir.clone(),
+            bash_output_max_bytes: positive("sandbox.bash_output_max_bytes", raw.bash_output_max_bytes, 100 * 1024)?,
+            bash_default_timeout_ms: default_timeout_s * 1000,
+            bash_max_timeout_ms: max_timeout_s * 1000,
+            file_max_bytes,
+            glob_max_results: positive("sandbox.glob_max_results", raw.glob_max_results, 200)?,
+            grep_max_bytes: positive("sandbox.grep_max_bytes", raw.grep_max_bytes, 100 * 1024)?,
+            ..Default::default()
+        };
+        let user = parse_user("sandbox.user", raw.user.as_deref().unwrap_or("1000:1000"))?;
+        if let Some(r) = &raw.runtime {
+            if r.is_empty() || !r.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+                return Err(ConfigError::invalid("sandbox.runtime", "expected a runtime name such as `runsc`"));
+            }
+        }
+        Ok(Self {
+            docker_host: raw.docker_host.filter(|h| !h.is_empty()),
+            executor_path: raw.executor_path.unwrap_or_else(|| PathBuf::from(DEFAULT_EXECUTOR_PATH)),
+            default_image: raw.default_image.unwrap_or_else(|| DEFAULT_IMAGE.into()),
+            default_cpu,
+            default_memory_bytes: positive("sandbox.default_memory_bytes", raw.default_memory_bytes, GIB)?,
+            default_pids: positive("sandbox.default_pids", raw.default_pids, 256)?,
+            default_disk_bytes: positive("sandbox.default_disk_bytes", raw.default_disk_bytes, GIB)?,
+            tmp_bytes: positive("sandbox.tmp_bytes", raw.tmp_bytes, 256 * MIB)?,
+            workdir,
+            user,
+            runtime: raw.runtime,
+            default_ttl: optional_duration(raw.default_ttl_seconds, 4 * 3600),
+            idle_timeout: optional_duration(raw.idle_timeout_seconds, 1800),
+            reap_interval: Duration::from_secs(positive("sandbox.reap_interval_seconds", raw.reap_interval_seconds, 10)?),
+            on_restart,
+            executor_ready_timeout: Duration::from_secs(positive(
+                "sandbox.executor_ready_timeout_seconds",
+                raw.executor_ready_timeout_seconds,
+                30,
+            )?),
+            call_grace: Duration::from_secs(raw.call_grace_seconds.unwrap_or(30)),
+            record_retention: Duration::from_secs(positive(
+                "sandbox.record_retention_seconds",
+                raw.record_retention_seconds,
+                7 * 24 * 3600,
+            )?),
+            executor,
+        })
+    }
+}
+
+impl Default for SandboxSettings {
+    fn default() -> Self {
+        // The defaults are valid by construction (covered by a unit test).
+        Self::from_raw(RawSandbox::default()).unwrap_or_else(|e| unreachable!("default [sandbox] is valid: {e}"))
+    }
+}
+
+/// `[policy]` as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    /// Images the control plane may ask for (exact, or a prefix ending in `*`).
+    pub allowed_images: Option<Vec<String>>,
+    /// Most CPU cores per sandbox.
+    pub max_cpu: Option<f64>,
+    /// Most memory per sandbox.
+    pub max_memory_bytes: Option<u64>,
+    /// Most processes per sandbox.
+    pub max_pids: Option<u64>,
+    /// Largest workspace per sandbox.
+    pub max_disk_bytes: Option<u64>,
+    /// Longest TTL per sandbox.
+    pub max_ttl_seconds: Option<u64>,
+    /// Most sandboxes alive at once (warm pool not counted).
+    pub max_sandboxes: Option<u64>,
+    /// Tools that may run.
+    pub allowed_tools: Option<Vec<String>>,
+    /// Docker networks a sandbox may join (none by default: no network).
+    pub allowed_networks: Option<Vec<String>>,
+}
+
+/// Typed `[policy]`: what the control plane may ask of this agent.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Allowed image patterns.
+    pub allowed_images: Vec<String>,
+    /// CPU ceiling.
+    pub max_cpu: f64,
+    /// Memory ceiling.
+    pub max_memory_bytes: u64,
+    /// Process ceiling.
+    pub max_pids: u64,
+    /// Workspace ceiling.
+    pub max_disk_bytes: u64,
+    /// TTL ceiling.
+    pub max_ttl: Duration,
+    /// Concurrent sandbox ceiling.
+    pub max_sandboxes: usize,
+    /// Allowed tools.
+    pub allowed_tools: Vec<String>,
+    /// Allowed networks.
+    pub allowed_networks: Vec<String>,
+}
+
+impl Policy {
+    /// Convert `[policy]`; `default_image` is allowed when `allowed_images` is absent.
+    pub fn from_raw(raw: RawPolicy, default_image: &str) -> Result<Self, ConfigError> {
+        let max_cpu = raw.max_cpu.unwrap_or(4.0);
+        if !(max_cpu > 0.0 && max_cpu.is_finite()) {
+            return Err(ConfigError::invalid("policy.max_cpu", "must be a positive number of cores"));
+        }
+        let allowed_tools = raw
+            .allowed_tools
+            .unwrap_or_else(|| TOOL_NAMES.iter().map(|s| s.to_string()).collect());
+        for t in &allowed_tools {
+            if !TOOL_NAMES.contains(&t.as_str()) {
+                return Err(ConfigError::invalid(
+                    "policy.allowed_tools",
+                    format!("unknown tool `{t}` (known: {})", TOOL_NAMES.join(", ")),
+                ));
+            }
+        }
+        let allowed_images = raw.allowed_images.unwrap_or_else(|| vec![default_image.to_owned()]);
+        if allowed_images.iter().any(|i| i.is_empty() || i == "*") {
+            return Err(ConfigError::invalid(
+                "policy.allowed_images",
+                "patterns must be non-empty and narrower than `*`",
+            ));
+        }
+        Ok(Self {
+            allowed_images,
+            max_cpu,
+            max_memory_bytes: positive("policy.max_memory_bytes", raw.max_memory_bytes, 8 * GIB)?,
+            max_pids: positive("policy.max_pids", raw.max_pids, 4096)?,
+            max_disk_bytes: positive("policy.max_disk_bytes", raw.max_disk_bytes, 16 * GIB)?,
+            max_ttl: Duration::from_secs(positive("policy.max_ttl_seconds", raw.max_ttl_seconds, 24 * 3600)?),
+            max_sandboxes: positive("policy.max_sandboxes", raw.max_sandboxes, 32)? as usize,
+            allowed_tools,
+            allowed_networks: raw.allowed_networks.unwrap_or_default(),
+        })
+    }
+}
+
+/// `[pool]` as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    /// Warm containers kept per image (with the default resources).
+    pub size: Option<u64>,
+    /// Images kept warm (default: the default image).
+    pub images: Option<Vec<String>>,
+    /// Containers created in parallel while refilling.
+    pub refill_concurrency: Option<u64>,
+}
+
+/// Typed `[pool]`.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Warm containers per image (0 disables the pool).
+    pub size: usize,
+    /// Images kept warm.
+    pub images: Vec<String>,
+    /// Parallel creations while refilling.
+    pub refill_concurrency: usize,
+}
+
+impl PoolSettings {
+    /// Convert `[pool]`.
+    pub fn from_raw(raw: RawPool, default_image: &str) -> Result<Self, ConfigError> {
+        let size = raw.size.unwrap_or(0);
+        if size > 64 {
+            return Err(ConfigError::invalid("pool.size", "at most 64 warm containers per image"));
+        }
+        Ok(Self {
+            size: size as usize,
+            images: raw.images.unwrap_or_else(|| vec![default_image.to_owned()]),
+            refill_concurrency: positive("pool.refill_concurrency", raw.refill_concurrency, 2)? as usize,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_sane() {
+        let s = SandboxSettings::default();
+        assert_eq!(s.workdir, "/workspace");
+        assert_eq!(s.user, "1000:1000");
+        assert_eq!(s.on_restart, OnRestart::Adopt);
+        let p = Policy::from_raw(RawPolicy::default(), &s.default_image).unwrap();
+        assert_eq!(p.allowed_images, vec![DEFAULT_IMAGE.to_string()]);
+        assert_eq!(p.allowed_tools.len(), 6);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = SandboxSettings::from_raw(RawSandbox {
+            user: Some("0:0".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("sandbox.user"), "{e}");
+        let e = Policy::from_raw(
+            RawPolicy {
+                allowed_tools: Some(vec!["web_fetch".into()]),
+                ..Default::default()
+            },
+            "x",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("policy.allowed_tools"), "{e}");
+        let e = SandboxSettings::from_raw(RawSandbox {
+            on_restart: Some("keep".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("sandbox.on_restart"), "{e}");
+    }
+}
