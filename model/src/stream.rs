@@ -520,7 +520,6 @@ impl std::fmt::Debug for ModelStream {
 
 /// What [`ModelStream::next`] produced.
 #[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
 pub enum StreamItem {
     /// One more event (already checked and folded into the response).
     Event(StreamEvent),

@@ -2,3 +2,5 @@
 //! binaries, temporary deployments, and fakes of the external systems that
 //! cannot run here (the model API).
 #![forbid(unsafe_code)]
+
+pub mod fake_model;
