@@ -1,6 +1,7 @@
 # Debian packages the tests need, installed with one apt-get update + install.
 AIRLOCK_APT_PACKAGES=(
   iproute2
+  postgresql
 )
 missing=()
 for p in "${AIRLOCK_APT_PACKAGES[@]}"; do

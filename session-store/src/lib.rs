@@ -26,7 +26,7 @@
 mod clock;
 mod error;
 mod lease;
-// pub mod postgres; (next commit)
+pub mod postgres;
 pub mod sqlite;
 mod tail;
 mod types;
@@ -35,6 +35,7 @@ use std::time::Duration;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BoxError, Result, StoreError};
+pub use postgres::{PgOptions, PgStore};
 
 pub use sqlite::{SqliteOptions, SqliteStore};
 pub use tail::EventStream;

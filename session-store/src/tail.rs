@@ -64,7 +64,6 @@ impl Hub {
     }
 
     /// Wakes every tail (after a lost notification connection).
-    #[allow(dead_code)] // used by the PostgreSQL listener
     pub(crate) fn notify_all(&self) {
         let mut map = self.lock();
         map.retain(|_, tx| tx.receiver_count() > 0);

@@ -1,0 +1,169 @@
+//! The conformance suite against the PostgreSQL store, plus tests of what
+//! only PostgreSQL does (several stores on one database, migrations).
+//!
+//! Needs a server: `AIRLOCK_TEST_PG_URL` (scripts/setup.d/20-postgres.sh
+//! starts one and exports it). Without it the tests fail under `CI=true` and
+//! are skipped with a printed reason otherwise. Each test gets a schema of its
+//! own, dropped at the end, so tests run in parallel.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod conformance;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use conformance::{ev, new_session, Fixture};
+use futures::StreamExt;
+use session_store::{Fence, PgOptions, PgStore, SessionStatus, SessionStore, StoreError, TailItem};
+
+fn pg_url() -> Option<String> {
+    match std::env::var("AIRLOCK_TEST_PG_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
+                panic!("AIRLOCK_TEST_PG_URL is unset under CI=true: scripts/setup.d/20-postgres.sh must start PostgreSQL");
+            }
+            eprintln!("skipping: AIRLOCK_TEST_PG_URL is unset (source scripts/setup.d/20-postgres.sh to run PostgreSQL tests)");
+            None
+        }
+    }
+}
+
+fn schema_name() -> String {
+    format!("t_{}", &uuid::Uuid::new_v4().simple().to_string()[..20])
+}
+
+async fn connect(url: &str, schema: &str) -> PgStore {
+    PgStore::connect(
+        url,
+        PgOptions {
+            schema: schema.to_owned(),
+            max_connections: 8,
+            // tails must be woken by LISTEN/NOTIFY, not by the safety-net poll
+            tail_poll_interval: Duration::from_secs(3600),
+            ..PgOptions::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// Drops the test's schema when the test ends (pass or fail).
+struct SchemaGuard(Option<PgStore>);
+
+impl Drop for SchemaGuard {
+    fn drop(&mut self) {
+        if let Some(store) = self.0.take() {
+            // Dropping needs async; a short-lived runtime on its own thread
+            // works from inside or outside the test's runtime.
+            let _ = std::thread::spawn(move || {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    let _ = rt.block_on(store.drop_schema());
+                }
+            })
+            .join();
+        }
+    }
+}
+
+async fn postgres() -> Option<Fixture> {
+    let url = pg_url()?;
+    let store = connect(&url, &schema_name()).await;
+    Some(Fixture {
+        store: Arc::new(store.clone()),
+        guard: Box::new(SchemaGuard(Some(store))),
+    })
+}
+
+all_conformance_tests!(postgres);
+
+/// Two stores on one schema stand for two control-plane replicas.
+async fn two_replicas() -> Option<(PgStore, PgStore, SchemaGuard)> {
+    let url = pg_url()?;
+    let schema = schema_name();
+    let a = connect(&url, &schema).await;
+    let b = connect(&url, &schema).await;
+    Some((a.clone(), b, SchemaGuard(Some(a))))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_on_one_replica_sees_appends_from_another() {
+    let Some((a, b, _guard)) = two_replicas().await else { return };
+    let s = new_session(&a, SessionStatus::Running).await;
+    let mut tail = a.subscribe(&s, 1).await.unwrap();
+    for i in 0..50u64 {
+        b.append(&s, vec![ev("from_b", i)], Fence::None).await.unwrap();
+    }
+    for expected in 1..=50u64 {
+        let item = tokio::time::timeout(Duration::from_secs(30), tail.next())
+            .await
+            .expect("the tail on replica a saw nothing in time")
+            .unwrap()
+            .unwrap();
+        match item {
+            TailItem::Appended(e) => assert_eq!(e.seq, expected),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_racing_for_a_lease_and_appending_stay_consistent() {
+    let Some((a, b, _guard)) = two_replicas().await else { return };
+    let s = new_session(&a, SessionStatus::Running).await;
+    // both replicas grab, append under their epoch and release, many times
+    let mut tasks = Vec::new();
+    for (name, store) in [("a", a.clone()), ("b", b.clone())] {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut wrote = 0u64;
+            for i in 0..40u64 {
+                match store.acquire_lease(&s, name, Duration::from_secs(30)).await {
+                    Ok(lease) => {
+                        store.append(&s, vec![ev(name, lease.epoch), ev(name, lease.epoch)], Fence::from(&lease)).await.unwrap();
+                        wrote += 2;
+                        store.release_lease(&lease).await.unwrap();
+                    }
+                    Err(StoreError::LeaseHeld { .. }) => tokio::task::yield_now().await,
+                    Err(e) => panic!("{name} iteration {i}: {e}"),
+                }
+            }
+            wrote
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    let events = a.read(&s, 1, 10_000).await.unwrap();
+    assert_eq!(events.len() as u64, total);
+    // each epoch's two events are adjacent: exactly one holder wrote at a time
+    for pair in events.chunks(2) {
+        assert_eq!(pair[0].body["n"], pair[1].body["n"], "epochs interleaved: {pair:?}");
+        assert_eq!(pair[0].event_type, pair[1].event_type);
+    }
+    let epochs: Vec<u64> = events.chunks(2).map(|p| p[0].body["n"].as_u64().unwrap()).collect();
+    assert!(epochs.windows(2).all(|w| w[0] < w[1]), "epochs only increase: {epochs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_schema_is_refused() {
+    let Some(url) = pg_url() else { return };
+    let schema = schema_name();
+    let store = connect(&url, &schema).await;
+    let _guard = SchemaGuard(Some(store.clone()));
+    // connecting again to a migrated schema is fine (idempotent)
+    connect(&url, &schema).await;
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!(
+            "INSERT INTO \"{schema}\".schema_migrations (version, name, applied_at_us) VALUES (999, 'future', 0)"
+        ))
+        .await
+        .unwrap();
+    match PgStore::connect(&url, PgOptions { schema: schema.clone(), ..PgOptions::default() }).await {
+        Err(StoreError::SchemaTooNew { found: 999, .. }) => {}
+        other => panic!("expected SchemaTooNew, got {other:?}"),
+    }
+}
