@@ -60,6 +60,17 @@ pub struct RawConfig {
     /// `[tunnel]`: where sandbox-agents connect.
     #[serde(default)]
     pub tunnel: RawTunnel,
+    /// `[enroll]`: the enrollment HTTPS listener (see `enroll::config`).
+    #[serde(default)]
+    pub enroll: crate::enroll::config::RawEnroll,
+    /// `[pki]`: the internal CA and certificate lifetimes (see `enroll::config`).
+    #[serde(default)]
+    pub pki: crate::enroll::config::RawPki,
+    /// `[admin]`: the admin Unix socket (see `admin`).
+    #[serde(default)]
+    pub admin: crate::admin::RawAdmin,
+    /// How long `serve` waits for work to drain on shutdown.
+    pub shutdown_grace_seconds: Option<u64>,
 }
 
 /// `[tunnel]` as written.
@@ -77,7 +88,18 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Tunnel listen address (UDP for QUIC and TCP for the fallback).
     pub tunnel_listen: SocketAddr,
+    /// `[enroll]`.
+    pub enroll: crate::enroll::config::EnrollConfig,
+    /// `[pki]`.
+    pub pki: crate::enroll::config::PkiConfig,
+    /// `[admin]`.
+    pub admin: crate::admin::AdminConfig,
+    /// Drain deadline on shutdown.
+    pub shutdown_grace: std::time::Duration,
 }
+
+/// Default drain deadline on shutdown.
+pub const DEFAULT_SHUTDOWN_GRACE_SECONDS: u64 = 10;
 
 /// Default data directory when neither the file nor the flag names one.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/airlock";
@@ -115,9 +137,20 @@ impl Config {
         let tunnel_listen = listen
             .parse()
             .map_err(|e| ConfigError::invalid("tunnel.listen", e))?;
+        let pki = crate::enroll::config::PkiConfig::from_raw(raw.pki, &data_dir)?;
+        let enroll = crate::enroll::config::EnrollConfig::from_raw(raw.enroll, &pki)?;
+        let admin = crate::admin::AdminConfig::from_raw(raw.admin, &data_dir)?;
+        let shutdown_grace = std::time::Duration::from_secs(
+            raw.shutdown_grace_seconds
+                .unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECONDS),
+        );
         Ok(Self {
             data_dir,
             tunnel_listen,
+            enroll,
+            pki,
+            admin,
+            shutdown_grace,
         })
     }
 }

@@ -6,5 +6,8 @@
 //! into this library.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod app;
 pub mod config;
+pub mod enroll;
 pub mod telemetry;

@@ -27,6 +27,129 @@ struct Cli {
 enum Command {
     /// Check the config file and exit.
     CheckConfig,
+    /// Run the control plane until SIGINT/SIGTERM, then drain.
+    Serve,
+    /// Join tokens for enrolling agents.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+    /// Enrolled and connected agents.
+    #[command(subcommand)]
+    Agents(AgentsCommand),
+    /// The internal certificate authority.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokensCommand {
+    /// Create a single-use join token (works without a running server).
+    Create {
+        /// Environment the enrolling agent joins.
+        #[arg(long)]
+        environment: String,
+        /// How long the token stays valid.
+        #[arg(long, default_value_t = 3600)]
+        ttl_seconds: u64,
+        /// Enrollment address put in the join string (default: `enroll.advertise_address`).
+        #[arg(long)]
+        enroll_address: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentsCommand {
+    /// List connected agents (from the running server).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// List every enrolled agent from the identity database instead.
+        #[arg(long)]
+        enrolled: bool,
+    },
+    /// Revoke an agent: refuse its reconnects and close its live connections.
+    Revoke {
+        /// The agent id (`agt_...`).
+        agent_id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Print the CA fingerprint agents pin (creates the CA if needed).
+    Fingerprint,
+}
+
+/// Run an async command on a small runtime; errors exit 1.
+fn run_async<F>(fut: F) -> ExitCode
+where
+    F: std::future::Future<Output = Result<(), control_plane::admin::commands::CommandError>>,
+{
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("error: cannot start runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    report(rt.block_on(fut))
+}
+
+fn report(result: Result<(), control_plane::admin::commands::CommandError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("error: cannot start runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let grace = config.shutdown_grace;
+        let app = match control_plane::app::App::new(config) {
+            Ok(app) => app,
+            Err(error) => {
+                tracing::error!(%error, "cannot start");
+                return ExitCode::FAILURE;
+            }
+        };
+        let mut running = match app.start().await {
+            Ok(r) => r,
+            Err(error) => {
+                tracing::error!(%error, "cannot start");
+                return ExitCode::FAILURE;
+            }
+        };
+        // Machine-readable start-up facts on stdout (tests and scripts read them).
+        println!("ca_fingerprint={}", running.identity().ca_fingerprint());
+        println!("enroll_addr={}", running.enroll_addr());
+        println!("admin_socket={}", running.admin_socket().display());
+        let failed = tokio::select! {
+            _ = control_plane::app::shutdown_signal() => None,
+            name = running.service_exited() => Some(name),
+        };
+        if let Some(name) = failed {
+            tracing::error!(service = name, "service stopped unexpectedly; shutting down");
+        }
+        let report = running.shutdown(grace).await;
+        if report.graceful && failed.is_none() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    })
 }
 
 fn load_config(path: Option<&PathBuf>) -> Result<Config, control_plane::config::ConfigError> {
@@ -51,5 +174,25 @@ fn main() -> ExitCode {
             println!("config ok: data_dir={}", config.data_dir.display());
             ExitCode::SUCCESS
         }
+        Command::Serve => serve(config),
+        Command::Tokens(TokensCommand::Create {
+            environment,
+            ttl_seconds,
+            enroll_address,
+            json,
+        }) => report(control_plane::admin::commands::tokens_create(
+            &config,
+            &environment,
+            ttl_seconds,
+            enroll_address.as_deref(),
+            json,
+        )),
+        Command::Agents(AgentsCommand::List { json, enrolled }) => {
+            run_async(control_plane::admin::commands::agents_list(&config, json, enrolled))
+        }
+        Command::Agents(AgentsCommand::Revoke { agent_id }) => {
+            run_async(control_plane::admin::commands::agents_revoke(&config, &agent_id))
+        }
+        Command::Ca(CaCommand::Fingerprint) => report(control_plane::admin::commands::ca_fingerprint(&config)),
     }
 }

@@ -195,33 +195,17 @@ impl CertificateAuthority {
                 key_file,
             } => Self::load(cert_file, key_file),
             CaSource::Managed { dir } => {
-                let io = |path: &Path| {
-                    let path = path.to_owned();
-                    move |source| CaError::Io { path, source }
-                };
-                create_private_dir(dir).map_err(io(dir))?;
-                let lock_path = dir.join(".lock");
-                let lock = std::fs::OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .open(&lock_path)
-                    .map_err(io(&lock_path))?;
-                lock.lock().map_err(io(&lock_path))?;
+                create_private_dir(dir).map_err(|source| CaError::Io {
+                    path: dir.clone(),
+                    source,
+                })?;
                 let cert_file = dir.join("ca.crt");
                 let key_file = dir.join("ca.key");
-                let result = match (cert_file.exists(), key_file.exists()) {
+                match (cert_file.exists(), key_file.exists()) {
                     (true, true) => Self::load(&cert_file, &key_file),
-                    (false, false) => {
-                        Self::create(&cert_file, &key_file).map(|ca| {
-                            tracing::info!(fingerprint = %ca.fingerprint, dir = %dir.display(), "created internal ca");
-                            ca
-                        })
-                    }
+                    (false, false) => Self::create(dir, &cert_file, &key_file),
                     _ => Err(CaError::Incomplete(dir.clone())),
-                };
-                let _ = lock.unlock();
-                result
+                }
             }
         }
     }
@@ -255,15 +239,47 @@ impl CertificateAuthority {
         })
     }
 
-    fn create(cert_file: &Path, key_file: &Path) -> Result<Self, CaError> {
-        let (ca, key_pem) = Self::generate()?;
+    /// Create a CA in `dir`. Files are written under temporary names and
+    /// hard-linked into place (which never replaces), certificate first; a
+    /// process that loses the race to another one creating the CA at the same
+    /// moment waits for the winner's files and loads them.
+    fn create(dir: &Path, cert_file: &Path, key_file: &Path) -> Result<Self, CaError> {
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| CaError::Io { path, source }
         };
-        write_atomic(key_file, key_pem.as_bytes(), 0o600).map_err(io(key_file))?;
-        write_atomic(cert_file, ca.cert_pem().as_bytes(), 0o644).map_err(io(cert_file))?;
-        Ok(ca)
+        let (ca, key_pem) = Self::generate()?;
+        let tag = format!("{}.{}", std::process::id(), hex::encode(&ca.fingerprint.as_bytes()[..4]));
+        let tmp_cert = dir.join(format!(".ca.crt.{tag}"));
+        let tmp_key = dir.join(format!(".ca.key.{tag}"));
+        let result = (|| {
+            write_atomic(&tmp_key, key_pem.as_bytes(), 0o600).map_err(io(&tmp_key))?;
+            write_atomic(&tmp_cert, ca.cert_pem().as_bytes(), 0o644).map_err(io(&tmp_cert))?;
+            match std::fs::hard_link(&tmp_cert, cert_file) {
+                Ok(()) => {
+                    std::fs::hard_link(&tmp_key, key_file).map_err(io(key_file))?;
+                    tracing::info!(fingerprint = %ca.fingerprint, dir = %dir.display(), "created internal ca");
+                    Ok(None)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(Some(())),
+                Err(e) => Err(io(cert_file)(e)),
+            }
+        })();
+        let _ = std::fs::remove_file(&tmp_cert);
+        let _ = std::fs::remove_file(&tmp_key);
+        match result? {
+            None => Ok(ca),
+            Some(()) => {
+                // Another process won; its key follows its certificate shortly.
+                for _ in 0..50 {
+                    if key_file.exists() {
+                        return Self::load(cert_file, key_file);
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(CaError::Incomplete(dir.to_owned()))
+            }
+        }
     }
 
     /// Make a new CA in memory; returns it with its key as PEM (for the caller to store).

@@ -1,0 +1,304 @@
+//! The running control plane: [`App`] opens what must exist before anything
+//! listens (the CA, the identity database), [`App::start`] binds the listeners
+//! and spawns their services, and [`Running::shutdown`] is the one shutdown
+//! path: stop accepting, let in-flight work drain until a deadline, report
+//! whether it was graceful.
+//!
+//! Services so far: the enrollment listener, the admin socket, and the server
+//! certificate rotation. To add one (the gateway, the API, the harness), bind
+//! its listener in [`App::start`] (so bind errors fail start-up) and spawn it
+//! with [`Running::spawn_service`]; it must return when the
+//! [`CancellationToken`] fires, and should spawn per-connection tasks on
+//! [`Running::tracker`] so the drain waits for them.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use pki::IdentityService;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{AdminState, AgentDirectory, EmptyDirectory};
+use crate::config::Config;
+
+/// Why the control plane could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppError {
+    /// The CA, identity database or TLS config could not be set up.
+    #[error("identity: {0}")]
+    Identity(#[from] pki::ServiceError),
+    /// A TLS config could not be built.
+    #[error("tls: {0}")]
+    Tls(#[from] pki::TlsError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {what} {addr}: {source}")]
+    Bind {
+        /// Which listener (`enroll.listen`, ...).
+        what: &'static str,
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The admin socket could not be set up.
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
+}
+
+/// A configured, not yet listening control plane.
+pub struct App {
+    config: Config,
+    identity: Arc<IdentityService>,
+    directory: Arc<dyn AgentDirectory>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// Load or create the CA and open the identity database (blocking I/O;
+    /// call before entering the runtime or from `spawn_blocking`).
+    pub fn new(config: Config) -> Result<Self, AppError> {
+        let identity = IdentityService::open(config.pki.identity_settings(&config.data_dir))?;
+        Ok(Self {
+            config,
+            identity: Arc::new(identity),
+            directory: Arc::new(EmptyDirectory),
+        })
+    }
+
+    /// The identity service (CA, tokens, revocation, TLS configs).
+    pub fn identity(&self) -> &Arc<IdentityService> {
+        &self.identity
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Use `directory` (the gateway's connection registry) for `agents list`
+    /// and for closing connections on revocation.
+    pub fn with_directory(mut self, directory: Arc<dyn AgentDirectory>) -> Self {
+        self.directory = directory;
+        self
+    }
+
+    /// Bind every listener, then spawn every service.
+    pub async fn start(self) -> Result<Running, AppError> {
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let mut running = Running {
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+            services: Vec::new(),
+            enroll_addr: self.config.enroll.listen,
+            admin_socket: self.config.admin.socket.clone(),
+            identity: self.identity.clone(),
+        };
+
+        // Bind first, so a port conflict fails start-up before anything runs.
+        let enroll_listener = crate::enroll::bind(&self.config.enroll)
+            .await
+            .map_err(|source| AppError::Bind {
+                what: "enroll.listen",
+                addr: self.config.enroll.listen.to_string(),
+                source,
+            })?;
+        running.enroll_addr = enroll_listener.local_addr().unwrap_or(self.config.enroll.listen);
+        let admin_listener = crate::admin::bind(&self.config.admin.socket).await?;
+        // Gateway (tunnel listener) goes here: bind, then spawn below.
+
+        let identity = self.identity.clone();
+        let enroll_config = self.config.enroll.clone();
+        running.spawn_service("enroll", {
+            let tracker = tracker.clone();
+            move |token| async move {
+                if let Err(error) = crate::enroll::serve(enroll_listener, identity, enroll_config, token, tracker).await {
+                    tracing::error!(%error, "enroll listener failed");
+                }
+            }
+        });
+        let state = AdminState {
+            identity: self.identity.clone(),
+            directory: self.directory.clone(),
+        };
+        let socket = self.config.admin.socket.clone();
+        running.spawn_service("admin", {
+            let tracker = tracker.clone();
+            move |token| crate::admin::serve(admin_listener, socket, state, token, tracker)
+        });
+        let identity = self.identity.clone();
+        running.spawn_service("server-cert-rotation", move |token| rotate_server_cert(identity, token));
+
+        tracing::info!(
+            enroll_addr = %running.enroll_addr,
+            admin_socket = %running.admin_socket.display(),
+            ca_fingerprint = %self.identity.ca_fingerprint(),
+            "control plane started"
+        );
+        Ok(running)
+    }
+}
+
+/// Re-issue the server certificate at two thirds of its life.
+async fn rotate_server_cert(identity: Arc<IdentityService>, shutdown: CancellationToken) {
+    let mut failures = 0u32;
+    loop {
+        let not_after = identity.server_cert_not_after();
+        let now = SystemTime::now();
+        let due = if failures == 0 {
+            pki::agent::renewal_due(now, not_after)
+        } else {
+            now + pki::agent::renewal_retry_delay(failures, now, not_after)
+        };
+        let wait = due.duration_since(now).unwrap_or(Duration::ZERO);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let id = identity.clone();
+        match tokio::task::spawn_blocking(move || id.rotate_server_cert()).await {
+            Ok(Ok(not_after)) => {
+                failures = 0;
+                tracing::info!(not_after = %crate::admin::rfc3339::display(not_after), "server certificate re-issued");
+            }
+            Ok(Err(error)) => {
+                failures += 1;
+                tracing::error!(%error, "server certificate re-issue failed");
+            }
+            Err(error) => {
+                failures += 1;
+                tracing::error!(%error, "server certificate re-issue task failed");
+            }
+        }
+    }
+}
+
+/// What happened during shutdown.
+#[derive(Debug, Clone)]
+pub struct ShutdownReport {
+    /// Everything finished before the deadline.
+    pub graceful: bool,
+    /// How long the drain took.
+    pub elapsed: Duration,
+    /// Services still running at the deadline.
+    pub unfinished: Vec<&'static str>,
+}
+
+/// A started control plane.
+#[derive(Debug)]
+pub struct Running {
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    services: Vec<(&'static str, JoinHandle<()>)>,
+    enroll_addr: SocketAddr,
+    admin_socket: PathBuf,
+    identity: Arc<IdentityService>,
+}
+
+impl Running {
+    /// Where the enrollment listener is bound (useful with port 0).
+    pub fn enroll_addr(&self) -> SocketAddr {
+        self.enroll_addr
+    }
+
+    /// The admin socket path.
+    pub fn admin_socket(&self) -> &Path {
+        &self.admin_socket
+    }
+
+    /// The identity service.
+    pub fn identity(&self) -> &Arc<IdentityService> {
+        &self.identity
+    }
+
+    /// The token every service watches; cancelled by [`Self::shutdown`].
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Tracker for per-connection tasks; the drain waits for them.
+    pub fn tracker(&self) -> TaskTracker {
+        self.tracker.clone()
+    }
+
+    /// Spawn a named service: `run` gets the shutdown token and must return
+    /// soon after it fires.
+    pub fn spawn_service<F, Fut>(&mut self, name: &'static str, run: F)
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let handle = tokio::spawn(run(self.shutdown.clone()));
+        self.services.push((name, handle));
+    }
+
+    /// Resolves when any service ended on its own (which is a failure).
+    pub async fn service_exited(&mut self) -> &'static str {
+        loop {
+            if let Some(i) = self.services.iter().position(|(_, h)| h.is_finished()) {
+                return self.services[i].0;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Stop accepting, drain until `grace` has passed, and report.
+    pub async fn shutdown(self, grace: Duration) -> ShutdownReport {
+        let started = Instant::now();
+        tracing::info!(grace_seconds = grace.as_secs_f64(), "shutting down: no new connections, draining");
+        self.shutdown.cancel();
+        self.tracker.close();
+        let deadline = tokio::time::Instant::now() + grace;
+        let mut unfinished = Vec::new();
+        for (name, handle) in self.services {
+            let abort = handle.abort_handle();
+            if tokio::time::timeout_at(deadline, handle).await.is_err() {
+                abort.abort();
+                unfinished.push(name);
+            }
+        }
+        let drained = tokio::time::timeout_at(deadline, self.tracker.wait()).await.is_ok();
+        if !drained {
+            unfinished.push("connections");
+        }
+        let report = ShutdownReport {
+            graceful: unfinished.is_empty(),
+            elapsed: started.elapsed(),
+            unfinished,
+        };
+        if report.graceful {
+            tracing::info!(elapsed_ms = report.elapsed.as_millis() as u64, "shutdown complete: graceful");
+        } else {
+            tracing::warn!(elapsed_ms = report.elapsed.as_millis() as u64, unfinished = ?report.unfinished, "shutdown complete: not graceful, deadline reached");
+        }
+        report
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    match term {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => tracing::info!(signal = "SIGINT", "shutdown requested"),
+                _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutdown requested"),
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch SIGTERM; only SIGINT will stop the process");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

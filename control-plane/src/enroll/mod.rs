@@ -1,0 +1,268 @@
+//! The enrollment listener: HTTPS (server-auth TLS with the control plane's
+//! certificate issued by the internal CA), one endpoint, `POST /v1/enroll`
+//! (wire types in [`pki::enroll`]). Each connection has a deadline and the
+//! body a size cap; every refused request is logged once, at WARN, with the
+//! peer address and the typed reason, and affects only that connection.
+
+pub mod config;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use pki::enroll::{EnrollErrorCode, EnrollRequest, EnrollResponse, ErrorBody, ErrorEnvelope, ENROLL_PATH, MAX_ENROLL_BODY_BYTES};
+use pki::{EnrollError, IdentityService, TokenError};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+pub use config::{EnrollConfig, PkiConfig};
+
+/// Why one enrollment request failed. Maps to the wire in [`error_response`] only.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// The identity service refused (bad token, bad CSR) or failed.
+    #[error(transparent)]
+    Enroll(#[from] EnrollError),
+    /// Body larger than [`MAX_ENROLL_BODY_BYTES`].
+    #[error("request body exceeds {MAX_ENROLL_BODY_BYTES} bytes")]
+    TooLarge,
+    /// Body is not an [`EnrollRequest`].
+    #[error("request body is not a valid enroll request: {0}")]
+    BadJson(String),
+    /// The body could not be read.
+    #[error("reading request body failed: {0}")]
+    Body(String),
+    /// Unknown path.
+    #[error("no such endpoint {0}")]
+    NotFound(String),
+    /// Wrong method on the endpoint.
+    #[error("method {0} not allowed")]
+    MethodNotAllowed(Method),
+}
+
+/// The one place an enrollment error becomes an HTTP response.
+pub fn error_response(error: &RequestError) -> Response<Full<Bytes>> {
+    use EnrollErrorCode as C;
+    let (status, code) = match error {
+        RequestError::Enroll(EnrollError::Token(t)) => match t {
+            TokenError::Malformed => (StatusCode::UNAUTHORIZED, C::TokenMalformed),
+            TokenError::Unknown => (StatusCode::UNAUTHORIZED, C::TokenUnknown),
+            TokenError::Expired { .. } => (StatusCode::UNAUTHORIZED, C::TokenExpired),
+            TokenError::AlreadyUsed { .. } => (StatusCode::UNAUTHORIZED, C::TokenUsed),
+            _ => (StatusCode::UNAUTHORIZED, C::TokenUnknown),
+        },
+        RequestError::Enroll(EnrollError::Csr(pki::CsrError::UnsupportedKey(_))) => {
+            (StatusCode::BAD_REQUEST, C::UnsupportedKey)
+        }
+        RequestError::Enroll(EnrollError::Csr(_)) => (StatusCode::BAD_REQUEST, C::InvalidCsr),
+        RequestError::Enroll(_) => (StatusCode::INTERNAL_SERVER_ERROR, C::Internal),
+        RequestError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, C::PayloadTooLarge),
+        RequestError::BadJson(_) | RequestError::Body(_) => (StatusCode::BAD_REQUEST, C::BadRequest),
+        RequestError::NotFound(_) => (StatusCode::NOT_FOUND, C::NotFound),
+        RequestError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, C::MethodNotAllowed),
+    };
+    // Token errors say which check failed but never which agent used a token.
+    let message = match error {
+        RequestError::Enroll(EnrollError::Token(TokenError::AlreadyUsed { token_id, .. })) => {
+            format!("join token {token_id} was already used")
+        }
+        RequestError::Enroll(EnrollError::Internal(_)) => "enrollment failed on the server; retry later".to_owned(),
+        other => other.to_string(),
+    };
+    json_response(
+        status,
+        &ErrorEnvelope {
+            error: ErrorBody {
+                kind: code.as_str().to_owned(),
+                message,
+            },
+        },
+    )
+}
+
+fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Bind the enrollment listener.
+pub async fn bind(config: &EnrollConfig) -> std::io::Result<TcpListener> {
+    TcpListener::bind(config.listen).await
+}
+
+/// Serve enrollment on `listener` until `shutdown` fires; connections are
+/// spawned on `tracker` and finish their current request (bounded by the
+/// per-connection deadline) after shutdown.
+pub async fn serve(
+    listener: TcpListener,
+    identity: Arc<IdentityService>,
+    config: EnrollConfig,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) -> Result<(), pki::TlsError> {
+    let tls = Arc::new(identity.enroll_server_config()?);
+    let acceptor = TlsAcceptor::from(tls);
+    let limit = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(error) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(%error, "enroll accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::warn!(remote_addr = %peer, "enroll connection refused: too many connections");
+            drop(tcp);
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let identity = identity.clone();
+        let shutdown = shutdown.clone();
+        let deadline = config.request_timeout;
+        let span = tracing::info_span!("enroll_conn", remote_addr = %peer);
+        tracker.spawn(
+            async move {
+                let _permit = permit;
+                match tokio::time::timeout(deadline, connection(tcp, peer, acceptor, identity, shutdown)).await {
+                    Ok(()) => {}
+                    Err(_) => tracing::warn!(timeout_seconds = deadline.as_secs(), "enroll connection timed out"),
+                }
+            }
+            .instrument(span),
+        );
+    }
+    tracing::info!("enroll listener stopped accepting");
+    Ok(())
+}
+
+async fn connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    identity: Arc<IdentityService>,
+    shutdown: CancellationToken,
+) {
+    let tls = match acceptor.accept(tcp).await {
+        Ok(t) => t,
+        Err(error) => {
+            tracing::warn!(%error, "enroll tls handshake failed");
+            return;
+        }
+    };
+    let service = hyper::service::service_fn(move |req| {
+        let identity = identity.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(req, peer, identity).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(5))
+        .keep_alive(false);
+    let conn = builder.serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(error) = res {
+                tracing::debug!(%error, "enroll connection ended with an error");
+            }
+        }
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            if let Err(error) = conn.await {
+                tracing::debug!(%error, "enroll connection ended with an error during shutdown");
+            }
+        }
+    }
+}
+
+async fn handle(req: Request<Incoming>, peer: SocketAddr, identity: Arc<IdentityService>) -> Response<Full<Bytes>> {
+    match enroll_request(req, peer, identity).await {
+        Ok(resp) => resp,
+        Err(error) => {
+            tracing::warn!(remote_addr = %peer, %error, "enrollment refused");
+            error_response(&error)
+        }
+    }
+}
+
+async fn enroll_request(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    identity: Arc<IdentityService>,
+) -> Result<Response<Full<Bytes>>, RequestError> {
+    if req.uri().path() != ENROLL_PATH {
+        return Err(RequestError::NotFound(req.uri().path().to_owned()));
+    }
+    if req.method() != Method::POST {
+        return Err(RequestError::MethodNotAllowed(req.method().clone()));
+    }
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_ENROLL_BODY_BYTES as u64) {
+        return Err(RequestError::TooLarge);
+    }
+    let body = Limited::new(req.into_body(), MAX_ENROLL_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                RequestError::TooLarge
+            } else {
+                RequestError::Body(e.to_string())
+            }
+        })?
+        .to_bytes();
+    let request: EnrollRequest = serde_json::from_slice(&body).map_err(|e| RequestError::BadJson(e.to_string()))?;
+    let peer_str = peer.to_string();
+    let hostname = request.hostname.clone();
+    let enrollment = tokio::task::spawn_blocking(move || identity.enroll(&request.token, &request.csr_pem, Some(&peer_str)))
+        .await
+        .map_err(|e| RequestError::Enroll(EnrollError::Internal(format!("enroll task failed: {e}"))))??;
+    tracing::info!(
+        remote_addr = %peer,
+        agent_id = %enrollment.agent_id,
+        environment_id = %enrollment.environment_id,
+        token_id = %enrollment.token_id,
+        hostname = hostname.as_deref().unwrap_or("-"),
+        cert_serial = %enrollment.certificate.serial,
+        "agent enrolled"
+    );
+    let chain = &enrollment.certificate.chain;
+    let response = EnrollResponse {
+        agent_id: enrollment.agent_id.to_string(),
+        environment_id: enrollment.environment_id.to_string(),
+        certificate_chain_pem: enrollment.certificate.chain_pem(),
+        ca_certificate_pem: chain.last().map(pki::ca::der_to_pem).unwrap_or_default(),
+        not_after: pki_unix(enrollment.certificate.not_after),
+    };
+    Ok(json_response(StatusCode::OK, &response))
+}
+
+fn pki_unix(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
