@@ -1,0 +1,128 @@
+//! Reconnect delays: capped exponential backoff with *full* jitter (the delay
+//! is uniform in `[0, min(cap, base * 2^attempt)]`), so hundreds of agents
+//! that lost the same control plane at the same instant spread their
+//! reconnects over the whole window instead of arriving as one wave.
+//!
+//! Plain state, no clock: the caller sleeps for what [`Backoff::next_delay`]
+//! returns and calls [`Backoff::reset`] once a connection has proved healthy.
+
+use std::time::Duration;
+
+use rand::Rng;
+
+/// Backoff settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackoffSettings {
+    /// Ceiling of the first delay.
+    pub base: Duration,
+    /// Largest ceiling.
+    pub cap: Duration,
+}
+
+impl Default for BackoffSettings {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_millis(500),
+            cap: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Backoff state: how many attempts failed in a row.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    settings: BackoffSettings,
+    attempt: u32,
+}
+
+impl Backoff {
+    /// Fresh state.
+    pub fn new(settings: BackoffSettings) -> Self {
+        Self {
+            settings,
+            attempt: 0,
+        }
+    }
+
+    /// Failed attempts in a row so far.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The ceiling of the next delay (before jitter).
+    pub fn ceiling(&self) -> Duration {
+        let factor = 1u32.checked_shl(self.attempt.min(31)).unwrap_or(u32::MAX);
+        self.settings
+            .base
+            .saturating_mul(factor)
+            .min(self.settings.cap)
+    }
+
+    /// The next delay, drawn from `rng`, and count one more attempt.
+    pub fn next_delay_with(&mut self, rng: &mut impl Rng) -> Duration {
+        let ceiling = self.ceiling();
+        self.attempt = self.attempt.saturating_add(1);
+        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(rng.gen_range(0..=nanos))
+    }
+
+    /// The next delay with the thread's RNG.
+    pub fn next_delay(&mut self) -> Duration {
+        self.next_delay_with(&mut rand::thread_rng())
+    }
+
+    /// A connection came up and stayed healthy: start over.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn ceiling_doubles_up_to_cap() {
+        let mut b = Backoff::new(BackoffSettings {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(1),
+        });
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut ceilings = vec![];
+        for _ in 0..8 {
+            ceilings.push(b.ceiling());
+            let d = b.next_delay_with(&mut rng);
+            assert!(d <= *ceilings.last().unwrap());
+        }
+        assert_eq!(ceilings[0], Duration::from_millis(100));
+        assert_eq!(ceilings[1], Duration::from_millis(200));
+        assert_eq!(ceilings[3], Duration::from_millis(800));
+        assert_eq!(ceilings[4], Duration::from_secs(1));
+        assert_eq!(ceilings[7], Duration::from_secs(1));
+        b.reset();
+        assert_eq!(b.ceiling(), Duration::from_millis(100));
+        for _ in 0..100 {
+            b.next_delay_with(&mut rng);
+        }
+        assert_eq!(b.ceiling(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn full_jitter_spreads_a_wave() {
+        // 500 agents reconnecting at once: delays cover the window, not a point.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let settings = BackoffSettings {
+            base: Duration::from_secs(10),
+            cap: Duration::from_secs(10),
+        };
+        let mut buckets = [0u32; 10];
+        for _ in 0..500 {
+            let d = Backoff::new(settings).next_delay_with(&mut rng);
+            let i = usize::try_from(d.as_secs()).unwrap().min(9);
+            buckets[i] += 1;
+        }
+        // every second of the window gets some, none gets most
+        assert!(buckets.iter().all(|&n| n > 10 && n < 150), "{buckets:?}");
+    }
+}

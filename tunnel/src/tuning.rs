@@ -1,0 +1,64 @@
+//! Flow-control windows and transport parameters for both transports. The
+//! defaults are sized for bulk transfers of hundreds of MB/s on a LAN or
+//! loopback (windows of a few bandwidth-delay products) while capping the
+//! memory a peer can make us buffer.
+
+use std::time::Duration;
+
+/// Window sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    /// Per-stream receive window.
+    pub stream_window_bytes: u32,
+    /// Whole-connection receive window.
+    pub connection_window_bytes: u32,
+    /// Concurrent calls a peer may open.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            stream_window_bytes: 8 << 20,
+            connection_window_bytes: 32 << 20,
+            max_concurrent_streams: 1024,
+        }
+    }
+}
+
+/// QUIC transport parameters: windows, stream limits, keep-alive at the
+/// heartbeat interval and an idle timeout of `misses` intervals.
+pub(crate) fn quic_transport(t: &Tuning, heartbeat: Duration, misses: u32) -> quinn::TransportConfig {
+    let mut c = quinn::TransportConfig::default();
+    c.stream_receive_window(quinn::VarInt::from_u32(t.stream_window_bytes));
+    c.receive_window(quinn::VarInt::from_u32(t.connection_window_bytes));
+    c.send_window(u64::from(t.connection_window_bytes));
+    c.max_concurrent_bidi_streams(quinn::VarInt::from_u32(t.max_concurrent_streams));
+    c.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    c.keep_alive_interval(Some(heartbeat));
+    let idle = heartbeat.saturating_mul(misses.max(1)).max(Duration::from_secs(1));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(idle) {
+        c.max_idle_timeout(Some(idle));
+    }
+    c
+}
+
+pub(crate) fn h2_client(t: &Tuning) -> h2::client::Builder {
+    let mut b = h2::client::Builder::new();
+    b.initial_window_size(t.stream_window_bytes)
+        .initial_connection_window_size(t.connection_window_bytes)
+        .max_frame_size(256 * 1024)
+        .max_concurrent_streams(t.max_concurrent_streams)
+        .max_send_buffer_size(1 << 20);
+    b
+}
+
+pub(crate) fn h2_server(t: &Tuning) -> h2::server::Builder {
+    let mut b = h2::server::Builder::new();
+    b.initial_window_size(t.stream_window_bytes)
+        .initial_connection_window_size(t.connection_window_bytes)
+        .max_frame_size(256 * 1024)
+        .max_concurrent_streams(t.max_concurrent_streams)
+        .max_send_buffer_size(1 << 20);
+    b
+}
