@@ -93,6 +93,7 @@ pub(crate) fn fence_allows(presented: Option<u64>, current: u64) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

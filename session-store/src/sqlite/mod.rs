@@ -169,7 +169,7 @@ impl SqliteStore {
         F: FnOnce(&Connection, i64) -> Result<T> + Send + 'static,
     {
         let notify = notify.map(|s| (self.inner.hub.clone(), s.to_owned()));
-        let (job, rx) = Job::new(Box::new(work), notify);
+        let (job, rx) = Job::boxed(Box::new(work), notify);
         self.inner
             .writer
             .send(job)

@@ -40,7 +40,7 @@ pub(crate) struct Job<T> {
 }
 
 impl<T: Send + 'static> Job<T> {
-    pub(crate) fn new(
+    pub(crate) fn boxed(
         work: JobFn<T>,
         notify: Option<(Arc<Hub>, String)>,
     ) -> (Box<dyn WriteJob>, oneshot::Receiver<Result<T>>) {
