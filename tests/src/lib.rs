@@ -4,3 +4,4 @@
 #![forbid(unsafe_code)]
 
 pub mod fake_model;
+pub mod sandbox;

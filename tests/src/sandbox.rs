@@ -1,0 +1,216 @@
+//! Support for the sandbox tests and `bench-sandbox`: locate the static
+//! executor and the test image (built by `scripts/setup.d/30-images.sh`),
+//! build a [`SandboxService`] on a temporary data dir with a unique agent id,
+//! and remove every container labelled with that id when the guard drops,
+//! even if the test failed.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use protocol::sandbox::{ExecuteRequest, ProvisionRequest, ToolResult};
+use sandbox_agent::sandbox::config::{
+    Policy, PoolSettings, RawPolicy, RawPool, RawSandbox, SandboxSettings,
+};
+use sandbox_agent::sandbox::service::{ReconcileReport, ServiceConfig};
+use sandbox_agent::sandbox::SandboxService;
+
+/// Workspace root (the parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The static executor binary. Panics with the fix if it is missing.
+pub fn executor_path() -> PathBuf {
+    let p = std::env::var_os("AIRLOCK_EXECUTOR_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/x86_64-unknown-linux-gnu/debug/airlock-executor"));
+    assert!(
+        p.is_file(),
+        "static executor not found at {} — run `source scripts/setup.d/30-images.sh` (or scripts/test-all)",
+        p.display()
+    );
+    p
+}
+
+/// The test image reference. Panics with the fix if Docker does not have it.
+pub fn test_image() -> String {
+    let image = std::env::var("AIRLOCK_TEST_IMAGE").unwrap_or_else(|_| "airlock-test-sandbox:latest".into());
+    let ok = std::process::Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}", &image])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "test image {image} not found — run `source scripts/setup.d/30-images.sh` (or scripts/test-all)"
+    );
+    image
+}
+
+/// Remove every container owned by `agent_id` (blocking; used by guards).
+pub fn remove_agent_containers(agent_id: &str) {
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label=airlock.agent_id={agent_id}")])
+        .output();
+    if let Ok(out) = out {
+        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        if !ids.is_empty() {
+            let _ = std::process::Command::new("docker").arg("rm").arg("-f").args(&ids).output();
+        }
+    }
+}
+
+/// Containers (ids) owned by `agent_id`, running or not.
+pub fn agent_containers(agent_id: &str) -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label=airlock.agent_id={agent_id}")])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    out.split_whitespace().map(str::to_owned).collect()
+}
+
+/// A test agent identity and data dir; drop removes its containers.
+#[derive(Debug)]
+pub struct TestAgent {
+    /// Unique agent id (the ownership label).
+    pub agent_id: String,
+    /// Data dir (record, audit, assignments).
+    pub data_dir: tempfile::TempDir,
+    /// `[sandbox]` as raw TOML-equivalent values, editable before `start`.
+    pub sandbox: RawSandbox,
+    /// `[policy]`.
+    pub policy: RawPolicy,
+    /// `[pool]`.
+    pub pool: RawPool,
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        remove_agent_containers(&self.agent_id);
+    }
+}
+
+impl Default for TestAgent {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestAgent {
+    /// A fresh agent using the test image and the static executor.
+    pub fn new() -> Self {
+        let image = test_image();
+        let agent_id = format!("test-{}", uuid::Uuid::new_v4().simple());
+        Self {
+            agent_id,
+            data_dir: tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}")),
+            sandbox: RawSandbox {
+                executor_path: Some(executor_path()),
+                default_image: Some(image.clone()),
+                default_memory_bytes: Some(256 * 1024 * 1024),
+                default_disk_bytes: Some(64 * 1024 * 1024),
+                default_pids: Some(128),
+                tmp_bytes: Some(32 * 1024 * 1024),
+                reap_interval_seconds: Some(1),
+                ..Default::default()
+            },
+            policy: RawPolicy {
+                allowed_images: Some(vec![image]),
+                ..Default::default()
+            },
+            pool: RawPool::default(),
+        }
+    }
+
+    /// The service config these settings describe.
+    pub fn config(&self) -> ServiceConfig {
+        let sandbox = SandboxSettings::from_raw(self.sandbox.clone()).unwrap_or_else(|e| panic!("[sandbox]: {e}"));
+        let policy =
+            Policy::from_raw(self.policy.clone(), &sandbox.default_image).unwrap_or_else(|e| panic!("[policy]: {e}"));
+        let pool =
+            PoolSettings::from_raw(self.pool.clone(), &sandbox.default_image).unwrap_or_else(|e| panic!("[pool]: {e}"));
+        ServiceConfig {
+            agent_id: self.agent_id.clone(),
+            data_dir: self.data_dir.path().to_owned(),
+            sandbox,
+            policy,
+            pool,
+        }
+    }
+
+    /// Start a service for this agent.
+    pub async fn start(&self) -> (SandboxService, ReconcileReport) {
+        SandboxService::start(self.config())
+            .await
+            .unwrap_or_else(|e| panic!("sandbox service did not start: {e}"))
+    }
+}
+
+static NEXT: AtomicU64 = AtomicU64::new(1);
+
+/// A unique tool_use id.
+pub fn tool_use_id() -> String {
+    format!("toolu_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst))
+}
+
+/// Provision with defaults; panics on RPC error.
+pub async fn provision(svc: &SandboxService) -> String {
+    svc.provision(ProvisionRequest::default())
+        .await
+        .unwrap_or_else(|e| panic!("provision failed: {e}"))
+        .sandbox_id
+}
+
+/// Execute a tool with a fresh tool_use_id; panics on RPC error.
+pub async fn exec(svc: &SandboxService, sandbox_id: &str, name: &str, input: serde_json::Value) -> ToolResult {
+    exec_id(svc, sandbox_id, &tool_use_id(), name, input).await
+}
+
+/// Execute a tool with the given tool_use_id; panics on RPC error.
+pub async fn exec_id(
+    svc: &SandboxService,
+    sandbox_id: &str,
+    id: &str,
+    name: &str,
+    input: serde_json::Value,
+) -> ToolResult {
+    svc.execute(
+        ExecuteRequest {
+            sandbox_id: sandbox_id.to_owned(),
+            tool_use_id: id.to_owned(),
+            name: name.to_owned(),
+            input,
+            stream: false,
+        },
+        None,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("execute {name} failed as an RPC: {e}"))
+}
+
+/// The concatenated text blocks of a result.
+pub fn text(r: &ToolResult) -> String {
+    r.content
+        .iter()
+        .filter_map(|b| b.get("text").and_then(|t| t.as_str()))
+        .collect::<Vec<_>>()
+        .join("")
+}
+
+/// `docker inspect` of a sandbox's container, as JSON.
+pub fn docker_inspect(sandbox_id: &str) -> serde_json::Value {
+    let out = std::process::Command::new("docker")
+        .args(["inspect", &format!("airlock-{sandbox_id}")])
+        .output()
+        .unwrap_or_else(|e| panic!("docker inspect: {e}"));
+    assert!(out.status.success(), "docker inspect airlock-{sandbox_id} failed");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("inspect json: {e}"));
+    v[0].clone()
+}
