@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::frame::{Frame, FrameError};
 use crate::sandbox::{
-    DestroyRequest, ExecuteRequest, ProvisionRequest, Provisioned, SandboxInfo, ToolResult,
+    DestroyRequest, ExecuteRequest, ProvisionRequest, Provisioned, SandboxCallError, SandboxErrorCode,
+    SandboxInfo, ToolResult,
 };
 
 /// A call from the control plane to an agent.
@@ -296,6 +297,23 @@ code_enum! {
         Forbidden => "forbidden",
         /// A bug or unexpected fault on the answering side.
         Internal => "internal",
+    }
+}
+
+impl From<SandboxCallError> for CallError {
+    fn from(e: SandboxCallError) -> Self {
+        let code = match e.code {
+            SandboxErrorCode::PolicyDenied => ErrorCode::PolicyDenied,
+            SandboxErrorCode::UnknownSandbox => ErrorCode::UnknownSandbox,
+            SandboxErrorCode::BadRequest => ErrorCode::BadRequest,
+            SandboxErrorCode::Unavailable => ErrorCode::Unavailable,
+            SandboxErrorCode::Internal | SandboxErrorCode::Unknown => ErrorCode::Internal,
+        };
+        CallError {
+            code,
+            message: e.message,
+            rule: e.rule,
+        }
     }
 }
 
