@@ -33,7 +33,7 @@ use crate::tail::{tail, EventStream, Hub};
 use crate::types::{
     check_session_id, decode_body, from_micros, merge_patch, to_micros, AppendBatch, BodyUpdate, EventSelector,
     Fence, Lease, LeaseState, NewSession, Order, PreparedEvent, SessionPage, SessionQuery, SessionRecord,
-    SessionStatus, SessionUpdate, StoredEvent,
+    SessionUpdate, StoredEvent,
 };
 use crate::{check_limit, ttl_micros, SessionStore};
 
@@ -235,13 +235,15 @@ async fn load_session(conn: &mut Conn, session_id: &str) -> Result<Option<Sessio
     rows.first().map(session_from_row).transpose()
 }
 
-/// Inserts prepared events after `last_seq` with one statement.
+/// Inserts prepared events after `last_seq` with one statement that also
+/// `pg_notify`s `channel` (delivered on commit).
 async fn insert_events(
     conn: &mut Conn,
     session_id: &str,
     last_seq: u64,
     events: Vec<PreparedEvent>,
     now_us: i64,
+    channel: &str,
 ) -> Result<Vec<StoredEvent>> {
     if events.is_empty() {
         return Ok(Vec::new());
@@ -259,13 +261,16 @@ async fn insert_events(
         processed.push((!e.queued).then_some(now_us));
         bodies.push(e.body_text.as_str());
     }
-    conn.execute(
+    conn.query(
         concat!(
-            "INSERT INTO events (",
+            "WITH ins AS (INSERT INTO events (",
             event_cols!(),
-            ") SELECT $1::text, s, i, t, p, $6::bigint, b FROM unnest($2::bigint[], $3::text[], $4::text[], $5::bigint[], $7::text[]) AS u(s, i, t, p, b)"
+            ") SELECT $1::text, s, i, t, p, $6::bigint, b \
+             FROM unnest($2::bigint[], $3::text[], $4::text[], $5::bigint[], $7::text[]) AS u(s, i, t, p, b) \
+             RETURNING 1) \
+             SELECT pg_notify($8::text, $1::text) FROM (SELECT count(*) FROM ins) AS c"
         ),
-        &[&session_id, &seqs, &ids, &types, &processed, &now_us, &bodies],
+        &[&session_id, &seqs, &ids, &types, &processed, &now_us, &bodies, &channel],
     )
     .await
     .map_err(|e| {
@@ -385,41 +390,41 @@ impl PgStore {
 
     async fn append_tx(&self, conn: &mut Conn, session_id: &str, batch: AppendBatch) -> Result<Vec<StoredEvent>> {
         let prepared = PreparedEvent::prepare_all(session_id, batch.events)?;
-        let rows = conn
-            .query("SELECT last_seq, lease_epoch, status FROM sessions WHERE id = $1 FOR UPDATE", &[&session_id])
-            .await
-            .map_err(|e| e.into_store(format!("locking session {session_id}")))?;
-        let row = rows.first().ok_or_else(|| StoreError::not_found(session_id))?;
+        let count = to_i64(prepared.len() as u64);
+        let now_us = to_micros(time::OffsetDateTime::now_utc());
+        // Lock the row and reserve the seqs in one statement (READ COMMITTED
+        // re-evaluates the WHERE on the newest row version after waiting for
+        // the lock). A refused batch rolls the reservation back.
+        let rows = match batch.set_status {
+            None => conn
+                .query(
+                    "UPDATE sessions SET last_seq = last_seq + $2 WHERE id = $1 \
+                     RETURNING last_seq - $2, lease_epoch",
+                    &[&session_id, &count],
+                )
+                .await,
+            Some(next) => conn
+                .query(
+                    "UPDATE sessions SET last_seq = last_seq + $2, status = $3, version = version + 1, \
+                     updated_at_us = $4 WHERE id = $1 AND (status <> 'terminated' OR $3 = 'terminated') \
+                     RETURNING last_seq - $2, lease_epoch",
+                    &[&session_id, &count, &next.as_str(), &now_us],
+                )
+                .await,
+        }
+        .map_err(|e| e.into_store(format!("locking session {session_id}")))?;
+        let Some(row) = rows.first() else {
+            return match (batch.set_status, load_session(conn, session_id).await?) {
+                (Some(next), Some(record)) => Err(StoreError::conflict(
+                    session_id,
+                    format!("status {} cannot become {next}", record.status),
+                )),
+                _ => Err(StoreError::not_found(session_id)),
+            };
+        };
         let last_seq = to_u64(col(row, 0)?, "last_seq")?;
         check_fence(session_id, batch.fence, to_u64(col(row, 1)?, "lease_epoch")?)?;
-        let status: String = col(row, 2)?;
-        let now_us = to_micros(time::OffsetDateTime::now_utc());
-        let count = prepared.len() as u64;
-        let stored = insert_events(conn, session_id, last_seq, prepared, now_us).await?;
-        let new_last = to_i64(last_seq + count);
-        match batch.set_status {
-            Some(next) => {
-                let current: SessionStatus = status
-                    .parse()
-                    .map_err(|e| StoreError::corrupt(format!("session {session_id}: {e}")))?;
-                if !current.may_become(next) {
-                    return Err(StoreError::conflict(session_id, format!("status {current} cannot become {next}")));
-                }
-                conn.execute(
-                    "UPDATE sessions SET last_seq = $2, status = $3, version = version + 1, updated_at_us = $4 \
-                     WHERE id = $1",
-                    &[&session_id, &new_last, &next.as_str(), &now_us],
-                )
-                .await
-            }
-            None => {
-                conn.execute("UPDATE sessions SET last_seq = $2 WHERE id = $1", &[&session_id, &new_last])
-                    .await
-            }
-        }
-        .map_err(|e| e.into_store(format!("updating session {session_id}")))?;
-        self.notify(conn, session_id).await?;
-        Ok(stored)
+        insert_events(conn, session_id, last_seq, prepared, now_us, &self.inner.channel).await
     }
 }
 
@@ -457,10 +462,7 @@ impl SessionStore for PgStore {
                     }
                 })?;
             let record = session_from_row(rows.first().ok_or_else(|| StoreError::not_found(&new.id))?)?;
-            let events = insert_events(&mut c, &new.id, 0, prepared, now_us).await?;
-            if !events.is_empty() {
-                self.notify(&mut c, &new.id).await?;
-            }
+            let events = insert_events(&mut c, &new.id, 0, prepared, now_us, &self.inner.channel).await?;
             Ok((record, events))
         }
         .await;
