@@ -1,0 +1,672 @@
+//! The session as the harness sees it, rebuilt from events alone.
+//!
+//! [`SessionView`] is a fold over the log in seq order: no I/O, no clock. It
+//! yields the conversation for the next model request and the work that is
+//! still open. Its rules are what make the harness restartable:
+//!
+//! - **Model requests.** `span.model_request_start` closes the user input
+//!   gathered so far (tool results first, then user content) into a user
+//!   message; that is exactly what the request sent after it contained. The
+//!   response's `agent.message` / `agent.tool_use` / `agent.custom_tool_use`
+//!   events are stored in one batch with `span.model_request_end`, so a
+//!   response is either wholly in the log or not at all. A start without an
+//!   end is a request lost in a crash.
+//! - **User input** that arrives while a request is in flight (after its
+//!   start) is not part of that request: it waits for the next start.
+//! - **Tool calls.** The `agent.tool_use` event id is the model-facing
+//!   `tool_use.id` and the idempotency key down to the sandbox. A call is
+//!   resolved by `agent.tool_result` / `user.tool_result` (built-in),
+//!   `user.custom_tool_result` (custom), or a `user.tool_confirmation` with
+//!   `deny` (the model is told it was denied; the tool never runs).
+//! - **Turns.** New input (a user message or a tool result) since the last
+//!   `session.status_idle` asks for a model call when the conversation ends
+//!   with a user message. Idle consumes that demand, so results written while
+//!   stopping a turn (interrupt) wait for the next user message.
+//! - Consecutive messages of one role are merged (tool results first).
+
+use std::collections::HashSet;
+
+use model::{ContentBlock, Message, Role, Usage};
+use serde_json::Value;
+use session_store::StoredEvent;
+
+use crate::events::{self, types, StopReason};
+
+/// How a tool call is to be resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolUseKind {
+    /// Runs in the sandbox; `evaluated_permission` as recorded.
+    Sandbox {
+        /// `allow`, `ask` or `deny`.
+        evaluated_permission: String,
+    },
+    /// Answered by the client with `user.custom_tool_result`.
+    Custom,
+}
+
+/// A tool call without a result yet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenToolUse {
+    /// The `agent.tool_use` / `agent.custom_tool_use` event id.
+    pub event_id: String,
+    /// Its seq.
+    pub seq: u64,
+    /// Tool name.
+    pub name: String,
+    /// Tool input.
+    pub input: Value,
+    /// How it is resolved.
+    pub kind: ToolUseKind,
+    /// For `ask` calls: the seq of the `user.tool_confirmation` that allowed it.
+    pub allowed_by: Option<u64>,
+}
+
+impl OpenToolUse {
+    /// Whether the harness may run it now.
+    pub fn runnable(&self) -> bool {
+        match &self.kind {
+            ToolUseKind::Sandbox { evaluated_permission } => {
+                evaluated_permission == "allow" || self.allowed_by.is_some()
+            }
+            ToolUseKind::Custom => false,
+        }
+    }
+
+    /// Whether it waits for the client (confirmation or custom result).
+    pub fn blocked(&self) -> bool {
+        match &self.kind {
+            ToolUseKind::Sandbox { evaluated_permission } => {
+                evaluated_permission == "ask" && self.allowed_by.is_none()
+            }
+            ToolUseKind::Custom => true,
+        }
+    }
+}
+
+/// The latest status event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LastStatus {
+    /// `session.status_running`.
+    Running,
+    /// `session.status_idle` with its stop reason (`None`: a shape this
+    /// harness does not write).
+    Idle(Option<StopReason>),
+}
+
+/// The fold. See the module documentation for the rules.
+#[derive(Debug, Clone, Default)]
+pub struct SessionView {
+    messages: Vec<Message>,
+    pending_results: Vec<ContentBlock>,
+    pending_user: Vec<ContentBlock>,
+    assistant: Vec<ContentBlock>,
+    open_span: Option<String>,
+    open_tools: Vec<OpenToolUse>,
+    known_tools: HashSet<String>,
+    resolved_tools: HashSet<String>,
+    input_since_idle: bool,
+    last_status: Option<LastStatus>,
+    queued: Vec<(u64, String)>,
+    interrupts: Vec<u64>,
+    last_span_start_seq: u64,
+    usage: Usage,
+    requests_this_turn: u32,
+    consecutive_failures: u32,
+    last_seq: u64,
+}
+
+/// Events out of order: the caller fed a gap or a repeat.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("event seq {got} applied after seq {last}: the log must be folded in order without gaps")]
+pub struct OutOfOrder {
+    /// Last seq applied.
+    pub last: u64,
+    /// Seq offered.
+    pub got: u64,
+}
+
+fn content_blocks(v: Option<&Value>) -> Vec<Value> {
+    v.and_then(Value::as_array).cloned().unwrap_or_default()
+}
+
+/// Published content blocks into request blocks (`redacted` blocks dropped).
+fn to_request_blocks(blocks: &[Value]) -> Vec<ContentBlock> {
+    blocks
+        .iter()
+        .filter_map(|b| match b.get("type").and_then(Value::as_str) {
+            Some("text") => Some(ContentBlock::text(
+                b.get("text").and_then(Value::as_str).unwrap_or(""),
+            )),
+            Some("redacted") | None => None,
+            Some(_) => Some(ContentBlock::Other(b.clone())),
+        })
+        .collect()
+}
+
+impl SessionView {
+    /// An empty view (a session with no events).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Fold a whole log.
+    pub fn from_events<'a>(events: impl IntoIterator<Item = &'a StoredEvent>) -> Result<Self, OutOfOrder> {
+        let mut v = Self::new();
+        for e in events {
+            v.apply(e)?;
+        }
+        Ok(v)
+    }
+
+    /// Apply the next event (seq must be `last_seq + 1`).
+    pub fn apply(&mut self, e: &StoredEvent) -> Result<(), OutOfOrder> {
+        if e.seq != self.last_seq + 1 {
+            return Err(OutOfOrder {
+                last: self.last_seq,
+                got: e.seq,
+            });
+        }
+        self.last_seq = e.seq;
+        let body = &e.body;
+        let queued = e.processed_at.is_none();
+        match e.event_type.as_str() {
+            types::USER_MESSAGE => {
+                self.pending_user
+                    .extend(to_request_blocks(&content_blocks(body.get("content"))));
+                self.input_since_idle = true;
+                if queued {
+                    self.queued.push((e.seq, e.event_type.clone()));
+                }
+            }
+            types::USER_INTERRUPT if queued => self.interrupts.push(e.seq),
+            types::USER_TOOL_CONFIRMATION => {
+                if queued {
+                    self.queued.push((e.seq, e.event_type.clone()));
+                }
+                let id = body.get("tool_use_id").and_then(Value::as_str).unwrap_or("");
+                let allow = body.get("result").and_then(Value::as_str) == Some("allow");
+                if let Some(pos) = self.open_tools.iter().position(|t| t.event_id == id && t.blocked()) {
+                    if allow {
+                        self.open_tools[pos].allowed_by = Some(e.seq);
+                    } else {
+                        let t = self.open_tools.remove(pos);
+                        let mut text = format!("The user denied this call to `{}`; the tool did not run.", t.name);
+                        if let Some(m) = body.get("deny_message").and_then(Value::as_str) {
+                            text.push_str(" Their message: ");
+                            text.push_str(m);
+                        }
+                        self.resolve(&t.event_id, vec![events::text_block(&text)], true);
+                    }
+                }
+            }
+            types::USER_CUSTOM_TOOL_RESULT => {
+                if queued {
+                    self.queued.push((e.seq, e.event_type.clone()));
+                }
+                let id = body.get("custom_tool_use_id").and_then(Value::as_str).unwrap_or("");
+                if let Some(pos) = self
+                    .open_tools
+                    .iter()
+                    .position(|t| t.event_id == id && t.kind == ToolUseKind::Custom)
+                {
+                    self.open_tools.remove(pos);
+                    let is_error = body.get("is_error").and_then(Value::as_bool).unwrap_or(false);
+                    self.resolve(id, content_blocks(body.get("content")), is_error);
+                }
+            }
+            types::AGENT_TOOL_RESULT | types::USER_TOOL_RESULT => {
+                if queued {
+                    self.queued.push((e.seq, e.event_type.clone()));
+                }
+                let id = body.get("tool_use_id").and_then(Value::as_str).unwrap_or("");
+                if let Some(pos) = self.open_tools.iter().position(|t| t.event_id == id) {
+                    self.open_tools.remove(pos);
+                    let is_error = body.get("is_error").and_then(Value::as_bool).unwrap_or(false);
+                    self.resolve(id, content_blocks(body.get("content")), is_error);
+                }
+            }
+            types::SPAN_MODEL_REQUEST_START => {
+                self.flush_input();
+                self.last_span_start_seq = e.seq;
+                self.open_span = Some(e.id.clone());
+                self.assistant.clear();
+            }
+            types::AGENT_MESSAGE => {
+                self.assistant
+                    .extend(to_request_blocks(&content_blocks(body.get("content"))));
+            }
+            types::AGENT_TOOL_USE | types::AGENT_CUSTOM_TOOL_USE => {
+                let name = body.get("name").and_then(Value::as_str).unwrap_or("").to_owned();
+                let input = body.get("input").cloned().unwrap_or_else(|| Value::Object(Default::default()));
+                self.assistant.push(ContentBlock::ToolUse {
+                    id: e.id.clone(),
+                    name: name.clone(),
+                    input: input.clone(),
+                    cache_control: None,
+                });
+                let kind = if e.event_type == types::AGENT_CUSTOM_TOOL_USE {
+                    ToolUseKind::Custom
+                } else {
+                    ToolUseKind::Sandbox {
+                        evaluated_permission: body
+                            .get("evaluated_permission")
+                            .and_then(Value::as_str)
+                            .unwrap_or("allow")
+                            .to_owned(),
+                    }
+                };
+                if self.known_tools.insert(e.id.clone()) {
+                    self.open_tools.push(OpenToolUse {
+                        event_id: e.id.clone(),
+                        seq: e.seq,
+                        name,
+                        input,
+                        kind,
+                        allowed_by: None,
+                    });
+                }
+            }
+            types::SPAN_MODEL_REQUEST_END => {
+                let start = body.get("model_request_start_id").and_then(Value::as_str);
+                if start.is_some() && start == self.open_span.as_deref() {
+                    self.open_span = None;
+                }
+                let is_error = body.get("is_error").and_then(Value::as_bool).unwrap_or(false);
+                if let Some(u) = body.get("model_usage") {
+                    self.usage.add(&events::usage_from_json(u));
+                }
+                let blocks = std::mem::take(&mut self.assistant);
+                if !blocks.is_empty() {
+                    self.push_message(Role::Assistant, blocks);
+                } else if !is_error {
+                    // The model answered with nothing (or the request was
+                    // interrupted): the demand it was answering is spent.
+                    self.input_since_idle = false;
+                }
+                if is_error {
+                    self.consecutive_failures += 1;
+                } else {
+                    self.consecutive_failures = 0;
+                    self.requests_this_turn += 1;
+                }
+            }
+            types::SESSION_STATUS_RUNNING => self.last_status = Some(LastStatus::Running),
+            types::SESSION_STATUS_IDLE => {
+                self.last_status = Some(LastStatus::Idle(
+                    body.get("stop_reason").and_then(StopReason::from_json),
+                ));
+                self.input_since_idle = false;
+                self.consecutive_failures = 0;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn resolve(&mut self, id: &str, content: Vec<Value>, is_error: bool) {
+        if !self.resolved_tools.insert(id.to_owned()) {
+            return;
+        }
+        self.pending_results.push(ContentBlock::ToolResult {
+            tool_use_id: id.to_owned(),
+            content,
+            is_error,
+            cache_control: None,
+        });
+        self.input_since_idle = true;
+    }
+
+    fn flush_input(&mut self) {
+        if !self.pending_user.is_empty() {
+            self.requests_this_turn = 0;
+        }
+        let mut blocks = std::mem::take(&mut self.pending_results);
+        blocks.append(&mut self.pending_user);
+        if !blocks.is_empty() {
+            self.push_message(Role::User, blocks);
+        }
+    }
+
+    fn push_message(&mut self, role: Role, blocks: Vec<ContentBlock>) {
+        match self.messages.last_mut() {
+            Some(last) if last.role == role => {
+                if role == Role::User {
+                    let (mut results, mut rest): (Vec<_>, Vec<_>) = std::mem::take(&mut last.content)
+                        .into_iter()
+                        .partition(|b| matches!(b, ContentBlock::ToolResult { .. }));
+                    let (new_results, new_rest): (Vec<_>, Vec<_>) = blocks
+                        .into_iter()
+                        .partition(|b| matches!(b, ContentBlock::ToolResult { .. }));
+                    results.extend(new_results);
+                    rest.extend(new_rest);
+                    results.append(&mut rest);
+                    last.content = results;
+                } else {
+                    last.content.extend(blocks);
+                }
+            }
+            None if role == Role::Assistant => {
+                // A conversation cannot start with the assistant; nothing the
+                // harness writes does that. Drop rather than send an invalid request.
+            }
+            _ => self.messages.push(Message { role, content: blocks }),
+        }
+    }
+
+    /// The messages of the next model request: the conversation plus the
+    /// input waiting for it.
+    pub fn request_messages(&self) -> Vec<Message> {
+        let mut v = self.clone_conversation_only();
+        v.flush_input();
+        v.messages
+    }
+
+    fn clone_conversation_only(&self) -> Self {
+        Self {
+            messages: self.messages.clone(),
+            pending_results: self.pending_results.clone(),
+            pending_user: self.pending_user.clone(),
+            ..Self::default()
+        }
+    }
+
+    /// Whether the next step is a model call. Nothing may be left to run or
+    /// wait for; then either a user message arrived that no request has
+    /// consumed yet (still queued, after the last request start), or new
+    /// input (a message or tool result) since the last idle leaves the
+    /// conversation ending with the user.
+    pub fn needs_model(&self) -> bool {
+        if !self.open_tools.is_empty() || !self.interrupts.is_empty() {
+            return false;
+        }
+        if self.has_new_user_message() {
+            return true;
+        }
+        if !self.input_since_idle {
+            return false;
+        }
+        if !self.pending_results.is_empty() || !self.pending_user.is_empty() {
+            return true;
+        }
+        matches!(self.messages.last(), Some(m) if m.role == Role::User)
+    }
+
+    /// A `user.message` still queued that arrived after the last request start.
+    pub fn has_new_user_message(&self) -> bool {
+        self.queued
+            .iter()
+            .any(|(s, t)| t == types::USER_MESSAGE && *s > self.last_span_start_seq)
+    }
+
+    /// Queued client events that a model request already consumed (before
+    /// the last request start) but that are not marked processed (a crash
+    /// between the two writes).
+    pub fn stale_queued(&self) -> Vec<u64> {
+        self.queued
+            .iter()
+            .filter(|(s, _)| *s < self.last_span_start_seq)
+            .map(|(s, _)| *s)
+            .collect()
+    }
+
+    /// Queued `user.message` events (seqs).
+    pub fn queued_user_messages(&self) -> Vec<u64> {
+        self.queued
+            .iter()
+            .filter(|(_, t)| t == types::USER_MESSAGE)
+            .map(|(s, _)| *s)
+            .collect()
+    }
+
+    /// Tool calls without a result, in order.
+    pub fn open_tools(&self) -> &[OpenToolUse] {
+        &self.open_tools
+    }
+
+    /// The span start id of a model request with no end (lost in a crash).
+    pub fn open_span(&self) -> Option<&str> {
+        self.open_span.as_deref()
+    }
+
+    /// Seqs of unprocessed `user.interrupt` events.
+    pub fn interrupts(&self) -> &[u64] {
+        &self.interrupts
+    }
+
+    /// Queued (unprocessed) client events other than interrupts, `(seq, type)`.
+    pub fn queued(&self) -> &[(u64, String)] {
+        &self.queued
+    }
+
+    /// Forget queued events the harness marked processed.
+    pub fn mark_consumed(&mut self, seqs: &[u64]) {
+        self.queued.retain(|(s, _)| !seqs.contains(s));
+        self.interrupts.retain(|s| !seqs.contains(s));
+    }
+
+    /// The latest status event.
+    pub fn last_status(&self) -> Option<&LastStatus> {
+        self.last_status.as_ref()
+    }
+
+    /// Token usage of every model request so far.
+    pub fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    /// Successful model requests since the last request that consumed a
+    /// user message (0 while a user message waits: it starts a new turn).
+    pub fn requests_this_turn(&self) -> u32 {
+        if self.pending_user.is_empty() {
+            self.requests_this_turn
+        } else {
+            0
+        }
+    }
+
+    /// Failed model requests since the last success or idle.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures
+    }
+
+    /// Seq of the last event folded.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Whether a user message is waiting for the next request.
+    pub fn has_pending_user_input(&self) -> bool {
+        !self.pending_user.is_empty()
+    }
+
+    /// The committed conversation (without the pending input).
+    pub fn messages(&self) -> &[Message] {
+        &self.messages
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use time::OffsetDateTime;
+
+    struct Log {
+        events: Vec<StoredEvent>,
+    }
+
+    impl Log {
+        fn new() -> Self {
+            Self { events: vec![] }
+        }
+        fn push(&mut self, body: Value, queued: bool) -> String {
+            let seq = self.events.len() as u64 + 1;
+            let id = format!("sevt_{seq}");
+            let ty = body["type"].as_str().unwrap().to_owned();
+            self.events.push(StoredEvent {
+                session_id: "s".into(),
+                seq,
+                id: id.clone(),
+                event_type: ty,
+                processed_at: if queued { None } else { Some(OffsetDateTime::UNIX_EPOCH) },
+                created_at: OffsetDateTime::UNIX_EPOCH,
+                body: body.as_object().unwrap().clone(),
+            });
+            id
+        }
+        fn user(&mut self, text: &str) -> String {
+            self.push(json!({"type":"user.message","content":[{"type":"text","text":text}]}), true)
+        }
+        fn view(&self) -> SessionView {
+            SessionView::from_events(&self.events).unwrap()
+        }
+    }
+
+    fn roles(v: &[Message]) -> Vec<Role> {
+        v.iter().map(|m| m.role).collect()
+    }
+
+    #[test]
+    fn a_tool_turn_pairs_uses_with_results_and_merges_late_user_input() {
+        let mut log = Log::new();
+        log.user("list files");
+        let v = log.view();
+        assert!(v.needs_model());
+        assert_eq!(v.queued().len(), 1);
+        let s1 = log.push(events::span_start(), false);
+        // A user message arrives while the request is in flight.
+        log.user("also, hurry");
+        log.push(events::agent_message("Looking."), false);
+        let tu = log.push(events::agent_tool_use("bash", &json!({"command":"ls"}), events::Permission::AlwaysAllow), false);
+        log.push(events::span_end(&s1, false, &Usage { input_tokens: 10, output_tokens: 5, ..Default::default() }), false);
+        let v = log.view();
+        assert!(!v.needs_model(), "a tool is open");
+        assert_eq!(v.open_tools().len(), 1);
+        assert!(v.open_tools()[0].runnable());
+        log.push(events::agent_tool_result(&tu, &[json!({"type":"text","text":"a b"})], false), false);
+        let v = log.view();
+        assert!(v.needs_model());
+        let msgs = v.request_messages();
+        assert_eq!(roles(&msgs), [Role::User, Role::Assistant, Role::User]);
+        // The late message comes after the tool result, not before the response.
+        match &msgs[2].content[..] {
+            [ContentBlock::ToolResult { tool_use_id, .. }, ContentBlock::Text { text, .. }] => {
+                assert_eq!(tool_use_id, &tu);
+                assert_eq!(text, "also, hurry");
+            }
+            other => panic!("{other:?}"),
+        }
+        match &msgs[1].content[1] {
+            ContentBlock::ToolUse { id, .. } => assert_eq!(id, &tu),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(v.usage().input_tokens, 10);
+        // End of turn.
+        let s2 = log.push(events::span_start(), false);
+        log.push(events::agent_message("Done."), false);
+        log.push(events::span_end(&s2, false, &Usage::default()), false);
+        let v = log.view();
+        assert!(!v.needs_model());
+        assert_eq!(v.requests_this_turn(), 1, "the late user message started a new turn");
+        log.push(events::status_idle(&StopReason::EndTurn), false);
+        assert!(!log.view().needs_model());
+        log.user("next");
+        let v = log.view();
+        assert!(v.needs_model());
+        assert_eq!(roles(&v.request_messages()), [Role::User, Role::Assistant, Role::User, Role::Assistant, Role::User]);
+    }
+
+    #[test]
+    fn a_request_lost_in_a_crash_is_open_and_asked_again() {
+        let mut log = Log::new();
+        log.user("hi");
+        let s = log.push(events::span_start(), false);
+        let v = log.view();
+        assert_eq!(v.open_span(), Some(s.as_str()));
+        assert!(v.needs_model());
+        assert_eq!(roles(&v.request_messages()), [Role::User]);
+        log.push(events::span_end(&s, true, &Usage::default()), false);
+        let v = log.view();
+        assert!(v.needs_model());
+        assert_eq!(v.consecutive_failures(), 1);
+        assert_eq!(v.open_span(), None);
+    }
+
+    #[test]
+    fn ask_custom_and_deny_resolution() {
+        let mut log = Log::new();
+        log.user("go");
+        let s = log.push(events::span_start(), false);
+        let ask = log.push(events::agent_tool_use("bash", &json!({"command":"rm -rf x"}), events::Permission::AlwaysAsk), false);
+        let custom = log.push(events::agent_custom_tool_use("lookup", &json!({"q":1})), false);
+        let ask2 = log.push(events::agent_tool_use("write", &json!({}), events::Permission::AlwaysAsk), false);
+        log.push(events::span_end(&s, false, &Usage::default()), false);
+        let v = log.view();
+        assert_eq!(v.open_tools().iter().filter(|t| t.blocked()).count(), 3);
+        log.push(json!({"type":"user.tool_confirmation","tool_use_id":ask,"result":"allow"}), true);
+        log.push(json!({"type":"user.tool_confirmation","tool_use_id":ask2,"result":"deny","deny_message":"no writes"}), true);
+        let v = log.view();
+        let open = v.open_tools();
+        assert_eq!(open.len(), 2);
+        assert!(open[0].runnable() && open[0].event_id == ask);
+        assert!(open[1].blocked() && open[1].event_id == custom);
+        log.push(json!({"type":"user.custom_tool_result","custom_tool_use_id":custom,"content":[{"type":"text","text":"42"}]}), true);
+        log.push(events::agent_tool_result(&ask, &[], false), false);
+        let v = log.view();
+        assert!(v.open_tools().is_empty());
+        assert!(v.needs_model());
+        let msgs = v.request_messages();
+        let last = &msgs.last().unwrap().content;
+        assert_eq!(last.len(), 3);
+        let denied = last.iter().find(|b| matches!(b, ContentBlock::ToolResult { tool_use_id, .. } if *tool_use_id == ask2)).unwrap();
+        match denied {
+            ContentBlock::ToolResult { is_error, content, .. } => {
+                assert!(*is_error);
+                assert!(content[0]["text"].as_str().unwrap().contains("no writes"));
+            }
+            _ => unreachable!(),
+        }
+        // Stray or duplicate results are ignored.
+        log.push(events::agent_tool_result(&ask, &[], true), false);
+        log.push(events::agent_tool_result("sevt_nope", &[], true), false);
+        assert_eq!(log.view().request_messages().last().unwrap().content.len(), 3);
+    }
+
+    #[test]
+    fn idle_consumes_the_demand_for_a_model_call() {
+        let mut log = Log::new();
+        log.user("go");
+        let s = log.push(events::span_start(), false);
+        let tu = log.push(events::agent_tool_use("bash", &json!({}), events::Permission::AlwaysAllow), false);
+        log.push(events::span_end(&s, false, &Usage::default()), false);
+        log.push(json!({"type":"user.interrupt"}), true);
+        let v = log.view();
+        assert_eq!(v.interrupts().len(), 1);
+        assert!(!v.needs_model());
+        // Interrupt handling writes an "interrupted" result and idle.
+        log.push(events::agent_tool_result(&tu, &[json!({"type":"text","text":"interrupted"})], true), false);
+        log.push(events::status_idle(&StopReason::EndTurn), false);
+        let mut v = log.view();
+        v.mark_consumed(&[5]);
+        assert!(v.interrupts().is_empty());
+        log.events[4].processed_at = Some(OffsetDateTime::UNIX_EPOCH);
+        assert!(!v.needs_model(), "results written while stopping wait for the user");
+        log.user("try again");
+        let v = log.view();
+        assert!(v.needs_model());
+        let msgs = v.request_messages();
+        assert_eq!(roles(&msgs), [Role::User, Role::Assistant, Role::User]);
+        assert_eq!(msgs[2].content.len(), 2);
+    }
+
+    #[test]
+    fn out_of_order_is_refused() {
+        let mut log = Log::new();
+        log.user("a");
+        log.user("b");
+        let mut v = SessionView::new();
+        assert!(v.apply(&log.events[1]).is_err());
+        v.apply(&log.events[0]).unwrap();
+        assert!(v.apply(&log.events[0]).is_err());
+    }
+}

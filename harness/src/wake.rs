@@ -1,0 +1,967 @@
+//! `wake(session_id)`: take the lease, rebuild the session from its log, and
+//! advance it until it is idle.
+//!
+//! Every step reads the log, decides from the [`SessionView`] alone, and
+//! writes its outcome with one fenced append. The order of writes is chosen
+//! so that a crash between any two of them leaves a log the next wake
+//! continues from:
+//!
+//! | step | writes | a crash after it leaves |
+//! |---|---|---|
+//! | start a model request | `span.model_request_start` (then marks the input it consumed processed) | an open span: closed with `is_error`, the request is made again (and counts as a failed attempt) |
+//! | model response | `agent.message`*, `agent.tool_use`*, `span.model_request_end` (+ results for unknown tools) in one batch | the response, whole |
+//! | run a tool | `agent.tool_result` after `Hands::execute` returned | a call without a result: sent again with the same id, the agent answers from its record |
+//! | model error | `span.model_request_end{is_error}`, `session.error` (+ idle `retries_exhausted`) | the failure count, so retries continue rather than restart |
+//! | stop | `session.status_idle` | nothing to do |
+//!
+//! A second harness cannot interleave: the lease's epoch fences every write,
+//! and a harness whose renewal or write is refused stops at once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use model::{
+    BlockStart, MessagesRequest, ModelError, Provider, Response, ResponseBlock, StreamEvent,
+    StreamItem, SystemBlock, Usage,
+};
+use rand::Rng;
+use serde_json::Value;
+use session_store::{
+    new_event_id, AppendBatch, EventSelector, Fence, Lease, NewEvent, SessionStatus, SessionStore, StoreError,
+    StoredEvent, TailItem,
+};
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::agent::{AgentConfig, AgentConfigError, ToolKind};
+use crate::config::{HarnessConfig, ProvisioningMode};
+use crate::events::{self, types, Permission, RetryStatus, StopReason};
+use crate::hands::{Disposition, Hands, HandsError, ProvisionSpec, SandboxRef, ToolCall, ToolOutput};
+use crate::view::{LastStatus, OpenToolUse, OutOfOrder, SessionView};
+
+/// Events read per store round trip when rebuilding.
+const READ_PAGE: usize = 10_000;
+
+/// How a wake ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WakeOutcome {
+    /// The session is idle for this reason.
+    Idle(StopReason),
+    /// There was nothing to do; nothing was written.
+    NothingToDo,
+    /// Another harness holds the lease.
+    Busy {
+        /// Its holder name.
+        holder: String,
+    },
+    /// The lease was taken over mid-way; this harness stopped writing.
+    LeaseLost,
+}
+
+/// Why a wake failed. Model and tool failures are not errors: they are
+/// written to the session as events.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HarnessError {
+    /// The store failed (transient or not); the wake stopped. Try again later.
+    #[error("session store failed for session {session_id}: {source}")]
+    Store {
+        /// Session.
+        session_id: String,
+        /// The store's error.
+        #[source]
+        source: StoreError,
+    },
+    /// The log handed out events out of order (a store bug).
+    #[error("log of session {session_id} cannot be folded: {source}")]
+    Log {
+        /// Session.
+        session_id: String,
+        /// Where.
+        #[source]
+        source: OutOfOrder,
+    },
+}
+
+/// Hooks for live observation (time to first token, delta forwarding).
+/// Called inline: keep them cheap.
+pub trait Observer: Send + Sync + std::fmt::Debug {
+    /// A model request is about to be sent.
+    fn model_request_sent(&self, _session_id: &str) {}
+    /// A stream event arrived. `message_event_id` is the id the
+    /// `agent.message` built from this text block will be stored under (for
+    /// `event_start`/`event_delta` previews); `None` for other blocks.
+    fn model_event(&self, _session_id: &str, _message_event_id: Option<&str>, _event: &StreamEvent) {}
+    /// A wake finished.
+    fn wake_finished(&self, _session_id: &str, _outcome: &Result<WakeOutcome, String>) {}
+}
+
+/// An observer that ignores everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoopObserver;
+
+impl Observer for NoopObserver {}
+
+/// The harness: stateless between wakes; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Harness {
+    store: Arc<dyn SessionStore>,
+    provider: Arc<dyn Provider>,
+    hands: Arc<dyn Hands>,
+    config: Arc<HarnessConfig>,
+    observer: Arc<dyn Observer>,
+}
+
+/// Signals from the helper tasks of a wake.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Signals {
+    /// `user.interrupt` events seen on the live tail.
+    interrupts: u64,
+    /// The lease renewal was refused: another harness owns the session.
+    lease_lost: bool,
+}
+
+/// Internal early exits.
+#[derive(Debug)]
+enum Halt {
+    LeaseLost,
+    Store(StoreError),
+    Log(OutOfOrder),
+}
+
+impl From<StoreError> for Halt {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Fenced { .. } => Halt::LeaseLost,
+            e => Halt::Store(e),
+        }
+    }
+}
+
+impl From<OutOfOrder> for Halt {
+    fn from(e: OutOfOrder) -> Self {
+        Halt::Log(e)
+    }
+}
+
+/// A spawned task aborted when dropped, so dropping a wake (a crash, a
+/// shutdown) stops its helpers too.
+struct Task<T>(Option<tokio::task::JoinHandle<T>>);
+
+impl<T> Task<T> {
+    fn spawn<F>(f: F) -> Self
+    where
+        F: std::future::Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        Self(Some(tokio::spawn(f.in_current_span())))
+    }
+
+    async fn join(mut self) -> Option<T> {
+        match self.0.take() {
+            Some(h) => h.await.ok(),
+            None => None,
+        }
+    }
+}
+
+impl<T> Drop for Task<T> {
+    fn drop(&mut self) {
+        if let Some(h) = &self.0 {
+            h.abort();
+        }
+    }
+}
+
+enum SandboxSlot {
+    Empty,
+    Pending(Task<Result<SandboxRef, HandsError>>),
+    Ready(SandboxRef),
+}
+
+enum Streamed {
+    Done(Response, HashMap<usize, String>),
+    Failed(ModelError, Usage),
+    Interrupted(Usage),
+    LeaseLost,
+}
+
+impl Harness {
+    /// A harness over these parts.
+    pub fn new(
+        store: Arc<dyn SessionStore>,
+        provider: Arc<dyn Provider>,
+        hands: Arc<dyn Hands>,
+        config: HarnessConfig,
+    ) -> Self {
+        Self {
+            store,
+            provider,
+            hands,
+            config: Arc::new(config),
+            observer: Arc::new(NoopObserver),
+        }
+    }
+
+    /// Install an observer.
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = observer;
+        self
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &HarnessConfig {
+        &self.config
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
+    }
+
+    /// Rebuild a session's view and the next model request from its log
+    /// alone (no lease, no writes). What `wake` does before its first model
+    /// call; public for diagnostics and the benchmark.
+    pub async fn rebuild(&self, session_id: &str) -> Result<(SessionView, Option<MessagesRequest>), HarnessError> {
+        let store_err = |source| HarnessError::Store {
+            session_id: session_id.to_owned(),
+            source,
+        };
+        let record = self.store.get_session(session_id).await.map_err(store_err)?;
+        let mut view = SessionView::new();
+        read_into(&*self.store, session_id, &mut view)
+            .await
+            .map_err(|h| match h {
+                Halt::Log(source) => HarnessError::Log {
+                    session_id: session_id.to_owned(),
+                    source,
+                },
+                Halt::Store(source) => HarnessError::Store {
+                    session_id: session_id.to_owned(),
+                    source,
+                },
+                Halt::LeaseLost => HarnessError::Store {
+                    session_id: session_id.to_owned(),
+                    source: StoreError::NotFound {
+                        session_id: session_id.to_owned(),
+                    },
+                },
+            })?;
+        let request = AgentConfig::from_session(session_id, &record.body)
+            .ok()
+            .map(|agent| build_request(&agent, &view, self.config.max_tokens));
+        Ok((view, request))
+    }
+
+    /// Take the lease on `session_id`, advance the session until it is idle
+    /// (or blocked on the client), release the lease.
+    pub async fn wake(&self, session_id: &str) -> Result<WakeOutcome, HarnessError> {
+        let span = tracing::info_span!("wake", session_id, holder = %self.config.instance_id);
+        let outcome = self.wake_inner(session_id).instrument(span).await;
+        let reported = outcome.as_ref().map(Clone::clone).map_err(ToString::to_string);
+        self.observer.wake_finished(session_id, &reported);
+        outcome
+    }
+
+    async fn wake_inner(&self, session_id: &str) -> Result<WakeOutcome, HarnessError> {
+        let store_err = |source| HarnessError::Store {
+            session_id: session_id.to_owned(),
+            source,
+        };
+        let lease = match self
+            .store
+            .acquire_lease(session_id, &self.config.instance_id, self.config.lease_ttl)
+            .await
+        {
+            Ok(l) => l,
+            Err(StoreError::LeaseHeld { holder, .. }) => return Ok(WakeOutcome::Busy { holder }),
+            Err(e) => return Err(store_err(e)),
+        };
+        tracing::debug!(epoch = lease.epoch, "lease acquired");
+        let (sig_tx, sig_rx) = watch::channel(Signals::default());
+        let sig_tx = Arc::new(sig_tx);
+        let renewal = Task::spawn(renew_lease(
+            self.store.clone(),
+            lease.clone(),
+            self.config.lease_ttl,
+            self.config.lease_renew_interval,
+            sig_tx.clone(),
+        ));
+        let result = self.run(session_id, &lease, sig_rx, sig_tx).await;
+        drop(renewal);
+        match result {
+            Ok(outcome) => {
+                match self.store.release_lease(&lease).await {
+                    Ok(()) | Err(StoreError::Fenced { .. }) => {}
+                    Err(e) => tracing::warn!(%e, "releasing the lease failed; it will expire"),
+                }
+                Ok(outcome)
+            }
+            Err(Halt::LeaseLost) => {
+                tracing::warn!(epoch = lease.epoch, "lease lost to another harness; stopped");
+                Ok(WakeOutcome::LeaseLost)
+            }
+            Err(Halt::Store(e)) => {
+                let _ = self.store.release_lease(&lease).await;
+                Err(store_err(e))
+            }
+            Err(Halt::Log(e)) => {
+                let _ = self.store.release_lease(&lease).await;
+                Err(HarnessError::Log {
+                    session_id: session_id.to_owned(),
+                    source: e,
+                })
+            }
+        }
+    }
+
+    async fn run(
+        &self,
+        session_id: &str,
+        lease: &Lease,
+        signals: watch::Receiver<Signals>,
+        sig_tx: Arc<watch::Sender<Signals>>,
+    ) -> Result<WakeOutcome, Halt> {
+        let record = self.store.get_session(session_id).await?;
+        let agent = AgentConfig::from_session(session_id, &record.body);
+        let mut view = SessionView::new();
+        read_into(&*self.store, session_id, &mut view).await?;
+        let tail = Task::spawn(watch_interrupts(
+            self.store.clone(),
+            session_id.to_owned(),
+            view.last_seq() + 1,
+            sig_tx,
+        ));
+        let mut run = Run {
+            h: self,
+            sid: session_id.to_owned(),
+            fence: Fence::Epoch(lease.epoch),
+            view,
+            agent,
+            signals,
+            sandbox: SandboxSlot::Empty,
+            did_work: false,
+            _tail: tail,
+        };
+        run.main_loop().await
+    }
+}
+
+/// Fold every event after `view.last_seq()` into `view`.
+async fn read_into(store: &dyn SessionStore, sid: &str, view: &mut SessionView) -> Result<(), Halt> {
+    loop {
+        let page = store.read(sid, view.last_seq() + 1, READ_PAGE).await?;
+        let n = page.len();
+        for e in &page {
+            view.apply(e)?;
+        }
+        if n < READ_PAGE {
+            return Ok(());
+        }
+    }
+}
+
+async fn renew_lease(
+    store: Arc<dyn SessionStore>,
+    mut lease: Lease,
+    ttl: Duration,
+    every: Duration,
+    sig: Arc<watch::Sender<Signals>>,
+) {
+    loop {
+        tokio::time::sleep(every).await;
+        match store.renew_lease(&lease, ttl).await {
+            Ok(l) => lease = l,
+            Err(StoreError::Fenced { .. } | StoreError::NotFound { .. }) => {
+                sig.send_modify(|s| s.lease_lost = true);
+                return;
+            }
+            Err(e) => tracing::warn!(%e, "lease renewal failed; retrying"),
+        }
+    }
+}
+
+async fn watch_interrupts(store: Arc<dyn SessionStore>, sid: String, from: u64, sig: Arc<watch::Sender<Signals>>) {
+    use futures::StreamExt;
+    let Ok(mut tail) = store.subscribe(&sid, from).await else { return };
+    while let Some(item) = tail.next().await {
+        match item {
+            Ok(TailItem::Appended(e)) if e.event_type == types::USER_INTERRUPT => {
+                sig.send_modify(|s| s.interrupts += 1);
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+fn build_request(agent: &AgentConfig, view: &SessionView, max_tokens: u32) -> MessagesRequest {
+    let mut r = MessagesRequest {
+        model: agent.model.clone(),
+        max_tokens,
+        system: agent.system.iter().map(SystemBlock::text).collect(),
+        messages: view.request_messages(),
+        tools: agent.tools.iter().map(|t| t.definition.clone()).collect(),
+        tool_choice: None,
+        temperature: None,
+        metadata: None,
+    };
+    r.apply_cache_breakpoints();
+    r
+}
+
+fn text_output(text: &str, is_error: bool) -> ToolOutput {
+    ToolOutput {
+        content: vec![events::text_block(text)],
+        is_error,
+        disposition: Disposition::Ran,
+    }
+}
+
+/// One wake in progress.
+struct Run<'h> {
+    h: &'h Harness,
+    sid: String,
+    fence: Fence,
+    view: SessionView,
+    agent: Result<AgentConfig, AgentConfigError>,
+    signals: watch::Receiver<Signals>,
+    sandbox: SandboxSlot,
+    did_work: bool,
+    _tail: Task<()>,
+}
+
+impl Run<'_> {
+    async fn main_loop(&mut self) -> Result<WakeOutcome, Halt> {
+        loop {
+            read_into(&*self.h.store, &self.sid, &mut self.view).await?;
+            if self.signals.borrow().lease_lost {
+                return Err(Halt::LeaseLost);
+            }
+            let stale = self.view.stale_queued();
+            if !stale.is_empty() {
+                self.mark_processed(stale).await?;
+            }
+            if !self.view.interrupts().is_empty() {
+                self.handle_interrupt().await?;
+                continue;
+            }
+            if let Some(span) = self.view.open_span().map(str::to_owned) {
+                tracing::info!(span_id = %span, "closing a model request lost in a crash");
+                self.append(vec![events::span_end(&span, true, &Usage::default())], None)
+                    .await?;
+                continue;
+            }
+            if let Some(tool) = self.view.open_tools().iter().find(|t| t.runnable()).cloned() {
+                self.run_tool(tool).await?;
+                continue;
+            }
+            let blocked: Vec<String> = self
+                .view
+                .open_tools()
+                .iter()
+                .filter(|t| t.blocked())
+                .map(|t| t.event_id.clone())
+                .collect();
+            if !blocked.is_empty() {
+                let reason = StopReason::RequiresAction(blocked);
+                if self.view.last_status() != Some(&LastStatus::Idle(Some(reason.clone()))) {
+                    self.go_idle(&reason).await?;
+                    continue;
+                }
+                return Ok(WakeOutcome::Idle(reason));
+            }
+            if self.view.needs_model() {
+                if let Err(e) = &self.agent {
+                    let message = e.to_string();
+                    self.stop_turn(
+                        vec![events::session_error("unknown_error", &message, RetryStatus::Exhausted)],
+                        StopReason::RetriesExhausted,
+                    )
+                    .await?;
+                    continue;
+                }
+                if self.budget_reached() {
+                    tracing::info!(
+                        requests_this_turn = self.view.requests_this_turn(),
+                        tokens = self.view.usage().total(),
+                        "budget reached"
+                    );
+                    self.stop_turn(vec![], StopReason::BudgetReached).await?;
+                    continue;
+                }
+                self.model_turn().await?;
+                continue;
+            }
+            match self.view.last_status() {
+                Some(LastStatus::Running) => {
+                    self.go_idle(&StopReason::EndTurn).await?;
+                    continue;
+                }
+                Some(LastStatus::Idle(Some(r))) if self.did_work => return Ok(WakeOutcome::Idle(r.clone())),
+                _ if self.did_work => return Ok(WakeOutcome::Idle(StopReason::EndTurn)),
+                _ => return Ok(WakeOutcome::NothingToDo),
+            }
+        }
+    }
+
+    fn lease_lost(&self) -> bool {
+        self.signals.borrow().lease_lost
+    }
+
+    /// Append under the fence; fold what was stored (and anything others
+    /// appended before it) into the view.
+    async fn append(&mut self, events: Vec<Value>, status: Option<SessionStatus>) -> Result<Vec<StoredEvent>, Halt> {
+        self.append_new(events.into_iter().map(NewEvent::processed).collect(), status)
+            .await
+    }
+
+    async fn append_new(
+        &mut self,
+        events: Vec<NewEvent>,
+        set_status: Option<SessionStatus>,
+    ) -> Result<Vec<StoredEvent>, Halt> {
+        if self.lease_lost() {
+            return Err(Halt::LeaseLost);
+        }
+        let stored = self
+            .h
+            .store
+            .append_batch(
+                &self.sid,
+                AppendBatch {
+                    events,
+                    fence: self.fence,
+                    set_status,
+                },
+            )
+            .await?;
+        self.did_work = true;
+        if let Some(first) = stored.first() {
+            if first.seq > self.view.last_seq() + 1 {
+                let gap = usize::try_from(first.seq - self.view.last_seq() - 1).unwrap_or(usize::MAX);
+                let missing = self
+                    .h
+                    .store
+                    .read(&self.sid, self.view.last_seq() + 1, gap.clamp(1, 100_000))
+                    .await?;
+                for e in missing.iter().filter(|e| e.seq < first.seq) {
+                    self.view.apply(e)?;
+                }
+            }
+        }
+        for e in &stored {
+            self.view.apply(e)?;
+        }
+        Ok(stored)
+    }
+
+    async fn mark_processed(&mut self, seqs: Vec<u64>) -> Result<(), Halt> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        self.h
+            .store
+            .mark_processed(&self.sid, EventSelector::Seqs(seqs.clone()), self.fence)
+            .await?;
+        self.view.mark_consumed(&seqs);
+        Ok(())
+    }
+
+    async fn ensure_running(&mut self) -> Result<(), Halt> {
+        if self.view.last_status() != Some(&LastStatus::Running) {
+            self.append(vec![events::status_running()], Some(SessionStatus::Running))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn go_idle(&mut self, reason: &StopReason) -> Result<(), Halt> {
+        self.append(vec![events::status_idle(reason)], Some(SessionStatus::Idle))
+            .await?;
+        Ok(())
+    }
+
+    /// End the turn with `reason` (after `first` events), consuming the
+    /// queued user messages so they do not ask again.
+    async fn stop_turn(&mut self, mut first: Vec<Value>, reason: StopReason) -> Result<(), Halt> {
+        first.push(events::status_idle(&reason));
+        self.append(first, Some(SessionStatus::Idle)).await?;
+        let queued = self.view.queued_user_messages();
+        self.mark_processed(queued).await
+    }
+
+    fn budget_reached(&self) -> bool {
+        let b = &self.h.config.budget;
+        (b.max_model_requests_per_turn > 0 && self.view.requests_this_turn() >= b.max_model_requests_per_turn)
+            || (b.max_session_tokens > 0 && self.view.usage().total() >= b.max_session_tokens)
+    }
+
+    async fn handle_interrupt(&mut self) -> Result<(), Halt> {
+        let seqs = self.view.interrupts().to_vec();
+        let mut batch = Vec::new();
+        if let Some(span) = self.view.open_span() {
+            batch.push(events::span_end(span, false, &Usage::default()));
+        }
+        for t in self.view.open_tools() {
+            batch.push(events::agent_tool_result(
+                &t.event_id,
+                &[events::text_block(
+                    "Not run: the user interrupted the turn before this tool call ran.",
+                )],
+                true,
+            ));
+        }
+        let running = self.view.last_status() == Some(&LastStatus::Running);
+        tracing::info!(open_tools = self.view.open_tools().len(), "interrupt");
+        if running || !batch.is_empty() {
+            batch.push(events::status_idle(&StopReason::EndTurn));
+            self.append(batch, Some(SessionStatus::Idle)).await?;
+        }
+        self.mark_processed(seqs).await
+    }
+
+    // ------------------------------------------------------------- tools
+
+    async fn run_tool(&mut self, tool: OpenToolUse) -> Result<(), Halt> {
+        self.ensure_running().await?;
+        let call = ToolCall {
+            tool_use_id: tool.event_id.clone(),
+            name: tool.name.clone(),
+            input: tool.input.clone(),
+        };
+        let known_sandbox_tool = matches!(&self.agent, Ok(a) if a.tool(&tool.name).is_some_and(|t| t.kind == ToolKind::Sandbox));
+        let out = if known_sandbox_tool {
+            self.execute(&call).await?
+        } else {
+            text_output(
+                &format!("Not run: tool `{}` is not available in this session.", tool.name),
+                true,
+            )
+        };
+        let mut content = out.content;
+        let mut is_error = out.is_error;
+        if out.disposition == Disposition::Unknown {
+            is_error = true;
+            if content.is_empty() {
+                content.push(events::text_block(
+                    "The outcome of this tool call is unknown: it may or may not have run before a failure.",
+                ));
+            }
+        }
+        tracing::debug!(tool_use_id = %call.tool_use_id, tool = %call.name, is_error, disposition = ?out.disposition, "tool result");
+        self.append(vec![events::agent_tool_result(&call.tool_use_id, &content, is_error)], None)
+            .await?;
+        if let Some(c) = tool.allowed_by {
+            self.mark_processed(vec![c]).await?;
+        }
+        Ok(())
+    }
+
+    /// Run one call, provisioning as needed and retrying transient hands
+    /// failures. Only a lost lease is an `Err`; everything else is a result.
+    async fn execute(&mut self, call: &ToolCall) -> Result<ToolOutput, Halt> {
+        let policy = self.h.config.retry.clone();
+        let mut failures = 0u32;
+        let mut reprovisioned = false;
+        loop {
+            let sandbox = match self.sandbox().await {
+                Ok(s) => s,
+                Err(e) if e.is_transient() && failures + 1 < policy.max_attempts => {
+                    failures += 1;
+                    tracing::warn!(%e, failures, "provisioning failed; retrying");
+                    self.pause(policy.delay(failures, None, jitter_unit())).await?;
+                    continue;
+                }
+                Err(e) => {
+                    return Ok(text_output(&format!("Not run: could not provision a sandbox: {e}"), true));
+                }
+            };
+            let hands = self.h.hands.clone();
+            let mut sig = self.signals.clone();
+            let result = tokio::select! {
+                r = hands.execute(&sandbox, call) => r,
+                () = lease_lost(&mut sig) => return Err(Halt::LeaseLost),
+            };
+            match result {
+                Ok(out) => return Ok(out),
+                Err(HandsError::SandboxGone { sandbox_id }) if !reprovisioned => {
+                    tracing::info!(sandbox_id = %sandbox_id, "sandbox gone; provisioning again");
+                    self.sandbox = SandboxSlot::Empty;
+                    reprovisioned = true;
+                }
+                Err(e) if e.is_transient() && failures + 1 < policy.max_attempts => {
+                    failures += 1;
+                    tracing::warn!(%e, failures, "tool call could not be made; retrying");
+                    self.pause(policy.delay(failures, None, jitter_unit())).await?;
+                }
+                Err(e) => return Ok(text_output(&format!("Not run: {e}"), true)),
+            }
+        }
+    }
+
+    fn provision_spec(&self) -> ProvisionSpec {
+        let (environment_id, resources) = match &self.agent {
+            Ok(a) => (a.environment_id.clone(), a.resources.clone()),
+            Err(_) => (None, Vec::new()),
+        };
+        ProvisionSpec {
+            session_id: self.sid.clone(),
+            environment_id,
+            resources,
+        }
+    }
+
+    fn start_speculative_provision(&mut self) {
+        if matches!(self.sandbox, SandboxSlot::Empty) {
+            let hands = self.h.hands.clone();
+            let spec = self.provision_spec();
+            self.sandbox = SandboxSlot::Pending(Task::spawn(async move { hands.provision(&spec).await }));
+        }
+    }
+
+    async fn sandbox(&mut self) -> Result<SandboxRef, HandsError> {
+        let pending = match std::mem::replace(&mut self.sandbox, SandboxSlot::Empty) {
+            SandboxSlot::Ready(s) => {
+                self.sandbox = SandboxSlot::Ready(s.clone());
+                return Ok(s);
+            }
+            SandboxSlot::Pending(task) => task.join().await,
+            SandboxSlot::Empty => None,
+        };
+        let result = match pending {
+            Some(Ok(s)) => Ok(s),
+            Some(Err(e)) => {
+                tracing::info!(%e, "speculative provisioning failed; provisioning again");
+                self.h.hands.provision(&self.provision_spec()).await
+            }
+            None => self.h.hands.provision(&self.provision_spec()).await,
+        };
+        if let Ok(s) = &result {
+            tracing::debug!(sandbox_id = %s.sandbox_id, "sandbox ready");
+            self.sandbox = SandboxSlot::Ready(s.clone());
+        }
+        result
+    }
+
+    /// Sleep, waking early on an interrupt; a lost lease ends the wake.
+    async fn pause(&mut self, d: Duration) -> Result<(), Halt> {
+        let base = self.signals.borrow().interrupts;
+        let mut sig = self.signals.clone();
+        tokio::select! {
+            () = tokio::time::sleep(d) => Ok(()),
+            s = stop_signal(&mut sig, base) => if s.lease_lost { Err(Halt::LeaseLost) } else { Ok(()) },
+        }
+    }
+
+    // ------------------------------------------------------------- model
+
+    async fn model_turn(&mut self) -> Result<(), Halt> {
+        let agent = match &self.agent {
+            Ok(a) => a.clone(),
+            Err(_) => return Ok(()),
+        };
+        self.ensure_running().await?;
+        let span_id = new_event_id();
+        self.append_new(
+            vec![NewEvent::processed(events::span_start()).with_id(span_id.clone())],
+            None,
+        )
+        .await?;
+        let consumed = self.view.stale_queued();
+        self.mark_processed(consumed).await?;
+        if agent.needs_sandbox() {
+            match self.h.config.provisioning {
+                ProvisioningMode::Eager => {
+                    if let Err(e) = self.sandbox().await {
+                        tracing::warn!(%e, "eager provisioning failed; tools will try again");
+                    }
+                }
+                ProvisioningMode::Speculative => self.start_speculative_provision(),
+                ProvisioningMode::Lazy => {}
+            }
+        }
+        let request = build_request(&agent, &self.view, self.h.config.max_tokens);
+        self.h.observer.model_request_sent(&self.sid);
+        match self.stream_response(&request).await {
+            Streamed::Done(resp, text_ids) => self.record_response(&agent, &span_id, resp, text_ids).await,
+            Streamed::Failed(e, usage) => self.record_failure(&span_id, e, usage).await,
+            Streamed::Interrupted(usage) => {
+                self.append(vec![events::span_end(&span_id, false, &usage)], None)
+                    .await?;
+                Ok(())
+            }
+            Streamed::LeaseLost => Err(Halt::LeaseLost),
+        }
+    }
+
+    async fn stream_response(&mut self, request: &MessagesRequest) -> Streamed {
+        enum Step<T> {
+            Item(T),
+            Stop(Signals),
+        }
+        let base = self.signals.borrow().interrupts;
+        let mut sig = self.signals.clone();
+        let provider = self.h.provider.clone();
+        let stopped = |s: Signals, usage: Usage| {
+            if s.lease_lost {
+                Streamed::LeaseLost
+            } else {
+                Streamed::Interrupted(usage)
+            }
+        };
+        let step = tokio::select! {
+            r = provider.stream(request) => Step::Item(r),
+            s = stop_signal(&mut sig, base) => Step::Stop(s),
+        };
+        let mut stream = match step {
+            Step::Item(Ok(s)) => s,
+            Step::Item(Err(e)) => return Streamed::Failed(e, Usage::default()),
+            Step::Stop(s) => return stopped(s, Usage::default()),
+        };
+        let mut text_ids: HashMap<usize, String> = HashMap::new();
+        loop {
+            let step = tokio::select! {
+                item = stream.next() => Step::Item(item),
+                s = stop_signal(&mut sig, base) => Step::Stop(s),
+            };
+            match step {
+                Step::Item(Ok(StreamItem::Event(ev))) => {
+                    if let StreamEvent::BlockStart {
+                        index,
+                        block: BlockStart::Text { .. },
+                    } = &ev
+                    {
+                        text_ids.insert(*index, new_event_id());
+                    }
+                    let id = match &ev {
+                        StreamEvent::BlockStart { index, .. }
+                        | StreamEvent::BlockDelta { index, .. }
+                        | StreamEvent::BlockStop { index } => text_ids.get(index).map(String::as_str),
+                        _ => None,
+                    };
+                    self.h.observer.model_event(&self.sid, id, &ev);
+                }
+                Step::Item(Ok(StreamItem::Done(resp))) => return Streamed::Done(resp, text_ids),
+                Step::Item(Err(e)) => return Streamed::Failed(e, stream.usage_so_far()),
+                Step::Stop(s) => return stopped(s, stream.usage_so_far()),
+            }
+        }
+    }
+
+    async fn record_response(
+        &mut self,
+        agent: &AgentConfig,
+        span_id: &str,
+        resp: Response,
+        text_ids: HashMap<usize, String>,
+    ) -> Result<(), Halt> {
+        let mut batch = Vec::new();
+        let mut refused = Vec::new();
+        for (index, block) in resp.content.iter().enumerate() {
+            match block {
+                ResponseBlock::Text { text } => {
+                    if text.is_empty() {
+                        continue;
+                    }
+                    let id = text_ids.get(&index).cloned().unwrap_or_else(new_event_id);
+                    batch.push(NewEvent::processed(events::agent_message(text)).with_id(id));
+                }
+                ResponseBlock::ToolUse { name, input, .. } => {
+                    let id = new_event_id();
+                    let body = match agent.tool(name) {
+                        Some(t) if t.kind == ToolKind::Custom => events::agent_custom_tool_use(name, input),
+                        Some(t) => events::agent_tool_use(name, input, t.permission),
+                        None => {
+                            refused.push((id.clone(), name.clone()));
+                            events::agent_tool_use(name, input, Permission::Refused)
+                        }
+                    };
+                    batch.push(NewEvent::processed(body).with_id(id));
+                }
+                _ => {}
+            }
+        }
+        batch.push(NewEvent::processed(events::span_end(span_id, false, &resp.usage)));
+        let available: Vec<&str> = agent.tools.iter().map(|t| t.definition.name.as_str()).collect();
+        for (id, name) in refused {
+            tracing::info!(tool = %name, "model called an unknown tool");
+            let text = format!(
+                "Error: there is no tool named `{name}` in this session. Available tools: {}.",
+                if available.is_empty() { "none".to_owned() } else { available.join(", ") }
+            );
+            batch.push(NewEvent::processed(events::agent_tool_result(
+                &id,
+                &[events::text_block(&text)],
+                true,
+            )));
+        }
+        tracing::debug!(
+            stop_reason = resp.stop_reason.as_ref().map(|s| s.as_str()).unwrap_or("none"),
+            input_tokens = resp.usage.input_tokens,
+            output_tokens = resp.usage.output_tokens,
+            cache_read_input_tokens = resp.usage.cache_read_input_tokens,
+            "model response"
+        );
+        self.append_new(batch, None).await?;
+        Ok(())
+    }
+
+    async fn record_failure(&mut self, span_id: &str, e: ModelError, usage: Usage) -> Result<(), Halt> {
+        let failures = self.view.consecutive_failures() + 1;
+        let policy = self.h.config.retry.clone();
+        let exhausted = !e.is_retryable() || failures >= policy.max_attempts;
+        let message = e.to_string();
+        tracing::warn!(error = %message, failures, exhausted, "model request failed");
+        let retry = if exhausted {
+            RetryStatus::Exhausted
+        } else {
+            RetryStatus::Retrying
+        };
+        let mut batch = vec![
+            events::span_end(span_id, true, &usage),
+            events::session_error(events::model_error_type(&e), &message, retry),
+        ];
+        if exhausted {
+            batch.push(events::status_idle(&StopReason::RetriesExhausted));
+            self.append(batch, Some(SessionStatus::Idle)).await?;
+            return Ok(());
+        }
+        self.append(batch, None).await?;
+        let delay = policy.delay(failures, e.retry_after(), jitter_unit());
+        tracing::debug!(?delay, "waiting before the next attempt");
+        self.pause(delay).await
+    }
+}
+
+/// A random number in [0, 1) for backoff jitter (the thread rng is not held
+/// across an await).
+fn jitter_unit() -> f64 {
+    rand::thread_rng().gen()
+}
+
+/// Resolves when the lease is lost (never otherwise).
+async fn lease_lost(sig: &mut watch::Receiver<Signals>) {
+    loop {
+        if sig.borrow_and_update().lease_lost {
+            return;
+        }
+        if sig.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Resolves when the lease is lost or an interrupt beyond `base` arrives.
+async fn stop_signal(sig: &mut watch::Receiver<Signals>, base: u64) -> Signals {
+    loop {
+        let s = *sig.borrow_and_update();
+        if s.lease_lost || s.interrupts > base {
+            return s;
+        }
+        if sig.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
