@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{AdminState, AgentDirectory, EmptyDirectory};
+use crate::admin::{AdminState, AgentDirectory};
 use crate::config::Config;
 
 /// Why the control plane could not start.
@@ -48,6 +48,9 @@ pub enum AppError {
     /// The admin socket could not be set up.
     #[error(transparent)]
     Admin(#[from] crate::admin::AdminError),
+    /// The gateway (tunnel listener) could not start.
+    #[error("tunnel.listen: {0}")]
+    Gateway(#[from] crate::gateway::GatewayError),
 }
 
 /// A configured, not yet listening control plane.
@@ -55,6 +58,8 @@ pub struct App {
     config: Config,
     identity: Arc<IdentityService>,
     directory: Arc<dyn AgentDirectory>,
+    /// The gateway's registry of connected agents.
+    agents: Arc<crate::gateway::Registry>,
 }
 
 impl std::fmt::Debug for App {
@@ -68,10 +73,12 @@ impl App {
     /// call before entering the runtime or from `spawn_blocking`).
     pub fn new(config: Config) -> Result<Self, AppError> {
         let identity = IdentityService::open(config.pki.identity_settings(&config.data_dir))?;
+        let agents = Arc::new(crate::gateway::Registry::new());
         Ok(Self {
             config,
             identity: Arc::new(identity),
-            directory: Arc::new(EmptyDirectory),
+            directory: agents.clone(),
+            agents,
         })
     }
 
@@ -103,6 +110,8 @@ impl App {
             enroll_addr: self.config.enroll.listen,
             admin_socket: self.config.admin.socket.clone(),
             identity: self.identity.clone(),
+            gateway: crate::gateway::GatewayHandle::new(self.agents.clone()),
+            tunnel_addr: self.config.tunnel_listen,
         };
 
         // Bind first, so a port conflict fails start-up before anything runs.
@@ -115,7 +124,18 @@ impl App {
             })?;
         running.enroll_addr = enroll_listener.local_addr().unwrap_or(self.config.enroll.listen);
         let admin_listener = crate::admin::bind(&self.config.admin.socket).await?;
-        // Gateway (tunnel listener) goes here: bind, then spawn below.
+        let gateway = crate::gateway::Gateway::bind(
+            &self.config.tunnel,
+            self.config.tunnel_listen,
+            self.identity.clone(),
+            self.agents.clone(),
+        )
+        .await?;
+        running.tunnel_addr = gateway.local_addr();
+        running.spawn_service("gateway", {
+            let tracker = tracker.clone();
+            move |token| gateway.serve(token, tracker)
+        });
 
         let identity = self.identity.clone();
         let enroll_config = self.config.enroll.clone();
@@ -141,6 +161,7 @@ impl App {
 
         tracing::info!(
             enroll_addr = %running.enroll_addr,
+            tunnel_addr = %running.tunnel_addr,
             admin_socket = %running.admin_socket.display(),
             ca_fingerprint = %self.identity.ca_fingerprint(),
             "control plane started"
@@ -203,9 +224,21 @@ pub struct Running {
     enroll_addr: SocketAddr,
     admin_socket: PathBuf,
     identity: Arc<IdentityService>,
+    gateway: crate::gateway::GatewayHandle,
+    tunnel_addr: SocketAddr,
 }
 
 impl Running {
+    /// Calls agents through the gateway.
+    pub fn gateway(&self) -> &crate::gateway::GatewayHandle {
+        &self.gateway
+    }
+
+    /// Where the tunnel listens (UDP and TCP; useful with port 0).
+    pub fn tunnel_addr(&self) -> SocketAddr {
+        self.tunnel_addr
+    }
+
     /// Where the enrollment listener is bound (useful with port 0).
     pub fn enroll_addr(&self) -> SocketAddr {
         self.enroll_addr

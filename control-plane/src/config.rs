@@ -79,6 +79,18 @@ pub struct RawConfig {
 pub struct RawTunnel {
     /// UDP (QUIC) and TCP (TLS fallback) listen address; same port number for both.
     pub listen: Option<String>,
+    /// Heartbeat interval announced to agents (see `gateway::config`).
+    pub heartbeat_interval_seconds: Option<f64>,
+    /// Frame cap in bytes.
+    pub max_frame_bytes: Option<u64>,
+    /// How long in-flight calls get when the gateway drains.
+    pub drain_deadline_seconds: Option<f64>,
+    /// Time allowed from first packet to a complete hello.
+    pub handshake_timeout_seconds: Option<f64>,
+    /// Per-call receive window in bytes.
+    pub stream_window_bytes: Option<u64>,
+    /// Per-connection receive window in bytes.
+    pub connection_window_bytes: Option<u64>,
 }
 
 /// Validated control-plane configuration.
@@ -88,6 +100,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Tunnel listen address (UDP for QUIC and TCP for the fallback).
     pub tunnel_listen: SocketAddr,
+    /// The rest of `[tunnel]` (heartbeats, frame cap, drain, windows).
+    pub tunnel: crate::gateway::GatewayConfig,
     /// `[enroll]`.
     pub enroll: crate::enroll::config::EnrollConfig,
     /// `[pki]`.
@@ -130,6 +144,7 @@ impl Config {
         let data_dir = raw
             .data_dir
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let tunnel = crate::gateway::GatewayConfig::from_raw(&raw.tunnel)?;
         let listen = raw
             .tunnel
             .listen
@@ -147,6 +162,7 @@ impl Config {
         Ok(Self {
             data_dir,
             tunnel_listen,
+            tunnel,
             enroll,
             pki,
             admin,

@@ -10,4 +10,5 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod enroll;
+pub mod gateway;
 pub mod telemetry;

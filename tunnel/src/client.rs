@@ -321,7 +321,7 @@ pub struct ClientHandle {
     status: watch::Receiver<ClientStatus>,
     control: Arc<Mutex<Option<Arc<ControlState>>>>,
     shutdown: watch::Sender<Option<Duration>>,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl ClientHandle {
@@ -350,9 +350,14 @@ impl ClientHandle {
 
     /// Drain: send goaway, let in-flight calls finish within `deadline`,
     /// close, stop redialing.
-    pub async fn shutdown(self, deadline: Duration) {
+    pub async fn shutdown(&self, deadline: Duration) {
         let _ = self.shutdown.send(Some(deadline));
-        let _ = tokio::time::timeout(deadline + Duration::from_secs(2), self.task).await;
+        if let Some(task) = self.task.lock().await.take() {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(deadline + Duration::from_secs(2), task).await.is_err() {
+                abort.abort();
+            }
+        }
     }
 }
 
@@ -375,7 +380,7 @@ pub fn spawn(
         shutdown: shutdown_rx,
     };
     let task = tokio::spawn(sup.run());
-    ClientHandle { status, control, shutdown, task }
+    ClientHandle { status, control, shutdown, task: tokio::sync::Mutex::new(Some(task)) }
 }
 
 struct Supervisor {

@@ -1,0 +1,107 @@
+//! `[tunnel]`: the gateway's settings. Raw values come from
+//! [`crate::config::RawTunnel`]; [`GatewayConfig::from_raw`] checks them and
+//! names the key on failure.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::config::{ConfigError, RawTunnel};
+
+/// Validated `[tunnel]`.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Heartbeat interval announced to agents (`tunnel.heartbeat_interval_seconds`).
+    pub heartbeat_interval: Duration,
+    /// Frame cap (`tunnel.max_frame_bytes`).
+    pub max_frame_bytes: usize,
+    /// How long in-flight calls get on shutdown (`tunnel.drain_deadline_seconds`).
+    pub drain_deadline: Duration,
+    /// Time from first packet to hello (`tunnel.handshake_timeout_seconds`).
+    pub handshake_timeout: Duration,
+    /// Per-call receive window (`tunnel.stream_window_bytes`).
+    pub stream_window_bytes: u32,
+    /// Per-connection receive window (`tunnel.connection_window_bytes`).
+    pub connection_window_bytes: u32,
+}
+
+/// Defaults.
+pub const DEFAULT_HEARTBEAT_INTERVAL_SECONDS: f64 = 5.0;
+/// Default drain deadline.
+pub const DEFAULT_DRAIN_DEADLINE_SECONDS: f64 = 10.0;
+/// Default handshake timeout.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_SECONDS: f64 = 10.0;
+
+fn seconds(key: &str, v: Option<f64>, default: f64, min: f64, max: f64) -> Result<Duration, ConfigError> {
+    let v = v.unwrap_or(default);
+    if !(min..=max).contains(&v) {
+        return Err(ConfigError::invalid(key, format!("must be between {min} and {max} seconds, got {v}")));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+impl GatewayConfig {
+    /// Check `[tunnel]` (`tunnel.listen` is parsed by [`crate::config`]).
+    pub fn from_raw(raw: &RawTunnel) -> Result<Self, ConfigError> {
+        let max_frame_bytes = raw.max_frame_bytes.unwrap_or(protocol::frame::DEFAULT_MAX_FRAME_BYTES as u64);
+        let lo = protocol::frame::MIN_MAX_FRAME_BYTES as u64;
+        let hi = protocol::frame::DEFAULT_MAX_FRAME_BYTES as u64;
+        if !(lo..=hi).contains(&max_frame_bytes) {
+            return Err(ConfigError::invalid("tunnel.max_frame_bytes", format!("must be between {lo} and {hi}")));
+        }
+        let window = |key: &str, v: Option<u64>, default: u32| -> Result<u32, ConfigError> {
+            let v = v.unwrap_or(u64::from(default));
+            if !(65_535..=(1u64 << 30)).contains(&v) {
+                return Err(ConfigError::invalid(key, "must be between 65535 and 1073741824"));
+            }
+            Ok(v as u32)
+        };
+        let defaults = tunnel::tuning::Tuning::default();
+        Ok(Self {
+            heartbeat_interval: seconds(
+                "tunnel.heartbeat_interval_seconds",
+                raw.heartbeat_interval_seconds,
+                DEFAULT_HEARTBEAT_INTERVAL_SECONDS,
+                0.1,
+                300.0,
+            )?,
+            max_frame_bytes: max_frame_bytes as usize,
+            drain_deadline: seconds(
+                "tunnel.drain_deadline_seconds",
+                raw.drain_deadline_seconds,
+                DEFAULT_DRAIN_DEADLINE_SECONDS,
+                0.0,
+                3600.0,
+            )?,
+            handshake_timeout: seconds(
+                "tunnel.handshake_timeout_seconds",
+                raw.handshake_timeout_seconds,
+                DEFAULT_HANDSHAKE_TIMEOUT_SECONDS,
+                0.5,
+                300.0,
+            )?,
+            stream_window_bytes: window("tunnel.stream_window_bytes", raw.stream_window_bytes, defaults.stream_window_bytes)?,
+            connection_window_bytes: window(
+                "tunnel.connection_window_bytes",
+                raw.connection_window_bytes,
+                defaults.connection_window_bytes,
+            )?,
+        })
+    }
+
+    /// The tunnel listener's settings, listening on `listen` (`tunnel.listen`).
+    pub fn server_settings(&self, listen: SocketAddr) -> tunnel::ServerSettings {
+        tunnel::ServerSettings {
+            listen,
+            heartbeat_interval: self.heartbeat_interval,
+            heartbeat_misses: 3,
+            max_frame_bytes: self.max_frame_bytes,
+            handshake_timeout: self.handshake_timeout,
+            software_version: env!("CARGO_PKG_VERSION").to_owned(),
+            tuning: tunnel::tuning::Tuning {
+                stream_window_bytes: self.stream_window_bytes,
+                connection_window_bytes: self.connection_window_bytes,
+                ..Default::default()
+            },
+        }
+    }
+}

@@ -1,0 +1,448 @@
+//! The gateway: where sandbox-agents' dialed-out connections land. It binds
+//! the tunnel listener (UDP for QUIC and TCP for the fallback, one port
+//! number), authenticates each connection by its verified client certificate
+//! (agent id, environment and expiry read with `pki`), checks the hello
+//! (agent id matches the certificate, a common protocol version, not
+//! revoked), keeps the [`Registry`] of live connections, carries certificate
+//! renewal over the live connection, and lets the rest of the control plane
+//! call an agent ([`GatewayHandle::call`]).
+//!
+//! Bad input (a malformed hello, an unknown version, a mismatched id) is
+//! answered with a typed rejection, logged once with the peer identity, and
+//! closes only that connection.
+
+pub mod config;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use pki::{AgentId, IdentityService, PeerIdentity, RenewError};
+use protocol::{CallError, ErrorCode, RejectCode, Request, Response};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tunnel::server::TrackedCall;
+use tunnel::{CallFailure, CloseReason, Listener, PendingConnection, ServerConnection, ServerSettings};
+
+use crate::admin::{AgentDirectory, AgentInfo, Transport};
+pub use config::GatewayConfig;
+
+/// The gateway failed to start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// The tunnel TLS configuration could not be built.
+    #[error("tunnel tls configuration: {0}")]
+    Tls(#[from] pki::TlsError),
+    /// The listener could not bind or use the TLS configuration.
+    #[error("tunnel listener: {0}")]
+    Listen(#[from] tunnel::ListenError),
+}
+
+/// Which agent a call goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// This agent.
+    Agent(String),
+    /// Any connected agent of this environment.
+    Environment(String),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Agent(a) => write!(f, "agent {a}"),
+            Target::Environment(e) => write!(f, "environment {e}"),
+        }
+    }
+}
+
+/// A call through the gateway failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentCallError {
+    /// No connected, non-draining agent matches the target (transient).
+    #[error("no connected agent for {0}")]
+    NotConnected(Target),
+    /// The call failed on the tunnel (connection lost, draining, bad frames).
+    #[error("call to agent {agent_id} failed: {source}")]
+    Tunnel {
+        /// The agent called.
+        agent_id: String,
+        /// What happened.
+        source: CallFailure,
+    },
+}
+
+/// One live connection in the registry.
+struct Entry {
+    conn: ServerConnection,
+    identity: PeerIdentity,
+    software_version: String,
+    cert_not_after: Arc<Mutex<SystemTime>>,
+}
+
+/// Connected agents, by connection id. Implements [`AgentDirectory`].
+#[derive(Default)]
+pub struct Registry {
+    entries: Mutex<HashMap<u64, Entry>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").field("connections", &self.len()).finish()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Live connections.
+    pub fn len(&self) -> usize {
+        self.entries.lock().map(|e| e.len()).unwrap_or(0)
+    }
+
+    /// No live connection.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn insert(&self, entry: Entry) {
+        if let Ok(mut e) = self.entries.lock() {
+            e.insert(entry.conn.id(), entry);
+        }
+    }
+
+    fn remove(&self, id: u64) {
+        if let Ok(mut e) = self.entries.lock() {
+            e.remove(&id);
+        }
+    }
+
+    fn connections(&self) -> Vec<ServerConnection> {
+        self.entries
+            .lock()
+            .map(|e| e.values().map(|x| x.conn.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The best connection for `target`: not draining, not closed; for an
+    /// agent its newest connection, for an environment the agent with the
+    /// fewest calls in flight.
+    fn pick(&self, target: &Target) -> Option<(String, ServerConnection)> {
+        let entries = self.entries.lock().ok()?;
+        let usable = entries.values().filter(|e| !e.conn.is_draining() && !e.conn.is_closed());
+        match target {
+            Target::Agent(id) => usable
+                .filter(|e| e.identity.agent_id.as_str() == id)
+                .max_by_key(|e| e.conn.connected_at())
+                .map(|e| (id.clone(), e.conn.clone())),
+            Target::Environment(env) => usable
+                .filter(|e| e.identity.environment_id.as_str() == env)
+                .min_by_key(|e| e.conn.in_flight())
+                .map(|e| (e.identity.agent_id.as_str().to_owned(), e.conn.clone())),
+        }
+    }
+}
+
+fn admin_transport(t: tunnel::Transport) -> Transport {
+    match t {
+        tunnel::Transport::Quic => Transport::Quic,
+        tunnel::Transport::Tcp => Transport::Tcp,
+    }
+}
+
+impl AgentDirectory for Registry {
+    fn list(&self) -> Vec<AgentInfo> {
+        let Ok(entries) = self.entries.lock() else {
+            return Vec::new();
+        };
+        let mut out: Vec<AgentInfo> = entries
+            .values()
+            .filter(|e| !e.conn.is_closed())
+            .map(|e| AgentInfo {
+                agent_id: e.identity.agent_id.as_str().to_owned(),
+                environment_id: e.identity.environment_id.as_str().to_owned(),
+                version: e.software_version.clone(),
+                transport: admin_transport(e.conn.transport()),
+                connected_since: e.conn.connected_at(),
+                last_heartbeat: e.conn.last_heartbeat(),
+                cert_not_after: e.cert_not_after.lock().map(|t| *t).unwrap_or(e.identity.not_after),
+                remote_addr: e.conn.remote_addr().to_string(),
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.agent_id, a.connected_since).cmp(&(&b.agent_id, b.connected_since)));
+        out
+    }
+
+    fn disconnect(&self, agent_id: &AgentId) -> usize {
+        let Ok(mut entries) = self.entries.lock() else {
+            return 0;
+        };
+        let ids: Vec<u64> = entries
+            .iter()
+            .filter(|(_, e)| &e.identity.agent_id == agent_id)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ids {
+            if let Some(e) = entries.remove(id) {
+                tracing::info!(agent_id = %agent_id, transport = %e.conn.transport(), "closing connection: agent revoked");
+                e.conn.close(CloseReason::Revoked);
+            }
+        }
+        ids.len()
+    }
+}
+
+/// Calls agents; cheap to clone, handed to the rest of the control plane.
+#[derive(Debug, Clone)]
+pub struct GatewayHandle {
+    registry: Arc<Registry>,
+}
+
+impl GatewayHandle {
+    /// A handle over `registry`.
+    pub fn new(registry: Arc<Registry>) -> Self {
+        Self { registry }
+    }
+
+    /// The registry (also the admin surface's [`AgentDirectory`]).
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Open a call to `target`: send request data with `call.sender`, read
+    /// streamed output and the response with `call.receiver`. If the
+    /// connection dies, every read and write fails with
+    /// [`CallFailure::ConnectionLost`] at once.
+    pub async fn call(&self, target: &Target, request: &Request) -> Result<(String, TrackedCall), AgentCallError> {
+        let (agent_id, conn) = self
+            .registry
+            .pick(target)
+            .ok_or_else(|| AgentCallError::NotConnected(target.clone()))?;
+        match conn.call(request).await {
+            Ok(call) => Ok((agent_id, call)),
+            Err(source) => Err(AgentCallError::Tunnel { agent_id, source }),
+        }
+    }
+
+    /// A call without request data: returns streamed output and the response.
+    pub async fn call_unary(&self, target: &Target, request: &Request) -> Result<(Bytes, Response), AgentCallError> {
+        let (agent_id, call) = self.call(target, request).await?;
+        match call.finish_and_collect().await {
+            Ok(r) => Ok(r),
+            Err(source) => {
+                if !matches!(source, CallFailure::ConnectionLost(_)) {
+                    tracing::warn!(agent_id = %agent_id, call = request.name(), error = %source, "agent call failed");
+                }
+                Err(AgentCallError::Tunnel { agent_id, source })
+            }
+        }
+    }
+}
+
+/// A bound gateway, not yet serving.
+pub struct Gateway {
+    listener: Listener,
+    settings: ServerSettings,
+    drain_deadline: Duration,
+    identity: Arc<IdentityService>,
+    registry: Arc<Registry>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("local_addr", &self.listener.local_addr()).finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Bind the tunnel listener on `listen` (`tunnel.listen`).
+    pub async fn bind(
+        config: &GatewayConfig,
+        listen: SocketAddr,
+        identity: Arc<IdentityService>,
+        registry: Arc<Registry>,
+    ) -> Result<Self, GatewayError> {
+        let tls = identity.tunnel_server_config(&[tunnel::ALPN])?;
+        let settings = config.server_settings(listen);
+        let listener = Listener::bind(settings.clone(), Arc::new(tls)).await?;
+        Ok(Self {
+            listener,
+            settings,
+            drain_deadline: config.drain_deadline,
+            identity,
+            registry,
+        })
+    }
+
+    /// Where it listens (UDP and TCP).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr()
+    }
+
+    /// A handle for calling agents.
+    pub fn handle(&self) -> GatewayHandle {
+        GatewayHandle { registry: self.registry.clone() }
+    }
+
+    /// Accept connections until `shutdown`; then send every agent a goaway,
+    /// let in-flight calls finish until the drain deadline, and close.
+    pub async fn serve(mut self, shutdown: CancellationToken, tracker: TaskTracker) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                pending = self.listener.accept() => match pending {
+                    Some(pending) => {
+                        let ctx = AcceptContext {
+                            settings: self.settings.clone(),
+                            identity: self.identity.clone(),
+                            registry: self.registry.clone(),
+                        };
+                        tracker.spawn(ctx.handle(pending));
+                    }
+                    None => break,
+                },
+            }
+        }
+        self.listener.stop_accepting();
+        let conns = self.registry.connections();
+        tracing::info!(connections = conns.len(), drain_deadline_ms = self.drain_deadline.as_millis() as u64, "gateway draining");
+        for c in &conns {
+            c.goaway("shutdown", self.drain_deadline);
+        }
+        let drained = futures_all(conns.iter().map(|c| c.drained(self.drain_deadline))).await;
+        for c in &conns {
+            c.close(CloseReason::Shutdown);
+        }
+        self.listener.shutdown(Duration::from_millis(500)).await;
+        tracing::info!(graceful = drained, "gateway stopped");
+    }
+}
+
+async fn futures_all<F: std::future::Future<Output = bool>>(futs: impl Iterator<Item = F>) -> bool {
+    let mut all = true;
+    for f in futs {
+        all &= f.await;
+    }
+    all
+}
+
+struct AcceptContext {
+    settings: ServerSettings,
+    identity: Arc<IdentityService>,
+    registry: Arc<Registry>,
+}
+
+impl AcceptContext {
+    async fn handle(self, pending: PendingConnection) {
+        let remote_addr = pending.remote_addr();
+        let transport = pending.transport();
+        let Some(leaf) = pending.peer_certificates().first() else {
+            tracing::warn!(%remote_addr, %transport, "connection without a client certificate refused");
+            pending.reject(RejectCode::IdentityMismatch, "no client certificate").await;
+            return;
+        };
+        let identity = match pki::peer_identity(leaf) {
+            Ok(i) => i,
+            Err(error) => {
+                tracing::warn!(%remote_addr, %transport, %error, "client certificate names no agent; refused");
+                pending.reject(RejectCode::IdentityMismatch, error.to_string()).await;
+                return;
+            }
+        };
+        let agent_id = identity.agent_id.as_str().to_owned();
+        let span = tracing::info_span!("agent", agent_id = %agent_id, environment_id = %identity.environment_id, %transport, %remote_addr);
+        let _enter = span.enter();
+        if self.identity.revocations().is_revoked(&identity.agent_id) {
+            tracing::warn!(agent_id = %agent_id, "revoked agent refused");
+            pending.reject(RejectCode::Revoked, format!("agent {agent_id} is revoked")).await;
+            return;
+        }
+        let hello = match pending.hello() {
+            Ok(h) => h.clone(),
+            Err(error) => {
+                tracing::warn!(agent_id = %agent_id, %error, "malformed hello; connection refused");
+                let message = error.to_string();
+                pending.reject(RejectCode::Malformed, message).await;
+                return;
+            }
+        };
+        if hello.agent_id != agent_id {
+            tracing::warn!(agent_id = %agent_id, claimed = %hello.agent_id, "hello names another agent than the certificate; refused");
+            pending
+                .reject(RejectCode::IdentityMismatch, format!("hello names {} but the certificate names {agent_id}", hello.agent_id))
+                .await;
+            return;
+        }
+        let Some(version) = pending.negotiate() else {
+            tracing::warn!(agent_id = %agent_id, min = hello.min_version, max = hello.max_version, "no common protocol version; refused");
+            pending
+                .reject(
+                    RejectCode::UnsupportedVersion,
+                    format!(
+                        "agent speaks {}..={}, control plane speaks {}..={}",
+                        hello.min_version,
+                        hello.max_version,
+                        protocol::hello::PROTOCOL_VERSION_MIN,
+                        protocol::hello::PROTOCOL_VERSION_MAX
+                    ),
+                )
+                .await;
+            return;
+        };
+        let cert_not_after = Arc::new(Mutex::new(identity.not_after));
+        let renew = renew_fn(self.identity.clone(), identity.clone(), cert_not_after.clone());
+        let conn = match pending.accept(version, &self.settings, Some(renew), agent_id.clone()).await {
+            Ok(c) => c,
+            Err(error) => {
+                tracing::warn!(agent_id = %agent_id, %error, "could not answer hello");
+                return;
+            }
+        };
+        tracing::info!(agent_id = %agent_id, software_version = %hello.software_version, version, "agent connected");
+        let id = conn.id();
+        self.registry.insert(Entry {
+            conn: conn.clone(),
+            identity,
+            software_version: hello.software_version,
+            cert_not_after,
+        });
+        let reason = conn.closed().await;
+        self.registry.remove(id);
+        tracing::info!(agent_id = %agent_id, %reason, "agent disconnected");
+    }
+}
+
+/// Renewal over the live connection: issue for the CSR, bound to the peer's
+/// verified identity; the one place renewal errors map to the wire.
+fn renew_fn(identity: Arc<IdentityService>, peer: PeerIdentity, not_after: Arc<Mutex<SystemTime>>) -> tunnel::RenewFn {
+    Arc::new(move |csr_pem: String| {
+        use rustls_pki_types::pem::PemObject;
+        let der = rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+            .map_err(|e| CallError::new(ErrorCode::BadRequest, format!("csr is not PEM: {e}")))?;
+        match identity.renew(&peer, der.as_ref()) {
+            Ok(cert) => {
+                if let Ok(mut t) = not_after.lock() {
+                    *t = cert.not_after;
+                }
+                tracing::info!(agent_id = %peer.agent_id, not_after = %crate::admin::rfc3339::display(cert.not_after), "certificate renewed over the tunnel");
+                Ok(cert.chain_pem())
+            }
+            Err(error) => {
+                tracing::warn!(agent_id = %peer.agent_id, %error, "renewal refused");
+                let code = match &error {
+                    RenewError::Revoked(_) | RenewError::UnknownAgent(_) => ErrorCode::Forbidden,
+                    RenewError::Internal(_) => ErrorCode::Internal,
+                    _ => ErrorCode::BadRequest,
+                };
+                Err(CallError::new(code, error.to_string()))
+            }
+        }
+    })
+}
