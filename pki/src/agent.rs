@@ -411,6 +411,14 @@ pub fn renewal_due(received_at: SystemTime, not_after: SystemTime) -> SystemTime
     received_at + life * 2 / 3
 }
 
+/// When to renew `identity`'s certificate: two thirds into its life, counted
+/// from its issue time (its `not_before` plus the issuer's clock-skew
+/// allowance).
+pub fn renewal_due_for(identity: &PeerIdentity) -> SystemTime {
+    let issued = (identity.not_before + crate::ca::CLOCK_SKEW_ALLOWANCE).min(identity.not_after);
+    renewal_due(issued, identity.not_after)
+}
+
 /// Delay before the next renewal attempt after `failures` consecutive
 /// failures: 1 s doubling to at most 60 s, but never past a tenth of the time
 /// left before expiry (so a short-lived certificate is retried often).

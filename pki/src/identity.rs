@@ -163,6 +163,10 @@ pub struct PeerIdentity {
     pub agent_id: AgentId,
     /// The environment the agent was enrolled into.
     pub environment_id: EnvironmentId,
+    /// Start of the certificate's validity (backdated by the issuer's
+    /// clock-skew allowance, see [`crate::ca::CLOCK_SKEW_ALLOWANCE`]).
+    #[serde(with = "crate::identity::unix_time")]
+    pub not_before: SystemTime,
     /// When the certificate expires.
     #[serde(with = "crate::identity::unix_time")]
     pub not_after: SystemTime,
@@ -195,6 +199,7 @@ pub fn peer_identity(cert: &CertificateDer<'_>) -> Result<PeerIdentity, Identity
     Ok(PeerIdentity {
         agent_id,
         environment_id,
+        not_before: from_unix_seconds(x509.validity().not_before.timestamp()),
         not_after: from_unix_seconds(x509.validity().not_after.timestamp()),
         serial: hex::encode(x509.raw_serial()),
     })

@@ -62,6 +62,12 @@ pub struct RawConfig {
     /// `[pool]`: warm containers.
     #[serde(default)]
     pub pool: crate::sandbox::config::RawPool,
+    /// `[control_plane]`: where to enroll and connect, and the pinned CA.
+    #[serde(default)]
+    pub control_plane: crate::identity::config::RawControlPlane,
+    /// `[identity]`: where the key and certificate live.
+    #[serde(default)]
+    pub identity: crate::identity::config::RawIdentity,
 }
 
 /// Validated agent configuration.
@@ -75,6 +81,10 @@ pub struct Config {
     pub policy: crate::sandbox::config::Policy,
     /// `[pool]`.
     pub pool: crate::sandbox::config::PoolSettings,
+    /// `[control_plane]`.
+    pub control_plane: crate::identity::config::ControlPlaneConfig,
+    /// `[identity]`.
+    pub identity: crate::identity::config::IdentityConfig,
 }
 
 /// Default data directory.
@@ -104,10 +114,15 @@ impl Config {
         let sandbox = crate::sandbox::config::SandboxSettings::from_raw(raw.sandbox)?;
         let policy = crate::sandbox::config::Policy::from_raw(raw.policy, &sandbox.default_image)?;
         let pool = crate::sandbox::config::PoolSettings::from_raw(raw.pool, &sandbox.default_image)?;
+        let data_dir = raw
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let control_plane = crate::identity::config::ControlPlaneConfig::from_raw(raw.control_plane)?;
+        let identity = crate::identity::config::IdentityConfig::from_raw(raw.identity, &data_dir);
         Ok(Self {
-            data_dir: raw
-                .data_dir
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            data_dir,
+            control_plane,
+            identity,
             sandbox,
             policy,
             pool,

@@ -9,5 +9,6 @@
 
 pub mod audit;
 pub mod config;
+pub mod identity;
 pub mod sandbox;
 pub mod telemetry;

@@ -27,6 +27,83 @@ struct Cli {
 enum Command {
     /// Check the config file and exit.
     CheckConfig,
+    /// Enroll with the control plane: make a key here, get a certificate.
+    Enroll(EnrollFlags),
+}
+
+#[derive(Debug, clap::Args)]
+struct EnrollFlags {
+    /// Join string printed by `control-plane tokens create` (token, address and CA fingerprint in one).
+    #[arg(long, env = "AIRLOCK_JOIN")]
+    join: Option<String>,
+    /// Join token (instead of, or overriding, the one in --join).
+    #[arg(long, env = "AIRLOCK_JOIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Enrollment address, host:port.
+    #[arg(long)]
+    enroll_address: Option<String>,
+    /// CA fingerprint to pin, sha256:<hex> (`control-plane ca fingerprint`).
+    #[arg(long)]
+    ca_fingerprint: Option<String>,
+    /// Tunnel address, host:port (default: from the join string, or the enroll host on port 7443).
+    #[arg(long)]
+    tunnel_address: Option<String>,
+    /// Name the control plane's certificate must carry (default: the host of the address).
+    #[arg(long)]
+    server_name: Option<String>,
+    /// Replace an existing identity.
+    #[arg(long)]
+    force: bool,
+    /// Give up after this long.
+    #[arg(long, default_value_t = 30)]
+    timeout_seconds: u64,
+}
+
+fn enroll(config: &Config, flags: EnrollFlags) -> ExitCode {
+    use sandbox_agent::identity::enroll as e;
+    let args = e::EnrollArgs {
+        join: flags.join,
+        token: flags.token,
+        enroll_address: flags.enroll_address,
+        ca_fingerprint: flags.ca_fingerprint,
+        tunnel_address: flags.tunnel_address,
+        server_name: flags.server_name,
+        force: flags.force,
+        timeout_seconds: flags.timeout_seconds,
+    };
+    let opts = match e::resolve(args, config) {
+        Ok(o) => o,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let dir = opts.files.dir().to_owned();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("error: cannot start runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(e::enroll(opts)) {
+        Ok((record, not_after)) => {
+            let expires = not_after
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            println!("agent_id={}", record.agent_id);
+            println!("environment_id={}", record.environment_id);
+            println!("cert_not_after_unix={expires}");
+            println!("identity_dir={}", dir.display());
+            tracing::info!(agent_id = %record.agent_id, environment_id = %record.environment_id, "enrolled");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn load_config(path: Option<&PathBuf>) -> Result<Config, sandbox_agent::config::ConfigError> {
@@ -51,5 +128,6 @@ fn main() -> ExitCode {
             println!("config ok: data_dir={}", config.data_dir.display());
             ExitCode::SUCCESS
         }
+        Command::Enroll(flags) => enroll(&config, flags),
     }
 }
