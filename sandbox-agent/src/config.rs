@@ -68,6 +68,9 @@ pub struct RawConfig {
     /// `[identity]`: where the key and certificate live.
     #[serde(default)]
     pub identity: crate::identity::config::RawIdentity,
+    /// `[tunnel]`: how the agent dials (transports, proxy, backoff).
+    #[serde(default)]
+    pub tunnel: crate::connect::config::RawTunnel,
 }
 
 /// Validated agent configuration.
@@ -85,6 +88,8 @@ pub struct Config {
     pub control_plane: crate::identity::config::ControlPlaneConfig,
     /// `[identity]`.
     pub identity: crate::identity::config::IdentityConfig,
+    /// `[tunnel]`.
+    pub tunnel: crate::connect::config::TunnelConfig,
 }
 
 /// Default data directory.
@@ -119,10 +124,12 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         let control_plane = crate::identity::config::ControlPlaneConfig::from_raw(raw.control_plane)?;
         let identity = crate::identity::config::IdentityConfig::from_raw(raw.identity, &data_dir);
+        let tunnel = crate::connect::config::TunnelConfig::from_raw(raw.tunnel)?;
         Ok(Self {
             data_dir,
             control_plane,
             identity,
+            tunnel,
             sandbox,
             policy,
             pool,

@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod connect;
 pub mod identity;
 pub mod sandbox;
 pub mod telemetry;

@@ -29,6 +29,8 @@ enum Command {
     CheckConfig,
     /// Enroll with the control plane: make a key here, get a certificate.
     Enroll(EnrollFlags),
+    /// Run the agent: dial the control plane and serve its calls until SIGTERM.
+    Run,
 }
 
 #[derive(Debug, clap::Args)]
@@ -129,5 +131,30 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Enroll(flags) => enroll(&config, flags),
+        Command::Run => run(config),
+    }
+}
+
+/// `run`: the long-running daemon (a small runtime: the agent idles at a few MiB).
+fn run(config: Config) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(sandbox_agent::connect::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "sandbox-agent run failed");
+            eprintln!("error: {error}");
+            ExitCode::from(EXIT_CONFIG)
+        }
     }
 }

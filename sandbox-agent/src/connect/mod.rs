@@ -1,0 +1,243 @@
+//! `sandbox-agent run`: load the enrolled identity, dial the control plane
+//! through the tunnel (QUIC, TCP fallback, proxy), serve its calls, renew the
+//! certificate over the live connection, and drain on SIGTERM/SIGINT.
+//!
+//! Calls are dispatched by [`Dispatcher`]: `ping` and `echo` here;
+//! `provision`/`execute`/`destroy`/`list_sandboxes` by the sandbox service
+//! when it is running (Docker reachable, executor present), otherwise they
+//! are answered `unavailable` with the reason.
+
+pub mod config;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use protocol::call::{CallError, ErrorCode, Pong, Reply, Request, Response};
+use rustls_pki_types::CertificateDer;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tunnel::call::{CallHandler, CallIo};
+use tunnel::client::{self, ClientHandle, ClientSettings};
+
+use crate::config::Config;
+use crate::identity::renewal::{RenewalError, Renewer};
+use crate::identity::AgentIdentity;
+use crate::sandbox::service::ServiceConfig;
+use crate::sandbox::SandboxService;
+
+/// Why `run` could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The identity could not be loaded (not enrolled, bad files, no address).
+    #[error("identity: {0}")]
+    Identity(#[from] crate::identity::LoadError),
+    /// The TLS client configuration could not be built.
+    #[error("tls: {0}")]
+    Tls(#[from] pki::TlsError),
+}
+
+/// Serves the control plane's calls.
+#[derive(Clone)]
+pub struct Dispatcher {
+    sandboxes: Result<SandboxService, String>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher").field("sandboxes", &self.sandboxes.is_ok()).finish()
+    }
+}
+
+impl Dispatcher {
+    /// A dispatcher with `sandboxes`, or the reason there are none.
+    pub fn new(sandboxes: Result<SandboxService, String>) -> Self {
+        Self { sandboxes }
+    }
+
+    fn service(&self) -> Result<&SandboxService, Response> {
+        self.sandboxes.as_ref().map_err(|reason| {
+            Response::Err(CallError::new(ErrorCode::Unavailable, format!("sandboxes are unavailable on this agent: {reason}")))
+        })
+    }
+}
+
+fn sandbox_error(e: &crate::sandbox::SandboxError) -> Response {
+    Response::Err(CallError::from(crate::sandbox::to_wire_error(e)))
+}
+
+#[async_trait::async_trait]
+impl CallHandler for Dispatcher {
+    async fn handle(&self, request: Request, io: &mut CallIo) -> Response {
+        match request {
+            Request::Ping => Response::Ok(Reply::Pong(Pong { software_version: env!("CARGO_PKG_VERSION").to_owned() })),
+            Request::Echo => client::serve_echo(io).await,
+            Request::Provision(req) => match self.service() {
+                Err(r) => r,
+                Ok(s) => match s.provision(req).await {
+                    Ok(p) => Response::Ok(Reply::Provision(p)),
+                    Err(e) => sandbox_error(&e),
+                },
+            },
+            Request::Execute(req) => match self.service() {
+                Err(r) => r,
+                Ok(s) => {
+                    let (tx, mut rx) = mpsc::channel::<Bytes>(16);
+                    let stream = req.stream.then_some(tx);
+                    let exec = s.execute(req, stream);
+                    tokio::pin!(exec);
+                    // Forward streamed output as data frames while the tool runs.
+                    let result = loop {
+                        tokio::select! {
+                            r = &mut exec => break r,
+                            Some(chunk) = rx.recv() => {
+                                if let Err(error) = io.send_data(chunk).await {
+                                    tracing::debug!(%error, "streamed output not delivered");
+                                }
+                            }
+                        }
+                    };
+                    while let Ok(chunk) = rx.try_recv() {
+                        let _ = io.send_data(chunk).await;
+                    }
+                    match result {
+                        Ok(r) => Response::Ok(Reply::Execute(r)),
+                        Err(e) => sandbox_error(&e),
+                    }
+                }
+            },
+            Request::Destroy(req) => match self.service() {
+                Err(r) => r,
+                Ok(s) => match s.destroy(req).await {
+                    Ok(()) => Response::Ok(Reply::Destroy),
+                    Err(e) => sandbox_error(&e),
+                },
+            },
+            Request::ListSandboxes => match self.service() {
+                Err(r) => r,
+                Ok(s) => match s.list().await {
+                    Ok(l) => Response::Ok(Reply::ListSandboxes(l)),
+                    Err(e) => sandbox_error(&e),
+                },
+            },
+            other => Response::error(ErrorCode::UnsupportedCall, format!("call `{}` is not supported by this agent", other.name())),
+        }
+    }
+}
+
+/// Renewal over the live tunnel: the CSR goes out on the control stream,
+/// the chain comes back.
+struct TunnelRenewer(Arc<ClientHandle>);
+
+fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+impl Renewer for TunnelRenewer {
+    async fn renew(&self, csr_der: Vec<u8>) -> Result<Vec<CertificateDer<'static>>, RenewalError> {
+        let chain_pem = self.0.renew(pem("CERTIFICATE REQUEST", &csr_der)).await.map_err(|e| match e.code {
+            ErrorCode::Unavailable => RenewalError::Transport(e.to_string()),
+            _ => RenewalError::Refused(e.to_string()),
+        })?;
+        pki::ca::pem_to_certs(&chain_pem).map_err(|e| RenewalError::Refused(format!("renewed chain is not PEM: {e}")))
+    }
+}
+
+/// Build the tunnel client settings from config and identity.
+pub fn client_settings(config: &Config, identity: &AgentIdentity) -> ClientSettings {
+    let t = &config.tunnel;
+    let endpoint = identity.endpoint();
+    let mut s = ClientSettings::new(endpoint.address.clone(), endpoint.server_name.clone(), identity.identity().agent_id.as_str());
+    s.mode = t.transport;
+    s.proxy = t.proxy.clone();
+    s.quic_connect_timeout = t.quic_connect_timeout;
+    s.quic_retry_interval = t.quic_retry_interval;
+    s.connect_timeout = t.connect_timeout;
+    s.heartbeat_misses = t.heartbeat_misses;
+    s.max_frame_bytes = t.max_frame_bytes;
+    s.backoff = t.backoff;
+    s.drain_deadline = t.drain_deadline;
+    s.software_version = env!("CARGO_PKG_VERSION").to_owned();
+    s.capabilities = vec!["echo".into(), "renew".into(), "sandbox".into()];
+    s
+}
+
+/// Run the agent until SIGTERM/SIGINT, then drain.
+pub async fn run(config: Config) -> Result<(), RunError> {
+    let cfg = config.clone();
+    let identity = tokio::task::spawn_blocking(move || AgentIdentity::load(&cfg))
+        .await
+        .map_err(|e| crate::identity::LoadError::Files(pki::agent::AgentIdentityError::KeyGen(format!("identity load task failed: {e}"))))??;
+    let tls = Arc::new(identity.client_config(&[tunnel::ALPN])?);
+    let agent_id = identity.identity().agent_id.as_str().to_owned();
+
+    let sandboxes = if config.sandbox.executor_path.is_file() {
+        let service_config = ServiceConfig {
+            agent_id: agent_id.clone(),
+            data_dir: config.data_dir.clone(),
+            sandbox: config.sandbox.clone(),
+            policy: config.policy.clone(),
+            pool: config.pool.clone(),
+        };
+        match SandboxService::start(service_config).await {
+            Ok((service, report)) => {
+                tracing::info!(agent_id = %agent_id, adopted = report.adopted.len(), removed = report.removed.len(), "sandbox service started");
+                Ok(service)
+            }
+            Err(error) => {
+                tracing::warn!(agent_id = %agent_id, %error, "sandbox service unavailable; sandbox calls will be refused");
+                Err(error.to_string())
+            }
+        }
+    } else {
+        let reason = format!("executor binary {} not found (sandbox.executor_path)", config.sandbox.executor_path.display());
+        tracing::warn!(agent_id = %agent_id, %reason, "sandbox service not started");
+        Err(reason)
+    };
+    let service = sandboxes.as_ref().ok().cloned();
+
+    let settings = client_settings(&config, &identity);
+    tracing::info!(agent_id = %agent_id, server = %settings.server, transport = ?settings.mode,
+        proxy = ?settings.proxy.as_ref().map(|p| p.to_string()), "sandbox-agent running");
+    let drain = settings.drain_deadline;
+    let handle = Arc::new(client::spawn(settings, tls, Arc::new(Dispatcher::new(sandboxes))));
+
+    let stop = CancellationToken::new();
+    let renewal = tokio::spawn(crate::identity::renewal::run(identity.clone(), TunnelRenewer(handle.clone()), stop.clone()));
+
+    shutdown_signal().await;
+    tracing::info!(agent_id = %agent_id, drain_ms = drain.as_millis() as u64, "draining");
+    stop.cancel();
+    handle.shutdown(drain).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), renewal).await;
+    if let Some(service) = service {
+        service.shutdown(false).await;
+    }
+    tracing::info!(agent_id = %agent_id, "stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch SIGTERM; only SIGINT stops the agent");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
