@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 mod clock;
+pub mod config;
 mod error;
 mod lease;
 pub mod postgres;
@@ -34,6 +35,7 @@ mod types;
 use std::time::Duration;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{open_store, RawStoreConfig, StoreConfig, StoreConfigError};
 pub use error::{BoxError, Result, StoreError};
 pub use postgres::{PgOptions, PgStore};
 

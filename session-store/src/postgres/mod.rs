@@ -118,7 +118,7 @@ fn is_unique_violation(e: &pool::PgError) -> bool {
     matches!(e, pool::PgError::Pg(pg) if pg.code() == Some(&SqlState::UNIQUE_VIOLATION))
 }
 
-fn check_schema_name(schema: &str) -> Result<()> {
+pub(crate) fn check_schema_name(schema: &str) -> Result<()> {
     let ok = !schema.is_empty()
         && schema.len() <= 40
         && schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')

@@ -1,0 +1,271 @@
+//! The `[session_store]` config section: a raw serde struct that denies
+//! unknown keys, converted into typed options with errors naming the key, and
+//! [`open_store`] to build the configured store.
+//!
+//! ```toml
+//! [session_store]
+//! backend = "sqlite"                  # or "postgres"
+//! sqlite_path = "/var/lib/airlock/sessions.sqlite3"
+//! max_group_commit = 1024
+//! busy_timeout_seconds = 5
+//! postgres_url = "postgresql://airlock@127.0.0.1:5432/airlock"
+//! postgres_schema = "airlock"
+//! postgres_max_connections = 16
+//! postgres_connect_timeout_seconds = 10
+//! tail_poll_interval_seconds = 5
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::Result;
+use crate::postgres::{PgOptions, PgStore};
+use crate::sqlite::{SqliteOptions, SqliteStore, DB_FILE_NAME};
+use crate::SessionStore;
+
+/// `[session_store]` as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStoreConfig {
+    /// `sqlite` (default) or `postgres`.
+    pub backend: Option<String>,
+    /// SQLite file; default `<data_dir>/sessions.sqlite3`.
+    pub sqlite_path: Option<PathBuf>,
+    /// Most writes committed together by the SQLite writer.
+    pub max_group_commit: Option<usize>,
+    /// How long SQLite waits for a lock held by another process.
+    pub busy_timeout_seconds: Option<f64>,
+    /// PostgreSQL URL (required with `backend = "postgres"`).
+    pub postgres_url: Option<String>,
+    /// PostgreSQL schema for the tables.
+    pub postgres_schema: Option<String>,
+    /// Pool size per replica.
+    pub postgres_max_connections: Option<usize>,
+    /// Connect timeout.
+    pub postgres_connect_timeout_seconds: Option<f64>,
+    /// Safety-net re-read interval of live tails on PostgreSQL.
+    pub tail_poll_interval_seconds: Option<f64>,
+}
+
+/// A config value that is not acceptable; `key` is the dotted key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid value for `{key}`: {message}")]
+pub struct StoreConfigError {
+    /// Dotted key path, e.g. `session_store.backend`.
+    pub key: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> StoreConfigError {
+    StoreConfigError {
+        key: format!("session_store.{key}"),
+        message: message.into(),
+    }
+}
+
+/// A PostgreSQL URL whose `Debug` hides the password.
+#[derive(Clone)]
+pub struct PgUrl(String);
+
+impl PgUrl {
+    /// The URL, password included (pass it to the driver only).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for PgUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // postgresql://user:secret@host/db -> postgresql://user:***@host/db
+        let redacted = match (self.0.find("://"), self.0.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                let creds = &self.0[scheme + 3..at];
+                match creds.find(':') {
+                    Some(colon) => format!("{}{}:***{}", &self.0[..scheme + 3], &creds[..colon], &self.0[at..]),
+                    None => self.0.clone(),
+                }
+            }
+            _ if self.0.contains("password") => "<key=value url with a password>".to_owned(),
+            _ => self.0.clone(),
+        };
+        f.write_str(&redacted)
+    }
+}
+
+/// The validated section.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// The embedded store.
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// Options (group commit size, busy timeout).
+        options: SqliteOptions,
+    },
+    /// Shared PostgreSQL.
+    Postgres {
+        /// Where.
+        url: PgUrl,
+        /// Schema, pool, timeouts.
+        options: PgOptions,
+    },
+}
+
+fn seconds(key: &str, v: Option<f64>, default: Duration) -> Result<Duration, StoreConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Duration::from_secs_f64(s)),
+        Some(s) => Err(invalid(key, format!("{s} is not a positive number of seconds"))),
+    }
+}
+
+fn positive(key: &str, v: Option<usize>, default: usize) -> Result<usize, StoreConfigError> {
+    match v {
+        None => Ok(default),
+        Some(0) => Err(invalid(key, "must be at least 1")),
+        Some(n) => Ok(n),
+    }
+}
+
+impl StoreConfig {
+    /// Validates `raw`; relative defaults live under `data_dir`.
+    pub fn from_raw(raw: &RawStoreConfig, data_dir: &Path) -> Result<Self, StoreConfigError> {
+        let backend = raw.backend.as_deref().unwrap_or("sqlite");
+        match backend {
+            "sqlite" => {
+                for (key, set) in [
+                    ("postgres_url", raw.postgres_url.is_some()),
+                    ("postgres_schema", raw.postgres_schema.is_some()),
+                    ("postgres_max_connections", raw.postgres_max_connections.is_some()),
+                    ("postgres_connect_timeout_seconds", raw.postgres_connect_timeout_seconds.is_some()),
+                    ("tail_poll_interval_seconds", raw.tail_poll_interval_seconds.is_some()),
+                ] {
+                    if set {
+                        return Err(invalid(key, "only applies with backend = \"postgres\""));
+                    }
+                }
+                let defaults = SqliteOptions::default();
+                Ok(StoreConfig::Sqlite {
+                    path: raw.sqlite_path.clone().unwrap_or_else(|| data_dir.join(DB_FILE_NAME)),
+                    options: SqliteOptions {
+                        max_group_commit: positive("max_group_commit", raw.max_group_commit, defaults.max_group_commit)?,
+                        busy_timeout: seconds("busy_timeout_seconds", raw.busy_timeout_seconds, defaults.busy_timeout)?,
+                        ..defaults
+                    },
+                })
+            }
+            "postgres" => {
+                for (key, set) in [
+                    ("sqlite_path", raw.sqlite_path.is_some()),
+                    ("max_group_commit", raw.max_group_commit.is_some()),
+                    ("busy_timeout_seconds", raw.busy_timeout_seconds.is_some()),
+                ] {
+                    if set {
+                        return Err(invalid(key, "only applies with backend = \"sqlite\""));
+                    }
+                }
+                let url = raw
+                    .postgres_url
+                    .clone()
+                    .ok_or_else(|| invalid("postgres_url", "is required with backend = \"postgres\""))?;
+                url.parse::<tokio_postgres::Config>()
+                    .map_err(|e| invalid("postgres_url", format!("does not parse: {e}")))?;
+                let defaults = PgOptions::default();
+                let schema = raw.postgres_schema.clone().unwrap_or(defaults.schema.clone());
+                crate::postgres::check_schema_name(&schema).map_err(|e| invalid("postgres_schema", e.to_string()))?;
+                Ok(StoreConfig::Postgres {
+                    url: PgUrl(url),
+                    options: PgOptions {
+                        schema,
+                        max_connections: positive(
+                            "postgres_max_connections",
+                            raw.postgres_max_connections,
+                            defaults.max_connections,
+                        )?,
+                        connect_timeout: seconds(
+                            "postgres_connect_timeout_seconds",
+                            raw.postgres_connect_timeout_seconds,
+                            defaults.connect_timeout,
+                        )?,
+                        tail_poll_interval: seconds(
+                            "tail_poll_interval_seconds",
+                            raw.tail_poll_interval_seconds,
+                            defaults.tail_poll_interval,
+                        )?,
+                    },
+                })
+            }
+            other => Err(invalid("backend", format!("{other:?} is not \"sqlite\" or \"postgres\""))),
+        }
+    }
+}
+
+/// Opens the configured store.
+pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn SessionStore>> {
+    Ok(match config {
+        StoreConfig::Sqlite { path, options } => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    crate::StoreError::unavailable(format!("creating {}: {e}", dir.display()), Some(Box::new(e)))
+                })?;
+            }
+            Arc::new(SqliteStore::open(path, options.clone()).await?)
+        }
+        StoreConfig::Postgres { url, options } => Arc::new(PgStore::connect(url.expose(), options.clone()).await?),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Parses a `[session_store]` table written as JSON (same serde rules
+    /// as TOML; the control plane's config tests parse the real TOML files).
+    fn parse(json: serde_json::Value) -> Result<StoreConfig, StoreConfigError> {
+        let raw: RawStoreConfig = serde_json::from_value(json).unwrap();
+        StoreConfig::from_raw(&raw, Path::new("/data"))
+    }
+
+    #[test]
+    fn defaults_to_sqlite_in_the_data_dir() {
+        match parse(json!({})).unwrap() {
+            StoreConfig::Sqlite { path, options } => {
+                assert_eq!(path, Path::new("/data/sessions.sqlite3"));
+                assert_eq!(options.max_group_commit, 1024);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = parse(json!({"backend": "mysql"})).unwrap_err();
+        assert!(e.to_string().contains("session_store.backend"), "{e}");
+        let e = parse(json!({"backend": "postgres"})).unwrap_err();
+        assert!(e.to_string().contains("session_store.postgres_url"), "{e}");
+        let e = parse(json!({"busy_timeout_seconds": -1.0})).unwrap_err();
+        assert!(e.to_string().contains("session_store.busy_timeout_seconds"), "{e}");
+        let e = parse(json!({"postgres_schema": "x"})).unwrap_err();
+        assert!(e.to_string().contains("session_store.postgres_schema"), "{e}");
+        let e = parse(json!({"backend": "postgres", "postgres_url": "postgresql://a@h/d", "postgres_schema": "bad-name"}))
+            .unwrap_err();
+        assert!(e.to_string().contains("session_store.postgres_schema"), "{e}");
+        let unknown: Result<RawStoreConfig, _> = serde_json::from_value(json!({"nope": 1}));
+        assert!(unknown.unwrap_err().to_string().contains("nope"));
+    }
+
+    #[test]
+    fn postgres_url_password_is_redacted_in_debug() {
+        let c = parse(json!({"backend": "postgres", "postgres_url": "postgresql://airlock:s3cret@127.0.0.1:5432/db"}))
+            .unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("airlock:***@127.0.0.1"), "{shown}");
+    }
+}
