@@ -1,0 +1,2 @@
+//! The public HTTP API (in progress).
+#![forbid(unsafe_code)]
