@@ -318,6 +318,8 @@ struct Collector {
     stripper: AnsiStripper,
     /// Found marker: (offset in buf, exit code).
     done: Option<(usize, i32)>,
+    /// No marker starts before this offset of `buf` (avoids rescanning).
+    scanned: usize,
 }
 
 impl Collector {
@@ -333,6 +335,7 @@ impl Collector {
             stream_pos: 0,
             stripper: AnsiStripper::default(),
             done: None,
+            scanned: 0,
         }
     }
 
@@ -350,6 +353,7 @@ impl Collector {
             let cut = self.buf.len() - keep;
             self.buf.drain(..cut);
             self.stream_pos = self.stream_pos.saturating_sub(cut);
+            self.scanned = self.scanned.saturating_sub(cut);
         }
     }
 
@@ -378,7 +382,15 @@ impl Collector {
             return Some(c);
         }
         let m = marker.as_bytes();
-        let pos = self.buf.windows(m.len()).rposition(|w| w == m)?;
+        let from = self.scanned;
+        let found = self.buf[from..].windows(m.len()).position(|w| w == m).map(|p| p + from);
+        let Some(pos) = found else {
+            // Everything but a possible marker prefix at the end is now known marker-free.
+            self.scanned = self.buf.len().saturating_sub(m.len() - 1).max(from);
+            return None;
+        };
+        // Stay on this candidate until its status line is complete.
+        self.scanned = pos;
         let rest = &self.buf[pos + m.len()..];
         let nl = rest.iter().position(|&b| b == b'\n')?;
         let code = std::str::from_utf8(&rest[..nl]).ok()?.trim().parse().ok()?;

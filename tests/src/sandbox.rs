@@ -82,7 +82,11 @@ pub struct TestAgent {
     /// Unique agent id (the ownership label).
     pub agent_id: String,
     /// Data dir (record, audit, assignments).
-    pub data_dir: tempfile::TempDir,
+    pub data_dir: PathBuf,
+    /// Owns the data dir when this agent created it.
+    _tmp: Option<tempfile::TempDir>,
+    /// Whether dropping removes the agent's containers.
+    pub cleanup_on_drop: bool,
     /// `[sandbox]` as raw TOML-equivalent values, editable before `start`.
     pub sandbox: RawSandbox,
     /// `[policy]`.
@@ -93,7 +97,9 @@ pub struct TestAgent {
 
 impl Drop for TestAgent {
     fn drop(&mut self) {
-        remove_agent_containers(&self.agent_id);
+        if self.cleanup_on_drop {
+            remove_agent_containers(&self.agent_id);
+        }
     }
 }
 
@@ -106,11 +112,21 @@ impl Default for TestAgent {
 impl TestAgent {
     /// A fresh agent using the test image and the static executor.
     pub fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let mut agent = Self::with_identity(&format!("test-{}", uuid::Uuid::new_v4().simple()), tmp.path());
+        agent._tmp = Some(tmp);
+        agent
+    }
+
+    /// An agent with a given id and data dir (e.g. a restarted agent, or a
+    /// child process); it does not own the data dir.
+    pub fn with_identity(agent_id: &str, data_dir: &Path) -> Self {
         let image = test_image();
-        let agent_id = format!("test-{}", uuid::Uuid::new_v4().simple());
         Self {
-            agent_id,
-            data_dir: tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}")),
+            agent_id: agent_id.to_owned(),
+            data_dir: data_dir.to_owned(),
+            _tmp: None,
+            cleanup_on_drop: true,
             sandbox: RawSandbox {
                 executor_path: Some(executor_path()),
                 default_image: Some(image.clone()),
@@ -138,7 +154,7 @@ impl TestAgent {
             PoolSettings::from_raw(self.pool.clone(), &sandbox.default_image).unwrap_or_else(|e| panic!("[pool]: {e}"));
         ServiceConfig {
             agent_id: self.agent_id.clone(),
-            data_dir: self.data_dir.path().to_owned(),
+            data_dir: self.data_dir.clone(),
             sandbox,
             policy,
             pool,

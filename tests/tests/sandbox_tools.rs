@@ -13,7 +13,9 @@ async fn bash_shell_persists_state_and_handles_edges() {
     let agent = TestAgent::new();
     let (svc, _) = agent.start().await;
     let sbx = provision(&svc).await;
+    let t0 = std::time::Instant::now();
 
+    eprintln!("{:?} cwd, env and functions survive between calls", t0.elapsed());
     // cwd, env and functions survive between calls
     let r = exec(&svc, &sbx, "bash", json!({"command": "mkdir -p d && cd d && export FOO=bar && pwd"})).await;
     assert!(!r.is_error, "{}", text(&r));
@@ -21,20 +23,24 @@ async fn bash_shell_persists_state_and_handles_edges() {
     let r = exec(&svc, &sbx, "bash", json!({"command": "pwd; echo $FOO"})).await;
     assert_eq!(text(&r).trim(), "/workspace/d\nbar");
 
+    eprintln!("{:?} non-zero exit is a tool error carrying output and code", t0.elapsed());
     // non-zero exit is a tool error carrying output and code
     let r = exec(&svc, &sbx, "bash", json!({"command": "echo out; echo err >&2; exit_code() { return 3; }; exit_code"})).await;
     assert!(r.is_error);
     let t = text(&r);
     assert!(t.contains("out") && t.contains("err") && t.contains("[exit code: 3]"), "{t}");
 
+    eprintln!("{:?} ANSI stripped", t0.elapsed());
     // ANSI stripped
     let r = exec(&svc, &sbx, "bash", json!({"command": "printf '\\033[1;31mred\\033[0m\\n'"})).await;
     assert_eq!(text(&r), "red\n");
 
+    eprintln!("{:?} ANTHROPIC_* never reaches the shell, even when asked for", t0.elapsed());
     // ANTHROPIC_* never reaches the shell, even when asked for
     let r = exec(&svc, &sbx, "bash", json!({"command": "export -p | grep -c ANTHROPIC_ || true"})).await;
     assert_eq!(text(&r).trim(), "0");
 
+    eprintln!("{:?} huge output: last 100 KiB kept with an explicit marker", t0.elapsed());
     // huge output: last 100 KiB kept with an explicit marker
     let r = exec(&svc, &sbx, "bash", json!({"command": "i=0; while [ $i -lt 30000 ]; do echo line-$i-padding-padding; i=$((i+1)); done"})).await;
     assert!(!r.is_error);
@@ -43,6 +49,7 @@ async fn bash_shell_persists_state_and_handles_edges() {
     assert!(t.trim_end().ends_with("line-29999-padding-padding"));
     assert!(t.len() < 110 * 1024);
 
+    eprintln!("{:?} a background job outlives its call", t0.elapsed());
     // a background job outlives its call
     let r = exec(&svc, &sbx, "bash", json!({"command": "(sleep 2; echo done > /workspace/bg.txt) & echo started"})).await;
     assert_eq!(text(&r).trim(), "started");
@@ -57,6 +64,7 @@ async fn bash_shell_persists_state_and_handles_edges() {
     }
     assert!(seen, "background job did not finish after its call returned");
 
+    eprintln!("{:?} a command that ignores SIGTERM is still killed at its timeout, with its group", t0.elapsed());
     // a command that ignores SIGTERM is still killed at its timeout, with its group
     let r = exec(
         &svc,
@@ -69,10 +77,12 @@ async fn bash_shell_persists_state_and_handles_edges() {
     assert!(text(&r).contains("timed out after 1000 ms"), "{}", text(&r));
     let r = exec(&svc, &sbx, "bash", json!({"command": "ps -o pid,comm | grep -c 'sleep' || true"})).await;
     assert_eq!(text(&r).trim(), "0", "the timed-out group must be gone");
+    eprintln!("{:?} and the shell is fresh (cwd reset to the workdir)", t0.elapsed());
     // and the shell is fresh (cwd reset to the workdir)
     let r = exec(&svc, &sbx, "bash", json!({"command": "pwd"})).await;
     assert_eq!(text(&r).trim(), "/workspace");
 
+    eprintln!("{:?} restart resets state; exit in a command is reported and recovered from", t0.elapsed());
     // restart resets state; exit in a command is reported and recovered from
     exec(&svc, &sbx, "bash", json!({"command": "export KEEP=1"})).await;
     let r = exec(&svc, &sbx, "bash", json!({"restart": true})).await;
@@ -84,6 +94,7 @@ async fn bash_shell_persists_state_and_handles_edges() {
     let r = exec(&svc, &sbx, "bash", json!({"command": "echo alive"})).await;
     assert_eq!(text(&r).trim(), "alive");
 
+    eprintln!("{:?} bad input is a tool error, not an RPC error", t0.elapsed());
     // bad input is a tool error, not an RPC error
     let r = exec(&svc, &sbx, "bash", json!({"cmd": "true"})).await;
     assert!(r.is_error && text(&r).contains("invalid input for bash"), "{}", text(&r));
