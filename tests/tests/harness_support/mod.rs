@@ -1,0 +1,545 @@
+//! Shared fixtures of the harness tests: a SQLite store with a manual clock,
+//! the production model client pointed at the fake Messages server, an
+//! in-process [`Hands`] double that keeps an execution record like the
+//! sandbox-agent does, and a store wrapper that can "crash" the harness at
+//! the n-th write.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use airlock_tests::fake_model::FakeModel;
+use harness::{
+    Disposition, Hands, HandsError, Harness, HarnessConfig, ProvisionSpec, ProvisioningMode, RawHarnessConfig,
+    SandboxRef, ToolCall, ToolOutput,
+};
+use model::{AnthropicConfig, AnthropicProvider, ApiKey};
+use serde_json::{json, Value};
+use session_store::{
+    AppendBatch, EventSelector, EventStream, Fence, Lease, ManualClock, NewEvent, NewSession, Result as StoreResult,
+    SessionPage, SessionQuery, SessionRecord, SessionStatus, SessionStore, SessionUpdate, SqliteOptions, SqliteStore,
+    StoredEvent,
+};
+
+/// Bound for anything a test waits for; only reached when it fails.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+// ------------------------------------------------------------------ store
+
+pub struct StoreFixture {
+    pub store: Arc<SqliteStore>,
+    pub clock: Arc<ManualClock>,
+    pub _dir: tempfile::TempDir,
+}
+
+pub async fn sqlite() -> StoreFixture {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
+    let options = SqliteOptions {
+        clock: clock.clone(),
+        ..SqliteOptions::default()
+    };
+    let store = SqliteStore::open_in_dir(dir.path(), options).await.unwrap();
+    StoreFixture {
+        store: Arc::new(store),
+        clock,
+        _dir: dir,
+    }
+}
+
+pub fn agent_body(tools: Value) -> Value {
+    json!({
+        "type": "session",
+        "environment_id": "env_test",
+        "resources": [],
+        "agent": {
+            "type": "agent",
+            "id": "agent_test",
+            "version": 1,
+            "name": "tester",
+            "model": {"id": "claude-test"},
+            "system": "You are a test agent.",
+            "tools": tools,
+        }
+    })
+}
+
+pub fn toolset() -> Value {
+    json!([{"type": "agent_toolset_20260401",
+            "default_config": {"enabled": true, "permission_policy": {"type": "always_allow"}},
+            "configs": []}])
+}
+
+pub fn user_message(text: &str) -> NewEvent {
+    NewEvent::queued(json!({"type": "user.message", "content": [{"type": "text", "text": text}]}))
+}
+
+pub async fn create_session(store: &dyn SessionStore, id: &str, tools: Value, first: &str) {
+    store
+        .create_session(NewSession {
+            id: id.to_owned(),
+            status: SessionStatus::Idle,
+            body: agent_body(tools),
+            initial_events: vec![user_message(first)],
+        })
+        .await
+        .unwrap();
+}
+
+pub async fn send(store: &dyn SessionStore, id: &str, event: NewEvent) -> StoredEvent {
+    store.append(id, vec![event], Fence::None).await.unwrap().remove(0)
+}
+
+pub async fn log(store: &dyn SessionStore, id: &str) -> Vec<StoredEvent> {
+    store.read(id, 1, 100_000).await.unwrap()
+}
+
+pub fn types(events: &[StoredEvent]) -> Vec<&str> {
+    events.iter().map(|e| e.event_type.as_str()).collect()
+}
+
+pub fn of_type<'a>(events: &'a [StoredEvent], ty: &str) -> Vec<&'a StoredEvent> {
+    events.iter().filter(|e| e.event_type == ty).collect()
+}
+
+/// The log invariants every test checks: ids unique; every tool use has
+/// exactly one result (agent.tool_result, or a denial); every span start has
+/// exactly one end; user events that a request consumed are processed.
+pub fn check_log(events: &[StoredEvent]) {
+    let mut ids = HashSet::new();
+    for e in events {
+        assert!(ids.insert(e.id.clone()), "duplicate event id {}", e.id);
+    }
+    let mut results: HashMap<String, usize> = HashMap::new();
+    for e in of_type(events, "agent.tool_result") {
+        *results.entry(e.body["tool_use_id"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    for e in of_type(events, "user.custom_tool_result") {
+        *results.entry(e.body["custom_tool_use_id"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    for e in of_type(events, "user.tool_confirmation") {
+        if e.body["result"] == json!("deny") {
+            *results.entry(e.body["tool_use_id"].as_str().unwrap().to_owned()).or_default() += 1;
+        }
+    }
+    for e in events
+        .iter()
+        .filter(|e| e.event_type == "agent.tool_use" || e.event_type == "agent.custom_tool_use")
+    {
+        let n = results.get(&e.id).copied().unwrap_or(0);
+        assert!(n <= 1, "tool use {} has {n} results", e.id);
+    }
+    for (id, n) in &results {
+        assert_eq!(*n, 1, "tool use {id} has {n} results");
+        assert!(
+            events.iter().any(|e| &e.id == id),
+            "result for a tool use {id} that is not in the log"
+        );
+    }
+    let mut ends: HashMap<String, usize> = HashMap::new();
+    for e in of_type(events, "span.model_request_end") {
+        let start = e.body["model_request_start_id"].as_str().unwrap().to_owned();
+        assert!(e.body["model_usage"].is_object(), "span end without model_usage");
+        *ends.entry(start).or_default() += 1;
+    }
+    for s in of_type(events, "span.model_request_start") {
+        let n = ends.get(&s.id).copied().unwrap_or(0);
+        assert!(n <= 1, "span {} closed {n} times", s.id);
+    }
+}
+
+/// Every tool use has its result (the session is not mid-turn).
+pub fn check_complete(events: &[StoredEvent]) {
+    check_log(events);
+    let resolved: HashSet<String> = events
+        .iter()
+        .filter_map(|e| match e.event_type.as_str() {
+            "agent.tool_result" => e.body["tool_use_id"].as_str().map(str::to_owned),
+            "user.custom_tool_result" => e.body["custom_tool_use_id"].as_str().map(str::to_owned),
+            "user.tool_confirmation" if e.body["result"] == json!("deny") => {
+                e.body["tool_use_id"].as_str().map(str::to_owned)
+            }
+            _ => None,
+        })
+        .collect();
+    for e in of_type(events, "agent.tool_use") {
+        assert!(resolved.contains(&e.id), "tool use {} has no result", e.id);
+    }
+    for s in of_type(events, "span.model_request_start") {
+        assert!(
+            of_type(events, "span.model_request_end")
+                .iter()
+                .any(|e| e.body["model_request_start_id"] == json!(s.id)),
+            "span {} never closed",
+            s.id
+        );
+    }
+    for e in events.iter().filter(|e| e.event_type.starts_with("user.")) {
+        assert!(e.processed_at.is_some(), "{} {} left unprocessed", e.event_type, e.id);
+    }
+}
+
+// ------------------------------------------------------------------ model
+
+pub fn provider(fake: &FakeModel, idle_timeout: Duration) -> Arc<AnthropicProvider> {
+    let mut c = AnthropicConfig::new(fake.base_url(), ApiKey::new("sk-test"));
+    c.stream_idle_timeout = idle_timeout;
+    c.request_timeout = Duration::from_secs(10);
+    Arc::new(AnthropicProvider::new(c).unwrap())
+}
+
+pub fn config(instance: &str) -> HarnessConfig {
+    let raw: RawHarnessConfig = toml::from_str(&format!(
+        "instance_id = \"{instance}\"\nprovisioning = \"lazy\"\n[retry]\nmax_attempts = 4\ninitial_backoff_seconds = 0.01\nmax_backoff_seconds = 0.05\njitter = false\n"
+    ))
+    .unwrap();
+    HarnessConfig::from_raw(raw).unwrap()
+}
+
+pub fn harness(
+    store: Arc<dyn SessionStore>,
+    fake: &FakeModel,
+    hands: Arc<RecordingHands>,
+    config: HarnessConfig,
+) -> Harness {
+    Harness::new(store, provider(fake, Duration::from_secs(10)), hands, config)
+}
+
+pub fn with_provisioning(mut c: HarnessConfig, mode: ProvisioningMode) -> HarnessConfig {
+    c.provisioning = mode;
+    c
+}
+
+// ------------------------------------------------------------------ crash points
+
+/// Counts crash points (store writes, tool executions) and, at the chosen
+/// one, never returns: the test then aborts the wake, as a kill would.
+#[derive(Debug, Default)]
+pub struct Crasher {
+    count: AtomicUsize,
+    target: Mutex<Option<(usize, bool)>>,
+    fired: AtomicBool,
+}
+
+impl Crasher {
+    /// Crash at point `n` (0-based), `after` the operation or before it.
+    pub fn arm(&self, n: usize, after: bool) {
+        *self.target.lock().unwrap() = Some((n, after));
+    }
+
+    pub fn points(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    pub fn fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
+    }
+
+    /// Returns the point number if this operation is the crash point for this side.
+    fn check(&self, n: usize, after: bool) -> bool {
+        let t = *self.target.lock().unwrap();
+        if t == Some((n, after)) {
+            self.fired.store(true, Ordering::SeqCst);
+            true
+        } else {
+            false
+        }
+    }
+
+    async fn around<T>(&self, op: impl std::future::Future<Output = T>) -> T {
+        let n = self.count.fetch_add(1, Ordering::SeqCst);
+        if self.check(n, false) {
+            std::future::pending::<()>().await;
+        }
+        let out = op.await;
+        if self.check(n, true) {
+            std::future::pending::<()>().await;
+        }
+        out
+    }
+}
+
+/// A store whose writes are crash points.
+#[derive(Debug)]
+pub struct CrashingStore {
+    pub inner: Arc<dyn SessionStore>,
+    pub crasher: Arc<Crasher>,
+}
+
+#[async_trait::async_trait]
+impl SessionStore for CrashingStore {
+    async fn create_session(&self, new: NewSession) -> StoreResult<(SessionRecord, Vec<StoredEvent>)> {
+        self.inner.create_session(new).await
+    }
+    async fn get_session(&self, session_id: &str) -> StoreResult<SessionRecord> {
+        self.inner.get_session(session_id).await
+    }
+    async fn update_session(&self, session_id: &str, update: SessionUpdate) -> StoreResult<SessionRecord> {
+        self.crasher.around(self.inner.update_session(session_id, update)).await
+    }
+    async fn list_sessions(&self, query: SessionQuery) -> StoreResult<SessionPage> {
+        self.inner.list_sessions(query).await
+    }
+    async fn delete_session(&self, session_id: &str) -> StoreResult<()> {
+        self.inner.delete_session(session_id).await
+    }
+    async fn append_batch(&self, session_id: &str, batch: AppendBatch) -> StoreResult<Vec<StoredEvent>> {
+        self.crasher.around(self.inner.append_batch(session_id, batch)).await
+    }
+    async fn mark_processed(&self, session_id: &str, events: EventSelector, fence: Fence) -> StoreResult<Vec<StoredEvent>> {
+        self.crasher.around(self.inner.mark_processed(session_id, events, fence)).await
+    }
+    async fn read(&self, session_id: &str, from_seq: u64, limit: usize) -> StoreResult<Vec<StoredEvent>> {
+        self.inner.read(session_id, from_seq, limit).await
+    }
+    async fn get_events(&self, session_id: &str, events: EventSelector) -> StoreResult<Vec<StoredEvent>> {
+        self.inner.get_events(session_id, events).await
+    }
+    async fn subscribe(&self, session_id: &str, from_seq: u64) -> StoreResult<EventStream> {
+        self.inner.subscribe(session_id, from_seq).await
+    }
+    async fn acquire_lease(&self, session_id: &str, holder: &str, ttl: Duration) -> StoreResult<Lease> {
+        self.inner.acquire_lease(session_id, holder, ttl).await
+    }
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> StoreResult<Lease> {
+        self.inner.renew_lease(lease, ttl).await
+    }
+    async fn release_lease(&self, lease: &Lease) -> StoreResult<()> {
+        self.inner.release_lease(lease).await
+    }
+    async fn sessions_needing_wake(&self, limit: usize) -> StoreResult<Vec<String>> {
+        self.inner.sessions_needing_wake(limit).await
+    }
+}
+
+// ------------------------------------------------------------------ hands
+
+/// One real execution (not a replay).
+#[derive(Debug, Clone)]
+pub struct Execution {
+    pub tool_use_id: String,
+    pub name: String,
+    pub input: Value,
+    pub sandbox_id: String,
+    pub at: Instant,
+}
+
+#[derive(Debug, Default)]
+struct HandsState {
+    provisions: Vec<(String, Instant)>,
+    sandboxes: HashMap<String, SandboxRef>,
+    record: HashMap<String, ToolOutput>,
+    executions: Vec<Execution>,
+    calls: Vec<(ToolCall, Instant)>,
+    in_flight: HashSet<String>,
+    forget_record: bool,
+    fail_next_provisions: Vec<HandsError>,
+    fail_next_executes: Vec<HandsError>,
+}
+
+/// The hands double: provisions one sandbox per session (idempotent), runs
+/// a call once per `tool_use_id` and answers repeats from its record (as the
+/// sandbox-agent does); records everything with timestamps.
+#[derive(Debug, Default)]
+pub struct RecordingHands {
+    state: Mutex<HandsState>,
+    pub provision_delay: Mutex<Duration>,
+    pub execute_delay: Mutex<Duration>,
+    /// When set, executions wait for this before running.
+    pub gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
+    pub crasher: Mutex<Option<Arc<Crasher>>>,
+    done: tokio::sync::Notify,
+    sandbox_counter: AtomicUsize,
+}
+
+impl RecordingHands {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn with_provision_delay(d: Duration) -> Arc<Self> {
+        let h = Self::default();
+        *h.provision_delay.lock().unwrap() = d;
+        Arc::new(h)
+    }
+
+    pub fn executions(&self) -> Vec<Execution> {
+        self.state.lock().unwrap().executions.clone()
+    }
+
+    pub fn calls(&self) -> Vec<ToolCall> {
+        self.state.lock().unwrap().calls.iter().map(|(c, _)| c.clone()).collect()
+    }
+
+    pub fn call_times(&self) -> Vec<Instant> {
+        self.state.lock().unwrap().calls.iter().map(|(_, t)| *t).collect()
+    }
+
+    pub fn provisions(&self) -> Vec<(String, Instant)> {
+        self.state.lock().unwrap().provisions.clone()
+    }
+
+    /// Simulate an agent that lost its record: repeats are "unknown".
+    pub fn forget_record(&self) {
+        let mut s = self.state.lock().unwrap();
+        s.forget_record = true;
+        s.record.clear();
+    }
+
+    pub fn fail_next_provision(&self, e: HandsError) {
+        self.state.lock().unwrap().fail_next_provisions.push(e);
+    }
+
+    pub fn fail_next_execute(&self, e: HandsError) {
+        self.state.lock().unwrap().fail_next_executes.push(e);
+    }
+
+    /// Gate executions: each needs a permit from the returned semaphore.
+    pub fn close_gate(&self) -> Arc<tokio::sync::Semaphore> {
+        let s = Arc::new(tokio::sync::Semaphore::new(0));
+        *self.gate.lock().unwrap() = Some(s.clone());
+        s
+    }
+
+    pub fn output_for(call: &ToolCall) -> ToolOutput {
+        ToolOutput {
+            content: vec![json!({"type": "text", "text": format!("ran {} {}", call.name, call.input)})],
+            is_error: false,
+            disposition: Disposition::Ran,
+        }
+    }
+
+    async fn crash_point<T>(&self, op: impl std::future::Future<Output = T>) -> T {
+        let c = self.crasher.lock().unwrap().clone();
+        match c {
+            Some(c) => c.around(op).await,
+            None => op.await,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Hands for RecordingHands {
+    async fn provision(&self, spec: &ProvisionSpec) -> Result<SandboxRef, HandsError> {
+        let d = *self.provision_delay.lock().unwrap();
+        {
+            let mut s = self.state.lock().unwrap();
+            s.provisions.push((spec.session_id.clone(), Instant::now()));
+            if !s.fail_next_provisions.is_empty() {
+                return Err(s.fail_next_provisions.remove(0));
+            }
+        }
+        if !d.is_zero() {
+            tokio::time::sleep(d).await;
+        }
+        let mut s = self.state.lock().unwrap();
+        if let Some(sb) = s.sandboxes.get(&spec.session_id) {
+            return Ok(sb.clone());
+        }
+        let n = self.sandbox_counter.fetch_add(1, Ordering::SeqCst);
+        let sb = SandboxRef {
+            sandbox_id: format!("sbx_{n}"),
+        };
+        s.sandboxes.insert(spec.session_id.clone(), sb.clone());
+        Ok(sb)
+    }
+
+    async fn execute(&self, sandbox: &SandboxRef, call: &ToolCall) -> Result<ToolOutput, HandsError> {
+        {
+            let mut s = self.state.lock().unwrap();
+            s.calls.push((call.clone(), Instant::now()));
+            if !s.fail_next_executes.is_empty() {
+                return Err(s.fail_next_executes.remove(0));
+            }
+        }
+        // A repeat waits for an in-flight run of the same id, then replays.
+        loop {
+            let wait = {
+                let mut s = self.state.lock().unwrap();
+                if let Some(out) = s.record.get(&call.tool_use_id) {
+                    let mut out = out.clone();
+                    out.disposition = Disposition::Replayed;
+                    return Ok(out);
+                }
+                if s.forget_record && s.executions.iter().any(|e| e.tool_use_id == call.tool_use_id) {
+                    return Ok(ToolOutput {
+                        content: vec![json!({"type":"text","text":"The outcome of this call is unknown: the sandbox restarted before its result was recorded."})],
+                        is_error: true,
+                        disposition: Disposition::Unknown,
+                    });
+                }
+                if s.in_flight.contains(&call.tool_use_id) {
+                    true
+                } else {
+                    s.in_flight.insert(call.tool_use_id.clone());
+                    false
+                }
+            };
+            if !wait {
+                break;
+            }
+            let notified = self.done.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.state.lock().unwrap().in_flight.contains(&call.tool_use_id) {
+                continue;
+            }
+            notified.await;
+        }
+        let gate = self.gate.lock().unwrap().clone();
+        let delay = *self.execute_delay.lock().unwrap();
+        let this = self;
+        // If the caller goes away before the run is recorded (a crash before
+        // the call reached the agent), the call never happened.
+        struct InFlight<'a>(&'a RecordingHands, String);
+        impl Drop for InFlight<'_> {
+            fn drop(&mut self) {
+                self.0.state.lock().unwrap().in_flight.remove(&self.1);
+                self.0.done.notify_waiters();
+            }
+        }
+        let guard = InFlight(self, call.tool_use_id.clone());
+        let run = async move {
+            let _guard = guard;
+            if let Some(g) = gate {
+                if let Ok(p) = g.acquire().await {
+                    p.forget();
+                }
+            }
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let out = Self::output_for(call);
+            let mut s = this.state.lock().unwrap();
+            s.executions.push(Execution {
+                tool_use_id: call.tool_use_id.clone(),
+                name: call.name.clone(),
+                input: call.input.clone(),
+                sandbox_id: sandbox.sandbox_id.clone(),
+                at: Instant::now(),
+            });
+            if !s.forget_record {
+                s.record.insert(call.tool_use_id.clone(), out.clone());
+            }
+            drop(s);
+            out
+        };
+        // The "after" crash point sits after the run is recorded, before the
+        // harness hears of it.
+        Ok(self.crash_point(run).await)
+    }
+}
+
+/// Poll until `f` holds (bounded).
+pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
