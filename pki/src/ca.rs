@@ -288,7 +288,12 @@ impl CertificateAuthority {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "Airlock");
-        dn.push(DnType::CommonName, "Airlock internal CA");
+        // A random suffix keeps two Airlock CAs from sharing a subject name,
+        // so a certificate from another deployment reads as "unknown issuer"
+        // rather than as a bad signature from ours.
+        let mut suffix = [0u8; 6];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut suffix);
+        dn.push(DnType::CommonName, format!("Airlock internal CA {}", hex::encode(suffix)));
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![

@@ -47,6 +47,8 @@ pub use revocation::RevocationSet;
 pub use service::{EnrollError, IdentityService, IdentitySettings, RenewError, ServiceError};
 pub use store::StoreError;
 pub use tls::{TlsError, ALPN_ENROLL};
+/// rustls' certificate error kinds, as returned by the verifiers here.
+pub use rustls::CertificateError;
 pub use tokens::{JoinString, JoinToken, TokenError};
 
 /// The one crypto provider every Airlock TLS config uses (ring).
