@@ -87,3 +87,152 @@ pub async fn run(identity: Arc<AgentIdentity>, renewer: impl Renewer, shutdown: 
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    use pki::agent::{AgentFiles, IdentityRecord, PendingKey};
+    use pki::{EnvironmentId, IdentityService, IdentitySettings};
+
+    use super::*;
+
+    /// Carries renewals straight to an in-process identity service (the
+    /// tunnel's control stream does the same over the wire). Fails the first
+    /// `fail_first` calls.
+    struct Direct {
+        svc: Arc<IdentityService>,
+        identity: Arc<AgentIdentity>,
+        fail_first: u32,
+        calls: AtomicU32,
+    }
+
+    impl Renewer for Direct {
+        async fn renew(&self, csr_der: Vec<u8>) -> Result<Vec<CertificateDer<'static>>, RenewalError> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            if n < self.fail_first {
+                return Err(RenewalError::Transport("link down".into()));
+            }
+            let peer = self.identity.identity();
+            let svc = self.svc.clone();
+            tokio::task::spawn_blocking(move || svc.renew(&peer, &csr_der))
+                .await
+                .unwrap()
+                .map(|c| c.chain)
+                .map_err(|e| RenewalError::Refused(e.to_string()))
+        }
+    }
+
+    fn setup(dir: &std::path::Path) -> (Arc<IdentityService>, Arc<AgentIdentity>) {
+        let mut settings = IdentitySettings::new(dir.join("cp"));
+        settings.agent_cert_lifetime = Duration::from_secs(3);
+        let svc = Arc::new(IdentityService::open(settings).unwrap());
+        let env = EnvironmentId::parse("env_r").unwrap();
+        let token = svc.create_token(&env, Duration::from_secs(60)).unwrap();
+        let key = PendingKey::generate().unwrap();
+        let e = svc.enroll(token.token.expose(), &key.csr_pem, None).unwrap();
+        let text = format!(
+            "data_dir = \"{}\"\n[control_plane]\naddress = \"127.0.0.1:7443\"\n",
+            dir.join("agent").display()
+        );
+        let config = crate::config::Config::parse(&text, std::path::Path::new("test.toml")).unwrap();
+        let files = AgentFiles::new(&config.identity.dir);
+        let record = IdentityRecord {
+            agent_id: e.agent_id,
+            environment_id: e.environment_id,
+            ca_fingerprint: svc.ca_fingerprint(),
+            tunnel_address: None,
+            enroll_address: None,
+            server_name: None,
+        };
+        files
+            .save_enrollment(&key, &e.certificate.chain, svc.ca_cert_der(), &record)
+            .unwrap();
+        let identity = AgentIdentity::load(&config).unwrap();
+        assert_eq!(identity.endpoint().address, "127.0.0.1:7443");
+        assert_eq!(identity.endpoint().server_name, "127.0.0.1");
+        (svc, identity)
+    }
+
+    async fn wait_for_serial_change(identity: &AgentIdentity, from: &str) -> String {
+        for _ in 0..400 {
+            let now = identity.identity().serial;
+            if now != from {
+                return now;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("certificate was not renewed");
+    }
+
+    #[tokio::test]
+    async fn renews_repeatedly_before_expiry_and_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let (svc, identity) = setup(dir.path());
+        let renewer = Direct {
+            svc: svc.clone(),
+            identity: identity.clone(),
+            fail_first: 0,
+            calls: AtomicU32::new(0),
+        };
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(identity.clone(), renewer, shutdown.clone()));
+        let first = identity.identity();
+        let second = wait_for_serial_change(&identity, &first.serial).await;
+        // Renewed before the first certificate expired.
+        assert!(SystemTime::now() < first.not_after + Duration::from_secs(1));
+        let third = wait_for_serial_change(&identity, &second).await;
+        assert_ne!(third, first.serial);
+        // The identity on disk follows.
+        let on_disk = AgentFiles::new(dir.path().join("agent/identity")).load(None).unwrap();
+        assert!([second.as_str(), third.as_str()].contains(&on_disk.identity.serial.as_str()));
+        assert_eq!(on_disk.identity.agent_id, first.agent_id);
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn failed_renewals_are_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let (svc, identity) = setup(dir.path());
+        let renewer = Arc::new(Direct {
+            svc,
+            identity: identity.clone(),
+            fail_first: 2,
+            calls: AtomicU32::new(0),
+        });
+        struct Shared(Arc<Direct>);
+        impl Renewer for Shared {
+            async fn renew(&self, csr_der: Vec<u8>) -> Result<Vec<CertificateDer<'static>>, RenewalError> {
+                self.0.renew(csr_der).await
+            }
+        }
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(identity.clone(), Shared(renewer.clone()), shutdown.clone()));
+        let first = identity.identity().serial;
+        wait_for_serial_change(&identity, &first).await;
+        assert!(renewer.calls.load(Ordering::SeqCst) >= 3);
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_chain_for_another_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (svc, identity) = setup(dir.path());
+        // The control plane answers with a certificate for a different key.
+        struct WrongKey(Arc<IdentityService>, pki::PeerIdentity);
+        impl Renewer for WrongKey {
+            async fn renew(&self, _csr: Vec<u8>) -> Result<Vec<CertificateDer<'static>>, RenewalError> {
+                let other = PendingKey::generate().unwrap();
+                Ok(self.0.renew(&self.1, &other.csr_der).unwrap().chain)
+            }
+        }
+        let before = identity.identity();
+        let err = renew_once(&identity, &WrongKey(svc, before.clone())).await.unwrap_err();
+        assert!(matches!(err, RenewalError::Identity(_)), "{err:?}");
+        assert_eq!(identity.identity().serial, before.serial, "nothing swapped");
+    }
+}
