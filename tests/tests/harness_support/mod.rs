@@ -221,6 +221,7 @@ pub struct Crasher {
     count: AtomicUsize,
     target: Mutex<Option<(usize, bool)>>,
     fired: AtomicBool,
+    labels: Mutex<Vec<&'static str>>,
 }
 
 impl Crasher {
@@ -231,6 +232,11 @@ impl Crasher {
 
     pub fn points(&self) -> usize {
         self.count.load(Ordering::SeqCst)
+    }
+
+    /// What each point was (`append`, `mark_processed`, `execute`, ...).
+    pub fn labels(&self) -> Vec<&'static str> {
+        self.labels.lock().unwrap().clone()
     }
 
     pub fn fired(&self) -> bool {
@@ -248,8 +254,9 @@ impl Crasher {
         }
     }
 
-    async fn around<T>(&self, op: impl std::future::Future<Output = T>) -> T {
+    async fn around<T>(&self, label: &'static str, op: impl std::future::Future<Output = T>) -> T {
         let n = self.count.fetch_add(1, Ordering::SeqCst);
+        self.labels.lock().unwrap().push(label);
         if self.check(n, false) {
             std::future::pending::<()>().await;
         }
@@ -277,7 +284,7 @@ impl SessionStore for CrashingStore {
         self.inner.get_session(session_id).await
     }
     async fn update_session(&self, session_id: &str, update: SessionUpdate) -> StoreResult<SessionRecord> {
-        self.crasher.around(self.inner.update_session(session_id, update)).await
+        self.crasher.around("update_session", self.inner.update_session(session_id, update)).await
     }
     async fn list_sessions(&self, query: SessionQuery) -> StoreResult<SessionPage> {
         self.inner.list_sessions(query).await
@@ -286,10 +293,10 @@ impl SessionStore for CrashingStore {
         self.inner.delete_session(session_id).await
     }
     async fn append_batch(&self, session_id: &str, batch: AppendBatch) -> StoreResult<Vec<StoredEvent>> {
-        self.crasher.around(self.inner.append_batch(session_id, batch)).await
+        self.crasher.around("append", self.inner.append_batch(session_id, batch)).await
     }
     async fn mark_processed(&self, session_id: &str, events: EventSelector, fence: Fence) -> StoreResult<Vec<StoredEvent>> {
-        self.crasher.around(self.inner.mark_processed(session_id, events, fence)).await
+        self.crasher.around("mark_processed", self.inner.mark_processed(session_id, events, fence)).await
     }
     async fn read(&self, session_id: &str, from_seq: u64, limit: usize) -> StoreResult<Vec<StoredEvent>> {
         self.inner.read(session_id, from_seq, limit).await
@@ -414,7 +421,7 @@ impl RecordingHands {
     async fn crash_point<T>(&self, op: impl std::future::Future<Output = T>) -> T {
         let c = self.crasher.lock().unwrap().clone();
         match c {
-            Some(c) => c.around(op).await,
+            Some(c) => c.around("execute", op).await,
             None => op.await,
         }
     }

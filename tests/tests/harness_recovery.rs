@@ -1,0 +1,309 @@
+//! Crash recovery and fencing, in process: a harness is dropped at every
+//! write and tool execution of a session (before and after the operation
+//! takes effect) and a fresh harness with no memory of it finishes the
+//! session; two harnesses race for one session. Checked against the hands
+//! double's execution record and the fake model's request record, not only
+//! against the log.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod harness_support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_tests::fake_model::{tool_loop, FakeModel};
+use harness::{StopReason, WakeOutcome};
+use harness_support::*;
+use serde_json::{json, Value};
+use session_store::SessionStore;
+
+const TOOLS: usize = 3;
+
+fn bash(k: usize) -> (String, Value) {
+    ("bash".to_owned(), json!({"command": format!("echo step {k}")}))
+}
+
+/// What must hold after any crash and recovery.
+fn check_recovered(events: &[session_store::StoredEvent], hands: &RecordingHands, fake: &FakeModel, what: &str) {
+    check_complete(events);
+    let tool_uses = of_type(events, "agent.tool_use");
+    assert_eq!(tool_uses.len(), TOOLS, "{what}: tool uses");
+    assert_eq!(of_type(events, "agent.tool_result").len(), TOOLS, "{what}: tool results");
+    // No tool ran twice, and every recorded call ran once.
+    let mut runs: HashMap<String, usize> = HashMap::new();
+    for e in hands.executions() {
+        *runs.entry(e.tool_use_id).or_default() += 1;
+    }
+    for t in &tool_uses {
+        assert_eq!(runs.get(&t.id).copied(), Some(1), "{what}: tool use {} ran {:?} times", t.id, runs.get(&t.id));
+    }
+    assert_eq!(runs.len(), TOOLS, "{what}: executions of calls not in the log: {runs:?}");
+    // No response duplicated or lost.
+    let texts: Vec<String> = of_type(events, "agent.message")
+        .iter()
+        .map(|e| e.body["content"][0]["text"].as_str().unwrap().to_owned())
+        .collect();
+    let mut expected: Vec<String> = (0..TOOLS).map(|k| format!("step {k}")).collect();
+    expected.push(format!("done after {TOOLS} tool calls"));
+    assert_eq!(texts, expected, "{what}: agent messages");
+    assert!(of_type(events, "session.error").is_empty(), "{what}: a request was rejected");
+    let idle = of_type(events, "session.status_idle");
+    assert_eq!(idle.last().unwrap().body["stop_reason"], json!({"type": "end_turn"}), "{what}");
+    // The model saw every request well-formed (the fake validates pairing)
+    // and its last request holds the whole conversation.
+    let reqs = fake.requests();
+    let last = &reqs.last().unwrap().body["messages"];
+    assert_eq!(last.as_array().unwrap().len(), 1 + 2 * TOOLS, "{what}: final conversation");
+    for k in 0..TOOLS {
+        let result = &last[2 + 2 * k]["content"][0];
+        assert_eq!(result["type"], json!("tool_result"), "{what}");
+        assert_eq!(result["tool_use_id"], json!(tool_uses[k].id), "{what}");
+    }
+}
+
+struct Round {
+    fired: bool,
+    labels: Vec<&'static str>,
+}
+
+/// Run harness A with a crash at point `n` (`after` the operation or
+/// before it), then harness B to the end; check everything.
+async fn crash_round(n: Option<usize>, after: bool, forget_record: bool) -> Round {
+    let fx = sqlite().await;
+    let inner: Arc<dyn SessionStore> = fx.store.clone();
+    let crasher = Arc::new(Crasher::default());
+    let store_a: Arc<dyn SessionStore> = Arc::new(CrashingStore {
+        inner: inner.clone(),
+        crasher: crasher.clone(),
+    });
+    let hands = RecordingHands::new();
+    *hands.crasher.lock().unwrap() = Some(crasher.clone());
+    let fake = FakeModel::start(tool_loop(TOOLS, bash)).await.unwrap();
+    create_session(&*inner, "s", toolset(), "three steps").await;
+    if let Some(n) = n {
+        crasher.arm(n, after);
+    }
+    let a = harness(store_a, &fake, hands.clone(), config("harness-a"));
+    let task = tokio::spawn(async move { a.wake("s").await });
+    let what = format!("crash at point {n:?} ({})", if after { "after" } else { "before" });
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !task.is_finished() && !crasher.fired() {
+        assert!(std::time::Instant::now() < deadline, "{what}: harness A neither finished nor crashed");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let fired = crasher.fired();
+    if fired {
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled(), "{what}");
+    } else {
+        assert_eq!(task.await.unwrap().unwrap(), WakeOutcome::Idle(StopReason::EndTurn), "{what}");
+    }
+    let labels = crasher.labels();
+    *hands.crasher.lock().unwrap() = None;
+    if forget_record {
+        hands.forget_record();
+    }
+    // A's lease lapses; B knows nothing but the log.
+    fx.clock.advance(Duration::from_secs(3600));
+    let b = harness(inner.clone(), &fake, hands.clone(), config("harness-b"));
+    let out = b.wake("s").await.unwrap();
+    if fired {
+        // NothingToDo only when A had already written the final idle.
+        assert!(
+            matches!(out, WakeOutcome::Idle(StopReason::EndTurn) | WakeOutcome::NothingToDo),
+            "{what}: {out:?}"
+        );
+    }
+    let events = log(&*inner, "s").await;
+    if forget_record {
+        check_complete(&events);
+    } else {
+        check_recovered(&events, &hands, &fake, &what);
+    }
+    Round { fired, labels }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_any_write_or_tool_call_is_recovered_exactly_once() {
+    let clean = crash_round(None, false, false).await;
+    assert!(!clean.fired);
+    let points = clean.labels.len();
+    eprintln!("{points} crash points: {:?}", clean.labels);
+    assert!(clean.labels.iter().filter(|l| **l == "execute").count() == TOOLS);
+    assert!(points >= 15, "too few crash points: {:?}", clean.labels);
+    for n in 0..points {
+        for after in [false, true] {
+            let r = crash_round(Some(n), after, false).await;
+            assert!(r.fired, "point {n} was not reached");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_whose_outcome_is_unknown_is_reported_honestly() {
+    // Crash right after the first tool ran, and the agent lost its record.
+    let clean = crash_round(None, false, false).await;
+    let first_exec = clean.labels.iter().position(|l| *l == "execute").unwrap();
+
+    let fx = sqlite().await;
+    let inner: Arc<dyn SessionStore> = fx.store.clone();
+    let crasher = Arc::new(Crasher::default());
+    let store_a: Arc<dyn SessionStore> = Arc::new(CrashingStore { inner: inner.clone(), crasher: crasher.clone() });
+    let hands = RecordingHands::new();
+    *hands.crasher.lock().unwrap() = Some(crasher.clone());
+    let fake = FakeModel::start(tool_loop(TOOLS, bash)).await.unwrap();
+    create_session(&*inner, "s", toolset(), "three steps").await;
+    crasher.arm(first_exec, true);
+    let a = harness(store_a, &fake, hands.clone(), config("harness-a"));
+    let task = tokio::spawn(async move { a.wake("s").await });
+    eventually("the crash", || crasher.fired()).await;
+    task.abort();
+    let _ = task.await;
+    *hands.crasher.lock().unwrap() = None;
+    hands.forget_record();
+    fx.clock.advance(Duration::from_secs(3600));
+    let b = harness(inner.clone(), &fake, hands.clone(), config("harness-b"));
+    assert_eq!(b.wake("s").await.unwrap(), WakeOutcome::Idle(StopReason::EndTurn));
+    let events = log(&*inner, "s").await;
+    check_complete(&events);
+    let first_tool = of_type(&events, "agent.tool_use")[0].id.clone();
+    let result = of_type(&events, "agent.tool_result")
+        .into_iter()
+        .find(|e| e.body["tool_use_id"] == json!(first_tool))
+        .unwrap()
+        .clone();
+    assert_eq!(result.body["is_error"], json!(true));
+    assert!(result.body["content"][0]["text"].as_str().unwrap().contains("unknown"));
+    // It was not run again, and the model was told exactly that.
+    assert_eq!(hands.executions().iter().filter(|e| e.tool_use_id == first_tool).count(), 1);
+    let reqs = fake.requests();
+    let seen = reqs.iter().any(|r| {
+        r.body["messages"].as_array().unwrap().iter().any(|m| {
+            m["content"].as_array().unwrap().iter().any(|b| {
+                b["tool_use_id"] == json!(first_tool)
+                    && b["is_error"] == json!(true)
+                    && b["content"][0]["text"].as_str().unwrap_or("").contains("unknown")
+            })
+        })
+    });
+    assert!(seen, "the model never saw the unknown outcome");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_during_the_model_stream_is_recovered() {
+    let fx = sqlite().await;
+    let inner: Arc<dyn SessionStore> = fx.store.clone();
+    let hands = RecordingHands::new();
+    let fake = FakeModel::builder()
+        .latency(Duration::from_millis(200))
+        .start(tool_loop(TOOLS, bash))
+        .await
+        .unwrap();
+    create_session(&*inner, "s", toolset(), "three steps").await;
+    let a = harness(inner.clone(), &fake, hands.clone(), config("harness-a"));
+    let task = tokio::spawn(async move { a.wake("s").await });
+    // Kill it while its second model request is in flight.
+    assert!(fake.wait_for_requests(2, PATIENCE).await);
+    task.abort();
+    let _ = task.await;
+    fx.clock.advance(Duration::from_secs(3600));
+    let b = harness(inner.clone(), &fake, hands.clone(), config("harness-b"));
+    assert_eq!(b.wake("s").await.unwrap(), WakeOutcome::Idle(StopReason::EndTurn));
+    let events = log(&*inner, "s").await;
+    check_recovered(&events, &hands, &fake, "crash mid-stream");
+    let crashed: Vec<_> = of_type(&events, "span.model_request_end")
+        .iter()
+        .filter(|e| e.body["is_error"] == json!(true))
+        .map(|e| e.body["model_request_start_id"].clone())
+        .collect();
+    assert_eq!(crashed.len(), 1, "the lost request is closed as failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_harnesses_racing_for_one_session_advance_it_once() {
+    for round in 0..10 {
+        let fx = sqlite().await;
+        let store: Arc<dyn SessionStore> = fx.store.clone();
+        let hands = RecordingHands::new();
+        let fake = FakeModel::start(tool_loop(TOOLS, bash)).await.unwrap();
+        create_session(&*store, "s", toolset(), "three steps").await;
+        let a = harness(store.clone(), &fake, hands.clone(), config("harness-a"));
+        let b = harness(store.clone(), &fake, hands.clone(), config("harness-b"));
+        let (ra, rb) = tokio::join!(a.wake("s"), b.wake("s"));
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        let done = [&ra, &rb].iter().filter(|o| ***o == WakeOutcome::Idle(StopReason::EndTurn)).count();
+        assert_eq!(done, 1, "round {round}: {ra:?} {rb:?}");
+        for o in [&ra, &rb] {
+            assert!(
+                matches!(o, WakeOutcome::Idle(StopReason::EndTurn) | WakeOutcome::Busy { .. } | WakeOutcome::NothingToDo),
+                "round {round}: {o:?}"
+            );
+        }
+        let events = log(&*store, "s").await;
+        check_recovered(&events, &hands, &fake, &format!("race round {round}"));
+        assert_eq!(fake.request_count(), TOOLS + 1, "round {round}: each request made once");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_harness_whose_lease_was_taken_over_writes_nothing_more() {
+    let fx = sqlite().await;
+    let store: Arc<dyn SessionStore> = fx.store.clone();
+    let hands = RecordingHands::new();
+    let gate = hands.close_gate();
+    let fake = FakeModel::start(tool_loop(TOOLS, bash)).await.unwrap();
+    create_session(&*store, "s", toolset(), "three steps").await;
+    // A stalls inside its first tool call (a long GC pause, a partition...).
+    let a = harness(store.clone(), &fake, hands.clone(), config("harness-a"));
+    let task_a = tokio::spawn(async move { a.wake("s").await });
+    eventually("A to call the first tool", || hands.calls().len() == 1).await;
+    // Its lease lapses; B takes the session over and re-sends the same call.
+    fx.clock.advance(Duration::from_secs(3600));
+    let b = harness(store.clone(), &fake, hands.clone(), config("harness-b"));
+    let task_b = tokio::spawn(async move { b.wake("s").await });
+    eventually("B to re-send the first tool call", || hands.calls().len() == 2).await;
+    let calls = hands.calls();
+    assert_eq!(calls[0].tool_use_id, calls[1].tool_use_id, "same idempotency key");
+    // A's call finishes; both hear the result; only B may write it.
+    gate.add_permits(100);
+    let ra = tokio::time::timeout(PATIENCE, task_a).await.unwrap().unwrap().unwrap();
+    let rb = tokio::time::timeout(PATIENCE, task_b).await.unwrap().unwrap().unwrap();
+    assert_eq!(ra, WakeOutcome::LeaseLost);
+    assert_eq!(rb, WakeOutcome::Idle(StopReason::EndTurn));
+    let events = log(&*store, "s").await;
+    check_recovered(&events, &hands, &fake, "takeover");
+    assert_eq!(fake.request_count(), TOOLS + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_harness_cannot_record_a_model_response() {
+    let fx = sqlite().await;
+    let store: Arc<dyn SessionStore> = fx.store.clone();
+    let hands = RecordingHands::new();
+    // Request 0 (A's) is slow; B's requests are fast.
+    let fake = FakeModel::start({
+        let inner = tool_loop(TOOLS, bash);
+        move |r: &airlock_tests::fake_model::RequestCtx| {
+            let reply = airlock_tests::fake_model::Script::reply(&inner, r);
+            if r.n == 0 {
+                reply.with_latency(Duration::from_millis(1500))
+            } else {
+                reply
+            }
+        }
+    })
+    .await
+    .unwrap();
+    create_session(&*store, "s", toolset(), "three steps").await;
+    let a = harness(store.clone(), &fake, hands.clone(), config("harness-a"));
+    let task_a = tokio::spawn(async move { a.wake("s").await });
+    assert!(fake.wait_for_requests(1, PATIENCE).await);
+    fx.clock.advance(Duration::from_secs(3600));
+    let b = harness(store.clone(), &fake, hands.clone(), config("harness-b"));
+    assert_eq!(b.wake("s").await.unwrap(), WakeOutcome::Idle(StopReason::EndTurn));
+    let ra = tokio::time::timeout(PATIENCE, task_a).await.unwrap().unwrap().unwrap();
+    assert_eq!(ra, WakeOutcome::LeaseLost);
+    let events = log(&*store, "s").await;
+    check_recovered(&events, &hands, &fake, "stale response");
+}
