@@ -5,3 +5,5 @@
 
 pub mod fake_model;
 pub mod sandbox;
+pub mod deploy;
+pub mod relay;
