@@ -1,5 +1,6 @@
 # Debian packages the tests need, installed with one apt-get update + install.
 AIRLOCK_APT_PACKAGES=(
+  tinyproxy   # tunnel tests: HTTP CONNECT proxy with basic auth
   iproute2
   postgresql
 )

@@ -7,3 +7,4 @@ pub mod fake_model;
 pub mod sandbox;
 pub mod deploy;
 pub mod relay;
+pub mod tinyproxy;
