@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use pki::enroll::{EnrollErrorCode, EnrollRequest, EnrollResponse, ErrorBody, ErrorEnvelope, ENROLL_PATH, MAX_ENROLL_BODY_BYTES};
@@ -221,20 +221,11 @@ async fn enroll_request(
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_ENROLL_BODY_BYTES as u64) {
+    if declared.is_some_and(|n| n > MAX_DRAIN_BYTES as u64) {
+        // Too large to be worth reading: answer now, the connection closes.
         return Err(RequestError::TooLarge);
     }
-    let body = Limited::new(req.into_body(), MAX_ENROLL_BODY_BYTES)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                RequestError::TooLarge
-            } else {
-                RequestError::Body(e.to_string())
-            }
-        })?
-        .to_bytes();
+    let body = read_body(req.into_body()).await?;
     let request: EnrollRequest = serde_json::from_slice(&body).map_err(|e| RequestError::BadJson(e.to_string()))?;
     let peer_str = peer.to_string();
     let hostname = request.hostname.clone();
@@ -259,6 +250,33 @@ async fn enroll_request(
         not_after: pki_unix(enrollment.certificate.not_after),
     };
     Ok(json_response(StatusCode::OK, &response))
+}
+
+/// How much of an oversized body is read (and discarded) before answering
+/// 413, so an ordinary client gets the answer instead of a reset.
+const MAX_DRAIN_BYTES: usize = 1024 * 1024;
+
+/// Read at most [`MAX_ENROLL_BODY_BYTES`]; past that, discard up to
+/// [`MAX_DRAIN_BYTES`] and report [`RequestError::TooLarge`].
+async fn read_body(mut body: Incoming) -> Result<Bytes, RequestError> {
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| RequestError::Body(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            seen = seen.saturating_add(data.len());
+            if seen > MAX_DRAIN_BYTES {
+                return Err(RequestError::TooLarge);
+            }
+            if seen <= MAX_ENROLL_BODY_BYTES {
+                buf.extend_from_slice(&data);
+            }
+        }
+    }
+    if seen > MAX_ENROLL_BODY_BYTES {
+        return Err(RequestError::TooLarge);
+    }
+    Ok(Bytes::from(buf))
 }
 
 fn pki_unix(t: std::time::SystemTime) -> i64 {
