@@ -354,11 +354,16 @@ impl PendingConnection {
         let supported = matches!(code, RejectCode::UnsupportedVersion)
             .then_some((PROTOCOL_VERSION_MIN, PROTOCOL_VERSION_MAX));
         let answer = HelloAnswer::Rejected { code, message: message.into(), supported };
+        let link = self.link.clone();
         let send = async {
             let _ = self.tx.send_message(&answer).await;
             let _ = self.tx.finish();
-            // Give the answer a moment to leave before the close overtakes it.
-            let _ = tokio::time::timeout(Duration::from_millis(500), self.rx.recv()).await;
+            // Let the answer reach the peer before the close overtakes it:
+            // until it is acknowledged (QUIC) or the peer hangs up.
+            tokio::select! {
+                _ = self.tx.acknowledged() => {}
+                _ = link.closed() => {}
+            }
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), send).await;
         self.link.close(CloseReason::Rejected);

@@ -122,6 +122,18 @@ impl FrameSender {
         }
     }
 
+    /// Wait until the peer has acknowledged everything sent on this
+    /// finished stream (QUIC). On h2 there is no such signal: never resolves,
+    /// so callers race it with the link closing and a timeout.
+    pub(crate) async fn acknowledged(&mut self) {
+        match &mut self.inner {
+            SendHalf::Quic(s) => {
+                let _ = s.stopped().await;
+            }
+            SendHalf::H2(_) => std::future::pending().await,
+        }
+    }
+
     /// Abort the stream with `code`.
     pub fn reset(&mut self, code: StreamCode) {
         match &mut self.inner {
