@@ -162,7 +162,12 @@ async fn connection(
     identity: Arc<IdentityService>,
     shutdown: CancellationToken,
 ) {
-    let tls = match acceptor.accept(tcp).await {
+    let accepted = tokio::select! {
+        r = acceptor.accept(tcp) => r,
+        // Shutting down: a connection still in its handshake has no request to finish.
+        _ = shutdown.cancelled() => return,
+    };
+    let tls = match accepted {
         Ok(t) => t,
         Err(error) => {
             tracing::warn!(%error, "enroll tls handshake failed");
