@@ -1,2 +1,169 @@
-//! The public HTTP API (in progress).
+//! The public HTTP API, wire-compatible with the Managed Agents beta API
+//! (`/v1/agents`, `/v1/environments`, `/v1/sessions`, session events: send,
+//! list and SSE stream), so the official `anthropic` SDKs work against
+//! Airlock by changing `base_url`. Beyond the original, a stream resumes
+//! without loss from `Last-Event-ID` or `?after=<seq>`, and events carry
+//! their `seq`. `api/openapi.yaml` describes exactly what is served; the
+//! tests validate responses against it.
+//!
+//! This crate owns the HTTP edge: routing, `x-api-key` authentication
+//! against the catalog's hashed keys (before any lookup, so an
+//! unauthenticated caller learns nothing about ids), per-key rate limits,
+//! the body size limit, one parser per resource turning a request into a
+//! typed action, the validation of agent tools and permission policies, and
+//! the one mapping of errors to the standard envelope ([`error_response`]).
+//! It does not store anything itself (agents, environments and keys live in
+//! the `catalog`, sessions and events in the `session-store`), and does not
+//! run sessions: after appending user events it calls
+//! [`SessionRunner::notify`], which the control plane implements with the
+//! harness supervisor.
 #![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+mod agents;
+mod body;
+pub mod config;
+mod edge;
+mod environments;
+mod error;
+mod events;
+mod fields;
+mod ids;
+mod query;
+mod sessions;
+mod stream;
+mod tools;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::{get, post};
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{ApiConfig, RawApiConfig};
+pub use error::{error_response, ApiError};
+
+/// Runs sessions: told when a session has new input. The control plane
+/// implements it with the harness supervisor (`Supervisor::notify`).
+pub trait SessionRunner: Send + Sync + std::fmt::Debug {
+    /// New user events were appended to `session_id`: make sure a wake runs.
+    fn notify(&self, session_id: &str);
+}
+
+/// A runner from a closure (`FnRunner(move |id: &str| supervisor.notify(id))`).
+pub struct FnRunner<F>(pub F);
+
+impl<F> std::fmt::Debug for FnRunner<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FnRunner")
+    }
+}
+
+impl<F: Fn(&str) + Send + Sync> SessionRunner for FnRunner<F> {
+    fn notify(&self, session_id: &str) {
+        (self.0)(session_id)
+    }
+}
+
+/// A runner that runs nothing (no harness attached): sessions accept
+/// events, which stay queued.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoRunner;
+
+impl SessionRunner for NoRunner {
+    fn notify(&self, session_id: &str) {
+        tracing::debug!(session_id, "no harness attached; the events stay queued");
+    }
+}
+
+/// Limits and intervals of the API (from `[api]`, see [`ApiConfig`]).
+#[derive(Debug, Clone)]
+pub struct ApiLimits {
+    /// Largest request body accepted.
+    pub max_body_bytes: u64,
+    /// How often an idle SSE stream sends a `ping` event.
+    pub sse_ping_interval: Duration,
+    /// Requests per second each API key may make (`None`: unlimited).
+    pub rate_limit_per_second: Option<f64>,
+    /// Burst allowance of the rate limit.
+    pub rate_limit_burst: u32,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        ApiLimits {
+            max_body_bytes: config::DEFAULT_MAX_BODY_BYTES,
+            sse_ping_interval: Duration::from_secs(config::DEFAULT_SSE_PING_INTERVAL_SECONDS),
+            rate_limit_per_second: None,
+            rate_limit_burst: config::DEFAULT_RATE_LIMIT_BURST,
+        }
+    }
+}
+
+/// What the API serves from.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    /// Sessions and their events.
+    pub store: Arc<dyn session_store::SessionStore>,
+    /// Agents, environments and API keys.
+    pub catalog: Arc<dyn catalog::Catalog>,
+    /// Told when sessions have new input.
+    pub runner: Arc<dyn SessionRunner>,
+    /// Limits.
+    pub limits: ApiLimits,
+    /// Cancelled on shutdown: open SSE streams end so the server can drain.
+    pub shutdown: CancellationToken,
+}
+
+/// State shared by handlers: the [`ApiState`] plus the rate limiter.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub state: ApiState,
+    pub limiter: edge::RateLimiter,
+}
+
+pub(crate) type AppState = Arc<Shared>;
+
+/// The API as an axum router, with authentication, limits and error
+/// rendering applied to every route (and to unknown routes).
+pub fn router(state: ApiState) -> Router {
+    let limiter = edge::RateLimiter::new(state.limits.rate_limit_per_second, state.limits.rate_limit_burst);
+    let shared = Arc::new(Shared { state, limiter });
+    Router::new()
+        .route("/v1/agents", post(agents::create).get(agents::list))
+        .route("/v1/agents/{agent_id}", get(agents::retrieve).post(agents::update))
+        .route("/v1/agents/{agent_id}/archive", post(agents::archive))
+        .route("/v1/agents/{agent_id}/versions", get(agents::versions))
+        .route("/v1/environments", post(environments::create).get(environments::list))
+        .route(
+            "/v1/environments/{environment_id}",
+            get(environments::retrieve)
+                .post(environments::update)
+                .delete(environments::delete),
+        )
+        .route("/v1/environments/{environment_id}/archive", post(environments::archive))
+        .route("/v1/sessions", post(sessions::create).get(sessions::list))
+        .route(
+            "/v1/sessions/{session_id}",
+            get(sessions::retrieve).post(sessions::update).delete(sessions::delete),
+        )
+        .route("/v1/sessions/{session_id}/archive", post(sessions::archive))
+        .route("/v1/sessions/{session_id}/events", post(events::send).get(events::list))
+        .route("/v1/sessions/{session_id}/events/stream", get(stream::stream))
+        .fallback(edge::not_found)
+        .method_not_allowed_fallback(edge::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), edge::edge))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(shared)
+}
+
+/// Serves `router(state)` on `listener` until `state.shutdown` fires, then
+/// waits for open requests (SSE streams end on the same token).
+pub async fn serve(listener: tokio::net::TcpListener, state: ApiState) -> std::io::Result<()> {
+    let token = state.shutdown.clone();
+    let app = router(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await
+}

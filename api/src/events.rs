@@ -1,0 +1,489 @@
+//! `/v1/sessions/{id}/events`: send a batch of user events, list events.
+//!
+//! The parser turns each sent event into a typed [`UserEvent`]: a
+//! `user.message`, `user.interrupt`, `user.tool_confirmation` (naming the
+//! `agent.tool_use` event that asked) or `user.custom_tool_result` (naming
+//! the `agent.custom_tool_use` event). Unknown types are a 400 naming the
+//! type. Sent events are appended queued (`processed_at: null`) in one
+//! batch, then the runner is notified; the harness marks them processed
+//! when it consumes them.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::Json;
+use serde_json::{json, Value};
+use session_store::{EventSelector, Fence, NewEvent, SessionStatus, StoreError, StoredEvent};
+use time::OffsetDateTime;
+
+use crate::body::JsonBody;
+use crate::error::ApiError;
+use crate::fields::{join, type_name, Obj};
+use crate::query::{Cursor, Dir, Query};
+use crate::AppState;
+
+/// Most events in one send.
+const MAX_EVENTS_PER_SEND: usize = 100;
+/// Most events a list request reads while filtering.
+const MAX_SCAN_EVENTS: u64 = 100_000;
+/// Events read per store round trip.
+const READ_BATCH: u64 = 1000;
+
+/// A validated client event.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum UserEvent {
+    /// A user turn.
+    Message(Value),
+    /// Stop the current turn.
+    Interrupt(Value),
+    /// Allow or deny an `always_ask` tool call; names its event id.
+    ToolConfirmation { tool_use_id: String, body: Value },
+    /// The result of a custom tool call; names its event id.
+    CustomToolResult { custom_tool_use_id: String, body: Value },
+}
+
+impl UserEvent {
+    fn into_body(self) -> Value {
+        match self {
+            UserEvent::Message(b)
+            | UserEvent::Interrupt(b)
+            | UserEvent::ToolConfirmation { body: b, .. }
+            | UserEvent::CustomToolResult { body: b, .. } => b,
+        }
+    }
+}
+
+const SENDABLE: &str = "user.message, user.interrupt, user.tool_confirmation or user.custom_tool_result";
+
+fn source(path: &str, v: &Value, allowed: &[&str]) -> Result<(), ApiError> {
+    let o = Obj::new(path, v)?;
+    let t = o.req_str("type")?;
+    if !allowed.contains(&t) {
+        return Err(ApiError::invalid(
+            &o.path("type"),
+            format!("unknown source type {t:?}; expected {}", allowed.join(", ")),
+        ));
+    }
+    match t {
+        "base64" => {
+            o.only(&["type", "data", "media_type"])?;
+            o.req_str("data")?;
+            o.req_str("media_type")?;
+        }
+        "text" => {
+            o.only(&["type", "data", "media_type"])?;
+            o.req_str("data")?;
+            if o.req_str("media_type")? != "text/plain" {
+                return Err(ApiError::invalid(&o.path("media_type"), "must be text/plain"));
+            }
+        }
+        "url" => {
+            o.only(&["type", "url"])?;
+            o.req_nonempty("url")?;
+        }
+        _ => {
+            o.only(&["type", "file_id"])?;
+            o.req_nonempty("file_id")?;
+        }
+    }
+    Ok(())
+}
+
+/// Validates content blocks of the given kinds.
+fn content(path: &str, value: Option<&Value>, required: bool, kinds: &[&str]) -> Result<(), ApiError> {
+    let Some(value) = value.filter(|v| !v.is_null()) else {
+        return if required {
+            Err(ApiError::invalid(path, "field required"))
+        } else {
+            Ok(())
+        };
+    };
+    let Value::Array(blocks) = value else {
+        return Err(ApiError::invalid(path, format!("expected an array, got {}", type_name(value))));
+    };
+    if required && blocks.is_empty() {
+        return Err(ApiError::invalid(path, "must contain at least one block"));
+    }
+    for (i, b) in blocks.iter().enumerate() {
+        let bpath = join(path, &i.to_string());
+        let o = Obj::new(&bpath, b)?;
+        let t = o.req_str("type")?;
+        if !kinds.contains(&t) {
+            return Err(ApiError::invalid(
+                &o.path("type"),
+                format!("unknown content block type {t:?}; expected {}", kinds.join(", ")),
+            ));
+        }
+        match t {
+            "text" => {
+                o.only(&["type", "text"])?;
+                o.req_str("text")?;
+            }
+            "image" => {
+                o.only(&["type", "source"])?;
+                let s = o.get("source").ok_or_else(|| ApiError::invalid(&o.path("source"), "field required"))?;
+                source(&o.path("source"), s, &["base64", "url", "file"])?;
+            }
+            "document" => {
+                o.only(&["type", "source", "title", "context"])?;
+                o.opt_str("title")?;
+                o.opt_str("context")?;
+                let s = o.get("source").ok_or_else(|| ApiError::invalid(&o.path("source"), "field required"))?;
+                source(&o.path("source"), s, &["base64", "text", "url", "file"])?;
+            }
+            "search_result" => {
+                o.only(&["type", "source", "title", "content", "citations"])?;
+                o.req_str("source")?;
+                o.req_str("title")?;
+                content(&o.path("content"), o.get("content"), true, &["text"])?;
+            }
+            _ => o.only(&["type"])?,
+        }
+    }
+    Ok(())
+}
+
+fn no_threads(o: &Obj<'_>) -> Result<(), ApiError> {
+    if o.get("session_thread_id").is_some() {
+        return Err(ApiError::invalid(
+            &o.path("session_thread_id"),
+            "Airlock sessions have one thread; omit this field",
+        ));
+    }
+    Ok(())
+}
+
+/// Parses one sent event at `path` (`events.3`).
+pub(crate) fn parse_event(path: &str, v: &Value) -> Result<UserEvent, ApiError> {
+    let o = Obj::new(path, v)?;
+    let t = o.req_str("type")?;
+    match t {
+        "user.message" => {
+            o.only(&["type", "content"])?;
+            content(&o.path("content"), o.get("content"), true, &["text", "image", "document"])?;
+            Ok(UserEvent::Message(json!({"type": t, "content": o.get("content")})))
+        }
+        "user.interrupt" => {
+            o.only(&["type", "session_thread_id"])?;
+            no_threads(&o)?;
+            Ok(UserEvent::Interrupt(json!({"type": t})))
+        }
+        "user.tool_confirmation" => {
+            o.only(&["type", "tool_use_id", "result", "deny_message", "session_thread_id"])?;
+            no_threads(&o)?;
+            let tool_use_id = o.req_nonempty("tool_use_id")?.to_owned();
+            let result = o.req_str("result")?;
+            if result != "allow" && result != "deny" {
+                return Err(ApiError::invalid(&o.path("result"), format!("expected allow or deny, got {result:?}")));
+            }
+            let deny_message = o.opt_str("deny_message")?;
+            if deny_message.is_some() && result != "deny" {
+                return Err(ApiError::invalid(&o.path("deny_message"), "only allowed with result deny"));
+            }
+            let mut body = json!({"type": t, "tool_use_id": tool_use_id, "result": result});
+            if let Some(m) = deny_message {
+                body["deny_message"] = json!(m);
+            }
+            Ok(UserEvent::ToolConfirmation { tool_use_id, body })
+        }
+        "user.custom_tool_result" => {
+            o.only(&["type", "custom_tool_use_id", "content", "is_error", "session_thread_id"])?;
+            no_threads(&o)?;
+            let custom_tool_use_id = o.req_nonempty("custom_tool_use_id")?.to_owned();
+            content(&o.path("content"), o.get("content"), false, &["text", "image", "document", "search_result"])?;
+            let is_error = o.opt_bool("is_error")?;
+            let mut body = json!({"type": t, "custom_tool_use_id": custom_tool_use_id});
+            if let Some(c) = o.get("content") {
+                body["content"] = c.clone();
+            }
+            if let Some(e) = is_error {
+                body["is_error"] = json!(e);
+            }
+            Ok(UserEvent::CustomToolResult { custom_tool_use_id, body })
+        }
+        "user.tool_result" => Err(ApiError::invalid(
+            &o.path("type"),
+            "user.tool_result is for external self-hosted workers; Airlock runs tools on its own sandbox-agents",
+        )),
+        "user.define_outcome" | "system.message" => Err(ApiError::invalid(
+            &o.path("type"),
+            format!("{t} is not supported by Airlock yet"),
+        )),
+        other => Err(ApiError::invalid(
+            &o.path("type"),
+            format!("unknown event type {other:?}; expected {SENDABLE}"),
+        )),
+    }
+}
+
+/// Parses an `initial_events` entry of a session create (only `user.message`).
+pub(crate) fn parse_initial_event(path: &str, v: &Value) -> Result<Value, ApiError> {
+    match parse_event(path, v)? {
+        UserEvent::Message(body) => Ok(body),
+        _ => Err(ApiError::invalid(
+            &join(path, "type"),
+            "only user.message is supported in initial_events",
+        )),
+    }
+}
+
+/// Parses the body of `POST /v1/sessions/{id}/events`.
+pub(crate) fn parse_send(body: &Value) -> Result<Vec<UserEvent>, ApiError> {
+    let o = Obj::new("", body)?;
+    o.only(&["events"])?;
+    let events = o
+        .opt_array("events")?
+        .ok_or_else(|| ApiError::invalid("events", "field required"))?;
+    if events.is_empty() {
+        return Err(ApiError::invalid("events", "must contain at least one event"));
+    }
+    if events.len() > MAX_EVENTS_PER_SEND {
+        return Err(ApiError::invalid("events", format!("at most {MAX_EVENTS_PER_SEND} events per request")));
+    }
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| parse_event(&join("events", &i.to_string()), e))
+        .collect()
+}
+
+/// The published event JSON plus our `seq`.
+pub(crate) fn event_json(e: &StoredEvent) -> Value {
+    let mut v = e.to_json();
+    if let Value::Object(m) = &mut v {
+        m.insert("seq".into(), json!(e.seq));
+    }
+    v
+}
+
+/// Checks that referenced tool-use events exist and can be answered.
+async fn check_references(s: &AppState, session_id: &str, events: &[UserEvent]) -> Result<(), ApiError> {
+    for (i, e) in events.iter().enumerate() {
+        let (field, id, expect) = match e {
+            UserEvent::ToolConfirmation { tool_use_id, .. } => ("tool_use_id", tool_use_id, "agent.tool_use"),
+            UserEvent::CustomToolResult { custom_tool_use_id, .. } => {
+                ("custom_tool_use_id", custom_tool_use_id, "agent.custom_tool_use")
+            }
+            _ => continue,
+        };
+        let path = format!("events.{i}.{field}");
+        let found = match s
+            .state
+            .store
+            .get_events(session_id, EventSelector::Ids(vec![id.clone()]))
+            .await
+        {
+            Ok(found) => found,
+            Err(StoreError::EventNotFound { .. }) => {
+                return Err(ApiError::invalid(&path, format!("no event {id} in session {session_id}")))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Some(target) = found.first() else {
+            return Err(ApiError::invalid(&path, format!("no event {id} in session {session_id}")));
+        };
+        if target.event_type != expect {
+            return Err(ApiError::invalid(
+                &path,
+                format!("event {id} is a {}, not an {expect}", target.event_type),
+            ));
+        }
+        if expect == "agent.tool_use" && target.body.get("evaluated_permission").and_then(Value::as_str) != Some("ask") {
+            return Err(ApiError::invalid(&path, format!("tool use {id} does not await a confirmation")));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn send(
+    State(s): State<AppState>,
+    Path(session_id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let events = parse_send(&body)?;
+    let record = s.state.store.get_session(&session_id).await?;
+    if record.body.get("archived_at").is_some_and(|a| !a.is_null()) {
+        return Err(ApiError::invalid("", format!("session {session_id} is archived")));
+    }
+    if record.status == SessionStatus::Terminated {
+        return Err(ApiError::invalid("", format!("session {session_id} is terminated")));
+    }
+    check_references(&s, &session_id, &events).await?;
+    let stored = s
+        .state
+        .store
+        .append(
+            &session_id,
+            events.into_iter().map(|e| NewEvent::queued(e.into_body())).collect(),
+            Fence::None,
+        )
+        .await?;
+    tracing::debug!(session_id, events = stored.len(), "user events queued");
+    s.state.runner.notify(&session_id);
+    Ok(Json(json!({"data": stored.iter().map(event_json).collect::<Vec<_>>()})))
+}
+
+/// Filters of `GET …/events`.
+#[derive(Debug, Default)]
+struct Filter {
+    types: Vec<String>,
+    gt: Option<OffsetDateTime>,
+    gte: Option<OffsetDateTime>,
+    lt: Option<OffsetDateTime>,
+    lte: Option<OffsetDateTime>,
+}
+
+impl Filter {
+    fn matches(&self, e: &StoredEvent) -> bool {
+        if !self.types.is_empty() && !self.types.iter().any(|t| *t == e.event_type) {
+            return false;
+        }
+        if self.gt.is_none() && self.gte.is_none() && self.lt.is_none() && self.lte.is_none() {
+            return true;
+        }
+        // compared against processed_at, as published; queued events have none
+        let Some(t) = e.processed_at else { return false };
+        !(self.gt.is_some_and(|x| t <= x)
+            || self.gte.is_some_and(|x| t < x)
+            || self.lt.is_some_and(|x| t >= x)
+            || self.lte.is_some_and(|x| t > x))
+    }
+}
+
+pub(crate) async fn list(
+    State(s): State<AppState>,
+    Path(session_id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let q = Query::parse(q.as_deref())?;
+    q.only(&[
+        "created_at[gt]",
+        "created_at[gte]",
+        "created_at[lt]",
+        "created_at[lte]",
+        "limit",
+        "order",
+        "page",
+        "types",
+    ])?;
+    let limit = q.limit(1000, 1000)?;
+    let order = q.order(Dir::Asc)?;
+    let listing = format!("events:{session_id}");
+    let cursor = q.cursor(&listing, order)?;
+    let filter = Filter {
+        types: q.many("types").into_iter().map(str::to_owned).collect(),
+        gt: q.time("created_at[gt]")?,
+        gte: q.time("created_at[gte]")?,
+        lt: q.time("created_at[lt]")?,
+        lte: q.time("created_at[lte]")?,
+    };
+    let store = &s.state.store;
+    let record = store.get_session(&session_id).await?;
+    let last = record.last_seq;
+    let at = cursor.map(|c| u64::try_from(c.at).unwrap_or(0));
+    let mut items: Vec<StoredEvent> = Vec::new();
+    let mut more = false;
+    let mut scanned = 0u64;
+    let mut resume = None;
+    match order {
+        Dir::Asc => {
+            let mut from = at.map_or(1, |a| a + 1);
+            'asc: while from <= last {
+                let n = READ_BATCH.min(last - from + 1);
+                let batch = store.read(&session_id, from, usize::try_from(n).unwrap_or(1000)).await?;
+                if batch.is_empty() {
+                    break;
+                }
+                for e in batch {
+                    from = e.seq + 1;
+                    scanned += 1;
+                    if filter.matches(&e) {
+                        if items.len() == limit {
+                            more = true;
+                            break 'asc;
+                        }
+                        items.push(e);
+                    }
+                }
+                if scanned >= MAX_SCAN_EVENTS && from <= last {
+                    more = true;
+                    resume = Some(from - 1);
+                    break;
+                }
+            }
+        }
+        Dir::Desc => {
+            let mut upper = at.unwrap_or(last + 1).min(last + 1);
+            'desc: while upper > 1 {
+                let lo = upper.saturating_sub(READ_BATCH).max(1);
+                let n = usize::try_from(upper - lo).unwrap_or(1000);
+                let mut batch = store.read(&session_id, lo, n).await?;
+                batch.retain(|e| e.seq < upper);
+                for e in batch.into_iter().rev() {
+                    scanned += 1;
+                    let seq = e.seq;
+                    if filter.matches(&e) {
+                        if items.len() == limit {
+                            more = true;
+                            break 'desc;
+                        }
+                        items.push(e);
+                    }
+                    upper = seq;
+                }
+                upper = upper.min(lo);
+                if scanned >= MAX_SCAN_EVENTS && upper > 1 {
+                    more = true;
+                    resume = Some(upper);
+                    break;
+                }
+            }
+        }
+    }
+    let next = if more {
+        resume.or_else(|| items.last().map(|e| e.seq)).map(|seq| {
+            Cursor {
+                order,
+                before: false,
+                at: i64::try_from(seq).unwrap_or(i64::MAX),
+            }
+            .encode(&listing)
+        })
+    } else {
+        None
+    };
+    Ok(Json(json!({
+        "data": items.iter().map(event_json).collect::<Vec<_>>(),
+        "next_page": next,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sendable_events_parse_and_others_name_the_type() {
+        let ok = parse_send(&json!({"events": [
+            {"type": "user.message", "content": [{"type": "text", "text": "hi"}]},
+            {"type": "user.interrupt"},
+            {"type": "user.tool_confirmation", "tool_use_id": "sevt_1", "result": "deny", "deny_message": "no"},
+            {"type": "user.custom_tool_result", "custom_tool_use_id": "sevt_2", "content": [{"type": "text", "text": "42"}], "is_error": false}
+        ]}))
+        .unwrap();
+        assert_eq!(ok.len(), 4);
+        let err = |v: Value| parse_send(&v).unwrap_err().to_string();
+        assert!(err(json!({})).starts_with("events: field required"));
+        assert!(err(json!({"events": []})).starts_with("events:"));
+        assert!(err(json!({"events": [{"type": "user.dance"}]})).starts_with("events.0.type: unknown event type \"user.dance\""));
+        assert!(err(json!({"events": [{"type": "user.message"}]})).starts_with("events.0.content: field required"));
+        assert!(err(json!({"events": [{"type": "user.message", "content": "hi"}]})).starts_with("events.0.content: expected an array"));
+        assert!(err(json!({"events": [{"type": "user.message", "content": [{"type": "text"}]}]})).starts_with("events.0.content.0.text:"));
+        assert!(err(json!({"events": [{"type": "user.message", "content": [{"type": "video"}]}]})).starts_with("events.0.content.0.type:"));
+        assert!(err(json!({"events": [{"type": "user.tool_confirmation", "tool_use_id": "x", "result": "maybe"}]})).starts_with("events.0.result:"));
+        assert!(err(json!({"events": [{"type": "user.tool_confirmation", "tool_use_id": "x", "result": "allow", "deny_message": "m"}]}))
+            .starts_with("events.0.deny_message:"));
+        assert!(err(json!({"events": [{"type": "user.custom_tool_result"}]})).starts_with("events.0.custom_tool_use_id:"));
+        assert!(err(json!({"events": [{"type": "user.tool_result", "tool_use_id": "x"}]})).starts_with("events.0.type:"));
+        assert!(err(json!({"events": [{"type": "user.message", "content": [{"type": "text", "text": "x"}]}, {"nope": 1}]}))
+            .starts_with("events.1.type: field required"));
+    }
+}
