@@ -131,7 +131,11 @@ impl Table {
             backend.into(),
             workload.into(),
             events.to_string(),
-            format!("{:.3} s", took.as_secs_f64()),
+            if took < Duration::from_secs(1) {
+                format!("{:.1} ms", took.as_secs_f64() * 1000.0)
+            } else {
+                format!("{:.2} s", took.as_secs_f64())
+            },
             format!("{rate:.0}"),
             format!("{baseline} {target}").trim().to_owned(),
         ]);

@@ -42,7 +42,7 @@ pub use postgres::{PgOptions, PgStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
 pub use tail::EventStream;
 pub use types::{
-    format_rfc3339, new_event_id, AppendBatch, BodyUpdate, EventSelector, Fence, Lease, LeaseState, NewEvent,
+    format_rfc3339, new_event_id, AppendBatch, BodyUpdate, EventPage, EventQuery, EventSelector, Fence, Lease, LeaseState, NewEvent,
     NewSession, Order, SessionPage, SessionQuery, SessionRecord, SessionStatus, SessionUpdate, StoredEvent,
     TailItem, UnknownStatus,
 };
@@ -93,6 +93,10 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
 
     /// Up to `limit` events with `seq >= from_seq`, in seq order.
     async fn read(&self, session_id: &str, from_seq: u64, limit: usize) -> Result<Vec<StoredEvent>>;
+
+    /// A filtered page of events in either order (the API's event list).
+    /// A processed-time bound never matches a queued event.
+    async fn list_events(&self, session_id: &str, query: EventQuery) -> Result<EventPage>;
 
     /// The selected events in seq order. [`StoreError::EventNotFound`] if any
     /// does not exist.

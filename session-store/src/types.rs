@@ -1,6 +1,7 @@
 //! Values that cross the [`crate::SessionStore`] interface.
 
 use std::fmt;
+use std::ops::Bound;
 use std::str::FromStr;
 
 use serde_json::{Map, Value};
@@ -357,6 +358,63 @@ pub struct SessionPage {
     pub sessions: Vec<SessionRecord>,
     /// Whether more sessions follow the last one.
     pub has_more: bool,
+}
+
+/// A page request over a session's events (the API's event list).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventQuery {
+    /// Ascending or descending seq.
+    pub order: Order,
+    /// Start after this seq (exclusive) in `order`; `None`: from the start
+    /// (or the end, descending).
+    pub after_seq: Option<u64>,
+    /// Page size (1..=100000).
+    pub limit: usize,
+    /// Only events whose `type` is one of these (`None` or empty: all).
+    pub types: Option<Vec<String>>,
+    /// Only events with `processed_at` within these bounds (events still
+    /// queued never match a bound). `Unbounded` on both: no filter.
+    pub processed_from: Bound<OffsetDateTime>,
+    /// Upper bound on `processed_at`.
+    pub processed_to: Bound<OffsetDateTime>,
+}
+
+impl Default for EventQuery {
+    fn default() -> Self {
+        EventQuery {
+            order: Order::Ascending,
+            after_seq: None,
+            limit: 1000,
+            types: None,
+            processed_from: Bound::Unbounded,
+            processed_to: Bound::Unbounded,
+        }
+    }
+}
+
+/// One page of events.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventPage {
+    /// The events, in the requested order.
+    pub events: Vec<StoredEvent>,
+    /// Whether more matching events follow the last one.
+    pub has_more: bool,
+}
+
+/// `processed_at` bounds as inclusive microsecond limits (`i64::MIN`/`MAX`
+/// when unbounded).
+pub(crate) fn micros_bounds(from: Bound<OffsetDateTime>, to: Bound<OffsetDateTime>) -> (i64, i64) {
+    let lo = match from {
+        Bound::Unbounded => i64::MIN,
+        Bound::Included(t) => to_micros(t),
+        Bound::Excluded(t) => to_micros(t).saturating_add(1),
+    };
+    let hi = match to {
+        Bound::Unbounded => i64::MAX,
+        Bound::Included(t) => to_micros(t),
+        Bound::Excluded(t) => to_micros(t).saturating_sub(1),
+    };
+    (lo, hi)
 }
 
 /// A batch to append, with its fence and an optional status change made

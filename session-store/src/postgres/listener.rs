@@ -2,7 +2,7 @@
 //!
 //! One dedicated connection per store LISTENs on the store's channel; every
 //! write that changes a session's events sends `pg_notify(channel,
-//! session_id)` inside its transaction, delivered on commit. Notifications
+//! session_id)` right after it commits. Notifications
 //! only wake tails, which then read the table, so a lost notification can
 //! delay but never corrupt a tail. When the connection drops, the listener
 //! reconnects with backoff and then wakes every tail, since notifications sent

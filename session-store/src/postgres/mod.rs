@@ -11,9 +11,10 @@
 //! race and no gap across replicas, and a fenced write cannot interleave with
 //! a lease takeover. Lease grants, renewals and releases are single
 //! conditional `UPDATE`s evaluated against the database clock, so replicas
-//! with skewed clocks agree on expiry. Writes that change events
-//! `pg_notify` the store's channel inside their transaction; each store's
-//! listener ([`listener`]) wakes its local tails.
+//! with skewed clocks agree on expiry. After a write that changes events
+//! commits, the store `pg_notify`s its channel (see `PgStore::announce` for
+//! why not inside the transaction); each store's listener ([`listener`])
+//! wakes its local tails, which also re-read every `tail_poll_interval`.
 
 mod listener;
 mod pool;
@@ -31,7 +32,7 @@ use crate::error::{Result, StoreError};
 use crate::lease::fence_allows;
 use crate::tail::{tail, EventStream, Hub};
 use crate::types::{
-    check_session_id, decode_body, from_micros, merge_patch, to_micros, AppendBatch, BodyUpdate, EventSelector,
+    check_session_id, decode_body, from_micros, merge_patch, micros_bounds, to_micros, AppendBatch, BodyUpdate, EventPage, EventQuery, EventSelector,
     Fence, Lease, LeaseState, NewSession, Order, PreparedEvent, SessionPage, SessionQuery, SessionRecord,
     SessionUpdate, StoredEvent,
 };
@@ -235,15 +236,13 @@ async fn load_session(conn: &mut Conn, session_id: &str) -> Result<Option<Sessio
     rows.first().map(session_from_row).transpose()
 }
 
-/// Inserts prepared events after `last_seq` with one statement that also
-/// `pg_notify`s `channel` (delivered on commit).
+/// Inserts prepared events after `last_seq` with one statement.
 async fn insert_events(
     conn: &mut Conn,
     session_id: &str,
     last_seq: u64,
     events: Vec<PreparedEvent>,
     now_us: i64,
-    channel: &str,
 ) -> Result<Vec<StoredEvent>> {
     if events.is_empty() {
         return Ok(Vec::new());
@@ -261,16 +260,14 @@ async fn insert_events(
         processed.push((!e.queued).then_some(now_us));
         bodies.push(e.body_text.as_str());
     }
-    conn.query(
+    conn.execute(
         concat!(
-            "WITH ins AS (INSERT INTO events (",
+            "INSERT INTO events (",
             event_cols!(),
             ") SELECT $1::text, s, i, t, p, $6::bigint, b \
-             FROM unnest($2::bigint[], $3::text[], $4::text[], $5::bigint[], $7::text[]) AS u(s, i, t, p, b) \
-             RETURNING 1) \
-             SELECT pg_notify($8::text, $1::text) FROM (SELECT count(*) FROM ins) AS c"
+             FROM unnest($2::bigint[], $3::text[], $4::text[], $5::bigint[], $7::text[]) AS u(s, i, t, p, b)"
         ),
-        &[&session_id, &seqs, &ids, &types, &processed, &now_us, &bodies, &channel],
+        &[&session_id, &seqs, &ids, &types, &processed, &now_us, &bodies],
     )
     .await
     .map_err(|e| {
@@ -381,11 +378,22 @@ impl PgStore {
             .map_err(|e| map_pg(format!("dropping schema {}", self.inner.options.schema), e))
     }
 
-    async fn notify(&self, conn: &mut Conn, session_id: &str) -> Result<()> {
-        conn.execute("SELECT pg_notify($1, $2)", &[&self.inner.channel, &session_id])
+    /// After a commit: wakes local tails, and tails on other replicas via
+    /// `pg_notify` in its own tiny transaction. Sent after the commit rather
+    /// than inside it because a NOTIFY inside a writing transaction holds a
+    /// cluster-wide lock through that transaction's commit fsync, which
+    /// serializes every append of every replica. If this notification is
+    /// lost (a crash right after the commit, a connection error), remote
+    /// tails catch up at their next `tail_poll_interval` re-read.
+    async fn announce(&self, conn: &mut Conn, session_id: &str) {
+        self.inner.hub.notify(session_id);
+        if let Err(e) = conn
+            .execute("SELECT pg_notify($1, $2)", &[&self.inner.channel, &session_id])
             .await
-            .map_err(|e| e.into_store(format!("notifying about session {session_id}")))?;
-        Ok(())
+        {
+            let e = e.into_store(format!("notifying about session {session_id}"));
+            tracing::warn!(%e, session_id, "session store notification not sent; remote tails will catch up by polling");
+        }
     }
 
     async fn append_tx(&self, conn: &mut Conn, session_id: &str, batch: AppendBatch) -> Result<Vec<StoredEvent>> {
@@ -424,7 +432,7 @@ impl PgStore {
         };
         let last_seq = to_u64(col(row, 0)?, "last_seq")?;
         check_fence(session_id, batch.fence, to_u64(col(row, 1)?, "lease_epoch")?)?;
-        insert_events(conn, session_id, last_seq, prepared, now_us, &self.inner.channel).await
+        insert_events(conn, session_id, last_seq, prepared, now_us).await
     }
 }
 
@@ -462,7 +470,7 @@ impl SessionStore for PgStore {
                     }
                 })?;
             let record = session_from_row(rows.first().ok_or_else(|| StoreError::not_found(&new.id))?)?;
-            let events = insert_events(&mut c, &new.id, 0, prepared, now_us, &self.inner.channel).await?;
+            let events = insert_events(&mut c, &new.id, 0, prepared, now_us).await?;
             Ok((record, events))
         }
         .await;
@@ -579,11 +587,11 @@ impl SessionStore for PgStore {
             c.execute("DELETE FROM events WHERE session_id = $1", &[&session_id])
                 .await
                 .map_err(|e| e.into_store(format!("deleting the events of session {session_id}")))?;
-            self.notify(&mut c, session_id).await
+            Ok(())
         }
         .await;
         c.finish(r).await?;
-        self.inner.hub.notify(session_id);
+        self.announce(&mut c, session_id).await;
         Ok(())
     }
 
@@ -592,7 +600,7 @@ impl SessionStore for PgStore {
         c.begin().await?;
         let r = self.append_tx(&mut c, session_id, batch).await;
         let stored = c.finish(r).await?;
-        self.inner.hub.notify(session_id);
+        self.announce(&mut c, session_id).await;
         Ok(stored)
     }
 
@@ -623,7 +631,6 @@ impl SessionStore for PgStore {
             )
             .await
             .map_err(|e| e.into_store(format!("marking events of session {session_id} processed")))?;
-            self.notify(&mut c, session_id).await?;
             let now = from_micros(now_us)?;
             Ok(selected
                 .into_iter()
@@ -636,7 +643,9 @@ impl SessionStore for PgStore {
         }
         .await;
         let changed = c.finish(r).await?;
-        self.inner.hub.notify(session_id);
+        if !changed.is_empty() {
+            self.announce(&mut c, session_id).await;
+        }
         Ok(changed)
     }
 
@@ -655,6 +664,61 @@ impl SessionStore for PgStore {
             return Err(StoreError::not_found(session_id));
         }
         Ok(events)
+    }
+
+    async fn list_events(&self, session_id: &str, query: EventQuery) -> Result<EventPage> {
+        check_limit(session_id, query.limit)?;
+        let timed = !matches!(
+            (query.processed_from, query.processed_to),
+            (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded)
+        );
+        let (lo, hi) = micros_bounds(query.processed_from, query.processed_to);
+        let types: Option<Vec<String>> = query.types.clone().filter(|t| !t.is_empty());
+        let after = match (query.order, query.after_seq) {
+            (_, Some(seq)) => to_i64(seq),
+            (Order::Ascending, None) => 0,
+            (Order::Descending, None) => i64::MAX,
+        };
+        let limit = to_i64(query.limit as u64 + 1);
+        let mut c = self.inner.pool.get().await?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
+            [&session_id, &after, &timed, &lo, &hi, &types, &limit];
+        let rows = match query.order {
+            Order::Ascending => {
+                c.query(
+                    concat!(
+                        "SELECT ",
+                        event_cols!(),
+                        " FROM events WHERE session_id = $1 AND seq > $2 \
+                         AND (NOT $3 OR (processed_at_us IS NOT NULL AND processed_at_us BETWEEN $4 AND $5)) \
+                         AND ($6::text[] IS NULL OR type = ANY($6)) ORDER BY seq ASC LIMIT $7"
+                    ),
+                    &params,
+                )
+                .await
+            }
+            Order::Descending => {
+                c.query(
+                    concat!(
+                        "SELECT ",
+                        event_cols!(),
+                        " FROM events WHERE session_id = $1 AND seq < $2 \
+                         AND (NOT $3 OR (processed_at_us IS NOT NULL AND processed_at_us BETWEEN $4 AND $5)) \
+                         AND ($6::text[] IS NULL OR type = ANY($6)) ORDER BY seq DESC LIMIT $7"
+                    ),
+                    &params,
+                )
+                .await
+            }
+        }
+        .map_err(|e| e.into_store(format!("listing events of session {session_id}")))?;
+        let mut events = rows.iter().map(event_from_row).collect::<Result<Vec<_>>>()?;
+        if events.is_empty() && load_session(&mut c, session_id).await?.is_none() {
+            return Err(StoreError::not_found(session_id));
+        }
+        let has_more = events.len() > query.limit;
+        events.truncate(query.limit);
+        Ok(EventPage { events, has_more })
     }
 
     async fn get_events(&self, session_id: &str, events: EventSelector) -> Result<Vec<StoredEvent>> {

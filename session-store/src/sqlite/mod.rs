@@ -24,7 +24,7 @@ use crate::error::{Result, StoreError};
 use crate::lease::{fence_allows, LeaseError, LeaseRow};
 use crate::tail::{tail, EventStream, Hub};
 use crate::types::{
-    check_session_id, decode_body, from_micros, merge_patch, to_micros, AppendBatch, BodyUpdate, EventSelector,
+    check_session_id, decode_body, from_micros, merge_patch, micros_bounds, to_micros, AppendBatch, BodyUpdate, EventPage, EventQuery, EventSelector,
     Fence, Lease, LeaseState, NewSession, Order, PreparedEvent, SessionPage, SessionQuery, SessionRecord,
     SessionStatus, SessionUpdate, StoredEvent,
 };
@@ -665,6 +665,62 @@ impl SessionStore for SqliteStore {
                     return Err(StoreError::not_found(&id));
                 }
                 Ok(events)
+            })
+        })
+        .await
+    }
+
+    async fn list_events(&self, session_id: &str, query: EventQuery) -> Result<EventPage> {
+        check_limit(session_id, query.limit)?;
+        let id = session_id.to_owned();
+        let timed = !matches!(
+            (query.processed_from, query.processed_to),
+            (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded)
+        );
+        let (lo, hi) = micros_bounds(query.processed_from, query.processed_to);
+        let types = match &query.types {
+            Some(t) if !t.is_empty() => Some(
+                serde_json::to_string(t).map_err(|e| StoreError::invalid(session_id, format!("types: {e}")))?,
+            ),
+            _ => None,
+        };
+        self.read_with(move |conn| {
+            in_read_tx(conn, |tx| {
+                let sql = match query.order {
+                    Order::Ascending => concat!(
+                        "SELECT session_id, seq, id, type, processed_at_us, created_at_us, body FROM events ",
+                        "WHERE session_id = ?1 AND seq > ?2 ",
+                        "AND (?3 = 0 OR (processed_at_us IS NOT NULL AND processed_at_us BETWEEN ?4 AND ?5)) ",
+                        "AND (?6 IS NULL OR type IN (SELECT value FROM json_each(?6))) ",
+                        "ORDER BY seq ASC LIMIT ?7"
+                    ),
+                    Order::Descending => concat!(
+                        "SELECT session_id, seq, id, type, processed_at_us, created_at_us, body FROM events ",
+                        "WHERE session_id = ?1 AND seq < ?2 ",
+                        "AND (?3 = 0 OR (processed_at_us IS NOT NULL AND processed_at_us BETWEEN ?4 AND ?5)) ",
+                        "AND (?6 IS NULL OR type IN (SELECT value FROM json_each(?6))) ",
+                        "ORDER BY seq DESC LIMIT ?7"
+                    ),
+                };
+                let after = match (query.order, query.after_seq) {
+                    (_, Some(seq)) => to_i64(seq),
+                    (Order::Ascending, None) => 0,
+                    (Order::Descending, None) => i64::MAX,
+                };
+                let mut stmt = tx.prepare_cached(sql).map_err(|e| map_err("preparing an event list", e))?;
+                let mut rows = stmt
+                    .query(params![id, after, i64::from(timed), lo, hi, types, to_i64(query.limit as u64 + 1)])
+                    .map_err(|e| map_err(format!("listing events of session {id}"), e))?;
+                let mut events = Vec::new();
+                while let Some(row) = rows.next().map_err(|e| map_err(format!("listing events of session {id}"), e))? {
+                    events.push(event_from_row(row)?);
+                }
+                if events.is_empty() && load_session(tx, &id)?.is_none() {
+                    return Err(StoreError::not_found(&id));
+                }
+                let has_more = events.len() > query.limit;
+                events.truncate(query.limit);
+                Ok(EventPage { events, has_more })
             })
         })
         .await

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use session_store::{
-    AppendBatch, BodyUpdate, EventSelector, Fence, NewEvent, NewSession, Order, SessionQuery, SessionStatus,
+    AppendBatch, BodyUpdate, EventPage, EventQuery, EventSelector, Fence, NewEvent, NewSession, Order, SessionQuery, SessionStatus,
     SessionStore, SessionUpdate, StoreError, StoredEvent, TailItem,
 };
 
@@ -61,6 +61,7 @@ macro_rules! all_conformance_tests {
             pagination_and_status_filter,
             sessions_needing_wake_follows_leases,
             create_with_initial_events,
+            list_events_pages_filters_and_orders,
         );
     };
 }
@@ -781,4 +782,89 @@ pub async fn create_with_initial_events(store: Arc<dyn SessionStore>) {
         .await;
     assert!(matches!(err, Err(StoreError::Invalid { .. })), "{err:?}");
     assert!(matches!(store.get_session(&bad).await, Err(StoreError::NotFound { .. })));
+}
+
+pub async fn list_events_pages_filters_and_orders(store: Arc<dyn SessionStore>) {
+    use std::ops::Bound;
+    let s = new_session(&*store, SessionStatus::Running).await;
+    for round in 0..4u64 {
+        let batch = vec![
+            ev("a", round),
+            ev("b", round),
+            NewEvent::queued(json!({"type": "user.message", "n": round})),
+        ];
+        store.append(&s, batch, Fence::None).await.unwrap();
+    }
+    store.mark_processed(&s, EventSelector::Seqs(vec![3, 9]), Fence::None).await.unwrap();
+    let all = read_all(&*store, &s).await;
+    assert_eq!(all.len(), 12);
+
+    let page_all = |order, types: Option<Vec<String>>, from, to, limit| {
+        let store = store.clone();
+        let s = s.clone();
+        async move {
+            let mut out = Vec::new();
+            let mut after = None;
+            loop {
+                let EventPage { events, has_more } = store
+                    .list_events(
+                        &s,
+                        EventQuery { order, after_seq: after, limit, types: types.clone(), processed_from: from, processed_to: to },
+                    )
+                    .await
+                    .unwrap();
+                assert!(events.len() <= limit);
+                after = events.last().map(|e| e.seq);
+                out.extend(events);
+                if !has_more {
+                    return out;
+                }
+            }
+        }
+    };
+    let seqs = |v: &[StoredEvent]| v.iter().map(|e| e.seq).collect::<Vec<_>>();
+    // ascending pages of 5 give everything in order
+    let asc = page_all(Order::Ascending, None, Bound::Unbounded, Bound::Unbounded, 5).await;
+    assert_eq!(asc, all);
+    // descending pages of 4 give everything in reverse
+    let desc = page_all(Order::Descending, None, Bound::Unbounded, Bound::Unbounded, 4).await;
+    let mut rev = all.clone();
+    rev.reverse();
+    assert_eq!(desc, rev);
+    // a type filter
+    let only = page_all(Order::Ascending, Some(vec!["b".into(), "user.message".into()]), Bound::Unbounded, Bound::Unbounded, 3).await;
+    assert_eq!(seqs(&only), vec![2, 3, 5, 6, 8, 9, 11, 12]);
+    let empty_filter = page_all(Order::Ascending, Some(vec![]), Bound::Unbounded, Bound::Unbounded, 100).await;
+    assert_eq!(empty_filter.len(), 12, "an empty type list does not filter");
+    // processed_at bounds, checked against a model of the stored events
+    let times: Vec<_> = all.iter().filter_map(|e| e.processed_at).collect();
+    for t in [times[0], times[times.len() / 2], *times.last().unwrap()] {
+        for (from, to) in [
+            (Bound::Included(t), Bound::Unbounded),
+            (Bound::Excluded(t), Bound::Unbounded),
+            (Bound::Unbounded, Bound::Included(t)),
+            (Bound::Unbounded, Bound::Excluded(t)),
+            (Bound::Included(t), Bound::Included(t)),
+        ] {
+            let got = page_all(Order::Ascending, None, from, to, 7).await;
+            let expected: Vec<u64> = all
+                .iter()
+                .filter(|e| match e.processed_at {
+                    None => false,
+                    Some(p) => std::ops::RangeBounds::contains(&(from, to), &p),
+                })
+                .map(|e| e.seq)
+                .collect();
+            assert_eq!(seqs(&got), expected, "bounds {from:?}..{to:?}");
+            assert!(got.iter().all(|e| e.processed_at.is_some()), "queued events never match a time bound");
+        }
+    }
+    assert!(matches!(
+        store.list_events(&new_id("sesn"), EventQuery::default()).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.list_events(&s, EventQuery { limit: 0, ..EventQuery::default() }).await,
+        Err(StoreError::Invalid { .. })
+    ));
 }
