@@ -214,17 +214,25 @@ pub fn serve<R: Read, W: Write + Send + 'static>(
                         .map(|e| format!("cannot create workdir {w}: {e}")),
                     None => None,
                 };
-                if error.is_none() {
-                    if let Some(w) = &workdir {
-                        settings.lock().unwrap_or_else(|p| p.into_inner()).workdir = w.clone();
-                    }
-                    shell.lock().unwrap_or_else(|p| p.into_inner()).reconfigure(env, workdir);
+                if error.is_some() {
+                    sink.send(&FromExecutor::Configured { error }, &[])?;
+                    continue;
                 }
-                sink.send(&FromExecutor::Configured { error }, &[])?;
+                if let Some(w) = &workdir {
+                    settings.lock().unwrap_or_else(|p| p.into_inner()).workdir = w.clone();
+                }
+                // The shell may be busy with a bash call: wait for it on a
+                // thread so the read loop keeps serving other messages.
+                let (sink, shell) = (sink.clone(), shell.clone());
+                std::thread::spawn(move || {
+                    shell.lock().unwrap_or_else(|p| p.into_inner()).reconfigure(env, workdir);
+                    let _ = sink.send(&FromExecutor::Configured { error: None }, &[]);
+                });
             }
             ToExecutor::Ping { nonce } => sink.send(&FromExecutor::Pong { nonce }, &[])?,
             ToExecutor::Shutdown => {
-                shell.lock().unwrap_or_else(|p| p.into_inner()).kill();
+                // Ends the process; the container's init then stops every
+                // process left in the sandbox, including a busy shell.
                 return Ok(());
             }
         }
