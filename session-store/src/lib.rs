@@ -96,7 +96,22 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
 
     /// A filtered page of events in either order (the API's event list).
     /// A processed-time bound never matches a queued event.
-    async fn list_events(&self, session_id: &str, query: EventQuery) -> Result<EventPage>;
+    ///
+    /// The provided body is correct but scans the whole session through
+    /// [`SessionStore::read`]; both stores override it with one indexed
+    /// query, and wrappers should delegate to their inner store.
+    async fn list_events(&self, session_id: &str, query: EventQuery) -> Result<EventPage> {
+        check_limit(session_id, query.limit)?;
+        let mut all = Vec::new();
+        let mut from = 1;
+        loop {
+            let page = self.read(session_id, from, 10_000).await?;
+            let Some(last) = page.last() else { break };
+            from = last.seq + 1;
+            all.extend(page);
+        }
+        Ok(types::page_events(all, &query))
+    }
 
     /// The selected events in seq order. [`StoreError::EventNotFound`] if any
     /// does not exist.

@@ -401,6 +401,41 @@ pub struct EventPage {
     pub has_more: bool,
 }
 
+/// Filters and pages `events` (all of a session, ascending) per `query`:
+/// the model the SQL of both stores implements.
+pub(crate) fn page_events(events: Vec<StoredEvent>, query: &EventQuery) -> EventPage {
+    use std::ops::RangeBounds;
+    let types = query.types.as_ref().filter(|t| !t.is_empty());
+    let timed = !matches!((query.processed_from, query.processed_to), (Bound::Unbounded, Bound::Unbounded));
+    let keep = |e: &StoredEvent| {
+        types.is_none_or(|t| t.contains(&e.event_type))
+            && (!timed
+                || e.processed_at
+                    .is_some_and(|p| (query.processed_from, query.processed_to).contains(&p)))
+    };
+    let mut selected: Vec<StoredEvent> = match query.order {
+        Order::Ascending => events
+            .into_iter()
+            .filter(|e| query.after_seq.is_none_or(|a| e.seq > a))
+            .filter(|e| keep(e))
+            .take(query.limit + 1)
+            .collect(),
+        Order::Descending => events
+            .into_iter()
+            .rev()
+            .filter(|e| query.after_seq.is_none_or(|a| e.seq < a))
+            .filter(|e| keep(e))
+            .take(query.limit + 1)
+            .collect(),
+    };
+    let has_more = selected.len() > query.limit;
+    selected.truncate(query.limit);
+    EventPage {
+        events: selected,
+        has_more,
+    }
+}
+
 /// `processed_at` bounds as inclusive microsecond limits (`i64::MIN`/`MAX`
 /// when unbounded).
 pub(crate) fn micros_bounds(from: Bound<OffsetDateTime>, to: Bound<OffsetDateTime>) -> (i64, i64) {

@@ -170,3 +170,93 @@ fn acknowledged_appends_survive_kill_9() {
         });
     }
 }
+
+// --------------------------------------- the trait's provided list_events
+//
+// A wrapper that delegates everything but `list_events`, so the provided
+// (scan-and-filter) body runs the same conformance case as the SQL ones.
+
+#[derive(Debug)]
+struct DefaultListEvents(SqliteStore);
+
+#[async_trait::async_trait]
+impl SessionStore for DefaultListEvents {
+    async fn create_session(
+        &self,
+        new: session_store::NewSession,
+    ) -> session_store::Result<(session_store::SessionRecord, Vec<session_store::StoredEvent>)> {
+        self.0.create_session(new).await
+    }
+    async fn get_session(&self, id: &str) -> session_store::Result<session_store::SessionRecord> {
+        self.0.get_session(id).await
+    }
+    async fn update_session(
+        &self,
+        id: &str,
+        update: session_store::SessionUpdate,
+    ) -> session_store::Result<session_store::SessionRecord> {
+        self.0.update_session(id, update).await
+    }
+    async fn list_sessions(&self, query: session_store::SessionQuery) -> session_store::Result<session_store::SessionPage> {
+        self.0.list_sessions(query).await
+    }
+    async fn delete_session(&self, id: &str) -> session_store::Result<()> {
+        self.0.delete_session(id).await
+    }
+    async fn append_batch(
+        &self,
+        id: &str,
+        batch: session_store::AppendBatch,
+    ) -> session_store::Result<Vec<session_store::StoredEvent>> {
+        self.0.append_batch(id, batch).await
+    }
+    async fn mark_processed(
+        &self,
+        id: &str,
+        events: session_store::EventSelector,
+        fence: session_store::Fence,
+    ) -> session_store::Result<Vec<session_store::StoredEvent>> {
+        self.0.mark_processed(id, events, fence).await
+    }
+    async fn read(&self, id: &str, from: u64, limit: usize) -> session_store::Result<Vec<session_store::StoredEvent>> {
+        self.0.read(id, from, limit).await
+    }
+    async fn get_events(
+        &self,
+        id: &str,
+        events: session_store::EventSelector,
+    ) -> session_store::Result<Vec<session_store::StoredEvent>> {
+        self.0.get_events(id, events).await
+    }
+    async fn subscribe(&self, id: &str, from: u64) -> session_store::Result<session_store::EventStream> {
+        self.0.subscribe(id, from).await
+    }
+    async fn acquire_lease(
+        &self,
+        id: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> session_store::Result<session_store::Lease> {
+        self.0.acquire_lease(id, holder, ttl).await
+    }
+    async fn renew_lease(
+        &self,
+        lease: &session_store::Lease,
+        ttl: std::time::Duration,
+    ) -> session_store::Result<session_store::Lease> {
+        self.0.renew_lease(lease, ttl).await
+    }
+    async fn release_lease(&self, lease: &session_store::Lease) -> session_store::Result<()> {
+        self.0.release_lease(lease).await
+    }
+    async fn sessions_needing_wake(&self, limit: usize) -> session_store::Result<Vec<String>> {
+        self.0.sessions_needing_wake(limit).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provided_list_events_matches_the_sql_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_in_dir(dir.path(), SqliteOptions::default()).await.unwrap();
+    conformance::list_events_pages_filters_and_orders(Arc::new(DefaultListEvents(store))).await;
+}
