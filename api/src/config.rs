@@ -89,7 +89,7 @@ impl ApiConfig {
         };
         let rate_limit_per_second = match raw.rate_limit_per_second {
             None => None,
-            Some(r) if r == 0.0 => None,
+            Some(0.0) => None,
             Some(r) if r.is_finite() && r > 0.0 => Some(r),
             Some(r) => return Err(invalid("rate_limit_per_second", format!("{r} is not a positive number or 0"))),
         };

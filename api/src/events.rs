@@ -333,7 +333,7 @@ struct Filter {
 
 impl Filter {
     fn matches(&self, e: &StoredEvent) -> bool {
-        if !self.types.is_empty() && !self.types.iter().any(|t| *t == e.event_type) {
+        if !self.types.is_empty() && !self.types.contains(&e.event_type) {
             return false;
         }
         if self.gt.is_none() && self.gte.is_none() && self.lt.is_none() && self.lte.is_none() {
