@@ -313,10 +313,8 @@ impl AgentCredentials {
         }
         let leaf = chain.first().ok_or_else(|| bad("empty certificate chain".into()))?;
         // The chain must verify against the CA as a client certificate.
-        let verifier = crate::tls::AgentCertVerifier::new(ca, crate::RevocationSet::new())?;
-        use rustls::server::danger::ClientCertVerifier;
-        verifier
-            .verify_client_cert(leaf, &chain[1..], rustls_pki_types::UnixTime::now())
+        crate::tls::AgentCertVerifier::new(ca, crate::RevocationSet::new())?
+            .check(leaf, &chain[1..], rustls_pki_types::UnixTime::now())
             .map_err(|e| bad(e.to_string()))?;
         let key_der = PrivateKeyDer::try_from(key.key_der.clone()).map_err(|e| bad(e.to_string()))?;
         let certified = CertifiedKey::from_der(chain.clone(), key_der, &crate::crypto_provider())

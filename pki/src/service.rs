@@ -222,6 +222,21 @@ impl IdentityService {
         crate::tls::tunnel_server_config(self.ca.cert_der(), &self.server_cert, self.revocations.clone(), alpn)
     }
 
+    /// The tunnel's server config for one incoming connection from
+    /// `remote_addr`: identical checks, but a rejected client certificate is
+    /// logged (once, at WARN) with the remote address as well as the claimed
+    /// identity. Cheap enough to build per connection (quinn:
+    /// `Incoming::accept_with`; TCP: a `TlsAcceptor` per connection).
+    pub fn tunnel_server_config_for_peer(
+        &self,
+        alpn: &[&[u8]],
+        remote_addr: std::net::SocketAddr,
+    ) -> Result<rustls::ServerConfig, TlsError> {
+        let verifier =
+            crate::tls::AgentCertVerifier::new(self.ca.cert_der(), self.revocations.clone())?.for_peer(remote_addr);
+        crate::tls::tunnel_server_config_with(verifier, &self.server_cert, alpn)
+    }
+
     /// The enrollment listener's server config.
     pub fn enroll_server_config(&self) -> Result<rustls::ServerConfig, TlsError> {
         crate::tls::enroll_server_config(&self.server_cert)

@@ -95,10 +95,11 @@ fn root_store(ca: &CertificateDer<'static>) -> Result<Arc<RootCertStore>, TlsErr
 }
 
 /// Verifies agent client certificates for the tunnel.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct AgentCertVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     revocations: RevocationSet,
+    remote_addr: Option<std::net::SocketAddr>,
 }
 
 impl AgentCertVerifier {
@@ -106,12 +107,47 @@ impl AgentCertVerifier {
     pub fn new(ca: &CertificateDer<'static>, revocations: RevocationSet) -> Result<Self, TlsError> {
         let inner = WebPkiClientVerifier::builder_with_provider(root_store(ca)?, crate::crypto_provider())
             .build()?;
-        Ok(Self { inner, revocations })
+        Ok(Self {
+            inner,
+            revocations,
+            remote_addr: None,
+        })
+    }
+
+    /// The same verifier, naming `remote_addr` in its rejection log line.
+    pub fn for_peer(&self, remote_addr: std::net::SocketAddr) -> Self {
+        Self {
+            remote_addr: Some(remote_addr),
+            ..self.clone()
+        }
+    }
+
+    /// Every check, without logging. `Ok` carries the verified identity.
+    pub fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<crate::PeerIdentity, rustls::Error> {
+        // Chain to the CA, validity period, and EKU clientAuth-if-present.
+        self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        // webpki accepts a certificate with no EKU at all; we require it.
+        if !has_client_auth_eku(end_entity) {
+            return Err(rustls::Error::InvalidCertificate(CertificateError::InvalidPurpose));
+        }
+        let identity = peer_identity(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure))?;
+        if self.revocations.is_revoked(&identity.agent_id) {
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+        }
+        Ok(identity)
     }
 
     fn reject(&self, end_entity: &CertificateDer<'_>, error: rustls::Error) -> rustls::Error {
         let claimed = peer_identity(end_entity).ok();
+        let remote_addr = self.remote_addr.map(|a| a.to_string());
         tracing::warn!(
+            remote_addr = remote_addr.as_deref().unwrap_or("-"),
             claimed_agent_id = claimed.as_ref().map(|c| c.agent_id.as_str()).unwrap_or("-"),
             claimed_environment_id = claimed.as_ref().map(|c| c.environment_id.as_str()).unwrap_or("-"),
             %error,
@@ -148,33 +184,10 @@ impl ClientCertVerifier for AgentCertVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        // Chain to the CA, validity period, and EKU clientAuth-if-present.
-        if let Err(e) = self.inner.verify_client_cert(end_entity, intermediates, now) {
-            return Err(self.reject(end_entity, e));
+        match self.check(end_entity, intermediates, now) {
+            Ok(_) => Ok(ClientCertVerified::assertion()),
+            Err(e) => Err(self.reject(end_entity, e)),
         }
-        // webpki accepts a certificate with no EKU at all; we require it.
-        if !has_client_auth_eku(end_entity) {
-            return Err(self.reject(
-                end_entity,
-                rustls::Error::InvalidCertificate(CertificateError::InvalidPurpose),
-            ));
-        }
-        let identity = match peer_identity(end_entity) {
-            Ok(i) => i,
-            Err(_) => {
-                return Err(self.reject(
-                    end_entity,
-                    rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure),
-                ))
-            }
-        };
-        if self.revocations.is_revoked(&identity.agent_id) {
-            return Err(self.reject(
-                end_entity,
-                rustls::Error::InvalidCertificate(CertificateError::Revoked),
-            ));
-        }
-        Ok(ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -210,7 +223,19 @@ pub fn tunnel_server_config(
     revocations: RevocationSet,
     alpn: &[&[u8]],
 ) -> Result<rustls::ServerConfig, TlsError> {
-    let verifier = Arc::new(AgentCertVerifier::new(ca, revocations)?);
+    let verifier = AgentCertVerifier::new(ca, revocations)?;
+    tunnel_server_config_with(verifier, server_cert, alpn)
+}
+
+/// As [`tunnel_server_config`] with a prepared verifier (for example one
+/// made with [`AgentCertVerifier::for_peer`] so that a rejection is logged
+/// with the remote address).
+pub fn tunnel_server_config_with(
+    verifier: AgentCertVerifier,
+    server_cert: &SwappableServerCert,
+    alpn: &[&[u8]],
+) -> Result<rustls::ServerConfig, TlsError> {
+    let verifier = Arc::new(verifier);
     let mut config = rustls::ServerConfig::builder_with_provider(crate::crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)

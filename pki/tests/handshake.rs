@@ -468,3 +468,65 @@ async fn wait_until(t: SystemTime) {
     }
     panic!("clock did not reach the target time");
 }
+
+#[tokio::test]
+async fn per_connection_config_applies_the_same_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = Arc::new(open(dir.path(), Duration::from_secs(3600)));
+    let (_files, creds) = enroll(&svc, dir.path());
+    let cert = SwappableClientCert::new(&creds);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Outcome>();
+    let s2 = svc.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = listener.accept().await.unwrap();
+            let config = s2.tunnel_server_config_for_peer(&[ALPN], peer).unwrap();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match TlsAcceptor::from(Arc::new(config)).accept(tcp).await {
+                    Ok(mut tls) => {
+                        let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+                        let _ = tx.send(Ok(pki::peer_identity(&leaf).unwrap()));
+                        let mut b = [0u8; 4];
+                        if tls.read_exact(&mut b).await.is_ok() {
+                            let _ = tls.write_all(&b).await;
+                        }
+                    }
+                    Err(e) => {
+                        let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()).cloned();
+                        let _ = tx.send(Err(inner.unwrap_or_else(|| rustls::Error::General(e.to_string()))));
+                    }
+                }
+            });
+        }
+    });
+    dial(addr, agent_config(&svc, &cert), "localhost").await.unwrap();
+    assert!(rx.recv().await.unwrap().is_ok());
+    svc.revoke(&creds.identity.agent_id).unwrap();
+    assert!(dial(addr, agent_config(&svc, &cert), "localhost").await.is_err());
+    assert!(matches!(rx.recv().await.unwrap(), Err(rustls::Error::InvalidCertificate(CertificateError::Revoked))));
+    task.abort();
+}
+
+#[tokio::test]
+async fn server_certificate_rotation_applies_to_new_handshakes() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = open(dir.path(), Duration::from_secs(3600));
+    let (_files, creds) = enroll(&svc, dir.path());
+    let cert = SwappableClientCert::new(&creds);
+    let mut server = start_server(svc.tunnel_server_config(&[ALPN]).unwrap()).await;
+    let served = |tls: &tokio_rustls::client::TlsStream<TcpStream>| tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+
+    let mut before = dial(server.addr, agent_config(&svc, &cert), "localhost").await.unwrap();
+    next_outcome(&mut server).await.unwrap();
+    let old_leaf = served(&before);
+    let old_expiry = svc.server_cert_not_after();
+    svc.rotate_server_cert().unwrap();
+    assert!(svc.server_cert_not_after() >= old_expiry);
+    let after = dial(server.addr, agent_config(&svc, &cert), "localhost").await.unwrap();
+    next_outcome(&mut server).await.unwrap();
+    assert_ne!(served(&after).as_ref(), old_leaf.as_ref(), "new handshakes get the new certificate");
+    echo(&mut before, b"old connection unaffected").await.unwrap();
+}
