@@ -11,7 +11,9 @@
 use axum::extract::{Path, RawQuery, State};
 use axum::Json;
 use serde_json::{json, Value};
-use session_store::{EventSelector, Fence, NewEvent, SessionStatus, StoreError, StoredEvent};
+use std::ops::Bound;
+
+use session_store::{EventQuery, EventSelector, Fence, NewEvent, Order, SessionStatus, StoreError, StoredEvent};
 use time::OffsetDateTime;
 
 use crate::body::JsonBody;
@@ -22,10 +24,6 @@ use crate::AppState;
 
 /// Most events in one send.
 const MAX_EVENTS_PER_SEND: usize = 100;
-/// Most events a list request reads while filtering.
-const MAX_SCAN_EVENTS: u64 = 100_000;
-/// Events read per store round trip.
-const READ_BATCH: u64 = 1000;
 
 /// A validated client event.
 #[derive(Debug, Clone, PartialEq)]
@@ -321,31 +319,22 @@ pub(crate) async fn send(
     Ok(Json(json!({"data": stored.iter().map(event_json).collect::<Vec<_>>()})))
 }
 
-/// Filters of `GET …/events`.
-#[derive(Debug, Default)]
-struct Filter {
-    types: Vec<String>,
-    gt: Option<OffsetDateTime>,
-    gte: Option<OffsetDateTime>,
-    lt: Option<OffsetDateTime>,
-    lte: Option<OffsetDateTime>,
-}
-
-impl Filter {
-    fn matches(&self, e: &StoredEvent) -> bool {
-        if !self.types.is_empty() && !self.types.contains(&e.event_type) {
-            return false;
-        }
-        if self.gt.is_none() && self.gte.is_none() && self.lt.is_none() && self.lte.is_none() {
-            return true;
-        }
-        // compared against processed_at, as published; queued events have none
-        let Some(t) = e.processed_at else { return false };
-        !(self.gt.is_some_and(|x| t <= x)
-            || self.gte.is_some_and(|x| t < x)
-            || self.lt.is_some_and(|x| t >= x)
-            || self.lte.is_some_and(|x| t > x))
-    }
+/// The `processed_at` bounds of `created_at[gt|gte|lt|lte]` (as published,
+/// the `created_at` filters compare `processed_at`).
+fn bounds(q: &Query) -> Result<(Bound<OffsetDateTime>, Bound<OffsetDateTime>), ApiError> {
+    let lower = match (q.time("created_at[gt]")?, q.time("created_at[gte]")?) {
+        (Some(gt), Some(gte)) if gte > gt => Bound::Included(gte),
+        (Some(gt), _) => Bound::Excluded(gt),
+        (None, Some(gte)) => Bound::Included(gte),
+        (None, None) => Bound::Unbounded,
+    };
+    let upper = match (q.time("created_at[lt]")?, q.time("created_at[lte]")?) {
+        (Some(lt), Some(lte)) if lte < lt => Bound::Included(lte),
+        (Some(lt), _) => Bound::Excluded(lt),
+        (None, Some(lte)) => Bound::Included(lte),
+        (None, None) => Bound::Unbounded,
+    };
+    Ok((lower, upper))
 }
 
 pub(crate) async fn list(
@@ -368,82 +357,33 @@ pub(crate) async fn list(
     let order = q.order(Dir::Asc)?;
     let listing = format!("events:{session_id}");
     let cursor = q.cursor(&listing, order)?;
-    let filter = Filter {
-        types: q.many("types").into_iter().map(str::to_owned).collect(),
-        gt: q.time("created_at[gt]")?,
-        gte: q.time("created_at[gte]")?,
-        lt: q.time("created_at[lt]")?,
-        lte: q.time("created_at[lte]")?,
-    };
+    let types: Vec<String> = q.many("types").into_iter().map(str::to_owned).collect();
+    let (processed_from, processed_to) = bounds(&q)?;
     let store = &s.state.store;
-    let record = store.get_session(&session_id).await?;
-    let last = record.last_seq;
-    let at = cursor.map(|c| u64::try_from(c.at).unwrap_or(0));
-    let mut items: Vec<StoredEvent> = Vec::new();
-    let mut more = false;
-    let mut scanned = 0u64;
-    let mut resume = None;
-    match order {
-        Dir::Asc => {
-            let mut from = at.map_or(1, |a| a + 1);
-            'asc: while from <= last {
-                let n = READ_BATCH.min(last - from + 1);
-                let batch = store.read(&session_id, from, usize::try_from(n).unwrap_or(1000)).await?;
-                if batch.is_empty() {
-                    break;
-                }
-                for e in batch {
-                    from = e.seq + 1;
-                    scanned += 1;
-                    if filter.matches(&e) {
-                        if items.len() == limit {
-                            more = true;
-                            break 'asc;
-                        }
-                        items.push(e);
-                    }
-                }
-                if scanned >= MAX_SCAN_EVENTS && from <= last {
-                    more = true;
-                    resume = Some(from - 1);
-                    break;
-                }
-            }
-        }
-        Dir::Desc => {
-            let mut upper = at.unwrap_or(last + 1).min(last + 1);
-            'desc: while upper > 1 {
-                let lo = upper.saturating_sub(READ_BATCH).max(1);
-                let n = usize::try_from(upper - lo).unwrap_or(1000);
-                let mut batch = store.read(&session_id, lo, n).await?;
-                batch.retain(|e| e.seq < upper);
-                for e in batch.into_iter().rev() {
-                    scanned += 1;
-                    let seq = e.seq;
-                    if filter.matches(&e) {
-                        if items.len() == limit {
-                            more = true;
-                            break 'desc;
-                        }
-                        items.push(e);
-                    }
-                    upper = seq;
-                }
-                upper = upper.min(lo);
-                if scanned >= MAX_SCAN_EVENTS && upper > 1 {
-                    more = true;
-                    resume = Some(upper);
-                    break;
-                }
-            }
-        }
-    }
-    let next = if more {
-        resume.or_else(|| items.last().map(|e| e.seq)).map(|seq| {
+    // 404 for an unknown session, whatever the store does with an empty read
+    store.get_session(&session_id).await?;
+    let page = store
+        .list_events(
+            &session_id,
+            EventQuery {
+                order: match order {
+                    Dir::Asc => Order::Ascending,
+                    Dir::Desc => Order::Descending,
+                },
+                after_seq: cursor.map(|c| u64::try_from(c.at).unwrap_or(0)),
+                limit,
+                types: (!types.is_empty()).then_some(types),
+                processed_from,
+                processed_to,
+            },
+        )
+        .await?;
+    let next = if page.has_more {
+        page.events.last().map(|e| {
             Cursor {
                 order,
                 before: false,
-                at: i64::try_from(seq).unwrap_or(i64::MAX),
+                at: i64::try_from(e.seq).unwrap_or(i64::MAX),
             }
             .encode(&listing)
         })
@@ -451,7 +391,7 @@ pub(crate) async fn list(
         None
     };
     Ok(Json(json!({
-        "data": items.iter().map(event_json).collect::<Vec<_>>(),
+        "data": page.events.iter().map(event_json).collect::<Vec<_>>(),
         "next_page": next,
     })))
 }
