@@ -27,7 +27,7 @@
 use std::collections::HashSet;
 
 use model::{ContentBlock, Message, Role, Usage};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use session_store::StoredEvent;
 
 use crate::events::{self, types, StopReason};
@@ -125,22 +125,38 @@ pub struct OutOfOrder {
     pub got: u64,
 }
 
-fn content_blocks(v: Option<&Value>) -> Vec<Value> {
-    v.and_then(Value::as_array).cloned().unwrap_or_default()
+/// Take a field's array of content blocks out of a body.
+fn take_blocks(body: &mut Map<String, Value>, key: &str) -> Vec<Value> {
+    match body.remove(key) {
+        Some(Value::Array(a)) => a,
+        _ => Vec::new(),
+    }
 }
 
 /// Published content blocks into request blocks (`redacted` blocks dropped).
-fn to_request_blocks(blocks: &[Value]) -> Vec<ContentBlock> {
-    blocks
-        .iter()
-        .filter_map(|b| match b.get("type").and_then(Value::as_str) {
-            Some("text") => Some(ContentBlock::text(
-                b.get("text").and_then(Value::as_str).unwrap_or(""),
-            )),
-            Some("redacted") | None => None,
-            Some(_) => Some(ContentBlock::Other(b.clone())),
-        })
-        .collect()
+fn to_request_blocks(blocks: Vec<Value>) -> impl Iterator<Item = ContentBlock> {
+    blocks.into_iter().filter_map(|b| match b.get("type").and_then(Value::as_str) {
+        Some("text") => {
+            let text = match b {
+                Value::Object(mut m) => match m.remove("text") {
+                    Some(Value::String(t)) => t,
+                    _ => String::new(),
+                },
+                _ => String::new(),
+            };
+            Some(ContentBlock::text(text))
+        }
+        Some("redacted") | None => None,
+        Some(_) => Some(ContentBlock::Other(b)),
+    })
+}
+
+fn str_of<'a>(body: &'a Map<String, Value>, key: &str) -> &'a str {
+    body.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+fn bool_of(body: &Map<String, Value>, key: &str) -> bool {
+    body.get(key).and_then(Value::as_bool).unwrap_or(false)
 }
 
 impl SessionView {
@@ -158,36 +174,58 @@ impl SessionView {
         Ok(v)
     }
 
+    /// Fold a whole log, consuming it (no copies of the bodies).
+    pub fn from_owned_events(events: impl IntoIterator<Item = StoredEvent>) -> Result<Self, OutOfOrder> {
+        let mut v = Self::new();
+        for e in events {
+            v.apply_owned(e)?;
+        }
+        Ok(v)
+    }
+
     /// Apply the next event (seq must be `last_seq + 1`).
     pub fn apply(&mut self, e: &StoredEvent) -> Result<(), OutOfOrder> {
+        self.apply_owned(e.clone())
+    }
+
+    /// Apply the next event, consuming it (seq must be `last_seq + 1`).
+    pub fn apply_owned(&mut self, e: StoredEvent) -> Result<(), OutOfOrder> {
         if e.seq != self.last_seq + 1 {
             return Err(OutOfOrder {
                 last: self.last_seq,
                 got: e.seq,
             });
         }
-        self.last_seq = e.seq;
-        let body = &e.body;
-        let queued = e.processed_at.is_none();
-        match e.event_type.as_str() {
+        let StoredEvent {
+            seq,
+            id,
+            event_type,
+            processed_at,
+            mut body,
+            ..
+        } = e;
+        self.last_seq = seq;
+        let queued = processed_at.is_none();
+        match event_type.as_str() {
             types::USER_MESSAGE => {
                 self.pending_user
-                    .extend(to_request_blocks(&content_blocks(body.get("content"))));
+                    .extend(to_request_blocks(take_blocks(&mut body, "content")));
                 self.input_since_idle = true;
                 if queued {
-                    self.queued.push((e.seq, e.event_type.clone()));
+                    self.queued.push((seq, event_type));
                 }
             }
-            types::USER_INTERRUPT if queued => self.interrupts.push(e.seq),
+            types::USER_INTERRUPT if queued => self.interrupts.push(seq),
             types::USER_TOOL_CONFIRMATION => {
-                if queued {
-                    self.queued.push((e.seq, e.event_type.clone()));
-                }
-                let id = body.get("tool_use_id").and_then(Value::as_str).unwrap_or("");
-                let allow = body.get("result").and_then(Value::as_str) == Some("allow");
-                if let Some(pos) = self.open_tools.iter().position(|t| t.event_id == id && t.blocked()) {
+                let tool_use_id = str_of(&body, "tool_use_id");
+                let allow = str_of(&body, "result") == "allow";
+                if let Some(pos) = self
+                    .open_tools
+                    .iter()
+                    .position(|t| t.event_id == tool_use_id && t.blocked())
+                {
                     if allow {
-                        self.open_tools[pos].allowed_by = Some(e.seq);
+                        self.open_tools[pos].allowed_by = Some(seq);
                     } else {
                         let t = self.open_tools.remove(pos);
                         let mut text = format!("The user denied this call to `{}`; the tool did not run.", t.name);
@@ -198,80 +236,84 @@ impl SessionView {
                         self.resolve(&t.event_id, vec![events::text_block(&text)], true);
                     }
                 }
+                if queued {
+                    self.queued.push((seq, event_type));
+                }
             }
             types::USER_CUSTOM_TOOL_RESULT => {
-                if queued {
-                    self.queued.push((e.seq, e.event_type.clone()));
-                }
-                let id = body.get("custom_tool_use_id").and_then(Value::as_str).unwrap_or("");
+                let tool_use_id = str_of(&body, "custom_tool_use_id").to_owned();
                 if let Some(pos) = self
                     .open_tools
                     .iter()
-                    .position(|t| t.event_id == id && t.kind == ToolUseKind::Custom)
+                    .position(|t| t.event_id == tool_use_id && t.kind == ToolUseKind::Custom)
                 {
                     self.open_tools.remove(pos);
-                    let is_error = body.get("is_error").and_then(Value::as_bool).unwrap_or(false);
-                    self.resolve(id, content_blocks(body.get("content")), is_error);
+                    let is_error = bool_of(&body, "is_error");
+                    self.resolve(&tool_use_id, take_blocks(&mut body, "content"), is_error);
+                }
+                if queued {
+                    self.queued.push((seq, event_type));
                 }
             }
             types::AGENT_TOOL_RESULT | types::USER_TOOL_RESULT => {
-                if queued {
-                    self.queued.push((e.seq, e.event_type.clone()));
-                }
-                let id = body.get("tool_use_id").and_then(Value::as_str).unwrap_or("");
-                if let Some(pos) = self.open_tools.iter().position(|t| t.event_id == id) {
+                let tool_use_id = str_of(&body, "tool_use_id").to_owned();
+                if let Some(pos) = self.open_tools.iter().position(|t| t.event_id == tool_use_id) {
                     self.open_tools.remove(pos);
-                    let is_error = body.get("is_error").and_then(Value::as_bool).unwrap_or(false);
-                    self.resolve(id, content_blocks(body.get("content")), is_error);
+                    let is_error = bool_of(&body, "is_error");
+                    self.resolve(&tool_use_id, take_blocks(&mut body, "content"), is_error);
+                }
+                if queued {
+                    self.queued.push((seq, event_type));
                 }
             }
             types::SPAN_MODEL_REQUEST_START => {
                 self.flush_input();
-                self.last_span_start_seq = e.seq;
-                self.open_span = Some(e.id.clone());
+                self.last_span_start_seq = seq;
+                self.open_span = Some(id);
                 self.assistant.clear();
             }
             types::AGENT_MESSAGE => {
                 self.assistant
-                    .extend(to_request_blocks(&content_blocks(body.get("content"))));
+                    .extend(to_request_blocks(take_blocks(&mut body, "content")));
             }
             types::AGENT_TOOL_USE | types::AGENT_CUSTOM_TOOL_USE => {
-                let name = body.get("name").and_then(Value::as_str).unwrap_or("").to_owned();
-                let input = body.get("input").cloned().unwrap_or_else(|| Value::Object(Default::default()));
-                self.assistant.push(ContentBlock::ToolUse {
-                    id: e.id.clone(),
-                    name: name.clone(),
-                    input: input.clone(),
-                    cache_control: None,
-                });
-                let kind = if e.event_type == types::AGENT_CUSTOM_TOOL_USE {
+                let name = str_of(&body, "name").to_owned();
+                let input = body
+                    .remove("input")
+                    .unwrap_or_else(|| Value::Object(Map::new()));
+                let kind = if event_type == types::AGENT_CUSTOM_TOOL_USE {
                     ToolUseKind::Custom
                 } else {
                     ToolUseKind::Sandbox {
-                        evaluated_permission: body
-                            .get("evaluated_permission")
-                            .and_then(Value::as_str)
-                            .unwrap_or("allow")
-                            .to_owned(),
+                        evaluated_permission: match body.get("evaluated_permission").and_then(Value::as_str) {
+                            Some(p) => p.to_owned(),
+                            None => "allow".to_owned(),
+                        },
                     }
                 };
-                if self.known_tools.insert(e.id.clone()) {
+                if self.known_tools.insert(id.clone()) {
                     self.open_tools.push(OpenToolUse {
-                        event_id: e.id.clone(),
-                        seq: e.seq,
-                        name,
-                        input,
+                        event_id: id.clone(),
+                        seq,
+                        name: name.clone(),
+                        input: input.clone(),
                         kind,
                         allowed_by: None,
                     });
                 }
+                self.assistant.push(ContentBlock::ToolUse {
+                    id,
+                    name,
+                    input,
+                    cache_control: None,
+                });
             }
             types::SPAN_MODEL_REQUEST_END => {
                 let start = body.get("model_request_start_id").and_then(Value::as_str);
                 if start.is_some() && start == self.open_span.as_deref() {
                     self.open_span = None;
                 }
-                let is_error = body.get("is_error").and_then(Value::as_bool).unwrap_or(false);
+                let is_error = bool_of(&body, "is_error");
                 if let Some(u) = body.get("model_usage") {
                     self.usage.add(&events::usage_from_json(u));
                 }

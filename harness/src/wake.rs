@@ -323,10 +323,12 @@ impl Harness {
         signals: watch::Receiver<Signals>,
         sig_tx: Arc<watch::Sender<Signals>>,
     ) -> Result<WakeOutcome, Halt> {
-        let record = self.store.get_session(session_id).await?;
-        let agent = AgentConfig::from_session(session_id, &record.body);
         let mut view = SessionView::new();
-        read_into(&*self.store, session_id, &mut view).await?;
+        let (record, ()) = tokio::try_join!(
+            async { self.store.get_session(session_id).await.map_err(Halt::from) },
+            read_into(&*self.store, session_id, &mut view),
+        )?;
+        let agent = AgentConfig::from_session(session_id, &record.body);
         let tail = Task::spawn(watch_interrupts(
             self.store.clone(),
             session_id.to_owned(),
@@ -353,8 +355,8 @@ async fn read_into(store: &dyn SessionStore, sid: &str, view: &mut SessionView) 
     loop {
         let page = store.read(sid, view.last_seq() + 1, READ_PAGE).await?;
         let n = page.len();
-        for e in &page {
-            view.apply(e)?;
+        for e in page {
+            view.apply_owned(e)?;
         }
         if n < READ_PAGE {
             return Ok(());
@@ -546,8 +548,8 @@ impl Run<'_> {
                     .store
                     .read(&self.sid, self.view.last_seq() + 1, gap.clamp(1, 100_000))
                     .await?;
-                for e in missing.iter().filter(|e| e.seq < first.seq) {
-                    self.view.apply(e)?;
+                for e in missing.into_iter().filter(|e| e.seq < first.seq) {
+                    self.view.apply_owned(e)?;
                 }
             }
         }
@@ -762,15 +764,34 @@ impl Run<'_> {
             Ok(a) => a.clone(),
             Err(_) => return Ok(()),
         };
-        self.ensure_running().await?;
+        // One durable write opens the request (and the running status).
         let span_id = new_event_id();
-        self.append_new(
-            vec![NewEvent::processed(events::span_start()).with_id(span_id.clone())],
-            None,
-        )
-        .await?;
+        let mut opening = Vec::new();
+        let mut status = None;
+        if self.view.last_status() != Some(&LastStatus::Running) {
+            opening.push(NewEvent::processed(events::status_running()));
+            status = Some(SessionStatus::Running);
+        }
+        opening.push(NewEvent::processed(events::span_start()).with_id(span_id.clone()));
+        self.append_new(opening, status).await?;
+        // The input this request consumes is marked processed while the
+        // request is already on its way (the mark does not change it).
         let consumed = self.view.stale_queued();
-        self.mark_processed(consumed).await?;
+        let marking = {
+            let store = self.h.store.clone();
+            let sid = self.sid.clone();
+            let fence = self.fence;
+            let seqs = consumed.clone();
+            Task::spawn(async move {
+                if seqs.is_empty() {
+                    return Ok(());
+                }
+                store
+                    .mark_processed(&sid, EventSelector::Seqs(seqs), fence)
+                    .await
+                    .map(|_| ())
+            })
+        };
         if agent.needs_sandbox() {
             match self.h.config.provisioning {
                 ProvisioningMode::Eager => {
@@ -784,7 +805,16 @@ impl Run<'_> {
         }
         let request = build_request(&agent, &self.view, self.h.config.max_tokens);
         self.h.observer.model_request_sent(&self.sid);
-        match self.stream_response(&request).await {
+        let streamed = self.stream_response(&request).await;
+        match marking.join().await {
+            Some(Ok(())) => self.view.mark_consumed(&consumed),
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err(Halt::Store(StoreError::Unavailable {
+                reason: "marking consumed input processed was cancelled".to_owned(),
+                source: None,
+            })),
+        }
+        match streamed {
             Streamed::Done(resp, text_ids) => self.record_response(&agent, &span_id, resp, text_ids).await,
             Streamed::Failed(e, usage) => self.record_failure(&span_id, e, usage).await,
             Streamed::Interrupted(usage) => {
