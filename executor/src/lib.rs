@@ -7,6 +7,7 @@
 //! It owns what runs inside the sandbox; it does not own policy, the
 //! execution record or the container's lifecycle (the sandbox-agent does).
 #![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod ansi;
 pub mod server;

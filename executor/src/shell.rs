@@ -115,7 +115,9 @@ impl Shell {
 
     fn start(&mut self) -> std::io::Result<&mut Running> {
         if self.running.is_none() {
-            let (reader, writer) = std::io::pipe()?;
+            let (reader, writer) = nix::unistd::pipe().map_err(std::io::Error::from)?;
+            let reader = std::fs::File::from(reader);
+            let writer = std::fs::File::from(writer);
             let writer2 = writer.try_clone()?;
             let workdir = if std::path::Path::new(&self.config.workdir).is_dir() {
                 self.config.workdir.clone()
@@ -209,7 +211,7 @@ impl Shell {
             };
         }
 
-        let mut collector = Collector::new(cfg.output_max_bytes, cfg.stream_max_bytes, marker.len() + 24);
+        let mut collector = Collector::new(cfg.output_max_bytes, cfg.stream_max_bytes, marker.as_bytes());
         let deadline = Instant::now() + timeout;
         let status: Result<i32, String> = loop {
             if let Some(code) = collector.find_marker(&marker) {
@@ -313,6 +315,8 @@ struct Collector {
     stream_max: usize,
     stream_stopped: bool,
     holdback: usize,
+    /// The call's marker (starts with `\n`).
+    marker: Vec<u8>,
     /// Offset in `buf` up to which bytes have been streamed.
     stream_pos: usize,
     stripper: AnsiStripper,
@@ -323,7 +327,8 @@ struct Collector {
 }
 
 impl Collector {
-    fn new(max: usize, stream_max: usize, holdback: usize) -> Self {
+    fn new(max: usize, stream_max: usize, marker: &[u8]) -> Self {
+        let holdback = marker.len() + 24;
         Self {
             buf: Vec::new(),
             total: 0,
@@ -332,6 +337,7 @@ impl Collector {
             stream_max,
             stream_stopped: false,
             holdback,
+            marker: marker.to_vec(),
             stream_pos: 0,
             stripper: AnsiStripper::default(),
             done: None,
@@ -345,7 +351,7 @@ impl Collector {
         }
         self.buf.extend_from_slice(chunk);
         self.total += chunk.len();
-        let safe = self.buf.len().saturating_sub(self.holdback);
+        let safe = self.streamable_end();
         self.stream_upto(safe, stream);
         // Bound memory: keep at most 2*max (+holdback) bytes.
         let keep = self.max + self.holdback;
@@ -355,6 +361,25 @@ impl Collector {
             self.stream_pos = self.stream_pos.saturating_sub(cut);
             self.scanned = self.scanned.saturating_sub(cut);
         }
+    }
+
+    /// Everything can be streamed except a tail that may be the start of
+    /// the marker (which begins with a newline): hold back from the first
+    /// newline near the end whose tail is a prefix of the marker (or the
+    /// marker itself, followed by its status).
+    fn streamable_end(&self) -> usize {
+        let len = self.buf.len();
+        let from = self.stream_pos.max(len.saturating_sub(self.holdback));
+        for i in from..len {
+            if self.buf[i] == b'\n' {
+                let tail = &self.buf[i..];
+                let n = tail.len().min(self.marker.len());
+                if tail[..n] == self.marker[..n] {
+                    return i;
+                }
+            }
+        }
+        len
     }
 
     fn stream_upto(&mut self, upto: usize, stream: &mut dyn FnMut(&[u8])) {
@@ -416,5 +441,48 @@ impl Collector {
             );
         }
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collector_streams_short_output_at_once_and_holds_back_a_marker_prefix() {
+        let marker = b"\n__AIRLOCK_DONE_abc:";
+        let mut c = Collector::new(1024, 1 << 20, marker);
+        let mut streamed = Vec::new();
+        c.push(b"first\n", &mut |b| streamed.extend_from_slice(b));
+        // only the trailing newline waits (it may begin the marker)
+        assert_eq!(streamed, b"first", "a short line is streamed without waiting for more");
+        c.push(b"second\n__AIRLOCK_DO", &mut |b| streamed.extend_from_slice(b));
+        assert_eq!(streamed, b"first\nsecond", "a possible marker prefix is held back");
+        c.push(b"NE_abc:0\n", &mut |b| streamed.extend_from_slice(b));
+        assert_eq!(c.find_marker(std::str::from_utf8(marker).unwrap()), Some(0));
+        let text = c.finish(&mut |b| streamed.extend_from_slice(b));
+        assert_eq!(text, "first\nsecond");
+        assert_eq!(streamed, b"first\nsecond");
+    }
+
+    #[test]
+    fn shell_keeps_state_and_times_out_a_group() {
+        let mut sh = Shell::new(ShellConfig {
+            shell_path: "/bin/bash".into(),
+            workdir: "/tmp".into(),
+            env: BTreeMap::new(),
+            output_max_bytes: 1024,
+            stream_max_bytes: 1024,
+            kill_grace: Duration::from_millis(100),
+        });
+        let mut sink = |_: &[u8]| {};
+        let o = sh.run("cd / && X=1", Duration::from_secs(10), &mut sink);
+        assert!(!o.is_error, "{}", o.text);
+        let o = sh.run("echo \"$PWD $X\"", Duration::from_secs(10), &mut sink);
+        assert_eq!(o.text, "/ 1\n");
+        let o = sh.run("trap '' TERM; sleep 30", Duration::from_millis(300), &mut sink);
+        assert!(o.is_error && o.text.contains("timed out after 300 ms"), "{}", o.text);
+        let o = sh.run("echo \"[$X]\"", Duration::from_secs(10), &mut sink);
+        assert_eq!(o.text, "[]\n", "a new shell after the timeout");
     }
 }

@@ -6,6 +6,7 @@
 //! It owns what happens on the customer host; it does not own sessions, the
 //! model, or credentials for Git/MCP (those belong to vault-bridge).
 #![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod audit;
 pub mod config;

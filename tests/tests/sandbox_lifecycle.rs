@@ -3,6 +3,7 @@
 //! sandbox keeps answering, a container killed mid-call, TTL and idle
 //! reaping, the warm pool, kill -9 of the agent and restart (adopt / reap),
 //! and 20 concurrent sandboxes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -3,6 +3,7 @@
 //! output, a command that ignores SIGTERM, a background job that outlives its
 //! call, persistent shell state, streaming, `ANTHROPIC_*` stripping and
 //! `tool_use_id` replay.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use airlock_tests::sandbox::{exec, exec_id, provision, text, tool_use_id, TestAgent};
 use protocol::sandbox::{Disposition, ExecuteRequest, ProvisionRequest};
@@ -111,7 +112,7 @@ async fn bash_output_streams_as_produced() {
         sandbox_id: sbx.clone(),
         tool_use_id: tool_use_id(),
         name: "bash".into(),
-        input: json!({"command": "echo first; sleep 1; echo second"}),
+        input: json!({"command": "echo first; sleep 3; echo second"}),
         stream: true,
     };
     let svc2 = svc.clone();
