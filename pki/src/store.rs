@@ -154,7 +154,7 @@ impl IdentityStore {
                     token_id,
                     environment_id.as_str(),
                     unix_seconds(created_at),
-                    unix_seconds(expires_at)
+                    crate::util::unix_seconds_ceil(expires_at)
                 ],
             )
             .map_err(self.err())?;

@@ -13,6 +13,22 @@ pub(crate) fn unix_seconds(t: SystemTime) -> i64 {
     }
 }
 
+/// Seconds since the Unix epoch, rounded up (for deadlines: a token with a
+/// one-second TTL must not expire a fraction of a second after creation).
+pub(crate) fn unix_seconds_ceil(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => {
+            let s = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+            if d.subsec_nanos() > 0 {
+                s.saturating_add(1)
+            } else {
+                s
+            }
+        }
+        Err(_) => 0,
+    }
+}
+
 /// The inverse of [`unix_seconds`]; negative values clamp to the epoch.
 pub(crate) fn from_unix_seconds(s: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(u64::try_from(s).unwrap_or(0))
