@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod config;
 mod error;
 pub mod keys;
 mod migrate;
@@ -30,6 +31,7 @@ pub mod postgres;
 pub mod sqlite;
 mod types;
 
+pub use config::{open_catalog, CatalogConfig, CatalogConfigError, RawCatalogConfig};
 pub use error::{CatalogError, Result};
 pub use keys::{hash_api_key, GeneratedKey, API_KEY_PREFIX};
 pub use postgres::{PgCatalog, PgCatalogOptions};

@@ -51,6 +51,12 @@ pub enum AppError {
     /// The gateway (tunnel listener) could not start.
     #[error("tunnel.listen: {0}")]
     Gateway(#[from] crate::gateway::GatewayError),
+    /// The catalog (agents, environments, API keys) could not be opened.
+    #[error("catalog: {0}")]
+    Catalog(#[from] catalog::CatalogError),
+    /// The session store could not be opened.
+    #[error("session_store: {0}")]
+    SessionStore(#[from] session_store::StoreError),
 }
 
 /// A configured, not yet listening control plane.
@@ -60,6 +66,12 @@ pub struct App {
     directory: Arc<dyn AgentDirectory>,
     /// The gateway's registry of connected agents.
     agents: Arc<crate::gateway::Registry>,
+    /// The session log (opened from `[session_store]` at start if not given).
+    session_store: Option<Arc<dyn session_store::SessionStore>>,
+    /// The catalog (opened from `[catalog]` at start if not given).
+    catalog: Option<Arc<dyn catalog::Catalog>>,
+    /// Told when the API appends user events (the harness supervisor).
+    runner: Arc<dyn api::SessionRunner>,
 }
 
 impl std::fmt::Debug for App {
@@ -79,6 +91,9 @@ impl App {
             identity: Arc::new(identity),
             directory: agents.clone(),
             agents,
+            session_store: None,
+            catalog: None,
+            runner: Arc::new(api::NoRunner),
         })
     }
 
@@ -99,6 +114,27 @@ impl App {
         self
     }
 
+    /// Use this session store (shared with the harness) instead of opening
+    /// `[session_store]` at start.
+    pub fn with_session_store(mut self, store: Arc<dyn session_store::SessionStore>) -> Self {
+        self.session_store = Some(store);
+        self
+    }
+
+    /// Use this catalog instead of opening `[catalog]` at start.
+    pub fn with_catalog(mut self, catalog: Arc<dyn catalog::Catalog>) -> Self {
+        self.catalog = Some(catalog);
+        self
+    }
+
+    /// Who the API tells about new user events (the harness supervisor:
+    /// `api::FnRunner(move |id: &str| supervisor.notify(id))`). Without one,
+    /// events stay queued.
+    pub fn with_runner(mut self, runner: Arc<dyn api::SessionRunner>) -> Self {
+        self.runner = runner;
+        self
+    }
+
     /// Bind every listener, then spawn every service.
     pub async fn start(self) -> Result<Running, AppError> {
         let shutdown = CancellationToken::new();
@@ -112,7 +148,21 @@ impl App {
             identity: self.identity.clone(),
             gateway: crate::gateway::GatewayHandle::new(self.agents.clone()),
             tunnel_addr: self.config.tunnel_listen,
+            api_addr: self.config.api.listen,
+            session_store: None,
+            catalog: None,
         };
+        // Storage behind the public API, opened before anything listens.
+        let session_store = match self.session_store.clone() {
+            Some(s) => s,
+            None => session_store::open_store(&self.config.session_store).await?,
+        };
+        let catalog = match self.catalog.clone() {
+            Some(c) => c,
+            None => catalog::open_catalog(&self.config.catalog).await?,
+        };
+        running.session_store = Some(session_store.clone());
+        running.catalog = Some(catalog.clone());
 
         // Bind first, so a port conflict fails start-up before anything runs.
         let enroll_listener = crate::enroll::bind(&self.config.enroll)
@@ -132,6 +182,14 @@ impl App {
         )
         .await?;
         running.tunnel_addr = gateway.local_addr();
+        let api_listener = tokio::net::TcpListener::bind(self.config.api.listen)
+            .await
+            .map_err(|source| AppError::Bind {
+                what: "api.listen",
+                addr: self.config.api.listen.to_string(),
+                source,
+            })?;
+        running.api_addr = api_listener.local_addr().unwrap_or(self.config.api.listen);
         running.spawn_service("gateway", {
             let tracker = tracker.clone();
             move |token| gateway.serve(token, tracker)
@@ -158,10 +216,24 @@ impl App {
         });
         let identity = self.identity.clone();
         running.spawn_service("server-cert-rotation", move |token| rotate_server_cert(identity, token));
+        let (limits, runner) = (self.config.api.limits.clone(), self.runner.clone());
+        running.spawn_service("api", move |token| async move {
+            let state = api::ApiState {
+                store: session_store,
+                catalog,
+                runner,
+                limits,
+                shutdown: token,
+            };
+            if let Err(error) = api::serve(api_listener, state).await {
+                tracing::error!(%error, "api listener failed");
+            }
+        });
 
         tracing::info!(
             enroll_addr = %running.enroll_addr,
             tunnel_addr = %running.tunnel_addr,
+            api_addr = %running.api_addr,
             admin_socket = %running.admin_socket.display(),
             ca_fingerprint = %self.identity.ca_fingerprint(),
             "control plane started"
@@ -226,9 +298,27 @@ pub struct Running {
     identity: Arc<IdentityService>,
     gateway: crate::gateway::GatewayHandle,
     tunnel_addr: SocketAddr,
+    api_addr: SocketAddr,
+    session_store: Option<Arc<dyn session_store::SessionStore>>,
+    catalog: Option<Arc<dyn catalog::Catalog>>,
 }
 
 impl Running {
+    /// Where the public API listens (useful with port 0).
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// The session store the API serves from.
+    pub fn session_store(&self) -> Option<&Arc<dyn session_store::SessionStore>> {
+        self.session_store.as_ref()
+    }
+
+    /// The catalog the API serves from.
+    pub fn catalog(&self) -> Option<&Arc<dyn catalog::Catalog>> {
+        self.catalog.as_ref()
+    }
+
     /// Calls agents through the gateway.
     pub fn gateway(&self) -> &crate::gateway::GatewayHandle {
         &self.gateway

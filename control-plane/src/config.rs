@@ -71,6 +71,15 @@ pub struct RawConfig {
     pub admin: crate::admin::RawAdmin,
     /// How long `serve` waits for work to drain on shutdown.
     pub shutdown_grace_seconds: Option<u64>,
+    /// `[api]`: the public HTTP API (see `api::config`).
+    #[serde(default)]
+    pub api: api::RawApiConfig,
+    /// `[catalog]`: agents, environments, API keys (see `catalog::config`).
+    #[serde(default)]
+    pub catalog: catalog::RawCatalogConfig,
+    /// `[session_store]`: the session log (see `session_store::config`).
+    #[serde(default)]
+    pub session_store: session_store::RawStoreConfig,
 }
 
 /// `[tunnel]` as written.
@@ -110,6 +119,12 @@ pub struct Config {
     pub admin: crate::admin::AdminConfig,
     /// Drain deadline on shutdown.
     pub shutdown_grace: std::time::Duration,
+    /// `[api]`.
+    pub api: api::ApiConfig,
+    /// `[catalog]`.
+    pub catalog: catalog::CatalogConfig,
+    /// `[session_store]`.
+    pub session_store: session_store::StoreConfig,
 }
 
 /// Default drain deadline on shutdown.
@@ -159,7 +174,15 @@ impl Config {
             raw.shutdown_grace_seconds
                 .unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECONDS),
         );
+        let api = api::ApiConfig::from_raw(&raw.api).map_err(|e| ConfigError::invalid(e.key, e.message))?;
+        let catalog = catalog::CatalogConfig::from_raw(&raw.catalog, &data_dir)
+            .map_err(|e| ConfigError::invalid(e.key, e.message))?;
+        let session_store = session_store::StoreConfig::from_raw(&raw.session_store, &data_dir)
+            .map_err(|e| ConfigError::invalid(e.key, e.message))?;
         Ok(Self {
+            api,
+            catalog,
+            session_store,
             data_dir,
             tunnel_listen,
             tunnel,

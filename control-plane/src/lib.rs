@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod api_keys;
 pub mod app;
 pub mod config;
 pub mod enroll;

@@ -38,6 +38,58 @@ enum Command {
     /// The internal certificate authority.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// API keys of the public API (stored hashed; shown once).
+    #[command(subcommand, name = "api-keys")]
+    ApiKeys(ApiKeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiKeysCommand {
+    /// Create a key and print it (the only time it is shown).
+    Create {
+        /// A label for the key.
+        #[arg(long)]
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List keys (ids, names, hints; never the keys).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key: it stops authenticating at once.
+    Revoke {
+        /// The key id (`key_...`).
+        key_id: String,
+    },
+}
+
+/// Run an `api-keys` command on a small runtime; errors exit 1.
+fn run_api_keys(command: ApiKeysCommand, config: &Config) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("error: cannot start runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match command {
+            ApiKeysCommand::Create { name, json } => control_plane::api_keys::create(config, &name, json).await,
+            ApiKeysCommand::List { json } => control_plane::api_keys::list(config, json).await,
+            ApiKeysCommand::Revoke { key_id } => control_plane::api_keys::revoke(config, &key_id).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -136,6 +188,7 @@ fn serve(config: Config) -> ExitCode {
         println!("ca_fingerprint={}", running.identity().ca_fingerprint());
         println!("enroll_addr={}", running.enroll_addr());
         println!("admin_socket={}", running.admin_socket().display());
+        println!("api_addr={}", running.api_addr());
         let failed = tokio::select! {
             _ = control_plane::app::shutdown_signal() => None,
             name = running.service_exited() => Some(name),
@@ -194,5 +247,6 @@ fn main() -> ExitCode {
             run_async(control_plane::admin::commands::agents_revoke(&config, &agent_id))
         }
         Command::Ca(CaCommand::Fingerprint) => report(control_plane::admin::commands::ca_fingerprint(&config)),
+        Command::ApiKeys(command) => run_api_keys(command, &config),
     }
 }

@@ -104,6 +104,7 @@ pub struct ControlPlane {
     config_path: PathBuf,
     tunnel_port: u16,
     enroll_port: u16,
+    api_port: u16,
     child: Option<Child>,
 }
 
@@ -118,8 +119,14 @@ impl ControlPlane {
                 break p;
             }
         };
+        let api_port = loop {
+            let p = free_port();
+            if p != tunnel_port && p != enroll_port {
+                break p;
+            }
+        };
         let mut toml = format!(
-            "data_dir = \"{data}\"\nshutdown_grace_seconds = 5\n\n[tunnel]\nlisten = \"127.0.0.1:{tunnel_port}\"\nheartbeat_interval_seconds = {hb}\ndrain_deadline_seconds = {drain}\n\n[enroll]\nlisten = \"127.0.0.1:{enroll_port}\"\nadvertise_address = \"127.0.0.1:{enroll_port}\"\n\n[pki]\nserver_names = [\"localhost\", \"127.0.0.1\"]\n",
+            "data_dir = \"{data}\"\nshutdown_grace_seconds = 5\n\n[tunnel]\nlisten = \"127.0.0.1:{tunnel_port}\"\nheartbeat_interval_seconds = {hb}\ndrain_deadline_seconds = {drain}\n\n[enroll]\nlisten = \"127.0.0.1:{enroll_port}\"\nadvertise_address = \"127.0.0.1:{enroll_port}\"\n\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n\n[pki]\nserver_names = [\"localhost\", \"127.0.0.1\"]\n",
             data = dir.path().join("data").display(),
             hb = opts.heartbeat_interval_seconds,
             drain = opts.drain_deadline_seconds,
@@ -130,7 +137,7 @@ impl ControlPlane {
         toml.push_str(&opts.extra_toml);
         let config_path = dir.path().join("control-plane.toml");
         std::fs::write(&config_path, toml)?;
-        Ok(Self { dir, config_path, tunnel_port, enroll_port, child: None })
+        Ok(Self { dir, config_path, tunnel_port, enroll_port, api_port, child: None })
     }
 
     /// Configure and start `control-plane serve`; waits until the tunnel port answers.
@@ -158,6 +165,11 @@ impl ControlPlane {
     /// Enrollment address.
     pub fn enroll_addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.enroll_port))
+    }
+
+    /// Public API address (`[api] listen`).
+    pub fn api_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.api_port))
     }
 
     /// The server's log file (appended to across restarts).
