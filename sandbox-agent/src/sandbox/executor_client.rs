@@ -45,7 +45,9 @@ pub struct CallResult {
 type Writer = Pin<Box<dyn AsyncWrite + Send>>;
 
 struct Pending {
-    stream: Option<mpsc::Sender<Bytes>>,
+    /// Unbounded so the reader never waits on a slow consumer; the executor
+    /// caps what one call streams (`bash_stream_max_bytes`), which bounds it.
+    stream: Option<mpsc::UnboundedSender<Bytes>>,
     done: oneshot::Sender<Result<CallResult, CallError>>,
 }
 
@@ -198,6 +200,18 @@ impl ExecutorClient {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let body = serde_json::to_vec(input).map_err(|e| CallError::Protocol(e.to_string()))?;
         let (tx, rx) = oneshot::channel();
+        let mut forwarder = None;
+        let stream = stream.map(|out| {
+            let (utx, mut urx) = mpsc::unbounded_channel::<Bytes>();
+            forwarder = Some(tokio::spawn(async move {
+                while let Some(chunk) = urx.recv().await {
+                    if out.send(chunk).await.is_err() {
+                        return; // the caller stopped listening
+                    }
+                }
+            }));
+            utx
+        });
         self.shared.lock().calls.insert(id, Pending { stream, done: tx });
         let message = ToExecutor::Call {
             id,
@@ -208,14 +222,20 @@ impl ExecutorClient {
             self.shared.lock().calls.remove(&id);
             return Err(e);
         }
-        match tokio::time::timeout(timeout, rx).await {
+        let outcome = match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(CallError::Gone),
             Err(_) => {
                 self.shared.lock().calls.remove(&id);
                 Err(CallError::TimedOut(timeout))
             }
+        };
+        // The call's stream sender is gone now; let every streamed chunk reach
+        // the caller before the result does (bounded, in case nobody reads).
+        if let Some(f) = forwarder {
+            let _ = tokio::time::timeout(Duration::from_secs(10), f).await;
         }
+        outcome
     }
 
     /// Ask the executor to exit (best effort).
@@ -366,8 +386,7 @@ fn complete(p: Partial, shared: &Shared) -> Result<(), CallError> {
         Partial::Output { id, buf, .. } => {
             let sender = shared.lock().calls.get(&id).and_then(|c| c.stream.clone());
             if let Some(tx) = sender {
-                // A slow or gone consumer must not stall the reader: drop the chunk.
-                let _ = tx.try_send(buf.freeze());
+                let _ = tx.send(buf.freeze());
             }
         }
         Partial::Result { id, is_error, buf, .. } => {
