@@ -21,15 +21,8 @@ impl Drop for Cleanup {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn control_plane_to_agent_to_container_and_back() {
-    let image = test_image();
-    let cp = ControlPlane::configure(CpOptions::default()).unwrap();
-    let app = InProcessControlPlane::start(&cp).await.unwrap();
-    let join = cp.join_string("env-sbx").unwrap();
-    let mut agent = Agent::enroll(&cp, &join, AgentOptions::default()).unwrap();
-    let _cleanup = Cleanup(agent.agent_id().to_owned());
-    // Point the enrolled agent's [sandbox] at the real executor and test image.
+/// Point an enrolled agent's `[sandbox]` at the real executor and the test image.
+fn point_at_test_image(agent: &Agent, image: &str) {
     let config = std::fs::read_to_string(agent.config_path()).unwrap();
     let mut out = String::new();
     for line in config.lines() {
@@ -45,6 +38,17 @@ async fn control_plane_to_agent_to_container_and_back() {
     }
     out.push_str(&format!("\n[policy]\nallowed_images = [\"{image}\"]\nmax_memory_bytes = 536870912\n"));
     std::fs::write(agent.config_path(), out).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_to_agent_to_container_and_back() {
+    let image = test_image();
+    let cp = ControlPlane::configure(CpOptions::default()).unwrap();
+    let app = InProcessControlPlane::start(&cp).await.unwrap();
+    let join = cp.join_string("env-sbx").unwrap();
+    let mut agent = Agent::enroll(&cp, &join, AgentOptions::default()).unwrap();
+    let _cleanup = Cleanup(agent.agent_id().to_owned());
+    point_at_test_image(&agent, &image);
     agent.run().unwrap();
     let target = Target::Agent(agent.agent_id().into());
     app.wait_connected(agent.agent_id(), Duration::from_secs(30))
@@ -139,6 +143,80 @@ async fn control_plane_to_agent_to_container_and_back() {
     assert!(matches!(r, Response::Ok(Reply::ListSandboxes(l)) if l.is_empty()));
     assert!(airlock_tests::sandbox::agent_containers(agent.agent_id()).is_empty());
 
+    agent.terminate().unwrap();
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_real_agent_then_run_again_adopts_its_sandboxes() {
+    let image = test_image();
+    let cp = ControlPlane::configure(CpOptions::default()).unwrap();
+    let app = InProcessControlPlane::start(&cp).await.unwrap();
+    let join = cp.join_string("env-sbx-kill").unwrap();
+    let mut agent = Agent::enroll(&cp, &join, AgentOptions::default()).unwrap();
+    let _cleanup = Cleanup(agent.agent_id().to_owned());
+    point_at_test_image(&agent, &image);
+    agent.run().unwrap();
+    let target = Target::Agent(agent.agent_id().into());
+    app.wait_connected(agent.agent_id(), Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", tail(&agent.log(), 30)));
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (_, r) = app.gateway().call_unary(&target, &Request::Provision(ProvisionRequest::default())).await.unwrap();
+        let Response::Ok(Reply::Provision(p)) = r else { panic!("provision: {r:?}") };
+        ids.push(p.sandbox_id);
+    }
+    let write = Request::Execute(ExecuteRequest {
+        sandbox_id: ids[0].clone(),
+        tool_use_id: "toolu_kill_1".into(),
+        name: "write".into(),
+        input: json!({"file_path": "kept.txt", "content": "survives the agent"}),
+        stream: false,
+    });
+    let (_, r) = app.gateway().call_unary(&target, &write).await.unwrap();
+    assert!(matches!(&r, Response::Ok(Reply::Execute(t)) if !t.is_error), "{r:?}");
+
+    agent.kill9().unwrap();
+    assert_eq!(airlock_tests::sandbox::agent_containers(agent.agent_id()).len(), 2, "sandboxes outlive the agent");
+    agent.run().unwrap();
+    // the restarted agent reconnects and serves the same sandboxes
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    let list = loop {
+        assert!(std::time::Instant::now() < until, "restarted agent never listed its sandboxes\n{}", tail(&agent.log(), 40));
+        if let Ok((_, Response::Ok(Reply::ListSandboxes(l)))) = app.gateway().call_unary(&target, &Request::ListSandboxes).await {
+            break l;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut listed: Vec<String> = list.into_iter().map(|s| s.sandbox_id).collect();
+    listed.sort();
+    ids.sort();
+    assert_eq!(listed, ids);
+    let mut found = 0;
+    for id in &ids {
+        let req = Request::Execute(ExecuteRequest {
+            sandbox_id: id.clone(),
+            tool_use_id: format!("toolu_kill_read_{id}"),
+            name: "bash".into(),
+            input: json!({"command": "cat kept.txt 2>/dev/null || echo missing"}),
+            stream: false,
+        });
+        let (_, r) = app.gateway().call_unary(&target, &req).await.unwrap();
+        let Response::Ok(Reply::Execute(t)) = r else { panic!("execute after restart: {r:?}") };
+        if t.content[0]["text"] == "survives the agent" {
+            found += 1;
+        }
+    }
+    assert_eq!(found, 1, "the written file is still in its sandbox");
+    // the replayed write answers from the record kept across the restart
+    let (_, r) = app.gateway().call_unary(&target, &write).await.unwrap();
+    assert!(matches!(&r, Response::Ok(Reply::Execute(t)) if t.disposition == Disposition::Replayed), "{r:?}");
+    for id in &ids {
+        let (_, r) = app.gateway().call_unary(&target, &Request::Destroy(DestroyRequest { sandbox_id: id.clone() })).await.unwrap();
+        assert!(matches!(r, Response::Ok(Reply::Destroy)), "{r:?}");
+    }
+    assert!(airlock_tests::sandbox::agent_containers(agent.agent_id()).is_empty());
     agent.terminate().unwrap();
     app.stop().await;
 }
