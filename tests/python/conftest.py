@@ -1,0 +1,153 @@
+"""Fixtures of the SDK acceptance tests: a real `control-plane serve` with a
+temp data dir, an API key made with `control-plane api-keys create`, and the
+official `anthropic` SDK (pinned by scripts/setup.d/40-python.sh) pointed at
+it with strict response validation, so every response must parse into the
+SDK's own types.
+"""
+
+import json
+import os
+import pathlib
+import queue
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+
+import anthropic
+import pytest
+
+ROOT = pathlib.Path(os.environ.get("AIRLOCK_ROOT", pathlib.Path(__file__).resolve().parents[2]))
+#: Small enough that the oversized-body test stays cheap.
+MAX_BODY_BYTES = 262144
+
+
+def binary(name):
+    path = pathlib.Path(os.environ.get("AIRLOCK_BIN_DIR", ROOT / "target" / "debug")) / name
+    if not path.exists():
+        pytest.fail(f"{path} is missing: build it with `cargo build -p control-plane` (scripts/test-all does)")
+    return str(path)
+
+
+class ControlPlane:
+    """A running `control-plane serve` on loopback ports chosen by the kernel."""
+
+    def __init__(self, extra_toml=""):
+        self.dir = tempfile.TemporaryDirectory(prefix="airlock-py-")
+        d = pathlib.Path(self.dir.name)
+        self.config = d / "control-plane.toml"
+        self.config.write_text(
+            f'data_dir = "{d / "data"}"\n'
+            "shutdown_grace_seconds = 5\n"
+            '[tunnel]\nlisten = "127.0.0.1:0"\n'
+            '[enroll]\nlisten = "127.0.0.1:0"\n'
+            f'[admin]\nsocket = "{d / "admin.sock"}"\n'
+            f'[api]\nlisten = "127.0.0.1:0"\nmax_body_bytes = {MAX_BODY_BYTES}\nsse_ping_interval_seconds = 1\n'
+            + extra_toml
+        )
+        self.log_path = d / "control-plane.log"
+        self.key = self.cli("api-keys", "create", "--name", "pytest", "--json")["key"]
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [binary("control-plane"), "--config", str(self.config), "serve"],
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "NO_COLOR": "1", "RUST_LOG": os.environ.get("RUST_LOG", "info")},
+        )
+        facts = self._read_facts(timeout=60)
+        self.base_url = f"http://{facts['api_addr']}"
+
+    def _read_facts(self, timeout):
+        lines = queue.Queue()
+
+        def pump():
+            for line in self.proc.stdout:
+                lines.put(line.decode().strip())
+            lines.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+        facts, deadline = {}, time.monotonic() + timeout
+        while "api_addr" not in facts:
+            try:
+                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                line = None
+            if line is None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"control-plane serve did not start; log:\n{self.log_path.read_text()[-4000:]}")
+            if "=" in line:
+                k, v = line.split("=", 1)
+                facts[k] = v
+        return facts
+
+    def cli(self, *args):
+        out = subprocess.run(
+            [binary("control-plane"), "--config", str(self.config), *args],
+            capture_output=True, check=True, timeout=60, env={**os.environ, "NO_COLOR": "1"},
+        )
+        return json.loads(out.stdout)
+
+    def client(self, **kw):
+        kw.setdefault("api_key", self.key)
+        kw.setdefault("max_retries", 0)
+        kw.setdefault("timeout", 30)
+        return anthropic.Anthropic(base_url=self.base_url, _strict_response_validation=True, **kw)
+
+    def stop(self):
+        """SIGTERM, then wait for the drain; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def control_plane():
+    cp = ControlPlane()
+    yield cp
+    code = cp.stop()
+    log = cp.log_path.read_text()
+    cp.dir.cleanup()
+    assert code == 0, f"control-plane did not shut down gracefully (exit {code}):\n{log[-4000:]}"
+
+
+@pytest.fixture
+def client(control_plane):
+    with control_plane.client() as c:
+        yield c
+
+
+@pytest.fixture
+def agent(client):
+    return client.beta.agents.create(
+        name="coder",
+        model="claude-sonnet-4-5",
+        system="You write files.",
+        tools=[
+            {"type": "agent_toolset_20260401",
+             "configs": [{"name": "bash", "permission_policy": {"type": "always_ask"}}]},
+            {"type": "custom", "name": "lookup", "description": "Look a word up.",
+             "input_schema": {"type": "object", "properties": {"word": {"type": "string"}}, "required": ["word"]}},
+        ],
+    )
+
+
+@pytest.fixture
+def environment(client):
+    return client.beta.environments.create(name=f"env-{time.monotonic_ns()}", config={"type": "self_hosted"})
+
+
+@pytest.fixture
+def session(client, agent, environment):
+    return client.beta.sessions.create(agent=agent.id, environment_id=environment.id, title="pytest")
+
+
+def user_message(text):
+    return {"type": "user.message", "content": [{"type": "text", "text": text}]}
