@@ -196,6 +196,7 @@ impl StoreConfig {
                             raw.tail_poll_interval_seconds,
                             defaults.tail_poll_interval,
                         )?,
+                        ..defaults
                     },
                 })
             }

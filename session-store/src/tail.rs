@@ -8,6 +8,10 @@
 //! counter again, and an append that committed before is in the read: no
 //! hand-over between replay and follow can lose or repeat an event.
 //!
+//! A transient read error (`StoreError::Unavailable`) does not end a tail: it
+//! retries with backoff from where it was. Any other error ends it after
+//! being yielded (`NotFound` once the session is deleted).
+//!
 //! Queued events (`processed_at = null`) that were delivered are remembered;
 //! after each wake-up the tail re-reads them and emits
 //! [`TailItem::Processed`] for those processed since.
@@ -83,8 +87,12 @@ struct TailState<S> {
     /// Re-read at least this often even without a notification (a safety net
     /// for backends whose notifications can be lost).
     poll: Option<Duration>,
+    backoff: Duration,
     done: bool,
 }
+
+const INITIAL_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Builds the tail of `session_id` from `from_seq` over `store`. `rx` must
 /// have been taken from the store's hub before this call.
@@ -106,6 +114,7 @@ where
         pending: BTreeSet::new(),
         buffer: VecDeque::new(),
         poll,
+        backoff: INITIAL_BACKOFF,
         done: false,
     };
     stream::unfold(state, |mut st| async move {
@@ -116,9 +125,20 @@ where
             if st.done {
                 return None;
             }
-            if let Err(e) = st.fill().await {
-                st.done = true;
-                return Some((Err(e), st));
+            match st.fill().await {
+                Ok(()) => st.backoff = INITIAL_BACKOFF,
+                Err(e) if e.is_transient() => {
+                    // The database is briefly unreachable: keep the tail
+                    // (and its position) and try again.
+                    tracing::warn!(%e, session_id = %st.session_id, "live tail read failed; retrying");
+                    tokio::time::sleep(st.backoff).await;
+                    st.backoff = (st.backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+                Err(e) => {
+                    st.done = true;
+                    return Some((Err(e), st));
+                }
             }
             if !st.buffer.is_empty() {
                 continue;

@@ -167,3 +167,85 @@ async fn a_newer_schema_is_refused() {
         other => panic!("expected SchemaTooNew, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tails_and_writes_survive_terminated_connections() {
+    let Some(url) = pg_url() else { return };
+    let schema = schema_name();
+    let app = format!("airlock-test-{schema}");
+    let store = PgStore::connect(
+        &url,
+        PgOptions {
+            schema: schema.clone(),
+            max_connections: 4,
+            tail_poll_interval: Duration::from_secs(3600),
+            application_name: app.clone(),
+            ..PgOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let _guard = SchemaGuard(Some(store.clone()));
+    let other = connect(&url, &schema).await;
+    let s = new_session(&store, SessionStatus::Running).await;
+
+    // a task keeps polling the tail, so it is parked waiting for a wake-up
+    // (not about to re-read) when the connections die
+    let mut stream = store.subscribe(&s, 1).await.unwrap();
+    let (items_tx, mut items) = tokio::sync::mpsc::unbounded_channel();
+    let pump = tokio::spawn(async move {
+        while let Some(item) = stream.next().await {
+            if items_tx.send(item).is_err() {
+                return;
+            }
+        }
+    });
+    async fn next_seq(items: &mut tokio::sync::mpsc::UnboundedReceiver<session_store::Result<TailItem>>) -> u64 {
+        match tokio::time::timeout(Duration::from_secs(30), items.recv()).await.expect("tail stalled") {
+            Some(Ok(TailItem::Appended(e))) => e.seq,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    other.append(&s, vec![ev("before", 0)], Fence::None).await.unwrap();
+    assert_eq!(next_seq(&mut items).await, 1);
+    // let the pump park in its wait (setting up the scenario, not a timing assertion)
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // kill every connection of this store, the listener's included
+    let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let killed = admin
+        .query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1", &[&app])
+        .await
+        .unwrap();
+    assert!(killed.len() >= 2, "expected the pool and the listener connections, found {}", killed.len());
+
+    // the other replica appends while this store's listener is down (those
+    // notifications are lost): the re-established LISTEN must wake the tail
+    // (polling is off), and the tail must neither end nor skip
+    for i in 1..=5u64 {
+        other.append(&s, vec![ev("after", i)], Fence::None).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        seen.push(next_seq(&mut items).await);
+    }
+    assert_eq!(seen, vec![2, 3, 4, 5, 6]);
+
+    // this store's own writes fail at most transiently, then work again
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match store.append(&s, vec![ev("own", 7)], Fence::None).await {
+            Ok(stored) => {
+                assert_eq!(stored[0].seq, 7);
+                break;
+            }
+            Err(e) if e.is_transient() && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("append after the kill: {e}"),
+        }
+    }
+    assert_eq!(next_seq(&mut items).await, 7);
+    pump.abort();
+}

@@ -60,6 +60,8 @@ pub struct PgOptions {
     pub connect_timeout: Duration,
     /// Tails re-read at least this often even without a notification.
     pub tail_poll_interval: Duration,
+    /// `application_name` of the store's connections (shows in `pg_stat_activity`).
+    pub application_name: String,
 }
 
 impl Default for PgOptions {
@@ -69,6 +71,7 @@ impl Default for PgOptions {
             max_connections: 16,
             connect_timeout: Duration::from_secs(10),
             tail_poll_interval: Duration::from_secs(5),
+            application_name: "airlock-session-store".into(),
         }
     }
 }
@@ -342,7 +345,7 @@ impl PgStore {
             .parse()
             .map_err(|e| StoreError::invalid("*", format!("postgresql url does not parse: {e}")))?;
         config.connect_timeout(options.connect_timeout);
-        config.application_name("airlock-session-store");
+        config.application_name(&options.application_name);
         let quoted = quote_ident(&options.schema);
         let mut admin = pool::connect(&config, None).await?;
         schema::migrate(&mut admin, &options.schema, &quoted, to_micros(time::OffsetDateTime::now_utc())).await?;
