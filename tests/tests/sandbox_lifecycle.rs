@@ -382,3 +382,21 @@ async fn kill_9_agent_then_restart_adopts_or_reaps() {
     assert!(agent_containers(&agent.agent_id).is_empty());
     svc.shutdown(true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_oci_runtime_is_used_when_installed_else_default() {
+    let mut agent = TestAgent::new();
+    agent.sandbox.runtime = Some("runsc".into());
+    let info = std::process::Command::new("docker")
+        .args(["info", "--format", "{{json .Runtimes}}"])
+        .output()
+        .unwrap();
+    let runtimes: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let expected = if runtimes.get("runsc").is_some() { "runsc" } else { "runc" };
+    let (svc, _) = agent.start().await;
+    let sbx = provision(&svc).await;
+    assert_eq!(docker_inspect(&sbx)["HostConfig"]["Runtime"], expected);
+    let r = exec(&svc, &sbx, "bash", json!({"command": "echo ok"})).await;
+    assert_eq!(text(&r).trim(), "ok");
+    svc.shutdown(true).await;
+}

@@ -381,6 +381,20 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_config_parses() {
+        let doc = include_str!("../../../docs/sandboxes.md");
+        let start = doc.find("```toml\n").expect("a toml example in docs/sandboxes.md") + 8;
+        let end = start + doc[start..].find("```").unwrap();
+        let cfg = crate::config::Config::parse(&doc[start..end], std::path::Path::new("docs/sandboxes.md")).unwrap();
+        assert_eq!(cfg.pool.size, 2);
+        assert_eq!(cfg.policy.max_sandboxes, 16);
+        assert!(crate::sandbox::policy::image_allowed(&cfg.policy.allowed_images, "airlock-sandbox:abc"));
+        let bad = "[sandbox]\nno_such_key = 1\n";
+        let e = crate::config::Config::parse(bad, std::path::Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("no_such_key"), "{e}");
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let e = SandboxSettings::from_raw(RawSandbox {
             user: Some("0:0".into()),
