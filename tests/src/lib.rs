@@ -3,6 +3,7 @@
 //! cannot run here (the model API).
 #![forbid(unsafe_code)]
 
+pub mod api_stack;
 pub mod fake_model;
 pub mod sandbox;
 pub mod deploy;
