@@ -161,8 +161,15 @@ pub fn router(state: ApiState) -> Router {
 /// Serves `router(state)` on `listener` until `state.shutdown` fires, then
 /// waits for open requests (SSE streams end on the same token).
 pub async fn serve(listener: tokio::net::TcpListener, state: ApiState) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
     let token = state.shutdown.clone();
     let app = router(state);
+    // SSE frames and small JSON replies must not wait for Nagle.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { token.cancelled().await })
         .await
