@@ -13,6 +13,7 @@
 //! postgres_max_connections = 16
 //! postgres_connect_timeout_seconds = 10
 //! tail_poll_interval_seconds = 5
+//! postgres_application_name = "airlock-session-store"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -48,6 +49,8 @@ pub struct RawStoreConfig {
     pub postgres_connect_timeout_seconds: Option<f64>,
     /// Safety-net re-read interval of live tails on PostgreSQL.
     pub tail_poll_interval_seconds: Option<f64>,
+    /// `application_name` of the store's PostgreSQL connections.
+    pub postgres_application_name: Option<String>,
 }
 
 /// A config value that is not acceptable; `key` is the dotted key.
@@ -143,6 +146,7 @@ impl StoreConfig {
                     ("postgres_max_connections", raw.postgres_max_connections.is_some()),
                     ("postgres_connect_timeout_seconds", raw.postgres_connect_timeout_seconds.is_some()),
                     ("tail_poll_interval_seconds", raw.tail_poll_interval_seconds.is_some()),
+                    ("postgres_application_name", raw.postgres_application_name.is_some()),
                 ] {
                     if set {
                         return Err(invalid(key, "only applies with backend = \"postgres\""));
@@ -196,7 +200,10 @@ impl StoreConfig {
                             raw.tail_poll_interval_seconds,
                             defaults.tail_poll_interval,
                         )?,
-                        ..defaults
+                        application_name: raw
+                            .postgres_application_name
+                            .clone()
+                            .unwrap_or(defaults.application_name),
                     },
                 })
             }

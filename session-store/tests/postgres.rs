@@ -23,7 +23,16 @@ fn pg_url() -> Option<String> {
             if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
                 panic!("AIRLOCK_TEST_PG_URL is unset under CI=true: scripts/setup.d/20-postgres.sh must start PostgreSQL");
             }
-            eprintln!("skipping: AIRLOCK_TEST_PG_URL is unset (source scripts/setup.d/20-postgres.sh to run PostgreSQL tests)");
+            // Written past libtest's output capture, once per test binary.
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| {
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "skipping the PostgreSQL tests: AIRLOCK_TEST_PG_URL is unset \
+                     (source scripts/setup.d/20-postgres.sh to run them)"
+                );
+            });
             None
         }
     }
