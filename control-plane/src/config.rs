@@ -100,6 +100,8 @@ pub struct RawTunnel {
     pub stream_window_bytes: Option<u64>,
     /// Per-connection receive window in bytes.
     pub connection_window_bytes: Option<u64>,
+    /// Ceiling of QUIC path MTU discovery, in bytes of UDP payload.
+    pub quic_max_udp_payload_bytes: Option<u32>,
 }
 
 /// Validated control-plane configuration.

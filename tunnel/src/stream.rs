@@ -168,6 +168,7 @@ pub struct FrameReceiver {
     codec: FrameCodec,
     buf: BytesMut,
     eof: bool,
+    chunks: [Bytes; 32],
 }
 
 impl std::fmt::Debug for FrameReceiver {
@@ -186,6 +187,7 @@ impl FrameReceiver {
             codec,
             buf: BytesMut::new(),
             eof: false,
+            chunks: std::array::from_fn(|_| Bytes::new()),
         }
     }
 
@@ -199,8 +201,14 @@ impl FrameReceiver {
                 return Ok(self.codec.decode_eof(&mut self.buf)?);
             }
             match &mut self.inner {
-                RecvHalf::Quic(r) => match r.read_chunk(usize::MAX, true).await {
-                    Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
+                // Batch: take every chunk quinn has buffered in one call.
+                RecvHalf::Quic(r) => match r.read_chunks(&mut self.chunks).await {
+                    Ok(Some(n)) => {
+                        for chunk in &mut self.chunks[..n] {
+                            self.buf.extend_from_slice(chunk);
+                            *chunk = Bytes::new();
+                        }
+                    }
                     Ok(None) => self.eof = true,
                     Err(e) => return Err(StreamError::from_quic_read(e)),
                 },

@@ -14,6 +14,8 @@ pub struct Tuning {
     pub connection_window_bytes: u32,
     /// Concurrent calls a peer may open.
     pub max_concurrent_streams: u32,
+    /// Largest UDP payload QUIC's path MTU discovery tries (1200..=65527).
+    pub max_udp_payload_bytes: u16,
 }
 
 impl Default for Tuning {
@@ -22,6 +24,7 @@ impl Default for Tuning {
             stream_window_bytes: 8 << 20,
             connection_window_bytes: 32 << 20,
             max_concurrent_streams: 1024,
+            max_udp_payload_bytes: 8952,
         }
     }
 }
@@ -35,6 +38,13 @@ pub(crate) fn quic_transport(t: &Tuning, heartbeat: Duration, misses: u32) -> qu
     c.send_window(u64::from(t.connection_window_bytes));
     c.max_concurrent_bidi_streams(quinn::VarInt::from_u32(t.max_concurrent_streams));
     c.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    // Path MTU discovery searches up to this size and settles on what the
+    // path carries (lost probes are not congestion signals), so a jumbo
+    // ceiling costs a few probes on a 1500-byte path and pays on LANs and
+    // loopback.
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(t.max_udp_payload_bytes.max(1200));
+    c.mtu_discovery_config(Some(mtu));
     c.keep_alive_interval(Some(heartbeat));
     let idle = heartbeat.saturating_mul(misses.max(1)).max(Duration::from_secs(1));
     if let Ok(idle) = quinn::IdleTimeout::try_from(idle) {

@@ -22,6 +22,8 @@ pub struct GatewayConfig {
     pub stream_window_bytes: u32,
     /// Per-connection receive window (`tunnel.connection_window_bytes`).
     pub connection_window_bytes: u32,
+    /// QUIC path MTU discovery ceiling (`tunnel.quic_max_udp_payload_bytes`).
+    pub quic_max_udp_payload_bytes: u16,
 }
 
 /// Defaults.
@@ -56,6 +58,11 @@ impl GatewayConfig {
             Ok(v as u32)
         };
         let defaults = tunnel::tuning::Tuning::default();
+        let quic_max_udp_payload_bytes = match raw.quic_max_udp_payload_bytes {
+            None => defaults.max_udp_payload_bytes,
+            Some(v) if (1200..=65527).contains(&v) => v as u16,
+            Some(_) => return Err(ConfigError::invalid("tunnel.quic_max_udp_payload_bytes", "must be between 1200 and 65527")),
+        };
         Ok(Self {
             heartbeat_interval: seconds(
                 "tunnel.heartbeat_interval_seconds",
@@ -85,6 +92,7 @@ impl GatewayConfig {
                 raw.connection_window_bytes,
                 defaults.connection_window_bytes,
             )?,
+            quic_max_udp_payload_bytes,
         })
     }
 
@@ -100,6 +108,7 @@ impl GatewayConfig {
             tuning: tunnel::tuning::Tuning {
                 stream_window_bytes: self.stream_window_bytes,
                 connection_window_bytes: self.connection_window_bytes,
+                max_udp_payload_bytes: self.quic_max_udp_payload_bytes,
                 ..Default::default()
             },
         }

@@ -316,21 +316,18 @@ impl Gateway {
         for c in &conns {
             c.goaway("shutdown", self.drain_deadline);
         }
-        let drained = futures_all(conns.iter().map(|c| c.drained(self.drain_deadline))).await;
+        // One deadline for all: wait for each in turn with what is left of it.
+        let until = tokio::time::Instant::now() + self.drain_deadline;
+        let mut drained = true;
+        for c in &conns {
+            drained &= c.drained(until.saturating_duration_since(tokio::time::Instant::now())).await;
+        }
         for c in &conns {
             c.close(CloseReason::Shutdown);
         }
         self.listener.shutdown(Duration::from_millis(500)).await;
         tracing::info!(graceful = drained, "gateway stopped");
     }
-}
-
-async fn futures_all<F: std::future::Future<Output = bool>>(futs: impl Iterator<Item = F>) -> bool {
-    let mut all = true;
-    for f in futs {
-        all &= f.await;
-    }
-    all
 }
 
 struct AcceptContext {

@@ -38,6 +38,8 @@ pub struct RawTunnel {
     pub max_frame_bytes: Option<u64>,
     /// How long in-flight calls get on shutdown or when leaving a TCP link.
     pub drain_deadline_seconds: Option<f64>,
+    /// Ceiling of QUIC path MTU discovery, in bytes of UDP payload.
+    pub quic_max_udp_payload_bytes: Option<u32>,
 }
 
 /// Validated `[tunnel]`.
@@ -61,6 +63,8 @@ pub struct TunnelConfig {
     pub max_frame_bytes: usize,
     /// Drain deadline.
     pub drain_deadline: Duration,
+    /// QUIC path MTU discovery ceiling.
+    pub quic_max_udp_payload_bytes: u16,
 }
 
 fn secs(key: &str, v: Option<f64>, default: f64, min: f64, max: f64) -> Result<Duration, ConfigError> {
@@ -115,7 +119,13 @@ impl TunnelConfig {
         if cap < base {
             return Err(ConfigError::invalid("tunnel.reconnect_cap_seconds", "must not be below tunnel.reconnect_base_seconds"));
         }
+        let quic_max_udp_payload_bytes = match raw.quic_max_udp_payload_bytes {
+            None => tunnel::tuning::Tuning::default().max_udp_payload_bytes,
+            Some(v) if (1200..=65527).contains(&v) => v as u16,
+            Some(_) => return Err(ConfigError::invalid("tunnel.quic_max_udp_payload_bytes", "must be between 1200 and 65527")),
+        };
         Ok(Self {
+            quic_max_udp_payload_bytes,
             transport,
             proxy,
             quic_connect_timeout: secs("tunnel.quic_connect_timeout_seconds", raw.quic_connect_timeout_seconds, 3.0, 0.1, 120.0)?,

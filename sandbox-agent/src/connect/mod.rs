@@ -166,6 +166,7 @@ pub fn client_settings(config: &Config, identity: &AgentIdentity) -> ClientSetti
     s.max_frame_bytes = t.max_frame_bytes;
     s.backoff = t.backoff;
     s.drain_deadline = t.drain_deadline;
+    s.tuning.max_udp_payload_bytes = t.quic_max_udp_payload_bytes;
     s.software_version = env!("CARGO_PKG_VERSION").to_owned();
     s.capabilities = vec!["echo".into(), "renew".into(), "sandbox".into()];
     s
