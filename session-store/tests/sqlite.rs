@@ -260,3 +260,51 @@ async fn provided_list_events_matches_the_sql_ones() {
     let store = SqliteStore::open_in_dir(dir.path(), SqliteOptions::default()).await.unwrap();
     conformance::list_events_pages_filters_and_orders(Arc::new(DefaultListEvents(store))).await;
 }
+
+// ------------------------------------------ leases on a virtual clock
+#[tokio::test]
+async fn lease_expiry_follows_the_injected_clock() {
+    use std::time::Duration;
+
+    use session_store::{Clock, Fence, ManualClock, NewSession, SessionStatus, StoreError};
+
+    let clock = Arc::new(ManualClock::new(time::OffsetDateTime::UNIX_EPOCH + Duration::from_secs(1_000_000)));
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_in_dir(dir.path(), SqliteOptions { clock: clock.clone(), ..SqliteOptions::default() })
+        .await
+        .unwrap();
+    store
+        .create_session(NewSession {
+            id: "sesn_v".into(),
+            status: SessionStatus::Running,
+            body: serde_json::json!({}),
+            initial_events: vec![],
+        })
+        .await
+        .unwrap();
+    let a = store.acquire_lease("sesn_v", "a", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(a.expires_at, clock.now() + Duration::from_secs(10));
+    assert!(store.sessions_needing_wake(10).await.unwrap().is_empty());
+    clock.advance(Duration::from_millis(9_999));
+    assert!(matches!(
+        store.acquire_lease("sesn_v", "b", Duration::from_secs(10)).await,
+        Err(StoreError::LeaseHeld { .. })
+    ));
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(store.sessions_needing_wake(10).await.unwrap(), vec!["sesn_v".to_owned()]);
+    // an expired lease that nobody took over can still be renewed
+    let renewed = store.renew_lease(&a, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(renewed.expires_at, clock.now() + Duration::from_secs(10));
+    clock.advance(Duration::from_secs(10));
+    let b = store.acquire_lease("sesn_v", "b", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(b.epoch, 2);
+    assert!(matches!(
+        store.append("sesn_v", vec![session_store::NewEvent::processed(serde_json::json!({"type": "x"}))], Fence::from(&a)).await,
+        Err(StoreError::Fenced { current_epoch: 2, .. })
+    ));
+    let stored = store
+        .append("sesn_v", vec![session_store::NewEvent::processed(serde_json::json!({"type": "x"}))], Fence::from(&b))
+        .await
+        .unwrap();
+    assert_eq!(stored[0].processed_at, Some(clock.now()), "event times come from the same clock");
+}
