@@ -77,7 +77,10 @@ impl<T: Send + 'static> WriteJob for Job<T> {
                 Ok(value)
             }
             (_, Err(e)) => Err(e),
-            (None, Ok(())) => Err(StoreError::unavailable("the write was not run", None)),
+            (None, Ok(())) => Err(StoreError::backend(
+                "running a write",
+                "the write panicked and was rolled back (a bug in the session store)",
+            )),
         };
         // The caller may have gone away (cancelled); the write stands anyway.
         let _ = self.reply.send(answer);
@@ -112,7 +115,13 @@ fn commit_group(conn: &Connection, jobs: &mut [Box<dyn WriteJob>], now_us: i64) 
         for job in jobs.iter_mut() {
             conn.execute_batch("SAVEPOINT job")
                 .map_err(|e| map_err("opening a savepoint", e))?;
-            if job.run(conn, now_us) {
+            // A panicking job (a bug) must not take the writer thread, and
+            // with it every later write, down: it counts as a refused job.
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run(conn, now_us)));
+            if ran.is_err() {
+                tracing::error!("a session store write panicked; it was rolled back");
+            }
+            if ran.unwrap_or(false) {
                 conn.execute_batch("RELEASE job")
                     .map_err(|e| map_err("releasing a savepoint", e))?;
             } else {
