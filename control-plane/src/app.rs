@@ -4,8 +4,10 @@
 //! path: stop accepting, let in-flight work drain until a deadline, report
 //! whether it was graceful.
 //!
-//! Services so far: the enrollment listener, the admin socket, and the server
-//! certificate rotation. To add one (the gateway, the API, the harness), bind
+//! Services so far: the enrollment listener, the admin socket, the server
+//! certificate rotation, the gateway, the public API and the harness
+//! supervisor (see [`crate::runtime`]; shut down first, while the gateway
+//! still reaches agents). To add one (the gateway, the API, the harness), bind
 //! its listener in [`App::start`] (so bind errors fail start-up) and spawn it
 //! with [`Running::spawn_service`]; it must return when the
 //! [`CancellationToken`] fires, and should spawn per-connection tasks on
@@ -57,6 +59,9 @@ pub enum AppError {
     /// The session store could not be opened.
     #[error("session_store: {0}")]
     SessionStore(#[from] session_store::StoreError),
+    /// The model client could not be built.
+    #[error("model: {0}")]
+    Model(#[from] model::ModelError),
 }
 
 /// A configured, not yet listening control plane.
@@ -70,8 +75,9 @@ pub struct App {
     session_store: Option<Arc<dyn session_store::SessionStore>>,
     /// The catalog (opened from `[catalog]` at start if not given).
     catalog: Option<Arc<dyn catalog::Catalog>>,
-    /// Told when the API appends user events (the harness supervisor).
-    runner: Arc<dyn api::SessionRunner>,
+    /// Told when the API appends user events. `None`: the harness
+    /// supervisor built from `[model]` and `[harness]` at start.
+    runner: Option<Arc<dyn api::SessionRunner>>,
 }
 
 impl std::fmt::Debug for App {
@@ -93,7 +99,7 @@ impl App {
             agents,
             session_store: None,
             catalog: None,
-            runner: Arc::new(api::NoRunner),
+            runner: None,
         })
     }
 
@@ -127,11 +133,11 @@ impl App {
         self
     }
 
-    /// Who the API tells about new user events (the harness supervisor:
-    /// `api::FnRunner(move |id: &str| supervisor.notify(id))`). Without one,
-    /// events stay queued.
+    /// Who the API tells about new user events, instead of the harness
+    /// supervisor `start` builds (with a runner given here, no harness runs
+    /// in this process; `api::NoRunner` leaves events queued).
     pub fn with_runner(mut self, runner: Arc<dyn api::SessionRunner>) -> Self {
-        self.runner = runner;
+        self.runner = Some(runner);
         self
     }
 
@@ -151,6 +157,7 @@ impl App {
             api_addr: self.config.api.listen,
             session_store: None,
             catalog: None,
+            supervisor: None,
         };
         // Storage behind the public API, opened before anything listens.
         let session_store = match self.session_store.clone() {
@@ -216,7 +223,22 @@ impl App {
         });
         let identity = self.identity.clone();
         running.spawn_service("server-cert-rotation", move |token| rotate_server_cert(identity, token));
-        let (limits, runner) = (self.config.api.limits.clone(), self.runner.clone());
+        // The harness: started last, once the gateway serves, so recovered
+        // wakes can reach agents as they reconnect.
+        let runner = match self.runner.clone() {
+            Some(runner) => runner,
+            None => {
+                let supervisor = crate::runtime::start_supervisor(
+                    session_store.clone(),
+                    &self.config.model,
+                    &self.config.harness,
+                    running.gateway.clone(),
+                )?;
+                running.supervisor = Some(supervisor.clone());
+                Arc::new(api::FnRunner(move |id: &str| supervisor.notify(id)))
+            }
+        };
+        let limits = self.config.api.limits.clone();
         running.spawn_service("api", move |token| async move {
             let state = api::ApiState {
                 store: session_store,
@@ -301,9 +323,15 @@ pub struct Running {
     api_addr: SocketAddr,
     session_store: Option<Arc<dyn session_store::SessionStore>>,
     catalog: Option<Arc<dyn catalog::Catalog>>,
+    supervisor: Option<harness::Supervisor>,
 }
 
 impl Running {
+    /// The harness supervisor (`None` when a runner was given to the app).
+    pub fn supervisor(&self) -> Option<&harness::Supervisor> {
+        self.supervisor.as_ref()
+    }
+
     /// Where the public API listens (useful with port 0).
     pub fn api_addr(&self) -> SocketAddr {
         self.api_addr
@@ -379,10 +407,17 @@ impl Running {
     pub async fn shutdown(self, grace: Duration) -> ShutdownReport {
         let started = Instant::now();
         tracing::info!(grace_seconds = grace.as_secs_f64(), "shutting down: no new connections, draining");
-        self.shutdown.cancel();
-        self.tracker.close();
         let deadline = tokio::time::Instant::now() + grace;
         let mut unfinished = Vec::new();
+        // Wakes first, while the gateway still reaches agents: half the
+        // grace, then the rest are aborted (the next start recovers them).
+        if let Some(supervisor) = &self.supervisor {
+            if !supervisor.shutdown(grace / 2).await {
+                unfinished.push("harness");
+            }
+        }
+        self.shutdown.cancel();
+        self.tracker.close();
         for (name, handle) in self.services {
             let abort = handle.abort_handle();
             if tokio::time::timeout_at(deadline, handle).await.is_err() {

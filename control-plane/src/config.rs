@@ -80,6 +80,12 @@ pub struct RawConfig {
     /// `[session_store]`: the session log (see `session_store::config`).
     #[serde(default)]
     pub session_store: session_store::RawStoreConfig,
+    /// `[model]`: the model provider (see `runtime`).
+    #[serde(default)]
+    pub model: crate::runtime::RawModelConfig,
+    /// `[harness]`: leases, retries, budgets, provisioning (see `harness::config`).
+    #[serde(default)]
+    pub harness: harness::RawHarnessConfig,
 }
 
 /// `[tunnel]` as written.
@@ -127,6 +133,10 @@ pub struct Config {
     pub catalog: catalog::CatalogConfig,
     /// `[session_store]`.
     pub session_store: session_store::StoreConfig,
+    /// `[model]`.
+    pub model: crate::runtime::ModelConfig,
+    /// `[harness]` (its `instance_id` defaults to host name, pid and a random suffix).
+    pub harness: harness::HarnessConfig,
 }
 
 /// Default drain deadline on shutdown.
@@ -181,7 +191,11 @@ impl Config {
             .map_err(|e| ConfigError::invalid(e.key, e.message))?;
         let session_store = session_store::StoreConfig::from_raw(&raw.session_store, &data_dir)
             .map_err(|e| ConfigError::invalid(e.key, e.message))?;
+        let model = crate::runtime::ModelConfig::from_raw(raw.model)?;
+        let harness = crate::runtime::harness_config(raw.harness)?;
         Ok(Self {
+            model,
+            harness,
             api,
             catalog,
             session_store,

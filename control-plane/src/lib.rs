@@ -12,4 +12,6 @@ pub mod app;
 pub mod config;
 pub mod enroll;
 pub mod gateway;
+pub mod hands;
+pub mod runtime;
 pub mod telemetry;
