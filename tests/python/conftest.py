@@ -30,18 +30,40 @@ def binary(name):
     return str(path)
 
 
-class ControlPlane:
-    """A running `control-plane serve` on loopback ports chosen by the kernel."""
+class FakeModel:
+    """The scripted fake Messages server (`fake-model-sdk`, tests/src/fake_model.rs):
+    the control plane's model, so no test ever reaches a real model API."""
 
-    def __init__(self, extra_toml=""):
+    def __init__(self):
+        self.proc = subprocess.Popen([binary("fake-model-sdk")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL)
+        line = self.proc.stdout.readline().decode().strip()
+        if not line.startswith("base_url="):
+            self.stop()
+            raise RuntimeError(f"fake-model did not start: {line!r}")
+        self.base_url = line.split("=", 1)[1]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+
+
+class ControlPlane:
+    """A running `control-plane serve` on loopback ports chosen by the kernel,
+    its model the fake Messages server at `model_base_url`."""
+
+    def __init__(self, model_base_url, extra_toml="", tunnel_port=0, enroll_port=0):
         self.dir = tempfile.TemporaryDirectory(prefix="airlock-py-")
         d = pathlib.Path(self.dir.name)
         self.config = d / "control-plane.toml"
         self.config.write_text(
             f'data_dir = "{d / "data"}"\n'
             "shutdown_grace_seconds = 5\n"
-            '[tunnel]\nlisten = "127.0.0.1:0"\n'
-            '[enroll]\nlisten = "127.0.0.1:0"\n'
+            f'[tunnel]\nlisten = "127.0.0.1:{tunnel_port}"\n'
+            f'[enroll]\nlisten = "127.0.0.1:{enroll_port}"\nadvertise_address = "127.0.0.1:{enroll_port}"\n'
+            '[pki]\nserver_names = ["localhost", "127.0.0.1"]\n'
             f'[admin]\nsocket = "{d / "admin.sock"}"\n'
             f'[api]\nlisten = "127.0.0.1:0"\nmax_body_bytes = {MAX_BODY_BYTES}\nsse_ping_interval_seconds = 1\n'
             + extra_toml
@@ -54,7 +76,8 @@ class ControlPlane:
             stdout=subprocess.PIPE,
             stderr=self.log,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, "NO_COLOR": "1", "RUST_LOG": os.environ.get("RUST_LOG", "info")},
+            env={**os.environ, "NO_COLOR": "1", "RUST_LOG": os.environ.get("RUST_LOG", "info"),
+                 "ANTHROPIC_BASE_URL": model_base_url, "ANTHROPIC_API_KEY": "sk-fake"},
         )
         facts = self._read_facts(timeout=60)
         self.base_url = f"http://{facts['api_addr']}"
@@ -109,8 +132,15 @@ class ControlPlane:
 
 
 @pytest.fixture(scope="session")
-def control_plane():
-    cp = ControlPlane()
+def fake_model():
+    fm = FakeModel()
+    yield fm
+    fm.stop()
+
+
+@pytest.fixture(scope="session")
+def control_plane(fake_model):
+    cp = ControlPlane(fake_model.base_url)
     yield cp
     code = cp.stop()
     log = cp.log_path.read_text()

@@ -96,55 +96,73 @@ def test_sessions(client, agent, environment):
         client.beta.sessions.retrieve(s.id)
 
 
+USER_TYPES = ["user.message", "user.interrupt"]
+
+
 def test_events_send_and_list(client, session):
     sent = client.beta.sessions.events.send(session.id, events=[user_message("one"), user_message("two"), {"type": "user.interrupt"}])
     assert [e.type for e in sent.data] == ["user.message", "user.message", "user.interrupt"]
     assert all(e.processed_at is None and e.id.startswith("sevt_") for e in sent.data)
-    listed = list(client.beta.sessions.events.list(session.id))
-    assert [e.id for e in listed] == [e.id for e in sent.data]
-    assert [e.id for e in client.beta.sessions.events.list(session.id, limit=1)] == [e.id for e in sent.data], "pages followed"
+    ids = [e.id for e in sent.data]
+    # the harness may be appending its own events meanwhile: compare the user's
+    assert [e.id for e in client.beta.sessions.events.list(session.id, types=USER_TYPES)] == ids
+    assert [e.id for e in client.beta.sessions.events.list(session.id, types=USER_TYPES, limit=1)] == ids, "pages followed"
     only = client.beta.sessions.events.list(session.id, types=["user.interrupt"])
     assert [e.type for e in only.data] == ["user.interrupt"]
-    desc = client.beta.sessions.events.list(session.id, order="desc")
-    assert [e.id for e in desc.data] == [e.id for e in reversed(sent.data)]
-    # created_at filters compare processed_at: queued events have none
-    assert client.beta.sessions.events.list(session.id, created_at_gte="2000-01-01T00:00:00Z").data == []
+    desc = client.beta.sessions.events.list(session.id, order="desc", types=USER_TYPES)
+    assert [e.id for e in desc.data] == list(reversed(ids))
+    seqs = [e.model_extra["seq"] for e in client.beta.sessions.events.list(session.id)]
+    assert seqs == list(range(1, len(seqs) + 1)), "every event, gap-free, in order"
+    # created_at filters compare processed_at
+    assert client.beta.sessions.events.list(session.id, created_at_lt="2000-01-01T00:00:00Z").data == []
+    assert all(e.processed_at is not None
+               for e in client.beta.sessions.events.list(session.id, created_at_gte="2000-01-01T00:00:00Z").data)
 
 
-def read_stream(client, session_id, n, **kw):
-    """The first n events of a stream (pings are skipped by the SDK)."""
-    got = []
-    with client.beta.sessions.events.stream(session_id, **kw) as stream:
+class Reader:
+    """Reads a stream, telling appended events (new ids, in seq order) from
+    the processed echoes of user events (an id seen before)."""
+
+    def __init__(self):
+        self.ids, self.appended = set(), []
+
+    def read(self, stream, until):
         for ev in stream:
-            got.append(ev)
-            if len(got) == n:
-                break
-    return got
+            if ev.id in self.ids:
+                assert ev.type.startswith("user.") and ev.processed_at is not None, ev
+                continue
+            self.ids.add(ev.id)
+            self.appended.append(ev)
+            if until(ev):
+                return
 
 
 def test_stream_live_and_resume_without_loss(client, session):
-    client.beta.sessions.events.send(session.id, events=[user_message("before the stream")])
-    # live: the stream starts after what already happened
-    got = []
+    before = client.beta.sessions.events.send(session.id, events=[user_message("before the stream")])
+    before_seq = before.data[0].model_extra["seq"]
+    first = Reader()
+    # live: the stream starts after what already happened; it drops after two echoes
     with client.beta.sessions.events.stream(session.id) as stream:
         sent = client.beta.sessions.events.send(session.id, events=[user_message(f"m{i}") for i in range(3)])
-        for ev in stream:
-            got.append(ev)
-            if len(got) == 2:
-                break  # the stream drops mid-way
-    assert [e.id for e in got] == [e.id for e in sent.data[:2]]
-    last_seq = got[-1].model_extra["seq"]
+        first.read(stream, lambda ev: ev.id == sent.data[1].id)
+    assert all(e.model_extra["seq"] > before_seq for e in first.appended)
+    assert [e.id for e in first.appended if e.type == "user.message"][:2] == [e.id for e in sent.data[:2]]
+    last_seq = first.appended[-1].model_extra["seq"]
     more = client.beta.sessions.events.send(session.id, events=[user_message(f"n{i}") for i in range(2)])
     # resume after the last seq seen (our extension): nothing missing, nothing twice
-    rest = read_stream(client, session.id, 3, extra_query={"after": last_seq})
-    assert [e.id for e in rest] == [sent.data[2].id] + [e.id for e in more.data]
-    seen = [e.id for e in got + rest]
-    assert len(seen) == len(set(seen))
-    listed = [e.id for e in client.beta.sessions.events.list(session.id)]
-    assert seen == listed[1:]
-    # Last-Event-ID, as an SSE client sends it on reconnect
-    again = read_stream(client, session.id, 2, extra_headers={"Last-Event-ID": str(last_seq)})
-    assert [e.id for e in again] == [e.id for e in rest[:2]]
+    rest = Reader()
+    with client.beta.sessions.events.stream(session.id, extra_query={"after": last_seq}) as stream:
+        rest.read(stream, lambda ev: ev.id == more.data[-1].id)
+    seqs = [e.model_extra["seq"] for e in first.appended + rest.appended]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"gap-free, no repeats: {seqs}"
+    listed = {e.model_extra["seq"]: e.id for e in client.beta.sessions.events.list(session.id)}
+    assert [e.id for e in first.appended + rest.appended] == [listed[q] for q in seqs]
+    assert sent.data[2].id in rest.ids and all(e.id in rest.ids for e in more.data)
+    # Last-Event-ID, as an SSE client sends it on reconnect, resumes the same way
+    again = Reader()
+    with client.beta.sessions.events.stream(session.id, extra_headers={"Last-Event-ID": str(last_seq)}) as stream:
+        again.read(stream, lambda ev: True)
+    assert again.appended[0].id == rest.appended[0].id
 
 
 def test_errors_are_4xx_envelopes_naming_the_field(control_plane, client, session):

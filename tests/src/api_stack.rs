@@ -165,7 +165,7 @@ pub struct ApiStack {
     pub catalog: Arc<dyn Catalog>,
     /// The fake model.
     pub fake: FakeModel,
-    supervisor: Supervisor,
+    supervisor: Option<Supervisor>,
     shutdown: CancellationToken,
     server: tokio::task::JoinHandle<()>,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
@@ -175,6 +175,12 @@ pub struct ApiStack {
 impl ApiStack {
     /// Starts everything; the model answers from `script`, tools run on `hands`.
     pub async fn start(script: impl Script, hands: Arc<dyn Hands>) -> Result<Self> {
+        Self::start_opts(script, Some(hands)).await
+    }
+
+    /// The API and the stores without a harness (`hands: None`): user
+    /// events stay queued. The baseline of the API benchmark.
+    pub async fn start_opts(script: impl Script, hands: Option<Arc<dyn Hands>>) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("airlock-api-stack-").tempdir()?;
         let catalog: Arc<dyn Catalog> = Arc::new(SqliteCatalog::open_in_dir(dir.path()).await?);
         let store: Arc<dyn SessionStore> = Arc::new(SqliteStore::open_in_dir(dir.path(), SqliteOptions::default()).await?);
@@ -191,17 +197,23 @@ impl ApiStack {
         let mut mc = model::AnthropicConfig::new(fake.base_url(), model::ApiKey::new("sk-fake"));
         mc.request_timeout = Duration::from_secs(60);
         let provider = Arc::new(model::AnthropicProvider::new(mc)?);
-        let raw: RawHarnessConfig = toml::from_str("instance_id = \"api-stack\"\n")?;
-        let harness = Harness::new(store.clone(), provider, hands, HarnessConfig::from_raw(raw)?);
-        let supervisor = Supervisor::start(harness);
-        let notify = supervisor.clone();
+        let (supervisor, runner): (Option<Supervisor>, Arc<dyn api::SessionRunner>) = match hands {
+            Some(hands) => {
+                let raw: RawHarnessConfig = toml::from_str("instance_id = \"api-stack\"\n")?;
+                let harness = Harness::new(store.clone(), provider, hands, HarnessConfig::from_raw(raw)?);
+                let supervisor = Supervisor::start(harness);
+                let notify = supervisor.clone();
+                (Some(supervisor), Arc::new(api::FnRunner(move |id: &str| notify.notify(id))))
+            }
+            None => (None, Arc::new(api::NoRunner)),
+        };
         let shutdown = CancellationToken::new();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let state = api::ApiState {
             store: store.clone(),
             catalog: catalog.clone(),
-            runner: Arc::new(api::FnRunner(move |id: &str| notify.notify(id))),
+            runner,
             limits: api::ApiLimits {
                 sse_ping_interval: Duration::from_secs(1),
                 ..api::ApiLimits::default()
@@ -213,7 +225,9 @@ impl ApiStack {
                 eprintln!("api server failed: {e}");
             }
         });
-        let client = Client::builder(TokioExecutor::new()).build_http();
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).build(connector);
         Ok(ApiStack {
             addr,
             key: key.plaintext,
@@ -300,6 +314,8 @@ impl ApiStack {
     pub async fn stop(self) {
         self.shutdown.cancel();
         let _ = self.server.await;
-        self.supervisor.shutdown(Duration::from_secs(5)).await;
+        if let Some(s) = self.supervisor {
+            s.shutdown(Duration::from_secs(5)).await;
+        }
     }
 }

@@ -1,0 +1,126 @@
+//! fake-model-sdk: the scripted fake Messages server (`airlock_tests::fake_model`)
+//! as a process, with the scenarios of the Python SDK acceptance tests
+//! (tests/python). The reply is chosen from the first user message of the
+//! conversation, so one server serves every test and a replayed request
+//! gets the same answer:
+//!
+//! - contains `write` and `read back`: `write` notes.txt, then `read` it,
+//!   then a text quoting what was read;
+//! - contains `lookup`: the custom tool `lookup {"word": "airlock"}`, then a
+//!   text quoting the result;
+//! - contains `bash`: `bash {"command": "echo hi"}`, then a text quoting the
+//!   result (or the denial);
+//! - contains `steps N`: N `write` calls, then `done after N tool calls`;
+//! - anything else: `ok`.
+//!
+//! Prints `base_url=http://127.0.0.1:PORT` on stdout, serves until
+//! SIGTERM/SIGINT or until stdin closes (a test that dies leaves nothing).
+//!
+//! Run: `cargo run -p airlock-tests --bin fake-model-sdk [-- --latency-ms N]`
+
+use std::time::Duration;
+
+use airlock_tests::fake_model::{FakeModel, Reply, RequestCtx, Turn};
+use anyhow::Result;
+use serde_json::{json, Value};
+use tokio::io::AsyncReadExt;
+
+fn first_user_text(req: &RequestCtx) -> String {
+    req.messages()
+        .iter()
+        .find(|m| m["role"] == "user")
+        .and_then(|m| match &m["content"] {
+            Value::String(s) => Some(s.clone()),
+            Value::Array(blocks) => blocks.iter().find_map(|b| b["text"].as_str().map(str::to_owned)),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+fn last_result_text(req: &RequestCtx) -> String {
+    req.last_tool_results()
+        .first()
+        .map(|r| match &r["content"] {
+            Value::String(s) => s.clone(),
+            Value::Array(b) => b.iter().filter_map(|x| x["text"].as_str()).collect::<Vec<_>>().join(" "),
+            _ => String::new(),
+        })
+        .unwrap_or_default()
+}
+
+fn reply(req: &RequestCtx) -> Reply {
+    let prompt = first_user_text(req);
+    let k = req.tool_uses_so_far();
+    if prompt.contains("write") && prompt.contains("read back") {
+        return match k {
+            0 => Turn::new()
+                .text("Writing the file.")
+                .tool_use("toolu_write", "write", json!({"file_path": "notes.txt", "content": "hello from airlock"}))
+                .into(),
+            1 => Turn::new()
+                .text("Reading it back.")
+                .tool_use("toolu_read", "read", json!({"file_path": "notes.txt"}))
+                .into(),
+            _ => Reply::text(format!("The file says: {}", last_result_text(req))),
+        };
+    }
+    if prompt.contains("lookup") {
+        return match k {
+            0 => Turn::new().tool_use("toolu_lookup", "lookup", json!({"word": "airlock"})).into(),
+            _ => Reply::text(format!("lookup said: {}", last_result_text(req))),
+        };
+    }
+    if prompt.contains("bash") {
+        return match k {
+            0 => Turn::new().tool_use("toolu_bash", "bash", json!({"command": "echo hi"})).into(),
+            _ => Reply::text(format!("bash said: {}", last_result_text(req))),
+        };
+    }
+    let steps = prompt
+        .split_whitespace()
+        .skip_while(|w| *w != "steps")
+        .nth(1)
+        .and_then(|n| n.parse::<usize>().ok());
+    if let Some(n) = steps {
+        return if k < n {
+            Turn::new()
+                .text(format!("step {k}"))
+                .tool_use(format!("toolu_{k:04}"), "write", json!({"file_path": format!("f{k}.txt"), "content": "x"}))
+                .into()
+        } else {
+            Reply::text(format!("done after {n} tool calls"))
+        };
+    }
+    Reply::text("ok")
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let latency = args
+        .iter()
+        .position(|a| a == "--latency-ms")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(Duration::ZERO, Duration::from_millis);
+    let fake = FakeModel::builder().latency(latency).start(reply).await?;
+    println!("base_url={}", fake.base_url());
+    let stdin_closed = async {
+        let mut buf = [0u8; 64];
+        let mut stdin = tokio::io::stdin();
+        while let Ok(n) = stdin.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        Ok(()) = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        _ = stdin_closed => {}
+    }
+    eprintln!("fake-model-sdk: served {} requests", fake.request_count());
+    // The stdin reader is a blocking thread the runtime would wait for.
+    std::process::exit(0)
+}
