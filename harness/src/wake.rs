@@ -328,6 +328,9 @@ impl Harness {
             async { self.store.get_session(session_id).await.map_err(Halt::from) },
             read_into(&*self.store, session_id, &mut view),
         )?;
+        if record.status == SessionStatus::Terminated {
+            return Ok(WakeOutcome::NothingToDo);
+        }
         let agent = AgentConfig::from_session(session_id, &record.body);
         let tail = Task::spawn(watch_interrupts(
             self.store.clone(),

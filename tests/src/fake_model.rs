@@ -464,16 +464,28 @@ impl RequestCtx {
             .count()
     }
 
-    /// The text of the last user text block, if any.
+    /// The text of the last user text block (or string content), if any.
     pub fn last_user_text(&self) -> Option<&str> {
-        self.messages()
-            .iter()
-            .rev()
-            .filter(|m| m.get("role").and_then(Value::as_str) == Some("user"))
-            .filter_map(|m| m.get("content").and_then(Value::as_array))
-            .flat_map(|c| c.iter().rev())
-            .find(|b| b.get("type").and_then(Value::as_str) == Some("text"))
-            .and_then(|b| b.get("text").and_then(Value::as_str))
+        for m in self.messages().iter().rev() {
+            if m.get("role").and_then(Value::as_str) != Some("user") {
+                continue;
+            }
+            match m.get("content") {
+                Some(Value::String(t)) => return Some(t),
+                Some(Value::Array(c)) => {
+                    if let Some(t) = c
+                        .iter()
+                        .rev()
+                        .find(|b| b.get("type").and_then(Value::as_str) == Some("text"))
+                        .and_then(|b| b.get("text").and_then(Value::as_str))
+                    {
+                        return Some(t);
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
     }
 }
 
@@ -567,6 +579,7 @@ struct Shared {
 pub struct FakeModelBuilder {
     latency: Duration,
     validate: bool,
+    listen: SocketAddr,
 }
 
 impl FakeModelBuilder {
@@ -582,9 +595,16 @@ impl FakeModelBuilder {
         self
     }
 
+    /// Listen on this address instead of `127.0.0.1:0`. Tests must stay on
+    /// loopback.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
     /// Bind `127.0.0.1:0` and start serving `script`.
     pub async fn start(self, script: impl Script) -> std::io::Result<FakeModel> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let listener = TcpListener::bind(self.listen).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             script: Box::new(script),
@@ -644,6 +664,7 @@ impl FakeModel {
         FakeModelBuilder {
             latency: Duration::ZERO,
             validate: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }
 
@@ -745,8 +766,15 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         return Ok(error_response(404, "not_found_error", "not found"));
     }
     let has = |h: &str| headers.iter().any(|(k, v)| k == h && !v.is_empty());
-    if !has("x-api-key") {
-        return Ok(error_response(401, "authentication_error", "x-api-key header is required"));
+    let bearer = headers
+        .iter()
+        .any(|(k, v)| k == "authorization" && v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer "));
+    if !has("x-api-key") && !bearer {
+        return Ok(error_response(
+            401,
+            "authentication_error",
+            "x-api-key (or authorization: Bearer) header is required",
+        ));
     }
     if !has("anthropic-version") {
         return Ok(error_response(400, "invalid_request_error", "anthropic-version header is required"));
@@ -848,10 +876,16 @@ pub fn validate_request(body: &Value) -> Result<(), String> {
         if role == prev_role {
             return Err(format!("messages.{i}: roles must alternate between \"user\" and \"assistant\""));
         }
-        let content = m
-            .get("content")
-            .and_then(Value::as_array)
-            .ok_or(format!("messages.{i}.content: must be a list"))?;
+        // The API also takes a plain string as one text block.
+        let as_list;
+        let content = match m.get("content") {
+            Some(Value::Array(a)) => a,
+            Some(Value::String(t)) if !t.is_empty() => {
+                as_list = vec![json!({"type": "text", "text": t})];
+                &as_list
+            }
+            _ => return Err(format!("messages.{i}.content: must be a list or a non-empty string")),
+        };
         if content.is_empty() {
             return Err(format!("messages.{i}: all messages must have non-empty content"));
         }
