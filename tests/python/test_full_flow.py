@@ -72,8 +72,9 @@ class Deployment:
             f'[sandbox]\nexecutor_path = "{executor}"\ndefault_image = "{image}"\n'
             f'[policy]\nallowed_images = ["{image}"]\n'
         )
-        subprocess.run([binary("sandbox-agent"), "--config", str(self.agent_config), "enroll", "--join", join],
-                       check=True, capture_output=True, timeout=60)
+        out = subprocess.run([binary("sandbox-agent"), "--config", str(self.agent_config), "enroll", "--join", join],
+                             check=True, capture_output=True, timeout=60).stdout.decode()
+        self.agent_id = next(l.split("=", 1)[1] for l in out.splitlines() if l.startswith("agent_id="))
         self.agent_log_path = d / "agent.log"
         self.agent_log = open(self.agent_log_path, "ab")
         self.agent = subprocess.Popen([binary("sandbox-agent"), "--config", str(self.agent_config), "run"],
@@ -97,6 +98,11 @@ class Deployment:
                 self.agent.kill()
                 self.agent.wait(timeout=10)
         self.agent_log.close()
+        # the sandboxes this test's agent left (they would expire on their own)
+        ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=airlock.agent_id={self.agent_id}"],
+                             capture_output=True, timeout=60).stdout.decode().split()
+        if ids:
+            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, timeout=120)
         code = self.cp.stop()
         self.agent_dir.cleanup()
         self.cp.dir.cleanup()
@@ -148,24 +154,27 @@ def test_stream_dropped_and_resumed_loses_nothing(deployment):
     c = deployment.client
     agent = agent_with(c, [{"type": "agent_toolset_20260401"}])
     s = c.beta.sessions.create(agent=agent.id, environment_id=deployment.environment.id)
-    delivered, ids, last, drops = [], set(), 0, 0
+    delivered, ids, last, drops, kinds = [], set(), 0, 0, []
     c.beta.sessions.events.send(s.id, events=[user_message("do steps 6 then stop")])
     done = False
     while not done:
         with c.beta.sessions.events.stream(s.id, extra_query={"after": last}) as stream:
-            for i, ev in enumerate(stream):
+            fresh = 0
+            for ev in stream:
                 if ev.id in ids:
                     continue  # the processed echo of a user event delivered before
+                fresh += 1
                 ids.add(ev.id)
                 delivered.append(ev.id)
+                kinds.append(ev.type)
                 last = ev.model_extra["seq"]
                 if ev.type == "session.status_idle" and ev.stop_reason.type == "end_turn":
                     done = True
                     break
-                if i == 3:
+                if fresh == 4:
                     drops += 1
                     break  # drop the stream mid-session
-    assert drops >= 3
+    assert drops >= 3, kinds
     assert len(delivered) == len(set(delivered)), "no event twice"
     assert delivered == [e.id for e in c.beta.sessions.events.list(s.id)], "no event missing"
 
