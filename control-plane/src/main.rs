@@ -188,6 +188,7 @@ fn serve(config: Config) -> ExitCode {
         println!("ca_fingerprint={}", running.identity().ca_fingerprint());
         println!("enroll_addr={}", running.enroll_addr());
         println!("admin_socket={}", running.admin_socket().display());
+        println!("tunnel_addr={}", running.tunnel_addr());
         println!("api_addr={}", running.api_addr());
         let failed = tokio::select! {
             _ = control_plane::app::shutdown_signal() => None,
