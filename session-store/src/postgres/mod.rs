@@ -88,6 +88,7 @@ struct Inner {
     channel: String,
     hub: Arc<Hub>,
     listener: JoinHandle<()>,
+    queues: combine::Queues,
     options: PgOptions,
 }
 
@@ -161,6 +162,8 @@ macro_rules! event_cols {
         "session_id, seq, id, type, processed_at_us, created_at_us, body"
     };
 }
+
+mod combine;
 
 fn session_from_row(row: &Row) -> Result<SessionRecord> {
     let id: String = col(row, 0)?;
@@ -366,6 +369,7 @@ impl PgStore {
                 channel,
                 hub,
                 listener,
+                queues: combine::Queues::default(),
                 options,
             }),
         })
@@ -399,8 +403,29 @@ impl PgStore {
         }
     }
 
-    async fn append_tx(&self, conn: &mut Conn, session_id: &str, batch: AppendBatch) -> Result<Vec<StoredEvent>> {
-        let prepared = PreparedEvent::prepare_all(session_id, batch.events)?;
+    /// Appends one batch in its own transaction (the path a group falls
+    /// back to when its combined insert hit a taken event id).
+    async fn append_alone(
+        &self,
+        session_id: &str,
+        prepared: Vec<PreparedEvent>,
+        batch: AppendBatch,
+    ) -> Result<Vec<StoredEvent>> {
+        let mut c = self.inner.pool.get().await?;
+        c.begin().await?;
+        let r = self.append_tx(&mut c, session_id, prepared, batch).await;
+        let stored = c.finish(r).await?;
+        self.announce(&mut c, session_id).await;
+        Ok(stored)
+    }
+
+    async fn append_tx(
+        &self,
+        conn: &mut Conn,
+        session_id: &str,
+        prepared: Vec<PreparedEvent>,
+        batch: AppendBatch,
+    ) -> Result<Vec<StoredEvent>> {
         let count = to_i64(prepared.len() as u64);
         let now_us = to_micros(time::OffsetDateTime::now_utc());
         // Lock the row and reserve the seqs in one statement (READ COMMITTED
@@ -599,12 +624,18 @@ impl SessionStore for PgStore {
     }
 
     async fn append_batch(&self, session_id: &str, batch: AppendBatch) -> Result<Vec<StoredEvent>> {
-        let mut c = self.inner.pool.get().await?;
-        c.begin().await?;
-        let r = self.append_tx(&mut c, session_id, batch).await;
-        let stored = c.finish(r).await?;
-        self.announce(&mut c, session_id).await;
-        Ok(stored)
+        let AppendBatch {
+            events,
+            fence,
+            set_status,
+        } = batch;
+        let prepared = PreparedEvent::prepare_all(session_id, events)?;
+        let rest = AppendBatch {
+            events: Vec::new(),
+            fence,
+            set_status,
+        };
+        self.append_combined(session_id, prepared, rest).await
     }
 
     async fn mark_processed(&self, session_id: &str, events: EventSelector, fence: Fence) -> Result<Vec<StoredEvent>> {

@@ -62,6 +62,7 @@ macro_rules! all_conformance_tests {
             sessions_needing_wake_follows_leases,
             create_with_initial_events,
             list_events_pages_filters_and_orders,
+            a_refused_batch_among_concurrent_ones_fails_alone,
         );
     };
 }
@@ -867,4 +868,49 @@ pub async fn list_events_pages_filters_and_orders(store: Arc<dyn SessionStore>) 
         store.list_events(&s, EventQuery { limit: 0, ..EventQuery::default() }).await,
         Err(StoreError::Invalid { .. })
     ));
+}
+
+pub async fn a_refused_batch_among_concurrent_ones_fails_alone(store: Arc<dyn SessionStore>) {
+    let s = new_session(&*store, SessionStatus::Running).await;
+    let taken = store.append(&s, vec![ev("first", 0)], Fence::None).await.unwrap()[0].id.clone();
+    for round in 0..3u64 {
+        let barrier = Arc::new(tokio::sync::Barrier::new(20));
+        let mut tasks = Vec::new();
+        for t in 0..20u64 {
+            let store = store.clone();
+            let s = s.clone();
+            let taken = taken.clone();
+            let barrier = barrier.clone();
+            tasks.push(tokio::spawn(async move {
+                let n = round * 100 + t;
+                let batch = match t {
+                    7 => vec![ev("dup", n), ev("dup", n).with_id(taken)],
+                    _ => vec![ev("ok", n), ev("ok", n)],
+                };
+                let fence = if t == 11 { Fence::Epoch(99) } else { Fence::None };
+                barrier.wait().await;
+                (t, store.append(&s, batch, fence).await)
+            }));
+        }
+        for task in tasks {
+            let (t, result) = task.await.unwrap();
+            match (t, result) {
+                (7, Err(StoreError::Conflict { .. })) | (11, Err(StoreError::Fenced { .. })) => {}
+                (7 | 11, other) => panic!("task {t} should have been refused, got {other:?}"),
+                (_, Ok(stored)) => {
+                    assert_eq!(stored.len(), 2);
+                    assert_eq!(stored[1].seq, stored[0].seq + 1);
+                }
+                (_, Err(e)) => panic!("task {t} was refused: {e}"),
+            }
+        }
+    }
+    let all = read_all(&*store, &s).await;
+    assert_gap_free(&all, 1);
+    assert_eq!(all.len(), 1 + 3 * 18 * 2, "only the two refused batches of each round are missing");
+    assert!(all.iter().all(|e| e.event_type != "dup"));
+    // each accepted batch is contiguous
+    for pair in all[1..].chunks(2) {
+        assert_eq!(pair[0].body["n"], pair[1].body["n"]);
+    }
 }
