@@ -308,3 +308,20 @@ async fn lease_expiry_follows_the_injected_clock() {
         .unwrap();
     assert_eq!(stored[0].processed_at, Some(clock.now()), "event times come from the same clock");
 }
+
+#[tokio::test]
+async fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sqlite3");
+    drop(SqliteStore::open(&path, SqliteOptions::default()).await.unwrap());
+    // reopening a migrated file is fine (migrations are idempotent)
+    drop(SqliteStore::open(&path, SqliteOptions::default()).await.unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute("INSERT INTO schema_migrations (version, name, applied_at_us) VALUES (999, 'future', 0)", [])
+        .unwrap();
+    drop(conn);
+    match SqliteStore::open(&path, SqliteOptions::default()).await {
+        Err(session_store::StoreError::SchemaTooNew { found: 999, .. }) => {}
+        other => panic!("expected SchemaTooNew, got {other:?}"),
+    }
+}
