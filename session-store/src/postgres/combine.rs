@@ -80,14 +80,20 @@ impl Queues {
     }
 }
 
-/// Removes the session's queue if its worker ends without draining it.
+/// Removes the session's queue if its worker ends without draining it (a
+/// panic). Disarmed on a normal end, where `Queues::take` already removed the
+/// entry and a new worker may own a new one.
 struct WorkerGuard<'a> {
     store: &'a PgStore,
     session_id: &'a str,
+    armed: bool,
 }
 
 impl Drop for WorkerGuard<'_> {
     fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
         let left = self.store.inner.queues.lock().remove(self.session_id);
         for request in left.into_iter().flatten() {
             let _ = request.reply.send(Err(StoreError::unavailable(
@@ -118,10 +124,15 @@ impl PgStore {
     }
 
     async fn append_worker(&self, session_id: &str) {
-        let _guard = WorkerGuard { store: self, session_id };
+        let mut guard = WorkerGuard {
+            store: self,
+            session_id,
+            armed: true,
+        };
         while let Some(group) = self.inner.queues.take(session_id) {
             self.commit_group(session_id, group).await;
         }
+        guard.armed = false;
     }
 
     async fn commit_group(&self, session_id: &str, group: Vec<Request>) {
