@@ -8,6 +8,7 @@
 //! sse_ping_interval_seconds = 15       # `ping` events on idle streams
 //! rate_limit_per_second = 0            # per API key; 0 = unlimited
 //! rate_limit_burst = 50
+//! sse_buffer_events = 4096             # per session, for its live readers
 //! ```
 
 use std::net::SocketAddr;
@@ -25,6 +26,8 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
 pub const DEFAULT_SSE_PING_INTERVAL_SECONDS: u64 = 15;
 /// Default burst of the per-key rate limit.
 pub const DEFAULT_RATE_LIMIT_BURST: u32 = 50;
+/// Default buffer of a session's shared tail.
+pub const DEFAULT_SSE_BUFFER_EVENTS: usize = 4096;
 
 /// `[api]` as written.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -40,6 +43,8 @@ pub struct RawApiConfig {
     pub rate_limit_per_second: Option<f64>,
     /// Burst of the rate limit.
     pub rate_limit_burst: Option<u32>,
+    /// Items a session's shared tail buffers for slow live readers.
+    pub sse_buffer_events: Option<usize>,
 }
 
 /// A bad `[api]` value; `key` is the dotted key.
@@ -98,6 +103,11 @@ impl ApiConfig {
             Some(0) => return Err(invalid("rate_limit_burst", "must be at least 1")),
             Some(n) => n,
         };
+        let sse_buffer_events = match raw.sse_buffer_events {
+            None => DEFAULT_SSE_BUFFER_EVENTS,
+            Some(n) if (16..=1_000_000).contains(&n) => n,
+            Some(n) => return Err(invalid("sse_buffer_events", format!("{n} is not within 16..=1000000"))),
+        };
         Ok(ApiConfig {
             listen,
             limits: ApiLimits {
@@ -105,6 +115,7 @@ impl ApiConfig {
                 sse_ping_interval,
                 rate_limit_per_second,
                 rate_limit_burst,
+                sse_buffer_events,
             },
         })
     }

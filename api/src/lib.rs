@@ -27,6 +27,7 @@ mod edge;
 mod environments;
 mod error;
 mod events;
+mod fanout;
 mod fields;
 mod ids;
 mod query;
@@ -88,6 +89,9 @@ pub struct ApiLimits {
     pub rate_limit_per_second: Option<f64>,
     /// Burst allowance of the rate limit.
     pub rate_limit_burst: u32,
+    /// Items the shared tail of a session buffers for its live readers; a
+    /// reader further behind continues on a tail of its own.
+    pub sse_buffer_events: usize,
 }
 
 impl Default for ApiLimits {
@@ -97,6 +101,7 @@ impl Default for ApiLimits {
             sse_ping_interval: Duration::from_secs(config::DEFAULT_SSE_PING_INTERVAL_SECONDS),
             rate_limit_per_second: None,
             rate_limit_burst: config::DEFAULT_RATE_LIMIT_BURST,
+            sse_buffer_events: config::DEFAULT_SSE_BUFFER_EVENTS,
         }
     }
 }
@@ -121,6 +126,8 @@ pub struct ApiState {
 pub(crate) struct Shared {
     pub state: ApiState,
     pub limiter: edge::RateLimiter,
+    /// The shared tails of live SSE readers.
+    pub hubs: fanout::Hubs,
 }
 
 pub(crate) type AppState = Arc<Shared>;
@@ -129,7 +136,8 @@ pub(crate) type AppState = Arc<Shared>;
 /// rendering applied to every route (and to unknown routes).
 pub fn router(state: ApiState) -> Router {
     let limiter = edge::RateLimiter::new(state.limits.rate_limit_per_second, state.limits.rate_limit_burst);
-    let shared = Arc::new(Shared { state, limiter });
+    let hubs = fanout::Hubs::new(state.limits.sse_buffer_events);
+    let shared = Arc::new(Shared { state, limiter, hubs });
     Router::new()
         .route("/v1/agents", post(agents::create).get(agents::list))
         .route("/v1/agents/{agent_id}", get(agents::retrieve).post(agents::update))

@@ -18,15 +18,18 @@ use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
 use bytes::Bytes;
-use futures::StreamExt;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use serde_json::json;
-use session_store::{EventStream, StoreError, TailItem};
+use std::sync::Arc;
+
+use session_store::{EventStream, SessionStore, StoreError, TailItem};
+use tokio::sync::broadcast;
 use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
 use crate::events::event_json;
+use crate::fanout::{HubItem, SessionHub};
 use crate::ids::rfc3339;
 use crate::query::Query;
 use crate::AppState;
@@ -76,12 +79,82 @@ fn frame(event: &str, id: Option<u64>, data: &serde_json::Value) -> Bytes {
     Bytes::from(s)
 }
 
+/// Where a stream's items come from.
+enum Source {
+    /// A store tail of its own (resumes, and readers that fell behind).
+    Own(EventStream),
+    /// The session's shared tail; items below `start` are not this reader's.
+    Shared {
+        _hub: Arc<SessionHub>,
+        rx: broadcast::Receiver<Arc<HubItem>>,
+        start: u64,
+    },
+}
+
+/// Why a stream's source ended.
+struct Failure {
+    deleted: bool,
+    transient: bool,
+    message: String,
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure {
+            deleted: matches!(e, StoreError::NotFound { .. }),
+            transient: e.is_transient(),
+            message: e.to_string(),
+        }
+    }
+}
+
 struct Tail {
-    tail: EventStream,
+    source: Source,
+    store: Arc<dyn SessionStore>,
     ping: Interval,
     shutdown: CancellationToken,
     session_id: String,
+    /// The last appended seq sent (0: none).
+    last_seq: u64,
     done: bool,
+}
+
+/// The next item of `source`; on broadcast lag, continues on a tail of its
+/// own from `last_seq + 1` (gap-free, like a resume).
+async fn next_item(
+    source: &mut Source,
+    store: &Arc<dyn SessionStore>,
+    session_id: &str,
+    last_seq: u64,
+) -> Option<Result<TailItem, Failure>> {
+    use futures::StreamExt;
+    loop {
+        match source {
+            Source::Own(tail) => return tail.next().await.map(|r| r.map_err(Failure::from)),
+            Source::Shared { rx, start, .. } => match rx.recv().await {
+                Ok(item) => match &*item {
+                    HubItem::Item(TailItem::Appended(e) | TailItem::Processed(e)) if e.seq < *start => continue,
+                    HubItem::Item(i) => return Some(Ok(i.clone())),
+                    HubItem::Failed { deleted, transient, message } => {
+                        return Some(Err(Failure {
+                            deleted: *deleted,
+                            transient: *transient,
+                            message: message.clone(),
+                        }))
+                    }
+                },
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    let from = last_seq.max(*start - 1) + 1;
+                    tracing::debug!(session_id, missed, from_seq = from, "reader fell behind the shared tail; continuing on its own");
+                    match store.subscribe(session_id, from).await {
+                        Ok(tail) => *source = Source::Own(tail),
+                        Err(e) => return Some(Err(e.into())),
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            },
+        }
+    }
 }
 
 async fn next_frame(st: &mut Tail) -> Option<Bytes> {
@@ -91,10 +164,13 @@ async fn next_frame(st: &mut Tail) -> Option<Bytes> {
     tokio::select! {
         _ = st.shutdown.cancelled() => None,
         _ = st.ping.tick() => Some(frame("ping", None, &json!({"type": "ping"}))),
-        item = st.tail.next() => match item {
-            Some(Ok(TailItem::Appended(e))) => Some(frame(&e.event_type, Some(e.seq), &event_json(&e))),
+        item = next_item(&mut st.source, &st.store, &st.session_id, st.last_seq) => match item {
+            Some(Ok(TailItem::Appended(e))) => {
+                st.last_seq = e.seq;
+                Some(frame(&e.event_type, Some(e.seq), &event_json(&e)))
+            }
             Some(Ok(TailItem::Processed(e))) => Some(frame(&e.event_type, None, &event_json(&e))),
-            Some(Err(StoreError::NotFound { .. })) => {
+            Some(Err(f)) if f.deleted => {
                 st.done = true;
                 let now = rfc3339(time::OffsetDateTime::now_utc());
                 Some(frame(
@@ -103,10 +179,10 @@ async fn next_frame(st: &mut Tail) -> Option<Bytes> {
                     &json!({"type": "session.deleted", "id": format!("sevt_deleted_{}", st.session_id), "processed_at": now}),
                 ))
             }
-            Some(Err(e)) => {
+            Some(Err(f)) => {
                 st.done = true;
-                tracing::warn!(session_id = %st.session_id, error = %e, "event stream failed");
-                let kind = if e.is_transient() { "overloaded_error" } else { "api_error" };
+                tracing::warn!(session_id = %st.session_id, error = %f.message, "event stream failed");
+                let kind = if f.transient { "overloaded_error" } else { "api_error" };
                 Some(frame(
                     "error",
                     None,
@@ -126,19 +202,28 @@ pub(crate) async fn stream(
 ) -> Result<Response, ApiError> {
     let start = parse(&Query::parse(q.as_deref())?, &headers)?;
     let store = &s.state.store;
-    let from = match start {
+    let (source, from) = match start {
         StartAt::After(after) => {
             store.get_session(&session_id).await?;
-            after.saturating_add(1)
+            let from = after.saturating_add(1);
+            (Source::Own(store.subscribe(&session_id, from).await?), from)
         }
-        StartAt::Live => store.get_session(&session_id).await?.last_seq + 1,
+        StartAt::Live => {
+            // Subscribe to the shared tail first, then take the start: every
+            // event at or after it is broadcast after the subscription.
+            let hub = s.hubs.get(store, &session_id).await?;
+            let rx = hub.subscribe();
+            let from = store.get_session(&session_id).await?.last_seq + 1;
+            (Source::Shared { _hub: hub, rx, start: from }, from)
+        }
     };
-    let tail = store.subscribe(&session_id, from).await?;
     let every = s.state.limits.sse_ping_interval.max(Duration::from_millis(10));
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let state = Tail {
-        tail,
+        source,
+        store: store.clone(),
+        last_seq: from - 1,
         ping,
         shutdown: s.state.shutdown.clone(),
         session_id: session_id.clone(),

@@ -557,3 +557,47 @@ async fn the_spec_rejects_wrong_shapes() {
     assert!(!ev.is_valid(&json!({"id": "sevt_1", "type": "user.interrupt", "processed_at": null})), "seq is required");
     assert!(!ev.is_valid(&json!({"id": "sevt_1", "seq": 1, "type": "session.status_idle", "processed_at": "2026-01-01T00:00:00Z"})), "stop_reason is required");
 }
+
+#[tokio::test]
+async fn live_readers_share_one_tail_and_a_slow_one_loses_nothing() {
+    // a tiny shared buffer, so the slow reader falls behind it
+    let api = Api::with_limits(ApiLimits { sse_buffer_events: 2, ..ApiLimits::default() }).await;
+    let s = api.session().await;
+    let sid = s["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/sessions/{sid}/events");
+    api.post(&path, json!({"events": [user_message("history")]})).await;
+    let open = || api.router.clone().oneshot(api.request(Method::GET, &format!("{path}/stream"), None));
+    let mut fast = SseReader::new(open().await.unwrap().into_body());
+    let mut slow = SseReader::new(open().await.unwrap().into_body());
+    let mut late_ids = Vec::new();
+    for i in 0..20 {
+        let stored = api.store
+            .append(&sid, vec![NewEvent::processed(json!({"type": "agent.message", "content": [{"type": "text", "text": format!("m{i}")}]}))], Fence::None)
+            .await
+            .unwrap();
+        late_ids.push(stored[0].seq);
+        // the fast reader keeps up; the slow one reads nothing yet
+        let f = fast.next_event().await.unwrap();
+        assert_eq!(f.id, Some(stored[0].seq));
+    }
+    // a reader that joins now starts now, sharing the same tail
+    let mut joiner = SseReader::new(open().await.unwrap().into_body());
+    let sent = api.post(&path, json!({"events": [user_message("after the join")]})).await;
+    let j = joiner.next_event().await.unwrap();
+    assert_eq!(j.data["id"], sent["data"][0]["id"], "a live reader sees nothing from before it opened");
+    assert_eq!(fast.next_event().await.unwrap().data["id"], sent["data"][0]["id"]);
+    // the slow reader gets every event, in order, once (it continued on a tail of its own)
+    let mut got = Vec::new();
+    while got.len() < 21 {
+        let f = slow.next_event().await.unwrap();
+        got.push(f.id.expect("appended events carry their seq"));
+    }
+    let mut want = late_ids.clone();
+    want.push(sent["data"][0]["seq"].as_u64().unwrap());
+    assert_eq!(got, want);
+    // processed echoes reach live readers of the shared tail too
+    api.store.mark_processed(&sid, EventSelector::Ids(vec![sent["data"][0]["id"].as_str().unwrap().to_owned()]), Fence::None).await.unwrap();
+    let echo = joiner.next_event().await.unwrap();
+    assert_eq!((echo.data["id"].clone(), echo.id), (sent["data"][0]["id"].clone(), None));
+    assert!(echo.data["processed_at"].is_string());
+}
