@@ -200,7 +200,10 @@ async fn dial_quic(
         settings.heartbeat_misses,
     )));
     let bind: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
-    let endpoint = quinn::Endpoint::client(bind).map_err(|e| err(format!("udp bind: {e}")))?;
+    let socket = tuning::udp_socket(bind, &settings.tuning).map_err(|e| err(format!("udp bind: {e}")))?;
+    let runtime = quinn::default_runtime().ok_or_else(|| err("no async runtime".into()))?;
+    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+        .map_err(|e| err(format!("udp endpoint: {e}")))?;
     let conn = endpoint
         .connect_with(config, addr, &settings.server_name)
         .map_err(|e| err(e.to_string()))?

@@ -102,7 +102,7 @@ impl Listener {
         let mut attempt = 0;
         let (endpoint, tcp) = loop {
             attempt += 1;
-            let socket = std::net::UdpSocket::bind(settings.listen).map_err(|source| ListenError::Bind {
+            let socket = tuning::udp_socket(settings.listen, &settings.tuning).map_err(|source| ListenError::Bind {
                 protocol: "udp",
                 address: settings.listen,
                 source,

@@ -16,6 +16,10 @@ pub struct Tuning {
     pub max_concurrent_streams: u32,
     /// Largest UDP payload QUIC's path MTU discovery tries (1200..=65527).
     pub max_udp_payload_bytes: u16,
+    /// Requested UDP socket send and receive buffer size (the kernel caps it
+    /// at `net.core.rmem_max`/`wmem_max`). The default 208 KiB drops
+    /// datagrams at a few hundred MB/s whenever the receiver is descheduled.
+    pub udp_buffer_bytes: usize,
 }
 
 impl Default for Tuning {
@@ -25,6 +29,7 @@ impl Default for Tuning {
             connection_window_bytes: 32 << 20,
             max_concurrent_streams: 1024,
             max_udp_payload_bytes: 8952,
+            udp_buffer_bytes: 4 << 20,
         }
     }
 }
@@ -71,4 +76,18 @@ pub(crate) fn h2_server(t: &Tuning) -> h2::server::Builder {
         .max_concurrent_streams(t.max_concurrent_streams)
         .max_send_buffer_size(1 << 20);
     b
+}
+
+/// A UDP socket bound to `addr` with larger buffers for QUIC. A buffer size
+/// the kernel refuses is logged and left at its default.
+pub(crate) fn udp_socket(addr: std::net::SocketAddr, t: &Tuning) -> std::io::Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    let s = socket2::SockRef::from(&socket);
+    if let Err(error) = s.set_recv_buffer_size(t.udp_buffer_bytes) {
+        tracing::debug!(%error, "cannot enlarge the udp receive buffer");
+    }
+    if let Err(error) = s.set_send_buffer_size(t.udp_buffer_bytes) {
+        tracing::debug!(%error, "cannot enlarge the udp send buffer");
+    }
+    Ok(socket)
 }
