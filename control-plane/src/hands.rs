@@ -13,9 +13,10 @@
 //!
 //! `execute` is idempotent because the agent keys its execution record by
 //! `tool_use_id`: a re-sent call is answered from the record. A call whose
-//! outcome the agent reports as unknown (its sandbox died mid-call) drops the
-//! sandbox from the cache, so the next call provisions again instead of
-//! hitting a dead sandbox.
+//! outcome the agent reports as unknown, or a failed call after which the
+//! agent no longer lists the sandbox as running (it died under the call),
+//! drops the sandbox from the cache, so the next call provisions again
+//! instead of hitting a dead sandbox.
 //!
 //! Errors follow the [`Hands`] contract, mapped in [`hands_error`] (the one
 //! place): no agent connected, a broken tunnel or a busy engine is
@@ -205,6 +206,20 @@ impl GatewayHands {
         }
     }
 
+    /// Drop `sandbox_id` from the cache unless `agent_id` lists it as
+    /// running (an agent that does not answer leaves the cache as it is).
+    async fn check_alive(&self, agent_id: &str, session_id: &str, sandbox_id: &str) {
+        match self.call(&Target::Agent(agent_id.to_owned()), &Request::ListSandboxes).await {
+            Ok((_, Reply::ListSandboxes(list))) => {
+                if !list.iter().any(|s| s.sandbox_id == sandbox_id && s.state == "running") {
+                    tracing::info!(session_id, agent_id, sandbox_id, "the sandbox died; the next call provisions a new one");
+                    self.forget(sandbox_id);
+                }
+            }
+            Ok(_) | Err(_) => {}
+        }
+    }
+
     /// The session's live sandbox on `agent_id`, if it has one.
     async fn find_on(&self, agent_id: &str, session_id: &str) -> Result<Option<SandboxInfo>, Failure> {
         let (_, reply) = self
@@ -349,6 +364,11 @@ impl Hands for GatewayHands {
                     // The sandbox may have died under this call: the next
                     // call provisions (and finds out) again.
                     self.forget(sandbox_id);
+                } else if result.is_error && result.disposition == wire::Disposition::Ran {
+                    // A failed call may mean a dead sandbox (the agent
+                    // answers a death as an error result): check, so the
+                    // next call does not go to a dead one.
+                    self.check_alive(&agent_id, &session_id, sandbox_id).await;
                 }
                 Ok(tool_output(result))
             }

@@ -1,9 +1,11 @@
-//! The other side crashing: the sandbox-agent is killed with SIGKILL while a
-//! tool call runs, twice in one session, and restarted. The control plane
+//! The other side crashing. First the sandbox-agent is killed with SIGKILL
+//! while a tool call runs, twice in one session, and restarted. The control plane
 //! keeps running; its harness re-sends the interrupted call with the same
 //! id, the restarted agent (which adopted its sandbox) answers that the
 //! outcome is unknown instead of running it again, the model is told so,
-//! and the session continues in the same sandbox.
+//! and the session continues in the same sandbox. Then a sandbox container
+//! is killed under a call: that call is an error, the next runs in a new
+//! sandbox.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod e2e_support;
@@ -145,4 +147,71 @@ async fn agent_killed_mid_call_twice_the_session_goes_on_and_nothing_runs_twice(
     }
     let provisions = agent.audit().iter().filter(|a| a["call"] == "provision").count();
     assert_eq!(provisions, 1, "the sandbox was found again, not made again");
+}
+
+/// A sandbox killed under a tool call: that call's result says the outcome
+/// is unknown, and the next call runs in a new sandbox instead of failing
+/// against the dead one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_killed_mid_call_the_next_call_gets_a_new_sandbox() {
+    const STEPS: usize = 6;
+    let model = FakeModel::builder()
+        .latency(Duration::from_millis(20))
+        .start(tool_loop(STEPS, |k| ("bash".to_owned(), json!({ "command": format!("sleep 1; echo step {k}") }))))
+        .await
+        .unwrap();
+    let d = Deployment::start(runtime_toml(&model.base_url(), 5.0)).await.unwrap();
+    let agent = SandboxAgent::start(&d.cp, &d.environment_id).unwrap();
+    let api = d.api.clone();
+    let agent_def = api.create_agent("stepper").await.unwrap();
+    let session_id = api.create_session(&agent_def, &d.environment_id).await.unwrap();
+    api.user_message(&session_id, "Take six steps.").await.unwrap();
+
+    // Kill the container while the third call runs.
+    let until = Instant::now() + Duration::from_secs(60);
+    let (victim, first) = loop {
+        let done = api
+            .events(&session_id)
+            .await
+            .map(|e| e.iter().filter(|e| e["type"] == "agent.tool_result").count())
+            .unwrap_or(0);
+        if done >= 2 {
+            if let (Some(id), [sbx]) = (in_flight(&agent).pop(), &agent.sandboxes()[..]) {
+                break (id, sbx.clone());
+            }
+        }
+        assert!(Instant::now() < until, "no third call in flight");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let killed = std::process::Command::new("docker")
+        .args(["kill", &format!("airlock-{first}")])
+        .output()
+        .unwrap();
+    assert!(killed.status.success(), "docker kill: {}", String::from_utf8_lossy(&killed.stderr));
+
+    let events = match api.wait_end_turn(&session_id, Duration::from_secs(120)).await {
+        Ok(e) => e,
+        Err(e) => panic!("{e}\ncontrol plane log:\n{}\nagent log:\n{}", tail(&d.cp.log(), 80), tail(&agent.agent.log(), 40)),
+    };
+    check_seqs_and_ids(&events);
+    let uses = check_tool_pairs(&events);
+    assert_eq!(uses.len(), STEPS);
+    let results = results_by_use(&events);
+    let hit = &results[&victim];
+    assert_eq!(hit["is_error"], true, "{hit}");
+    let mut after_victim = false;
+    for u in &uses {
+        let id = u["id"].as_str().unwrap();
+        if id == victim {
+            after_victim = true;
+            continue;
+        }
+        let r = &results[id];
+        assert_eq!(r["is_error"], false, "every other call ran{}: {r}", if after_victim { " (in the new sandbox)" } else { "" });
+    }
+    let sandboxes = agent.sandboxes();
+    assert_eq!(sandboxes.len(), 1, "one live sandbox: {sandboxes:?}");
+    assert_ne!(sandboxes[0], first, "a new sandbox replaced the killed one");
+    let provisions = agent.audit().iter().filter(|a| a["call"] == "provision").count();
+    assert_eq!(provisions, 2);
 }
