@@ -209,14 +209,13 @@ impl GatewayHands {
     /// Drop `sandbox_id` from the cache unless `agent_id` lists it as
     /// running (an agent that does not answer leaves the cache as it is).
     async fn check_alive(&self, agent_id: &str, session_id: &str, sandbox_id: &str) {
-        match self.call(&Target::Agent(agent_id.to_owned()), &Request::ListSandboxes).await {
-            Ok((_, Reply::ListSandboxes(list))) => {
-                if !list.iter().any(|s| s.sandbox_id == sandbox_id && s.state == "running") {
-                    tracing::info!(session_id, agent_id, sandbox_id, "the sandbox died; the next call provisions a new one");
-                    self.forget(sandbox_id);
-                }
+        if let Ok((_, Reply::ListSandboxes(list))) =
+            self.call(&Target::Agent(agent_id.to_owned()), &Request::ListSandboxes).await
+        {
+            if !list.iter().any(|s| s.sandbox_id == sandbox_id && s.state == "running") {
+                tracing::info!(session_id, agent_id, sandbox_id, "the sandbox died; the next call provisions a new one");
+                self.forget(sandbox_id);
             }
-            Ok(_) | Err(_) => {}
         }
     }
 
@@ -388,7 +387,7 @@ impl Hands for GatewayHands {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -197,7 +197,7 @@ pub fn start_supervisor(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -254,6 +254,21 @@ mod tests {
         let raw: harness::RawHarnessConfig = toml::from_str("provisioning = \"never\"").unwrap();
         let e = harness_config(raw).unwrap_err();
         assert!(e.to_string().contains("harness.provisioning"), "{e}");
+    }
+
+    #[test]
+    fn the_documented_example_config_parses() {
+        let doc = include_str!("../../docs/operations.md");
+        let start = doc.find("```toml\n").expect("a toml example in docs/operations.md") + 8;
+        let end = start + doc[start..].find("```").unwrap();
+        let c = crate::config::Config::parse(&doc[start..end], std::path::Path::new("docs/operations.md")).unwrap();
+        assert_eq!(c.harness.lease_ttl, std::time::Duration::from_secs(30));
+        assert_eq!(c.harness.provisioning, harness::ProvisioningMode::Speculative);
+        assert_eq!(c.harness.supervisor.max_concurrent_wakes, 64);
+        let e = crate::config::Config::parse("[harness]\nlease_ttl_seconds = 0", std::path::Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("harness.lease_ttl_seconds"), "{e}");
+        let e = crate::config::Config::parse("[model]\nbogus = 1", std::path::Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
     }
 
     #[tokio::test]

@@ -106,7 +106,7 @@ async fn holder_pid(store: &PgStore, session_id: &str) -> Option<u32> {
         return None;
     }
     let holder = r.lease.holder?;
-    holder.rsplitn(3, '-').nth(1)?.parse().ok()
+    holder.rsplit('-').nth(1)?.parse().ok()
 }
 
 async fn results(api: &Api, session_id: &str) -> usize {
