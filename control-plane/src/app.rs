@@ -170,6 +170,11 @@ impl App {
         };
         running.session_store = Some(session_store.clone());
         running.catalog = Some(catalog.clone());
+        // The model client (no I/O yet), so a bad one fails before anything runs.
+        let provider = match &self.runner {
+            Some(_) => None,
+            None => Some(crate::runtime::provider(&self.config.model)?),
+        };
 
         // Bind first, so a port conflict fails start-up before anything runs.
         let enroll_listener = crate::enroll::bind(&self.config.enroll)
@@ -225,18 +230,18 @@ impl App {
         running.spawn_service("server-cert-rotation", move |token| rotate_server_cert(identity, token));
         // The harness: started last, once the gateway serves, so recovered
         // wakes can reach agents as they reconnect.
-        let runner = match self.runner.clone() {
-            Some(runner) => runner,
-            None => {
+        let runner: Arc<dyn api::SessionRunner> = match (provider, self.runner.clone()) {
+            (Some(provider), _) => {
                 let supervisor = crate::runtime::start_supervisor(
                     session_store.clone(),
-                    &self.config.model,
+                    provider,
                     &self.config.harness,
                     running.gateway.clone(),
-                )?;
+                );
                 running.supervisor = Some(supervisor.clone());
                 Arc::new(api::FnRunner(move |id: &str| supervisor.notify(id)))
             }
+            (None, runner) => runner.unwrap_or_else(|| Arc::new(api::NoRunner)),
         };
         let limits = self.config.api.limits.clone();
         running.spawn_service("api", move |token| async move {

@@ -176,16 +176,15 @@ pub fn harness_config(mut raw: harness::RawHarnessConfig) -> Result<HarnessConfi
     HarnessConfig::from_raw(raw).map_err(|e| ConfigError::invalid(e.key, e.message))
 }
 
-/// Build the harness over `store`, the configured model and the gateway's
-/// hands, and start its supervisor (which scans for sessions to recover at
-/// once).
+/// Build the harness over `store`, the model `provider` (see [`provider`])
+/// and the gateway's hands, and start its supervisor (which scans for
+/// sessions to recover at once).
 pub fn start_supervisor(
     store: Arc<dyn session_store::SessionStore>,
-    model: &ModelConfig,
+    provider: Arc<dyn Provider>,
     harness: &HarnessConfig,
     gateway: GatewayHandle,
-) -> Result<Supervisor, ModelError> {
-    let provider = provider(model)?;
+) -> Supervisor {
     let hands = Arc::new(GatewayHands::new(gateway));
     tracing::info!(
         instance_id = %harness.instance_id,
@@ -193,7 +192,7 @@ pub fn start_supervisor(
         provisioning = ?harness.provisioning,
         "harness started"
     );
-    Ok(Supervisor::start(Harness::new(store, provider, hands, harness.clone())))
+    Supervisor::start(Harness::new(store, provider, hands, harness.clone()))
 }
 
 #[cfg(test)]
