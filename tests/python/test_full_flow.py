@@ -11,10 +11,9 @@ sandbox-agent enrolled for the environment.
 - a custom tool round trip (`requires_action`, then `user.custom_tool_result`);
 - an `always_ask` tool confirmed (runs) and denied (never runs).
 
-Needs `control-plane serve` to run sessions: the harness wired into the
-control plane with its model endpoint from ANTHROPIC_BASE_URL /
-ANTHROPIC_API_KEY and its hands on the gateway. Until that lands the
-module is skipped (see SKIP_REASON).
+Needs Docker and the sandbox images of scripts/setup.d/30-images.sh
+(AIRLOCK_EXECUTOR_PATH, AIRLOCK_TEST_IMAGE); `control-plane serve` gets its
+model endpoint from ANTHROPIC_BASE_URL / ANTHROPIC_API_KEY.
 """
 
 import json
@@ -29,12 +28,9 @@ import pytest
 
 from conftest import ControlPlane, binary, user_message
 
-#: Set to None once `control-plane serve` runs the harness on the gateway's
-#: hands (AIRLOCK_FULL_FLOW=1 runs the module anyway).
-SKIP_REASON = None if os.environ.get("AIRLOCK_FULL_FLOW") == "1" else (
-    "control-plane serve does not run sessions on sandboxes yet: the harness (model client from "
-    "ANTHROPIC_BASE_URL, hands on the gateway) is not wired into the control plane"
-)
+#: Why the module would be skipped (None: it runs). `control-plane serve`
+#: runs the harness on the gateway's hands since 22e3e8a.
+SKIP_REASON = None
 pytestmark = pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")
 
 WAIT = 120
