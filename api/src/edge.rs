@@ -17,17 +17,6 @@ use crate::error::{error_response, ApiError, PendingError};
 use crate::ids::new_id;
 use crate::AppState;
 
-/// The request id and the authenticated key, for handlers.
-#[derive(Debug, Clone)]
-pub(crate) struct RequestCtx {
-    /// `req_…`, echoed in `request-id` and in error envelopes.
-    #[allow(dead_code)]
-    pub request_id: String,
-    /// The id of the key that authenticated the request.
-    #[allow(dead_code)]
-    pub key_id: String,
-}
-
 /// The configured body limit, for the body extractor.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BodyLimit(pub u64);
@@ -96,9 +85,10 @@ pub(crate) async fn edge(State(shared): State<AppState>, mut req: Request, next:
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let mut key_id = String::new();
     let outcome = async {
         let key = presented_key(&req).map(str::to_owned);
-        let key_id = authenticate(&shared, key).await?;
+        key_id = authenticate(&shared, key).await?;
         shared
             .limiter
             .check(&key_id, Instant::now())
@@ -113,10 +103,6 @@ pub(crate) async fn edge(State(shared): State<AppState>, mut req: Request, next:
             return Err(ApiError::TooLarge { limit_bytes: limit });
         }
         req.extensions_mut().insert(BodyLimit(limit));
-        req.extensions_mut().insert(RequestCtx {
-            request_id: request_id.clone(),
-            key_id,
-        });
         Ok(next.run(req).await)
     }
     .await;
@@ -129,6 +115,7 @@ pub(crate) async fn edge(State(shared): State<AppState>, mut req: Request, next:
         path,
         status = response.status().as_u16(),
         request_id,
+        key_id,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "api request"
     );
