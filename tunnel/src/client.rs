@@ -397,7 +397,7 @@ struct Supervisor {
 
 enum Outcome {
     Closed(String),
-    Migrated(Active),
+    Migrated(Box<Active>),
     Shutdown,
 }
 
@@ -447,7 +447,7 @@ impl Supervisor {
                     }
                     match outcome {
                         Outcome::Migrated(next) => {
-                            let old = std::mem::replace(&mut active, next);
+                            let old = std::mem::replace(&mut active, *next);
                             let deadline = self.settings.drain_deadline;
                             tracing::info!(agent_id = %agent_id, "moved to quic; draining the tcp link");
                             tokio::spawn(drain(old, "migrate_to_quic", deadline));
@@ -516,7 +516,7 @@ impl Supervisor {
                 }
                 _ = retry => {
                     match dial(Transport::Quic, &self.settings, &self.tls).await {
-                        Ok(next) => return Outcome::Migrated(next),
+                        Ok(next) => return Outcome::Migrated(Box::new(next)),
                         Err(error) => {
                             tracing::debug!(agent_id = %self.settings.agent_id, %error, "quic still unavailable; staying on tcp");
                             selector.quic_retry_failed(Instant::now());
