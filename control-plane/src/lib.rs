@@ -13,5 +13,6 @@ pub mod config;
 pub mod enroll;
 pub mod gateway;
 pub mod hands;
+pub mod operator;
 pub mod runtime;
 pub mod telemetry;

@@ -41,6 +41,10 @@ enum Command {
     /// API keys of the public API (stored hashed; shown once).
     #[command(subcommand, name = "api-keys")]
     ApiKeys(ApiKeysCommand),
+    /// Environments, through the running control plane's API.
+    Environments(control_plane::operator::EnvironmentsArgs),
+    /// Sessions (list, show, tail events live, interrupt), through the running control plane's API.
+    Sessions(control_plane::operator::SessionsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -84,6 +88,27 @@ fn run_api_keys(command: ApiKeysCommand, config: &Config) -> ExitCode {
         }
     });
     match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Run an operator (HTTP API client) command on a small runtime; errors exit 1.
+fn run_operator<F>(fut: F) -> ExitCode
+where
+    F: std::future::Future<Output = Result<(), control_plane::operator::OperatorError>>,
+{
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("error: cannot start runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(fut) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");
@@ -249,5 +274,7 @@ fn main() -> ExitCode {
         }
         Command::Ca(CaCommand::Fingerprint) => report(control_plane::admin::commands::ca_fingerprint(&config)),
         Command::ApiKeys(command) => run_api_keys(command, &config),
+        Command::Environments(args) => run_operator(control_plane::operator::environments(args, &config)),
+        Command::Sessions(args) => run_operator(control_plane::operator::sessions(args, &config)),
     }
 }

@@ -1,0 +1,674 @@
+//! `control-plane environments …` and `control-plane sessions …`: operator
+//! commands that talk to a running control plane over its public HTTP API
+//! (the same API and key an SDK uses). The API URL comes from `--api-url`,
+//! `AIRLOCK_API_URL`, or `http://` + the config's `[api] listen`; the key
+//! from `--api-key` or `AIRLOCK_API_KEY` (never printed or logged).
+//!
+//! Output is a human-readable table by default and JSON with `--json`.
+//! API errors are printed as `<type>: <message>` from the API's error
+//! envelope; every failure maps to [`OperatorError`].
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+
+use crate::config::Config;
+
+/// How long a plain (non-streaming) request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where the API is and how to authenticate (shared by every operator command).
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    /// Base URL of the public API (default: `http://` + `[api] listen`).
+    #[arg(long, global = true, env = "AIRLOCK_API_URL")]
+    pub api_url: Option<String>,
+    /// API key (`control-plane api-keys create`).
+    #[arg(long, global = true, env = "AIRLOCK_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+}
+
+/// `control-plane environments …`.
+#[derive(Debug, Args)]
+pub struct EnvironmentsArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(subcommand)]
+    command: EnvironmentsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum EnvironmentsCommand {
+    /// List environments (newest first).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Include archived environments.
+        #[arg(long)]
+        include_archived: bool,
+    },
+    /// Create a self-hosted environment (served by enrolled sandbox-agents).
+    Create {
+        /// Unique name.
+        #[arg(long)]
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one environment.
+    Show {
+        /// Environment id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Archive an environment: it takes no new sessions.
+    Archive {
+        /// Environment id.
+        id: String,
+    },
+}
+
+/// `control-plane sessions …`.
+#[derive(Debug, Args)]
+pub struct SessionsArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(subcommand)]
+    command: SessionsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionsCommand {
+    /// List sessions (newest first).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Only sessions with this status (`running`, `idle`, `rescheduling`, `terminated`).
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many sessions.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Show one session.
+    Show {
+        /// Session id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a session's events live until Ctrl-C or the stream ends.
+    Tail {
+        /// Session id.
+        id: String,
+        /// Start after this seq (0: from the beginning; default: only new events).
+        #[arg(long)]
+        after: Option<u64>,
+        /// Print each event's JSON on its own line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Interrupt a session (sends `user.interrupt`).
+    Interrupt {
+        /// Session id.
+        id: String,
+    },
+}
+
+/// Why an operator command failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OperatorError {
+    /// No API key was given.
+    #[error("no API key: pass --api-key or set AIRLOCK_API_KEY (create one with `control-plane api-keys create`)")]
+    MissingKey,
+    /// The API URL is not a valid `http://` URL.
+    #[error("invalid --api-url {url}: {message}")]
+    BadUrl {
+        /// The URL given.
+        url: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The API could not be reached (connection refused, DNS, reset).
+    #[error("cannot reach the control plane API at {url} (is `control-plane serve` running?): {message}")]
+    Unreachable {
+        /// The base URL.
+        url: String,
+        /// The transport error.
+        message: String,
+    },
+    /// The API did not answer in time.
+    #[error("no answer from the control plane API at {url} within {seconds} s")]
+    Timeout {
+        /// The base URL.
+        url: String,
+        /// The limit.
+        seconds: u64,
+    },
+    /// The API answered with its error envelope.
+    #[error("{kind}: {message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// `error.type`.
+        kind: String,
+        /// `error.message`.
+        message: String,
+    },
+    /// The API answered something that is not the expected JSON.
+    #[error("unexpected response from {path} (status {status}): {body}")]
+    BadResponse {
+        /// Request path.
+        path: String,
+        /// HTTP status.
+        status: u16,
+        /// The start of the body.
+        body: String,
+    },
+    /// The response body or stream broke off.
+    #[error("reading the response of {path}: {message}")]
+    Body {
+        /// Request path.
+        path: String,
+        /// The transport error.
+        message: String,
+    },
+    /// Writing to stdout failed (e.g. a closed pipe).
+    #[error("writing output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// A small client of the public API.
+struct ApiClient {
+    base: String,
+    key: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl ApiClient {
+    fn new(args: &ApiArgs, config: &Config) -> Result<Self, OperatorError> {
+        let key = args.api_key.clone().filter(|k| !k.is_empty()).ok_or(OperatorError::MissingKey)?;
+        let base = args
+            .api_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", config.api.listen))
+            .trim_end_matches('/')
+            .to_owned();
+        if !base.starts_with("http://") {
+            return Err(OperatorError::BadUrl {
+                url: base,
+                message: "must start with http:// (the API serves plain HTTP on its listen address)".to_owned(),
+            });
+        }
+        if let Err(error) = format!("{base}/v1").parse::<hyper::Uri>() {
+            return Err(OperatorError::BadUrl { url: base, message: error.to_string() });
+        }
+        Ok(Self { base, key, client: Client::builder(TokioExecutor::new()).build_http() })
+    }
+
+    fn request(&self, method: &str, path: &str, body: Option<&Value>, accept: &str) -> Result<hyper::Request<Full<Bytes>>, OperatorError> {
+        let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("x-api-key", &self.key)
+            .header("anthropic-version", "2023-06-01")
+            .header("content-type", "application/json")
+            .header("accept", accept)
+            .body(Full::new(bytes))
+            .map_err(|error| OperatorError::BadUrl { url: format!("{}{path}", self.base), message: error.to_string() })
+    }
+
+    async fn send(&self, req: hyper::Request<Full<Bytes>>) -> Result<hyper::Response<hyper::body::Incoming>, OperatorError> {
+        self.client.request(req).await.map_err(|error| OperatorError::Unreachable {
+            url: self.base.clone(),
+            message: error_chain(&error),
+        })
+    }
+
+    /// One JSON request with a spinner while it waits; 2xx bodies are returned, others mapped.
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, OperatorError> {
+        let req = self.request(method, path, body.as_ref(), "application/json")?;
+        let _spinner = Spinner::start(format!("{method} {path}"));
+        let work = async {
+            let resp = self.send(req).await?;
+            let status = resp.status().as_u16();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|error| OperatorError::Body { path: path.to_owned(), message: error.to_string() })?
+                .to_bytes();
+            Ok::<_, OperatorError>((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(REQUEST_TIMEOUT, work).await.map_err(|_| OperatorError::Timeout {
+            url: self.base.clone(),
+            seconds: REQUEST_TIMEOUT.as_secs(),
+        })??;
+        let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
+        if (200..300).contains(&status) {
+            return parsed.ok_or_else(|| bad_response(path, status, &bytes));
+        }
+        Err(api_error(path, status, parsed.as_ref(), &bytes))
+    }
+}
+
+/// The single mapping from a non-2xx answer to [`OperatorError`].
+fn api_error(path: &str, status: u16, body: Option<&Value>, raw: &[u8]) -> OperatorError {
+    match body.and_then(|v| Some((v["error"]["type"].as_str()?, v["error"]["message"].as_str()?))) {
+        Some((kind, message)) => OperatorError::Api { status, kind: kind.to_owned(), message: message.to_owned() },
+        None => bad_response(path, status, raw),
+    }
+}
+
+fn bad_response(path: &str, status: u16, raw: &[u8]) -> OperatorError {
+    let text = String::from_utf8_lossy(raw);
+    OperatorError::BadResponse { path: path.to_owned(), status, body: truncate(&text, 200) }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// A spinner on stderr while something slow runs; only when stderr is a
+/// terminal, and only after a short delay so fast calls print nothing.
+struct Spinner(Option<tokio::task::JoinHandle<()>>);
+
+impl Spinner {
+    fn start(what: String) -> Self {
+        if !std::io::stderr().is_terminal() {
+            return Self(None);
+        }
+        Self(Some(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let frames = ['|', '/', '-', '\\'];
+            let mut i = 0usize;
+            loop {
+                let mut err = std::io::stderr();
+                let _ = write!(err, "\r{} waiting for {what}…", frames[i % frames.len()]);
+                let _ = err.flush();
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })))
+    }
+}
+
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+            // Clear the spinner line (erase to end of line).
+            let mut err = std::io::stderr();
+            let _ = write!(err, "\r\x1b[K");
+            let _ = err.flush();
+        }
+    }
+}
+
+fn truncate(s: &str, max_chars: usize) -> String {
+    let one_line: String = s.chars().map(|c| if c == '\n' || c == '\r' { ' ' } else { c }).collect();
+    if one_line.chars().count() <= max_chars {
+        return one_line;
+    }
+    let mut out: String = one_line.chars().take(max_chars).collect();
+    out.push('…');
+    out
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn print_json(v: &Value) -> Result<(), OperatorError> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{v}")?;
+    Ok(())
+}
+
+fn print_table(headers: &[&str], rows: &[Vec<String>]) -> Result<(), OperatorError> {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    let line = |cells: Vec<String>| -> String {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}  ", w = *w));
+            }
+        }
+        s
+    };
+    writeln!(out, "{}", line(headers.iter().map(|h| (*h).to_owned()).collect()))?;
+    for row in rows {
+        writeln!(out, "{}", line(row.clone()))?;
+    }
+    Ok(())
+}
+
+fn print_fields(v: &Value, keys: &[&str]) -> Result<(), OperatorError> {
+    let mut out = std::io::stdout().lock();
+    for k in keys {
+        let value = &v[*k];
+        if value.is_null() {
+            continue;
+        }
+        writeln!(out, "{:<16} {}", format!("{k}:"), text(value))?;
+    }
+    Ok(())
+}
+
+fn path_segment(id: &str) -> String {
+    // Ids are `env_…`/`sesn_…`; encode anything else so it cannot change the path.
+    id.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Run an `environments` command.
+pub async fn environments(args: EnvironmentsArgs, config: &Config) -> Result<(), OperatorError> {
+    let api = ApiClient::new(&args.api, config)?;
+    match args.command {
+        EnvironmentsCommand::List { json, include_archived } => {
+            let mut all = Vec::new();
+            let mut page: Option<String> = None;
+            loop {
+                let mut path = format!("/v1/environments?limit=100&include_archived={include_archived}");
+                if let Some(p) = &page {
+                    path.push_str(&format!("&page={}", path_segment(p)));
+                }
+                let v = api.call("GET", &path, None).await?;
+                all.extend(v["data"].as_array().cloned().unwrap_or_default());
+                match v["next_page"].as_str() {
+                    Some(p) if !p.is_empty() => page = Some(p.to_owned()),
+                    _ => break,
+                }
+            }
+            if json {
+                return print_json(&Value::Array(all));
+            }
+            let rows: Vec<Vec<String>> = all
+                .iter()
+                .map(|e| {
+                    vec![
+                        text(&e["id"]),
+                        text(&e["name"]),
+                        text(&e["config"]["type"]),
+                        text(&e["created_at"]),
+                        text(&e["archived_at"]),
+                    ]
+                })
+                .collect();
+            print_table(&["ID", "NAME", "TYPE", "CREATED", "ARCHIVED"], &rows)
+        }
+        EnvironmentsCommand::Create { name, json } => {
+            let v = api
+                .call("POST", "/v1/environments", Some(json!({"name": name, "config": {"type": "self_hosted"}})))
+                .await?;
+            if json {
+                return print_json(&v);
+            }
+            println!("created environment {} ({})", text(&v["id"]), text(&v["name"]));
+            Ok(())
+        }
+        EnvironmentsCommand::Show { id, json } => {
+            let v = api.call("GET", &format!("/v1/environments/{}", path_segment(&id)), None).await?;
+            if json {
+                return print_json(&v);
+            }
+            let mut shown = v.clone();
+            shown["config_type"] = v["config"]["type"].clone();
+            print_fields(&shown, &["id", "name", "config_type", "description", "created_at", "updated_at", "archived_at"])
+        }
+        EnvironmentsCommand::Archive { id } => {
+            let v = api.call("POST", &format!("/v1/environments/{}/archive", path_segment(&id)), None).await?;
+            println!("archived environment {} ({})", text(&v["id"]), text(&v["name"]));
+            Ok(())
+        }
+    }
+}
+
+/// Run a `sessions` command.
+pub async fn sessions(args: SessionsArgs, config: &Config) -> Result<(), OperatorError> {
+    let api = ApiClient::new(&args.api, config)?;
+    match args.command {
+        SessionsCommand::List { json, status, limit } => {
+            let mut path = format!("/v1/sessions?limit={}", limit.clamp(1, 1000));
+            if let Some(s) = &status {
+                path.push_str(&format!("&statuses[]={}", path_segment(s)));
+            }
+            let v = api.call("GET", &path, None).await?;
+            let data = v["data"].as_array().cloned().unwrap_or_default();
+            if json {
+                return print_json(&Value::Array(data));
+            }
+            let rows: Vec<Vec<String>> = data
+                .iter()
+                .map(|s| {
+                    vec![
+                        text(&s["id"]),
+                        text(&s["status"]),
+                        text(&s["agent"]["id"]),
+                        text(&s["environment_id"]),
+                        text(&s["created_at"]),
+                        truncate(&text(&s["title"]), 40),
+                    ]
+                })
+                .collect();
+            print_table(&["ID", "STATUS", "AGENT", "ENVIRONMENT", "CREATED", "TITLE"], &rows)
+        }
+        SessionsCommand::Show { id, json } => {
+            let v = api.call("GET", &format!("/v1/sessions/{}", path_segment(&id)), None).await?;
+            if json {
+                return print_json(&v);
+            }
+            let mut shown = v.clone();
+            shown["agent"] = json!(format!("{} (version {})", text(&v["agent"]["id"]), text(&v["agent"]["version"])));
+            shown["stop_reason"] = v["stop_reason"]["type"].clone();
+            print_fields(
+                &shown,
+                &["id", "title", "status", "stop_reason", "agent", "environment_id", "created_at", "updated_at", "archived_at", "metadata"],
+            )
+        }
+        SessionsCommand::Interrupt { id } => {
+            api.call(
+                "POST",
+                &format!("/v1/sessions/{}/events", path_segment(&id)),
+                Some(json!({"events": [{"type": "user.interrupt"}]})),
+            )
+            .await?;
+            println!("interrupt sent to session {id}");
+            Ok(())
+        }
+        SessionsCommand::Tail { id, after, json } => tail(&api, &id, after, json).await,
+    }
+}
+
+/// Follow the SSE stream until Ctrl-C or its end.
+async fn tail(api: &ApiClient, id: &str, after: Option<u64>, json_out: bool) -> Result<(), OperatorError> {
+    let mut path = format!("/v1/sessions/{}/events/stream", path_segment(id));
+    if let Some(a) = after {
+        path.push_str(&format!("?after={a}"));
+    }
+    let req = api.request("GET", &path, None, "text/event-stream")?;
+    let resp = {
+        let _spinner = Spinner::start(format!("the stream of {id}"));
+        tokio::time::timeout(REQUEST_TIMEOUT, api.send(req)).await.map_err(|_| OperatorError::Timeout {
+            url: api.base.clone(),
+            seconds: REQUEST_TIMEOUT.as_secs(),
+        })??
+    };
+    let status = resp.status().as_u16();
+    if !(200..300).contains(&status) {
+        let bytes = resp.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
+        return Err(api_error(&path, status, parsed.as_ref(), &bytes));
+    }
+    let mut body = resp.into_body();
+    let mut parser = SseParser::default();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let frame = tokio::select! {
+            _ = &mut ctrl_c => return Ok(()),
+            frame = body.frame() => frame,
+        };
+        let frame = match frame {
+            None => return Ok(()),
+            Some(Err(error)) => return Err(OperatorError::Body { path, message: error.to_string() }),
+            Some(Ok(frame)) => frame,
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        for (event, payload) in parser.push(&data) {
+            if event == "ping" {
+                continue;
+            }
+            let Ok(v) = serde_json::from_str::<Value>(&payload) else {
+                continue;
+            };
+            let mut out = std::io::stdout().lock();
+            if json_out {
+                writeln!(out, "{v}")?;
+            } else {
+                writeln!(out, "{:>6}  {:<28}  {}", text(&v["seq"]), text(&v["type"]), summary(&v))?;
+            }
+            out.flush()?;
+        }
+    }
+}
+
+/// Incremental SSE parser: bytes in, complete `(event, data)` pairs out.
+#[derive(Debug, Default)]
+struct SseParser {
+    buf: Vec<u8>,
+}
+
+impl SseParser {
+    fn push(&mut self, chunk: &[u8]) -> Vec<(String, String)> {
+        self.buf.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        loop {
+            let text = String::from_utf8_lossy(&self.buf).replace("\r\n", "\n");
+            let Some(end) = text.find("\n\n") else {
+                // Keep the normalised text so a split "\r\n" is handled next time.
+                self.buf = text.into_bytes();
+                return out;
+            };
+            let block = text[..end].to_owned();
+            self.buf = text.as_bytes()[end + 2..].to_vec();
+            let mut event = String::from("message");
+            let mut data: Vec<&str> = Vec::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    event = v.trim_start().to_owned();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push(v.strip_prefix(' ').unwrap_or(v));
+                }
+            }
+            if !data.is_empty() {
+                out.push((event, data.join("\n")));
+            }
+        }
+    }
+}
+
+/// A short, one-line summary of an event for `sessions tail`.
+fn summary(v: &Value) -> String {
+    let content_text = |c: &Value| -> String {
+        c.as_array()
+            .map(|blocks| blocks.iter().filter_map(|b| b["text"].as_str()).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    let s = match v["type"].as_str().unwrap_or_default() {
+        "user.message" | "agent.message" | "agent.thinking" => content_text(&v["content"]),
+        "agent.tool_use" | "agent.custom_tool_use" | "agent.mcp_tool_use" => {
+            format!("{} {}", text(&v["name"]), truncate(&v["input"].to_string(), 80))
+        }
+        "agent.tool_result" | "agent.mcp_tool_result" | "user.custom_tool_result" => {
+            let err = if v["is_error"].as_bool() == Some(true) { " (error)" } else { "" };
+            format!("{}{err} {}", text(&v["tool_use_id"]), content_text(&v["content"]))
+        }
+        "user.tool_confirmation" => format!("{} {}", text(&v["tool_use_id"]), text(&v["result"])),
+        "session.status_idle" => format!("stop_reason={}", text(&v["stop_reason"]["type"])),
+        "session.error" => format!("{}: {}", text(&v["error"]["type"]), text(&v["error"]["message"])),
+        _ => String::new(),
+    };
+    truncate(&s, 120)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn sse_parser_handles_split_chunks_pings_and_crlf() {
+        let mut p = SseParser::default();
+        assert!(p.push(b"event: ping\ndata: {}\n").is_empty());
+        let got = p.push(b"\nid: 1\nevent: user.message\r\ndata: {\"seq\":1}\r\n\r\nevent: x\ndata: a\ndata: b\n\n");
+        assert_eq!(
+            got,
+            vec![
+                ("ping".to_owned(), "{}".to_owned()),
+                ("user.message".to_owned(), "{\"seq\":1}".to_owned()),
+                ("x".to_owned(), "a\nb".to_owned()),
+            ]
+        );
+        assert!(p.push(b": comment\n\n").is_empty());
+    }
+
+    #[test]
+    fn api_error_uses_the_envelope() {
+        let body = json!({"type": "error", "error": {"type": "not_found_error", "message": "session sesn_x not found"}});
+        let e = api_error("/v1/sessions/sesn_x", 404, Some(&body), b"");
+        assert_eq!(e.to_string(), "not_found_error: session sesn_x not found");
+        let e = api_error("/p", 502, None, b"<html>bad gateway</html>");
+        assert!(e.to_string().contains("status 502"), "{e}");
+    }
+
+    #[test]
+    fn summaries_are_short_and_typed() {
+        let v = json!({"type": "session.status_idle", "stop_reason": {"type": "end_turn"}});
+        assert_eq!(summary(&v), "stop_reason=end_turn");
+        let v = json!({"type": "agent.message", "content": [{"type": "text", "text": "x".repeat(500)}]});
+        assert!(summary(&v).chars().count() <= 121);
+        assert_eq!(path_segment("sesn_a/../b"), "sesn_a%2F%2E%2E%2Fb");
+    }
+}
