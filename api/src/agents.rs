@@ -28,14 +28,20 @@ fn check_name(path: &str, name: &str) -> Result<(), ApiError> {
         return Err(ApiError::invalid(path, "must not be empty"));
     }
     if name.chars().count() > MAX_NAME_CHARS {
-        return Err(ApiError::invalid(path, format!("must be at most {MAX_NAME_CHARS} characters")));
+        return Err(ApiError::invalid(
+            path,
+            format!("must be at most {MAX_NAME_CHARS} characters"),
+        ));
     }
     Ok(())
 }
 
 fn check_system(path: &str, s: &str) -> Result<(), ApiError> {
     if s.chars().count() > MAX_SYSTEM_CHARS {
-        return Err(ApiError::invalid(path, format!("must be at most {MAX_SYSTEM_CHARS} characters")));
+        return Err(ApiError::invalid(
+            path,
+            format!("must be at most {MAX_SYSTEM_CHARS} characters"),
+        ));
     }
     Ok(())
 }
@@ -43,7 +49,10 @@ fn check_system(path: &str, s: &str) -> Result<(), ApiError> {
 /// Fields Airlock does not support yet: refused unless empty or null.
 fn unsupported(o: &Obj<'_>) -> Result<(), ApiError> {
     for (key, why) in [
-        ("mcp_servers", "MCP servers are not supported by Airlock yet"),
+        (
+            "mcp_servers",
+            "MCP servers are not supported by Airlock yet",
+        ),
         ("skills", "skills are not supported by Airlock yet"),
     ] {
         match o.get(key) {
@@ -59,7 +68,10 @@ fn unsupported(o: &Obj<'_>) -> Result<(), ApiError> {
         }
     }
     if o.get("multiagent").is_some() {
-        return Err(ApiError::invalid(&o.path("multiagent"), "multiagent is not supported by Airlock yet"));
+        return Err(ApiError::invalid(
+            &o.path("multiagent"),
+            "multiagent is not supported by Airlock yet",
+        ));
     }
     if let Some(e) = o.opt_obj("execution_identity")? {
         if e.req_str("type")? != "service_account" {
@@ -89,7 +101,11 @@ pub(crate) fn parse_create(body: &Value) -> Result<AgentSpec, ApiError> {
     ])?;
     let name = o.req_str("name")?;
     check_name("name", name)?;
-    let model = tools::model("model", o.get("model").ok_or_else(|| ApiError::invalid("model", "field required"))?)?;
+    let model = tools::model(
+        "model",
+        o.get("model")
+            .ok_or_else(|| ApiError::invalid("model", "field required"))?,
+    )?;
     let system = o.opt_str("system")?;
     if let Some(s) = system {
         check_system("system", s)?;
@@ -141,7 +157,10 @@ pub(crate) fn parse_update(body: Value) -> Result<AgentUpdate, ApiError> {
         return Err(ApiError::invalid("version", "must be at least 1"));
     }
     unsupported(&o)?;
-    Ok(AgentUpdate { expected_version, body })
+    Ok(AgentUpdate {
+        expected_version,
+        body,
+    })
 }
 
 impl AgentUpdate {
@@ -155,7 +174,9 @@ impl AgentUpdate {
             next.insert("name".into(), json!(name));
         }
         if o.has("model") {
-            let m = o.get("model").ok_or_else(|| ApiError::invalid("model", "cannot be cleared"))?;
+            let m = o
+                .get("model")
+                .ok_or_else(|| ApiError::invalid("model", "cannot be cleared"))?;
             next.insert("model".into(), tools::model("model", m)?);
         }
         match o.patch_str("description")? {
@@ -178,10 +199,17 @@ impl AgentUpdate {
             }
         }
         if o.has("tools") {
-            next.insert("tools".into(), Value::Array(tools::tools("tools", o.get("tools"))?));
+            next.insert(
+                "tools".into(),
+                Value::Array(tools::tools("tools", o.get("tools"))?),
+            );
         }
         if let Some(patch) = o.get("metadata") {
-            let cur = next.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default();
+            let cur = next
+                .get("metadata")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
             next.insert(
                 "metadata".into(),
                 Value::Object(patch_metadata("metadata", &cur, patch, false)?),
@@ -230,12 +258,18 @@ fn not_found(e: CatalogError, agent_id: &str) -> ApiError {
         CatalogError::NotFound { id, .. } => ApiError::NotFound {
             message: format!("agent {id} not found"),
         },
-        CatalogError::Archived { .. } => ApiError::invalid("", format!("agent {agent_id} is archived and cannot change")),
+        CatalogError::Archived { .. } => ApiError::invalid(
+            "",
+            format!("agent {agent_id} is archived and cannot change"),
+        ),
         other => other.into(),
     }
 }
 
-pub(crate) async fn create(State(s): State<AppState>, JsonBody(body): JsonBody) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn create(
+    State(s): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
     let spec = parse_create(&body)?;
     let record = s
         .state
@@ -279,7 +313,10 @@ pub(crate) async fn update(
     // Optimistic: compute from the latest version, store as the next one;
     // without a caller precondition, retry when another update won.
     for _ in 0..8 {
-        let current = catalog.get_agent(&agent_id, None).await.map_err(|e| not_found(e, &agent_id))?;
+        let current = catalog
+            .get_agent(&agent_id, None)
+            .await
+            .map_err(|e| not_found(e, &agent_id))?;
         if let Some(v) = update.expected_version {
             if v != current.version {
                 return Err(ApiError::Conflict {
@@ -291,7 +328,10 @@ pub(crate) async fn update(
             }
         }
         if current.archived_at.is_some() {
-            return Err(ApiError::invalid("", format!("agent {agent_id} is archived and cannot change")));
+            return Err(ApiError::invalid(
+                "",
+                format!("agent {agent_id} is archived and cannot change"),
+            ));
         }
         let next = update.apply(&current.body)?;
         if next == current.body {
@@ -333,9 +373,18 @@ fn page_json(items: Vec<Value>, next: Option<String>) -> Json<Value> {
     Json(json!({"data": items, "next_page": next}))
 }
 
-pub(crate) async fn list(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn list(
+    State(s): State<AppState>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
     let q = Query::parse(q.as_deref())?;
-    q.only(&["created_at[gte]", "created_at[lte]", "include_archived", "limit", "page"])?;
+    q.only(&[
+        "created_at[gte]",
+        "created_at[lte]",
+        "include_archived",
+        "limit",
+        "page",
+    ])?;
     let limit = q.limit(20, 100)?;
     let cursor = q.cursor("agents", Dir::Desc)?;
     let page = s
@@ -350,14 +399,18 @@ pub(crate) async fn list(State(s): State<AppState>, RawQuery(q): RawQuery) -> Re
             limit,
         })
         .await?;
-    let next = page.has_more.then(|| page.items.last().map(|r| r.position)).flatten().map(|at| {
-        Cursor {
-            order: Dir::Desc,
-            before: false,
-            at,
-        }
-        .encode("agents")
-    });
+    let next = page
+        .has_more
+        .then(|| page.items.last().map(|r| r.position))
+        .flatten()
+        .map(|at| {
+            Cursor {
+                order: Dir::Desc,
+                before: false,
+                at,
+            }
+            .encode("agents")
+        });
     Ok(page_json(page.items.iter().map(render).collect(), next))
 }
 
@@ -385,14 +438,18 @@ pub(crate) async fn versions(
         )
         .await
         .map_err(|e| not_found(e, &agent_id))?;
-    let next = page.has_more.then(|| page.items.last().map(|r| r.version)).flatten().map(|v| {
-        Cursor {
-            order: Dir::Desc,
-            before: false,
-            at: i64::try_from(v).unwrap_or(i64::MAX),
-        }
-        .encode(&listing)
-    });
+    let next = page
+        .has_more
+        .then(|| page.items.last().map(|r| r.version))
+        .flatten()
+        .map(|v| {
+            Cursor {
+                order: Dir::Desc,
+                before: false,
+                at: i64::try_from(v).unwrap_or(i64::MAX),
+            }
+            .encode(&listing)
+        });
     Ok(page_json(page.items.iter().map(render).collect(), next))
 }
 
@@ -405,28 +462,54 @@ mod tests {
         let spec = parse_create(&json!({"name": "a", "model": "m", "description": ""})).unwrap();
         assert_eq!(spec.0["model"], json!({"id": "m"}));
         assert_eq!(spec.0["description"], Value::Null);
-        assert_eq!(spec.0["execution_identity"], json!({"type": "service_account"}));
+        assert_eq!(
+            spec.0["execution_identity"],
+            json!({"type": "service_account"})
+        );
         let err = |v: Value| parse_create(&v).unwrap_err().to_string();
         assert!(err(json!({"model": "m"})).starts_with("name: field required"));
         assert!(err(json!({"name": "a"})).starts_with("model: field required"));
-        assert!(err(json!({"name": "a", "model": "m", "skills": [{"type": "anthropic", "skill_id": "x"}]})).starts_with("skills:"));
+        assert!(err(
+            json!({"name": "a", "model": "m", "skills": [{"type": "anthropic", "skill_id": "x"}]})
+        )
+        .starts_with("skills:"));
         assert!(err(json!({"name": "a", "model": "m", "nme": 1})).starts_with("nme: unknown field"));
-        assert!(err(json!({"name": "a", "model": "m", "multiagent": {"type": "coordinator"}})).starts_with("multiagent:"));
+        assert!(
+            err(json!({"name": "a", "model": "m", "multiagent": {"type": "coordinator"}}))
+                .starts_with("multiagent:")
+        );
         assert!(err(json!({"name": "a", "model": "m", "execution_identity": {"type": "aws_role", "role_arn": "x"}}))
             .starts_with("execution_identity.type:"));
     }
 
     #[test]
     fn update_applies_patches() {
-        let cur = parse_create(&json!({"name": "a", "model": "m", "system": "s", "metadata": {"k": "v", "x": "y"}})).unwrap().0;
-        let u = parse_update(json!({"system": null, "metadata": {"k": null, "n": "1"}, "name": "b"})).unwrap();
+        let cur = parse_create(
+            &json!({"name": "a", "model": "m", "system": "s", "metadata": {"k": "v", "x": "y"}}),
+        )
+        .unwrap()
+        .0;
+        let u =
+            parse_update(json!({"system": null, "metadata": {"k": null, "n": "1"}, "name": "b"}))
+                .unwrap();
         let next = u.apply(&cur).unwrap();
         assert_eq!(next["system"], Value::Null);
         assert_eq!(next["name"], json!("b"));
         assert_eq!(next["metadata"], json!({"x": "y", "n": "1"}));
-        let same = parse_update(json!({"name": "a"})).unwrap().apply(&cur).unwrap();
+        let same = parse_update(json!({"name": "a"}))
+            .unwrap()
+            .apply(&cur)
+            .unwrap();
         assert_eq!(same, cur);
-        assert!(parse_update(json!({"model": null})).unwrap().apply(&cur).unwrap_err().to_string().starts_with("model:"));
-        assert!(parse_update(json!({"version": 0})).unwrap_err().to_string().starts_with("version:"));
+        assert!(parse_update(json!({"model": null}))
+            .unwrap()
+            .apply(&cur)
+            .unwrap_err()
+            .to_string()
+            .starts_with("model:"));
+        assert!(parse_update(json!({"version": 0}))
+            .unwrap_err()
+            .to_string()
+            .starts_with("version:"));
     }
 }

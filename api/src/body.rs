@@ -20,7 +20,10 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             .extensions()
             .get::<BodyLimit>()
             .map_or(crate::config::DEFAULT_MAX_BODY_BYTES, |l| l.0);
-        let body = Limited::new(req.into_body(), usize::try_from(limit).unwrap_or(usize::MAX));
+        let body = Limited::new(
+            req.into_body(),
+            usize::try_from(limit).unwrap_or(usize::MAX),
+        );
         let bytes = match body.collect().await {
             Ok(c) => c.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
@@ -29,7 +32,10 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             Err(e) => return Err(ApiError::invalid("body", format!("could not be read: {e}"))),
         };
         if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(ApiError::invalid("body", "expected a JSON object, got an empty body"));
+            return Err(ApiError::invalid(
+                "body",
+                "expected a JSON object, got an empty body",
+            ));
         }
         let value: Value = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::invalid("body", format!("invalid JSON: {e}")))?;

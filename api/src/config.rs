@@ -85,18 +85,33 @@ impl ApiConfig {
         let max_body_bytes = match raw.max_body_bytes {
             None => DEFAULT_MAX_BODY_BYTES,
             Some(n) if n >= 1024 => n,
-            Some(n) => return Err(invalid("max_body_bytes", format!("{n} is below the minimum of 1024"))),
+            Some(n) => {
+                return Err(invalid(
+                    "max_body_bytes",
+                    format!("{n} is below the minimum of 1024"),
+                ))
+            }
         };
         let sse_ping_interval = match raw.sse_ping_interval_seconds {
             None => Duration::from_secs(DEFAULT_SSE_PING_INTERVAL_SECONDS),
             Some(s) if s.is_finite() && s > 0.0 && s <= 3600.0 => Duration::from_secs_f64(s),
-            Some(s) => return Err(invalid("sse_ping_interval_seconds", format!("{s} is not within (0, 3600]"))),
+            Some(s) => {
+                return Err(invalid(
+                    "sse_ping_interval_seconds",
+                    format!("{s} is not within (0, 3600]"),
+                ))
+            }
         };
         let rate_limit_per_second = match raw.rate_limit_per_second {
             None => None,
             Some(0.0) => None,
             Some(r) if r.is_finite() && r > 0.0 => Some(r),
-            Some(r) => return Err(invalid("rate_limit_per_second", format!("{r} is not a positive number or 0"))),
+            Some(r) => {
+                return Err(invalid(
+                    "rate_limit_per_second",
+                    format!("{r} is not a positive number or 0"),
+                ))
+            }
         };
         let rate_limit_burst = match raw.rate_limit_burst {
             None => DEFAULT_RATE_LIMIT_BURST,
@@ -106,7 +121,12 @@ impl ApiConfig {
         let sse_buffer_events = match raw.sse_buffer_events {
             None => DEFAULT_SSE_BUFFER_EVENTS,
             Some(n) if (16..=1_000_000).contains(&n) => n,
-            Some(n) => return Err(invalid("sse_buffer_events", format!("{n} is not within 16..=1000000"))),
+            Some(n) => {
+                return Err(invalid(
+                    "sse_buffer_events",
+                    format!("{n} is not within 16..=1000000"),
+                ))
+            }
         };
         Ok(ApiConfig {
             listen,
@@ -142,15 +162,43 @@ mod tests {
         assert_eq!(c.limits.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
         assert!(c.limits.rate_limit_per_second.is_none());
         let bad = |raw: RawApiConfig| ApiConfig::from_raw(&raw).unwrap_err().to_string();
-        assert!(bad(RawApiConfig { listen: Some("nope".into()), ..Default::default() }).contains("api.listen"));
-        assert!(bad(RawApiConfig { max_body_bytes: Some(10), ..Default::default() }).contains("api.max_body_bytes"));
-        assert!(bad(RawApiConfig { sse_ping_interval_seconds: Some(0.0), ..Default::default() })
-            .contains("api.sse_ping_interval_seconds"));
-        assert!(bad(RawApiConfig { rate_limit_per_second: Some(-1.0), ..Default::default() })
-            .contains("api.rate_limit_per_second"));
-        assert!(bad(RawApiConfig { rate_limit_burst: Some(0), ..Default::default() }).contains("api.rate_limit_burst"));
-        let raw: RawApiConfig = toml::from_str("listen = \"127.0.0.1:0\"\nrate_limit_per_second = 5").unwrap();
-        assert_eq!(ApiConfig::from_raw(&raw).unwrap().limits.rate_limit_per_second, Some(5.0));
-        assert!(toml::from_str::<RawApiConfig>("lisen = 1").unwrap_err().to_string().contains("lisen"));
+        assert!(bad(RawApiConfig {
+            listen: Some("nope".into()),
+            ..Default::default()
+        })
+        .contains("api.listen"));
+        assert!(bad(RawApiConfig {
+            max_body_bytes: Some(10),
+            ..Default::default()
+        })
+        .contains("api.max_body_bytes"));
+        assert!(bad(RawApiConfig {
+            sse_ping_interval_seconds: Some(0.0),
+            ..Default::default()
+        })
+        .contains("api.sse_ping_interval_seconds"));
+        assert!(bad(RawApiConfig {
+            rate_limit_per_second: Some(-1.0),
+            ..Default::default()
+        })
+        .contains("api.rate_limit_per_second"));
+        assert!(bad(RawApiConfig {
+            rate_limit_burst: Some(0),
+            ..Default::default()
+        })
+        .contains("api.rate_limit_burst"));
+        let raw: RawApiConfig =
+            toml::from_str("listen = \"127.0.0.1:0\"\nrate_limit_per_second = 5").unwrap();
+        assert_eq!(
+            ApiConfig::from_raw(&raw)
+                .unwrap()
+                .limits
+                .rate_limit_per_second,
+            Some(5.0)
+        );
+        assert!(toml::from_str::<RawApiConfig>("lisen = 1")
+            .unwrap_err()
+            .to_string()
+            .contains("lisen"));
     }
 }

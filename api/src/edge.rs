@@ -42,7 +42,9 @@ impl RateLimiter {
     pub(crate) fn check(&self, key_id: &str, now: Instant) -> Result<(), Duration> {
         let Some(rate) = self.rate else { return Ok(()) };
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let (tokens, last) = buckets.entry(key_id.to_owned()).or_insert((self.burst, now));
+        let (tokens, last) = buckets
+            .entry(key_id.to_owned())
+            .or_insert((self.burst, now));
         let refill = now.saturating_duration_since(*last).as_secs_f64() * rate;
         *tokens = (*tokens + refill).min(self.burst);
         *last = now;
@@ -130,7 +132,12 @@ async fn finish(mut response: Response, request_id: &str) -> Response {
     }
     let status = response.status();
     if status.is_client_error() || status.is_server_error() {
-        let text = match axum::body::to_bytes(std::mem::replace(response.body_mut(), Body::empty()), 64 * 1024).await {
+        let text = match axum::body::to_bytes(
+            std::mem::replace(response.body_mut(), Body::empty()),
+            64 * 1024,
+        )
+        .await
+        {
             Ok(b) => String::from_utf8_lossy(&b).into_owned(),
             Err(_) => String::new(),
         };
@@ -180,12 +187,18 @@ mod tests {
         assert!(l.check("k", t0).is_ok());
         assert!(l.check("k", t0).is_ok());
         let wait = l.check("k", t0).unwrap_err();
-        assert!(wait > Duration::from_millis(400) && wait <= Duration::from_millis(500), "{wait:?}");
+        assert!(
+            wait > Duration::from_millis(400) && wait <= Duration::from_millis(500),
+            "{wait:?}"
+        );
         assert!(l.check("other", t0).is_ok(), "keys have their own buckets");
         assert!(l.check("k", t0 + Duration::from_millis(500)).is_ok());
         assert!(l.check("k", t0 + Duration::from_secs(100)).is_ok());
         assert!(l.check("k", t0 + Duration::from_secs(100)).is_ok());
-        assert!(l.check("k", t0 + Duration::from_secs(100)).is_err(), "the burst caps the refill");
+        assert!(
+            l.check("k", t0 + Duration::from_secs(100)).is_err(),
+            "the burst caps the refill"
+        );
         let off = RateLimiter::new(None, 1);
         for _ in 0..100 {
             assert!(off.check("k", t0).is_ok());

@@ -51,7 +51,10 @@ fn scope(o: &Obj<'_>) -> Result<Option<&'static str>, ApiError> {
             "scope",
             "account scope is not supported: every environment is visible to every API key",
         )),
-        Some(other) => Err(ApiError::invalid("scope", format!("unknown scope {other:?}; expected organization"))),
+        Some(other) => Err(ApiError::invalid(
+            "scope",
+            format!("unknown scope {other:?}; expected organization"),
+        )),
     }
 }
 
@@ -60,7 +63,10 @@ fn check_name(name: &str) -> Result<(), ApiError> {
         return Err(ApiError::invalid("name", "must not be empty"));
     }
     if name.chars().count() > MAX_NAME_CHARS {
-        return Err(ApiError::invalid("name", format!("must be at most {MAX_NAME_CHARS} characters")));
+        return Err(ApiError::invalid(
+            "name",
+            format!("must be at most {MAX_NAME_CHARS} characters"),
+        ));
     }
     Ok(())
 }
@@ -103,13 +109,24 @@ pub(crate) fn apply_update(current: &Value, body: &Value) -> Result<(String, Val
         }
     }
     if let Some(patch) = o.get("metadata") {
-        let cur = next.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default();
-        next.insert("metadata".into(), Value::Object(patch_metadata("metadata", &cur, patch, true)?));
+        let cur = next
+            .get("metadata")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        next.insert(
+            "metadata".into(),
+            Value::Object(patch_metadata("metadata", &cur, patch, true)?),
+        );
     }
     if o.has("scope") {
         next.insert("scope".into(), json!(scope(&o)?));
     }
-    let name = next.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let name = next
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     Ok((name, Value::Object(next)))
 }
 
@@ -144,9 +161,10 @@ pub(crate) fn render(r: &EnvironmentRecord) -> Value {
 
 fn map_err(e: CatalogError, environment_id: &str) -> ApiError {
     match e {
-        CatalogError::Archived { .. } => {
-            ApiError::invalid("", format!("environment {environment_id} is archived and cannot change"))
-        }
+        CatalogError::Archived { .. } => ApiError::invalid(
+            "",
+            format!("environment {environment_id} is archived and cannot change"),
+        ),
         CatalogError::Conflict { id, .. } => ApiError::Conflict {
             message: format!("name: an environment named {id:?} already exists"),
         },
@@ -154,13 +172,20 @@ fn map_err(e: CatalogError, environment_id: &str) -> ApiError {
     }
 }
 
-pub(crate) async fn create(State(s): State<AppState>, JsonBody(body): JsonBody) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn create(
+    State(s): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
     let (name, body) = parse_create(&body)?;
     let id = new_id("env");
     let record = s
         .state
         .catalog
-        .create_environment(NewEnvironment { id: id.clone(), name, body })
+        .create_environment(NewEnvironment {
+            id: id.clone(),
+            name,
+            body,
+        })
         .await
         .map_err(|e| map_err(e, &id))?;
     tracing::info!(environment_id = %record.id, "environment created");
@@ -204,13 +229,19 @@ pub(crate) async fn archive(
     Ok(Json(render(&record)))
 }
 
-pub(crate) async fn delete(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn delete(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     s.state.catalog.delete_environment(&id).await?;
     tracing::info!(environment_id = %id, "environment deleted");
     Ok(Json(json!({"id": id, "type": "environment_deleted"})))
 }
 
-pub(crate) async fn list(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn list(
+    State(s): State<AppState>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
     let q = Query::parse(q.as_deref())?;
     q.only(&["include_archived", "limit", "page"])?;
     let limit = q.limit(20, 100)?;
@@ -225,15 +256,21 @@ pub(crate) async fn list(State(s): State<AppState>, RawQuery(q): RawQuery) -> Re
             limit,
         })
         .await?;
-    let next = page.has_more.then(|| page.items.last().map(|r| r.position)).flatten().map(|at| {
-        Cursor {
-            order: Dir::Desc,
-            before: false,
-            at,
-        }
-        .encode("environments")
-    });
-    Ok(Json(json!({"data": page.items.iter().map(render).collect::<Vec<_>>(), "next_page": next})))
+    let next = page
+        .has_more
+        .then(|| page.items.last().map(|r| r.position))
+        .flatten()
+        .map(|at| {
+            Cursor {
+                order: Dir::Desc,
+                before: false,
+                at,
+            }
+            .encode("environments")
+        });
+    Ok(Json(
+        json!({"data": page.items.iter().map(render).collect::<Vec<_>>(), "next_page": next}),
+    ))
 }
 
 #[cfg(test)]
@@ -244,16 +281,34 @@ mod tests {
     fn self_hosted_by_default_cloud_refused() {
         let (_, b) = parse_create(&json!({"name": "e"})).unwrap();
         assert_eq!(b["config"], json!({"type": "self_hosted"}));
-        let e = parse_create(&json!({"name": "e", "config": {"type": "cloud"}})).unwrap_err().to_string();
-        assert!(e.starts_with("config.type: cloud environments are not available"), "{e}");
-        assert!(parse_create(&json!({"name": ""})).unwrap_err().to_string().starts_with("name:"));
-        assert!(parse_create(&json!({"name": "e", "scope": "account"})).unwrap_err().to_string().starts_with("scope:"));
+        let e = parse_create(&json!({"name": "e", "config": {"type": "cloud"}}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("config.type: cloud environments are not available"),
+            "{e}"
+        );
+        assert!(parse_create(&json!({"name": ""}))
+            .unwrap_err()
+            .to_string()
+            .starts_with("name:"));
+        assert!(parse_create(&json!({"name": "e", "scope": "account"}))
+            .unwrap_err()
+            .to_string()
+            .starts_with("scope:"));
     }
 
     #[test]
     fn update_patches_metadata_and_description() {
-        let (_, cur) = parse_create(&json!({"name": "e", "description": "d", "metadata": {"a": "1", "b": "2"}})).unwrap();
-        let (name, next) = apply_update(&cur, &json!({"metadata": {"a": "", "c": "3"}, "description": ""})).unwrap();
+        let (_, cur) = parse_create(
+            &json!({"name": "e", "description": "d", "metadata": {"a": "1", "b": "2"}}),
+        )
+        .unwrap();
+        let (name, next) = apply_update(
+            &cur,
+            &json!({"metadata": {"a": "", "c": "3"}, "description": ""}),
+        )
+        .unwrap();
         assert_eq!(name, "e");
         assert_eq!(next["metadata"], json!({"b": "2", "c": "3"}));
         assert_eq!(next["description"], json!(""));

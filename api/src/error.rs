@@ -110,7 +110,9 @@ impl ApiError {
             ApiError::InvalidRequest { .. } => (StatusCode::BAD_REQUEST, "invalid_request_error"),
             ApiError::Authentication { .. } => (StatusCode::UNAUTHORIZED, "authentication_error"),
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found_error"),
-            ApiError::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error"),
+            ApiError::MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error")
+            }
             ApiError::Conflict { .. } => (StatusCode::CONFLICT, "invalid_request_error"),
             ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large"),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
@@ -135,8 +137,12 @@ impl From<catalog::CatalogError> for ApiError {
             C::NotFound { kind, id } => ApiError::NotFound {
                 message: format!("{kind} {id} not found"),
             },
-            C::Conflict { .. } => ApiError::Conflict { message: e.to_string() },
-            C::Archived { .. } => ApiError::InvalidRequest { message: e.to_string() },
+            C::Conflict { .. } => ApiError::Conflict {
+                message: e.to_string(),
+            },
+            C::Archived { .. } => ApiError::InvalidRequest {
+                message: e.to_string(),
+            },
             C::Unavailable { .. } => {
                 tracing::warn!(error = %e, "catalog unavailable");
                 ApiError::Unavailable {
@@ -156,7 +162,9 @@ impl From<session_store::StoreError> for ApiError {
             S::EventNotFound { event, .. } => ApiError::NotFound {
                 message: format!("event {event} not found"),
             },
-            S::Conflict { .. } => ApiError::Conflict { message: e.to_string() },
+            S::Conflict { .. } => ApiError::Conflict {
+                message: e.to_string(),
+            },
             S::Invalid { reason, .. } => ApiError::InvalidRequest { message: reason },
             S::Unavailable { .. } => {
                 tracing::warn!(error = %e, "session store unavailable");
@@ -224,12 +232,42 @@ mod tests {
     #[test]
     fn every_kind_has_its_status_and_type() {
         let cases = [
-            (ApiError::invalid("name", "field required"), 400, "invalid_request_error"),
-            (ApiError::Authentication { message: "x".into() }, 401, "authentication_error"),
-            (ApiError::not_found("agent", "agent_1"), 404, "not_found_error"),
-            (ApiError::Conflict { message: "x".into() }, 409, "invalid_request_error"),
-            (ApiError::TooLarge { limit_bytes: 1 }, 413, "request_too_large"),
-            (ApiError::RateLimited { retry_after: Duration::from_millis(1500) }, 429, "rate_limit_error"),
+            (
+                ApiError::invalid("name", "field required"),
+                400,
+                "invalid_request_error",
+            ),
+            (
+                ApiError::Authentication {
+                    message: "x".into(),
+                },
+                401,
+                "authentication_error",
+            ),
+            (
+                ApiError::not_found("agent", "agent_1"),
+                404,
+                "not_found_error",
+            ),
+            (
+                ApiError::Conflict {
+                    message: "x".into(),
+                },
+                409,
+                "invalid_request_error",
+            ),
+            (
+                ApiError::TooLarge { limit_bytes: 1 },
+                413,
+                "request_too_large",
+            ),
+            (
+                ApiError::RateLimited {
+                    retry_after: Duration::from_millis(1500),
+                },
+                429,
+                "rate_limit_error",
+            ),
             (ApiError::internal("boom"), 500, "api_error"),
         ];
         for (e, status, kind) in cases {
@@ -239,9 +277,20 @@ mod tests {
             assert_eq!(r.status().as_u16(), status);
             assert_eq!(r.headers()["request-id"], "req_1");
         }
-        assert_eq!(ApiError::invalid("events.0.type", "unknown").to_string(), "events.0.type: unknown");
-        let r = error_response(&ApiError::RateLimited { retry_after: Duration::from_millis(1500) }, "r");
+        assert_eq!(
+            ApiError::invalid("events.0.type", "unknown").to_string(),
+            "events.0.type: unknown"
+        );
+        let r = error_response(
+            &ApiError::RateLimited {
+                retry_after: Duration::from_millis(1500),
+            },
+            "r",
+        );
         assert_eq!(r.headers()["retry-after"], "2");
-        assert_eq!(ApiError::internal("secret detail").public_message(), "internal server error");
+        assert_eq!(
+            ApiError::internal("secret detail").public_message(),
+            "internal server error"
+        );
     }
 }

@@ -13,7 +13,9 @@ use axum::Json;
 use serde_json::{json, Value};
 use std::ops::Bound;
 
-use session_store::{EventQuery, EventSelector, Fence, NewEvent, Order, SessionStatus, StoreError, StoredEvent};
+use session_store::{
+    EventQuery, EventSelector, Fence, NewEvent, Order, SessionStatus, StoreError, StoredEvent,
+};
 use time::OffsetDateTime;
 
 use crate::body::JsonBody;
@@ -35,7 +37,10 @@ pub(crate) enum UserEvent {
     /// Allow or deny an `always_ask` tool call; names its event id.
     ToolConfirmation { tool_use_id: String, body: Value },
     /// The result of a custom tool call; names its event id.
-    CustomToolResult { custom_tool_use_id: String, body: Value },
+    CustomToolResult {
+        custom_tool_use_id: String,
+        body: Value,
+    },
 }
 
 impl UserEvent {
@@ -49,7 +54,8 @@ impl UserEvent {
     }
 }
 
-const SENDABLE: &str = "user.message, user.interrupt, user.tool_confirmation or user.custom_tool_result";
+const SENDABLE: &str =
+    "user.message, user.interrupt, user.tool_confirmation or user.custom_tool_result";
 
 fn source(path: &str, v: &Value, allowed: &[&str]) -> Result<(), ApiError> {
     let o = Obj::new(path, v)?;
@@ -70,7 +76,10 @@ fn source(path: &str, v: &Value, allowed: &[&str]) -> Result<(), ApiError> {
             o.only(&["type", "data", "media_type"])?;
             o.req_str("data")?;
             if o.req_str("media_type")? != "text/plain" {
-                return Err(ApiError::invalid(&o.path("media_type"), "must be text/plain"));
+                return Err(ApiError::invalid(
+                    &o.path("media_type"),
+                    "must be text/plain",
+                ));
             }
         }
         "url" => {
@@ -86,7 +95,12 @@ fn source(path: &str, v: &Value, allowed: &[&str]) -> Result<(), ApiError> {
 }
 
 /// Validates content blocks of the given kinds.
-fn content(path: &str, value: Option<&Value>, required: bool, kinds: &[&str]) -> Result<(), ApiError> {
+fn content(
+    path: &str,
+    value: Option<&Value>,
+    required: bool,
+    kinds: &[&str],
+) -> Result<(), ApiError> {
     let Some(value) = value.filter(|v| !v.is_null()) else {
         return if required {
             Err(ApiError::invalid(path, "field required"))
@@ -95,7 +109,10 @@ fn content(path: &str, value: Option<&Value>, required: bool, kinds: &[&str]) ->
         };
     };
     let Value::Array(blocks) = value else {
-        return Err(ApiError::invalid(path, format!("expected an array, got {}", type_name(value))));
+        return Err(ApiError::invalid(
+            path,
+            format!("expected an array, got {}", type_name(value)),
+        ));
     };
     if required && blocks.is_empty() {
         return Err(ApiError::invalid(path, "must contain at least one block"));
@@ -107,7 +124,10 @@ fn content(path: &str, value: Option<&Value>, required: bool, kinds: &[&str]) ->
         if !kinds.contains(&t) {
             return Err(ApiError::invalid(
                 &o.path("type"),
-                format!("unknown content block type {t:?}; expected {}", kinds.join(", ")),
+                format!(
+                    "unknown content block type {t:?}; expected {}",
+                    kinds.join(", ")
+                ),
             ));
         }
         match t {
@@ -117,14 +137,18 @@ fn content(path: &str, value: Option<&Value>, required: bool, kinds: &[&str]) ->
             }
             "image" => {
                 o.only(&["type", "source"])?;
-                let s = o.get("source").ok_or_else(|| ApiError::invalid(&o.path("source"), "field required"))?;
+                let s = o
+                    .get("source")
+                    .ok_or_else(|| ApiError::invalid(&o.path("source"), "field required"))?;
                 source(&o.path("source"), s, &["base64", "url", "file"])?;
             }
             "document" => {
                 o.only(&["type", "source", "title", "context"])?;
                 o.opt_str("title")?;
                 o.opt_str("context")?;
-                let s = o.get("source").ok_or_else(|| ApiError::invalid(&o.path("source"), "field required"))?;
+                let s = o
+                    .get("source")
+                    .ok_or_else(|| ApiError::invalid(&o.path("source"), "field required"))?;
                 source(&o.path("source"), s, &["base64", "text", "url", "file"])?;
             }
             "search_result" => {
@@ -231,10 +255,16 @@ pub(crate) fn parse_send(body: &Value) -> Result<Vec<UserEvent>, ApiError> {
         .opt_array("events")?
         .ok_or_else(|| ApiError::invalid("events", "field required"))?;
     if events.is_empty() {
-        return Err(ApiError::invalid("events", "must contain at least one event"));
+        return Err(ApiError::invalid(
+            "events",
+            "must contain at least one event",
+        ));
     }
     if events.len() > MAX_EVENTS_PER_SEND {
-        return Err(ApiError::invalid("events", format!("at most {MAX_EVENTS_PER_SEND} events per request")));
+        return Err(ApiError::invalid(
+            "events",
+            format!("at most {MAX_EVENTS_PER_SEND} events per request"),
+        ));
     }
     events
         .iter()
@@ -253,13 +283,23 @@ pub(crate) fn event_json(e: &StoredEvent) -> Value {
 }
 
 /// Checks that referenced tool-use events exist and can be answered.
-async fn check_references(s: &AppState, session_id: &str, events: &[UserEvent]) -> Result<(), ApiError> {
+async fn check_references(
+    s: &AppState,
+    session_id: &str,
+    events: &[UserEvent],
+) -> Result<(), ApiError> {
     for (i, e) in events.iter().enumerate() {
         let (field, id, expect) = match e {
-            UserEvent::ToolConfirmation { tool_use_id, .. } => ("tool_use_id", tool_use_id, "agent.tool_use"),
-            UserEvent::CustomToolResult { custom_tool_use_id, .. } => {
-                ("custom_tool_use_id", custom_tool_use_id, "agent.custom_tool_use")
+            UserEvent::ToolConfirmation { tool_use_id, .. } => {
+                ("tool_use_id", tool_use_id, "agent.tool_use")
             }
+            UserEvent::CustomToolResult {
+                custom_tool_use_id, ..
+            } => (
+                "custom_tool_use_id",
+                custom_tool_use_id,
+                "agent.custom_tool_use",
+            ),
             _ => continue,
         };
         let path = format!("events.{i}.{field}");
@@ -271,12 +311,18 @@ async fn check_references(s: &AppState, session_id: &str, events: &[UserEvent]) 
         {
             Ok(found) => found,
             Err(StoreError::EventNotFound { .. }) => {
-                return Err(ApiError::invalid(&path, format!("no event {id} in session {session_id}")))
+                return Err(ApiError::invalid(
+                    &path,
+                    format!("no event {id} in session {session_id}"),
+                ))
             }
             Err(e) => return Err(e.into()),
         };
         let Some(target) = found.first() else {
-            return Err(ApiError::invalid(&path, format!("no event {id} in session {session_id}")));
+            return Err(ApiError::invalid(
+                &path,
+                format!("no event {id} in session {session_id}"),
+            ));
         };
         if target.event_type != expect {
             return Err(ApiError::invalid(
@@ -284,8 +330,17 @@ async fn check_references(s: &AppState, session_id: &str, events: &[UserEvent]) 
                 format!("event {id} is a {}, not an {expect}", target.event_type),
             ));
         }
-        if expect == "agent.tool_use" && target.body.get("evaluated_permission").and_then(Value::as_str) != Some("ask") {
-            return Err(ApiError::invalid(&path, format!("tool use {id} does not await a confirmation")));
+        if expect == "agent.tool_use"
+            && target
+                .body
+                .get("evaluated_permission")
+                .and_then(Value::as_str)
+                != Some("ask")
+        {
+            return Err(ApiError::invalid(
+                &path,
+                format!("tool use {id} does not await a confirmation"),
+            ));
         }
     }
     Ok(())
@@ -299,10 +354,16 @@ pub(crate) async fn send(
     let events = parse_send(&body)?;
     let record = s.state.store.get_session(&session_id).await?;
     if record.body.get("archived_at").is_some_and(|a| !a.is_null()) {
-        return Err(ApiError::invalid("", format!("session {session_id} is archived")));
+        return Err(ApiError::invalid(
+            "",
+            format!("session {session_id} is archived"),
+        ));
     }
     if record.status == SessionStatus::Terminated {
-        return Err(ApiError::invalid("", format!("session {session_id} is terminated")));
+        return Err(ApiError::invalid(
+            "",
+            format!("session {session_id} is terminated"),
+        ));
     }
     check_references(&s, &session_id, &events).await?;
     let stored = s
@@ -310,13 +371,18 @@ pub(crate) async fn send(
         .store
         .append(
             &session_id,
-            events.into_iter().map(|e| NewEvent::queued(e.into_body())).collect(),
+            events
+                .into_iter()
+                .map(|e| NewEvent::queued(e.into_body()))
+                .collect(),
             Fence::None,
         )
         .await?;
     tracing::debug!(session_id, events = stored.len(), "user events queued");
     s.state.runner.notify(&session_id);
-    Ok(Json(json!({"data": stored.iter().map(event_json).collect::<Vec<_>>()})))
+    Ok(Json(
+        json!({"data": stored.iter().map(event_json).collect::<Vec<_>>()}),
+    ))
 }
 
 /// The `processed_at` bounds of `created_at[gt|gte|lt|lte]` (as published,
@@ -413,16 +479,33 @@ mod tests {
         let err = |v: Value| parse_send(&v).unwrap_err().to_string();
         assert!(err(json!({})).starts_with("events: field required"));
         assert!(err(json!({"events": []})).starts_with("events:"));
-        assert!(err(json!({"events": [{"type": "user.dance"}]})).starts_with("events.0.type: unknown event type \"user.dance\""));
-        assert!(err(json!({"events": [{"type": "user.message"}]})).starts_with("events.0.content: field required"));
-        assert!(err(json!({"events": [{"type": "user.message", "content": "hi"}]})).starts_with("events.0.content: expected an array"));
-        assert!(err(json!({"events": [{"type": "user.message", "content": [{"type": "text"}]}]})).starts_with("events.0.content.0.text:"));
-        assert!(err(json!({"events": [{"type": "user.message", "content": [{"type": "video"}]}]})).starts_with("events.0.content.0.type:"));
+        assert!(err(json!({"events": [{"type": "user.dance"}]}))
+            .starts_with("events.0.type: unknown event type \"user.dance\""));
+        assert!(err(json!({"events": [{"type": "user.message"}]}))
+            .starts_with("events.0.content: field required"));
+        assert!(
+            err(json!({"events": [{"type": "user.message", "content": "hi"}]}))
+                .starts_with("events.0.content: expected an array")
+        );
+        assert!(
+            err(json!({"events": [{"type": "user.message", "content": [{"type": "text"}]}]}))
+                .starts_with("events.0.content.0.text:")
+        );
+        assert!(
+            err(json!({"events": [{"type": "user.message", "content": [{"type": "video"}]}]}))
+                .starts_with("events.0.content.0.type:")
+        );
         assert!(err(json!({"events": [{"type": "user.tool_confirmation", "tool_use_id": "x", "result": "maybe"}]})).starts_with("events.0.result:"));
         assert!(err(json!({"events": [{"type": "user.tool_confirmation", "tool_use_id": "x", "result": "allow", "deny_message": "m"}]}))
             .starts_with("events.0.deny_message:"));
-        assert!(err(json!({"events": [{"type": "user.custom_tool_result"}]})).starts_with("events.0.custom_tool_use_id:"));
-        assert!(err(json!({"events": [{"type": "user.tool_result", "tool_use_id": "x"}]})).starts_with("events.0.type:"));
+        assert!(
+            err(json!({"events": [{"type": "user.custom_tool_result"}]}))
+                .starts_with("events.0.custom_tool_use_id:")
+        );
+        assert!(
+            err(json!({"events": [{"type": "user.tool_result", "tool_use_id": "x"}]}))
+                .starts_with("events.0.type:")
+        );
         assert!(err(json!({"events": [{"type": "user.message", "content": [{"type": "text", "text": "x"}]}, {"nope": 1}]}))
             .starts_with("events.1.type: field required"));
     }

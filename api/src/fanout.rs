@@ -26,7 +26,11 @@ pub(crate) enum HubItem {
     /// An item of the shared tail.
     Item(TailItem),
     /// The tail failed; `deleted` when the session is gone.
-    Failed { deleted: bool, transient: bool, message: String },
+    Failed {
+        deleted: bool,
+        transient: bool,
+        message: String,
+    },
 }
 
 /// The shared tail of one session.

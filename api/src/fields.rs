@@ -182,7 +182,10 @@ pub(crate) fn metadata(path: &str, value: Option<&Value>) -> Result<Map<String, 
         return Ok(Map::new());
     };
     let Value::Object(map) = value else {
-        return Err(ApiError::invalid(path, format!("expected an object, got {}", type_name(value))));
+        return Err(ApiError::invalid(
+            path,
+            format!("expected an object, got {}", type_name(value)),
+        ));
     };
     for (k, v) in map {
         if !v.is_string() {
@@ -205,7 +208,10 @@ pub(crate) fn patch_metadata(
     empty_deletes: bool,
 ) -> Result<Map<String, Value>, ApiError> {
     let Value::Object(patch) = patch else {
-        return Err(ApiError::invalid(path, format!("expected an object, got {}", type_name(patch))));
+        return Err(ApiError::invalid(
+            path,
+            format!("expected an object, got {}", type_name(patch)),
+        ));
     };
     let mut out = current.clone();
     for (k, v) in patch {
@@ -235,7 +241,10 @@ fn check_metadata(path: &str, map: &Map<String, Value>) -> Result<(), ApiError> 
     if map.len() > METADATA_MAX_PAIRS {
         return Err(ApiError::invalid(
             path,
-            format!("at most {METADATA_MAX_PAIRS} pairs are allowed, got {}", map.len()),
+            format!(
+                "at most {METADATA_MAX_PAIRS} pairs are allowed, got {}",
+                map.len()
+            ),
         ));
     }
     for (k, v) in map {
@@ -245,7 +254,9 @@ fn check_metadata(path: &str, map: &Map<String, Value>) -> Result<(), ApiError> 
                 format!("keys must be 1 to {METADATA_MAX_KEY_CHARS} characters"),
             ));
         }
-        if v.as_str().is_some_and(|s| s.chars().count() > METADATA_MAX_VALUE_CHARS) {
+        if v.as_str()
+            .is_some_and(|s| s.chars().count() > METADATA_MAX_VALUE_CHARS)
+        {
             return Err(ApiError::invalid(
                 &join(path, k),
                 format!("values must be at most {METADATA_MAX_VALUE_CHARS} characters"),
@@ -264,27 +275,53 @@ mod tests {
     fn errors_name_the_field() {
         let v = json!({"name": 3, "tools": {}, "ok": "x", "empty": " "});
         let o = Obj::new("", &v).unwrap();
-        assert_eq!(o.req_str("name").unwrap_err().to_string(), "name: expected a string, got a number");
-        assert_eq!(o.req_str("missing").unwrap_err().to_string(), "missing: field required");
-        assert_eq!(o.req_nonempty("empty").unwrap_err().to_string(), "empty: must not be empty");
-        assert_eq!(o.opt_array("tools").unwrap_err().to_string(), "tools: expected an array, got an object");
-        assert_eq!(o.only(&["name", "tools", "ok"]).unwrap_err().to_string(), "empty: unknown field");
-        assert_eq!(Obj::new("", &json!([1])).unwrap_err().to_string(), "body: expected an object, got an array");
+        assert_eq!(
+            o.req_str("name").unwrap_err().to_string(),
+            "name: expected a string, got a number"
+        );
+        assert_eq!(
+            o.req_str("missing").unwrap_err().to_string(),
+            "missing: field required"
+        );
+        assert_eq!(
+            o.req_nonempty("empty").unwrap_err().to_string(),
+            "empty: must not be empty"
+        );
+        assert_eq!(
+            o.opt_array("tools").unwrap_err().to_string(),
+            "tools: expected an array, got an object"
+        );
+        assert_eq!(
+            o.only(&["name", "tools", "ok"]).unwrap_err().to_string(),
+            "empty: unknown field"
+        );
+        assert_eq!(
+            Obj::new("", &json!([1])).unwrap_err().to_string(),
+            "body: expected an object, got an array"
+        );
         let inner = json!({"a": {"b": 1}});
         let o = Obj::new("x", &inner).unwrap();
         let a = o.opt_obj("a").unwrap().unwrap();
-        assert_eq!(a.req_str("b").unwrap_err().to_string(), "x.a.b: expected a string, got a number");
+        assert_eq!(
+            a.req_str("b").unwrap_err().to_string(),
+            "x.a.b: expected a string, got a number"
+        );
     }
 
     #[test]
     fn metadata_limits_and_patches() {
         assert!(metadata("metadata", Some(&json!({"k": "v"}))).is_ok());
         assert_eq!(
-            metadata("metadata", Some(&json!({"k": 1}))).unwrap_err().to_string(),
+            metadata("metadata", Some(&json!({"k": 1})))
+                .unwrap_err()
+                .to_string(),
             "metadata.k: expected a string, got a number"
         );
         let many: Map<String, Value> = (0..17).map(|i| (format!("k{i}"), json!("v"))).collect();
-        assert!(metadata("metadata", Some(&Value::Object(many))).unwrap_err().to_string().contains("16 pairs"));
+        assert!(metadata("metadata", Some(&Value::Object(many)))
+            .unwrap_err()
+            .to_string()
+            .contains("16 pairs"));
         let cur = metadata("m", Some(&json!({"a": "1", "b": "2"}))).unwrap();
         let out = patch_metadata("m", &cur, &json!({"a": null, "c": "3", "b": ""}), true).unwrap();
         assert_eq!(Value::Object(out), json!({"c": "3"}));

@@ -135,33 +135,60 @@ pub(crate) type AppState = Arc<Shared>;
 /// The API as an axum router, with authentication, limits and error
 /// rendering applied to every route (and to unknown routes).
 pub fn router(state: ApiState) -> Router {
-    let limiter = edge::RateLimiter::new(state.limits.rate_limit_per_second, state.limits.rate_limit_burst);
+    let limiter = edge::RateLimiter::new(
+        state.limits.rate_limit_per_second,
+        state.limits.rate_limit_burst,
+    );
     let hubs = fanout::Hubs::new(state.limits.sse_buffer_events);
-    let shared = Arc::new(Shared { state, limiter, hubs });
+    let shared = Arc::new(Shared {
+        state,
+        limiter,
+        hubs,
+    });
     Router::new()
         .route("/v1/agents", post(agents::create).get(agents::list))
-        .route("/v1/agents/{agent_id}", get(agents::retrieve).post(agents::update))
+        .route(
+            "/v1/agents/{agent_id}",
+            get(agents::retrieve).post(agents::update),
+        )
         .route("/v1/agents/{agent_id}/archive", post(agents::archive))
         .route("/v1/agents/{agent_id}/versions", get(agents::versions))
-        .route("/v1/environments", post(environments::create).get(environments::list))
+        .route(
+            "/v1/environments",
+            post(environments::create).get(environments::list),
+        )
         .route(
             "/v1/environments/{environment_id}",
             get(environments::retrieve)
                 .post(environments::update)
                 .delete(environments::delete),
         )
-        .route("/v1/environments/{environment_id}/archive", post(environments::archive))
+        .route(
+            "/v1/environments/{environment_id}/archive",
+            post(environments::archive),
+        )
         .route("/v1/sessions", post(sessions::create).get(sessions::list))
         .route(
             "/v1/sessions/{session_id}",
-            get(sessions::retrieve).post(sessions::update).delete(sessions::delete),
+            get(sessions::retrieve)
+                .post(sessions::update)
+                .delete(sessions::delete),
         )
         .route("/v1/sessions/{session_id}/archive", post(sessions::archive))
-        .route("/v1/sessions/{session_id}/events", post(events::send).get(events::list))
-        .route("/v1/sessions/{session_id}/events/stream", get(stream::stream))
+        .route(
+            "/v1/sessions/{session_id}/events",
+            post(events::send).get(events::list),
+        )
+        .route(
+            "/v1/sessions/{session_id}/events/stream",
+            get(stream::stream),
+        )
         .fallback(edge::not_found)
         .method_not_allowed_fallback(edge::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(shared.clone(), edge::edge))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            edge::edge,
+        ))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(shared)
 }

@@ -63,13 +63,20 @@ impl Cursor {
 
     /// Decodes `page` for `listing`, which is read in `order`.
     pub(crate) fn decode(page: &str, listing: &str, order: Dir) -> Result<Cursor, ApiError> {
-        let bad = || ApiError::invalid("page", "not a page cursor of this listing (pass next_page or prev_page as given)");
+        let bad = || {
+            ApiError::invalid(
+                "page",
+                "not a page cursor of this listing (pass next_page or prev_page as given)",
+            )
+        };
         let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(page.trim_end_matches('='))
             .map_err(|_| bad())?;
         let raw = String::from_utf8(raw).map_err(|_| bad())?;
         let parts: Vec<&str> = raw.split('|').collect();
-        let [v, l, o, d, n] = parts.as_slice() else { return Err(bad()) };
+        let [v, l, o, d, n] = parts.as_slice() else {
+            return Err(bad());
+        };
         if *v != "v1" || *l != listing {
             return Err(bad());
         }
@@ -81,7 +88,10 @@ impl Cursor {
         if cursor_order != order {
             return Err(ApiError::invalid(
                 "page",
-                format!("the cursor was made for order={}; pass the same order", cursor_order.as_str()),
+                format!(
+                    "the cursor was made for order={}; pass the same order",
+                    cursor_order.as_str()
+                ),
             ));
         }
         let before = match *d {
@@ -180,7 +190,10 @@ impl Query {
             None => Ok(default),
             Some(s) => match s.parse::<usize>() {
                 Ok(n) if (1..=max).contains(&n) => Ok(n),
-                _ => Err(ApiError::invalid("limit", format!("must be an integer from 1 to {max}, got {s:?}"))),
+                _ => Err(ApiError::invalid(
+                    "limit",
+                    format!("must be an integer from 1 to {max}, got {s:?}"),
+                )),
             },
         }
     }
@@ -191,7 +204,10 @@ impl Query {
             None => Ok(None),
             Some("true") | Some("1") => Ok(Some(true)),
             Some("false") | Some("0") => Ok(Some(false)),
-            Some(s) => Err(ApiError::invalid(key, format!("expected true or false, got {s:?}"))),
+            Some(s) => Err(ApiError::invalid(
+                key,
+                format!("expected true or false, got {s:?}"),
+            )),
         }
     }
 
@@ -199,10 +215,9 @@ impl Query {
     pub(crate) fn u64(&self, key: &str) -> Result<Option<u64>, ApiError> {
         match self.one(key)? {
             None => Ok(None),
-            Some(s) => s
-                .parse()
-                .map(Some)
-                .map_err(|_| ApiError::invalid(key, format!("expected a non-negative integer, got {s:?}"))),
+            Some(s) => s.parse().map(Some).map_err(|_| {
+                ApiError::invalid(key, format!("expected a non-negative integer, got {s:?}"))
+            }),
         }
     }
 
@@ -210,9 +225,9 @@ impl Query {
     pub(crate) fn time(&self, key: &str) -> Result<Option<OffsetDateTime>, ApiError> {
         match self.one(key)? {
             None => Ok(None),
-            Some(s) => parse_time(s)
-                .map(Some)
-                .ok_or_else(|| ApiError::invalid(key, format!("expected an RFC 3339 date-time, got {s:?}"))),
+            Some(s) => parse_time(s).map(Some).ok_or_else(|| {
+                ApiError::invalid(key, format!("expected an RFC 3339 date-time, got {s:?}"))
+            }),
         }
     }
 
@@ -222,7 +237,10 @@ impl Query {
             None => Ok(default),
             Some("asc") => Ok(Dir::Asc),
             Some("desc") => Ok(Dir::Desc),
-            Some(s) => Err(ApiError::invalid("order", format!("expected asc or desc, got {s:?}"))),
+            Some(s) => Err(ApiError::invalid(
+                "order",
+                format!("expected asc or desc, got {s:?}"),
+            )),
         }
     }
 
@@ -263,9 +281,16 @@ mod tests {
         assert!(q.time("created_at[gte]").unwrap().is_some());
         assert_eq!(q.limit(20, 100).unwrap(), 5);
         q.only(&["types", "created_at[gte]", "limit"]).unwrap();
-        assert_eq!(q.only(&["types"]).unwrap_err().to_string(), "created_at[gte]: unknown query parameter");
+        assert_eq!(
+            q.only(&["types"]).unwrap_err().to_string(),
+            "created_at[gte]: unknown query parameter"
+        );
         let q = Query::parse(Some("limit=0")).unwrap();
-        assert!(q.limit(20, 100).unwrap_err().to_string().starts_with("limit:"));
+        assert!(q
+            .limit(20, 100)
+            .unwrap_err()
+            .to_string()
+            .starts_with("limit:"));
         assert!(Query::parse(Some("a=%zz")).is_err());
         assert!(Query::parse(Some("a=%4")).is_err());
         let q = Query::parse(Some("limit=1&limit=2")).unwrap();
@@ -286,7 +311,11 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_refuse_other_listings_and_orders() {
-        let c = Cursor { order: Dir::Desc, before: false, at: 42 };
+        let c = Cursor {
+            order: Dir::Desc,
+            before: false,
+            at: 42,
+        };
         let s = c.encode("sessions");
         assert_eq!(Cursor::decode(&s, "sessions", Dir::Desc).unwrap(), c);
         assert!(Cursor::decode(&s, "agents", Dir::Desc).is_err());

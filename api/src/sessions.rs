@@ -13,8 +13,8 @@ use axum::Json;
 use catalog::CatalogError;
 use serde_json::{json, Map, Value};
 use session_store::{
-    AppendBatch, BodyUpdate, Fence, NewEvent, NewSession, Order, SessionQuery, SessionRecord, SessionStatus,
-    SessionUpdate, StoreError,
+    AppendBatch, BodyUpdate, Fence, NewEvent, NewSession, Order, SessionQuery, SessionRecord,
+    SessionStatus, SessionUpdate, StoreError,
 };
 use time::OffsetDateTime;
 
@@ -55,14 +55,20 @@ fn empty_or_refused(o: &Obj<'_>, key: &str, why: &str) -> Result<(), ApiError> {
         None => Ok(()),
         Some(Value::Array(a)) if a.is_empty() => Ok(()),
         Some(Value::Array(_)) => Err(ApiError::invalid(key, why)),
-        Some(other) => Err(ApiError::invalid(key, format!("expected an array, got {}", type_name(other)))),
+        Some(other) => Err(ApiError::invalid(
+            key,
+            format!("expected an array, got {}", type_name(other)),
+        )),
     }
 }
 
 fn title(o: &Obj<'_>) -> Result<Option<String>, ApiError> {
     let t = o.opt_str("title")?;
     if t.is_some_and(|t| t.chars().count() > MAX_TITLE_CHARS) {
-        return Err(ApiError::invalid("title", format!("must be at most {MAX_TITLE_CHARS} characters")));
+        return Err(ApiError::invalid(
+            "title",
+            format!("must be at most {MAX_TITLE_CHARS} characters"),
+        ));
     }
     Ok(t.map(str::to_owned))
 }
@@ -113,15 +119,25 @@ pub(crate) fn parse_create(body: &Value) -> Result<CreateSession, ApiError> {
         Some(other) => {
             return Err(ApiError::invalid(
                 "agent",
-                format!("expected an agent id or an object, got {}", type_name(other)),
+                format!(
+                    "expected an agent id or an object, got {}",
+                    type_name(other)
+                ),
             ))
         }
     };
     let environment_id = o.req_nonempty("environment_id")?.to_owned();
-    empty_or_refused(&o, "resources", "session resources are not supported by Airlock yet")?;
+    empty_or_refused(
+        &o,
+        "resources",
+        "session resources are not supported by Airlock yet",
+    )?;
     empty_or_refused(&o, "vault_ids", "vaults are not supported by Airlock yet")?;
     if o.get("budget").is_some() {
-        return Err(ApiError::invalid("budget", "budgets are not supported by Airlock yet"));
+        return Err(ApiError::invalid(
+            "budget",
+            "budgets are not supported by Airlock yet",
+        ));
     }
     let mut initial_events = Vec::new();
     if let Some(events) = o.opt_array("initial_events")? {
@@ -132,7 +148,10 @@ pub(crate) fn parse_create(body: &Value) -> Result<CreateSession, ApiError> {
             ));
         }
         for (i, e) in events.iter().enumerate() {
-            initial_events.push(parse_initial_event(&join("initial_events", &i.to_string()), e)?);
+            initial_events.push(parse_initial_event(
+                &join("initial_events", &i.to_string()),
+                e,
+            )?);
         }
     }
     Ok(CreateSession {
@@ -163,26 +182,43 @@ pub(crate) fn render(r: &SessionRecord) -> Value {
     Value::Object(out)
 }
 
-pub(crate) async fn create(State(s): State<AppState>, JsonBody(body): JsonBody) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn create(
+    State(s): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
     let req = parse_create(&body)?;
     let st = &s.state;
-    let agent = st.catalog.get_agent(&req.agent.id, req.agent.version).await.map_err(|e| match e {
-        CatalogError::NotFound { id, .. } => ApiError::NotFound {
-            message: format!("agent: agent {id} not found"),
-        },
-        other => other.into(),
-    })?;
+    let agent = st
+        .catalog
+        .get_agent(&req.agent.id, req.agent.version)
+        .await
+        .map_err(|e| match e {
+            CatalogError::NotFound { id, .. } => ApiError::NotFound {
+                message: format!("agent: agent {id} not found"),
+            },
+            other => other.into(),
+        })?;
     if agent.archived_at.is_some() {
-        return Err(ApiError::invalid("agent", format!("agent {} is archived", agent.id)));
+        return Err(ApiError::invalid(
+            "agent",
+            format!("agent {} is archived", agent.id),
+        ));
     }
-    let env = st.catalog.get_environment(&req.environment_id).await.map_err(|e| match e {
-        CatalogError::NotFound { id, .. } => ApiError::NotFound {
-            message: format!("environment_id: environment {id} not found"),
-        },
-        other => other.into(),
-    })?;
+    let env = st
+        .catalog
+        .get_environment(&req.environment_id)
+        .await
+        .map_err(|e| match e {
+            CatalogError::NotFound { id, .. } => ApiError::NotFound {
+                message: format!("environment_id: environment {id} not found"),
+            },
+            other => other.into(),
+        })?;
     if env.archived_at.is_some() {
-        return Err(ApiError::invalid("environment_id", format!("environment {} is archived", env.id)));
+        return Err(ApiError::invalid(
+            "environment_id",
+            format!("environment {} is archived", env.id),
+        ));
     }
     let id = new_id("sesn");
     let body = json!({
@@ -205,7 +241,11 @@ pub(crate) async fn create(State(s): State<AppState>, JsonBody(body): JsonBody) 
             id: id.clone(),
             status: SessionStatus::Idle,
             body,
-            initial_events: req.initial_events.into_iter().map(NewEvent::queued).collect(),
+            initial_events: req
+                .initial_events
+                .into_iter()
+                .map(NewEvent::queued)
+                .collect(),
         })
         .await?;
     tracing::info!(session_id = %id, agent_id = %agent.id, agent_version = agent.version, "session created");
@@ -277,7 +317,10 @@ fn store_order(d: Dir) -> Order {
     }
 }
 
-pub(crate) async fn list(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn list(
+    State(s): State<AppState>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
     let q = Query::parse(q.as_deref())?;
     q.only(&[
         "agent_id",
@@ -361,11 +404,22 @@ pub(crate) async fn list(State(s): State<AppState>, RawQuery(q): RawQuery) -> Re
     let mk = |before: bool, at: i64| Cursor { order, before, at }.encode("sessions");
     let (next, prev) = if before {
         items.reverse();
-        let prev = if more { far_end.map(|at| mk(true, at)) } else { None };
-        let next = items.last().map(|r| mk(false, r.position)).or(cursor.map(|c| mk(false, c.at - 1)));
+        let prev = if more {
+            far_end.map(|at| mk(true, at))
+        } else {
+            None
+        };
+        let next = items
+            .last()
+            .map(|r| mk(false, r.position))
+            .or(cursor.map(|c| mk(false, c.at - 1)));
         (next, prev)
     } else {
-        let next = if more { far_end.map(|at| mk(false, at)) } else { None };
+        let next = if more {
+            far_end.map(|at| mk(false, at))
+        } else {
+            None
+        };
         let prev = if cursor.is_some() {
             items.first().map(|r| mk(true, r.position))
         } else {
@@ -385,7 +439,10 @@ fn apply_update(record: &SessionRecord, body: &Value) -> Result<Value, ApiError>
     let o = Obj::new("", body)?;
     o.only(&["agent", "budget", "metadata", "title", "vault_ids"])?;
     if o.has("vault_ids") {
-        return Err(ApiError::invalid("vault_ids", "not yet supported; requests setting this field are rejected"));
+        return Err(ApiError::invalid(
+            "vault_ids",
+            "not yet supported; requests setting this field are rejected",
+        ));
     }
     if o.get("budget").is_some() {
         return Err(ApiError::invalid(
@@ -398,8 +455,15 @@ fn apply_update(record: &SessionRecord, body: &Value) -> Result<Value, ApiError>
         next.insert("title".into(), json!(title(&o)?));
     }
     if let Some(patch) = o.get("metadata") {
-        let cur = next.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default();
-        next.insert("metadata".into(), Value::Object(patch_metadata("metadata", &cur, patch, false)?));
+        let cur = next
+            .get("metadata")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        next.insert(
+            "metadata".into(),
+            Value::Object(patch_metadata("metadata", &cur, patch, false)?),
+        );
     } else if o.has("metadata") {
         next.insert("metadata".into(), json!({}));
     }
@@ -409,17 +473,26 @@ fn apply_update(record: &SessionRecord, body: &Value) -> Result<Value, ApiError>
             SessionStatus::Running | SessionStatus::Rescheduling => {
                 return Err(ApiError::invalid(
                     "agent",
-                    format!("session {} is {}; its tools can change only while it is idle", record.id, record.status),
+                    format!(
+                        "session {} is {}; its tools can change only while it is idle",
+                        record.id, record.status
+                    ),
                 ))
             }
             SessionStatus::Terminated => {
-                return Err(ApiError::invalid("agent", format!("session {} is terminated", record.id)))
+                return Err(ApiError::invalid(
+                    "agent",
+                    format!("session {} is terminated", record.id),
+                ))
             }
             SessionStatus::Idle => {}
         }
         if let Some(Value::Array(m)) = a.get("mcp_servers") {
             if !m.is_empty() {
-                return Err(ApiError::invalid("agent.mcp_servers", "MCP servers are not supported by Airlock yet"));
+                return Err(ApiError::invalid(
+                    "agent.mcp_servers",
+                    "MCP servers are not supported by Airlock yet",
+                ));
             }
         }
         if a.has("tools") {
@@ -441,7 +514,10 @@ pub(crate) async fn update(
     for _ in 0..8 {
         let record = store.get_session(&id).await?;
         if record.body.get("archived_at").is_some_and(|a| !a.is_null()) {
-            return Err(ApiError::invalid("", format!("session {id} is archived and cannot change")));
+            return Err(ApiError::invalid(
+                "",
+                format!("session {id} is archived and cannot change"),
+            ));
         }
         let next = apply_update(&record, &body)?;
         if next == record.body {
@@ -469,7 +545,10 @@ pub(crate) async fn update(
 }
 
 fn refuse_while_running(record: &SessionRecord, what: &str) -> Result<(), ApiError> {
-    if matches!(record.status, SessionStatus::Running | SessionStatus::Rescheduling) {
+    if matches!(
+        record.status,
+        SessionStatus::Running | SessionStatus::Rescheduling
+    ) {
         return Err(ApiError::invalid(
             "",
             format!(
@@ -496,7 +575,9 @@ pub(crate) async fn archive(
             .append_batch(
                 &id,
                 AppendBatch {
-                    events: vec![NewEvent::processed(json!({"type": "session.status_terminated"}))],
+                    events: vec![NewEvent::processed(
+                        json!({"type": "session.status_terminated"}),
+                    )],
                     fence: Fence::None,
                     set_status: Some(SessionStatus::Terminated),
                 },
@@ -508,7 +589,9 @@ pub(crate) async fn archive(
             &id,
             SessionUpdate {
                 status: None,
-                body: Some(BodyUpdate::MergePatch(json!({"archived_at": rfc3339(OffsetDateTime::now_utc())}))),
+                body: Some(BodyUpdate::MergePatch(
+                    json!({"archived_at": rfc3339(OffsetDateTime::now_utc())}),
+                )),
                 if_version: None,
             },
         )
@@ -517,7 +600,10 @@ pub(crate) async fn archive(
     Ok(Json(render(&record)))
 }
 
-pub(crate) async fn delete(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn delete(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let record = s.state.store.get_session(&id).await?;
     refuse_while_running(&record, "deleting")?;
     s.state.store.delete_session(&id).await?;
@@ -532,7 +618,13 @@ mod tests {
     #[test]
     fn create_parses_agent_references_and_names_fields() {
         let c = parse_create(&json!({"agent": "agent_1", "environment_id": "env_1"})).unwrap();
-        assert_eq!(c.agent, AgentRef { id: "agent_1".into(), version: None });
+        assert_eq!(
+            c.agent,
+            AgentRef {
+                id: "agent_1".into(),
+                version: None
+            }
+        );
         let c = parse_create(&json!({"agent": {"type": "agent", "id": "agent_1", "version": 2}, "environment_id": "env_1",
             "initial_events": [{"type": "user.message", "content": [{"type": "text", "text": "hi"}]}]}))
         .unwrap();
@@ -542,11 +634,22 @@ mod tests {
         assert!(err(json!({"environment_id": "e"})).starts_with("agent: field required"));
         assert!(err(json!({"agent": "a"})).starts_with("environment_id: field required"));
         assert!(err(json!({"agent": 5, "environment_id": "e"})).starts_with("agent:"));
-        assert!(err(json!({"agent": {"type": "agent"}, "environment_id": "e"})).starts_with("agent.id:"));
-        assert!(err(json!({"agent": {"type": "agent", "id": "a", "version": "2"}, "environment_id": "e"})).starts_with("agent.version:"));
-        assert!(err(json!({"agent": "a", "environment_id": "e", "resources": [{"type": "file"}]})).starts_with("resources:"));
+        assert!(
+            err(json!({"agent": {"type": "agent"}, "environment_id": "e"}))
+                .starts_with("agent.id:")
+        );
+        assert!(err(
+            json!({"agent": {"type": "agent", "id": "a", "version": "2"}, "environment_id": "e"})
+        )
+        .starts_with("agent.version:"));
+        assert!(
+            err(json!({"agent": "a", "environment_id": "e", "resources": [{"type": "file"}]}))
+                .starts_with("resources:")
+        );
         assert!(err(json!({"agent": "a", "environment_id": "e", "initial_events": [{"type": "user.interrupt"}]}))
             .starts_with("initial_events.0.type:"));
-        assert!(err(json!({"agent": "a", "environment_id": "e", "title": 3})).starts_with("title:"));
+        assert!(
+            err(json!({"agent": "a", "environment_id": "e", "title": 3})).starts_with("title:")
+        );
     }
 }

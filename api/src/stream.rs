@@ -65,7 +65,12 @@ pub(crate) fn parse(query: &Query, headers: &HeaderMap) -> Result<StartAt, ApiEr
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
             .map(StartAt::After)
-            .ok_or_else(|| ApiError::invalid("Last-Event-ID", "expected an event seq (a non-negative integer)")),
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "Last-Event-ID",
+                    "expected an event seq (a non-negative integer)",
+                )
+            }),
     }
 }
 
@@ -133,9 +138,17 @@ async fn next_item(
             Source::Own(tail) => return tail.next().await.map(|r| r.map_err(Failure::from)),
             Source::Shared { rx, start, .. } => match rx.recv().await {
                 Ok(item) => match &*item {
-                    HubItem::Item(TailItem::Appended(e) | TailItem::Processed(e)) if e.seq < *start => continue,
+                    HubItem::Item(TailItem::Appended(e) | TailItem::Processed(e))
+                        if e.seq < *start =>
+                    {
+                        continue
+                    }
                     HubItem::Item(i) => return Some(Ok(i.clone())),
-                    HubItem::Failed { deleted, transient, message } => {
+                    HubItem::Failed {
+                        deleted,
+                        transient,
+                        message,
+                    } => {
                         return Some(Err(Failure {
                             deleted: *deleted,
                             transient: *transient,
@@ -145,7 +158,12 @@ async fn next_item(
                 },
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     let from = last_seq.max(*start - 1) + 1;
-                    tracing::debug!(session_id, missed, from_seq = from, "reader fell behind the shared tail; continuing on its own");
+                    tracing::debug!(
+                        session_id,
+                        missed,
+                        from_seq = from,
+                        "reader fell behind the shared tail; continuing on its own"
+                    );
                     match store.subscribe(session_id, from).await {
                         Ok(tail) => *source = Source::Own(tail),
                         Err(e) => return Some(Err(e.into())),
@@ -214,10 +232,21 @@ pub(crate) async fn stream(
             let hub = s.hubs.get(store, &session_id).await?;
             let rx = hub.subscribe();
             let from = store.get_session(&session_id).await?.last_seq + 1;
-            (Source::Shared { _hub: hub, rx, start: from }, from)
+            (
+                Source::Shared {
+                    _hub: hub,
+                    rx,
+                    start: from,
+                },
+                from,
+            )
         }
     };
-    let every = s.state.limits.sse_ping_interval.max(Duration::from_millis(10));
+    let every = s
+        .state
+        .limits
+        .sse_ping_interval
+        .max(Duration::from_millis(10));
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let state = Tail {
@@ -231,12 +260,17 @@ pub(crate) async fn stream(
     };
     tracing::debug!(session_id, from_seq = from, "event stream opened");
     let body = futures::stream::unfold(state, |mut st| async move {
-        next_frame(&mut st).await.map(|b| (Ok::<_, std::convert::Infallible>(b), st))
+        next_frame(&mut st)
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), st))
     });
     let mut response = Response::new(Body::from_stream(body));
     *response.status_mut() = StatusCode::OK;
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
@@ -249,16 +283,35 @@ mod tests {
     #[test]
     fn resume_points() {
         let none = HeaderMap::new();
-        assert_eq!(parse(&Query::parse(None).unwrap(), &none).unwrap(), StartAt::Live);
-        assert_eq!(parse(&Query::parse(Some("after=7")).unwrap(), &none).unwrap(), StartAt::After(7));
+        assert_eq!(
+            parse(&Query::parse(None).unwrap(), &none).unwrap(),
+            StartAt::Live
+        );
+        assert_eq!(
+            parse(&Query::parse(Some("after=7")).unwrap(), &none).unwrap(),
+            StartAt::After(7)
+        );
         let mut h = HeaderMap::new();
         h.insert("last-event-id", HeaderValue::from_static("12"));
-        assert_eq!(parse(&Query::parse(None).unwrap(), &h).unwrap(), StartAt::After(12));
+        assert_eq!(
+            parse(&Query::parse(None).unwrap(), &h).unwrap(),
+            StartAt::After(12)
+        );
         // the query wins over the header
-        assert_eq!(parse(&Query::parse(Some("after=3")).unwrap(), &h).unwrap(), StartAt::After(3));
+        assert_eq!(
+            parse(&Query::parse(Some("after=3")).unwrap(), &h).unwrap(),
+            StartAt::After(3)
+        );
         h.insert("last-event-id", HeaderValue::from_static("x"));
-        assert!(parse(&Query::parse(None).unwrap(), &h).unwrap_err().to_string().starts_with("Last-Event-ID:"));
-        assert!(parse(&Query::parse(Some("event_deltas[]=agent.message")).unwrap(), &none).is_ok());
+        assert!(parse(&Query::parse(None).unwrap(), &h)
+            .unwrap_err()
+            .to_string()
+            .starts_with("Last-Event-ID:"));
+        assert!(parse(
+            &Query::parse(Some("event_deltas[]=agent.message")).unwrap(),
+            &none
+        )
+        .is_ok());
         assert!(parse(&Query::parse(Some("event_deltas[]=x")).unwrap(), &none).is_err());
         assert!(parse(&Query::parse(Some("after=-1")).unwrap(), &none).is_err());
     }
@@ -266,7 +319,10 @@ mod tests {
     #[test]
     fn frames_are_sse() {
         let f = frame("user.message", Some(3), &json!({"type": "user.message"}));
-        assert_eq!(&f[..], b"event: user.message\nid: 3\ndata: {\"type\":\"user.message\"}\n\n");
+        assert_eq!(
+            &f[..],
+            b"event: user.message\nid: 3\ndata: {\"type\":\"user.message\"}\n\n"
+        );
         let p = frame("ping", None, &json!({"type": "ping"}));
         assert!(!String::from_utf8_lossy(&p).contains("id:"));
     }

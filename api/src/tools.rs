@@ -23,7 +23,16 @@ use crate::fields::{join, type_name, Obj};
 pub(crate) const TOOLSET: &str = "agent_toolset_20260401";
 
 /// Tools of the toolset, in published order.
-const TOOLSET_TOOLS: [&str; 8] = ["bash", "edit", "read", "write", "glob", "grep", "web_fetch", "web_search"];
+const TOOLSET_TOOLS: [&str; 8] = [
+    "bash",
+    "edit",
+    "read",
+    "write",
+    "glob",
+    "grep",
+    "web_fetch",
+    "web_search",
+];
 
 /// Most tool entries in `tools`.
 const MAX_TOOLS: usize = 128;
@@ -36,7 +45,9 @@ fn policy(path: &str, v: &Value) -> Result<Value, ApiError> {
         t @ ("always_allow" | "always_ask" | "auto") => Ok(json!({ "type": t })),
         other => Err(ApiError::invalid(
             &o.path("type"),
-            format!("unknown permission policy {other:?}; expected always_allow, always_ask or auto"),
+            format!(
+                "unknown permission policy {other:?}; expected always_allow, always_ask or auto"
+            ),
         )),
     }
 }
@@ -62,14 +73,25 @@ fn toolset(path: &str, o: &Obj<'_>) -> Result<Value, ApiError> {
         if !TOOLSET_TOOLS.contains(&name) {
             return Err(ApiError::invalid(
                 &c.path("name"),
-                format!("unknown tool {name:?}; expected one of {}", TOOLSET_TOOLS.join(", ")),
+                format!(
+                    "unknown tool {name:?}; expected one of {}",
+                    TOOLSET_TOOLS.join(", ")
+                ),
             ));
         }
         if !seen.insert(name) {
-            return Err(ApiError::invalid(&c.path("name"), format!("tool {name} is configured twice")));
+            return Err(ApiError::invalid(
+                &c.path("name"),
+                format!("tool {name} is configured twice"),
+            ));
         }
         let extra: &[&str] = match name {
-            "web_fetch" => &["allowed_domains", "blocked_domains", "max_content_tokens", "url_sources"],
+            "web_fetch" => &[
+                "allowed_domains",
+                "blocked_domains",
+                "max_content_tokens",
+                "url_sources",
+            ],
             "web_search" => &["allowed_domains", "blocked_domains", "user_location"],
             _ => &[],
         };
@@ -78,13 +100,19 @@ fn toolset(path: &str, o: &Obj<'_>) -> Result<Value, ApiError> {
         c.only(&allowed)?;
         if let Some(t) = c.opt_str("type")? {
             if t != name {
-                return Err(ApiError::invalid(&c.path("type"), format!("must equal the name {name:?}")));
+                return Err(ApiError::invalid(
+                    &c.path("type"),
+                    format!("must equal the name {name:?}"),
+                ));
             }
         }
         let mut out = Map::new();
         out.insert("type".into(), json!(name));
         out.insert("name".into(), json!(name));
-        out.insert("enabled".into(), json!(c.opt_bool("enabled")?.unwrap_or(enabled)));
+        out.insert(
+            "enabled".into(),
+            json!(c.opt_bool("enabled")?.unwrap_or(enabled)),
+        );
         let p = match c.get("permission_policy") {
             Some(p) => policy(&c.path("permission_policy"), p)?,
             None => default_policy.clone(),
@@ -109,7 +137,9 @@ fn custom(o: &Obj<'_>) -> Result<Value, ApiError> {
     let name = o.req_str("name")?;
     let ok = !name.is_empty()
         && name.len() <= 128
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     if !ok {
         return Err(ApiError::invalid(
             &o.path("name"),
@@ -134,7 +164,10 @@ fn custom(o: &Obj<'_>) -> Result<Value, ApiError> {
     }
     if let Some(r) = s.opt_array("required")? {
         if let Some(i) = r.iter().position(|v| !v.is_string()) {
-            return Err(ApiError::invalid(&join(&s.path("required"), &i.to_string()), "expected a string"));
+            return Err(ApiError::invalid(
+                &join(&s.path("required"), &i.to_string()),
+                "expected a string",
+            ));
         }
     }
     Ok(json!({
@@ -151,10 +184,16 @@ pub(crate) fn tools(path: &str, value: Option<&Value>) -> Result<Vec<Value>, Api
         return Ok(Vec::new());
     };
     let Value::Array(items) = value else {
-        return Err(ApiError::invalid(path, format!("expected an array, got {}", type_name(value))));
+        return Err(ApiError::invalid(
+            path,
+            format!("expected an array, got {}", type_name(value)),
+        ));
     };
     if items.len() > MAX_TOOLS {
-        return Err(ApiError::invalid(path, format!("at most {MAX_TOOLS} tools are allowed")));
+        return Err(ApiError::invalid(
+            path,
+            format!("at most {MAX_TOOLS} tools are allowed"),
+        ));
     }
     let mut out = Vec::with_capacity(items.len());
     let mut has_toolset = false;
@@ -164,7 +203,10 @@ pub(crate) fn tools(path: &str, value: Option<&Value>) -> Result<Vec<Value>, Api
         let normalized = match o.req_str("type")? {
             TOOLSET => {
                 if has_toolset {
-                    return Err(ApiError::invalid(&o.path("type"), "the agent toolset is included twice"));
+                    return Err(ApiError::invalid(
+                        &o.path("type"),
+                        "the agent toolset is included twice",
+                    ));
                 }
                 has_toolset = true;
                 toolset(&ipath, &o)?
@@ -191,13 +233,19 @@ pub(crate) fn tools(path: &str, value: Option<&Value>) -> Result<Vec<Value>, Api
     for t in out.iter().filter(|t| t["type"] == TOOLSET) {
         let default_on = t["default_config"]["enabled"].as_bool().unwrap_or(true);
         for name in TOOLSET_TOOLS {
-            let cfg = t["configs"].as_array().and_then(|c| c.iter().find(|c| c["name"] == name));
+            let cfg = t["configs"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["name"] == name));
             if cfg.map_or(default_on, |c| c["enabled"].as_bool().unwrap_or(default_on)) {
                 names.insert(name);
             }
         }
     }
-    for (i, t) in out.iter().enumerate().filter(|(_, t)| t["type"] == "custom") {
+    for (i, t) in out
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t["type"] == "custom")
+    {
         let name = t["name"].as_str().unwrap_or_default();
         if !names.insert(name) {
             return Err(ApiError::invalid(
@@ -238,14 +286,19 @@ pub(crate) fn model(path: &str, value: &Value) -> Result<Value, ApiError> {
                 if !["low", "medium", "high", "xhigh", "max"].contains(&level) {
                     return Err(ApiError::invalid(
                         &o.path("effort"),
-                        format!("unknown effort {level:?}; expected low, medium, high, xhigh or max"),
+                        format!(
+                            "unknown effort {level:?}; expected low, medium, high, xhigh or max"
+                        ),
                     ));
                 }
                 out.insert("effort".into(), json!({ "type": level }));
             }
             if let Some(s) = o.opt_str("speed")? {
                 if s != "standard" && s != "fast" {
-                    return Err(ApiError::invalid(&o.path("speed"), "expected standard or fast"));
+                    return Err(ApiError::invalid(
+                        &o.path("speed"),
+                        "expected standard or fast",
+                    ));
                 }
                 out.insert("speed".into(), json!(s));
             }
@@ -275,12 +328,18 @@ mod tests {
               {"type": "custom", "name": "lookup", "description": "d", "input_schema": {"type": "object"}}])),
         )
         .unwrap();
-        assert_eq!(t[0]["default_config"], json!({"enabled": true, "permission_policy": {"type": "always_ask"}}));
+        assert_eq!(
+            t[0]["default_config"],
+            json!({"enabled": true, "permission_policy": {"type": "always_ask"}})
+        );
         assert_eq!(
             t[0]["configs"][0],
             json!({"type": "read", "name": "read", "enabled": true, "permission_policy": {"type": "always_allow"}})
         );
-        assert_eq!(t[0]["configs"][1]["permission_policy"], json!({"type": "always_ask"}));
+        assert_eq!(
+            t[0]["configs"][1]["permission_policy"],
+            json!({"type": "always_ask"})
+        );
         assert_eq!(t[0]["configs"][1]["enabled"], json!(false));
         assert_eq!(t[1]["name"], json!("lookup"));
     }
@@ -289,16 +348,46 @@ mod tests {
     fn bad_tools_name_the_field() {
         let cases = [
             (json!([{"type": "nope"}]), "tools.0.type"),
-            (json!([{"type": TOOLSET, "configs": [{"name": "rm"}]}]), "tools.0.configs.0.name"),
-            (json!([{"type": TOOLSET, "configs": [{"name": "bash", "permission_policy": {"type": "maybe"}}]}]), "tools.0.configs.0.permission_policy.type"),
-            (json!([{"type": TOOLSET, "default_config": {"enabled": "yes"}}]), "tools.0.default_config.enabled"),
-            (json!([{"type": "custom", "name": "x y", "description": "d", "input_schema": {"type": "object"}}]), "tools.0.name"),
-            (json!([{"type": "custom", "name": "x", "description": "d"}]), "tools.0.input_schema"),
-            (json!([{"type": "custom", "name": "x", "input_schema": {"type": "object"}}]), "tools.0.description"),
-            (json!([{"type": "custom", "name": "x", "description": "d", "input_schema": {"type": "string"}}]), "tools.0.input_schema.type"),
-            (json!([{"type": "mcp_toolset", "mcp_server_name": "m"}]), "tools.0.type"),
-            (json!([{"type": TOOLSET}, {"type": "custom", "name": "bash", "description": "d", "input_schema": {"type": "object"}}]), "tools.1.name"),
-            (json!([{"type": "custom", "name": "bash", "description": "d", "input_schema": {"type": "object"}}, {"type": TOOLSET}]), "tools.0.name"),
+            (
+                json!([{"type": TOOLSET, "configs": [{"name": "rm"}]}]),
+                "tools.0.configs.0.name",
+            ),
+            (
+                json!([{"type": TOOLSET, "configs": [{"name": "bash", "permission_policy": {"type": "maybe"}}]}]),
+                "tools.0.configs.0.permission_policy.type",
+            ),
+            (
+                json!([{"type": TOOLSET, "default_config": {"enabled": "yes"}}]),
+                "tools.0.default_config.enabled",
+            ),
+            (
+                json!([{"type": "custom", "name": "x y", "description": "d", "input_schema": {"type": "object"}}]),
+                "tools.0.name",
+            ),
+            (
+                json!([{"type": "custom", "name": "x", "description": "d"}]),
+                "tools.0.input_schema",
+            ),
+            (
+                json!([{"type": "custom", "name": "x", "input_schema": {"type": "object"}}]),
+                "tools.0.description",
+            ),
+            (
+                json!([{"type": "custom", "name": "x", "description": "d", "input_schema": {"type": "string"}}]),
+                "tools.0.input_schema.type",
+            ),
+            (
+                json!([{"type": "mcp_toolset", "mcp_server_name": "m"}]),
+                "tools.0.type",
+            ),
+            (
+                json!([{"type": TOOLSET}, {"type": "custom", "name": "bash", "description": "d", "input_schema": {"type": "object"}}]),
+                "tools.1.name",
+            ),
+            (
+                json!([{"type": "custom", "name": "bash", "description": "d", "input_schema": {"type": "object"}}, {"type": TOOLSET}]),
+                "tools.0.name",
+            ),
             (json!({"type": TOOLSET}), "tools"),
         ];
         for (v, field) in cases {
@@ -316,13 +405,29 @@ mod tests {
 
     #[test]
     fn models_normalize_to_objects() {
-        assert_eq!(model("model", &json!("claude-x")).unwrap(), json!({"id": "claude-x"}));
         assert_eq!(
-            model("model", &json!({"id": "m", "effort": "high", "speed": "fast"})).unwrap(),
+            model("model", &json!("claude-x")).unwrap(),
+            json!({"id": "claude-x"})
+        );
+        assert_eq!(
+            model(
+                "model",
+                &json!({"id": "m", "effort": "high", "speed": "fast"})
+            )
+            .unwrap(),
             json!({"id": "m", "effort": {"type": "high"}, "speed": "fast"})
         );
-        assert!(model("model", &json!({"id": "m", "effort": "extreme"})).unwrap_err().to_string().starts_with("model.effort:"));
-        assert!(model("model", &json!(3)).unwrap_err().to_string().starts_with("model:"));
-        assert!(model("model", &json!({})).unwrap_err().to_string().starts_with("model.id:"));
+        assert!(model("model", &json!({"id": "m", "effort": "extreme"}))
+            .unwrap_err()
+            .to_string()
+            .starts_with("model.effort:"));
+        assert!(model("model", &json!(3))
+            .unwrap_err()
+            .to_string()
+            .starts_with("model:"));
+        assert!(model("model", &json!({}))
+            .unwrap_err()
+            .to_string()
+            .starts_with("model.id:"));
     }
 }

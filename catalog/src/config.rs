@@ -68,7 +68,9 @@ impl SecretUrl {
 impl std::fmt::Debug for SecretUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match (self.0.find("://"), self.0.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => write!(f, "{}***{}", &self.0[..scheme + 3], &self.0[at..]),
+            (Some(scheme), Some(at)) if at > scheme => {
+                write!(f, "{}***{}", &self.0[..scheme + 3], &self.0[at..])
+            }
             _ if self.0.contains("password") => f.write_str("<url with a password>"),
             _ => f.write_str(&self.0),
         }
@@ -100,31 +102,44 @@ impl CatalogConfig {
                 for (key, set) in [
                     ("postgres_url", raw.postgres_url.is_some()),
                     ("postgres_schema", raw.postgres_schema.is_some()),
-                    ("postgres_max_connections", raw.postgres_max_connections.is_some()),
+                    (
+                        "postgres_max_connections",
+                        raw.postgres_max_connections.is_some(),
+                    ),
                 ] {
                     if set {
                         return Err(invalid(key, "only applies with backend = \"postgres\""));
                     }
                 }
                 Ok(CatalogConfig::Sqlite {
-                    path: raw.sqlite_path.clone().unwrap_or_else(|| data_dir.join(DB_FILE_NAME)),
+                    path: raw
+                        .sqlite_path
+                        .clone()
+                        .unwrap_or_else(|| data_dir.join(DB_FILE_NAME)),
                 })
             }
             "postgres" => {
                 if raw.sqlite_path.is_some() {
-                    return Err(invalid("sqlite_path", "only applies with backend = \"sqlite\""));
+                    return Err(invalid(
+                        "sqlite_path",
+                        "only applies with backend = \"sqlite\"",
+                    ));
                 }
                 let url = raw
                     .postgres_url
                     .clone()
                     .filter(|u| !u.trim().is_empty())
-                    .ok_or_else(|| invalid("postgres_url", "required with backend = \"postgres\""))?;
+                    .ok_or_else(|| {
+                        invalid("postgres_url", "required with backend = \"postgres\"")
+                    })?;
                 let mut options = PgCatalogOptions::default();
                 if let Some(schema) = &raw.postgres_schema {
                     options.schema = schema.clone();
                 }
                 match raw.postgres_max_connections {
-                    Some(0) => return Err(invalid("postgres_max_connections", "must be at least 1")),
+                    Some(0) => {
+                        return Err(invalid("postgres_max_connections", "must be at least 1"))
+                    }
                     Some(n) => options.max_connections = n,
                     None => {}
                 }
@@ -133,7 +148,10 @@ impl CatalogConfig {
                     options,
                 })
             }
-            other => Err(invalid("backend", format!("unknown backend {other:?}; expected sqlite or postgres"))),
+            other => Err(invalid(
+                "backend",
+                format!("unknown backend {other:?}; expected sqlite or postgres"),
+            )),
         }
     }
 }
@@ -142,7 +160,9 @@ impl CatalogConfig {
 pub async fn open_catalog(config: &CatalogConfig) -> Result<Arc<dyn Catalog>> {
     Ok(match config {
         CatalogConfig::Sqlite { path } => Arc::new(SqliteCatalog::open(path).await?),
-        CatalogConfig::Postgres { url, options } => Arc::new(PgCatalog::connect(url.expose(), options.clone()).await?),
+        CatalogConfig::Postgres { url, options } => {
+            Arc::new(PgCatalog::connect(url.expose(), options.clone()).await?)
+        }
     })
 }
 
@@ -161,11 +181,24 @@ mod tests {
             CatalogConfig::Sqlite { path } => assert_eq!(path, Path::new("/data/catalog.sqlite3")),
             other => panic!("{other:?}"),
         }
-        let pg = parse("backend = \"postgres\"\npostgres_url = \"postgresql://u:secret@h/db\"").unwrap();
+        let pg =
+            parse("backend = \"postgres\"\npostgres_url = \"postgresql://u:secret@h/db\"").unwrap();
         assert!(!format!("{pg:?}").contains("secret"));
-        assert!(parse("backend = \"postgres\"").unwrap_err().to_string().contains("catalog.postgres_url"));
-        assert!(parse("backend = \"mysql\"").unwrap_err().to_string().contains("catalog.backend"));
-        assert!(parse("postgres_url = \"x\"").unwrap_err().to_string().contains("catalog.postgres_url"));
-        assert!(toml::from_str::<RawCatalogConfig>("bakend = 1").unwrap_err().to_string().contains("bakend"));
+        assert!(parse("backend = \"postgres\"")
+            .unwrap_err()
+            .to_string()
+            .contains("catalog.postgres_url"));
+        assert!(parse("backend = \"mysql\"")
+            .unwrap_err()
+            .to_string()
+            .contains("catalog.backend"));
+        assert!(parse("postgres_url = \"x\"")
+            .unwrap_err()
+            .to_string()
+            .contains("catalog.postgres_url"));
+        assert!(toml::from_str::<RawCatalogConfig>("bakend = 1")
+            .unwrap_err()
+            .to_string()
+            .contains("bakend"));
     }
 }

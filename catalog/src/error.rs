@@ -91,10 +91,17 @@ impl CatalogError {
     }
 
     pub(crate) fn not_found(kind: ResourceKind, id: impl Into<String>) -> Self {
-        CatalogError::NotFound { kind, id: id.into() }
+        CatalogError::NotFound {
+            kind,
+            id: id.into(),
+        }
     }
 
-    pub(crate) fn conflict(kind: ResourceKind, id: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn conflict(
+        kind: ResourceKind,
+        id: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
         CatalogError::Conflict {
             kind,
             id: id.into(),
@@ -103,7 +110,9 @@ impl CatalogError {
     }
 
     pub(crate) fn corrupt(detail: impl Into<String>) -> Self {
-        CatalogError::Corrupt { detail: detail.into() }
+        CatalogError::Corrupt {
+            detail: detail.into(),
+        }
     }
 
     pub(crate) fn backend(context: impl Into<String>, source: impl Into<BoxError>) -> Self {

@@ -28,7 +28,9 @@ pub struct GeneratedKey {
 
 impl std::fmt::Debug for GeneratedKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GeneratedKey").field("hint", &self.hint).finish_non_exhaustive()
+        f.debug_struct("GeneratedKey")
+            .field("hint", &self.hint)
+            .finish_non_exhaustive()
     }
 }
 

@@ -37,8 +37,8 @@ pub use keys::{hash_api_key, GeneratedKey, API_KEY_PREFIX};
 pub use postgres::{PgCatalog, PgCatalogOptions};
 pub use sqlite::SqliteCatalog;
 pub use types::{
-    AgentQuery, AgentRecord, ApiKeyRecord, EnvironmentQuery, EnvironmentRecord, NewAgent, NewApiKey,
-    NewEnvironment, Order, Page, ResourceKind, VersionQuery,
+    AgentQuery, AgentRecord, ApiKeyRecord, EnvironmentQuery, EnvironmentRecord, NewAgent,
+    NewApiKey, NewEnvironment, Order, Page, ResourceKind, VersionQuery,
 };
 
 /// Durable storage of agents, environments and API keys. Share one per
@@ -55,7 +55,12 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     /// Stores `body` as version `based_on + 1`. [`CatalogError::Conflict`]
     /// unless `based_on` is the latest version; [`CatalogError::Archived`] if
     /// the agent is archived.
-    async fn update_agent(&self, agent_id: &str, based_on: u64, body: serde_json::Value) -> Result<AgentRecord>;
+    async fn update_agent(
+        &self,
+        agent_id: &str,
+        based_on: u64,
+        body: serde_json::Value,
+    ) -> Result<AgentRecord>;
 
     /// Marks the agent archived (terminal; archiving again is a no-op).
     /// Returns the latest version.
@@ -66,7 +71,11 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
 
     /// A page of one agent's versions; [`CatalogError::NotFound`] if the agent
     /// does not exist.
-    async fn list_agent_versions(&self, agent_id: &str, query: VersionQuery) -> Result<Page<AgentRecord>>;
+    async fn list_agent_versions(
+        &self,
+        agent_id: &str,
+        query: VersionQuery,
+    ) -> Result<Page<AgentRecord>>;
 
     /// Stores a new environment. [`CatalogError::Conflict`] if the id or the
     /// name is taken.

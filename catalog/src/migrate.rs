@@ -16,7 +16,10 @@ pub(crate) fn pending(found: i64, steps: &'static [Step]) -> Result<&'static [St
     if found > supported {
         return Err(CatalogError::SchemaTooNew { found, supported });
     }
-    let first = steps.iter().position(|s| s.0 > found).unwrap_or(steps.len());
+    let first = steps
+        .iter()
+        .position(|s| s.0 > found)
+        .unwrap_or(steps.len());
     Ok(&steps[first..])
 }
 
@@ -32,6 +35,15 @@ mod tests {
         assert_eq!(pending(1, &STEPS).unwrap(), &STEPS[1..]);
         assert!(pending(2, &STEPS).unwrap().is_empty());
         let e = pending(3, &STEPS).unwrap_err();
-        assert!(matches!(e, CatalogError::SchemaTooNew { found: 3, supported: 2 }), "{e}");
+        assert!(
+            matches!(
+                e,
+                CatalogError::SchemaTooNew {
+                    found: 3,
+                    supported: 2
+                }
+            ),
+            "{e}"
+        );
     }
 }

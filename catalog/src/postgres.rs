@@ -21,9 +21,9 @@ use tokio_postgres::{Client, Config, NoTls, Row};
 use crate::error::{CatalogError, Result};
 use crate::migrate::{pending, Step};
 use crate::types::{
-    decode_body, encode_body, from_micros, now_micros, to_micros, version_i64, version_u64, AgentQuery, AgentRecord,
-    ApiKeyRecord, EnvironmentQuery, EnvironmentRecord, NewAgent, NewApiKey, NewEnvironment, Order, Page,
-    ResourceKind, VersionQuery,
+    decode_body, encode_body, from_micros, now_micros, to_micros, version_i64, version_u64,
+    AgentQuery, AgentRecord, ApiKeyRecord, EnvironmentQuery, EnvironmentRecord, NewAgent,
+    NewApiKey, NewEnvironment, Order, Page, ResourceKind, VersionQuery,
 };
 use crate::{check_limit, Catalog};
 
@@ -97,7 +97,9 @@ struct Pool {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool").field("schema", &self.schema).finish_non_exhaustive()
+        f.debug_struct("Pool")
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
     }
 }
 
@@ -112,7 +114,11 @@ impl Drop for Conn<'_> {
     fn drop(&mut self) {
         if let Some(client) = self.client.take() {
             if !client.is_closed() {
-                self.pool.idle.lock().unwrap_or_else(|p| p.into_inner()).push(client);
+                self.pool
+                    .idle
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(client);
             }
         }
     }
@@ -129,7 +135,10 @@ impl Conn<'_> {
 /// Maps a PostgreSQL error: connection and resource classes are transient.
 fn map_pg(context: &str, e: tokio_postgres::Error) -> CatalogError {
     if e.is_closed() {
-        return CatalogError::unavailable(format!("{context}: connection closed"), Some(Box::new(e)));
+        return CatalogError::unavailable(
+            format!("{context}: connection closed"),
+            Some(Box::new(e)),
+        );
     }
     let Some(code) = e.code() else {
         return CatalogError::unavailable(format!("{context}: {e}"), Some(Box::new(e)));
@@ -148,7 +157,9 @@ fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
 fn check_schema_name(schema: &str) -> Result<()> {
     let ok = !schema.is_empty()
         && schema.len() <= 63
-        && schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !schema.starts_with(|c: char| c.is_ascii_digit());
     if ok {
         Ok(())
@@ -161,11 +172,9 @@ fn check_schema_name(schema: &str) -> Result<()> {
 
 impl Pool {
     async fn connect(&self) -> Result<Client> {
-        let (client, connection) = self
-            .config
-            .connect(NoTls)
-            .await
-            .map_err(|e| CatalogError::unavailable(format!("connecting to postgresql: {e}"), Some(Box::new(e))))?;
+        let (client, connection) = self.config.connect(NoTls).await.map_err(|e| {
+            CatalogError::unavailable(format!("connecting to postgresql: {e}"), Some(Box::new(e)))
+        })?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "catalog postgresql connection ended");
@@ -212,7 +221,9 @@ impl PgCatalog {
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(options.max_connections.max(1))),
         };
-        let catalog = PgCatalog { pool: Arc::new(pool) };
+        let catalog = PgCatalog {
+            pool: Arc::new(pool),
+        };
         catalog.migrate().await?;
         Ok(catalog)
     }
@@ -226,7 +237,10 @@ impl PgCatalog {
     pub async fn drop_schema(&self) -> Result<()> {
         let mut conn = self.pool.get().await?;
         conn.client()?
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.pool.schema))
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+                self.pool.schema
+            ))
             .await
             .map_err(|e| map_pg("dropping the schema", e))
     }
@@ -235,10 +249,16 @@ impl PgCatalog {
         let schema = self.pool.schema.clone();
         let mut conn = self.pool.get().await?;
         let client = conn.client()?;
-        let tx = client.transaction().await.map_err(|e| map_pg("starting the migration", e))?;
-        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&format!("airlock-catalog-{schema}")])
+        let tx = client
+            .transaction()
             .await
-            .map_err(|e| map_pg("locking for the migration", e))?;
+            .map_err(|e| map_pg("starting the migration", e))?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext($1))",
+            &[&format!("airlock-catalog-{schema}")],
+        )
+        .await
+        .map_err(|e| map_pg("locking for the migration", e))?;
         tx.batch_execute(&format!(
             "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
              CREATE TABLE IF NOT EXISTS catalog_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)"
@@ -246,7 +266,10 @@ impl PgCatalog {
         .await
         .map_err(|e| map_pg("creating catalog_migrations", e))?;
         let found: i64 = tx
-            .query_one("SELECT COALESCE(MAX(version), 0)::BIGINT FROM catalog_migrations", &[])
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0)::BIGINT FROM catalog_migrations",
+                &[],
+            )
             .await
             .map_err(|e| map_pg("reading the schema version", e))?
             .get(0);
@@ -262,7 +285,9 @@ impl PgCatalog {
             .map_err(|e| map_pg("recording a migration", e))?;
             tracing::info!(version, schema = %schema, "catalog migration applied");
         }
-        tx.commit().await.map_err(|e| map_pg("committing the migration", e))
+        tx.commit()
+            .await
+            .map_err(|e| map_pg("committing the migration", e))
     }
 }
 
@@ -376,7 +401,10 @@ async fn get_env_in(
         .map_err(|e| map_pg("reading an environment", e))?
     {
         Some(row) => env_record(&row),
-        None => Err(CatalogError::not_found(ResourceKind::Environment, environment_id)),
+        None => Err(CatalogError::not_found(
+            ResourceKind::Environment,
+            environment_id,
+        )),
     }
 }
 
@@ -388,7 +416,11 @@ fn micros(t: Option<OffsetDateTime>) -> Option<i64> {
 impl Catalog for PgCatalog {
     async fn create_agent(&self, new: NewAgent) -> Result<AgentRecord> {
         let mut conn = self.pool.get().await?;
-        let tx = conn.client()?.transaction().await.map_err(|e| map_pg("starting a transaction", e))?;
+        let tx = conn
+            .client()?
+            .transaction()
+            .await
+            .map_err(|e| map_pg("starting a transaction", e))?;
         let now = now_micros();
         tx.execute(
             "INSERT INTO agents (id, latest_version, created_at) VALUES ($1, 1, $2)",
@@ -418,9 +450,18 @@ impl Catalog for PgCatalog {
         get_agent_in(&*conn.client()?, agent_id, version, false).await
     }
 
-    async fn update_agent(&self, agent_id: &str, based_on: u64, body: Value) -> Result<AgentRecord> {
+    async fn update_agent(
+        &self,
+        agent_id: &str,
+        based_on: u64,
+        body: Value,
+    ) -> Result<AgentRecord> {
         let mut conn = self.pool.get().await?;
-        let tx = conn.client()?.transaction().await.map_err(|e| map_pg("starting a transaction", e))?;
+        let tx = conn
+            .client()?
+            .transaction()
+            .await
+            .map_err(|e| map_pg("starting a transaction", e))?;
         let current = get_agent_in(&tx, agent_id, None, true).await?;
         if current.archived_at.is_some() {
             return Err(CatalogError::Archived {
@@ -442,9 +483,12 @@ impl Catalog for PgCatalog {
         )
         .await
         .map_err(|e| map_pg("inserting an agent version", e))?;
-        tx.execute("UPDATE agents SET latest_version = $2 WHERE id = $1", &[&agent_id, &next])
-            .await
-            .map_err(|e| map_pg("updating an agent", e))?;
+        tx.execute(
+            "UPDATE agents SET latest_version = $2 WHERE id = $1",
+            &[&agent_id, &next],
+        )
+        .await
+        .map_err(|e| map_pg("updating an agent", e))?;
         let record = get_agent_in(&tx, agent_id, None, false).await?;
         tx.commit().await.map_err(|e| map_pg("committing", e))?;
         Ok(record)
@@ -494,7 +538,11 @@ impl Catalog for PgCatalog {
         Ok(page(items, q.limit))
     }
 
-    async fn list_agent_versions(&self, agent_id: &str, q: VersionQuery) -> Result<Page<AgentRecord>> {
+    async fn list_agent_versions(
+        &self,
+        agent_id: &str,
+        q: VersionQuery,
+    ) -> Result<Page<AgentRecord>> {
         check_limit(q.limit)?;
         let (cmp, dir) = order_sql(q.order);
         let sql = format!(
@@ -513,7 +561,14 @@ impl Catalog for PgCatalog {
             return Err(CatalogError::not_found(ResourceKind::Agent, agent_id));
         }
         let rows = client
-            .query(&sql, &[&agent_id, &q.after_version.map(version_i64), &limit_i64(q.limit)])
+            .query(
+                &sql,
+                &[
+                    &agent_id,
+                    &q.after_version.map(version_i64),
+                    &limit_i64(q.limit),
+                ],
+            )
             .await
             .map_err(|e| map_pg("listing agent versions", e))?;
         let items = rows.iter().map(agent_record).collect::<Result<Vec<_>>>()?;
@@ -558,9 +613,18 @@ impl Catalog for PgCatalog {
         get_env_in(&*conn.client()?, environment_id, false).await
     }
 
-    async fn update_environment(&self, environment_id: &str, name: &str, body: Value) -> Result<EnvironmentRecord> {
+    async fn update_environment(
+        &self,
+        environment_id: &str,
+        name: &str,
+        body: Value,
+    ) -> Result<EnvironmentRecord> {
         let mut conn = self.pool.get().await?;
-        let tx = conn.client()?.transaction().await.map_err(|e| map_pg("starting a transaction", e))?;
+        let tx = conn
+            .client()?
+            .transaction()
+            .await
+            .map_err(|e| map_pg("starting a transaction", e))?;
         let current = get_env_in(&tx, environment_id, true).await?;
         if current.archived_at.is_some() {
             return Err(CatalogError::Archived {
@@ -572,11 +636,18 @@ impl Catalog for PgCatalog {
             "UPDATE environments SET name = $2, body = $3, updated_at = $4 WHERE id = $1 RETURNING {ENV_COLUMNS}"
         );
         let row = tx
-            .query_one(&sql, &[&environment_id, &name, &encode_body(&body), &now_micros()])
+            .query_one(
+                &sql,
+                &[&environment_id, &name, &encode_body(&body), &now_micros()],
+            )
             .await
             .map_err(|e| {
                 if is_unique_violation(&e) {
-                    CatalogError::conflict(ResourceKind::Environment, name, "an environment with this name exists")
+                    CatalogError::conflict(
+                        ResourceKind::Environment,
+                        name,
+                        "an environment with this name exists",
+                    )
                 } else {
                     map_pg("updating an environment", e)
                 }
@@ -607,7 +678,10 @@ impl Catalog for PgCatalog {
             .await
             .map_err(|e| map_pg("deleting an environment", e))?;
         if n == 0 {
-            return Err(CatalogError::not_found(ResourceKind::Environment, environment_id));
+            return Err(CatalogError::not_found(
+                ResourceKind::Environment,
+                environment_id,
+            ));
         }
         Ok(())
     }
@@ -623,7 +697,10 @@ impl Catalog for PgCatalog {
         let mut conn = self.pool.get().await?;
         let rows = conn
             .client()?
-            .query(&sql, &[&q.include_archived, &q.after_position, &limit_i64(q.limit)])
+            .query(
+                &sql,
+                &[&q.include_archived, &q.after_position, &limit_i64(q.limit)],
+            )
             .await
             .map_err(|e| map_pg("listing environments", e))?;
         let items = rows.iter().map(env_record).collect::<Result<Vec<_>>>()?;
@@ -638,7 +715,10 @@ impl Catalog for PgCatalog {
         );
         let row = conn
             .client()?
-            .query_one(&sql, &[&new.id, &new.name, &new.key_hash, &new.hint, &now_micros()])
+            .query_one(
+                &sql,
+                &[&new.id, &new.name, &new.key_hash, &new.hint, &now_micros()],
+            )
             .await
             .map_err(|e| {
                 if is_unique_violation(&e) {

@@ -15,9 +15,9 @@ use serde_json::Value;
 use crate::error::{CatalogError, Result};
 use crate::migrate::{pending, Step};
 use crate::types::{
-    decode_body, encode_body, from_micros, now_micros, to_micros, version_i64, version_u64, AgentQuery, AgentRecord,
-    ApiKeyRecord, EnvironmentQuery, EnvironmentRecord, NewAgent, NewApiKey, NewEnvironment, Order, Page,
-    ResourceKind, VersionQuery,
+    decode_body, encode_body, from_micros, now_micros, to_micros, version_i64, version_u64,
+    AgentQuery, AgentRecord, ApiKeyRecord, EnvironmentQuery, EnvironmentRecord, NewAgent,
+    NewApiKey, NewEnvironment, Order, Page, ResourceKind, VersionQuery,
 };
 use crate::{check_limit, Catalog};
 
@@ -127,7 +127,10 @@ impl SqliteCatalog {
     {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let mut conn = inner.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut conn = inner
+                .conn
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             f(&mut conn)
         })
         .await
@@ -139,15 +142,21 @@ fn open_conn(path: &Path) -> Result<Connection> {
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() {
             std::fs::create_dir_all(dir).map_err(|e| {
-                CatalogError::unavailable(format!("creating directory {}: {e}", dir.display()), Some(Box::new(e)))
+                CatalogError::unavailable(
+                    format!("creating directory {}: {e}", dir.display()),
+                    Some(Box::new(e)),
+                )
             })?;
         }
     }
-    let mut conn = Connection::open(path).map_err(|e| map_sql(&format!("opening {}", path.display()), e))?;
+    let mut conn =
+        Connection::open(path).map_err(|e| map_sql(&format!("opening {}", path.display()), e))?;
     conn.busy_timeout(Duration::from_secs(5))
         .map_err(|e| map_sql("setting busy_timeout", e))?;
-    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
-        .map_err(|e| map_sql("setting pragmas", e))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+    )
+    .map_err(|e| map_sql("setting pragmas", e))?;
     migrate(&mut conn)?;
     Ok(conn)
 }
@@ -161,7 +170,11 @@ fn migrate(conn: &mut Connection) -> Result<()> {
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(|e| map_sql("starting the migration", e))?;
     let found: i64 = tx
-        .query_row("SELECT COALESCE(MAX(version), 0) FROM catalog_migrations", [], |r| r.get(0))
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM catalog_migrations",
+            [],
+            |r| r.get(0),
+        )
         .map_err(|e| map_sql("reading the schema version", e))?;
     for (version, sql) in pending(found, &MIGRATIONS)? {
         tx.execute_batch(sql)
@@ -173,7 +186,8 @@ fn migrate(conn: &mut Connection) -> Result<()> {
         .map_err(|e| map_sql("recording a migration", e))?;
         tracing::info!(version, "catalog migration applied");
     }
-    tx.commit().map_err(|e| map_sql("committing the migration", e))
+    tx.commit()
+        .map_err(|e| map_sql("committing the migration", e))
 }
 
 const AGENT_COLUMNS: &str = "a.position, a.id, a.latest_version, a.created_at, a.archived_at, v.version, v.body, v.created_at";
@@ -229,10 +243,14 @@ fn get_agent_tx(conn: &Connection, agent_id: &str, version: Option<u64>) -> Resu
 }
 
 fn agent_exists(conn: &Connection, agent_id: &str) -> Result<bool> {
-    conn.query_row("SELECT 1 FROM agents WHERE id = ?1", params![agent_id], |_| Ok(()))
-        .optional()
-        .map(|r| r.is_some())
-        .map_err(|e| map_sql("reading an agent", e))
+    conn.query_row(
+        "SELECT 1 FROM agents WHERE id = ?1",
+        params![agent_id],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|r| r.is_some())
+    .map_err(|e| map_sql("reading an agent", e))
 }
 
 const ENV_COLUMNS: &str = "position, id, name, body, created_at, updated_at, archived_at";
@@ -240,7 +258,15 @@ const ENV_COLUMNS: &str = "position, id, name, body, created_at, updated_at, arc
 type EnvRow = (i64, String, String, String, i64, i64, Option<i64>);
 
 fn env_row(r: &Row<'_>) -> rusqlite::Result<EnvRow> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+    ))
 }
 
 fn env_record(row: EnvRow) -> Result<EnvironmentRecord> {
@@ -264,7 +290,10 @@ fn get_env_tx(conn: &Connection, environment_id: &str) -> Result<EnvironmentReco
         .map_err(|e| map_sql("reading an environment", e))?
     {
         Some(row) => env_record(row),
-        None => Err(CatalogError::not_found(ResourceKind::Environment, environment_id)),
+        None => Err(CatalogError::not_found(
+            ResourceKind::Environment,
+            environment_id,
+        )),
     }
 }
 
@@ -343,10 +372,16 @@ impl Catalog for SqliteCatalog {
 
     async fn get_agent(&self, agent_id: &str, version: Option<u64>) -> Result<AgentRecord> {
         let agent_id = agent_id.to_owned();
-        self.with(move |conn| get_agent_tx(conn, &agent_id, version)).await
+        self.with(move |conn| get_agent_tx(conn, &agent_id, version))
+            .await
     }
 
-    async fn update_agent(&self, agent_id: &str, based_on: u64, body: Value) -> Result<AgentRecord> {
+    async fn update_agent(
+        &self,
+        agent_id: &str,
+        based_on: u64,
+        body: Value,
+    ) -> Result<AgentRecord> {
         let agent_id = agent_id.to_owned();
         self.with(move |conn| {
             let tx = immediate(conn)?;
@@ -414,7 +449,9 @@ impl Catalog for SqliteCatalog {
                    AND (?4 IS NULL OR a.position {cmp} ?4)
                  ORDER BY a.position {dir} LIMIT ?5"
             );
-            let mut stmt = conn.prepare_cached(&sql).map_err(|e| map_sql("listing agents", e))?;
+            let mut stmt = conn
+                .prepare_cached(&sql)
+                .map_err(|e| map_sql("listing agents", e))?;
             let rows = stmt
                 .query_map(
                     params![
@@ -429,13 +466,20 @@ impl Catalog for SqliteCatalog {
                 .map_err(|e| map_sql("listing agents", e))?
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(|e| map_sql("listing agents", e))?;
-            let items = rows.into_iter().map(agent_record).collect::<Result<Vec<_>>>()?;
+            let items = rows
+                .into_iter()
+                .map(agent_record)
+                .collect::<Result<Vec<_>>>()?;
             Ok(page(items, q.limit))
         })
         .await
     }
 
-    async fn list_agent_versions(&self, agent_id: &str, q: VersionQuery) -> Result<Page<AgentRecord>> {
+    async fn list_agent_versions(
+        &self,
+        agent_id: &str,
+        q: VersionQuery,
+    ) -> Result<Page<AgentRecord>> {
         check_limit(q.limit)?;
         let agent_id = agent_id.to_owned();
         self.with(move |conn| {
@@ -451,16 +495,25 @@ impl Catalog for SqliteCatalog {
                  WHERE a.id = ?1 AND (?2 IS NULL OR v.version {cmp} ?2)
                  ORDER BY v.version {dir} LIMIT ?3"
             );
-            let mut stmt = conn.prepare_cached(&sql).map_err(|e| map_sql("listing agent versions", e))?;
+            let mut stmt = conn
+                .prepare_cached(&sql)
+                .map_err(|e| map_sql("listing agent versions", e))?;
             let rows = stmt
                 .query_map(
-                    params![agent_id, q.after_version.map(version_i64), limit_i64(q.limit)],
+                    params![
+                        agent_id,
+                        q.after_version.map(version_i64),
+                        limit_i64(q.limit)
+                    ],
                     agent_row,
                 )
                 .map_err(|e| map_sql("listing agent versions", e))?
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(|e| map_sql("listing agent versions", e))?;
-            let items = rows.into_iter().map(agent_record).collect::<Result<Vec<_>>>()?;
+            let items = rows
+                .into_iter()
+                .map(agent_record)
+                .collect::<Result<Vec<_>>>()?;
             Ok(page(items, q.limit))
         })
         .await
@@ -500,7 +553,12 @@ impl Catalog for SqliteCatalog {
         self.with(move |conn| get_env_tx(conn, &id)).await
     }
 
-    async fn update_environment(&self, environment_id: &str, name: &str, body: Value) -> Result<EnvironmentRecord> {
+    async fn update_environment(
+        &self,
+        environment_id: &str,
+        name: &str,
+        body: Value,
+    ) -> Result<EnvironmentRecord> {
         let id = environment_id.to_owned();
         let name = name.to_owned();
         self.with(move |conn| {
@@ -574,13 +632,21 @@ impl Catalog for SqliteCatalog {
                  WHERE (?1 OR archived_at IS NULL) AND (?2 IS NULL OR position {cmp} ?2)
                  ORDER BY position {dir} LIMIT ?3"
             );
-            let mut stmt = conn.prepare_cached(&sql).map_err(|e| map_sql("listing environments", e))?;
+            let mut stmt = conn
+                .prepare_cached(&sql)
+                .map_err(|e| map_sql("listing environments", e))?;
             let rows = stmt
-                .query_map(params![q.include_archived, q.after_position, limit_i64(q.limit)], env_row)
+                .query_map(
+                    params![q.include_archived, q.after_position, limit_i64(q.limit)],
+                    env_row,
+                )
                 .map_err(|e| map_sql("listing environments", e))?
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(|e| map_sql("listing environments", e))?;
-            let items = rows.into_iter().map(env_record).collect::<Result<Vec<_>>>()?;
+            let items = rows
+                .into_iter()
+                .map(env_record)
+                .collect::<Result<Vec<_>>>()?;
             Ok(page(items, q.limit))
         })
         .await
@@ -614,7 +680,9 @@ impl Catalog for SqliteCatalog {
         let key_hash = key_hash.to_owned();
         self.with(move |conn| {
             let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = ?1");
-            let mut stmt = conn.prepare_cached(&sql).map_err(|e| map_sql("reading an api key", e))?;
+            let mut stmt = conn
+                .prepare_cached(&sql)
+                .map_err(|e| map_sql("reading an api key", e))?;
             stmt.query_row(params![key_hash], key_row)
                 .optional()
                 .map_err(|e| map_sql("reading an api key", e))?
@@ -627,7 +695,9 @@ impl Catalog for SqliteCatalog {
     async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
         self.with(move |conn| {
             let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY position");
-            let mut stmt = conn.prepare(&sql).map_err(|e| map_sql("listing api keys", e))?;
+            let mut stmt = conn
+                .prepare(&sql)
+                .map_err(|e| map_sql("listing api keys", e))?;
             let rows = stmt
                 .query_map([], key_row)
                 .map_err(|e| map_sql("listing api keys", e))?

@@ -238,7 +238,8 @@ pub(crate) fn now_micros() -> i64 {
 
 /// Decodes a stored JSON body.
 pub(crate) fn decode_body(what: &str, text: &str) -> Result<Value> {
-    serde_json::from_str(text).map_err(|e| CatalogError::corrupt(format!("body of {what} is not json: {e}")))
+    serde_json::from_str(text)
+        .map_err(|e| CatalogError::corrupt(format!("body of {what} is not json: {e}")))
 }
 
 /// Encodes a body for storage.

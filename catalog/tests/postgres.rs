@@ -46,12 +46,22 @@ impl Fixture for Pg {
 }
 
 async fn connect(url: &str, schema: &str) -> PgCatalog {
-    PgCatalog::connect(url, PgCatalogOptions { schema: schema.to_owned(), max_connections: 8 }).await.unwrap()
+    PgCatalog::connect(
+        url,
+        PgCatalogOptions {
+            schema: schema.to_owned(),
+            max_connections: 8,
+        },
+    )
+    .await
+    .unwrap()
 }
 
 async fn pg() -> Option<Pg> {
     let url = pg_url()?;
-    Some(Pg { catalog: connect(&url, &schema_name()).await })
+    Some(Pg {
+        catalog: connect(&url, &schema_name()).await,
+    })
 }
 
 conformance_tests!(pg:
@@ -86,7 +96,12 @@ async fn replicas_share_one_database_and_migrate_once() {
         let r = r.clone();
         let name = name.clone();
         races.push(tokio::spawn(async move {
-            r.create_environment(NewEnvironment { id: format!("env_{i}"), name, body: json!({}) }).await
+            r.create_environment(NewEnvironment {
+                id: format!("env_{i}"),
+                name,
+                body: json!({}),
+            })
+            .await
         }));
     }
     let mut ok = 0;
@@ -98,14 +113,25 @@ async fn replicas_share_one_database_and_migrate_once() {
         }
     }
     assert_eq!(ok, 1);
-    let a = replicas[0].list_environments(Default::default()).await.unwrap();
-    let b = replicas[3].list_environments(Default::default()).await.unwrap();
+    let a = replicas[0]
+        .list_environments(Default::default())
+        .await
+        .unwrap();
+    let b = replicas[3]
+        .list_environments(Default::default())
+        .await
+        .unwrap();
     assert_eq!(a, b);
     let applied: i64 = {
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
         tokio::spawn(conn);
         client
-            .query_one(&format!("SELECT COUNT(*) FROM \"{schema}\".catalog_migrations"), &[])
+            .query_one(
+                &format!("SELECT COUNT(*) FROM \"{schema}\".catalog_migrations"),
+                &[],
+            )
             .await
             .unwrap()
             .get(0)

@@ -45,16 +45,33 @@ async fn data_survives_reopening_and_a_newer_schema_is_refused() {
     let path = dir.path().join("catalog.sqlite3");
     {
         let c = SqliteCatalog::open(&path).await.unwrap();
-        c.create_agent(NewAgent { id: "agent_1".into(), body: json!({"name": "x"}) }).await.unwrap();
-        c.update_agent("agent_1", 1, json!({"name": "y"})).await.unwrap();
+        c.create_agent(NewAgent {
+            id: "agent_1".into(),
+            body: json!({"name": "x"}),
+        })
+        .await
+        .unwrap();
+        c.update_agent("agent_1", 1, json!({"name": "y"}))
+            .await
+            .unwrap();
     }
     let c = SqliteCatalog::open(&path).await.unwrap();
-    assert_eq!(c.get_agent("agent_1", Some(1)).await.unwrap().body, json!({"name": "x"}));
+    assert_eq!(
+        c.get_agent("agent_1", Some(1)).await.unwrap().body,
+        json!({"name": "x"})
+    );
     assert_eq!(c.get_agent("agent_1", None).await.unwrap().version, 2);
     drop(c);
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute("INSERT INTO catalog_migrations (version, applied_at) VALUES (99, 0)", []).unwrap();
+    conn.execute(
+        "INSERT INTO catalog_migrations (version, applied_at) VALUES (99, 0)",
+        [],
+    )
+    .unwrap();
     drop(conn);
     let e = SqliteCatalog::open(&path).await.unwrap_err();
-    assert!(matches!(e, CatalogError::SchemaTooNew { found: 99, .. }), "{e}");
+    assert!(
+        matches!(e, CatalogError::SchemaTooNew { found: 99, .. }),
+        "{e}"
+    );
 }

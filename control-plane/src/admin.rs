@@ -138,7 +138,9 @@ pub mod rfc3339 {
 
     /// Format for humans (the CLI table).
     pub fn display(t: SystemTime) -> String {
-        let odt = OffsetDateTime::from(t).replace_nanosecond(0).unwrap_or_else(|_| OffsetDateTime::from(t));
+        let odt = OffsetDateTime::from(t)
+            .replace_nanosecond(0)
+            .unwrap_or_else(|_| OffsetDateTime::from(t));
         odt.format(&Rfc3339).unwrap_or_else(|_| "-".to_owned())
     }
 }
@@ -307,7 +309,9 @@ pub fn error_response(error: &AdminRequestError) -> Response<Full<Bytes>> {
 }
 
 fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(serde_json::to_vec(body).unwrap_or_default())));
+    let mut resp = Response::new(Full::new(Bytes::from(
+        serde_json::to_vec(body).unwrap_or_default(),
+    )));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -326,7 +330,10 @@ async fn handle(req: Request<Incoming>, state: AdminState) -> Response<Full<Byte
     }
 }
 
-async fn route(req: Request<Incoming>, state: AdminState) -> Result<Response<Full<Bytes>>, AdminRequestError> {
+async fn route(
+    req: Request<Incoming>,
+    state: AdminState,
+) -> Result<Response<Full<Bytes>>, AdminRequestError> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -343,7 +350,9 @@ async fn route(req: Request<Incoming>, state: AdminState) -> Result<Response<Ful
                 .await
                 .map_err(|e| AdminRequestError::Internal(e.to_string()))?
                 .map_err(|e| match e {
-                    pki::ServiceError::Store(pki::StoreError::UnknownAgent(a)) => AdminRequestError::UnknownAgent(a),
+                    pki::ServiceError::Store(pki::StoreError::UnknownAgent(a)) => {
+                        AdminRequestError::UnknownAgent(a)
+                    }
                     other => AdminRequestError::Internal(other.to_string()),
                 })?;
             let closed = state.directory.disconnect(&agent_id);
@@ -452,19 +461,33 @@ pub mod client {
 
     /// `GET /v1/agents`.
     pub async fn list_agents(socket: &Path) -> Result<Vec<AgentInfo>, ClientError> {
-        Ok(call::<AgentsResponse>(socket, Method::GET, "/v1/agents").await?.agents)
+        Ok(call::<AgentsResponse>(socket, Method::GET, "/v1/agents")
+            .await?
+            .agents)
     }
 
     /// `POST /v1/agents/{id}/revoke`.
     pub async fn revoke(socket: &Path, agent_id: &AgentId) -> Result<RevokeResponse, ClientError> {
-        call(socket, Method::POST, &format!("/v1/agents/{agent_id}/revoke")).await
+        call(
+            socket,
+            Method::POST,
+            &format!("/v1/agents/{agent_id}/revoke"),
+        )
+        .await
     }
 }
 
 /// Render agents as a fixed-width table (the CLI's default output).
 pub fn agents_table(agents: &[AgentInfo]) -> String {
     let headers = [
-        "AGENT", "ENVIRONMENT", "VERSION", "TRANSPORT", "CONNECTED SINCE", "LAST HEARTBEAT", "CERT EXPIRES", "REMOTE",
+        "AGENT",
+        "ENVIRONMENT",
+        "VERSION",
+        "TRANSPORT",
+        "CONNECTED SINCE",
+        "LAST HEARTBEAT",
+        "CERT EXPIRES",
+        "REMOTE",
     ];
     let rows: Vec<[String; 8]> = agents
         .iter()
@@ -528,7 +551,10 @@ mod tests {
         };
         let table = agents_table(std::slice::from_ref(&a));
         assert!(table.starts_with("AGENT"), "{table}");
-        assert!(table.contains("agt_01") && table.contains("2023-11-14T22:13:20Z"), "{table}");
+        assert!(
+            table.contains("agt_01") && table.contains("2023-11-14T22:13:20Z"),
+            "{table}"
+        );
         let v = serde_json::to_value(&a).unwrap();
         assert_eq!(v["transport"], "quic");
         assert_eq!(v["connected_since"], "2023-11-14T22:13:20Z");
@@ -585,11 +611,14 @@ pub mod commands {
         enroll_address: Option<&str>,
         json: bool,
     ) -> Result<(), CommandError> {
-        let environment_id = EnvironmentId::parse(environment).map_err(|e| CommandError::Usage {
-            flag: "--environment",
-            message: e.to_string(),
-        })?;
-        let enroll_address = enroll_address.unwrap_or(&config.enroll.advertise_address).to_owned();
+        let environment_id =
+            EnvironmentId::parse(environment).map_err(|e| CommandError::Usage {
+                flag: "--environment",
+                message: e.to_string(),
+            })?;
+        let enroll_address = enroll_address
+            .unwrap_or(&config.enroll.advertise_address)
+            .to_owned();
         let (host, _) = split_host_port(&enroll_address).ok_or_else(|| CommandError::Usage {
             flag: "--enroll-address",
             message: format!("`{enroll_address}` is not host:port"),
@@ -649,19 +678,30 @@ pub mod commands {
 
     /// `agents list`: connected agents from the running server, or every
     /// enrolled agent from the database with `enrolled`.
-    pub async fn agents_list(config: &Config, json: bool, enrolled: bool) -> Result<(), CommandError> {
+    pub async fn agents_list(
+        config: &Config,
+        json: bool,
+        enrolled: bool,
+    ) -> Result<(), CommandError> {
         if enrolled {
             let settings = config.pki.identity_settings(&config.data_dir);
-            let agents = tokio::task::spawn_blocking(move || IdentityService::open(settings)?.agents())
-                .await
-                .map_err(|e| CommandError::Usage {
-                    flag: "--enrolled",
-                    message: e.to_string(),
-                })??;
+            let agents =
+                tokio::task::spawn_blocking(move || IdentityService::open(settings)?.agents())
+                    .await
+                    .map_err(|e| CommandError::Usage {
+                        flag: "--enrolled",
+                        message: e.to_string(),
+                    })??;
             if json {
-                println!("{}", serde_json::to_string_pretty(&agents).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&agents).unwrap_or_default()
+                );
             } else {
-                println!("{:<26}  {:<20}  {:<20}  {:<20}  STATUS", "AGENT", "ENVIRONMENT", "ENROLLED", "CERT EXPIRES");
+                println!(
+                    "{:<26}  {:<20}  {:<20}  {:<20}  STATUS",
+                    "AGENT", "ENVIRONMENT", "ENROLLED", "CERT EXPIRES"
+                );
                 for a in &agents {
                     println!(
                         "{:<26}  {:<20}  {:<20}  {:<20}  {}",
@@ -669,7 +709,11 @@ pub mod commands {
                         a.environment_id.as_str(),
                         rfc3339::display(pki::store::time_of(a.enrolled_at)),
                         rfc3339::display(pki::store::time_of(a.cert_not_after)),
-                        if a.revoked_at.is_some() { "revoked" } else { "active" }
+                        if a.revoked_at.is_some() {
+                            "revoked"
+                        } else {
+                            "active"
+                        }
                     );
                 }
             }
@@ -677,7 +721,10 @@ pub mod commands {
         }
         let agents = client::list_agents(&config.admin.socket).await?;
         if json {
-            println!("{}", serde_json::to_string_pretty(&agents).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&agents).unwrap_or_default()
+            );
         } else {
             print!("{}", agents_table(&agents));
         }
@@ -695,7 +742,11 @@ pub mod commands {
                 println!(
                     "agent {} revoked{}; {} live connection(s) closed",
                     r.agent_id,
-                    if r.newly_revoked { "" } else { " (already revoked)" },
+                    if r.newly_revoked {
+                        ""
+                    } else {
+                        " (already revoked)"
+                    },
                     r.connections_closed
                 );
                 Ok(())
@@ -703,12 +754,14 @@ pub mod commands {
             Err(ClientError::Unreachable { .. }) => {
                 let settings = config.pki.identity_settings(&config.data_dir);
                 let id = agent_id.clone();
-                let newly = tokio::task::spawn_blocking(move || IdentityService::open(settings)?.revoke(&id))
-                    .await
-                    .map_err(|e| CommandError::Usage {
-                        flag: "agent id",
-                        message: e.to_string(),
-                    })??;
+                let newly = tokio::task::spawn_blocking(move || {
+                    IdentityService::open(settings)?.revoke(&id)
+                })
+                .await
+                .map_err(|e| CommandError::Usage {
+                    flag: "agent id",
+                    message: e.to_string(),
+                })??;
                 println!(
                     "agent {agent_id} revoked{} in {}; the control plane is not running, so it takes effect when it starts",
                     if newly { "" } else { " (already revoked)" },

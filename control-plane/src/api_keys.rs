@@ -79,7 +79,10 @@ pub async fn list(config: &Config, json_out: bool) -> Result<(), ApiKeyCommandEr
         println!("{}", serde_json::Value::Array(rows));
         return Ok(());
     }
-    println!("{:<38} {:<20} {:<16} {:<21} REVOKED", "ID", "NAME", "KEY", "CREATED");
+    println!(
+        "{:<38} {:<20} {:<16} {:<21} REVOKED",
+        "ID", "NAME", "KEY", "CREATED"
+    );
     for k in &keys {
         println!(
             "{:<38} {:<20} {:<16} {:<21} {}",

@@ -82,7 +82,9 @@ pub struct App {
 
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("App").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("App")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -184,7 +186,9 @@ impl App {
                 addr: self.config.enroll.listen.to_string(),
                 source,
             })?;
-        running.enroll_addr = enroll_listener.local_addr().unwrap_or(self.config.enroll.listen);
+        running.enroll_addr = enroll_listener
+            .local_addr()
+            .unwrap_or(self.config.enroll.listen);
         let admin_listener = crate::admin::bind(&self.config.admin.socket).await?;
         let gateway = crate::gateway::Gateway::bind(
             &self.config.tunnel,
@@ -212,7 +216,10 @@ impl App {
         running.spawn_service("enroll", {
             let tracker = tracker.clone();
             move |token| async move {
-                if let Err(error) = crate::enroll::serve(enroll_listener, identity, enroll_config, token, tracker).await {
+                if let Err(error) =
+                    crate::enroll::serve(enroll_listener, identity, enroll_config, token, tracker)
+                        .await
+                {
                     tracing::error!(%error, "enroll listener failed");
                 }
             }
@@ -227,7 +234,9 @@ impl App {
             move |token| crate::admin::serve(admin_listener, socket, state, token, tracker)
         });
         let identity = self.identity.clone();
-        running.spawn_service("server-cert-rotation", move |token| rotate_server_cert(identity, token));
+        running.spawn_service("server-cert-rotation", move |token| {
+            rotate_server_cert(identity, token)
+        });
         // The harness: started last, once the gateway serves, so recovered
         // wakes can reach agents as they reconnect.
         let runner: Arc<dyn api::SessionRunner> = match (provider, self.runner.clone()) {
@@ -411,7 +420,10 @@ impl Running {
     /// Stop accepting, drain until `grace` has passed, and report.
     pub async fn shutdown(self, grace: Duration) -> ShutdownReport {
         let started = Instant::now();
-        tracing::info!(grace_seconds = grace.as_secs_f64(), "shutting down: no new connections, draining");
+        tracing::info!(
+            grace_seconds = grace.as_secs_f64(),
+            "shutting down: no new connections, draining"
+        );
         let deadline = tokio::time::Instant::now() + grace;
         let mut unfinished = Vec::new();
         // Wakes first, while the gateway still reaches agents: half the
@@ -430,7 +442,9 @@ impl Running {
                 unfinished.push(name);
             }
         }
-        let drained = tokio::time::timeout_at(deadline, self.tracker.wait()).await.is_ok();
+        let drained = tokio::time::timeout_at(deadline, self.tracker.wait())
+            .await
+            .is_ok();
         if !drained {
             unfinished.push("connections");
         }
@@ -440,7 +454,10 @@ impl Running {
             unfinished,
         };
         if report.graceful {
-            tracing::info!(elapsed_ms = report.elapsed.as_millis() as u64, "shutdown complete: graceful");
+            tracing::info!(
+                elapsed_ms = report.elapsed.as_millis() as u64,
+                "shutdown complete: graceful"
+            );
         } else {
             tracing::warn!(elapsed_ms = report.elapsed.as_millis() as u64, unfinished = ?report.unfinished, "shutdown complete: not graceful, deadline reached");
         }

@@ -186,7 +186,8 @@ impl Config {
             raw.shutdown_grace_seconds
                 .unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECONDS),
         );
-        let api = api::ApiConfig::from_raw(&raw.api).map_err(|e| ConfigError::invalid(e.key, e.message))?;
+        let api = api::ApiConfig::from_raw(&raw.api)
+            .map_err(|e| ConfigError::invalid(e.key, e.message))?;
         let catalog = catalog::CatalogConfig::from_raw(&raw.catalog, &data_dir)
             .map_err(|e| ConfigError::invalid(e.key, e.message))?;
         let session_store = session_store::StoreConfig::from_raw(&raw.session_store, &data_dir)
@@ -222,8 +223,8 @@ mod tests {
 
     #[test]
     fn bad_listen_names_key() {
-        let err = Config::parse("[tunnel]\nlisten = \"not an addr\"", Path::new("x.toml"))
-            .unwrap_err();
+        let err =
+            Config::parse("[tunnel]\nlisten = \"not an addr\"", Path::new("x.toml")).unwrap_err();
         assert!(err.to_string().contains("tunnel.listen"), "{err}");
     }
 }

@@ -114,13 +114,21 @@ fn hands_error(session_id: &str, sandbox_id: Option<&str>, failure: Failure) -> 
                 None => format!("refused by the agent's policy: {}", e.message),
             }),
             (ErrorCode::BadRequest | ErrorCode::Forbidden | ErrorCode::UnsupportedCall, _) => {
-                refused(format!("the agent refused the request ({}): {}", e.code, e.message))
+                refused(format!(
+                    "the agent refused the request ({}): {}",
+                    e.code, e.message
+                ))
             }
             // Transient (engine busy, draining) or a fault on the agent that
             // a later attempt may not hit; the harness bounds the retries.
-            _ => unavailable(format!("the agent could not serve the call ({}): {}", e.code, e.message)),
+            _ => unavailable(format!(
+                "the agent could not serve the call ({}): {}",
+                e.code, e.message
+            )),
         },
-        Failure::Unexpected(reply) => refused(format!("the agent answered with an unexpected reply: {reply}")),
+        Failure::Unexpected(reply) => refused(format!(
+            "the agent answered with an unexpected reply: {reply}"
+        )),
     }
 }
 
@@ -144,7 +152,12 @@ impl GatewayHands {
     }
 
     fn cached(&self, session_id: &str) -> Option<Placement> {
-        self.placements.lock().ok()?.by_session.get(session_id).cloned()
+        self.placements
+            .lock()
+            .ok()?
+            .by_session
+            .get(session_id)
+            .cloned()
     }
 
     fn remember(&self, session_id: &str, p: Placement) {
@@ -161,7 +174,12 @@ impl GatewayHands {
 
     /// (agent id, session id) of a cached sandbox.
     fn holder_of(&self, sandbox_id: &str) -> Option<(String, String)> {
-        self.placements.lock().ok()?.by_sandbox.get(sandbox_id).cloned()
+        self.placements
+            .lock()
+            .ok()?
+            .by_sandbox
+            .get(sandbox_id)
+            .cloned()
     }
 
     fn session_lock(&self, session_id: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -198,29 +216,49 @@ impl GatewayHands {
     /// One call without request data; returns the agent that answered and
     /// its reply (streamed output is dropped).
     async fn call(&self, target: &Target, request: &Request) -> Result<(String, Reply), Failure> {
-        let (agent_id, call) = self.gateway.call(target, request).await.map_err(Failure::Gateway)?;
+        let (agent_id, call) = self
+            .gateway
+            .call(target, request)
+            .await
+            .map_err(Failure::Gateway)?;
         match call.finish_and_collect().await {
             Ok((_, Response::Ok(reply))) => Ok((agent_id, reply)),
             Ok((_, Response::Err(e))) => Err(Failure::Call(e)),
-            Err(source) => Err(Failure::Gateway(AgentCallError::Tunnel { agent_id, source })),
+            Err(source) => Err(Failure::Gateway(AgentCallError::Tunnel {
+                agent_id,
+                source,
+            })),
         }
     }
 
     /// Drop `sandbox_id` from the cache unless `agent_id` lists it as
     /// running (an agent that does not answer leaves the cache as it is).
     async fn check_alive(&self, agent_id: &str, session_id: &str, sandbox_id: &str) {
-        if let Ok((_, Reply::ListSandboxes(list))) =
-            self.call(&Target::Agent(agent_id.to_owned()), &Request::ListSandboxes).await
+        if let Ok((_, Reply::ListSandboxes(list))) = self
+            .call(&Target::Agent(agent_id.to_owned()), &Request::ListSandboxes)
+            .await
         {
-            if !list.iter().any(|s| s.sandbox_id == sandbox_id && s.state == "running") {
-                tracing::info!(session_id, agent_id, sandbox_id, "the sandbox died; the next call provisions a new one");
+            if !list
+                .iter()
+                .any(|s| s.sandbox_id == sandbox_id && s.state == "running")
+            {
+                tracing::info!(
+                    session_id,
+                    agent_id,
+                    sandbox_id,
+                    "the sandbox died; the next call provisions a new one"
+                );
                 self.forget(sandbox_id);
             }
         }
     }
 
     /// The session's live sandbox on `agent_id`, if it has one.
-    async fn find_on(&self, agent_id: &str, session_id: &str) -> Result<Option<SandboxInfo>, Failure> {
+    async fn find_on(
+        &self,
+        agent_id: &str,
+        session_id: &str,
+    ) -> Result<Option<SandboxInfo>, Failure> {
         let (_, reply) = self
             .call(&Target::Agent(agent_id.to_owned()), &Request::ListSandboxes)
             .await?;
@@ -261,7 +299,8 @@ impl Hands for GatewayHands {
         let Some(environment_id) = spec.environment_id.as_deref().filter(|e| !e.is_empty()) else {
             return Err(HandsError::Refused {
                 session_id: session_id.to_owned(),
-                message: "the session has no environment_id, so no sandbox-agent serves it".to_owned(),
+                message: "the session has no environment_id, so no sandbox-agent serves it"
+                    .to_owned(),
             });
         };
         let lock = self.session_lock(session_id);
@@ -275,7 +314,9 @@ impl Hands for GatewayHands {
             return Err(hands_error(
                 session_id,
                 None,
-                Failure::Gateway(AgentCallError::NotConnected(Target::Environment(environment_id.to_owned()))),
+                Failure::Gateway(AgentCallError::NotConnected(Target::Environment(
+                    environment_id.to_owned(),
+                ))),
             ));
         }
         for agent_id in &agents {
@@ -291,7 +332,9 @@ impl Hands for GatewayHands {
                             sandbox_id: s.sandbox_id.clone(),
                         },
                     );
-                    return Ok(SandboxRef { sandbox_id: s.sandbox_id });
+                    return Ok(SandboxRef {
+                        sandbox_id: s.sandbox_id,
+                    });
                 }
                 Ok(None) => {}
                 // The agent that held the sandbox did not answer: making a
@@ -318,7 +361,13 @@ impl Hands for GatewayHands {
         let target = Target::Environment(environment_id.to_owned());
         let (agent_id, provisioned) = match self.call(&target, &request).await {
             Ok((agent_id, Reply::Provision(p))) => (agent_id, p),
-            Ok((_, other)) => return Err(hands_error(session_id, None, Failure::Unexpected(format!("{other:?}")))),
+            Ok((_, other)) => {
+                return Err(hands_error(
+                    session_id,
+                    None,
+                    Failure::Unexpected(format!("{other:?}")),
+                ))
+            }
             Err(f) => return Err(hands_error(session_id, None, f)),
         };
         tracing::info!(
@@ -341,7 +390,11 @@ impl Hands for GatewayHands {
         })
     }
 
-    async fn execute(&self, sandbox: &SandboxRef, call: &ToolCall) -> Result<ToolOutput, HandsError> {
+    async fn execute(
+        &self,
+        sandbox: &SandboxRef,
+        call: &ToolCall,
+    ) -> Result<ToolOutput, HandsError> {
         let sandbox_id = sandbox.sandbox_id.as_str();
         // Not cached: it was dropped as dead, or this process never placed
         // it. Either way `provision` finds out what is live.
@@ -371,7 +424,11 @@ impl Hands for GatewayHands {
                 }
                 Ok(tool_output(result))
             }
-            Ok((_, other)) => Err(hands_error(&session_id, Some(sandbox_id), Failure::Unexpected(format!("{other:?}")))),
+            Ok((_, other)) => Err(hands_error(
+                &session_id,
+                Some(sandbox_id),
+                Failure::Unexpected(format!("{other:?}")),
+            )),
             Err(f) => {
                 let e = hands_error(&session_id, Some(sandbox_id), f);
                 if matches!(e, HandsError::SandboxGone { .. }) {
@@ -401,11 +458,31 @@ mod tests {
 
     #[test]
     fn errors_map_per_the_hands_contract() {
-        let e = hands_error("s", Some("sbx_1"), call_error(ErrorCode::UnknownSandbox, None));
-        assert_eq!(e, HandsError::SandboxGone { sandbox_id: "sbx_1".into() });
-        let e = hands_error("s", Some("sbx_1"), call_error(ErrorCode::PolicyDenied, Some("policy.allowed_tools")));
-        assert!(matches!(&e, HandsError::Refused { message, .. } if message.contains("policy.allowed_tools")), "{e}");
-        for code in [ErrorCode::BadRequest, ErrorCode::Forbidden, ErrorCode::UnsupportedCall] {
+        let e = hands_error(
+            "s",
+            Some("sbx_1"),
+            call_error(ErrorCode::UnknownSandbox, None),
+        );
+        assert_eq!(
+            e,
+            HandsError::SandboxGone {
+                sandbox_id: "sbx_1".into()
+            }
+        );
+        let e = hands_error(
+            "s",
+            Some("sbx_1"),
+            call_error(ErrorCode::PolicyDenied, Some("policy.allowed_tools")),
+        );
+        assert!(
+            matches!(&e, HandsError::Refused { message, .. } if message.contains("policy.allowed_tools")),
+            "{e}"
+        );
+        for code in [
+            ErrorCode::BadRequest,
+            ErrorCode::Forbidden,
+            ErrorCode::UnsupportedCall,
+        ] {
             assert!(!hands_error("s", None, call_error(code, None)).is_transient());
         }
         for code in [
@@ -419,9 +496,14 @@ mod tests {
         let e = hands_error(
             "s",
             None,
-            Failure::Gateway(AgentCallError::NotConnected(Target::Environment("env_1".into()))),
+            Failure::Gateway(AgentCallError::NotConnected(Target::Environment(
+                "env_1".into(),
+            ))),
         );
-        assert!(matches!(&e, HandsError::Unavailable { message, .. } if message.contains("env_1")), "{e}");
+        assert!(
+            matches!(&e, HandsError::Unavailable { message, .. } if message.contains("env_1")),
+            "{e}"
+        );
         assert!(!hands_error("s", None, Failure::Unexpected("Pong".into())).is_transient());
     }
 
@@ -436,7 +518,10 @@ mod tests {
         p.insert("sesn_2", at("agt_1", "sbx_2"));
         p.insert("sesn_1", at("agt_2", "sbx_3"));
         assert!(!p.by_sandbox.contains_key("sbx_1"));
-        assert_eq!(p.by_sandbox["sbx_3"], ("agt_2".to_owned(), "sesn_1".to_owned()));
+        assert_eq!(
+            p.by_sandbox["sbx_3"],
+            ("agt_2".to_owned(), "sesn_1".to_owned())
+        );
         p.forget_sandbox("sbx_3");
         assert!(!p.by_session.contains_key("sesn_1"));
         assert!(p.by_session.contains_key("sesn_2"));
@@ -446,13 +531,18 @@ mod tests {
 
     #[tokio::test]
     async fn no_environment_is_refused_and_no_agent_is_unavailable() {
-        let hands = GatewayHands::new(GatewayHandle::new(Arc::new(crate::gateway::Registry::new())));
+        let hands = GatewayHands::new(GatewayHandle::new(
+            Arc::new(crate::gateway::Registry::new()),
+        ));
         let spec = ProvisionSpec {
             session_id: "sesn_1".into(),
             environment_id: None,
             resources: vec![],
         };
-        assert!(matches!(hands.provision(&spec).await, Err(HandsError::Refused { .. })));
+        assert!(matches!(
+            hands.provision(&spec).await,
+            Err(HandsError::Refused { .. })
+        ));
         let spec = ProvisionSpec {
             environment_id: Some("env_1".into()),
             ..spec
@@ -461,7 +551,9 @@ mod tests {
         assert!(e.is_transient(), "{e}");
         let e = hands
             .execute(
-                &SandboxRef { sandbox_id: "sbx_9".into() },
+                &SandboxRef {
+                    sandbox_id: "sbx_9".into(),
+                },
                 &ToolCall {
                     tool_use_id: "t".into(),
                     name: "bash".into(),
@@ -470,6 +562,11 @@ mod tests {
             )
             .await
             .unwrap_err();
-        assert_eq!(e, HandsError::SandboxGone { sandbox_id: "sbx_9".into() });
+        assert_eq!(
+            e,
+            HandsError::SandboxGone {
+                sandbox_id: "sbx_9".into()
+            }
+        );
     }
 }

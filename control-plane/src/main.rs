@@ -17,7 +17,13 @@ struct Cli {
     #[arg(long, short, global = true, env = "AIRLOCK_CONFIG")]
     config: Option<PathBuf>,
     /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t, env = "AIRLOCK_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "AIRLOCK_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -73,7 +79,10 @@ enum ApiKeysCommand {
 
 /// Run an `api-keys` command on a small runtime; errors exit 1.
 fn run_api_keys(command: ApiKeysCommand, config: &Config) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(error) => {
             eprintln!("error: cannot start runtime: {error}");
@@ -82,9 +91,13 @@ fn run_api_keys(command: ApiKeysCommand, config: &Config) -> ExitCode {
     };
     let result = rt.block_on(async {
         match command {
-            ApiKeysCommand::Create { name, json } => control_plane::api_keys::create(config, &name, json).await,
+            ApiKeysCommand::Create { name, json } => {
+                control_plane::api_keys::create(config, &name, json).await
+            }
             ApiKeysCommand::List { json } => control_plane::api_keys::list(config, json).await,
-            ApiKeysCommand::Revoke { key_id } => control_plane::api_keys::revoke(config, &key_id).await,
+            ApiKeysCommand::Revoke { key_id } => {
+                control_plane::api_keys::revoke(config, &key_id).await
+            }
         }
     });
     match result {
@@ -101,7 +114,10 @@ fn run_operator<F>(fut: F) -> ExitCode
 where
     F: std::future::Future<Output = Result<(), control_plane::operator::OperatorError>>,
 {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(error) => {
             eprintln!("error: cannot start runtime: {error}");
@@ -165,7 +181,10 @@ fn run_async<F>(fut: F) -> ExitCode
 where
     F: std::future::Future<Output = Result<(), control_plane::admin::commands::CommandError>>,
 {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(error) => {
             eprintln!("error: cannot start runtime: {error}");
@@ -186,7 +205,10 @@ fn report(result: Result<(), control_plane::admin::commands::CommandError>) -> E
 }
 
 fn serve(config: Config) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(error) => {
             eprintln!("error: cannot start runtime: {error}");
@@ -220,7 +242,10 @@ fn serve(config: Config) -> ExitCode {
             name = running.service_exited() => Some(name),
         };
         if let Some(name) = failed {
-            tracing::error!(service = name, "service stopped unexpectedly; shutting down");
+            tracing::error!(
+                service = name,
+                "service stopped unexpectedly; shutting down"
+            );
         }
         let report = running.shutdown(grace).await;
         if report.graceful && failed.is_none() {
@@ -266,15 +291,19 @@ fn main() -> ExitCode {
             enroll_address.as_deref(),
             json,
         )),
-        Command::Agents(AgentsCommand::List { json, enrolled }) => {
-            run_async(control_plane::admin::commands::agents_list(&config, json, enrolled))
+        Command::Agents(AgentsCommand::List { json, enrolled }) => run_async(
+            control_plane::admin::commands::agents_list(&config, json, enrolled),
+        ),
+        Command::Agents(AgentsCommand::Revoke { agent_id }) => run_async(
+            control_plane::admin::commands::agents_revoke(&config, &agent_id),
+        ),
+        Command::Ca(CaCommand::Fingerprint) => {
+            report(control_plane::admin::commands::ca_fingerprint(&config))
         }
-        Command::Agents(AgentsCommand::Revoke { agent_id }) => {
-            run_async(control_plane::admin::commands::agents_revoke(&config, &agent_id))
-        }
-        Command::Ca(CaCommand::Fingerprint) => report(control_plane::admin::commands::ca_fingerprint(&config)),
         Command::ApiKeys(command) => run_api_keys(command, &config),
-        Command::Environments(args) => run_operator(control_plane::operator::environments(args, &config)),
+        Command::Environments(args) => {
+            run_operator(control_plane::operator::environments(args, &config))
+        }
         Command::Sessions(args) => run_operator(control_plane::operator::sessions(args, &config)),
     }
 }

@@ -201,7 +201,11 @@ struct ApiClient {
 
 impl ApiClient {
     fn new(args: &ApiArgs, config: &Config) -> Result<Self, OperatorError> {
-        let key = args.api_key.clone().filter(|k| !k.is_empty()).ok_or(OperatorError::MissingKey)?;
+        let key = args
+            .api_key
+            .clone()
+            .filter(|k| !k.is_empty())
+            .ok_or(OperatorError::MissingKey)?;
         let base = args
             .api_url
             .clone()
@@ -211,16 +215,31 @@ impl ApiClient {
         if !base.starts_with("http://") {
             return Err(OperatorError::BadUrl {
                 url: base,
-                message: "must start with http:// (the API serves plain HTTP on its listen address)".to_owned(),
+                message:
+                    "must start with http:// (the API serves plain HTTP on its listen address)"
+                        .to_owned(),
             });
         }
         if let Err(error) = format!("{base}/v1").parse::<hyper::Uri>() {
-            return Err(OperatorError::BadUrl { url: base, message: error.to_string() });
+            return Err(OperatorError::BadUrl {
+                url: base,
+                message: error.to_string(),
+            });
         }
-        Ok(Self { base, key, client: Client::builder(TokioExecutor::new()).build_http() })
+        Ok(Self {
+            base,
+            key,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        })
     }
 
-    fn request(&self, method: &str, path: &str, body: Option<&Value>, accept: &str) -> Result<hyper::Request<Full<Bytes>>, OperatorError> {
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        accept: &str,
+    ) -> Result<hyper::Request<Full<Bytes>>, OperatorError> {
         let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
         hyper::Request::builder()
             .method(method)
@@ -230,18 +249,32 @@ impl ApiClient {
             .header("content-type", "application/json")
             .header("accept", accept)
             .body(Full::new(bytes))
-            .map_err(|error| OperatorError::BadUrl { url: format!("{}{path}", self.base), message: error.to_string() })
+            .map_err(|error| OperatorError::BadUrl {
+                url: format!("{}{path}", self.base),
+                message: error.to_string(),
+            })
     }
 
-    async fn send(&self, req: hyper::Request<Full<Bytes>>) -> Result<hyper::Response<hyper::body::Incoming>, OperatorError> {
-        self.client.request(req).await.map_err(|error| OperatorError::Unreachable {
-            url: self.base.clone(),
-            message: error_chain(&error),
-        })
+    async fn send(
+        &self,
+        req: hyper::Request<Full<Bytes>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, OperatorError> {
+        self.client
+            .request(req)
+            .await
+            .map_err(|error| OperatorError::Unreachable {
+                url: self.base.clone(),
+                message: error_chain(&error),
+            })
     }
 
     /// One JSON request with a spinner while it waits; 2xx bodies are returned, others mapped.
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, OperatorError> {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, OperatorError> {
         let req = self.request(method, path, body.as_ref(), "application/json")?;
         let _spinner = Spinner::start(format!("{method} {path}"));
         let work = async {
@@ -251,14 +284,20 @@ impl ApiClient {
                 .into_body()
                 .collect()
                 .await
-                .map_err(|error| OperatorError::Body { path: path.to_owned(), message: error.to_string() })?
+                .map_err(|error| OperatorError::Body {
+                    path: path.to_owned(),
+                    message: error.to_string(),
+                })?
                 .to_bytes();
             Ok::<_, OperatorError>((status, bytes))
         };
-        let (status, bytes) = tokio::time::timeout(REQUEST_TIMEOUT, work).await.map_err(|_| OperatorError::Timeout {
-            url: self.base.clone(),
-            seconds: REQUEST_TIMEOUT.as_secs(),
-        })??;
+        let (status, bytes) =
+            tokio::time::timeout(REQUEST_TIMEOUT, work)
+                .await
+                .map_err(|_| OperatorError::Timeout {
+                    url: self.base.clone(),
+                    seconds: REQUEST_TIMEOUT.as_secs(),
+                })??;
         let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
         if (200..300).contains(&status) {
             return parsed.ok_or_else(|| bad_response(path, status, &bytes));
@@ -269,15 +308,28 @@ impl ApiClient {
 
 /// The single mapping from a non-2xx answer to [`OperatorError`].
 fn api_error(path: &str, status: u16, body: Option<&Value>, raw: &[u8]) -> OperatorError {
-    match body.and_then(|v| Some((v["error"]["type"].as_str()?, v["error"]["message"].as_str()?))) {
-        Some((kind, message)) => OperatorError::Api { status, kind: kind.to_owned(), message: message.to_owned() },
+    match body.and_then(|v| {
+        Some((
+            v["error"]["type"].as_str()?,
+            v["error"]["message"].as_str()?,
+        ))
+    }) {
+        Some((kind, message)) => OperatorError::Api {
+            status,
+            kind: kind.to_owned(),
+            message: message.to_owned(),
+        },
         None => bad_response(path, status, raw),
     }
 }
 
 fn bad_response(path: &str, status: u16, raw: &[u8]) -> OperatorError {
     let text = String::from_utf8_lossy(raw);
-    OperatorError::BadResponse { path: path.to_owned(), status, body: truncate(&text, 200) }
+    OperatorError::BadResponse {
+        path: path.to_owned(),
+        status,
+        body: truncate(&text, 200),
+    }
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {
@@ -328,7 +380,10 @@ impl Drop for Spinner {
 }
 
 fn truncate(s: &str, max_chars: usize) -> String {
-    let one_line: String = s.chars().map(|c| if c == '\n' || c == '\r' { ' ' } else { c }).collect();
+    let one_line: String = s
+        .chars()
+        .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
+        .collect();
     if one_line.chars().count() <= max_chars {
         return one_line;
     }
@@ -370,7 +425,11 @@ fn print_table(headers: &[&str], rows: &[Vec<String>]) -> Result<(), OperatorErr
         }
         s
     };
-    writeln!(out, "{}", line(headers.iter().map(|h| (*h).to_owned()).collect()))?;
+    writeln!(
+        out,
+        "{}",
+        line(headers.iter().map(|h| (*h).to_owned()).collect())
+    )?;
     for row in rows {
         writeln!(out, "{}", line(row.clone()))?;
     }
@@ -406,11 +465,15 @@ fn path_segment(id: &str) -> String {
 pub async fn environments(args: EnvironmentsArgs, config: &Config) -> Result<(), OperatorError> {
     let api = ApiClient::new(&args.api, config)?;
     match args.command {
-        EnvironmentsCommand::List { json, include_archived } => {
+        EnvironmentsCommand::List {
+            json,
+            include_archived,
+        } => {
             let mut all = Vec::new();
             let mut page: Option<String> = None;
             loop {
-                let mut path = format!("/v1/environments?limit=100&include_archived={include_archived}");
+                let mut path =
+                    format!("/v1/environments?limit=100&include_archived={include_archived}");
                 if let Some(p) = &page {
                     path.push_str(&format!("&page={}", path_segment(p)));
                 }
@@ -440,26 +503,61 @@ pub async fn environments(args: EnvironmentsArgs, config: &Config) -> Result<(),
         }
         EnvironmentsCommand::Create { name, json } => {
             let v = api
-                .call("POST", "/v1/environments", Some(json!({"name": name, "config": {"type": "self_hosted"}})))
+                .call(
+                    "POST",
+                    "/v1/environments",
+                    Some(json!({"name": name, "config": {"type": "self_hosted"}})),
+                )
                 .await?;
             if json {
                 return print_json(&v);
             }
-            println!("created environment {} ({})", text(&v["id"]), text(&v["name"]));
+            println!(
+                "created environment {} ({})",
+                text(&v["id"]),
+                text(&v["name"])
+            );
             Ok(())
         }
         EnvironmentsCommand::Show { id, json } => {
-            let v = api.call("GET", &format!("/v1/environments/{}", path_segment(&id)), None).await?;
+            let v = api
+                .call(
+                    "GET",
+                    &format!("/v1/environments/{}", path_segment(&id)),
+                    None,
+                )
+                .await?;
             if json {
                 return print_json(&v);
             }
             let mut shown = v.clone();
             shown["config_type"] = v["config"]["type"].clone();
-            print_fields(&shown, &["id", "name", "config_type", "description", "created_at", "updated_at", "archived_at"])
+            print_fields(
+                &shown,
+                &[
+                    "id",
+                    "name",
+                    "config_type",
+                    "description",
+                    "created_at",
+                    "updated_at",
+                    "archived_at",
+                ],
+            )
         }
         EnvironmentsCommand::Archive { id } => {
-            let v = api.call("POST", &format!("/v1/environments/{}/archive", path_segment(&id)), None).await?;
-            println!("archived environment {} ({})", text(&v["id"]), text(&v["name"]));
+            let v = api
+                .call(
+                    "POST",
+                    &format!("/v1/environments/{}/archive", path_segment(&id)),
+                    None,
+                )
+                .await?;
+            println!(
+                "archived environment {} ({})",
+                text(&v["id"]),
+                text(&v["name"])
+            );
             Ok(())
         }
     }
@@ -469,7 +567,11 @@ pub async fn environments(args: EnvironmentsArgs, config: &Config) -> Result<(),
 pub async fn sessions(args: SessionsArgs, config: &Config) -> Result<(), OperatorError> {
     let api = ApiClient::new(&args.api, config)?;
     match args.command {
-        SessionsCommand::List { json, status, limit } => {
+        SessionsCommand::List {
+            json,
+            status,
+            limit,
+        } => {
             let mut path = format!("/v1/sessions?limit={}", limit.clamp(1, 1000));
             if let Some(s) = &status {
                 path.push_str(&format!("&statuses[]={}", path_segment(s)));
@@ -492,19 +594,39 @@ pub async fn sessions(args: SessionsArgs, config: &Config) -> Result<(), Operato
                     ]
                 })
                 .collect();
-            print_table(&["ID", "STATUS", "AGENT", "ENVIRONMENT", "CREATED", "TITLE"], &rows)
+            print_table(
+                &["ID", "STATUS", "AGENT", "ENVIRONMENT", "CREATED", "TITLE"],
+                &rows,
+            )
         }
         SessionsCommand::Show { id, json } => {
-            let v = api.call("GET", &format!("/v1/sessions/{}", path_segment(&id)), None).await?;
+            let v = api
+                .call("GET", &format!("/v1/sessions/{}", path_segment(&id)), None)
+                .await?;
             if json {
                 return print_json(&v);
             }
             let mut shown = v.clone();
-            shown["agent"] = json!(format!("{} (version {})", text(&v["agent"]["id"]), text(&v["agent"]["version"])));
+            shown["agent"] = json!(format!(
+                "{} (version {})",
+                text(&v["agent"]["id"]),
+                text(&v["agent"]["version"])
+            ));
             shown["stop_reason"] = v["stop_reason"]["type"].clone();
             print_fields(
                 &shown,
-                &["id", "title", "status", "stop_reason", "agent", "environment_id", "created_at", "updated_at", "archived_at", "metadata"],
+                &[
+                    "id",
+                    "title",
+                    "status",
+                    "stop_reason",
+                    "agent",
+                    "environment_id",
+                    "created_at",
+                    "updated_at",
+                    "archived_at",
+                    "metadata",
+                ],
             )
         }
         SessionsCommand::Interrupt { id } => {
@@ -522,7 +644,12 @@ pub async fn sessions(args: SessionsArgs, config: &Config) -> Result<(), Operato
 }
 
 /// Follow the SSE stream until Ctrl-C or its end.
-async fn tail(api: &ApiClient, id: &str, after: Option<u64>, json_out: bool) -> Result<(), OperatorError> {
+async fn tail(
+    api: &ApiClient,
+    id: &str,
+    after: Option<u64>,
+    json_out: bool,
+) -> Result<(), OperatorError> {
     let mut path = format!("/v1/sessions/{}/events/stream", path_segment(id));
     if let Some(a) = after {
         path.push_str(&format!("?after={a}"));
@@ -530,14 +657,21 @@ async fn tail(api: &ApiClient, id: &str, after: Option<u64>, json_out: bool) -> 
     let req = api.request("GET", &path, None, "text/event-stream")?;
     let resp = {
         let _spinner = Spinner::start(format!("the stream of {id}"));
-        tokio::time::timeout(REQUEST_TIMEOUT, api.send(req)).await.map_err(|_| OperatorError::Timeout {
-            url: api.base.clone(),
-            seconds: REQUEST_TIMEOUT.as_secs(),
-        })??
+        tokio::time::timeout(REQUEST_TIMEOUT, api.send(req))
+            .await
+            .map_err(|_| OperatorError::Timeout {
+                url: api.base.clone(),
+                seconds: REQUEST_TIMEOUT.as_secs(),
+            })??
     };
     let status = resp.status().as_u16();
     if !(200..300).contains(&status) {
-        let bytes = resp.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
         let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
         return Err(api_error(&path, status, parsed.as_ref(), &bytes));
     }
@@ -552,10 +686,17 @@ async fn tail(api: &ApiClient, id: &str, after: Option<u64>, json_out: bool) -> 
         };
         let frame = match frame {
             None => return Ok(()),
-            Some(Err(error)) => return Err(OperatorError::Body { path, message: error.to_string() }),
+            Some(Err(error)) => {
+                return Err(OperatorError::Body {
+                    path,
+                    message: error.to_string(),
+                })
+            }
             Some(Ok(frame)) => frame,
         };
-        let Ok(data) = frame.into_data() else { continue };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
         for (event, payload) in parser.push(&data) {
             if event == "ping" {
                 continue;
@@ -567,7 +708,13 @@ async fn tail(api: &ApiClient, id: &str, after: Option<u64>, json_out: bool) -> 
             if json_out {
                 writeln!(out, "{v}")?;
             } else {
-                writeln!(out, "{:>6}  {:<28}  {}", text(&v["seq"]), text(&v["type"]), summary(&v))?;
+                writeln!(
+                    out,
+                    "{:>6}  {:<28}  {}",
+                    text(&v["seq"]),
+                    text(&v["type"]),
+                    summary(&v)
+                )?;
             }
             out.flush()?;
         }
@@ -613,21 +760,43 @@ impl SseParser {
 fn summary(v: &Value) -> String {
     let content_text = |c: &Value| -> String {
         c.as_array()
-            .map(|blocks| blocks.iter().filter_map(|b| b["text"].as_str()).collect::<Vec<_>>().join(" "))
+            .map(|blocks| {
+                blocks
+                    .iter()
+                    .filter_map(|b| b["text"].as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
             .unwrap_or_default()
     };
     let s = match v["type"].as_str().unwrap_or_default() {
         "user.message" | "agent.message" | "agent.thinking" => content_text(&v["content"]),
         "agent.tool_use" | "agent.custom_tool_use" | "agent.mcp_tool_use" => {
-            format!("{} {}", text(&v["name"]), truncate(&v["input"].to_string(), 80))
+            format!(
+                "{} {}",
+                text(&v["name"]),
+                truncate(&v["input"].to_string(), 80)
+            )
         }
         "agent.tool_result" | "agent.mcp_tool_result" | "user.custom_tool_result" => {
-            let err = if v["is_error"].as_bool() == Some(true) { " (error)" } else { "" };
-            format!("{}{err} {}", text(&v["tool_use_id"]), content_text(&v["content"]))
+            let err = if v["is_error"].as_bool() == Some(true) {
+                " (error)"
+            } else {
+                ""
+            };
+            format!(
+                "{}{err} {}",
+                text(&v["tool_use_id"]),
+                content_text(&v["content"])
+            )
         }
         "user.tool_confirmation" => format!("{} {}", text(&v["tool_use_id"]), text(&v["result"])),
         "session.status_idle" => format!("stop_reason={}", text(&v["stop_reason"]["type"])),
-        "session.error" => format!("{}: {}", text(&v["error"]["type"]), text(&v["error"]["message"])),
+        "session.error" => format!(
+            "{}: {}",
+            text(&v["error"]["type"]),
+            text(&v["error"]["message"])
+        ),
         _ => String::new(),
     };
     truncate(&s, 120)

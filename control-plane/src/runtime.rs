@@ -26,7 +26,10 @@
 use std::sync::Arc;
 
 use harness::{Harness, HarnessConfig, Supervisor};
-use model::{AnthropicConfig, AnthropicProvider, MessagesRequest, ModelError, ModelStream, Provider, RawAnthropicConfig};
+use model::{
+    AnthropicConfig, AnthropicProvider, MessagesRequest, ModelError, ModelStream, Provider,
+    RawAnthropicConfig,
+};
 use serde::Deserialize;
 
 use crate::config::ConfigError;
@@ -73,7 +76,10 @@ impl ModelConfig {
     }
 
     /// Validate with an explicit environment lookup (for tests).
-    pub fn from_raw_with_env(raw: RawModelConfig, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    pub fn from_raw_with_env(
+        raw: RawModelConfig,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let key_env = match (&raw.api_key, raw.api_key_env.as_deref()) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError::invalid(
@@ -82,7 +88,10 @@ impl ModelConfig {
                 ))
             }
             (_, Some(v)) if v.is_empty() || v.contains('=') || v.contains('\0') => {
-                return Err(ConfigError::invalid("model.api_key_env", "not an environment variable name"))
+                return Err(ConfigError::invalid(
+                    "model.api_key_env",
+                    "not an environment variable name",
+                ))
             }
             (_, Some(v)) => v.to_owned(),
             (_, None) => DEFAULT_API_KEY_ENV.to_owned(),
@@ -102,7 +111,13 @@ impl ModelConfig {
         };
         // The key was resolved above; only the base URL may come from the
         // environment here.
-        let lookup = |k: &str| if k == "ANTHROPIC_BASE_URL" { env(k) } else { None };
+        let lookup = |k: &str| {
+            if k == "ANTHROPIC_BASE_URL" {
+                env(k)
+            } else {
+                None
+            }
+        };
         match AnthropicConfig::from_raw_with_env(anthropic, lookup) {
             Ok(c) => Ok(Self { anthropic: Ok(c) }),
             Err(model::anthropic::ConfigError::Missing { .. }) => Ok(Self {
@@ -126,7 +141,9 @@ pub fn provider(config: &ModelConfig) -> Result<Arc<dyn Provider>, ModelError> {
         }
         Err(reason) => {
             tracing::warn!(reason = %reason, "no model API key; sessions will end with a session.error until one is configured");
-            Ok(Arc::new(Unconfigured { reason: reason.clone() }))
+            Ok(Arc::new(Unconfigured {
+                reason: reason.clone(),
+            }))
         }
     }
 }
@@ -160,7 +177,13 @@ pub fn default_instance_id() -> String {
         .unwrap_or_else(|| "control-plane".to_owned());
     let host: String = host
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(64)
         .collect();
     let suffix = uuid::Uuid::new_v4().simple().to_string();
@@ -201,20 +224,41 @@ mod tests {
     use super::*;
 
     fn parse(toml_text: &str, env: &[(&str, &str)]) -> Result<ModelConfig, ConfigError> {
-        let raw: RawModelConfig = toml::from_str(toml_text).map_err(|e| ConfigError::invalid("model", e))?;
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        ModelConfig::from_raw_with_env(raw, move |k| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
+        let raw: RawModelConfig =
+            toml::from_str(toml_text).map_err(|e| ConfigError::invalid("model", e))?;
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        ModelConfig::from_raw_with_env(raw, move |k| {
+            env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        })
     }
 
     #[test]
     fn key_from_the_default_variable_a_named_one_or_the_file() {
-        let c = parse("", &[("ANTHROPIC_API_KEY", "k1"), ("ANTHROPIC_BASE_URL", "http://127.0.0.1:9")]).unwrap();
+        let c = parse(
+            "",
+            &[
+                ("ANTHROPIC_API_KEY", "k1"),
+                ("ANTHROPIC_BASE_URL", "http://127.0.0.1:9"),
+            ],
+        )
+        .unwrap();
         let a = c.anthropic.unwrap();
         assert_eq!(a.api_key, model::ApiKey::new("k1"));
         assert_eq!(a.base_url, "http://127.0.0.1:9");
-        let c = parse("api_key_env = \"MY_KEY\"", &[("ANTHROPIC_API_KEY", "k1"), ("MY_KEY", "k2")]).unwrap();
+        let c = parse(
+            "api_key_env = \"MY_KEY\"",
+            &[("ANTHROPIC_API_KEY", "k1"), ("MY_KEY", "k2")],
+        )
+        .unwrap();
         assert_eq!(c.anthropic.unwrap().api_key, model::ApiKey::new("k2"));
-        let c = parse("api_key = \"k3\"\nbase_url = \"http://127.0.0.1:8\"", &[("ANTHROPIC_BASE_URL", "http://x:1")]).unwrap();
+        let c = parse(
+            "api_key = \"k3\"\nbase_url = \"http://127.0.0.1:8\"",
+            &[("ANTHROPIC_BASE_URL", "http://x:1")],
+        )
+        .unwrap();
         let a = c.anthropic.unwrap();
         assert_eq!(a.api_key, model::ApiKey::new("k3"));
         assert_eq!(a.base_url, "http://127.0.0.1:8");
@@ -222,7 +266,11 @@ mod tests {
 
     #[test]
     fn a_missing_key_is_not_a_config_error_but_says_what_to_set() {
-        let c = parse("api_key_env = \"MY_KEY\"", &[("ANTHROPIC_API_KEY", "not this one")]).unwrap();
+        let c = parse(
+            "api_key_env = \"MY_KEY\"",
+            &[("ANTHROPIC_API_KEY", "not this one")],
+        )
+        .unwrap();
         let why = c.anthropic.unwrap_err();
         assert!(why.contains("MY_KEY"), "{why}");
         let c = parse("", &[]).unwrap();
@@ -235,8 +283,15 @@ mod tests {
         assert!(e.to_string().contains("model.api_key_env"), "{e}");
         let e = parse("base_url = \"ftp://x\"", &[("ANTHROPIC_API_KEY", "k")]).unwrap_err();
         assert!(e.to_string().contains("model.base_url"), "{e}");
-        let e = parse("request_timeout_seconds = -1", &[("ANTHROPIC_API_KEY", "k")]).unwrap_err();
-        assert!(e.to_string().contains("model.request_timeout_seconds"), "{e}");
+        let e = parse(
+            "request_timeout_seconds = -1",
+            &[("ANTHROPIC_API_KEY", "k")],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("model.request_timeout_seconds"),
+            "{e}"
+        );
         assert!(parse("bogus = 1", &[]).is_err());
         let c = parse("api_key = \"sk-very-secret\"", &[]).unwrap();
         assert!(!format!("{c:?}").contains("sk-very-secret"));
@@ -258,15 +313,30 @@ mod tests {
     #[test]
     fn the_documented_example_config_parses() {
         let doc = include_str!("../../docs/operations.md");
-        let start = doc.find("```toml\n").expect("a toml example in docs/operations.md") + 8;
+        let start = doc
+            .find("```toml\n")
+            .expect("a toml example in docs/operations.md")
+            + 8;
         let end = start + doc[start..].find("```").unwrap();
-        let c = crate::config::Config::parse(&doc[start..end], std::path::Path::new("docs/operations.md")).unwrap();
+        let c = crate::config::Config::parse(
+            &doc[start..end],
+            std::path::Path::new("docs/operations.md"),
+        )
+        .unwrap();
         assert_eq!(c.harness.lease_ttl, std::time::Duration::from_secs(30));
-        assert_eq!(c.harness.provisioning, harness::ProvisioningMode::Speculative);
+        assert_eq!(
+            c.harness.provisioning,
+            harness::ProvisioningMode::Speculative
+        );
         assert_eq!(c.harness.supervisor.max_concurrent_wakes, 64);
-        let e = crate::config::Config::parse("[harness]\nlease_ttl_seconds = 0", std::path::Path::new("x.toml")).unwrap_err();
+        let e = crate::config::Config::parse(
+            "[harness]\nlease_ttl_seconds = 0",
+            std::path::Path::new("x.toml"),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("harness.lease_ttl_seconds"), "{e}");
-        let e = crate::config::Config::parse("[model]\nbogus = 1", std::path::Path::new("x.toml")).unwrap_err();
+        let e = crate::config::Config::parse("[model]\nbogus = 1", std::path::Path::new("x.toml"))
+            .unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
     }
 

@@ -30,5 +30,9 @@ fn every_example_named_control_plane_is_tested() {
         .filter(|n| n.starts_with("control-plane") && n.ends_with(".toml"))
         .collect();
     names.sort();
-    assert_eq!(names, ["control-plane-postgres.toml", "control-plane.toml"], "add a test for a new example");
+    assert_eq!(
+        names,
+        ["control-plane-postgres.toml", "control-plane.toml"],
+        "add a test for a new example"
+    );
 }

@@ -16,7 +16,8 @@ fn parse_args() -> Result<ExecutorSettings, String> {
         match a.as_str() {
             "--settings" => {
                 let json = args.next().ok_or("--settings needs a JSON value")?;
-                settings = serde_json::from_str(&json).map_err(|e| format!("invalid --settings: {e}"))?;
+                settings =
+                    serde_json::from_str(&json).map_err(|e| format!("invalid --settings: {e}"))?;
             }
             "--version" => {
                 println!("airlock-executor {}", env!("CARGO_PKG_VERSION"));

@@ -93,7 +93,12 @@ struct BashInput {
     timeout_ms: Option<u64>,
 }
 
-fn run_bash(shell: &Mutex<Shell>, settings: &ExecutorSettings, input: &Value, stream: &mut dyn FnMut(&[u8])) -> Output {
+fn run_bash(
+    shell: &Mutex<Shell>,
+    settings: &ExecutorSettings,
+    input: &Value,
+    stream: &mut dyn FnMut(&[u8]),
+) -> Output {
     let i: BashInput = match BashInput::deserialize(input) {
         Ok(i) => i,
         Err(e) => return Output::error(format!("invalid input for bash: {e}")),
@@ -108,14 +113,20 @@ fn run_bash(shell: &Mutex<Shell>, settings: &ExecutorSettings, input: &Value, st
         }
     }
     let Some(command) = i.command.filter(|c| !c.trim().is_empty()) else {
-        return Output::error("invalid input for bash: `command` is required unless `restart` is true");
+        return Output::error(
+            "invalid input for bash: `command` is required unless `restart` is true",
+        );
     };
     let timeout_ms = match i.timeout_ms {
         None | Some(0) => settings.bash_default_timeout_ms,
         Some(t) => t.min(settings.bash_max_timeout_ms),
     };
     let o = sh.run(&command, Duration::from_millis(timeout_ms), stream);
-    let text = if o.text.is_empty() { "<no output>".to_owned() } else { o.text };
+    let text = if o.text.is_empty() {
+        "<no output>".to_owned()
+    } else {
+        o.text
+    };
     Output {
         content: vec![serde_json::json!({"type": "text", "text": text})],
         is_error: o.is_error,
@@ -134,7 +145,8 @@ pub fn serve<R: Read, W: Write + Send + 'static>(
         out: Arc::new(Mutex::new(output)),
     };
     let settings = Arc::new(Mutex::new(settings));
-    let snapshot = |s: &Arc<Mutex<ExecutorSettings>>| s.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let snapshot =
+        |s: &Arc<Mutex<ExecutorSettings>>| s.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let first = snapshot(&settings);
     let shell = Arc::new(Mutex::new(Shell::new(ShellConfig {
         shell_path: first.shell_path.clone(),
@@ -156,29 +168,43 @@ pub fn serve<R: Read, W: Write + Send + 'static>(
         blocking::read_frame(&codec, input, buf).map_err(|e| ServeError::Input(e.to_string()))
     };
     loop {
-        let Some(frame) = next(&mut input, &mut buf)? else { return Ok(()) };
-        let message: ToExecutor = frame.parse_control().map_err(|e| ServeError::Input(e.to_string()))?;
+        let Some(frame) = next(&mut input, &mut buf)? else {
+            return Ok(());
+        };
+        let message: ToExecutor = frame
+            .parse_control()
+            .map_err(|e| ServeError::Input(e.to_string()))?;
         match message {
-            ToExecutor::Call { id, name, input_bytes } => {
+            ToExecutor::Call {
+                id,
+                name,
+                input_bytes,
+            } => {
                 let mut body = Vec::with_capacity(input_bytes.min(64 << 20) as usize);
                 while (body.len() as u64) < input_bytes {
                     match next(&mut input, &mut buf)? {
                         Some(Frame::Data(d)) => body.extend_from_slice(&d),
                         Some(Frame::Control(_)) => {
-                            return Err(ServeError::Input(format!("control frame inside the input of call {id}")))
+                            return Err(ServeError::Input(format!(
+                                "control frame inside the input of call {id}"
+                            )))
                         }
                         None => return Ok(()),
                     }
                 }
                 if body.len() as u64 != input_bytes {
-                    return Err(ServeError::Input(format!("input of call {id} longer than announced")));
+                    return Err(ServeError::Input(format!(
+                        "input of call {id} longer than announced"
+                    )));
                 }
                 let sink = sink.clone();
                 let shell = shell.clone();
                 let s = snapshot(&settings);
                 std::thread::spawn(move || {
                     let out = match serde_json::from_slice::<Value>(&body) {
-                        Err(e) => Output::error(format!("invalid input for {name}: not JSON ({e})")),
+                        Err(e) => {
+                            Output::error(format!("invalid input for {name}: not JSON ({e})"))
+                        }
                         Ok(input) => match name.as_str() {
                             "bash" => {
                                 let stream_sink = sink.clone();
@@ -208,7 +234,9 @@ pub fn serve<R: Read, W: Write + Send + 'static>(
             }
             ToExecutor::Configure { env, workdir } => {
                 let error = match &workdir {
-                    Some(w) if !w.starts_with('/') => Some(format!("workdir `{w}` is not absolute")),
+                    Some(w) if !w.starts_with('/') => {
+                        Some(format!("workdir `{w}` is not absolute"))
+                    }
                     Some(w) => std::fs::create_dir_all(w)
                         .err()
                         .map(|e| format!("cannot create workdir {w}: {e}")),
@@ -225,7 +253,10 @@ pub fn serve<R: Read, W: Write + Send + 'static>(
                 // thread so the read loop keeps serving other messages.
                 let (sink, shell) = (sink.clone(), shell.clone());
                 std::thread::spawn(move || {
-                    shell.lock().unwrap_or_else(|p| p.into_inner()).reconfigure(env, workdir);
+                    shell
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .reconfigure(env, workdir);
                     let _ = sink.send(&FromExecutor::Configured { error: None }, &[]);
                 });
             }

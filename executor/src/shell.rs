@@ -91,7 +91,8 @@ pub fn shell_env(extra: &BTreeMap<String, String>, workdir: &str) -> BTreeMap<St
             env.insert(k.clone(), v.clone());
         }
     }
-    env.entry("HOME".into()).or_insert_with(|| workdir.to_owned());
+    env.entry("HOME".into())
+        .or_insert_with(|| workdir.to_owned());
     env.entry("PATH".into())
         .or_insert_with(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     env.insert("TERM".into(), "dumb".into());
@@ -101,7 +102,10 @@ pub fn shell_env(extra: &BTreeMap<String, String>, workdir: &str) -> BTreeMap<St
 impl Shell {
     /// A shell that starts on first use.
     pub fn new(config: ShellConfig) -> Self {
-        Self { config, running: None }
+        Self {
+            config,
+            running: None,
+        }
     }
 
     /// Replace env/workdir (kills the current shell; the next call starts afresh).
@@ -178,7 +182,12 @@ impl Shell {
     }
 
     /// Run `command`; `stream` receives output chunks as they are produced.
-    pub fn run(&mut self, command: &str, timeout: Duration, stream: &mut dyn FnMut(&[u8])) -> BashOutcome {
+    pub fn run(
+        &mut self,
+        command: &str,
+        timeout: Duration,
+        stream: &mut dyn FnMut(&[u8]),
+    ) -> BashOutcome {
         if command.contains('\0') {
             return BashOutcome {
                 text: "command contains a NUL byte".into(),
@@ -203,7 +212,11 @@ impl Shell {
         let mut payload = script.into_bytes();
         payload.extend_from_slice(command.as_bytes());
         payload.push(0);
-        if let Err(e) = running.stdin.write_all(&payload).and_then(|_| running.stdin.flush()) {
+        if let Err(e) = running
+            .stdin
+            .write_all(&payload)
+            .and_then(|_| running.stdin.flush())
+        {
             self.kill();
             return BashOutcome {
                 text: format!("the shell is gone ({e}); a new shell starts on the next call"),
@@ -211,7 +224,11 @@ impl Shell {
             };
         }
 
-        let mut collector = Collector::new(cfg.output_max_bytes, cfg.stream_max_bytes, marker.as_bytes());
+        let mut collector = Collector::new(
+            cfg.output_max_bytes,
+            cfg.stream_max_bytes,
+            marker.as_bytes(),
+        );
         let deadline = Instant::now() + timeout;
         let status: Result<i32, String> = loop {
             if let Some(code) = collector.find_marker(&marker) {
@@ -227,7 +244,8 @@ impl Shell {
                 Err(RecvTimeoutError::Timeout) => {
                     if let Ok(Some(st)) = running.child.try_wait() {
                         // Shell exited; take what is already in the pipe.
-                        while let Ok(chunk) = running.output.recv_timeout(Duration::from_millis(50)) {
+                        while let Ok(chunk) = running.output.recv_timeout(Duration::from_millis(50))
+                        {
                             collector.push(&chunk, stream);
                         }
                         if let Some(code) = collector.find_marker(&marker) {
@@ -249,7 +267,14 @@ impl Shell {
             Ok(code) => {
                 let mut text = collector.finish(stream);
                 if code != 0 {
-                    text.push_str(&format!("{}[exit code: {code}]", if text.is_empty() || text.ends_with('\n') { "" } else { "\n" }));
+                    text.push_str(&format!(
+                        "{}[exit code: {code}]",
+                        if text.is_empty() || text.ends_with('\n') {
+                            ""
+                        } else {
+                            "\n"
+                        }
+                    ));
                 }
                 BashOutcome {
                     text,
@@ -283,7 +308,10 @@ impl Shell {
                     "[{why}: the shell and its process group were killed; the next call starts a new shell \
                      (working directory, variables and background jobs are reset)]"
                 ));
-                BashOutcome { text, is_error: true }
+                BashOutcome {
+                    text,
+                    is_error: true,
+                }
             }
         }
     }
@@ -299,7 +327,10 @@ fn describe_exit(st: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (st.code(), st.signal()) {
         (Some(c), _) => format!("the shell exited with status {c}"),
-        (None, Some(9)) => "the shell was killed by SIGKILL (possibly out of memory: the sandbox memory limit)".into(),
+        (None, Some(9)) => {
+            "the shell was killed by SIGKILL (possibly out of memory: the sandbox memory limit)"
+                .into()
+        }
         (None, Some(s)) => format!("the shell was killed by signal {s}"),
         _ => "the shell stopped".into(),
     }
@@ -388,7 +419,8 @@ impl Collector {
         }
         if !self.stream_stopped {
             let mut out = Vec::new();
-            self.stripper.push(&self.buf[self.stream_pos..upto], &mut out);
+            self.stripper
+                .push(&self.buf[self.stream_pos..upto], &mut out);
             if !out.is_empty() {
                 if self.streamed + out.len() > self.stream_max {
                     self.stream_stopped = true;
@@ -408,7 +440,10 @@ impl Collector {
         }
         let m = marker.as_bytes();
         let from = self.scanned;
-        let found = self.buf[from..].windows(m.len()).position(|w| w == m).map(|p| p + from);
+        let found = self.buf[from..]
+            .windows(m.len())
+            .position(|w| w == m)
+            .map(|p| p + from);
         let Some(pos) = found else {
             // Everything but a possible marker prefix at the end is now known marker-free.
             self.scanned = self.buf.len().saturating_sub(m.len() - 1).max(from);
@@ -429,7 +464,11 @@ impl Collector {
         self.stream_upto(end, stream);
         let body = &self.buf[..end];
         let produced = self.total - marker_tail;
-        let kept = if body.len() > self.max { &body[body.len() - self.max..] } else { body };
+        let kept = if body.len() > self.max {
+            &body[body.len() - self.max..]
+        } else {
+            body
+        };
         let clean = crate::ansi::strip(kept);
         let mut text = String::from_utf8_lossy(&clean).into_owned();
         if produced > kept.len() {
@@ -455,9 +494,17 @@ mod tests {
         let mut streamed = Vec::new();
         c.push(b"first\n", &mut |b| streamed.extend_from_slice(b));
         // only the trailing newline waits (it may begin the marker)
-        assert_eq!(streamed, b"first", "a short line is streamed without waiting for more");
-        c.push(b"second\n__AIRLOCK_DO", &mut |b| streamed.extend_from_slice(b));
-        assert_eq!(streamed, b"first\nsecond", "a possible marker prefix is held back");
+        assert_eq!(
+            streamed, b"first",
+            "a short line is streamed without waiting for more"
+        );
+        c.push(b"second\n__AIRLOCK_DO", &mut |b| {
+            streamed.extend_from_slice(b)
+        });
+        assert_eq!(
+            streamed, b"first\nsecond",
+            "a possible marker prefix is held back"
+        );
         c.push(b"NE_abc:0\n", &mut |b| streamed.extend_from_slice(b));
         assert_eq!(c.find_marker(std::str::from_utf8(marker).unwrap()), Some(0));
         let text = c.finish(&mut |b| streamed.extend_from_slice(b));
@@ -480,8 +527,16 @@ mod tests {
         assert!(!o.is_error, "{}", o.text);
         let o = sh.run("echo \"$PWD $X\"", Duration::from_secs(10), &mut sink);
         assert_eq!(o.text, "/ 1\n");
-        let o = sh.run("trap '' TERM; sleep 30", Duration::from_millis(300), &mut sink);
-        assert!(o.is_error && o.text.contains("timed out after 300 ms"), "{}", o.text);
+        let o = sh.run(
+            "trap '' TERM; sleep 30",
+            Duration::from_millis(300),
+            &mut sink,
+        );
+        assert!(
+            o.is_error && o.text.contains("timed out after 300 ms"),
+            "{}",
+            o.text
+        );
         let o = sh.run("echo \"[$X]\"", Duration::from_secs(10), &mut sink);
         assert_eq!(o.text, "[]\n", "a new shell after the timeout");
     }

@@ -44,7 +44,11 @@ fn parse<T: for<'de> Deserialize<'de>>(tool: &str, input: &Value) -> Result<T, O
 /// Resolve `path` against the working directory.
 pub fn resolve(workdir: &str, path: &str) -> PathBuf {
     let p = Path::new(path);
-    let joined = if p.is_absolute() { p.to_owned() } else { Path::new(workdir).join(p) };
+    let joined = if p.is_absolute() {
+        p.to_owned()
+    } else {
+        Path::new(workdir).join(p)
+    };
     // Drop `.` components so results read `/workspace/src`, not `/workspace/./src`.
     joined.components().collect()
 }
@@ -97,7 +101,10 @@ pub fn read(s: &ExecutorSettings, input: &Value) -> Output {
         Err(e) => return io_error("read", &path, &e),
     };
     if meta.is_dir() {
-        return Output::error(format!("{} is a directory, not a file (use glob or bash ls)", path.display()));
+        return Output::error(format!(
+            "{} is a directory, not a file (use glob or bash ls)",
+            path.display()
+        ));
     }
     let range = match &i.view_range {
         None => None,
@@ -108,9 +115,17 @@ pub fn read(s: &ExecutorSettings, input: &Value) -> Output {
             if r[1] > 0 && r[1] < r[0] {
                 return Output::error(format!("view_range end {} is before start {}", r[1], r[0]));
             }
-            Some((r[0] as usize, if r[1] <= 0 { usize::MAX } else { r[1] as usize }))
+            Some((
+                r[0] as usize,
+                if r[1] <= 0 { usize::MAX } else { r[1] as usize },
+            ))
         }
-        Some(r) => return Output::error(format!("view_range must be [start, end], got {} numbers", r.len())),
+        Some(r) => {
+            return Output::error(format!(
+                "view_range must be [start, end], got {} numbers",
+                r.len()
+            ))
+        }
     };
     let size = meta.len();
     let media_limit = s.image_max_bytes.max(s.file_max_bytes);
@@ -147,14 +162,18 @@ pub fn read(s: &ExecutorSettings, input: &Value) -> Output {
         }
         let data = base64::engine::general_purpose::STANDARD.encode(&bytes);
         return Output {
-            content: vec![json!({"type": "image", "source": {"type": "base64", "media_type": mt, "data": data}})],
+            content: vec![
+                json!({"type": "image", "source": {"type": "base64", "media_type": mt, "data": data}}),
+            ],
             is_error: false,
         };
     }
     if bytes.starts_with(b"%PDF-") {
         let data = base64::engine::general_purpose::STANDARD.encode(&bytes);
         return Output {
-            content: vec![json!({"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": data}})],
+            content: vec![
+                json!({"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": data}}),
+            ],
             is_error: false,
         };
     }
@@ -185,7 +204,9 @@ pub fn read(s: &ExecutorSettings, input: &Value) -> Output {
         }
         out.push_str(&format!("{n:>6}\t{line}\n"));
         if out.len() as u64 > s.file_max_bytes.max(64 * 1024) * 2 {
-            out.push_str(&format!("[output truncated at line {n} of {total_lines}; use view_range for more]\n"));
+            out.push_str(&format!(
+                "[output truncated at line {n} of {total_lines}; use view_range for more]\n"
+            ));
             break;
         }
     }
@@ -215,7 +236,11 @@ pub fn write(s: &ExecutorSettings, input: &Value) -> Output {
         }
     }
     match std::fs::write(&path, i.content.as_bytes()) {
-        Ok(()) => Output::text(format!("wrote {} bytes to {}", i.content.len(), path.display())),
+        Ok(()) => Output::text(format!(
+            "wrote {} bytes to {}",
+            i.content.len(),
+            path.display()
+        )),
         Err(e) => io_error("write", &path, &e),
     }
 }
@@ -295,7 +320,9 @@ fn walk(root: &Path, limit: usize, f: &mut dyn FnMut(&Path, &std::fs::Metadata))
     let mut stack = vec![root.to_owned()];
     let mut seen = 0usize;
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for e in entries.flatten() {
             seen += 1;
             if seen > limit {
@@ -304,7 +331,10 @@ fn walk(root: &Path, limit: usize, f: &mut dyn FnMut(&Path, &std::fs::Metadata))
             let Ok(ft) = e.file_type() else { continue };
             let p = e.path();
             if ft.is_dir() {
-                if e.file_name() == ".git" || (dir == Path::new("/") && matches!(e.file_name().to_str(), Some("proc" | "sys" | "dev"))) {
+                if e.file_name() == ".git"
+                    || (dir == Path::new("/")
+                        && matches!(e.file_name().to_str(), Some("proc" | "sys" | "dev")))
+                {
                     continue;
                 }
                 stack.push(p);
@@ -347,16 +377,26 @@ pub fn glob(s: &ExecutorSettings, input: &Value) -> Output {
     } else {
         (base, i.pattern.clone(), false)
     };
-    let matcher = match globset::GlobBuilder::new(&pattern).literal_separator(true).build() {
+    let matcher = match globset::GlobBuilder::new(&pattern)
+        .literal_separator(true)
+        .build()
+    {
         Ok(g) => g.compile_matcher(),
         Err(e) => return Output::error(format!("invalid glob pattern `{pattern}`: {e}")),
     };
     if !root.exists() {
-        return Output::error(format!("cannot search {}: no such file or directory", root.display()));
+        return Output::error(format!(
+            "cannot search {}: no such file or directory",
+            root.display()
+        ));
     }
     let mut hits: Vec<(SystemTime, PathBuf)> = Vec::new();
     let check = |p: &Path, m: &std::fs::Metadata, hits: &mut Vec<(SystemTime, PathBuf)>| {
-        let candidate = if absolute { Some(p) } else { p.strip_prefix(&root).ok() };
+        let candidate = if absolute {
+            Some(p)
+        } else {
+            p.strip_prefix(&root).ok()
+        };
         if candidate.is_some_and(|c| matcher.is_match(c)) {
             hits.push((m.modified().unwrap_or(SystemTime::UNIX_EPOCH), p.to_owned()));
         }
@@ -369,7 +409,11 @@ pub fn glob(s: &ExecutorSettings, input: &Value) -> Output {
         walk(&root, WALK_LIMIT, &mut |p, m| check(p, m, &mut hits));
     }
     if hits.is_empty() {
-        return Output::text(format!("no files match `{}` under {}", i.pattern, root.display()));
+        return Output::text(format!(
+            "no files match `{}` under {}",
+            i.pattern,
+            root.display()
+        ));
     }
     hits.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
     let total = hits.len();
@@ -380,7 +424,9 @@ pub fn glob(s: &ExecutorSettings, input: &Value) -> Output {
         .map(|(_, p)| format!("{}\n", p.display()))
         .collect();
     if total > max {
-        out.push_str(&format!("[truncated: showing {max} of {total} matches, newest first]\n"));
+        out.push_str(&format!(
+            "[truncated: showing {max} of {total} matches, newest first]\n"
+        ));
     }
     Output::text(out)
 }
@@ -405,7 +451,10 @@ pub fn grep(s: &ExecutorSettings, input: &Value) -> Output {
     };
     let root = resolve(&s.workdir, i.path.as_deref().unwrap_or("."));
     if !root.exists() {
-        return Output::error(format!("cannot search {}: no such file or directory", root.display()));
+        return Output::error(format!(
+            "cannot search {}: no such file or directory",
+            root.display()
+        ));
     }
     let max_bytes = s.grep_max_bytes as usize;
     let max_line = s.grep_max_line_chars as usize;
@@ -447,10 +496,16 @@ pub fn grep(s: &ExecutorSettings, input: &Value) -> Output {
         walk(&root, WALK_LIMIT, &mut search);
     }
     if matches == 0 {
-        return Output::text(format!("no matches for `{}` under {}", i.pattern, root.display()));
+        return Output::text(format!(
+            "no matches for `{}` under {}",
+            i.pattern,
+            root.display()
+        ));
     }
     if truncated {
-        out.push_str(&format!("[truncated: output capped at {max_bytes} bytes]\n"));
+        out.push_str(&format!(
+            "[truncated: output capped at {max_bytes} bytes]\n"
+        ));
     }
     Output::text(out)
 }
@@ -474,19 +529,41 @@ mod tests {
     fn write_read_edit_round_trip() {
         let d = tempfile::tempdir().unwrap();
         let s = settings(d.path());
-        let w = write(&s, &json!({"file_path": "a/b/c.txt", "content": "one\ntwo\nthree\ntwo\n"}));
+        let w = write(
+            &s,
+            &json!({"file_path": "a/b/c.txt", "content": "one\ntwo\nthree\ntwo\n"}),
+        );
         assert!(!w.is_error, "{}", text(&w));
         let r = read(&s, &json!({"file_path": "a/b/c.txt", "view_range": [2, 3]}));
         assert_eq!(text(&r), "     2\ttwo\n     3\tthree\n");
-        let r = read(&s, &json!({"file_path": "a/b/c.txt", "view_range": [3, -1]}));
+        let r = read(
+            &s,
+            &json!({"file_path": "a/b/c.txt", "view_range": [3, -1]}),
+        );
         assert_eq!(text(&r), "     3\tthree\n     4\ttwo\n");
-        let e = edit(&s, &json!({"file_path": "a/b/c.txt", "old_string": "two", "new_string": "2"}));
-        assert!(e.is_error && text(&e).contains("occurs 2 times"), "{}", text(&e));
-        let e = edit(&s, &json!({"file_path": "a/b/c.txt", "old_string": "zzz", "new_string": "2"}));
+        let e = edit(
+            &s,
+            &json!({"file_path": "a/b/c.txt", "old_string": "two", "new_string": "2"}),
+        );
+        assert!(
+            e.is_error && text(&e).contains("occurs 2 times"),
+            "{}",
+            text(&e)
+        );
+        let e = edit(
+            &s,
+            &json!({"file_path": "a/b/c.txt", "old_string": "zzz", "new_string": "2"}),
+        );
         assert!(e.is_error && text(&e).contains("not found"));
-        let e = edit(&s, &json!({"file_path": "a/b/c.txt", "old_string": "two", "new_string": "2", "replace_all": true}));
+        let e = edit(
+            &s,
+            &json!({"file_path": "a/b/c.txt", "old_string": "two", "new_string": "2", "replace_all": true}),
+        );
         assert!(!e.is_error);
-        assert_eq!(std::fs::read_to_string(d.path().join("a/b/c.txt")).unwrap(), "one\n2\nthree\n2\n");
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("a/b/c.txt")).unwrap(),
+            "one\n2\nthree\n2\n"
+        );
     }
 
     #[test]
@@ -506,9 +583,18 @@ mod tests {
     fn glob_and_grep() {
         let d = tempfile::tempdir().unwrap();
         let s = settings(d.path());
-        write(&s, &json!({"file_path": "src/a.rs", "content": "fn main() {}\n"}));
-        write(&s, &json!({"file_path": "src/deep/b.rs", "content": "// nothing\nfn helper() {}\n"}));
-        write(&s, &json!({"file_path": "README", "content": "fn in readme\n"}));
+        write(
+            &s,
+            &json!({"file_path": "src/a.rs", "content": "fn main() {}\n"}),
+        );
+        write(
+            &s,
+            &json!({"file_path": "src/deep/b.rs", "content": "// nothing\nfn helper() {}\n"}),
+        );
+        write(
+            &s,
+            &json!({"file_path": "README", "content": "fn in readme\n"}),
+        );
         let g = glob(&s, &json!({"pattern": "**/*.rs"}));
         assert_eq!(text(&g).lines().count(), 2, "{}", text(&g));
         let g = glob(&s, &json!({"pattern": "*.rs"}));

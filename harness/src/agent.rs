@@ -163,10 +163,17 @@ impl AgentConfig {
                     let default_policy = match default.and_then(|d| d.get("permission_policy")) {
                         None => Permission::AlwaysAllow,
                         Some(p) => policy(Some(p)).ok_or_else(|| {
-                            err(&field(".default_config.permission_policy"), "unknown policy type")
+                            err(
+                                &field(".default_config.permission_policy"),
+                                "unknown policy type",
+                            )
                         })?,
                     };
-                    let configs = t.get("configs").and_then(Value::as_array).cloned().unwrap_or_default();
+                    let configs = t
+                        .get("configs")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default();
                     for name in SANDBOX_TOOLS {
                         let c = configs
                             .iter()
@@ -181,7 +188,10 @@ impl AgentConfig {
                         let permission = match c.and_then(|c| c.get("permission_policy")) {
                             None => default_policy,
                             Some(p) => policy(Some(p)).ok_or_else(|| {
-                                err(&field(&format!(".configs[{name}].permission_policy")), "unknown policy type")
+                                err(
+                                    &field(&format!(".configs[{name}].permission_policy")),
+                                    "unknown policy type",
+                                )
                             })?,
                         };
                         if let Some(definition) = builtin_definition(name) {
@@ -209,14 +219,21 @@ impl AgentConfig {
                         permission: Permission::AlwaysAllow,
                         definition: model::ToolDefinition {
                             name: name.to_owned(),
-                            description: t.get("description").and_then(Value::as_str).map(str::to_owned),
+                            description: t
+                                .get("description")
+                                .and_then(Value::as_str)
+                                .map(str::to_owned),
                             input_schema: schema,
                             cache_control: None,
                         },
                     });
                 }
                 Some("mcp_toolset") => {
-                    tracing::warn!(session_id, index = i, "mcp_toolset is not supported by the harness yet; ignored");
+                    tracing::warn!(
+                        session_id,
+                        index = i,
+                        "mcp_toolset is not supported by the harness yet; ignored"
+                    );
                 }
                 _ => return Err(err(&field(".type"), "unknown tool type")),
             }
@@ -224,7 +241,10 @@ impl AgentConfig {
         let mut seen = std::collections::HashSet::new();
         for t in &tools {
             if !seen.insert(t.definition.name.clone()) {
-                return Err(err("agent.tools", &format!("tool name {} is defined twice", t.definition.name)));
+                return Err(err(
+                    "agent.tools",
+                    &format!("tool name {} is defined twice", t.definition.name),
+                ));
             }
         }
         let environment_id = body
@@ -294,7 +314,11 @@ mod tests {
     fn errors_name_the_field() {
         let e = AgentConfig::from_session("s", &json!({"agent": {}})).unwrap_err();
         assert_eq!(e.field, "agent.model");
-        let e = AgentConfig::from_session("s", &json!({"agent": {"model": "m", "tools": [{"type": "custom", "name": "x"}]}})).unwrap_err();
+        let e = AgentConfig::from_session(
+            "s",
+            &json!({"agent": {"model": "m", "tools": [{"type": "custom", "name": "x"}]}}),
+        )
+        .unwrap_err();
         assert_eq!(e.field, "agent.tools.0.input_schema");
         assert!(e.to_string().contains("session s"));
         let c = AgentConfig::from_session("s", &json!({"agent": {"model": "m"}})).unwrap();

@@ -215,7 +215,10 @@ pub struct RawSupervisor {
 fn seconds(key: &str, v: Option<f64>, default: f64, min: f64) -> Result<Duration, ConfigError> {
     let s = v.unwrap_or(default);
     if !s.is_finite() || s < min || s > 86_400.0 {
-        return Err(invalid(key, format!("{s} is not a number of seconds in [{min}, 86400]")));
+        return Err(invalid(
+            key,
+            format!("{s} is not a number of seconds in [{min}, 86400]"),
+        ));
     }
     Ok(Duration::from_secs_f64(s))
 }
@@ -234,7 +237,12 @@ impl HarnessConfig {
             Some(s) => s,
             None => random_instance_id(),
         };
-        let lease_ttl = seconds("harness.lease_ttl_seconds", raw.lease_ttl_seconds, 30.0, 0.05)?;
+        let lease_ttl = seconds(
+            "harness.lease_ttl_seconds",
+            raw.lease_ttl_seconds,
+            30.0,
+            0.05,
+        )?;
         let lease_renew_interval = seconds(
             "harness.lease_renew_interval_seconds",
             raw.lease_renew_interval_seconds,
@@ -265,7 +273,12 @@ impl HarnessConfig {
             1.0,
             0.0,
         )?;
-        let max_backoff = seconds("harness.retry.max_backoff_seconds", raw.retry.max_backoff_seconds, 30.0, 0.0)?;
+        let max_backoff = seconds(
+            "harness.retry.max_backoff_seconds",
+            raw.retry.max_backoff_seconds,
+            30.0,
+            0.0,
+        )?;
         if max_backoff < initial_backoff {
             return Err(invalid(
                 "harness.retry.max_backoff_seconds",
@@ -274,7 +287,10 @@ impl HarnessConfig {
         }
         let max_concurrent_wakes = raw.supervisor.max_concurrent_wakes.unwrap_or(64);
         if max_concurrent_wakes == 0 {
-            return Err(invalid("harness.supervisor.max_concurrent_wakes", "must be at least 1"));
+            return Err(invalid(
+                "harness.supervisor.max_concurrent_wakes",
+                "must be at least 1",
+            ));
         }
         Ok(Self {
             instance_id,
@@ -334,9 +350,16 @@ mod tests {
         assert_eq!(c.budget.max_session_tokens, 1000);
         assert_eq!(c.supervisor.max_concurrent_wakes, 4);
         let raw: RawHarnessConfig = toml::from_str("provisioning = \"sometimes\"").unwrap();
-        assert_eq!(HarnessConfig::from_raw(raw).unwrap_err().key, "harness.provisioning");
-        let raw: RawHarnessConfig = toml::from_str("lease_ttl_seconds = 5\nlease_renew_interval_seconds = 6").unwrap();
-        assert_eq!(HarnessConfig::from_raw(raw).unwrap_err().key, "harness.lease_renew_interval_seconds");
+        assert_eq!(
+            HarnessConfig::from_raw(raw).unwrap_err().key,
+            "harness.provisioning"
+        );
+        let raw: RawHarnessConfig =
+            toml::from_str("lease_ttl_seconds = 5\nlease_renew_interval_seconds = 6").unwrap();
+        assert_eq!(
+            HarnessConfig::from_raw(raw).unwrap_err().key,
+            "harness.lease_renew_interval_seconds"
+        );
         assert!(toml::from_str::<RawHarnessConfig>("[retry]\nbogus = 1").is_err());
     }
 
@@ -352,8 +375,14 @@ mod tests {
         assert_eq!(p.delay(2, None, 0.0), Duration::from_millis(200));
         assert_eq!(p.delay(3, None, 0.0), Duration::from_millis(350));
         assert_eq!(p.delay(40, None, 0.0), Duration::from_millis(350));
-        assert_eq!(p.delay(1, Some(Duration::from_secs(2)), 0.0), Duration::from_secs(2));
-        assert_eq!(p.delay(3, Some(Duration::from_millis(10)), 0.0), Duration::from_millis(350));
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(2)), 0.0),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            p.delay(3, Some(Duration::from_millis(10)), 0.0),
+            Duration::from_millis(350)
+        );
         let j = RetryPolicy { jitter: true, ..p };
         assert_eq!(j.delay(1, None, 0.0), Duration::from_millis(50));
         assert!(j.delay(1, None, 0.999) <= Duration::from_millis(100));

@@ -247,10 +247,19 @@ mod tests {
             json!({"type":"session.status_idle","stop_reason":{"type":"requires_action","event_ids":["sevt_1"]}})
         );
         assert_eq!(
-            session_error("model_overloaded_error", "Overloaded", RetryStatus::Retrying),
+            session_error(
+                "model_overloaded_error",
+                "Overloaded",
+                RetryStatus::Retrying
+            ),
             json!({"type":"session.error","error":{"type":"model_overloaded_error","message":"Overloaded","retry_status":{"type":"retrying"}}})
         );
-        let u = Usage { input_tokens: 1, output_tokens: 2, cache_creation_input_tokens: 3, cache_read_input_tokens: 4 };
+        let u = Usage {
+            input_tokens: 1,
+            output_tokens: 2,
+            cache_creation_input_tokens: 3,
+            cache_read_input_tokens: 4,
+        };
         let e = span_end("sevt_s", false, &u);
         assert_eq!(usage_from_json(&e["model_usage"]), u);
         assert_eq!(e["model_request_start_id"], json!("sevt_s"));
@@ -260,7 +269,12 @@ mod tests {
         let t = agent_tool_use("nope", &json!({}), Permission::Refused);
         assert_eq!(t["evaluated_permission"], json!("deny"));
         assert!(t.get("evaluation").is_none());
-        for r in [StopReason::EndTurn, StopReason::RetriesExhausted, StopReason::BudgetReached, StopReason::RequiresAction(vec!["a".into()])] {
+        for r in [
+            StopReason::EndTurn,
+            StopReason::RetriesExhausted,
+            StopReason::BudgetReached,
+            StopReason::RequiresAction(vec!["a".into()]),
+        ] {
             assert_eq!(StopReason::from_json(&r.to_json()), Some(r));
         }
     }

@@ -112,5 +112,9 @@ pub trait Hands: Send + Sync + std::fmt::Debug {
     async fn provision(&self, spec: &ProvisionSpec) -> Result<SandboxRef, HandsError>;
 
     /// Run (or answer from record) one tool call.
-    async fn execute(&self, sandbox: &SandboxRef, call: &ToolCall) -> Result<ToolOutput, HandsError>;
+    async fn execute(
+        &self,
+        sandbox: &SandboxRef,
+        call: &ToolCall,
+    ) -> Result<ToolOutput, HandsError>;
 }

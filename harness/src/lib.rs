@@ -23,7 +23,9 @@ pub mod view;
 pub mod wake;
 
 pub use agent::{AgentConfig, AgentConfigError, ToolKind, ToolSpec};
-pub use config::{Budget, ConfigError, HarnessConfig, ProvisioningMode, RawHarnessConfig, RetryPolicy};
+pub use config::{
+    Budget, ConfigError, HarnessConfig, ProvisioningMode, RawHarnessConfig, RetryPolicy,
+};
 pub use events::{Permission, StopReason};
 pub use hands::{Disposition, Hands, HandsError, ProvisionSpec, SandboxRef, ToolCall, ToolOutput};
 pub use supervisor::Supervisor;

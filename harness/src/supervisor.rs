@@ -71,7 +71,13 @@ impl Supervisor {
     /// One recovery scan: wake every running session nobody holds. Returns
     /// how many were notified.
     pub async fn recover_once(&self) -> usize {
-        match self.inner.harness.store().sessions_needing_wake(SCAN_LIMIT).await {
+        match self
+            .inner
+            .harness
+            .store()
+            .sessions_needing_wake(SCAN_LIMIT)
+            .await
+        {
             Ok(ids) => {
                 if !ids.is_empty() {
                     tracing::info!(sessions = ids.len(), "recovering running sessions");
@@ -91,7 +97,9 @@ impl Supervisor {
     /// New input for `session_id`: make sure a wake runs after now.
     pub fn notify(&self, session_id: &str) {
         {
-            let Ok(mut map) = self.inner.sessions.lock() else { return };
+            let Ok(mut map) = self.inner.sessions.lock() else {
+                return;
+            };
             if let Some(again) = map.get_mut(session_id) {
                 *again = true;
                 return;
@@ -170,7 +178,8 @@ async fn run_session(inner: Arc<Inner>, sid: String) {
                 } else {
                     tracing::warn!(session_id = %sid, %e, errors, "wake failed; retrying");
                     let d = error_backoff;
-                    error_backoff = (error_backoff * 2).min(cfg.retry.max_backoff.max(Duration::from_secs(1)));
+                    error_backoff =
+                        (error_backoff * 2).min(cfg.retry.max_backoff.max(Duration::from_secs(1)));
                     Some(d)
                 }
             }
@@ -181,7 +190,9 @@ async fn run_session(inner: Arc<Inner>, sid: String) {
         }
         busy_since = None;
         errors = 0;
-        let Ok(mut map) = inner.sessions.lock() else { return };
+        let Ok(mut map) = inner.sessions.lock() else {
+            return;
+        };
         match map.get_mut(&sid) {
             Some(again) if *again => *again = false,
             _ => {

@@ -65,9 +65,9 @@ impl OpenToolUse {
     /// Whether the harness may run it now.
     pub fn runnable(&self) -> bool {
         match &self.kind {
-            ToolUseKind::Sandbox { evaluated_permission } => {
-                evaluated_permission == "allow" || self.allowed_by.is_some()
-            }
+            ToolUseKind::Sandbox {
+                evaluated_permission,
+            } => evaluated_permission == "allow" || self.allowed_by.is_some(),
             ToolUseKind::Custom => false,
         }
     }
@@ -75,9 +75,9 @@ impl OpenToolUse {
     /// Whether it waits for the client (confirmation or custom result).
     pub fn blocked(&self) -> bool {
         match &self.kind {
-            ToolUseKind::Sandbox { evaluated_permission } => {
-                evaluated_permission == "ask" && self.allowed_by.is_none()
-            }
+            ToolUseKind::Sandbox {
+                evaluated_permission,
+            } => evaluated_permission == "ask" && self.allowed_by.is_none(),
             ToolUseKind::Custom => true,
         }
     }
@@ -135,20 +135,22 @@ fn take_blocks(body: &mut Map<String, Value>, key: &str) -> Vec<Value> {
 
 /// Published content blocks into request blocks (`redacted` blocks dropped).
 fn to_request_blocks(blocks: Vec<Value>) -> impl Iterator<Item = ContentBlock> {
-    blocks.into_iter().filter_map(|b| match b.get("type").and_then(Value::as_str) {
-        Some("text") => {
-            let text = match b {
-                Value::Object(mut m) => match m.remove("text") {
-                    Some(Value::String(t)) => t,
+    blocks
+        .into_iter()
+        .filter_map(|b| match b.get("type").and_then(Value::as_str) {
+            Some("text") => {
+                let text = match b {
+                    Value::Object(mut m) => match m.remove("text") {
+                        Some(Value::String(t)) => t,
+                        _ => String::new(),
+                    },
                     _ => String::new(),
-                },
-                _ => String::new(),
-            };
-            Some(ContentBlock::text(text))
-        }
-        Some("redacted") | None => None,
-        Some(_) => Some(ContentBlock::Other(b)),
-    })
+                };
+                Some(ContentBlock::text(text))
+            }
+            Some("redacted") | None => None,
+            Some(_) => Some(ContentBlock::Other(b)),
+        })
 }
 
 fn str_of<'a>(body: &'a Map<String, Value>, key: &str) -> &'a str {
@@ -166,7 +168,9 @@ impl SessionView {
     }
 
     /// Fold a whole log.
-    pub fn from_events<'a>(events: impl IntoIterator<Item = &'a StoredEvent>) -> Result<Self, OutOfOrder> {
+    pub fn from_events<'a>(
+        events: impl IntoIterator<Item = &'a StoredEvent>,
+    ) -> Result<Self, OutOfOrder> {
         let mut v = Self::new();
         for e in events {
             v.apply(e)?;
@@ -175,7 +179,9 @@ impl SessionView {
     }
 
     /// Fold a whole log, consuming it (no copies of the bodies).
-    pub fn from_owned_events(events: impl IntoIterator<Item = StoredEvent>) -> Result<Self, OutOfOrder> {
+    pub fn from_owned_events(
+        events: impl IntoIterator<Item = StoredEvent>,
+    ) -> Result<Self, OutOfOrder> {
         let mut v = Self::new();
         for e in events {
             v.apply_owned(e)?;
@@ -228,7 +234,10 @@ impl SessionView {
                         self.open_tools[pos].allowed_by = Some(seq);
                     } else {
                         let t = self.open_tools.remove(pos);
-                        let mut text = format!("The user denied this call to `{}`; the tool did not run.", t.name);
+                        let mut text = format!(
+                            "The user denied this call to `{}`; the tool did not run.",
+                            t.name
+                        );
                         if let Some(m) = body.get("deny_message").and_then(Value::as_str) {
                             text.push_str(" Their message: ");
                             text.push_str(m);
@@ -257,7 +266,11 @@ impl SessionView {
             }
             types::AGENT_TOOL_RESULT | types::USER_TOOL_RESULT => {
                 let tool_use_id = str_of(&body, "tool_use_id").to_owned();
-                if let Some(pos) = self.open_tools.iter().position(|t| t.event_id == tool_use_id) {
+                if let Some(pos) = self
+                    .open_tools
+                    .iter()
+                    .position(|t| t.event_id == tool_use_id)
+                {
                     self.open_tools.remove(pos);
                     let is_error = bool_of(&body, "is_error");
                     self.resolve(&tool_use_id, take_blocks(&mut body, "content"), is_error);
@@ -285,7 +298,10 @@ impl SessionView {
                     ToolUseKind::Custom
                 } else {
                     ToolUseKind::Sandbox {
-                        evaluated_permission: match body.get("evaluated_permission").and_then(Value::as_str) {
+                        evaluated_permission: match body
+                            .get("evaluated_permission")
+                            .and_then(Value::as_str)
+                        {
                             Some(p) => p.to_owned(),
                             None => "allow".to_owned(),
                         },
@@ -373,9 +389,10 @@ impl SessionView {
         match self.messages.last_mut() {
             Some(last) if last.role == role => {
                 if role == Role::User {
-                    let (mut results, mut rest): (Vec<_>, Vec<_>) = std::mem::take(&mut last.content)
-                        .into_iter()
-                        .partition(|b| matches!(b, ContentBlock::ToolResult { .. }));
+                    let (mut results, mut rest): (Vec<_>, Vec<_>) =
+                        std::mem::take(&mut last.content)
+                            .into_iter()
+                            .partition(|b| matches!(b, ContentBlock::ToolResult { .. }));
                     let (new_results, new_rest): (Vec<_>, Vec<_>) = blocks
                         .into_iter()
                         .partition(|b| matches!(b, ContentBlock::ToolResult { .. }));
@@ -391,7 +408,10 @@ impl SessionView {
                 // A conversation cannot start with the assistant; nothing the
                 // harness writes does that. Drop rather than send an invalid request.
             }
-            _ => self.messages.push(Message { role, content: blocks }),
+            _ => self.messages.push(Message {
+                role,
+                content: blocks,
+            }),
         }
     }
 
@@ -550,14 +570,21 @@ mod tests {
                 seq,
                 id: id.clone(),
                 event_type: ty,
-                processed_at: if queued { None } else { Some(OffsetDateTime::UNIX_EPOCH) },
+                processed_at: if queued {
+                    None
+                } else {
+                    Some(OffsetDateTime::UNIX_EPOCH)
+                },
                 created_at: OffsetDateTime::UNIX_EPOCH,
                 body: body.as_object().unwrap().clone(),
             });
             id
         }
         fn user(&mut self, text: &str) -> String {
-            self.push(json!({"type":"user.message","content":[{"type":"text","text":text}]}), true)
+            self.push(
+                json!({"type":"user.message","content":[{"type":"text","text":text}]}),
+                true,
+            )
         }
         fn view(&self) -> SessionView {
             SessionView::from_events(&self.events).unwrap()
@@ -579,13 +606,34 @@ mod tests {
         // A user message arrives while the request is in flight.
         log.user("also, hurry");
         log.push(events::agent_message("Looking."), false);
-        let tu = log.push(events::agent_tool_use("bash", &json!({"command":"ls"}), events::Permission::AlwaysAllow), false);
-        log.push(events::span_end(&s1, false, &Usage { input_tokens: 10, output_tokens: 5, ..Default::default() }), false);
+        let tu = log.push(
+            events::agent_tool_use(
+                "bash",
+                &json!({"command":"ls"}),
+                events::Permission::AlwaysAllow,
+            ),
+            false,
+        );
+        log.push(
+            events::span_end(
+                &s1,
+                false,
+                &Usage {
+                    input_tokens: 10,
+                    output_tokens: 5,
+                    ..Default::default()
+                },
+            ),
+            false,
+        );
         let v = log.view();
         assert!(!v.needs_model(), "a tool is open");
         assert_eq!(v.open_tools().len(), 1);
         assert!(v.open_tools()[0].runnable());
-        log.push(events::agent_tool_result(&tu, &[json!({"type":"text","text":"a b"})], false), false);
+        log.push(
+            events::agent_tool_result(&tu, &[json!({"type":"text","text":"a b"})], false),
+            false,
+        );
         let v = log.view();
         assert!(v.needs_model());
         let msgs = v.request_messages();
@@ -609,13 +657,26 @@ mod tests {
         log.push(events::span_end(&s2, false, &Usage::default()), false);
         let v = log.view();
         assert!(!v.needs_model());
-        assert_eq!(v.requests_this_turn(), 1, "the late user message started a new turn");
+        assert_eq!(
+            v.requests_this_turn(),
+            1,
+            "the late user message started a new turn"
+        );
         log.push(events::status_idle(&StopReason::EndTurn), false);
         assert!(!log.view().needs_model());
         log.user("next");
         let v = log.view();
         assert!(v.needs_model());
-        assert_eq!(roles(&v.request_messages()), [Role::User, Role::Assistant, Role::User, Role::Assistant, Role::User]);
+        assert_eq!(
+            roles(&v.request_messages()),
+            [
+                Role::User,
+                Role::Assistant,
+                Role::User,
+                Role::Assistant,
+                Role::User
+            ]
+        );
     }
 
     #[test]
@@ -639,13 +700,29 @@ mod tests {
         let mut log = Log::new();
         log.user("go");
         let s = log.push(events::span_start(), false);
-        let ask = log.push(events::agent_tool_use("bash", &json!({"command":"rm -rf x"}), events::Permission::AlwaysAsk), false);
-        let custom = log.push(events::agent_custom_tool_use("lookup", &json!({"q":1})), false);
-        let ask2 = log.push(events::agent_tool_use("write", &json!({}), events::Permission::AlwaysAsk), false);
+        let ask = log.push(
+            events::agent_tool_use(
+                "bash",
+                &json!({"command":"rm -rf x"}),
+                events::Permission::AlwaysAsk,
+            ),
+            false,
+        );
+        let custom = log.push(
+            events::agent_custom_tool_use("lookup", &json!({"q":1})),
+            false,
+        );
+        let ask2 = log.push(
+            events::agent_tool_use("write", &json!({}), events::Permission::AlwaysAsk),
+            false,
+        );
         log.push(events::span_end(&s, false, &Usage::default()), false);
         let v = log.view();
         assert_eq!(v.open_tools().iter().filter(|t| t.blocked()).count(), 3);
-        log.push(json!({"type":"user.tool_confirmation","tool_use_id":ask,"result":"allow"}), true);
+        log.push(
+            json!({"type":"user.tool_confirmation","tool_use_id":ask,"result":"allow"}),
+            true,
+        );
         log.push(json!({"type":"user.tool_confirmation","tool_use_id":ask2,"result":"deny","deny_message":"no writes"}), true);
         let v = log.view();
         let open = v.open_tools();
@@ -662,7 +739,9 @@ mod tests {
         assert_eq!(last.len(), 3);
         let denied = last.iter().find(|b| matches!(b, ContentBlock::ToolResult { tool_use_id, .. } if *tool_use_id == ask2)).unwrap();
         match denied {
-            ContentBlock::ToolResult { is_error, content, .. } => {
+            ContentBlock::ToolResult {
+                is_error, content, ..
+            } => {
                 assert!(*is_error);
                 assert!(content[0]["text"].as_str().unwrap().contains("no writes"));
             }
@@ -671,7 +750,10 @@ mod tests {
         // Stray or duplicate results are ignored.
         log.push(events::agent_tool_result(&ask, &[], true), false);
         log.push(events::agent_tool_result("sevt_nope", &[], true), false);
-        assert_eq!(log.view().request_messages().last().unwrap().content.len(), 3);
+        assert_eq!(
+            log.view().request_messages().last().unwrap().content.len(),
+            3
+        );
     }
 
     #[test]
@@ -679,20 +761,29 @@ mod tests {
         let mut log = Log::new();
         log.user("go");
         let s = log.push(events::span_start(), false);
-        let tu = log.push(events::agent_tool_use("bash", &json!({}), events::Permission::AlwaysAllow), false);
+        let tu = log.push(
+            events::agent_tool_use("bash", &json!({}), events::Permission::AlwaysAllow),
+            false,
+        );
         log.push(events::span_end(&s, false, &Usage::default()), false);
         log.push(json!({"type":"user.interrupt"}), true);
         let v = log.view();
         assert_eq!(v.interrupts().len(), 1);
         assert!(!v.needs_model());
         // Interrupt handling writes an "interrupted" result and idle.
-        log.push(events::agent_tool_result(&tu, &[json!({"type":"text","text":"interrupted"})], true), false);
+        log.push(
+            events::agent_tool_result(&tu, &[json!({"type":"text","text":"interrupted"})], true),
+            false,
+        );
         log.push(events::status_idle(&StopReason::EndTurn), false);
         let mut v = log.view();
         v.mark_consumed(&[5]);
         assert!(v.interrupts().is_empty());
         log.events[4].processed_at = Some(OffsetDateTime::UNIX_EPOCH);
-        assert!(!v.needs_model(), "results written while stopping wait for the user");
+        assert!(
+            !v.needs_model(),
+            "results written while stopping wait for the user"
+        );
         log.user("try again");
         let v = log.view();
         assert!(v.needs_model());

@@ -28,8 +28,8 @@ use model::{
 use rand::Rng;
 use serde_json::Value;
 use session_store::{
-    new_event_id, AppendBatch, EventSelector, Fence, Lease, NewEvent, SessionStatus, SessionStore, StoreError,
-    StoredEvent, TailItem,
+    new_event_id, AppendBatch, EventSelector, Fence, Lease, NewEvent, SessionStatus, SessionStore,
+    StoreError, StoredEvent, TailItem,
 };
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -37,7 +37,9 @@ use tracing::Instrument;
 use crate::agent::{AgentConfig, AgentConfigError, ToolKind};
 use crate::config::{HarnessConfig, ProvisioningMode};
 use crate::events::{self, types, Permission, RetryStatus, StopReason};
-use crate::hands::{Disposition, Hands, HandsError, ProvisionSpec, SandboxRef, ToolCall, ToolOutput};
+use crate::hands::{
+    Disposition, Hands, HandsError, ProvisionSpec, SandboxRef, ToolCall, ToolOutput,
+};
 use crate::view::{LastStatus, OpenToolUse, OutOfOrder, SessionView};
 
 /// Events read per store round trip when rebuilding.
@@ -92,7 +94,13 @@ pub trait Observer: Send + Sync + std::fmt::Debug {
     /// A stream event arrived. `message_event_id` is the id the
     /// `agent.message` built from this text block will be stored under (for
     /// `event_start`/`event_delta` previews); `None` for other blocks.
-    fn model_event(&self, _session_id: &str, _message_event_id: Option<&str>, _event: &StreamEvent) {}
+    fn model_event(
+        &self,
+        _session_id: &str,
+        _message_event_id: Option<&str>,
+        _event: &StreamEvent,
+    ) {
+    }
     /// A wake finished.
     fn wake_finished(&self, _session_id: &str, _outcome: &Result<WakeOutcome, String>) {}
 }
@@ -223,12 +231,19 @@ impl Harness {
     /// Rebuild a session's view and the next model request from its log
     /// alone (no lease, no writes). What `wake` does before its first model
     /// call; public for diagnostics and the benchmark.
-    pub async fn rebuild(&self, session_id: &str) -> Result<(SessionView, Option<MessagesRequest>), HarnessError> {
+    pub async fn rebuild(
+        &self,
+        session_id: &str,
+    ) -> Result<(SessionView, Option<MessagesRequest>), HarnessError> {
         let store_err = |source| HarnessError::Store {
             session_id: session_id.to_owned(),
             source,
         };
-        let record = self.store.get_session(session_id).await.map_err(store_err)?;
+        let record = self
+            .store
+            .get_session(session_id)
+            .await
+            .map_err(store_err)?;
         let mut view = SessionView::new();
         read_into(&*self.store, session_id, &mut view)
             .await
@@ -259,7 +274,10 @@ impl Harness {
     pub async fn wake(&self, session_id: &str) -> Result<WakeOutcome, HarnessError> {
         let span = tracing::info_span!("wake", session_id, holder = %self.config.instance_id);
         let outcome = self.wake_inner(session_id).instrument(span).await;
-        let reported = outcome.as_ref().map(Clone::clone).map_err(ToString::to_string);
+        let reported = outcome
+            .as_ref()
+            .map(Clone::clone)
+            .map_err(ToString::to_string);
         self.observer.wake_finished(session_id, &reported);
         outcome
     }
@@ -299,7 +317,10 @@ impl Harness {
                 Ok(outcome)
             }
             Err(Halt::LeaseLost) => {
-                tracing::warn!(epoch = lease.epoch, "lease lost to another harness; stopped");
+                tracing::warn!(
+                    epoch = lease.epoch,
+                    "lease lost to another harness; stopped"
+                );
                 Ok(WakeOutcome::LeaseLost)
             }
             Err(Halt::Store(e)) => {
@@ -354,7 +375,11 @@ impl Harness {
 }
 
 /// Fold every event after `view.last_seq()` into `view`.
-async fn read_into(store: &dyn SessionStore, sid: &str, view: &mut SessionView) -> Result<(), Halt> {
+async fn read_into(
+    store: &dyn SessionStore,
+    sid: &str,
+    view: &mut SessionView,
+) -> Result<(), Halt> {
     loop {
         let page = store.read(sid, view.last_seq() + 1, READ_PAGE).await?;
         let n = page.len();
@@ -387,9 +412,16 @@ async fn renew_lease(
     }
 }
 
-async fn watch_interrupts(store: Arc<dyn SessionStore>, sid: String, from: u64, sig: Arc<watch::Sender<Signals>>) {
+async fn watch_interrupts(
+    store: Arc<dyn SessionStore>,
+    sid: String,
+    from: u64,
+    sig: Arc<watch::Sender<Signals>>,
+) {
     use futures::StreamExt;
-    let Ok(mut tail) = store.subscribe(&sid, from).await else { return };
+    let Ok(mut tail) = store.subscribe(&sid, from).await else {
+        return;
+    };
     while let Some(item) = tail.next().await {
         match item {
             Ok(TailItem::Appended(e)) if e.event_type == types::USER_INTERRUPT => {
@@ -458,7 +490,13 @@ impl Run<'_> {
                     .await?;
                 continue;
             }
-            if let Some(tool) = self.view.open_tools().iter().find(|t| t.runnable()).cloned() {
+            if let Some(tool) = self
+                .view
+                .open_tools()
+                .iter()
+                .find(|t| t.runnable())
+                .cloned()
+            {
                 self.run_tool(tool).await?;
                 continue;
             }
@@ -481,7 +519,11 @@ impl Run<'_> {
                 if let Err(e) = &self.agent {
                     let message = e.to_string();
                     self.stop_turn(
-                        vec![events::session_error("unknown_error", &message, RetryStatus::Exhausted)],
+                        vec![events::session_error(
+                            "unknown_error",
+                            &message,
+                            RetryStatus::Exhausted,
+                        )],
                         StopReason::RetriesExhausted,
                     )
                     .await?;
@@ -504,7 +546,9 @@ impl Run<'_> {
                     self.go_idle(&StopReason::EndTurn).await?;
                     continue;
                 }
-                Some(LastStatus::Idle(Some(r))) if self.did_work => return Ok(WakeOutcome::Idle(r.clone())),
+                Some(LastStatus::Idle(Some(r))) if self.did_work => {
+                    return Ok(WakeOutcome::Idle(r.clone()))
+                }
                 _ if self.did_work => return Ok(WakeOutcome::Idle(StopReason::EndTurn)),
                 _ => return Ok(WakeOutcome::NothingToDo),
             }
@@ -517,9 +561,16 @@ impl Run<'_> {
 
     /// Append under the fence; fold what was stored (and anything others
     /// appended before it) into the view.
-    async fn append(&mut self, events: Vec<Value>, status: Option<SessionStatus>) -> Result<Vec<StoredEvent>, Halt> {
-        self.append_new(events.into_iter().map(NewEvent::processed).collect(), status)
-            .await
+    async fn append(
+        &mut self,
+        events: Vec<Value>,
+        status: Option<SessionStatus>,
+    ) -> Result<Vec<StoredEvent>, Halt> {
+        self.append_new(
+            events.into_iter().map(NewEvent::processed).collect(),
+            status,
+        )
+        .await
     }
 
     async fn append_new(
@@ -545,7 +596,8 @@ impl Run<'_> {
         self.did_work = true;
         if let Some(first) = stored.first() {
             if first.seq > self.view.last_seq() + 1 {
-                let gap = usize::try_from(first.seq - self.view.last_seq() - 1).unwrap_or(usize::MAX);
+                let gap =
+                    usize::try_from(first.seq - self.view.last_seq() - 1).unwrap_or(usize::MAX);
                 let missing = self
                     .h
                     .store
@@ -599,7 +651,8 @@ impl Run<'_> {
 
     fn budget_reached(&self) -> bool {
         let b = &self.h.config.budget;
-        (b.max_model_requests_per_turn > 0 && self.view.requests_this_turn() >= b.max_model_requests_per_turn)
+        (b.max_model_requests_per_turn > 0
+            && self.view.requests_this_turn() >= b.max_model_requests_per_turn)
             || (b.max_session_tokens > 0 && self.view.usage().total() >= b.max_session_tokens)
     }
 
@@ -641,7 +694,10 @@ impl Run<'_> {
             self.execute(&call).await?
         } else {
             text_output(
-                &format!("Not run: tool `{}` is not available in this session.", tool.name),
+                &format!(
+                    "Not run: tool `{}` is not available in this session.",
+                    tool.name
+                ),
                 true,
             )
         };
@@ -656,8 +712,15 @@ impl Run<'_> {
             }
         }
         tracing::debug!(tool_use_id = %call.tool_use_id, tool = %call.name, is_error, disposition = ?out.disposition, "tool result");
-        self.append(vec![events::agent_tool_result(&call.tool_use_id, &content, is_error)], None)
-            .await?;
+        self.append(
+            vec![events::agent_tool_result(
+                &call.tool_use_id,
+                &content,
+                is_error,
+            )],
+            None,
+        )
+        .await?;
         if let Some(c) = tool.allowed_by {
             self.mark_processed(vec![c]).await?;
         }
@@ -676,11 +739,15 @@ impl Run<'_> {
                 Err(e) if e.is_transient() && failures + 1 < policy.max_attempts => {
                     failures += 1;
                     tracing::warn!(%e, failures, "provisioning failed; retrying");
-                    self.pause(policy.delay(failures, None, jitter_unit())).await?;
+                    self.pause(policy.delay(failures, None, jitter_unit()))
+                        .await?;
                     continue;
                 }
                 Err(e) => {
-                    return Ok(text_output(&format!("Not run: could not provision a sandbox: {e}"), true));
+                    return Ok(text_output(
+                        &format!("Not run: could not provision a sandbox: {e}"),
+                        true,
+                    ));
                 }
             };
             let hands = self.h.hands.clone();
@@ -699,7 +766,8 @@ impl Run<'_> {
                 Err(e) if e.is_transient() && failures + 1 < policy.max_attempts => {
                     failures += 1;
                     tracing::warn!(%e, failures, "tool call could not be made; retrying");
-                    self.pause(policy.delay(failures, None, jitter_unit())).await?;
+                    self.pause(policy.delay(failures, None, jitter_unit()))
+                        .await?;
                 }
                 Err(e) => return Ok(text_output(&format!("Not run: {e}"), true)),
             }
@@ -722,7 +790,8 @@ impl Run<'_> {
         if matches!(self.sandbox, SandboxSlot::Empty) {
             let hands = self.h.hands.clone();
             let spec = self.provision_spec();
-            self.sandbox = SandboxSlot::Pending(Task::spawn(async move { hands.provision(&spec).await }));
+            self.sandbox =
+                SandboxSlot::Pending(Task::spawn(async move { hands.provision(&spec).await }));
         }
     }
 
@@ -812,13 +881,17 @@ impl Run<'_> {
         match marking.join().await {
             Some(Ok(())) => self.view.mark_consumed(&consumed),
             Some(Err(e)) => return Err(e.into()),
-            None => return Err(Halt::Store(StoreError::Unavailable {
-                reason: "marking consumed input processed was cancelled".to_owned(),
-                source: None,
-            })),
+            None => {
+                return Err(Halt::Store(StoreError::Unavailable {
+                    reason: "marking consumed input processed was cancelled".to_owned(),
+                    source: None,
+                }))
+            }
         }
         match streamed {
-            Streamed::Done(resp, text_ids) => self.record_response(&agent, &span_id, resp, text_ids).await,
+            Streamed::Done(resp, text_ids) => {
+                self.record_response(&agent, &span_id, resp, text_ids).await
+            }
             Streamed::Failed(e, usage) => self.record_failure(&span_id, e, usage).await,
             Streamed::Interrupted(usage) => {
                 self.append(vec![events::span_end(&span_id, false, &usage)], None)
@@ -871,7 +944,9 @@ impl Run<'_> {
                     let id = match &ev {
                         StreamEvent::BlockStart { index, .. }
                         | StreamEvent::BlockDelta { index, .. }
-                        | StreamEvent::BlockStop { index } => text_ids.get(index).map(String::as_str),
+                        | StreamEvent::BlockStop { index } => {
+                            text_ids.get(index).map(String::as_str)
+                        }
                         _ => None,
                     };
                     self.h.observer.model_event(&self.sid, id, &ev);
@@ -904,7 +979,9 @@ impl Run<'_> {
                 ResponseBlock::ToolUse { name, input, .. } => {
                     let id = new_event_id();
                     let body = match agent.tool(name) {
-                        Some(t) if t.kind == ToolKind::Custom => events::agent_custom_tool_use(name, input),
+                        Some(t) if t.kind == ToolKind::Custom => {
+                            events::agent_custom_tool_use(name, input)
+                        }
                         Some(t) => events::agent_tool_use(name, input, t.permission),
                         None => {
                             refused.push((id.clone(), name.clone()));
@@ -916,13 +993,25 @@ impl Run<'_> {
                 _ => {}
             }
         }
-        batch.push(NewEvent::processed(events::span_end(span_id, false, &resp.usage)));
-        let available: Vec<&str> = agent.tools.iter().map(|t| t.definition.name.as_str()).collect();
+        batch.push(NewEvent::processed(events::span_end(
+            span_id,
+            false,
+            &resp.usage,
+        )));
+        let available: Vec<&str> = agent
+            .tools
+            .iter()
+            .map(|t| t.definition.name.as_str())
+            .collect();
         for (id, name) in refused {
             tracing::info!(tool = %name, "model called an unknown tool");
             let text = format!(
                 "Error: there is no tool named `{name}` in this session. Available tools: {}.",
-                if available.is_empty() { "none".to_owned() } else { available.join(", ") }
+                if available.is_empty() {
+                    "none".to_owned()
+                } else {
+                    available.join(", ")
+                }
             );
             batch.push(NewEvent::processed(events::agent_tool_result(
                 &id,
@@ -931,7 +1020,11 @@ impl Run<'_> {
             )));
         }
         tracing::debug!(
-            stop_reason = resp.stop_reason.as_ref().map(|s| s.as_str()).unwrap_or("none"),
+            stop_reason = resp
+                .stop_reason
+                .as_ref()
+                .map(|s| s.as_str())
+                .unwrap_or("none"),
             input_tokens = resp.usage.input_tokens,
             output_tokens = resp.usage.output_tokens,
             cache_read_input_tokens = resp.usage.cache_read_input_tokens,
@@ -941,7 +1034,12 @@ impl Run<'_> {
         Ok(())
     }
 
-    async fn record_failure(&mut self, span_id: &str, e: ModelError, usage: Usage) -> Result<(), Halt> {
+    async fn record_failure(
+        &mut self,
+        span_id: &str,
+        e: ModelError,
+        usage: Usage,
+    ) -> Result<(), Halt> {
         let failures = self.view.consecutive_failures() + 1;
         let policy = self.h.config.retry.clone();
         let exhausted = !e.is_retryable() || failures >= policy.max_attempts;

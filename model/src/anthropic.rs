@@ -193,7 +193,8 @@ impl AnthropicConfig {
         let anthropic_version = raw
             .anthropic_version
             .unwrap_or_else(|| DEFAULT_ANTHROPIC_VERSION.to_owned());
-        if http::HeaderValue::from_str(&anthropic_version).is_err() || anthropic_version.is_empty() {
+        if http::HeaderValue::from_str(&anthropic_version).is_err() || anthropic_version.is_empty()
+        {
             return Err(ConfigError::Invalid {
                 key: "model.anthropic_version".to_owned(),
                 message: "not a valid header value".to_owned(),
@@ -313,7 +314,10 @@ impl AnthropicProvider {
         }
     }
 
-    async fn send(&self, request: &MessagesRequest) -> Result<http::Response<Incoming>, ModelError> {
+    async fn send(
+        &self,
+        request: &MessagesRequest,
+    ) -> Result<http::Response<Incoming>, ModelError> {
         let body = serde_json::to_vec(&StreamingBody {
             request,
             stream: true,
@@ -329,11 +333,12 @@ impl AnthropicProvider {
         if !self.config.anthropic_beta.is_empty() {
             builder = builder.header("anthropic-beta", self.config.anthropic_beta.join(","));
         }
-        let req = builder
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| ModelError::InvalidRequest {
-                message: format!("request head: {e}"),
-            })?;
+        let req =
+            builder
+                .body(Full::new(Bytes::from(body)))
+                .map_err(|e| ModelError::InvalidRequest {
+                    message: format!("request head: {e}"),
+                })?;
         match tokio::time::timeout(self.config.request_timeout, self.client.request(req)).await {
             Err(_) => Err(ModelError::Timeout {
                 provider: PROVIDER.to_owned(),
@@ -490,7 +495,8 @@ fn event_stream(body: Incoming, config: &AnthropicConfig) -> EventStream {
             if st.done {
                 return None;
             }
-            let fail = |st: BodyState, e: ModelError| Some((Err(e), BodyState { done: true, ..st }));
+            let fail =
+                |st: BodyState, e: ModelError| Some((Err(e), BodyState { done: true, ..st }));
             match tokio::time::timeout(st.idle, st.body.frame()).await {
                 Err(_) => {
                     let e = ModelError::Timeout {
@@ -509,7 +515,9 @@ fn event_stream(body: Incoming, config: &AnthropicConfig) -> EventStream {
                     return fail(st, e);
                 }
                 Ok(Some(Ok(frame))) => {
-                    let Ok(data) = frame.into_data() else { continue };
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
                     let events = match st.decoder.push(&data) {
                         Ok(evs) => evs,
                         Err(e) => {
@@ -567,7 +575,10 @@ impl Provider for AnthropicProvider {
                 message: format!("expected content-type text/event-stream, got {ct:?}"),
             });
         }
-        Ok(ModelStream::new(PROVIDER, event_stream(resp.into_body(), &self.config)))
+        Ok(ModelStream::new(
+            PROVIDER,
+            event_stream(resp.into_body(), &self.config),
+        ))
     }
 }
 
@@ -595,7 +606,8 @@ mod tests {
         assert_eq!(c.request_timeout, Duration::from_millis(2500));
         assert_eq!(c.stream_idle_timeout, Duration::from_secs(1));
         let none = |_: &str| None;
-        let e = AnthropicConfig::from_raw_with_env(RawAnthropicConfig::default(), none).unwrap_err();
+        let e =
+            AnthropicConfig::from_raw_with_env(RawAnthropicConfig::default(), none).unwrap_err();
         assert!(e.to_string().contains("model.api_key"), "{e}");
         let raw = RawAnthropicConfig {
             api_key: Some("k".into()),
@@ -610,7 +622,10 @@ mod tests {
             ..Default::default()
         };
         let e = AnthropicConfig::from_raw_with_env(raw, none).unwrap_err();
-        assert!(e.to_string().contains("model.stream_idle_timeout_seconds"), "{e}");
+        assert!(
+            e.to_string().contains("model.stream_idle_timeout_seconds"),
+            "{e}"
+        );
         assert!(toml::from_str::<RawAnthropicConfig>("nope = 1").is_err());
     }
 
@@ -625,7 +640,10 @@ mod tests {
         h.insert("retry-after-ms", "40".parse().unwrap());
         assert_eq!(parse_retry_after(&h), Some(Duration::from_millis(40)));
         let mut h = HeaderMap::new();
-        h.insert("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap());
+        h.insert(
+            "retry-after",
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
         assert_eq!(parse_retry_after(&h), None);
     }
 }

@@ -210,14 +210,8 @@ mod tests {
     fn envelope_mapping_distinguishes_overload_rate_limit_and_the_rest() {
         let e = ModelError::from_envelope("p", Some(529), "x".into(), "m".into(), None, None);
         assert_eq!(e.kind(), ModelErrorKind::Overloaded);
-        let e = ModelError::from_envelope(
-            "p",
-            None,
-            "overloaded_error".into(),
-            "m".into(),
-            None,
-            None,
-        );
+        let e =
+            ModelError::from_envelope("p", None, "overloaded_error".into(), "m".into(), None, None);
         assert_eq!(e.kind(), ModelErrorKind::Overloaded);
         let e = ModelError::from_envelope(
             "p",
@@ -238,8 +232,11 @@ mod tests {
             None,
         );
         assert!(!e.is_retryable());
-        assert!(matches!(e, ModelError::Api { ref error_type, .. } if error_type == "invalid_request_error"));
-        let e = ModelError::from_envelope("p", Some(500), "api_error".into(), "m".into(), None, None);
+        assert!(
+            matches!(e, ModelError::Api { ref error_type, .. } if error_type == "invalid_request_error")
+        );
+        let e =
+            ModelError::from_envelope("p", Some(500), "api_error".into(), "m".into(), None, None);
         assert!(e.is_retryable());
     }
 }

@@ -111,7 +111,8 @@ impl SseDecoder {
 
     fn line(&mut self, raw: &[u8], out: &mut Vec<SseEvent>) -> Result<(), SseError> {
         self.line_no += 1;
-        let line = std::str::from_utf8(raw).map_err(|_| SseError::NotUtf8 { line: self.line_no })?;
+        let line =
+            std::str::from_utf8(raw).map_err(|_| SseError::NotUtf8 { line: self.line_no })?;
         if line.is_empty() {
             if self.has_data {
                 out.push(SseEvent {
@@ -176,9 +177,18 @@ mod tests {
         assert_eq!(
             whole,
             vec![
-                SseEvent { event: Some("a".into()), data: "{\"x\":1}".into() },
-                SseEvent { event: Some("b".into()), data: "l1\nl2".into() },
-                SseEvent { event: None, data: "no-space".into() },
+                SseEvent {
+                    event: Some("a".into()),
+                    data: "{\"x\":1}".into()
+                },
+                SseEvent {
+                    event: Some("b".into()),
+                    data: "l1\nl2".into()
+                },
+                SseEvent {
+                    event: None,
+                    data: "no-space".into()
+                },
             ]
         );
         let bytes: Vec<&[u8]> = text.chunks(1).collect();
@@ -200,8 +210,14 @@ mod tests {
     #[test]
     fn rejects_invalid_utf8_and_oversized_events() {
         let mut d = SseDecoder::new(1024);
-        assert!(matches!(d.push(b"data: \xff\n"), Err(SseError::NotUtf8 { line: 1 })));
+        assert!(matches!(
+            d.push(b"data: \xff\n"),
+            Err(SseError::NotUtf8 { line: 1 })
+        ));
         let mut d = SseDecoder::new(8);
-        assert!(matches!(d.push(b"data: 0123456789"), Err(SseError::TooLarge { .. })));
+        assert!(matches!(
+            d.push(b"data: 0123456789"),
+            Err(SseError::TooLarge { .. })
+        ));
     }
 }

@@ -123,7 +123,11 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, ModelError>
 
 enum OpenBlock {
     Text(String),
-    Tool { id: String, name: String, json: String },
+    Tool {
+        id: String,
+        name: String,
+        json: String,
+    },
     Other(Value),
 }
 
@@ -231,7 +235,9 @@ impl Assembler {
                     message: m,
                 };
                 let Some((open_index, OpenBlockDebug(open))) = self.open.as_mut() else {
-                    return Err(bad(format!("content_block_delta for block {index} that is not open")));
+                    return Err(bad(format!(
+                        "content_block_delta for block {index} that is not open"
+                    )));
                 };
                 if *open_index != *index {
                     return Err(bad(format!(
@@ -244,7 +250,9 @@ impl Assembler {
                     (OpenBlock::Other(v), BlockDelta::Other(d)) => merge_other_delta(v, d),
                     (OpenBlock::Other(_), _) => {}
                     (OpenBlock::Text(_), _) => {
-                        return Err(bad(format!("block {index} is text but got a non-text delta")))
+                        return Err(bad(format!(
+                            "block {index} is text but got a non-text delta"
+                        )))
                     }
                     (OpenBlock::Tool { .. }, _) => {
                         return Err(bad(format!(
@@ -255,7 +263,9 @@ impl Assembler {
             }
             StreamEvent::BlockStop { index } => {
                 let Some((open_index, OpenBlockDebug(open))) = self.open.take() else {
-                    return Err(self.malformed(format!("content_block_stop for block {index} that is not open")));
+                    return Err(self.malformed(format!(
+                        "content_block_stop for block {index} that is not open"
+                    )));
                 };
                 if open_index != *index {
                     return Err(self.malformed(format!(
@@ -347,11 +357,17 @@ impl Assembler {
 /// Fold a pass-through delta into its block: `thinking_delta` appends to
 /// `thinking`, `signature_delta` sets `signature`, others are kept as-is.
 fn merge_other_delta(block: &mut Value, delta: &Value) {
-    let Some(obj) = block.as_object_mut() else { return };
+    let Some(obj) = block.as_object_mut() else {
+        return;
+    };
     match delta.get("type").and_then(Value::as_str) {
         Some("thinking_delta") => {
             if let Some(s) = delta.get("thinking").and_then(Value::as_str) {
-                let cur = obj.get("thinking").and_then(Value::as_str).unwrap_or("").to_owned();
+                let cur = obj
+                    .get("thinking")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned();
                 obj.insert("thinking".into(), Value::String(cur + s));
             }
         }
@@ -388,7 +404,9 @@ pub(crate) fn parse_anthropic_event(
         .ok_or_else(|| malformed("event data has no string `type`".to_owned()))?;
     if let Some(name) = sse_event {
         if name != ty {
-            return Err(malformed(format!("sse event name {name} does not match data type {ty}")));
+            return Err(malformed(format!(
+                "sse event name {name} does not match data type {ty}"
+            )));
         }
     }
     let str_field = |obj: &Value, key: &str| -> Result<String, ModelError> {
@@ -417,7 +435,10 @@ pub(crate) fn parse_anthropic_event(
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_owned();
-            let request_id = v.get("request_id").and_then(Value::as_str).map(str::to_owned);
+            let request_id = v
+                .get("request_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
             return Err(ModelError::from_envelope(
                 provider, None, error_type, message, request_id, None,
             ));
@@ -433,22 +454,32 @@ pub(crate) fn parse_anthropic_event(
             };
             StreamEvent::MessageStart {
                 id: str_field(m, "id")?,
-                model: m.get("model").and_then(Value::as_str).unwrap_or("").to_owned(),
+                model: m
+                    .get("model")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
                 usage,
             }
         }
         "content_block_start" => {
-            let cb = v
-                .get("content_block")
-                .ok_or_else(|| malformed("content_block_start has no `content_block`".to_owned()))?;
+            let cb = v.get("content_block").ok_or_else(|| {
+                malformed("content_block_start has no `content_block`".to_owned())
+            })?;
             let block = match cb.get("type").and_then(Value::as_str) {
                 Some("text") => BlockStart::Text {
-                    text: cb.get("text").and_then(Value::as_str).unwrap_or("").to_owned(),
+                    text: cb
+                        .get("text")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_owned(),
                 },
                 Some("tool_use") => {
                     if let Some(input) = cb.get("input") {
                         if !input.is_object() {
-                            return Err(malformed("tool_use start input is not an object".to_owned()));
+                            return Err(malformed(
+                                "tool_use start input is not an object".to_owned(),
+                            ));
                         }
                     }
                     BlockStart::ToolUse {
@@ -485,8 +516,14 @@ pub(crate) fn parse_anthropic_event(
             let u = v.get("usage").cloned().unwrap_or(Value::Null);
             let num = |k: &str| u.get(k).and_then(Value::as_u64);
             StreamEvent::MessageDelta {
-                stop_reason: d.get("stop_reason").and_then(Value::as_str).map(StopReason::parse),
-                stop_sequence: d.get("stop_sequence").and_then(Value::as_str).map(str::to_owned),
+                stop_reason: d
+                    .get("stop_reason")
+                    .and_then(Value::as_str)
+                    .map(StopReason::parse),
+                stop_sequence: d
+                    .get("stop_sequence")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
                 usage: UsageDelta {
                     input_tokens: num("input_tokens"),
                     output_tokens: num("output_tokens"),
@@ -540,7 +577,10 @@ impl ModelStream {
 
     /// Usage known so far (input tokens are known after `message_start`).
     pub fn usage_so_far(&self) -> Usage {
-        self.assembler.as_ref().map(Assembler::usage).unwrap_or_default()
+        self.assembler
+            .as_ref()
+            .map(Assembler::usage)
+            .unwrap_or_default()
     }
 
     /// The next event, or the final response once `message_stop` arrived.
@@ -642,8 +682,14 @@ mod tests {
         assert_eq!(
             r.content,
             vec![
-                ResponseBlock::Text { text: "Hello".into() },
-                ResponseBlock::ToolUse { id: "toolu_1".into(), name: "bash".into(), input: json!({"command":"ls"}) },
+                ResponseBlock::Text {
+                    text: "Hello".into()
+                },
+                ResponseBlock::ToolUse {
+                    id: "toolu_1".into(),
+                    name: "bash".into(),
+                    input: json!({"command":"ls"})
+                },
             ]
         );
     }
@@ -652,10 +698,15 @@ mod tests {
     fn ping_and_unknown_events_are_ignored_error_events_are_typed() {
         assert_eq!(ev(json!({"type":"ping"})).unwrap(), None);
         assert_eq!(ev(json!({"type":"future_event","x":1})).unwrap(), None);
-        let e = ev(json!({"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}})).unwrap_err();
+        let e =
+            ev(json!({"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}))
+                .unwrap_err();
         assert!(matches!(e, ModelError::Overloaded { .. }));
-        let e = ev(json!({"type":"error","error":{"type":"api_error","message":"boom"}})).unwrap_err();
-        assert!(matches!(e, ModelError::Api { status: None, ref error_type, .. } if error_type == "api_error"));
+        let e =
+            ev(json!({"type":"error","error":{"type":"api_error","message":"boom"}})).unwrap_err();
+        assert!(
+            matches!(e, ModelError::Api { status: None, ref error_type, .. } if error_type == "api_error")
+        );
     }
 
     #[test]
@@ -663,23 +714,57 @@ mod tests {
         let text_start = ev(json!({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}})).unwrap().unwrap();
         // No message_start first.
         let mut a = Assembler::new("t");
-        assert!(matches!(a.apply(&text_start), Err(ModelError::MalformedStream { .. })));
+        assert!(matches!(
+            a.apply(&text_start),
+            Err(ModelError::MalformedStream { .. })
+        ));
         // Wrong index.
         let mut a = Assembler::new("t");
         a.apply(&start()).unwrap();
-        let e = a.apply(&StreamEvent::BlockStart { index: 3, block: BlockStart::Text { text: String::new() } });
+        let e = a.apply(&StreamEvent::BlockStart {
+            index: 3,
+            block: BlockStart::Text {
+                text: String::new(),
+            },
+        });
         assert!(matches!(e, Err(ModelError::MalformedStream { .. })));
         // Tool input that is not json.
         let mut a = Assembler::new("t");
         a.apply(&start()).unwrap();
-        a.apply(&StreamEvent::BlockStart { index: 0, block: BlockStart::ToolUse { id: "i".into(), name: "n".into() } }).unwrap();
-        a.apply(&StreamEvent::BlockDelta { index: 0, delta: BlockDelta::InputJson("{\"a\":".into()) }).unwrap();
-        assert!(matches!(a.apply(&StreamEvent::BlockStop { index: 0 }), Err(ModelError::MalformedStream { .. })));
+        a.apply(&StreamEvent::BlockStart {
+            index: 0,
+            block: BlockStart::ToolUse {
+                id: "i".into(),
+                name: "n".into(),
+            },
+        })
+        .unwrap();
+        a.apply(&StreamEvent::BlockDelta {
+            index: 0,
+            delta: BlockDelta::InputJson("{\"a\":".into()),
+        })
+        .unwrap();
+        assert!(matches!(
+            a.apply(&StreamEvent::BlockStop { index: 0 }),
+            Err(ModelError::MalformedStream { .. })
+        ));
         // Text delta into a tool block.
         let mut a = Assembler::new("t");
         a.apply(&start()).unwrap();
-        a.apply(&StreamEvent::BlockStart { index: 0, block: BlockStart::ToolUse { id: "i".into(), name: "n".into() } }).unwrap();
-        assert!(a.apply(&StreamEvent::BlockDelta { index: 0, delta: BlockDelta::Text("x".into()) }).is_err());
+        a.apply(&StreamEvent::BlockStart {
+            index: 0,
+            block: BlockStart::ToolUse {
+                id: "i".into(),
+                name: "n".into(),
+            },
+        })
+        .unwrap();
+        assert!(a
+            .apply(&StreamEvent::BlockDelta {
+                index: 0,
+                delta: BlockDelta::Text("x".into())
+            })
+            .is_err());
         // message_stop with an open block.
         let mut a = Assembler::new("t");
         a.apply(&start()).unwrap();
@@ -690,7 +775,10 @@ mod tests {
         a.apply(&start()).unwrap();
         assert!(matches!(a.finish(), Err(ModelError::Transport { .. })));
         // Bad json, mismatched names.
-        assert!(matches!(parse_anthropic_event("t", None, "{nope"), Err(ModelError::MalformedStream { .. })));
+        assert!(matches!(
+            parse_anthropic_event("t", None, "{nope"),
+            Err(ModelError::MalformedStream { .. })
+        ));
         assert!(matches!(
             parse_anthropic_event("t", Some("message_stop"), "{\"type\":\"ping\"}"),
             Err(ModelError::MalformedStream { .. })

@@ -465,13 +465,21 @@ mod tests {
         assert!(v["system"][0]["cache_control"].is_object());
         assert!(v["messages"][2]["content"][0]["cache_control"].is_object());
         assert!(v["messages"][0]["content"][0]["cache_control"].is_object());
-        assert!(v["messages"][1]["content"][0].get("cache_control").is_none());
+        assert!(v["messages"][1]["content"][0]
+            .get("cache_control")
+            .is_none());
     }
 
     #[test]
     fn stop_reason_round_trips_unknown_values() {
         let s: StopReason = serde_json::from_value(json!("model_context_window_exceeded")).unwrap();
-        assert_eq!(s, StopReason::Unknown("model_context_window_exceeded".into()));
-        assert_eq!(serde_json::to_value(&s).unwrap(), json!("model_context_window_exceeded"));
+        assert_eq!(
+            s,
+            StopReason::Unknown("model_context_window_exceeded".into())
+        );
+        assert_eq!(
+            serde_json::to_value(&s).unwrap(),
+            json!("model_context_window_exceeded")
+        );
     }
 }

@@ -167,7 +167,11 @@ impl AgentFiles {
         Ok(creds)
     }
 
-    fn write_credentials(&self, key: &PendingKey, creds: &AgentCredentials) -> Result<(), AgentIdentityError> {
+    fn write_credentials(
+        &self,
+        key: &PendingKey,
+        creds: &AgentCredentials,
+    ) -> Result<(), AgentIdentityError> {
         let path = self.credentials_file();
         let mut pem = key.key_pem.clone();
         for c in &creds.chain {
@@ -208,7 +212,8 @@ impl AgentFiles {
             path: cred_path.clone(),
             message,
         };
-        let key_der = PrivateKeyDer::from_pem_slice(text.as_bytes()).map_err(|e| invalid(e.to_string()))?;
+        let key_der =
+            PrivateKeyDer::from_pem_slice(text.as_bytes()).map_err(|e| invalid(e.to_string()))?;
         let chain = pem_to_certs(&text).map_err(invalid)?;
         let certified = CertifiedKey::from_der(chain.clone(), key_der, &crate::crypto_provider())
             .map_err(|e| invalid(format!("key does not match certificate: {e}")))?;
@@ -229,7 +234,8 @@ impl AgentFiles {
         key: &PendingKey,
         chain: Vec<CertificateDer<'static>>,
     ) -> Result<AgentCredentials, AgentIdentityError> {
-        let creds = AgentCredentials::assemble(key, chain, &current.ca, Fingerprint::of_der(&current.ca))?;
+        let creds =
+            AgentCredentials::assemble(key, chain, &current.ca, Fingerprint::of_der(&current.ca))?;
         if creds.identity.agent_id != current.identity.agent_id
             || creds.identity.environment_id != current.identity.environment_id
         {
@@ -258,19 +264,22 @@ pub struct PendingKey {
 
 impl fmt::Debug for PendingKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PendingKey").field("key", &"[redacted]").finish_non_exhaustive()
+        f.debug_struct("PendingKey")
+            .field("key", &"[redacted]")
+            .finish_non_exhaustive()
     }
 }
 
 impl PendingKey {
     /// Generate an ECDSA P-256 key and a CSR for it, in memory.
     pub fn generate() -> Result<Self, AgentIdentityError> {
-        let (key, csr_pem) =
-            crate::csr::generate_key_and_csr().map_err(|e| AgentIdentityError::KeyGen(e.to_string()))?;
-        let csr_der = rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
-            .map_err(|e| AgentIdentityError::KeyGen(e.to_string()))?
-            .as_ref()
-            .to_vec();
+        let (key, csr_pem) = crate::csr::generate_key_and_csr()
+            .map_err(|e| AgentIdentityError::KeyGen(e.to_string()))?;
+        let csr_der =
+            rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+                .map_err(|e| AgentIdentityError::KeyGen(e.to_string()))?
+                .as_ref()
+                .to_vec();
         Ok(Self {
             key_pem: key.serialize_pem(),
             key_der: key.serialize_der(),
@@ -311,15 +320,20 @@ impl AgentCredentials {
         if Fingerprint::of_der(ca) != pin {
             return Err(bad("ca does not match the pinned fingerprint".into()));
         }
-        let leaf = chain.first().ok_or_else(|| bad("empty certificate chain".into()))?;
+        let leaf = chain
+            .first()
+            .ok_or_else(|| bad("empty certificate chain".into()))?;
         // The chain must verify against the CA as a client certificate.
         crate::tls::AgentCertVerifier::new(ca, crate::RevocationSet::new())?
             .check(leaf, &chain[1..], rustls_pki_types::UnixTime::now())
             .map_err(|e| bad(e.to_string()))?;
-        let key_der = PrivateKeyDer::try_from(key.key_der.clone()).map_err(|e| bad(e.to_string()))?;
+        let key_der =
+            PrivateKeyDer::try_from(key.key_der.clone()).map_err(|e| bad(e.to_string()))?;
         let certified = CertifiedKey::from_der(chain.clone(), key_der, &crate::crypto_provider())
             .map_err(|e| bad(format!("certificate does not certify our key: {e}")))?;
-        certified.keys_match().map_err(|e| bad(format!("certificate does not certify our key: {e}")))?;
+        certified
+            .keys_match()
+            .map_err(|e| bad(format!("certificate does not certify our key: {e}")))?;
         let identity = peer_identity(leaf).map_err(|e| bad(e.to_string()))?;
         Ok(Self {
             chain,
@@ -405,7 +419,9 @@ pub fn client_config(
 /// `not_after`: two thirds of the way through its remaining life. Never before
 /// `received_at`.
 pub fn renewal_due(received_at: SystemTime, not_after: SystemTime) -> SystemTime {
-    let life = not_after.duration_since(received_at).unwrap_or(Duration::ZERO);
+    let life = not_after
+        .duration_since(received_at)
+        .unwrap_or(Duration::ZERO);
     received_at + life * 2 / 3
 }
 
@@ -433,7 +449,10 @@ mod tests {
     #[test]
     fn schedule_is_two_thirds() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
-        assert_eq!(renewal_due(t0, t0 + Duration::from_secs(300)), t0 + Duration::from_secs(200));
+        assert_eq!(
+            renewal_due(t0, t0 + Duration::from_secs(300)),
+            t0 + Duration::from_secs(200)
+        );
         assert_eq!(renewal_due(t0, t0 - Duration::from_secs(5)), t0);
         let day = Duration::from_secs(86_400);
         assert_eq!(renewal_due(t0, t0 + day), t0 + day * 2 / 3);
@@ -447,7 +466,10 @@ mod tests {
         assert_eq!(renewal_retry_delay(3, now, far), Duration::from_secs(8));
         assert_eq!(renewal_retry_delay(30, now, far), Duration::from_secs(60));
         let near = now + Duration::from_secs(5);
-        assert_eq!(renewal_retry_delay(5, now, near), Duration::from_millis(500));
+        assert_eq!(
+            renewal_retry_delay(5, now, near),
+            Duration::from_millis(500)
+        );
         assert_eq!(renewal_retry_delay(5, now, now), Duration::from_millis(100));
     }
 }

@@ -225,10 +225,16 @@ impl CertificateAuthority {
         let (_, x509) = x509_parser::parse_x509_certificate(&cert_der)
             .map_err(|e| invalid(cert_file, e.to_string()))?;
         if !x509.is_ca() {
-            return Err(invalid(cert_file, "certificate is not a ca (basicConstraints ca=false)".into()));
+            return Err(invalid(
+                cert_file,
+                "certificate is not a ca (basicConstraints ca=false)".into(),
+            ));
         }
         if x509.public_key().raw != key.subject_public_key_info().as_slice() {
-            return Err(invalid(key_file, "key does not match the ca certificate".into()));
+            return Err(invalid(
+                key_file,
+                "key does not match the ca certificate".into(),
+            ));
         }
         let issuer = Issuer::from_ca_cert_der(&cert_der, key)
             .map_err(|e| invalid(cert_file, e.to_string()))?;
@@ -249,7 +255,11 @@ impl CertificateAuthority {
             move |source| CaError::Io { path, source }
         };
         let (ca, key_pem) = Self::generate()?;
-        let tag = format!("{}.{}", std::process::id(), hex::encode(&ca.fingerprint.as_bytes()[..4]));
+        let tag = format!(
+            "{}.{}",
+            std::process::id(),
+            hex::encode(&ca.fingerprint.as_bytes()[..4])
+        );
         let tmp_cert = dir.join(format!(".ca.crt.{tag}"));
         let tmp_key = dir.join(format!(".ca.key.{tag}"));
         let result = (|| {
@@ -293,7 +303,10 @@ impl CertificateAuthority {
         // rather than as a bad signature from ours.
         let mut suffix = [0u8; 6];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut suffix);
-        dn.push(DnType::CommonName, format!("Airlock internal CA {}", hex::encode(suffix)));
+        dn.push(
+            DnType::CommonName,
+            format!("Airlock internal CA {}", hex::encode(suffix)),
+        );
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![
@@ -336,14 +349,21 @@ impl CertificateAuthority {
 
     /// Issue a server certificate for `names` (DNS names or IP addresses)
     /// with a fresh ECDSA P-256 key, EKU `serverAuth` only.
-    pub fn issue_server(&self, names: &[String], lifetime: Duration) -> Result<ServerIdentity, CaError> {
+    pub fn issue_server(
+        &self,
+        names: &[String],
+        lifetime: Duration,
+    ) -> Result<ServerIdentity, CaError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "Airlock");
         dn.push(
             DnType::CommonName,
-            names.first().map(String::as_str).unwrap_or("airlock-control-plane"),
+            names
+                .first()
+                .map(String::as_str)
+                .unwrap_or("airlock-control-plane"),
         );
         params.distinguished_name = dn;
         for name in names {
@@ -383,7 +403,13 @@ impl CertificateAuthority {
         public_key: &impl PublicKeyData,
         lifetime: Duration,
     ) -> Result<IssuedCertificate, CaError> {
-        self.issue_agent_at(agent_id, environment_id, public_key, SystemTime::now(), lifetime)
+        self.issue_agent_at(
+            agent_id,
+            environment_id,
+            public_key,
+            SystemTime::now(),
+            lifetime,
+        )
     }
 
     /// As [`Self::issue_agent`] with an explicit issue time (tests use this to

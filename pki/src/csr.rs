@@ -76,7 +76,9 @@ impl ParsedCsr {
                     match curve.as_str() {
                         OID_P256 => (&rcgen::PKCS_ECDSA_P256_SHA256, "ecdsa-p256"),
                         OID_P384 => (&rcgen::PKCS_ECDSA_P384_SHA384, "ecdsa-p384"),
-                        other => return Err(CsrError::UnsupportedKey(format!("ecdsa curve {other}"))),
+                        other => {
+                            return Err(CsrError::UnsupportedKey(format!("ecdsa curve {other}")))
+                        }
                     }
                 }
                 OID_ED25519 => (&rcgen::PKCS_ED25519, "ed25519"),

@@ -103,8 +103,7 @@ impl EnvironmentId {
     pub fn parse(s: &str) -> Result<Self, IdentityError> {
         let ok = !s.is_empty()
             && s.len() <= 128
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
         if ok {
             Ok(Self(s.to_owned()))

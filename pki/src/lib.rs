@@ -44,11 +44,11 @@ pub use csr::{CsrError, ParsedCsr};
 pub use fingerprint::{Fingerprint, FingerprintError};
 pub use identity::{peer_identity, AgentId, EnvironmentId, IdentityError, PeerIdentity};
 pub use revocation::RevocationSet;
+/// rustls' certificate error kinds, as returned by the verifiers here.
+pub use rustls::CertificateError;
 pub use service::{EnrollError, IdentityService, IdentitySettings, RenewError, ServiceError};
 pub use store::StoreError;
 pub use tls::{TlsError, ALPN_ENROLL};
-/// rustls' certificate error kinds, as returned by the verifiers here.
-pub use rustls::CertificateError;
 pub use tokens::{JoinString, JoinToken, TokenError};
 
 /// The one crypto provider every Airlock TLS config uses (ring).

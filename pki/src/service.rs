@@ -204,22 +204,34 @@ impl IdentityService {
 
     /// Expiry of the current server certificate.
     pub fn server_cert_not_after(&self) -> SystemTime {
-        *self.server_not_after.lock().unwrap_or_else(|p| p.into_inner())
+        *self
+            .server_not_after
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Issue a new server certificate and present it on future handshakes.
     pub fn rotate_server_cert(&self) -> Result<SystemTime, ServiceError> {
-        let server = self
-            .ca
-            .issue_server(&self.settings.server_names, self.settings.server_cert_lifetime)?;
+        let server = self.ca.issue_server(
+            &self.settings.server_names,
+            self.settings.server_cert_lifetime,
+        )?;
         self.server_cert.swap(&server);
-        *self.server_not_after.lock().unwrap_or_else(|p| p.into_inner()) = server.not_after;
+        *self
+            .server_not_after
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = server.not_after;
         Ok(server.not_after)
     }
 
     /// The tunnel's server config (see [`crate::tls::tunnel_server_config`]).
     pub fn tunnel_server_config(&self, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, TlsError> {
-        crate::tls::tunnel_server_config(self.ca.cert_der(), &self.server_cert, self.revocations.clone(), alpn)
+        crate::tls::tunnel_server_config(
+            self.ca.cert_der(),
+            &self.server_cert,
+            self.revocations.clone(),
+            alpn,
+        )
     }
 
     /// The tunnel's server config for one incoming connection from
@@ -233,7 +245,8 @@ impl IdentityService {
         remote_addr: std::net::SocketAddr,
     ) -> Result<rustls::ServerConfig, TlsError> {
         let verifier =
-            crate::tls::AgentCertVerifier::new(self.ca.cert_der(), self.revocations.clone())?.for_peer(remote_addr);
+            crate::tls::AgentCertVerifier::new(self.ca.cert_der(), self.revocations.clone())?
+                .for_peer(remote_addr);
         crate::tls::tunnel_server_config_with(verifier, &self.server_cert, alpn)
     }
 
@@ -243,7 +256,11 @@ impl IdentityService {
     }
 
     /// Create a join token for `environment_id`, valid for `ttl`.
-    pub fn create_token(&self, environment_id: &EnvironmentId, ttl: Duration) -> Result<CreatedToken, ServiceError> {
+    pub fn create_token(
+        &self,
+        environment_id: &EnvironmentId,
+        ttl: Duration,
+    ) -> Result<CreatedToken, ServiceError> {
         if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
             return Err(ServiceError::BadTtl);
         }
@@ -266,7 +283,12 @@ impl IdentityService {
     /// Enroll a new agent: check the CSR, redeem the token (single use),
     /// assign an agent id, issue its certificate. `peer` is recorded.
     /// Nothing is logged here; the caller logs the outcome once.
-    pub fn enroll(&self, token: &str, csr_pem: &str, peer: Option<&str>) -> Result<Enrollment, EnrollError> {
+    pub fn enroll(
+        &self,
+        token: &str,
+        csr_pem: &str,
+        peer: Option<&str>,
+    ) -> Result<Enrollment, EnrollError> {
         let token = JoinToken::parse(token)?;
         // CSR first: a bad CSR must not burn the token.
         let csr = ParsedCsr::from_pem(csr_pem)?;
@@ -278,9 +300,9 @@ impl IdentityService {
         let result = self
             .store()
             .redeem_token(&token.hash(), now, |redeemed| {
-                let cert = self
-                    .ca
-                    .issue_agent(&agent_id, &redeemed.environment_id, &csr, lifetime)?;
+                let cert =
+                    self.ca
+                        .issue_agent(&agent_id, &redeemed.environment_id, &csr, lifetime)?;
                 token_id = redeemed.token_id.clone();
                 let record = AgentRecord {
                     agent_id: agent_id.clone(),
@@ -297,7 +319,9 @@ impl IdentityService {
             .map_err(|e| EnrollError::Internal(e.to_string()))?;
         match result {
             Ok(record) => {
-                let certificate = issued.ok_or_else(|| EnrollError::Internal("certificate missing after issuance".into()))?;
+                let certificate = issued.ok_or_else(|| {
+                    EnrollError::Internal("certificate missing after issuance".into())
+                })?;
                 Ok(Enrollment {
                     agent_id: record.agent_id,
                     environment_id: record.environment_id,
@@ -314,7 +338,11 @@ impl IdentityService {
     /// (DER PKCS#10). `peer` must come from the verified peer certificate of
     /// the live connection ([`crate::peer_identity`]); the new certificate
     /// names the same agent and environment, with a full lifetime.
-    pub fn renew(&self, peer: &PeerIdentity, csr_der: &[u8]) -> Result<IssuedCertificate, RenewError> {
+    pub fn renew(
+        &self,
+        peer: &PeerIdentity,
+        csr_der: &[u8],
+    ) -> Result<IssuedCertificate, RenewError> {
         if self.revocations.is_revoked(&peer.agent_id) {
             return Err(RenewError::Revoked(peer.agent_id.clone()));
         }
@@ -329,7 +357,12 @@ impl IdentityService {
         }
         let cert = self
             .ca
-            .issue_agent(&record.agent_id, &record.environment_id, &csr, self.settings.agent_cert_lifetime)
+            .issue_agent(
+                &record.agent_id,
+                &record.environment_id,
+                &csr,
+                self.settings.agent_cert_lifetime,
+            )
             .map_err(|e| RenewError::Internal(e.to_string()))?;
         store
             .record_certificate(&record.agent_id, &cert.serial, cert.not_after)

@@ -120,7 +120,8 @@ impl IdentityStore {
         }
         let conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
         let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
         Ok(Self {
@@ -192,7 +193,10 @@ impl IdentityStore {
             return Ok(Err(RedeemError::Token(TokenError::Unknown)));
         };
         if let Some(used_by) = used_by {
-            return Ok(Err(RedeemError::Token(TokenError::AlreadyUsed { token_id, used_by })));
+            return Ok(Err(RedeemError::Token(TokenError::AlreadyUsed {
+                token_id,
+                used_by,
+            })));
         }
         if unix_seconds(now) >= expires_at {
             return Ok(Err(RedeemError::Token(TokenError::Expired { token_id })));

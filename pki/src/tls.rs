@@ -22,7 +22,9 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -105,8 +107,9 @@ pub struct AgentCertVerifier {
 impl AgentCertVerifier {
     /// A verifier trusting only `ca`, refusing agents in `revocations`.
     pub fn new(ca: &CertificateDer<'static>, revocations: RevocationSet) -> Result<Self, TlsError> {
-        let inner = WebPkiClientVerifier::builder_with_provider(root_store(ca)?, crate::crypto_provider())
-            .build()?;
+        let inner =
+            WebPkiClientVerifier::builder_with_provider(root_store(ca)?, crate::crypto_provider())
+                .build()?;
         Ok(Self {
             inner,
             revocations,
@@ -130,13 +133,17 @@ impl AgentCertVerifier {
         now: UnixTime,
     ) -> Result<crate::PeerIdentity, rustls::Error> {
         // Chain to the CA, validity period, and EKU clientAuth-if-present.
-        self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
         // webpki accepts a certificate with no EKU at all; we require it.
         if !has_client_auth_eku(end_entity) {
-            return Err(rustls::Error::InvalidCertificate(CertificateError::InvalidPurpose));
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::InvalidPurpose,
+            ));
         }
-        let identity = peer_identity(end_entity)
-            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure))?;
+        let identity = peer_identity(end_entity).map_err(|_| {
+            rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
+        })?;
         if self.revocations.is_revoked(&identity.agent_id) {
             return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
         }
@@ -245,7 +252,9 @@ pub fn tunnel_server_config_with(
 }
 
 /// The enrollment listener's server config: server authentication only.
-pub fn enroll_server_config(server_cert: &SwappableServerCert) -> Result<rustls::ServerConfig, TlsError> {
+pub fn enroll_server_config(
+    server_cert: &SwappableServerCert,
+) -> Result<rustls::ServerConfig, TlsError> {
     let mut config = rustls::ServerConfig::builder_with_provider(crate::crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
@@ -340,7 +349,12 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -349,11 +363,18 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -362,11 +383,15 @@ impl ServerCertVerifier for PinnedCaVerifier {
 fn require_server_auth_eku(end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
     let ok = X509Certificate::from_der(end_entity.as_ref())
         .ok()
-        .is_some_and(|(_, x509)| matches!(x509.extended_key_usage(), Ok(Some(eku)) if eku.value.server_auth));
+        .is_some_and(
+            |(_, x509)| matches!(x509.extended_key_usage(), Ok(Some(eku)) if eku.value.server_auth),
+        );
     if ok {
         Ok(())
     } else {
-        Err(rustls::Error::InvalidCertificate(CertificateError::InvalidPurpose))
+        Err(rustls::Error::InvalidCertificate(
+            CertificateError::InvalidPurpose,
+        ))
     }
 }
 
@@ -382,9 +407,10 @@ pub struct ControlPlaneVerifier {
 impl ControlPlaneVerifier {
     /// Trust only `ca`.
     pub fn new(ca: &CertificateDer<'static>) -> Result<Self, TlsError> {
-        let inner = WebPkiServerVerifier::builder_with_provider(root_store(ca)?, crate::crypto_provider())
-            .build()
-            .map_err(|e| TlsError::BadRoot(e.to_string()))?;
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(root_store(ca)?, crate::crypto_provider())
+                .build()
+                .map_err(|e| TlsError::BadRoot(e.to_string()))?;
         Ok(Self { inner })
     }
 }
@@ -398,8 +424,13 @@ impl ServerCertVerifier for ControlPlaneVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+        self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
         require_server_auth_eku(end_entity)?;
         Ok(ServerCertVerified::assertion())
     }

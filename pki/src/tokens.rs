@@ -187,7 +187,12 @@ mod tests {
     fn join_string_round_trip() {
         let t = JoinToken::generate();
         let fp = Fingerprint::of_der(b"ca");
-        let js = JoinString::new(&t, "127.0.0.1:7444".into(), fp, Some("127.0.0.1:7443".into()));
+        let js = JoinString::new(
+            &t,
+            "127.0.0.1:7444".into(),
+            fp,
+            Some("127.0.0.1:7443".into()),
+        );
         let s = js.encode();
         let back: JoinString = s.parse().unwrap();
         assert_eq!(back, js);

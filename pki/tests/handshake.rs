@@ -76,12 +76,20 @@ async fn start_server(config: rustls::ServerConfig) -> Server {
             });
         }
     });
-    Server { addr, outcomes, task }
+    Server {
+        addr,
+        outcomes,
+        task,
+    }
 }
 
 /// Connect, and prove the connection works by echoing a few bytes. Returns
 /// the client-side error if the handshake or the echo failed.
-async fn dial(addr: std::net::SocketAddr, config: rustls::ClientConfig, name: &str) -> Result<tokio_rustls::client::TlsStream<TcpStream>, std::io::Error> {
+async fn dial(
+    addr: std::net::SocketAddr,
+    config: rustls::ClientConfig,
+    name: &str,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, std::io::Error> {
     let tcp = TcpStream::connect(addr).await?;
     let mut tls = TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from(name.to_owned()).unwrap(), tcp)
@@ -92,7 +100,10 @@ async fn dial(addr: std::net::SocketAddr, config: rustls::ClientConfig, name: &s
     Ok(tls)
 }
 
-async fn echo(tls: &mut tokio_rustls::client::TlsStream<TcpStream>, msg: &[u8]) -> Result<(), std::io::Error> {
+async fn echo(
+    tls: &mut tokio_rustls::client::TlsStream<TcpStream>,
+    msg: &[u8],
+) -> Result<(), std::io::Error> {
     tls.write_all(msg).await?;
     let mut buf = vec![0u8; msg.len()];
     tls.read_exact(&mut buf).await?;
@@ -188,7 +199,9 @@ async fn good_agent_connects_and_bad_client_certificates_are_refused_without_dis
     let mut server = start_server(svc.tunnel_server_config(&[ALPN]).unwrap()).await;
 
     // A good agent: accepted, identity readable, stays connected throughout.
-    let mut good = dial(server.addr, agent_config(&svc, &cert), "localhost").await.unwrap();
+    let mut good = dial(server.addr, agent_config(&svc, &cert), "localhost")
+        .await
+        .unwrap();
     let id = next_outcome(&mut server).await.unwrap();
     assert_eq!(id.agent_id, creds.identity.agent_id);
     assert_eq!(id.environment_id, env());
@@ -199,7 +212,13 @@ async fn good_agent_connects_and_bad_client_certificates_are_refused_without_dis
 
     // Expired: issued two hours ago for one hour.
     let key = p256();
-    let csr = pki::ParsedCsr::from_der(rcgen::CertificateParams::default().serialize_request(&key).unwrap().der()).unwrap();
+    let csr = pki::ParsedCsr::from_der(
+        rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .unwrap()
+            .der(),
+    )
+    .unwrap();
     let expired = pki::danger::issue_agent_at(
         svc.ca(),
         &creds.identity.agent_id,
@@ -209,10 +228,21 @@ async fn good_agent_connects_and_bad_client_certificates_are_refused_without_dis
         Duration::from_secs(3600),
     )
     .unwrap();
-    assert!(dial(server.addr, client_presenting(&ca, certified(expired.chain, &key)), "localhost").await.is_err());
+    assert!(dial(
+        server.addr,
+        client_presenting(&ca, certified(expired.chain, &key)),
+        "localhost"
+    )
+    .await
+    .is_err());
     assert_invalid_cert(
         &next_outcome(&mut server).await,
-        |e| matches!(e, CertificateError::Expired | CertificateError::ExpiredContext { .. }),
+        |e| {
+            matches!(
+                e,
+                CertificateError::Expired | CertificateError::ExpiredContext { .. }
+            )
+        },
         "expired",
     );
 
@@ -220,13 +250,19 @@ async fn good_agent_connects_and_bad_client_certificates_are_refused_without_dis
     let key = p256();
     let mut params = rcgen::CertificateParams::default();
     params.subject_alt_names = vec![rcgen::SanType::URI(
-        pki::identity::spiffe_uri(&env(), &creds.identity.agent_id).try_into().unwrap(),
+        pki::identity::spiffe_uri(&env(), &creds.identity.agent_id)
+            .try_into()
+            .unwrap(),
     )];
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     let selfsigned = params.self_signed(&key).unwrap();
-    assert!(dial(server.addr, client_presenting(&ca, certified(vec![selfsigned.der().clone()], &key)), "localhost")
-        .await
-        .is_err());
+    assert!(dial(
+        server.addr,
+        client_presenting(&ca, certified(vec![selfsigned.der().clone()], &key)),
+        "localhost"
+    )
+    .await
+    .is_err());
     assert_invalid_cert(
         &next_outcome(&mut server).await,
         |e| matches!(e, CertificateError::UnknownIssuer),
@@ -237,9 +273,20 @@ async fn good_agent_connects_and_bad_client_certificates_are_refused_without_dis
     let (other_ca, _) = pki::CertificateAuthority::generate().unwrap();
     let key = p256();
     let foreign = other_ca
-        .issue_agent(&creds.identity.agent_id, &env(), &csr_of(&key), Duration::from_secs(3600))
+        .issue_agent(
+            &creds.identity.agent_id,
+            &env(),
+            &csr_of(&key),
+            Duration::from_secs(3600),
+        )
         .unwrap();
-    assert!(dial(server.addr, client_presenting(&ca, certified(foreign.chain, &key)), "localhost").await.is_err());
+    assert!(dial(
+        server.addr,
+        client_presenting(&ca, certified(foreign.chain, &key)),
+        "localhost"
+    )
+    .await
+    .is_err());
     assert_invalid_cert(
         &next_outcome(&mut server).await,
         |e| matches!(e, CertificateError::UnknownIssuer),
@@ -247,11 +294,25 @@ async fn good_agent_connects_and_bad_client_certificates_are_refused_without_dis
     );
 
     // Our own CA's server certificate (EKU serverAuth only) used as a client certificate.
-    let server_id = svc.ca().issue_server(&["localhost".into()], Duration::from_secs(3600)).unwrap();
-    assert!(dial(server.addr, client_presenting(&ca, server_id.certified_key.clone()), "localhost").await.is_err());
+    let server_id = svc
+        .ca()
+        .issue_server(&["localhost".into()], Duration::from_secs(3600))
+        .unwrap();
+    assert!(dial(
+        server.addr,
+        client_presenting(&ca, server_id.certified_key.clone()),
+        "localhost"
+    )
+    .await
+    .is_err());
     assert_invalid_cert(
         &next_outcome(&mut server).await,
-        |e| matches!(e, CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. }),
+        |e| {
+            matches!(
+                e,
+                CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. }
+            )
+        },
         "server cert as client cert",
     );
 
@@ -263,16 +324,27 @@ async fn good_agent_connects_and_bad_client_certificates_are_refused_without_dis
         .with_custom_certificate_verifier(Arc::new(ControlPlaneVerifier::new(&ca).unwrap()))
         .with_no_client_auth();
     assert!(dial(server.addr, anonymous, "localhost").await.is_err());
-    assert!(matches!(next_outcome(&mut server).await, Err(rustls::Error::NoCertificatesPresented)));
+    assert!(matches!(
+        next_outcome(&mut server).await,
+        Err(rustls::Error::NoCertificatesPresented)
+    ));
 
     // The good connection was not disturbed, and a new good one still works.
     echo(&mut good, b"still here").await.unwrap();
-    let _again = dial(server.addr, agent_config(&svc, &cert), "localhost").await.unwrap();
+    let _again = dial(server.addr, agent_config(&svc, &cert), "localhost")
+        .await
+        .unwrap();
     assert!(next_outcome(&mut server).await.is_ok());
 }
 
 fn csr_of(key: &KeyPair) -> pki::ParsedCsr {
-    pki::ParsedCsr::from_der(rcgen::CertificateParams::default().serialize_request(key).unwrap().der()).unwrap()
+    pki::ParsedCsr::from_der(
+        rcgen::CertificateParams::default()
+            .serialize_request(key)
+            .unwrap()
+            .der(),
+    )
+    .unwrap()
 }
 
 #[tokio::test]
@@ -289,17 +361,30 @@ async fn revoked_agent_is_refused_at_the_handshake() {
     let other_cert = SwappableClientCert::new(&other);
     let mut server = start_server(svc.tunnel_server_config(&[ALPN]).unwrap()).await;
 
-    dial(server.addr, agent_config(&svc, &cert), "localhost").await.unwrap();
+    dial(server.addr, agent_config(&svc, &cert), "localhost")
+        .await
+        .unwrap();
     assert!(next_outcome(&mut server).await.is_ok());
 
     assert!(svc.revoke(&creds.identity.agent_id).unwrap());
-    let err = dial(server.addr, agent_config(&svc, &cert), "localhost").await.unwrap_err();
-    assert_invalid_cert(&next_outcome(&mut server).await, |e| matches!(e, CertificateError::Revoked), "revoked");
+    let err = dial(server.addr, agent_config(&svc, &cert), "localhost")
+        .await
+        .unwrap_err();
+    assert_invalid_cert(
+        &next_outcome(&mut server).await,
+        |e| matches!(e, CertificateError::Revoked),
+        "revoked",
+    );
     // The agent learns why (a certificate_revoked alert).
-    assert!(err.to_string().to_lowercase().contains("revoked"), "client saw: {err}");
+    assert!(
+        err.to_string().to_lowercase().contains("revoked"),
+        "client saw: {err}"
+    );
 
     // Another agent of the same environment is unaffected.
-    dial(server.addr, agent_config(&svc, &other_cert), "localhost").await.unwrap();
+    dial(server.addr, agent_config(&svc, &other_cert), "localhost")
+        .await
+        .unwrap();
     assert!(next_outcome(&mut server).await.is_ok());
 
     // A config built after a restart (revocation loaded from the database) also refuses.
@@ -307,12 +392,23 @@ async fn revoked_agent_is_refused_at_the_handshake() {
     drop(svc);
     let svc = open(dir.path(), Duration::from_secs(3600));
     let mut server = start_server(svc.tunnel_server_config(&[ALPN]).unwrap()).await;
-    assert!(dial(server.addr, agent_config(&svc, &cert), "localhost").await.is_err());
-    assert_invalid_cert(&next_outcome(&mut server).await, |e| matches!(e, CertificateError::Revoked), "revoked after restart");
+    assert!(dial(server.addr, agent_config(&svc, &cert), "localhost")
+        .await
+        .is_err());
+    assert_invalid_cert(
+        &next_outcome(&mut server).await,
+        |e| matches!(e, CertificateError::Revoked),
+        "revoked after restart",
+    );
 }
 
 /// A rogue or misconfigured server, from the agent's point of view.
-async fn agent_refuses_server(svc: &IdentityService, cert: &SwappableClientCert, server_key: Arc<CertifiedKey>, name: &str) -> rustls::Error {
+async fn agent_refuses_server(
+    svc: &IdentityService,
+    cert: &SwappableClientCert,
+    server_key: Arc<CertifiedKey>,
+    name: &str,
+) -> rustls::Error {
     #[derive(Debug)]
     struct Fixed(Arc<CertifiedKey>);
     impl rustls::server::ResolvesServerCert for Fixed {
@@ -326,7 +422,9 @@ async fn agent_refuses_server(svc: &IdentityService, cert: &SwappableClientCert,
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(Fixed(server_key)));
     let server = start_server(config).await;
-    let err = dial(server.addr, agent_config(svc, cert), name).await.unwrap_err();
+    let err = dial(server.addr, agent_config(svc, cert), name)
+        .await
+        .unwrap_err();
     err.get_ref()
         .and_then(|i| i.downcast_ref::<rustls::Error>())
         .cloned()
@@ -344,25 +442,52 @@ async fn agent_verifies_the_control_plane() {
     let key = p256();
     let client_cert = svc
         .ca()
-        .issue_agent(&creds.identity.agent_id, &env(), &csr_of(&key), Duration::from_secs(3600))
+        .issue_agent(
+            &creds.identity.agent_id,
+            &env(),
+            &csr_of(&key),
+            Duration::from_secs(3600),
+        )
         .unwrap();
-    let e = agent_refuses_server(&svc, &cert, certified(client_cert.chain, &key), "localhost").await;
+    let e =
+        agent_refuses_server(&svc, &cert, certified(client_cert.chain, &key), "localhost").await;
     assert!(
-        matches!(e, rustls::Error::InvalidCertificate(CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. })),
+        matches!(
+            e,
+            rustls::Error::InvalidCertificate(
+                CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. }
+            )
+        ),
         "{e:?}"
     );
 
     // A proper server certificate from another CA (no system roots either).
     let (other_ca, _) = pki::CertificateAuthority::generate().unwrap();
-    let foreign = other_ca.issue_server(&["localhost".into()], Duration::from_secs(3600)).unwrap();
+    let foreign = other_ca
+        .issue_server(&["localhost".into()], Duration::from_secs(3600))
+        .unwrap();
     let e = agent_refuses_server(&svc, &cert, foreign.certified_key, "localhost").await;
-    assert!(matches!(e, rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
+        ),
+        "{e:?}"
+    );
 
     // Our CA, wrong name.
-    let misnamed = svc.ca().issue_server(&["elsewhere.example".into()], Duration::from_secs(3600)).unwrap();
+    let misnamed = svc
+        .ca()
+        .issue_server(&["elsewhere.example".into()], Duration::from_secs(3600))
+        .unwrap();
     let e = agent_refuses_server(&svc, &cert, misnamed.certified_key, "localhost").await;
     assert!(
-        matches!(e, rustls::Error::InvalidCertificate(CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. })),
+        matches!(
+            e,
+            rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+            )
+        ),
         "{e:?}"
     );
 }
@@ -379,7 +504,10 @@ async fn enrollment_tls_is_pinned_to_the_ca_fingerprint() {
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .unwrap();
-    assert_eq!(good.pinned_ca().unwrap().as_ref(), svc.ca_cert_der().as_ref());
+    assert_eq!(
+        good.pinned_ca().unwrap().as_ref(),
+        svc.ca_cert_der().as_ref()
+    );
 
     let (other_ca, _) = pki::CertificateAuthority::generate().unwrap();
     let wrong = Arc::new(PinnedCaVerifier::new(other_ca.fingerprint()));
@@ -423,7 +551,10 @@ async fn short_lived_certificate_is_renewed_and_swapped_for_new_handshakes() {
     let cert = SwappableClientCert::new(&creds);
     let mut server = start_server(svc.tunnel_server_config(&[ALPN]).unwrap()).await;
     let first = creds.identity.clone();
-    assert_eq!(first.not_after.duration_since(first.not_before).unwrap(), Duration::from_secs(3) + pki::ca::CLOCK_SKEW_ALLOWANCE);
+    assert_eq!(
+        first.not_after.duration_since(first.not_before).unwrap(),
+        Duration::from_secs(3) + pki::ca::CLOCK_SKEW_ALLOWANCE
+    );
 
     let due = pki::agent::renewal_due_for(&first);
     assert!(due < first.not_after, "renewal must be due before expiry");
@@ -437,23 +568,44 @@ async fn short_lived_certificate_is_renewed_and_swapped_for_new_handshakes() {
     assert_ne!(renewed.identity.serial, first.serial);
     assert!(renewed.identity.not_after >= first.not_after);
     // Stored on disk, atomically, readable by the next start.
-    assert_eq!(files.load(Some(svc.ca_fingerprint())).unwrap().identity.serial, renewed.identity.serial);
+    assert_eq!(
+        files
+            .load(Some(svc.ca_fingerprint()))
+            .unwrap()
+            .identity
+            .serial,
+        renewed.identity.serial
+    );
 
-    dial(server.addr, agent_config(&svc, &cert), "localhost").await.unwrap();
-    assert_eq!(next_outcome(&mut server).await.unwrap().serial, renewed.identity.serial);
+    dial(server.addr, agent_config(&svc, &cert), "localhost")
+        .await
+        .unwrap();
+    assert_eq!(
+        next_outcome(&mut server).await.unwrap().serial,
+        renewed.identity.serial
+    );
 
     // Once the first certificate has expired it no longer gets in...
     wait_until(first.not_after + Duration::from_secs(1)).await;
     let old = SwappableClientCert::new(&creds);
-    assert!(dial(server.addr, agent_config(&svc, &old), "localhost").await.is_err());
+    assert!(dial(server.addr, agent_config(&svc, &old), "localhost")
+        .await
+        .is_err());
     assert_invalid_cert(
         &next_outcome(&mut server).await,
-        |e| matches!(e, CertificateError::Expired | CertificateError::ExpiredContext { .. }),
+        |e| {
+            matches!(
+                e,
+                CertificateError::Expired | CertificateError::ExpiredContext { .. }
+            )
+        },
         "first certificate after expiry",
     );
     // ...unless the renewed one has expired too (a very slow machine), the renewed one does.
     if SystemTime::now() + Duration::from_millis(500) < renewed.identity.not_after {
-        dial(server.addr, agent_config(&svc, &cert), "localhost").await.unwrap();
+        dial(server.addr, agent_config(&svc, &cert), "localhost")
+            .await
+            .unwrap();
         assert!(next_outcome(&mut server).await.is_ok());
     }
 }
@@ -495,18 +647,30 @@ async fn per_connection_config_applies_the_same_checks() {
                         }
                     }
                     Err(e) => {
-                        let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()).cloned();
-                        let _ = tx.send(Err(inner.unwrap_or_else(|| rustls::Error::General(e.to_string()))));
+                        let inner = e
+                            .get_ref()
+                            .and_then(|i| i.downcast_ref::<rustls::Error>())
+                            .cloned();
+                        let _ = tx.send(Err(
+                            inner.unwrap_or_else(|| rustls::Error::General(e.to_string()))
+                        ));
                     }
                 }
             });
         }
     });
-    dial(addr, agent_config(&svc, &cert), "localhost").await.unwrap();
+    dial(addr, agent_config(&svc, &cert), "localhost")
+        .await
+        .unwrap();
     assert!(rx.recv().await.unwrap().is_ok());
     svc.revoke(&creds.identity.agent_id).unwrap();
-    assert!(dial(addr, agent_config(&svc, &cert), "localhost").await.is_err());
-    assert!(matches!(rx.recv().await.unwrap(), Err(rustls::Error::InvalidCertificate(CertificateError::Revoked))));
+    assert!(dial(addr, agent_config(&svc, &cert), "localhost")
+        .await
+        .is_err());
+    assert!(matches!(
+        rx.recv().await.unwrap(),
+        Err(rustls::Error::InvalidCertificate(CertificateError::Revoked))
+    ));
     task.abort();
 }
 
@@ -517,16 +681,28 @@ async fn server_certificate_rotation_applies_to_new_handshakes() {
     let (_files, creds) = enroll(&svc, dir.path());
     let cert = SwappableClientCert::new(&creds);
     let mut server = start_server(svc.tunnel_server_config(&[ALPN]).unwrap()).await;
-    let served = |tls: &tokio_rustls::client::TlsStream<TcpStream>| tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let served = |tls: &tokio_rustls::client::TlsStream<TcpStream>| {
+        tls.get_ref().1.peer_certificates().unwrap()[0].clone()
+    };
 
-    let mut before = dial(server.addr, agent_config(&svc, &cert), "localhost").await.unwrap();
+    let mut before = dial(server.addr, agent_config(&svc, &cert), "localhost")
+        .await
+        .unwrap();
     next_outcome(&mut server).await.unwrap();
     let old_leaf = served(&before);
     let old_expiry = svc.server_cert_not_after();
     svc.rotate_server_cert().unwrap();
     assert!(svc.server_cert_not_after() >= old_expiry);
-    let after = dial(server.addr, agent_config(&svc, &cert), "localhost").await.unwrap();
+    let after = dial(server.addr, agent_config(&svc, &cert), "localhost")
+        .await
+        .unwrap();
     next_outcome(&mut server).await.unwrap();
-    assert_ne!(served(&after).as_ref(), old_leaf.as_ref(), "new handshakes get the new certificate");
-    echo(&mut before, b"old connection unaffected").await.unwrap();
+    assert_ne!(
+        served(&after).as_ref(),
+        old_leaf.as_ref(),
+        "new handshakes get the new certificate"
+    );
+    echo(&mut before, b"old connection unaffected")
+        .await
+        .unwrap();
 }

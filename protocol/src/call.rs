@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::frame::{Frame, FrameError};
 use crate::sandbox::{
-    DestroyRequest, ExecuteRequest, ProvisionRequest, Provisioned, SandboxCallError, SandboxErrorCode,
-    SandboxInfo, ToolResult,
+    DestroyRequest, ExecuteRequest, ProvisionRequest, Provisioned, SandboxCallError,
+    SandboxErrorCode, SandboxInfo, ToolResult,
 };
 
 /// A call from the control plane to an agent.
@@ -57,7 +57,10 @@ impl TryFrom<RawRequest> for Request {
     type Error = String;
 
     fn try_from(raw: RawRequest) -> Result<Self, String> {
-        fn args<T: serde::de::DeserializeOwned>(call: &str, v: serde_json::Value) -> Result<T, String> {
+        fn args<T: serde::de::DeserializeOwned>(
+            call: &str,
+            v: serde_json::Value,
+        ) -> Result<T, String> {
             serde_json::from_value(v).map_err(|e| format!("invalid args of call `{call}`: {e}"))
         }
         Ok(match raw.call.as_str() {
@@ -187,10 +190,19 @@ impl TryFrom<RawResponse> for Response {
         }
         let call = raw.call.ok_or("response has neither `error` nor `call`")?;
         let result = raw.result.unwrap_or(serde_json::Value::Null);
-        fn res<T: serde::de::DeserializeOwned>(call: &str, v: serde_json::Value) -> Result<T, String> {
+        fn res<T: serde::de::DeserializeOwned>(
+            call: &str,
+            v: serde_json::Value,
+        ) -> Result<T, String> {
             serde_json::from_value(v).map_err(|e| format!("invalid result of call `{call}`: {e}"))
         }
-        let v = || if result.is_null() { serde_json::json!({}) } else { result.clone() };
+        let v = || {
+            if result.is_null() {
+                serde_json::json!({})
+            } else {
+                result.clone()
+            }
+        };
         Ok(Response::Ok(match call.as_str() {
             "ping" => Reply::Pong(res(&call, v())?),
             "echo" => Reply::Echo(res(&call, v())?),
@@ -340,7 +352,9 @@ mod tests {
 
     #[test]
     fn unknown_call_decodes() {
-        let f = Frame::Control(Bytes::from_static(br#"{"call":"teleport","args":{"to":"mars"}}"#));
+        let f = Frame::Control(Bytes::from_static(
+            br#"{"call":"teleport","args":{"to":"mars"}}"#,
+        ));
         assert_eq!(
             Request::from_frame(&f).unwrap(),
             Request::Unknown {
@@ -351,7 +365,9 @@ mod tests {
 
     #[test]
     fn bad_args_is_typed_error_naming_call() {
-        let f = Frame::Control(Bytes::from_static(br#"{"call":"destroy","args":{"nope":1}}"#));
+        let f = Frame::Control(Bytes::from_static(
+            br#"{"call":"destroy","args":{"nope":1}}"#,
+        ));
         let e = Request::from_frame(&f).unwrap_err();
         assert!(e.to_string().contains("destroy"), "{e}");
     }
@@ -380,6 +396,8 @@ mod tests {
             br#"{"error":{"code":"brand_new","message":"m"}}"#,
         )))
         .unwrap();
-        assert!(matches!(e, Response::Err(CallError { code: ErrorCode::Unknown(c), .. }) if c == "brand_new"));
+        assert!(
+            matches!(e, Response::Err(CallError { code: ErrorCode::Unknown(c), .. }) if c == "brand_new")
+        );
     }
 }

@@ -172,7 +172,10 @@ mod tests {
             input_bytes: 12,
         };
         let s = serde_json::to_string(&m).unwrap();
-        assert_eq!(s, r#"{"type":"call","id":7,"name":"bash","input_bytes":12}"#);
+        assert_eq!(
+            s,
+            r#"{"type":"call","id":7,"name":"bash","input_bytes":12}"#
+        );
         assert_eq!(serde_json::from_str::<ToExecutor>(&s).unwrap(), m);
         let r = FromExecutor::Result {
             id: 7,

@@ -399,7 +399,10 @@ mod tests {
         let codec = FrameCodec::new(2048);
         let mut buf = BytesMut::from(&[0u8, 0, 0x10, 0x00][..]); // 4096
         match codec.decode(&mut buf) {
-            Err(FrameError::Oversized { len: 4096, max: 2048 }) => {}
+            Err(FrameError::Oversized {
+                len: 4096,
+                max: 2048,
+            }) => {}
             other => panic!("{other:?}"),
         }
         let mut buf = BytesMut::from(&[0xffu8, 0xff, 0xff, 0xff][..]);
@@ -416,7 +419,10 @@ mod tests {
         assert!(codec.encode(&Frame::data(vec![0; 1023]), &mut buf).is_ok());
         assert!(matches!(
             codec.encode(&Frame::data(vec![0; 1024]), &mut buf),
-            Err(FrameError::Oversized { len: 1025, max: 1024 })
+            Err(FrameError::Oversized {
+                len: 1025,
+                max: 1024
+            })
         ));
     }
 
@@ -426,7 +432,10 @@ mod tests {
         let mut buf = BytesMut::from(&[0u8, 0, 0, 0][..]);
         assert!(matches!(codec.decode(&mut buf), Err(FrameError::Empty)));
         let mut buf = BytesMut::from(&[0u8, 0, 0, 2, 9, 1][..]);
-        assert!(matches!(codec.decode(&mut buf), Err(FrameError::UnknownKind(9))));
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(FrameError::UnknownKind(9))
+        ));
         let mut buf = BytesMut::from(&[0u8, 0, 0, 5, 2, 1][..]);
         assert!(codec.decode(&mut buf).unwrap().is_none());
         assert!(matches!(
@@ -463,11 +472,17 @@ mod tests {
         blocking::write_frame(&codec, &mut out, &Frame::control(&"hi").unwrap()).unwrap();
         let mut r = &out[..];
         let mut buf = BytesMut::new();
-        let a = blocking::read_frame(&codec, &mut r, &mut buf).unwrap().unwrap();
-        let b = blocking::read_frame(&codec, &mut r, &mut buf).unwrap().unwrap();
+        let a = blocking::read_frame(&codec, &mut r, &mut buf)
+            .unwrap()
+            .unwrap();
+        let b = blocking::read_frame(&codec, &mut r, &mut buf)
+            .unwrap()
+            .unwrap();
         assert_eq!(a, Frame::data(vec![5; 40_000]));
         assert_eq!(b.parse_control::<String>().unwrap(), "hi");
-        assert!(blocking::read_frame(&codec, &mut r, &mut buf).unwrap().is_none());
+        assert!(blocking::read_frame(&codec, &mut r, &mut buf)
+            .unwrap()
+            .is_none());
     }
 
     proptest! {

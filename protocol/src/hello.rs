@@ -8,7 +8,6 @@
 
 use serde::{Deserialize, Serialize};
 
-
 /// Lowest protocol version this build speaks.
 pub const PROTOCOL_VERSION_MIN: u32 = 1;
 /// Highest protocol version this build speaks.
@@ -104,6 +103,8 @@ mod tests {
         assert_eq!(serde_json::from_str::<HelloAnswer>(&s).unwrap(), a);
         let b: HelloAnswer =
             serde_json::from_str(r#"{"type":"rejected","code":"too_cold","message":"m"}"#).unwrap();
-        assert!(matches!(b, HelloAnswer::Rejected { code: RejectCode::Unknown(c), .. } if c == "too_cold"));
+        assert!(
+            matches!(b, HelloAnswer::Rejected { code: RejectCode::Unknown(c), .. } if c == "too_cold")
+        );
     }
 }

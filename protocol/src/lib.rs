@@ -11,9 +11,9 @@
 mod codes;
 pub mod call;
 pub mod control;
+pub mod executor;
 pub mod frame;
 pub mod hello;
-pub mod executor;
 pub mod sandbox;
 
 pub use call::{CallError, ErrorCode, Reply, Request, Response};

@@ -102,8 +102,16 @@ impl AuditLog {
             source,
         };
         std::fs::create_dir_all(dir).map_err(io)?;
-        let (seq, prev) = if path.exists() { verify(&path)? } else { (0, GENESIS.to_owned()) };
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io)?;
+        let (seq, prev) = if path.exists() {
+            verify(&path)?
+        } else {
+            (0, GENESIS.to_owned())
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io)?;
         Ok(Self {
             path,
             state: Mutex::new((file, seq, prev)),
@@ -176,12 +184,15 @@ pub fn verify(path: &Path) -> Result<(u64, String), AuditError> {
             path: path.to_owned(),
             source,
         })?;
-        let mut line: Line = serde_json::from_str(&raw).map_err(|e| broken(format!("not an audit line: {e}")))?;
+        let mut line: Line =
+            serde_json::from_str(&raw).map_err(|e| broken(format!("not an audit line: {e}")))?;
         let Some(hash) = line.hash.take() else {
             return Err(broken("missing hash".into()));
         };
         if line.prev != prev {
-            return Err(broken("prev does not match the previous line's hash".into()));
+            return Err(broken(
+                "prev does not match the previous line's hash".into(),
+            ));
         }
         if line.seq != seq + 1 {
             return Err(broken(format!("seq {} follows {seq}", line.seq)));
@@ -225,12 +236,19 @@ mod tests {
         let path = log.path().to_owned();
         assert_eq!(verify(&path).unwrap().0, 4);
         let text = std::fs::read_to_string(&path).unwrap();
-        std::fs::write(&path, text.replacen("\"duration_ms\":1", "\"duration_ms\":9", 1)).unwrap();
+        std::fs::write(
+            &path,
+            text.replacen("\"duration_ms\":1", "\"duration_ms\":9", 1),
+        )
+        .unwrap();
         let err = verify(&path).unwrap_err();
         assert!(matches!(err, AuditError::Broken { line: 2, .. }), "{err}");
         // dropping a line breaks it too
         let lines: Vec<&str> = text.lines().collect();
         std::fs::write(&path, format!("{}\n{}\n", lines[0], lines[2])).unwrap();
-        assert!(matches!(verify(&path), Err(AuditError::Broken { line: 2, .. })));
+        assert!(matches!(
+            verify(&path),
+            Err(AuditError::Broken { line: 2, .. })
+        ));
     }
 }

@@ -118,11 +118,13 @@ impl Config {
     pub fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
         let sandbox = crate::sandbox::config::SandboxSettings::from_raw(raw.sandbox)?;
         let policy = crate::sandbox::config::Policy::from_raw(raw.policy, &sandbox.default_image)?;
-        let pool = crate::sandbox::config::PoolSettings::from_raw(raw.pool, &sandbox.default_image)?;
+        let pool =
+            crate::sandbox::config::PoolSettings::from_raw(raw.pool, &sandbox.default_image)?;
         let data_dir = raw
             .data_dir
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-        let control_plane = crate::identity::config::ControlPlaneConfig::from_raw(raw.control_plane)?;
+        let control_plane =
+            crate::identity::config::ControlPlaneConfig::from_raw(raw.control_plane)?;
         let identity = crate::identity::config::IdentityConfig::from_raw(raw.identity, &data_dir);
         let tunnel = crate::connect::config::TunnelConfig::from_raw(raw.tunnel)?;
         Ok(Self {

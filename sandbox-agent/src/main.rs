@@ -17,7 +17,13 @@ struct Cli {
     #[arg(long, short, global = true, env = "AIRLOCK_CONFIG")]
     config: Option<PathBuf>,
     /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t, env = "AIRLOCK_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "AIRLOCK_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -81,7 +87,10 @@ fn enroll(config: &Config, flags: EnrollFlags) -> ExitCode {
         }
     };
     let dir = opts.files.dir().to_owned();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(error) => {
             eprintln!("error: cannot start runtime: {error}");

@@ -15,7 +15,8 @@ fn full_example_parses() {
 
 #[test]
 fn a_mistyped_key_in_an_example_would_be_caught() {
-    let text = std::fs::read_to_string(examples().join("sandbox-agent.toml")).expect("read example");
+    let text =
+        std::fs::read_to_string(examples().join("sandbox-agent.toml")).expect("read example");
     let broken = text.replacen("max_sandboxes", "max_sandboxs", 1);
     let err = sandbox_agent::config::Config::parse(&broken, std::path::Path::new("broken.toml"))
         .expect_err("a misspelt key must be refused");

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use session_store::{
-    Fence, NewEvent, NewSession, PgOptions, PgStore, SessionStatus, SessionStore, SqliteOptions, SqliteStore,
+    Fence, NewEvent, NewSession, PgOptions, PgStore, SessionStatus, SessionStore, SqliteOptions,
+    SqliteStore,
 };
 
 fn event(i: u64) -> NewEvent {
@@ -45,11 +46,21 @@ async fn new_session(store: &dyn SessionStore) -> String {
 
 /// `tasks` tasks each make `appends` appends of `batch` events to their own
 /// session (or one shared session); returns events/s.
-async fn appends(store: Arc<dyn SessionStore>, tasks: u64, appends: u64, batch: u64, shared: bool) -> (u64, Duration) {
+async fn appends(
+    store: Arc<dyn SessionStore>,
+    tasks: u64,
+    appends: u64,
+    batch: u64,
+    shared: bool,
+) -> (u64, Duration) {
     let shared_id = new_session(&*store).await;
     let mut ids = Vec::new();
     for _ in 0..tasks {
-        ids.push(if shared { shared_id.clone() } else { new_session(&*store).await });
+        ids.push(if shared {
+            shared_id.clone()
+        } else {
+            new_session(&*store).await
+        });
     }
     let start = Instant::now();
     let mut handles = Vec::new();
@@ -76,7 +87,11 @@ async fn read_back(store: &dyn SessionStore, n: u64) -> Duration {
     while written < n {
         let size = (n - written).min(500);
         store
-            .append(&id, (0..size).map(|k| event(written + k)).collect(), Fence::None)
+            .append(
+                &id,
+                (0..size).map(|k| event(written + k)).collect(),
+                Fence::None,
+            )
             .await
             .unwrap();
         written += size;
@@ -125,7 +140,15 @@ struct Table {
 }
 
 impl Table {
-    fn add(&mut self, backend: &str, workload: &str, events: u64, took: Duration, baseline: String, target: &str) {
+    fn add(
+        &mut self,
+        backend: &str,
+        workload: &str,
+        events: u64,
+        took: Duration,
+        baseline: String,
+        target: &str,
+    ) {
         let rate = events as f64 / took.as_secs_f64();
         self.rows.push([
             backend.into(),
@@ -143,7 +166,14 @@ impl Table {
     }
 
     fn print(&self) {
-        let header = ["backend", "workload", "events", "time", "events/s", "baseline / target"];
+        let header = [
+            "backend",
+            "workload",
+            "events",
+            "time",
+            "events/s",
+            "baseline / target",
+        ];
         let mut widths = header.map(str::len);
         for row in &self.rows {
             for (w, c) in widths.iter_mut().zip(row) {
@@ -169,24 +199,73 @@ impl Table {
     }
 }
 
-async fn run_writes(table: &mut Table, backend: &str, store: Arc<dyn SessionStore>, fsyncs: Option<f64>) {
-    let single_baseline = fsyncs.map(|r| format!("raw write+fdatasync {r:.0}/s")).unwrap_or_default();
+async fn run_writes(
+    table: &mut Table,
+    backend: &str,
+    store: Arc<dyn SessionStore>,
+    fsyncs: Option<f64>,
+) {
+    let single_baseline = fsyncs
+        .map(|r| format!("raw write+fdatasync {r:.0}/s"))
+        .unwrap_or_default();
     let (n, t) = appends(store.clone(), 1, 1000, 1, false).await;
-    table.add(backend, "single: 1 event/append, 1 task", n, t, single_baseline, "");
+    table.add(
+        backend,
+        "single: 1 event/append, 1 task",
+        n,
+        t,
+        single_baseline,
+        "",
+    );
     let (n, t) = appends(store.clone(), 32, 200, 1, false).await;
-    table.add(backend, "single: 1 event/append, 32 tasks, 32 sessions", n, t, String::new(), "");
+    table.add(
+        backend,
+        "single: 1 event/append, 32 tasks, 32 sessions",
+        n,
+        t,
+        String::new(),
+        "",
+    );
     let (n, t) = appends(store.clone(), 32, 200, 1, true).await;
-    table.add(backend, "single: 1 event/append, 32 tasks, 1 session", n, t, String::new(), "");
+    table.add(
+        backend,
+        "single: 1 event/append, 32 tasks, 1 session",
+        n,
+        t,
+        String::new(),
+        "",
+    );
     let (n, t) = appends(store.clone(), 1, 500, 100, false).await;
-    table.add(backend, "batched: 100 events/append, 1 task", n, t, String::new(), "target >= 10000");
+    table.add(
+        backend,
+        "batched: 100 events/append, 1 task",
+        n,
+        t,
+        String::new(),
+        "target >= 10000",
+    );
     let (n, t) = appends(store.clone(), 8, 100, 100, false).await;
-    table.add(backend, "batched: 100 events/append, 8 tasks", n, t, String::new(), "target >= 10000");
+    table.add(
+        backend,
+        "batched: 100 events/append, 8 tasks",
+        n,
+        t,
+        String::new(),
+        "target >= 10000",
+    );
 }
 
 async fn run_reads(table: &mut Table, backend: &str, store: &dyn SessionStore) {
     for n in [1_000u64, 10_000, 100_000] {
         let t = read_back(store, n).await;
-        table.add(backend, &format!("read back a {n}-event session (median of 5)"), n, t, String::new(), "");
+        table.add(
+            backend,
+            &format!("read back a {n}-event session (median of 5)"),
+            n,
+            t,
+            String::new(),
+            "",
+        );
     }
 }
 
@@ -209,27 +288,46 @@ async fn main() {
     let fsyncs = fsync_rate(tmp.path());
     eprintln!("raw write+fdatasync rate: {fsyncs:.0}/s");
 
-    let sqlite = SqliteStore::open(&tmp.path().join("bench.sqlite3"), SqliteOptions::default()).await.unwrap();
+    let sqlite = SqliteStore::open(&tmp.path().join("bench.sqlite3"), SqliteOptions::default())
+        .await
+        .unwrap();
     run_writes(&mut table, "sqlite", Arc::new(sqlite.clone()), Some(fsyncs)).await;
 
     // baseline: the same store with group commit off (one transaction per write)
     let no_group = SqliteStore::open(
         &tmp.path().join("bench-nogroup.sqlite3"),
-        SqliteOptions { max_group_commit: 1, ..SqliteOptions::default() },
+        SqliteOptions {
+            max_group_commit: 1,
+            ..SqliteOptions::default()
+        },
     )
     .await
     .unwrap();
     let (n, t) = appends(Arc::new(no_group), 32, 50, 1, false).await;
-    table.add("sqlite", "baseline: 32 tasks, group commit off", n, t, String::new(), "");
+    table.add(
+        "sqlite",
+        "baseline: 32 tasks, group commit off",
+        n,
+        t,
+        String::new(),
+        "",
+    );
 
     run_reads(&mut table, "sqlite", &sqlite).await;
 
     match std::env::var("AIRLOCK_TEST_PG_URL") {
         Ok(url) if !url.is_empty() => {
             let schema = format!("bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-            let pg = PgStore::connect(&url, PgOptions { schema, max_connections: 40, ..PgOptions::default() })
-                .await
-                .unwrap();
+            let pg = PgStore::connect(
+                &url,
+                PgOptions {
+                    schema,
+                    max_connections: 40,
+                    ..PgOptions::default()
+                },
+            )
+            .await
+            .unwrap();
             run_writes(&mut table, "postgres", Arc::new(pg.clone()), None).await;
             run_reads(&mut table, "postgres", &pg).await;
             pg.drop_schema().await.unwrap();
@@ -240,7 +338,9 @@ async fn main() {
     println!();
     println!(
         "session store benchmark ({} cores, data dir {}, events ~330 bytes of JSON)",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
         tmp.path().display()
     );
     table.print();

@@ -88,7 +88,12 @@ impl std::fmt::Debug for PgUrl {
             (Some(scheme), Some(at)) if at > scheme => {
                 let creds = &self.0[scheme + 3..at];
                 match creds.find(':') {
-                    Some(colon) => format!("{}{}:***{}", &self.0[..scheme + 3], &creds[..colon], &self.0[at..]),
+                    Some(colon) => format!(
+                        "{}{}:***{}",
+                        &self.0[..scheme + 3],
+                        &creds[..colon],
+                        &self.0[at..]
+                    ),
                     None => self.0.clone(),
                 }
             }
@@ -122,7 +127,10 @@ fn seconds(key: &str, v: Option<f64>, default: Duration) -> Result<Duration, Sto
     match v {
         None => Ok(default),
         Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Duration::from_secs_f64(s)),
-        Some(s) => Err(invalid(key, format!("{s} is not a positive number of seconds"))),
+        Some(s) => Err(invalid(
+            key,
+            format!("{s} is not a positive number of seconds"),
+        )),
     }
 }
 
@@ -143,10 +151,22 @@ impl StoreConfig {
                 for (key, set) in [
                     ("postgres_url", raw.postgres_url.is_some()),
                     ("postgres_schema", raw.postgres_schema.is_some()),
-                    ("postgres_max_connections", raw.postgres_max_connections.is_some()),
-                    ("postgres_connect_timeout_seconds", raw.postgres_connect_timeout_seconds.is_some()),
-                    ("tail_poll_interval_seconds", raw.tail_poll_interval_seconds.is_some()),
-                    ("postgres_application_name", raw.postgres_application_name.is_some()),
+                    (
+                        "postgres_max_connections",
+                        raw.postgres_max_connections.is_some(),
+                    ),
+                    (
+                        "postgres_connect_timeout_seconds",
+                        raw.postgres_connect_timeout_seconds.is_some(),
+                    ),
+                    (
+                        "tail_poll_interval_seconds",
+                        raw.tail_poll_interval_seconds.is_some(),
+                    ),
+                    (
+                        "postgres_application_name",
+                        raw.postgres_application_name.is_some(),
+                    ),
                 ] {
                     if set {
                         return Err(invalid(key, "only applies with backend = \"postgres\""));
@@ -154,10 +174,21 @@ impl StoreConfig {
                 }
                 let defaults = SqliteOptions::default();
                 Ok(StoreConfig::Sqlite {
-                    path: raw.sqlite_path.clone().unwrap_or_else(|| data_dir.join(DB_FILE_NAME)),
+                    path: raw
+                        .sqlite_path
+                        .clone()
+                        .unwrap_or_else(|| data_dir.join(DB_FILE_NAME)),
                     options: SqliteOptions {
-                        max_group_commit: positive("max_group_commit", raw.max_group_commit, defaults.max_group_commit)?,
-                        busy_timeout: seconds("busy_timeout_seconds", raw.busy_timeout_seconds, defaults.busy_timeout)?,
+                        max_group_commit: positive(
+                            "max_group_commit",
+                            raw.max_group_commit,
+                            defaults.max_group_commit,
+                        )?,
+                        busy_timeout: seconds(
+                            "busy_timeout_seconds",
+                            raw.busy_timeout_seconds,
+                            defaults.busy_timeout,
+                        )?,
                         ..defaults
                     },
                 })
@@ -172,15 +203,18 @@ impl StoreConfig {
                         return Err(invalid(key, "only applies with backend = \"sqlite\""));
                     }
                 }
-                let url = raw
-                    .postgres_url
-                    .clone()
-                    .ok_or_else(|| invalid("postgres_url", "is required with backend = \"postgres\""))?;
+                let url = raw.postgres_url.clone().ok_or_else(|| {
+                    invalid("postgres_url", "is required with backend = \"postgres\"")
+                })?;
                 url.parse::<tokio_postgres::Config>()
                     .map_err(|e| invalid("postgres_url", format!("does not parse: {e}")))?;
                 let defaults = PgOptions::default();
-                let schema = raw.postgres_schema.clone().unwrap_or(defaults.schema.clone());
-                crate::postgres::check_schema_name(&schema).map_err(|e| invalid("postgres_schema", e.to_string()))?;
+                let schema = raw
+                    .postgres_schema
+                    .clone()
+                    .unwrap_or(defaults.schema.clone());
+                crate::postgres::check_schema_name(&schema)
+                    .map_err(|e| invalid("postgres_schema", e.to_string()))?;
                 Ok(StoreConfig::Postgres {
                     url: PgUrl(url),
                     options: PgOptions {
@@ -207,7 +241,10 @@ impl StoreConfig {
                     },
                 })
             }
-            other => Err(invalid("backend", format!("{other:?} is not \"sqlite\" or \"postgres\""))),
+            other => Err(invalid(
+                "backend",
+                format!("{other:?} is not \"sqlite\" or \"postgres\""),
+            )),
         }
     }
 }
@@ -218,12 +255,17 @@ pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn SessionStore>> {
         StoreConfig::Sqlite { path, options } => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|e| {
-                    crate::StoreError::unavailable(format!("creating {}: {e}", dir.display()), Some(Box::new(e)))
+                    crate::StoreError::unavailable(
+                        format!("creating {}: {e}", dir.display()),
+                        Some(Box::new(e)),
+                    )
                 })?;
             }
             Arc::new(SqliteStore::open(path, options.clone()).await?)
         }
-        StoreConfig::Postgres { url, options } => Arc::new(PgStore::connect(url.expose(), options.clone()).await?),
+        StoreConfig::Postgres { url, options } => {
+            Arc::new(PgStore::connect(url.expose(), options.clone()).await?)
+        }
     })
 }
 
@@ -258,12 +300,21 @@ mod tests {
         let e = parse(json!({"backend": "postgres"})).unwrap_err();
         assert!(e.to_string().contains("session_store.postgres_url"), "{e}");
         let e = parse(json!({"busy_timeout_seconds": -1.0})).unwrap_err();
-        assert!(e.to_string().contains("session_store.busy_timeout_seconds"), "{e}");
+        assert!(
+            e.to_string().contains("session_store.busy_timeout_seconds"),
+            "{e}"
+        );
         let e = parse(json!({"postgres_schema": "x"})).unwrap_err();
-        assert!(e.to_string().contains("session_store.postgres_schema"), "{e}");
+        assert!(
+            e.to_string().contains("session_store.postgres_schema"),
+            "{e}"
+        );
         let e = parse(json!({"backend": "postgres", "postgres_url": "postgresql://a@h/d", "postgres_schema": "bad-name"}))
             .unwrap_err();
-        assert!(e.to_string().contains("session_store.postgres_schema"), "{e}");
+        assert!(
+            e.to_string().contains("session_store.postgres_schema"),
+            "{e}"
+        );
         let unknown: Result<RawStoreConfig, _> = serde_json::from_value(json!({"nope": 1}));
         assert!(unknown.unwrap_err().to_string().contains("nope"));
     }

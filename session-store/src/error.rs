@@ -44,7 +44,9 @@ pub enum StoreError {
         current_epoch: u64,
     },
     /// The lease is held by someone else and has not expired.
-    #[error("lease on session {session_id} is held by {holder} (epoch {epoch}) until {expires_at}")]
+    #[error(
+        "lease on session {session_id} is held by {holder} (epoch {epoch}) until {expires_at}"
+    )]
     LeaseHeld {
         /// The session whose lease was asked for.
         session_id: String,

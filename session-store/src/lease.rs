@@ -39,7 +39,12 @@ impl LeaseRow {
     }
 
     /// Grants the lease to `holder` for `ttl_us` if it is free or expired.
-    pub(crate) fn acquire(&self, holder: &str, now_us: i64, ttl_us: i64) -> Result<LeaseRow, LeaseError> {
+    pub(crate) fn acquire(
+        &self,
+        holder: &str,
+        now_us: i64,
+        ttl_us: i64,
+    ) -> Result<LeaseRow, LeaseError> {
         if !self.is_free(now_us) {
             return Err(LeaseError::Held {
                 holder: self.holder.clone().unwrap_or_default(),
@@ -56,7 +61,13 @@ impl LeaseRow {
 
     /// Extends the grant `epoch` held by `holder`. Allowed even after expiry
     /// as long as nobody took the lease over (the epoch is still current).
-    pub(crate) fn renew(&self, epoch: u64, holder: &str, now_us: i64, ttl_us: i64) -> Result<LeaseRow, LeaseError> {
+    pub(crate) fn renew(
+        &self,
+        epoch: u64,
+        holder: &str,
+        now_us: i64,
+        ttl_us: i64,
+    ) -> Result<LeaseRow, LeaseError> {
         if self.epoch != epoch || self.holder.as_deref() != Some(holder) {
             return Err(LeaseError::Fenced {
                 current_epoch: self.epoch,
@@ -127,8 +138,14 @@ mod tests {
         let b = a.acquire("b", now, 10 * S).unwrap();
         assert_eq!(b.epoch, 2);
         // a can neither renew nor release nor write any more
-        assert_eq!(b.renew(1, "a", now, S), Err(LeaseError::Fenced { current_epoch: 2 }));
-        assert_eq!(b.release(1, "a"), Err(LeaseError::Fenced { current_epoch: 2 }));
+        assert_eq!(
+            b.renew(1, "a", now, S),
+            Err(LeaseError::Fenced { current_epoch: 2 })
+        );
+        assert_eq!(
+            b.release(1, "a"),
+            Err(LeaseError::Fenced { current_epoch: 2 })
+        );
         assert!(!fence_allows(Some(1), b.epoch));
         assert!(fence_allows(Some(2), b.epoch));
         assert!(fence_allows(None, b.epoch));

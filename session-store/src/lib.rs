@@ -42,9 +42,9 @@ pub use postgres::{PgOptions, PgStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
 pub use tail::EventStream;
 pub use types::{
-    format_rfc3339, new_event_id, AppendBatch, BodyUpdate, EventPage, EventQuery, EventSelector, Fence, Lease, LeaseState, NewEvent,
-    NewSession, Order, SessionPage, SessionQuery, SessionRecord, SessionStatus, SessionUpdate, StoredEvent,
-    TailItem, UnknownStatus,
+    format_rfc3339, new_event_id, AppendBatch, BodyUpdate, EventPage, EventQuery, EventSelector,
+    Fence, Lease, LeaseState, NewEvent, NewSession, Order, SessionPage, SessionQuery,
+    SessionRecord, SessionStatus, SessionUpdate, StoredEvent, TailItem, UnknownStatus,
 };
 
 /// The session log. Cheap to clone handles implement it; share one per process
@@ -60,7 +60,11 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
 
     /// Changes status and/or body. Moving a terminated session to another
     /// status, or a failed `if_version`, is [`StoreError::Conflict`].
-    async fn update_session(&self, session_id: &str, update: SessionUpdate) -> Result<SessionRecord>;
+    async fn update_session(
+        &self,
+        session_id: &str,
+        update: SessionUpdate,
+    ) -> Result<SessionRecord>;
 
     /// A page of sessions in creation order.
     async fn list_sessions(&self, query: SessionQuery) -> Result<SessionPage>;
@@ -74,7 +78,12 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     async fn append_batch(&self, session_id: &str, batch: AppendBatch) -> Result<Vec<StoredEvent>>;
 
     /// Appends `events` under `fence` (see [`SessionStore::append_batch`]).
-    async fn append(&self, session_id: &str, events: Vec<NewEvent>, fence: Fence) -> Result<Vec<StoredEvent>> {
+    async fn append(
+        &self,
+        session_id: &str,
+        events: Vec<NewEvent>,
+        fence: Fence,
+    ) -> Result<Vec<StoredEvent>> {
         self.append_batch(
             session_id,
             AppendBatch {
@@ -89,10 +98,16 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     /// Sets `processed_at` on the selected queued events (those already
     /// processed keep their time). Returns the events that changed.
     /// [`StoreError::EventNotFound`] if any selected event does not exist.
-    async fn mark_processed(&self, session_id: &str, events: EventSelector, fence: Fence) -> Result<Vec<StoredEvent>>;
+    async fn mark_processed(
+        &self,
+        session_id: &str,
+        events: EventSelector,
+        fence: Fence,
+    ) -> Result<Vec<StoredEvent>>;
 
     /// Up to `limit` events with `seq >= from_seq`, in seq order.
-    async fn read(&self, session_id: &str, from_seq: u64, limit: usize) -> Result<Vec<StoredEvent>>;
+    async fn read(&self, session_id: &str, from_seq: u64, limit: usize)
+        -> Result<Vec<StoredEvent>>;
 
     /// A filtered page of events in either order (the API's event list).
     /// A processed-time bound never matches a queued event.
@@ -115,7 +130,8 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
 
     /// The selected events in seq order. [`StoreError::EventNotFound`] if any
     /// does not exist.
-    async fn get_events(&self, session_id: &str, events: EventSelector) -> Result<Vec<StoredEvent>>;
+    async fn get_events(&self, session_id: &str, events: EventSelector)
+        -> Result<Vec<StoredEvent>>;
 
     /// A live tail: every event from `from_seq` on (1 = from the start), then
     /// new ones as they are appended (by any replica), plus
@@ -147,7 +163,10 @@ pub(crate) fn ttl_micros(ttl: Duration) -> i64 {
 /// Checks a page size or read limit.
 pub(crate) fn check_limit(session_id: &str, limit: usize) -> Result<()> {
     if limit == 0 || limit > 100_000 {
-        return Err(StoreError::invalid(session_id, format!("limit {limit} is not within 1..=100000")));
+        return Err(StoreError::invalid(
+            session_id,
+            format!("limit {limit} is not within 1..=100000"),
+        ));
     }
     Ok(())
 }

@@ -41,7 +41,9 @@ pub(crate) struct Hub {
 
 impl Hub {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<u64>>> {
-        self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.sessions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A receiver that changes whenever `session_id` is notified.
@@ -170,7 +172,10 @@ impl<S: SessionStore> TailState<S> {
     /// Marks the counter seen, then reads what is new into `buffer`.
     async fn fill(&mut self) -> Result<()> {
         self.rx.borrow_and_update();
-        let events = self.store.read(&self.session_id, self.next_seq, TAIL_READ_BATCH).await?;
+        let events = self
+            .store
+            .read(&self.session_id, self.next_seq, TAIL_READ_BATCH)
+            .await?;
         let full = events.len() == TAIL_READ_BATCH;
         for event in events {
             if event.seq != self.next_seq {
@@ -191,7 +196,10 @@ impl<S: SessionStore> TailState<S> {
         // Queued events delivered earlier, or just now: emit the processed
         // state of those processed since (after their Appended item).
         let seqs: Vec<u64> = self.pending.iter().copied().collect();
-        let current = self.store.get_events(&self.session_id, EventSelector::Seqs(seqs)).await?;
+        let current = self
+            .store
+            .get_events(&self.session_id, EventSelector::Seqs(seqs))
+            .await?;
         for event in current {
             if event.processed_at.is_some() && self.pending.remove(&event.seq) {
                 self.buffer.push_back(TailItem::Processed(event));

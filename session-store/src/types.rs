@@ -139,9 +139,15 @@ pub(crate) struct PreparedEvent {
 impl PreparedEvent {
     /// Validates `events` for `session_id` (JSON objects with a string `type`,
     /// non-empty ids).
-    pub(crate) fn prepare_all(session_id: &str, events: Vec<NewEvent>) -> Result<Vec<PreparedEvent>> {
+    pub(crate) fn prepare_all(
+        session_id: &str,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<PreparedEvent>> {
         if events.is_empty() {
-            return Err(StoreError::invalid(session_id, "an append needs at least one event"));
+            return Err(StoreError::invalid(
+                session_id,
+                "an append needs at least one event",
+            ));
         }
         events
             .into_iter()
@@ -167,13 +173,20 @@ impl PreparedEvent {
                 };
                 let id = match event.id {
                     Some(id) if id.is_empty() => {
-                        return Err(StoreError::invalid(session_id, format!("event {index} has an empty id")))
+                        return Err(StoreError::invalid(
+                            session_id,
+                            format!("event {index} has an empty id"),
+                        ))
                     }
                     Some(id) => id,
                     None => new_event_id(),
                 };
-                let body_text = serde_json::to_string(&body)
-                    .map_err(|e| StoreError::invalid(session_id, format!("event {index} does not serialize: {e}")))?;
+                let body_text = serde_json::to_string(&body).map_err(|e| {
+                    StoreError::invalid(
+                        session_id,
+                        format!("event {index} does not serialize: {e}"),
+                    )
+                })?;
                 Ok(PreparedEvent {
                     id,
                     event_type,
@@ -406,7 +419,10 @@ pub struct EventPage {
 pub(crate) fn page_events(events: Vec<StoredEvent>, query: &EventQuery) -> EventPage {
     use std::ops::RangeBounds;
     let types = query.types.as_ref().filter(|t| !t.is_empty());
-    let timed = !matches!((query.processed_from, query.processed_to), (Bound::Unbounded, Bound::Unbounded));
+    let timed = !matches!(
+        (query.processed_from, query.processed_to),
+        (Bound::Unbounded, Bound::Unbounded)
+    );
     let keep = |e: &StoredEvent| {
         types.is_none_or(|t| t.contains(&e.event_type))
             && (!timed
@@ -532,7 +548,10 @@ pub(crate) fn merge_patch(target: &mut Value, patch: &Value) {
 /// Checks a session id given by a caller.
 pub(crate) fn check_session_id(id: &str) -> Result<()> {
     if id.is_empty() || id.len() > 255 {
-        return Err(StoreError::invalid(id, "a session id must be 1 to 255 bytes"));
+        return Err(StoreError::invalid(
+            id,
+            "a session id must be 1 to 255 bytes",
+        ));
     }
     Ok(())
 }
@@ -546,15 +565,23 @@ mod tests {
     #[test]
     fn merge_patch_follows_rfc7396() {
         let mut doc = json!({"a": "b", "c": {"d": "e", "f": "g"}, "arr": [1]});
-        merge_patch(&mut doc, &json!({"a": "z", "c": {"f": null}, "arr": [2, 3], "n": {"x": 1}}));
-        assert_eq!(doc, json!({"a": "z", "c": {"d": "e"}, "arr": [2, 3], "n": {"x": 1}}));
+        merge_patch(
+            &mut doc,
+            &json!({"a": "z", "c": {"f": null}, "arr": [2, 3], "n": {"x": 1}}),
+        );
+        assert_eq!(
+            doc,
+            json!({"a": "z", "c": {"d": "e"}, "arr": [2, 3], "n": {"x": 1}})
+        );
     }
 
     #[test]
     fn prepare_strips_store_fields_and_requires_type() {
         let ok = PreparedEvent::prepare_all(
             "sesn_1",
-            vec![NewEvent::processed(json!({"type": "x", "id": "forged", "processed_at": "t", "seq": 9, "k": 1}))],
+            vec![NewEvent::processed(
+                json!({"type": "x", "id": "forged", "processed_at": "t", "seq": 9, "k": 1}),
+            )],
         )
         .unwrap();
         assert_eq!(ok[0].event_type, "x");
@@ -562,15 +589,23 @@ mod tests {
         assert_eq!(ok[0].body.get("id"), None);
         assert_eq!(ok[0].body.get("seq"), None);
         assert_eq!(ok[0].body.get("k"), Some(&json!(1)));
-        let err = PreparedEvent::prepare_all("sesn_1", vec![NewEvent::processed(json!({"k": 1}))]).unwrap_err();
+        let err = PreparedEvent::prepare_all("sesn_1", vec![NewEvent::processed(json!({"k": 1}))])
+            .unwrap_err();
         assert!(err.to_string().contains("sesn_1"), "{err}");
-        assert!(PreparedEvent::prepare_all("sesn_1", vec![NewEvent::processed(json!([1]))]).is_err());
+        assert!(
+            PreparedEvent::prepare_all("sesn_1", vec![NewEvent::processed(json!([1]))]).is_err()
+        );
         assert!(PreparedEvent::prepare_all("sesn_1", vec![]).is_err());
     }
 
     #[test]
     fn status_round_trips_and_terminated_is_final() {
-        for s in [SessionStatus::Rescheduling, SessionStatus::Running, SessionStatus::Idle, SessionStatus::Terminated] {
+        for s in [
+            SessionStatus::Rescheduling,
+            SessionStatus::Running,
+            SessionStatus::Idle,
+            SessionStatus::Terminated,
+        ] {
             assert_eq!(s.as_str().parse::<SessionStatus>().unwrap(), s);
         }
         assert!("paused".parse::<SessionStatus>().is_err());
@@ -593,7 +628,10 @@ mod tests {
             e.to_json(),
             json!({"id": "sevt_1", "type": "user.message", "processed_at": null, "content": []})
         );
-        let p = StoredEvent { processed_at: Some(OffsetDateTime::UNIX_EPOCH), ..e };
+        let p = StoredEvent {
+            processed_at: Some(OffsetDateTime::UNIX_EPOCH),
+            ..e
+        };
         assert_eq!(p.to_json()["processed_at"], json!("1970-01-01T00:00:00Z"));
     }
 }

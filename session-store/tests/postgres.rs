@@ -66,7 +66,10 @@ impl Drop for SchemaGuard {
             // Dropping needs async; a short-lived runtime on its own thread
             // works from inside or outside the test's runtime.
             let _ = std::thread::spawn(move || {
-                if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
                     let _ = rt.block_on(store.drop_schema());
                 }
             })
@@ -97,11 +100,15 @@ async fn two_replicas() -> Option<(PgStore, PgStore, SchemaGuard)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tail_on_one_replica_sees_appends_from_another() {
-    let Some((a, b, _guard)) = two_replicas().await else { return };
+    let Some((a, b, _guard)) = two_replicas().await else {
+        return;
+    };
     let s = new_session(&a, SessionStatus::Running).await;
     let mut tail = a.subscribe(&s, 1).await.unwrap();
     for i in 0..50u64 {
-        b.append(&s, vec![ev("from_b", i)], Fence::None).await.unwrap();
+        b.append(&s, vec![ev("from_b", i)], Fence::None)
+            .await
+            .unwrap();
     }
     for expected in 1..=50u64 {
         let item = tokio::time::timeout(Duration::from_secs(30), tail.next())
@@ -118,7 +125,9 @@ async fn a_tail_on_one_replica_sees_appends_from_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_racing_for_a_lease_and_appending_stay_consistent() {
-    let Some((a, b, _guard)) = two_replicas().await else { return };
+    let Some((a, b, _guard)) = two_replicas().await else {
+        return;
+    };
     let s = new_session(&a, SessionStatus::Running).await;
     // both replicas grab, append under their epoch and release, many times
     let mut tasks = Vec::new();
@@ -129,7 +138,14 @@ async fn replicas_racing_for_a_lease_and_appending_stay_consistent() {
             for i in 0..40u64 {
                 match store.acquire_lease(&s, name, Duration::from_secs(30)).await {
                     Ok(lease) => {
-                        store.append(&s, vec![ev(name, lease.epoch), ev(name, lease.epoch)], Fence::from(&lease)).await.unwrap();
+                        store
+                            .append(
+                                &s,
+                                vec![ev(name, lease.epoch), ev(name, lease.epoch)],
+                                Fence::from(&lease),
+                            )
+                            .await
+                            .unwrap();
                         wrote += 2;
                         store.release_lease(&lease).await.unwrap();
                     }
@@ -148,11 +164,20 @@ async fn replicas_racing_for_a_lease_and_appending_stay_consistent() {
     assert_eq!(events.len() as u64, total);
     // each epoch's two events are adjacent: exactly one holder wrote at a time
     for pair in events.chunks(2) {
-        assert_eq!(pair[0].body["n"], pair[1].body["n"], "epochs interleaved: {pair:?}");
+        assert_eq!(
+            pair[0].body["n"], pair[1].body["n"],
+            "epochs interleaved: {pair:?}"
+        );
         assert_eq!(pair[0].event_type, pair[1].event_type);
     }
-    let epochs: Vec<u64> = events.chunks(2).map(|p| p[0].body["n"].as_u64().unwrap()).collect();
-    assert!(epochs.windows(2).all(|w| w[0] < w[1]), "epochs only increase: {epochs:?}");
+    let epochs: Vec<u64> = events
+        .chunks(2)
+        .map(|p| p[0].body["n"].as_u64().unwrap())
+        .collect();
+    assert!(
+        epochs.windows(2).all(|w| w[0] < w[1]),
+        "epochs only increase: {epochs:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,7 +188,9 @@ async fn a_newer_schema_is_refused() {
     let _guard = SchemaGuard(Some(store.clone()));
     // connecting again to a migrated schema is fine (idempotent)
     connect(&url, &schema).await;
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(conn);
     client
         .batch_execute(&format!(
@@ -171,7 +198,15 @@ async fn a_newer_schema_is_refused() {
         ))
         .await
         .unwrap();
-    match PgStore::connect(&url, PgOptions { schema: schema.clone(), ..PgOptions::default() }).await {
+    match PgStore::connect(
+        &url,
+        PgOptions {
+            schema: schema.clone(),
+            ..PgOptions::default()
+        },
+    )
+    .await
+    {
         Err(StoreError::SchemaTooNew { found: 999, .. }) => {}
         other => panic!("expected SchemaTooNew, got {other:?}"),
     }
@@ -209,31 +244,51 @@ async fn tails_and_writes_survive_terminated_connections() {
             }
         }
     });
-    async fn next_seq(items: &mut tokio::sync::mpsc::UnboundedReceiver<session_store::Result<TailItem>>) -> u64 {
-        match tokio::time::timeout(Duration::from_secs(30), items.recv()).await.expect("tail stalled") {
+    async fn next_seq(
+        items: &mut tokio::sync::mpsc::UnboundedReceiver<session_store::Result<TailItem>>,
+    ) -> u64 {
+        match tokio::time::timeout(Duration::from_secs(30), items.recv())
+            .await
+            .expect("tail stalled")
+        {
             Some(Ok(TailItem::Appended(e))) => e.seq,
             other => panic!("unexpected {other:?}"),
         }
     }
-    other.append(&s, vec![ev("before", 0)], Fence::None).await.unwrap();
+    other
+        .append(&s, vec![ev("before", 0)], Fence::None)
+        .await
+        .unwrap();
     assert_eq!(next_seq(&mut items).await, 1);
     // let the pump park in its wait (setting up the scenario, not a timing assertion)
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // kill every connection of this store, the listener's included
-    let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(conn);
-    let killed = admin
-        .query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1", &[&app])
+    let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .unwrap();
-    assert!(killed.len() >= 2, "expected the pool and the listener connections, found {}", killed.len());
+    tokio::spawn(conn);
+    let killed = admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&app],
+        )
+        .await
+        .unwrap();
+    assert!(
+        killed.len() >= 2,
+        "expected the pool and the listener connections, found {}",
+        killed.len()
+    );
 
     // the other replica appends while this store's listener is down (those
     // notifications are lost): the re-established LISTEN must wake the tail
     // (polling is off), and the tail must neither end nor skip
     for i in 1..=5u64 {
-        other.append(&s, vec![ev("after", i)], Fence::None).await.unwrap();
+        other
+            .append(&s, vec![ev("after", i)], Fence::None)
+            .await
+            .unwrap();
     }
     let mut seen = Vec::new();
     while seen.len() < 5 {

@@ -10,7 +10,9 @@ use session_store::{SessionStore, SqliteOptions, SqliteStore};
 
 async fn sqlite() -> Option<Fixture> {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open_in_dir(dir.path(), SqliteOptions::default()).await.unwrap();
+    let store = SqliteStore::open_in_dir(dir.path(), SqliteOptions::default())
+        .await
+        .unwrap();
     Some(Fixture {
         store: Arc::new(store),
         guard: Box::new(dir),
@@ -37,7 +39,9 @@ async fn crash_helper_child() {
     let (Ok(db), Ok(session)) = (std::env::var(CHILD_DB), std::env::var(CHILD_SESSION)) else {
         return;
     };
-    let store = SqliteStore::open(std::path::Path::new(&db), SqliteOptions::default()).await.unwrap();
+    let store = SqliteStore::open(std::path::Path::new(&db), SqliteOptions::default())
+        .await
+        .unwrap();
     println!("READY");
     let mut tasks = Vec::new();
     for t in 0..8u64 {
@@ -55,7 +59,10 @@ async fn crash_helper_child() {
                         }))
                     })
                     .collect();
-                let stored = store.append(&session, batch, session_store::Fence::None).await.unwrap();
+                let stored = store
+                    .append(&session, batch, session_store::Fence::None)
+                    .await
+                    .unwrap();
                 let mut out = String::new();
                 for e in stored {
                     out.push_str(&format!("ACK {} {}\n", e.seq, e.id));
@@ -83,7 +90,9 @@ fn acknowledged_appends_survive_kill_9() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let session = "sesn_crash".to_owned();
     rt.block_on(async {
-        let store = SqliteStore::open(&db, SqliteOptions::default()).await.unwrap();
+        let store = SqliteStore::open(&db, SqliteOptions::default())
+            .await
+            .unwrap();
         store
             .create_session(NewSession {
                 id: session.clone(),
@@ -98,7 +107,12 @@ fn acknowledged_appends_survive_kill_9() {
     let mut acked: BTreeMap<u64, String> = BTreeMap::new();
     for round in 0..5u64 {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "crash_helper_child", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "crash_helper_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_DB, &db)
             .env(CHILD_SESSION, &session)
             .stdout(Stdio::piped())
@@ -145,7 +159,9 @@ fn acknowledged_appends_survive_kill_9() {
 
         // the file opens cleanly and passes SQLite's own check
         let conn = rusqlite::Connection::open(&db).unwrap();
-        let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(check, "ok", "round {round}");
         drop(conn);
         rt.block_on(async {
@@ -184,7 +200,10 @@ impl SessionStore for DefaultListEvents {
     async fn create_session(
         &self,
         new: session_store::NewSession,
-    ) -> session_store::Result<(session_store::SessionRecord, Vec<session_store::StoredEvent>)> {
+    ) -> session_store::Result<(
+        session_store::SessionRecord,
+        Vec<session_store::StoredEvent>,
+    )> {
         self.0.create_session(new).await
     }
     async fn get_session(&self, id: &str) -> session_store::Result<session_store::SessionRecord> {
@@ -197,7 +216,10 @@ impl SessionStore for DefaultListEvents {
     ) -> session_store::Result<session_store::SessionRecord> {
         self.0.update_session(id, update).await
     }
-    async fn list_sessions(&self, query: session_store::SessionQuery) -> session_store::Result<session_store::SessionPage> {
+    async fn list_sessions(
+        &self,
+        query: session_store::SessionQuery,
+    ) -> session_store::Result<session_store::SessionPage> {
         self.0.list_sessions(query).await
     }
     async fn delete_session(&self, id: &str) -> session_store::Result<()> {
@@ -218,7 +240,12 @@ impl SessionStore for DefaultListEvents {
     ) -> session_store::Result<Vec<session_store::StoredEvent>> {
         self.0.mark_processed(id, events, fence).await
     }
-    async fn read(&self, id: &str, from: u64, limit: usize) -> session_store::Result<Vec<session_store::StoredEvent>> {
+    async fn read(
+        &self,
+        id: &str,
+        from: u64,
+        limit: usize,
+    ) -> session_store::Result<Vec<session_store::StoredEvent>> {
         self.0.read(id, from, limit).await
     }
     async fn get_events(
@@ -228,7 +255,11 @@ impl SessionStore for DefaultListEvents {
     ) -> session_store::Result<Vec<session_store::StoredEvent>> {
         self.0.get_events(id, events).await
     }
-    async fn subscribe(&self, id: &str, from: u64) -> session_store::Result<session_store::EventStream> {
+    async fn subscribe(
+        &self,
+        id: &str,
+        from: u64,
+    ) -> session_store::Result<session_store::EventStream> {
         self.0.subscribe(id, from).await
     }
     async fn acquire_lease(
@@ -257,7 +288,9 @@ impl SessionStore for DefaultListEvents {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provided_list_events_matches_the_sql_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open_in_dir(dir.path(), SqliteOptions::default()).await.unwrap();
+    let store = SqliteStore::open_in_dir(dir.path(), SqliteOptions::default())
+        .await
+        .unwrap();
     conformance::list_events_pages_filters_and_orders(Arc::new(DefaultListEvents(store))).await;
 }
 
@@ -268,11 +301,19 @@ async fn lease_expiry_follows_the_injected_clock() {
 
     use session_store::{Clock, Fence, ManualClock, NewSession, SessionStatus, StoreError};
 
-    let clock = Arc::new(ManualClock::new(time::OffsetDateTime::UNIX_EPOCH + Duration::from_secs(1_000_000)));
+    let clock = Arc::new(ManualClock::new(
+        time::OffsetDateTime::UNIX_EPOCH + Duration::from_secs(1_000_000),
+    ));
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open_in_dir(dir.path(), SqliteOptions { clock: clock.clone(), ..SqliteOptions::default() })
-        .await
-        .unwrap();
+    let store = SqliteStore::open_in_dir(
+        dir.path(),
+        SqliteOptions {
+            clock: clock.clone(),
+            ..SqliteOptions::default()
+        },
+    )
+    .await
+    .unwrap();
     store
         .create_session(NewSession {
             id: "sesn_v".into(),
@@ -282,43 +323,89 @@ async fn lease_expiry_follows_the_injected_clock() {
         })
         .await
         .unwrap();
-    let a = store.acquire_lease("sesn_v", "a", Duration::from_secs(10)).await.unwrap();
+    let a = store
+        .acquire_lease("sesn_v", "a", Duration::from_secs(10))
+        .await
+        .unwrap();
     assert_eq!(a.expires_at, clock.now() + Duration::from_secs(10));
     assert!(store.sessions_needing_wake(10).await.unwrap().is_empty());
     clock.advance(Duration::from_millis(9_999));
     assert!(matches!(
-        store.acquire_lease("sesn_v", "b", Duration::from_secs(10)).await,
+        store
+            .acquire_lease("sesn_v", "b", Duration::from_secs(10))
+            .await,
         Err(StoreError::LeaseHeld { .. })
     ));
     clock.advance(Duration::from_millis(1));
-    assert_eq!(store.sessions_needing_wake(10).await.unwrap(), vec!["sesn_v".to_owned()]);
+    assert_eq!(
+        store.sessions_needing_wake(10).await.unwrap(),
+        vec!["sesn_v".to_owned()]
+    );
     // an expired lease that nobody took over can still be renewed
-    let renewed = store.renew_lease(&a, Duration::from_secs(10)).await.unwrap();
-    assert_eq!(renewed.expires_at, clock.now() + Duration::from_secs(10));
-    clock.advance(Duration::from_secs(10));
-    let b = store.acquire_lease("sesn_v", "b", Duration::from_secs(10)).await.unwrap();
-    assert_eq!(b.epoch, 2);
-    assert!(matches!(
-        store.append("sesn_v", vec![session_store::NewEvent::processed(serde_json::json!({"type": "x"}))], Fence::from(&a)).await,
-        Err(StoreError::Fenced { current_epoch: 2, .. })
-    ));
-    let stored = store
-        .append("sesn_v", vec![session_store::NewEvent::processed(serde_json::json!({"type": "x"}))], Fence::from(&b))
+    let renewed = store
+        .renew_lease(&a, Duration::from_secs(10))
         .await
         .unwrap();
-    assert_eq!(stored[0].processed_at, Some(clock.now()), "event times come from the same clock");
+    assert_eq!(renewed.expires_at, clock.now() + Duration::from_secs(10));
+    clock.advance(Duration::from_secs(10));
+    let b = store
+        .acquire_lease("sesn_v", "b", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(b.epoch, 2);
+    assert!(matches!(
+        store
+            .append(
+                "sesn_v",
+                vec![session_store::NewEvent::processed(
+                    serde_json::json!({"type": "x"})
+                )],
+                Fence::from(&a)
+            )
+            .await,
+        Err(StoreError::Fenced {
+            current_epoch: 2,
+            ..
+        })
+    ));
+    let stored = store
+        .append(
+            "sesn_v",
+            vec![session_store::NewEvent::processed(
+                serde_json::json!({"type": "x"}),
+            )],
+            Fence::from(&b),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        stored[0].processed_at,
+        Some(clock.now()),
+        "event times come from the same clock"
+    );
 }
 
 #[tokio::test]
 async fn a_newer_schema_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.sqlite3");
-    drop(SqliteStore::open(&path, SqliteOptions::default()).await.unwrap());
+    drop(
+        SqliteStore::open(&path, SqliteOptions::default())
+            .await
+            .unwrap(),
+    );
     // reopening a migrated file is fine (migrations are idempotent)
-    drop(SqliteStore::open(&path, SqliteOptions::default()).await.unwrap());
+    drop(
+        SqliteStore::open(&path, SqliteOptions::default())
+            .await
+            .unwrap(),
+    );
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute("INSERT INTO schema_migrations (version, name, applied_at_us) VALUES (999, 'future', 0)", [])
-        .unwrap();
+    conn.execute(
+        "INSERT INTO schema_migrations (version, name, applied_at_us) VALUES (999, 'future', 0)",
+        [],
+    )
+    .unwrap();
     drop(conn);
     match SqliteStore::open(&path, SqliteOptions::default()).await {
         Err(session_store::StoreError::SchemaTooNew { found: 999, .. }) => {}

@@ -17,8 +17,8 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use catalog::{Catalog, GeneratedKey, NewApiKey, SqliteCatalog};
 use harness::{
-    Disposition, Hands, HandsError, Harness, HarnessConfig, ProvisionSpec, RawHarnessConfig, SandboxRef, Supervisor,
-    ToolCall, ToolOutput,
+    Disposition, Hands, HandsError, Harness, HarnessConfig, ProvisionSpec, RawHarnessConfig,
+    SandboxRef, Supervisor, ToolCall, ToolOutput,
 };
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -62,11 +62,21 @@ impl Hands for MemoryHands {
         })
     }
 
-    async fn execute(&self, sandbox: &SandboxRef, call: &ToolCall) -> Result<ToolOutput, HandsError> {
+    async fn execute(
+        &self,
+        sandbox: &SandboxRef,
+        call: &ToolCall,
+    ) -> Result<ToolOutput, HandsError> {
         if let Ok(mut e) = self.executed.lock() {
             e.push(call.clone());
         }
-        let arg = |k: &str| call.input.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+        let arg = |k: &str| {
+            call.input
+                .get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
         let mut files = self.files.lock().map_err(|_| HandsError::Unavailable {
             session_id: sandbox.sandbox_id.clone(),
             message: "poisoned".into(),
@@ -181,9 +191,12 @@ impl ApiStack {
     /// The API and the stores without a harness (`hands: None`): user
     /// events stay queued. The baseline of the API benchmark.
     pub async fn start_opts(script: impl Script, hands: Option<Arc<dyn Hands>>) -> Result<Self> {
-        let dir = tempfile::Builder::new().prefix("airlock-api-stack-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("airlock-api-stack-")
+            .tempdir()?;
         let catalog: Arc<dyn Catalog> = Arc::new(SqliteCatalog::open_in_dir(dir.path()).await?);
-        let store: Arc<dyn SessionStore> = Arc::new(SqliteStore::open_in_dir(dir.path(), SqliteOptions::default()).await?);
+        let store: Arc<dyn SessionStore> =
+            Arc::new(SqliteStore::open_in_dir(dir.path(), SqliteOptions::default()).await?);
         let key = GeneratedKey::generate();
         catalog
             .create_api_key(NewApiKey {
@@ -200,10 +213,18 @@ impl ApiStack {
         let (supervisor, runner): (Option<Supervisor>, Arc<dyn api::SessionRunner>) = match hands {
             Some(hands) => {
                 let raw: RawHarnessConfig = toml::from_str("instance_id = \"api-stack\"\n")?;
-                let harness = Harness::new(store.clone(), provider, hands, HarnessConfig::from_raw(raw)?);
+                let harness = Harness::new(
+                    store.clone(),
+                    provider,
+                    hands,
+                    HarnessConfig::from_raw(raw)?,
+                );
                 let supervisor = Supervisor::start(harness);
                 let notify = supervisor.clone();
-                (Some(supervisor), Arc::new(api::FnRunner(move |id: &str| notify.notify(id))))
+                (
+                    Some(supervisor),
+                    Arc::new(api::FnRunner(move |id: &str| notify.notify(id))),
+                )
             }
             None => (None, Arc::new(api::NoRunner)),
         };
@@ -242,7 +263,12 @@ impl ApiStack {
         })
     }
 
-    fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Result<http::Request<Full<Bytes>>> {
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<http::Request<Full<Bytes>>> {
         let mut b = http::Request::builder()
             .method(method)
             .uri(format!("http://{}{path}", self.addr))
@@ -251,12 +277,22 @@ impl ApiStack {
         if body.is_some() {
             b = b.header("content-type", "application/json");
         }
-        Ok(b.body(Full::new(body.map_or_else(Bytes::new, |v| Bytes::from(v.to_string()))))?)
+        Ok(b.body(Full::new(
+            body.map_or_else(Bytes::new, |v| Bytes::from(v.to_string())),
+        ))?)
     }
 
     /// A JSON request; returns the status and the JSON body.
-    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value)> {
-        let resp = self.client.request(self.request(method, path, body.as_ref())?).await?;
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value)> {
+        let resp = self
+            .client
+            .request(self.request(method, path, body.as_ref())?)
+            .await?;
         let status = resp.status().as_u16();
         let bytes = resp.into_body().collect().await?.to_bytes();
         Ok((status, serde_json::from_slice(&bytes)?))
@@ -282,9 +318,14 @@ impl ApiStack {
 
     /// Opens `GET /v1/sessions/{id}/events/stream` (`after`: resume point).
     pub async fn stream(&self, session_id: &str, last_event_id: Option<u64>) -> Result<SseClient> {
-        let mut req = self.request("GET", &format!("/v1/sessions/{session_id}/events/stream"), None)?;
+        let mut req = self.request(
+            "GET",
+            &format!("/v1/sessions/{session_id}/events/stream"),
+            None,
+        )?;
         if let Some(id) = last_event_id {
-            req.headers_mut().insert("last-event-id", id.to_string().parse()?);
+            req.headers_mut()
+                .insert("last-event-id", id.to_string().parse()?);
         }
         let resp = self.client.request(req).await?;
         if resp.status() != 200 {
@@ -299,13 +340,22 @@ impl ApiStack {
     /// An agent, an environment and a session of it; returns the session id.
     pub async fn session(&self, tools: Value) -> Result<String> {
         let agent = self
-            .post("/v1/agents", json!({"name": "a", "model": "claude-fake", "tools": tools}))
+            .post(
+                "/v1/agents",
+                json!({"name": "a", "model": "claude-fake", "tools": tools}),
+            )
             .await?;
         let env = self
-            .post("/v1/environments", json!({"name": format!("e-{}", uuid::Uuid::new_v4().simple())}))
+            .post(
+                "/v1/environments",
+                json!({"name": format!("e-{}", uuid::Uuid::new_v4().simple())}),
+            )
             .await?;
         let s = self
-            .post("/v1/sessions", json!({"agent": agent["id"], "environment_id": env["id"]}))
+            .post(
+                "/v1/sessions",
+                json!({"agent": agent["id"], "environment_id": env["id"]}),
+            )
             .await?;
         Ok(s["id"].as_str().context("session id")?.to_owned())
     }

@@ -34,8 +34,13 @@ pub fn bin_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("AIRLOCK_BIN_DIR") {
         return PathBuf::from(d);
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default();
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
     target.join("debug")
 }
 
@@ -137,7 +142,14 @@ impl ControlPlane {
         toml.push_str(&opts.extra_toml);
         let config_path = dir.path().join("control-plane.toml");
         std::fs::write(&config_path, toml)?;
-        Ok(Self { dir, config_path, tunnel_port, enroll_port, api_port, child: None })
+        Ok(Self {
+            dir,
+            config_path,
+            tunnel_port,
+            enroll_port,
+            api_port,
+            child: None,
+        })
     }
 
     /// Configure and start `control-plane serve`; waits until the tunnel port answers.
@@ -187,7 +199,10 @@ impl ControlPlane {
         if self.child.is_some() {
             bail!("control plane already running");
         }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
         let child = Command::new(binary("control-plane")?)
             .arg("--config")
             .arg(&self.config_path)
@@ -209,8 +224,10 @@ impl ControlPlane {
                     return Some(Err(anyhow!("control-plane serve exited with {status}")));
                 }
             }
-            let ok = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-                && std::net::TcpStream::connect_timeout(&enroll, Duration::from_millis(200)).is_ok()
+            let ok = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+                .is_ok()
+                && std::net::TcpStream::connect_timeout(&enroll, Duration::from_millis(200))
+                    .is_ok()
                 && self.admin_socket().exists();
             ok.then_some(Ok(()))
         })
@@ -240,7 +257,10 @@ impl ControlPlane {
     /// SIGTERM and wait (graceful drain).
     pub fn terminate(&mut self) -> Result<()> {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
             let until = Instant::now() + Duration::from_secs(15);
             while Instant::now() < until {
                 if c.try_wait()?.is_some() {
@@ -276,17 +296,24 @@ impl ControlPlane {
     /// A join string for `environment` (`tokens create --json`).
     pub fn join_string(&self, environment: &str) -> Result<String> {
         let out = self.cli(&["tokens", "create", "--environment", environment, "--json"])?;
-        let v: Value = serde_json::from_str(out.trim()).with_context(|| format!("tokens create output: {out}"))?;
-        v["join_string"].as_str().map(str::to_owned).ok_or_else(|| anyhow!("no join_string in {v}"))
+        let v: Value = serde_json::from_str(out.trim())
+            .with_context(|| format!("tokens create output: {out}"))?;
+        v["join_string"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("no join_string in {v}"))
     }
 
     /// `agents list --json` (connected agents).
     pub fn agents(&self) -> Result<Vec<Value>> {
         let out = self.cli(&["agents", "list", "--json"])?;
-        let v: Value = serde_json::from_str(out.trim()).with_context(|| format!("agents list output: {out}"))?;
+        let v: Value = serde_json::from_str(out.trim())
+            .with_context(|| format!("agents list output: {out}"))?;
         match v {
             Value::Array(a) => Ok(a),
-            Value::Object(ref o) if o.contains_key("agents") => Ok(v["agents"].as_array().cloned().unwrap_or_default()),
+            Value::Object(ref o) if o.contains_key("agents") => {
+                Ok(v["agents"].as_array().cloned().unwrap_or_default())
+            }
             other => bail!("unexpected agents list output: {other}"),
         }
     }
@@ -306,12 +333,23 @@ impl ControlPlane {
     }
 
     /// Wait until `agent_id` has exactly one connection satisfying `pred`.
-    pub fn wait_connection(&self, agent_id: &str, limit: Duration, pred: impl Fn(&Value) -> bool) -> Result<Value> {
+    pub fn wait_connection(
+        &self,
+        agent_id: &str,
+        limit: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
         wait_for(limit, &format!("agent {agent_id} connected"), || {
             let c = self.connections_of(agent_id);
             (c.len() == 1 && pred(&c[0])).then(|| c[0].clone())
         })
-        .with_context(|| format!("connections now: {:?}\ncontrol plane log tail:\n{}", self.connections_of(agent_id), tail(&self.log(), 40)))
+        .with_context(|| {
+            format!(
+                "connections now: {:?}\ncontrol plane log tail:\n{}",
+                self.connections_of(agent_id),
+                tail(&self.log(), 40)
+            )
+        })
     }
 }
 
@@ -365,14 +403,18 @@ impl Agent {
     /// Write a config and run `sandbox-agent enroll --join`.
     pub fn enroll(cp: &ControlPlane, join: &str, opts: AgentOptions) -> Result<Self> {
         let _ = cp;
-        let dir = tempfile::Builder::new().prefix("airlock-agent-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("airlock-agent-")
+            .tempdir()?;
         let mut toml = format!(
             "data_dir = \"{}\"\n\n[sandbox]\nexecutor_path = \"{}\"\n",
             dir.path().join("data").display(),
             dir.path().join("no-executor").display()
         );
         if let Some(a) = &opts.address {
-            toml.push_str(&format!("\n[control_plane]\naddress = \"{a}\"\nserver_name = \"127.0.0.1\"\n"));
+            toml.push_str(&format!(
+                "\n[control_plane]\naddress = \"{a}\"\nserver_name = \"127.0.0.1\"\n"
+            ));
         }
         toml.push_str(&format!("\n[tunnel]\n{}\n", opts.tunnel_toml));
         let config_path = dir.path().join("sandbox-agent.toml");
@@ -384,7 +426,11 @@ impl Agent {
             .env("NO_COLOR", "1")
             .output()?;
         if !out.status.success() {
-            bail!("sandbox-agent enroll failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "sandbox-agent enroll failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let stdout = String::from_utf8_lossy(&out.stdout);
         let agent_id = stdout
@@ -392,7 +438,13 @@ impl Agent {
             .find_map(|l| l.strip_prefix("agent_id="))
             .map(str::to_owned)
             .ok_or_else(|| anyhow!("no agent_id= in enroll output: {stdout}"))?;
-        Ok(Self { dir, config_path, agent_id, env: opts.env, child: None })
+        Ok(Self {
+            dir,
+            config_path,
+            agent_id,
+            env: opts.env,
+            child: None,
+        })
     }
 
     /// The enrolled agent id.
@@ -429,7 +481,10 @@ impl Agent {
         if self.child.is_some() {
             bail!("agent already running");
         }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
         let mut cmd = Command::new(binary("sandbox-agent")?);
         cmd.arg("--config")
             .arg(&self.config_path)
@@ -465,7 +520,10 @@ impl Agent {
     /// SIGTERM and wait for a graceful exit.
     pub fn terminate(&mut self) -> Result<Option<std::process::ExitStatus>> {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
             let until = Instant::now() + Duration::from_secs(15);
             while Instant::now() < until {
                 if let Some(s) = c.try_wait()? {
@@ -503,7 +561,8 @@ pub struct InProcessControlPlane {
 
 impl std::fmt::Debug for InProcessControlPlane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InProcessControlPlane").finish_non_exhaustive()
+        f.debug_struct("InProcessControlPlane")
+            .finish_non_exhaustive()
     }
 }
 
@@ -511,7 +570,8 @@ impl InProcessControlPlane {
     /// Start the app from `cp`'s config (the same ports; `cp` must not be running).
     pub async fn start(cp: &ControlPlane) -> Result<Self> {
         let config = control_plane::config::Config::load(cp.config_path())?;
-        let app = tokio::task::spawn_blocking(move || control_plane::app::App::new(config)).await??;
+        let app =
+            tokio::task::spawn_blocking(move || control_plane::app::App::new(config)).await??;
         let running = app.start().await?;
         Ok(Self { running })
     }
@@ -522,11 +582,21 @@ impl InProcessControlPlane {
     }
 
     /// Wait until `agent_id` is connected (through the registry).
-    pub async fn wait_connected(&self, agent_id: &str, limit: Duration) -> Result<control_plane::admin::AgentInfo> {
+    pub async fn wait_connected(
+        &self,
+        agent_id: &str,
+        limit: Duration,
+    ) -> Result<control_plane::admin::AgentInfo> {
         use control_plane::admin::AgentDirectory;
         let until = Instant::now() + limit;
         loop {
-            let list: Vec<_> = self.gateway().registry().list().into_iter().filter(|a| a.agent_id == agent_id).collect();
+            let list: Vec<_> = self
+                .gateway()
+                .registry()
+                .list()
+                .into_iter()
+                .filter(|a| a.agent_id == agent_id)
+                .collect();
             if list.len() == 1 {
                 return Ok(list[0].clone());
             }

@@ -100,7 +100,11 @@ impl Reply {
 
     /// HTTP 429 `rate_limit_error` with `retry-after: seconds`.
     pub fn rate_limited(retry_after_seconds: f64) -> Self {
-        let mut r = Self::error(429, "rate_limit_error", "Number of request tokens has exceeded your per-minute rate limit");
+        let mut r = Self::error(
+            429,
+            "rate_limit_error",
+            "Number of request tokens has exceeded your per-minute rate limit",
+        );
         if let Self::Http { headers, .. } = &mut r {
             headers.push(("retry-after".into(), format_seconds(retry_after_seconds)));
         }
@@ -147,9 +151,17 @@ pub enum Fault {
 #[derive(Debug, Clone, PartialEq)]
 enum TurnBlock {
     Text(String),
-    ToolUse { id: String, name: String, input: Value },
+    ToolUse {
+        id: String,
+        name: String,
+        input: Value,
+    },
     /// A tool_use whose input fragments are sent verbatim (may be invalid).
-    RawToolUse { id: String, name: String, fragments: Vec<String> },
+    RawToolUse {
+        id: String,
+        name: String,
+        fragments: Vec<String>,
+    },
 }
 
 /// A streamed assistant turn, built block by block.
@@ -195,7 +207,12 @@ impl Turn {
     }
 
     /// Add a tool_use block (input streamed in several `input_json_delta`s).
-    pub fn tool_use(mut self, id: impl Into<String>, name: impl Into<String>, input: Value) -> Self {
+    pub fn tool_use(
+        mut self,
+        id: impl Into<String>,
+        name: impl Into<String>,
+        input: Value,
+    ) -> Self {
         self.blocks.push(TurnBlock::ToolUse {
             id: id.into(),
             name: name.into(),
@@ -265,7 +282,10 @@ impl Turn {
 
     /// Render the SSE events `(name, data)` of this turn for a request.
     fn events(&self, n: usize, request: &Value) -> Vec<(String, String)> {
-        let model = request.get("model").and_then(Value::as_str).unwrap_or("fake");
+        let model = request
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or("fake");
         let input_tokens = self
             .input_tokens
             .unwrap_or_else(|| (request.to_string().len() as u64 / 4).max(1));
@@ -306,7 +326,11 @@ impl Turn {
                     frags.extend(split_text(&s, 3));
                     push_tool(&mut evs, i, id, name, &frags);
                 }
-                TurnBlock::RawToolUse { id, name, fragments } => {
+                TurnBlock::RawToolUse {
+                    id,
+                    name,
+                    fragments,
+                } => {
                     any_tool = true;
                     out_tokens += 10;
                     push_tool(&mut evs, i, id, name, fragments);
@@ -648,7 +672,9 @@ pub struct FakeModel {
 
 impl std::fmt::Debug for FakeModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FakeModel").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("FakeModel")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -766,9 +792,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         return Ok(error_response(404, "not_found_error", "not found"));
     }
     let has = |h: &str| headers.iter().any(|(k, v)| k == h && !v.is_empty());
-    let bearer = headers
-        .iter()
-        .any(|(k, v)| k == "authorization" && v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer "));
+    let bearer = headers.iter().any(|(k, v)| {
+        k == "authorization" && v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ")
+    });
     if !has("x-api-key") && !bearer {
         return Ok(error_response(
             401,
@@ -777,7 +803,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         ));
     }
     if !has("anthropic-version") {
-        return Ok(error_response(400, "invalid_request_error", "anthropic-version header is required"));
+        return Ok(error_response(
+            400,
+            "invalid_request_error",
+            "anthropic-version header is required",
+        ));
     }
     if shared.validate {
         if let Err(msg) = validate_request(&body) {
@@ -788,7 +818,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     let (chunks, latency) = match shared.script.reply(&ctx) {
         Reply::Turn(t) => (t.chunks(ctx.n, &ctx.body), t.latency),
         Reply::Stream { chunks, latency } => (chunks, latency),
-        Reply::Http { status, headers, body } => {
+        Reply::Http {
+            status,
+            headers,
+            body,
+        } => {
             return Ok(full(
                 StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                 &headers,
@@ -827,7 +861,8 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         }
     });
     let stream = futures::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx).map(|o| o.map(|b| Ok::<_, Infallible>(Frame::data(b))))
+        rx.poll_recv(cx)
+            .map(|o| o.map(|b| Ok::<_, Infallible>(Frame::data(b))))
     });
     let resp = Response::builder()
         .status(StatusCode::OK)
@@ -845,7 +880,11 @@ pub fn validate_request(body: &Value) -> Result<(), String> {
     if body.get("stream") != Some(&Value::Bool(true)) {
         return Err("stream: must be true for this fake".into());
     }
-    if body.get("model").and_then(Value::as_str).is_none_or(str::is_empty) {
+    if body
+        .get("model")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
         return Err("model: field required".into());
     }
     if body.get("max_tokens").and_then(Value::as_u64).is_none() {
@@ -860,7 +899,9 @@ pub fn validate_request(body: &Value) -> Result<(), String> {
     }
     let breakpoints = body.to_string().matches("\"cache_control\"").count();
     if breakpoints > 4 {
-        return Err(format!("a maximum of 4 blocks with cache_control may be provided. found {breakpoints}"));
+        return Err(format!(
+            "a maximum of 4 blocks with cache_control may be provided. found {breakpoints}"
+        ));
     }
     let mut seen_ids = HashSet::new();
     let mut prev_tool_ids: Vec<String> = Vec::new();
@@ -874,7 +915,9 @@ pub fn validate_request(body: &Value) -> Result<(), String> {
             return Err("messages: first message must use the \"user\" role".into());
         }
         if role == prev_role {
-            return Err(format!("messages.{i}: roles must alternate between \"user\" and \"assistant\""));
+            return Err(format!(
+                "messages.{i}: roles must alternate between \"user\" and \"assistant\""
+            ));
         }
         // The API also takes a plain string as one text block.
         let as_list;
@@ -884,16 +927,32 @@ pub fn validate_request(body: &Value) -> Result<(), String> {
                 as_list = vec![json!({"type": "text", "text": t})];
                 &as_list
             }
-            _ => return Err(format!("messages.{i}.content: must be a list or a non-empty string")),
+            _ => {
+                return Err(format!(
+                    "messages.{i}.content: must be a list or a non-empty string"
+                ))
+            }
         };
         if content.is_empty() {
-            return Err(format!("messages.{i}: all messages must have non-empty content"));
+            return Err(format!(
+                "messages.{i}: all messages must have non-empty content"
+            ));
         }
-        let ty = |b: &Value| b.get("type").and_then(Value::as_str).unwrap_or("").to_owned();
+        let ty = |b: &Value| {
+            b.get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        };
         let results: Vec<String> = content
             .iter()
             .filter(|b| ty(b) == "tool_result")
-            .map(|b| b.get("tool_use_id").and_then(Value::as_str).unwrap_or("").to_owned())
+            .map(|b| {
+                b.get("tool_use_id")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned()
+            })
             .collect();
         if role == "user" {
             for id in &prev_tool_ids {
@@ -914,14 +973,18 @@ pub fn validate_request(body: &Value) -> Result<(), String> {
                 let first_non_result = content.iter().position(|b| ty(b) != "tool_result");
                 if let Some(p) = first_non_result {
                     if content[p..].iter().any(|b| ty(b) == "tool_result") {
-                        return Err(format!("messages.{i}.content: tool_result blocks must come first"));
+                        return Err(format!(
+                            "messages.{i}.content: tool_result blocks must come first"
+                        ));
                     }
                 }
             }
             prev_tool_ids.clear();
         } else {
             if !results.is_empty() {
-                return Err(format!("messages.{i}: tool_result blocks are only allowed in user messages"));
+                return Err(format!(
+                    "messages.{i}: tool_result blocks are only allowed in user messages"
+                ));
             }
             prev_tool_ids = content
                 .iter()
@@ -930,7 +993,9 @@ pub fn validate_request(body: &Value) -> Result<(), String> {
                 .collect();
             for id in &prev_tool_ids {
                 if id.is_empty() || !seen_ids.insert(id.clone()) {
-                    return Err(format!("messages.{i}: `tool_use` ids must be unique and non-empty: {id}"));
+                    return Err(format!(
+                        "messages.{i}: `tool_use` ids must be unique and non-empty: {id}"
+                    ));
                 }
             }
         }

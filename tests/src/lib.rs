@@ -4,8 +4,8 @@
 #![forbid(unsafe_code)]
 
 pub mod api_stack;
-pub mod fake_model;
-pub mod sandbox;
 pub mod deploy;
+pub mod fake_model;
 pub mod relay;
+pub mod sandbox;
 pub mod tinyproxy;

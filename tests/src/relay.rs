@@ -33,7 +33,10 @@ impl Relay {
         let blocked = udp_blocked.clone();
         let dropped = udp_dropped.clone();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let tcp = TcpListener::bind(addr).await.unwrap();
                 let udp = Arc::new(UdpSocket::bind(addr).await.unwrap());
@@ -46,7 +49,13 @@ impl Relay {
             });
         });
         ready_rx.recv().unwrap();
-        Self { addr, udp_blocked, udp_dropped, stop: Some(stop), thread: Some(thread) }
+        Self {
+            addr,
+            udp_blocked,
+            udp_dropped,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
     }
 
     /// Where agents should connect.
@@ -86,12 +95,19 @@ async fn tcp_loop(listener: TcpListener, target: SocketAddr) {
     }
 }
 
-async fn udp_loop(front: Arc<UdpSocket>, target: SocketAddr, blocked: Arc<AtomicBool>, dropped: Arc<AtomicU64>) {
+async fn udp_loop(
+    front: Arc<UdpSocket>,
+    target: SocketAddr,
+    blocked: Arc<AtomicBool>,
+    dropped: Arc<AtomicU64>,
+) {
     // one upstream socket per client address, so replies find their way back
     let mut upstreams: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
     let mut buf = vec![0u8; 65_536];
     loop {
-        let Ok((n, client)) = front.recv_from(&mut buf).await else { return };
+        let Ok((n, client)) = front.recv_from(&mut buf).await else {
+            return;
+        };
         if blocked.load(Ordering::SeqCst) {
             dropped.fetch_add(1, Ordering::SeqCst);
             continue;
@@ -102,7 +118,8 @@ async fn udp_loop(front: Arc<UdpSocket>, target: SocketAddr, blocked: Arc<Atomic
                 let u = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
                 u.connect(target).await.unwrap();
                 upstreams.insert(client, u.clone());
-                let (front, u2, blocked, dropped) = (front.clone(), u.clone(), blocked.clone(), dropped.clone());
+                let (front, u2, blocked, dropped) =
+                    (front.clone(), u.clone(), blocked.clone(), dropped.clone());
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 65_536];
                     while let Ok(n) = u2.recv(&mut buf).await {

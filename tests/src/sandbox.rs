@@ -26,7 +26,9 @@ pub fn workspace_root() -> PathBuf {
 pub fn executor_path() -> PathBuf {
     let p = std::env::var_os("AIRLOCK_EXECUTOR_PATH")
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/x86_64-unknown-linux-gnu/debug/airlock-executor"));
+        .unwrap_or_else(|| {
+            workspace_root().join("target/x86_64-unknown-linux-gnu/debug/airlock-executor")
+        });
     assert!(
         p.is_file(),
         "static executor not found at {} — run `source scripts/setup.d/30-images.sh` (or scripts/test-all)",
@@ -37,7 +39,8 @@ pub fn executor_path() -> PathBuf {
 
 /// The test image reference. Panics with the fix if Docker does not have it.
 pub fn test_image() -> String {
-    let image = std::env::var("AIRLOCK_TEST_IMAGE").unwrap_or_else(|_| "airlock-test-sandbox:latest".into());
+    let image = std::env::var("AIRLOCK_TEST_IMAGE")
+        .unwrap_or_else(|_| "airlock-test-sandbox:latest".into());
     let ok = std::process::Command::new("docker")
         .args(["image", "inspect", "--format", "{{.Id}}", &image])
         .output()
@@ -53,7 +56,12 @@ pub fn test_image() -> String {
 /// Remove every container owned by `agent_id` (blocking; used by guards).
 pub fn remove_agent_containers(agent_id: &str) {
     let out = std::process::Command::new("docker")
-        .args(["ps", "-aq", "--filter", &format!("label=airlock.agent_id={agent_id}")])
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=airlock.agent_id={agent_id}"),
+        ])
         .output();
     if let Ok(out) = out {
         let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
@@ -61,7 +69,11 @@ pub fn remove_agent_containers(agent_id: &str) {
             .map(str::to_owned)
             .collect();
         if !ids.is_empty() {
-            let _ = std::process::Command::new("docker").arg("rm").arg("-f").args(&ids).output();
+            let _ = std::process::Command::new("docker")
+                .arg("rm")
+                .arg("-f")
+                .args(&ids)
+                .output();
         }
     }
 }
@@ -69,7 +81,12 @@ pub fn remove_agent_containers(agent_id: &str) {
 /// Containers (ids) owned by `agent_id`, running or not.
 pub fn agent_containers(agent_id: &str) -> Vec<String> {
     let out = std::process::Command::new("docker")
-        .args(["ps", "-aq", "--filter", &format!("label=airlock.agent_id={agent_id}")])
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=airlock.agent_id={agent_id}"),
+        ])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
         .unwrap_or_default();
@@ -113,7 +130,10 @@ impl TestAgent {
     /// A fresh agent using the test image and the static executor.
     pub fn new() -> Self {
         let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let mut agent = Self::with_identity(&format!("test-{}", uuid::Uuid::new_v4().simple()), tmp.path());
+        let mut agent = Self::with_identity(
+            &format!("test-{}", uuid::Uuid::new_v4().simple()),
+            tmp.path(),
+        );
         agent._tmp = Some(tmp);
         agent
     }
@@ -147,11 +167,12 @@ impl TestAgent {
 
     /// The service config these settings describe.
     pub fn config(&self) -> ServiceConfig {
-        let sandbox = SandboxSettings::from_raw(self.sandbox.clone()).unwrap_or_else(|e| panic!("[sandbox]: {e}"));
-        let policy =
-            Policy::from_raw(self.policy.clone(), &sandbox.default_image).unwrap_or_else(|e| panic!("[policy]: {e}"));
-        let pool =
-            PoolSettings::from_raw(self.pool.clone(), &sandbox.default_image).unwrap_or_else(|e| panic!("[pool]: {e}"));
+        let sandbox = SandboxSettings::from_raw(self.sandbox.clone())
+            .unwrap_or_else(|e| panic!("[sandbox]: {e}"));
+        let policy = Policy::from_raw(self.policy.clone(), &sandbox.default_image)
+            .unwrap_or_else(|e| panic!("[policy]: {e}"));
+        let pool = PoolSettings::from_raw(self.pool.clone(), &sandbox.default_image)
+            .unwrap_or_else(|e| panic!("[pool]: {e}"));
         ServiceConfig {
             agent_id: self.agent_id.clone(),
             data_dir: self.data_dir.clone(),
@@ -173,7 +194,11 @@ static NEXT: AtomicU64 = AtomicU64::new(1);
 
 /// A unique tool_use id.
 pub fn tool_use_id() -> String {
-    format!("toolu_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "toolu_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 /// Provision with defaults; panics on RPC error.
@@ -185,7 +210,12 @@ pub async fn provision(svc: &SandboxService) -> String {
 }
 
 /// Execute a tool with a fresh tool_use_id; panics on RPC error.
-pub async fn exec(svc: &SandboxService, sandbox_id: &str, name: &str, input: serde_json::Value) -> ToolResult {
+pub async fn exec(
+    svc: &SandboxService,
+    sandbox_id: &str,
+    name: &str,
+    input: serde_json::Value,
+) -> ToolResult {
     exec_id(svc, sandbox_id, &tool_use_id(), name, input).await
 }
 
@@ -226,7 +256,11 @@ pub fn docker_inspect(sandbox_id: &str) -> serde_json::Value {
         .args(["inspect", &format!("airlock-{sandbox_id}")])
         .output()
         .unwrap_or_else(|e| panic!("docker inspect: {e}"));
-    assert!(out.status.success(), "docker inspect airlock-{sandbox_id} failed");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("inspect json: {e}"));
+    assert!(
+        out.status.success(),
+        "docker inspect airlock-{sandbox_id} failed"
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("inspect json: {e}"));
     v[0].clone()
 }

@@ -26,7 +26,9 @@ impl Tinyproxy {
             .map(PathBuf::from)
             .find(|p| p.is_file())
             .context("tinyproxy is not installed (scripts/setup.d/00-apt.sh installs it; or `apt-get install tinyproxy`)")?;
-        let dir = tempfile::Builder::new().prefix("airlock-tinyproxy-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("airlock-tinyproxy-")
+            .tempdir()?;
         let port = crate::deploy::free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let log = dir.path().join("tinyproxy.log");
@@ -46,7 +48,9 @@ impl Tinyproxy {
             .context("spawn tinyproxy")?;
         let me = Self { dir, addr, child };
         crate::deploy::wait_for(Duration::from_secs(10), "tinyproxy listening", || {
-            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok().map(|_| ())
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+                .ok()
+                .map(|_| ())
         })?;
         Ok(me)
     }

@@ -23,7 +23,11 @@ fn user(text: &str) -> Value {
 /// Reads until a `session.status_idle`; returns its stop reason.
 async fn until_idle(stream: &mut SseClient, seen: &mut Vec<SseEvent>) -> Value {
     loop {
-        let e = stream.next_event(WAIT).await.unwrap().expect("stream ended before idle");
+        let e = stream
+            .next_event(WAIT)
+            .await
+            .unwrap()
+            .expect("stream ended before idle");
         seen.push(e.clone());
         if e.event == "session.status_idle" {
             return e.data["stop_reason"].clone();
@@ -36,23 +40,46 @@ fn of_type<'a>(events: &'a [Value], t: &str) -> Vec<&'a Value> {
 }
 
 async fn all_events(stack: &ApiStack, sid: &str) -> Vec<Value> {
-    stack.get(&format!("/v1/sessions/{sid}/events")).await.unwrap()["data"].as_array().unwrap().clone()
+    stack
+        .get(&format!("/v1/sessions/{sid}/events"))
+        .await
+        .unwrap()["data"]
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_turn_writes_a_file_reads_it_back_and_ends() {
     let script = |req: &RequestCtx| -> Reply {
         match req.tool_uses_so_far() {
-            0 => Turn::new().tool_use("toolu_w", "write", json!({"file_path": "notes.txt", "content": "hello airlock"})).into(),
-            1 => Turn::new().tool_use("toolu_r", "read", json!({"file_path": "notes.txt"})).into(),
+            0 => Turn::new()
+                .tool_use(
+                    "toolu_w",
+                    "write",
+                    json!({"file_path": "notes.txt", "content": "hello airlock"}),
+                )
+                .into(),
+            1 => Turn::new()
+                .tool_use("toolu_r", "read", json!({"file_path": "notes.txt"}))
+                .into(),
             _ => Reply::text("The file says hello airlock."),
         }
     };
     let hands = Arc::new(MemoryHands::default());
     let stack = ApiStack::start(script, hands.clone()).await.unwrap();
-    let sid = stack.session(json!([{"type": "agent_toolset_20260401"}])).await.unwrap();
+    let sid = stack
+        .session(json!([{"type": "agent_toolset_20260401"}]))
+        .await
+        .unwrap();
     let mut stream = stack.stream(&sid, None).await.unwrap();
-    let sent = stack.post(&format!("/v1/sessions/{sid}/events"), user("write and read back")).await.unwrap();
+    let sent = stack
+        .post(
+            &format!("/v1/sessions/{sid}/events"),
+            user("write and read back"),
+        )
+        .await
+        .unwrap();
     let mut seen = Vec::new();
     let reason = until_idle(&mut stream, &mut seen).await;
     assert_eq!(reason, json!({"type": "end_turn"}));
@@ -83,10 +110,15 @@ async fn a_turn_writes_a_file_reads_it_back_and_ends() {
 async fn always_ask_waits_then_allow_runs_and_deny_never_does() {
     let script = |req: &RequestCtx| -> Reply {
         if req.tool_uses_so_far() == 0 {
-            Turn::new().tool_use("toolu_b", "bash", json!({"command": "rm -rf build"})).into()
+            Turn::new()
+                .tool_use("toolu_b", "bash", json!({"command": "rm -rf build"}))
+                .into()
         } else {
             let r = req.last_tool_results();
-            Reply::text(format!("tool said: {}", r.first().map(|b| b.to_string()).unwrap_or_default()))
+            Reply::text(format!(
+                "tool said: {}",
+                r.first().map(|b| b.to_string()).unwrap_or_default()
+            ))
         }
     };
     let hands = Arc::new(MemoryHands::default());
@@ -96,19 +128,39 @@ async fn always_ask_waits_then_allow_runs_and_deny_never_does() {
         let before = hands.executed().len();
         let sid = stack.session(tools.clone()).await.unwrap();
         let mut stream = stack.stream(&sid, None).await.unwrap();
-        stack.post(&format!("/v1/sessions/{sid}/events"), user("clean the build")).await.unwrap();
+        stack
+            .post(
+                &format!("/v1/sessions/{sid}/events"),
+                user("clean the build"),
+            )
+            .await
+            .unwrap();
         let mut seen = Vec::new();
         let reason = until_idle(&mut stream, &mut seen).await;
         assert_eq!(reason["type"], json!("requires_action"), "{result}");
-        let tool_use = seen.iter().find(|e| e.event == "agent.tool_use").expect("tool_use streamed").clone();
+        let tool_use = seen
+            .iter()
+            .find(|e| e.event == "agent.tool_use")
+            .expect("tool_use streamed")
+            .clone();
         assert_eq!(tool_use.data["evaluated_permission"], json!("ask"));
         assert_eq!(reason["event_ids"], json!([tool_use.data["id"]]));
-        assert_eq!(hands.executed().len(), before, "nothing runs before the confirmation");
+        assert_eq!(
+            hands.executed().len(),
+            before,
+            "nothing runs before the confirmation"
+        );
         let mut confirm = json!({"type": "user.tool_confirmation", "tool_use_id": tool_use.data["id"], "result": result});
         if result == "deny" {
             confirm["deny_message"] = json!("not on a friday");
         }
-        stack.post(&format!("/v1/sessions/{sid}/events"), json!({"events": [confirm]})).await.unwrap();
+        stack
+            .post(
+                &format!("/v1/sessions/{sid}/events"),
+                json!({"events": [confirm]}),
+            )
+            .await
+            .unwrap();
         let reason = until_idle(&mut stream, &mut seen).await;
         assert_eq!(reason, json!({"type": "end_turn"}), "{result}");
         let events = all_events(&stack, &sid).await;
@@ -124,7 +176,10 @@ async fn always_ask_waits_then_allow_runs_and_deny_never_does() {
         } else {
             assert_eq!(hands.executed().len(), before, "a denied call never runs");
             assert!(res.iter().all(|r| r["is_error"] == json!(true)), "{res:?}");
-            assert!(told.contains("not on a friday") && told.contains(r#""is_error":true"#), "{told}");
+            assert!(
+                told.contains("not on a friday") && told.contains(r#""is_error":true"#),
+                "{told}"
+            );
         }
     }
     stack.stop().await;
@@ -134,25 +189,49 @@ async fn always_ask_waits_then_allow_runs_and_deny_never_does() {
 async fn a_custom_tool_goes_idle_until_its_result_arrives() {
     let script = |req: &RequestCtx| -> Reply {
         if req.tool_uses_so_far() == 0 {
-            Turn::new().tool_use("toolu_c", "lookup", json!({"word": "airlock"})).into()
+            Turn::new()
+                .tool_use("toolu_c", "lookup", json!({"word": "airlock"}))
+                .into()
         } else {
             let r = req.last_tool_results();
-            Reply::text(format!("looked up: {}", r.first().map(|b| b["content"].to_string()).unwrap_or_default()))
+            Reply::text(format!(
+                "looked up: {}",
+                r.first()
+                    .map(|b| b["content"].to_string())
+                    .unwrap_or_default()
+            ))
         }
     };
-    let stack = ApiStack::start(script, Arc::new(MemoryHands::default())).await.unwrap();
+    let stack = ApiStack::start(script, Arc::new(MemoryHands::default()))
+        .await
+        .unwrap();
     let sid = stack
-        .session(json!([{"type": "custom", "name": "lookup", "description": "Look a word up.",
-            "input_schema": {"type": "object", "properties": {"word": {"type": "string"}}}}]))
+        .session(
+            json!([{"type": "custom", "name": "lookup", "description": "Look a word up.",
+            "input_schema": {"type": "object", "properties": {"word": {"type": "string"}}}}]),
+        )
         .await
         .unwrap();
     let mut stream = stack.stream(&sid, None).await.unwrap();
-    stack.post(&format!("/v1/sessions/{sid}/events"), user("what is an airlock?")).await.unwrap();
+    stack
+        .post(
+            &format!("/v1/sessions/{sid}/events"),
+            user("what is an airlock?"),
+        )
+        .await
+        .unwrap();
     let mut seen = Vec::new();
     let reason = until_idle(&mut stream, &mut seen).await;
-    let call = seen.iter().find(|e| e.event == "agent.custom_tool_use").expect("custom tool use streamed").clone();
+    let call = seen
+        .iter()
+        .find(|e| e.event == "agent.custom_tool_use")
+        .expect("custom tool use streamed")
+        .clone();
     assert_eq!(call.data["input"], json!({"word": "airlock"}));
-    assert_eq!(reason, json!({"type": "requires_action", "event_ids": [call.data["id"]]}));
+    assert_eq!(
+        reason,
+        json!({"type": "requires_action", "event_ids": [call.data["id"]]})
+    );
     let s = stack.get(&format!("/v1/sessions/{sid}")).await.unwrap();
     assert_eq!(s["status"], json!("idle"));
     stack
@@ -160,21 +239,43 @@ async fn a_custom_tool_goes_idle_until_its_result_arrives() {
             "custom_tool_use_id": call.data["id"], "content": [{"type": "text", "text": "a chamber between two doors"}]}]}))
         .await
         .unwrap();
-    assert_eq!(until_idle(&mut stream, &mut seen).await, json!({"type": "end_turn"}));
+    assert_eq!(
+        until_idle(&mut stream, &mut seen).await,
+        json!({"type": "end_turn"})
+    );
     let last = stack.fake.requests().last().unwrap().body.to_string();
-    assert!(last.contains("a chamber between two doors"), "the model got the result: {last}");
+    assert!(
+        last.contains("a chamber between two doors"),
+        "the model got the result: {last}"
+    );
     stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_dropped_mid_run_resumes_with_nothing_missing_or_repeated() {
-    let stack = ApiStack::start(tool_loop(8, |k| ("write".to_owned(), json!({"file_path": format!("f{k}"), "content": "x"}))),
-        Arc::new(MemoryHands::default()))
+    let stack = ApiStack::start(
+        tool_loop(8, |k| {
+            (
+                "write".to_owned(),
+                json!({"file_path": format!("f{k}"), "content": "x"}),
+            )
+        }),
+        Arc::new(MemoryHands::default()),
+    )
+    .await
+    .unwrap();
+    let sid = stack
+        .session(json!([{"type": "agent_toolset_20260401"}]))
         .await
         .unwrap();
-    let sid = stack.session(json!([{"type": "agent_toolset_20260401"}])).await.unwrap();
     let mut stream = stack.stream(&sid, None).await.unwrap();
-    stack.post(&format!("/v1/sessions/{sid}/events"), user("write eight files")).await.unwrap();
+    stack
+        .post(
+            &format!("/v1/sessions/{sid}/events"),
+            user("write eight files"),
+        )
+        .await
+        .unwrap();
     let mut delivered: Vec<u64> = Vec::new();
     let mut drops = 0;
     let mut done = false;
@@ -198,8 +299,16 @@ async fn a_stream_dropped_mid_run_resumes_with_nothing_missing_or_repeated() {
     }
     assert!(drops >= 3, "the run spans several reconnections ({drops})");
     let unique: HashSet<_> = delivered.iter().collect();
-    assert_eq!(unique.len(), delivered.len(), "no event twice: {delivered:?}");
-    let listed: Vec<u64> = all_events(&stack, &sid).await.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        unique.len(),
+        delivered.len(),
+        "no event twice: {delivered:?}"
+    );
+    let listed: Vec<u64> = all_events(&stack, &sid)
+        .await
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
     assert_eq!(delivered, listed, "every event, in order");
     stack.stop().await;
 }

@@ -8,14 +8,17 @@ mod harness_support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use airlock_tests::fake_model::{sequence, tool_loop, Fault, FakeModel, Reply, RequestCtx, Turn};
-use harness::{Harness, HandsError, ProvisioningMode, StopReason, Supervisor, WakeOutcome};
+use airlock_tests::fake_model::{sequence, tool_loop, FakeModel, Fault, Reply, RequestCtx, Turn};
+use harness::{HandsError, Harness, ProvisioningMode, StopReason, Supervisor, WakeOutcome};
 use harness_support::*;
 use serde_json::{json, Value};
 use session_store::{NewEvent, SessionStatus, SessionStore};
 
 fn bash(k: usize) -> (String, Value) {
-    ("bash".to_owned(), json!({"command": format!("echo step {k}")}))
+    (
+        "bash".to_owned(),
+        json!({"command": format!("echo step {k}")}),
+    )
 }
 
 #[tokio::test]
@@ -37,7 +40,15 @@ async fn a_multi_tool_session_runs_to_end_turn() {
     assert_eq!(of_type(&events, "span.model_request_start").len(), 6);
     assert_eq!(of_type(&events, "agent.message").len(), 6);
     let t = types(&events);
-    assert_eq!(&t[..4], ["user.message", "session.status_running", "span.model_request_start", "agent.message"]);
+    assert_eq!(
+        &t[..4],
+        [
+            "user.message",
+            "session.status_running",
+            "span.model_request_start",
+            "agent.message"
+        ]
+    );
     assert_eq!(t.last(), Some(&"session.status_idle"));
     let idle = of_type(&events, "session.status_idle");
     assert_eq!(idle.len(), 1);
@@ -50,13 +61,25 @@ async fn a_multi_tool_session_runs_to_end_turn() {
         assert_eq!(e.body["is_error"], json!(false));
         assert!(e.body["model_usage"]["input_tokens"].as_u64().unwrap() > 0);
     }
-    assert_eq!(store.get_session("sesn_multi").await.unwrap().status, SessionStatus::Idle);
+    assert_eq!(
+        store.get_session("sesn_multi").await.unwrap().status,
+        SessionStatus::Idle
+    );
 
     // Every tool ran exactly once, in order, with the event id as the key.
     let execs = hands.executions();
     assert_eq!(execs.len(), 5);
-    let tool_use_ids: Vec<_> = of_type(&events, "agent.tool_use").iter().map(|e| e.id.clone()).collect();
-    assert_eq!(execs.iter().map(|e| e.tool_use_id.clone()).collect::<Vec<_>>(), tool_use_ids);
+    let tool_use_ids: Vec<_> = of_type(&events, "agent.tool_use")
+        .iter()
+        .map(|e| e.id.clone())
+        .collect();
+    assert_eq!(
+        execs
+            .iter()
+            .map(|e| e.tool_use_id.clone())
+            .collect::<Vec<_>>(),
+        tool_use_ids
+    );
     assert_eq!(execs[3].input, json!({"command": "echo step 3"}));
     // Lazy provisioning: once, before the first tool ran.
     assert_eq!(hands.provisions().len(), 1);
@@ -75,14 +98,23 @@ async fn a_multi_tool_session_runs_to_end_turn() {
     assert_eq!(last[2]["content"][0]["type"], json!("tool_result"));
     assert_eq!(last[2]["content"][0]["tool_use_id"], json!(tool_use_ids[0]));
     assert_eq!(last[1]["content"][1]["id"], json!(tool_use_ids[0]));
-    assert_eq!(last[10]["content"][0]["content"][0]["text"], json!("ran bash {\"command\":\"echo step 4\"}"));
+    assert_eq!(
+        last[10]["content"][0]["content"][0]["text"],
+        json!("ran bash {\"command\":\"echo step 4\"}")
+    );
     // Prompt-cache breakpoints: system, the last message, the previous user message.
-    assert_eq!(reqs[5].body["system"][0]["cache_control"], json!({"type": "ephemeral"}));
+    assert_eq!(
+        reqs[5].body["system"][0]["cache_control"],
+        json!({"type": "ephemeral"})
+    );
     assert!(last[10]["content"][0]["cache_control"].is_object());
     assert!(last[8]["content"][0]["cache_control"].is_object());
 
     // A second wake finds nothing to do.
-    assert_eq!(h.wake("sesn_multi").await.unwrap(), WakeOutcome::NothingToDo);
+    assert_eq!(
+        h.wake("sesn_multi").await.unwrap(),
+        WakeOutcome::NothingToDo
+    );
     assert_eq!(log(&*store, "sesn_multi").await.len(), events.len());
 }
 
@@ -90,12 +122,19 @@ async fn a_multi_tool_session_runs_to_end_turn() {
 async fn a_user_message_after_idle_starts_a_new_turn_with_history() {
     let fx = sqlite().await;
     let store: Arc<dyn SessionStore> = fx.store.clone();
-    let fake = FakeModel::start(|r: &RequestCtx| Reply::text(format!("echo: {}", r.last_user_text().unwrap_or("")))).await.unwrap();
+    let fake = FakeModel::start(|r: &RequestCtx| {
+        Reply::text(format!("echo: {}", r.last_user_text().unwrap_or("")))
+    })
+    .await
+    .unwrap();
     let h = harness(store.clone(), &fake, RecordingHands::new(), config("h1"));
     create_session(&*store, "s", toolset(), "first").await;
     h.wake("s").await.unwrap();
     send(&*store, "s", user_message("second")).await;
-    assert_eq!(h.wake("s").await.unwrap(), WakeOutcome::Idle(StopReason::EndTurn));
+    assert_eq!(
+        h.wake("s").await.unwrap(),
+        WakeOutcome::Idle(StopReason::EndTurn)
+    );
     let reqs = fake.requests();
     assert_eq!(reqs.len(), 2);
     let m = &reqs[1].body["messages"];
@@ -126,10 +165,22 @@ async fn an_interrupt_stops_an_in_flight_model_request() {
     });
     assert!(fake.wait_for_requests(1, PATIENCE).await);
     let started = Instant::now();
-    send(&*store, "s", NewEvent::queued(json!({"type": "user.interrupt"}))).await;
-    let out = tokio::time::timeout(PATIENCE, task).await.unwrap().unwrap().unwrap();
+    send(
+        &*store,
+        "s",
+        NewEvent::queued(json!({"type": "user.interrupt"})),
+    )
+    .await;
+    let out = tokio::time::timeout(PATIENCE, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(out, WakeOutcome::Idle(StopReason::EndTurn));
-    assert!(started.elapsed() < Duration::from_secs(15), "interrupt waited for the model");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "interrupt waited for the model"
+    );
 
     let events = log(&*store, "s").await;
     check_complete(&events);
@@ -148,7 +199,10 @@ async fn an_interrupt_stops_an_in_flight_model_request() {
     );
     // The next message starts a new turn; the model sees both user messages.
     send(&*store, "s", user_message("never mind, say hi")).await;
-    assert_eq!(h.wake("s").await.unwrap(), WakeOutcome::Idle(StopReason::EndTurn));
+    assert_eq!(
+        h.wake("s").await.unwrap(),
+        WakeOutcome::Idle(StopReason::EndTurn)
+    );
     let reqs = fake.requests();
     assert_eq!(reqs.len(), 2);
     let m = &reqs[1].body["messages"];
@@ -176,10 +230,19 @@ async fn an_interrupt_during_tools_lets_the_running_one_finish_and_skips_the_res
         async move { h.wake("s").await }
     });
     eventually("the first tool to start", || hands.calls().len() == 1).await;
-    send(&*store, "s", NewEvent::queued(json!({"type": "user.interrupt"}))).await;
+    send(
+        &*store,
+        "s",
+        NewEvent::queued(json!({"type": "user.interrupt"})),
+    )
+    .await;
     // Let the running tool finish only after the interrupt is in the log.
     gate.add_permits(10);
-    let out = tokio::time::timeout(PATIENCE, task).await.unwrap().unwrap().unwrap();
+    let out = tokio::time::timeout(PATIENCE, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(out, WakeOutcome::Idle(StopReason::EndTurn));
     let events = log(&*store, "s").await;
     check_complete(&events);
@@ -187,7 +250,10 @@ async fn an_interrupt_during_tools_lets_the_running_one_finish_and_skips_the_res
     assert_eq!(results.len(), 2);
     assert_eq!(results[0].body["is_error"], json!(false));
     assert_eq!(results[1].body["is_error"], json!(true));
-    assert!(results[1].body["content"][0]["text"].as_str().unwrap().contains("interrupted"));
+    assert!(results[1].body["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .contains("interrupted"));
     assert_eq!(hands.executions().len(), 1, "the second tool must not run");
     assert_eq!(fake.request_count(), 1, "no model call after the interrupt");
 }
@@ -199,31 +265,57 @@ async fn retries_honour_retry_after_then_succeed() {
     let fake = FakeModel::start(sequence(vec![
         Reply::rate_limited(0.4),
         Reply::overloaded(),
-        Turn::new().text("hello").fault(3, Fault::ErrorEvent("overloaded_error".into())).into(),
+        Turn::new()
+            .text("hello")
+            .fault(3, Fault::ErrorEvent("overloaded_error".into()))
+            .into(),
         Reply::text("finally"),
     ]))
     .await
     .unwrap();
     let h = harness(store.clone(), &fake, RecordingHands::new(), config("h1"));
     create_session(&*store, "s", toolset(), "hi").await;
-    assert_eq!(h.wake("s").await.unwrap(), WakeOutcome::Idle(StopReason::EndTurn));
+    assert_eq!(
+        h.wake("s").await.unwrap(),
+        WakeOutcome::Idle(StopReason::EndTurn)
+    );
     let reqs = fake.requests();
     assert_eq!(reqs.len(), 4);
     let gap = reqs[1].at.duration_since(reqs[0].at);
-    assert!(gap >= Duration::from_millis(400), "retry-after 0.4 s not honoured: {gap:?}");
+    assert!(
+        gap >= Duration::from_millis(400),
+        "retry-after 0.4 s not honoured: {gap:?}"
+    );
     let events = log(&*store, "s").await;
     check_complete(&events);
     let errors = of_type(&events, "session.error");
-    let kinds: Vec<_> = errors.iter().map(|e| e.body["error"]["type"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["model_rate_limited_error", "model_overloaded_error", "model_overloaded_error"]);
+    let kinds: Vec<_> = errors
+        .iter()
+        .map(|e| e.body["error"]["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "model_rate_limited_error",
+            "model_overloaded_error",
+            "model_overloaded_error"
+        ]
+    );
     for e in &errors {
         assert_eq!(e.body["error"]["retry_status"], json!({"type": "retrying"}));
     }
     let ends = of_type(&events, "span.model_request_end");
-    let flags: Vec<_> = ends.iter().map(|e| e.body["is_error"].as_bool().unwrap()).collect();
+    let flags: Vec<_> = ends
+        .iter()
+        .map(|e| e.body["is_error"].as_bool().unwrap())
+        .collect();
     assert_eq!(flags, [true, true, true, false]);
     let msgs = of_type(&events, "agent.message");
-    assert_eq!(msgs.len(), 1, "the partial answer of the failed stream is not kept");
+    assert_eq!(
+        msgs.len(),
+        1,
+        "the partial answer of the failed stream is not kept"
+    );
     assert_eq!(msgs[0].body["content"][0]["text"], json!("finally"));
     // Every attempt sent the same conversation.
     for r in &reqs[1..] {
@@ -246,24 +338,45 @@ async fn exhausted_retries_end_in_session_error_and_idle() {
     .unwrap();
     let h = harness(store.clone(), &fake, RecordingHands::new(), config("h1"));
     create_session(&*store, "s", toolset(), "hi").await;
-    assert_eq!(h.wake("s").await.unwrap(), WakeOutcome::Idle(StopReason::RetriesExhausted));
+    assert_eq!(
+        h.wake("s").await.unwrap(),
+        WakeOutcome::Idle(StopReason::RetriesExhausted)
+    );
     assert_eq!(fake.request_count(), 4, "max_attempts = 4");
     let events = log(&*store, "s").await;
     check_complete(&events);
     let statuses: Vec<_> = of_type(&events, "session.error")
         .iter()
-        .map(|e| e.body["error"]["retry_status"]["type"].as_str().unwrap().to_owned())
+        .map(|e| {
+            e.body["error"]["retry_status"]["type"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     assert_eq!(statuses, ["retrying", "retrying", "retrying", "exhausted"]);
     let idle = of_type(&events, "session.status_idle");
-    assert_eq!(idle.last().unwrap().body["stop_reason"], json!({"type": "retries_exhausted"}));
-    assert_eq!(store.get_session("s").await.unwrap().status, SessionStatus::Idle);
+    assert_eq!(
+        idle.last().unwrap().body["stop_reason"],
+        json!({"type": "retries_exhausted"})
+    );
+    assert_eq!(
+        store.get_session("s").await.unwrap().status,
+        SessionStatus::Idle
+    );
     // A later wake without new input does nothing; a new message works.
     assert_eq!(h.wake("s").await.unwrap(), WakeOutcome::NothingToDo);
     send(&*store, "s", user_message("again")).await;
-    assert_eq!(h.wake("s").await.unwrap(), WakeOutcome::Idle(StopReason::EndTurn));
+    assert_eq!(
+        h.wake("s").await.unwrap(),
+        WakeOutcome::Idle(StopReason::EndTurn)
+    );
     let reqs = fake.requests();
-    assert_eq!(reqs[4].body["messages"].as_array().unwrap().len(), 1, "both user messages, merged");
+    assert_eq!(
+        reqs[4].body["messages"].as_array().unwrap().len(),
+        1,
+        "both user messages, merged"
+    );
     check_complete(&log(&*store, "s").await);
 }
 
@@ -277,14 +390,24 @@ async fn budgets_stop_a_runaway_session() {
     cfg.budget.max_model_requests_per_turn = 3;
     let h = harness(store.clone(), &fake, hands.clone(), cfg);
     create_session(&*store, "s", toolset(), "loop forever").await;
-    assert_eq!(h.wake("s").await.unwrap(), WakeOutcome::Idle(StopReason::BudgetReached));
+    assert_eq!(
+        h.wake("s").await.unwrap(),
+        WakeOutcome::Idle(StopReason::BudgetReached)
+    );
     assert_eq!(fake.request_count(), 3);
     let events = log(&*store, "s").await;
     check_complete(&events);
-    assert_eq!(hands.executions().len(), 3, "the tools of the last answer still ran");
+    assert_eq!(
+        hands.executions().len(),
+        3,
+        "the tools of the last answer still ran"
+    );
     // A new user message starts a new turn with a fresh per-turn budget.
     send(&*store, "s", user_message("go on")).await;
-    assert_eq!(h.wake("s").await.unwrap(), WakeOutcome::Idle(StopReason::BudgetReached));
+    assert_eq!(
+        h.wake("s").await.unwrap(),
+        WakeOutcome::Idle(StopReason::BudgetReached)
+    );
     assert_eq!(fake.request_count(), 6);
 
     // Token budget over the whole session.
@@ -292,7 +415,10 @@ async fn budgets_stop_a_runaway_session() {
     let store2: Arc<dyn SessionStore> = fx2.store.clone();
     let fake2 = FakeModel::start(|r: &RequestCtx| {
         let k = r.tool_uses_so_far();
-        Turn::new().tool_use(format!("toolu_{k}"), "bash", json!({"command": "true"})).usage(600, 100).into()
+        Turn::new()
+            .tool_use(format!("toolu_{k}"), "bash", json!({"command": "true"}))
+            .usage(600, 100)
+            .into()
     })
     .await
     .unwrap();
@@ -300,10 +426,16 @@ async fn budgets_stop_a_runaway_session() {
     cfg.budget.max_session_tokens = 1500;
     let h2 = harness(store2.clone(), &fake2, RecordingHands::new(), cfg);
     create_session(&*store2, "t", toolset(), "spend").await;
-    assert_eq!(h2.wake("t").await.unwrap(), WakeOutcome::Idle(StopReason::BudgetReached));
+    assert_eq!(
+        h2.wake("t").await.unwrap(),
+        WakeOutcome::Idle(StopReason::BudgetReached)
+    );
     assert_eq!(fake2.request_count(), 3, "700 + 700 < 1500 <= 2100");
     send(&*store2, "t", user_message("more")).await;
-    assert_eq!(h2.wake("t").await.unwrap(), WakeOutcome::Idle(StopReason::BudgetReached));
+    assert_eq!(
+        h2.wake("t").await.unwrap(),
+        WakeOutcome::Idle(StopReason::BudgetReached)
+    );
     assert_eq!(fake2.request_count(), 3, "the session budget stays spent");
     check_complete(&log(&*store2, "t").await);
 }
@@ -313,7 +445,10 @@ async fn an_unknown_tool_is_refused_and_the_model_is_told() {
     let fx = sqlite().await;
     let store: Arc<dyn SessionStore> = fx.store.clone();
     let fake = FakeModel::start(sequence(vec![
-        Turn::new().text("let me").tool_use("toolu_x", "frobnicate", json!({"level": 11})).into(),
+        Turn::new()
+            .text("let me")
+            .tool_use("toolu_x", "frobnicate", json!({"level": 11}))
+            .into(),
         Reply::text("sorry, I will use bash"),
     ]))
     .await
@@ -321,7 +456,10 @@ async fn an_unknown_tool_is_refused_and_the_model_is_told() {
     let hands = RecordingHands::new();
     let h = harness(store.clone(), &fake, hands.clone(), config("h1"));
     create_session(&*store, "s", toolset(), "frobnicate it").await;
-    assert_eq!(h.wake("s").await.unwrap(), WakeOutcome::Idle(StopReason::EndTurn));
+    assert_eq!(
+        h.wake("s").await.unwrap(),
+        WakeOutcome::Idle(StopReason::EndTurn)
+    );
     let events = log(&*store, "s").await;
     check_complete(&events);
     let tu = of_type(&events, "agent.tool_use");
@@ -329,10 +467,16 @@ async fn an_unknown_tool_is_refused_and_the_model_is_told() {
     let res = of_type(&events, "agent.tool_result");
     assert_eq!(res[0].body["is_error"], json!(true));
     let text = res[0].body["content"][0]["text"].as_str().unwrap();
-    assert!(text.contains("frobnicate") && text.contains("bash"), "{text}");
+    assert!(
+        text.contains("frobnicate") && text.contains("bash"),
+        "{text}"
+    );
     assert!(hands.calls().is_empty());
     let reqs = fake.requests();
-    assert_eq!(reqs[1].body["messages"][2]["content"][0]["is_error"], json!(true));
+    assert_eq!(
+        reqs[1].body["messages"][2]["content"][0]["is_error"],
+        json!(true)
+    );
 }
 
 #[tokio::test]
@@ -341,7 +485,9 @@ async fn a_malformed_response_is_a_clear_error_and_corrupts_nothing() {
     let store: Arc<dyn SessionStore> = fx.store.clone();
     let fake = FakeModel::start(sequence(vec![
         Turn::new().text("partial").fault(4, Fault::Corrupt).into(),
-        Turn::new().raw_tool_use("toolu_1", "bash", &["{\"command\": \"ls"]).into(),
+        Turn::new()
+            .raw_tool_use("toolu_1", "bash", &["{\"command\": \"ls"])
+            .into(),
         Reply::text("recovered"),
     ]))
     .await
@@ -349,29 +495,56 @@ async fn a_malformed_response_is_a_clear_error_and_corrupts_nothing() {
     let hands = RecordingHands::new();
     let h = harness(store.clone(), &fake, hands.clone(), config("h1"));
     create_session(&*store, "s", toolset(), "hi").await;
-    assert_eq!(h.wake("s").await.unwrap(), WakeOutcome::Idle(StopReason::RetriesExhausted));
+    assert_eq!(
+        h.wake("s").await.unwrap(),
+        WakeOutcome::Idle(StopReason::RetriesExhausted)
+    );
     assert_eq!(fake.request_count(), 1, "a malformed stream is not retried");
     let events = log(&*store, "s").await;
     check_complete(&events);
     let err = of_type(&events, "session.error");
     assert_eq!(err.len(), 1);
-    assert_eq!(err[0].body["error"]["type"], json!("model_request_failed_error"));
-    assert_eq!(err[0].body["error"]["retry_status"], json!({"type": "exhausted"}));
-    assert!(err[0].body["error"]["message"].as_str().unwrap().contains("malformed"));
+    assert_eq!(
+        err[0].body["error"]["type"],
+        json!("model_request_failed_error")
+    );
+    assert_eq!(
+        err[0].body["error"]["retry_status"],
+        json!({"type": "exhausted"})
+    );
+    assert!(err[0].body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("malformed"));
     assert!(of_type(&events, "agent.message").is_empty());
 
     send(&*store, "s", user_message("again")).await;
-    assert_eq!(h.wake("s").await.unwrap(), WakeOutcome::Idle(StopReason::RetriesExhausted));
+    assert_eq!(
+        h.wake("s").await.unwrap(),
+        WakeOutcome::Idle(StopReason::RetriesExhausted)
+    );
     let events = log(&*store, "s").await;
     check_complete(&events);
-    assert!(of_type(&events, "agent.tool_use").is_empty(), "a tool call with invalid input is not recorded");
+    assert!(
+        of_type(&events, "agent.tool_use").is_empty(),
+        "a tool call with invalid input is not recorded"
+    );
     assert!(hands.calls().is_empty());
 
     send(&*store, "s", user_message("third time")).await;
-    assert_eq!(h.wake("s").await.unwrap(), WakeOutcome::Idle(StopReason::EndTurn));
+    assert_eq!(
+        h.wake("s").await.unwrap(),
+        WakeOutcome::Idle(StopReason::EndTurn)
+    );
     check_complete(&log(&*store, "s").await);
     // The conversation the model sees is still valid (the fake validates it).
-    assert_eq!(fake.requests()[2].body["messages"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        fake.requests()[2].body["messages"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -379,7 +552,10 @@ async fn a_stall_mid_stream_times_out_and_is_retried_or_reported() {
     let fx = sqlite().await;
     let store: Arc<dyn SessionStore> = fx.store.clone();
     let fake = FakeModel::start(sequence(vec![
-        Turn::new().text("I was saying").fault(4, Fault::Stall).into(),
+        Turn::new()
+            .text("I was saying")
+            .fault(4, Fault::Stall)
+            .into(),
         Reply::text("as I was saying"),
         Turn::new().text("x").fault(2, Fault::Stall).into(),
         Turn::new().text("x").fault(2, Fault::Stall).into(),
@@ -388,23 +564,43 @@ async fn a_stall_mid_stream_times_out_and_is_retried_or_reported() {
     .unwrap();
     let mut cfg = config("h1");
     cfg.retry.max_attempts = 2;
-    let h = Harness::new(store.clone(), provider(&fake, Duration::from_millis(300)), RecordingHands::new(), cfg);
+    let h = Harness::new(
+        store.clone(),
+        provider(&fake, Duration::from_millis(300)),
+        RecordingHands::new(),
+        cfg,
+    );
     create_session(&*store, "s", toolset(), "talk").await;
-    assert_eq!(h.wake("s").await.unwrap(), WakeOutcome::Idle(StopReason::EndTurn));
+    assert_eq!(
+        h.wake("s").await.unwrap(),
+        WakeOutcome::Idle(StopReason::EndTurn)
+    );
     let events = log(&*store, "s").await;
     check_complete(&events);
     let err = of_type(&events, "session.error");
     assert_eq!(err.len(), 1);
-    assert!(err[0].body["error"]["message"].as_str().unwrap().contains("timed out"));
-    assert_eq!(of_type(&events, "agent.message")[0].body["content"][0]["text"], json!("as I was saying"));
+    assert!(err[0].body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("timed out"));
+    assert_eq!(
+        of_type(&events, "agent.message")[0].body["content"][0]["text"],
+        json!("as I was saying")
+    );
 
     send(&*store, "s", user_message("again")).await;
-    assert_eq!(h.wake("s").await.unwrap(), WakeOutcome::Idle(StopReason::RetriesExhausted));
+    assert_eq!(
+        h.wake("s").await.unwrap(),
+        WakeOutcome::Idle(StopReason::RetriesExhausted)
+    );
     let events = log(&*store, "s").await;
     check_complete(&events);
     let err = of_type(&events, "session.error");
     assert_eq!(err.len(), 3);
-    assert_eq!(err[2].body["error"]["retry_status"], json!({"type": "exhausted"}));
+    assert_eq!(
+        err[2].body["error"]["retry_status"],
+        json!({"type": "exhausted"})
+    );
     eventually("stalled streams to close", || fake.open_streams() == 0).await;
 }
 
@@ -440,53 +636,109 @@ async fn always_ask_and_custom_tools_block_until_the_client_answers() {
     assert_eq!(bash.body["evaluation"], json!({"type": "always_ask"}));
     assert_eq!(
         out,
-        WakeOutcome::Idle(StopReason::RequiresAction(vec![bash.id.clone(), custom.id.clone(), write.id.clone()]))
+        WakeOutcome::Idle(StopReason::RequiresAction(vec![
+            bash.id.clone(),
+            custom.id.clone(),
+            write.id.clone()
+        ]))
     );
     assert!(hands.calls().is_empty(), "nothing runs before confirmation");
-    assert_eq!(store.get_session("s").await.unwrap().status, SessionStatus::Idle);
+    assert_eq!(
+        store.get_session("s").await.unwrap().status,
+        SessionStatus::Idle
+    );
     // A wake without an answer changes nothing.
     assert_eq!(h.wake("s").await.unwrap(), out);
     assert_eq!(log(&*store, "s").await.len(), events.len());
 
     // Allow bash: it runs; idle again, now waiting on the other two.
-    let allow = send(&*store, "s", NewEvent::queued(json!({"type": "user.tool_confirmation", "tool_use_id": bash.id, "result": "allow"}))).await;
+    let allow = send(
+        &*store,
+        "s",
+        NewEvent::queued(
+            json!({"type": "user.tool_confirmation", "tool_use_id": bash.id, "result": "allow"}),
+        ),
+    )
+    .await;
     let out = h.wake("s").await.unwrap();
-    assert_eq!(out, WakeOutcome::Idle(StopReason::RequiresAction(vec![custom.id.clone(), write.id.clone()])));
+    assert_eq!(
+        out,
+        WakeOutcome::Idle(StopReason::RequiresAction(vec![
+            custom.id.clone(),
+            write.id.clone()
+        ]))
+    );
     assert_eq!(hands.executions().len(), 1);
     assert_eq!(hands.executions()[0].tool_use_id, bash.id);
     let events = log(&*store, "s").await;
-    assert!(events.iter().find(|e| e.id == allow.id).unwrap().processed_at.is_some());
+    assert!(events
+        .iter()
+        .find(|e| e.id == allow.id)
+        .unwrap()
+        .processed_at
+        .is_some());
 
     // Deny write (it never runs), answer the custom tool: the model continues.
     send(&*store, "s", NewEvent::queued(json!({"type": "user.tool_confirmation", "tool_use_id": write.id, "result": "deny", "deny_message": "not today"}))).await;
     send(&*store, "s", NewEvent::queued(json!({"type": "user.custom_tool_result", "custom_tool_use_id": custom.id, "content": [{"type": "text", "text": "sunny"}]}))).await;
-    assert_eq!(h.wake("s").await.unwrap(), WakeOutcome::Idle(StopReason::EndTurn));
+    assert_eq!(
+        h.wake("s").await.unwrap(),
+        WakeOutcome::Idle(StopReason::EndTurn)
+    );
     assert_eq!(hands.executions().len(), 1, "denied tool never ran");
     let events = log(&*store, "s").await;
     check_complete(&events);
     let reqs = fake.requests();
     assert_eq!(reqs.len(), 2);
-    let results = reqs[1].body["messages"][2]["content"].as_array().unwrap().clone();
+    let results = reqs[1].body["messages"][2]["content"]
+        .as_array()
+        .unwrap()
+        .clone();
     assert_eq!(results.len(), 3);
-    let by_id = |id: &str| results.iter().find(|b| b["tool_use_id"] == json!(id)).unwrap().clone();
+    let by_id = |id: &str| {
+        results
+            .iter()
+            .find(|b| b["tool_use_id"] == json!(id))
+            .unwrap()
+            .clone()
+    };
     assert_eq!(by_id(&custom.id)["content"][0]["text"], json!("sunny"));
     assert_eq!(by_id(&write.id)["is_error"], json!(true));
-    assert!(by_id(&write.id)["content"][0]["text"].as_str().unwrap().contains("not today"));
+    assert!(by_id(&write.id)["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .contains("not today"));
     assert_eq!(by_id(&bash.id)["is_error"], Value::Null);
 }
 
 #[tokio::test]
 async fn provisioning_lazy_speculative_and_eager() {
-    for mode in [ProvisioningMode::Lazy, ProvisioningMode::Speculative, ProvisioningMode::Eager] {
+    for mode in [
+        ProvisioningMode::Lazy,
+        ProvisioningMode::Speculative,
+        ProvisioningMode::Eager,
+    ] {
         let fx = sqlite().await;
         let store: Arc<dyn SessionStore> = fx.store.clone();
         let latency = Duration::from_millis(300);
-        let fake = FakeModel::builder().latency(latency).start(tool_loop(1, bash)).await.unwrap();
+        let fake = FakeModel::builder()
+            .latency(latency)
+            .start(tool_loop(1, bash))
+            .await
+            .unwrap();
         let hands = RecordingHands::with_provision_delay(Duration::from_millis(500));
-        let h = harness(store.clone(), &fake, hands.clone(), with_provisioning(config("h1"), mode));
+        let h = harness(
+            store.clone(),
+            &fake,
+            hands.clone(),
+            with_provisioning(config("h1"), mode),
+        );
         create_session(&*store, "s", toolset(), "one command").await;
         let t0 = Instant::now();
-        assert_eq!(h.wake("s").await.unwrap(), WakeOutcome::Idle(StopReason::EndTurn));
+        assert_eq!(
+            h.wake("s").await.unwrap(),
+            WakeOutcome::Idle(StopReason::EndTurn)
+        );
         let first_request = fake.requests()[0].at;
         let provisions = hands.provisions();
         assert_eq!(provisions.len(), 1, "{mode:?}");
@@ -495,9 +747,14 @@ async fn provisioning_lazy_speculative_and_eager() {
             // The model is asked before any sandbox is asked for.
             ProvisioningMode::Lazy => assert!(provisioned_at > first_request, "{mode:?}"),
             // Asked for together with the first model call.
-            ProvisioningMode::Speculative => assert!(provisioned_at < first_request + latency, "{mode:?}"),
+            ProvisioningMode::Speculative => {
+                assert!(provisioned_at < first_request + latency, "{mode:?}")
+            }
             // The model waits for the sandbox.
-            ProvisioningMode::Eager => assert!(first_request.duration_since(t0) >= Duration::from_millis(500), "{mode:?}"),
+            ProvisioningMode::Eager => assert!(
+                first_request.duration_since(t0) >= Duration::from_millis(500),
+                "{mode:?}"
+            ),
         }
         check_complete(&log(&*store, "s").await);
     }
@@ -509,30 +766,53 @@ async fn transient_hands_failures_are_retried_and_a_lost_sandbox_is_replaced() {
     let store: Arc<dyn SessionStore> = fx.store.clone();
     let fake = FakeModel::start(tool_loop(2, bash)).await.unwrap();
     let hands = RecordingHands::new();
-    hands.fail_next_provision(HandsError::Unavailable { session_id: "s".into(), message: "no agent connected".into() });
-    hands.fail_next_execute(HandsError::SandboxGone { sandbox_id: "sbx_0".into() });
+    hands.fail_next_provision(HandsError::Unavailable {
+        session_id: "s".into(),
+        message: "no agent connected".into(),
+    });
+    hands.fail_next_execute(HandsError::SandboxGone {
+        sandbox_id: "sbx_0".into(),
+    });
     let h = harness(store.clone(), &fake, hands.clone(), config("h1"));
     create_session(&*store, "s", toolset(), "two").await;
-    assert_eq!(h.wake("s").await.unwrap(), WakeOutcome::Idle(StopReason::EndTurn));
+    assert_eq!(
+        h.wake("s").await.unwrap(),
+        WakeOutcome::Idle(StopReason::EndTurn)
+    );
     let events = log(&*store, "s").await;
     check_complete(&events);
-    assert!(of_type(&events, "agent.tool_result").iter().all(|e| e.body["is_error"] == json!(false)));
+    assert!(of_type(&events, "agent.tool_result")
+        .iter()
+        .all(|e| e.body["is_error"] == json!(false)));
     assert_eq!(hands.executions().len(), 2);
-    assert_eq!(hands.provisions().len(), 3, "failed, ok, again after the sandbox was gone");
+    assert_eq!(
+        hands.provisions().len(),
+        3,
+        "failed, ok, again after the sandbox was gone"
+    );
 
     // A refusal is the tool's error, shown to the model.
     let fx = sqlite().await;
     let store: Arc<dyn SessionStore> = fx.store.clone();
     let fake = FakeModel::start(tool_loop(1, bash)).await.unwrap();
     let hands = RecordingHands::new();
-    hands.fail_next_execute(HandsError::Refused { session_id: "s".into(), message: "policy tools.allowed forbids bash".into() });
+    hands.fail_next_execute(HandsError::Refused {
+        session_id: "s".into(),
+        message: "policy tools.allowed forbids bash".into(),
+    });
     let h = harness(store.clone(), &fake, hands.clone(), config("h1"));
     create_session(&*store, "s", toolset(), "one").await;
-    assert_eq!(h.wake("s").await.unwrap(), WakeOutcome::Idle(StopReason::EndTurn));
+    assert_eq!(
+        h.wake("s").await.unwrap(),
+        WakeOutcome::Idle(StopReason::EndTurn)
+    );
     let events = log(&*store, "s").await;
     let r = &of_type(&events, "agent.tool_result")[0].body;
     assert_eq!(r["is_error"], json!(true));
-    assert!(r["content"][0]["text"].as_str().unwrap().contains("tools.allowed"));
+    assert!(r["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .contains("tools.allowed"));
 }
 
 #[tokio::test]
@@ -550,7 +830,10 @@ async fn an_invalid_agent_snapshot_is_reported_not_crashed_on() {
         })
         .await
         .unwrap();
-    assert_eq!(h.wake("s").await.unwrap(), WakeOutcome::Idle(StopReason::RetriesExhausted));
+    assert_eq!(
+        h.wake("s").await.unwrap(),
+        WakeOutcome::Idle(StopReason::RetriesExhausted)
+    );
     let events = log(&*store, "s").await;
     check_complete(&events);
     let err = &of_type(&events, "session.error")[0].body["error"];
@@ -568,7 +851,13 @@ async fn the_supervisor_wakes_on_notify_and_recovers_running_sessions_on_start()
     // A session left `running` (its harness died) with work to do.
     create_session(&*store, "sesn_orphan", toolset(), "recover me").await;
     store
-        .update_session("sesn_orphan", session_store::SessionUpdate { status: Some(SessionStatus::Running), ..Default::default() })
+        .update_session(
+            "sesn_orphan",
+            session_store::SessionUpdate {
+                status: Some(SessionStatus::Running),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     let h = harness(store.clone(), &fake, hands.clone(), config("h1"));
@@ -577,7 +866,12 @@ async fn the_supervisor_wakes_on_notify_and_recovers_running_sessions_on_start()
     let st = store.clone();
     let idle = |id: &'static str| {
         let st = st.clone();
-        async move { st.get_session(id).await.map(|r| r.status == SessionStatus::Idle).unwrap_or(false) }
+        async move {
+            st.get_session(id)
+                .await
+                .map(|r| r.status == SessionStatus::Idle)
+                .unwrap_or(false)
+        }
     };
     let deadline = Instant::now() + PATIENCE;
     while !idle("sesn_orphan").await {

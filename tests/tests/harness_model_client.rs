@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use airlock_tests::fake_model::{sequence, Fault, FakeModel, Reply, Turn};
+use airlock_tests::fake_model::{sequence, FakeModel, Fault, Reply, Turn};
 use model::{
     AnthropicConfig, AnthropicProvider, ApiKey, ContentBlock, Message, MessagesRequest, ModelError,
     Provider, ResponseBlock, Role, StopReason, StreamEvent, StreamItem, SystemBlock, TimeoutPhase,
@@ -44,7 +44,9 @@ fn request() -> MessagesRequest {
     r
 }
 
-async fn collect_events(p: &AnthropicProvider) -> (Vec<StreamEvent>, Result<model::Response, ModelError>) {
+async fn collect_events(
+    p: &AnthropicProvider,
+) -> (Vec<StreamEvent>, Result<model::Response, ModelError>) {
     let mut s = match p.stream(&request()).await {
         Ok(s) => s,
         Err(e) => return (vec![], Err(e)),
@@ -61,21 +63,35 @@ async fn collect_events(p: &AnthropicProvider) -> (Vec<StreamEvent>, Result<mode
 
 #[tokio::test]
 async fn text_turn_streams_deltas_and_sends_the_right_request() {
-    let fake = FakeModel::start(sequence(vec![Turn::new().text("Hello there, world").usage(12, 7).into()]))
-        .await
-        .unwrap();
+    let fake = FakeModel::start(sequence(vec![Turn::new()
+        .text("Hello there, world")
+        .usage(12, 7)
+        .into()]))
+    .await
+    .unwrap();
     let p = provider(&fake.base_url(), Duration::from_secs(10));
     let (evs, r) = collect_events(&p).await;
     let r = r.unwrap();
     assert_eq!(r.stop_reason, Some(StopReason::EndTurn));
-    assert_eq!(r.content, vec![ResponseBlock::Text { text: "Hello there, world".into() }]);
+    assert_eq!(
+        r.content,
+        vec![ResponseBlock::Text {
+            text: "Hello there, world".into()
+        }]
+    );
     assert_eq!((r.usage.input_tokens, r.usage.output_tokens), (12, 7));
     let text_deltas = evs
         .iter()
         .filter(|e| matches!(e, StreamEvent::BlockDelta { .. }))
         .count();
-    assert!(text_deltas >= 2, "text should arrive in several deltas: {evs:?}");
-    assert!(matches!(evs.first(), Some(StreamEvent::MessageStart { .. })));
+    assert!(
+        text_deltas >= 2,
+        "text should arrive in several deltas: {evs:?}"
+    );
+    assert!(matches!(
+        evs.first(),
+        Some(StreamEvent::MessageStart { .. })
+    ));
     assert!(matches!(evs.last(), Some(StreamEvent::MessageStop)));
 
     let reqs = fake.requests();
@@ -84,11 +100,20 @@ async fn text_turn_streams_deltas_and_sends_the_right_request() {
     assert_eq!(q.path, "/v1/messages");
     assert_eq!(q.header("x-api-key"), Some("sk-test-key"));
     assert_eq!(q.header("anthropic-version"), Some("2023-06-01"));
-    assert_eq!(q.header("anthropic-beta"), Some("prompt-caching-2024-07-31"));
+    assert_eq!(
+        q.header("anthropic-beta"),
+        Some("prompt-caching-2024-07-31")
+    );
     assert_eq!(q.body["stream"], json!(true));
     assert_eq!(q.body["model"], json!("claude-test"));
-    assert_eq!(q.body["system"][0]["cache_control"], json!({"type":"ephemeral"}));
-    assert_eq!(q.body["messages"][0]["content"][0]["cache_control"], json!({"type":"ephemeral"}));
+    assert_eq!(
+        q.body["system"][0]["cache_control"],
+        json!({"type":"ephemeral"})
+    );
+    assert_eq!(
+        q.body["messages"][0]["content"][0]["cache_control"],
+        json!({"type":"ephemeral"})
+    );
     assert_eq!(q.body["tools"][0]["name"], json!("bash"));
 }
 
@@ -96,8 +121,16 @@ async fn text_turn_streams_deltas_and_sends_the_right_request() {
 async fn tool_use_turn_reassembles_input_json_across_one_byte_reads() {
     let turn = Turn::new()
         .text("Let me look.")
-        .tool_use("toolu_a", "bash", json!({"command": "ls -la /tmp", "timeout_ms": 5000}))
-        .tool_use("toolu_b", "read", json!({"file_path": "/etc/hostname", "note": "ünïcödé ✓"}))
+        .tool_use(
+            "toolu_a",
+            "bash",
+            json!({"command": "ls -la /tmp", "timeout_ms": 5000}),
+        )
+        .tool_use(
+            "toolu_b",
+            "read",
+            json!({"file_path": "/etc/hostname", "note": "ünïcödé ✓"}),
+        )
         .chunk_bytes(1);
     let fake = FakeModel::start(sequence(vec![turn.into()])).await.unwrap();
     let p = provider(&fake.base_url(), Duration::from_secs(10));
@@ -107,7 +140,9 @@ async fn tool_use_turn_reassembles_input_json_across_one_byte_reads() {
     assert_eq!(
         r.content,
         vec![
-            ResponseBlock::Text { text: "Let me look.".into() },
+            ResponseBlock::Text {
+                text: "Let me look.".into()
+            },
             ResponseBlock::ToolUse {
                 id: "toolu_a".into(),
                 name: "bash".into(),
@@ -146,7 +181,13 @@ async fn http_errors_are_typed_with_retry_after_and_error_type() {
 
     let e = p.stream(&request()).await.unwrap_err();
     match &e {
-        ModelError::Api { status, error_type, message, request_id, .. } => {
+        ModelError::Api {
+            status,
+            error_type,
+            message,
+            request_id,
+            ..
+        } => {
             assert_eq!(*status, Some(400));
             assert_eq!(error_type, "invalid_request_error");
             assert_eq!(message, "messages: bad");
@@ -157,7 +198,9 @@ async fn http_errors_are_typed_with_retry_after_and_error_type() {
     assert!(!e.is_retryable());
 
     let e = p.stream(&request()).await.unwrap_err();
-    assert!(matches!(e, ModelError::Api { ref error_type, .. } if error_type == "authentication_error"));
+    assert!(
+        matches!(e, ModelError::Api { ref error_type, .. } if error_type == "authentication_error")
+    );
     assert!(!e.is_retryable());
 
     let e = p.stream(&request()).await.unwrap_err();
@@ -167,17 +210,29 @@ async fn http_errors_are_typed_with_retry_after_and_error_type() {
 #[tokio::test]
 async fn error_event_mid_stream_after_some_output() {
     let fake = FakeModel::start(sequence(vec![
-        Turn::new().text("partial answer").fault(4, Fault::ErrorEvent("overloaded_error".into())).into(),
-        Turn::new().text("partial answer").fault(4, Fault::ErrorEvent("api_error".into())).into(),
+        Turn::new()
+            .text("partial answer")
+            .fault(4, Fault::ErrorEvent("overloaded_error".into()))
+            .into(),
+        Turn::new()
+            .text("partial answer")
+            .fault(4, Fault::ErrorEvent("api_error".into()))
+            .into(),
     ]))
     .await
     .unwrap();
     let p = provider(&fake.base_url(), Duration::from_secs(10));
     let (evs, r) = collect_events(&p).await;
-    assert!(evs.iter().any(StreamEvent::is_output), "output before the error: {evs:?}");
+    assert!(
+        evs.iter().any(StreamEvent::is_output),
+        "output before the error: {evs:?}"
+    );
     assert!(matches!(r, Err(ModelError::Overloaded { .. })), "{r:?}");
     let (_, r) = collect_events(&p).await;
-    assert!(matches!(r, Err(ModelError::Api { status: None, ref error_type, .. }) if error_type == "api_error"), "{r:?}");
+    assert!(
+        matches!(r, Err(ModelError::Api { status: None, ref error_type, .. }) if error_type == "api_error"),
+        "{r:?}"
+    );
 }
 
 #[tokio::test]
@@ -185,45 +240,73 @@ async fn malformed_truncated_and_invalid_tool_input_streams() {
     let fake = FakeModel::start(sequence(vec![
         Turn::new().text("hello").fault(3, Fault::Corrupt).into(),
         Turn::new().text("hello").fault(5, Fault::Truncate).into(),
-        Turn::new().raw_tool_use("toolu_x", "bash", &["", "{\"command\": ", "\"ls\""]).into(),
-        Turn::new().raw_tool_use("toolu_y", "bash", &["[1, 2]"]).into(),
-        Reply::Stream { chunks: vec![airlock_tests::fake_model::Chunk::Data("data: {\"type\":\"content_block_stop\",\"index\":0}\n\n".into())], latency: None },
+        Turn::new()
+            .raw_tool_use("toolu_x", "bash", &["", "{\"command\": ", "\"ls\""])
+            .into(),
+        Turn::new()
+            .raw_tool_use("toolu_y", "bash", &["[1, 2]"])
+            .into(),
+        Reply::Stream {
+            chunks: vec![airlock_tests::fake_model::Chunk::Data(
+                "data: {\"type\":\"content_block_stop\",\"index\":0}\n\n".into(),
+            )],
+            latency: None,
+        },
     ]))
     .await
     .unwrap();
     let p = provider(&fake.base_url(), Duration::from_secs(10));
     let (_, r) = collect_events(&p).await;
-    assert!(matches!(r, Err(ModelError::MalformedStream { .. })), "corrupt: {r:?}");
+    assert!(
+        matches!(r, Err(ModelError::MalformedStream { .. })),
+        "corrupt: {r:?}"
+    );
     let (_, r) = collect_events(&p).await;
     match r {
-        Err(ModelError::Transport { message, .. }) => assert!(message.contains("message_stop"), "{message}"),
+        Err(ModelError::Transport { message, .. }) => {
+            assert!(message.contains("message_stop"), "{message}")
+        }
         other => panic!("truncated: {other:?}"),
     }
     let (_, r) = collect_events(&p).await;
     match r {
-        Err(ModelError::MalformedStream { message, .. }) => assert!(message.contains("not valid json"), "{message}"),
+        Err(ModelError::MalformedStream { message, .. }) => {
+            assert!(message.contains("not valid json"), "{message}")
+        }
         other => panic!("bad tool json: {other:?}"),
     }
     let (_, r) = collect_events(&p).await;
     match r {
-        Err(ModelError::MalformedStream { message, .. }) => assert!(message.contains("not a json object"), "{message}"),
+        Err(ModelError::MalformedStream { message, .. }) => {
+            assert!(message.contains("not a json object"), "{message}")
+        }
         other => panic!("non-object tool input: {other:?}"),
     }
     let (_, r) = collect_events(&p).await;
-    assert!(matches!(r, Err(ModelError::MalformedStream { .. })), "out of order: {r:?}");
+    assert!(
+        matches!(r, Err(ModelError::MalformedStream { .. })),
+        "out of order: {r:?}"
+    );
 }
 
 #[tokio::test]
 async fn a_stall_mid_stream_is_an_idle_timeout_and_the_connection_is_released() {
-    let fake = FakeModel::start(sequence(vec![Turn::new().text("I was saying").fault(4, Fault::Stall).into()]))
-        .await
-        .unwrap();
+    let fake = FakeModel::start(sequence(vec![Turn::new()
+        .text("I was saying")
+        .fault(4, Fault::Stall)
+        .into()]))
+    .await
+    .unwrap();
     let idle = Duration::from_millis(300);
     let p = provider(&fake.base_url(), idle);
     let (evs, r) = collect_events(&p).await;
     assert!(!evs.is_empty());
     match r {
-        Err(ModelError::Timeout { phase: TimeoutPhase::StreamIdle, after, .. }) => assert_eq!(after, idle),
+        Err(ModelError::Timeout {
+            phase: TimeoutPhase::StreamIdle,
+            after,
+            ..
+        }) => assert_eq!(after, idle),
         other => panic!("{other:?}"),
     }
     // The client dropped the body: the fake sees its stalled stream end.
@@ -252,7 +335,10 @@ async fn latency_before_the_first_token_is_observed() {
             StreamItem::Done(_) => panic!("no output"),
         }
     }
-    assert!(t0.elapsed() >= latency, "first token before the scripted latency");
+    assert!(
+        t0.elapsed() >= latency,
+        "first token before the scripted latency"
+    );
 }
 
 #[tokio::test]
@@ -279,13 +365,24 @@ async fn transport_failures_and_response_head_timeout() {
     c.request_timeout = Duration::from_millis(300);
     let p = AnthropicProvider::new(c).unwrap();
     let e = p.stream(&request()).await.unwrap_err();
-    assert!(matches!(e, ModelError::Timeout { phase: TimeoutPhase::ResponseHead, .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            ModelError::Timeout {
+                phase: TimeoutPhase::ResponseHead,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     hold.abort();
 }
 
 #[tokio::test]
 async fn the_fake_rejects_a_conversation_with_an_unanswered_tool_use() {
-    let fake = FakeModel::start(sequence(vec![Reply::text("never")])).await.unwrap();
+    let fake = FakeModel::start(sequence(vec![Reply::text("never")]))
+        .await
+        .unwrap();
     let p = provider(&fake.base_url(), Duration::from_secs(5));
     let mut r = request();
     r.messages.push(Message {
@@ -297,10 +394,17 @@ async fn the_fake_rejects_a_conversation_with_an_unanswered_tool_use() {
             cache_control: None,
         }],
     });
-    r.messages.push(Message { role: Role::User, content: vec![ContentBlock::text("and?")] });
+    r.messages.push(Message {
+        role: Role::User,
+        content: vec![ContentBlock::text("and?")],
+    });
     let e = p.stream(&r).await.unwrap_err();
     match e {
-        ModelError::Api { error_type, message, .. } => {
+        ModelError::Api {
+            error_type,
+            message,
+            ..
+        } => {
             assert_eq!(error_type, "invalid_request_error");
             assert!(message.contains("toolu_1"), "{message}");
         }

@@ -24,7 +24,10 @@ use session_store::{PgOptions, PgStore, SessionStatus, SessionStore};
 const TOOLS: usize = 3;
 
 fn bash(k: usize) -> (String, Value) {
-    ("bash".to_owned(), json!({"command": format!("echo step {k}")}))
+    (
+        "bash".to_owned(),
+        json!({"command": format!("echo step {k}")}),
+    )
 }
 
 fn pg_url() -> Option<String> {
@@ -34,7 +37,9 @@ fn pg_url() -> Option<String> {
             if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
                 panic!("AIRLOCK_TEST_PG_URL is unset under CI=true: scripts/setup.d/20-postgres.sh must start PostgreSQL");
             }
-            eprintln!("skipping: AIRLOCK_TEST_PG_URL is unset (source scripts/setup.d/20-postgres.sh)");
+            eprintln!(
+                "skipping: AIRLOCK_TEST_PG_URL is unset (source scripts/setup.d/20-postgres.sh)"
+            );
             None
         }
     }
@@ -47,7 +52,10 @@ impl Drop for SchemaGuard {
     fn drop(&mut self) {
         if let Some(store) = self.0.take() {
             let _ = std::thread::spawn(move || {
-                if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
                     let _ = rt.block_on(store.drop_schema());
                 }
             })
@@ -88,7 +96,13 @@ fn check_once(events: &[session_store::StoredEvent], hands: &RecordingHands, wha
         *runs.entry(e.tool_use_id).or_default() += 1;
     }
     for u in &uses {
-        assert_eq!(runs.get(&u.id).copied(), Some(1), "{what}: {} ran {:?} times", u.id, runs.get(&u.id));
+        assert_eq!(
+            runs.get(&u.id).copied(),
+            Some(1),
+            "{what}: {} ran {:?} times",
+            u.id,
+            runs.get(&u.id)
+        );
     }
     assert_eq!(runs.len(), TOOLS, "{what}");
     let texts: Vec<_> = of_type(events, "agent.message")
@@ -96,12 +110,18 @@ fn check_once(events: &[session_store::StoredEvent], hands: &RecordingHands, wha
         .map(|e| e.body["content"][0]["text"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(texts.len(), TOOLS + 1, "{what}: {texts:?}");
-    assert_eq!(texts.last().unwrap(), &format!("done after {TOOLS} tool calls"), "{what}");
+    assert_eq!(
+        texts.last().unwrap(),
+        &format!("done after {TOOLS} tool calls"),
+        "{what}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_racing_for_one_session_advance_it_once() {
-    let Some((a_store, b_store, _guard)) = replicas().await else { return };
+    let Some((a_store, b_store, _guard)) = replicas().await else {
+        return;
+    };
     for round in 0..5 {
         let id = format!("sesn_race_{round}");
         let hands = RecordingHands::new();
@@ -111,17 +131,26 @@ async fn replicas_racing_for_one_session_advance_it_once() {
         let b = harness(b_store.clone(), &fake, hands.clone(), config("replica-b"));
         let (ra, rb) = tokio::join!(a.wake(&id), b.wake(&id));
         let (ra, rb) = (ra.unwrap(), rb.unwrap());
-        let done = [&ra, &rb].iter().filter(|o| ***o == WakeOutcome::Idle(StopReason::EndTurn)).count();
+        let done = [&ra, &rb]
+            .iter()
+            .filter(|o| ***o == WakeOutcome::Idle(StopReason::EndTurn))
+            .count();
         assert_eq!(done, 1, "round {round}: {ra:?} {rb:?}");
         let events = log(&*b_store, &id).await;
         check_once(&events, &hands, &format!("round {round}"));
-        assert_eq!(fake.request_count(), TOOLS + 1, "round {round}: each model request made once");
+        assert_eq!(
+            fake.request_count(),
+            TOOLS + 1,
+            "round {round}: each model request made once"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_replica_is_fenced_out_after_its_lease_lapses() {
-    let Some((a_store, b_store, _guard)) = replicas().await else { return };
+    let Some((a_store, b_store, _guard)) = replicas().await else {
+        return;
+    };
     let hands = RecordingHands::new();
     let gate = hands.close_gate();
     let fake = FakeModel::start(tool_loop(TOOLS, bash)).await.unwrap();
@@ -146,10 +175,20 @@ async fn a_paused_replica_is_fenced_out_after_its_lease_lapses() {
             }
         }
     });
-    eventually("B to take over and re-send the call", || hands.calls().len() == 2).await;
+    eventually("B to take over and re-send the call", || {
+        hands.calls().len() == 2
+    })
+    .await;
     gate.add_permits(100);
-    let ra = tokio::time::timeout(PATIENCE, task_a).await.unwrap().unwrap().unwrap();
-    let rb = tokio::time::timeout(PATIENCE, task_b).await.unwrap().unwrap();
+    let ra = tokio::time::timeout(PATIENCE, task_a)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let rb = tokio::time::timeout(PATIENCE, task_b)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(ra, WakeOutcome::LeaseLost);
     assert_eq!(rb, WakeOutcome::Idle(StopReason::EndTurn));
     check_once(&log(&*a_store, "s").await, &hands, "takeover");
@@ -157,7 +196,9 @@ async fn a_paused_replica_is_fenced_out_after_its_lease_lapses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_left_running_by_a_dead_replica_is_recovered_by_the_other() {
-    let Some((a_store, b_store, _guard)) = replicas().await else { return };
+    let Some((a_store, b_store, _guard)) = replicas().await else {
+        return;
+    };
     let hands = RecordingHands::new();
     let fake = FakeModel::builder()
         .latency(Duration::from_millis(100))
@@ -174,7 +215,10 @@ async fn a_session_left_running_by_a_dead_replica_is_recovered_by_the_other() {
     assert!(fake.wait_for_requests(2, PATIENCE).await);
     task_a.abort();
     let _ = task_a.await;
-    assert_eq!(a_store.get_session("s").await.unwrap().status, SessionStatus::Running);
+    assert_eq!(
+        a_store.get_session("s").await.unwrap().status,
+        SessionStatus::Running
+    );
     // Replica B's supervisor finds it once A's lease has lapsed.
     let mut cfg_b = config("replica-b");
     cfg_b.supervisor.recovery_scan_interval = Duration::from_millis(200);
@@ -185,10 +229,16 @@ async fn a_session_left_running_by_a_dead_replica_is_recovered_by_the_other() {
         if events.last().map(|e| e.event_type.as_str()) == Some("session.status_idle") {
             break;
         }
-        assert!(Instant::now() < deadline, "replica B never recovered the session");
+        assert!(
+            Instant::now() < deadline,
+            "replica B never recovered the session"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(sup.shutdown(Duration::from_secs(10)).await);
     check_once(&log(&*b_store, "s").await, &hands, "recovery");
-    assert_eq!(b_store.get_session("s").await.unwrap().status, SessionStatus::Idle);
+    assert_eq!(
+        b_store.get_session("s").await.unwrap().status,
+        SessionStatus::Idle
+    );
 }

@@ -21,24 +21,46 @@ use session_store::SessionStore;
 const TOOLS: usize = 3;
 
 fn bash(k: usize) -> (String, Value) {
-    ("bash".to_owned(), json!({"command": format!("echo step {k}")}))
+    (
+        "bash".to_owned(),
+        json!({"command": format!("echo step {k}")}),
+    )
 }
 
 /// What must hold after any crash and recovery.
-fn check_recovered(events: &[session_store::StoredEvent], hands: &RecordingHands, fake: &FakeModel, what: &str) {
+fn check_recovered(
+    events: &[session_store::StoredEvent],
+    hands: &RecordingHands,
+    fake: &FakeModel,
+    what: &str,
+) {
     check_complete(events);
     let tool_uses = of_type(events, "agent.tool_use");
     assert_eq!(tool_uses.len(), TOOLS, "{what}: tool uses");
-    assert_eq!(of_type(events, "agent.tool_result").len(), TOOLS, "{what}: tool results");
+    assert_eq!(
+        of_type(events, "agent.tool_result").len(),
+        TOOLS,
+        "{what}: tool results"
+    );
     // No tool ran twice, and every recorded call ran once.
     let mut runs: HashMap<String, usize> = HashMap::new();
     for e in hands.executions() {
         *runs.entry(e.tool_use_id).or_default() += 1;
     }
     for t in &tool_uses {
-        assert_eq!(runs.get(&t.id).copied(), Some(1), "{what}: tool use {} ran {:?} times", t.id, runs.get(&t.id));
+        assert_eq!(
+            runs.get(&t.id).copied(),
+            Some(1),
+            "{what}: tool use {} ran {:?} times",
+            t.id,
+            runs.get(&t.id)
+        );
     }
-    assert_eq!(runs.len(), TOOLS, "{what}: executions of calls not in the log: {runs:?}");
+    assert_eq!(
+        runs.len(),
+        TOOLS,
+        "{what}: executions of calls not in the log: {runs:?}"
+    );
     // No response duplicated or lost.
     let texts: Vec<String> = of_type(events, "agent.message")
         .iter()
@@ -47,14 +69,25 @@ fn check_recovered(events: &[session_store::StoredEvent], hands: &RecordingHands
     let mut expected: Vec<String> = (0..TOOLS).map(|k| format!("step {k}")).collect();
     expected.push(format!("done after {TOOLS} tool calls"));
     assert_eq!(texts, expected, "{what}: agent messages");
-    assert!(of_type(events, "session.error").is_empty(), "{what}: a request was rejected");
+    assert!(
+        of_type(events, "session.error").is_empty(),
+        "{what}: a request was rejected"
+    );
     let idle = of_type(events, "session.status_idle");
-    assert_eq!(idle.last().unwrap().body["stop_reason"], json!({"type": "end_turn"}), "{what}");
+    assert_eq!(
+        idle.last().unwrap().body["stop_reason"],
+        json!({"type": "end_turn"}),
+        "{what}"
+    );
     // The model saw every request well-formed (the fake validates pairing)
     // and its last request holds the whole conversation.
     let reqs = fake.requests();
     let last = &reqs.last().unwrap().body["messages"];
-    assert_eq!(last.as_array().unwrap().len(), 1 + 2 * TOOLS, "{what}: final conversation");
+    assert_eq!(
+        last.as_array().unwrap().len(),
+        1 + 2 * TOOLS,
+        "{what}: final conversation"
+    );
     for k in 0..TOOLS {
         let result = &last[2 + 2 * k]["content"][0];
         assert_eq!(result["type"], json!("tool_result"), "{what}");
@@ -86,10 +119,16 @@ async fn crash_round(n: Option<usize>, after: bool, forget_record: bool) -> Roun
     }
     let a = harness(store_a, &fake, hands.clone(), config("harness-a"));
     let task = tokio::spawn(async move { a.wake("s").await });
-    let what = format!("crash at point {n:?} ({})", if after { "after" } else { "before" });
+    let what = format!(
+        "crash at point {n:?} ({})",
+        if after { "after" } else { "before" }
+    );
     let deadline = std::time::Instant::now() + PATIENCE;
     while !task.is_finished() && !crasher.fired() {
-        assert!(std::time::Instant::now() < deadline, "{what}: harness A neither finished nor crashed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: harness A neither finished nor crashed"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let fired = crasher.fired();
@@ -97,7 +136,11 @@ async fn crash_round(n: Option<usize>, after: bool, forget_record: bool) -> Roun
         task.abort();
         assert!(task.await.unwrap_err().is_cancelled(), "{what}");
     } else {
-        assert_eq!(task.await.unwrap().unwrap(), WakeOutcome::Idle(StopReason::EndTurn), "{what}");
+        assert_eq!(
+            task.await.unwrap().unwrap(),
+            WakeOutcome::Idle(StopReason::EndTurn),
+            "{what}"
+        );
     }
     let labels = crasher.labels();
     *hands.crasher.lock().unwrap() = None;
@@ -111,7 +154,10 @@ async fn crash_round(n: Option<usize>, after: bool, forget_record: bool) -> Roun
     if fired {
         // NothingToDo only when A had already written the final idle.
         assert!(
-            matches!(out, WakeOutcome::Idle(StopReason::EndTurn) | WakeOutcome::NothingToDo),
+            matches!(
+                out,
+                WakeOutcome::Idle(StopReason::EndTurn) | WakeOutcome::NothingToDo
+            ),
             "{what}: {out:?}"
         );
     }
@@ -149,7 +195,10 @@ async fn a_tool_whose_outcome_is_unknown_is_reported_honestly() {
     let fx = sqlite().await;
     let inner: Arc<dyn SessionStore> = fx.store.clone();
     let crasher = Arc::new(Crasher::default());
-    let store_a: Arc<dyn SessionStore> = Arc::new(CrashingStore { inner: inner.clone(), crasher: crasher.clone() });
+    let store_a: Arc<dyn SessionStore> = Arc::new(CrashingStore {
+        inner: inner.clone(),
+        crasher: crasher.clone(),
+    });
     let hands = RecordingHands::new();
     *hands.crasher.lock().unwrap() = Some(crasher.clone());
     let fake = FakeModel::start(tool_loop(TOOLS, bash)).await.unwrap();
@@ -164,7 +213,10 @@ async fn a_tool_whose_outcome_is_unknown_is_reported_honestly() {
     hands.forget_record();
     fx.clock.advance(Duration::from_secs(3600));
     let b = harness(inner.clone(), &fake, hands.clone(), config("harness-b"));
-    assert_eq!(b.wake("s").await.unwrap(), WakeOutcome::Idle(StopReason::EndTurn));
+    assert_eq!(
+        b.wake("s").await.unwrap(),
+        WakeOutcome::Idle(StopReason::EndTurn)
+    );
     let events = log(&*inner, "s").await;
     check_complete(&events);
     let first_tool = of_type(&events, "agent.tool_use")[0].id.clone();
@@ -174,16 +226,29 @@ async fn a_tool_whose_outcome_is_unknown_is_reported_honestly() {
         .unwrap()
         .clone();
     assert_eq!(result.body["is_error"], json!(true));
-    assert!(result.body["content"][0]["text"].as_str().unwrap().contains("unknown"));
+    assert!(result.body["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .contains("unknown"));
     // It was not run again, and the model was told exactly that.
-    assert_eq!(hands.executions().iter().filter(|e| e.tool_use_id == first_tool).count(), 1);
+    assert_eq!(
+        hands
+            .executions()
+            .iter()
+            .filter(|e| e.tool_use_id == first_tool)
+            .count(),
+        1
+    );
     let reqs = fake.requests();
     let seen = reqs.iter().any(|r| {
         r.body["messages"].as_array().unwrap().iter().any(|m| {
             m["content"].as_array().unwrap().iter().any(|b| {
                 b["tool_use_id"] == json!(first_tool)
                     && b["is_error"] == json!(true)
-                    && b["content"][0]["text"].as_str().unwrap_or("").contains("unknown")
+                    && b["content"][0]["text"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("unknown")
             })
         })
     });
@@ -209,7 +274,10 @@ async fn a_crash_during_the_model_stream_is_recovered() {
     let _ = task.await;
     fx.clock.advance(Duration::from_secs(3600));
     let b = harness(inner.clone(), &fake, hands.clone(), config("harness-b"));
-    assert_eq!(b.wake("s").await.unwrap(), WakeOutcome::Idle(StopReason::EndTurn));
+    assert_eq!(
+        b.wake("s").await.unwrap(),
+        WakeOutcome::Idle(StopReason::EndTurn)
+    );
     let events = log(&*inner, "s").await;
     check_recovered(&events, &hands, &fake, "crash mid-stream");
     let crashed: Vec<_> = of_type(&events, "span.model_request_end")
@@ -232,17 +300,29 @@ async fn two_harnesses_racing_for_one_session_advance_it_once() {
         let b = harness(store.clone(), &fake, hands.clone(), config("harness-b"));
         let (ra, rb) = tokio::join!(a.wake("s"), b.wake("s"));
         let (ra, rb) = (ra.unwrap(), rb.unwrap());
-        let done = [&ra, &rb].iter().filter(|o| ***o == WakeOutcome::Idle(StopReason::EndTurn)).count();
+        let done = [&ra, &rb]
+            .iter()
+            .filter(|o| ***o == WakeOutcome::Idle(StopReason::EndTurn))
+            .count();
         assert_eq!(done, 1, "round {round}: {ra:?} {rb:?}");
         for o in [&ra, &rb] {
             assert!(
-                matches!(o, WakeOutcome::Idle(StopReason::EndTurn) | WakeOutcome::Busy { .. } | WakeOutcome::NothingToDo),
+                matches!(
+                    o,
+                    WakeOutcome::Idle(StopReason::EndTurn)
+                        | WakeOutcome::Busy { .. }
+                        | WakeOutcome::NothingToDo
+                ),
                 "round {round}: {o:?}"
             );
         }
         let events = log(&*store, "s").await;
         check_recovered(&events, &hands, &fake, &format!("race round {round}"));
-        assert_eq!(fake.request_count(), TOOLS + 1, "round {round}: each request made once");
+        assert_eq!(
+            fake.request_count(),
+            TOOLS + 1,
+            "round {round}: each request made once"
+        );
     }
 }
 
@@ -262,13 +342,27 @@ async fn a_harness_whose_lease_was_taken_over_writes_nothing_more() {
     fx.clock.advance(Duration::from_secs(3600));
     let b = harness(store.clone(), &fake, hands.clone(), config("harness-b"));
     let task_b = tokio::spawn(async move { b.wake("s").await });
-    eventually("B to re-send the first tool call", || hands.calls().len() == 2).await;
+    eventually("B to re-send the first tool call", || {
+        hands.calls().len() == 2
+    })
+    .await;
     let calls = hands.calls();
-    assert_eq!(calls[0].tool_use_id, calls[1].tool_use_id, "same idempotency key");
+    assert_eq!(
+        calls[0].tool_use_id, calls[1].tool_use_id,
+        "same idempotency key"
+    );
     // A's call finishes; both hear the result; only B may write it.
     gate.add_permits(100);
-    let ra = tokio::time::timeout(PATIENCE, task_a).await.unwrap().unwrap().unwrap();
-    let rb = tokio::time::timeout(PATIENCE, task_b).await.unwrap().unwrap().unwrap();
+    let ra = tokio::time::timeout(PATIENCE, task_a)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let rb = tokio::time::timeout(PATIENCE, task_b)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(ra, WakeOutcome::LeaseLost);
     assert_eq!(rb, WakeOutcome::Idle(StopReason::EndTurn));
     let events = log(&*store, "s").await;
@@ -301,8 +395,15 @@ async fn a_stale_harness_cannot_record_a_model_response() {
     assert!(fake.wait_for_requests(1, PATIENCE).await);
     fx.clock.advance(Duration::from_secs(3600));
     let b = harness(store.clone(), &fake, hands.clone(), config("harness-b"));
-    assert_eq!(b.wake("s").await.unwrap(), WakeOutcome::Idle(StopReason::EndTurn));
-    let ra = tokio::time::timeout(PATIENCE, task_a).await.unwrap().unwrap().unwrap();
+    assert_eq!(
+        b.wake("s").await.unwrap(),
+        WakeOutcome::Idle(StopReason::EndTurn)
+    );
+    let ra = tokio::time::timeout(PATIENCE, task_a)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(ra, WakeOutcome::LeaseLost);
     let events = log(&*store, "s").await;
     check_recovered(&events, &hands, &fake, "stale response");

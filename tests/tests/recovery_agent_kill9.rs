@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use airlock_tests::deploy::tail;
 use airlock_tests::fake_model::{tool_loop, FakeModel};
 use e2e_support::{
-    check_seqs_and_ids, check_tool_pairs, content_text, results_by_use, runtime_toml, sandbox_file, summary,
-    Deployment, SandboxAgent,
+    check_seqs_and_ids, check_tool_pairs, content_text, results_by_use, runtime_toml, sandbox_file,
+    summary, Deployment, SandboxAgent,
 };
 use serde_json::json;
 
@@ -44,15 +44,24 @@ fn in_flight(agent: &SandboxAgent) -> Vec<String> {
 async fn agent_killed_mid_call_twice_the_session_goes_on_and_nothing_runs_twice() {
     let model = FakeModel::builder()
         .latency(Duration::from_millis(20))
-        .start(tool_loop(CALLS, |k| ("bash".to_owned(), json!({ "command": command(k) }))))
+        .start(tool_loop(CALLS, |k| {
+            ("bash".to_owned(), json!({ "command": command(k) }))
+        }))
         .await
         .unwrap();
-    let d = Deployment::start(runtime_toml(&model.base_url(), 5.0)).await.unwrap();
+    let d = Deployment::start(runtime_toml(&model.base_url(), 5.0))
+        .await
+        .unwrap();
     let mut agent = SandboxAgent::start(&d.cp, &d.environment_id).unwrap();
     let api = d.api.clone();
     let agent_def = api.create_agent("counter").await.unwrap();
-    let session_id = api.create_session(&agent_def, &d.environment_id).await.unwrap();
-    api.user_message(&session_id, "Count, one bash call at a time.").await.unwrap();
+    let session_id = api
+        .create_session(&agent_def, &d.environment_id)
+        .await
+        .unwrap();
+    api.user_message(&session_id, "Count, one bash call at a time.")
+        .await
+        .unwrap();
 
     let mut interrupted = Vec::new();
     for after in [3, 7] {
@@ -61,7 +70,11 @@ async fn agent_killed_mid_call_twice_the_session_goes_on_and_nothing_runs_twice(
             let done = api
                 .events(&session_id)
                 .await
-                .map(|e| e.iter().filter(|e| e["type"] == "agent.tool_result").count())
+                .map(|e| {
+                    e.iter()
+                        .filter(|e| e["type"] == "agent.tool_result")
+                        .count()
+                })
                 .unwrap_or(0);
             if done >= after {
                 if let Some(id) = in_flight(&agent).pop() {
@@ -79,24 +92,42 @@ async fn agent_killed_mid_call_twice_the_session_goes_on_and_nothing_runs_twice(
         agent.agent.kill9().unwrap();
         interrupted.push(id);
         agent.agent.run().unwrap();
-        d.cp.wait_connected(agent.id(), Duration::from_secs(60)).unwrap();
+        d.cp.wait_connected(agent.id(), Duration::from_secs(60))
+            .unwrap();
     }
 
-    let events = match api.wait_end_turn(&session_id, Duration::from_secs(120)).await {
+    let events = match api
+        .wait_end_turn(&session_id, Duration::from_secs(120))
+        .await
+    {
         Ok(e) => e,
-        Err(e) => panic!("{e}\ncontrol plane log:\n{}\nagent log:\n{}", tail(&d.cp.log(), 100), tail(&agent.agent.log(), 40)),
+        Err(e) => panic!(
+            "{e}\ncontrol plane log:\n{}\nagent log:\n{}",
+            tail(&d.cp.log(), 100),
+            tail(&agent.agent.log(), 40)
+        ),
     };
     check_seqs_and_ids(&events);
     let uses = check_tool_pairs(&events);
-    let commands: Vec<String> = uses.iter().map(|u| u["input"]["command"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(commands, (0..CALLS).map(command).collect::<Vec<_>>(), "the session went on to the end");
+    let commands: Vec<String> = uses
+        .iter()
+        .map(|u| u["input"]["command"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        commands,
+        (0..CALLS).map(command).collect::<Vec<_>>(),
+        "the session went on to the end"
+    );
     let results = results_by_use(&events);
 
     // The interrupted calls: the model was told the outcome is unknown.
     for id in &interrupted {
         let r = &results[id];
         assert_eq!(r["is_error"], true, "{r}");
-        assert!(content_text(r).to_lowercase().contains("unknown"), "the model is told the outcome is unknown: {r}");
+        assert!(
+            content_text(r).to_lowercase().contains("unknown"),
+            "the model is told the outcome is unknown: {r}"
+        );
     }
     // Every other call ran and succeeded.
     for u in &uses {
@@ -123,15 +154,30 @@ async fn agent_killed_mid_call_twice_the_session_goes_on_and_nothing_runs_twice(
     for u in &uses {
         let id = u["id"].as_str().unwrap();
         if interrupted.iter().any(|i| i == id) {
-            assert_eq!(ran.get(id), None, "interrupted call {id} has no completed run");
-            assert!(unknown.contains_key(id), "interrupted call {id} was answered unknown");
+            assert_eq!(
+                ran.get(id),
+                None,
+                "interrupted call {id} has no completed run"
+            );
+            assert!(
+                unknown.contains_key(id),
+                "interrupted call {id} was answered unknown"
+            );
         } else {
             assert_eq!(ran.get(id), Some(&1), "call {id} ran exactly once: {ran:?}");
         }
     }
-    assert_eq!(ran.len() + interrupted.len(), CALLS, "no other call ran: {ran:?}");
+    assert_eq!(
+        ran.len() + interrupted.len(),
+        CALLS,
+        "no other call ran: {ran:?}"
+    );
     let sandboxes = agent.sandboxes();
-    assert_eq!(sandboxes.len(), 1, "the session kept its (adopted) sandbox: {sandboxes:?}");
+    assert_eq!(
+        sandboxes.len(),
+        1,
+        "the session kept its (adopted) sandbox: {sandboxes:?}"
+    );
     let file = sandbox_file(&sandboxes[0], "/workspace/log").unwrap();
     let mut seen: HashMap<usize, usize> = HashMap::new();
     for l in file.lines() {
@@ -145,7 +191,11 @@ async fn agent_killed_mid_call_twice_the_session_goes_on_and_nothing_runs_twice(
             assert_eq!(n, 1, "call {k} ran exactly once: {file}");
         }
     }
-    let provisions = agent.audit().iter().filter(|a| a["call"] == "provision").count();
+    let provisions = agent
+        .audit()
+        .iter()
+        .filter(|a| a["call"] == "provision")
+        .count();
     assert_eq!(provisions, 1, "the sandbox was found again, not made again");
 }
 
@@ -157,15 +207,27 @@ async fn sandbox_killed_mid_call_the_next_call_gets_a_new_sandbox() {
     const STEPS: usize = 6;
     let model = FakeModel::builder()
         .latency(Duration::from_millis(20))
-        .start(tool_loop(STEPS, |k| ("bash".to_owned(), json!({ "command": format!("sleep 1; echo step {k}") }))))
+        .start(tool_loop(STEPS, |k| {
+            (
+                "bash".to_owned(),
+                json!({ "command": format!("sleep 1; echo step {k}") }),
+            )
+        }))
         .await
         .unwrap();
-    let d = Deployment::start(runtime_toml(&model.base_url(), 5.0)).await.unwrap();
+    let d = Deployment::start(runtime_toml(&model.base_url(), 5.0))
+        .await
+        .unwrap();
     let agent = SandboxAgent::start(&d.cp, &d.environment_id).unwrap();
     let api = d.api.clone();
     let agent_def = api.create_agent("stepper").await.unwrap();
-    let session_id = api.create_session(&agent_def, &d.environment_id).await.unwrap();
-    api.user_message(&session_id, "Take six steps.").await.unwrap();
+    let session_id = api
+        .create_session(&agent_def, &d.environment_id)
+        .await
+        .unwrap();
+    api.user_message(&session_id, "Take six steps.")
+        .await
+        .unwrap();
 
     // Kill the container while the third call runs.
     let until = Instant::now() + Duration::from_secs(60);
@@ -173,7 +235,11 @@ async fn sandbox_killed_mid_call_the_next_call_gets_a_new_sandbox() {
         let done = api
             .events(&session_id)
             .await
-            .map(|e| e.iter().filter(|e| e["type"] == "agent.tool_result").count())
+            .map(|e| {
+                e.iter()
+                    .filter(|e| e["type"] == "agent.tool_result")
+                    .count()
+            })
             .unwrap_or(0);
         if done >= 2 {
             if let (Some(id), [sbx]) = (in_flight(&agent).pop(), &agent.sandboxes()[..]) {
@@ -187,11 +253,22 @@ async fn sandbox_killed_mid_call_the_next_call_gets_a_new_sandbox() {
         .args(["kill", &format!("airlock-{first}")])
         .output()
         .unwrap();
-    assert!(killed.status.success(), "docker kill: {}", String::from_utf8_lossy(&killed.stderr));
+    assert!(
+        killed.status.success(),
+        "docker kill: {}",
+        String::from_utf8_lossy(&killed.stderr)
+    );
 
-    let events = match api.wait_end_turn(&session_id, Duration::from_secs(120)).await {
+    let events = match api
+        .wait_end_turn(&session_id, Duration::from_secs(120))
+        .await
+    {
         Ok(e) => e,
-        Err(e) => panic!("{e}\ncontrol plane log:\n{}\nagent log:\n{}", tail(&d.cp.log(), 80), tail(&agent.agent.log(), 40)),
+        Err(e) => panic!(
+            "{e}\ncontrol plane log:\n{}\nagent log:\n{}",
+            tail(&d.cp.log(), 80),
+            tail(&agent.agent.log(), 40)
+        ),
     };
     check_seqs_and_ids(&events);
     let uses = check_tool_pairs(&events);
@@ -207,11 +284,24 @@ async fn sandbox_killed_mid_call_the_next_call_gets_a_new_sandbox() {
             continue;
         }
         let r = &results[id];
-        assert_eq!(r["is_error"], false, "every other call ran{}: {r}", if after_victim { " (in the new sandbox)" } else { "" });
+        assert_eq!(
+            r["is_error"],
+            false,
+            "every other call ran{}: {r}",
+            if after_victim {
+                " (in the new sandbox)"
+            } else {
+                ""
+            }
+        );
     }
     let sandboxes = agent.sandboxes();
     assert_eq!(sandboxes.len(), 1, "one live sandbox: {sandboxes:?}");
     assert_ne!(sandboxes[0], first, "a new sandbox replaced the killed one");
-    let provisions = agent.audit().iter().filter(|a| a["call"] == "provision").count();
+    let provisions = agent
+        .audit()
+        .iter()
+        .filter(|a| a["call"] == "provision")
+        .count();
     assert_eq!(provisions, 2);
 }

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use airlock_tests::deploy::tail;
 use airlock_tests::fake_model::{tool_loop, FakeModel, RequestCtx};
 use e2e_support::{
-    check_seqs_and_ids, check_tool_pairs, content_text, results_by_use, runtime_toml, sandbox_file, summary, wait_api,
-    Deployment, Rng, SandboxAgent,
+    check_seqs_and_ids, check_tool_pairs, content_text, results_by_use, runtime_toml, sandbox_file,
+    summary, wait_api, Deployment, Rng, SandboxAgent,
 };
 use serde_json::{json, Value};
 
@@ -50,11 +50,19 @@ fn in_flight(agent: &SandboxAgent) -> bool {
 /// Tool results in the log so far (`None` while the API is down).
 async fn progress(api: &e2e_support::Api, session_id: &str) -> Option<usize> {
     let events = api.events(session_id).await.ok()?;
-    Some(events.iter().filter(|e| e["type"] == "agent.tool_result").count())
+    Some(
+        events
+            .iter()
+            .filter(|e| e["type"] == "agent.tool_result")
+            .count(),
+    )
 }
 
 fn tool_use_ids(body: &Value) -> Vec<String> {
-    let ctx = RequestCtx { n: 0, body: body.clone() };
+    let ctx = RequestCtx {
+        n: 0,
+        body: body.clone(),
+    };
     ctx.messages()
         .iter()
         .filter_map(|m| m["content"].as_array())
@@ -69,15 +77,24 @@ async fn fifty_tool_calls_survive_twenty_kill9s_without_running_a_tool_twice() {
     let mut rng = Rng::from_env("recovery_kill9");
     let model = FakeModel::builder()
         .latency(Duration::from_millis(60))
-        .start(tool_loop(CALLS, |k| ("bash".to_owned(), json!({ "command": command(k) }))))
+        .start(tool_loop(CALLS, |k| {
+            ("bash".to_owned(), json!({ "command": command(k) }))
+        }))
         .await
         .unwrap();
-    let mut d = Deployment::start(runtime_toml(&model.base_url(), 2.0)).await.unwrap();
+    let mut d = Deployment::start(runtime_toml(&model.base_url(), 2.0))
+        .await
+        .unwrap();
     let agent = SandboxAgent::start(&d.cp, &d.environment_id).unwrap();
     let api = d.api.clone();
     let agent_id = api.create_agent("counter").await.unwrap();
-    let session_id = api.create_session(&agent_id, &d.environment_id).await.unwrap();
-    api.user_message(&session_id, "Count to fifty, one bash call at a time.").await.unwrap();
+    let session_id = api
+        .create_session(&agent_id, &d.environment_id)
+        .await
+        .unwrap();
+    api.user_message(&session_id, "Count to fifty, one bash call at a time.")
+        .await
+        .unwrap();
 
     // Kill at random points spread over the session: after a random amount
     // of progress past the previous kill, plus a random delay, so kills land
@@ -107,7 +124,10 @@ async fn fifty_tool_calls_survive_twenty_kill9s_without_running_a_tool_twice() {
         let point = if i % 4 == 3 {
             let until = Instant::now() + Duration::from_secs(30);
             while !in_flight(&agent) {
-                assert!(Instant::now() < until, "no tool call in flight before kill {i}");
+                assert!(
+                    Instant::now() < until,
+                    "no tool call in flight before kill {i}"
+                );
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             "a tool call in flight".to_owned()
@@ -123,29 +143,60 @@ async fn fifty_tool_calls_survive_twenty_kill9s_without_running_a_tool_twice() {
     }
     eprintln!("{}", kill_log.join("\n"));
 
-    let events = match api.wait_end_turn(&session_id, Duration::from_secs(180)).await {
+    let events = match api
+        .wait_end_turn(&session_id, Duration::from_secs(180))
+        .await
+    {
         Ok(e) => e,
-        Err(e) => panic!("{e}\ncontrol plane log:\n{}\nagent log:\n{}", tail(&d.cp.log(), 120), tail(&agent.agent.log(), 40)),
+        Err(e) => panic!(
+            "{e}\ncontrol plane log:\n{}\nagent log:\n{}",
+            tail(&d.cp.log(), 120),
+            tail(&agent.agent.log(), 40)
+        ),
     };
-    eprintln!("session completed {:.1} s after the first kill was scheduled", started.elapsed().as_secs_f64());
+    eprintln!(
+        "session completed {:.1} s after the first kill was scheduled",
+        started.elapsed().as_secs_f64()
+    );
 
     // 1. The log: no event lost or duplicated, one result per tool use.
     check_seqs_and_ids(&events);
     let uses = check_tool_pairs(&events);
-    let commands: Vec<String> = uses.iter().map(|u| u["input"]["command"].as_str().unwrap().to_owned()).collect();
+    let commands: Vec<String> = uses
+        .iter()
+        .map(|u| u["input"]["command"].as_str().unwrap().to_owned())
+        .collect();
     let want: Vec<String> = (0..CALLS).map(command).collect();
     assert_eq!(commands, want, "one tool use per step, in order");
     let results = results_by_use(&events);
-    let ids: Vec<String> = uses.iter().map(|u| u["id"].as_str().unwrap().to_owned()).collect();
+    let ids: Vec<String> = uses
+        .iter()
+        .map(|u| u["id"].as_str().unwrap().to_owned())
+        .collect();
     for (k, id) in ids.iter().enumerate() {
         let r = &results[id];
         assert_eq!(r["is_error"], false, "call {k}: {r}");
-        assert_eq!(content_text(r).trim(), (k + 1).to_string(), "call {k} saw the file with {k}+1 lines: {r}");
+        assert_eq!(
+            content_text(r).trim(),
+            (k + 1).to_string(),
+            "call {k} saw the file with {k}+1 lines: {r}"
+        );
     }
-    let last_idle = events.iter().rev().find(|e| e["type"] == "session.status_idle").unwrap();
+    let last_idle = events
+        .iter()
+        .rev()
+        .find(|e| e["type"] == "session.status_idle")
+        .unwrap();
     assert_eq!(last_idle["stop_reason"]["type"], "end_turn");
-    let final_text = events.iter().rev().find(|e| e["type"] == "agent.message").unwrap();
-    assert_eq!(content_text(final_text), format!("done after {CALLS} tool calls"));
+    let final_text = events
+        .iter()
+        .rev()
+        .find(|e| e["type"] == "agent.message")
+        .unwrap();
+    assert_eq!(
+        content_text(final_text),
+        format!("done after {CALLS} tool calls")
+    );
 
     // 2. The model's record: every request's history is a prefix of the
     // final one (no tool use lost, duplicated or re-issued under another
@@ -157,12 +208,24 @@ async fn fifty_tool_calls_survive_twenty_kill9s_without_running_a_tool_twice() {
         .rev()
         .find(|r| tool_use_ids(&r.body).len() == CALLS)
         .expect("a request carrying all 50 results");
-    assert_eq!(tool_use_ids(&final_req.body), ids, "the model saw the log's tool use ids");
+    assert_eq!(
+        tool_use_ids(&final_req.body),
+        ids,
+        "the model saw the log's tool use ids"
+    );
     for r in &requests {
         let seen = tool_use_ids(&r.body);
-        assert_eq!(seen[..], ids[..seen.len()], "request {} diverges from the final history", r.n);
+        assert_eq!(
+            seen[..],
+            ids[..seen.len()],
+            "request {} diverges from the final history",
+            r.n
+        );
     }
-    let ctx = RequestCtx { n: final_req.n, body: final_req.body.clone() };
+    let ctx = RequestCtx {
+        n: final_req.n,
+        body: final_req.body.clone(),
+    };
     let model_results: Vec<String> = ctx
         .messages()
         .iter()
@@ -182,31 +245,55 @@ async fn fifty_tool_calls_survive_twenty_kill9s_without_running_a_tool_twice() {
         *starts.entry(l.id.as_str()).or_default() += 1;
     }
     for (k, id) in ids.iter().enumerate() {
-        assert_eq!(starts.get(id.as_str()), Some(&1), "call {k} ({id}) started once on the agent");
+        assert_eq!(
+            starts.get(id.as_str()),
+            Some(&1),
+            "call {k} ({id}) started once on the agent"
+        );
     }
     assert_eq!(starts.len(), CALLS, "no other call ran: {starts:?}");
     let audit = agent.audit();
     let executes = audit.iter().filter(|a| a["call"] == "execute").count();
-    let replayed = audit.iter().filter(|a| a["call"] == "execute" && a["outcome"] == "replayed").count();
+    let replayed = audit
+        .iter()
+        .filter(|a| a["call"] == "execute" && a["outcome"] == "replayed")
+        .count();
     let provisions = audit.iter().filter(|a| a["call"] == "provision").count();
     eprintln!(
         "agent: {CALLS} calls ran once each; {} re-sent after a kill ({replayed} answered from the record, the rest joined the run in flight); {provisions} provision(s)",
         executes - CALLS
     );
-    assert!(executes > CALLS, "kills inside tool calls made the harness re-send some calls");
+    assert!(
+        executes > CALLS,
+        "kills inside tool calls made the harness re-send some calls"
+    );
 
     // 4. The sandbox itself: one sandbox, every number once, in order.
     let sandboxes = agent.sandboxes();
-    assert_eq!(sandboxes.len(), 1, "one sandbox served the whole session: {sandboxes:?}");
+    assert_eq!(
+        sandboxes.len(),
+        1,
+        "one sandbox served the whole session: {sandboxes:?}"
+    );
     let log = sandbox_file(&sandboxes[0], "/workspace/log").unwrap();
     let lines: Vec<&str> = log.lines().collect();
     let want: Vec<String> = (0..CALLS).map(|k| k.to_string()).collect();
     assert_eq!(lines, want, "/workspace/log holds each number exactly once");
-    let sandbox_of: Vec<&str> = record.iter().filter(|l| l.t == "start").map(|l| l.sandbox_id.as_str()).collect();
-    assert!(sandbox_of.iter().all(|s| *s == sandboxes[0]), "every call ran in that sandbox");
+    let sandbox_of: Vec<&str> = record
+        .iter()
+        .filter(|l| l.t == "start")
+        .map(|l| l.sandbox_id.as_str())
+        .collect();
+    assert!(
+        sandbox_of.iter().all(|s| *s == sandboxes[0]),
+        "every call ran in that sandbox"
+    );
 
     // The restarts really recovered the session (not one lucky run).
     let log = d.cp.log();
-    assert!(log.matches("control plane started").count() > KILLS, "the control plane was restarted {KILLS} times");
+    assert!(
+        log.matches("control plane started").count() > KILLS,
+        "the control plane was restarted {KILLS} times"
+    );
     d.cp.terminate().unwrap();
 }

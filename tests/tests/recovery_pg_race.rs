@@ -28,7 +28,8 @@ use std::time::{Duration, Instant};
 use airlock_tests::deploy::{tail, ControlPlane, CpOptions};
 use airlock_tests::fake_model::{FakeModel, Reply, RequestCtx, Turn};
 use e2e_support::{
-    check_seqs_and_ids, check_tool_pairs, content_text, runtime_toml, summary, wait_api, Api, SandboxAgent,
+    check_seqs_and_ids, check_tool_pairs, content_text, runtime_toml, summary, wait_api, Api,
+    SandboxAgent,
 };
 use serde_json::{json, Value};
 use session_store::{PgOptions, PgStore, SessionStatus, SessionStore};
@@ -68,7 +69,11 @@ fn script(req: &RequestCtx) -> Reply {
     if k < STEPS {
         Turn::new()
             .text(format!("step {k}"))
-            .tool_use(format!("toolu_{k}"), "bash", json!({ "command": command(k) }))
+            .tool_use(
+                format!("toolu_{k}"),
+                "bash",
+                json!({ "command": command(k) }),
+            )
             .into()
     } else {
         Reply::text(format!("done after {STEPS} steps"))
@@ -76,14 +81,17 @@ fn script(req: &RequestCtx) -> Reply {
 }
 
 fn tool_use_ids(body: &Value) -> Vec<String> {
-    RequestCtx { n: 0, body: body.clone() }
-        .messages()
-        .iter()
-        .filter_map(|m| m["content"].as_array())
-        .flatten()
-        .filter(|b| b["type"] == "tool_use")
-        .map(|b| b["id"].as_str().unwrap_or_default().to_owned())
-        .collect()
+    RequestCtx {
+        n: 0,
+        body: body.clone(),
+    }
+    .messages()
+    .iter()
+    .filter_map(|m| m["content"].as_array())
+    .flatten()
+    .filter(|b| b["type"] == "tool_use")
+    .map(|b| b["id"].as_str().unwrap_or_default().to_owned())
+    .collect()
 }
 
 fn signal(pid: u32, sig: &str) {
@@ -112,7 +120,11 @@ async fn holder_pid(store: &PgStore, session_id: &str) -> Option<u32> {
 async fn results(api: &Api, session_id: &str) -> usize {
     api.events(session_id)
         .await
-        .map(|e| e.iter().filter(|e| e["type"] == "agent.tool_result").count())
+        .map(|e| {
+            e.iter()
+                .filter(|e| e["type"] == "agent.tool_result")
+                .count()
+        })
         .unwrap_or(0)
 }
 
@@ -127,7 +139,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(Instant::now() < until, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < until,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -135,7 +150,11 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_control_planes_on_postgres_one_harness_at_a_time_and_the_survivor_finishes() {
     let Some(url) = pg_url() else { return };
-    let schema = format!("race_{}_{}", std::process::id(), time::OffsetDateTime::now_utc().unix_timestamp());
+    let schema = format!(
+        "race_{}_{}",
+        std::process::id(),
+        time::OffsetDateTime::now_utc().unix_timestamp()
+    );
     let model = FakeModel::builder()
         .latency(Duration::from_millis(40))
         .start(script)
@@ -146,19 +165,34 @@ async fn two_control_planes_on_postgres_one_harness_at_a_time_and_the_survivor_f
          \n[catalog]\nbackend = \"postgres\"\npostgres_url = \"{url}\"\npostgres_schema = \"{schema}_cat\"\n",
         runtime_toml(&model.base_url(), 2.0)
     );
-    let options = || CpOptions { extra_toml: shared.clone(), ..CpOptions::default() };
+    let options = || CpOptions {
+        extra_toml: shared.clone(),
+        ..CpOptions::default()
+    };
     let mut a = ControlPlane::configure(options()).unwrap();
     let mut b = ControlPlane::configure(options()).unwrap();
-    let key: Value = serde_json::from_str(a.cli(&["api-keys", "create", "--name", "race", "--json"]).unwrap().trim()).unwrap();
+    let key: Value = serde_json::from_str(
+        a.cli(&["api-keys", "create", "--name", "race", "--json"])
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
     let key = key["key"].as_str().unwrap().to_owned();
     a.start().unwrap();
     b.start().unwrap();
     let (api_a, api_b) = (Api::new(a.api_addr(), &key), Api::new(b.api_addr(), &key));
     wait_api(&api_a, Duration::from_secs(30)).await.unwrap();
     wait_api(&api_b, Duration::from_secs(30)).await.unwrap();
-    let store = PgStore::connect(&url, PgOptions { schema: schema.clone(), max_connections: 2, ..PgOptions::default() })
-        .await
-        .unwrap();
+    let store = PgStore::connect(
+        &url,
+        PgOptions {
+            schema: schema.clone(),
+            max_connections: 2,
+            ..PgOptions::default()
+        },
+    )
+    .await
+    .unwrap();
 
     // One environment (shared catalog), an agent enrolled with each replica.
     let env = api_a.create_environment("race").await.unwrap();
@@ -170,12 +204,18 @@ async fn two_control_planes_on_postgres_one_harness_at_a_time_and_the_survivor_f
         let sid = api_a.create_session(&agent_def, &env).await.unwrap();
         // Started through either API: both supervisors see every session.
         let api = if i % 2 == 0 { &api_a } else { &api_b };
-        api.user_message(&sid, &format!("session {i}: take {STEPS} steps")).await.unwrap();
+        api.user_message(&sid, &format!("session {i}: take {STEPS} steps"))
+            .await
+            .unwrap();
         sessions.push(sid);
     }
     let (pid_a, pid_b) = (a.pid().unwrap(), b.pid().unwrap());
     let diag = |a: &ControlPlane, b: &ControlPlane| {
-        format!("\n--- A log:\n{}\n--- B log:\n{}", tail(&a.log(), 60), tail(&b.log(), 60))
+        format!(
+            "\n--- A log:\n{}\n--- B log:\n{}",
+            tail(&a.log(), 60),
+            tail(&b.log(), 60)
+        )
     };
 
     // 1. A is in the middle of a session: freeze it.
@@ -197,18 +237,34 @@ async fn two_control_planes_on_postgres_one_harness_at_a_time_and_the_survivor_f
     eprintln!("froze A (pid {pid_a}) during {target} at {before} results");
 
     // 2. B takes the lease over once it expires and makes progress.
-    wait_until(Duration::from_secs(60), "B to take over and advance the frozen session", || {
-        let (store, target, api) = (&store, &target, &api_b);
-        async move { (holder_pid(store, target).await == Some(pid_b) && results(api, target).await >= before + 2).then_some(()) }
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "B to take over and advance the frozen session",
+        || {
+            let (store, target, api) = (&store, &target, &api_b);
+            async move {
+                (holder_pid(store, target).await == Some(pid_b)
+                    && results(api, target).await >= before + 2)
+                    .then_some(())
+            }
+        },
+    )
     .await;
 
     // 3. Thaw A: its wake finds itself fenced off and stops.
     signal(pid_a, "-CONT");
-    wait_until(Duration::from_secs(30), "A to notice the lease was lost", || {
-        let a = &a;
-        async move { a.log().contains("lease lost to another harness").then_some(()) }
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "A to notice the lease was lost",
+        || {
+            let a = &a;
+            async move {
+                a.log()
+                    .contains("lease lost to another harness")
+                    .then_some(())
+            }
+        },
+    )
     .await;
     eprintln!("A was fenced off and stopped its wake");
 
@@ -227,7 +283,10 @@ async fn two_control_planes_on_postgres_one_harness_at_a_time_and_the_survivor_f
     })
     .await;
     b.kill9().unwrap();
-    eprintln!("killed B (pid {pid_b}) during {} at {} results", victim.0, victim.1);
+    eprintln!(
+        "killed B (pid {pid_b}) during {} at {} results",
+        victim.0, victim.1
+    );
 
     let mut logs = HashMap::new();
     for sid in &sessions {
@@ -245,10 +304,22 @@ async fn two_control_planes_on_postgres_one_harness_at_a_time_and_the_survivor_f
     for (sid, events) in &logs {
         check_seqs_and_ids(events);
         let uses = check_tool_pairs(events);
-        let commands: Vec<String> = uses.iter().map(|u| u["input"]["command"].as_str().unwrap().to_owned()).collect();
+        let commands: Vec<String> = uses
+            .iter()
+            .map(|u| u["input"]["command"].as_str().unwrap().to_owned())
+            .collect();
         let want: Vec<String> = (0..STEPS).map(command).collect();
-        assert_eq!(commands, want, "{sid}: one tool use per step, in order: {}", summary(events));
-        let messages: Vec<String> = events.iter().filter(|e| e["type"] == "agent.message").map(content_text).collect();
+        assert_eq!(
+            commands,
+            want,
+            "{sid}: one tool use per step, in order: {}",
+            summary(events)
+        );
+        let messages: Vec<String> = events
+            .iter()
+            .filter(|e| e["type"] == "agent.message")
+            .map(content_text)
+            .collect();
         let mut want: Vec<String> = (0..STEPS).map(|k| format!("step {k}")).collect();
         want.push(format!("done after {STEPS} steps"));
         assert_eq!(messages, want, "{sid}: every model turn recorded once");
@@ -257,12 +328,21 @@ async fn two_control_planes_on_postgres_one_harness_at_a_time_and_the_survivor_f
         for e in events {
             match e["type"].as_str() {
                 Some("span.model_request_start") => {
-                    assert!(open.is_none(), "{sid}: model request {} started while {open:?} was open", e["id"]);
+                    assert!(
+                        open.is_none(),
+                        "{sid}: model request {} started while {open:?} was open",
+                        e["id"]
+                    );
                     open = Some(e["id"].as_str().unwrap().to_owned());
                 }
                 Some("span.model_request_end") => {
                     let id = e["model_request_start_id"].as_str().unwrap().to_owned();
-                    assert_eq!(open.as_deref(), Some(id.as_str()), "{sid}: span end {} closes the open request", e["seq"]);
+                    assert_eq!(
+                        open.as_deref(),
+                        Some(id.as_str()),
+                        "{sid}: span end {} closes the open request",
+                        e["seq"]
+                    );
                     assert!(closed.insert(id), "{sid}: a request closed twice");
                     open = None;
                 }
@@ -284,12 +364,22 @@ async fn two_control_planes_on_postgres_one_harness_at_a_time_and_the_survivor_f
         let prefix = format!("session {i}:");
         let mine: Vec<_> = requests
             .iter()
-            .filter(|r| first_user_text(&RequestCtx { n: r.n, body: r.body.clone() }).starts_with(&prefix))
+            .filter(|r| {
+                first_user_text(&RequestCtx {
+                    n: r.n,
+                    body: r.body.clone(),
+                })
+                .starts_with(&prefix)
+            })
             .collect();
         assert!(mine.len() > STEPS, "{sid}: every step asked the model");
         for r in mine {
             let seen = tool_use_ids(&r.body);
-            assert!(seen.len() <= final_ids.len() && seen[..] == final_ids[..seen.len()], "{sid}: request {} diverges", r.n);
+            assert!(
+                seen.len() <= final_ids.len() && seen[..] == final_ids[..seen.len()],
+                "{sid}: request {} diverges",
+                r.n
+            );
         }
     }
 
@@ -300,7 +390,11 @@ async fn two_control_planes_on_postgres_one_harness_at_a_time_and_the_survivor_f
         for l in agent.record().into_iter().filter(|l| l.t == "start") {
             *starts.entry(l.id).or_default() += 1;
         }
-        assert!(starts.values().all(|n| *n == 1), "agent {}: a call started twice: {starts:?}", agent.id());
+        assert!(
+            starts.values().all(|n| *n == 1),
+            "agent {}: a call started twice: {starts:?}",
+            agent.id()
+        );
     }
     a.terminate().unwrap();
 }

@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use airlock_tests::deploy::{tail, Agent, AgentOptions, ControlPlane, CpOptions, InProcessControlPlane};
+use airlock_tests::deploy::{
+    tail, Agent, AgentOptions, ControlPlane, CpOptions, InProcessControlPlane,
+};
 use airlock_tests::sandbox::{executor_path, remove_agent_containers, test_image};
 use control_plane::gateway::Target;
 use protocol::sandbox::{DestroyRequest, Disposition, ExecuteRequest, ProvisionRequest};
@@ -36,7 +38,9 @@ fn point_at_test_image(agent: &Agent, image: &str) {
             out.push('\n');
         }
     }
-    out.push_str(&format!("\n[policy]\nallowed_images = [\"{image}\"]\nmax_memory_bytes = 536870912\n"));
+    out.push_str(&format!(
+        "\n[policy]\nallowed_images = [\"{image}\"]\nmax_memory_bytes = 536870912\n"
+    ));
     std::fs::write(agent.config_path(), out).unwrap();
 }
 
@@ -84,28 +88,59 @@ async fn control_plane_to_agent_to_container_and_back() {
     };
     let (streamed, r) = app
         .gateway()
-        .call_unary(&target, &exec("toolu_e2e_1", json!({"command": "echo hello from $(id -u); echo x >> n; wc -l < n"}), true))
+        .call_unary(
+            &target,
+            &exec(
+                "toolu_e2e_1",
+                json!({"command": "echo hello from $(id -u); echo x >> n; wc -l < n"}),
+                true,
+            ),
+        )
         .await
         .unwrap();
-    let Response::Ok(Reply::Execute(result)) = r else { panic!("execute: {r:?}") };
+    let Response::Ok(Reply::Execute(result)) = r else {
+        panic!("execute: {r:?}")
+    };
     assert!(!result.is_error);
     let text = result.content[0]["text"].as_str().unwrap().to_owned();
     assert_eq!(text, "hello from 1000\n1\n");
-    assert_eq!(String::from_utf8_lossy(&streamed), text, "streamed output equals the result");
+    assert_eq!(
+        String::from_utf8_lossy(&streamed),
+        text,
+        "streamed output equals the result"
+    );
 
     // the same tool_use_id again: replayed from the agent's record, not re-run
     let (_, r) = app
         .gateway()
-        .call_unary(&target, &exec("toolu_e2e_1", json!({"command": "echo hello from $(id -u); echo x >> n; wc -l < n"}), false))
+        .call_unary(
+            &target,
+            &exec(
+                "toolu_e2e_1",
+                json!({"command": "echo hello from $(id -u); echo x >> n; wc -l < n"}),
+                false,
+            ),
+        )
         .await
         .unwrap();
-    let Response::Ok(Reply::Execute(again)) = r else { panic!("replay: {r:?}") };
+    let Response::Ok(Reply::Execute(again)) = r else {
+        panic!("replay: {r:?}")
+    };
     assert_eq!(again.disposition, Disposition::Replayed);
     assert_eq!(again.content, result.content);
 
     // a tool failure is a result, not an RPC error
-    let (_, r) = app.gateway().call_unary(&target, &exec("toolu_e2e_2", json!({"command": "exit 4"}), false)).await.unwrap();
-    let Response::Ok(Reply::Execute(failed)) = r else { panic!("failing tool: {r:?}") };
+    let (_, r) = app
+        .gateway()
+        .call_unary(
+            &target,
+            &exec("toolu_e2e_2", json!({"command": "exit 4"}), false),
+        )
+        .await
+        .unwrap();
+    let Response::Ok(Reply::Execute(failed)) = r else {
+        panic!("failing tool: {r:?}")
+    };
     assert!(failed.is_error);
 
     // a policy refusal is an RPC error naming the rule
@@ -129,17 +164,32 @@ async fn control_plane_to_agent_to_container_and_back() {
     }
 
     // list, destroy, list
-    let (_, r) = app.gateway().call_unary(&target, &Request::ListSandboxes).await.unwrap();
-    let Response::Ok(Reply::ListSandboxes(list)) = r else { panic!("list: {r:?}") };
+    let (_, r) = app
+        .gateway()
+        .call_unary(&target, &Request::ListSandboxes)
+        .await
+        .unwrap();
+    let Response::Ok(Reply::ListSandboxes(list)) = r else {
+        panic!("list: {r:?}")
+    };
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].session_id.as_deref(), Some("sesn_e2e"));
     let (_, r) = app
         .gateway()
-        .call_unary(&target, &Request::Destroy(DestroyRequest { sandbox_id: p.sandbox_id.clone() }))
+        .call_unary(
+            &target,
+            &Request::Destroy(DestroyRequest {
+                sandbox_id: p.sandbox_id.clone(),
+            }),
+        )
         .await
         .unwrap();
     assert!(matches!(r, Response::Ok(Reply::Destroy)), "{r:?}");
-    let (_, r) = app.gateway().call_unary(&target, &Request::ListSandboxes).await.unwrap();
+    let (_, r) = app
+        .gateway()
+        .call_unary(&target, &Request::ListSandboxes)
+        .await
+        .unwrap();
     assert!(matches!(r, Response::Ok(Reply::ListSandboxes(l)) if l.is_empty()));
     assert!(airlock_tests::sandbox::agent_containers(agent.agent_id()).is_empty());
 
@@ -163,8 +213,14 @@ async fn kill_9_of_the_real_agent_then_run_again_adopts_its_sandboxes() {
         .unwrap_or_else(|e| panic!("{e}\n{}", tail(&agent.log(), 30)));
     let mut ids = Vec::new();
     for _ in 0..2 {
-        let (_, r) = app.gateway().call_unary(&target, &Request::Provision(ProvisionRequest::default())).await.unwrap();
-        let Response::Ok(Reply::Provision(p)) = r else { panic!("provision: {r:?}") };
+        let (_, r) = app
+            .gateway()
+            .call_unary(&target, &Request::Provision(ProvisionRequest::default()))
+            .await
+            .unwrap();
+        let Response::Ok(Reply::Provision(p)) = r else {
+            panic!("provision: {r:?}")
+        };
         ids.push(p.sandbox_id);
     }
     let write = Request::Execute(ExecuteRequest {
@@ -175,16 +231,31 @@ async fn kill_9_of_the_real_agent_then_run_again_adopts_its_sandboxes() {
         stream: false,
     });
     let (_, r) = app.gateway().call_unary(&target, &write).await.unwrap();
-    assert!(matches!(&r, Response::Ok(Reply::Execute(t)) if !t.is_error), "{r:?}");
+    assert!(
+        matches!(&r, Response::Ok(Reply::Execute(t)) if !t.is_error),
+        "{r:?}"
+    );
 
     agent.kill9().unwrap();
-    assert_eq!(airlock_tests::sandbox::agent_containers(agent.agent_id()).len(), 2, "sandboxes outlive the agent");
+    assert_eq!(
+        airlock_tests::sandbox::agent_containers(agent.agent_id()).len(),
+        2,
+        "sandboxes outlive the agent"
+    );
     agent.run().unwrap();
     // the restarted agent reconnects and serves the same sandboxes
     let until = std::time::Instant::now() + Duration::from_secs(60);
     let list = loop {
-        assert!(std::time::Instant::now() < until, "restarted agent never listed its sandboxes\n{}", tail(&agent.log(), 40));
-        if let Ok((_, Response::Ok(Reply::ListSandboxes(l)))) = app.gateway().call_unary(&target, &Request::ListSandboxes).await {
+        assert!(
+            std::time::Instant::now() < until,
+            "restarted agent never listed its sandboxes\n{}",
+            tail(&agent.log(), 40)
+        );
+        if let Ok((_, Response::Ok(Reply::ListSandboxes(l)))) = app
+            .gateway()
+            .call_unary(&target, &Request::ListSandboxes)
+            .await
+        {
             break l;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -203,7 +274,9 @@ async fn kill_9_of_the_real_agent_then_run_again_adopts_its_sandboxes() {
             stream: false,
         });
         let (_, r) = app.gateway().call_unary(&target, &req).await.unwrap();
-        let Response::Ok(Reply::Execute(t)) = r else { panic!("execute after restart: {r:?}") };
+        let Response::Ok(Reply::Execute(t)) = r else {
+            panic!("execute after restart: {r:?}")
+        };
         if t.content[0]["text"] == "survives the agent" {
             found += 1;
         }
@@ -211,9 +284,21 @@ async fn kill_9_of_the_real_agent_then_run_again_adopts_its_sandboxes() {
     assert_eq!(found, 1, "the written file is still in its sandbox");
     // the replayed write answers from the record kept across the restart
     let (_, r) = app.gateway().call_unary(&target, &write).await.unwrap();
-    assert!(matches!(&r, Response::Ok(Reply::Execute(t)) if t.disposition == Disposition::Replayed), "{r:?}");
+    assert!(
+        matches!(&r, Response::Ok(Reply::Execute(t)) if t.disposition == Disposition::Replayed),
+        "{r:?}"
+    );
     for id in &ids {
-        let (_, r) = app.gateway().call_unary(&target, &Request::Destroy(DestroyRequest { sandbox_id: id.clone() })).await.unwrap();
+        let (_, r) = app
+            .gateway()
+            .call_unary(
+                &target,
+                &Request::Destroy(DestroyRequest {
+                    sandbox_id: id.clone(),
+                }),
+            )
+            .await
+            .unwrap();
         assert!(matches!(r, Response::Ok(Reply::Destroy)), "{r:?}");
     }
     assert!(airlock_tests::sandbox::agent_containers(agent.agent_id()).is_empty());

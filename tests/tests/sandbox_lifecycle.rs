@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use airlock_tests::sandbox::{
-    agent_containers, docker_inspect, exec, exec_id, executor_path, provision, text, tool_use_id, TestAgent,
+    agent_containers, docker_inspect, exec, exec_id, executor_path, provision, text, tool_use_id,
+    TestAgent,
 };
 use protocol::sandbox::{Disposition, ExecuteRequest, ProvisionRequest};
 use serde_json::json;
@@ -43,8 +44,14 @@ async fn hardening_is_read_back_with_docker_inspect() {
     assert_eq!(hc["ReadonlyRootfs"], true);
     assert_eq!(hc["Privileged"], false);
     let secopt: Vec<String> = serde_json::from_value(hc["SecurityOpt"].clone()).unwrap();
-    assert!(secopt.contains(&"no-new-privileges".to_string()), "{secopt:?}");
-    assert!(!secopt.iter().any(|o| o.contains("unconfined")), "{secopt:?}");
+    assert!(
+        secopt.contains(&"no-new-privileges".to_string()),
+        "{secopt:?}"
+    );
+    assert!(
+        !secopt.iter().any(|o| o.contains("unconfined")),
+        "{secopt:?}"
+    );
     assert_eq!(hc["PidsLimit"], 128);
     assert_eq!(hc["Memory"], 256 * 1024 * 1024);
     assert_eq!(hc["MemorySwap"], 256 * 1024 * 1024);
@@ -52,13 +59,19 @@ async fn hardening_is_read_back_with_docker_inspect() {
     assert_eq!(hc["NetworkMode"], "none");
     assert_eq!(hc["LogConfig"]["Type"], "none");
     assert!(hc["Tmpfs"]["/tmp"].as_str().unwrap().contains("size="));
-    assert!(hc["Tmpfs"]["/workspace"].as_str().unwrap().contains("size="));
+    assert!(hc["Tmpfs"]["/workspace"]
+        .as_str()
+        .unwrap()
+        .contains("size="));
     // exactly one host path: the executor, read-only; never the Docker socket
     let mounts = i["Mounts"].as_array().unwrap();
     let binds: Vec<_> = mounts.iter().filter(|m| m["Type"] == "bind").collect();
     assert_eq!(binds.len(), 1, "{mounts:?}");
     assert_eq!(binds[0]["RW"], false);
-    assert_eq!(PathBuf::from(binds[0]["Source"].as_str().unwrap()), executor_path());
+    assert_eq!(
+        PathBuf::from(binds[0]["Source"].as_str().unwrap()),
+        executor_path()
+    );
     assert!(!i.to_string().contains("docker.sock"));
     let labels = &i["Config"]["Labels"];
     assert_eq!(labels["airlock.agent_id"], agent.agent_id.as_str());
@@ -94,12 +107,24 @@ async fn fork_bomb_and_memory_balloon_are_contained() {
     let svc2 = svc.clone();
     let v2 = victim.clone();
     let bomb = tokio::spawn(async move {
-        exec(&svc2, &v2, "bash", json!({"command": "bomb() { bomb | bomb; }; bomb", "timeout_ms": 8000})).await
+        exec(
+            &svc2,
+            &v2,
+            "bash",
+            json!({"command": "bomb() { bomb | bomb; }; bomb", "timeout_ms": 8000}),
+        )
+        .await
     });
     // the other sandbox keeps answering while the bomb runs
     tokio::time::sleep(Duration::from_millis(500)).await;
     for i in 0..5 {
-        let r = exec(&svc, &bystander, "bash", json!({"command": format!("echo ok-{i}")})).await;
+        let r = exec(
+            &svc,
+            &bystander,
+            "bash",
+            json!({"command": format!("echo ok-{i}")}),
+        )
+        .await;
         assert_eq!(text(&r).trim(), format!("ok-{i}"));
     }
     let r = bomb.await.unwrap();
@@ -117,7 +142,13 @@ async fn fork_bomb_and_memory_balloon_are_contained() {
     let balloon = tokio::spawn(async move {
         exec(&svc2, &v2, "bash", json!({"command": "a=xxxxxxxxxxxxxxxx; while true; do a=\"$a$a\"; done", "timeout_ms": 60000})).await
     });
-    let r = exec(&svc, &bystander, "bash", json!({"command": "echo still-here"})).await;
+    let r = exec(
+        &svc,
+        &bystander,
+        "bash",
+        json!({"command": "echo still-here"}),
+    )
+    .await;
     assert_eq!(text(&r).trim(), "still-here");
     let r = balloon.await.unwrap();
     assert!(r.is_error, "{}", text(&r));
@@ -136,14 +167,19 @@ async fn container_killed_mid_call_is_a_tool_error_and_next_provision_is_fresh()
     let id = tool_use_id();
     let svc2 = svc.clone();
     let (sbx2, id2) = (sbx.clone(), id.clone());
-    let call = tokio::spawn(async move { exec_id(&svc2, &sbx2, &id2, "bash", json!({"command": "sleep 60"})).await });
+    let call = tokio::spawn(async move {
+        exec_id(&svc2, &sbx2, &id2, "bash", json!({"command": "sleep 60"})).await
+    });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let out = std::process::Command::new("docker")
         .args(["kill", &format!("airlock-{sbx}")])
         .output()
         .unwrap();
     assert!(out.status.success());
-    let r = tokio::time::timeout(Duration::from_secs(30), call).await.unwrap().unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(r.is_error);
     assert!(text(&r).contains("sandbox died"), "{}", text(&r));
     // re-sending the same tool_use_id says the outcome is unknown
@@ -183,8 +219,14 @@ async fn ttl_and_idle_reaping_and_destroy() {
     let doomed = provision(&svc).await;
     let list = svc.list().await.unwrap();
     assert_eq!(list.len(), 3);
-    assert!(list.iter().any(|s| s.session_id.as_deref() == Some("sesn_1") && s.expires_at.is_some()));
-    svc.destroy(protocol::sandbox::DestroyRequest { sandbox_id: doomed.clone() }).await.unwrap();
+    assert!(list
+        .iter()
+        .any(|s| s.session_id.as_deref() == Some("sesn_1") && s.expires_at.is_some()));
+    svc.destroy(protocol::sandbox::DestroyRequest {
+        sandbox_id: doomed.clone(),
+    })
+    .await
+    .unwrap();
     assert_eq!(svc.list().await.unwrap().len(), 2);
     eventually(30, "ttl and idle sandboxes reaped", || {
         let svc = svc.clone();
@@ -227,7 +269,13 @@ async fn warm_pool_hands_out_and_refills() {
         .await
         .unwrap();
     assert!(p.from_pool);
-    let r = exec(&svc, &p.sandbox_id, "bash", json!({"command": "echo $GREETING; echo \"[$ANTHROPIC_API_KEY]\""})).await;
+    let r = exec(
+        &svc,
+        &p.sandbox_id,
+        "bash",
+        json!({"command": "echo $GREETING; echo \"[$ANTHROPIC_API_KEY]\""}),
+    )
+    .await;
     assert_eq!(text(&r), "hello\n[]\n");
     eventually(60, "pool refilled", || {
         let svc = svc.clone();
@@ -261,9 +309,21 @@ async fn twenty_concurrent_sandboxes_run_tool_calls() {
             let sbx = provision(&svc).await;
             for k in 0..3 {
                 let content = format!("sandbox {n} round {k}\n");
-                let w = exec(&svc, &sbx, "write", json!({"file_path": "f.txt", "content": content})).await;
+                let w = exec(
+                    &svc,
+                    &sbx,
+                    "write",
+                    json!({"file_path": "f.txt", "content": content}),
+                )
+                .await;
                 assert!(!w.is_error, "{}", text(&w));
-                let r = exec(&svc, &sbx, "bash", json!({"command": "cat f.txt; echo $((6*7))"})).await;
+                let r = exec(
+                    &svc,
+                    &sbx,
+                    "bash",
+                    json!({"command": "cat f.txt; echo $((6*7))"}),
+                )
+                .await;
                 assert_eq!(text(&r), format!("{content}42\n"));
                 let g = exec(&svc, &sbx, "grep", json!({"pattern": "round"})).await;
                 assert!(text(&g).contains(&format!("sandbox {n} round {k}")));
@@ -289,7 +349,9 @@ const CHILD_ENV: &str = "AIRLOCK_SANDBOX_CHILD";
 /// `kill_9_agent_then_restart_adopts_or_reaps` starts and kills.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn child_agent_process() {
-    let Ok(spec) = std::env::var(CHILD_ENV) else { return };
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
     let (agent_id, dir) = spec.split_once(':').unwrap();
     let dir = PathBuf::from(dir);
     let mut agent = TestAgent::with_identity(agent_id, &dir);
@@ -305,7 +367,13 @@ async fn child_agent_process() {
         .await
         .unwrap()
         .sandbox_id;
-    let r = exec(&svc, &keep, "write", json!({"file_path": "state.txt", "content": "before crash"})).await;
+    let r = exec(
+        &svc,
+        &keep,
+        "write",
+        json!({"file_path": "state.txt", "content": "before crash"}),
+    )
+    .await;
     assert!(!r.is_error);
     let image = airlock_tests::sandbox::test_image();
     eventually(60, "child pool filled", || {
@@ -339,8 +407,17 @@ async fn child_agent_process() {
 async fn kill_9_agent_then_restart_adopts_or_reaps() {
     let agent = TestAgent::new();
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["child_agent_process", "--exact", "--nocapture", "--test-threads", "1"])
-        .env(CHILD_ENV, format!("{}:{}", agent.agent_id, agent.data_dir.display()))
+        .args([
+            "child_agent_process",
+            "--exact",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(
+            CHILD_ENV,
+            format!("{}:{}", agent.agent_id, agent.data_dir.display()),
+        )
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -348,12 +425,18 @@ async fn kill_9_agent_then_restart_adopts_or_reaps() {
     let until = Instant::now() + Duration::from_secs(120);
     while !ready.exists() {
         assert!(Instant::now() < until, "child agent never became ready");
-        assert!(child.try_wait().unwrap().is_none(), "child agent exited early");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "child agent exited early"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let ids = std::fs::read_to_string(&ready).unwrap();
     let mut ids = ids.lines();
-    let (keep, short) = (ids.next().unwrap().to_owned(), ids.next().unwrap().to_owned());
+    let (keep, short) = (
+        ids.next().unwrap().to_owned(),
+        ids.next().unwrap().to_owned(),
+    );
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     // keep + short + one warm container are left behind by the dead agent
@@ -362,13 +445,24 @@ async fn kill_9_agent_then_restart_adopts_or_reaps() {
 
     let (svc, report) = agent.start().await;
     assert_eq!(report.adopted, vec![keep.clone()], "{report:?}");
-    assert_eq!(report.removed.len(), 2, "expired and warm containers reaped: {report:?}");
+    assert_eq!(
+        report.removed.len(),
+        2,
+        "expired and warm containers reaped: {report:?}"
+    );
     assert!(report.removed.contains(&short));
     // the adopted sandbox kept its state and answers
     let r = exec(&svc, &keep, "read", json!({"file_path": "state.txt"})).await;
     assert_eq!(text(&r), "     1\tbefore crash\n");
     // the call that was running when the agent died is reported as unknown, not re-run
-    let r = exec_id(&svc, &keep, "toolu_inflight", "bash", json!({"command": "sleep 3", "timeout_ms": 10000})).await;
+    let r = exec_id(
+        &svc,
+        &keep,
+        "toolu_inflight",
+        "bash",
+        json!({"command": "sleep 3", "timeout_ms": 10000}),
+    )
+    .await;
     assert_eq!(r.disposition, Disposition::Unknown, "{}", text(&r));
     assert_eq!(agent_containers(&agent.agent_id).len(), 1);
     svc.shutdown(false).await;
@@ -392,7 +486,11 @@ async fn configured_oci_runtime_is_used_when_installed_else_default() {
         .output()
         .unwrap();
     let runtimes: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
-    let expected = if runtimes.get("runsc").is_some() { "runsc" } else { "runc" };
+    let expected = if runtimes.get("runsc").is_some() {
+        "runsc"
+    } else {
+        "runc"
+    };
     let (svc, _) = agent.start().await;
     let sbx = provision(&svc).await;
     assert_eq!(docker_inspect(&sbx)["HostConfig"]["Runtime"], expected);

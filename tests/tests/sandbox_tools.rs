@@ -16,56 +16,117 @@ async fn bash_shell_persists_state_and_handles_edges() {
     let sbx = provision(&svc).await;
     let t0 = std::time::Instant::now();
 
-    eprintln!("{:?} cwd, env and functions survive between calls", t0.elapsed());
+    eprintln!(
+        "{:?} cwd, env and functions survive between calls",
+        t0.elapsed()
+    );
     // cwd, env and functions survive between calls
-    let r = exec(&svc, &sbx, "bash", json!({"command": "mkdir -p d && cd d && export FOO=bar && pwd"})).await;
+    let r = exec(
+        &svc,
+        &sbx,
+        "bash",
+        json!({"command": "mkdir -p d && cd d && export FOO=bar && pwd"}),
+    )
+    .await;
     assert!(!r.is_error, "{}", text(&r));
     assert_eq!(text(&r).trim(), "/workspace/d");
     let r = exec(&svc, &sbx, "bash", json!({"command": "pwd; echo $FOO"})).await;
     assert_eq!(text(&r).trim(), "/workspace/d\nbar");
 
-    eprintln!("{:?} non-zero exit is a tool error carrying output and code", t0.elapsed());
+    eprintln!(
+        "{:?} non-zero exit is a tool error carrying output and code",
+        t0.elapsed()
+    );
     // non-zero exit is a tool error carrying output and code
-    let r = exec(&svc, &sbx, "bash", json!({"command": "echo out; echo err >&2; exit_code() { return 3; }; exit_code"})).await;
+    let r = exec(
+        &svc,
+        &sbx,
+        "bash",
+        json!({"command": "echo out; echo err >&2; exit_code() { return 3; }; exit_code"}),
+    )
+    .await;
     assert!(r.is_error);
     let t = text(&r);
-    assert!(t.contains("out") && t.contains("err") && t.contains("[exit code: 3]"), "{t}");
+    assert!(
+        t.contains("out") && t.contains("err") && t.contains("[exit code: 3]"),
+        "{t}"
+    );
 
     eprintln!("{:?} ANSI stripped", t0.elapsed());
     // ANSI stripped
-    let r = exec(&svc, &sbx, "bash", json!({"command": "printf '\\033[1;31mred\\033[0m\\n'"})).await;
+    let r = exec(
+        &svc,
+        &sbx,
+        "bash",
+        json!({"command": "printf '\\033[1;31mred\\033[0m\\n'"}),
+    )
+    .await;
     assert_eq!(text(&r), "red\n");
 
-    eprintln!("{:?} ANTHROPIC_* never reaches the shell, even when asked for", t0.elapsed());
+    eprintln!(
+        "{:?} ANTHROPIC_* never reaches the shell, even when asked for",
+        t0.elapsed()
+    );
     // ANTHROPIC_* never reaches the shell, even when asked for
-    let r = exec(&svc, &sbx, "bash", json!({"command": "export -p | grep -c ANTHROPIC_ || true"})).await;
+    let r = exec(
+        &svc,
+        &sbx,
+        "bash",
+        json!({"command": "export -p | grep -c ANTHROPIC_ || true"}),
+    )
+    .await;
     assert_eq!(text(&r).trim(), "0");
 
-    eprintln!("{:?} huge output: last 100 KiB kept with an explicit marker", t0.elapsed());
+    eprintln!(
+        "{:?} huge output: last 100 KiB kept with an explicit marker",
+        t0.elapsed()
+    );
     // huge output: last 100 KiB kept with an explicit marker
     let r = exec(&svc, &sbx, "bash", json!({"command": "i=0; while [ $i -lt 30000 ]; do echo line-$i-padding-padding; i=$((i+1)); done"})).await;
     assert!(!r.is_error);
     let t = text(&r);
-    assert!(t.starts_with("[output truncated: showing the last 102400 of"), "{}", &t[..200]);
+    assert!(
+        t.starts_with("[output truncated: showing the last 102400 of"),
+        "{}",
+        &t[..200]
+    );
     assert!(t.trim_end().ends_with("line-29999-padding-padding"));
     assert!(t.len() < 110 * 1024);
 
     eprintln!("{:?} a background job outlives its call", t0.elapsed());
     // a background job outlives its call
-    let r = exec(&svc, &sbx, "bash", json!({"command": "(sleep 2; echo done > /workspace/bg.txt) & echo started"})).await;
+    let r = exec(
+        &svc,
+        &sbx,
+        "bash",
+        json!({"command": "(sleep 2; echo done > /workspace/bg.txt) & echo started"}),
+    )
+    .await;
     assert_eq!(text(&r).trim(), "started");
     let mut seen = false;
     for _ in 0..100 {
-        let r = exec(&svc, &sbx, "bash", json!({"command": "cat /workspace/bg.txt 2>/dev/null || true"})).await;
+        let r = exec(
+            &svc,
+            &sbx,
+            "bash",
+            json!({"command": "cat /workspace/bg.txt 2>/dev/null || true"}),
+        )
+        .await;
         if text(&r).trim() == "done" {
             seen = true;
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert!(seen, "background job did not finish after its call returned");
+    assert!(
+        seen,
+        "background job did not finish after its call returned"
+    );
 
-    eprintln!("{:?} a command that ignores SIGTERM is still killed at its timeout, with its group", t0.elapsed());
+    eprintln!(
+        "{:?} a command that ignores SIGTERM is still killed at its timeout, with its group",
+        t0.elapsed()
+    );
     // a command that ignores SIGTERM is still killed at its timeout, with its group
     let r = exec(
         &svc,
@@ -76,14 +137,26 @@ async fn bash_shell_persists_state_and_handles_edges() {
     .await;
     assert!(r.is_error);
     assert!(text(&r).contains("timed out after 1000 ms"), "{}", text(&r));
-    let r = exec(&svc, &sbx, "bash", json!({"command": "ps -o pid,comm | grep -c 'sleep' || true"})).await;
+    let r = exec(
+        &svc,
+        &sbx,
+        "bash",
+        json!({"command": "ps -o pid,comm | grep -c 'sleep' || true"}),
+    )
+    .await;
     assert_eq!(text(&r).trim(), "0", "the timed-out group must be gone");
-    eprintln!("{:?} and the shell is fresh (cwd reset to the workdir)", t0.elapsed());
+    eprintln!(
+        "{:?} and the shell is fresh (cwd reset to the workdir)",
+        t0.elapsed()
+    );
     // and the shell is fresh (cwd reset to the workdir)
     let r = exec(&svc, &sbx, "bash", json!({"command": "pwd"})).await;
     assert_eq!(text(&r).trim(), "/workspace");
 
-    eprintln!("{:?} restart resets state; exit in a command is reported and recovered from", t0.elapsed());
+    eprintln!(
+        "{:?} restart resets state; exit in a command is reported and recovered from",
+        t0.elapsed()
+    );
     // restart resets state; exit in a command is reported and recovered from
     exec(&svc, &sbx, "bash", json!({"command": "export KEEP=1"})).await;
     let r = exec(&svc, &sbx, "bash", json!({"restart": true})).await;
@@ -95,10 +168,17 @@ async fn bash_shell_persists_state_and_handles_edges() {
     let r = exec(&svc, &sbx, "bash", json!({"command": "echo alive"})).await;
     assert_eq!(text(&r).trim(), "alive");
 
-    eprintln!("{:?} bad input is a tool error, not an RPC error", t0.elapsed());
+    eprintln!(
+        "{:?} bad input is a tool error, not an RPC error",
+        t0.elapsed()
+    );
     // bad input is a tool error, not an RPC error
     let r = exec(&svc, &sbx, "bash", json!({"cmd": "true"})).await;
-    assert!(r.is_error && text(&r).contains("invalid input for bash"), "{}", text(&r));
+    assert!(
+        r.is_error && text(&r).contains("invalid input for bash"),
+        "{}",
+        text(&r)
+    );
     svc.shutdown(true).await;
 }
 
@@ -123,7 +203,10 @@ async fn bash_output_streams_as_produced() {
         .expect("no streamed chunk")
         .expect("stream closed");
     assert!(String::from_utf8_lossy(&first).contains("first"));
-    assert!(!call.is_finished(), "the call finished before its first chunk was seen");
+    assert!(
+        !call.is_finished(),
+        "the call finished before its first chunk was seen"
+    );
     let r = call.await.unwrap().unwrap();
     assert_eq!(text(&r), "first\nsecond\n");
     svc.shutdown(true).await;
@@ -135,68 +218,201 @@ async fn file_tools_with_edge_cases() {
     let (svc, _) = agent.start().await;
     let sbx = provision(&svc).await;
 
-    let r = exec(&svc, &sbx, "write", json!({"file_path": "src/deep/a.txt", "content": "alpha\nbeta\ngamma\nbeta\n"})).await;
+    let r = exec(
+        &svc,
+        &sbx,
+        "write",
+        json!({"file_path": "src/deep/a.txt", "content": "alpha\nbeta\ngamma\nbeta\n"}),
+    )
+    .await;
     assert!(!r.is_error, "{}", text(&r));
-    let r = exec(&svc, &sbx, "read", json!({"file_path": "/workspace/src/deep/a.txt"})).await;
-    assert_eq!(text(&r), "     1\talpha\n     2\tbeta\n     3\tgamma\n     4\tbeta\n");
-    let r = exec(&svc, &sbx, "read", json!({"file_path": "src/deep/a.txt", "view_range": [2, 3]})).await;
+    let r = exec(
+        &svc,
+        &sbx,
+        "read",
+        json!({"file_path": "/workspace/src/deep/a.txt"}),
+    )
+    .await;
+    assert_eq!(
+        text(&r),
+        "     1\talpha\n     2\tbeta\n     3\tgamma\n     4\tbeta\n"
+    );
+    let r = exec(
+        &svc,
+        &sbx,
+        "read",
+        json!({"file_path": "src/deep/a.txt", "view_range": [2, 3]}),
+    )
+    .await;
     assert_eq!(text(&r), "     2\tbeta\n     3\tgamma\n");
-    let r = exec(&svc, &sbx, "read", json!({"file_path": "src/deep/a.txt", "view_range": [3, 0]})).await;
+    let r = exec(
+        &svc,
+        &sbx,
+        "read",
+        json!({"file_path": "src/deep/a.txt", "view_range": [3, 0]}),
+    )
+    .await;
     assert_eq!(text(&r), "     3\tgamma\n     4\tbeta\n");
-    let r = exec(&svc, &sbx, "read", json!({"file_path": "src/deep/a.txt", "view_range": [9, 10]})).await;
-    assert!(r.is_error && text(&r).contains("beyond the end"), "{}", text(&r));
+    let r = exec(
+        &svc,
+        &sbx,
+        "read",
+        json!({"file_path": "src/deep/a.txt", "view_range": [9, 10]}),
+    )
+    .await;
+    assert!(
+        r.is_error && text(&r).contains("beyond the end"),
+        "{}",
+        text(&r)
+    );
 
     // missing and binary files
     let r = exec(&svc, &sbx, "read", json!({"file_path": "nope.txt"})).await;
-    assert!(r.is_error && text(&r).contains("no such file"), "{}", text(&r));
-    exec(&svc, &sbx, "bash", json!({"command": "printf 'ELF\\000\\001\\002' > bin.dat"})).await;
+    assert!(
+        r.is_error && text(&r).contains("no such file"),
+        "{}",
+        text(&r)
+    );
+    exec(
+        &svc,
+        &sbx,
+        "bash",
+        json!({"command": "printf 'ELF\\000\\001\\002' > bin.dat"}),
+    )
+    .await;
     let r = exec(&svc, &sbx, "read", json!({"file_path": "bin.dat"})).await;
     assert!(r.is_error && text(&r).contains("binary"), "{}", text(&r));
     // a PNG comes back as an image block
-    exec(&svc, &sbx, "bash", json!({"command": "printf '\\211PNG\\r\\n\\032\\n0000' > i.png"})).await;
+    exec(
+        &svc,
+        &sbx,
+        "bash",
+        json!({"command": "printf '\\211PNG\\r\\n\\032\\n0000' > i.png"}),
+    )
+    .await;
     let r = exec(&svc, &sbx, "read", json!({"file_path": "i.png"})).await;
     assert!(!r.is_error);
     assert_eq!(r.content[0]["type"], "image");
     // a file above the size cap is refused with the fix
-    exec(&svc, &sbx, "bash", json!({"command": "head -c 300000 /dev/zero | tr '\\0' a > big.txt"})).await;
+    exec(
+        &svc,
+        &sbx,
+        "bash",
+        json!({"command": "head -c 300000 /dev/zero | tr '\\0' a > big.txt"}),
+    )
+    .await;
     let r = exec(&svc, &sbx, "read", json!({"file_path": "big.txt"})).await;
     assert!(r.is_error && text(&r).contains("limit"), "{}", text(&r));
 
     // edit: unique, not found, not unique, replace_all
-    let r = exec(&svc, &sbx, "edit", json!({"file_path": "src/deep/a.txt", "old_string": "beta", "new_string": "B"})).await;
-    assert!(r.is_error && text(&r).contains("occurs 2 times"), "{}", text(&r));
-    let r = exec(&svc, &sbx, "edit", json!({"file_path": "src/deep/a.txt", "old_string": "delta", "new_string": "D"})).await;
+    let r = exec(
+        &svc,
+        &sbx,
+        "edit",
+        json!({"file_path": "src/deep/a.txt", "old_string": "beta", "new_string": "B"}),
+    )
+    .await;
+    assert!(
+        r.is_error && text(&r).contains("occurs 2 times"),
+        "{}",
+        text(&r)
+    );
+    let r = exec(
+        &svc,
+        &sbx,
+        "edit",
+        json!({"file_path": "src/deep/a.txt", "old_string": "delta", "new_string": "D"}),
+    )
+    .await;
     assert!(r.is_error && text(&r).contains("not found"), "{}", text(&r));
-    let r = exec(&svc, &sbx, "edit", json!({"file_path": "src/deep/a.txt", "old_string": "gamma", "new_string": "G"})).await;
+    let r = exec(
+        &svc,
+        &sbx,
+        "edit",
+        json!({"file_path": "src/deep/a.txt", "old_string": "gamma", "new_string": "G"}),
+    )
+    .await;
     assert!(!r.is_error, "{}", text(&r));
     let r = exec(&svc, &sbx, "edit", json!({"file_path": "src/deep/a.txt", "old_string": "beta", "new_string": "B", "replace_all": true})).await;
-    assert!(!r.is_error && text(&r).contains("replaced 2 occurrences"), "{}", text(&r));
+    assert!(
+        !r.is_error && text(&r).contains("replaced 2 occurrences"),
+        "{}",
+        text(&r)
+    );
     let r = exec(&svc, &sbx, "bash", json!({"command": "cat src/deep/a.txt"})).await;
     assert_eq!(text(&r), "alpha\nB\nG\nB\n");
 
     // glob: doublestar, newest first
-    exec(&svc, &sbx, "write", json!({"file_path": "src/old.rs", "content": "fn old() {}\n"})).await;
-    exec(&svc, &sbx, "bash", json!({"command": "touch -d '2020-01-01' src/old.rs"})).await;
-    exec(&svc, &sbx, "write", json!({"file_path": "src/deep/new.rs", "content": "fn new() {}\n// TODO later\n"})).await;
+    exec(
+        &svc,
+        &sbx,
+        "write",
+        json!({"file_path": "src/old.rs", "content": "fn old() {}\n"}),
+    )
+    .await;
+    exec(
+        &svc,
+        &sbx,
+        "bash",
+        json!({"command": "touch -d '2020-01-01' src/old.rs"}),
+    )
+    .await;
+    exec(
+        &svc,
+        &sbx,
+        "write",
+        json!({"file_path": "src/deep/new.rs", "content": "fn new() {}\n// TODO later\n"}),
+    )
+    .await;
     let r = exec(&svc, &sbx, "glob", json!({"pattern": "**/*.rs"})).await;
-    assert_eq!(text(&r), "/workspace/src/deep/new.rs\n/workspace/src/old.rs\n");
-    let r = exec(&svc, &sbx, "glob", json!({"pattern": "*.rs", "path": "src"})).await;
+    assert_eq!(
+        text(&r),
+        "/workspace/src/deep/new.rs\n/workspace/src/old.rs\n"
+    );
+    let r = exec(
+        &svc,
+        &sbx,
+        "glob",
+        json!({"pattern": "*.rs", "path": "src"}),
+    )
+    .await;
     assert_eq!(text(&r), "/workspace/src/old.rs\n");
 
     // grep: regex, matching lines with path and line number
-    let r = exec(&svc, &sbx, "grep", json!({"pattern": "^fn (old|new)", "path": "src"})).await;
+    let r = exec(
+        &svc,
+        &sbx,
+        "grep",
+        json!({"pattern": "^fn (old|new)", "path": "src"}),
+    )
+    .await;
     let t = text(&r);
     assert!(t.contains("/workspace/src/old.rs:1:fn old() {}"), "{t}");
-    assert!(t.contains("/workspace/src/deep/new.rs:1:fn new() {}"), "{t}");
+    assert!(
+        t.contains("/workspace/src/deep/new.rs:1:fn new() {}"),
+        "{t}"
+    );
     let r = exec(&svc, &sbx, "grep", json!({"pattern": "TODO"})).await;
     assert_eq!(text(&r), "/workspace/src/deep/new.rs:2:// TODO later\n");
     let r = exec(&svc, &sbx, "grep", json!({"pattern": "[unclosed"})).await;
     assert!(r.is_error && text(&r).contains("invalid regex"));
 
     // the root filesystem is read-only; /tmp is writable
-    let r = exec(&svc, &sbx, "write", json!({"file_path": "/etc/x", "content": "x"})).await;
+    let r = exec(
+        &svc,
+        &sbx,
+        "write",
+        json!({"file_path": "/etc/x", "content": "x"}),
+    )
+    .await;
     assert!(r.is_error, "{}", text(&r));
-    let r = exec(&svc, &sbx, "write", json!({"file_path": "/tmp/x/y", "content": "x"})).await;
+    let r = exec(
+        &svc,
+        &sbx,
+        "write",
+        json!({"file_path": "/tmp/x/y", "content": "x"}),
+    )
+    .await;
     assert!(!r.is_error, "{}", text(&r));
     svc.shutdown(true).await;
 }
@@ -208,12 +424,30 @@ async fn tool_use_id_replays_and_policy_refuses() {
     let (svc, _) = agent.start().await;
     let sbx = provision(&svc).await;
     let id = tool_use_id();
-    let r = exec_id(&svc, &sbx, &id, "bash", json!({"command": "echo x >> count; wc -l < count"})).await;
+    let r = exec_id(
+        &svc,
+        &sbx,
+        &id,
+        "bash",
+        json!({"command": "echo x >> count; wc -l < count"}),
+    )
+    .await;
     assert_eq!(text(&r).trim(), "1");
     assert_eq!(r.disposition, Disposition::Ran);
-    let again = exec_id(&svc, &sbx, &id, "bash", json!({"command": "echo x >> count; wc -l < count"})).await;
+    let again = exec_id(
+        &svc,
+        &sbx,
+        &id,
+        "bash",
+        json!({"command": "echo x >> count; wc -l < count"}),
+    )
+    .await;
     assert_eq!(again.disposition, Disposition::Replayed);
-    assert_eq!(text(&again).trim(), "1", "a replay must not run the command again");
+    assert_eq!(
+        text(&again).trim(),
+        "1",
+        "a replay must not run the command again"
+    );
     let r = exec(&svc, &sbx, "bash", json!({"command": "wc -l < count"})).await;
     assert_eq!(text(&r).trim(), "1");
 
@@ -242,7 +476,10 @@ async fn tool_use_id_replays_and_policy_refuses() {
         })
         .await
         .unwrap_err();
-    assert_eq!(sandbox_agent::sandbox::to_wire_error(&err).rule.as_deref(), Some("policy.allowed_images"));
+    assert_eq!(
+        sandbox_agent::sandbox::to_wire_error(&err).rule.as_deref(),
+        Some("policy.allowed_images")
+    );
     // unknown sandbox is an RPC error
     let err = svc
         .execute(
@@ -266,6 +503,9 @@ async fn tool_use_id_replays_and_policy_refuses() {
     assert!(lines >= 6, "{lines} audit lines");
     let audit = std::fs::read_to_string(svc.audit_path()).unwrap();
     assert!(audit.contains("\"outcome\":\"replayed\"") && audit.contains("policy.allowed_tools"));
-    assert!(!audit.contains("echo x"), "the audit log must not contain tool inputs");
+    assert!(
+        !audit.contains("echo x"),
+        "the audit log must not contain tool inputs"
+    );
     svc.shutdown(true).await;
 }

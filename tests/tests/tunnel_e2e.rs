@@ -6,7 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use airlock_tests::deploy::{tail, wait_for, Agent, AgentOptions, ControlPlane, CpOptions, InProcessControlPlane};
+use airlock_tests::deploy::{
+    tail, wait_for, Agent, AgentOptions, ControlPlane, CpOptions, InProcessControlPlane,
+};
 use airlock_tests::relay::Relay;
 use bytes::Bytes;
 use control_plane::gateway::{AgentCallError, Target};
@@ -16,9 +18,16 @@ use tunnel::{CallEvent, CallFailure};
 const LIMIT: Duration = Duration::from_secs(20);
 
 async fn echo(cp: &InProcessControlPlane, agent_id: &str, payload: Bytes) -> (Bytes, Response) {
-    let (_, call) = cp.gateway().call(&Target::Agent(agent_id.into()), &Request::Echo).await.unwrap();
+    let (_, call) = cp
+        .gateway()
+        .call(&Target::Agent(agent_id.into()), &Request::Echo)
+        .await
+        .unwrap();
     let tunnel::server::TrackedCall { call, .. } = call;
-    let tunnel::Call { mut sender, mut receiver } = call;
+    let tunnel::Call {
+        mut sender,
+        mut receiver,
+    } = call;
     let send = tokio::spawn(async move {
         sender.send_data(payload).await.unwrap();
         sender.finish().unwrap();
@@ -36,7 +45,10 @@ async fn enroll_connect_over_quic_and_echo_0b_1kib_10mib() {
     let join = cp.join_string("env-echo").unwrap();
     let mut agent = Agent::enroll(&cp, &join, AgentOptions::default()).unwrap();
     agent.run().unwrap();
-    let info = app.wait_connected(agent.agent_id(), LIMIT).await.unwrap_or_else(|e| panic!("{e}\n{}", tail(&agent.log(), 30)));
+    let info = app
+        .wait_connected(agent.agent_id(), LIMIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", tail(&agent.log(), 30)));
     assert_eq!(info.transport, control_plane::admin::Transport::Quic);
     assert_eq!(info.environment_id, "env-echo");
 
@@ -45,31 +57,72 @@ async fn enroll_connect_over_quic_and_echo_0b_1kib_10mib() {
         let (back, response) = echo(&app, agent.agent_id(), payload.clone()).await;
         assert_eq!(back.len(), size);
         assert!(back == payload, "echoed bytes differ at size {size}");
-        assert_eq!(response, Response::Ok(Reply::Echo(protocol::call::EchoReply { bytes: size as u64 })));
+        assert_eq!(
+            response,
+            Response::Ok(Reply::Echo(protocol::call::EchoReply {
+                bytes: size as u64
+            }))
+        );
     }
     // ping, by environment
-    let (_, pong) = app.gateway().call_unary(&Target::Environment("env-echo".into()), &Request::Ping).await.unwrap();
+    let (_, pong) = app
+        .gateway()
+        .call_unary(&Target::Environment("env-echo".into()), &Request::Ping)
+        .await
+        .unwrap();
     assert!(matches!(pong, Response::Ok(Reply::Pong(_))), "{pong:?}");
     // an unknown call is a typed error from the real agent, and the link stays up
     let (_, r) = app
         .gateway()
-        .call_unary(&Target::Agent(agent.agent_id().into()), &Request::Unknown { name: "teleport".into() })
+        .call_unary(
+            &Target::Agent(agent.agent_id().into()),
+            &Request::Unknown {
+                name: "teleport".into(),
+            },
+        )
         .await
         .unwrap();
-    assert!(matches!(&r, Response::Err(e) if e.code == ErrorCode::UnsupportedCall), "{r:?}");
+    assert!(
+        matches!(&r, Response::Err(e) if e.code == ErrorCode::UnsupportedCall),
+        "{r:?}"
+    );
     // sandbox calls without a sandbox service: typed `unavailable`, not a dropped stream
-    let (_, r) = app.gateway().call_unary(&Target::Agent(agent.agent_id().into()), &Request::ListSandboxes).await.unwrap();
-    assert!(matches!(&r, Response::Err(e) if e.code == ErrorCode::Unavailable), "{r:?}");
+    let (_, r) = app
+        .gateway()
+        .call_unary(
+            &Target::Agent(agent.agent_id().into()),
+            &Request::ListSandboxes,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&r, Response::Err(e) if e.code == ErrorCode::Unavailable),
+        "{r:?}"
+    );
     let after = app.wait_connected(agent.agent_id(), LIMIT).await.unwrap();
-    assert_eq!(after.connected_since, info.connected_since, "the connection was replaced");
+    assert_eq!(
+        after.connected_since, info.connected_since,
+        "the connection was replaced"
+    );
     // no agent for an unknown environment: a typed error
-    let e = app.gateway().call_unary(&Target::Environment("nowhere".into()), &Request::Ping).await.unwrap_err();
+    let e = app
+        .gateway()
+        .call_unary(&Target::Environment("nowhere".into()), &Request::Ping)
+        .await
+        .unwrap_err();
     assert!(matches!(e, AgentCallError::NotConnected(_)), "{e}");
 
     // SIGTERM: the agent drains and exits cleanly; the registry forgets it
     let status = agent.terminate().unwrap();
-    assert!(status.map(|s| s.success()).unwrap_or(false), "agent exit: {status:?}\n{}", tail(&agent.log(), 20));
-    wait_for(LIMIT, "registry empty", || app.gateway().registry().is_empty().then_some(())).unwrap();
+    assert!(
+        status.map(|s| s.success()).unwrap_or(false),
+        "agent exit: {status:?}\n{}",
+        tail(&agent.log(), 20)
+    );
+    wait_for(LIMIT, "registry empty", || {
+        app.gateway().registry().is_empty().then_some(())
+    })
+    .unwrap();
     app.stop().await;
 }
 
@@ -83,25 +136,55 @@ async fn in_flight_call_fails_with_a_clear_error_when_the_agent_dies() {
             tunnel_toml: format!("transport = \"{transport}\"\nreconnect_base_seconds = 0.2\nreconnect_cap_seconds = 1.0\n"),
             ..Default::default()
         };
-        let join = if transport == "quic" { join.clone() } else { cp.join_string("env-kill").unwrap() };
+        let join = if transport == "quic" {
+            join.clone()
+        } else {
+            cp.join_string("env-kill").unwrap()
+        };
         let mut agent = Agent::enroll(&cp, &join, opts).unwrap();
         agent.run().unwrap();
         app.wait_connected(agent.agent_id(), LIMIT).await.unwrap();
-        let (_, mut call) = app.gateway().call(&Target::Agent(agent.agent_id().into()), &Request::Echo).await.unwrap();
-        call.call.sender.send_data(Bytes::from_static(b"ping")).await.unwrap();
-        assert!(matches!(call.call.receiver.next().await.unwrap(), Some(CallEvent::Data(_))));
+        let (_, mut call) = app
+            .gateway()
+            .call(&Target::Agent(agent.agent_id().into()), &Request::Echo)
+            .await
+            .unwrap();
+        call.call
+            .sender
+            .send_data(Bytes::from_static(b"ping"))
+            .await
+            .unwrap();
+        assert!(matches!(
+            call.call.receiver.next().await.unwrap(),
+            Some(CallEvent::Data(_))
+        ));
         agent.kill9().unwrap();
         // heartbeat 1 s: the call must end within the watchdog window, with a typed error
         let started = Instant::now();
-        let r = tokio::time::timeout(LIMIT, call.call.receiver.next()).await.expect("in-flight call hung");
+        let r = tokio::time::timeout(LIMIT, call.call.receiver.next())
+            .await
+            .expect("in-flight call hung");
         match r {
             Err(CallFailure::ConnectionLost(msg)) => assert!(!msg.is_empty()),
             other => panic!("{transport}: expected ConnectionLost, got {other:?}"),
         }
-        eprintln!("{transport}: in-flight call failed {:?} after kill -9", started.elapsed());
+        eprintln!(
+            "{transport}: in-flight call failed {:?} after kill -9",
+            started.elapsed()
+        );
         // a new call to the dead agent fails at once
-        let e = app.gateway().call_unary(&Target::Agent(agent.agent_id().into()), &Request::Ping).await.unwrap_err();
-        assert!(matches!(e, AgentCallError::NotConnected(_) | AgentCallError::Tunnel { .. }), "{e}");
+        let e = app
+            .gateway()
+            .call_unary(&Target::Agent(agent.agent_id().into()), &Request::Ping)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                AgentCallError::NotConnected(_) | AgentCallError::Tunnel { .. }
+            ),
+            "{e}"
+        );
     }
     app.stop().await;
 }
@@ -123,7 +206,11 @@ fn udp_blocked_falls_back_to_tcp_then_moves_back_to_quic() {
     let tcp = cp
         .wait_connection(agent.agent_id(), LIMIT, |c| c["transport"] == "tcp")
         .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", tail(&agent.log(), 30)));
-    eprintln!("connected over tcp {:?} after start (udp blocked, {} datagrams dropped)", started.elapsed(), relay.udp_dropped());
+    eprintln!(
+        "connected over tcp {:?} after start (udp blocked, {} datagrams dropped)",
+        started.elapsed(),
+        relay.udp_dropped()
+    );
     assert!(relay.udp_dropped() > 0, "the agent never tried quic");
     // UDP comes back: the agent moves to QUIC and drains the TCP link
     relay.block_udp(false);
@@ -131,7 +218,11 @@ fn udp_blocked_falls_back_to_tcp_then_moves_back_to_quic() {
         .wait_connection(agent.agent_id(), LIMIT, |c| c["transport"] == "quic")
         .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", tail(&agent.log(), 30)));
     assert_ne!(tcp["connected_since"], quic["connected_since"]);
-    assert!(agent.log().contains("moved to quic"), "{}", tail(&agent.log(), 20));
+    assert!(
+        agent.log().contains("moved to quic"),
+        "{}",
+        tail(&agent.log(), 20)
+    );
 }
 
 #[test]
@@ -183,19 +274,40 @@ fn revocation_closes_the_live_connection_and_refuses_reconnects() {
     assert!(out.contains("1 live connection"), "{out}");
     // closed by the time the command returned; the agent sees the close
     assert!(cp.connections_of(agent.agent_id()).is_empty());
-    wait_for(LIMIT, "agent notices the close", || agent.log().contains("revoked (code 4)").then_some(())).unwrap();
-    eprintln!("revoked agent saw its connection closed {:?} after the revoke command", started.elapsed());
+    wait_for(LIMIT, "agent notices the close", || {
+        agent.log().contains("revoked (code 4)").then_some(())
+    })
+    .unwrap();
+    eprintln!(
+        "revoked agent saw its connection closed {:?} after the revoke command",
+        started.elapsed()
+    );
     // it redials and is refused, typed, each time
-    wait_for(LIMIT, "two refused redials", || (agent.log().matches("rejected the connection (revoked)").count() >= 2).then_some(())).unwrap_or_else(|e| panic!("{e}\n{}", tail(&agent.log(), 20)));
+    wait_for(LIMIT, "two refused redials", || {
+        (agent
+            .log()
+            .matches("rejected the connection (revoked)")
+            .count()
+            >= 2)
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", tail(&agent.log(), 20)));
     assert!(cp.connections_of(agent.agent_id()).is_empty());
     // the other agent was not disturbed
     let other_after = cp.wait_connected(other.agent_id(), LIMIT).unwrap();
-    assert_eq!(other_before["connected_since"], other_after["connected_since"]);
+    assert_eq!(
+        other_before["connected_since"],
+        other_after["connected_since"]
+    );
 }
 
 #[test]
 fn renewal_over_the_live_connection_with_short_lived_certificates() {
-    let cp = ControlPlane::spawn(CpOptions { agent_cert_lifetime_seconds: Some(6), ..Default::default() }).unwrap();
+    let cp = ControlPlane::spawn(CpOptions {
+        agent_cert_lifetime_seconds: Some(6),
+        ..Default::default()
+    })
+    .unwrap();
     let join = cp.join_string("env-renew").unwrap();
     let mut agent = Agent::enroll(&cp, &join, AgentOptions::default()).unwrap();
     agent.run().unwrap();
@@ -205,19 +317,30 @@ fn renewal_over_the_live_connection_with_short_lived_certificates() {
     wait_for(Duration::from_secs(40), "two renewals", || {
         let c = cp.connections_of(agent.agent_id());
         let c = c.first()?;
-        assert_eq!(c["connected_since"], first["connected_since"], "connection replaced instead of renewed");
+        assert_eq!(
+            c["connected_since"], first["connected_since"],
+            "connection replaced instead of renewed"
+        );
         if !seen.contains(&c["cert_not_after"]) {
             seen.push(c["cert_not_after"].clone());
         }
         (seen.len() >= 3).then_some(())
     })
-    .unwrap_or_else(|e| panic!("{e}\nagent:\n{}\ncp:\n{}", tail(&agent.log(), 30), tail(&cp.log(), 30)));
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\nagent:\n{}\ncp:\n{}",
+            tail(&agent.log(), 30),
+            tail(&cp.log(), 30)
+        )
+    });
     assert!(cp.log().contains("certificate renewed over the tunnel"));
     // the first certificate has long expired: a fresh process dials with the renewed one
     agent.kill9().unwrap();
     agent.run().unwrap();
     let again = cp
-        .wait_connection(agent.agent_id(), LIMIT, |c| c["connected_since"] != first["connected_since"])
+        .wait_connection(agent.agent_id(), LIMIT, |c| {
+            c["connected_since"] != first["connected_since"]
+        })
         .unwrap_or_else(|e| panic!("{e}\n{}", tail(&agent.log(), 30)));
     assert_ne!(again["cert_not_after"], first["cert_not_after"]);
 }

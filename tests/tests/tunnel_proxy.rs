@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use airlock_tests::deploy::{tail, wait_for, Agent, AgentOptions, ControlPlane, CpOptions, InProcessControlPlane};
+use airlock_tests::deploy::{
+    tail, wait_for, Agent, AgentOptions, ControlPlane, CpOptions, InProcessControlPlane,
+};
 use airlock_tests::tinyproxy::Tinyproxy;
 use bytes::Bytes;
 use control_plane::gateway::Target;
@@ -31,31 +33,56 @@ async fn tcp_transport_through_connect_proxy_with_basic_auth() {
     };
     let mut agent = Agent::enroll(&cp, &join, opts).unwrap();
     agent.run().unwrap();
-    let info = app.wait_connected(agent.agent_id(), LIMIT).await.unwrap_or_else(|e| panic!("{e}\n{}\n{}", tail(&agent.log(), 20), proxy.log()));
+    let info = app
+        .wait_connected(agent.agent_id(), LIMIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", tail(&agent.log(), 20), proxy.log()));
     assert_eq!(info.transport, control_plane::admin::Transport::Tcp);
     proxy.check_running().unwrap();
     let plog = proxy.log();
-    assert!(plog.contains(&format!("CONNECT 127.0.0.1:{}", cp.tunnel_addr().port())), "proxy log:\n{plog}");
+    assert!(
+        plog.contains(&format!("CONNECT 127.0.0.1:{}", cp.tunnel_addr().port())),
+        "proxy log:\n{plog}"
+    );
     // a call with a payload crosses the proxy
-    let (_, call) = app.gateway().call(&Target::Agent(agent.agent_id().into()), &Request::Echo).await.unwrap();
+    let (_, call) = app
+        .gateway()
+        .call(&Target::Agent(agent.agent_id().into()), &Request::Echo)
+        .await
+        .unwrap();
     let mut call = call;
-    call.call.sender.send_data(Bytes::from(vec![42u8; 1 << 20])).await.unwrap();
+    call.call
+        .sender
+        .send_data(Bytes::from(vec![42u8; 1 << 20]))
+        .await
+        .unwrap();
     call.call.sender.finish().unwrap();
     let (back, r) = call.call.receiver.collect().await.unwrap();
     assert_eq!(back.len(), 1 << 20);
     assert!(matches!(r, Response::Ok(Reply::Echo(_))));
-    assert!(!agent.log().contains("pr0xy-s3cret"), "password in the agent log");
+    assert!(
+        !agent.log().contains("pr0xy-s3cret"),
+        "password in the agent log"
+    );
 
     // 2. proxy from HTTPS_PROXY (auto mode: QUIC goes direct, so force tcp)
     let join = cp.join_string("env-proxy").unwrap();
     let opts = AgentOptions {
         tunnel_toml: "transport = \"tcp\"\n".into(),
-        env: vec![("HTTPS_PROXY".into(), format!("http://airlock:pr0xy-s3cret@{}", proxy.addr())), ("NO_PROXY".into(), "".into())],
+        env: vec![
+            (
+                "HTTPS_PROXY".into(),
+                format!("http://airlock:pr0xy-s3cret@{}", proxy.addr()),
+            ),
+            ("NO_PROXY".into(), "".into()),
+        ],
         ..Default::default()
     };
     let mut env_agent = Agent::enroll(&cp, &join, opts).unwrap();
     env_agent.run().unwrap();
-    app.wait_connected(env_agent.agent_id(), LIMIT).await.unwrap_or_else(|e| panic!("{e}\n{}", tail(&env_agent.log(), 20)));
+    app.wait_connected(env_agent.agent_id(), LIMIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", tail(&env_agent.log(), 20)));
     let connects = proxy.log().matches("CONNECT 127.0.0.1").count();
     assert!(connects >= 2, "proxy log:\n{}", proxy.log());
 
@@ -71,14 +98,28 @@ async fn tcp_transport_through_connect_proxy_with_basic_auth() {
     let mut bad = Agent::enroll(&cp, &join, opts).unwrap();
     bad.run().unwrap();
     let refusal = wait_for(LIMIT, "proxy refusal logged", || {
-        bad.log().lines().find(|l| l.contains("refused CONNECT")).map(str::to_owned)
+        bad.log()
+            .lines()
+            .find(|l| l.contains("refused CONNECT"))
+            .map(str::to_owned)
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", tail(&bad.log(), 20)));
     // tinyproxy answers a wrong password with 401, a missing one with 407
-    assert!(refusal.contains(" 401 ") || refusal.contains(" 407 "), "{refusal}");
-    assert!(!bad.log().contains("wr0ng-pass"), "password in the agent log");
+    assert!(
+        refusal.contains(" 401 ") || refusal.contains(" 407 "),
+        "{refusal}"
+    );
+    assert!(
+        !bad.log().contains("wr0ng-pass"),
+        "password in the agent log"
+    );
     use control_plane::admin::AgentDirectory;
-    assert!(app.gateway().registry().list().iter().all(|a| a.agent_id != bad.agent_id()));
+    assert!(app
+        .gateway()
+        .registry()
+        .list()
+        .iter()
+        .all(|a| a.agent_id != bad.agent_id()));
     // the good agents are still there
     app.wait_connected(agent.agent_id(), LIMIT).await.unwrap();
     app.stop().await;

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use protocol::RejectCode;
 use protocol::{ErrorCode, Reply, Request, Response};
 use tunnel::call::{CallHandler, CallIo};
 use tunnel::client::{self, ClientSettings};
-use protocol::RejectCode;
 use tunnel::{Listener, ServerSettings, TransportMode};
 
 struct Echo;
@@ -32,11 +32,17 @@ impl CallHandler for Echo {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let mode = if args.get(1).map(String::as_str) == Some("tcp") { TransportMode::TcpOnly } else { TransportMode::QuicOnly };
+    let mode = if args.get(1).map(String::as_str) == Some("tcp") {
+        TransportMode::TcpOnly
+    } else {
+        TransportMode::QuicOnly
+    };
     let mib: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100);
     let pki = common::TestPki::new();
     let settings = ServerSettings::default();
-    let mut listener = Listener::bind(settings.clone(), pki.server_config()).await.unwrap();
+    let mut listener = Listener::bind(settings.clone(), pki.server_config())
+        .await
+        .unwrap();
     let addr = listener.local_addr();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -57,7 +63,10 @@ async fn main() {
         let payload = Bytes::from(vec![1u8; mib << 20]);
         let t = Instant::now();
         let call = conn.call(&Request::Echo).await.unwrap();
-        let tunnel::Call { mut sender, mut receiver } = call.call;
+        let tunnel::Call {
+            mut sender,
+            mut receiver,
+        } = call.call;
         let send = tokio::spawn(async move {
             sender.send_data(payload).await.unwrap();
             sender.finish().unwrap();
@@ -67,11 +76,20 @@ async fn main() {
         let _ = send.await;
         assert_eq!(back.len(), mib << 20);
         let el = t.elapsed();
-        println!("{mode:?}: {mib} MiB echoed in {:?}: {:.1} MB/s", el, mib as f64 / el.as_secs_f64());
+        println!(
+            "{mode:?}: {mib} MiB echoed in {:?}: {:.1} MB/s",
+            el,
+            mib as f64 / el.as_secs_f64()
+        );
     }
     let t = Instant::now();
     for _ in 0..1000 {
-        conn.call(&Request::Ping).await.unwrap().finish_and_collect().await.unwrap();
+        conn.call(&Request::Ping)
+            .await
+            .unwrap()
+            .finish_and_collect()
+            .await
+            .unwrap();
     }
     println!("ping rtt avg {:?}", t.elapsed() / 1000);
     let _ = Duration::ZERO;

@@ -29,21 +29,47 @@ pub struct Call {
 }
 
 impl Call {
-    pub(crate) async fn open(link: Arc<Link>, path: &str, request: &Request) -> Result<Self, CallFailure> {
+    pub(crate) async fn open(
+        link: Arc<Link>,
+        path: &str,
+        request: &Request,
+    ) -> Result<Self, CallFailure> {
         let (mut tx, rx) = or_lost(&link, link.open(path)).await?;
-        or_lost(&link, tx.send(&request.to_frame().map_err(StreamError::Frame)?)).await?;
+        or_lost(
+            &link,
+            tx.send(&request.to_frame().map_err(StreamError::Frame)?),
+        )
+        .await?;
         Ok(Call {
-            sender: CallSender { link: link.clone(), tx },
-            receiver: CallReceiver { link, rx, done: false },
+            sender: CallSender {
+                link: link.clone(),
+                tx,
+            },
+            receiver: CallReceiver {
+                link,
+                rx,
+                done: false,
+            },
         })
     }
 
-    pub(crate) async fn open_raw(link: Arc<Link>, path: &str, raw: Bytes) -> Result<Self, CallFailure> {
+    pub(crate) async fn open_raw(
+        link: Arc<Link>,
+        path: &str,
+        raw: Bytes,
+    ) -> Result<Self, CallFailure> {
         let (mut tx, rx) = or_lost(&link, link.open(path)).await?;
         or_lost(&link, tx.write_raw(raw)).await?;
         Ok(Call {
-            sender: CallSender { link: link.clone(), tx },
-            receiver: CallReceiver { link, rx, done: false },
+            sender: CallSender {
+                link: link.clone(),
+                tx,
+            },
+            receiver: CallReceiver {
+                link,
+                rx,
+                done: false,
+            },
         })
     }
 
@@ -94,7 +120,9 @@ impl CallReceiver {
             return Ok(None);
         }
         match or_lost(&self.link, self.rx.recv()).await? {
-            None => Err(CallFailure::Protocol("stream ended without a response".into())),
+            None => Err(CallFailure::Protocol(
+                "stream ended without a response".into(),
+            )),
             Some(Frame::Data(b)) => Ok(Some(CallEvent::Data(b))),
             Some(f @ Frame::Control(_)) => {
                 self.done = true;
@@ -141,10 +169,12 @@ impl CallIo {
                 Ok(None)
             }
             Some(Frame::Data(b)) => Ok(Some(b)),
-            Some(Frame::Control(_)) => Err(StreamError::Frame(protocol::FrameError::UnexpectedKind {
-                got: "control",
-                expected: "data",
-            })),
+            Some(Frame::Control(_)) => {
+                Err(StreamError::Frame(protocol::FrameError::UnexpectedKind {
+                    got: "control",
+                    expected: "data",
+                }))
+            }
         }
     }
 

@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use protocol::hello::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
-use protocol::{CallError, ErrorCode, Frame, FrameCodec, FrameError, Hello, HelloAnswer, Request, Response};
+use protocol::{
+    CallError, ErrorCode, Frame, FrameCodec, FrameError, Hello, HelloAnswer, Request, Response,
+};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -65,7 +67,11 @@ pub struct ClientSettings {
 
 impl ClientSettings {
     /// Defaults for everything but where to connect and who we are.
-    pub fn new(server: impl Into<String>, server_name: impl Into<String>, agent_id: impl Into<String>) -> Self {
+    pub fn new(
+        server: impl Into<String>,
+        server_name: impl Into<String>,
+        agent_id: impl Into<String>,
+    ) -> Self {
         Self {
             server: server.into(),
             server_name: server_name.into(),
@@ -129,20 +135,25 @@ async fn dial(
 ) -> Result<Active, ConnectError> {
     let codec = FrameCodec::new(settings.max_frame_bytes);
     let (link, tx, rx) = match transport {
-        Transport::Quic => tokio::time::timeout(settings.quic_connect_timeout, dial_quic(settings, tls, codec))
-            .await
-            .map_err(|_| ConnectError::Timeout {
-                transport,
-                address: settings.server.clone(),
-                after: settings.quic_connect_timeout,
-            })??,
-        Transport::Tcp => tokio::time::timeout(settings.connect_timeout, dial_tcp(settings, tls, codec))
-            .await
-            .map_err(|_| ConnectError::Timeout {
-                transport,
-                address: settings.server.clone(),
-                after: settings.connect_timeout,
-            })??,
+        Transport::Quic => tokio::time::timeout(
+            settings.quic_connect_timeout,
+            dial_quic(settings, tls, codec),
+        )
+        .await
+        .map_err(|_| ConnectError::Timeout {
+            transport,
+            address: settings.server.clone(),
+            after: settings.quic_connect_timeout,
+        })??,
+        Transport::Tcp => {
+            tokio::time::timeout(settings.connect_timeout, dial_tcp(settings, tls, codec))
+                .await
+                .map_err(|_| ConnectError::Timeout {
+                    transport,
+                    address: settings.server.clone(),
+                    after: settings.connect_timeout,
+                })??
+        }
     };
     let limit = match transport {
         Transport::Quic => settings.quic_connect_timeout,
@@ -156,16 +167,22 @@ async fn dial(
         }
         Err(_) => {
             link.close(CloseReason::HeartbeatTimeout);
-            Err(ConnectError::Timeout { transport, address: settings.server.clone(), after: limit })
+            Err(ConnectError::Timeout {
+                transport,
+                address: settings.server.clone(),
+                after: limit,
+            })
         }
     }
 }
 
 async fn resolve(server: &str) -> Result<SocketAddr, ConnectError> {
-    let mut addrs = tokio::net::lookup_host(server).await.map_err(|e| ConnectError::Resolve {
-        address: server.to_owned(),
-        message: e.to_string(),
-    })?;
+    let mut addrs = tokio::net::lookup_host(server)
+        .await
+        .map_err(|e| ConnectError::Resolve {
+            address: server.to_owned(),
+            message: e.to_string(),
+        })?;
     addrs.next().ok_or_else(|| ConnectError::Resolve {
         address: server.to_owned(),
         message: "no addresses".into(),
@@ -199,8 +216,13 @@ async fn dial_quic(
         Duration::from_secs(5),
         settings.heartbeat_misses,
     )));
-    let bind: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
-    let socket = tuning::udp_socket(bind, &settings.tuning).map_err(|e| err(format!("udp bind: {e}")))?;
+    let bind: SocketAddr = if addr.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    let socket =
+        tuning::udp_socket(bind, &settings.tuning).map_err(|e| err(format!("udp bind: {e}")))?;
     let runtime = quinn::default_runtime().ok_or_else(|| err("no async runtime".into()))?;
     let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
         .map_err(|e| err(format!("udp endpoint: {e}")))?;
@@ -228,7 +250,8 @@ async fn dial_tcp(
         address: settings.server.clone(),
         message,
     };
-    let (host, _) = split_host_port(&settings.server, 443).ok_or_else(|| err("bad server address".into()))?;
+    let (host, _) =
+        split_host_port(&settings.server, 443).ok_or_else(|| err("bad server address".into()))?;
     let stream = match settings.proxy.as_ref().filter(|p| p.applies_to(&host)) {
         Some(proxy) => {
             tracing::debug!(proxy = %proxy, "dialing through http connect proxy");
@@ -236,15 +259,21 @@ async fn dial_tcp(
         }
         None => {
             let addr = resolve(&settings.server).await?;
-            TcpStream::connect(addr).await.map_err(|e| err(e.to_string()))?
+            TcpStream::connect(addr)
+                .await
+                .map_err(|e| err(e.to_string()))?
         }
     };
     let _ = stream.set_nodelay(true);
     let remote_addr = stream.peer_addr().map_err(|e| err(e.to_string()))?;
-    let name = ServerName::try_from(settings.server_name.clone())
-        .map_err(|e| ConnectError::TlsConfig(format!("server name {}: {e}", settings.server_name)))?;
+    let name = ServerName::try_from(settings.server_name.clone()).map_err(|e| {
+        ConnectError::TlsConfig(format!("server name {}: {e}", settings.server_name))
+    })?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(with_alpn(tls)));
-    let tls_stream = connector.connect(name, stream).await.map_err(|e| err(format!("tls: {e}")))?;
+    let tls_stream = connector
+        .connect(name, stream)
+        .await
+        .map_err(|e| err(format!("tls: {e}")))?;
     let mut conn = tuning::h2_server(&settings.tuning)
         .handshake::<_, bytes::Bytes>(tls_stream)
         .await
@@ -267,14 +296,19 @@ async fn dial_tcp(
     })
     .abort_handle();
     let link = Link::new(
-        LinkKind::H2Server { incoming: tokio::sync::Mutex::new(in_rx), driver },
+        LinkKind::H2Server {
+            incoming: tokio::sync::Mutex::new(in_rx),
+            driver,
+        },
         Transport::Tcp,
         remote_addr,
         codec,
     );
     let weak = Arc::downgrade(&link);
     tokio::spawn(async move {
-        let msg = done_rx.await.unwrap_or_else(|_| "h2 connection closed".into());
+        let msg = done_rx
+            .await
+            .unwrap_or_else(|_| "h2 connection closed".into());
         if let Some(link) = weak.upgrade() {
             link.mark_closed(msg);
         }
@@ -282,8 +316,12 @@ async fn dial_tcp(
     // The control plane (h2 client) opens the control stream first.
     match link.accept().await.map_err(|e| err(e.to_string()))? {
         Some((Some(path), tx, rx)) if path == H2_CONTROL_PATH => Ok((link, tx, rx)),
-        Some((path, _, _)) => Err(err(format!("expected the control stream first, got {path:?}"))),
-        None => Err(err(link.closed_message().unwrap_or_else(|| "closed before hello".into()))),
+        Some((path, _, _)) => Err(err(format!(
+            "expected the control stream first, got {path:?}"
+        ))),
+        None => Err(err(link
+            .closed_message()
+            .unwrap_or_else(|| "closed before hello".into()))),
     }
 }
 
@@ -306,7 +344,11 @@ async fn hello(
         other => ConnectError::Hello(other),
     })?;
     match answer {
-        HelloAnswer::Accepted { version, heartbeat_interval_ms, .. } => Ok(Active {
+        HelloAnswer::Accepted {
+            version,
+            heartbeat_interval_ms,
+            ..
+        } => Ok(Active {
             link: link.clone(),
             control: Some((tx, rx)),
             version,
@@ -314,7 +356,9 @@ async fn hello(
             in_flight: Arc::new(AtomicU64::new(0)),
             state: None,
         }),
-        HelloAnswer::Rejected { code, message, .. } => Err(ConnectError::Rejected { code, message }),
+        HelloAnswer::Rejected { code, message, .. } => {
+            Err(ConnectError::Rejected { code, message })
+        }
     }
 }
 
@@ -341,14 +385,20 @@ impl ClientHandle {
             .lock()
             .ok()
             .and_then(|c| c.clone())
-            .ok_or_else(|| CallError::new(ErrorCode::Unavailable, "not connected to the control plane"))?;
+            .ok_or_else(|| {
+                CallError::new(ErrorCode::Unavailable, "not connected to the control plane")
+            })?;
         let (reply, rx) = oneshot::channel();
         state
             .cmd_tx
             .send(ControlCmd::Renew { csr_pem, reply })
             .map_err(|_| CallError::new(ErrorCode::Unavailable, "connection closing"))?;
-        rx.await
-            .unwrap_or_else(|_| Err(CallError::new(ErrorCode::Unavailable, "connection closed before the answer")))
+        rx.await.unwrap_or_else(|_| {
+            Err(CallError::new(
+                ErrorCode::Unavailable,
+                "connection closed before the answer",
+            ))
+        })
     }
 
     /// Drain: send goaway, let in-flight calls finish within `deadline`,
@@ -357,7 +407,10 @@ impl ClientHandle {
         let _ = self.shutdown.send(Some(deadline));
         if let Some(task) = self.task.lock().await.take() {
             let abort = task.abort_handle();
-            if tokio::time::timeout(deadline + Duration::from_secs(2), task).await.is_err() {
+            if tokio::time::timeout(deadline + Duration::from_secs(2), task)
+                .await
+                .is_err()
+            {
                 abort.abort();
             }
         }
@@ -383,7 +436,12 @@ pub fn spawn(
         shutdown: shutdown_rx,
     };
     let task = tokio::spawn(sup.run());
-    ClientHandle { status, control, shutdown, task: tokio::sync::Mutex::new(Some(task)) }
+    ClientHandle {
+        status,
+        control,
+        shutdown,
+        task: tokio::sync::Mutex::new(Some(task)),
+    }
 }
 
 struct Supervisor {
@@ -408,7 +466,8 @@ impl Supervisor {
 
     async fn run(mut self) {
         let mut backoff = Backoff::new(self.settings.backoff);
-        let mut selector = TransportSelector::new(self.settings.mode, self.settings.quic_retry_interval);
+        let mut selector =
+            TransportSelector::new(self.settings.mode, self.settings.quic_retry_interval);
         let agent_id = self.settings.agent_id.clone();
         'outer: loop {
             if self.shutdown_requested().is_some() {
@@ -465,7 +524,9 @@ impl Supervisor {
             if let Ok(mut c) = self.control.lock() {
                 *c = None;
             }
-            let _ = self.status.send(ClientStatus::Disconnected { error: last_error });
+            let _ = self
+                .status
+                .send(ClientStatus::Disconnected { error: last_error });
             let delay = backoff.next_delay();
             tracing::info!(agent_id = %agent_id, delay_ms = delay.as_millis() as u64, attempt = backoff.attempt(), "redialing after backoff");
             tokio::select! {
@@ -497,7 +558,12 @@ impl Supervisor {
                 peer: "control-plane".into(),
             };
             tokio::spawn(control.run());
-            tokio::spawn(accept_loop(link.clone(), self.handler.clone(), active.in_flight.clone(), self.settings.agent_id.clone()));
+            tokio::spawn(accept_loop(
+                link.clone(),
+                self.handler.clone(),
+                active.in_flight.clone(),
+                self.settings.agent_id.clone(),
+            ));
         }
         loop {
             let retry_at = selector.next_quic_retry();
@@ -530,7 +596,14 @@ impl Supervisor {
 
 /// Drain a link we are leaving: goaway, wait for in-flight calls, close.
 async fn drain(old: Active, reason: &'static str, deadline: Duration) {
-    drain_with(&old.link, old.state.clone(), old.in_flight.clone(), reason, deadline).await;
+    drain_with(
+        &old.link,
+        old.state.clone(),
+        old.in_flight.clone(),
+        reason,
+        deadline,
+    )
+    .await;
 }
 
 async fn drain_with(
@@ -541,15 +614,25 @@ async fn drain_with(
     deadline: Duration,
 ) {
     if let Some(state) = &state {
-        let _ = state.cmd_tx.send(ControlCmd::GoAway { reason: reason.to_owned(), deadline });
+        let _ = state.cmd_tx.send(ControlCmd::GoAway {
+            reason: reason.to_owned(),
+            deadline,
+        });
     }
     let until = Instant::now() + deadline;
     // Let the goaway reach the peer before counting.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    while in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < until && link.closed_message().is_none() {
+    while in_flight.load(Ordering::SeqCst) > 0
+        && Instant::now() < until
+        && link.closed_message().is_none()
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    link.close(if reason == "shutdown" { CloseReason::Shutdown } else { CloseReason::Superseded });
+    link.close(if reason == "shutdown" {
+        CloseReason::Shutdown
+    } else {
+        CloseReason::Superseded
+    });
 }
 
 struct InFlight(Arc<AtomicU64>);
@@ -560,7 +643,12 @@ impl Drop for InFlight {
     }
 }
 
-async fn accept_loop(link: Arc<Link>, handler: Arc<dyn CallHandler>, in_flight: Arc<AtomicU64>, agent_id: String) {
+async fn accept_loop(
+    link: Arc<Link>,
+    handler: Arc<dyn CallHandler>,
+    in_flight: Arc<AtomicU64>,
+    agent_id: String,
+) {
     loop {
         match link.accept().await {
             Ok(Some((path, tx, rx))) => {
@@ -574,7 +662,12 @@ async fn accept_loop(link: Arc<Link>, handler: Arc<dyn CallHandler>, in_flight: 
                 }
                 in_flight.fetch_add(1, Ordering::SeqCst);
                 let guard = InFlight(in_flight.clone());
-                let io = CallIo { link: link.clone(), tx, rx, input_done: false };
+                let io = CallIo {
+                    link: link.clone(),
+                    tx,
+                    rx,
+                    input_done: false,
+                };
                 let handler = handler.clone();
                 let agent_id = agent_id.clone();
                 tokio::spawn(async move {
@@ -600,7 +693,10 @@ async fn serve_call(mut io: CallIo, handler: Arc<dyn CallHandler>, agent_id: &st
         Err(StreamError::Frame(error)) => {
             tracing::warn!(agent_id = %agent_id, %error, "malformed frame on a call stream; closing that stream");
             io.rx.stop(StreamCode::BadFrame);
-            let _ = io.tx.send_message(&Response::error(ErrorCode::BadFrame, error.to_string())).await;
+            let _ = io
+                .tx
+                .send_message(&Response::error(ErrorCode::BadFrame, error.to_string()))
+                .await;
             let _ = io.tx.finish();
             return;
         }
@@ -612,7 +708,10 @@ async fn serve_call(mut io: CallIo, handler: Arc<dyn CallHandler>, agent_id: &st
     let response = match Request::from_frame(&first) {
         Ok(Request::Unknown { name }) => {
             tracing::info!(agent_id = %agent_id, call = %name, "unknown call; answering unsupported_call");
-            Response::error(ErrorCode::UnsupportedCall, format!("call `{name}` is not supported by this agent"))
+            Response::error(
+                ErrorCode::UnsupportedCall,
+                format!("call `{name}` is not supported by this agent"),
+            )
         }
         Ok(request) => handler.handle(request, &mut io).await,
         Err(error) => {
@@ -629,7 +728,12 @@ async fn serve_call(mut io: CallIo, handler: Arc<dyn CallHandler>, agent_id: &st
         Err(error) => {
             // A response too large for one frame is a handler bug; say so on the wire.
             tracing::error!(agent_id = %agent_id, %error, "response does not fit a frame");
-            match Response::error(ErrorCode::Internal, format!("response does not fit a frame: {error}")).to_frame() {
+            match Response::error(
+                ErrorCode::Internal,
+                format!("response does not fit a frame: {error}"),
+            )
+            .to_frame()
+            {
                 Ok(f) => f,
                 Err(_) => Frame::data(bytes::Bytes::new()),
             }
@@ -650,11 +754,23 @@ pub async fn serve_echo(io: &mut CallIo) -> Response {
             Ok(Some(chunk)) => {
                 total += chunk.len() as u64;
                 if let Err(error) = io.send_data(chunk).await {
-                    return Response::error(ErrorCode::Internal, format!("echo send failed: {error}"));
+                    return Response::error(
+                        ErrorCode::Internal,
+                        format!("echo send failed: {error}"),
+                    );
                 }
             }
-            Ok(None) => return Response::Ok(protocol::Reply::Echo(protocol::call::EchoReply { bytes: total })),
-            Err(error) => return Response::error(ErrorCode::BadFrame, format!("echo receive failed: {error}")),
+            Ok(None) => {
+                return Response::Ok(protocol::Reply::Echo(protocol::call::EchoReply {
+                    bytes: total,
+                }))
+            }
+            Err(error) => {
+                return Response::error(
+                    ErrorCode::BadFrame,
+                    format!("echo receive failed: {error}"),
+                )
+            }
         }
     }
 }

@@ -102,7 +102,11 @@ impl ControlLoop {
             let wait_until = match hb.poll(Instant::now()) {
                 HeartbeatAction::Send => {
                     let seq = hb.sent(Instant::now());
-                    if let Err(error) = self.tx.send_message(&ControlMessage::Heartbeat { seq }).await {
+                    if let Err(error) = self
+                        .tx
+                        .send_message(&ControlMessage::Heartbeat { seq })
+                        .await
+                    {
                         tracing::debug!(peer = %peer, %error, "heartbeat send failed");
                         return Some(CloseReason::HeartbeatTimeout);
                     }

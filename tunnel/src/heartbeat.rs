@@ -107,8 +107,14 @@ mod tests {
         hb.sent(t0 + 2 * s);
         hb.sent(t0 + 3 * s);
         // silent since 0.5 s: dead at 3.5 s, not before
-        assert_eq!(hb.poll(t0 + 3 * s + s / 4), HeartbeatAction::WaitUntil(t0 + 3 * s + s / 2));
-        assert!(matches!(hb.poll(t0 + 3 * s + s / 2), HeartbeatAction::Dead { .. }));
+        assert_eq!(
+            hb.poll(t0 + 3 * s + s / 4),
+            HeartbeatAction::WaitUntil(t0 + 3 * s + s / 2)
+        );
+        assert!(matches!(
+            hb.poll(t0 + 3 * s + s / 2),
+            HeartbeatAction::Dead { .. }
+        ));
     }
 
     #[test]

@@ -20,7 +20,10 @@ pub(crate) const H2_CONTROL_PATH: &str = "/airlock/control";
 /// h2 path of call streams.
 pub(crate) const H2_CALL_PATH: &str = "/airlock/call";
 
-pub(crate) type H2Incoming = (http::Request<h2::RecvStream>, h2::server::SendResponse<Bytes>);
+pub(crate) type H2Incoming = (
+    http::Request<h2::RecvStream>,
+    h2::server::SendResponse<Bytes>,
+);
 
 pub(crate) enum LinkKind {
     Quic(quinn::Connection),
@@ -126,7 +129,10 @@ impl Link {
     }
 
     /// Control-plane side: open a new stream (h2: `path`).
-    pub(crate) async fn open(&self, path: &str) -> Result<(FrameSender, FrameReceiver), StreamError> {
+    pub(crate) async fn open(
+        &self,
+        path: &str,
+    ) -> Result<(FrameSender, FrameReceiver), StreamError> {
         if let Some(m) = self.closed_message() {
             return Err(StreamError::ConnectionLost(m));
         }

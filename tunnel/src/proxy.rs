@@ -147,13 +147,15 @@ impl ProxyConfig {
             Some(u) => {
                 let (user, password) = u.split_once(':').unwrap_or((u, ""));
                 Some(ProxyAuth {
-                    user: percent_decode(user).ok_or_else(|| invalid("bad percent-encoding in user"))?,
+                    user: percent_decode(user)
+                        .ok_or_else(|| invalid("bad percent-encoding in user"))?,
                     password: percent_decode(password)
                         .ok_or_else(|| invalid("bad percent-encoding in password"))?,
                 })
             }
         };
-        let (host, port) = split_host_port(hostport, 80).ok_or_else(|| invalid("bad host or port"))?;
+        let (host, port) =
+            split_host_port(hostport, 80).ok_or_else(|| invalid("bad host or port"))?;
         if host.is_empty() {
             return Err(invalid("missing host"));
         }
@@ -179,21 +181,29 @@ impl ProxyConfig {
     /// `NO_PROXY`/`no_proxy`; `Ok(None)` when none is set.
     pub fn from_env() -> Result<Option<Self>, ProxyError> {
         fn var(names: &[&'static str]) -> Option<(&'static str, String)> {
-            names
-                .iter()
-                .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()).map(|v| (*n, v)))
+            names.iter().find_map(|n| {
+                std::env::var(n)
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .map(|v| (*n, v))
+            })
         }
         let Some((name, url)) = var(&["HTTPS_PROXY", "https_proxy"]) else {
             return Ok(None);
         };
         let proxy = Self::parse(&url, name)?;
-        let no_proxy = var(&["NO_PROXY", "no_proxy"]).map(|(_, v)| v).unwrap_or_default();
+        let no_proxy = var(&["NO_PROXY", "no_proxy"])
+            .map(|(_, v)| v)
+            .unwrap_or_default();
         Ok(Some(proxy.with_no_proxy(&no_proxy)))
     }
 
     /// Whether a connection to `host` goes through this proxy (not excluded by `NO_PROXY`).
     pub fn applies_to(&self, host: &str) -> bool {
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
         !self.no_proxy.iter().any(|entry| {
             let entry = entry.split(':').next().unwrap_or(entry);
             if entry == "*" {
@@ -243,10 +253,13 @@ impl ProxyConfig {
                     message: format!("response head longer than {MAX_RESPONSE_HEAD_BYTES} bytes"),
                 });
             }
-            let n = stream.read(&mut byte).await.map_err(|source| ProxyError::Connect {
-                proxy: proxy.clone(),
-                source,
-            })?;
+            let n = stream
+                .read(&mut byte)
+                .await
+                .map_err(|source| ProxyError::Connect {
+                    proxy: proxy.clone(),
+                    source,
+                })?;
             if n == 0 {
                 return Err(ProxyError::Malformed {
                     proxy,
@@ -301,7 +314,8 @@ mod tests {
 
     #[test]
     fn parse_with_auth_never_shows_password() {
-        let p = ProxyConfig::parse("http://alice:s%40cret@proxy.local:3128/", "HTTPS_PROXY").unwrap();
+        let p =
+            ProxyConfig::parse("http://alice:s%40cret@proxy.local:3128/", "HTTPS_PROXY").unwrap();
         assert_eq!(p.host, "proxy.local");
         assert_eq!(p.port, 3128);
         let auth = p.auth.as_ref().unwrap();
@@ -332,7 +346,9 @@ mod tests {
         assert!(!p.applies_to("10.0.0.1"));
         assert!(p.applies_to("example.com"));
         assert!(p.applies_to("notcorp.example"));
-        let all = ProxyConfig::parse("http://p:1", "x").unwrap().with_no_proxy("*");
+        let all = ProxyConfig::parse("http://p:1", "x")
+            .unwrap()
+            .with_no_proxy("*");
         assert!(!all.applies_to("anything"));
     }
 }

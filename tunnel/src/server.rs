@@ -85,7 +85,10 @@ impl Drop for Listener {
 
 impl Listener {
     /// Bind UDP and TCP on `settings.listen` (port 0: one free port number for both).
-    pub async fn bind(settings: ServerSettings, tls: Arc<rustls::ServerConfig>) -> Result<Self, ListenError> {
+    pub async fn bind(
+        settings: ServerSettings,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> Result<Self, ListenError> {
         let mut tls = (*tls).clone();
         tls.alpn_protocols = vec![ALPN.to_vec()];
         let tls = Arc::new(tls);
@@ -102,11 +105,14 @@ impl Listener {
         let mut attempt = 0;
         let (endpoint, tcp) = loop {
             attempt += 1;
-            let socket = tuning::udp_socket(settings.listen, &settings.tuning).map_err(|source| ListenError::Bind {
-                protocol: "udp",
-                address: settings.listen,
-                source,
-            })?;
+            let socket =
+                tuning::udp_socket(settings.listen, &settings.tuning).map_err(|source| {
+                    ListenError::Bind {
+                        protocol: "udp",
+                        address: settings.listen,
+                        source,
+                    }
+                })?;
             let udp_addr = socket.local_addr().map_err(|source| ListenError::Bind {
                 protocol: "udp",
                 address: settings.listen,
@@ -114,18 +120,27 @@ impl Listener {
             })?;
             match TcpListener::bind(udp_addr).await {
                 Ok(tcp) => {
-                    let runtime = quinn::default_runtime().ok_or_else(|| ListenError::TlsConfig("no async runtime".into()))?;
+                    let runtime = quinn::default_runtime()
+                        .ok_or_else(|| ListenError::TlsConfig("no async runtime".into()))?;
                     let endpoint = quinn::Endpoint::new(
                         quinn::EndpointConfig::default(),
                         Some(server_config.clone()),
                         socket,
                         runtime,
                     )
-                    .map_err(|source| ListenError::Bind { protocol: "udp", address: udp_addr, source })?;
+                    .map_err(|source| ListenError::Bind {
+                        protocol: "udp",
+                        address: udp_addr,
+                        source,
+                    })?;
                     break (endpoint, tcp);
                 }
                 Err(source) if settings.listen.port() != 0 || attempt >= 20 => {
-                    return Err(ListenError::Bind { protocol: "tcp", address: udp_addr, source });
+                    return Err(ListenError::Bind {
+                        protocol: "tcp",
+                        address: udp_addr,
+                        source,
+                    });
                 }
                 Err(_) => continue,
             }
@@ -137,11 +152,22 @@ impl Listener {
         })?;
         let (tx, rx) = mpsc::channel(64);
         let settings = Arc::new(settings);
-        let quic_task = tokio::spawn(quic_accept_loop(endpoint.clone(), settings.clone(), tx.clone())).abort_handle();
+        let quic_task = tokio::spawn(quic_accept_loop(
+            endpoint.clone(),
+            settings.clone(),
+            tx.clone(),
+        ))
+        .abort_handle();
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         let tcp_task = tokio::spawn(tcp_accept_loop(tcp, acceptor, settings, tx)).abort_handle();
         tracing::info!(%local_addr, "tunnel listening (udp quic + tcp tls)");
-        Ok(Self { local_addr, endpoint, rx, tcp_task, quic_task })
+        Ok(Self {
+            local_addr,
+            endpoint,
+            rx,
+            tcp_task,
+            quic_task,
+        })
     }
 
     /// The bound address (UDP and TCP).
@@ -169,30 +195,50 @@ impl Listener {
     }
 }
 
-async fn quic_accept_loop(endpoint: quinn::Endpoint, settings: Arc<ServerSettings>, tx: mpsc::Sender<PendingConnection>) {
+async fn quic_accept_loop(
+    endpoint: quinn::Endpoint,
+    settings: Arc<ServerSettings>,
+    tx: mpsc::Sender<PendingConnection>,
+) {
     while let Some(incoming) = endpoint.accept().await {
         let settings = settings.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
             let remote_addr = incoming.remote_address();
-            let result = tokio::time::timeout(settings.handshake_timeout, quic_handshake(incoming, &settings)).await;
+            let result = tokio::time::timeout(
+                settings.handshake_timeout,
+                quic_handshake(incoming, &settings),
+            )
+            .await;
             match result {
                 Ok(Ok(pending)) => {
                     let _ = tx.send(pending).await;
                 }
-                Ok(Err(error)) => tracing::warn!(%remote_addr, transport = "quic", %error, "tunnel handshake failed"),
-                Err(_) => tracing::warn!(%remote_addr, transport = "quic", "tunnel handshake timed out"),
+                Ok(Err(error)) => {
+                    tracing::warn!(%remote_addr, transport = "quic", %error, "tunnel handshake failed")
+                }
+                Err(_) => {
+                    tracing::warn!(%remote_addr, transport = "quic", "tunnel handshake timed out")
+                }
             }
         });
     }
 }
 
-async fn quic_handshake(incoming: quinn::Incoming, settings: &ServerSettings) -> Result<PendingConnection, String> {
+async fn quic_handshake(
+    incoming: quinn::Incoming,
+    settings: &ServerSettings,
+) -> Result<PendingConnection, String> {
     let conn = incoming.await.map_err(|e| e.to_string())?;
     let remote_addr = conn.remote_address();
     let certs = peer_certs_quic(&conn).ok_or("no verified client certificate")?;
     let codec = FrameCodec::new(settings.max_frame_bytes);
-    let link = Link::new(LinkKind::Quic(conn.clone()), Transport::Quic, remote_addr, codec);
+    let link = Link::new(
+        LinkKind::Quic(conn.clone()),
+        Transport::Quic,
+        remote_addr,
+        codec,
+    );
     let (send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
     let tx = FrameSender::new(crate::stream::SendHalf::Quic(send), codec);
     let rx = FrameReceiver::new(crate::stream::RecvHalf::Quic(recv), codec);
@@ -235,8 +281,12 @@ async fn tcp_accept_loop(
                 Ok(Ok(pending)) => {
                     let _ = tx.send(pending).await;
                 }
-                Ok(Err(error)) => tracing::warn!(%remote_addr, transport = "tcp", %error, "tunnel handshake failed"),
-                Err(_) => tracing::warn!(%remote_addr, transport = "tcp", "tunnel handshake timed out"),
+                Ok(Err(error)) => {
+                    tracing::warn!(%remote_addr, transport = "tcp", %error, "tunnel handshake failed")
+                }
+                Err(_) => {
+                    tracing::warn!(%remote_addr, transport = "tcp", "tunnel handshake timed out")
+                }
             }
         });
     }
@@ -249,7 +299,10 @@ async fn tcp_handshake(
     settings: &ServerSettings,
 ) -> Result<PendingConnection, String> {
     let _ = stream.set_nodelay(true);
-    let tls = acceptor.accept(stream).await.map_err(|e| format!("tls: {e}"))?;
+    let tls = acceptor
+        .accept(stream)
+        .await
+        .map_err(|e| format!("tls: {e}"))?;
     let certs: Vec<CertificateDer<'static>> = tls
         .get_ref()
         .1
@@ -274,19 +327,27 @@ async fn tcp_handshake(
     })
     .abort_handle();
     let link = Link::new(
-        LinkKind::H2Client { send_request, driver },
+        LinkKind::H2Client {
+            send_request,
+            driver,
+        },
         Transport::Tcp,
         remote_addr,
         codec,
     );
     let weak = Arc::downgrade(&link);
     tokio::spawn(async move {
-        let msg = done_rx.await.unwrap_or_else(|_| "h2 connection closed".into());
+        let msg = done_rx
+            .await
+            .unwrap_or_else(|_| "h2 connection closed".into());
         if let Some(link) = weak.upgrade() {
             link.mark_closed(msg);
         }
     });
-    let (tx, rx) = link.open(H2_CONTROL_PATH).await.map_err(|e| e.to_string())?;
+    let (tx, rx) = link
+        .open(H2_CONTROL_PATH)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(PendingConnection::read_hello(link, certs, tx, rx).await)
 }
 
@@ -317,7 +378,13 @@ impl PendingConnection {
         mut rx: FrameReceiver,
     ) -> Self {
         let hello = rx.recv_message::<Hello>().await.map_err(HelloFailure::from);
-        Self { link, certs, hello, tx, rx }
+        Self {
+            link,
+            certs,
+            hello,
+            tx,
+            rx,
+        }
     }
 
     /// The verified client certificate chain (leaf first).
@@ -353,7 +420,11 @@ impl PendingConnection {
     pub async fn reject(mut self, code: RejectCode, message: impl Into<String>) {
         let supported = matches!(code, RejectCode::UnsupportedVersion)
             .then_some((PROTOCOL_VERSION_MIN, PROTOCOL_VERSION_MAX));
-        let answer = HelloAnswer::Rejected { code, message: message.into(), supported };
+        let answer = HelloAnswer::Rejected {
+            code,
+            message: message.into(),
+            supported,
+        };
         let link = self.link.clone();
         let send = async {
             let _ = self.tx.send_message(&answer).await;
@@ -381,7 +452,8 @@ impl PendingConnection {
     ) -> Result<ServerConnection, StreamError> {
         let answer = HelloAnswer::Accepted {
             version,
-            heartbeat_interval_ms: u64::try_from(settings.heartbeat_interval.as_millis()).unwrap_or(u64::MAX),
+            heartbeat_interval_ms: u64::try_from(settings.heartbeat_interval.as_millis())
+                .unwrap_or(u64::MAX),
             max_frame_bytes: settings.max_frame_bytes as u64,
             software_version: settings.software_version.clone(),
         };
@@ -505,7 +577,10 @@ impl ServerConnection {
         self.inner.in_flight.fetch_add(1, Ordering::SeqCst);
         let guard = InFlight(self.inner.clone());
         let call = Call::open(self.inner.link.clone(), H2_CALL_PATH, request).await?;
-        Ok(TrackedCall { call, _guard: guard })
+        Ok(TrackedCall {
+            call,
+            _guard: guard,
+        })
     }
 
     /// Open a stream and write `raw` bytes as is (not framed): for tests of
@@ -576,7 +651,9 @@ impl std::ops::DerefMut for TrackedCall {
 
 impl TrackedCall {
     /// See [`Call::finish_and_collect`].
-    pub async fn finish_and_collect(mut self) -> Result<(bytes::Bytes, protocol::Response), CallFailure> {
+    pub async fn finish_and_collect(
+        mut self,
+    ) -> Result<(bytes::Bytes, protocol::Response), CallFailure> {
         self.call.sender.finish()?;
         self.call.receiver.collect().await
     }

@@ -81,7 +81,10 @@ impl FrameSender {
     }
 
     /// Send a control message.
-    pub async fn send_message<T: serde::Serialize>(&mut self, message: &T) -> Result<(), StreamError> {
+    pub async fn send_message<T: serde::Serialize>(
+        &mut self,
+        message: &T,
+    ) -> Result<(), StreamError> {
         self.send(&Frame::control(message)?).await
     }
 
@@ -105,7 +108,9 @@ impl FrameSender {
         match &mut self.inner {
             SendHalf::Quic(s) => {
                 let mut chunks = [header, body];
-                s.write_all_chunks(&mut chunks).await.map_err(StreamError::from_quic_write)
+                s.write_all_chunks(&mut chunks)
+                    .await
+                    .map_err(StreamError::from_quic_write)
             }
             SendHalf::H2(s) => {
                 h2_send(s, header).await?;
@@ -118,7 +123,9 @@ impl FrameSender {
     pub fn finish(&mut self) -> Result<(), StreamError> {
         match &mut self.inner {
             SendHalf::Quic(s) => s.finish().map_err(|_| StreamError::Closed),
-            SendHalf::H2(s) => s.send_data(Bytes::new(), true).map_err(StreamError::from_h2),
+            SendHalf::H2(s) => s
+                .send_data(Bytes::new(), true)
+                .map_err(StreamError::from_h2),
         }
     }
 

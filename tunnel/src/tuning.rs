@@ -36,7 +36,11 @@ impl Default for Tuning {
 
 /// QUIC transport parameters: windows, stream limits, keep-alive at the
 /// heartbeat interval and an idle timeout of `misses` intervals.
-pub(crate) fn quic_transport(t: &Tuning, heartbeat: Duration, misses: u32) -> quinn::TransportConfig {
+pub(crate) fn quic_transport(
+    t: &Tuning,
+    heartbeat: Duration,
+    misses: u32,
+) -> quinn::TransportConfig {
     let mut c = quinn::TransportConfig::default();
     c.stream_receive_window(quinn::VarInt::from_u32(t.stream_window_bytes));
     c.receive_window(quinn::VarInt::from_u32(t.connection_window_bytes));
@@ -51,7 +55,9 @@ pub(crate) fn quic_transport(t: &Tuning, heartbeat: Duration, misses: u32) -> qu
     mtu.upper_bound(t.max_udp_payload_bytes.max(1200));
     c.mtu_discovery_config(Some(mtu));
     c.keep_alive_interval(Some(heartbeat));
-    let idle = heartbeat.saturating_mul(misses.max(1)).max(Duration::from_secs(1));
+    let idle = heartbeat
+        .saturating_mul(misses.max(1))
+        .max(Duration::from_secs(1));
     if let Ok(idle) = quinn::IdleTimeout::try_from(idle) {
         c.max_idle_timeout(Some(idle));
     }
@@ -80,7 +86,10 @@ pub(crate) fn h2_server(t: &Tuning) -> h2::server::Builder {
 
 /// A UDP socket bound to `addr` with larger buffers for QUIC. A buffer size
 /// the kernel refuses is logged and left at its default.
-pub(crate) fn udp_socket(addr: std::net::SocketAddr, t: &Tuning) -> std::io::Result<std::net::UdpSocket> {
+pub(crate) fn udp_socket(
+    addr: std::net::SocketAddr,
+    t: &Tuning,
+) -> std::io::Result<std::net::UdpSocket> {
     let socket = std::net::UdpSocket::bind(addr)?;
     let s = socket2::SockRef::from(&socket);
     if let Err(error) = s.set_recv_buffer_size(t.udp_buffer_bytes) {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{eventually, TestPki};
-use protocol::{ErrorCode, Reply, Request, Response, RejectCode};
+use protocol::{ErrorCode, RejectCode, Reply, Request, Response};
 use tokio::sync::mpsc;
 use tunnel::call::{CallEvent, CallHandler, CallIo};
 use tunnel::client::{self, ClientSettings, ClientStatus};
@@ -40,21 +40,35 @@ async fn server(pki: &TestPki, heartbeat: Duration) -> Server {
         heartbeat_interval: heartbeat,
         ..Default::default()
     };
-    let mut listener = Listener::bind(settings.clone(), pki.server_config()).await.unwrap();
+    let mut listener = Listener::bind(settings.clone(), pki.server_config())
+        .await
+        .unwrap();
     let addr = listener.local_addr();
     let (tx, conns) = mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
         while let Some(pending) = listener.accept().await {
             let Some(version) = pending.negotiate() else {
-                pending.reject(RejectCode::UnsupportedVersion, "no common version").await;
+                pending
+                    .reject(RejectCode::UnsupportedVersion, "no common version")
+                    .await;
                 continue;
             };
-            let peer = pending.hello().map(|h| h.agent_id.clone()).unwrap_or_default();
-            let conn = pending.accept(version, &settings, None, peer).await.unwrap();
+            let peer = pending
+                .hello()
+                .map(|h| h.agent_id.clone())
+                .unwrap_or_default();
+            let conn = pending
+                .accept(version, &settings, None, peer)
+                .await
+                .unwrap();
             let _ = tx.send(conn);
         }
     });
-    Server { addr, conns, _task: task }
+    Server {
+        addr,
+        conns,
+        _task: task,
+    }
 }
 
 fn settings(addr: std::net::SocketAddr, mode: TransportMode) -> ClientSettings {
@@ -76,7 +90,10 @@ async fn echo(conn: &ServerConnection, payload: Bytes) -> (Bytes, Response) {
 
 async fn echo_concurrent(conn: &ServerConnection, payload: Bytes) -> (Bytes, Response) {
     let call = conn.call(&Request::Echo).await.unwrap();
-    let tunnel::Call { mut sender, mut receiver } = call.call;
+    let tunnel::Call {
+        mut sender,
+        mut receiver,
+    } = call.call;
     let p = payload.clone();
     let send = tokio::spawn(async move {
         sender.send_data(p).await.unwrap();
@@ -92,18 +109,39 @@ async fn echo_concurrent(conn: &ServerConnection, payload: Bytes) -> (Bytes, Res
 async fn echo_over_quic_and_tcp() {
     let pki = TestPki::new();
     let mut srv = server(&pki, Duration::from_secs(1)).await;
-    for (mode, transport) in [(TransportMode::QuicOnly, Transport::Quic), (TransportMode::TcpOnly, Transport::Tcp)] {
-        let client = client::spawn(settings(srv.addr, mode), pki.client_config("agent-1"), Arc::new(Handler));
-        let conn = tokio::time::timeout(Duration::from_secs(10), srv.conns.recv()).await.unwrap().unwrap();
+    for (mode, transport) in [
+        (TransportMode::QuicOnly, Transport::Quic),
+        (TransportMode::TcpOnly, Transport::Tcp),
+    ] {
+        let client = client::spawn(
+            settings(srv.addr, mode),
+            pki.client_config("agent-1"),
+            Arc::new(Handler),
+        );
+        let conn = tokio::time::timeout(Duration::from_secs(10), srv.conns.recv())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(conn.transport(), transport);
-        let (_, pong) = conn.call(&Request::Ping).await.unwrap().finish_and_collect().await.unwrap();
+        let (_, pong) = conn
+            .call(&Request::Ping)
+            .await
+            .unwrap()
+            .finish_and_collect()
+            .await
+            .unwrap();
         assert!(matches!(pong, Response::Ok(Reply::Pong(_))), "{pong:?}");
         for size in [0usize, 1024, 10 << 20] {
             let payload = Bytes::from((0..size).map(|i| (i % 251) as u8).collect::<Vec<_>>());
             let (back, resp) = echo_concurrent(&conn, payload.clone()).await;
             assert_eq!(back.len(), size, "{mode:?}");
             assert!(back == payload, "{mode:?} payload differs");
-            assert_eq!(resp, Response::Ok(Reply::Echo(protocol::call::EchoReply { bytes: size as u64 })));
+            assert_eq!(
+                resp,
+                Response::Ok(Reply::Echo(protocol::call::EchoReply {
+                    bytes: size as u64
+                }))
+            );
         }
         // small echo sequentially (send all, then read) also works within windows
         let (back, _) = echo(&conn, Bytes::from_static(b"hello")).await;
@@ -112,7 +150,9 @@ async fn echo_over_quic_and_tcp() {
         let mut tasks = Vec::new();
         for i in 0..64u8 {
             let conn = conn.clone();
-            tasks.push(tokio::spawn(async move { echo_concurrent(&conn, Bytes::from(vec![i; 100])).await }));
+            tasks.push(tokio::spawn(async move {
+                echo_concurrent(&conn, Bytes::from(vec![i; 100])).await
+            }));
         }
         for (i, t) in tasks.into_iter().enumerate() {
             assert_eq!(t.await.unwrap().0, Bytes::from(vec![i as u8; 100]));
@@ -126,10 +166,22 @@ async fn echo_over_quic_and_tcp() {
 async fn unknown_call_and_malformed_request_are_typed_errors_and_the_link_survives() {
     let pki = TestPki::new();
     let mut srv = server(&pki, Duration::from_secs(1)).await;
-    let client = client::spawn(settings(srv.addr, TransportMode::QuicOnly), pki.client_config("agent-1"), Arc::new(Handler));
+    let client = client::spawn(
+        settings(srv.addr, TransportMode::QuicOnly),
+        pki.client_config("agent-1"),
+        Arc::new(Handler),
+    );
     let conn = srv.conns.recv().await.unwrap();
 
-    let (_, r) = conn.call(&Request::Unknown { name: "teleport".into() }).await.unwrap().finish_and_collect().await.unwrap();
+    let (_, r) = conn
+        .call(&Request::Unknown {
+            name: "teleport".into(),
+        })
+        .await
+        .unwrap()
+        .finish_and_collect()
+        .await
+        .unwrap();
     match r {
         Response::Err(e) => assert_eq!(e.code, ErrorCode::UnsupportedCall, "{e}"),
         other => panic!("{other:?}"),
@@ -137,22 +189,48 @@ async fn unknown_call_and_malformed_request_are_typed_errors_and_the_link_surviv
     // malformed args of a known call
     let mut frame = bytes::BytesMut::new();
     protocol::FrameCodec::default()
-        .encode(&protocol::Frame::Control(Bytes::from_static(br#"{"call":"destroy","args":{"nope":1}}"#)), &mut frame)
+        .encode(
+            &protocol::Frame::Control(Bytes::from_static(
+                br#"{"call":"destroy","args":{"nope":1}}"#,
+            )),
+            &mut frame,
+        )
         .unwrap();
     let mut call = conn.call_raw(frame.freeze()).await.unwrap();
     call.sender.finish().unwrap();
     let (_, r) = call.receiver.collect().await.unwrap();
-    assert!(matches!(&r, Response::Err(e) if e.code == ErrorCode::BadRequest && e.message.contains("destroy")), "{r:?}");
+    assert!(
+        matches!(&r, Response::Err(e) if e.code == ErrorCode::BadRequest && e.message.contains("destroy")),
+        "{r:?}"
+    );
     // oversized frame header
-    let mut call = conn.call_raw(Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 1])).await.unwrap();
+    let mut call = conn
+        .call_raw(Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 1]))
+        .await
+        .unwrap();
     let (_, r) = call.receiver.collect().await.unwrap();
-    assert!(matches!(&r, Response::Err(e) if e.code == ErrorCode::BadFrame && e.message.contains("exceeds")), "{r:?}");
+    assert!(
+        matches!(&r, Response::Err(e) if e.code == ErrorCode::BadFrame && e.message.contains("exceeds")),
+        "{r:?}"
+    );
     // empty frame
-    let mut call = conn.call_raw(Bytes::from_static(&[0, 0, 0, 0])).await.unwrap();
+    let mut call = conn
+        .call_raw(Bytes::from_static(&[0, 0, 0, 0]))
+        .await
+        .unwrap();
     let (_, r) = call.receiver.collect().await.unwrap();
-    assert!(matches!(&r, Response::Err(e) if e.code == ErrorCode::BadFrame), "{r:?}");
+    assert!(
+        matches!(&r, Response::Err(e) if e.code == ErrorCode::BadFrame),
+        "{r:?}"
+    );
     // the connection is still fine
-    let (_, pong) = conn.call(&Request::Ping).await.unwrap().finish_and_collect().await.unwrap();
+    let (_, pong) = conn
+        .call(&Request::Ping)
+        .await
+        .unwrap()
+        .finish_and_collect()
+        .await
+        .unwrap();
     assert!(matches!(pong, Response::Ok(Reply::Pong(_))));
     assert!(!conn.is_closed());
     client.shutdown(Duration::from_secs(1)).await;
@@ -187,7 +265,11 @@ async fn dead_agent_fails_in_flight_calls_and_goaway_drains() {
     for mode in [TransportMode::QuicOnly, TransportMode::TcpOnly] {
         // An agent runtime we can kill abruptly: a separate runtime on a thread.
         let (conn_tx, conn_rx) = std::sync::mpsc::channel::<()>();
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
         let cfg = pki.client_config("agent-1");
         let s = settings(srv.addr, mode);
         rt.spawn(async move {
@@ -199,25 +281,51 @@ async fn dead_agent_fails_in_flight_calls_and_goaway_drains() {
         let conn = srv.conns.recv().await.unwrap();
         // start a call that stays in flight (echo with the send side open)
         let mut call = conn.call(&Request::Echo).await.unwrap();
-        call.call.sender.send_data(Bytes::from_static(b"x")).await.unwrap();
-        assert!(matches!(call.call.receiver.next().await.unwrap(), Some(CallEvent::Data(_))));
+        call.call
+            .sender
+            .send_data(Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+        assert!(matches!(
+            call.call.receiver.next().await.unwrap(),
+            Some(CallEvent::Data(_))
+        ));
         // the agent vanishes without a word (runtime dropped: sockets closed
         // for tcp; for quic, the peer just goes silent)
         rt.shutdown_background();
         let started = std::time::Instant::now();
-        let err = tokio::time::timeout(Duration::from_secs(10), call.call.receiver.next()).await.expect("call must not hang");
-        assert!(matches!(err, Err(CallFailure::ConnectionLost(_))), "{mode:?}: {err:?}");
+        let err = tokio::time::timeout(Duration::from_secs(10), call.call.receiver.next())
+            .await
+            .expect("call must not hang");
+        assert!(
+            matches!(err, Err(CallFailure::ConnectionLost(_))),
+            "{mode:?}: {err:?}"
+        );
         assert!(started.elapsed() < Duration::from_secs(10));
         assert!(conn.is_closed());
-        assert!(matches!(conn.call(&Request::Ping).await, Err(CallFailure::ConnectionLost(_))));
+        assert!(matches!(
+            conn.call(&Request::Ping).await,
+            Err(CallFailure::ConnectionLost(_))
+        ));
     }
     // goaway: no new calls, in-flight ones finish
-    let client = client::spawn(settings(srv.addr, TransportMode::QuicOnly), pki.client_config("agent-1"), Arc::new(Handler));
+    let client = client::spawn(
+        settings(srv.addr, TransportMode::QuicOnly),
+        pki.client_config("agent-1"),
+        Arc::new(Handler),
+    );
     let conn = srv.conns.recv().await.unwrap();
     let mut call = conn.call(&Request::Echo).await.unwrap();
     conn.goaway("shutdown", Duration::from_secs(5));
-    assert!(matches!(conn.call(&Request::Ping).await, Err(CallFailure::Draining)));
-    call.call.sender.send_data(Bytes::from_static(b"still here")).await.unwrap();
+    assert!(matches!(
+        conn.call(&Request::Ping).await,
+        Err(CallFailure::Draining)
+    ));
+    call.call
+        .sender
+        .send_data(Bytes::from_static(b"still here"))
+        .await
+        .unwrap();
     call.call.sender.finish().unwrap();
     let (back, _) = call.call.receiver.collect().await.unwrap();
     assert_eq!(&back[..], b"still here");

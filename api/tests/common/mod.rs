@@ -48,7 +48,8 @@ fn rewrite_refs(v: &mut Value) {
 
 impl Spec {
     pub fn load() -> Spec {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap();
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap();
         let doc: Value = serde_yaml::from_str(&text).unwrap();
         assert_eq!(doc["openapi"], json!("3.1.0"));
         Spec { doc }
@@ -61,17 +62,29 @@ impl Spec {
     /// The path template of the spec matching a concrete path.
     pub fn template(&self, path: &str) -> Option<String> {
         let segs: Vec<&str> = path.split('/').collect();
-        self.doc["paths"].as_object()?.keys().find(|t| {
-            let ts: Vec<&str> = t.split('/').collect();
-            ts.len() == segs.len() && ts.iter().zip(&segs).all(|(t, s)| t.starts_with('{') || t == s)
-        }).cloned()
+        self.doc["paths"]
+            .as_object()?
+            .keys()
+            .find(|t| {
+                let ts: Vec<&str> = t.split('/').collect();
+                ts.len() == segs.len()
+                    && ts
+                        .iter()
+                        .zip(&segs)
+                        .all(|(t, s)| t.starts_with('{') || t == s)
+            })
+            .cloned()
     }
 
     fn resolve<'a>(&'a self, v: &'a Value) -> &'a Value {
         match v.get("$ref").and_then(Value::as_str) {
             Some(r) => {
                 let ptr = r.trim_start_matches('#');
-                self.resolve(self.doc.pointer(ptr).unwrap_or_else(|| panic!("dangling $ref {r}")))
+                self.resolve(
+                    self.doc
+                        .pointer(ptr)
+                        .unwrap_or_else(|| panic!("dangling $ref {r}")),
+                )
             }
             None => v,
         }
@@ -83,7 +96,8 @@ impl Spec {
         rewrite_refs(&mut defs);
         let mut root = schema_ref.clone();
         rewrite_refs(&mut root);
-        let mut schema = json!({"$schema": "https://json-schema.org/draft/2020-12/schema", "$defs": defs});
+        let mut schema =
+            json!({"$schema": "https://json-schema.org/draft/2020-12/schema", "$defs": defs});
         for (k, v) in root.as_object().unwrap() {
             schema[k] = v.clone();
         }
@@ -95,13 +109,17 @@ impl Spec {
 
     /// The response schema of `method path` for `status`.
     pub fn response_schema(&self, method: &Method, path: &str, status: StatusCode) -> Value {
-        let template = self.template(path).unwrap_or_else(|| panic!("{path} is not in openapi.yaml"));
+        let template = self
+            .template(path)
+            .unwrap_or_else(|| panic!("{path} is not in openapi.yaml"));
         let op = &self.doc["paths"][&template][method.as_str().to_lowercase()];
         assert!(op.is_object(), "{method} {template} is not in openapi.yaml");
         let responses = &op["responses"];
-        let r = responses
-            .get(status.as_str())
-            .unwrap_or_else(|| responses.get("default").unwrap_or_else(|| panic!("no {status} response for {method} {template}")));
+        let r = responses.get(status.as_str()).unwrap_or_else(|| {
+            responses
+                .get("default")
+                .unwrap_or_else(|| panic!("no {status} response for {method} {template}"))
+        });
         let r = self.resolve(r);
         r["content"]["application/json"]["schema"].clone()
     }
@@ -114,8 +132,15 @@ impl Spec {
 
     pub fn check_schema(&self, schema: &Value, body: &Value, what: &str) {
         let v = self.validator(schema);
-        let errors: Vec<String> = v.iter_errors(body).map(|e| format!("{} at {}", e, e.instance_path())).collect();
-        assert!(errors.is_empty(), "{what}: response does not match openapi.yaml:\n{}\nbody: {body:#}", errors.join("\n"));
+        let errors: Vec<String> = v
+            .iter_errors(body)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{what}: response does not match openapi.yaml:\n{}\nbody: {body:#}",
+            errors.join("\n")
+        );
     }
 }
 
@@ -144,9 +169,13 @@ impl Api {
 
     pub async fn with_limits(limits: ApiLimits) -> Api {
         let dir = tempfile::tempdir().unwrap();
-        let catalog: Arc<dyn Catalog> = Arc::new(SqliteCatalog::open_in_dir(dir.path()).await.unwrap());
-        let store: Arc<dyn SessionStore> =
-            Arc::new(SqliteStore::open_in_dir(dir.path(), SqliteOptions::default()).await.unwrap());
+        let catalog: Arc<dyn Catalog> =
+            Arc::new(SqliteCatalog::open_in_dir(dir.path()).await.unwrap());
+        let store: Arc<dyn SessionStore> = Arc::new(
+            SqliteStore::open_in_dir(dir.path(), SqliteOptions::default())
+                .await
+                .unwrap(),
+        );
         let key = GeneratedKey::generate();
         catalog
             .create_api_key(NewApiKey {
@@ -189,7 +218,8 @@ impl Api {
         if body.is_some() {
             b = b.header("content-type", "application/json");
         }
-        b.body(body.map_or(Body::empty(), |v| Body::from(v.to_string()))).unwrap()
+        b.body(body.map_or(Body::empty(), |v| Body::from(v.to_string())))
+            .unwrap()
     }
 
     /// Sends `req`, reads the JSON reply and validates it against the spec.
@@ -204,23 +234,43 @@ impl Api {
             .expect("body within 30s")
             .unwrap()
             .to_bytes();
-        let body: Value = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|e| panic!("{method} {path}: body is not json ({e}): {:?}", String::from_utf8_lossy(&bytes)));
-        assert!(headers.get("request-id").is_some(), "{method} {path}: no request-id header");
-        assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR, "{method} {path}: 500: {body}");
-        if self.spec.template(&path).is_some() && self.spec.doc()["paths"][self.spec.template(&path).unwrap()]
-            [method.as_str().to_lowercase()]
-        .is_object()
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            panic!(
+                "{method} {path}: body is not json ({e}): {:?}",
+                String::from_utf8_lossy(&bytes)
+            )
+        });
+        assert!(
+            headers.get("request-id").is_some(),
+            "{method} {path}: no request-id header"
+        );
+        assert_ne!(
+            status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{method} {path}: 500: {body}"
+        );
+        if self.spec.template(&path).is_some()
+            && self.spec.doc()["paths"][self.spec.template(&path).unwrap()]
+                [method.as_str().to_lowercase()]
+            .is_object()
         {
             self.spec.check(&method, &path, status, &body);
         } else {
             // unknown routes and methods still answer with the envelope
-            self.spec.check_schema(&json!({"$ref": "#/components/schemas/Error"}), &body, &path);
+            self.spec
+                .check_schema(&json!({"$ref": "#/components/schemas/Error"}), &body, &path);
         }
         if !status.is_success() {
-            assert_eq!(body["request_id"].as_str(), headers["request-id"].to_str().ok());
+            assert_eq!(
+                body["request_id"].as_str(),
+                headers["request-id"].to_str().ok()
+            );
         }
-        Reply { status, headers, body }
+        Reply {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
@@ -241,12 +291,28 @@ impl Api {
     }
 
     /// Expects a 4xx with `error.type` and a message starting with `starts`.
-    pub async fn expect_error(&self, method: Method, path: &str, body: Option<Value>, status: u16, kind: &str, starts: &str) -> Reply {
+    pub async fn expect_error(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        status: u16,
+        kind: &str,
+        starts: &str,
+    ) -> Reply {
         let r = self.call(method.clone(), path, body).await;
         assert_eq!(r.status.as_u16(), status, "{method} {path}: {}", r.body);
-        assert_eq!(r.body["error"]["type"], json!(kind), "{method} {path}: {}", r.body);
+        assert_eq!(
+            r.body["error"]["type"],
+            json!(kind),
+            "{method} {path}: {}",
+            r.body
+        );
         let msg = r.body["error"]["message"].as_str().unwrap_or_default();
-        assert!(msg.starts_with(starts), "{method} {path}: message {msg:?} does not start with {starts:?}");
+        assert!(
+            msg.starts_with(starts),
+            "{method} {path}: message {msg:?} does not start with {starts:?}"
+        );
         r
     }
 
@@ -255,7 +321,11 @@ impl Api {
     }
 
     pub async fn environment(&self, name: &str) -> Value {
-        self.post("/v1/environments", json!({"name": name, "config": {"type": "self_hosted"}})).await
+        self.post(
+            "/v1/environments",
+            json!({"name": name, "config": {"type": "self_hosted"}}),
+        )
+        .await
     }
 
     /// An agent with the toolset (bash always_ask) and a custom tool, an
@@ -269,14 +339,22 @@ impl Api {
             ]
         })).await;
         let env = self.environment(&format!("env-{}", uuid_like())).await;
-        self.post("/v1/sessions", json!({"agent": agent["id"], "environment_id": env["id"]})).await
+        self.post(
+            "/v1/sessions",
+            json!({"agent": agent["id"], "environment_id": env["id"]}),
+        )
+        .await
     }
 }
 
 pub fn uuid_like() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 pub fn user_message(text: &str) -> Value {
@@ -298,7 +376,10 @@ pub struct SseFrame {
 
 impl SseReader {
     pub fn new(body: Body) -> Self {
-        SseReader { body, buf: String::new() }
+        SseReader {
+            body,
+            buf: String::new(),
+        }
     }
 
     /// The next frame, or None at the end of the stream; panics after 20 s.
@@ -306,7 +387,11 @@ impl SseReader {
         loop {
             if let Some(i) = self.buf.find("\n\n") {
                 let raw: String = self.buf.drain(..i + 2).collect();
-                let mut f = SseFrame { event: String::new(), id: None, data: Value::Null };
+                let mut f = SseFrame {
+                    event: String::new(),
+                    id: None,
+                    data: Value::Null,
+                };
                 for line in raw.lines() {
                     if let Some(v) = line.strip_prefix("event: ") {
                         f.event = v.to_owned();

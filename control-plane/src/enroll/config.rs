@@ -99,7 +99,9 @@ fn valid_server_name(name: &str) -> bool {
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
@@ -112,18 +114,30 @@ impl PkiConfig {
             (None, None) => pki::CaSource::Managed {
                 dir: data_dir.join("pki"),
             },
-            (Some(cert_file), Some(key_file)) => pki::CaSource::Provided { cert_file, key_file },
+            (Some(cert_file), Some(key_file)) => pki::CaSource::Provided {
+                cert_file,
+                key_file,
+            },
             (Some(_), None) => {
-                return Err(ConfigError::invalid("pki.ca_key_file", "required when pki.ca_cert_file is set"))
+                return Err(ConfigError::invalid(
+                    "pki.ca_key_file",
+                    "required when pki.ca_cert_file is set",
+                ))
             }
             (None, Some(_)) => {
-                return Err(ConfigError::invalid("pki.ca_cert_file", "required when pki.ca_key_file is set"))
+                return Err(ConfigError::invalid(
+                    "pki.ca_cert_file",
+                    "required when pki.ca_key_file is set",
+                ))
             }
         };
         let server_names = match raw.server_names {
             Some(names) => {
                 if names.is_empty() {
-                    return Err(ConfigError::invalid("pki.server_names", "must name at least one host"));
+                    return Err(ConfigError::invalid(
+                        "pki.server_names",
+                        "must name at least one host",
+                    ));
                 }
                 names
             }
@@ -141,11 +155,19 @@ impl PkiConfig {
                 format!("`{bad}` is not a dns name or ip address"),
             ));
         }
-        let secs = |key: &str, v: Option<u64>, default: Duration, min: u64| -> Result<Duration, ConfigError> {
+        let secs = |key: &str,
+                    v: Option<u64>,
+                    default: Duration,
+                    min: u64|
+         -> Result<Duration, ConfigError> {
             match v {
                 None => Ok(default),
-                Some(s) if s < min => Err(ConfigError::invalid(key, format!("must be at least {min}"))),
-                Some(s) if s > 10 * 365 * 86_400 => Err(ConfigError::invalid(key, "must be at most ten years")),
+                Some(s) if s < min => {
+                    Err(ConfigError::invalid(key, format!("must be at least {min}")))
+                }
+                Some(s) if s > 10 * 365 * 86_400 => {
+                    Err(ConfigError::invalid(key, "must be at most ten years"))
+                }
                 Some(s) => Ok(Duration::from_secs(s)),
             }
         };
@@ -180,23 +202,40 @@ impl EnrollConfig {
         let advertise_address = match raw.advertise_address {
             Some(a) => {
                 if split_host_port(&a).is_none() {
-                    return Err(ConfigError::invalid("enroll.advertise_address", "expected host:port"));
+                    return Err(ConfigError::invalid(
+                        "enroll.advertise_address",
+                        "expected host:port",
+                    ));
                 }
                 a
             }
             None => {
-                let host = pki.server_names.first().map(String::as_str).unwrap_or("localhost");
+                let host = pki
+                    .server_names
+                    .first()
+                    .map(String::as_str)
+                    .unwrap_or("localhost");
                 join_host_port(host, listen.port())
             }
         };
         let request_timeout = match raw.request_timeout_seconds {
             None => DEFAULT_ENROLL_REQUEST_TIMEOUT,
-            Some(0) => return Err(ConfigError::invalid("enroll.request_timeout_seconds", "must be at least 1")),
+            Some(0) => {
+                return Err(ConfigError::invalid(
+                    "enroll.request_timeout_seconds",
+                    "must be at least 1",
+                ))
+            }
             Some(s) => Duration::from_secs(s),
         };
         let max_connections = match raw.max_connections {
             None => 256,
-            Some(0) => return Err(ConfigError::invalid("enroll.max_connections", "must be at least 1")),
+            Some(0) => {
+                return Err(ConfigError::invalid(
+                    "enroll.max_connections",
+                    "must be at least 1",
+                ))
+            }
             Some(n) => n,
         };
         Ok(Self {
@@ -212,7 +251,10 @@ impl EnrollConfig {
 pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
     let (host, port) = s.rsplit_once(':')?;
     let port = port.parse().ok()?;
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
     (!host.is_empty()).then_some((host, port))
 }
 
@@ -233,7 +275,12 @@ mod tests {
     #[test]
     fn defaults() {
         let pki = PkiConfig::from_raw(RawPki::default(), Path::new("/d")).unwrap();
-        assert_eq!(pki.ca, pki::CaSource::Managed { dir: "/d/pki".into() });
+        assert_eq!(
+            pki.ca,
+            pki::CaSource::Managed {
+                dir: "/d/pki".into()
+            }
+        );
         assert_eq!(pki.server_names[..2], ["localhost", "127.0.0.1"]);
         let e = EnrollConfig::from_raw(RawEnroll::default(), &pki).unwrap();
         assert_eq!(e.listen.port(), 7444);
@@ -259,7 +306,10 @@ mod tests {
             ..Default::default()
         };
         let err = PkiConfig::from_raw(raw, Path::new("/d")).unwrap_err();
-        assert!(err.to_string().contains("pki.agent_cert_lifetime_seconds"), "{err}");
+        assert!(
+            err.to_string().contains("pki.agent_cert_lifetime_seconds"),
+            "{err}"
+        );
     }
 
     #[test]

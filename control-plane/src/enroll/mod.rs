@@ -14,7 +14,10 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use pki::enroll::{EnrollErrorCode, EnrollRequest, EnrollResponse, ErrorBody, ErrorEnvelope, ENROLL_PATH, MAX_ENROLL_BODY_BYTES};
+use pki::enroll::{
+    EnrollErrorCode, EnrollRequest, EnrollResponse, ErrorBody, ErrorEnvelope, ENROLL_PATH,
+    MAX_ENROLL_BODY_BYTES,
+};
 use pki::{EnrollError, IdentityService, TokenError};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -65,7 +68,9 @@ pub fn error_response(error: &RequestError) -> Response<Full<Bytes>> {
         RequestError::Enroll(EnrollError::Csr(_)) => (StatusCode::BAD_REQUEST, C::InvalidCsr),
         RequestError::Enroll(_) => (StatusCode::INTERNAL_SERVER_ERROR, C::Internal),
         RequestError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, C::PayloadTooLarge),
-        RequestError::BadJson(_) | RequestError::Body(_) => (StatusCode::BAD_REQUEST, C::BadRequest),
+        RequestError::BadJson(_) | RequestError::Body(_) => {
+            (StatusCode::BAD_REQUEST, C::BadRequest)
+        }
         RequestError::NotFound(_) => (StatusCode::NOT_FOUND, C::NotFound),
         RequestError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, C::MethodNotAllowed),
     };
@@ -74,7 +79,9 @@ pub fn error_response(error: &RequestError) -> Response<Full<Bytes>> {
         RequestError::Enroll(EnrollError::Token(TokenError::AlreadyUsed { token_id, .. })) => {
             format!("join token {token_id} was already used")
         }
-        RequestError::Enroll(EnrollError::Internal(_)) => "enrollment failed on the server; retry later".to_owned(),
+        RequestError::Enroll(EnrollError::Internal(_)) => {
+            "enrollment failed on the server; retry later".to_owned()
+        }
         other => other.to_string(),
     };
     json_response(
@@ -143,9 +150,17 @@ pub async fn serve(
         tracker.spawn(
             async move {
                 let _permit = permit;
-                match tokio::time::timeout(deadline, connection(tcp, peer, acceptor, identity, shutdown)).await {
+                match tokio::time::timeout(
+                    deadline,
+                    connection(tcp, peer, acceptor, identity, shutdown),
+                )
+                .await
+                {
                     Ok(()) => {}
-                    Err(_) => tracing::warn!(timeout_seconds = deadline.as_secs(), "enroll connection timed out"),
+                    Err(_) => tracing::warn!(
+                        timeout_seconds = deadline.as_secs(),
+                        "enroll connection timed out"
+                    ),
                 }
             }
             .instrument(span),
@@ -200,7 +215,11 @@ async fn connection(
     }
 }
 
-async fn handle(req: Request<Incoming>, peer: SocketAddr, identity: Arc<IdentityService>) -> Response<Full<Bytes>> {
+async fn handle(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    identity: Arc<IdentityService>,
+) -> Response<Full<Bytes>> {
     match enroll_request(req, peer, identity).await {
         Ok(resp) => resp,
         Err(error) => {
@@ -231,12 +250,17 @@ async fn enroll_request(
         return Err(RequestError::TooLarge);
     }
     let body = read_body(req.into_body()).await?;
-    let request: EnrollRequest = serde_json::from_slice(&body).map_err(|e| RequestError::BadJson(e.to_string()))?;
+    let request: EnrollRequest =
+        serde_json::from_slice(&body).map_err(|e| RequestError::BadJson(e.to_string()))?;
     let peer_str = peer.to_string();
     let hostname = request.hostname.clone();
-    let enrollment = tokio::task::spawn_blocking(move || identity.enroll(&request.token, &request.csr_pem, Some(&peer_str)))
-        .await
-        .map_err(|e| RequestError::Enroll(EnrollError::Internal(format!("enroll task failed: {e}"))))??;
+    let enrollment = tokio::task::spawn_blocking(move || {
+        identity.enroll(&request.token, &request.csr_pem, Some(&peer_str))
+    })
+    .await
+    .map_err(|e| {
+        RequestError::Enroll(EnrollError::Internal(format!("enroll task failed: {e}")))
+    })??;
     tracing::info!(
         remote_addr = %peer,
         agent_id = %enrollment.agent_id,

@@ -33,10 +33,19 @@ pub const DEFAULT_DRAIN_DEADLINE_SECONDS: f64 = 10.0;
 /// Default handshake timeout.
 pub const DEFAULT_HANDSHAKE_TIMEOUT_SECONDS: f64 = 10.0;
 
-fn seconds(key: &str, v: Option<f64>, default: f64, min: f64, max: f64) -> Result<Duration, ConfigError> {
+fn seconds(
+    key: &str,
+    v: Option<f64>,
+    default: f64,
+    min: f64,
+    max: f64,
+) -> Result<Duration, ConfigError> {
     let v = v.unwrap_or(default);
     if !(min..=max).contains(&v) {
-        return Err(ConfigError::invalid(key, format!("must be between {min} and {max} seconds, got {v}")));
+        return Err(ConfigError::invalid(
+            key,
+            format!("must be between {min} and {max} seconds, got {v}"),
+        ));
     }
     Ok(Duration::from_secs_f64(v))
 }
@@ -44,16 +53,24 @@ fn seconds(key: &str, v: Option<f64>, default: f64, min: f64, max: f64) -> Resul
 impl GatewayConfig {
     /// Check `[tunnel]` (`tunnel.listen` is parsed by [`crate::config`]).
     pub fn from_raw(raw: &RawTunnel) -> Result<Self, ConfigError> {
-        let max_frame_bytes = raw.max_frame_bytes.unwrap_or(protocol::frame::DEFAULT_MAX_FRAME_BYTES as u64);
+        let max_frame_bytes = raw
+            .max_frame_bytes
+            .unwrap_or(protocol::frame::DEFAULT_MAX_FRAME_BYTES as u64);
         let lo = protocol::frame::MIN_MAX_FRAME_BYTES as u64;
         let hi = protocol::frame::DEFAULT_MAX_FRAME_BYTES as u64;
         if !(lo..=hi).contains(&max_frame_bytes) {
-            return Err(ConfigError::invalid("tunnel.max_frame_bytes", format!("must be between {lo} and {hi}")));
+            return Err(ConfigError::invalid(
+                "tunnel.max_frame_bytes",
+                format!("must be between {lo} and {hi}"),
+            ));
         }
         let window = |key: &str, v: Option<u64>, default: u32| -> Result<u32, ConfigError> {
             let v = v.unwrap_or(u64::from(default));
             if !(65_535..=(1u64 << 30)).contains(&v) {
-                return Err(ConfigError::invalid(key, "must be between 65535 and 1073741824"));
+                return Err(ConfigError::invalid(
+                    key,
+                    "must be between 65535 and 1073741824",
+                ));
             }
             Ok(v as u32)
         };
@@ -61,7 +78,12 @@ impl GatewayConfig {
         let quic_max_udp_payload_bytes = match raw.quic_max_udp_payload_bytes {
             None => defaults.max_udp_payload_bytes,
             Some(v) if (1200..=65527).contains(&v) => v as u16,
-            Some(_) => return Err(ConfigError::invalid("tunnel.quic_max_udp_payload_bytes", "must be between 1200 and 65527")),
+            Some(_) => {
+                return Err(ConfigError::invalid(
+                    "tunnel.quic_max_udp_payload_bytes",
+                    "must be between 1200 and 65527",
+                ))
+            }
         };
         Ok(Self {
             heartbeat_interval: seconds(
@@ -86,7 +108,11 @@ impl GatewayConfig {
                 0.5,
                 300.0,
             )?,
-            stream_window_bytes: window("tunnel.stream_window_bytes", raw.stream_window_bytes, defaults.stream_window_bytes)?,
+            stream_window_bytes: window(
+                "tunnel.stream_window_bytes",
+                raw.stream_window_bytes,
+                defaults.stream_window_bytes,
+            )?,
             connection_window_bytes: window(
                 "tunnel.connection_window_bytes",
                 raw.connection_window_bytes,

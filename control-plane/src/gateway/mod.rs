@@ -24,7 +24,9 @@ use protocol::{CallError, ErrorCode, RejectCode, Request, Response};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tunnel::server::TrackedCall;
-use tunnel::{CallFailure, CloseReason, Listener, PendingConnection, ServerConnection, ServerSettings};
+use tunnel::{
+    CallFailure, CloseReason, Listener, PendingConnection, ServerConnection, ServerSettings,
+};
 
 use crate::admin::{AgentDirectory, AgentInfo, Transport};
 pub use config::GatewayConfig;
@@ -92,7 +94,9 @@ pub struct Registry {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry").field("connections", &self.len()).finish()
+        f.debug_struct("Registry")
+            .field("connections", &self.len())
+            .finish()
     }
 }
 
@@ -136,7 +140,9 @@ impl Registry {
     /// fewest calls in flight.
     fn pick(&self, target: &Target) -> Option<(String, ServerConnection)> {
         let entries = self.entries.lock().ok()?;
-        let usable = entries.values().filter(|e| !e.conn.is_draining() && !e.conn.is_closed());
+        let usable = entries
+            .values()
+            .filter(|e| !e.conn.is_draining() && !e.conn.is_closed());
         match target {
             Target::Agent(id) => usable
                 .filter(|e| e.identity.agent_id.as_str() == id)
@@ -172,7 +178,11 @@ impl AgentDirectory for Registry {
                 transport: admin_transport(e.conn.transport()),
                 connected_since: e.conn.connected_at(),
                 last_heartbeat: e.conn.last_heartbeat(),
-                cert_not_after: e.cert_not_after.lock().map(|t| *t).unwrap_or(e.identity.not_after),
+                cert_not_after: e
+                    .cert_not_after
+                    .lock()
+                    .map(|t| *t)
+                    .unwrap_or(e.identity.not_after),
                 remote_addr: e.conn.remote_addr().to_string(),
             })
             .collect();
@@ -220,7 +230,11 @@ impl GatewayHandle {
     /// streamed output and the response with `call.receiver`. If the
     /// connection dies, every read and write fails with
     /// [`CallFailure::ConnectionLost`] at once.
-    pub async fn call(&self, target: &Target, request: &Request) -> Result<(String, TrackedCall), AgentCallError> {
+    pub async fn call(
+        &self,
+        target: &Target,
+        request: &Request,
+    ) -> Result<(String, TrackedCall), AgentCallError> {
         let (agent_id, conn) = self
             .registry
             .pick(target)
@@ -232,7 +246,11 @@ impl GatewayHandle {
     }
 
     /// A call without request data: returns streamed output and the response.
-    pub async fn call_unary(&self, target: &Target, request: &Request) -> Result<(Bytes, Response), AgentCallError> {
+    pub async fn call_unary(
+        &self,
+        target: &Target,
+        request: &Request,
+    ) -> Result<(Bytes, Response), AgentCallError> {
         let (agent_id, call) = self.call(target, request).await?;
         match call.finish_and_collect().await {
             Ok(r) => Ok(r),
@@ -257,7 +275,9 @@ pub struct Gateway {
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gateway").field("local_addr", &self.listener.local_addr()).finish_non_exhaustive()
+        f.debug_struct("Gateway")
+            .field("local_addr", &self.listener.local_addr())
+            .finish_non_exhaustive()
     }
 }
 
@@ -288,7 +308,9 @@ impl Gateway {
 
     /// A handle for calling agents.
     pub fn handle(&self) -> GatewayHandle {
-        GatewayHandle { registry: self.registry.clone() }
+        GatewayHandle {
+            registry: self.registry.clone(),
+        }
     }
 
     /// Accept connections until `shutdown`; then send every agent a goaway,
@@ -312,7 +334,11 @@ impl Gateway {
         }
         self.listener.stop_accepting();
         let conns = self.registry.connections();
-        tracing::info!(connections = conns.len(), drain_deadline_ms = self.drain_deadline.as_millis() as u64, "gateway draining");
+        tracing::info!(
+            connections = conns.len(),
+            drain_deadline_ms = self.drain_deadline.as_millis() as u64,
+            "gateway draining"
+        );
         for c in &conns {
             c.goaway("shutdown", self.drain_deadline);
         }
@@ -320,7 +346,9 @@ impl Gateway {
         let until = tokio::time::Instant::now() + self.drain_deadline;
         let mut drained = true;
         for c in &conns {
-            drained &= c.drained(until.saturating_duration_since(tokio::time::Instant::now())).await;
+            drained &= c
+                .drained(until.saturating_duration_since(tokio::time::Instant::now()))
+                .await;
         }
         for c in &conns {
             c.close(CloseReason::Shutdown);
@@ -342,14 +370,18 @@ impl AcceptContext {
         let transport = pending.transport();
         let Some(leaf) = pending.peer_certificates().first() else {
             tracing::warn!(%remote_addr, %transport, "connection without a client certificate refused");
-            pending.reject(RejectCode::IdentityMismatch, "no client certificate").await;
+            pending
+                .reject(RejectCode::IdentityMismatch, "no client certificate")
+                .await;
             return;
         };
         let identity = match pki::peer_identity(leaf) {
             Ok(i) => i,
             Err(error) => {
                 tracing::warn!(%remote_addr, %transport, %error, "client certificate names no agent; refused");
-                pending.reject(RejectCode::IdentityMismatch, error.to_string()).await;
+                pending
+                    .reject(RejectCode::IdentityMismatch, error.to_string())
+                    .await;
                 return;
             }
         };
@@ -358,7 +390,9 @@ impl AcceptContext {
         let _enter = span.enter();
         if self.identity.revocations().is_revoked(&identity.agent_id) {
             tracing::warn!(agent_id = %agent_id, "revoked agent refused");
-            pending.reject(RejectCode::Revoked, format!("agent {agent_id} is revoked")).await;
+            pending
+                .reject(RejectCode::Revoked, format!("agent {agent_id} is revoked"))
+                .await;
             return;
         }
         let hello = match pending.hello() {
@@ -373,7 +407,13 @@ impl AcceptContext {
         if hello.agent_id != agent_id {
             tracing::warn!(agent_id = %agent_id, claimed = %hello.agent_id, "hello names another agent than the certificate; refused");
             pending
-                .reject(RejectCode::IdentityMismatch, format!("hello names {} but the certificate names {agent_id}", hello.agent_id))
+                .reject(
+                    RejectCode::IdentityMismatch,
+                    format!(
+                        "hello names {} but the certificate names {agent_id}",
+                        hello.agent_id
+                    ),
+                )
                 .await;
             return;
         }
@@ -394,8 +434,15 @@ impl AcceptContext {
             return;
         };
         let cert_not_after = Arc::new(Mutex::new(identity.not_after));
-        let renew = renew_fn(self.identity.clone(), identity.clone(), cert_not_after.clone());
-        let conn = match pending.accept(version, &self.settings, Some(renew), agent_id.clone()).await {
+        let renew = renew_fn(
+            self.identity.clone(),
+            identity.clone(),
+            cert_not_after.clone(),
+        );
+        let conn = match pending
+            .accept(version, &self.settings, Some(renew), agent_id.clone())
+            .await
+        {
             Ok(c) => c,
             Err(error) => {
                 tracing::warn!(agent_id = %agent_id, %error, "could not answer hello");
@@ -418,11 +465,18 @@ impl AcceptContext {
 
 /// Renewal over the live connection: issue for the CSR, bound to the peer's
 /// verified identity; the one place renewal errors map to the wire.
-fn renew_fn(identity: Arc<IdentityService>, peer: PeerIdentity, not_after: Arc<Mutex<SystemTime>>) -> tunnel::RenewFn {
+fn renew_fn(
+    identity: Arc<IdentityService>,
+    peer: PeerIdentity,
+    not_after: Arc<Mutex<SystemTime>>,
+) -> tunnel::RenewFn {
     Arc::new(move |csr_pem: String| {
         use rustls_pki_types::pem::PemObject;
-        let der = rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
-            .map_err(|e| CallError::new(ErrorCode::BadRequest, format!("csr is not PEM: {e}")))?;
+        let der =
+            rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+                .map_err(|e| {
+                    CallError::new(ErrorCode::BadRequest, format!("csr is not PEM: {e}"))
+                })?;
         match identity.renew(&peer, der.as_ref()) {
             Ok(cert) => {
                 if let Ok(mut t) = not_after.lock() {

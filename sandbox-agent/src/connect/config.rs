@@ -67,10 +67,19 @@ pub struct TunnelConfig {
     pub quic_max_udp_payload_bytes: u16,
 }
 
-fn secs(key: &str, v: Option<f64>, default: f64, min: f64, max: f64) -> Result<Duration, ConfigError> {
+fn secs(
+    key: &str,
+    v: Option<f64>,
+    default: f64,
+    min: f64,
+    max: f64,
+) -> Result<Duration, ConfigError> {
     let v = v.unwrap_or(default);
     if !(min..=max).contains(&v) {
-        return Err(ConfigError::invalid(key, format!("must be between {min} and {max} seconds, got {v}")));
+        return Err(ConfigError::invalid(
+            key,
+            format!("must be between {min} and {max} seconds, got {v}"),
+        ));
     }
     Ok(Duration::from_secs_f64(v))
 }
@@ -83,12 +92,18 @@ impl TunnelConfig {
             "auto" => TransportMode::Auto,
             "quic" => TransportMode::QuicOnly,
             "tcp" => TransportMode::TcpOnly,
-            other => return Err(ConfigError::invalid("tunnel.transport", format!("`{other}` is not auto, quic or tcp"))),
+            other => {
+                return Err(ConfigError::invalid(
+                    "tunnel.transport",
+                    format!("`{other}` is not auto, quic or tcp"),
+                ))
+            }
         };
         let proxy = match raw.proxy_url.as_deref() {
             Some("") => None,
             Some(url) => {
-                let p = ProxyConfig::parse(url, "tunnel.proxy_url").map_err(|e| ConfigError::invalid("tunnel.proxy_url", e))?;
+                let p = ProxyConfig::parse(url, "tunnel.proxy_url")
+                    .map_err(|e| ConfigError::invalid("tunnel.proxy_url", e))?;
                 let no_proxy = raw
                     .no_proxy
                     .clone()
@@ -98,43 +113,99 @@ impl TunnelConfig {
                 Some(p.with_no_proxy(&no_proxy))
             }
             None => {
-                let p = ProxyConfig::from_env().map_err(|e| ConfigError::invalid("HTTPS_PROXY", e))?;
+                let p =
+                    ProxyConfig::from_env().map_err(|e| ConfigError::invalid("HTTPS_PROXY", e))?;
                 match (p, &raw.no_proxy) {
                     (Some(p), Some(np)) => Some(p.with_no_proxy(np)),
                     (p, _) => p,
                 }
             }
         };
-        let max_frame_bytes = raw.max_frame_bytes.unwrap_or(protocol::frame::DEFAULT_MAX_FRAME_BYTES as u64);
-        let (lo, hi) = (protocol::frame::MIN_MAX_FRAME_BYTES as u64, protocol::frame::DEFAULT_MAX_FRAME_BYTES as u64);
+        let max_frame_bytes = raw
+            .max_frame_bytes
+            .unwrap_or(protocol::frame::DEFAULT_MAX_FRAME_BYTES as u64);
+        let (lo, hi) = (
+            protocol::frame::MIN_MAX_FRAME_BYTES as u64,
+            protocol::frame::DEFAULT_MAX_FRAME_BYTES as u64,
+        );
         if !(lo..=hi).contains(&max_frame_bytes) {
-            return Err(ConfigError::invalid("tunnel.max_frame_bytes", format!("must be between {lo} and {hi}")));
+            return Err(ConfigError::invalid(
+                "tunnel.max_frame_bytes",
+                format!("must be between {lo} and {hi}"),
+            ));
         }
         let heartbeat_misses = raw.heartbeat_misses.unwrap_or(3);
         if !(1..=20).contains(&heartbeat_misses) {
-            return Err(ConfigError::invalid("tunnel.heartbeat_misses", "must be between 1 and 20"));
+            return Err(ConfigError::invalid(
+                "tunnel.heartbeat_misses",
+                "must be between 1 and 20",
+            ));
         }
-        let base = secs("tunnel.reconnect_base_seconds", raw.reconnect_base_seconds, 1.0, 0.01, 600.0)?;
-        let cap = secs("tunnel.reconnect_cap_seconds", raw.reconnect_cap_seconds, 30.0, 0.01, 3600.0)?;
+        let base = secs(
+            "tunnel.reconnect_base_seconds",
+            raw.reconnect_base_seconds,
+            1.0,
+            0.01,
+            600.0,
+        )?;
+        let cap = secs(
+            "tunnel.reconnect_cap_seconds",
+            raw.reconnect_cap_seconds,
+            30.0,
+            0.01,
+            3600.0,
+        )?;
         if cap < base {
-            return Err(ConfigError::invalid("tunnel.reconnect_cap_seconds", "must not be below tunnel.reconnect_base_seconds"));
+            return Err(ConfigError::invalid(
+                "tunnel.reconnect_cap_seconds",
+                "must not be below tunnel.reconnect_base_seconds",
+            ));
         }
         let quic_max_udp_payload_bytes = match raw.quic_max_udp_payload_bytes {
             None => tunnel::tuning::Tuning::default().max_udp_payload_bytes,
             Some(v) if (1200..=65527).contains(&v) => v as u16,
-            Some(_) => return Err(ConfigError::invalid("tunnel.quic_max_udp_payload_bytes", "must be between 1200 and 65527")),
+            Some(_) => {
+                return Err(ConfigError::invalid(
+                    "tunnel.quic_max_udp_payload_bytes",
+                    "must be between 1200 and 65527",
+                ))
+            }
         };
         Ok(Self {
             quic_max_udp_payload_bytes,
             transport,
             proxy,
-            quic_connect_timeout: secs("tunnel.quic_connect_timeout_seconds", raw.quic_connect_timeout_seconds, 3.0, 0.1, 120.0)?,
-            quic_retry_interval: secs("tunnel.quic_retry_interval_seconds", raw.quic_retry_interval_seconds, 60.0, 0.5, 86400.0)?,
-            connect_timeout: secs("tunnel.connect_timeout_seconds", raw.connect_timeout_seconds, 10.0, 0.5, 300.0)?,
+            quic_connect_timeout: secs(
+                "tunnel.quic_connect_timeout_seconds",
+                raw.quic_connect_timeout_seconds,
+                3.0,
+                0.1,
+                120.0,
+            )?,
+            quic_retry_interval: secs(
+                "tunnel.quic_retry_interval_seconds",
+                raw.quic_retry_interval_seconds,
+                60.0,
+                0.5,
+                86400.0,
+            )?,
+            connect_timeout: secs(
+                "tunnel.connect_timeout_seconds",
+                raw.connect_timeout_seconds,
+                10.0,
+                0.5,
+                300.0,
+            )?,
             backoff: BackoffSettings { base, cap },
             heartbeat_misses,
             max_frame_bytes: max_frame_bytes as usize,
-            drain_deadline: secs("tunnel.drain_deadline_seconds", raw.drain_deadline_seconds, 10.0, 0.0, 3600.0)?,
+            drain_deadline: secs(
+                "tunnel.drain_deadline_seconds",
+                raw.drain_deadline_seconds,
+                10.0,
+                0.0,
+                3600.0,
+            )?,
         })
     }
 }
@@ -146,11 +217,21 @@ mod tests {
 
     #[test]
     fn keys_are_named_and_password_hidden() {
-        let e = TunnelConfig::from_raw(RawTunnel { transport: Some("udp".into()), ..Default::default() }).unwrap_err();
+        let e = TunnelConfig::from_raw(RawTunnel {
+            transport: Some("udp".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert!(e.to_string().contains("tunnel.transport"), "{e}");
-        let e = TunnelConfig::from_raw(RawTunnel { proxy_url: Some("socks5://u:hunter2@h:1".into()), ..Default::default() })
-            .unwrap_err();
-        assert!(e.to_string().contains("tunnel.proxy_url") && !e.to_string().contains("hunter2"), "{e}");
+        let e = TunnelConfig::from_raw(RawTunnel {
+            proxy_url: Some("socks5://u:hunter2@h:1".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("tunnel.proxy_url") && !e.to_string().contains("hunter2"),
+            "{e}"
+        );
         let c = TunnelConfig::from_raw(RawTunnel {
             proxy_url: Some("http://u:hunter2@127.0.0.1:3128".into()),
             no_proxy: Some("example.com".into()),
@@ -158,8 +239,15 @@ mod tests {
         })
         .unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
-        let e = TunnelConfig::from_raw(RawTunnel { reconnect_base_seconds: Some(5.0), reconnect_cap_seconds: Some(1.0), ..Default::default() })
-            .unwrap_err();
-        assert!(e.to_string().contains("tunnel.reconnect_cap_seconds"), "{e}");
+        let e = TunnelConfig::from_raw(RawTunnel {
+            reconnect_base_seconds: Some(5.0),
+            reconnect_cap_seconds: Some(1.0),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("tunnel.reconnect_cap_seconds"),
+            "{e}"
+        );
     }
 }

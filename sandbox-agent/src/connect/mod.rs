@@ -47,7 +47,9 @@ pub struct Dispatcher {
 
 impl std::fmt::Debug for Dispatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Dispatcher").field("sandboxes", &self.sandboxes.is_ok()).finish()
+        f.debug_struct("Dispatcher")
+            .field("sandboxes", &self.sandboxes.is_ok())
+            .finish()
     }
 }
 
@@ -59,7 +61,10 @@ impl Dispatcher {
 
     fn service(&self) -> Result<&SandboxService, Response> {
         self.sandboxes.as_ref().map_err(|reason| {
-            Response::Err(CallError::new(ErrorCode::Unavailable, format!("sandboxes are unavailable on this agent: {reason}")))
+            Response::Err(CallError::new(
+                ErrorCode::Unavailable,
+                format!("sandboxes are unavailable on this agent: {reason}"),
+            ))
         })
     }
 }
@@ -72,7 +77,9 @@ fn sandbox_error(e: &crate::sandbox::SandboxError) -> Response {
 impl CallHandler for Dispatcher {
     async fn handle(&self, request: Request, io: &mut CallIo) -> Response {
         match request {
-            Request::Ping => Response::Ok(Reply::Pong(Pong { software_version: env!("CARGO_PKG_VERSION").to_owned() })),
+            Request::Ping => Response::Ok(Reply::Pong(Pong {
+                software_version: env!("CARGO_PKG_VERSION").to_owned(),
+            })),
             Request::Echo => client::serve_echo(io).await,
             Request::Provision(req) => match self.service() {
                 Err(r) => r,
@@ -122,7 +129,10 @@ impl CallHandler for Dispatcher {
                     Err(e) => sandbox_error(&e),
                 },
             },
-            other => Response::error(ErrorCode::UnsupportedCall, format!("call `{}` is not supported by this agent", other.name())),
+            other => Response::error(
+                ErrorCode::UnsupportedCall,
+                format!("call `{}` is not supported by this agent", other.name()),
+            ),
         }
     }
 }
@@ -144,11 +154,16 @@ fn pem(label: &str, der: &[u8]) -> String {
 
 impl Renewer for TunnelRenewer {
     async fn renew(&self, csr_der: Vec<u8>) -> Result<Vec<CertificateDer<'static>>, RenewalError> {
-        let chain_pem = self.0.renew(pem("CERTIFICATE REQUEST", &csr_der)).await.map_err(|e| match e.code {
-            ErrorCode::Unavailable => RenewalError::Transport(e.to_string()),
-            _ => RenewalError::Refused(e.to_string()),
-        })?;
-        pki::ca::pem_to_certs(&chain_pem).map_err(|e| RenewalError::Refused(format!("renewed chain is not PEM: {e}")))
+        let chain_pem = self
+            .0
+            .renew(pem("CERTIFICATE REQUEST", &csr_der))
+            .await
+            .map_err(|e| match e.code {
+                ErrorCode::Unavailable => RenewalError::Transport(e.to_string()),
+                _ => RenewalError::Refused(e.to_string()),
+            })?;
+        pki::ca::pem_to_certs(&chain_pem)
+            .map_err(|e| RenewalError::Refused(format!("renewed chain is not PEM: {e}")))
     }
 }
 
@@ -156,7 +171,11 @@ impl Renewer for TunnelRenewer {
 pub fn client_settings(config: &Config, identity: &AgentIdentity) -> ClientSettings {
     let t = &config.tunnel;
     let endpoint = identity.endpoint();
-    let mut s = ClientSettings::new(endpoint.address.clone(), endpoint.server_name.clone(), identity.identity().agent_id.as_str());
+    let mut s = ClientSettings::new(
+        endpoint.address.clone(),
+        endpoint.server_name.clone(),
+        identity.identity().agent_id.as_str(),
+    );
     s.mode = t.transport;
     s.proxy = t.proxy.clone();
     s.quic_connect_timeout = t.quic_connect_timeout;
@@ -177,7 +196,11 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let cfg = config.clone();
     let identity = tokio::task::spawn_blocking(move || AgentIdentity::load(&cfg))
         .await
-        .map_err(|e| crate::identity::LoadError::Files(pki::agent::AgentIdentityError::KeyGen(format!("identity load task failed: {e}"))))??;
+        .map_err(|e| {
+            crate::identity::LoadError::Files(pki::agent::AgentIdentityError::KeyGen(format!(
+                "identity load task failed: {e}"
+            )))
+        })??;
     let tls = Arc::new(identity.client_config(&[tunnel::ALPN])?);
     let agent_id = identity.identity().agent_id.as_str().to_owned();
 
@@ -200,7 +223,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             }
         }
     } else {
-        let reason = format!("executor binary {} not found (sandbox.executor_path)", config.sandbox.executor_path.display());
+        let reason = format!(
+            "executor binary {} not found (sandbox.executor_path)",
+            config.sandbox.executor_path.display()
+        );
         tracing::warn!(agent_id = %agent_id, %reason, "sandbox service not started");
         Err(reason)
     };
@@ -210,10 +236,18 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     tracing::info!(agent_id = %agent_id, server = %settings.server, transport = ?settings.mode,
         proxy = ?settings.proxy.as_ref().map(|p| p.to_string()), "sandbox-agent running");
     let drain = settings.drain_deadline;
-    let handle = Arc::new(client::spawn(settings, tls, Arc::new(Dispatcher::new(sandboxes))));
+    let handle = Arc::new(client::spawn(
+        settings,
+        tls,
+        Arc::new(Dispatcher::new(sandboxes)),
+    ));
 
     let stop = CancellationToken::new();
-    let renewal = tokio::spawn(crate::identity::renewal::run(identity.clone(), TunnelRenewer(handle.clone()), stop.clone()));
+    let renewal = tokio::spawn(crate::identity::renewal::run(
+        identity.clone(),
+        TunnelRenewer(handle.clone()),
+        stop.clone(),
+    ));
 
     shutdown_signal().await;
     tracing::info!(agent_id = %agent_id, drain_ms = drain.as_millis() as u64, "draining");

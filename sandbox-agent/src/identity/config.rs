@@ -59,13 +59,18 @@ pub struct IdentityConfig {
 pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
     let (host, port) = s.rsplit_once(':')?;
     let port = port.parse().ok()?;
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
     (!host.is_empty()).then_some((host, port))
 }
 
 fn check_addr(key: &str, v: Option<String>) -> Result<Option<String>, ConfigError> {
     match v {
-        Some(a) if split_host_port(&a).is_none() => Err(ConfigError::invalid(key, format!("`{a}` is not host:port"))),
+        Some(a) if split_host_port(&a).is_none() => {
+            Err(ConfigError::invalid(key, format!("`{a}` is not host:port")))
+        }
         other => Ok(other),
     }
 }
@@ -78,7 +83,10 @@ impl ControlPlaneConfig {
             enroll_address: check_addr("control_plane.enroll_address", raw.enroll_address)?,
             ca_fingerprint: raw
                 .ca_fingerprint
-                .map(|f| f.parse().map_err(|e| ConfigError::invalid("control_plane.ca_fingerprint", e)))
+                .map(|f| {
+                    f.parse()
+                        .map_err(|e| ConfigError::invalid("control_plane.ca_fingerprint", e))
+                })
                 .transpose()?,
             server_name: raw.server_name,
         })
@@ -112,7 +120,10 @@ mod tests {
             ..Default::default()
         })
         .unwrap_err();
-        assert!(err.to_string().contains("control_plane.ca_fingerprint"), "{err}");
+        assert!(
+            err.to_string().contains("control_plane.ca_fingerprint"),
+            "{err}"
+        );
         assert_eq!(split_host_port("[::1]:7443"), Some(("::1", 7443)));
     }
 }

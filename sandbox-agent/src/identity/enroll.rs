@@ -91,9 +91,13 @@ pub enum EnrollClientError {
 }
 
 /// Enroll and store the identity. Returns the stored record and expiry.
-pub async fn enroll(opts: EnrollOptions) -> Result<(IdentityRecord, std::time::SystemTime), EnrollClientError> {
+pub async fn enroll(
+    opts: EnrollOptions,
+) -> Result<(IdentityRecord, std::time::SystemTime), EnrollClientError> {
     if opts.files.is_enrolled() && !opts.force {
-        return Err(EnrollClientError::AlreadyEnrolled(opts.files.credentials_file()));
+        return Err(EnrollClientError::AlreadyEnrolled(
+            opts.files.credentials_file(),
+        ));
     }
     let timeout = opts.timeout;
     tokio::time::timeout(timeout, enroll_inner(opts))
@@ -101,9 +105,11 @@ pub async fn enroll(opts: EnrollOptions) -> Result<(IdentityRecord, std::time::S
         .map_err(|_| EnrollClientError::Timeout(timeout))?
 }
 
-async fn enroll_inner(opts: EnrollOptions) -> Result<(IdentityRecord, std::time::SystemTime), EnrollClientError> {
-    let (host, _port) =
-        split_host_port(&opts.enroll_address).ok_or_else(|| EnrollClientError::BadAddress(opts.enroll_address.clone()))?;
+async fn enroll_inner(
+    opts: EnrollOptions,
+) -> Result<(IdentityRecord, std::time::SystemTime), EnrollClientError> {
+    let (host, _port) = split_host_port(&opts.enroll_address)
+        .ok_or_else(|| EnrollClientError::BadAddress(opts.enroll_address.clone()))?;
     let server_name_str = opts.server_name.clone().unwrap_or_else(|| host.to_owned());
     let server_name = ServerName::try_from(server_name_str.clone())
         .map_err(|_| EnrollClientError::BadAddress(opts.enroll_address.clone()))?;
@@ -114,10 +120,12 @@ async fn enroll_inner(opts: EnrollOptions) -> Result<(IdentityRecord, std::time:
         .map_err(|e| EnrollClientError::Http(format!("key generation task failed: {e}")))??;
 
     let verifier = Arc::new(PinnedCaVerifier::new(opts.ca_fingerprint));
-    let tls_config = verifier.client_config().map_err(|e| EnrollClientError::Tls {
-        address: opts.enroll_address.clone(),
-        message: e.to_string(),
-    })?;
+    let tls_config = verifier
+        .client_config()
+        .map_err(|e| EnrollClientError::Tls {
+            address: opts.enroll_address.clone(),
+            message: e.to_string(),
+        })?;
     let tcp = tokio::net::TcpStream::connect(&opts.enroll_address)
         .await
         .map_err(|source| EnrollClientError::Connect {
@@ -176,9 +184,10 @@ async fn enroll_inner(opts: EnrollOptions) -> Result<(IdentityRecord, std::time:
             Err(_) => EnrollClientError::BadResponse(format!("http status {status}")),
         });
     }
-    let answer: EnrollResponse =
-        serde_json::from_slice(&bytes).map_err(|e| EnrollClientError::BadResponse(e.to_string()))?;
-    let chain = pki::ca::pem_to_certs(&answer.certificate_chain_pem).map_err(EnrollClientError::BadResponse)?;
+    let answer: EnrollResponse = serde_json::from_slice(&bytes)
+        .map_err(|e| EnrollClientError::BadResponse(e.to_string()))?;
+    let chain = pki::ca::pem_to_certs(&answer.certificate_chain_pem)
+        .map_err(EnrollClientError::BadResponse)?;
     let ca = pki::ca::pem_to_certs(&answer.ca_certificate_pem)
         .map_err(EnrollClientError::BadResponse)?
         .swap_remove(0);
@@ -188,7 +197,8 @@ async fn enroll_inner(opts: EnrollOptions) -> Result<(IdentityRecord, std::time:
         ));
     }
     let record = IdentityRecord {
-        agent_id: AgentId::parse(&answer.agent_id).map_err(|e| EnrollClientError::BadResponse(e.to_string()))?,
+        agent_id: AgentId::parse(&answer.agent_id)
+            .map_err(|e| EnrollClientError::BadResponse(e.to_string()))?,
         environment_id: EnvironmentId::parse(&answer.environment_id)
             .map_err(|e| EnrollClientError::BadResponse(e.to_string()))?,
         ca_fingerprint: opts.ca_fingerprint,
@@ -199,7 +209,9 @@ async fn enroll_inner(opts: EnrollOptions) -> Result<(IdentityRecord, std::time:
     // save_enrollment re-verifies the chain against the CA and our key, and
     // checks the identity in it.
     let creds = opts.files.save_enrollment(&key, &chain, &ca, &record)?;
-    if creds.identity.agent_id != record.agent_id || creds.identity.environment_id != record.environment_id {
+    if creds.identity.agent_id != record.agent_id
+        || creds.identity.environment_id != record.environment_id
+    {
         return Err(EnrollClientError::BadResponse(
             "certificate names a different agent than the response".into(),
         ));
@@ -240,34 +252,60 @@ pub struct UsageError {
 
 /// Resolve flags, join string and config into [`EnrollOptions`]. Explicit
 /// flags win over the join string, which wins over `[control_plane]`.
-pub fn resolve(args: EnrollArgs, config: &crate::config::Config) -> Result<EnrollOptions, UsageError> {
+pub fn resolve(
+    args: EnrollArgs,
+    config: &crate::config::Config,
+) -> Result<EnrollOptions, UsageError> {
     let usage = |flag: &'static str, message: String| UsageError { flag, message };
     let join: Option<pki::JoinString> = args
         .join
         .as_deref()
-        .map(|s| s.parse().map_err(|e: pki::tokens::JoinStringError| usage("--join", e.to_string())))
+        .map(|s| {
+            s.parse()
+                .map_err(|e: pki::tokens::JoinStringError| usage("--join", e.to_string()))
+        })
         .transpose()?;
     let token = match (&args.token, &join) {
         (Some(t), _) => JoinToken::parse(t).map_err(|e| usage("--token", e.to_string()))?,
         (None, Some(j)) => j.token().map_err(|e| usage("--join", e.to_string()))?,
-        (None, None) => return Err(usage("--token", "a join token is required (--join or --token)".into())),
+        (None, None) => {
+            return Err(usage(
+                "--token",
+                "a join token is required (--join or --token)".into(),
+            ))
+        }
     };
     let cp = &config.control_plane;
     let enroll_address = args
         .enroll_address
         .or_else(|| join.as_ref().map(|j| j.enroll_address.clone()))
         .or_else(|| cp.enroll_address.clone())
-        .ok_or_else(|| usage("--enroll-address", "required (or --join, or control_plane.enroll_address)".into()))?;
+        .ok_or_else(|| {
+            usage(
+                "--enroll-address",
+                "required (or --join, or control_plane.enroll_address)".into(),
+            )
+        })?;
     if split_host_port(&enroll_address).is_none() {
-        return Err(usage("--enroll-address", format!("`{enroll_address}` is not host:port")));
+        return Err(usage(
+            "--enroll-address",
+            format!("`{enroll_address}` is not host:port"),
+        ));
     }
     let ca_fingerprint = match args.ca_fingerprint {
-        Some(f) => f.parse().map_err(|e: pki::FingerprintError| usage("--ca-fingerprint", e.to_string()))?,
+        Some(f) => f
+            .parse()
+            .map_err(|e: pki::FingerprintError| usage("--ca-fingerprint", e.to_string()))?,
         None => join
             .as_ref()
             .map(|j| j.ca_fingerprint)
             .or(cp.ca_fingerprint)
-            .ok_or_else(|| usage("--ca-fingerprint", "required (or --join, or control_plane.ca_fingerprint)".into()))?,
+            .ok_or_else(|| {
+                usage(
+                    "--ca-fingerprint",
+                    "required (or --join, or control_plane.ca_fingerprint)".into(),
+                )
+            })?,
     };
     let tunnel_address = args
         .tunnel_address

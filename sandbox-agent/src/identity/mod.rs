@@ -12,7 +12,9 @@ pub mod renewal;
 
 use std::sync::{Arc, RwLock};
 
-use pki::agent::{AgentCredentials, AgentFiles, AgentIdentityError, IdentityRecord, SwappableClientCert};
+use pki::agent::{
+    AgentCredentials, AgentFiles, AgentIdentityError, IdentityRecord, SwappableClientCert,
+};
 use pki::Fingerprint;
 
 use crate::config::Config;
@@ -58,7 +60,9 @@ impl AgentIdentity {
         let files = AgentFiles::new(&config.identity.dir);
         let record: Option<IdentityRecord> = files.read_record().ok();
         let cp = &config.control_plane;
-        let pin = cp.ca_fingerprint.or(record.as_ref().map(|r| r.ca_fingerprint));
+        let pin = cp
+            .ca_fingerprint
+            .or(record.as_ref().map(|r| r.ca_fingerprint));
         let creds = files.load(pin)?;
         let address = cp
             .address
@@ -99,7 +103,10 @@ impl AgentIdentity {
 
     /// The current credentials (changes after each renewal).
     pub fn credentials(&self) -> AgentCredentials {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Agent id, environment and expiry of the current certificate.

@@ -34,11 +34,17 @@ pub enum RenewalError {
 /// returning the certificate chain (DER, leaf first) from the answer.
 pub trait Renewer: Send + Sync {
     /// One renewal round trip.
-    fn renew(&self, csr_der: Vec<u8>) -> impl Future<Output = Result<Vec<CertificateDer<'static>>, RenewalError>> + Send;
+    fn renew(
+        &self,
+        csr_der: Vec<u8>,
+    ) -> impl Future<Output = Result<Vec<CertificateDer<'static>>, RenewalError>> + Send;
 }
 
 /// Renew once, now.
-pub async fn renew_once(identity: &AgentIdentity, renewer: &impl Renewer) -> Result<pki::PeerIdentity, RenewalError> {
+pub async fn renew_once(
+    identity: &AgentIdentity,
+    renewer: &impl Renewer,
+) -> Result<pki::PeerIdentity, RenewalError> {
     let key = tokio::task::spawn_blocking(PendingKey::generate)
         .await
         .map_err(|e| RenewalError::Transport(format!("key generation task failed: {e}")))??;
@@ -110,7 +116,10 @@ mod tests {
     }
 
     impl Renewer for Direct {
-        async fn renew(&self, csr_der: Vec<u8>) -> Result<Vec<CertificateDer<'static>>, RenewalError> {
+        async fn renew(
+            &self,
+            csr_der: Vec<u8>,
+        ) -> Result<Vec<CertificateDer<'static>>, RenewalError> {
             let n = self.calls.fetch_add(1, Ordering::SeqCst);
             if n < self.fail_first {
                 return Err(RenewalError::Transport("link down".into()));
@@ -132,12 +141,15 @@ mod tests {
         let env = EnvironmentId::parse("env_r").unwrap();
         let token = svc.create_token(&env, Duration::from_secs(60)).unwrap();
         let key = PendingKey::generate().unwrap();
-        let e = svc.enroll(token.token.expose(), &key.csr_pem, None).unwrap();
+        let e = svc
+            .enroll(token.token.expose(), &key.csr_pem, None)
+            .unwrap();
         let text = format!(
             "data_dir = \"{}\"\n[control_plane]\naddress = \"127.0.0.1:7443\"\n",
             dir.join("agent").display()
         );
-        let config = crate::config::Config::parse(&text, std::path::Path::new("test.toml")).unwrap();
+        let config =
+            crate::config::Config::parse(&text, std::path::Path::new("test.toml")).unwrap();
         let files = AgentFiles::new(&config.identity.dir);
         let record = IdentityRecord {
             agent_id: e.agent_id,
@@ -186,11 +198,16 @@ mod tests {
         let third = wait_for_serial_change(&identity, &second).await;
         assert_ne!(third, first.serial);
         // The identity on disk follows.
-        let on_disk = AgentFiles::new(dir.path().join("agent/identity")).load(None).unwrap();
+        let on_disk = AgentFiles::new(dir.path().join("agent/identity"))
+            .load(None)
+            .unwrap();
         assert!([second.as_str(), third.as_str()].contains(&on_disk.identity.serial.as_str()));
         assert_eq!(on_disk.identity.agent_id, first.agent_id);
         shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test]
@@ -205,17 +222,27 @@ mod tests {
         });
         struct Shared(Arc<Direct>);
         impl Renewer for Shared {
-            async fn renew(&self, csr_der: Vec<u8>) -> Result<Vec<CertificateDer<'static>>, RenewalError> {
+            async fn renew(
+                &self,
+                csr_der: Vec<u8>,
+            ) -> Result<Vec<CertificateDer<'static>>, RenewalError> {
                 self.0.renew(csr_der).await
             }
         }
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run(identity.clone(), Shared(renewer.clone()), shutdown.clone()));
+        let task = tokio::spawn(run(
+            identity.clone(),
+            Shared(renewer.clone()),
+            shutdown.clone(),
+        ));
         let first = identity.identity().serial;
         wait_for_serial_change(&identity, &first).await;
         assert!(renewer.calls.load(Ordering::SeqCst) >= 3);
         shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test]
@@ -225,13 +252,18 @@ mod tests {
         // The control plane answers with a certificate for a different key.
         struct WrongKey(Arc<IdentityService>, pki::PeerIdentity);
         impl Renewer for WrongKey {
-            async fn renew(&self, _csr: Vec<u8>) -> Result<Vec<CertificateDer<'static>>, RenewalError> {
+            async fn renew(
+                &self,
+                _csr: Vec<u8>,
+            ) -> Result<Vec<CertificateDer<'static>>, RenewalError> {
                 let other = PendingKey::generate().unwrap();
                 Ok(self.0.renew(&self.1, &other.csr_der).unwrap().chain)
             }
         }
         let before = identity.identity();
-        let err = renew_once(&identity, &WrongKey(svc, before.clone())).await.unwrap_err();
+        let err = renew_once(&identity, &WrongKey(svc, before.clone()))
+            .await
+            .unwrap_err();
         assert!(matches!(err, RenewalError::Identity(_)), "{err:?}");
         assert_eq!(identity.identity().serial, before.serial, "nothing swapped");
     }

@@ -151,7 +151,10 @@ pub fn parse_user(key: &str, user: &str) -> Result<String, ConfigError> {
         return Err(ConfigError::invalid(key, "expected numeric `uid:gid`"));
     }
     if uid.parse::<u64>().ok() == Some(0) {
-        return Err(ConfigError::invalid(key, "sandboxes never run as root (uid 0)"));
+        return Err(ConfigError::invalid(
+            key,
+            "sandboxes never run as root (uid 0)",
+        ));
     }
     Ok(user.to_owned())
 }
@@ -161,11 +164,17 @@ impl SandboxSettings {
     pub fn from_raw(raw: RawSandbox) -> Result<Self, ConfigError> {
         let workdir = raw.workdir.unwrap_or_else(|| "/workspace".into());
         if !workdir.starts_with('/') || workdir == "/" {
-            return Err(ConfigError::invalid("sandbox.workdir", "must be an absolute path other than /"));
+            return Err(ConfigError::invalid(
+                "sandbox.workdir",
+                "must be an absolute path other than /",
+            ));
         }
         let default_cpu = raw.default_cpu.unwrap_or(1.0);
         if !(default_cpu > 0.0 && default_cpu.is_finite()) {
-            return Err(ConfigError::invalid("sandbox.default_cpu", "must be a positive number of cores"));
+            return Err(ConfigError::invalid(
+                "sandbox.default_cpu",
+                "must be a positive number of cores",
+            ));
         }
         let on_restart = match raw.on_restart.as_deref().unwrap_or("adopt") {
             "adopt" => OnRestart::Adopt,
@@ -177,8 +186,16 @@ impl SandboxSettings {
                 ))
             }
         };
-        let default_timeout_s = positive("sandbox.bash_default_timeout_seconds", raw.bash_default_timeout_seconds, 120)?;
-        let max_timeout_s = positive("sandbox.bash_max_timeout_seconds", raw.bash_max_timeout_seconds, 600)?;
+        let default_timeout_s = positive(
+            "sandbox.bash_default_timeout_seconds",
+            raw.bash_default_timeout_seconds,
+            120,
+        )?;
+        let max_timeout_s = positive(
+            "sandbox.bash_max_timeout_seconds",
+            raw.bash_max_timeout_seconds,
+            600,
+        )?;
         if default_timeout_s > max_timeout_s {
             return Err(ConfigError::invalid(
                 "sandbox.bash_default_timeout_seconds",
@@ -188,7 +205,11 @@ impl SandboxSettings {
         let file_max_bytes = positive("sandbox.file_max_bytes", raw.file_max_bytes, 256 * 1024)?;
         let executor = protocol::executor::ExecutorSettings {
             workdir: workdir.clone(),
-            bash_output_max_bytes: positive("sandbox.bash_output_max_bytes", raw.bash_output_max_bytes, 100 * 1024)?,
+            bash_output_max_bytes: positive(
+                "sandbox.bash_output_max_bytes",
+                raw.bash_output_max_bytes,
+                100 * 1024,
+            )?,
             bash_default_timeout_ms: default_timeout_s * 1000,
             bash_max_timeout_ms: max_timeout_s * 1000,
             file_max_bytes,
@@ -198,25 +219,46 @@ impl SandboxSettings {
         };
         let user = parse_user("sandbox.user", raw.user.as_deref().unwrap_or("1000:1000"))?;
         if let Some(r) = &raw.runtime {
-            if r.is_empty() || !r.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-                return Err(ConfigError::invalid("sandbox.runtime", "expected a runtime name such as `runsc`"));
+            if r.is_empty()
+                || !r
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                return Err(ConfigError::invalid(
+                    "sandbox.runtime",
+                    "expected a runtime name such as `runsc`",
+                ));
             }
         }
         Ok(Self {
             docker_host: raw.docker_host.filter(|h| !h.is_empty()),
-            executor_path: raw.executor_path.unwrap_or_else(|| PathBuf::from(DEFAULT_EXECUTOR_PATH)),
+            executor_path: raw
+                .executor_path
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_EXECUTOR_PATH)),
             default_image: raw.default_image.unwrap_or_else(|| DEFAULT_IMAGE.into()),
             default_cpu,
-            default_memory_bytes: positive("sandbox.default_memory_bytes", raw.default_memory_bytes, GIB)?,
+            default_memory_bytes: positive(
+                "sandbox.default_memory_bytes",
+                raw.default_memory_bytes,
+                GIB,
+            )?,
             default_pids: positive("sandbox.default_pids", raw.default_pids, 256)?,
-            default_disk_bytes: positive("sandbox.default_disk_bytes", raw.default_disk_bytes, GIB)?,
+            default_disk_bytes: positive(
+                "sandbox.default_disk_bytes",
+                raw.default_disk_bytes,
+                GIB,
+            )?,
             tmp_bytes: positive("sandbox.tmp_bytes", raw.tmp_bytes, 256 * MIB)?,
             workdir,
             user,
             runtime: raw.runtime,
             default_ttl: optional_duration(raw.default_ttl_seconds, 4 * 3600),
             idle_timeout: optional_duration(raw.idle_timeout_seconds, 1800),
-            reap_interval: Duration::from_secs(positive("sandbox.reap_interval_seconds", raw.reap_interval_seconds, 10)?),
+            reap_interval: Duration::from_secs(positive(
+                "sandbox.reap_interval_seconds",
+                raw.reap_interval_seconds,
+                10,
+            )?),
             on_restart,
             executor_ready_timeout: Duration::from_secs(positive(
                 "sandbox.executor_ready_timeout_seconds",
@@ -237,7 +279,8 @@ impl SandboxSettings {
 impl Default for SandboxSettings {
     fn default() -> Self {
         // The defaults are valid by construction (covered by a unit test).
-        Self::from_raw(RawSandbox::default()).unwrap_or_else(|e| unreachable!("default [sandbox] is valid: {e}"))
+        Self::from_raw(RawSandbox::default())
+            .unwrap_or_else(|e| unreachable!("default [sandbox] is valid: {e}"))
     }
 }
 
@@ -293,7 +336,10 @@ impl Policy {
     pub fn from_raw(raw: RawPolicy, default_image: &str) -> Result<Self, ConfigError> {
         let max_cpu = raw.max_cpu.unwrap_or(4.0);
         if !(max_cpu > 0.0 && max_cpu.is_finite()) {
-            return Err(ConfigError::invalid("policy.max_cpu", "must be a positive number of cores"));
+            return Err(ConfigError::invalid(
+                "policy.max_cpu",
+                "must be a positive number of cores",
+            ));
         }
         let allowed_tools = raw
             .allowed_tools
@@ -306,7 +352,9 @@ impl Policy {
                 ));
             }
         }
-        let allowed_images = raw.allowed_images.unwrap_or_else(|| vec![default_image.to_owned()]);
+        let allowed_images = raw
+            .allowed_images
+            .unwrap_or_else(|| vec![default_image.to_owned()]);
         if allowed_images.iter().any(|i| i.is_empty() || i == "*") {
             return Err(ConfigError::invalid(
                 "policy.allowed_images",
@@ -319,7 +367,11 @@ impl Policy {
             max_memory_bytes: positive("policy.max_memory_bytes", raw.max_memory_bytes, 8 * GIB)?,
             max_pids: positive("policy.max_pids", raw.max_pids, 4096)?,
             max_disk_bytes: positive("policy.max_disk_bytes", raw.max_disk_bytes, 16 * GIB)?,
-            max_ttl: Duration::from_secs(positive("policy.max_ttl_seconds", raw.max_ttl_seconds, 24 * 3600)?),
+            max_ttl: Duration::from_secs(positive(
+                "policy.max_ttl_seconds",
+                raw.max_ttl_seconds,
+                24 * 3600,
+            )?),
             max_sandboxes: positive("policy.max_sandboxes", raw.max_sandboxes, 32)? as usize,
             allowed_tools,
             allowed_networks: raw.allowed_networks.unwrap_or_default(),
@@ -355,12 +407,16 @@ impl PoolSettings {
     pub fn from_raw(raw: RawPool, default_image: &str) -> Result<Self, ConfigError> {
         let size = raw.size.unwrap_or(0);
         if size > 64 {
-            return Err(ConfigError::invalid("pool.size", "at most 64 warm containers per image"));
+            return Err(ConfigError::invalid(
+                "pool.size",
+                "at most 64 warm containers per image",
+            ));
         }
         Ok(Self {
             size: size as usize,
             images: raw.images.unwrap_or_else(|| vec![default_image.to_owned()]),
-            refill_concurrency: positive("pool.refill_concurrency", raw.refill_concurrency, 2)? as usize,
+            refill_concurrency: positive("pool.refill_concurrency", raw.refill_concurrency, 2)?
+                as usize,
         })
     }
 }
@@ -383,12 +439,22 @@ mod tests {
     #[test]
     fn the_documented_example_config_parses() {
         let doc = include_str!("../../../docs/sandboxes.md");
-        let start = doc.find("```toml\n").expect("a toml example in docs/sandboxes.md") + 8;
+        let start = doc
+            .find("```toml\n")
+            .expect("a toml example in docs/sandboxes.md")
+            + 8;
         let end = start + doc[start..].find("```").unwrap();
-        let cfg = crate::config::Config::parse(&doc[start..end], std::path::Path::new("docs/sandboxes.md")).unwrap();
+        let cfg = crate::config::Config::parse(
+            &doc[start..end],
+            std::path::Path::new("docs/sandboxes.md"),
+        )
+        .unwrap();
         assert_eq!(cfg.pool.size, 2);
         assert_eq!(cfg.policy.max_sandboxes, 16);
-        assert!(crate::sandbox::policy::image_allowed(&cfg.policy.allowed_images, "airlock-sandbox:abc"));
+        assert!(crate::sandbox::policy::image_allowed(
+            &cfg.policy.allowed_images,
+            "airlock-sandbox:abc"
+        ));
         let bad = "[sandbox]\nno_such_key = 1\n";
         let e = crate::config::Config::parse(bad, std::path::Path::new("x.toml")).unwrap_err();
         assert!(e.to_string().contains("no_such_key"), "{e}");

@@ -13,7 +13,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bollard::models::{ContainerCreateBody, ContainerInspectResponse, HostConfig, HostConfigLogConfig};
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, HostConfig, HostConfigLogConfig,
+};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder,
     RemoveContainerOptionsBuilder,
@@ -67,10 +69,13 @@ pub async fn connect(settings: &SandboxSettings) -> Result<Docker, SandboxError>
         Some(host) => Docker::connect_with_host(host).map_err(engine)?,
         None => Docker::connect_with_local_defaults().map_err(engine)?,
     };
-    docker.negotiate_version().await.map_err(|source| SandboxError::Engine {
-        operation: "negotiate api version",
-        source,
-    })
+    docker
+        .negotiate_version()
+        .await
+        .map_err(|source| SandboxError::Engine {
+            operation: "negotiate api version",
+            source,
+        })
 }
 
 /// Everything the container spec needs besides the resolved request.
@@ -87,7 +92,11 @@ pub struct ContainerParams<'a> {
 }
 
 /// The hardened container spec for `spec`. Pure.
-pub fn container_body(settings: &SandboxSettings, spec: &SandboxSpec, p: &ContainerParams<'_>) -> ContainerCreateBody {
+pub fn container_body(
+    settings: &SandboxSettings,
+    spec: &SandboxSpec,
+    p: &ContainerParams<'_>,
+) -> ContainerCreateBody {
     let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
     labels.insert(LABEL_MANAGED.into(), "1".into());
     labels.insert(LABEL_AGENT.into(), p.agent_id.into());
@@ -99,10 +108,16 @@ pub fn container_body(settings: &SandboxSettings, spec: &SandboxSpec, p: &Contai
             labels.insert(LABEL_SESSION.into(), s.clone());
         }
         if let Some(ttl) = spec.ttl {
-            labels.insert(LABEL_EXPIRES.into(), (unix_now() + ttl.as_secs()).to_string());
+            labels.insert(
+                LABEL_EXPIRES.into(),
+                (unix_now() + ttl.as_secs()).to_string(),
+            );
         }
     }
-    let (uid, gid) = settings.user.split_once(':').unwrap_or((settings.user.as_str(), settings.user.as_str()));
+    let (uid, gid) = settings
+        .user
+        .split_once(':')
+        .unwrap_or((settings.user.as_str(), settings.user.as_str()));
     let mut tmpfs = HashMap::new();
     tmpfs.insert(
         "/tmp".to_owned(),
@@ -110,7 +125,10 @@ pub fn container_body(settings: &SandboxSettings, spec: &SandboxSpec, p: &Contai
     );
     tmpfs.insert(
         spec.workdir.clone(),
-        format!("rw,nosuid,nodev,size={},uid={uid},gid={gid},mode=0755", spec.disk_bytes),
+        format!(
+            "rw,nosuid,nodev,size={},uid={uid},gid={gid},mode=0755",
+            spec.disk_bytes
+        ),
     );
     let mut executor_settings = settings.executor.clone();
     executor_settings.workdir = spec.workdir.clone();
@@ -118,7 +136,10 @@ pub fn container_body(settings: &SandboxSettings, spec: &SandboxSpec, p: &Contai
     let settings_json = serde_json::to_string(&executor_settings).unwrap_or_default();
     let memory = i64::try_from(spec.memory_bytes).unwrap_or(i64::MAX);
     let host_config = HostConfig {
-        binds: Some(vec![format!("{}:{EXECUTOR_MOUNT}:ro", settings.executor_path.display())]),
+        binds: Some(vec![format!(
+            "{}:{EXECUTOR_MOUNT}:ro",
+            settings.executor_path.display()
+        )]),
         cap_drop: Some(vec!["ALL".into()]),
         security_opt: Some(vec!["no-new-privileges".into()]),
         readonly_rootfs: Some(true),
@@ -159,7 +180,11 @@ pub fn container_body(settings: &SandboxSettings, spec: &SandboxSpec, p: &Contai
 }
 
 /// Create a container (not started).
-pub async fn create(docker: &Docker, name: &str, body: ContainerCreateBody) -> Result<String, SandboxError> {
+pub async fn create(
+    docker: &Docker,
+    name: &str,
+    body: ContainerCreateBody,
+) -> Result<String, SandboxError> {
     let options = CreateContainerOptionsBuilder::default().name(name).build();
     let created = docker
         .create_container(Some(options), body)
@@ -172,7 +197,10 @@ pub async fn create(docker: &Docker, name: &str, body: ContainerCreateBody) -> R
 }
 
 /// Attach to a container's stdio (before start, or to re-attach).
-pub async fn attach(docker: &Docker, id: &str) -> Result<bollard::container::AttachContainerResults, SandboxError> {
+pub async fn attach(
+    docker: &Docker,
+    id: &str,
+) -> Result<bollard::container::AttachContainerResults, SandboxError> {
     let options = AttachContainerOptionsBuilder::default()
         .stdin(true)
         .stdout(true)
@@ -202,12 +230,19 @@ pub async fn start(docker: &Docker, id: &str) -> Result<(), SandboxError> {
 
 /// Remove a container (killing it), ignoring "no such container".
 pub async fn remove(docker: &Docker, id: &str) -> Result<(), SandboxError> {
-    let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+    let options = RemoveContainerOptionsBuilder::default()
+        .force(true)
+        .v(true)
+        .build();
     match docker.remove_container(id, Some(options)).await {
         Ok(()) => Ok(()),
-        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(()),
         // Removal already in progress (e.g. a concurrent reaper): not an error.
-        Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => Ok(()),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 409, ..
+        }) => Ok(()),
         Err(source) => Err(SandboxError::Engine {
             operation: "remove container",
             source,
@@ -216,10 +251,15 @@ pub async fn remove(docker: &Docker, id: &str) -> Result<(), SandboxError> {
 }
 
 /// Inspect a container; `Ok(None)` when it does not exist.
-pub async fn inspect(docker: &Docker, id: &str) -> Result<Option<ContainerInspectResponse>, SandboxError> {
+pub async fn inspect(
+    docker: &Docker,
+    id: &str,
+) -> Result<Option<ContainerInspectResponse>, SandboxError> {
     match docker.inspect_container(id, None).await {
         Ok(r) => Ok(Some(r)),
-        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(None),
         Err(source) => Err(SandboxError::Engine {
             operation: "inspect container",
             source,
@@ -246,7 +286,10 @@ pub struct Listed {
 pub async fn list_owned(docker: &Docker, agent_id: &str) -> Result<Vec<Listed>, SandboxError> {
     let mut filters = HashMap::new();
     filters.insert("label", vec![format!("{LABEL_AGENT}={agent_id}")]);
-    let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+    let options = ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
     let list = docker
         .list_containers(Some(options))
         .await
@@ -260,7 +303,10 @@ pub async fn list_owned(docker: &Docker, agent_id: &str) -> Result<Vec<Listed>, 
             Some(Listed {
                 id: c.id?,
                 labels: c.labels.unwrap_or_default(),
-                running: matches!(c.state, Some(bollard::models::ContainerSummaryStateEnum::RUNNING)),
+                running: matches!(
+                    c.state,
+                    Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
+                ),
                 image: c.image.unwrap_or_default(),
                 created: c.created.unwrap_or(0),
             })
@@ -315,7 +361,9 @@ mod tests {
     fn spec_is_hardened() {
         let settings = SandboxSettings::default();
         let policy = Policy::from_raw(Default::default(), &settings.default_image).unwrap();
-        let spec = policy.resolve(&settings, &ProvisionRequest::default(), 0).unwrap();
+        let spec = policy
+            .resolve(&settings, &ProvisionRequest::default(), 0)
+            .unwrap();
         let body = container_body(
             &settings,
             &spec,
@@ -333,7 +381,10 @@ mod tests {
         assert_eq!(hc.network_mode.as_deref(), Some("none"));
         assert_eq!(hc.binds.as_ref().map(Vec::len), Some(1));
         assert!(hc.binds.unwrap()[0].ends_with(":ro"));
-        assert!(hc.security_opt.unwrap().contains(&"no-new-privileges".to_string()));
+        assert!(hc
+            .security_opt
+            .unwrap()
+            .contains(&"no-new-privileges".to_string()));
         assert_eq!(hc.memory, hc.memory_swap);
         let labels = body.labels.unwrap();
         assert_eq!(labels[LABEL_AGENT], "agt_1");

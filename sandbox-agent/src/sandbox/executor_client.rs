@@ -118,7 +118,12 @@ impl ExecutorClient {
             waiters: Mutex::new(Waiters::default()),
             gone: AtomicBool::new(false),
         });
-        let reader = tokio::spawn(read_loop(attach.output, codec, shared.clone(), sandbox_id.to_owned()));
+        let reader = tokio::spawn(read_loop(
+            attach.output,
+            codec,
+            shared.clone(),
+            sandbox_id.to_owned(),
+        ));
         Self {
             writer: tokio::sync::Mutex::new(attach.input),
             codec,
@@ -178,7 +183,8 @@ impl ExecutorClient {
     ) -> Result<Option<String>, CallError> {
         let (tx, rx) = oneshot::channel();
         self.shared.lock().configured = Some(tx);
-        self.send(&ToExecutor::Configure { env, workdir }, &[]).await?;
+        self.send(&ToExecutor::Configure { env, workdir }, &[])
+            .await?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(_)) => Err(CallError::Gone),
@@ -212,7 +218,10 @@ impl ExecutorClient {
             }));
             utx
         });
-        self.shared.lock().calls.insert(id, Pending { stream, done: tx });
+        self.shared
+            .lock()
+            .calls
+            .insert(id, Pending { stream, done: tx });
         let message = ToExecutor::Call {
             id,
             name: name.to_owned(),
@@ -246,12 +255,23 @@ impl ExecutorClient {
 
 /// A message header waiting for its body.
 enum Partial {
-    Output { id: u64, left: usize, buf: BytesMut },
-    Result { id: u64, is_error: bool, left: usize, buf: BytesMut },
+    Output {
+        id: u64,
+        left: usize,
+        buf: BytesMut,
+    },
+    Result {
+        id: u64,
+        is_error: bool,
+        left: usize,
+        buf: BytesMut,
+    },
 }
 
 async fn read_loop(
-    mut output: Pin<Box<dyn futures::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>>,
+    mut output: Pin<
+        Box<dyn futures::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>,
+    >,
     codec: FrameCodec,
     shared: Arc<Shared>,
     sandbox_id: String,
@@ -294,17 +314,27 @@ async fn read_loop(
     shared.fail_all(failure);
 }
 
-fn handle_frame(frame: Frame, partial: &mut Option<Partial>, shared: &Shared) -> Result<(), CallError> {
+fn handle_frame(
+    frame: Frame,
+    partial: &mut Option<Partial>,
+    shared: &Shared,
+) -> Result<(), CallError> {
     match frame {
         Frame::Data(data) => {
             let Some(p) = partial.as_mut() else {
-                return Err(CallError::Protocol("data frame without a message header".into()));
+                return Err(CallError::Protocol(
+                    "data frame without a message header".into(),
+                ));
             };
             let (left, buf) = match p {
-                Partial::Output { left, buf, .. } | Partial::Result { left, buf, .. } => (left, buf),
+                Partial::Output { left, buf, .. } | Partial::Result { left, buf, .. } => {
+                    (left, buf)
+                }
             };
             if data.len() > *left {
-                return Err(CallError::Protocol("message body longer than announced".into()));
+                return Err(CallError::Protocol(
+                    "message body longer than announced".into(),
+                ));
             }
             *left -= data.len();
             buf.extend_from_slice(&data);
@@ -317,9 +347,13 @@ fn handle_frame(frame: Frame, partial: &mut Option<Partial>, shared: &Shared) ->
         }
         Frame::Control(_) => {
             if partial.is_some() {
-                return Err(CallError::Protocol("control frame inside a message body".into()));
+                return Err(CallError::Protocol(
+                    "control frame inside a message body".into(),
+                ));
             }
-            let message: FromExecutor = frame.parse_control().map_err(|e| CallError::Protocol(e.to_string()))?;
+            let message: FromExecutor = frame
+                .parse_control()
+                .map_err(|e| CallError::Protocol(e.to_string()))?;
             match message {
                 FromExecutor::Ready { version, .. } => {
                     let r = if version == EXECUTOR_PROTOCOL_VERSION {
@@ -389,11 +423,14 @@ fn complete(p: Partial, shared: &Shared) -> Result<(), CallError> {
                 let _ = tx.send(buf.freeze());
             }
         }
-        Partial::Result { id, is_error, buf, .. } => {
+        Partial::Result {
+            id, is_error, buf, ..
+        } => {
             let content: Vec<serde_json::Value> = if buf.is_empty() {
                 Vec::new()
             } else {
-                serde_json::from_slice(&buf).map_err(|e| CallError::Protocol(format!("result content: {e}")))?
+                serde_json::from_slice(&buf)
+                    .map_err(|e| CallError::Protocol(format!("result content: {e}")))?
             };
             if let Some(p) = shared.lock().calls.remove(&id) {
                 let _ = p.done.send(Ok(CallResult { is_error, content }));

@@ -85,10 +85,12 @@ pub fn to_wire_error(error: &SandboxError) -> SandboxCallError {
         }
         SandboxError::Refused(_) => (SandboxErrorCode::BadRequest, None),
         SandboxError::UnknownSandbox { .. } => (SandboxErrorCode::UnknownSandbox, None),
-        SandboxError::Engine { .. } | SandboxError::ExecutorStart { .. } | SandboxError::ShuttingDown => {
-            (SandboxErrorCode::Unavailable, None)
+        SandboxError::Engine { .. }
+        | SandboxError::ExecutorStart { .. }
+        | SandboxError::ShuttingDown => (SandboxErrorCode::Unavailable, None),
+        SandboxError::State { .. } | SandboxError::Internal(_) => {
+            (SandboxErrorCode::Internal, None)
         }
-        SandboxError::State { .. } | SandboxError::Internal(_) => (SandboxErrorCode::Internal, None),
     };
     SandboxCallError {
         code,

@@ -154,10 +154,16 @@ impl Policy {
         if live >= self.max_sandboxes {
             return Err(policy(
                 "policy.max_sandboxes",
-                format!("{live} sandboxes are live, the limit is {}", self.max_sandboxes),
+                format!(
+                    "{live} sandboxes are live, the limit is {}",
+                    self.max_sandboxes
+                ),
             ));
         }
-        let image = req.image.clone().unwrap_or_else(|| settings.default_image.clone());
+        let image = req
+            .image
+            .clone()
+            .unwrap_or_else(|| settings.default_image.clone());
         if image.is_empty() {
             return Err(bad("image", "empty image reference"));
         }
@@ -172,7 +178,10 @@ impl Policy {
             return Err(bad("cpu", "must be a positive number of cores"));
         }
         if cpu > self.max_cpu {
-            return Err(policy("policy.max_cpu", format!("asked {cpu} cores, the limit is {}", self.max_cpu)));
+            return Err(policy(
+                "policy.max_cpu",
+                format!("asked {cpu} cores, the limit is {}", self.max_cpu),
+            ));
         }
         let memory_bytes = req.memory_bytes.unwrap_or(settings.default_memory_bytes);
         if memory_bytes < 16 * 1024 * 1024 {
@@ -181,7 +190,10 @@ impl Policy {
         if memory_bytes > self.max_memory_bytes {
             return Err(policy(
                 "policy.max_memory_bytes",
-                format!("asked {memory_bytes} bytes, the limit is {}", self.max_memory_bytes),
+                format!(
+                    "asked {memory_bytes} bytes, the limit is {}",
+                    self.max_memory_bytes
+                ),
             ));
         }
         let pids = req.pids.unwrap_or(settings.default_pids);
@@ -189,7 +201,10 @@ impl Policy {
             return Err(bad("pids", "must be at least 8"));
         }
         if pids > self.max_pids {
-            return Err(policy("policy.max_pids", format!("asked {pids} processes, the limit is {}", self.max_pids)));
+            return Err(policy(
+                "policy.max_pids",
+                format!("asked {pids} processes, the limit is {}", self.max_pids),
+            ));
         }
         let disk_bytes = req.disk_bytes.unwrap_or(settings.default_disk_bytes);
         if disk_bytes < 1024 * 1024 {
@@ -198,7 +213,10 @@ impl Policy {
         if disk_bytes > self.max_disk_bytes {
             return Err(policy(
                 "policy.max_disk_bytes",
-                format!("asked {disk_bytes} bytes, the limit is {}", self.max_disk_bytes),
+                format!(
+                    "asked {disk_bytes} bytes, the limit is {}",
+                    self.max_disk_bytes
+                ),
             ));
         }
         let network = match &req.network {
@@ -221,9 +239,15 @@ impl Policy {
                 return Err(bad("env", format!("value of `{k}` contains a NUL byte")));
             }
         }
-        let workdir = req.workdir.clone().unwrap_or_else(|| settings.workdir.clone());
+        let workdir = req
+            .workdir
+            .clone()
+            .unwrap_or_else(|| settings.workdir.clone());
         if !workdir.starts_with('/') || workdir.contains('\0') {
-            return Err(bad("workdir", format!("`{workdir}` is not an absolute path")));
+            return Err(bad(
+                "workdir",
+                format!("`{workdir}` is not an absolute path"),
+            ));
         }
         let ttl = match req.ttl_seconds {
             Some(0) => return Err(bad("ttl_seconds", "must be greater than 0")),
@@ -234,13 +258,20 @@ impl Policy {
             if t > self.max_ttl {
                 return Err(policy(
                     "policy.max_ttl_seconds",
-                    format!("asked {} s, the limit is {} s", t.as_secs(), self.max_ttl.as_secs()),
+                    format!(
+                        "asked {} s, the limit is {} s",
+                        t.as_secs(),
+                        self.max_ttl.as_secs()
+                    ),
                 ));
             }
         }
         for k in req.labels.keys() {
             if k.starts_with(LABEL_PREFIX) {
-                return Err(bad("labels", format!("label `{k}` uses the reserved prefix `{LABEL_PREFIX}`")));
+                return Err(bad(
+                    "labels",
+                    format!("label `{k}` uses the reserved prefix `{LABEL_PREFIX}`"),
+                ));
             }
         }
         Ok(SandboxSpec {
@@ -263,7 +294,10 @@ impl Policy {
         if self.allowed_tools.iter().any(|t| t == name) {
             Ok(())
         } else {
-            Err(policy("policy.allowed_tools", format!("tool `{name}` is not allowed on this agent")))
+            Err(policy(
+                "policy.allowed_tools",
+                format!("tool `{name}` is not allowed on this agent"),
+            ))
         }
     }
 }
@@ -318,11 +352,19 @@ mod tests {
         };
         assert_eq!(rule(mem, 0), "policy.max_memory_bytes");
         let net = ProvisionRequest {
-            network: Some(NetworkPolicy::Named { name: "host".into() }),
+            network: Some(NetworkPolicy::Named {
+                name: "host".into(),
+            }),
             ..Default::default()
         };
         assert_eq!(rule(net, 0), "policy.allowed_networks");
-        assert!(matches!(p.check_tool("bash"), Err(RequestRefused::Policy { rule: "policy.allowed_tools", .. })));
+        assert!(matches!(
+            p.check_tool("bash"),
+            Err(RequestRefused::Policy {
+                rule: "policy.allowed_tools",
+                ..
+            })
+        ));
         assert!(p.check_tool("read").is_ok());
     }
 
@@ -331,9 +373,18 @@ mod tests {
         let (s, p) = setup();
         let mut req = ProvisionRequest::default();
         req.env.insert("A=B".into(), "x".into());
-        assert!(matches!(p.resolve(&s, &req, 0), Err(RequestRefused::BadRequest { field: "env", .. })));
+        assert!(matches!(
+            p.resolve(&s, &req, 0),
+            Err(RequestRefused::BadRequest { field: "env", .. })
+        ));
         let mut req = ProvisionRequest::default();
         req.labels.insert("airlock.agent".into(), "x".into());
-        assert!(matches!(p.resolve(&s, &req, 0), Err(RequestRefused::BadRequest { field: "labels", .. })));
+        assert!(matches!(
+            p.resolve(&s, &req, 0),
+            Err(RequestRefused::BadRequest {
+                field: "labels",
+                ..
+            })
+        ));
     }
 }

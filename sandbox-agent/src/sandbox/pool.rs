@@ -62,10 +62,16 @@ impl<C> Pool<C> {
     /// Take a warm sandbox of `profile`, the oldest first, skipping any whose
     /// executor is gone (`alive` says which are alive; dead ones are returned
     /// for removal).
-    pub fn take(&self, profile: &ProfileKey, alive: impl Fn(&C) -> bool) -> (Option<Warm<C>>, Vec<Warm<C>>) {
+    pub fn take(
+        &self,
+        profile: &ProfileKey,
+        alive: impl Fn(&C) -> bool,
+    ) -> (Option<Warm<C>>, Vec<Warm<C>>) {
         let mut map = self.lock();
         let mut dead = Vec::new();
-        let Some(slot) = map.get_mut(profile) else { return (None, dead) };
+        let Some(slot) = map.get_mut(profile) else {
+            return (None, dead);
+        };
         while let Some(w) = slot.ready.pop_front() {
             if alive(&w.client) {
                 return (Some(w), dead);
@@ -80,7 +86,10 @@ impl<C> Pool<C> {
         let mut map = self.lock();
         let slot = map.entry(profile.clone()).or_default();
         let have = slot.ready.len() + slot.creating;
-        let n = self.target.saturating_sub(have).min(max_parallel.saturating_sub(slot.creating));
+        let n = self
+            .target
+            .saturating_sub(have)
+            .min(max_parallel.saturating_sub(slot.creating));
         slot.creating += n;
         n
     }
@@ -97,14 +106,18 @@ impl<C> Pool<C> {
 
     /// Remove every warm sandbox (shutdown) and return them for removal.
     pub fn drain(&self) -> Vec<Warm<C>> {
-        self.lock().values_mut().flat_map(|s| s.ready.drain(..)).collect()
+        self.lock()
+            .values_mut()
+            .flat_map(|s| s.ready.drain(..))
+            .collect()
     }
 
     /// Remove the warm sandboxes whose executor is gone.
     pub fn prune(&self, alive: impl Fn(&C) -> bool) -> Vec<Warm<C>> {
         let mut out = Vec::new();
         for slot in self.lock().values_mut() {
-            let (keep, gone): (VecDeque<_>, VecDeque<_>) = slot.ready.drain(..).partition(|w| alive(&w.client));
+            let (keep, gone): (VecDeque<_>, VecDeque<_>) =
+                slot.ready.drain(..).partition(|w| alive(&w.client));
             slot.ready = keep;
             out.extend(gone);
         }
@@ -118,7 +131,9 @@ impl<C> Pool<C> {
 
     /// Whether this sandbox id is a warm (unassigned) one.
     pub fn contains(&self, sandbox_id: &str) -> bool {
-        self.lock().values().any(|s| s.ready.iter().any(|w| w.sandbox_id == sandbox_id))
+        self.lock()
+            .values()
+            .any(|s| s.ready.iter().any(|w| w.sandbox_id == sandbox_id))
     }
 }
 
@@ -151,7 +166,11 @@ mod tests {
     fn reserve_fills_to_target_and_take_skips_dead() {
         let pool: Pool<bool> = Pool::new(3);
         assert_eq!(pool.reserve(&key(), 2), 2);
-        assert_eq!(pool.reserve(&key(), 2), 0, "two already creating with parallelism 2");
+        assert_eq!(
+            pool.reserve(&key(), 2),
+            0,
+            "two already creating with parallelism 2"
+        );
         pool.created(&key(), Some(warm("a", false)));
         pool.created(&key(), Some(warm("b", true)));
         assert_eq!(pool.reserve(&key(), 2), 1);

@@ -130,9 +130,13 @@ impl ExecutionRecord {
             for line in BufReader::new(file).split(b'\n') {
                 let line = line.map_err(io(&path))?;
                 // A torn last line (crash mid-write) is skipped, not fatal.
-                let Ok(parsed) = serde_json::from_slice::<Line>(&line) else { continue };
+                let Ok(parsed) = serde_json::from_slice::<Line>(&line) else {
+                    continue;
+                };
                 let at = match &parsed {
-                    Line::Start { at, .. } | Line::Done { at, .. } | Line::Unknown { at, .. } => *at,
+                    Line::Start { at, .. } | Line::Done { at, .. } | Line::Unknown { at, .. } => {
+                        *at
+                    }
                 };
                 if at >= cutoff {
                     kept.push(parsed);
@@ -144,7 +148,9 @@ impl ExecutionRecord {
         let mut last: HashMap<String, Line> = HashMap::new();
         for l in kept {
             let id = match &l {
-                Line::Start { id, .. } | Line::Done { id, .. } | Line::Unknown { id, .. } => id.clone(),
+                Line::Start { id, .. } | Line::Done { id, .. } | Line::Unknown { id, .. } => {
+                    id.clone()
+                }
             };
             if !last.contains_key(&id) {
                 order.push(id.clone());
@@ -172,7 +178,8 @@ impl ExecutionRecord {
                 },
                 other => other,
             };
-            let mut bytes = serde_json::to_vec(&l).map_err(|e| SandboxError::Internal(e.to_string()))?;
+            let mut bytes =
+                serde_json::to_vec(&l).map_err(|e| SandboxError::Internal(e.to_string()))?;
             bytes.push(b'\n');
             out.write_all(&bytes).map_err(io(&tmp))?;
             let (sandbox_id, at, state) = match l {
@@ -185,17 +192,30 @@ impl ExecutionRecord {
                     },
                 ),
                 Line::Unknown {
-                    sandbox_id, at, reason, ..
+                    sandbox_id,
+                    at,
+                    reason,
+                    ..
                 } => (sandbox_id, at, State::Unknown { reason }),
                 Line::Start { .. } => continue,
             };
-            index.insert(id, Entry { sandbox_id, at, state });
+            index.insert(
+                id,
+                Entry {
+                    sandbox_id,
+                    at,
+                    state,
+                },
+            );
             offset += bytes.len() as u64;
         }
         out.flush().map_err(io(&tmp))?;
         drop(out);
         std::fs::rename(&tmp, &path).map_err(io(&path))?;
-        let file = OpenOptions::new().append(true).open(&path).map_err(io(&path))?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io(&path))?;
         Ok(Self {
             path,
             inner: Mutex::new(Inner {
@@ -212,7 +232,8 @@ impl ExecutionRecord {
     }
 
     fn append(&self, inner: &mut Inner, line: &Line) -> Result<(u64, usize), SandboxError> {
-        let mut bytes = serde_json::to_vec(line).map_err(|e| SandboxError::Internal(e.to_string()))?;
+        let mut bytes =
+            serde_json::to_vec(line).map_err(|e| SandboxError::Internal(e.to_string()))?;
         bytes.push(b'\n');
         let offset = inner.len;
         inner.file.write_all(&bytes).map_err(io(&self.path))?;
@@ -276,7 +297,9 @@ impl ExecutionRecord {
     pub fn finish(&self, id: &str, result: &ToolResult) -> Result<(), SandboxError> {
         let mut inner = self.lock();
         let Some(sandbox_id) = inner.index.get(id).map(|e| e.sandbox_id.clone()) else {
-            return Err(SandboxError::Internal(format!("finish of unrecorded tool_use_id {id}")));
+            return Err(SandboxError::Internal(format!(
+                "finish of unrecorded tool_use_id {id}"
+            )));
         };
         let at = unix_now();
         let (offset, len) = self.append(
@@ -304,7 +327,11 @@ impl ExecutionRecord {
     /// or the agent gave up waiting); returns the result to answer with.
     pub fn finish_unknown(&self, id: &str, reason: &str) -> Result<ToolResult, SandboxError> {
         let mut inner = self.lock();
-        let sandbox_id = inner.index.get(id).map(|e| e.sandbox_id.clone()).unwrap_or_default();
+        let sandbox_id = inner
+            .index
+            .get(id)
+            .map(|e| e.sandbox_id.clone())
+            .unwrap_or_default();
         self.append(
             &mut inner,
             &Line::Unknown {
@@ -332,7 +359,10 @@ impl ExecutionRecord {
     /// Forget a call that never started (e.g. refused before running).
     pub fn abandon(&self, id: &str) {
         let mut inner = self.lock();
-        if matches!(inner.index.get(id).map(|e| &e.state), Some(State::Running(_))) {
+        if matches!(
+            inner.index.get(id).map(|e| &e.state),
+            Some(State::Running(_))
+        ) {
             inner.index.remove(id);
         }
     }

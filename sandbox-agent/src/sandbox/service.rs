@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use bollard::Docker;
 use bytes::Bytes;
 use protocol::sandbox::{
-    DestroyRequest, Disposition, ExecuteRequest, ProvisionRequest, Provisioned, SandboxInfo, ToolResult,
+    DestroyRequest, Disposition, ExecuteRequest, ProvisionRequest, Provisioned, SandboxInfo,
+    ToolResult,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -86,7 +87,10 @@ impl Sandbox {
         *self.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
     }
     fn idle_for(&self) -> Duration {
-        self.last_used.lock().unwrap_or_else(|p| p.into_inner()).elapsed()
+        self.last_used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
     }
 }
 
@@ -158,7 +162,8 @@ impl SandboxService {
             None => None,
         };
         let record = ExecutionRecord::open(&cfg.data_dir, cfg.sandbox.record_retention)?;
-        let audit = AuditLog::open(&cfg.data_dir).map_err(|e| SandboxError::Internal(e.to_string()))?;
+        let audit =
+            AuditLog::open(&cfg.data_dir).map_err(|e| SandboxError::Internal(e.to_string()))?;
         let assignments_dir = cfg.data_dir.join("sandboxes");
         std::fs::create_dir_all(&assignments_dir).map_err(io_err(&assignments_dir))?;
         let pool_profiles = if cfg.pool.size == 0 {
@@ -273,7 +278,11 @@ impl SandboxService {
                 }
             }
         }
-        tracing::info!(adopted = report.adopted.len(), removed = report.removed.len(), "reconciled sandboxes");
+        tracing::info!(
+            adopted = report.adopted.len(),
+            removed = report.removed.len(),
+            "reconciled sandboxes"
+        );
         Ok(report)
     }
 
@@ -286,7 +295,11 @@ impl SandboxService {
     ) -> Result<(), SandboxError> {
         let inner = &self.inner;
         let attach = dk::attach(&inner.docker, &c.id).await?;
-        let client = ExecutorClient::new(attach, inner.cfg.sandbox.executor.max_frame_bytes as usize, sandbox_id);
+        let client = ExecutorClient::new(
+            attach,
+            inner.cfg.sandbox.executor.max_frame_bytes as usize,
+            sandbox_id,
+        );
         client
             .ping(Duration::from_secs(5))
             .await
@@ -297,18 +310,26 @@ impl SandboxService {
         let sandbox = Arc::new(Sandbox {
             id: sandbox_id.to_owned(),
             container_id: c.id.clone(),
-            image: assignment.as_ref().map(|a| a.image.clone()).unwrap_or_else(|| c.image.clone()),
+            image: assignment
+                .as_ref()
+                .map(|a| a.image.clone())
+                .unwrap_or_else(|| c.image.clone()),
             session_id: assignment
                 .as_ref()
                 .and_then(|a| a.session_id.clone())
                 .or_else(|| c.labels.get(dk::LABEL_SESSION).cloned()),
-            created_at: assignment.as_ref().map_or(c.created.max(0) as u64, |a| a.created_at),
+            created_at: assignment
+                .as_ref()
+                .map_or(c.created.max(0) as u64, |a| a.created_at),
             expires_at,
             client,
             last_used: Mutex::new(Instant::now()),
             in_flight: AtomicUsize::new(0),
         });
-        inner.lock().live.insert(sandbox_id.to_owned(), sandbox.clone());
+        inner
+            .lock()
+            .live
+            .insert(sandbox_id.to_owned(), sandbox.clone());
         inner.audit.record(AuditEvent {
             call: "adopt".into(),
             sandbox_id: Some(sandbox_id.to_owned()),
@@ -325,7 +346,10 @@ impl SandboxService {
         let started = Instant::now();
         let result = self.provision_inner(&req).await;
         let (outcome, detail) = match &result {
-            Ok(p) => ("ok".to_owned(), Some(format!("image={} from_pool={}", p.image, p.from_pool))),
+            Ok(p) => (
+                "ok".to_owned(),
+                Some(format!("image={} from_pool={}", p.image, p.from_pool)),
+            ),
             Err(SandboxError::Refused(RequestRefused::Policy { rule, .. })) => {
                 ("refused".to_owned(), Some((*rule).to_owned()))
             }
@@ -371,7 +395,10 @@ impl SandboxService {
         Ok(provisioned)
     }
 
-    async fn provision_reserved(&self, spec: &SandboxSpec) -> Result<(Arc<Sandbox>, bool), SandboxError> {
+    async fn provision_reserved(
+        &self,
+        spec: &SandboxSpec,
+    ) -> Result<(Arc<Sandbox>, bool), SandboxError> {
         let inner = &self.inner;
         let profile = spec.profile();
         let (warm, dead) = inner.pool.take(&profile, |c| !c.is_gone());
@@ -385,7 +412,11 @@ impl SandboxService {
         let expires_at = spec.ttl.map(|t| unix_now() + t.as_secs());
         let configured = warm
             .client
-            .configure(spec.env.clone(), Some(spec.workdir.clone()), inner.cfg.sandbox.executor_ready_timeout)
+            .configure(
+                spec.env.clone(),
+                Some(spec.workdir.clone()),
+                inner.cfg.sandbox.executor_ready_timeout,
+            )
             .await;
         let fail = |message: String| SandboxError::ExecutorStart {
             sandbox_id: warm.sandbox_id.clone(),
@@ -484,7 +515,11 @@ impl SandboxService {
         if !TOOL_NAMES.contains(&req.name.as_str()) {
             return Err(RequestRefused::BadRequest {
                 field: "name",
-                message: format!("unknown tool `{}` (known: {})", req.name, TOOL_NAMES.join(", ")),
+                message: format!(
+                    "unknown tool `{}` (known: {})",
+                    req.name,
+                    TOOL_NAMES.join(", ")
+                ),
             }
             .into());
         }
@@ -515,7 +550,10 @@ impl SandboxService {
             Ok(s) => s,
             Err(Some(reason)) => {
                 let r = ToolResult::text(
-                    format!("sandbox {} is gone: {reason}. Provision a new sandbox.", req.sandbox_id),
+                    format!(
+                        "sandbox {} is gone: {reason}. Provision a new sandbox.",
+                        req.sandbox_id
+                    ),
                     true,
                 );
                 inner.record.finish(&req.tool_use_id, &r)?;
@@ -531,7 +569,10 @@ impl SandboxService {
         sandbox.in_flight.fetch_add(1, Ordering::SeqCst);
         sandbox.touch();
         let deadline = tool_deadline(&inner.cfg.sandbox, &req.name, &req.input);
-        let outcome = sandbox.client.call(&req.name, &req.input, stream, deadline).await;
+        let outcome = sandbox
+            .client
+            .call(&req.name, &req.input, stream, deadline)
+            .await;
         sandbox.touch();
         sandbox.in_flight.fetch_sub(1, Ordering::SeqCst);
         match outcome {
@@ -547,10 +588,15 @@ impl SandboxService {
             Err(e) => {
                 let reason = match &e {
                     CallError::Gone => {
-                        let info = dk::inspect(&inner.docker, &sandbox.container_id).await.ok().flatten();
+                        let info = dk::inspect(&inner.docker, &sandbox.container_id)
+                            .await
+                            .ok()
+                            .flatten();
                         dk::death_reason(info.as_ref())
                     }
-                    CallError::TimedOut(d) => format!("the sandbox did not answer within {} s", d.as_secs()),
+                    CallError::TimedOut(d) => {
+                        format!("the sandbox did not answer within {} s", d.as_secs())
+                    }
                     CallError::Protocol(m) => format!("the sandbox executor misbehaved ({m})"),
                 };
                 tracing::warn!(sandbox_id = %sandbox.id, reason = %reason, "sandbox lost during a tool call");
@@ -579,7 +625,10 @@ impl SandboxService {
         let inner = &self.inner;
         let (sandbox, tomb) = {
             let mut reg = inner.lock();
-            (reg.live.remove(&req.sandbox_id), reg.tombstones.contains_key(&req.sandbox_id))
+            (
+                reg.live.remove(&req.sandbox_id),
+                reg.tombstones.contains_key(&req.sandbox_id),
+            )
         };
         let result = match sandbox {
             Some(s) => {
@@ -611,7 +660,10 @@ impl SandboxService {
         let fmt = |s: u64| {
             time::OffsetDateTime::from_unix_timestamp(s as i64)
                 .ok()
-                .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
                 .unwrap_or_default()
         };
         let live: Vec<Arc<Sandbox>> = self.inner.lock().live.values().cloned().collect();
@@ -621,7 +673,12 @@ impl SandboxService {
                 sandbox_id: s.id.clone(),
                 session_id: s.session_id.clone(),
                 image: s.image.clone(),
-                state: if s.client.is_gone() { "dead" } else { "running" }.into(),
+                state: if s.client.is_gone() {
+                    "dead"
+                } else {
+                    "running"
+                }
+                .into(),
                 created_at: fmt(s.created_at),
                 expires_at: s.expires_at.map(fmt),
             })
@@ -690,7 +747,11 @@ fn tool_deadline(settings: &SandboxSettings, name: &str, input: &serde_json::Val
 }
 
 /// Create, attach, start a container and wait for its executor's `Ready`.
-async fn create_sandbox(inner: &Inner, spec: &SandboxSpec, pool: bool) -> Result<Warm, SandboxError> {
+async fn create_sandbox(
+    inner: &Inner,
+    spec: &SandboxSpec,
+    pool: bool,
+) -> Result<Warm, SandboxError> {
     let sandbox_id = new_sandbox_id();
     let body = dk::container_body(
         &inner.cfg.sandbox,
@@ -705,7 +766,11 @@ async fn create_sandbox(inner: &Inner, spec: &SandboxSpec, pool: bool) -> Result
     let container_id = dk::create(&inner.docker, &dk::container_name(&sandbox_id), body).await?;
     let started = async {
         let attach = dk::attach(&inner.docker, &container_id).await?;
-        let client = ExecutorClient::new(attach, inner.cfg.sandbox.executor.max_frame_bytes as usize, &sandbox_id);
+        let client = ExecutorClient::new(
+            attach,
+            inner.cfg.sandbox.executor.max_frame_bytes as usize,
+            &sandbox_id,
+        );
         let ready = client.ready_waiter();
         dk::start(&inner.docker, &container_id).await?;
         let timeout = inner.cfg.sandbox.executor_ready_timeout;
@@ -729,9 +794,15 @@ async fn create_sandbox(inner: &Inner, spec: &SandboxSpec, pool: bool) -> Result
             client,
         }),
         Err(e) => {
-            let info = dk::inspect(&inner.docker, &container_id).await.ok().flatten();
+            let info = dk::inspect(&inner.docker, &container_id)
+                .await
+                .ok()
+                .flatten();
             let e = match e {
-                SandboxError::ExecutorStart { sandbox_id, message } => SandboxError::ExecutorStart {
+                SandboxError::ExecutorStart {
+                    sandbox_id,
+                    message,
+                } => SandboxError::ExecutorStart {
                     sandbox_id,
                     message: format!("{message} ({})", dk::death_reason(info.as_ref())),
                 },
@@ -744,7 +815,10 @@ async fn create_sandbox(inner: &Inner, spec: &SandboxSpec, pool: bool) -> Result
 }
 
 fn assignment_path(dir: &Path, sandbox_id: &str) -> Option<PathBuf> {
-    let safe = !sandbox_id.is_empty() && sandbox_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    let safe = !sandbox_id.is_empty()
+        && sandbox_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
     safe.then(|| dir.join(format!("{sandbox_id}.json")))
 }
 
@@ -782,11 +856,20 @@ async fn reaper(inner: Arc<Inner>) {
         for s in live {
             let busy = s.in_flight.load(Ordering::SeqCst) > 0;
             let reason = if s.client.is_gone() && !busy {
-                let info = dk::inspect(&inner.docker, &s.container_id).await.ok().flatten();
+                let info = dk::inspect(&inner.docker, &s.container_id)
+                    .await
+                    .ok()
+                    .flatten();
                 Some(dk::death_reason(info.as_ref()))
             } else if s.expires_at.is_some_and(|e| e <= now) {
                 Some("its time to live expired".to_owned())
-            } else if !busy && inner.cfg.sandbox.idle_timeout.is_some_and(|t| s.idle_for() >= t) {
+            } else if !busy
+                && inner
+                    .cfg
+                    .sandbox
+                    .idle_timeout
+                    .is_some_and(|t| s.idle_for() >= t)
+            {
                 Some("it was idle too long".to_owned())
             } else {
                 None
@@ -816,7 +899,9 @@ async fn refiller(inner: Arc<Inner>) {
         let mut tasks = Vec::new();
         for spec in &inner.pool_profiles {
             let profile = spec.profile();
-            let n = inner.pool.reserve(&profile, inner.cfg.pool.refill_concurrency);
+            let n = inner
+                .pool
+                .reserve(&profile, inner.cfg.pool.refill_concurrency);
             for _ in 0..n {
                 let inner = inner.clone();
                 let spec = spec.clone();
@@ -850,7 +935,11 @@ async fn refiller(inner: Arc<Inner>) {
         if any && !failed {
             continue; // keep filling until the target is reached
         }
-        let backoff = if failed { Duration::from_secs(5) } else { Duration::from_secs(30) };
+        let backoff = if failed {
+            Duration::from_secs(5)
+        } else {
+            Duration::from_secs(30)
+        };
         tokio::select! {
             _ = inner.cancel.cancelled() => return,
             _ = inner.refill.notified() => {}

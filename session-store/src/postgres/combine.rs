@@ -24,7 +24,9 @@ use tokio::sync::oneshot;
 
 use super::{check_fence, col, is_unique_violation, to_i64, to_u64, PgStore};
 use crate::error::{Result, StoreError};
-use crate::types::{from_micros, to_micros, AppendBatch, PreparedEvent, SessionStatus, StoredEvent};
+use crate::types::{
+    from_micros, to_micros, AppendBatch, PreparedEvent, SessionStatus, StoredEvent,
+};
 
 /// Most batches one transaction takes.
 const MAX_GROUP: usize = 256;
@@ -113,13 +115,23 @@ impl PgStore {
         batch: AppendBatch,
     ) -> Result<Vec<StoredEvent>> {
         let (reply, answer) = oneshot::channel();
-        if self.inner.queues.push(session_id, Request { events, batch, reply }) {
+        if self.inner.queues.push(
+            session_id,
+            Request {
+                events,
+                batch,
+                reply,
+            },
+        ) {
             let store = self.clone();
             let session_id = session_id.to_owned();
             tokio::spawn(async move { store.append_worker(&session_id).await });
         }
         answer.await.map_err(|_| {
-            StoreError::unavailable(format!("the append worker of session {session_id} stopped"), None)
+            StoreError::unavailable(
+                format!("the append worker of session {session_id} stopped"),
+                None,
+            )
         })?
     }
 
@@ -147,7 +159,9 @@ impl PgStore {
         let (accepted, last_seq, status) = match decided {
             Ok(d) => d,
             Err((group, e)) => {
-                let _ = c.finish::<()>(Err(StoreError::corrupt("rolled back"))).await;
+                let _ = c
+                    .finish::<()>(Err(StoreError::corrupt("rolled back")))
+                    .await;
                 return fail_all(group, &e);
             }
         };
@@ -156,9 +170,20 @@ impl PgStore {
             return;
         }
         let now_us = to_micros(time::OffsetDateTime::now_utc());
-        let status_changes = accepted.iter().filter(|(r, _)| r.batch.set_status.is_some()).count();
+        let status_changes = accepted
+            .iter()
+            .filter(|(r, _)| r.batch.set_status.is_some())
+            .count();
         let inserted = self
-            .insert_group(&mut c, session_id, &accepted, last_seq, status, status_changes, now_us)
+            .insert_group(
+                &mut c,
+                session_id,
+                &accepted,
+                last_seq,
+                status,
+                status_changes,
+                now_us,
+            )
             .await;
         let committed = c.finish(inserted).await;
         match committed {
@@ -179,7 +204,9 @@ impl PgStore {
                 // alone so only the offending one is refused.
                 drop(c);
                 for (request, _) in accepted {
-                    let result = self.append_alone(session_id, request.events, request.batch).await;
+                    let result = self
+                        .append_alone(session_id, request.events, request.batch)
+                        .await;
                     let _ = request.reply.send(result);
                 }
             }
@@ -195,9 +222,13 @@ impl PgStore {
         c: &mut super::pool::Conn,
         session_id: &str,
         group: Vec<Request>,
-    ) -> std::result::Result<(Vec<(Request, u64)>, u64, SessionStatus), (Vec<Request>, StoreError)> {
+    ) -> std::result::Result<(Vec<(Request, u64)>, u64, SessionStatus), (Vec<Request>, StoreError)>
+    {
         let rows = match c
-            .query("SELECT last_seq, lease_epoch, status FROM sessions WHERE id = $1 FOR UPDATE", &[&session_id])
+            .query(
+                "SELECT last_seq, lease_epoch, status FROM sessions WHERE id = $1 FOR UPDATE",
+                &[&session_id],
+            )
             .await
         {
             Ok(rows) => rows,

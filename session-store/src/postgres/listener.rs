@@ -20,7 +20,12 @@ use crate::tail::Hub;
 
 /// Runs until aborted. `ready` is answered after the first LISTEN succeeded
 /// (or failed).
-pub(crate) async fn run(config: Config, channel: String, hub: Arc<Hub>, ready: oneshot::Sender<Result<()>>) {
+pub(crate) async fn run(
+    config: Config,
+    channel: String,
+    hub: Arc<Hub>,
+    ready: oneshot::Sender<Result<()>>,
+) {
     let mut ready = Some(ready);
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -45,10 +50,9 @@ async fn listen_once(
     hub: &Hub,
     ready: &mut Option<oneshot::Sender<Result<()>>>,
 ) -> Result<()> {
-    let (client, mut connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|e| StoreError::unavailable(format!("connecting the listener: {e}"), Some(Box::new(e))))?;
+    let (client, mut connection) = config.connect(NoTls).await.map_err(|e| {
+        StoreError::unavailable(format!("connecting the listener: {e}"), Some(Box::new(e)))
+    })?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -87,7 +91,10 @@ async fn listen_once(
     }
     driver.abort();
     drop(client);
-    Err(StoreError::unavailable("the listener connection closed", None))
+    Err(StoreError::unavailable(
+        "the listener connection closed",
+        None,
+    ))
 }
 
 /// Quotes an identifier for SQL (`"` doubled).

@@ -32,9 +32,9 @@ use crate::error::{Result, StoreError};
 use crate::lease::fence_allows;
 use crate::tail::{tail, EventStream, Hub};
 use crate::types::{
-    check_session_id, decode_body, from_micros, merge_patch, micros_bounds, to_micros, AppendBatch, BodyUpdate, EventPage, EventQuery, EventSelector,
-    Fence, Lease, LeaseState, NewSession, Order, PreparedEvent, SessionPage, SessionQuery, SessionRecord,
-    SessionUpdate, StoredEvent,
+    check_session_id, decode_body, from_micros, merge_patch, micros_bounds, to_micros, AppendBatch,
+    BodyUpdate, EventPage, EventQuery, EventSelector, Fence, Lease, LeaseState, NewSession, Order,
+    PreparedEvent, SessionPage, SessionQuery, SessionRecord, SessionUpdate, StoredEvent,
 };
 use crate::{check_limit, ttl_micros, SessionStore};
 
@@ -126,7 +126,9 @@ fn is_unique_violation(e: &pool::PgError) -> bool {
 pub(crate) fn check_schema_name(schema: &str) -> Result<()> {
     let ok = !schema.is_empty()
         && schema.len() <= 40
-        && schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !schema.starts_with(|c: char| c.is_ascii_digit());
     if ok {
         Ok(())
@@ -225,7 +227,14 @@ fn check_fence(session_id: &str, fence: Fence, current: u64) -> Result<()> {
 /// Locks and loads a session inside the caller's transaction.
 async fn lock_session(conn: &mut Conn, session_id: &str) -> Result<SessionRecord> {
     let rows = conn
-        .query(concat!("SELECT ", session_cols!(), " FROM sessions WHERE id = $1 FOR UPDATE"), &[&session_id])
+        .query(
+            concat!(
+                "SELECT ",
+                session_cols!(),
+                " FROM sessions WHERE id = $1 FOR UPDATE"
+            ),
+            &[&session_id],
+        )
         .await
         .map_err(|e| e.into_store(format!("locking session {session_id}")))?;
     match rows.first() {
@@ -236,7 +245,10 @@ async fn lock_session(conn: &mut Conn, session_id: &str) -> Result<SessionRecord
 
 async fn load_session(conn: &mut Conn, session_id: &str) -> Result<Option<SessionRecord>> {
     let rows = conn
-        .query(concat!("SELECT ", session_cols!(), " FROM sessions WHERE id = $1"), &[&session_id])
+        .query(
+            concat!("SELECT ", session_cols!(), " FROM sessions WHERE id = $1"),
+            &[&session_id],
+        )
         .await
         .map_err(|e| e.into_store(format!("reading session {session_id}")))?;
     rows.first().map(session_from_row).transpose()
@@ -299,13 +311,21 @@ async fn insert_events(
         .collect())
 }
 
-async fn select_events(conn: &mut Conn, session_id: &str, selector: &EventSelector) -> Result<Vec<StoredEvent>> {
+async fn select_events(
+    conn: &mut Conn,
+    session_id: &str,
+    selector: &EventSelector,
+) -> Result<Vec<StoredEvent>> {
     let (rows, wanted): (Vec<Row>, Vec<String>) = match selector {
         EventSelector::Seqs(seqs) => {
             let keys: Vec<i64> = seqs.iter().map(|s| to_i64(*s)).collect();
             let rows = conn
                 .query(
-                    concat!("SELECT ", event_cols!(), " FROM events WHERE session_id = $1 AND seq = ANY($2) ORDER BY seq"),
+                    concat!(
+                        "SELECT ",
+                        event_cols!(),
+                        " FROM events WHERE session_id = $1 AND seq = ANY($2) ORDER BY seq"
+                    ),
                     &[&session_id, &keys],
                 )
                 .await
@@ -315,7 +335,11 @@ async fn select_events(conn: &mut Conn, session_id: &str, selector: &EventSelect
         EventSelector::Ids(ids) => {
             let rows = conn
                 .query(
-                    concat!("SELECT ", event_cols!(), " FROM events WHERE session_id = $1 AND id = ANY($2) ORDER BY seq"),
+                    concat!(
+                        "SELECT ",
+                        event_cols!(),
+                        " FROM events WHERE session_id = $1 AND id = ANY($2) ORDER BY seq"
+                    ),
                     &[&session_id, ids],
                 )
                 .await
@@ -323,7 +347,10 @@ async fn select_events(conn: &mut Conn, session_id: &str, selector: &EventSelect
             (rows, ids.clone())
         }
     };
-    let events = rows.iter().map(event_from_row).collect::<Result<Vec<_>>>()?;
+    let events = rows
+        .iter()
+        .map(event_from_row)
+        .collect::<Result<Vec<_>>>()?;
     for key in wanted {
         let present = match selector {
             EventSelector::Seqs(_) => events.iter().any(|e| format!("seq {}", e.seq) == key),
@@ -351,16 +378,32 @@ impl PgStore {
         config.application_name(&options.application_name);
         let quoted = quote_ident(&options.schema);
         let mut admin = pool::connect(&config, None).await?;
-        schema::migrate(&mut admin, &options.schema, &quoted, to_micros(time::OffsetDateTime::now_utc())).await?;
+        schema::migrate(
+            &mut admin,
+            &options.schema,
+            &quoted,
+            to_micros(time::OffsetDateTime::now_utc()),
+        )
+        .await?;
         drop(admin);
         let hub = Arc::new(Hub::default());
         let channel = format!("airlock_events_{}", options.schema);
         let (ready_tx, ready_rx) = oneshot::channel();
-        let listener = tokio::spawn(listener::run(config.clone(), channel.clone(), hub.clone(), ready_tx));
+        let listener = tokio::spawn(listener::run(
+            config.clone(),
+            channel.clone(),
+            hub.clone(),
+            ready_tx,
+        ));
         match ready_rx.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(StoreError::unavailable("the listener stopped before LISTEN", None)),
+            Err(_) => {
+                return Err(StoreError::unavailable(
+                    "the listener stopped before LISTEN",
+                    None,
+                ))
+            }
         }
         tracing::info!(schema = %options.schema, "session store connected (postgresql)");
         Ok(PgStore {
@@ -380,7 +423,10 @@ impl PgStore {
     pub async fn drop_schema(&self) -> Result<()> {
         let client = pool::connect(self.inner.pool.config(), None).await?;
         client
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(&self.inner.options.schema)))
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {} CASCADE",
+                quote_ident(&self.inner.options.schema)
+            ))
             .await
             .map_err(|e| map_pg(format!("dropping schema {}", self.inner.options.schema), e))
     }
@@ -395,7 +441,10 @@ impl PgStore {
     async fn announce(&self, conn: &mut Conn, session_id: &str) {
         self.inner.hub.notify(session_id);
         if let Err(e) = conn
-            .execute("SELECT pg_notify($1, $2)", &[&self.inner.channel, &session_id])
+            .execute(
+                "SELECT pg_notify($1, $2)",
+                &[&self.inner.channel, &session_id],
+            )
             .await
         {
             let e = e.into_store(format!("notifying about session {session_id}"));
@@ -459,7 +508,11 @@ impl PgStore {
             };
         };
         let last_seq = to_u64(col(row, 0)?, "last_seq")?;
-        check_fence(session_id, batch.fence, to_u64(col(row, 1)?, "lease_epoch")?)?;
+        check_fence(
+            session_id,
+            batch.fence,
+            to_u64(col(row, 1)?, "lease_epoch")?,
+        )?;
         insert_events(conn, session_id, last_seq, prepared, now_us).await
     }
 }
@@ -512,7 +565,11 @@ impl SessionStore for PgStore {
             .ok_or_else(|| StoreError::not_found(session_id))
     }
 
-    async fn update_session(&self, session_id: &str, update: SessionUpdate) -> Result<SessionRecord> {
+    async fn update_session(
+        &self,
+        session_id: &str,
+        update: SessionUpdate,
+    ) -> Result<SessionRecord> {
         let mut c = self.inner.pool.get().await?;
         c.begin().await?;
         let r = async {
@@ -595,7 +652,10 @@ impl SessionStore for PgStore {
             }
         }
         .map_err(|e| e.into_store("listing sessions"))?;
-        let mut sessions = rows.iter().map(session_from_row).collect::<Result<Vec<_>>>()?;
+        let mut sessions = rows
+            .iter()
+            .map(session_from_row)
+            .collect::<Result<Vec<_>>>()?;
         let has_more = sessions.len() > query.limit;
         sessions.truncate(query.limit);
         Ok(SessionPage { sessions, has_more })
@@ -614,7 +674,9 @@ impl SessionStore for PgStore {
             }
             c.execute("DELETE FROM events WHERE session_id = $1", &[&session_id])
                 .await
-                .map_err(|e| e.into_store(format!("deleting the events of session {session_id}")))?;
+                .map_err(|e| {
+                    e.into_store(format!("deleting the events of session {session_id}"))
+                })?;
             Ok(())
         }
         .await;
@@ -638,16 +700,26 @@ impl SessionStore for PgStore {
         self.append_combined(session_id, prepared, rest).await
     }
 
-    async fn mark_processed(&self, session_id: &str, events: EventSelector, fence: Fence) -> Result<Vec<StoredEvent>> {
+    async fn mark_processed(
+        &self,
+        session_id: &str,
+        events: EventSelector,
+        fence: Fence,
+    ) -> Result<Vec<StoredEvent>> {
         let now_us = to_micros(time::OffsetDateTime::now_utc());
         let mut c = self.inner.pool.get().await?;
         c.begin().await?;
         let r = async {
             let rows = c
-                .query("SELECT lease_epoch FROM sessions WHERE id = $1 FOR UPDATE", &[&session_id])
+                .query(
+                    "SELECT lease_epoch FROM sessions WHERE id = $1 FOR UPDATE",
+                    &[&session_id],
+                )
                 .await
                 .map_err(|e| e.into_store(format!("locking session {session_id}")))?;
-            let row = rows.first().ok_or_else(|| StoreError::not_found(session_id))?;
+            let row = rows
+                .first()
+                .ok_or_else(|| StoreError::not_found(session_id))?;
             check_fence(session_id, fence, to_u64(col(row, 0)?, "lease_epoch")?)?;
             let selected = select_events(&mut c, session_id, &events).await?;
             let seqs: Vec<i64> = selected
@@ -664,7 +736,9 @@ impl SessionStore for PgStore {
                 &[&session_id, &seqs, &now_us],
             )
             .await
-            .map_err(|e| e.into_store(format!("marking events of session {session_id} processed")))?;
+            .map_err(|e| {
+                e.into_store(format!("marking events of session {session_id} processed"))
+            })?;
             let now = from_micros(now_us)?;
             Ok(selected
                 .into_iter()
@@ -683,17 +757,29 @@ impl SessionStore for PgStore {
         Ok(changed)
     }
 
-    async fn read(&self, session_id: &str, from_seq: u64, limit: usize) -> Result<Vec<StoredEvent>> {
+    async fn read(
+        &self,
+        session_id: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>> {
         check_limit(session_id, limit)?;
         let mut c = self.inner.pool.get().await?;
         let rows = c
             .query(
-                concat!("SELECT ", event_cols!(), " FROM events WHERE session_id = $1 AND seq >= $2 ORDER BY seq LIMIT $3"),
+                concat!(
+                    "SELECT ",
+                    event_cols!(),
+                    " FROM events WHERE session_id = $1 AND seq >= $2 ORDER BY seq LIMIT $3"
+                ),
                 &[&session_id, &to_i64(from_seq), &to_i64(limit as u64)],
             )
             .await
             .map_err(|e| e.into_store(format!("reading session {session_id}")))?;
-        let events = rows.iter().map(event_from_row).collect::<Result<Vec<_>>>()?;
+        let events = rows
+            .iter()
+            .map(event_from_row)
+            .collect::<Result<Vec<_>>>()?;
         if events.is_empty() && load_session(&mut c, session_id).await?.is_none() {
             return Err(StoreError::not_found(session_id));
         }
@@ -746,7 +832,10 @@ impl SessionStore for PgStore {
             }
         }
         .map_err(|e| e.into_store(format!("listing events of session {session_id}")))?;
-        let mut events = rows.iter().map(event_from_row).collect::<Result<Vec<_>>>()?;
+        let mut events = rows
+            .iter()
+            .map(event_from_row)
+            .collect::<Result<Vec<_>>>()?;
         if events.is_empty() && load_session(&mut c, session_id).await?.is_none() {
             return Err(StoreError::not_found(session_id));
         }
@@ -755,7 +844,11 @@ impl SessionStore for PgStore {
         Ok(EventPage { events, has_more })
     }
 
-    async fn get_events(&self, session_id: &str, events: EventSelector) -> Result<Vec<StoredEvent>> {
+    async fn get_events(
+        &self,
+        session_id: &str,
+        events: EventSelector,
+    ) -> Result<Vec<StoredEvent>> {
         let mut c = self.inner.pool.get().await?;
         if load_session(&mut c, session_id).await?.is_none() {
             return Err(StoreError::not_found(session_id));
@@ -808,7 +901,10 @@ impl SessionStore for PgStore {
             session_id: session_id.to_owned(),
             holder: record.lease.holder.unwrap_or_default(),
             epoch: record.lease.epoch,
-            expires_at: record.lease.expires_at.unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+            expires_at: record
+                .lease
+                .expires_at
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
         })
     }
 
@@ -853,7 +949,12 @@ impl SessionStore for PgStore {
                 &[&lease.session_id, &epoch, &lease.holder],
             )
             .await
-            .map_err(|e| e.into_store(format!("releasing the lease of session {}", lease.session_id)))?;
+            .map_err(|e| {
+                e.into_store(format!(
+                    "releasing the lease of session {}",
+                    lease.session_id
+                ))
+            })?;
         if n == 1 {
             return Ok(());
         }

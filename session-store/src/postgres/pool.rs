@@ -23,16 +23,17 @@ pub(crate) struct Conn {
 
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Conn").field("in_tx", &self.in_tx).finish_non_exhaustive()
+        f.debug_struct("Conn")
+            .field("in_tx", &self.in_tx)
+            .finish_non_exhaustive()
     }
 }
 
 /// Opens one connection with `search_path` set to `schema` (already quoted).
 pub(crate) async fn connect(config: &Config, quoted_schema: Option<&str>) -> Result<Client> {
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|e| StoreError::unavailable(format!("connecting to postgresql: {e}"), Some(Box::new(e))))?;
+    let (client, connection) = config.connect(NoTls).await.map_err(|e| {
+        StoreError::unavailable(format!("connecting to postgresql: {e}"), Some(Box::new(e)))
+    })?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(%e, "postgresql connection ended");
@@ -72,9 +73,16 @@ impl Conn {
     }
 
     /// Runs a cached statement; returns the affected row count.
-    pub(crate) async fn execute(&mut self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, PgError> {
+    pub(crate) async fn execute(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, PgError> {
         let stmt = self.statement(sql).await.map_err(PgError::Store)?;
-        self.client.execute(&stmt, params).await.map_err(PgError::Pg)
+        self.client
+            .execute(&stmt, params)
+            .await
+            .map_err(PgError::Pg)
     }
 
     pub(crate) async fn begin(&mut self) -> Result<()> {
@@ -192,7 +200,9 @@ impl std::ops::Deref for Pooled<'_> {
     fn deref(&self) -> &Conn {
         // Present from construction until drop.
         #[allow(clippy::expect_used)]
-        self.conn.as_ref().expect("pooled connection is present until drop")
+        self.conn
+            .as_ref()
+            .expect("pooled connection is present until drop")
     }
 }
 
@@ -200,7 +210,9 @@ impl std::ops::DerefMut for Pooled<'_> {
     fn deref_mut(&mut self) -> &mut Conn {
         // Present from construction until drop.
         #[allow(clippy::expect_used)]
-        self.conn.as_mut().expect("pooled connection is present until drop")
+        self.conn
+            .as_mut()
+            .expect("pooled connection is present until drop")
     }
 }
 
@@ -208,7 +220,11 @@ impl Drop for Pooled<'_> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
             if !conn.in_tx && !conn.client.is_closed() {
-                self.pool.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+                self.pool
+                    .idle
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(conn);
             }
         }
     }

@@ -50,14 +50,22 @@ pub(crate) fn latest() -> i64 {
 }
 
 /// Creates the schema if needed and brings it to the newest version.
-pub(crate) async fn migrate(client: &mut Client, schema: &str, quoted_schema: &str, now_us: i64) -> Result<()> {
+pub(crate) async fn migrate(
+    client: &mut Client,
+    schema: &str,
+    quoted_schema: &str,
+    now_us: i64,
+) -> Result<()> {
     let tx = client
         .transaction()
         .await
         .map_err(|e| map_pg("starting the migration transaction", e))?;
-    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&format!("airlock-session-store:{schema}")])
-        .await
-        .map_err(|e| map_pg("taking the migration lock", e))?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext($1))",
+        &[&format!("airlock-session-store:{schema}")],
+    )
+    .await
+    .map_err(|e| map_pg("taking the migration lock", e))?;
     tx.batch_execute(&format!(
         "CREATE SCHEMA IF NOT EXISTS {quoted_schema};
          SET LOCAL search_path TO {quoted_schema};
@@ -70,7 +78,10 @@ pub(crate) async fn migrate(client: &mut Client, schema: &str, quoted_schema: &s
     .await
     .map_err(|e| map_pg(format!("creating schema {schema}"), e))?;
     let found: i64 = tx
-        .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", &[])
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            &[],
+        )
         .await
         .and_then(|row| row.try_get(0))
         .map_err(|e| map_pg("reading the schema version", e))?;
@@ -95,5 +106,7 @@ pub(crate) async fn migrate(client: &mut Client, schema: &str, quoted_schema: &s
         .map_err(|e| map_pg(format!("recording migration {version}"), e))?;
         tracing::info!(version, name, schema, "applied session store migration");
     }
-    tx.commit().await.map_err(|e| map_pg("committing migrations", e))
+    tx.commit()
+        .await
+        .map_err(|e| map_pg("committing migrations", e))
 }

@@ -24,9 +24,10 @@ use crate::error::{Result, StoreError};
 use crate::lease::{fence_allows, LeaseError, LeaseRow};
 use crate::tail::{tail, EventStream, Hub};
 use crate::types::{
-    check_session_id, decode_body, from_micros, merge_patch, micros_bounds, to_micros, AppendBatch, BodyUpdate, EventPage, EventQuery, EventSelector,
-    Fence, Lease, LeaseState, NewSession, Order, PreparedEvent, SessionPage, SessionQuery, SessionRecord,
-    SessionStatus, SessionUpdate, StoredEvent,
+    check_session_id, decode_body, from_micros, merge_patch, micros_bounds, to_micros, AppendBatch,
+    BodyUpdate, EventPage, EventQuery, EventSelector, Fence, Lease, LeaseState, NewSession, Order,
+    PreparedEvent, SessionPage, SessionQuery, SessionRecord, SessionStatus, SessionUpdate,
+    StoredEvent,
 };
 use crate::{check_limit, ttl_micros, SessionStore};
 
@@ -83,16 +84,25 @@ pub(crate) fn map_err(context: impl Into<String>, e: rusqlite::Error) -> StoreEr
     use rusqlite::ErrorCode as C;
     let context = context.into();
     match e.sqlite_error_code() {
-        Some(C::DatabaseBusy | C::DatabaseLocked | C::SystemIoFailure | C::DiskFull | C::CannotOpen | C::OutOfMemory) => {
-            StoreError::unavailable(format!("{context}: {e}"), Some(Box::new(e)))
+        Some(
+            C::DatabaseBusy
+            | C::DatabaseLocked
+            | C::SystemIoFailure
+            | C::DiskFull
+            | C::CannotOpen
+            | C::OutOfMemory,
+        ) => StoreError::unavailable(format!("{context}: {e}"), Some(Box::new(e))),
+        Some(C::DatabaseCorrupt | C::NotADatabase) => {
+            StoreError::corrupt(format!("{context}: {e}"))
         }
-        Some(C::DatabaseCorrupt | C::NotADatabase) => StoreError::corrupt(format!("{context}: {e}")),
         _ => StoreError::backend(context, e),
     }
 }
 
 fn open_connection(path: &Path, options: &SqliteOptions) -> Result<Connection> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| map_err(format!("opening {}", path.display()), e))?;
     conn.busy_timeout(options.busy_timeout)
@@ -102,7 +112,10 @@ fn open_connection(path: &Path, options: &SqliteOptions) -> Result<Connection> {
         .map_err(|e| map_err(format!("enabling WAL on {}", path.display()), e))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::unavailable(
-            format!("{} refused WAL mode (journal_mode is {mode})", path.display()),
+            format!(
+                "{} refused WAL mode (journal_mode is {mode})",
+                path.display()
+            ),
             None,
         ));
     }
@@ -118,7 +131,10 @@ impl SqliteStore {
     /// Opens (creating if needed) the store in `data_dir/sessions.sqlite3`.
     pub async fn open_in_dir(data_dir: &Path, options: SqliteOptions) -> Result<Self> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
-            StoreError::unavailable(format!("creating data dir {}: {e}", data_dir.display()), Some(Box::new(e)))
+            StoreError::unavailable(
+                format!("creating data dir {}: {e}", data_dir.display()),
+                Some(Box::new(e)),
+            )
         })?;
         Self::open(&data_dir.join(DB_FILE_NAME), options).await
     }
@@ -136,7 +152,9 @@ impl SqliteStore {
                 Ok(conn)
             })
             .await
-            .map_err(|e| StoreError::unavailable(format!("opening {}: {e}", path.display()), None))??
+            .map_err(|e| {
+                StoreError::unavailable(format!("opening {}: {e}", path.display()), None)
+            })??
         };
         let (tx, rx) = mpsc::channel(options.write_queue_depth.max(1));
         let clock = options.clock.clone();
@@ -144,7 +162,12 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("session-store-writer".into())
             .spawn(move || writer::run(opened, rx, clock, max_group))
-            .map_err(|e| StoreError::unavailable(format!("starting the writer thread: {e}"), Some(Box::new(e))))?;
+            .map_err(|e| {
+                StoreError::unavailable(
+                    format!("starting the writer thread: {e}"),
+                    Some(Box::new(e)),
+                )
+            })?;
         tracing::info!(path = %path.display(), "session store opened (sqlite)");
         Ok(SqliteStore {
             inner: Arc::new(Inner {
@@ -175,8 +198,9 @@ impl SqliteStore {
             .send(job)
             .await
             .map_err(|_| StoreError::unavailable("the session store writer has stopped", None))?;
-        rx.await
-            .map_err(|_| StoreError::unavailable("the session store writer stopped before answering", None))?
+        rx.await.map_err(|_| {
+            StoreError::unavailable("the session store writer stopped before answering", None)
+        })?
     }
 
     /// Runs `work` on a pooled read connection on a blocking thread.
@@ -206,7 +230,10 @@ impl SqliteStore {
                 // A failed read left its transaction open: do not pool it.
                 return result;
             }
-            let mut pool = inner.readers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut pool = inner
+                .readers
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             if pool.len() < inner.options.max_idle_readers {
                 pool.push(conn);
             }
@@ -217,7 +244,8 @@ impl SqliteStore {
     }
 }
 
-const SESSION_COLS: &str = "id, position, status, body, version, last_seq, lease_epoch, lease_holder, \
+const SESSION_COLS: &str =
+    "id, position, status, body, version, last_seq, lease_epoch, lease_holder, \
                             lease_expires_at_us, created_at_us, updated_at_us";
 const EVENT_COLS: &str = "session_id, seq, id, type, processed_at_us, created_at_us, body";
 
@@ -274,12 +302,17 @@ fn event_from_row(row: &Row<'_>) -> Result<StoredEvent> {
 
 fn load_session(conn: &Connection, session_id: &str) -> Result<Option<SessionRecord>> {
     let mut stmt = conn
-        .prepare_cached(&format!("SELECT {SESSION_COLS} FROM sessions WHERE id = ?1"))
+        .prepare_cached(&format!(
+            "SELECT {SESSION_COLS} FROM sessions WHERE id = ?1"
+        ))
         .map_err(|e| map_err("preparing a session read", e))?;
     let mut rows = stmt
         .query(params![session_id])
         .map_err(|e| map_err(format!("reading session {session_id}"), e))?;
-    match rows.next().map_err(|e| map_err(format!("reading session {session_id}"), e))? {
+    match rows
+        .next()
+        .map_err(|e| map_err(format!("reading session {session_id}"), e))?
+    {
         Some(row) => Ok(Some(session_from_row(row)?)),
         None => Ok(None),
     }
@@ -333,7 +366,9 @@ fn insert_events(
     now_us: i64,
 ) -> Result<Vec<StoredEvent>> {
     let mut stmt = conn
-        .prepare_cached(&format!("INSERT INTO events ({EVENT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"))
+        .prepare_cached(&format!(
+            "INSERT INTO events ({EVENT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+        ))
         .map_err(|e| map_err("preparing an event insert", e))?;
     let now = from_micros(now_us)?;
     let mut stored = Vec::with_capacity(events.len());
@@ -350,10 +385,14 @@ fn insert_events(
             event.body_text
         ])
         .map_err(|e| match e.sqlite_error_code() {
-            Some(rusqlite::ErrorCode::ConstraintViolation) => {
-                StoreError::conflict(session_id, format!("event id {} is already taken", event.id))
-            }
-            _ => map_err(format!("inserting event seq {seq} of session {session_id}"), e),
+            Some(rusqlite::ErrorCode::ConstraintViolation) => StoreError::conflict(
+                session_id,
+                format!("event id {} is already taken", event.id),
+            ),
+            _ => map_err(
+                format!("inserting event seq {seq} of session {session_id}"),
+                e,
+            ),
         })?;
         stored.push(StoredEvent {
             session_id: session_id.to_owned(),
@@ -368,13 +407,20 @@ fn insert_events(
     Ok(stored)
 }
 
-fn append_tx(conn: &Connection, session_id: &str, batch: AppendBatch, now_us: i64) -> Result<Vec<StoredEvent>> {
+fn append_tx(
+    conn: &Connection,
+    session_id: &str,
+    batch: AppendBatch,
+    now_us: i64,
+) -> Result<Vec<StoredEvent>> {
     let prepared = PreparedEvent::prepare_all(session_id, batch.events)?;
     let mut stmt = conn
         .prepare_cached("SELECT last_seq, lease_epoch, status FROM sessions WHERE id = ?1")
         .map_err(|e| map_err("preparing a session lookup", e))?;
     let (last_seq, epoch, status): (i64, i64, String) = stmt
-        .query_row(params![session_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .query_row(params![session_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
         .optional()
         .map_err(|e| map_err(format!("reading session {session_id}"), e))?
         .ok_or_else(|| StoreError::not_found(session_id))?;
@@ -388,7 +434,10 @@ fn append_tx(conn: &Connection, session_id: &str, batch: AppendBatch, now_us: i6
                 .parse()
                 .map_err(|e| StoreError::corrupt(format!("session {session_id}: {e}")))?;
             if !current.may_become(next) {
-                return Err(StoreError::conflict(session_id, format!("status {current} cannot become {next}")));
+                return Err(StoreError::conflict(
+                    session_id,
+                    format!("status {current} cannot become {next}"),
+                ));
             }
             conn.prepare_cached(
                 "UPDATE sessions SET last_seq = ?2, status = ?3, version = version + 1, updated_at_us = ?4 \
@@ -406,12 +455,18 @@ fn append_tx(conn: &Connection, session_id: &str, batch: AppendBatch, now_us: i6
     Ok(stored)
 }
 
-fn select_events(conn: &Connection, session_id: &str, selector: &EventSelector) -> Result<Vec<StoredEvent>> {
+fn select_events(
+    conn: &Connection,
+    session_id: &str,
+    selector: &EventSelector,
+) -> Result<Vec<StoredEvent>> {
     let mut found = Vec::new();
     match selector {
         EventSelector::Seqs(seqs) => {
             let mut stmt = conn
-                .prepare_cached(&format!("SELECT {EVENT_COLS} FROM events WHERE session_id = ?1 AND seq = ?2"))
+                .prepare_cached(&format!(
+                    "SELECT {EVENT_COLS} FROM events WHERE session_id = ?1 AND seq = ?2"
+                ))
                 .map_err(|e| map_err("preparing an event lookup", e))?;
             for seq in seqs {
                 let mut rows = stmt
@@ -430,7 +485,9 @@ fn select_events(conn: &Connection, session_id: &str, selector: &EventSelector) 
         }
         EventSelector::Ids(ids) => {
             let mut stmt = conn
-                .prepare_cached(&format!("SELECT {EVENT_COLS} FROM events WHERE session_id = ?1 AND id = ?2"))
+                .prepare_cached(&format!(
+                    "SELECT {EVENT_COLS} FROM events WHERE session_id = ?1 AND id = ?2"
+                ))
                 .map_err(|e| map_err("preparing an event lookup", e))?;
             for id in ids {
                 let mut rows = stmt
@@ -488,7 +545,8 @@ fn in_read_tx<T>(conn: &mut Connection, f: impl FnOnce(&Connection) -> Result<T>
         .transaction()
         .map_err(|e| map_err("starting a read transaction", e))?;
     let out = f(&tx)?;
-    tx.finish().map_err(|e| map_err("ending a read transaction", e))?;
+    tx.finish()
+        .map_err(|e| map_err("ending a read transaction", e))?;
     Ok(out)
 }
 
@@ -528,7 +586,11 @@ impl SessionStore for SqliteStore {
         self.read_with(move |conn| require_session(conn, &id)).await
     }
 
-    async fn update_session(&self, session_id: &str, update: SessionUpdate) -> Result<SessionRecord> {
+    async fn update_session(
+        &self,
+        session_id: &str,
+        update: SessionUpdate,
+    ) -> Result<SessionRecord> {
         let id = session_id.to_owned();
         self.write(Some(session_id), move |conn, now_us| {
             let mut record = require_session(conn, &id)?;
@@ -613,11 +675,18 @@ impl SessionStore for SqliteStore {
 
     async fn append_batch(&self, session_id: &str, batch: AppendBatch) -> Result<Vec<StoredEvent>> {
         let id = session_id.to_owned();
-        self.write(Some(session_id), move |conn, now_us| append_tx(conn, &id, batch, now_us))
-            .await
+        self.write(Some(session_id), move |conn, now_us| {
+            append_tx(conn, &id, batch, now_us)
+        })
+        .await
     }
 
-    async fn mark_processed(&self, session_id: &str, events: EventSelector, fence: Fence) -> Result<Vec<StoredEvent>> {
+    async fn mark_processed(
+        &self,
+        session_id: &str,
+        events: EventSelector,
+        fence: Fence,
+    ) -> Result<Vec<StoredEvent>> {
         let id = session_id.to_owned();
         self.write(Some(session_id), move |conn, now_us| {
             let record = require_session(conn, &id)?;
@@ -634,7 +703,12 @@ impl SessionStore for SqliteStore {
             for mut event in selected {
                 if event.processed_at.is_none() {
                     stmt.execute(params![id, to_i64(event.seq), now_us])
-                        .map_err(|e| map_err(format!("marking session {id} seq {} processed", event.seq), e))?;
+                        .map_err(|e| {
+                            map_err(
+                                format!("marking session {id} seq {} processed", event.seq),
+                                e,
+                            )
+                        })?;
                     event.processed_at = Some(now);
                     changed.push(event);
                 }
@@ -644,7 +718,12 @@ impl SessionStore for SqliteStore {
         .await
     }
 
-    async fn read(&self, session_id: &str, from_seq: u64, limit: usize) -> Result<Vec<StoredEvent>> {
+    async fn read(
+        &self,
+        session_id: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>> {
         check_limit(session_id, limit)?;
         let id = session_id.to_owned();
         self.read_with(move |conn| {
@@ -680,7 +759,8 @@ impl SessionStore for SqliteStore {
         let (lo, hi) = micros_bounds(query.processed_from, query.processed_to);
         let types = match &query.types {
             Some(t) if !t.is_empty() => Some(
-                serde_json::to_string(t).map_err(|e| StoreError::invalid(session_id, format!("types: {e}")))?,
+                serde_json::to_string(t)
+                    .map_err(|e| StoreError::invalid(session_id, format!("types: {e}")))?,
             ),
             _ => None,
         };
@@ -726,7 +806,11 @@ impl SessionStore for SqliteStore {
         .await
     }
 
-    async fn get_events(&self, session_id: &str, events: EventSelector) -> Result<Vec<StoredEvent>> {
+    async fn get_events(
+        &self,
+        session_id: &str,
+        events: EventSelector,
+    ) -> Result<Vec<StoredEvent>> {
         let id = session_id.to_owned();
         self.read_with(move |conn| {
             in_read_tx(conn, |tx| {
@@ -743,7 +827,13 @@ impl SessionStore for SqliteStore {
         let rx = self.inner.hub.watch(session_id);
         // Fail early for a session that does not exist.
         self.get_session(session_id).await?;
-        Ok(tail(self.clone(), rx, session_id.to_owned(), from_seq, None))
+        Ok(tail(
+            self.clone(),
+            rx,
+            session_id.to_owned(),
+            from_seq,
+            None,
+        ))
     }
 
     async fn acquire_lease(&self, session_id: &str, holder: &str, ttl: Duration) -> Result<Lease> {
@@ -813,4 +903,3 @@ impl SessionStore for SqliteStore {
         .await
     }
 }
-

@@ -63,7 +63,9 @@ pub(crate) fn migrate(conn: &Connection, now_us: i64) -> Result<()> {
             .map_err(|e| map_err("starting a migration", e))?;
         let result = (|| -> Result<()> {
             let found: Option<i64> = conn
-                .query_row("SELECT MAX(version) FROM schema_migrations", [], |r| r.get(0))
+                .query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
+                    r.get(0)
+                })
                 .optional()
                 .map_err(|e| map_err("reading the schema version", e))?
                 .flatten();
@@ -102,7 +104,11 @@ pub(crate) fn migrate(conn: &Connection, now_us: i64) -> Result<()> {
     }
     // A database with no migrations to apply may still be newer than us.
     let found: i64 = conn
-        .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0))
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            [],
+            |r| r.get(0),
+        )
         .map_err(|e| map_err("reading the schema version", e))?;
     if found > latest() {
         return Err(StoreError::SchemaTooNew {

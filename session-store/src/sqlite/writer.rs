@@ -88,7 +88,12 @@ impl<T: Send + 'static> WriteJob for Job<T> {
 }
 
 /// Runs the writer loop until every sender is dropped.
-pub(crate) fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn WriteJob>>, clock: Arc<dyn Clock>, max_group: usize) {
+pub(crate) fn run(
+    conn: Connection,
+    mut rx: mpsc::Receiver<Box<dyn WriteJob>>,
+    clock: Arc<dyn Clock>,
+    max_group: usize,
+) {
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < max_group {
@@ -117,7 +122,8 @@ fn commit_group(conn: &Connection, jobs: &mut [Box<dyn WriteJob>], now_us: i64) 
                 .map_err(|e| map_err("opening a savepoint", e))?;
             // A panicking job (a bug) must not take the writer thread, and
             // with it every later write, down: it counts as a refused job.
-            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run(conn, now_us)));
+            let ran =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run(conn, now_us)));
             if ran.is_err() {
                 tracing::error!("a session store write panicked; it was rolled back");
             }
@@ -145,6 +151,9 @@ fn clone_err(r: &Result<()>) -> Result<()> {
     match r {
         Ok(()) => Ok(()),
         Err(StoreError::Corrupt { detail }) => Err(StoreError::corrupt(detail.clone())),
-        Err(e) => Err(StoreError::unavailable(format!("the write was not committed: {e}"), None)),
+        Err(e) => Err(StoreError::unavailable(
+            format!("the write was not committed: {e}"),
+            None,
+        )),
     }
 }

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use session_store::{
-    AppendBatch, BodyUpdate, EventPage, EventQuery, EventSelector, Fence, NewEvent, NewSession, Order, SessionQuery, SessionStatus,
-    SessionStore, SessionUpdate, StoreError, StoredEvent, TailItem,
+    AppendBatch, BodyUpdate, EventPage, EventQuery, EventSelector, Fence, NewEvent, NewSession,
+    Order, SessionQuery, SessionStatus, SessionStore, SessionUpdate, StoreError, StoredEvent,
+    TailItem,
 };
 
 /// A store under test and whatever keeps it alive (temp dir, schema).
@@ -148,26 +149,39 @@ pub async fn append_assigns_ids_seqs_and_processed_at(store: Arc<dyn SessionStor
         )
         .await
         .unwrap();
-    assert_eq!(stored.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        stored.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
     let ids: BTreeSet<_> = stored.iter().map(|e| e.id.clone()).collect();
     assert_eq!(ids.len(), 3);
     assert!(ids.iter().all(|id| id.starts_with("sevt_")), "{ids:?}");
     assert!(stored[0].processed_at.is_some());
-    assert!(stored[1].processed_at.is_none(), "queued events are unprocessed");
+    assert!(
+        stored[1].processed_at.is_none(),
+        "queued events are unprocessed"
+    );
     assert_ne!(stored[2].id, "forged", "the store owns ids");
     assert_eq!(stored[1].event_type, "user.message");
     let wire = stored[1].to_json();
     assert_eq!(wire["processed_at"], Value::Null);
     assert_eq!(wire["content"][0]["text"], "hi");
     let back = store.read(&s, 1, 100).await.unwrap();
-    assert_eq!(back, stored, "read returns exactly what append acknowledged");
+    assert_eq!(
+        back, stored,
+        "read returns exactly what append acknowledged"
+    );
     assert_eq!(store.read(&s, 3, 100).await.unwrap(), stored[2..].to_vec());
     assert!(store.read(&s, 4, 100).await.unwrap().is_empty());
     assert_eq!(store.get_session(&s).await.unwrap().last_seq, 3);
     // a chosen id is kept
     let chosen = session_store::new_event_id();
     let got = store
-        .append(&s, vec![ev("agent.message", 4).with_id(chosen.clone())], Fence::None)
+        .append(
+            &s,
+            vec![ev("agent.message", 4).with_id(chosen.clone())],
+            Fence::None,
+        )
         .await
         .unwrap();
     assert_eq!(got[0].id, chosen);
@@ -187,7 +201,11 @@ pub async fn seqs_are_gap_free_and_ordered_across_batches(store: Arc<dyn Session
     assert_eq!(all.len() as u64, n);
     assert_gap_free(&all, 1);
     for (i, e) in all.iter().enumerate() {
-        assert_eq!(e.body["n"], json!(i as u64), "events keep the appended order");
+        assert_eq!(
+            e.body["n"],
+            json!(i as u64),
+            "events keep the appended order"
+        );
     }
 }
 
@@ -198,11 +216,22 @@ pub async fn invalid_and_missing_are_refused_without_effect(store: Arc<dyn Sessi
         other => panic!("expected NotFound, got {other:?}"),
     }
     let err = store.get_session(&missing).await.unwrap_err();
-    assert!(err.to_string().contains(&missing), "errors name the session: {err}");
-    assert!(matches!(store.read(&missing, 1, 10).await, Err(StoreError::NotFound { .. })));
-    assert!(matches!(store.subscribe(&missing, 1).await, Err(StoreError::NotFound { .. })));
+    assert!(
+        err.to_string().contains(&missing),
+        "errors name the session: {err}"
+    );
     assert!(matches!(
-        store.acquire_lease(&missing, "h", Duration::from_secs(5)).await,
+        store.read(&missing, 1, 10).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.subscribe(&missing, 1).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store
+            .acquire_lease(&missing, "h", Duration::from_secs(5))
+            .await,
         Err(StoreError::NotFound { .. })
     ));
     let s = new_session(&*store, SessionStatus::Idle).await;
@@ -213,36 +242,72 @@ pub async fn invalid_and_missing_are_refused_without_effect(store: Arc<dyn Sessi
             .unwrap_err();
         assert!(matches!(err, StoreError::Invalid { .. }), "{err:?}");
     }
-    assert!(matches!(store.append(&s, vec![], Fence::None).await, Err(StoreError::Invalid { .. })));
-    assert!(store.read(&s, 1, 10).await.unwrap().is_empty(), "refused batches left nothing");
-    assert!(matches!(store.read(&s, 1, 0).await, Err(StoreError::Invalid { .. })));
+    assert!(matches!(
+        store.append(&s, vec![], Fence::None).await,
+        Err(StoreError::Invalid { .. })
+    ));
+    assert!(
+        store.read(&s, 1, 10).await.unwrap().is_empty(),
+        "refused batches left nothing"
+    );
+    assert!(matches!(
+        store.read(&s, 1, 0).await,
+        Err(StoreError::Invalid { .. })
+    ));
 }
 
 pub async fn a_batch_is_atomic(store: Arc<dyn SessionStore>) {
     let s = new_session(&*store, SessionStatus::Idle).await;
-    let taken = store.append(&s, vec![ev("x", 0)], Fence::None).await.unwrap()[0].id.clone();
+    let taken = store
+        .append(&s, vec![ev("x", 0)], Fence::None)
+        .await
+        .unwrap()[0]
+        .id
+        .clone();
     // the third event reuses a taken id: the whole batch must be refused
     let err = store
-        .append(&s, vec![ev("x", 1), ev("x", 2), ev("x", 3).with_id(taken)], Fence::None)
+        .append(
+            &s,
+            vec![ev("x", 1), ev("x", 2), ev("x", 3).with_id(taken)],
+            Fence::None,
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
-    assert_eq!(read_all(&*store, &s).await.len(), 1, "no event of a refused batch is stored");
-    let next = store.append(&s, vec![ev("x", 4)], Fence::None).await.unwrap();
+    assert_eq!(
+        read_all(&*store, &s).await.len(),
+        1,
+        "no event of a refused batch is stored"
+    );
+    let next = store
+        .append(&s, vec![ev("x", 4)], Fence::None)
+        .await
+        .unwrap();
     assert_eq!(next[0].seq, 2, "a refused batch consumes no seq");
     assert_eq!(store.get_session(&s).await.unwrap().last_seq, 2);
 }
 
 pub async fn old_epoch_is_fenced_after_takeover(store: Arc<dyn SessionStore>) {
     let s = new_session(&*store, SessionStatus::Running).await;
-    let a = store.acquire_lease(&s, "harness-a", Duration::from_millis(300)).await.unwrap();
+    let a = store
+        .acquire_lease(&s, "harness-a", Duration::from_millis(300))
+        .await
+        .unwrap();
     assert_eq!(a.epoch, 1);
-    store.append(&s, vec![ev("a", 1)], Fence::from(&a)).await.unwrap();
+    store
+        .append(&s, vec![ev("a", 1)], Fence::from(&a))
+        .await
+        .unwrap();
     // b takes over once a's lease lapses
     let b = eventually("the lease to expire", || {
         let store = store.clone();
         let s = s.clone();
-        async move { store.acquire_lease(&s, "harness-b", Duration::from_secs(60)).await.ok() }
+        async move {
+            store
+                .acquire_lease(&s, "harness-b", Duration::from_secs(60))
+                .await
+                .ok()
+        }
     })
     .await;
     assert_eq!(b.epoch, 2);
@@ -252,7 +317,10 @@ pub async fn old_epoch_is_fenced_after_takeover(store: Arc<dyn SessionStore>) {
             presented_epoch,
             current_epoch,
         }) => {
-            assert_eq!((session_id.as_str(), presented_epoch, current_epoch), (s.as_str(), 1, 2));
+            assert_eq!(
+                (session_id.as_str(), presented_epoch, current_epoch),
+                (s.as_str(), 1, 2)
+            );
         }
         other => panic!("expected Fenced, got {other:?}"),
     }
@@ -268,33 +336,64 @@ pub async fn old_epoch_is_fenced_after_takeover(store: Arc<dyn SessionStore>) {
         .await;
     assert!(matches!(fenced_status, Err(StoreError::Fenced { .. })));
     assert!(matches!(
-        store.mark_processed(&s, EventSelector::Seqs(vec![1]), Fence::from(&a)).await,
+        store
+            .mark_processed(&s, EventSelector::Seqs(vec![1]), Fence::from(&a))
+            .await,
         Err(StoreError::Fenced { .. })
     ));
     assert!(matches!(
         store.renew_lease(&a, Duration::from_secs(60)).await,
-        Err(StoreError::Fenced { current_epoch: 2, .. })
+        Err(StoreError::Fenced {
+            current_epoch: 2,
+            ..
+        })
     ));
-    assert!(matches!(store.release_lease(&a).await, Err(StoreError::Fenced { .. })));
+    assert!(matches!(
+        store.release_lease(&a).await,
+        Err(StoreError::Fenced { .. })
+    ));
     // a future epoch is no better than a stale one
     assert!(matches!(
         store.append(&s, vec![ev("x", 0)], Fence::Epoch(3)).await,
         Err(StoreError::Fenced { .. })
     ));
     // the new holder and the API still write
-    store.append(&s, vec![ev("b", 3)], Fence::from(&b)).await.unwrap();
-    store.append(&s, vec![NewEvent::queued(json!({"type": "user.message"}))], Fence::None).await.unwrap();
+    store
+        .append(&s, vec![ev("b", 3)], Fence::from(&b))
+        .await
+        .unwrap();
+    store
+        .append(
+            &s,
+            vec![NewEvent::queued(json!({"type": "user.message"}))],
+            Fence::None,
+        )
+        .await
+        .unwrap();
     let all = read_all(&*store, &s).await;
-    assert_eq!(all.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>(), ["a", "b", "user.message"]);
+    assert_eq!(
+        all.iter()
+            .map(|e| e.event_type.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "b", "user.message"]
+    );
     assert_gap_free(&all, 1);
-    assert_eq!(store.get_session(&s).await.unwrap().status, SessionStatus::Running);
+    assert_eq!(
+        store.get_session(&s).await.unwrap().status,
+        SessionStatus::Running
+    );
 }
 
 pub async fn lease_is_exclusive_until_released_or_expired(store: Arc<dyn SessionStore>) {
     let s = new_session(&*store, SessionStatus::Running).await;
-    let a = store.acquire_lease(&s, "a", Duration::from_secs(600)).await.unwrap();
+    let a = store
+        .acquire_lease(&s, "a", Duration::from_secs(600))
+        .await
+        .unwrap();
     match store.acquire_lease(&s, "b", Duration::from_secs(600)).await {
-        Err(StoreError::LeaseHeld { holder, epoch, .. }) => assert_eq!((holder.as_str(), epoch), ("a", 1)),
+        Err(StoreError::LeaseHeld { holder, epoch, .. }) => {
+            assert_eq!((holder.as_str(), epoch), ("a", 1))
+        }
         other => panic!("expected LeaseHeld, got {other:?}"),
     }
     // the holder itself does not get a second grant either
@@ -302,19 +401,30 @@ pub async fn lease_is_exclusive_until_released_or_expired(store: Arc<dyn Session
         store.acquire_lease(&s, "a", Duration::from_secs(600)).await,
         Err(StoreError::LeaseHeld { .. })
     ));
-    let renewed = store.renew_lease(&a, Duration::from_secs(1200)).await.unwrap();
+    let renewed = store
+        .renew_lease(&a, Duration::from_secs(1200))
+        .await
+        .unwrap();
     assert_eq!(renewed.epoch, a.epoch);
     assert!(renewed.expires_at > a.expires_at);
     let record = store.get_session(&s).await.unwrap();
     assert_eq!(record.lease.holder.as_deref(), Some("a"));
     assert_eq!(record.lease.epoch, 1);
     store.release_lease(&renewed).await.unwrap();
-    let b = store.acquire_lease(&s, "b", Duration::from_millis(200)).await.unwrap();
+    let b = store
+        .acquire_lease(&s, "b", Duration::from_millis(200))
+        .await
+        .unwrap();
     assert_eq!(b.epoch, 2);
     let c = eventually("b's lease to expire", || {
         let store = store.clone();
         let s = s.clone();
-        async move { store.acquire_lease(&s, "c", Duration::from_secs(60)).await.ok() }
+        async move {
+            store
+                .acquire_lease(&s, "c", Duration::from_secs(60))
+                .await
+                .ok()
+        }
     })
     .await;
     assert_eq!(c.epoch, 3);
@@ -325,7 +435,10 @@ pub async fn epochs_increase_forever(store: Arc<dyn SessionStore>) {
     let s = new_session(&*store, SessionStatus::Running).await;
     let mut last = 0;
     for i in 0..6 {
-        let lease = store.acquire_lease(&s, &format!("h{i}"), Duration::from_secs(60)).await.unwrap();
+        let lease = store
+            .acquire_lease(&s, &format!("h{i}"), Duration::from_secs(60))
+            .await
+            .unwrap();
         assert!(lease.epoch > last, "epoch {} after {last}", lease.epoch);
         last = lease.epoch;
         store.release_lease(&lease).await.unwrap();
@@ -344,7 +457,9 @@ async fn hammer(store: Arc<dyn SessionStore>, sessions: Vec<String>, tasks: usiz
                 let s = &sessions[(t + i) % sessions.len()];
                 let size = 1 + (i % 3) as u64;
                 let batch: Vec<_> = (0..size)
-                    .map(|k| NewEvent::processed(json!({"type": "x", "task": t, "n": i as u64 * 10 + k})))
+                    .map(|k| {
+                        NewEvent::processed(json!({"type": "x", "task": t, "n": i as u64 * 10 + k}))
+                    })
                     .collect();
                 let stored = store.append(s, batch, Fence::None).await.unwrap();
                 assert_gap_free(&stored, stored[0].seq);
@@ -367,11 +482,19 @@ async fn hammer(store: Arc<dyn SessionStore>, sessions: Vec<String>, tasks: usiz
         assert_gap_free(&all, 1);
         let mut acked = acked_by_session.remove(s).unwrap_or_default();
         acked.sort();
-        assert_eq!(acked.len(), all.len(), "every acknowledged event is stored once in {s}");
+        assert_eq!(
+            acked.len(),
+            all.len(),
+            "every acknowledged event is stored once in {s}"
+        );
         let mut last_n_per_task: HashMap<u64, u64> = HashMap::new();
         for ((seq, t, n), e) in acked.iter().zip(&all) {
             assert_eq!(e.seq, *seq);
-            assert_eq!(e.body["task"].as_u64(), Some(*t as u64), "seq {seq} belongs to the task it was acked to");
+            assert_eq!(
+                e.body["task"].as_u64(),
+                Some(*t as u64),
+                "seq {seq} belongs to the task it was acked to"
+            );
             assert_eq!(e.body["n"].as_u64(), Some(*n));
             // each task's own events keep its order
             if let Some(prev) = last_n_per_task.insert(*t as u64, *n) {
@@ -410,7 +533,9 @@ pub async fn subscribe_from_any_seq_while_appending(store: Arc<dyn SessionStore>
             while seen.last().copied().unwrap_or(from - 1) < TOTAL {
                 match next_item(&mut stream).await {
                     TailItem::Appended(e) => seen.push(e.seq),
-                    TailItem::Processed(e) => panic!("nothing is queued here, got processed seq {}", e.seq),
+                    TailItem::Processed(e) => {
+                        panic!("nothing is queued here, got processed seq {}", e.seq)
+                    }
                 }
             }
             (from, seen)
@@ -447,7 +572,10 @@ pub async fn subscribe_from_any_seq_while_appending(store: Arc<dyn SessionStore>
     }
     // a tail opened at the end sees the next append only
     let mut late = store.subscribe(&s, last_seq + 1).await.unwrap();
-    store.append(&s, vec![ev("late", 0)], Fence::None).await.unwrap();
+    store
+        .append(&s, vec![ev("late", 0)], Fence::None)
+        .await
+        .unwrap();
     match next_item(&mut late).await {
         TailItem::Appended(e) => {
             assert_eq!(e.seq, last_seq + 1);
@@ -461,7 +589,11 @@ pub async fn subscribe_reports_processing_of_queued_events(store: Arc<dyn Sessio
     let s = new_session(&*store, SessionStatus::Idle).await;
     let mut tail = store.subscribe(&s, 1).await.unwrap();
     let queued = store
-        .append(&s, vec![NewEvent::queued(json!({"type": "user.message", "k": 1}))], Fence::None)
+        .append(
+            &s,
+            vec![NewEvent::queued(json!({"type": "user.message", "k": 1}))],
+            Fence::None,
+        )
         .await
         .unwrap();
     match next_item(&mut tail).await {
@@ -471,13 +603,23 @@ pub async fn subscribe_reports_processing_of_queued_events(store: Arc<dyn Sessio
         }
         other => panic!("unexpected {other:?}"),
     }
-    let lease = store.acquire_lease(&s, "h", Duration::from_secs(60)).await.unwrap();
+    let lease = store
+        .acquire_lease(&s, "h", Duration::from_secs(60))
+        .await
+        .unwrap();
     let changed = store
-        .mark_processed(&s, EventSelector::Ids(vec![queued[0].id.clone()]), Fence::from(&lease))
+        .mark_processed(
+            &s,
+            EventSelector::Ids(vec![queued[0].id.clone()]),
+            Fence::from(&lease),
+        )
         .await
         .unwrap();
     assert_eq!(changed.len(), 1);
-    store.append(&s, vec![ev("agent.message", 2)], Fence::from(&lease)).await.unwrap();
+    store
+        .append(&s, vec![ev("agent.message", 2)], Fence::from(&lease))
+        .await
+        .unwrap();
     let mut saw_processed = false;
     let mut saw_next = false;
     while !(saw_processed && saw_next) {
@@ -523,24 +665,44 @@ pub async fn mark_processed_by_seq_and_id(store: Arc<dyn SessionStore>) {
         .mark_processed(&s, EventSelector::Seqs(vec![1, 3]), Fence::None)
         .await
         .unwrap();
-    assert_eq!(changed.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1], "only queued events change");
-    let again = store.mark_processed(&s, EventSelector::Seqs(vec![1]), Fence::None).await.unwrap();
+    assert_eq!(
+        changed.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![1],
+        "only queued events change"
+    );
+    let again = store
+        .mark_processed(&s, EventSelector::Seqs(vec![1]), Fence::None)
+        .await
+        .unwrap();
     assert!(again.is_empty(), "marking twice changes nothing");
     let by_id = store
-        .mark_processed(&s, EventSelector::Ids(vec![stored[3].id.clone(), stored[1].id.clone()]), Fence::None)
+        .mark_processed(
+            &s,
+            EventSelector::Ids(vec![stored[3].id.clone(), stored[1].id.clone()]),
+            Fence::None,
+        )
         .await
         .unwrap();
     assert_eq!(by_id.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 4]);
     let all = read_all(&*store, &s).await;
     assert!(all.iter().all(|e| e.processed_at.is_some()));
-    assert_eq!(all[0].processed_at, changed[0].processed_at, "processed_at is stored as returned");
+    assert_eq!(
+        all[0].processed_at, changed[0].processed_at,
+        "processed_at is stored as returned"
+    );
     assert_eq!(all[2].processed_at, agent_time);
-    match store.mark_processed(&s, EventSelector::Seqs(vec![99]), Fence::None).await {
+    match store
+        .mark_processed(&s, EventSelector::Seqs(vec![99]), Fence::None)
+        .await
+    {
         Err(StoreError::EventNotFound { session_id, .. }) => assert_eq!(session_id, s),
         other => panic!("expected EventNotFound, got {other:?}"),
     }
     let got = store
-        .get_events(&s, EventSelector::Ids(vec![stored[2].id.clone(), stored[0].id.clone()]))
+        .get_events(
+            &s,
+            EventSelector::Ids(vec![stored[2].id.clone(), stored[0].id.clone()]),
+        )
         .await
         .unwrap();
     assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 3]);
@@ -549,12 +711,20 @@ pub async fn mark_processed_by_seq_and_id(store: Arc<dyn SessionStore>) {
 pub async fn status_changes_atomically_with_append(store: Arc<dyn SessionStore>) {
     let s = new_session(&*store, SessionStatus::Running).await;
     let before = store.get_session(&s).await.unwrap();
-    let lease = store.acquire_lease(&s, "h", Duration::from_secs(60)).await.unwrap();
+    let lease = store
+        .acquire_lease(&s, "h", Duration::from_secs(60))
+        .await
+        .unwrap();
     store
         .append_batch(
             &s,
             AppendBatch {
-                events: vec![ev("agent.message", 0), NewEvent::processed(json!({"type": "session.status_idle", "stop_reason": {"type": "end_turn"}}))],
+                events: vec![
+                    ev("agent.message", 0),
+                    NewEvent::processed(
+                        json!({"type": "session.status_idle", "stop_reason": {"type": "end_turn"}}),
+                    ),
+                ],
                 fence: Fence::from(&lease),
                 set_status: Some(SessionStatus::Idle),
             },
@@ -586,13 +756,22 @@ pub async fn status_changes_atomically_with_append(store: Arc<dyn SessionStore>)
             },
         )
         .await;
-    assert!(matches!(refused, Err(StoreError::Conflict { .. })), "{refused:?}");
+    assert!(
+        matches!(refused, Err(StoreError::Conflict { .. })),
+        "{refused:?}"
+    );
     let record = store.get_session(&s).await.unwrap();
     assert_eq!(record.status, SessionStatus::Terminated);
     assert_eq!(record.last_seq, 3, "the refused batch stored nothing");
     assert!(matches!(
         store
-            .update_session(&s, SessionUpdate { status: Some(SessionStatus::Idle), ..Default::default() })
+            .update_session(
+                &s,
+                SessionUpdate {
+                    status: Some(SessionStatus::Idle),
+                    ..Default::default()
+                }
+            )
             .await,
         Err(StoreError::Conflict { .. })
     ));
@@ -629,14 +808,19 @@ pub async fn session_crud_and_body_patches(store: Arc<dyn SessionStore>) {
             &id,
             SessionUpdate {
                 status: Some(SessionStatus::Running),
-                body: Some(BodyUpdate::MergePatch(json!({"title": "two", "metadata": {"a": null, "c": "3"}}))),
+                body: Some(BodyUpdate::MergePatch(
+                    json!({"title": "two", "metadata": {"a": null, "c": "3"}}),
+                )),
                 if_version: Some(created.version),
             },
         )
         .await
         .unwrap();
     assert_eq!(patched.status, SessionStatus::Running);
-    assert_eq!(patched.body, json!({"title": "two", "metadata": {"b": "2", "c": "3"}, "agent": {"model": "m"}}));
+    assert_eq!(
+        patched.body,
+        json!({"title": "two", "metadata": {"b": "2", "c": "3"}, "agent": {"model": "m"}})
+    );
     assert!(patched.version > created.version);
     assert!(patched.updated_at >= created.updated_at);
     assert_eq!(patched.created_at, created.created_at);
@@ -650,49 +834,94 @@ pub async fn session_crud_and_body_patches(store: Arc<dyn SessionStore>) {
             },
         )
         .await;
-    assert!(matches!(stale, Err(StoreError::Conflict { .. })), "{stale:?}");
+    assert!(
+        matches!(stale, Err(StoreError::Conflict { .. })),
+        "{stale:?}"
+    );
     let replaced = store
-        .update_session(&id, SessionUpdate { body: Some(BodyUpdate::Replace(json!({"x": 1}))), ..Default::default() })
+        .update_session(
+            &id,
+            SessionUpdate {
+                body: Some(BodyUpdate::Replace(json!({"x": 1}))),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(replaced.body, json!({"x": 1}));
     assert!(matches!(
-        store.update_session(&new_id("sesn"), SessionUpdate::default()).await,
+        store
+            .update_session(&new_id("sesn"), SessionUpdate::default())
+            .await,
         Err(StoreError::NotFound { .. })
     ));
 }
 
 pub async fn delete_ends_tails_and_reads(store: Arc<dyn SessionStore>) {
     let s = new_session(&*store, SessionStatus::Running).await;
-    store.append(&s, vec![ev("x", 0)], Fence::None).await.unwrap();
+    store
+        .append(&s, vec![ev("x", 0)], Fence::None)
+        .await
+        .unwrap();
     let mut tail = store.subscribe(&s, 1).await.unwrap();
     assert!(matches!(next_item(&mut tail).await, TailItem::Appended(_)));
     store.delete_session(&s).await.unwrap();
-    let end = tokio::time::timeout(PATIENCE, tail.next()).await.expect("tail did not end");
-    assert!(matches!(end, Some(Err(StoreError::NotFound { .. }))), "{end:?}");
-    assert!(matches!(store.read(&s, 1, 10).await, Err(StoreError::NotFound { .. })));
-    assert!(matches!(store.get_session(&s).await, Err(StoreError::NotFound { .. })));
-    assert!(matches!(store.delete_session(&s).await, Err(StoreError::NotFound { .. })));
+    let end = tokio::time::timeout(PATIENCE, tail.next())
+        .await
+        .expect("tail did not end");
+    assert!(
+        matches!(end, Some(Err(StoreError::NotFound { .. }))),
+        "{end:?}"
+    );
+    assert!(matches!(
+        store.read(&s, 1, 10).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.get_session(&s).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.delete_session(&s).await,
+        Err(StoreError::NotFound { .. })
+    ));
     // the id can be used again, from seq 1
     store
-        .create_session(NewSession { id: s.clone(), status: SessionStatus::Idle, body: json!({}), initial_events: vec![] })
+        .create_session(NewSession {
+            id: s.clone(),
+            status: SessionStatus::Idle,
+            body: json!({}),
+            initial_events: vec![],
+        })
         .await
         .unwrap();
-    let again = store.append(&s, vec![ev("x", 0)], Fence::None).await.unwrap();
+    let again = store
+        .append(&s, vec![ev("x", 0)], Fence::None)
+        .await
+        .unwrap();
     assert_eq!(again[0].seq, 1);
 }
 
 pub async fn pagination_and_status_filter(store: Arc<dyn SessionStore>) {
     let mut ids = Vec::new();
     for i in 0..23 {
-        let status = if i % 3 == 0 { SessionStatus::Running } else { SessionStatus::Idle };
+        let status = if i % 3 == 0 {
+            SessionStatus::Running
+        } else {
+            SessionStatus::Idle
+        };
         ids.push(new_session(&*store, status).await);
     }
     let mut seen = Vec::new();
     let mut after = None;
     loop {
         let page = store
-            .list_sessions(SessionQuery { status: None, order: Order::Ascending, after_position: after, limit: 10 })
+            .list_sessions(SessionQuery {
+                status: None,
+                order: Order::Ascending,
+                after_position: after,
+                limit: 10,
+            })
             .await
             .unwrap();
         seen.extend(page.sessions.iter().map(|r| r.id.clone()));
@@ -701,14 +930,28 @@ pub async fn pagination_and_status_filter(store: Arc<dyn SessionStore>) {
             break;
         }
     }
-    assert_eq!(seen, ids, "ascending pages list every session once in creation order");
+    assert_eq!(
+        seen, ids,
+        "ascending pages list every session once in creation order"
+    );
     let desc = store
-        .list_sessions(SessionQuery { status: None, order: Order::Descending, after_position: None, limit: 5 })
+        .list_sessions(SessionQuery {
+            status: None,
+            order: Order::Descending,
+            after_position: None,
+            limit: 5,
+        })
         .await
         .unwrap();
     assert!(desc.has_more);
     let newest: Vec<_> = ids.iter().rev().take(5).cloned().collect();
-    assert_eq!(desc.sessions.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), newest);
+    assert_eq!(
+        desc.sessions
+            .iter()
+            .map(|r| r.id.clone())
+            .collect::<Vec<_>>(),
+        newest
+    );
     let desc2 = store
         .list_sessions(SessionQuery {
             status: None,
@@ -719,15 +962,36 @@ pub async fn pagination_and_status_filter(store: Arc<dyn SessionStore>) {
         .await
         .unwrap();
     let next: Vec<_> = ids.iter().rev().skip(5).take(5).cloned().collect();
-    assert_eq!(desc2.sessions.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), next);
+    assert_eq!(
+        desc2
+            .sessions
+            .iter()
+            .map(|r| r.id.clone())
+            .collect::<Vec<_>>(),
+        next
+    );
     let running = store
-        .list_sessions(SessionQuery { status: Some(SessionStatus::Running), limit: 100, ..Default::default() })
+        .list_sessions(SessionQuery {
+            status: Some(SessionStatus::Running),
+            limit: 100,
+            ..Default::default()
+        })
         .await
         .unwrap();
     let expected: Vec<_> = ids.iter().step_by(3).cloned().collect();
-    assert_eq!(running.sessions.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), expected);
+    assert_eq!(
+        running
+            .sessions
+            .iter()
+            .map(|r| r.id.clone())
+            .collect::<Vec<_>>(),
+        expected
+    );
     assert!(!running.has_more);
-    assert!(running.sessions.iter().all(|r| r.status == SessionStatus::Running));
+    assert!(running
+        .sessions
+        .iter()
+        .all(|r| r.status == SessionStatus::Running));
 }
 
 pub async fn sessions_needing_wake_follows_leases(store: Arc<dyn SessionStore>) {
@@ -735,8 +999,14 @@ pub async fn sessions_needing_wake_follows_leases(store: Arc<dyn SessionStore>) 
     let held = new_session(&*store, SessionStatus::Running).await;
     let short = new_session(&*store, SessionStatus::Running).await;
     let idle = new_session(&*store, SessionStatus::Idle).await;
-    store.acquire_lease(&held, "h", Duration::from_secs(600)).await.unwrap();
-    store.acquire_lease(&short, "h", Duration::from_millis(150)).await.unwrap();
+    store
+        .acquire_lease(&held, "h", Duration::from_secs(600))
+        .await
+        .unwrap();
+    store
+        .acquire_lease(&short, "h", Duration::from_millis(150))
+        .await
+        .unwrap();
     let now = store.sessions_needing_wake(100).await.unwrap();
     assert!(now.contains(&free), "{now:?}");
     assert!(!now.contains(&held));
@@ -782,7 +1052,10 @@ pub async fn create_with_initial_events(store: Arc<dyn SessionStore>) {
         })
         .await;
     assert!(matches!(err, Err(StoreError::Invalid { .. })), "{err:?}");
-    assert!(matches!(store.get_session(&bad).await, Err(StoreError::NotFound { .. })));
+    assert!(matches!(
+        store.get_session(&bad).await,
+        Err(StoreError::NotFound { .. })
+    ));
 }
 
 pub async fn list_events_pages_filters_and_orders(store: Arc<dyn SessionStore>) {
@@ -796,7 +1069,10 @@ pub async fn list_events_pages_filters_and_orders(store: Arc<dyn SessionStore>) 
         ];
         store.append(&s, batch, Fence::None).await.unwrap();
     }
-    store.mark_processed(&s, EventSelector::Seqs(vec![3, 9]), Fence::None).await.unwrap();
+    store
+        .mark_processed(&s, EventSelector::Seqs(vec![3, 9]), Fence::None)
+        .await
+        .unwrap();
     let all = read_all(&*store, &s).await;
     assert_eq!(all.len(), 12);
 
@@ -810,7 +1086,14 @@ pub async fn list_events_pages_filters_and_orders(store: Arc<dyn SessionStore>) 
                 let EventPage { events, has_more } = store
                     .list_events(
                         &s,
-                        EventQuery { order, after_seq: after, limit, types: types.clone(), processed_from: from, processed_to: to },
+                        EventQuery {
+                            order,
+                            after_seq: after,
+                            limit,
+                            types: types.clone(),
+                            processed_from: from,
+                            processed_to: to,
+                        },
                     )
                     .await
                     .unwrap();
@@ -825,17 +1108,45 @@ pub async fn list_events_pages_filters_and_orders(store: Arc<dyn SessionStore>) 
     };
     let seqs = |v: &[StoredEvent]| v.iter().map(|e| e.seq).collect::<Vec<_>>();
     // ascending pages of 5 give everything in order
-    let asc = page_all(Order::Ascending, None, Bound::Unbounded, Bound::Unbounded, 5).await;
+    let asc = page_all(
+        Order::Ascending,
+        None,
+        Bound::Unbounded,
+        Bound::Unbounded,
+        5,
+    )
+    .await;
     assert_eq!(asc, all);
     // descending pages of 4 give everything in reverse
-    let desc = page_all(Order::Descending, None, Bound::Unbounded, Bound::Unbounded, 4).await;
+    let desc = page_all(
+        Order::Descending,
+        None,
+        Bound::Unbounded,
+        Bound::Unbounded,
+        4,
+    )
+    .await;
     let mut rev = all.clone();
     rev.reverse();
     assert_eq!(desc, rev);
     // a type filter
-    let only = page_all(Order::Ascending, Some(vec!["b".into(), "user.message".into()]), Bound::Unbounded, Bound::Unbounded, 3).await;
+    let only = page_all(
+        Order::Ascending,
+        Some(vec!["b".into(), "user.message".into()]),
+        Bound::Unbounded,
+        Bound::Unbounded,
+        3,
+    )
+    .await;
     assert_eq!(seqs(&only), vec![2, 3, 5, 6, 8, 9, 11, 12]);
-    let empty_filter = page_all(Order::Ascending, Some(vec![]), Bound::Unbounded, Bound::Unbounded, 100).await;
+    let empty_filter = page_all(
+        Order::Ascending,
+        Some(vec![]),
+        Bound::Unbounded,
+        Bound::Unbounded,
+        100,
+    )
+    .await;
     assert_eq!(empty_filter.len(), 12, "an empty type list does not filter");
     // processed_at bounds, checked against a model of the stored events
     let times: Vec<_> = all.iter().filter_map(|e| e.processed_at).collect();
@@ -857,22 +1168,40 @@ pub async fn list_events_pages_filters_and_orders(store: Arc<dyn SessionStore>) 
                 .map(|e| e.seq)
                 .collect();
             assert_eq!(seqs(&got), expected, "bounds {from:?}..{to:?}");
-            assert!(got.iter().all(|e| e.processed_at.is_some()), "queued events never match a time bound");
+            assert!(
+                got.iter().all(|e| e.processed_at.is_some()),
+                "queued events never match a time bound"
+            );
         }
     }
     assert!(matches!(
-        store.list_events(&new_id("sesn"), EventQuery::default()).await,
+        store
+            .list_events(&new_id("sesn"), EventQuery::default())
+            .await,
         Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
-        store.list_events(&s, EventQuery { limit: 0, ..EventQuery::default() }).await,
+        store
+            .list_events(
+                &s,
+                EventQuery {
+                    limit: 0,
+                    ..EventQuery::default()
+                }
+            )
+            .await,
         Err(StoreError::Invalid { .. })
     ));
 }
 
 pub async fn a_refused_batch_among_concurrent_ones_fails_alone(store: Arc<dyn SessionStore>) {
     let s = new_session(&*store, SessionStatus::Running).await;
-    let taken = store.append(&s, vec![ev("first", 0)], Fence::None).await.unwrap()[0].id.clone();
+    let taken = store
+        .append(&s, vec![ev("first", 0)], Fence::None)
+        .await
+        .unwrap()[0]
+        .id
+        .clone();
     for round in 0..3u64 {
         let barrier = Arc::new(tokio::sync::Barrier::new(20));
         let mut tasks = Vec::new();
@@ -887,7 +1216,11 @@ pub async fn a_refused_batch_among_concurrent_ones_fails_alone(store: Arc<dyn Se
                     7 => vec![ev("dup", n), ev("dup", n).with_id(taken)],
                     _ => vec![ev("ok", n), ev("ok", n)],
                 };
-                let fence = if t == 11 { Fence::Epoch(99) } else { Fence::None };
+                let fence = if t == 11 {
+                    Fence::Epoch(99)
+                } else {
+                    Fence::None
+                };
                 barrier.wait().await;
                 (t, store.append(&s, batch, fence).await)
             }));
@@ -907,7 +1240,11 @@ pub async fn a_refused_batch_among_concurrent_ones_fails_alone(store: Arc<dyn Se
     }
     let all = read_all(&*store, &s).await;
     assert_gap_free(&all, 1);
-    assert_eq!(all.len(), 1 + 3 * 18 * 2, "only the two refused batches of each round are missing");
+    assert_eq!(
+        all.len(),
+        1 + 3 * 18 * 2,
+        "only the two refused batches of each round are missing"
+    );
     assert!(all.iter().all(|e| e.event_type != "dup"));
     // each accepted batch is contiguous
     for pair in all[1..].chunks(2) {

@@ -73,7 +73,10 @@ impl Row {
 
 /// Reads until an event satisfying `done`; returns how many non-ping
 /// events were read.
-async fn read_until(stream: &mut SseClient, done: impl Fn(&airlock_tests::api_stack::SseEvent) -> bool) -> Result<usize> {
+async fn read_until(
+    stream: &mut SseClient,
+    done: impl Fn(&airlock_tests::api_stack::SseEvent) -> bool,
+) -> Result<usize> {
     let mut n = 0;
     loop {
         let e = stream.next_event(WAIT).await?.context("stream ended")?;
@@ -96,7 +99,12 @@ async fn baseline(turns: usize) -> Result<Row> {
     let started = Instant::now();
     for k in 0..turns {
         let t0 = Instant::now();
-        stack.post(&format!("/v1/sessions/{sid}/events"), user(&format!("m{k}"))).await?;
+        stack
+            .post(
+                &format!("/v1/sessions/{sid}/events"),
+                user(&format!("m{k}")),
+            )
+            .await?;
         read_until(&mut stream, |e| e.event == "user.message").await?;
         lat.push(t0.elapsed());
     }
@@ -114,7 +122,9 @@ async fn baseline(turns: usize) -> Result<Row> {
 }
 
 async fn turns(sessions: usize, per_session: usize) -> Result<Row> {
-    let stack = Arc::new(ApiStack::start(|_: &_| Reply::text("ok"), Arc::new(MemoryHands::default())).await?);
+    let stack = Arc::new(
+        ApiStack::start(|_: &_| Reply::text("ok"), Arc::new(MemoryHands::default())).await?,
+    );
     let mut ids = Vec::new();
     for _ in 0..sessions {
         ids.push(stack.session(json!([])).await?);
@@ -129,7 +139,12 @@ async fn turns(sessions: usize, per_session: usize) -> Result<Row> {
             let mut events = 0;
             for k in 0..per_session {
                 let t0 = Instant::now();
-                stack.post(&format!("/v1/sessions/{sid}/events"), user(&format!("turn {k}"))).await?;
+                stack
+                    .post(
+                        &format!("/v1/sessions/{sid}/events"),
+                        user(&format!("turn {k}")),
+                    )
+                    .await?;
                 events += read_until(&mut stream, is_end_turn).await?;
                 lat.push(t0.elapsed());
             }
@@ -158,7 +173,8 @@ async fn turns(sessions: usize, per_session: usize) -> Result<Row> {
 }
 
 async fn fan_out(readers: usize, turns: usize) -> Result<(Row, Row)> {
-    let stack = ApiStack::start(|_: &_| Reply::text("ok"), Arc::new(MemoryHands::default())).await?;
+    let stack =
+        ApiStack::start(|_: &_| Reply::text("ok"), Arc::new(MemoryHands::default())).await?;
     let sid = stack.session(json!([])).await?;
     let mut streams = Vec::with_capacity(readers);
     for _ in 0..readers {
@@ -169,7 +185,9 @@ async fn fan_out(readers: usize, turns: usize) -> Result<(Row, Row)> {
     for k in 0..turns {
         let t0 = Instant::now();
         let text = format!("turn {k}");
-        stack.post(&format!("/v1/sessions/{sid}/events"), user(&text)).await?;
+        stack
+            .post(&format!("/v1/sessions/{sid}/events"), user(&text))
+            .await?;
         let mut set = JoinSet::new();
         for mut s in streams.drain(..) {
             let text = text.clone();
@@ -179,11 +197,16 @@ async fn fan_out(readers: usize, turns: usize) -> Result<(Row, Row)> {
                 loop {
                     let e = s.next_event(WAIT).await?.context("stream ended")?;
                     n += 1;
-                    if echo_at.is_none() && e.event == "user.message" && e.data["content"][0]["text"] == text.as_str() {
+                    if echo_at.is_none()
+                        && e.event == "user.message"
+                        && e.data["content"][0]["text"] == text.as_str()
+                    {
                         echo_at = Some(t0.elapsed());
                     }
                     if is_end_turn(&e) {
-                        let Some(echo) = echo_at else { bail!("idle before the echo") };
+                        let Some(echo) = echo_at else {
+                            bail!("idle before the echo")
+                        };
                         return Ok::<_, anyhow::Error>((s, echo, t0.elapsed(), n));
                     }
                 }
@@ -201,22 +224,64 @@ async fn fan_out(readers: usize, turns: usize) -> Result<(Row, Row)> {
     stack.stop().await;
     let scenario = format!("fan-out: one session, {readers} SSE readers");
     Ok((
-        Row { scenario: scenario.clone(), readers, turns, events, elapsed, lat: echo, what: "POST->echo" },
-        Row { scenario, readers, turns, events, elapsed, lat: idle, what: "POST->idle" },
+        Row {
+            scenario: scenario.clone(),
+            readers,
+            turns,
+            events,
+            elapsed,
+            lat: echo,
+            what: "POST->echo",
+        },
+        Row {
+            scenario,
+            readers,
+            turns,
+            events,
+            elapsed,
+            lat: idle,
+            what: "POST->idle",
+        },
     ))
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
-    let (base_turns, sessions, per_session, fan_turns) = if quick { (50, 4, 5, 5) } else { (500, 20, 25, 50) };
+    let (base_turns, sessions, per_session, fan_turns) = if quick {
+        (50, 4, 5, 5)
+    } else {
+        (500, 20, 25, 50)
+    };
     println!("bench-api: fake model at 0 ms latency, SQLite store (synchronous=FULL), HTTP/1.1 on loopback, {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     println!();
     println!(
         "| {:<46} | {:>7} | {:>6} | {:>8} | {:>9} | {:>9} | {:<14} | {:>8} | {:>8} |",
-        "scenario", "readers", "turns", "events", "turns/s", "events/s", "latency", "p50 ms", "p99 ms"
+        "scenario",
+        "readers",
+        "turns",
+        "events",
+        "turns/s",
+        "events/s",
+        "latency",
+        "p50 ms",
+        "p99 ms"
     );
-    println!("|{}|", ["-".repeat(48), "-".repeat(9), "-".repeat(8), "-".repeat(10), "-".repeat(11), "-".repeat(11), "-".repeat(16), "-".repeat(10), "-".repeat(10)].join("|"));
+    println!(
+        "|{}|",
+        [
+            "-".repeat(48),
+            "-".repeat(9),
+            "-".repeat(8),
+            "-".repeat(10),
+            "-".repeat(11),
+            "-".repeat(11),
+            "-".repeat(16),
+            "-".repeat(10),
+            "-".repeat(10)
+        ]
+        .join("|")
+    );
     baseline(base_turns).await?.print();
     turns(1, per_session * 4).await?.print();
     turns(sessions, per_session).await?.print();

@@ -20,16 +20,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use airlock_tests::fake_model::{FakeModel, RequestCtx, Reply, Turn};
+use airlock_tests::fake_model::{FakeModel, Reply, RequestCtx, Turn};
 use anyhow::{Context, Result};
 use harness::{
-    Disposition, Hands, HandsError, Harness, HarnessConfig, Observer, ProvisionSpec, ProvisioningMode,
-    RawHarnessConfig, SandboxRef, ToolCall, ToolOutput,
+    Disposition, Hands, HandsError, Harness, HarnessConfig, Observer, ProvisionSpec,
+    ProvisioningMode, RawHarnessConfig, SandboxRef, ToolCall, ToolOutput,
 };
 use model::{AnthropicConfig, AnthropicProvider, ApiKey, StreamEvent};
 use serde_json::json;
 use session_store::{
-    new_event_id, Fence, NewEvent, NewSession, SessionStatus, SessionStore, SqliteOptions, SqliteStore,
+    new_event_id, Fence, NewEvent, NewSession, SessionStatus, SessionStore, SqliteOptions,
+    SqliteStore,
 };
 
 const LATENCY: Duration = Duration::from_millis(300);
@@ -51,9 +52,14 @@ impl Hands for SleepHands {
         })
     }
 
-    async fn execute(&self, sandbox: &SandboxRef, call: &ToolCall) -> Result<ToolOutput, HandsError> {
+    async fn execute(
+        &self,
+        sandbox: &SandboxRef,
+        call: &ToolCall,
+    ) -> Result<ToolOutput, HandsError> {
         if let Ok(mut m) = self.executed.lock() {
-            m.entry(sandbox.sandbox_id.clone()).or_insert_with(Instant::now);
+            m.entry(sandbox.sandbox_id.clone())
+                .or_insert_with(Instant::now);
         }
         Ok(ToolOutput {
             content: vec![json!({"type": "text", "text": format!("ran {}", call.name)})],
@@ -89,7 +95,11 @@ impl Observer for Clock {
 impl Clock {
     fn take(&self, session_id: &str) -> (Option<Instant>, Option<Instant>) {
         let s = self.sent.lock().ok().and_then(|mut m| m.remove(session_id));
-        let f = self.first.lock().ok().and_then(|mut m| m.remove(session_id));
+        let f = self
+            .first
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(session_id));
         (s, f)
     }
 }
@@ -110,7 +120,8 @@ fn user(text: &str) -> NewEvent {
 }
 
 fn config(mode: ProvisioningMode) -> Result<HarnessConfig> {
-    let raw: RawHarnessConfig = toml::from_str("instance_id = \"bench\"\n[budget]\nmax_model_requests_per_turn = 0\n")?;
+    let raw: RawHarnessConfig =
+        toml::from_str("instance_id = \"bench\"\n[budget]\nmax_model_requests_per_turn = 0\n")?;
     let mut c = HarnessConfig::from_raw(raw)?;
     c.provisioning = mode;
     Ok(c)
@@ -142,7 +153,9 @@ async fn build_session(store: &dyn SessionStore, id: &str, n: usize) -> Result<(
     while written + 5 <= n {
         let span = new_event_id();
         let tool = new_event_id();
-        batch.push(NewEvent::processed(json!({"type": "span.model_request_start"})).with_id(span.clone()));
+        batch.push(
+            NewEvent::processed(json!({"type": "span.model_request_start"})).with_id(span.clone()),
+        );
         batch.push(NewEvent::processed(json!({"type": "agent.message", "content": [{"type": "text", "text": format!("Step {round}: I will inspect the next file and run the relevant tests to see what changed.")}]})));
         batch.push(NewEvent::processed(json!({"type": "agent.tool_use", "name": "bash", "input": {"command": format!("cargo test -p parser -- case_{round}")}, "evaluated_permission": "allow", "evaluation": {"type": "always_allow"}})).with_id(tool.clone()));
         batch.push(NewEvent::processed(json!({"type": "span.model_request_end", "model_request_start_id": span, "is_error": false, "model_usage": {"input_tokens": 1200, "output_tokens": 80, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 9000}})));
@@ -150,11 +163,15 @@ async fn build_session(store: &dyn SessionStore, id: &str, n: usize) -> Result<(
         written += 5;
         round += 1;
         if batch.len() >= 1000 {
-            store.append(id, std::mem::take(&mut batch), Fence::None).await?;
+            store
+                .append(id, std::mem::take(&mut batch), Fence::None)
+                .await?;
         }
     }
     while written < n {
-        batch.push(NewEvent::processed(json!({"type": "session.status_running"})));
+        batch.push(NewEvent::processed(
+            json!({"type": "session.status_running"}),
+        ));
         written += 1;
     }
     if !batch.is_empty() {
@@ -162,7 +179,13 @@ async fn build_session(store: &dyn SessionStore, id: &str, n: usize) -> Result<(
     }
     // End the turn so the benchmark's user messages start new ones.
     store
-        .append(id, vec![NewEvent::processed(json!({"type": "session.status_idle", "stop_reason": {"type": "end_turn"}}))], Fence::None)
+        .append(
+            id,
+            vec![NewEvent::processed(
+                json!({"type": "session.status_idle", "stop_reason": {"type": "end_turn"}}),
+            )],
+            Fence::None,
+        )
         .await?;
     Ok(())
 }
@@ -217,7 +240,10 @@ async fn wake_bench(sizes: &[(usize, usize)], rows: &mut Vec<Row>) -> Result<()>
         let id = format!("sesn_wake_{n}");
         let t = Instant::now();
         build_session(&*store, &id, n).await?;
-        eprintln!("built a {n}-event session in {:.1} s", t.elapsed().as_secs_f64());
+        eprintln!(
+            "built a {n}-event session in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
         // Warm the page cache once, as a running server would have it.
         h.rebuild(&id).await?;
         let mut rebuild = Vec::new();
@@ -243,8 +269,13 @@ async fn wake_bench(sizes: &[(usize, usize)], rows: &mut Vec<Row>) -> Result<()>
             let t = Instant::now();
             let (view, request) = h.rebuild(&id).await?;
             rebuild.push(t.elapsed());
-            anyhow::ensure!(request.is_some() && view.last_seq() as usize >= n, "rebuild of {id} is incomplete");
-            store.append(&id, vec![user(&format!("and now step {i}"))], Fence::None).await?;
+            anyhow::ensure!(
+                request.is_some() && view.last_seq() as usize >= n,
+                "rebuild of {id} is incomplete"
+            );
+            store
+                .append(&id, vec![user(&format!("and now step {i}"))], Fence::None)
+                .await?;
             let t = Instant::now();
             let out = h.wake(&id).await?;
             let (sent, _) = clock.take(&id);
@@ -256,10 +287,26 @@ async fn wake_bench(sizes: &[(usize, usize)], rows: &mut Vec<Row>) -> Result<()>
             );
         }
         let target = if n == 10_000 { "target ≤ 100 ms" } else { "" };
-        rows.push(row(format!("wake {n} events: store.read of the log"), read, "session-store part"));
-        rows.push(row(format!("wake {n} events: fold + messages"), fold, "harness part"));
-        rows.push(row(format!("wake {n} events: rebuild (read+fold+request)"), rebuild, target));
-        rows.push(row(format!("wake {n} events: wake() → request sent"), wake, target));
+        rows.push(row(
+            format!("wake {n} events: store.read of the log"),
+            read,
+            "session-store part",
+        ));
+        rows.push(row(
+            format!("wake {n} events: fold + messages"),
+            fold,
+            "harness part",
+        ));
+        rows.push(row(
+            format!("wake {n} events: rebuild (read+fold+request)"),
+            rebuild,
+            target,
+        ));
+        rows.push(row(
+            format!("wake {n} events: wake() → request sent"),
+            wake,
+            target,
+        ));
     }
     Ok(())
 }
@@ -269,7 +316,12 @@ struct TtftResult {
     first_tool: Vec<Duration>,
 }
 
-async fn ttft_bench(mode: ProvisioningMode, sessions: usize, concurrency: usize, provision: Duration) -> Result<TtftResult> {
+async fn ttft_bench(
+    mode: ProvisioningMode,
+    sessions: usize,
+    concurrency: usize,
+    provision: Duration,
+) -> Result<TtftResult> {
     let dir = tempfile::tempdir()?;
     let store = Arc::new(SqliteStore::open_in_dir(dir.path(), SqliteOptions::default()).await?);
     // First answer: a tool call; after its result: the final text.
@@ -291,7 +343,13 @@ async fn ttft_bench(mode: ProvisioningMode, sessions: usize, concurrency: usize,
         provision,
         ..SleepHands::default()
     });
-    let h = Harness::new(store.clone(), provider(&fake)?, hands.clone(), config(mode)?).with_observer(clock.clone());
+    let h = Harness::new(
+        store.clone(),
+        provider(&fake)?,
+        hands.clone(),
+        config(mode)?,
+    )
+    .with_observer(clock.clone());
     let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let mut tasks = Vec::new();
     for i in 0..sessions {
@@ -357,7 +415,10 @@ async fn main() -> Result<()> {
     ] {
         let t = Instant::now();
         let r = ttft_bench(mode, sessions, 10, PROVISION).await?;
-        eprintln!("{name}: {sessions} sessions in {:.1} s", t.elapsed().as_secs_f64());
+        eprintln!(
+            "{name}: {sessions} sessions in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
         let mut ttft = r.ttft.clone();
         ttft.sort();
         let p50 = pct(&ttft, 50.0);
@@ -374,11 +435,19 @@ async fn main() -> Result<()> {
             )
         };
         ttft_rows.push(row(format!("TTFT, {name}, L=300 ms P=2 s"), r.ttft, note));
-        ttft_rows.push(row(format!("first tool run, {name}"), r.first_tool, "wake() → Hands::execute"));
+        ttft_rows.push(row(
+            format!("first tool run, {name}"),
+            r.first_tool,
+            "wake() → Hands::execute",
+        ));
     }
     // Lazy TTFT does not depend on P: the same with P = 0.
     let r = ttft_bench(ProvisioningMode::Lazy, sessions, 10, Duration::ZERO).await?;
-    ttft_rows.push(row("TTFT, lazy, L=300 ms P=0", r.ttft, "P-independence check"));
+    ttft_rows.push(row(
+        "TTFT, lazy, L=300 ms P=0",
+        r.ttft,
+        "P-independence check",
+    ));
     rows.extend(ttft_rows);
 
     println!();
@@ -387,7 +456,14 @@ async fn main() -> Result<()> {
     println!("| measurement | n | p50 | p95 | note |");
     println!("|---|---:|---:|---:|---|");
     for r in &rows {
-        println!("| {} | {} | {} | {} | {} |", r.what, r.n, ms(r.p50), ms(r.p95), r.note);
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            r.what,
+            r.n,
+            ms(r.p50),
+            ms(r.p95),
+            r.note
+        );
     }
     Ok(())
 }

@@ -25,7 +25,10 @@ use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
 fn env_usize(key: &str, default: usize) -> usize {
-    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 #[derive(Debug, Clone)]
@@ -49,7 +52,12 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
-async fn run_tool(svc: &SandboxService, sbx: &str, name: &str, input: serde_json::Value) -> Result<Duration> {
+async fn run_tool(
+    svc: &SandboxService,
+    sbx: &str,
+    name: &str,
+    input: serde_json::Value,
+) -> Result<Duration> {
     let t = Instant::now();
     let r = svc
         .execute(
@@ -72,7 +80,12 @@ async fn run_tool(svc: &SandboxService, sbx: &str, name: &str, input: serde_json
 
 /// One `docker exec` through bollard: create, start attached, feed stdin,
 /// collect output, read the exit code. Returns (elapsed, output bytes).
-async fn docker_exec(docker: &Docker, container: &str, cmd: &[&str], stdin: Option<&[u8]>) -> Result<(Duration, usize)> {
+async fn docker_exec(
+    docker: &Docker,
+    container: &str,
+    cmd: &[&str],
+    stdin: Option<&[u8]>,
+) -> Result<(Duration, usize)> {
     let t = Instant::now();
     let exec = docker
         .create_exec(
@@ -96,7 +109,11 @@ async fn docker_exec(docker: &Docker, container: &str, cmd: &[&str], stdin: Opti
             }),
         )
         .await?;
-    let StartExecResults::Attached { mut output, mut input } = started else {
+    let StartExecResults::Attached {
+        mut output,
+        mut input,
+    } = started
+    else {
         bail!("exec did not attach");
     };
     if let Some(data) = stdin {
@@ -143,7 +160,9 @@ async fn main() -> Result<()> {
     let big_iters = (iters / 5).max(10);
     let prov_iters = env_usize("BENCH_PROVISION_ITERS", 20);
     let image = airlock_tests::sandbox::test_image();
-    let docker = Docker::connect_with_local_defaults()?.negotiate_version().await?;
+    let docker = Docker::connect_with_local_defaults()?
+        .negotiate_version()
+        .await?;
     let mut rows = Vec::new();
 
     // ---- tool calls --------------------------------------------------------
@@ -152,7 +171,8 @@ async fn main() -> Result<()> {
     let (svc, _) = agent.start().await;
     let sbx = svc.provision(ProvisionRequest::default()).await?.sandbox_id;
     let container = format!("airlock-{sbx}");
-    let mib: String = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n".repeat(16 * 1024);
+    let mib: String =
+        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n".repeat(16 * 1024);
     assert_eq!(mib.len(), 1 << 20);
     // warm-up both paths
     for _ in 0..5 {
@@ -163,7 +183,11 @@ async fn main() -> Result<()> {
     let mut base = Vec::new();
     for _ in 0..iters {
         ours.push(run_tool(&svc, &sbx, "bash", json!({"command": "true"})).await?);
-        base.push(docker_exec(&docker, &container, &["/bin/bash", "-c", "true"], None).await?.0);
+        base.push(
+            docker_exec(&docker, &container, &["/bin/bash", "-c", "true"], None)
+                .await?
+                .0,
+        );
     }
     let (o, b) = (stats(ours), stats(base));
     rows.push(Row {
@@ -177,14 +201,28 @@ async fn main() -> Result<()> {
 
     let (mut ow, mut bw, mut or, mut br) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..big_iters {
-        ow.push(run_tool(&svc, &sbx, "write", json!({"file_path": "big.txt", "content": mib})).await?);
+        ow.push(
+            run_tool(
+                &svc,
+                &sbx,
+                "write",
+                json!({"file_path": "big.txt", "content": mib}),
+            )
+            .await?,
+        );
         bw.push(
-            docker_exec(&docker, &container, &["/bin/bash", "-c", "cat > /workspace/big2.txt"], Some(mib.as_bytes()))
-                .await?
-                .0,
+            docker_exec(
+                &docker,
+                &container,
+                &["/bin/bash", "-c", "cat > /workspace/big2.txt"],
+                Some(mib.as_bytes()),
+            )
+            .await?
+            .0,
         );
         or.push(run_tool(&svc, &sbx, "read", json!({"file_path": "big.txt"})).await?);
-        let (d, n) = docker_exec(&docker, &container, &["cat", "/workspace/big2.txt"], None).await?;
+        let (d, n) =
+            docker_exec(&docker, &container, &["cat", "/workspace/big2.txt"], None).await?;
         if n != mib.len() {
             bail!("docker exec cat returned {n} bytes");
         }
@@ -226,7 +264,11 @@ async fn main() -> Result<()> {
         let t = Instant::now();
         let p = cold_svc.provision(ProvisionRequest::default()).await?;
         cold.push(t.elapsed());
-        cold_svc.destroy(DestroyRequest { sandbox_id: p.sandbox_id }).await?;
+        cold_svc
+            .destroy(DestroyRequest {
+                sandbox_id: p.sandbox_id,
+            })
+            .await?;
     }
     cold_svc.shutdown(true).await;
     drop(cold_agent);
@@ -259,7 +301,11 @@ async fn main() -> Result<()> {
         if !p.from_pool {
             bail!("provision did not come from the pool");
         }
-        warm_svc.destroy(DestroyRequest { sandbox_id: p.sandbox_id }).await?;
+        warm_svc
+            .destroy(DestroyRequest {
+                sandbox_id: p.sandbox_id,
+            })
+            .await?;
     }
     warm_svc.shutdown(true).await;
     drop(warm_agent);

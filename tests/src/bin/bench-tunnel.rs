@@ -87,7 +87,11 @@ fn tcp_echo_process() -> Result<(EchoProcess, std::net::SocketAddr)> {
     Ok((EchoProcess(child), addr))
 }
 
-async fn tcp_rtt(addr: std::net::SocketAddr, calls: usize, conc: usize) -> (Duration, Duration, f64) {
+async fn tcp_rtt(
+    addr: std::net::SocketAddr,
+    calls: usize,
+    conc: usize,
+) -> (Duration, Duration, f64) {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..conc {
@@ -148,11 +152,19 @@ async fn echo_once(gw: &GatewayHandle, target: &Target, payload: Bytes) -> usize
     let recv = receiver.collect();
     let ((), r) = tokio::join!(send, recv);
     let (back, response) = r.unwrap();
-    assert!(matches!(response, Response::Ok(Reply::Echo(_))), "{response:?}");
+    assert!(
+        matches!(response, Response::Ok(Reply::Echo(_))),
+        "{response:?}"
+    );
     back.len()
 }
 
-async fn tunnel_rtt(gw: &GatewayHandle, target: &Target, calls: usize, conc: usize) -> (Duration, Duration, f64) {
+async fn tunnel_rtt(
+    gw: &GatewayHandle,
+    target: &Target,
+    calls: usize,
+    conc: usize,
+) -> (Duration, Duration, f64) {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..conc {
@@ -185,7 +197,12 @@ async fn tunnel_bulk(gw: &GatewayHandle, target: &Target) -> f64 {
 
 fn vm_rss_kib(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 fn ms(d: Duration) -> String {
@@ -203,13 +220,32 @@ async fn main() -> Result<()> {
         std::env::set_var("AIRLOCK_BIN_DIR", dir);
     }
     let bin_dir = airlock_tests::deploy::bin_dir();
-    let cp = ControlPlane::configure(CpOptions { heartbeat_interval_seconds: 5.0, ..Default::default() })?;
+    let cp = ControlPlane::configure(CpOptions {
+        heartbeat_interval_seconds: 5.0,
+        ..Default::default()
+    })?;
     let app = InProcessControlPlane::start(&cp).await?;
     let gw = app.gateway().clone();
 
     let quiet = vec![("RUST_LOG".to_owned(), "warn".to_owned())];
-    let mut quic = Agent::enroll(&cp, &cp.join_string("bench")?, AgentOptions { tunnel_toml: "transport = \"quic\"\n".into(), env: quiet.clone(), ..Default::default() })?;
-    let mut tcp = Agent::enroll(&cp, &cp.join_string("bench")?, AgentOptions { tunnel_toml: "transport = \"tcp\"\n".into(), env: quiet, ..Default::default() })?;
+    let mut quic = Agent::enroll(
+        &cp,
+        &cp.join_string("bench")?,
+        AgentOptions {
+            tunnel_toml: "transport = \"quic\"\n".into(),
+            env: quiet.clone(),
+            ..Default::default()
+        },
+    )?;
+    let mut tcp = Agent::enroll(
+        &cp,
+        &cp.join_string("bench")?,
+        AgentOptions {
+            tunnel_toml: "transport = \"tcp\"\n".into(),
+            env: quiet,
+            ..Default::default()
+        },
+    )?;
     quic.run()?;
     tcp.run()?;
     let limit = Duration::from_secs(30);
@@ -254,8 +290,28 @@ async fn main() -> Result<()> {
     println!("bulk: {} MiB sent and echoed back at once (MB/s = MiB each way per second; twice that crosses the link)", BULK >> 20);
     println!("floor: plain loopback TCP echo to a separate process; tunnel: calls from the in-process control plane to a real `sandbox-agent run`");
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!("machine: {} cores, load average {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
-    println!("{:<24} {:>10} {:>10} {:>11} {:>10} {:>10} {:>11} {:>10} {:>9}", "path", "c1 p50 ms", "c1 p99 ms", "c1 calls/s", "c64 p50", "c64 p99", "c64 calls/s", "bulk MB/s", "p50/floor");
+    println!(
+        "machine: {} cores, load average {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!(
+        "{:<24} {:>10} {:>10} {:>11} {:>10} {:>10} {:>11} {:>10} {:>9}",
+        "path",
+        "c1 p50 ms",
+        "c1 p99 ms",
+        "c1 calls/s",
+        "c64 p50",
+        "c64 p99",
+        "c64 calls/s",
+        "bulk MB/s",
+        "p50/floor"
+    );
     for r in &rows {
         println!(
             "{:<24} {:>10} {:>10} {:>11.0} {:>10} {:>10} {:>11.0} {:>10.1} {:>8.2}x",
@@ -272,7 +328,11 @@ async fn main() -> Result<()> {
     }
     println!();
     println!("agent idle RSS (VmRSS of `sandbox-agent run`, connected, idle 3 s): quic {:.1} MiB, tcp {:.1} MiB (after the load: quic {:.1} MiB)", idle_rss_quic as f64 / 1024.0, idle_rss_tcp as f64 / 1024.0, busy_rss_quic as f64 / 1024.0);
-    println!("agent binary size ({}): {:.1} MiB", agent_bin.display(), bin_size as f64 / (1 << 20) as f64);
+    println!(
+        "agent binary size ({}): {:.1} MiB",
+        agent_bin.display(),
+        bin_size as f64 / (1 << 20) as f64
+    );
     println!("targets: p50 within 3x of plain TCP; >= 200 MB/s bulk over QUIC; idle RSS <= 15 MiB");
 
     drop(quic);

@@ -31,7 +31,9 @@ fn first_user_text(req: &RequestCtx) -> String {
         .find(|m| m["role"] == "user")
         .and_then(|m| match &m["content"] {
             Value::String(s) => Some(s.clone()),
-            Value::Array(blocks) => blocks.iter().find_map(|b| b["text"].as_str().map(str::to_owned)),
+            Value::Array(blocks) => blocks
+                .iter()
+                .find_map(|b| b["text"].as_str().map(str::to_owned)),
             _ => None,
         })
         .unwrap_or_default()
@@ -42,7 +44,11 @@ fn last_result_text(req: &RequestCtx) -> String {
         .first()
         .map(|r| match &r["content"] {
             Value::String(s) => s.clone(),
-            Value::Array(b) => b.iter().filter_map(|x| x["text"].as_str()).collect::<Vec<_>>().join(" "),
+            Value::Array(b) => b
+                .iter()
+                .filter_map(|x| x["text"].as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
             _ => String::new(),
         })
         .unwrap_or_default()
@@ -55,7 +61,11 @@ fn reply(req: &RequestCtx) -> Reply {
         return match k {
             0 => Turn::new()
                 .text("Writing the file.")
-                .tool_use("toolu_write", "write", json!({"file_path": "notes.txt", "content": "hello from airlock"}))
+                .tool_use(
+                    "toolu_write",
+                    "write",
+                    json!({"file_path": "notes.txt", "content": "hello from airlock"}),
+                )
                 .into(),
             1 => Turn::new()
                 .text("Reading it back.")
@@ -66,13 +76,17 @@ fn reply(req: &RequestCtx) -> Reply {
     }
     if prompt.contains("lookup") {
         return match k {
-            0 => Turn::new().tool_use("toolu_lookup", "lookup", json!({"word": "airlock"})).into(),
+            0 => Turn::new()
+                .tool_use("toolu_lookup", "lookup", json!({"word": "airlock"}))
+                .into(),
             _ => Reply::text(format!("lookup said: {}", last_result_text(req))),
         };
     }
     if prompt.contains("bash") {
         return match k {
-            0 => Turn::new().tool_use("toolu_bash", "bash", json!({"command": "echo hi"})).into(),
+            0 => Turn::new()
+                .tool_use("toolu_bash", "bash", json!({"command": "echo hi"}))
+                .into(),
             _ => Reply::text(format!("bash said: {}", last_result_text(req))),
         };
     }
@@ -85,7 +99,11 @@ fn reply(req: &RequestCtx) -> Reply {
         return if k < n {
             Turn::new()
                 .text(format!("step {k}"))
-                .tool_use(format!("toolu_{k:04}"), "write", json!({"file_path": format!("f{k}.txt"), "content": "x"}))
+                .tool_use(
+                    format!("toolu_{k:04}"),
+                    "write",
+                    json!({"file_path": format!("f{k}.txt"), "content": "x"}),
+                )
                 .into()
         } else {
             Reply::text(format!("done after {n} tool calls"))

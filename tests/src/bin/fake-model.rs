@@ -50,7 +50,9 @@ fn parse() -> Result<Args> {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--listen" => a.listen = value()?.parse().context("--listen")?,
-            "--latency-ms" => a.latency = Duration::from_millis(value()?.parse().context("--latency-ms")?),
+            "--latency-ms" => {
+                a.latency = Duration::from_millis(value()?.parse().context("--latency-ms")?)
+            }
             "--script" => a.script = value()?,
             "--tool-calls" => a.tool_calls = value()?.parse().context("--tool-calls")?,
             "--tool" => a.tool = value()?,
@@ -72,16 +74,22 @@ fn parse() -> Result<Args> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let args = parse()?;
-    let builder = FakeModel::builder().listen(args.listen).latency(args.latency);
+    let builder = FakeModel::builder()
+        .listen(args.listen)
+        .latency(args.latency);
     let fake = match args.script.as_str() {
         "echo" => {
             builder
-                .start(|r: &RequestCtx| Reply::text(format!("echo: {}", r.last_user_text().unwrap_or(""))))
+                .start(|r: &RequestCtx| {
+                    Reply::text(format!("echo: {}", r.last_user_text().unwrap_or("")))
+                })
                 .await?
         }
         "tool-loop" => {
             let tool = args.tool.clone();
-            let inner = tool_loop(args.tool_calls, move |k| (tool.clone(), json!({"command": format!("echo step {k}")})));
+            let inner = tool_loop(args.tool_calls, move |k| {
+                (tool.clone(), json!({"command": format!("echo step {k}")}))
+            });
             builder.start(move |r: &RequestCtx| inner.reply(r)).await?
         }
         other => bail!("unknown --script {other} (echo, tool-loop)"),

@@ -50,7 +50,13 @@ impl Api {
         }
     }
 
-    async fn send(&self, method: &str, path: &str, body: Option<&Value>, headers: &[(&str, &str)]) -> Result<hyper::Response<Incoming>> {
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<hyper::Response<Incoming>> {
         let mut req = hyper::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
@@ -61,19 +67,28 @@ impl Api {
             req = req.header(*k, *v);
         }
         let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
-        let resp = tokio::time::timeout(Duration::from_secs(30), self.client.request(req.body(Full::new(body))?))
-            .await
-            .with_context(|| format!("{method} {path}: no response within 30 s"))?
-            .with_context(|| format!("{method} {path}"))?;
+        let resp = tokio::time::timeout(
+            Duration::from_secs(30),
+            self.client.request(req.body(Full::new(body))?),
+        )
+        .await
+        .with_context(|| format!("{method} {path}: no response within 30 s"))?
+        .with_context(|| format!("{method} {path}"))?;
         Ok(resp)
     }
 
     /// One request; the status and the JSON body.
-    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value)> {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value)> {
         let resp = self.send(method, path, body.as_ref(), &[]).await?;
         let status = resp.status().as_u16();
         let bytes = resp.into_body().collect().await?.to_bytes();
-        let v = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}));
+        let v = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}));
         Ok((status, v))
     }
 
@@ -116,7 +131,12 @@ impl Api {
     /// The session's SSE stream from the start (`after=0`).
     pub async fn stream(&self, session_id: &str) -> Result<Sse> {
         let resp = self
-            .send("GET", &format!("/v1/sessions/{session_id}/events/stream?after=0"), None, &[("accept", "text/event-stream")])
+            .send(
+                "GET",
+                &format!("/v1/sessions/{session_id}/events/stream?after=0"),
+                None,
+                &[("accept", "text/event-stream")],
+            )
             .await?;
         if resp.status() != 200 {
             bail!("stream: status {}", resp.status());
@@ -141,23 +161,38 @@ impl Api {
                 }),
             )
             .await?;
-        Ok(v["id"].as_str().ok_or_else(|| anyhow!("agent id in {v}"))?.to_owned())
+        Ok(v["id"]
+            .as_str()
+            .ok_or_else(|| anyhow!("agent id in {v}"))?
+            .to_owned())
     }
 
     /// Create a self-hosted environment.
     pub async fn create_environment(&self, name: &str) -> Result<String> {
         let v = self
-            .post("/v1/environments", json!({"name": name, "config": {"type": "self_hosted"}}))
+            .post(
+                "/v1/environments",
+                json!({"name": name, "config": {"type": "self_hosted"}}),
+            )
             .await?;
-        Ok(v["id"].as_str().ok_or_else(|| anyhow!("environment id in {v}"))?.to_owned())
+        Ok(v["id"]
+            .as_str()
+            .ok_or_else(|| anyhow!("environment id in {v}"))?
+            .to_owned())
     }
 
     /// Create a session of `agent_id` in `environment_id`.
     pub async fn create_session(&self, agent_id: &str, environment_id: &str) -> Result<String> {
         let v = self
-            .post("/v1/sessions", json!({"agent": agent_id, "environment_id": environment_id, "title": "e2e"}))
+            .post(
+                "/v1/sessions",
+                json!({"agent": agent_id, "environment_id": environment_id, "title": "e2e"}),
+            )
             .await?;
-        Ok(v["id"].as_str().ok_or_else(|| anyhow!("session id in {v}"))?.to_owned())
+        Ok(v["id"]
+            .as_str()
+            .ok_or_else(|| anyhow!("session id in {v}"))?
+            .to_owned())
     }
 
     /// Send one `user.message`.
@@ -177,21 +212,32 @@ impl Api {
         loop {
             // The API may be down for a moment (a restarting control plane).
             if let Ok(events) = self.events(session_id).await {
-                if let Some(last) = events.iter().rev().find(|e| e["type"].as_str().is_some_and(|t| t.starts_with("session.status"))) {
+                if let Some(last) = events.iter().rev().find(|e| {
+                    e["type"]
+                        .as_str()
+                        .is_some_and(|t| t.starts_with("session.status"))
+                }) {
                     if last["type"] == "session.status_idle" {
                         let reason = &last["stop_reason"]["type"];
                         if reason == "end_turn" {
                             return Ok(events);
                         }
                         if reason != "requires_action" {
-                            bail!("session {session_id} went idle with {}: {}", last["stop_reason"], summary(&events));
+                            bail!(
+                                "session {session_id} went idle with {}: {}",
+                                last["stop_reason"],
+                                summary(&events)
+                            );
                         }
                     }
                 }
             }
             if Instant::now() >= until {
                 let events = self.events(session_id).await.unwrap_or_default();
-                bail!("session {session_id} did not end its turn within {limit:?}: {}", summary(&events));
+                bail!(
+                    "session {session_id} did not end its turn within {limit:?}: {}",
+                    summary(&events)
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -267,8 +313,18 @@ pub fn summary(events: &[Value]) -> String {
         .map(|e| {
             let t = e["type"].as_str().unwrap_or("?");
             match t {
-                "session.status_idle" => format!("{}#{}({})", t, e["seq"], e["stop_reason"]["type"].as_str().unwrap_or("")),
-                "session.error" => format!("{}#{}({})", t, e["seq"], e["error"]["message"].as_str().unwrap_or("")),
+                "session.status_idle" => format!(
+                    "{}#{}({})",
+                    t,
+                    e["seq"],
+                    e["stop_reason"]["type"].as_str().unwrap_or("")
+                ),
+                "session.error" => format!(
+                    "{}#{}({})",
+                    t,
+                    e["seq"],
+                    e["error"]["message"].as_str().unwrap_or("")
+                ),
                 "agent.tool_result" => format!("{}#{}(err={})", t, e["seq"], e["is_error"]),
                 _ => format!("{}#{}", t, e["seq"]),
             }
@@ -281,14 +337,21 @@ pub fn summary(events: &[Value]) -> String {
 pub fn content_text(v: &Value) -> String {
     match &v["content"] {
         Value::String(s) => s.clone(),
-        Value::Array(blocks) => blocks.iter().filter_map(|b| b["text"].as_str()).collect::<Vec<_>>().join(""),
+        Value::Array(blocks) => blocks
+            .iter()
+            .filter_map(|b| b["text"].as_str())
+            .collect::<Vec<_>>()
+            .join(""),
         _ => String::new(),
     }
 }
 
 /// The log's invariants: seqs 1..=n without a gap, ids unique.
 pub fn check_seqs_and_ids(events: &[Value]) {
-    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().expect("seq")).collect();
+    let seqs: Vec<u64> = events
+        .iter()
+        .map(|e| e["seq"].as_u64().expect("seq"))
+        .collect();
     let want: Vec<u64> = (1..=events.len() as u64).collect();
     assert_eq!(seqs, want, "seqs are gap-free from 1");
     let mut ids = std::collections::HashSet::new();
@@ -312,7 +375,12 @@ pub fn check_tool_pairs(events: &[Value]) -> Vec<Value> {
             }
             Some("agent.tool_result") => {
                 let id = e["tool_use_id"].as_str().expect("tool_use_id").to_owned();
-                let at = *pos.get(&id).unwrap_or_else(|| panic!("result at seq {} answers no earlier tool_use ({id})", e["seq"]));
+                let at = *pos.get(&id).unwrap_or_else(|| {
+                    panic!(
+                        "result at seq {} answers no earlier tool_use ({id})",
+                        e["seq"]
+                    )
+                });
                 assert!(at < i);
                 *results.entry(id).or_default() += 1;
             }
@@ -321,7 +389,12 @@ pub fn check_tool_pairs(events: &[Value]) -> Vec<Value> {
     }
     for u in &uses {
         let id = u["id"].as_str().unwrap();
-        assert_eq!(results.get(id).copied().unwrap_or(0), 1, "tool_use {id} (seq {}) has exactly one result", u["seq"]);
+        assert_eq!(
+            results.get(id).copied().unwrap_or(0),
+            1,
+            "tool_use {id} (seq {}) has exactly one result",
+            u["seq"]
+        );
     }
     uses
 }
@@ -367,7 +440,9 @@ pub struct SandboxAgent {
 
 impl std::fmt::Debug for SandboxAgent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SandboxAgent").field("agent_id", &self.agent.agent_id()).finish()
+        f.debug_struct("SandboxAgent")
+            .field("agent_id", &self.agent.agent_id())
+            .finish()
     }
 }
 
@@ -392,9 +467,14 @@ impl SandboxAgent {
                 out.push('\n');
             }
         }
-        out.push_str(&format!("\n[policy]\nallowed_images = [\"{image}\"]\nmax_memory_bytes = 536870912\n"));
+        out.push_str(&format!(
+            "\n[policy]\nallowed_images = [\"{image}\"]\nmax_memory_bytes = 536870912\n"
+        ));
         std::fs::write(agent.config_path(), out)?;
-        let mut me = Self { agent, _cleanup: cleanup };
+        let mut me = Self {
+            agent,
+            _cleanup: cleanup,
+        };
         me.agent.run()?;
         cp.wait_connected(me.agent.agent_id(), Duration::from_secs(60))
             .with_context(|| format!("agent log:\n{}", tail(&me.agent.log(), 40)))?;
@@ -408,12 +488,17 @@ impl SandboxAgent {
 
     /// The agent's data dir (record, audit log, assignments).
     pub fn data_dir(&self) -> PathBuf {
-        self.agent.identity_dir().parent().map(PathBuf::from).unwrap_or_default()
+        self.agent
+            .identity_dir()
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default()
     }
 
     /// The execution record, line by line.
     pub fn record(&self) -> Vec<RecordLine> {
-        let text = std::fs::read_to_string(self.data_dir().join("executions.jsonl")).unwrap_or_default();
+        let text =
+            std::fs::read_to_string(self.data_dir().join("executions.jsonl")).unwrap_or_default();
         text.lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .map(|v| RecordLine {
@@ -427,7 +512,9 @@ impl SandboxAgent {
     /// The audit log, one JSON object per line.
     pub fn audit(&self) -> Vec<Value> {
         let text = std::fs::read_to_string(self.data_dir().join("audit.jsonl")).unwrap_or_default();
-        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     /// Sandbox ids of this agent's live containers.
@@ -442,7 +529,10 @@ impl SandboxAgent {
             ])
             .output()
             .expect("docker ps");
-        String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect()
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
     }
 }
 
@@ -452,7 +542,10 @@ pub fn sandbox_file(sandbox_id: &str, path: &str) -> Result<String> {
         .args(["exec", &format!("airlock-{sandbox_id}"), "cat", path])
         .output()?;
     if !out.status.success() {
-        bail!("docker exec cat {path} in {sandbox_id}: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "docker exec cat {path} in {sandbox_id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -472,7 +565,9 @@ pub struct Deployment {
 
 impl std::fmt::Debug for Deployment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Deployment").field("environment_id", &self.environment_id).finish()
+        f.debug_struct("Deployment")
+            .field("environment_id", &self.environment_id)
+            .finish()
     }
 }
 
@@ -485,12 +580,22 @@ impl Deployment {
         })?;
         let key = cp.cli(&["api-keys", "create", "--name", "e2e", "--json"])?;
         let key: Value = serde_json::from_str(key.trim())?;
-        let api_key = key["key"].as_str().ok_or_else(|| anyhow!("no key in {key}"))?.to_owned();
+        let api_key = key["key"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no key in {key}"))?
+            .to_owned();
         cp.start()?;
         let api = Api::new(cp.api_addr(), &api_key);
         wait_api(&api, Duration::from_secs(30)).await?;
-        let environment_id = api.create_environment(&format!("env-{}", std::process::id())).await?;
-        Ok(Self { cp, api, api_key, environment_id })
+        let environment_id = api
+            .create_environment(&format!("env-{}", std::process::id()))
+            .await?;
+        Ok(Self {
+            cp,
+            api,
+            api_key,
+            environment_id,
+        })
     }
 }
 

@@ -12,15 +12,15 @@ use std::time::{Duration, Instant};
 
 use airlock_tests::fake_model::FakeModel;
 use harness::{
-    Disposition, Hands, HandsError, Harness, HarnessConfig, ProvisionSpec, ProvisioningMode, RawHarnessConfig,
-    SandboxRef, ToolCall, ToolOutput,
+    Disposition, Hands, HandsError, Harness, HarnessConfig, ProvisionSpec, ProvisioningMode,
+    RawHarnessConfig, SandboxRef, ToolCall, ToolOutput,
 };
 use model::{AnthropicConfig, AnthropicProvider, ApiKey};
 use serde_json::{json, Value};
 use session_store::{
-    AppendBatch, EventSelector, EventStream, Fence, Lease, ManualClock, NewEvent, NewSession, Result as StoreResult,
-    SessionPage, SessionQuery, SessionRecord, SessionStatus, SessionStore, SessionUpdate, SqliteOptions, SqliteStore,
-    StoredEvent,
+    AppendBatch, EventSelector, EventStream, Fence, Lease, ManualClock, NewEvent, NewSession,
+    Result as StoreResult, SessionPage, SessionQuery, SessionRecord, SessionStatus, SessionStore,
+    SessionUpdate, SqliteOptions, SqliteStore, StoredEvent,
 };
 
 /// Bound for anything a test waits for; only reached when it fails.
@@ -89,7 +89,11 @@ pub async fn create_session(store: &dyn SessionStore, id: &str, tools: Value, fi
 }
 
 pub async fn send(store: &dyn SessionStore, id: &str, event: NewEvent) -> StoredEvent {
-    store.append(id, vec![event], Fence::None).await.unwrap().remove(0)
+    store
+        .append(id, vec![event], Fence::None)
+        .await
+        .unwrap()
+        .remove(0)
 }
 
 pub async fn log(store: &dyn SessionStore, id: &str) -> Vec<StoredEvent> {
@@ -114,14 +118,20 @@ pub fn check_log(events: &[StoredEvent]) {
     }
     let mut results: HashMap<String, usize> = HashMap::new();
     for e in of_type(events, "agent.tool_result") {
-        *results.entry(e.body["tool_use_id"].as_str().unwrap().to_owned()).or_default() += 1;
+        *results
+            .entry(e.body["tool_use_id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
     }
     for e in of_type(events, "user.custom_tool_result") {
-        *results.entry(e.body["custom_tool_use_id"].as_str().unwrap().to_owned()).or_default() += 1;
+        *results
+            .entry(e.body["custom_tool_use_id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
     }
     for e in of_type(events, "user.tool_confirmation") {
         if e.body["result"] == json!("deny") {
-            *results.entry(e.body["tool_use_id"].as_str().unwrap().to_owned()).or_default() += 1;
+            *results
+                .entry(e.body["tool_use_id"].as_str().unwrap().to_owned())
+                .or_default() += 1;
         }
     }
     for e in events
@@ -140,8 +150,14 @@ pub fn check_log(events: &[StoredEvent]) {
     }
     let mut ends: HashMap<String, usize> = HashMap::new();
     for e in of_type(events, "span.model_request_end") {
-        let start = e.body["model_request_start_id"].as_str().unwrap().to_owned();
-        assert!(e.body["model_usage"].is_object(), "span end without model_usage");
+        let start = e.body["model_request_start_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            e.body["model_usage"].is_object(),
+            "span end without model_usage"
+        );
         *ends.entry(start).or_default() += 1;
     }
     for s in of_type(events, "span.model_request_start") {
@@ -177,7 +193,12 @@ pub fn check_complete(events: &[StoredEvent]) {
         );
     }
     for e in events.iter().filter(|e| e.event_type.starts_with("user.")) {
-        assert!(e.processed_at.is_some(), "{} {} left unprocessed", e.event_type, e.id);
+        assert!(
+            e.processed_at.is_some(),
+            "{} {} left unprocessed",
+            e.event_type,
+            e.id
+        );
     }
 }
 
@@ -204,7 +225,12 @@ pub fn harness(
     hands: Arc<RecordingHands>,
     config: HarnessConfig,
 ) -> Harness {
-    Harness::new(store, provider(fake, Duration::from_secs(10)), hands, config)
+    Harness::new(
+        store,
+        provider(fake, Duration::from_secs(10)),
+        hands,
+        config,
+    )
 }
 
 pub fn with_provisioning(mut c: HarnessConfig, mode: ProvisioningMode) -> HarnessConfig {
@@ -277,14 +303,26 @@ pub struct CrashingStore {
 
 #[async_trait::async_trait]
 impl SessionStore for CrashingStore {
-    async fn create_session(&self, new: NewSession) -> StoreResult<(SessionRecord, Vec<StoredEvent>)> {
+    async fn create_session(
+        &self,
+        new: NewSession,
+    ) -> StoreResult<(SessionRecord, Vec<StoredEvent>)> {
         self.inner.create_session(new).await
     }
     async fn get_session(&self, session_id: &str) -> StoreResult<SessionRecord> {
         self.inner.get_session(session_id).await
     }
-    async fn update_session(&self, session_id: &str, update: SessionUpdate) -> StoreResult<SessionRecord> {
-        self.crasher.around("update_session", self.inner.update_session(session_id, update)).await
+    async fn update_session(
+        &self,
+        session_id: &str,
+        update: SessionUpdate,
+    ) -> StoreResult<SessionRecord> {
+        self.crasher
+            .around(
+                "update_session",
+                self.inner.update_session(session_id, update),
+            )
+            .await
     }
     async fn list_sessions(&self, query: SessionQuery) -> StoreResult<SessionPage> {
         self.inner.list_sessions(query).await
@@ -292,22 +330,52 @@ impl SessionStore for CrashingStore {
     async fn delete_session(&self, session_id: &str) -> StoreResult<()> {
         self.inner.delete_session(session_id).await
     }
-    async fn append_batch(&self, session_id: &str, batch: AppendBatch) -> StoreResult<Vec<StoredEvent>> {
-        self.crasher.around("append", self.inner.append_batch(session_id, batch)).await
+    async fn append_batch(
+        &self,
+        session_id: &str,
+        batch: AppendBatch,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        self.crasher
+            .around("append", self.inner.append_batch(session_id, batch))
+            .await
     }
-    async fn mark_processed(&self, session_id: &str, events: EventSelector, fence: Fence) -> StoreResult<Vec<StoredEvent>> {
-        self.crasher.around("mark_processed", self.inner.mark_processed(session_id, events, fence)).await
+    async fn mark_processed(
+        &self,
+        session_id: &str,
+        events: EventSelector,
+        fence: Fence,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        self.crasher
+            .around(
+                "mark_processed",
+                self.inner.mark_processed(session_id, events, fence),
+            )
+            .await
     }
-    async fn read(&self, session_id: &str, from_seq: u64, limit: usize) -> StoreResult<Vec<StoredEvent>> {
+    async fn read(
+        &self,
+        session_id: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredEvent>> {
         self.inner.read(session_id, from_seq, limit).await
     }
-    async fn get_events(&self, session_id: &str, events: EventSelector) -> StoreResult<Vec<StoredEvent>> {
+    async fn get_events(
+        &self,
+        session_id: &str,
+        events: EventSelector,
+    ) -> StoreResult<Vec<StoredEvent>> {
         self.inner.get_events(session_id, events).await
     }
     async fn subscribe(&self, session_id: &str, from_seq: u64) -> StoreResult<EventStream> {
         self.inner.subscribe(session_id, from_seq).await
     }
-    async fn acquire_lease(&self, session_id: &str, holder: &str, ttl: Duration) -> StoreResult<Lease> {
+    async fn acquire_lease(
+        &self,
+        session_id: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> StoreResult<Lease> {
         self.inner.acquire_lease(session_id, holder, ttl).await
     }
     async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> StoreResult<Lease> {
@@ -377,11 +445,23 @@ impl RecordingHands {
     }
 
     pub fn calls(&self) -> Vec<ToolCall> {
-        self.state.lock().unwrap().calls.iter().map(|(c, _)| c.clone()).collect()
+        self.state
+            .lock()
+            .unwrap()
+            .calls
+            .iter()
+            .map(|(c, _)| c.clone())
+            .collect()
     }
 
     pub fn call_times(&self) -> Vec<Instant> {
-        self.state.lock().unwrap().calls.iter().map(|(_, t)| *t).collect()
+        self.state
+            .lock()
+            .unwrap()
+            .calls
+            .iter()
+            .map(|(_, t)| *t)
+            .collect()
     }
 
     pub fn provisions(&self) -> Vec<(String, Instant)> {
@@ -412,7 +492,9 @@ impl RecordingHands {
 
     pub fn output_for(call: &ToolCall) -> ToolOutput {
         ToolOutput {
-            content: vec![json!({"type": "text", "text": format!("ran {} {}", call.name, call.input)})],
+            content: vec![
+                json!({"type": "text", "text": format!("ran {} {}", call.name, call.input)}),
+            ],
             is_error: false,
             disposition: Disposition::Ran,
         }
@@ -453,7 +535,11 @@ impl Hands for RecordingHands {
         Ok(sb)
     }
 
-    async fn execute(&self, sandbox: &SandboxRef, call: &ToolCall) -> Result<ToolOutput, HandsError> {
+    async fn execute(
+        &self,
+        sandbox: &SandboxRef,
+        call: &ToolCall,
+    ) -> Result<ToolOutput, HandsError> {
         {
             let mut s = self.state.lock().unwrap();
             s.calls.push((call.clone(), Instant::now()));
@@ -470,9 +556,15 @@ impl Hands for RecordingHands {
                     out.disposition = Disposition::Replayed;
                     return Ok(out);
                 }
-                if s.forget_record && s.executions.iter().any(|e| e.tool_use_id == call.tool_use_id) {
+                if s.forget_record
+                    && s.executions
+                        .iter()
+                        .any(|e| e.tool_use_id == call.tool_use_id)
+                {
                     return Ok(ToolOutput {
-                        content: vec![json!({"type":"text","text":"The outcome of this call is unknown: the sandbox restarted before its result was recorded."})],
+                        content: vec![
+                            json!({"type":"text","text":"The outcome of this call is unknown: the sandbox restarted before its result was recorded."}),
+                        ],
                         is_error: true,
                         disposition: Disposition::Unknown,
                     });
@@ -490,7 +582,13 @@ impl Hands for RecordingHands {
             let notified = self.done.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if !self.state.lock().unwrap().in_flight.contains(&call.tool_use_id) {
+            if !self
+                .state
+                .lock()
+                .unwrap()
+                .in_flight
+                .contains(&call.tool_use_id)
+            {
                 continue;
             }
             notified.await;

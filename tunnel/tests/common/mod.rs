@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::WebPkiClientVerifier;
 
@@ -23,12 +25,23 @@ impl TestPki {
         let ca_key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, "test ca");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "test ca");
         let ca = params.self_signed(&ca_key).unwrap();
-        Self { ca_der: ca.der().clone(), ca_params: params, ca_key }
+        Self {
+            ca_der: ca.der().clone(),
+            ca_params: params,
+            ca_key,
+        }
     }
 
-    fn leaf(&self, names: Vec<String>, cn: &str, eku: ExtendedKeyUsagePurpose) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    fn leaf(
+        &self,
+        names: Vec<String>,
+        cn: &str,
+        eku: ExtendedKeyUsagePurpose,
+    ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(names).unwrap();
         params.distinguished_name.push(DnType::CommonName, cn);
@@ -44,8 +57,14 @@ impl TestPki {
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca_der.clone()).unwrap();
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build().unwrap();
-        let (chain, key) = self.leaf(vec!["localhost".into()], "control-plane", ExtendedKeyUsagePurpose::ServerAuth);
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .unwrap();
+        let (chain, key) = self.leaf(
+            vec!["localhost".into()],
+            "control-plane",
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
         Arc::new(
             rustls::ServerConfig::builder_with_provider(provider())
                 .with_protocol_versions(&[&rustls::version::TLS13])
