@@ -360,10 +360,23 @@ async fn get_agent_in(
     version: Option<u64>,
     lock: bool,
 ) -> Result<AgentRecord> {
+    if lock {
+        // Lock the agent row on its own first. `FOR UPDATE OF a` on the join
+        // would, under READ COMMITTED, re-check a concurrently updated row
+        // against the stale joined version row and return nothing, which
+        // reads as "not found" to the loser of a race. The join below is a
+        // new statement, so it sees what the lock holder committed.
+        client
+            .query_opt(
+                "SELECT 1 FROM agents WHERE id = $1 FOR UPDATE",
+                &[&agent_id],
+            )
+            .await
+            .map_err(|e| map_pg("locking an agent", e))?;
+    }
     let sql = format!(
         "SELECT {AGENT_COLUMNS} FROM agents a JOIN agent_versions v ON v.agent_id = a.id
-         WHERE a.id = $1 AND v.version = COALESCE($2::BIGINT, a.latest_version){}",
-        if lock { " FOR UPDATE OF a" } else { "" }
+         WHERE a.id = $1 AND v.version = COALESCE($2::BIGINT, a.latest_version)"
     );
     let row = client
         .query_opt(&sql, &[&agent_id, &version.map(version_i64)])
