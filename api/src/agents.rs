@@ -399,18 +399,11 @@ pub(crate) async fn list(
             limit,
         })
         .await?;
-    let next = page
-        .has_more
-        .then(|| page.items.last().map(|r| r.position))
-        .flatten()
-        .map(|at| {
-            Cursor {
-                order: Dir::Desc,
-                before: false,
-                at,
-            }
-            .encode("agents")
-        });
+    let next = Cursor::next_desc(
+        "agents",
+        page.has_more,
+        page.items.last().map(|r| r.position),
+    );
     Ok(page_json(page.items.iter().map(render).collect(), next))
 }
 
@@ -438,18 +431,13 @@ pub(crate) async fn versions(
         )
         .await
         .map_err(|e| not_found(e, &agent_id))?;
-    let next = page
-        .has_more
-        .then(|| page.items.last().map(|r| r.version))
-        .flatten()
-        .map(|v| {
-            Cursor {
-                order: Dir::Desc,
-                before: false,
-                at: i64::try_from(v).unwrap_or(i64::MAX),
-            }
-            .encode(&listing)
-        });
+    let next = Cursor::next_desc(
+        &listing,
+        page.has_more,
+        page.items
+            .last()
+            .map(|r| i64::try_from(r.version).unwrap_or(i64::MAX)),
+    );
     Ok(page_json(page.items.iter().map(render).collect(), next))
 }
 

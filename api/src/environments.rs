@@ -256,18 +256,11 @@ pub(crate) async fn list(
             limit,
         })
         .await?;
-    let next = page
-        .has_more
-        .then(|| page.items.last().map(|r| r.position))
-        .flatten()
-        .map(|at| {
-            Cursor {
-                order: Dir::Desc,
-                before: false,
-                at,
-            }
-            .encode("environments")
-        });
+    let next = Cursor::next_desc(
+        "environments",
+        page.has_more,
+        page.items.last().map(|r| r.position),
+    );
     Ok(Json(
         json!({"data": page.items.iter().map(render).collect::<Vec<_>>(), "next_page": next}),
     ))

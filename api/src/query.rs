@@ -50,6 +50,20 @@ pub(crate) struct Cursor {
 }
 
 impl Cursor {
+    /// The `next_page` of a descending listing: the cursor after `last`
+    /// (position or version of the page's last item) when there is more.
+    pub(crate) fn next_desc(listing: &str, has_more: bool, last: Option<i64>) -> Option<String> {
+        let at = last.filter(|_| has_more)?;
+        Some(
+            Cursor {
+                order: Dir::Desc,
+                before: false,
+                at,
+            }
+            .encode(listing),
+        )
+    }
+
     /// The opaque form.
     pub(crate) fn encode(&self, listing: &str) -> String {
         let raw = format!(

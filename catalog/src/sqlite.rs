@@ -75,6 +75,20 @@ struct Inner {
 
 /// Maps a rusqlite error: busy/locked are transient, constraint violations
 /// are conflicts (callers that expect one check first), the rest is a bug.
+/// Every row of `sql` with `params`, mapped by `row`; errors name `what`.
+fn query_rows<T, P: rusqlite::Params>(
+    conn: &Connection,
+    sql: &str,
+    params: P,
+    row: fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    what: &str,
+) -> Result<Vec<T>> {
+    let mut stmt = conn.prepare_cached(sql).map_err(|e| map_sql(what, e))?;
+    let rows = stmt.query_map(params, row).map_err(|e| map_sql(what, e))?;
+    rows.collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(|e| map_sql(what, e))
+}
+
 fn map_sql(context: &str, e: rusqlite::Error) -> CatalogError {
     if let rusqlite::Error::SqliteFailure(f, _) = &e {
         match f.code {
@@ -449,23 +463,19 @@ impl Catalog for SqliteCatalog {
                    AND (?4 IS NULL OR a.position {cmp} ?4)
                  ORDER BY a.position {dir} LIMIT ?5"
             );
-            let mut stmt = conn
-                .prepare_cached(&sql)
-                .map_err(|e| map_sql("listing agents", e))?;
-            let rows = stmt
-                .query_map(
-                    params![
-                        q.include_archived,
-                        q.created_at_gte.map(to_micros),
-                        q.created_at_lte.map(to_micros),
-                        q.after_position,
-                        limit_i64(q.limit)
-                    ],
-                    agent_row,
-                )
-                .map_err(|e| map_sql("listing agents", e))?
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(|e| map_sql("listing agents", e))?;
+            let rows = query_rows(
+                conn,
+                &sql,
+                params![
+                    q.include_archived,
+                    q.created_at_gte.map(to_micros),
+                    q.created_at_lte.map(to_micros),
+                    q.after_position,
+                    limit_i64(q.limit)
+                ],
+                agent_row,
+                "listing agents",
+            )?;
             let items = rows
                 .into_iter()
                 .map(agent_record)
@@ -495,21 +505,17 @@ impl Catalog for SqliteCatalog {
                  WHERE a.id = ?1 AND (?2 IS NULL OR v.version {cmp} ?2)
                  ORDER BY v.version {dir} LIMIT ?3"
             );
-            let mut stmt = conn
-                .prepare_cached(&sql)
-                .map_err(|e| map_sql("listing agent versions", e))?;
-            let rows = stmt
-                .query_map(
-                    params![
-                        agent_id,
-                        q.after_version.map(version_i64),
-                        limit_i64(q.limit)
-                    ],
-                    agent_row,
-                )
-                .map_err(|e| map_sql("listing agent versions", e))?
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(|e| map_sql("listing agent versions", e))?;
+            let rows = query_rows(
+                conn,
+                &sql,
+                params![
+                    agent_id,
+                    q.after_version.map(version_i64),
+                    limit_i64(q.limit)
+                ],
+                agent_row,
+                "listing agent versions",
+            )?;
             let items = rows
                 .into_iter()
                 .map(agent_record)
@@ -632,17 +638,13 @@ impl Catalog for SqliteCatalog {
                  WHERE (?1 OR archived_at IS NULL) AND (?2 IS NULL OR position {cmp} ?2)
                  ORDER BY position {dir} LIMIT ?3"
             );
-            let mut stmt = conn
-                .prepare_cached(&sql)
-                .map_err(|e| map_sql("listing environments", e))?;
-            let rows = stmt
-                .query_map(
-                    params![q.include_archived, q.after_position, limit_i64(q.limit)],
-                    env_row,
-                )
-                .map_err(|e| map_sql("listing environments", e))?
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(|e| map_sql("listing environments", e))?;
+            let rows = query_rows(
+                conn,
+                &sql,
+                params![q.include_archived, q.after_position, limit_i64(q.limit)],
+                env_row,
+                "listing environments",
+            )?;
             let items = rows
                 .into_iter()
                 .map(env_record)
@@ -695,14 +697,7 @@ impl Catalog for SqliteCatalog {
     async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
         self.with(move |conn| {
             let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY position");
-            let mut stmt = conn
-                .prepare(&sql)
-                .map_err(|e| map_sql("listing api keys", e))?;
-            let rows = stmt
-                .query_map([], key_row)
-                .map_err(|e| map_sql("listing api keys", e))?
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(|e| map_sql("listing api keys", e))?;
+            let rows = query_rows(conn, &sql, [], key_row, "listing api keys")?;
             rows.into_iter().map(key_record).collect()
         })
         .await

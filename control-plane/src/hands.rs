@@ -218,7 +218,7 @@ impl GatewayHands {
     async fn call(&self, target: &Target, request: &Request) -> Result<(String, Reply), Failure> {
         let (agent_id, call) = self
             .gateway
-            .call(target, request)
+            .call_finished(target, request, bytes::Bytes::new())
             .await
             .map_err(Failure::Gateway)?;
         match call.finish_and_collect().await {

@@ -5,10 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use control_plane::config::Config;
-use control_plane::telemetry::{self, LogFormat};
-
-/// Exit code for configuration errors (EX_CONFIG-style, as sysexits' EX_USAGE).
-const EXIT_CONFIG: u8 = 64;
+use control_plane::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
 #[command(name = "control-plane", version, about = "Airlock control plane")]
@@ -256,22 +253,13 @@ fn serve(config: Config) -> ExitCode {
     })
 }
 
-fn load_config(path: Option<&PathBuf>) -> Result<Config, control_plane::config::ConfigError> {
-    match path {
-        Some(p) => Config::load(p),
-        None => Config::from_raw(Default::default()),
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
-    let config = match load_config(cli.config.as_ref()) {
+    let config = match daemon::start(cli.log_format, cli.config.as_deref(), Config::load, || {
+        Config::from_raw(Default::default())
+    }) {
         Ok(c) => c,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
     match cli.command {
         Command::CheckConfig => {
@@ -284,13 +272,28 @@ fn main() -> ExitCode {
             ttl_seconds,
             enroll_address,
             json,
-        }) => report(control_plane::admin::commands::tokens_create(
-            &config,
-            &environment,
-            ttl_seconds,
-            enroll_address.as_deref(),
-            json,
-        )),
+        }) => {
+            let warning = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()
+                .and_then(|rt| {
+                    rt.block_on(control_plane::operator::environment_warning(
+                        &config,
+                        &environment,
+                    ))
+                });
+            if let Some(w) = warning {
+                eprintln!("warning: {w}");
+            }
+            report(control_plane::admin::commands::tokens_create(
+                &config,
+                &environment,
+                ttl_seconds,
+                enroll_address.as_deref(),
+                json,
+            ))
+        }
         Command::Agents(AgentsCommand::List { json, enrolled }) => run_async(
             control_plane::admin::commands::agents_list(&config, json, enrolled),
         ),

@@ -90,17 +90,37 @@ pub struct SessionsArgs {
 
 #[derive(Debug, Subcommand)]
 enum SessionsCommand {
-    /// List sessions (newest first).
+    /// List sessions (newest first), following the API's pages.
     List {
         /// Print JSON.
         #[arg(long)]
         json: bool,
-        /// Only sessions with this status (`running`, `idle`, `rescheduling`, `terminated`).
+        /// Only sessions with this status (`running`, `idle`, `rescheduling`,
+        /// `terminated`); repeat for several.
         #[arg(long)]
-        status: Option<String>,
-        /// At most this many sessions.
-        #[arg(long, default_value_t = 100)]
+        status: Vec<String>,
+        /// Only sessions of this agent (`agent_…`).
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only sessions created at or after this time (RFC 3339).
+        #[arg(long)]
+        created_after: Option<String>,
+        /// Only sessions created before this time (RFC 3339).
+        #[arg(long)]
+        created_before: Option<String>,
+        /// Include archived sessions.
+        #[arg(long)]
+        include_archived: bool,
+        /// At most this many sessions (pages are followed until it is reached).
+        #[arg(long, default_value_t = 100, conflicts_with = "all",
+              value_parser = clap::value_parser!(u32).range(1..))]
         limit: u32,
+        /// Every matching session (follow all pages; no limit).
+        #[arg(long)]
+        all: bool,
+        /// Sessions per API request (1–1000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        page_size: u32,
     },
     /// Show one session.
     Show {
@@ -120,6 +140,10 @@ enum SessionsCommand {
         /// Print each event's JSON on its own line.
         #[arg(long)]
         json: bool,
+        /// If the stream drops, keep trying to resume it (with `Last-Event-ID`)
+        /// for this long; 0: end when the stream ends.
+        #[arg(long, default_value_t = 60)]
+        reconnect_seconds: u64,
     },
     /// Interrupt a session (sends `user.interrupt`).
     Interrupt {
@@ -185,6 +209,16 @@ pub enum OperatorError {
         /// Request path.
         path: String,
         /// The transport error.
+        message: String,
+    },
+    /// `sessions tail`: the stream dropped and could not be resumed in time.
+    #[error("the event stream of {session} dropped and could not be resumed within {seconds} s (--reconnect-seconds): {message}")]
+    StreamLost {
+        /// The session id.
+        session: String,
+        /// The reconnect budget.
+        seconds: u64,
+        /// The last reconnect error.
         message: String,
     },
     /// Writing to stdout failed (e.g. a closed pipe).
@@ -563,6 +597,65 @@ pub async fn environments(args: EnvironmentsArgs, config: &Config) -> Result<(),
     }
 }
 
+/// Follow `next_page` from `path?limit=…{filters}` until `max` items or the
+/// last page; returns the items and whether more exist beyond `max`.
+async fn list_pages(
+    api: &ApiClient,
+    path: &str,
+    filters: &str,
+    max: usize,
+    page_size: u32,
+) -> Result<(Vec<Value>, bool), OperatorError> {
+    let mut all: Vec<Value> = Vec::new();
+    let mut page: Option<String> = None;
+    loop {
+        let want = (max - all.len()).min(page_size as usize).max(1);
+        let mut url = format!("{path}?limit={want}{filters}");
+        if let Some(p) = &page {
+            url.push_str(&format!("&page={}", path_segment(p)));
+        }
+        let v = api.call("GET", &url, None).await?;
+        let data = v["data"].as_array().cloned().unwrap_or_default();
+        let next = v["next_page"].as_str().filter(|p| !p.is_empty());
+        for item in data {
+            if all.len() == max {
+                return Ok((all, true));
+            }
+            all.push(item);
+        }
+        match next {
+            None => return Ok((all, false)),
+            Some(_) if all.len() == max => return Ok((all, true)),
+            Some(p) => page = Some(p.to_owned()),
+        }
+    }
+}
+
+/// For `tokens create`: why an agent enrolled into `environment` would serve
+/// no sessions (it is not in the catalog, or archived), to print as a
+/// warning. `None` when it exists or the catalog cannot be read (the token
+/// is still made: environments may be created after their agents enroll).
+pub async fn environment_warning(config: &Config, environment: &str) -> Option<String> {
+    let look = async {
+        let catalog = catalog::open_catalog(&config.catalog).await.ok()?;
+        match catalog.get_environment(environment).await {
+            Ok(e) if e.archived_at.is_some() => Some(format!(
+                "environment {environment} is archived: an agent enrolled into it gets no new sessions"
+            )),
+            Ok(_) => None,
+            Err(catalog::CatalogError::NotFound { .. }) => Some(format!(
+                "environment {environment} does not exist: an agent enrolled into it gets no sessions \
+                 until it is created (see `control-plane environments list`)"
+            )),
+            Err(_) => None,
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), look)
+        .await
+        .ok()
+        .flatten()
+}
+
 /// Run a `sessions` command.
 pub async fn sessions(args: SessionsArgs, config: &Config) -> Result<(), OperatorError> {
     let api = ApiClient::new(&args.api, config)?;
@@ -570,14 +663,38 @@ pub async fn sessions(args: SessionsArgs, config: &Config) -> Result<(), Operato
         SessionsCommand::List {
             json,
             status,
+            agent,
+            created_after,
+            created_before,
+            include_archived,
             limit,
+            all,
+            page_size,
         } => {
-            let mut path = format!("/v1/sessions?limit={}", limit.clamp(1, 1000));
-            if let Some(s) = &status {
-                path.push_str(&format!("&statuses[]={}", path_segment(s)));
+            let mut filters = String::new();
+            for s in &status {
+                filters.push_str(&format!("&statuses[]={}", path_segment(s)));
             }
-            let v = api.call("GET", &path, None).await?;
-            let data = v["data"].as_array().cloned().unwrap_or_default();
+            if let Some(a) = &agent {
+                filters.push_str(&format!("&agent_id={}", path_segment(a)));
+            }
+            if let Some(t) = &created_after {
+                filters.push_str(&format!("&created_at[gte]={}", path_segment(t)));
+            }
+            if let Some(t) = &created_before {
+                filters.push_str(&format!("&created_at[lt]={}", path_segment(t)));
+            }
+            if include_archived {
+                filters.push_str("&include_archived=true");
+            }
+            let max = if all { usize::MAX } else { limit as usize };
+            let (data, more) = list_pages(&api, "/v1/sessions", &filters, max, page_size).await?;
+            if more && !json {
+                eprintln!(
+                    "showing the first {} sessions; more match (raise --limit or pass --all)",
+                    data.len()
+                );
+            }
             if json {
                 return print_json(&Value::Array(data));
             }
@@ -639,24 +756,91 @@ pub async fn sessions(args: SessionsArgs, config: &Config) -> Result<(), Operato
             println!("interrupt sent to session {id}");
             Ok(())
         }
-        SessionsCommand::Tail { id, after, json } => tail(&api, &id, after, json).await,
+        SessionsCommand::Tail {
+            id,
+            after,
+            json,
+            reconnect_seconds,
+        } => {
+            tail(
+                &api,
+                &id,
+                after,
+                json,
+                Duration::from_secs(reconnect_seconds),
+            )
+            .await
+        }
     }
 }
 
-/// Follow the SSE stream until Ctrl-C or its end.
+/// Follow the SSE stream until Ctrl-C, the session's deletion, or a drop
+/// it cannot resume from.
 async fn tail(
     api: &ApiClient,
     id: &str,
     after: Option<u64>,
     json_out: bool,
+    reconnect: Duration,
 ) -> Result<(), OperatorError> {
-    let mut path = format!("/v1/sessions/{}/events/stream", path_segment(id));
-    if let Some(a) = after {
-        path.push_str(&format!("?after={a}"));
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        r = follow(api, id, after, json_out, reconnect) => r,
     }
-    let req = api.request("GET", &path, None, "text/event-stream")?;
+}
+
+/// How one connection of `sessions tail` ended.
+enum Ended {
+    /// The session was deleted (`session.deleted`): nothing more will come.
+    Deleted,
+    /// The stream ended or broke off; resumable from the last seq.
+    Dropped(String),
+}
+
+/// Whether a failed (re)connection is worth retrying.
+fn retryable(error: &OperatorError) -> bool {
+    match error {
+        OperatorError::Unreachable { .. }
+        | OperatorError::Timeout { .. }
+        | OperatorError::Body { .. } => true,
+        OperatorError::Api { status, .. } | OperatorError::BadResponse { status, .. } => {
+            *status >= 500 || *status == 429
+        }
+        _ => false,
+    }
+}
+
+/// The seq of the newest event of a session (0 if none).
+async fn latest_seq(api: &ApiClient, id: &str) -> Result<u64, OperatorError> {
+    let v = api
+        .call(
+            "GET",
+            &format!(
+                "/v1/sessions/{}/events?order=desc&limit=1",
+                path_segment(id)
+            ),
+            None,
+        )
+        .await?;
+    Ok(v["data"][0]["seq"].as_u64().unwrap_or(0))
+}
+
+/// Open the stream after `last` (live when `None`); the body of a 2xx answer.
+async fn open_stream(
+    api: &ApiClient,
+    id: &str,
+    last: Option<u64>,
+    spinner: bool,
+) -> Result<hyper::body::Incoming, OperatorError> {
+    let path = format!("/v1/sessions/{}/events/stream", path_segment(id));
+    let mut req = api.request("GET", &path, None, "text/event-stream")?;
+    if let Some(seq) = last {
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&seq.to_string()) {
+            req.headers_mut().insert("last-event-id", v);
+        }
+    }
     let resp = {
-        let _spinner = Spinner::start(format!("the stream of {id}"));
+        let _spinner = spinner.then(|| Spinner::start(format!("the stream of {id}")));
         tokio::time::timeout(REQUEST_TIMEOUT, api.send(req))
             .await
             .map_err(|_| OperatorError::Timeout {
@@ -675,33 +859,84 @@ async fn tail(
         let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
         return Err(api_error(&path, status, parsed.as_ref(), &bytes));
     }
-    let mut body = resp.into_body();
-    let mut parser = SseParser::default();
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    Ok(resp.into_body())
+}
+
+/// Follow the stream; when it drops, resume it with `Last-Event-ID` (the
+/// last seq seen) for up to `reconnect`, backing off from 200 ms to 5 s.
+async fn follow(
+    api: &ApiClient,
+    id: &str,
+    after: Option<u64>,
+    json_out: bool,
+    reconnect: Duration,
+) -> Result<(), OperatorError> {
+    // Without --after, "from now on" is the newest seq now, so that a
+    // resume after a drop has a seq to start from (no gap).
+    let mut last = match after {
+        Some(a) => Some(a),
+        None if !reconnect.is_zero() => Some(latest_seq(api, id).await?),
+        None => None,
+    };
+    let mut body = open_stream(api, id, last, true).await?;
     loop {
-        let frame = tokio::select! {
-            _ = &mut ctrl_c => return Ok(()),
-            frame = body.frame() => frame,
+        let why = match read_stream(&mut body, &mut last, json_out).await? {
+            Ended::Deleted => return Ok(()),
+            Ended::Dropped(why) => why,
         };
-        let frame = match frame {
-            None => return Ok(()),
-            Some(Err(error)) => {
-                return Err(OperatorError::Body {
-                    path,
-                    message: error.to_string(),
-                })
+        if reconnect.is_zero() {
+            return Ok(());
+        }
+        let at = last.map_or_else(|| "the start".to_owned(), |s| format!("seq {s}"));
+        eprintln!("stream of {id} dropped after {at} ({why}); reconnecting with Last-Event-ID");
+        let dropped = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(200);
+        body = loop {
+            tokio::time::sleep(backoff).await;
+            match open_stream(api, id, last, false).await {
+                Ok(b) => break b,
+                Err(e) if retryable(&e) && dropped.elapsed() < reconnect => {
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) if retryable(&e) => {
+                    return Err(OperatorError::StreamLost {
+                        session: id.to_owned(),
+                        seconds: reconnect.as_secs(),
+                        message: e.to_string(),
+                    })
+                }
+                Err(e) => return Err(e),
             }
+        };
+        eprintln!("stream of {id} resumed after {at}");
+    }
+}
+
+/// Print the events of one connection until it ends.
+async fn read_stream(
+    body: &mut hyper::body::Incoming,
+    last: &mut Option<u64>,
+    json_out: bool,
+) -> Result<Ended, OperatorError> {
+    let mut parser = SseParser::default();
+    loop {
+        let frame = match body.frame().await {
+            None => return Ok(Ended::Dropped("the server ended the stream".to_owned())),
+            Some(Err(error)) => return Ok(Ended::Dropped(error.to_string())),
             Some(Ok(frame)) => frame,
         };
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        for (event, payload) in parser.push(&data) {
-            if event == "ping" {
+        for ev in parser.push(&data) {
+            if ev.event == "ping" {
                 continue;
             }
-            let Ok(v) = serde_json::from_str::<Value>(&payload) else {
+            if ev.event == "error" {
+                // The server gives up on this stream; resume it.
+                return Ok(Ended::Dropped(truncate(&ev.data, 200)));
+            }
+            let Ok(v) = serde_json::from_str::<Value>(&ev.data) else {
                 continue;
             };
             let mut out = std::io::stdout().lock();
@@ -717,18 +952,32 @@ async fn tail(
                 )?;
             }
             out.flush()?;
+            if let Some(seq) = ev.id.as_deref().and_then(|s| s.trim().parse::<u64>().ok()) {
+                *last = Some(seq);
+            }
+            if ev.event == "session.deleted" {
+                return Ok(Ended::Deleted);
+            }
         }
     }
 }
 
-/// Incremental SSE parser: bytes in, complete `(event, data)` pairs out.
+/// One server-sent event.
+#[derive(Debug, PartialEq, Eq)]
+struct SseEvent {
+    event: String,
+    id: Option<String>,
+    data: String,
+}
+
+/// Incremental SSE parser: bytes in, complete events out.
 #[derive(Debug, Default)]
 struct SseParser {
     buf: Vec<u8>,
 }
 
 impl SseParser {
-    fn push(&mut self, chunk: &[u8]) -> Vec<(String, String)> {
+    fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
         self.buf.extend_from_slice(chunk);
         let mut out = Vec::new();
         loop {
@@ -741,16 +990,23 @@ impl SseParser {
             let block = text[..end].to_owned();
             self.buf = text.as_bytes()[end + 2..].to_vec();
             let mut event = String::from("message");
+            let mut id = None;
             let mut data: Vec<&str> = Vec::new();
             for line in block.lines() {
                 if let Some(v) = line.strip_prefix("event:") {
                     event = v.trim_start().to_owned();
+                } else if let Some(v) = line.strip_prefix("id:") {
+                    id = Some(v.trim_start().to_owned());
                 } else if let Some(v) = line.strip_prefix("data:") {
                     data.push(v.strip_prefix(' ').unwrap_or(v));
                 }
             }
             if !data.is_empty() {
-                out.push((event, data.join("\n")));
+                out.push(SseEvent {
+                    event,
+                    id,
+                    data: data.join("\n"),
+                });
             }
         }
     }
@@ -812,12 +1068,17 @@ mod tests {
         let mut p = SseParser::default();
         assert!(p.push(b"event: ping\ndata: {}\n").is_empty());
         let got = p.push(b"\nid: 1\nevent: user.message\r\ndata: {\"seq\":1}\r\n\r\nevent: x\ndata: a\ndata: b\n\n");
+        let ev = |event: &str, id: Option<&str>, data: &str| SseEvent {
+            event: event.to_owned(),
+            id: id.map(str::to_owned),
+            data: data.to_owned(),
+        };
         assert_eq!(
             got,
             vec![
-                ("ping".to_owned(), "{}".to_owned()),
-                ("user.message".to_owned(), "{\"seq\":1}".to_owned()),
-                ("x".to_owned(), "a\nb".to_owned()),
+                ev("ping", None, "{}"),
+                ev("user.message", Some("1"), "{\"seq\":1}"),
+                ev("x", None, "a\nb"),
             ]
         );
         assert!(p.push(b": comment\n\n").is_empty());
@@ -830,6 +1091,22 @@ mod tests {
         assert_eq!(e.to_string(), "not_found_error: session sesn_x not found");
         let e = api_error("/p", 502, None, b"<html>bad gateway</html>");
         assert!(e.to_string().contains("status 502"), "{e}");
+    }
+
+    #[test]
+    fn only_transient_failures_are_retried() {
+        let api = |status: u16| OperatorError::Api {
+            status,
+            kind: "x".to_owned(),
+            message: "y".to_owned(),
+        };
+        assert!(retryable(&OperatorError::Unreachable {
+            url: "u".to_owned(),
+            message: "refused".to_owned(),
+        }));
+        assert!(retryable(&api(503)) && retryable(&api(429)));
+        assert!(!retryable(&api(404)) && !retryable(&api(401)));
+        assert!(!retryable(&OperatorError::MissingKey));
     }
 
     #[test]

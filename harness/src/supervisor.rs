@@ -1,7 +1,15 @@
 //! Runs wakes: on demand ([`Supervisor::notify`] when new user events
-//! arrive), on start and periodically for sessions whose status is `running`
-//! but whose lease is free or expired (a harness died, here or on another
-//! replica), with a cap on concurrent wakes.
+//! arrive), on start and periodically for sessions whose lease is free or
+//! expired and that are `running` (a harness died, here or on another
+//! replica) or hold queued input (the control plane died between appending
+//! a user event and waking the session), with a cap on concurrent wakes.
+//!
+//! Queued input may legitimately wait (a message sent while a tool call
+//! waits for the client), so the scan would find such a session every
+//! time. The supervisor remembers, per session, the last seq at which a wake
+//! here ended cleanly (`Idle` or `NothingToDo`) and skips the session in
+//! later scans while its last seq is unchanged; a wake that failed is not
+//! remembered. The memo is in memory and bounded: losing it costs one wake.
 //!
 //! At most one wake per session runs in this process; a notify that arrives
 //! while one runs makes it run once more when it ends, so input appended
@@ -9,7 +17,7 @@
 //! lease, the notified wake is retried until it gets the lease or the holder
 //! has had time to see the input itself (twice the lease TTL).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,14 +28,21 @@ use session_store::StoreError;
 
 use crate::wake::{Harness, HarnessError, WakeOutcome};
 
-/// Most sessions fetched per recovery scan.
+/// Most sessions fetched per page of a recovery scan.
 const SCAN_LIMIT: usize = 500;
+
+/// Most sessions remembered as settled (beyond it, new ones are not
+/// remembered and may be woken once per scan).
+const SETTLED_MAX: usize = 100_000;
 
 #[derive(Debug)]
 struct Inner {
     harness: Harness,
     /// Sessions with a wake task here; `true`: run again when it ends.
     sessions: Mutex<HashMap<String, bool>>,
+    /// Sessions whose last wake here ended with nothing more to do, with the
+    /// last seq that wake saw: the recovery scan skips them until it changes.
+    settled: Mutex<HashMap<String, u64>>,
     permits: Semaphore,
     tasks: Mutex<JoinSet<()>>,
 }
@@ -43,18 +58,8 @@ impl Supervisor {
     /// Start: scan for sessions to recover now and every
     /// `supervisor.recovery_scan_interval`.
     pub fn start(harness: Harness) -> Self {
-        let permits = Semaphore::new(harness.config().supervisor.max_concurrent_wakes);
         let interval = harness.config().supervisor.recovery_scan_interval;
-        let inner = Arc::new(Inner {
-            harness,
-            sessions: Mutex::new(HashMap::new()),
-            permits,
-            tasks: Mutex::new(JoinSet::new()),
-        });
-        let s = Self {
-            inner,
-            scanner: Arc::new(Mutex::new(None)),
-        };
+        let s = Self::manual(harness);
         let me = s.clone();
         let handle = tokio::spawn(async move {
             loop {
@@ -68,30 +73,73 @@ impl Supervisor {
         s
     }
 
-    /// One recovery scan: wake every running session nobody holds. Returns
-    /// how many were notified.
+    /// A supervisor without the periodic scan: it wakes on
+    /// [`Supervisor::notify`] and scans only when [`Supervisor::recover_once`]
+    /// is called (tests, tools).
+    pub fn manual(harness: Harness) -> Self {
+        let permits = Semaphore::new(harness.config().supervisor.max_concurrent_wakes);
+        let inner = Arc::new(Inner {
+            harness,
+            sessions: Mutex::new(HashMap::new()),
+            settled: Mutex::new(HashMap::new()),
+            permits,
+            tasks: Mutex::new(JoinSet::new()),
+        });
+        Self {
+            inner,
+            scanner: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// One recovery scan: wake every session nobody holds that is running
+    /// or has queued input, except those a wake here left settled at the
+    /// same last seq. Returns how many were notified.
     pub async fn recover_once(&self) -> usize {
-        match self
-            .inner
-            .harness
-            .store()
-            .sessions_needing_wake(SCAN_LIMIT)
-            .await
-        {
-            Ok(ids) => {
-                if !ids.is_empty() {
-                    tracing::info!(sessions = ids.len(), "recovering running sessions");
+        let mut after = 0;
+        let mut seen = HashSet::new();
+        let mut notified = 0;
+        loop {
+            let page = match self
+                .inner
+                .harness
+                .store()
+                .sessions_needing_wake(after, SCAN_LIMIT)
+                .await
+            {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(%e, "recovery scan failed");
+                    return notified;
                 }
-                for id in &ids {
-                    self.notify(id);
+            };
+            for c in &page {
+                seen.insert(c.session_id.clone());
+                let settled = self
+                    .inner
+                    .settled
+                    .lock()
+                    .map(|m| m.get(&c.session_id) == Some(&c.last_seq))
+                    .unwrap_or(false);
+                if settled {
+                    continue;
                 }
-                ids.len()
+                tracing::debug!(session_id = %c.session_id, last_seq = c.last_seq, "recovering session");
+                self.notify(&c.session_id);
+                notified += 1;
             }
-            Err(e) => {
-                tracing::warn!(%e, "recovery scan failed");
-                0
+            match page.last() {
+                Some(last) if page.len() == SCAN_LIMIT => after = last.position,
+                _ => break,
             }
         }
+        // Forget sessions that no longer need a wake.
+        if let Ok(mut m) = self.inner.settled.lock() {
+            m.retain(|id, _| seen.contains(id));
+        }
+        if notified > 0 {
+            tracing::info!(sessions = notified, "recovering sessions");
+        }
+        notified
     }
 
     /// New input for `session_id`: make sure a wake runs after now.
@@ -156,11 +204,23 @@ async fn run_session(inner: Arc<Inner>, sid: String) {
     let mut errors = 0u32;
     loop {
         let outcome = match inner.permits.acquire().await {
-            Ok(_permit) => inner.harness.wake(&sid).await,
+            Ok(_permit) => inner.harness.wake_report(&sid).await,
             Err(_) => return,
         };
+        if let Ok(mut m) = inner.settled.lock() {
+            match &outcome {
+                Ok((WakeOutcome::Idle(_) | WakeOutcome::NothingToDo, seq)) => {
+                    if m.len() < SETTLED_MAX || m.contains_key(&sid) {
+                        m.insert(sid.clone(), *seq);
+                    }
+                }
+                _ => {
+                    m.remove(&sid);
+                }
+            }
+        }
         let retry_in = match outcome {
-            Ok(WakeOutcome::Busy { .. }) => {
+            Ok((WakeOutcome::Busy { .. }, _)) => {
                 let since = *busy_since.get_or_insert_with(Instant::now);
                 (since.elapsed() < busy_give_up).then_some(cfg.supervisor.busy_retry_interval)
             }
@@ -172,7 +232,7 @@ async fn run_session(inner: Arc<Inner>, sid: String) {
             Err(e) => {
                 errors += 1;
                 if errors >= cfg.retry.max_attempts {
-                    // The recovery scan picks a running session up again later.
+                    // The recovery scan picks the session up again later.
                     tracing::warn!(session_id = %sid, %e, errors, "wake failed; giving up for now");
                     None
                 } else {

@@ -17,7 +17,15 @@
 //!   `tool_use.id` and the idempotency key down to the sandbox. A call is
 //!   resolved by `agent.tool_result` / `user.tool_result` (built-in),
 //!   `user.custom_tool_result` (custom), or a `user.tool_confirmation` with
-//!   `deny` (the model is told it was denied; the tool never runs).
+//!   `deny` (the model is told it was denied; the tool never runs). The
+//!   denial's result takes the confirmation's place in the conversation; the
+//!   harness also records it as an `agent.tool_result` (for the audit trail)
+//!   before it marks the confirmation processed, and that event is not a
+//!   second result. Logs written before that (a deny with no result event)
+//!   fold the same way.
+//! - **Unusable input.** A queued confirmation or result whose call is not
+//!   open (answered already, never blocked, unknown) can never be used: it is
+//!   listed so the harness marks it processed.
 //! - **Turns.** New input (a user message or a tool result) since the last
 //!   `session.status_idle` asks for a model call when the conversation ends
 //!   with a user message. Idle consumes that demand, so results written while
@@ -83,6 +91,21 @@ impl OpenToolUse {
     }
 }
 
+/// A call denied by a queued `user.tool_confirmation`: the harness records
+/// its `agent.tool_result` (unless `recorded`), then marks the confirmation
+/// processed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// The denied `agent.tool_use` event id.
+    pub tool_use_id: String,
+    /// Seq of the denying confirmation.
+    pub confirmation_seq: u64,
+    /// The result text the model is given (and the event records).
+    pub text: String,
+    /// Whether its `agent.tool_result` is in the log already.
+    pub recorded: bool,
+}
+
 /// The latest status event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LastStatus {
@@ -107,6 +130,8 @@ pub struct SessionView {
     input_since_idle: bool,
     last_status: Option<LastStatus>,
     queued: Vec<(u64, String)>,
+    unusable: Vec<u64>,
+    denials: Vec<Denial>,
     interrupts: Vec<u64>,
     last_span_start_seq: u64,
     usage: Usage,
@@ -151,6 +176,16 @@ fn to_request_blocks(blocks: Vec<Value>) -> impl Iterator<Item = ContentBlock> {
             Some("redacted") | None => None,
             Some(_) => Some(ContentBlock::Other(b)),
         })
+}
+
+/// What the model (and the log's `agent.tool_result`) is told about a denied call.
+pub fn denial_text(tool: &str, deny_message: Option<&str>) -> String {
+    let mut text = format!("The user denied this call to `{tool}`; the tool did not run.");
+    if let Some(m) = deny_message {
+        text.push_str(" Their message: ");
+        text.push_str(m);
+    }
+    text
 }
 
 fn str_of<'a>(body: &'a Map<String, Value>, key: &str) -> &'a str {
@@ -234,16 +269,20 @@ impl SessionView {
                         self.open_tools[pos].allowed_by = Some(seq);
                     } else {
                         let t = self.open_tools.remove(pos);
-                        let mut text = format!(
-                            "The user denied this call to `{}`; the tool did not run.",
-                            t.name
-                        );
-                        if let Some(m) = body.get("deny_message").and_then(Value::as_str) {
-                            text.push_str(" Their message: ");
-                            text.push_str(m);
-                        }
+                        let text =
+                            denial_text(&t.name, body.get("deny_message").and_then(Value::as_str));
                         self.resolve(&t.event_id, vec![events::text_block(&text)], true);
+                        if queued {
+                            self.denials.push(Denial {
+                                tool_use_id: t.event_id,
+                                confirmation_seq: seq,
+                                text,
+                                recorded: false,
+                            });
+                        }
                     }
+                } else if queued {
+                    self.unusable.push(seq);
                 }
                 if queued {
                     self.queued.push((seq, event_type));
@@ -259,6 +298,8 @@ impl SessionView {
                     self.open_tools.remove(pos);
                     let is_error = bool_of(&body, "is_error");
                     self.resolve(&tool_use_id, take_blocks(&mut body, "content"), is_error);
+                } else if queued {
+                    self.unusable.push(seq);
                 }
                 if queued {
                     self.queued.push((seq, event_type));
@@ -274,6 +315,16 @@ impl SessionView {
                     self.open_tools.remove(pos);
                     let is_error = bool_of(&body, "is_error");
                     self.resolve(&tool_use_id, take_blocks(&mut body, "content"), is_error);
+                } else if let Some(d) = self
+                    .denials
+                    .iter_mut()
+                    .find(|d| d.tool_use_id == tool_use_id)
+                {
+                    // The record of a denial (its result is already in the
+                    // conversation, at the confirmation).
+                    d.recorded = true;
+                } else if queued {
+                    self.unusable.push(seq);
                 }
                 if queued {
                     self.queued.push((seq, event_type));
@@ -504,6 +555,20 @@ impl SessionView {
     pub fn mark_consumed(&mut self, seqs: &[u64]) {
         self.queued.retain(|(s, _)| !seqs.contains(s));
         self.interrupts.retain(|s| !seqs.contains(s));
+        self.unusable.retain(|s| !seqs.contains(s));
+        self.denials.retain(|d| !seqs.contains(&d.confirmation_seq));
+    }
+
+    /// Queued client events that can never be used (a confirmation or result
+    /// for a call that is not open): to be marked processed so they do not
+    /// keep the session looking like it has input.
+    pub fn unusable(&self) -> &[u64] {
+        &self.unusable
+    }
+
+    /// Calls denied by a still-queued confirmation, in log order.
+    pub fn denials(&self) -> &[Denial] {
+        &self.denials
     }
 
     /// The latest status event.
@@ -790,6 +855,129 @@ mod tests {
         let msgs = v.request_messages();
         assert_eq!(roles(&msgs), [Role::User, Role::Assistant, Role::User]);
         assert_eq!(msgs[2].content.len(), 2);
+    }
+
+    /// A log up to an `always_ask` call that blocks the session.
+    fn blocked_on_ask() -> (Log, String) {
+        let mut log = Log::new();
+        log.push(
+            json!({"type":"user.message","content":[{"type":"text","text":"go"}]}),
+            false,
+        );
+        let s = log.push(events::span_start(), false);
+        let ask = log.push(
+            events::agent_tool_use("bash", &json!({}), events::Permission::AlwaysAsk),
+            false,
+        );
+        log.push(events::span_end(&s, false, &Usage::default()), false);
+        log.push(
+            events::status_idle(&StopReason::RequiresAction(vec![ask.clone()])),
+            false,
+        );
+        (log, ask)
+    }
+
+    #[test]
+    fn a_queued_denial_is_listed_until_recorded_and_folds_the_same_before_and_after() {
+        let (mut log, ask) = blocked_on_ask();
+        log.push(
+            json!({"type":"user.tool_confirmation","tool_use_id":ask,"result":"deny","deny_message":"not today"}),
+            true,
+        );
+        let conf_idx = log.events.len() - 1;
+        let v = log.view();
+        assert!(v.open_tools().is_empty());
+        assert!(v.needs_model());
+        assert!(v.unusable().is_empty());
+        let d = v.denials().to_vec();
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].tool_use_id, ask);
+        assert_eq!(d[0].confirmation_seq, conf_idx as u64 + 1);
+        assert!(!d[0].recorded);
+        assert!(d[0].text.contains("`bash`") && d[0].text.contains("not today"));
+        let before = v.request_messages();
+        match &before.last().unwrap().content[..] {
+            [ContentBlock::ToolResult {
+                tool_use_id,
+                is_error,
+                content,
+                ..
+            }] => {
+                assert_eq!(tool_use_id, &ask);
+                assert!(*is_error);
+                assert_eq!(content[0]["text"], json!(d[0].text));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The harness records the denial: listed as recorded, not a second result.
+        log.push(
+            events::agent_tool_result(&ask, &[events::text_block(&d[0].text)], true),
+            false,
+        );
+        let v = log.view();
+        assert!(v.denials()[0].recorded);
+        assert_eq!(v.request_messages(), before);
+        assert!(v.unusable().is_empty(), "the record is not unusable input");
+        // ... then marks the confirmation processed: nothing left to do.
+        log.events[conf_idx].processed_at = Some(OffsetDateTime::UNIX_EPOCH);
+        let v = log.view();
+        assert!(v.denials().is_empty());
+        assert!(v.queued().is_empty());
+        assert_eq!(v.request_messages(), before);
+        // A log from before denials were recorded (processed deny, no
+        // result event) folds to the same conversation.
+        log.events.pop();
+        let v = log.view();
+        assert!(v.denials().is_empty());
+        assert!(v.needs_model());
+        assert_eq!(v.request_messages(), before);
+        // Marking the confirmation consumed forgets the denial too.
+        let (mut log, ask) = blocked_on_ask();
+        log.push(
+            json!({"type":"user.tool_confirmation","tool_use_id":ask,"result":"deny"}),
+            true,
+        );
+        let mut v = log.view();
+        assert!(!v.denials()[0].text.contains("Their message"));
+        let seq = v.denials()[0].confirmation_seq;
+        v.mark_consumed(&[seq]);
+        assert!(v.denials().is_empty());
+    }
+
+    #[test]
+    fn input_for_calls_that_are_not_open_is_unusable() {
+        let (mut log, ask) = blocked_on_ask();
+        // For an unknown call, and a custom result for a sandbox call.
+        let a = log.push(
+            json!({"type":"user.tool_confirmation","tool_use_id":"sevt_nope","result":"allow"}),
+            true,
+        );
+        let b = log.push(
+            json!({"type":"user.custom_tool_result","custom_tool_use_id":ask,"content":[]}),
+            true,
+        );
+        // Processed strays are history, not input.
+        log.push(
+            json!({"type":"user.tool_confirmation","tool_use_id":"sevt_old","result":"deny"}),
+            false,
+        );
+        // The real answer, then a second answer to the same call.
+        log.push(
+            json!({"type":"user.tool_confirmation","tool_use_id":ask,"result":"allow"}),
+            true,
+        );
+        let dup = log.push(
+            json!({"type":"user.tool_confirmation","tool_use_id":ask,"result":"deny"}),
+            true,
+        );
+        let seq_of = |id: &str| log.events.iter().find(|e| e.id == id).unwrap().seq;
+        let mut v = log.view();
+        assert_eq!(v.unusable(), &[seq_of(&a), seq_of(&b), seq_of(&dup)]);
+        assert!(v.denials().is_empty(), "the call was allowed first");
+        assert!(v.open_tools()[0].runnable());
+        v.mark_consumed(&[seq_of(&a), seq_of(&b), seq_of(&dup)]);
+        assert!(v.unusable().is_empty());
+        assert_eq!(v.queued().len(), 1, "the allow stays until its tool ran");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! | start a model request | `span.model_request_start` (then marks the input it consumed processed) | an open span: closed with `is_error`, the request is made again (and counts as a failed attempt) |
 //! | model response | `agent.message`*, `agent.tool_use`*, `span.model_request_end` (+ results for unknown tools) in one batch | the response, whole |
 //! | run a tool | `agent.tool_result` after `Hands::execute` returned | a call without a result: sent again with the same id, the agent answers from its record |
+//! | record a denial | `agent.tool_result {is_error}` for a call a queued `deny` confirmation denied, then marks the confirmation processed | a recorded denial whose confirmation is still queued: only the mark is made again |
 //! | model error | `span.model_request_end{is_error}`, `session.error` (+ idle `retries_exhausted`) | the failure count, so retries continue rather than restart |
 //! | stop | `session.status_idle` | nothing to do |
 //!
@@ -272,17 +273,27 @@ impl Harness {
     /// Take the lease on `session_id`, advance the session until it is idle
     /// (or blocked on the client), release the lease.
     pub async fn wake(&self, session_id: &str) -> Result<WakeOutcome, HarnessError> {
+        self.wake_report(session_id)
+            .await
+            .map(|(outcome, _)| outcome)
+    }
+
+    /// [`Harness::wake`], also returning the seq of the last event the wake
+    /// folded (0 when it did not read the log: `Busy`, `LeaseLost`). After
+    /// `Idle` or `NothingToDo`, a session whose `last_seq` is still that has
+    /// nothing new for a wake (the supervisor's recovery scan uses this).
+    pub async fn wake_report(&self, session_id: &str) -> Result<(WakeOutcome, u64), HarnessError> {
         let span = tracing::info_span!("wake", session_id, holder = %self.config.instance_id);
         let outcome = self.wake_inner(session_id).instrument(span).await;
         let reported = outcome
             .as_ref()
-            .map(Clone::clone)
+            .map(|(o, _)| o.clone())
             .map_err(ToString::to_string);
         self.observer.wake_finished(session_id, &reported);
         outcome
     }
 
-    async fn wake_inner(&self, session_id: &str) -> Result<WakeOutcome, HarnessError> {
+    async fn wake_inner(&self, session_id: &str) -> Result<(WakeOutcome, u64), HarnessError> {
         let store_err = |source| HarnessError::Store {
             session_id: session_id.to_owned(),
             source,
@@ -293,7 +304,9 @@ impl Harness {
             .await
         {
             Ok(l) => l,
-            Err(StoreError::LeaseHeld { holder, .. }) => return Ok(WakeOutcome::Busy { holder }),
+            Err(StoreError::LeaseHeld { holder, .. }) => {
+                return Ok((WakeOutcome::Busy { holder }, 0))
+            }
             Err(e) => return Err(store_err(e)),
         };
         tracing::debug!(epoch = lease.epoch, "lease acquired");
@@ -321,7 +334,7 @@ impl Harness {
                     epoch = lease.epoch,
                     "lease lost to another harness; stopped"
                 );
-                Ok(WakeOutcome::LeaseLost)
+                Ok((WakeOutcome::LeaseLost, 0))
             }
             Err(Halt::Store(e)) => {
                 let _ = self.store.release_lease(&lease).await;
@@ -343,14 +356,14 @@ impl Harness {
         lease: &Lease,
         signals: watch::Receiver<Signals>,
         sig_tx: Arc<watch::Sender<Signals>>,
-    ) -> Result<WakeOutcome, Halt> {
+    ) -> Result<(WakeOutcome, u64), Halt> {
         let mut view = SessionView::new();
         let (record, ()) = tokio::try_join!(
             async { self.store.get_session(session_id).await.map_err(Halt::from) },
             read_into(&*self.store, session_id, &mut view),
         )?;
         if record.status == SessionStatus::Terminated {
-            return Ok(WakeOutcome::NothingToDo);
+            return Ok((WakeOutcome::NothingToDo, view.last_seq()));
         }
         let agent = AgentConfig::from_session(session_id, &record.body);
         let tail = Task::spawn(watch_interrupts(
@@ -370,7 +383,8 @@ impl Harness {
             did_work: false,
             _tail: tail,
         };
-        run.main_loop().await
+        let outcome = run.main_loop().await?;
+        Ok((outcome, run.view.last_seq()))
     }
 }
 
@@ -476,7 +490,16 @@ impl Run<'_> {
             if self.signals.borrow().lease_lost {
                 return Err(Halt::LeaseLost);
             }
-            let stale = self.view.stale_queued();
+            let mut stale = self.view.stale_queued();
+            if !self.view.unusable().is_empty() {
+                tracing::info!(
+                    events = self.view.unusable().len(),
+                    "marking queued confirmations/results for calls that are not open processed"
+                );
+                stale.extend_from_slice(self.view.unusable());
+                stale.sort_unstable();
+                stale.dedup();
+            }
             if !stale.is_empty() {
                 self.mark_processed(stale).await?;
             }
@@ -488,6 +511,10 @@ impl Run<'_> {
                 tracing::info!(span_id = %span, "closing a model request lost in a crash");
                 self.append(vec![events::span_end(&span, true, &Usage::default())], None)
                     .await?;
+                continue;
+            }
+            if !self.view.denials().is_empty() {
+                self.record_denials().await?;
                 continue;
             }
             if let Some(tool) = self
@@ -681,6 +708,27 @@ impl Run<'_> {
     }
 
     // ------------------------------------------------------------- tools
+
+    /// Record each call a queued `deny` confirmation denied as an error
+    /// `agent.tool_result` (the log then pairs every tool use with a result),
+    /// then mark the confirmations processed. A crash between the two leaves
+    /// a recorded denial: only the mark is made again.
+    async fn record_denials(&mut self) -> Result<(), Halt> {
+        let denials = self.view.denials().to_vec();
+        let results: Vec<Value> = denials
+            .iter()
+            .filter(|d| !d.recorded)
+            .map(|d| {
+                tracing::info!(tool_use_id = %d.tool_use_id, "recording a denied tool call");
+                events::agent_tool_result(&d.tool_use_id, &[events::text_block(&d.text)], true)
+            })
+            .collect();
+        if !results.is_empty() {
+            self.append(results, None).await?;
+        }
+        self.mark_processed(denials.iter().map(|d| d.confirmation_seq).collect())
+            .await
+    }
 
     async fn run_tool(&mut self, tool: OpenToolUse) -> Result<(), Halt> {
         self.ensure_running().await?;

@@ -7,45 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-/// A configuration error. Each variant names the key or path at fault.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// The config file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML or has unknown or mistyped keys.
-    #[error("invalid config file {path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What the TOML parser said (it names the key and line).
-        message: String,
-    },
-    /// A key has a value that parses but is not acceptable.
-    #[error("invalid value for `{key}`: {message}")]
-    Invalid {
-        /// Dotted key path, e.g. `control_plane.address`.
-        key: String,
-        /// What is wrong with it.
-        message: String,
-    },
-}
-
-impl ConfigError {
-    /// Shorthand for [`ConfigError::Invalid`].
-    pub fn invalid(key: impl Into<String>, message: impl std::fmt::Display) -> Self {
-        Self::Invalid {
-            key: key.into(),
-            message: message.to_string(),
-        }
-    }
-}
+/// A configuration error naming the file or key at fault (shared by both
+/// daemons).
+pub use daemon::ConfigError;
 
 /// The file as written, before validation.
 #[derive(Debug, Default, Deserialize)]
@@ -98,20 +62,12 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/airlock-agent";
 impl Config {
     /// Read and validate a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        Self::from_raw(daemon::read_toml(path)?)
     }
 
     /// Validate config text; `origin` is only used in error messages.
     pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: origin.to_owned(),
-            message: e.to_string(),
-        })?;
-        Self::from_raw(raw)
+        Self::from_raw(daemon::parse_toml(text, origin)?)
     }
 
     /// Convert raw values into typed ones, naming the key on failure.

@@ -45,6 +45,7 @@ pub use types::{
     format_rfc3339, new_event_id, AppendBatch, BodyUpdate, EventPage, EventQuery, EventSelector,
     Fence, Lease, LeaseState, NewEvent, NewSession, Order, SessionPage, SessionQuery,
     SessionRecord, SessionStatus, SessionUpdate, StoredEvent, TailItem, UnknownStatus,
+    WakeCandidate,
 };
 
 /// The session log. Cheap to clone handles implement it; share one per process
@@ -150,9 +151,19 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     /// over or released already.
     async fn release_lease(&self, lease: &Lease) -> Result<()>;
 
-    /// Ids of sessions with status `running` whose lease is free or expired
-    /// (oldest first, at most `limit`): what a recovery scan should wake.
-    async fn sessions_needing_wake(&self, limit: usize) -> Result<Vec<String>>;
+    /// What a recovery scan should wake: sessions whose lease is free or
+    /// expired and that either have status `running` (their harness died) or
+    /// are not `terminated` and hold a queued event (`processed_at` unset:
+    /// client input appended before a wake could start, e.g. the control
+    /// plane died between the append and the wake). In creation order, with
+    /// a `position` greater than `after` (0: from the start), at most
+    /// `limit`; page on with the last candidate's `position`.
+    ///
+    /// A queued event may legitimately wait (a message sent while a tool call
+    /// waits for the client), so a session can be returned scan after scan:
+    /// each candidate carries its `last_seq` so the caller can skip one it
+    /// already woke at that seq with nothing to do.
+    async fn sessions_needing_wake(&self, after: i64, limit: usize) -> Result<Vec<WakeCandidate>>;
 }
 
 /// Ttl in microseconds, saturating.

@@ -296,6 +296,19 @@ pub struct SessionRecord {
     pub updated_at: OffsetDateTime,
 }
 
+/// A session the recovery scan should wake (see
+/// [`SessionStore::sessions_needing_wake`](crate::SessionStore::sessions_needing_wake)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WakeCandidate {
+    /// The session.
+    pub session_id: String,
+    /// Its creation position (the scan's order and paging key).
+    pub position: i64,
+    /// The seq of its last event when scanned: a caller that saw a wake end
+    /// with nothing to do at this seq can skip the session until it changes.
+    pub last_seq: u64,
+}
+
 /// A session to create.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewSession {

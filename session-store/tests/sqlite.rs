@@ -280,8 +280,12 @@ impl SessionStore for DefaultListEvents {
     async fn release_lease(&self, lease: &session_store::Lease) -> session_store::Result<()> {
         self.0.release_lease(lease).await
     }
-    async fn sessions_needing_wake(&self, limit: usize) -> session_store::Result<Vec<String>> {
-        self.0.sessions_needing_wake(limit).await
+    async fn sessions_needing_wake(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> session_store::Result<Vec<session_store::WakeCandidate>> {
+        self.0.sessions_needing_wake(after, limit).await
     }
 }
 
@@ -328,7 +332,7 @@ async fn lease_expiry_follows_the_injected_clock() {
         .await
         .unwrap();
     assert_eq!(a.expires_at, clock.now() + Duration::from_secs(10));
-    assert!(store.sessions_needing_wake(10).await.unwrap().is_empty());
+    assert!(store.sessions_needing_wake(0, 10).await.unwrap().is_empty());
     clock.advance(Duration::from_millis(9_999));
     assert!(matches!(
         store
@@ -338,7 +342,13 @@ async fn lease_expiry_follows_the_injected_clock() {
     ));
     clock.advance(Duration::from_millis(1));
     assert_eq!(
-        store.sessions_needing_wake(10).await.unwrap(),
+        store
+            .sessions_needing_wake(0, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.session_id)
+            .collect::<Vec<_>>(),
         vec!["sesn_v".to_owned()]
     );
     // an expired lease that nobody took over can still be renewed

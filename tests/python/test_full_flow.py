@@ -9,7 +9,9 @@ sandbox-agent enrolled for the environment.
 - the same with the stream dropped mid-session and resumed: no event
   missing, none twice;
 - a custom tool round trip (`requires_action`, then `user.custom_tool_result`);
-- an `always_ask` tool confirmed (runs) and denied (never runs).
+- an `always_ask` tool confirmed (runs) and denied (never runs); either way
+  the call has exactly one `agent.tool_result` in the log (an error naming
+  the denial and its `deny_message` when denied).
 
 Needs Docker and the sandbox images of scripts/setup.d/30-images.sh
 (AIRLOCK_EXECUTOR_PATH, AIRLOCK_TEST_IMAGE); `control-plane serve` gets its
@@ -215,3 +217,21 @@ def test_always_ask_confirmation(deployment, result):
         assert "hi" in said, said
     else:
         assert "not today" in said and "hi\n" not in said, said
+    # Every tool call is auditable from the log: the call has exactly one
+    # agent.tool_result, also when the user denied it (an error result
+    # naming the denial and its message), streamed and listed.
+    events = list(c.beta.sessions.events.list(s.id))
+    results = [e for e in events if e.type == "agent.tool_result" and e.tool_use_id == use.id]
+    assert len(results) == 1, [e.type for e in events]
+    streamed = [e for e in seen if e.type == "agent.tool_result" and e.tool_use_id == use.id]
+    assert [e.id for e in streamed] == [results[0].id]
+    ids = [e.id for e in events]
+    assert ids.index(use.id) < ids.index(results[0].id)
+    confirmation = next(e for e in events if e.type == "user.tool_confirmation")
+    assert confirmation.processed_at is not None
+    if result == "deny":
+        assert results[0].is_error is True
+        text = json.dumps([b.model_dump() for b in results[0].content])
+        assert "denied" in text and "not today" in text, text
+    else:
+        assert not results[0].is_error

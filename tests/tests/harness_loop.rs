@@ -688,6 +688,22 @@ async fn always_ask_and_custom_tools_block_until_the_client_answers() {
     assert_eq!(hands.executions().len(), 1, "denied tool never ran");
     let events = log(&*store, "s").await;
     check_complete(&events);
+    // The denial is in the log as the call's one error result (audit trail),
+    // written before the model was asked again.
+    let denied: Vec<_> = of_type(&events, "agent.tool_result")
+        .into_iter()
+        .filter(|e| e.body["tool_use_id"] == json!(write.id))
+        .collect();
+    assert_eq!(denied.len(), 1, "{denied:#?}");
+    assert_eq!(denied[0].body["is_error"], json!(true));
+    let text = denied[0].body["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.contains("denied") && text.contains("`write`") && text.contains("not today"),
+        "{text}"
+    );
+    let pos = |id: &str| events.iter().position(|e| e.id == id).unwrap();
+    let second_span = of_type(&events, "span.model_request_start")[1].id.clone();
+    assert!(pos(&denied[0].id) < pos(&second_span));
     let reqs = fake.requests();
     assert_eq!(reqs.len(), 2);
     let results = reqs[1].body["messages"][2]["content"]

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use airlock_tests::fake_model::{tool_loop, FakeModel};
+use airlock_tests::fake_model::{tool_loop, FakeModel, Reply, RequestCtx};
 use harness::{StopReason, Supervisor, WakeOutcome};
 use harness_support::*;
 use serde_json::{json, Value};
@@ -241,4 +241,42 @@ async fn a_session_left_running_by_a_dead_replica_is_recovered_by_the_other() {
         b_store.get_session("s").await.unwrap().status,
         SessionStatus::Idle
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_queued_on_a_replica_that_died_before_waking_is_recovered_by_the_other() {
+    let Some((a_store, b_store, _guard)) = replicas().await else {
+        return;
+    };
+    let hands = RecordingHands::new();
+    let fake = FakeModel::start(|req: &RequestCtx| {
+        Reply::text(format!("answer to: {}", req.last_user_text().unwrap_or("")))
+    })
+    .await
+    .unwrap();
+    // Replica A's API appended the message to the idle session and died
+    // before waking it.
+    create_session(&*a_store, "s", toolset(), "are you there").await;
+    assert_eq!(
+        b_store.get_session("s").await.unwrap().status,
+        SessionStatus::Idle
+    );
+    // Replica B's scan finds it.
+    let sup = Supervisor::manual(harness(
+        b_store.clone(),
+        &fake,
+        hands.clone(),
+        config("replica-b"),
+    ));
+    assert_eq!(sup.recover_once().await, 1);
+    eventually("the recovered wake to finish", || sup.active() == 0).await;
+    let events = log(&*b_store, "s").await;
+    check_complete(&events);
+    assert_eq!(
+        of_type(&events, "agent.message")[0].body["content"][0]["text"],
+        json!("answer to: are you there")
+    );
+    assert_eq!(sup.recover_once().await, 0);
+    assert_eq!(fake.requests().len(), 1);
+    assert!(sup.shutdown(Duration::from_secs(10)).await);
 }

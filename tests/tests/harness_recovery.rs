@@ -9,14 +9,15 @@
 mod harness_support;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_tests::fake_model::{tool_loop, FakeModel};
-use harness::{StopReason, WakeOutcome};
+use airlock_tests::fake_model::{tool_loop, FakeModel, Reply, RequestCtx, Turn};
+use harness::{Observer, StopReason, Supervisor, WakeOutcome};
 use harness_support::*;
 use serde_json::{json, Value};
-use session_store::SessionStore;
+use session_store::{NewEvent, SessionStatus, SessionStore};
 
 const TOOLS: usize = 3;
 
@@ -407,4 +408,299 @@ async fn a_stale_harness_cannot_record_a_model_response() {
     assert_eq!(ra, WakeOutcome::LeaseLost);
     let events = log(&*store, "s").await;
     check_recovered(&events, &hands, &fake, "stale response");
+}
+
+// ------------------------------------------- input queued before a crash
+
+/// Counts finished wakes.
+#[derive(Debug, Default)]
+struct Wakes(AtomicUsize);
+
+impl Observer for Wakes {
+    fn wake_finished(&self, _session_id: &str, _outcome: &Result<WakeOutcome, String>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Wakes {
+    fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+async fn settle(sup: &Supervisor) {
+    eventually("the supervisor's wakes to finish", || sup.active() == 0).await;
+}
+
+fn answering() -> impl Fn(&RequestCtx) -> Reply + Send + Sync + 'static {
+    |req: &RequestCtx| Reply::text(format!("answer to: {}", req.last_user_text().unwrap_or("")))
+}
+
+fn always_ask() -> Value {
+    json!([{"type": "agent_toolset_20260401",
+            "default_config": {"enabled": true, "permission_policy": {"type": "always_ask"}}}])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_appended_before_the_wake_started_is_recovered_by_the_scan() {
+    let fx = sqlite().await;
+    let store: Arc<dyn SessionStore> = fx.store.clone();
+    let fake = FakeModel::start(answering()).await.unwrap();
+    let hands = RecordingHands::new();
+    // A first turn, then the API appends a message to the idle session and
+    // the control plane dies before the wake starts (nobody calls notify).
+    create_session(&*store, "sesn_a", toolset(), "first").await;
+    let h1 = harness(store.clone(), &fake, hands.clone(), config("h1"));
+    assert_eq!(
+        h1.wake("sesn_a").await.unwrap(),
+        WakeOutcome::Idle(StopReason::EndTurn)
+    );
+    drop(h1);
+    let second = send(&*store, "sesn_a", user_message("second")).await;
+    // And a session whose very first message never got a wake.
+    create_session(&*store, "sesn_b", toolset(), "never woken").await;
+    for id in ["sesn_a", "sesn_b"] {
+        assert_eq!(
+            store.get_session(id).await.unwrap().status,
+            SessionStatus::Idle
+        );
+    }
+    // A fresh harness and supervisor over the same store (the restart).
+    let wakes = Arc::new(Wakes::default());
+    let h2 =
+        harness(store.clone(), &fake, hands.clone(), config("h2")).with_observer(wakes.clone());
+    let sup = Supervisor::manual(h2);
+    assert_eq!(sup.recover_once().await, 2);
+    settle(&sup).await;
+    assert_eq!(wakes.count(), 2);
+    for (id, said) in [("sesn_a", "second"), ("sesn_b", "never woken")] {
+        let events = log(&*store, id).await;
+        check_complete(&events);
+        assert_eq!(
+            events.last().unwrap().event_type,
+            "session.status_idle",
+            "{id}"
+        );
+        let answer =
+            of_type(&events, "agent.message").last().unwrap().body["content"][0]["text"].clone();
+        assert_eq!(answer, json!(format!("answer to: {said}")), "{id}");
+    }
+    let events = log(&*store, "sesn_a").await;
+    let pos = |id: &str| events.iter().position(|e| e.id == id).unwrap();
+    assert!(events[pos(&second.id)].processed_at.is_some());
+    assert_eq!(of_type(&events, "agent.message").len(), 2);
+    assert_eq!(fake.requests().len(), 3, "one request per message");
+    // Nothing is left for a scan to wake.
+    assert_eq!(sup.recover_once().await, 0);
+    settle(&sup).await;
+    assert_eq!(wakes.count(), 2);
+    assert_eq!(fake.requests().len(), 3);
+    assert!(sup.shutdown(Duration::from_secs(10)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_waiting_for_the_client_is_not_woken_on_every_scan() {
+    let fx = sqlite().await;
+    let store: Arc<dyn SessionStore> = fx.store.clone();
+    let fake = FakeModel::start(|req: &RequestCtx| {
+        if req.tool_uses_so_far() == 0 {
+            Turn::new()
+                .tool_use("t1", "bash", json!({"command": "deploy"}))
+                .into()
+        } else {
+            Reply::text(format!("deployed; {}", req.last_user_text().unwrap_or("")))
+        }
+    })
+    .await
+    .unwrap();
+    let hands = RecordingHands::new();
+    let wakes = Arc::new(Wakes::default());
+    let new_sup = || {
+        Supervisor::manual(
+            harness(store.clone(), &fake, hands.clone(), config("h1")).with_observer(wakes.clone()),
+        )
+    };
+    create_session(&*store, "s", always_ask(), "deploy").await;
+    let sup = new_sup();
+    sup.notify("s");
+    settle(&sup).await;
+    let events = log(&*store, "s").await;
+    let tool_use = of_type(&events, "agent.tool_use")[0].clone();
+    assert_eq!(
+        events.last().unwrap().body["stop_reason"],
+        json!({"type": "requires_action", "event_ids": [tool_use.id]})
+    );
+    assert_eq!(fake.requests().len(), 1);
+    // A message sent while the call waits for the client stays queued: the
+    // notified wake can do nothing with it and writes nothing.
+    let note = send(&*store, "s", user_message("be careful")).await;
+    sup.notify("s");
+    settle(&sup).await;
+    assert_eq!(wakes.count(), 2);
+    assert_eq!(log(&*store, "s").await.len(), events.len() + 1);
+    // Every scan sees the queued message; none wakes the session again.
+    for _ in 0..5 {
+        assert_eq!(sup.recover_once().await, 0);
+    }
+    settle(&sup).await;
+    assert_eq!(wakes.count(), 2);
+    // A restarted supervisor has no memo: one wake, then it remembers.
+    assert!(sup.shutdown(Duration::from_secs(10)).await);
+    let sup = new_sup();
+    assert_eq!(sup.recover_once().await, 1);
+    settle(&sup).await;
+    for _ in 0..5 {
+        assert_eq!(sup.recover_once().await, 0);
+    }
+    settle(&sup).await;
+    assert_eq!(wakes.count(), 3);
+    assert_eq!(fake.requests().len(), 1, "no model request while blocked");
+    assert!(hands.calls().is_empty());
+    // The answer is new input (the last seq moved): the scan wakes it, the
+    // call runs and the waiting message goes to the model with its result.
+    send(
+        &*store,
+        "s",
+        NewEvent::queued(
+            json!({"type": "user.tool_confirmation", "tool_use_id": tool_use.id, "result": "allow"}),
+        ),
+    )
+    .await;
+    assert_eq!(sup.recover_once().await, 1);
+    settle(&sup).await;
+    let events = log(&*store, "s").await;
+    check_complete(&events);
+    assert_eq!(hands.executions().len(), 1);
+    assert_eq!(fake.requests().len(), 2);
+    assert_eq!(
+        of_type(&events, "agent.message").last().unwrap().body["content"][0]["text"],
+        json!("deployed; be careful")
+    );
+    assert!(events
+        .iter()
+        .find(|e| e.id == note.id)
+        .unwrap()
+        .processed_at
+        .is_some());
+    // A second answer to the answered call can never be used: one wake marks
+    // it processed, and scans find nothing after that.
+    let late = send(
+        &*store,
+        "s",
+        NewEvent::queued(
+            json!({"type": "user.tool_confirmation", "tool_use_id": tool_use.id, "result": "deny"}),
+        ),
+    )
+    .await;
+    assert_eq!(sup.recover_once().await, 1);
+    settle(&sup).await;
+    let after = log(&*store, "s").await;
+    assert_eq!(
+        after.len(),
+        events.len() + 1,
+        "nothing written but the mark"
+    );
+    assert!(after.last().unwrap().processed_at.is_some());
+    assert_eq!(after.last().unwrap().id, late.id);
+    assert!(store
+        .sessions_needing_wake(0, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(sup.recover_once().await, 0);
+    assert_eq!(fake.requests().len(), 2);
+    assert_eq!(hands.executions().len(), 1);
+    assert!(sup.shutdown(Duration::from_secs(10)).await);
+}
+
+// ------------------------------------------------------------ denials
+
+/// A denied `always_ask` call: harness A crashes at each of the two writes
+/// that record the denial (the result, then the confirmation's mark), before
+/// and after each takes effect, and harness B finishes. The log always ends with exactly one error `agent.tool_result`
+/// for the call, the tool never runs and the model is told once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denial_is_recorded_once_across_crashes() {
+    for n in 0..2 {
+        for after in [false, true] {
+            let fx = sqlite().await;
+            let inner: Arc<dyn SessionStore> = fx.store.clone();
+            let crasher = Arc::new(Crasher::default());
+            let store_a: Arc<dyn SessionStore> = Arc::new(CrashingStore {
+                inner: inner.clone(),
+                crasher: crasher.clone(),
+            });
+            let fake = FakeModel::start(|req: &RequestCtx| {
+                if req.tool_uses_so_far() == 0 {
+                    Turn::new()
+                        .tool_use("t1", "bash", json!({"command": "rm -rf /"}))
+                        .into()
+                } else {
+                    Reply::text("understood")
+                }
+            })
+            .await
+            .unwrap();
+            let hands = RecordingHands::new();
+            create_session(&*inner, "s", always_ask(), "clean up").await;
+            let a = harness(store_a, &fake, hands.clone(), config("harness-a"));
+            assert!(matches!(
+                a.wake("s").await.unwrap(),
+                WakeOutcome::Idle(StopReason::RequiresAction(_))
+            ));
+            let tool_use = of_type(&log(&*inner, "s").await, "agent.tool_use")[0].clone();
+            send(&*inner, "s", NewEvent::queued(json!({"type": "user.tool_confirmation", "tool_use_id": tool_use.id, "result": "deny", "deny_message": "never on prod"}))).await;
+            let base = crasher.points();
+            crasher.arm(base + n, after);
+            let task = tokio::spawn(async move { a.wake("s").await });
+            let deadline = std::time::Instant::now() + PATIENCE;
+            while !task.is_finished() && !crasher.fired() {
+                assert!(std::time::Instant::now() < deadline, "A hung");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            let what = format!(
+                "crash at point {n} of the denial wake ({})",
+                if after { "after" } else { "before" }
+            );
+            assert!(crasher.fired(), "{what}: not reached");
+            assert_eq!(
+                crasher.labels()[base + n],
+                ["append", "mark_processed"][n],
+                "{what}"
+            );
+            {
+                task.abort();
+                let _ = task.await;
+                fx.clock.advance(Duration::from_secs(3600));
+                let b = harness(inner.clone(), &fake, hands.clone(), config("harness-b"));
+                let out = b.wake("s").await.unwrap();
+                assert!(
+                    matches!(
+                        out,
+                        WakeOutcome::Idle(StopReason::EndTurn) | WakeOutcome::NothingToDo
+                    ),
+                    "{what}: {out:?}"
+                );
+            }
+            let events = log(&*inner, "s").await;
+            check_complete(&events);
+            let results = of_type(&events, "agent.tool_result");
+            assert_eq!(results.len(), 1, "{what}: {results:#?}");
+            assert_eq!(results[0].body["tool_use_id"], json!(tool_use.id), "{what}");
+            assert_eq!(results[0].body["is_error"], json!(true), "{what}");
+            let text = results[0].body["content"][0]["text"].as_str().unwrap();
+            assert!(
+                text.contains("denied") && text.contains("never on prod"),
+                "{what}: {text}"
+            );
+            assert!(hands.calls().is_empty(), "{what}: a denied call ran");
+            let reqs = fake.requests();
+            assert_eq!(reqs.len(), 2, "{what}: model requests");
+            let told = reqs[1].body["messages"][2]["content"].clone();
+            assert_eq!(told.as_array().unwrap().len(), 1, "{what}: {told}");
+            assert_eq!(told[0]["tool_use_id"], json!(tool_use.id));
+            assert_eq!(told[0]["is_error"], json!(true));
+            assert_eq!(of_type(&events, "agent.message").len(), 1, "{what}");
+        }
+    }
 }

@@ -149,7 +149,7 @@ fn script(_req: &RequestCtx) -> Reply {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_cli_manages_environments_and_sessions_over_the_api() {
     let model = FakeModel::builder().start(script).await.unwrap();
-    let d = Deployment::start(runtime_toml(&model.base_url(), 5.0))
+    let mut d = Deployment::start(runtime_toml(&model.base_url(), 5.0))
         .await
         .unwrap();
     let name = format!("ops-{}", std::process::id());
@@ -191,6 +191,45 @@ async fn operator_cli_manages_environments_and_sessions_over_the_api() {
     assert!(
         human.contains(&env_id) && human.contains("archived_at"),
         "{human}"
+    );
+
+    // tokens create warns about an environment no agent could serve
+    let out = cli(
+        &d,
+        &d.api_key,
+        &["tokens", "create", "--environment", "env_nope", "--json"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: environment env_nope does not exist"),
+        "{stderr}"
+    );
+    let out = cli(
+        &d,
+        &d.api_key,
+        &["tokens", "create", "--environment", &env_id, "--json"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("warning: environment {env_id} is archived")),
+        "{stderr}"
+    );
+    let out = cli(
+        &d,
+        &d.api_key,
+        &[
+            "tokens",
+            "create",
+            "--environment",
+            &d.environment_id,
+            "--json",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !stderr.contains("warning:"),
+        "{stderr}"
     );
 
     // sessions list / show for a session created through the HTTP API
@@ -287,6 +326,138 @@ async fn operator_cli_manages_environments_and_sessions_over_the_api() {
         l.contains("user.interrupt")
     });
     drop(t);
+
+    // tail survives a dropped stream: the server is killed (SIGKILL) and
+    // restarted; tail resumes with Last-Event-ID, nothing lost or repeated
+    let mut t = Tail::start(
+        &d,
+        &["sessions", "tail", &session_id, "--after", "0", "--json"],
+    );
+    t.until(Duration::from_secs(60), "user.interrupt", |l| {
+        l.contains("\"user.interrupt\"")
+    });
+    d.cp.kill9().unwrap();
+    d.cp.start().unwrap();
+    d.api
+        .user_message(&session_id, "after the restart")
+        .await
+        .unwrap();
+    t.until(
+        Duration::from_secs(60),
+        "the message sent after the restart",
+        |l| l.contains("after the restart"),
+    );
+    let logged: std::collections::BTreeSet<u64> = d
+        .api
+        .events(&session_id)
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .collect();
+    let final_seq = *logged.last().unwrap();
+    t.until(Duration::from_secs(60), "the last event", |l| {
+        parse(l)["seq"].as_u64() >= Some(final_seq)
+    });
+    // every seq once (a user event may show a second time, processed)
+    let mut seen: Vec<(u64, String)> = Vec::new();
+    for line in &t.seen {
+        let v = parse(line);
+        let seq = v["seq"].as_u64().unwrap();
+        let kind = v["type"].as_str().unwrap().to_owned();
+        let again = seen.iter().filter(|(s, _)| *s == seq).count();
+        assert!(
+            again == 0 || (again == 1 && kind.starts_with("user.")),
+            "seq {seq} ({kind}) repeated:\n{}",
+            t.seen.join("\n")
+        );
+        seen.push((seq, kind));
+    }
+    let seqs: std::collections::BTreeSet<u64> = seen.iter().map(|(s, _)| *s).collect();
+    assert!(
+        logged.is_subset(&seqs),
+        "events missing after the resume: {:?}",
+        logged.difference(&seqs).collect::<Vec<_>>()
+    );
+    drop(t);
+
+    // sessions list follows pages up to --limit / --all, and filters
+    let mut mine = vec![session_id.clone()];
+    for _ in 0..4 {
+        mine.push(
+            d.api
+                .create_session(&agent_id, &d.environment_id)
+                .await
+                .unwrap(),
+        );
+    }
+    let other_agent = d.api.create_agent("ops-agent-2").await.unwrap();
+    let other = d
+        .api
+        .create_session(&other_agent, &d.environment_id)
+        .await
+        .unwrap();
+    let page = ok_json(
+        &d,
+        &[
+            "sessions",
+            "list",
+            "--limit",
+            "3",
+            "--page-size",
+            "2",
+            "--json",
+        ],
+    );
+    let got = ids(&page);
+    assert_eq!(got.len(), 3, "{page}");
+    assert_eq!(got[0], other, "newest first: {page}");
+    assert_eq!(got[1..], [mine[4].clone(), mine[3].clone()], "{page}");
+    let every = ids(&ok_json(
+        &d,
+        &["sessions", "list", "--all", "--page-size", "2", "--json"],
+    ));
+    assert_eq!(every.len(), 6, "{every:?}");
+    let distinct: std::collections::BTreeSet<&String> = every.iter().collect();
+    assert_eq!(distinct.len(), 6, "a page repeated: {every:?}");
+    for s in mine.iter().chain([&other]) {
+        assert!(every.contains(s), "{s} not in {every:?}");
+    }
+    let by_agent = ids(&ok_json(
+        &d,
+        &["sessions", "list", "--agent", &other_agent, "--json"],
+    ));
+    assert_eq!(by_agent, std::slice::from_ref(&other));
+    let out = cli(
+        &d,
+        &d.api_key,
+        &["sessions", "list", "--limit", "2", "--page-size", "1"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+    assert!(
+        stderr.contains("showing the first 2 sessions; more match"),
+        "{stderr}"
+    );
+    let future = ids(&ok_json(
+        &d,
+        &[
+            "sessions",
+            "list",
+            "--created-after",
+            "2999-01-01T00:00:00Z",
+            "--json",
+        ],
+    ));
+    assert!(future.is_empty(), "{future:?}");
+    let err = fails(&d, &d.api_key, &["sessions", "list", "--status", "paused"]);
+    assert!(
+        err.contains("invalid_request_error") && err.contains("statuses"),
+        "{err}"
+    );
+    let err = fails(&d, &d.api_key, &["sessions", "list", "--limit", "0"]);
+    assert!(err.contains("--limit"), "{err}");
 
     // errors
     let missing = "sesn_0000000000000000000000000000";

@@ -44,6 +44,32 @@ impl Call {
             sender: CallSender {
                 link: link.clone(),
                 tx,
+                finished: false,
+            },
+            receiver: CallReceiver {
+                link,
+                rx,
+                done: false,
+            },
+        })
+    }
+
+    /// Open a call and send `request`, `data` and the end of input in one
+    /// write (see [`FrameSender::send_and_finish`]); the sender is finished.
+    pub(crate) async fn open_finished(
+        link: Arc<Link>,
+        path: &str,
+        request: &Request,
+        data: Bytes,
+    ) -> Result<Self, CallFailure> {
+        let (mut tx, rx) = or_lost(&link, link.open(path)).await?;
+        let frame = request.to_frame().map_err(StreamError::Frame)?;
+        or_lost(&link, tx.send_and_finish(&frame, data)).await?;
+        Ok(Call {
+            sender: CallSender {
+                link: link.clone(),
+                tx,
+                finished: true,
             },
             receiver: CallReceiver {
                 link,
@@ -64,6 +90,7 @@ impl Call {
             sender: CallSender {
                 link: link.clone(),
                 tx,
+                finished: false,
             },
             receiver: CallReceiver {
                 link,
@@ -86,6 +113,7 @@ impl Call {
 pub struct CallSender {
     link: Arc<Link>,
     tx: FrameSender,
+    finished: bool,
 }
 
 impl CallSender {
@@ -94,9 +122,13 @@ impl CallSender {
         Ok(or_lost(&self.link, self.tx.send_data(bytes)).await?)
     }
 
-    /// No more data from this side.
+    /// No more data from this side (again: no-op).
     pub fn finish(&mut self) -> Result<(), CallFailure> {
-        Ok(self.tx.finish()?)
+        if !self.finished {
+            self.tx.finish()?;
+            self.finished = true;
+        }
+        Ok(())
     }
 
     /// Abandon the call.

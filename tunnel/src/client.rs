@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use protocol::hello::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
@@ -20,8 +20,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::backoff::{Backoff, BackoffSettings};
 use crate::call::{CallHandler, CallIo};
 use crate::control::{ControlCmd, ControlLoop, ControlState};
-use crate::error::{CloseReason, ConnectError, StreamError};
-use crate::link::{Link, LinkKind, H2_CALL_PATH, H2_CONTROL_PATH};
+use crate::error::{h2_is_revoked, quic_is_revoked, CloseReason, ConnectError, StreamError};
+use crate::link::{quic_close_message, Link, LinkKind, H2_CALL_PATH, H2_CONTROL_PATH};
 use crate::proxy::{split_host_port, ProxyConfig};
 use crate::select::{Transport, TransportMode, TransportSelector};
 use crate::stream::{FrameReceiver, FrameSender, RecvHalf, SendHalf, StreamCode};
@@ -114,6 +114,29 @@ pub enum ClientStatus {
     },
     /// Shut down; no more dials.
     Stopped,
+    /// The control plane refused this agent as revoked (TLS
+    /// `certificate_revoked` alert, close code `revoked`, or the hello
+    /// answered `rejected{revoked}`). Final: no more dials.
+    Revoked {
+        /// The refusal as received.
+        error: String,
+    },
+}
+
+/// Set by a TCP link's h2 driver when the TLS layer received the
+/// `certificate_revoked` alert (QUIC links carry it in their close reason).
+type RevokedFlag = Arc<OnceLock<String>>;
+
+/// Why `link` was closed, if the control plane closed it because this agent is revoked.
+fn revoked_signal(link: &Link, flag: &RevokedFlag) -> Option<String> {
+    if let LinkKind::Quic(conn) = &link.kind {
+        if let Some(e) = conn.close_reason() {
+            if quic_is_revoked(&e) {
+                return Some(quic_close_message(&e));
+            }
+        }
+    }
+    flag.get().cloned()
 }
 
 /// An established, hello'd link (agent side).
@@ -125,6 +148,8 @@ struct Active {
     in_flight: Arc<AtomicU64>,
     /// The control loop's state, once serving.
     state: Option<Arc<ControlState>>,
+    /// Set when a TCP link learns that this agent is revoked.
+    revoked: RevokedFlag,
 }
 
 /// Dial once over `transport` and complete the hello.
@@ -134,7 +159,7 @@ async fn dial(
     tls: &Arc<rustls::ClientConfig>,
 ) -> Result<Active, ConnectError> {
     let codec = FrameCodec::new(settings.max_frame_bytes);
-    let (link, tx, rx) = match transport {
+    let (link, tx, rx, revoked) = match transport {
         Transport::Quic => tokio::time::timeout(
             settings.quic_connect_timeout,
             dial_quic(settings, tls, codec),
@@ -159,11 +184,21 @@ async fn dial(
         Transport::Quic => settings.quic_connect_timeout,
         Transport::Tcp => settings.connect_timeout,
     };
-    match tokio::time::timeout(limit, hello(&link, tx, rx, settings)).await {
+    match tokio::time::timeout(limit, hello(&link, tx, rx, settings, revoked.clone())).await {
         Ok(Ok(active)) => Ok(active),
         Ok(Err(e)) => {
+            // The revocation alert may arrive after the handshake looked complete
+            // (TLS 1.3 verifies the client certificate last) and fail the hello.
+            let revoked = revoked_signal(&link, &revoked);
             link.close(CloseReason::ProtocolError);
-            Err(e)
+            match revoked {
+                Some(detail) => Err(ConnectError::Revoked {
+                    transport,
+                    address: settings.server.clone(),
+                    detail,
+                }),
+                None => Err(e),
+            }
         }
         Err(_) => {
             link.close(CloseReason::HeartbeatTimeout);
@@ -199,7 +234,7 @@ async fn dial_quic(
     settings: &ClientSettings,
     tls: &Arc<rustls::ClientConfig>,
     codec: FrameCodec,
-) -> Result<(Arc<Link>, FrameSender, FrameReceiver), ConnectError> {
+) -> Result<(Arc<Link>, FrameSender, FrameReceiver, RevokedFlag), ConnectError> {
     let addr = resolve(&settings.server).await?;
     let err = |message: String| ConnectError::Transport {
         transport: Transport::Quic,
@@ -226,17 +261,32 @@ async fn dial_quic(
     let runtime = quinn::default_runtime().ok_or_else(|| err("no async runtime".into()))?;
     let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
         .map_err(|e| err(format!("udp endpoint: {e}")))?;
+    let closed = |e: quinn::ConnectionError| {
+        if quic_is_revoked(&e) {
+            ConnectError::Revoked {
+                transport: Transport::Quic,
+                address: settings.server.clone(),
+                detail: e.to_string(),
+            }
+        } else {
+            err(e.to_string())
+        }
+    };
+    // A close before our side of the handshake is done may come in an
+    // Initial packet, which anyone on the path can forge: never final. The
+    // control plane's refusal comes after, authenticated (see `closed`).
     let conn = endpoint
         .connect_with(config, addr, &settings.server_name)
         .map_err(|e| err(e.to_string()))?
         .await
         .map_err(|e| err(e.to_string()))?;
     let link = Link::new(LinkKind::Quic(conn.clone()), Transport::Quic, addr, codec);
-    let (send, recv) = conn.open_bi().await.map_err(|e| err(e.to_string()))?;
+    let (send, recv) = conn.open_bi().await.map_err(closed)?;
     Ok((
         link,
         FrameSender::new(SendHalf::Quic(send), codec),
         FrameReceiver::new(RecvHalf::Quic(recv), codec),
+        RevokedFlag::default(),
     ))
 }
 
@@ -244,7 +294,12 @@ async fn dial_tcp(
     settings: &ClientSettings,
     tls: &Arc<rustls::ClientConfig>,
     codec: FrameCodec,
-) -> Result<(Arc<Link>, FrameSender, FrameReceiver), ConnectError> {
+) -> Result<(Arc<Link>, FrameSender, FrameReceiver, RevokedFlag), ConnectError> {
+    let revoked_err = |detail: String| ConnectError::Revoked {
+        transport: Transport::Tcp,
+        address: settings.server.clone(),
+        detail,
+    };
     let err = |message: String| ConnectError::Transport {
         transport: Transport::Tcp,
         address: settings.server.clone(),
@@ -270,14 +325,27 @@ async fn dial_tcp(
         ConnectError::TlsConfig(format!("server name {}: {e}", settings.server_name))
     })?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(with_alpn(tls)));
+    // An alert during the handshake may be a plaintext one that anyone on
+    // the path (a proxy) can forge: never final.
     let tls_stream = connector
         .connect(name, stream)
         .await
         .map_err(|e| err(format!("tls: {e}")))?;
+    // TLS 1.3: the control plane verifies our certificate after our side of
+    // the handshake is done (its certificate already verified by us), so its
+    // certificate_revoked alert arrives here, encrypted, and is final.
     let mut conn = tuning::h2_server(&settings.tuning)
         .handshake::<_, bytes::Bytes>(tls_stream)
         .await
-        .map_err(|e| err(format!("h2: {e}")))?;
+        .map_err(|e| {
+            if h2_is_revoked(&e) {
+                revoked_err(format!("h2: {e}"))
+            } else {
+                err(format!("h2: {e}"))
+            }
+        })?;
+    let revoked = RevokedFlag::default();
+    let driver_revoked = revoked.clone();
     let (in_tx, in_rx) = mpsc::unbounded_channel();
     let (done_tx, done_rx) = oneshot::channel::<String>();
     let driver = tokio::spawn(async move {
@@ -288,7 +356,13 @@ async fn dial_tcp(
                         break "link dropped".to_owned();
                     }
                 }
-                Some(Err(e)) => break format!("h2 connection failed: {e}"),
+                Some(Err(e)) => {
+                    let msg = format!("h2 connection failed: {e}");
+                    if h2_is_revoked(&e) {
+                        let _ = driver_revoked.set(msg.clone());
+                    }
+                    break msg;
+                }
                 None => break "h2 connection ended".to_owned(),
             }
         };
@@ -315,13 +389,16 @@ async fn dial_tcp(
     });
     // The control plane (h2 client) opens the control stream first.
     match link.accept().await.map_err(|e| err(e.to_string()))? {
-        Some((Some(path), tx, rx)) if path == H2_CONTROL_PATH => Ok((link, tx, rx)),
+        Some((Some(path), tx, rx)) if path == H2_CONTROL_PATH => Ok((link, tx, rx, revoked)),
         Some((path, _, _)) => Err(err(format!(
             "expected the control stream first, got {path:?}"
         ))),
-        None => Err(err(link
-            .closed_message()
-            .unwrap_or_else(|| "closed before hello".into()))),
+        None => match revoked.get() {
+            Some(detail) => Err(revoked_err(detail.clone())),
+            None => Err(err(link
+                .closed_message()
+                .unwrap_or_else(|| "closed before hello".into()))),
+        },
     }
 }
 
@@ -330,6 +407,7 @@ async fn hello(
     mut tx: FrameSender,
     mut rx: FrameReceiver,
     settings: &ClientSettings,
+    revoked: RevokedFlag,
 ) -> Result<Active, ConnectError> {
     let hello = Hello {
         min_version: settings.version_range.0,
@@ -355,6 +433,7 @@ async fn hello(
             heartbeat: Duration::from_millis(heartbeat_interval_ms.clamp(100, 3_600_000)),
             in_flight: Arc::new(AtomicU64::new(0)),
             state: None,
+            revoked,
         }),
         HelloAnswer::Rejected { code, message, .. } => {
             Err(ConnectError::Rejected { code, message })
@@ -401,6 +480,21 @@ impl ClientHandle {
         })
     }
 
+    /// Resolves once the control plane has refused this agent as revoked
+    /// ([`ClientStatus::Revoked`]); the client has stopped dialing by then.
+    /// Returns the refusal as received. Pending forever otherwise.
+    pub async fn revoked(&self) -> String {
+        let mut status = self.status.clone();
+        loop {
+            if let ClientStatus::Revoked { error } = &*status.borrow_and_update() {
+                return error.clone();
+            }
+            if status.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Drain: send goaway, let in-flight calls finish within `deadline`,
     /// close, stop redialing.
     pub async fn shutdown(&self, deadline: Duration) {
@@ -417,8 +511,11 @@ impl ClientHandle {
     }
 }
 
-/// Start the agent client: dial, serve calls with `handler`, redial forever
-/// until [`ClientHandle::shutdown`].
+/// Start the agent client: dial, serve calls with `handler`, redial with
+/// backoff until [`ClientHandle::shutdown`] -- or until the control plane
+/// refuses this agent as revoked ([`ConnectError::is_revoked`], a close with
+/// [`CloseReason::Revoked`]): then it stops for good and publishes
+/// [`ClientStatus::Revoked`]. Every other failure is redialed.
 pub fn spawn(
     settings: ClientSettings,
     tls: Arc<rustls::ClientConfig>,
@@ -457,6 +554,7 @@ enum Outcome {
     Closed(String),
     Migrated(Box<Active>),
     Shutdown,
+    Revoked(String),
 }
 
 impl Supervisor {
@@ -481,6 +579,10 @@ impl Supervisor {
                     Ok(a) => {
                         active = Some(a);
                         break;
+                    }
+                    Err(error) if error.is_revoked() => {
+                        self.stop_revoked(error.to_string());
+                        return;
                     }
                     Err(error) => {
                         tracing::warn!(agent_id = %agent_id, %transport, %error, "dial failed");
@@ -512,6 +614,10 @@ impl Supervisor {
                             tokio::spawn(drain(old, "migrate_to_quic", deadline));
                         }
                         Outcome::Shutdown => break 'outer,
+                        Outcome::Revoked(message) => {
+                            self.stop_revoked(message);
+                            return;
+                        }
                         Outcome::Closed(message) => {
                             tracing::warn!(agent_id = %agent_id, %transport, %message, "link to control plane lost");
                             last_error = message;
@@ -535,6 +641,17 @@ impl Supervisor {
             }
         }
         let _ = self.status.send(ClientStatus::Stopped);
+    }
+
+    /// The control plane refused us as revoked: stop dialing for good.
+    fn stop_revoked(&self, error: String) {
+        // The caller reports it (once, as the error it is); this is the tunnel's trace.
+        tracing::warn!(agent_id = %self.settings.agent_id, %error,
+            "the control plane refused this agent as revoked; not redialing");
+        if let Ok(mut c) = self.control.lock() {
+            *c = None;
+        }
+        let _ = self.status.send(ClientStatus::Revoked { error });
     }
 
     /// Serve calls on `active` until it dies, we move to QUIC, or shutdown.
@@ -574,7 +691,15 @@ impl Supervisor {
                 }
             };
             tokio::select! {
-                message = link.closed() => return Outcome::Closed(message),
+                message = link.closed() => {
+                    return match revoked_signal(&link, &active.revoked) {
+                        Some(detail) => Outcome::Revoked(format!(
+                            "{} connection to {} closed: this agent is revoked ({detail})",
+                            link.transport, self.settings.server
+                        )),
+                        None => Outcome::Closed(message),
+                    };
+                }
                 _ = self.shutdown.changed() => {
                     let deadline = self.shutdown_requested().unwrap_or(self.settings.drain_deadline);
                     drain_with(&link, active.state.clone(), active.in_flight.clone(), "shutdown", deadline).await;
@@ -583,6 +708,7 @@ impl Supervisor {
                 _ = retry => {
                     match dial(Transport::Quic, &self.settings, &self.tls).await {
                         Ok(next) => return Outcome::Migrated(Box::new(next)),
+                        Err(error) if error.is_revoked() => return Outcome::Revoked(error.to_string()),
                         Err(error) => {
                             tracing::debug!(agent_id = %self.settings.agent_id, %error, "quic still unavailable; staying on tcp");
                             selector.quic_retry_failed(Instant::now());
@@ -739,11 +865,11 @@ async fn serve_call(mut io: CallIo, handler: Arc<dyn CallHandler>, agent_id: &st
             }
         }
     };
-    if let Err(error) = io.tx.send(&frame).await {
+    // The response and the end of the stream go together (one write on
+    // QUIC, one DATA frame with END_STREAM on h2).
+    if let Err(error) = io.tx.send_and_finish(&frame, bytes::Bytes::new()).await {
         tracing::debug!(agent_id = %agent_id, %error, "could not send response");
-        return;
     }
-    let _ = io.tx.finish();
 }
 
 /// The `echo` call: stream every received chunk back, then answer with the count.

@@ -162,6 +162,73 @@ pub enum ConnectError {
     /// The TLS configuration cannot be used for QUIC (e.g. no TLS 1.3 suite).
     #[error("tls configuration unusable: {0}")]
     TlsConfig(String),
+    /// The control plane refused our certificate because the agent is
+    /// revoked: the TLS `certificate_revoked` alert during the handshake, or
+    /// the connection closed with [`CloseReason::Revoked`]. Final: redialing
+    /// cannot succeed with this identity.
+    #[error("{transport} connection to {address} refused: this agent is revoked ({detail})")]
+    Revoked {
+        /// Which transport saw it.
+        transport: Transport,
+        /// The address dialed.
+        address: String,
+        /// The signal as received (alert or close code).
+        detail: String,
+    },
+}
+
+impl ConnectError {
+    /// Whether the control plane said this agent is revoked (TLS
+    /// `certificate_revoked` alert, close code `revoked`, or a hello answered
+    /// `rejected{revoked}`). Every other failure is worth a redial.
+    pub fn is_revoked(&self) -> bool {
+        matches!(
+            self,
+            ConnectError::Revoked { .. }
+                | ConnectError::Rejected {
+                    code: RejectCode::Revoked,
+                    ..
+                }
+        )
+    }
+}
+
+/// Whether a TLS error is the peer's `certificate_revoked` alert.
+pub(crate) fn tls_is_revoked(e: &rustls::Error) -> bool {
+    matches!(
+        e,
+        rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRevoked)
+    )
+}
+
+/// Whether an I/O error (TLS over TCP) carries the peer's `certificate_revoked` alert.
+pub(crate) fn io_is_revoked(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(tls_is_revoked)
+}
+
+/// Whether an h2 error (TLS over TCP) carries the peer's `certificate_revoked` alert.
+pub(crate) fn h2_is_revoked(e: &h2::Error) -> bool {
+    e.get_io().is_some_and(io_is_revoked)
+}
+
+/// Whether a QUIC connection ended because the control plane refused us as
+/// revoked: the TLS alert (QUIC crypto error `0x100 + 44`) in the handshake,
+/// or an application close with [`CloseReason::Revoked`]'s code.
+pub(crate) fn quic_is_revoked(e: &quinn::ConnectionError) -> bool {
+    match e {
+        quinn::ConnectionError::ConnectionClosed(c) => {
+            c.error_code
+                == quinn::TransportErrorCode::crypto(u8::from(
+                    rustls::AlertDescription::CertificateRevoked,
+                ))
+        }
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            c.error_code == CloseReason::Revoked.quic().0
+        }
+        _ => false,
+    }
 }
 
 /// Binding the listener failed.
@@ -222,5 +289,66 @@ impl CloseReason {
     pub fn as_str(&self) -> &'static str {
         // Reason bytes are ASCII literals above.
         std::str::from_utf8(self.quic().1).unwrap_or("closed")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_revocation_signals_are_final() {
+        let rejected = |code| ConnectError::Rejected {
+            code,
+            message: "x".into(),
+        };
+        assert!(rejected(RejectCode::Revoked).is_revoked());
+        assert!(!rejected(RejectCode::IdentityMismatch).is_revoked());
+        assert!(!rejected(RejectCode::ShuttingDown).is_revoked());
+        assert!(!ConnectError::Transport {
+            transport: Transport::Tcp,
+            address: "a:1".into(),
+            message: "tls: invalid peer certificate: UnknownIssuer".into(),
+        }
+        .is_revoked());
+
+        let app = |code: u32| {
+            quinn::ConnectionError::ApplicationClosed(quinn::ApplicationClose {
+                error_code: quinn::VarInt::from_u32(code),
+                reason: bytes::Bytes::new(),
+            })
+        };
+        assert!(quic_is_revoked(&app(4)));
+        for code in [0, 1, 2, 3, 5, 6] {
+            assert!(!quic_is_revoked(&app(code)), "code {code}");
+        }
+        let alert = |a: rustls::AlertDescription| {
+            quinn::ConnectionError::ConnectionClosed(quinn::ConnectionClose {
+                error_code: quinn::TransportErrorCode::crypto(u8::from(a)),
+                frame_type: None,
+                reason: bytes::Bytes::new(),
+            })
+        };
+        assert!(quic_is_revoked(&alert(
+            rustls::AlertDescription::CertificateRevoked
+        )));
+        assert!(!quic_is_revoked(&alert(
+            rustls::AlertDescription::CertificateExpired
+        )));
+        assert!(!quic_is_revoked(&alert(
+            rustls::AlertDescription::UnknownCA
+        )));
+        assert!(!quic_is_revoked(&quinn::ConnectionError::TimedOut));
+
+        let io = |e: rustls::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        assert!(io_is_revoked(&io(rustls::Error::AlertReceived(
+            rustls::AlertDescription::CertificateRevoked
+        ))));
+        assert!(!io_is_revoked(&io(rustls::Error::AlertReceived(
+            rustls::AlertDescription::BadCertificate
+        ))));
+        assert!(!io_is_revoked(&std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset
+        )));
     }
 }

@@ -189,21 +189,15 @@ impl Link {
             },
             LinkKind::H2Server { incoming, .. } => {
                 let next = incoming.lock().await.recv().await;
-                let Some((req, mut respond)) = next else {
+                let Some((req, respond)) = next else {
                     self.mark_closed("h2 connection ended".into());
                     return Ok(None);
                 };
                 let path = req.uri().path().to_owned();
-                let resp = http::Response::builder()
-                    .status(200)
-                    .body(())
-                    .map_err(|e| StreamError::Protocol(e.to_string()))?;
-                let send = respond
-                    .send_response(resp, false)
-                    .map_err(StreamError::from_h2)?;
+                // The 200 goes out with the first write (SendHalf::answer).
                 Ok(Some((
                     Some(path),
-                    FrameSender::new(SendHalf::H2(send), self.codec),
+                    FrameSender::new(SendHalf::H2Unanswered(Some(respond)), self.codec),
                     FrameReceiver::new(RecvHalf::H2(req.into_body()), self.codec),
                 )))
             }

@@ -571,12 +571,36 @@ impl ServerConnection {
     /// Open a call. Fails with [`CallFailure::Draining`] on a draining
     /// connection and [`CallFailure::ConnectionLost`] on a dead one.
     pub async fn call(&self, request: &Request) -> Result<TrackedCall, CallFailure> {
+        self.open_tracked(request, None).await
+    }
+
+    /// Open a call whose whole input is `request` plus `data`, sent with the
+    /// end of input in one write; only the receiver is left to use.
+    pub async fn call_finished(
+        &self,
+        request: &Request,
+        data: bytes::Bytes,
+    ) -> Result<TrackedCall, CallFailure> {
+        self.open_tracked(request, Some(data)).await
+    }
+
+    /// Open a call counted in flight until it is dropped; with `input`, the
+    /// input is written and finished at once.
+    async fn open_tracked(
+        &self,
+        request: &Request,
+        input: Option<bytes::Bytes>,
+    ) -> Result<TrackedCall, CallFailure> {
         if self.is_draining() {
             return Err(CallFailure::Draining);
         }
         self.inner.in_flight.fetch_add(1, Ordering::SeqCst);
         let guard = InFlight(self.inner.clone());
-        let call = Call::open(self.inner.link.clone(), H2_CALL_PATH, request).await?;
+        let link = self.inner.link.clone();
+        let call = match input {
+            None => Call::open(link, H2_CALL_PATH, request).await?,
+            Some(data) => Call::open_finished(link, H2_CALL_PATH, request, data).await?,
+        };
         Ok(TrackedCall {
             call,
             _guard: guard,

@@ -39,6 +39,28 @@ impl StreamCode {
 pub(crate) enum SendHalf {
     Quic(quinn::SendStream),
     H2(h2::SendStream<Bytes>),
+    /// An accepted h2 stream (agent side) whose response headers are not
+    /// sent yet: they go out with the first write, so headers and data leave
+    /// in one flush instead of two.
+    H2Unanswered(Option<h2::server::SendResponse<Bytes>>),
+}
+
+impl SendHalf {
+    /// Send the deferred response headers (`end` ends the stream with them).
+    fn answer(&mut self, end: bool) -> Result<(), StreamError> {
+        if let SendHalf::H2Unanswered(respond) = self {
+            let mut respond = respond.take().ok_or(StreamError::Closed)?;
+            let resp = http::Response::builder()
+                .status(200)
+                .body(())
+                .map_err(|e| StreamError::Protocol(e.to_string()))?;
+            let send = respond
+                .send_response(resp, end)
+                .map_err(StreamError::from_h2)?;
+            *self = SendHalf::H2(send);
+        }
+        Ok(())
+    }
 }
 
 pub(crate) enum RecvHalf {
@@ -72,12 +94,30 @@ impl FrameSender {
 
     /// Send one frame.
     pub async fn send(&mut self, frame: &Frame) -> Result<(), StreamError> {
+        let [header, body] = self.frame_chunks(frame)?;
+        self.write(header, body).await
+    }
+
+    /// A frame as its encoded header and its body.
+    fn frame_chunks(&self, frame: &Frame) -> Result<[Bytes; 2], StreamError> {
         let (kind, body) = match frame {
             Frame::Control(b) => (KIND_CONTROL, b.clone()),
             Frame::Data(b) => (KIND_DATA, b.clone()),
         };
         let header = self.codec.encode_header(kind, body.len())?;
-        self.write(Bytes::copy_from_slice(&header), body).await
+        Ok([Bytes::copy_from_slice(&header), body])
+    }
+
+    /// `bytes` as data frames split at the cap, `[header, chunk]` each (no copy of the data).
+    fn data_chunks(&self, mut bytes: Bytes) -> Result<Vec<[Bytes; 2]>, StreamError> {
+        let max = self.codec.max_data_chunk();
+        let mut out = Vec::with_capacity(bytes.len().div_ceil(max.max(1)));
+        while !bytes.is_empty() {
+            let chunk = bytes.split_to(bytes.len().min(max));
+            let header = self.codec.encode_header(KIND_DATA, chunk.len())?;
+            out.push([Bytes::copy_from_slice(&header), chunk]);
+        }
+        Ok(out)
     }
 
     /// Send a control message.
@@ -89,14 +129,42 @@ impl FrameSender {
     }
 
     /// Send bulk bytes as data frames, split at the frame cap (no copy).
-    pub async fn send_data(&mut self, mut bytes: Bytes) -> Result<(), StreamError> {
-        let max = self.codec.max_data_chunk();
-        while !bytes.is_empty() {
-            let chunk = bytes.split_to(bytes.len().min(max));
-            let header = self.codec.encode_header(KIND_DATA, chunk.len())?;
-            self.write(Bytes::copy_from_slice(&header), chunk).await?;
+    pub async fn send_data(&mut self, bytes: Bytes) -> Result<(), StreamError> {
+        for [header, chunk] in self.data_chunks(bytes)? {
+            self.write(header, chunk).await?;
         }
         Ok(())
+    }
+
+    /// Send `frame`, then `data` as data frames, then finish, handing the
+    /// transport everything in one write: a short call then leaves in as few
+    /// packets as its size allows instead of racing the connection driver
+    /// between writes.
+    pub async fn send_and_finish(&mut self, frame: &Frame, data: Bytes) -> Result<(), StreamError> {
+        let mut chunks = self.frame_chunks(frame)?.to_vec();
+        chunks.extend(self.data_chunks(data)?.into_iter().flatten());
+        self.inner.answer(false)?;
+        match &mut self.inner {
+            SendHalf::Quic(s) => {
+                s.write_all_chunks(&mut chunks)
+                    .await
+                    .map_err(StreamError::from_quic_write)?;
+            }
+            SendHalf::H2(s) => {
+                // The last chunk carries END_STREAM in its DATA frame: a peer
+                // that stops reading at the last frame then never sees a
+                // stream that is still open (h2 counts the resets that would
+                // follow against the connection and ends it with
+                // ENHANCE_YOUR_CALM after 1024 of them).
+                let last = chunks.pop().unwrap_or_default();
+                for chunk in chunks {
+                    h2_send(s, chunk, false).await?;
+                }
+                return h2_send(s, last, true).await;
+            }
+            SendHalf::H2Unanswered(_) => return Err(StreamError::Closed),
+        }
+        self.finish()
     }
 
     /// Write bytes as they are, without framing (tests of malformed input).
@@ -105,6 +173,7 @@ impl FrameSender {
     }
 
     async fn write(&mut self, header: Bytes, body: Bytes) -> Result<(), StreamError> {
+        self.inner.answer(false)?;
         match &mut self.inner {
             SendHalf::Quic(s) => {
                 let mut chunks = [header, body];
@@ -113,9 +182,10 @@ impl FrameSender {
                     .map_err(StreamError::from_quic_write)
             }
             SendHalf::H2(s) => {
-                h2_send(s, header).await?;
-                h2_send(s, body).await
+                h2_send(s, header, false).await?;
+                h2_send(s, body, false).await
             }
+            SendHalf::H2Unanswered(_) => Err(StreamError::Closed),
         }
     }
 
@@ -126,6 +196,8 @@ impl FrameSender {
             SendHalf::H2(s) => s
                 .send_data(Bytes::new(), true)
                 .map_err(StreamError::from_h2),
+            // nothing written: the headers end the stream
+            SendHalf::H2Unanswered(_) => self.inner.answer(true),
         }
     }
 
@@ -137,7 +209,7 @@ impl FrameSender {
             SendHalf::Quic(s) => {
                 let _ = s.stopped().await;
             }
-            SendHalf::H2(_) => std::future::pending().await,
+            SendHalf::H2(_) | SendHalf::H2Unanswered(_) => std::future::pending().await,
         }
     }
 
@@ -148,25 +220,49 @@ impl FrameSender {
                 let _ = s.reset(code.quic());
             }
             SendHalf::H2(s) => s.send_reset(code.h2()),
+            SendHalf::H2Unanswered(r) => {
+                if let Some(r) = r {
+                    r.send_reset(code.h2());
+                }
+            }
         }
     }
 }
 
-async fn h2_send(s: &mut h2::SendStream<Bytes>, mut data: Bytes) -> Result<(), StreamError> {
-    while !data.is_empty() {
+/// Data up to this size is handed to h2 without waiting for send capacity:
+/// h2 buffers it (within `max_send_buffer_size`) and sends it as the window
+/// allows. Waiting would cost a round through the connection task for every
+/// short message, since a new stream gets capacity only once it is open.
+const H2_UNRESERVED_MAX: usize = 16 * 1024;
+
+/// Send `data` (empty: nothing) within h2's send capacity; with `end`, the
+/// last DATA frame also ends the stream.
+async fn h2_send(
+    s: &mut h2::SendStream<Bytes>,
+    mut data: Bytes,
+    end: bool,
+) -> Result<(), StreamError> {
+    loop {
+        if data.is_empty() && !end {
+            return Ok(());
+        }
+        if data.len() <= H2_UNRESERVED_MAX {
+            return s.send_data(data, end).map_err(StreamError::from_h2);
+        }
         s.reserve_capacity(data.len());
         let cap = match poll_fn(|cx| s.poll_capacity(cx)).await {
             None => return Err(StreamError::Closed),
             Some(Err(e)) => return Err(StreamError::from_h2(e)),
             Some(Ok(n)) => n,
         };
-        if cap == 0 {
-            continue;
+        if cap >= data.len() {
+            return s.send_data(data, end).map_err(StreamError::from_h2);
         }
-        let chunk = data.split_to(cap.min(data.len()));
-        s.send_data(chunk, false).map_err(StreamError::from_h2)?;
+        if cap > 0 {
+            let chunk = data.split_to(cap);
+            s.send_data(chunk, false).map_err(StreamError::from_h2)?;
+        }
     }
-    Ok(())
 }
 
 /// Receiving half of a call or control stream.

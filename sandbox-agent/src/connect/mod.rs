@@ -37,6 +37,15 @@ pub enum RunError {
     /// The TLS client configuration could not be built.
     #[error("tls: {0}")]
     Tls(#[from] pki::TlsError),
+    /// The control plane refused this agent as revoked; redialing cannot
+    /// help. `main` exits with its own code so that systemd does not restart.
+    #[error("agent {agent_id} is revoked by the control plane ({detail}); it will not reconnect. Re-enroll with a new join token: `sandbox-agent enroll --force --join <join string>` (create one with `control-plane tokens create`), then start the agent again")]
+    Revoked {
+        /// This agent's id.
+        agent_id: String,
+        /// The refusal as received.
+        detail: String,
+    },
 }
 
 /// Serves the control plane's calls.
@@ -191,7 +200,8 @@ pub fn client_settings(config: &Config, identity: &AgentIdentity) -> ClientSetti
     s
 }
 
-/// Run the agent until SIGTERM/SIGINT, then drain.
+/// Run the agent until SIGTERM/SIGINT, then drain; or until the control
+/// plane refuses it as revoked, then stop at once with [`RunError::Revoked`].
 pub async fn run(config: Config) -> Result<(), RunError> {
     let cfg = config.clone();
     let identity = tokio::task::spawn_blocking(move || AgentIdentity::load(&cfg))
@@ -249,16 +259,29 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         stop.clone(),
     ));
 
-    shutdown_signal().await;
-    tracing::info!(agent_id = %agent_id, drain_ms = drain.as_millis() as u64, "draining");
+    let revoked = tokio::select! {
+        _ = shutdown_signal() => None,
+        detail = handle.revoked() => Some(detail),
+    };
+    match &revoked {
+        // No connection is left to drain: the client stopped dialing.
+        Some(_) => tracing::info!(agent_id = %agent_id, "revoked; stopping"),
+        None => {
+            tracing::info!(agent_id = %agent_id, drain_ms = drain.as_millis() as u64, "draining")
+        }
+    }
     stop.cancel();
     handle.shutdown(drain).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), renewal).await;
     if let Some(service) = service {
+        // Sandboxes are kept (as on SIGTERM); the next start adopts or removes them.
         service.shutdown(false).await;
     }
     tracing::info!(agent_id = %agent_id, "stopped");
-    Ok(())
+    match revoked {
+        Some(detail) => Err(RunError::Revoked { agent_id, detail }),
+        None => Ok(()),
+    }
 }
 
 async fn shutdown_signal() {

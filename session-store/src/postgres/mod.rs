@@ -35,6 +35,7 @@ use crate::types::{
     check_session_id, decode_body, from_micros, merge_patch, micros_bounds, to_micros, AppendBatch,
     BodyUpdate, EventPage, EventQuery, EventSelector, Fence, Lease, LeaseState, NewSession, Order,
     PreparedEvent, SessionPage, SessionQuery, SessionRecord, SessionUpdate, StoredEvent,
+    WakeCandidate,
 };
 use crate::{check_limit, ttl_micros, SessionStore};
 
@@ -968,21 +969,34 @@ impl SessionStore for PgStore {
         })
     }
 
-    async fn sessions_needing_wake(&self, limit: usize) -> Result<Vec<String>> {
+    async fn sessions_needing_wake(&self, after: i64, limit: usize) -> Result<Vec<WakeCandidate>> {
         check_limit("*", limit)?;
         let mut c = self.inner.pool.get().await?;
+        // The subquery reads the partial index of migration 2
+        // (`events_queued`), which holds only unprocessed events.
         let rows = c
             .query(
                 concat!(
-                    "SELECT id FROM sessions WHERE status = 'running' AND (lease_holder IS NULL \
-                     OR lease_expires_at_us IS NULL OR lease_expires_at_us <= ",
+                    "SELECT id, position, last_seq FROM sessions \
+                     WHERE position > $2 AND status <> 'terminated' \
+                     AND (lease_holder IS NULL OR lease_expires_at_us IS NULL OR lease_expires_at_us <= ",
                     now_us!(),
-                    ") ORDER BY position LIMIT $1"
+                    ") AND (status = 'running' OR id IN \
+                     (SELECT session_id FROM events WHERE processed_at_us IS NULL)) \
+                     ORDER BY position LIMIT $1"
                 ),
-                &[&to_i64(limit as u64)],
+                &[&to_i64(limit as u64), &after],
             )
             .await
             .map_err(|e| e.into_store("scanning sessions to wake"))?;
-        rows.iter().map(|r| col::<String>(r, 0)).collect()
+        rows.iter()
+            .map(|r| {
+                Ok(WakeCandidate {
+                    session_id: col(r, 0)?,
+                    position: col(r, 1)?,
+                    last_seq: to_u64(col(r, 2)?, "last_seq")?,
+                })
+            })
+            .collect()
     }
 }

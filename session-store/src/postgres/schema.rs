@@ -12,10 +12,11 @@ use super::map_pg;
 use crate::error::{Result, StoreError};
 
 /// `(version, name, sql)`, in order, versions consecutive from 1.
-pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "sessions, events, leases",
-    "
+pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "sessions, events, leases",
+        "
     CREATE TABLE sessions (
         position            BIGSERIAL PRIMARY KEY,
         id                  TEXT   NOT NULL UNIQUE,
@@ -42,7 +43,15 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[(
     );
     CREATE UNIQUE INDEX events_by_id ON events (id);
     ",
-)];
+    ),
+    (
+        2,
+        "index of queued events",
+        "
+    CREATE INDEX events_queued ON events (session_id) WHERE processed_at_us IS NULL;
+    ",
+    ),
+];
 
 /// The newest schema version this binary knows.
 pub(crate) fn latest() -> i64 {

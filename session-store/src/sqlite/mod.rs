@@ -27,7 +27,7 @@ use crate::types::{
     check_session_id, decode_body, from_micros, merge_patch, micros_bounds, to_micros, AppendBatch,
     BodyUpdate, EventPage, EventQuery, EventSelector, Fence, Lease, LeaseState, NewSession, Order,
     PreparedEvent, SessionPage, SessionQuery, SessionRecord, SessionStatus, SessionUpdate,
-    StoredEvent,
+    StoredEvent, WakeCandidate,
 };
 use crate::{check_limit, ttl_micros, SessionStore};
 
@@ -883,22 +883,37 @@ impl SessionStore for SqliteStore {
         .await
     }
 
-    async fn sessions_needing_wake(&self, limit: usize) -> Result<Vec<String>> {
+    async fn sessions_needing_wake(&self, after: i64, limit: usize) -> Result<Vec<WakeCandidate>> {
         check_limit("*", limit)?;
         let now_us = to_micros(self.inner.options.clock.now());
         self.read_with(move |conn| {
+            // Queued events come from the partial index of migration 2
+            // (`events_queued`), which holds only unprocessed events.
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT id FROM sessions WHERE status = 'running' \
+                    "SELECT id, position, last_seq FROM sessions \
+                     WHERE position > ?3 AND status <> 'terminated' \
                      AND (lease_holder IS NULL OR lease_expires_at_us IS NULL OR lease_expires_at_us <= ?1) \
+                     AND (status = 'running' OR id IN \
+                          (SELECT session_id FROM events INDEXED BY events_queued WHERE processed_at_us IS NULL)) \
                      ORDER BY position LIMIT ?2",
                 )
                 .map_err(|e| map_err("preparing the wake scan", e))?;
-            let ids = stmt
-                .query_map(params![now_us, to_i64(limit as u64)], |r| r.get::<_, String>(0))
+            let rows = stmt
+                .query_map(params![now_us, to_i64(limit as u64), after], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                })
                 .and_then(|rows| rows.collect::<std::result::Result<Vec<_>, _>>())
                 .map_err(|e| map_err("scanning sessions to wake", e))?;
-            Ok(ids)
+            rows.into_iter()
+                .map(|(session_id, position, last_seq)| {
+                    Ok(WakeCandidate {
+                        session_id,
+                        position,
+                        last_seq: to_u64(last_seq, "last_seq")?,
+                    })
+                })
+                .collect()
         })
         .await
     }

@@ -61,6 +61,7 @@ macro_rules! all_conformance_tests {
             delete_ends_tails_and_reads,
             pagination_and_status_filter,
             sessions_needing_wake_follows_leases,
+            sessions_needing_wake_includes_queued_input,
             create_with_initial_events,
             list_events_pages_filters_and_orders,
             a_refused_batch_among_concurrent_ones_fails_alone,
@@ -994,6 +995,17 @@ pub async fn pagination_and_status_filter(store: Arc<dyn SessionStore>) {
         .all(|r| r.status == SessionStatus::Running));
 }
 
+/// Ids of a wake scan from the start.
+async fn wake_ids(store: &dyn SessionStore) -> Vec<String> {
+    store
+        .sessions_needing_wake(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.session_id)
+        .collect()
+}
+
 pub async fn sessions_needing_wake_follows_leases(store: Arc<dyn SessionStore>) {
     let free = new_session(&*store, SessionStatus::Running).await;
     let held = new_session(&*store, SessionStatus::Running).await;
@@ -1007,7 +1019,7 @@ pub async fn sessions_needing_wake_follows_leases(store: Arc<dyn SessionStore>) 
         .acquire_lease(&short, "h", Duration::from_millis(150))
         .await
         .unwrap();
-    let now = store.sessions_needing_wake(100).await.unwrap();
+    let now = wake_ids(&*store).await;
     assert!(now.contains(&free), "{now:?}");
     assert!(!now.contains(&held));
     assert!(!now.contains(&idle));
@@ -1015,13 +1027,102 @@ pub async fn sessions_needing_wake_follows_leases(store: Arc<dyn SessionStore>) 
         let store = store.clone();
         let short = short.clone();
         async move {
-            let ids = store.sessions_needing_wake(100).await.unwrap();
+            let ids = wake_ids(&*store).await;
             ids.contains(&short).then_some(ids)
         }
     })
     .await;
     assert!(later.contains(&free));
     assert!(!later.contains(&held));
+}
+
+pub async fn sessions_needing_wake_includes_queued_input(store: Arc<dyn SessionStore>) {
+    // An idle session with a queued user message (appended, then the
+    // control plane died before waking it) needs a wake; processed events,
+    // terminated sessions and held leases do not.
+    let queued = new_session(&*store, SessionStatus::Idle).await;
+    let processed = new_session(&*store, SessionStatus::Idle).await;
+    let terminated = new_session(&*store, SessionStatus::Idle).await;
+    let held = new_session(&*store, SessionStatus::Idle).await;
+    let msg = || NewEvent::queued(json!({"type": "user.message", "content": []}));
+    store
+        .append(
+            &processed,
+            vec![NewEvent::processed(json!({"type": "agent.message"}))],
+            Fence::None,
+        )
+        .await
+        .unwrap();
+    for s in [&queued, &terminated, &held] {
+        store
+            .append(
+                s,
+                vec![NewEvent::processed(json!({"type": "agent.message"})), msg()],
+                Fence::None,
+            )
+            .await
+            .unwrap();
+    }
+    store
+        .update_session(
+            &terminated,
+            SessionUpdate {
+                status: Some(SessionStatus::Terminated),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let lease = store
+        .acquire_lease(&held, "h", Duration::from_secs(600))
+        .await
+        .unwrap();
+    let scan = store.sessions_needing_wake(0, 100).await.unwrap();
+    let mine: Vec<_> = scan
+        .iter()
+        .filter(|c| [&queued, &processed, &terminated, &held].contains(&&c.session_id))
+        .collect();
+    assert_eq!(mine.len(), 1, "{scan:?}");
+    assert_eq!(mine[0].session_id, queued);
+    assert_eq!(mine[0].last_seq, 2, "the candidate carries its last seq");
+    let record = store.get_session(&queued).await.unwrap();
+    assert_eq!(mine[0].position, record.position);
+    // Paging: nothing after the candidate's own position is that candidate.
+    let after = store
+        .sessions_needing_wake(mine[0].position, 100)
+        .await
+        .unwrap();
+    assert!(
+        after.iter().all(|c| c.position > mine[0].position),
+        "{after:?}"
+    );
+    assert!(!after.iter().any(|c| c.session_id == queued));
+    // A released lease makes the held one a candidate too.
+    store.release_lease(&lease).await.unwrap();
+    assert!(wake_ids(&*store).await.contains(&held));
+    // More input moves last_seq; processing it ends the need.
+    store
+        .append(&queued, vec![msg()], Fence::None)
+        .await
+        .unwrap();
+    let c = store
+        .sessions_needing_wake(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.session_id == queued)
+        .unwrap();
+    assert_eq!(c.last_seq, 3);
+    store
+        .mark_processed(&queued, EventSelector::Seqs(vec![2, 3]), Fence::None)
+        .await
+        .unwrap();
+    assert!(!wake_ids(&*store).await.contains(&queued));
+    // Limits are checked.
+    assert!(matches!(
+        store.sessions_needing_wake(0, 0).await,
+        Err(StoreError::Invalid { .. })
+    ));
 }
 
 pub async fn create_with_initial_events(store: Arc<dyn SessionStore>) {

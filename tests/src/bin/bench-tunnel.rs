@@ -23,8 +23,24 @@ use protocol::{Reply, Request, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// Time `n` runs of the block `op`, one after another (a macro: the block
+/// borrows the task's connection mutably across awaits).
+macro_rules! time_each {
+    ($n:expr, $op:block) => {{
+        let mut lat = Vec::with_capacity($n);
+        for _ in 0..$n {
+            let t = Instant::now();
+            $op
+            lat.push(t.elapsed());
+        }
+        lat
+    }};
+}
+
 const SMALL: usize = 64;
 const CALLS_C1: usize = 2_000;
+/// c=1 runs in this many interleaved rounds of CALLS_C1 / ROUNDS calls per path.
+const ROUNDS: usize = 10;
 const CALLS_C64: usize = 12_800;
 const BULK: usize = 100 << 20;
 
@@ -87,34 +103,32 @@ fn tcp_echo_process() -> Result<(EchoProcess, std::net::SocketAddr)> {
     Ok((EchoProcess(child), addr))
 }
 
-async fn tcp_rtt(
-    addr: std::net::SocketAddr,
-    calls: usize,
-    conc: usize,
-) -> (Duration, Duration, f64) {
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..conc {
-        tasks.push(tokio::spawn(async move {
-            let mut s = TcpStream::connect(addr).await.unwrap();
-            s.set_nodelay(true).unwrap();
-            let msg = [7u8; SMALL];
-            let mut buf = [0u8; SMALL];
-            let mut lat = Vec::with_capacity(calls / conc);
-            for _ in 0..calls / conc {
-                let t = Instant::now();
-                s.write_all(&msg).await.unwrap();
-                s.read_exact(&mut buf).await.unwrap();
-                lat.push(t.elapsed());
-            }
-            lat
-        }));
-    }
+async fn tcp_rtt(addr: std::net::SocketAddr, calls: usize, conc: usize) -> Vec<Duration> {
+    on_tasks(conc, move || async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        let msg = [7u8; SMALL];
+        let mut buf = [0u8; SMALL];
+        time_each!(calls / conc, {
+            s.write_all(&msg).await.unwrap();
+            s.read_exact(&mut buf).await.unwrap();
+        })
+    })
+    .await
+}
+
+/// Run `task` on `conc` spawned tasks; their latencies, together.
+async fn on_tasks<F, Fut>(conc: usize, task: F) -> Vec<Duration>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Vec<Duration>> + Send + 'static,
+{
+    let tasks: Vec<_> = (0..conc).map(|_| tokio::spawn(task())).collect();
     let mut lat = Vec::new();
     for t in tasks {
         lat.extend(t.await.unwrap());
     }
-    summarize(lat, started.elapsed())
+    lat
 }
 
 async fn tcp_bulk(addr: std::net::SocketAddr) -> f64 {
@@ -140,8 +154,154 @@ async fn tcp_bulk(addr: std::net::SocketAddr) -> f64 {
     BULK as f64 / (1 << 20) as f64 / started.elapsed().as_secs_f64()
 }
 
+// ---- bare quinn echo: the QUIC library alone ----
+
+/// A quinn server in a separate process (this binary with
+/// `--quic-echo-server`): every bidirectional stream is echoed back, no
+/// framing, no Airlock code. It prints its address and its self-signed
+/// certificate (hex DER) for the client to trust.
+async fn serve_quic_echo() -> Result<()> {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
+    let der = cert.cert.der().to_vec();
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(vec![der.clone().into()], key)?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let config = quinn::ServerConfig::with_crypto(std::sync::Arc::new(crypto));
+    let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse()?)?;
+    println!("{} {}", endpoint.local_addr()?, hex(&der));
+    while let Some(incoming) = endpoint.accept().await {
+        tokio::spawn(async move {
+            let Ok(conn) = incoming.await else { return };
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut recv, &mut send).await;
+                    let _ = send.finish();
+                    let _ = send.stopped().await;
+                });
+            }
+        });
+    }
+    Ok(())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Result<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2).context("odd hex")?, 16).map_err(Into::into))
+        .collect()
+}
+
+async fn quic_echo_connect() -> Result<(EchoProcess, quinn::Endpoint, quinn::Connection)> {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .arg("--quic-echo-server")
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let process = EchoProcess(child);
+    let (addr, cert) = line
+        .trim()
+        .split_once(' ')
+        .context("quic echo server line")?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(unhex(cert)?.into())?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    let conn = endpoint.connect(addr.parse()?, "localhost")?.await?;
+    Ok((process, endpoint, conn))
+}
+
+async fn quic_echo_once(conn: &quinn::Connection, payload: &[u8]) -> usize {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let send_all = async {
+        send.write_all(payload).await.unwrap();
+        send.finish().unwrap();
+    };
+    let ((), back) = tokio::join!(send_all, recv.read_to_end(usize::MAX));
+    back.unwrap().len()
+}
+
+async fn quic_rtt(conn: &quinn::Connection, calls: usize, conc: usize) -> Vec<Duration> {
+    on_tasks(conc, || {
+        let conn = conn.clone();
+        async move {
+            let msg = [7u8; SMALL];
+            time_each!(calls / conc, {
+                assert_eq!(quic_echo_once(&conn, &msg).await, SMALL);
+            })
+        }
+    })
+    .await
+}
+
+async fn quic_bulk(conn: &quinn::Connection) -> f64 {
+    let payload = vec![3u8; BULK];
+    let started = Instant::now();
+    assert_eq!(quic_echo_once(conn, &payload).await, BULK);
+    BULK as f64 / (1 << 20) as f64 / started.elapsed().as_secs_f64()
+}
+
+// ---- one interface over the paths ----
+
+/// A path an echo can take.
+enum Path {
+    Tcp(std::net::SocketAddr),
+    Quic(quinn::Connection),
+    Tunnel(GatewayHandle, Target),
+}
+
+impl Path {
+    /// Round-trip latencies of `calls` echoes over `conc` concurrent tasks.
+    async fn latencies(&self, calls: usize, conc: usize) -> Vec<Duration> {
+        match self {
+            Path::Tcp(addr) => tcp_rtt(*addr, calls, conc).await,
+            Path::Quic(conn) => quic_rtt(conn, calls, conc).await,
+            Path::Tunnel(gw, target) => tunnel_rtt(gw, target, calls, conc).await,
+        }
+    }
+
+    async fn bulk(&self) -> f64 {
+        match self {
+            Path::Tcp(addr) => tcp_bulk(*addr).await,
+            Path::Quic(conn) => quic_bulk(conn).await,
+            Path::Tunnel(gw, target) => tunnel_bulk(gw, target).await,
+        }
+    }
+}
+
 // ---- tunnel echo ----
 
+/// A small echo the way production calls go: request, data and the end of
+/// input in one write, then read the reply.
+async fn echo_small(gw: &GatewayHandle, target: &Target, payload: Bytes) -> usize {
+    let (_, mut call) = gw
+        .call_finished(target, &Request::Echo, payload)
+        .await
+        .unwrap();
+    let (back, response) = call.call.receiver.collect().await.unwrap();
+    assert!(
+        matches!(response, Response::Ok(Reply::Echo(_))),
+        "{response:?}"
+    );
+    back.len()
+}
+
+/// A streamed echo: data sent while the echo streams back (bulk).
 async fn echo_once(gw: &GatewayHandle, target: &Target, payload: Bytes) -> usize {
     let (_, mut call) = gw.call(target, &Request::Echo).await.unwrap();
     let tunnel::Call { sender, receiver } = &mut call.call;
@@ -164,28 +324,17 @@ async fn tunnel_rtt(
     target: &Target,
     calls: usize,
     conc: usize,
-) -> (Duration, Duration, f64) {
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..conc {
-        let gw = gw.clone();
-        let target = target.clone();
-        tasks.push(tokio::spawn(async move {
+) -> Vec<Duration> {
+    on_tasks(conc, || {
+        let (gw, target) = (gw.clone(), target.clone());
+        async move {
             let payload = Bytes::from(vec![7u8; SMALL]);
-            let mut lat = Vec::with_capacity(calls / conc);
-            for _ in 0..calls / conc {
-                let t = Instant::now();
-                assert_eq!(echo_once(&gw, &target, payload.clone()).await, SMALL);
-                lat.push(t.elapsed());
-            }
-            lat
-        }));
-    }
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await.unwrap());
-    }
-    summarize(lat, started.elapsed())
+            time_each!(calls / conc, {
+                assert_eq!(echo_small(&gw, &target, payload.clone()).await, SMALL);
+            })
+        }
+    })
+    .await
 }
 
 async fn tunnel_bulk(gw: &GatewayHandle, target: &Target) -> f64 {
@@ -209,11 +358,30 @@ fn ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1000.0)
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<()> {
+/// The echo servers run on a single-threaded runtime, as `sandbox-agent run`
+/// does, so every server side of the table has the same runtime shape; the
+/// client side (this process, with the control plane) has two workers.
+fn main() -> Result<()> {
     if std::env::args().any(|a| a == "--tcp-echo-server") {
-        return serve_tcp_echo().await;
+        return single_threaded()?.block_on(serve_tcp_echo());
     }
+    if std::env::args().any(|a| a == "--quic-echo-server") {
+        return single_threaded()?.block_on(serve_quic_echo());
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(bench())
+}
+
+fn single_threaded() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+async fn bench() -> Result<()> {
     if std::env::var_os("AIRLOCK_BIN_DIR").is_none() {
         let exe = std::env::current_exe()?;
         let dir = exe.parent().map(PathBuf::from).context("binary dir")?;
@@ -260,35 +428,58 @@ async fn main() -> Result<()> {
     let bin_size = std::fs::metadata(&agent_bin).map(|m| m.len()).unwrap_or(0);
 
     let (_floor_process, floor_addr) = tcp_echo_process()?;
+    let (_quic_process, _quic_endpoint, bare) = quic_echo_connect().await?;
     // warm up every path
     tcp_rtt(floor_addr, 200, 1).await;
+    quic_rtt(&bare, 200, 1).await;
     let tq = Target::Agent(quic.agent_id().to_owned());
     let tt = Target::Agent(tcp.agent_id().to_owned());
     tunnel_rtt(&gw, &tq, 200, 1).await;
     tunnel_rtt(&gw, &tt, 200, 1).await;
 
+    // c=1 latency is measured in interleaved rounds (every path in turn,
+    // ROUNDS times) so that a change in machine load moves the floor and the
+    // tunnels alike and the p50 ratios stay comparable.
+    let paths = [
+        Path::Tcp(floor_addr),
+        Path::Quic(bare.clone()),
+        Path::Tunnel(gw.clone(), tq.clone()),
+        Path::Tunnel(gw.clone(), tt.clone()),
+    ];
+    let names = [
+        "plain TCP echo (floor)",
+        "bare quinn stream echo",
+        "tunnel QUIC",
+        "tunnel TCP+TLS+h2",
+    ];
+    let mut c1_lat: Vec<Vec<Duration>> = vec![Vec::new(); paths.len()];
+    let mut c1_time = vec![Duration::ZERO; paths.len()];
+    for _ in 0..ROUNDS {
+        for (i, p) in paths.iter().enumerate() {
+            let started = Instant::now();
+            c1_lat[i].extend(p.latencies(CALLS_C1 / ROUNDS, 1).await);
+            c1_time[i] += started.elapsed();
+        }
+    }
     let mut rows = Vec::new();
-    rows.push(Row {
-        path: "plain TCP echo (floor)",
-        c1: tcp_rtt(floor_addr, CALLS_C1, 1).await,
-        c64: tcp_rtt(floor_addr, CALLS_C64, 64).await,
-        bulk_mb_s: tcp_bulk(floor_addr).await,
-    });
-    for (path, target) in [("tunnel QUIC", &tq), ("tunnel TCP+TLS+h2", &tt)] {
+    for (i, p) in paths.iter().enumerate() {
+        let started = Instant::now();
+        let c64 = summarize(p.latencies(CALLS_C64, 64).await, started.elapsed());
         rows.push(Row {
-            path,
-            c1: tunnel_rtt(&gw, target, CALLS_C1, 1).await,
-            c64: tunnel_rtt(&gw, target, CALLS_C64, 64).await,
-            bulk_mb_s: tunnel_bulk(&gw, target).await,
+            path: names[i],
+            c1: summarize(std::mem::take(&mut c1_lat[i]), c1_time[i]),
+            c64,
+            bulk_mb_s: p.bulk().await,
         });
     }
     let busy_rss_quic = quic.pid().and_then(vm_rss_kib).unwrap_or(0);
 
     let floor_p50 = rows[0].c1.0;
     println!();
-    println!("bench-tunnel: {SMALL}-byte echo round trips (c=1: {CALLS_C1} calls, c=64: {CALLS_C64} calls over 64 tasks);");
+    println!("bench-tunnel: {SMALL}-byte echo round trips (c=1: {CALLS_C1} calls per path in {ROUNDS} interleaved rounds, c=64: {CALLS_C64} calls over 64 tasks);");
     println!("bulk: {} MiB sent and echoed back at once (MB/s = MiB each way per second; twice that crosses the link)", BULK >> 20);
-    println!("floor: plain loopback TCP echo to a separate process; tunnel: calls from the in-process control plane to a real `sandbox-agent run`");
+    println!("floor: plain loopback TCP echo to a separate process; bare quinn: one quinn stream per call to a separate process (no Airlock code, reference);");
+    println!("tunnel: calls from the in-process control plane to a real `sandbox-agent run`");
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "machine: {} cores, load average {}",

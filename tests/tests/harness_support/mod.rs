@@ -127,11 +127,14 @@ pub fn check_log(events: &[StoredEvent]) {
             .entry(e.body["custom_tool_use_id"].as_str().unwrap().to_owned())
             .or_default() += 1;
     }
+    // A denial is recorded as an error agent.tool_result; in logs from before
+    // that, the deny confirmation itself is the result.
     for e in of_type(events, "user.tool_confirmation") {
         if e.body["result"] == json!("deny") {
-            *results
-                .entry(e.body["tool_use_id"].as_str().unwrap().to_owned())
-                .or_default() += 1;
+            let id = e.body["tool_use_id"].as_str().unwrap().to_owned();
+            if !results.contains_key(&id) {
+                results.insert(id, 1);
+            }
         }
     }
     for e in events
@@ -384,8 +387,12 @@ impl SessionStore for CrashingStore {
     async fn release_lease(&self, lease: &Lease) -> StoreResult<()> {
         self.inner.release_lease(lease).await
     }
-    async fn sessions_needing_wake(&self, limit: usize) -> StoreResult<Vec<String>> {
-        self.inner.sessions_needing_wake(limit).await
+    async fn sessions_needing_wake(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<session_store::WakeCandidate>> {
+        self.inner.sessions_needing_wake(after, limit).await
     }
 }
 

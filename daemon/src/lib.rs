@@ -1,0 +1,135 @@
+//! What `control-plane` and `sandbox-agent` share as programs: the config
+//! error type whose every variant names the file or key at fault, reading a
+//! TOML file into a daemon's raw config struct, the log set-up behind
+//! `--log-format`, and the exit code for a bad configuration. Each daemon
+//! keeps its own config sections and typed values; only the plumbing is here.
+#![forbid(unsafe_code)]
+
+pub mod telemetry;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Exit code for configuration errors (as sysexits' EX_USAGE).
+pub const EXIT_CONFIG: u8 = 64;
+
+/// A configuration error. Each variant names the key or path at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped keys.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the TOML parser said (it names the key and line).
+        message: String,
+    },
+    /// A key has a value that parses but is not acceptable.
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid {
+        /// Dotted key path, e.g. `tunnel.listen`.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// Shorthand for [`ConfigError::Invalid`].
+    pub fn invalid(key: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Read `path` and parse it as the raw (serde) config `R`.
+pub fn read_toml<R: serde::de::DeserializeOwned>(path: &Path) -> Result<R, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_toml(&text, path)
+}
+
+/// Parse `text` as the raw config `R`; `origin` only names it in errors.
+pub fn parse_toml<R: serde::de::DeserializeOwned>(
+    text: &str,
+    origin: &Path,
+) -> Result<R, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: origin.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// A daemon's start: install logging in `format`, then load the config from
+/// `path` with `load`, or build the defaults with `defaults` when no file is
+/// named. A bad config is printed as `error: ...` and becomes
+/// [`EXIT_CONFIG`].
+pub fn start<C>(
+    format: telemetry::LogFormat,
+    path: Option<&Path>,
+    load: impl FnOnce(&Path) -> Result<C, ConfigError>,
+    defaults: impl FnOnce() -> Result<C, ConfigError>,
+) -> Result<C, ExitCode> {
+    telemetry::init(format);
+    match path.map_or_else(defaults, load) {
+        Ok(c) => Ok(c),
+        Err(error) => {
+            eprintln!("error: {error}");
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Raw {
+        listen: Option<String>,
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_key() {
+        let origin = Path::new("/etc/airlock/x.toml");
+        let e = parse_toml::<Raw>("listn = 1\n", origin).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("/etc/airlock/x.toml"), "{text}");
+        assert!(text.contains("listn"), "{text}");
+        let e = read_toml::<Raw>(Path::new("/nonexistent/airlock.toml")).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }), "{e:?}");
+        assert!(e.to_string().contains("/nonexistent/airlock.toml"));
+        assert_eq!(
+            ConfigError::invalid("tunnel.listen", "no port").to_string(),
+            "invalid value for `tunnel.listen`: no port"
+        );
+    }
+
+    #[test]
+    fn start_maps_a_bad_config_to_exit_config() {
+        let r: Result<(), ExitCode> = start(
+            telemetry::LogFormat::Text,
+            Some(Path::new("/nonexistent/airlock.toml")),
+            |p| read_toml::<Raw>(p).map(|_| ()),
+            || Ok(()),
+        );
+        assert_eq!(r.unwrap_err(), ExitCode::from(EXIT_CONFIG));
+        let r: Result<u8, ExitCode> = start(telemetry::LogFormat::Text, None, |_| Ok(1), || Ok(2));
+        assert_eq!(r.unwrap(), 2);
+    }
+}
