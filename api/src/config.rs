@@ -47,21 +47,11 @@ pub struct RawApiConfig {
     pub sse_buffer_events: Option<usize>,
 }
 
-/// A bad `[api]` value; `key` is the dotted key.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid value for `{key}`: {message}")]
-pub struct ApiConfigError {
-    /// Dotted key path, e.g. `api.listen`.
-    pub key: String,
-    /// What is wrong.
-    pub message: String,
-}
+/// A bad `[api]` value; `key` is the dotted key (`api.listen`).
+pub type ApiConfigError = settings::InvalidKey;
 
 fn invalid(key: &str, message: impl std::fmt::Display) -> ApiConfigError {
-    ApiConfigError {
-        key: format!("api.{key}"),
-        message: message.to_string(),
-    }
+    settings::InvalidKey::in_section("api", key, message)
 }
 
 /// The validated section.

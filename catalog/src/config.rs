@@ -37,44 +37,16 @@ pub struct RawCatalogConfig {
     pub postgres_max_connections: Option<usize>,
 }
 
-/// A bad `[catalog]` value; `key` is the dotted key.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid value for `{key}`: {message}")]
-pub struct CatalogConfigError {
-    /// Dotted key path, e.g. `catalog.backend`.
-    pub key: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-fn invalid(key: &str, message: impl Into<String>) -> CatalogConfigError {
-    CatalogConfigError {
-        key: format!("catalog.{key}"),
-        message: message.into(),
-    }
-}
+/// A bad `[catalog]` value; `key` is the dotted key (`catalog.backend`).
+pub type CatalogConfigError = settings::InvalidKey;
 
 /// A PostgreSQL URL whose `Debug` hides the password.
-#[derive(Clone)]
-pub struct SecretUrl(String);
+pub use settings::SecretUrl;
 
-impl SecretUrl {
-    /// The URL, password included (pass it to the driver only).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
+const SECTION: &str = "catalog";
 
-impl std::fmt::Debug for SecretUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (self.0.find("://"), self.0.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => {
-                write!(f, "{}***{}", &self.0[..scheme + 3], &self.0[at..])
-            }
-            _ if self.0.contains("password") => f.write_str("<url with a password>"),
-            _ => f.write_str(&self.0),
-        }
-    }
+fn invalid(key: &str, message: impl std::fmt::Display) -> CatalogConfigError {
+    settings::InvalidKey::in_section(SECTION, key, message)
 }
 
 /// The validated section.
@@ -99,18 +71,18 @@ impl CatalogConfig {
     pub fn from_raw(raw: &RawCatalogConfig, data_dir: &Path) -> Result<Self, CatalogConfigError> {
         match raw.backend.as_deref().unwrap_or("sqlite") {
             "sqlite" => {
-                for (key, set) in [
-                    ("postgres_url", raw.postgres_url.is_some()),
-                    ("postgres_schema", raw.postgres_schema.is_some()),
-                    (
-                        "postgres_max_connections",
-                        raw.postgres_max_connections.is_some(),
-                    ),
-                ] {
-                    if set {
-                        return Err(invalid(key, "only applies with backend = \"postgres\""));
-                    }
-                }
+                settings::only_with(
+                    SECTION,
+                    "backend = \"postgres\"",
+                    &[
+                        ("postgres_url", raw.postgres_url.is_some()),
+                        ("postgres_schema", raw.postgres_schema.is_some()),
+                        (
+                            "postgres_max_connections",
+                            raw.postgres_max_connections.is_some(),
+                        ),
+                    ],
+                )?;
                 Ok(CatalogConfig::Sqlite {
                     path: raw
                         .sqlite_path
@@ -119,12 +91,11 @@ impl CatalogConfig {
                 })
             }
             "postgres" => {
-                if raw.sqlite_path.is_some() {
-                    return Err(invalid(
-                        "sqlite_path",
-                        "only applies with backend = \"sqlite\"",
-                    ));
-                }
+                settings::only_with(
+                    SECTION,
+                    "backend = \"sqlite\"",
+                    &[("sqlite_path", raw.sqlite_path.is_some())],
+                )?;
                 let url = raw
                     .postgres_url
                     .clone()
@@ -136,15 +107,13 @@ impl CatalogConfig {
                 if let Some(schema) = &raw.postgres_schema {
                     options.schema = schema.clone();
                 }
-                match raw.postgres_max_connections {
-                    Some(0) => {
-                        return Err(invalid("postgres_max_connections", "must be at least 1"))
-                    }
-                    Some(n) => options.max_connections = n,
-                    None => {}
-                }
+                options.max_connections = settings::at_least_one(
+                    "catalog.postgres_max_connections",
+                    raw.postgres_max_connections,
+                    options.max_connections,
+                )?;
                 Ok(CatalogConfig::Postgres {
-                    url: SecretUrl(url),
+                    url: SecretUrl::new(url),
                     options,
                 })
             }

@@ -142,12 +142,9 @@ impl Config {
             raw.shutdown_grace_seconds
                 .unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECONDS),
         );
-        let api = api::ApiConfig::from_raw(&raw.api)
-            .map_err(|e| ConfigError::invalid(e.key, e.message))?;
-        let catalog = catalog::CatalogConfig::from_raw(&raw.catalog, &data_dir)
-            .map_err(|e| ConfigError::invalid(e.key, e.message))?;
-        let session_store = session_store::StoreConfig::from_raw(&raw.session_store, &data_dir)
-            .map_err(|e| ConfigError::invalid(e.key, e.message))?;
+        let api = api::ApiConfig::from_raw(&raw.api)?;
+        let catalog = catalog::CatalogConfig::from_raw(&raw.catalog, &data_dir)?;
+        let session_store = session_store::StoreConfig::from_raw(&raw.session_store, &data_dir)?;
         let model = crate::runtime::ModelConfig::from_raw(raw.model)?;
         let harness = crate::runtime::harness_config(raw.harness)?;
         Ok(Self {

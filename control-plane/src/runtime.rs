@@ -196,7 +196,7 @@ pub fn harness_config(mut raw: harness::RawHarnessConfig) -> Result<HarnessConfi
     if raw.instance_id.is_none() {
         raw.instance_id = Some(default_instance_id());
     }
-    HarnessConfig::from_raw(raw).map_err(|e| ConfigError::invalid(e.key, e.message))
+    Ok(HarnessConfig::from_raw(raw)?)
 }
 
 /// Build the harness over `store`, the model `provider` (see [`provider`])

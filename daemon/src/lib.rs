@@ -53,6 +53,15 @@ impl ConfigError {
     }
 }
 
+impl From<settings::InvalidKey> for ConfigError {
+    fn from(e: settings::InvalidKey) -> Self {
+        Self::Invalid {
+            key: e.key,
+            message: e.message,
+        }
+    }
+}
+
 /// Read `path` and parse it as the raw (serde) config `R`.
 pub fn read_toml<R: serde::de::DeserializeOwned>(path: &Path) -> Result<R, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

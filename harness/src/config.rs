@@ -5,21 +5,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// A configuration error naming the key at fault.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid value for `{key}`: {message}")]
-pub struct ConfigError {
-    /// Dotted key, e.g. `harness.lease_ttl_seconds`.
-    pub key: String,
-    /// What is wrong.
-    pub message: String,
-}
+/// A configuration error naming the key at fault
+/// (`harness.lease_ttl_seconds`).
+pub type ConfigError = settings::InvalidKey;
 
 fn invalid(key: &str, message: impl std::fmt::Display) -> ConfigError {
-    ConfigError {
-        key: key.to_owned(),
-        message: message.to_string(),
-    }
+    settings::InvalidKey::new(key, message)
 }
 
 /// When the sandbox is provisioned relative to the first model call.

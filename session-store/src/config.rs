@@ -53,55 +53,17 @@ pub struct RawStoreConfig {
     pub postgres_application_name: Option<String>,
 }
 
-/// A config value that is not acceptable; `key` is the dotted key.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid value for `{key}`: {message}")]
-pub struct StoreConfigError {
-    /// Dotted key path, e.g. `session_store.backend`.
-    pub key: String,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-fn invalid(key: &str, message: impl Into<String>) -> StoreConfigError {
-    StoreConfigError {
-        key: format!("session_store.{key}"),
-        message: message.into(),
-    }
-}
+/// A config value that is not acceptable; `key` is the dotted key
+/// (`session_store.backend`).
+pub type StoreConfigError = settings::InvalidKey;
 
 /// A PostgreSQL URL whose `Debug` hides the password.
-#[derive(Clone)]
-pub struct PgUrl(String);
+pub type PgUrl = settings::SecretUrl;
 
-impl PgUrl {
-    /// The URL, password included (pass it to the driver only).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
+const SECTION: &str = "session_store";
 
-impl std::fmt::Debug for PgUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // postgresql://user:secret@host/db -> postgresql://user:***@host/db
-        let redacted = match (self.0.find("://"), self.0.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => {
-                let creds = &self.0[scheme + 3..at];
-                match creds.find(':') {
-                    Some(colon) => format!(
-                        "{}{}:***{}",
-                        &self.0[..scheme + 3],
-                        &creds[..colon],
-                        &self.0[at..]
-                    ),
-                    None => self.0.clone(),
-                }
-            }
-            _ if self.0.contains("password") => "<key=value url with a password>".to_owned(),
-            _ => self.0.clone(),
-        };
-        f.write_str(&redacted)
-    }
+fn invalid(key: &str, message: impl std::fmt::Display) -> StoreConfigError {
+    settings::InvalidKey::in_section(SECTION, key, message)
 }
 
 /// The validated section.
@@ -124,22 +86,11 @@ pub enum StoreConfig {
 }
 
 fn seconds(key: &str, v: Option<f64>, default: Duration) -> Result<Duration, StoreConfigError> {
-    match v {
-        None => Ok(default),
-        Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Duration::from_secs_f64(s)),
-        Some(s) => Err(invalid(
-            key,
-            format!("{s} is not a positive number of seconds"),
-        )),
-    }
+    settings::positive_seconds(&format!("{SECTION}.{key}"), v, default)
 }
 
 fn positive(key: &str, v: Option<usize>, default: usize) -> Result<usize, StoreConfigError> {
-    match v {
-        None => Ok(default),
-        Some(0) => Err(invalid(key, "must be at least 1")),
-        Some(n) => Ok(n),
-    }
+    settings::at_least_one(&format!("{SECTION}.{key}"), v, default)
 }
 
 impl StoreConfig {
@@ -148,30 +99,30 @@ impl StoreConfig {
         let backend = raw.backend.as_deref().unwrap_or("sqlite");
         match backend {
             "sqlite" => {
-                for (key, set) in [
-                    ("postgres_url", raw.postgres_url.is_some()),
-                    ("postgres_schema", raw.postgres_schema.is_some()),
-                    (
-                        "postgres_max_connections",
-                        raw.postgres_max_connections.is_some(),
-                    ),
-                    (
-                        "postgres_connect_timeout_seconds",
-                        raw.postgres_connect_timeout_seconds.is_some(),
-                    ),
-                    (
-                        "tail_poll_interval_seconds",
-                        raw.tail_poll_interval_seconds.is_some(),
-                    ),
-                    (
-                        "postgres_application_name",
-                        raw.postgres_application_name.is_some(),
-                    ),
-                ] {
-                    if set {
-                        return Err(invalid(key, "only applies with backend = \"postgres\""));
-                    }
-                }
+                settings::only_with(
+                    SECTION,
+                    "backend = \"postgres\"",
+                    &[
+                        ("postgres_url", raw.postgres_url.is_some()),
+                        ("postgres_schema", raw.postgres_schema.is_some()),
+                        (
+                            "postgres_max_connections",
+                            raw.postgres_max_connections.is_some(),
+                        ),
+                        (
+                            "postgres_connect_timeout_seconds",
+                            raw.postgres_connect_timeout_seconds.is_some(),
+                        ),
+                        (
+                            "tail_poll_interval_seconds",
+                            raw.tail_poll_interval_seconds.is_some(),
+                        ),
+                        (
+                            "postgres_application_name",
+                            raw.postgres_application_name.is_some(),
+                        ),
+                    ],
+                )?;
                 let defaults = SqliteOptions::default();
                 Ok(StoreConfig::Sqlite {
                     path: raw
@@ -194,15 +145,15 @@ impl StoreConfig {
                 })
             }
             "postgres" => {
-                for (key, set) in [
-                    ("sqlite_path", raw.sqlite_path.is_some()),
-                    ("max_group_commit", raw.max_group_commit.is_some()),
-                    ("busy_timeout_seconds", raw.busy_timeout_seconds.is_some()),
-                ] {
-                    if set {
-                        return Err(invalid(key, "only applies with backend = \"sqlite\""));
-                    }
-                }
+                settings::only_with(
+                    SECTION,
+                    "backend = \"sqlite\"",
+                    &[
+                        ("sqlite_path", raw.sqlite_path.is_some()),
+                        ("max_group_commit", raw.max_group_commit.is_some()),
+                        ("busy_timeout_seconds", raw.busy_timeout_seconds.is_some()),
+                    ],
+                )?;
                 let url = raw.postgres_url.clone().ok_or_else(|| {
                     invalid("postgres_url", "is required with backend = \"postgres\"")
                 })?;
@@ -216,7 +167,7 @@ impl StoreConfig {
                 crate::postgres::check_schema_name(&schema)
                     .map_err(|e| invalid("postgres_schema", e.to_string()))?;
                 Ok(StoreConfig::Postgres {
-                    url: PgUrl(url),
+                    url: PgUrl::new(url),
                     options: PgOptions {
                         schema,
                         max_connections: positive(

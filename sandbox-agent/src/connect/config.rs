@@ -74,14 +74,7 @@ fn secs(
     min: f64,
     max: f64,
 ) -> Result<Duration, ConfigError> {
-    let v = v.unwrap_or(default);
-    if !(min..=max).contains(&v) {
-        return Err(ConfigError::invalid(
-            key,
-            format!("must be between {min} and {max} seconds, got {v}"),
-        ));
-    }
-    Ok(Duration::from_secs_f64(v))
+    Ok(settings::seconds_between(key, v, default, min, max)?)
 }
 
 impl TunnelConfig {
