@@ -46,10 +46,13 @@ pub use identity::{peer_identity, AgentId, EnvironmentId, IdentityError, PeerIde
 pub use revocation::RevocationSet;
 /// rustls' certificate error kinds, as returned by the verifiers here.
 pub use rustls::CertificateError;
-pub use service::{EnrollError, IdentityService, IdentitySettings, RenewError, ServiceError};
-pub use store::StoreError;
+pub use service::{
+    EnrollError, IdentityService, IdentitySettings, RenewError, RevokeTokenError, RevokedToken,
+    ServiceError,
+};
+pub use store::{StoreError, TokenRevocation};
 pub use tls::{TlsError, ALPN_ENROLL};
-pub use tokens::{JoinString, JoinToken, TokenError};
+pub use tokens::{JoinString, JoinToken, TokenError, TokenRecord, TokenState};
 
 /// The one crypto provider every Airlock TLS config uses (ring).
 pub fn crypto_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {

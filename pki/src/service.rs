@@ -17,9 +17,9 @@ use crate::csr::{CsrError, ParsedCsr};
 use crate::fingerprint::Fingerprint;
 use crate::identity::{AgentId, EnvironmentId, PeerIdentity};
 use crate::revocation::RevocationSet;
-use crate::store::{AgentRecord, IdentityStore, RedeemError, StoreError};
+use crate::store::{AgentRecord, IdentityStore, RedeemError, StoreError, TokenRevocation};
 use crate::tls::{SwappableServerCert, TlsError};
-use crate::tokens::{CreatedToken, JoinToken, TokenError};
+use crate::tokens::{CreatedToken, JoinToken, TokenError, TokenRecord};
 use crate::util::{create_private_dir, unix_seconds};
 
 /// Longest TTL a join token may have.
@@ -91,7 +91,7 @@ pub enum ServiceError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EnrollError {
-    /// The token is malformed, unknown, expired or used (peer's fault).
+    /// The token is malformed, unknown, expired, used or revoked (peer's fault).
     #[error(transparent)]
     Token(#[from] TokenError),
     /// The CSR is unacceptable (peer's fault).
@@ -118,6 +118,44 @@ pub enum RenewError {
     /// Our side failed.
     #[error("renewal failed on the server: {0}")]
     Internal(String),
+}
+
+/// Why a join token could not be revoked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RevokeTokenError {
+    /// No token has this id.
+    #[error("no join token with id {token_id}")]
+    Unknown {
+        /// The id asked for.
+        token_id: String,
+    },
+    /// The token already enrolled an agent: revoking the token would change
+    /// nothing; the agent's identity is what must be revoked.
+    #[error("join token {token_id} was already used by agent {used_by}; revoke the agent instead (`control-plane agents revoke {used_by}`)")]
+    AlreadyUsed {
+        /// The token.
+        token_id: String,
+        /// The agent it enrolled.
+        used_by: AgentId,
+        /// When, Unix seconds.
+        used_at: i64,
+    },
+    /// The identity database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A revoked join token.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RevokedToken {
+    /// The token.
+    pub token_id: String,
+    /// When it was revoked, Unix seconds (the first revocation's time when
+    /// it was already revoked).
+    pub revoked_at: i64,
+    /// False if it had already been revoked (revoking is idempotent).
+    pub newly_revoked: bool,
 }
 
 /// A successful enrollment.
@@ -280,6 +318,51 @@ impl IdentityService {
         })
     }
 
+    /// Join tokens, newest first, with their state now: only the active ones
+    /// (usable for enrollment), or every token ever created with
+    /// `include_finished` (expired, used and revoked ones too). Never the
+    /// secret or its hash.
+    pub fn tokens(&self, include_finished: bool) -> Result<Vec<TokenRecord>, ServiceError> {
+        let mut tokens = self.store().tokens(SystemTime::now())?;
+        if !include_finished {
+            tokens.retain(|t| t.state.is_active());
+        }
+        Ok(tokens)
+    }
+
+    /// Revoke the join token `token_id` so it can no longer enroll an agent
+    /// (enrollment then fails with [`TokenError::Revoked`]). Unused tokens,
+    /// active or expired, can be revoked; revoking a revoked token succeeds
+    /// again and changes nothing (`newly_revoked` false); a used token is
+    /// refused with [`RevokeTokenError::AlreadyUsed`].
+    pub fn revoke_token(&self, token_id: &str) -> Result<RevokedToken, RevokeTokenError> {
+        let outcome = self.store().revoke_token(token_id, SystemTime::now())?;
+        let (revoked_at, newly_revoked) = match outcome {
+            TokenRevocation::Revoked { revoked_at } => (revoked_at, true),
+            TokenRevocation::AlreadyRevoked { revoked_at } => (revoked_at, false),
+            TokenRevocation::AlreadyUsed { used_by, used_at } => {
+                return Err(RevokeTokenError::AlreadyUsed {
+                    token_id: token_id.to_owned(),
+                    used_by,
+                    used_at,
+                })
+            }
+            TokenRevocation::Unknown => {
+                return Err(RevokeTokenError::Unknown {
+                    token_id: token_id.to_owned(),
+                })
+            }
+        };
+        if newly_revoked {
+            tracing::info!(token_id, "join token revoked");
+        }
+        Ok(RevokedToken {
+            token_id: token_id.to_owned(),
+            revoked_at,
+            newly_revoked,
+        })
+    }
+
     /// Enroll a new agent: check the CSR, redeem the token (single use),
     /// assign an agent id, issue its certificate. `peer` is recorded.
     /// Nothing is logged here; the caller logs the outcome once.
@@ -382,5 +465,153 @@ impl IdentityService {
     /// Every enrolled agent.
     pub fn agents(&self) -> Result<Vec<AgentRecord>, ServiceError> {
         Ok(self.store().agents()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokens::TokenState;
+
+    fn service(dir: &std::path::Path) -> IdentityService {
+        IdentityService::open(IdentitySettings::new(dir)).unwrap()
+    }
+
+    fn env(name: &str) -> EnvironmentId {
+        EnvironmentId::parse(name).unwrap()
+    }
+
+    fn csr() -> String {
+        crate::agent::PendingKey::generate().unwrap().csr_pem
+    }
+
+    #[test]
+    fn list_shows_active_tokens_newest_first_and_all_with_include_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(dir.path());
+        assert!(svc.tokens(true).unwrap().is_empty());
+        let a = svc
+            .create_token(&env("env_a"), Duration::from_secs(600))
+            .unwrap();
+        let b = svc
+            .create_token(&env("env_b"), Duration::from_secs(600))
+            .unwrap();
+        let c = svc
+            .create_token(&env("env_c"), Duration::from_secs(600))
+            .unwrap();
+
+        let listed = svc.tokens(false).unwrap();
+        let ids: Vec<&str> = listed.iter().map(|t| t.token_id.as_str()).collect();
+        assert_eq!(ids, [&c.token_id, &b.token_id, &a.token_id]);
+        assert!(listed.iter().all(|t| t.state == TokenState::Active));
+        assert_eq!(listed[2].environment_id, env("env_a"));
+        assert!(listed[0].expires_at > listed[0].created_at);
+
+        // Use one, revoke one: the default list shows only the third.
+        let enrolled = svc.enroll(a.token.expose(), &csr(), None).unwrap();
+        let revoked = svc.revoke_token(&b.token_id).unwrap();
+        assert!(revoked.newly_revoked);
+        let active = svc.tokens(false).unwrap();
+        assert_eq!(active.len(), 1);
+        assert_eq!(active[0].token_id, c.token_id);
+
+        let all = svc.tokens(true).unwrap();
+        assert_eq!(all.len(), 3);
+        assert_eq!(
+            all[1].state,
+            TokenState::Revoked {
+                revoked_at: revoked.revoked_at
+            }
+        );
+        assert!(
+            matches!(&all[2].state, TokenState::Used { used_by, .. } if *used_by == enrolled.agent_id),
+            "{:?}",
+            all[2]
+        );
+
+        // Nothing listed reveals a secret or its hash.
+        let dump = format!("{all:?}{}", serde_json::to_string(&all).unwrap());
+        for t in [&a, &b, &c] {
+            assert!(!dump.contains(t.token.expose()), "plaintext leaked");
+            assert!(!dump.contains(&t.token.hash()), "hash leaked");
+        }
+        // The JSON shape: a flat object with a `state` tag.
+        let v = serde_json::to_value(&all[1]).unwrap();
+        assert_eq!(v["state"], "revoked");
+        assert_eq!(v["revoked_at"], revoked.revoked_at);
+        assert_eq!(v["environment_id"], "env_b");
+    }
+
+    #[test]
+    fn a_revoked_token_cannot_enroll() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(dir.path());
+        let t = svc
+            .create_token(&env("env_r"), Duration::from_secs(600))
+            .unwrap();
+        svc.revoke_token(&t.token_id).unwrap();
+        let err = svc.enroll(t.token.expose(), &csr(), None).unwrap_err();
+        assert!(
+            matches!(&err, EnrollError::Token(TokenError::Revoked { token_id }) if *token_id == t.token_id),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("join token {} was revoked", t.token_id)
+        );
+        assert!(svc.agents().unwrap().is_empty(), "no agent registered");
+        // Still revoked (not used) afterwards.
+        assert!(matches!(
+            svc.tokens(true).unwrap()[0].state,
+            TokenState::Revoked { .. }
+        ));
+    }
+
+    #[test]
+    fn revoke_errors_and_idempotence() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(dir.path());
+
+        let err = svc.revoke_token("tok_0123456789abcdef").unwrap_err();
+        assert!(
+            matches!(&err, RevokeTokenError::Unknown { token_id } if token_id == "tok_0123456789abcdef"),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("tok_0123456789abcdef"), "{err}");
+
+        let used = svc
+            .create_token(&env("env_e"), Duration::from_secs(600))
+            .unwrap();
+        let agent = svc
+            .enroll(used.token.expose(), &csr(), None)
+            .unwrap()
+            .agent_id;
+        let err = svc.revoke_token(&used.token_id).unwrap_err();
+        assert!(
+            matches!(&err, RevokeTokenError::AlreadyUsed { token_id, used_by, .. } if *token_id == used.token_id && *used_by == agent),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains(agent.as_str()) && msg.contains("agents revoke"),
+            "{msg}"
+        );
+        // The used token is still recorded as used.
+        assert!(matches!(
+            svc.tokens(true).unwrap()[0].state,
+            TokenState::Used { .. }
+        ));
+
+        let t = svc
+            .create_token(&env("env_e"), Duration::from_secs(600))
+            .unwrap();
+        let first = svc.revoke_token(&t.token_id).unwrap();
+        let second = svc.revoke_token(&t.token_id).unwrap();
+        assert!(first.newly_revoked);
+        assert!(!second.newly_revoked);
+        assert_eq!(
+            first.revoked_at, second.revoked_at,
+            "first revocation time kept"
+        );
     }
 }

@@ -3,14 +3,23 @@
 //!
 //! Tables:
 //! - `join_tokens(token_hash PK, token_id, environment_id, created_at,
-//!   expires_at, used_at, used_by)`: `used_at` is set exactly once, in the same
-//!   transaction that registers the agent, so a token cannot enroll two agents.
+//!   expires_at, used_at, used_by, revoked_at)`: `used_at` is set exactly
+//!   once, in the same transaction that registers the agent, so a token cannot
+//!   enroll two agents; `revoked_at` non-null means an operator revoked the
+//!   unused token (a token is never both used and revoked).
 //! - `agents(agent_id PK, environment_id, enrolled_at, enrolled_from,
 //!   cert_serial, cert_not_after, revoked_at)`: `revoked_at` non-null means
 //!   revoked, forever.
 //!
 //! Times are Unix seconds. Several processes may open the database at once
 //! (the server and a CLI): WAL mode and a busy timeout make that safe.
+//!
+//! Schema changes: [`SCHEMA`] is the original schema and is never edited;
+//! later changes are appended to [`MIGRATIONS`] and applied in order when the
+//! database is opened, `PRAGMA user_version` counting those applied. So a
+//! database written by an older build opens and is upgraded in place. The
+//! upgrade runs in one `BEGIN IMMEDIATE` transaction, so two processes
+//! opening the same old database at once apply it exactly once.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -18,7 +27,7 @@ use std::time::{Duration, SystemTime};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::identity::{AgentId, EnvironmentId};
-use crate::tokens::TokenError;
+use crate::tokens::{TokenError, TokenRecord, TokenState};
 use crate::util::{from_unix_seconds, unix_seconds};
 
 /// A database failure (not the caller's fault; may be transient).
@@ -44,6 +53,31 @@ pub enum StoreError {
     /// Revoking or renewing an agent id that was never enrolled.
     #[error("unknown agent {0}")]
     UnknownAgent(String),
+}
+
+/// What [`IdentityStore::revoke_token`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TokenRevocation {
+    /// The token was active or expired and is now revoked.
+    Revoked {
+        /// Revocation time, Unix seconds.
+        revoked_at: i64,
+    },
+    /// It had been revoked before; nothing changed.
+    AlreadyRevoked {
+        /// The original revocation time, Unix seconds.
+        revoked_at: i64,
+    },
+    /// It had already enrolled an agent; nothing changed.
+    AlreadyUsed {
+        /// The agent it enrolled.
+        used_by: AgentId,
+        /// When, Unix seconds.
+        used_at: i64,
+    },
+    /// No token has that id.
+    Unknown,
 }
 
 /// An enrolled agent, as recorded.
@@ -81,6 +115,7 @@ pub struct IdentityStore {
     path: PathBuf,
 }
 
+/// The original schema (version 0). Never edit it: append to [`MIGRATIONS`].
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS join_tokens (
     token_hash     TEXT PRIMARY KEY,
@@ -102,6 +137,57 @@ CREATE TABLE IF NOT EXISTS agents (
 );
 ";
 
+/// Schema changes after [`SCHEMA`], in order; entry `i` takes the database
+/// from `user_version` `i` to `i + 1`. Only append.
+const MIGRATIONS: &[&str] = &[
+    // 1: join tokens can be revoked before use.
+    "ALTER TABLE join_tokens ADD COLUMN revoked_at INTEGER;",
+];
+
+/// Bring a database at any earlier `user_version` up to date, atomically.
+/// A database from a newer build (higher version) is left as it is.
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let applied = usize::try_from(version).unwrap_or(0);
+    if applied >= MIGRATIONS.len() {
+        return Ok(());
+    }
+    for sql in &MIGRATIONS[applied..] {
+        tx.execute_batch(sql)?;
+    }
+    tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
+    tx.commit()
+}
+
+/// `token_id, environment_id, expires_at, used_by, revoked_at` of a token.
+type RedeemRow = (String, String, i64, Option<String>, Option<i64>);
+/// `expires_at, used_at, used_by, revoked_at` of a token.
+type RevokeRow = (i64, Option<i64>, Option<String>, Option<i64>);
+
+/// The state of a token row (`used_at`, `used_by`, `revoked_at`) at `now`.
+fn token_state(
+    expires_at: i64,
+    used_at: Option<i64>,
+    used_by: Option<String>,
+    revoked_at: Option<i64>,
+    now: i64,
+) -> Result<TokenState, String> {
+    match (used_at, used_by) {
+        (Some(used_at), Some(used_by)) => {
+            let used_by = AgentId::parse(&used_by).map_err(|e| e.to_string())?;
+            return Ok(TokenState::Used { used_by, used_at });
+        }
+        (None, None) => {}
+        _ => return Err("join token has only one of used_at and used_by".to_owned()),
+    }
+    Ok(match revoked_at {
+        Some(revoked_at) => TokenState::Revoked { revoked_at },
+        None if now >= expires_at => TokenState::Expired,
+        None => TokenState::Active,
+    })
+}
+
 impl IdentityStore {
     /// Open (creating if needed) the database at `path`, mode 0600.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -118,11 +204,12 @@ impl IdentityStore {
                 .mode(0o600)
                 .open(path);
         }
-        let conn = Connection::open(path).map_err(err)?;
+        let mut conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        migrate(&mut conn).map_err(err)?;
         let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
         Ok(Self {
             conn,
@@ -162,7 +249,7 @@ impl IdentityStore {
         Ok(())
     }
 
-    /// Atomically: check the token (known, unexpired, unused), run `register`
+    /// Atomically: check the token (known, unused, unrevoked, unexpired), run `register`
     /// (which issues the certificate and returns the agent row), mark the
     /// token used by that agent, insert the agent. If anything fails, nothing
     /// is written and the token stays usable.
@@ -181,15 +268,15 @@ impl IdentityStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(&err)?;
-        let row: Option<(String, String, i64, Option<String>)> = tx
+        let row: Option<RedeemRow> = tx
             .query_row(
-                "SELECT token_id, environment_id, expires_at, used_by FROM join_tokens WHERE token_hash = ?1",
+                "SELECT token_id, environment_id, expires_at, used_by, revoked_at FROM join_tokens WHERE token_hash = ?1",
                 params![token_hash],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
             .optional()
             .map_err(&err)?;
-        let Some((token_id, env, expires_at, used_by)) = row else {
+        let Some((token_id, env, expires_at, used_by, revoked_at)) = row else {
             return Ok(Err(RedeemError::Token(TokenError::Unknown)));
         };
         if let Some(used_by) = used_by {
@@ -197,6 +284,9 @@ impl IdentityStore {
                 token_id,
                 used_by,
             })));
+        }
+        if revoked_at.is_some() {
+            return Ok(Err(RedeemError::Token(TokenError::Revoked { token_id })));
         }
         if unix_seconds(now) >= expires_at {
             return Ok(Err(RedeemError::Token(TokenError::Expired { token_id })));
@@ -233,6 +323,109 @@ impl IdentityStore {
         .map_err(&err)?;
         tx.commit().map_err(&err)?;
         Ok(Ok(agent))
+    }
+
+    /// Every join token with its state at `now`, newest first. Never returns
+    /// the token hash.
+    pub fn tokens(&self, now: SystemTime) -> Result<Vec<TokenRecord>, StoreError> {
+        let now = unix_seconds(now);
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT token_id, environment_id, created_at, expires_at, used_at, used_by, revoked_at
+                 FROM join_tokens ORDER BY created_at DESC, rowid DESC",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([], |r| {
+                let token_id: String = r.get(0)?;
+                let env: String = r.get(1)?;
+                let created_at: i64 = r.get(2)?;
+                let expires_at: i64 = r.get(3)?;
+                let used_at: Option<i64> = r.get(4)?;
+                let used_by: Option<String> = r.get(5)?;
+                let revoked_at: Option<i64> = r.get(6)?;
+                Ok((|| {
+                    Ok(TokenRecord {
+                        environment_id: EnvironmentId::parse(&env).map_err(|e| e.to_string())?,
+                        created_at,
+                        expires_at,
+                        state: token_state(expires_at, used_at, used_by, revoked_at, now)?,
+                        token_id: token_id.clone(),
+                    })
+                })()
+                .map_err(|message: String| format!("join token {token_id}: {message}")))
+            })
+            .map_err(self.err())?;
+        let mut out = Vec::new();
+        for row in rows {
+            match row.map_err(self.err())? {
+                Ok(t) => out.push(t),
+                Err(message) => {
+                    return Err(StoreError::Corrupt {
+                        path: self.path.clone(),
+                        message,
+                    })
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Revoke the unused token `token_id` at `now`, atomically with respect
+    /// to a concurrent redemption (both take the write lock first): a token
+    /// is either used or revoked, never both.
+    pub fn revoke_token(
+        &mut self,
+        token_id: &str,
+        now: SystemTime,
+    ) -> Result<TokenRevocation, StoreError> {
+        let path = self.path.clone();
+        let err = move |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&err)?;
+        let row: Option<RevokeRow> = tx
+            .query_row(
+                "SELECT expires_at, used_at, used_by, revoked_at FROM join_tokens WHERE token_id = ?1",
+                params![token_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()
+            .map_err(&err)?;
+        let Some((expires_at, used_at, used_by, revoked_at)) = row else {
+            return Ok(TokenRevocation::Unknown);
+        };
+        let now = unix_seconds(now);
+        let state =
+            token_state(expires_at, used_at, used_by, revoked_at, now).map_err(|message| {
+                StoreError::Corrupt {
+                    path: self.path.clone(),
+                    message: format!("join token {token_id}: {message}"),
+                }
+            })?;
+        match state {
+            TokenState::Used { used_by, used_at } => {
+                Ok(TokenRevocation::AlreadyUsed { used_by, used_at })
+            }
+            TokenState::Revoked { revoked_at } => {
+                Ok(TokenRevocation::AlreadyRevoked { revoked_at })
+            }
+            TokenState::Active | TokenState::Expired => {
+                tx.execute(
+                    "UPDATE join_tokens SET revoked_at = ?1
+                     WHERE token_id = ?2 AND used_at IS NULL AND revoked_at IS NULL",
+                    params![now, token_id],
+                )
+                .map_err(&err)?;
+                tx.commit().map_err(&err)?;
+                Ok(TokenRevocation::Revoked { revoked_at: now })
+            }
+        }
     }
 
     fn row_to_agent(&self, r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<AgentRecord, String>> {
@@ -362,4 +555,171 @@ pub enum RedeemError<E> {
 /// Convert a stored time.
 pub fn time_of(unix: i64) -> SystemTime {
     from_unix_seconds(unix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> EnvironmentId {
+        EnvironmentId::parse("env_store").unwrap()
+    }
+
+    fn user_version(path: &Path) -> i64 {
+        Connection::open(path)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn fresh_database_has_the_latest_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("identity.db");
+        let mut store = IdentityStore::open(&path).unwrap();
+        assert_eq!(user_version(&path), MIGRATIONS.len() as i64);
+        let now = SystemTime::now();
+        store
+            .insert_token("h1", "tok_1", &env(), now, now + Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(
+            store.revoke_token("tok_1", now).unwrap(),
+            TokenRevocation::Revoked {
+                revoked_at: unix_seconds(now)
+            }
+        );
+        // Reopening applies nothing twice.
+        drop(store);
+        IdentityStore::open(&path).unwrap();
+        assert_eq!(user_version(&path), MIGRATIONS.len() as i64);
+    }
+
+    /// A database written by a build from before token revocation (the
+    /// original schema, `user_version` 0, no `revoked_at` on `join_tokens`)
+    /// opens, keeps its rows and gains revocation.
+    #[test]
+    fn database_with_the_original_schema_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("identity.db");
+        let now = unix_seconds(SystemTime::now());
+        {
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch(SCHEMA).unwrap();
+            old.execute(
+                "INSERT INTO join_tokens (token_hash, token_id, environment_id, created_at, expires_at)
+                 VALUES ('h_active', 'tok_active', 'env_store', ?1, ?2)",
+                params![now - 10, now + 600],
+            )
+            .unwrap();
+            old.execute(
+                "INSERT INTO join_tokens (token_hash, token_id, environment_id, created_at, expires_at, used_at, used_by)
+                 VALUES ('h_used', 'tok_used', 'env_store', ?1, ?2, ?3, 'agt_01hzz0000000000000000000')",
+                params![now - 20, now + 600, now - 5],
+            )
+            .unwrap();
+            let cols: Vec<String> = old
+                .prepare("SELECT name FROM pragma_table_info('join_tokens')")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            assert!(!cols.iter().any(|c| c == "revoked_at"), "{cols:?}");
+        }
+        assert_eq!(user_version(&path), 0);
+
+        let mut store = IdentityStore::open(&path).unwrap();
+        assert_eq!(user_version(&path), MIGRATIONS.len() as i64);
+        let tokens = store.tokens(SystemTime::now()).unwrap();
+        let ids: Vec<&str> = tokens.iter().map(|t| t.token_id.as_str()).collect();
+        assert_eq!(ids, ["tok_active", "tok_used"], "newest first");
+        assert_eq!(tokens[0].state, TokenState::Active);
+        assert!(
+            matches!(&tokens[1].state, TokenState::Used { used_by, used_at }
+            if used_by.as_str() == "agt_01hzz0000000000000000000" && *used_at == now - 5)
+        );
+        assert!(matches!(
+            store.revoke_token("tok_active", SystemTime::now()).unwrap(),
+            TokenRevocation::Revoked { .. }
+        ));
+        // The revoked token no longer redeems.
+        let r = store
+            .redeem_token(
+                "h_active",
+                SystemTime::now(),
+                |_| -> Result<AgentRecord, ()> {
+                    panic!("register must not run for a revoked token")
+                },
+            )
+            .unwrap();
+        assert!(
+            matches!(r, Err(RedeemError::Token(TokenError::Revoked { ref token_id })) if token_id == "tok_active"),
+            "{r:?}"
+        );
+    }
+
+    /// Two processes opening the same old database at once: the migration is
+    /// applied once and both opens succeed.
+    #[test]
+    fn concurrent_opens_of_an_old_database_migrate_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("identity.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(SCHEMA)
+            .unwrap();
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let p = path.clone();
+                std::thread::spawn(move || IdentityStore::open(&p).map(drop))
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap().unwrap();
+        }
+        assert_eq!(user_version(&path), MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn token_states_at_a_given_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = IdentityStore::open(&dir.path().join("identity.db")).unwrap();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        store
+            .insert_token("h", "tok_x", &env(), t0, t0 + Duration::from_secs(60))
+            .unwrap();
+        let state =
+            |store: &IdentityStore, at: SystemTime| store.tokens(at).unwrap()[0].state.clone();
+        assert_eq!(state(&store, t0), TokenState::Active);
+        assert_eq!(
+            state(&store, t0 + Duration::from_secs(60)),
+            TokenState::Expired
+        );
+        // An expired token can still be revoked; it then shows as revoked.
+        let later = t0 + Duration::from_secs(120);
+        assert_eq!(
+            store.revoke_token("tok_x", later).unwrap(),
+            TokenRevocation::Revoked {
+                revoked_at: unix_seconds(later)
+            }
+        );
+        assert_eq!(
+            state(&store, t0 + Duration::from_secs(500)),
+            TokenState::Revoked {
+                revoked_at: unix_seconds(later)
+            }
+        );
+        assert_eq!(
+            store
+                .revoke_token("tok_x", t0 + Duration::from_secs(900))
+                .unwrap(),
+            TokenRevocation::AlreadyRevoked {
+                revoked_at: unix_seconds(later)
+            }
+        );
+        assert_eq!(
+            store.revoke_token("tok_nope", later).unwrap(),
+            TokenRevocation::Unknown
+        );
+    }
 }

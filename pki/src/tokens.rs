@@ -40,6 +40,12 @@ pub enum TokenError {
         /// The agent that used it.
         used_by: String,
     },
+    /// An operator revoked the token before it was used.
+    #[error("join token {token_id} was revoked")]
+    Revoked {
+        /// Public id of the token (safe to log).
+        token_id: String,
+    },
 }
 
 /// A join token's plaintext. `Debug` and `Display` do not reveal it; use
@@ -93,6 +99,65 @@ pub struct CreatedToken {
     pub environment_id: crate::EnvironmentId,
     /// When it stops working.
     pub expires_at: SystemTime,
+}
+
+/// Where a join token is in its life, as of the moment it was read.
+/// Precedence when several apply: used, then revoked, then expired (a used
+/// token cannot be revoked; a revoked token that has since passed its expiry
+/// stays `revoked`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum TokenState {
+    /// Unused, unrevoked and not yet expired: it can enroll one agent.
+    Active,
+    /// Its TTL passed before anyone used it.
+    Expired,
+    /// It enrolled an agent.
+    Used {
+        /// The agent it enrolled.
+        used_by: crate::AgentId,
+        /// When, Unix seconds.
+        used_at: i64,
+    },
+    /// An operator revoked it before it was used.
+    Revoked {
+        /// When, Unix seconds.
+        revoked_at: i64,
+    },
+}
+
+impl TokenState {
+    /// `active`, `expired`, `used` or `revoked`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Expired => "expired",
+            Self::Used { .. } => "used",
+            Self::Revoked { .. } => "revoked",
+        }
+    }
+
+    /// Whether the token can still enroll an agent.
+    pub fn is_active(&self) -> bool {
+        matches!(self, Self::Active)
+    }
+}
+
+/// A join token as listed to the operator: public fields only, never the
+/// secret or its hash.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TokenRecord {
+    /// Public id (`tok_...`).
+    pub token_id: String,
+    /// The environment an agent enrolling with it joins.
+    pub environment_id: crate::EnvironmentId,
+    /// Creation time, Unix seconds.
+    pub created_at: i64,
+    /// Expiry, Unix seconds.
+    pub expires_at: i64,
+    /// State when read.
+    #[serde(flatten)]
+    pub state: TokenState,
 }
 
 /// Everything an agent needs to enroll, as one copy-pasteable string:
