@@ -168,7 +168,9 @@ impl Supervisor {
     }
 
     /// Stop scanning, let running wakes finish for up to `grace`, then abort
-    /// the rest (an aborted wake is a crash the next start recovers from).
+    /// the rest (an aborted wake is a crash the next start recovers from)
+    /// and release their leases, so another replica can wake those sessions
+    /// at once instead of after the lease TTL.
     /// Returns whether every wake finished in time.
     pub async fn shutdown(&self, grace: Duration) -> bool {
         if let Ok(mut g) = self.scanner.lock() {
@@ -189,6 +191,9 @@ impl Supervisor {
                     tracing::warn!(left = tasks.len(), "shutdown grace over; aborting wakes");
                     tasks.abort_all();
                     while tasks.join_next().await.is_some() {}
+                    // The aborted wakes' leases would block their sessions
+                    // on every other replica until they expire.
+                    self.inner.harness.release_abandoned_leases().await;
                     return false;
                 }
             }

@@ -120,6 +120,35 @@ pub struct Harness {
     hands: Arc<dyn Hands>,
     config: Arc<HarnessConfig>,
     observer: Arc<dyn Observer>,
+    /// Leases of wakes that were dropped mid-run (aborted at shutdown),
+    /// for [`Harness::release_abandoned_leases`].
+    abandoned: Arc<std::sync::Mutex<Vec<Lease>>>,
+}
+
+/// Held by a running wake: if the wake's future is dropped before it
+/// settles its lease (the task was aborted), the lease is parked in
+/// `abandoned` so the shutdown path can release it at once instead of
+/// leaving the session to wait out the TTL on another replica.
+struct LeaseGuard<'a> {
+    lease: Option<Lease>,
+    abandoned: &'a std::sync::Mutex<Vec<Lease>>,
+}
+
+impl LeaseGuard<'_> {
+    /// The wake settled the lease itself (released or lost it).
+    fn settled(mut self) {
+        self.lease = None;
+    }
+}
+
+impl Drop for LeaseGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            if let Ok(mut v) = self.abandoned.lock() {
+                v.push(lease);
+            }
+        }
+    }
 }
 
 /// Signals from the helper tasks of a wake.
@@ -210,7 +239,40 @@ impl Harness {
             hands,
             config: Arc::new(config),
             observer: Arc::new(NoopObserver),
+            abandoned: Arc::default(),
         }
+    }
+
+    /// Release the leases of wakes that were dropped before they finished
+    /// (a supervisor aborting wakes at the end of its shutdown grace), so
+    /// another replica can take those sessions over now rather than when
+    /// the leases expire. Each release is fenced by the lease's epoch: one
+    /// already taken over is left alone. Returns how many were released.
+    pub async fn release_abandoned_leases(&self) -> usize {
+        let leases = match self.abandoned.lock() {
+            Ok(mut v) => std::mem::take(&mut *v),
+            Err(_) => return 0,
+        };
+        let mut released = 0;
+        for lease in leases {
+            match self.store.release_lease(&lease).await {
+                Ok(()) => {
+                    released += 1;
+                    tracing::info!(
+                        session_id = %lease.session_id,
+                        epoch = lease.epoch,
+                        "released the lease of an aborted wake"
+                    );
+                }
+                Err(StoreError::Fenced { .. }) => {}
+                Err(e) => tracing::warn!(
+                    session_id = %lease.session_id,
+                    %e,
+                    "releasing the lease of an aborted wake failed; it will expire"
+                ),
+            }
+        }
+        released
     }
 
     /// Install an observer.
@@ -310,6 +372,10 @@ impl Harness {
             Err(e) => return Err(store_err(e)),
         };
         tracing::debug!(epoch = lease.epoch, "lease acquired");
+        let guard = LeaseGuard {
+            lease: Some(lease.clone()),
+            abandoned: &self.abandoned,
+        };
         let (sig_tx, sig_rx) = watch::channel(Signals::default());
         let sig_tx = Arc::new(sig_tx);
         let renewal = Task::spawn(renew_lease(
@@ -321,7 +387,7 @@ impl Harness {
         ));
         let result = self.run(session_id, &lease, sig_rx, sig_tx).await;
         drop(renewal);
-        match result {
+        let settled = match result {
             Ok(outcome) => {
                 match self.store.release_lease(&lease).await {
                     Ok(()) | Err(StoreError::Fenced { .. }) => {}
@@ -347,7 +413,9 @@ impl Harness {
                     source: e,
                 })
             }
-        }
+        };
+        guard.settled();
+        settled
     }
 
     async fn run(
