@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 
 use crate::body::JsonBody;
 use crate::error::ApiError;
-use crate::fields::{metadata, patch_metadata, Obj, Patch};
+use crate::fields::{apply_metadata_patch, metadata, Obj, Patch};
 use crate::ids::{new_id, rfc3339};
 use crate::query::{Cursor, Dir, Query};
 use crate::tools;
@@ -84,21 +84,24 @@ fn unsupported(o: &Obj<'_>) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The fields of an agent a create or an update may carry.
+const AGENT_FIELDS: [&str; 10] = [
+    "name",
+    "model",
+    "description",
+    "system",
+    "tools",
+    "metadata",
+    "mcp_servers",
+    "skills",
+    "multiagent",
+    "execution_identity",
+];
+
 /// Parses `POST /v1/agents`.
 pub(crate) fn parse_create(body: &Value) -> Result<AgentSpec, ApiError> {
     let o = Obj::new("", body)?;
-    o.only(&[
-        "name",
-        "model",
-        "description",
-        "system",
-        "tools",
-        "metadata",
-        "mcp_servers",
-        "skills",
-        "multiagent",
-        "execution_identity",
-    ])?;
+    o.only(&AGENT_FIELDS)?;
     let name = o.req_str("name")?;
     check_name("name", name)?;
     let model = tools::model(
@@ -139,19 +142,9 @@ pub(crate) struct AgentUpdate {
 /// Parses `POST /v1/agents/{id}` (validation that needs no stored state).
 pub(crate) fn parse_update(body: Value) -> Result<AgentUpdate, ApiError> {
     let o = Obj::new("", &body)?;
-    o.only(&[
-        "name",
-        "model",
-        "description",
-        "system",
-        "tools",
-        "metadata",
-        "mcp_servers",
-        "skills",
-        "multiagent",
-        "execution_identity",
-        "version",
-    ])?;
+    let mut allowed = AGENT_FIELDS.to_vec();
+    allowed.push("version");
+    o.only(&allowed)?;
     let expected_version = o.opt_u64("version")?;
     if expected_version == Some(0) {
         return Err(ApiError::invalid("version", "must be at least 1"));
@@ -205,15 +198,7 @@ impl AgentUpdate {
             );
         }
         if let Some(patch) = o.get("metadata") {
-            let cur = next
-                .get("metadata")
-                .and_then(Value::as_object)
-                .cloned()
-                .unwrap_or_default();
-            next.insert(
-                "metadata".into(),
-                Value::Object(patch_metadata("metadata", &cur, patch, false)?),
-            );
+            apply_metadata_patch(&mut next, patch, false)?;
         }
         Ok(Value::Object(next))
     }

@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 
 use crate::body::JsonBody;
 use crate::error::ApiError;
-use crate::fields::{metadata, patch_metadata, Obj, Patch};
+use crate::fields::{apply_metadata_patch, metadata, Obj, Patch};
 use crate::ids::{new_id, rfc3339};
 use crate::query::{Cursor, Dir, Query};
 use crate::AppState;
@@ -109,15 +109,7 @@ pub(crate) fn apply_update(current: &Value, body: &Value) -> Result<(String, Val
         }
     }
     if let Some(patch) = o.get("metadata") {
-        let cur = next
-            .get("metadata")
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default();
-        next.insert(
-            "metadata".into(),
-            Value::Object(patch_metadata("metadata", &cur, patch, true)?),
-        );
+        apply_metadata_patch(&mut next, patch, true)?;
     }
     if o.has("scope") {
         next.insert("scope".into(), json!(scope(&o)?));

@@ -199,6 +199,23 @@ pub(crate) fn metadata(path: &str, value: Option<&Value>) -> Result<Map<String, 
     Ok(map.clone())
 }
 
+/// Applies the `metadata` patch `patch` (see [`patch_metadata`]) to the
+/// `metadata` object of the resource body `body`, in place.
+pub(crate) fn apply_metadata_patch(
+    body: &mut Map<String, Value>,
+    patch: &Value,
+    empty_deletes: bool,
+) -> Result<(), ApiError> {
+    let current = body
+        .get("metadata")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let next = patch_metadata("metadata", &current, patch, empty_deletes)?;
+    body.insert("metadata".into(), Value::Object(next));
+    Ok(())
+}
+
 /// Applies a metadata patch (a string upserts, null deletes; with
 /// `empty_deletes`, "" deletes too) to `current`.
 pub(crate) fn patch_metadata(

@@ -22,7 +22,7 @@ use crate::agents;
 use crate::body::JsonBody;
 use crate::error::ApiError;
 use crate::events::parse_initial_event;
-use crate::fields::{join, metadata, patch_metadata, type_name, Obj};
+use crate::fields::{apply_metadata_patch, join, metadata, type_name, Obj};
 use crate::ids::{new_id, rfc3339};
 use crate::query::{Cursor, Dir, Query};
 use crate::tools;
@@ -455,15 +455,7 @@ fn apply_update(record: &SessionRecord, body: &Value) -> Result<Value, ApiError>
         next.insert("title".into(), json!(title(&o)?));
     }
     if let Some(patch) = o.get("metadata") {
-        let cur = next
-            .get("metadata")
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default();
-        next.insert(
-            "metadata".into(),
-            Value::Object(patch_metadata("metadata", &cur, patch, false)?),
-        );
+        apply_metadata_patch(&mut next, patch, false)?;
     } else if o.has("metadata") {
         next.insert("metadata".into(), json!({}));
     }
