@@ -5,36 +5,23 @@
 
 mod harness_support;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use airlock_tests::fake_model::{sequence, tool_loop, FakeModel, Fault, Reply, RequestCtx, Turn};
 use harness::{HandsError, Harness, ProvisioningMode, StopReason, Supervisor, WakeOutcome};
 use harness_support::*;
 use serde_json::{json, Value};
-use session_store::{NewEvent, SessionStatus, SessionStore};
-
-fn bash(k: usize) -> (String, Value) {
-    (
-        "bash".to_owned(),
-        json!({"command": format!("echo step {k}")}),
-    )
-}
+use session_store::SessionStatus;
 
 #[tokio::test]
 async fn a_multi_tool_session_runs_to_end_turn() {
-    let fx = sqlite().await;
-    let store: Arc<dyn SessionStore> = fx.store.clone();
-    let fake = FakeModel::start(tool_loop(5, bash)).await.unwrap();
-    let hands = RecordingHands::new();
-    let h = harness(store.clone(), &fake, hands.clone(), config("h1"));
-    create_session(&*store, "sesn_multi", toolset(), "run five commands").await;
+    let (_fx, store, fake, hands, h) =
+        rig(tool_loop(5, bash), "sesn_multi", "run five commands").await;
 
     let out = h.wake("sesn_multi").await.unwrap();
     assert_eq!(out, WakeOutcome::Idle(StopReason::EndTurn));
 
-    let events = log(&*store, "sesn_multi").await;
-    check_complete(&events);
+    let events = complete_log(&*store, "sesn_multi").await;
     assert_eq!(of_type(&events, "agent.tool_use").len(), 5);
     assert_eq!(of_type(&events, "agent.tool_result").len(), 5);
     assert_eq!(of_type(&events, "span.model_request_start").len(), 6);
@@ -120,70 +107,48 @@ async fn a_multi_tool_session_runs_to_end_turn() {
 
 #[tokio::test]
 async fn a_user_message_after_idle_starts_a_new_turn_with_history() {
-    let fx = sqlite().await;
-    let store: Arc<dyn SessionStore> = fx.store.clone();
-    let fake = FakeModel::start(|r: &RequestCtx| {
-        Reply::text(format!("echo: {}", r.last_user_text().unwrap_or("")))
-    })
-    .await
-    .unwrap();
-    let h = harness(store.clone(), &fake, RecordingHands::new(), config("h1"));
-    create_session(&*store, "s", toolset(), "first").await;
+    let (_fx, store, fake, _, h) = rig(
+        |r: &RequestCtx| Reply::text(format!("echo: {}", r.last_user_text().unwrap_or(""))),
+        "s",
+        "first",
+    )
+    .await;
     h.wake("s").await.unwrap();
     send(&*store, "s", user_message("second")).await;
-    assert_eq!(
-        h.wake("s").await.unwrap(),
-        WakeOutcome::Idle(StopReason::EndTurn)
-    );
+    wake_idle(&h, "s", StopReason::EndTurn).await;
     let reqs = fake.requests();
     assert_eq!(reqs.len(), 2);
     let m = &reqs[1].body["messages"];
     assert_eq!(m.as_array().unwrap().len(), 3);
     assert_eq!(m[1]["content"][0]["text"], json!("echo: first"));
     assert_eq!(m[2]["content"][0]["text"], json!("second"));
-    let events = log(&*store, "s").await;
-    check_complete(&events);
+    let events = complete_log(&*store, "s").await;
     assert_eq!(of_type(&events, "session.status_idle").len(), 2);
 }
 
 #[tokio::test]
 async fn an_interrupt_stops_an_in_flight_model_request() {
-    let fx = sqlite().await;
-    let store: Arc<dyn SessionStore> = fx.store.clone();
     // The first answer takes 20 s; the interrupt must not wait for it.
-    let fake = FakeModel::start(sequence(vec![
+    let script = sequence(vec![
         Reply::text("too late").with_latency(Duration::from_secs(20)),
         Reply::text("fresh answer"),
-    ]))
-    .await
-    .unwrap();
-    let h = harness(store.clone(), &fake, RecordingHands::new(), config("h1"));
-    create_session(&*store, "s", toolset(), "think hard").await;
+    ]);
+    let (_fx, store, fake, _, h) = rig(script, "s", "think hard").await;
     let task = tokio::spawn({
         let h = h.clone();
         async move { h.wake("s").await }
     });
     assert!(fake.wait_for_requests(1, PATIENCE).await);
     let started = Instant::now();
-    send(
-        &*store,
-        "s",
-        NewEvent::queued(json!({"type": "user.interrupt"})),
-    )
-    .await;
-    let out = tokio::time::timeout(PATIENCE, task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    queue(&*store, "s", json!({"type": "user.interrupt"})).await;
+    let out = joined(task).await.unwrap();
     assert_eq!(out, WakeOutcome::Idle(StopReason::EndTurn));
     assert!(
         started.elapsed() < Duration::from_secs(15),
         "interrupt waited for the model"
     );
 
-    let events = log(&*store, "s").await;
-    check_complete(&events);
+    let events = complete_log(&*store, "s").await;
     assert!(of_type(&events, "agent.message").is_empty());
     let t = types(&events);
     assert_eq!(
@@ -199,10 +164,7 @@ async fn an_interrupt_stops_an_in_flight_model_request() {
     );
     // The next message starts a new turn; the model sees both user messages.
     send(&*store, "s", user_message("never mind, say hi")).await;
-    assert_eq!(
-        h.wake("s").await.unwrap(),
-        WakeOutcome::Idle(StopReason::EndTurn)
-    );
+    wake_idle(&h, "s", StopReason::EndTurn).await;
     let reqs = fake.requests();
     assert_eq!(reqs.len(), 2);
     let m = &reqs[1].body["messages"];
@@ -213,39 +175,27 @@ async fn an_interrupt_stops_an_in_flight_model_request() {
 
 #[tokio::test]
 async fn an_interrupt_during_tools_lets_the_running_one_finish_and_skips_the_rest() {
-    let fx = sqlite().await;
-    let store: Arc<dyn SessionStore> = fx.store.clone();
-    let fake = FakeModel::start(sequence(vec![Turn::new()
-        .tool_use("toolu_a", "bash", json!({"command": "sleep 1"}))
-        .tool_use("toolu_b", "bash", json!({"command": "rm -rf /tmp/x"}))
-        .into()]))
-    .await
-    .unwrap();
-    let hands = RecordingHands::new();
+    let (_fx, store, fake, hands, h) = rig(
+        sequence(vec![Turn::new()
+            .tool_use("toolu_a", "bash", json!({"command": "sleep 1"}))
+            .tool_use("toolu_b", "bash", json!({"command": "rm -rf /tmp/x"}))
+            .into()]),
+        "s",
+        "do two things",
+    )
+    .await;
     let gate = hands.close_gate();
-    let h = harness(store.clone(), &fake, hands.clone(), config("h1"));
-    create_session(&*store, "s", toolset(), "do two things").await;
     let task = tokio::spawn({
         let h = h.clone();
         async move { h.wake("s").await }
     });
     eventually("the first tool to start", || hands.calls().len() == 1).await;
-    send(
-        &*store,
-        "s",
-        NewEvent::queued(json!({"type": "user.interrupt"})),
-    )
-    .await;
+    queue(&*store, "s", json!({"type": "user.interrupt"})).await;
     // Let the running tool finish only after the interrupt is in the log.
     gate.add_permits(10);
-    let out = tokio::time::timeout(PATIENCE, task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let out = joined(task).await.unwrap();
     assert_eq!(out, WakeOutcome::Idle(StopReason::EndTurn));
-    let events = log(&*store, "s").await;
-    check_complete(&events);
+    let events = complete_log(&*store, "s").await;
     let results = of_type(&events, "agent.tool_result");
     assert_eq!(results.len(), 2);
     assert_eq!(results[0].body["is_error"], json!(false));
@@ -260,25 +210,21 @@ async fn an_interrupt_during_tools_lets_the_running_one_finish_and_skips_the_res
 
 #[tokio::test]
 async fn retries_honour_retry_after_then_succeed() {
-    let fx = sqlite().await;
-    let store: Arc<dyn SessionStore> = fx.store.clone();
-    let fake = FakeModel::start(sequence(vec![
-        Reply::rate_limited(0.4),
-        Reply::overloaded(),
-        Turn::new()
-            .text("hello")
-            .fault(3, Fault::ErrorEvent("overloaded_error".into()))
-            .into(),
-        Reply::text("finally"),
-    ]))
-    .await
-    .unwrap();
-    let h = harness(store.clone(), &fake, RecordingHands::new(), config("h1"));
-    create_session(&*store, "s", toolset(), "hi").await;
-    assert_eq!(
-        h.wake("s").await.unwrap(),
-        WakeOutcome::Idle(StopReason::EndTurn)
-    );
+    let (_fx, store, fake, _, h) = rig(
+        sequence(vec![
+            Reply::rate_limited(0.4),
+            Reply::overloaded(),
+            Turn::new()
+                .text("hello")
+                .fault(3, Fault::ErrorEvent("overloaded_error".into()))
+                .into(),
+            Reply::text("finally"),
+        ]),
+        "s",
+        "hi",
+    )
+    .await;
+    wake_idle(&h, "s", StopReason::EndTurn).await;
     let reqs = fake.requests();
     assert_eq!(reqs.len(), 4);
     let gap = reqs[1].at.duration_since(reqs[0].at);
@@ -286,8 +232,7 @@ async fn retries_honour_retry_after_then_succeed() {
         gap >= Duration::from_millis(400),
         "retry-after 0.4 s not honoured: {gap:?}"
     );
-    let events = log(&*store, "s").await;
-    check_complete(&events);
+    let events = complete_log(&*store, "s").await;
     let errors = of_type(&events, "session.error");
     let kinds: Vec<_> = errors
         .iter()
@@ -325,26 +270,21 @@ async fn retries_honour_retry_after_then_succeed() {
 
 #[tokio::test]
 async fn exhausted_retries_end_in_session_error_and_idle() {
-    let fx = sqlite().await;
-    let store: Arc<dyn SessionStore> = fx.store.clone();
-    let fake = FakeModel::start(sequence(vec![
-        Reply::overloaded(),
-        Reply::overloaded(),
-        Reply::overloaded(),
-        Reply::overloaded(),
-        Reply::text("back"),
-    ]))
-    .await
-    .unwrap();
-    let h = harness(store.clone(), &fake, RecordingHands::new(), config("h1"));
-    create_session(&*store, "s", toolset(), "hi").await;
-    assert_eq!(
-        h.wake("s").await.unwrap(),
-        WakeOutcome::Idle(StopReason::RetriesExhausted)
-    );
+    let (_fx, store, fake, _, h) = rig(
+        sequence(vec![
+            Reply::overloaded(),
+            Reply::overloaded(),
+            Reply::overloaded(),
+            Reply::overloaded(),
+            Reply::text("back"),
+        ]),
+        "s",
+        "hi",
+    )
+    .await;
+    wake_idle(&h, "s", StopReason::RetriesExhausted).await;
     assert_eq!(fake.request_count(), 4, "max_attempts = 4");
-    let events = log(&*store, "s").await;
-    check_complete(&events);
+    let events = complete_log(&*store, "s").await;
     let statuses: Vec<_> = of_type(&events, "session.error")
         .iter()
         .map(|e| {
@@ -367,10 +307,7 @@ async fn exhausted_retries_end_in_session_error_and_idle() {
     // A later wake without new input does nothing; a new message works.
     assert_eq!(h.wake("s").await.unwrap(), WakeOutcome::NothingToDo);
     send(&*store, "s", user_message("again")).await;
-    assert_eq!(
-        h.wake("s").await.unwrap(),
-        WakeOutcome::Idle(StopReason::EndTurn)
-    );
+    wake_idle(&h, "s", StopReason::EndTurn).await;
     let reqs = fake.requests();
     assert_eq!(
         reqs[4].body["messages"].as_array().unwrap().len(),
@@ -382,21 +319,13 @@ async fn exhausted_retries_end_in_session_error_and_idle() {
 
 #[tokio::test]
 async fn budgets_stop_a_runaway_session() {
-    let fx = sqlite().await;
-    let store: Arc<dyn SessionStore> = fx.store.clone();
-    let fake = FakeModel::start(tool_loop(100, bash)).await.unwrap();
-    let hands = RecordingHands::new();
     let mut cfg = config("h1");
     cfg.budget.max_model_requests_per_turn = 3;
-    let h = harness(store.clone(), &fake, hands.clone(), cfg);
-    create_session(&*store, "s", toolset(), "loop forever").await;
-    assert_eq!(
-        h.wake("s").await.unwrap(),
-        WakeOutcome::Idle(StopReason::BudgetReached)
-    );
+    let (_fx, store, fake, hands, h) =
+        rig_with(tool_loop(100, bash), cfg, "s", toolset(), "loop forever").await;
+    wake_idle(&h, "s", StopReason::BudgetReached).await;
     assert_eq!(fake.request_count(), 3);
-    let events = log(&*store, "s").await;
-    check_complete(&events);
+    complete_log(&*store, "s").await;
     assert_eq!(
         hands.executions().len(),
         3,
@@ -404,64 +333,44 @@ async fn budgets_stop_a_runaway_session() {
     );
     // A new user message starts a new turn with a fresh per-turn budget.
     send(&*store, "s", user_message("go on")).await;
-    assert_eq!(
-        h.wake("s").await.unwrap(),
-        WakeOutcome::Idle(StopReason::BudgetReached)
-    );
+    wake_idle(&h, "s", StopReason::BudgetReached).await;
     assert_eq!(fake.request_count(), 6);
 
     // Token budget over the whole session.
-    let fx2 = sqlite().await;
-    let store2: Arc<dyn SessionStore> = fx2.store.clone();
-    let fake2 = FakeModel::start(|r: &RequestCtx| {
+    let spender = |r: &RequestCtx| {
         let k = r.tool_uses_so_far();
         Turn::new()
             .tool_use(format!("toolu_{k}"), "bash", json!({"command": "true"}))
             .usage(600, 100)
             .into()
-    })
-    .await
-    .unwrap();
+    };
     let mut cfg = config("h2");
     cfg.budget.max_session_tokens = 1500;
-    let h2 = harness(store2.clone(), &fake2, RecordingHands::new(), cfg);
-    create_session(&*store2, "t", toolset(), "spend").await;
-    assert_eq!(
-        h2.wake("t").await.unwrap(),
-        WakeOutcome::Idle(StopReason::BudgetReached)
-    );
+    let (_fx2, store2, fake2, _, h2) = rig_with(spender, cfg, "t", toolset(), "spend").await;
+    wake_idle(&h2, "t", StopReason::BudgetReached).await;
     assert_eq!(fake2.request_count(), 3, "700 + 700 < 1500 <= 2100");
     send(&*store2, "t", user_message("more")).await;
-    assert_eq!(
-        h2.wake("t").await.unwrap(),
-        WakeOutcome::Idle(StopReason::BudgetReached)
-    );
+    wake_idle(&h2, "t", StopReason::BudgetReached).await;
     assert_eq!(fake2.request_count(), 3, "the session budget stays spent");
     check_complete(&log(&*store2, "t").await);
 }
 
 #[tokio::test]
 async fn an_unknown_tool_is_refused_and_the_model_is_told() {
-    let fx = sqlite().await;
-    let store: Arc<dyn SessionStore> = fx.store.clone();
-    let fake = FakeModel::start(sequence(vec![
-        Turn::new()
-            .text("let me")
-            .tool_use("toolu_x", "frobnicate", json!({"level": 11}))
-            .into(),
-        Reply::text("sorry, I will use bash"),
-    ]))
-    .await
-    .unwrap();
-    let hands = RecordingHands::new();
-    let h = harness(store.clone(), &fake, hands.clone(), config("h1"));
-    create_session(&*store, "s", toolset(), "frobnicate it").await;
-    assert_eq!(
-        h.wake("s").await.unwrap(),
-        WakeOutcome::Idle(StopReason::EndTurn)
-    );
-    let events = log(&*store, "s").await;
-    check_complete(&events);
+    let (_fx, store, fake, hands, h) = rig(
+        sequence(vec![
+            Turn::new()
+                .text("let me")
+                .tool_use("toolu_x", "frobnicate", json!({"level": 11}))
+                .into(),
+            Reply::text("sorry, I will use bash"),
+        ]),
+        "s",
+        "frobnicate it",
+    )
+    .await;
+    wake_idle(&h, "s", StopReason::EndTurn).await;
+    let events = complete_log(&*store, "s").await;
     let tu = of_type(&events, "agent.tool_use");
     assert_eq!(tu[0].body["evaluated_permission"], json!("deny"));
     let res = of_type(&events, "agent.tool_result");
@@ -481,27 +390,21 @@ async fn an_unknown_tool_is_refused_and_the_model_is_told() {
 
 #[tokio::test]
 async fn a_malformed_response_is_a_clear_error_and_corrupts_nothing() {
-    let fx = sqlite().await;
-    let store: Arc<dyn SessionStore> = fx.store.clone();
-    let fake = FakeModel::start(sequence(vec![
-        Turn::new().text("partial").fault(4, Fault::Corrupt).into(),
-        Turn::new()
-            .raw_tool_use("toolu_1", "bash", &["{\"command\": \"ls"])
-            .into(),
-        Reply::text("recovered"),
-    ]))
-    .await
-    .unwrap();
-    let hands = RecordingHands::new();
-    let h = harness(store.clone(), &fake, hands.clone(), config("h1"));
-    create_session(&*store, "s", toolset(), "hi").await;
-    assert_eq!(
-        h.wake("s").await.unwrap(),
-        WakeOutcome::Idle(StopReason::RetriesExhausted)
-    );
+    let (_fx, store, fake, hands, h) = rig(
+        sequence(vec![
+            Turn::new().text("partial").fault(4, Fault::Corrupt).into(),
+            Turn::new()
+                .raw_tool_use("toolu_1", "bash", &["{\"command\": \"ls"])
+                .into(),
+            Reply::text("recovered"),
+        ]),
+        "s",
+        "hi",
+    )
+    .await;
+    wake_idle(&h, "s", StopReason::RetriesExhausted).await;
     assert_eq!(fake.request_count(), 1, "a malformed stream is not retried");
-    let events = log(&*store, "s").await;
-    check_complete(&events);
+    let events = complete_log(&*store, "s").await;
     let err = of_type(&events, "session.error");
     assert_eq!(err.len(), 1);
     assert_eq!(
@@ -519,12 +422,8 @@ async fn a_malformed_response_is_a_clear_error_and_corrupts_nothing() {
     assert!(of_type(&events, "agent.message").is_empty());
 
     send(&*store, "s", user_message("again")).await;
-    assert_eq!(
-        h.wake("s").await.unwrap(),
-        WakeOutcome::Idle(StopReason::RetriesExhausted)
-    );
-    let events = log(&*store, "s").await;
-    check_complete(&events);
+    wake_idle(&h, "s", StopReason::RetriesExhausted).await;
+    let events = complete_log(&*store, "s").await;
     assert!(
         of_type(&events, "agent.tool_use").is_empty(),
         "a tool call with invalid input is not recorded"
@@ -532,10 +431,7 @@ async fn a_malformed_response_is_a_clear_error_and_corrupts_nothing() {
     assert!(hands.calls().is_empty());
 
     send(&*store, "s", user_message("third time")).await;
-    assert_eq!(
-        h.wake("s").await.unwrap(),
-        WakeOutcome::Idle(StopReason::EndTurn)
-    );
+    wake_idle(&h, "s", StopReason::EndTurn).await;
     check_complete(&log(&*store, "s").await);
     // The conversation the model sees is still valid (the fake validates it).
     assert_eq!(
@@ -549,8 +445,7 @@ async fn a_malformed_response_is_a_clear_error_and_corrupts_nothing() {
 
 #[tokio::test]
 async fn a_stall_mid_stream_times_out_and_is_retried_or_reported() {
-    let fx = sqlite().await;
-    let store: Arc<dyn SessionStore> = fx.store.clone();
+    let (_fx, store) = sqlite_store().await;
     let fake = FakeModel::start(sequence(vec![
         Turn::new()
             .text("I was saying")
@@ -571,12 +466,8 @@ async fn a_stall_mid_stream_times_out_and_is_retried_or_reported() {
         cfg,
     );
     create_session(&*store, "s", toolset(), "talk").await;
-    assert_eq!(
-        h.wake("s").await.unwrap(),
-        WakeOutcome::Idle(StopReason::EndTurn)
-    );
-    let events = log(&*store, "s").await;
-    check_complete(&events);
+    wake_idle(&h, "s", StopReason::EndTurn).await;
+    let events = complete_log(&*store, "s").await;
     let err = of_type(&events, "session.error");
     assert_eq!(err.len(), 1);
     assert!(err[0].body["error"]["message"]
@@ -589,12 +480,8 @@ async fn a_stall_mid_stream_times_out_and_is_retried_or_reported() {
     );
 
     send(&*store, "s", user_message("again")).await;
-    assert_eq!(
-        h.wake("s").await.unwrap(),
-        WakeOutcome::Idle(StopReason::RetriesExhausted)
-    );
-    let events = log(&*store, "s").await;
-    check_complete(&events);
+    wake_idle(&h, "s", StopReason::RetriesExhausted).await;
+    let events = complete_log(&*store, "s").await;
     let err = of_type(&events, "session.error");
     assert_eq!(err.len(), 3);
     assert_eq!(
@@ -606,26 +493,27 @@ async fn a_stall_mid_stream_times_out_and_is_retried_or_reported() {
 
 #[tokio::test]
 async fn always_ask_and_custom_tools_block_until_the_client_answers() {
-    let fx = sqlite().await;
-    let store: Arc<dyn SessionStore> = fx.store.clone();
-    let fake = FakeModel::start(sequence(vec![
+    let script = sequence(vec![
         Turn::new()
             .tool_use("t1", "bash", json!({"command": "deploy"}))
             .tool_use("t2", "lookup", json!({"q": "weather"}))
             .tool_use("t3", "write", json!({"file_path": "a", "content": "b"}))
             .into(),
         Reply::text("all done"),
-    ]))
-    .await
-    .unwrap();
-    let hands = RecordingHands::new();
-    let h = harness(store.clone(), &fake, hands.clone(), config("h1"));
+    ]);
     let tools = json!([
         {"type": "agent_toolset_20260401",
          "default_config": {"enabled": true, "permission_policy": {"type": "always_ask"}}},
         {"type": "custom", "name": "lookup", "description": "look up", "input_schema": {"type": "object"}}
     ]);
-    create_session(&*store, "s", tools, "deploy and check the weather").await;
+    let (_fx, store, fake, hands, h) = rig_with(
+        script,
+        config("h1"),
+        "s",
+        tools,
+        "deploy and check the weather",
+    )
+    .await;
     let out = h.wake("s").await.unwrap();
     let events = log(&*store, "s").await;
     check_log(&events);
@@ -652,12 +540,10 @@ async fn always_ask_and_custom_tools_block_until_the_client_answers() {
     assert_eq!(log(&*store, "s").await.len(), events.len());
 
     // Allow bash: it runs; idle again, now waiting on the other two.
-    let allow = send(
+    let allow = queue(
         &*store,
         "s",
-        NewEvent::queued(
-            json!({"type": "user.tool_confirmation", "tool_use_id": bash.id, "result": "allow"}),
-        ),
+        json!({"type": "user.tool_confirmation", "tool_use_id": bash.id, "result": "allow"}),
     )
     .await;
     let out = h.wake("s").await.unwrap();
@@ -679,15 +565,11 @@ async fn always_ask_and_custom_tools_block_until_the_client_answers() {
         .is_some());
 
     // Deny write (it never runs), answer the custom tool: the model continues.
-    send(&*store, "s", NewEvent::queued(json!({"type": "user.tool_confirmation", "tool_use_id": write.id, "result": "deny", "deny_message": "not today"}))).await;
-    send(&*store, "s", NewEvent::queued(json!({"type": "user.custom_tool_result", "custom_tool_use_id": custom.id, "content": [{"type": "text", "text": "sunny"}]}))).await;
-    assert_eq!(
-        h.wake("s").await.unwrap(),
-        WakeOutcome::Idle(StopReason::EndTurn)
-    );
+    queue(&*store, "s", json!({"type": "user.tool_confirmation", "tool_use_id": write.id, "result": "deny", "deny_message": "not today"})).await;
+    queue(&*store, "s", json!({"type": "user.custom_tool_result", "custom_tool_use_id": custom.id, "content": [{"type": "text", "text": "sunny"}]})).await;
+    wake_idle(&h, "s", StopReason::EndTurn).await;
     assert_eq!(hands.executions().len(), 1, "denied tool never ran");
-    let events = log(&*store, "s").await;
-    check_complete(&events);
+    let events = complete_log(&*store, "s").await;
     // The denial is in the log as the call's one error result (audit trail),
     // written before the model was asked again.
     let denied: Vec<_> = of_type(&events, "agent.tool_result")
@@ -734,8 +616,7 @@ async fn provisioning_lazy_speculative_and_eager() {
         ProvisioningMode::Speculative,
         ProvisioningMode::Eager,
     ] {
-        let fx = sqlite().await;
-        let store: Arc<dyn SessionStore> = fx.store.clone();
+        let (_fx, store) = sqlite_store().await;
         let latency = Duration::from_millis(300);
         let fake = FakeModel::builder()
             .latency(latency)
@@ -751,10 +632,7 @@ async fn provisioning_lazy_speculative_and_eager() {
         );
         create_session(&*store, "s", toolset(), "one command").await;
         let t0 = Instant::now();
-        assert_eq!(
-            h.wake("s").await.unwrap(),
-            WakeOutcome::Idle(StopReason::EndTurn)
-        );
+        wake_idle(&h, "s", StopReason::EndTurn).await;
         let first_request = fake.requests()[0].at;
         let provisions = hands.provisions();
         assert_eq!(provisions.len(), 1, "{mode:?}");
@@ -778,10 +656,7 @@ async fn provisioning_lazy_speculative_and_eager() {
 
 #[tokio::test]
 async fn transient_hands_failures_are_retried_and_a_lost_sandbox_is_replaced() {
-    let fx = sqlite().await;
-    let store: Arc<dyn SessionStore> = fx.store.clone();
-    let fake = FakeModel::start(tool_loop(2, bash)).await.unwrap();
-    let hands = RecordingHands::new();
+    let (_fx, store, _fake, hands, h) = rig(tool_loop(2, bash), "s", "two").await;
     hands.fail_next_provision(HandsError::Unavailable {
         session_id: "s".into(),
         message: "no agent connected".into(),
@@ -789,14 +664,8 @@ async fn transient_hands_failures_are_retried_and_a_lost_sandbox_is_replaced() {
     hands.fail_next_execute(HandsError::SandboxGone {
         sandbox_id: "sbx_0".into(),
     });
-    let h = harness(store.clone(), &fake, hands.clone(), config("h1"));
-    create_session(&*store, "s", toolset(), "two").await;
-    assert_eq!(
-        h.wake("s").await.unwrap(),
-        WakeOutcome::Idle(StopReason::EndTurn)
-    );
-    let events = log(&*store, "s").await;
-    check_complete(&events);
+    wake_idle(&h, "s", StopReason::EndTurn).await;
+    let events = complete_log(&*store, "s").await;
     assert!(of_type(&events, "agent.tool_result")
         .iter()
         .all(|e| e.body["is_error"] == json!(false)));
@@ -808,20 +677,12 @@ async fn transient_hands_failures_are_retried_and_a_lost_sandbox_is_replaced() {
     );
 
     // A refusal is the tool's error, shown to the model.
-    let fx = sqlite().await;
-    let store: Arc<dyn SessionStore> = fx.store.clone();
-    let fake = FakeModel::start(tool_loop(1, bash)).await.unwrap();
-    let hands = RecordingHands::new();
+    let (_fx, store, _fake, hands, h) = rig(tool_loop(1, bash), "s", "one").await;
     hands.fail_next_execute(HandsError::Refused {
         session_id: "s".into(),
         message: "policy tools.allowed forbids bash".into(),
     });
-    let h = harness(store.clone(), &fake, hands.clone(), config("h1"));
-    create_session(&*store, "s", toolset(), "one").await;
-    assert_eq!(
-        h.wake("s").await.unwrap(),
-        WakeOutcome::Idle(StopReason::EndTurn)
-    );
+    wake_idle(&h, "s", StopReason::EndTurn).await;
     let events = log(&*store, "s").await;
     let r = &of_type(&events, "agent.tool_result")[0].body;
     assert_eq!(r["is_error"], json!(true));
@@ -833,8 +694,7 @@ async fn transient_hands_failures_are_retried_and_a_lost_sandbox_is_replaced() {
 
 #[tokio::test]
 async fn an_invalid_agent_snapshot_is_reported_not_crashed_on() {
-    let fx = sqlite().await;
-    let store: Arc<dyn SessionStore> = fx.store.clone();
+    let (_fx, store) = sqlite_store().await;
     let fake = FakeModel::start(sequence(vec![])).await.unwrap();
     let h = harness(store.clone(), &fake, RecordingHands::new(), config("h1"));
     store
@@ -846,12 +706,8 @@ async fn an_invalid_agent_snapshot_is_reported_not_crashed_on() {
         })
         .await
         .unwrap();
-    assert_eq!(
-        h.wake("s").await.unwrap(),
-        WakeOutcome::Idle(StopReason::RetriesExhausted)
-    );
-    let events = log(&*store, "s").await;
-    check_complete(&events);
+    wake_idle(&h, "s", StopReason::RetriesExhausted).await;
+    let events = complete_log(&*store, "s").await;
     let err = &of_type(&events, "session.error")[0].body["error"];
     assert_eq!(err["type"], json!("unknown_error"));
     assert!(err["message"].as_str().unwrap().contains("agent.model"));
@@ -860,8 +716,7 @@ async fn an_invalid_agent_snapshot_is_reported_not_crashed_on() {
 
 #[tokio::test]
 async fn the_supervisor_wakes_on_notify_and_recovers_running_sessions_on_start() {
-    let fx = sqlite().await;
-    let store: Arc<dyn SessionStore> = fx.store.clone();
+    let (_fx, store) = sqlite_store().await;
     let fake = FakeModel::start(tool_loop(2, bash)).await.unwrap();
     let hands = RecordingHands::new();
     // A session left `running` (its harness died) with work to do.
@@ -898,19 +753,10 @@ async fn the_supervisor_wakes_on_notify_and_recovers_running_sessions_on_start()
     create_session(&*store, "sesn_new", toolset(), "hello").await;
     sup.notify("sesn_new");
     sup.notify("sesn_new");
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let events = log(&*store, "sesn_new").await;
-        if events.last().map(|e| e.event_type.as_str()) == Some("session.status_idle") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "notify did not wake the session");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_idle_logged(&*store, "sesn_new", "notify did not wake the session").await;
     assert!(sup.shutdown(Duration::from_secs(10)).await);
     for id in ["sesn_orphan", "sesn_new"] {
-        let events = log(&*store, id).await;
-        check_complete(&events);
+        let events = complete_log(&*store, id).await;
         assert_eq!(of_type(&events, "agent.tool_result").len(), 2, "{id}");
     }
     assert_eq!(hands.executions().len(), 4);

@@ -11,24 +11,16 @@
 
 mod harness_support;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use airlock_tests::fake_model::{tool_loop, FakeModel, Reply, RequestCtx};
 use harness::{StopReason, Supervisor, WakeOutcome};
 use harness_support::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use session_store::{PgOptions, PgStore, SessionStatus, SessionStore};
 
 const TOOLS: usize = 3;
-
-fn bash(k: usize) -> (String, Value) {
-    (
-        "bash".to_owned(),
-        json!({"command": format!("echo step {k}")}),
-    )
-}
 
 fn pg_url() -> Option<String> {
     match std::env::var("AIRLOCK_TEST_PG_URL") {
@@ -91,24 +83,8 @@ fn check_once(events: &[session_store::StoredEvent], hands: &RecordingHands, wha
     check_complete(events);
     let uses = of_type(events, "agent.tool_use");
     assert_eq!(uses.len(), TOOLS, "{what}");
-    let mut runs: HashMap<String, usize> = HashMap::new();
-    for e in hands.executions() {
-        *runs.entry(e.tool_use_id).or_default() += 1;
-    }
-    for u in &uses {
-        assert_eq!(
-            runs.get(&u.id).copied(),
-            Some(1),
-            "{what}: {} ran {:?} times",
-            u.id,
-            runs.get(&u.id)
-        );
-    }
-    assert_eq!(runs.len(), TOOLS, "{what}");
-    let texts: Vec<_> = of_type(events, "agent.message")
-        .iter()
-        .map(|e| e.body["content"][0]["text"].as_str().unwrap().to_owned())
-        .collect();
+    check_ran_once(&uses, hands, what);
+    let texts = message_texts(events);
     assert_eq!(texts.len(), TOOLS + 1, "{what}: {texts:?}");
     assert_eq!(
         texts.last().unwrap(),
@@ -180,15 +156,8 @@ async fn a_paused_replica_is_fenced_out_after_its_lease_lapses() {
     })
     .await;
     gate.add_permits(100);
-    let ra = tokio::time::timeout(PATIENCE, task_a)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let rb = tokio::time::timeout(PATIENCE, task_b)
-        .await
-        .unwrap()
-        .unwrap();
+    let ra = joined(task_a).await.unwrap();
+    let rb = joined(task_b).await;
     assert_eq!(ra, WakeOutcome::LeaseLost);
     assert_eq!(rb, WakeOutcome::Idle(StopReason::EndTurn));
     check_once(&log(&*a_store, "s").await, &hands, "takeover");
@@ -223,18 +192,7 @@ async fn a_session_left_running_by_a_dead_replica_is_recovered_by_the_other() {
     let mut cfg_b = config("replica-b");
     cfg_b.supervisor.recovery_scan_interval = Duration::from_millis(200);
     let sup = Supervisor::start(harness(b_store.clone(), &fake, hands.clone(), cfg_b));
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let events = log(&*b_store, "s").await;
-        if events.last().map(|e| e.event_type.as_str()) == Some("session.status_idle") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "replica B never recovered the session"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_idle_logged(&*b_store, "s", "replica B never recovered the session").await;
     assert!(sup.shutdown(Duration::from_secs(10)).await);
     check_once(&log(&*b_store, "s").await, &hands, "recovery");
     assert_eq!(
@@ -270,8 +228,7 @@ async fn a_message_queued_on_a_replica_that_died_before_waking_is_recovered_by_t
     ));
     assert_eq!(sup.recover_once().await, 1);
     eventually("the recovered wake to finish", || sup.active() == 0).await;
-    let events = log(&*b_store, "s").await;
-    check_complete(&events);
+    let events = complete_log(&*b_store, "s").await;
     assert_eq!(
         of_type(&events, "agent.message")[0].body["content"][0]["text"],
         json!("answer to: are you there")

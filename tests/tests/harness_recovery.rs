@@ -8,7 +8,6 @@
 
 mod harness_support;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,16 +16,9 @@ use airlock_tests::fake_model::{tool_loop, FakeModel, Reply, RequestCtx, Turn};
 use harness::{Observer, StopReason, Supervisor, WakeOutcome};
 use harness_support::*;
 use serde_json::{json, Value};
-use session_store::{NewEvent, SessionStatus, SessionStore};
+use session_store::SessionStatus;
 
 const TOOLS: usize = 3;
-
-fn bash(k: usize) -> (String, Value) {
-    (
-        "bash".to_owned(),
-        json!({"command": format!("echo step {k}")}),
-    )
-}
 
 /// What must hold after any crash and recovery.
 fn check_recovered(
@@ -44,29 +36,9 @@ fn check_recovered(
         "{what}: tool results"
     );
     // No tool ran twice, and every recorded call ran once.
-    let mut runs: HashMap<String, usize> = HashMap::new();
-    for e in hands.executions() {
-        *runs.entry(e.tool_use_id).or_default() += 1;
-    }
-    for t in &tool_uses {
-        assert_eq!(
-            runs.get(&t.id).copied(),
-            Some(1),
-            "{what}: tool use {} ran {:?} times",
-            t.id,
-            runs.get(&t.id)
-        );
-    }
-    assert_eq!(
-        runs.len(),
-        TOOLS,
-        "{what}: executions of calls not in the log: {runs:?}"
-    );
+    check_ran_once(&tool_uses, hands, what);
     // No response duplicated or lost.
-    let texts: Vec<String> = of_type(events, "agent.message")
-        .iter()
-        .map(|e| e.body["content"][0]["text"].as_str().unwrap().to_owned())
-        .collect();
+    let texts = message_texts(events);
     let mut expected: Vec<String> = (0..TOOLS).map(|k| format!("step {k}")).collect();
     expected.push(format!("done after {TOOLS} tool calls"));
     assert_eq!(texts, expected, "{what}: agent messages");
@@ -104,13 +76,8 @@ struct Round {
 /// Run harness A with a crash at point `n` (`after` the operation or
 /// before it), then harness B to the end; check everything.
 async fn crash_round(n: Option<usize>, after: bool, forget_record: bool) -> Round {
-    let fx = sqlite().await;
-    let inner: Arc<dyn SessionStore> = fx.store.clone();
-    let crasher = Arc::new(Crasher::default());
-    let store_a: Arc<dyn SessionStore> = Arc::new(CrashingStore {
-        inner: inner.clone(),
-        crasher: crasher.clone(),
-    });
+    let (fx, inner) = sqlite_store().await;
+    let (store_a, crasher) = CrashingStore::wrap(inner.clone());
     let hands = RecordingHands::new();
     *hands.crasher.lock().unwrap() = Some(crasher.clone());
     let fake = FakeModel::start(tool_loop(TOOLS, bash)).await.unwrap();
@@ -124,14 +91,7 @@ async fn crash_round(n: Option<usize>, after: bool, forget_record: bool) -> Roun
         "crash at point {n:?} ({})",
         if after { "after" } else { "before" }
     );
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while !task.is_finished() && !crasher.fired() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what}: harness A neither finished nor crashed"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    crasher.wait_fired_or_done(&task, &what).await;
     let fired = crasher.fired();
     if fired {
         task.abort();
@@ -149,7 +109,7 @@ async fn crash_round(n: Option<usize>, after: bool, forget_record: bool) -> Roun
         hands.forget_record();
     }
     // A's lease lapses; B knows nothing but the log.
-    fx.clock.advance(Duration::from_secs(3600));
+    fx.lapse_leases();
     let b = harness(inner.clone(), &fake, hands.clone(), config("harness-b"));
     let out = b.wake("s").await.unwrap();
     if fired {
@@ -193,13 +153,8 @@ async fn a_tool_whose_outcome_is_unknown_is_reported_honestly() {
     let clean = crash_round(None, false, false).await;
     let first_exec = clean.labels.iter().position(|l| *l == "execute").unwrap();
 
-    let fx = sqlite().await;
-    let inner: Arc<dyn SessionStore> = fx.store.clone();
-    let crasher = Arc::new(Crasher::default());
-    let store_a: Arc<dyn SessionStore> = Arc::new(CrashingStore {
-        inner: inner.clone(),
-        crasher: crasher.clone(),
-    });
+    let (fx, inner) = sqlite_store().await;
+    let (store_a, crasher) = CrashingStore::wrap(inner.clone());
     let hands = RecordingHands::new();
     *hands.crasher.lock().unwrap() = Some(crasher.clone());
     let fake = FakeModel::start(tool_loop(TOOLS, bash)).await.unwrap();
@@ -208,18 +163,13 @@ async fn a_tool_whose_outcome_is_unknown_is_reported_honestly() {
     let a = harness(store_a, &fake, hands.clone(), config("harness-a"));
     let task = tokio::spawn(async move { a.wake("s").await });
     eventually("the crash", || crasher.fired()).await;
-    task.abort();
-    let _ = task.await;
+    kill(task).await;
     *hands.crasher.lock().unwrap() = None;
     hands.forget_record();
-    fx.clock.advance(Duration::from_secs(3600));
+    fx.lapse_leases();
     let b = harness(inner.clone(), &fake, hands.clone(), config("harness-b"));
-    assert_eq!(
-        b.wake("s").await.unwrap(),
-        WakeOutcome::Idle(StopReason::EndTurn)
-    );
-    let events = log(&*inner, "s").await;
-    check_complete(&events);
+    wake_idle(&b, "s", StopReason::EndTurn).await;
+    let events = complete_log(&*inner, "s").await;
     let first_tool = of_type(&events, "agent.tool_use")[0].id.clone();
     let result = of_type(&events, "agent.tool_result")
         .into_iter()
@@ -258,8 +208,7 @@ async fn a_tool_whose_outcome_is_unknown_is_reported_honestly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_during_the_model_stream_is_recovered() {
-    let fx = sqlite().await;
-    let inner: Arc<dyn SessionStore> = fx.store.clone();
+    let (fx, inner) = sqlite_store().await;
     let hands = RecordingHands::new();
     let fake = FakeModel::builder()
         .latency(Duration::from_millis(200))
@@ -271,14 +220,10 @@ async fn a_crash_during_the_model_stream_is_recovered() {
     let task = tokio::spawn(async move { a.wake("s").await });
     // Kill it while its second model request is in flight.
     assert!(fake.wait_for_requests(2, PATIENCE).await);
-    task.abort();
-    let _ = task.await;
-    fx.clock.advance(Duration::from_secs(3600));
+    kill(task).await;
+    fx.lapse_leases();
     let b = harness(inner.clone(), &fake, hands.clone(), config("harness-b"));
-    assert_eq!(
-        b.wake("s").await.unwrap(),
-        WakeOutcome::Idle(StopReason::EndTurn)
-    );
+    wake_idle(&b, "s", StopReason::EndTurn).await;
     let events = log(&*inner, "s").await;
     check_recovered(&events, &hands, &fake, "crash mid-stream");
     let crashed: Vec<_> = of_type(&events, "span.model_request_end")
@@ -292,8 +237,7 @@ async fn a_crash_during_the_model_stream_is_recovered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_harnesses_racing_for_one_session_advance_it_once() {
     for round in 0..10 {
-        let fx = sqlite().await;
-        let store: Arc<dyn SessionStore> = fx.store.clone();
+        let (_fx, store) = sqlite_store().await;
         let hands = RecordingHands::new();
         let fake = FakeModel::start(tool_loop(TOOLS, bash)).await.unwrap();
         create_session(&*store, "s", toolset(), "three steps").await;
@@ -329,8 +273,7 @@ async fn two_harnesses_racing_for_one_session_advance_it_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_harness_whose_lease_was_taken_over_writes_nothing_more() {
-    let fx = sqlite().await;
-    let store: Arc<dyn SessionStore> = fx.store.clone();
+    let (fx, store) = sqlite_store().await;
     let hands = RecordingHands::new();
     let gate = hands.close_gate();
     let fake = FakeModel::start(tool_loop(TOOLS, bash)).await.unwrap();
@@ -340,7 +283,7 @@ async fn a_harness_whose_lease_was_taken_over_writes_nothing_more() {
     let task_a = tokio::spawn(async move { a.wake("s").await });
     eventually("A to call the first tool", || hands.calls().len() == 1).await;
     // Its lease lapses; B takes the session over and re-sends the same call.
-    fx.clock.advance(Duration::from_secs(3600));
+    fx.lapse_leases();
     let b = harness(store.clone(), &fake, hands.clone(), config("harness-b"));
     let task_b = tokio::spawn(async move { b.wake("s").await });
     eventually("B to re-send the first tool call", || {
@@ -354,16 +297,8 @@ async fn a_harness_whose_lease_was_taken_over_writes_nothing_more() {
     );
     // A's call finishes; both hear the result; only B may write it.
     gate.add_permits(100);
-    let ra = tokio::time::timeout(PATIENCE, task_a)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let rb = tokio::time::timeout(PATIENCE, task_b)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let ra = joined(task_a).await.unwrap();
+    let rb = joined(task_b).await.unwrap();
     assert_eq!(ra, WakeOutcome::LeaseLost);
     assert_eq!(rb, WakeOutcome::Idle(StopReason::EndTurn));
     let events = log(&*store, "s").await;
@@ -373,8 +308,7 @@ async fn a_harness_whose_lease_was_taken_over_writes_nothing_more() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_harness_cannot_record_a_model_response() {
-    let fx = sqlite().await;
-    let store: Arc<dyn SessionStore> = fx.store.clone();
+    let (fx, store) = sqlite_store().await;
     let hands = RecordingHands::new();
     // Request 0 (A's) is slow; B's requests are fast.
     let fake = FakeModel::start({
@@ -394,17 +328,10 @@ async fn a_stale_harness_cannot_record_a_model_response() {
     let a = harness(store.clone(), &fake, hands.clone(), config("harness-a"));
     let task_a = tokio::spawn(async move { a.wake("s").await });
     assert!(fake.wait_for_requests(1, PATIENCE).await);
-    fx.clock.advance(Duration::from_secs(3600));
+    fx.lapse_leases();
     let b = harness(store.clone(), &fake, hands.clone(), config("harness-b"));
-    assert_eq!(
-        b.wake("s").await.unwrap(),
-        WakeOutcome::Idle(StopReason::EndTurn)
-    );
-    let ra = tokio::time::timeout(PATIENCE, task_a)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    wake_idle(&b, "s", StopReason::EndTurn).await;
+    let ra = joined(task_a).await.unwrap();
     assert_eq!(ra, WakeOutcome::LeaseLost);
     let events = log(&*store, "s").await;
     check_recovered(&events, &hands, &fake, "stale response");
@@ -443,18 +370,14 @@ fn always_ask() -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn input_appended_before_the_wake_started_is_recovered_by_the_scan() {
-    let fx = sqlite().await;
-    let store: Arc<dyn SessionStore> = fx.store.clone();
+    let (_fx, store) = sqlite_store().await;
     let fake = FakeModel::start(answering()).await.unwrap();
     let hands = RecordingHands::new();
     // A first turn, then the API appends a message to the idle session and
     // the control plane dies before the wake starts (nobody calls notify).
     create_session(&*store, "sesn_a", toolset(), "first").await;
     let h1 = harness(store.clone(), &fake, hands.clone(), config("h1"));
-    assert_eq!(
-        h1.wake("sesn_a").await.unwrap(),
-        WakeOutcome::Idle(StopReason::EndTurn)
-    );
+    wake_idle(&h1, "sesn_a", StopReason::EndTurn).await;
     drop(h1);
     let second = send(&*store, "sesn_a", user_message("second")).await;
     // And a session whose very first message never got a wake.
@@ -474,8 +397,7 @@ async fn input_appended_before_the_wake_started_is_recovered_by_the_scan() {
     settle(&sup).await;
     assert_eq!(wakes.count(), 2);
     for (id, said) in [("sesn_a", "second"), ("sesn_b", "never woken")] {
-        let events = log(&*store, id).await;
-        check_complete(&events);
+        let events = complete_log(&*store, id).await;
         assert_eq!(
             events.last().unwrap().event_type,
             "session.status_idle",
@@ -500,8 +422,7 @@ async fn input_appended_before_the_wake_started_is_recovered_by_the_scan() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_waiting_for_the_client_is_not_woken_on_every_scan() {
-    let fx = sqlite().await;
-    let store: Arc<dyn SessionStore> = fx.store.clone();
+    let (_fx, store) = sqlite_store().await;
     let fake = FakeModel::start(|req: &RequestCtx| {
         if req.tool_uses_so_far() == 0 {
             Turn::new()
@@ -558,18 +479,15 @@ async fn a_session_waiting_for_the_client_is_not_woken_on_every_scan() {
     assert!(hands.calls().is_empty());
     // The answer is new input (the last seq moved): the scan wakes it, the
     // call runs and the waiting message goes to the model with its result.
-    send(
+    queue(
         &*store,
         "s",
-        NewEvent::queued(
-            json!({"type": "user.tool_confirmation", "tool_use_id": tool_use.id, "result": "allow"}),
-        ),
+        json!({"type": "user.tool_confirmation", "tool_use_id": tool_use.id, "result": "allow"}),
     )
     .await;
     assert_eq!(sup.recover_once().await, 1);
     settle(&sup).await;
-    let events = log(&*store, "s").await;
-    check_complete(&events);
+    let events = complete_log(&*store, "s").await;
     assert_eq!(hands.executions().len(), 1);
     assert_eq!(fake.requests().len(), 2);
     assert_eq!(
@@ -584,12 +502,10 @@ async fn a_session_waiting_for_the_client_is_not_woken_on_every_scan() {
         .is_some());
     // A second answer to the answered call can never be used: one wake marks
     // it processed, and scans find nothing after that.
-    let late = send(
+    let late = queue(
         &*store,
         "s",
-        NewEvent::queued(
-            json!({"type": "user.tool_confirmation", "tool_use_id": tool_use.id, "result": "deny"}),
-        ),
+        json!({"type": "user.tool_confirmation", "tool_use_id": tool_use.id, "result": "deny"}),
     )
     .await;
     assert_eq!(sup.recover_once().await, 1);
@@ -623,13 +539,8 @@ async fn a_session_waiting_for_the_client_is_not_woken_on_every_scan() {
 async fn a_denial_is_recorded_once_across_crashes() {
     for n in 0..2 {
         for after in [false, true] {
-            let fx = sqlite().await;
-            let inner: Arc<dyn SessionStore> = fx.store.clone();
-            let crasher = Arc::new(Crasher::default());
-            let store_a: Arc<dyn SessionStore> = Arc::new(CrashingStore {
-                inner: inner.clone(),
-                crasher: crasher.clone(),
-            });
+            let (fx, inner) = sqlite_store().await;
+            let (store_a, crasher) = CrashingStore::wrap(inner.clone());
             let fake = FakeModel::start(|req: &RequestCtx| {
                 if req.tool_uses_so_far() == 0 {
                     Turn::new()
@@ -649,19 +560,15 @@ async fn a_denial_is_recorded_once_across_crashes() {
                 WakeOutcome::Idle(StopReason::RequiresAction(_))
             ));
             let tool_use = of_type(&log(&*inner, "s").await, "agent.tool_use")[0].clone();
-            send(&*inner, "s", NewEvent::queued(json!({"type": "user.tool_confirmation", "tool_use_id": tool_use.id, "result": "deny", "deny_message": "never on prod"}))).await;
+            queue(&*inner, "s", json!({"type": "user.tool_confirmation", "tool_use_id": tool_use.id, "result": "deny", "deny_message": "never on prod"})).await;
             let base = crasher.points();
             crasher.arm(base + n, after);
             let task = tokio::spawn(async move { a.wake("s").await });
-            let deadline = std::time::Instant::now() + PATIENCE;
-            while !task.is_finished() && !crasher.fired() {
-                assert!(std::time::Instant::now() < deadline, "A hung");
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
             let what = format!(
                 "crash at point {n} of the denial wake ({})",
                 if after { "after" } else { "before" }
             );
+            crasher.wait_fired_or_done(&task, &what).await;
             assert!(crasher.fired(), "{what}: not reached");
             assert_eq!(
                 crasher.labels()[base + n],
@@ -669,9 +576,8 @@ async fn a_denial_is_recorded_once_across_crashes() {
                 "{what}"
             );
             {
-                task.abort();
-                let _ = task.await;
-                fx.clock.advance(Duration::from_secs(3600));
+                kill(task).await;
+                fx.lapse_leases();
                 let b = harness(inner.clone(), &fake, hands.clone(), config("harness-b"));
                 let out = b.wake("s").await.unwrap();
                 assert!(
@@ -682,8 +588,7 @@ async fn a_denial_is_recorded_once_across_crashes() {
                     "{what}: {out:?}"
                 );
             }
-            let events = log(&*inner, "s").await;
-            check_complete(&events);
+            let events = complete_log(&*inner, "s").await;
             let results = of_type(&events, "agent.tool_result");
             assert_eq!(results.len(), 1, "{what}: {results:#?}");
             assert_eq!(results[0].body["tool_use_id"], json!(tool_use.id), "{what}");

@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use airlock_tests::fake_model::FakeModel;
+use airlock_tests::fake_model::{FakeModel, Script};
 use harness::{
     Disposition, Hands, HandsError, Harness, HarnessConfig, ProvisionSpec, ProvisioningMode,
-    RawHarnessConfig, SandboxRef, ToolCall, ToolOutput,
+    RawHarnessConfig, SandboxRef, StopReason, ToolCall, ToolOutput, WakeOutcome,
 };
 use model::{AnthropicConfig, AnthropicProvider, ApiKey};
 use serde_json::{json, Value};
@@ -47,6 +47,20 @@ pub async fn sqlite() -> StoreFixture {
         clock,
         _dir: dir,
     }
+}
+
+impl StoreFixture {
+    /// Let every lease lapse (an hour on the store's clock).
+    pub fn lapse_leases(&self) {
+        self.clock.advance(Duration::from_secs(3600));
+    }
+}
+
+/// A fresh SQLite fixture and its store as the harness takes it.
+pub async fn sqlite_store() -> (StoreFixture, Arc<dyn SessionStore>) {
+    let fx = sqlite().await;
+    let store: Arc<dyn SessionStore> = fx.store.clone();
+    (fx, store)
 }
 
 pub fn agent_body(tools: Value) -> Value {
@@ -96,8 +110,34 @@ pub async fn send(store: &dyn SessionStore, id: &str, event: NewEvent) -> Stored
         .remove(0)
 }
 
+/// Queue an event given by its JSON body.
+pub async fn queue(store: &dyn SessionStore, id: &str, body: Value) -> StoredEvent {
+    send(store, id, NewEvent::queued(body)).await
+}
+
 pub async fn log(store: &dyn SessionStore, id: &str) -> Vec<StoredEvent> {
     store.read(id, 1, 100_000).await.unwrap()
+}
+
+/// The log of `id`, checked with [`check_complete`].
+pub async fn complete_log(store: &dyn SessionStore, id: &str) -> Vec<StoredEvent> {
+    let events = log(store, id).await;
+    check_complete(&events);
+    events
+}
+
+/// Poll until the last event of `id` is `session.status_idle` (bounded by
+/// [`PATIENCE`]; `what` names the wait in the failure).
+pub async fn wait_idle_logged(store: &dyn SessionStore, id: &str, what: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let events = log(store, id).await;
+        if events.last().map(|e| e.event_type.as_str()) == Some("session.status_idle") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 pub fn types(events: &[StoredEvent]) -> Vec<&str> {
@@ -236,6 +276,94 @@ pub fn harness(
     )
 }
 
+/// Wake `id` and check that it goes idle for `reason`.
+pub async fn wake_idle(h: &Harness, id: &str, reason: StopReason) {
+    let out = h.wake(id).await.unwrap();
+    assert_eq!(out, WakeOutcome::Idle(reason), "wake of {id}");
+}
+
+/// The output of a spawned task (a wake), waited for at most [`PATIENCE`].
+pub async fn joined<T>(task: tokio::task::JoinHandle<T>) -> T {
+    tokio::time::timeout(PATIENCE, task).await.unwrap().unwrap()
+}
+
+/// Kill a spawned wake, as a crash would, and wait until it is gone.
+pub async fn kill<T>(task: tokio::task::JoinHandle<T>) {
+    task.abort();
+    let _ = task.await;
+}
+
+/// The scripted bash call number `k` (`echo step k`), for `tool_loop`.
+pub fn bash(k: usize) -> (String, Value) {
+    (
+        "bash".to_owned(),
+        json!({"command": format!("echo step {k}")}),
+    )
+}
+
+/// What most harness tests start from: the SQLite fixture (keep it: it owns
+/// the store's directory and clock), its store, the fake model, the hands
+/// double and a harness over them.
+pub type Rig = (
+    StoreFixture,
+    Arc<dyn SessionStore>,
+    FakeModel,
+    Arc<RecordingHands>,
+    Harness,
+);
+
+/// A [`Rig`] with harness `h1` ([`config`]) and session `id` created with
+/// [`toolset`] and the first message `first` (in that order).
+pub async fn rig(script: impl Script, id: &str, first: &str) -> Rig {
+    rig_with(script, config("h1"), id, toolset(), first).await
+}
+
+/// The same with a given harness config and tools.
+pub async fn rig_with(
+    script: impl Script,
+    config: HarnessConfig,
+    id: &str,
+    tools: Value,
+    first: &str,
+) -> Rig {
+    let (fx, store) = sqlite_store().await;
+    let fake = FakeModel::start(script).await.unwrap();
+    let hands = RecordingHands::new();
+    let h = harness(store.clone(), &fake, hands.clone(), config);
+    create_session(&*store, id, tools, first).await;
+    (fx, store, fake, hands, h)
+}
+
+/// Each of `uses` ran exactly once on `hands`, and no other call ran.
+pub fn check_ran_once(uses: &[&StoredEvent], hands: &RecordingHands, what: &str) {
+    let mut runs: HashMap<String, usize> = HashMap::new();
+    for e in hands.executions() {
+        *runs.entry(e.tool_use_id).or_default() += 1;
+    }
+    for t in uses {
+        assert_eq!(
+            runs.get(&t.id).copied(),
+            Some(1),
+            "{what}: tool use {} ran {:?} times",
+            t.id,
+            runs.get(&t.id)
+        );
+    }
+    assert_eq!(
+        runs.len(),
+        uses.len(),
+        "{what}: executions of calls not in the log: {runs:?}"
+    );
+}
+
+/// The text of each `agent.message` of a log.
+pub fn message_texts(events: &[StoredEvent]) -> Vec<String> {
+    of_type(events, "agent.message")
+        .iter()
+        .map(|e| e.body["content"][0]["text"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 pub fn with_provisioning(mut c: HarnessConfig, mode: ProvisioningMode) -> HarnessConfig {
     c.provisioning = mode;
     c
@@ -254,6 +382,19 @@ pub struct Crasher {
 }
 
 impl Crasher {
+    /// Wait until the spawned wake `task` finished or this crasher fired
+    /// (bounded by [`PATIENCE`]; `what` names the round in the failure).
+    pub async fn wait_fired_or_done<T>(&self, task: &tokio::task::JoinHandle<T>, what: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while !task.is_finished() && !self.fired() {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: harness A neither finished nor crashed"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     /// Crash at point `n` (0-based), `after` the operation or before it.
     pub fn arm(&self, n: usize, after: bool) {
         *self.target.lock().unwrap() = Some((n, after));
@@ -302,6 +443,18 @@ impl Crasher {
 pub struct CrashingStore {
     pub inner: Arc<dyn SessionStore>,
     pub crasher: Arc<Crasher>,
+}
+
+impl CrashingStore {
+    /// `inner` with its writes as the crash points of a new crasher.
+    pub fn wrap(inner: Arc<dyn SessionStore>) -> (Arc<dyn SessionStore>, Arc<Crasher>) {
+        let crasher = Arc::new(Crasher::default());
+        let store = Arc::new(CrashingStore {
+            inner,
+            crasher: crasher.clone(),
+        });
+        (store, crasher)
+    }
 }
 
 #[async_trait::async_trait]
