@@ -264,3 +264,53 @@ pub fn docker_inspect(sandbox_id: &str) -> serde_json::Value {
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("inspect json: {e}"));
     v[0].clone()
 }
+
+/// One provisioned sandbox of a test service, for short tool calls: each
+/// call gets a fresh tool_use_id and panics on an RPC error (see [`exec`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Tools<'a> {
+    /// The service.
+    pub svc: &'a SandboxService,
+    /// The sandbox the calls run in.
+    pub sandbox_id: &'a str,
+}
+
+impl<'a> Tools<'a> {
+    /// Calls into `sandbox_id` of `svc`.
+    pub fn new(svc: &'a SandboxService, sandbox_id: &'a str) -> Self {
+        Self { svc, sandbox_id }
+    }
+
+    /// Run tool `name` with `input`.
+    pub async fn run(&self, name: &str, input: serde_json::Value) -> ToolResult {
+        exec(self.svc, self.sandbox_id, name, input).await
+    }
+
+    /// Run tool `name` with `input`; its text (error or not).
+    pub async fn text(&self, name: &str, input: serde_json::Value) -> String {
+        text(&self.run(name, input).await)
+    }
+
+    /// Run tool `name` with `input` and check that it succeeds; its text.
+    pub async fn ok(&self, name: &str, input: serde_json::Value) -> String {
+        let shown = input.to_string();
+        let r = self.run(name, input).await;
+        let t = text(&r);
+        assert!(!r.is_error, "{name} {shown} failed: {t}");
+        t
+    }
+
+    /// Run tool `name` with `input` and check that it is a tool error whose
+    /// text contains `needle`; its text.
+    pub async fn fails_with(&self, name: &str, input: serde_json::Value, needle: &str) -> String {
+        let shown = input.to_string();
+        let r = self.run(name, input).await;
+        let t = text(&r);
+        assert!(
+            r.is_error && t.contains(needle),
+            "{name} {shown}: want a tool error containing {needle:?}, got is_error={}: {t}",
+            r.is_error
+        );
+        t
+    }
+}

@@ -5,7 +5,7 @@
 //! `tool_use_id` replay.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use airlock_tests::sandbox::{exec, exec_id, provision, text, tool_use_id, TestAgent};
+use airlock_tests::sandbox::{exec_id, provision, text, tool_use_id, TestAgent, Tools};
 use protocol::sandbox::{Disposition, ExecuteRequest, ProvisionRequest};
 use serde_json::json;
 
@@ -14,6 +14,7 @@ async fn bash_shell_persists_state_and_handles_edges() {
     let agent = TestAgent::new();
     let (svc, _) = agent.start().await;
     let sbx = provision(&svc).await;
+    let sb = Tools::new(&svc, &sbx);
     let t0 = std::time::Instant::now();
 
     eprintln!(
@@ -21,30 +22,31 @@ async fn bash_shell_persists_state_and_handles_edges() {
         t0.elapsed()
     );
     // cwd, env and functions survive between calls
-    let r = exec(
-        &svc,
-        &sbx,
-        "bash",
-        json!({"command": "mkdir -p d && cd d && export FOO=bar && pwd"}),
-    )
-    .await;
-    assert!(!r.is_error, "{}", text(&r));
-    assert_eq!(text(&r).trim(), "/workspace/d");
-    let r = exec(&svc, &sbx, "bash", json!({"command": "pwd; echo $FOO"})).await;
-    assert_eq!(text(&r).trim(), "/workspace/d\nbar");
+    let cwd = sb
+        .ok(
+            "bash",
+            json!({"command": "mkdir -p d && cd d && export FOO=bar && pwd"}),
+        )
+        .await;
+    assert_eq!(cwd.trim(), "/workspace/d");
+    assert_eq!(
+        sb.text("bash", json!({"command": "pwd; echo $FOO"}))
+            .await
+            .trim(),
+        "/workspace/d\nbar"
+    );
 
     eprintln!(
         "{:?} non-zero exit is a tool error carrying output and code",
         t0.elapsed()
     );
     // non-zero exit is a tool error carrying output and code
-    let r = exec(
-        &svc,
-        &sbx,
-        "bash",
-        json!({"command": "echo out; echo err >&2; exit_code() { return 3; }; exit_code"}),
-    )
-    .await;
+    let r = sb
+        .run(
+            "bash",
+            json!({"command": "echo out; echo err >&2; exit_code() { return 3; }; exit_code"}),
+        )
+        .await;
     assert!(r.is_error);
     let t = text(&r);
     assert!(
@@ -54,35 +56,36 @@ async fn bash_shell_persists_state_and_handles_edges() {
 
     eprintln!("{:?} ANSI stripped", t0.elapsed());
     // ANSI stripped
-    let r = exec(
-        &svc,
-        &sbx,
-        "bash",
-        json!({"command": "printf '\\033[1;31mred\\033[0m\\n'"}),
-    )
-    .await;
-    assert_eq!(text(&r), "red\n");
+    assert_eq!(
+        sb.text(
+            "bash",
+            json!({"command": "printf '\\033[1;31mred\\033[0m\\n'"})
+        )
+        .await,
+        "red\n"
+    );
 
     eprintln!(
         "{:?} ANTHROPIC_* never reaches the shell, even when asked for",
         t0.elapsed()
     );
     // ANTHROPIC_* never reaches the shell, even when asked for
-    let r = exec(
-        &svc,
-        &sbx,
-        "bash",
-        json!({"command": "export -p | grep -c ANTHROPIC_ || true"}),
-    )
-    .await;
-    assert_eq!(text(&r).trim(), "0");
+    assert_eq!(
+        sb.text(
+            "bash",
+            json!({"command": "export -p | grep -c ANTHROPIC_ || true"})
+        )
+        .await
+        .trim(),
+        "0"
+    );
 
     eprintln!(
         "{:?} huge output: last 100 KiB kept with an explicit marker",
         t0.elapsed()
     );
     // huge output: last 100 KiB kept with an explicit marker
-    let r = exec(&svc, &sbx, "bash", json!({"command": "i=0; while [ $i -lt 30000 ]; do echo line-$i-padding-padding; i=$((i+1)); done"})).await;
+    let r = sb.run("bash", json!({"command": "i=0; while [ $i -lt 30000 ]; do echo line-$i-padding-padding; i=$((i+1)); done"})).await;
     assert!(!r.is_error);
     let t = text(&r);
     assert!(
@@ -95,23 +98,23 @@ async fn bash_shell_persists_state_and_handles_edges() {
 
     eprintln!("{:?} a background job outlives its call", t0.elapsed());
     // a background job outlives its call
-    let r = exec(
-        &svc,
-        &sbx,
-        "bash",
-        json!({"command": "(sleep 2; echo done > /workspace/bg.txt) & echo started"}),
-    )
-    .await;
-    assert_eq!(text(&r).trim(), "started");
+    assert_eq!(
+        sb.text(
+            "bash",
+            json!({"command": "(sleep 2; echo done > /workspace/bg.txt) & echo started"})
+        )
+        .await
+        .trim(),
+        "started"
+    );
     let mut seen = false;
     for _ in 0..100 {
-        let r = exec(
-            &svc,
-            &sbx,
-            "bash",
-            json!({"command": "cat /workspace/bg.txt 2>/dev/null || true"}),
-        )
-        .await;
+        let r = sb
+            .run(
+                "bash",
+                json!({"command": "cat /workspace/bg.txt 2>/dev/null || true"}),
+            )
+            .await;
         if text(&r).trim() == "done" {
             seen = true;
             break;
@@ -128,57 +131,61 @@ async fn bash_shell_persists_state_and_handles_edges() {
         t0.elapsed()
     );
     // a command that ignores SIGTERM is still killed at its timeout, with its group
-    let r = exec(
-        &svc,
-        &sbx,
-        "bash",
+    let r = sb.run("bash",
         json!({"command": "trap '' TERM; (trap '' TERM; sleep 300) & sleep 300", "timeout_ms": 1000}),
     )
     .await;
     assert!(r.is_error);
     assert!(text(&r).contains("timed out after 1000 ms"), "{}", text(&r));
-    let r = exec(
-        &svc,
-        &sbx,
-        "bash",
-        json!({"command": "ps -o pid,comm | grep -c 'sleep' || true"}),
-    )
-    .await;
-    assert_eq!(text(&r).trim(), "0", "the timed-out group must be gone");
+    assert_eq!(
+        sb.text(
+            "bash",
+            json!({"command": "ps -o pid,comm | grep -c 'sleep' || true"})
+        )
+        .await
+        .trim(),
+        "0",
+        "the timed-out group must be gone"
+    );
     eprintln!(
         "{:?} and the shell is fresh (cwd reset to the workdir)",
         t0.elapsed()
     );
     // and the shell is fresh (cwd reset to the workdir)
-    let r = exec(&svc, &sbx, "bash", json!({"command": "pwd"})).await;
-    assert_eq!(text(&r).trim(), "/workspace");
+    assert_eq!(
+        sb.text("bash", json!({"command": "pwd"})).await.trim(),
+        "/workspace"
+    );
 
     eprintln!(
         "{:?} restart resets state; exit in a command is reported and recovered from",
         t0.elapsed()
     );
     // restart resets state; exit in a command is reported and recovered from
-    exec(&svc, &sbx, "bash", json!({"command": "export KEEP=1"})).await;
-    let r = exec(&svc, &sbx, "bash", json!({"restart": true})).await;
-    assert!(!r.is_error, "{}", text(&r));
-    let r = exec(&svc, &sbx, "bash", json!({"command": "echo \"[$KEEP]\""})).await;
-    assert_eq!(text(&r).trim(), "[]");
-    let r = exec(&svc, &sbx, "bash", json!({"command": "exit 7"})).await;
-    assert!(r.is_error && text(&r).contains("status 7"), "{}", text(&r));
-    let r = exec(&svc, &sbx, "bash", json!({"command": "echo alive"})).await;
-    assert_eq!(text(&r).trim(), "alive");
+    sb.run("bash", json!({"command": "export KEEP=1"})).await;
+    sb.ok("bash", json!({"restart": true})).await;
+    assert_eq!(
+        sb.text("bash", json!({"command": "echo \"[$KEEP]\""}))
+            .await
+            .trim(),
+        "[]"
+    );
+    sb.fails_with("bash", json!({"command": "exit 7"}), "status 7")
+        .await;
+    assert_eq!(
+        sb.text("bash", json!({"command": "echo alive"}))
+            .await
+            .trim(),
+        "alive"
+    );
 
     eprintln!(
         "{:?} bad input is a tool error, not an RPC error",
         t0.elapsed()
     );
     // bad input is a tool error, not an RPC error
-    let r = exec(&svc, &sbx, "bash", json!({"cmd": "true"})).await;
-    assert!(
-        r.is_error && text(&r).contains("invalid input for bash"),
-        "{}",
-        text(&r)
-    );
+    sb.fails_with("bash", json!({"cmd": "true"}), "invalid input for bash")
+        .await;
     svc.shutdown(true).await;
 }
 
@@ -217,203 +224,142 @@ async fn file_tools_with_edge_cases() {
     let agent = TestAgent::new();
     let (svc, _) = agent.start().await;
     let sbx = provision(&svc).await;
+    let sb = Tools::new(&svc, &sbx);
 
-    let r = exec(
-        &svc,
-        &sbx,
+    sb.ok(
         "write",
         json!({"file_path": "src/deep/a.txt", "content": "alpha\nbeta\ngamma\nbeta\n"}),
     )
     .await;
-    assert!(!r.is_error, "{}", text(&r));
-    let r = exec(
-        &svc,
-        &sbx,
-        "read",
-        json!({"file_path": "/workspace/src/deep/a.txt"}),
-    )
-    .await;
-    assert_eq!(
-        text(&r),
-        "     1\talpha\n     2\tbeta\n     3\tgamma\n     4\tbeta\n"
-    );
-    let r = exec(
-        &svc,
-        &sbx,
-        "read",
-        json!({"file_path": "src/deep/a.txt", "view_range": [2, 3]}),
-    )
-    .await;
-    assert_eq!(text(&r), "     2\tbeta\n     3\tgamma\n");
-    let r = exec(
-        &svc,
-        &sbx,
-        "read",
-        json!({"file_path": "src/deep/a.txt", "view_range": [3, 0]}),
-    )
-    .await;
-    assert_eq!(text(&r), "     3\tgamma\n     4\tbeta\n");
-    let r = exec(
-        &svc,
-        &sbx,
+    for (input, want) in [
+        (
+            json!({"file_path": "/workspace/src/deep/a.txt"}),
+            "     1\talpha\n     2\tbeta\n     3\tgamma\n     4\tbeta\n",
+        ),
+        (
+            json!({"file_path": "src/deep/a.txt", "view_range": [2, 3]}),
+            "     2\tbeta\n     3\tgamma\n",
+        ),
+        (
+            json!({"file_path": "src/deep/a.txt", "view_range": [3, 0]}),
+            "     3\tgamma\n     4\tbeta\n",
+        ),
+    ] {
+        let shown = input.to_string();
+        assert_eq!(sb.text("read", input).await, want, "read {shown}");
+    }
+    sb.fails_with(
         "read",
         json!({"file_path": "src/deep/a.txt", "view_range": [9, 10]}),
+        "beyond the end",
     )
     .await;
-    assert!(
-        r.is_error && text(&r).contains("beyond the end"),
-        "{}",
-        text(&r)
-    );
 
     // missing and binary files
-    let r = exec(&svc, &sbx, "read", json!({"file_path": "nope.txt"})).await;
-    assert!(
-        r.is_error && text(&r).contains("no such file"),
-        "{}",
-        text(&r)
-    );
-    exec(
-        &svc,
-        &sbx,
+    sb.fails_with("read", json!({"file_path": "nope.txt"}), "no such file")
+        .await;
+    sb.run(
         "bash",
         json!({"command": "printf 'ELF\\000\\001\\002' > bin.dat"}),
     )
     .await;
-    let r = exec(&svc, &sbx, "read", json!({"file_path": "bin.dat"})).await;
-    assert!(r.is_error && text(&r).contains("binary"), "{}", text(&r));
+    sb.fails_with("read", json!({"file_path": "bin.dat"}), "binary")
+        .await;
     // a PNG comes back as an image block
-    exec(
-        &svc,
-        &sbx,
+    sb.run(
         "bash",
         json!({"command": "printf '\\211PNG\\r\\n\\032\\n0000' > i.png"}),
     )
     .await;
-    let r = exec(&svc, &sbx, "read", json!({"file_path": "i.png"})).await;
+    let r = sb.run("read", json!({"file_path": "i.png"})).await;
     assert!(!r.is_error);
     assert_eq!(r.content[0]["type"], "image");
     // a file above the size cap is refused with the fix
-    exec(
-        &svc,
-        &sbx,
+    sb.run(
         "bash",
         json!({"command": "head -c 300000 /dev/zero | tr '\\0' a > big.txt"}),
     )
     .await;
-    let r = exec(&svc, &sbx, "read", json!({"file_path": "big.txt"})).await;
-    assert!(r.is_error && text(&r).contains("limit"), "{}", text(&r));
+    sb.fails_with("read", json!({"file_path": "big.txt"}), "limit")
+        .await;
 
     // edit: unique, not found, not unique, replace_all
-    let r = exec(
-        &svc,
-        &sbx,
-        "edit",
-        json!({"file_path": "src/deep/a.txt", "old_string": "beta", "new_string": "B"}),
-    )
-    .await;
-    assert!(
-        r.is_error && text(&r).contains("occurs 2 times"),
-        "{}",
-        text(&r)
-    );
-    let r = exec(
-        &svc,
-        &sbx,
-        "edit",
-        json!({"file_path": "src/deep/a.txt", "old_string": "delta", "new_string": "D"}),
-    )
-    .await;
-    assert!(r.is_error && text(&r).contains("not found"), "{}", text(&r));
-    let r = exec(
-        &svc,
-        &sbx,
+    for (old, new, needle) in [("beta", "B", "occurs 2 times"), ("delta", "D", "not found")] {
+        let input = json!({"file_path": "src/deep/a.txt", "old_string": old, "new_string": new});
+        sb.fails_with("edit", input, needle).await;
+    }
+    sb.ok(
         "edit",
         json!({"file_path": "src/deep/a.txt", "old_string": "gamma", "new_string": "G"}),
     )
     .await;
-    assert!(!r.is_error, "{}", text(&r));
-    let r = exec(&svc, &sbx, "edit", json!({"file_path": "src/deep/a.txt", "old_string": "beta", "new_string": "B", "replace_all": true})).await;
+    let r = sb.run("edit", json!({"file_path": "src/deep/a.txt", "old_string": "beta", "new_string": "B", "replace_all": true})).await;
     assert!(
         !r.is_error && text(&r).contains("replaced 2 occurrences"),
         "{}",
         text(&r)
     );
-    let r = exec(&svc, &sbx, "bash", json!({"command": "cat src/deep/a.txt"})).await;
-    assert_eq!(text(&r), "alpha\nB\nG\nB\n");
+    assert_eq!(
+        sb.text("bash", json!({"command": "cat src/deep/a.txt"}))
+            .await,
+        "alpha\nB\nG\nB\n"
+    );
 
     // glob: doublestar, newest first
-    exec(
-        &svc,
-        &sbx,
-        "write",
-        json!({"file_path": "src/old.rs", "content": "fn old() {}\n"}),
-    )
-    .await;
-    exec(
-        &svc,
-        &sbx,
-        "bash",
-        json!({"command": "touch -d '2020-01-01' src/old.rs"}),
-    )
-    .await;
-    exec(
-        &svc,
-        &sbx,
-        "write",
-        json!({"file_path": "src/deep/new.rs", "content": "fn new() {}\n// TODO later\n"}),
-    )
-    .await;
-    let r = exec(&svc, &sbx, "glob", json!({"pattern": "**/*.rs"})).await;
-    assert_eq!(
-        text(&r),
-        "/workspace/src/deep/new.rs\n/workspace/src/old.rs\n"
-    );
-    let r = exec(
-        &svc,
-        &sbx,
-        "glob",
-        json!({"pattern": "*.rs", "path": "src"}),
-    )
-    .await;
-    assert_eq!(text(&r), "/workspace/src/old.rs\n");
+    for (tool, input) in [
+        (
+            "write",
+            json!({"file_path": "src/old.rs", "content": "fn old() {}\n"}),
+        ),
+        (
+            "bash",
+            json!({"command": "touch -d '2020-01-01' src/old.rs"}),
+        ),
+        (
+            "write",
+            json!({"file_path": "src/deep/new.rs", "content": "fn new() {}\n// TODO later\n"}),
+        ),
+    ] {
+        sb.run(tool, input).await;
+    }
+    for (input, want) in [
+        (
+            json!({"pattern": "**/*.rs"}),
+            "/workspace/src/deep/new.rs\n/workspace/src/old.rs\n",
+        ),
+        (
+            json!({"pattern": "*.rs", "path": "src"}),
+            "/workspace/src/old.rs\n",
+        ),
+    ] {
+        let shown = input.to_string();
+        assert_eq!(sb.text("glob", input).await, want, "glob {shown}");
+    }
 
     // grep: regex, matching lines with path and line number
-    let r = exec(
-        &svc,
-        &sbx,
-        "grep",
-        json!({"pattern": "^fn (old|new)", "path": "src"}),
-    )
-    .await;
+    let r = sb
+        .run("grep", json!({"pattern": "^fn (old|new)", "path": "src"}))
+        .await;
     let t = text(&r);
     assert!(t.contains("/workspace/src/old.rs:1:fn old() {}"), "{t}");
     assert!(
         t.contains("/workspace/src/deep/new.rs:1:fn new() {}"),
         "{t}"
     );
-    let r = exec(&svc, &sbx, "grep", json!({"pattern": "TODO"})).await;
-    assert_eq!(text(&r), "/workspace/src/deep/new.rs:2:// TODO later\n");
-    let r = exec(&svc, &sbx, "grep", json!({"pattern": "[unclosed"})).await;
+    assert_eq!(
+        sb.text("grep", json!({"pattern": "TODO"})).await,
+        "/workspace/src/deep/new.rs:2:// TODO later\n"
+    );
+    let r = sb.run("grep", json!({"pattern": "[unclosed"})).await;
     assert!(r.is_error && text(&r).contains("invalid regex"));
 
     // the root filesystem is read-only; /tmp is writable
-    let r = exec(
-        &svc,
-        &sbx,
-        "write",
-        json!({"file_path": "/etc/x", "content": "x"}),
-    )
-    .await;
+    let r = sb
+        .run("write", json!({"file_path": "/etc/x", "content": "x"}))
+        .await;
     assert!(r.is_error, "{}", text(&r));
-    let r = exec(
-        &svc,
-        &sbx,
-        "write",
-        json!({"file_path": "/tmp/x/y", "content": "x"}),
-    )
-    .await;
-    assert!(!r.is_error, "{}", text(&r));
+    sb.ok("write", json!({"file_path": "/tmp/x/y", "content": "x"}))
+        .await;
     svc.shutdown(true).await;
 }
 
@@ -423,6 +369,7 @@ async fn tool_use_id_replays_and_policy_refuses() {
     agent.policy.allowed_tools = Some(vec!["bash".into(), "read".into()]);
     let (svc, _) = agent.start().await;
     let sbx = provision(&svc).await;
+    let sb = Tools::new(&svc, &sbx);
     let id = tool_use_id();
     let r = exec_id(
         &svc,
@@ -448,8 +395,12 @@ async fn tool_use_id_replays_and_policy_refuses() {
         "1",
         "a replay must not run the command again"
     );
-    let r = exec(&svc, &sbx, "bash", json!({"command": "wc -l < count"})).await;
-    assert_eq!(text(&r).trim(), "1");
+    assert_eq!(
+        sb.text("bash", json!({"command": "wc -l < count"}))
+            .await
+            .trim(),
+        "1"
+    );
 
     // policy: a tool outside allowed_tools is refused as an RPC error naming the rule
     let err = svc
