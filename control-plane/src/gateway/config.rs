@@ -33,16 +33,6 @@ pub const DEFAULT_DRAIN_DEADLINE_SECONDS: f64 = 10.0;
 /// Default handshake timeout.
 pub const DEFAULT_HANDSHAKE_TIMEOUT_SECONDS: f64 = 10.0;
 
-fn seconds(
-    key: &str,
-    v: Option<f64>,
-    default: f64,
-    min: f64,
-    max: f64,
-) -> Result<Duration, ConfigError> {
-    Ok(settings::seconds_between(key, v, default, min, max)?)
-}
-
 impl GatewayConfig {
     /// Check `[tunnel]` (`tunnel.listen` is parsed by [`crate::config`]).
     pub fn from_raw(raw: &RawTunnel) -> Result<Self, ConfigError> {
@@ -79,7 +69,7 @@ impl GatewayConfig {
             }
         };
         Ok(Self {
-            heartbeat_interval: seconds(
+            heartbeat_interval: settings::seconds_between(
                 "tunnel.heartbeat_interval_seconds",
                 raw.heartbeat_interval_seconds,
                 DEFAULT_HEARTBEAT_INTERVAL_SECONDS,
@@ -87,14 +77,14 @@ impl GatewayConfig {
                 300.0,
             )?,
             max_frame_bytes: max_frame_bytes as usize,
-            drain_deadline: seconds(
+            drain_deadline: settings::seconds_between(
                 "tunnel.drain_deadline_seconds",
                 raw.drain_deadline_seconds,
                 DEFAULT_DRAIN_DEADLINE_SECONDS,
                 0.0,
                 3600.0,
             )?,
-            handshake_timeout: seconds(
+            handshake_timeout: settings::seconds_between(
                 "tunnel.handshake_timeout_seconds",
                 raw.handshake_timeout_seconds,
                 DEFAULT_HANDSHAKE_TIMEOUT_SECONDS,

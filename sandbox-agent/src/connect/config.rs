@@ -67,16 +67,6 @@ pub struct TunnelConfig {
     pub quic_max_udp_payload_bytes: u16,
 }
 
-fn secs(
-    key: &str,
-    v: Option<f64>,
-    default: f64,
-    min: f64,
-    max: f64,
-) -> Result<Duration, ConfigError> {
-    Ok(settings::seconds_between(key, v, default, min, max)?)
-}
-
 impl TunnelConfig {
     /// Convert, naming the key on failure. Reads `HTTPS_PROXY`/`NO_PROXY`
     /// when `proxy_url` is not set.
@@ -134,14 +124,14 @@ impl TunnelConfig {
                 "must be between 1 and 20",
             ));
         }
-        let base = secs(
+        let base = settings::seconds_between(
             "tunnel.reconnect_base_seconds",
             raw.reconnect_base_seconds,
             1.0,
             0.01,
             600.0,
         )?;
-        let cap = secs(
+        let cap = settings::seconds_between(
             "tunnel.reconnect_cap_seconds",
             raw.reconnect_cap_seconds,
             30.0,
@@ -168,21 +158,21 @@ impl TunnelConfig {
             quic_max_udp_payload_bytes,
             transport,
             proxy,
-            quic_connect_timeout: secs(
+            quic_connect_timeout: settings::seconds_between(
                 "tunnel.quic_connect_timeout_seconds",
                 raw.quic_connect_timeout_seconds,
                 3.0,
                 0.1,
                 120.0,
             )?,
-            quic_retry_interval: secs(
+            quic_retry_interval: settings::seconds_between(
                 "tunnel.quic_retry_interval_seconds",
                 raw.quic_retry_interval_seconds,
                 60.0,
                 0.5,
                 86400.0,
             )?,
-            connect_timeout: secs(
+            connect_timeout: settings::seconds_between(
                 "tunnel.connect_timeout_seconds",
                 raw.connect_timeout_seconds,
                 10.0,
@@ -192,7 +182,7 @@ impl TunnelConfig {
             backoff: BackoffSettings { base, cap },
             heartbeat_misses,
             max_frame_bytes: max_frame_bytes as usize,
-            drain_deadline: secs(
+            drain_deadline: settings::seconds_between(
                 "tunnel.drain_deadline_seconds",
                 raw.drain_deadline_seconds,
                 10.0,
