@@ -307,6 +307,13 @@ impl ApiStack {
         Ok(v)
     }
 
+    /// `POST /v1/sessions/{id}/events` with `body` (`{"events": [...]}`),
+    /// expecting 200.
+    pub async fn post_events(&self, session_id: &str, body: Value) -> Result<Value> {
+        self.post(&format!("/v1/sessions/{session_id}/events"), body)
+            .await
+    }
+
     /// GET expecting 200.
     pub async fn get(&self, path: &str) -> Result<Value> {
         let (status, v) = self.call("GET", path, None).await?;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_tests::api_stack::{ApiStack, MemoryHands, SseClient, SseEvent};
-use airlock_tests::fake_model::{tool_loop, Reply, RequestCtx, Turn};
+use airlock_tests::fake_model::{tool_loop, Reply, RequestCtx, Script, Turn};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -31,6 +31,27 @@ async fn until_idle(stream: &mut SseClient, seen: &mut Vec<SseEvent>) -> Value {
         seen.push(e.clone());
         if e.event == "session.status_idle" {
             return e.data["stop_reason"].clone();
+        }
+    }
+}
+
+/// A new session with `tools`, its event stream, and `text` sent to it as a
+/// user message; returns the session id, the stream and the API's answer.
+async fn start_turn(stack: &ApiStack, tools: Value, text: &str) -> (String, SseClient, Value) {
+    let sid = stack.session(tools).await.unwrap();
+    let stream = stack.stream(&sid, None).await.unwrap();
+    let sent = stack.post_events(&sid, user(text)).await.unwrap();
+    (sid, stream, sent)
+}
+
+/// A script of one tool call (`first`), then a text that `answer` makes of
+/// the first block of the call's results.
+fn one_call_then(first: Turn, answer: fn(Option<&Value>) -> String) -> impl Script {
+    move |req: &RequestCtx| -> Reply {
+        if req.tool_uses_so_far() == 0 {
+            first.clone().into()
+        } else {
+            Reply::text(answer(req.last_tool_results().first().copied()))
         }
     }
 }
@@ -68,18 +89,12 @@ async fn a_turn_writes_a_file_reads_it_back_and_ends() {
     };
     let hands = Arc::new(MemoryHands::default());
     let stack = ApiStack::start(script, hands.clone()).await.unwrap();
-    let sid = stack
-        .session(json!([{"type": "agent_toolset_20260401"}]))
-        .await
-        .unwrap();
-    let mut stream = stack.stream(&sid, None).await.unwrap();
-    let sent = stack
-        .post(
-            &format!("/v1/sessions/{sid}/events"),
-            user("write and read back"),
-        )
-        .await
-        .unwrap();
+    let (sid, mut stream, sent) = start_turn(
+        &stack,
+        json!([{"type": "agent_toolset_20260401"}]),
+        "write and read back",
+    )
+    .await;
     let mut seen = Vec::new();
     let reason = until_idle(&mut stream, &mut seen).await;
     assert_eq!(reason, json!({"type": "end_turn"}));
@@ -108,33 +123,21 @@ async fn a_turn_writes_a_file_reads_it_back_and_ends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn always_ask_waits_then_allow_runs_and_deny_never_does() {
-    let script = |req: &RequestCtx| -> Reply {
-        if req.tool_uses_so_far() == 0 {
-            Turn::new()
-                .tool_use("toolu_b", "bash", json!({"command": "rm -rf build"}))
-                .into()
-        } else {
-            let r = req.last_tool_results();
-            Reply::text(format!(
+    let script = one_call_then(
+        Turn::new().tool_use("toolu_b", "bash", json!({"command": "rm -rf build"})),
+        |r| {
+            format!(
                 "tool said: {}",
-                r.first().map(|b| b.to_string()).unwrap_or_default()
-            ))
-        }
-    };
+                r.map(|b| b.to_string()).unwrap_or_default()
+            )
+        },
+    );
     let hands = Arc::new(MemoryHands::default());
     let stack = ApiStack::start(script, hands.clone()).await.unwrap();
     let tools = json!([{"type": "agent_toolset_20260401", "configs": [{"name": "bash", "permission_policy": {"type": "always_ask"}}]}]);
     for (result, runs) in [("allow", true), ("deny", false)] {
         let before = hands.executed().len();
-        let sid = stack.session(tools.clone()).await.unwrap();
-        let mut stream = stack.stream(&sid, None).await.unwrap();
-        stack
-            .post(
-                &format!("/v1/sessions/{sid}/events"),
-                user("clean the build"),
-            )
-            .await
-            .unwrap();
+        let (sid, mut stream, _) = start_turn(&stack, tools.clone(), "clean the build").await;
         let mut seen = Vec::new();
         let reason = until_idle(&mut stream, &mut seen).await;
         assert_eq!(reason["type"], json!("requires_action"), "{result}");
@@ -155,10 +158,7 @@ async fn always_ask_waits_then_allow_runs_and_deny_never_does() {
             confirm["deny_message"] = json!("not on a friday");
         }
         stack
-            .post(
-                &format!("/v1/sessions/{sid}/events"),
-                json!({"events": [confirm]}),
-            )
+            .post_events(&sid, json!({"events": [confirm]}))
             .await
             .unwrap();
         let reason = until_idle(&mut stream, &mut seen).await;
@@ -187,39 +187,19 @@ async fn always_ask_waits_then_allow_runs_and_deny_never_does() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_custom_tool_goes_idle_until_its_result_arrives() {
-    let script = |req: &RequestCtx| -> Reply {
-        if req.tool_uses_so_far() == 0 {
-            Turn::new()
-                .tool_use("toolu_c", "lookup", json!({"word": "airlock"}))
-                .into()
-        } else {
-            let r = req.last_tool_results();
-            Reply::text(format!(
-                "looked up: {}",
-                r.first()
-                    .map(|b| b["content"].to_string())
-                    .unwrap_or_default()
-            ))
-        }
-    };
+    let script = one_call_then(
+        Turn::new().tool_use("toolu_c", "lookup", json!({"word": "airlock"})),
+        |r| {
+            let found = r.map(|b| b["content"].to_string());
+            format!("looked up: {}", found.unwrap_or_default())
+        },
+    );
     let stack = ApiStack::start(script, Arc::new(MemoryHands::default()))
         .await
         .unwrap();
-    let sid = stack
-        .session(
-            json!([{"type": "custom", "name": "lookup", "description": "Look a word up.",
-            "input_schema": {"type": "object", "properties": {"word": {"type": "string"}}}}]),
-        )
-        .await
-        .unwrap();
-    let mut stream = stack.stream(&sid, None).await.unwrap();
-    stack
-        .post(
-            &format!("/v1/sessions/{sid}/events"),
-            user("what is an airlock?"),
-        )
-        .await
-        .unwrap();
+    let tools = json!([{"type": "custom", "name": "lookup", "description": "Look a word up.",
+        "input_schema": {"type": "object", "properties": {"word": {"type": "string"}}}}]);
+    let (sid, mut stream, _) = start_turn(&stack, tools, "what is an airlock?").await;
     let mut seen = Vec::new();
     let reason = until_idle(&mut stream, &mut seen).await;
     let call = seen
@@ -235,7 +215,7 @@ async fn a_custom_tool_goes_idle_until_its_result_arrives() {
     let s = stack.get(&format!("/v1/sessions/{sid}")).await.unwrap();
     assert_eq!(s["status"], json!("idle"));
     stack
-        .post(&format!("/v1/sessions/{sid}/events"), json!({"events": [{"type": "user.custom_tool_result",
+        .post_events(&sid, json!({"events": [{"type": "user.custom_tool_result",
             "custom_tool_use_id": call.data["id"], "content": [{"type": "text", "text": "a chamber between two doors"}]}]}))
         .await
         .unwrap();
@@ -264,18 +244,12 @@ async fn a_stream_dropped_mid_run_resumes_with_nothing_missing_or_repeated() {
     )
     .await
     .unwrap();
-    let sid = stack
-        .session(json!([{"type": "agent_toolset_20260401"}]))
-        .await
-        .unwrap();
-    let mut stream = stack.stream(&sid, None).await.unwrap();
-    stack
-        .post(
-            &format!("/v1/sessions/{sid}/events"),
-            user("write eight files"),
-        )
-        .await
-        .unwrap();
+    let (sid, mut stream, _) = start_turn(
+        &stack,
+        json!([{"type": "agent_toolset_20260401"}]),
+        "write eight files",
+    )
+    .await;
     let mut delivered: Vec<u64> = Vec::new();
     let mut drops = 0;
     let mut done = false;
