@@ -565,15 +565,15 @@ mod tests {
 }
 
 /// The operator commands behind `control-plane tokens|agents|ca ...`. Each
-/// prints its result to stdout. `tokens create`, `ca fingerprint` and
-/// `agents list --enrolled` work on the data directory directly (the server
-/// need not run); `agents list` and `agents revoke` use the admin socket,
+/// prints its result to stdout. `tokens create|list|revoke`, `ca fingerprint`
+/// and `agents list --enrolled` work on the data directory directly (the
+/// server need not run); `agents list` and `agents revoke` use the admin socket,
 /// and `agents revoke` falls back to recording the revocation in the
 /// database when the server is not running.
 pub mod commands {
     use std::time::Duration;
 
-    use pki::{AgentId, EnvironmentId, IdentityService, JoinString};
+    use pki::{AgentId, EnvironmentId, IdentityService, JoinString, TokenRecord, TokenState};
 
     use super::client::{self, ClientError};
     use super::{agents_table, rfc3339};
@@ -601,6 +601,137 @@ pub mod commands {
         /// The admin socket failed.
         #[error(transparent)]
         Admin(#[from] ClientError),
+        /// A join token could not be revoked (unknown id, already used).
+        #[error(transparent)]
+        TokenRevoke(#[from] pki::RevokeTokenError),
+    }
+
+    fn time(unix: i64) -> String {
+        rfc3339::display(pki::store::time_of(unix))
+    }
+
+    /// A token as `tokens list --json` prints it: times as RFC 3339, the
+    /// state as `state` plus `used_by`/`used_at` or `revoked_at`.
+    fn token_json(t: &TokenRecord) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "token_id": t.token_id,
+            "environment_id": t.environment_id.as_str(),
+            "state": t.state.name(),
+            "created_at": time(t.created_at),
+            "expires_at": time(t.expires_at),
+        });
+        match &t.state {
+            TokenState::Used { used_by, used_at } => {
+                v["used_by"] = used_by.as_str().into();
+                v["used_at"] = time(*used_at).into();
+            }
+            TokenState::Revoked { revoked_at } => {
+                v["revoked_at"] = time(*revoked_at).into();
+            }
+            TokenState::Active | TokenState::Expired => {}
+        }
+        v
+    }
+
+    /// The STATE cell of `tokens list`.
+    fn token_state_cell(state: &TokenState) -> String {
+        match state {
+            TokenState::Used { used_by, .. } => format!("used by {used_by}"),
+            TokenState::Revoked { revoked_at } => format!("revoked at {}", time(*revoked_at)),
+            other => other.name().to_owned(),
+        }
+    }
+
+    /// Render tokens as a fixed-width table (the default output of `tokens list`).
+    pub fn tokens_table(tokens: &[TokenRecord], all: bool) -> String {
+        let headers = ["TOKEN ID", "ENVIRONMENT", "STATE", "CREATED", "EXPIRES"];
+        let rows: Vec<[String; 5]> = tokens
+            .iter()
+            .map(|t| {
+                [
+                    t.token_id.clone(),
+                    t.environment_id.to_string(),
+                    token_state_cell(&t.state),
+                    time(t.created_at),
+                    time(t.expires_at),
+                ]
+            })
+            .collect();
+        let mut widths = headers.map(str::len);
+        for row in &rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let line = |cells: [&str; 5]| {
+            let mut s = cells
+                .iter()
+                .zip(widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect::<Vec<_>>()
+                .join("  ");
+            s.truncate(s.trim_end().len());
+            s.push('\n');
+            s
+        };
+        let mut out = line(headers);
+        for row in &rows {
+            out.push_str(&line(row.each_ref().map(String::as_str)));
+        }
+        if rows.is_empty() {
+            out.push_str(if all {
+                "(no join tokens)\n"
+            } else {
+                "(no active join tokens; --all also lists expired, used and revoked ones)\n"
+            });
+        }
+        out
+    }
+
+    /// `tokens list`: active join tokens (every token with `all`), newest
+    /// first, from the identity database. Never prints a token or its hash.
+    pub fn tokens_list(config: &Config, all: bool, json: bool) -> Result<(), CommandError> {
+        let identity = IdentityService::open(config.pki.identity_settings(&config.data_dir))?;
+        let tokens = identity.tokens(all)?;
+        if json {
+            let list: Vec<serde_json::Value> = tokens.iter().map(token_json).collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&list).unwrap_or_default()
+            );
+        } else {
+            print!("{}", tokens_table(&tokens, all));
+        }
+        Ok(())
+    }
+
+    /// `tokens revoke <id>`: an unused token stops working at once (also for
+    /// a running server: enrollment reads the same database). Revoking a
+    /// revoked token succeeds and says so; a used token is an error naming
+    /// the agent it enrolled.
+    pub fn tokens_revoke(config: &Config, token_id: &str, json: bool) -> Result<(), CommandError> {
+        let identity = IdentityService::open(config.pki.identity_settings(&config.data_dir))?;
+        let r = identity.revoke_token(token_id)?;
+        if json {
+            let v = serde_json::json!({
+                "token_id": r.token_id,
+                "revoked_at": time(r.revoked_at),
+                "newly_revoked": r.newly_revoked,
+            });
+            println!("{v}");
+        } else if r.newly_revoked {
+            println!(
+                "join token {} revoked; it can no longer enroll an agent",
+                r.token_id
+            );
+        } else {
+            println!(
+                "join token {} was already revoked (at {}); nothing changed",
+                r.token_id,
+                time(r.revoked_at)
+            );
+        }
+        Ok(())
     }
 
     /// `tokens create`: make a join token and print it with a join string.
@@ -770,6 +901,65 @@ pub mod commands {
                 Ok(())
             }
             Err(e) => Err(e.into()),
+        }
+    }
+
+    #[cfg(test)]
+    #[allow(clippy::unwrap_used)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn tokens_table_and_json_show_each_state() {
+            let t = 1_700_000_000;
+            let rec = |id: &str, state: TokenState| TokenRecord {
+                token_id: id.into(),
+                environment_id: EnvironmentId::parse("prod").unwrap(),
+                created_at: t,
+                expires_at: t + 3600,
+                state,
+            };
+            let agent = AgentId::generate();
+            let tokens = [
+                rec("tok_a", TokenState::Active),
+                rec("tok_e", TokenState::Expired),
+                rec(
+                    "tok_u",
+                    TokenState::Used {
+                        used_by: agent.clone(),
+                        used_at: t + 5,
+                    },
+                ),
+                rec("tok_r", TokenState::Revoked { revoked_at: t + 9 }),
+            ];
+            let table = tokens_table(&tokens, true);
+            let lines: Vec<&str> = table.lines().collect();
+            assert!(
+                lines[0].starts_with("TOKEN ID  ENVIRONMENT  STATE"),
+                "{table}"
+            );
+            assert!(
+                lines[1].contains("tok_a") && lines[1].contains(" active "),
+                "{table}"
+            );
+            assert!(lines[2].contains(" expired "), "{table}");
+            assert!(lines[3].contains(&format!("used by {agent}")), "{table}");
+            assert!(
+                lines[4].contains("revoked at 2023-11-14T22:13:29Z"),
+                "{table}"
+            );
+            assert!(
+                lines[1].contains("2023-11-14T22:13:20Z  2023-11-14T23:13:20Z"),
+                "{table}"
+            );
+            assert!(tokens_table(&[], false).contains("no active join tokens"));
+
+            let v = token_json(&tokens[2]);
+            assert_eq!(v["state"], "used");
+            assert_eq!(v["used_by"], agent.as_str());
+            assert_eq!(v["used_at"], "2023-11-14T22:13:25Z");
+            assert_eq!(v["created_at"], "2023-11-14T22:13:20Z");
+            assert!(v.get("revoked_at").is_none());
         }
     }
 }

@@ -147,6 +147,23 @@ enum TokensCommand {
         #[arg(long)]
         json: bool,
     },
+    /// List join tokens, newest first (ids and states; never the tokens).
+    List {
+        /// Also list expired, used and revoked tokens (default: active only).
+        #[arg(long)]
+        all: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an unused join token so it can no longer enroll an agent.
+    Revoke {
+        /// The token id (`tok_...`, as printed by `tokens create` and `tokens list`).
+        token_id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -294,6 +311,12 @@ fn main() -> ExitCode {
                 json,
             ))
         }
+        Command::Tokens(TokensCommand::List { all, json }) => report(
+            control_plane::admin::commands::tokens_list(&config, all, json),
+        ),
+        Command::Tokens(TokensCommand::Revoke { token_id, json }) => report(
+            control_plane::admin::commands::tokens_revoke(&config, &token_id, json),
+        ),
         Command::Agents(AgentsCommand::List { json, enrolled }) => run_async(
             control_plane::admin::commands::agents_list(&config, json, enrolled),
         ),

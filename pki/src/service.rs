@@ -125,7 +125,9 @@ pub enum RenewError {
 #[non_exhaustive]
 pub enum RevokeTokenError {
     /// No token has this id.
-    #[error("no join token with id {token_id}")]
+    #[error(
+        "no join token with id {token_id} (`control-plane tokens list --all` lists every token)"
+    )]
     Unknown {
         /// The id asked for.
         token_id: String,
