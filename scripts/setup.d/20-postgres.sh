@@ -58,7 +58,7 @@ airlock_pg_setup() {
     return 1
   fi
   echo "$port" >"$pg_dir/port"
-  cleanup_steps+=("${run[*]} $pg_bin/pg_ctl -D $pg_dir/data -m fast -w stop >/dev/null; rm -rf $pg_dir")
+  cleanup_steps+=("(cd / && ${run[*]} $pg_bin/pg_ctl -D $pg_dir/data -m fast -w stop >/dev/null); rm -rf $pg_dir")
   export AIRLOCK_TEST_PG_URL="postgresql://airlock@127.0.0.1:$port/postgres"
   echo "20-postgres: PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}') at $AIRLOCK_TEST_PG_URL"
 }
