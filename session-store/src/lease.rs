@@ -8,6 +8,9 @@
 //! write transaction; the PostgreSQL store does the same in single SQL
 //! statements (see `postgres/`).
 
+use crate::error::{Result, StoreError};
+use crate::types::Fence;
+
 /// Lease columns of a session, times in unix microseconds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct LeaseRow {
@@ -100,6 +103,24 @@ pub(crate) fn fence_allows(presented: Option<u64>, current: u64) -> bool {
     match presented {
         None => true,
         Some(epoch) => epoch == current,
+    }
+}
+
+/// Refuse a write fenced by `fence` when the session's lease epoch is now
+/// `current`: [`StoreError::Fenced`] names both epochs.
+pub(crate) fn check_fence(session_id: &str, fence: Fence, current: u64) -> Result<()> {
+    let presented = match fence {
+        Fence::None => None,
+        Fence::Epoch(e) => Some(e),
+    };
+    if fence_allows(presented, current) {
+        Ok(())
+    } else {
+        Err(StoreError::Fenced {
+            session_id: session_id.to_owned(),
+            presented_epoch: presented.unwrap_or_default(),
+            current_epoch: current,
+        })
     }
 }
 

@@ -29,7 +29,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Config, Row};
 
 use crate::error::{Result, StoreError};
-use crate::lease::fence_allows;
+use crate::lease::check_fence;
 use crate::tail::{tail, EventStream, Hub};
 use crate::types::{
     check_session_id, decode_body, from_micros, merge_patch, micros_bounds, to_micros, AppendBatch,
@@ -207,22 +207,6 @@ fn event_from_row(row: &Row) -> Result<StoredEvent> {
         body: decode_body(&session_id, seq, &body)?,
         session_id,
     })
-}
-
-fn check_fence(session_id: &str, fence: Fence, current: u64) -> Result<()> {
-    let presented = match fence {
-        Fence::None => None,
-        Fence::Epoch(e) => Some(e),
-    };
-    if fence_allows(presented, current) {
-        Ok(())
-    } else {
-        Err(StoreError::Fenced {
-            session_id: session_id.to_owned(),
-            presented_epoch: presented.unwrap_or_default(),
-            current_epoch: current,
-        })
-    }
 }
 
 /// Locks and loads a session inside the caller's transaction.

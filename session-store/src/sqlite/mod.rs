@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Result, StoreError};
-use crate::lease::{fence_allows, LeaseError, LeaseRow};
+use crate::lease::{check_fence, LeaseError, LeaseRow};
 use crate::tail::{tail, EventStream, Hub};
 use crate::types::{
     check_session_id, decode_body, from_micros, merge_patch, micros_bounds, to_micros, AppendBatch,
@@ -327,22 +327,6 @@ fn lease_row(record: &SessionRecord) -> LeaseRow {
         epoch: record.lease.epoch,
         holder: record.lease.holder.clone(),
         expires_at_us: record.lease.expires_at.map(to_micros),
-    }
-}
-
-fn check_fence(session_id: &str, fence: Fence, current: u64) -> Result<()> {
-    let presented = match fence {
-        Fence::None => None,
-        Fence::Epoch(e) => Some(e),
-    };
-    if fence_allows(presented, current) {
-        Ok(())
-    } else {
-        Err(StoreError::Fenced {
-            session_id: session_id.to_owned(),
-            presented_epoch: presented.unwrap_or_default(),
-            current_epoch: current,
-        })
     }
 }
 
