@@ -80,6 +80,8 @@ pub enum EnrollErrorCode {
     TokenExpired,
     /// Token already used.
     TokenUsed,
+    /// Token revoked by the operator before it was used.
+    TokenRevoked,
     /// CSR unparseable or signature bad.
     InvalidCsr,
     /// CSR key type not accepted.
@@ -106,6 +108,7 @@ impl EnrollErrorCode {
             Self::TokenUnknown => "token_unknown",
             Self::TokenExpired => "token_expired",
             Self::TokenUsed => "token_used",
+            Self::TokenRevoked => "token_revoked",
             Self::InvalidCsr => "invalid_csr",
             Self::UnsupportedKey => "unsupported_key",
             Self::PayloadTooLarge => "payload_too_large",
@@ -124,6 +127,7 @@ impl EnrollErrorCode {
             "token_unknown" => Self::TokenUnknown,
             "token_expired" => Self::TokenExpired,
             "token_used" => Self::TokenUsed,
+            "token_revoked" => Self::TokenRevoked,
             "invalid_csr" => Self::InvalidCsr,
             "unsupported_key" => Self::UnsupportedKey,
             "payload_too_large" => Self::PayloadTooLarge,

@@ -60,11 +60,7 @@ pub fn error_response(error: &RequestError) -> Response<Full<Bytes>> {
             TokenError::Unknown => (StatusCode::UNAUTHORIZED, C::TokenUnknown),
             TokenError::Expired { .. } => (StatusCode::UNAUTHORIZED, C::TokenExpired),
             TokenError::AlreadyUsed { .. } => (StatusCode::UNAUTHORIZED, C::TokenUsed),
-            // No `EnrollErrorCode` variant yet; agents that predate it keep the kind as unknown.
-            TokenError::Revoked { .. } => (
-                StatusCode::UNAUTHORIZED,
-                C::Unknown("token_revoked".to_owned()),
-            ),
+            TokenError::Revoked { .. } => (StatusCode::UNAUTHORIZED, C::TokenRevoked),
             _ => (StatusCode::UNAUTHORIZED, C::TokenUnknown),
         },
         RequestError::Enroll(EnrollError::Csr(pki::CsrError::UnsupportedKey(_))) => {
