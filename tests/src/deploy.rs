@@ -388,6 +388,16 @@ pub fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// The tails of a control plane's and an agent's logs (`cp_lines` and
+/// `agent_lines` lines), for the message of a failed end-to-end test.
+pub fn logs_tail(cp: &ControlPlane, cp_lines: usize, agent: &Agent, agent_lines: usize) -> String {
+    format!(
+        "control plane log:\n{}\nagent log:\n{}",
+        tail(&cp.log(), cp_lines),
+        tail(&agent.log(), agent_lines)
+    )
+}
+
 /// Agent settings for a test deployment.
 #[derive(Debug, Clone)]
 pub struct AgentOptions {

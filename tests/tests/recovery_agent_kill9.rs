@@ -13,11 +13,11 @@ mod e2e_support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use airlock_tests::deploy::tail;
+use airlock_tests::deploy::{logs_tail, tail};
 use airlock_tests::fake_model::{tool_loop, FakeModel};
 use e2e_support::{
     check_seqs_and_ids, check_tool_pairs, content_text, results_by_use, runtime_toml, sandbox_file,
-    summary, Deployment, SandboxAgent,
+    summary, Api, Deployment, SandboxAgent,
 };
 use serde_json::json;
 
@@ -25,6 +25,48 @@ const CALLS: usize = 12;
 
 fn command(k: usize) -> String {
     format!("echo {k} >> /workspace/log; sleep 1; wc -l < /workspace/log")
+}
+
+/// The fake model running `steps` bash calls (`command(k)`), a deployment
+/// using it, an enrolled sandbox-agent, and a session of a new agent `name`
+/// that was sent `message`; the last is the session id.
+async fn start_session(
+    steps: usize,
+    command: fn(usize) -> String,
+    name: &str,
+    message: &str,
+) -> (FakeModel, Deployment, SandboxAgent, Api, String) {
+    let model = FakeModel::builder()
+        .latency(Duration::from_millis(20))
+        .start(tool_loop(steps, move |k| {
+            ("bash".to_owned(), json!({ "command": command(k) }))
+        }))
+        .await
+        .unwrap();
+    let d = Deployment::start(runtime_toml(&model.base_url(), 5.0))
+        .await
+        .unwrap();
+    let agent = SandboxAgent::start(&d.cp, &d.environment_id).unwrap();
+    let api = d.api.clone();
+    let agent_def = api.create_agent(name).await.unwrap();
+    let session_id = api
+        .create_session(&agent_def, &d.environment_id)
+        .await
+        .unwrap();
+    api.user_message(&session_id, message).await.unwrap();
+    (model, d, agent, api, session_id)
+}
+
+/// Tool results in the session's log so far (0 while the API does not answer).
+async fn tool_results(api: &Api, session_id: &str) -> usize {
+    api.events(session_id)
+        .await
+        .map(|e| {
+            e.iter()
+                .filter(|e| e["type"] == "agent.tool_result")
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 /// Ids of calls the agent started and has not finished.
@@ -42,41 +84,14 @@ fn in_flight(agent: &SandboxAgent) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_killed_mid_call_twice_the_session_goes_on_and_nothing_runs_twice() {
-    let model = FakeModel::builder()
-        .latency(Duration::from_millis(20))
-        .start(tool_loop(CALLS, |k| {
-            ("bash".to_owned(), json!({ "command": command(k) }))
-        }))
-        .await
-        .unwrap();
-    let d = Deployment::start(runtime_toml(&model.base_url(), 5.0))
-        .await
-        .unwrap();
-    let mut agent = SandboxAgent::start(&d.cp, &d.environment_id).unwrap();
-    let api = d.api.clone();
-    let agent_def = api.create_agent("counter").await.unwrap();
-    let session_id = api
-        .create_session(&agent_def, &d.environment_id)
-        .await
-        .unwrap();
-    api.user_message(&session_id, "Count, one bash call at a time.")
-        .await
-        .unwrap();
+    let (_model, d, mut agent, api, session_id) =
+        start_session(CALLS, command, "counter", "Count, one bash call at a time.").await;
 
     let mut interrupted = Vec::new();
     for after in [3, 7] {
         let until = Instant::now() + Duration::from_secs(90);
         let id = loop {
-            let done = api
-                .events(&session_id)
-                .await
-                .map(|e| {
-                    e.iter()
-                        .filter(|e| e["type"] == "agent.tool_result")
-                        .count()
-                })
-                .unwrap_or(0);
-            if done >= after {
+            if tool_results(&api, &session_id).await >= after {
                 if let Some(id) = in_flight(&agent).pop() {
                     break id;
                 }
@@ -96,17 +111,10 @@ async fn agent_killed_mid_call_twice_the_session_goes_on_and_nothing_runs_twice(
             .unwrap();
     }
 
-    let events = match api
+    let events = api
         .wait_end_turn(&session_id, Duration::from_secs(120))
         .await
-    {
-        Ok(e) => e,
-        Err(e) => panic!(
-            "{e}\ncontrol plane log:\n{}\nagent log:\n{}",
-            tail(&d.cp.log(), 100),
-            tail(&agent.agent.log(), 40)
-        ),
-    };
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs_tail(&d.cp, 100, &agent.agent, 40)));
     check_seqs_and_ids(&events);
     let uses = check_tool_pairs(&events);
     let commands: Vec<String> = uses
@@ -205,43 +213,18 @@ async fn agent_killed_mid_call_twice_the_session_goes_on_and_nothing_runs_twice(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandbox_killed_mid_call_the_next_call_gets_a_new_sandbox() {
     const STEPS: usize = 6;
-    let model = FakeModel::builder()
-        .latency(Duration::from_millis(20))
-        .start(tool_loop(STEPS, |k| {
-            (
-                "bash".to_owned(),
-                json!({ "command": format!("sleep 1; echo step {k}") }),
-            )
-        }))
-        .await
-        .unwrap();
-    let d = Deployment::start(runtime_toml(&model.base_url(), 5.0))
-        .await
-        .unwrap();
-    let agent = SandboxAgent::start(&d.cp, &d.environment_id).unwrap();
-    let api = d.api.clone();
-    let agent_def = api.create_agent("stepper").await.unwrap();
-    let session_id = api
-        .create_session(&agent_def, &d.environment_id)
-        .await
-        .unwrap();
-    api.user_message(&session_id, "Take six steps.")
-        .await
-        .unwrap();
+    let (_model, d, agent, api, session_id) = start_session(
+        STEPS,
+        |k| format!("sleep 1; echo step {k}"),
+        "stepper",
+        "Take six steps.",
+    )
+    .await;
 
     // Kill the container while the third call runs.
     let until = Instant::now() + Duration::from_secs(60);
     let (victim, first) = loop {
-        let done = api
-            .events(&session_id)
-            .await
-            .map(|e| {
-                e.iter()
-                    .filter(|e| e["type"] == "agent.tool_result")
-                    .count()
-            })
-            .unwrap_or(0);
-        if done >= 2 {
+        if tool_results(&api, &session_id).await >= 2 {
             if let (Some(id), [sbx]) = (in_flight(&agent).pop(), &agent.sandboxes()[..]) {
                 break (id, sbx.clone());
             }
@@ -259,17 +242,10 @@ async fn sandbox_killed_mid_call_the_next_call_gets_a_new_sandbox() {
         String::from_utf8_lossy(&killed.stderr)
     );
 
-    let events = match api
+    let events = api
         .wait_end_turn(&session_id, Duration::from_secs(120))
         .await
-    {
-        Ok(e) => e,
-        Err(e) => panic!(
-            "{e}\ncontrol plane log:\n{}\nagent log:\n{}",
-            tail(&d.cp.log(), 80),
-            tail(&agent.agent.log(), 40)
-        ),
-    };
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs_tail(&d.cp, 80, &agent.agent, 40)));
     check_seqs_and_ids(&events);
     let uses = check_tool_pairs(&events);
     assert_eq!(uses.len(), STEPS);

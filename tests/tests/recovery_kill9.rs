@@ -17,7 +17,7 @@ mod e2e_support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use airlock_tests::deploy::tail;
+use airlock_tests::deploy::logs_tail;
 use airlock_tests::fake_model::{tool_loop, FakeModel, RequestCtx};
 use e2e_support::{
     check_seqs_and_ids, check_tool_pairs, content_text, results_by_use, runtime_toml, sandbox_file,
@@ -114,10 +114,9 @@ async fn fifty_tool_calls_survive_twenty_kill9s_without_running_a_tool_twice() {
             }
             assert!(
                 Instant::now() < until,
-                "no progress to {target} tool results before kill {i}: {}\ncontrol plane log:\n{}\nagent log:\n{}",
+                "no progress to {target} tool results before kill {i}: {}\n{}",
                 summary(&api.events(&session_id).await.unwrap_or_default()),
-                tail(&d.cp.log(), 80),
-                tail(&agent.agent.log(), 30)
+                logs_tail(&d.cp, 80, &agent.agent, 30)
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
@@ -143,17 +142,10 @@ async fn fifty_tool_calls_survive_twenty_kill9s_without_running_a_tool_twice() {
     }
     eprintln!("{}", kill_log.join("\n"));
 
-    let events = match api
+    let events = api
         .wait_end_turn(&session_id, Duration::from_secs(180))
         .await
-    {
-        Ok(e) => e,
-        Err(e) => panic!(
-            "{e}\ncontrol plane log:\n{}\nagent log:\n{}",
-            tail(&d.cp.log(), 120),
-            tail(&agent.agent.log(), 40)
-        ),
-    };
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs_tail(&d.cp, 120, &agent.agent, 40)));
     eprintln!(
         "session completed {:.1} s after the first kill was scheduled",
         started.elapsed().as_secs_f64()
