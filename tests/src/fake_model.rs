@@ -488,6 +488,27 @@ impl RequestCtx {
             .count()
     }
 
+    /// The text of the first user message ([`content_text`] of its
+    /// content; empty when there is none).
+    pub fn first_user_text(&self) -> String {
+        self.messages()
+            .iter()
+            .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+            .and_then(|m| m.get("content"))
+            .map(content_text)
+            .unwrap_or_default()
+    }
+
+    /// The text of the first of the last tool results ([`content_text`] of
+    /// its content; empty when there is none).
+    pub fn last_result_text(&self) -> String {
+        self.last_tool_results()
+            .first()
+            .and_then(|r| r.get("content"))
+            .map(content_text)
+            .unwrap_or_default()
+    }
+
     /// The text of the last user text block (or string content), if any.
     pub fn last_user_text(&self) -> Option<&str> {
         for m in self.messages().iter().rev() {
@@ -510,6 +531,33 @@ impl RequestCtx {
             }
         }
         None
+    }
+}
+
+/// The text of a message's or a tool result's `content`: the string itself,
+/// or the `text` of its blocks joined with a space.
+pub fn content_text(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(blocks) => blocks
+            .iter()
+            .filter_map(|b| b.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    }
+}
+
+/// Resolves when stdin reaches its end (or cannot be read): the fake-model
+/// binaries stop with the test process that spawned them.
+pub async fn stdin_closed() {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    let mut stdin = tokio::io::stdin();
+    while let Ok(n) = stdin.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
     }
 }
 

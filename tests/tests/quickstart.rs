@@ -47,20 +47,7 @@ fn root() -> PathBuf {
 /// end the turn quoting what was read. Any other prompt gets a plain text
 /// (no tool call), which the checks below reject.
 fn script(req: &RequestCtx) -> Reply {
-    let first = req
-        .messages()
-        .iter()
-        .find(|m| m["role"] == "user")
-        .map(|m| match &m["content"] {
-            Value::String(s) => s.clone(),
-            Value::Array(b) => b
-                .iter()
-                .filter_map(|x| x["text"].as_str())
-                .collect::<Vec<_>>()
-                .join(" "),
-            _ => String::new(),
-        })
-        .unwrap_or_default();
+    let first = req.first_user_text();
     if first != PROMPT {
         return Reply::text(format!("unexpected prompt {first:?}"));
     }

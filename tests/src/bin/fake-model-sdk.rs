@@ -20,42 +20,12 @@
 
 use std::time::Duration;
 
-use airlock_tests::fake_model::{FakeModel, Reply, RequestCtx, Turn};
+use airlock_tests::fake_model::{stdin_closed, FakeModel, Reply, RequestCtx, Turn};
 use anyhow::Result;
-use serde_json::{json, Value};
-use tokio::io::AsyncReadExt;
-
-fn first_user_text(req: &RequestCtx) -> String {
-    req.messages()
-        .iter()
-        .find(|m| m["role"] == "user")
-        .and_then(|m| match &m["content"] {
-            Value::String(s) => Some(s.clone()),
-            Value::Array(blocks) => blocks
-                .iter()
-                .find_map(|b| b["text"].as_str().map(str::to_owned)),
-            _ => None,
-        })
-        .unwrap_or_default()
-}
-
-fn last_result_text(req: &RequestCtx) -> String {
-    req.last_tool_results()
-        .first()
-        .map(|r| match &r["content"] {
-            Value::String(s) => s.clone(),
-            Value::Array(b) => b
-                .iter()
-                .filter_map(|x| x["text"].as_str())
-                .collect::<Vec<_>>()
-                .join(" "),
-            _ => String::new(),
-        })
-        .unwrap_or_default()
-}
+use serde_json::json;
 
 fn reply(req: &RequestCtx) -> Reply {
-    let prompt = first_user_text(req);
+    let prompt = req.first_user_text();
     let k = req.tool_uses_so_far();
     if prompt.contains("write") && prompt.contains("read back") {
         return match k {
@@ -71,24 +41,21 @@ fn reply(req: &RequestCtx) -> Reply {
                 .text("Reading it back.")
                 .tool_use("toolu_read", "read", json!({"file_path": "notes.txt"}))
                 .into(),
-            _ => Reply::text(format!("The file says: {}", last_result_text(req))),
+            _ => Reply::text(format!("The file says: {}", req.last_result_text())),
         };
     }
-    if prompt.contains("lookup") {
-        return match k {
-            0 => Turn::new()
-                .tool_use("toolu_lookup", "lookup", json!({"word": "airlock"}))
-                .into(),
-            _ => Reply::text(format!("lookup said: {}", last_result_text(req))),
-        };
-    }
-    if prompt.contains("bash") {
-        return match k {
-            0 => Turn::new()
-                .tool_use("toolu_bash", "bash", json!({"command": "echo hi"}))
-                .into(),
-            _ => Reply::text(format!("bash said: {}", last_result_text(req))),
-        };
+    // One call of the tool the prompt names, then a text quoting its result.
+    let one_call = [
+        ("lookup", "toolu_lookup", json!({"word": "airlock"})),
+        ("bash", "toolu_bash", json!({"command": "echo hi"})),
+    ];
+    for (tool, id, input) in one_call {
+        if prompt.contains(tool) {
+            return match k {
+                0 => Turn::new().tool_use(id, tool, input).into(),
+                _ => Reply::text(format!("{tool} said: {}", req.last_result_text())),
+            };
+        }
     }
     let steps = prompt
         .split_whitespace()
@@ -123,20 +90,11 @@ async fn main() -> Result<()> {
         .map_or(Duration::ZERO, Duration::from_millis);
     let fake = FakeModel::builder().latency(latency).start(reply).await?;
     println!("base_url={}", fake.base_url());
-    let stdin_closed = async {
-        let mut buf = [0u8; 64];
-        let mut stdin = tokio::io::stdin();
-        while let Ok(n) = stdin.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-        }
-    };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         Ok(()) = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
-        _ = stdin_closed => {}
+        _ = stdin_closed() => {}
     }
     eprintln!("fake-model-sdk: served {} requests", fake.request_count());
     // The stdin reader is a blocking thread the runtime would wait for.

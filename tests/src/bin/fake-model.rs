@@ -110,17 +110,10 @@ async fn main() -> Result<()> {
     };
     let watch_stdin = args.exit_on_stdin_eof;
     let mut stdin_closed = Box::pin(async move {
-        use tokio::io::AsyncReadExt;
         if !watch_stdin {
             std::future::pending::<()>().await;
         }
-        let mut buf = [0u8; 64];
-        let mut stdin = tokio::io::stdin();
-        while let Ok(n) = stdin.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-        }
+        airlock_tests::fake_model::stdin_closed().await;
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
