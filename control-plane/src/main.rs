@@ -1,27 +1,16 @@
 //! `control-plane`: parse arguments, load config, initialise tracing, run.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use control_plane::config::Config;
-use control_plane::telemetry::LogFormat;
+use daemon::{report, run_command};
 
 #[derive(Debug, Parser)]
 #[command(name = "control-plane", version, about = "Airlock control plane")]
 struct Cli {
-    /// Config file (TOML).
-    #[arg(long, short, global = true, env = "AIRLOCK_CONFIG")]
-    config: Option<PathBuf>,
-    /// Log format.
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        default_value_t,
-        env = "AIRLOCK_LOG_FORMAT"
-    )]
-    log_format: LogFormat,
+    #[command(flatten)]
+    global: daemon::GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -72,62 +61,6 @@ enum ApiKeysCommand {
         /// The key id (`key_...`).
         key_id: String,
     },
-}
-
-/// Run an `api-keys` command on a small runtime; errors exit 1.
-fn run_api_keys(command: ApiKeysCommand, config: &Config) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(error) => {
-            eprintln!("error: cannot start runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = rt.block_on(async {
-        match command {
-            ApiKeysCommand::Create { name, json } => {
-                control_plane::api_keys::create(config, &name, json).await
-            }
-            ApiKeysCommand::List { json } => control_plane::api_keys::list(config, json).await,
-            ApiKeysCommand::Revoke { key_id } => {
-                control_plane::api_keys::revoke(config, &key_id).await
-            }
-        }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Run an operator (HTTP API client) command on a small runtime; errors exit 1.
-fn run_operator<F>(fut: F) -> ExitCode
-where
-    F: std::future::Future<Output = Result<(), control_plane::operator::OperatorError>>,
-{
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(error) => {
-            eprintln!("error: cannot start runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(fut) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error}");
-            ExitCode::FAILURE
-        }
-    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -190,34 +123,6 @@ enum CaCommand {
     Fingerprint,
 }
 
-/// Run an async command on a small runtime; errors exit 1.
-fn run_async<F>(fut: F) -> ExitCode
-where
-    F: std::future::Future<Output = Result<(), control_plane::admin::commands::CommandError>>,
-{
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(error) => {
-            eprintln!("error: cannot start runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    report(rt.block_on(fut))
-}
-
-fn report(result: Result<(), control_plane::admin::commands::CommandError>) -> ExitCode {
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
 fn serve(config: Config) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -272,9 +177,10 @@ fn serve(config: Config) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match daemon::start(cli.log_format, cli.config.as_deref(), Config::load, || {
-        Config::from_raw(Default::default())
-    }) {
+    let config = match cli
+        .global
+        .start(Config::load, || Config::from_raw(Default::default()))
+    {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -317,19 +223,29 @@ fn main() -> ExitCode {
         Command::Tokens(TokensCommand::Revoke { token_id, json }) => report(
             control_plane::admin::commands::tokens_revoke(&config, &token_id, json),
         ),
-        Command::Agents(AgentsCommand::List { json, enrolled }) => run_async(
+        Command::Agents(AgentsCommand::List { json, enrolled }) => run_command(
             control_plane::admin::commands::agents_list(&config, json, enrolled),
         ),
-        Command::Agents(AgentsCommand::Revoke { agent_id }) => run_async(
+        Command::Agents(AgentsCommand::Revoke { agent_id }) => run_command(
             control_plane::admin::commands::agents_revoke(&config, &agent_id),
         ),
         Command::Ca(CaCommand::Fingerprint) => {
             report(control_plane::admin::commands::ca_fingerprint(&config))
         }
-        Command::ApiKeys(command) => run_api_keys(command, &config),
+        Command::ApiKeys(command) => run_command(async {
+            match command {
+                ApiKeysCommand::Create { name, json } => {
+                    control_plane::api_keys::create(&config, &name, json).await
+                }
+                ApiKeysCommand::List { json } => control_plane::api_keys::list(&config, json).await,
+                ApiKeysCommand::Revoke { key_id } => {
+                    control_plane::api_keys::revoke(&config, &key_id).await
+                }
+            }
+        }),
         Command::Environments(args) => {
-            run_operator(control_plane::operator::environments(args, &config))
+            run_command(control_plane::operator::environments(args, &config))
         }
-        Command::Sessions(args) => run_operator(control_plane::operator::sessions(args, &config)),
+        Command::Sessions(args) => run_command(control_plane::operator::sessions(args, &config)),
     }
 }

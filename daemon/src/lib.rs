@@ -82,6 +82,64 @@ pub fn parse_toml<R: serde::de::DeserializeOwned>(
     })
 }
 
+/// The flags every subcommand of both binaries takes
+/// (`#[command(flatten)]` into the binary's parser).
+#[derive(Debug, Clone, clap::Args)]
+pub struct GlobalArgs {
+    /// Config file (TOML).
+    #[arg(long, short, global = true, env = "AIRLOCK_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "AIRLOCK_LOG_FORMAT"
+    )]
+    pub log_format: telemetry::LogFormat,
+}
+
+impl GlobalArgs {
+    /// [`start`] with these flags.
+    pub fn start<C>(
+        &self,
+        load: impl FnOnce(&Path) -> Result<C, ConfigError>,
+        defaults: impl FnOnce() -> Result<C, ConfigError>,
+    ) -> Result<C, ExitCode> {
+        start(self.log_format, self.config.as_deref(), load, defaults)
+    }
+}
+
+/// Run a one-shot command's future on a small single-threaded runtime; an
+/// error is printed as `error: ...` and exits 1.
+pub fn run_command<E: std::fmt::Display>(
+    fut: impl std::future::Future<Output = Result<(), E>>,
+) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => report(rt.block_on(fut)),
+        Err(error) => {
+            eprintln!("error: cannot start runtime: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A command's result as its exit code: an error is printed as
+/// `error: ...` and exits 1.
+pub fn report<E: std::fmt::Display>(result: Result<(), E>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// A daemon's start: install logging in `format`, then load the config from
 /// `path` with `load`, or build the defaults with `defaults` when no file is
 /// named. A bad config is printed as `error: ...` and becomes

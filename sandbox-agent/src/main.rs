@@ -1,11 +1,9 @@
 //! `sandbox-agent`: parse arguments, load config, initialise tracing, run.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sandbox_agent::config::Config;
-use sandbox_agent::telemetry::LogFormat;
 
 /// Exit code for configuration errors.
 const EXIT_CONFIG: u8 = daemon::EXIT_CONFIG;
@@ -17,18 +15,8 @@ const EXIT_REVOKED: u8 = 77;
 #[derive(Debug, Parser)]
 #[command(name = "sandbox-agent", version, about = "Airlock sandbox-agent")]
 struct Cli {
-    /// Config file (TOML).
-    #[arg(long, short, global = true, env = "AIRLOCK_CONFIG")]
-    config: Option<PathBuf>,
-    /// Log format.
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        default_value_t,
-        env = "AIRLOCK_LOG_FORMAT"
-    )]
-    log_format: LogFormat,
+    #[command(flatten)]
+    global: daemon::GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -91,41 +79,27 @@ fn enroll(config: &Config, flags: EnrollFlags) -> ExitCode {
         }
     };
     let dir = opts.files.dir().to_owned();
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(error) => {
-            eprintln!("error: cannot start runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(e::enroll(opts)) {
-        Ok((record, not_after)) => {
-            let expires = not_after
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            println!("agent_id={}", record.agent_id);
-            println!("environment_id={}", record.environment_id);
-            println!("cert_not_after_unix={expires}");
-            println!("identity_dir={}", dir.display());
-            tracing::info!(agent_id = %record.agent_id, environment_id = %record.environment_id, "enrolled");
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("error: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    daemon::run_command(async {
+        let (record, not_after) = e::enroll(opts).await?;
+        let expires = not_after
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        println!("agent_id={}", record.agent_id);
+        println!("environment_id={}", record.environment_id);
+        println!("cert_not_after_unix={expires}");
+        println!("identity_dir={}", dir.display());
+        tracing::info!(agent_id = %record.agent_id, environment_id = %record.environment_id, "enrolled");
+        Ok::<(), e::EnrollClientError>(())
+    })
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match daemon::start(cli.log_format, cli.config.as_deref(), Config::load, || {
-        Config::from_raw(Default::default())
-    }) {
+    let config = match cli
+        .global
+        .start(Config::load, || Config::from_raw(Default::default()))
+    {
         Ok(c) => c,
         Err(code) => return code,
     };
