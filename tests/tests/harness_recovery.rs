@@ -68,6 +68,18 @@ fn check_recovered(
     }
 }
 
+/// Harness B's wake after A crashed ended the turn, or found it ended
+/// (NothingToDo only when A had already written the final idle).
+fn check_finished(out: &WakeOutcome, what: &str) {
+    assert!(
+        matches!(
+            out,
+            WakeOutcome::Idle(StopReason::EndTurn) | WakeOutcome::NothingToDo
+        ),
+        "{what}: {out:?}"
+    );
+}
+
 struct Round {
     fired: bool,
     labels: Vec<&'static str>,
@@ -113,14 +125,7 @@ async fn crash_round(n: Option<usize>, after: bool, forget_record: bool) -> Roun
     let b = harness(inner.clone(), &fake, hands.clone(), config("harness-b"));
     let out = b.wake("s").await.unwrap();
     if fired {
-        // NothingToDo only when A had already written the final idle.
-        assert!(
-            matches!(
-                out,
-                WakeOutcome::Idle(StopReason::EndTurn) | WakeOutcome::NothingToDo
-            ),
-            "{what}: {out:?}"
-        );
+        check_finished(&out, &what);
     }
     let events = log(&*inner, "s").await;
     if forget_record {
@@ -580,13 +585,7 @@ async fn a_denial_is_recorded_once_across_crashes() {
                 fx.lapse_leases();
                 let b = harness(inner.clone(), &fake, hands.clone(), config("harness-b"));
                 let out = b.wake("s").await.unwrap();
-                assert!(
-                    matches!(
-                        out,
-                        WakeOutcome::Idle(StopReason::EndTurn) | WakeOutcome::NothingToDo
-                    ),
-                    "{what}: {out:?}"
-                );
+                check_finished(&out, &what);
             }
             let events = complete_log(&*inner, "s").await;
             let results = of_type(&events, "agent.tool_result");

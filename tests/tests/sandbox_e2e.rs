@@ -44,20 +44,38 @@ fn point_at_test_image(agent: &Agent, image: &str) {
     std::fs::write(agent.config_path(), out).unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn control_plane_to_agent_to_container_and_back() {
+/// A control plane with its gateway in process and a real agent enrolled
+/// into environment `env`, pointed at the test image, running and connected;
+/// returns the image, both, the guard that removes the agent's containers,
+/// and the agent as a gateway target.
+async fn connected_agent(
+    env: &str,
+) -> (
+    String,
+    ControlPlane,
+    InProcessControlPlane,
+    Agent,
+    Cleanup,
+    Target,
+) {
     let image = test_image();
     let cp = ControlPlane::configure(CpOptions::default()).unwrap();
     let app = InProcessControlPlane::start(&cp).await.unwrap();
-    let join = cp.join_string("env-sbx").unwrap();
+    let join = cp.join_string(env).unwrap();
     let mut agent = Agent::enroll(&cp, &join, AgentOptions::default()).unwrap();
-    let _cleanup = Cleanup(agent.agent_id().to_owned());
+    let cleanup = Cleanup(agent.agent_id().to_owned());
     point_at_test_image(&agent, &image);
     agent.run().unwrap();
     let target = Target::Agent(agent.agent_id().into());
     app.wait_connected(agent.agent_id(), Duration::from_secs(30))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", tail(&agent.log(), 30)));
+    (image, cp, app, agent, cleanup, target)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_to_agent_to_container_and_back() {
+    let (image, _cp, app, mut agent, _cleanup, target) = connected_agent("env-sbx").await;
 
     // provision
     let (_, r) = app
@@ -77,6 +95,7 @@ async fn control_plane_to_agent_to_container_and_back() {
     assert_eq!(p.image, image);
 
     // execute bash with streamed output
+    let count = json!({"command": "echo hello from $(id -u); echo x >> n; wc -l < n"});
     let exec = |id: &str, input: serde_json::Value, stream: bool| {
         Request::Execute(ExecuteRequest {
             sandbox_id: p.sandbox_id.clone(),
@@ -86,18 +105,8 @@ async fn control_plane_to_agent_to_container_and_back() {
             stream,
         })
     };
-    let (streamed, r) = app
-        .gateway()
-        .call_unary(
-            &target,
-            &exec(
-                "toolu_e2e_1",
-                json!({"command": "echo hello from $(id -u); echo x >> n; wc -l < n"}),
-                true,
-            ),
-        )
-        .await
-        .unwrap();
+    let call = exec("toolu_e2e_1", count.clone(), true);
+    let (streamed, r) = app.gateway().call_unary(&target, &call).await.unwrap();
     let Response::Ok(Reply::Execute(result)) = r else {
         panic!("execute: {r:?}")
     };
@@ -111,18 +120,8 @@ async fn control_plane_to_agent_to_container_and_back() {
     );
 
     // the same tool_use_id again: replayed from the agent's record, not re-run
-    let (_, r) = app
-        .gateway()
-        .call_unary(
-            &target,
-            &exec(
-                "toolu_e2e_1",
-                json!({"command": "echo hello from $(id -u); echo x >> n; wc -l < n"}),
-                false,
-            ),
-        )
-        .await
-        .unwrap();
+    let call = exec("toolu_e2e_1", count.clone(), false);
+    let (_, r) = app.gateway().call_unary(&target, &call).await.unwrap();
     let Response::Ok(Reply::Execute(again)) = r else {
         panic!("replay: {r:?}")
     };
@@ -199,18 +198,7 @@ async fn control_plane_to_agent_to_container_and_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_real_agent_then_run_again_adopts_its_sandboxes() {
-    let image = test_image();
-    let cp = ControlPlane::configure(CpOptions::default()).unwrap();
-    let app = InProcessControlPlane::start(&cp).await.unwrap();
-    let join = cp.join_string("env-sbx-kill").unwrap();
-    let mut agent = Agent::enroll(&cp, &join, AgentOptions::default()).unwrap();
-    let _cleanup = Cleanup(agent.agent_id().to_owned());
-    point_at_test_image(&agent, &image);
-    agent.run().unwrap();
-    let target = Target::Agent(agent.agent_id().into());
-    app.wait_connected(agent.agent_id(), Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", tail(&agent.log(), 30)));
+    let (_image, _cp, app, mut agent, _cleanup, target) = connected_agent("env-sbx-kill").await;
     let mut ids = Vec::new();
     for _ in 0..2 {
         let (_, r) = app
