@@ -267,31 +267,12 @@ impl ControlPlane {
 
     /// `kill -9` the server (no drain, no goodbye).
     pub fn kill9(&mut self) -> Result<()> {
-        if let Some(mut c) = self.child.take() {
-            c.kill()?;
-            c.wait()?;
-        }
-        Ok(())
+        kill9_child(&mut self.child)
     }
 
     /// SIGTERM and wait (graceful drain).
     pub fn terminate(&mut self) -> Result<()> {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            let until = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < until {
-                if c.try_wait()?.is_some() {
-                    return Ok(());
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            c.kill()?;
-            c.wait()?;
-        }
-        Ok(())
+        terminate_child(&mut self.child).map(|_| ())
     }
 
     /// Run `control-plane --config <cfg> <args>`; returns stdout; fails on non-zero exit.
@@ -380,6 +361,36 @@ impl Drop for ControlPlane {
             let _ = c.wait();
         }
     }
+}
+
+/// `kill -9` a child process, if any, and reap it.
+fn kill9_child(child: &mut Option<Child>) -> Result<()> {
+    if let Some(mut c) = child.take() {
+        c.kill()?;
+        c.wait()?;
+    }
+    Ok(())
+}
+
+/// SIGTERM a child process, if any, and wait up to 15 s for it to exit
+/// (then kill it); its exit status when it exited by itself.
+fn terminate_child(child: &mut Option<Child>) -> Result<Option<std::process::ExitStatus>> {
+    if let Some(mut c) = child.take() {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let until = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < until {
+            if let Some(s) = c.try_wait()? {
+                return Ok(Some(s));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c.kill()?;
+        c.wait()?;
+    }
+    Ok(None)
 }
 
 /// The last `n` lines of `s`.
@@ -540,31 +551,12 @@ impl Agent {
 
     /// `kill -9` the agent.
     pub fn kill9(&mut self) -> Result<()> {
-        if let Some(mut c) = self.child.take() {
-            c.kill()?;
-            c.wait()?;
-        }
-        Ok(())
+        kill9_child(&mut self.child)
     }
 
     /// SIGTERM and wait for a graceful exit.
     pub fn terminate(&mut self) -> Result<Option<std::process::ExitStatus>> {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            let until = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < until {
-                if let Some(s) = c.try_wait()? {
-                    return Ok(Some(s));
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            c.kill()?;
-            c.wait()?;
-        }
-        Ok(None)
+        terminate_child(&mut self.child)
     }
 
     /// Whether the process is still running.

@@ -55,26 +55,13 @@ pub fn test_image() -> String {
 
 /// Remove every container owned by `agent_id` (blocking; used by guards).
 pub fn remove_agent_containers(agent_id: &str) {
-    let out = std::process::Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=airlock.agent_id={agent_id}"),
-        ])
-        .output();
-    if let Ok(out) = out {
-        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect();
-        if !ids.is_empty() {
-            let _ = std::process::Command::new("docker")
-                .arg("rm")
-                .arg("-f")
-                .args(&ids)
-                .output();
-        }
+    let ids = agent_containers(agent_id);
+    if !ids.is_empty() {
+        let _ = std::process::Command::new("docker")
+            .arg("rm")
+            .arg("-f")
+            .args(&ids)
+            .output();
     }
 }
 
@@ -289,6 +276,19 @@ impl<'a> Tools<'a> {
     /// Run tool `name` with `input`; its text (error or not).
     pub async fn text(&self, name: &str, input: serde_json::Value) -> String {
         text(&self.run(name, input).await)
+    }
+
+    /// Run tool `name` with `input` and check that its text is `want`
+    /// (whether or not it is an error, as [`Tools::text`]).
+    pub async fn text_is(&self, name: &str, input: serde_json::Value, want: &str) {
+        let shown = input.to_string();
+        assert_eq!(self.text(name, input).await, want, "{name} {shown}");
+    }
+
+    /// The same with the text trimmed.
+    pub async fn trimmed_is(&self, name: &str, input: serde_json::Value, want: &str) {
+        let shown = input.to_string();
+        assert_eq!(self.text(name, input).await.trim(), want, "{name} {shown}");
     }
 
     /// Run tool `name` with `input` and check that it succeeds; its text.

@@ -16,12 +16,11 @@ async fn bash_shell_persists_state_and_handles_edges() {
     let sbx = provision(&svc).await;
     let sb = Tools::new(&svc, &sbx);
     let t0 = std::time::Instant::now();
+    // Each part is logged with the time since the start (the log is the
+    // part's name).
+    let step = |what: &str| eprintln!("{:?} {what}", t0.elapsed());
 
-    eprintln!(
-        "{:?} cwd, env and functions survive between calls",
-        t0.elapsed()
-    );
-    // cwd, env and functions survive between calls
+    step("cwd, env and functions survive between calls");
     let cwd = sb
         .ok(
             "bash",
@@ -29,18 +28,14 @@ async fn bash_shell_persists_state_and_handles_edges() {
         )
         .await;
     assert_eq!(cwd.trim(), "/workspace/d");
-    assert_eq!(
-        sb.text("bash", json!({"command": "pwd; echo $FOO"}))
-            .await
-            .trim(),
-        "/workspace/d\nbar"
-    );
+    sb.trimmed_is(
+        "bash",
+        json!({"command": "pwd; echo $FOO"}),
+        "/workspace/d\nbar",
+    )
+    .await;
 
-    eprintln!(
-        "{:?} non-zero exit is a tool error carrying output and code",
-        t0.elapsed()
-    );
-    // non-zero exit is a tool error carrying output and code
+    step("non-zero exit is a tool error carrying output and code");
     let r = sb
         .run(
             "bash",
@@ -54,37 +49,23 @@ async fn bash_shell_persists_state_and_handles_edges() {
         "{t}"
     );
 
-    eprintln!("{:?} ANSI stripped", t0.elapsed());
-    // ANSI stripped
-    assert_eq!(
-        sb.text(
-            "bash",
-            json!({"command": "printf '\\033[1;31mred\\033[0m\\n'"})
-        )
-        .await,
-        "red\n"
-    );
+    step("ANSI stripped");
+    sb.text_is(
+        "bash",
+        json!({"command": "printf '\\033[1;31mred\\033[0m\\n'"}),
+        "red\n",
+    )
+    .await;
 
-    eprintln!(
-        "{:?} ANTHROPIC_* never reaches the shell, even when asked for",
-        t0.elapsed()
-    );
-    // ANTHROPIC_* never reaches the shell, even when asked for
-    assert_eq!(
-        sb.text(
-            "bash",
-            json!({"command": "export -p | grep -c ANTHROPIC_ || true"})
-        )
-        .await
-        .trim(),
-        "0"
-    );
+    step("ANTHROPIC_* never reaches the shell, even when asked for");
+    sb.trimmed_is(
+        "bash",
+        json!({"command": "export -p | grep -c ANTHROPIC_ || true"}),
+        "0",
+    )
+    .await;
 
-    eprintln!(
-        "{:?} huge output: last 100 KiB kept with an explicit marker",
-        t0.elapsed()
-    );
-    // huge output: last 100 KiB kept with an explicit marker
+    step("huge output: last 100 KiB kept with an explicit marker");
     let r = sb.run("bash", json!({"command": "i=0; while [ $i -lt 30000 ]; do echo line-$i-padding-padding; i=$((i+1)); done"})).await;
     assert!(!r.is_error);
     let t = text(&r);
@@ -96,17 +77,13 @@ async fn bash_shell_persists_state_and_handles_edges() {
     assert!(t.trim_end().ends_with("line-29999-padding-padding"));
     assert!(t.len() < 110 * 1024);
 
-    eprintln!("{:?} a background job outlives its call", t0.elapsed());
-    // a background job outlives its call
-    assert_eq!(
-        sb.text(
-            "bash",
-            json!({"command": "(sleep 2; echo done > /workspace/bg.txt) & echo started"})
-        )
-        .await
-        .trim(),
-        "started"
-    );
+    step("a background job outlives its call");
+    sb.trimmed_is(
+        "bash",
+        json!({"command": "(sleep 2; echo done > /workspace/bg.txt) & echo started"}),
+        "started",
+    )
+    .await;
     let mut seen = false;
     for _ in 0..100 {
         let r = sb
@@ -126,15 +103,9 @@ async fn bash_shell_persists_state_and_handles_edges() {
         "background job did not finish after its call returned"
     );
 
-    eprintln!(
-        "{:?} a command that ignores SIGTERM is still killed at its timeout, with its group",
-        t0.elapsed()
-    );
-    // a command that ignores SIGTERM is still killed at its timeout, with its group
-    let r = sb.run("bash",
-        json!({"command": "trap '' TERM; (trap '' TERM; sleep 300) & sleep 300", "timeout_ms": 1000}),
-    )
-    .await;
+    step("a command that ignores SIGTERM is still killed at its timeout, with its group");
+    let hang = json!({"command": "trap '' TERM; (trap '' TERM; sleep 300) & sleep 300", "timeout_ms": 1000});
+    let r = sb.run("bash", hang).await;
     assert!(r.is_error);
     assert!(text(&r).contains("timed out after 1000 ms"), "{}", text(&r));
     assert_eq!(
@@ -147,43 +118,21 @@ async fn bash_shell_persists_state_and_handles_edges() {
         "0",
         "the timed-out group must be gone"
     );
-    eprintln!(
-        "{:?} and the shell is fresh (cwd reset to the workdir)",
-        t0.elapsed()
-    );
-    // and the shell is fresh (cwd reset to the workdir)
-    assert_eq!(
-        sb.text("bash", json!({"command": "pwd"})).await.trim(),
-        "/workspace"
-    );
+    step("and the shell is fresh (cwd reset to the workdir)");
+    sb.trimmed_is("bash", json!({"command": "pwd"}), "/workspace")
+        .await;
 
-    eprintln!(
-        "{:?} restart resets state; exit in a command is reported and recovered from",
-        t0.elapsed()
-    );
-    // restart resets state; exit in a command is reported and recovered from
+    step("restart resets state; exit in a command is reported and recovered from");
     sb.run("bash", json!({"command": "export KEEP=1"})).await;
     sb.ok("bash", json!({"restart": true})).await;
-    assert_eq!(
-        sb.text("bash", json!({"command": "echo \"[$KEEP]\""}))
-            .await
-            .trim(),
-        "[]"
-    );
+    sb.trimmed_is("bash", json!({"command": "echo \"[$KEEP]\""}), "[]")
+        .await;
     sb.fails_with("bash", json!({"command": "exit 7"}), "status 7")
         .await;
-    assert_eq!(
-        sb.text("bash", json!({"command": "echo alive"}))
-            .await
-            .trim(),
-        "alive"
-    );
+    sb.trimmed_is("bash", json!({"command": "echo alive"}), "alive")
+        .await;
 
-    eprintln!(
-        "{:?} bad input is a tool error, not an RPC error",
-        t0.elapsed()
-    );
-    // bad input is a tool error, not an RPC error
+    step("bad input is a tool error, not an RPC error");
     sb.fails_with("bash", json!({"cmd": "true"}), "invalid input for bash")
         .await;
     svc.shutdown(true).await;
@@ -245,43 +194,47 @@ async fn file_tools_with_edge_cases() {
             "     3\tgamma\n     4\tbeta\n",
         ),
     ] {
-        let shown = input.to_string();
-        assert_eq!(sb.text("read", input).await, want, "read {shown}");
+        sb.text_is("read", input, want).await;
     }
-    sb.fails_with(
-        "read",
-        json!({"file_path": "src/deep/a.txt", "view_range": [9, 10]}),
-        "beyond the end",
-    )
-    .await;
-
-    // missing and binary files
-    sb.fails_with("read", json!({"file_path": "nope.txt"}), "no such file")
-        .await;
-    sb.run(
-        "bash",
-        json!({"command": "printf 'ELF\\000\\001\\002' > bin.dat"}),
-    )
-    .await;
-    sb.fails_with("read", json!({"file_path": "bin.dat"}), "binary")
-        .await;
-    // a PNG comes back as an image block
-    sb.run(
-        "bash",
-        json!({"command": "printf '\\211PNG\\r\\n\\032\\n0000' > i.png"}),
-    )
-    .await;
-    let r = sb.run("read", json!({"file_path": "i.png"})).await;
-    assert!(!r.is_error);
-    assert_eq!(r.content[0]["type"], "image");
-    // a file above the size cap is refused with the fix
-    sb.run(
-        "bash",
-        json!({"command": "head -c 300000 /dev/zero | tr '\\0' a > big.txt"}),
-    )
-    .await;
-    sb.fails_with("read", json!({"file_path": "big.txt"}), "limit")
-        .await;
+    // a range past the end, and a missing file
+    for (input, needle) in [
+        (
+            json!({"file_path": "src/deep/a.txt", "view_range": [9, 10]}),
+            "beyond the end",
+        ),
+        (json!({"file_path": "nope.txt"}), "no such file"),
+    ] {
+        sb.fails_with("read", input, needle).await;
+    }
+    // files made in the shell, then read: a binary file is refused, a PNG
+    // comes back as an image block, a file above the size cap is refused
+    // with the fix
+    for (file, make, refused) in [
+        (
+            "bin.dat",
+            "printf 'ELF\\000\\001\\002' > bin.dat",
+            Some("binary"),
+        ),
+        ("i.png", "printf '\\211PNG\\r\\n\\032\\n0000' > i.png", None),
+        (
+            "big.txt",
+            "head -c 300000 /dev/zero | tr '\\0' a > big.txt",
+            Some("limit"),
+        ),
+    ] {
+        sb.run("bash", json!({ "command": make })).await;
+        let input = json!({ "file_path": file });
+        match refused {
+            Some(needle) => {
+                sb.fails_with("read", input, needle).await;
+            }
+            None => {
+                let r = sb.run("read", input).await;
+                assert!(!r.is_error);
+                assert_eq!(r.content[0]["type"], "image");
+            }
+        }
+    }
 
     // edit: unique, not found, not unique, replace_all
     for (old, new, needle) in [("beta", "B", "occurs 2 times"), ("delta", "D", "not found")] {
@@ -299,11 +252,12 @@ async fn file_tools_with_edge_cases() {
         "{}",
         text(&r)
     );
-    assert_eq!(
-        sb.text("bash", json!({"command": "cat src/deep/a.txt"}))
-            .await,
-        "alpha\nB\nG\nB\n"
-    );
+    sb.text_is(
+        "bash",
+        json!({"command": "cat src/deep/a.txt"}),
+        "alpha\nB\nG\nB\n",
+    )
+    .await;
 
     // glob: doublestar, newest first
     for (tool, input) in [
@@ -332,8 +286,7 @@ async fn file_tools_with_edge_cases() {
             "/workspace/src/old.rs\n",
         ),
     ] {
-        let shown = input.to_string();
-        assert_eq!(sb.text("glob", input).await, want, "glob {shown}");
+        sb.text_is("glob", input, want).await;
     }
 
     // grep: regex, matching lines with path and line number
@@ -346,10 +299,12 @@ async fn file_tools_with_edge_cases() {
         t.contains("/workspace/src/deep/new.rs:1:fn new() {}"),
         "{t}"
     );
-    assert_eq!(
-        sb.text("grep", json!({"pattern": "TODO"})).await,
-        "/workspace/src/deep/new.rs:2:// TODO later\n"
-    );
+    sb.text_is(
+        "grep",
+        json!({"pattern": "TODO"}),
+        "/workspace/src/deep/new.rs:2:// TODO later\n",
+    )
+    .await;
     let r = sb.run("grep", json!({"pattern": "[unclosed"})).await;
     assert!(r.is_error && text(&r).contains("invalid regex"));
 
@@ -395,12 +350,8 @@ async fn tool_use_id_replays_and_policy_refuses() {
         "1",
         "a replay must not run the command again"
     );
-    assert_eq!(
-        sb.text("bash", json!({"command": "wc -l < count"}))
-            .await
-            .trim(),
-        "1"
-    );
+    sb.trimmed_is("bash", json!({"command": "wc -l < count"}), "1")
+        .await;
 
     // policy: a tool outside allowed_tools is refused as an RPC error naming the rule
     let err = svc
