@@ -540,12 +540,7 @@ async fn always_ask_and_custom_tools_block_until_the_client_answers() {
     assert_eq!(log(&*store, "s").await.len(), events.len());
 
     // Allow bash: it runs; idle again, now waiting on the other two.
-    let allow = queue(
-        &*store,
-        "s",
-        json!({"type": "user.tool_confirmation", "tool_use_id": bash.id, "result": "allow"}),
-    )
-    .await;
+    let allow = confirm(&*store, "s", &bash.id, "allow").await;
     let out = h.wake("s").await.unwrap();
     assert_eq!(
         out,

@@ -484,12 +484,7 @@ async fn a_session_waiting_for_the_client_is_not_woken_on_every_scan() {
     assert!(hands.calls().is_empty());
     // The answer is new input (the last seq moved): the scan wakes it, the
     // call runs and the waiting message goes to the model with its result.
-    queue(
-        &*store,
-        "s",
-        json!({"type": "user.tool_confirmation", "tool_use_id": tool_use.id, "result": "allow"}),
-    )
-    .await;
+    confirm(&*store, "s", &tool_use.id, "allow").await;
     assert_eq!(sup.recover_once().await, 1);
     settle(&sup).await;
     let events = complete_log(&*store, "s").await;
@@ -507,12 +502,7 @@ async fn a_session_waiting_for_the_client_is_not_woken_on_every_scan() {
         .is_some());
     // A second answer to the answered call can never be used: one wake marks
     // it processed, and scans find nothing after that.
-    let late = queue(
-        &*store,
-        "s",
-        json!({"type": "user.tool_confirmation", "tool_use_id": tool_use.id, "result": "deny"}),
-    )
-    .await;
+    let late = confirm(&*store, "s", &tool_use.id, "deny").await;
     assert_eq!(sup.recover_once().await, 1);
     settle(&sup).await;
     let after = log(&*store, "s").await;

@@ -115,6 +115,19 @@ pub async fn queue(store: &dyn SessionStore, id: &str, body: Value) -> StoredEve
     send(store, id, NewEvent::queued(body)).await
 }
 
+/// Queue the client's answer (`allow` or `deny`) to the `always_ask` call
+/// `tool_use_id`.
+pub async fn confirm(
+    store: &dyn SessionStore,
+    id: &str,
+    tool_use_id: &str,
+    result: &str,
+) -> StoredEvent {
+    let body =
+        json!({"type": "user.tool_confirmation", "tool_use_id": tool_use_id, "result": result});
+    queue(store, id, body).await
+}
+
 pub async fn log(store: &dyn SessionStore, id: &str) -> Vec<StoredEvent> {
     store.read(id, 1, 100_000).await.unwrap()
 }
