@@ -278,17 +278,20 @@ impl<'a> Tools<'a> {
         text(&self.run(name, input).await)
     }
 
+    /// Run `command` with the bash tool; its text, trimmed (whether or not
+    /// it is an error).
+    pub async fn sh(&self, command: &str) -> String {
+        let out = self
+            .text("bash", serde_json::json!({ "command": command }))
+            .await;
+        out.trim().to_owned()
+    }
+
     /// Run tool `name` with `input` and check that its text is `want`
     /// (whether or not it is an error, as [`Tools::text`]).
     pub async fn text_is(&self, name: &str, input: serde_json::Value, want: &str) {
         let shown = input.to_string();
         assert_eq!(self.text(name, input).await, want, "{name} {shown}");
-    }
-
-    /// The same with the text trimmed.
-    pub async fn trimmed_is(&self, name: &str, input: serde_json::Value, want: &str) {
-        let shown = input.to_string();
-        assert_eq!(self.text(name, input).await.trim(), want, "{name} {shown}");
     }
 
     /// Run tool `name` with `input` and check that it succeeds; its text.

@@ -28,12 +28,7 @@ async fn bash_shell_persists_state_and_handles_edges() {
         )
         .await;
     assert_eq!(cwd.trim(), "/workspace/d");
-    sb.trimmed_is(
-        "bash",
-        json!({"command": "pwd; echo $FOO"}),
-        "/workspace/d\nbar",
-    )
-    .await;
+    assert_eq!(sb.sh("pwd; echo $FOO").await, "/workspace/d\nbar");
 
     step("non-zero exit is a tool error carrying output and code");
     let r = sb
@@ -58,12 +53,7 @@ async fn bash_shell_persists_state_and_handles_edges() {
     .await;
 
     step("ANTHROPIC_* never reaches the shell, even when asked for");
-    sb.trimmed_is(
-        "bash",
-        json!({"command": "export -p | grep -c ANTHROPIC_ || true"}),
-        "0",
-    )
-    .await;
+    assert_eq!(sb.sh("export -p | grep -c ANTHROPIC_ || true").await, "0");
 
     step("huge output: last 100 KiB kept with an explicit marker");
     let r = sb.run("bash", json!({"command": "i=0; while [ $i -lt 30000 ]; do echo line-$i-padding-padding; i=$((i+1)); done"})).await;
@@ -78,21 +68,14 @@ async fn bash_shell_persists_state_and_handles_edges() {
     assert!(t.len() < 110 * 1024);
 
     step("a background job outlives its call");
-    sb.trimmed_is(
-        "bash",
-        json!({"command": "(sleep 2; echo done > /workspace/bg.txt) & echo started"}),
-        "started",
-    )
-    .await;
+    assert_eq!(
+        sb.sh("(sleep 2; echo done > /workspace/bg.txt) & echo started")
+            .await,
+        "started"
+    );
     let mut seen = false;
     for _ in 0..100 {
-        let r = sb
-            .run(
-                "bash",
-                json!({"command": "cat /workspace/bg.txt 2>/dev/null || true"}),
-            )
-            .await;
-        if text(&r).trim() == "done" {
+        if sb.sh("cat /workspace/bg.txt 2>/dev/null || true").await == "done" {
             seen = true;
             break;
         }
@@ -109,28 +92,20 @@ async fn bash_shell_persists_state_and_handles_edges() {
     assert!(r.is_error);
     assert!(text(&r).contains("timed out after 1000 ms"), "{}", text(&r));
     assert_eq!(
-        sb.text(
-            "bash",
-            json!({"command": "ps -o pid,comm | grep -c 'sleep' || true"})
-        )
-        .await
-        .trim(),
+        sb.sh("ps -o pid,comm | grep -c 'sleep' || true").await,
         "0",
         "the timed-out group must be gone"
     );
     step("and the shell is fresh (cwd reset to the workdir)");
-    sb.trimmed_is("bash", json!({"command": "pwd"}), "/workspace")
-        .await;
+    assert_eq!(sb.sh("pwd").await, "/workspace");
 
     step("restart resets state; exit in a command is reported and recovered from");
     sb.run("bash", json!({"command": "export KEEP=1"})).await;
     sb.ok("bash", json!({"restart": true})).await;
-    sb.trimmed_is("bash", json!({"command": "echo \"[$KEEP]\""}), "[]")
-        .await;
+    assert_eq!(sb.sh("echo \"[$KEEP]\"").await, "[]");
     sb.fails_with("bash", json!({"command": "exit 7"}), "status 7")
         .await;
-    sb.trimmed_is("bash", json!({"command": "echo alive"}), "alive")
-        .await;
+    assert_eq!(sb.sh("echo alive").await, "alive");
 
     step("bad input is a tool error, not an RPC error");
     sb.fails_with("bash", json!({"cmd": "true"}), "invalid input for bash")
@@ -350,8 +325,7 @@ async fn tool_use_id_replays_and_policy_refuses() {
         "1",
         "a replay must not run the command again"
     );
-    sb.trimmed_is("bash", json!({"command": "wc -l < count"}), "1")
-        .await;
+    assert_eq!(sb.sh("wc -l < count").await, "1");
 
     // policy: a tool outside allowed_tools is refused as an RPC error naming the rule
     let err = svc
