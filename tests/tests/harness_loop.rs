@@ -613,11 +613,7 @@ async fn provisioning_lazy_speculative_and_eager() {
     ] {
         let (_fx, store) = sqlite_store().await;
         let latency = Duration::from_millis(300);
-        let fake = FakeModel::builder()
-            .latency(latency)
-            .start(tool_loop(1, bash))
-            .await
-            .unwrap();
+        let fake = slow_bash_loop(latency, 1).await;
         let hands = RecordingHands::with_provision_delay(Duration::from_millis(500));
         let h = harness(
             store.clone(),

@@ -169,11 +169,7 @@ async fn a_session_left_running_by_a_dead_replica_is_recovered_by_the_other() {
         return;
     };
     let hands = RecordingHands::new();
-    let fake = FakeModel::builder()
-        .latency(Duration::from_millis(100))
-        .start(tool_loop(TOOLS, bash))
-        .await
-        .unwrap();
+    let fake = slow_bash_loop(Duration::from_millis(100), TOOLS).await;
     create_session(&*a_store, "s", toolset(), "three steps").await;
     let mut cfg_a = config("replica-a");
     cfg_a.lease_ttl = Duration::from_secs(1);

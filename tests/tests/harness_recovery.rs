@@ -215,11 +215,7 @@ async fn a_tool_whose_outcome_is_unknown_is_reported_honestly() {
 async fn a_crash_during_the_model_stream_is_recovered() {
     let (fx, inner) = sqlite_store().await;
     let hands = RecordingHands::new();
-    let fake = FakeModel::builder()
-        .latency(Duration::from_millis(200))
-        .start(tool_loop(TOOLS, bash))
-        .await
-        .unwrap();
+    let fake = slow_bash_loop(Duration::from_millis(200), TOOLS).await;
     create_session(&*inner, "s", toolset(), "three steps").await;
     let a = harness(inner.clone(), &fake, hands.clone(), config("harness-a"));
     let task = tokio::spawn(async move { a.wake("s").await });

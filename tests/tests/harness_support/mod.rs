@@ -314,6 +314,16 @@ pub fn bash(k: usize) -> (String, Value) {
     )
 }
 
+/// The fake model answering after `latency`, running `steps` calls of
+/// [`bash`] (`tool_loop`).
+pub async fn slow_bash_loop(latency: Duration, steps: usize) -> FakeModel {
+    FakeModel::builder()
+        .latency(latency)
+        .start(airlock_tests::fake_model::tool_loop(steps, bash))
+        .await
+        .unwrap()
+}
+
 /// What most harness tests start from: the SQLite fixture (keep it: it owns
 /// the store's directory and clock), its store, the fake model, the hands
 /// double and a harness over them.
