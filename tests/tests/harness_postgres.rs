@@ -105,13 +105,7 @@ async fn replicas_racing_for_one_session_advance_it_once() {
         create_session(&*a_store, &id, toolset(), "three steps").await;
         let a = harness(a_store.clone(), &fake, hands.clone(), config("replica-a"));
         let b = harness(b_store.clone(), &fake, hands.clone(), config("replica-b"));
-        let (ra, rb) = tokio::join!(a.wake(&id), b.wake(&id));
-        let (ra, rb) = (ra.unwrap(), rb.unwrap());
-        let done = [&ra, &rb]
-            .iter()
-            .filter(|o| ***o == WakeOutcome::Idle(StopReason::EndTurn))
-            .count();
-        assert_eq!(done, 1, "round {round}: {ra:?} {rb:?}");
+        race(&a, &b, &id, &format!("round {round}")).await;
         let events = log(&*b_store, &id).await;
         check_once(&events, &hands, &format!("round {round}"));
         assert_eq!(

@@ -244,13 +244,7 @@ async fn two_harnesses_racing_for_one_session_advance_it_once() {
         create_session(&*store, "s", toolset(), "three steps").await;
         let a = harness(store.clone(), &fake, hands.clone(), config("harness-a"));
         let b = harness(store.clone(), &fake, hands.clone(), config("harness-b"));
-        let (ra, rb) = tokio::join!(a.wake("s"), b.wake("s"));
-        let (ra, rb) = (ra.unwrap(), rb.unwrap());
-        let done = [&ra, &rb]
-            .iter()
-            .filter(|o| ***o == WakeOutcome::Idle(StopReason::EndTurn))
-            .count();
-        assert_eq!(done, 1, "round {round}: {ra:?} {rb:?}");
+        let (ra, rb) = race(&a, &b, "s", &format!("round {round}")).await;
         for o in [&ra, &rb] {
             assert!(
                 matches!(

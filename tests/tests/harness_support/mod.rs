@@ -295,6 +295,19 @@ pub async fn wake_idle(h: &Harness, id: &str, reason: StopReason) {
     assert_eq!(out, WakeOutcome::Idle(reason), "wake of {id}");
 }
 
+/// Wake `id` on harnesses `a` and `b` at once and check that exactly one of
+/// them ended the turn (`what` names the round); both outcomes.
+pub async fn race(a: &Harness, b: &Harness, id: &str, what: &str) -> (WakeOutcome, WakeOutcome) {
+    let (ra, rb) = tokio::join!(a.wake(id), b.wake(id));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    let done = [&ra, &rb]
+        .iter()
+        .filter(|o| ***o == WakeOutcome::Idle(StopReason::EndTurn))
+        .count();
+    assert_eq!(done, 1, "{what}: {ra:?} {rb:?}");
+    (ra, rb)
+}
+
 /// The output of a spawned task (a wake), waited for at most [`PATIENCE`].
 pub async fn joined<T>(task: tokio::task::JoinHandle<T>) -> T {
     tokio::time::timeout(PATIENCE, task).await.unwrap().unwrap()
