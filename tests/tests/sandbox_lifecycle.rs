@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use airlock_tests::sandbox::{
     agent_containers, docker_inspect, exec, exec_id, executor_path, provision, text, tool_use_id,
-    TestAgent,
+    TestAgent, Tools,
 };
 use protocol::sandbox::{Disposition, ExecuteRequest, ProvisionRequest};
 use serde_json::json;
@@ -29,6 +29,15 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("timed out waiting for: {what}");
+}
+
+/// Wait up to `secs` seconds until `agent` owns `n` containers.
+async fn containers_become(agent: &TestAgent, n: usize, secs: u64, what: &str) {
+    eventually(secs, what, || {
+        let id = agent.agent_id.clone();
+        async move { agent_containers(&id).len() == n }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,18 +195,15 @@ async fn container_killed_mid_call_is_a_tool_error_and_next_provision_is_fresh()
     let again = exec_id(&svc, &sbx, &id, "bash", json!({"command": "sleep 60"})).await;
     assert_eq!(again.disposition, Disposition::Unknown);
     // a new call on the dead sandbox is a clear tool error
-    let r = exec(&svc, &sbx, "bash", json!({"command": "true"})).await;
-    assert!(r.is_error && text(&r).contains("is gone"), "{}", text(&r));
+    Tools::new(&svc, &sbx)
+        .fails_with("bash", json!({"command": "true"}), "is gone")
+        .await;
     // the next provision gives a fresh, working one
     let fresh = provision(&svc).await;
     assert_ne!(fresh, sbx);
     let r = exec(&svc, &fresh, "bash", json!({"command": "echo new"})).await;
     assert_eq!(text(&r).trim(), "new");
-    eventually(20, "dead container removed", || {
-        let id = agent.agent_id.clone();
-        async move { agent_containers(&id).len() == 1 }
-    })
-    .await;
+    containers_become(&agent, 1, 20, "dead container removed").await;
     svc.shutdown(true).await;
 }
 
@@ -234,14 +240,11 @@ async fn ttl_and_idle_reaping_and_destroy() {
     })
     .await;
     for s in [&ttl, &idle] {
-        let r = exec(&svc, s, "bash", json!({"command": "true"})).await;
-        assert!(r.is_error && text(&r).contains("is gone"), "{}", text(&r));
+        Tools::new(&svc, s)
+            .fails_with("bash", json!({"command": "true"}), "is gone")
+            .await;
     }
-    eventually(30, "reaped containers removed", || {
-        let id = agent.agent_id.clone();
-        async move { agent_containers(&id).is_empty() }
-    })
-    .await;
+    containers_become(&agent, 0, 30, "reaped containers removed").await;
     svc.shutdown(true).await;
 }
 
