@@ -436,6 +436,30 @@ async fn bench() -> Result<()> {
     let tt = Target::Agent(tcp.agent_id().to_owned());
     tunnel_rtt(&gw, &tq, 200, 1).await;
     tunnel_rtt(&gw, &tt, 200, 1).await;
+    // Profiling aid: `AIRLOCK_BENCH_ONLY=quic|tcp|bare|floor N` runs N c=1
+    // round trips on that path alone, prints their p50 and exits (so a
+    // profiler attached to the run sees nothing else).
+    if let Ok(only) = std::env::var("AIRLOCK_BENCH_ONLY") {
+        let mut words = only.split_whitespace();
+        let path = match words.next() {
+            Some("quic") => Path::Tunnel(gw.clone(), tq.clone()),
+            Some("tcp") => Path::Tunnel(gw.clone(), tt.clone()),
+            Some("bare") => Path::Quic(bare.clone()),
+            _ => Path::Tcp(floor_addr),
+        };
+        let n = words.next().and_then(|w| w.parse().ok()).unwrap_or(20_000);
+        let started = Instant::now();
+        let (p50, p99, rate) = summarize(path.latencies(n, 1).await, started.elapsed());
+        println!(
+            "{only}: c1 p50 {} ms, p99 {} ms, {rate:.0} calls/s",
+            ms(p50),
+            ms(p99)
+        );
+        drop(quic);
+        drop(tcp);
+        app.stop().await;
+        return Ok(());
+    }
 
     // c=1 latency is measured in interleaved rounds (every path in turn,
     // ROUNDS times) so that a change in machine load moves the floor and the
