@@ -504,27 +504,7 @@ pub fn agents_table(agents: &[AgentInfo]) -> String {
             ]
         })
         .collect();
-    let mut widths = headers.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: &[&str]| {
-        let mut s = cells
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ");
-        s.truncate(s.trim_end().len());
-        s.push('\n');
-        s
-    };
-    let mut out = line(&headers);
-    for row in &rows {
-        out.push_str(&line(&row.iter().map(String::as_str).collect::<Vec<_>>()));
-    }
+    let mut out = crate::table::render(&headers, &rows);
     if rows.is_empty() {
         out.push_str("(no agents connected)\n");
     }
@@ -657,27 +637,7 @@ pub mod commands {
                 ]
             })
             .collect();
-        let mut widths = headers.map(str::len);
-        for row in &rows {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
-        let line = |cells: [&str; 5]| {
-            let mut s = cells
-                .iter()
-                .zip(widths)
-                .map(|(c, w)| format!("{c:<w$}"))
-                .collect::<Vec<_>>()
-                .join("  ");
-            s.truncate(s.trim_end().len());
-            s.push('\n');
-            s
-        };
-        let mut out = line(headers);
-        for row in &rows {
-            out.push_str(&line(row.each_ref().map(String::as_str)));
-        }
+        let mut out = crate::table::render(&headers, &rows);
         if rows.is_empty() {
             out.push_str(if all {
                 "(no join tokens)\n"

@@ -15,4 +15,5 @@ pub mod gateway;
 pub mod hands;
 pub mod operator;
 pub mod runtime;
+pub mod table;
 pub mod telemetry;

@@ -441,32 +441,9 @@ fn print_json(v: &Value) -> Result<(), OperatorError> {
 }
 
 fn print_table(headers: &[&str], rows: &[Vec<String>]) -> Result<(), OperatorError> {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = std::io::stdout().lock();
-    let line = |cells: Vec<String>| -> String {
-        let mut s = String::new();
-        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(cell);
-            } else {
-                s.push_str(&format!("{cell:<w$}  ", w = *w));
-            }
-        }
-        s
-    };
-    writeln!(
-        out,
-        "{}",
-        line(headers.iter().map(|h| (*h).to_owned()).collect())
-    )?;
-    for row in rows {
-        writeln!(out, "{}", line(row.clone()))?;
-    }
+    std::io::stdout()
+        .lock()
+        .write_all(crate::table::render(headers, rows).as_bytes())?;
     Ok(())
 }
 
