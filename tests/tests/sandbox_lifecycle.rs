@@ -191,6 +191,8 @@ async fn container_killed_mid_call_is_a_tool_error_and_next_provision_is_fresh()
         .unwrap();
     assert!(r.is_error);
     assert!(text(&r).contains("sandbox died"), "{}", text(&r));
+    // the first answer and the record agree: the outcome is unknown
+    assert_eq!(r.disposition, Disposition::Unknown);
     // re-sending the same tool_use_id says the outcome is unknown
     let again = exec_id(&svc, &sbx, &id, "bash", json!({"command": "sleep 60"})).await;
     assert_eq!(again.disposition, Disposition::Unknown);

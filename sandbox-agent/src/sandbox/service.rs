@@ -602,14 +602,19 @@ impl SandboxService {
                 tracing::warn!(sandbox_id = %sandbox.id, reason = %reason, "sandbox lost during a tool call");
                 inner.record.finish_unknown(&req.tool_use_id, &reason)?;
                 self.retire(&sandbox, &reason).await;
-                Ok(ToolResult::text(
+                // Unknown, as the execution record says: the command may
+                // have run partly or wholly before the sandbox died (the
+                // audit line and the control plane see the same).
+                let mut result = ToolResult::text(
                     format!(
                         "the tool call failed because the sandbox died: {reason}. Its effects are unknown; \
                          the sandbox {} has been removed, provision a new one.",
                         sandbox.id
                     ),
                     true,
-                ))
+                );
+                result.disposition = Disposition::Unknown;
+                Ok(result)
             }
         }
     }
