@@ -259,15 +259,7 @@ impl IdentityStore {
         now: SystemTime,
         register: impl FnOnce(&RedeemedToken) -> Result<AgentRecord, E>,
     ) -> Result<Result<AgentRecord, RedeemError<E>>, StoreError> {
-        let path = self.path.clone();
-        let err = move |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(&err)?;
+        let (tx, err) = write_transaction(&mut self.conn, &self.path)?;
         let row: Option<RedeemRow> = tx
             .query_row(
                 "SELECT token_id, environment_id, expires_at, used_by, revoked_at FROM join_tokens WHERE token_hash = ?1",
@@ -380,15 +372,7 @@ impl IdentityStore {
         token_id: &str,
         now: SystemTime,
     ) -> Result<TokenRevocation, StoreError> {
-        let path = self.path.clone();
-        let err = move |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(&err)?;
+        let (tx, err) = write_transaction(&mut self.conn, &self.path)?;
         let row: Option<RevokeRow> = tx
             .query_row(
                 "SELECT expires_at, used_at, used_by, revoked_at FROM join_tokens WHERE token_id = ?1",
@@ -555,6 +539,29 @@ pub enum RedeemError<E> {
 /// Convert a stored time.
 pub fn time_of(unix: i64) -> SystemTime {
     from_unix_seconds(unix)
+}
+
+/// An IMMEDIATE transaction on `conn` (the write lock taken at once, so two
+/// processes serialize here) and the error mapper naming the file `path`.
+fn write_transaction<'c>(
+    conn: &'c mut Connection,
+    path: &Path,
+) -> Result<
+    (
+        rusqlite::Transaction<'c>,
+        impl Fn(rusqlite::Error) -> StoreError + 'static,
+    ),
+    StoreError,
+> {
+    let path = path.to_owned();
+    let err = move |source| StoreError::Sqlite {
+        path: path.clone(),
+        source,
+    };
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(&err)?;
+    Ok((tx, err))
 }
 
 #[cfg(test)]
