@@ -81,7 +81,10 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
-    panic!("no loopback port free on both UDP and TCP in {LOW}..{}", LOW + SPAN);
+    panic!(
+        "no loopback port free on both UDP and TCP in {LOW}..{}",
+        LOW + SPAN
+    );
 }
 
 /// Poll `f` every 50 ms until it returns `Some` or `limit` passes.
