@@ -16,4 +16,3 @@ pub mod hands;
 pub mod operator;
 pub mod runtime;
 pub mod table;
-pub mod telemetry;

@@ -195,28 +195,19 @@ fn main() -> ExitCode {
             ttl_seconds,
             enroll_address,
             json,
-        }) => {
-            let warning = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()
-                .and_then(|rt| {
-                    rt.block_on(control_plane::operator::environment_warning(
-                        &config,
-                        &environment,
-                    ))
-                });
+        }) => run_command(async {
+            let warning = control_plane::operator::environment_warning(&config, &environment).await;
             if let Some(w) = warning {
                 eprintln!("warning: {w}");
             }
-            report(control_plane::admin::commands::tokens_create(
+            control_plane::admin::commands::tokens_create(
                 &config,
                 &environment,
                 ttl_seconds,
                 enroll_address.as_deref(),
                 json,
-            ))
-        }
+            )
+        }),
         Command::Tokens(TokensCommand::List { all, json }) => report(
             control_plane::admin::commands::tokens_list(&config, all, json),
         ),

@@ -480,21 +480,14 @@ pub async fn environments(args: EnvironmentsArgs, config: &Config) -> Result<(),
             json,
             include_archived,
         } => {
-            let mut all = Vec::new();
-            let mut page: Option<String> = None;
-            loop {
-                let mut path =
-                    format!("/v1/environments?limit=100&include_archived={include_archived}");
-                if let Some(p) = &page {
-                    path.push_str(&format!("&page={}", path_segment(p)));
-                }
-                let v = api.call("GET", &path, None).await?;
-                all.extend(v["data"].as_array().cloned().unwrap_or_default());
-                match v["next_page"].as_str() {
-                    Some(p) if !p.is_empty() => page = Some(p.to_owned()),
-                    _ => break,
-                }
-            }
+            let (all, _) = list_pages(
+                &api,
+                "/v1/environments",
+                &format!("&include_archived={include_archived}"),
+                usize::MAX,
+                100,
+            )
+            .await?;
             if json {
                 return print_json(&Value::Array(all));
             }
@@ -591,8 +584,11 @@ async fn list_pages(
         if let Some(p) = &page {
             url.push_str(&format!("&page={}", path_segment(p)));
         }
-        let v = api.call("GET", &url, None).await?;
-        let data = v["data"].as_array().cloned().unwrap_or_default();
+        let mut v = api.call("GET", &url, None).await?;
+        let data = match v["data"].take() {
+            Value::Array(items) => items,
+            _ => Vec::new(),
+        };
         let next = v["next_page"].as_str().filter(|p| !p.is_empty());
         for item in data {
             if all.len() == max {

@@ -13,4 +13,3 @@ pub mod config;
 pub mod connect;
 pub mod identity;
 pub mod sandbox;
-pub mod telemetry;

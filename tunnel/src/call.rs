@@ -29,6 +29,22 @@ pub struct Call {
 }
 
 impl Call {
+    /// The call over an opened stream; `finished`: the input was already ended.
+    fn new(link: Arc<Link>, tx: FrameSender, rx: FrameReceiver, finished: bool) -> Self {
+        Call {
+            sender: CallSender {
+                link: link.clone(),
+                tx,
+                finished,
+            },
+            receiver: CallReceiver {
+                link,
+                rx,
+                done: false,
+            },
+        }
+    }
+
     pub(crate) async fn open(
         link: Arc<Link>,
         path: &str,
@@ -40,18 +56,7 @@ impl Call {
             tx.send(&request.to_frame().map_err(StreamError::Frame)?),
         )
         .await?;
-        Ok(Call {
-            sender: CallSender {
-                link: link.clone(),
-                tx,
-                finished: false,
-            },
-            receiver: CallReceiver {
-                link,
-                rx,
-                done: false,
-            },
-        })
+        Ok(Self::new(link, tx, rx, false))
     }
 
     /// Open a call and send `request`, `data` and the end of input in one
@@ -65,18 +70,7 @@ impl Call {
         let (mut tx, rx) = or_lost(&link, link.open(path)).await?;
         let frame = request.to_frame().map_err(StreamError::Frame)?;
         or_lost(&link, tx.send_and_finish(&frame, data)).await?;
-        Ok(Call {
-            sender: CallSender {
-                link: link.clone(),
-                tx,
-                finished: true,
-            },
-            receiver: CallReceiver {
-                link,
-                rx,
-                done: false,
-            },
-        })
+        Ok(Self::new(link, tx, rx, true))
     }
 
     pub(crate) async fn open_raw(
@@ -86,18 +80,7 @@ impl Call {
     ) -> Result<Self, CallFailure> {
         let (mut tx, rx) = or_lost(&link, link.open(path)).await?;
         or_lost(&link, tx.write_raw(raw)).await?;
-        Ok(Call {
-            sender: CallSender {
-                link: link.clone(),
-                tx,
-                finished: false,
-            },
-            receiver: CallReceiver {
-                link,
-                rx,
-                done: false,
-            },
-        })
+        Ok(Self::new(link, tx, rx, false))
     }
 
     /// Finish sending at once and collect everything the agent streams back

@@ -269,9 +269,10 @@ impl GatewayHandle {
             None => conn.call(request).await,
             Some(data) => conn.call_finished(request, data).await,
         };
-        opened
-            .map(|call| (agent_id.clone(), call))
-            .map_err(|source| AgentCallError::Tunnel { agent_id, source })
+        match opened {
+            Ok(call) => Ok((agent_id, call)),
+            Err(source) => Err(AgentCallError::Tunnel { agent_id, source }),
+        }
     }
 
     /// A call without request data: returns streamed output and the response.
