@@ -73,8 +73,6 @@ struct Inner {
     conn: Mutex<Connection>,
 }
 
-/// Maps a rusqlite error: busy/locked are transient, constraint violations
-/// are conflicts (callers that expect one check first), the rest is a bug.
 /// Every row of `sql` with `params`, mapped by `row`; errors name `what`.
 fn query_rows<T, P: rusqlite::Params>(
     conn: &Connection,
@@ -89,6 +87,8 @@ fn query_rows<T, P: rusqlite::Params>(
         .map_err(|e| map_sql(what, e))
 }
 
+/// Maps a rusqlite error: busy/locked are transient, constraint violations
+/// are conflicts (callers that expect one check first), the rest is a bug.
 fn map_sql(context: &str, e: rusqlite::Error) -> CatalogError {
     if let rusqlite::Error::SqliteFailure(f, _) = &e {
         match f.code {

@@ -247,17 +247,17 @@ impl Harness {
     /// (a supervisor aborting wakes at the end of its shutdown grace), so
     /// another replica can take those sessions over now rather than when
     /// the leases expire. Each release is fenced by the lease's epoch: one
-    /// already taken over is left alone. Returns how many were released.
+    /// already taken over is left alone. Returns how many abandoned leases
+    /// there were (released or found taken over).
     pub async fn release_abandoned_leases(&self) -> usize {
         let leases = match self.abandoned.lock() {
             Ok(mut v) => std::mem::take(&mut *v),
             Err(_) => return 0,
         };
-        let mut released = 0;
+        let abandoned = leases.len();
         for lease in leases {
             match self.store.release_lease(&lease).await {
                 Ok(()) => {
-                    released += 1;
                     tracing::info!(
                         session_id = %lease.session_id,
                         epoch = lease.epoch,
@@ -272,7 +272,7 @@ impl Harness {
                 ),
             }
         }
-        released
+        abandoned
     }
 
     /// Install an observer.

@@ -6,18 +6,16 @@
 
 mod harness_support;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use airlock_tests::fake_model::{sequence, FakeModel, Reply};
 use harness::{StopReason, Supervisor, WakeOutcome};
 use harness_support::*;
-use session_store::{SessionStore, StoreError};
+use session_store::StoreError;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aborted_wakes_release_their_leases_for_another_replica() {
-    let fx = sqlite().await;
-    let store: Arc<dyn SessionStore> = fx.store.clone();
+    let (_fx, store) = sqlite_store().await;
     // Replica 1's model never answers within the test: its wakes are
     // in flight when it shuts down.
     let slow = FakeModel::builder()
@@ -41,11 +39,10 @@ async fn aborted_wakes_release_their_leases_for_another_replica() {
     for s in sessions {
         sup.notify(s);
     }
-    let until = Instant::now() + PATIENCE;
-    while slow.request_count() < sessions.len() {
-        assert!(Instant::now() < until, "the wakes never reached the model");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the wakes reach the model", || {
+        slow.request_count() >= sessions.len()
+    })
+    .await;
     for s in sessions {
         let lease = store.get_session(s).await.unwrap().lease;
         assert_eq!(lease.holder.as_deref(), Some("replica-1"), "{s}: {lease:?}");
@@ -100,8 +97,7 @@ async fn aborted_wakes_release_their_leases_for_another_replica() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wakes_that_finish_in_the_grace_leave_nothing_to_release() {
-    let fx = sqlite().await;
-    let store: Arc<dyn SessionStore> = fx.store.clone();
+    let (_fx, store) = sqlite_store().await;
     let fake = FakeModel::builder()
         .latency(Duration::from_millis(100))
         .start(sequence(vec![Reply::text("hello")]))
@@ -116,11 +112,7 @@ async fn wakes_that_finish_in_the_grace_leave_nothing_to_release() {
     );
     let sup = Supervisor::start(h.clone());
     sup.notify("s");
-    let until = Instant::now() + PATIENCE;
-    while fake.request_count() < 1 {
-        assert!(Instant::now() < until, "the wake never reached the model");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the wake reaches the model", || fake.request_count() >= 1).await;
     assert!(sup.shutdown(Duration::from_secs(10)).await);
     assert_eq!(h.release_abandoned_leases().await, 0);
     let record = store.get_session("s").await.unwrap();

@@ -194,17 +194,6 @@ fn printed_example(stdout: &str) -> String {
     out.trim_end().to_owned() + "\n"
 }
 
-fn distinct_ports(n: usize) -> Vec<u16> {
-    let mut ports: Vec<u16> = Vec::new();
-    while ports.len() < n {
-        let p = free_port();
-        if !ports.contains(&p) {
-            ports.push(p);
-        }
-    }
-    ports
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quickstart_brings_up_a_deployment_that_the_printed_sdk_example_works_against() {
     let started = Instant::now();
@@ -218,7 +207,7 @@ async fn quickstart_brings_up_a_deployment_that_the_printed_sdk_example_works_ag
         );
     }
     let model = FakeModel::builder().start(script).await.unwrap();
-    let ports = distinct_ports(3);
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let home = tempfile::Builder::new()
         .prefix("airlock-quickstart-")
         .tempdir()
