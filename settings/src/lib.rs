@@ -1,13 +1,25 @@
 //! The small pieces every Airlock config section is checked with: the error
 //! for a value that parses but is not acceptable ([`InvalidKey`], which names
 //! the dotted key), a connection URL whose `Debug` never shows its password
-//! ([`SecretUrl`]), and the range checks sections repeat
+//! ([`SecretUrl`]), the range checks sections repeat
 //! ([`seconds_between`], [`positive_seconds`], [`at_least_one`],
-//! [`only_with`]). Sections stay in their own crates; only these shapes are
-//! shared, so every config error in the product reads the same way.
+//! [`only_with`]), `host:port` ([`host_port`]), the keys of a
+//! `sqlite | postgres` storage section ([`backend`]) and capped exponential
+//! backoff with jitter ([`backoff`]). Sections stay in their own crates; only
+//! these shapes are shared, so every config error in the product reads the
+//! same way and every retry loop backs off the same way.
 #![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod backend;
+pub mod backoff;
+pub mod host_port;
 
 use std::time::Duration;
+
+pub use backend::{Backend, BackendRules, RawBackend};
+pub use backoff::{BackoffPolicy, Jitter};
+pub use host_port::{join_host_port, split_host_port, split_host_port_or};
 
 /// A config value that parses but is not acceptable; `key` is the dotted
 /// key path (`session_store.backend`, `tunnel.heartbeat_interval_seconds`).
