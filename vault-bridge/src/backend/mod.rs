@@ -1,0 +1,1 @@
+//! Where secrets live: the [`SecretBackend`] trait and its implementations.
