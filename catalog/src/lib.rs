@@ -20,6 +20,9 @@
 //!   got there first; archived agents and environments refuse updates;
 //! - environment names are unique among existing (not deleted) environments;
 //! - listings are ordered by creation (`position`), stable under inserts.
+//!
+//! Vaults and credentials ([`vaults`]) are metadata only: no secret value
+//! ever reaches the catalog.
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
@@ -30,6 +33,7 @@ mod migrate;
 pub mod postgres;
 pub mod sqlite;
 mod types;
+pub mod vaults;
 
 pub use config::{open_catalog, CatalogConfig, CatalogConfigError, RawCatalogConfig};
 pub use error::{CatalogError, Result};
@@ -40,11 +44,16 @@ pub use types::{
     AgentQuery, AgentRecord, ApiKeyRecord, EnvironmentQuery, EnvironmentRecord, NewAgent,
     NewApiKey, NewEnvironment, Order, Page, ResourceKind, VersionQuery,
 };
+pub use vaults::{
+    CredentialRecord, NewCredential, NewVault, VaultQuery, VaultRecord, VaultStore,
+    MAX_CREDENTIALS_PER_VAULT,
+};
 
-/// Durable storage of agents, environments and API keys. Share one per
-/// process (`Arc<dyn Catalog>`).
+/// Durable storage of agents, environments, API keys and (through
+/// [`VaultStore`]) vault and credential metadata. Share one per process
+/// (`Arc<dyn Catalog>`).
 #[async_trait::async_trait]
-pub trait Catalog: Send + Sync + std::fmt::Debug {
+pub trait Catalog: VaultStore + Send + Sync + std::fmt::Debug {
     /// Stores version 1 of a new agent. [`CatalogError::Conflict`] if the id exists.
     async fn create_agent(&self, new: NewAgent) -> Result<AgentRecord>;
 

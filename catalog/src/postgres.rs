@@ -27,9 +27,12 @@ use crate::types::{
 };
 use crate::{check_limit, Catalog};
 
-static MIGRATIONS: [Step; 1] = [(
-    1,
-    "CREATE TABLE agents (
+mod vaults;
+
+static MIGRATIONS: [Step; 2] = [
+    (
+        1,
+        "CREATE TABLE agents (
         position BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
         id TEXT NOT NULL UNIQUE,
         latest_version BIGINT NOT NULL,
@@ -62,7 +65,9 @@ static MIGRATIONS: [Step; 1] = [(
         created_at BIGINT NOT NULL,
         revoked_at BIGINT
     );",
-)];
+    ),
+    (2, vaults::MIGRATION),
+];
 
 /// Settings of the PostgreSQL catalog.
 #[derive(Debug, Clone)]

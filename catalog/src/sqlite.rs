@@ -21,12 +21,15 @@ use crate::types::{
 };
 use crate::{check_limit, Catalog};
 
+mod vaults;
+
 /// File name of the catalog inside a data directory.
 pub const DB_FILE_NAME: &str = "catalog.sqlite3";
 
-static MIGRATIONS: [Step; 1] = [(
-    1,
-    "CREATE TABLE agents (
+static MIGRATIONS: [Step; 2] = [
+    (
+        1,
+        "CREATE TABLE agents (
         position INTEGER PRIMARY KEY AUTOINCREMENT,
         id TEXT NOT NULL UNIQUE,
         latest_version INTEGER NOT NULL,
@@ -59,7 +62,9 @@ static MIGRATIONS: [Step; 1] = [(
         created_at INTEGER NOT NULL,
         revoked_at INTEGER
     );",
-)];
+    ),
+    (2, vaults::MIGRATION),
+];
 
 /// The SQLite implementation of [`Catalog`]. Cheap to clone.
 #[derive(Debug, Clone)]

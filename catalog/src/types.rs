@@ -16,6 +16,10 @@ pub enum ResourceKind {
     Environment,
     /// An API key.
     ApiKey,
+    /// A vault.
+    Vault,
+    /// A vault credential.
+    Credential,
 }
 
 impl fmt::Display for ResourceKind {
@@ -24,6 +28,8 @@ impl fmt::Display for ResourceKind {
             ResourceKind::Agent => "agent",
             ResourceKind::Environment => "environment",
             ResourceKind::ApiKey => "api key",
+            ResourceKind::Vault => "vault",
+            ResourceKind::Credential => "credential",
         })
     }
 }

@@ -37,6 +37,8 @@ conformance_tests!(sqlite:
     environment_names_are_unique,
     environments_archive_and_list,
     api_keys_are_found_by_hash_and_revoked,
+    vaults_update_archive_and_delete_with_their_credentials,
+    credentials_keep_bindings_unique_and_list_in_pages,
 );
 
 #[tokio::test]

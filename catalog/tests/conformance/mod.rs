@@ -11,6 +11,9 @@ use catalog::{
 };
 use serde_json::json;
 
+mod vaults;
+pub use vaults::*;
+
 /// Generates one `#[tokio::test]` per suite case; `$fixture` is an async fn
 /// returning `Option<F>` where `F: Fixture` (None: skipped).
 #[macro_export]
@@ -35,7 +38,7 @@ pub trait Fixture {
     fn finish(self) -> impl std::future::Future<Output = ()>;
 }
 
-fn uid(prefix: &str) -> String {
+pub(crate) fn uid(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }
 
