@@ -29,6 +29,7 @@ mod error;
 mod lease;
 pub mod postgres;
 pub mod sqlite;
+mod status;
 mod tail;
 mod types;
 
@@ -40,12 +41,12 @@ pub use error::{BoxError, Result, StoreError};
 pub use postgres::{PgOptions, PgStore};
 
 pub use sqlite::{SqliteOptions, SqliteStore};
+pub use status::{check_transition, SessionStatus, UnknownStatus};
 pub use tail::EventStream;
 pub use types::{
     format_rfc3339, new_event_id, AppendBatch, BodyUpdate, EventPage, EventQuery, EventSelector,
     Fence, Lease, LeaseState, NewEvent, NewSession, Order, SessionPage, SessionQuery,
-    SessionRecord, SessionStatus, SessionUpdate, StoredEvent, TailItem, UnknownStatus,
-    WakeCandidate,
+    SessionRecord, SessionUpdate, StoredEvent, TailItem, WakeCandidate,
 };
 
 /// The session log. Cheap to clone handles implement it; share one per process

@@ -1,70 +1,13 @@
 //! Values that cross the [`crate::SessionStore`] interface.
 
-use std::fmt;
 use std::ops::Bound;
-use std::str::FromStr;
 
 use serde_json::{Map, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::error::{Result, StoreError};
-
-/// Lifecycle status of a session (`rescheduling → running ↔ idle → terminated`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SessionStatus {
-    /// Waiting to be (re)started.
-    Rescheduling,
-    /// A harness should be advancing the session.
-    Running,
-    /// Waiting for input.
-    Idle,
-    /// Final; no further status change is accepted.
-    Terminated,
-}
-
-impl SessionStatus {
-    /// The wire spelling (`running`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SessionStatus::Rescheduling => "rescheduling",
-            SessionStatus::Running => "running",
-            SessionStatus::Idle => "idle",
-            SessionStatus::Terminated => "terminated",
-        }
-    }
-
-    /// Whether a session in `self` may move to `next`. Only `terminated` is
-    /// final; every other move is the harness's or the API's decision.
-    pub fn may_become(self, next: SessionStatus) -> bool {
-        self != SessionStatus::Terminated || next == SessionStatus::Terminated
-    }
-}
-
-impl fmt::Display for SessionStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A status string that is not one of the four statuses.
-#[derive(Debug, thiserror::Error)]
-#[error("unknown session status {0:?}")]
-pub struct UnknownStatus(pub String);
-
-impl FromStr for SessionStatus {
-    type Err = UnknownStatus;
-    fn from_str(s: &str) -> Result<Self, UnknownStatus> {
-        Ok(match s {
-            "rescheduling" => SessionStatus::Rescheduling,
-            "running" => SessionStatus::Running,
-            "idle" => SessionStatus::Idle,
-            "terminated" => SessionStatus::Terminated,
-            other => return Err(UnknownStatus(other.to_owned())),
-        })
-    }
-}
+use crate::status::SessionStatus;
 
 /// How a write proves it may touch the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -609,21 +552,6 @@ mod tests {
             PreparedEvent::prepare_all("sesn_1", vec![NewEvent::processed(json!([1]))]).is_err()
         );
         assert!(PreparedEvent::prepare_all("sesn_1", vec![]).is_err());
-    }
-
-    #[test]
-    fn status_round_trips_and_terminated_is_final() {
-        for s in [
-            SessionStatus::Rescheduling,
-            SessionStatus::Running,
-            SessionStatus::Idle,
-            SessionStatus::Terminated,
-        ] {
-            assert_eq!(s.as_str().parse::<SessionStatus>().unwrap(), s);
-        }
-        assert!("paused".parse::<SessionStatus>().is_err());
-        assert!(!SessionStatus::Terminated.may_become(SessionStatus::Running));
-        assert!(SessionStatus::Idle.may_become(SessionStatus::Running));
     }
 
     #[test]

@@ -24,9 +24,8 @@ use tokio::sync::oneshot;
 
 use super::{check_fence, col, is_unique_violation, to_i64, to_u64, PgStore};
 use crate::error::{Result, StoreError};
-use crate::types::{
-    from_micros, to_micros, AppendBatch, PreparedEvent, SessionStatus, StoredEvent,
-};
+use crate::status::{stored_status, StatusMachine};
+use crate::types::{from_micros, to_micros, AppendBatch, PreparedEvent, StoredEvent};
 
 /// Most batches one transaction takes.
 const MAX_GROUP: usize = 256;
@@ -170,20 +169,8 @@ impl PgStore {
             return;
         }
         let now_us = to_micros(time::OffsetDateTime::now_utc());
-        let status_changes = accepted
-            .iter()
-            .filter(|(r, _)| r.batch.set_status.is_some())
-            .count();
         let inserted = self
-            .insert_group(
-                &mut c,
-                session_id,
-                &accepted,
-                last_seq,
-                status,
-                status_changes,
-                now_us,
-            )
+            .insert_group(&mut c, session_id, &accepted, last_seq, status, now_us)
             .await;
         let committed = c.finish(inserted).await;
         match committed {
@@ -214,15 +201,17 @@ impl PgStore {
         }
     }
 
-    /// Locks the session row and decides each request in order. Returns the
-    /// accepted requests with their first seq, the new last seq and status.
+    /// Locks the session row and decides each request in order (its fence,
+    /// then its status change against the status the earlier accepted ones
+    /// left). Returns the accepted requests with their first seq, the new
+    /// last seq and the status machine.
     #[allow(clippy::type_complexity)]
     async fn decide(
         &self,
         c: &mut super::pool::Conn,
         session_id: &str,
         group: Vec<Request>,
-    ) -> std::result::Result<(Vec<(Request, u64)>, u64, SessionStatus), (Vec<Request>, StoreError)>
+    ) -> std::result::Result<(Vec<(Request, u64)>, u64, StatusMachine), (Vec<Request>, StoreError)>
     {
         let rows = match c
             .query(
@@ -237,13 +226,11 @@ impl PgStore {
         let Some(row) = rows.first() else {
             return Err((group, StoreError::not_found(session_id)));
         };
-        let parsed = (|| -> Result<(u64, u64, SessionStatus)> {
+        let parsed = (|| -> Result<(u64, u64, StatusMachine)> {
             let last_seq = to_u64(col(row, 0)?, "last_seq")?;
             let epoch = to_u64(col(row, 1)?, "lease_epoch")?;
             let status: String = col(row, 2)?;
-            let status = status
-                .parse()
-                .map_err(|e| StoreError::corrupt(format!("session {session_id}: {e}")))?;
+            let status = StatusMachine::new(stored_status(session_id, &status)?);
             Ok((last_seq, epoch, status))
         })();
         let (mut last_seq, epoch, mut status) = match parsed {
@@ -256,15 +243,9 @@ impl PgStore {
                 let _ = request.reply.send(Err(e));
                 continue;
             }
-            if let Some(next) = request.batch.set_status {
-                if !status.may_become(next) {
-                    let _ = request.reply.send(Err(StoreError::conflict(
-                        session_id,
-                        format!("status {status} cannot become {next}"),
-                    )));
-                    continue;
-                }
-                status = next;
+            if let Err(e) = status.apply(session_id, request.batch.set_status) {
+                let _ = request.reply.send(Err(e));
+                continue;
             }
             let first = last_seq + 1;
             last_seq += request.events.len() as u64;
@@ -273,15 +254,13 @@ impl PgStore {
         Ok((accepted, last_seq, status))
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn insert_group(
         &self,
         c: &mut super::pool::Conn,
         session_id: &str,
         accepted: &[(Request, u64)],
         last_seq: u64,
-        status: SessionStatus,
-        status_changes: usize,
+        status: StatusMachine,
         now_us: i64,
     ) -> Result<()> {
         let n: usize = accepted.iter().map(|(r, _)| r.events.len()).sum();
@@ -299,7 +278,7 @@ impl PgStore {
                 bodies.push(e.body_text.as_str());
             }
         }
-        let changes = to_i64(status_changes as u64);
+        let changes = to_i64(status.changes() as u64);
         c.execute(
             concat!(
                 "WITH ins AS (INSERT INTO events (",
@@ -309,7 +288,7 @@ impl PgStore {
                  UPDATE sessions SET last_seq = $8, status = $9, version = version + $10, \
                  updated_at_us = CASE WHEN $10 > 0 THEN $6::bigint ELSE updated_at_us END WHERE id = $1"
             ),
-            &[&session_id, &seqs, &ids, &types, &processed, &now_us, &bodies, &to_i64(last_seq), &status.as_str(), &changes],
+            &[&session_id, &seqs, &ids, &types, &processed, &now_us, &bodies, &to_i64(last_seq), &status.status().as_str(), &changes],
         )
         .await
         .map_err(|e| {

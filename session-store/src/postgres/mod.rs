@@ -30,6 +30,7 @@ use tokio_postgres::{Config, Row};
 
 use crate::error::{Result, StoreError};
 use crate::lease::check_fence;
+use crate::status::{check_transition, stored_status};
 use crate::tail::{tail, EventStream, Hub};
 use crate::types::{
     check_session_id, decode_body, from_micros, merge_patch, micros_bounds, to_micros, AppendBatch,
@@ -175,9 +176,7 @@ fn session_from_row(row: &Row) -> Result<SessionRecord> {
     let expires: Option<i64> = col(row, 8)?;
     Ok(SessionRecord {
         position: col(row, 1)?,
-        status: status
-            .parse()
-            .map_err(|e| StoreError::corrupt(format!("session {id}: {e}")))?,
+        status: stored_status(&id, &status)?,
         body: serde_json::from_str(&body)
             .map_err(|e| StoreError::corrupt(format!("session {id} body is not json: {e}")))?,
         version: to_u64(col(row, 4)?, "version")?,
@@ -464,33 +463,19 @@ impl PgStore {
         let now_us = to_micros(time::OffsetDateTime::now_utc());
         // Lock the row and reserve the seqs in one statement (READ COMMITTED
         // re-evaluates the WHERE on the newest row version after waiting for
-        // the lock). A refused batch rolls the reservation back.
-        let rows = match batch.set_status {
-            None => conn
-                .query(
-                    "UPDATE sessions SET last_seq = last_seq + $2 WHERE id = $1 \
-                     RETURNING last_seq - $2, lease_epoch",
-                    &[&session_id, &count],
-                )
-                .await,
-            Some(next) => conn
-                .query(
-                    "UPDATE sessions SET last_seq = last_seq + $2, status = $3, version = version + 1, \
-                     updated_at_us = $4 WHERE id = $1 AND (status <> 'terminated' OR $3 = 'terminated') \
-                     RETURNING last_seq - $2, lease_epoch",
-                    &[&session_id, &count, &next.as_str(), &now_us],
-                )
-                .await,
-        }
-        .map_err(|e| e.into_store(format!("locking session {session_id}")))?;
+        // the lock). A refused batch rolls the reservation back. The fence,
+        // then the status rule ([`check_transition`], shared with SQLite and
+        // the group path) decide on the locked row.
+        let rows = conn
+            .query(
+                "UPDATE sessions SET last_seq = last_seq + $2 WHERE id = $1 \
+                 RETURNING last_seq - $2, lease_epoch, status",
+                &[&session_id, &count],
+            )
+            .await
+            .map_err(|e| e.into_store(format!("locking session {session_id}")))?;
         let Some(row) = rows.first() else {
-            return match (batch.set_status, load_session(conn, session_id).await?) {
-                (Some(next), Some(record)) => Err(StoreError::conflict(
-                    session_id,
-                    format!("status {} cannot become {next}", record.status),
-                )),
-                _ => Err(StoreError::not_found(session_id)),
-            };
+            return Err(StoreError::not_found(session_id));
         };
         let last_seq = to_u64(col(row, 0)?, "last_seq")?;
         check_fence(
@@ -498,6 +483,16 @@ impl PgStore {
             batch.fence,
             to_u64(col(row, 1)?, "lease_epoch")?,
         )?;
+        if let Some(next) = batch.set_status {
+            let current: String = col(row, 2)?;
+            check_transition(session_id, stored_status(session_id, &current)?, next)?;
+            conn.execute(
+                "UPDATE sessions SET status = $2, version = version + 1, updated_at_us = $3 WHERE id = $1",
+                &[&session_id, &next.as_str(), &now_us],
+            )
+            .await
+            .map_err(|e| e.into_store(format!("updating session {session_id}")))?;
+        }
         insert_events(conn, session_id, last_seq, prepared, now_us).await
     }
 }
@@ -568,12 +563,7 @@ impl SessionStore for PgStore {
                 }
             }
             if let Some(next) = update.status {
-                if !record.status.may_become(next) {
-                    return Err(StoreError::conflict(
-                        session_id,
-                        format!("status {} cannot become {next}", record.status),
-                    ));
-                }
+                check_transition(session_id, record.status, next)?;
                 record.status = next;
             }
             match update.body {

@@ -22,12 +22,13 @@ use tokio::sync::mpsc;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Result, StoreError};
 use crate::lease::{check_fence, LeaseError, LeaseRow};
+use crate::status::{check_transition, stored_status};
 use crate::tail::{tail, EventStream, Hub};
 use crate::types::{
     check_session_id, decode_body, from_micros, merge_patch, micros_bounds, to_micros, AppendBatch,
     BodyUpdate, EventPage, EventQuery, EventSelector, Fence, Lease, LeaseState, NewSession, Order,
-    PreparedEvent, SessionPage, SessionQuery, SessionRecord, SessionStatus, SessionUpdate,
-    StoredEvent, WakeCandidate,
+    PreparedEvent, SessionPage, SessionQuery, SessionRecord, SessionUpdate, StoredEvent,
+    WakeCandidate,
 };
 use crate::{check_limit, ttl_micros, SessionStore};
 
@@ -265,9 +266,7 @@ fn session_from_row(row: &Row<'_>) -> Result<SessionRecord> {
     let expires: Option<i64> = row.get(8).map_err(get)?;
     Ok(SessionRecord {
         position: row.get(1).map_err(get)?,
-        status: status
-            .parse()
-            .map_err(|e| StoreError::corrupt(format!("session {id}: {e}")))?,
+        status: stored_status(&id, &status)?,
         body: serde_json::from_str(&body)
             .map_err(|e| StoreError::corrupt(format!("session {id} body is not json: {e}")))?,
         version: to_u64(row.get(4).map_err(get)?, "version")?,
@@ -327,17 +326,6 @@ fn lease_row(record: &SessionRecord) -> LeaseRow {
         epoch: record.lease.epoch,
         holder: record.lease.holder.clone(),
         expires_at_us: record.lease.expires_at.map(to_micros),
-    }
-}
-
-fn check_status_change(record: &SessionRecord, next: SessionStatus) -> Result<()> {
-    if record.status.may_become(next) {
-        Ok(())
-    } else {
-        Err(StoreError::conflict(
-            &record.id,
-            format!("status {} cannot become {next}", record.status),
-        ))
     }
 }
 
@@ -409,20 +397,14 @@ fn append_tx(
         .map_err(|e| map_err(format!("reading session {session_id}"), e))?
         .ok_or_else(|| StoreError::not_found(session_id))?;
     check_fence(session_id, batch.fence, to_u64(epoch, "lease_epoch")?)?;
+    if let Some(next) = batch.set_status {
+        check_transition(session_id, stored_status(session_id, &status)?, next)?;
+    }
     let last_seq = to_u64(last_seq, "last_seq")?;
     let count = prepared.len() as u64;
     let stored = insert_events(conn, session_id, last_seq, prepared, now_us)?;
     match batch.set_status {
         Some(next) => {
-            let current: SessionStatus = status
-                .parse()
-                .map_err(|e| StoreError::corrupt(format!("session {session_id}: {e}")))?;
-            if !current.may_become(next) {
-                return Err(StoreError::conflict(
-                    session_id,
-                    format!("status {current} cannot become {next}"),
-                ));
-            }
             conn.prepare_cached(
                 "UPDATE sessions SET last_seq = ?2, status = ?3, version = version + 1, updated_at_us = ?4 \
                  WHERE id = ?1",
@@ -587,7 +569,7 @@ impl SessionStore for SqliteStore {
                 }
             }
             if let Some(next) = update.status {
-                check_status_change(&record, next)?;
+                check_transition(&id, record.status, next)?;
                 record.status = next;
             }
             match update.body {

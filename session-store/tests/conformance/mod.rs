@@ -65,6 +65,8 @@ macro_rules! all_conformance_tests {
             create_with_initial_events,
             list_events_pages_filters_and_orders,
             a_refused_batch_among_concurrent_ones_fails_alone,
+            status_transitions_follow_one_rule,
+            a_stale_status_change_is_fenced_in_every_path,
         );
     };
 }
@@ -1351,4 +1353,141 @@ pub async fn a_refused_batch_among_concurrent_ones_fails_alone(store: Arc<dyn Se
     for pair in all[1..].chunks(2) {
         assert_eq!(pair[0].body["n"], pair[1].body["n"]);
     }
+}
+
+/// Every (from, to) pair, through both ways a status changes (an append with
+/// `set_status` and `update_session`): allowed exactly when
+/// `session_store::check_transition` allows it, refused with the same
+/// conflict and without effect otherwise.
+pub async fn status_transitions_follow_one_rule(store: Arc<dyn SessionStore>) {
+    for from in SessionStatus::ALL {
+        for to in SessionStatus::ALL {
+            let expected = session_store::check_transition("x", from, to).is_ok();
+            let s = new_session(&*store, from).await;
+            let before = store.get_session(&s).await.unwrap();
+            let appended = store
+                .append_batch(
+                    &s,
+                    AppendBatch {
+                        events: vec![ev("session.status_change", 0)],
+                        fence: Fence::None,
+                        set_status: Some(to),
+                    },
+                )
+                .await;
+            let after = store.get_session(&s).await.unwrap();
+            match appended {
+                Ok(_) => {
+                    assert!(expected, "append moved {from} to {to}");
+                    assert_eq!(after.status, to);
+                    assert_eq!(after.version, before.version + 1, "{from} -> {to}");
+                    assert_eq!(after.last_seq, 1);
+                }
+                Err(StoreError::Conflict { reason, .. }) => {
+                    assert!(!expected, "append refused {from} -> {to}: {reason}");
+                    assert_eq!(reason, format!("status {from} cannot become {to}"));
+                    assert_eq!(after, before, "a refused append changes nothing");
+                }
+                Err(e) => panic!("append {from} -> {to}: {e}"),
+            }
+            let s = new_session(&*store, from).await;
+            let before = store.get_session(&s).await.unwrap();
+            let updated = store
+                .update_session(
+                    &s,
+                    SessionUpdate {
+                        status: Some(to),
+                        ..Default::default()
+                    },
+                )
+                .await;
+            match updated {
+                Ok(record) => {
+                    assert!(expected, "update moved {from} to {to}");
+                    assert_eq!(record.status, to);
+                    assert_eq!(record.version, before.version + 1);
+                }
+                Err(StoreError::Conflict { reason, .. }) => {
+                    assert!(!expected, "update refused {from} -> {to}: {reason}");
+                    assert_eq!(reason, format!("status {from} cannot become {to}"));
+                    assert_eq!(store.get_session(&s).await.unwrap(), before);
+                }
+                Err(e) => panic!("update {from} -> {to}: {e}"),
+            }
+        }
+    }
+}
+
+/// A harness whose lease was taken over learns it was fenced, not that the
+/// session ended: the fence is checked before the status rule, whether the
+/// batch is decided with others (group commit) or alone (the path a group
+/// falls back to when another batch in it has a taken event id).
+pub async fn a_stale_status_change_is_fenced_in_every_path(store: Arc<dyn SessionStore>) {
+    let s = new_session(&*store, SessionStatus::Running).await;
+    let stale = store
+        .acquire_lease(&s, "old", Duration::from_secs(60))
+        .await
+        .unwrap();
+    store.release_lease(&stale).await.unwrap();
+    let stale = Fence::from(&stale);
+    let current = store
+        .acquire_lease(&s, "new", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let taken = store
+        .append_batch(
+            &s,
+            AppendBatch {
+                events: vec![ev("session.status_terminated", 0)],
+                fence: Fence::from(&current),
+                set_status: Some(SessionStatus::Terminated),
+            },
+        )
+        .await
+        .unwrap()[0]
+        .id
+        .clone();
+    for round in 0..3u64 {
+        let barrier = Arc::new(tokio::sync::Barrier::new(8));
+        let mut tasks = Vec::new();
+        for t in 0..8u64 {
+            let store = store.clone();
+            let s = s.clone();
+            let taken = taken.clone();
+            let barrier = barrier.clone();
+            tasks.push(tokio::spawn(async move {
+                let n = round * 100 + t;
+                let batch = match t {
+                    0 => AppendBatch {
+                        events: vec![ev("session.status_running", n)],
+                        fence: stale,
+                        set_status: Some(SessionStatus::Running),
+                    },
+                    1 => AppendBatch {
+                        events: vec![ev("dup", n).with_id(taken)],
+                        fence: Fence::None,
+                        set_status: None,
+                    },
+                    _ => AppendBatch {
+                        events: vec![ev("ok", n)],
+                        fence: Fence::None,
+                        set_status: None,
+                    },
+                };
+                barrier.wait().await;
+                (t, store.append_batch(&s, batch).await)
+            }));
+        }
+        for task in tasks {
+            match task.await.unwrap() {
+                (0, Err(StoreError::Fenced { .. })) | (1, Err(StoreError::Conflict { .. })) => {}
+                (0 | 1, other) => panic!("batch should have been refused, got {other:?}"),
+                (_, Ok(_)) => {}
+                (t, Err(e)) => panic!("batch {t} was refused: {e}"),
+            }
+        }
+    }
+    let record = store.get_session(&s).await.unwrap();
+    assert_eq!(record.status, SessionStatus::Terminated);
+    assert_eq!(record.last_seq, 1 + 3 * 6);
 }
