@@ -539,6 +539,10 @@ async fn start_server_no_client_auth(svc: &IdentityService) -> std::net::SocketA
     addr
 }
 
+/// Bound on a wait for the wall clock to pass a certificate time (the
+/// certificates here live seconds).
+const WALL_CLOCK_LIMIT: Duration = Duration::from_secs(30);
+
 /// Renewal at the pki level with a three-second certificate: the agent
 /// renews at two thirds of the lifetime, the next handshake presents the new
 /// certificate, and once the first certificate has expired it is refused
@@ -558,7 +562,14 @@ async fn short_lived_certificate_is_renewed_and_swapped_for_new_handshakes() {
 
     let due = pki::agent::renewal_due_for(&first);
     assert!(due < first.not_after, "renewal must be due before expiry");
-    wait_until(due).await;
+    // Certificate checks read the wall clock (rustls, the CA), so the wait is
+    // on the wall clock itself, not on tokio's.
+    testkit::eventually(
+        "the wall clock to reach renewal time",
+        WALL_CLOCK_LIMIT,
+        || SystemTime::now() >= due,
+    )
+    .await;
 
     // The renewal round trip the tunnel carries: CSR in, chain out.
     let key = PendingKey::generate().unwrap();
@@ -586,7 +597,13 @@ async fn short_lived_certificate_is_renewed_and_swapped_for_new_handshakes() {
     );
 
     // Once the first certificate has expired it no longer gets in...
-    wait_until(first.not_after + Duration::from_secs(1)).await;
+    let expired = first.not_after + Duration::from_secs(1);
+    testkit::eventually(
+        "the wall clock to pass the first certificate's expiry",
+        WALL_CLOCK_LIMIT,
+        || SystemTime::now() >= expired,
+    )
+    .await;
     let old = SwappableClientCert::new(&creds);
     assert!(dial(server.addr, agent_config(&svc, &old), "localhost")
         .await
@@ -608,17 +625,6 @@ async fn short_lived_certificate_is_renewed_and_swapped_for_new_handshakes() {
             .unwrap();
         assert!(next_outcome(&mut server).await.is_ok());
     }
-}
-
-/// Sleep until the wall clock passes `t` (bounded: certificates here live seconds).
-async fn wait_until(t: SystemTime) {
-    for _ in 0..600 {
-        if SystemTime::now() >= t {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("clock did not reach the target time");
 }
 
 #[tokio::test]

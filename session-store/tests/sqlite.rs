@@ -23,58 +23,13 @@ all_conformance_tests!(sqlite);
 
 // ------------------------------------------------- torn and partial writes
 //
-// The parent test re-runs this test binary as a child that appends as fast as
-// it can from several tasks and prints every acknowledged event; the parent
+// The test runs a helper binary (tests/bin/crash_child.rs) as a child that
+// appends as fast as it can from several tasks and prints every acknowledged
+// event; the parent
 // kills it with SIGKILL (mostly in the middle of a commit, since the writer is
 // committing nearly all the time), reopens the file and checks that every
 // acknowledged event is there with its id, seqs are gap-free, and SQLite's
 // integrity check passes. Five rounds on the same file.
-
-const CHILD_DB: &str = "AIRLOCK_STORE_CRASH_CHILD_DB";
-const CHILD_SESSION: &str = "AIRLOCK_STORE_CRASH_CHILD_SESSION";
-
-/// Not a test on its own: the child side of `acknowledged_appends_survive_kill_9`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_helper_child() {
-    let (Ok(db), Ok(session)) = (std::env::var(CHILD_DB), std::env::var(CHILD_SESSION)) else {
-        return;
-    };
-    let store = SqliteStore::open(std::path::Path::new(&db), SqliteOptions::default())
-        .await
-        .unwrap();
-    println!("READY");
-    let mut tasks = Vec::new();
-    for t in 0..8u64 {
-        let store = store.clone();
-        let session = session.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in 0u64.. {
-                let size = 1 + (i * 7 + t) % 20;
-                let batch = (0..size)
-                    .map(|k| {
-                        session_store::NewEvent::processed(serde_json::json!({
-                            "type": "agent.message",
-                            "content": [{"type": "text", "text": "x".repeat(200)}],
-                            "task": t, "i": i, "k": k,
-                        }))
-                    })
-                    .collect();
-                let stored = store
-                    .append(&session, batch, session_store::Fence::None)
-                    .await
-                    .unwrap();
-                let mut out = String::new();
-                for e in stored {
-                    out.push_str(&format!("ACK {} {}\n", e.seq, e.id));
-                }
-                print!("{out}");
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-}
 
 #[test]
 fn acknowledged_appends_survive_kill_9() {
@@ -106,15 +61,9 @@ fn acknowledged_appends_survive_kill_9() {
 
     let mut acked: BTreeMap<u64, String> = BTreeMap::new();
     for round in 0..5u64 {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "crash_helper_child",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_DB, &db)
-            .env(CHILD_SESSION, &session)
+        let mut child = Command::new(env!("CARGO_BIN_EXE_session-store-crash-child"))
+            .arg(&db)
+            .arg(&session)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

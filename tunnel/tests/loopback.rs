@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{eventually, TestPki};
+use common::TestPki;
 use protocol::{ErrorCode, RejectCode, Reply, Request, Response};
 use tokio::sync::mpsc;
 use tunnel::call::{CallEvent, CallHandler, CallIo};
@@ -158,7 +158,10 @@ async fn echo_over_quic_and_tcp() {
             assert_eq!(t.await.unwrap().0, Bytes::from(vec![i as u8; 100]));
         }
         client.shutdown(Duration::from_secs(2)).await;
-        assert!(eventually(Duration::from_secs(5), || conn.is_closed()).await);
+        testkit::eventually("the connection to close", Duration::from_secs(5), || {
+            conn.is_closed()
+        })
+        .await;
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -109,22 +109,6 @@ async fn read_all(store: &dyn SessionStore, session_id: &str) -> Vec<StoredEvent
 fn assert_gap_free(events: &[StoredEvent], first: u64) {
     for (i, e) in events.iter().enumerate() {
         assert_eq!(e.seq, first + i as u64, "seq gap or repeat at index {i}");
-    }
-}
-
-/// Polls `f` until it returns `Some`, bounded by [`PATIENCE`].
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -302,7 +286,7 @@ pub async fn old_epoch_is_fenced_after_takeover(store: Arc<dyn SessionStore>) {
         .await
         .unwrap();
     // b takes over once a's lease lapses
-    let b = eventually("the lease to expire", || {
+    let b = eventually_async("the lease to expire", PATIENCE, || {
         let store = store.clone();
         let s = s.clone();
         async move {
@@ -419,7 +403,7 @@ pub async fn lease_is_exclusive_until_released_or_expired(store: Arc<dyn Session
         .await
         .unwrap();
     assert_eq!(b.epoch, 2);
-    let c = eventually("b's lease to expire", || {
+    let c = eventually_async("b's lease to expire", PATIENCE, || {
         let store = store.clone();
         let s = s.clone();
         async move {
@@ -1025,7 +1009,7 @@ pub async fn sessions_needing_wake_follows_leases(store: Arc<dyn SessionStore>) 
     assert!(now.contains(&free), "{now:?}");
     assert!(!now.contains(&held));
     assert!(!now.contains(&idle));
-    let later = eventually("the short lease to expire", || {
+    let later = eventually_async("the short lease to expire", PATIENCE, || {
         let store = store.clone();
         let short = short.clone();
         async move {
