@@ -1,11 +1,15 @@
 //! `vault-bridge`: the process beside the sandbox-agent that holds credential
 //! secrets on the customer's side. It owns the bridge's config, the
 //! [`backend::SecretBackend`] trait with its backends (an encrypted local
-//! file, OpenBao/Vault KV v2) and the bridge's lifecycle. It does not own
+//! file, OpenBao/Vault KV v2), the [`secret::Secret`] type (redacted `Debug`,
+//! zeroized on drop) and the bridge's lifecycle ([`serve`]). It does not own
 //! credential metadata (the control plane's catalog keeps that, never a
 //! secret) nor the sandboxes (the sandbox-agent runs them); secrets leave the
 //! bridge only on their way to an allowed upstream host.
 #![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod backend;
 pub mod config;
+pub mod secret;
+pub mod serve;

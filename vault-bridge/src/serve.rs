@@ -1,0 +1,117 @@
+//! `vault-bridge serve`: open the backend (retrying while it is transiently
+//! unavailable), check its health, log that the bridge is ready, keep
+//! checking health, and on the shutdown signal stop background work within
+//! the grace period. Later pieces (the agent channel, the egress listeners)
+//! start and stop here too, on the same shutdown path.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::{self, BackendError, SecretBackend};
+use crate::config::Config;
+
+/// How often the running bridge checks its backend.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(30);
+/// Pauses between attempts to open a backend that is down or sealed.
+const OPEN_RETRY: settings::BackoffPolicy = settings::BackoffPolicy::new(
+    Duration::from_millis(500),
+    Duration::from_secs(30),
+    settings::Jitter::None,
+);
+
+/// Why `serve` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The backend cannot be opened and retrying will not help (wrong key,
+    /// bad key file mode, corrupt store, permission denied).
+    #[error("cannot open the secret backend: {0}")]
+    Backend(#[source] BackendError),
+}
+
+/// Run the bridge until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    tokio::pin!(shutdown);
+    let mut retry = 0u32;
+    let backend: Arc<dyn SecretBackend> = loop {
+        tokio::select! {
+            opened = backend::open(&config.backend) => match opened {
+                Ok(b) => break b,
+                Err(error) if error.is_transient() => {
+                    let pause = OPEN_RETRY.delay(retry, 0.0);
+                    retry = retry.saturating_add(1);
+                    tracing::warn!(%error, retry_in_ms = pause.as_millis() as u64, "secret backend unavailable; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = &mut shutdown => {
+                            tracing::info!("vault-bridge stopped before its backend opened");
+                            return Ok(());
+                        }
+                    }
+                }
+                Err(error) => return Err(ServeError::Backend(error)),
+            },
+            () = &mut shutdown => {
+                tracing::info!("vault-bridge stopped before its backend opened");
+                return Ok(());
+            }
+        }
+    };
+    let mut healthy = match backend.health().await {
+        Ok(()) => true,
+        Err(error) if error.is_transient() => {
+            tracing::warn!(%error, "secret backend unhealthy at start");
+            false
+        }
+        Err(error) => return Err(ServeError::Backend(error)),
+    };
+    tracing::info!(
+        socket_path = %config.bridge.socket_path.display(),
+        healthy,
+        "vault-bridge ready"
+    );
+    let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                match backend.health().await {
+                    Ok(()) if !healthy => {
+                        healthy = true;
+                        tracing::info!("secret backend healthy again");
+                    }
+                    Ok(()) => {}
+                    Err(error) => {
+                        if healthy {
+                            tracing::warn!(%error, "secret backend unhealthy");
+                        }
+                        healthy = false;
+                    }
+                }
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    let grace = config.bridge.shutdown_grace;
+    let graceful = tokio::time::timeout(grace, backend.close()).await.is_ok();
+    tracing::info!(graceful, "vault-bridge stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGTERM; stopping on SIGINT only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+}
