@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use serde::Deserialize;
+use settings::{BackoffPolicy, Jitter};
 
 /// A configuration error naming the key at fault
 /// (`harness.lease_ttl_seconds`).
@@ -41,29 +42,18 @@ impl std::str::FromStr for ProvisioningMode {
 pub struct RetryPolicy {
     /// Attempts in all (first try included) before giving up.
     pub max_attempts: u32,
-    /// Wait after the first failure.
-    pub initial_backoff: Duration,
-    /// Cap of the exponential wait (a longer `retry-after` still wins).
-    pub max_backoff: Duration,
-    /// Randomise each wait within [50%, 100%] of its value.
-    pub jitter: bool,
+    /// The waits: the wait after the first failure (`base`) doubling to a
+    /// cap (a longer `retry-after` still wins), each randomised within
+    /// [50%, 100%] of its value ([`Jitter::Equal`]) unless jitter is off.
+    pub backoff: BackoffPolicy,
 }
 
 impl RetryPolicy {
     /// The wait after `failures` consecutive failures (≥ 1): exponential from
-    /// `initial_backoff`, capped at `max_backoff`, jittered, and never shorter
-    /// than the provider's `retry-after`. `unit` is a number in [0, 1).
+    /// the first wait, capped, jittered, and never shorter than the
+    /// provider's `retry-after`. `unit` is a number in [0, 1).
     pub fn delay(&self, failures: u32, retry_after: Option<Duration>, unit: f64) -> Duration {
-        let exp = failures.saturating_sub(1).min(30);
-        let base = self
-            .initial_backoff
-            .saturating_mul(1u32 << exp)
-            .min(self.max_backoff);
-        let base = if self.jitter {
-            base.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
-        } else {
-            base
-        };
+        let base = self.backoff.delay(failures.saturating_sub(1), unit);
         match retry_after {
             Some(r) if r > base => r,
             _ => base,
@@ -125,9 +115,11 @@ impl Default for HarnessConfig {
             provisioning: ProvisioningMode::Speculative,
             retry: RetryPolicy {
                 max_attempts: 5,
-                initial_backoff: Duration::from_secs(1),
-                max_backoff: Duration::from_secs(30),
-                jitter: true,
+                backoff: BackoffPolicy::new(
+                    Duration::from_secs(1),
+                    Duration::from_secs(30),
+                    Jitter::Equal,
+                ),
             },
             budget: Budget {
                 max_model_requests_per_turn: 200,
@@ -291,9 +283,15 @@ impl HarnessConfig {
             provisioning,
             retry: RetryPolicy {
                 max_attempts,
-                initial_backoff,
-                max_backoff,
-                jitter: raw.retry.jitter.unwrap_or(true),
+                backoff: BackoffPolicy::new(
+                    initial_backoff,
+                    max_backoff,
+                    if raw.retry.jitter.unwrap_or(true) {
+                        Jitter::Equal
+                    } else {
+                        Jitter::None
+                    },
+                ),
             },
             budget: Budget {
                 max_model_requests_per_turn: raw.budget.max_model_requests_per_turn.unwrap_or(200),
@@ -358,9 +356,11 @@ mod tests {
     fn backoff_grows_caps_and_honours_retry_after() {
         let p = RetryPolicy {
             max_attempts: 5,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_millis(350),
-            jitter: false,
+            backoff: BackoffPolicy::new(
+                Duration::from_millis(100),
+                Duration::from_millis(350),
+                Jitter::None,
+            ),
         };
         assert_eq!(p.delay(1, None, 0.0), Duration::from_millis(100));
         assert_eq!(p.delay(2, None, 0.0), Duration::from_millis(200));
@@ -374,7 +374,13 @@ mod tests {
             p.delay(3, Some(Duration::from_millis(10)), 0.0),
             Duration::from_millis(350)
         );
-        let j = RetryPolicy { jitter: true, ..p };
+        let j = RetryPolicy {
+            backoff: BackoffPolicy {
+                jitter: Jitter::Equal,
+                ..p.backoff
+            },
+            ..p
+        };
         assert_eq!(j.delay(1, None, 0.0), Duration::from_millis(50));
         assert!(j.delay(1, None, 0.999) <= Duration::from_millis(100));
     }

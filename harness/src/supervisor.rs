@@ -25,6 +25,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use session_store::StoreError;
+use settings::{BackoffPolicy, Jitter};
 
 use crate::wake::{Harness, HarnessError, WakeOutcome};
 
@@ -205,7 +206,13 @@ async fn run_session(inner: Arc<Inner>, sid: String) {
     let cfg = inner.harness.config().clone();
     let busy_give_up = cfg.lease_ttl * 2;
     let mut busy_since: Option<Instant> = None;
-    let mut error_backoff = cfg.retry.initial_backoff.max(Duration::from_millis(50));
+    // Wake retries after errors: the retry policy's first wait (at least
+    // 50 ms) doubling to its cap (at least 1 s), not jittered.
+    let error_backoff = BackoffPolicy::new(
+        cfg.retry.backoff.base.max(Duration::from_millis(50)),
+        cfg.retry.backoff.cap.max(Duration::from_secs(1)),
+        Jitter::None,
+    );
     let mut errors = 0u32;
     loop {
         let outcome = match inner.permits.acquire().await {
@@ -242,10 +249,7 @@ async fn run_session(inner: Arc<Inner>, sid: String) {
                     None
                 } else {
                     tracing::warn!(session_id = %sid, %e, errors, "wake failed; retrying");
-                    let d = error_backoff;
-                    error_backoff =
-                        (error_backoff * 2).min(cfg.retry.max_backoff.max(Duration::from_secs(1)));
-                    Some(d)
+                    Some(error_backoff.delay(errors - 1, 0.0))
                 }
             }
         };

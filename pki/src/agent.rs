@@ -433,11 +433,19 @@ pub fn renewal_due_for(identity: &PeerIdentity) -> SystemTime {
     renewal_due(issued, identity.not_after)
 }
 
+/// Renewal retries: 1 s doubling to 60 s, no jitter (each agent's schedule
+/// already follows its own certificate's life).
+const RENEWAL_RETRY: settings::BackoffPolicy = settings::BackoffPolicy::new(
+    Duration::from_secs(1),
+    Duration::from_secs(60),
+    settings::Jitter::None,
+);
+
 /// Delay before the next renewal attempt after `failures` consecutive
 /// failures: 1 s doubling to at most 60 s, but never past a tenth of the time
 /// left before expiry (so a short-lived certificate is retried often).
 pub fn renewal_retry_delay(failures: u32, now: SystemTime, not_after: SystemTime) -> Duration {
-    let exp = Duration::from_secs(1u64 << failures.min(6)).min(Duration::from_secs(60));
+    let exp = RENEWAL_RETRY.delay(failures, 0.0);
     let left = not_after.duration_since(now).unwrap_or(Duration::ZERO);
     exp.min(left / 10).max(Duration::from_millis(100))
 }

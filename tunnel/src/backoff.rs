@@ -1,7 +1,9 @@
-//! Reconnect delays: capped exponential backoff with *full* jitter (the delay
-//! is uniform in `[0, min(cap, base * 2^attempt)]`), so hundreds of agents
-//! that lost the same control plane at the same instant spread their
-//! reconnects over the whole window instead of arriving as one wave.
+//! Reconnect delays: the redial state (how many attempts failed in a row)
+//! over the shared capped exponential backoff ([`settings::BackoffPolicy`])
+//! with *full* jitter (the delay is uniform in
+//! `[0, min(cap, base * 2^attempt)]`), so hundreds of agents that lost the
+//! same control plane at the same instant spread their reconnects over the
+//! whole window instead of arriving as one wave.
 //!
 //! Plain state, no clock: the caller sleeps for what [`Backoff::next_delay`]
 //! returns and calls [`Backoff::reset`] once a connection has proved healthy.
@@ -9,39 +11,26 @@
 use std::time::Duration;
 
 use rand::Rng;
+pub use settings::{BackoffPolicy, Jitter};
 
-/// Backoff settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BackoffSettings {
-    /// Ceiling of the first delay.
-    pub base: Duration,
-    /// Largest ceiling.
-    pub cap: Duration,
-}
-
-impl Default for BackoffSettings {
-    fn default() -> Self {
-        Self {
-            base: Duration::from_millis(500),
-            cap: Duration::from_secs(30),
-        }
-    }
-}
+/// The reconnect backoff of an agent: 0.5 s doubling to 30 s, full jitter.
+pub const RECONNECT: BackoffPolicy = BackoffPolicy::new(
+    Duration::from_millis(500),
+    Duration::from_secs(30),
+    Jitter::Full,
+);
 
 /// Backoff state: how many attempts failed in a row.
 #[derive(Debug, Clone)]
 pub struct Backoff {
-    settings: BackoffSettings,
+    policy: BackoffPolicy,
     attempt: u32,
 }
 
 impl Backoff {
     /// Fresh state.
-    pub fn new(settings: BackoffSettings) -> Self {
-        Self {
-            settings,
-            attempt: 0,
-        }
+    pub fn new(policy: BackoffPolicy) -> Self {
+        Self { policy, attempt: 0 }
     }
 
     /// Failed attempts in a row so far.
@@ -51,19 +40,14 @@ impl Backoff {
 
     /// The ceiling of the next delay (before jitter).
     pub fn ceiling(&self) -> Duration {
-        let factor = 1u32.checked_shl(self.attempt.min(31)).unwrap_or(u32::MAX);
-        self.settings
-            .base
-            .saturating_mul(factor)
-            .min(self.settings.cap)
+        self.policy.ceiling(self.attempt)
     }
 
     /// The next delay, drawn from `rng`, and count one more attempt.
     pub fn next_delay_with(&mut self, rng: &mut impl Rng) -> Duration {
-        let ceiling = self.ceiling();
+        let delay = self.policy.delay(self.attempt, rng.gen());
         self.attempt = self.attempt.saturating_add(1);
-        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
-        Duration::from_nanos(rng.gen_range(0..=nanos))
+        delay
     }
 
     /// The next delay with the thread's RNG.
@@ -84,10 +68,11 @@ mod tests {
 
     #[test]
     fn ceiling_doubles_up_to_cap() {
-        let mut b = Backoff::new(BackoffSettings {
-            base: Duration::from_millis(100),
-            cap: Duration::from_secs(1),
-        });
+        let mut b = Backoff::new(BackoffPolicy::new(
+            Duration::from_millis(100),
+            Duration::from_secs(1),
+            Jitter::Full,
+        ));
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let mut ceilings = vec![];
         for _ in 0..8 {
@@ -112,10 +97,11 @@ mod tests {
     fn full_jitter_spreads_a_wave() {
         // 500 agents reconnecting at once: delays cover the window, not a point.
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        let settings = BackoffSettings {
-            base: Duration::from_secs(10),
-            cap: Duration::from_secs(10),
-        };
+        let settings = BackoffPolicy::new(
+            Duration::from_secs(10),
+            Duration::from_secs(10),
+            Jitter::Full,
+        );
         let mut buckets = [0u32; 10];
         for _ in 0..500 {
             let d = Backoff::new(settings).next_delay_with(&mut rng);

@@ -17,12 +17,12 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::backoff::{Backoff, BackoffSettings};
+use crate::backoff::{Backoff, BackoffPolicy};
 use crate::call::{CallHandler, CallIo};
 use crate::control::{ControlCmd, ControlLoop, ControlState};
 use crate::error::{h2_is_revoked, quic_is_revoked, CloseReason, ConnectError, StreamError};
 use crate::link::{quic_close_message, Link, LinkKind, H2_CALL_PATH, H2_CONTROL_PATH};
-use crate::proxy::{split_host_port, ProxyConfig};
+use crate::proxy::ProxyConfig;
 use crate::select::{Transport, TransportMode, TransportSelector};
 use crate::stream::{FrameReceiver, FrameSender, RecvHalf, SendHalf, StreamCode};
 use crate::tuning::{self, Tuning};
@@ -50,7 +50,7 @@ pub struct ClientSettings {
     /// Frame cap.
     pub max_frame_bytes: usize,
     /// Reconnect backoff.
-    pub backoff: BackoffSettings,
+    pub backoff: BackoffPolicy,
     /// How long in-flight calls get when a link drains.
     pub drain_deadline: Duration,
     /// Our agent id (must match the certificate).
@@ -82,7 +82,7 @@ impl ClientSettings {
             connect_timeout: Duration::from_secs(10),
             heartbeat_misses: 3,
             max_frame_bytes: protocol::frame::DEFAULT_MAX_FRAME_BYTES,
-            backoff: BackoffSettings::default(),
+            backoff: crate::backoff::RECONNECT,
             drain_deadline: Duration::from_secs(30),
             agent_id: agent_id.into(),
             software_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -305,8 +305,8 @@ async fn dial_tcp(
         address: settings.server.clone(),
         message,
     };
-    let (host, _) =
-        split_host_port(&settings.server, 443).ok_or_else(|| err("bad server address".into()))?;
+    let (host, _) = settings::split_host_port_or(&settings.server, 443)
+        .ok_or_else(|| err("bad server address".into()))?;
     let stream = match settings.proxy.as_ref().filter(|p| p.applies_to(&host)) {
         Some(proxy) => {
             tracing::debug!(proxy = %proxy, "dialing through http connect proxy");

@@ -154,11 +154,12 @@ impl ProxyConfig {
                 })
             }
         };
-        let (host, port) =
-            split_host_port(hostport, 80).ok_or_else(|| invalid("bad host or port"))?;
-        if host.is_empty() {
+        if hostport.is_empty() || hostport.starts_with(':') || hostport.starts_with("[]") {
             return Err(invalid("missing host"));
         }
+        let (host, port) = settings::split_host_port_or(hostport, 80)
+            .map(|(host, port)| (host.to_owned(), port))
+            .ok_or_else(|| invalid("bad host or port"))?;
         Ok(Self {
             host,
             port,
@@ -287,24 +288,6 @@ impl ProxyConfig {
             });
         }
         Ok(stream)
-    }
-}
-
-/// Split `host[:port]` (IPv6 in brackets) into host and port.
-pub fn split_host_port(s: &str, default_port: u16) -> Option<(String, u16)> {
-    if let Some(rest) = s.strip_prefix('[') {
-        let (host, after) = rest.split_once(']')?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().ok()?,
-            None if after.is_empty() => default_port,
-            None => return None,
-        };
-        return Some((host.to_owned(), port));
-    }
-    match s.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => Some((h.to_owned(), p.parse().ok()?)),
-        Some(_) => Some((s.to_owned(), default_port)), // bare IPv6
-        None => Some((s.to_owned(), default_port)),
     }
 }
 

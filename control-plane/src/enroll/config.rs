@@ -247,25 +247,8 @@ impl EnrollConfig {
     }
 }
 
-/// Split `host:port` (IPv6 hosts in brackets).
-pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
-    let (host, port) = s.rsplit_once(':')?;
-    let port = port.parse().ok()?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    (!host.is_empty()).then_some((host, port))
-}
-
-/// Join a host and a port, bracketing IPv6 literals.
-pub fn join_host_port(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
-}
+/// `host:port` as every address key reads it (IPv6 hosts in brackets).
+pub use settings::{join_host_port, split_host_port};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde::Deserialize;
-use tunnel::backoff::BackoffSettings;
+use tunnel::backoff::{BackoffPolicy, Jitter};
 use tunnel::proxy::ProxyConfig;
 use tunnel::TransportMode;
 
@@ -56,7 +56,7 @@ pub struct TunnelConfig {
     /// TCP dial limit.
     pub connect_timeout: Duration,
     /// Reconnect backoff.
-    pub backoff: BackoffSettings,
+    pub backoff: BackoffPolicy,
     /// Missed heartbeats before redial.
     pub heartbeat_misses: u32,
     /// Frame cap.
@@ -179,7 +179,7 @@ impl TunnelConfig {
                 0.5,
                 300.0,
             )?,
-            backoff: BackoffSettings { base, cap },
+            backoff: BackoffPolicy::new(base, cap, Jitter::Full),
             heartbeat_misses,
             max_frame_bytes: max_frame_bytes as usize,
             drain_deadline: settings::seconds_between(

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use settings::split_host_port;
 
 use crate::config::ConfigError;
 
@@ -53,17 +54,6 @@ pub struct RawIdentity {
 pub struct IdentityConfig {
     /// Identity directory.
     pub dir: PathBuf,
-}
-
-/// Split `host:port` (IPv6 hosts in brackets).
-pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
-    let (host, port) = s.rsplit_once(':')?;
-    let port = port.parse().ok()?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    (!host.is_empty()).then_some((host, port))
 }
 
 fn check_addr(key: &str, v: Option<String>) -> Result<Option<String>, ConfigError> {

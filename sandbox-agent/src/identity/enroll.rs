@@ -16,7 +16,7 @@ use pki::tls::PinnedCaVerifier;
 use pki::{AgentId, EnvironmentId, Fingerprint, JoinToken};
 use rustls_pki_types::ServerName;
 
-use super::config::split_host_port;
+use settings::split_host_port;
 
 /// Largest response accepted from the enrollment listener.
 const MAX_RESPONSE_BYTES: usize = 256 * 1024;

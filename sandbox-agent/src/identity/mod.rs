@@ -18,7 +18,8 @@ use pki::agent::{
 use pki::Fingerprint;
 
 use crate::config::Config;
-use config::{split_host_port, DEFAULT_TUNNEL_PORT};
+use config::DEFAULT_TUNNEL_PORT;
+use settings::{join_host_port, split_host_port};
 
 /// Where and whom to dial, resolved from config and the identity record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,14 +133,5 @@ impl AgentIdentity {
         self.client_cert.swap(&renewed);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = renewed.clone();
         Ok(renewed)
-    }
-}
-
-/// Join a host and a port, bracketing IPv6 literals.
-pub fn join_host_port(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
     }
 }
