@@ -11,5 +11,6 @@
 
 pub mod backend;
 pub mod config;
+pub mod egress;
 pub mod secret;
 pub mod serve;

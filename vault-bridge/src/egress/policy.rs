@@ -1,0 +1,491 @@
+//! What a sandbox may reach and which credentials go where: the session's
+//! allowed hosts (each with its ports, whether plain HTTP is allowed and the
+//! credential injected on its requests) and the session's `environment_variable`
+//! placeholders (each with the hosts it may be swapped for its secret on).
+
+use std::fmt;
+
+use http::HeaderName;
+
+/// Every placeholder starts with this; the proxy looks for it in requests.
+pub const PLACEHOLDER_PREFIX: &str = "airlock-placeholder-";
+
+/// Longest placeholder the proxy recognises (prefix, credential id, random part).
+pub const PLACEHOLDER_MAX_LEN: usize = 160;
+
+/// Which policy refused a request; named in the 403 body and the audit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyName {
+    /// The session's allowed hosts (repository hosts, credentials' hosts, agent policy).
+    AllowedHosts,
+    /// The session's plain-HTTP rule (off unless a host's rule allows it).
+    PlainHttp,
+    /// A placeholder's `allowed_hosts`.
+    PlaceholderHosts,
+    /// The CONNECT host must match the request's `Host` header.
+    HostMatch,
+}
+
+impl PolicyName {
+    /// The name written in refusals.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AllowedHosts => "the session's allowed hosts",
+            Self::PlainHttp => "the session's plain-http policy",
+            Self::PlaceholderHosts => "the credential's allowed hosts",
+            Self::HostMatch => "the tunnel's host binding",
+        }
+    }
+}
+
+/// A refused request: which policy and a message naming the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The policy that refused.
+    pub policy: PolicyName,
+    /// A sentence for the client (never a secret).
+    pub message: String,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (refused by {})",
+            self.message,
+            self.policy.as_str()
+        )
+    }
+}
+
+/// A host name pattern: `git.example.com`, `10.0.0.7` or `*.example.com`
+/// (any subdomain, not the apex), compared case-insensitively.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// One host.
+    Exact(String),
+    /// `*.suffix`: stored as `.suffix`.
+    Subdomains(String),
+}
+
+/// A host pattern that is not a bare host name, IPv4 address or `*.wildcard`.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid host pattern {0:?}: expected a bare host name, an ipv4 address or *.domain")]
+pub struct BadHostPattern(pub String);
+
+impl HostPattern {
+    /// Parse a pattern as the SDK's `allowed_hosts` spells them.
+    pub fn parse(s: &str) -> Result<Self, BadHostPattern> {
+        let bad = || BadHostPattern(s.to_owned());
+        let lower = normalize_host(s).ok_or_else(bad)?;
+        if let Some(rest) = lower.strip_prefix("*.") {
+            if rest.is_empty() || rest.contains('*') {
+                return Err(bad());
+            }
+            return Ok(Self::Subdomains(format!(".{rest}")));
+        }
+        if lower.contains('*') {
+            return Err(bad());
+        }
+        Ok(Self::Exact(lower))
+    }
+
+    /// Whether `host` (already normalised) matches.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            Self::Exact(h) => h == host,
+            Self::Subdomains(suffix) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
+        }
+    }
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exact(h) => f.write_str(h),
+            Self::Subdomains(s) => write!(f, "*{s}"),
+        }
+    }
+}
+
+/// Lowercase, without a trailing dot; `None` for anything but letters,
+/// digits, `-`, `.`, `_` and a leading `*.` (no ports, paths, IPv6 or spaces).
+pub fn normalize_host(s: &str) -> Option<String> {
+    let s = s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase();
+    let body = s.strip_prefix("*.").unwrap_or(&s);
+    let ok = !body.is_empty()
+        && body.len() <= 253
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+        && !body.starts_with('.')
+        && !body.contains("..");
+    ok.then_some(s)
+}
+
+/// A credential the bridge holds: the key the secret backend knows it by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialRef {
+    /// `vlt_...`; `None` for a secret held for the session alone (a repository's `authorization_token`).
+    pub vault_id: Option<String>,
+    /// `vcrd_...` (or the session-scoped id of a repository token).
+    pub credential_id: String,
+    /// The secret's field: `token`, `access_token`, `secret_value`, ...
+    pub field: String,
+}
+
+/// How a host's credential goes on the wire.
+#[derive(Clone, PartialEq, Eq)]
+pub enum AuthScheme {
+    /// `Authorization: Bearer <secret>`.
+    Bearer,
+    /// `Authorization: Basic base64(<username>:<secret>)` (Git over HTTPS).
+    Basic {
+        /// e.g. `x-access-token` for GitHub, `oauth2` for GitLab.
+        username: String,
+    },
+    /// `<name>: <prefix><secret>` (e.g. `PRIVATE-TOKEN`, or `X-Api-Key`).
+    Header {
+        /// The header.
+        name: HeaderName,
+        /// Written before the secret (often empty).
+        prefix: String,
+    },
+}
+
+impl fmt::Debug for AuthScheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Bearer => f.write_str("Bearer"),
+            Self::Basic { username } => write!(f, "Basic({username})"),
+            Self::Header { name, .. } => write!(f, "Header({name})"),
+        }
+    }
+}
+
+/// The credential the proxy adds to every request to a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostCredential {
+    /// Which secret.
+    pub credential: CredentialRef,
+    /// How it is sent.
+    pub scheme: AuthScheme,
+}
+
+/// One allowed host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRule {
+    /// Which hosts.
+    pub pattern: HostPattern,
+    /// Allowed ports (443 unless said otherwise).
+    pub ports: Vec<u16>,
+    /// Whether absolute-form `http://` requests (no TLS) may go to it;
+    /// credentials and placeholders are never sent over plain HTTP.
+    pub plain_http: bool,
+    /// Added to every request to the host; whatever `Authorization` the sandbox sent is dropped.
+    pub credential: Option<HostCredential>,
+    /// Why the host is allowed (e.g. `repository https://git.example.com/a/b.git`); for logs.
+    pub reason: String,
+}
+
+impl HostRule {
+    /// A rule allowing `pattern` on port 443, over TLS only, with no credential.
+    pub fn new(pattern: HostPattern, reason: impl Into<String>) -> Self {
+        Self {
+            pattern,
+            ports: vec![443],
+            plain_http: false,
+            credential: None,
+            reason: reason.into(),
+        }
+    }
+
+    /// The same rule on `ports`.
+    pub fn with_ports(mut self, ports: &[u16]) -> Self {
+        self.ports = ports.to_vec();
+        self
+    }
+
+    /// The same rule with `credential` injected.
+    pub fn with_credential(mut self, credential: HostCredential) -> Self {
+        self.credential = Some(credential);
+        self
+    }
+
+    /// The same rule, also allowing plain HTTP.
+    pub fn with_plain_http(mut self) -> Self {
+        self.plain_http = true;
+        self
+    }
+}
+
+/// Where an `environment_variable` placeholder is swapped (the SDK's `injection_location`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InjectionLocation {
+    /// In request header values.
+    pub header: bool,
+    /// In request bodies (buffered, up to the proxy's body limit).
+    pub body: bool,
+}
+
+/// Which hosts a placeholder may be swapped on (the SDK's `networking`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlaceholderHosts {
+    /// Any host the session may reach.
+    Unrestricted,
+    /// Only these.
+    Limited(Vec<HostPattern>),
+}
+
+/// An `environment_variable` credential as the sandbox sees it: an opaque
+/// placeholder in its environment, swapped for the secret on the way out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Placeholder {
+    value: String,
+    /// Which secret it stands for.
+    pub credential: CredentialRef,
+    /// Where it may be swapped.
+    pub hosts: PlaceholderHosts,
+    /// Where in the request.
+    pub location: InjectionLocation,
+}
+
+impl fmt::Debug for Placeholder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Placeholder")
+            .field("credential", &self.credential)
+            .field("hosts", &self.hosts)
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Placeholder {
+    /// A new placeholder for `credential`: `airlock-placeholder-<credential id>-<32 random hex>`.
+    pub fn generate(
+        credential: CredentialRef,
+        hosts: PlaceholderHosts,
+        location: InjectionLocation,
+    ) -> Self {
+        let mut random = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut random);
+        let id: String = credential
+            .credential_id
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(64)
+            .collect();
+        Self {
+            value: format!(
+                "{PLACEHOLDER_PREFIX}{id}-{}",
+                random.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            ),
+            credential,
+            hosts,
+            location,
+        }
+    }
+
+    /// The string the sandbox's environment holds (not a secret).
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+
+    /// Whether the placeholder may be swapped on requests to `host`.
+    pub fn allowed_on(&self, host: &str) -> bool {
+        match &self.hosts {
+            PlaceholderHosts::Unrestricted => true,
+            PlaceholderHosts::Limited(pats) => pats.iter().any(|p| p.matches(host)),
+        }
+    }
+}
+
+/// One session's egress policy. Built by whoever provisions the sandbox
+/// (repository resources, vault credentials, agent policy); shared by all
+/// of the sandbox's connections.
+#[derive(Debug, Clone, Default)]
+pub struct EgressPolicy {
+    rules: Vec<HostRule>,
+    placeholders: Vec<Placeholder>,
+}
+
+impl EgressPolicy {
+    /// A policy that allows nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Allow a host (the first matching rule wins).
+    pub fn allow(mut self, rule: HostRule) -> Self {
+        self.rules.push(rule);
+        self
+    }
+
+    /// Add an `environment_variable` placeholder. Its limited hosts are not
+    /// allowed by this alone: the session's allowed hosts still decide what
+    /// the sandbox may reach.
+    pub fn with_placeholder(mut self, placeholder: Placeholder) -> Self {
+        self.placeholders.push(placeholder);
+        self
+    }
+
+    /// The rules.
+    pub fn rules(&self) -> &[HostRule] {
+        &self.rules
+    }
+
+    /// The placeholders.
+    pub fn placeholders(&self) -> &[Placeholder] {
+        &self.placeholders
+    }
+
+    fn rule_for(&self, host: &str) -> Option<&HostRule> {
+        self.rules.iter().find(|r| r.pattern.matches(host))
+    }
+
+    /// May the sandbox open a TLS tunnel to `host:port`? `host` must be normalised.
+    pub fn check_connect(&self, host: &str, port: u16) -> Result<&HostRule, Refusal> {
+        let rule = self.rule_for(host).ok_or_else(|| Refusal {
+            policy: PolicyName::AllowedHosts,
+            message: format!("host {host} is not in the session's allowed hosts"),
+        })?;
+        if !rule.ports.contains(&port) {
+            return Err(Refusal {
+                policy: PolicyName::AllowedHosts,
+                message: format!(
+                    "port {port} is not allowed for host {host} (allowed ports: {})",
+                    rule.ports
+                        .iter()
+                        .map(u16::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
+        Ok(rule)
+    }
+
+    /// May the sandbox send a plain-HTTP request to `host:port`?
+    pub fn check_plain_http(&self, host: &str, port: u16) -> Result<&HostRule, Refusal> {
+        let rule = self.check_connect(host, port)?;
+        if !rule.plain_http {
+            return Err(Refusal {
+                policy: PolicyName::PlainHttp,
+                message: format!(
+                    "plain http to {host} is refused: only https (CONNECT) is allowed for this host"
+                ),
+            });
+        }
+        Ok(rule)
+    }
+
+    /// The placeholder whose value is `value`.
+    pub fn placeholder(&self, value: &str) -> Option<&Placeholder> {
+        self.placeholders.iter().find(|p| p.value == value)
+    }
+
+    /// Whether any placeholder may be swapped into request bodies to `host`.
+    pub fn body_injection_on(&self, host: &str) -> bool {
+        self.placeholders
+            .iter()
+            .any(|p| p.location.body && p.allowed_on(host))
+    }
+}
+
+/// Find the placeholder-looking tokens in `haystack`: the prefix followed by
+/// `[A-Za-z0-9_-]`, returned as byte ranges.
+pub fn find_placeholders(haystack: &[u8]) -> Vec<std::ops::Range<usize>> {
+    let prefix = PLACEHOLDER_PREFIX.as_bytes();
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(start) = find(haystack, prefix, from) {
+        let mut end = start + prefix.len();
+        while end < haystack.len()
+            && end - start < PLACEHOLDER_MAX_LEN
+            && (haystack[end].is_ascii_alphanumeric() || haystack[end] == b'_' || haystack[end] == b'-')
+        {
+            end += 1;
+        }
+        out.push(start..end);
+        from = end;
+    }
+    out
+}
+
+/// First index `>= from` where `needle` starts in `haystack`.
+fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    let first = *needle.first()?;
+    let mut i = from;
+    while i + needle.len() <= haystack.len() {
+        let at = haystack[i..=haystack.len() - needle.len()]
+            .iter()
+            .position(|&b| b == first)?;
+        i += at;
+        if &haystack[i..i + needle.len()] == needle {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        let p = HostPattern::parse("*.Example.com").unwrap();
+        assert!(p.matches("a.example.com"));
+        assert!(!p.matches("example.com"));
+        assert!(!p.matches("aexample.com"));
+        assert!(HostPattern::parse("exa mple.com").is_err());
+        assert!(HostPattern::parse("example.com:443").is_err());
+        assert!(HostPattern::parse("a.*.com").is_err());
+        assert_eq!(
+            HostPattern::parse("Git.Example.com.").unwrap(),
+            HostPattern::Exact("git.example.com".into())
+        );
+    }
+
+    #[test]
+    fn connect_checks_host_then_port() {
+        let pol = EgressPolicy::new().allow(
+            HostRule::new(HostPattern::parse("git.test").unwrap(), "repo").with_ports(&[8443]),
+        );
+        assert!(pol.check_connect("git.test", 8443).is_ok());
+        let r = pol.check_connect("evil.test", 8443).unwrap_err();
+        assert_eq!(r.policy, PolicyName::AllowedHosts);
+        assert!(r.to_string().contains("evil.test is not in the session's allowed hosts"));
+        assert!(pol.check_connect("git.test", 443).unwrap_err().message.contains("port 443"));
+        assert_eq!(
+            pol.check_plain_http("git.test", 8443).unwrap_err().policy,
+            PolicyName::PlainHttp
+        );
+    }
+
+    #[test]
+    fn placeholders_are_found_and_scoped() {
+        let ph = Placeholder::generate(
+            CredentialRef {
+                vault_id: Some("vlt_1".into()),
+                credential_id: "vcrd_abc".into(),
+                field: "secret_value".into(),
+            },
+            PlaceholderHosts::Limited(vec![HostPattern::parse("api.test").unwrap()]),
+            InjectionLocation {
+                header: true,
+                body: false,
+            },
+        );
+        assert!(ph.value().starts_with("airlock-placeholder-vcrd_abc-"));
+        assert!(!format!("{ph:?}").contains(ph.value()));
+        let text = format!("x={} y", ph.value());
+        let found = find_placeholders(text.as_bytes());
+        assert_eq!(found.len(), 1);
+        assert_eq!(&text[found[0].clone()], ph.value());
+        assert!(ph.allowed_on("api.test"));
+        assert!(!ph.allowed_on("other.test"));
+    }
+}
