@@ -11,12 +11,11 @@
 //!
 //! Errors: `{"error": {"type", "message"}}`, mapped in [`error_response`] only.
 //!
-//! The gateway's connection registry implements [`AgentDirectory`]; until one
-//! is wired, [`EmptyDirectory`] stands in.
+//! Connected agents come from the gateway's registry, through
+//! [`AgentDirectory`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -28,73 +27,7 @@ use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Transport an agent is connected over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    /// QUIC over UDP.
-    Quic,
-    /// TLS over TCP (h2-multiplexed fallback).
-    Tcp,
-}
-
-impl std::fmt::Display for Transport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Quic => "quic",
-            Self::Tcp => "tcp",
-        })
-    }
-}
-
-/// One connected agent, as the registry sees it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct AgentInfo {
-    /// Agent id (from its verified certificate).
-    pub agent_id: String,
-    /// Environment id (from its verified certificate).
-    pub environment_id: String,
-    /// Software version from its hello.
-    pub version: String,
-    /// Transport in use.
-    pub transport: Transport,
-    /// When this connection was established.
-    #[serde(with = "rfc3339")]
-    pub connected_since: SystemTime,
-    /// Last heartbeat received.
-    #[serde(with = "rfc3339")]
-    pub last_heartbeat: SystemTime,
-    /// Expiry of the certificate it connected with (or renewed to).
-    #[serde(with = "rfc3339")]
-    pub cert_not_after: SystemTime,
-    /// Remote address of the connection.
-    pub remote_addr: String,
-}
-
-/// What the admin surface needs from the gateway's connection registry.
-/// Both methods must be quick and must not block on network I/O.
-pub trait AgentDirectory: Send + Sync + 'static {
-    /// Every connected agent (one entry per connection).
-    fn list(&self) -> Vec<AgentInfo>;
-    /// Start closing every live connection of `agent_id` (with an application
-    /// close code meaning "revoked"); returns how many were found. Must not
-    /// wait for the close to complete, but the close must be under way
-    /// immediately: revocation promises it within a second.
-    fn disconnect(&self, agent_id: &AgentId) -> usize;
-}
-
-/// A directory with nobody in it, used until the gateway provides one.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct EmptyDirectory;
-
-impl AgentDirectory for EmptyDirectory {
-    fn list(&self) -> Vec<AgentInfo> {
-        Vec::new()
-    }
-    fn disconnect(&self, _agent_id: &AgentId) -> usize {
-        0
-    }
-}
+use crate::gateway::{AgentDirectory, AgentInfo};
 
 /// Body of a revoke response.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -112,37 +45,6 @@ pub struct RevokeResponse {
 pub struct AgentsResponse {
     /// Connected agents.
     pub agents: Vec<AgentInfo>,
-}
-
-/// Serde for `SystemTime` as an RFC 3339 string (UTC).
-pub mod rfc3339 {
-    use std::time::SystemTime;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-    use time::format_description::well_known::Rfc3339;
-    use time::OffsetDateTime;
-
-    /// Serialize.
-    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        let odt = OffsetDateTime::from(*t);
-        let text = odt.format(&Rfc3339).map_err(serde::ser::Error::custom)?;
-        s.serialize_str(&text)
-    }
-
-    /// Deserialize.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
-        let text = String::deserialize(d)?;
-        let odt = OffsetDateTime::parse(&text, &Rfc3339).map_err(serde::de::Error::custom)?;
-        Ok(odt.into())
-    }
-
-    /// Format for humans (the CLI table).
-    pub fn display(t: SystemTime) -> String {
-        let odt = OffsetDateTime::from(t)
-            .replace_nanosecond(0)
-            .unwrap_or_else(|_| OffsetDateTime::from(t));
-        odt.format(&Rfc3339).unwrap_or_else(|_| "-".to_owned())
-    }
 }
 
 /// `[admin]` as written.
@@ -497,9 +399,9 @@ pub fn agents_table(agents: &[AgentInfo]) -> String {
                 a.environment_id.clone(),
                 a.version.clone(),
                 a.transport.to_string(),
-                rfc3339::display(a.connected_since),
-                rfc3339::display(a.last_heartbeat),
-                rfc3339::display(a.cert_not_after),
+                crate::rfc3339::display(a.connected_since),
+                crate::rfc3339::display(a.last_heartbeat),
+                crate::rfc3339::display(a.cert_not_after),
                 a.remote_addr.clone(),
             ]
         })
@@ -514,7 +416,10 @@ pub fn agents_table(agents: &[AgentInfo]) -> String {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use std::time::SystemTime;
+
     use super::*;
+    use crate::gateway::Transport;
 
     #[test]
     fn table_and_json_shapes() {
@@ -555,10 +460,11 @@ pub mod commands {
 
     use pki::{AgentId, EnvironmentId, IdentityService, JoinString, TokenRecord, TokenState};
 
+    use super::agents_table;
     use super::client::{self, ClientError};
-    use super::{agents_table, rfc3339};
     use crate::config::Config;
     use crate::enroll::config::{join_host_port, split_host_port};
+    use crate::rfc3339;
 
     /// Why a command failed.
     #[derive(Debug, thiserror::Error)]

@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{AdminState, AgentDirectory};
+use crate::admin::AdminState;
 use crate::config::Config;
 
 /// Why the control plane could not start.
@@ -68,7 +68,6 @@ pub enum AppError {
 pub struct App {
     config: Config,
     identity: Arc<IdentityService>,
-    directory: Arc<dyn AgentDirectory>,
     /// The gateway's registry of connected agents.
     agents: Arc<crate::gateway::Registry>,
     /// The session log (opened from `[session_store]` at start if not given).
@@ -97,7 +96,6 @@ impl App {
         Ok(Self {
             config,
             identity: Arc::new(identity),
-            directory: agents.clone(),
             agents,
             session_store: None,
             catalog: None,
@@ -113,13 +111,6 @@ impl App {
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.config
-    }
-
-    /// Use `directory` (the gateway's connection registry) for `agents list`
-    /// and for closing connections on revocation.
-    pub fn with_directory(mut self, directory: Arc<dyn AgentDirectory>) -> Self {
-        self.directory = directory;
-        self
     }
 
     /// Use this session store (shared with the harness) instead of opening
@@ -226,7 +217,7 @@ impl App {
         });
         let state = AdminState {
             identity: self.identity.clone(),
-            directory: self.directory.clone(),
+            directory: self.agents.clone(),
         };
         let socket = self.config.admin.socket.clone();
         running.spawn_service("admin", {
@@ -298,7 +289,7 @@ async fn rotate_server_cert(identity: Arc<IdentityService>, shutdown: Cancellati
         match tokio::task::spawn_blocking(move || id.rotate_server_cert()).await {
             Ok(Ok(not_after)) => {
                 failures = 0;
-                tracing::info!(not_after = %crate::admin::rfc3339::display(not_after), "server certificate re-issued");
+                tracing::info!(not_after = %crate::rfc3339::display(not_after), "server certificate re-issued");
             }
             Ok(Err(error)) => {
                 failures += 1;

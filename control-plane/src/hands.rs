@@ -33,8 +33,7 @@ use harness::{Disposition, Hands, HandsError, ProvisionSpec, SandboxRef, ToolCal
 use protocol::sandbox::{self as wire, ExecuteRequest, ProvisionRequest, SandboxInfo};
 use protocol::{CallError, ErrorCode, Reply, Request, Response};
 
-use crate::admin::AgentDirectory;
-use crate::gateway::{AgentCallError, GatewayHandle, Target};
+use crate::gateway::{AgentCallError, AgentDirectory, GatewayHandle, Target};
 
 /// Cached placements above this many are forgotten at once (the cache is
 /// rebuilt from the agents on demand, so forgetting is always safe).

@@ -13,6 +13,7 @@ pub mod config;
 pub mod enroll;
 pub mod gateway;
 pub mod hands;
+pub mod rfc3339;
 pub mod operator;
 pub mod runtime;
 pub mod table;

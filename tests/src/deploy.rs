@@ -611,8 +611,8 @@ impl InProcessControlPlane {
         &self,
         agent_id: &str,
         limit: Duration,
-    ) -> Result<control_plane::admin::AgentInfo> {
-        use control_plane::admin::AgentDirectory;
+    ) -> Result<control_plane::gateway::AgentInfo> {
+        use control_plane::gateway::AgentDirectory;
         let until = Instant::now() + limit;
         loop {
             let list: Vec<_> = self

@@ -49,7 +49,7 @@ async fn enroll_connect_over_quic_and_echo_0b_1kib_10mib() {
         .wait_connected(agent.agent_id(), LIMIT)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", tail(&agent.log(), 30)));
-    assert_eq!(info.transport, control_plane::admin::Transport::Quic);
+    assert_eq!(info.transport, control_plane::gateway::Transport::Quic);
     assert_eq!(info.environment_id, "env-echo");
 
     for size in [0usize, 1024, 10 << 20] {

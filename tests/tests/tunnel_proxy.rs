@@ -37,7 +37,7 @@ async fn tcp_transport_through_connect_proxy_with_basic_auth() {
         .wait_connected(agent.agent_id(), LIMIT)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}\n{}", tail(&agent.log(), 20), proxy.log()));
-    assert_eq!(info.transport, control_plane::admin::Transport::Tcp);
+    assert_eq!(info.transport, control_plane::gateway::Transport::Tcp);
     proxy.check_running().unwrap();
     let plog = proxy.log();
     assert!(
@@ -113,7 +113,7 @@ async fn tcp_transport_through_connect_proxy_with_basic_auth() {
         !bad.log().contains("wr0ng-pass"),
         "password in the agent log"
     );
-    use control_plane::admin::AgentDirectory;
+    use control_plane::gateway::AgentDirectory;
     assert!(app
         .gateway()
         .registry()

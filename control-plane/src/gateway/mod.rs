@@ -12,24 +12,23 @@
 //! closes only that connection.
 
 pub mod config;
+pub mod registry;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use pki::{AgentId, IdentityService, PeerIdentity, RenewError};
+use pki::{IdentityService, PeerIdentity, RenewError};
 use protocol::{CallError, ErrorCode, RejectCode, Request, Response};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tunnel::server::TrackedCall;
-use tunnel::{
-    CallFailure, CloseReason, Listener, PendingConnection, ServerConnection, ServerSettings,
-};
+use tunnel::{CallFailure, CloseReason, Listener, PendingConnection, ServerSettings};
 
-use crate::admin::{AgentDirectory, AgentInfo, Transport};
 pub use config::GatewayConfig;
+use registry::Entry;
+pub use registry::{AgentDirectory, AgentInfo, Registry, Transport};
 
 /// The gateway failed to start.
 #[derive(Debug, thiserror::Error)]
@@ -76,137 +75,6 @@ pub enum AgentCallError {
         /// What happened.
         source: CallFailure,
     },
-}
-
-/// One live connection in the registry.
-struct Entry {
-    conn: ServerConnection,
-    identity: PeerIdentity,
-    software_version: String,
-    cert_not_after: Arc<Mutex<SystemTime>>,
-}
-
-/// Connected agents, by connection id. Implements [`AgentDirectory`].
-#[derive(Default)]
-pub struct Registry {
-    entries: Mutex<HashMap<u64, Entry>>,
-}
-
-impl std::fmt::Debug for Registry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry")
-            .field("connections", &self.len())
-            .finish()
-    }
-}
-
-impl Registry {
-    /// An empty registry.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Live connections.
-    pub fn len(&self) -> usize {
-        self.entries.lock().map(|e| e.len()).unwrap_or(0)
-    }
-
-    /// No live connection.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn insert(&self, entry: Entry) {
-        if let Ok(mut e) = self.entries.lock() {
-            e.insert(entry.conn.id(), entry);
-        }
-    }
-
-    fn remove(&self, id: u64) {
-        if let Ok(mut e) = self.entries.lock() {
-            e.remove(&id);
-        }
-    }
-
-    fn connections(&self) -> Vec<ServerConnection> {
-        self.entries
-            .lock()
-            .map(|e| e.values().map(|x| x.conn.clone()).collect())
-            .unwrap_or_default()
-    }
-
-    /// The best connection for `target`: not draining, not closed; for an
-    /// agent its newest connection, for an environment the agent with the
-    /// fewest calls in flight.
-    fn pick(&self, target: &Target) -> Option<(String, ServerConnection)> {
-        let entries = self.entries.lock().ok()?;
-        let usable = entries
-            .values()
-            .filter(|e| !e.conn.is_draining() && !e.conn.is_closed());
-        match target {
-            Target::Agent(id) => usable
-                .filter(|e| e.identity.agent_id.as_str() == id)
-                .max_by_key(|e| e.conn.connected_at())
-                .map(|e| (id.clone(), e.conn.clone())),
-            Target::Environment(env) => usable
-                .filter(|e| e.identity.environment_id.as_str() == env)
-                .min_by_key(|e| e.conn.in_flight())
-                .map(|e| (e.identity.agent_id.as_str().to_owned(), e.conn.clone())),
-        }
-    }
-}
-
-fn admin_transport(t: tunnel::Transport) -> Transport {
-    match t {
-        tunnel::Transport::Quic => Transport::Quic,
-        tunnel::Transport::Tcp => Transport::Tcp,
-    }
-}
-
-impl AgentDirectory for Registry {
-    fn list(&self) -> Vec<AgentInfo> {
-        let Ok(entries) = self.entries.lock() else {
-            return Vec::new();
-        };
-        let mut out: Vec<AgentInfo> = entries
-            .values()
-            .filter(|e| !e.conn.is_closed())
-            .map(|e| AgentInfo {
-                agent_id: e.identity.agent_id.as_str().to_owned(),
-                environment_id: e.identity.environment_id.as_str().to_owned(),
-                version: e.software_version.clone(),
-                transport: admin_transport(e.conn.transport()),
-                connected_since: e.conn.connected_at(),
-                last_heartbeat: e.conn.last_heartbeat(),
-                cert_not_after: e
-                    .cert_not_after
-                    .lock()
-                    .map(|t| *t)
-                    .unwrap_or(e.identity.not_after),
-                remote_addr: e.conn.remote_addr().to_string(),
-            })
-            .collect();
-        out.sort_by(|a, b| (&a.agent_id, a.connected_since).cmp(&(&b.agent_id, b.connected_since)));
-        out
-    }
-
-    fn disconnect(&self, agent_id: &AgentId) -> usize {
-        let Ok(mut entries) = self.entries.lock() else {
-            return 0;
-        };
-        let ids: Vec<u64> = entries
-            .iter()
-            .filter(|(_, e)| &e.identity.agent_id == agent_id)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in &ids {
-            if let Some(e) = entries.remove(id) {
-                tracing::info!(agent_id = %agent_id, transport = %e.conn.transport(), "closing connection: agent revoked");
-                e.conn.close(CloseReason::Revoked);
-            }
-        }
-        ids.len()
-    }
 }
 
 /// Calls agents; cheap to clone, handed to the rest of the control plane.
@@ -512,7 +380,7 @@ fn renew_fn(
                 if let Ok(mut t) = not_after.lock() {
                     *t = cert.not_after;
                 }
-                tracing::info!(agent_id = %peer.agent_id, not_after = %crate::admin::rfc3339::display(cert.not_after), "certificate renewed over the tunnel");
+                tracing::info!(agent_id = %peer.agent_id, not_after = %crate::rfc3339::display(cert.not_after), "certificate renewed over the tunnel");
                 Ok(cert.chain_pem())
             }
             Err(error) => {
