@@ -7,6 +7,9 @@
 pub struct SseEvent {
     /// The `event:` field, if one was given.
     pub event: Option<String>,
+    /// The `id:` field of this event, if one was given (a resumable stream's
+    /// position, sent back as `Last-Event-ID`).
+    pub id: Option<String>,
     /// The `data:` lines joined with `\n`.
     pub data: String,
 }
@@ -38,6 +41,7 @@ pub struct SseDecoder {
     /// A `\r` ended the previous chunk: a `\n` starting the next one belongs to it.
     pending_cr: bool,
     event: Option<String>,
+    id: Option<String>,
     data: String,
     has_data: bool,
     line_no: u64,
@@ -51,6 +55,7 @@ impl SseDecoder {
             buf: Vec::new(),
             pending_cr: false,
             event: None,
+            id: None,
             data: String::new(),
             has_data: false,
             line_no: 0,
@@ -106,6 +111,7 @@ impl SseDecoder {
         self.data.clear();
         self.has_data = false;
         self.event = None;
+        self.id = None;
         incomplete
     }
 
@@ -117,10 +123,12 @@ impl SseDecoder {
             if self.has_data {
                 out.push(SseEvent {
                     event: self.event.take(),
+                    id: self.id.take(),
                     data: std::mem::take(&mut self.data),
                 });
             }
             self.event = None;
+            self.id = None;
             self.data.clear();
             self.has_data = false;
             return Ok(());
@@ -150,7 +158,9 @@ impl SseDecoder {
                     });
                 }
             }
-            // `id` and `retry` are meaningless for a one-shot response; unknown fields are ignored.
+            // An id with a NUL is ignored, as the specification says.
+            "id" if !value.contains('\0') => self.id = Some(value.to_owned()),
+            // `retry` is the client's business; unknown fields are ignored.
             _ => {}
         }
         Ok(())
@@ -172,21 +182,24 @@ mod tests {
 
     #[test]
     fn decodes_events_split_at_every_byte() {
-        let text = b"event: a\ndata: {\"x\":1}\n\n: comment\r\nevent: b\r\ndata: l1\r\ndata: l2\r\n\r\ndata:no-space\r\r";
+        let text = b"event: a\ndata: {\"x\":1}\n\n: comment\r\nevent: b\r\nid: 7\r\ndata: l1\r\ndata: l2\r\n\r\ndata:no-space\r\r";
         let whole = all(&[text]);
         assert_eq!(
             whole,
             vec![
                 SseEvent {
                     event: Some("a".into()),
+                    id: None,
                     data: "{\"x\":1}".into()
                 },
                 SseEvent {
                     event: Some("b".into()),
+                    id: Some("7".into()),
                     data: "l1\nl2".into()
                 },
                 SseEvent {
                     event: None,
+                    id: None,
                     data: "no-space".into()
                 },
             ]
@@ -196,6 +209,20 @@ mod tests {
         for split in 0..text.len() {
             let (a, b) = text.split_at(split);
             assert_eq!(all(&[a, b]), whole, "split at {split}");
+        }
+    }
+
+    #[test]
+    fn a_character_split_across_reads_is_kept_whole() {
+        let text = "id: 3\ndata: h\u{e9}llo \u{1f600}\n\n".as_bytes();
+        // Inside the two bytes of U+00E9, and twice inside the four of U+1F600.
+        let emoji = text.len() - 6;
+        for split in [14, emoji + 1, emoji + 3] {
+            let (a, b) = text.split_at(split);
+            let got = all(&[a, b]);
+            assert_eq!(got.len(), 1, "split at {split}");
+            assert_eq!(got[0].data, "h\u{e9}llo \u{1f600}", "split at {split}");
+            assert_eq!(got[0].id.as_deref(), Some("3"));
         }
     }
 
@@ -219,5 +246,9 @@ mod tests {
             d.push(b"data: 0123456789"),
             Err(SseError::TooLarge { .. })
         ));
+        // Lines that each fit but add up past the cap are refused too.
+        let mut d = SseDecoder::new(8);
+        let e = d.push(b"data: 01234\ndata: 56789\n").unwrap_err();
+        assert_eq!(e.to_string(), "sse event at line 2 exceeds 8 bytes");
     }
 }
