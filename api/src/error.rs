@@ -130,6 +130,25 @@ impl ApiError {
     }
 }
 
+/// `error` and every source under it, joined with `: ` (a source whose text
+/// the message already holds is not repeated), so a log line names the
+/// underlying cause (`database or disk is full`), not only the context.
+/// Store and catalog errors hold no secrets (connection URLs are never in
+/// them), so the chain is safe to log; it is never sent to the client.
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 impl From<catalog::CatalogError> for ApiError {
     fn from(e: catalog::CatalogError) -> Self {
         use catalog::CatalogError as C;
@@ -144,12 +163,12 @@ impl From<catalog::CatalogError> for ApiError {
                 message: e.to_string(),
             },
             C::Unavailable { .. } => {
-                tracing::warn!(error = %e, "catalog unavailable");
+                tracing::warn!(error = %error_chain(&e), "catalog unavailable");
                 ApiError::Unavailable {
                     message: "the catalog is temporarily unavailable; retry".to_owned(),
                 }
             }
-            other => ApiError::internal(other),
+            other => ApiError::internal(error_chain(&other)),
         }
     }
 }
@@ -167,12 +186,12 @@ impl From<session_store::StoreError> for ApiError {
             },
             S::Invalid { reason, .. } => ApiError::InvalidRequest { message: reason },
             S::Unavailable { .. } => {
-                tracing::warn!(error = %e, "session store unavailable");
+                tracing::warn!(error = %error_chain(&e), "session store unavailable");
                 ApiError::Unavailable {
                     message: "the session store is temporarily unavailable; retry".to_owned(),
                 }
             }
-            other => ApiError::internal(other),
+            other => ApiError::internal(error_chain(&other)),
         }
     }
 }
@@ -228,6 +247,27 @@ pub fn error_response(error: &ApiError, request_id: &str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    struct Layer(&'static str, #[source] Option<Box<Layer>>);
+
+    #[test]
+    fn error_chain_names_every_cause_once() {
+        let e = Layer(
+            "catalog backend error while committing",
+            Some(Box::new(Layer("database or disk is full", None))),
+        );
+        assert_eq!(
+            error_chain(&e),
+            "catalog backend error while committing: database or disk is full"
+        );
+        let repeated = Layer(
+            "unavailable: disk full",
+            Some(Box::new(Layer("disk full", None))),
+        );
+        assert_eq!(error_chain(&repeated), "unavailable: disk full");
+    }
 
     #[test]
     fn every_kind_has_its_status_and_type() {

@@ -137,7 +137,9 @@ impl Conn<'_> {
     }
 }
 
-/// Maps a PostgreSQL error: connection and resource classes are transient.
+/// Maps a PostgreSQL error: connection (08), resource (53: disk full, out
+/// of memory), operator intervention (57), system (58: I/O) and transaction
+/// rollback (40) classes are transient, as in the session store.
 fn map_pg(context: &str, e: tokio_postgres::Error) -> CatalogError {
     if e.is_closed() {
         return CatalogError::unavailable(
@@ -149,7 +151,7 @@ fn map_pg(context: &str, e: tokio_postgres::Error) -> CatalogError {
         return CatalogError::unavailable(format!("{context}: {e}"), Some(Box::new(e)));
     };
     let class = code.code().get(..2).unwrap_or("");
-    if matches!(class, "08" | "53" | "57" | "40") {
+    if matches!(class, "08" | "53" | "57" | "58" | "40") {
         return CatalogError::unavailable(format!("{context}: {e}"), Some(Box::new(e)));
     }
     CatalogError::backend(context.to_owned(), e)

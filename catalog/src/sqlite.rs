@@ -92,12 +92,22 @@ fn query_rows<T, P: rusqlite::Params>(
         .map_err(|e| map_sql(what, e))
 }
 
-/// Maps a rusqlite error: busy/locked are transient, constraint violations
-/// are conflicts (callers that expect one check first), the rest is a bug.
+/// Maps a rusqlite error the way the session store does: the storage not
+/// taking writes right now (busy, locked, disk full, an I/O error, a file
+/// that cannot be opened or is read-only, out of memory) is
+/// [`CatalogError::Unavailable`] with the error kept as its source;
+/// corruption is corrupt; constraint violations are conflicts (callers that
+/// expect one check first); the rest is a bug ([`CatalogError::Backend`]).
 fn map_sql(context: &str, e: rusqlite::Error) -> CatalogError {
     if let rusqlite::Error::SqliteFailure(f, _) = &e {
         match f.code {
-            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => {
+            ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::DiskFull
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::CannotOpen
+            | ErrorCode::ReadOnly
+            | ErrorCode::OutOfMemory => {
                 return CatalogError::unavailable(format!("{context}: {e}"), Some(Box::new(e)))
             }
             ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => {
@@ -729,5 +739,44 @@ impl Catalog for SqliteCatalog {
             }
         })
         .await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod map_sql_tests {
+    use super::*;
+    use rusqlite::ffi;
+
+    fn failure(code: std::os::raw::c_int) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(ffi::Error::new(code), None)
+    }
+
+    #[test]
+    fn storage_that_cannot_take_writes_is_unavailable_and_names_the_cause() {
+        for code in [
+            ffi::SQLITE_FULL,
+            ffi::SQLITE_IOERR,
+            ffi::SQLITE_READONLY,
+            ffi::SQLITE_CANTOPEN,
+            ffi::SQLITE_BUSY,
+            ffi::SQLITE_LOCKED,
+            ffi::SQLITE_NOMEM,
+        ] {
+            let e = map_sql("committing", failure(code));
+            assert!(e.is_transient(), "{code}: {e:?}");
+            let source = std::error::Error::source(&e).map(ToString::to_string);
+            assert!(source.is_some(), "{code}: the cause is kept as the source");
+            assert!(e.to_string().starts_with("catalog unavailable: committing: "), "{e}");
+        }
+        let full = map_sql("committing", failure(ffi::SQLITE_FULL));
+        assert!(full.to_string().contains("full"), "{full}");
+        assert!(matches!(
+            map_sql("reading", failure(ffi::SQLITE_CORRUPT)),
+            CatalogError::Corrupt { .. }
+        ));
+        let bug = map_sql("preparing", failure(ffi::SQLITE_MISUSE));
+        assert!(matches!(bug, CatalogError::Backend { .. }), "{bug:?}");
+        assert!(std::error::Error::source(&bug).is_some());
     }
 }

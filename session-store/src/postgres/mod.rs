@@ -100,8 +100,10 @@ impl Drop for Inner {
     }
 }
 
-/// Maps a tokio-postgres error: connection loss, overload, serialization
-/// failures and deadlocks are transient; data corruption is corrupt.
+/// Maps a tokio-postgres error: connection loss (08), resources (53: disk
+/// full, out of memory), operator intervention (57), system I/O errors (58),
+/// serialization failures and deadlocks (40) are transient; data corruption
+/// is corrupt.
 pub(crate) fn map_pg(context: impl Into<String>, e: tokio_postgres::Error) -> StoreError {
     let context = context.into();
     if e.is_closed() {
@@ -112,7 +114,7 @@ pub(crate) fn map_pg(context: impl Into<String>, e: tokio_postgres::Error) -> St
         return StoreError::unavailable(format!("{context}: {e}"), Some(Box::new(e)));
     };
     let class = &code.code()[..2.min(code.code().len())];
-    if matches!(class, "08" | "53" | "57" | "40") {
+    if matches!(class, "08" | "53" | "57" | "58" | "40") {
         return StoreError::unavailable(format!("{context}: {e}"), Some(Box::new(e)));
     }
     if *code == SqlState::DATA_CORRUPTED || *code == SqlState::INDEX_CORRUPTED {

@@ -79,7 +79,7 @@ struct Inner {
     options: SqliteOptions,
 }
 
-/// Maps a rusqlite error: busy/locked/io are transient, corruption is
+/// Maps a rusqlite error: busy/locked/io/full/read-only are transient, corruption is
 /// [`StoreError::Corrupt`], the rest is a backend error.
 pub(crate) fn map_err(context: impl Into<String>, e: rusqlite::Error) -> StoreError {
     use rusqlite::ErrorCode as C;
@@ -91,6 +91,7 @@ pub(crate) fn map_err(context: impl Into<String>, e: rusqlite::Error) -> StoreEr
             | C::SystemIoFailure
             | C::DiskFull
             | C::CannotOpen
+            | C::ReadOnly
             | C::OutOfMemory,
         ) => StoreError::unavailable(format!("{context}: {e}"), Some(Box::new(e))),
         Some(C::DatabaseCorrupt | C::NotADatabase) => {
