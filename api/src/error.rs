@@ -69,6 +69,14 @@ pub enum ApiError {
         /// What is unavailable (no internals).
         message: String,
     },
+    /// No vault-bridge can take a credential's secret, so nothing was
+    /// stored: 503 `api_error` with `error.details.error_code`
+    /// `vault_bridge_unavailable`, not retried by the SDK.
+    #[error("{message}")]
+    VaultBridgeUnavailable {
+        /// Names the vault and the environment.
+        message: String,
+    },
     /// A bug or a broken backend: 500 `api_error`. The detail is logged,
     /// never sent.
     #[error("internal error: {detail}")]
@@ -116,8 +124,18 @@ impl ApiError {
             ApiError::Conflict { .. } => (StatusCode::CONFLICT, "invalid_request_error"),
             ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large"),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
-            ApiError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "api_error"),
+            ApiError::Unavailable { .. } | ApiError::VaultBridgeUnavailable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "api_error")
+            }
             ApiError::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "api_error"),
+        }
+    }
+
+    /// `error.details.error_code` of the envelope, when the error has one.
+    pub fn error_code(&self) -> Option<&'static str> {
+        match self {
+            ApiError::VaultBridgeUnavailable { .. } => Some("vault_bridge_unavailable"),
+            _ => None,
         }
     }
 
@@ -215,11 +233,14 @@ pub fn error_response(error: &ApiError, request_id: &str) -> Response {
     if let ApiError::Internal { detail } = error {
         tracing::error!(request_id, error = %detail, "internal error");
     }
-    let body = json!({
+    let mut body = json!({
         "type": "error",
         "error": {"type": kind, "message": error.public_message()},
         "request_id": request_id,
     });
+    if let Some(code) = error.error_code() {
+        body["error"]["details"] = json!({ "error_code": code });
+    }
     let mut response = (status, axum::Json(body)).into_response();
     let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(request_id) {
@@ -309,6 +330,13 @@ mod tests {
                 "rate_limit_error",
             ),
             (ApiError::internal("boom"), 500, "api_error"),
+            (
+                ApiError::VaultBridgeUnavailable {
+                    message: "x".into(),
+                },
+                503,
+                "api_error",
+            ),
         ];
         for (e, status, kind) in cases {
             let (s, k) = e.status_and_type();

@@ -1,6 +1,6 @@
 //! The public HTTP API, wire-compatible with the Managed Agents beta API
-//! (`/v1/agents`, `/v1/environments`, `/v1/sessions`, session events: send,
-//! list and SSE stream), so the official `anthropic` SDKs work against
+//! (`/v1/agents`, `/v1/environments`, `/v1/vaults` and their credentials,
+//! `/v1/sessions`, session events: send, list and SSE stream), so the official `anthropic` SDKs work against
 //! Airlock by changing `base_url`. Beyond the original, a stream resumes
 //! without loss from `Last-Event-ID` or `?after=<seq>`, and events carry
 //! their `seq`. `api/openapi.yaml` describes exactly what is served; the
@@ -12,8 +12,10 @@
 //! the body size limit, one parser per resource turning a request into a
 //! typed action, the validation of agent tools and permission policies, and
 //! the one mapping of errors to the standard envelope ([`error_response`]).
-//! It does not store anything itself (agents, environments and keys live in
-//! the `catalog`, sessions and events in the `session-store`), and does not
+//! It does not store anything itself (agents, environments, keys and vault
+//! metadata live in the `catalog`, sessions and events in the
+//! `session-store`; credential secrets go to a [`SecretRelay`] and are never
+//! stored by the control plane), and does not
 //! run sessions: after appending user events it calls
 //! [`SessionRunner::notify`], which the control plane implements with the
 //! harness supervisor.
@@ -23,6 +25,7 @@
 mod agents;
 mod body;
 pub mod config;
+mod credentials;
 mod edge;
 mod environments;
 mod error;
@@ -31,9 +34,11 @@ mod fanout;
 mod fields;
 mod ids;
 mod query;
+pub mod relay;
 mod sessions;
 mod stream;
 mod tools;
+mod vaults;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{ApiConfig, RawApiConfig};
 pub use error::{error_response, ApiError};
+pub use relay::{NoBridgeRelay, RelayError, RelayTarget, SecretFields, SecretRelay, SecretValue};
 
 /// Runs sessions: told when a session has new input. The control plane
 /// implements it with the harness supervisor (`Supervisor::notify`).
@@ -115,6 +121,9 @@ pub struct ApiState {
     pub catalog: Arc<dyn catalog::Catalog>,
     /// Told when sessions have new input.
     pub runner: Arc<dyn SessionRunner>,
+    /// Takes credential secrets to the vault-bridges ([`NoBridgeRelay`]
+    /// until the tunnel carries them).
+    pub relay: Arc<dyn SecretRelay>,
     /// Limits.
     pub limits: ApiLimits,
     /// Cancelled on shutdown: open SSE streams end so the server can drain.
@@ -166,6 +175,32 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/v1/environments/{environment_id}/archive",
             post(environments::archive),
+        )
+        .route("/v1/vaults", post(vaults::create).get(vaults::list))
+        .route(
+            "/v1/vaults/{vault_id}",
+            get(vaults::retrieve)
+                .post(vaults::update)
+                .delete(vaults::delete),
+        )
+        .route("/v1/vaults/{vault_id}/archive", post(vaults::archive))
+        .route(
+            "/v1/vaults/{vault_id}/credentials",
+            post(credentials::create).get(credentials::list),
+        )
+        .route(
+            "/v1/vaults/{vault_id}/credentials/{credential_id}",
+            get(credentials::retrieve)
+                .post(credentials::update)
+                .delete(credentials::delete),
+        )
+        .route(
+            "/v1/vaults/{vault_id}/credentials/{credential_id}/archive",
+            post(credentials::archive),
+        )
+        .route(
+            "/v1/vaults/{vault_id}/credentials/{credential_id}/mcp_oauth_validate",
+            post(credentials::mcp_oauth_validate),
         )
         .route("/v1/sessions", post(sessions::create).get(sessions::list))
         .route(

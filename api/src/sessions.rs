@@ -48,6 +48,8 @@ pub(crate) struct CreateSession {
     pub metadata: Map<String, Value>,
     pub title: Option<String>,
     pub initial_events: Vec<Value>,
+    /// Vaults whose credentials the session may use (checked at create).
+    pub vault_ids: Vec<String>,
 }
 
 fn empty_or_refused(o: &Obj<'_>, key: &str, why: &str) -> Result<(), ApiError> {
@@ -71,6 +73,69 @@ fn title(o: &Obj<'_>) -> Result<Option<String>, ApiError> {
         ));
     }
     Ok(t.map(str::to_owned))
+}
+
+const MAX_VAULT_IDS: usize = 50;
+
+/// `vault_ids`: distinct non-empty ids, at most 50.
+fn vault_ids(o: &Obj<'_>) -> Result<Vec<String>, ApiError> {
+    let Some(ids) = o.opt_array("vault_ids")? else {
+        return Ok(Vec::new());
+    };
+    if ids.len() > MAX_VAULT_IDS {
+        return Err(ApiError::invalid(
+            "vault_ids",
+            format!("at most {MAX_VAULT_IDS} vaults are allowed"),
+        ));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(ids.len());
+    for (i, v) in ids.iter().enumerate() {
+        let path = join("vault_ids", &i.to_string());
+        match v {
+            Value::String(id) if !id.is_empty() => {
+                if out.contains(id) {
+                    return Err(ApiError::invalid(
+                        &path,
+                        format!("vault {id} is listed twice"),
+                    ));
+                }
+                out.push(id.clone());
+            }
+            other => {
+                return Err(ApiError::invalid(
+                    &path,
+                    format!("expected a vault id, got {}", type_name(other)),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Checks that every vault exists, is live, and is not pinned to another
+/// environment than the session's.
+async fn check_vaults(s: &AppState, ids: &[String], environment_id: &str) -> Result<(), ApiError> {
+    for (i, id) in ids.iter().enumerate() {
+        let path = join("vault_ids", &i.to_string());
+        let vault = s.state.catalog.get_vault(id).await.map_err(|e| match e {
+            CatalogError::NotFound { .. } => ApiError::NotFound {
+                message: format!("{path}: vault {id} not found"),
+            },
+            other => other.into(),
+        })?;
+        if vault.archived_at.is_some() {
+            return Err(ApiError::invalid(&path, format!("vault {id} is archived")));
+        }
+        if let Some(pin) = crate::vaults::pinned_environment(&vault.body) {
+            if pin != environment_id {
+                return Err(ApiError::invalid(
+                    &path,
+                    format!("vault {id} is pinned to environment {pin}, not the session's {environment_id}"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Parses `POST /v1/sessions`.
@@ -132,7 +197,6 @@ pub(crate) fn parse_create(body: &Value) -> Result<CreateSession, ApiError> {
         "resources",
         "session resources are not supported by Airlock yet",
     )?;
-    empty_or_refused(&o, "vault_ids", "vaults are not supported by Airlock yet")?;
     if o.get("budget").is_some() {
         return Err(ApiError::invalid(
             "budget",
@@ -160,6 +224,7 @@ pub(crate) fn parse_create(body: &Value) -> Result<CreateSession, ApiError> {
         metadata: metadata("metadata", o.get("metadata"))?,
         title: title(&o)?,
         initial_events,
+        vault_ids: vault_ids(&o)?,
     })
 }
 
@@ -220,6 +285,7 @@ pub(crate) async fn create(
             format!("environment {} is archived", env.id),
         ));
     }
+    check_vaults(&s, &req.vault_ids, &env.id).await?;
     let id = new_id("sesn");
     let body = json!({
         "type": "session",
@@ -229,7 +295,7 @@ pub(crate) async fn create(
         "metadata": req.metadata,
         "title": req.title,
         "resources": [],
-        "vault_ids": [],
+        "vault_ids": req.vault_ids,
         "outcome_evaluations": [],
         "archived_at": null,
         "deployment_id": null,

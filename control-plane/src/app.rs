@@ -249,6 +249,9 @@ impl App {
                 store: session_store,
                 catalog,
                 runner,
+                // Secrets sent through the vaults API are refused (503)
+                // until the tunnel relays them to vault-bridges.
+                relay: Arc::new(api::NoBridgeRelay),
                 limits,
                 shutdown: token,
             };

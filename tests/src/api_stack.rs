@@ -235,6 +235,7 @@ impl ApiStack {
             store: store.clone(),
             catalog: catalog.clone(),
             runner,
+            relay: Arc::new(api::NoBridgeRelay),
             limits: api::ApiLimits {
                 sse_ping_interval: Duration::from_secs(1),
                 ..api::ApiLimits::default()

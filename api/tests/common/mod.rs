@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use api::{ApiLimits, ApiState, SessionRunner};
+use api::{ApiLimits, ApiState, RelayError, RelayTarget, SecretFields, SecretRelay, SessionRunner};
 use axum::body::Body;
 use axum::Router;
 use catalog::{Catalog, GeneratedKey, NewApiKey, SqliteCatalog};
@@ -23,6 +23,39 @@ pub struct Recorder(pub Mutex<Vec<String>>);
 impl SessionRunner for Recorder {
     fn notify(&self, session_id: &str) {
         self.0.lock().unwrap().push(session_id.to_owned());
+    }
+}
+
+/// A relay that records what it was given (field names and values) and
+/// accepts, or refuses like a missing bridge when `refuse` is set.
+#[derive(Debug, Default)]
+pub struct RecordingRelay {
+    pub refuse: std::sync::atomic::AtomicBool,
+    /// (target, [(field, value)]) of every accepted or refused put.
+    pub puts: Mutex<Vec<(RelayTarget, Vec<(String, String)>)>>,
+    pub forgets: Mutex<Vec<RelayTarget>>,
+}
+
+#[async_trait::async_trait]
+impl SecretRelay for RecordingRelay {
+    async fn put(&self, target: &RelayTarget, fields: &SecretFields) -> Result<(), RelayError> {
+        let values = fields
+            .names()
+            .into_iter()
+            .map(|n| (n.to_owned(), fields.get(n).unwrap().expose().to_owned()))
+            .collect();
+        self.puts.lock().unwrap().push((target.clone(), values));
+        if self.refuse.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(RelayError::NoBridge {
+                environment_id: target.environment_id.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn forget(&self, target: &RelayTarget) -> Result<(), RelayError> {
+        self.forgets.lock().unwrap().push(target.clone());
+        Ok(())
     }
 }
 
@@ -150,6 +183,7 @@ pub struct Api {
     pub store: Arc<dyn SessionStore>,
     pub catalog: Arc<dyn Catalog>,
     pub runner: Arc<Recorder>,
+    pub relay: Arc<RecordingRelay>,
     pub router: Router,
     pub key: String,
     pub spec: Arc<Spec>,
@@ -168,6 +202,16 @@ impl Api {
     }
 
     pub async fn with_limits(limits: ApiLimits) -> Api {
+        Self::build(limits, None).await
+    }
+
+    /// With `relay` instead of the production `NoBridgeRelay` (whose puts
+    /// are never recorded: `self.relay` stays empty).
+    pub async fn with_relay(relay: Arc<RecordingRelay>) -> Api {
+        Self::build(ApiLimits::default(), Some(relay)).await
+    }
+
+    async fn build(limits: ApiLimits, relay: Option<Arc<RecordingRelay>>) -> Api {
         let dir = tempfile::tempdir().unwrap();
         let catalog: Arc<dyn Catalog> =
             Arc::new(SqliteCatalog::open_in_dir(dir.path()).await.unwrap());
@@ -188,10 +232,15 @@ impl Api {
             .unwrap();
         let runner = Arc::new(Recorder::default());
         let shutdown = tokio_util::sync::CancellationToken::new();
+        let served: Arc<dyn SecretRelay> = match &relay {
+            Some(r) => r.clone(),
+            None => Arc::new(api::NoBridgeRelay),
+        };
         let router = api::router(ApiState {
             store: store.clone(),
             catalog: catalog.clone(),
             runner: runner.clone(),
+            relay: served,
             limits,
             shutdown: shutdown.clone(),
         });
@@ -200,6 +249,7 @@ impl Api {
             store,
             catalog,
             runner,
+            relay: relay.unwrap_or_default(),
             router,
             key: key.plaintext,
             spec: Arc::new(Spec::load()),

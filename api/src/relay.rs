@@ -1,0 +1,156 @@
+//! Where a credential's secret material goes: the [`SecretRelay`].
+//!
+//! The control plane stores credential metadata only. A secret sent through
+//! the API (`token`, `access_token`, `refresh_token`, `client_secret`,
+//! `secret_value`) is handed, in memory, to the relay, which delivers it to
+//! the vault-bridge(s) of the environment the vault is pinned to (vault
+//! metadata `airlock.environment_id`). When the relay cannot deliver it the
+//! API refuses the request (503, `vault_bridge_unavailable`) and stores
+//! nothing. [`NoBridgeRelay`] is the production relay until the tunnel
+//! carries secrets: it never accepts one.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// One secret value. Its `Debug` never shows it; the bytes are overwritten
+/// when it is dropped (best effort: copies made by the JSON parser before
+/// it was taken out of the request are not).
+pub struct SecretValue(String);
+
+impl SecretValue {
+    /// Wraps `value`.
+    pub fn new(value: String) -> Self {
+        SecretValue(value)
+    }
+
+    /// The value, for the relay to send on.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretValue([redacted])")
+    }
+}
+
+impl Drop for SecretValue {
+    fn drop(&mut self) {
+        let mut bytes = std::mem::take(&mut self.0).into_bytes();
+        bytes.iter_mut().for_each(|b| *b = 0);
+        std::hint::black_box(&bytes);
+    }
+}
+
+/// The secret fields of one credential request, by field name (`token`,
+/// `access_token`, `refresh_token`, `client_secret`, `secret_value`).
+/// `Debug` lists the names only.
+#[derive(Default)]
+pub struct SecretFields(BTreeMap<&'static str, SecretValue>);
+
+impl SecretFields {
+    /// Adds `name` = `value`.
+    pub(crate) fn insert(&mut self, name: &'static str, value: String) {
+        self.0.insert(name, SecretValue::new(value));
+    }
+
+    /// Whether the request carried no secret.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The field names, in order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.0.keys().copied().collect()
+    }
+
+    /// The value of `name`.
+    pub fn get(&self, name: &str) -> Option<&SecretValue> {
+        self.0.get(name)
+    }
+}
+
+impl fmt::Debug for SecretFields {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+/// Which credential a secret belongs to and which bridges serve it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayTarget {
+    /// The environment the vault is pinned to: its vault-bridges hold the secret.
+    pub environment_id: String,
+    /// The vault.
+    pub vault_id: String,
+    /// The credential.
+    pub credential_id: String,
+}
+
+/// Why a relay did not deliver.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// No vault-bridge of the environment is connected.
+    #[error("no vault-bridge of environment {environment_id} is connected")]
+    NoBridge {
+        /// The environment.
+        environment_id: String,
+    },
+    /// A bridge answered with a failure (its backend is sealed, unreachable...).
+    #[error("the vault-bridge of environment {environment_id} refused: {reason}")]
+    Refused {
+        /// The environment.
+        environment_id: String,
+        /// What the bridge said (never a value).
+        reason: String,
+    },
+}
+
+/// Delivers secret material to the vault-bridges of an environment.
+#[async_trait::async_trait]
+pub trait SecretRelay: Send + Sync + fmt::Debug {
+    /// Hands `fields` of `target` to the bridges. `Ok` means they hold them;
+    /// only then does the API store the credential's metadata.
+    async fn put(&self, target: &RelayTarget, fields: &SecretFields) -> Result<(), RelayError>;
+
+    /// Tells the bridges to drop what was relayed for `target` (the
+    /// credential was archived or deleted, or storing it failed). A secret
+    /// the customer wrote into their own Vault (`airlock.kv_path`) is theirs
+    /// and stays.
+    async fn forget(&self, target: &RelayTarget) -> Result<(), RelayError>;
+}
+
+/// The relay while no bridge can be reached: refuses every secret, and has
+/// nothing to forget.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoBridgeRelay;
+
+#[async_trait::async_trait]
+impl SecretRelay for NoBridgeRelay {
+    async fn put(&self, target: &RelayTarget, _fields: &SecretFields) -> Result<(), RelayError> {
+        Err(RelayError::NoBridge {
+            environment_id: target.environment_id.clone(),
+        })
+    }
+
+    async fn forget(&self, _target: &RelayTarget) -> Result<(), RelayError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_a_value() {
+        let mut f = SecretFields::default();
+        f.insert("token", "canary-123".into());
+        let shown = format!("{f:?} {:?}", f.get("token"));
+        assert!(!shown.contains("canary"), "{shown}");
+        assert!(shown.contains("token"), "{shown}");
+        assert_eq!(f.get("token").map(SecretValue::expose), Some("canary-123"));
+    }
+}
