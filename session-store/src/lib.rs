@@ -8,9 +8,12 @@
 //!
 //! This crate owns storage and its invariants: ids, seqs, `processed_at`,
 //! atomic batches, durability before acknowledgement, lease grants and
-//! fencing, schema migrations. It does not understand event types (bodies are
-//! opaque JSON objects with a `type`), does not decide when a session should
-//! run (the harness does), and does not map errors to HTTP (the API does).
+//! fencing, schema migrations, and the typed names the log speaks in
+//! ([`names`]: event types, permission values, stop reasons, shared by the
+//! API, the harness and the control plane). It does not interpret events
+//! (bodies are opaque JSON objects with a `type`), does not decide when a
+//! session should run (the harness does), and does not map errors to HTTP
+//! (the API does).
 //!
 //! Invariants every implementation keeps:
 //! - an append is one transaction, committed durably before it returns; its
@@ -27,6 +30,7 @@ mod clock;
 pub mod config;
 mod error;
 mod lease;
+pub mod names;
 pub mod postgres;
 pub mod sqlite;
 mod status;
@@ -38,6 +42,10 @@ use std::time::Duration;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{open_store, RawStoreConfig, StoreConfig, StoreConfigError};
 pub use error::{BoxError, Result, StoreError};
+pub use names::{
+    ConfirmationResult, EvaluatedPermission, EventType, PermissionPolicy, RetryStatus,
+    SessionErrorType, StopReasonType,
+};
 pub use postgres::{PgOptions, PgStore};
 
 pub use sqlite::{SqliteOptions, SqliteStore};

@@ -167,6 +167,11 @@ pub struct StoredEvent {
 }
 
 impl StoredEvent {
+    /// The body's `type`, typed.
+    pub fn kind(&self) -> crate::names::EventType {
+        crate::names::EventType::parse(&self.event_type)
+    }
+
     /// The published JSON shape: the body plus `id`, `type` and `processed_at`
     /// (RFC 3339, UTC, or null). `seq` is not included; the API may add it.
     pub fn to_json(&self) -> Value {
