@@ -150,6 +150,21 @@ impl Inner {
         with_deadline(self.config.request_timeout, move || s, &self.name, fut).await
     }
 
+    /// Run `call`, and once more if it found the server unreachable: a
+    /// pooled connection to a server that restarted fails once ("connection
+    /// closed before message completed"); a server that is down fails again
+    /// at once. Every call here is idempotent (KV v2 writes replace).
+    async fn retried<T, F, Fut>(&self, call: F) -> Result<T, BackendError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, BackendError>>,
+    {
+        match call().await {
+            Err(BackendError::Unreachable { .. }) => call().await,
+            other => other,
+        }
+    }
+
     /// Log in (AppRole) or take the configured token and look it up.
     async fn login(&self) -> Result<Lease, BackendError> {
         let subject = Subject::Open;
@@ -161,16 +176,19 @@ impl Inner {
             OpenbaoAuth::Token(source) => {
                 let token = read_private_text(source).map_err(file_err)?;
                 self.client.write().await.set_token(token.expose_secret());
-                self.deadline(subject.clone(), async {
-                    let c = self.client.read().await;
-                    let info = vaultrs::token::lookup_self(&*c)
-                        .await
-                        .map_err(|e| self.map_err(subject.clone(), e))?;
-                    Ok(Lease {
-                        ttl: Duration::from_secs(info.ttl),
-                        renewable: info.renewable.unwrap_or(false),
-                    })
-                })
+                self.deadline(
+                    subject.clone(),
+                    self.retried(|| async {
+                        let c = self.client.read().await;
+                        let info = vaultrs::token::lookup_self(&*c)
+                            .await
+                            .map_err(|e| self.map_err(subject.clone(), e))?;
+                        Ok(Lease {
+                            ttl: Duration::from_secs(info.ttl),
+                            renewable: info.renewable.unwrap_or(false),
+                        })
+                    }),
+                )
                 .await
             }
             OpenbaoAuth::Approle {
@@ -383,39 +401,46 @@ fn cause_chain(e: &dyn std::error::Error) -> String {
 impl SecretBackend for OpenbaoBackend {
     async fn get(&self, key: &SecretKey) -> Result<Secret, BackendError> {
         let i = &self.inner;
-        i.deadline(key.into(), i.read_secret(key)).await
+        i.deadline(key.into(), i.retried(|| i.read_secret(key)))
+            .await
     }
 
     async fn put(&self, key: &SecretKey, secret: &Secret) -> Result<(), BackendError> {
         let i = &self.inner;
         let subject = Subject::from(key);
-        i.deadline(subject.clone(), async {
-            let data: BTreeMap<&str, &str> = secret
-                .iter()
-                .map(|(k, v)| (k, v.expose_secret()))
-                .collect();
-            let c = i.client.read().await;
-            vaultrs::kv2::set(&*c, &i.config.mount, &i.path_of(key), &data)
-                .await
-                .map(|_| ())
-                .map_err(|e| i.map_err(subject.clone(), e))
-        })
+        let data: BTreeMap<&str, &str> = secret
+            .iter()
+            .map(|(k, v)| (k, v.expose_secret()))
+            .collect();
+        i.deadline(
+            subject.clone(),
+            i.retried(|| async {
+                let c = i.client.read().await;
+                vaultrs::kv2::set(&*c, &i.config.mount, &i.path_of(key), &data)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| i.map_err(subject.clone(), e))
+            }),
+        )
         .await
     }
 
     async fn delete(&self, key: &SecretKey) -> Result<(), BackendError> {
         let i = &self.inner;
         let subject = Subject::from(key);
-        i.deadline(subject.clone(), async {
-            let c = i.client.read().await;
-            let path = i.path_of(key);
-            vaultrs::kv2::read_metadata(&*c, &i.config.mount, &path)
-                .await
-                .map_err(|e| i.map_err(subject.clone(), e))?;
-            vaultrs::kv2::delete_metadata(&*c, &i.config.mount, &path)
-                .await
-                .map_err(|e| i.map_err(subject.clone(), e))
-        })
+        let path = i.path_of(key);
+        i.deadline(
+            subject.clone(),
+            i.retried(|| async {
+                let c = i.client.read().await;
+                vaultrs::kv2::read_metadata(&*c, &i.config.mount, &path)
+                    .await
+                    .map_err(|e| i.map_err(subject.clone(), e))?;
+                vaultrs::kv2::delete_metadata(&*c, &i.config.mount, &path)
+                    .await
+                    .map_err(|e| i.map_err(subject.clone(), e))
+            }),
+        )
         .await
     }
 
@@ -425,12 +450,15 @@ impl SecretBackend for OpenbaoBackend {
             let mount = &i.config.mount;
             let prefix = &i.config.path_prefix;
             let list = |path: String| async move {
-                let c = i.client.read().await;
-                match vaultrs::kv2::list(&*c, mount, &path).await {
-                    Ok(keys) => Ok(keys),
-                    Err(ClientError::APIError { code: 404, .. }) => Ok(Vec::new()),
-                    Err(e) => Err(i.map_err(Subject::List, e)),
-                }
+                i.retried(|| async {
+                    let c = i.client.read().await;
+                    match vaultrs::kv2::list(&*c, mount, &path).await {
+                        Ok(keys) => Ok(keys),
+                        Err(ClientError::APIError { code: 404, .. }) => Ok(Vec::new()),
+                        Err(e) => Err(i.map_err(Subject::List, e)),
+                    }
+                })
+                .await
             };
             let mut out = Vec::new();
             for vault in list(prefix.clone()).await? {
@@ -452,30 +480,20 @@ impl SecretBackend for OpenbaoBackend {
     }
 
     async fn health(&self) -> Result<(), BackendError> {
+        // A token lookup answers all three questions: reachable, unsealed
+        // (a sealed server answers 503 "Vault is sealed"), and the token
+        // still good. (vaultrs's sys::health expects fields OpenBao does
+        // not send.)
         let i = &self.inner;
         i.deadline(Subject::Health, async {
-            let c = i.client.read().await;
-            match vaultrs::sys::status(&*c).await {
-                Ok(vaultrs::sys::ServerStatus::SEALED) => {
-                    return Err(BackendError::Sealed {
-                        subject: Subject::Health,
-                        backend: i.name.clone(),
-                    })
-                }
-                Ok(vaultrs::sys::ServerStatus::UNINITIALIZED) => {
-                    return Err(BackendError::Other {
-                        subject: Subject::Health,
-                        backend: i.name.clone(),
-                        cause: "not initialised".into(),
-                    })
-                }
-                Ok(_) => {}
-                Err(e) => return Err(i.map_err(Subject::Health, e)),
-            }
-            vaultrs::token::lookup_self(&*c)
-                .await
-                .map(|_| ())
-                .map_err(|e| i.map_err(Subject::Health, e))
+            i.retried(|| async {
+                let c = i.client.read().await;
+                vaultrs::token::lookup_self(&*c)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| i.map_err(Subject::Health, e))
+            })
+            .await
         })
         .await
     }
