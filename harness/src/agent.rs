@@ -11,6 +11,7 @@
 use serde_json::{json, Value};
 
 use crate::events::Permission;
+use session_store::PermissionPolicy;
 
 /// Where a tool runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,12 +115,7 @@ fn builtin_definition(name: &str) -> Option<model::ToolDefinition> {
 }
 
 fn policy(v: Option<&Value>) -> Option<Permission> {
-    match v?.get("type")?.as_str()? {
-        "always_allow" => Some(Permission::AlwaysAllow),
-        "always_ask" => Some(Permission::AlwaysAsk),
-        "auto" => Some(Permission::AutoAllow),
-        _ => None,
-    }
+    Permission::from_policy(&PermissionPolicy::parse(v?.get("type")?.as_str()?))
 }
 
 impl AgentConfig {

@@ -1,44 +1,16 @@
 //! The event bodies the harness writes, in the published Managed Agents
 //! shapes (the official Python SDK's `types/beta/sessions/*` is the wire
-//! truth), and the names of the ones it reads.
+//! truth). The names in them (event types, permission values, stop reasons,
+//! retry statuses, error types) are the typed ones of
+//! [`session_store::names`], shared with the API and the control plane.
 //!
 //! The store owns `id`, `seq` and `processed_at`; these builders produce the
 //! rest of each body.
 
 use model::Usage;
 use serde_json::{json, Value};
-
-/// Event type names.
-pub mod types {
-    /// User turn (client-sent).
-    pub const USER_MESSAGE: &str = "user.message";
-    /// Interrupt (client-sent).
-    pub const USER_INTERRUPT: &str = "user.interrupt";
-    /// Allow/deny of an `always_ask` tool call (client-sent).
-    pub const USER_TOOL_CONFIRMATION: &str = "user.tool_confirmation";
-    /// Result of a custom tool (client-sent).
-    pub const USER_CUSTOM_TOOL_RESULT: &str = "user.custom_tool_result";
-    /// Result of a built-in tool sent by a client (self-hosted workers).
-    pub const USER_TOOL_RESULT: &str = "user.tool_result";
-    /// Agent text.
-    pub const AGENT_MESSAGE: &str = "agent.message";
-    /// Built-in tool call.
-    pub const AGENT_TOOL_USE: &str = "agent.tool_use";
-    /// Built-in tool result.
-    pub const AGENT_TOOL_RESULT: &str = "agent.tool_result";
-    /// Custom tool call.
-    pub const AGENT_CUSTOM_TOOL_USE: &str = "agent.custom_tool_use";
-    /// Model request opened.
-    pub const SPAN_MODEL_REQUEST_START: &str = "span.model_request_start";
-    /// Model request closed.
-    pub const SPAN_MODEL_REQUEST_END: &str = "span.model_request_end";
-    /// Session running.
-    pub const SESSION_STATUS_RUNNING: &str = "session.status_running";
-    /// Session idle.
-    pub const SESSION_STATUS_IDLE: &str = "session.status_idle";
-    /// Session error.
-    pub const SESSION_ERROR: &str = "session.error";
-}
+use session_store::{EvaluatedPermission, PermissionPolicy, StopReasonType};
+pub use session_store::{EventType, RetryStatus, SessionErrorType};
 
 /// `session.status_idle.stop_reason`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,20 +29,22 @@ impl StopReason {
     /// The published JSON.
     pub fn to_json(&self) -> Value {
         match self {
-            Self::EndTurn => json!({"type": "end_turn"}),
-            Self::RequiresAction(ids) => json!({"type": "requires_action", "event_ids": ids}),
-            Self::RetriesExhausted => json!({"type": "retries_exhausted"}),
-            Self::BudgetReached => json!({"type": "budget_reached"}),
+            Self::EndTurn => json!({"type": StopReasonType::EndTurn}),
+            Self::RequiresAction(ids) => {
+                json!({"type": StopReasonType::RequiresAction, "event_ids": ids})
+            }
+            Self::RetriesExhausted => json!({"type": StopReasonType::RetriesExhausted}),
+            Self::BudgetReached => json!({"type": StopReasonType::BudgetReached}),
         }
     }
 
     /// Parse the published JSON (`None` for shapes this harness does not write).
     pub fn from_json(v: &Value) -> Option<Self> {
-        match v.get("type")?.as_str()? {
-            "end_turn" => Some(Self::EndTurn),
-            "retries_exhausted" => Some(Self::RetriesExhausted),
-            "budget_reached" => Some(Self::BudgetReached),
-            "requires_action" => Some(Self::RequiresAction(
+        match StopReasonType::parse(v.get("type")?.as_str()?) {
+            StopReasonType::EndTurn => Some(Self::EndTurn),
+            StopReasonType::RetriesExhausted => Some(Self::RetriesExhausted),
+            StopReasonType::BudgetReached => Some(Self::BudgetReached),
+            StopReasonType::RequiresAction => Some(Self::RequiresAction(
                 v.get("event_ids")?
                     .as_array()?
                     .iter()
@@ -82,30 +56,9 @@ impl StopReason {
     }
 }
 
-/// `session.error.error.retry_status.type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryStatus {
-    /// The harness is retrying.
-    Retrying,
-    /// The turn is dead; the session goes idle.
-    Exhausted,
-    /// The session will terminate.
-    Terminal,
-}
-
-impl RetryStatus {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Retrying => "retrying",
-            Self::Exhausted => "exhausted",
-            Self::Terminal => "terminal",
-        }
-    }
-}
-
 /// `agent.message` with one text block.
 pub fn agent_message(text: &str) -> Value {
-    json!({"type": types::AGENT_MESSAGE, "content": [{"type": "text", "text": text}]})
+    json!({"type": EventType::AgentMessage, "content": [{"type": "text", "text": text}]})
 }
 
 /// How a tool call's permission was decided (`evaluated_permission` and
@@ -124,11 +77,22 @@ pub enum Permission {
 
 impl Permission {
     /// `evaluated_permission`.
-    pub fn evaluated(self) -> &'static str {
+    pub fn evaluated(self) -> EvaluatedPermission {
         match self {
-            Self::AlwaysAllow | Self::AutoAllow => "allow",
-            Self::AlwaysAsk => "ask",
-            Self::Refused => "deny",
+            Self::AlwaysAllow | Self::AutoAllow => EvaluatedPermission::Allow,
+            Self::AlwaysAsk => EvaluatedPermission::Ask,
+            Self::Refused => EvaluatedPermission::Deny,
+        }
+    }
+
+    /// The permission a tool's `permission_policy` gives (`None` for a
+    /// policy this harness does not know).
+    pub fn from_policy(policy: &PermissionPolicy) -> Option<Self> {
+        match policy {
+            PermissionPolicy::AlwaysAllow => Some(Self::AlwaysAllow),
+            PermissionPolicy::AlwaysAsk => Some(Self::AlwaysAsk),
+            PermissionPolicy::Auto => Some(Self::AutoAllow),
+            _ => None,
         }
     }
 }
@@ -136,15 +100,18 @@ impl Permission {
 /// `agent.tool_use`.
 pub fn agent_tool_use(name: &str, input: &Value, permission: Permission) -> Value {
     let mut v = json!({
-        "type": types::AGENT_TOOL_USE,
+        "type": EventType::AgentToolUse,
         "name": name,
         "input": input,
         "evaluated_permission": permission.evaluated(),
     });
     let evaluation = match permission {
-        Permission::AlwaysAllow => Some(json!({"type": "always_allow"})),
-        Permission::AlwaysAsk => Some(json!({"type": "always_ask"})),
-        Permission::AutoAllow => Some(json!({"type": "auto", "evaluated_permission": "allow"})),
+        Permission::AlwaysAllow => Some(json!({"type": PermissionPolicy::AlwaysAllow})),
+        Permission::AlwaysAsk => Some(json!({"type": PermissionPolicy::AlwaysAsk})),
+        Permission::AutoAllow => Some(json!({
+            "type": PermissionPolicy::Auto,
+            "evaluated_permission": EvaluatedPermission::Allow,
+        })),
         Permission::Refused => None,
     };
     if let (Some(e), Some(obj)) = (evaluation, v.as_object_mut()) {
@@ -155,13 +122,13 @@ pub fn agent_tool_use(name: &str, input: &Value, permission: Permission) -> Valu
 
 /// `agent.custom_tool_use`.
 pub fn agent_custom_tool_use(name: &str, input: &Value) -> Value {
-    json!({"type": types::AGENT_CUSTOM_TOOL_USE, "name": name, "input": input})
+    json!({"type": EventType::AgentCustomToolUse, "name": name, "input": input})
 }
 
 /// `agent.tool_result` for the `agent.tool_use` event `tool_use_id`.
 pub fn agent_tool_result(tool_use_id: &str, content: &[Value], is_error: bool) -> Value {
     json!({
-        "type": types::AGENT_TOOL_RESULT,
+        "type": EventType::AgentToolResult,
         "tool_use_id": tool_use_id,
         "content": content,
         "is_error": is_error,
@@ -175,13 +142,13 @@ pub fn text_block(text: &str) -> Value {
 
 /// `span.model_request_start`.
 pub fn span_start() -> Value {
-    json!({"type": types::SPAN_MODEL_REQUEST_START})
+    json!({"type": EventType::SpanModelRequestStart})
 }
 
 /// `span.model_request_end`.
 pub fn span_end(start_id: &str, is_error: bool, usage: &Usage) -> Value {
     json!({
-        "type": types::SPAN_MODEL_REQUEST_END,
+        "type": EventType::SpanModelRequestEnd,
         "model_request_start_id": start_id,
         "is_error": is_error,
         "model_usage": {
@@ -195,33 +162,32 @@ pub fn span_end(start_id: &str, is_error: bool, usage: &Usage) -> Value {
 
 /// `session.status_running`.
 pub fn status_running() -> Value {
-    json!({"type": types::SESSION_STATUS_RUNNING})
+    json!({"type": EventType::SessionStatusRunning})
 }
 
 /// `session.status_idle`.
 pub fn status_idle(reason: &StopReason) -> Value {
-    json!({"type": types::SESSION_STATUS_IDLE, "stop_reason": reason.to_json()})
+    json!({"type": EventType::SessionStatusIdle, "stop_reason": reason.to_json()})
 }
 
-/// `session.error` with a published error type (`model_overloaded_error`,
-/// `model_rate_limited_error`, `model_request_failed_error`, `unknown_error`).
-pub fn session_error(error_type: &str, message: &str, retry: RetryStatus) -> Value {
+/// `session.error` with a published error type.
+pub fn session_error(error_type: SessionErrorType, message: &str, retry: RetryStatus) -> Value {
     json!({
-        "type": types::SESSION_ERROR,
+        "type": EventType::SessionError,
         "error": {
             "type": error_type,
             "message": message,
-            "retry_status": {"type": retry.as_str()},
+            "retry_status": {"type": retry},
         },
     })
 }
 
 /// The `session.error` type for a model failure.
-pub fn model_error_type(e: &model::ModelError) -> &'static str {
+pub fn model_error_type(e: &model::ModelError) -> SessionErrorType {
     match e.kind() {
-        model::ModelErrorKind::Overloaded => "model_overloaded_error",
-        model::ModelErrorKind::RateLimited => "model_rate_limited_error",
-        _ => "model_request_failed_error",
+        model::ModelErrorKind::Overloaded => SessionErrorType::ModelOverloaded,
+        model::ModelErrorKind::RateLimited => SessionErrorType::ModelRateLimited,
+        _ => SessionErrorType::ModelRequestFailed,
     }
 }
 
@@ -248,7 +214,7 @@ mod tests {
         );
         assert_eq!(
             session_error(
-                "model_overloaded_error",
+                SessionErrorType::ModelOverloaded,
                 "Overloaded",
                 RetryStatus::Retrying
             ),

@@ -38,7 +38,8 @@ use model::{ContentBlock, Message, Role, Usage};
 use serde_json::{Map, Value};
 use session_store::StoredEvent;
 
-use crate::events::{self, types, StopReason};
+use crate::events::{self, StopReason};
+use session_store::{ConfirmationResult, EvaluatedPermission, EventType};
 
 /// How a tool call is to be resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +47,7 @@ pub enum ToolUseKind {
     /// Runs in the sandbox; `evaluated_permission` as recorded.
     Sandbox {
         /// `allow`, `ask` or `deny`.
-        evaluated_permission: String,
+        evaluated_permission: EvaluatedPermission,
     },
     /// Answered by the client with `user.custom_tool_result`.
     Custom,
@@ -75,7 +76,7 @@ impl OpenToolUse {
         match &self.kind {
             ToolUseKind::Sandbox {
                 evaluated_permission,
-            } => evaluated_permission == "allow" || self.allowed_by.is_some(),
+            } => *evaluated_permission == EvaluatedPermission::Allow || self.allowed_by.is_some(),
             ToolUseKind::Custom => false,
         }
     }
@@ -85,7 +86,7 @@ impl OpenToolUse {
         match &self.kind {
             ToolUseKind::Sandbox {
                 evaluated_permission,
-            } => evaluated_permission == "ask" && self.allowed_by.is_none(),
+            } => *evaluated_permission == EvaluatedPermission::Ask && self.allowed_by.is_none(),
             ToolUseKind::Custom => true,
         }
     }
@@ -129,7 +130,7 @@ pub struct SessionView {
     resolved_tools: HashSet<String>,
     input_since_idle: bool,
     last_status: Option<LastStatus>,
-    queued: Vec<(u64, String)>,
+    queued: Vec<(u64, EventType)>,
     unusable: Vec<u64>,
     denials: Vec<Denial>,
     interrupts: Vec<u64>,
@@ -247,8 +248,9 @@ impl SessionView {
         } = e;
         self.last_seq = seq;
         let queued = processed_at.is_none();
-        match event_type.as_str() {
-            types::USER_MESSAGE => {
+        let event_type = EventType::parse(&event_type);
+        match event_type {
+            EventType::UserMessage => {
                 self.pending_user
                     .extend(to_request_blocks(take_blocks(&mut body, "content")));
                 self.input_since_idle = true;
@@ -256,10 +258,11 @@ impl SessionView {
                     self.queued.push((seq, event_type));
                 }
             }
-            types::USER_INTERRUPT if queued => self.interrupts.push(seq),
-            types::USER_TOOL_CONFIRMATION => {
+            EventType::UserInterrupt if queued => self.interrupts.push(seq),
+            EventType::UserToolConfirmation => {
                 let tool_use_id = str_of(&body, "tool_use_id");
-                let allow = str_of(&body, "result") == "allow";
+                let allow =
+                    ConfirmationResult::parse(str_of(&body, "result")) == ConfirmationResult::Allow;
                 if let Some(pos) = self
                     .open_tools
                     .iter()
@@ -288,7 +291,7 @@ impl SessionView {
                     self.queued.push((seq, event_type));
                 }
             }
-            types::USER_CUSTOM_TOOL_RESULT => {
+            EventType::UserCustomToolResult => {
                 let tool_use_id = str_of(&body, "custom_tool_use_id").to_owned();
                 if let Some(pos) = self
                     .open_tools
@@ -305,7 +308,7 @@ impl SessionView {
                     self.queued.push((seq, event_type));
                 }
             }
-            types::AGENT_TOOL_RESULT | types::USER_TOOL_RESULT => {
+            EventType::AgentToolResult | EventType::UserToolResult => {
                 let tool_use_id = str_of(&body, "tool_use_id").to_owned();
                 if let Some(pos) = self
                     .open_tools
@@ -330,22 +333,22 @@ impl SessionView {
                     self.queued.push((seq, event_type));
                 }
             }
-            types::SPAN_MODEL_REQUEST_START => {
+            EventType::SpanModelRequestStart => {
                 self.flush_input();
                 self.last_span_start_seq = seq;
                 self.open_span = Some(id);
                 self.assistant.clear();
             }
-            types::AGENT_MESSAGE => {
+            EventType::AgentMessage => {
                 self.assistant
                     .extend(to_request_blocks(take_blocks(&mut body, "content")));
             }
-            types::AGENT_TOOL_USE | types::AGENT_CUSTOM_TOOL_USE => {
+            EventType::AgentToolUse | EventType::AgentCustomToolUse => {
                 let name = str_of(&body, "name").to_owned();
                 let input = body
                     .remove("input")
                     .unwrap_or_else(|| Value::Object(Map::new()));
-                let kind = if event_type == types::AGENT_CUSTOM_TOOL_USE {
+                let kind = if event_type == EventType::AgentCustomToolUse {
                     ToolUseKind::Custom
                 } else {
                     ToolUseKind::Sandbox {
@@ -353,8 +356,8 @@ impl SessionView {
                             .get("evaluated_permission")
                             .and_then(Value::as_str)
                         {
-                            Some(p) => p.to_owned(),
-                            None => "allow".to_owned(),
+                            Some(p) => EvaluatedPermission::parse(p),
+                            None => EvaluatedPermission::Allow,
                         },
                     }
                 };
@@ -375,7 +378,7 @@ impl SessionView {
                     cache_control: None,
                 });
             }
-            types::SPAN_MODEL_REQUEST_END => {
+            EventType::SpanModelRequestEnd => {
                 let start = body.get("model_request_start_id").and_then(Value::as_str);
                 if start.is_some() && start == self.open_span.as_deref() {
                     self.open_span = None;
@@ -399,8 +402,8 @@ impl SessionView {
                     self.requests_this_turn += 1;
                 }
             }
-            types::SESSION_STATUS_RUNNING => self.last_status = Some(LastStatus::Running),
-            types::SESSION_STATUS_IDLE => {
+            EventType::SessionStatusRunning => self.last_status = Some(LastStatus::Running),
+            EventType::SessionStatusIdle => {
                 self.last_status = Some(LastStatus::Idle(
                     body.get("stop_reason").and_then(StopReason::from_json),
                 ));
@@ -508,7 +511,7 @@ impl SessionView {
     pub fn has_new_user_message(&self) -> bool {
         self.queued
             .iter()
-            .any(|(s, t)| t == types::USER_MESSAGE && *s > self.last_span_start_seq)
+            .any(|(s, t)| *t == EventType::UserMessage && *s > self.last_span_start_seq)
     }
 
     /// Queued client events that a model request already consumed (before
@@ -526,7 +529,7 @@ impl SessionView {
     pub fn queued_user_messages(&self) -> Vec<u64> {
         self.queued
             .iter()
-            .filter(|(_, t)| t == types::USER_MESSAGE)
+            .filter(|(_, t)| *t == EventType::UserMessage)
             .map(|(s, _)| *s)
             .collect()
     }
@@ -547,7 +550,7 @@ impl SessionView {
     }
 
     /// Queued (unprocessed) client events other than interrupts, `(seq, type)`.
-    pub fn queued(&self) -> &[(u64, String)] {
+    pub fn queued(&self) -> &[(u64, EventType)] {
         &self.queued
     }
 

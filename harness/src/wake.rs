@@ -37,7 +37,7 @@ use tracing::Instrument;
 
 use crate::agent::{AgentConfig, AgentConfigError, ToolKind};
 use crate::config::{HarnessConfig, ProvisioningMode};
-use crate::events::{self, types, Permission, RetryStatus, StopReason};
+use crate::events::{self, EventType, Permission, RetryStatus, SessionErrorType, StopReason};
 use crate::hands::{
     Disposition, Hands, HandsError, ProvisionSpec, SandboxRef, ToolCall, ToolOutput,
 };
@@ -506,7 +506,7 @@ async fn watch_interrupts(
     };
     while let Some(item) = tail.next().await {
         match item {
-            Ok(TailItem::Appended(e)) if e.event_type == types::USER_INTERRUPT => {
+            Ok(TailItem::Appended(e)) if e.kind() == EventType::UserInterrupt => {
                 sig.send_modify(|s| s.interrupts += 1);
             }
             Ok(_) => {}
@@ -615,7 +615,7 @@ impl Run<'_> {
                     let message = e.to_string();
                     self.stop_turn(
                         vec![events::session_error(
-                            "unknown_error",
+                            SessionErrorType::UnknownError,
                             &message,
                             RetryStatus::Exhausted,
                         )],
