@@ -5,7 +5,9 @@
 
 pub mod api_stack;
 pub mod deploy;
+pub mod egress;
 pub mod fake_model;
+pub mod git_server;
 pub mod relay;
 pub mod sandbox;
 pub mod tinyproxy;

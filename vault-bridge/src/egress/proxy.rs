@@ -45,6 +45,9 @@ pub const DEFAULT_MAX_BUFFERED_BODY: usize = 16 * 1024 * 1024;
 
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Request bodies up to this size (by `Content-Length`) are checked whole before sending.
+const SMALL_BODY: u64 = 64 * 1024;
+
 /// Hop-by-hop headers: never forwarded in either direction.
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -509,7 +512,15 @@ impl Tunnel {
         self.swap_in_headers(&mut headers, &method, &path, &mut used)
             .await?;
         let hit = Arc::new(Mutex::new(None));
-        let body = if self.policy.body_injection_on(&self.host) {
+        // Small bodies (and every body a placeholder may be swapped into) are
+        // read whole and checked before anything goes upstream; larger ones
+        // stream, checked on the way (a refusal then aborts the upstream request).
+        let small = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n <= SMALL_BODY);
+        let body = if small || self.policy.body_injection_on(&self.host) {
             self.swap_in_body(body, &mut headers, &method, &path, &mut used)
                 .await?
         } else {
@@ -698,6 +709,7 @@ impl Tunnel {
         };
         let found = find_placeholders(&bytes);
         if found.is_empty() {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
             return Ok(Full::new(bytes).map_err(|e| match e {}).boxed());
         }
         let mut out = Vec::with_capacity(bytes.len());
