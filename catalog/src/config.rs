@@ -1,5 +1,6 @@
-//! The `[catalog]` config section: a raw serde struct that denies unknown
-//! keys, converted into typed options with errors naming the key, and
+//! The `[catalog]` config section: the shared `sqlite | postgres` keys
+//! ([`settings::backend`]: same checks and messages as `[session_store]`),
+//! converted into typed options with errors naming the key, and
 //! [`open_catalog`] to build the configured catalog.
 //!
 //! ```toml
@@ -14,28 +15,15 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::Deserialize;
-
 use crate::error::Result;
 use crate::postgres::{PgCatalog, PgCatalogOptions};
 use crate::sqlite::{SqliteCatalog, DB_FILE_NAME};
 use crate::Catalog;
+use settings::{Backend, BackendRules};
 
-/// `[catalog]` as written.
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawCatalogConfig {
-    /// `sqlite` (default) or `postgres`.
-    pub backend: Option<String>,
-    /// SQLite file; default `<data_dir>/catalog.sqlite3`.
-    pub sqlite_path: Option<PathBuf>,
-    /// PostgreSQL URL (required with `backend = "postgres"`).
-    pub postgres_url: Option<String>,
-    /// Schema of the catalog's tables (default `public`).
-    pub postgres_schema: Option<String>,
-    /// Pool size per replica.
-    pub postgres_max_connections: Option<usize>,
-}
+/// `[catalog]` as written: only the shared backend keys (SQLite file
+/// default `<data_dir>/catalog.sqlite3`, schema default `public`).
+pub type RawCatalogConfig = settings::RawBackend;
 
 /// A bad `[catalog]` value; `key` is the dotted key (`catalog.backend`).
 pub type CatalogConfigError = settings::InvalidKey;
@@ -45,9 +33,8 @@ pub use settings::SecretUrl;
 
 const SECTION: &str = "catalog";
 
-fn invalid(key: &str, message: impl std::fmt::Display) -> CatalogConfigError {
-    settings::InvalidKey::in_section(SECTION, key, message)
-}
+/// The longest schema name (PostgreSQL's identifier limit).
+const MAX_SCHEMA_LEN: usize = 63;
 
 /// The validated section.
 #[derive(Debug, Clone)]
@@ -69,58 +56,39 @@ pub enum CatalogConfig {
 impl CatalogConfig {
     /// Converts the raw section; relative defaults live in `data_dir`.
     pub fn from_raw(raw: &RawCatalogConfig, data_dir: &Path) -> Result<Self, CatalogConfigError> {
-        match raw.backend.as_deref().unwrap_or("sqlite") {
-            "sqlite" => {
-                settings::only_with(
-                    SECTION,
-                    "backend = \"postgres\"",
-                    &[
-                        ("postgres_url", raw.postgres_url.is_some()),
-                        ("postgres_schema", raw.postgres_schema.is_some()),
-                        (
-                            "postgres_max_connections",
-                            raw.postgres_max_connections.is_some(),
-                        ),
-                    ],
-                )?;
-                Ok(CatalogConfig::Sqlite {
-                    path: raw
-                        .sqlite_path
-                        .clone()
-                        .unwrap_or_else(|| data_dir.join(DB_FILE_NAME)),
-                })
-            }
-            "postgres" => {
-                settings::only_with(
-                    SECTION,
-                    "backend = \"sqlite\"",
-                    &[("sqlite_path", raw.sqlite_path.is_some())],
-                )?;
-                let url = raw
-                    .postgres_url
-                    .clone()
-                    .filter(|u| !u.trim().is_empty())
-                    .ok_or_else(|| {
-                        invalid("postgres_url", "required with backend = \"postgres\"")
+        let defaults = PgCatalogOptions::default();
+        let rules = BackendRules {
+            section: SECTION,
+            default_sqlite_path: data_dir.join(DB_FILE_NAME),
+            default_max_connections: defaults.max_connections,
+            max_schema_len: MAX_SCHEMA_LEN,
+            sqlite_keys: &[],
+            postgres_keys: &[],
+        };
+        match raw.check(&rules)? {
+            Backend::Sqlite { path } => Ok(CatalogConfig::Sqlite { path }),
+            Backend::Postgres {
+                url,
+                schema,
+                max_connections,
+            } => {
+                url.expose()
+                    .parse::<tokio_postgres::Config>()
+                    .map_err(|e| {
+                        settings::InvalidKey::in_section(
+                            SECTION,
+                            "postgres_url",
+                            format!("does not parse: {e}"),
+                        )
                     })?;
-                let mut options = PgCatalogOptions::default();
-                if let Some(schema) = &raw.postgres_schema {
-                    options.schema = schema.clone();
-                }
-                options.max_connections = settings::at_least_one(
-                    "catalog.postgres_max_connections",
-                    raw.postgres_max_connections,
-                    options.max_connections,
-                )?;
                 Ok(CatalogConfig::Postgres {
-                    url: SecretUrl::new(url),
-                    options,
+                    url,
+                    options: PgCatalogOptions {
+                        schema: schema.unwrap_or(defaults.schema),
+                        max_connections,
+                    },
                 })
             }
-            other => Err(invalid(
-                "backend",
-                format!("unknown backend {other:?}; expected sqlite or postgres"),
-            )),
         }
     }
 }

@@ -1,5 +1,7 @@
-//! The `[session_store]` config section: a raw serde struct that denies
-//! unknown keys, converted into typed options with errors naming the key, and
+//! The `[session_store]` config section: the shared `sqlite | postgres`
+//! keys ([`settings::backend`]: same checks and messages as `[catalog]`)
+//! plus the store's own, in a raw serde struct that denies unknown keys,
+//! converted into typed options with errors naming the key, and
 //! [`open_store`] to build the configured store.
 //!
 //! ```toml
@@ -26,25 +28,20 @@ use crate::error::Result;
 use crate::postgres::{PgOptions, PgStore};
 use crate::sqlite::{SqliteOptions, SqliteStore, DB_FILE_NAME};
 use crate::SessionStore;
+use settings::{Backend, BackendRules};
 
 /// `[session_store]` as written.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStoreConfig {
-    /// `sqlite` (default) or `postgres`.
-    pub backend: Option<String>,
-    /// SQLite file; default `<data_dir>/sessions.sqlite3`.
-    pub sqlite_path: Option<PathBuf>,
+    /// `backend`, `sqlite_path` (default `<data_dir>/sessions.sqlite3`),
+    /// `postgres_url`, `postgres_schema`, `postgres_max_connections`.
+    #[serde(flatten)]
+    pub shared: settings::RawBackend,
     /// Most writes committed together by the SQLite writer.
     pub max_group_commit: Option<usize>,
     /// How long SQLite waits for a lock held by another process.
     pub busy_timeout_seconds: Option<f64>,
-    /// PostgreSQL URL (required with `backend = "postgres"`).
-    pub postgres_url: Option<String>,
-    /// PostgreSQL schema for the tables.
-    pub postgres_schema: Option<String>,
-    /// Pool size per replica.
-    pub postgres_max_connections: Option<usize>,
     /// Connect timeout.
     pub postgres_connect_timeout_seconds: Option<f64>,
     /// Safety-net re-read interval of live tails on PostgreSQL.
@@ -61,6 +58,10 @@ pub type StoreConfigError = settings::InvalidKey;
 pub type PgUrl = settings::SecretUrl;
 
 const SECTION: &str = "session_store";
+
+/// The longest schema name (the store derives its notification channel
+/// names from it, within PostgreSQL's 63-byte identifier limit).
+const MAX_SCHEMA_LEN: usize = 40;
 
 fn invalid(key: &str, message: impl std::fmt::Display) -> StoreConfigError {
     settings::InvalidKey::in_section(SECTION, key, message)
@@ -96,106 +97,79 @@ fn positive(key: &str, v: Option<usize>, default: usize) -> Result<usize, StoreC
 impl StoreConfig {
     /// Validates `raw`; relative defaults live under `data_dir`.
     pub fn from_raw(raw: &RawStoreConfig, data_dir: &Path) -> Result<Self, StoreConfigError> {
-        let backend = raw.backend.as_deref().unwrap_or("sqlite");
-        match backend {
-            "sqlite" => {
-                settings::only_with(
-                    SECTION,
-                    "backend = \"postgres\"",
-                    &[
-                        ("postgres_url", raw.postgres_url.is_some()),
-                        ("postgres_schema", raw.postgres_schema.is_some()),
-                        (
-                            "postgres_max_connections",
-                            raw.postgres_max_connections.is_some(),
-                        ),
-                        (
-                            "postgres_connect_timeout_seconds",
-                            raw.postgres_connect_timeout_seconds.is_some(),
-                        ),
-                        (
-                            "tail_poll_interval_seconds",
-                            raw.tail_poll_interval_seconds.is_some(),
-                        ),
-                        (
-                            "postgres_application_name",
-                            raw.postgres_application_name.is_some(),
-                        ),
-                    ],
-                )?;
-                let defaults = SqliteOptions::default();
-                Ok(StoreConfig::Sqlite {
-                    path: raw
-                        .sqlite_path
-                        .clone()
-                        .unwrap_or_else(|| data_dir.join(DB_FILE_NAME)),
-                    options: SqliteOptions {
-                        max_group_commit: positive(
-                            "max_group_commit",
-                            raw.max_group_commit,
-                            defaults.max_group_commit,
-                        )?,
-                        busy_timeout: seconds(
-                            "busy_timeout_seconds",
-                            raw.busy_timeout_seconds,
-                            defaults.busy_timeout,
-                        )?,
-                        ..defaults
-                    },
-                })
-            }
-            "postgres" => {
-                settings::only_with(
-                    SECTION,
-                    "backend = \"sqlite\"",
-                    &[
-                        ("sqlite_path", raw.sqlite_path.is_some()),
-                        ("max_group_commit", raw.max_group_commit.is_some()),
-                        ("busy_timeout_seconds", raw.busy_timeout_seconds.is_some()),
-                    ],
-                )?;
-                let url = raw.postgres_url.clone().ok_or_else(|| {
-                    invalid("postgres_url", "is required with backend = \"postgres\"")
-                })?;
-                url.parse::<tokio_postgres::Config>()
+        let sqlite = SqliteOptions::default();
+        let postgres = PgOptions::default();
+        let rules = BackendRules {
+            section: SECTION,
+            default_sqlite_path: data_dir.join(DB_FILE_NAME),
+            default_max_connections: postgres.max_connections,
+            max_schema_len: MAX_SCHEMA_LEN,
+            sqlite_keys: &[
+                ("max_group_commit", raw.max_group_commit.is_some()),
+                ("busy_timeout_seconds", raw.busy_timeout_seconds.is_some()),
+            ],
+            postgres_keys: &[
+                (
+                    "postgres_connect_timeout_seconds",
+                    raw.postgres_connect_timeout_seconds.is_some(),
+                ),
+                (
+                    "tail_poll_interval_seconds",
+                    raw.tail_poll_interval_seconds.is_some(),
+                ),
+                (
+                    "postgres_application_name",
+                    raw.postgres_application_name.is_some(),
+                ),
+            ],
+        };
+        match raw.shared.check(&rules)? {
+            Backend::Sqlite { path } => Ok(StoreConfig::Sqlite {
+                path,
+                options: SqliteOptions {
+                    max_group_commit: positive(
+                        "max_group_commit",
+                        raw.max_group_commit,
+                        sqlite.max_group_commit,
+                    )?,
+                    busy_timeout: seconds(
+                        "busy_timeout_seconds",
+                        raw.busy_timeout_seconds,
+                        sqlite.busy_timeout,
+                    )?,
+                    ..sqlite
+                },
+            }),
+            Backend::Postgres {
+                url,
+                schema,
+                max_connections,
+            } => {
+                url.expose()
+                    .parse::<tokio_postgres::Config>()
                     .map_err(|e| invalid("postgres_url", format!("does not parse: {e}")))?;
-                let defaults = PgOptions::default();
-                let schema = raw
-                    .postgres_schema
-                    .clone()
-                    .unwrap_or(defaults.schema.clone());
-                crate::postgres::check_schema_name(&schema)
-                    .map_err(|e| invalid("postgres_schema", e.to_string()))?;
                 Ok(StoreConfig::Postgres {
-                    url: PgUrl::new(url),
+                    url,
                     options: PgOptions {
-                        schema,
-                        max_connections: positive(
-                            "postgres_max_connections",
-                            raw.postgres_max_connections,
-                            defaults.max_connections,
-                        )?,
+                        schema: schema.unwrap_or(postgres.schema),
+                        max_connections,
                         connect_timeout: seconds(
                             "postgres_connect_timeout_seconds",
                             raw.postgres_connect_timeout_seconds,
-                            defaults.connect_timeout,
+                            postgres.connect_timeout,
                         )?,
                         tail_poll_interval: seconds(
                             "tail_poll_interval_seconds",
                             raw.tail_poll_interval_seconds,
-                            defaults.tail_poll_interval,
+                            postgres.tail_poll_interval,
                         )?,
                         application_name: raw
                             .postgres_application_name
                             .clone()
-                            .unwrap_or(defaults.application_name),
+                            .unwrap_or(postgres.application_name),
                     },
                 })
             }
-            other => Err(invalid(
-                "backend",
-                format!("{other:?} is not \"sqlite\" or \"postgres\""),
-            )),
         }
     }
 }

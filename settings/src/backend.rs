@@ -44,6 +44,9 @@ pub struct BackendRules<'a> {
     pub default_sqlite_path: PathBuf,
     /// The pool size when `postgres_max_connections` is not set.
     pub default_max_connections: usize,
+    /// The longest `postgres_schema` the section accepts (its tables and
+    /// channels derive longer names from it).
+    pub max_schema_len: usize,
     /// The section's own keys that only apply with SQLite, and whether each
     /// is set.
     pub sqlite_keys: &'a [(&'a str, bool)],
@@ -64,7 +67,8 @@ pub enum Backend {
     Postgres {
         /// Where (its `Debug` hides the password).
         url: SecretUrl,
-        /// `postgres_schema` if set (the section checks and defaults it).
+        /// `postgres_schema` if set (checked with [`check_schema_name`]; the
+        /// section supplies its default).
         schema: Option<String>,
         /// Pool size, at least 1.
         max_connections: usize,
@@ -73,8 +77,8 @@ pub enum Backend {
 
 impl RawBackend {
     /// Check the shared keys under `rules`: an unknown backend, a key of the
-    /// other backend, a missing or blank `postgres_url` and a pool of 0 are
-    /// errors naming the key.
+    /// other backend, a missing or blank `postgres_url`, a schema name that
+    /// cannot be used unquoted and a pool of 0 are errors naming the key.
     pub fn check(&self, rules: &BackendRules<'_>) -> Result<Backend, InvalidKey> {
         let section = rules.section;
         match self.backend.as_deref().unwrap_or("sqlite") {
@@ -119,6 +123,11 @@ impl RawBackend {
                             "is required with backend = \"postgres\"",
                         )
                     })?;
+                if let Some(schema) = &self.postgres_schema {
+                    check_schema_name(schema, rules.max_schema_len).map_err(|message| {
+                        InvalidKey::in_section(section, "postgres_schema", message)
+                    })?;
+                }
                 Ok(Backend::Postgres {
                     url: SecretUrl::new(url),
                     schema: self.postgres_schema.clone(),
@@ -135,6 +144,24 @@ impl RawBackend {
                 format!("{other:?} is not \"sqlite\" or \"postgres\""),
             )),
         }
+    }
+}
+
+/// A PostgreSQL schema name usable unquoted: 1 to `max_len` ASCII letters,
+/// digits or `_`, not starting with a digit.
+pub fn check_schema_name(schema: &str, max_len: usize) -> Result<(), String> {
+    let ok = !schema.is_empty()
+        && schema.len() <= max_len
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !schema.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "postgresql schema name {schema:?} must be 1 to {max_len} ascii letters, digits or _ and not start with a digit"
+        ))
     }
 }
 
@@ -158,6 +185,7 @@ mod tests {
             section: "store",
             default_sqlite_path: PathBuf::from("/data/store.sqlite3"),
             default_max_connections: 8,
+            max_schema_len: 40,
             sqlite_keys: &[("max_group_commit", raw.max_group_commit.is_some())],
             postgres_keys: &[(
                 "tail_poll_interval_seconds",
@@ -238,6 +266,16 @@ mod tests {
             key_of("backend = \"postgres\"\npostgres_url = \"u\"\npostgres_max_connections = 0"),
             "store.postgres_max_connections"
         );
+        for bad in ["bad-name", "9lives", "", &"s".repeat(41)] {
+            let e = check(&format!(
+                "backend = \"postgres\"\npostgres_url = \"u\"\npostgres_schema = \"{bad}\""
+            ))
+            .unwrap_err();
+            assert_eq!(e.key, "store.postgres_schema", "{bad}");
+            assert!(e.message.contains("1 to 40"), "{e}");
+        }
+        assert!(check_schema_name("airlock_2", 40).is_ok());
+        assert!(check_schema_name(&"s".repeat(63), 63).is_ok());
     }
 
     #[test]
