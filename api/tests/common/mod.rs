@@ -26,13 +26,16 @@ impl SessionRunner for Recorder {
     }
 }
 
+/// What a relay was given: the target and its (field, value) pairs.
+pub type RelayedPut = (RelayTarget, Vec<(String, String)>);
+
 /// A relay that records what it was given (field names and values) and
 /// accepts, or refuses like a missing bridge when `refuse` is set.
 #[derive(Debug, Default)]
 pub struct RecordingRelay {
     pub refuse: std::sync::atomic::AtomicBool,
     /// (target, [(field, value)]) of every accepted or refused put.
-    pub puts: Mutex<Vec<(RelayTarget, Vec<(String, String)>)>>,
+    pub puts: Mutex<Vec<RelayedPut>>,
     pub forgets: Mutex<Vec<RelayTarget>>,
 }
 

@@ -98,7 +98,7 @@ pub async fn vaults_update_archive_and_delete_with_their_credentials(c: Arc<dyn 
     let live = vault(&*c, "two").await;
     let listed = c.list_vaults(VaultQuery::default()).await.unwrap();
     let ids: Vec<_> = listed.items.iter().map(|r| r.id.clone()).collect();
-    assert_eq!(ids, [live.id.clone()]);
+    assert_eq!(ids, std::slice::from_ref(&live.id));
     let all = c
         .list_vaults(VaultQuery {
             include_archived: true,
