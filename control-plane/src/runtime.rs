@@ -30,36 +30,13 @@ use model::{
     AnthropicConfig, AnthropicProvider, MessagesRequest, ModelError, ModelStream, Provider,
     RawAnthropicConfig,
 };
-use serde::Deserialize;
 
 use crate::config::ConfigError;
 use crate::gateway::GatewayHandle;
 use crate::hands::GatewayHands;
 
-/// The variable the key is read from when `model.api_key_env` is not set.
-pub const DEFAULT_API_KEY_ENV: &str = "ANTHROPIC_API_KEY";
-
-/// `[model]` as written.
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawModelConfig {
-    /// API base URL; else `ANTHROPIC_BASE_URL`; else `https://api.anthropic.com`.
-    pub base_url: Option<String>,
-    /// The key itself (prefer `api_key_env`).
-    pub api_key: Option<String>,
-    /// Environment variable holding the key; default `ANTHROPIC_API_KEY`.
-    pub api_key_env: Option<String>,
-    /// `anthropic-version` header.
-    pub anthropic_version: Option<String>,
-    /// `anthropic-beta` header values.
-    pub anthropic_beta: Option<Vec<String>>,
-    /// Connect + response-head timeout.
-    pub request_timeout_seconds: Option<f64>,
-    /// Longest silence inside a streamed response.
-    pub stream_idle_timeout_seconds: Option<f64>,
-    /// Largest single stream event.
-    pub max_event_bytes: Option<usize>,
-}
+/// `[model]` as written (its keys are the model crate's).
+pub type RawModelConfig = RawAnthropicConfig;
 
 /// Validated `[model]`.
 #[derive(Debug, Clone)]
@@ -80,47 +57,9 @@ impl ModelConfig {
         raw: RawModelConfig,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let key_env = match (&raw.api_key, raw.api_key_env.as_deref()) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::invalid(
-                    "model.api_key_env",
-                    "set either model.api_key or model.api_key_env, not both",
-                ))
-            }
-            (_, Some(v)) if v.is_empty() || v.contains('=') || v.contains('\0') => {
-                return Err(ConfigError::invalid(
-                    "model.api_key_env",
-                    "not an environment variable name",
-                ))
-            }
-            (_, Some(v)) => v.to_owned(),
-            (_, None) => DEFAULT_API_KEY_ENV.to_owned(),
-        };
-        let api_key = match raw.api_key {
-            Some(k) => Some(k),
-            None => env(&key_env).filter(|k| !k.is_empty()),
-        };
-        let anthropic = RawAnthropicConfig {
-            base_url: raw.base_url,
-            api_key,
-            anthropic_version: raw.anthropic_version,
-            anthropic_beta: raw.anthropic_beta,
-            request_timeout_seconds: raw.request_timeout_seconds,
-            stream_idle_timeout_seconds: raw.stream_idle_timeout_seconds,
-            max_event_bytes: raw.max_event_bytes,
-        };
-        // The key was resolved above; only the base URL may come from the
-        // environment here.
-        let lookup = |k: &str| {
-            if k == "ANTHROPIC_BASE_URL" {
-                env(k)
-            } else {
-                None
-            }
-        };
-        match AnthropicConfig::from_raw_with_env(anthropic, lookup) {
+        match AnthropicConfig::from_raw_with_env(raw, env) {
             Ok(c) => Ok(Self { anthropic: Ok(c) }),
-            Err(model::anthropic::ConfigError::Missing { .. }) => Ok(Self {
+            Err(model::anthropic::ConfigError::Missing { env: key_env, .. }) => Ok(Self {
                 anthropic: Err(format!(
                     "no model API key is configured: set the {key_env} environment variable (or model.api_key_env / model.api_key in the config file) and restart the control plane"
                 )),

@@ -31,6 +31,9 @@ use crate::Provider;
 pub const PROVIDER: &str = "anthropic";
 /// Default API base URL.
 pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
+/// The environment variable the key is read from when `model.api_key_env`
+/// is not set.
+pub const DEFAULT_API_KEY_ENV: &str = "ANTHROPIC_API_KEY";
 /// Default `anthropic-version` header.
 pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
 /// Default response-head timeout.
@@ -86,14 +89,18 @@ impl std::fmt::Debug for ApiKey {
     }
 }
 
-/// `[model]` as written in the config file.
+/// `[model]` as written in the config file (the one owner of its keys; the
+/// control plane reads its `[model]` section with this struct).
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAnthropicConfig {
     /// API base URL; else `ANTHROPIC_BASE_URL`; else `https://api.anthropic.com`.
     pub base_url: Option<String>,
-    /// API key; else `ANTHROPIC_API_KEY`. Prefer the environment.
+    /// API key; else the variable named by `api_key_env`. Prefer the
+    /// environment.
     pub api_key: Option<String>,
+    /// Environment variable holding the key; default `ANTHROPIC_API_KEY`.
+    pub api_key_env: Option<String>,
     /// `anthropic-version` header; default `2023-06-01`.
     pub anthropic_version: Option<String>,
     /// `anthropic-beta` header values; default none.
@@ -150,8 +157,9 @@ impl AnthropicConfig {
         }
     }
 
-    /// Validate, falling back to `ANTHROPIC_BASE_URL` / `ANTHROPIC_API_KEY`
-    /// from the process environment.
+    /// Validate, falling back to `ANTHROPIC_BASE_URL` and the key variable
+    /// (`api_key_env`, default `ANTHROPIC_API_KEY`) from the process
+    /// environment.
     pub fn from_raw(raw: RawAnthropicConfig) -> Result<Self, ConfigError> {
         Self::from_raw_with_env(raw, |k| std::env::var(k).ok())
     }
@@ -161,6 +169,26 @@ impl AnthropicConfig {
         raw: RawAnthropicConfig,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            key: key.to_owned(),
+            message: message.to_owned(),
+        };
+        let key_env = match (&raw.api_key, raw.api_key_env.as_deref()) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "model.api_key_env",
+                    "set either model.api_key or model.api_key_env, not both",
+                ))
+            }
+            (_, Some(v)) if v.is_empty() || v.contains('=') || v.contains('\0') => {
+                return Err(invalid(
+                    "model.api_key_env",
+                    "not an environment variable name",
+                ))
+            }
+            (_, Some(v)) => v.to_owned(),
+            (_, None) => DEFAULT_API_KEY_ENV.to_owned(),
+        };
         let (base_url, base_key) = match raw.base_url {
             Some(u) => (u, "model.base_url"),
             None => match env("ANTHROPIC_BASE_URL").filter(|s| !s.is_empty()) {
@@ -180,12 +208,12 @@ impl AnthropicConfig {
                     message: "empty".to_owned(),
                 })
             }
-            None => match env("ANTHROPIC_API_KEY").filter(|s| !s.is_empty()) {
+            None => match env(&key_env).filter(|s| !s.is_empty()) {
                 Some(k) => ApiKey(k),
                 None => {
                     return Err(ConfigError::Missing {
                         key: "model.api_key".to_owned(),
-                        env: "ANTHROPIC_API_KEY".to_owned(),
+                        env: key_env,
                     })
                 }
             },
@@ -627,6 +655,21 @@ mod tests {
             "{e}"
         );
         assert!(toml::from_str::<RawAnthropicConfig>("nope = 1").is_err());
+        let named = |k: &str| (k == "MY_KEY").then(|| "named-key".to_owned());
+        let raw: RawAnthropicConfig = toml::from_str("api_key_env = \"MY_KEY\"").unwrap();
+        let c = AnthropicConfig::from_raw_with_env(raw, named).unwrap();
+        assert_eq!(c.api_key, ApiKey::new("named-key"));
+        let raw: RawAnthropicConfig = toml::from_str("api_key_env = \"OTHER\"").unwrap();
+        match AnthropicConfig::from_raw_with_env(raw, named).unwrap_err() {
+            ConfigError::Missing { key, env } => {
+                assert_eq!((&*key, &*env), ("model.api_key", "OTHER"))
+            }
+            other => panic!("{other:?}"),
+        }
+        let raw: RawAnthropicConfig =
+            toml::from_str("api_key = \"k\"\napi_key_env = \"B\"").unwrap();
+        let e = AnthropicConfig::from_raw_with_env(raw, none).unwrap_err();
+        assert!(e.to_string().contains("model.api_key_env"), "{e}");
     }
 
     #[test]
