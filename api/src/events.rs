@@ -14,13 +14,14 @@ use serde_json::{json, Value};
 use std::ops::Bound;
 
 use session_store::{
-    EventQuery, EventSelector, Fence, NewEvent, Order, SessionStatus, StoreError, StoredEvent,
+    ConfirmationResult, EvaluatedPermission, EventQuery, EventSelector, EventType, Fence, NewEvent,
+    Order, SessionStatus, StoreError, StoredEvent,
 };
 use time::OffsetDateTime;
 
 use crate::body::JsonBody;
 use crate::error::ApiError;
-use crate::fields::{join, type_name, Obj};
+use crate::fields::{join, or_list, type_name, Obj};
 use crate::query::{Cursor, Dir, Query};
 use crate::AppState;
 
@@ -54,8 +55,18 @@ impl UserEvent {
     }
 }
 
-const SENDABLE: &str =
-    "user.message, user.interrupt, user.tool_confirmation or user.custom_tool_result";
+/// The event types a client may send, in the order error messages list them.
+const SENDABLE: [EventType; 4] = [
+    EventType::UserMessage,
+    EventType::UserInterrupt,
+    EventType::UserToolConfirmation,
+    EventType::UserCustomToolResult,
+];
+
+/// `user.message, user.interrupt, user.tool_confirmation or user.custom_tool_result`.
+fn sendable() -> String {
+    or_list(SENDABLE.iter().map(EventType::as_str))
+}
 
 fn source(path: &str, v: &Value, allowed: &[&str]) -> Result<(), ApiError> {
     let o = Obj::new(path, v)?;
@@ -177,27 +188,27 @@ fn no_threads(o: &Obj<'_>) -> Result<(), ApiError> {
 pub(crate) fn parse_event(path: &str, v: &Value) -> Result<UserEvent, ApiError> {
     let o = Obj::new(path, v)?;
     let t = o.req_str("type")?;
-    match t {
-        "user.message" => {
+    match EventType::parse(t) {
+        EventType::UserMessage => {
             o.only(&["type", "content"])?;
             content(&o.path("content"), o.get("content"), true, &["text", "image", "document"])?;
             Ok(UserEvent::Message(json!({"type": t, "content": o.get("content")})))
         }
-        "user.interrupt" => {
+        EventType::UserInterrupt => {
             o.only(&["type", "session_thread_id"])?;
             no_threads(&o)?;
             Ok(UserEvent::Interrupt(json!({"type": t})))
         }
-        "user.tool_confirmation" => {
+        EventType::UserToolConfirmation => {
             o.only(&["type", "tool_use_id", "result", "deny_message", "session_thread_id"])?;
             no_threads(&o)?;
             let tool_use_id = o.req_nonempty("tool_use_id")?.to_owned();
-            let result = o.req_str("result")?;
-            if result != "allow" && result != "deny" {
-                return Err(ApiError::invalid(&o.path("result"), format!("expected allow or deny, got {result:?}")));
+            let result = ConfirmationResult::parse(o.req_str("result")?);
+            if !result.is_known() {
+                return Err(ApiError::invalid(&o.path("result"), format!("expected allow or deny, got {:?}", result.as_str())));
             }
             let deny_message = o.opt_str("deny_message")?;
-            if deny_message.is_some() && result != "deny" {
+            if deny_message.is_some() && result != ConfirmationResult::Deny {
                 return Err(ApiError::invalid(&o.path("deny_message"), "only allowed with result deny"));
             }
             let mut body = json!({"type": t, "tool_use_id": tool_use_id, "result": result});
@@ -206,7 +217,7 @@ pub(crate) fn parse_event(path: &str, v: &Value) -> Result<UserEvent, ApiError> 
             }
             Ok(UserEvent::ToolConfirmation { tool_use_id, body })
         }
-        "user.custom_tool_result" => {
+        EventType::UserCustomToolResult => {
             o.only(&["type", "custom_tool_use_id", "content", "is_error", "session_thread_id"])?;
             no_threads(&o)?;
             let custom_tool_use_id = o.req_nonempty("custom_tool_use_id")?.to_owned();
@@ -221,17 +232,17 @@ pub(crate) fn parse_event(path: &str, v: &Value) -> Result<UserEvent, ApiError> 
             }
             Ok(UserEvent::CustomToolResult { custom_tool_use_id, body })
         }
-        "user.tool_result" => Err(ApiError::invalid(
+        EventType::UserToolResult => Err(ApiError::invalid(
             &o.path("type"),
             "user.tool_result is for external self-hosted workers; Airlock runs tools on its own sandbox-agents",
         )),
-        "user.define_outcome" | "system.message" => Err(ApiError::invalid(
+        EventType::UserDefineOutcome | EventType::SystemMessage => Err(ApiError::invalid(
             &o.path("type"),
             format!("{t} is not supported by Airlock yet"),
         )),
         other => Err(ApiError::invalid(
             &o.path("type"),
-            format!("unknown event type {other:?}; expected {SENDABLE}"),
+            format!("unknown event type {:?}; expected {}", other.as_str(), sendable()),
         )),
     }
 }
@@ -242,7 +253,10 @@ pub(crate) fn parse_initial_event(path: &str, v: &Value) -> Result<Value, ApiErr
         UserEvent::Message(body) => Ok(body),
         _ => Err(ApiError::invalid(
             &join(path, "type"),
-            "only user.message is supported in initial_events",
+            format!(
+                "only {} is supported in initial_events",
+                EventType::UserMessage
+            ),
         )),
     }
 }
@@ -291,14 +305,14 @@ async fn check_references(
     for (i, e) in events.iter().enumerate() {
         let (field, id, expect) = match e {
             UserEvent::ToolConfirmation { tool_use_id, .. } => {
-                ("tool_use_id", tool_use_id, "agent.tool_use")
+                ("tool_use_id", tool_use_id, EventType::AgentToolUse)
             }
             UserEvent::CustomToolResult {
                 custom_tool_use_id, ..
             } => (
                 "custom_tool_use_id",
                 custom_tool_use_id,
-                "agent.custom_tool_use",
+                EventType::AgentCustomToolUse,
             ),
             _ => continue,
         };
@@ -324,18 +338,19 @@ async fn check_references(
                 format!("no event {id} in session {session_id}"),
             ));
         };
-        if target.event_type != expect {
+        if target.kind() != expect {
             return Err(ApiError::invalid(
                 &path,
                 format!("event {id} is a {}, not an {expect}", target.event_type),
             ));
         }
-        if expect == "agent.tool_use"
+        if expect == EventType::AgentToolUse
             && target
                 .body
                 .get("evaluated_permission")
                 .and_then(Value::as_str)
-                != Some("ask")
+                .map(EvaluatedPermission::parse)
+                != Some(EvaluatedPermission::Ask)
         {
             return Err(ApiError::invalid(
                 &path,
@@ -481,6 +496,10 @@ mod tests {
         assert!(err(json!({"events": []})).starts_with("events:"));
         assert!(err(json!({"events": [{"type": "user.dance"}]}))
             .starts_with("events.0.type: unknown event type \"user.dance\""));
+        assert_eq!(
+            err(json!({"events": [{"type": "user.dance"}]})),
+            "events.0.type: unknown event type \"user.dance\"; expected user.message, user.interrupt, user.tool_confirmation or user.custom_tool_result"
+        );
         assert!(err(json!({"events": [{"type": "user.message"}]}))
             .starts_with("events.0.content: field required"));
         assert!(

@@ -283,6 +283,16 @@ fn check_metadata(path: &str, map: &Map<String, Value>) -> Result<(), ApiError> 
     Ok(())
 }
 
+/// `a, b or c` (for "expected ..." messages).
+pub(crate) fn or_list<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    let names: Vec<&str> = names.into_iter().collect();
+    match names.split_last() {
+        Some((last, [])) => (*last).to_owned(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,8 +13,8 @@ use axum::Json;
 use catalog::CatalogError;
 use serde_json::{json, Map, Value};
 use session_store::{
-    AppendBatch, BodyUpdate, Fence, NewEvent, NewSession, Order, SessionQuery, SessionRecord,
-    SessionStatus, SessionUpdate, StoreError,
+    AppendBatch, BodyUpdate, EventType, Fence, NewEvent, NewSession, Order, SessionQuery,
+    SessionRecord, SessionStatus, SessionUpdate, StoreError,
 };
 use time::OffsetDateTime;
 
@@ -610,8 +610,11 @@ fn refuse_while_running(record: &SessionRecord, what: &str) -> Result<(), ApiErr
         return Err(ApiError::invalid(
             "",
             format!(
-                "session {} is {}; send a user.interrupt and wait for session.status_idle before {what} it",
-                record.id, record.status
+                "session {} is {}; send a {} and wait for {} before {what} it",
+                record.id,
+                record.status,
+                EventType::UserInterrupt,
+                EventType::SessionStatusIdle
             ),
         ));
     }
@@ -634,7 +637,7 @@ pub(crate) async fn archive(
                 &id,
                 AppendBatch {
                     events: vec![NewEvent::processed(
-                        json!({"type": "session.status_terminated"}),
+                        json!({"type": EventType::SessionStatusTerminated}),
                     )],
                     fence: Fence::None,
                     set_status: Some(SessionStatus::Terminated),

@@ -22,7 +22,7 @@ use http::{header, HeaderMap, HeaderValue, StatusCode};
 use serde_json::json;
 use std::sync::Arc;
 
-use session_store::{EventStream, SessionStore, StoreError, TailItem};
+use session_store::{EventStream, EventType, SessionStore, StoreError, TailItem};
 use tokio::sync::broadcast;
 use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -48,10 +48,17 @@ pub(crate) enum StartAt {
 pub(crate) fn parse(query: &Query, headers: &HeaderMap) -> Result<StartAt, ApiError> {
     query.only(&["event_deltas", "after"])?;
     for d in query.many("event_deltas") {
-        if d != "agent.message" && d != "agent.thinking" {
+        if !matches!(
+            EventType::parse(d),
+            EventType::AgentMessage | EventType::AgentThinking
+        ) {
             return Err(ApiError::invalid(
                 "event_deltas",
-                format!("unknown delta type {d:?}; expected agent.message or agent.thinking"),
+                format!(
+                    "unknown delta type {d:?}; expected {} or {}",
+                    EventType::AgentMessage,
+                    EventType::AgentThinking
+                ),
             ));
         }
     }
@@ -191,10 +198,11 @@ async fn next_frame(st: &mut Tail) -> Option<Bytes> {
             Some(Err(f)) if f.deleted => {
                 st.done = true;
                 let now = rfc3339(time::OffsetDateTime::now_utc());
+                let deleted = EventType::SessionDeleted;
                 Some(frame(
-                    "session.deleted",
+                    deleted.as_str(),
                     None,
-                    &json!({"type": "session.deleted", "id": format!("sevt_deleted_{}", st.session_id), "processed_at": now}),
+                    &json!({"type": deleted, "id": format!("sevt_deleted_{}", st.session_id), "processed_at": now}),
                 ))
             }
             Some(Err(f)) => {

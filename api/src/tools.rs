@@ -17,7 +17,8 @@ use std::collections::HashSet;
 use serde_json::{json, Map, Value};
 
 use crate::error::ApiError;
-use crate::fields::{join, type_name, Obj};
+use crate::fields::{join, or_list, type_name, Obj};
+use session_store::PermissionPolicy;
 
 /// The toolset's type name.
 pub(crate) const TOOLSET: &str = "agent_toolset_20260401";
@@ -41,20 +42,26 @@ const MAX_TOOLS: usize = 128;
 fn policy(path: &str, v: &Value) -> Result<Value, ApiError> {
     let o = Obj::new(path, v)?;
     o.only(&["type"])?;
-    match o.req_str("type")? {
-        t @ ("always_allow" | "always_ask" | "auto") => Ok(json!({ "type": t })),
-        other => Err(ApiError::invalid(
+    match PermissionPolicy::parse(o.req_str("type")?) {
+        PermissionPolicy::Unknown(other) => Err(ApiError::invalid(
             &o.path("type"),
             format!(
-                "unknown permission policy {other:?}; expected always_allow, always_ask or auto"
+                "unknown permission policy {other:?}; expected {}",
+                known_policies()
             ),
         )),
+        known => Ok(json!({ "type": known })),
     }
+}
+
+/// `always_allow, always_ask or auto`.
+fn known_policies() -> String {
+    or_list(PermissionPolicy::KNOWN.iter().map(PermissionPolicy::as_str))
 }
 
 fn toolset(path: &str, o: &Obj<'_>) -> Result<Value, ApiError> {
     o.only(&["type", "default_config", "configs"])?;
-    let (mut enabled, mut default_policy) = (true, json!({"type": "always_allow"}));
+    let (mut enabled, mut default_policy) = (true, json!({"type": PermissionPolicy::AlwaysAllow}));
     if let Some(d) = o.opt_obj("default_config")? {
         d.only(&["enabled", "permission_policy"])?;
         if let Some(e) = d.opt_bool("enabled")? {
@@ -429,5 +436,18 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("model.id:"));
+    }
+
+    #[test]
+    fn an_unknown_policy_lists_the_known_ones() {
+        let e = policy("p", &json!({"type": "sometimes"})).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "p.type: unknown permission policy \"sometimes\"; expected always_allow, always_ask or auto"
+        );
+        assert_eq!(
+            policy("p", &json!({"type": "auto"})).unwrap(),
+            json!({"type": "auto"})
+        );
     }
 }
