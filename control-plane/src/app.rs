@@ -220,9 +220,8 @@ impl App {
             directory: self.agents.clone(),
         };
         let socket = self.config.admin.socket.clone();
-        running.spawn_service("admin", {
-            let tracker = tracker.clone();
-            move |token| crate::admin::serve(admin_listener, socket, state, token, tracker)
+        running.spawn_service("admin", move |token| {
+            crate::admin::serve(admin_listener, socket, state, token)
         });
         let identity = self.identity.clone();
         running.spawn_service("server-cert-rotation", move |token| {

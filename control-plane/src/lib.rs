@@ -7,13 +7,11 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod api_keys;
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod enroll;
 pub mod gateway;
 pub mod hands;
 pub mod rfc3339;
-pub mod operator;
 pub mod runtime;
-pub mod table;

@@ -4,7 +4,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use control_plane::config::Config;
-use daemon::{report, run_command};
 
 #[derive(Debug, Parser)]
 #[command(name = "control-plane", version, about = "Airlock control plane")]
@@ -21,106 +20,8 @@ enum Command {
     CheckConfig,
     /// Run the control plane until SIGINT/SIGTERM, then drain.
     Serve,
-    /// Join tokens for enrolling agents.
-    #[command(subcommand)]
-    Tokens(TokensCommand),
-    /// Enrolled and connected agents.
-    #[command(subcommand)]
-    Agents(AgentsCommand),
-    /// The internal certificate authority.
-    #[command(subcommand)]
-    Ca(CaCommand),
-    /// API keys of the public API (stored hashed; shown once).
-    #[command(subcommand, name = "api-keys")]
-    ApiKeys(ApiKeysCommand),
-    /// Environments, through the running control plane's API.
-    Environments(control_plane::operator::EnvironmentsArgs),
-    /// Sessions (list, show, tail events live, interrupt), through the running control plane's API.
-    Sessions(control_plane::operator::SessionsArgs),
-}
-
-#[derive(Debug, Subcommand)]
-enum ApiKeysCommand {
-    /// Create a key and print it (the only time it is shown).
-    Create {
-        /// A label for the key.
-        #[arg(long)]
-        name: String,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// List keys (ids, names, hints; never the keys).
-    List {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Revoke a key: it stops authenticating at once.
-    Revoke {
-        /// The key id (`key_...`).
-        key_id: String,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum TokensCommand {
-    /// Create a single-use join token (works without a running server).
-    Create {
-        /// Environment the enrolling agent joins.
-        #[arg(long)]
-        environment: String,
-        /// How long the token stays valid.
-        #[arg(long, default_value_t = 3600)]
-        ttl_seconds: u64,
-        /// Enrollment address put in the join string (default: `enroll.advertise_address`).
-        #[arg(long)]
-        enroll_address: Option<String>,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// List join tokens, newest first (ids and states; never the tokens).
-    List {
-        /// Also list expired, used and revoked tokens (default: active only).
-        #[arg(long)]
-        all: bool,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Revoke an unused join token so it can no longer enroll an agent.
-    Revoke {
-        /// The token id (`tok_...`, as printed by `tokens create` and `tokens list`).
-        token_id: String,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum AgentsCommand {
-    /// List connected agents (from the running server).
-    List {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-        /// List every enrolled agent from the identity database instead.
-        #[arg(long)]
-        enrolled: bool,
-    },
-    /// Revoke an agent: refuse its reconnects and close its live connections.
-    Revoke {
-        /// The agent id (`agt_...`).
-        agent_id: String,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum CaCommand {
-    /// Print the CA fingerprint agents pin (creates the CA if needed).
-    Fingerprint,
+    #[command(flatten)]
+    Cli(control_plane::cli::Command),
 }
 
 fn serve(config: Config) -> ExitCode {
@@ -190,53 +91,6 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve => serve(config),
-        Command::Tokens(TokensCommand::Create {
-            environment,
-            ttl_seconds,
-            enroll_address,
-            json,
-        }) => run_command(async {
-            let warning = control_plane::operator::environment_warning(&config, &environment).await;
-            if let Some(w) = warning {
-                eprintln!("warning: {w}");
-            }
-            control_plane::admin::commands::tokens_create(
-                &config,
-                &environment,
-                ttl_seconds,
-                enroll_address.as_deref(),
-                json,
-            )
-        }),
-        Command::Tokens(TokensCommand::List { all, json }) => report(
-            control_plane::admin::commands::tokens_list(&config, all, json),
-        ),
-        Command::Tokens(TokensCommand::Revoke { token_id, json }) => report(
-            control_plane::admin::commands::tokens_revoke(&config, &token_id, json),
-        ),
-        Command::Agents(AgentsCommand::List { json, enrolled }) => run_command(
-            control_plane::admin::commands::agents_list(&config, json, enrolled),
-        ),
-        Command::Agents(AgentsCommand::Revoke { agent_id }) => run_command(
-            control_plane::admin::commands::agents_revoke(&config, &agent_id),
-        ),
-        Command::Ca(CaCommand::Fingerprint) => {
-            report(control_plane::admin::commands::ca_fingerprint(&config))
-        }
-        Command::ApiKeys(command) => run_command(async {
-            match command {
-                ApiKeysCommand::Create { name, json } => {
-                    control_plane::api_keys::create(&config, &name, json).await
-                }
-                ApiKeysCommand::List { json } => control_plane::api_keys::list(&config, json).await,
-                ApiKeysCommand::Revoke { key_id } => {
-                    control_plane::api_keys::revoke(&config, &key_id).await
-                }
-            }
-        }),
-        Command::Environments(args) => {
-            run_command(control_plane::operator::environments(args, &config))
-        }
-        Command::Sessions(args) => run_command(control_plane::operator::sessions(args, &config)),
+        Command::Cli(command) => control_plane::cli::run(command, &config),
     }
 }
