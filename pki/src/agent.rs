@@ -64,7 +64,10 @@ pub enum AgentIdentityError {
     BadIssuedCertificate(String),
     /// Key generation failed.
     #[error("key generation failed: {0}")]
-    KeyGen(String),
+    KeyGen(#[source] rcgen::Error),
+    /// The generated CSR did not convert from PEM to DER (a bug).
+    #[error("key generation failed: the csr does not convert to der: {0}")]
+    CsrEncoding(#[source] rustls_pki_types::pem::Error),
     /// TLS configuration failed.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -273,11 +276,11 @@ impl fmt::Debug for PendingKey {
 impl PendingKey {
     /// Generate an ECDSA P-256 key and a CSR for it, in memory.
     pub fn generate() -> Result<Self, AgentIdentityError> {
-        let (key, csr_pem) = crate::csr::generate_key_and_csr()
-            .map_err(|e| AgentIdentityError::KeyGen(e.to_string()))?;
+        let (key, csr_pem) =
+            crate::csr::generate_key_and_csr().map_err(AgentIdentityError::KeyGen)?;
         let csr_der =
             rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
-                .map_err(|e| AgentIdentityError::KeyGen(e.to_string()))?
+                .map_err(AgentIdentityError::CsrEncoding)?
                 .as_ref()
                 .to_vec();
         Ok(Self {

@@ -48,7 +48,7 @@ pub use revocation::RevocationSet;
 pub use rustls::CertificateError;
 pub use service::{
     EnrollError, IdentityService, IdentitySettings, RenewError, RevokeTokenError, RevokedToken,
-    ServiceError,
+    ServerFault, ServiceError,
 };
 pub use store::{StoreError, TokenRevocation};
 pub use tls::{TlsError, ALPN_ENROLL};

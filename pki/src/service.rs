@@ -99,7 +99,32 @@ pub enum EnrollError {
     Csr(#[from] CsrError),
     /// Our side failed (not the peer's fault; retry may work).
     #[error("enrollment failed on the server: {0}")]
-    Internal(String),
+    Internal(ServerFault),
+}
+
+/// What failed on our side while enrolling or renewing an agent (not the
+/// peer's fault; a retry may work).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerFault {
+    /// The identity database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The CA could not issue the certificate.
+    #[error(transparent)]
+    Issue(#[from] CaError),
+    /// The issuing callback ran, yet left no certificate (a bug).
+    #[error("certificate missing after issuance")]
+    MissingCertificate,
+    /// The caller's task running the operation did not finish (it panicked
+    /// or was cancelled).
+    #[error("{what} task failed: {source}")]
+    Task {
+        /// Which operation (`enroll`).
+        what: &'static str,
+        /// Why the task ended.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// Why a renewal was refused.
@@ -117,7 +142,7 @@ pub enum RenewError {
     Csr(#[from] CsrError),
     /// Our side failed.
     #[error("renewal failed on the server: {0}")]
-    Internal(String),
+    Internal(ServerFault),
 }
 
 /// Why a join token could not be revoked.
@@ -401,12 +426,11 @@ impl IdentityService {
                 issued = Some(cert);
                 Ok::<_, CaError>(record)
             })
-            .map_err(|e| EnrollError::Internal(e.to_string()))?;
+            .map_err(|e| EnrollError::Internal(e.into()))?;
         match result {
             Ok(record) => {
-                let certificate = issued.ok_or_else(|| {
-                    EnrollError::Internal("certificate missing after issuance".into())
-                })?;
+                let certificate =
+                    issued.ok_or(EnrollError::Internal(ServerFault::MissingCertificate))?;
                 Ok(Enrollment {
                     agent_id: record.agent_id,
                     environment_id: record.environment_id,
@@ -415,7 +439,7 @@ impl IdentityService {
                 })
             }
             Err(RedeemError::Token(e)) => Err(EnrollError::Token(e)),
-            Err(RedeemError::Register(e)) => Err(EnrollError::Internal(e.to_string())),
+            Err(RedeemError::Register(e)) => Err(EnrollError::Internal(e.into())),
         }
     }
 
@@ -435,7 +459,7 @@ impl IdentityService {
         let store = self.store();
         let record = store
             .agent(&peer.agent_id)
-            .map_err(|e| RenewError::Internal(e.to_string()))?
+            .map_err(|e| RenewError::Internal(e.into()))?
             .ok_or_else(|| RenewError::UnknownAgent(peer.agent_id.clone()))?;
         if record.revoked_at.is_some() {
             return Err(RenewError::Revoked(peer.agent_id.clone()));
@@ -448,10 +472,10 @@ impl IdentityService {
                 &csr,
                 self.settings.agent_cert_lifetime,
             )
-            .map_err(|e| RenewError::Internal(e.to_string()))?;
+            .map_err(|e| RenewError::Internal(e.into()))?;
         store
             .record_certificate(&record.agent_id, &cert.serial, cert.not_after)
-            .map_err(|e| RenewError::Internal(e.to_string()))?;
+            .map_err(|e| RenewError::Internal(e.into()))?;
         Ok(cert)
     }
 

@@ -53,6 +53,23 @@ pub enum StoreError {
     /// Revoking or renewing an agent id that was never enrolled.
     #[error("unknown agent {0}")]
     UnknownAgent(String),
+    /// The database file could not be created (with mode 0600).
+    #[error("identity database {path}: cannot create it: {source}")]
+    Create {
+        /// The database file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The database file's mode could not be set to 0600: it holds token
+    /// hashes and agent records, so it is not used readable by others.
+    #[error("identity database {path}: cannot restrict its mode to 0600: {source}")]
+    Permissions {
+        /// The database file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// What [`IdentityStore::revoke_token`] found and did.
@@ -188,21 +205,43 @@ fn token_state(
     })
 }
 
+/// Set `path` to mode 0600 (a database created before, or by SQLite itself).
+fn restrict_mode(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        StoreError::Permissions {
+            path: path.to_owned(),
+            source,
+        }
+    })
+}
+
 impl IdentityStore {
     /// Open (creating if needed) the database at `path`, mode 0600.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        use std::os::unix::fs::OpenOptionsExt;
         let err = |source| StoreError::Sqlite {
             path: path.to_owned(),
             source,
         };
         // Create the file ourselves so it is never world-readable, even briefly.
         if !path.exists() {
-            let _ = std::fs::OpenOptions::new()
+            match std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .open(path);
+                .open(path)
+            {
+                Ok(_) => {}
+                // another process (server or CLI) created it first
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(source) => {
+                    return Err(StoreError::Create {
+                        path: path.to_owned(),
+                        source,
+                    })
+                }
+            }
         }
         let mut conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
@@ -210,7 +249,7 @@ impl IdentityStore {
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
         migrate(&mut conn).map_err(err)?;
-        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        restrict_mode(path)?;
         Ok(Self {
             conn,
             path: path.to_owned(),
@@ -685,6 +724,40 @@ mod tests {
             h.join().unwrap().unwrap();
         }
         assert_eq!(user_version(&path), MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn the_database_is_0600_and_failures_to_make_it_so_name_the_path() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let fresh = dir.path().join("fresh.db");
+        IdentityStore::open(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o600);
+        // a file made readable by others is restricted again on open
+        let loose = dir.path().join("loose.db");
+        std::fs::write(&loose, b"").unwrap();
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+        IdentityStore::open(&loose).unwrap();
+        assert_eq!(mode(&loose), 0o600);
+        // the directory is missing: the file cannot be created
+        let nowhere = dir.path().join("missing").join("identity.db");
+        let e = IdentityStore::open(&nowhere).unwrap_err();
+        assert!(matches!(e, StoreError::Create { .. }), "{e:?}");
+        assert!(
+            e.to_string().contains(&nowhere.display().to_string()),
+            "{e}"
+        );
+        // chmod fails (here: the file is gone): an error, not ignored
+        let e = restrict_mode(&nowhere).unwrap_err();
+        assert!(matches!(e, StoreError::Permissions { .. }), "{e:?}");
+        assert!(
+            e.to_string().contains(&format!(
+                "{}: cannot restrict its mode to 0600",
+                nowhere.display()
+            )),
+            "{e}"
+        );
     }
 
     #[test]

@@ -260,7 +260,10 @@ async fn enroll_request(
     })
     .await
     .map_err(|e| {
-        RequestError::Enroll(EnrollError::Internal(format!("enroll task failed: {e}")))
+        RequestError::Enroll(EnrollError::Internal(pki::ServerFault::Task {
+            what: "enroll",
+            source: Box::new(e),
+        }))
     })??;
     tracing::info!(
         remote_addr = %peer,

@@ -168,11 +168,10 @@ impl Renewer for TunnelRenewer {
             .renew(pem("CERTIFICATE REQUEST", &csr_der))
             .await
             .map_err(|e| match e.code {
-                ErrorCode::Unavailable => RenewalError::Transport(e.to_string()),
-                _ => RenewalError::Refused(e.to_string()),
+                ErrorCode::Unavailable => RenewalError::Transport(e),
+                _ => RenewalError::Refused(e),
             })?;
-        pki::ca::pem_to_certs(&chain_pem)
-            .map_err(|e| RenewalError::Refused(format!("renewed chain is not PEM: {e}")))
+        pki::ca::pem_to_certs(&chain_pem).map_err(RenewalError::BadChain)
     }
 }
 
@@ -206,11 +205,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let cfg = config.clone();
     let identity = tokio::task::spawn_blocking(move || AgentIdentity::load(&cfg))
         .await
-        .map_err(|e| {
-            crate::identity::LoadError::Files(pki::agent::AgentIdentityError::KeyGen(format!(
-                "identity load task failed: {e}"
-            )))
-        })??;
+        .map_err(crate::identity::LoadError::Task)??;
     let tls = Arc::new(identity.client_config(&[tunnel::ALPN])?);
     let agent_id = identity.identity().agent_id.as_str().to_owned();
 

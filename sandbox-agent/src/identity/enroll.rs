@@ -15,7 +15,6 @@ use pki::enroll::{EnrollErrorCode, EnrollRequest, EnrollResponse, ErrorEnvelope,
 use pki::tls::PinnedCaVerifier;
 use pki::{AgentId, EnvironmentId, Fingerprint, JoinToken};
 use rustls_pki_types::ServerName;
-
 use settings::split_host_port;
 
 /// Largest response accepted from the enrollment listener.
@@ -61,16 +60,29 @@ pub enum EnrollClientError {
         source: std::io::Error,
     },
     /// TLS failed (including a CA fingerprint mismatch).
-    #[error("tls with {address} failed: {message}")]
+    #[error("tls with {address} failed: {source}")]
     Tls {
         /// The address.
         address: String,
-        /// rustls' account of it.
-        message: String,
+        /// What failed.
+        source: TlsFailure,
     },
+    /// The task generating the key pair did not finish (it panicked or was
+    /// cancelled).
+    #[error("key generation task failed: {0}")]
+    KeyTask(#[from] tokio::task::JoinError),
     /// HTTP failed.
     #[error("enrollment request failed: {0}")]
-    Http(String),
+    Http(#[from] hyper::Error),
+    /// The request could not be built.
+    #[error("enrollment request failed: {0}")]
+    Request(#[from] http::Error),
+    /// The request body could not be encoded.
+    #[error("enrollment request failed: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// The response body could not be read, or was larger than the cap.
+    #[error("enrollment request failed: reading the response: {0}")]
+    Body(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The control plane refused.
     #[error("control plane refused enrollment: {message} ({code})")]
     Refused {
@@ -82,12 +94,33 @@ pub enum EnrollClientError {
     /// The answer did not make sense.
     #[error("unexpected enrollment response: {0}")]
     BadResponse(String),
+    /// The answer is not the JSON of an enrollment response.
+    #[error("unexpected enrollment response: {0}")]
+    Decode(#[source] serde_json::Error),
+    /// The answer names an agent or environment id that does not parse.
+    #[error("unexpected enrollment response: {0}")]
+    BadId(#[from] pki::IdentityError),
     /// Key generation or storing the identity failed.
     #[error(transparent)]
     Identity(#[from] pki::agent::AgentIdentityError),
     /// The exchange took longer than the deadline.
     #[error("enrollment timed out after {0:?}")]
     Timeout(Duration),
+}
+
+/// What failed in the TLS session with the enrollment listener.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsFailure {
+    /// The client configuration could not be built.
+    #[error(transparent)]
+    Config(#[from] pki::TlsError),
+    /// The handshake failed (a CA fingerprint mismatch among others).
+    #[error(transparent)]
+    Handshake(std::io::Error),
+    /// The handshake finished, yet the verifier saw no pinned CA (a bug).
+    #[error("handshake finished without the pinned ca")]
+    NoPinnedCa,
 }
 
 /// Enroll and store the identity. Returns the stored record and expiry.
@@ -115,16 +148,14 @@ async fn enroll_inner(
         .map_err(|_| EnrollClientError::BadAddress(opts.enroll_address.clone()))?;
 
     // The key is generated here and only its public half goes into the CSR.
-    let key = tokio::task::spawn_blocking(PendingKey::generate)
-        .await
-        .map_err(|e| EnrollClientError::Http(format!("key generation task failed: {e}")))??;
+    let key = tokio::task::spawn_blocking(PendingKey::generate).await??;
 
     let verifier = Arc::new(PinnedCaVerifier::new(opts.ca_fingerprint));
     let tls_config = verifier
         .client_config()
         .map_err(|e| EnrollClientError::Tls {
             address: opts.enroll_address.clone(),
-            message: e.to_string(),
+            source: TlsFailure::Config(e),
         })?;
     let tcp = tokio::net::TcpStream::connect(&opts.enroll_address)
         .await
@@ -137,16 +168,14 @@ async fn enroll_inner(
         .await
         .map_err(|e| EnrollClientError::Tls {
             address: opts.enroll_address.clone(),
-            message: e.to_string(),
+            source: TlsFailure::Handshake(e),
         })?;
     let ca_seen = verifier.pinned_ca().ok_or_else(|| EnrollClientError::Tls {
         address: opts.enroll_address.clone(),
-        message: "handshake finished without the pinned ca".into(),
+        source: TlsFailure::NoPinnedCa,
     })?;
 
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .map_err(|e| EnrollClientError::Http(e.to_string()))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
     let driver = tokio::spawn(conn);
     let body = EnrollRequest {
         token: opts.token.expose().to_owned(),
@@ -156,23 +185,19 @@ async fn enroll_inner(
             .map(|h| h.trim().to_owned()),
         agent_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
     };
-    let body = serde_json::to_vec(&body).map_err(|e| EnrollClientError::Http(e.to_string()))?;
+    let body = serde_json::to_vec(&body).map_err(EnrollClientError::Encode)?;
     let req = http::Request::builder()
         .method(http::Method::POST)
         .uri(ENROLL_PATH)
         .header(http::header::HOST, server_name_str.as_str())
         .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| EnrollClientError::Http(e.to_string()))?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| EnrollClientError::Http(e.to_string()))?;
+        .body(Full::new(Bytes::from(body)))?;
+    let resp = sender.send_request(req).await?;
     let status = resp.status();
     let bytes = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
         .collect()
         .await
-        .map_err(|e| EnrollClientError::Http(e.to_string()))?
+        .map_err(EnrollClientError::Body)?
         .to_bytes();
     driver.abort();
     if !status.is_success() {
@@ -184,8 +209,8 @@ async fn enroll_inner(
             Err(_) => EnrollClientError::BadResponse(format!("http status {status}")),
         });
     }
-    let answer: EnrollResponse = serde_json::from_slice(&bytes)
-        .map_err(|e| EnrollClientError::BadResponse(e.to_string()))?;
+    let answer: EnrollResponse =
+        serde_json::from_slice(&bytes).map_err(EnrollClientError::Decode)?;
     let chain = pki::ca::pem_to_certs(&answer.certificate_chain_pem)
         .map_err(EnrollClientError::BadResponse)?;
     let ca = pki::ca::pem_to_certs(&answer.ca_certificate_pem)
@@ -197,10 +222,8 @@ async fn enroll_inner(
         ));
     }
     let record = IdentityRecord {
-        agent_id: AgentId::parse(&answer.agent_id)
-            .map_err(|e| EnrollClientError::BadResponse(e.to_string()))?,
-        environment_id: EnvironmentId::parse(&answer.environment_id)
-            .map_err(|e| EnrollClientError::BadResponse(e.to_string()))?,
+        agent_id: AgentId::parse(&answer.agent_id)?,
+        environment_id: EnvironmentId::parse(&answer.environment_id)?,
         ca_fingerprint: opts.ca_fingerprint,
         tunnel_address: opts.tunnel_address.clone(),
         enroll_address: Some(opts.enroll_address.clone()),

@@ -42,6 +42,10 @@ pub enum LoadError {
     /// No tunnel address in config or identity record.
     #[error("no tunnel address: set `control_plane.address` or enroll with a join string that carries one")]
     NoAddress,
+    /// The task loading the files did not finish (it panicked or was
+    /// cancelled).
+    #[error("identity load task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// The loaded identity of this agent: credentials, where to connect, and

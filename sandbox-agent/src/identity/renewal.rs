@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use pki::agent::{renewal_due_for, renewal_retry_delay, PendingKey};
+use protocol::call::CallError;
 use rustls_pki_types::CertificateDer;
 use tokio_util::sync::CancellationToken;
 
@@ -18,12 +19,19 @@ use super::AgentIdentity;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RenewalError {
-    /// The control plane refused (revoked, bad CSR). Carries its message.
+    /// The control plane refused (revoked, bad CSR). Carries its answer.
     #[error("control plane refused renewal: {0}")]
-    Refused(String),
+    Refused(CallError),
     /// No live connection or the call failed in transit; retry.
     #[error("renewal call failed: {0}")]
-    Transport(String),
+    Transport(CallError),
+    /// The returned chain is not PEM certificates.
+    #[error("renewed chain from the control plane is not pem: {0}")]
+    BadChain(String),
+    /// The task generating the key pair did not finish (it panicked or was
+    /// cancelled); retry.
+    #[error("renewal call failed: key generation task failed: {0}")]
+    KeyTask(#[from] tokio::task::JoinError),
     /// The returned chain is unacceptable, or it could not be stored.
     #[error(transparent)]
     Identity(#[from] pki::agent::AgentIdentityError),
@@ -45,9 +53,7 @@ pub async fn renew_once(
     identity: &AgentIdentity,
     renewer: &impl Renewer,
 ) -> Result<pki::PeerIdentity, RenewalError> {
-    let key = tokio::task::spawn_blocking(PendingKey::generate)
-        .await
-        .map_err(|e| RenewalError::Transport(format!("key generation task failed: {e}")))??;
+    let key = tokio::task::spawn_blocking(PendingKey::generate).await??;
     let chain = renewer.renew(key.csr_der.clone()).await?;
     let renewed = identity.install_renewal(&key, chain)?;
     Ok(renewed.identity)
@@ -122,7 +128,10 @@ mod tests {
         ) -> Result<Vec<CertificateDer<'static>>, RenewalError> {
             let n = self.calls.fetch_add(1, Ordering::SeqCst);
             if n < self.fail_first {
-                return Err(RenewalError::Transport("link down".into()));
+                return Err(RenewalError::Transport(CallError::new(
+                    protocol::call::ErrorCode::Unavailable,
+                    "link down",
+                )));
             }
             let peer = self.identity.identity();
             let svc = self.svc.clone();
@@ -130,7 +139,12 @@ mod tests {
                 .await
                 .unwrap()
                 .map(|c| c.chain)
-                .map_err(|e| RenewalError::Refused(e.to_string()))
+                .map_err(|e| {
+                    RenewalError::Refused(CallError::new(
+                        protocol::call::ErrorCode::Forbidden,
+                        e.to_string(),
+                    ))
+                })
         }
     }
 
