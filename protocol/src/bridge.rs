@@ -1,0 +1,352 @@
+//! Messages of the local channel between the sandbox-agent and its
+//! vault-bridge (a Unix socket only the agent's uid may use), carried as
+//! control frames of the [`crate::frame`] codec.
+//!
+//! ```text
+//! agent -> bridge:  Hello{min_version, max_version, software_version}
+//!                   OpenEgress{sandbox_id, session_id, allowed_hosts, repositories}
+//!                   CloseEgress{sandbox_id}   Health
+//! bridge -> agent:  HelloAccepted{version, software_version} | Error{code: unsupported_version,..}
+//!                   EgressOpened{socket_path}   EgressClosed{existed}
+//!                   Health{backend, message}    Error{code, message}
+//! ```
+//!
+//! The agent sends `Hello` first; after that every request gets exactly one
+//! answer, in order (one request in flight per connection). A request type
+//! this build does not know decodes to [`ToBridge::Unknown`] and is answered
+//! with [`BridgeErrorCode::UnsupportedRequest`]; an answer this build does not
+//! know decodes to [`FromBridge::Unknown`].
+//!
+//! `OpenEgress` makes the bridge listen on a Unix socket for that sandbox
+//! only; whoever connects to it *is* that sandbox (the listener says so, the
+//! client cannot). Sandbox ids are checked with [`check_sandbox_id`] on both
+//! sides, because the bridge builds a path from them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::frame::{Frame, FrameError};
+
+/// Lowest agent-channel version this build speaks.
+pub const BRIDGE_PROTOCOL_VERSION_MIN: u32 = 1;
+/// Highest agent-channel version this build speaks.
+pub const BRIDGE_PROTOCOL_VERSION_MAX: u32 = 1;
+/// Longest sandbox id the bridge accepts.
+pub const SANDBOX_ID_MAX_LEN: usize = 64;
+
+/// A request from the agent to the bridge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ToBridge {
+    /// First message of a connection: the versions the agent speaks.
+    Hello {
+        /// Lowest version the agent speaks.
+        min_version: u32,
+        /// Highest version the agent speaks.
+        max_version: u32,
+        /// The agent's software version, for logs.
+        software_version: String,
+    },
+    /// Start (or replace) the egress listener of one sandbox.
+    OpenEgress {
+        /// The sandbox (`sbx_…`); names the socket's directory.
+        sandbox_id: String,
+        /// The session it serves (audited with every request).
+        session_id: String,
+        /// Hosts the sandbox may reach (`git.example.com`, `*.example.com`).
+        #[serde(default)]
+        allowed_hosts: Vec<String>,
+        /// Repositories the session names (their hosts are allowed too).
+        #[serde(default)]
+        repositories: Vec<EgressRepository>,
+    },
+    /// Stop a sandbox's egress listener and remove its socket.
+    CloseEgress {
+        /// The sandbox.
+        sandbox_id: String,
+    },
+    /// Ask for the bridge's secret backend status.
+    Health,
+    /// A request type this build does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+/// A repository a session names: its host is allowed. Never a credential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressRepository {
+    /// The repository's HTTPS URL.
+    pub url: String,
+}
+
+/// An answer from the bridge to the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FromBridge {
+    /// The hello is accepted at `version`.
+    HelloAccepted {
+        /// Chosen version.
+        version: u32,
+        /// The bridge's software version.
+        software_version: String,
+    },
+    /// The sandbox's egress socket is listening.
+    EgressOpened {
+        /// Absolute path of the socket on the bridge's host.
+        socket_path: String,
+    },
+    /// The sandbox's egress listener is stopped and its socket removed.
+    EgressClosed {
+        /// Whether there was a listener to stop.
+        existed: bool,
+    },
+    /// Backend status.
+    Health {
+        /// Whether the secret backend answers.
+        backend: BackendStatus,
+        /// Why not, when it does not (never a secret).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
+    /// The request failed.
+    Error {
+        /// What kind of failure.
+        code: BridgeErrorCode,
+        /// A sentence naming what failed (never a secret).
+        message: String,
+    },
+    /// An answer type this build does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+code_enum! {
+    /// Secret backend status in a [`FromBridge::Health`].
+    BackendStatus {
+        /// The backend answers.
+        Healthy => "healthy",
+        /// The backend is down, sealed or refusing.
+        Unhealthy => "unhealthy",
+    }
+}
+
+code_enum! {
+    /// Why the bridge refused a request.
+    BridgeErrorCode {
+        /// No version in common; the bridge closes the connection.
+        UnsupportedVersion => "unsupported_version",
+        /// A request came before the hello.
+        HelloRequired => "hello_required",
+        /// The request could not be decoded; the bridge closes the connection.
+        Malformed => "malformed",
+        /// A request type the bridge does not know.
+        UnsupportedRequest => "unsupported_request",
+        /// The sandbox id is not a safe path component.
+        InvalidSandboxId => "invalid_sandbox_id",
+        /// An allowed host or repository URL is not valid.
+        InvalidHost => "invalid_host",
+        /// The bridge could not create or bind the socket.
+        Io => "io",
+        /// The bridge is shutting down.
+        ShuttingDown => "shutting_down",
+    }
+}
+
+/// A sandbox id that cannot name a socket directory.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid sandbox id {0:?}: expected 1 to 64 ascii letters, digits, '_' or '-'")]
+pub struct InvalidSandboxId(pub String);
+
+/// Check that `id` is a safe single path component: 1 to
+/// [`SANDBOX_ID_MAX_LEN`] ASCII letters, digits, `_` or `-` (so never `.`,
+/// `..`, a slash or a NUL).
+pub fn check_sandbox_id(id: &str) -> Result<(), InvalidSandboxId> {
+    let ok = !id.is_empty()
+        && id.len() <= SANDBOX_ID_MAX_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidSandboxId(id.chars().take(80).collect()))
+    }
+}
+
+impl ToBridge {
+    /// The hello this build sends.
+    pub fn hello(software_version: impl Into<String>) -> Self {
+        Self::Hello {
+            min_version: BRIDGE_PROTOCOL_VERSION_MIN,
+            max_version: BRIDGE_PROTOCOL_VERSION_MAX,
+            software_version: software_version.into(),
+        }
+    }
+
+    /// Decode a frame: a control frame holding a request, else a typed error.
+    pub fn decode(frame: &Frame) -> Result<Self, FrameError> {
+        frame.parse_control()
+    }
+}
+
+impl FromBridge {
+    /// Decode a frame: a control frame holding an answer, else a typed error.
+    pub fn decode(frame: &Frame) -> Result<Self, FrameError> {
+        frame.parse_control()
+    }
+
+    /// An error answer.
+    pub fn error(code: BridgeErrorCode, message: impl Into<String>) -> Self {
+        Self::Error {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::FrameCodec;
+    use bytes::BytesMut;
+
+    fn through_codec<T: Serialize>(m: &T) -> Frame {
+        let codec = FrameCodec::default();
+        let mut buf = BytesMut::new();
+        codec.encode(&Frame::control(m).unwrap(), &mut buf).unwrap();
+        codec.decode(&mut buf).unwrap().unwrap()
+    }
+
+    #[test]
+    fn requests_round_trip_through_the_codec() {
+        for m in [
+            ToBridge::hello("0.1.0"),
+            ToBridge::OpenEgress {
+                sandbox_id: "sbx_1".into(),
+                session_id: "sesn_1".into(),
+                allowed_hosts: vec!["git.example.com".into(), "*.example.org".into()],
+                repositories: vec![EgressRepository {
+                    url: "https://git.example.com/a/b.git".into(),
+                }],
+            },
+            ToBridge::CloseEgress {
+                sandbox_id: "sbx_1".into(),
+            },
+            ToBridge::Health,
+        ] {
+            assert_eq!(ToBridge::decode(&through_codec(&m)).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn answers_round_trip_and_wire_shape() {
+        let m = FromBridge::EgressOpened {
+            socket_path: "/run/airlock-vault-bridge/egress/sbx_1/egress.sock".into(),
+        };
+        let s = serde_json::to_string(&m).unwrap();
+        assert!(s.starts_with(r#"{"type":"egress_opened""#), "{s}");
+        for m in [
+            m,
+            FromBridge::HelloAccepted {
+                version: 1,
+                software_version: "x".into(),
+            },
+            FromBridge::EgressClosed { existed: true },
+            FromBridge::Health {
+                backend: BackendStatus::Unhealthy,
+                message: Some("sealed".into()),
+            },
+            FromBridge::error(BridgeErrorCode::InvalidSandboxId, "bad"),
+        ] {
+            assert_eq!(FromBridge::decode(&through_codec(&m)).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn open_egress_lists_default_to_empty() {
+        let m: ToBridge =
+            serde_json::from_str(r#"{"type":"open_egress","sandbox_id":"s","session_id":"t"}"#)
+                .unwrap();
+        assert_eq!(
+            m,
+            ToBridge::OpenEgress {
+                sandbox_id: "s".into(),
+                session_id: "t".into(),
+                allowed_hosts: vec![],
+                repositories: vec![],
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_types_and_codes_decode() {
+        let m: ToBridge = serde_json::from_str(r#"{"type":"rotate","x":1}"#).unwrap();
+        assert_eq!(m, ToBridge::Unknown);
+        let a: FromBridge = serde_json::from_str(r#"{"type":"stats"}"#).unwrap();
+        assert_eq!(a, FromBridge::Unknown);
+        let e: FromBridge =
+            serde_json::from_str(r#"{"type":"error","code":"too_hot","message":"m"}"#).unwrap();
+        assert!(
+            matches!(e, FromBridge::Error { code: BridgeErrorCode::Unknown(c), .. } if c == "too_hot")
+        );
+        let h: FromBridge =
+            serde_json::from_str(r#"{"type":"health","backend":"degraded"}"#).unwrap();
+        assert!(matches!(
+            h,
+            FromBridge::Health {
+                backend: BackendStatus::Unknown(_),
+                message: None
+            }
+        ));
+    }
+
+    #[test]
+    fn malformed_input_is_a_typed_error() {
+        for body in [
+            &b"not json"[..],
+            br#"{"sandbox_id":"s"}"#,
+            br#"{"type":"open_egress","sandbox_id":7,"session_id":"t"}"#,
+            br#"{"type":"close_egress"}"#,
+            br#"[]"#,
+            b"",
+        ] {
+            let frame = Frame::Control(bytes::Bytes::copy_from_slice(body));
+            match ToBridge::decode(&frame) {
+                Err(FrameError::InvalidJson { expected, .. }) => assert_eq!(expected, "ToBridge"),
+                other => panic!("{body:?}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            ToBridge::decode(&Frame::data(&b"{}"[..])),
+            Err(FrameError::UnexpectedKind { .. })
+        ));
+        assert!(matches!(
+            FromBridge::decode(&Frame::Control(bytes::Bytes::from_static(b"{\"type\":1}"))),
+            Err(FrameError::InvalidJson { .. })
+        ));
+    }
+
+    #[test]
+    fn sandbox_ids_cannot_escape_a_directory() {
+        for ok in ["sbx_1", "sbx_01HZY-abc", &"a".repeat(64)] {
+            assert!(check_sandbox_id(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            "/abs",
+            "a\0b",
+            "sbx 1",
+            "sbx.1",
+            "é",
+            &"a".repeat(65),
+        ] {
+            let e = check_sandbox_id(bad).unwrap_err();
+            assert!(e.to_string().contains("invalid sandbox id"), "{e}");
+        }
+    }
+}
