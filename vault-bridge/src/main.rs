@@ -34,6 +34,15 @@ enum Command {
     /// Manage the secrets the bridge holds (values are never printed).
     #[command(subcommand)]
     Credentials(CredentialsCommand),
+    /// The egress CA (created on first use in the data dir).
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Print the egress CA's certificate (PEM, public): what sandboxes trust.
+    Print,
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,6 +115,19 @@ fn main() -> ExitCode {
         },
         Command::Serve => serve(config),
         Command::Credentials(c) => daemon::run_command(credentials(config, c)),
+        Command::Ca(CaCommand::Print) => {
+            let dir = vault_bridge::egress::ca_dir(&config.bridge.data_dir);
+            match vault_bridge::egress::EgressCa::load_or_create(&dir) {
+                Ok(ca) => {
+                    print!("{}", ca.cert_pem());
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("vault-bridge: egress ca in {}: {error}", dir.display());
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
+        }
     }
 }
 

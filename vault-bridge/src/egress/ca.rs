@@ -106,3 +106,29 @@ impl rustls::server::ResolvesServerCert for FixedCert {
         Some(self.0.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn created_once_key_private_leaves_cached_per_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_dir = dir.path().join("egress-ca");
+        let ca = EgressCa::load_or_create(&ca_dir).unwrap();
+        let mode = std::fs::metadata(ca_dir.join("ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(ca.cert_pem().starts_with("-----BEGIN CERTIFICATE-----"));
+        let again = EgressCa::load_or_create(&ca_dir).unwrap();
+        assert_eq!(ca.cert_pem(), again.cert_pem());
+        let a = ca.server_config("git.example.test").unwrap();
+        let b = ca.server_config("git.example.test").unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        let c = ca.server_config("other.example.test").unwrap();
+        assert!(!Arc::ptr_eq(&a, &c));
+    }
+}

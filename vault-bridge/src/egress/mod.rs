@@ -31,5 +31,10 @@ pub use policy::{
     InjectionLocation, Placeholder, PlaceholderHosts, PolicyName, Refusal,
 };
 pub use proxy::{Egress, EGRESS_HEADER};
-pub use secrets::{MemorySecrets, SecretSource, SecretUnavailable, SecretValue};
+pub use secrets::{BackendSecrets, MemorySecrets, SecretSource, SecretUnavailable, SecretValue};
 pub use upstream::{Resolve, StaticResolver, SystemResolver, TrustRoots, Upstream, UpstreamError};
+
+/// Where the egress CA lives in the bridge's data dir (`ca.crt`, `ca.key`).
+pub fn ca_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("egress-ca")
+}

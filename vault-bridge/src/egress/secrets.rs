@@ -104,3 +104,32 @@ impl SecretSource for MemorySecrets {
             })
     }
 }
+
+/// The bridge's [`SecretBackend`](crate::backend::SecretBackend) as the
+/// proxy's secret source: `credential` → `SecretKey { vault_id, credential_id }`,
+/// then its `field`.
+#[derive(Debug, Clone)]
+pub struct BackendSecrets(pub Arc<dyn crate::backend::SecretBackend>);
+
+#[async_trait]
+impl SecretSource for BackendSecrets {
+    async fn secret(&self, c: &CredentialRef) -> Result<SecretValue, SecretUnavailable> {
+        use crate::secret::ExposeSecret;
+        let unavailable = |cause: String| SecretUnavailable {
+            credential_id: c.credential_id.clone(),
+            field: c.field.clone(),
+            cause,
+        };
+        let vault = c
+            .vault_id
+            .as_deref()
+            .ok_or_else(|| unavailable("it belongs to no vault, so the backend does not hold it".into()))?;
+        let key = crate::secret::SecretKey::new(vault, &c.credential_id)
+            .map_err(|e| unavailable(e.to_string()))?;
+        let secret = self.0.get(&key).await.map_err(|e| unavailable(e.to_string()))?;
+        let value = secret
+            .get(&c.field)
+            .ok_or_else(|| unavailable("the field is not stored".into()))?;
+        Ok(SecretValue::new(value.expose_secret()))
+    }
+}
