@@ -34,7 +34,7 @@ pub use settings::SecretUrl;
 const SECTION: &str = "catalog";
 
 /// The longest schema name (PostgreSQL's identifier limit).
-const MAX_SCHEMA_LEN: usize = 63;
+pub(crate) const MAX_SCHEMA_LEN: usize = 63;
 
 /// The validated section.
 #[derive(Debug, Clone)]
@@ -64,6 +64,11 @@ impl CatalogConfig {
             max_schema_len: MAX_SCHEMA_LEN,
             sqlite_keys: &[],
             postgres_keys: &[],
+            check_url: &|url| {
+                url.parse::<tokio_postgres::Config>()
+                    .map(drop)
+                    .map_err(Into::into)
+            },
         };
         match raw.check(&rules)? {
             Backend::Sqlite { path } => Ok(CatalogConfig::Sqlite { path }),
@@ -71,24 +76,13 @@ impl CatalogConfig {
                 url,
                 schema,
                 max_connections,
-            } => {
-                url.expose()
-                    .parse::<tokio_postgres::Config>()
-                    .map_err(|e| {
-                        settings::InvalidKey::in_section(
-                            SECTION,
-                            "postgres_url",
-                            format!("does not parse: {e}"),
-                        )
-                    })?;
-                Ok(CatalogConfig::Postgres {
-                    url,
-                    options: PgCatalogOptions {
-                        schema: schema.unwrap_or(defaults.schema),
-                        max_connections,
-                    },
-                })
-            }
+            } => Ok(CatalogConfig::Postgres {
+                url,
+                options: PgCatalogOptions {
+                    schema: schema.unwrap_or(defaults.schema),
+                    max_connections,
+                },
+            }),
         }
     }
 }

@@ -162,19 +162,8 @@ fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
 }
 
 fn check_schema_name(schema: &str) -> Result<()> {
-    let ok = !schema.is_empty()
-        && schema.len() <= 63
-        && schema
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && !schema.starts_with(|c: char| c.is_ascii_digit());
-    if ok {
-        Ok(())
-    } else {
-        Err(CatalogError::Invalid {
-            reason: format!("schema name {schema:?} must be 1 to 63 ascii letters, digits or _"),
-        })
-    }
+    settings::backend::check_schema_name(schema, crate::config::MAX_SCHEMA_LEN)
+        .map_err(|reason| CatalogError::Invalid { reason })
 }
 
 impl Pool {

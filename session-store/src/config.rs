@@ -61,11 +61,7 @@ const SECTION: &str = "session_store";
 
 /// The longest schema name (the store derives its notification channel
 /// names from it, within PostgreSQL's 63-byte identifier limit).
-const MAX_SCHEMA_LEN: usize = 40;
-
-fn invalid(key: &str, message: impl std::fmt::Display) -> StoreConfigError {
-    settings::InvalidKey::in_section(SECTION, key, message)
-}
+pub(crate) const MAX_SCHEMA_LEN: usize = 40;
 
 /// The validated section.
 #[derive(Debug, Clone)]
@@ -122,6 +118,11 @@ impl StoreConfig {
                     raw.postgres_application_name.is_some(),
                 ),
             ],
+            check_url: &|url| {
+                url.parse::<tokio_postgres::Config>()
+                    .map(drop)
+                    .map_err(Into::into)
+            },
         };
         match raw.shared.check(&rules)? {
             Backend::Sqlite { path } => Ok(StoreConfig::Sqlite {
@@ -144,32 +145,27 @@ impl StoreConfig {
                 url,
                 schema,
                 max_connections,
-            } => {
-                url.expose()
-                    .parse::<tokio_postgres::Config>()
-                    .map_err(|e| invalid("postgres_url", format!("does not parse: {e}")))?;
-                Ok(StoreConfig::Postgres {
-                    url,
-                    options: PgOptions {
-                        schema: schema.unwrap_or(postgres.schema),
-                        max_connections,
-                        connect_timeout: seconds(
-                            "postgres_connect_timeout_seconds",
-                            raw.postgres_connect_timeout_seconds,
-                            postgres.connect_timeout,
-                        )?,
-                        tail_poll_interval: seconds(
-                            "tail_poll_interval_seconds",
-                            raw.tail_poll_interval_seconds,
-                            postgres.tail_poll_interval,
-                        )?,
-                        application_name: raw
-                            .postgres_application_name
-                            .clone()
-                            .unwrap_or(postgres.application_name),
-                    },
-                })
-            }
+            } => Ok(StoreConfig::Postgres {
+                url,
+                options: PgOptions {
+                    schema: schema.unwrap_or(postgres.schema),
+                    max_connections,
+                    connect_timeout: seconds(
+                        "postgres_connect_timeout_seconds",
+                        raw.postgres_connect_timeout_seconds,
+                        postgres.connect_timeout,
+                    )?,
+                    tail_poll_interval: seconds(
+                        "tail_poll_interval_seconds",
+                        raw.tail_poll_interval_seconds,
+                        postgres.tail_poll_interval,
+                    )?,
+                    application_name: raw
+                        .postgres_application_name
+                        .clone()
+                        .unwrap_or(postgres.application_name),
+                },
+            }),
         }
     }
 }

@@ -36,7 +36,7 @@ pub struct RawBackend {
 
 /// What a section adds to the shared keys: its defaults and its own keys
 /// that only apply with one backend.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BackendRules<'a> {
     /// The section (`catalog`), for dotted keys in errors.
     pub section: &'a str,
@@ -53,6 +53,25 @@ pub struct BackendRules<'a> {
     /// The section's own keys that only apply with PostgreSQL, and whether
     /// each is set.
     pub postgres_keys: &'a [(&'a str, bool)],
+    /// The driver's check that `postgres_url` parses (its error is shown as
+    /// `does not parse: <error>`).
+    pub check_url: &'a dyn Fn(&str) -> Result<(), UrlError>,
+}
+
+/// Why the driver could not parse `postgres_url`.
+pub type UrlError = Box<dyn std::error::Error + Send + Sync>;
+
+impl std::fmt::Debug for BackendRules<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendRules")
+            .field("section", &self.section)
+            .field("default_sqlite_path", &self.default_sqlite_path)
+            .field("default_max_connections", &self.default_max_connections)
+            .field("max_schema_len", &self.max_schema_len)
+            .field("sqlite_keys", &self.sqlite_keys)
+            .field("postgres_keys", &self.postgres_keys)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The chosen backend with the shared keys checked.
@@ -123,6 +142,9 @@ impl RawBackend {
                             "is required with backend = \"postgres\"",
                         )
                     })?;
+                (rules.check_url)(&url).map_err(|e| {
+                    InvalidKey::in_section(section, "postgres_url", format!("does not parse: {e}"))
+                })?;
                 if let Some(schema) = &self.postgres_schema {
                     check_schema_name(schema, rules.max_schema_len).map_err(|message| {
                         InvalidKey::in_section(section, "postgres_schema", message)
@@ -186,6 +208,13 @@ mod tests {
             default_sqlite_path: PathBuf::from("/data/store.sqlite3"),
             default_max_connections: 8,
             max_schema_len: 40,
+            check_url: &|url| {
+                if url.starts_with("postgresql://") || url == "u" {
+                    Ok(())
+                } else {
+                    Err(format!("{url:?} is not a postgresql:// url").into())
+                }
+            },
             sqlite_keys: &[("max_group_commit", raw.max_group_commit.is_some())],
             postgres_keys: &[(
                 "tail_poll_interval_seconds",
@@ -247,6 +276,12 @@ mod tests {
         let e = check("backend = \"postgres\"").unwrap_err();
         assert_eq!(e.message, "is required with backend = \"postgres\"", "{e}");
         assert_eq!(key_of("postgres_url = \"x\""), "store.postgres_url");
+        let e = check("backend = \"postgres\"\npostgres_url = \"mysql://h\"").unwrap_err();
+        assert_eq!(e.key, "store.postgres_url");
+        assert_eq!(
+            e.message,
+            "does not parse: \"mysql://h\" is not a postgresql:// url"
+        );
         assert_eq!(key_of("postgres_schema = \"x\""), "store.postgres_schema");
         assert_eq!(
             key_of("tail_poll_interval_seconds = 1"),

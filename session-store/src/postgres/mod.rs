@@ -128,20 +128,8 @@ fn is_unique_violation(e: &pool::PgError) -> bool {
 }
 
 pub(crate) fn check_schema_name(schema: &str) -> Result<()> {
-    let ok = !schema.is_empty()
-        && schema.len() <= 40
-        && schema
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && !schema.starts_with(|c: char| c.is_ascii_digit());
-    if ok {
-        Ok(())
-    } else {
-        Err(StoreError::invalid(
-            "*",
-            format!("postgresql schema name {schema:?} must be 1-40 letters, digits or _ and not start with a digit"),
-        ))
-    }
+    settings::backend::check_schema_name(schema, crate::config::MAX_SCHEMA_LEN)
+        .map_err(|message| StoreError::invalid("*", message))
 }
 
 fn to_u64(v: i64, what: &str) -> Result<u64> {
