@@ -267,3 +267,29 @@ async fn a_bad_token_or_a_loose_token_file_is_refused() {
     assert!(msg.contains(&loose.display().to_string()) && msg.contains("0644"), "{msg}");
     assert!(!msg.contains(&bao.root_token), "{msg}");
 }
+
+#[tokio::test]
+async fn https_with_the_configured_ca_and_refused_without_it() {
+    let Some(bin) = bao_bin() else { return };
+    let bao = Bao::start_tls(&bin);
+    let with_ca = OpenbaoConfig {
+        ca_file: Some(bao.ca_file()),
+        ..config(&bao, root_auth(&bao))
+    };
+    assert!(with_ca.address.starts_with("https://"));
+    // The listener is up before the dev server has unsealed: wait for a login.
+    let b = testkit::eventually_async("an https login", Duration::from_secs(20), || async {
+        OpenbaoBackend::open(&with_ca).await
+    })
+    .await;
+    b.put(&key("vcrd_tls"), &secret("canary-tls")).await.unwrap();
+    let got = b.get(&key("vcrd_tls")).await.unwrap();
+    assert_eq!(got.get("token").unwrap().expose_secret(), "canary-tls");
+    b.health().await.unwrap();
+
+    // Without the CA the server's certificate is not trusted.
+    let without = config(&bao, root_auth(&bao));
+    let e = OpenbaoBackend::open(&without).await.unwrap_err();
+    assert!(matches!(e, BackendError::Unreachable { .. }), "{e}");
+    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+}

@@ -21,8 +21,8 @@ use crate::secret::{Secret, SecretKey};
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Subject {
-    /// One credential's secret.
-    Credential(SecretKey),
+    /// One credential's secret (boxed: keeps `BackendError` small).
+    Credential(Box<SecretKey>),
     /// The backend's health check.
     Health,
     /// Listing the stored credentials.
@@ -44,7 +44,7 @@ impl fmt::Display for Subject {
 
 impl From<&SecretKey> for Subject {
     fn from(k: &SecretKey) -> Self {
-        Self::Credential(k.clone())
+        Self::Credential(Box::new(k.clone()))
     }
 }
 

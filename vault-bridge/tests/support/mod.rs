@@ -50,11 +50,22 @@ pub struct Bao {
     pub root_token: String,
     pub dir: tempfile::TempDir,
     child: Option<Child>,
+    tls: bool,
 }
 
 impl Bao {
     /// Start a dev server with a random root token on a free port.
     pub fn start(bin: &Path) -> Self {
+        Self::start_with(bin, false)
+    }
+
+    /// Start a dev server serving HTTPS (`-dev-tls`) with a CA of its own
+    /// ([`Bao::ca_file`]).
+    pub fn start_tls(bin: &Path) -> Self {
+        Self::start_with(bin, true)
+    }
+
+    fn start_with(bin: &Path, tls: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let root_token = format!("root-{}", std::process::id()) + &free_port().to_string();
         let mut bao = Self {
@@ -63,6 +74,7 @@ impl Bao {
             root_token,
             dir,
             child: None,
+            tls,
         };
         bao.spawn();
         bao
@@ -70,13 +82,18 @@ impl Bao {
 
     fn spawn(&mut self) {
         let log = std::fs::File::create(self.dir.path().join("bao.log")).unwrap();
+        let mut args = vec![
+            "server".to_owned(),
+            "-dev".to_owned(),
+            format!("-dev-root-token-id={}", self.root_token),
+            format!("-dev-listen-address=127.0.0.1:{}", self.port),
+        ];
+        if self.tls {
+            args.push("-dev-tls".to_owned());
+            args.push(format!("-dev-tls-cert-dir={}", self.dir.path().display()));
+        }
         let child = Command::new(&self.bin)
-            .args([
-                "server",
-                "-dev",
-                &format!("-dev-root-token-id={}", self.root_token),
-                &format!("-dev-listen-address=127.0.0.1:{}", self.port),
-            ])
+            .args(&args)
             // dev mode writes ~/.vault-token: keep it in the test's directory
             .env("HOME", self.dir.path())
             .env_remove("VAULT_ADDR")
@@ -87,6 +104,15 @@ impl Bao {
             .spawn()
             .expect("spawn bao server -dev");
         self.child = Some(child);
+        if self.tls {
+            // No TLS client here: wait for the CA and the listener; callers
+            // wait for the API through the backend itself.
+            let what = format!("bao -dev-tls on port {} to listen", self.port);
+            testkit::eventually_blocking(&what, Duration::from_secs(20), || {
+                self.ca_file().is_file() && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            });
+            return;
+        }
         let what = format!("bao dev server on port {} to answer /v1/sys/health", self.port);
         testkit::eventually_blocking(&what, Duration::from_secs(20), || {
             self.request("GET", "/v1/sys/health", None)
@@ -95,9 +121,15 @@ impl Bao {
         });
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http(s)://127.0.0.1:<port>`.
     pub fn address(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The dev server's CA (with `-dev-tls`).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("vault-ca.pem")
     }
 
     /// Kill the server (its data is gone: dev mode keeps it in memory).
