@@ -328,7 +328,7 @@ impl OpenbaoConfig {
             .map_err(|e| InvalidKey::in_section(S, "address", format!("{address:?}: {e}")))?;
         if !matches!(url.scheme(), "http" | "https")
             || url.host_str().is_none()
-            || url.path().trim_matches('/') != ""
+            || !url.path().trim_matches('/').is_empty()
             || url.query().is_some()
             || !url.username().is_empty()
         {
