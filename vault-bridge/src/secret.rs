@@ -205,7 +205,8 @@ mod tests {
     #[test]
     fn debug_shows_field_names_never_values() {
         let mut s = Secret::new();
-        s.insert("token", SecretString::from("canary-4c1d")).unwrap();
+        s.insert("token", SecretString::from("canary-4c1d"))
+            .unwrap();
         let shown = format!("{s:?}");
         assert!(shown.contains("token"), "{shown}");
         assert!(!shown.contains("canary-4c1d"), "{shown}");

@@ -21,7 +21,12 @@ fn bin() -> Command {
 }
 
 fn run(config: &Path, args: &[&str]) -> Output {
-    bin().arg("--config").arg(config).args(args).output().unwrap()
+    bin()
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn text(o: &Output) -> String {
@@ -58,7 +63,11 @@ fn check_config_exits_0_or_64_naming_the_key() {
     std::fs::write(&bad, "[backend]\ntype = \"openbao\"\n[backend.openbao]\naddress = \"http://127.0.0.1:8200\"\nauth = \"kerberos\"\n").unwrap();
     let o = run(&bad, &["check-config"]);
     assert_eq!(o.status.code(), Some(64), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("backend.openbao.auth"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("backend.openbao.auth"),
+        "{}",
+        text(&o)
+    );
 
     let o = run(&dir.path().join("missing.toml"), &["check-config"]);
     assert_eq!(o.status.code(), Some(64), "{}", text(&o));
@@ -71,21 +80,43 @@ fn credentials_set_list_delete_never_show_a_value() {
     // Without init and create_if_missing = false: a clear error.
     let o = run(&config, &["credentials", "list"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("credentials.key"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("credentials.key"),
+        "{}",
+        text(&o)
+    );
 
     let o = run(&config, &["init"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let key = dir.path().join("state/credentials.key");
-    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let o = run(&config, &["init"]);
-    assert_ne!(o.status.code(), Some(0), "a second init must refuse: {}", text(&o));
+    assert_ne!(
+        o.status.code(),
+        Some(0),
+        "a second init must refuse: {}",
+        text(&o)
+    );
 
     // From a file (trailing newline dropped) ...
     let value = dir.path().join("token.txt");
     std::fs::write(&value, format!("{CANARY}\n")).unwrap();
     let o = run(
         &config,
-        &["credentials", "set", "vcrd_git1", "--vault", "vlt_a1", "--field", "token", "--from-file", value.to_str().unwrap()],
+        &[
+            "credentials",
+            "set",
+            "vcrd_git1",
+            "--vault",
+            "vlt_a1",
+            "--field",
+            "token",
+            "--from-file",
+            value.to_str().unwrap(),
+        ],
     );
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(!text(&o).contains(CANARY), "{}", text(&o));
@@ -94,13 +125,28 @@ fn credentials_set_list_delete_never_show_a_value() {
     let mut child = bin()
         .arg("--config")
         .arg(&config)
-        .args(["credentials", "set", "vcrd_git1", "--vault", "vlt_a1", "--field", "refresh_token", "--from-file", "-"])
+        .args([
+            "credentials",
+            "set",
+            "vcrd_git1",
+            "--vault",
+            "vlt_a1",
+            "--field",
+            "refresh_token",
+            "--from-file",
+            "-",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(format!("{CANARY}-refresh").as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{CANARY}-refresh").as_bytes())
+        .unwrap();
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 
@@ -121,31 +167,88 @@ fn credentials_set_list_delete_never_show_a_value() {
     }
 
     // Bad input: an unknown field, a bad id, an empty value.
-    let o = run(&config, &["credentials", "set", "vcrd_x", "--vault", "vlt_a1", "--field", "password", "--from-file", value.to_str().unwrap()]);
+    let o = run(
+        &config,
+        &[
+            "credentials",
+            "set",
+            "vcrd_x",
+            "--vault",
+            "vlt_a1",
+            "--field",
+            "password",
+            "--from-file",
+            value.to_str().unwrap(),
+        ],
+    );
     assert_ne!(o.status.code(), Some(0), "{}", text(&o));
-    let o = run(&config, &["credentials", "set", "cred_x", "--vault", "vlt_a1", "--from-file", value.to_str().unwrap()]);
+    let o = run(
+        &config,
+        &[
+            "credentials",
+            "set",
+            "cred_x",
+            "--vault",
+            "vlt_a1",
+            "--from-file",
+            value.to_str().unwrap(),
+        ],
+    );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("cred_x"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("cred_x"),
+        "{}",
+        text(&o)
+    );
     let empty = dir.path().join("empty.txt");
     std::fs::write(&empty, "\n").unwrap();
-    let o = run(&config, &["credentials", "set", "vcrd_x", "--vault", "vlt_a1", "--from-file", empty.to_str().unwrap()]);
+    let o = run(
+        &config,
+        &[
+            "credentials",
+            "set",
+            "vcrd_x",
+            "--vault",
+            "vlt_a1",
+            "--from-file",
+            empty.to_str().unwrap(),
+        ],
+    );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("is empty"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("is empty"),
+        "{}",
+        text(&o)
+    );
 
-    let o = run(&config, &["credentials", "delete", "vcrd_git1", "--vault", "vlt_a1"]);
+    let o = run(
+        &config,
+        &["credentials", "delete", "vcrd_git1", "--vault", "vlt_a1"],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let o = run(&config, &["credentials", "list"]);
     assert_eq!(String::from_utf8_lossy(&o.stdout), "", "{}", text(&o));
-    let o = run(&config, &["credentials", "delete", "vcrd_git1", "--vault", "vlt_a1"]);
+    let o = run(
+        &config,
+        &["credentials", "delete", "vcrd_git1", "--vault", "vlt_a1"],
+    );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("vcrd_git1"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("vcrd_git1"),
+        "{}",
+        text(&o)
+    );
 
     // A key file others can read: refused, naming path and mode.
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
     let o = run(&config, &["credentials", "list"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains(&key.display().to_string()) && err.contains("0640"), "{}", text(&o));
+    assert!(
+        err.contains(&key.display().to_string()) && err.contains("0640"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -161,7 +264,15 @@ fn the_key_can_be_a_systemd_credential() {
     std::fs::write(&value, CANARY).unwrap();
     let set = |with_dir: bool| {
         let mut c = bin();
-        c.arg("--config").arg(&config).args(["credentials", "set", "vcrd_1", "--vault", "vlt_1", "--from-file", value.to_str().unwrap()]);
+        c.arg("--config").arg(&config).args([
+            "credentials",
+            "set",
+            "vcrd_1",
+            "--vault",
+            "vlt_1",
+            "--from-file",
+            value.to_str().unwrap(),
+        ]);
         if with_dir {
             c.env("CREDENTIALS_DIRECTORY", &creds);
         }
@@ -169,7 +280,11 @@ fn the_key_can_be_a_systemd_credential() {
     };
     let o = set(false);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("CREDENTIALS_DIRECTORY"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("CREDENTIALS_DIRECTORY"),
+        "{}",
+        text(&o)
+    );
     let o = set(true);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     // The bridge never writes a key of its own in this mode.
@@ -210,7 +325,10 @@ fn serve_starts_and_stops_gracefully_on_sigterm() {
     wait_for_line(&mut err, "vault-bridge ready", Duration::from_secs(20));
     // First start made the key (0600) and an empty store.
     let key = dir.path().join("state/credentials.key");
-    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let seen = wait_for_line(&mut err, "vault-bridge stopped", Duration::from_secs(15));
@@ -231,6 +349,13 @@ fn serve_refuses_a_store_written_with_another_key() {
     let before = std::fs::read(dir.path().join("state/credentials.enc")).unwrap();
     let o = run(&config, &["serve"]);
     assert_eq!(o.status.code(), Some(64), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("another key"), "{}", text(&o));
-    assert_eq!(std::fs::read(dir.path().join("state/credentials.enc")).unwrap(), before);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("another key"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("state/credentials.enc")).unwrap(),
+        before
+    );
 }

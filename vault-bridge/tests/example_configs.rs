@@ -14,7 +14,10 @@ fn examples() -> PathBuf {
 fn file_example_parses_with_the_values_it_states() {
     let c = Config::load(&examples().join("vault-bridge.toml"))
         .unwrap_or_else(|e| panic!("packaging/examples/vault-bridge.toml: {e}"));
-    assert_eq!(c.bridge.data_dir, Path::new("/var/lib/airlock-vault-bridge"));
+    assert_eq!(
+        c.bridge.data_dir,
+        Path::new("/var/lib/airlock-vault-bridge")
+    );
     assert_eq!(c.bridge.shutdown_grace, Duration::from_secs(10));
     let BackendConfig::File(f) = c.backend else {
         panic!("file backend expected")
@@ -54,7 +57,8 @@ fn a_mistyped_key_in_an_example_would_be_caught() {
         let text = std::fs::read_to_string(examples().join(name)).unwrap();
         let broken = text.replacen(&format!("\n{key} ="), &format!("\n{key}x ="), 1);
         assert_ne!(broken, text, "{name} sets {key}");
-        let err = Config::parse(&broken, Path::new(name)).expect_err("a misspelt key must be refused");
+        let err =
+            Config::parse(&broken, Path::new(name)).expect_err("a misspelt key must be refused");
         assert!(err.to_string().contains(&format!("{key}x")), "{err}");
     }
 }
@@ -67,5 +71,8 @@ fn every_example_named_vault_bridge_is_tested() {
         .filter(|n| n.starts_with("vault-bridge") && n.ends_with(".toml"))
         .collect();
     names.sort();
-    assert_eq!(names, vec!["vault-bridge-openbao.toml", "vault-bridge.toml"]);
+    assert_eq!(
+        names,
+        vec!["vault-bridge-openbao.toml", "vault-bridge.toml"]
+    );
 }

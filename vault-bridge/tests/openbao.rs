@@ -60,7 +60,9 @@ async fn round_trip_with_a_token() {
     s.insert("refresh_token", SecretString::from("canary-ref-1"))
         .unwrap();
     b.put(&key("vcrd_a"), &s).await.unwrap();
-    b.put(&key("vcrd_b"), &secret("canary-tok-2")).await.unwrap();
+    b.put(&key("vcrd_b"), &secret("canary-tok-2"))
+        .await
+        .unwrap();
     let got = b.get(&key("vcrd_a")).await.unwrap();
     assert_eq!(got.get("token").unwrap().expose_secret(), "canary-tok-1");
     assert_eq!(
@@ -81,10 +83,7 @@ async fn round_trip_with_a_token() {
         .collect();
     assert_eq!(
         listed,
-        vec![
-            "vlt_01 vcrd_a refresh_token,token",
-            "vlt_01 vcrd_b token"
-        ]
+        vec!["vlt_01 vcrd_a refresh_token,token", "vlt_01 vcrd_b token"]
     );
 
     b.delete(&key("vcrd_a")).await.unwrap();
@@ -121,13 +120,16 @@ async fn approle_login_and_renewal_past_the_max_ttl() {
         secret_id: SecretSource::File(sid),
     };
     let b = OpenbaoBackend::open(&config(&bao, auth)).await.unwrap();
-    b.put(&key("vcrd_a"), &secret("canary-approle")).await.unwrap();
+    b.put(&key("vcrd_a"), &secret("canary-approle"))
+        .await
+        .unwrap();
     let started = Instant::now();
     let mut reads = 0;
     while started.elapsed() < Duration::from_secs(9) {
-        let got = b.get(&key("vcrd_a")).await.unwrap_or_else(|e| {
-            panic!("read after {:?} failed: {e}", started.elapsed())
-        });
+        let got = b
+            .get(&key("vcrd_a"))
+            .await
+            .unwrap_or_else(|e| panic!("read after {:?} failed: {e}", started.elapsed()));
         assert_eq!(got.get("token").unwrap().expose_secret(), "canary-approle");
         reads += 1;
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -163,9 +165,9 @@ async fn a_renewable_token_is_renewed() {
     b.put(&key("vcrd_a"), &secret("v")).await.unwrap();
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(5) {
-        b.get(&key("vcrd_a")).await.unwrap_or_else(|e| {
-            panic!("read after {:?} failed: {e}", started.elapsed())
-        });
+        b.get(&key("vcrd_a"))
+            .await
+            .unwrap_or_else(|e| panic!("read after {:?} failed: {e}", started.elapsed()));
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -177,7 +179,9 @@ async fn restarted_sealed_and_killed_servers_fail_clearly_and_fast() {
     let b = OpenbaoBackend::open(&config(&bao, root_auth(&bao)))
         .await
         .unwrap();
-    b.put(&key("vcrd_a"), &secret("canary-restart")).await.unwrap();
+    b.put(&key("vcrd_a"), &secret("canary-restart"))
+        .await
+        .unwrap();
 
     // Restarted: a dev server forgets everything; the read fails as not found.
     bao.restart();
@@ -190,7 +194,9 @@ async fn restarted_sealed_and_killed_servers_fail_clearly_and_fast() {
     assert!(!msg.contains("canary"), "{msg}");
 
     // Sealed.
-    b.put(&key("vcrd_a"), &secret("canary-sealed")).await.unwrap();
+    b.put(&key("vcrd_a"), &secret("canary-sealed"))
+        .await
+        .unwrap();
     bao.seal();
     let started = Instant::now();
     let e = b.get(&key("vcrd_a")).await.unwrap_err();
@@ -211,7 +217,10 @@ async fn restarted_sealed_and_killed_servers_fail_clearly_and_fast() {
     assert!(started.elapsed() < TIMEOUT + Duration::from_millis(500));
     assert!(matches!(e, BackendError::Unreachable { .. }), "{e}");
     let msg = e.to_string();
-    assert!(msg.contains("vcrd_a") && msg.contains("unreachable"), "{msg}");
+    assert!(
+        msg.contains("vcrd_a") && msg.contains("unreachable"),
+        "{msg}"
+    );
     assert!(msg.contains(&bao.address()), "{msg}");
     let e = b.health().await.unwrap_err();
     assert!(e.is_transient(), "{e}");
@@ -242,7 +251,11 @@ async fn a_server_that_never_answers_times_out_naming_the_call() {
     };
     let started = Instant::now();
     let e = OpenbaoBackend::open(&c).await.unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(matches!(e, BackendError::Timeout { .. }), "{e}");
     assert!(e.to_string().contains("did not answer within"), "{e}");
     drop(hold);
@@ -253,18 +266,27 @@ async fn a_bad_token_or_a_loose_token_file_is_refused() {
     let Some(bin) = bao_bin() else { return };
     let bao = Bao::start(&bin);
     let p = private_file(bao.dir.path(), "bad-token", "not-a-token");
-    let e = OpenbaoBackend::open(&config(&bao, OpenbaoAuth::Token(SecretSource::File(p.clone()))))
-        .await
-        .unwrap_err();
+    let e = OpenbaoBackend::open(&config(
+        &bao,
+        OpenbaoAuth::Token(SecretSource::File(p.clone())),
+    ))
+    .await
+    .unwrap_err();
     assert!(matches!(e, BackendError::PermissionDenied { .. }), "{e}");
     use std::os::unix::fs::PermissionsExt;
     let loose = private_file(bao.dir.path(), "loose-token", &bao.root_token);
     std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let e = OpenbaoBackend::open(&config(&bao, OpenbaoAuth::Token(SecretSource::File(loose.clone()))))
-        .await
-        .unwrap_err();
+    let e = OpenbaoBackend::open(&config(
+        &bao,
+        OpenbaoAuth::Token(SecretSource::File(loose.clone())),
+    ))
+    .await
+    .unwrap_err();
     let msg = e.to_string();
-    assert!(msg.contains(&loose.display().to_string()) && msg.contains("0644"), "{msg}");
+    assert!(
+        msg.contains(&loose.display().to_string()) && msg.contains("0644"),
+        "{msg}"
+    );
     assert!(!msg.contains(&bao.root_token), "{msg}");
 }
 
@@ -282,7 +304,9 @@ async fn https_with_the_configured_ca_and_refused_without_it() {
         OpenbaoBackend::open(&with_ca).await
     })
     .await;
-    b.put(&key("vcrd_tls"), &secret("canary-tls")).await.unwrap();
+    b.put(&key("vcrd_tls"), &secret("canary-tls"))
+        .await
+        .unwrap();
     let got = b.get(&key("vcrd_tls")).await.unwrap();
     assert_eq!(got.get("token").unwrap().expose_secret(), "canary-tls");
     b.health().await.unwrap();

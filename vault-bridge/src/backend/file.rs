@@ -137,15 +137,20 @@ impl FileBackend {
         let c = config.clone();
         let name = format!("file store {}", config.path.display());
         let n = name.clone();
-        let opened = with_deadline(config.request_timeout, || Subject::Open, &name, async move {
-            tokio::task::spawn_blocking(move || Self::open_blocking(&c, n))
-                .await
-                .map_err(|e| BackendError::Other {
-                    subject: Subject::Open,
-                    backend: format!("file store {}", config.path.display()),
-                    cause: format!("open task failed: {e}"),
-                })?
-        })
+        let opened = with_deadline(
+            config.request_timeout,
+            || Subject::Open,
+            &name,
+            async move {
+                tokio::task::spawn_blocking(move || Self::open_blocking(&c, n))
+                    .await
+                    .map_err(|e| BackendError::Other {
+                        subject: Subject::Open,
+                        backend: format!("file store {}", config.path.display()),
+                        cause: format!("open task failed: {e}"),
+                    })?
+            },
+        )
         .await?;
         Ok(opened)
     }
@@ -230,7 +235,13 @@ impl FileBackend {
         }
     }
 
-    fn io_err(&self, subject: &Subject, what: &str, path: &Path, e: std::io::Error) -> BackendError {
+    fn io_err(
+        &self,
+        subject: &Subject,
+        what: &str,
+        path: &Path,
+        e: std::io::Error,
+    ) -> BackendError {
         BackendError::Other {
             subject: subject.clone(),
             backend: self.name.clone(),
@@ -240,8 +251,8 @@ impl FileBackend {
 
     /// Read and decrypt the store.
     fn read(&self, subject: &Subject) -> Result<Contents, BackendError> {
-        let data = std::fs::read(&self.path)
-            .map_err(|e| self.io_err(subject, "read", &self.path, e))?;
+        let data =
+            std::fs::read(&self.path).map_err(|e| self.io_err(subject, "read", &self.path, e))?;
         if data.len() < HEADER_LEN || &data[..MAGIC.len()] != MAGIC {
             return Err(self.subject_err(subject, "not a vault-bridge store (bad header)".into()));
         }
@@ -268,8 +279,9 @@ impl FileBackend {
                 )
                 .map_err(|_| self.subject_err(subject, "authentication failed".into()))?,
         );
-        let parsed: Plain<String> = serde_json::from_slice(&plain)
-            .map_err(|e| self.subject_err(subject, format!("bad contents at byte {}", e.column())))?;
+        let parsed: Plain<String> = serde_json::from_slice(&plain).map_err(|e| {
+            self.subject_err(subject, format!("bad contents at byte {}", e.column()))
+        })?;
         if parsed.version != 1 {
             return Err(self.subject_err(subject, format!("unknown version {}", parsed.version)));
         }
@@ -465,7 +477,8 @@ impl SecretBackend for FileBackend {
     }
 
     async fn health(&self) -> Result<(), BackendError> {
-        self.run(Subject::Health, |b, _, s| b.read(s).map(|_| ())).await
+        self.run(Subject::Health, |b, _, s| b.read(s).map(|_| ()))
+            .await
     }
 }
 
@@ -660,7 +673,10 @@ mod tests {
         let e = FileBackend::open(&wrong).await.unwrap_err();
         assert!(matches!(e, BackendError::WrongKey { .. }), "{e}");
         let msg = e.to_string();
-        assert!(msg.contains("another key") && msg.contains("credentials.enc"), "{msg}");
+        assert!(
+            msg.contains("another key") && msg.contains("credentials.enc"),
+            "{msg}"
+        );
 
         // A backend holding the wrong key (the store replaced under it)
         // refuses to write too.
@@ -702,7 +718,10 @@ mod tests {
         let e = FileBackend::open(&c).await.unwrap_err();
         let msg = e.to_string();
         assert!(matches!(e, BackendError::SecretFile { .. }), "{msg}");
-        assert!(msg.contains(&kp.display().to_string()) && msg.contains("0644"), "{msg}");
+        assert!(
+            msg.contains(&kp.display().to_string()) && msg.contains("0644"),
+            "{msg}"
+        );
     }
 
     #[tokio::test]
@@ -769,7 +788,9 @@ mod tests {
             let c = c.clone();
             tasks.push(tokio::spawn(async move {
                 let b = FileBackend::open(&c).await.unwrap();
-                b.put(&key(&format!("vcrd_{i}")), &secret("v")).await.unwrap();
+                b.put(&key(&format!("vcrd_{i}")), &secret("v"))
+                    .await
+                    .unwrap();
             }));
         }
         for t in tasks {

@@ -169,7 +169,9 @@ pub enum SecretFileError {
         source: std::io::Error,
     },
     /// The file is readable or writable by its group or others.
-    #[error("{path} has mode {mode:04o}; it must be readable by its owner only (chmod 600 {path})")]
+    #[error(
+        "{path} has mode {mode:04o}; it must be readable by its owner only (chmod 600 {path})"
+    )]
     Mode {
         /// The file.
         path: std::path::PathBuf,

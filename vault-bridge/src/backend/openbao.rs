@@ -334,13 +334,13 @@ impl Inner {
         let mut secret = Secret::new();
         for (field, value) in data {
             if let (Ok(()), serde_json::Value::String(v)) = (check_field(&field), value) {
-                secret
-                    .insert(&field, SecretString::from(v))
-                    .map_err(|e| BackendError::Corrupt {
+                secret.insert(&field, SecretString::from(v)).map_err(|e| {
+                    BackendError::Corrupt {
                         subject: subject.clone(),
                         backend: self.name.clone(),
                         cause: e.to_string(),
-                    })?;
+                    }
+                })?;
             }
         }
         if secret.is_empty() {
@@ -408,10 +408,8 @@ impl SecretBackend for OpenbaoBackend {
     async fn put(&self, key: &SecretKey, secret: &Secret) -> Result<(), BackendError> {
         let i = &self.inner;
         let subject = Subject::from(key);
-        let data: BTreeMap<&str, &str> = secret
-            .iter()
-            .map(|(k, v)| (k, v.expose_secret()))
-            .collect();
+        let data: BTreeMap<&str, &str> =
+            secret.iter().map(|(k, v)| (k, v.expose_secret())).collect();
         i.deadline(
             subject.clone(),
             i.retried(|| async {

