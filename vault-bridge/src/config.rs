@@ -284,9 +284,7 @@ impl BackendConfig {
 
 impl FileConfig {
     fn from_raw(raw: RawFile, data_dir: &Path) -> Result<Self, InvalidKey> {
-        let path = raw
-            .path
-            .unwrap_or_else(|| data_dir.join("credentials.enc"));
+        let path = raw.path.unwrap_or_else(|| data_dir.join("credentials.enc"));
         absolute("backend.file.path", &path)?;
         let key = source(
             "backend.file",
