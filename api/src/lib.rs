@@ -1,6 +1,7 @@
 //! The public HTTP API, wire-compatible with the Managed Agents beta API
 //! (`/v1/agents`, `/v1/environments`, `/v1/vaults` and their credentials,
-//! `/v1/sessions`, session events: send, list and SSE stream), so the official `anthropic` SDKs work against
+//! `/v1/sessions` with their `github_repository` resources, session events:
+//! send, list and SSE stream), so the official `anthropic` SDKs work against
 //! Airlock by changing `base_url`. Beyond the original, a stream resumes
 //! without loss from `Last-Event-ID` or `?after=<seq>`, and events carry
 //! their `seq`. `api/openapi.yaml` describes exactly what is served; the
@@ -14,8 +15,8 @@
 //! the one mapping of errors to the standard envelope ([`error_response`]).
 //! It does not store anything itself (agents, environments, keys and vault
 //! metadata live in the `catalog`, sessions and events in the
-//! `session-store`; credential secrets go to a [`SecretRelay`] and are never
-//! stored by the control plane), and does not
+//! `session-store`; credential secrets and repository tokens go to a
+//! [`SecretRelay`] and are never stored by the control plane), and does not
 //! run sessions: after appending user events it calls
 //! [`SessionRunner::notify`], which the control plane implements with the
 //! harness supervisor.
@@ -35,6 +36,7 @@ mod fields;
 mod ids;
 mod query;
 pub mod relay;
+mod resources;
 mod sessions;
 mod stream;
 mod tools;
@@ -49,7 +51,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{ApiConfig, RawApiConfig};
 pub use error::{error_response, ApiError};
-pub use relay::{NoBridgeRelay, RelayError, RelayTarget, SecretFields, SecretRelay, SecretValue};
+pub use relay::{
+    NoBridgeRelay, RelayError, RelayTarget, SecretFields, SecretRelay, SecretValue,
+    SessionTokenTarget,
+};
 
 /// Runs sessions: told when a session has new input. The control plane
 /// implements it with the harness supervisor (`Supervisor::notify`).
@@ -210,6 +215,16 @@ pub fn router(state: ApiState) -> Router {
                 .delete(sessions::delete),
         )
         .route("/v1/sessions/{session_id}/archive", post(sessions::archive))
+        .route(
+            "/v1/sessions/{session_id}/resources",
+            get(resources::list).post(resources::add),
+        )
+        .route(
+            "/v1/sessions/{session_id}/resources/{resource_id}",
+            get(resources::retrieve)
+                .post(resources::update)
+                .delete(resources::delete),
+        )
         .route(
             "/v1/sessions/{session_id}/events",
             post(events::send).get(events::list),

@@ -8,6 +8,10 @@
 //! API refuses the request (503, `vault_bridge_unavailable`) and stores
 //! nothing. [`NoBridgeRelay`] is the production relay until the tunnel
 //! carries secrets: it never accepts one.
+//!
+//! The same relay takes the `authorization_token` of a session's
+//! `github_repository` resource ([`SessionTokenTarget`]): the bridges of the
+//! session's environment hold it for that session and resource only.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -88,6 +92,21 @@ pub struct RelayTarget {
     pub credential_id: String,
 }
 
+/// Which session resource a Git token belongs to: the bridges of
+/// `environment_id` hold it for `session_id` and `resource_id` only, and add
+/// it to requests to `url`'s host on the way out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionTokenTarget {
+    /// The session's environment: its vault-bridges hold the token.
+    pub environment_id: String,
+    /// The session.
+    pub session_id: String,
+    /// The `github_repository` resource (`sesrsc_...`).
+    pub resource_id: String,
+    /// The repository URL (https, no userinfo).
+    pub url: String,
+}
+
 /// Why a relay did not deliver.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -120,6 +139,20 @@ pub trait SecretRelay: Send + Sync + fmt::Debug {
     /// the customer wrote into their own Vault (`airlock.kv_path`) is theirs
     /// and stays.
     async fn forget(&self, target: &RelayTarget) -> Result<(), RelayError>;
+
+    /// Hands the Git `token` of a session resource to the bridges (at
+    /// session create, or to rotate it). `Ok` means they hold it; only
+    /// then does the API store the resource (or keep the session).
+    async fn put_session_token(
+        &self,
+        target: &SessionTokenTarget,
+        token: &SecretValue,
+    ) -> Result<(), RelayError>;
+
+    /// Tells the bridges to drop the token of a session resource (the
+    /// resource or its session was deleted or archived, or storing the
+    /// session failed). Idempotent: nothing held is not an error.
+    async fn forget_session_token(&self, target: &SessionTokenTarget) -> Result<(), RelayError>;
 }
 
 /// The relay while no bridge can be reached: refuses every secret, and has
@@ -136,6 +169,20 @@ impl SecretRelay for NoBridgeRelay {
     }
 
     async fn forget(&self, _target: &RelayTarget) -> Result<(), RelayError> {
+        Ok(())
+    }
+
+    async fn put_session_token(
+        &self,
+        target: &SessionTokenTarget,
+        _token: &SecretValue,
+    ) -> Result<(), RelayError> {
+        Err(RelayError::NoBridge {
+            environment_id: target.environment_id.clone(),
+        })
+    }
+
+    async fn forget_session_token(&self, _target: &SessionTokenTarget) -> Result<(), RelayError> {
         Ok(())
     }
 }

@@ -5,8 +5,10 @@
 //!
 //! The session object lives in the session store as the record's body: it
 //! holds the agent snapshot (model, system, tools and their permission
-//! policies, resolved at creation), which is what the harness runs. Status
-//! and timestamps come from the record.
+//! policies, resolved at creation), which is what the harness runs, and
+//! the session's `vault_ids` and `resources` (`github_repository` metadata,
+//! never a token; see `resources.rs`), which is what the harness provisions
+//! from. Status and timestamps come from the record.
 
 use axum::extract::{Path, RawQuery, State};
 use axum::Json;
@@ -25,6 +27,7 @@ use crate::events::parse_initial_event;
 use crate::fields::{apply_metadata_patch, join, metadata, type_name, Obj};
 use crate::ids::{new_id, rfc3339};
 use crate::query::{Cursor, Dir, Query};
+use crate::resources;
 use crate::tools;
 use crate::AppState;
 
@@ -50,18 +53,8 @@ pub(crate) struct CreateSession {
     pub initial_events: Vec<Value>,
     /// Vaults whose credentials the session may use (checked at create).
     pub vault_ids: Vec<String>,
-}
-
-fn empty_or_refused(o: &Obj<'_>, key: &str, why: &str) -> Result<(), ApiError> {
-    match o.get(key) {
-        None => Ok(()),
-        Some(Value::Array(a)) if a.is_empty() => Ok(()),
-        Some(Value::Array(_)) => Err(ApiError::invalid(key, why)),
-        Some(other) => Err(ApiError::invalid(
-            key,
-            format!("expected an array, got {}", type_name(other)),
-        )),
-    }
+    /// `github_repository` resources (their tokens go to the relay).
+    pub resources: Vec<resources::NewResource>,
 }
 
 fn title(o: &Obj<'_>) -> Result<Option<String>, ApiError> {
@@ -192,11 +185,7 @@ pub(crate) fn parse_create(body: &Value) -> Result<CreateSession, ApiError> {
         }
     };
     let environment_id = o.req_nonempty("environment_id")?.to_owned();
-    empty_or_refused(
-        &o,
-        "resources",
-        "session resources are not supported by Airlock yet",
-    )?;
+    let resources = resources::parse(o.get("resources"))?;
     if o.get("budget").is_some() {
         return Err(ApiError::invalid(
             "budget",
@@ -225,6 +214,7 @@ pub(crate) fn parse_create(body: &Value) -> Result<CreateSession, ApiError> {
         title: title(&o)?,
         initial_events,
         vault_ids: vault_ids(&o)?,
+        resources,
     })
 }
 
@@ -287,6 +277,8 @@ pub(crate) async fn create(
     }
     check_vaults(&s, &req.vault_ids, &env.id).await?;
     let id = new_id("sesn");
+    // Tokens go to the bridges first: a refusal leaves no session behind.
+    let resources = resources::relay_new(&s, &env.id, &id, req.resources).await?;
     let body = json!({
         "type": "session",
         "id": id,
@@ -294,14 +286,14 @@ pub(crate) async fn create(
         "environment_id": env.id,
         "metadata": req.metadata,
         "title": req.title,
-        "resources": [],
+        "resources": resources,
         "vault_ids": req.vault_ids,
         "outcome_evaluations": [],
         "archived_at": null,
         "deployment_id": null,
     });
     let has_input = !req.initial_events.is_empty();
-    let (record, _) = st
+    let created = st
         .store
         .create_session(NewSession {
             id: id.clone(),
@@ -313,7 +305,14 @@ pub(crate) async fn create(
                 .map(NewEvent::queued)
                 .collect(),
         })
-        .await?;
+        .await;
+    let (record, _) = match created {
+        Ok(created) => created,
+        Err(e) => {
+            resources::forget_all(&s, &env.id, &id, &resources).await;
+            return Err(e.into());
+        }
+    };
     tracing::info!(session_id = %id, agent_id = %agent.id, agent_version = agent.version, "session created");
     if has_input {
         st.runner.notify(&id);
@@ -621,6 +620,12 @@ fn refuse_while_running(record: &SessionRecord, what: &str) -> Result<(), ApiErr
     Ok(())
 }
 
+/// Tells the bridges to drop the repository tokens of `record`'s resources.
+async fn forget_resource_tokens(s: &AppState, record: &SessionRecord) {
+    let env = record.body["environment_id"].as_str().unwrap_or_default();
+    resources::forget_all(s, env, &record.id, &resources::stored(record)).await;
+}
+
 pub(crate) async fn archive(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -657,6 +662,7 @@ pub(crate) async fn archive(
             },
         )
         .await?;
+    forget_resource_tokens(&s, &record).await;
     tracing::info!(session_id = %id, "session archived");
     Ok(Json(render(&record)))
 }
@@ -668,6 +674,7 @@ pub(crate) async fn delete(
     let record = s.state.store.get_session(&id).await?;
     refuse_while_running(&record, "deleting")?;
     s.state.store.delete_session(&id).await?;
+    forget_resource_tokens(&s, &record).await;
     tracing::info!(session_id = %id, "session deleted");
     Ok(Json(json!({"id": id, "type": "session_deleted"})))
 }
@@ -705,7 +712,7 @@ mod tests {
         .starts_with("agent.version:"));
         assert!(
             err(json!({"agent": "a", "environment_id": "e", "resources": [{"type": "file"}]}))
-                .starts_with("resources:")
+                .starts_with("resources.0.type: file resources are not supported")
         );
         assert!(err(json!({"agent": "a", "environment_id": "e", "initial_events": [{"type": "user.interrupt"}]}))
             .starts_with("initial_events.0.type:"));

@@ -6,7 +6,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use api::{ApiLimits, ApiState, RelayError, RelayTarget, SecretFields, SecretRelay, SessionRunner};
+use api::{
+    ApiLimits, ApiState, RelayError, RelayTarget, SecretFields, SecretRelay, SecretValue,
+    SessionRunner, SessionTokenTarget,
+};
 use axum::body::Body;
 use axum::Router;
 use catalog::{Catalog, GeneratedKey, NewApiKey, SqliteCatalog};
@@ -37,6 +40,9 @@ pub struct RecordingRelay {
     /// (target, [(field, value)]) of every accepted or refused put.
     pub puts: Mutex<Vec<RelayedPut>>,
     pub forgets: Mutex<Vec<RelayTarget>>,
+    /// (target, token) of every accepted or refused session token put.
+    pub session_tokens: Mutex<Vec<(SessionTokenTarget, String)>>,
+    pub session_forgets: Mutex<Vec<SessionTokenTarget>>,
 }
 
 #[async_trait::async_trait]
@@ -58,6 +64,28 @@ impl SecretRelay for RecordingRelay {
 
     async fn forget(&self, target: &RelayTarget) -> Result<(), RelayError> {
         self.forgets.lock().unwrap().push(target.clone());
+        Ok(())
+    }
+
+    async fn put_session_token(
+        &self,
+        target: &SessionTokenTarget,
+        token: &SecretValue,
+    ) -> Result<(), RelayError> {
+        self.session_tokens
+            .lock()
+            .unwrap()
+            .push((target.clone(), token.expose().to_owned()));
+        if self.refuse.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(RelayError::NoBridge {
+                environment_id: target.environment_id.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn forget_session_token(&self, target: &SessionTokenTarget) -> Result<(), RelayError> {
+        self.session_forgets.lock().unwrap().push(target.clone());
         Ok(())
     }
 }
