@@ -378,15 +378,7 @@ async fn dial_tcp(
         remote_addr,
         codec,
     );
-    let weak = Arc::downgrade(&link);
-    tokio::spawn(async move {
-        let msg = done_rx
-            .await
-            .unwrap_or_else(|_| "h2 connection closed".into());
-        if let Some(link) = weak.upgrade() {
-            link.mark_closed(msg);
-        }
-    });
+    link.close_when_done(done_rx);
     // The control plane (h2 client) opens the control stream first.
     match link.accept().await.map_err(|e| err(e.to_string()))? {
         Some((Some(path), tx, rx)) if path == H2_CONTROL_PATH => Ok((link, tx, rx, revoked)),

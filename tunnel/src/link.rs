@@ -85,6 +85,18 @@ impl Link {
         link
     }
 
+    /// Mark the link closed with the message its h2 connection driver
+    /// sends on `done` when it ends (without keeping the link alive).
+    pub(crate) fn close_when_done(self: &Arc<Self>, done: tokio::sync::oneshot::Receiver<String>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let msg = done.await.unwrap_or_else(|_| "h2 connection closed".into());
+            if let Some(link) = weak.upgrade() {
+                link.mark_closed(msg);
+            }
+        });
+    }
+
     /// Record that the link is gone (first message wins).
     pub(crate) fn mark_closed(&self, message: String) {
         self.closed_tx.send_if_modified(|v| {

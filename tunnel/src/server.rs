@@ -335,15 +335,7 @@ async fn tcp_handshake(
         remote_addr,
         codec,
     );
-    let weak = Arc::downgrade(&link);
-    tokio::spawn(async move {
-        let msg = done_rx
-            .await
-            .unwrap_or_else(|_| "h2 connection closed".into());
-        if let Some(link) = weak.upgrade() {
-            link.mark_closed(msg);
-        }
-    });
+    link.close_when_done(done_rx);
     let (tx, rx) = link
         .open(H2_CONTROL_PATH)
         .await

@@ -34,6 +34,25 @@ impl Default for Tuning {
     }
 }
 
+impl Tuning {
+    /// The config key `tunnel.quic_max_udp_payload_bytes` (both binaries'
+    /// `[tunnel]`): `v` or the default, which must lie in 1200..=65527.
+    pub fn max_udp_payload_bytes_key(v: Option<u32>) -> Result<u16, settings::InvalidKey> {
+        match v {
+            None => Ok(Self::default().max_udp_payload_bytes),
+            Some(v) if (1200..=65527).contains(&v) => {
+                u16::try_from(v).map_err(|e| settings::InvalidKey::new(UDP_PAYLOAD_KEY, e))
+            }
+            Some(_) => Err(settings::InvalidKey::new(
+                UDP_PAYLOAD_KEY,
+                "must be between 1200 and 65527",
+            )),
+        }
+    }
+}
+
+const UDP_PAYLOAD_KEY: &str = "tunnel.quic_max_udp_payload_bytes";
+
 /// QUIC transport parameters: windows, stream limits, keep-alive at the
 /// heartbeat interval and an idle timeout of `misses` intervals.
 pub(crate) fn quic_transport(
@@ -99,4 +118,26 @@ pub(crate) fn udp_socket(
         tracing::debug!(%error, "cannot enlarge the udp send buffer");
     }
     Ok(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn udp_payload_key_is_bounded_and_named() {
+        assert_eq!(Tuning::max_udp_payload_bytes_key(None).unwrap(), 8952);
+        assert_eq!(Tuning::max_udp_payload_bytes_key(Some(1200)).unwrap(), 1200);
+        assert_eq!(
+            Tuning::max_udp_payload_bytes_key(Some(65527)).unwrap(),
+            65527
+        );
+        for bad in [1199, 65528, u32::MAX] {
+            let e = Tuning::max_udp_payload_bytes_key(Some(bad)).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "invalid value for `tunnel.quic_max_udp_payload_bytes`: must be between 1200 and 65527"
+            );
+        }
+    }
 }

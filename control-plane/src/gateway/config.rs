@@ -58,16 +58,8 @@ impl GatewayConfig {
             Ok(v as u32)
         };
         let defaults = tunnel::tuning::Tuning::default();
-        let quic_max_udp_payload_bytes = match raw.quic_max_udp_payload_bytes {
-            None => defaults.max_udp_payload_bytes,
-            Some(v) if (1200..=65527).contains(&v) => v as u16,
-            Some(_) => {
-                return Err(ConfigError::invalid(
-                    "tunnel.quic_max_udp_payload_bytes",
-                    "must be between 1200 and 65527",
-                ))
-            }
-        };
+        let quic_max_udp_payload_bytes =
+            tunnel::tuning::Tuning::max_udp_payload_bytes_key(raw.quic_max_udp_payload_bytes)?;
         Ok(Self {
             heartbeat_interval: settings::seconds_between(
                 "tunnel.heartbeat_interval_seconds",

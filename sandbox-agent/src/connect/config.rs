@@ -144,16 +144,8 @@ impl TunnelConfig {
                 "must not be below tunnel.reconnect_base_seconds",
             ));
         }
-        let quic_max_udp_payload_bytes = match raw.quic_max_udp_payload_bytes {
-            None => tunnel::tuning::Tuning::default().max_udp_payload_bytes,
-            Some(v) if (1200..=65527).contains(&v) => v as u16,
-            Some(_) => {
-                return Err(ConfigError::invalid(
-                    "tunnel.quic_max_udp_payload_bytes",
-                    "must be between 1200 and 65527",
-                ))
-            }
-        };
+        let quic_max_udp_payload_bytes =
+            tunnel::tuning::Tuning::max_udp_payload_bytes_key(raw.quic_max_udp_payload_bytes)?;
         Ok(Self {
             quic_max_udp_payload_bytes,
             transport,
