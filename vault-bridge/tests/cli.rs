@@ -359,3 +359,51 @@ fn serve_refuses_a_store_written_with_another_key() {
         before
     );
 }
+
+#[test]
+fn serve_retries_an_unreachable_openbao_and_still_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("bao.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[backend]\ntype = \"openbao\"\n[backend.openbao]\naddress = \"http://127.0.0.1:{port}\"\ntoken_file = \"{}\"\nrequest_timeout_seconds = 1\n",
+            token.display()
+        ),
+    )
+    .unwrap();
+    let mut child = bin()
+        .arg("--config")
+        .arg(&config)
+        .args(["--log-format", "json", "serve"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let seen = wait_for_line(&mut err, "retrying", Duration::from_secs(20));
+    assert!(
+        seen.contains("unreachable") && seen.contains(&port.to_string()),
+        "{seen}"
+    );
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    wait_for_line(
+        &mut err,
+        "stopped before its backend opened",
+        Duration::from_secs(15),
+    );
+    let status = testkit::eventually_blocking("serve to exit", Duration::from_secs(15), || {
+        child.try_wait().unwrap()
+    });
+    assert_eq!(status.code(), Some(0));
+}

@@ -317,3 +317,62 @@ async fn https_with_the_configured_ca_and_refused_without_it() {
     assert!(matches!(e, BackendError::Unreachable { .. }), "{e}");
     assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
 }
+
+#[test]
+fn the_credentials_commands_work_against_openbao() {
+    let Some(bin) = bao_bin() else { return };
+    let bao = Bao::start(&bin);
+    let token = private_file(bao.dir.path(), "token", &bao.root_token);
+    let config = bao.dir.path().join("bridge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[backend]\ntype = \"openbao\"\n[backend.openbao]\naddress = \"{}\"\ntoken_file = \"{}\"\n",
+            bao.address(),
+            token.display()
+        ),
+    )
+    .unwrap();
+    let value = bao.dir.path().join("value");
+    std::fs::write(&value, "canary-cli-bao\n").unwrap();
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_vault-bridge"))
+            .env_remove("AIRLOCK_CONFIG")
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(!all.contains("canary-cli-bao"), "{all}");
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            all,
+        )
+    };
+    let (code, _, all) = run(&[
+        "credentials",
+        "set",
+        "vcrd_cli",
+        "--vault",
+        "vlt_cli",
+        "--from-file",
+        value.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{all}");
+    let (code, body) = bao.root("GET", "/v1/secret/data/airlock/vlt_cli/vcrd_cli", None);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["data"]["data"]["token"], "canary-cli-bao");
+    let (code, out, all) = run(&["credentials", "list"]);
+    assert_eq!(code, Some(0), "{all}");
+    assert_eq!(out, "vlt_cli\tvcrd_cli\ttoken\n");
+    let (code, _, all) = run(&["credentials", "delete", "vcrd_cli", "--vault", "vlt_cli"]);
+    assert_eq!(code, Some(0), "{all}");
+    let (code, _) = bao.root("GET", "/v1/secret/data/airlock/vlt_cli/vcrd_cli", None);
+    assert_eq!(code, 404);
+}
