@@ -376,3 +376,40 @@ fn the_credentials_commands_work_against_openbao() {
     let (code, _) = bao.root("GET", "/v1/secret/data/airlock/vlt_cli/vcrd_cli", None);
     assert_eq!(code, 404);
 }
+
+#[tokio::test]
+async fn namespace_mount_and_prefix_are_honoured() {
+    let Some(bin) = bao_bin() else { return };
+    let bao = Bao::start(&bin);
+    let (code, body) = bao.root("POST", "/v1/sys/namespaces/team-a", Some("{}"));
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = bao.root(
+        "POST",
+        "/v1/team-a/sys/mounts/kv",
+        Some(r#"{"type":"kv","options":{"version":"2"}}"#),
+    );
+    assert_eq!(code, 204, "{body}");
+    let c = OpenbaoConfig {
+        namespace: Some("team-a".into()),
+        mount: "kv".into(),
+        path_prefix: "bridges/site-1".into(),
+        ..config(&bao, root_auth(&bao))
+    };
+    let b = OpenbaoBackend::open(&c).await.unwrap();
+    b.put(&key("vcrd_ns"), &secret("canary-ns")).await.unwrap();
+    let got = b.get(&key("vcrd_ns")).await.unwrap();
+    assert_eq!(got.get("token").unwrap().expose_secret(), "canary-ns");
+    let (code, body) = bao.root(
+        "GET",
+        "/v1/team-a/kv/data/bridges/site-1/vlt_01/vcrd_ns",
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["data"]["data"]["token"], "canary-ns");
+    // Nothing in the root namespace's default place.
+    let (code, _) = bao.root("GET", "/v1/secret/data/airlock/vlt_01/vcrd_ns", None);
+    assert_eq!(code, 404);
+    let listed = b.list().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].0.credential_id(), "vcrd_ns");
+}
