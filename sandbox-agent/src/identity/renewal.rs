@@ -217,6 +217,11 @@ mod tests {
             .unwrap();
         assert!([second.as_str(), third.as_str()].contains(&on_disk.identity.serial.as_str()));
         assert_eq!(on_disk.identity.agent_id, first.agent_id);
+        stop(shutdown, task).await;
+    }
+
+    /// Cancel the renewal loop and wait (bounded) for it to end.
+    async fn stop(shutdown: CancellationToken, task: tokio::task::JoinHandle<()>) {
         shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(5), task)
             .await
@@ -252,11 +257,7 @@ mod tests {
         let first = identity.identity().serial;
         wait_for_serial_change(&identity, &first).await;
         assert!(renewer.calls.load(Ordering::SeqCst) >= 3);
-        shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .unwrap()
-            .unwrap();
+        stop(shutdown, task).await;
     }
 
     #[tokio::test]
