@@ -14,6 +14,7 @@ use protocol::{
     CallError, ErrorCode, Frame, FrameCodec, FrameError, Hello, HelloAnswer, Request, Response,
 };
 use rustls_pki_types::ServerName;
+use settings::split_host_port_or;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -305,9 +306,9 @@ async fn dial_tcp(
         address: settings.server.clone(),
         message,
     };
-    let (host, _) = settings::split_host_port_or(&settings.server, 443)
+    let (host, _) = split_host_port_or(&settings.server, 443)
         .ok_or_else(|| err("bad server address".into()))?;
-    let stream = match settings.proxy.as_ref().filter(|p| p.applies_to(&host)) {
+    let stream = match settings.proxy.as_ref().filter(|p| p.applies_to(host)) {
         Some(proxy) => {
             tracing::debug!(proxy = %proxy, "dialing through http connect proxy");
             proxy.connect(&settings.server).await?
