@@ -227,14 +227,15 @@ http {{
             nginx,
             fcgiwrap: fcgi,
         };
-        let waited = testkit::try_eventually_blocking("nginx listening", Duration::from_secs(10), || {
-            if let Ok(Some(_)) = me.nginx.try_wait() {
-                return Some(false);
-            }
-            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
-                .ok()
-                .map(|_| true)
-        })?;
+        let waited =
+            testkit::try_eventually_blocking("nginx listening", Duration::from_secs(10), || {
+                if let Ok(Some(_)) = me.nginx.try_wait() {
+                    return Some(false);
+                }
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+                    .ok()
+                    .map(|_| true)
+            })?;
         if !waited {
             bail!("nginx exited at start: {}", me.logs());
         }
@@ -287,7 +288,10 @@ impl GitServer {
         let repos = dir.path().join("repos");
         std::fs::create_dir_all(&repos)?;
         // nginx's `{PLAIN}` scheme: a static password file without hashing tools.
-        std::fs::write(dir.path().join("htpasswd"), format!("{user}:{{PLAIN}}{token}\n"))?;
+        std::fs::write(
+            dir.path().join("htpasswd"),
+            format!("{user}:{{PLAIN}}{token}\n"),
+        )?;
         let p = dir.path().display();
         let r = repos.display();
         let body = format!(
@@ -341,7 +345,11 @@ impl GitServer {
 
     /// `https://<hostname>:<port>/<name>.git`.
     pub fn url(&self, name: &str) -> String {
-        format!("https://{}:{}/{name}.git", self.hostname, self.addr().port())
+        format!(
+            "https://{}:{}/{name}.git",
+            self.hostname,
+            self.addr().port()
+        )
     }
 
     /// `https://localhost:<port>/<name>.git` (reaches the server without a resolver).
@@ -362,12 +370,11 @@ impl GitServer {
                 .args(["init", "--quiet", "--bare", "--initial-branch=main"])
                 .arg(&path),
         )?;
-        run_ok(
-            git(self.nginx.dir.path())
-                .arg("-C")
-                .arg(&path)
-                .args(["config", "http.receivepack", "true"]),
-        )?;
+        run_ok(git(self.nginx.dir.path()).arg("-C").arg(&path).args([
+            "config",
+            "http.receivepack",
+            "true",
+        ]))?;
         Ok(path)
     }
 
@@ -390,7 +397,10 @@ impl GitServer {
         if files > 0 {
             std::fs::create_dir_all(tree.join("data"))?;
             for i in 0..files {
-                std::fs::write(tree.join(format!("data/blob-{i:04}.bin")), random_bytes(file_bytes)?)?;
+                std::fs::write(
+                    tree.join(format!("data/blob-{i:04}.bin")),
+                    random_bytes(file_bytes)?,
+                )?;
             }
         }
         run_ok(git(&home).arg("-C").arg(&tree).args(["add", "-A"]))?;

@@ -55,17 +55,25 @@ fn world() -> World {
     let rogue = TestCa::new("rogue ca nobody trusts").unwrap();
     let git = GitServer::start(&ca, GIT_HOST, "git", &token).unwrap();
     git.create_random_repo("repo", 3, 64 * 1024).unwrap();
-    let forbidden = StaticServer::start(&ca, FORBIDDEN_HOST, &[("index.html", b"forbidden\n")], "/")
-        .unwrap();
+    let forbidden =
+        StaticServer::start(&ca, FORBIDDEN_HOST, &[("index.html", b"forbidden\n")], "/").unwrap();
     let other = StaticServer::start(
         &ca,
         OTHER_HOST,
         &[("index.html", b"other\n")],
-        &format!("https://{FORBIDDEN_HOST}:{}/index.html", forbidden.addr().port()),
+        &format!(
+            "https://{FORBIDDEN_HOST}:{}/index.html",
+            forbidden.addr().port()
+        ),
     )
     .unwrap();
-    let untrusted =
-        StaticServer::start(&rogue, UNTRUSTED_HOST, &[("index.html", b"untrusted\n")], "/").unwrap();
+    let untrusted = StaticServer::start(
+        &rogue,
+        UNTRUSTED_HOST,
+        &[("index.html", b"untrusted\n")],
+        "/",
+    )
+    .unwrap();
 
     let git_cred = CredentialRef {
         vault_id: Some("vlt_test".into()),
@@ -234,7 +242,12 @@ fn git_clone_and_push_through_the_proxy_without_the_token_on_the_client() {
 
     // Without the proxy and without a token the server refuses: the token matters.
     let direct = git(&w.home)
-        .args(["-c", "http.sslVerify=false", "ls-remote", &w.git.localhost_url("repo")])
+        .args([
+            "-c",
+            "http.sslVerify=false",
+            "ls-remote",
+            &w.git.localhost_url("repo"),
+        ])
         .output()
         .unwrap();
     assert!(!direct.status.success(), "server must require the token");
@@ -256,19 +269,26 @@ fn git_clone_and_push_through_the_proxy_without_the_token_on_the_client() {
             .args(["commit", "-q", "-m", "egress proxy push"]),
     )
     .unwrap();
-    let out_push = run_ok(
-        w.git()
-            .arg("-C")
-            .arg(&clone)
-            .args(["push", "--progress", "origin", "main"]),
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", w.git.logs()));
+    let out_push =
+        run_ok(
+            w.git()
+                .arg("-C")
+                .arg(&clone)
+                .args(["push", "--progress", "origin", "main"]),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", w.git.logs()));
     let out_fetch = run_ok(w.git().arg("-C").arg(&clone).args(["fetch", "origin"])).unwrap();
 
     // The push is on the server.
     let log = w.git.log("repo").unwrap();
     assert!(log.contains("egress proxy push"), "server log: {log}");
-    let local_head = run_ok(git(&w.home).arg("-C").arg(&clone).args(["rev-parse", "HEAD"])).unwrap();
+    let local_head = run_ok(
+        git(&w.home)
+            .arg("-C")
+            .arg(&clone)
+            .args(["rev-parse", "HEAD"]),
+    )
+    .unwrap();
     assert!(log.starts_with(stdout(&local_head).trim()), "{log}");
     // ... authenticated as the token's user (nginx logs the basic-auth user).
     assert!(
@@ -285,7 +305,10 @@ fn git_clone_and_push_through_the_proxy_without_the_token_on_the_client() {
         assert!(!all_output(o).contains(&w.token));
     }
     let config = std::fs::read_to_string(clone.join(".git/config")).unwrap();
-    assert!(config.contains(&w.git.url("repo")), "remote stays the real url: {config}");
+    assert!(
+        config.contains(&w.git.url("repo")),
+        "remote stays the real url: {config}"
+    );
 
     // Every request was audited with the credential, and no event holds the value.
     let events = w.proxy.audit.events();
@@ -344,7 +367,11 @@ fn sandbox_authorization_is_replaced_and_redirects_are_returned_unchanged() {
         "{}",
         all_output(&o)
     );
-    assert_eq!(w.forbidden.access_log(), "", "the forbidden host saw a request");
+    assert_eq!(
+        w.forbidden.access_log(),
+        "",
+        "the forbidden host saw a request"
+    );
 }
 
 #[test]
@@ -353,7 +380,9 @@ fn disallowed_host_is_refused_naming_the_policy() {
     let port = w.forbidden.addr().port();
     let resp = raw(
         &w.proxy,
-        &format!("CONNECT {FORBIDDEN_HOST}:{port} HTTP/1.1\r\nHost: {FORBIDDEN_HOST}:{port}\r\n\r\n"),
+        &format!(
+            "CONNECT {FORBIDDEN_HOST}:{port} HTTP/1.1\r\nHost: {FORBIDDEN_HOST}:{port}\r\n\r\n"
+        ),
     );
     assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
     assert!(
@@ -362,7 +391,10 @@ fn disallowed_host_is_refused_naming_the_policy() {
         )),
         "{resp}"
     );
-    assert!(resp.contains("refused by the session's allowed hosts"), "{resp}");
+    assert!(
+        resp.contains("refused by the session's allowed hosts"),
+        "{resp}"
+    );
 
     // An allowed host on a port the policy does not name is refused too.
     let resp = raw(
@@ -401,7 +433,11 @@ fn disallowed_host_is_refused_naming_the_policy() {
 fn placeholder_is_swapped_on_its_host_and_refused_and_audited_elsewhere() {
     let w = world();
     // On its allowed host, in a header: swapped for the secret.
-    let o = w.curl(&["-H", &format!("X-Api-Key: {}", w.placeholder), &w.other.url("echo")]);
+    let o = w.curl(&[
+        "-H",
+        &format!("X-Api-Key: {}", w.placeholder),
+        &w.other.url("echo"),
+    ]);
     let out = stdout(&o);
     assert!(out.ends_with("\n200"), "{}", all_output(&o));
     assert!(
@@ -427,7 +463,10 @@ fn placeholder_is_swapped_on_its_host_and_refused_and_audited_elsewhere() {
         out.contains("the placeholder of credential vcrd_api may not be sent to git.internal.test"),
         "{out}"
     );
-    assert!(out.contains("refused by the credential's allowed hosts"), "{out}");
+    assert!(
+        out.contains("refused by the credential's allowed hosts"),
+        "{out}"
+    );
     assert!(!out.contains(&w.api_secret));
 
     // In a streamed body, and in the url: refused too.
@@ -449,6 +488,42 @@ fn placeholder_is_swapped_on_its_host_and_refused_and_audited_elsewhere() {
         "a refused request reached the git server"
     );
 
+    // A large body streams (checked on the way, the placeholder split
+    // across reads): the upstream request is aborted before the placeholder's
+    // bytes leave, and the client gets the 403. Chunked too.
+    let mut big = vec![b'a'; 300 * 1024];
+    let at = 200 * 1024 - 7;
+    big.splice(at..at + w.placeholder.len(), w.placeholder.bytes());
+    let big_file = w.home.join("big-body.bin");
+    std::fs::write(&big_file, &big).unwrap();
+    for extra in [None, Some("Transfer-Encoding: chunked")] {
+        let mut args = vec![
+            "--data-binary".to_owned(),
+            format!("@{}", big_file.display()),
+            format!("{}/git-upload-pack", w.git.url("repo")),
+        ];
+        if let Some(h) = extra {
+            args.extend(["-H".to_owned(), h.to_owned()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = w.curl(&args);
+        assert!(
+            stdout(&o).ends_with("\n403"),
+            "{extra:?}: {}",
+            all_output(&o)
+        );
+    }
+    // The same large body without the placeholder goes through.
+    let plain = vec![b'a'; 300 * 1024];
+    std::fs::write(&big_file, &plain).unwrap();
+    let o = w.curl(&[
+        "--data-binary",
+        &format!("@{}", big_file.display()),
+        &w.other.url("index.html"),
+    ]);
+    // nginx answers 405 to a POST on a static file: the body reached it.
+    assert!(stdout(&o).ends_with("\n405"), "{}", all_output(&o));
+
     let refused: Vec<_> = w
         .proxy
         .audit
@@ -456,9 +531,9 @@ fn placeholder_is_swapped_on_its_host_and_refused_and_audited_elsewhere() {
         .into_iter()
         .filter(|e| e.outcome == AuditOutcome::PlaceholderRefused)
         .collect();
-    assert_eq!(refused.len(), 3, "{refused:#?}");
+    assert_eq!(refused.len(), 5, "{refused:#?}");
     for e in &refused {
-        assert_eq!(e.credential_id.as_deref(), Some("vcrd_api"));
+        assert_eq!(e.credential_id.as_deref(), Some("vcrd_api"), "{refused:#?}");
         assert_eq!(e.vault_id.as_deref(), Some("vlt_test"));
         assert_eq!(e.host, GIT_HOST);
         assert_eq!(e.sandbox_id, "sbx_test");
@@ -479,17 +554,25 @@ fn untrusted_upstream_certificate_is_refused_with_a_clear_error() {
     let port = w.untrusted.addr().port();
     let resp = raw(
         &w.proxy,
-        &format!("CONNECT {UNTRUSTED_HOST}:{port} HTTP/1.1\r\nHost: {UNTRUSTED_HOST}:{port}\r\n\r\n"),
+        &format!(
+            "CONNECT {UNTRUSTED_HOST}:{port} HTTP/1.1\r\nHost: {UNTRUSTED_HOST}:{port}\r\n\r\n"
+        ),
     );
     assert!(resp.starts_with("HTTP/1.1 502"), "{resp}");
     assert!(
-        resp.contains(&format!("upstream {UNTRUSTED_HOST}:{port}: tls handshake failed")),
+        resp.contains(&format!(
+            "upstream {UNTRUSTED_HOST}:{port}: tls handshake failed"
+        )),
         "{resp}"
     );
     assert!(resp.contains("UnknownIssuer"), "{resp}");
     let o = w.curl(&[&w.untrusted.url("index.html")]);
     assert!(!o.status.success(), "{}", all_output(&o));
-    assert_eq!(w.untrusted.access_log(), "", "no request may reach an untrusted upstream");
+    assert_eq!(
+        w.untrusted.access_log(),
+        "",
+        "no request may reach an untrusted upstream"
+    );
 }
 
 #[test]
@@ -497,7 +580,8 @@ fn malformed_requests_get_400_and_other_connections_carry_on() {
     let w = world();
     // A connection opened before the bad ones, used after them.
     let mut keep = TcpStream::connect(w.proxy.addr()).unwrap();
-    keep.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    keep.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
 
     for bad in [
         "CONNECT HTTP/1.1\r\n\r\n",
@@ -511,8 +595,11 @@ fn malformed_requests_get_400_and_other_connections_carry_on() {
     }
 
     let port = w.other.addr().port();
-    keep.write_all(format!("CONNECT {OTHER_HOST}:{port} HTTP/1.1\r\nHost: {OTHER_HOST}:{port}\r\n\r\n").as_bytes())
-        .unwrap();
+    keep.write_all(
+        format!("CONNECT {OTHER_HOST}:{port} HTTP/1.1\r\nHost: {OTHER_HOST}:{port}\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
     let resp = read_response(&mut keep);
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     let o = w.curl(&[&w.other.url("index.html")]);

@@ -84,7 +84,10 @@ fn time(cmd: &mut Command) -> Result<Duration> {
 
 /// A new 1 MiB commit in `clone`, pushed to `branch`; returns the push time.
 fn commit_and_push(git_cmd: &dyn Fn() -> Command, clone: &Path, branch: &str) -> Result<Duration> {
-    std::fs::write(clone.join(format!("{branch}.bin")), random_bytes(FILE_BYTES)?)?;
+    std::fs::write(
+        clone.join(format!("{branch}.bin")),
+        random_bytes(FILE_BYTES)?,
+    )?;
     run_ok(git_cmd().arg("-C").arg(clone).args(["add", "-A"]))?;
     run_ok(
         git_cmd()
@@ -92,12 +95,12 @@ fn commit_and_push(git_cmd: &dyn Fn() -> Command, clone: &Path, branch: &str) ->
             .arg(clone)
             .args(["commit", "-q", "-m", branch]),
     )?;
-    time(
-        git_cmd()
-            .arg("-C")
-            .arg(clone)
-            .args(["push", "-q", "origin", &format!("HEAD:refs/heads/{branch}")]),
-    )
+    time(git_cmd().arg("-C").arg(clone).args([
+        "push",
+        "-q",
+        "origin",
+        &format!("HEAD:refs/heads/{branch}"),
+    ]))
 }
 
 fn main() -> Result<()> {
@@ -195,7 +198,13 @@ fn main() -> Result<()> {
                 &mut clone_direct,
                 &mut push_direct,
             ),
-            ("proxy", &proxied_git, &proxied_url, &mut clone_proxy, &mut push_proxy),
+            (
+                "proxy",
+                &proxied_git,
+                &proxied_url,
+                &mut clone_proxy,
+                &mut push_proxy,
+            ),
         ] {
             let d = work.path().join(format!("clone-{name}-{i}"));
             clones.push(time(g().args(["clone", "-q", url]).arg(&d))?);
@@ -238,10 +247,22 @@ fn main() -> Result<()> {
     );
     println!("| operation | direct (token on host) | through the egress proxy | ratio |");
     println!("|---|---|---|---|");
-    println!("| git clone ~50 MiB | {} | {} | {:.2}x |", ms(cd), ms(cp), ratio(cd, cp));
-    println!("| git push 1 MiB commit | {} | {} | {:.2}x |", ms(pd), ms(pp), ratio(pd, pp));
+    println!(
+        "| git clone ~50 MiB | {} | {} | {:.2}x |",
+        ms(cd),
+        ms(cp),
+        ratio(cd, cp)
+    );
+    println!(
+        "| git push 1 MiB commit | {} | {} | {:.2}x |",
+        ms(pd),
+        ms(pp),
+        ratio(pd, pp)
+    );
     println!();
-    println!("| small HTTPS GET (512 B) | direct p50 | proxy p50 | added p50 | direct p90 | proxy p90 |");
+    println!(
+        "| small HTTPS GET (512 B) | direct p50 | proxy p50 | added p50 | direct p90 | proxy p90 |"
+    );
     println!("|---|---|---|---|---|---|");
     let row = |name: &str, d: &mut Vec<Duration>, p: &mut Vec<Duration>| {
         let (d50, p50) = (pct(d, 0.5), pct(p, 0.5));
@@ -261,7 +282,10 @@ fn main() -> Result<()> {
         &mut ka_proxy,
     );
     row(
-        &format!("new connection each ({GETS_NEW_CONN} GETs, incl. TCP+TLS{})", " and CONNECT via proxy"),
+        &format!(
+            "new connection each ({GETS_NEW_CONN} GETs, incl. TCP+TLS{})",
+            " and CONNECT via proxy"
+        ),
         &mut nc_direct,
         &mut nc_proxy,
     );
@@ -340,7 +364,9 @@ async fn connect(target: &Target, tls: Arc<rustls::ClientConfig>, port: u16) -> 
     };
     tcp.set_nodelay(true)?;
     let name = ServerName::try_from(WEB_HOST.to_owned())?;
-    let stream = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     Ok(sender)

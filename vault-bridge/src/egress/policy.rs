@@ -49,12 +49,7 @@ pub struct Refusal {
 
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} (refused by {})",
-            self.message,
-            self.policy.as_str()
-        )
+        write!(f, "{} (refused by {})", self.message, self.policy.as_str())
     }
 }
 
@@ -94,7 +89,9 @@ impl HostPattern {
     pub fn matches(&self, host: &str) -> bool {
         match self {
             Self::Exact(h) => h == host,
-            Self::Subdomains(suffix) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
+            Self::Subdomains(suffix) => {
+                host.len() > suffix.len() && host.ends_with(suffix.as_str())
+            }
         }
     }
 }
@@ -278,7 +275,10 @@ impl Placeholder {
         Self {
             value: format!(
                 "{PLACEHOLDER_PREFIX}{id}-{}",
-                random.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                random
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
             ),
             credential,
             hosts,
@@ -384,6 +384,30 @@ impl EgressPolicy {
         self.placeholders.iter().find(|p| p.value == value)
     }
 
+    /// The placeholder-looking tokens in `haystack`, each with the session's
+    /// placeholder whose value starts there (its range is then exactly that
+    /// value, whatever follows it), or `None` with the token's full range.
+    pub fn placeholders_in(
+        &self,
+        haystack: &[u8],
+    ) -> Vec<(std::ops::Range<usize>, Option<&Placeholder>)> {
+        let mut out = Vec::new();
+        let mut from = 0;
+        while let Some(start) = find(haystack, PLACEHOLDER_PREFIX.as_bytes(), from) {
+            let known = self
+                .placeholders
+                .iter()
+                .find(|p| haystack[start..].starts_with(p.value.as_bytes()));
+            let range = match known {
+                Some(p) => start..start + p.value.len(),
+                None => start..token_end(haystack, start),
+            };
+            from = range.end;
+            out.push((range, known));
+        }
+        out
+    }
+
     /// Whether any placeholder may be swapped into request bodies to `host`.
     pub fn body_injection_on(&self, host: &str) -> bool {
         self.placeholders
@@ -399,17 +423,24 @@ pub fn find_placeholders(haystack: &[u8]) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     let mut from = 0;
     while let Some(start) = find(haystack, prefix, from) {
-        let mut end = start + prefix.len();
-        while end < haystack.len()
-            && end - start < PLACEHOLDER_MAX_LEN
-            && (haystack[end].is_ascii_alphanumeric() || haystack[end] == b'_' || haystack[end] == b'-')
-        {
-            end += 1;
-        }
+        let end = token_end(haystack, start);
         out.push(start..end);
         from = end;
     }
     out
+}
+
+/// Where a placeholder-looking token starting at `start` ends: after the
+/// prefix, `[A-Za-z0-9_-]` up to [`PLACEHOLDER_MAX_LEN`] bytes in all.
+fn token_end(haystack: &[u8], start: usize) -> usize {
+    let mut end = start + PLACEHOLDER_PREFIX.len();
+    while end < haystack.len()
+        && end - start < PLACEHOLDER_MAX_LEN
+        && (haystack[end].is_ascii_alphanumeric() || haystack[end] == b'_' || haystack[end] == b'-')
+    {
+        end += 1;
+    }
+    end
 }
 
 /// First index `>= from` where `needle` starts in `haystack`.
@@ -457,8 +488,14 @@ mod tests {
         assert!(pol.check_connect("git.test", 8443).is_ok());
         let r = pol.check_connect("evil.test", 8443).unwrap_err();
         assert_eq!(r.policy, PolicyName::AllowedHosts);
-        assert!(r.to_string().contains("evil.test is not in the session's allowed hosts"));
-        assert!(pol.check_connect("git.test", 443).unwrap_err().message.contains("port 443"));
+        assert!(r
+            .to_string()
+            .contains("evil.test is not in the session's allowed hosts"));
+        assert!(pol
+            .check_connect("git.test", 443)
+            .unwrap_err()
+            .message
+            .contains("port 443"));
         assert_eq!(
             pol.check_plain_http("git.test", 8443).unwrap_err().policy,
             PolicyName::PlainHttp
@@ -486,6 +523,13 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert_eq!(&text[found[0].clone()], ph.value());
         assert!(ph.allowed_on("api.test"));
+        let pol = EgressPolicy::new().with_placeholder(ph.clone());
+        let glued = format!("{}aaaa{}", ph.value(), "airlock-placeholder-zzz");
+        let found = pol.placeholders_in(glued.as_bytes());
+        assert_eq!(found.len(), 2);
+        assert_eq!(found[0].0, 0..ph.value().len());
+        assert!(found[0].1.is_some());
+        assert!(found[1].1.is_none());
         assert!(!ph.allowed_on("other.test"));
     }
 }

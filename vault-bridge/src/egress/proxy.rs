@@ -307,7 +307,9 @@ impl Egress {
         if in_headers || !find_placeholders(pq.as_bytes()).is_empty() {
             let r = Refusal {
                 policy: PolicyName::PlainHttp,
-                message: format!("a credential placeholder may not be sent over plain http (to {host})"),
+                message: format!(
+                    "a credential placeholder may not be sent over plain http (to {host})"
+                ),
             };
             self.audit.record(AuditEvent::new(
                 None,
@@ -350,7 +352,9 @@ impl Egress {
             ));
             return refused(&Refusal {
                 policy: PolicyName::PlainHttp,
-                message: format!("a credential placeholder may not be sent over plain http (to {host})"),
+                message: format!(
+                    "a credential placeholder may not be sent over plain http (to {host})"
+                ),
             });
         }
         match resp {
@@ -385,15 +389,11 @@ enum Decision<'p> {
 }
 
 fn decide<'p>(
-    policy: &'p EgressPolicy,
     host: &str,
-    token: &[u8],
+    known: Option<&'p Placeholder>,
     swap_here: impl Fn(&Placeholder) -> bool,
 ) -> Decision<'p> {
-    let Some(ph) = std::str::from_utf8(token)
-        .ok()
-        .and_then(|t| policy.placeholder(t))
-    else {
+    let Some(ph) = known else {
         return Decision::Refuse(None);
     };
     if !ph.allowed_on(host) {
@@ -417,7 +417,13 @@ impl Tunnel {
         }
     }
 
-    fn audit(&self, cred: Option<&CredentialRef>, method: &Method, path: &str, outcome: AuditOutcome) {
+    fn audit(
+        &self,
+        cred: Option<&CredentialRef>,
+        method: &Method,
+        path: &str,
+        outcome: AuditOutcome,
+    ) {
         self.egress.audit.record(AuditEvent::new(
             cred, &self.host, method, path, &self.who, outcome,
         ));
@@ -441,7 +447,10 @@ impl Tunnel {
                 "the placeholder of credential {} may not be sent to {}",
                 c.credential_id, self.host
             ),
-            None => format!("an unknown credential placeholder may not be sent to {}", self.host),
+            None => format!(
+                "an unknown credential placeholder may not be sent to {}",
+                self.host
+            ),
         };
         refused(&Refusal {
             policy: PolicyName::PlaceholderHosts,
@@ -460,27 +469,20 @@ impl Tunnel {
         let path = req.uri().path().to_owned();
         // The tunnel is bound to its CONNECT host: a Host header (or an
         // absolute url) naming another host would reach a different vhost.
-        let named = req
-            .uri()
-            .host()
-            .map(str::to_owned)
-            .or_else(|| {
-                req.headers()
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .and_then(|h| h.parse::<http::uri::Authority>().ok())
-                    .map(|a| a.host().to_owned())
-            });
+        let named = req.uri().host().map(str::to_owned).or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                .map(|a| a.host().to_owned())
+        });
         if let Some(n) = named {
             if normalize_host(&n).as_deref() != Some(self.host.as_str()) {
                 return Err(Stop(refused_with(
                     StatusCode::MISDIRECTED_REQUEST,
                     &Refusal {
                         policy: PolicyName::HostMatch,
-                        message: format!(
-                            "request names host {n} inside a tunnel to {}",
-                            self.host
-                        ),
+                        message: format!("request names host {n} inside a tunnel to {}", self.host),
                     },
                 )));
             }
@@ -501,10 +503,8 @@ impl Tunnel {
             .map(|p| p.as_str().to_owned())
             .unwrap_or_else(|| "/".into());
         // Placeholders in the url are never swapped; refused off their hosts.
-        for r in find_placeholders(pq.as_bytes()) {
-            if let Decision::Refuse(ph) =
-                decide(&self.policy, &self.host, &pq.as_bytes()[r], |_| false)
-            {
+        for (_, known) in self.policy.placeholders_in(pq.as_bytes()) {
+            if let Decision::Refuse(ph) = decide(&self.host, known, |_| false) {
                 return Err(Stop(self.placeholder_refusal(ph, &method, &path)));
             }
         }
@@ -537,7 +537,10 @@ impl Tunnel {
             used.push(c.credential.clone());
         }
         let Ok(uri) = pq.parse::<Uri>() else {
-            return Err(Stop(answer(StatusCode::BAD_REQUEST, "invalid request target")));
+            return Err(Stop(answer(
+                StatusCode::BAD_REQUEST,
+                "invalid request target",
+            )));
         };
         let mut up = Request::new(body);
         *up.method_mut() = method.clone();
@@ -644,10 +647,8 @@ impl Tunnel {
                 let bytes = v.as_bytes();
                 let mut out = Vec::with_capacity(bytes.len());
                 let mut last = 0;
-                for r in find_placeholders(bytes) {
-                    match decide(&self.policy, &self.host, &bytes[r.clone()], |p| {
-                        p.location.header
-                    }) {
+                for (r, known) in self.policy.placeholders_in(bytes) {
+                    match decide(&self.host, known, |p| p.location.header) {
                         Decision::Refuse(ph) => {
                             return Err(Stop(self.placeholder_refusal(ph, method, path)))
                         }
@@ -696,29 +697,34 @@ impl Tunnel {
         let bytes = match Limited::new(body, limit).collect().await {
             Ok(c) => c.to_bytes(),
             Err(e) => {
-                let too_big = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
+                let too_big = e
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some();
                 return Err(Stop(if too_big {
                     answer(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         &format!("request body to {} is larger than the {limit} bytes the proxy buffers to swap credential placeholders", self.host),
                     )
                 } else {
-                    answer(StatusCode::BAD_REQUEST, &format!("reading the request body: {e}"))
+                    answer(
+                        StatusCode::BAD_REQUEST,
+                        &format!("reading the request body: {e}"),
+                    )
                 }));
             }
         };
-        let found = find_placeholders(&bytes);
+        let found = self.policy.placeholders_in(&bytes);
         if found.is_empty() {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
             return Ok(Full::new(bytes).map_err(|e| match e {}).boxed());
         }
         let mut out = Vec::with_capacity(bytes.len());
         let mut last = 0;
-        for r in found {
-            match decide(&self.policy, &self.host, &bytes[r.clone()], |p| {
-                p.location.body
-            }) {
-                Decision::Refuse(ph) => return Err(Stop(self.placeholder_refusal(ph, method, path))),
+        for (r, known) in found {
+            match decide(&self.host, known, |p| p.location.body) {
+                Decision::Refuse(ph) => {
+                    return Err(Stop(self.placeholder_refusal(ph, method, path)))
+                }
                 Decision::Keep => out.extend_from_slice(&bytes[last..r.end]),
                 Decision::Swap(ph) => {
                     let secret = self.secret_or_stop(&ph.credential, method, path).await?;
@@ -745,10 +751,7 @@ impl Tunnel {
     ) -> Result<(), Stop> {
         let secret = self.secret_or_stop(&c.credential, method, path).await?;
         let (name, value) = match &c.scheme {
-            AuthScheme::Bearer => (
-                header::AUTHORIZATION,
-                format!("Bearer {}", secret.expose()),
-            ),
+            AuthScheme::Bearer => (header::AUTHORIZATION, format!("Bearer {}", secret.expose())),
             AuthScheme::Basic { username } => (
                 header::AUTHORIZATION,
                 format!(
@@ -805,7 +808,11 @@ fn forwardable(mut headers: HeaderMap) -> HeaderMap {
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_owned()).collect::<Vec<_>>())
+        .flat_map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_owned())
+                .collect::<Vec<_>>()
+        })
         .filter_map(|s| HeaderName::from_bytes(s.as_bytes()).ok())
         .collect();
     for h in HOP_BY_HOP.iter().chain(listed.iter()) {
@@ -909,21 +916,28 @@ impl ScanBody {
 
     /// Check the placeholders in the buffer; `at_end`: the body is complete.
     fn scan(&self, at_end: bool) -> Result<(), Option<CredentialRef>> {
-        for r in find_placeholders(&self.tail) {
-            if r.end == self.tail.len() && !at_end {
+        let Some(policy) = &self.policy else {
+            // plain http: any placeholder is refused
+            return match find_placeholders(&self.tail).is_empty() {
+                true => Ok(()),
+                false => Err(None),
+            };
+        };
+        for (r, known) in policy.placeholders_in(&self.tail) {
+            if known.is_none() && r.end == self.tail.len() && !at_end {
                 continue; // may continue in the next chunk; seen whole next time
             }
-            let Some(policy) = &self.policy else {
-                return Err(None);
-            };
-            if let Decision::Refuse(ph) = decide(policy, &self.host, &self.tail[r], |_| false) {
+            if let Decision::Refuse(ph) = decide(&self.host, known, |_| false) {
                 return Err(ph.map(|p| p.credential.clone()));
             }
         }
         Ok(())
     }
 
-    fn stop(&mut self, cred: Option<CredentialRef>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn stop(
+        &mut self,
+        cred: Option<CredentialRef>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.hit.lock() {
             Ok(mut g) => *g = Some(cred),
             Err(p) => *p.into_inner() = Some(cred),

@@ -120,13 +120,16 @@ impl SecretSource for BackendSecrets {
             field: c.field.clone(),
             cause,
         };
-        let vault = c
-            .vault_id
-            .as_deref()
-            .ok_or_else(|| unavailable("it belongs to no vault, so the backend does not hold it".into()))?;
+        let vault = c.vault_id.as_deref().ok_or_else(|| {
+            unavailable("it belongs to no vault, so the backend does not hold it".into())
+        })?;
         let key = crate::secret::SecretKey::new(vault, &c.credential_id)
             .map_err(|e| unavailable(e.to_string()))?;
-        let secret = self.0.get(&key).await.map_err(|e| unavailable(e.to_string()))?;
+        let secret = self
+            .0
+            .get(&key)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
         let value = secret
             .get(&c.field)
             .ok_or_else(|| unavailable("the field is not stored".into()))?;

@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio_rustls::rustls;
-use tokio_rustls::rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::ServerName;
 
 /// Resolves an upstream host name to addresses.
 #[async_trait]
@@ -230,14 +230,12 @@ impl Upstream {
     /// Resolve and connect `host:port` over plain TCP (within the deadline).
     pub async fn connect_tcp(&self, host: &str, port: u16) -> Result<TcpStream, UpstreamError> {
         let work = async {
-            let addrs = self
-                .resolver
-                .resolve(host, port)
-                .await
-                .map_err(|source| UpstreamError::Resolve {
+            let addrs = self.resolver.resolve(host, port).await.map_err(|source| {
+                UpstreamError::Resolve {
                     host: host.to_owned(),
                     source,
-                })?;
+                }
+            })?;
             let mut last = io::Error::new(io::ErrorKind::NotFound, "no addresses");
             for a in addrs {
                 match TcpStream::connect(a).await {
