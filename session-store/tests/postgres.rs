@@ -260,7 +260,11 @@ async fn tails_and_writes_survive_terminated_connections() {
         .await
         .unwrap();
     assert_eq!(next_seq(&mut items).await, 1);
-    // let the pump park in its wait (setting up the scenario, not a timing assertion)
+    // Let the pump park in its wait. This stays a pause, not a wait on a
+    // condition: nothing the store exposes (nor pg_stat_activity) tells a
+    // parked tail from one about to re-read, and the assertions below hold
+    // either way; the pause only makes the harder path (a parked tail woken
+    // by the re-established LISTEN) the likely one.
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // kill every connection of this store, the listener's included

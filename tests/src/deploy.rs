@@ -23,10 +23,11 @@ use std::io::Read;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
+use testkit::{try_eventually, try_eventually_blocking};
 
 /// Directory of the workspace's debug binaries (`target/debug`), or
 /// `AIRLOCK_BIN_DIR`.
@@ -85,20 +86,6 @@ pub fn free_port() -> u16 {
         "no loopback port free on both UDP and TCP in {LOW}..{}",
         LOW + SPAN
     );
-}
-
-/// Poll `f` every 50 ms until it returns `Some` or `limit` passes.
-pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T> {
-    let until = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if Instant::now() >= until {
-            bail!("timed out after {limit:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Control-plane settings for a test deployment.
@@ -241,7 +228,7 @@ impl ControlPlane {
         // The port may still be held by a killed predecessor for a moment: wait until it answers.
         let addr = self.tunnel_addr();
         let enroll = self.enroll_addr();
-        wait_for(Duration::from_secs(20), "control plane listening", || {
+        try_eventually_blocking("control plane listening", Duration::from_secs(20), || {
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
                     return Some(Err(anyhow!("control-plane serve exited with {status}")));
@@ -254,6 +241,7 @@ impl ControlPlane {
                 && self.admin_socket().exists();
             ok.then_some(Ok(()))
         })
+        .map_err(anyhow::Error::from)
         .and_then(|r| r)
         .with_context(|| format!("control plane log:\n{}", self.log()))
     }
@@ -343,7 +331,7 @@ impl ControlPlane {
         limit: Duration,
         pred: impl Fn(&Value) -> bool,
     ) -> Result<Value> {
-        wait_for(limit, &format!("agent {agent_id} connected"), || {
+        try_eventually_blocking(&format!("agent {agent_id} connected"), limit, || {
             let c = self.connections_of(agent_id);
             (c.len() == 1 && pred(&c[0])).then(|| c[0].clone())
         })
@@ -383,12 +371,12 @@ fn terminate_child(child: &mut Option<Child>) -> Result<Option<std::process::Exi
             .arg("-TERM")
             .arg(c.id().to_string())
             .status();
-        let until = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < until {
-            if let Some(s) = c.try_wait()? {
-                return Ok(Some(s));
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if let Ok(exited) = try_eventually_blocking(
+            "the process to exit after SIGTERM",
+            Duration::from_secs(15),
+            || c.try_wait().transpose(),
+        ) {
+            return Ok(Some(exited?));
         }
         c.kill()?;
         c.wait()?;
@@ -613,23 +601,23 @@ impl InProcessControlPlane {
         limit: Duration,
     ) -> Result<control_plane::gateway::AgentInfo> {
         use control_plane::gateway::AgentDirectory;
-        let until = Instant::now() + limit;
-        loop {
-            let list: Vec<_> = self
+        // The check's error is the registry's entries for the agent, quoted
+        // on a timeout.
+        let info = try_eventually(&format!("agent {agent_id}"), limit, || {
+            let mut list: Vec<_> = self
                 .gateway()
                 .registry()
                 .list()
                 .into_iter()
                 .filter(|a| a.agent_id == agent_id)
                 .collect();
-            if list.len() == 1 {
-                return Ok(list[0].clone());
+            match list.len() {
+                1 => Ok(list.remove(0)),
+                _ => Err(format!("registry: {list:?}")),
             }
-            if Instant::now() >= until {
-                bail!("timed out waiting for agent {agent_id}; registry: {list:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await?;
+        Ok(info)
     }
 
     /// Stop (drain with a short grace).

@@ -779,14 +779,11 @@ impl FakeModel {
 
     /// Wait (bounded polling) until `n` requests arrived; false on timeout.
     pub async fn wait_for_requests(&self, n: usize, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.request_count() >= n {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        self.request_count() >= n
+        testkit::try_eventually(&format!("{n} model requests"), timeout, || {
+            self.request_count() >= n
+        })
+        .await
+        .is_ok()
     }
 }
 

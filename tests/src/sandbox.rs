@@ -252,6 +252,25 @@ pub fn docker_inspect(sandbox_id: &str) -> serde_json::Value {
     v[0].clone()
 }
 
+/// Command lines of the processes running in a sandbox's container, read
+/// from the host (`docker top`, so nothing has to fork inside the
+/// container); empty when the container is not running.
+pub fn container_processes(sandbox_id: &str) -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args(["top", &format!("airlock-{sandbox_id}"), "-o", "pid,args"])
+        .output()
+        .unwrap_or_else(|e| panic!("docker top: {e}"));
+    if !out.status.success() {
+        return Vec::new();
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1) // the PID / COMMAND header
+        .filter_map(|l| l.trim_start().split_once(char::is_whitespace))
+        .map(|(_pid, args)| args.trim().to_owned())
+        .collect()
+}
+
 /// One provisioned sandbox of a test service, for short tool calls: each
 /// call gets a fresh tool_use_id and panics on an RPC error (see [`exec`]).
 #[derive(Debug, Clone, Copy)]

@@ -47,7 +47,7 @@ impl Tinyproxy {
             .spawn()
             .context("spawn tinyproxy")?;
         let me = Self { dir, addr, child };
-        crate::deploy::wait_for(Duration::from_secs(10), "tinyproxy listening", || {
+        testkit::try_eventually_blocking("tinyproxy listening", Duration::from_secs(10), || {
             std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
                 .ok()
                 .map(|_| ())

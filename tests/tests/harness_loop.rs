@@ -12,6 +12,7 @@ use harness::{HandsError, Harness, ProvisioningMode, StopReason, Supervisor, Wak
 use harness_support::*;
 use serde_json::{json, Value};
 use session_store::SessionStatus;
+use testkit::eventually;
 
 #[tokio::test]
 async fn a_multi_tool_session_runs_to_end_turn() {
@@ -189,7 +190,10 @@ async fn an_interrupt_during_tools_lets_the_running_one_finish_and_skips_the_res
         let h = h.clone();
         async move { h.wake("s").await }
     });
-    eventually("the first tool to start", || hands.calls().len() == 1).await;
+    eventually("the first tool to start", PATIENCE, || {
+        hands.calls().len() == 1
+    })
+    .await;
     queue(&*store, "s", json!({"type": "user.interrupt"})).await;
     // Let the running tool finish only after the interrupt is in the log.
     gate.add_permits(10);
@@ -488,7 +492,10 @@ async fn a_stall_mid_stream_times_out_and_is_retried_or_reported() {
         err[2].body["error"]["retry_status"],
         json!({"type": "exhausted"})
     );
-    eventually("stalled streams to close", || fake.open_streams() == 0).await;
+    eventually("stalled streams to close", PATIENCE, || {
+        fake.open_streams() == 0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -735,11 +742,10 @@ async fn the_supervisor_wakes_on_notify_and_recovers_running_sessions_on_start()
                 .unwrap_or(false)
         }
     };
-    let deadline = Instant::now() + PATIENCE;
-    while !idle("sesn_orphan").await {
-        assert!(Instant::now() < deadline, "orphan never recovered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    testkit::eventually_async("the orphan to be recovered", PATIENCE, || {
+        idle("sesn_orphan")
+    })
+    .await;
     // A new session is woken by notify.
     create_session(&*store, "sesn_new", toolset(), "hello").await;
     sup.notify("sesn_new");

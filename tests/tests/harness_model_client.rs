@@ -310,10 +310,10 @@ async fn a_stall_mid_stream_is_an_idle_timeout_and_the_connection_is_released() 
         other => panic!("{other:?}"),
     }
     // The client dropped the body: the fake sees its stalled stream end.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while fake.open_streams() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    testkit::eventually("the stalled stream to end", Duration::from_secs(10), || {
+        fake.open_streams() == 0
+    })
+    .await;
     assert_eq!(fake.open_streams(), 0, "stalled stream still open");
 }
 

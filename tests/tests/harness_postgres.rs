@@ -12,13 +12,14 @@
 mod harness_support;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use airlock_tests::fake_model::{tool_loop, FakeModel, Reply, RequestCtx};
 use harness::{StopReason, Supervisor, WakeOutcome};
 use harness_support::*;
 use serde_json::json;
 use session_store::{PgOptions, PgStore, SessionStatus, SessionStore};
+use testkit::eventually;
 
 const TOOLS: usize = 3;
 
@@ -131,21 +132,23 @@ async fn a_paused_replica_is_fenced_out_after_its_lease_lapses() {
     cfg_a.lease_renew_interval = Duration::from_secs(3600);
     let a = harness(a_store.clone(), &fake, hands.clone(), cfg_a);
     let task_a = tokio::spawn(async move { a.wake("s").await });
-    eventually("A to call the first tool", || hands.calls().len() == 1).await;
+    eventually("A to call the first tool", PATIENCE, || {
+        hands.calls().len() == 1
+    })
+    .await;
     // Replica B keeps trying until the lease has lapsed on the database clock.
     let b = harness(b_store.clone(), &fake, hands.clone(), config("replica-b"));
     let task_b = tokio::spawn(async move {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
+        let b = &b;
+        testkit::eventually_async("B to get the lease", PATIENCE, || async move {
             match b.wake("s").await.unwrap() {
-                WakeOutcome::Busy { .. } if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                other => return other,
+                WakeOutcome::Busy { .. } => None,
+                other => Some(other),
             }
-        }
+        })
+        .await
     });
-    eventually("B to take over and re-send the call", || {
+    eventually("B to take over and re-send the call", PATIENCE, || {
         hands.calls().len() == 2
     })
     .await;
@@ -217,7 +220,10 @@ async fn a_message_queued_on_a_replica_that_died_before_waking_is_recovered_by_t
         config("replica-b"),
     ));
     assert_eq!(sup.recover_once().await, 1);
-    eventually("the recovered wake to finish", || sup.active() == 0).await;
+    eventually("the recovered wake to finish", PATIENCE, || {
+        sup.active() == 0
+    })
+    .await;
     let events = complete_log(&*b_store, "s").await;
     assert_eq!(
         of_type(&events, "agent.message")[0].body["content"][0]["text"],

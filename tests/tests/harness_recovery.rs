@@ -17,6 +17,7 @@ use harness::{Observer, StopReason, Supervisor, WakeOutcome};
 use harness_support::*;
 use serde_json::{json, Value};
 use session_store::SessionStatus;
+use testkit::eventually;
 
 const TOOLS: usize = 3;
 
@@ -167,7 +168,7 @@ async fn a_tool_whose_outcome_is_unknown_is_reported_honestly() {
     crasher.arm(first_exec, true);
     let a = harness(store_a, &fake, hands.clone(), config("harness-a"));
     let task = tokio::spawn(async move { a.wake("s").await });
-    eventually("the crash", || crasher.fired()).await;
+    eventually("the crash", PATIENCE, || crasher.fired()).await;
     kill(task).await;
     *hands.crasher.lock().unwrap() = None;
     hands.forget_record();
@@ -276,12 +277,15 @@ async fn a_harness_whose_lease_was_taken_over_writes_nothing_more() {
     // A stalls inside its first tool call (a long GC pause, a partition...).
     let a = harness(store.clone(), &fake, hands.clone(), config("harness-a"));
     let task_a = tokio::spawn(async move { a.wake("s").await });
-    eventually("A to call the first tool", || hands.calls().len() == 1).await;
+    eventually("A to call the first tool", PATIENCE, || {
+        hands.calls().len() == 1
+    })
+    .await;
     // Its lease lapses; B takes the session over and re-sends the same call.
     fx.lapse_leases();
     let b = harness(store.clone(), &fake, hands.clone(), config("harness-b"));
     let task_b = tokio::spawn(async move { b.wake("s").await });
-    eventually("B to re-send the first tool call", || {
+    eventually("B to re-send the first tool call", PATIENCE, || {
         hands.calls().len() == 2
     })
     .await;
@@ -351,7 +355,10 @@ impl Wakes {
 }
 
 async fn settle(sup: &Supervisor) {
-    eventually("the supervisor's wakes to finish", || sup.active() == 0).await;
+    eventually("the supervisor's wakes to finish", PATIENCE, || {
+        sup.active() == 0
+    })
+    .await;
 }
 
 fn answering() -> impl Fn(&RequestCtx) -> Reply + Send + Sync + 'static {

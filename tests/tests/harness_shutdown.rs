@@ -12,6 +12,7 @@ use airlock_tests::fake_model::{sequence, FakeModel, Reply};
 use harness::{StopReason, Supervisor, WakeOutcome};
 use harness_support::*;
 use session_store::StoreError;
+use testkit::eventually;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aborted_wakes_release_their_leases_for_another_replica() {
@@ -39,7 +40,7 @@ async fn aborted_wakes_release_their_leases_for_another_replica() {
     for s in sessions {
         sup.notify(s);
     }
-    eventually("the wakes reach the model", || {
+    eventually("the wakes reach the model", PATIENCE, || {
         slow.request_count() >= sessions.len()
     })
     .await;
@@ -112,7 +113,10 @@ async fn wakes_that_finish_in_the_grace_leave_nothing_to_release() {
     );
     let sup = Supervisor::start(h.clone());
     sup.notify("s");
-    eventually("the wake reaches the model", || fake.request_count() >= 1).await;
+    eventually("the wake reaches the model", PATIENCE, || {
+        fake.request_count() >= 1
+    })
+    .await;
     assert!(sup.shutdown(Duration::from_secs(10)).await);
     assert_eq!(h.release_abandoned_leases().await, 0);
     let record = store.get_session("s").await.unwrap();

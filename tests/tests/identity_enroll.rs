@@ -13,11 +13,12 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use airlock_tests::deploy::{binary, tail, wait_for, Agent, AgentOptions, ControlPlane, CpOptions};
+use airlock_tests::deploy::{binary, tail, Agent, AgentOptions, ControlPlane, CpOptions};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
+use testkit::try_eventually_blocking;
 
 /// Run `sandbox-agent enroll` with `args` in a fresh agent directory.
 fn enroll_in(dir: &Path, args: &[&str]) -> Output {
@@ -81,9 +82,9 @@ fn enroll_with_separate_flags_stores_a_private_identity() {
     let cp = ControlPlane::spawn(CpOptions::default()).unwrap();
     let fp = cp.cli(&["ca", "fingerprint"]).unwrap().trim().to_owned();
     assert!(fp.starts_with("sha256:") && fp.len() == 71, "{fp}");
-    wait_for(
-        Duration::from_secs(10),
+    try_eventually_blocking(
         "fingerprint printed on start",
+        Duration::from_secs(10),
         || {
             cp.log()
                 .contains(&format!("ca_fingerprint={fp}"))
@@ -242,7 +243,7 @@ fn bad_tokens_and_wrong_pins_are_refused_and_the_server_keeps_serving() {
     // Expired token: a one-second TTL, used once the second has passed.
     let short = token_json(&cp, "env-bad", 1);
     let made = Instant::now();
-    wait_for(Duration::from_secs(5), "token expiry", || {
+    try_eventually_blocking("token expiry", Duration::from_secs(5), || {
         (made.elapsed() > Duration::from_millis(2500)).then_some(())
     })
     .unwrap();
@@ -498,9 +499,9 @@ fn offline_revocation_takes_effect_when_the_control_plane_starts() {
 
     cp.start().unwrap();
     agent.run().unwrap();
-    wait_for(
-        Duration::from_secs(20),
+    try_eventually_blocking(
         "the revoked agent's dial refused",
+        Duration::from_secs(20),
         || {
             cp.log()
                 .lines()

@@ -273,18 +273,22 @@ async fn operator_cli_manages_environments_and_sessions_over_the_api() {
     d.api.user_message(&session_id, "say hello").await.unwrap();
     let out = ok(&d, &["sessions", "interrupt", &session_id]);
     assert!(out.contains(&session_id), "{out}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let (api, sid) = (&d.api, session_id.as_str());
+    let interrupted = testkit::try_eventually_async(
+        "a user.interrupt in the log",
+        Duration::from_secs(30),
+        || async move {
+            let events = api.events(sid).await.unwrap();
+            events.iter().any(|e| e["type"] == "user.interrupt")
+        },
+    )
+    .await;
+    if let Err(e) = interrupted {
         let events = d.api.events(&session_id).await.unwrap();
-        if events.iter().any(|e| e["type"] == "user.interrupt") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no user.interrupt in the log: {events:?}\n{}",
+        panic!(
+            "no user.interrupt in the log ({e}): {events:?}\n{}",
             tail(&d.cp.log(), 40)
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     // tail --after 0 --json replays from the start, one JSON event per line

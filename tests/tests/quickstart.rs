@@ -287,13 +287,13 @@ async fn quickstart_brings_up_a_deployment_that_the_printed_sdk_example_works_ag
         .stderr(Stdio::piped())
         .spawn()
         .expect("python3");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let exited = testkit::try_eventually_blocking(
+        "the SDK script to exit",
+        Duration::from_secs(90),
+        || child.try_wait().unwrap(),
+    );
+    if exited.is_err() {
+        let _ = child.kill();
     }
     let out = child.wait_with_output().unwrap();
     let py_out = String::from_utf8_lossy(&out.stdout).into_owned();

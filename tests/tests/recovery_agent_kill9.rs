@@ -11,7 +11,7 @@
 mod e2e_support;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use airlock_tests::deploy::{logs_tail, tail};
 use airlock_tests::fake_model::{tool_loop, FakeModel};
@@ -89,20 +89,26 @@ async fn agent_killed_mid_call_twice_the_session_goes_on_and_nothing_runs_twice(
 
     let mut interrupted = Vec::new();
     for after in [3, 7] {
-        let until = Instant::now() + Duration::from_secs(90);
-        let id = loop {
-            if tool_results(&api, &session_id).await >= after {
-                if let Some(id) = in_flight(&agent).pop() {
-                    break id;
+        let (api_ref, session, agent_ref) = (&api, session_id.as_str(), &agent);
+        let found = testkit::try_eventually_async(
+            &format!("a call in flight after {after} results"),
+            Duration::from_secs(90),
+            || async move {
+                if tool_results(api_ref, session).await >= after {
+                    in_flight(agent_ref).pop()
+                } else {
+                    None
                 }
-            }
-            assert!(
-                Instant::now() < until,
+            },
+        )
+        .await;
+        let id = match found {
+            Ok(id) => id,
+            Err(_) => panic!(
                 "no call in flight after {after} results: {}\n{}",
                 summary(&api.events(&session_id).await.unwrap_or_default()),
                 tail(&d.cp.log(), 60)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            ),
         };
         agent.agent.kill9().unwrap();
         interrupted.push(id);
@@ -222,16 +228,21 @@ async fn sandbox_killed_mid_call_the_next_call_gets_a_new_sandbox() {
     .await;
 
     // Kill the container while the third call runs.
-    let until = Instant::now() + Duration::from_secs(60);
-    let (victim, first) = loop {
-        if tool_results(&api, &session_id).await >= 2 {
-            if let (Some(id), [sbx]) = (in_flight(&agent).pop(), &agent.sandboxes()[..]) {
-                break (id, sbx.clone());
+    let (api_ref, session, agent_ref) = (&api, session_id.as_str(), &agent);
+    let (victim, first) = testkit::eventually_async(
+        "a third call in flight",
+        Duration::from_secs(60),
+        || async move {
+            if tool_results(api_ref, session).await < 2 {
+                return None;
             }
-        }
-        assert!(Instant::now() < until, "no third call in flight");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+            match (in_flight(agent_ref).pop(), &agent_ref.sandboxes()[..]) {
+                (Some(id), [sbx]) => Some((id, sbx.clone())),
+                _ => None,
+            }
+        },
+    )
+    .await;
     let killed = std::process::Command::new("docker")
         .args(["kill", &format!("airlock-{first}")])
         .output()

@@ -105,32 +105,31 @@ async fn fifty_tool_calls_survive_twenty_kill9s_without_running_a_tool_twice() {
     let mut kill_log = Vec::new();
     for i in 0..KILLS {
         let target = (i + 1) * (CALLS - 2) / (KILLS + 1);
-        let until = Instant::now() + Duration::from_secs(90);
-        let reached = loop {
-            if let Some(n) = progress(&api, &session_id).await {
-                if n >= target {
-                    break n;
-                }
-            }
-            assert!(
-                Instant::now() < until,
+        let (api_ref, session) = (&api, session_id.as_str());
+        let progressed = testkit::try_eventually_async(
+            &format!("progress to {target} tool results"),
+            Duration::from_secs(90),
+            || async move { progress(api_ref, session).await.filter(|n| *n >= target) },
+        )
+        .await;
+        let reached = match progressed {
+            Ok(n) => n,
+            Err(_) => panic!(
                 "no progress to {target} tool results before kill {i}: {}\n{}",
                 summary(&api.events(&session_id).await.unwrap_or_default()),
                 logs_tail(&d.cp, 80, &agent.agent, 30)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            ),
         };
         let point = if i % 4 == 3 {
-            let until = Instant::now() + Duration::from_secs(30);
-            while !in_flight(&agent) {
-                assert!(
-                    Instant::now() < until,
-                    "no tool call in flight before kill {i}"
-                );
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            testkit::eventually(
+                &format!("a tool call in flight before kill {i}"),
+                Duration::from_secs(30),
+                || in_flight(&agent),
+            )
+            .await;
             "a tool call in flight".to_owned()
         } else {
+            // A random kill point is what this test is about, not a wait.
             let delay = Duration::from_millis(rng.below(400));
             tokio::time::sleep(delay).await;
             format!("+{} ms", delay.as_millis())

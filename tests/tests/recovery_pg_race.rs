@@ -23,7 +23,7 @@
 mod e2e_support;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use airlock_tests::deploy::{tail, ControlPlane, CpOptions};
 use airlock_tests::fake_model::{FakeModel, Reply, RequestCtx, Turn};
@@ -33,6 +33,7 @@ use e2e_support::{
 };
 use serde_json::{json, Value};
 use session_store::{PgOptions, PgStore, SessionStatus, SessionStore};
+use testkit::eventually_async;
 
 const STEPS: usize = 16;
 const SESSIONS: usize = 3;
@@ -128,25 +129,6 @@ async fn results(api: &Api, session_id: &str) -> usize {
         .unwrap_or(0)
 }
 
-/// Poll `f` every 50 ms for up to `limit`.
-async fn wait_until<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let until = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < until,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_control_planes_on_postgres_one_harness_at_a_time_and_the_survivor_finishes() {
     let Some(url) = pg_url() else { return };
@@ -219,7 +201,7 @@ async fn two_control_planes_on_postgres_one_harness_at_a_time_and_the_survivor_f
     };
 
     // 1. A is in the middle of a session: freeze it.
-    let target = wait_until(Duration::from_secs(60), "a session A is working on", || {
+    let target = eventually_async("a session A is working on", Duration::from_secs(60), || {
         let (store, sessions, api) = (&store, &sessions, &api_b);
         async move {
             for sid in sessions {
@@ -237,9 +219,9 @@ async fn two_control_planes_on_postgres_one_harness_at_a_time_and_the_survivor_f
     eprintln!("froze A (pid {pid_a}) during {target} at {before} results");
 
     // 2. B takes the lease over once it expires and makes progress.
-    wait_until(
-        Duration::from_secs(60),
+    eventually_async(
         "B to take over and advance the frozen session",
+        Duration::from_secs(60),
         || {
             let (store, target, api) = (&store, &target, &api_b);
             async move {
@@ -253,9 +235,9 @@ async fn two_control_planes_on_postgres_one_harness_at_a_time_and_the_survivor_f
 
     // 3. Thaw A: its wake finds itself fenced off and stops.
     signal(pid_a, "-CONT");
-    wait_until(
-        Duration::from_secs(30),
+    eventually_async(
         "A to notice the lease was lost",
+        Duration::from_secs(30),
         || {
             let a = &a;
             async move {
@@ -269,7 +251,7 @@ async fn two_control_planes_on_postgres_one_harness_at_a_time_and_the_survivor_f
     eprintln!("A was fenced off and stopped its wake");
 
     // 4. Kill B in the middle of a session; A finishes everything.
-    let victim = wait_until(Duration::from_secs(60), "a session B is working on", || {
+    let victim = eventually_async("a session B is working on", Duration::from_secs(60), || {
         let (store, sessions, api) = (&store, &sessions, &api_a);
         async move {
             for sid in sessions {

@@ -232,22 +232,27 @@ async fn kill_9_of_the_real_agent_then_run_again_adopts_its_sandboxes() {
     );
     agent.run().unwrap();
     // the restarted agent reconnects and serves the same sandboxes
-    let until = std::time::Instant::now() + Duration::from_secs(60);
-    let list = loop {
-        assert!(
-            std::time::Instant::now() < until,
-            "restarted agent never listed its sandboxes\n{}",
+    let list = testkit::try_eventually_async(
+        "the restarted agent to list its sandboxes",
+        Duration::from_secs(60),
+        || async {
+            match app
+                .gateway()
+                .call_unary(&target, &Request::ListSandboxes)
+                .await
+            {
+                Ok((_, Response::Ok(Reply::ListSandboxes(l)))) => Some(l),
+                _ => None,
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "restarted agent never listed its sandboxes ({e})\n{}",
             tail(&agent.log(), 40)
-        );
-        if let Ok((_, Response::Ok(Reply::ListSandboxes(l)))) = app
-            .gateway()
-            .call_unary(&target, &Request::ListSandboxes)
-            .await
-        {
-            break l;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+        )
+    });
     let mut listed: Vec<String> = list.into_iter().map(|s| s.sandbox_id).collect();
     listed.sort();
     ids.sort();

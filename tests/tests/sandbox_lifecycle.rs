@@ -6,37 +6,38 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use airlock_tests::sandbox::{
-    agent_containers, docker_inspect, exec, exec_id, executor_path, provision, text, tool_use_id,
-    TestAgent, Tools,
+    agent_containers, container_processes, docker_inspect, exec, exec_id, executor_path, provision,
+    text, tool_use_id, TestAgent, Tools,
 };
-use protocol::sandbox::{Disposition, ExecuteRequest, ProvisionRequest};
+use protocol::sandbox::{Disposition, ProvisionRequest};
 use serde_json::json;
-
-/// Poll `f` every 100 ms for up to `secs` seconds.
-async fn eventually<F, Fut>(secs: u64, what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let until = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < until {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
+use testkit::{eventually, eventually_async};
 
 /// Wait up to `secs` seconds until `agent` owns `n` containers.
 async fn containers_become(agent: &TestAgent, n: usize, secs: u64, what: &str) {
-    eventually(secs, what, || {
-        let id = agent.agent_id.clone();
-        async move { agent_containers(&id).len() == n }
+    eventually(what, Duration::from_secs(secs), || {
+        agent_containers(&agent.agent_id).len() == n
     })
+    .await;
+}
+
+/// Wait until a process whose command line contains `needle` runs in the
+/// sandbox's container at least `n` times.
+async fn running_in(sandbox_id: &str, needle: &str, n: usize) {
+    eventually(
+        &format!("{n} `{needle}` processes in sandbox {sandbox_id}"),
+        Duration::from_secs(30),
+        || {
+            container_processes(sandbox_id)
+                .iter()
+                .filter(|p| p.contains(needle))
+                .count()
+                >= n
+        },
+    )
     .await;
 }
 
@@ -124,8 +125,9 @@ async fn fork_bomb_and_memory_balloon_are_contained() {
         )
         .await
     });
-    // the other sandbox keeps answering while the bomb runs
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // the other sandbox keeps answering while the bomb runs (it has spread
+    // to half the pids limit)
+    running_in(&victim, "bash", 64).await;
     for i in 0..5 {
         let r = exec(
             &svc,
@@ -179,7 +181,7 @@ async fn container_killed_mid_call_is_a_tool_error_and_next_provision_is_fresh()
     let call = tokio::spawn(async move {
         exec_id(&svc2, &sbx2, &id2, "bash", json!({"command": "sleep 60"})).await
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    running_in(&sbx, "sleep 60", 1).await;
     let out = std::process::Command::new("docker")
         .args(["kill", &format!("airlock-{sbx}")])
         .output()
@@ -214,6 +216,10 @@ async fn ttl_and_idle_reaping_and_destroy() {
     let mut agent = TestAgent::new();
     agent.sandbox.idle_timeout_seconds = Some(3);
     let (svc, _) = agent.start().await;
+    let idle = provision(&svc).await;
+    let doomed = provision(&svc).await;
+    // last, so that a slow machine does not reap it before it is listed (the
+    // expiry label has whole seconds: the TTL is between one and two seconds)
     let ttl = svc
         .provision(ProvisionRequest {
             ttl_seconds: Some(2),
@@ -223,8 +229,6 @@ async fn ttl_and_idle_reaping_and_destroy() {
         .await
         .unwrap()
         .sandbox_id;
-    let idle = provision(&svc).await;
-    let doomed = provision(&svc).await;
     let list = svc.list().await.unwrap();
     assert_eq!(list.len(), 3);
     assert!(list
@@ -236,10 +240,14 @@ async fn ttl_and_idle_reaping_and_destroy() {
     .await
     .unwrap();
     assert_eq!(svc.list().await.unwrap().len(), 2);
-    eventually(30, "ttl and idle sandboxes reaped", || {
-        let svc = svc.clone();
-        async move { svc.list().await.unwrap().is_empty() }
-    })
+    eventually_async(
+        "ttl and idle sandboxes reaped",
+        Duration::from_secs(30),
+        || {
+            let svc = svc.clone();
+            async move { svc.list().await.unwrap().is_empty() }
+        },
+    )
     .await;
     for s in [&ttl, &idle] {
         Tools::new(&svc, s)
@@ -256,7 +264,7 @@ async fn warm_pool_hands_out_and_refills() {
     agent.pool.size = Some(2);
     let (svc, _) = agent.start().await;
     let image = airlock_tests::sandbox::test_image();
-    eventually(60, "pool filled", || {
+    eventually_async("pool filled", Duration::from_secs(60), || {
         let svc = svc.clone();
         let image = image.clone();
         async move { svc.pool_ready(&image) == 2 }
@@ -282,7 +290,7 @@ async fn warm_pool_hands_out_and_refills() {
     )
     .await;
     assert_eq!(text(&r), "hello\n[]\n");
-    eventually(60, "pool refilled", || {
+    eventually_async("pool refilled", Duration::from_secs(60), || {
         let svc = svc.clone();
         let image = image.clone();
         async move { svc.pool_ready(&image) == 2 }
@@ -348,99 +356,33 @@ async fn twenty_concurrent_sandboxes_run_tool_calls() {
     assert!(agent_containers(&agent.agent_id).is_empty());
 }
 
-const CHILD_ENV: &str = "AIRLOCK_SANDBOX_CHILD";
-
-/// Not a test on its own: the body of the child agent process that
-/// `kill_9_agent_then_restart_adopts_or_reaps` starts (with `--ignored`) and
-/// kills. Ignored so that a plain `cargo test` does not count it as passed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the child process of kill_9_agent_then_restart_adopts_or_reaps, not a test"]
-async fn child_agent_process() {
-    let spec = std::env::var(CHILD_ENV)
-        .unwrap_or_else(|_| panic!("{CHILD_ENV} is unset: this runs only as the child of kill_9_agent_then_restart_adopts_or_reaps"));
-    let (agent_id, dir) = spec.split_once(':').unwrap();
-    let dir = PathBuf::from(dir);
-    let mut agent = TestAgent::with_identity(agent_id, &dir);
-    agent.cleanup_on_drop = false;
-    agent.pool.size = Some(1);
-    let (svc, _) = agent.start().await;
-    let keep = provision(&svc).await;
-    let short = svc
-        .provision(ProvisionRequest {
-            ttl_seconds: Some(2),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .sandbox_id;
-    let r = exec(
-        &svc,
-        &keep,
-        "write",
-        json!({"file_path": "state.txt", "content": "before crash"}),
-    )
-    .await;
-    assert!(!r.is_error);
-    let image = airlock_tests::sandbox::test_image();
-    eventually(60, "child pool filled", || {
-        let svc = svc.clone();
-        let image = image.clone();
-        async move { svc.pool_ready(&image) == 1 }
-    })
-    .await;
-    let svc2 = svc.clone();
-    let keep2 = keep.clone();
-    tokio::spawn(async move {
-        let _ = svc2
-            .execute(
-                ExecuteRequest {
-                    sandbox_id: keep2,
-                    tool_use_id: "toolu_inflight".into(),
-                    name: "bash".into(),
-                    input: json!({"command": "sleep 3", "timeout_ms": 10000}),
-                    stream: false,
-                },
-                None,
-            )
-            .await;
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    std::fs::write(dir.join("child-ready"), format!("{keep}\n{short}\n")).unwrap();
-    tokio::time::sleep(Duration::from_secs(600)).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_agent_then_restart_adopts_or_reaps() {
     let agent = TestAgent::new();
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "child_agent_process",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env(
-            CHILD_ENV,
-            format!("{}:{}", agent.agent_id, agent.data_dir.display()),
-        )
+    // The agent to kill runs in its own process: tests/src/bin/sandbox-child-agent.rs.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sandbox-child-agent"))
+        .arg(&agent.agent_id)
+        .arg(&agent.data_dir)
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let ready = agent.data_dir.join("child-ready");
-    let until = Instant::now() + Duration::from_secs(120);
-    while !ready.exists() {
-        assert!(Instant::now() < until, "child agent never became ready");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "child agent exited early"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        "the child agent to be ready",
+        Duration::from_secs(120),
+        || {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "child agent exited early"
+            );
+            ready.exists()
+        },
+    )
+    .await;
     let ids = std::fs::read_to_string(&ready).unwrap();
     let mut ids = ids.lines();
-    let (keep, short) = (
+    let (keep, short, short_expires_at) = (
+        ids.next().unwrap().to_owned(),
         ids.next().unwrap().to_owned(),
         ids.next().unwrap().to_owned(),
     );
@@ -448,7 +390,20 @@ async fn kill_9_agent_then_restart_adopts_or_reaps() {
     child.wait().unwrap();
     // keep + short + one warm container are left behind by the dead agent
     assert_eq!(agent_containers(&agent.agent_id).len(), 3);
-    tokio::time::sleep(Duration::from_millis(2100)).await; // let `short` expire
+    // let `short` expire: the agent compares its expiry with the wall clock
+    // (whole unix seconds), so wait for the wall clock, by the agent's own rule
+    let expires_at = time::OffsetDateTime::parse(
+        &short_expires_at,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap()
+    .unix_timestamp() as u64;
+    eventually(
+        "the short-lived sandbox to expire",
+        Duration::from_secs(30),
+        || sandbox_agent::sandbox::docker::remaining(expires_at).is_zero(),
+    )
+    .await;
 
     let (svc, report) = agent.start().await;
     assert_eq!(report.adopted, vec![keep.clone()], "{report:?}");

@@ -73,14 +73,13 @@ async fn bash_shell_persists_state_and_handles_edges() {
             .await,
         "started"
     );
-    let mut seen = false;
-    for _ in 0..100 {
-        if sb.sh("cat /workspace/bg.txt 2>/dev/null || true").await == "done" {
-            seen = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let seen = testkit::try_eventually_async(
+        "the background job's file",
+        std::time::Duration::from_secs(10),
+        || async { sb.sh("cat /workspace/bg.txt 2>/dev/null || true").await == "done" },
+    )
+    .await
+    .is_ok();
     assert!(
         seen,
         "background job did not finish after its call returned"

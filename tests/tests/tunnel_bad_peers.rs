@@ -8,9 +8,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_tests::deploy::{tail, wait_for, Agent, AgentOptions, ControlPlane, CpOptions};
+use airlock_tests::deploy::{tail, Agent, AgentOptions, ControlPlane, CpOptions};
 use bytes::{Bytes, BytesMut};
 use protocol::{Frame, FrameCodec, Hello, HelloAnswer, RejectCode};
+use testkit::try_eventually_blocking;
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -200,7 +201,7 @@ async fn bad_peers_get_typed_errors_and_do_not_disturb_other_agents() {
         good_before["connected_since"],
         good_after["connected_since"]
     );
-    wait_for(LIMIT, "good agent heartbeats continue", || {
+    try_eventually_blocking("good agent heartbeats continue", LIMIT, || {
         let c = cp.connections_of(good.agent_id());
         (c.len() == 1 && c[0]["last_heartbeat"] != good_before["last_heartbeat"]).then_some(())
     })

@@ -7,12 +7,13 @@
 use std::time::{Duration, Instant};
 
 use airlock_tests::deploy::{
-    tail, wait_for, Agent, AgentOptions, ControlPlane, CpOptions, InProcessControlPlane,
+    tail, Agent, AgentOptions, ControlPlane, CpOptions, InProcessControlPlane,
 };
 use airlock_tests::relay::Relay;
 use bytes::Bytes;
 use control_plane::gateway::{AgentCallError, Target};
 use protocol::{ErrorCode, Reply, Request, Response};
+use testkit::try_eventually_blocking;
 use tunnel::{CallEvent, CallFailure};
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -141,7 +142,7 @@ async fn enroll_connect_over_quic_and_echo_0b_1kib_10mib() {
         "agent exit: {status:?}\n{}",
         tail(&agent.log(), 20)
     );
-    wait_for(LIMIT, "registry empty", || {
+    try_eventually_blocking("registry empty", LIMIT, || {
         app.gateway().registry().is_empty().then_some(())
     })
     .unwrap();
@@ -266,8 +267,18 @@ fn kill9_control_plane_and_restart_every_agent_reconnects() {
     for a in &agents {
         before.push(cp.wait_connected(a.agent_id(), LIMIT).unwrap());
     }
+    let lost = |a: &Agent| a.log().matches("link to control plane lost").count();
+    let lost_before: Vec<usize> = agents.iter().map(lost).collect();
     cp.kill9().unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // every agent notices the control plane is gone before it comes back
+    for (a, n) in agents.iter().zip(lost_before) {
+        try_eventually_blocking(
+            &format!("agent {} to lose its link", a.agent_id()),
+            LIMIT,
+            || lost(a) > n,
+        )
+        .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", tail(&a.log(), 30)));
+    }
     cp.start().unwrap();
     for (a, b) in agents.iter_mut().zip(&before) {
         let after = cp
@@ -296,7 +307,7 @@ fn revocation_closes_the_live_connection_and_refuses_reconnects() {
     assert!(out.contains("1 live connection"), "{out}");
     // closed by the time the command returned; the agent sees the close
     assert!(cp.connections_of(agent.agent_id()).is_empty());
-    wait_for(LIMIT, "agent notices the close", || {
+    try_eventually_blocking("agent notices the close", LIMIT, || {
         agent.log().contains("revoked (code 4)").then_some(())
     })
     .unwrap();
@@ -305,7 +316,7 @@ fn revocation_closes_the_live_connection_and_refuses_reconnects() {
         started.elapsed()
     );
     // it does not redial: `run` stops (exit code 77, see tunnel_revocation.rs)
-    wait_for(LIMIT, "the revoked agent stops", || {
+    try_eventually_blocking("the revoked agent stops", LIMIT, || {
         (!agent.is_running()).then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", tail(&agent.log(), 20)));
@@ -336,7 +347,7 @@ fn renewal_over_the_live_connection_with_short_lived_certificates() {
     let first = cp.wait_connected(agent.agent_id(), LIMIT).unwrap();
     // renewed at least twice on the same connection
     let mut seen = vec![first["cert_not_after"].clone()];
-    wait_for(Duration::from_secs(40), "two renewals", || {
+    try_eventually_blocking("two renewals", Duration::from_secs(40), || {
         let c = cp.connections_of(agent.agent_id());
         let c = c.first()?;
         assert_eq!(

@@ -7,12 +7,13 @@
 use std::time::Duration;
 
 use airlock_tests::deploy::{
-    tail, wait_for, Agent, AgentOptions, ControlPlane, CpOptions, InProcessControlPlane,
+    tail, Agent, AgentOptions, ControlPlane, CpOptions, InProcessControlPlane,
 };
 use airlock_tests::tinyproxy::Tinyproxy;
 use bytes::Bytes;
 use control_plane::gateway::Target;
 use protocol::{Reply, Request, Response};
+use testkit::try_eventually_blocking;
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -97,7 +98,7 @@ async fn tcp_transport_through_connect_proxy_with_basic_auth() {
     };
     let mut bad = Agent::enroll(&cp, &join, opts).unwrap();
     bad.run().unwrap();
-    let refusal = wait_for(LIMIT, "proxy refusal logged", || {
+    let refusal = try_eventually_blocking("proxy refusal logged", LIMIT, || {
         bad.log()
             .lines()
             .find(|l| l.contains("refused CONNECT"))

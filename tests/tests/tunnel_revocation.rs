@@ -56,14 +56,15 @@ impl Run {
 
     /// Wait up to `limit` for the process to exit.
     fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let until = Instant::now() + limit;
-        while Instant::now() < until {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        testkit::try_eventually_blocking("the agent to exit", limit, || {
+            self.child.try_wait().unwrap()
+        })
+        .ok()
+    }
+
+    /// How many times the log says the agent is about to redial.
+    fn redials(&self) -> usize {
+        self.log().matches("redialing after backoff").count()
     }
 
     fn is_running(&mut self) -> bool {
@@ -190,8 +191,13 @@ fn failures_that_are_not_a_revocation_keep_redialing() {
     cp.wait_connected(&id, LIMIT).unwrap();
 
     // Control plane gone (kill -9), then back: the agent redials and reconnects.
+    let redials_before = run.redials();
     cp.kill9().unwrap();
-    std::thread::sleep(Duration::from_secs(4));
+    // the agent notices the control plane is gone and redials (instead of exiting)
+    testkit::try_eventually_blocking("the agent to redial", LIMIT, || {
+        run.redials() > redials_before || !run.is_running()
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", tail(&run.log(), 30)));
     assert!(
         run.is_running(),
         "agent exited with the control plane down:\n{}",

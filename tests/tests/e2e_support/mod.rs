@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use airlock_tests::deploy::{tail, Agent, AgentOptions, ControlPlane, CpOptions};
 use airlock_tests::sandbox::{executor_path, remove_agent_containers, test_image};
@@ -208,38 +208,41 @@ impl Api {
     /// Poll until the session is idle and its log ends the turn with
     /// `end_turn`; returns the events.
     pub async fn wait_end_turn(&self, session_id: &str, limit: Duration) -> Result<Vec<Value>> {
-        let until = Instant::now() + limit;
-        loop {
+        let what = format!("session {session_id} to end its turn");
+        let ended = testkit::try_eventually_async(&what, limit, || async move {
             // The API may be down for a moment (a restarting control plane).
-            if let Ok(events) = self.events(session_id).await {
-                if let Some(last) = events.iter().rev().find(|e| {
-                    e["type"]
-                        .as_str()
-                        .is_some_and(|t| t.starts_with("session.status"))
-                }) {
-                    if last["type"] == "session.status_idle" {
-                        let reason = &last["stop_reason"]["type"];
-                        if reason == "end_turn" {
-                            return Ok(events);
-                        }
-                        if reason != "requires_action" {
-                            bail!(
-                                "session {session_id} went idle with {}: {}",
-                                last["stop_reason"],
-                                summary(&events)
-                            );
-                        }
-                    }
-                }
+            let events = self.events(session_id).await.ok()?;
+            let last = events.iter().rev().find(|e| {
+                e["type"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("session.status"))
+            })?;
+            if last["type"] != "session.status_idle" {
+                return None;
             }
-            if Instant::now() >= until {
+            let reason = &last["stop_reason"]["type"];
+            if reason == "end_turn" {
+                return Some(Ok(events));
+            }
+            if reason != "requires_action" {
+                return Some(Err(anyhow!(
+                    "session {session_id} went idle with {}: {}",
+                    last["stop_reason"],
+                    summary(&events)
+                )));
+            }
+            None
+        })
+        .await;
+        match ended {
+            Ok(outcome) => outcome,
+            Err(_) => {
                 let events = self.events(session_id).await.unwrap_or_default();
                 bail!(
                     "session {session_id} did not end its turn within {limit:?}: {}",
                     summary(&events)
                 );
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
@@ -601,16 +604,14 @@ impl Deployment {
 
 /// Wait until the API answers (after a start or restart).
 pub async fn wait_api(api: &Api, limit: Duration) -> Result<()> {
-    let until = Instant::now() + limit;
-    loop {
-        if let Ok((200, _)) = api.call("GET", "/v1/agents?limit=1", None).await {
-            return Ok(());
-        }
-        if Instant::now() >= until {
-            bail!("API did not answer within {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    testkit::try_eventually_async("the API to answer", limit, || async move {
+        matches!(
+            api.call("GET", "/v1/agents?limit=1", None).await,
+            Ok((200, _))
+        )
+    })
+    .await
+    .map_err(|_| anyhow!("API did not answer within {limit:?}"))
 }
 
 /// A small deterministic PRNG (xorshift64*), seeded per run; the seed is

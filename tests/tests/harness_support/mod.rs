@@ -22,6 +22,7 @@ use session_store::{
     Result as StoreResult, SessionPage, SessionQuery, SessionRecord, SessionStatus, SessionStore,
     SessionUpdate, SqliteOptions, SqliteStore, StoredEvent,
 };
+use testkit::{eventually, eventually_async};
 
 /// Bound for anything a test waits for; only reached when it fails.
 pub const PATIENCE: Duration = Duration::from_secs(30);
@@ -142,15 +143,11 @@ pub async fn complete_log(store: &dyn SessionStore, id: &str) -> Vec<StoredEvent
 /// Poll until the last event of `id` is `session.status_idle` (bounded by
 /// [`PATIENCE`]; `what` names the wait in the failure).
 pub async fn wait_idle_logged(store: &dyn SessionStore, id: &str, what: &str) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
+    eventually_async(what, PATIENCE, || async move {
         let events = log(store, id).await;
-        if events.last().map(|e| e.event_type.as_str()) == Some("session.status_idle") {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        events.last().map(|e| e.event_type.as_str()) == Some("session.status_idle")
+    })
+    .await;
 }
 
 pub fn types(events: &[StoredEvent]) -> Vec<&str> {
@@ -421,14 +418,12 @@ impl Crasher {
     /// Wait until the spawned wake `task` finished or this crasher fired
     /// (bounded by [`PATIENCE`]; `what` names the round in the failure).
     pub async fn wait_fired_or_done<T>(&self, task: &tokio::task::JoinHandle<T>, what: &str) {
-        let deadline = Instant::now() + PATIENCE;
-        while !task.is_finished() && !self.fired() {
-            assert!(
-                Instant::now() < deadline,
-                "{what}: harness A neither finished nor crashed"
-            );
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        eventually(
+            &format!("{what}: harness A to finish or crash"),
+            PATIENCE,
+            || task.is_finished() || self.fired(),
+        )
+        .await;
     }
 
     /// Crash at point `n` (0-based), `after` the operation or before it.
@@ -831,16 +826,4 @@ impl Hands for RecordingHands {
         // harness hears of it.
         Ok(self.crash_point(run).await)
     }
-}
-
-/// Poll until `f` holds (bounded).
-pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
