@@ -301,19 +301,19 @@ async fn tails_and_writes_survive_terminated_connections() {
     assert_eq!(seen, vec![2, 3, 4, 5, 6]);
 
     // this store's own writes fail at most transiently, then work again
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match store.append(&s, vec![ev("own", 7)], Fence::None).await {
-            Ok(stored) => {
-                assert_eq!(stored[0].seq, 7);
-                break;
+    let (st, sid) = (&store, &s);
+    let stored = testkit::eventually_async(
+        "an append after the kill",
+        Duration::from_secs(30),
+        || async move {
+            match st.append(sid, vec![ev("own", 7)], Fence::None).await {
+                Err(e) if !e.is_transient() => panic!("append after the kill: {e}"),
+                other => other,
             }
-            Err(e) if e.is_transient() && std::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
-            Err(e) => panic!("append after the kill: {e}"),
-        }
-    }
+        },
+    )
+    .await;
+    assert_eq!(stored[0].seq, 7);
     assert_eq!(next_seq(&mut items).await, 7);
     pump.abort();
 }

@@ -712,6 +712,7 @@ impl Hands for RecordingHands {
             }
         }
         if !d.is_zero() {
+            // a slow provision is what the test configured, not a wait
             tokio::time::sleep(d).await;
         }
         let mut s = self.state.lock().unwrap();
@@ -805,6 +806,7 @@ impl Hands for RecordingHands {
                 }
             }
             if !delay.is_zero() {
+                // a slow tool is what the test configured, not a wait
                 tokio::time::sleep(delay).await;
             }
             let out = Self::output_for(call);
