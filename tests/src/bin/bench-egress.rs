@@ -241,7 +241,7 @@ fn main() -> Result<()> {
     let ratio = |a: Duration, b: Duration| b.as_secs_f64() / a.as_secs_f64();
     println!();
     println!(
-        "bench-egress: {reps} repetitions (median), repository {} MiB ({FILES} random files), push of a 1 MiB commit; git {} ; loopback nginx + fcgiwrap + git http-backend over HTTPS",
+        "bench-egress: {reps} repetitions (median), repository {} MiB ({FILES} random files), push of a 1 MiB commit; {}; loopback nginx + fcgiwrap + git http-backend over HTTPS",
         FILES * FILE_BYTES / (1024 * 1024),
         git_version()
     );
