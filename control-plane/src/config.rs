@@ -114,16 +114,24 @@ pub const DEFAULT_TUNNEL_LISTEN: &str = "0.0.0.0:7443";
 impl Config {
     /// Read and validate a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        Self::from_raw(daemon::read_toml(path)?)
+        daemon::load_config(path)
     }
 
     /// Validate config text; `origin` is only used in error messages.
     pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
-        Self::from_raw(daemon::parse_toml(text, origin)?)
+        daemon::parse_config(text, origin)
+    }
+}
+
+impl daemon::DaemonConfig for Config {
+    type Raw = RawConfig;
+
+    fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     /// Convert raw values into typed ones, naming the key on failure.
-    pub fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
+    fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
         let data_dir = raw
             .data_dir
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));

@@ -25,17 +25,10 @@ enum Command {
 }
 
 fn serve(config: Config) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(error) => {
-            eprintln!("error: cannot start runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    rt.block_on(async move {
+        .build();
+    daemon::block_on(runtime, async move {
         let grace = config.shutdown_grace;
         let app = match control_plane::app::App::new(config) {
             Ok(app) => app,
@@ -78,18 +71,12 @@ fn serve(config: Config) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match cli
-        .global
-        .start(Config::load, || Config::from_raw(Default::default()))
-    {
+    let config: Config = match cli.global.load() {
         Ok(c) => c,
         Err(code) => return code,
     };
     match cli.command {
-        Command::CheckConfig => {
-            println!("config ok: data_dir={}", config.data_dir.display());
-            ExitCode::SUCCESS
-        }
+        Command::CheckConfig => daemon::config_ok(&config),
         Command::Serve => serve(config),
         Command::Cli(command) => control_plane::cli::run(command, &config),
     }

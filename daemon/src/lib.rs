@@ -1,8 +1,11 @@
 //! What `control-plane` and `sandbox-agent` share as programs: the config
 //! error type whose every variant names the file or key at fault, reading a
 //! TOML file into a daemon's raw config struct, the log set-up behind
-//! `--log-format`, and the exit code for a bad configuration. Each daemon
-//! keeps its own config sections and typed values; only the plumbing is here.
+//! `--log-format`, the exit code for a bad configuration, and the plumbing
+//! of a binary's `main` (load the config named by `--config` through
+//! [`DaemonConfig`], `check-config`, run a future on a runtime and turn the
+//! outcome into an exit code). Each daemon keeps its own config sections and
+//! typed values; only the plumbing is here.
 #![forbid(unsafe_code)]
 
 pub mod telemetry;
@@ -82,6 +85,33 @@ pub fn parse_toml<R: serde::de::DeserializeOwned>(
     })
 }
 
+/// A daemon's validated config: built from its raw serde struct (which
+/// denies unknown keys; its `Default` is "no file given").
+pub trait DaemonConfig: Sized {
+    /// The file as written, before validation.
+    type Raw: serde::de::DeserializeOwned + Default;
+    /// Convert raw values into typed ones, naming the key on failure.
+    fn from_raw(raw: Self::Raw) -> Result<Self, ConfigError>;
+    /// The data directory (what `check-config` reports).
+    fn data_dir(&self) -> &Path;
+}
+
+/// Read and validate the config file at `path`.
+pub fn load_config<C: DaemonConfig>(path: &Path) -> Result<C, ConfigError> {
+    C::from_raw(read_toml(path)?)
+}
+
+/// Validate config text; `origin` only names it in errors.
+pub fn parse_config<C: DaemonConfig>(text: &str, origin: &Path) -> Result<C, ConfigError> {
+    C::from_raw(parse_toml(text, origin)?)
+}
+
+/// `check-config` once the config loaded: say so (with the data dir) and exit 0.
+pub fn config_ok<C: DaemonConfig>(config: &C) -> ExitCode {
+    println!("config ok: data_dir={}", config.data_dir().display());
+    ExitCode::SUCCESS
+}
+
 /// The flags every subcommand of both binaries takes
 /// (`#[command(flatten)]` into the binary's parser).
 #[derive(Debug, Clone, clap::Args)]
@@ -109,6 +139,28 @@ impl GlobalArgs {
     ) -> Result<C, ExitCode> {
         start(self.log_format, self.config.as_deref(), load, defaults)
     }
+
+    /// [`start`] for a [`DaemonConfig`]: the file named by `--config`, or
+    /// the defaults when none is named.
+    pub fn load<C: DaemonConfig>(&self) -> Result<C, ExitCode> {
+        self.start(load_config::<C>, || C::from_raw(C::Raw::default()))
+    }
+}
+
+/// Run a daemon's future to its exit code on `runtime` (built by the caller
+/// for its needs); a runtime that could not be built is printed as
+/// `error: cannot start runtime: ...` and exits 1.
+pub fn block_on(
+    runtime: std::io::Result<tokio::runtime::Runtime>,
+    fut: impl std::future::Future<Output = ExitCode>,
+) -> ExitCode {
+    match runtime {
+        Ok(rt) => rt.block_on(fut),
+        Err(error) => {
+            eprintln!("error: cannot start runtime: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Run a one-shot command's future on a small single-threaded runtime; an
@@ -116,16 +168,12 @@ impl GlobalArgs {
 pub fn run_command<E: std::fmt::Display>(
     fut: impl std::future::Future<Output = Result<(), E>>,
 ) -> ExitCode {
-    match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => report(rt.block_on(fut)),
-        Err(error) => {
-            eprintln!("error: cannot start runtime: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    block_on(
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        async { report(fut.await) },
+    )
 }
 
 /// A command's result as its exit code: an error is printed as
@@ -164,9 +212,8 @@ pub fn start<C>(
 mod tests {
     use super::*;
 
-    #[derive(Debug, serde::Deserialize)]
+    #[derive(Debug, Default, serde::Deserialize)]
     #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
     struct Raw {
         listen: Option<String>,
     }
@@ -184,6 +231,58 @@ mod tests {
         assert_eq!(
             ConfigError::invalid("tunnel.listen", "no port").to_string(),
             "invalid value for `tunnel.listen`: no port"
+        );
+    }
+
+    #[derive(Debug)]
+    struct Typed {
+        data_dir: PathBuf,
+    }
+
+    impl DaemonConfig for Typed {
+        type Raw = Raw;
+        fn from_raw(raw: Raw) -> Result<Self, ConfigError> {
+            let listen = raw.listen.unwrap_or_else(|| "default".to_owned());
+            if listen.is_empty() {
+                return Err(ConfigError::invalid("listen", "empty"));
+            }
+            Ok(Self {
+                data_dir: PathBuf::from(listen),
+            })
+        }
+        fn data_dir(&self) -> &Path {
+            &self.data_dir
+        }
+    }
+
+    #[test]
+    fn daemon_configs_load_parse_and_default() {
+        let origin = Path::new("x.toml");
+        let c: Typed = parse_config("listen = \"/srv\"\n", origin).unwrap();
+        assert_eq!(c.data_dir(), Path::new("/srv"));
+        let e = parse_config::<Typed>("listen = \"\"\n", origin).unwrap_err();
+        assert_eq!(e.to_string(), "invalid value for `listen`: empty");
+        assert!(parse_config::<Typed>("listn = 1\n", origin).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.toml");
+        std::fs::write(&path, "listen = \"/var/x\"\n").unwrap();
+        let c: Typed = load_config(&path).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/var/x"));
+        let args = GlobalArgs {
+            config: None,
+            log_format: telemetry::LogFormat::Text,
+        };
+        assert_eq!(
+            args.load::<Typed>().unwrap().data_dir,
+            PathBuf::from("default")
+        );
+        let args = GlobalArgs {
+            config: Some(dir.path().join("missing.toml")),
+            log_format: telemetry::LogFormat::Text,
+        };
+        assert_eq!(
+            args.load::<Typed>().unwrap_err(),
+            ExitCode::from(EXIT_CONFIG)
         );
     }
 

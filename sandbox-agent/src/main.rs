@@ -96,18 +96,12 @@ fn enroll(config: &Config, flags: EnrollFlags) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match cli
-        .global
-        .start(Config::load, || Config::from_raw(Default::default()))
-    {
+    let config: Config = match cli.global.load() {
         Ok(c) => c,
         Err(code) => return code,
     };
     match cli.command {
-        Command::CheckConfig => {
-            println!("config ok: data_dir={}", config.data_dir.display());
-            ExitCode::SUCCESS
-        }
+        Command::CheckConfig => daemon::config_ok(&config),
         Command::Enroll(flags) => enroll(&config, flags),
         Command::Run => run(config),
     }
@@ -120,18 +114,18 @@ fn main() -> ExitCode {
 /// `bench-tunnel` this cut the QUIC echo p50 from 0.103 to 0.075 ms against a
 /// two-worker runtime, and the agent idles at a few MiB.
 fn run(config: Config) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(8)
         .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(sandbox_agent::connect::run(config)) {
+        .build();
+    daemon::block_on(runtime, async move {
+        exit_code(sandbox_agent::connect::run(config).await)
+    })
+}
+
+/// How `run` ended, as its exit code.
+fn exit_code(result: Result<(), sandbox_agent::connect::RunError>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         // One error line (the log goes to stderr) naming the agent and what to do.
         Err(error @ sandbox_agent::connect::RunError::Revoked { .. }) => {
