@@ -210,6 +210,7 @@ pub fn start<C>(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[derive(Debug, Default, serde::Deserialize)]
