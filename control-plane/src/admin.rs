@@ -257,3 +257,71 @@ async fn no_such_endpoint(method: Method, uri: Uri) -> AdminRequestError {
         path: uri.path().to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::gateway::Registry;
+
+    async fn call(router: &Router, method: &str, path: &str) -> (StatusCode, serde_json::Value) {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let resp = router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn routes_answer_json_and_every_error_is_typed() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!("data_dir = \"{}\"", dir.path().display());
+        let config = crate::config::Config::parse(&text, Path::new("t.toml")).unwrap();
+        let identity =
+            IdentityService::open(config.pki.identity_settings(&config.data_dir)).unwrap();
+        let router = router(AdminState {
+            identity: Arc::new(identity),
+            directory: Arc::new(Registry::new()),
+        });
+        let (status, v) = call(&router, "GET", "/v1/agents").await;
+        assert_eq!(
+            (status, v),
+            (StatusCode::OK, serde_json::json!({"agents": []}))
+        );
+        let (status, v) = call(&router, "GET", "/v1/ca").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            v["fingerprint"].as_str().unwrap().starts_with("sha256:"),
+            "{v}"
+        );
+        for (method, path, want, kind) in [
+            ("GET", "/v1/nope", StatusCode::NOT_FOUND, "not_found"),
+            ("POST", "/v1/agents", StatusCode::NOT_FOUND, "not_found"),
+            (
+                "POST",
+                "/v1/agents/not%20an%20id/revoke",
+                StatusCode::BAD_REQUEST,
+                "invalid_agent_id",
+            ),
+            (
+                "POST",
+                &format!("/v1/agents/{}/revoke", AgentId::generate()),
+                StatusCode::NOT_FOUND,
+                "unknown_agent",
+            ),
+        ] {
+            let (status, v) = call(&router, method, path).await;
+            assert_eq!(status, want, "{method} {path}: {v}");
+            assert_eq!(v["error"]["type"], kind, "{method} {path}: {v}");
+            assert!(!v["error"]["message"].as_str().unwrap().is_empty(), "{v}");
+        }
+    }
+}
