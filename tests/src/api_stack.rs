@@ -8,7 +8,7 @@
 //! This is the API ↔ harness contract without the tunnel and sandboxes
 //! (those are `control-plane serve` plus enrolled agents, see `deploy`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,6 +24,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use model::sse::SseDecoder;
 use serde_json::{json, Value};
 use session_store::{SessionStore, SqliteOptions, SqliteStore};
 use tokio_util::sync::CancellationToken;
@@ -108,34 +109,29 @@ pub struct SseEvent {
     pub data: Value,
 }
 
-/// An open SSE response.
+/// An open SSE response, decoded by the workspace's one SSE decoder
+/// (`model::sse`: characters split across reads stay whole, events over
+/// the cap are an error).
 #[derive(Debug)]
 pub struct SseClient {
     body: Incoming,
-    buf: String,
+    decoder: SseDecoder,
+    ready: VecDeque<model::sse::SseEvent>,
 }
+
+/// The largest event the test client accepts.
+const MAX_SSE_EVENT_BYTES: usize = 64 * 1024 * 1024;
 
 impl SseClient {
     /// The next event (pings included); `None` when the stream ended.
     pub async fn next(&mut self, limit: Duration) -> Result<Option<SseEvent>> {
         loop {
-            if let Some(i) = self.buf.find("\n\n") {
-                let raw: String = self.buf.drain(..i + 2).collect();
-                let mut e = SseEvent {
-                    event: String::new(),
-                    id: None,
-                    data: Value::Null,
-                };
-                for line in raw.lines() {
-                    if let Some(v) = line.strip_prefix("event: ") {
-                        e.event = v.to_owned();
-                    } else if let Some(v) = line.strip_prefix("id: ") {
-                        e.id = Some(v.parse().context("sse id")?);
-                    } else if let Some(v) = line.strip_prefix("data: ") {
-                        e.data = serde_json::from_str(v).context("sse data")?;
-                    }
-                }
-                return Ok(Some(e));
+            if let Some(e) = self.ready.pop_front() {
+                return Ok(Some(SseEvent {
+                    event: e.event.unwrap_or_default(),
+                    id: e.id.map(|i| i.parse()).transpose().context("sse id")?,
+                    data: serde_json::from_str(&e.data).context("sse data")?,
+                }));
             }
             let frame = tokio::time::timeout(limit, self.body.frame())
                 .await
@@ -144,7 +140,7 @@ impl SseClient {
                 None => return Ok(None),
                 Some(f) => {
                     if let Ok(data) = f?.into_data() {
-                        self.buf.push_str(std::str::from_utf8(&data)?);
+                        self.ready.extend(self.decoder.push(&data)?);
                     }
                 }
             }
@@ -341,7 +337,8 @@ impl ApiStack {
         }
         Ok(SseClient {
             body: resp.into_body(),
-            buf: String::new(),
+            decoder: SseDecoder::new(MAX_SSE_EVENT_BYTES),
+            ready: VecDeque::new(),
         })
     }
 
