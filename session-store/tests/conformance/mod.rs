@@ -16,6 +16,7 @@ use session_store::{
     Order, SessionQuery, SessionStatus, SessionStore, SessionUpdate, StoreError, StoredEvent,
     TailItem,
 };
+use testkit::eventually_async;
 
 /// A store under test and whatever keeps it alive (temp dir, schema).
 pub struct Fixture {
