@@ -136,6 +136,8 @@ code_enum! {
     BridgeErrorCode {
         /// No version in common; the bridge closes the connection.
         UnsupportedVersion => "unsupported_version",
+        /// The peer's uid may not use the channel; the bridge closes the connection.
+        PeerNotAllowed => "peer_not_allowed",
         /// A request came before the hello.
         HelloRequired => "hello_required",
         /// The request could not be decoded; the bridge closes the connection.

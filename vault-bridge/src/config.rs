@@ -2,7 +2,8 @@
 //! turned into typed values whose errors name the key. Sections:
 //! `[bridge]` (data dir, the agent channel's socket and allowed peers,
 //! shutdown grace), `[backend]` (`type = "file" | "openbao"`) with
-//! `[backend.file]` or `[backend.openbao]` (+ `[backend.openbao.approle]`).
+//! `[backend.file]` or `[backend.openbao]` (+ `[backend.openbao.approle]`),
+//! `[egress]` (per-sandbox socket dir, upstream trust roots, connect timeout).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -30,6 +31,21 @@ pub struct RawConfig {
     /// `[backend]`.
     #[serde(default)]
     pub backend: RawBackend,
+    /// `[egress]`.
+    #[serde(default)]
+    pub egress: RawEgress,
+}
+
+/// `[egress]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEgress {
+    /// Directory of the per-sandbox egress sockets (`<dir>/<sandbox_id>/egress.sock`).
+    pub socket_dir: Option<PathBuf>,
+    /// PEM files of the CAs upstream hosts' certificates chain to (default: Mozilla's roots).
+    pub upstream_ca_files: Option<Vec<PathBuf>>,
+    /// Deadline of an upstream TCP connect plus TLS handshake.
+    pub connect_timeout_seconds: Option<f64>,
 }
 
 /// `[bridge]` as written.
@@ -122,6 +138,47 @@ pub struct Config {
     pub bridge: BridgeConfig,
     /// `[backend]`.
     pub backend: BackendConfig,
+    /// `[egress]`.
+    pub egress: EgressConfig,
+}
+
+/// Default directory of the per-sandbox egress sockets.
+pub const DEFAULT_EGRESS_SOCKET_DIR: &str = "/run/airlock-vault-bridge/egress";
+
+/// `[egress]`.
+#[derive(Debug, Clone)]
+pub struct EgressConfig {
+    /// Directory of the per-sandbox egress sockets.
+    pub socket_dir: PathBuf,
+    /// CA files for upstream certificates; empty means Mozilla's roots.
+    pub upstream_ca_files: Vec<PathBuf>,
+    /// Upstream connect + handshake deadline.
+    pub connect_timeout: Duration,
+}
+
+impl EgressConfig {
+    fn from_raw(raw: RawEgress) -> Result<Self, InvalidKey> {
+        let socket_dir = raw
+            .socket_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_EGRESS_SOCKET_DIR));
+        absolute("egress.socket_dir", &socket_dir)?;
+        let upstream_ca_files = raw.upstream_ca_files.unwrap_or_default();
+        for f in &upstream_ca_files {
+            absolute("egress.upstream_ca_files", f)?;
+        }
+        let connect_timeout = settings::seconds_between(
+            "egress.connect_timeout_seconds",
+            raw.connect_timeout_seconds,
+            10.0,
+            0.1,
+            300.0,
+        )?;
+        Ok(Self {
+            socket_dir,
+            upstream_ca_files,
+            connect_timeout,
+        })
+    }
 }
 
 /// `[bridge]`.
@@ -214,7 +271,12 @@ impl Config {
     pub fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
         let bridge = BridgeConfig::from_raw(raw.bridge)?;
         let backend = BackendConfig::from_raw(raw.backend, &bridge.data_dir)?;
-        Ok(Self { bridge, backend })
+        let egress = EgressConfig::from_raw(raw.egress)?;
+        Ok(Self {
+            bridge,
+            backend,
+            egress,
+        })
     }
 }
 

@@ -9,6 +9,8 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod agent_channel;
+pub mod agent_channel_egress;
 pub mod backend;
 pub mod config;
 pub mod egress;

@@ -28,6 +28,43 @@ pub enum ServeError {
     /// bad key file mode, corrupt store, permission denied).
     #[error("cannot open the secret backend: {0}")]
     Backend(#[source] BackendError),
+    /// The egress proxy cannot start (CA, upstream trust roots, socket dir).
+    #[error("cannot start the egress proxy: {0}")]
+    Egress(String),
+    /// The agent channel socket cannot be bound.
+    #[error(transparent)]
+    AgentChannel(#[from] crate::agent_channel::ChannelError),
+}
+
+/// The egress proxy and its per-sandbox listeners, from `[egress]`.
+fn egress_listeners(
+    config: &Config,
+    backend: &Arc<dyn SecretBackend>,
+) -> Result<Arc<crate::agent_channel_egress::EgressListeners>, ServeError> {
+    use crate::egress::{self, BackendSecrets, Egress, EgressCa, TracingAudit, TrustRoots, Upstream};
+    let ca_dir = egress::ca_dir(&config.bridge.data_dir);
+    let ca = EgressCa::load_or_create(&ca_dir)
+        .map_err(|e| ServeError::Egress(format!("egress ca in {}: {e}", ca_dir.display())))?;
+    let roots = if config.egress.upstream_ca_files.is_empty() {
+        TrustRoots::Webpki
+    } else {
+        TrustRoots::Files(config.egress.upstream_ca_files.clone())
+    };
+    let upstream = Upstream::new(
+        &roots,
+        Arc::new(egress::SystemResolver),
+        config.egress.connect_timeout,
+    )
+    .map_err(|e| ServeError::Egress(e.to_string()))?;
+    let proxy = Arc::new(Egress::new(
+        ca,
+        upstream,
+        Arc::new(BackendSecrets(backend.clone())),
+        Arc::new(TracingAudit),
+    ));
+    crate::agent_channel_egress::EgressListeners::new(&config.egress.socket_dir, proxy)
+        .map(Arc::new)
+        .map_err(|e| ServeError::Egress(e.to_string()))
 }
 
 /// Run the bridge until `shutdown` resolves.
@@ -66,8 +103,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
         Err(error) => return Err(ServeError::Backend(error)),
     };
+    let listeners = egress_listeners(&config, &backend)?;
+    let channel = crate::agent_channel::AgentChannel::bind(
+        &config.bridge.socket_path,
+        &config.bridge.allowed_peer_uids,
+        listeners,
+        backend.clone(),
+    )?;
+    let (stop_channel, channel_stopped) = tokio::sync::oneshot::channel::<()>();
+    let channel_task = tokio::spawn(channel.run(async move {
+        let _ = channel_stopped.await;
+    }));
     tracing::info!(
         socket_path = %config.bridge.socket_path.display(),
+        egress_socket_dir = %config.egress.socket_dir.display(),
         healthy,
         "vault-bridge ready"
     );
@@ -94,7 +143,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
     }
     let grace = config.bridge.shutdown_grace;
-    let graceful = tokio::time::timeout(grace, backend.close()).await.is_ok();
+    let _ = stop_channel.send(());
+    let graceful = tokio::time::timeout(grace, async {
+        let _ = channel_task.await;
+        backend.close().await;
+    })
+    .await
+    .is_ok();
     tracing::info!(graceful, "vault-bridge stopped");
     Ok(())
 }

@@ -1,0 +1,770 @@
+//! The agent channel: the Unix socket the sandbox-agent (and only it) talks
+//! to the bridge over, with the [`protocol::bridge`] messages in control
+//! frames.
+//!
+//! Access is decided by the kernel-reported peer uid (`SO_PEERCRED`),
+//! checked on every connection against the bridge's own uid plus
+//! `bridge.allowed_peer_uids`; anyone else gets one
+//! [`BridgeErrorCode::PeerNotAllowed`] answer and the connection is closed.
+//! The socket is mode `0600` when only the bridge's uid is allowed (the
+//! agent runs as the same user), and `0666` when other uids are allowed
+//! (the file mode cannot name them; the uid check decides).
+//!
+//! A connection starts with `Hello` (version negotiated as on the tunnel),
+//! then carries one request at a time: `OpenEgress` starts a sandbox's
+//! egress socket ([`EgressListeners`]), `CloseEgress` stops it, `Health`
+//! asks the secret backend.
+
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use protocol::bridge::{
+    BackendStatus, BridgeErrorCode, FromBridge, ToBridge, BRIDGE_PROTOCOL_VERSION_MAX,
+    BRIDGE_PROTOCOL_VERSION_MIN,
+};
+use protocol::frame::{Frame, FrameCodec, FrameError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::task::JoinSet;
+
+use crate::agent_channel_egress::{policy_for, EgressListeners, OpenError};
+use crate::backend::SecretBackend;
+use crate::egress::SandboxIdentity;
+
+/// Frame cap of the agent channel (requests are small).
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// How long a health request may take.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the agent channel (or one of its connections) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChannelError {
+    /// The socket could not be created.
+    #[error("cannot bind the agent channel socket {path}: {source}")]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The peer's uid may not use the channel.
+    #[error("peer uid {uid} is not allowed on the agent channel (allowed uids: {allowed:?})")]
+    PeerNotAllowed {
+        /// The peer's uid, as the kernel reports it.
+        uid: u32,
+        /// The allowed uids.
+        allowed: Vec<u32>,
+    },
+    /// The kernel would not say who the peer is.
+    #[error("cannot read the agent channel peer's credentials: {0}")]
+    PeerCredentials(#[source] io::Error),
+    /// Reading or writing the connection failed.
+    #[error("agent channel i/o: {0}")]
+    Io(#[from] io::Error),
+    /// The peer sent bytes that are not a frame or not a message.
+    #[error("agent channel peer sent an invalid frame: {0}")]
+    Frame(#[from] FrameError),
+    /// The peer's first message was not an acceptable hello.
+    #[error("agent channel hello refused: {0}")]
+    Hello(String),
+}
+
+/// Check a peer's uid against the allowed ones.
+pub fn check_peer_uid(uid: u32, allowed: &[u32]) -> Result<(), ChannelError> {
+    if allowed.contains(&uid) {
+        Ok(())
+    } else {
+        Err(ChannelError::PeerNotAllowed {
+            uid,
+            allowed: allowed.to_vec(),
+        })
+    }
+}
+
+/// The bridge's uid (always allowed on its own channel).
+pub fn own_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+struct State {
+    allowed_uids: Vec<u32>,
+    listeners: Arc<EgressListeners>,
+    backend: Arc<dyn SecretBackend>,
+}
+
+/// The bound agent channel, ready to [`run`](AgentChannel::run).
+pub struct AgentChannel {
+    listener: UnixListener,
+    path: PathBuf,
+    state: Arc<State>,
+}
+
+impl std::fmt::Debug for AgentChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentChannel")
+            .field("path", &self.path)
+            .field("allowed_uids", &self.state.allowed_uids)
+            .finish()
+    }
+}
+
+impl AgentChannel {
+    /// Bind the channel at `path` (a stale socket there is replaced; the
+    /// parent directory is created `0711` if missing). `allowed_peer_uids`
+    /// are allowed besides the bridge's own uid. Must run inside a tokio runtime.
+    pub fn bind(
+        path: &Path,
+        allowed_peer_uids: &[u32],
+        listeners: Arc<EgressListeners>,
+        backend: Arc<dyn SecretBackend>,
+    ) -> Result<Self, ChannelError> {
+        let bind_err = |source| ChannelError::Bind {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(parent) = path.parent() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o711)
+                .create(parent)
+                .map_err(bind_err)?;
+        }
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(bind_err(e)),
+        }
+        let listener = UnixListener::bind(path).map_err(bind_err)?;
+        let mut allowed_uids = vec![own_uid()];
+        allowed_uids.extend(allowed_peer_uids.iter().copied());
+        allowed_uids.sort_unstable();
+        allowed_uids.dedup();
+        let mode = if allowed_uids.len() > 1 { 0o666 } else { 0o600 };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(bind_err)?;
+        Ok(Self {
+            listener,
+            path: path.to_owned(),
+            state: Arc::new(State {
+                allowed_uids,
+                listeners,
+                backend,
+            }),
+        })
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serve connections until `shutdown` resolves; then stop every
+    /// connection and every sandbox's egress listener and remove the socket.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut conns = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        let state = self.state.clone();
+                        conns.spawn(async move {
+                            if let Err(error) = serve_agent(stream, &state).await {
+                                tracing::warn!(%error, "agent channel connection failed");
+                            }
+                        });
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "agent channel accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                () = &mut shutdown => break,
+            }
+        }
+        conns.abort_all();
+        self.state.listeners.close_all();
+        if let Err(error) = std::fs::remove_file(&self.path) {
+            if error.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(%error, path = %self.path.display(), "cannot remove the agent channel socket");
+            }
+        }
+        tracing::info!("agent channel stopped");
+    }
+}
+
+struct Conn {
+    stream: UnixStream,
+    buf: BytesMut,
+    codec: FrameCodec,
+}
+
+impl Conn {
+    async fn read(&mut self) -> Result<Option<Frame>, ChannelError> {
+        loop {
+            if let Some(f) = self.codec.decode(&mut self.buf)? {
+                return Ok(Some(f));
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Ok(self.codec.decode_eof(&mut self.buf)?);
+            }
+        }
+    }
+
+    async fn write(&mut self, m: &FromBridge) -> Result<(), ChannelError> {
+        let bytes = self.codec.encode_to_bytes(&Frame::control(m)?)?;
+        self.stream.write_all(&bytes).await?;
+        Ok(())
+    }
+}
+
+async fn serve_agent(stream: UnixStream, state: &State) -> Result<(), ChannelError> {
+    let uid = stream
+        .peer_cred()
+        .map_err(ChannelError::PeerCredentials)?
+        .uid();
+    let mut conn = Conn {
+        stream,
+        buf: BytesMut::new(),
+        codec: FrameCodec::new(MAX_FRAME_BYTES),
+    };
+    if let Err(e) = check_peer_uid(uid, &state.allowed_uids) {
+        let _ = conn
+            .write(&FromBridge::error(
+                BridgeErrorCode::PeerNotAllowed,
+                e.to_string(),
+            ))
+            .await;
+        return Err(e);
+    }
+    let Some(first) = conn.read().await? else {
+        return Ok(());
+    };
+    match ToBridge::decode(&first) {
+        Ok(ToBridge::Hello {
+            min_version,
+            max_version,
+            software_version,
+        }) => {
+            let ours = (BRIDGE_PROTOCOL_VERSION_MIN, BRIDGE_PROTOCOL_VERSION_MAX);
+            let Some(version) = protocol::hello::negotiate(ours, (min_version, max_version)) else {
+                let message = format!(
+                    "no agent channel version in common: agent speaks {min_version}..={max_version}, bridge {}..={}",
+                    ours.0, ours.1
+                );
+                conn.write(&FromBridge::error(
+                    BridgeErrorCode::UnsupportedVersion,
+                    &message,
+                ))
+                .await?;
+                return Err(ChannelError::Hello(message));
+            };
+            tracing::info!(peer_uid = uid, version, agent_version = %software_version, "agent connected");
+            conn.write(&FromBridge::HelloAccepted {
+                version,
+                software_version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .await?;
+        }
+        Ok(_) => {
+            let message = "the first message must be hello".to_owned();
+            conn.write(&FromBridge::error(BridgeErrorCode::HelloRequired, &message))
+                .await?;
+            return Err(ChannelError::Hello(message));
+        }
+        Err(e) => {
+            conn.write(&FromBridge::error(
+                BridgeErrorCode::Malformed,
+                e.to_string(),
+            ))
+            .await?;
+            return Err(e.into());
+        }
+    }
+    while let Some(frame) = conn.read().await? {
+        let request = match ToBridge::decode(&frame) {
+            Ok(r) => r,
+            Err(e) => {
+                conn.write(&FromBridge::error(
+                    BridgeErrorCode::Malformed,
+                    e.to_string(),
+                ))
+                .await?;
+                return Err(e.into());
+            }
+        };
+        let answer = handle(request, state).await;
+        conn.write(&answer).await?;
+    }
+    Ok(())
+}
+
+async fn handle(request: ToBridge, state: &State) -> FromBridge {
+    match request {
+        ToBridge::OpenEgress {
+            sandbox_id,
+            session_id,
+            allowed_hosts,
+            repositories,
+        } => {
+            let opened =
+                policy_for(&sandbox_id, &allowed_hosts, &repositories).and_then(|policy| {
+                    state.listeners.open(
+                        SandboxIdentity {
+                            sandbox_id: sandbox_id.clone(),
+                            session_id,
+                        },
+                        policy,
+                    )
+                });
+            match opened {
+                Ok(path) => FromBridge::EgressOpened {
+                    socket_path: path.display().to_string(),
+                },
+                Err(e) => {
+                    let code = match &e {
+                        OpenError::SandboxId(_) => BridgeErrorCode::InvalidSandboxId,
+                        OpenError::Host { .. } => BridgeErrorCode::InvalidHost,
+                        _ => BridgeErrorCode::Io,
+                    };
+                    tracing::warn!(%sandbox_id, error = %e, "open_egress refused");
+                    FromBridge::error(code, e.to_string())
+                }
+            }
+        }
+        ToBridge::CloseEgress { sandbox_id } => match state.listeners.close(&sandbox_id) {
+            Ok(existed) => FromBridge::EgressClosed { existed },
+            Err(e) => FromBridge::error(BridgeErrorCode::InvalidSandboxId, e.to_string()),
+        },
+        ToBridge::Health => {
+            match tokio::time::timeout(HEALTH_TIMEOUT, state.backend.health()).await {
+                Ok(Ok(())) => FromBridge::Health {
+                    backend: BackendStatus::Healthy,
+                    message: None,
+                },
+                Ok(Err(e)) => FromBridge::Health {
+                    backend: BackendStatus::Unhealthy,
+                    message: Some(e.to_string()),
+                },
+                Err(_) => FromBridge::Health {
+                    backend: BackendStatus::Unhealthy,
+                    message: Some(format!(
+                        "the secret backend did not answer within {HEALTH_TIMEOUT:?}"
+                    )),
+                },
+            }
+        }
+        ToBridge::Hello { .. } => {
+            FromBridge::error(BridgeErrorCode::Malformed, "hello was already exchanged")
+        }
+        _ => FromBridge::error(
+            BridgeErrorCode::UnsupportedRequest,
+            "this bridge does not know that request type",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::egress::{
+        EgressCa, MemoryAudit, MemorySecrets, SystemResolver, TrustRoots, Upstream,
+    };
+    use protocol::bridge::EgressRepository;
+    use std::os::unix::fs::MetadataExt;
+    use tokio::io::AsyncBufReadExt;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        channel_path: PathBuf,
+        egress_dir: PathBuf,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    async fn start(extra_uids: &[u32]) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let config = crate::config::Config::parse(
+            &format!(
+                "[bridge]\ndata_dir = \"{}\"\n",
+                dir.path().join("data").display()
+            ),
+            Path::new("test.toml"),
+        )
+        .unwrap();
+        let backend = crate::backend::open(&config.backend).await.unwrap();
+        let ca = EgressCa::load_or_create(&dir.path().join("ca")).unwrap();
+        let upstream = Upstream::new(
+            &TrustRoots::Webpki,
+            Arc::new(SystemResolver),
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        let egress = Arc::new(crate::egress::Egress::new(
+            ca,
+            upstream,
+            Arc::new(MemorySecrets::new()),
+            Arc::new(MemoryAudit::new()),
+        ));
+        let egress_dir = dir.path().join("egress");
+        let listeners = Arc::new(EgressListeners::new(&egress_dir, egress).unwrap());
+        let channel_path = dir.path().join("run").join("agent.sock");
+        let channel = AgentChannel::bind(&channel_path, extra_uids, listeners, backend).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(channel.run(async move {
+            let _ = stopped.await;
+        }));
+        Fixture {
+            dir,
+            channel_path,
+            egress_dir,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    struct Client(Conn);
+
+    impl Client {
+        async fn connect(path: &Path) -> Self {
+            Client(Conn {
+                stream: UnixStream::connect(path).await.unwrap(),
+                buf: BytesMut::new(),
+                codec: FrameCodec::new(MAX_FRAME_BYTES),
+            })
+        }
+
+        async fn send_raw(&mut self, frame: &Frame) {
+            let bytes = self.0.codec.encode_to_bytes(frame).unwrap();
+            self.0.stream.write_all(&bytes).await.unwrap();
+        }
+
+        async fn call(&mut self, m: &ToBridge) -> FromBridge {
+            self.send_raw(&Frame::control(m).unwrap()).await;
+            self.recv().await.expect("an answer")
+        }
+
+        async fn recv(&mut self) -> Option<FromBridge> {
+            let f = self.0.read().await.unwrap()?;
+            Some(FromBridge::decode(&f).unwrap())
+        }
+    }
+
+    fn open(sandbox_id: &str, hosts: &[&str]) -> ToBridge {
+        ToBridge::OpenEgress {
+            sandbox_id: sandbox_id.into(),
+            session_id: "sesn_1".into(),
+            allowed_hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            repositories: vec![EgressRepository {
+                url: "https://git.example.com/a/b.git".into(),
+            }],
+        }
+    }
+
+    async fn hello(path: &Path) -> Client {
+        let mut c = Client::connect(path).await;
+        let a = c.call(&ToBridge::hello("test")).await;
+        assert!(
+            matches!(a, FromBridge::HelloAccepted { version: 1, .. }),
+            "{a:?}"
+        );
+        c
+    }
+
+    /// CONNECT through a sandbox's egress socket; returns the status line and body.
+    async fn connect_through(socket: &str, host: &str) -> (String, String) {
+        let mut s = UnixStream::connect(socket).await.unwrap();
+        s.write_all(format!("CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut r = tokio::io::BufReader::new(s);
+        let mut status = String::new();
+        r.read_line(&mut status).await.unwrap();
+        let mut len = 0usize;
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).await.unwrap();
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+        }
+        let mut body = vec![0u8; len];
+        r.read_exact(&mut body).await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn hello_health_open_connect_close_and_shutdown() {
+        let mut f = start(&[]).await;
+        let mode = std::fs::metadata(&f.channel_path).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let mut c = hello(&f.channel_path).await;
+        assert_eq!(
+            c.call(&ToBridge::Health).await,
+            FromBridge::Health {
+                backend: BackendStatus::Healthy,
+                message: None
+            }
+        );
+        let FromBridge::EgressOpened { socket_path } =
+            c.call(&open("sbx_1", &["allowed.example.com"])).await
+        else {
+            panic!("not opened");
+        };
+        assert_eq!(
+            Path::new(&socket_path),
+            f.egress_dir.join("sbx_1").join("egress.sock")
+        );
+        assert_eq!(
+            std::fs::metadata(&socket_path).unwrap().mode() & 0o777,
+            0o666
+        );
+        assert_eq!(
+            std::fs::metadata(f.egress_dir.join("sbx_1"))
+                .unwrap()
+                .mode()
+                & 0o777,
+            0o711
+        );
+        // The listener serves this sandbox's policy: another host is refused, naming the policy.
+        let (status, body) = connect_through(&socket_path, "other.example.net").await;
+        assert!(status.starts_with("HTTP/1.1 403"), "{status}");
+        assert!(
+            body.contains("other.example.net") && body.contains("allowed hosts"),
+            "{body}"
+        );
+        // A second sandbox gets its own socket and its own policy.
+        let FromBridge::EgressOpened { socket_path: s2 } =
+            c.call(&open("sbx_2", &["other.example.net"])).await
+        else {
+            panic!("not opened");
+        };
+        assert_ne!(s2, socket_path);
+
+        // An idle connection on sbx_1's socket is cut when sbx_1 is closed.
+        let mut idle = UnixStream::connect(&socket_path).await.unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(
+            c.call(&ToBridge::CloseEgress {
+                sandbox_id: "sbx_1".into()
+            })
+            .await,
+            FromBridge::EgressClosed { existed: true }
+        );
+        assert!(!Path::new(&socket_path).exists());
+        let mut b = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(1), idle.read(&mut b))
+            .await
+            .expect("connection cut within a second")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(UnixStream::connect(&socket_path).await.is_err());
+        assert_eq!(
+            c.call(&ToBridge::CloseEgress {
+                sandbox_id: "sbx_1".into()
+            })
+            .await,
+            FromBridge::EgressClosed { existed: false }
+        );
+
+        // Shutdown removes the channel socket and every egress socket.
+        f.stop.take().unwrap().send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(1), &mut f.task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!f.channel_path.exists());
+        assert!(!Path::new(&s2).exists());
+        drop(f.dir);
+    }
+
+    #[tokio::test]
+    async fn path_traversal_and_bad_hosts_are_refused() {
+        let f = start(&[]).await;
+        let mut c = hello(&f.channel_path).await;
+        for id in ["../escape", "..", "a/b", "", "sbx.1"] {
+            match c.call(&open(id, &[])).await {
+                FromBridge::Error { code, message } => {
+                    assert_eq!(code, BridgeErrorCode::InvalidSandboxId, "{message}");
+                }
+                other => panic!("{id}: {other:?}"),
+            }
+        }
+        assert!(!f.dir.path().join("escape").exists());
+        assert_eq!(std::fs::read_dir(&f.egress_dir).unwrap().count(), 0);
+        match c.call(&open("sbx_3", &["bad host"])).await {
+            FromBridge::Error { code, message } => {
+                assert_eq!(code, BridgeErrorCode::InvalidHost);
+                assert!(message.contains("bad host"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match c
+            .call(&ToBridge::CloseEgress {
+                sandbox_id: "../x".into(),
+            })
+            .await
+        {
+            FromBridge::Error { code, .. } => assert_eq!(code, BridgeErrorCode::InvalidSandboxId),
+            other => panic!("{other:?}"),
+        }
+        // Unknown request types get a typed answer; the connection goes on.
+        c.send_raw(&Frame::Control(bytes::Bytes::from_static(
+            br#"{"type":"rotate_keys"}"#,
+        )))
+        .await;
+        assert!(matches!(
+            c.recv().await,
+            Some(FromBridge::Error {
+                code: BridgeErrorCode::UnsupportedRequest,
+                ..
+            })
+        ));
+        assert!(matches!(
+            c.call(&ToBridge::Health).await,
+            FromBridge::Health { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn hello_first_and_malformed_frames_close_the_connection() {
+        let f = start(&[]).await;
+        let mut c = Client::connect(&f.channel_path).await;
+        assert!(matches!(
+            c.call(&ToBridge::Health).await,
+            FromBridge::Error {
+                code: BridgeErrorCode::HelloRequired,
+                ..
+            }
+        ));
+        assert!(c.recv().await.is_none());
+
+        let mut c = Client::connect(&f.channel_path).await;
+        c.send_raw(&Frame::Control(bytes::Bytes::from_static(b"{not json")))
+            .await;
+        assert!(matches!(
+            c.recv().await,
+            Some(FromBridge::Error {
+                code: BridgeErrorCode::Malformed,
+                ..
+            })
+        ));
+        assert!(c.recv().await.is_none());
+
+        let mut c = Client::connect(&f.channel_path).await;
+        let a = c
+            .call(&ToBridge::Hello {
+                min_version: 7,
+                max_version: 9,
+                software_version: "future".into(),
+            })
+            .await;
+        assert!(
+            matches!(&a, FromBridge::Error { code: BridgeErrorCode::UnsupportedVersion, message } if message.contains("7..=9")),
+            "{a:?}"
+        );
+
+        // Bytes that are not a frame at all: the bridge closes without panicking.
+        let mut s = UnixStream::connect(&f.channel_path).await.unwrap();
+        s.write_all(&[0, 0, 0, 0]).await.unwrap();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut rest)).await;
+        // The channel still serves others.
+        let mut c = hello(&f.channel_path).await;
+        assert!(matches!(
+            c.call(&ToBridge::Health).await,
+            FromBridge::Health { .. }
+        ));
+    }
+
+    #[test]
+    fn peer_uid_check() {
+        assert!(check_peer_uid(1000, &[0, 1000]).is_ok());
+        let e = check_peer_uid(65534, &[0, 1000]).unwrap_err();
+        assert!(matches!(e, ChannelError::PeerNotAllowed { uid: 65534, .. }));
+        assert!(
+            e.to_string().contains("peer uid 65534 is not allowed"),
+            "{e}"
+        );
+    }
+
+    /// A real client running as another uid (a `setpriv` child) is refused
+    /// by the SO_PEERCRED check even though the socket's mode lets it connect.
+    #[tokio::test]
+    async fn a_peer_with_another_uid_is_refused() {
+        if own_uid() != 0 || !Path::new("/usr/bin/setpriv").exists() {
+            eprintln!("skipped: needs root and setpriv to run a client as another uid");
+            return;
+        }
+        let Some(python) = ["/usr/bin/python3", "/usr/local/bin/python3"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+        else {
+            eprintln!("skipped: no system python3 for the client");
+            return;
+        };
+        // uid 4242 is allowed (so the mode is 0666); the client runs as 65534.
+        let f = start(&[4242]).await;
+        assert_eq!(
+            std::fs::metadata(&f.channel_path).unwrap().mode() & 0o777,
+            0o666
+        );
+        std::fs::set_permissions(
+            f.channel_path.parent().unwrap(),
+            std::fs::Permissions::from_mode(0o711),
+        )
+        .unwrap();
+        let script = r#"
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+# The bridge answers before reading anything: no need to send.
+out = b""
+while True:
+    b = s.recv(65536)
+    if not b: break
+    out += b
+sys.stdout.buffer.write(out)
+"#;
+        let out = tokio::process::Command::new("/usr/bin/setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(python)
+            .arg("-c")
+            .arg(script)
+            .arg(&f.channel_path)
+            .env_clear()
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut buf = BytesMut::from(&out.stdout[..]);
+        let frame = FrameCodec::new(MAX_FRAME_BYTES)
+            .decode(&mut buf)
+            .unwrap()
+            .expect("one frame");
+        match FromBridge::decode(&frame).unwrap() {
+            FromBridge::Error { code, message } => {
+                assert_eq!(code, BridgeErrorCode::PeerNotAllowed);
+                assert!(message.contains("peer uid 65534"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(buf.is_empty(), "nothing after the refusal");
+    }
+}

@@ -1,0 +1,363 @@
+//! Per-sandbox egress listeners: for each sandbox the agent opens, a Unix
+//! socket at `<socket_dir>/<sandbox_id>/egress.sock` whose every connection
+//! is served by the [`Egress`] proxy as that sandbox, under that session's
+//! policy. The sandbox-agent bind-mounts `<socket_dir>/<sandbox_id>` (and
+//! nothing else of the socket dir) into the sandbox's container, so a
+//! sandbox can only ever reach its own socket: the identity comes from which
+//! socket accepted the connection, never from the client.
+//!
+//! Modes: the socket dir and each sandbox dir are `0711` (others may pass
+//! through, not list), each socket `0666` (the container's uid, whatever it
+//! is, must be able to connect; the path is only reachable through the
+//! sandbox's own bind mount or by a host user who already knows the id).
+//! Closing a sandbox aborts its accept loop and every open connection and
+//! removes the socket; the directory is the agent's (it created it before
+//! the container) and stays.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use protocol::bridge::{check_sandbox_id, EgressRepository, InvalidSandboxId};
+use tokio::net::UnixListener;
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::egress::{Egress, EgressPolicy, HostPattern, HostRule, SandboxIdentity};
+
+/// File name of a sandbox's socket inside its directory.
+pub const SOCKET_NAME: &str = "egress.sock";
+/// Mode of the socket dir and of each sandbox's dir.
+pub const DIR_MODE: u32 = 0o711;
+/// Mode of each sandbox's socket.
+pub const SOCKET_MODE: u32 = 0o666;
+
+/// Why a sandbox's egress listener could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The sandbox id is not a safe path component.
+    #[error(transparent)]
+    SandboxId(#[from] InvalidSandboxId),
+    /// An allowed host or repository URL is not valid.
+    #[error("sandbox {sandbox_id}: invalid allowed host {host:?}: {reason}")]
+    Host {
+        /// The sandbox.
+        sandbox_id: String,
+        /// The host (or URL) as sent.
+        host: String,
+        /// Why.
+        reason: String,
+    },
+    /// The directory or socket could not be created.
+    #[error("cannot create egress socket {path}: {source}")]
+    Io {
+        /// The path that failed.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// The running per-sandbox listeners of one bridge.
+#[derive(Debug)]
+pub struct EgressListeners {
+    dir: PathBuf,
+    egress: Arc<Egress>,
+    open: Mutex<HashMap<String, Listening>>,
+}
+
+#[derive(Debug)]
+struct Listening {
+    task: JoinHandle<()>,
+    socket: PathBuf,
+}
+
+impl EgressListeners {
+    /// Listeners under `dir` (created `0711` if missing), served by `egress`.
+    pub fn new(dir: &Path, egress: Arc<Egress>) -> Result<Self, OpenError> {
+        make_dir(dir)?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            egress,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Where `sandbox_id`'s socket lives (the id is checked first).
+    pub fn socket_path(&self, sandbox_id: &str) -> Result<PathBuf, InvalidSandboxId> {
+        check_sandbox_id(sandbox_id)?;
+        Ok(self.dir.join(sandbox_id).join(SOCKET_NAME))
+    }
+
+    /// Start (or replace) the listener of `who.sandbox_id` under `policy`;
+    /// returns the socket's path. Must run inside a tokio runtime.
+    pub fn open(&self, who: SandboxIdentity, policy: EgressPolicy) -> Result<PathBuf, OpenError> {
+        let socket = self.socket_path(&who.sandbox_id)?;
+        self.close(&who.sandbox_id)?;
+        let sandbox_dir = self.dir.join(&who.sandbox_id);
+        make_dir(&sandbox_dir)?;
+        match std::fs::remove_file(&socket) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(OpenError::Io {
+                    path: socket,
+                    source,
+                })
+            }
+        }
+        let io_err = |source| OpenError::Io {
+            path: socket.clone(),
+            source,
+        };
+        let listener = UnixListener::bind(&socket).map_err(io_err)?;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(SOCKET_MODE))
+            .map_err(io_err)?;
+        tracing::info!(
+            sandbox_id = %who.sandbox_id,
+            session_id = %who.session_id,
+            socket = %socket.display(),
+            "egress socket open"
+        );
+        let task = tokio::spawn(accept_loop(
+            listener,
+            self.egress.clone(),
+            who.clone(),
+            Arc::new(policy),
+        ));
+        let mut open = lock(&self.open);
+        if let Some(old) = open.insert(
+            who.sandbox_id,
+            Listening {
+                task,
+                socket: socket.clone(),
+            },
+        ) {
+            // A concurrent open of the same sandbox: the last one wins.
+            old.task.abort();
+        }
+        Ok(socket)
+    }
+
+    /// Stop `sandbox_id`'s listener and its connections and remove its
+    /// socket. `Ok(false)` when nothing was open.
+    pub fn close(&self, sandbox_id: &str) -> Result<bool, InvalidSandboxId> {
+        check_sandbox_id(sandbox_id)?;
+        let Some(l) = lock(&self.open).remove(sandbox_id) else {
+            return Ok(false);
+        };
+        stop(sandbox_id, l);
+        Ok(true)
+    }
+
+    /// Stop every listener (bridge shutdown).
+    pub fn close_all(&self) {
+        let all: Vec<_> = lock(&self.open).drain().collect();
+        for (id, l) in all {
+            stop(&id, l);
+        }
+    }
+
+    /// Sandboxes with an open listener.
+    pub fn open_sandboxes(&self) -> Vec<String> {
+        let mut v: Vec<_> = lock(&self.open).keys().cloned().collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for EgressListeners {
+    fn drop(&mut self) {
+        self.close_all();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+fn stop(sandbox_id: &str, l: Listening) {
+    // Aborting the accept loop drops its JoinSet, which aborts every connection.
+    l.task.abort();
+    match std::fs::remove_file(&l.socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => tracing::warn!(
+            sandbox_id,
+            socket = %l.socket.display(),
+            %error,
+            "cannot remove egress socket"
+        ),
+    }
+    tracing::info!(sandbox_id, "egress socket closed");
+}
+
+/// Create `dir` with mode `0711` if missing; set the mode when we own it.
+fn make_dir(dir: &Path) -> Result<(), OpenError> {
+    let io_err = |source| OpenError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+    {
+        Ok(()) => {}
+        Err(source) => return Err(io_err(source)),
+    }
+    // The dir may belong to the agent (it creates a sandbox's dir before the
+    // container); then its mode is the agent's business.
+    match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Ok(()),
+        Err(source) => Err(io_err(source)),
+    }
+}
+
+async fn accept_loop(
+    listener: UnixListener,
+    egress: Arc<Egress>,
+    who: SandboxIdentity,
+    policy: Arc<EgressPolicy>,
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let (egress, who, policy) = (egress.clone(), who.clone(), policy.clone());
+                    conns.spawn(async move {
+                        let sandbox_id = who.sandbox_id.clone();
+                        if let Err(error) = egress.serve_connection(stream, who, policy).await {
+                            tracing::debug!(%sandbox_id, %error, "egress connection ended with an error");
+                        }
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(sandbox_id = %who.sandbox_id, %error, "egress accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+/// The policy of a session: each allowed host (`host`, `*.domain`, either
+/// with `:port`; port 443 by default) and each repository URL's host
+/// (`https` only, its port or 443). Ports of the same host are merged.
+pub fn policy_for(
+    sandbox_id: &str,
+    allowed_hosts: &[String],
+    repositories: &[EgressRepository],
+) -> Result<EgressPolicy, OpenError> {
+    let bad = |host: &str, reason: String| OpenError::Host {
+        sandbox_id: sandbox_id.to_owned(),
+        host: host.to_owned(),
+        reason,
+    };
+    let mut rules: Vec<(HostPattern, Vec<u16>, String)> = Vec::new();
+    let mut add = |pattern: HostPattern, port: u16, reason: String| match rules
+        .iter_mut()
+        .find(|(p, _, _)| *p == pattern)
+    {
+        Some((_, ports, _)) if ports.contains(&port) => {}
+        Some((_, ports, _)) => ports.push(port),
+        None => rules.push((pattern, vec![port], reason)),
+    };
+    for h in allowed_hosts {
+        let (host, port) = match h.rsplit_once(':') {
+            Some((host, port)) => {
+                let port = port
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| bad(h, format!("invalid port {port:?}")))?;
+                (host, port)
+            }
+            None => (h.as_str(), 443),
+        };
+        let pattern = HostPattern::parse(host).map_err(|e| bad(h, e.to_string()))?;
+        add(pattern, port, format!("allowed host {h}"));
+    }
+    for r in repositories {
+        let url = url::Url::parse(&r.url).map_err(|e| bad(&r.url, e.to_string()))?;
+        if url.scheme() != "https" {
+            return Err(bad(&r.url, "repository urls must be https".into()));
+        }
+        let host = url
+            .host_str()
+            .ok_or_else(|| bad(&r.url, "no host".into()))?;
+        let pattern = HostPattern::parse(host).map_err(|e| bad(&r.url, e.to_string()))?;
+        add(
+            pattern,
+            url.port_or_known_default().unwrap_or(443),
+            format!("repository {}", url.as_str()),
+        );
+    }
+    Ok(rules
+        .into_iter()
+        .fold(EgressPolicy::new(), |policy, (pattern, ports, reason)| {
+            policy.allow(HostRule::new(pattern, reason).with_ports(&ports))
+        }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(url: &str) -> EgressRepository {
+        EgressRepository { url: url.into() }
+    }
+
+    #[test]
+    fn policy_merges_hosts_ports_and_repositories() {
+        let p = policy_for(
+            "sbx_1",
+            &[
+                "git.example.com".into(),
+                "git.example.com:8443".into(),
+                "*.example.org".into(),
+            ],
+            &[
+                repo("https://code.internal:9443/a/b.git"),
+                repo("https://git.example.com/x.git"),
+            ],
+        )
+        .unwrap();
+        assert!(p.check_connect("git.example.com", 443).is_ok());
+        assert!(p.check_connect("git.example.com", 8443).is_ok());
+        assert!(p.check_connect("a.example.org", 443).is_ok());
+        assert!(p.check_connect("example.org", 443).is_err());
+        assert!(p.check_connect("code.internal", 9443).is_ok());
+        assert!(p.check_connect("code.internal", 443).is_err());
+        assert!(p.check_connect("other.example.net", 443).is_err());
+        assert_eq!(p.rules().len(), 3);
+    }
+
+    #[test]
+    fn policy_refuses_bad_hosts_naming_them() {
+        for (hosts, repos) in [
+            (vec!["a b".to_owned()], vec![]),
+            (vec!["h:0".to_owned()], vec![]),
+            (vec!["h:x".to_owned()], vec![]),
+            (vec!["h/p".to_owned()], vec![]),
+            (vec![], vec![repo("http://git.example.com/a.git")]),
+            (vec![], vec![repo("not a url")]),
+        ] {
+            let e = policy_for("sbx_9", &hosts, &repos).unwrap_err();
+            let s = e.to_string();
+            assert!(
+                s.contains("sbx_9") && s.contains("invalid allowed host"),
+                "{s}"
+            );
+        }
+    }
+}
