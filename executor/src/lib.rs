@@ -10,6 +10,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod ansi;
+pub mod egress;
 pub mod server;
 pub mod shell;
 pub mod tools;

@@ -37,6 +37,15 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
+    if let Some(socket) = &settings.egress_socket {
+        if let Err(e) = executor::egress::start(executor::egress::LISTEN_ADDR, socket.as_ref()) {
+            // Tools still work without egress; the proxy answers nothing.
+            eprintln!(
+                "airlock-executor: cannot listen on {} for egress: {e}",
+                executor::egress::LISTEN_ADDR
+            );
+        }
+    }
     let codec = FrameCodec::new(settings.max_frame_bytes as usize);
     let stdin = std::io::stdin().lock();
     match server::serve(settings, stdin, std::io::stdout()) {

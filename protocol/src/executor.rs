@@ -137,6 +137,12 @@ pub struct ExecutorSettings {
     pub grep_max_line_chars: u64,
     /// Frame cap of the stdio protocol.
     pub max_frame_bytes: u64,
+    /// The sandbox's egress socket (a Unix socket of the vault-bridge mounted
+    /// into the container, e.g. `/run/airlock/egress.sock`). When set, the
+    /// executor listens on `127.0.0.1:3128` and forwards each connection to
+    /// it (the sandbox's `HTTPS_PROXY`). Absent: no forwarder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress_socket: Option<String>,
 }
 
 impl Default for ExecutorSettings {
@@ -155,6 +161,7 @@ impl Default for ExecutorSettings {
             grep_max_bytes: 100 * 1024,
             grep_max_line_chars: 2000,
             max_frame_bytes: crate::frame::DEFAULT_MAX_FRAME_BYTES as u64,
+            egress_socket: None,
         }
     }
 }
@@ -192,5 +199,10 @@ mod tests {
         assert_eq!(s.workdir, "/w");
         assert_eq!(s.bash_output_max_bytes, 100 * 1024);
         assert!(serde_json::from_str::<ExecutorSettings>(r#"{"nope":1}"#).is_err());
+        assert_eq!(s.egress_socket, None);
+        assert!(!serde_json::to_string(&s).unwrap().contains("egress_socket"));
+        let e: ExecutorSettings =
+            serde_json::from_str(r#"{"egress_socket":"/run/airlock/egress.sock"}"#).unwrap();
+        assert_eq!(e.egress_socket.as_deref(), Some("/run/airlock/egress.sock"));
     }
 }
