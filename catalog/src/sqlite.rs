@@ -767,7 +767,11 @@ mod map_sql_tests {
             assert!(e.is_transient(), "{code}: {e:?}");
             let source = std::error::Error::source(&e).map(ToString::to_string);
             assert!(source.is_some(), "{code}: the cause is kept as the source");
-            assert!(e.to_string().starts_with("catalog unavailable: committing: "), "{e}");
+            assert!(
+                e.to_string()
+                    .starts_with("catalog unavailable: committing: "),
+                "{e}"
+            );
         }
         let full = map_sql("committing", failure(ffi::SQLITE_FULL));
         assert!(full.to_string().contains("full"), "{full}");

@@ -287,11 +287,10 @@ async fn quickstart_brings_up_a_deployment_that_the_printed_sdk_example_works_ag
         .stderr(Stdio::piped())
         .spawn()
         .expect("python3");
-    let exited = testkit::try_eventually_blocking(
-        "the SDK script to exit",
-        Duration::from_secs(90),
-        || child.try_wait().unwrap(),
-    );
+    let exited =
+        testkit::try_eventually_blocking("the SDK script to exit", Duration::from_secs(90), || {
+            child.try_wait().unwrap()
+        });
     if exited.is_err() {
         let _ = child.kill();
     }

@@ -41,7 +41,9 @@ fn egress_listeners(
     config: &Config,
     backend: &Arc<dyn SecretBackend>,
 ) -> Result<Arc<crate::agent_channel_egress::EgressListeners>, ServeError> {
-    use crate::egress::{self, BackendSecrets, Egress, EgressCa, TracingAudit, TrustRoots, Upstream};
+    use crate::egress::{
+        self, BackendSecrets, Egress, EgressCa, TracingAudit, TrustRoots, Upstream,
+    };
     let ca_dir = egress::ca_dir(&config.bridge.data_dir);
     let ca = EgressCa::load_or_create(&ca_dir)
         .map_err(|e| ServeError::Egress(format!("egress ca in {}: {e}", ca_dir.display())))?;
