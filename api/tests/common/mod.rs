@@ -442,10 +442,12 @@ pub fn user_message(text: &str) -> Value {
     json!({"type": "user.message", "content": [{"type": "text", "text": text}]})
 }
 
-/// Reads SSE frames from a streaming body.
+/// Reads SSE frames from a streaming body through the one SSE decoder
+/// (`model::sse`), so a character split across body frames stays whole.
 pub struct SseReader {
     body: Body,
-    buf: String,
+    decoder: model::sse::SseDecoder,
+    ready: std::collections::VecDeque<SseFrame>,
 }
 
 #[derive(Debug, Clone)]
@@ -459,41 +461,30 @@ impl SseReader {
     pub fn new(body: Body) -> Self {
         SseReader {
             body,
-            buf: String::new(),
+            decoder: model::sse::SseDecoder::new(16 << 20),
+            ready: std::collections::VecDeque::new(),
         }
     }
 
     /// The next frame, or None at the end of the stream; panics after 20 s.
     pub async fn next(&mut self) -> Option<SseFrame> {
         loop {
-            if let Some(i) = self.buf.find("\n\n") {
-                let raw: String = self.buf.drain(..i + 2).collect();
-                let mut f = SseFrame {
-                    event: String::new(),
-                    id: None,
-                    data: Value::Null,
-                };
-                for line in raw.lines() {
-                    if let Some(v) = line.strip_prefix("event: ") {
-                        f.event = v.to_owned();
-                    } else if let Some(v) = line.strip_prefix("id: ") {
-                        f.id = Some(v.parse().unwrap());
-                    } else if let Some(v) = line.strip_prefix("data: ") {
-                        f.data = serde_json::from_str(v).unwrap();
-                    }
-                }
+            if let Some(f) = self.ready.pop_front() {
                 return Some(f);
             }
             let frame = tokio::time::timeout(Duration::from_secs(20), self.body.frame())
                 .await
                 .expect("an SSE frame within 20s");
-            match frame {
-                None => return None,
-                Some(f) => {
-                    if let Ok(data) = f.unwrap().into_data() {
-                        self.buf.push_str(std::str::from_utf8(&data).unwrap());
-                    }
-                }
+            let Some(frame) = frame else { return None };
+            let Ok(data) = frame.unwrap().into_data() else {
+                continue;
+            };
+            for e in self.decoder.push(&data).unwrap() {
+                self.ready.push_back(SseFrame {
+                    event: e.event.unwrap_or_default(),
+                    id: e.id.map(|id| id.parse().unwrap()),
+                    data: serde_json::from_str(&e.data).unwrap(),
+                });
             }
         }
     }
