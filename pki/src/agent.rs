@@ -197,9 +197,9 @@ impl AgentFiles {
         let ca_path = self.ca_file();
         let ca_pem = std::fs::read_to_string(&ca_path).map_err(Self::io(&ca_path))?;
         let ca = pem_to_certs(&ca_pem)
-            .map_err(|message| AgentIdentityError::Invalid {
+            .map_err(|e| AgentIdentityError::Invalid {
                 path: ca_path.clone(),
-                message,
+                message: e.to_string(),
             })?
             .swap_remove(0);
         let actual = Fingerprint::of_der(&ca);
@@ -217,7 +217,7 @@ impl AgentFiles {
         };
         let key_der =
             PrivateKeyDer::from_pem_slice(text.as_bytes()).map_err(|e| invalid(e.to_string()))?;
-        let chain = pem_to_certs(&text).map_err(invalid)?;
+        let chain = pem_to_certs(&text).map_err(|e| invalid(e.to_string()))?;
         let certified = CertifiedKey::from_der(chain.clone(), key_der, &crate::crypto_provider())
             .map_err(|e| invalid(format!("key does not match certificate: {e}")))?;
         let identity = peer_identity(&chain[0]).map_err(|e| invalid(e.to_string()))?;

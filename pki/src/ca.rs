@@ -145,15 +145,27 @@ pub fn der_to_pem(der: &CertificateDer<'_>) -> String {
 }
 
 /// Parse every `CERTIFICATE` block of a PEM text.
-pub fn pem_to_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+pub fn pem_to_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, PemError> {
     use rustls_pki_types::pem::PemObject;
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
+        .map_err(PemError::Malformed)?;
     if certs.is_empty() {
-        return Err("no certificate found".into());
+        return Err(PemError::NoCertificate);
     }
     Ok(certs)
+}
+
+/// Why PEM text did not yield certificates ([`pem_to_certs`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PemError {
+    /// The text is not well-formed PEM.
+    #[error("malformed pem: {0}")]
+    Malformed(#[source] rustls_pki_types::pem::Error),
+    /// Well-formed, but it holds no `CERTIFICATE` block.
+    #[error("no certificate found")]
+    NoCertificate,
 }
 
 fn random_serial() -> SerialNumber {
@@ -219,7 +231,7 @@ impl CertificateAuthority {
             path: path.to_owned(),
             message,
         };
-        let mut certs = pem_to_certs(&cert_pem).map_err(|m| invalid(cert_file, m))?;
+        let mut certs = pem_to_certs(&cert_pem).map_err(|e| invalid(cert_file, e.to_string()))?;
         let cert_der = certs.swap_remove(0);
         let key = KeyPair::from_pem(&key_pem).map_err(|e| invalid(key_file, e.to_string()))?;
         let (_, x509) = x509_parser::parse_x509_certificate(&cert_der)

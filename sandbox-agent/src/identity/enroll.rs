@@ -212,9 +212,9 @@ async fn enroll_inner(
     let answer: EnrollResponse =
         serde_json::from_slice(&bytes).map_err(EnrollClientError::Decode)?;
     let chain = pki::ca::pem_to_certs(&answer.certificate_chain_pem)
-        .map_err(EnrollClientError::BadResponse)?;
+        .map_err(|e| EnrollClientError::BadResponse(format!("certificate chain: {e}")))?;
     let ca = pki::ca::pem_to_certs(&answer.ca_certificate_pem)
-        .map_err(EnrollClientError::BadResponse)?
+        .map_err(|e| EnrollClientError::BadResponse(format!("ca certificate: {e}")))?
         .swap_remove(0);
     if ca.as_ref() != ca_seen.as_ref() {
         return Err(EnrollClientError::BadResponse(

@@ -27,7 +27,7 @@ pub enum RenewalError {
     Transport(CallError),
     /// The returned chain is not PEM certificates.
     #[error("renewed chain from the control plane is not pem: {0}")]
-    BadChain(String),
+    BadChain(#[source] pki::ca::PemError),
     /// The task generating the key pair did not finish (it panicked or was
     /// cancelled); retry.
     #[error("renewal call failed: key generation task failed: {0}")]

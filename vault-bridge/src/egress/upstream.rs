@@ -154,9 +154,9 @@ impl Upstream {
     ) -> Result<Self, UpstreamError> {
         let mut store = rustls::RootCertStore::empty();
         let mut add_pem = |what: &str, pem: &str| -> Result<(), UpstreamError> {
-            let certs = pki::ca::pem_to_certs(pem).map_err(|message| UpstreamError::Roots {
+            let certs = pki::ca::pem_to_certs(pem).map_err(|e| UpstreamError::Roots {
                 what: what.to_owned(),
-                message,
+                message: e.to_string(),
             })?;
             for c in certs {
                 store.add(c).map_err(|e| UpstreamError::Roots {
