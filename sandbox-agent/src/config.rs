@@ -35,6 +35,9 @@ pub struct RawConfig {
     /// `[tunnel]`: how the agent dials (transports, proxy, backoff).
     #[serde(default)]
     pub tunnel: crate::connect::config::RawTunnel,
+    /// `[bridge]`: the local vault-bridge's egress channel (absent: none).
+    #[serde(default)]
+    pub bridge: Option<crate::sandbox::config::RawBridge>,
 }
 
 /// Validated agent configuration.
@@ -80,7 +83,9 @@ impl daemon::DaemonConfig for Config {
 
     /// Convert raw values into typed ones, naming the key on failure.
     fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
-        let sandbox = crate::sandbox::config::SandboxSettings::from_raw(raw.sandbox)?;
+        let mut sandbox = crate::sandbox::config::SandboxSettings::from_raw(raw.sandbox)?;
+        // `[bridge]` lives with the sandbox settings: containers are built from them.
+        sandbox.bridge = crate::sandbox::config::BridgeSettings::from_raw(raw.bridge)?;
         let policy = crate::sandbox::config::Policy::from_raw(raw.policy, &sandbox.default_image)?;
         let pool =
             crate::sandbox::config::PoolSettings::from_raw(raw.pool, &sandbox.default_image)?;

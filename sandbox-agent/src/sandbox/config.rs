@@ -119,6 +119,9 @@ pub struct SandboxSettings {
     pub record_retention: Duration,
     /// Executor limits.
     pub executor: protocol::executor::ExecutorSettings,
+    /// `[bridge]` (set by the agent config, not by `[sandbox]`): the egress
+    /// channel; `None`: sandboxes have no way out.
+    pub bridge: Option<BridgeSettings>,
 }
 
 /// Default host path of the executor (where the package installs it).
@@ -272,6 +275,7 @@ impl SandboxSettings {
                 7 * 24 * 3600,
             )?),
             executor,
+            bridge: None,
         })
     }
 }
@@ -421,6 +425,59 @@ impl PoolSettings {
     }
 }
 
+/// `[bridge]` as written: the local vault-bridge sandboxes reach the network
+/// through. Absent: no egress channel (sandboxes have no way out at all).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBridge {
+    /// The bridge's agent channel (its `bridge.socket_path`).
+    pub socket_path: Option<PathBuf>,
+    /// The bridge's per-sandbox socket directory (its `egress.socket_dir`).
+    pub egress_dir: Option<PathBuf>,
+    /// The bridge's egress CA certificate (public part, PEM), trusted inside sandboxes.
+    pub ca_cert_file: Option<PathBuf>,
+    /// Deadline of each call on the agent channel.
+    pub call_timeout_seconds: Option<u64>,
+}
+
+/// Typed `[bridge]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeSettings {
+    /// The bridge's agent channel socket.
+    pub socket_path: PathBuf,
+    /// Host directory holding one `<sandbox_id>` directory per sandbox.
+    pub egress_dir: PathBuf,
+    /// The egress CA certificate (PEM) mounted into sandboxes.
+    pub ca_cert_file: PathBuf,
+    /// Deadline of each agent-channel call (connect, hello and request together).
+    pub call_timeout: Duration,
+}
+
+fn absolute(key: &str, v: Option<PathBuf>) -> Result<PathBuf, ConfigError> {
+    match v {
+        None => Err(ConfigError::invalid(key, "is required in [bridge]")),
+        Some(p) if !p.is_absolute() => Err(ConfigError::invalid(key, "must be an absolute path")),
+        Some(p) => Ok(p),
+    }
+}
+
+impl BridgeSettings {
+    /// Convert `[bridge]`; `None` when the section is absent.
+    pub fn from_raw(raw: Option<RawBridge>) -> Result<Option<Self>, ConfigError> {
+        let Some(raw) = raw else { return Ok(None) };
+        Ok(Some(Self {
+            socket_path: absolute("bridge.socket_path", raw.socket_path)?,
+            egress_dir: absolute("bridge.egress_dir", raw.egress_dir)?,
+            ca_cert_file: absolute("bridge.ca_cert_file", raw.ca_cert_file)?,
+            call_timeout: Duration::from_secs(positive(
+                "bridge.call_timeout_seconds",
+                raw.call_timeout_seconds,
+                10,
+            )?),
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -483,5 +540,79 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.to_string().contains("sandbox.on_restart"), "{e}");
+    }
+
+    fn bridge(toml_text: &str) -> Result<Option<BridgeSettings>, ConfigError> {
+        crate::config::Config::parse(toml_text, std::path::Path::new("agent.toml"))
+            .map(|c| c.sandbox.bridge)
+    }
+
+    #[test]
+    fn no_bridge_section_means_no_egress_channel() {
+        assert_eq!(bridge("").unwrap(), None);
+    }
+
+    #[test]
+    fn a_full_bridge_section_parses_with_a_default_deadline() {
+        let b = bridge(
+            r#"[bridge]
+socket_path = "/run/airlock-vault-bridge/agent.sock"
+egress_dir = "/run/airlock-vault-bridge/egress"
+ca_cert_file = "/etc/airlock-vault-bridge/egress-ca.pem"
+"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            b.socket_path,
+            PathBuf::from("/run/airlock-vault-bridge/agent.sock")
+        );
+        assert_eq!(
+            b.egress_dir,
+            PathBuf::from("/run/airlock-vault-bridge/egress")
+        );
+        assert_eq!(
+            b.ca_cert_file,
+            PathBuf::from("/etc/airlock-vault-bridge/egress-ca.pem")
+        );
+        assert_eq!(b.call_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn bad_bridge_sections_name_their_key() {
+        let full = "socket_path = \"/a.sock\"\negress_dir = \"/e\"\nca_cert_file = \"/ca.pem\"\n";
+        for (text, key) in [
+            ("[bridge]\negress_dir = \"/e\"\nca_cert_file = \"/c\"\n".to_owned(), "bridge.socket_path"),
+            ("[bridge]\nsocket_path = \"/s\"\nca_cert_file = \"/c\"\n".to_owned(), "bridge.egress_dir"),
+            ("[bridge]\nsocket_path = \"/s\"\negress_dir = \"/e\"\n".to_owned(), "bridge.ca_cert_file"),
+            ("[bridge]\nsocket_path = \"rel.sock\"\negress_dir = \"/e\"\nca_cert_file = \"/c\"\n".to_owned(), "bridge.socket_path"),
+            (format!("[bridge]\n{full}call_timeout_seconds = 0\n"), "bridge.call_timeout_seconds"),
+            (format!("[bridge]\n{full}socket = \"/x\"\n"), "socket"),
+        ] {
+            let e = bridge(&text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_commented_bridge_example_parses_when_uncommented() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../packaging/examples/sandbox-agent.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let start = text
+            .find("# [bridge]")
+            .expect("a commented [bridge] example");
+        let uncommented: String = text[start..]
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| l.trim_start_matches('#').trim_start())
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let b = bridge(&uncommented).unwrap().expect("[bridge] set");
+        assert_eq!(
+            b.egress_dir,
+            PathBuf::from("/run/airlock-vault-bridge/egress")
+        );
     }
 }

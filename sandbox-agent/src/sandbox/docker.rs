@@ -132,14 +132,28 @@ pub fn container_body(
     );
     let mut executor_settings = settings.executor.clone();
     executor_settings.workdir = spec.workdir.clone();
+    let mut binds = vec![format!(
+        "{}:{EXECUTOR_MOUNT}:ro",
+        settings.executor_path.display()
+    )];
+    if let Some(bridge) = &settings.bridge {
+        binds.push(format!(
+            "{}:{}:ro",
+            bridge.egress_dir.join(p.sandbox_id).display(),
+            super::bridge::SANDBOX_EGRESS_DIR
+        ));
+        binds.push(format!(
+            "{}:{}:ro",
+            bridge.ca_cert_file.display(),
+            super::bridge::SANDBOX_CA_CERT
+        ));
+        executor_settings.egress_socket = Some(super::bridge::SANDBOX_EGRESS_SOCKET.into());
+    }
     // Serializing a plain struct of strings and integers cannot fail.
     let settings_json = serde_json::to_string(&executor_settings).unwrap_or_default();
     let memory = i64::try_from(spec.memory_bytes).unwrap_or(i64::MAX);
     let host_config = HostConfig {
-        binds: Some(vec![format!(
-            "{}:{EXECUTOR_MOUNT}:ro",
-            settings.executor_path.display()
-        )]),
+        binds: Some(binds),
         cap_drop: Some(vec!["ALL".into()]),
         security_opt: Some(vec!["no-new-privileges".into()]),
         readonly_rootfs: Some(true),
@@ -389,5 +403,53 @@ mod tests {
         let labels = body.labels.unwrap();
         assert_eq!(labels[LABEL_AGENT], "agt_1");
         assert!(labels.contains_key(LABEL_EXPIRES));
+    }
+
+    #[test]
+    fn with_a_bridge_the_egress_dir_and_ca_are_mounted_read_only_and_the_network_stays_none() {
+        let mut settings = SandboxSettings::default();
+        settings.bridge = Some(crate::sandbox::config::BridgeSettings {
+            socket_path: "/run/b/agent.sock".into(),
+            egress_dir: "/run/b/egress".into(),
+            ca_cert_file: "/var/lib/b/egress-ca/ca.crt".into(),
+            call_timeout: Duration::from_secs(10),
+        });
+        let policy = Policy::from_raw(Default::default(), &settings.default_image).unwrap();
+        let spec = policy
+            .resolve(&settings, &ProvisionRequest::default(), 0)
+            .unwrap();
+        let params = ContainerParams {
+            sandbox_id: "sbx_7",
+            agent_id: "agt_1",
+            pool: true,
+            runtime: None,
+        };
+        let body = container_body(&settings, &spec, &params);
+        let hc = body.host_config.unwrap();
+        let binds = hc.binds.unwrap();
+        assert!(
+            binds.contains(&"/run/b/egress/sbx_7:/run/airlock:ro".to_string()),
+            "{binds:?}"
+        );
+        assert!(
+            binds
+                .contains(&"/var/lib/b/egress-ca/ca.crt:/etc/airlock/egress-ca.pem:ro".to_string()),
+            "{binds:?}"
+        );
+        assert_eq!(hc.network_mode.as_deref(), Some("none"));
+        let cmd = body.cmd.unwrap();
+        let ex: protocol::executor::ExecutorSettings = serde_json::from_str(&cmd[1]).unwrap();
+        assert_eq!(
+            ex.egress_socket.as_deref(),
+            Some("/run/airlock/egress.sock")
+        );
+
+        // Without [bridge]: nothing of it.
+        let plain = SandboxSettings::default();
+        let body = container_body(&plain, &spec, &params);
+        assert_eq!(body.host_config.unwrap().binds.unwrap().len(), 1);
+        let ex: protocol::executor::ExecutorSettings =
+            serde_json::from_str(&body.cmd.unwrap()[1]).unwrap();
+        assert_eq!(ex.egress_socket, None);
     }
 }

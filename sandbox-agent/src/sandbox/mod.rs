@@ -15,6 +15,7 @@
 //! (`tool_use_id` idempotency, persisted), [`pool`] (warm containers),
 //! [`service`] (lifecycle: reconcile, reaping, the calls).
 
+pub mod bridge;
 pub mod config;
 pub mod docker;
 pub mod executor_client;
@@ -68,6 +69,15 @@ pub enum SandboxError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The local vault-bridge's agent channel failed: the sandbox would have
+    /// no egress, so provision fails (closed) instead.
+    #[error("egress channel of sandbox `{sandbox_id}` failed: {source}")]
+    Bridge {
+        /// The sandbox.
+        sandbox_id: String,
+        /// What the agent channel said.
+        source: bridge::BridgeError,
+    },
     /// The service is shutting down.
     #[error("the sandbox service is shutting down")]
     ShuttingDown,
@@ -87,6 +97,7 @@ pub fn to_wire_error(error: &SandboxError) -> SandboxCallError {
         SandboxError::UnknownSandbox { .. } => (SandboxErrorCode::UnknownSandbox, None),
         SandboxError::Engine { .. }
         | SandboxError::ExecutorStart { .. }
+        | SandboxError::Bridge { .. }
         | SandboxError::ShuttingDown => (SandboxErrorCode::Unavailable, None),
         SandboxError::State { .. } | SandboxError::Internal(_) => {
             (SandboxErrorCode::Internal, None)

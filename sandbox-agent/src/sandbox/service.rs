@@ -379,7 +379,8 @@ impl SandboxService {
             reg.reserved += 1;
             spec
         };
-        let outcome = self.provision_reserved(&spec).await;
+        let repositories = super::bridge::repositories_from_resources(&req.resources);
+        let outcome = self.provision_reserved(&spec, repositories).await;
         inner.lock().reserved -= 1;
         let (sandbox, from_pool) = outcome?;
         let provisioned = Provisioned {
@@ -398,22 +399,28 @@ impl SandboxService {
     async fn provision_reserved(
         &self,
         spec: &SandboxSpec,
+        repositories: Vec<protocol::bridge::EgressRepository>,
     ) -> Result<(Arc<Sandbox>, bool), SandboxError> {
         let inner = &self.inner;
         let profile = spec.profile();
         let (warm, dead) = inner.pool.take(&profile, |c| !c.is_gone());
         for d in dead {
             let _ = dk::remove(&inner.docker, &d.container_id).await;
+            remove_egress_dir(&inner.cfg.sandbox, &d.sandbox_id);
         }
         let (warm, from_pool) = match warm {
             Some(w) => (w, true),
             None => (create_sandbox(inner, spec, false).await?, false),
         };
         let expires_at = spec.ttl.map(|t| unix_now() + t.as_secs());
+        let mut env = spec.env.clone();
+        if inner.cfg.sandbox.bridge.is_some() {
+            env.extend(super::bridge::sandbox_env());
+        }
         let configured = warm
             .client
             .configure(
-                spec.env.clone(),
+                env,
                 Some(spec.workdir.clone()),
                 inner.cfg.sandbox.executor_ready_timeout,
             )
@@ -436,12 +443,19 @@ impl SandboxService {
             expires_at,
         };
         let err = match err {
+            None => open_egress(inner, &warm.sandbox_id, spec, repositories)
+                .await
+                .err(),
+            e => e,
+        };
+        let err = match err {
             None => write_assignment(&inner.assignments_dir, &assignment).err(),
             e => e,
         };
         if let Some(e) = err {
             let _ = dk::remove(&inner.docker, &warm.container_id).await;
             remove_assignment(&inner.assignments_dir, &warm.sandbox_id);
+            close_egress(inner, &warm.sandbox_id).await;
             return Err(e);
         }
         Ok((
@@ -639,6 +653,7 @@ impl SandboxService {
             Some(s) => {
                 let r = dk::remove(&inner.docker, &s.container_id).await;
                 remove_assignment(&inner.assignments_dir, &s.id);
+                close_egress(inner, &s.id).await;
                 inner
                     .lock()
                     .tombstones
@@ -704,12 +719,14 @@ impl SandboxService {
         inner.cancel.cancel();
         for w in inner.pool.drain() {
             let _ = dk::remove(&inner.docker, &w.container_id).await;
+            remove_egress_dir(&inner.cfg.sandbox, &w.sandbox_id);
         }
         if destroy_all {
             let live: Vec<Arc<Sandbox>> = inner.lock().live.drain().map(|(_, s)| s).collect();
             for s in live {
                 let _ = dk::remove(&inner.docker, &s.container_id).await;
                 remove_assignment(&inner.assignments_dir, &s.id);
+                close_egress(inner, &s.id).await;
             }
         }
     }
@@ -735,6 +752,75 @@ async fn retire(inner: &Inner, sandbox: &Sandbox, reason: &str) {
         tracing::warn!(sandbox_id = %sandbox.id, %error, "could not remove container");
     }
     remove_assignment(&inner.assignments_dir, &sandbox.id);
+    close_egress(inner, &sandbox.id).await;
+}
+
+/// With `[bridge]`: ask the bridge to listen for this sandbox, as its
+/// session. A sandbox with no session gets no listener (its proxy reaches
+/// nothing). Fails closed: a bridge that is down or refuses fails provision.
+async fn open_egress(
+    inner: &Inner,
+    sandbox_id: &str,
+    spec: &SandboxSpec,
+    repositories: Vec<protocol::bridge::EgressRepository>,
+) -> Result<(), SandboxError> {
+    let (Some(bridge), Some(session_id)) = (&inner.cfg.sandbox.bridge, &spec.session_id) else {
+        return Ok(());
+    };
+    // The provision request has no allowed-hosts field yet: the session's
+    // policy on the bridge decides, plus the repositories it names.
+    super::bridge::BridgeClient::new(bridge)
+        .open_egress(sandbox_id, session_id, Vec::new(), repositories)
+        .await
+        .map(|_| ())
+        .map_err(|source| SandboxError::Bridge {
+            sandbox_id: sandbox_id.to_owned(),
+            source,
+        })
+}
+
+/// With `[bridge]`: stop the sandbox's egress listener (best effort, logged)
+/// and remove its directory.
+async fn close_egress(inner: &Inner, sandbox_id: &str) {
+    let Some(bridge) = &inner.cfg.sandbox.bridge else {
+        return;
+    };
+    if let Err(error) = super::bridge::BridgeClient::new(bridge)
+        .close_egress(sandbox_id)
+        .await
+    {
+        tracing::warn!(%sandbox_id, %error, "could not close the sandbox's egress listener");
+    }
+    remove_egress_dir(&inner.cfg.sandbox, sandbox_id);
+}
+
+/// With `[bridge]`: create `<egress_dir>/<sandbox_id>` (0711), the source of
+/// the container's `/run/airlock` mount, before the container exists.
+fn prepare_egress_dir(settings: &SandboxSettings, sandbox_id: &str) -> Result<(), SandboxError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let Some(bridge) = &settings.bridge else {
+        return Ok(());
+    };
+    let dir = bridge.egress_dir.join(sandbox_id);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(&dir)
+        .map_err(io_err(&dir))?;
+    // The umask may have narrowed the mode; the bridge's uid must traverse it.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).map_err(io_err(&dir))
+}
+
+/// With `[bridge]`: remove a sandbox's egress directory (best effort).
+fn remove_egress_dir(settings: &SandboxSettings, sandbox_id: &str) {
+    if let Some(bridge) = &settings.bridge {
+        let dir = bridge.egress_dir.join(sandbox_id);
+        if let Err(error) = std::fs::remove_dir_all(&dir) {
+            if error.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %dir.display(), %error, "could not remove egress dir");
+            }
+        }
+    }
 }
 
 /// How long the agent waits for a tool call: the tool's own timeout plus grace.
@@ -758,6 +844,7 @@ async fn create_sandbox(
     pool: bool,
 ) -> Result<Warm, SandboxError> {
     let sandbox_id = new_sandbox_id();
+    prepare_egress_dir(&inner.cfg.sandbox, &sandbox_id)?;
     let body = dk::container_body(
         &inner.cfg.sandbox,
         spec,
@@ -768,7 +855,14 @@ async fn create_sandbox(
             runtime: inner.runtime.as_deref(),
         },
     );
-    let container_id = dk::create(&inner.docker, &dk::container_name(&sandbox_id), body).await?;
+    let container_id = match dk::create(&inner.docker, &dk::container_name(&sandbox_id), body).await
+    {
+        Ok(id) => id,
+        Err(e) => {
+            remove_egress_dir(&inner.cfg.sandbox, &sandbox_id);
+            return Err(e);
+        }
+    };
     let started = async {
         let attach = dk::attach(&inner.docker, &container_id).await?;
         let client = ExecutorClient::new(
@@ -814,6 +908,7 @@ async fn create_sandbox(
                 e => e,
             };
             let _ = dk::remove(&inner.docker, &container_id).await;
+            remove_egress_dir(&inner.cfg.sandbox, &sandbox_id);
             Err(e)
         }
     }
@@ -894,6 +989,7 @@ async fn reaper(inner: Arc<Inner>) {
         }
         for w in inner.pool.prune(|c| !c.is_gone()) {
             let _ = dk::remove(&inner.docker, &w.container_id).await;
+            remove_egress_dir(&inner.cfg.sandbox, &w.sandbox_id);
         }
     }
 }

@@ -1,0 +1,478 @@
+//! Client of the local vault-bridge's agent channel (`protocol::bridge`
+//! frames over a Unix socket): `open_egress` when a sandbox is bound to a
+//! session, `close_egress` when it goes away.
+//!
+//! Each call opens its own connection, sends `hello`, then the request, and
+//! reads the one answer; the whole exchange runs under the configured
+//! deadline, so a bridge that is down or stuck fails the call with a typed
+//! error naming the socket instead of hanging (fail closed).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use protocol::bridge::{check_sandbox_id, BridgeErrorCode, EgressRepository, FromBridge, ToBridge};
+use protocol::frame::{Frame, FrameCodec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+use super::config::BridgeSettings;
+
+/// Where the sandbox's egress directory is mounted inside the container.
+pub const SANDBOX_EGRESS_DIR: &str = "/run/airlock";
+/// The egress socket as the executor sees it.
+pub const SANDBOX_EGRESS_SOCKET: &str = "/run/airlock/egress.sock";
+/// Where the egress CA certificate is mounted inside the container.
+pub const SANDBOX_CA_CERT: &str = "/etc/airlock/egress-ca.pem";
+/// The proxy the executor's forwarder listens on inside the sandbox.
+pub const SANDBOX_PROXY_URL: &str = "http://127.0.0.1:3128";
+
+/// The environment every tool call of a bridged sandbox gets: the proxy
+/// (the executor's forwarder) and the egress CA for TLS clients and git.
+pub fn sandbox_env() -> [(String, String); 4] {
+    [
+        ("HTTPS_PROXY".into(), SANDBOX_PROXY_URL.into()),
+        ("https_proxy".into(), SANDBOX_PROXY_URL.into()),
+        ("SSL_CERT_FILE".into(), SANDBOX_CA_CERT.into()),
+        ("GIT_SSL_CAINFO".into(), SANDBOX_CA_CERT.into()),
+    ]
+}
+
+/// An agent-channel call that failed. Never carries a secret.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BridgeError {
+    /// The socket could not be reached, read or written.
+    #[error("vault-bridge agent channel {socket}: {operation} failed: {source}")]
+    Io {
+        /// The agent channel socket.
+        socket: PathBuf,
+        /// What the client was doing.
+        operation: &'static str,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The exchange did not finish within the deadline.
+    #[error("vault-bridge agent channel {socket}: no answer within {timeout:?}")]
+    Timeout {
+        /// The agent channel socket.
+        socket: PathBuf,
+        /// The deadline.
+        timeout: Duration,
+    },
+    /// The bridge refused the request.
+    #[error("vault-bridge agent channel {socket}: refused ({code}): {message}")]
+    Refused {
+        /// The agent channel socket.
+        socket: PathBuf,
+        /// The bridge's error code.
+        code: BridgeErrorCode,
+        /// The bridge's sentence.
+        message: String,
+    },
+    /// The bridge answered something this client did not expect.
+    #[error("vault-bridge agent channel {socket}: protocol error: {message}")]
+    Protocol {
+        /// The agent channel socket.
+        socket: PathBuf,
+        /// What was wrong.
+        message: String,
+    },
+    /// The sandbox id cannot name a socket directory.
+    #[error(transparent)]
+    InvalidSandboxId(#[from] protocol::bridge::InvalidSandboxId),
+}
+
+/// The agent's side of the agent channel.
+#[derive(Debug, Clone)]
+pub struct BridgeClient {
+    socket: PathBuf,
+    timeout: Duration,
+    codec: FrameCodec,
+}
+
+/// Repositories named by a provision request's `resources`: every object
+/// with an `https://` `url` whose `type` mentions `repository`. Other
+/// resources (and anything that is not an object) are ignored.
+pub fn repositories_from_resources(resources: &[serde_json::Value]) -> Vec<EgressRepository> {
+    resources
+        .iter()
+        .filter(|r| {
+            r.get("type")
+                .and_then(|t| t.as_str())
+                .is_some_and(|t| t.contains("repository"))
+        })
+        .filter_map(|r| r.get("url").and_then(|u| u.as_str()))
+        .filter(|u| u.starts_with("https://"))
+        .map(|u| EgressRepository { url: u.to_owned() })
+        .collect()
+}
+
+impl BridgeClient {
+    /// A client of the channel described by `[bridge]`.
+    pub fn new(settings: &BridgeSettings) -> Self {
+        Self {
+            socket: settings.socket_path.clone(),
+            timeout: settings.call_timeout,
+            codec: FrameCodec::default(),
+        }
+    }
+
+    /// The agent channel socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Start the sandbox's egress listener; returns the socket path the
+    /// bridge bound (on the host).
+    pub async fn open_egress(
+        &self,
+        sandbox_id: &str,
+        session_id: &str,
+        allowed_hosts: Vec<String>,
+        repositories: Vec<EgressRepository>,
+    ) -> Result<String, BridgeError> {
+        check_sandbox_id(sandbox_id)?;
+        let request = ToBridge::OpenEgress {
+            sandbox_id: sandbox_id.to_owned(),
+            session_id: session_id.to_owned(),
+            allowed_hosts,
+            repositories,
+        };
+        match self.call(&request).await? {
+            FromBridge::EgressOpened { socket_path } => Ok(socket_path),
+            other => Err(self.unexpected("open_egress", &other)),
+        }
+    }
+
+    /// Stop the sandbox's egress listener; returns whether there was one.
+    pub async fn close_egress(&self, sandbox_id: &str) -> Result<bool, BridgeError> {
+        check_sandbox_id(sandbox_id)?;
+        let request = ToBridge::CloseEgress {
+            sandbox_id: sandbox_id.to_owned(),
+        };
+        match self.call(&request).await? {
+            FromBridge::EgressClosed { existed } => Ok(existed),
+            other => Err(self.unexpected("close_egress", &other)),
+        }
+    }
+
+    fn unexpected(&self, request: &str, answer: &FromBridge) -> BridgeError {
+        let kind = serde_json::to_value(answer)
+            .ok()
+            .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| "unknown".into());
+        BridgeError::Protocol {
+            socket: self.socket.clone(),
+            message: format!("unexpected answer `{kind}` to {request}"),
+        }
+    }
+
+    /// Connect, hello, one request, one answer: all under the deadline.
+    async fn call(&self, request: &ToBridge) -> Result<FromBridge, BridgeError> {
+        match tokio::time::timeout(self.timeout, self.exchange(request)).await {
+            Ok(r) => r,
+            Err(_) => Err(BridgeError::Timeout {
+                socket: self.socket.clone(),
+                timeout: self.timeout,
+            }),
+        }
+    }
+
+    async fn exchange(&self, request: &ToBridge) -> Result<FromBridge, BridgeError> {
+        let io = |operation: &'static str| {
+            let socket = self.socket.clone();
+            move |source| BridgeError::Io {
+                socket,
+                operation,
+                source,
+            }
+        };
+        let mut stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(io("connect"))?;
+        let mut buf = BytesMut::new();
+        self.send(&mut stream, &ToBridge::hello(env!("CARGO_PKG_VERSION")))
+            .await?;
+        match self.receive(&mut stream, &mut buf).await? {
+            FromBridge::HelloAccepted { .. } => {}
+            other => return Err(self.refused_or_unexpected("hello", other)),
+        }
+        self.send(&mut stream, request).await?;
+        let answer = self.receive(&mut stream, &mut buf).await?;
+        match answer {
+            FromBridge::Error { .. } => Err(self.refused_or_unexpected("request", answer)),
+            other => Ok(other),
+        }
+    }
+
+    fn refused_or_unexpected(&self, request: &str, answer: FromBridge) -> BridgeError {
+        match answer {
+            FromBridge::Error { code, message } => BridgeError::Refused {
+                socket: self.socket.clone(),
+                code,
+                message,
+            },
+            other => self.unexpected(request, &other),
+        }
+    }
+
+    async fn send(&self, stream: &mut UnixStream, message: &ToBridge) -> Result<(), BridgeError> {
+        let bytes = Frame::control(message)
+            .and_then(|f| self.codec.encode_to_bytes(&f))
+            .map_err(|e| BridgeError::Protocol {
+                socket: self.socket.clone(),
+                message: format!("cannot encode request: {e}"),
+            })?;
+        stream
+            .write_all(&bytes)
+            .await
+            .map_err(|source| BridgeError::Io {
+                socket: self.socket.clone(),
+                operation: "write",
+                source,
+            })
+    }
+
+    async fn receive(
+        &self,
+        stream: &mut UnixStream,
+        buf: &mut BytesMut,
+    ) -> Result<FromBridge, BridgeError> {
+        let protocol = |message: String| BridgeError::Protocol {
+            socket: self.socket.clone(),
+            message,
+        };
+        loop {
+            if let Some(frame) = self
+                .codec
+                .decode(buf)
+                .map_err(|e| protocol(format!("bad frame: {e}")))?
+            {
+                return FromBridge::decode(&frame)
+                    .map_err(|e| protocol(format!("bad answer: {e}")));
+            }
+            let n = stream
+                .read_buf(buf)
+                .await
+                .map_err(|source| BridgeError::Io {
+                    socket: self.socket.clone(),
+                    operation: "read",
+                    source,
+                })?;
+            if n == 0 {
+                return Err(protocol("connection closed before an answer".into()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::UnixListener;
+
+    fn settings(dir: &Path, timeout: Duration) -> BridgeSettings {
+        BridgeSettings {
+            socket_path: dir.join("agent.sock"),
+            egress_dir: dir.join("egress"),
+            ca_cert_file: dir.join("ca.pem"),
+            call_timeout: timeout,
+        }
+    }
+
+    async fn read_request(stream: &mut UnixStream, buf: &mut BytesMut) -> Option<ToBridge> {
+        let codec = FrameCodec::default();
+        loop {
+            if let Some(f) = codec.decode(buf).unwrap() {
+                return Some(ToBridge::decode(&f).unwrap());
+            }
+            if stream.read_buf(buf).await.unwrap() == 0 {
+                return None;
+            }
+        }
+    }
+
+    async fn answer(stream: &mut UnixStream, m: &FromBridge) {
+        let codec = FrameCodec::default();
+        let b = codec.encode_to_bytes(&Frame::control(m).unwrap()).unwrap();
+        stream.write_all(&b).await.unwrap();
+    }
+
+    /// A peer that accepts one connection, checks the hello, records the
+    /// request and answers it with `reply`.
+    fn peer(listener: UnixListener, reply: FromBridge) -> tokio::task::JoinHandle<Vec<ToBridge>> {
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = BytesMut::new();
+            let mut seen = vec![];
+            let hello = read_request(&mut s, &mut buf).await.unwrap();
+            assert!(matches!(hello, ToBridge::Hello { .. }), "{hello:?}");
+            answer(
+                &mut s,
+                &FromBridge::HelloAccepted {
+                    version: 1,
+                    software_version: "test".into(),
+                },
+            )
+            .await;
+            seen.push(hello);
+            let req = read_request(&mut s, &mut buf).await.unwrap();
+            seen.push(req);
+            answer(&mut s, &reply).await;
+            seen
+        })
+    }
+
+    #[tokio::test]
+    async fn open_egress_sends_hello_then_the_request_and_returns_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = settings(dir.path(), Duration::from_secs(5));
+        let listener = UnixListener::bind(&st.socket_path).unwrap();
+        let peer = peer(
+            listener,
+            FromBridge::EgressOpened {
+                socket_path: "/x/sbx_1/egress.sock".into(),
+            },
+        );
+        let client = BridgeClient::new(&st);
+        let repos = vec![EgressRepository {
+            url: "https://git.example.com/a/b.git".into(),
+        }];
+        let path = client
+            .open_egress(
+                "sbx_1",
+                "sesn_1",
+                vec!["h.example.com".into()],
+                repos.clone(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(path, "/x/sbx_1/egress.sock");
+        let seen = peer.await.unwrap();
+        assert_eq!(
+            seen[1],
+            ToBridge::OpenEgress {
+                sandbox_id: "sbx_1".into(),
+                session_id: "sesn_1".into(),
+                allowed_hosts: vec!["h.example.com".into()],
+                repositories: repos,
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn close_egress_returns_whether_a_listener_existed() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = settings(dir.path(), Duration::from_secs(5));
+        let listener = UnixListener::bind(&st.socket_path).unwrap();
+        let peer = peer(listener, FromBridge::EgressClosed { existed: true });
+        assert!(BridgeClient::new(&st).close_egress("sbx_2").await.unwrap());
+        let seen = peer.await.unwrap();
+        assert_eq!(
+            seen[1],
+            ToBridge::CloseEgress {
+                sandbox_id: "sbx_2".into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_typed_and_names_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = settings(dir.path(), Duration::from_secs(5));
+        let listener = UnixListener::bind(&st.socket_path).unwrap();
+        let _peer = peer(
+            listener,
+            FromBridge::error(BridgeErrorCode::InvalidHost, "bad host `x y`"),
+        );
+        let e = BridgeClient::new(&st)
+            .open_egress("sbx_1", "sesn_1", vec!["x y".into()], vec![])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                BridgeError::Refused {
+                    code: BridgeErrorCode::InvalidHost,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("agent.sock"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_bridge_that_is_down_fails_at_once_naming_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = settings(dir.path(), Duration::from_secs(5));
+        let e = BridgeClient::new(&st)
+            .open_egress("sbx_1", "sesn_1", vec![], vec![])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                BridgeError::Io {
+                    operation: "connect",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .contains(&st.socket_path.display().to_string()),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bridge_that_never_answers_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = settings(dir.path(), Duration::from_millis(300));
+        let listener = UnixListener::bind(&st.socket_path).unwrap();
+        // Accepts and holds the connection without ever answering.
+        let holder = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(s);
+        });
+        let started = std::time::Instant::now();
+        let e = BridgeClient::new(&st)
+            .close_egress("sbx_1")
+            .await
+            .unwrap_err();
+        assert!(matches!(&e, BridgeError::Timeout { .. }), "{e:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        holder.abort();
+    }
+
+    #[tokio::test]
+    async fn an_unsafe_sandbox_id_is_refused_before_connecting() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = settings(dir.path(), Duration::from_secs(5));
+        let e = BridgeClient::new(&st)
+            .close_egress("../etc")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, BridgeError::InvalidSandboxId(_)), "{e:?}");
+    }
+
+    #[test]
+    fn repositories_come_from_repository_resources_with_https_urls() {
+        let resources = vec![
+            serde_json::json!({"type": "github_repository", "url": "https://github.com/a/b"}),
+            serde_json::json!({"type": "git_repository", "url": "http://insecure/a"}),
+            serde_json::json!({"type": "mcp_server", "url": "https://mcp.example.com"}),
+            serde_json::json!("not an object"),
+        ];
+        assert_eq!(
+            repositories_from_resources(&resources),
+            vec![EgressRepository {
+                url: "https://github.com/a/b".into()
+            }]
+        );
+    }
+}
