@@ -407,13 +407,15 @@ mod tests {
 
     #[test]
     fn with_a_bridge_the_egress_dir_and_ca_are_mounted_read_only_and_the_network_stays_none() {
-        let mut settings = SandboxSettings::default();
-        settings.bridge = Some(crate::sandbox::config::BridgeSettings {
-            socket_path: "/run/b/agent.sock".into(),
-            egress_dir: "/run/b/egress".into(),
-            ca_cert_file: "/var/lib/b/egress-ca/ca.crt".into(),
-            call_timeout: Duration::from_secs(10),
-        });
+        let settings = SandboxSettings {
+            bridge: Some(crate::sandbox::config::BridgeSettings {
+                socket_path: "/run/b/agent.sock".into(),
+                egress_dir: "/run/b/egress".into(),
+                ca_cert_file: "/var/lib/b/egress-ca/ca.crt".into(),
+                call_timeout: Duration::from_secs(10),
+            }),
+            ..SandboxSettings::default()
+        };
         let policy = Policy::from_raw(Default::default(), &settings.default_image).unwrap();
         let spec = policy
             .resolve(&settings, &ProvisionRequest::default(), 0)

@@ -13,7 +13,9 @@
 //! (pure checks), [`docker`] (container spec and engine calls),
 //! [`executor_client`] (framed stdio to one executor), [`record`]
 //! (`tool_use_id` idempotency, persisted), [`pool`] (warm containers),
-//! [`service`] (lifecycle: reconcile, reaping, the calls).
+//! [`service`] (lifecycle: reconcile, reaping, the calls), [`bridge`] (the
+//! optional egress channel: the vault-bridge agent-channel client and the
+//! in-sandbox paths).
 
 pub mod bridge;
 pub mod config;
