@@ -19,7 +19,7 @@ force=0
 if [ "${1:-}" = "--force" ]; then force=1; shift; fi
 repo="${1:-airlock-sandbox}"
 suite=bookworm
-packages="bash,git,coreutils,python3,ripgrep,ca-certificates,findutils,grep,sed,procps,less"
+packages="bash,git,curl,coreutils,python3,ripgrep,ca-certificates,findutils,grep,sed,procps,less"
 mirror="${AIRLOCK_DEBIAN_MIRROR:-}"
 if [ -z "$mirror" ]; then
   mirror=$(grep -hoE '^URIs: *http[^ ]*/debian$' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -1 | sed 's/^URIs: *//')

@@ -4,12 +4,21 @@
 //!
 //! ```text
 //! agent -> bridge:  Hello{min_version, max_version, software_version}
-//!                   OpenEgress{sandbox_id, session_id, allowed_hosts, repositories}
+//!                   OpenEgress{sandbox_id, session_id, allowed_hosts, repositories, credentials}
 //!                   CloseEgress{sandbox_id}   Health
+//!                   PutCredential | ForgetCredential | PutSessionToken | ForgetSessionToken
+//!                   SubscribeAudit{after_seq}
 //! bridge -> agent:  HelloAccepted{version, software_version} | Error{code: unsupported_version,..}
-//!                   EgressOpened{socket_path}   EgressClosed{existed}
-//!                   Health{backend, message}    Error{code, message}
+//!                   EgressOpened{socket_path, env}   EgressClosed{existed}
+//!                   Health{backend, message}    Relayed{held}    Error{code, message}
+//!                   AuditRecord{..}*   (only after SubscribeAudit)
 //! ```
+//!
+//! The relay messages ([`crate::relay`]) are what the control plane sent the
+//! agent over the tunnel, forwarded unchanged. `SubscribeAudit` turns the
+//! connection into a one-way stream: the bridge sends every credential use
+//! with a sequence number above `after_seq` that it still holds, then each
+//! new one as it happens, and reads nothing more.
 //!
 //! The agent sends `Hello` first; after that every request gets exactly one
 //! answer, in order (one request in flight per connection). A request type
@@ -22,9 +31,15 @@
 //! client cannot). Sandbox ids are checked with [`check_sandbox_id`] on both
 //! sides, because the bridge builds a path from them.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::frame::{Frame, FrameError};
+pub use crate::relay::{
+    CredentialBinding, EgressCredential, ForgetCredential, ForgetSessionToken, PutCredential,
+    PutSessionToken,
+};
 
 /// Lowest agent-channel version this build speaks.
 pub const BRIDGE_PROTOCOL_VERSION_MIN: u32 = 1;
@@ -59,6 +74,10 @@ pub enum ToBridge {
         /// Repositories the session names (their hosts are allowed too).
         #[serde(default)]
         repositories: Vec<EgressRepository>,
+        /// The session's vault credentials (metadata; the bridge holds or
+        /// fetches the secrets).
+        #[serde(default)]
+        credentials: Vec<EgressCredential>,
     },
     /// Stop a sandbox's egress listener and remove its socket.
     CloseEgress {
@@ -67,6 +86,20 @@ pub enum ToBridge {
     },
     /// Ask for the bridge's secret backend status.
     Health,
+    /// Store a vault credential's secret (answered with `Relayed`).
+    PutCredential(PutCredential),
+    /// Stop using a vault credential (answered with `Relayed`).
+    ForgetCredential(ForgetCredential),
+    /// Hold a session resource's Git token (answered with `Relayed`).
+    PutSessionToken(PutSessionToken),
+    /// Drop a session's Git token(s) (answered with `Relayed`).
+    ForgetSessionToken(ForgetSessionToken),
+    /// Stream credential uses with a sequence number above `after_seq`.
+    SubscribeAudit {
+        /// The last sequence number the agent has recorded (0: none).
+        #[serde(default)]
+        after_seq: u64,
+    },
     /// A request type this build does not know.
     #[serde(other)]
     Unknown,
@@ -77,6 +110,10 @@ pub enum ToBridge {
 pub struct EgressRepository {
     /// The repository's HTTPS URL.
     pub url: String,
+    /// The session resource (`sesrsc_...`) whose relayed token the bridge
+    /// adds on requests to this repository, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_id: Option<String>,
 }
 
 /// An answer from the bridge to the agent.
@@ -95,6 +132,11 @@ pub enum FromBridge {
     EgressOpened {
         /// Absolute path of the socket on the bridge's host.
         socket_path: String,
+        /// Variables for the sandbox's environment: each
+        /// `environment_variable` credential's `secret_name` → its
+        /// placeholder (not a secret).
+        #[serde(default)]
+        env: BTreeMap<String, String>,
     },
     /// The sandbox's egress listener is stopped and its socket removed.
     EgressClosed {
@@ -109,6 +151,13 @@ pub enum FromBridge {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         message: Option<String>,
     },
+    /// Answer to a relay message.
+    Relayed {
+        /// For a put: the bridge holds it. For a forget: there was something to drop.
+        held: bool,
+    },
+    /// One credential use (on a `SubscribeAudit` connection).
+    AuditRecord(CredentialUse),
     /// The request failed.
     Error {
         /// What kind of failure.
@@ -152,7 +201,57 @@ code_enum! {
         Io => "io",
         /// The bridge is shutting down.
         ShuttingDown => "shutting_down",
+        /// The secret backend refused or could not be reached.
+        Backend => "backend",
+        /// A relay message named an invalid id, field or URL.
+        InvalidRelay => "invalid_relay",
     }
+}
+
+code_enum! {
+    /// What happened to a request that used (or tried to use) a credential.
+    UseOutcome {
+        /// The secret was added; the upstream answered (see `status`).
+        Injected => "injected",
+        /// The secret was added but the upstream exchange failed.
+        UpstreamFailed => "upstream_failed",
+        /// The secret could not be had (backend down, archived, not found); not sent.
+        SecretUnavailable => "secret_unavailable",
+        /// A placeholder was sent to a host it is not allowed on; refused (403).
+        PlaceholderRefused => "placeholder_refused",
+    }
+}
+
+/// One credential use, as the bridge reports it to the agent's audit record.
+/// Never a value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialUse {
+    /// The bridge's sequence number (increasing; survives bridge restarts).
+    pub seq: u64,
+    /// When, RFC 3339 UTC.
+    pub at: String,
+    /// The sandbox that sent the request.
+    pub sandbox_id: String,
+    /// Its session.
+    pub session_id: String,
+    /// `vcrd_...`, or the `sesrsc_...` of a repository token; `None` for an
+    /// unknown placeholder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_id: Option<String>,
+    /// `vlt_...` when the credential belongs to a vault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault_id: Option<String>,
+    /// Upstream host.
+    pub host: String,
+    /// HTTP method.
+    pub method: String,
+    /// Request path without the query string.
+    pub path: String,
+    /// What happened.
+    pub outcome: UseOutcome,
+    /// The upstream's HTTP status, when it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
 }
 
 /// A sandbox id that cannot name a socket directory.
@@ -230,8 +329,22 @@ mod tests {
                 allowed_hosts: vec!["git.example.com".into(), "*.example.org".into()],
                 repositories: vec![EgressRepository {
                     url: "https://git.example.com/a/b.git".into(),
+                    resource_id: Some("sesrsc_1".into()),
+                }],
+                credentials: vec![EgressCredential {
+                    vault_id: "vlt_1".into(),
+                    credential_id: "vcrd_1".into(),
+                    kv_path: None,
+                    binding: CredentialBinding::StaticBearer {
+                        mcp_server_url: "https://mcp.example.com/mcp".into(),
+                    },
                 }],
             },
+            ToBridge::ForgetSessionToken(ForgetSessionToken {
+                session_id: "sesn_1".into(),
+                resource_id: Some("sesrsc_1".into()),
+            }),
+            ToBridge::SubscribeAudit { after_seq: 7 },
             ToBridge::CloseEgress {
                 sandbox_id: "sbx_1".into(),
             },
@@ -245,6 +358,7 @@ mod tests {
     fn answers_round_trip_and_wire_shape() {
         let m = FromBridge::EgressOpened {
             socket_path: "/run/airlock-vault-bridge/egress/sbx_1/egress.sock".into(),
+            env: [("API_KEY".to_owned(), "airlock-placeholder-x".to_owned())].into(),
         };
         let s = serde_json::to_string(&m).unwrap();
         assert!(s.starts_with(r#"{"type":"egress_opened""#), "{s}");
@@ -260,6 +374,20 @@ mod tests {
                 message: Some("sealed".into()),
             },
             FromBridge::error(BridgeErrorCode::InvalidSandboxId, "bad"),
+            FromBridge::Relayed { held: true },
+            FromBridge::AuditRecord(CredentialUse {
+                seq: 3,
+                at: "2026-12-06T14:00:00Z".into(),
+                sandbox_id: "sbx_1".into(),
+                session_id: "sesn_1".into(),
+                credential_id: Some("vcrd_1".into()),
+                vault_id: Some("vlt_1".into()),
+                host: "git.example.com".into(),
+                method: "GET".into(),
+                path: "/a/b.git/info/refs".into(),
+                outcome: UseOutcome::Injected,
+                status: Some(200),
+            }),
         ] {
             assert_eq!(FromBridge::decode(&through_codec(&m)).unwrap(), m);
         }
@@ -277,6 +405,7 @@ mod tests {
                 session_id: "t".into(),
                 allowed_hosts: vec![],
                 repositories: vec![],
+                credentials: vec![],
             }
         );
     }

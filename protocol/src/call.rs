@@ -16,6 +16,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::frame::{Frame, FrameError};
+use crate::relay::{ForgetCredential, ForgetSessionToken, PutCredential, PutSessionToken, RelayAck};
 use crate::sandbox::{
     DestroyRequest, ExecuteRequest, ProvisionRequest, Provisioned, SandboxCallError,
     SandboxErrorCode, SandboxInfo, ToolResult,
@@ -38,6 +39,14 @@ pub enum Request {
     Destroy(DestroyRequest),
     /// List this agent's sandboxes.
     ListSandboxes,
+    /// Hand a vault credential's secret to the agent's vault-bridge.
+    PutCredential(PutCredential),
+    /// Tell the agent's vault-bridge to stop using a vault credential.
+    ForgetCredential(ForgetCredential),
+    /// Hand a session resource's Git token to the agent's vault-bridge.
+    PutSessionToken(PutSessionToken),
+    /// Tell the agent's vault-bridge to drop a session's Git token(s).
+    ForgetSessionToken(ForgetSessionToken),
     /// A call this build does not know (from a newer control plane).
     Unknown {
         /// The call name as sent.
@@ -70,6 +79,10 @@ impl TryFrom<RawRequest> for Request {
             "execute" => Request::Execute(args(&raw.call, raw.args)?),
             "destroy" => Request::Destroy(args(&raw.call, raw.args)?),
             "list_sandboxes" => Request::ListSandboxes,
+            "put_credential" => Request::PutCredential(args(&raw.call, raw.args)?),
+            "forget_credential" => Request::ForgetCredential(args(&raw.call, raw.args)?),
+            "put_session_token" => Request::PutSessionToken(args(&raw.call, raw.args)?),
+            "forget_session_token" => Request::ForgetSessionToken(args(&raw.call, raw.args)?),
             _ => Request::Unknown { name: raw.call },
         })
     }
@@ -86,6 +99,10 @@ impl From<Request> for RawRequest {
             Request::Provision(p) => val(p),
             Request::Execute(e) => val(e),
             Request::Destroy(d) => val(d),
+            Request::PutCredential(p) => val(p),
+            Request::ForgetCredential(f) => val(f),
+            Request::PutSessionToken(p) => val(p),
+            Request::ForgetSessionToken(f) => val(f),
             Request::Ping | Request::Echo | Request::ListSandboxes | Request::Unknown { .. } => {
                 serde_json::Value::Null
             }
@@ -104,6 +121,10 @@ impl Request {
             Request::Execute(_) => "execute",
             Request::Destroy(_) => "destroy",
             Request::ListSandboxes => "list_sandboxes",
+            Request::PutCredential(_) => "put_credential",
+            Request::ForgetCredential(_) => "forget_credential",
+            Request::PutSessionToken(_) => "put_session_token",
+            Request::ForgetSessionToken(_) => "forget_session_token",
             Request::Unknown { name } => name,
         }
     }
@@ -136,6 +157,14 @@ pub enum Reply {
     Destroy,
     /// Answer to `list_sandboxes`.
     ListSandboxes(Vec<SandboxInfo>),
+    /// Answer to `put_credential`, `forget_credential`, `put_session_token`
+    /// and `forget_session_token` (the call's name).
+    Relay {
+        /// Which of the four.
+        call: String,
+        /// What the bridge said.
+        ack: RelayAck,
+    },
     /// A result of a call this build does not know.
     Unknown {
         /// The call name.
@@ -210,6 +239,11 @@ impl TryFrom<RawResponse> for Response {
             "execute" => Reply::Execute(res(&call, result)?),
             "destroy" => Reply::Destroy,
             "list_sandboxes" => Reply::ListSandboxes(res(&call, result)?),
+            "put_credential" | "forget_credential" | "put_session_token"
+            | "forget_session_token" => Reply::Relay {
+                ack: res(&call, v())?,
+                call,
+            },
             _ => Reply::Unknown { name: call, result },
         }))
     }
@@ -235,6 +269,7 @@ impl From<Response> for RawResponse {
                     Reply::Execute(t) => ("execute".to_owned(), val(&t)),
                     Reply::Destroy => ("destroy".to_owned(), serde_json::json!({})),
                     Reply::ListSandboxes(l) => ("list_sandboxes".to_owned(), val(&l)),
+                    Reply::Relay { call, ack } => (call, val(&ack)),
                     Reply::Unknown { name, result } => (name, result),
                 };
                 RawResponse {
@@ -344,10 +379,41 @@ mod tests {
                 sandbox_id: "sbx_1".into(),
             }),
             Request::Provision(ProvisionRequest::default()),
+            Request::PutCredential(crate::relay::PutCredential {
+                vault_id: "vlt_1".into(),
+                credential_id: "vcrd_1".into(),
+                fields: [("token".to_owned(), crate::relay::WireSecret::new("s"))].into(),
+            }),
+            Request::ForgetCredential(ForgetCredential {
+                vault_id: "vlt_1".into(),
+                credential_id: "vcrd_1".into(),
+                reason: crate::relay::ForgetReason::Archived,
+            }),
+            Request::PutSessionToken(PutSessionToken {
+                session_id: "sesn_1".into(),
+                resource_id: "sesrsc_1".into(),
+                url: "https://git.example.com/a.git".into(),
+                token: crate::relay::WireSecret::new("t"),
+            }),
+            Request::ForgetSessionToken(ForgetSessionToken {
+                session_id: "sesn_1".into(),
+                resource_id: None,
+            }),
         ] {
             let f = r.to_frame().unwrap();
             assert_eq!(Request::from_frame(&f).unwrap(), r);
         }
+    }
+
+    #[test]
+    fn a_request_carrying_a_secret_never_debugs_it() {
+        let r = Request::PutSessionToken(PutSessionToken {
+            session_id: "sesn_1".into(),
+            resource_id: "sesrsc_1".into(),
+            url: "https://git.example.com/a.git".into(),
+            token: crate::relay::WireSecret::new("canary-42"),
+        });
+        assert!(!format!("{r:?}").contains("canary"));
     }
 
     #[test]
@@ -381,6 +447,10 @@ mod tests {
             Response::Ok(Reply::Echo(EchoReply { bytes: 9 })),
             Response::Ok(Reply::Destroy),
             Response::Ok(Reply::ListSandboxes(vec![])),
+            Response::Ok(Reply::Relay {
+                call: "forget_session_token".into(),
+                ack: RelayAck { held: true },
+            }),
             Response::error(ErrorCode::UnsupportedCall, "no teleport"),
             Response::Err(CallError::new(ErrorCode::Unknown("x_y".into()), "m")),
         ] {

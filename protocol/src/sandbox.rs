@@ -38,6 +38,14 @@ pub struct ProvisionRequest {
     /// Resources the session names (repositories, MCP servers), resolved by the
     /// agent and its local bridge; never carries credentials.
     pub resources: Vec<serde_json::Value>,
+    /// The session's vault credentials (from its `vault_ids`), metadata
+    /// only: the agent passes them to its vault-bridge, which builds the
+    /// sandbox's egress policy from them.
+    pub credentials: Vec<crate::relay::EgressCredential>,
+    /// Hosts the sandbox may reach through the bridge besides the
+    /// repositories' and credentials' hosts (the environment's
+    /// `networking.allowed_hosts`); the agent's own policy still decides.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Network access for a sandbox.
@@ -63,6 +71,24 @@ pub struct Provisioned {
     /// Whether the sandbox came from the warm pool.
     #[serde(default)]
     pub from_pool: bool,
+    /// Resources that could not be set up (a repository that did not
+    /// clone); the sandbox is usable without them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resource_errors: Vec<ResourceError>,
+}
+
+/// A session resource the agent could not set up at provision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceError {
+    /// The SDK's error type: `repository_clone_error`,
+    /// `repository_authentication_error`, `repository_checkout_error`,
+    /// `repository_forbidden_error`, `repository_not_found_error`.
+    #[serde(rename = "type")]
+    pub error_type: String,
+    /// The repository's URL.
+    pub repository_url: String,
+    /// What went wrong (never a secret).
+    pub message: String,
 }
 
 /// `execute`: run one tool call in a sandbox.

@@ -59,6 +59,7 @@ async fn connection(mut s: UnixStream, seen: Seen) {
             },
             ToBridge::OpenEgress { sandbox_id, .. } => FromBridge::EgressOpened {
                 socket_path: format!("/peer/{sandbox_id}/egress.sock"),
+                env: Default::default(),
             },
             ToBridge::CloseEgress { .. } => FromBridge::EgressClosed { existed: true },
             _ => FromBridge::error(
@@ -138,8 +139,10 @@ async fn a_bridged_sandbox_gets_its_dir_the_ca_and_the_proxy_and_nothing_else() 
                 session_id: "sesn_bridge".into(),
                 allowed_hosts: vec![],
                 repositories: vec![EgressRepository {
-                    url: "https://github.com/acme/app".into()
+                    url: "https://github.com/acme/app".into(),
+                    resource_id: None,
                 }],
+                credentials: vec![],
             }
         );
     }

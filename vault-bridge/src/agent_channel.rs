@@ -313,6 +313,7 @@ async fn handle(request: ToBridge, state: &State) -> FromBridge {
             session_id,
             allowed_hosts,
             repositories,
+            credentials: _,
         } => {
             let opened =
                 policy_for(&sandbox_id, &allowed_hosts, &repositories).and_then(|policy| {
@@ -327,6 +328,7 @@ async fn handle(request: ToBridge, state: &State) -> FromBridge {
             match opened {
                 Ok(path) => FromBridge::EgressOpened {
                     socket_path: path.display().to_string(),
+                    env: Default::default(),
                 },
                 Err(e) => {
                     let code = match &e {
@@ -465,7 +467,9 @@ mod tests {
             allowed_hosts: hosts.iter().map(|h| h.to_string()).collect(),
             repositories: vec![EgressRepository {
                 url: "https://git.example.com/a/b.git".into(),
+                resource_id: None,
             }],
+            credentials: vec![],
         }
     }
 
@@ -517,7 +521,7 @@ mod tests {
                 message: None
             }
         );
-        let FromBridge::EgressOpened { socket_path } =
+        let FromBridge::EgressOpened { socket_path, .. } =
             c.call(&open("sbx_1", &["allowed.example.com"])).await
         else {
             panic!("not opened");
@@ -545,7 +549,7 @@ mod tests {
             "{body}"
         );
         // A second sandbox gets its own socket and its own policy.
-        let FromBridge::EgressOpened { socket_path: s2 } =
+        let FromBridge::EgressOpened { socket_path: s2, .. } =
             c.call(&open("sbx_2", &["other.example.net"])).await
         else {
             panic!("not opened");

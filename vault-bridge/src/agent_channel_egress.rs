@@ -314,7 +314,10 @@ mod tests {
     use super::*;
 
     fn repo(url: &str) -> EgressRepository {
-        EgressRepository { url: url.into() }
+        EgressRepository {
+            url: url.into(),
+            resource_id: None,
+        }
     }
 
     #[test]

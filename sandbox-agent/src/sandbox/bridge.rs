@@ -104,7 +104,10 @@ pub fn repositories_from_resources(resources: &[serde_json::Value]) -> Vec<Egres
         })
         .filter_map(|r| r.get("url").and_then(|u| u.as_str()))
         .filter(|u| u.starts_with("https://"))
-        .map(|u| EgressRepository { url: u.to_owned() })
+        .map(|u| EgressRepository {
+            url: u.to_owned(),
+            resource_id: None,
+        })
         .collect()
 }
 
@@ -138,9 +141,10 @@ impl BridgeClient {
             session_id: session_id.to_owned(),
             allowed_hosts,
             repositories,
+            credentials: Vec::new(),
         };
         match self.call(&request).await? {
-            FromBridge::EgressOpened { socket_path } => Ok(socket_path),
+            FromBridge::EgressOpened { socket_path, .. } => Ok(socket_path),
             other => Err(self.unexpected("open_egress", &other)),
         }
     }
@@ -333,11 +337,13 @@ mod tests {
             listener,
             FromBridge::EgressOpened {
                 socket_path: "/x/sbx_1/egress.sock".into(),
+                env: Default::default(),
             },
         );
         let client = BridgeClient::new(&st);
         let repos = vec![EgressRepository {
             url: "https://git.example.com/a/b.git".into(),
+            resource_id: None,
         }];
         let path = client
             .open_egress(
@@ -357,6 +363,7 @@ mod tests {
                 session_id: "sesn_1".into(),
                 allowed_hosts: vec!["h.example.com".into()],
                 repositories: repos,
+                credentials: vec![],
             }
         );
     }
@@ -471,7 +478,8 @@ mod tests {
         assert_eq!(
             repositories_from_resources(&resources),
             vec![EgressRepository {
-                url: "https://github.com/a/b".into()
+                url: "https://github.com/a/b".into(),
+                resource_id: None,
             }]
         );
     }

@@ -387,6 +387,7 @@ impl SandboxService {
             sandbox_id: sandbox.id.clone(),
             image: sandbox.image.clone(),
             from_pool,
+            resource_errors: Vec::new(),
         };
         tracing::info!(sandbox_id = %sandbox.id, from_pool, image = %sandbox.image, "sandbox provisioned");
         inner.lock().live.insert(sandbox.id.clone(), sandbox);

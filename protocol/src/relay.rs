@@ -1,0 +1,261 @@
+//! Secret material on its way from the control plane's API to the
+//! vault-bridge(s) of an environment, and the metadata a sandbox's egress
+//! policy is built from.
+//!
+//! The same four messages travel twice: as tunnel calls (control plane →
+//! sandbox-agent, [`crate::Request::PutCredential`], ...) and as agent-channel
+//! requests (sandbox-agent → its bridge, [`crate::bridge::ToBridge`]). The
+//! agent forwards them and keeps nothing. Values are [`WireSecret`]s, whose
+//! `Debug` never shows them; nothing that logs a request can leak one.
+//!
+//! [`EgressCredential`] is metadata only (ids, hosts, where a placeholder is
+//! swapped): the control plane resolves a session's `vault_ids` into these,
+//! the agent passes them to its bridge when it opens a sandbox's egress.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A secret value on the wire. Serialized as a plain JSON string; `Debug`
+/// is redacted; the bytes are overwritten when it is dropped (best effort:
+/// copies made while parsing the frame are not).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct WireSecret(String);
+
+impl WireSecret {
+    /// Wraps `value`.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value, for whoever stores or injects it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for WireSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WireSecret(<redacted>)")
+    }
+}
+
+impl Drop for WireSecret {
+    fn drop(&mut self) {
+        let mut bytes = std::mem::take(&mut self.0).into_bytes();
+        bytes.iter_mut().for_each(|b| *b = 0);
+        std::hint::black_box(&bytes);
+    }
+}
+
+/// Store the secret fields of a vault credential (`token`, `access_token`,
+/// `refresh_token`, `client_secret`, `secret_value`). Replaces what the
+/// bridge held for that credential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutCredential {
+    /// `vlt_...`.
+    pub vault_id: String,
+    /// `vcrd_...`.
+    pub credential_id: String,
+    /// Field name → value.
+    pub fields: BTreeMap<String, WireSecret>,
+}
+
+/// Why a credential is forgotten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForgetReason {
+    /// The credential was archived: it must not be used again.
+    Archived,
+    /// The credential was deleted: it must not be used again.
+    Deleted,
+    /// Storing its metadata failed after the secret was relayed: drop the
+    /// relayed secret only.
+    RolledBack,
+}
+
+/// Stop using a vault credential: drop a relayed secret, and (archived or
+/// deleted) refuse the credential from now on even where its secret lives
+/// in the customer's own Vault (`airlock.kv_path`, never deleted by Airlock).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForgetCredential {
+    /// `vlt_...`.
+    pub vault_id: String,
+    /// `vcrd_...`.
+    pub credential_id: String,
+    /// Why.
+    pub reason: ForgetReason,
+}
+
+/// Hold the Git token of one `github_repository` session resource, for that
+/// session and resource only (added on requests to the repository, never
+/// stored by the control plane).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutSessionToken {
+    /// `sesn_...`.
+    pub session_id: String,
+    /// `sesrsc_...`.
+    pub resource_id: String,
+    /// The repository's HTTPS URL (no userinfo).
+    pub url: String,
+    /// The token.
+    pub token: WireSecret,
+}
+
+/// Drop a session's repository token(s).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForgetSessionToken {
+    /// `sesn_...`.
+    pub session_id: String,
+    /// One resource; `None`: every token of the session (it ended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_id: Option<String>,
+}
+
+/// Answer to the four relay messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RelayAck {
+    /// For a put: the bridge holds it. For a forget: there was something to drop.
+    pub held: bool,
+}
+
+/// A vault credential a session may use, as its sandbox's egress policy
+/// needs it: ids and where it applies. Never a value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressCredential {
+    /// `vlt_...`.
+    pub vault_id: String,
+    /// `vcrd_...`.
+    pub credential_id: String,
+    /// Where the customer's Vault holds the secret (`airlock.kv_path`), when
+    /// it was written there rather than relayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_path: Option<String>,
+    /// How it is used.
+    pub binding: CredentialBinding,
+}
+
+/// How a credential is used on the way out, by its `auth.type`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CredentialBinding {
+    /// `static_bearer`: `Authorization: Bearer <token>` on requests to the
+    /// MCP server URL's host.
+    StaticBearer {
+        /// The credential's `mcp_server_url`.
+        mcp_server_url: String,
+    },
+    /// `mcp_oauth`: `Authorization: Bearer <access_token>` on requests to
+    /// the MCP server URL's host.
+    McpOauth {
+        /// The credential's `mcp_server_url`.
+        mcp_server_url: String,
+    },
+    /// `environment_variable`: the sandbox's `secret_name` holds a
+    /// placeholder, swapped for `secret_value` on the way out.
+    EnvironmentVariable {
+        /// The variable's name in the sandbox.
+        secret_name: String,
+        /// Hosts the placeholder may be swapped on.
+        networking: Networking,
+        /// Where in a request it is swapped.
+        injection_location: InjectionLocation,
+    },
+    /// A binding this build does not know (ignored, logged).
+    #[serde(other)]
+    Unknown,
+}
+
+/// The SDK's `networking` of an `environment_variable` credential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Networking {
+    /// Any host the session may reach.
+    Unrestricted,
+    /// Only these (`git.example.com`, `10.0.0.7`, `*.example.com`).
+    Limited {
+        /// The hosts.
+        allowed_hosts: Vec<String>,
+    },
+}
+
+/// The SDK's `injection_location`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InjectionLocation {
+    /// In request header values.
+    #[serde(default)]
+    pub header: bool,
+    /// In request bodies.
+    #[serde(default)]
+    pub body: bool,
+}
+
+impl Default for InjectionLocation {
+    /// The SDK's default: headers and bodies.
+    fn default() -> Self {
+        Self {
+            header: true,
+            body: true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_serialize_plainly_and_never_debug() {
+        let p = PutSessionToken {
+            session_id: "sesn_1".into(),
+            resource_id: "sesrsc_1".into(),
+            url: "https://git.example.com/a/b.git".into(),
+            token: WireSecret::new("canary-xyz"),
+        };
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(json.contains(r#""token":"canary-xyz""#), "{json}");
+        assert!(!format!("{p:?}").contains("canary"));
+        let back: PutSessionToken = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, p);
+        let mut fields = BTreeMap::new();
+        fields.insert("token".to_owned(), WireSecret::new("canary-abc"));
+        let c = PutCredential {
+            vault_id: "vlt_1".into(),
+            credential_id: "vcrd_1".into(),
+            fields,
+        };
+        assert!(!format!("{c:?}").contains("canary"));
+    }
+
+    #[test]
+    fn bindings_have_the_sdk_shapes() {
+        let e: EgressCredential = serde_json::from_value(serde_json::json!({
+            "vault_id": "vlt_1", "credential_id": "vcrd_1",
+            "binding": {"type": "environment_variable", "secret_name": "API_KEY",
+                        "networking": {"type": "limited", "allowed_hosts": ["api.example.com"]},
+                        "injection_location": {"header": true, "body": false}}
+        }))
+        .unwrap();
+        assert_eq!(
+            e.binding,
+            CredentialBinding::EnvironmentVariable {
+                secret_name: "API_KEY".into(),
+                networking: Networking::Limited {
+                    allowed_hosts: vec!["api.example.com".into()]
+                },
+                injection_location: InjectionLocation {
+                    header: true,
+                    body: false
+                },
+            }
+        );
+        let u: CredentialBinding =
+            serde_json::from_str(r#"{"type":"ssh_key","x":1}"#).unwrap();
+        assert_eq!(u, CredentialBinding::Unknown);
+        let f: ForgetSessionToken = serde_json::from_str(r#"{"session_id":"sesn_1"}"#).unwrap();
+        assert_eq!(f.resource_id, None);
+    }
+}
