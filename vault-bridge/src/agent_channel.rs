@@ -96,6 +96,7 @@ struct State {
     allowed_uids: Vec<u32>,
     listeners: Arc<EgressListeners>,
     backend: Arc<dyn SecretBackend>,
+    audit: Option<Arc<crate::audit_journal::AuditJournal>>,
 }
 
 /// The bound agent channel, ready to [`run`](AgentChannel::run).
@@ -155,8 +156,17 @@ impl AgentChannel {
                 allowed_uids,
                 listeners,
                 backend,
+                audit: None,
             }),
         })
+    }
+
+    /// Serve `SubscribeAudit` from `journal` (without it the request is unsupported).
+    pub fn with_audit(mut self, journal: Arc<crate::audit_journal::AuditJournal>) -> Self {
+        if let Some(state) = Arc::get_mut(&mut self.state) {
+            state.audit = Some(journal);
+        }
+        self
     }
 
     /// The socket's path.
@@ -300,6 +310,10 @@ async fn serve_agent(stream: UnixStream, state: &State) -> Result<(), ChannelErr
                 return Err(e.into());
             }
         };
+        if let (ToBridge::SubscribeAudit { after_seq }, Some(journal)) = (&request, &state.audit) {
+            return crate::agent_channel_audit::serve(conn.stream, *after_seq, journal.clone())
+                .await;
+        }
         let answer = handle(request, state).await;
         conn.write(&answer).await?;
     }

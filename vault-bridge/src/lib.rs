@@ -10,7 +10,9 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod agent_channel;
+pub mod agent_channel_audit;
 pub mod agent_channel_egress;
+pub mod audit_journal;
 pub mod backend;
 pub mod config;
 pub mod egress;

@@ -40,10 +40,9 @@ pub enum ServeError {
 fn egress_listeners(
     config: &Config,
     backend: &Arc<dyn SecretBackend>,
+    audit: Arc<crate::audit_journal::AuditJournal>,
 ) -> Result<Arc<crate::agent_channel_egress::EgressListeners>, ServeError> {
-    use crate::egress::{
-        self, BackendSecrets, Egress, EgressCa, TracingAudit, TrustRoots, Upstream,
-    };
+    use crate::egress::{self, BackendSecrets, Egress, EgressCa, TrustRoots, Upstream};
     let ca_dir = egress::ca_dir(&config.bridge.data_dir);
     let ca = EgressCa::load_or_create(&ca_dir)
         .map_err(|e| ServeError::Egress(format!("egress ca in {}: {e}", ca_dir.display())))?;
@@ -62,7 +61,7 @@ fn egress_listeners(
         ca,
         upstream,
         Arc::new(BackendSecrets(backend.clone())),
-        Arc::new(TracingAudit),
+        audit,
     ));
     crate::agent_channel_egress::EgressListeners::new(&config.egress.socket_dir, proxy)
         .map(Arc::new)
@@ -105,13 +104,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
         Err(error) => return Err(ServeError::Backend(error)),
     };
-    let listeners = egress_listeners(&config, &backend)?;
+    let journal_path = crate::audit_journal::journal_path(&config.bridge.data_dir);
+    let journal = crate::audit_journal::AuditJournal::open(
+        &journal_path,
+        crate::audit_journal::DEFAULT_MAX_RECORDS,
+    )
+    .map(Arc::new)
+    .map_err(|e| ServeError::Egress(e.to_string()))?;
+    let listeners = egress_listeners(&config, &backend, journal.clone())?;
     let channel = crate::agent_channel::AgentChannel::bind(
         &config.bridge.socket_path,
         &config.bridge.allowed_peer_uids,
         listeners,
         backend.clone(),
-    )?;
+    )?
+    .with_audit(journal);
     let (stop_channel, channel_stopped) = tokio::sync::oneshot::channel::<()>();
     let channel_task = tokio::spawn(channel.run(async move {
         let _ = channel_stopped.await;
