@@ -5,11 +5,18 @@
 //! `hash`). Editing, removing or reordering a line breaks the chain, which
 //! [`verify`] detects. Lines name the call, sandbox, session, tool_use_id,
 //! tool, outcome and duration; never inputs, outputs, env values or secrets.
+//!
+//! Credential uses reported by the vault-bridge are lines of their own
+//! (`call: "credential_use"`, the use's outcome, and a `credential_use`
+//! object: the bridge's sequence number and time, credential and vault ids,
+//! host, method, path, upstream status), chained like every other line; see
+//! [`crate::sandbox::bridge_audit`]. A gap the bridge's journal bound caused
+//! is a `credential_use_gap` line.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -65,6 +72,33 @@ pub struct AuditEvent {
     pub detail: Option<String>,
     /// Wall time of the call.
     pub duration_ms: u64,
+    /// For `credential_use` lines: what the bridge reported (never a value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_use: Option<CredentialUseDetail>,
+}
+
+/// The bridge's account of one credential use, as kept in the audit line.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CredentialUseDetail {
+    /// The bridge's sequence number (dedupe and resume key).
+    pub bridge_seq: u64,
+    /// When the bridge saw the request (RFC 3339 UTC).
+    pub bridge_at: String,
+    /// `vcrd_...` or a repository resource's `sesrsc_...`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_id: Option<String>,
+    /// `vlt_...` when the credential belongs to a vault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault_id: Option<String>,
+    /// Upstream host.
+    pub host: String,
+    /// HTTP method.
+    pub method: String,
+    /// Request path without the query string.
+    pub path: String,
+    /// The upstream's HTTP status, when it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -86,11 +120,12 @@ fn hash_of(prev: &str, body: &[u8]) -> String {
     hex::encode(h.finalize())
 }
 
-/// Append handle on the audit log.
-#[derive(Debug)]
+/// Append handle on the audit log. Cheap to clone (clones share the file
+/// and the chain state).
+#[derive(Debug, Clone)]
 pub struct AuditLog {
     path: PathBuf,
-    state: Mutex<(File, u64, String)>,
+    state: Arc<Mutex<(File, u64, String)>>,
 }
 
 impl AuditLog {
@@ -114,7 +149,7 @@ impl AuditLog {
             .map_err(io)?;
         Ok(Self {
             path,
-            state: Mutex::new((file, seq, prev)),
+            state: Arc::new(Mutex::new((file, seq, prev))),
         })
     }
 
@@ -164,6 +199,35 @@ impl AuditLog {
         *prev = hash;
         Ok(())
     }
+}
+
+/// The highest bridge sequence number among the `credential_use` lines of
+/// an audit file (0 when there is none or no file): where the agent resumes
+/// its subscription after a restart.
+pub fn last_credential_seq(path: &Path) -> Result<u64, AuditError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(source) => {
+            return Err(AuditError::Io {
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
+    let mut last = 0;
+    for raw in BufReader::new(file).lines() {
+        let raw = raw.map_err(|source| AuditError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        if let Ok(line) = serde_json::from_str::<Line>(&raw) {
+            if let Some(u) = line.event.credential_use {
+                last = last.max(u.bridge_seq);
+            }
+        }
+    }
+    Ok(last)
 }
 
 /// Verify the chain of an audit file; returns the last `seq` and hash.
@@ -249,6 +313,51 @@ mod tests {
         assert!(matches!(
             verify(&path),
             Err(AuditError::Broken { line: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn credential_use_lines_chain_and_give_the_resume_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path()).unwrap();
+        assert_eq!(last_credential_seq(log.path()).unwrap(), 0);
+        let shared = log.clone();
+        for seq in [4, 7] {
+            shared.record(AuditEvent {
+                call: "credential_use".into(),
+                sandbox_id: Some("sbx_1".into()),
+                session_id: Some("sesn_1".into()),
+                tool_use_id: Some("toolu_1".into()),
+                outcome: "injected".into(),
+                credential_use: Some(CredentialUseDetail {
+                    bridge_seq: seq,
+                    bridge_at: "2026-12-06T15:00:00.000000Z".into(),
+                    credential_id: Some("vcrd_1".into()),
+                    vault_id: Some("vlt_1".into()),
+                    host: "git.example.com".into(),
+                    method: "GET".into(),
+                    path: "/repo.git/info/refs".into(),
+                    status: Some(200),
+                }),
+                ..Default::default()
+            });
+        }
+        log.record(AuditEvent {
+            call: "execute".into(),
+            outcome: "ok".into(),
+            ..Default::default()
+        });
+        assert_eq!(verify(log.path()).unwrap().0, 3);
+        assert_eq!(last_credential_seq(log.path()).unwrap(), 7);
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        std::fs::write(
+            log.path(),
+            text.replacen("\"status\":200", "\"status\":201", 1),
+        )
+        .unwrap();
+        assert!(matches!(
+            verify(log.path()),
+            Err(AuditError::Broken { line: 1, .. })
         ));
     }
 }

@@ -18,6 +18,7 @@
 //! in-sandbox paths).
 
 pub mod bridge;
+pub mod bridge_audit;
 pub mod config;
 pub mod docker;
 pub mod executor_client;

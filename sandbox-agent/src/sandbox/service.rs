@@ -113,6 +113,7 @@ struct Inner {
     pool_profiles: Vec<SandboxSpec>,
     record: ExecutionRecord,
     audit: AuditLog,
+    tool_calls: super::bridge_audit::ToolCalls,
     assignments_dir: PathBuf,
     cancel: CancellationToken,
     refill: tokio::sync::Notify,
@@ -183,6 +184,7 @@ impl SandboxService {
             pool_profiles,
             record,
             audit,
+            tool_calls: super::bridge_audit::ToolCalls::default(),
             assignments_dir,
             cancel: CancellationToken::new(),
             refill: tokio::sync::Notify::new(),
@@ -190,6 +192,17 @@ impl SandboxService {
         });
         let service = Self { inner };
         let report = service.reconcile().await?;
+        if let Some(bridge) = &service.inner.cfg.sandbox.bridge {
+            let inner = &service.inner;
+            let recorder =
+                super::bridge_audit::Recorder::new(inner.audit.clone(), inner.tool_calls.clone())
+                    .map_err(|e| SandboxError::Internal(e.to_string()))?;
+            tokio::spawn(super::bridge_audit::run(
+                bridge.clone(),
+                recorder,
+                inner.cancel.clone(),
+            ));
+        }
         tokio::spawn(reaper(service.inner.clone()));
         if !service.inner.pool_profiles.is_empty() {
             tokio::spawn(refiller(service.inner.clone()));
@@ -582,6 +595,7 @@ impl SandboxService {
             }
         };
         sandbox.in_flight.fetch_add(1, Ordering::SeqCst);
+        let running = inner.tool_calls.begin(&sandbox.id, &req.tool_use_id);
         sandbox.touch();
         let deadline = tool_deadline(&inner.cfg.sandbox, &req.name, &req.input);
         let outcome = sandbox
@@ -589,6 +603,7 @@ impl SandboxService {
             .call(&req.name, &req.input, stream, deadline)
             .await;
         sandbox.touch();
+        drop(running);
         sandbox.in_flight.fetch_sub(1, Ordering::SeqCst);
         match outcome {
             Ok(r) => {
