@@ -41,6 +41,7 @@ fn serve(listener: UnixListener, seen: Seen) -> tokio::task::JoinHandle<()> {
 async fn connection(mut s: UnixStream, seen: Seen) {
     let codec = FrameCodec::default();
     let mut buf = BytesMut::new();
+    let mut hello = None;
     loop {
         let frame = loop {
             if let Some(f) = codec.decode(&mut buf).unwrap() {
@@ -51,7 +52,20 @@ async fn connection(mut s: UnixStream, seen: Seen) {
             }
         };
         let req = ToBridge::decode(&frame).unwrap();
-        seen.lock().unwrap().push(req.clone());
+        match &req {
+            // The agent's audit subscription: this peer has no uses to
+            // stream; hold the connection open and leave it out of `seen`.
+            ToBridge::SubscribeAudit { .. } => {
+                while s.read_buf(&mut buf).await.unwrap_or(0) != 0 {}
+                return;
+            }
+            ToBridge::Hello { .. } => hello = Some(req.clone()),
+            _ => {
+                let mut seen = seen.lock().unwrap();
+                seen.extend(hello.take());
+                seen.push(req.clone());
+            }
+        }
         let answer = match req {
             ToBridge::Hello { .. } => FromBridge::HelloAccepted {
                 version: 1,
