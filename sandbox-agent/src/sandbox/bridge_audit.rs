@@ -74,11 +74,15 @@ impl ToolCalls {
     pub fn begin(&self, sandbox_id: &str, tool_use_id: &str) -> ToolCallGuard {
         let now = SystemTime::now();
         let mut map = self.lock();
-        let spans = map.entry(sandbox_id.to_owned()).or_default();
-        spans.retain(|s| {
-            s.ended
-                .is_none_or(|e| now.duration_since(e).unwrap_or_default() < FINISHED_KEPT)
+        // Forget calls that ended long ago, in every sandbox (destroyed ones too).
+        map.retain(|_, spans| {
+            spans.retain(|s| {
+                s.ended
+                    .is_none_or(|e| now.duration_since(e).unwrap_or_default() < FINISHED_KEPT)
+            });
+            !spans.is_empty()
         });
+        let spans = map.entry(sandbox_id.to_owned()).or_default();
         spans.push(Span {
             tool_use_id: tool_use_id.to_owned(),
             started: now,
