@@ -103,6 +103,7 @@ fn world() -> World {
                     scheme: AuthScheme::Basic {
                         username: "git".into(),
                     },
+                    paths: Vec::new(),
                 }),
         )
         .allow(

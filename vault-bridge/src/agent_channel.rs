@@ -32,7 +32,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinSet;
 
-use crate::agent_channel_egress::{policy_for, EgressListeners, OpenError};
+use crate::agent_channel_egress::{session_policy, EgressListeners, OpenError};
 use crate::backend::SecretBackend;
 use crate::egress::SandboxIdentity;
 
@@ -96,6 +96,7 @@ struct State {
     allowed_uids: Vec<u32>,
     listeners: Arc<EgressListeners>,
     backend: Arc<dyn SecretBackend>,
+    relay: Option<Arc<crate::relay::Relay>>,
     audit: Option<Arc<crate::audit_journal::AuditJournal>>,
 }
 
@@ -156,6 +157,7 @@ impl AgentChannel {
                 allowed_uids,
                 listeners,
                 backend,
+                relay: None,
                 audit: None,
             }),
         })
@@ -165,6 +167,15 @@ impl AgentChannel {
     pub fn with_audit(mut self, journal: Arc<crate::audit_journal::AuditJournal>) -> Self {
         if let Some(state) = Arc::get_mut(&mut self.state) {
             state.audit = Some(journal);
+        }
+        self
+    }
+
+    /// Serve the relay messages (credentials and session tokens) with
+    /// `relay`; without it they are refused as unsupported.
+    pub fn with_relay(mut self, relay: Arc<crate::relay::Relay>) -> Self {
+        if let Some(state) = Arc::get_mut(&mut self.state) {
+            state.relay = Some(relay);
         }
         self
     }
@@ -327,22 +338,40 @@ async fn handle(request: ToBridge, state: &State) -> FromBridge {
             session_id,
             allowed_hosts,
             repositories,
-            credentials: _,
+            credentials,
         } => {
-            let opened =
-                policy_for(&sandbox_id, &allowed_hosts, &repositories).and_then(|policy| {
-                    state.listeners.open(
-                        SandboxIdentity {
-                            sandbox_id: sandbox_id.clone(),
-                            session_id,
-                        },
-                        policy,
-                    )
-                });
+            if let Some(relay) = &state.relay {
+                for c in &credentials {
+                    relay.set_kv_path(&c.credential_id, c.kv_path.as_deref());
+                }
+            }
+            let has_token = |resource_id: &str| {
+                state
+                    .relay
+                    .as_ref()
+                    .is_some_and(|r| r.holds_token(&session_id, resource_id))
+            };
+            let opened = session_policy(
+                &sandbox_id,
+                &allowed_hosts,
+                &repositories,
+                &credentials,
+                has_token,
+            )
+            .and_then(|(policy, env)| {
+                let path = state.listeners.open(
+                    SandboxIdentity {
+                        sandbox_id: sandbox_id.clone(),
+                        session_id: session_id.clone(),
+                    },
+                    policy,
+                )?;
+                Ok((path, env))
+            });
             match opened {
-                Ok(path) => FromBridge::EgressOpened {
+                Ok((path, env)) => FromBridge::EgressOpened {
                     socket_path: path.display().to_string(),
-                    env: Default::default(),
+                    env,
                 },
                 Err(e) => {
                     let code = match &e {
@@ -380,11 +409,34 @@ async fn handle(request: ToBridge, state: &State) -> FromBridge {
         ToBridge::Hello { .. } => {
             FromBridge::error(BridgeErrorCode::Malformed, "hello was already exchanged")
         }
+        ToBridge::PutCredential(p) => match &state.relay {
+            Some(r) => r.put_credential(&p).await,
+            None => no_relay(),
+        },
+        ToBridge::ForgetCredential(f) => match &state.relay {
+            Some(r) => r.forget_credential(&f).await,
+            None => no_relay(),
+        },
+        ToBridge::PutSessionToken(p) => match &state.relay {
+            Some(r) => r.put_session_token(&p).await,
+            None => no_relay(),
+        },
+        ToBridge::ForgetSessionToken(f) => match &state.relay {
+            Some(r) => r.forget_session_token(&f).await,
+            None => no_relay(),
+        },
         _ => FromBridge::error(
             BridgeErrorCode::UnsupportedRequest,
             "this bridge does not know that request type",
         ),
     }
+}
+
+fn no_relay() -> FromBridge {
+    FromBridge::error(
+        BridgeErrorCode::UnsupportedRequest,
+        "this bridge was started without relay state",
+    )
 }
 
 #[cfg(test)]
@@ -563,8 +615,9 @@ mod tests {
             "{body}"
         );
         // A second sandbox gets its own socket and its own policy.
-        let FromBridge::EgressOpened { socket_path: s2, .. } =
-            c.call(&open("sbx_2", &["other.example.net"])).await
+        let FromBridge::EgressOpened {
+            socket_path: s2, ..
+        } = c.call(&open("sbx_2", &["other.example.net"])).await
         else {
             panic!("not opened");
         };

@@ -14,7 +14,7 @@
 //! removes the socket; the directory is the agent's (it created it before
 //! the container) and stays.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -22,10 +22,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use protocol::bridge::{check_sandbox_id, EgressRepository, InvalidSandboxId};
+use protocol::relay::{CredentialBinding, EgressCredential, Networking};
 use tokio::net::UnixListener;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::egress::{Egress, EgressPolicy, HostPattern, HostRule, SandboxIdentity};
+use crate::egress::{
+    AuthScheme, CredentialRef, Egress, EgressPolicy, HostCredential, HostPattern, HostRule,
+    InjectionLocation, Placeholder, PlaceholderHosts, SandboxIdentity,
+};
 
 /// File name of a sandbox's socket inside its directory.
 pub const SOCKET_NAME: &str = "egress.sock";
@@ -250,28 +254,77 @@ async fn accept_loop(
     }
 }
 
-/// The policy of a session: each allowed host (`host`, `*.domain`, either
-/// with `:port`; port 443 by default) and each repository URL's host
-/// (`https` only, its port or 443). Ports of the same host are merged.
+/// The policy of a session without credentials: each allowed host
+/// (`host`, `*.domain`, either with `:port`; port 443 by default) and each
+/// repository URL's host (`https` only, its port or 443). Ports of the same
+/// host are merged.
 pub fn policy_for(
     sandbox_id: &str,
     allowed_hosts: &[String],
     repositories: &[EgressRepository],
 ) -> Result<EgressPolicy, OpenError> {
+    Ok(session_policy(sandbox_id, allowed_hosts, repositories, &[], |_| false)?.0)
+}
+
+/// Username of the HTTP basic credential a repository token is sent with
+/// (GitHub's convention; Gitea and GitLab accept any name with a token).
+pub const GIT_TOKEN_USERNAME: &str = "x-access-token";
+
+/// One host's rule while a policy is built.
+struct Draft {
+    pattern: HostPattern,
+    ports: Vec<u16>,
+    reason: String,
+    credentials: Vec<HostCredential>,
+}
+
+/// The policy of a session and the variables its sandbox gets:
+/// - allowed hosts and repository hosts as in [`policy_for`];
+/// - a repository whose `resource_id` has a token (`has_token`) gets it,
+///   as basic auth (`x-access-token:<token>`), on requests under the
+///   repository's path only (`/org/repo.git/...` or `/org/repo/...`): a
+///   clone of another repository on the same host goes without it;
+/// - `static_bearer` / `mcp_oauth` credentials: `Authorization: Bearer` on
+///   requests to the MCP server URL's host (under its path when it has one);
+/// - `environment_variable` credentials: a fresh placeholder per sandbox,
+///   returned as `secret_name` → placeholder, swapped on the credential's
+///   `allowed_hosts` (which are allowed hosts of the session) or, when
+///   `unrestricted`, on any host the session may reach.
+pub fn session_policy(
+    sandbox_id: &str,
+    allowed_hosts: &[String],
+    repositories: &[EgressRepository],
+    credentials: &[EgressCredential],
+    has_token: impl Fn(&str) -> bool,
+) -> Result<(EgressPolicy, BTreeMap<String, String>), OpenError> {
     let bad = |host: &str, reason: String| OpenError::Host {
         sandbox_id: sandbox_id.to_owned(),
         host: host.to_owned(),
         reason,
     };
-    let mut rules: Vec<(HostPattern, Vec<u16>, String)> = Vec::new();
-    let mut add = |pattern: HostPattern, port: u16, reason: String| match rules
-        .iter_mut()
-        .find(|(p, _, _)| *p == pattern)
-    {
-        Some((_, ports, _)) if ports.contains(&port) => {}
-        Some((_, ports, _)) => ports.push(port),
-        None => rules.push((pattern, vec![port], reason)),
-    };
+    let mut rules: Vec<Draft> = Vec::new();
+    let mut add =
+        |pattern: HostPattern, port: u16, reason: String, cred: Option<HostCredential>| {
+            let i = match rules.iter().position(|d| d.pattern == pattern) {
+                Some(i) => i,
+                None => {
+                    rules.push(Draft {
+                        pattern,
+                        ports: Vec::new(),
+                        reason,
+                        credentials: Vec::new(),
+                    });
+                    rules.len() - 1
+                }
+            };
+            let d = &mut rules[i];
+            if !d.ports.contains(&port) {
+                d.ports.push(port);
+            }
+            if let Some(c) = cred {
+                d.credentials.push(c);
+            }
+        };
     for h in allowed_hosts {
         let (host, port) = match h.rsplit_once(':') {
             Some((host, port)) => {
@@ -285,28 +338,135 @@ pub fn policy_for(
             None => (h.as_str(), 443),
         };
         let pattern = HostPattern::parse(host).map_err(|e| bad(h, e.to_string()))?;
-        add(pattern, port, format!("allowed host {h}"));
+        add(pattern, port, format!("allowed host {h}"), None);
     }
-    for r in repositories {
-        let url = url::Url::parse(&r.url).map_err(|e| bad(&r.url, e.to_string()))?;
+    let https = |raw: &str, what: &str| -> Result<(url::Url, HostPattern, u16), OpenError> {
+        let url = url::Url::parse(raw).map_err(|e| bad(raw, e.to_string()))?;
         if url.scheme() != "https" {
-            return Err(bad(&r.url, "repository urls must be https".into()));
+            return Err(bad(raw, format!("{what} urls must be https")));
         }
-        let host = url
-            .host_str()
-            .ok_or_else(|| bad(&r.url, "no host".into()))?;
-        let pattern = HostPattern::parse(host).map_err(|e| bad(&r.url, e.to_string()))?;
-        add(
-            pattern,
-            url.port_or_known_default().unwrap_or(443),
-            format!("repository {}", url.as_str()),
-        );
+        let host = url.host_str().ok_or_else(|| bad(raw, "no host".into()))?;
+        let pattern = HostPattern::parse(host).map_err(|e| bad(raw, e.to_string()))?;
+        let port = url.port_or_known_default().unwrap_or(443);
+        Ok((url, pattern, port))
+    };
+    for r in repositories {
+        let (url, pattern, port) = https(&r.url, "repository")?;
+        let cred = r
+            .resource_id
+            .as_deref()
+            .filter(|id| has_token(id))
+            .map(|id| {
+                HostCredential::new(
+                    CredentialRef {
+                        vault_id: None,
+                        credential_id: id.to_owned(),
+                        field: "token".into(),
+                    },
+                    AuthScheme::Basic {
+                        username: GIT_TOKEN_USERNAME.into(),
+                    },
+                )
+                .limited_to(repository_paths(url.path()))
+            });
+        add(pattern, port, format!("repository {}", url.as_str()), cred);
     }
-    Ok(rules
-        .into_iter()
-        .fold(EgressPolicy::new(), |policy, (pattern, ports, reason)| {
-            policy.allow(HostRule::new(pattern, reason).with_ports(&ports))
-        }))
+    let mut placeholders = Vec::new();
+    let mut env = BTreeMap::new();
+    for c in credentials {
+        match &c.binding {
+            CredentialBinding::StaticBearer { mcp_server_url }
+            | CredentialBinding::McpOauth { mcp_server_url } => {
+                let field = match c.binding {
+                    CredentialBinding::McpOauth { .. } => "access_token",
+                    _ => "token",
+                };
+                let (url, pattern, port) = https(mcp_server_url, "mcp server")?;
+                let path = url.path().trim_end_matches('/');
+                let cred = HostCredential::new(
+                    CredentialRef {
+                        vault_id: Some(c.vault_id.clone()),
+                        credential_id: c.credential_id.clone(),
+                        field: field.into(),
+                    },
+                    AuthScheme::Bearer,
+                );
+                let cred = if path.is_empty() {
+                    cred
+                } else {
+                    cred.limited_to(vec![path.to_owned()])
+                };
+                add(
+                    pattern,
+                    port,
+                    format!("credential {} ({})", c.credential_id, url.as_str()),
+                    Some(cred),
+                );
+            }
+            CredentialBinding::EnvironmentVariable {
+                secret_name,
+                networking,
+                injection_location,
+            } => {
+                let hosts = match networking {
+                    Networking::Unrestricted => PlaceholderHosts::Unrestricted,
+                    Networking::Limited { allowed_hosts } => {
+                        let mut pats = Vec::new();
+                        for h in allowed_hosts {
+                            let pattern =
+                                HostPattern::parse(h).map_err(|e| bad(h, e.to_string()))?;
+                            add(
+                                pattern.clone(),
+                                443,
+                                format!("credential {} allowed host {h}", c.credential_id),
+                                None,
+                            );
+                            pats.push(pattern);
+                        }
+                        PlaceholderHosts::Limited(pats)
+                    }
+                };
+                let ph = Placeholder::generate(
+                    CredentialRef {
+                        vault_id: Some(c.vault_id.clone()),
+                        credential_id: c.credential_id.clone(),
+                        field: "secret_value".into(),
+                    },
+                    hosts,
+                    InjectionLocation {
+                        header: injection_location.header,
+                        body: injection_location.body,
+                    },
+                );
+                env.insert(secret_name.clone(), ph.value().to_owned());
+                placeholders.push(ph);
+            }
+            _ => {
+                tracing::warn!(sandbox_id, credential_id = %c.credential_id, "credential binding of a type this bridge does not know; skipped");
+            }
+        }
+    }
+    let mut policy = rules.into_iter().fold(EgressPolicy::new(), |policy, d| {
+        let rule = d.credentials.into_iter().fold(
+            HostRule::new(d.pattern, d.reason).with_ports(&d.ports),
+            |r, c| r.with_credential(c),
+        );
+        policy.allow(rule)
+    });
+    for ph in placeholders {
+        policy = policy.with_placeholder(ph);
+    }
+    Ok((policy, env))
+}
+
+/// The path prefixes a repository's token applies to: its URL path with and
+/// without `.git` (git's smart HTTP adds `/info/refs`, `/git-upload-pack`).
+pub fn repository_paths(path: &str) -> Vec<String> {
+    let p = path.trim_end_matches('/');
+    let bare = p.strip_suffix(".git").unwrap_or(p);
+    let mut v = vec![bare.to_owned(), format!("{bare}.git")];
+    v.retain(|s| !s.is_empty());
+    v
 }
 
 #[cfg(test)]
@@ -362,5 +522,105 @@ mod tests {
                 "{s}"
             );
         }
+    }
+
+    #[test]
+    fn repository_tokens_are_limited_to_the_repository_path() {
+        let repos = vec![EgressRepository {
+            url: "https://git.example.com/org/app.git".into(),
+            resource_id: Some("sesrsc_1".into()),
+        }];
+        let (p, env) = session_policy("sbx_1", &[], &repos, &[], |r| r == "sesrsc_1").unwrap();
+        assert!(env.is_empty());
+        let rule = p.check_connect("git.example.com", 443).unwrap();
+        for path in [
+            "/org/app.git/info/refs",
+            "/org/app/info/refs",
+            "/org/app.git",
+        ] {
+            let c = rule.credential_for(path).expect(path);
+            assert_eq!(c.credential.credential_id, "sesrsc_1");
+            assert_eq!(c.credential.vault_id, None);
+        }
+        for path in [
+            "/org/other.git/info/refs",
+            "/org/app-evil/info/refs",
+            "/",
+            "/org",
+        ] {
+            assert!(rule.credential_for(path).is_none(), "{path}");
+        }
+        // Without a held token the host is allowed but nothing is added.
+        let (p, _) = session_policy("sbx_1", &[], &repos, &[], |_| false).unwrap();
+        assert!(p
+            .check_connect("git.example.com", 443)
+            .unwrap()
+            .credentials
+            .is_empty());
+    }
+
+    #[test]
+    fn credentials_become_bearer_rules_and_placeholders() {
+        use protocol::relay::InjectionLocation as Loc;
+        let creds = vec![
+            EgressCredential {
+                vault_id: "vlt_1".into(),
+                credential_id: "vcrd_b".into(),
+                kv_path: None,
+                binding: CredentialBinding::StaticBearer {
+                    mcp_server_url: "https://mcp.example.com/mcp".into(),
+                },
+            },
+            EgressCredential {
+                vault_id: "vlt_1".into(),
+                credential_id: "vcrd_e".into(),
+                kv_path: None,
+                binding: CredentialBinding::EnvironmentVariable {
+                    secret_name: "API_KEY".into(),
+                    networking: Networking::Limited {
+                        allowed_hosts: vec!["api.example.com".into()],
+                    },
+                    injection_location: Loc {
+                        header: true,
+                        body: false,
+                    },
+                },
+            },
+            EgressCredential {
+                vault_id: "vlt_1".into(),
+                credential_id: "vcrd_u".into(),
+                kv_path: None,
+                binding: CredentialBinding::Unknown,
+            },
+        ];
+        let (p, env) = session_policy("sbx_1", &[], &[], &creds, |_| false).unwrap();
+        let rule = p.check_connect("mcp.example.com", 443).unwrap();
+        let c = rule.credential_for("/mcp").unwrap();
+        assert_eq!(c.credential.credential_id, "vcrd_b");
+        assert_eq!(c.credential.field, "token");
+        assert!(rule.credential_for("/other").is_none());
+        assert!(p.check_connect("api.example.com", 443).is_ok());
+        let ph = env.get("API_KEY").unwrap();
+        assert!(ph.starts_with("airlock-placeholder-vcrd_e-"), "{ph}");
+        let known = p.placeholder(ph).unwrap();
+        assert!(known.allowed_on("api.example.com"));
+        assert!(!known.allowed_on("mcp.example.com"));
+        assert_eq!(env.len(), 1);
+        // A fresh placeholder per sandbox.
+        let (_, env2) = session_policy("sbx_2", &[], &[], &creds, |_| false).unwrap();
+        assert_ne!(env2.get("API_KEY"), env.get("API_KEY"));
+        // Plain-http credential urls are refused.
+        let bad = vec![EgressCredential {
+            vault_id: "vlt_1".into(),
+            credential_id: "vcrd_h".into(),
+            kv_path: None,
+            binding: CredentialBinding::StaticBearer {
+                mcp_server_url: "http://mcp.example.com/".into(),
+            },
+        }];
+        assert!(matches!(
+            session_policy("sbx_1", &[], &[], &bad, |_| false),
+            Err(OpenError::Host { .. })
+        ));
     }
 }

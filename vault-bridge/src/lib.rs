@@ -16,5 +16,6 @@ pub mod audit_journal;
 pub mod backend;
 pub mod config;
 pub mod egress;
+pub mod relay;
 pub mod secret;
 pub mod serve;

@@ -39,10 +39,10 @@ pub enum ServeError {
 /// The egress proxy and its per-sandbox listeners, from `[egress]`.
 fn egress_listeners(
     config: &Config,
-    backend: &Arc<dyn SecretBackend>,
+    relay: &Arc<crate::relay::Relay>,
     audit: Arc<crate::audit_journal::AuditJournal>,
 ) -> Result<Arc<crate::agent_channel_egress::EgressListeners>, ServeError> {
-    use crate::egress::{self, BackendSecrets, Egress, EgressCa, TrustRoots, Upstream};
+    use crate::egress::{self, Egress, EgressCa, TrustRoots, Upstream};
     let ca_dir = egress::ca_dir(&config.bridge.data_dir);
     let ca = EgressCa::load_or_create(&ca_dir)
         .map_err(|e| ServeError::Egress(format!("egress ca in {}: {e}", ca_dir.display())))?;
@@ -60,7 +60,7 @@ fn egress_listeners(
     let proxy = Arc::new(Egress::new(
         ca,
         upstream,
-        Arc::new(BackendSecrets(backend.clone())),
+        Arc::new(crate::relay::BridgeSecrets(relay.clone())),
         audit,
     ));
     crate::agent_channel_egress::EgressListeners::new(&config.egress.socket_dir, proxy)
@@ -111,14 +111,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     )
     .map(Arc::new)
     .map_err(|e| ServeError::Egress(e.to_string()))?;
-    let listeners = egress_listeners(&config, &backend, journal.clone())?;
+    let request_timeout = match &config.backend {
+        crate::config::BackendConfig::File(c) => c.request_timeout,
+        crate::config::BackendConfig::Openbao(c) => c.request_timeout,
+    };
+    let relay =
+        crate::relay::Relay::open(&config.bridge.data_dir, backend.clone(), request_timeout)
+            .await
+            .map(Arc::new)
+            .map_err(|e| ServeError::Egress(e.to_string()))?;
+    let listeners = egress_listeners(&config, &relay, journal.clone())?;
     let channel = crate::agent_channel::AgentChannel::bind(
         &config.bridge.socket_path,
         &config.bridge.allowed_peer_uids,
         listeners,
         backend.clone(),
     )?
-    .with_audit(journal);
+    .with_audit(journal)
+    .with_relay(relay);
     let (stop_channel, channel_stopped) = tokio::sync::oneshot::channel::<()>();
     let channel_task = tokio::spawn(channel.run(async move {
         let _ = channel_stopped.await;

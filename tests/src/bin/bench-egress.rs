@@ -136,6 +136,7 @@ fn main() -> Result<()> {
                     scheme: AuthScheme::Basic {
                         username: "git".into(),
                     },
+                    paths: Vec::new(),
                 }),
         )
         .allow(

@@ -160,13 +160,47 @@ impl fmt::Debug for AuthScheme {
     }
 }
 
-/// The credential the proxy adds to every request to a host.
+/// A credential the proxy adds to requests to a host: to every request, or
+/// (a repository's token) only to requests under one of `paths`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostCredential {
     /// Which secret.
     pub credential: CredentialRef,
     /// How it is sent.
     pub scheme: AuthScheme,
+    /// Path prefixes (`/org/repo.git`) the credential is limited to: a
+    /// request path equal to one or under it (`/org/repo.git/info/refs`).
+    /// Empty: every path of the host.
+    pub paths: Vec<String>,
+}
+
+impl HostCredential {
+    /// A credential for every path of its host.
+    pub fn new(credential: CredentialRef, scheme: AuthScheme) -> Self {
+        Self {
+            credential,
+            scheme,
+            paths: Vec::new(),
+        }
+    }
+
+    /// The same credential, limited to requests under `paths`.
+    pub fn limited_to(mut self, paths: Vec<String>) -> Self {
+        self.paths = paths;
+        self
+    }
+
+    /// Whether a request to `path` (without the query) gets this credential.
+    pub fn applies_to(&self, path: &str) -> bool {
+        self.paths.is_empty()
+            || self.paths.iter().any(|p| {
+                let p = p.trim_end_matches('/');
+                path == p
+                    || path
+                        .strip_prefix(p)
+                        .is_some_and(|rest| rest.starts_with('/'))
+            })
+    }
 }
 
 /// One allowed host.
@@ -179,8 +213,10 @@ pub struct HostRule {
     /// Whether absolute-form `http://` requests (no TLS) may go to it;
     /// credentials and placeholders are never sent over plain HTTP.
     pub plain_http: bool,
-    /// Added to every request to the host; whatever `Authorization` the sandbox sent is dropped.
-    pub credential: Option<HostCredential>,
+    /// Credentials added to requests to the host: the first that applies to
+    /// the request's path; whatever `Authorization` the sandbox sent is
+    /// dropped whenever the host has any.
+    pub credentials: Vec<HostCredential>,
     /// Why the host is allowed (e.g. `repository https://git.example.com/a/b.git`); for logs.
     pub reason: String,
 }
@@ -192,7 +228,7 @@ impl HostRule {
             pattern,
             ports: vec![443],
             plain_http: false,
-            credential: None,
+            credentials: Vec::new(),
             reason: reason.into(),
         }
     }
@@ -203,10 +239,15 @@ impl HostRule {
         self
     }
 
-    /// The same rule with `credential` injected.
+    /// The same rule with `credential` injected (after those it has).
     pub fn with_credential(mut self, credential: HostCredential) -> Self {
-        self.credential = Some(credential);
+        self.credentials.push(credential);
         self
+    }
+
+    /// The credential a request to `path` gets, if any.
+    pub fn credential_for(&self, path: &str) -> Option<&HostCredential> {
+        self.credentials.iter().find(|c| c.applies_to(path))
     }
 
     /// The same rule, also allowing plain HTTP.

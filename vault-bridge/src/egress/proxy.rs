@@ -491,7 +491,7 @@ impl Tunnel {
         let mut headers = forwardable(parts.headers);
         headers.remove(header::PROXY_AUTHORIZATION);
         headers.remove(header::EXPECT);
-        if let Some(c) = &self.rule.credential {
+        for c in &self.rule.credentials {
             headers.remove(header::AUTHORIZATION);
             if let AuthScheme::Header { name, .. } = &c.scheme {
                 headers.remove(name);
@@ -532,7 +532,7 @@ impl Tunnel {
             )
             .boxed()
         };
-        if let Some(c) = &self.rule.credential {
+        if let Some(c) = self.rule.credential_for(&path) {
             self.inject(c, &mut headers, &method, &path).await?;
             used.push(c.credential.clone());
         }
