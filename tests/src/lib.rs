@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api_stack;
+pub mod bridge;
 pub mod deploy;
 pub mod egress;
 pub mod fake_model;
