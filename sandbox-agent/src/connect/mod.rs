@@ -8,6 +8,7 @@
 //! are answered `unavailable` with the reason.
 
 pub mod config;
+mod relay;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,12 +53,17 @@ pub enum RunError {
 #[derive(Clone)]
 pub struct Dispatcher {
     sandboxes: Result<SandboxService, String>,
+    bridge: Option<crate::sandbox::bridge::BridgeClient>,
 }
 
 impl std::fmt::Debug for Dispatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dispatcher")
             .field("sandboxes", &self.sandboxes.is_ok())
+            .field(
+                "bridge",
+                &self.bridge.as_ref().map(|b| b.socket().to_owned()),
+            )
             .finish()
     }
 }
@@ -65,7 +71,17 @@ impl std::fmt::Debug for Dispatcher {
 impl Dispatcher {
     /// A dispatcher with `sandboxes`, or the reason there are none.
     pub fn new(sandboxes: Result<SandboxService, String>) -> Self {
-        Self { sandboxes }
+        Self {
+            sandboxes,
+            bridge: None,
+        }
+    }
+
+    /// Forward the relay calls to the vault-bridge of `[bridge]` (absent:
+    /// they are refused as unavailable).
+    pub fn with_bridge(mut self, bridge: Option<&crate::sandbox::config::BridgeSettings>) -> Self {
+        self.bridge = bridge.map(crate::sandbox::bridge::BridgeClient::new);
+        self
     }
 
     fn service(&self) -> Result<&SandboxService, Response> {
@@ -90,6 +106,7 @@ impl CallHandler for Dispatcher {
                 software_version: env!("CARGO_PKG_VERSION").to_owned(),
             })),
             Request::Echo => client::serve_echo(io).await,
+            r if relay::is_relay(&r) => relay::handle(self.bridge.as_ref(), r).await,
             Request::Provision(req) => match self.service() {
                 Err(r) => r,
                 Ok(s) => match s.provision(req).await {
@@ -244,7 +261,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let handle = Arc::new(client::spawn(
         settings,
         tls,
-        Arc::new(Dispatcher::new(sandboxes)),
+        Arc::new(Dispatcher::new(sandboxes).with_bridge(config.sandbox.bridge.as_ref())),
     ));
 
     let stop = CancellationToken::new();

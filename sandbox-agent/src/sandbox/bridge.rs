@@ -7,6 +7,7 @@
 //! deadline, so a bridge that is down or stuck fails the call with a typed
 //! error naming the socket instead of hanging (fail closed).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -102,11 +103,15 @@ pub fn repositories_from_resources(resources: &[serde_json::Value]) -> Vec<Egres
                 .and_then(|t| t.as_str())
                 .is_some_and(|t| t.contains("repository"))
         })
-        .filter_map(|r| r.get("url").and_then(|u| u.as_str()))
-        .filter(|u| u.starts_with("https://"))
-        .map(|u| EgressRepository {
+        .filter_map(|r| {
+            let url = r.get("url").and_then(|u| u.as_str())?;
+            let id = r.get("id").and_then(|i| i.as_str()).map(str::to_owned);
+            Some((url, id))
+        })
+        .filter(|(u, _)| u.starts_with("https://"))
+        .map(|(u, id)| EgressRepository {
             url: u.to_owned(),
-            resource_id: None,
+            resource_id: id,
         })
         .collect()
 }
@@ -126,25 +131,34 @@ impl BridgeClient {
         &self.socket
     }
 
-    /// Start the sandbox's egress listener; returns the socket path the
-    /// bridge bound (on the host).
-    pub async fn open_egress(
-        &self,
+    /// The `open_egress` request for a sandbox (kept to re-send it after a
+    /// bridge restart).
+    pub fn open_egress_request(
         sandbox_id: &str,
         session_id: &str,
         allowed_hosts: Vec<String>,
         repositories: Vec<EgressRepository>,
-    ) -> Result<String, BridgeError> {
+        credentials: Vec<protocol::relay::EgressCredential>,
+    ) -> Result<ToBridge, BridgeError> {
         check_sandbox_id(sandbox_id)?;
-        let request = ToBridge::OpenEgress {
+        Ok(ToBridge::OpenEgress {
             sandbox_id: sandbox_id.to_owned(),
             session_id: session_id.to_owned(),
             allowed_hosts,
             repositories,
-            credentials: Vec::new(),
-        };
-        match self.call(&request).await? {
-            FromBridge::EgressOpened { socket_path, .. } => Ok(socket_path),
+            credentials,
+        })
+    }
+
+    /// Start the sandbox's egress listener; returns the socket path the
+    /// bridge bound (on the host) and the placeholders of the sandbox's
+    /// `environment_variable` credentials (`secret_name` -> placeholder).
+    pub async fn open_egress(
+        &self,
+        request: &ToBridge,
+    ) -> Result<(String, BTreeMap<String, String>), BridgeError> {
+        match self.call(request).await? {
+            FromBridge::EgressOpened { socket_path, env } => Ok((socket_path, env)),
             other => Err(self.unexpected("open_egress", &other)),
         }
     }
@@ -158,6 +172,57 @@ impl BridgeClient {
         match self.call(&request).await? {
             FromBridge::EgressClosed { existed } => Ok(existed),
             other => Err(self.unexpected("close_egress", &other)),
+        }
+    }
+
+    /// Relay a vault credential's secret to the bridge; whether it holds it.
+    pub async fn put_credential(
+        &self,
+        put: protocol::relay::PutCredential,
+    ) -> Result<bool, BridgeError> {
+        self.relay("put_credential", ToBridge::PutCredential(put))
+            .await
+    }
+
+    /// Tell the bridge to stop using a vault credential.
+    pub async fn forget_credential(
+        &self,
+        forget: protocol::relay::ForgetCredential,
+    ) -> Result<bool, BridgeError> {
+        self.relay("forget_credential", ToBridge::ForgetCredential(forget))
+            .await
+    }
+
+    /// Relay a session resource's Git token to the bridge.
+    pub async fn put_session_token(
+        &self,
+        put: protocol::relay::PutSessionToken,
+    ) -> Result<bool, BridgeError> {
+        self.relay("put_session_token", ToBridge::PutSessionToken(put))
+            .await
+    }
+
+    /// Tell the bridge to drop a session's Git token(s).
+    pub async fn forget_session_token(
+        &self,
+        forget: protocol::relay::ForgetSessionToken,
+    ) -> Result<bool, BridgeError> {
+        self.relay("forget_session_token", ToBridge::ForgetSessionToken(forget))
+            .await
+    }
+
+    async fn relay(&self, name: &str, request: ToBridge) -> Result<bool, BridgeError> {
+        match self.call(&request).await? {
+            FromBridge::Relayed { held } => Ok(held),
+            other => Err(self.unexpected(name, &other)),
+        }
+    }
+
+    /// Whether the bridge answers `health` within the deadline.
+    pub async fn health(&self) -> Result<(), BridgeError> {
+        match self.call(&ToBridge::Health).await? {
+            FromBridge::Health { .. } => Ok(()),
+            other => Err(self.unexpected("health", &other)),
         }
     }
 
@@ -271,6 +336,92 @@ impl BridgeClient {
     }
 }
 
+/// The `open_egress` requests of live sandboxes and the sockets the bridge
+/// bound for them, so that a restarted bridge gets them back.
+#[derive(Debug, Default)]
+pub struct OpenEgresses(std::sync::Mutex<std::collections::HashMap<String, (ToBridge, PathBuf)>>);
+
+impl OpenEgresses {
+    fn map(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (ToBridge, PathBuf)>> {
+        // Single map operations: a poisoned lock still holds a consistent map.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remember a sandbox's request and the socket the bridge answered.
+    pub fn insert(&self, sandbox_id: &str, request: ToBridge, socket: PathBuf) {
+        self.map().insert(sandbox_id.to_owned(), (request, socket));
+    }
+
+    /// Forget a sandbox; whether it was there.
+    pub fn remove(&self, sandbox_id: &str) -> bool {
+        self.map().remove(sandbox_id).is_some()
+    }
+
+    /// The sandboxes with an open egress.
+    pub fn sandbox_ids(&self) -> Vec<String> {
+        self.map().keys().cloned().collect()
+    }
+
+    fn snapshot(&self) -> Vec<(String, ToBridge, PathBuf)> {
+        self.map()
+            .iter()
+            .map(|(id, (r, p))| (id.clone(), r.clone(), p.clone()))
+            .collect()
+    }
+}
+
+/// How often [`keep_egress_open`] checks the sandboxes' egress sockets.
+pub const EGRESS_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Until `cancel`: every [`EGRESS_CHECK_INTERVAL`], connect to each live
+/// sandbox's egress socket; one that no longer accepts (the bridge was
+/// killed or restarted and lost its listeners) gets its `open_egress`
+/// re-sent, so a restarted bridge serves the sandbox again within about a
+/// second of being back. While the bridge is down the re-sends fail fast
+/// (connect refused) and are retried on the next tick.
+pub async fn keep_egress_open(
+    settings: BridgeSettings,
+    book: std::sync::Arc<OpenEgresses>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let client = BridgeClient::new(&settings);
+    let mut tick = tokio::time::interval(EGRESS_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut down_logged = false;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for (sandbox_id, request, socket) in book.snapshot() {
+            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+                continue;
+            }
+            match client.open_egress(&request).await {
+                Ok((path, _env)) => {
+                    down_logged = false;
+                    // Closed meanwhile: do not resurrect it.
+                    if book.map().contains_key(&sandbox_id) {
+                        book.insert(&sandbox_id, request, PathBuf::from(&path));
+                        tracing::info!(%sandbox_id, socket = %path, "sandbox egress reopened on the vault-bridge");
+                    } else {
+                        let _ = client.close_egress(&sandbox_id).await;
+                    }
+                }
+                Err(error) => {
+                    if !down_logged {
+                        tracing::warn!(%sandbox_id, %error, "sandbox egress is down; retrying while the vault-bridge is unreachable");
+                        down_logged = true;
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,6 +434,10 @@ mod tests {
             ca_cert_file: dir.join("ca.pem"),
             call_timeout: timeout,
         }
+    }
+
+    fn req(sandbox_id: &str, hosts: Vec<String>, repos: Vec<EgressRepository>) -> ToBridge {
+        BridgeClient::open_egress_request(sandbox_id, "sesn_1", hosts, repos, Vec::new()).unwrap()
     }
 
     async fn read_request(stream: &mut UnixStream, buf: &mut BytesMut) -> Option<ToBridge> {
@@ -345,13 +500,8 @@ mod tests {
             url: "https://git.example.com/a/b.git".into(),
             resource_id: None,
         }];
-        let path = client
-            .open_egress(
-                "sbx_1",
-                "sesn_1",
-                vec!["h.example.com".into()],
-                repos.clone(),
-            )
+        let (path, _env) = client
+            .open_egress(&req("sbx_1", vec!["h.example.com".into()], repos.clone()))
             .await
             .unwrap();
         assert_eq!(path, "/x/sbx_1/egress.sock");
@@ -394,7 +544,7 @@ mod tests {
             FromBridge::error(BridgeErrorCode::InvalidHost, "bad host `x y`"),
         );
         let e = BridgeClient::new(&st)
-            .open_egress("sbx_1", "sesn_1", vec!["x y".into()], vec![])
+            .open_egress(&req("sbx_1", vec!["x y".into()], vec![]))
             .await
             .unwrap_err();
         assert!(
@@ -415,7 +565,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let st = settings(dir.path(), Duration::from_secs(5));
         let e = BridgeClient::new(&st)
-            .open_egress("sbx_1", "sesn_1", vec![], vec![])
+            .open_egress(&req("sbx_1", vec![], vec![]))
             .await
             .unwrap_err();
         assert!(

@@ -114,6 +114,8 @@ struct Inner {
     record: ExecutionRecord,
     audit: AuditLog,
     tool_calls: super::bridge_audit::ToolCalls,
+    /// Live sandboxes' `open_egress` requests (re-sent after a bridge restart).
+    egress: Arc<super::bridge::OpenEgresses>,
     assignments_dir: PathBuf,
     cancel: CancellationToken,
     refill: tokio::sync::Notify,
@@ -185,6 +187,7 @@ impl SandboxService {
             record,
             audit,
             tool_calls: super::bridge_audit::ToolCalls::default(),
+            egress: Arc::default(),
             assignments_dir,
             cancel: CancellationToken::new(),
             refill: tokio::sync::Notify::new(),
@@ -200,6 +203,11 @@ impl SandboxService {
             tokio::spawn(super::bridge_audit::run(
                 bridge.clone(),
                 recorder,
+                inner.cancel.clone(),
+            ));
+            tokio::spawn(super::bridge::keep_egress_open(
+                bridge.clone(),
+                inner.egress.clone(),
                 inner.cancel.clone(),
             ));
         }
@@ -392,8 +400,12 @@ impl SandboxService {
             reg.reserved += 1;
             spec
         };
-        let repositories = super::bridge::repositories_from_resources(&req.resources);
-        let outcome = self.provision_reserved(&spec, repositories).await;
+        let egress = EgressInput {
+            repositories: super::bridge::repositories_from_resources(&req.resources),
+            credentials: req.credentials.clone(),
+            allowed_hosts: req.allowed_hosts.clone(),
+        };
+        let outcome = self.provision_reserved(&spec, egress).await;
         inner.lock().reserved -= 1;
         let (sandbox, from_pool) = outcome?;
         let provisioned = Provisioned {
@@ -413,7 +425,7 @@ impl SandboxService {
     async fn provision_reserved(
         &self,
         spec: &SandboxSpec,
-        repositories: Vec<protocol::bridge::EgressRepository>,
+        egress: EgressInput,
     ) -> Result<(Arc<Sandbox>, bool), SandboxError> {
         let inner = &self.inner;
         let profile = spec.profile();
@@ -431,22 +443,33 @@ impl SandboxService {
         if inner.cfg.sandbox.bridge.is_some() {
             env.extend(super::bridge::sandbox_env());
         }
-        let configured = warm
-            .client
-            .configure(
-                env,
-                Some(spec.workdir.clone()),
-                inner.cfg.sandbox.executor_ready_timeout,
-            )
-            .await;
+        // Egress first: its placeholders go into the tool environment.
+        let err = match open_egress(inner, &warm.sandbox_id, spec, egress).await {
+            Ok(placeholders) => {
+                env.extend(placeholders);
+                None
+            }
+            Err(e) => Some(e),
+        };
         let fail = |message: String| SandboxError::ExecutorStart {
             sandbox_id: warm.sandbox_id.clone(),
             message,
         };
-        let err = match configured {
-            Ok(None) => None,
-            Ok(Some(m)) => Some(fail(format!("configure refused: {m}"))),
-            Err(e) => Some(fail(format!("configure failed: {e}"))),
+        let err = match err {
+            Some(e) => Some(e),
+            None => match warm
+                .client
+                .configure(
+                    env,
+                    Some(spec.workdir.clone()),
+                    inner.cfg.sandbox.executor_ready_timeout,
+                )
+                .await
+            {
+                Ok(None) => None,
+                Ok(Some(m)) => Some(fail(format!("configure refused: {m}"))),
+                Err(e) => Some(fail(format!("configure failed: {e}"))),
+            },
         };
         let assignment = Assignment {
             sandbox_id: warm.sandbox_id.clone(),
@@ -455,12 +478,6 @@ impl SandboxService {
             image: spec.image.clone(),
             created_at: warm.created_at,
             expires_at,
-        };
-        let err = match err {
-            None => open_egress(inner, &warm.sandbox_id, spec, repositories)
-                .await
-                .err(),
-            e => e,
         };
         let err = match err {
             None => write_assignment(&inner.assignments_dir, &assignment).err(),
@@ -745,6 +762,11 @@ impl SandboxService {
                 close_egress(inner, &s.id).await;
             }
         }
+        // No egress outlives the agent (revoked or stopped): a sandbox left
+        // running has no way out until a restarted agent provisions again.
+        for sandbox_id in inner.egress.sandbox_ids() {
+            close_egress(inner, &sandbox_id).await;
+        }
     }
 }
 
@@ -771,28 +793,49 @@ async fn retire(inner: &Inner, sandbox: &Sandbox, reason: &str) {
     close_egress(inner, &sandbox.id).await;
 }
 
+/// What a provision request says about the sandbox's way out.
+#[derive(Debug, Default)]
+struct EgressInput {
+    repositories: Vec<protocol::bridge::EgressRepository>,
+    credentials: Vec<protocol::relay::EgressCredential>,
+    allowed_hosts: Vec<String>,
+}
+
 /// With `[bridge]`: ask the bridge to listen for this sandbox, as its
-/// session. A sandbox with no session gets no listener (its proxy reaches
-/// nothing). Fails closed: a bridge that is down or refuses fails provision.
+/// session, with the session's repositories, credentials and allowed hosts;
+/// answers the credentials' placeholders for the tool environment. The
+/// request is kept so that a restarted bridge gets it again. A sandbox with
+/// no session gets no listener (its proxy reaches nothing). Fails closed: a
+/// bridge that is down or refuses fails provision.
 async fn open_egress(
     inner: &Inner,
     sandbox_id: &str,
     spec: &SandboxSpec,
-    repositories: Vec<protocol::bridge::EgressRepository>,
-) -> Result<(), SandboxError> {
+    egress: EgressInput,
+) -> Result<std::collections::BTreeMap<String, String>, SandboxError> {
     let (Some(bridge), Some(session_id)) = (&inner.cfg.sandbox.bridge, &spec.session_id) else {
-        return Ok(());
+        return Ok(Default::default());
     };
-    // The provision request has no allowed-hosts field yet: the session's
-    // policy on the bridge decides, plus the repositories it names.
-    super::bridge::BridgeClient::new(bridge)
-        .open_egress(sandbox_id, session_id, Vec::new(), repositories)
+    let bridge_err = |source| SandboxError::Bridge {
+        sandbox_id: sandbox_id.to_owned(),
+        source,
+    };
+    let request = super::bridge::BridgeClient::open_egress_request(
+        sandbox_id,
+        session_id,
+        egress.allowed_hosts,
+        egress.repositories,
+        egress.credentials,
+    )
+    .map_err(bridge_err)?;
+    let (socket, placeholders) = super::bridge::BridgeClient::new(bridge)
+        .open_egress(&request)
         .await
-        .map(|_| ())
-        .map_err(|source| SandboxError::Bridge {
-            sandbox_id: sandbox_id.to_owned(),
-            source,
-        })
+        .map_err(bridge_err)?;
+    inner
+        .egress
+        .insert(sandbox_id, request, PathBuf::from(socket));
+    Ok(placeholders)
 }
 
 /// With `[bridge]`: stop the sandbox's egress listener (best effort, logged)
@@ -801,6 +844,7 @@ async fn close_egress(inner: &Inner, sandbox_id: &str) {
     let Some(bridge) = &inner.cfg.sandbox.bridge else {
         return;
     };
+    inner.egress.remove(sandbox_id);
     if let Err(error) = super::bridge::BridgeClient::new(bridge)
         .close_egress(sandbox_id)
         .await
