@@ -1,0 +1,330 @@
+//! The vault-bridge's relay, end to end against real processes: a real
+//! `vault-bridge serve` (encrypted-file backend) and a real Git server
+//! (git http-backend behind nginx over HTTPS, basic auth), spoken to over
+//! the real agent channel (the frames the sandbox-agent sends). A session's
+//! repository token is relayed with `put_session_token`; `open_egress`
+//! names the repository with its resource id; host `git` goes through the
+//! sandbox's egress socket (a loopback forwarder stands in for the
+//! executor's) with no credential of its own:
+//!
+//! - clone and push of the named repository work (the bridge adds the token);
+//! - a clone of another repository on the same host gets no token (401);
+//! - `forget_session_token` stops the token at once (the next fetch fails);
+//! - the token survives a SIGKILL + restart of the bridge (sealed store);
+//! - an archived vault credential is refused from then on;
+//! - the token is in no file of the bridge's data dir and not in its log.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use airlock_tests::bridge::{Bridge, BridgeOptions};
+use airlock_tests::git_server::{git, run_ok, GitServer, TestCa};
+use bytes::BytesMut;
+use protocol::bridge::{EgressRepository, FromBridge, ToBridge};
+use protocol::frame::{Frame, FrameCodec};
+use protocol::relay::{
+    ForgetCredential, ForgetReason, ForgetSessionToken, PutCredential, PutSessionToken, WireSecret,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixStream};
+
+const TOKEN: &str = "canary-relay-token-5f1e9a";
+const USER: &str = vault_bridge::agent_channel_egress::GIT_TOKEN_USERNAME;
+
+/// A client of the agent channel, as the sandbox-agent is.
+struct Channel {
+    stream: UnixStream,
+    buf: BytesMut,
+    codec: FrameCodec,
+}
+
+impl Channel {
+    async fn connect(path: &Path) -> Self {
+        let stream = UnixStream::connect(path).await.unwrap();
+        let mut c = Self {
+            stream,
+            buf: BytesMut::new(),
+            codec: FrameCodec::default(),
+        };
+        let hello = c.call(&ToBridge::hello("test")).await;
+        assert!(
+            matches!(hello, FromBridge::HelloAccepted { .. }),
+            "{hello:?}"
+        );
+        c
+    }
+
+    async fn call(&mut self, m: &ToBridge) -> FromBridge {
+        let bytes = self
+            .codec
+            .encode_to_bytes(&Frame::control(m).unwrap())
+            .unwrap();
+        self.stream.write_all(&bytes).await.unwrap();
+        loop {
+            if let Some(f) = self.codec.decode(&mut self.buf).unwrap() {
+                return FromBridge::decode(&f).unwrap();
+            }
+            assert!(
+                self.stream.read_buf(&mut self.buf).await.unwrap() > 0,
+                "bridge hung up"
+            );
+        }
+    }
+}
+
+/// Forward loopback TCP connections to the sandbox's egress socket (what the
+/// executor's forwarder does inside a sandbox).
+async fn forward(socket: PathBuf) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let socket = socket.clone();
+            tokio::spawn(async move {
+                if let Ok(mut unix) = UnixStream::connect(&socket).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tcp, &mut unix).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+fn open_egress(git: &GitServer) -> ToBridge {
+    ToBridge::OpenEgress {
+        sandbox_id: "sbx_relay".into(),
+        session_id: "sesn_relay".into(),
+        allowed_hosts: vec![],
+        repositories: vec![EgressRepository {
+            url: git.localhost_url("app"),
+            resource_id: Some("sesrsc_app".into()),
+        }],
+        credentials: vec![],
+    }
+}
+
+fn put_token() -> ToBridge {
+    ToBridge::PutSessionToken(PutSessionToken {
+        session_id: "sesn_relay".into(),
+        resource_id: "sesrsc_app".into(),
+        url: "https://localhost/app.git".into(),
+        token: WireSecret::new(TOKEN),
+    })
+}
+
+/// `git` through the proxy at `port`, trusting the bridge's egress CA, with
+/// no credential of its own.
+fn proxied_git(home: &Path, port: u16, ca: &Path) -> std::process::Command {
+    let mut c = git(home);
+    c.env("HTTPS_PROXY", format!("http://127.0.0.1:{port}"))
+        .env("GIT_SSL_CAINFO", ca);
+    c
+}
+
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    hits.push(p);
+                }
+            }
+        }
+    }
+    hits
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_repository_token_is_used_for_its_repository_only_and_stops_on_forget() {
+    let ca = TestCa::new("relay-test-ca").unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let ca_file = work.path().join("upstream-ca.pem");
+    ca.write_cert(&ca_file).unwrap();
+    let server = GitServer::start(&ca, "localhost", USER, TOKEN).unwrap();
+    server.create_random_repo("app", 2, 1024).unwrap();
+    server.create_random_repo("other", 1, 1024).unwrap();
+    let mut bridge = Bridge::start(BridgeOptions {
+        upstream_ca_files: vec![ca_file],
+        ..Default::default()
+    })
+    .unwrap();
+    let bridge_ca = bridge.ca_cert_path();
+    let home = work.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+
+    let mut ch = Channel::connect(&bridge.socket_path()).await;
+    assert_eq!(
+        ch.call(&put_token()).await,
+        FromBridge::Relayed { held: true }
+    );
+    let FromBridge::EgressOpened { socket_path, env } = ch.call(&open_egress(&server)).await else {
+        panic!("open_egress failed: {}", bridge.log());
+    };
+    assert!(env.is_empty());
+    let port = forward(PathBuf::from(&socket_path)).await;
+
+    // Clone, commit and push the named repository: no credential in git.
+    let clone = work.path().join("app");
+    let (h, c, url) = (home.clone(), clone.clone(), server.localhost_url("app"));
+    let (ca2, url2) = (bridge_ca.clone(), url.clone());
+    tokio::task::spawn_blocking(move || {
+        run_ok(proxied_git(&h, port, &ca2).arg("clone").arg(&url2).arg(&c)).unwrap();
+        std::fs::write(c.join("CHANGE"), "from the sandbox\n").unwrap();
+        run_ok(git(&h).arg("-C").arg(&c).args(["add", "CHANGE"])).unwrap();
+        run_ok(
+            git(&h)
+                .arg("-C")
+                .arg(&c)
+                .args(["commit", "-q", "-m", "pushed through the bridge"]),
+        )
+        .unwrap();
+        run_ok(
+            proxied_git(&h, port, &ca2)
+                .arg("-C")
+                .arg(&c)
+                .args(["push", "origin", "main"]),
+        )
+        .unwrap();
+        let config = std::fs::read_to_string(c.join(".git/config")).unwrap();
+        assert!(!config.contains(TOKEN), "{config}");
+        assert!(
+            config.contains(&url2),
+            "remote stays the real url: {config}"
+        );
+    })
+    .await
+    .unwrap();
+    assert!(
+        server
+            .log("app")
+            .unwrap()
+            .contains("pushed through the bridge"),
+        "push not on the server: {}",
+        server.log("app").unwrap()
+    );
+
+    // Another repository on the same (allowed) host: no token added.
+    let other = work.path().join("other");
+    let (h, o, u) = (home.clone(), other.clone(), server.localhost_url("other"));
+    let ca2 = bridge_ca.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        proxied_git(&h, port, &ca2)
+            .arg("clone")
+            .arg(&u)
+            .arg(&o)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        !out.status.success(),
+        "clone of an unnamed repository worked"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("401")
+            || err.contains("Authentication failed")
+            || err.contains("could not read Username"),
+        "{err}"
+    );
+
+    // Forget: the very next fetch goes without the token.
+    let forgot = ch
+        .call(&ToBridge::ForgetSessionToken(ForgetSessionToken {
+            session_id: "sesn_relay".into(),
+            resource_id: None,
+        }))
+        .await;
+    assert_eq!(forgot, FromBridge::Relayed { held: true });
+    let started = Instant::now();
+    let (h, c) = (home.clone(), clone.clone());
+    let ca2 = bridge_ca.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        proxied_git(&h, port, &ca2)
+            .arg("-C")
+            .arg(&c)
+            .arg("fetch")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success(), "fetch after forget worked");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a fetch without a token hung"
+    );
+    assert!(
+        bridge
+            .log()
+            .contains("no token for this repository resource")
+            || String::from_utf8_lossy(&out.stderr).contains("502"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Put it back, SIGKILL the bridge, restart: the sealed token is still
+    // held; the re-opened egress serves the repository again.
+    assert_eq!(
+        ch.call(&put_token()).await,
+        FromBridge::Relayed { held: true }
+    );
+    drop(ch);
+    bridge.kill9().unwrap();
+    bridge.restart().unwrap();
+    let mut ch = Channel::connect(&bridge.socket_path()).await;
+    let FromBridge::EgressOpened { socket_path, .. } = ch.call(&open_egress(&server)).await else {
+        panic!("open_egress after restart failed: {}", bridge.log());
+    };
+    let port = forward(PathBuf::from(&socket_path)).await;
+    let (h, c) = (home.clone(), clone.clone());
+    let ca2 = bridge_ca.clone();
+    tokio::task::spawn_blocking(move || {
+        run_ok(proxied_git(&h, port, &ca2).arg("-C").arg(&c).arg("fetch")).unwrap();
+    })
+    .await
+    .unwrap();
+
+    // A relayed vault credential, then archived: refused, and a new put for
+    // it is refused too.
+    let put = PutCredential {
+        vault_id: "vlt_relay".into(),
+        credential_id: "vcrd_relay".into(),
+        fields: [("token".to_owned(), WireSecret::new("canary-vault-cred-77"))].into(),
+    };
+    assert_eq!(
+        ch.call(&ToBridge::PutCredential(put.clone())).await,
+        FromBridge::Relayed { held: true }
+    );
+    assert!(bridge.credentials_list().unwrap().contains("vcrd_relay"));
+    let archived = ch
+        .call(&ToBridge::ForgetCredential(ForgetCredential {
+            vault_id: "vlt_relay".into(),
+            credential_id: "vcrd_relay".into(),
+            reason: ForgetReason::Archived,
+        }))
+        .await;
+    assert_eq!(archived, FromBridge::Relayed { held: true });
+    assert!(!bridge.credentials_list().unwrap().contains("vcrd_relay"));
+    assert!(matches!(
+        ch.call(&ToBridge::PutCredential(put)).await,
+        FromBridge::Error { .. }
+    ));
+
+    // The secrets are nowhere in clear on the bridge's side.
+    for needle in [TOKEN, "canary-vault-cred-77"] {
+        let hits = files_containing(bridge.dir(), needle.as_bytes());
+        assert!(hits.is_empty(), "{needle} in {hits:?}");
+        assert!(!bridge.log().contains(needle));
+    }
+}
