@@ -38,6 +38,10 @@ use crate::secret::{Secret, SecretKey};
 
 /// File of revoked credential ids in the data dir.
 pub const REVOKED_FILE: &str = "revoked-credentials.json";
+
+/// How much longer than the backend's own request timeout a proxy lookup
+/// may take before it is abandoned (fail closed).
+const LOOKUP_MARGIN: Duration = Duration::from_secs(1);
 /// Directory of the sealed session-token store in the data dir.
 pub const SESSION_TOKENS_DIR: &str = "session-tokens";
 /// The one field a session token has.
@@ -151,6 +155,9 @@ pub struct Relay {
     token_sessions: Mutex<HashMap<String, String>>,
     /// credential id → KV path named by the control plane's metadata.
     kv_paths: Mutex<HashMap<String, String>>,
+    /// Outer bound of one proxy lookup (the backends' own deadline plus a
+    /// margin): a lookup that overruns it fails closed.
+    lookup_deadline: Duration,
 }
 
 impl Relay {
@@ -193,6 +200,7 @@ impl Relay {
             revocations,
             token_sessions: Mutex::new(token_sessions),
             kv_paths: Mutex::new(HashMap::new()),
+            lookup_deadline: request_timeout + LOOKUP_MARGIN,
         })
     }
 
@@ -386,9 +394,14 @@ impl SecretSource for BridgeSecrets {
                 (&relay.backend, key)
             }
         };
-        let secret = store
-            .get(&key)
+        let secret = tokio::time::timeout(relay.lookup_deadline, store.get(&key))
             .await
+            .map_err(|_| {
+                unavailable(format!(
+                    "the secret backend did not answer within {:?}",
+                    relay.lookup_deadline
+                ))
+            })?
             .map_err(|e| unavailable(e.to_string()))?;
         let value = secret
             .get(&c.field)
@@ -420,6 +433,46 @@ mod tests {
             credential_id: id.into(),
             field: field.into(),
         }
+    }
+
+    /// A backend that never answers (a hung OpenBao behind a dead socket).
+    #[derive(Debug)]
+    struct Hung;
+
+    #[async_trait]
+    impl SecretBackend for Hung {
+        async fn get(&self, _: &SecretKey) -> Result<Secret, BackendError> {
+            std::future::pending().await
+        }
+        async fn put(&self, _: &SecretKey, _: &Secret) -> Result<(), BackendError> {
+            std::future::pending().await
+        }
+        async fn delete(&self, _: &SecretKey) -> Result<(), BackendError> {
+            std::future::pending().await
+        }
+        async fn list(&self) -> Result<Vec<(SecretKey, Vec<String>)>, BackendError> {
+            Ok(Vec::new())
+        }
+        async fn health(&self) -> Result<(), BackendError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hung_backend_fails_the_lookup_closed_within_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Relay::open(dir.path(), Arc::new(Hung), Duration::from_millis(200))
+            .await
+            .unwrap();
+        let src = BridgeSecrets(Arc::new(r));
+        let started = std::time::Instant::now();
+        let e = src
+            .secret(&cref(Some("vlt_1"), "vcrd_hung", "token"))
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(3), "lookup hung");
+        assert_eq!(e.credential_id, "vcrd_hung");
+        assert!(e.to_string().contains("did not answer"), "{e}");
     }
 
     #[tokio::test]
