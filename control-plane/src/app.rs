@@ -243,14 +243,18 @@ impl App {
             (None, runner) => runner.unwrap_or_else(|| Arc::new(api::NoRunner)),
         };
         let limits = self.config.api.limits.clone();
+        let relay_gateway = running.gateway.clone();
         running.spawn_service("api", move |token| async move {
             let state = api::ApiState {
                 store: session_store,
                 catalog,
                 runner,
-                // Secrets sent through the vaults API are refused (503)
-                // until the tunnel relays them to vault-bridges.
-                relay: Arc::new(api::NoBridgeRelay),
+                // Secrets sent through the API go, in memory, to the
+                // vault-bridges of the vault's environment over the tunnel.
+                relay: Arc::new(crate::relay::GatewayRelay::new(
+                    relay_gateway,
+                    crate::relay::DEFAULT_RELAY_DEADLINE,
+                )),
                 limits,
                 shutdown: token,
             };

@@ -13,5 +13,6 @@ pub mod config;
 pub mod enroll;
 pub mod gateway;
 pub mod hands;
+pub mod relay;
 pub mod rfc3339;
 pub mod runtime;
