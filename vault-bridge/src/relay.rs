@@ -520,6 +520,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_deleted_credential_is_refused_even_where_its_secret_remains() {
+        // The secret lives at a customer KV path Airlock never deletes:
+        // written straight into the backend, not relayed.
+        let dir = tempfile::tempdir().unwrap();
+        let r = Arc::new(relay(dir.path()).await);
+        let key = SecretKey::new("vlt_kv", "vcrd_kv")
+            .unwrap()
+            .with_kv_path("team/api")
+            .unwrap();
+        let mut secret = Secret::new();
+        secret
+            .insert("token", "canary-kv".to_owned().into())
+            .unwrap();
+        r.backend.put(&key, &secret).await.unwrap();
+        r.set_kv_path("vcrd_kv", Some("team/api"));
+        let src = BridgeSecrets(r.clone());
+        let c = cref(Some("vlt_kv"), "vcrd_kv", "token");
+        assert_eq!(src.secret(&c).await.unwrap().expose(), "canary-kv");
+        let f = ForgetCredential {
+            vault_id: "vlt_kv".into(),
+            credential_id: "vcrd_kv".into(),
+            reason: ForgetReason::Deleted,
+        };
+        r.forget_credential(&f).await;
+        // Put back behind the relay's back: still refused, revocation first.
+        r.backend.put(&key, &secret).await.unwrap();
+        let e = src.secret(&c).await.unwrap_err();
+        assert!(e.to_string().contains("deleted"), "{e}");
+        assert!(!e.to_string().contains("canary"), "{e}");
+    }
+
+    #[tokio::test]
     async fn a_rolled_back_credential_is_dropped_not_revoked() {
         let dir = tempfile::tempdir().unwrap();
         let r = relay(dir.path()).await;
