@@ -12,19 +12,25 @@
 //! - `forget_session_token` stops the token at once (the next fetch fails);
 //! - the token survives a SIGKILL + restart of the bridge (sealed store);
 //! - an archived vault credential is refused from then on;
-//! - the token is in no file of the bridge's data dir and not in its log.
+//! - the token is in no file of the bridge's data dir and not in its log;
+//! - an `environment_variable` credential relayed with `put_credential`
+//!   comes back from `open_egress` as a placeholder, which the bridge swaps
+//!   for the secret on the credential's host; archiving the credential stops
+//!   the swap on the very next request (well within a second): the request
+//!   is answered by the bridge and never reaches the server.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use airlock_tests::bridge::{Bridge, BridgeOptions};
-use airlock_tests::git_server::{git, run_ok, GitServer, TestCa};
+use airlock_tests::git_server::{git, run_ok, GitServer, StaticServer, TestCa};
 use bytes::BytesMut;
 use protocol::bridge::{EgressRepository, FromBridge, ToBridge};
 use protocol::frame::{Frame, FrameCodec};
 use protocol::relay::{
-    ForgetCredential, ForgetReason, ForgetSessionToken, PutCredential, PutSessionToken, WireSecret,
+    CredentialBinding, EgressCredential, ForgetCredential, ForgetReason, ForgetSessionToken,
+    InjectionLocation, Networking, PutCredential, PutSessionToken, WireSecret,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixStream};
@@ -327,4 +333,125 @@ async fn relayed_repository_token_is_used_for_its_repository_only_and_stops_on_f
         assert!(hits.is_empty(), "{needle} in {hits:?}");
         assert!(!bridge.log().contains(needle));
     }
+}
+
+/// curl through the proxy at `port`; prints the body then the status code.
+fn proxied_curl(port: u16, ca: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("curl")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .args(["-sS", "--max-time", "10", "--proxy"])
+        .arg(format!("http://127.0.0.1:{port}"))
+        .arg("--cacert")
+        .arg(ca)
+        .args(["-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_environment_variable_credential_is_a_swapped_placeholder_until_archived() {
+    const SECRET: &str = "canary-env-secret-3b7c";
+    let ca = TestCa::new("relay-env-ca").unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let ca_file = work.path().join("upstream-ca.pem");
+    ca.write_cert(&ca_file).unwrap();
+    let api = StaticServer::start(&ca, "localhost", &[], "https://localhost/").unwrap();
+    let port = api.addr().port();
+    let bridge = Bridge::start(BridgeOptions {
+        upstream_ca_files: vec![ca_file],
+        ..Default::default()
+    })
+    .unwrap();
+    let bridge_ca = bridge.ca_cert_path();
+
+    let mut ch = Channel::connect(&bridge.socket_path()).await;
+    let put = PutCredential {
+        vault_id: "vlt_env".into(),
+        credential_id: "vcrd_env".into(),
+        fields: [("secret_value".to_owned(), WireSecret::new(SECRET))].into(),
+    };
+    assert_eq!(
+        ch.call(&ToBridge::PutCredential(put)).await,
+        FromBridge::Relayed { held: true }
+    );
+    let opened = ch
+        .call(&ToBridge::OpenEgress {
+            sandbox_id: "sbx_env".into(),
+            session_id: "sesn_env".into(),
+            allowed_hosts: vec![format!("localhost:{port}")],
+            repositories: vec![],
+            credentials: vec![EgressCredential {
+                vault_id: "vlt_env".into(),
+                credential_id: "vcrd_env".into(),
+                kv_path: None,
+                binding: CredentialBinding::EnvironmentVariable {
+                    secret_name: "API_KEY".into(),
+                    networking: Networking::Limited {
+                        allowed_hosts: vec!["localhost".into()],
+                    },
+                    injection_location: InjectionLocation {
+                        header: true,
+                        body: false,
+                    },
+                },
+            }],
+        })
+        .await;
+    let FromBridge::EgressOpened { socket_path, env } = opened else {
+        panic!("open_egress failed: {opened:?} {}", bridge.log());
+    };
+    let placeholder = env
+        .get("API_KEY")
+        .expect("a placeholder for API_KEY")
+        .clone();
+    assert!(!placeholder.contains(SECRET), "{placeholder}");
+    let proxy = forward(PathBuf::from(&socket_path)).await;
+
+    // The placeholder is swapped for the secret on the credential's host.
+    let url = api.url("echo");
+    let header = format!("x-api-key: {placeholder}");
+    let (ca2, u, h) = (bridge_ca.clone(), url.clone(), header.clone());
+    let o = tokio::task::spawn_blocking(move || proxied_curl(proxy, &ca2, &["-H", &h, &u]))
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(out, format!("x-api-key={SECRET}\n\n200"), "{o:?}");
+
+    // Archived: the very next request is refused by the bridge, not sent.
+    let archived = ch
+        .call(&ToBridge::ForgetCredential(ForgetCredential {
+            vault_id: "vlt_env".into(),
+            credential_id: "vcrd_env".into(),
+            reason: ForgetReason::Archived,
+        }))
+        .await;
+    assert_eq!(archived, FromBridge::Relayed { held: true });
+    let sent_before = api.access_log().lines().count();
+    let started = Instant::now();
+    let ca2 = bridge_ca.clone();
+    let o = tokio::task::spawn_blocking(move || proxied_curl(proxy, &ca2, &["-H", &header, &url]))
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refusal took {:?}",
+        started.elapsed()
+    );
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(out.ends_with("\n502"), "{o:?}");
+    assert!(
+        out.contains("vcrd_env") && out.contains("archived"),
+        "{out}"
+    );
+    assert!(!out.contains(SECRET), "{out}");
+    assert_eq!(
+        api.access_log().lines().count(),
+        sent_before,
+        "the request reached the server: {}",
+        api.access_log()
+    );
+    assert!(!bridge.log().contains(SECRET));
+    assert!(files_containing(bridge.dir(), SECRET.as_bytes()).is_empty());
 }
