@@ -2,9 +2,12 @@
 # Sourced by scripts/test-all (idempotent). Exports for the tests:
 #   AIRLOCK_EXECUTOR_PATH     static executor binary (bind-mounted into sandboxes)
 #   AIRLOCK_TEST_IMAGE        test sandbox image (bash-static + busybox-static)
-# The full default image (debootstrap) is built by
-# packaging/images/build-sandbox-image.sh; set AIRLOCK_BUILD_SANDBOX_IMAGE=1 to
-# build it here too.
+#   AIRLOCK_SANDBOX_IMAGE     the full default image (debootstrap: bash, git,
+#                             curl, python3, ...), for the tests whose sandbox
+#                             runs git or curl through the vault-bridge
+# The default image is built by packaging/images/build-sandbox-image.sh
+# (cached by its content hash; a few minutes on a fresh machine); set
+# AIRLOCK_BUILD_SANDBOX_IMAGE=0 to skip it.
 airlock_images_setup() {
   local root="${AIRLOCK_ROOT:-$(pwd)}"
   local need=()
@@ -12,7 +15,7 @@ airlock_images_setup() {
   [ -x /bin/bash-static ] || need+=(bash-static)
   [ -x /bin/busybox ] && ! file /bin/busybox 2>/dev/null | grep -q 'dynamically' || need+=(busybox-static)
   command -v file >/dev/null || need+=(file)
-  if [ "${AIRLOCK_BUILD_SANDBOX_IMAGE:-0}" = 1 ] && ! command -v debootstrap >/dev/null; then need+=(debootstrap); fi
+  if [ "${AIRLOCK_BUILD_SANDBOX_IMAGE:-1}" = 1 ] && ! command -v debootstrap >/dev/null; then need+=(debootstrap); fi
   if [ ${#need[@]} -gt 0 ]; then
     echo "30-images: installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -29,8 +32,10 @@ airlock_images_setup() {
   AIRLOCK_TEST_IMAGE="$("$root/packaging/images/build-test-image.sh")"
   export AIRLOCK_TEST_IMAGE
   echo "30-images: executor $AIRLOCK_EXECUTOR_PATH, test image $AIRLOCK_TEST_IMAGE"
-  if [ "${AIRLOCK_BUILD_SANDBOX_IMAGE:-0}" = 1 ]; then
-    "$root/packaging/images/build-sandbox-image.sh"
+  if [ "${AIRLOCK_BUILD_SANDBOX_IMAGE:-1}" = 1 ]; then
+    AIRLOCK_SANDBOX_IMAGE="$("$root/packaging/images/build-sandbox-image.sh")"
+    export AIRLOCK_SANDBOX_IMAGE
+    echo "30-images: default sandbox image $AIRLOCK_SANDBOX_IMAGE"
   fi
 }
 airlock_images_setup
