@@ -236,6 +236,7 @@ impl App {
                     provider,
                     &self.config.harness,
                     running.gateway.clone(),
+                    catalog.clone(),
                 );
                 running.supervisor = Some(supervisor.clone());
                 Arc::new(api::FnRunner(move |id: &str| supervisor.notify(id)))

@@ -138,6 +138,9 @@ pub struct GatewayHands {
     placements: Mutex<Placements>,
     /// One provision at a time per session in this process.
     provisioning: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Where the sessions' vaults and environments are (credentials and
+    /// allowed hosts for the sandbox's egress); none: nothing is resolved.
+    catalog: Option<Arc<dyn catalog::Catalog>>,
 }
 
 impl GatewayHands {
@@ -147,7 +150,15 @@ impl GatewayHands {
             gateway,
             placements: Mutex::new(Placements::default()),
             provisioning: Mutex::new(HashMap::new()),
+            catalog: None,
         }
+    }
+
+    /// Resolve each session's `vault_ids` and its environment's allowed
+    /// hosts from `catalog` when provisioning.
+    pub fn with_catalog(mut self, catalog: Arc<dyn catalog::Catalog>) -> Self {
+        self.catalog = Some(catalog);
+        self
     }
 
     fn cached(&self, session_id: &str) -> Option<Placement> {
@@ -352,9 +363,18 @@ impl Hands for GatewayHands {
             self.forget(&p.sandbox_id);
         }
 
+        let (credentials, allowed_hosts) = match &self.catalog {
+            Some(c) => (
+                crate::egress_credentials::credentials_of(c.as_ref(), &spec.vault_ids).await,
+                crate::egress_credentials::allowed_hosts_of(c.as_ref(), environment_id).await,
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
         let request = Request::Provision(ProvisionRequest {
             session_id: Some(session_id.to_owned()),
             resources: spec.resources.clone(),
+            credentials,
+            allowed_hosts,
             ..Default::default()
         });
         let target = Target::Environment(environment_id.to_owned());
@@ -537,6 +557,7 @@ mod tests {
             session_id: "sesn_1".into(),
             environment_id: None,
             resources: vec![],
+            vault_ids: vec![],
         };
         assert!(matches!(
             hands.provision(&spec).await,

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod egress_credentials;
 pub mod enroll;
 pub mod gateway;
 pub mod hands;

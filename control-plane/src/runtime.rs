@@ -146,8 +146,9 @@ pub fn start_supervisor(
     provider: Arc<dyn Provider>,
     harness: &HarnessConfig,
     gateway: GatewayHandle,
+    catalog: Arc<dyn catalog::Catalog>,
 ) -> Supervisor {
-    let hands = Arc::new(GatewayHands::new(gateway));
+    let hands = Arc::new(GatewayHands::new(gateway).with_catalog(catalog));
     tracing::info!(
         instance_id = %harness.instance_id,
         lease_ttl_seconds = harness.lease_ttl.as_secs_f64(),

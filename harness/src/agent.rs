@@ -46,6 +46,8 @@ pub struct AgentConfig {
     pub environment_id: Option<String>,
     /// `resources` of the session (passed to provisioning).
     pub resources: Vec<Value>,
+    /// `vault_ids` of the session (passed to provisioning).
+    pub vault_ids: Vec<String>,
 }
 
 /// Why the session body cannot be run; names the field at fault.
@@ -252,12 +254,23 @@ impl AgentConfig {
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
+        let vault_ids = body
+            .get("vault_ids")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(Self {
             model,
             system,
             tools,
             environment_id,
             resources,
+            vault_ids,
         })
     }
 

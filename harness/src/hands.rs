@@ -24,6 +24,8 @@ pub struct ProvisionSpec {
     pub environment_id: Option<String>,
     /// The session's `resources` (repositories, files, ...), as the API stored them.
     pub resources: Vec<Value>,
+    /// The session's `vault_ids`: the credentials its sandbox may use.
+    pub vault_ids: Vec<String>,
 }
 
 /// A provisioned sandbox.

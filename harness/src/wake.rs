@@ -891,14 +891,19 @@ impl Run<'_> {
     }
 
     fn provision_spec(&self) -> ProvisionSpec {
-        let (environment_id, resources) = match &self.agent {
-            Ok(a) => (a.environment_id.clone(), a.resources.clone()),
-            Err(_) => (None, Vec::new()),
+        let (environment_id, resources, vault_ids) = match &self.agent {
+            Ok(a) => (
+                a.environment_id.clone(),
+                a.resources.clone(),
+                a.vault_ids.clone(),
+            ),
+            Err(_) => (None, Vec::new(), Vec::new()),
         };
         ProvisionSpec {
             session_id: self.sid.clone(),
             environment_id,
             resources,
+            vault_ids,
         }
     }
 
