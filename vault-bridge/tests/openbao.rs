@@ -396,7 +396,14 @@ async fn namespace_mount_and_prefix_are_honoured() {
         ..config(&bao, root_auth(&bao))
     };
     let b = OpenbaoBackend::open(&c).await.unwrap();
-    b.put(&key("vcrd_ns"), &secret("canary-ns")).await.unwrap();
+    // A new KV v2 mount upgrades itself for a moment after it is enabled;
+    // writes are refused until it is ready.
+    testkit::eventually_async(
+        "the new kv v2 mount accepting writes",
+        Duration::from_secs(20),
+        || async { b.put(&key("vcrd_ns"), &secret("canary-ns")).await },
+    )
+    .await;
     let got = b.get(&key("vcrd_ns")).await.unwrap();
     assert_eq!(got.get("token").unwrap().expose_secret(), "canary-ns");
     let (code, body) = bao.root(
