@@ -11,7 +11,7 @@
 //! - a clone of another repository on the same host gets no token (401);
 //! - `forget_session_token` stops the token at once (the next fetch fails);
 //! - the token survives a SIGKILL + restart of the bridge (sealed store);
-//! - an archived vault credential is refused from then on;
+//! - an archived vault credential is refused from then on, restarts included;
 //! - the token is in no file of the bridge's data dir and not in its log;
 //! - an `environment_variable` credential relayed with `put_credential`
 //!   comes back from `open_egress` as a placeholder, which the bridge swaps
@@ -323,9 +323,19 @@ async fn relayed_repository_token_is_used_for_its_repository_only_and_stops_on_f
     assert_eq!(archived, FromBridge::Relayed { held: true });
     assert!(!bridge.credentials_list().unwrap().contains("vcrd_relay"));
     assert!(matches!(
-        ch.call(&ToBridge::PutCredential(put)).await,
+        ch.call(&ToBridge::PutCredential(put.clone())).await,
         FromBridge::Error { .. }
     ));
+    // The revocation survives a SIGKILL + restart.
+    drop(ch);
+    bridge.kill9().unwrap();
+    bridge.restart().unwrap();
+    let mut ch = Channel::connect(&bridge.socket_path()).await;
+    let refused = ch.call(&ToBridge::PutCredential(put)).await;
+    assert!(
+        matches!(&refused, FromBridge::Error { message, .. } if message.contains("archived")),
+        "{refused:?}"
+    );
 
     // The secrets are nowhere in clear on the bridge's side.
     for needle in [TOKEN, "canary-vault-cred-77"] {
