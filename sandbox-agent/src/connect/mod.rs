@@ -286,6 +286,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     handle.shutdown(drain).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), renewal).await;
     if let Some(service) = service {
+        if revoked.is_some() {
+            // A revoked agent's sandboxes lose their way out at once.
+            service.close_all_egress().await;
+        }
         // Sandboxes are kept (as on SIGTERM); the next start adopts or removes them.
         service.shutdown(false).await;
     }

@@ -408,11 +408,17 @@ impl SandboxService {
         let outcome = self.provision_reserved(&spec, egress).await;
         inner.lock().reserved -= 1;
         let (sandbox, from_pool) = outcome?;
+        // The session's repositories, cloned inside the sandbox through its
+        // egress (the bridge adds the token); a failure is reported, not fatal.
+        let (repos, mut resource_errors) = super::repositories::from_resources(&req.resources);
+        if !repos.is_empty() {
+            resource_errors.extend(super::repositories::clone_all(&sandbox.client, &repos).await);
+        }
         let provisioned = Provisioned {
             sandbox_id: sandbox.id.clone(),
             image: sandbox.image.clone(),
             from_pool,
-            resource_errors: Vec::new(),
+            resource_errors,
         };
         tracing::info!(sandbox_id = %sandbox.id, from_pool, image = %sandbox.image, "sandbox provisioned");
         inner.lock().live.insert(sandbox.id.clone(), sandbox);
@@ -745,6 +751,15 @@ impl SandboxService {
         Ok(out)
     }
 
+    /// Close every sandbox's egress on the bridge (the agent was revoked:
+    /// its sandboxes must lose their way out at once). The containers stay
+    /// until the next start adopts or removes them.
+    pub async fn close_all_egress(&self) {
+        for sandbox_id in self.inner.egress.sandbox_ids() {
+            close_egress(&self.inner, &sandbox_id).await;
+        }
+    }
+
     /// Stop background tasks and remove the warm pool; handed-out sandboxes
     /// stay (a restarted agent adopts them). With `destroy_all`, remove them too.
     pub async fn shutdown(&self, destroy_all: bool) {
@@ -761,11 +776,6 @@ impl SandboxService {
                 remove_assignment(&inner.assignments_dir, &s.id);
                 close_egress(inner, &s.id).await;
             }
-        }
-        // No egress outlives the agent (revoked or stopped): a sandbox left
-        // running has no way out until a restarted agent provisions again.
-        for sandbox_id in inner.egress.sandbox_ids() {
-            close_egress(inner, &sandbox_id).await;
         }
     }
 }
