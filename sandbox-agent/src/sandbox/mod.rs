@@ -25,6 +25,7 @@ pub mod executor_client;
 pub mod policy;
 pub mod pool;
 pub mod record;
+pub mod repositories;
 pub mod service;
 
 pub use protocol::sandbox::{
