@@ -344,6 +344,7 @@ impl Hands for GatewayHands {
                     );
                     return Ok(SandboxRef {
                         sandbox_id: s.sandbox_id,
+                        ..Default::default()
                     });
                 }
                 Ok(None) => {}
@@ -406,6 +407,15 @@ impl Hands for GatewayHands {
         );
         Ok(SandboxRef {
             sandbox_id: provisioned.sandbox_id,
+            resource_errors: provisioned
+                .resource_errors
+                .into_iter()
+                .map(|e| harness::ResourceFailure {
+                    error_type: e.error_type,
+                    repository_url: e.repository_url,
+                    message: e.message,
+                })
+                .collect(),
         })
     }
 
@@ -573,6 +583,7 @@ mod tests {
             .execute(
                 &SandboxRef {
                     sandbox_id: "sbx_9".into(),
+                    ..Default::default()
                 },
                 &ToolCall {
                     tool_use_id: "t".into(),

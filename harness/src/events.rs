@@ -182,6 +182,21 @@ pub fn session_error(error_type: SessionErrorType, message: &str, retry: RetrySt
     })
 }
 
+/// `session.error` for a session resource that could not be set up: the
+/// SDK's `repository_*_error` with the repository's URL; always `retrying`
+/// (the session goes on without the repository).
+pub fn resource_error(f: &crate::hands::ResourceFailure) -> Value {
+    json!({
+        "type": EventType::SessionError,
+        "error": {
+            "type": SessionErrorType::from(f.error_type.as_str()),
+            "repository_url": f.repository_url,
+            "message": f.message,
+            "retry_status": {"type": RetryStatus::Retrying},
+        },
+    })
+}
+
 /// The `session.error` type for a model failure.
 pub fn model_error_type(e: &model::ModelError) -> SessionErrorType {
     match e.kind() {

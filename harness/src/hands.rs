@@ -29,10 +29,24 @@ pub struct ProvisionSpec {
 }
 
 /// A provisioned sandbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SandboxRef {
     /// Its id (unique across agents).
     pub sandbox_id: String,
+    /// Resources that could not be set up when it was made (a repository
+    /// that did not clone); the harness reports each as a `session.error`.
+    pub resource_errors: Vec<ResourceFailure>,
+}
+
+/// A session resource the hands could not set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceFailure {
+    /// The SDK's error type (`repository_clone_error`, ...).
+    pub error_type: String,
+    /// The repository's URL.
+    pub repository_url: String,
+    /// What went wrong.
+    pub message: String,
 }
 
 /// One tool call.

@@ -27,7 +27,10 @@ pub use config::{
     Budget, ConfigError, HarnessConfig, ProvisioningMode, RawHarnessConfig, RetryPolicy,
 };
 pub use events::{Permission, StopReason};
-pub use hands::{Disposition, Hands, HandsError, ProvisionSpec, SandboxRef, ToolCall, ToolOutput};
+pub use hands::{
+    Disposition, Hands, HandsError, ProvisionSpec, ResourceFailure, SandboxRef, ToolCall,
+    ToolOutput,
+};
 pub use supervisor::Supervisor;
 pub use view::SessionView;
 pub use wake::{Harness, HarnessError, NoopObserver, Observer, WakeOutcome};

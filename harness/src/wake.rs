@@ -936,6 +936,18 @@ impl Run<'_> {
         if let Ok(s) = &result {
             tracing::debug!(sandbox_id = %s.sandbox_id, "sandbox ready");
             self.sandbox = SandboxSlot::Ready(s.clone());
+            if !s.resource_errors.is_empty() {
+                let errors = s
+                    .resource_errors
+                    .iter()
+                    .map(|f| NewEvent::processed(events::resource_error(f)))
+                    .collect();
+                // A failure here (a lost lease) fails the next append too,
+                // which ends the wake; the sandbox itself is fine.
+                if let Err(h) = self.append_new(errors, None).await {
+                    tracing::warn!(halt = ?h, "could not record the sandbox's resource errors");
+                }
+            }
         }
         result
     }

@@ -218,6 +218,16 @@ wire_names! {
         ModelRateLimited = "model_rate_limited_error",
         /// The model request failed otherwise.
         ModelRequestFailed = "model_request_failed_error",
+        /// A session repository did not clone.
+        RepositoryClone = "repository_clone_error",
+        /// A session repository refused its credentials (or had none).
+        RepositoryAuthentication = "repository_authentication_error",
+        /// A session repository's branch or commit could not be checked out.
+        RepositoryCheckout = "repository_checkout_error",
+        /// A session repository's server forbade the request.
+        RepositoryForbidden = "repository_forbidden_error",
+        /// A session repository does not exist.
+        RepositoryNotFound = "repository_not_found_error",
         /// Anything else.
         UnknownError = "unknown_error",
     }

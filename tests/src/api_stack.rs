@@ -60,6 +60,7 @@ impl Hands for MemoryHands {
     async fn provision(&self, spec: &ProvisionSpec) -> Result<SandboxRef, HandsError> {
         Ok(SandboxRef {
             sandbox_id: format!("sbx_{}", spec.session_id),
+            ..Default::default()
         })
     }
 

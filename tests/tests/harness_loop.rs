@@ -653,6 +653,31 @@ async fn provisioning_lazy_speculative_and_eager() {
 }
 
 #[tokio::test]
+async fn a_repository_that_did_not_clone_is_a_session_error_and_the_session_goes_on() {
+    let (_fx, store, _fake, hands, h) =
+        rig(tool_loop(1, bash), "sesn_repo", "use the repository").await;
+    hands.with_resource_errors(vec![harness::ResourceFailure {
+        error_type: "repository_authentication_error".into(),
+        repository_url: "https://git.example.com/org/app.git".into(),
+        message: "fatal: Authentication failed".into(),
+    }]);
+    let out = h.wake("sesn_repo").await.unwrap();
+    assert_eq!(out, WakeOutcome::Idle(StopReason::EndTurn));
+    let events = complete_log(&*store, "sesn_repo").await;
+    let errors = of_type(&events, "session.error");
+    assert_eq!(errors.len(), 1, "one error per failed resource, once");
+    assert_eq!(
+        errors[0].body["error"],
+        json!({"type": "repository_authentication_error",
+               "repository_url": "https://git.example.com/org/app.git",
+               "message": "fatal: Authentication failed",
+               "retry_status": {"type": "retrying"}})
+    );
+    // The tool still ran in the sandbox.
+    assert_eq!(of_type(&events, "agent.tool_result").len(), 1);
+}
+
+#[tokio::test]
 async fn transient_hands_failures_are_retried_and_a_lost_sandbox_is_replaced() {
     let (_fx, store, _fake, hands, h) = rig(tool_loop(2, bash), "s", "two").await;
     hands.fail_next_provision(HandsError::Unavailable {

@@ -49,6 +49,7 @@ impl Hands for SleepHands {
         tokio::time::sleep(self.provision).await;
         Ok(SandboxRef {
             sandbox_id: format!("sbx_{}", spec.session_id),
+            ..Default::default()
         })
     }
 

@@ -603,6 +603,7 @@ struct HandsState {
     forget_record: bool,
     fail_next_provisions: Vec<HandsError>,
     fail_next_executes: Vec<HandsError>,
+    resource_errors: Vec<harness::ResourceFailure>,
 }
 
 /// The hands double: provisions one sandbox per session (idempotent), runs
@@ -666,6 +667,12 @@ impl RecordingHands {
         s.record.clear();
     }
 
+    /// The next new sandbox comes with these resource errors (a repository
+    /// that did not clone).
+    pub fn with_resource_errors(&self, errors: Vec<harness::ResourceFailure>) {
+        self.state.lock().unwrap().resource_errors = errors;
+    }
+
     pub fn fail_next_provision(&self, e: HandsError) {
         self.state.lock().unwrap().fail_next_provisions.push(e);
     }
@@ -722,6 +729,7 @@ impl Hands for RecordingHands {
         let n = self.sandbox_counter.fetch_add(1, Ordering::SeqCst);
         let sb = SandboxRef {
             sandbox_id: format!("sbx_{n}"),
+            resource_errors: std::mem::take(&mut s.resource_errors),
         };
         s.sandboxes.insert(spec.session_id.clone(), sb.clone());
         Ok(sb)
