@@ -156,7 +156,10 @@ async fn an_api_secret_reaches_the_environments_bridge_and_nothing_else() {
     // The canary is nowhere on the control plane's side.
     let mut hits = Vec::new();
     files_containing(cp.dir(), CANARY.as_bytes(), &mut hits);
-    assert!(hits.is_empty(), "canary in the control plane's files: {hits:?}");
+    assert!(
+        hits.is_empty(),
+        "canary in the control plane's files: {hits:?}"
+    );
     assert!(!cp.log().contains(CANARY));
     assert!(!agent.log().contains(CANARY), "canary in the agent's log");
     assert!(!bridge.log().contains(CANARY), "canary in the bridge's log");

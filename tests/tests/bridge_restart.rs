@@ -60,7 +60,9 @@ async fn a_restarted_bridge_serves_the_live_sandbox_again() {
     let p = svc
         .provision(ProvisionRequest {
             session_id: Some("sesn_restart".into()),
-            resources: vec![json!({"type": "github_repository", "url": repo_url, "id": "sesrsc_app"})],
+            resources: vec![
+                json!({"type": "github_repository", "url": repo_url, "id": "sesrsc_app"}),
+            ],
             ..Default::default()
         })
         .await
@@ -68,7 +70,11 @@ async fn a_restarted_bridge_serves_the_live_sandbox_again() {
     let tools = Tools::new(&svc, &p.sandbox_id);
 
     let out = probe(&tools, &url).await;
-    assert!(reached(&out), "through the bridge before the kill: {out}\nbridge:\n{}", bridge.log());
+    assert!(
+        reached(&out),
+        "through the bridge before the kill: {out}\nbridge:\n{}",
+        bridge.log()
+    );
 
     bridge.kill9().unwrap();
     let started = Instant::now();
@@ -78,7 +84,10 @@ async fn a_restarted_bridge_serves_the_live_sandbox_again() {
         "a call with the bridge down returned after {:?}",
         started.elapsed()
     );
-    assert!(!reached(&down), "nothing gets out while the bridge is down: {down}");
+    assert!(
+        !reached(&down),
+        "nothing gets out while the bridge is down: {down}"
+    );
     assert!(
         down.starts_with("000 exit=") && down.contains("curl:"),
         "a clear curl error: {down}"

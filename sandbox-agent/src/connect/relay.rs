@@ -78,3 +78,50 @@ fn to_code(error: &BridgeError) -> ErrorCode {
         _ => ErrorCode::Unavailable,
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::sandbox::config::BridgeSettings;
+    use protocol::relay::{PutCredential, WireSecret};
+    use std::time::Duration;
+
+    fn put() -> Request {
+        Request::PutCredential(PutCredential {
+            vault_id: "vlt_1".into(),
+            credential_id: "vcrd_1".into(),
+            fields: [("token".to_owned(), WireSecret::new("canary-unit-42"))].into(),
+        })
+    }
+
+    fn err(r: Response) -> CallError {
+        match r {
+            Response::Err(e) => e,
+            other => panic!("want an error: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn no_bridge_section_is_unavailable() {
+        let e = err(handle(None, put()).await);
+        assert_eq!(e.code, ErrorCode::Unavailable);
+        assert_eq!(e.message, "this agent has no [bridge]");
+    }
+
+    #[tokio::test]
+    async fn a_bridge_that_is_down_is_unavailable_naming_the_socket_and_no_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let client = BridgeClient::new(&BridgeSettings {
+            socket_path: dir.path().join("agent.sock"),
+            egress_dir: dir.path().join("egress"),
+            ca_cert_file: dir.path().join("ca.pem"),
+            call_timeout: Duration::from_secs(2),
+        });
+        let e = err(handle(Some(&client), put()).await);
+        assert_eq!(e.code, ErrorCode::Unavailable);
+        assert!(e.message.contains("agent.sock"), "{}", e.message);
+        assert!(!e.message.contains("canary"), "{}", e.message);
+        assert!(!format!("{:?}", put()).contains("canary"));
+    }
+}
