@@ -1,6 +1,7 @@
 //! The README's first set-up command, checked: `bash scripts/quickstart`
-//! brings up a working deployment (the real `control-plane serve` and an
-//! enrolled `sandbox-agent run` on the local Docker Engine), and the SDK
+//! brings up a working deployment (the real `control-plane serve`, an
+//! enrolled `sandbox-agent run` on the local Docker Engine and the real
+//! `vault-bridge serve` with the file backend as its `[bridge]`), and the SDK
 //! example it prints runs verbatim with the pinned `anthropic` SDK against
 //! it. The model is the scripted fake (the only fake), reached through
 //! `ANTHROPIC_BASE_URL` exactly as a newcomer's real key would be.
@@ -14,7 +15,9 @@
 //! processes); `api.env` (0600, URL/key/environment); the printed example
 //! equals `example.py` and runs: its output and the session's log (idle with
 //! `end_turn`, every `agent.tool_use` answered by its `agent.tool_result`,
-//! the file read back); `status`; `down` (both processes gone); `up` after
+//! the file read back; the agent is connected to the bridge and the
+//! session's sandbox got its egress socket); `status`; `down` (the three
+//! processes gone); `up` after
 //! `down` (same key and environment, the key still works); `down`. A guard
 //! runs `down` whatever happens.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -199,10 +202,10 @@ async fn quickstart_brings_up_a_deployment_that_the_printed_sdk_example_works_ag
     let started = Instant::now();
     let executor = executor_path();
     let image = test_image();
-    for b in ["control-plane", "sandbox-agent"] {
+    for b in ["control-plane", "sandbox-agent", "vault-bridge"] {
         assert!(
             bin_dir().join(b).is_file(),
-            "{} missing: cargo build -p control-plane -p sandbox-agent",
+            "{} missing: cargo build -p control-plane -p sandbox-agent -p vault-bridge",
             bin_dir().join(b).display()
         );
     }
@@ -265,14 +268,48 @@ async fn quickstart_brings_up_a_deployment_that_the_printed_sdk_example_works_ag
     assert!(example.contains(PROMPT), "{example}");
     let cp_pid = qs.pid("control-plane");
     let agent_pid = qs.pid("agent");
+    let vb_pid = qs.pid("vault-bridge");
+    assert!(running(vb_pid), "the vault-bridge does not run after up");
+    // The agent's config points at the bridge; the bridge's file backend
+    // has its key (0600) and its socket answers.
+    let agent_toml = std::fs::read_to_string(qs.path("agent/agent.toml")).unwrap();
+    assert_eq!(
+        agent_toml.matches("\n[bridge]\n").count(),
+        1,
+        "{agent_toml}"
+    );
+    assert!(
+        agent_toml.contains(&format!(
+            "socket_path = \"{}\"",
+            qs.path("vault-bridge/run/agent.sock").display()
+        )),
+        "{agent_toml}"
+    );
+    let key_mode = std::fs::metadata(qs.path("vault-bridge/data/credentials.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(key_mode & 0o777, 0o600, "the bridge's key file mode");
+    std::os::unix::net::UnixStream::connect(qs.path("vault-bridge/run/agent.sock"))
+        .expect("the vault-bridge agent socket answers");
+    assert!(stdout.contains("Vault-bridge:"), "{stdout}");
 
     // up again while running: nothing new
     qs.ok(&[]);
     assert_eq!(qs.api_env(), creds, "a second up changed api.env");
     assert_eq!(
-        (qs.pid("control-plane"), qs.pid("agent")),
-        (cp_pid, agent_pid),
+        (
+            qs.pid("control-plane"),
+            qs.pid("agent"),
+            qs.pid("vault-bridge")
+        ),
+        (cp_pid, agent_pid, vb_pid),
         "a second up restarted the processes"
+    );
+    let agent_toml_again = std::fs::read_to_string(qs.path("agent/agent.toml")).unwrap();
+    assert_eq!(
+        agent_toml_again, agent_toml,
+        "a second up rewrote agent.toml"
     );
 
     // the printed example, verbatim, with the pinned SDK
@@ -362,11 +399,24 @@ async fn quickstart_brings_up_a_deployment_that_the_printed_sdk_example_works_ag
         model.request_count()
     );
 
+    // The agent talks to the bridge, and the session's sandbox went out
+    // through it (its egress socket was opened at provision).
+    let vb_log = std::fs::read_to_string(qs.path("vault-bridge.log")).unwrap_or_default();
+    assert!(
+        vb_log.contains("agent connected"),
+        "vault-bridge log:\n{vb_log}"
+    );
+    assert!(
+        vb_log.contains("egress socket open"),
+        "no sandbox egress opened; vault-bridge log:\n{vb_log}"
+    );
+
     // status
     let status = qs.ok(&["status"]);
     assert!(
         status.contains(&format!("control-plane: running (pid {cp_pid}"))
-            && status.contains(&format!("agent: running (pid {agent_pid}")),
+            && status.contains(&format!("agent: running (pid {agent_pid}"))
+            && status.contains(&format!("vault-bridge: running (pid {vb_pid}")),
         "{status}"
     );
     let agent_id = status
@@ -376,15 +426,21 @@ async fn quickstart_brings_up_a_deployment_that_the_printed_sdk_example_works_ag
         .to_owned();
     qs.agent_id = Some(agent_id);
 
-    // down: both processes gone
+    // down: the three processes gone
     qs.ok(&["down"]);
-    for (name, pid) in [("control-plane", cp_pid), ("agent", agent_pid)] {
+    for (name, pid) in [
+        ("control-plane", cp_pid),
+        ("agent", agent_pid),
+        ("vault-bridge", vb_pid),
+    ] {
         assert!(!running(pid), "{name} (pid {pid}) still runs after down");
         assert!(!qs.path(&format!("{name}.pid")).exists());
     }
     let status = qs.ok(&["status"]);
     assert!(
-        status.contains("control-plane: stopped") && status.contains("agent: stopped"),
+        status.contains("control-plane: stopped")
+            && status.contains("agent: stopped")
+            && status.contains("vault-bridge: stopped"),
         "{status}"
     );
 
@@ -407,8 +463,12 @@ async fn quickstart_brings_up_a_deployment_that_the_printed_sdk_example_works_ag
         agents.to_string().contains(qs.agent_id.as_deref().unwrap()),
         "the same agent reconnects after up: {agents}"
     );
-    let (cp_pid, agent_pid) = (qs.pid("control-plane"), qs.pid("agent"));
+    let (cp_pid, agent_pid, vb_pid) = (
+        qs.pid("control-plane"),
+        qs.pid("agent"),
+        qs.pid("vault-bridge"),
+    );
     qs.ok(&["down"]);
-    assert!(!running(cp_pid) && !running(agent_pid));
+    assert!(!running(cp_pid) && !running(agent_pid) && !running(vb_pid));
     eprintln!("quickstart check: {:.1?}", started.elapsed());
 }
