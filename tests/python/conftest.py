@@ -181,3 +181,83 @@ def session(client, agent, environment):
 
 def user_message(text):
     return {"type": "user.message", "content": [{"type": "text", "text": text}]}
+
+
+class Fixture:
+    """A fixture binary of tests/src/bin that prints `key=value` lines then
+    `ready` (or just `base_url=…`), and serves until its stdin closes."""
+
+    def __init__(self, name, until="ready", timeout=120):
+        self.proc = subprocess.Popen([binary(name)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL)
+        self.facts, lines = {}, queue.Queue()
+
+        def pump():
+            for line in self.proc.stdout:
+                lines.put(line.decode().strip())
+            lines.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while until not in self.facts:
+            try:
+                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                line = None
+            if line is None:
+                self.stop()
+                raise RuntimeError(f"{name} did not start (facts so far: {sorted(self.facts)})")
+            k, _, v = line.partition("=")
+            self.facts[k] = v
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+
+class VaultBridge:
+    """A real `vault-bridge serve` with the encrypted file backend (`init`
+    first), trusting `upstream_ca_files` for upstream servers; `agent_toml`
+    is the `[bridge]` section of a sandbox-agent config pointing at it."""
+
+    def __init__(self, upstream_ca_files=()):
+        self.dir = tempfile.TemporaryDirectory(prefix="airlock-py-bridge-")
+        d = pathlib.Path(self.dir.name)
+        (d / "egress").mkdir()
+        os.chmod(d / "egress", 0o711)
+        self.socket = d / "run" / "agent.sock"
+        self.ca_cert = d / "data" / "egress-ca" / "ca.crt"
+        cas = ", ".join(f'"{p}"' for p in upstream_ca_files)
+        self.config = d / "vault-bridge.toml"
+        self.config.write_text(
+            f'[bridge]\ndata_dir = "{d / "data"}"\nsocket_path = "{self.socket}"\n'
+            '[backend]\ntype = "file"\n[backend.file]\n'
+            f'[egress]\nsocket_dir = "{d / "egress"}"\nupstream_ca_files = [{cas}]\n'
+        )
+        subprocess.run([binary("vault-bridge"), "--config", str(self.config), "init"], check=True,
+                       capture_output=True, timeout=60)
+        self.log_path = d / "vault-bridge.log"
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([binary("vault-bridge"), "--config", str(self.config), "serve"],
+                                     stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL,
+                                     env={**os.environ, "NO_COLOR": "1", "RUST_LOG": "info"})
+        deadline = time.monotonic() + 60
+        while not (self.socket.is_socket() and self.ca_cert.exists()):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"vault-bridge serve did not start; log:\n{self.log_path.read_text()[-4000:]}")
+            time.sleep(0.1)
+        self.agent_toml = (f'[bridge]\nsocket_path = "{self.socket}"\negress_dir = "{d / "egress"}"\n'
+                           f'ca_cert_file = "{self.ca_cert}"\n')
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.log.close()

@@ -1,0 +1,180 @@
+"""Issue 9, Git through the official SDK: a session with a
+`github_repository` resource carrying an `authorization_token`, on a real
+deployment (control-plane serve, an enrolled sandbox-agent with `[bridge]`,
+a real `vault-bridge serve` with the file backend) and a real Git server
+(`git-server`: git http-backend behind nginx + fcgiwrap over HTTPS with a
+test CA the bridge trusts, requiring the token). The model is the scripted
+fake (`fake-model-bash`: one bash call per `$ ` line of the prompt).
+
+- the repository is cloned into /workspace/app at provision (no
+  session.error); the agent's bash runs `git log`, edits, commits and
+  `git push`es; the push is in the server's bare repository; the remote is
+  the real URL;
+- the token is nowhere: not in any event (tool inputs and results
+  included), not in the sandbox (environment, /proc/*/environ and cmdline,
+  `git config --show-origin -l`, any file under /workspace /home /tmp /etc
+  /run, read from the host with `docker exec`), not in the control plane's
+  data dir or log, not in the agent's log.
+
+Needs Docker, the default sandbox image (AIRLOCK_SANDBOX_IMAGE, git inside),
+AIRLOCK_EXECUTOR_PATH, nginx + fcgiwrap (scripts/setup.d).
+"""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from conftest import ControlPlane, Fixture, VaultBridge, binary, user_message
+
+WAIT = 180
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def files_bytes(root):
+    """Every regular file under `root`, concatenated."""
+    out = bytearray()
+    for p in pathlib.Path(root).rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            try:
+                out += p.read_bytes()
+            except OSError:
+                pass
+    return bytes(out)
+
+
+@pytest.fixture(scope="module")
+def git_deployment():
+    executor = os.environ.get("AIRLOCK_EXECUTOR_PATH")
+    image = os.environ.get("AIRLOCK_SANDBOX_IMAGE", "airlock-sandbox:latest")
+    if not executor or not image:
+        pytest.fail("AIRLOCK_EXECUTOR_PATH / AIRLOCK_SANDBOX_IMAGE unset: source scripts/setup.d/30-images.sh")
+    d = type("D", (), {})()
+    d.model = Fixture("fake-model-bash", until="base_url")
+    d.git = Fixture("git-server")
+    d.bridge = VaultBridge(upstream_ca_files=[d.git.facts["ca_file"]])
+    tunnel, enroll = free_port(), free_port()
+    while enroll == tunnel:
+        enroll = free_port()
+    d.cp = ControlPlane(d.model.facts["base_url"], tunnel_port=tunnel, enroll_port=enroll)
+    d.client = d.cp.client(timeout=WAIT)
+    d.environment = d.client.beta.environments.create(name=f"git-{time.monotonic_ns()}")
+    join = d.cp.cli("tokens", "create", "--environment", d.environment.id, "--json")["join_string"]
+    d.agent_dir = tempfile.TemporaryDirectory(prefix="airlock-py-agent-")
+    a = pathlib.Path(d.agent_dir.name)
+    config = a / "agent.toml"
+    config.write_text(
+        f'data_dir = "{a / "data"}"\n'
+        f'[sandbox]\nexecutor_path = "{executor}"\ndefault_image = "{image}"\n'
+        f'[policy]\nallowed_images = ["{image}"]\n' + d.bridge.agent_toml
+    )
+    out = subprocess.run([binary("sandbox-agent"), "--config", str(config), "enroll", "--join", join],
+                         check=True, capture_output=True, timeout=60).stdout.decode()
+    d.agent_id = next(l.split("=", 1)[1] for l in out.splitlines() if l.startswith("agent_id="))
+    d.agent_log_path = a / "agent.log"
+    agent_log = open(d.agent_log_path, "ab")
+    d.agent = subprocess.Popen([binary("sandbox-agent"), "--config", str(config), "run"],
+                               stdout=agent_log, stderr=agent_log, stdin=subprocess.DEVNULL,
+                               env={**os.environ, "NO_COLOR": "1"})
+    try:
+        deadline = time.monotonic() + 60
+        while not d.cp.cli("agents", "list", "--json"):
+            assert time.monotonic() < deadline, "the sandbox-agent did not connect"
+            time.sleep(0.2)
+        yield d
+    finally:
+        d.client.close()
+        if d.agent.poll() is None:
+            d.agent.terminate()
+            try:
+                d.agent.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                d.agent.kill()
+                d.agent.wait(timeout=10)
+        agent_log.close()
+        ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=airlock.agent_id={d.agent_id}"],
+                             capture_output=True, timeout=60).stdout.decode().split()
+        if ids:
+            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, timeout=120)
+        d.cp.stop()
+        d.bridge.stop()
+        d.git.stop()
+        d.model.stop()
+        d.agent_dir.cleanup()
+        d.cp.dir.cleanup()
+        d.bridge.dir.cleanup()
+
+
+COMMANDS = [
+    "cd /workspace/app && git log --format=%s -1",
+    "cd /workspace/app && git remote get-url origin",
+    "cd /workspace/app && echo 'from the agent' > CHANGE.txt && git add CHANGE.txt"
+    " && git -c user.name=agent -c user.email=agent@airlock.invalid commit -q -m 'change from the sdk session'"
+    " && git push -q origin HEAD:main 2>&1; echo push-exit=$?",
+    "env",
+    "cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n'",
+    "cd /workspace/app && git config --show-origin -l",
+]
+
+
+def test_sdk_session_clones_commits_and_pushes_without_seeing_the_token(git_deployment):
+    d = git_deployment
+    token, url = d.git.facts["token"], d.git.facts["url"]
+    c = d.client
+    agent = c.beta.agents.create(name="git", model="claude-fake", tools=[{"type": "agent_toolset_20260401"}])
+    s = c.beta.sessions.create(agent=agent.id, environment_id=d.environment.id,
+                               resources=[{"type": "github_repository", "url": url, "authorization_token": token}])
+    assert token not in s.model_dump_json()
+    prompt = "Work on the repository:\n" + "\n".join(f"$ {cmd}" for cmd in COMMANDS)
+    with c.beta.sessions.events.stream(s.id) as stream:
+        c.beta.sessions.events.send(s.id, events=[user_message(prompt)])
+        for ev in stream:
+            if ev.type == "session.status_idle" and ev.stop_reason.type != "requires_action":
+                assert ev.stop_reason.type == "end_turn", ev
+                break
+    events = list(c.beta.sessions.events.list(s.id))
+    dump = json.dumps([e.model_dump(mode="json") for e in events])
+    errors = [e for e in events if e.type == "session.error"]
+    assert not errors, f"{errors}\nagent log:\n{d.agent_log_path.read_text()[-4000:]}"
+    uses = [e for e in events if e.type == "agent.tool_use"]
+    results = {e.tool_use_id: e for e in events if e.type == "agent.tool_result"}
+    assert len(uses) == len(COMMANDS), dump[-4000:]
+
+    def out(i):
+        r = results[uses[i].id]
+        assert not r.is_error, r
+        return "".join(b.text for b in r.content if b.type == "text").strip()
+
+    assert out(0) == "seed", "git log in the clone"
+    assert out(1) == url, "the remote stays the real url"
+    assert "push-exit=0" in out(2), out(2)
+    bare_log = subprocess.run(["git", "--git-dir", d.git.facts["bare"], "log", "--format=%s", "-1", "main"],
+                              capture_output=True, check=True, timeout=30).stdout.decode().strip()
+    assert bare_log == "change from the sdk session", "the push is on the server"
+
+    # The token appears nowhere: events (tool inputs and results) ...
+    assert token not in dump
+    # ... the sandbox, read from the host so the probe itself carries no token ...
+    ids = subprocess.run(["docker", "ps", "-q", "--filter", f"label=airlock.agent_id={d.agent_id}"],
+                         capture_output=True, check=True, timeout=60).stdout.decode().split()
+    assert ids, "the session's sandbox runs"
+    for cid in ids:
+        for cmd in (["sh", "-c", "cat /proc/*/environ /proc/*/cmdline 2>/dev/null; true"],
+                    ["tar", "-c", "--ignore-failed-read", "-f", "-", "/workspace", "/home", "/tmp", "/etc", "/run"]):
+            seen = subprocess.run(["docker", "exec", cid, *cmd], capture_output=True, timeout=120).stdout
+            assert seen, cmd
+            assert token.encode() not in seen, f"token found in the sandbox by {cmd}"
+    # ... the control plane's data dir and log, the agent's log.
+    assert token.encode() not in files_bytes(d.cp.dir.name)
+    assert token.encode() not in d.agent_log_path.read_bytes()
+    assert token.encode() not in d.bridge.log_path.read_bytes()
