@@ -178,3 +178,27 @@ def test_sdk_session_clones_commits_and_pushes_without_seeing_the_token(git_depl
     assert token.encode() not in files_bytes(d.cp.dir.name)
     assert token.encode() not in d.agent_log_path.read_bytes()
     assert token.encode() not in d.bridge.log_path.read_bytes()
+
+
+def test_repository_without_its_token_is_a_session_error_and_the_session_goes_on(git_deployment):
+    d = git_deployment
+    url = d.git.facts["url"]
+    c = d.client
+    agent = c.beta.agents.create(name="git-no-token", model="claude-fake", tools=[{"type": "agent_toolset_20260401"}])
+    s = c.beta.sessions.create(agent=agent.id, environment_id=d.environment.id,
+                               resources=[{"type": "github_repository", "url": url}])
+    with c.beta.sessions.events.stream(s.id) as stream:
+        c.beta.sessions.events.send(s.id, events=[user_message("Check:\n$ ls /workspace; echo listed")])
+        for ev in stream:
+            if ev.type == "session.status_idle" and ev.stop_reason.type != "requires_action":
+                assert ev.stop_reason.type == "end_turn", ev
+                break
+    events = list(c.beta.sessions.events.list(s.id))
+    errors = [e for e in events if e.type == "session.error"]
+    assert len(errors) == 1, [e.model_dump(mode="json") for e in events]
+    err = errors[0].error
+    assert err.type == "repository_authentication_error", err
+    assert err.repository_url == url
+    assert err.retry_status.type == "retrying"
+    results = [e for e in events if e.type == "agent.tool_result"]
+    assert len(results) == 1 and "listed" in json.dumps(results[0].model_dump(mode="json")), "the session went on"
