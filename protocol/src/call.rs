@@ -16,7 +16,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::frame::{Frame, FrameError};
-use crate::relay::{ForgetCredential, ForgetSessionToken, PutCredential, PutSessionToken, RelayAck};
+use crate::relay::{
+    ForgetCredential, ForgetSessionToken, PutCredential, PutSessionToken, RelayAck,
+};
 use crate::sandbox::{
     DestroyRequest, ExecuteRequest, ProvisionRequest, Provisioned, SandboxCallError,
     SandboxErrorCode, SandboxInfo, ToolResult,
@@ -239,7 +241,9 @@ impl TryFrom<RawResponse> for Response {
             "execute" => Reply::Execute(res(&call, result)?),
             "destroy" => Reply::Destroy,
             "list_sandboxes" => Reply::ListSandboxes(res(&call, result)?),
-            "put_credential" | "forget_credential" | "put_session_token"
+            "put_credential"
+            | "forget_credential"
+            | "put_session_token"
             | "forget_session_token" => Reply::Relay {
                 ack: res(&call, v())?,
                 call,

@@ -252,8 +252,7 @@ mod tests {
                 },
             }
         );
-        let u: CredentialBinding =
-            serde_json::from_str(r#"{"type":"ssh_key","x":1}"#).unwrap();
+        let u: CredentialBinding = serde_json::from_str(r#"{"type":"ssh_key","x":1}"#).unwrap();
         assert_eq!(u, CredentialBinding::Unknown);
         let f: ForgetSessionToken = serde_json::from_str(r#"{"session_id":"sesn_1"}"#).unwrap();
         assert_eq!(f.resource_id, None);
