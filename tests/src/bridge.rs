@@ -301,3 +301,76 @@ impl Drop for Bridge {
         let _ = self.kill9();
     }
 }
+
+/// A client of a bridge's agent channel, as the sandbox-agent is: the hello
+/// first, then one request and one answer at a time.
+#[derive(Debug)]
+pub struct Channel {
+    stream: tokio::net::UnixStream,
+    buf: bytes::BytesMut,
+    codec: protocol::frame::FrameCodec,
+}
+
+impl Channel {
+    /// Connect to `socket` and exchange the hello.
+    pub async fn connect(socket: &Path) -> Result<Self> {
+        let stream = tokio::net::UnixStream::connect(socket)
+            .await
+            .with_context(|| format!("connect {}", socket.display()))?;
+        let mut c = Self {
+            stream,
+            buf: bytes::BytesMut::new(),
+            codec: protocol::frame::FrameCodec::default(),
+        };
+        match c.call(&protocol::bridge::ToBridge::hello("test")).await? {
+            protocol::bridge::FromBridge::HelloAccepted { .. } => Ok(c),
+            other => bail!("hello refused: {other:?}"),
+        }
+    }
+
+    /// Send `m`, read its answer.
+    pub async fn call(
+        &mut self,
+        m: &protocol::bridge::ToBridge,
+    ) -> Result<protocol::bridge::FromBridge> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let bytes = self
+            .codec
+            .encode_to_bytes(&protocol::frame::Frame::control(m)?)?;
+        self.stream.write_all(&bytes).await?;
+        loop {
+            if let Some(f) = self.codec.decode(&mut self.buf)? {
+                return Ok(protocol::bridge::FromBridge::decode(&f)?);
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                bail!("the bridge hung up");
+            }
+        }
+    }
+
+    /// One request on a new connection (hello, `m`), its answer.
+    pub async fn once(
+        socket: &Path,
+        m: &protocol::bridge::ToBridge,
+    ) -> Result<protocol::bridge::FromBridge> {
+        Self::connect(socket).await?.call(m).await
+    }
+}
+
+/// Standard base64 with padding (what a basic-auth header carries).
+pub fn base64(input: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in input.chunks(3) {
+        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}

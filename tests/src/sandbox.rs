@@ -53,6 +53,28 @@ pub fn test_image() -> String {
     image
 }
 
+/// The default sandbox image (git, curl; `AIRLOCK_SANDBOX_IMAGE`, built by
+/// scripts/setup.d/30-images.sh), for tests whose sandbox runs git or curl.
+pub fn default_image() -> String {
+    std::env::var("AIRLOCK_SANDBOX_IMAGE").unwrap_or_else(|_| "airlock-sandbox:latest".into())
+}
+
+impl TestAgent {
+    /// This agent's config running the default image (git, curl), its
+    /// egress through `bridge`.
+    pub fn with_bridge(
+        &mut self,
+        bridge: sandbox_agent::sandbox::config::BridgeSettings,
+    ) -> ServiceConfig {
+        let image = default_image();
+        self.sandbox.default_image = Some(image.clone());
+        self.policy.allowed_images = Some(vec![image]);
+        let mut cfg = self.config();
+        cfg.sandbox.bridge = Some(bridge);
+        cfg
+    }
+}
+
 /// Remove every container owned by `agent_id` (blocking; used by guards).
 pub fn remove_agent_containers(agent_id: &str) {
     let ids = agent_containers(agent_id);

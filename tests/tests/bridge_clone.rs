@@ -16,43 +16,17 @@
 //!   file under `/workspace`, `/home`, `/tmp`, `/etc`, `/run`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
-
-use airlock_tests::bridge::{Bridge, BridgeOptions};
+use airlock_tests::bridge::{Bridge, BridgeOptions, Channel};
 use airlock_tests::git_server::{GitServer, TestCa};
 use airlock_tests::sandbox::{TestAgent, Tools};
-use bytes::BytesMut;
 use protocol::bridge::{FromBridge, ToBridge};
-use protocol::frame::{Frame, FrameCodec};
 use protocol::relay::{PutSessionToken, WireSecret};
 use protocol::sandbox::{DestroyRequest, ProvisionRequest};
 use sandbox_agent::sandbox::SandboxService;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
 
 const TOKEN: &str = "canary-clone-token-c7d2e0";
 const SESSION: &str = "sesn_clone";
-
-/// One request on the agent channel, as the agent forwards a relay call.
-async fn relay(socket: &Path, m: &ToBridge) -> FromBridge {
-    let codec = FrameCodec::default();
-    let mut s = UnixStream::connect(socket).await.unwrap();
-    let mut buf = BytesMut::new();
-    let mut answers = Vec::new();
-    for m in [ToBridge::hello("test"), m.clone()] {
-        let bytes = codec.encode_to_bytes(&Frame::control(&m).unwrap()).unwrap();
-        s.write_all(&bytes).await.unwrap();
-        let answer = loop {
-            if let Some(f) = codec.decode(&mut buf).unwrap() {
-                break FromBridge::decode(&f).unwrap();
-            }
-            assert!(s.read_buf(&mut buf).await.unwrap() > 0, "bridge hung up");
-        };
-        answers.push(answer);
-    }
-    answers.pop().unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sessions_repository_is_cloned_through_the_bridge_and_pushed_without_the_token() {
@@ -70,7 +44,7 @@ async fn the_sessions_repository_is_cloned_through_the_bridge_and_pushed_without
     })
     .unwrap();
 
-    let held = relay(
+    let held = Channel::once(
         &bridge.socket_path(),
         &ToBridge::PutSessionToken(PutSessionToken {
             session_id: SESSION.into(),
@@ -79,17 +53,14 @@ async fn the_sessions_repository_is_cloned_through_the_bridge_and_pushed_without
             token: WireSecret::new(TOKEN),
         }),
     )
-    .await;
+    .await
+    .unwrap();
     assert_eq!(held, FromBridge::Relayed { held: true });
 
     let mut agent = TestAgent::new();
-    let image =
-        std::env::var("AIRLOCK_SANDBOX_IMAGE").unwrap_or_else(|_| "airlock-sandbox:latest".into());
-    agent.sandbox.default_image = Some(image.clone());
-    agent.policy.allowed_images = Some(vec![image]);
-    let mut cfg = agent.config();
-    cfg.sandbox.bridge = Some(bridge.agent_settings());
-    let (svc, _) = SandboxService::start(cfg).await.unwrap();
+    let (svc, _) = SandboxService::start(agent.with_bridge(bridge.agent_settings()))
+        .await
+        .unwrap();
     let app_url = server.localhost_url("app");
     let p = svc
         .provision(ProvisionRequest {

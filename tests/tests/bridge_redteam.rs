@@ -28,14 +28,11 @@
 mod bao_support;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 
-use airlock_tests::bridge::{Bridge, BridgeBackend, BridgeOptions};
+use airlock_tests::bridge::{base64, Bridge, BridgeBackend, BridgeOptions, Channel};
 use airlock_tests::git_server::{GitServer, StaticServer, TestCa};
 use airlock_tests::sandbox::{text, TestAgent};
-use bytes::BytesMut;
 use protocol::bridge::{FromBridge, ToBridge};
-use protocol::frame::{Frame, FrameCodec};
 use protocol::relay::{
     CredentialBinding, EgressCredential, InjectionLocation, Networking, PutCredential,
     PutSessionToken, WireSecret,
@@ -43,39 +40,20 @@ use protocol::relay::{
 use protocol::sandbox::{DestroyRequest, ExecuteRequest, ProvisionRequest};
 use sandbox_agent::sandbox::SandboxService;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
 
 const GIT_TOKEN: &str = "canary-redteam-git-4be81d";
 const API_SECRET: &str = "canary-redteam-api-93c0aa";
 const SESSION: &str = "sesn_redteam";
 
-fn b64(input: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in input.chunks(3) {
-        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// Every form of the canaries that would mean a leak.
 fn needles() -> Vec<String> {
-    let basic = b64(format!("x-access-token:{GIT_TOKEN}").as_bytes());
+    let basic = base64(format!("x-access-token:{GIT_TOKEN}").as_bytes());
     vec![
         GIT_TOKEN.to_owned(),
         API_SECRET.to_owned(),
         basic,
-        b64(GIT_TOKEN.as_bytes()),
-        b64(API_SECRET.as_bytes()),
+        base64(GIT_TOKEN.as_bytes()),
+        base64(API_SECRET.as_bytes()),
     ]
 }
 
@@ -84,24 +62,6 @@ fn leaks(haystack: &str) -> Vec<String> {
         .into_iter()
         .filter(|n| haystack.contains(n.as_str()))
         .collect()
-}
-
-async fn relay(socket: &Path, m: &ToBridge) -> FromBridge {
-    let codec = FrameCodec::default();
-    let mut s = UnixStream::connect(socket).await.unwrap();
-    let mut buf = BytesMut::new();
-    let mut last = None;
-    for m in [ToBridge::hello("test"), m.clone()] {
-        let bytes = codec.encode_to_bytes(&Frame::control(&m).unwrap()).unwrap();
-        s.write_all(&bytes).await.unwrap();
-        last = Some(loop {
-            if let Some(f) = codec.decode(&mut buf).unwrap() {
-                break FromBridge::decode(&f).unwrap();
-            }
-            assert!(s.read_buf(&mut buf).await.unwrap() > 0, "bridge hung up");
-        });
-    }
-    last.unwrap()
 }
 
 /// The adversarial commands. `git` is the Git server's `host:port`,
@@ -154,7 +114,7 @@ fn attacks(git: &str, git_port: u16, web: &str, web_port: u16, repo: &str) -> Ve
     ] {
         v.push(format!(
             "grep -rIl -e canary -e '{}' {dir} 2>/dev/null | head -20; echo scanned {dir}",
-            &b64(GIT_TOKEN.as_bytes())[..12]
+            &base64(GIT_TOKEN.as_bytes())[..12]
         ));
         v.push(format!(
             "find {dir} -xdev -newer /etc/hostname -type f 2>/dev/null | head -50"
@@ -335,7 +295,7 @@ async fn two_hundred_adversarial_commands_get_no_canary_byte() {
     .unwrap();
 
     // Canary 1 into OpenBao (through the bridge), canary 2 into the bridge's sealed store.
-    let put = relay(
+    let put = Channel::once(
         &bridge.socket_path(),
         &ToBridge::PutCredential(PutCredential {
             vault_id: "vlt_redteam".into(),
@@ -343,11 +303,12 @@ async fn two_hundred_adversarial_commands_get_no_canary_byte() {
             fields: [("secret_value".to_owned(), WireSecret::new(API_SECRET))].into(),
         }),
     )
-    .await;
+    .await
+    .unwrap();
     assert_eq!(put, FromBridge::Relayed { held: true }, "{}", bridge.log());
     let (code, body) = bao.root("GET", "/v1/secret/data/airlock/vlt_redteam/vcrd_api", None);
     assert_eq!(code, 200, "the secret is in OpenBao: {body}");
-    let put = relay(
+    let put = Channel::once(
         &bridge.socket_path(),
         &ToBridge::PutSessionToken(PutSessionToken {
             session_id: SESSION.into(),
@@ -356,17 +317,14 @@ async fn two_hundred_adversarial_commands_get_no_canary_byte() {
             token: WireSecret::new(GIT_TOKEN),
         }),
     )
-    .await;
+    .await
+    .unwrap();
     assert_eq!(put, FromBridge::Relayed { held: true });
 
     let mut agent = TestAgent::new();
-    let image =
-        std::env::var("AIRLOCK_SANDBOX_IMAGE").unwrap_or_else(|_| "airlock-sandbox:latest".into());
-    agent.sandbox.default_image = Some(image.clone());
-    agent.policy.allowed_images = Some(vec![image]);
-    let mut cfg = agent.config();
-    cfg.sandbox.bridge = Some(bridge.agent_settings());
-    let (svc, _) = SandboxService::start(cfg).await.unwrap();
+    let (svc, _) = SandboxService::start(agent.with_bridge(bridge.agent_settings()))
+        .await
+        .unwrap();
     let web_port = web.addr().port();
     let git_port = git.addr().port();
     let p = svc

@@ -23,61 +23,17 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use airlock_tests::bridge::{Bridge, BridgeOptions};
+use airlock_tests::bridge::{Bridge, BridgeOptions, Channel};
 use airlock_tests::git_server::{git, run_ok, GitServer, StaticServer, TestCa};
-use bytes::BytesMut;
 use protocol::bridge::{EgressRepository, FromBridge, ToBridge};
-use protocol::frame::{Frame, FrameCodec};
 use protocol::relay::{
     CredentialBinding, EgressCredential, ForgetCredential, ForgetReason, ForgetSessionToken,
     InjectionLocation, Networking, PutCredential, PutSessionToken, WireSecret,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixStream};
 
 const TOKEN: &str = "canary-relay-token-5f1e9a";
 const USER: &str = vault_bridge::agent_channel_egress::GIT_TOKEN_USERNAME;
-
-/// A client of the agent channel, as the sandbox-agent is.
-struct Channel {
-    stream: UnixStream,
-    buf: BytesMut,
-    codec: FrameCodec,
-}
-
-impl Channel {
-    async fn connect(path: &Path) -> Self {
-        let stream = UnixStream::connect(path).await.unwrap();
-        let mut c = Self {
-            stream,
-            buf: BytesMut::new(),
-            codec: FrameCodec::default(),
-        };
-        let hello = c.call(&ToBridge::hello("test")).await;
-        assert!(
-            matches!(hello, FromBridge::HelloAccepted { .. }),
-            "{hello:?}"
-        );
-        c
-    }
-
-    async fn call(&mut self, m: &ToBridge) -> FromBridge {
-        let bytes = self
-            .codec
-            .encode_to_bytes(&Frame::control(m).unwrap())
-            .unwrap();
-        self.stream.write_all(&bytes).await.unwrap();
-        loop {
-            if let Some(f) = self.codec.decode(&mut self.buf).unwrap() {
-                return FromBridge::decode(&f).unwrap();
-            }
-            assert!(
-                self.stream.read_buf(&mut self.buf).await.unwrap() > 0,
-                "bridge hung up"
-            );
-        }
-    }
-}
 
 /// Forward loopback TCP connections to the sandbox's egress socket (what the
 /// executor's forwarder does inside a sandbox).
@@ -167,12 +123,14 @@ async fn relayed_repository_token_is_used_for_its_repository_only_and_stops_on_f
     let home = work.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
 
-    let mut ch = Channel::connect(&bridge.socket_path()).await;
+    let mut ch = Channel::connect(&bridge.socket_path()).await.unwrap();
     assert_eq!(
-        ch.call(&put_token()).await,
+        ch.call(&put_token()).await.unwrap(),
         FromBridge::Relayed { held: true }
     );
-    let FromBridge::EgressOpened { socket_path, env } = ch.call(&open_egress(&server)).await else {
+    let FromBridge::EgressOpened { socket_path, env } =
+        ch.call(&open_egress(&server)).await.unwrap()
+    else {
         panic!("open_egress failed: {}", bridge.log());
     };
     assert!(env.is_empty());
@@ -250,7 +208,8 @@ async fn relayed_repository_token_is_used_for_its_repository_only_and_stops_on_f
             session_id: "sesn_relay".into(),
             resource_id: None,
         }))
-        .await;
+        .await
+        .unwrap();
     assert_eq!(forgot, FromBridge::Relayed { held: true });
     let started = Instant::now();
     let (h, c) = (home.clone(), clone.clone());
@@ -282,14 +241,16 @@ async fn relayed_repository_token_is_used_for_its_repository_only_and_stops_on_f
     // Put it back, SIGKILL the bridge, restart: the sealed token is still
     // held; the re-opened egress serves the repository again.
     assert_eq!(
-        ch.call(&put_token()).await,
+        ch.call(&put_token()).await.unwrap(),
         FromBridge::Relayed { held: true }
     );
     drop(ch);
     bridge.kill9().unwrap();
     bridge.restart().unwrap();
-    let mut ch = Channel::connect(&bridge.socket_path()).await;
-    let FromBridge::EgressOpened { socket_path, .. } = ch.call(&open_egress(&server)).await else {
+    let mut ch = Channel::connect(&bridge.socket_path()).await.unwrap();
+    let FromBridge::EgressOpened { socket_path, .. } =
+        ch.call(&open_egress(&server)).await.unwrap()
+    else {
         panic!("open_egress after restart failed: {}", bridge.log());
     };
     let port = forward(PathBuf::from(&socket_path)).await;
@@ -309,7 +270,9 @@ async fn relayed_repository_token_is_used_for_its_repository_only_and_stops_on_f
         fields: [("token".to_owned(), WireSecret::new("canary-vault-cred-77"))].into(),
     };
     assert_eq!(
-        ch.call(&ToBridge::PutCredential(put.clone())).await,
+        ch.call(&ToBridge::PutCredential(put.clone()))
+            .await
+            .unwrap(),
         FromBridge::Relayed { held: true }
     );
     assert!(bridge.credentials_list().unwrap().contains("vcrd_relay"));
@@ -319,19 +282,22 @@ async fn relayed_repository_token_is_used_for_its_repository_only_and_stops_on_f
             credential_id: "vcrd_relay".into(),
             reason: ForgetReason::Archived,
         }))
-        .await;
+        .await
+        .unwrap();
     assert_eq!(archived, FromBridge::Relayed { held: true });
     assert!(!bridge.credentials_list().unwrap().contains("vcrd_relay"));
     assert!(matches!(
-        ch.call(&ToBridge::PutCredential(put.clone())).await,
+        ch.call(&ToBridge::PutCredential(put.clone()))
+            .await
+            .unwrap(),
         FromBridge::Error { .. }
     ));
     // The revocation survives a SIGKILL + restart.
     drop(ch);
     bridge.kill9().unwrap();
     bridge.restart().unwrap();
-    let mut ch = Channel::connect(&bridge.socket_path()).await;
-    let refused = ch.call(&ToBridge::PutCredential(put)).await;
+    let mut ch = Channel::connect(&bridge.socket_path()).await.unwrap();
+    let refused = ch.call(&ToBridge::PutCredential(put)).await.unwrap();
     assert!(
         matches!(&refused, FromBridge::Error { message, .. } if message.contains("archived")),
         "{refused:?}"
@@ -376,14 +342,14 @@ async fn relayed_environment_variable_credential_is_a_swapped_placeholder_until_
     .unwrap();
     let bridge_ca = bridge.ca_cert_path();
 
-    let mut ch = Channel::connect(&bridge.socket_path()).await;
+    let mut ch = Channel::connect(&bridge.socket_path()).await.unwrap();
     let put = PutCredential {
         vault_id: "vlt_env".into(),
         credential_id: "vcrd_env".into(),
         fields: [("secret_value".to_owned(), WireSecret::new(SECRET))].into(),
     };
     assert_eq!(
-        ch.call(&ToBridge::PutCredential(put)).await,
+        ch.call(&ToBridge::PutCredential(put)).await.unwrap(),
         FromBridge::Relayed { held: true }
     );
     let opened = ch
@@ -408,7 +374,8 @@ async fn relayed_environment_variable_credential_is_a_swapped_placeholder_until_
                 },
             }],
         })
-        .await;
+        .await
+        .unwrap();
     let FromBridge::EgressOpened { socket_path, env } = opened else {
         panic!("open_egress failed: {opened:?} {}", bridge.log());
     };
@@ -436,7 +403,8 @@ async fn relayed_environment_variable_credential_is_a_swapped_placeholder_until_
             credential_id: "vcrd_env".into(),
             reason: ForgetReason::Archived,
         }))
-        .await;
+        .await
+        .unwrap();
     assert_eq!(archived, FromBridge::Relayed { held: true });
     let sent_before = api.access_log().lines().count();
     let started = Instant::now();

@@ -18,19 +18,15 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use airlock_tests::bridge::{Bridge, BridgeOptions};
+use airlock_tests::bridge::{Bridge, BridgeOptions, Channel};
 use airlock_tests::git_server::{git, random_bytes, run_ok, GitServer, StaticServer, TestCa};
 use airlock_tests::sandbox::{text, TestAgent};
 use anyhow::{bail, Context, Result};
-use bytes::BytesMut;
 use protocol::bridge::{FromBridge, ToBridge};
-use protocol::frame::{Frame, FrameCodec};
 use protocol::relay::{PutSessionToken, WireSecret};
 use protocol::sandbox::{DestroyRequest, ExecuteRequest, ProvisionRequest};
 use sandbox_agent::sandbox::SandboxService;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
 
 const FILES: usize = 50;
 const FILE_BYTES: usize = 1024 * 1024;
@@ -48,26 +44,6 @@ fn us(d: Duration) -> String {
 
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
-
-async fn relay(socket: &std::path::Path, m: &ToBridge) -> Result<FromBridge> {
-    let codec = FrameCodec::default();
-    let mut s = UnixStream::connect(socket).await?;
-    let mut buf = BytesMut::new();
-    let mut last = None;
-    for m in [ToBridge::hello("bench"), m.clone()] {
-        s.write_all(&codec.encode_to_bytes(&Frame::control(&m)?)?)
-            .await?;
-        last = Some(loop {
-            if let Some(f) = codec.decode(&mut buf)? {
-                break FromBridge::decode(&f)?;
-            }
-            if s.read_buf(&mut buf).await? == 0 {
-                bail!("bridge hung up");
-            }
-        });
-    }
-    last.context("no answer")
 }
 
 struct Sandbox<'a> {
@@ -155,7 +131,7 @@ async fn main() -> Result<()> {
         ..Default::default()
     })?;
     let url = server.localhost_url("big");
-    let held = relay(
+    let held = Channel::once(
         &bridge.socket_path(),
         &ToBridge::PutSessionToken(PutSessionToken {
             session_id: SESSION.into(),
@@ -170,18 +146,13 @@ async fn main() -> Result<()> {
     }
 
     let mut agent = TestAgent::new();
-    let image =
-        std::env::var("AIRLOCK_SANDBOX_IMAGE").unwrap_or_else(|_| "airlock-sandbox:latest".into());
-    agent.sandbox.default_image = Some(image.clone());
-    agent.policy.allowed_images = Some(vec![image.clone()]);
+    let image = airlock_tests::sandbox::default_image();
     // Room for a 50 MiB checkout plus its .git (the test defaults are small).
     agent.sandbox.default_memory_bytes = Some(2048 * 1024 * 1024);
     agent.sandbox.default_disk_bytes = Some(512 * 1024 * 1024);
     agent.sandbox.tmp_bytes = Some(512 * 1024 * 1024);
     agent.sandbox.default_pids = Some(512);
-    let mut cfg = agent.config();
-    cfg.sandbox.bridge = Some(bridge.agent_settings());
-    let (svc, _) = SandboxService::start(cfg).await?;
+    let (svc, _) = SandboxService::start(agent.with_bridge(bridge.agent_settings())).await?;
     let web_port = web.addr().port();
     let p = svc
         .provision(ProvisionRequest {
