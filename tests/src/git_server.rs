@@ -189,6 +189,8 @@ error_log {p}/logs/error.log info;
 events {{ worker_connections 256; }}
 http {{
   access_log {p}/logs/access.log;
+  log_format conn '$connection $request';
+  access_log {p}/logs/connections.log conn;
   client_body_temp_path {p}/tmp/body;
   fastcgi_temp_path {p}/tmp/fastcgi;
   proxy_temp_path {p}/tmp/proxy;
@@ -499,6 +501,12 @@ impl StaticServer {
     /// nginx's access log.
     pub fn access_log(&self) -> String {
         std::fs::read_to_string(self.nginx.dir.path().join("logs/access.log")).unwrap_or_default()
+    }
+
+    /// One line per request: nginx's connection serial number, the request line.
+    pub fn connections_log(&self) -> String {
+        std::fs::read_to_string(self.nginx.dir.path().join("logs/connections.log"))
+            .unwrap_or_default()
     }
 }
 

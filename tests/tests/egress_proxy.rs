@@ -376,6 +376,27 @@ fn sandbox_authorization_is_replaced_and_redirects_are_returned_unchanged() {
 }
 
 #[test]
+fn a_sandboxs_next_tunnel_to_a_host_reuses_the_idle_upstream_connection() {
+    let w = world();
+    // Two curls: two CONNECTs from the same sandbox, one after the other.
+    for _ in 0..2 {
+        let o = w.curl(&[&w.other.url("redirect")]);
+        assert!(stdout(&o).ends_with("302"), "{}", all_output(&o));
+    }
+    let log = w.other.connections_log();
+    let conns: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("/redirect"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(conns.len(), 2, "{log}");
+    assert_eq!(
+        conns[0], conns[1],
+        "the second tunnel opened a new upstream connection: {log}"
+    );
+}
+
+#[test]
 fn disallowed_host_is_refused_naming_the_policy() {
     let w = world();
     let port = w.forbidden.addr().port();

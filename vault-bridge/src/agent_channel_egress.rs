@@ -150,6 +150,7 @@ impl EgressListeners {
     /// socket. `Ok(false)` when nothing was open.
     pub fn close(&self, sandbox_id: &str) -> Result<bool, InvalidSandboxId> {
         check_sandbox_id(sandbox_id)?;
+        self.egress.forget_sandbox(sandbox_id);
         let Some(l) = lock(&self.open).remove(sandbox_id) else {
             return Ok(false);
         };

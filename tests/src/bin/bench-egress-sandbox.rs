@@ -152,6 +152,10 @@ async fn main() -> Result<()> {
     agent.sandbox.default_disk_bytes = Some(512 * 1024 * 1024);
     agent.sandbox.tmp_bytes = Some(512 * 1024 * 1024);
     agent.sandbox.default_pids = Some(512);
+    // The host's cores, like the direct side: the comparison is the path
+    // (forwarder, socket, bridge), not a CPU quota.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    agent.sandbox.default_cpu = Some(cores as f64);
     let (svc, _) = SandboxService::start(agent.with_bridge(bridge.agent_settings())).await?;
     let web_port = web.addr().port();
     let p = svc
@@ -288,7 +292,7 @@ async fn main() -> Result<()> {
     let (kd, ks) = (median(&mut keep_d), median(&mut keep_s));
     println!();
     println!(
-        "bench-egress-sandbox: {reps} repetitions (median), repository {} MiB ({FILES} random files), push of a 1 MiB commit, {GETS} small GETs (new curl each); image {image}; loopback nginx + fcgiwrap + git http-backend over HTTPS",
+        "bench-egress-sandbox: {reps} repetitions (median), repository {} MiB ({FILES} random files), push of a 1 MiB commit, {GETS} small GETs (new curl each); image {image}, sandbox cpu {cores}; loopback nginx + fcgiwrap + git http-backend over HTTPS",
         FILES * FILE_BYTES / (1024 * 1024)
     );
     println!();

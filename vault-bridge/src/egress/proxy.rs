@@ -6,11 +6,12 @@
 //! placeholders swapped or refused. Absolute-form `http://` requests go out
 //! only where the policy allows plain HTTP, and never carry a credential.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
@@ -60,6 +61,76 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
+/// Idle upstream connections kept per (sandbox, host, port).
+const POOL_PER_KEY: usize = 4;
+/// How long an idle upstream connection is kept (below common server
+/// keep-alive timeouts, e.g. nginx's 75 s).
+const POOL_IDLE: Duration = Duration::from_secs(30);
+
+/// Idle, verified upstream connections, reused by the next tunnel of the
+/// **same sandbox** to the same host and port (never across sandboxes: some
+/// servers tie authentication to a connection). A reused connection saves
+/// the upstream TCP and TLS handshakes of a new CONNECT.
+#[derive(Default)]
+struct UpstreamPool {
+    idle: Mutex<HashMap<(String, String, u16), Vec<(SendRequest<ProxyBody>, Instant)>>>,
+}
+
+impl std::fmt::Debug for UpstreamPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n: usize = lock(&self.idle).values().map(Vec::len).sum();
+        f.debug_struct("UpstreamPool").field("idle", &n).finish()
+    }
+}
+
+impl UpstreamPool {
+    fn take(&self, sandbox: &str, host: &str, port: u16) -> Option<SendRequest<ProxyBody>> {
+        let mut g = lock(&self.idle);
+        let key = (sandbox.to_owned(), host.to_owned(), port);
+        let list = g.get_mut(&key)?;
+        let mut found = None;
+        while let Some((s, at)) = list.pop() {
+            if at.elapsed() < POOL_IDLE && !s.is_closed() && s.is_ready() {
+                found = Some(s);
+                break;
+            }
+        }
+        if list.is_empty() {
+            g.remove(&key);
+        }
+        found
+    }
+
+    fn put(&self, sandbox: &str, host: &str, port: u16, s: SendRequest<ProxyBody>) {
+        if s.is_closed() || !s.is_ready() {
+            return;
+        }
+        let mut g = lock(&self.idle);
+        g.retain(|_, v| {
+            v.retain(|(s, at)| at.elapsed() < POOL_IDLE && !s.is_closed());
+            !v.is_empty()
+        });
+        let list = g
+            .entry((sandbox.to_owned(), host.to_owned(), port))
+            .or_default();
+        if list.len() < POOL_PER_KEY {
+            list.push((s, Instant::now()));
+        }
+    }
+
+    /// Drop every idle connection of `sandbox` (its egress closed).
+    fn forget_sandbox(&self, sandbox: &str) {
+        lock(&self.idle).retain(|(s, _, _), _| s != sandbox);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
 /// The bridge's egress proxy: one per bridge, shared by every sandbox's connections.
 #[derive(Debug)]
 pub struct Egress {
@@ -68,6 +139,7 @@ pub struct Egress {
     secrets: Arc<dyn SecretSource>,
     audit: Arc<dyn AuditSink>,
     max_buffered_body: usize,
+    pool: UpstreamPool,
 }
 
 impl Egress {
@@ -85,7 +157,14 @@ impl Egress {
             secrets,
             audit,
             max_buffered_body: DEFAULT_MAX_BUFFERED_BODY,
+            pool: UpstreamPool::default(),
         }
+    }
+
+    /// Forget the idle upstream connections kept for `sandbox_id` (call when
+    /// its egress is closed).
+    pub fn forget_sandbox(&self, sandbox_id: &str) {
+        self.pool.forget_sandbox(sandbox_id);
     }
 
     /// The same proxy buffering at most `bytes` of a body it swaps placeholders in.
@@ -203,7 +282,12 @@ impl Egress {
                 return refused(&refusal);
             }
         };
-        let sender = match self.open_upstream(&host, port).await {
+        let pooled = self.pool.take(&who.sandbox_id, &host, port);
+        let sender = match pooled {
+            Some(s) => Ok(s),
+            None => self.open_upstream(&host, port).await,
+        };
+        let sender = match sender {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(sandbox_id = %who.sandbox_id, error = %e, "egress upstream failed");
@@ -256,6 +340,15 @@ impl Egress {
                 .await
             {
                 tracing::debug!(host = %tunnel.host, error = %e, "egress tunnel ended with an error");
+            }
+            // The tunnel is done; its idle upstream connection serves the
+            // sandbox's next tunnel to the same host.
+            let kept = tunnel.lock_sender().take();
+            if let Some(s) = kept {
+                tunnel
+                    .egress
+                    .pool
+                    .put(&tunnel.who.sandbox_id, &tunnel.host, tunnel.port, s);
             }
         });
         Response::new(empty())
