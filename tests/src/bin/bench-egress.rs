@@ -16,10 +16,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use airlock_tests::bridge::base64 as b64;
 use airlock_tests::egress::EgressProxy;
 use airlock_tests::git_server::{git, random_bytes, run_ok, GitServer, StaticServer, TestCa};
 use anyhow::{bail, Context, Result};
-use base64_lite::encode as b64;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
@@ -37,26 +37,6 @@ const FILES: usize = 50;
 const FILE_BYTES: usize = 1024 * 1024;
 const GETS: usize = 500;
 const GETS_NEW_CONN: usize = 100;
-
-mod base64_lite {
-    /// Standard base64 with padding (enough for a basic-auth header).
-    pub fn encode(input: &[u8]) -> String {
-        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut out = String::new();
-        for c in input.chunks(3) {
-            let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for i in 0..4 {
-                if i <= c.len() {
-                    out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
-    }
-}
 
 fn median(v: &mut [Duration]) -> Duration {
     v.sort();
