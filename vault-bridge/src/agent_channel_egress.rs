@@ -19,6 +19,8 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+use crate::lock;
 use std::time::Duration;
 
 use protocol::bridge::{check_sandbox_id, EgressRepository, InvalidSandboxId};
@@ -177,13 +179,6 @@ impl EgressListeners {
 impl Drop for EgressListeners {
     fn drop(&mut self) {
         self.close_all();
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
     }
 }
 

@@ -19,3 +19,12 @@ pub mod egress;
 pub mod relay;
 pub mod secret;
 pub mod serve;
+
+/// Lock `m`, taking over a poisoned lock (a panicked holder leaves plain
+/// data behind, never a half-done invariant in this crate).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}

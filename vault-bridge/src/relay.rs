@@ -34,6 +34,7 @@ use secrecy::ExposeSecret;
 use crate::backend::{BackendError, SecretBackend};
 use crate::config::FileConfig;
 use crate::egress::{CredentialRef, SecretSource, SecretUnavailable, SecretValue};
+use crate::lock;
 use crate::secret::{Secret, SecretKey};
 
 /// File of revoked credential ids in the data dir.
@@ -103,38 +104,12 @@ impl Revocations {
             path: self.path.clone(),
             cause: e.to_string(),
         })?;
-        write_atomic(&self.path, &bytes).map_err(|e| RelayStoreError::Revocations {
-            path: self.path.clone(),
-            cause: e.to_string(),
+        crate::backend::file::write_atomic(&self.path, &bytes).map_err(|(path, e)| {
+            RelayStoreError::Revocations {
+                path,
+                cause: e.to_string(),
+            }
         })
-    }
-}
-
-fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
     }
 }
 

@@ -539,7 +539,7 @@ fn lock_path(store: &Path) -> PathBuf {
 
 /// Replace `path` with `data`: temporary file in the same directory, fsync,
 /// rename, fsync of the directory. On failure the old file is untouched.
-fn write_atomic(path: &Path, data: &[u8]) -> Result<(), (PathBuf, std::io::Error)> {
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), (PathBuf, std::io::Error)> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),

@@ -33,6 +33,7 @@ use super::policy::{
 };
 use super::secrets::SecretSource;
 use super::upstream::{Upstream, UpstreamError};
+use crate::lock;
 
 /// Error type of the bodies the proxy forwards.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -121,13 +122,6 @@ impl UpstreamPool {
     /// Drop every idle connection of `sandbox` (its egress closed).
     fn forget_sandbox(&self, sandbox: &str) {
         lock(&self.idle).retain(|(s, _, _), _| s != sandbox);
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
     }
 }
 
