@@ -33,7 +33,7 @@ use harness::{Disposition, Hands, HandsError, ProvisionSpec, SandboxRef, ToolCal
 use protocol::sandbox::{self as wire, ExecuteRequest, ProvisionRequest, SandboxInfo};
 use protocol::{CallError, ErrorCode, Reply, Request, Response};
 
-use crate::gateway::{AgentCallError, AgentDirectory, GatewayHandle, Target};
+use crate::gateway::{AgentCallError, GatewayHandle, Target};
 
 /// Cached placements above this many are forgotten at once (the cache is
 /// rebuilt from the agents on demand, so forgetting is always safe).
@@ -204,16 +204,7 @@ impl GatewayHands {
 
     /// Connected agents of `environment_id`, `first` (if connected) first.
     fn agents_of(&self, environment_id: &str, first: Option<&str>) -> Vec<String> {
-        let mut ids: Vec<String> = self
-            .gateway
-            .registry()
-            .list()
-            .into_iter()
-            .filter(|a| a.environment_id == environment_id)
-            .map(|a| a.agent_id)
-            .collect();
-        ids.sort();
-        ids.dedup();
+        let mut ids = self.gateway.agents_of(environment_id);
         if let Some(f) = first {
             if let Some(i) = ids.iter().position(|a| a == f) {
                 let a = ids.remove(i);

@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::gateway::{AgentDirectory, GatewayHandle, Target};
+use crate::gateway::{GatewayHandle, Target};
 use api::{RelayError, RelayTarget, SecretFields, SecretRelay, SecretValue, SessionTokenTarget};
 use protocol::call::{Reply, Request, Response};
 use protocol::relay::{
@@ -42,25 +42,10 @@ impl GatewayRelay {
         Self { gateway, deadline }
     }
 
-    /// Connected agents of `environment_id`.
-    fn agents_of(&self, environment_id: &str) -> Vec<String> {
-        let mut ids: Vec<String> = self
-            .gateway
-            .registry()
-            .list()
-            .into_iter()
-            .filter(|a| a.environment_id == environment_id)
-            .map(|a| a.agent_id)
-            .collect();
-        ids.sort();
-        ids.dedup();
-        ids
-    }
-
     /// Send `request` to every connected agent of `environment_id` at once.
     async fn broadcast(&self, environment_id: &str, request: &Request) -> Vec<Answer> {
         let mut calls = tokio::task::JoinSet::new();
-        for agent_id in self.agents_of(environment_id) {
+        for agent_id in self.gateway.agents_of(environment_id) {
             let gateway = self.gateway.clone();
             let request = request.clone();
             let deadline = self.deadline;

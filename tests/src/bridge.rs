@@ -16,7 +16,6 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -187,11 +186,7 @@ impl Bridge {
 
     /// The log so far.
     pub fn log(&self) -> String {
-        let mut s = String::new();
-        if let Ok(mut f) = std::fs::File::open(self.log_path()) {
-            let _ = f.read_to_string(&mut s);
-        }
-        s
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
     /// Start `serve` (again) and wait until the agent socket answers.

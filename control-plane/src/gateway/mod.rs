@@ -94,6 +94,20 @@ impl GatewayHandle {
         &self.registry
     }
 
+    /// Ids of the connected agents of `environment_id`, sorted, once each.
+    pub fn agents_of(&self, environment_id: &str) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .registry
+            .list()
+            .into_iter()
+            .filter(|a| a.environment_id == environment_id)
+            .map(|a| a.agent_id)
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
     /// Open a call to `target`: send request data with `call.sender`, read
     /// streamed output and the response with `call.receiver`. If the
     /// connection dies, every read and write fails with
