@@ -105,7 +105,8 @@ async fn the_sessions_repository_is_cloned_through_the_bridge_and_pushed_without
         "cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n'",
         "cat /proc/*/cmdline 2>/dev/null | tr '\\0' ' '",
         "git -C /workspace/app config --show-origin -l",
-        "grep -rIl -- '' /workspace /home /tmp /etc /run 2>/dev/null | head -2000 | xargs cat 2>/dev/null | grep -c canary-clone || true",
+        // prints any match itself (a count or file names would hide it)
+        "grep -rIoh -e 'canary-clone-token-[0-9a-f]*' /workspace /home /tmp /etc /run 2>/dev/null | head -5",
         "git -C /workspace/app log -p --all | head -200",
     ];
     for probe in probes {

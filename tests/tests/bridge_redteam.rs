@@ -112,8 +112,9 @@ fn attacks(git: &str, git_port: u16, web: &str, web_port: u16, repo: &str) -> Ve
         "/usr/local",
         "/dev/shm",
     ] {
+        // -o prints the match itself, so a canary in a file shows up in the result.
         v.push(format!(
-            "grep -rIl -e canary -e '{}' {dir} 2>/dev/null | head -20; echo scanned {dir}",
+            "grep -rIoah -e 'canary-redteam-[a-z]*-[0-9a-f]*' -e '{}[A-Za-z0-9+/=]*' {dir} 2>/dev/null | head -20; echo scanned {dir}",
             &base64(GIT_TOKEN.as_bytes())[..12]
         ));
         v.push(format!(
