@@ -8,10 +8,12 @@
 //!                   CloseEgress{sandbox_id}   Health
 //!                   PutCredential | ForgetCredential | PutSessionToken | ForgetSessionToken
 //!                   SubscribeAudit{after_seq}
+//!                   McpListTools | McpCallTool | McpValidate        (crate::mcp)
 //! bridge -> agent:  HelloAccepted{version, software_version} | Error{code: unsupported_version,..}
 //!                   EgressOpened{socket_path, env}   EgressClosed{existed}
 //!                   Health{backend, message}    Relayed{held}    Error{code, message}
 //!                   AuditRecord{..}*   (only after SubscribeAudit)
+//!                   Mcp(McpReply)   McpValidated(McpValidation)
 //! ```
 //!
 //! The relay messages ([`crate::relay`]) are what the control plane sent the
@@ -36,6 +38,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::frame::{Frame, FrameError};
+pub use crate::mcp::{McpCallTool, McpListTools, McpReply, McpValidate, McpValidation};
 pub use crate::relay::{
     CredentialBinding, EgressCredential, ForgetCredential, ForgetSessionToken, PutCredential,
     PutSessionToken,
@@ -100,6 +103,13 @@ pub enum ToBridge {
         #[serde(default)]
         after_seq: u64,
     },
+    /// List an MCP server's tools (answered with `Mcp`).
+    McpListTools(McpListTools),
+    /// Call an MCP tool (answered with `Mcp`). The bridge does not dedupe by
+    /// `tool_use_id`; the agent's record does.
+    McpCallTool(McpCallTool),
+    /// Probe an MCP credential (answered with `McpValidated`).
+    McpValidate(McpValidate),
     /// A request type this build does not know.
     #[serde(other)]
     Unknown,
@@ -158,6 +168,11 @@ pub enum FromBridge {
     },
     /// One credential use (on a `SubscribeAudit` connection).
     AuditRecord(CredentialUse),
+    /// Answer to `McpListTools` / `McpCallTool` (a failed MCP exchange is an
+    /// `McpOutcome::Failed` here, not `Error`).
+    Mcp(McpReply),
+    /// Answer to `McpValidate`.
+    McpValidated(McpValidation),
     /// The request failed.
     Error {
         /// What kind of failure.

@@ -16,6 +16,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::frame::{Frame, FrameError};
+use crate::mcp::{McpCallTool, McpListTools, McpReply, McpValidate, McpValidation};
 use crate::relay::{
     ForgetCredential, ForgetSessionToken, PutCredential, PutSessionToken, RelayAck,
 };
@@ -49,6 +50,13 @@ pub enum Request {
     PutSessionToken(PutSessionToken),
     /// Tell the agent's vault-bridge to drop a session's Git token(s).
     ForgetSessionToken(ForgetSessionToken),
+    /// List an MCP server's tools through the agent's vault-bridge.
+    McpListTools(McpListTools),
+    /// Call an MCP tool through the agent's vault-bridge (at most once per
+    /// `tool_use_id`).
+    McpCallTool(McpCallTool),
+    /// Probe an MCP credential (`mcp_oauth_validate`).
+    McpValidate(McpValidate),
     /// A call this build does not know (from a newer control plane).
     Unknown {
         /// The call name as sent.
@@ -85,6 +93,9 @@ impl TryFrom<RawRequest> for Request {
             "forget_credential" => Request::ForgetCredential(args(&raw.call, raw.args)?),
             "put_session_token" => Request::PutSessionToken(args(&raw.call, raw.args)?),
             "forget_session_token" => Request::ForgetSessionToken(args(&raw.call, raw.args)?),
+            "mcp_list_tools" => Request::McpListTools(args(&raw.call, raw.args)?),
+            "mcp_call_tool" => Request::McpCallTool(args(&raw.call, raw.args)?),
+            "mcp_validate" => Request::McpValidate(args(&raw.call, raw.args)?),
             _ => Request::Unknown { name: raw.call },
         })
     }
@@ -105,6 +116,9 @@ impl From<Request> for RawRequest {
             Request::ForgetCredential(f) => val(f),
             Request::PutSessionToken(p) => val(p),
             Request::ForgetSessionToken(f) => val(f),
+            Request::McpListTools(m) => val(m),
+            Request::McpCallTool(m) => val(m),
+            Request::McpValidate(m) => val(m),
             Request::Ping | Request::Echo | Request::ListSandboxes | Request::Unknown { .. } => {
                 serde_json::Value::Null
             }
@@ -127,6 +141,9 @@ impl Request {
             Request::ForgetCredential(_) => "forget_credential",
             Request::PutSessionToken(_) => "put_session_token",
             Request::ForgetSessionToken(_) => "forget_session_token",
+            Request::McpListTools(_) => "mcp_list_tools",
+            Request::McpCallTool(_) => "mcp_call_tool",
+            Request::McpValidate(_) => "mcp_validate",
             Request::Unknown { name } => name,
         }
     }
@@ -167,6 +184,15 @@ pub enum Reply {
         /// What the bridge said.
         ack: RelayAck,
     },
+    /// Answer to `mcp_list_tools` and `mcp_call_tool` (the call's name).
+    Mcp {
+        /// Which of the two.
+        call: String,
+        /// What the bridge (or the agent's record) said.
+        reply: McpReply,
+    },
+    /// Answer to `mcp_validate`.
+    McpValidated(McpValidation),
     /// A result of a call this build does not know.
     Unknown {
         /// The call name.
@@ -248,6 +274,11 @@ impl TryFrom<RawResponse> for Response {
                 ack: res(&call, v())?,
                 call,
             },
+            "mcp_list_tools" | "mcp_call_tool" => Reply::Mcp {
+                reply: res(&call, result)?,
+                call,
+            },
+            "mcp_validate" => Reply::McpValidated(res(&call, result)?),
             _ => Reply::Unknown { name: call, result },
         }))
     }
@@ -274,6 +305,8 @@ impl From<Response> for RawResponse {
                     Reply::Destroy => ("destroy".to_owned(), serde_json::json!({})),
                     Reply::ListSandboxes(l) => ("list_sandboxes".to_owned(), val(&l)),
                     Reply::Relay { call, ack } => (call, val(&ack)),
+                    Reply::Mcp { call, reply } => (call, val(&reply)),
+                    Reply::McpValidated(v) => ("mcp_validate".to_owned(), val(&v)),
                     Reply::Unknown { name, result } => (name, result),
                 };
                 RawResponse {
@@ -418,6 +451,41 @@ mod tests {
             token: crate::relay::WireSecret::new("canary-42"),
         });
         assert!(!format!("{r:?}").contains("canary"));
+    }
+
+    #[test]
+    fn mcp_calls_and_replies_round_trip() {
+        use crate::mcp::{McpCallTool, McpOutcome, McpReply, McpServer};
+        let r = Request::McpCallTool(McpCallTool {
+            session_id: "sesn_1".into(),
+            tool_use_id: "mcptoolu_1".into(),
+            server: McpServer {
+                name: "tickets".into(),
+                url: "https://mcp.internal/mcp".into(),
+            },
+            credentials: vec![],
+            tool: "search".into(),
+            arguments: serde_json::json!({"q": "outage"}),
+        });
+        let f = r.to_frame().unwrap();
+        let Frame::Control(body) = &f else {
+            panic!("not a control frame")
+        };
+        assert!(String::from_utf8_lossy(body).contains(r#""call":"mcp_call_tool""#));
+        assert_eq!(Request::from_frame(&f).unwrap(), r);
+        let resp = Response::Ok(Reply::Mcp {
+            call: "mcp_call_tool".into(),
+            reply: McpReply {
+                outcome: McpOutcome::Called {
+                    content: vec![serde_json::json!({"type": "text", "text": "3 tickets"})],
+                    is_error: false,
+                },
+                credential_id: None,
+                replayed: true,
+            },
+        });
+        let f = resp.to_frame().unwrap();
+        assert_eq!(Response::from_frame(&f).unwrap(), resp);
     }
 
     #[test]

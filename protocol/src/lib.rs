@@ -15,6 +15,7 @@ pub mod control;
 pub mod executor;
 pub mod frame;
 pub mod hello;
+pub mod mcp;
 pub mod relay;
 pub mod sandbox;
 

@@ -225,9 +225,11 @@ impl ControlPlane {
             .spawn()
             .context("spawn control-plane serve")?;
         self.child = Some(child);
-        // The port may still be held by a killed predecessor for a moment: wait until it answers.
+        // The port may still be held by a killed predecessor for a moment: wait until every
+        // listener answers (the API's too: a test's first call may come right after start).
         let addr = self.tunnel_addr();
         let enroll = self.enroll_addr();
+        let api = self.api_addr();
         try_eventually_blocking("control plane listening", Duration::from_secs(20), || {
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
@@ -238,7 +240,8 @@ impl ControlPlane {
                 .is_ok()
                 && std::net::TcpStream::connect_timeout(&enroll, Duration::from_millis(200))
                     .is_ok()
-                && self.admin_socket().exists();
+                && std::net::TcpStream::connect_timeout(&api, Duration::from_millis(200)).is_ok()
+                && std::os::unix::net::UnixStream::connect(self.admin_socket()).is_ok();
             ok.then_some(Ok(()))
         })
         .map_err(anyhow::Error::from)
