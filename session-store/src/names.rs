@@ -228,6 +228,10 @@ wire_names! {
         RepositoryForbidden = "repository_forbidden_error",
         /// A session repository does not exist.
         RepositoryNotFound = "repository_not_found_error",
+        /// An MCP server could not be reached (or answered 5xx).
+        McpConnectionFailed = "mcp_connection_failed_error",
+        /// An MCP server refused the session's credential (or it had none).
+        McpAuthenticationFailed = "mcp_authentication_failed_error",
         /// Anything else.
         UnknownError = "unknown_error",
     }
