@@ -153,6 +153,13 @@ pub enum CredentialBinding {
     McpOauth {
         /// The credential's `mcp_server_url`.
         mcp_server_url: String,
+        /// When the access token given to the API expires (RFC 3339), if
+        /// known. The bridge keeps its own expiry after it refreshes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<String>,
+        /// How to refresh it; `None`: it cannot be refreshed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        refresh: Option<OauthRefresh>,
     },
     /// `environment_variable`: the sandbox's `secret_name` holds a
     /// placeholder, swapped for `secret_value` on the way out.
@@ -167,6 +174,38 @@ pub enum CredentialBinding {
     /// A binding this build does not know (ignored, logged).
     #[serde(other)]
     Unknown,
+}
+
+/// The refresh settings of an `mcp_oauth` credential (the SDK's `refresh`
+/// without its secrets: `refresh_token` and `client_secret` are relayed
+/// fields of the credential, or live at its `kv_path`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OauthRefresh {
+    /// The OAuth client.
+    pub client_id: String,
+    /// The authorization server's token endpoint.
+    pub token_endpoint: String,
+    /// How the client authenticates there.
+    pub token_endpoint_auth: TokenEndpointAuth,
+    /// `scope` to ask for, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// `resource` (RFC 8707) to ask for, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+}
+
+/// The SDK's `token_endpoint_auth`, without `client_secret`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum TokenEndpointAuth {
+    /// A public client: `client_id` in the form body.
+    None,
+    /// HTTP Basic with `client_id:client_secret`.
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` in the form body.
+    ClientSecretPost,
 }
 
 /// The SDK's `networking` of an `environment_variable` credential.
@@ -252,6 +291,22 @@ mod tests {
                 },
             }
         );
+        let o: CredentialBinding = serde_json::from_value(serde_json::json!({
+            "type": "mcp_oauth", "mcp_server_url": "https://mcp.example.com/mcp",
+            "expires_at": "2026-12-06T18:00:00Z",
+            "refresh": {"client_id": "c1", "token_endpoint": "https://as.example.com/token",
+                        "token_endpoint_auth": {"type": "client_secret_post"},
+                        "scope": "read", "resource": null}
+        }))
+        .unwrap();
+        let CredentialBinding::McpOauth {
+            refresh: Some(r), ..
+        } = o
+        else {
+            panic!("{o:?}")
+        };
+        assert_eq!(r.token_endpoint_auth, TokenEndpointAuth::ClientSecretPost);
+        assert_eq!((r.scope.as_deref(), r.resource), (Some("read"), None));
         let u: CredentialBinding = serde_json::from_str(r#"{"type":"ssh_key","x":1}"#).unwrap();
         assert_eq!(u, CredentialBinding::Unknown);
         let f: ForgetSessionToken = serde_json::from_str(r#"{"session_id":"sesn_1"}"#).unwrap();

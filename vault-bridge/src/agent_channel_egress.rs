@@ -372,7 +372,7 @@ pub fn session_policy(
     for c in credentials {
         match &c.binding {
             CredentialBinding::StaticBearer { mcp_server_url }
-            | CredentialBinding::McpOauth { mcp_server_url } => {
+            | CredentialBinding::McpOauth { mcp_server_url, .. } => {
                 let field = match c.binding {
                     CredentialBinding::McpOauth { .. } => "access_token",
                     _ => "token",
