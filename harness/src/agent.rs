@@ -4,9 +4,11 @@
 //!
 //! Tools: `agent_toolset_20260401` (the sandbox tools `bash`, `read`,
 //! `write`, `edit`, `glob`, `grep`, each with its `permission_policy`) and
-//! `custom` tools (answered by the client). `web_fetch`/`web_search` are
-//! server tools of Anthropic's service and MCP toolsets go through a proxy
-//! this harness does not have yet: both are left out of the model request.
+//! `custom` tools (answered by the client), and `mcp_toolset`s over the
+//! agent's `mcp_servers` ([`McpServerConfig`]: which of a server's tools are
+//! enabled and how each is permitted; the tools themselves are listed from
+//! the server at run time, see [`crate::mcp`]). `web_fetch`/`web_search` are
+//! server tools of Anthropic's service: left out of the model request.
 
 use serde_json::{json, Value};
 
@@ -33,6 +35,55 @@ pub struct ToolSpec {
     pub definition: model::ToolDefinition,
 }
 
+/// How a server's tools are enabled and permitted (`mcp_toolset`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpToolset {
+    /// `default_config.enabled` (default true).
+    pub default_enabled: bool,
+    /// `default_config.permission_policy` (default `always_ask`, the
+    /// service's default for MCP toolsets).
+    pub default_permission: Permission,
+    /// Per-tool overrides (`configs`).
+    pub configs: Vec<McpToolConfig>,
+}
+
+/// One `configs` entry of an `mcp_toolset`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpToolConfig {
+    /// The tool's name on the server.
+    pub name: String,
+    /// `enabled`, if set.
+    pub enabled: Option<bool>,
+    /// `permission_policy`, if set.
+    pub permission: Option<Permission>,
+}
+
+impl McpToolset {
+    /// How calls to `tool` are permitted; `None` when it is disabled.
+    pub fn permission(&self, tool: &str) -> Option<Permission> {
+        let c = self.configs.iter().find(|c| c.name == tool);
+        let enabled = c.and_then(|c| c.enabled).unwrap_or(self.default_enabled);
+        if !enabled {
+            return None;
+        }
+        Some(
+            c.and_then(|c| c.permission)
+                .unwrap_or(self.default_permission),
+        )
+    }
+}
+
+/// An MCP server of the agent that an `mcp_toolset` enables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpServerConfig {
+    /// `mcp_servers[].name` (`mcp_server_name` in events).
+    pub name: String,
+    /// `mcp_servers[].url`.
+    pub url: String,
+    /// Its toolset.
+    pub toolset: McpToolset,
+}
+
 /// The session configuration the loop runs with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentConfig {
@@ -46,8 +97,10 @@ pub struct AgentConfig {
     pub environment_id: Option<String>,
     /// `resources` of the session (passed to provisioning).
     pub resources: Vec<Value>,
-    /// `vault_ids` of the session (passed to provisioning).
+    /// `vault_ids` of the session (passed to provisioning and MCP calls).
     pub vault_ids: Vec<String>,
+    /// MCP servers with an `mcp_toolset`, in `mcp_servers` order.
+    pub mcp_servers: Vec<McpServerConfig>,
 }
 
 /// Why the session body cannot be run; names the field at fault.
@@ -143,6 +196,37 @@ impl AgentConfig {
             Some(Value::String(s)) => Some(s.clone()),
             Some(_) => return Err(err("agent.system", "not a string")),
         };
+        let mut servers: Vec<(String, String)> = Vec::new();
+        let raw_servers = match agent.get("mcp_servers") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(a)) => a.clone(),
+            Some(_) => return Err(err("agent.mcp_servers", "not an array")),
+        };
+        for (i, s) in raw_servers.iter().enumerate() {
+            let field = |k: &str| format!("agent.mcp_servers.{i}{k}");
+            match s.get("type").and_then(Value::as_str) {
+                None | Some("url") => {}
+                Some(_) => return Err(err(&field(".type"), "not \"url\"")),
+            }
+            let name = s
+                .get("name")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())
+                .ok_or_else(|| err(&field(".name"), "missing or empty"))?;
+            let url = s
+                .get("url")
+                .and_then(Value::as_str)
+                .filter(|u| !u.is_empty())
+                .ok_or_else(|| err(&field(".url"), "missing or empty"))?;
+            if servers.iter().any(|(n, _)| n == name) {
+                return Err(err(
+                    &field(".name"),
+                    &format!("server name {name} is defined twice"),
+                ));
+            }
+            servers.push((name.to_owned(), url.to_owned()));
+        }
+        let mut toolsets: Vec<(String, McpToolset)> = Vec::new();
         let mut tools = Vec::new();
         let raw_tools = match agent.get("tools") {
             None | Some(Value::Null) => Vec::new(),
@@ -227,11 +311,75 @@ impl AgentConfig {
                     });
                 }
                 Some("mcp_toolset") => {
-                    tracing::warn!(
-                        session_id,
-                        index = i,
-                        "mcp_toolset is not supported by the harness yet; ignored"
-                    );
+                    let server = t
+                        .get("mcp_server_name")
+                        .and_then(Value::as_str)
+                        .filter(|n| !n.is_empty())
+                        .ok_or_else(|| err(&field(".mcp_server_name"), "missing or empty"))?;
+                    if !servers.iter().any(|(n, _)| n == server) {
+                        return Err(err(
+                            &field(".mcp_server_name"),
+                            &format!("no server named {server} in agent.mcp_servers"),
+                        ));
+                    }
+                    if toolsets.iter().any(|(n, _)| n == server) {
+                        return Err(err(
+                            &field(".mcp_server_name"),
+                            &format!("server {server} has two mcp_toolsets"),
+                        ));
+                    }
+                    let default = t.get("default_config");
+                    let default_enabled = default
+                        .and_then(|d| d.get("enabled"))
+                        .and_then(Value::as_bool)
+                        .unwrap_or(true);
+                    let default_permission = match default.and_then(|d| d.get("permission_policy"))
+                    {
+                        None | Some(Value::Null) => Permission::AlwaysAsk,
+                        Some(p) => policy(Some(p)).ok_or_else(|| {
+                            err(
+                                &field(".default_config.permission_policy"),
+                                "unknown policy type",
+                            )
+                        })?,
+                    };
+                    let raw_configs = match t.get("configs") {
+                        None | Some(Value::Null) => Vec::new(),
+                        Some(Value::Array(a)) => a.clone(),
+                        Some(_) => return Err(err(&field(".configs"), "not an array")),
+                    };
+                    let mut configs = Vec::new();
+                    for (j, c) in raw_configs.iter().enumerate() {
+                        let name = c
+                            .get("name")
+                            .and_then(Value::as_str)
+                            .filter(|n| !n.is_empty())
+                            .ok_or_else(|| {
+                                err(&field(&format!(".configs.{j}.name")), "missing or empty")
+                            })?;
+                        let permission = match c.get("permission_policy") {
+                            None | Some(Value::Null) => None,
+                            Some(p) => Some(policy(Some(p)).ok_or_else(|| {
+                                err(
+                                    &field(&format!(".configs.{j}.permission_policy")),
+                                    "unknown policy type",
+                                )
+                            })?),
+                        };
+                        configs.push(McpToolConfig {
+                            name: name.to_owned(),
+                            enabled: c.get("enabled").and_then(Value::as_bool),
+                            permission,
+                        });
+                    }
+                    toolsets.push((
+                        server.to_owned(),
+                        McpToolset {
+                            default_enabled,
+                            default_permission,
+                            configs,
+                        },
+                    ));
                 }
                 _ => return Err(err(&field(".type"), "unknown tool type")),
             }
@@ -264,6 +412,21 @@ impl AgentConfig {
                     .collect()
             })
             .unwrap_or_default();
+        let mut mcp_servers = Vec::new();
+        for (name, url) in servers {
+            match toolsets.iter().position(|(n, _)| *n == name) {
+                Some(p) => mcp_servers.push(McpServerConfig {
+                    name,
+                    url,
+                    toolset: toolsets.swap_remove(p).1,
+                }),
+                None => tracing::warn!(
+                    session_id,
+                    mcp_server_name = %name,
+                    "MCP server without an mcp_toolset; its tools are not offered"
+                ),
+            }
+        }
         Ok(Self {
             model,
             system,
@@ -271,12 +434,18 @@ impl AgentConfig {
             environment_id,
             resources,
             vault_ids,
+            mcp_servers,
         })
     }
 
     /// The tool named `name`, if the session has it.
     pub fn tool(&self, name: &str) -> Option<&ToolSpec> {
         self.tools.iter().find(|t| t.definition.name == name)
+    }
+
+    /// The MCP server named `name`, if the session has it enabled.
+    pub fn mcp_server(&self, name: &str) -> Option<&McpServerConfig> {
+        self.mcp_servers.iter().find(|s| s.name == name)
     }
 
     /// Whether any tool needs a sandbox.
@@ -317,6 +486,101 @@ mod tests {
         assert_eq!(c.tool("read").unwrap().permission, Permission::AlwaysAllow);
         assert_eq!(c.tool("lookup").unwrap().kind, ToolKind::Custom);
         assert!(c.needs_sandbox());
+    }
+
+    #[test]
+    fn reads_mcp_servers_toolsets_and_overrides() {
+        let body = json!({"agent": {"model": "m",
+        "mcp_servers": [
+            {"type": "url", "name": "wiki", "url": "https://wiki.internal/mcp"},
+            {"type": "url", "name": "tickets", "url": "https://t.internal/mcp"},
+            {"type": "url", "name": "unused", "url": "https://u.internal/mcp"}
+        ],
+        "tools": [
+            {"type": "mcp_toolset", "mcp_server_name": "tickets"},
+            {"type": "mcp_toolset", "mcp_server_name": "wiki",
+             "default_config": {"enabled": true, "permission_policy": {"type": "always_allow"}},
+             "configs": [
+                {"name": "delete_page", "permission_policy": {"type": "always_ask"}},
+                {"name": "admin", "enabled": false}
+             ]}
+        ]}});
+        let c = AgentConfig::from_session("s", &body).unwrap();
+        let names: Vec<_> = c.mcp_servers.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["wiki", "tickets"],
+            "mcp_servers order; no toolset, not kept"
+        );
+        assert!(c.tools.is_empty() && !c.needs_sandbox());
+        let wiki = c.mcp_server("wiki").unwrap();
+        assert_eq!(wiki.url, "https://wiki.internal/mcp");
+        assert_eq!(
+            wiki.toolset.permission("search"),
+            Some(Permission::AlwaysAllow)
+        );
+        assert_eq!(
+            wiki.toolset.permission("delete_page"),
+            Some(Permission::AlwaysAsk)
+        );
+        assert_eq!(wiki.toolset.permission("admin"), None);
+        // The MCP default policy is always_ask.
+        let t = c.mcp_server("tickets").unwrap();
+        assert_eq!(
+            t.toolset.permission("anything"),
+            Some(Permission::AlwaysAsk)
+        );
+        // Disabled by default, one tool enabled.
+        let body = json!({"agent": {"model": "m",
+            "mcp_servers": [{"type": "url", "name": "w", "url": "https://w/mcp"}],
+            "tools": [{"type": "mcp_toolset", "mcp_server_name": "w",
+                "default_config": {"enabled": false},
+                "configs": [{"name": "one", "enabled": true, "permission_policy": {"type": "auto"}}]}]}});
+        let c = AgentConfig::from_session("s", &body).unwrap();
+        let w = c.mcp_server("w").unwrap();
+        assert_eq!(w.toolset.permission("one"), Some(Permission::AutoAllow));
+        assert_eq!(w.toolset.permission("two"), None);
+    }
+
+    #[test]
+    fn mcp_errors_name_the_field() {
+        let field = |agent: Value| {
+            AgentConfig::from_session("s", &json!({ "agent": agent }))
+                .unwrap_err()
+                .field
+        };
+        assert_eq!(
+            field(
+                json!({"model": "m", "tools": [{"type": "mcp_toolset", "mcp_server_name": "x"}]})
+            ),
+            "agent.tools.0.mcp_server_name"
+        );
+        assert_eq!(
+            field(json!({"model": "m", "mcp_servers": [{"type": "url", "name": "a"}]})),
+            "agent.mcp_servers.0.url"
+        );
+        assert_eq!(
+            field(json!({"model": "m", "mcp_servers": [
+                {"type": "url", "name": "a", "url": "https://a"},
+                {"type": "url", "name": "a", "url": "https://b"}]})),
+            "agent.mcp_servers.1.name"
+        );
+        assert_eq!(
+            field(
+                json!({"model": "m", "mcp_servers": [{"type": "url", "name": "a", "url": "https://a"}],
+                "tools": [{"type": "mcp_toolset", "mcp_server_name": "a",
+                    "configs": [{"name": "t", "permission_policy": {"type": "sometimes"}}]}]})
+            ),
+            "agent.tools.0.configs.0.permission_policy"
+        );
+        assert_eq!(
+            field(
+                json!({"model": "m", "mcp_servers": [{"type": "url", "name": "a", "url": "https://a"}],
+                "tools": [{"type": "mcp_toolset", "mcp_server_name": "a"},
+                          {"type": "mcp_toolset", "mcp_server_name": "a"}]})
+            ),
+            "agent.tools.1.mcp_server_name"
+        );
     }
 
     #[test]

@@ -105,7 +105,15 @@ pub fn agent_tool_use(name: &str, input: &Value, permission: Permission) -> Valu
         "input": input,
         "evaluated_permission": permission.evaluated(),
     });
-    let evaluation = match permission {
+    if let (Some(e), Some(obj)) = (evaluation(permission), v.as_object_mut()) {
+        obj.insert("evaluation".into(), e);
+    }
+    v
+}
+
+/// `evaluation` of a tool use.
+fn evaluation(permission: Permission) -> Option<Value> {
+    match permission {
         Permission::AlwaysAllow => Some(json!({"type": PermissionPolicy::AlwaysAllow})),
         Permission::AlwaysAsk => Some(json!({"type": PermissionPolicy::AlwaysAsk})),
         Permission::AutoAllow => Some(json!({
@@ -113,11 +121,56 @@ pub fn agent_tool_use(name: &str, input: &Value, permission: Permission) -> Valu
             "evaluated_permission": EvaluatedPermission::Allow,
         })),
         Permission::Refused => None,
-    };
-    if let (Some(e), Some(obj)) = (evaluation, v.as_object_mut()) {
+    }
+}
+
+/// `agent.mcp_tool_use`: `tool` (its name on the server) of `server`.
+pub fn agent_mcp_tool_use(
+    server: &str,
+    tool: &str,
+    input: &Value,
+    permission: Permission,
+) -> Value {
+    let mut v = json!({
+        "type": EventType::AgentMcpToolUse,
+        "mcp_server_name": server,
+        "name": tool,
+        "input": input,
+        "evaluated_permission": permission.evaluated(),
+    });
+    if let (Some(e), Some(obj)) = (evaluation(permission), v.as_object_mut()) {
         obj.insert("evaluation".into(), e);
     }
     v
+}
+
+/// `agent.mcp_tool_result` for the `agent.mcp_tool_use` event `mcp_tool_use_id`.
+pub fn agent_mcp_tool_result(mcp_tool_use_id: &str, content: &[Value], is_error: bool) -> Value {
+    json!({
+        "type": EventType::AgentMcpToolResult,
+        "mcp_tool_use_id": mcp_tool_use_id,
+        "content": content,
+        "is_error": is_error,
+    })
+}
+
+/// `session.error` about MCP server `server` (`mcp_connection_failed_error`,
+/// `mcp_authentication_failed_error`), naming it in `mcp_server_name`.
+pub fn mcp_session_error(
+    error_type: SessionErrorType,
+    server: &str,
+    message: &str,
+    retry: RetryStatus,
+) -> Value {
+    json!({
+        "type": EventType::SessionError,
+        "error": {
+            "type": error_type,
+            "mcp_server_name": server,
+            "message": message,
+            "retry_status": {"type": retry},
+        },
+    })
 }
 
 /// `agent.custom_tool_use`.
@@ -250,6 +303,27 @@ mod tests {
         let t = agent_tool_use("nope", &json!({}), Permission::Refused);
         assert_eq!(t["evaluated_permission"], json!("deny"));
         assert!(t.get("evaluation").is_none());
+        let m = agent_mcp_tool_use("wiki", "search", &json!({"q": "x"}), Permission::AlwaysAsk);
+        assert_eq!(
+            m,
+            json!({"type": "agent.mcp_tool_use", "mcp_server_name": "wiki", "name": "search",
+                   "input": {"q": "x"}, "evaluated_permission": "ask", "evaluation": {"type": "always_ask"}})
+        );
+        assert_eq!(
+            agent_mcp_tool_result("sevt_1", &[text_block("r")], false),
+            json!({"type": "agent.mcp_tool_result", "mcp_tool_use_id": "sevt_1",
+                   "content": [{"type": "text", "text": "r"}], "is_error": false})
+        );
+        assert_eq!(
+            mcp_session_error(
+                SessionErrorType::McpAuthenticationFailed,
+                "wiki",
+                "401",
+                RetryStatus::Exhausted
+            ),
+            json!({"type": "session.error", "error": {"type": "mcp_authentication_failed_error",
+                   "mcp_server_name": "wiki", "message": "401", "retry_status": {"type": "exhausted"}}})
+        );
         for r in [
             StopReason::EndTurn,
             StopReason::RetriesExhausted,

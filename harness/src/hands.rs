@@ -12,6 +12,15 @@
 //!   sandbox died mid-call) says so ([`Disposition::Unknown`], `is_error`).
 //! - A tool failure is a [`ToolOutput`] with `is_error`, never an `Err`.
 //!   `Err` means the call could not be made.
+//! - MCP: `list_mcp_tools` lists a server's tools, `call_mcp_tool` calls one,
+//!   both through the session's environment (agent → vault-bridge → server).
+//!   `call_mcp_tool` is idempotent per `tool_use_id` (the `agent.mcp_tool_use`
+//!   event id) like `execute`: a repeat is answered from the agent's record
+//!   ([`McpToolOutput::replayed`]) or is [`McpFailureKind::OutcomeUnknown`];
+//!   the server is never called twice. A failure to reach or use the server
+//!   is an [`McpFailure`] (inner `Err`), not a [`HandsError`]; `HandsError`
+//!   means the request did not reach an agent. Hands without an MCP path
+//!   keep the default methods, which refuse.
 
 use serde_json::Value;
 
@@ -120,6 +129,129 @@ impl HandsError {
     }
 }
 
+/// The session an MCP request is made for.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct McpScope {
+    /// `sesn_...`.
+    pub session_id: String,
+    /// The session's `environment_id` (whose agents make the call).
+    pub environment_id: Option<String>,
+    /// The session's `vault_ids` (the bridge picks the server's credential
+    /// among them by URL).
+    pub vault_ids: Vec<String>,
+}
+
+/// One `mcp_servers` entry of the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpServerRef {
+    /// `mcp_server_name`.
+    pub name: String,
+    /// Its Streamable HTTP URL.
+    pub url: String,
+}
+
+/// A tool an MCP server offers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct McpToolInfo {
+    /// Its name on the server.
+    pub name: String,
+    /// What it does, as the server says.
+    pub description: Option<String>,
+    /// Its JSON Schema (an object schema).
+    pub input_schema: Value,
+}
+
+/// What an MCP tool call returned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct McpToolOutput {
+    /// Anthropic content blocks (text, image, ...).
+    pub content: Vec<Value>,
+    /// The server's `isError`.
+    pub is_error: bool,
+    /// Answered from the agent's record of an earlier attempt with this id.
+    pub replayed: bool,
+}
+
+/// Why an MCP request failed at the bridge or the server (the protocol's
+/// `McpFailure` codes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum McpFailureKind {
+    /// Server unreachable, TLS failure or 5xx (`mcp_connection_failed_error`).
+    ConnectionFailed,
+    /// 401/403 after a refresh, a failed refresh, or no credential
+    /// (`mcp_authentication_failed_error`).
+    AuthenticationFailed,
+    /// The server did not answer in time.
+    Timeout,
+    /// Not valid MCP / JSON-RPC.
+    InvalidResponse,
+    /// The result is larger than the bridge passes on.
+    TooLarge,
+    /// Refused by the agent's local policy.
+    PolicyDenied,
+    /// An earlier attempt with this id started and its outcome was never
+    /// recorded; not run again.
+    OutcomeUnknown,
+    /// The credential's secret could not be had (backend down, revoked).
+    SecretUnavailable,
+    /// The agent has no vault-bridge (or it is down).
+    NoBridge,
+    /// The request was invalid (bad URL, arguments not an object).
+    InvalidRequest,
+    /// A code this harness does not know.
+    Other(String),
+}
+
+impl McpFailureKind {
+    /// The wire code (`connection_failed`, ...).
+    pub fn code(&self) -> &str {
+        match self {
+            Self::ConnectionFailed => "connection_failed",
+            Self::AuthenticationFailed => "authentication_failed",
+            Self::Timeout => "timeout",
+            Self::InvalidResponse => "invalid_response",
+            Self::TooLarge => "too_large",
+            Self::PolicyDenied => "policy_denied",
+            Self::OutcomeUnknown => "outcome_unknown",
+            Self::SecretUnavailable => "secret_unavailable",
+            Self::NoBridge => "no_bridge",
+            Self::InvalidRequest => "invalid_request",
+            Self::Other(c) => c,
+        }
+    }
+
+    /// The kind of a wire code.
+    pub fn from_code(code: &str) -> Self {
+        match code {
+            "connection_failed" => Self::ConnectionFailed,
+            "authentication_failed" => Self::AuthenticationFailed,
+            "timeout" => Self::Timeout,
+            "invalid_response" => Self::InvalidResponse,
+            "too_large" => Self::TooLarge,
+            "policy_denied" => Self::PolicyDenied,
+            "outcome_unknown" => Self::OutcomeUnknown,
+            "secret_unavailable" => Self::SecretUnavailable,
+            "no_bridge" => Self::NoBridge,
+            "invalid_request" => Self::InvalidRequest,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+/// An MCP request that failed: why, and a sentence naming what failed
+/// (never a token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpFailure {
+    /// Why.
+    pub kind: McpFailureKind,
+    /// What failed.
+    pub message: String,
+}
+
+/// The answer of an MCP request that reached an agent.
+pub type McpAnswer<T> = Result<T, McpFailure>;
+
 /// Sandboxes, as the harness uses them. See the module documentation for
 /// the contract.
 #[async_trait::async_trait]
@@ -133,4 +265,35 @@ pub trait Hands: Send + Sync + std::fmt::Debug {
         sandbox: &SandboxRef,
         call: &ToolCall,
     ) -> Result<ToolOutput, HandsError>;
+
+    /// List `server`'s tools (`tools/list`, every page) for the session.
+    async fn list_mcp_tools(
+        &self,
+        scope: &McpScope,
+        server: &McpServerRef,
+    ) -> Result<McpAnswer<Vec<McpToolInfo>>, HandsError> {
+        let _ = server;
+        Err(no_mcp(scope))
+    }
+
+    /// Call `tool` on `server` with `arguments`, at most once per
+    /// `tool_use_id` (the `agent.mcp_tool_use` event id).
+    async fn call_mcp_tool(
+        &self,
+        scope: &McpScope,
+        tool_use_id: &str,
+        server: &McpServerRef,
+        tool: &str,
+        arguments: &Value,
+    ) -> Result<McpAnswer<McpToolOutput>, HandsError> {
+        let _ = (tool_use_id, server, tool, arguments);
+        Err(no_mcp(scope))
+    }
+}
+
+fn no_mcp(scope: &McpScope) -> HandsError {
+    HandsError::Refused {
+        session_id: scope.session_id.clone(),
+        message: "these hands have no path to MCP servers".to_owned(),
+    }
 }

@@ -6,7 +6,8 @@
 //! turns a log into a conversation ([`view`]), the published shapes of the
 //! events it writes ([`events`]), the session's agent configuration as the
 //! loop needs it ([`agent`]), the [`Hands`] trait through which it reaches
-//! sandboxes, and the [`Supervisor`] that decides when wakes run (on notify,
+//! sandboxes and MCP servers, the MCP tools' names and list cache
+//! ([`mcp`]), and the [`Supervisor`] that decides when wakes run (on notify,
 //! on start, after a lease expires). It does not own storage (the
 //! `session-store` crate), the wire to the model (the `model` crate), the
 //! tunnel to sandbox-agents (the control plane implements [`Hands`]) or the
@@ -18,18 +19,21 @@ pub mod agent;
 pub mod config;
 pub mod events;
 pub mod hands;
+pub mod mcp;
 pub mod supervisor;
 pub mod view;
 pub mod wake;
 
-pub use agent::{AgentConfig, AgentConfigError, ToolKind, ToolSpec};
+pub use agent::{
+    AgentConfig, AgentConfigError, McpServerConfig, McpToolConfig, McpToolset, ToolKind, ToolSpec,
+};
 pub use config::{
     Budget, ConfigError, HarnessConfig, ProvisioningMode, RawHarnessConfig, RetryPolicy,
 };
 pub use events::{Permission, StopReason};
 pub use hands::{
-    Disposition, Hands, HandsError, ProvisionSpec, ResourceFailure, SandboxRef, ToolCall,
-    ToolOutput,
+    Disposition, Hands, HandsError, McpAnswer, McpFailure, McpFailureKind, McpScope, McpServerRef,
+    McpToolInfo, McpToolOutput, ProvisionSpec, ResourceFailure, SandboxRef, ToolCall, ToolOutput,
 };
 pub use supervisor::Supervisor;
 pub use view::SessionView;

@@ -30,9 +30,14 @@
 //!   `session.status_idle` asks for a model call when the conversation ends
 //!   with a user message. Idle consumes that demand, so results written while
 //!   stopping a turn (interrupt) wait for the next user message.
+//! - **MCP calls** (`agent.mcp_tool_use` → `agent.mcp_tool_result`) follow
+//!   the same rules as sandbox calls (permission, confirmation, denial,
+//!   at-most-once by event id). In the conversation their `tool_use` block
+//!   carries [`crate::mcp::mcp_tool_name`]; the request builder renames it
+//!   to the name offered now ([`SessionView::mcp_tool_use`]).
 //! - Consecutive messages of one role are merged (tool results first).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use model::{ContentBlock, Message, Role, Usage};
 use serde_json::{Map, Value};
@@ -51,6 +56,14 @@ pub enum ToolUseKind {
     },
     /// Answered by the client with `user.custom_tool_result`.
     Custom,
+    /// Runs on MCP server `server` through the hands; `evaluated_permission`
+    /// as recorded.
+    Mcp {
+        /// `mcp_server_name`.
+        server: String,
+        /// `allow`, `ask` or `deny`.
+        evaluated_permission: EvaluatedPermission,
+    },
 }
 
 /// A tool call without a result yet.
@@ -76,6 +89,10 @@ impl OpenToolUse {
         match &self.kind {
             ToolUseKind::Sandbox {
                 evaluated_permission,
+            }
+            | ToolUseKind::Mcp {
+                evaluated_permission,
+                ..
             } => *evaluated_permission == EvaluatedPermission::Allow || self.allowed_by.is_some(),
             ToolUseKind::Custom => false,
         }
@@ -86,8 +103,20 @@ impl OpenToolUse {
         match &self.kind {
             ToolUseKind::Sandbox {
                 evaluated_permission,
+            }
+            | ToolUseKind::Mcp {
+                evaluated_permission,
+                ..
             } => *evaluated_permission == EvaluatedPermission::Ask && self.allowed_by.is_none(),
             ToolUseKind::Custom => true,
+        }
+    }
+
+    /// The MCP server of an MCP call.
+    pub fn mcp_server(&self) -> Option<&str> {
+        match &self.kind {
+            ToolUseKind::Mcp { server, .. } => Some(server),
+            _ => None,
         }
     }
 }
@@ -103,8 +132,11 @@ pub struct Denial {
     pub confirmation_seq: u64,
     /// The result text the model is given (and the event records).
     pub text: String,
-    /// Whether its `agent.tool_result` is in the log already.
+    /// Whether its result event is in the log already.
     pub recorded: bool,
+    /// The MCP server, for an `agent.mcp_tool_use` (recorded as
+    /// `agent.mcp_tool_result`).
+    pub mcp_server: Option<String>,
 }
 
 /// The latest status event.
@@ -127,6 +159,7 @@ pub struct SessionView {
     open_span: Option<String>,
     open_tools: Vec<OpenToolUse>,
     known_tools: HashSet<String>,
+    mcp_uses: HashMap<String, (String, String)>,
     resolved_tools: HashSet<String>,
     input_since_idle: bool,
     last_status: Option<LastStatus>,
@@ -177,6 +210,19 @@ fn to_request_blocks(blocks: Vec<Value>) -> impl Iterator<Item = ContentBlock> {
             Some("redacted") | None => None,
             Some(_) => Some(ContentBlock::Other(b)),
         })
+}
+
+/// What the model (and the log's `agent.mcp_tool_result`) is told about a
+/// denied MCP call.
+pub fn mcp_denial_text(server: &str, tool: &str, deny_message: Option<&str>) -> String {
+    let mut text = format!(
+        "The user denied this call to `{tool}` on MCP server `{server}`; the tool did not run."
+    );
+    if let Some(m) = deny_message {
+        text.push_str(" Their message: ");
+        text.push_str(m);
+    }
+    text
 }
 
 /// What the model (and the log's `agent.tool_result`) is told about a denied call.
@@ -272,15 +318,20 @@ impl SessionView {
                         self.open_tools[pos].allowed_by = Some(seq);
                     } else {
                         let t = self.open_tools.remove(pos);
-                        let text =
-                            denial_text(&t.name, body.get("deny_message").and_then(Value::as_str));
+                        let deny_message = body.get("deny_message").and_then(Value::as_str);
+                        let text = match t.mcp_server() {
+                            Some(server) => mcp_denial_text(server, &t.name, deny_message),
+                            None => denial_text(&t.name, deny_message),
+                        };
                         self.resolve(&t.event_id, vec![events::text_block(&text)], true);
+                        let mcp_server = t.mcp_server().map(str::to_owned);
                         if queued {
                             self.denials.push(Denial {
                                 tool_use_id: t.event_id,
                                 confirmation_seq: seq,
                                 text,
                                 recorded: false,
+                                mcp_server,
                             });
                         }
                     }
@@ -308,8 +359,15 @@ impl SessionView {
                     self.queued.push((seq, event_type));
                 }
             }
-            EventType::AgentToolResult | EventType::UserToolResult => {
-                let tool_use_id = str_of(&body, "tool_use_id").to_owned();
+            EventType::AgentToolResult
+            | EventType::UserToolResult
+            | EventType::AgentMcpToolResult => {
+                let key = if event_type == EventType::AgentMcpToolResult {
+                    "mcp_tool_use_id"
+                } else {
+                    "tool_use_id"
+                };
+                let tool_use_id = str_of(&body, key).to_owned();
                 if let Some(pos) = self
                     .open_tools
                     .iter()
@@ -343,23 +401,36 @@ impl SessionView {
                 self.assistant
                     .extend(to_request_blocks(take_blocks(&mut body, "content")));
             }
-            EventType::AgentToolUse | EventType::AgentCustomToolUse => {
+            EventType::AgentToolUse
+            | EventType::AgentCustomToolUse
+            | EventType::AgentMcpToolUse => {
                 let name = str_of(&body, "name").to_owned();
                 let input = body
                     .remove("input")
                     .unwrap_or_else(|| Value::Object(Map::new()));
-                let kind = if event_type == EventType::AgentCustomToolUse {
-                    ToolUseKind::Custom
-                } else {
-                    ToolUseKind::Sandbox {
-                        evaluated_permission: match body
-                            .get("evaluated_permission")
-                            .and_then(Value::as_str)
-                        {
-                            Some(p) => EvaluatedPermission::parse(p),
-                            None => EvaluatedPermission::Allow,
-                        },
+                let evaluated_permission =
+                    match body.get("evaluated_permission").and_then(Value::as_str) {
+                        Some(p) => EvaluatedPermission::parse(p),
+                        None => EvaluatedPermission::Allow,
+                    };
+                let kind = match event_type {
+                    EventType::AgentCustomToolUse => ToolUseKind::Custom,
+                    EventType::AgentMcpToolUse => ToolUseKind::Mcp {
+                        server: str_of(&body, "mcp_server_name").to_owned(),
+                        evaluated_permission,
+                    },
+                    _ => ToolUseKind::Sandbox {
+                        evaluated_permission,
+                    },
+                };
+                // The conversation names an MCP call as the model knows it.
+                let block_name = match &kind {
+                    ToolUseKind::Mcp { server, .. } => {
+                        self.mcp_uses
+                            .insert(id.clone(), (server.clone(), name.clone()));
+                        crate::mcp::mcp_tool_name(server, &name)
                     }
+                    _ => name.clone(),
                 };
                 if self.known_tools.insert(id.clone()) {
                     self.open_tools.push(OpenToolUse {
@@ -373,7 +444,7 @@ impl SessionView {
                 }
                 self.assistant.push(ContentBlock::ToolUse {
                     id,
-                    name,
+                    name: block_name,
                     input,
                     cache_control: None,
                 });
@@ -537,6 +608,11 @@ impl SessionView {
     /// Tool calls without a result, in order.
     pub fn open_tools(&self) -> &[OpenToolUse] {
         &self.open_tools
+    }
+
+    /// (server, tool) of the `agent.mcp_tool_use` event `id`.
+    pub fn mcp_tool_use(&self, id: &str) -> Option<(&str, &str)> {
+        self.mcp_uses.get(id).map(|(s, t)| (s.as_str(), t.as_str()))
     }
 
     /// The span start id of a model request with no end (lost in a crash).

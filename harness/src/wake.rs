@@ -11,6 +11,8 @@
 //! | start a model request | `span.model_request_start` (then marks the input it consumed processed) | an open span: closed with `is_error`, the request is made again (and counts as a failed attempt) |
 //! | model response | `agent.message`*, `agent.tool_use`*, `span.model_request_end` (+ results for unknown tools) in one batch | the response, whole |
 //! | run a tool | `agent.tool_result` after `Hands::execute` returned | a call without a result: sent again with the same id, the agent answers from its record |
+//! | list MCP tools | `session.error` for a server that could not be listed (its tools are left out of the request) | nothing: lists are only cached in memory |
+//! | call an MCP tool | `session.error` per failed attempt to reach the server, then `agent.mcp_tool_result` after `Hands::call_mcp_tool` returned | a call without a result: sent again with the same id, the agent answers from its record or says the outcome is unknown; the server is never called twice |
 //! | record a denial | `agent.tool_result {is_error}` for a call a queued `deny` confirmation denied, then marks the confirmation processed | a recorded denial whose confirmation is still queued: only the mark is made again |
 //! | model error | `span.model_request_end{is_error}`, `session.error` (+ idle `retries_exhausted`) | the failure count, so retries continue rather than restart |
 //! | stop | `session.status_idle` | nothing to do |
@@ -23,8 +25,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use model::{
-    BlockStart, MessagesRequest, ModelError, Provider, Response, ResponseBlock, StreamEvent,
-    StreamItem, SystemBlock, Usage,
+    BlockStart, ContentBlock, MessagesRequest, ModelError, Provider, Response, ResponseBlock,
+    StreamEvent, StreamItem, SystemBlock, Usage,
 };
 use rand::Rng;
 use serde_json::Value;
@@ -39,8 +41,10 @@ use crate::agent::{AgentConfig, AgentConfigError, ToolKind};
 use crate::config::{HarnessConfig, ProvisioningMode};
 use crate::events::{self, EventType, Permission, RetryStatus, SessionErrorType, StopReason};
 use crate::hands::{
-    Disposition, Hands, HandsError, ProvisionSpec, SandboxRef, ToolCall, ToolOutput,
+    Disposition, Hands, HandsError, McpFailureKind, McpScope, McpServerRef, ProvisionSpec,
+    SandboxRef, ToolCall, ToolOutput,
 };
+use crate::mcp::{self, McpOffer, McpToolCache};
 use crate::view::{LastStatus, OpenToolUse, OutOfOrder, SessionView};
 
 /// Events read per store round trip when rebuilding.
@@ -120,6 +124,8 @@ pub struct Harness {
     hands: Arc<dyn Hands>,
     config: Arc<HarnessConfig>,
     observer: Arc<dyn Observer>,
+    /// MCP servers' tool lists per session (an in-memory optimisation).
+    mcp_tools: Arc<McpToolCache>,
     /// Leases of wakes that were dropped mid-run (aborted at shutdown),
     /// for [`Harness::release_abandoned_leases`].
     abandoned: Arc<std::sync::Mutex<Vec<Lease>>>,
@@ -239,6 +245,7 @@ impl Harness {
             hands,
             config: Arc::new(config),
             observer: Arc::new(NoopObserver),
+            mcp_tools: Arc::default(),
             abandoned: Arc::default(),
         }
     }
@@ -273,6 +280,13 @@ impl Harness {
             }
         }
         abandoned
+    }
+
+    /// Reuse an MCP server's tool list for a session for `ttl` (default
+    /// [`mcp::MCP_TOOLS_TTL`]) before listing it again.
+    pub fn with_mcp_tools_ttl(mut self, ttl: Duration) -> Self {
+        self.mcp_tools = Arc::new(McpToolCache::new(ttl));
+        self
     }
 
     /// Install an observer.
@@ -328,7 +342,20 @@ impl Harness {
             })?;
         let request = AgentConfig::from_session(session_id, &record.body)
             .ok()
-            .map(|agent| build_request(&agent, &view, self.config.max_tokens));
+            .map(|agent| {
+                // Only what is cached: a rebuild calls no server.
+                let listed = agent
+                    .mcp_servers
+                    .iter()
+                    .filter_map(|s| {
+                        self.mcp_tools
+                            .get(session_id, &s.name, &s.url)
+                            .map(|t| (s.name.clone(), t))
+                    })
+                    .collect();
+                let offer = McpOffer::build(&agent, &listed);
+                build_request(&agent, &view, self.config.max_tokens, &offer)
+            });
         Ok((view, request))
     }
 
@@ -448,6 +475,7 @@ impl Harness {
             agent,
             signals,
             sandbox: SandboxSlot::Empty,
+            mcp_reported: std::collections::HashSet::new(),
             did_work: false,
             _tail: tail,
         };
@@ -515,13 +543,34 @@ async fn watch_interrupts(
     }
 }
 
-fn build_request(agent: &AgentConfig, view: &SessionView, max_tokens: u32) -> MessagesRequest {
+fn build_request(
+    agent: &AgentConfig,
+    view: &SessionView,
+    max_tokens: u32,
+    offer: &McpOffer,
+) -> MessagesRequest {
+    let mut messages = view.request_messages();
+    // MCP calls in the conversation carry the names offered now.
+    for m in &mut messages {
+        for b in &mut m.content {
+            if let ContentBlock::ToolUse { id, name, .. } = b {
+                if let Some((server, tool)) = view.mcp_tool_use(id) {
+                    *name = offer.model_name(server, tool);
+                }
+            }
+        }
+    }
     let mut r = MessagesRequest {
         model: agent.model.clone(),
         max_tokens,
         system: agent.system.iter().map(SystemBlock::text).collect(),
-        messages: view.request_messages(),
-        tools: agent.tools.iter().map(|t| t.definition.clone()).collect(),
+        messages,
+        tools: agent
+            .tools
+            .iter()
+            .map(|t| t.definition.clone())
+            .chain(offer.definitions())
+            .collect(),
         tool_choice: None,
         temperature: None,
         metadata: None,
@@ -547,6 +596,8 @@ struct Run<'h> {
     agent: Result<AgentConfig, AgentConfigError>,
     signals: watch::Receiver<Signals>,
     sandbox: SandboxSlot,
+    /// MCP servers whose failed listing this wake reported already.
+    mcp_reported: std::collections::HashSet<String>,
     did_work: bool,
     _tail: Task<()>,
 }
@@ -758,13 +809,14 @@ impl Run<'_> {
             batch.push(events::span_end(span, false, &Usage::default()));
         }
         for t in self.view.open_tools() {
-            batch.push(events::agent_tool_result(
-                &t.event_id,
-                &[events::text_block(
-                    "Not run: the user interrupted the turn before this tool call ran.",
-                )],
-                true,
-            ));
+            let content = [events::text_block(
+                "Not run: the user interrupted the turn before this tool call ran.",
+            )];
+            batch.push(if t.mcp_server().is_some() {
+                events::agent_mcp_tool_result(&t.event_id, &content, true)
+            } else {
+                events::agent_tool_result(&t.event_id, &content, true)
+            });
         }
         let running = self.view.last_status() == Some(&LastStatus::Running);
         tracing::info!(open_tools = self.view.open_tools().len(), "interrupt");
@@ -788,7 +840,11 @@ impl Run<'_> {
             .filter(|d| !d.recorded)
             .map(|d| {
                 tracing::info!(tool_use_id = %d.tool_use_id, "recording a denied tool call");
-                events::agent_tool_result(&d.tool_use_id, &[events::text_block(&d.text)], true)
+                let content = [events::text_block(&d.text)];
+                match &d.mcp_server {
+                    Some(_) => events::agent_mcp_tool_result(&d.tool_use_id, &content, true),
+                    None => events::agent_tool_result(&d.tool_use_id, &content, true),
+                }
             })
             .collect();
         if !results.is_empty() {
@@ -799,6 +855,9 @@ impl Run<'_> {
     }
 
     async fn run_tool(&mut self, tool: OpenToolUse) -> Result<(), Halt> {
+        if let Some(server) = tool.mcp_server().map(str::to_owned) {
+            return self.run_mcp_tool(tool, &server).await;
+        }
         self.ensure_running().await?;
         let call = ToolCall {
             tool_use_id: tool.event_id.clone(),
@@ -886,6 +945,229 @@ impl Run<'_> {
                         .await?;
                 }
                 Err(e) => return Ok(text_output(&format!("Not run: {e}"), true)),
+            }
+        }
+    }
+
+    // --------------------------------------------------------------- mcp
+
+    fn mcp_scope(&self) -> McpScope {
+        let (environment_id, vault_ids) = match &self.agent {
+            Ok(a) => (a.environment_id.clone(), a.vault_ids.clone()),
+            Err(_) => (None, Vec::new()),
+        };
+        McpScope {
+            session_id: self.sid.clone(),
+            environment_id,
+            vault_ids,
+        }
+    }
+
+    /// The MCP tools of the next model request: each enabled server's list,
+    /// from the cache or listed now (all at once). A server that cannot be
+    /// listed is a `session.error` (once per wake) and its tools are left
+    /// out of this request; it is listed again before the next one.
+    async fn mcp_offer(&mut self, agent: &AgentConfig) -> Result<McpOffer, Halt> {
+        let mut listed = HashMap::new();
+        let mut to_list = Vec::new();
+        for s in &agent.mcp_servers {
+            match self.h.mcp_tools.get(&self.sid, &s.name, &s.url) {
+                Some(tools) => {
+                    listed.insert(s.name.clone(), tools);
+                }
+                None => to_list.push(McpServerRef {
+                    name: s.name.clone(),
+                    url: s.url.clone(),
+                }),
+            }
+        }
+        if to_list.is_empty() {
+            return Ok(McpOffer::build(agent, &listed));
+        }
+        let scope = self.mcp_scope();
+        let listings = futures::future::join_all(to_list.into_iter().map(|server| {
+            let hands = self.h.hands.clone();
+            let scope = scope.clone();
+            async move {
+                let r = hands.list_mcp_tools(&scope, &server).await;
+                (server, r)
+            }
+        }));
+        let mut sig = self.signals.clone();
+        let results = tokio::select! {
+            r = listings => r,
+            () = lease_lost(&mut sig) => return Err(Halt::LeaseLost),
+        };
+        let mut errors = Vec::new();
+        for (server, result) in results {
+            let (error_type, message) = match result {
+                Ok(Ok(tools)) => {
+                    tracing::debug!(mcp_server_name = %server.name, tools = tools.len(), "MCP tools listed");
+                    self.h
+                        .mcp_tools
+                        .put(&self.sid, &server.name, &server.url, tools.clone());
+                    self.mcp_reported.remove(&server.name);
+                    listed.insert(server.name, tools);
+                    continue;
+                }
+                Ok(Err(f)) => (
+                    mcp::listing_error_type(&f.kind),
+                    format!(
+                        "The tools of MCP server `{}` could not be listed ({}): {}. They are left out until it answers.",
+                        server.name,
+                        f.kind.code(),
+                        f.message
+                    ),
+                ),
+                Err(e) => (
+                    SessionErrorType::McpConnectionFailed,
+                    format!(
+                        "The tools of MCP server `{}` could not be listed: {e}. They are left out until it answers.",
+                        server.name
+                    ),
+                ),
+            };
+            tracing::warn!(mcp_server_name = %server.name, error = %message, "MCP tool listing failed");
+            if self.mcp_reported.insert(server.name.clone()) {
+                errors.push(events::mcp_session_error(
+                    error_type,
+                    &server.name,
+                    &message,
+                    RetryStatus::Retrying,
+                ));
+            }
+        }
+        if !errors.is_empty() {
+            self.append(errors, None).await?;
+        }
+        Ok(McpOffer::build(agent, &listed))
+    }
+
+    /// Run one MCP call and record its `agent.mcp_tool_result`.
+    async fn run_mcp_tool(&mut self, tool: OpenToolUse, server: &str) -> Result<(), Halt> {
+        self.ensure_running().await?;
+        let (content, is_error) = self.call_mcp(&tool, server).await?;
+        tracing::debug!(tool_use_id = %tool.event_id, mcp_server_name = %server, tool = %tool.name, is_error, "MCP tool result");
+        self.append(
+            vec![events::agent_mcp_tool_result(
+                &tool.event_id,
+                &content,
+                is_error,
+            )],
+            None,
+        )
+        .await?;
+        if let Some(c) = tool.allowed_by {
+            self.mark_processed(vec![c]).await?;
+        }
+        Ok(())
+    }
+
+    /// Call an MCP tool (the event id is the idempotency key, so a repeat is
+    /// safe), retrying a server that could not be reached and transient hands
+    /// failures. Only a lost lease is an `Err`; everything else is a result.
+    async fn call_mcp(
+        &mut self,
+        tool: &OpenToolUse,
+        server_name: &str,
+    ) -> Result<(Vec<Value>, bool), Halt> {
+        let error = |text: String| Ok((vec![events::text_block(&text)], true));
+        let server = match &self.agent {
+            Ok(a) => match a.mcp_server(server_name) {
+                Some(s) if s.toolset.permission(&tool.name).is_some() => McpServerRef {
+                    name: s.name.clone(),
+                    url: s.url.clone(),
+                },
+                Some(_) => {
+                    return error(format!(
+                        "Not run: tool `{}` of MCP server `{server_name}` is not enabled in this session.",
+                        tool.name
+                    ))
+                }
+                None => {
+                    return error(format!(
+                        "Not run: MCP server `{server_name}` is not available in this session."
+                    ))
+                }
+            },
+            Err(_) => {
+                return error(format!(
+                    "Not run: MCP server `{server_name}` is not available in this session."
+                ))
+            }
+        };
+        let scope = self.mcp_scope();
+        let policy = self.h.config.retry.clone();
+        let mut failures = 0u32;
+        let mut unreachable = 0u32;
+        loop {
+            let hands = self.h.hands.clone();
+            let mut sig = self.signals.clone();
+            let result = tokio::select! {
+                r = hands.call_mcp_tool(&scope, &tool.event_id, &server, &tool.name, &tool.input) => r,
+                () = lease_lost(&mut sig) => return Err(Halt::LeaseLost),
+            };
+            match result {
+                Ok(Ok(out)) => {
+                    if out.replayed {
+                        tracing::info!(tool_use_id = %tool.event_id, "MCP call answered from the agent's record");
+                    }
+                    return Ok((out.content, out.is_error));
+                }
+                Ok(Err(f)) if f.kind == McpFailureKind::ConnectionFailed => {
+                    unreachable += 1;
+                    self.h.mcp_tools.invalidate(&self.sid, &server.name);
+                    let exhausted = unreachable >= policy.max_attempts;
+                    tracing::warn!(mcp_server_name = %server.name, error = %f.message, attempts = unreachable, exhausted, "MCP server could not be reached");
+                    self.append(
+                        vec![events::mcp_session_error(
+                            SessionErrorType::McpConnectionFailed,
+                            &server.name,
+                            &f.message,
+                            if exhausted {
+                                RetryStatus::Exhausted
+                            } else {
+                                RetryStatus::Retrying
+                            },
+                        )],
+                        None,
+                    )
+                    .await?;
+                    if exhausted {
+                        return error(mcp::failure_text(&server.name, &tool.name, &f));
+                    }
+                    self.pause(policy.delay(unreachable, None, jitter_unit()))
+                        .await?;
+                }
+                Ok(Err(f)) => {
+                    if let Some(error_type) = mcp::session_error_type(&f.kind) {
+                        self.h.mcp_tools.invalidate(&self.sid, &server.name);
+                        self.append(
+                            vec![events::mcp_session_error(
+                                error_type,
+                                &server.name,
+                                &f.message,
+                                RetryStatus::Exhausted,
+                            )],
+                            None,
+                        )
+                        .await?;
+                    }
+                    tracing::info!(mcp_server_name = %server.name, tool = %tool.name, failure = f.kind.code(), "MCP call failed");
+                    return error(mcp::failure_text(&server.name, &tool.name, &f));
+                }
+                Err(e) if e.is_transient() && failures + 1 < policy.max_attempts => {
+                    failures += 1;
+                    tracing::warn!(%e, failures, "MCP call could not be made; retrying");
+                    self.pause(policy.delay(failures, None, jitter_unit()))
+                        .await?;
+                }
+                Err(e) => {
+                    return error(format!(
+                        "The call to `{}` on MCP server `{}` could not be made: {e}",
+                        tool.name, server.name
+                    ))
+                }
             }
         }
     }
@@ -1008,7 +1290,8 @@ impl Run<'_> {
                 ProvisioningMode::Lazy => {}
             }
         }
-        let request = build_request(&agent, &self.view, self.h.config.max_tokens);
+        let offer = self.mcp_offer(&agent).await?;
+        let request = build_request(&agent, &self.view, self.h.config.max_tokens, &offer);
         self.h.observer.model_request_sent(&self.sid);
         let streamed = self.stream_response(&request).await;
         match marking.join().await {
@@ -1023,7 +1306,8 @@ impl Run<'_> {
         }
         match streamed {
             Streamed::Done(resp, text_ids) => {
-                self.record_response(&agent, &span_id, resp, text_ids).await
+                self.record_response(&agent, &offer, &span_id, resp, text_ids)
+                    .await
             }
             Streamed::Failed(e, usage) => self.record_failure(&span_id, e, usage).await,
             Streamed::Interrupted(usage) => {
@@ -1094,6 +1378,7 @@ impl Run<'_> {
     async fn record_response(
         &mut self,
         agent: &AgentConfig,
+        offer: &McpOffer,
         span_id: &str,
         resp: Response,
         text_ids: HashMap<usize, String>,
@@ -1111,12 +1396,15 @@ impl Run<'_> {
                 }
                 ResponseBlock::ToolUse { name, input, .. } => {
                     let id = new_event_id();
-                    let body = match agent.tool(name) {
-                        Some(t) if t.kind == ToolKind::Custom => {
+                    let body = match (agent.tool(name), offer.resolve(name)) {
+                        (Some(t), _) if t.kind == ToolKind::Custom => {
                             events::agent_custom_tool_use(name, input)
                         }
-                        Some(t) => events::agent_tool_use(name, input, t.permission),
-                        None => {
+                        (Some(t), _) => events::agent_tool_use(name, input, t.permission),
+                        (None, Some(m)) => {
+                            events::agent_mcp_tool_use(&m.server, &m.tool.name, input, m.permission)
+                        }
+                        (None, None) => {
                             refused.push((id.clone(), name.clone()));
                             events::agent_tool_use(name, input, Permission::Refused)
                         }
@@ -1135,6 +1423,7 @@ impl Run<'_> {
             .tools
             .iter()
             .map(|t| t.definition.name.as_str())
+            .chain(offer.tools().iter().map(|t| t.model_name.as_str()))
             .collect();
         for (id, name) in refused {
             tracing::info!(tool = %name, "model called an unknown tool");
