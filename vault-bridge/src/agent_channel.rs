@@ -36,8 +36,10 @@ use crate::agent_channel_egress::{session_policy, EgressListeners, OpenError};
 use crate::backend::SecretBackend;
 use crate::egress::SandboxIdentity;
 
-/// Frame cap of the agent channel (requests are small).
-pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// Frame cap of the agent channel: the protocol's default (1 MiB), so an
+/// MCP tool call's arguments and its result (up to
+/// [`protocol::mcp::MCP_RESULT_MAX_BYTES`]) fit in one frame.
+pub const MAX_FRAME_BYTES: usize = protocol::frame::DEFAULT_MAX_FRAME_BYTES;
 /// How long a health request may take.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -98,6 +100,7 @@ struct State {
     backend: Arc<dyn SecretBackend>,
     relay: Option<Arc<crate::relay::Relay>>,
     audit: Option<Arc<crate::audit_journal::AuditJournal>>,
+    mcp: Option<Arc<crate::mcp::McpClient>>,
 }
 
 /// The bound agent channel, ready to [`run`](AgentChannel::run).
@@ -159,6 +162,7 @@ impl AgentChannel {
                 backend,
                 relay: None,
                 audit: None,
+                mcp: None,
             }),
         })
     }
@@ -176,6 +180,15 @@ impl AgentChannel {
     pub fn with_relay(mut self, relay: Arc<crate::relay::Relay>) -> Self {
         if let Some(state) = Arc::get_mut(&mut self.state) {
             state.relay = Some(relay);
+        }
+        self
+    }
+
+    /// Serve the MCP requests with `client`; without it they are refused
+    /// as unsupported.
+    pub fn with_mcp(mut self, client: Arc<crate::mcp::McpClient>) -> Self {
+        if let Some(state) = Arc::get_mut(&mut self.state) {
+            state.mcp = Some(client);
         }
         self
     }
@@ -425,11 +438,30 @@ async fn handle(request: ToBridge, state: &State) -> FromBridge {
             Some(r) => r.forget_session_token(&f).await,
             None => no_relay(),
         },
+        ToBridge::McpListTools(r) => match &state.mcp {
+            Some(m) => FromBridge::Mcp(m.list_tools(&r).await),
+            None => no_mcp(),
+        },
+        ToBridge::McpCallTool(r) => match &state.mcp {
+            Some(m) => FromBridge::Mcp(m.call_tool(&r).await),
+            None => no_mcp(),
+        },
+        ToBridge::McpValidate(r) => match &state.mcp {
+            Some(m) => FromBridge::McpValidated(crate::mcp::validate::validate(m, &r).await),
+            None => no_mcp(),
+        },
         _ => FromBridge::error(
             BridgeErrorCode::UnsupportedRequest,
             "this bridge does not know that request type",
         ),
     }
+}
+
+fn no_mcp() -> FromBridge {
+    FromBridge::error(
+        BridgeErrorCode::UnsupportedRequest,
+        "this bridge was started without an MCP client",
+    )
 }
 
 fn no_relay() -> FromBridge {

@@ -16,6 +16,7 @@ pub mod audit_journal;
 pub mod backend;
 pub mod config;
 pub mod egress;
+pub mod mcp;
 pub mod relay;
 pub mod secret;
 pub mod serve;

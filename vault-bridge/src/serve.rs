@@ -121,6 +121,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             .map(Arc::new)
             .map_err(|e| ServeError::Egress(e.to_string()))?;
     let listeners = egress_listeners(&config, &relay, journal.clone())?;
+    let mcp = crate::mcp::McpClient::new(
+        crate::mcp::McpConfig {
+            trust_roots: if config.egress.upstream_ca_files.is_empty() {
+                crate::egress::TrustRoots::Webpki
+            } else {
+                crate::egress::TrustRoots::Files(config.egress.upstream_ca_files.clone())
+            },
+            connect_timeout: config.egress.connect_timeout,
+            state_dir: Some(config.bridge.data_dir.clone()),
+            ..Default::default()
+        },
+        relay.clone(),
+        journal.clone(),
+    )
+    .map(Arc::new)
+    .map_err(|e| ServeError::Egress(e.to_string()))?;
     let channel = crate::agent_channel::AgentChannel::bind(
         &config.bridge.socket_path,
         &config.bridge.allowed_peer_uids,
@@ -128,7 +144,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         backend.clone(),
     )?
     .with_audit(journal)
-    .with_relay(relay);
+    .with_relay(relay)
+    .with_mcp(mcp);
     let (stop_channel, channel_stopped) = tokio::sync::oneshot::channel::<()>();
     let channel_task = tokio::spawn(channel.run(async move {
         let _ = channel_stopped.await;
