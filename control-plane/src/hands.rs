@@ -25,11 +25,26 @@
 //! [`HandsError::Refused`]. A tool that failed is a [`ToolOutput`] with
 //! `is_error`, never an error here. Streamed output is not forwarded: the
 //! harness gets the final result.
+//!
+//! MCP calls (`list_mcp_tools`, `call_mcp_tool`) need no sandbox: they go to
+//! one connected agent of the session's environment, which forwards them to
+//! its vault-bridge, with the session's vault credentials (metadata only, as
+//! at provision). The agent is chosen by rendezvous hashing of the session
+//! id over the connected agents ([`mcp_agent`]), so every call of a session,
+//! from any control-plane process and after a restart, reaches the same
+//! agent while the set of connected agents is unchanged: that agent's
+//! record of `tool_use_id`s is what keeps a re-sent call from running twice.
+//! A failure at the bridge or the server is an [`McpFailure`] (the reply's
+//! outcome); only a call that did not reach an agent is a [`HandsError`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use harness::{Disposition, Hands, HandsError, ProvisionSpec, SandboxRef, ToolCall, ToolOutput};
+use harness::{
+    Disposition, Hands, HandsError, McpAnswer, McpFailure, McpFailureKind, McpScope, McpServerRef,
+    McpToolInfo, McpToolOutput, ProvisionSpec, SandboxRef, ToolCall, ToolOutput,
+};
+use protocol::mcp::{self as mcp_wire, McpCallTool, McpListTools, McpOutcome, McpReply};
 use protocol::sandbox::{self as wire, ExecuteRequest, ProvisionRequest, SandboxInfo};
 use protocol::{CallError, ErrorCode, Reply, Request, Response};
 
@@ -281,6 +296,28 @@ impl GatewayHands {
     }
 }
 
+/// The agent of `agents` that serves MCP calls of `session_id`: the one
+/// with the highest FNV-1a hash of (session, agent), so the choice is the
+/// same in every process and moves only the sessions of an agent that
+/// comes or goes.
+fn mcp_agent<'a>(session_id: &str, agents: &'a [String]) -> Option<&'a String> {
+    agents.iter().max_by_key(|a| {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in session_id.bytes().chain([0u8]).chain(a.bytes()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        (h, a.as_str())
+    })
+}
+
+fn mcp_failure(failure: &mcp_wire::McpFailure, message: String) -> McpFailure {
+    McpFailure {
+        kind: McpFailureKind::from_code(failure.as_str()),
+        message,
+    }
+}
+
 fn tool_output(r: wire::ToolResult) -> ToolOutput {
     ToolOutput {
         content: r.content,
@@ -290,6 +327,62 @@ fn tool_output(r: wire::ToolResult) -> ToolOutput {
             wire::Disposition::Replayed => Disposition::Replayed,
             wire::Disposition::Unknown => Disposition::Unknown,
         },
+    }
+}
+
+impl GatewayHands {
+    /// The agent that serves the session's MCP calls and the session's
+    /// credentials.
+    async fn mcp_route(
+        &self,
+        scope: &McpScope,
+    ) -> Result<(String, Vec<protocol::relay::EgressCredential>), HandsError> {
+        let session_id = scope.session_id.as_str();
+        let Some(environment_id) = scope.environment_id.as_deref().filter(|e| !e.is_empty()) else {
+            return Err(HandsError::Refused {
+                session_id: session_id.to_owned(),
+                message: "the session has no environment_id, so no sandbox-agent can reach its MCP servers"
+                    .to_owned(),
+            });
+        };
+        let agents = self.gateway.agents_of(environment_id);
+        let Some(agent_id) = mcp_agent(session_id, &agents).cloned() else {
+            return Err(hands_error(
+                session_id,
+                None,
+                Failure::Gateway(AgentCallError::NotConnected(Target::Environment(
+                    environment_id.to_owned(),
+                ))),
+            ));
+        };
+        let credentials = match &self.catalog {
+            Some(c) => {
+                crate::egress_credentials::credentials_of(c.as_ref(), &scope.vault_ids).await
+            }
+            None => Vec::new(),
+        };
+        Ok((agent_id, credentials))
+    }
+
+    /// Send one MCP request to `agent_id`; its reply.
+    async fn mcp_call(
+        &self,
+        session_id: &str,
+        agent_id: &str,
+        request: &Request,
+    ) -> Result<McpReply, HandsError> {
+        match self
+            .call(&Target::Agent(agent_id.to_owned()), request)
+            .await
+        {
+            Ok((_, Reply::Mcp { reply, .. })) => Ok(reply),
+            Ok((_, other)) => Err(hands_error(
+                session_id,
+                None,
+                Failure::Unexpected(format!("{other:?}")),
+            )),
+            Err(f) => Err(hands_error(session_id, None, f)),
+        }
     }
 }
 
@@ -461,6 +554,88 @@ impl Hands for GatewayHands {
             }
         }
     }
+
+    async fn list_mcp_tools(
+        &self,
+        scope: &McpScope,
+        server: &McpServerRef,
+    ) -> Result<McpAnswer<Vec<McpToolInfo>>, HandsError> {
+        let (agent_id, credentials) = self.mcp_route(scope).await?;
+        let request = Request::McpListTools(McpListTools {
+            session_id: scope.session_id.clone(),
+            server: mcp_wire::McpServer {
+                name: server.name.clone(),
+                url: server.url.clone(),
+            },
+            credentials,
+        });
+        let reply = self
+            .mcp_call(&scope.session_id, &agent_id, &request)
+            .await?;
+        match reply.outcome {
+            McpOutcome::Tools { tools } => Ok(Ok(tools
+                .into_iter()
+                .map(|t| McpToolInfo {
+                    name: t.name,
+                    description: t.description,
+                    input_schema: t.input_schema,
+                })
+                .collect())),
+            McpOutcome::Failed { failure, message } => Ok(Err(mcp_failure(&failure, message))),
+            other => Err(hands_error(
+                &scope.session_id,
+                None,
+                Failure::Unexpected(format!("{other:?} to mcp_list_tools")),
+            )),
+        }
+    }
+
+    async fn call_mcp_tool(
+        &self,
+        scope: &McpScope,
+        tool_use_id: &str,
+        server: &McpServerRef,
+        tool: &str,
+        arguments: &serde_json::Value,
+    ) -> Result<McpAnswer<McpToolOutput>, HandsError> {
+        let (agent_id, credentials) = self.mcp_route(scope).await?;
+        let request = Request::McpCallTool(McpCallTool {
+            session_id: scope.session_id.clone(),
+            tool_use_id: tool_use_id.to_owned(),
+            server: mcp_wire::McpServer {
+                name: server.name.clone(),
+                url: server.url.clone(),
+            },
+            credentials,
+            tool: tool.to_owned(),
+            arguments: arguments.clone(),
+        });
+        let reply = self
+            .mcp_call(&scope.session_id, &agent_id, &request)
+            .await?;
+        tracing::debug!(
+            session_id = %scope.session_id,
+            agent_id = %agent_id,
+            tool_use_id,
+            mcp_server_name = %server.name,
+            credential_id = reply.credential_id.as_deref().unwrap_or(""),
+            replayed = reply.replayed,
+            "MCP call answered"
+        );
+        match reply.outcome {
+            McpOutcome::Called { content, is_error } => Ok(Ok(McpToolOutput {
+                content,
+                is_error,
+                replayed: reply.replayed,
+            })),
+            McpOutcome::Failed { failure, message } => Ok(Err(mcp_failure(&failure, message))),
+            other => Err(hands_error(
+                &scope.session_id,
+                None,
+                Failure::Unexpected(format!("{other:?} to mcp_call_tool")),
+            )),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -528,6 +703,72 @@ mod tests {
     }
 
     #[test]
+    fn mcp_calls_of_a_session_go_to_one_agent_whatever_the_order() {
+        let agents: Vec<String> = (0..5).map(|i| format!("agt_{i}")).collect();
+        let mut reversed = agents.clone();
+        reversed.reverse();
+        let mut chosen = std::collections::HashSet::new();
+        for s in 0..50 {
+            let sid = format!("sesn_{s}");
+            let a = mcp_agent(&sid, &agents).unwrap();
+            assert_eq!(Some(a), mcp_agent(&sid, &reversed));
+            chosen.insert(a.clone());
+            // An agent that is not the chosen one going away moves nothing.
+            let fewer: Vec<String> = agents
+                .iter()
+                .filter(|x| *x == a || x.as_str() != "agt_0")
+                .cloned()
+                .collect();
+            assert_eq!(mcp_agent(&sid, &fewer), Some(a));
+        }
+        assert!(chosen.len() > 1, "sessions spread over agents: {chosen:?}");
+        assert_eq!(mcp_agent("s", &[]), None);
+    }
+
+    #[test]
+    fn mcp_failure_codes_map_one_to_one() {
+        for (wire, kind) in [
+            (
+                mcp_wire::McpFailure::ConnectionFailed,
+                McpFailureKind::ConnectionFailed,
+            ),
+            (
+                mcp_wire::McpFailure::AuthenticationFailed,
+                McpFailureKind::AuthenticationFailed,
+            ),
+            (mcp_wire::McpFailure::Timeout, McpFailureKind::Timeout),
+            (
+                mcp_wire::McpFailure::InvalidResponse,
+                McpFailureKind::InvalidResponse,
+            ),
+            (mcp_wire::McpFailure::TooLarge, McpFailureKind::TooLarge),
+            (
+                mcp_wire::McpFailure::PolicyDenied,
+                McpFailureKind::PolicyDenied,
+            ),
+            (
+                mcp_wire::McpFailure::OutcomeUnknown,
+                McpFailureKind::OutcomeUnknown,
+            ),
+            (
+                mcp_wire::McpFailure::SecretUnavailable,
+                McpFailureKind::SecretUnavailable,
+            ),
+            (mcp_wire::McpFailure::NoBridge, McpFailureKind::NoBridge),
+            (
+                mcp_wire::McpFailure::InvalidRequest,
+                McpFailureKind::InvalidRequest,
+            ),
+            (
+                mcp_wire::McpFailure::Unknown("quota".into()),
+                McpFailureKind::Other("quota".into()),
+            ),
+        ] {
+            assert_eq!(mcp_failure(&wire, "m".into()).kind, kind);
+        }
+    }
+
+    #[test]
     fn placements_forget_by_sandbox_and_replace_per_session() {
         let mut p = Placements::default();
         let at = |a: &str, s: &str| Placement {
@@ -590,5 +831,28 @@ mod tests {
                 sandbox_id: "sbx_9".into()
             }
         );
+        // MCP: no environment is refused, no agent is unavailable.
+        let server = McpServerRef {
+            name: "wiki".into(),
+            url: "https://wiki.internal/mcp".into(),
+        };
+        let scope = McpScope {
+            session_id: "sesn_1".into(),
+            environment_id: None,
+            vault_ids: vec![],
+        };
+        assert!(matches!(
+            hands.list_mcp_tools(&scope, &server).await,
+            Err(HandsError::Refused { .. })
+        ));
+        let scope = McpScope {
+            environment_id: Some("env_1".into()),
+            ..scope
+        };
+        let e = hands
+            .call_mcp_tool(&scope, "sevt_1", &server, "search", &serde_json::json!({}))
+            .await
+            .unwrap_err();
+        assert!(e.is_transient(), "{e}");
     }
 }
