@@ -9,6 +9,7 @@ pub mod deploy;
 pub mod egress;
 pub mod fake_model;
 pub mod git_server;
+pub mod mcp;
 pub mod relay;
 pub mod sandbox;
 pub mod tinyproxy;
