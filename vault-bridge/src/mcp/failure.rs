@@ -151,6 +151,23 @@ fn classify_http(h: &HttpErr, server: &str) -> Failure {
     }
 }
 
+/// Classify the error that ended a response's SSE stream (and the session).
+pub fn from_stream_error(cause: &str, server: &str) -> Failure {
+    let mut f = if cause.contains("maximum size") || cause.contains("exceed") {
+        Failure::new(
+            McpFailure::TooLarge,
+            format!("mcp server {server}: answer too large ({cause})"),
+        )
+    } else {
+        Failure::new(
+            McpFailure::ConnectionFailed,
+            format!("mcp server {server}: the answer's event stream failed: {cause}"),
+        )
+    };
+    f.session_broken = true;
+    f
+}
+
 /// Classify a failed request on a live session.
 pub fn from_service(e: &ServiceError, server: &str) -> Failure {
     match e {

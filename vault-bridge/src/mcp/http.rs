@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::stream::BoxStream;
+use futures::stream::{BoxStream, StreamExt};
 use http::{HeaderName, HeaderValue};
 use rmcp::model::ClientJsonRpcMessage;
 use rmcp::transport::streamable_http_client::{
@@ -170,6 +170,9 @@ pub struct BearerClient {
     pub token: Arc<TokenSlot>,
     /// Who to report requests for.
     pub audit: AuditContext,
+    /// The last error of a response's SSE stream (rmcp ends the session on
+    /// one without saying why; the caller reads it from here).
+    pub stream_error: Arc<Mutex<Option<String>>>,
 }
 
 impl BearerClient {
@@ -227,7 +230,18 @@ impl StreamableHttpClient for BearerClient {
                 _ => 200,
             }),
         );
-        r
+        match r {
+            Ok(StreamableHttpPostResponse::Sse(stream, sid)) => {
+                let slot = self.stream_error.clone();
+                let stream = stream.inspect(move |item| {
+                    if let Err(e) = item {
+                        *lock(&slot) = Some(e.to_string());
+                    }
+                });
+                Ok(StreamableHttpPostResponse::Sse(Box::pin(stream), sid))
+            }
+            other => other,
+        }
     }
 
     async fn delete_session(

@@ -121,6 +121,7 @@ type Service = RunningService<RoleClient, Handler>;
 struct Live {
     service: Service,
     token: Arc<TokenSlot>,
+    stream_error: Arc<Mutex<Option<String>>>,
 }
 
 #[derive(Default)]
@@ -374,9 +375,12 @@ impl McpClient {
                     let live = self.session(&key, session_id, t, access.as_ref()).await?;
                     live.token.set(access.as_ref().map(|a| a.token.clone()));
                     op(live.clone()).await.map_err(|e| {
-                        let f = failure::from_service(&e, &t.shown);
+                        let mut f = failure::from_service(&e, &t.shown);
                         if f.session_broken {
                             self.drop_session(&key);
+                            if let Some(cause) = lock(&live.stream_error).take() {
+                                f = failure::from_stream_error(&cause, &t.shown);
+                            }
                         }
                         f
                     })
@@ -442,7 +446,9 @@ impl McpClient {
             }
         }
         let token = Arc::new(TokenSlot::new(access.map(|a| a.token.clone())));
+        let stream_error = Arc::new(Mutex::new(None));
         let client = BearerClient {
+            stream_error: stream_error.clone(),
             inner: self.http.clone(),
             token: token.clone(),
             audit: AuditContext {
@@ -467,7 +473,11 @@ impl McpClient {
             .await
             .map_err(|e| failure::from_initialize(&e, &t.shown))?;
         tracing::info!(session_id, server = %t.shown, "mcp session initialized");
-        let l = Arc::new(Live { service, token });
+        let l = Arc::new(Live {
+            service,
+            token,
+            stream_error,
+        });
         *live = Some(l.clone());
         Ok(l)
     }
