@@ -2,6 +2,10 @@
 //! new immutable version), archive, versions. The parser turns a request
 //! into an [`AgentSpec`] (a validated, normalized agent body) or an update
 //! applied to the latest version; the catalog stores the versions.
+//!
+//! `mcp_servers` and the `mcp_toolset` entries of `tools` are checked
+//! together on the resulting body (`mcp.rs`): an update replacing one of
+//! them must leave every server configured by exactly one toolset.
 
 use axum::extract::{Path, RawQuery, State};
 use axum::Json;
@@ -12,6 +16,7 @@ use crate::body::JsonBody;
 use crate::error::ApiError;
 use crate::fields::{apply_metadata_patch, metadata, Obj, Patch};
 use crate::ids::{new_id, rfc3339};
+use crate::mcp;
 use crate::query::{Cursor, Dir, Query};
 use crate::tools;
 use crate::AppState;
@@ -23,7 +28,7 @@ const MAX_NAME_CHARS: usize = 256;
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct AgentSpec(pub Value);
 
-fn check_name(path: &str, name: &str) -> Result<(), ApiError> {
+pub(crate) fn check_name(path: &str, name: &str) -> Result<(), ApiError> {
     if name.trim().is_empty() {
         return Err(ApiError::invalid(path, "must not be empty"));
     }
@@ -36,7 +41,7 @@ fn check_name(path: &str, name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn check_system(path: &str, s: &str) -> Result<(), ApiError> {
+pub(crate) fn check_system(path: &str, s: &str) -> Result<(), ApiError> {
     if s.chars().count() > MAX_SYSTEM_CHARS {
         return Err(ApiError::invalid(
             path,
@@ -48,13 +53,7 @@ fn check_system(path: &str, s: &str) -> Result<(), ApiError> {
 
 /// Fields Airlock does not support yet: refused unless empty or null.
 fn unsupported(o: &Obj<'_>) -> Result<(), ApiError> {
-    for (key, why) in [
-        (
-            "mcp_servers",
-            "MCP servers are not supported by Airlock yet",
-        ),
-        ("skills", "skills are not supported by Airlock yet"),
-    ] {
+    for (key, why) in [("skills", "skills are not supported by Airlock yet")] {
         match o.get(key) {
             None => {}
             Some(Value::Array(a)) if a.is_empty() => {}
@@ -115,6 +114,8 @@ pub(crate) fn parse_create(body: &Value) -> Result<AgentSpec, ApiError> {
     }
     let description = o.opt_str("description")?;
     let tools = tools::tools("tools", o.get("tools"))?;
+    let servers = mcp::servers("mcp_servers", o.get("mcp_servers"))?;
+    mcp::check_references(&tools, "tools", &servers, "mcp_servers")?;
     let metadata = metadata("metadata", o.get("metadata"))?;
     unsupported(&o)?;
     Ok(AgentSpec(json!({
@@ -123,7 +124,7 @@ pub(crate) fn parse_create(body: &Value) -> Result<AgentSpec, ApiError> {
         "model": model,
         "system": system.filter(|s| !s.is_empty()),
         "tools": tools,
-        "mcp_servers": [],
+        "mcp_servers": servers,
         "skills": [],
         "metadata": metadata,
         "execution_identity": {"type": "service_account"},
@@ -196,6 +197,24 @@ impl AgentUpdate {
                 "tools".into(),
                 Value::Array(tools::tools("tools", o.get("tools"))?),
             );
+        }
+        if o.has("mcp_servers") {
+            next.insert(
+                "mcp_servers".into(),
+                Value::Array(mcp::servers("mcp_servers", o.get("mcp_servers"))?),
+            );
+        }
+        if o.has("tools") || o.has("mcp_servers") {
+            mcp::check_references(
+                next.get("tools")
+                    .and_then(Value::as_array)
+                    .map_or(&[], Vec::as_slice),
+                "tools",
+                next.get("mcp_servers")
+                    .and_then(Value::as_array)
+                    .map_or(&[], Vec::as_slice),
+                "mcp_servers",
+            )?;
         }
         if let Some(patch) = o.get("metadata") {
             apply_metadata_patch(&mut next, patch, false)?;
@@ -453,6 +472,70 @@ mod tests {
         );
         assert!(err(json!({"name": "a", "model": "m", "execution_identity": {"type": "aws_role", "role_arn": "x"}}))
             .starts_with("execution_identity.type:"));
+    }
+
+    fn wiki() -> Value {
+        json!({"type": "url", "name": "wiki", "url": "https://wiki.internal/mcp"})
+    }
+
+    #[test]
+    fn mcp_servers_need_their_toolsets() {
+        let spec = parse_create(&json!({"name": "a", "model": "m",
+            "mcp_servers": [wiki()],
+            "tools": [{"type": "agent_toolset_20260401"}, {"type": "mcp_toolset", "mcp_server_name": "wiki"}]}))
+        .unwrap();
+        assert_eq!(spec.0["mcp_servers"], json!([wiki()]));
+        assert_eq!(
+            spec.0["tools"][1],
+            json!({"type": "mcp_toolset", "mcp_server_name": "wiki", "configs": [],
+                "default_config": {"enabled": true, "permission_policy": {"type": "always_ask"}}})
+        );
+        let err = |v: Value| parse_create(&v).unwrap_err().to_string();
+        assert!(
+            err(json!({"name": "a", "model": "m", "mcp_servers": [wiki()]}))
+                .starts_with("mcp_servers.0.name: MCP server \"wiki\" is not referenced")
+        );
+        assert!(err(json!({"name": "a", "model": "m",
+            "tools": [{"type": "mcp_toolset", "mcp_server_name": "wiki"}]}))
+        .starts_with("tools.0.mcp_server_name: no MCP server named \"wiki\""));
+        assert!(err(json!({"name": "a", "model": "m", "mcp_servers": [{"type": "url", "name": "x", "url": "file:///x"}],
+            "tools": [{"type": "mcp_toolset", "mcp_server_name": "x"}]}))
+        .starts_with("mcp_servers.0.url:"));
+    }
+
+    #[test]
+    fn updates_replace_servers_and_tools_and_must_still_match() {
+        let cur = parse_create(&json!({"name": "a", "model": "m", "mcp_servers": [wiki()],
+            "tools": [{"type": "mcp_toolset", "mcp_server_name": "wiki"}]}))
+        .unwrap()
+        .0;
+        let up = |v: Value| parse_update(v).unwrap().apply(&cur);
+        // both replaced together
+        let db = json!({"type": "url", "name": "db", "url": "http://127.0.0.1:9/mcp"});
+        let next = up(json!({"mcp_servers": [db],
+            "tools": [{"type": "mcp_toolset", "mcp_server_name": "db", "configs": [{"name": "query"}]}]}))
+        .unwrap();
+        assert_eq!(next["mcp_servers"], json!([db]));
+        assert_eq!(next["tools"][0]["configs"][0]["name"], json!("query"));
+        // cleared together
+        let next = up(json!({"mcp_servers": null, "tools": []})).unwrap();
+        assert_eq!(next["mcp_servers"], json!([]));
+        // one without the other
+        assert!(up(json!({"mcp_servers": []}))
+            .unwrap_err()
+            .to_string()
+            .starts_with(
+                "tools.0.mcp_server_name: no MCP server named \"wiki\" (mcp_servers is empty)"
+            ));
+        assert!(up(json!({"tools": []}))
+            .unwrap_err()
+            .to_string()
+            .starts_with("mcp_servers.0.name:"));
+        // other fields leave them alone
+        assert_eq!(
+            up(json!({"name": "b"})).unwrap()["mcp_servers"],
+            json!([wiki()])
+        );
     }
 
     #[test]

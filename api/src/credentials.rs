@@ -1,5 +1,5 @@
 //! `/v1/vaults/{vault_id}/credentials`: create, retrieve, list, update,
-//! archive, delete (and `mcp_oauth_validate`, not supported yet).
+//! archive, delete, and `mcp_oauth_validate` (probed by a vault-bridge).
 //!
 //! A credential's `auth` is one of `mcp_oauth`, `static_bearer` and
 //! `environment_variable`. Parsing splits a request into the metadata the
@@ -32,6 +32,7 @@ use crate::query::{Cursor, Dir, Query};
 use crate::relay::{RelayError, RelayTarget, SecretFields};
 use crate::vaults::{display_name, pinned_environment};
 use crate::AppState;
+use protocol::mcp::{McpValidation, ProbeHttpResponse};
 
 /// Credential metadata key naming the path of the secret in the customer's
 /// Vault/OpenBao (the bridge reads it there; the API never sees it).
@@ -820,22 +821,125 @@ pub(crate) async fn delete(
     Ok(Json(json!({"id": id, "type": "vault_credential_deleted"})))
 }
 
+/// Longest `http_response.body` passed on (the bridge already cuts and
+/// scrubs; this is the API's own bound).
+const PROBE_BODY_MAX_BYTES: usize = 4096;
+
+/// `http_response` of a validation object.
+fn probe_http(r: ProbeHttpResponse) -> Value {
+    let mut body = r.body;
+    let mut truncated = r.body_truncated;
+    if body.len() > PROBE_BODY_MAX_BYTES {
+        let mut cut = PROBE_BODY_MAX_BYTES;
+        while !body.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        body.truncate(cut);
+        truncated = true;
+    }
+    json!({
+        "status_code": r.status_code,
+        "content_type": r.content_type.unwrap_or_default(),
+        "body": body,
+        "body_truncated": truncated,
+    })
+}
+
+/// The SDK's `vault_credential_validation` object.
+pub(crate) fn render_validation(
+    vault_id: &str,
+    credential_id: &str,
+    validated_at: OffsetDateTime,
+    v: McpValidation,
+) -> Value {
+    json!({
+        "type": "vault_credential_validation",
+        "credential_id": credential_id,
+        "vault_id": vault_id,
+        "validated_at": rfc3339(validated_at),
+        "status": v.status,
+        "has_refresh_token": v.has_refresh_token,
+        "mcp_probe": v.mcp_probe.map(|p| json!({
+            "method": p.method,
+            "http_response": p.http_response.map(probe_http),
+        })),
+        "refresh": v.refresh.map(|r| json!({
+            "status": r.status,
+            "http_response": r.http_response.map(probe_http),
+        })),
+    })
+}
+
+/// `POST /v1/vaults/{vault_id}/credentials/{credential_id}/mcp_oauth_validate`:
+/// a vault-bridge of the environment the vault is pinned to probes the
+/// credential's MCP server with the secret it holds (the control plane has
+/// none). 503 `vault_bridge_unavailable` when no bridge can.
 pub(crate) async fn mcp_oauth_validate(
     State(s): State<AppState>,
     Path((vault_id, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    s.state
+    let vault = live_vault(&s, &vault_id).await?;
+    let record = s
+        .state
         .catalog
         .get_credential(&vault_id, &id)
         .await
         .map_err(|e| map_err(e, &vault_id, &id))?;
-    Err(ApiError::invalid(
-        "",
-        format!(
-            "mcp_oauth_validate is not supported by Airlock yet: credential {id}'s secret is held by the \
-             vault-bridge, which does not probe MCP servers yet"
-        ),
-    ))
+    if record.archived_at.is_some() {
+        return Err(ApiError::invalid(
+            "",
+            format!("credential {id} is archived"),
+        ));
+    }
+    let kind = record.body["auth"]["type"].as_str().unwrap_or_default();
+    if kind != "mcp_oauth" && kind != "static_bearer" {
+        return Err(ApiError::invalid(
+            "auth.type",
+            format!(
+                "credential {id} is {kind}; only mcp_oauth and static_bearer credentials have an MCP server to validate against"
+            ),
+        ));
+    }
+    let Some(target) = target_of(&vault, &id) else {
+        return Err(ApiError::VaultBridgeUnavailable {
+            message: format!(
+                "vault {vault_id} is not pinned to an environment, so no vault-bridge is known to hold credential \
+                 {id}'s secret and nothing can probe its MCP server. Set the vault's metadata {} to the \
+                 environment whose sandbox-agents run the vault-bridge",
+                crate::vaults::PIN_KEY
+            ),
+        });
+    };
+    let env = target.environment_id.clone();
+    match s.state.relay.validate_mcp(&target, &record.body).await {
+        Ok(v) => {
+            tracing::info!(vault_id = %vault_id, credential_id = %id, environment_id = %env,
+                status = %v.status, has_refresh_token = v.has_refresh_token, "credential validated by a vault-bridge");
+            Ok(Json(render_validation(
+                &vault_id,
+                &id,
+                OffsetDateTime::now_utc(),
+                v,
+            )))
+        }
+        Err(e) => {
+            tracing::warn!(vault_id = %vault_id, credential_id = %id, environment_id = %env, error = %e,
+                "credential not validated: no vault-bridge could probe it");
+            let why = match &e {
+                RelayError::NoBridge { .. } => {
+                    format!("no vault-bridge of environment {env} is connected")
+                }
+                other => other.to_string(),
+            };
+            Err(ApiError::VaultBridgeUnavailable {
+                message: format!(
+                    "credential {id} of vault {vault_id} was not validated: {why}. Its secret is held by the \
+                     vault-bridge, which makes the probe; connect a sandbox-agent with a vault-bridge for \
+                     environment {env} and retry"
+                ),
+            })
+        }
+    }
 }
 
 pub(crate) async fn list(

@@ -2,7 +2,7 @@
 //!
 //! The parser turns each sent event into a typed [`UserEvent`]: a
 //! `user.message`, `user.interrupt`, `user.tool_confirmation` (naming the
-//! `agent.tool_use` event that asked) or `user.custom_tool_result` (naming
+//! `agent.tool_use` or `agent.mcp_tool_use` event that asked) or `user.custom_tool_result` (naming
 //! the `agent.custom_tool_use` event). Unknown types are a 400 naming the
 //! type. Sent events are appended queued (`processed_at: null`) in one
 //! batch, then the runner is notified; the harness marks them processed
@@ -304,15 +304,17 @@ async fn check_references(
 ) -> Result<(), ApiError> {
     for (i, e) in events.iter().enumerate() {
         let (field, id, expect) = match e {
-            UserEvent::ToolConfirmation { tool_use_id, .. } => {
-                ("tool_use_id", tool_use_id, EventType::AgentToolUse)
-            }
+            UserEvent::ToolConfirmation { tool_use_id, .. } => (
+                "tool_use_id",
+                tool_use_id,
+                vec![EventType::AgentToolUse, EventType::AgentMcpToolUse],
+            ),
             UserEvent::CustomToolResult {
                 custom_tool_use_id, ..
             } => (
                 "custom_tool_use_id",
                 custom_tool_use_id,
-                EventType::AgentCustomToolUse,
+                vec![EventType::AgentCustomToolUse],
             ),
             _ => continue,
         };
@@ -338,13 +340,18 @@ async fn check_references(
                 format!("no event {id} in session {session_id}"),
             ));
         };
-        if target.kind() != expect {
+        let kind = target.kind();
+        if !expect.contains(&kind) {
             return Err(ApiError::invalid(
                 &path,
-                format!("event {id} is a {}, not an {expect}", target.event_type),
+                format!(
+                    "event {id} is a {}, not an {}",
+                    target.event_type,
+                    or_list(expect.iter().map(EventType::as_str))
+                ),
             ));
         }
-        if expect == EventType::AgentToolUse
+        if matches!(kind, EventType::AgentToolUse | EventType::AgentMcpToolUse)
             && target
                 .body
                 .get("evaluated_permission")

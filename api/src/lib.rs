@@ -34,6 +34,7 @@ mod events;
 mod fanout;
 mod fields;
 mod ids;
+mod mcp;
 mod query;
 pub mod relay;
 mod resources;

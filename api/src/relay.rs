@@ -12,9 +12,17 @@
 //! The same relay takes the `authorization_token` of a session's
 //! `github_repository` resource ([`SessionTokenTarget`]): the bridges of the
 //! session's environment hold it for that session and resource only.
+//!
+//! It also carries `mcp_oauth_validate`: a bridge of the environment the
+//! vault is pinned to probes the credential's MCP server with the secret it
+//! holds ([`SecretRelay::validate_mcp`]); only the verdict, with scrubbed
+//! response bodies, comes back.
 
 use std::collections::BTreeMap;
 use std::fmt;
+
+use protocol::mcp::McpValidation;
+use serde_json::Value;
 
 /// One secret value. Its `Debug` never shows it; the bytes are overwritten
 /// when it is dropped (best effort: copies made by the JSON parser before
@@ -153,10 +161,27 @@ pub trait SecretRelay: Send + Sync + fmt::Debug {
     /// resource or its session was deleted or archived, or storing the
     /// session failed). Idempotent: nothing held is not an error.
     async fn forget_session_token(&self, target: &SessionTokenTarget) -> Result<(), RelayError>;
+
+    /// Asks one vault-bridge of `target`'s environment to probe the MCP
+    /// server of the credential `target` (`mcp_oauth` or `static_bearer`)
+    /// with the secret it holds, refreshing an `mcp_oauth` token on a 401,
+    /// for `mcp_oauth_validate`. `stored` is the credential's stored body
+    /// (`display_name`, `metadata`, `auth`: metadata only, never a secret).
+    /// The default answers [`RelayError::NoBridge`].
+    async fn validate_mcp(
+        &self,
+        target: &RelayTarget,
+        stored: &Value,
+    ) -> Result<McpValidation, RelayError> {
+        let _ = stored;
+        Err(RelayError::NoBridge {
+            environment_id: target.environment_id.clone(),
+        })
+    }
 }
 
-/// The relay while no bridge can be reached: refuses every secret, and has
-/// nothing to forget.
+/// The relay while no bridge can be reached: refuses every secret and
+/// every validation, and has nothing to forget.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoBridgeRelay;
 
@@ -184,6 +209,16 @@ impl SecretRelay for NoBridgeRelay {
 
     async fn forget_session_token(&self, _target: &SessionTokenTarget) -> Result<(), RelayError> {
         Ok(())
+    }
+
+    async fn validate_mcp(
+        &self,
+        target: &RelayTarget,
+        _stored: &Value,
+    ) -> Result<McpValidation, RelayError> {
+        Err(RelayError::NoBridge {
+            environment_id: target.environment_id.clone(),
+        })
     }
 }
 

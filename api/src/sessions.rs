@@ -1,7 +1,13 @@
-//! `/v1/sessions`: create (from an agent id, or `{type: "agent", id,
-//! version}`, and an environment), retrieve, list (bidirectional cursors,
-//! filters), update (title, metadata, the agent's tools while not running),
-//! archive (terminates the session) and delete.
+//! `/v1/sessions`: create (from an agent id, `{type: "agent", id,
+//! version}` or `{type: "agent_with_overrides", id, version?, model?,
+//! system?, tools?, mcp_servers?, skills?}`, and an environment), retrieve,
+//! list (bidirectional cursors, filters), update (title, metadata, the
+//! agent's `tools` and `mcp_servers` while idle), archive (terminates the
+//! session) and delete.
+//!
+//! Overrides and agent updates replace a field whole (omit keeps, null or
+//! `[]` clears); the resulting `tools` and `mcp_servers` must still match
+//! (every server configured by exactly one `mcp_toolset`, see `mcp.rs`).
 //!
 //! The session object lives in the session store as the record's body: it
 //! holds the agent snapshot (model, system, tools and their permission
@@ -26,6 +32,7 @@ use crate::error::ApiError;
 use crate::events::parse_initial_event;
 use crate::fields::{apply_metadata_patch, join, metadata, type_name, Obj};
 use crate::ids::{new_id, rfc3339};
+use crate::mcp;
 use crate::query::{Cursor, Dir, Query};
 use crate::resources;
 use crate::tools;
@@ -37,10 +44,105 @@ const MAX_TITLE_CHARS: usize = 1024;
 const MAX_SCAN_PAGES: usize = 20;
 
 /// How a session names its agent.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct AgentRef {
     pub id: String,
     pub version: Option<u64>,
+    /// `agent_with_overrides`: what replaces the agent's fields.
+    pub overrides: Option<AgentOverrides>,
+}
+
+/// The fields an `agent_with_overrides` replaces (validated, normalized).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct AgentOverrides {
+    /// `model`, normalized to its object form.
+    pub model: Option<Value>,
+    /// `system`: `Some(None)` clears it.
+    pub system: Option<Option<String>>,
+    /// `tools`, whole.
+    pub tools: Option<Vec<Value>>,
+    /// `mcp_servers`, whole.
+    pub mcp_servers: Option<Vec<Value>>,
+}
+
+impl AgentOverrides {
+    /// Parses the override fields of `a` (`agent.*`).
+    fn parse(a: &Obj<'_>) -> Result<Self, ApiError> {
+        let mut out = AgentOverrides::default();
+        if a.has("model") {
+            let m = a
+                .get("model")
+                .ok_or_else(|| ApiError::invalid("agent.model", "cannot be cleared"))?;
+            out.model = Some(tools::model("agent.model", m)?);
+        }
+        if a.has("system") {
+            let s = a.opt_str("system")?;
+            if let Some(s) = s {
+                agents::check_system("agent.system", s)?;
+            }
+            out.system = Some(s.filter(|s| !s.is_empty()).map(str::to_owned));
+        }
+        if a.has("tools") {
+            out.tools = Some(tools::tools("agent.tools", a.get("tools"))?);
+        }
+        if a.has("mcp_servers") {
+            out.mcp_servers = Some(mcp::servers("agent.mcp_servers", a.get("mcp_servers"))?);
+        }
+        match a.get("skills") {
+            None => {}
+            Some(Value::Array(s)) if s.is_empty() => {}
+            Some(Value::Array(_)) => {
+                return Err(ApiError::invalid(
+                    "agent.skills",
+                    "skills are not supported by Airlock yet",
+                ))
+            }
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "agent.skills",
+                    format!("expected an array, got {}", type_name(other)),
+                ))
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies the overrides to an agent snapshot, then checks that its
+    /// `tools` and `mcp_servers` still match.
+    fn apply(&self, snapshot: &mut Value) -> Result<(), ApiError> {
+        let Value::Object(agent) = snapshot else {
+            return Err(ApiError::internal("agent snapshot is not an object"));
+        };
+        if let Some(m) = &self.model {
+            agent.insert("model".into(), m.clone());
+        }
+        if let Some(s) = &self.system {
+            agent.insert("system".into(), json!(s));
+        }
+        if let Some(t) = &self.tools {
+            agent.insert("tools".into(), Value::Array(t.clone()));
+        }
+        if let Some(m) = &self.mcp_servers {
+            agent.insert("mcp_servers".into(), Value::Array(m.clone()));
+        }
+        check_agent_mcp(agent)
+    }
+}
+
+/// Checks the `tools` and `mcp_servers` of a session's agent snapshot.
+fn check_agent_mcp(agent: &Map<String, Value>) -> Result<(), ApiError> {
+    let list = |k: &str| {
+        agent
+            .get(k)
+            .and_then(Value::as_array)
+            .map_or(&[][..], Vec::as_slice)
+    };
+    mcp::check_references(
+        list("tools"),
+        "agent.tools",
+        list("mcp_servers"),
+        "agent.mcp_servers",
+    )
 }
 
 /// A parsed `POST /v1/sessions`.
@@ -149,29 +251,45 @@ pub(crate) fn parse_create(body: &Value) -> Result<CreateSession, ApiError> {
         Some(Value::String(id)) if !id.is_empty() => AgentRef {
             id: id.clone(),
             version: None,
+            overrides: None,
         },
         Some(v @ Value::Object(_)) => {
             let a = Obj::new("agent", v)?;
-            match a.req_str("type")? {
-                "agent" => {}
-                "agent_with_overrides" => {
-                    return Err(ApiError::invalid(
-                        "agent.type",
-                        "agent_with_overrides is not supported by Airlock yet; create an agent version instead",
-                    ))
-                }
+            let with_overrides = match a.req_str("type")? {
+                "agent" => false,
+                "agent_with_overrides" => true,
                 other => {
-                    return Err(ApiError::invalid("agent.type", format!("unknown agent reference type {other:?}; expected agent")))
+                    return Err(ApiError::invalid("agent.type", format!("unknown agent reference type {other:?}; expected agent or agent_with_overrides")))
                 }
+            };
+            if with_overrides {
+                a.only(&[
+                    "type",
+                    "id",
+                    "version",
+                    "model",
+                    "system",
+                    "tools",
+                    "mcp_servers",
+                    "skills",
+                ])?;
+            } else {
+                a.only(&["type", "id", "version"])?;
             }
-            a.only(&["type", "id", "version"])?;
+            let id = a.req_nonempty("id")?.to_owned();
             let version = a.opt_u64("version")?;
             if version == Some(0) {
                 return Err(ApiError::invalid("agent.version", "must be at least 1"));
             }
+            let overrides = if with_overrides {
+                Some(AgentOverrides::parse(&a)?)
+            } else {
+                None
+            };
             AgentRef {
-                id: a.req_nonempty("id")?.to_owned(),
+                id,
                 version,
+                overrides,
             }
         }
         Some(other) => {
@@ -276,13 +394,17 @@ pub(crate) async fn create(
         ));
     }
     check_vaults(&s, &req.vault_ids, &env.id).await?;
+    let mut snapshot = agents::snapshot(&agent);
+    if let Some(o) = &req.agent.overrides {
+        o.apply(&mut snapshot)?;
+    }
     let id = new_id("sesn");
     // Tokens go to the bridges first: a refusal leaves no session behind.
     let resources = resources::relay_new(&s, &env.id, &id, req.resources).await?;
     let body = json!({
         "type": "session",
         "id": id,
-        "agent": agents::snapshot(&agent),
+        "agent": snapshot,
         "environment_id": env.id,
         "metadata": req.metadata,
         "title": req.title,
@@ -544,19 +666,22 @@ fn apply_update(record: &SessionRecord, body: &Value) -> Result<Value, ApiError>
             }
             SessionStatus::Idle => {}
         }
-        if let Some(Value::Array(m)) = a.get("mcp_servers") {
-            if !m.is_empty() {
-                return Err(ApiError::invalid(
-                    "agent.mcp_servers",
-                    "MCP servers are not supported by Airlock yet",
-                ));
-            }
-        }
+        let Some(Value::Object(agent)) = next.get_mut("agent") else {
+            return Err(ApiError::internal(format!(
+                "session {} has no agent snapshot",
+                record.id
+            )));
+        };
         if a.has("tools") {
             let tools = tools::tools("agent.tools", a.get("tools"))?;
-            if let Some(Value::Object(agent)) = next.get_mut("agent") {
-                agent.insert("tools".into(), Value::Array(tools));
-            }
+            agent.insert("tools".into(), Value::Array(tools));
+        }
+        if a.has("mcp_servers") {
+            let servers = mcp::servers("agent.mcp_servers", a.get("mcp_servers"))?;
+            agent.insert("mcp_servers".into(), Value::Array(servers));
+        }
+        if a.has("tools") || a.has("mcp_servers") {
+            check_agent_mcp(agent)?;
         }
     }
     Ok(Value::Object(next))
@@ -690,7 +815,8 @@ mod tests {
             c.agent,
             AgentRef {
                 id: "agent_1".into(),
-                version: None
+                version: None,
+                overrides: None
             }
         );
         let c = parse_create(&json!({"agent": {"type": "agent", "id": "agent_1", "version": 2}, "environment_id": "env_1",
@@ -719,5 +845,64 @@ mod tests {
         assert!(
             err(json!({"agent": "a", "environment_id": "e", "title": 3})).starts_with("title:")
         );
+    }
+
+    #[test]
+    fn overrides_parse_and_replace_whole_fields() {
+        let c = parse_create(&json!({"environment_id": "e", "agent": {"type": "agent_with_overrides", "id": "agent_1",
+            "version": 3, "model": "claude-x", "system": null, "skills": [],
+            "mcp_servers": [{"type": "url", "name": "wiki", "url": "https://wiki.internal/mcp"}],
+            "tools": [{"type": "mcp_toolset", "mcp_server_name": "wiki"}]}}))
+        .unwrap();
+        assert_eq!(c.agent.version, Some(3));
+        let o = c.agent.overrides.unwrap();
+        let mut snap = json!({"type": "agent", "id": "agent_1", "model": {"id": "m"}, "system": "s",
+            "tools": [{"type": "custom", "name": "x"}], "mcp_servers": []});
+        o.apply(&mut snap).unwrap();
+        assert_eq!(snap["model"], json!({"id": "claude-x"}));
+        assert_eq!(snap["system"], Value::Null);
+        assert_eq!(snap["tools"][0]["mcp_server_name"], json!("wiki"));
+        assert_eq!(snap["mcp_servers"][0]["name"], json!("wiki"));
+
+        // only tools: the agent's servers must still be configured
+        let only_tools = parse_create(
+            &json!({"environment_id": "e", "agent": {"type": "agent_with_overrides",
+            "id": "agent_1", "tools": []}}),
+        )
+        .unwrap()
+        .agent
+        .overrides
+        .unwrap();
+        let mut with_server = snap.clone();
+        assert!(only_tools
+            .apply(&mut with_server)
+            .unwrap_err()
+            .to_string()
+            .starts_with("agent.mcp_servers.0.name: MCP server \"wiki\" is not referenced"));
+
+        let err = |v: Value| {
+            parse_create(&json!({"environment_id": "e", "agent": v}))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(
+            err(json!({"type": "agent_with_overrides", "id": "a", "model": null}))
+                .starts_with("agent.model:")
+        );
+        assert!(
+            err(json!({"type": "agent_with_overrides", "id": "a", "name": "n"}))
+                .starts_with("agent.name: unknown field")
+        );
+        assert!(err(json!({"type": "agent", "id": "a", "tools": []}))
+            .starts_with("agent.tools: unknown field"));
+        assert!(err(json!({"type": "agent_with_overrides", "id": "a",
+            "mcp_servers": [{"type": "url", "name": "w", "url": "nope"}]}))
+        .starts_with("agent.mcp_servers.0.url:"));
+        assert!(err(json!({"type": "agent_with_overrides", "id": "a",
+            "tools": [{"type": "mcp_toolset", "mcp_server_name": "w", "configs": [{"name": "t", "permission_policy": {"type": "x"}}]}]}))
+        .starts_with("agent.tools.0.configs.0.permission_policy.type:"));
+        assert!(err(json!({"type": "agent_with_overrides", "id": "a", "skills": [{"type": "anthropic", "skill_id": "x"}]}))
+            .starts_with("agent.skills:"));
+        assert!(err(json!({"type": "agent_with_overrides"})).starts_with("agent.id:"));
     }
 }

@@ -10,7 +10,16 @@
 //!   filled in, so the snapshot says exactly what the harness will do.
 //! - `custom`: `name` (1–128 of `[A-Za-z0-9_-]`), `description`,
 //!   `input_schema` (a JSON Schema object). Answered by the client.
-//! - `mcp_toolset` is refused: Airlock has no MCP proxy yet.
+//! - `mcp_toolset`: `mcp_server_name` (a server of the agent's
+//!   `mcp_servers`; see `mcp.rs`), `default_config` and per-tool `configs`
+//!   (`name` 1–128 characters, as the server names its tool), each with
+//!   `enabled` (default true) and a `permission_policy` (default
+//!   `always_ask`, as the hosted service does for MCP toolsets). Normalized
+//!   with every default filled in; its tools are listed from the server at
+//!   run time, so a config may name a tool the server does not (yet) have.
+//!
+//! At most 256 tools across all toolsets: `tools` entries, and the tools
+//! they name (custom tools and per-tool configs), are counted.
 
 use std::collections::HashSet;
 
@@ -35,8 +44,14 @@ const TOOLSET_TOOLS: [&str; 8] = [
     "web_search",
 ];
 
-/// Most tool entries in `tools`.
-const MAX_TOOLS: usize = 128;
+/// Most tools across all toolsets (the SDK's limit).
+const MAX_TOOLS: usize = 256;
+
+/// Longest MCP tool name in a toolset's `configs`.
+const MAX_MCP_TOOL_NAME_CHARS: usize = 128;
+
+/// The type name of an MCP toolset entry.
+pub(crate) const MCP_TOOLSET: &str = "mcp_toolset";
 
 /// Validates a permission policy object.
 fn policy(path: &str, v: &Value) -> Result<Value, ApiError> {
@@ -139,6 +154,59 @@ fn toolset(path: &str, o: &Obj<'_>) -> Result<Value, ApiError> {
     }))
 }
 
+/// `{type: "mcp_toolset", mcp_server_name, default_config?, configs?}`,
+/// normalized to the resolved form (`configs` and `default_config` always
+/// present, every default filled in).
+fn mcp_toolset(path: &str, o: &Obj<'_>) -> Result<Value, ApiError> {
+    o.only(&["type", "mcp_server_name", "default_config", "configs"])?;
+    let server = o.req_str("mcp_server_name")?;
+    crate::mcp::check_server_name(&o.path("mcp_server_name"), server)?;
+    let (mut enabled, mut default_policy) = (true, json!({"type": PermissionPolicy::AlwaysAsk}));
+    if let Some(d) = o.opt_obj("default_config")? {
+        d.only(&["enabled", "permission_policy"])?;
+        if let Some(e) = d.opt_bool("enabled")? {
+            enabled = e;
+        }
+        if let Some(p) = d.get("permission_policy") {
+            default_policy = policy(&d.path("permission_policy"), p)?;
+        }
+    }
+    let mut configs = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, c) in o.opt_array("configs")?.into_iter().flatten().enumerate() {
+        let c = Obj::new(&join(&join(path, "configs"), &i.to_string()), c)?;
+        c.only(&["name", "enabled", "permission_policy"])?;
+        let name = c.req_str("name")?;
+        if name.is_empty() || name.chars().count() > MAX_MCP_TOOL_NAME_CHARS {
+            return Err(ApiError::invalid(
+                &c.path("name"),
+                format!("must be 1 to {MAX_MCP_TOOL_NAME_CHARS} characters"),
+            ));
+        }
+        if !seen.insert(name) {
+            return Err(ApiError::invalid(
+                &c.path("name"),
+                format!("tool {name:?} is configured twice"),
+            ));
+        }
+        let p = match c.get("permission_policy") {
+            Some(p) => policy(&c.path("permission_policy"), p)?,
+            None => default_policy.clone(),
+        };
+        configs.push(json!({
+            "name": name,
+            "enabled": c.opt_bool("enabled")?.unwrap_or(enabled),
+            "permission_policy": p,
+        }));
+    }
+    Ok(json!({
+        "type": MCP_TOOLSET,
+        "mcp_server_name": server,
+        "default_config": {"enabled": enabled, "permission_policy": default_policy},
+        "configs": configs,
+    }))
+}
+
 fn custom(o: &Obj<'_>) -> Result<Value, ApiError> {
     o.only(&["type", "name", "description", "input_schema"])?;
     let name = o.req_str("name")?;
@@ -199,7 +267,7 @@ pub(crate) fn tools(path: &str, value: Option<&Value>) -> Result<Vec<Value>, Api
     if items.len() > MAX_TOOLS {
         return Err(ApiError::invalid(
             path,
-            format!("at most {MAX_TOOLS} tools are allowed"),
+            format!("at most {MAX_TOOLS} tools are allowed across all toolsets"),
         ));
     }
     let mut out = Vec::with_capacity(items.len());
@@ -219,20 +287,28 @@ pub(crate) fn tools(path: &str, value: Option<&Value>) -> Result<Vec<Value>, Api
                 toolset(&ipath, &o)?
             }
             "custom" => custom(&o)?,
-            "mcp_toolset" => {
-                return Err(ApiError::invalid(
-                    &o.path("type"),
-                    "mcp_toolset is not supported by Airlock yet (there is no MCP proxy)",
-                ))
-            }
+            MCP_TOOLSET => mcp_toolset(&ipath, &o)?,
             other => {
                 return Err(ApiError::invalid(
                     &o.path("type"),
-                    format!("unknown tool type {other:?}; expected {TOOLSET} or custom"),
+                    format!(
+                        "unknown tool type {other:?}; expected {TOOLSET}, {MCP_TOOLSET} or custom"
+                    ),
                 ))
             }
         };
         out.push(normalized);
+    }
+    // Entries that name no tool count once, the others once per tool named.
+    let named: usize = out
+        .iter()
+        .map(|t| t["configs"].as_array().map_or(1, |c| c.len().max(1)))
+        .sum();
+    if named > MAX_TOOLS {
+        return Err(ApiError::invalid(
+            path,
+            format!("at most {MAX_TOOLS} tools are allowed across all toolsets, got {named}"),
+        ));
     }
     // Names the model sees must be unique: enabled toolset tools, then
     // custom tools.
@@ -383,9 +459,39 @@ mod tests {
                 json!([{"type": "custom", "name": "x", "description": "d", "input_schema": {"type": "string"}}]),
                 "tools.0.input_schema.type",
             ),
+            (json!([{"type": "mcp_toolset"}]), "tools.0.mcp_server_name"),
             (
-                json!([{"type": "mcp_toolset", "mcp_server_name": "m"}]),
-                "tools.0.type",
+                json!([{"type": "mcp_toolset", "mcp_server_name": ""}]),
+                "tools.0.mcp_server_name",
+            ),
+            (
+                json!([{"type": "mcp_toolset", "mcp_server_name": "m", "configs": [{"name": ""}]}]),
+                "tools.0.configs.0.name",
+            ),
+            (
+                json!([{"type": "mcp_toolset", "mcp_server_name": "m", "configs": [{"name": "x".repeat(129)}]}]),
+                "tools.0.configs.0.name",
+            ),
+            (
+                json!([{"type": "mcp_toolset", "mcp_server_name": "m", "configs": [{"name": "a"}, {"name": "a"}]}]),
+                "tools.0.configs.1.name",
+            ),
+            (
+                json!([{"type": "mcp_toolset", "mcp_server_name": "m", "configs": [{"name": "a", "type": "a"}]}]),
+                "tools.0.configs.0.type",
+            ),
+            (
+                json!([{"type": "custom", "name": "x", "description": "d", "input_schema": {"type": "object"}},
+                       {"type": "mcp_toolset", "mcp_server_name": "m", "default_config": {"permission_policy": {"type": "never"}}}]),
+                "tools.1.default_config.permission_policy.type",
+            ),
+            (
+                json!([{"type": "mcp_toolset", "mcp_server_name": "m", "default_config": {"enabled": 1}}]),
+                "tools.0.default_config.enabled",
+            ),
+            (
+                json!([{"type": "mcp_toolset", "mcp_server_name": "m", "server_url": "https://x/"}]),
+                "tools.0.server_url",
             ),
             (
                 json!([{"type": TOOLSET}, {"type": "custom", "name": "bash", "description": "d", "input_schema": {"type": "object"}}]),
@@ -408,6 +514,58 @@ mod tests {
                 {"type": "custom", "name": "grep", "description": "d", "input_schema": {"type": "object"}}])),
         )
         .unwrap();
+    }
+
+    #[test]
+    fn mcp_toolsets_resolve_with_always_ask_by_default() {
+        let t = tools(
+            "tools",
+            Some(&json!([{"type": "mcp_toolset", "mcp_server_name": "wiki",
+                "configs": [{"name": "search", "permission_policy": {"type": "always_allow"}},
+                            {"name": "delete_page", "enabled": false},
+                            {"name": "edit_page", "permission_policy": {"type": "auto"}}]},
+              {"type": "mcp_toolset", "mcp_server_name": "db",
+               "default_config": {"enabled": false, "permission_policy": {"type": "always_allow"}}}])),
+        )
+        .unwrap();
+        assert_eq!(
+            t[0],
+            json!({"type": "mcp_toolset", "mcp_server_name": "wiki",
+                "default_config": {"enabled": true, "permission_policy": {"type": "always_ask"}},
+                "configs": [
+                    {"name": "search", "enabled": true, "permission_policy": {"type": "always_allow"}},
+                    {"name": "delete_page", "enabled": false, "permission_policy": {"type": "always_ask"}},
+                    {"name": "edit_page", "enabled": true, "permission_policy": {"type": "auto"}}]})
+        );
+        assert_eq!(
+            t[1],
+            json!({"type": "mcp_toolset", "mcp_server_name": "db",
+                "default_config": {"enabled": false, "permission_policy": {"type": "always_allow"}},
+                "configs": []})
+        );
+    }
+
+    #[test]
+    fn at_most_256_tools_across_all_toolsets() {
+        let custom = |i: usize| json!({"type": "custom", "name": format!("t{i}"), "description": "d", "input_schema": {"type": "object"}});
+        let mut many: Vec<Value> = (0..256).map(custom).collect();
+        tools("tools", Some(&Value::Array(many.clone()))).unwrap();
+        many.push(custom(256));
+        assert!(tools("tools", Some(&Value::Array(many)))
+            .unwrap_err()
+            .to_string()
+            .starts_with("tools: at most 256 tools"));
+        // per-tool configs count as tools
+        let configs: Vec<Value> = (0..200).map(|i| json!({"name": format!("m{i}")})).collect();
+        let mut mixed: Vec<Value> = (0..57).map(custom).collect();
+        mixed.push(json!({"type": "mcp_toolset", "mcp_server_name": "m", "configs": configs}));
+        let e = tools("tools", Some(&Value::Array(mixed)))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "tools: at most 256 tools are allowed across all toolsets, got 257"
+        );
     }
 
     #[test]

@@ -491,14 +491,38 @@ async fn credentials_relay_secrets_and_store_metadata_only() {
         json!({"header": true, "body": true})
     );
 
-    // mcp_oauth_validate is not served yet, clearly
+    // mcp_oauth_validate: a bridge probes; with none connected, a 503 that says so
+    let r = api
+        .expect_error(
+            Method::POST,
+            &format!("{base}/{oauth_id}/mcp_oauth_validate"),
+            None,
+            503,
+            "api_error",
+            &format!("credential {oauth_id} of vault {vid} was not validated: no vault-bridge of environment {env_id} is connected"),
+        )
+        .await;
+    assert_eq!(
+        r.body["error"]["details"]["error_code"],
+        json!("vault_bridge_unavailable")
+    );
+    let (target, stored) = relay.validations.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        (
+            target.environment_id.as_str(),
+            target.vault_id.as_str(),
+            target.credential_id.as_str()
+        ),
+        (env_id, vid, oauth_id.as_str())
+    );
+    assert_eq!(stored["auth"]["type"], json!("mcp_oauth"));
     api.expect_error(
         Method::POST,
-        &format!("{base}/{oauth_id}/mcp_oauth_validate"),
+        &format!("{base}/{env_cred}/mcp_oauth_validate"),
         None,
         400,
         "invalid_request_error",
-        "mcp_oauth_validate is not supported by Airlock yet",
+        "auth.type: credential",
     )
     .await;
     api.expect_error(

@@ -12,19 +12,33 @@
 //! [`RelayError::Refused`] listing their reasons. Forgets go to every
 //! connected agent, best effort. Each agent call runs under a deadline, all
 //! agents in parallel, so a stuck agent cannot hold an API request.
+//!
+//! `mcp_oauth_validate` goes to one agent: the credential (metadata only,
+//! as [`crate::egress_credentials::egress_credential`] builds it for
+//! sessions) travels as `mcp_validate`, the agent's bridge probes the MCP
+//! server with the secret it holds, and the first agent that answers with
+//! a validation object wins; agents are tried in turn under
+//! [`DEFAULT_VALIDATE_DEADLINE`] each (a probe may refresh a token).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::egress_credentials::egress_credential;
 use crate::gateway::{GatewayHandle, Target};
 use api::{RelayError, RelayTarget, SecretFields, SecretRelay, SecretValue, SessionTokenTarget};
 use protocol::call::{Reply, Request, Response};
+use protocol::mcp::{McpValidate, McpValidation};
 use protocol::relay::{
     ForgetCredential, ForgetReason, ForgetSessionToken, PutCredential, PutSessionToken, WireSecret,
 };
+use serde_json::Value;
 
 /// Default deadline of one agent's relay call.
 pub const DEFAULT_RELAY_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Least deadline of one agent's `mcp_validate` (an MCP probe, maybe a
+/// token refresh and a second probe).
+pub const DEFAULT_VALIDATE_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Relays secrets to the vault-bridges of an environment's connected agents.
 #[derive(Debug, Clone)]
@@ -180,6 +194,57 @@ impl SecretRelay for GatewayRelay {
         GatewayRelay::forget(self, &target.environment_id, request).await;
         Ok(())
     }
+
+    async fn validate_mcp(
+        &self,
+        target: &RelayTarget,
+        stored: &Value,
+    ) -> Result<McpValidation, RelayError> {
+        let environment_id = &target.environment_id;
+        let Some(credential) = egress_credential(&target.vault_id, &target.credential_id, stored)
+        else {
+            return Err(RelayError::Refused {
+                environment_id: environment_id.clone(),
+                reason: format!(
+                    "credential {}'s stored auth is not understood",
+                    target.credential_id
+                ),
+            });
+        };
+        let agents = self.gateway.agents_of(environment_id);
+        if agents.is_empty() {
+            return Err(RelayError::NoBridge {
+                environment_id: environment_id.clone(),
+            });
+        }
+        let request = Request::McpValidate(McpValidate { credential });
+        let deadline = self.deadline.max(DEFAULT_VALIDATE_DEADLINE);
+        let mut reasons = Vec::new();
+        for agent_id in agents {
+            let target_agent = Target::Agent(agent_id.clone());
+            let answer =
+                tokio::time::timeout(deadline, self.gateway.call_unary(&target_agent, &request))
+                    .await;
+            let reason = match answer {
+                Ok(Ok((_, Response::Ok(Reply::McpValidated(v))))) => {
+                    tracing::info!(%agent_id, %environment_id, credential_id = %target.credential_id,
+                        status = %v.status, "mcp credential validated by the agent's vault-bridge");
+                    return Ok(v);
+                }
+                Ok(Ok((_, Response::Ok(_)))) => "unexpected reply".to_owned(),
+                Ok(Ok((_, Response::Err(e)))) => format!("{}: {}", e.code, e.message),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {deadline:?}"),
+            };
+            tracing::warn!(%agent_id, %environment_id, credential_id = %target.credential_id, %reason,
+                "mcp_validate not answered by the agent's vault-bridge");
+            reasons.push(format!("{agent_id}: {reason}"));
+        }
+        Err(RelayError::Refused {
+            environment_id: environment_id.clone(),
+            reason: reasons.join("; "),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -210,5 +275,13 @@ mod tests {
             "{e:?}"
         );
         assert!(SecretRelay::forget(&relay, &target()).await.is_ok());
+        let stored = serde_json::json!({"auth": {"type": "static_bearer", "mcp_server_url": "https://m.example/"}});
+        let e = SecretRelay::validate_mcp(&relay, &target(), &stored)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, RelayError::NoBridge { ref environment_id } if environment_id == "env_none"),
+            "{e:?}"
+        );
     }
 }

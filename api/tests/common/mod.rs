@@ -43,6 +43,10 @@ pub struct RecordingRelay {
     /// (target, token) of every accepted or refused session token put.
     pub session_tokens: Mutex<Vec<(SessionTokenTarget, String)>>,
     pub session_forgets: Mutex<Vec<SessionTokenTarget>>,
+    /// What `validate_mcp` answers: `None` is "no bridge connected".
+    pub validation: Mutex<Option<protocol::mcp::McpValidation>>,
+    /// (target, stored credential body) of every `validate_mcp`.
+    pub validations: Mutex<Vec<(RelayTarget, Value)>>,
 }
 
 #[async_trait::async_trait]
@@ -87,6 +91,24 @@ impl SecretRelay for RecordingRelay {
     async fn forget_session_token(&self, target: &SessionTokenTarget) -> Result<(), RelayError> {
         self.session_forgets.lock().unwrap().push(target.clone());
         Ok(())
+    }
+
+    async fn validate_mcp(
+        &self,
+        target: &RelayTarget,
+        stored: &Value,
+    ) -> Result<protocol::mcp::McpValidation, RelayError> {
+        self.validations
+            .lock()
+            .unwrap()
+            .push((target.clone(), stored.clone()));
+        self.validation
+            .lock()
+            .unwrap()
+            .clone()
+            .ok_or_else(|| RelayError::NoBridge {
+                environment_id: target.environment_id.clone(),
+            })
     }
 }
 
