@@ -1,7 +1,8 @@
 //! Shared fixtures of the harness tests: a SQLite store with a manual clock,
 //! the production model client pointed at the fake Messages server, an
 //! in-process [`Hands`] double that keeps an execution record like the
-//! sandbox-agent does, and a store wrapper that can "crash" the harness at
+//! sandbox-agent does (and scripted MCP servers behind an at-most-once
+//! record by `tool_use_id`, as the agent keeps for MCP calls), and a store wrapper that can "crash" the harness at
 //! the n-th write.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -12,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use airlock_tests::fake_model::{FakeModel, Script};
 use harness::{
-    Disposition, Hands, HandsError, Harness, HarnessConfig, ProvisionSpec, ProvisioningMode,
-    RawHarnessConfig, SandboxRef, StopReason, ToolCall, ToolOutput, WakeOutcome,
+    Disposition, Hands, HandsError, Harness, HarnessConfig, McpAnswer, McpFailure, McpScope,
+    McpServerRef, McpToolInfo, McpToolOutput, ProvisionSpec, ProvisioningMode, RawHarnessConfig,
+    SandboxRef, StopReason, ToolCall, ToolOutput, WakeOutcome,
 };
 use model::{AnthropicConfig, AnthropicProvider, ApiKey};
 use serde_json::{json, Value};
@@ -177,6 +179,17 @@ pub fn check_log(events: &[StoredEvent]) {
             .entry(e.body["custom_tool_use_id"].as_str().unwrap().to_owned())
             .or_default() += 1;
     }
+    for e in of_type(events, "agent.mcp_tool_result") {
+        let id = e.body["mcp_tool_use_id"].as_str().unwrap().to_owned();
+        assert!(
+            events
+                .iter()
+                .any(|u| u.id == id && u.event_type == "agent.mcp_tool_use"),
+            "agent.mcp_tool_result {} answers {id}, which is no agent.mcp_tool_use",
+            e.id
+        );
+        *results.entry(id).or_default() += 1;
+    }
     // A denial is recorded as an error agent.tool_result; in logs from before
     // that, the deny confirmation itself is the result.
     for e in of_type(events, "user.tool_confirmation") {
@@ -187,10 +200,11 @@ pub fn check_log(events: &[StoredEvent]) {
             }
         }
     }
-    for e in events
-        .iter()
-        .filter(|e| e.event_type == "agent.tool_use" || e.event_type == "agent.custom_tool_use")
-    {
+    for e in events.iter().filter(|e| {
+        e.event_type == "agent.tool_use"
+            || e.event_type == "agent.custom_tool_use"
+            || e.event_type == "agent.mcp_tool_use"
+    }) {
         let n = results.get(&e.id).copied().unwrap_or(0);
         assert!(n <= 1, "tool use {} has {n} results", e.id);
     }
@@ -226,6 +240,7 @@ pub fn check_complete(events: &[StoredEvent]) {
         .iter()
         .filter_map(|e| match e.event_type.as_str() {
             "agent.tool_result" => e.body["tool_use_id"].as_str().map(str::to_owned),
+            "agent.mcp_tool_result" => e.body["mcp_tool_use_id"].as_str().map(str::to_owned),
             "user.custom_tool_result" => e.body["custom_tool_use_id"].as_str().map(str::to_owned),
             "user.tool_confirmation" if e.body["result"] == json!("deny") => {
                 e.body["tool_use_id"].as_str().map(str::to_owned)
@@ -233,7 +248,10 @@ pub fn check_complete(events: &[StoredEvent]) {
             _ => None,
         })
         .collect();
-    for e in of_type(events, "agent.tool_use") {
+    for e in of_type(events, "agent.tool_use")
+        .into_iter()
+        .chain(of_type(events, "agent.mcp_tool_use"))
+    {
         assert!(resolved.contains(&e.id), "tool use {} has no result", e.id);
     }
     for s in of_type(events, "span.model_request_start") {
@@ -604,6 +622,45 @@ struct HandsState {
     fail_next_provisions: Vec<HandsError>,
     fail_next_executes: Vec<HandsError>,
     resource_errors: Vec<harness::ResourceFailure>,
+    mcp: McpState,
+}
+
+/// The scripted MCP servers of the double.
+#[derive(Debug, Default)]
+struct McpState {
+    /// Server name → its tools.
+    tools: HashMap<String, Vec<McpToolInfo>>,
+    /// Server name → failures of its next listings.
+    list_failures: HashMap<String, Vec<McpFailure>>,
+    /// Failures of the next calls, before anything runs (not recorded).
+    call_failures: Vec<McpFailure>,
+    /// Hands errors of the next MCP requests (lists and calls).
+    hands_failures: Vec<HandsError>,
+    record: HashMap<String, McpToolOutput>,
+    executions: Vec<McpExecution>,
+    calls: Vec<String>,
+    listings: Vec<String>,
+    scopes: Vec<McpScope>,
+    forget_record: bool,
+}
+
+/// One MCP call that reached the (scripted) server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct McpExecution {
+    pub tool_use_id: String,
+    pub server: String,
+    pub url: String,
+    pub tool: String,
+    pub arguments: Value,
+}
+
+/// A tool of a scripted MCP server, with a one-property object schema.
+pub fn mcp_tool(name: &str, description: &str) -> McpToolInfo {
+    McpToolInfo {
+        name: name.to_owned(),
+        description: Some(description.to_owned()),
+        input_schema: json!({"type": "object", "properties": {"q": {"type": "string"}}}),
+    }
 }
 
 /// The hands double: provisions one sandbox per session (idempotent), runs
@@ -686,6 +743,81 @@ impl RecordingHands {
         let s = Arc::new(tokio::sync::Semaphore::new(0));
         *self.gate.lock().unwrap() = Some(s.clone());
         s
+    }
+
+    /// Serve MCP server `name` with `tools`.
+    pub fn mcp_server(&self, name: &str, tools: Vec<McpToolInfo>) {
+        self.state
+            .lock()
+            .unwrap()
+            .mcp
+            .tools
+            .insert(name.to_owned(), tools);
+    }
+
+    /// The next listing of `server` fails with `f`.
+    pub fn fail_next_mcp_list(&self, server: &str, f: McpFailure) {
+        self.state
+            .lock()
+            .unwrap()
+            .mcp
+            .list_failures
+            .entry(server.to_owned())
+            .or_default()
+            .push(f);
+    }
+
+    /// The next MCP call fails with `f` before it reaches the server.
+    pub fn fail_next_mcp_call(&self, f: McpFailure) {
+        self.state.lock().unwrap().mcp.call_failures.push(f);
+    }
+
+    /// The next MCP request (list or call) does not reach an agent.
+    pub fn fail_next_mcp_request(&self, e: HandsError) {
+        self.state.lock().unwrap().mcp.hands_failures.push(e);
+    }
+
+    /// Simulate an agent that lost its MCP record: a repeat of a call that
+    /// reached the server is `outcome_unknown`.
+    pub fn forget_mcp_record(&self) {
+        let mut s = self.state.lock().unwrap();
+        s.mcp.forget_record = true;
+        s.mcp.record.clear();
+    }
+
+    /// MCP calls that reached a server.
+    pub fn mcp_executions(&self) -> Vec<McpExecution> {
+        self.state.lock().unwrap().mcp.executions.clone()
+    }
+
+    /// Every MCP call's tool_use_id, repeats included.
+    pub fn mcp_calls(&self) -> Vec<String> {
+        self.state.lock().unwrap().mcp.calls.clone()
+    }
+
+    /// Every listing's server name.
+    pub fn mcp_listings(&self) -> Vec<String> {
+        self.state.lock().unwrap().mcp.listings.clone()
+    }
+
+    /// The scope of every MCP request.
+    pub fn mcp_scopes(&self) -> Vec<McpScope> {
+        self.state.lock().unwrap().mcp.scopes.clone()
+    }
+
+    /// What the scripted server answers: `image` returns an image block,
+    /// `fail` a server-side tool error, anything else a text naming the call.
+    pub fn mcp_output_for(server: &str, tool: &str, arguments: &Value) -> McpToolOutput {
+        let content = match tool {
+            "image" => vec![json!({"type": "image", "source": {"type": "base64",
+                "media_type": "image/png", "data": "iVBORw0KGgo="}})],
+            _ => vec![json!({"type": "text", "text": format!("{server}/{tool} said {arguments}")})],
+        };
+        McpToolOutput {
+            content,
+            is_error: tool == "fail",
+            replayed: false,
+        }
     }
 
     pub fn output_for(call: &ToolCall) -> ToolOutput {
@@ -835,5 +967,90 @@ impl Hands for RecordingHands {
         // The "after" crash point sits after the run is recorded, before the
         // harness hears of it.
         Ok(self.crash_point(run).await)
+    }
+
+    async fn list_mcp_tools(
+        &self,
+        scope: &McpScope,
+        server: &McpServerRef,
+    ) -> Result<McpAnswer<Vec<McpToolInfo>>, HandsError> {
+        let mut s = self.state.lock().unwrap();
+        s.mcp.listings.push(server.name.clone());
+        s.mcp.scopes.push(scope.clone());
+        if !s.mcp.hands_failures.is_empty() {
+            return Err(s.mcp.hands_failures.remove(0));
+        }
+        if let Some(f) = s.mcp.list_failures.get_mut(&server.name) {
+            if !f.is_empty() {
+                return Ok(Err(f.remove(0)));
+            }
+        }
+        match s.mcp.tools.get(&server.name) {
+            Some(tools) => Ok(Ok(tools.clone())),
+            None => Ok(Err(McpFailure {
+                kind: harness::McpFailureKind::ConnectionFailed,
+                message: format!("no server at {}", server.url),
+            })),
+        }
+    }
+
+    async fn call_mcp_tool(
+        &self,
+        scope: &McpScope,
+        tool_use_id: &str,
+        server: &McpServerRef,
+        tool: &str,
+        arguments: &Value,
+    ) -> Result<McpAnswer<McpToolOutput>, HandsError> {
+        {
+            let mut s = self.state.lock().unwrap();
+            s.mcp.calls.push(tool_use_id.to_owned());
+            s.mcp.scopes.push(scope.clone());
+            if !s.mcp.hands_failures.is_empty() {
+                return Err(s.mcp.hands_failures.remove(0));
+            }
+            if !s.mcp.call_failures.is_empty() {
+                return Ok(Err(s.mcp.call_failures.remove(0)));
+            }
+            if let Some(out) = s.mcp.record.get(tool_use_id) {
+                let mut out = out.clone();
+                out.replayed = true;
+                return Ok(Ok(out));
+            }
+            if s.mcp
+                .executions
+                .iter()
+                .any(|e| e.tool_use_id == tool_use_id)
+            {
+                // Ran, and its outcome was not recorded (forgotten).
+                return Ok(Err(McpFailure {
+                    kind: harness::McpFailureKind::OutcomeUnknown,
+                    message: format!("call {tool_use_id} started before a restart"),
+                }));
+            }
+        }
+        let run = async {
+            let out = Self::mcp_output_for(&server.name, tool, arguments);
+            let mut s = self.state.lock().unwrap();
+            s.mcp.executions.push(McpExecution {
+                tool_use_id: tool_use_id.to_owned(),
+                server: server.name.clone(),
+                url: server.url.clone(),
+                tool: tool.to_owned(),
+                arguments: arguments.clone(),
+            });
+            if !s.mcp.forget_record {
+                s.mcp.record.insert(tool_use_id.to_owned(), out.clone());
+            }
+            out
+        };
+        // The "after" crash point sits after the server ran the call and
+        // the record has it, before the harness hears of it.
+        let c = self.crasher.lock().unwrap().clone();
+        let out = match c {
+            Some(c) => c.around("mcp_call", run).await,
+            None => run.await,
+        };
+        Ok(Ok(out))
     }
 }
