@@ -335,6 +335,11 @@ mod tests {
     #[test]
     fn names_are_valid_unique_and_stable() {
         assert_eq!(mcp_tool_name("wiki", "search"), "mcp__wiki__search");
+        // The example of docs/mcp.md (FNV-1a 32 of "wiki.internal\0get page").
+        assert_eq!(
+            mcp_tool_name("wiki.internal", "get page"),
+            "mcp__wiki_internal__get_page_e243c2b7"
+        );
         for (server, tool) in [
             ("wiki.internal", "search"),
             ("wiki", "get time/now"),
