@@ -46,8 +46,38 @@ pub fn scrub(body: &str, secrets: &[SecretValue]) -> (String, bool) {
     (s, true)
 }
 
+/// Token fields of an OAuth answer, replaced wherever they appear.
+const TOKEN_KEYS: &[&str] = &["access_token", "refresh_token", "id_token", "client_secret"];
+
+/// `body` with the values of [`TOKEN_KEYS`] replaced when it is JSON (a
+/// token endpoint's answer holds tokens the bridge did not know before).
+fn scrub_token_fields(body: &str) -> String {
+    fn walk(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m.iter_mut() {
+                    if TOKEN_KEYS.contains(&k.as_str()) && v.is_string() {
+                        *v = Value::String(REDACTED.into());
+                    } else {
+                        walk(v);
+                    }
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    match serde_json::from_str::<Value>(body) {
+        Ok(mut v) => {
+            walk(&mut v);
+            v.to_string()
+        }
+        Err(_) => body.to_owned(),
+    }
+}
+
 fn shown(a: &RawAnswer, secrets: &[SecretValue]) -> ProbeHttpResponse {
-    let (body, body_truncated) = scrub(&a.body, secrets);
+    let (body, body_truncated) = scrub(&scrub_token_fields(&a.body), secrets);
     ProbeHttpResponse {
         status_code: a.status,
         content_type: a.content_type.clone(),
@@ -374,5 +404,11 @@ mod tests {
         let long = format!("{}tok-123456{}", "é".repeat(3000), "x".repeat(10));
         let (s, cut) = scrub(&long, &[secret]);
         assert!(cut && s.len() <= BODY_MAX && !s.contains("tok-"));
+        let body = r#"{"access_token":"new-a","refresh_token":"new-r","expires_in":5}"#;
+        let s = scrub_token_fields(body);
+        assert!(
+            !s.contains("new-a") && !s.contains("new-r") && s.contains("expires_in"),
+            "{s}"
+        );
     }
 }
