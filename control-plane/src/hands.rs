@@ -311,8 +311,9 @@ fn mcp_agent<'a>(session_id: &str, agents: &'a [String]) -> Option<&'a String> {
     })
 }
 
-fn mcp_failure(failure: &mcp_wire::McpFailure, message: String) -> McpFailure {
+fn mcp_failure(failure: &mcp_wire::McpFailure, message: String, replayed: bool) -> McpFailure {
     McpFailure {
+        replayed,
         kind: McpFailureKind::from_code(failure.as_str()),
         message,
     }
@@ -581,7 +582,9 @@ impl Hands for GatewayHands {
                     input_schema: t.input_schema,
                 })
                 .collect())),
-            McpOutcome::Failed { failure, message } => Ok(Err(mcp_failure(&failure, message))),
+            McpOutcome::Failed { failure, message } => {
+                Ok(Err(mcp_failure(&failure, message, reply.replayed)))
+            }
             other => Err(hands_error(
                 &scope.session_id,
                 None,
@@ -628,7 +631,9 @@ impl Hands for GatewayHands {
                 is_error,
                 replayed: reply.replayed,
             })),
-            McpOutcome::Failed { failure, message } => Ok(Err(mcp_failure(&failure, message))),
+            McpOutcome::Failed { failure, message } => {
+                Ok(Err(mcp_failure(&failure, message, reply.replayed)))
+            }
             other => Err(hands_error(
                 &scope.session_id,
                 None,
@@ -764,7 +769,7 @@ mod tests {
                 McpFailureKind::Other("quota".into()),
             ),
         ] {
-            assert_eq!(mcp_failure(&wire, "m".into()).kind, kind);
+            assert_eq!(mcp_failure(&wire, "m".into(), false).kind, kind);
         }
     }
 

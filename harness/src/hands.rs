@@ -247,6 +247,9 @@ pub struct McpFailure {
     pub kind: McpFailureKind,
     /// What failed.
     pub message: String,
+    /// The agent answered from its record of an earlier attempt with this
+    /// `tool_use_id`: sending it again will not reach the server.
+    pub replayed: bool,
 }
 
 /// The answer of an MCP request that reached an agent.

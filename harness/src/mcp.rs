@@ -484,6 +484,7 @@ mod tests {
             &McpFailure {
                 kind: K::OutcomeUnknown,
                 message: "m".into(),
+                replayed: false,
             },
         );
         assert!(
@@ -496,6 +497,7 @@ mod tests {
             &McpFailure {
                 kind: K::Other("quota".into()),
                 message: "m".into(),
+                replayed: false,
             },
         );
         assert!(t.contains("quota"));

@@ -1064,7 +1064,9 @@ impl Run<'_> {
     }
 
     /// Call an MCP tool (the event id is the idempotency key, so a repeat is
-    /// safe), retrying a server that could not be reached and transient hands
+    /// safe), retrying a server that could not be reached (each failure a
+    /// `session.error`, `retrying` then `exhausted`; a failure the agent
+    /// answers from its record ends the retries) and transient hands
     /// failures. Only a lost lease is an `Err`; everything else is a result.
     async fn call_mcp(
         &mut self,
@@ -1117,7 +1119,9 @@ impl Run<'_> {
                 Ok(Err(f)) if f.kind == McpFailureKind::ConnectionFailed => {
                     unreachable += 1;
                     self.h.mcp_tools.invalidate(&self.sid, &server.name);
-                    let exhausted = unreachable >= policy.max_attempts;
+                    // A failure from the agent's record is final: the agent
+                    // does not send this id to the server again.
+                    let exhausted = f.replayed || unreachable >= policy.max_attempts;
                     tracing::warn!(mcp_server_name = %server.name, error = %f.message, attempts = unreachable, exhausted, "MCP server could not be reached");
                     self.append(
                         vec![events::mcp_session_error(

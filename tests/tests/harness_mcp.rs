@@ -116,6 +116,7 @@ fn failure(kind: McpFailureKind, message: &str) -> McpFailure {
     McpFailure {
         kind,
         message: message.to_owned(),
+        replayed: false,
     }
 }
 
@@ -411,6 +412,31 @@ async fn an_unreachable_server_is_retried_then_reported_and_the_model_goes_on() 
     );
     // The failure dropped the cached list: listed again for the next request.
     assert_eq!(hands.mcp_listings().len(), 2);
+}
+
+#[tokio::test]
+async fn a_failure_the_agent_answers_from_its_record_ends_the_retries() {
+    let script = sequence(vec![
+        Reply::tool_use("t1", "mcp__wiki__search", json!({"q": "a"})),
+        Reply::text("done"),
+    ]);
+    let (_fx, store, _fake, hands, h) =
+        mcp_rig(script, &[("wiki", allow_all())], vec![], "go").await;
+    hands.record_mcp_failures();
+    hands.fail_next_mcp_call(failure(McpFailureKind::ConnectionFailed, "HTTP 502"));
+    wake_idle(&h, "s", StopReason::EndTurn).await;
+    let events = complete_log(&*store, "s").await;
+    let u = of_type(&events, "agent.mcp_tool_use")[0];
+    // Sent twice with one id; the second answer came from the record, so
+    // the harness stopped: retrying, then exhausted.
+    assert_eq!(hands.mcp_calls(), vec![u.id.clone(), u.id.clone()]);
+    let statuses: Vec<_> = of_type(&events, "session.error")
+        .iter()
+        .map(|e| e.body["error"]["retry_status"]["type"].clone())
+        .collect();
+    assert_eq!(statuses, [json!("retrying"), json!("exhausted")]);
+    assert_eq!(mcp_result(&events, &u.id).body["is_error"], json!(true));
+    assert!(hands.mcp_executions().is_empty());
 }
 
 #[tokio::test]

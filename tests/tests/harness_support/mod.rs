@@ -642,6 +642,10 @@ struct McpState {
     listings: Vec<String>,
     scopes: Vec<McpScope>,
     forget_record: bool,
+    /// Record a call's failure by its id and answer repeats from it
+    /// (`replayed`), as the sandbox-agent does.
+    record_failures: bool,
+    failure_record: HashMap<String, McpFailure>,
 }
 
 /// One MCP call that reached the (scripted) server.
@@ -775,6 +779,13 @@ impl RecordingHands {
     /// The next MCP request (list or call) does not reach an agent.
     pub fn fail_next_mcp_request(&self, e: HandsError) {
         self.state.lock().unwrap().mcp.hands_failures.push(e);
+    }
+
+    /// Record failed calls by id and answer repeats from the record, as the
+    /// sandbox-agent does (default: a failed call is forgotten, so a retry
+    /// reaches the server).
+    pub fn record_mcp_failures(&self) {
+        self.state.lock().unwrap().mcp.record_failures = true;
     }
 
     /// Simulate an agent that lost its MCP record: a repeat of a call that
@@ -990,6 +1001,7 @@ impl Hands for RecordingHands {
             None => Ok(Err(McpFailure {
                 kind: harness::McpFailureKind::ConnectionFailed,
                 message: format!("no server at {}", server.url),
+                replayed: false,
             })),
         }
     }
@@ -1009,8 +1021,19 @@ impl Hands for RecordingHands {
             if !s.mcp.hands_failures.is_empty() {
                 return Err(s.mcp.hands_failures.remove(0));
             }
+            if let Some(f) = s.mcp.failure_record.get(tool_use_id) {
+                let mut f = f.clone();
+                f.replayed = true;
+                return Ok(Err(f));
+            }
             if !s.mcp.call_failures.is_empty() {
-                return Ok(Err(s.mcp.call_failures.remove(0)));
+                let f = s.mcp.call_failures.remove(0);
+                if s.mcp.record_failures {
+                    s.mcp
+                        .failure_record
+                        .insert(tool_use_id.to_owned(), f.clone());
+                }
+                return Ok(Err(f));
             }
             if let Some(out) = s.mcp.record.get(tool_use_id) {
                 let mut out = out.clone();
@@ -1026,6 +1049,7 @@ impl Hands for RecordingHands {
                 return Ok(Err(McpFailure {
                     kind: harness::McpFailureKind::OutcomeUnknown,
                     message: format!("call {tool_use_id} started before a restart"),
+                    replayed: false,
                 }));
             }
         }
