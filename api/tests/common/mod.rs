@@ -497,7 +497,7 @@ impl SseReader {
             let frame = tokio::time::timeout(Duration::from_secs(20), self.body.frame())
                 .await
                 .expect("an SSE frame within 20s");
-            let Some(frame) = frame else { return None };
+            let frame = frame?;
             let Ok(data) = frame.unwrap().into_data() else {
                 continue;
             };
