@@ -12,6 +12,11 @@
 //! host, method, path, upstream status), chained like every other line; see
 //! [`crate::sandbox::bridge_audit`]. A gap the bridge's journal bound caused
 //! is a `credential_use_gap` line.
+//!
+//! MCP requests forwarded to the bridge are lines too (`call:
+//! "mcp_call_tool"` etc., with an `mcp` object: server name, URL host,
+//! credential id, failure code, `is_error`, size of the arguments); see
+//! [`crate::mcp`]. Their arguments and results are never logged.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -75,6 +80,32 @@ pub struct AuditEvent {
     /// For `credential_use` lines: what the bridge reported (never a value).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential_use: Option<CredentialUseDetail>,
+    /// For MCP lines (`mcp_list_tools`, `mcp_call_tool`, `mcp_validate`):
+    /// the server and what the call came to (never arguments or a value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<McpCallDetail>,
+}
+
+/// An MCP request as kept in the audit line (see [`crate::mcp`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct McpCallDetail {
+    /// The server's name in the agent definition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// The host of its URL.
+    pub host: String,
+    /// The vault credential the bridge used (`vcrd_...`), when it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_id: Option<String>,
+    /// The `McpFailure` code of a failed request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    /// The server's `isError` of a called tool.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub is_error: bool,
+    /// Size of the tool's arguments as JSON, in bytes (they are not logged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments_bytes: Option<u64>,
 }
 
 /// The bridge's account of one credential use, as kept in the audit line.
@@ -120,18 +151,40 @@ fn hash_of(prev: &str, body: &[u8]) -> String {
     hex::encode(h.finalize())
 }
 
+type ChainState = Arc<Mutex<(File, u64, String)>>;
+type OpenLogs = std::collections::HashMap<PathBuf, std::sync::Weak<Mutex<(File, u64, String)>>>;
+
+/// The logs open in this process, by absolute path (see [`AuditLog::open`]).
+static OPEN_LOGS: std::sync::LazyLock<Mutex<OpenLogs>> = std::sync::LazyLock::new(Default::default);
+
 /// Append handle on the audit log. Cheap to clone (clones share the file
 /// and the chain state).
 #[derive(Debug, Clone)]
 pub struct AuditLog {
     path: PathBuf,
-    state: Arc<Mutex<(File, u64, String)>>,
+    state: ChainState,
 }
 
 impl AuditLog {
     /// Open (creating) `dir/audit.jsonl`, verifying the existing chain first.
+    ///
+    /// Within one process a log already open is shared, not reopened: two
+    /// writers with their own chain state would fork the chain (the sandbox
+    /// service and the MCP dispatcher both write this file).
     pub fn open(dir: &Path) -> Result<Self, AuditError> {
         let path = dir.join("audit.jsonl");
+        let key = std::path::absolute(&path).unwrap_or_else(|_| path.clone());
+        let mut open = OPEN_LOGS.lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|_, w| w.strong_count() > 0);
+        if let Some(state) = open.get(&key).and_then(std::sync::Weak::upgrade) {
+            return Ok(Self { path, state });
+        }
+        let log = Self::open_file(dir, path)?;
+        open.insert(key, Arc::downgrade(&log.state));
+        Ok(log)
+    }
+
+    fn open_file(dir: &Path, path: PathBuf) -> Result<Self, AuditError> {
         let io = |source| AuditError::Io {
             path: path.clone(),
             source,

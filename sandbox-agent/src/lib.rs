@@ -12,4 +12,5 @@ pub mod audit;
 pub mod config;
 pub mod connect;
 pub mod identity;
+pub mod mcp;
 pub mod sandbox;

@@ -5,7 +5,9 @@
 //! Calls are dispatched by [`Dispatcher`]: `ping` and `echo` here;
 //! `provision`/`execute`/`destroy`/`list_sandboxes` by the sandbox service
 //! when it is running (Docker reachable, executor present), otherwise they
-//! are answered `unavailable` with the reason.
+//! are answered `unavailable` with the reason; the relay calls and the MCP
+//! calls (`mcp_list_tools`, `mcp_call_tool`, `mcp_validate`, see
+//! [`crate::mcp`]) go to the local vault-bridge.
 
 pub mod config;
 mod relay;
@@ -54,6 +56,7 @@ pub enum RunError {
 pub struct Dispatcher {
     sandboxes: Result<SandboxService, String>,
     bridge: Option<crate::sandbox::bridge::BridgeClient>,
+    mcp: Result<crate::mcp::McpAgent, String>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -74,7 +77,15 @@ impl Dispatcher {
         Self {
             sandboxes,
             bridge: None,
+            mcp: Err("the agent was started without its MCP call record".into()),
         }
+    }
+
+    /// Serve the MCP calls with `mcp`, or refuse them with the reason it
+    /// could not be set up.
+    pub fn with_mcp(mut self, mcp: Result<crate::mcp::McpAgent, String>) -> Self {
+        self.mcp = mcp;
+        self
     }
 
     /// Forward the relay calls to the vault-bridge of `[bridge]` (absent:
@@ -84,6 +95,7 @@ impl Dispatcher {
         self
     }
 
+    #[allow(clippy::result_large_err)]
     fn service(&self) -> Result<&SandboxService, Response> {
         self.sandboxes.as_ref().map_err(|reason| {
             Response::Err(CallError::new(
@@ -91,6 +103,25 @@ impl Dispatcher {
                 format!("sandboxes are unavailable on this agent: {reason}"),
             ))
         })
+    }
+}
+
+/// The answer to an MCP call when the agent's MCP part could not start.
+fn mcp_unavailable(request: Request, reason: &str) -> Response {
+    let message = format!("MCP is unavailable on this agent: {reason}");
+    match request {
+        Request::McpValidate(_) => Response::error(ErrorCode::Unavailable, message),
+        r => Response::Ok(Reply::Mcp {
+            call: r.name().to_owned(),
+            reply: protocol::mcp::McpReply {
+                outcome: protocol::mcp::McpOutcome::Failed {
+                    failure: protocol::mcp::McpFailure::NoBridge,
+                    message,
+                },
+                credential_id: None,
+                replayed: false,
+            },
+        }),
     }
 }
 
@@ -107,6 +138,10 @@ impl CallHandler for Dispatcher {
             })),
             Request::Echo => client::serve_echo(io).await,
             r if relay::is_relay(&r) => relay::handle(self.bridge.as_ref(), r).await,
+            r if crate::mcp::is_mcp(&r) => match &self.mcp {
+                Ok(mcp) => mcp.handle(r).await,
+                Err(reason) => mcp_unavailable(r, reason),
+            },
             Request::Provision(req) => match self.service() {
                 Err(r) => r,
                 Ok(s) => match s.provision(req).await {
@@ -212,7 +247,12 @@ pub fn client_settings(config: &Config, identity: &AgentIdentity) -> ClientSetti
     s.drain_deadline = t.drain_deadline;
     s.tuning.max_udp_payload_bytes = t.quic_max_udp_payload_bytes;
     s.software_version = env!("CARGO_PKG_VERSION").to_owned();
-    s.capabilities = vec!["echo".into(), "renew".into(), "sandbox".into()];
+    s.capabilities = vec![
+        "echo".into(),
+        "renew".into(),
+        "sandbox".into(),
+        "mcp".into(),
+    ];
     s
 }
 
@@ -253,6 +293,16 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         Err(reason)
     };
     let service = sandboxes.as_ref().ok().cloned();
+    let mcp = crate::mcp::McpAgent::open(
+        &config.data_dir,
+        config.sandbox.record_retention,
+        config.sandbox.bridge.as_ref(),
+        config.policy.mcp_hosts.clone(),
+    )
+    .map_err(|error| {
+        tracing::error!(agent_id = %agent_id, %error, "MCP calls will be refused");
+        error.to_string()
+    });
 
     let settings = client_settings(&config, &identity);
     tracing::info!(agent_id = %agent_id, server = %settings.server, transport = ?settings.mode,
@@ -261,7 +311,11 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let handle = Arc::new(client::spawn(
         settings,
         tls,
-        Arc::new(Dispatcher::new(sandboxes).with_bridge(config.sandbox.bridge.as_ref())),
+        Arc::new(
+            Dispatcher::new(sandboxes)
+                .with_bridge(config.sandbox.bridge.as_ref())
+                .with_mcp(mcp),
+        ),
     ));
 
     let stop = CancellationToken::new();

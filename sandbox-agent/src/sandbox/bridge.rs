@@ -1,6 +1,7 @@
 //! Client of the local vault-bridge's agent channel (`protocol::bridge`
 //! frames over a Unix socket): `open_egress` when a sandbox is bound to a
-//! session, `close_egress` when it goes away.
+//! session, `close_egress` when it goes away; the MCP requests
+//! (`mcp_list_tools`, `mcp_call_tool`, `mcp_validate`) of [`crate::mcp`].
 //!
 //! Each call opens its own connection, sends `hello`, then the request, and
 //! reads the one answer; the whole exchange runs under the configured
@@ -82,6 +83,18 @@ pub enum BridgeError {
     /// The sandbox id cannot name a socket directory.
     #[error(transparent)]
     InvalidSandboxId(#[from] protocol::bridge::InvalidSandboxId),
+}
+
+/// A failed agent-channel call and how far it got.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct CallFailure {
+    /// What failed.
+    pub error: BridgeError,
+    /// Whether the request had started to go out: `false` means the bridge
+    /// never saw it (not reachable, hello refused); `true` means it may
+    /// have acted on it (a timeout or a lost connection after the send).
+    pub sent: bool,
 }
 
 /// The agent's side of the agent channel.
@@ -226,6 +239,61 @@ impl BridgeClient {
         }
     }
 
+    /// List an MCP server's tools through the bridge, under `timeout`.
+    pub async fn mcp_list_tools(
+        &self,
+        request: protocol::mcp::McpListTools,
+        timeout: Duration,
+    ) -> Result<protocol::mcp::McpReply, CallFailure> {
+        match self
+            .call_within(&ToBridge::McpListTools(request), timeout)
+            .await?
+        {
+            FromBridge::Mcp(reply) => Ok(reply),
+            other => Err(CallFailure {
+                error: self.unexpected("mcp_list_tools", &other),
+                sent: true,
+            }),
+        }
+    }
+
+    /// Call an MCP tool through the bridge, under `timeout`. A failure with
+    /// `sent` means the bridge may have called the server.
+    pub async fn mcp_call_tool(
+        &self,
+        request: protocol::mcp::McpCallTool,
+        timeout: Duration,
+    ) -> Result<protocol::mcp::McpReply, CallFailure> {
+        match self
+            .call_within(&ToBridge::McpCallTool(request), timeout)
+            .await?
+        {
+            FromBridge::Mcp(reply) => Ok(reply),
+            other => Err(CallFailure {
+                error: self.unexpected("mcp_call_tool", &other),
+                sent: true,
+            }),
+        }
+    }
+
+    /// Probe an MCP credential through the bridge, under `timeout`.
+    pub async fn mcp_validate(
+        &self,
+        request: protocol::mcp::McpValidate,
+        timeout: Duration,
+    ) -> Result<protocol::mcp::McpValidation, CallFailure> {
+        match self
+            .call_within(&ToBridge::McpValidate(request), timeout)
+            .await?
+        {
+            FromBridge::McpValidated(v) => Ok(v),
+            other => Err(CallFailure {
+                error: self.unexpected("mcp_validate", &other),
+                sent: true,
+            }),
+        }
+    }
+
     fn unexpected(&self, request: &str, answer: &FromBridge) -> BridgeError {
         let kind = serde_json::to_value(answer)
             .ok()
@@ -239,16 +307,38 @@ impl BridgeClient {
 
     /// Connect, hello, one request, one answer: all under the deadline.
     async fn call(&self, request: &ToBridge) -> Result<FromBridge, BridgeError> {
-        match tokio::time::timeout(self.timeout, self.exchange(request)).await {
-            Ok(r) => r,
-            Err(_) => Err(BridgeError::Timeout {
-                socket: self.socket.clone(),
-                timeout: self.timeout,
+        self.call_within(request, self.timeout)
+            .await
+            .map_err(|f| f.error)
+    }
+
+    /// [`Self::call`] under `timeout`; a failure says whether the request
+    /// had started to go out (so the bridge may have acted on it).
+    async fn call_within(
+        &self,
+        request: &ToBridge,
+        timeout: Duration,
+    ) -> Result<FromBridge, CallFailure> {
+        let mut sent = false;
+        let result = tokio::time::timeout(timeout, self.exchange(request, &mut sent)).await;
+        match result {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(error)) => Err(CallFailure { error, sent }),
+            Err(_) => Err(CallFailure {
+                error: BridgeError::Timeout {
+                    socket: self.socket.clone(),
+                    timeout,
+                },
+                sent,
             }),
         }
     }
 
-    async fn exchange(&self, request: &ToBridge) -> Result<FromBridge, BridgeError> {
+    async fn exchange(
+        &self,
+        request: &ToBridge,
+        sent: &mut bool,
+    ) -> Result<FromBridge, BridgeError> {
         let io = |operation: &'static str| {
             let socket = self.socket.clone();
             move |source| BridgeError::Io {
@@ -267,6 +357,7 @@ impl BridgeClient {
             FromBridge::HelloAccepted { .. } => {}
             other => return Err(self.refused_or_unexpected("hello", other)),
         }
+        *sent = true;
         self.send(&mut stream, request).await?;
         let answer = self.receive(&mut stream, &mut buf).await?;
         match answer {

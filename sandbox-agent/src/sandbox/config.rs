@@ -310,6 +310,10 @@ pub struct RawPolicy {
     pub allowed_tools: Option<Vec<String>>,
     /// Docker networks a sandbox may join (none by default: no network).
     pub allowed_networks: Option<Vec<String>>,
+    /// Hosts of the MCP servers the vault-bridge may call for this agent's
+    /// sessions (`mcp.internal`, or `*.corp` for any name under `corp`).
+    /// Absent: any host; present: only these (an empty list: none).
+    pub mcp_hosts: Option<Vec<String>>,
 }
 
 /// Typed `[policy]`: what the control plane may ask of this agent.
@@ -333,6 +337,8 @@ pub struct Policy {
     pub allowed_tools: Vec<String>,
     /// Allowed networks.
     pub allowed_networks: Vec<String>,
+    /// Allowed MCP server host patterns (lowercase); `None`: any host.
+    pub mcp_hosts: Option<Vec<String>>,
 }
 
 impl Policy {
@@ -379,8 +385,37 @@ impl Policy {
             max_sandboxes: positive("policy.max_sandboxes", raw.max_sandboxes, 32)? as usize,
             allowed_tools,
             allowed_networks: raw.allowed_networks.unwrap_or_default(),
+            mcp_hosts: raw
+                .mcp_hosts
+                .map(|hosts| hosts.iter().map(|h| mcp_host_pattern(h)).collect())
+                .transpose()?,
         })
     }
+}
+
+/// One `policy.mcp_hosts` entry, lowercased: a host name or address, or
+/// `*.` followed by a domain (any name under it, not the domain itself).
+fn mcp_host_pattern(entry: &str) -> Result<String, ConfigError> {
+    let bad = |why: &str| ConfigError::invalid("policy.mcp_hosts", format!("`{entry}`: {why}"));
+    let host = entry.strip_prefix("*.").unwrap_or(entry);
+    if host.is_empty() {
+        return Err(bad("empty host"));
+    }
+    if host.contains("://") || host.contains('/') || host.contains('@') {
+        return Err(bad(
+            "a host name, not a URL (e.g. `mcp.internal` or `*.corp`)",
+        ));
+    }
+    if host.contains('*') {
+        return Err(bad("`*` is allowed only as a leading `*.`"));
+    }
+    if !host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']'))
+    {
+        return Err(bad("not a host name"));
+    }
+    Ok(entry.to_ascii_lowercase())
 }
 
 /// `[pool]` as written.
