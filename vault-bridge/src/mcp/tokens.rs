@@ -83,17 +83,22 @@ struct CredState {
     inner: Mutex<CredInner>,
 }
 
+/// Tokens the bridge refreshed.
+#[derive(Debug, Clone)]
+struct Held {
+    access: SecretValue,
+    refresh: Option<SecretValue>,
+    expires_at: Option<OffsetDateTime>,
+    /// The control plane's `expires_at` when they were refreshed.
+    tag: Option<String>,
+}
+
 #[derive(Debug, Default)]
 struct CredInner {
     generation: u64,
     /// Tokens the bridge refreshed (used while the relayed tag is unchanged;
     /// they are also written back to the backend).
-    refreshed: Option<(
-        SecretValue,
-        Option<SecretValue>,
-        Option<OffsetDateTime>,
-        Option<String>,
-    )>,
+    refreshed: Option<Held>,
     last_failure: Option<(u64, Instant, Arc<RefreshError>)>,
 }
 
@@ -199,7 +204,7 @@ impl Tokens {
         if lock(&st.inner)
             .refreshed
             .as_ref()
-            .is_some_and(|r| r.1.is_some())
+            .is_some_and(|r| r.refresh.is_some())
         {
             return true;
         }
@@ -218,14 +223,12 @@ impl Tokens {
         let tag = relayed_expiry(c);
         {
             let g = lock(&st.inner);
-            if let Some((access, _, exp, t)) = &g.refreshed {
-                if *t == tag {
-                    return Ok(Access {
-                        token: access.clone(),
-                        generation: g.generation,
-                        expires_at: *exp,
-                    });
-                }
+            if let Some(h) = g.refreshed.as_ref().filter(|h| h.tag == tag) {
+                return Ok(Access {
+                    token: h.access.clone(),
+                    generation: g.generation,
+                    expires_at: h.expires_at,
+                });
             }
         }
         let token = self.field(c, token_field(c)).await?;
@@ -313,8 +316,8 @@ impl Tokens {
             let g = lock(&st.inner);
             g.refreshed
                 .as_ref()
-                .filter(|r| r.3 == tag)
-                .and_then(|r| r.1.clone())
+                .filter(|h| h.tag == tag)
+                .and_then(|h| h.refresh.clone())
         };
         let refresh_token = match cached_refresh {
             Some(r) => r,
@@ -398,12 +401,12 @@ impl Tokens {
         let generation = {
             let mut g = lock(&st.inner);
             g.generation += 1;
-            g.refreshed = Some((
-                new.access_token.clone(),
-                Some(refresh_token),
+            g.refreshed = Some(Held {
+                access: new.access_token.clone(),
+                refresh: Some(refresh_token),
                 expires_at,
                 tag,
-            ));
+            });
             g.last_failure = None;
             g.generation
         };
