@@ -6,8 +6,21 @@ and servers whole, the 400s that name the field at fault, and
 `mcp_oauth_validate` with no vault-bridge connected (the typed 503).
 
 The MCP calls themselves (harness → tunnel → agent → bridge → server) are
-tested with real MCP servers elsewhere; this file is the API surface.
+tested with real MCP servers elsewhere; this file is the API surface, plus
+`mcp_oauth_validate` through the real path (control plane → tunnel →
+sandbox-agent → vault-bridge → the `tickets` MCP server of tests/mcp/servers.py).
+Needs AIRLOCK_EXECUTOR_PATH and AIRLOCK_SANDBOX_IMAGE for the sandbox-agent.
 """
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
 
 import anthropic
 import pytest
@@ -16,6 +29,8 @@ from anthropic.types.beta import (
     BetaManagedAgentsMCPServerURLDefinition,
     BetaManagedAgentsMCPToolset,
 )
+
+from conftest import ROOT, ControlPlane, VaultBridge, binary
 
 PIN = "airlock.environment_id"
 KV_PATH = "airlock.kv_path"
@@ -198,3 +213,129 @@ def test_mcp_oauth_validate_without_a_bridge_is_a_typed_503(client, environment)
 
     with pytest.raises(anthropic.NotFoundError):
         client.beta.vaults.credentials.mcp_oauth_validate("vcrd_nope", vault_id=v.id)
+
+
+# --- mcp_oauth_validate through the real path: control plane -> tunnel -> sandbox-agent -> vault-bridge -> MCP server
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def bridge_deployment(fake_model):
+    """A control plane with an enrolled sandbox-agent whose `[bridge]` is a real
+    `vault-bridge serve`, and the real `tickets` MCP server (official `mcp`
+    SDK, Streamable HTTP on loopback, static bearer token)."""
+    executor = os.environ.get("AIRLOCK_EXECUTOR_PATH")
+    image = os.environ.get("AIRLOCK_SANDBOX_IMAGE")
+    if not executor or not image:
+        pytest.fail("AIRLOCK_EXECUTOR_PATH / AIRLOCK_SANDBOX_IMAGE unset: source /work/notes/test-env.sh")
+    d = type("D", (), {})()
+    d.state = tempfile.TemporaryDirectory(prefix="airlock-py-mcp-")
+    state = pathlib.Path(d.state.name)
+    d.requests_log = state / "mcp" / "requests.jsonl"
+    d.token = f"mcp-canary-{uuid.uuid4().hex}"
+    port = _free_port()
+    d.mcp_url = f"http://127.0.0.1:{port}/mcp"
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy")}
+    d.mcp_log = open(state / "mcp.log", "ab")
+    d.mcp = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "mcp" / "servers.py"), "tickets", "--host", "127.0.0.1",
+         "--port", str(port), "--state-dir", str(state / "mcp"), "--public-url", f"http://127.0.0.1:{port}"],
+        stdin=subprocess.DEVNULL, stdout=d.mcp_log, stderr=d.mcp_log,
+        env={**env, "MCP_TEST_TOKEN": d.token, "MCP_TEST_ADMIN_TOKEN": uuid.uuid4().hex, "PYTHONUNBUFFERED": "1"})
+    d.bridge = VaultBridge()
+    tunnel, enroll = _free_port(), _free_port()
+    while enroll == tunnel:
+        enroll = _free_port()
+    d.cp = ControlPlane(fake_model.base_url, tunnel_port=tunnel, enroll_port=enroll)
+    d.client = d.cp.client(timeout=120)
+    d.environment = d.client.beta.environments.create(name=f"mcp-{time.monotonic_ns()}")
+    join = d.cp.cli("tokens", "create", "--environment", d.environment.id, "--json")["join_string"]
+    a = state / "agent"
+    a.mkdir()
+    config = a / "agent.toml"
+    config.write_text(
+        f'data_dir = "{a / "data"}"\n'
+        f'[sandbox]\nexecutor_path = "{executor}"\ndefault_image = "{image}"\n'
+        f'[policy]\nallowed_images = ["{image}"]\n' + d.bridge.agent_toml
+    )
+    subprocess.run([binary("sandbox-agent"), "--config", str(config), "enroll", "--join", join],
+                   check=True, capture_output=True, timeout=60)
+    d.agent_log_path = a / "agent.log"
+    agent_log = open(d.agent_log_path, "ab")
+    d.agent = subprocess.Popen([binary("sandbox-agent"), "--config", str(config), "run"],
+                               stdout=agent_log, stderr=agent_log, stdin=subprocess.DEVNULL,
+                               env={**env, "NO_COLOR": "1"})
+    try:
+        deadline = time.monotonic() + 60
+        while not d.cp.cli("agents", "list", "--json"):
+            assert d.agent.poll() is None, f"the sandbox-agent exited:\n{d.agent_log_path.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "the sandbox-agent did not connect"
+            time.sleep(0.2)
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert d.mcp.poll() is None, f"the MCP server exited:\n{(state / 'mcp.log').read_text()[-3000:]}"
+                assert time.monotonic() < deadline + 30, "the MCP server did not listen"
+                time.sleep(0.2)
+        yield d
+    finally:
+        d.client.close()
+        for p in (d.agent, d.mcp):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(timeout=10)
+        agent_log.close()
+        d.mcp_log.close()
+        d.cp.stop()
+        d.bridge.stop()
+        d.cp.dir.cleanup()
+        d.bridge.dir.cleanup()
+        d.state.cleanup()
+
+
+def test_mcp_oauth_validate_is_probed_by_the_bridge(bridge_deployment):
+    d = bridge_deployment
+    client = d.client
+    good_vault = client.beta.vaults.create(display_name="good", metadata={PIN: d.environment.id})
+    good = client.beta.vaults.credentials.create(
+        good_vault.id, auth={"type": "static_bearer", "mcp_server_url": d.mcp_url, "token": d.token})
+    seen = len(d.requests_log.read_text().splitlines()) if d.requests_log.exists() else 0
+    v = client.beta.vaults.credentials.mcp_oauth_validate(good.id, vault_id=good_vault.id)
+    probes = [json.loads(l) for l in d.requests_log.read_text().splitlines()[seen:]]
+    assert probes and all(r["authorized"] and r["status"] < 400 for r in probes), probes
+    assert any("initialize" in r["rpc"] or "tools/list" in r["rpc"] for r in probes), probes
+    assert v.type == "vault_credential_validation"
+    assert (v.credential_id, v.vault_id) == (good.id, good_vault.id)
+    assert v.status == "valid", v
+    assert v.has_refresh_token is False
+
+    wrong = f"wrong-{uuid.uuid4().hex}"
+    bad_vault = client.beta.vaults.create(display_name="bad", metadata={PIN: d.environment.id})
+    bad = client.beta.vaults.credentials.create(
+        bad_vault.id, auth={"type": "static_bearer", "mcp_server_url": d.mcp_url, "token": wrong})
+    raw = client.beta.vaults.credentials.with_raw_response.mcp_oauth_validate(bad.id, vault_id=bad_vault.id)
+    v = raw.parse()
+    assert v.status == "invalid", v
+    assert v.mcp_probe is not None and v.mcp_probe.method in ("initialize", "tools/list")
+    assert v.mcp_probe.http_response is not None and v.mcp_probe.http_response.status_code == 401
+    assert json.loads(d.requests_log.read_text().splitlines()[-1])["status"] == 401, "the server refused the probe"
+    assert wrong not in raw.http_response.text and d.token not in raw.http_response.text
+
+    # neither token reached the control plane's log or data directory
+    log = d.cp.log_path.read_bytes()
+    assert d.token.encode() not in log and wrong.encode() not in log
+    for p in pathlib.Path(d.cp.dir.name).rglob("*"):
+        if p.is_file():
+            data = p.read_bytes()
+            assert d.token.encode() not in data and wrong.encode() not in data, p
