@@ -31,7 +31,8 @@ use protocol::mcp::{
     McpValidation,
 };
 use protocol::relay::{
-    CredentialBinding, EgressCredential, OauthRefresh, PutCredential, TokenEndpointAuth, WireSecret,
+    CredentialBinding, EgressCredential, ForgetCredential, ForgetReason, OauthRefresh,
+    PutCredential, TokenEndpointAuth, WireSecret,
 };
 use serde_json::{json, Value};
 
@@ -355,6 +356,34 @@ async fn static_bearer_lists_calls_and_maps_every_failure() {
     assert!(uses
         .iter()
         .any(|u| u["credential_id"] == "vcrd_wrong" && u["status"] == 401));
+
+    // A result just under the cap crosses the agent channel in one frame.
+    let r = mcp(
+        &mut ch,
+        &call("sesn_a", &url, &creds, "huge", json!({"megabytes": 0.6})),
+    )
+    .await;
+    let (content, _) = called(&r);
+    let text = content[0]["text"].as_str().unwrap();
+    assert!(text.len() >= 600_000, "{}", text.len());
+
+    // An archived credential: refused from then on, before any request.
+    assert_eq!(
+        ch.call(&ToBridge::ForgetCredential(ForgetCredential {
+            vault_id: VAULT.into(),
+            credential_id: "vcrd_wrong".into(),
+            reason: ForgetReason::Archived,
+        }))
+        .await
+        .unwrap(),
+        FromBridge::Relayed { held: true }
+    );
+    let requests_before = server.requests().unwrap().len();
+    let r = mcp(&mut ch, &list("sesn_e", &url, &wrong)).await;
+    let (code, message) = failure(&r);
+    assert_eq!(code, McpFailure::SecretUnavailable, "{message}");
+    assert!(message.contains("vcrd_wrong"), "{message}");
+    assert_eq!(server.requests().unwrap().len(), requests_before);
 
     // Server down.
     server.kill();
