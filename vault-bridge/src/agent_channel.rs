@@ -792,6 +792,27 @@ mod tests {
         ));
     }
 
+    #[tokio::test]
+    async fn mcp_requests_without_an_mcp_client_are_unsupported() {
+        let f = start(&[]).await;
+        let mut c = hello(&f.channel_path).await;
+        let req = ToBridge::McpListTools(protocol::mcp::McpListTools {
+            session_id: "sesn_1".into(),
+            server: protocol::mcp::McpServer {
+                name: "s".into(),
+                url: "https://mcp.example.com/mcp".into(),
+            },
+            credentials: vec![],
+        });
+        match c.call(&req).await {
+            FromBridge::Error { code, message } => {
+                assert_eq!(code, BridgeErrorCode::UnsupportedRequest);
+                assert!(message.contains("MCP"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn peer_uid_check() {
         assert!(check_peer_uid(1000, &[0, 1000]).is_ok());
