@@ -6,9 +6,11 @@
 //! elsewhere; here: what the harness offers, records and tells the model.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod e2e_support;
 mod harness_support;
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use airlock_tests::fake_model::{sequence, FakeModel, Reply, RequestCtx, Turn};
 use harness::mcp::{hashed_tool_name, is_valid_tool_name};
@@ -823,4 +825,164 @@ async fn a_crash_anywhere_around_an_mcp_call_runs_it_at_most_once() {
     let first = labels.iter().position(|l| *l == "mcp_call").unwrap();
     let (fired, _) = round(Some(first), true, true).await;
     assert!(fired);
+}
+
+/// The whole path with real processes: `control-plane serve` (API, harness,
+/// gateway) with the fake model, an enrolled `sandbox-agent run` with a
+/// `vault-bridge serve`, and the real `tickets` MCP server (official `mcp`
+/// Python SDK, HTTPS, bearer token) whose token is a vault credential sent
+/// through the API. The model calls an MCP tool; the session ends its turn
+/// with the server's answer, the server saw the call once, and the token is
+/// in no event and not in the control plane's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_call_goes_through_the_tunnel_agent_and_bridge_to_a_real_server() {
+    use airlock_tests::bridge::{Bridge, BridgeOptions};
+    use airlock_tests::deploy::{tail, Agent, AgentOptions};
+    use airlock_tests::git_server::TestCa;
+    use airlock_tests::mcp::McpTestServer;
+    use e2e_support::{runtime_toml, Deployment};
+
+    if !airlock_tests::mcp::sdk_installed() {
+        eprintln!("skipped: the `mcp` Python SDK is not installed");
+        return;
+    }
+    let ca = TestCa::new("mcp-e2e-ca").unwrap();
+    let server = McpTestServer::tickets(Some(&ca)).unwrap();
+    let bridge = Bridge::start(BridgeOptions {
+        upstream_ca_files: vec![server.ca_file().unwrap().to_owned()],
+        ..Default::default()
+    })
+    .unwrap();
+    let script = |req: &RequestCtx| {
+        if req.tool_uses_so_far() == 0 {
+            Turn::new()
+                .text("Searching tickets.")
+                .tool_use(
+                    "t1",
+                    "mcp__tickets__search",
+                    json!({"query": "printer on fire", "limit": 2}),
+                )
+                .into()
+        } else {
+            Reply::text(format!("Found: {}", req.last_result_text()))
+        }
+    };
+    let model = FakeModel::start(script).await.unwrap();
+    let d = Deployment::start(runtime_toml(&model.base_url(), 5.0))
+        .await
+        .unwrap();
+    let join = d.cp.join_string(&d.environment_id).unwrap();
+    let mut agent = Agent::enroll(&d.cp, &join, AgentOptions::default()).unwrap();
+    let mut config = std::fs::read_to_string(agent.config_path()).unwrap();
+    config.push_str(&bridge.agent_toml());
+    std::fs::write(agent.config_path(), config).unwrap();
+    agent.run().unwrap();
+    d.cp.wait_connected(agent.agent_id(), Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\n{}", tail(&agent.log(), 30)));
+    let logs = || {
+        format!(
+            "\ncontrol plane:\n{}\nagent:\n{}\nbridge:\n{}",
+            tail(&d.cp.log(), 40),
+            tail(&agent.log(), 30),
+            tail(&bridge.log(), 30)
+        )
+    };
+
+    let api = &d.api;
+    let vault = api
+        .post(
+            "/v1/vaults",
+            json!({"display_name": "mcp", "metadata": {"airlock.environment_id": d.environment_id}}),
+        )
+        .await
+        .unwrap();
+    let vault_id = vault["id"].as_str().unwrap().to_owned();
+    let (status, cred) = api
+        .call(
+            "POST",
+            &format!("/v1/vaults/{vault_id}/credentials"),
+            Some(
+                json!({"display_name": "tickets", "auth": {"type": "static_bearer",
+                "mcp_server_url": server.url(), "token": server.token()}}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{cred}{}", logs());
+    let agent_def = api
+        .post(
+            "/v1/agents",
+            json!({"name": "support", "model": "claude-sonnet-4-5",
+                "mcp_servers": [{"type": "url", "name": "tickets", "url": server.url()}],
+                "tools": [{"type": "mcp_toolset", "mcp_server_name": "tickets",
+                    "default_config": {"permission_policy": {"type": "always_allow"}}}]}),
+        )
+        .await
+        .unwrap();
+    let session = api
+        .post(
+            "/v1/sessions",
+            json!({"agent": agent_def["id"], "environment_id": d.environment_id,
+                "vault_ids": [vault_id]}),
+        )
+        .await
+        .unwrap();
+    let session_id = session["id"].as_str().unwrap().to_owned();
+    api.user_message(&session_id, "Is there a ticket about the printer?")
+        .await
+        .unwrap();
+    let events = api
+        .wait_end_turn(&session_id, Duration::from_secs(90))
+        .await
+        .unwrap_or_else(|e| panic!("{e}{}", logs()));
+
+    let uses: Vec<_> = events
+        .iter()
+        .filter(|e| e["type"] == "agent.mcp_tool_use")
+        .collect();
+    assert_eq!(uses.len(), 1, "{events:#?}");
+    assert_eq!(uses[0]["mcp_server_name"], "tickets");
+    assert_eq!(uses[0]["name"], "search");
+    let result = events
+        .iter()
+        .find(|e| e["type"] == "agent.mcp_tool_result")
+        .unwrap_or_else(|| panic!("no result: {events:#?}{}", logs()));
+    assert_eq!(result["mcp_tool_use_id"], uses[0]["id"]);
+    assert_eq!(result["is_error"], false, "{result}{}", logs());
+    let text = result["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.contains("printer on fire") && text.contains("TICKET-1"),
+        "{text}"
+    );
+    assert!(
+        !events.iter().any(|e| e["type"] == "session.error"),
+        "{events:#?}"
+    );
+    // The model had the server's tool with its schema, and saw the answer.
+    let reqs = model.requests();
+    let tool = reqs[0].body["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "mcp__tickets__search")
+        .unwrap_or_else(|| panic!("not offered: {:#}", reqs[0].body["tools"]));
+    assert_eq!(
+        tool["input_schema"]["properties"]["query"]["type"],
+        "string"
+    );
+    assert!(reqs
+        .last()
+        .unwrap()
+        .body
+        .to_string()
+        .contains("printer on fire"));
+    // The server saw the call once, with the arguments.
+    let n = server
+        .count_calls("search", &json!({"query": "printer on fire", "limit": 2}))
+        .unwrap();
+    assert_eq!(n, 1, "{}", server.log());
+    // The token is in no event and not in the control plane's log.
+    let all = serde_json::to_string(&events).unwrap();
+    assert!(!all.contains(server.token()));
+    assert!(!d.cp.log().contains(server.token()));
 }
