@@ -257,7 +257,15 @@ impl Tokens {
             .is_some_and(|t| t - OffsetDateTime::now_utc() < self.margin);
         if soon && refresh_settings(c).is_some() {
             tracing::info!(credential_id = %c.credential_id, "mcp oauth token expires soon; refreshing");
-            return self.refresh_after(c, a.generation).await.map(|(a, _)| a);
+            return match self.refresh_after(c, a.generation).await {
+                Ok((fresh, _)) => Ok(fresh),
+                // Not expired yet: the old token still serves this request.
+                Err(e) if a.expires_at.is_some_and(|t| t > OffsetDateTime::now_utc()) => {
+                    tracing::warn!(credential_id = %c.credential_id, error = %e, "mcp oauth refresh before expiry failed; using the current token");
+                    Ok(a)
+                }
+                Err(e) => Err(e),
+            };
         }
         Ok(a)
     }
