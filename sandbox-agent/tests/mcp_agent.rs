@@ -535,3 +535,54 @@ async fn a_bridge_without_mcp_support_is_no_bridge() {
     assert!(matches!(r.outcome, McpOutcome::Called { .. }));
     assert_eq!(stub.calls().len(), 2);
 }
+
+#[tokio::test]
+async fn a_dropped_tunnel_call_still_records_the_reply_for_the_resend() {
+    let data = tempfile::tempdir().unwrap();
+    let stub = StubBridge::start(Behaviour::Answer(
+        Box::new(called("finished while nobody waited")),
+        Duration::from_millis(400),
+    ));
+    let a = agent(data.path(), Some(&stub.settings()), None);
+    // The control plane goes away: the handler's future is dropped mid-call.
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(100),
+        a.call_tool(call("mcptoolu_8", URL, json!({}))),
+    )
+    .await;
+    assert!(dropped.is_err());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let resent = a.call_tool(call("mcptoolu_8", URL, json!({}))).await;
+    assert!(resent.replayed, "{resent:?}");
+    assert!(
+        matches!(&resent.outcome, McpOutcome::Called { content, .. } if content[0]["text"] == "finished while nobody waited")
+    );
+    assert_eq!(stub.calls().len(), 1);
+    let lines = audit_lines(data.path());
+    let outcomes: Vec<&str> = lines
+        .iter()
+        .map(|l| l["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["ok", "replayed"]);
+}
+
+#[tokio::test]
+async fn the_sandbox_service_and_the_mcp_dispatcher_write_one_audit_chain() {
+    use sandbox_agent::audit::{AuditEvent, AuditLog};
+    let data = tempfile::tempdir().unwrap();
+    // The service's log, opened first (as `run` does).
+    let service_log = AuditLog::open(data.path()).unwrap();
+    let stub = StubBridge::start(Behaviour::Answer(Box::new(called("x")), Duration::ZERO));
+    let a = agent(data.path(), Some(&stub.settings()), None);
+    for i in 0..3 {
+        service_log.record(AuditEvent {
+            call: "execute".into(),
+            outcome: "ok".into(),
+            ..Default::default()
+        });
+        a.call_tool(call(&format!("mcptoolu_9_{i}"), URL, json!({})))
+            .await;
+    }
+    let (seq, _) = sandbox_agent::audit::verify(&data.path().join("audit.jsonl")).unwrap();
+    assert_eq!(seq, 6);
+}

@@ -151,7 +151,29 @@ impl McpAgent {
     }
 
     /// `mcp_call_tool`: at most once per `tool_use_id`.
+    ///
+    /// The call runs in a task of its own: if the tunnel call is dropped
+    /// (the control plane went away), the bridge's reply is still recorded
+    /// and audited, so the re-sent call gets it as a replay instead of
+    /// waiting on a start that nobody finishes.
     pub async fn call_tool(&self, r: McpCallTool) -> McpReply {
+        let id = r.tool_use_id.clone();
+        let this = self.clone();
+        match tokio::spawn(async move { this.call_tool_here(r).await }).await {
+            Ok(reply) => reply,
+            Err(error) => {
+                tracing::error!(tool_use_id = %id, %error, "MCP call task failed");
+                let reason = "the agent's call task failed";
+                self.record.finish_unknown(&id, reason).unwrap_or_else(|_| {
+                    let mut reply = record::unknown_reply(&id, reason);
+                    reply.replayed = false;
+                    reply
+                })
+            }
+        }
+    }
+
+    async fn call_tool_here(&self, r: McpCallTool) -> McpReply {
         let started = Instant::now();
         let host = url_host(&r.server.url);
         let line = Line {
