@@ -15,6 +15,7 @@
 //!   refresh request at the authorization server; refreshed tokens survive a
 //!   bridge restart (rotating refresh tokens: a lost one would fail);
 //! - `mcp_validate`: valid / invalid with scrubbed bodies;
+//! - the reference server `mcp-server-time` (PyPI) behind a bearer front;
 //! - canary: no token in the bridge's log, journal or data files.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -789,4 +790,43 @@ async fn validate_reports_valid_invalid_and_scrubs_bodies() {
     ];
     canaries.extend(server.secrets());
     assert_no_canary(&bridge, &canaries);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reference_time_server_answers_through_the_bridge() {
+    if skip() {
+        return;
+    }
+    let ca = TestCa::new("mcp-test-ca").unwrap();
+    let server = McpTestServer::time(Some(&ca)).unwrap();
+    let bridge = start_bridge(server.ca_file().unwrap());
+    let mut ch = Channel::connect(&bridge.socket_path()).await.unwrap();
+    put(&mut ch, "vcrd_time", &[("token", server.token())]).await;
+    let url = server.url();
+    let creds = vec![bearer("vcrd_time", &url)];
+    let r = mcp(&mut ch, &list("sesn_t", &url, &creds)).await;
+    let McpOutcome::Tools { tools } = &r.outcome else {
+        panic!("{r:?}\n{}\n{}", bridge.log(), server.log());
+    };
+    assert!(
+        tools.iter().any(|t| t.name == "get_current_time"),
+        "{tools:?}"
+    );
+    let r = mcp(
+        &mut ch,
+        &call(
+            "sesn_t",
+            &url,
+            &creds,
+            "get_current_time",
+            json!({"timezone": "UTC"}),
+        ),
+    )
+    .await;
+    let (content, is_error) = called(&r);
+    assert!(!is_error, "{content:?}");
+    let text = content[0]["text"].as_str().unwrap();
+    let year = time::OffsetDateTime::now_utc().year().to_string();
+    assert!(text.contains("UTC") && text.contains(&year), "{text}");
+    assert_no_canary(&bridge, &server.secrets());
 }
