@@ -827,32 +827,146 @@ async fn a_crash_anywhere_around_an_mcp_call_runs_it_at_most_once() {
     assert!(fired);
 }
 
-/// The whole path with real processes: `control-plane serve` (API, harness,
-/// gateway) with the fake model, an enrolled `sandbox-agent run` with a
-/// `vault-bridge serve`, and the real `tickets` MCP server (official `mcp`
-/// Python SDK, HTTPS, bearer token) whose token is a vault credential sent
-/// through the API. The model calls an MCP tool; the session ends its turn
-/// with the server's answer, the server saw the call once, and the token is
-/// in no event and not in the control plane's log.
+/// A deployment of real processes for the end-to-end tests:
+/// `control-plane serve` (API, harness, gateway) with the fake model, an
+/// enrolled `sandbox-agent run` with a `vault-bridge serve`, and the real
+/// `tickets` MCP server (official `mcp` Python SDK, HTTPS, bearer token)
+/// whose token is a static_bearer credential of a vault sent through the
+/// API to the bridge.
+struct E2e {
+    d: e2e_support::Deployment,
+    agent: airlock_tests::deploy::Agent,
+    bridge: airlock_tests::bridge::Bridge,
+    server: airlock_tests::mcp::McpTestServer,
+    model: FakeModel,
+    vault_id: String,
+    _ca: airlock_tests::git_server::TestCa,
+}
+
+impl E2e {
+    /// `None` (skipped) when the `mcp` Python SDK is not installed.
+    async fn start(script: impl airlock_tests::fake_model::Script) -> Option<Self> {
+        use airlock_tests::bridge::{Bridge, BridgeOptions};
+        use airlock_tests::deploy::{tail, Agent, AgentOptions};
+        use airlock_tests::git_server::TestCa;
+        use airlock_tests::mcp::McpTestServer;
+        use e2e_support::{runtime_toml, Deployment};
+
+        if !airlock_tests::mcp::sdk_installed() {
+            eprintln!("skipped: the `mcp` Python SDK is not installed");
+            return None;
+        }
+        let ca = TestCa::new("mcp-e2e-ca").unwrap();
+        let server = McpTestServer::tickets(Some(&ca)).unwrap();
+        let bridge = Bridge::start(BridgeOptions {
+            upstream_ca_files: vec![server.ca_file().unwrap().to_owned()],
+            ..Default::default()
+        })
+        .unwrap();
+        let model = FakeModel::start(script).await.unwrap();
+        let d = Deployment::start(runtime_toml(&model.base_url(), 5.0))
+            .await
+            .unwrap();
+        let join = d.cp.join_string(&d.environment_id).unwrap();
+        let mut agent = Agent::enroll(&d.cp, &join, AgentOptions::default()).unwrap();
+        let mut config = std::fs::read_to_string(agent.config_path()).unwrap();
+        config.push_str(&bridge.agent_toml());
+        std::fs::write(agent.config_path(), config).unwrap();
+        agent.run().unwrap();
+        d.cp.wait_connected(agent.agent_id(), Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{e}\n{}", tail(&agent.log(), 30)));
+        let vault = d
+            .api
+            .post(
+                "/v1/vaults",
+                json!({"display_name": "mcp", "metadata": {"airlock.environment_id": d.environment_id}}),
+            )
+            .await
+            .unwrap();
+        let vault_id = vault["id"].as_str().unwrap().to_owned();
+        let (status, cred) = d
+            .api
+            .call(
+                "POST",
+                &format!("/v1/vaults/{vault_id}/credentials"),
+                Some(
+                    json!({"display_name": "tickets", "auth": {"type": "static_bearer",
+                    "mcp_server_url": server.url(), "token": server.token()}}),
+                ),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{cred}");
+        Some(Self {
+            d,
+            agent,
+            bridge,
+            server,
+            model,
+            vault_id,
+            _ca: ca,
+        })
+    }
+
+    fn logs(&self) -> String {
+        use airlock_tests::deploy::tail;
+        format!(
+            "\ncontrol plane:\n{}\nagent:\n{}\nbridge:\n{}",
+            tail(&self.d.cp.log(), 40),
+            tail(&self.agent.log(), 30),
+            tail(&self.bridge.log(), 30)
+        )
+    }
+
+    /// A session of an agent with the tickets server and this toolset
+    /// config (`default_config`, `configs`), with the vault; the first
+    /// message sent.
+    async fn session(&self, toolset: Value, first: &str) -> String {
+        let mut t = toolset;
+        t["type"] = json!("mcp_toolset");
+        t["mcp_server_name"] = json!("tickets");
+        let agent_def = self
+            .d
+            .api
+            .post(
+                "/v1/agents",
+                json!({"name": "support", "model": "claude-sonnet-4-5",
+                    "mcp_servers": [{"type": "url", "name": "tickets", "url": self.server.url()}],
+                    "tools": [t]}),
+            )
+            .await
+            .unwrap();
+        let session = self
+            .d
+            .api
+            .post(
+                "/v1/sessions",
+                json!({"agent": agent_def["id"], "environment_id": self.d.environment_id,
+                    "vault_ids": [self.vault_id]}),
+            )
+            .await
+            .unwrap();
+        let id = session["id"].as_str().unwrap().to_owned();
+        self.d.api.user_message(&id, first).await.unwrap();
+        id
+    }
+
+    /// The token is in no event and not in the control plane's log.
+    fn check_no_token(&self, events: &[Value]) {
+        let all = serde_json::to_string(events).unwrap();
+        assert!(!all.contains(self.server.token()));
+        assert!(!self.d.cp.log().contains(self.server.token()));
+    }
+}
+
+fn of_kind<'a>(events: &'a [Value], ty: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["type"] == ty).collect()
+}
+
+/// End to end over [`E2e`]: the model's MCP call ends the turn with the
+/// server's answer; the server saw the call once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mcp_call_goes_through_the_tunnel_agent_and_bridge_to_a_real_server() {
-    use airlock_tests::bridge::{Bridge, BridgeOptions};
-    use airlock_tests::deploy::{tail, Agent, AgentOptions};
-    use airlock_tests::git_server::TestCa;
-    use airlock_tests::mcp::McpTestServer;
-    use e2e_support::{runtime_toml, Deployment};
-
-    if !airlock_tests::mcp::sdk_installed() {
-        eprintln!("skipped: the `mcp` Python SDK is not installed");
-        return;
-    }
-    let ca = TestCa::new("mcp-e2e-ca").unwrap();
-    let server = McpTestServer::tickets(Some(&ca)).unwrap();
-    let bridge = Bridge::start(BridgeOptions {
-        upstream_ca_files: vec![server.ca_file().unwrap().to_owned()],
-        ..Default::default()
-    })
-    .unwrap();
     let script = |req: &RequestCtx| {
         if req.tool_uses_so_far() == 0 {
             Turn::new()
@@ -867,99 +981,38 @@ async fn an_mcp_call_goes_through_the_tunnel_agent_and_bridge_to_a_real_server()
             Reply::text(format!("Found: {}", req.last_result_text()))
         }
     };
-    let model = FakeModel::start(script).await.unwrap();
-    let d = Deployment::start(runtime_toml(&model.base_url(), 5.0))
-        .await
-        .unwrap();
-    let join = d.cp.join_string(&d.environment_id).unwrap();
-    let mut agent = Agent::enroll(&d.cp, &join, AgentOptions::default()).unwrap();
-    let mut config = std::fs::read_to_string(agent.config_path()).unwrap();
-    config.push_str(&bridge.agent_toml());
-    std::fs::write(agent.config_path(), config).unwrap();
-    agent.run().unwrap();
-    d.cp.wait_connected(agent.agent_id(), Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("{e}\n{}", tail(&agent.log(), 30)));
-    let logs = || {
-        format!(
-            "\ncontrol plane:\n{}\nagent:\n{}\nbridge:\n{}",
-            tail(&d.cp.log(), 40),
-            tail(&agent.log(), 30),
-            tail(&bridge.log(), 30)
-        )
+    let Some(e) = E2e::start(script).await else {
+        return;
     };
+    let session_id = e
+        .session(
+            json!({"default_config": {"permission_policy": {"type": "always_allow"}}}),
+            "Is there a ticket about the printer?",
+        )
+        .await;
+    let events =
+        e.d.api
+            .wait_end_turn(&session_id, Duration::from_secs(90))
+            .await
+            .unwrap_or_else(|err| panic!("{err}{}", e.logs()));
 
-    let api = &d.api;
-    let vault = api
-        .post(
-            "/v1/vaults",
-            json!({"display_name": "mcp", "metadata": {"airlock.environment_id": d.environment_id}}),
-        )
-        .await
-        .unwrap();
-    let vault_id = vault["id"].as_str().unwrap().to_owned();
-    let (status, cred) = api
-        .call(
-            "POST",
-            &format!("/v1/vaults/{vault_id}/credentials"),
-            Some(
-                json!({"display_name": "tickets", "auth": {"type": "static_bearer",
-                "mcp_server_url": server.url(), "token": server.token()}}),
-            ),
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, 200, "{cred}{}", logs());
-    let agent_def = api
-        .post(
-            "/v1/agents",
-            json!({"name": "support", "model": "claude-sonnet-4-5",
-                "mcp_servers": [{"type": "url", "name": "tickets", "url": server.url()}],
-                "tools": [{"type": "mcp_toolset", "mcp_server_name": "tickets",
-                    "default_config": {"permission_policy": {"type": "always_allow"}}}]}),
-        )
-        .await
-        .unwrap();
-    let session = api
-        .post(
-            "/v1/sessions",
-            json!({"agent": agent_def["id"], "environment_id": d.environment_id,
-                "vault_ids": [vault_id]}),
-        )
-        .await
-        .unwrap();
-    let session_id = session["id"].as_str().unwrap().to_owned();
-    api.user_message(&session_id, "Is there a ticket about the printer?")
-        .await
-        .unwrap();
-    let events = api
-        .wait_end_turn(&session_id, Duration::from_secs(90))
-        .await
-        .unwrap_or_else(|e| panic!("{e}{}", logs()));
-
-    let uses: Vec<_> = events
-        .iter()
-        .filter(|e| e["type"] == "agent.mcp_tool_use")
-        .collect();
+    let uses = of_kind(&events, "agent.mcp_tool_use");
     assert_eq!(uses.len(), 1, "{events:#?}");
     assert_eq!(uses[0]["mcp_server_name"], "tickets");
     assert_eq!(uses[0]["name"], "search");
-    let result = events
-        .iter()
-        .find(|e| e["type"] == "agent.mcp_tool_result")
-        .unwrap_or_else(|| panic!("no result: {events:#?}{}", logs()));
+    let results = of_kind(&events, "agent.mcp_tool_result");
+    assert_eq!(results.len(), 1, "{events:#?}{}", e.logs());
+    let result = results[0];
     assert_eq!(result["mcp_tool_use_id"], uses[0]["id"]);
-    assert_eq!(result["is_error"], false, "{result}{}", logs());
+    assert_eq!(result["is_error"], false, "{result}{}", e.logs());
     let text = result["content"][0]["text"].as_str().unwrap();
     assert!(
         text.contains("printer on fire") && text.contains("TICKET-1"),
         "{text}"
     );
-    assert!(
-        !events.iter().any(|e| e["type"] == "session.error"),
-        "{events:#?}"
-    );
+    assert!(of_kind(&events, "session.error").is_empty(), "{events:#?}");
     // The model had the server's tool with its schema, and saw the answer.
-    let reqs = model.requests();
+    let reqs = e.model.requests();
     let tool = reqs[0].body["tools"]
         .as_array()
         .unwrap()
@@ -976,13 +1029,161 @@ async fn an_mcp_call_goes_through_the_tunnel_agent_and_bridge_to_a_real_server()
         .body
         .to_string()
         .contains("printer on fire"));
-    // The server saw the call once, with the arguments.
-    let n = server
+    let n = e
+        .server
         .count_calls("search", &json!({"query": "printer on fire", "limit": 2}))
         .unwrap();
-    assert_eq!(n, 1, "{}", server.log());
-    // The token is in no event and not in the control plane's log.
-    let all = serde_json::to_string(&events).unwrap();
-    assert!(!all.contains(server.token()));
-    assert!(!d.cp.log().contains(server.token()));
+    assert_eq!(n, 1, "{}", e.server.log());
+    e.check_no_token(&events);
+}
+
+/// End to end: one `always_ask` MCP tool and one allowed, in one turn; the
+/// session waits until the confirmation comes through the API, then the
+/// image the server returns reaches the model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn always_ask_on_an_mcp_tool_is_confirmed_through_the_api() {
+    let script = |req: &RequestCtx| {
+        if req.tool_uses_so_far() == 0 {
+            Turn::new()
+                .tool_use("t1", "mcp__tickets__search", json!({"query": "login"}))
+                .tool_use(
+                    "t2",
+                    "mcp__tickets__screenshot",
+                    json!({"ticket": "TICKET-2"}),
+                )
+                .into()
+        } else {
+            Reply::text("Seen.")
+        }
+    };
+    let Some(e) = E2e::start(script).await else {
+        return;
+    };
+    let session_id = e
+        .session(
+            json!({"default_config": {"permission_policy": {"type": "always_allow"}},
+                "configs": [{"name": "screenshot", "permission_policy": {"type": "always_ask"}}]}),
+            "Show me the login ticket.",
+        )
+        .await;
+    let api = &e.d.api;
+    let what = "the session to ask for a confirmation";
+    let asked = testkit::try_eventually_async(what, Duration::from_secs(60), || async {
+        let events = api.events(&session_id).await.ok()?;
+        let idle = events
+            .iter()
+            .rev()
+            .find(|e| e["type"] == "session.status_idle")?;
+        (idle["stop_reason"]["type"] == "requires_action").then(|| idle["stop_reason"].clone())
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never asked{}", e.logs()));
+    let events = api.events(&session_id).await.unwrap();
+    let uses = of_kind(&events, "agent.mcp_tool_use");
+    let shot = uses.iter().find(|u| u["name"] == "screenshot").unwrap();
+    assert_eq!(shot["evaluated_permission"], "ask");
+    assert_eq!(asked["event_ids"], json!([shot["id"]]));
+    assert_eq!(
+        e.server
+            .count_calls("screenshot", &json!({"ticket": "TICKET-2"}))
+            .unwrap(),
+        0,
+        "nothing ran before the confirmation"
+    );
+    assert_eq!(
+        of_kind(&events, "agent.mcp_tool_result").len(),
+        1,
+        "search ran"
+    );
+
+    api.post(
+        &format!("/v1/sessions/{session_id}/events"),
+        json!({"events": [{"type": "user.tool_confirmation", "tool_use_id": shot["id"], "result": "allow"}]}),
+    )
+    .await
+    .unwrap();
+    let events = api
+        .wait_end_turn(&session_id, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|err| panic!("{err}{}", e.logs()));
+    let results = of_kind(&events, "agent.mcp_tool_result");
+    assert_eq!(results.len(), 2);
+    let img = results
+        .iter()
+        .find(|r| r["mcp_tool_use_id"] == shot["id"])
+        .unwrap();
+    assert_eq!(img["is_error"], false, "{img}");
+    assert_eq!(img["content"][0]["type"], "image", "{img}");
+    assert_eq!(img["content"][0]["source"]["media_type"], "image/png");
+    let reqs = e.model.requests();
+    assert!(reqs.last().unwrap().body.to_string().contains("image/png"));
+    assert_eq!(
+        e.server
+            .count_calls("screenshot", &json!({"ticket": "TICKET-2"}))
+            .unwrap(),
+        1
+    );
+    e.check_no_token(&events);
+}
+
+/// End to end: the control plane is SIGKILLed while an MCP call is running
+/// on the server; after the restart the session ends its turn, the call
+/// has one result, and the server saw it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_plane_killed_mid_call_finishes_and_the_server_saw_the_call_once() {
+    let script = |req: &RequestCtx| {
+        if req.tool_uses_so_far() == 0 {
+            Reply::tool_use("t1", "mcp__tickets__slow", json!({"seconds": 3}))
+        } else {
+            Reply::text(format!("Result: {}", req.last_result_text()))
+        }
+    };
+    let Some(mut e) = E2e::start(script).await else {
+        return;
+    };
+    let session_id = e
+        .session(
+            json!({"default_config": {"permission_policy": {"type": "always_allow"}}}),
+            "Take your time.",
+        )
+        .await;
+    let args = json!({"seconds": 3});
+    testkit::eventually(
+        "the server to start the call",
+        Duration::from_secs(60),
+        || e.server.count_calls("slow", &args).unwrap_or(0) == 1,
+    )
+    .await;
+    e.d.cp.kill9().unwrap();
+    e.d.cp.start().unwrap();
+    e2e_support::wait_api(&e.d.api, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let events =
+        e.d.api
+            .wait_end_turn(&session_id, Duration::from_secs(90))
+            .await
+            .unwrap_or_else(|err| panic!("{err}{}", e.logs()));
+    let uses = of_kind(&events, "agent.mcp_tool_use");
+    assert_eq!(uses.len(), 1, "{events:#?}");
+    let results = of_kind(&events, "agent.mcp_tool_result");
+    assert_eq!(results.len(), 1, "{events:#?}");
+    let r = results[0];
+    let text = r["content"][0]["text"].as_str().unwrap_or("");
+    eprintln!("the call's result after the restart: {r}");
+    // Either the agent's record had the answer, or it says plainly that
+    // the outcome is unknown; never a second run.
+    assert!(
+        (r["is_error"] == false && text.contains("slept 3"))
+            || (r["is_error"] == true && text.contains("may or may not have run")),
+        "{r}"
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        e.server.count_calls("slow", &args).unwrap(),
+        1,
+        "{}",
+        e.server.log()
+    );
+    e.check_no_token(&events);
 }
