@@ -177,8 +177,7 @@ impl RpcAnswer {
             .lines()
             .filter_map(|l| l.strip_prefix("data:"))
             .map(str::trim)
-            .filter(|d| !d.is_empty())
-            .next_back()
+            .rfind(|d| !d.is_empty())
             .with_context(|| format!("no JSON and no SSE data in {:.300}", self.body))?;
         serde_json::from_str(data).with_context(|| format!("SSE data is not JSON: {data:.300}"))
     }
