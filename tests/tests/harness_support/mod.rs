@@ -195,9 +195,7 @@ pub fn check_log(events: &[StoredEvent]) {
     for e in of_type(events, "user.tool_confirmation") {
         if e.body["result"] == json!("deny") {
             let id = e.body["tool_use_id"].as_str().unwrap().to_owned();
-            if !results.contains_key(&id) {
-                results.insert(id, 1);
-            }
+            results.entry(id).or_insert(1);
         }
     }
     for e in events.iter().filter(|e| {
