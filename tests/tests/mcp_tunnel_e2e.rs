@@ -9,7 +9,11 @@
 //! - the agent SIGKILLed during a slow call: after its restart the same
 //!   `tool_use_id` is `outcome_unknown` and the MCP server saw the call once;
 //! - the agent's audit chain verifies and names the calls, without the token
-//!   or the arguments.
+//!   or the arguments;
+//! - the control plane going away during a slow call (its tunnel connection
+//!   dropped): the agent still records the bridge's reply, and the call
+//!   re-sent through the restarted control plane gets it `replayed`; the
+//!   server saw the call once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
@@ -286,6 +290,93 @@ async fn mcp_calls_cross_control_plane_tunnel_agent_and_bridge() {
     assert_eq!(
         mcp_lines.last().unwrap()["mcp"]["failure"],
         "outcome_unknown"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_outliving_its_control_plane_is_replayed_after_the_restart() {
+    if !airlock_tests::mcp::sdk_installed() {
+        eprintln!("skipped: the `mcp` Python SDK is not installed (scripts/setup.d/55-mcp.sh)");
+        return;
+    }
+    let ca = TestCa::new("airlock mcp e2e CA").unwrap();
+    let server = McpTestServer::tickets(Some(&ca)).unwrap();
+    let bridge = Bridge::start(BridgeOptions {
+        upstream_ca_files: vec![server.ca_file().unwrap().to_owned()],
+        ..Default::default()
+    })
+    .unwrap();
+    let mut ch = Channel::connect(&bridge.socket_path()).await.unwrap();
+    ch.call(&ToBridge::PutCredential(PutCredential {
+        vault_id: "vlt_e2e".into(),
+        credential_id: "vcrd_e2e_tickets".into(),
+        fields: [("token".to_owned(), WireSecret::new(server.token()))].into(),
+    }))
+    .await
+    .unwrap();
+    let cp = ControlPlane::configure(CpOptions::default()).unwrap();
+    let app = InProcessControlPlane::start(&cp).await.unwrap();
+    let join = cp.join_string("env-mcp-e2e-cp").unwrap();
+    let mut agent = Agent::enroll(&cp, &join, AgentOptions::default()).unwrap();
+    let mut config = std::fs::read_to_string(agent.config_path()).unwrap();
+    config.push_str(&bridge.agent_toml());
+    std::fs::write(agent.config_path(), config).unwrap();
+    agent.run().unwrap();
+    app.wait_connected(agent.agent_id(), Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", tail(&agent.log(), 30)));
+    let target = Target::Agent(agent.agent_id().into());
+
+    let slow = json!({"seconds": 8});
+    let gw = app.gateway().clone();
+    let (t, req) = (
+        target.clone(),
+        call(&server.url(), "mcptoolu_cp1", "slow", slow.clone()),
+    );
+    let pending = tokio::spawn(async move { gw.call_unary(&t, &req).await });
+    testkit::eventually(
+        "the server got the slow call",
+        Duration::from_secs(20),
+        || server.count_calls("slow", &slow).unwrap() == 1,
+    )
+    .await;
+    // The control plane goes away (its tunnel connection with it).
+    app.stop().await;
+    let lost = pending.await.unwrap();
+    assert!(
+        !matches!(&lost, Ok((_, Response::Ok(Reply::Mcp { .. })))),
+        "the reply crossed a stopped control plane: {lost:?}"
+    );
+    let app = InProcessControlPlane::start(&cp).await.unwrap();
+    app.wait_connected(agent.agent_id(), Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", tail(&agent.log(), 30)));
+    let (_, r) = testkit::eventually_async(
+        "the re-sent call through the restarted control plane",
+        Duration::from_secs(30),
+        || {
+            let gw = app.gateway().clone();
+            let (t, req) = (
+                target.clone(),
+                call(&server.url(), "mcptoolu_cp1", "slow", json!({"seconds": 8})),
+            );
+            async move { gw.call_unary(&t, &req).await.ok() }
+        },
+    )
+    .await;
+    let reply = mcp_reply(r, &agent, &bridge);
+    assert!(reply.replayed, "{reply:?}");
+    match &reply.outcome {
+        McpOutcome::Called { content, is_error } => {
+            assert!(!is_error);
+            assert_eq!(content[0]["text"], "slept 8.0 s");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        server.count_calls("slow", &json!({"seconds": 8})).unwrap(),
+        1
     );
     app.stop().await;
 }
