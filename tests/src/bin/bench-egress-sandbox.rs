@@ -6,6 +6,9 @@
 //! loopback forwarder → the sandbox's Unix socket → a real `vault-bridge
 //! serve` (which adds the session's relayed token) → the Git server.
 //! Direct: the same `git`/`curl` on the host with the token in the request.
+//! Same client, direct: the default image's own `git`/`curl` in a container
+//! on the host's network (no bridge, token in the request), so the path's
+//! cost can be told from the cost of the image's client builds.
 //! Times inside the sandbox are taken by the sandbox's own clock around the
 //! command (no tool-call overhead).
 //!
@@ -32,6 +35,31 @@ const FILES: usize = 50;
 const FILE_BYTES: usize = 1024 * 1024;
 const GETS: usize = 200;
 const SESSION: &str = "sesn_bench";
+
+/// curl's clock at TCP connected, TLS ready, first byte, done (seconds).
+const PHASES: &str = "%{time_connect} %{time_appconnect} %{time_starttransfer} %{time_total}\\n";
+
+/// The four [`PHASES`] of each line of curl's output.
+fn phases(out: &str) -> Vec<[Duration; 4]> {
+    out.lines()
+        .filter_map(|l| {
+            let v: Vec<Duration> = l
+                .split_whitespace()
+                .filter_map(|x| x.parse::<f64>().ok())
+                .map(Duration::from_secs_f64)
+                .collect();
+            <[Duration; 4]>::try_from(v).ok()
+        })
+        .collect()
+}
+
+/// Median of each phase.
+fn phase_medians(v: &mut [[Duration; 4]]) -> [Duration; 4] {
+    std::array::from_fn(|i| {
+        let mut col: Vec<Duration> = v.iter().map(|p| p[i]).collect();
+        median(&mut col)
+    })
+}
 
 fn median(v: &mut [Duration]) -> Duration {
     v.sort();
@@ -94,6 +122,77 @@ impl Sandbox<'_> {
             .parse()
             .with_context(|| format!("{command}: {out}"))?;
         Ok(Duration::from_micros(us))
+    }
+}
+
+/// A container of the default image on the host's network: the same
+/// `git`/`curl` builds as the sandbox, reaching the servers directly.
+struct HostNetContainer {
+    name: String,
+}
+
+impl HostNetContainer {
+    fn start(image: &str, ca_file: &std::path::Path) -> Result<Self> {
+        let name = format!("airlock-bench-direct-{}", std::process::id());
+        run_ok(
+            Command::new("docker")
+                .args([
+                    "run",
+                    "-d",
+                    "--rm",
+                    "--network",
+                    "host",
+                    "--name",
+                    &name,
+                    "-e",
+                    "HOME=/tmp",
+                    "-e",
+                    "GIT_SSL_CAINFO=/bench-ca.pem",
+                    "-e",
+                    "GIT_AUTHOR_NAME=bench",
+                    "-e",
+                    "GIT_AUTHOR_EMAIL=bench@airlock.invalid",
+                    "-e",
+                    "GIT_COMMITTER_NAME=bench",
+                    "-e",
+                    "GIT_COMMITTER_EMAIL=bench@airlock.invalid",
+                    "-v",
+                ])
+                .arg(format!("{}:/bench-ca.pem:ro", ca_file.display()))
+                .args(["--entrypoint", "sleep", image, "infinity"]),
+        )?;
+        Ok(Self { name })
+    }
+
+    fn sh(&self, command: &str) -> Result<String> {
+        let o = run_ok(Command::new("docker").args(["exec", &self.name, "sh", "-c", command]))?;
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    /// Time `command` with the container's clock, like [`Sandbox::timed`].
+    fn timed(&self, command: &str) -> Result<Duration> {
+        let out = self.sh(&format!(
+            "s=$(date +%s%N); {command} >/tmp/bench.out 2>&1 || {{ cat /tmp/bench.out; echo BENCH-FAILED; }}; e=$(date +%s%N); echo $(( (e - s) / 1000 ))"
+        ))?;
+        if out.contains("BENCH-FAILED") {
+            bail!("{command}: {out}");
+        }
+        let us: u64 = out
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .parse()
+            .with_context(|| format!("{command}: {out}"))?;
+        Ok(Duration::from_micros(us))
+    }
+}
+
+impl Drop for HostNetContainer {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &self.name])
+            .output();
     }
 }
 
@@ -180,36 +279,79 @@ async fn main() -> Result<()> {
         .await?;
 
     let direct_url = url.replace("https://", &format!("https://{user}:{token}@"));
-    let host_git = || {
+    // The host's git on PATH, and Debian's /usr/bin/git when that is
+    // another build (the machine may carry both): the same operations with
+    // each, so a difference of git builds can be told from the path's cost.
+    let git_version = |path: Option<&str>| -> Result<String> {
+        let mut c = git(&home);
+        if let Some(p) = path {
+            c.env("PATH", p);
+        }
+        let o = run_ok(c.arg("--version"))?;
+        Ok(String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .replace("git version ", ""))
+    };
+    let mut host_gits: Vec<(Option<&str>, String)> = vec![(None, git_version(None)?)];
+    if std::path::Path::new("/usr/bin/git").exists() {
+        let debian = git_version(Some("/usr/bin:/bin"))?;
+        if debian != host_gits[0].1 {
+            host_gits.push((Some("/usr/bin:/bin"), debian));
+        }
+    }
+    let host_git = |path: Option<&str>| {
         let mut c = git(&home);
         c.env("GIT_SSL_CAINFO", &ca_file);
+        if let Some(p) = path {
+            c.env("PATH", p);
+        }
         c
     };
-    let (mut clone_d, mut clone_s, mut push_d, mut push_s) = (vec![], vec![], vec![], vec![]);
+    let same = HostNetContainer::start(&image, &ca_file)?;
+    let image_git = same.sh("git --version")?.trim().replace("git version ", "");
+    let (mut clone_s, mut push_s) = (vec![], vec![]);
+    let mut clone_h: Vec<Vec<Duration>> = vec![vec![]; host_gits.len()];
+    let mut push_h: Vec<Vec<Duration>> = vec![vec![]; host_gits.len()];
+    let (mut clone_c, mut push_c) = (vec![], vec![]);
     for i in 0..reps {
-        let dest = work.path().join(format!("direct-{i}"));
-        clone_d.push(time(
-            host_git().args(["clone", "-q", &direct_url]).arg(&dest),
-        )?);
+        clone_c.push(same.timed(&format!(
+            "rm -rf /tmp/c{i} && git clone -q {direct_url} /tmp/c{i}"
+        ))?);
+        same.sh(&format!(
+            "head -c {FILE_BYTES} /dev/urandom > /tmp/c{i}/s{i}.bin && git -C /tmp/c{i} add -A && git -C /tmp/c{i} commit -q -m same-client"
+        ))?;
+        push_c.push(same.timed(&format!(
+            "git -C /tmp/c{i} push -q origin HEAD:refs/heads/same-{i}"
+        ))?);
+        same.sh(&format!("rm -rf /tmp/c{i}"))?;
+        for (h, (path, _)) in host_gits.iter().enumerate() {
+            let dest = work.path().join(format!("direct-{i}-{h}"));
+            clone_h[h].push(time(
+                host_git(*path)
+                    .args(["clone", "-q", &direct_url])
+                    .arg(&dest),
+            )?);
+            // A 1 MiB commit each, pushed to its own branch.
+            std::fs::write(dest.join(format!("d{i}.bin")), random_bytes(FILE_BYTES)?)?;
+            run_ok(host_git(*path).arg("-C").arg(&dest).args(["add", "-A"]))?;
+            run_ok(
+                host_git(*path)
+                    .arg("-C")
+                    .arg(&dest)
+                    .args(["commit", "-q", "-m", "direct"]),
+            )?;
+            push_h[h].push(time(host_git(*path).arg("-C").arg(&dest).args([
+                "push",
+                "-q",
+                "origin",
+                &format!("HEAD:refs/heads/direct-{i}-{h}"),
+            ]))?);
+            std::fs::remove_dir_all(&dest)?;
+        }
         clone_s.push(
             sb.timed(&format!("rm -rf /tmp/c{i} && git clone -q {url} /tmp/c{i}"))
                 .await?,
         );
-        // A 1 MiB commit each, pushed to its own branch.
-        std::fs::write(dest.join(format!("d{i}.bin")), random_bytes(FILE_BYTES)?)?;
-        run_ok(host_git().arg("-C").arg(&dest).args(["add", "-A"]))?;
-        run_ok(
-            host_git()
-                .arg("-C")
-                .arg(&dest)
-                .args(["commit", "-q", "-m", "direct"]),
-        )?;
-        push_d.push(time(host_git().arg("-C").arg(&dest).args([
-            "push",
-            "-q",
-            "origin",
-            &format!("HEAD:refs/heads/direct-{i}"),
-        ]))?);
         sb.sh(&format!(
             "cd /workspace && head -c {FILE_BYTES} /dev/urandom > /tmp/c{i}/s{i}.bin && git -C /tmp/c{i} add -A && git -C /tmp/c{i} commit -q -m sandbox && echo ok"
         ))
@@ -220,7 +362,6 @@ async fn main() -> Result<()> {
             ))
             .await?,
         );
-        std::fs::remove_dir_all(&dest)?;
         sb.sh(&format!("rm -rf /tmp/c{i}; echo ok")).await?;
         eprintln!("repetition {}/{reps} done", i + 1);
     }
@@ -229,14 +370,11 @@ async fn main() -> Result<()> {
     let small_url = web.url("small.txt");
     let out = sb
         .sh(&format!(
-            "for i in $(seq {GETS}); do curl -sS -o /dev/null -w '%{{time_total}}\\n' {small_url}; done"
+            "for i in $(seq {GETS}); do curl -sS -o /dev/null -w '{PHASES}' {small_url}; done"
         ))
         .await?;
-    let mut get_s: Vec<Duration> = out
-        .lines()
-        .filter_map(|l| l.trim().parse::<f64>().ok())
-        .map(Duration::from_secs_f64)
-        .collect();
+    let mut phases_s = phases(&out);
+    let mut get_s: Vec<Duration> = phases_s.iter().map(|p| p[3]).collect();
     let mut get_d = Vec::new();
     for _ in 0..GETS {
         let o = run_ok(
@@ -249,7 +387,12 @@ async fn main() -> Result<()> {
             String::from_utf8_lossy(&o.stdout).trim().parse()?,
         ));
     }
-    if get_s.len() != GETS {
+    let out = same.sh(&format!(
+        "for i in $(seq {GETS}); do curl -sS -o /dev/null -w '{PHASES}' --cacert /bench-ca.pem {small_url}; done"
+    ))?;
+    let mut phases_c = phases(&out);
+    let mut get_c: Vec<Duration> = phases_c.iter().map(|p| p[3]).collect();
+    if get_s.len() != GETS || get_c.len() != GETS {
         bail!("sandbox GETs: {out}");
     }
     // The same GETs on one kept-alive connection (one curl, many URLs).
@@ -259,6 +402,15 @@ async fn main() -> Result<()> {
         .await?;
     // The first transfer opens the connection: left out.
     let mut keep_s: Vec<Duration> = out
+        .lines()
+        .filter_map(|l| l.trim().parse::<f64>().ok())
+        .skip(1)
+        .map(Duration::from_secs_f64)
+        .collect();
+    let out = same.sh(&format!(
+        "curl -sS -w '\\n%{{time_total}}\\n' --cacert /bench-ca.pem {urls} 2>&1"
+    ))?;
+    let mut keep_c: Vec<Duration> = out
         .lines()
         .filter_map(|l| l.trim().parse::<f64>().ok())
         .skip(1)
@@ -274,53 +426,123 @@ async fn main() -> Result<()> {
         .skip(1)
         .map(Duration::from_secs_f64)
         .collect();
-    if keep_s.len() < GETS / 2 || keep_d.len() < GETS / 2 {
+    if keep_s.len() < GETS / 2 || keep_d.len() < GETS / 2 || keep_c.len() < GETS / 2 {
         bail!(
-            "kept-alive GETs: sandbox {} direct {}",
+            "kept-alive GETs: sandbox {} direct {} same client {}",
             keep_s.len(),
-            keep_d.len()
+            keep_d.len(),
+            keep_c.len()
         );
     }
+    drop(same);
     svc.destroy(DestroyRequest {
         sandbox_id: p.sandbox_id,
     })
     .await?;
 
-    let (cd, cs) = (median(&mut clone_d), median(&mut clone_s));
-    let (pd, ps) = (median(&mut push_d), median(&mut push_s));
-    let (gd, gs) = (median(&mut get_d), median(&mut get_s));
-    let (kd, ks) = (median(&mut keep_d), median(&mut keep_s));
+    let mut clone_d = clone_h[0].clone();
+    let mut push_d = push_h[0].clone();
+    let (cd, cs, cc) = (
+        median(&mut clone_d),
+        median(&mut clone_s),
+        median(&mut clone_c),
+    );
+    let (pd, ps, pc) = (
+        median(&mut push_d),
+        median(&mut push_s),
+        median(&mut push_c),
+    );
+    let (gd, gs, gc) = (median(&mut get_d), median(&mut get_s), median(&mut get_c));
+    let (kd, ks, kc) = (
+        median(&mut keep_d),
+        median(&mut keep_s),
+        median(&mut keep_c),
+    );
     println!();
     println!(
         "bench-egress-sandbox: {reps} repetitions (median), repository {} MiB ({FILES} random files), push of a 1 MiB commit, {GETS} small GETs (new curl each); image {image}, sandbox cpu {cores}; loopback nginx + fcgiwrap + git http-backend over HTTPS",
         FILES * FILE_BYTES / (1024 * 1024)
     );
     println!();
-    println!("| operation | direct from the host (token on host) | from the sandbox through the bridge | ratio |");
-    println!("|---|---|---|---|");
+    println!("| operation | A: host's git/curl, direct | B: image's git/curl, host network, direct | C: sandbox through the bridge | C vs A | C vs B (the path) |");
+    println!("|---|---|---|---|---|---|");
+    let ratio = |c: Duration, x: Duration| format!("{:.2}x", c.as_secs_f64() / x.as_secs_f64());
     println!(
-        "| git clone | {} | {} | {:.2}x |",
+        "| git clone | {} | {} | {} | {} | {} |",
         ms(cd),
+        ms(cc),
         ms(cs),
-        cs.as_secs_f64() / cd.as_secs_f64()
+        ratio(cs, cd),
+        ratio(cs, cc)
     );
     println!(
-        "| git push (1 MiB commit) | {} | {} | {:.2}x |",
+        "| git push (1 MiB commit) | {} | {} | {} | {} | {} |",
         ms(pd),
+        ms(pc),
         ms(ps),
-        ps.as_secs_f64() / pd.as_secs_f64()
+        ratio(ps, pd),
+        ratio(ps, pc)
+    );
+    let added = |c: Duration, x: Duration| {
+        if c >= x {
+            format!("+{}", us(c - x))
+        } else {
+            format!("-{}", us(x - c))
+        }
+    };
+    println!(
+        "| small HTTPS GET p50, new connection (curl time_total) | {} | {} | {} | {} | {} |",
+        us(gd),
+        us(gc),
+        us(gs),
+        added(gs, gd),
+        added(gs, gc)
     );
     println!(
-        "| small HTTPS GET p50 (curl time_total) | {} | {} | +{} |",
-        ms(gd),
-        ms(gs),
-        ms(gs.saturating_sub(gd))
-    );
-    println!(
-        "| small HTTPS GET p50, kept-alive connection | {} | {} | +{} |",
+        "| small HTTPS GET p50, kept-alive connection | {} | {} | {} | {} | {} |",
         us(kd),
+        us(kc),
         us(ks),
-        us(ks.saturating_sub(kd))
+        added(ks, kd),
+        added(ks, kc)
     );
+    let (pb, pc) = (phase_medians(&mut phases_c), phase_medians(&mut phases_s));
+    println!();
+    println!("New-connection GET phases, p50 of curl's clock (B: same client direct; C: through the bridge):");
+    println!();
+    println!("| phase | B | C | C - B |");
+    println!("|---|---|---|---|");
+    for (i, name) in [
+        "TCP connected (to the server / to the forwarder)",
+        "TLS ready (C: after CONNECT)",
+        "first byte",
+        "done",
+    ]
+    .iter()
+    .enumerate()
+    {
+        println!(
+            "| {name} | {} | {} | {} |",
+            us(pb[i]),
+            us(pc[i]),
+            added(pc[i], pb[i])
+        );
+    }
+    println!();
+    println!("Each git on the host, direct (the same repetitions), against C (the image's git is {image_git}):");
+    println!();
+    println!("| host git | clone | push | C clone vs it | C push vs it |");
+    println!("|---|---|---|---|---|");
+    for (h, (path, version)) in host_gits.iter().enumerate() {
+        let (c, p) = (median(&mut clone_h[h]), median(&mut push_h[h]));
+        println!(
+            "| {version} ({}) | {} | {} | {} | {} |",
+            path.map_or("PATH".to_owned(), |p| format!("PATH={p}")),
+            ms(c),
+            ms(p),
+            ratio(cs, c),
+            ratio(ps, p)
+        );
+    }
     Ok(())
 }
