@@ -276,16 +276,17 @@ impl Egress {
                 return refused(&refusal);
             }
         };
-        let pooled = self.pool.take(&who.sandbox_id, &host, port);
-        let sender = match pooled {
-            Some(s) => Ok(s),
-            None => self.open_upstream(&host, port).await,
-        };
-        let sender = match sender {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(sandbox_id = %who.sandbox_id, error = %e, "egress upstream failed");
-                return answer(StatusCode::BAD_GATEWAY, &e.to_string());
+        // The sandbox's idle upstream connection to this host, or a new one
+        // opened while the sandbox does its TLS handshake with us: the 200
+        // does not wait for the upstream. If it cannot be had, the tunnel's
+        // first request is answered 502 naming why.
+        let sender = self.pool.take(&who.sandbox_id, &host, port);
+        let pending = match sender {
+            Some(_) => None,
+            None => {
+                let me = self.clone();
+                let (h, p) = (host.clone(), port);
+                Some(tokio::spawn(async move { me.open_upstream(&h, p).await }))
             }
         };
         let tls = match self.ca.server_config(&host) {
@@ -302,7 +303,8 @@ impl Egress {
             rule,
             who,
             policy,
-            sender: Mutex::new(Some(sender)),
+            sender: Mutex::new(sender),
+            pending: tokio::sync::Mutex::new(pending),
         });
         tokio::spawn(async move {
             let upgraded = match hyper::upgrade::on(req).await {
@@ -337,7 +339,12 @@ impl Egress {
             }
             // The tunnel is done; its idle upstream connection serves the
             // sandbox's next tunnel to the same host.
-            let kept = tunnel.lock_sender().take();
+            let mut kept = tunnel.lock_sender().take();
+            if kept.is_none() {
+                if let Some(h) = tunnel.pending.lock().await.take() {
+                    kept = h.await.ok().and_then(Result::ok);
+                }
+            }
             if let Some(s) = kept {
                 tunnel
                     .egress
@@ -463,7 +470,11 @@ struct Tunnel {
     who: Arc<SandboxIdentity>,
     policy: Arc<EgressPolicy>,
     sender: Mutex<Option<SendRequest<ProxyBody>>>,
+    /// The upstream connection being opened since the CONNECT, when none was idle.
+    pending: tokio::sync::Mutex<Option<tokio::task::JoinHandle<UpstreamResult>>>,
 }
+
+type UpstreamResult = Result<SendRequest<ProxyBody>, UpstreamError>;
 
 /// What to do with one placeholder found in a request.
 enum Decision<'p> {
@@ -642,6 +653,7 @@ impl Tunnel {
                 fut.await
             }
             Err(e) => {
+                tracing::warn!(sandbox_id = %self.who.sandbox_id, host = %self.host, error = %e, "egress upstream failed");
                 for c in &used {
                     self.audit(Some(c), &method, &path, AuditOutcome::UpstreamFailed);
                 }
@@ -691,6 +703,15 @@ impl Tunnel {
         if let Some(mut s) = kept {
             if !s.is_closed() && s.ready().await.is_ok() {
                 return Ok(s);
+            }
+        }
+        let pending = self.pending.lock().await.take();
+        if let Some(h) = pending {
+            if let Ok(opened) = h.await {
+                let mut s = opened?;
+                if s.ready().await.is_ok() {
+                    return Ok(s);
+                }
             }
         }
         self.egress.open_upstream(&self.host, self.port).await
