@@ -9,6 +9,7 @@ log and no file of its data directory. A credential whose secret already
 lives in the customer's Vault (metadata `airlock.kv_path`) needs no secret.
 """
 
+import json
 import pathlib
 import uuid
 
@@ -140,9 +141,12 @@ def test_kv_path_credentials_need_no_secret(client, environment):
         client.beta.vaults.credentials.create(
             v.id, metadata={KV_PATH: "team/github2"},
             auth={"type": "static_bearer", "mcp_server_url": "https://mcp.example.com/github"})
-    with pytest.raises(anthropic.BadRequestError) as e:
+    # No bridge is connected to this control plane: a 503 naming that.
+    with pytest.raises(anthropic.APIStatusError) as e:
         client.beta.vaults.credentials.mcp_oauth_validate(c.id, vault_id=v.id)
-    assert "not supported" in e.value.body["error"]["message"]
+    assert e.value.status_code == 503, e.value.body
+    assert e.value.body["error"].get("error_code") == "vault_bridge_unavailable" or \
+        "vault_bridge_unavailable" in json.dumps(e.value.body), e.value.body
 
     archived = client.beta.vaults.credentials.archive(c.id, vault_id=v.id)
     assert archived.archived_at is not None
