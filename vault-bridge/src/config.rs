@@ -3,7 +3,9 @@
 //! `[bridge]` (data dir, the agent channel's socket and allowed peers,
 //! shutdown grace), `[backend]` (`type = "file" | "openbao"`) with
 //! `[backend.file]` or `[backend.openbao]` (+ `[backend.openbao.approle]`),
-//! `[egress]` (per-sandbox socket dir, upstream trust roots, connect timeout).
+//! `[egress]` (per-sandbox socket dir, upstream trust roots, connect timeout),
+//! `[mcp]` (the MCP client's request deadline, where plain http is allowed,
+//! how early OAuth tokens are refreshed).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -34,6 +36,21 @@ pub struct RawConfig {
     /// `[egress]`.
     #[serde(default)]
     pub egress: RawEgress,
+    /// `[mcp]`.
+    #[serde(default)]
+    pub mcp: RawMcp,
+}
+
+/// `[mcp]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMcp {
+    /// Deadline of one MCP request (`tools/list`, `tools/call`).
+    pub call_timeout_seconds: Option<f64>,
+    /// Where `http://` MCP servers are allowed: `never`, `loopback` (default) or `any`.
+    pub plain_http: Option<String>,
+    /// Refresh an `mcp_oauth` access token this long before it expires.
+    pub refresh_margin_seconds: Option<f64>,
 }
 
 /// `[egress]` as written.
@@ -140,6 +157,54 @@ pub struct Config {
     pub backend: BackendConfig,
     /// `[egress]`.
     pub egress: EgressConfig,
+    /// `[mcp]`.
+    pub mcp: McpSettings,
+}
+
+/// `[mcp]`.
+#[derive(Debug, Clone)]
+pub struct McpSettings {
+    /// Deadline of one MCP request.
+    pub call_timeout: Duration,
+    /// Where `http://` MCP servers are allowed.
+    pub plain_http: crate::mcp::PlainHttp,
+    /// How long before expiry an access token is refreshed.
+    pub refresh_margin: Duration,
+}
+
+impl McpSettings {
+    fn from_raw(raw: RawMcp) -> Result<Self, InvalidKey> {
+        let call_timeout = settings::seconds_between(
+            "mcp.call_timeout_seconds",
+            raw.call_timeout_seconds,
+            crate::mcp::DEFAULT_CALL_TIMEOUT.as_secs_f64(),
+            0.1,
+            3600.0,
+        )?;
+        let plain_http = match raw.plain_http.as_deref() {
+            None | Some("loopback") => crate::mcp::PlainHttp::Loopback,
+            Some("never") => crate::mcp::PlainHttp::Never,
+            Some("any") => crate::mcp::PlainHttp::Any,
+            Some(other) => {
+                return Err(InvalidKey::new(
+                    "mcp.plain_http",
+                    format!("{other:?} is not one of never, loopback, any"),
+                ))
+            }
+        };
+        let refresh_margin = settings::seconds_between(
+            "mcp.refresh_margin_seconds",
+            raw.refresh_margin_seconds,
+            crate::mcp::DEFAULT_REFRESH_MARGIN.as_secs_f64(),
+            0.0,
+            3600.0,
+        )?;
+        Ok(Self {
+            call_timeout,
+            plain_http,
+            refresh_margin,
+        })
+    }
 }
 
 /// Default directory of the per-sandbox egress sockets.
@@ -272,10 +337,12 @@ impl Config {
         let bridge = BridgeConfig::from_raw(raw.bridge)?;
         let backend = BackendConfig::from_raw(raw.backend, &bridge.data_dir)?;
         let egress = EgressConfig::from_raw(raw.egress)?;
+        let mcp = McpSettings::from_raw(raw.mcp)?;
         Ok(Self {
             bridge,
             backend,
             egress,
+            mcp,
         })
     }
 }
@@ -638,6 +705,28 @@ secret_id_credential = "bao-secret-id"
             secret_id,
             SecretSource::SystemdCredential("bao-secret-id".into())
         );
+    }
+
+    #[test]
+    fn mcp_settings_have_defaults_and_bounds() {
+        let c = Config::defaults().unwrap();
+        assert_eq!(c.mcp.call_timeout, crate::mcp::DEFAULT_CALL_TIMEOUT);
+        assert_eq!(c.mcp.plain_http, crate::mcp::PlainHttp::Loopback);
+        let c = parse("[mcp]\ncall_timeout_seconds = 2.5\nplain_http = \"never\"\nrefresh_margin_seconds = 0\n").unwrap();
+        assert_eq!(c.mcp.call_timeout, Duration::from_millis(2500));
+        assert_eq!(c.mcp.plain_http, crate::mcp::PlainHttp::Never);
+        assert_eq!(c.mcp.refresh_margin, Duration::ZERO);
+        for (text, key) in [
+            ("[mcp]\nplain_http = \"sometimes\"\n", "mcp.plain_http"),
+            (
+                "[mcp]\ncall_timeout_seconds = 0\n",
+                "mcp.call_timeout_seconds",
+            ),
+            ("[mcp]\ntimeout = 1\n", "timeout"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -130,6 +130,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             },
             connect_timeout: config.egress.connect_timeout,
             state_dir: Some(config.bridge.data_dir.clone()),
+            call_timeout: config.mcp.call_timeout,
+            plain_http: config.mcp.plain_http,
+            refresh_margin: config.mcp.refresh_margin,
             ..Default::default()
         },
         relay.clone(),
