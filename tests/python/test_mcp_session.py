@@ -287,10 +287,13 @@ def test_sdk_session_calls_two_mcp_servers_and_bash_in_one_turn_with_an_always_a
     assert [b.name for b in bash_uses] == ["bash"]
     bash_result = next(e for e in events if e.type == "agent.tool_result" and e.tool_use_id == bash_uses[0].id)
     assert not bash_result.is_error and "bash-ran-42" in json.dumps(bash_result.model_dump(mode="json"))
-    spans = [(i, e.type) for i, e in enumerate(events) if e.type in ("agent.mcp_tool_use", "agent.tool_use")]
-    first_turn = [t for _, t in spans[:3]]
-    assert sorted(first_turn) == ["agent.mcp_tool_use", "agent.mcp_tool_use", "agent.tool_use"], spans
+    # One turn: the three calls come between the model's first and second message.
     model_msgs = [e for e in events if e.type == "agent.message"]
+    assert len(model_msgs) == 3, dump[-4000:]
+    at = {e.id: i for i, e in enumerate(events)}
+    for u in (uses[0], uses[1], bash_uses[0]):
+        assert at[model_msgs[0].id] < at[u.id] < at[model_msgs[1].id], dump[-4000:]
+    assert at[model_msgs[1].id] < at[uses[2].id] < at[model_msgs[2].id]
     assert "from the sdk session" in json.dumps(model_msgs[-1].model_dump(mode="json")), "the model saw the notes"
 
     # Each server saw each call exactly once.
@@ -300,7 +303,10 @@ def test_sdk_session_calls_two_mcp_servers_and_bash_in_one_turn_with_an_always_a
     # The 3 s access token was refreshed by the bridge mid-session.
     stats = d.mcp.ask("stats")
     assert stats["refresh_succeeded"] >= 1 and stats["refresh_failed"] == 0, stats
-    assert all(r["auth"] == "client_secret_basic" for r in stats["refreshes"]), stats
+    assert all(r["auth"] == "client_secret_basic" and r["client_id"] == f["oauth_client_id"]
+               for r in stats["refreshes"]), stats
+    first_result = results[uses[0].id].processed_at.timestamp()
+    assert any(r["at"] > first_result for r in stats["refreshes"]), f"no refresh in the middle of the session: {stats}"
 
     # Canary: no secret in any event, the control plane's log or data dir,
     # the agent's log, or the sandbox.
@@ -310,6 +316,7 @@ def test_sdk_session_calls_two_mcp_servers_and_bash_in_one_turn_with_an_always_a
         assert secret not in dump, "secret in an event"
         assert secret.encode() not in cp_files, "secret in the control plane's data dir or log"
         assert secret.encode() not in agent_log, "secret in the agent's log"
+        assert secret.encode() not in d.bridge.log_path.read_bytes(), "secret in the bridge's log"
     ids = subprocess.run(["docker", "ps", "-q", "--filter", f"label=airlock.agent_id={d.agent_id}"],
                          capture_output=True, check=True, timeout=60).stdout.decode().split()
     assert ids, "the session's sandbox runs"
