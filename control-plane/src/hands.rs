@@ -630,6 +630,7 @@ impl Hands for GatewayHands {
                 content,
                 is_error,
                 replayed: reply.replayed,
+                tools_changed: reply.tools_changed,
             })),
             McpOutcome::Failed { failure, message } => {
                 Ok(Err(mcp_failure(&failure, message, reply.replayed)))

@@ -170,6 +170,9 @@ pub struct McpToolOutput {
     pub is_error: bool,
     /// Answered from the agent's record of an earlier attempt with this id.
     pub replayed: bool,
+    /// The server said its tool list changed: list it again before the
+    /// next model call.
+    pub tools_changed: bool,
 }
 
 /// Why an MCP request failed at the bridge or the server (the protocol's

@@ -1114,6 +1114,10 @@ impl Run<'_> {
                     if out.replayed {
                         tracing::info!(tool_use_id = %tool.event_id, "MCP call answered from the agent's record");
                     }
+                    if out.tools_changed {
+                        tracing::info!(mcp_server_name = %server.name, "MCP server's tool list changed; listed again before the next model call");
+                        self.h.mcp_tools.invalidate(&self.sid, &server.name);
+                    }
                     return Ok((out.content, out.is_error));
                 }
                 Ok(Err(f)) if f.kind == McpFailureKind::ConnectionFailed => {

@@ -482,6 +482,7 @@ mod tests {
                 },
                 credential_id: None,
                 replayed: true,
+                tools_changed: false,
             },
         });
         let f = resp.to_frame().unwrap();

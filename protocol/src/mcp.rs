@@ -109,6 +109,11 @@ pub struct McpReply {
     /// with the same `tool_use_id` (the server was not called again).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub replayed: bool,
+    /// The server sent `notifications/tools/list_changed` since this
+    /// session's last `tools/list` of it: list again before offering its
+    /// tools (the harness drops its cached list).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tools_changed: bool,
 }
 
 /// What an MCP request came to.
@@ -263,6 +268,7 @@ mod tests {
             },
             credential_id: Some("vcrd_1".into()),
             replayed: false,
+            tools_changed: false,
         };
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(

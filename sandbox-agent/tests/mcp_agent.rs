@@ -156,6 +156,7 @@ fn called(text: &str) -> FromBridge {
         },
         credential_id: Some("vcrd_tickets".into()),
         replayed: false,
+        tools_changed: false,
     })
 }
 

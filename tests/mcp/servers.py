@@ -49,7 +49,7 @@ from mcp.server.auth.provider import (
     construct_redirect_uri,
 )
 from mcp.server.auth.settings import AuthSettings
-from mcp.server.mcpserver import Image, MCPServer
+from mcp.server.mcpserver import Context, Image, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
@@ -311,6 +311,21 @@ def tickets_server() -> MCPServer:
         n = int(megabytes * 1024 * 1024)
         line = "0123456789abcdefghijklmnopqrstuvwxyz-HUGE-RESULT-LINE-0123456789abcdefghijklmnopqrstuvwxy\n"
         return (line * (n // len(line) + 1))[:n]
+
+    def extra() -> str:
+        return "extra ran"
+
+    @server.tool(
+        structured_output=False,
+        description="Adds the tool `extra` to this server and sends notifications/tools/list_changed.",
+    )
+    async def grow(ctx: Context) -> str:
+        if "extra" not in [t.name for t in await server.list_tools()]:
+            server.add_tool(extra, name="extra", description="Appeared after grow.", structured_output=False)
+        # The classic notification, on this request's response stream (what
+        # MCP clients such as rmcp listen to).
+        await ctx.session.send_tool_list_changed()
+        return "grown"
 
     @server.tool(structured_output=False, description="Always fails on the server (isError: true).")
     def fail(message: str = "ticket backend unavailable") -> str:

@@ -830,3 +830,55 @@ async fn the_reference_time_server_answers_through_the_bridge() {
     assert!(text.contains("UTC") && text.contains(&year), "{text}");
     assert_no_canary(&bridge, &server.secrets());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_changes_its_tools_is_flagged_until_listed_again() {
+    if skip() {
+        return;
+    }
+    let ca = TestCa::new("mcp-test-ca").unwrap();
+    let server = McpTestServer::tickets(Some(&ca)).unwrap();
+    let bridge = start_bridge(server.ca_file().unwrap());
+    let mut ch = Channel::connect(&bridge.socket_path()).await.unwrap();
+    put(&mut ch, "vcrd_tickets", &[("token", server.token())]).await;
+    let url = server.url();
+    let creds = vec![bearer("vcrd_tickets", &url)];
+    let names = |r: &McpReply| -> Vec<String> {
+        let McpOutcome::Tools { tools } = &r.outcome else {
+            panic!("{r:?}")
+        };
+        tools.iter().map(|t| t.name.clone()).collect()
+    };
+    let r = mcp(&mut ch, &list("sesn_g", &url, &creds)).await;
+    assert!(!names(&r).contains(&"extra".to_owned()));
+    let r = mcp(
+        &mut ch,
+        &call("sesn_g", &url, &creds, "search", json!({"query": "q"})),
+    )
+    .await;
+    assert!(!r.tools_changed, "nothing changed yet: {r:?}");
+    // `grow` adds a tool and sends notifications/tools/list_changed.
+    let r = mcp(&mut ch, &call("sesn_g", &url, &creds, "grow", json!({}))).await;
+    called(&r);
+    let mut flagged = r.tools_changed;
+    // The notification may be handled just after the reply: the flag stays
+    // up on the session's next replies until it lists again.
+    for _ in 0..20 {
+        if flagged {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let r = mcp(
+            &mut ch,
+            &call("sesn_g", &url, &creds, "search", json!({"query": "again"})),
+        )
+        .await;
+        flagged = r.tools_changed;
+    }
+    assert!(flagged, "tools_changed never reported\n{}", bridge.log());
+    let r = mcp(&mut ch, &list("sesn_g", &url, &creds)).await;
+    assert!(names(&r).contains(&"extra".to_owned()), "{:?}", names(&r));
+    let r = mcp(&mut ch, &call("sesn_g", &url, &creds, "extra", json!({}))).await;
+    assert!(!r.tools_changed, "cleared by the listing: {r:?}");
+    assert_eq!(called(&r).0[0]["text"], "extra ran");
+}

@@ -245,6 +245,53 @@ async fn an_mcp_tool_and_a_sandbox_tool_run_in_one_turn() {
 }
 
 #[tokio::test]
+async fn a_server_that_says_its_tools_changed_is_listed_again_before_the_next_model_call() {
+    let script = sequence(vec![
+        Turn::new()
+            .tool_use("t1", "mcp__wiki__search", json!({"q": "a"}))
+            .into(),
+        Turn::new()
+            .tool_use("t2", "mcp__wiki__grow", json!({}))
+            .into(),
+        Turn::new()
+            .tool_use("t3", "mcp__wiki__extra", json!({}))
+            .into(),
+        Reply::text("done"),
+    ]);
+    let (_fx, store, fake, hands, h) =
+        mcp_rig(script, &[("wiki", allow_all())], vec![], "grow the wiki").await;
+    hands.mcp_server(
+        "wiki",
+        vec![
+            mcp_tool("search", "Search wiki."),
+            mcp_tool("grow", "Adds a tool."),
+        ],
+    );
+    wake_idle(&h, "s", StopReason::EndTurn).await;
+    let reqs = fake.requests();
+    assert_eq!(reqs.len(), 4);
+    // Cached after the first listing: a call that changes nothing does not
+    // list again; the one whose reply says the list changed does.
+    assert!(!tool_names(&reqs[1].body).contains(&"mcp__wiki__extra".to_owned()));
+    assert!(
+        tool_names(&reqs[2].body).contains(&"mcp__wiki__extra".to_owned()),
+        "{:?}",
+        tool_names(&reqs[2].body)
+    );
+    let listings = hands.mcp_listings();
+    assert_eq!(
+        listings,
+        vec!["wiki".to_owned(), "wiki".to_owned()],
+        "{listings:?}"
+    );
+    let events = complete_log(&*store, "s").await;
+    let uses = of_type(&events, "agent.mcp_tool_use");
+    assert_eq!(uses.len(), 3);
+    let extra = mcp_result(&events, &uses[2].id);
+    assert_eq!(extra.body["is_error"], json!(false), "{}", text_of(extra));
+}
+
+#[tokio::test]
 async fn always_ask_waits_for_confirmation_and_a_denial_is_told_to_the_model() {
     let script = sequence(vec![
         Turn::new()

@@ -120,6 +120,7 @@ fn mcp_unavailable(request: Request, reason: &str) -> Response {
                 },
                 credential_id: None,
                 replayed: false,
+                tools_changed: false,
             },
         }),
     }

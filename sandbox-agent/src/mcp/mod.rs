@@ -422,6 +422,7 @@ fn failed(failure: McpFailure, message: String) -> McpReply {
         outcome: McpOutcome::Failed { failure, message },
         credential_id: None,
         replayed: false,
+        tools_changed: false,
     }
 }
 

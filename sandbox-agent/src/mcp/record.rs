@@ -140,6 +140,7 @@ pub fn unknown_reply(tool_use_id: &str, reason: &str) -> McpReply {
         },
         credential_id: None,
         replayed: true,
+        tools_changed: false,
     }
 }
 

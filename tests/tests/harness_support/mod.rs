@@ -815,7 +815,9 @@ impl RecordingHands {
     }
 
     /// What the scripted server answers: `image` returns an image block,
-    /// `fail` a server-side tool error, anything else a text naming the call.
+    /// `fail` a server-side tool error, `grow` adds a tool `extra` to its
+    /// server and says its tool list changed, anything else a text naming
+    /// the call.
     pub fn mcp_output_for(server: &str, tool: &str, arguments: &Value) -> McpToolOutput {
         let content = match tool {
             "image" => vec![json!({"type": "image", "source": {"type": "base64",
@@ -826,6 +828,7 @@ impl RecordingHands {
             content,
             is_error: tool == "fail",
             replayed: false,
+            tools_changed: tool == "grow",
         }
     }
 
@@ -1054,6 +1057,11 @@ impl Hands for RecordingHands {
         let run = async {
             let out = Self::mcp_output_for(&server.name, tool, arguments);
             let mut s = self.state.lock().unwrap();
+            if out.tools_changed {
+                if let Some(tools) = s.mcp.tools.get_mut(&server.name) {
+                    tools.push(mcp_tool("extra", "Appeared after grow."));
+                }
+            }
             s.mcp.executions.push(McpExecution {
                 tool_use_id: tool_use_id.to_owned(),
                 server: server.name.clone(),

@@ -33,6 +33,7 @@ pub mod validate;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -103,15 +104,18 @@ impl Default for McpConfig {
 #[error(transparent)]
 pub struct McpClientError(#[from] http::HttpClientError);
 
-/// Logs `notifications/tools/list_changed` (rmcp drops its cached
-/// `tools/list` answer on it, so the next list is fresh).
+/// Notes `notifications/tools/list_changed`: the session's next
+/// `tools/call` reply says `tools_changed` until it lists again, so the
+/// harness drops its cached list.
 #[derive(Debug, Clone)]
 struct Handler {
     server: String,
+    changed: Arc<AtomicBool>,
 }
 
 impl ClientHandler for Handler {
     async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.changed.store(true, Ordering::SeqCst);
         tracing::info!(server = %self.server, "mcp server: tool list changed");
     }
 }
@@ -120,6 +124,8 @@ type Service = RunningService<RoleClient, Handler>;
 
 struct Live {
     service: Service,
+    /// Set by the server's `tools/list_changed`, cleared by a `tools/list`.
+    changed: Arc<AtomicBool>,
     token: Arc<TokenSlot>,
     stream_error: Arc<Mutex<Option<String>>>,
 }
@@ -185,6 +191,7 @@ fn failed(code: McpFailure, message: impl Into<String>, credential_id: Option<St
         },
         credential_id,
         replayed: false,
+        tools_changed: false,
     }
 }
 
@@ -255,6 +262,7 @@ impl McpClient {
         let cred_id = t.credential.as_ref().map(|c| c.credential_id.clone());
         let r = self
             .run(&req.session_id, &t, |svc: Arc<Live>| async move {
+                svc.changed.store(false, Ordering::SeqCst);
                 svc.service.peer().list_all_tools().await
             })
             .await;
@@ -279,6 +287,7 @@ impl McpClient {
             outcome,
             credential_id: cred_id,
             replayed: false,
+            tools_changed: false,
         }
     }
 
@@ -305,11 +314,16 @@ impl McpClient {
             .run(&req.session_id, &t, |svc: Arc<Live>| {
                 let mut p = CallToolRequestParams::new(req.tool.clone());
                 p.arguments = arguments.clone();
-                async move { svc.service.peer().call_tool(p).await }
+                async move {
+                    let r = svc.service.peer().call_tool(p).await;
+                    r.map(|x| (x, svc.changed.load(Ordering::SeqCst)))
+                }
             })
             .await;
+        let mut tools_changed = false;
         let outcome = match r {
-            Ok(result) => {
+            Ok((result, changed)) => {
+                tools_changed = changed;
                 let content = serde_json::to_value(&result.content)
                     .ok()
                     .and_then(|v| v.as_array().cloned())
@@ -348,6 +362,7 @@ impl McpClient {
             outcome,
             credential_id: cred_id,
             replayed: false,
+            tools_changed,
         }
     }
 
@@ -465,8 +480,10 @@ impl McpClient {
             .max_sse_event_size(TRANSPORT_MAX_BYTES)
             .reinit_on_expired_session(true);
         let transport = StreamableHttpClientTransport::with_client(client, config);
+        let changed = Arc::new(AtomicBool::new(false));
         let handler = Handler {
             server: t.shown.clone(),
+            changed: changed.clone(),
         };
         let service = handler
             .serve(transport)
@@ -475,6 +492,7 @@ impl McpClient {
         tracing::info!(session_id, server = %t.shown, "mcp session initialized");
         let l = Arc::new(Live {
             service,
+            changed,
             token,
             stream_error,
         });
