@@ -106,23 +106,32 @@ impl Sandbox<'_> {
 
     /// Time `command` with the sandbox's clock (µs printed by bash).
     async fn timed(&mut self, command: &str) -> Result<Duration> {
-        let out = self
-            .sh(&format!(
-                "s=$(date +%s%N); {command} >/tmp/bench.out 2>&1 || {{ cat /tmp/bench.out; echo BENCH-FAILED; }}; e=$(date +%s%N); echo $(( (e - s) / 1000 ))"
-            ))
-            .await?;
-        if out.contains("BENCH-FAILED") {
-            bail!("{command}: {out}");
-        }
-        let us: u64 = out
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .trim()
-            .parse()
-            .with_context(|| format!("{command}: {out}"))?;
-        Ok(Duration::from_micros(us))
+        let out = self.sh(&timed_script(command)).await?;
+        timed_result(command, &out)
     }
+}
+
+/// `command` wrapped so the shell prints its duration in µs (or its output
+/// and `BENCH-FAILED`).
+fn timed_script(command: &str) -> String {
+    format!(
+        "s=$(date +%s%N); {command} >/tmp/bench.out 2>&1 || {{ cat /tmp/bench.out; echo BENCH-FAILED; }}; e=$(date +%s%N); echo $(( (e - s) / 1000 ))"
+    )
+}
+
+/// The duration [`timed_script`] printed.
+fn timed_result(command: &str, out: &str) -> Result<Duration> {
+    if out.contains("BENCH-FAILED") {
+        bail!("{command}: {out}");
+    }
+    let us: u64 = out
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .with_context(|| format!("{command}: {out}"))?;
+    Ok(Duration::from_micros(us))
 }
 
 /// A container of the default image on the host's network: the same
@@ -171,20 +180,8 @@ impl HostNetContainer {
 
     /// Time `command` with the container's clock, like [`Sandbox::timed`].
     fn timed(&self, command: &str) -> Result<Duration> {
-        let out = self.sh(&format!(
-            "s=$(date +%s%N); {command} >/tmp/bench.out 2>&1 || {{ cat /tmp/bench.out; echo BENCH-FAILED; }}; e=$(date +%s%N); echo $(( (e - s) / 1000 ))"
-        ))?;
-        if out.contains("BENCH-FAILED") {
-            bail!("{command}: {out}");
-        }
-        let us: u64 = out
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .trim()
-            .parse()
-            .with_context(|| format!("{command}: {out}"))?;
-        Ok(Duration::from_micros(us))
+        let out = self.sh(&timed_script(command))?;
+        timed_result(command, &out)
     }
 }
 
