@@ -26,7 +26,7 @@
 //! server's call log must count exactly the calls made.
 //!
 //! ```text
-//! CARGO_TARGET_DIR=/work/target-bench-mcp cargo build --release -p airlock-tests --bin bench-mcp -p sandbox-agent -p vault-bridge
+//! CARGO_TARGET_DIR=/work/target-bench-mcp cargo build --release -p airlock-tests -p sandbox-agent -p vault-bridge -p control-plane --bin bench-mcp --bin sandbox-agent --bin vault-bridge --bin control-plane
 //! /work/target-bench-mcp/release/bench-mcp [N]    # N sequential calls per side, default 200
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)]
