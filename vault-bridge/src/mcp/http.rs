@@ -9,6 +9,13 @@
 //! upstream_ca_files`, or Mozilla's roots), the same roots the egress proxy
 //! verifies upstream hosts with. No redirects are followed (a token is never
 //! carried to another URL). No proxy from the environment.
+//!
+//! Connection reuse: rmcp stops reading a POST's SSE answer as soon as the
+//! JSON-RPC response is in, often before the chunked body's last chunk has
+//! arrived; a body dropped unread makes hyper close the connection, so every
+//! call would pay a new TCP + TLS handshake. [`drain_when_dropped`] reads
+//! such a stream to its end (briefly, discarding) after rmcp lets go of it,
+//! and the connection goes back to the pool.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -160,6 +167,41 @@ fn outcome_of<T, E: std::error::Error + Send + Sync + 'static>(
     }
 }
 
+/// How long a POST's SSE answer is read on after its reader let go of it.
+const DRAIN_AFTER_DROP: Duration = Duration::from_millis(500);
+
+/// `stream`, read by a task that hands items over while the returned stream
+/// is held and, once it is dropped, reads the rest (at most
+/// [`DRAIN_AFTER_DROP`], items discarded) so the HTTP body ends and its
+/// connection can be reused.
+pub fn drain_when_dropped<T: Send + 'static>(
+    mut stream: BoxStream<'static, T>,
+) -> BoxStream<'static, T> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<T>(8);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                item = stream.next() => match item {
+                    Some(item) => {
+                        if tx.send(item).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => return,
+                },
+                () = tx.closed() => break,
+            }
+        }
+        let _ = tokio::time::timeout(DRAIN_AFTER_DROP, async {
+            while stream.next().await.is_some() {}
+        })
+        .await;
+    });
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
+}
+
 /// reqwest's [`StreamableHttpClient`] with the session's current bearer
 /// token and per-request audit.
 #[derive(Clone, Debug)]
@@ -238,7 +280,10 @@ impl StreamableHttpClient for BearerClient {
                         *lock(&slot) = Some(e.to_string());
                     }
                 });
-                Ok(StreamableHttpPostResponse::Sse(Box::pin(stream), sid))
+                Ok(StreamableHttpPostResponse::Sse(
+                    drain_when_dropped(Box::pin(stream)),
+                    sid,
+                ))
             }
             other => other,
         }
@@ -297,5 +342,42 @@ impl StreamableHttpClient for BearerClient {
             .await;
         self.audit.record("GET", outcome_of(&r, |_| 200));
         r
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[tokio::test]
+    async fn a_dropped_answer_is_read_to_its_end() {
+        let ended = Arc::new(AtomicBool::new(false));
+        let e = ended.clone();
+        // The response, then a slow end (the last chunk arriving late).
+        let inner = futures::stream::iter([1, 2])
+            .chain(futures::stream::once(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                e.store(true, Ordering::SeqCst);
+                3
+            }))
+            .boxed();
+        let mut s = drain_when_dropped(inner);
+        assert_eq!(s.next().await, Some(1));
+        drop(s);
+        let waited = tokio::time::timeout(Duration::from_secs(2), async {
+            while !ended.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "the rest of the stream was not read");
+    }
+
+    #[tokio::test]
+    async fn a_held_answer_passes_every_item_in_order() {
+        let s = drain_when_dropped(futures::stream::iter(0..100).boxed());
+        assert_eq!(s.collect::<Vec<_>>().await, (0..100).collect::<Vec<_>>());
     }
 }
