@@ -128,7 +128,7 @@ async fn mcp_calls_cross_control_plane_tunnel_agent_and_bridge() {
         .await
         .unwrap();
     match mcp_reply(r, &agent, &bridge).outcome {
-        McpOutcome::Tools { tools } => assert_eq!(tools.len(), 5, "{tools:?}"),
+        McpOutcome::Tools { tools } => assert_eq!(tools.len(), 6, "{tools:?}"),
         other => panic!("{other:?}"),
     }
 
