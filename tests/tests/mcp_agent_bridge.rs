@@ -108,7 +108,10 @@ async fn agent_bridge_and_server_call_at_most_once() {
         McpOutcome::Tools { tools } => {
             let mut names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
             names.sort();
-            assert_eq!(names, ["fail", "grow", "huge", "screenshot", "search", "slow"]);
+            assert_eq!(
+                names,
+                ["fail", "grow", "huge", "screenshot", "search", "slow"]
+            );
         }
         other => panic!("{other:?}\n{}", bridge.log()),
     }

@@ -79,7 +79,10 @@ fn tickets_needs_its_token_and_its_tools_answer() {
 
     let mut tools = s.list_tools_with(&s.url(), Some(s.token())).unwrap();
     tools.sort();
-    assert_eq!(tools, ["fail", "grow", "huge", "screenshot", "search", "slow"]);
+    assert_eq!(
+        tools,
+        ["fail", "grow", "huge", "screenshot", "search", "slow"]
+    );
 
     let no = s
         .post_rpc(
