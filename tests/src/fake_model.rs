@@ -561,6 +561,21 @@ pub async fn stdin_closed() {
     }
 }
 
+/// What a fake-model binary does once `fake` is up: print `base_url=…`
+/// (the line its parent waits for), serve until SIGTERM, Ctrl-C or stdin
+/// closes, then say how many requests it served as `name`.
+pub async fn serve_until_stopped(fake: &FakeModel, name: &str) -> std::io::Result<()> {
+    println!("base_url={}", fake.base_url());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+        () = stdin_closed() => {}
+    }
+    eprintln!("{name}: served {} requests", fake.request_count());
+    Ok(())
+}
+
 /// Decides the reply to each request.
 pub trait Script: Send + Sync + 'static {
     /// The reply to this request.

@@ -12,7 +12,9 @@
 //!
 //! Run: `cargo run -p airlock-tests --bin fake-model-mcp`
 
-use airlock_tests::fake_model::{content_text, stdin_closed, FakeModel, Reply, RequestCtx, Turn};
+use airlock_tests::fake_model::{
+    content_text, serve_until_stopped, FakeModel, Reply, RequestCtx, Turn,
+};
 use anyhow::Result;
 use serde_json::Value;
 
@@ -56,13 +58,6 @@ fn reply(req: &RequestCtx) -> Reply {
 #[tokio::main]
 async fn main() -> Result<()> {
     let fake = FakeModel::builder().start(reply).await?;
-    println!("base_url={}", fake.base_url());
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-        _ = stdin_closed() => {}
-    }
-    eprintln!("fake-model-mcp: served {} requests", fake.request_count());
+    serve_until_stopped(&fake, "fake-model-mcp").await?;
     Ok(())
 }

@@ -20,7 +20,7 @@
 
 use std::time::Duration;
 
-use airlock_tests::fake_model::{stdin_closed, FakeModel, Reply, RequestCtx, Turn};
+use airlock_tests::fake_model::{serve_until_stopped, FakeModel, Reply, RequestCtx, Turn};
 use anyhow::Result;
 use serde_json::json;
 
@@ -89,14 +89,7 @@ async fn main() -> Result<()> {
         .and_then(|v| v.parse::<u64>().ok())
         .map_or(Duration::ZERO, Duration::from_millis);
     let fake = FakeModel::builder().latency(latency).start(reply).await?;
-    println!("base_url={}", fake.base_url());
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        Ok(()) = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-        _ = stdin_closed() => {}
-    }
-    eprintln!("fake-model-sdk: served {} requests", fake.request_count());
+    serve_until_stopped(&fake, "fake-model-sdk").await?;
     // The stdin reader is a blocking thread the runtime would wait for.
     std::process::exit(0)
 }
