@@ -26,6 +26,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod agent;
+pub mod audit_key;
 pub mod ca;
 pub mod csr;
 pub mod danger;

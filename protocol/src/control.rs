@@ -50,6 +50,10 @@ pub enum ControlMessage {
         /// Why.
         error: CallError,
     },
+    /// Agent -> control plane: the agent's audit condition and latest signed
+    /// checkpoint (sent on connect, on every new checkpoint and when the
+    /// condition changes). See [`crate::audit`].
+    AuditStatus(crate::audit::AuditStatus),
     /// A message type this build does not know; ignored.
     #[serde(other)]
     Unknown,

@@ -9,6 +9,7 @@
 
 #[macro_use]
 mod codes;
+pub mod audit;
 pub mod bridge;
 pub mod call;
 pub mod control;
