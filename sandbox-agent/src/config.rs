@@ -38,6 +38,10 @@ pub struct RawConfig {
     /// `[bridge]`: the local vault-bridge's egress channel (absent: none).
     #[serde(default)]
     pub bridge: Option<crate::sandbox::config::RawBridge>,
+    /// `[audit]`: the audit record (dir, rotation, checkpoints, detail,
+    /// outputs store, syslog shipping).
+    #[serde(default)]
+    pub audit: crate::audit::config::RawAudit,
 }
 
 /// Validated agent configuration.
@@ -57,6 +61,8 @@ pub struct Config {
     pub identity: crate::identity::config::IdentityConfig,
     /// `[tunnel]`.
     pub tunnel: crate::connect::config::TunnelConfig,
+    /// `[audit]`.
+    pub audit: crate::audit::AuditSettings,
 }
 
 /// Default data directory.
@@ -96,6 +102,7 @@ impl daemon::DaemonConfig for Config {
             crate::identity::config::ControlPlaneConfig::from_raw(raw.control_plane)?;
         let identity = crate::identity::config::IdentityConfig::from_raw(raw.identity, &data_dir);
         let tunnel = crate::connect::config::TunnelConfig::from_raw(raw.tunnel)?;
+        let audit = crate::audit::AuditSettings::from_raw(raw.audit, &data_dir)?;
         Ok(Self {
             data_dir,
             control_plane,
@@ -104,6 +111,7 @@ impl daemon::DaemonConfig for Config {
             sandbox,
             policy,
             pool,
+            audit,
         })
     }
 }
