@@ -149,6 +149,7 @@ impl AuditLog {
             source,
         })?;
         let TailState {
+            torn,
             seq,
             hash,
             since_checkpoint,
@@ -163,6 +164,16 @@ impl AuditLog {
                 path: path.clone(),
                 source,
             })?;
+        if let Some((offset, _)) = torn {
+            // A write cut short by a crash: no whole line, never covered by
+            // a checkpoint. Cut it; the first line written says so.
+            file.set_len(offset)
+                .and_then(|()| file.sync_data())
+                .map_err(|source| AuditError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+        }
         let len = file
             .metadata()
             .map_err(|source| AuditError::Io {
@@ -197,6 +208,17 @@ impl AuditLog {
             outputs: OnceLock::new(),
         });
         let log = Self { path, shared };
+        if let Some((offset, cut)) = torn {
+            tracing::warn!(path = %log.path.display(), offset, bytes = cut, "audit log: cut a partial last line left by a crash");
+            log.try_record(AuditEvent {
+                call: "audit_recovered".to_owned(),
+                outcome: "torn_line_cut".to_owned(),
+                detail: Some(format!(
+                    "a partial last line of {cut} bytes (a write cut short) was cut at byte {offset} of {CURRENT_FILE}"
+                )),
+                ..Default::default()
+            })?;
+        }
         log.open_outputs(settings)?;
         tracing::info!(path = %log.path.display(), seq, "audit log open");
         Ok(log)
@@ -273,7 +295,7 @@ impl AuditLog {
             && w.last_checkpoint_at.elapsed() >= w.settings.checkpoint_interval
         {
             let result = w.checkpoint();
-            self.publish(&mut w, result.as_ref().map(|_| ()));
+            self.publish_checkpoint(&mut w, &result);
         }
     }
 
@@ -344,7 +366,7 @@ impl AuditLog {
         self.publish(&mut w, Ok(()));
         if w.signer.is_some() && w.since_checkpoint >= w.settings.checkpoint_every_records {
             let result = w.checkpoint();
-            self.publish(&mut w, result.as_ref().map(|_| ()));
+            self.publish_checkpoint(&mut w, &result);
         }
         if w.len >= w.settings.rotate_bytes {
             match w.rotate() {
@@ -364,7 +386,7 @@ impl AuditLog {
     pub fn checkpoint_now(&self) -> Result<Option<AuditCheckpoint>, AuditError> {
         let mut w = self.lock();
         let result = w.checkpoint();
-        self.publish(&mut w, result.as_ref().map(|_| ()));
+        self.publish_checkpoint(&mut w, &result);
         result
     }
 
@@ -378,21 +400,42 @@ impl AuditLog {
         self.shared.status.subscribe()
     }
 
+    /// [`AuditLog::publish`] after a checkpoint attempt: a checkpoint that
+    /// was not needed wrote nothing and leaves the health as it is.
+    fn publish_checkpoint(
+        &self,
+        w: &mut Writer,
+        result: &Result<Option<AuditCheckpoint>, AuditError>,
+    ) {
+        match result {
+            Ok(Some(_)) => self.publish(w, Ok(())),
+            Ok(None) => self.publish_inner(w, None),
+            Err(e) => self.publish(w, Err(e)),
+        }
+    }
+
     /// Update the status after a write (`Ok`) or a failure (`Err`); called
     /// under the writer lock so updates are ordered.
     fn publish(&self, w: &mut Writer, outcome: Result<(), &AuditError>) {
+        self.publish_inner(w, Some(outcome))
+    }
+
+    /// `outcome` `None`: no write was attempted (only a pending checkpoint
+    /// is published).
+    fn publish_inner(&self, w: &mut Writer, outcome: Option<Result<(), &AuditError>>) {
         let checkpoint = w.take_published();
         self.shared.status.send_if_modified(|st| {
             let mut changed = false;
             match &outcome {
-                Ok(()) if !st.healthy => {
+                None => {}
+                Some(Ok(())) if !st.healthy => {
                     tracing::info!(path = %self.path.display(), "audit log writable again");
                     st.healthy = true;
                     st.problem = None;
                     changed = true;
                 }
-                Ok(()) => {}
-                Err(e) => {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
                     let problem = e.to_string();
                     if st.healthy || st.problem.as_deref() != Some(problem.as_str()) {
                         tracing::error!(path = %self.path.display(), error = %problem, "audit log unhealthy: calls are refused");

@@ -54,6 +54,9 @@ pub struct VerifyReport {
 /// Where the writer resumes.
 #[derive(Debug)]
 pub(crate) struct TailState {
+    /// (offset, length) of a partial last line of `audit.jsonl` (a write
+    /// cut short by a crash), to be cut and recorded by the writer.
+    pub torn: Option<(u64, u64)>,
     pub seq: u64,
     pub hash: String,
     pub since_checkpoint: u64,
@@ -74,6 +77,11 @@ struct Verifier<'a> {
     last_is_checkpoint: bool,
     /// Lines after the last checkpoint line.
     since_checkpoint: u64,
+    /// Accept a last line without its newline (the writer's open after a
+    /// crash) instead of failing; it is reported in `torn`.
+    allow_torn_tail: bool,
+    /// (offset, length) of such a torn last line.
+    torn: Option<(u64, u64)>,
 }
 
 impl<'a> Verifier<'a> {
@@ -98,6 +106,8 @@ impl<'a> Verifier<'a> {
             prev,
             last_is_checkpoint: false,
             since_checkpoint: 0,
+            allow_torn_tail: false,
+            torn: None,
         }
     }
 
@@ -111,12 +121,18 @@ impl<'a> Verifier<'a> {
         let mut reader = BufReader::with_capacity(1 << 20, file);
         let mut buf = Vec::with_capacity(4096);
         let mut line_no = 0usize;
+        let mut offset = 0u64;
         loop {
             buf.clear();
             let n = reader.read_until(b'\n', &mut buf).map_err(io)?;
             if n == 0 {
                 break;
             }
+            if self.allow_torn_tail && segment_seq.is_none() && !buf.ends_with(b"\n") {
+                self.torn = Some((offset, n as u64));
+                break;
+            }
+            offset += n as u64;
             line_no += 1;
             let broken = |seq: u64, reason: String| AuditError::Broken {
                 path: path.to_owned(),
@@ -354,10 +370,12 @@ pub(crate) fn tail_state(dir: &Path) -> Result<TailState, AuditError> {
     let opts = VerifyOptions::default();
     let mut v = Verifier::new(&opts, seq, hash);
     v.last_is_checkpoint = last_is_checkpoint;
+    v.allow_torn_tail = true;
     if current.exists() {
         v.file(&current, None)?;
     }
     Ok(TailState {
+        torn: v.torn,
         seq: v.seq,
         hash: v.prev,
         since_checkpoint: v.since_checkpoint,
