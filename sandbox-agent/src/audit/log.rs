@@ -351,8 +351,10 @@ impl AuditLog {
     /// is larger than `rotate_bytes`. With `detail = "outcomes"` the input,
     /// output and redaction count are left out.
     pub fn try_record(&self, event: AuditEvent) -> Result<u64, AuditError> {
+        // Scrub outside the lock: inputs can be large (a `write` call's content).
+        let detail = self.lock().settings.detail;
+        let event = prepare(detail, event);
         let mut w = self.lock();
-        let event = w.prepare(event);
         let result = w.append(&event);
         let seq = match result {
             Ok(seq) => seq,
@@ -471,6 +473,45 @@ fn load_signer(
     }))
 }
 
+/// Apply the detail level and run the token patterns over the input and
+/// the free-text fields (`detail`, `decision.reason`).
+fn prepare(detail: Detail, mut event: AuditEvent) -> AuditEvent {
+    let scrubber = super::scrub::Scrubber::global();
+    let mut found = 0u32;
+    for text in [
+        event.detail.as_mut(),
+        event.decision.as_mut().and_then(|d| d.reason.as_mut()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let (out, n) = scrubber.scrub_str(text);
+        if n > 0 {
+            *text = out.into_owned();
+            found = found.saturating_add(n);
+        }
+    }
+    match detail {
+        Detail::Full => {
+            event.v = Some(FORMAT_VERSION);
+            if let Some(input) = event.input.as_mut() {
+                found = found.saturating_add(scrubber.scrub(input));
+            }
+            if found > 0 {
+                event.redactions = Some(event.redactions.unwrap_or(0).saturating_add(found));
+            }
+        }
+        Detail::Outcomes => {
+            event.v = None;
+            event.input = None;
+            event.output = None;
+            event.redactions = None;
+            event.checkpoint = None;
+        }
+    }
+    event
+}
+
 impl Writer {
     fn io(&self, source: std::io::Error) -> AuditError {
         AuditError::Io {
@@ -483,30 +524,6 @@ impl Writer {
     /// published.
     fn take_published(&mut self) -> Option<AuditCheckpoint> {
         self.unpublished.take()
-    }
-
-    /// Apply the detail level and scrub the input.
-    fn prepare(&self, mut event: AuditEvent) -> AuditEvent {
-        match self.settings.detail {
-            Detail::Full => {
-                event.v = Some(FORMAT_VERSION);
-                if let Some(input) = event.input.as_mut() {
-                    let found = super::scrub::Scrubber::global().scrub(input);
-                    if found > 0 {
-                        event.redactions =
-                            Some(event.redactions.unwrap_or(0).saturating_add(found));
-                    }
-                }
-            }
-            Detail::Outcomes => {
-                event.v = None;
-                event.input = None;
-                event.output = None;
-                event.redactions = None;
-                event.checkpoint = None;
-            }
-        }
-        event
     }
 
     /// Write one line; cut back on failure.

@@ -95,7 +95,12 @@ impl OutputStore {
         }
         let parent = path.parent().unwrap_or(&self.dir).to_owned();
         std::fs::create_dir_all(&parent).map_err(io(&parent))?;
-        let tmp = parent.join(format!(".{}.tmp", &sha[2..]));
+        // unique per writer: two calls storing the same content at once
+        let tmp = parent.join(format!(
+            ".{}.{}.tmp",
+            &sha[2..],
+            uuid::Uuid::new_v4().simple()
+        ));
         {
             let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
             if let Err(e) = f.write_all(content) {

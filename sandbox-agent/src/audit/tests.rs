@@ -171,6 +171,7 @@ fn bash(i: u64) -> AuditEvent {
             ..Default::default()
         }),
         outcome: "started".into(),
+        detail: Some("image airlock-sandbox:latest".into()),
         ..Default::default()
     }
 }
@@ -320,4 +321,25 @@ fn a_partial_last_line_from_a_crash_is_cut_and_recorded_at_open() {
     assert!(last.contains(&format!("{} bytes", partial.len())), "{last}");
     assert_eq!(log.try_record(bash(4)).unwrap(), 4);
     verify_dir(dir.path(), &VerifyOptions::default()).unwrap();
+}
+
+#[test]
+fn free_text_fields_are_scrubbed_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path()).unwrap();
+    let mut ev = bash(1);
+    ev.input = None;
+    ev.detail = Some("pull failed for https://bot:hunter2-pass@registry.example.com/img".into());
+    ev.decision = Some(Decision {
+        allowed: false,
+        rule: Some("tools.deny".into()),
+        reason: Some("command sets AWS key AKIAIOSFODNN7EXAMPLE".into()),
+    });
+    log.try_record(ev).unwrap();
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    assert!(
+        !text.contains("hunter2-pass") && !text.contains("AKIAIOSFODNN7EXAMPLE"),
+        "{text}"
+    );
+    assert!(text.contains("\"redactions\":2"), "{text}");
 }
