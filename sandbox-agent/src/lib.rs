@@ -9,6 +9,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod audit;
+pub mod audit_cmd;
 pub mod config;
 pub mod connect;
 pub mod identity;

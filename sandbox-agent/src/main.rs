@@ -29,6 +29,11 @@ enum Command {
     Enroll(EnrollFlags),
     /// Run the agent: dial the control plane and serve its calls until SIGTERM.
     Run,
+    /// The audit log: verify, public-key, show, tail, export, ship.
+    Audit {
+        #[command(subcommand)]
+        command: sandbox_agent::audit_cmd::cli::AuditCommand,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -103,7 +108,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig => daemon::config_ok(&config),
         Command::Enroll(flags) => enroll(&config, flags),
-        Command::Run => run(config),
+        Command::Run => run(config, &cli.global),
+        Command::Audit { command } => sandbox_agent::audit_cmd::cli::run(command, &config),
     }
 }
 
@@ -113,14 +119,52 @@ fn main() -> ExitCode {
 /// keeps a call's hops (QUIC driver, stream, handler) on one core: on
 /// `bench-tunnel` this cut the QUIC echo p50 from 0.103 to 0.075 ms against a
 /// two-worker runtime, and the agent idles at a few MiB.
-fn run(config: Config) -> ExitCode {
+///
+/// With `[audit.syslog]`, the audit shipper runs as a child process
+/// (`audit ship`, see `sandbox_agent::audit_cmd::child`) that outlives a
+/// killed agent just long enough to finish its batch.
+fn run(config: Config, global: &daemon::GlobalArgs) -> ExitCode {
+    use sandbox_agent::audit_cmd::child;
+    let shipper = if child::wanted(&config) {
+        let spec = child::ChildSpec {
+            config: global.config.clone(),
+            global_args: log_format_args(global),
+        };
+        match child::ShipperChild::start(spec) {
+            Ok(c) => Some(c),
+            Err(error) => {
+                tracing::error!(%error, "audit shipper child could not be started");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(8)
         .enable_all()
         .build();
-    daemon::block_on(runtime, async move {
+    let code = daemon::block_on(runtime, async move {
         exit_code(sandbox_agent::connect::run(config).await)
-    })
+    });
+    if let Some(shipper) = shipper {
+        shipper.stop(SHIPPER_STOP_DEADLINE);
+    }
+    code
+}
+
+/// How long `run` waits at exit for its shipper child to drain (its drain
+/// stops after 10 s; the agent unit's TimeoutStopSec is 30 s).
+const SHIPPER_STOP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(12);
+
+/// `--log-format <the agent's>` for a child of this binary.
+fn log_format_args(global: &daemon::GlobalArgs) -> Vec<String> {
+    use clap::ValueEnum as _;
+    global
+        .log_format
+        .to_possible_value()
+        .map(|v| vec!["--log-format".to_owned(), v.get_name().to_owned()])
+        .unwrap_or_default()
 }
 
 /// How `run` ended, as its exit code.
