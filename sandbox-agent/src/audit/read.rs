@@ -262,7 +262,7 @@ impl Reader {
                 path: cur.path.clone(),
                 source,
             };
-            let n = cur.reader.read_until(b'\n', &mut cur.partial).map_err(io)?;
+            cur.reader.read_until(b'\n', &mut cur.partial).map_err(io)?;
             if cur.partial.ends_with(b"\n") {
                 let mut raw = std::mem::take(&mut cur.partial);
                 cur.offset += raw.len() as u64;
@@ -281,7 +281,6 @@ impl Reader {
                 }
                 return Ok(Some((raw, cur.path.clone(), cur.line)));
             }
-            debug_assert!(n == 0 || !cur.partial.is_empty());
             // End of the file for now.
             if cur.segment.is_some() {
                 // A segment is complete: go on with the next file.
