@@ -275,14 +275,24 @@ impl AuditLog {
                     path: path.clone(),
                     shared,
                 };
-                log.tick();
-                if last_retention.elapsed() >= Duration::from_secs(3600) {
+                let retention = last_retention.elapsed() >= Duration::from_secs(3600);
+                if retention {
                     last_retention = Instant::now();
-                    if let Some(store) = log.outputs() {
+                }
+                // A checkpoint syncs the file and retention walks a
+                // directory: off the async workers.
+                let done = tokio::task::spawn_blocking(move || {
+                    log.tick();
+                    if let Some(store) = log.outputs().filter(|_| retention) {
                         if let Err(error) = store.retain() {
                             tracing::warn!(%error, "audit outputs retention failed");
                         }
                     }
+                })
+                .await;
+                if let Err(error) = done {
+                    tracing::error!(%error, "audit checkpoint task stopped");
+                    break;
                 }
             }
         });
