@@ -5,10 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use super::log::{parse_time, Filter};
+use super::log::parse_time;
 use super::ship::{self, ShipOptions, ShipSettings};
 use super::show::{self, ExportFormat, Format};
 use super::{exit_code, ocsf, verify, AuditCmdError};
+use crate::audit::Filter;
 use crate::config::Config;
 
 /// `sandbox-agent audit …`.
@@ -76,7 +77,7 @@ pub struct FilterArgs {
     /// Only records written at or after this time (RFC 3339).
     #[arg(long)]
     since: Option<String>,
-    /// Only records written before this time (RFC 3339).
+    /// Only records written at or before this time (RFC 3339).
     #[arg(long)]
     until: Option<String>,
 }

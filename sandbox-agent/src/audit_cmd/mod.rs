@@ -74,6 +74,9 @@ pub enum AuditCmdError {
         /// Why it is refused.
         reason: String,
     },
+    /// The audit log could not be read.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
     /// The audit signing key could not be loaded.
     #[error(transparent)]
     Key(#[from] pki::audit_key::AuditKeyError),

@@ -396,9 +396,9 @@ fn watch_stop(stop: &CancellationToken, drain: &CancellationToken, stdin: bool) 
 /// still has the cursor's hash.
 fn resume(dir: &Path, cursor: &Cursor) -> Result<LogReader, AuditCmdError> {
     if cursor.seq == 0 {
-        return LogReader::open(dir, 1, true);
+        return Ok(LogReader::strict(dir, 1, None));
     }
-    let mut reader = LogReader::open(dir, cursor.seq, true)?;
+    let mut reader = LogReader::strict(dir, cursor.seq, None);
     match reader.next_record()? {
         Some(rec) if rec.hash() == cursor.hash => Ok(reader),
         Some(rec) => Err(ShipError::CursorMismatch {

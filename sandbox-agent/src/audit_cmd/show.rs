@@ -7,8 +7,9 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use super::log::{Filter, LogReader, Record};
+use super::log::{LogReader, Record};
 use super::{ocsf, print_line, AuditCmdError};
+use crate::audit::Filter;
 
 /// How records are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -39,14 +40,12 @@ pub fn show(
     format: Format,
     out: &mut impl Write,
 ) -> Result<(), AuditCmdError> {
-    let mut reader = LogReader::open(dir, 0, false)?;
+    let mut reader = LogReader::open(dir, 0, filter.clone());
     if format == Format::Table {
         print_line(out, &table_header())?;
     }
     while let Some(rec) = reader.next_record()? {
-        if filter.matches(&rec) {
-            print_record(&rec, format, out)?;
-        }
+        print_record(&rec, format, out)?;
     }
     out.flush().map_err(|_| AuditCmdError::StdoutClosed)
 }
@@ -61,10 +60,10 @@ pub fn tail(
     follow: bool,
     out: &mut impl Write,
 ) -> Result<(), AuditCmdError> {
-    let mut reader = LogReader::open(dir, 0, false)?;
+    let mut reader = LogReader::open(dir, 0, filter.clone());
     let mut last: VecDeque<Record> = VecDeque::with_capacity(n.min(4096));
     while let Some(rec) = reader.next_record()? {
-        if n > 0 && filter.matches(&rec) {
+        if n > 0 {
             if last.len() == n {
                 last.pop_front();
             }
@@ -84,10 +83,8 @@ pub fn tail(
     loop {
         let mut any = false;
         while let Some(rec) = reader.next_record()? {
-            if filter.matches(&rec) {
-                print_record(&rec, format, out)?;
-                any = true;
-            }
+            print_record(&rec, format, out)?;
+            any = true;
         }
         if any {
             out.flush().map_err(|_| AuditCmdError::StdoutClosed)?;
@@ -104,12 +101,9 @@ pub fn export(
     source: &ocsf::Source,
     out: &mut impl Write,
 ) -> Result<(), AuditCmdError> {
-    let mut reader = LogReader::open(dir, 0, false)?;
+    let mut reader = LogReader::open(dir, 0, filter.clone());
     let mut buf = std::io::BufWriter::new(out);
     while let Some(rec) = reader.next_record()? {
-        if !filter.matches(&rec) {
-            continue;
-        }
         match format {
             ExportFormat::Jsonl => print_line(&mut buf, &rec.raw)?,
             ExportFormat::Ocsf => print_line(&mut buf, &ocsf::event(&rec, source).to_string())?,
