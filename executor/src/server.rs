@@ -76,6 +76,7 @@ impl<W: Write> Sink<W> {
                 id,
                 is_error: o.is_error,
                 content_bytes: body.len() as u64,
+                exit_code: o.exit_code,
             },
             &body,
         )
@@ -130,6 +131,7 @@ fn run_bash(
     Output {
         content: vec![serde_json::json!({"type": "text", "text": text})],
         is_error: o.is_error,
+        exit_code: o.exit_code,
     }
 }
 

@@ -30,6 +30,9 @@ pub struct BashOutcome {
     pub text: String,
     /// True when the tool failed (non-zero status, timeout, shell died).
     pub is_error: bool,
+    /// The command's exit status, when it ran to its end (not on a timeout
+    /// or a dead shell).
+    pub exit_code: Option<i32>,
 }
 
 /// Settings of a shell.
@@ -192,6 +195,7 @@ impl Shell {
             return BashOutcome {
                 text: "command contains a NUL byte".into(),
                 is_error: true,
+                exit_code: None,
             };
         }
         let token = random_token();
@@ -203,6 +207,7 @@ impl Shell {
                 return BashOutcome {
                     text: format!("cannot start {}: {e}", cfg.shell_path),
                     is_error: true,
+                    exit_code: None,
                 }
             }
         };
@@ -221,6 +226,7 @@ impl Shell {
             return BashOutcome {
                 text: format!("the shell is gone ({e}); a new shell starts on the next call"),
                 is_error: true,
+                exit_code: None,
             };
         }
 
@@ -279,6 +285,7 @@ impl Shell {
                 BashOutcome {
                     text,
                     is_error: code != 0,
+                    exit_code: Some(code),
                 }
             }
             Err(why) => {
@@ -311,6 +318,7 @@ impl Shell {
                 BashOutcome {
                     text,
                     is_error: true,
+                    exit_code: None,
                 }
             }
         }

@@ -18,6 +18,8 @@ pub struct Output {
     pub content: Vec<Value>,
     /// Whether the tool failed.
     pub is_error: bool,
+    /// The command's exit status (`bash` only, when it ran to its end).
+    pub exit_code: Option<i32>,
 }
 
 impl Output {
@@ -26,6 +28,7 @@ impl Output {
         Self {
             content: vec![json!({"type": "text", "text": text.into()})],
             is_error: false,
+            exit_code: None,
         }
     }
     /// A tool error.
@@ -33,6 +36,7 @@ impl Output {
         Self {
             content: vec![json!({"type": "text", "text": text.into()})],
             is_error: true,
+            exit_code: None,
         }
     }
 }
@@ -166,6 +170,7 @@ pub fn read(s: &ExecutorSettings, input: &Value) -> Output {
                 json!({"type": "image", "source": {"type": "base64", "media_type": mt, "data": data}}),
             ],
             is_error: false,
+            exit_code: None,
         };
     }
     if bytes.starts_with(b"%PDF-") {
@@ -175,6 +180,7 @@ pub fn read(s: &ExecutorSettings, input: &Value) -> Output {
                 json!({"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": data}}),
             ],
             is_error: false,
+            exit_code: None,
         };
     }
     if is_binary(&bytes) {

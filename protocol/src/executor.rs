@@ -88,6 +88,11 @@ pub enum FromExecutor {
         is_error: bool,
         /// Length of the JSON content body that follows.
         content_bytes: u64,
+        /// The command's exit status (`bash` only, when the command ran to
+        /// its end; absent on a timeout, a dead shell or a file tool). Absent
+        /// from older executors: decoding defaults it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
     },
     /// Answer to `Configure`.
     Configured {
@@ -188,9 +193,28 @@ mod tests {
             id: 7,
             is_error: true,
             content_bytes: 3,
+            exit_code: Some(2),
         };
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<FromExecutor>(&s).unwrap(), r);
+        // An older executor sends no exit_code; an older agent ignores it.
+        let old: FromExecutor =
+            serde_json::from_str(r#"{"type":"result","id":7,"is_error":false,"content_bytes":3}"#)
+                .unwrap();
+        assert!(matches!(
+            old,
+            FromExecutor::Result {
+                exit_code: None,
+                ..
+            }
+        ));
+        let none = FromExecutor::Result {
+            id: 1,
+            is_error: false,
+            content_bytes: 0,
+            exit_code: None,
+        };
+        assert!(!serde_json::to_string(&none).unwrap().contains("exit_code"));
     }
 
     #[test]

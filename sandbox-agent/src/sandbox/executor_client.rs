@@ -40,6 +40,9 @@ pub struct CallResult {
     pub is_error: bool,
     /// Content blocks.
     pub content: Vec<serde_json::Value>,
+    /// The command's exit status (`bash`, when it ran to its end and the
+    /// executor is recent enough to say).
+    pub exit_code: Option<i32>,
 }
 
 type Writer = Pin<Box<dyn AsyncWrite + Send>>;
@@ -263,6 +266,7 @@ enum Partial {
     Result {
         id: u64,
         is_error: bool,
+        exit_code: Option<i32>,
         left: usize,
         buf: BytesMut,
     },
@@ -383,10 +387,12 @@ fn handle_frame(
                     id,
                     is_error,
                     content_bytes,
+                    exit_code,
                 } => {
                     let p = Partial::Result {
                         id,
                         is_error,
+                        exit_code,
                         left: content_bytes as usize,
                         buf: BytesMut::new(),
                     };
@@ -424,7 +430,11 @@ fn complete(p: Partial, shared: &Shared) -> Result<(), CallError> {
             }
         }
         Partial::Result {
-            id, is_error, buf, ..
+            id,
+            is_error,
+            exit_code,
+            buf,
+            ..
         } => {
             let content: Vec<serde_json::Value> = if buf.is_empty() {
                 Vec::new()
@@ -433,7 +443,11 @@ fn complete(p: Partial, shared: &Shared) -> Result<(), CallError> {
                     .map_err(|e| CallError::Protocol(format!("result content: {e}")))?
             };
             if let Some(p) = shared.lock().calls.remove(&id) {
-                let _ = p.done.send(Ok(CallResult { is_error, content }));
+                let _ = p.done.send(Ok(CallResult {
+                    is_error,
+                    content,
+                    exit_code,
+                }));
             }
         }
     }
