@@ -9,12 +9,21 @@
 //!                   PutCredential | ForgetCredential | PutSessionToken | ForgetSessionToken
 //!                   SubscribeAudit{after_seq}
 //!                   McpListTools | McpCallTool | McpValidate        (crate::mcp)
+//!                   Scrub{id, value}
 //! bridge -> agent:  HelloAccepted{version, software_version} | Error{code: unsupported_version,..}
 //!                   EgressOpened{socket_path, env}   EgressClosed{existed}
 //!                   Health{backend, message}    Relayed{held}    Error{code, message}
 //!                   AuditRecord{..}*   (only after SubscribeAudit)
 //!                   Mcp(McpReply)   McpValidated(McpValidation)
+//!                   Scrubbed{id, value, redactions}
 //! ```
+//!
+//! `Scrub` asks the bridge to replace, in every string of a JSON value, each
+//! secret value it currently knows (raw, URL-encoded and base64 forms) with
+//! `[redacted:<credential id or kind>]`, so the agent can keep tool inputs
+//! and outputs in its audit record without ever holding the secrets. The
+//! request and the answer each fit one frame; an answer that would not is
+//! refused with [`BridgeErrorCode::TooLarge`].
 //!
 //! The relay messages ([`crate::relay`]) are what the control plane sent the
 //! agent over the tunnel, forwarded unchanged. `SubscribeAudit` turns the
@@ -110,6 +119,14 @@ pub enum ToBridge {
     McpCallTool(McpCallTool),
     /// Probe an MCP credential (answered with `McpValidated`).
     McpValidate(McpValidate),
+    /// Replace every secret value the bridge knows in the strings of
+    /// `value` (answered with `Scrubbed`).
+    Scrub {
+        /// Caller-chosen id, echoed in the answer.
+        id: u64,
+        /// Any JSON value (a tool input, a result's content blocks).
+        value: serde_json::Value,
+    },
     /// A request type this build does not know.
     #[serde(other)]
     Unknown,
@@ -173,6 +190,15 @@ pub enum FromBridge {
     Mcp(McpReply),
     /// Answer to `McpValidate`.
     McpValidated(McpValidation),
+    /// Answer to `Scrub`: the value with every known secret replaced.
+    Scrubbed {
+        /// The request's id.
+        id: u64,
+        /// The scrubbed value (same shape as the request's).
+        value: serde_json::Value,
+        /// How many occurrences were replaced.
+        redactions: u32,
+    },
     /// The request failed.
     Error {
         /// What kind of failure.
@@ -220,6 +246,8 @@ code_enum! {
         Backend => "backend",
         /// A relay message named an invalid id, field or URL.
         InvalidRelay => "invalid_relay",
+        /// The answer would not fit one frame (a `Scrub` of a value too large).
+        TooLarge => "too_large",
     }
 }
 
@@ -364,6 +392,10 @@ mod tests {
                 sandbox_id: "sbx_1".into(),
             },
             ToBridge::Health,
+            ToBridge::Scrub {
+                id: 9,
+                value: serde_json::json!({"command": "echo hi", "n": [1, "x"]}),
+            },
         ] {
             assert_eq!(ToBridge::decode(&through_codec(&m)).unwrap(), m);
         }
@@ -390,6 +422,12 @@ mod tests {
             },
             FromBridge::error(BridgeErrorCode::InvalidSandboxId, "bad"),
             FromBridge::Relayed { held: true },
+            FromBridge::Scrubbed {
+                id: 9,
+                value: serde_json::json!({"command": "echo [redacted:vcrd_1]"}),
+                redactions: 1,
+            },
+            FromBridge::error(BridgeErrorCode::TooLarge, "too large"),
             FromBridge::AuditRecord(CredentialUse {
                 seq: 3,
                 at: "2026-12-06T14:00:00Z".into(),

@@ -101,6 +101,8 @@ struct State {
     relay: Option<Arc<crate::relay::Relay>>,
     audit: Option<Arc<crate::audit_journal::AuditJournal>>,
     mcp: Option<Arc<crate::mcp::McpClient>>,
+    /// The values `Scrub` replaces (see [`crate::scrub`]).
+    known: crate::scrub::KnownSecrets,
 }
 
 /// The bound agent channel, ready to [`run`](AgentChannel::run).
@@ -159,6 +161,7 @@ impl AgentChannel {
             state: Arc::new(State {
                 allowed_uids,
                 listeners,
+                known: crate::scrub::KnownSecrets::new(backend.clone()),
                 backend,
                 relay: None,
                 audit: None,
@@ -179,6 +182,11 @@ impl AgentChannel {
     /// `relay`; without it they are refused as unsupported.
     pub fn with_relay(mut self, relay: Arc<crate::relay::Relay>) -> Self {
         if let Some(state) = Arc::get_mut(&mut self.state) {
+            let known = std::mem::replace(
+                &mut state.known,
+                crate::scrub::KnownSecrets::new(state.backend.clone()),
+            );
+            state.known = known.with_relay(relay.clone());
             state.relay = Some(relay);
         }
         self
@@ -188,6 +196,11 @@ impl AgentChannel {
     /// as unsupported.
     pub fn with_mcp(mut self, client: Arc<crate::mcp::McpClient>) -> Self {
         if let Some(state) = Arc::get_mut(&mut self.state) {
+            let known = std::mem::replace(
+                &mut state.known,
+                crate::scrub::KnownSecrets::new(state.backend.clone()),
+            );
+            state.known = known.with_mcp(client.clone());
             state.mcp = Some(client);
         }
         self
@@ -423,7 +436,11 @@ async fn handle(request: ToBridge, state: &State) -> FromBridge {
             FromBridge::error(BridgeErrorCode::Malformed, "hello was already exchanged")
         }
         ToBridge::PutCredential(p) => match &state.relay {
-            Some(r) => r.put_credential(&p).await,
+            Some(r) => {
+                let answer = r.put_credential(&p).await;
+                state.known.invalidate().await;
+                answer
+            }
             None => no_relay(),
         },
         ToBridge::ForgetCredential(f) => match &state.relay {
@@ -431,7 +448,11 @@ async fn handle(request: ToBridge, state: &State) -> FromBridge {
             None => no_relay(),
         },
         ToBridge::PutSessionToken(p) => match &state.relay {
-            Some(r) => r.put_session_token(&p).await,
+            Some(r) => {
+                let answer = r.put_session_token(&p).await;
+                state.known.invalidate().await;
+                answer
+            }
             None => no_relay(),
         },
         ToBridge::ForgetSessionToken(f) => match &state.relay {
@@ -450,11 +471,35 @@ async fn handle(request: ToBridge, state: &State) -> FromBridge {
             Some(m) => FromBridge::McpValidated(crate::mcp::validate::validate(m, &r).await),
             None => no_mcp(),
         },
+        ToBridge::Scrub { id, value } => scrub(id, value, state).await,
         _ => FromBridge::error(
             BridgeErrorCode::UnsupportedRequest,
             "this bridge does not know that request type",
         ),
     }
+}
+
+/// Answer a `Scrub`: every known secret value replaced; refused when the
+/// answer would not fit one frame (the request already did: the codec
+/// bounds it).
+async fn scrub(id: u64, mut value: serde_json::Value, state: &State) -> FromBridge {
+    let known = state.known.current().await;
+    let redactions = known.scrub_value(&mut value);
+    let answer = FromBridge::Scrubbed {
+        id,
+        value,
+        redactions,
+    };
+    // The frame's JSON plus its header must fit the codec's cap.
+    let size = serde_json::to_vec(&answer).map_or(usize::MAX, |v| v.len());
+    if size > MAX_FRAME_BYTES.saturating_sub(64) {
+        return FromBridge::error(
+            BridgeErrorCode::TooLarge,
+            format!("the scrubbed value is {size} bytes; at most {MAX_FRAME_BYTES} fit one frame"),
+        );
+    }
+    tracing::debug!(scrub_id = id, redactions, known = known.len(), "scrubbed");
+    answer
 }
 
 fn no_mcp() -> FromBridge {
@@ -490,6 +535,10 @@ mod tests {
     }
 
     async fn start(extra_uids: &[u32]) -> Fixture {
+        start_with(extra_uids, false).await
+    }
+
+    async fn start_with(extra_uids: &[u32], relay: bool) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
         let config = crate::config::Config::parse(
@@ -517,7 +566,18 @@ mod tests {
         let egress_dir = dir.path().join("egress");
         let listeners = Arc::new(EgressListeners::new(&egress_dir, egress).unwrap());
         let channel_path = dir.path().join("run").join("agent.sock");
-        let channel = AgentChannel::bind(&channel_path, extra_uids, listeners, backend).unwrap();
+        let mut channel =
+            AgentChannel::bind(&channel_path, extra_uids, listeners, backend.clone()).unwrap();
+        if relay {
+            let r = crate::relay::Relay::open(
+                &dir.path().join("data"),
+                backend,
+                Duration::from_secs(2),
+            )
+            .await
+            .unwrap();
+            channel = channel.with_relay(Arc::new(r));
+        }
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(channel.run(async move {
             let _ = stopped.await;
@@ -811,6 +871,72 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn scrub_replaces_relayed_credentials_and_session_tokens() {
+        use protocol::relay::{PutCredential, PutSessionToken, WireSecret};
+        let f = start_with(&[], true).await;
+        let mut c = hello(&f.channel_path).await;
+        let canary = "canary-static-7f3a9c";
+        let token = "ghs_canarySessionToken0123456789";
+        let a = c
+            .call(&ToBridge::PutCredential(PutCredential {
+                vault_id: "vlt_1".into(),
+                credential_id: "vcrd_static".into(),
+                fields: [("token".to_owned(), WireSecret::new(canary))].into(),
+            }))
+            .await;
+        assert_eq!(a, FromBridge::Relayed { held: true });
+        let a = c
+            .call(&ToBridge::PutSessionToken(PutSessionToken {
+                session_id: "sesn_1".into(),
+                resource_id: "sesrsc_repo".into(),
+                url: "https://git.example.com/a/b.git".into(),
+                token: WireSecret::new(token),
+            }))
+            .await;
+        assert_eq!(a, FromBridge::Relayed { held: true });
+        let value = serde_json::json!({
+            "command": format!("echo {canary}; git push https://x:{token}@git.example.com/a/b.git"),
+            "content": [{"type": "text", "text": format!("{canary}\n")}],
+            "short": "hi",
+        });
+        let a = c
+            .call(&ToBridge::Scrub {
+                id: 5,
+                value: value.clone(),
+            })
+            .await;
+        let FromBridge::Scrubbed {
+            id,
+            value: scrubbed,
+            redactions,
+        } = a
+        else {
+            panic!("{a:?}")
+        };
+        assert_eq!(id, 5);
+        assert_eq!(redactions, 3);
+        let text = scrubbed.to_string();
+        assert!(!text.contains(canary) && !text.contains(token), "{text}");
+        assert_eq!(text.matches("[redacted:vcrd_static]").count(), 2, "{text}");
+        assert_eq!(text.matches("[redacted:sesrsc_repo]").count(), 1, "{text}");
+        assert_eq!(scrubbed["short"], "hi");
+        // An answer that would not fit one frame is refused, not cut.
+        let big = serde_json::json!(canary.repeat(MAX_FRAME_BYTES * 19 / 20 / canary.len()));
+        let a = c.call(&ToBridge::Scrub { id: 6, value: big }).await;
+        assert!(
+            matches!(
+                &a,
+                FromBridge::Error {
+                    code: BridgeErrorCode::TooLarge,
+                    ..
+                }
+            ),
+            "{a:?}"
+        );
+        drop(f);
     }
 
     #[test]

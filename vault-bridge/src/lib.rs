@@ -18,6 +18,7 @@ pub mod config;
 pub mod egress;
 pub mod mcp;
 pub mod relay;
+pub mod scrub;
 pub mod secret;
 pub mod serve;
 

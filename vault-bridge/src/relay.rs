@@ -130,6 +130,9 @@ pub struct Relay {
     token_sessions: Mutex<HashMap<String, String>>,
     /// credential id → KV path named by the control plane's metadata.
     kv_paths: Mutex<HashMap<String, String>>,
+    /// (credential id, field) → the value last served to the proxy, so the
+    /// audit scrubber knows values at customer KV paths it cannot list.
+    served: Mutex<HashMap<(String, String), secrecy::SecretString>>,
     /// Outer bound of one proxy lookup (the backends' own deadline plus a
     /// margin): a lookup that overruns it fails closed.
     lookup_deadline: Duration,
@@ -175,6 +178,7 @@ impl Relay {
             revocations,
             token_sessions: Mutex::new(token_sessions),
             kv_paths: Mutex::new(HashMap::new()),
+            served: Mutex::new(HashMap::new()),
             lookup_deadline: request_timeout + LOOKUP_MARGIN,
         })
     }
@@ -193,6 +197,22 @@ impl Relay {
             Some(p) => g.insert(credential_id.to_owned(), p.to_owned()),
             None => g.remove(credential_id),
         };
+    }
+
+    /// The values the audit scrubber must know besides the backend's own
+    /// list ([`crate::scrub`]): every session Git token held (labelled with
+    /// its `sesrsc_…` resource id) and every value served to the proxy
+    /// since start (labelled with its credential id). Never logged.
+    pub async fn known_values(&self) -> Result<Vec<(String, secrecy::SecretString)>, BackendError> {
+        let mut out: Vec<(String, secrecy::SecretString)> = lock(&self.served)
+            .iter()
+            .map(|((id, _), v)| (id.clone(), v.clone()))
+            .collect();
+        for (id, v) in crate::scrub::backend_values(&*self.tokens).await? {
+            let label = id.strip_prefix("vcrd_").unwrap_or(&id).to_owned();
+            out.push((label, v));
+        }
+        Ok(out)
     }
 
     /// Whether `credential_id` was archived or deleted.
@@ -381,6 +401,7 @@ impl SecretSource for BridgeSecrets {
         let value = secret
             .get(&c.field)
             .ok_or_else(|| unavailable("the field is not stored".into()))?;
+        lock(&relay.served).insert((c.credential_id.clone(), c.field.clone()), value.clone());
         Ok(SecretValue::new(value.expose_secret()))
     }
 }

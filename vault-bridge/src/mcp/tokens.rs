@@ -177,6 +177,25 @@ impl Tokens {
         lock(&self.creds).entry(id.to_owned()).or_default().clone()
     }
 
+    /// The tokens this bridge refreshed and holds in memory, labelled with
+    /// their credential ids, for the audit scrubber ([`crate::scrub`]).
+    pub fn held_values(&self) -> Vec<(String, secrecy::SecretString)> {
+        let creds: Vec<(String, Arc<CredState>)> = lock(&self.creds)
+            .iter()
+            .map(|(id, st)| (id.clone(), st.clone()))
+            .collect();
+        let mut out = Vec::new();
+        for (id, st) in creds {
+            if let Some(held) = &lock(&st.inner).refreshed {
+                out.push((id.clone(), held.access.expose().into()));
+                if let Some(r) = &held.refresh {
+                    out.push((id.clone(), r.expose().into()));
+                }
+            }
+        }
+        out
+    }
+
     /// A secret field of `c` through the relay (revocations, KV path).
     pub async fn field(
         &self,
