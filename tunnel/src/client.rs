@@ -64,6 +64,11 @@ pub struct ClientSettings {
     pub tuning: Tuning,
     /// Advertise this protocol version range instead of ours (tests of negotiation).
     pub version_range: (u32, u32),
+    /// The agent's audit status to publish to the control plane: the
+    /// current value is sent right after every (re)connect and again on
+    /// every change (`None`: nothing is published). Control planes that do
+    /// not know the message ignore it.
+    pub audit_status: Option<tokio::sync::watch::Receiver<protocol::audit::AuditStatus>>,
 }
 
 impl ClientSettings {
@@ -90,6 +95,7 @@ impl ClientSettings {
             capabilities: vec!["echo".into()],
             tuning: Tuning::default(),
             version_range: (PROTOCOL_VERSION_MIN, PROTOCOL_VERSION_MAX),
+            audit_status: None,
         }
     }
 }
@@ -666,6 +672,7 @@ impl Supervisor {
                 cmd_rx,
                 renew: None,
                 peer: "control-plane".into(),
+                audit: self.settings.audit_status.clone(),
             };
             tokio::spawn(control.run());
             tokio::spawn(accept_loop(

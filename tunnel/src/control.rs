@@ -1,15 +1,19 @@
 //! The control-stream loop run by both sides of a connection after the
 //! hello: sends heartbeats, watches the peer's (the [`Heartbeat`] state
-//! machine), carries goaway and certificate renewal. When it ends, the link
-//! is closed with the reason.
+//! machine), carries goaway, certificate renewal and the agent's audit
+//! status (agent → control plane: the current value right after every
+//! connect and on every change; the control plane hands what it receives to
+//! the application through a bounded queue). When it ends, the link is
+//! closed with the reason.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use protocol::audit::AuditStatus;
 use protocol::{CallError, ControlMessage, ErrorCode};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::CloseReason;
 use crate::heartbeat::{Heartbeat, HeartbeatAction};
@@ -19,6 +23,11 @@ use crate::stream::{FrameReceiver, FrameSender};
 /// Issues a renewed certificate chain (PEM) for a CSR (PEM); the control
 /// plane's side supplies it, bound to the verified peer.
 pub type RenewFn = Arc<dyn Fn(String) -> Result<String, CallError> + Send + Sync>;
+
+/// Most audit statuses received and not yet taken by the application; when
+/// full, the newest is dropped (with a warning): the next status carries a
+/// later checkpoint anyway.
+pub(crate) const AUDIT_QUEUE: usize = 64;
 
 pub(crate) enum ControlCmd {
     GoAway {
@@ -36,6 +45,10 @@ pub(crate) struct ControlState {
     last_heard: Mutex<SystemTime>,
     pub(crate) peer_draining: AtomicBool,
     pub(crate) cmd_tx: mpsc::UnboundedSender<ControlCmd>,
+    /// Where received audit statuses go (control-plane side).
+    audit_tx: mpsc::Sender<AuditStatus>,
+    /// Taken once by the application ([`ControlState::take_audit_statuses`]).
+    audit_rx: Mutex<Option<mpsc::Receiver<AuditStatus>>>,
 }
 
 impl std::fmt::Debug for ControlState {
@@ -47,11 +60,14 @@ impl std::fmt::Debug for ControlState {
 impl ControlState {
     pub(crate) fn new() -> (Arc<Self>, mpsc::UnboundedReceiver<ControlCmd>) {
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (audit_tx, audit_rx) = mpsc::channel(AUDIT_QUEUE);
         (
             Arc::new(Self {
                 last_heard: Mutex::new(SystemTime::now()),
                 peer_draining: AtomicBool::new(false),
                 cmd_tx,
+                audit_tx,
+                audit_rx: Mutex::new(Some(audit_rx)),
             }),
             cmd_rx,
         )
@@ -62,6 +78,11 @@ impl ControlState {
             .lock()
             .map(|t| *t)
             .unwrap_or(SystemTime::UNIX_EPOCH)
+    }
+
+    /// The receiving end of the peer's audit statuses; `Some` only the first time.
+    pub(crate) fn take_audit_statuses(&self) -> Option<mpsc::Receiver<AuditStatus>> {
+        self.audit_rx.lock().ok().and_then(|mut r| r.take())
     }
 
     fn heard(&self) {
@@ -82,6 +103,23 @@ pub(crate) struct ControlLoop {
     pub(crate) renew: Option<RenewFn>,
     /// Who the peer is, for the one log line on failure.
     pub(crate) peer: String,
+    /// Agent side: the audit status to publish (sent at start and on every change).
+    pub(crate) audit: Option<watch::Receiver<AuditStatus>>,
+}
+
+/// Waits for the next audit status to publish; never resolves without one
+/// (and stops watching once the publisher is gone).
+async fn next_audit(audit: &mut Option<watch::Receiver<AuditStatus>>) -> AuditStatus {
+    let Some(rx) = audit.as_mut() else {
+        return std::future::pending().await;
+    };
+    match rx.changed().await {
+        Ok(()) => rx.borrow_and_update().clone(),
+        Err(_) => {
+            *audit = None;
+            std::future::pending().await
+        }
+    }
 }
 
 impl ControlLoop {
@@ -98,6 +136,17 @@ impl ControlLoop {
         let mut pending: HashMap<u64, oneshot::Sender<Result<String, CallError>>> = HashMap::new();
         let mut next_id = 0u64;
         let peer = self.peer.clone();
+        let mut audit = self.audit.take();
+        if let Some(rx) = audit.as_mut() {
+            let status = rx.borrow_and_update().clone();
+            if let Err(error) = self
+                .tx
+                .send_message(&ControlMessage::AuditStatus(status))
+                .await
+            {
+                tracing::debug!(peer = %peer, %error, "audit status send failed");
+            }
+        }
         loop {
             let wait_until = match hb.poll(Instant::now()) {
                 HeartbeatAction::Send => {
@@ -127,6 +176,11 @@ impl ControlLoop {
                         let _ = reply.send(Err(CallError::new(ErrorCode::Unavailable, format!("connection lost: {message}"))));
                     }
                     return None;
+                }
+                status = next_audit(&mut audit) => {
+                    if let Err(error) = self.tx.send_message(&ControlMessage::AuditStatus(status)).await {
+                        tracing::debug!(peer = %peer, %error, "audit status send failed");
+                    }
                 }
                 cmd = self.cmd_rx.recv() => match cmd {
                     None => return Some(CloseReason::Normal),
@@ -191,6 +245,17 @@ impl ControlLoop {
                         Ok(ControlMessage::RenewFailed { id, error }) => {
                             if let Some(reply) = pending.remove(&id) {
                                 let _ = reply.send(Err(error));
+                            }
+                        }
+                        Ok(ControlMessage::AuditStatus(status)) => {
+                            match self.state.audit_tx.try_send(status) {
+                                Ok(()) => {}
+                                Err(mpsc::error::TrySendError::Full(_)) => {
+                                    tracing::warn!(peer = %peer, "audit status queue full; status dropped");
+                                }
+                                Err(mpsc::error::TrySendError::Closed(_)) => {
+                                    tracing::debug!(peer = %peer, "audit status received but nobody reads them");
+                                }
                             }
                         }
                         // Heartbeats only count as life; unknown messages are ignored.

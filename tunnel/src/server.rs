@@ -461,6 +461,7 @@ impl PendingConnection {
             cmd_rx,
             renew,
             peer,
+            audit: None,
         };
         tokio::spawn(control.run());
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -537,6 +538,17 @@ impl ServerConnection {
     /// When the hello was accepted.
     pub fn connected_at(&self) -> SystemTime {
         self.inner.connected_at
+    }
+
+    /// The audit statuses the agent sends on the control stream
+    /// ([`protocol::ControlMessage::AuditStatus`]), in order of arrival.
+    /// `Some` only on the first call: one reader per connection. Until it is
+    /// taken (and whenever the reader lags by
+    /// 64 statuses) newer statuses are dropped with a warning.
+    pub fn take_audit_statuses(
+        &self,
+    ) -> Option<tokio::sync::mpsc::Receiver<protocol::audit::AuditStatus>> {
+        self.inner.state.take_audit_statuses()
     }
 
     /// When the agent was last heard from on the control stream.

@@ -336,3 +336,105 @@ async fn dead_agent_fails_in_flight_calls_and_goaway_drains() {
     assert!(conn.drained(Duration::from_secs(5)).await);
     client.shutdown(Duration::from_secs(1)).await;
 }
+
+fn audit_status(seq: u64) -> protocol::audit::AuditStatus {
+    protocol::audit::AuditStatus {
+        healthy: seq % 2 == 1,
+        problem: (seq % 2 == 0).then(|| format!("disk full ({seq})")),
+        checkpoint: Some(protocol::audit::AuditCheckpoint {
+            seq,
+            head: format!("{seq:064x}"),
+            at: "2026-12-06T20:00:00Z".into(),
+            key_id: "0011223344556677".into(),
+            public_key: "pk".into(),
+            signature: "sig".into(),
+        }),
+    }
+}
+
+async fn next_status(
+    rx: &mut mpsc::Receiver<protocol::audit::AuditStatus>,
+) -> protocol::audit::AuditStatus {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("audit status in time")
+        .expect("queue open")
+}
+
+#[tokio::test]
+async fn audit_status_is_sent_on_connect_on_change_and_after_a_reconnect() {
+    let pki = TestPki::new();
+    let mut srv = server(&pki, Duration::from_secs(1)).await;
+    for mode in [TransportMode::QuicOnly, TransportMode::TcpOnly] {
+        let (publish, watch) = tokio::sync::watch::channel(audit_status(1));
+        let mut s = settings(srv.addr, mode);
+        s.audit_status = Some(watch);
+        let client = client::spawn(s, pki.client_config("agent-1"), Arc::new(Handler));
+        let conn = tokio::time::timeout(Duration::from_secs(10), srv.conns.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut rx = conn.take_audit_statuses().expect("first take");
+        assert!(conn.take_audit_statuses().is_none(), "one reader only");
+        assert_eq!(
+            next_status(&mut rx).await,
+            audit_status(1),
+            "{mode:?}: current value on connect"
+        );
+        publish.send(audit_status(2)).unwrap();
+        assert_eq!(
+            next_status(&mut rx).await,
+            audit_status(2),
+            "{mode:?}: on change"
+        );
+        publish.send(audit_status(3)).unwrap();
+        assert_eq!(
+            next_status(&mut rx).await,
+            audit_status(3),
+            "{mode:?}: on change"
+        );
+        // calls still work beside it
+        let (back, _) = echo(&conn, Bytes::from_static(b"hi")).await;
+        assert_eq!(&back[..], b"hi");
+        // the control plane drops the link: the agent redials and sends the
+        // current value again on the new connection
+        conn.close(tunnel::CloseReason::Normal);
+        let conn2 = tokio::time::timeout(Duration::from_secs(10), srv.conns.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut rx2 = conn2.take_audit_statuses().unwrap();
+        assert_eq!(
+            next_status(&mut rx2).await,
+            audit_status(3),
+            "{mode:?}: resent after reconnect"
+        );
+        // no status without a change
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), rx2.recv())
+                .await
+                .is_err(),
+            "{mode:?}: nothing new without a change"
+        );
+        client.shutdown(Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_without_audit_status_sends_none() {
+    let pki = TestPki::new();
+    let mut srv = server(&pki, Duration::from_millis(200)).await;
+    let client = client::spawn(
+        settings(srv.addr, TransportMode::QuicOnly),
+        pki.client_config("agent-1"),
+        Arc::new(Handler),
+    );
+    let conn = srv.conns.recv().await.unwrap();
+    let mut rx = conn.take_audit_statuses().unwrap();
+    // several heartbeats go by, and no status
+    assert!(tokio::time::timeout(Duration::from_millis(800), rx.recv())
+        .await
+        .is_err());
+    assert!(!conn.is_closed());
+    client.shutdown(Duration::from_secs(1)).await;
+}
