@@ -23,9 +23,14 @@
 //!
 //! Vaults and credentials ([`vaults`]) are metadata only: no secret value
 //! ever reaches the catalog.
+//!
+//! The control plane's audit ([`audit`]) lives here too: the agents' signed
+//! audit checkpoints and audit health, and one row per state-changing API
+//! request or admin action.
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod audit;
 pub mod config;
 mod error;
 pub mod keys;
@@ -35,6 +40,7 @@ pub mod sqlite;
 mod types;
 pub mod vaults;
 
+pub use audit::AuditStore;
 pub use config::{open_catalog, CatalogConfig, CatalogConfigError, RawCatalogConfig};
 pub use error::{CatalogError, Result};
 pub use keys::{hash_api_key, GeneratedKey, API_KEY_PREFIX};
@@ -53,7 +59,7 @@ pub use vaults::{
 /// [`VaultStore`]) vault and credential metadata. Share one per process
 /// (`Arc<dyn Catalog>`).
 #[async_trait::async_trait]
-pub trait Catalog: VaultStore + Send + Sync + std::fmt::Debug {
+pub trait Catalog: VaultStore + audit::AuditStore + Send + Sync + std::fmt::Debug {
     /// Stores version 1 of a new agent. [`CatalogError::Conflict`] if the id exists.
     async fn create_agent(&self, new: NewAgent) -> Result<AgentRecord>;
 

@@ -27,9 +27,10 @@ use crate::types::{
 };
 use crate::{check_limit, Catalog};
 
+mod audit;
 mod vaults;
 
-static MIGRATIONS: [Step; 2] = [
+static MIGRATIONS: [Step; 3] = [
     (
         1,
         "CREATE TABLE agents (
@@ -67,6 +68,7 @@ static MIGRATIONS: [Step; 2] = [
     );",
     ),
     (2, vaults::MIGRATION),
+    (3, audit::MIGRATION),
 ];
 
 /// Settings of the PostgreSQL catalog.

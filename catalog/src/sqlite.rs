@@ -21,12 +21,13 @@ use crate::types::{
 };
 use crate::{check_limit, Catalog};
 
+mod audit;
 mod vaults;
 
 /// File name of the catalog inside a data directory.
 pub const DB_FILE_NAME: &str = "catalog.sqlite3";
 
-static MIGRATIONS: [Step; 2] = [
+static MIGRATIONS: [Step; 3] = [
     (
         1,
         "CREATE TABLE agents (
@@ -64,6 +65,7 @@ static MIGRATIONS: [Step; 2] = [
     );",
     ),
     (2, vaults::MIGRATION),
+    (3, audit::MIGRATION),
 ];
 
 /// The SQLite implementation of [`Catalog`]. Cheap to clone.

@@ -39,6 +39,8 @@ conformance_tests!(sqlite:
     api_keys_are_found_by_hash_and_revoked,
     vaults_update_archive_and_delete_with_their_credentials,
     credentials_keep_bindings_unique_and_list_in_pages,
+    checkpoints_pin_the_first_key_and_flag_rollbacks,
+    audit_events_filter_and_page,
 );
 
 #[tokio::test]

@@ -11,7 +11,9 @@ use catalog::{
 };
 use serde_json::json;
 
+mod audit;
 mod vaults;
+pub use audit::*;
 pub use vaults::*;
 
 /// Generates one `#[tokio::test]` per suite case; `$fixture` is an async fn
