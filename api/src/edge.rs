@@ -1,7 +1,8 @@
 //! The edge every request passes: a request id, authentication (before any
 //! routing decision that could reveal an id), the per-key rate limit, the
-//! body size limit, and the rendering of every error through
-//! [`crate::error_response`].
+//! body size limit, the rendering of every error through
+//! [`crate::error_response`], and the audit event of every authenticated
+//! state-changing request ([`crate::audit`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -88,9 +89,12 @@ pub(crate) async fn edge(State(shared): State<AppState>, mut req: Request, next:
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let mut key_id = String::new();
+    let remote_addr = crate::audit::remote_addr(&req);
+    let mut audit_target = None;
     let outcome = async {
         let key = presented_key(&req).map(str::to_owned);
         key_id = authenticate(&shared, key).await?;
+        audit_target = crate::audit::target(&method, &path);
         shared
             .limiter
             .check(&key_id, Instant::now())
@@ -105,13 +109,23 @@ pub(crate) async fn edge(State(shared): State<AppState>, mut req: Request, next:
             return Err(ApiError::TooLarge { limit_bytes: limit });
         }
         req.extensions_mut().insert(BodyLimit(limit));
+        if let Some(t) = audit_target.as_mut().filter(|t| t.events) {
+            let (peeked, action) = crate::audit::peek_events(req, limit).await?;
+            t.action = action.to_owned();
+            req = peeked;
+        }
         Ok(next.run(req).await)
     }
     .await;
-    let response = match outcome {
+    let mut response = match outcome {
         Ok(r) => finish(r, &request_id).await,
         Err(e) => error_response(&e, &request_id),
     };
+    if let Some(target) = audit_target {
+        response =
+            crate::audit::record(&shared, target, &key_id, remote_addr, &request_id, response)
+                .await;
+    }
     tracing::debug!(
         %method,
         path,

@@ -4,7 +4,9 @@
 //! send, list and SSE stream), so the official `anthropic` SDKs work against
 //! Airlock by changing `base_url`. Beyond the original, a stream resumes
 //! without loss from `Last-Event-ID` or `?after=<seq>`, and events carry
-//! their `seq`. `api/openapi.yaml` describes exactly what is served; the
+//! their `seq`. Airlock extensions live under `/v1/airlock/` (the audit:
+//! `/v1/airlock/audit/events`, `/v1/airlock/agents/{id}/audit/checkpoints`).
+//! `api/openapi.yaml` describes exactly what is served; the
 //! tests validate responses against it.
 //!
 //! This crate owns the HTTP edge: routing, `x-api-key` authentication
@@ -15,7 +17,8 @@
 //! the one mapping of errors to the standard envelope ([`error_response`]).
 //! It does not store anything itself (agents, environments, keys and vault
 //! metadata live in the `catalog`, sessions and events in the
-//! `session-store`; credential secrets and repository tokens go to a
+//! `session-store`; the audit of state-changing requests ([`audit`]) goes to
+//! the catalog; credential secrets and repository tokens go to a
 //! [`SecretRelay`] and are never stored by the control plane), and does not
 //! run sessions: after appending user events it calls
 //! [`SessionRunner::notify`], which the control plane implements with the
@@ -24,6 +27,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod agents;
+pub mod audit;
 mod body;
 pub mod config;
 mod credentials;
@@ -234,6 +238,11 @@ pub fn router(state: ApiState) -> Router {
             "/v1/sessions/{session_id}/events/stream",
             get(stream::stream),
         )
+        .route("/v1/airlock/audit/events", get(audit::list_events))
+        .route(
+            "/v1/airlock/agents/{agent_id}/audit/checkpoints",
+            get(audit::list_checkpoints),
+        )
         .fallback(edge::not_found)
         .method_not_allowed_fallback(edge::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -256,7 +265,11 @@ pub async fn serve(listener: tokio::net::TcpListener, state: ApiState) -> std::i
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { token.cancelled().await })
-        .await
+    // Connect info: the remote address of each request, for the audit.
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { token.cancelled().await })
+    .await
 }

@@ -4,7 +4,8 @@
 //! `control-plane agents ...` commands (`crate::cli`) talk to it.
 //!
 //! Endpoints (all in [`router`]):
-//! - `GET /v1/agents` → `{"agents": [AgentInfo, ...]}` (connected agents);
+//! - `GET /v1/agents` → `{"agents": [AgentInfo, ...]}` (connected agents,
+//!   with their audit health and last checkpoint seq from the catalog);
 //! - `POST /v1/agents/{agent_id}/revoke` → `{"agent_id", "newly_revoked",
 //!   "connections_closed"}`: persists the revocation, adds it to the set the
 //!   tunnel verifier consults, then closes the agent's live connections;
@@ -15,13 +16,19 @@
 //!
 //! Connected agents come from the gateway's registry, through
 //! [`AgentDirectory`].
+//!
+//! Every state-changing request (a revocation) is recorded as an audit event
+//! with actor `admin` and the peer's unix uid ([`AdminPeer`], read with
+//! `SO_PEERCRED`); a failing record is logged and does not change the answer.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::{Path as UrlPath, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::{Json, Router};
 use http::{Method, StatusCode, Uri};
 use pki::{AgentId, IdentityService};
@@ -131,6 +138,24 @@ pub struct AdminState {
     pub identity: Arc<IdentityService>,
     /// The connection registry.
     pub directory: Arc<dyn AgentDirectory>,
+    /// The catalog: agents' audit state, and where admin actions are
+    /// recorded (`None`: neither).
+    pub catalog: Option<Arc<dyn catalog::Catalog>>,
+}
+
+/// Who is on the other end of an admin socket connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminPeer {
+    /// The peer process's uid (`SO_PEERCRED`), when the kernel says.
+    pub uid: Option<u32>,
+}
+
+impl Connected<axum::serve::IncomingStream<'_, UnixListener>> for AdminPeer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, UnixListener>) -> Self {
+        AdminPeer {
+            uid: stream.io().peer_cred().ok().map(|c| c.uid()),
+        }
+    }
 }
 
 impl std::fmt::Debug for AdminState {
@@ -158,7 +183,8 @@ pub async fn serve(
     state: AdminState,
     shutdown: CancellationToken,
 ) {
-    let served = axum::serve(listener, router(state))
+    let app = router(state).into_make_service_with_connect_info::<AdminPeer>();
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await;
     if let Err(error) = served {
@@ -216,16 +242,48 @@ impl IntoResponse for AdminRequestError {
 }
 
 async fn list_agents(State(state): State<AdminState>) -> Json<AgentsResponse> {
-    Json(AgentsResponse {
-        agents: state.directory.list(),
-    })
+    let mut agents = state.directory.list();
+    if let Some(catalog) = &state.catalog {
+        match catalog.audit_states().await {
+            Ok(states) => {
+                for a in &mut agents {
+                    a.audit = states.iter().find(|s| s.agent_id == a.agent_id).map(|s| {
+                        crate::gateway::AgentAudit {
+                            healthy: s.healthy,
+                            problem: s.problem.clone(),
+                            last_checkpoint_seq: s.last_seq,
+                        }
+                    });
+                }
+            }
+            Err(error) => tracing::warn!(%error, "agents list without audit state"),
+        }
+    }
+    Json(AgentsResponse { agents })
 }
 
 async fn revoke_agent(
     State(state): State<AdminState>,
+    peer: Option<Extension<ConnectInfo<AdminPeer>>>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<RevokeResponse>, AdminRequestError> {
-    let agent_id = AgentId::parse(&id)?;
+    let result = revoke(&state, &id).await;
+    if let Some(catalog) = &state.catalog {
+        let uid = peer.and_then(|Extension(ConnectInfo(p))| p.uid);
+        crate::audit::record_admin_action(
+            catalog.as_ref(),
+            uid,
+            "agents.revoke",
+            vec![id],
+            result.is_ok(),
+        )
+        .await;
+    }
+    result.map(Json)
+}
+
+async fn revoke(state: &AdminState, id: &str) -> Result<RevokeResponse, AdminRequestError> {
+    let agent_id = AgentId::parse(id)?;
     let identity = state.identity.clone();
     let id2 = agent_id.clone();
     let newly = tokio::task::spawn_blocking(move || identity.revoke(&id2))
@@ -238,11 +296,11 @@ async fn revoke_agent(
         })?;
     let closed = state.directory.disconnect(&agent_id);
     tracing::info!(agent_id = %agent_id, newly_revoked = newly, connections_closed = closed, "agent revoked");
-    Ok(Json(RevokeResponse {
+    Ok(RevokeResponse {
         agent_id: agent_id.to_string(),
         newly_revoked: newly,
         connections_closed: closed,
-    }))
+    })
 }
 
 async fn ca(State(state): State<AdminState>) -> Json<CaResponse> {
@@ -290,6 +348,7 @@ mod tests {
         let router = router(AdminState {
             identity: Arc::new(identity),
             directory: Arc::new(Registry::new()),
+            catalog: None,
         });
         let (status, v) = call(&router, "GET", "/v1/agents").await;
         assert_eq!(

@@ -187,7 +187,10 @@ impl App {
             self.identity.clone(),
             self.agents.clone(),
         )
-        .await?;
+        .await?
+        .with_audit(Arc::new(crate::audit::CheckpointReceiver::new(
+            catalog.clone(),
+        )));
         running.tunnel_addr = gateway.local_addr();
         let api_listener = tokio::net::TcpListener::bind(self.config.api.listen)
             .await
@@ -218,6 +221,7 @@ impl App {
         let state = AdminState {
             identity: self.identity.clone(),
             directory: self.agents.clone(),
+            catalog: Some(catalog.clone()),
         };
         let socket = self.config.admin.socket.clone();
         running.spawn_service("admin", move |token| {

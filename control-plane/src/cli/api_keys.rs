@@ -33,8 +33,12 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
     session_store::format_rfc3339(t)
 }
 
-/// `api-keys create --name NAME`: prints the key once.
-pub async fn create(config: &Config, name: &str, json_out: bool) -> Result<(), ApiKeyCommandError> {
+/// `api-keys create --name NAME`: prints the key once; returns its id.
+pub async fn create(
+    config: &Config,
+    name: &str,
+    json_out: bool,
+) -> Result<String, ApiKeyCommandError> {
     if name.trim().is_empty() || name.len() > 256 {
         return Err(ApiKeyCommandError::Usage {
             flag: "--name",
@@ -62,7 +66,7 @@ pub async fn create(config: &Config, name: &str, json_out: bool) -> Result<(), A
         println!("{}", key.plaintext);
         println!("store it now: only its hash is kept, it cannot be shown again");
     }
-    Ok(())
+    Ok(record.id)
 }
 
 /// `api-keys list`.

@@ -152,14 +152,15 @@ pub fn tokens_revoke(config: &Config, token_id: &str, json: bool) -> Result<(), 
     Ok(())
 }
 
-/// `tokens create`: make a join token and print it with a join string.
+/// `tokens create`: make a join token and print it with a join string;
+/// returns the token id (for the audit).
 pub fn tokens_create(
     config: &Config,
     environment: &str,
     ttl_seconds: u64,
     enroll_address: Option<&str>,
     json: bool,
-) -> Result<(), CommandError> {
+) -> Result<String, CommandError> {
     let environment_id = EnvironmentId::parse(environment).map_err(|e| CommandError::Usage {
         flag: "--environment",
         message: e.to_string(),
@@ -214,7 +215,7 @@ pub fn tokens_create(
         println!();
         println!("  sandbox-agent enroll --join '{join}'");
     }
-    Ok(())
+    Ok(created.token_id)
 }
 
 /// For `tokens create`: why an agent enrolled into `environment` would serve
@@ -321,6 +322,7 @@ pub async fn agents_revoke(config: &Config, agent_id: &str) -> Result<(), Comman
             let newly =
                 tokio::task::spawn_blocking(move || IdentityService::open(settings)?.revoke(&id))
                     .await??;
+            super::audit::record(config, "agents.revoke", vec![agent_id.to_string()], true).await;
             println!(
                 "agent {agent_id} revoked{} in {}; the control plane is not running, so it takes effect when it starts",
                 if newly { "" } else { " (already revoked)" },
@@ -343,8 +345,10 @@ pub fn agents_table(agents: &[AgentInfo]) -> String {
         "LAST HEARTBEAT",
         "CERT EXPIRES",
         "REMOTE",
+        "AUDIT",
+        "LAST CHECKPOINT",
     ];
-    let rows: Vec<[String; 8]> = agents
+    let rows: Vec<[String; 10]> = agents
         .iter()
         .map(|a| {
             [
@@ -356,6 +360,15 @@ pub fn agents_table(agents: &[AgentInfo]) -> String {
                 crate::rfc3339::display(a.last_heartbeat),
                 crate::rfc3339::display(a.cert_not_after),
                 a.remote_addr.clone(),
+                match &a.audit {
+                    None => "-".to_owned(),
+                    Some(x) if x.healthy => "healthy".to_owned(),
+                    Some(x) => format!("UNHEALTHY: {}", x.problem.as_deref().unwrap_or("?")),
+                },
+                a.audit
+                    .as_ref()
+                    .and_then(|x| x.last_checkpoint_seq)
+                    .map_or_else(|| "-".to_owned(), |s| s.to_string()),
             ]
         })
         .collect();
@@ -440,8 +453,26 @@ mod tests {
             last_heartbeat: t,
             cert_not_after: t,
             remote_addr: "127.0.0.1:5000".into(),
+            audit: None,
         };
         let table = agents_table(std::slice::from_ref(&a));
+        let mut sick = a.clone();
+        sick.audit = Some(crate::gateway::AgentAudit {
+            healthy: false,
+            problem: Some("disk full".into()),
+            last_checkpoint_seq: Some(42),
+        });
+        let t2 = agents_table(std::slice::from_ref(&sick));
+        assert!(
+            t2.lines()
+                .next()
+                .unwrap()
+                .ends_with("AUDIT                 LAST CHECKPOINT"),
+            "{t2}"
+        );
+        assert!(t2.contains("UNHEALTHY: disk full  42"), "{t2}");
+        let v = serde_json::to_value(&sick).unwrap();
+        assert_eq!(v["audit"]["last_checkpoint_seq"], 42);
         assert!(table.starts_with("AGENT"), "{table}");
         assert!(
             table.contains("agt_01") && table.contains("2023-11-14T22:13:20Z"),

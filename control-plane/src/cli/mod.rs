@@ -6,6 +6,8 @@
 //! - `agents list|revoke`: the admin socket ([`admin_client`], server in
 //!   `crate::admin`);
 //! - `api-keys`: the catalog ([`api_keys`]);
+//! - `audit checkpoints|events`: the catalog ([`audit`]), read directly
+//!   (works with or without a running server);
 //! - `environments`, `sessions`: the public HTTP API ([`api`],
 //!   [`environments`], [`sessions`], [`tail`]).
 //!
@@ -15,6 +17,7 @@
 pub mod admin_client;
 pub mod api;
 pub mod api_keys;
+pub mod audit;
 pub mod environments;
 pub mod identity;
 mod output;
@@ -49,6 +52,9 @@ pub enum Command {
     Environments(environments::EnvironmentsArgs),
     /// Sessions (list, show, tail events live, interrupt), through the running control plane's API.
     Sessions(sessions::SessionsArgs),
+    /// The control plane's audit: agents' signed checkpoints, API and admin actions.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,20 +154,32 @@ pub fn run(command: Command, config: &Config) -> ExitCode {
             if let Some(w) = warning {
                 eprintln!("warning: {w}");
             }
-            identity::tokens_create(
+            let created = identity::tokens_create(
                 config,
                 &environment,
                 ttl_seconds,
                 enroll_address.as_deref(),
                 json,
-            )
+            );
+            let mut ids = vec![environment.clone()];
+            ids.extend(created.as_ref().ok().cloned());
+            audit::record(config, "join_tokens.create", ids, created.is_ok()).await;
+            created.map(|_| ())
         }),
         Command::Tokens(TokensCommand::List { all, json }) => {
             report(identity::tokens_list(config, all, json))
         }
-        Command::Tokens(TokensCommand::Revoke { token_id, json }) => {
-            report(identity::tokens_revoke(config, &token_id, json))
-        }
+        Command::Tokens(TokensCommand::Revoke { token_id, json }) => run_command(async {
+            let r = identity::tokens_revoke(config, &token_id, json);
+            audit::record(
+                config,
+                "join_tokens.revoke",
+                vec![token_id.clone()],
+                r.is_ok(),
+            )
+            .await;
+            r
+        }),
         Command::Agents(AgentsCommand::List { json, enrolled }) => {
             run_command(identity::agents_list(config, json, enrolled))
         }
@@ -172,13 +190,21 @@ pub fn run(command: Command, config: &Config) -> ExitCode {
         Command::ApiKeys(command) => run_command(async {
             match command {
                 ApiKeysCommand::Create { name, json } => {
-                    api_keys::create(config, &name, json).await
+                    let r = api_keys::create(config, &name, json).await;
+                    let ids = r.as_ref().ok().cloned().into_iter().collect();
+                    audit::record(config, "api_keys.create", ids, r.is_ok()).await;
+                    r.map(|_| ())
                 }
                 ApiKeysCommand::List { json } => api_keys::list(config, json).await,
-                ApiKeysCommand::Revoke { key_id } => api_keys::revoke(config, &key_id).await,
+                ApiKeysCommand::Revoke { key_id } => {
+                    let r = api_keys::revoke(config, &key_id).await;
+                    audit::record(config, "api_keys.revoke", vec![key_id.clone()], r.is_ok()).await;
+                    r
+                }
             }
         }),
         Command::Environments(args) => run_command(environments::environments(args, config)),
         Command::Sessions(args) => run_command(sessions::sessions(args, config)),
+        Command::Audit(command) => run_command(audit::run(command, config)),
     }
 }

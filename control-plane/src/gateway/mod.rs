@@ -4,8 +4,10 @@
 //! (agent id, environment and expiry read with `pki`), checks the hello
 //! (agent id matches the certificate, a common protocol version, not
 //! revoked), keeps the [`Registry`] of live connections, carries certificate
-//! renewal over the live connection, and lets the rest of the control plane
-//! call an agent ([`GatewayHandle::call`]).
+//! renewal over the live connection, hands each agent's audit statuses to
+//! the [`crate::audit::CheckpointReceiver`] (tagged with the agent id of the
+//! verified certificate), and lets the rest of the control plane call an
+//! agent ([`GatewayHandle::call`]).
 //!
 //! Bad input (a malformed hello, an unknown version, a mismatched id) is
 //! answered with a typed rejection, logged once with the peer identity, and
@@ -28,7 +30,7 @@ use tunnel::{CallFailure, CloseReason, Listener, PendingConnection, ServerSettin
 
 pub use config::GatewayConfig;
 use registry::Entry;
-pub use registry::{AgentDirectory, AgentInfo, Registry, Transport};
+pub use registry::{AgentAudit, AgentDirectory, AgentInfo, Registry, Transport};
 
 /// The gateway failed to start.
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +185,7 @@ pub struct Gateway {
     drain_deadline: Duration,
     identity: Arc<IdentityService>,
     registry: Arc<Registry>,
+    audit: Option<Arc<crate::audit::CheckpointReceiver>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -210,7 +213,15 @@ impl Gateway {
             drain_deadline: config.drain_deadline,
             identity,
             registry,
+            audit: None,
         })
+    }
+
+    /// Hand the agents' audit statuses to `receiver` (without one they are
+    /// dropped).
+    pub fn with_audit(mut self, receiver: Arc<crate::audit::CheckpointReceiver>) -> Self {
+        self.audit = Some(receiver);
+        self
     }
 
     /// Where it listens (UDP and TCP).
@@ -237,6 +248,7 @@ impl Gateway {
                             settings: self.settings.clone(),
                             identity: self.identity.clone(),
                             registry: self.registry.clone(),
+                            audit: self.audit.clone(),
                         };
                         tracker.spawn(ctx.handle(pending));
                     }
@@ -274,6 +286,7 @@ struct AcceptContext {
     settings: ServerSettings,
     identity: Arc<IdentityService>,
     registry: Arc<Registry>,
+    audit: Option<Arc<crate::audit::CheckpointReceiver>>,
 }
 
 impl AcceptContext {
@@ -363,6 +376,34 @@ impl AcceptContext {
         };
         tracing::info!(agent_id = %agent_id, software_version = %hello.software_version, version, "agent connected");
         let id = conn.id();
+        let audit_task = match (&self.audit, conn.take_audit_statuses()) {
+            (Some(receiver), Some(mut statuses)) => {
+                let receiver = receiver.clone();
+                let agent_id = agent_id.clone();
+                let conn = conn.clone();
+                Some(tokio::spawn(async move {
+                    // One at a time, in order of arrival; errors are logged
+                    // and counted by the receiver. Once the link is gone,
+                    // what was already received is still stored.
+                    loop {
+                        tokio::select! {
+                            biased;
+                            status = statuses.recv() => match status {
+                                Some(status) => { let _ = receiver.receive(&agent_id, status).await; }
+                                None => break,
+                            },
+                            _ = conn.closed() => {
+                                while let Ok(status) = statuses.try_recv() {
+                                    let _ = receiver.receive(&agent_id, status).await;
+                                }
+                                break;
+                            }
+                        }
+                    }
+                }))
+            }
+            _ => None,
+        };
         self.registry.insert(Entry {
             conn: conn.clone(),
             identity,
@@ -371,6 +412,10 @@ impl AcceptContext {
         });
         let reason = conn.closed().await;
         self.registry.remove(id);
+        if let Some(task) = audit_task {
+            // Statuses already queued are stored; then the reader ends with the link.
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
         tracing::info!(agent_id = %agent_id, %reason, "agent disconnected");
     }
 }

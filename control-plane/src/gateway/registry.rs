@@ -55,6 +55,23 @@ pub struct AgentInfo {
     pub cert_not_after: SystemTime,
     /// Remote address of the connection.
     pub remote_addr: String,
+    /// The agent's audit condition as last received (filled in by the
+    /// admin socket from the catalog; absent when nothing was received).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AgentAudit>,
+}
+
+/// An agent's audit condition in `agents list`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AgentAudit {
+    /// Whether its audit log takes writes.
+    pub healthy: bool,
+    /// What is wrong, when not healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+    /// `seq` of the last checkpoint stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_checkpoint_seq: Option<u64>,
 }
 
 /// What the admin socket and the tool-call path need from the registry of
@@ -176,6 +193,7 @@ impl AgentDirectory for Registry {
                     .map(|t| *t)
                     .unwrap_or(e.identity.not_after),
                 remote_addr: e.conn.remote_addr().to_string(),
+                audit: None,
             })
             .collect();
         out.sort_by(|a, b| (&a.agent_id, a.connected_since).cmp(&(&b.agent_id, b.connected_since)));
