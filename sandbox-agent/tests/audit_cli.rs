@@ -392,6 +392,11 @@ fn show_and_tail_filter_and_print_the_raw_lines() {
     let o = audit(dir, &["tail", "-n", "2", "--call", "execute"]);
     assert_eq!(stdout(&o).lines().count(), 2);
 
+    // `ship` without [audit.syslog] is a config error (64: the ship unit does not restart on it).
+    let o = audit(dir, &["ship", "--once"]);
+    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+    assert!(stderr(&o).contains("[audit.syslog]"), "{}", stderr(&o));
+
     // An empty dir is an empty log.
     let empty = tempfile::tempdir().unwrap();
     let o = audit(empty.path(), &["show"]);

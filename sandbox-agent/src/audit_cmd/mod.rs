@@ -23,6 +23,9 @@ use std::path::PathBuf;
 pub const EXIT_FAILURE: u8 = 1;
 /// Exit code of bad arguments (as clap's).
 pub const EXIT_USAGE: u8 = 2;
+/// Exit code of `ship` when `[audit.syslog]` is missing, disabled or names
+/// unusable TLS files (as a config error: the ship unit does not restart).
+pub const EXIT_CONFIG: u8 = daemon::EXIT_CONFIG;
 /// Exit code of `verify` when the log is not intact: a broken chain, a bad
 /// hash or seq, a checkpoint whose signature does not verify.
 pub const EXIT_TAMPERED: u8 = 3;
@@ -97,6 +100,11 @@ pub fn exit_code(result: &Result<(), AuditCmdError>) -> u8 {
         Ok(()) | Err(AuditCmdError::StdoutClosed) => 0,
         Err(AuditCmdError::Usage { .. }) => EXIT_USAGE,
         Err(AuditCmdError::Verify(f)) => f.exit_code(),
+        Err(AuditCmdError::Ship(
+            ship::ShipError::NotConfigured
+            | ship::ShipError::TlsFile { .. }
+            | ship::ShipError::ServerName(_),
+        )) => EXIT_CONFIG,
         Err(_) => EXIT_FAILURE,
     }
 }

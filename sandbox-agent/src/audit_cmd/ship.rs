@@ -386,7 +386,7 @@ fn watch_stop(stop: &CancellationToken, drain: &CancellationToken, stdin: bool) 
                     }
                 }
             }
-            tracing::info!("audit shipper: standard input closed (the agent stopped); stopping after the batch in flight");
+            tracing::info!(drain = d.is_cancelled(), "audit shipper: standard input closed (the agent stopped); stopping after the batch in flight, or after draining the log when asked to");
             s.cancel();
         });
     }
