@@ -267,7 +267,22 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let tls = Arc::new(identity.client_config(&[tunnel::ALPN])?);
     let agent_id = identity.identity().agent_id.as_str().to_owned();
 
-    let sandboxes = if config.sandbox.executor_path.is_file() {
+    // One audit log for the whole agent, shared by the sandbox service and
+    // the MCP dispatcher (one chain, one writer). Without it neither serves
+    // calls: nothing may run unaudited.
+    let audit = crate::audit::AuditLog::open_with(&config.audit, &agent_id).map_err(|error| {
+        tracing::error!(agent_id = %agent_id, %error, dir = %config.audit.dir.display(),
+            "audit log unavailable; sandbox and MCP calls will be refused");
+        format!("the audit log could not be opened: {error}")
+    });
+    if let Ok(log) = &audit {
+        let st = log.status();
+        tracing::info!(agent_id = %agent_id, dir = %config.audit.dir.display(), healthy = st.healthy, "audit log open");
+    }
+
+    let sandboxes = if let Err(reason) = &audit {
+        Err(reason.clone())
+    } else if config.sandbox.executor_path.is_file() {
         let service_config = ServiceConfig {
             agent_id: agent_id.clone(),
             data_dir: config.data_dir.clone(),
@@ -275,7 +290,12 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             policy: config.policy.clone(),
             pool: config.pool.clone(),
         };
-        match SandboxService::start(service_config).await {
+        let log = audit.clone().map_err(|reason| reason.to_string());
+        let started = match log {
+            Ok(log) => SandboxService::start_with_audit(service_config, log).await,
+            Err(reason) => Err(crate::sandbox::SandboxError::Internal(reason)),
+        };
+        match started {
             Ok((service, report)) => {
                 tracing::info!(agent_id = %agent_id, adopted = report.adopted.len(), removed = report.removed.len(), "sandbox service started");
                 Ok(service)
@@ -294,15 +314,18 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         Err(reason)
     };
     let service = sandboxes.as_ref().ok().cloned();
-    let mcp = crate::mcp::McpAgent::open(
-        &config.data_dir,
-        config.sandbox.record_retention,
-        config.sandbox.bridge.as_ref(),
-        config.policy.mcp_hosts.clone(),
-    )
-    .map_err(|error| {
-        tracing::error!(agent_id = %agent_id, %error, "MCP calls will be refused");
-        error.to_string()
+    let mcp = audit.clone().and_then(|log| {
+        crate::mcp::McpAgent::open_with_audit(
+            &config.data_dir,
+            config.sandbox.record_retention,
+            config.sandbox.bridge.as_ref(),
+            config.policy.mcp_hosts.clone(),
+            log,
+        )
+        .map_err(|error| {
+            tracing::error!(agent_id = %agent_id, %error, "MCP calls will be refused");
+            error.to_string()
+        })
     });
 
     let settings = client_settings(&config, &identity);
@@ -347,6 +370,18 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         }
         // Sandboxes are kept (as on SIGTERM); the next start adopts or removes them.
         service.shutdown(false).await;
+    }
+    if let Ok(log) = &audit {
+        // A clean stop signs the chain head, so a later cut shows.
+        match log.checkpoint_now() {
+            Ok(Some(c)) => {
+                tracing::info!(agent_id = %agent_id, seq = c.seq, "audit checkpoint at shutdown")
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::error!(agent_id = %agent_id, %error, "audit checkpoint at shutdown failed")
+            }
+        }
     }
     tracing::info!(agent_id = %agent_id, "stopped");
     match revoked {

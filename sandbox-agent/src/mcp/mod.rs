@@ -16,10 +16,19 @@
 //!   matching an entry (`mcp.internal`, `*.corp`), else `Failed {
 //!   policy_denied }` naming the rule. `mcp_validate` of a denied host is an
 //!   RPC error `policy_denied`.
-//! * **Audit.** One hash-chained line per request in the agent's audit log
-//!   ([`crate::audit`]): call, session, tool_use_id, tool, outcome, duration
-//!   and an `mcp` object (server, URL host, credential id, failure,
-//!   `is_error`, size of the arguments). Never the arguments or a result.
+//! * **Audit.** Hash-chained lines in the agent's audit log
+//!   ([`crate::audit`]) with call, session, tool_use_id, tool, outcome,
+//!   duration and an `mcp` object (server, URL host, credential id, failure,
+//!   `is_error`, size of the arguments). An `mcp_call_tool` the policy
+//!   allows and a bridge can take first gets a `start` line with its input
+//!   (`{"tool", "arguments"}`, scrubbed by the bridge and the writer's token
+//!   patterns), written before the call record and the bridge are touched:
+//!   when it cannot be written the call is refused
+//!   (`Failed { audit_unavailable }`) and the server is not called. Its
+//!   `end` line carries the result's SHA-256 and size (and the scrubbed copy
+//!   in the outputs store when that is on). A request refused before that
+//!   (invalid, policy, no bridge) and `mcp_list_tools`/`mcp_validate` are one
+//!   line each. The result itself is never in a line.
 
 pub mod record;
 
@@ -33,7 +42,9 @@ use protocol::mcp::{
 };
 use protocol::relay::CredentialBinding;
 
-use crate::audit::{AuditEvent, AuditLog, McpCallDetail};
+use crate::audit::{
+    AuditEvent, AuditLog, Decision, Detail, McpCallDetail, OutputDigest, PHASE_END, PHASE_START,
+};
 use crate::sandbox::bridge::{BridgeClient, BridgeError, CallFailure};
 use record::{Begin, McpRecord};
 
@@ -41,6 +52,11 @@ use record::{Begin, McpRecord};
 /// above the bridge's own deadline (60 s by default, initialize and refresh
 /// included), so a slow server is the bridge's `timeout`, not a lost answer.
 pub const BRIDGE_DEADLINE: Duration = Duration::from_secs(150);
+
+/// The `McpFailure` code of a call refused because its `start` audit line
+/// could not be written. Sent as a code the wire enum does not name yet
+/// (peers decode it as an unknown failure and show its message).
+pub const AUDIT_UNAVAILABLE: &str = "audit_unavailable";
 
 /// Whether `request` is one of the MCP calls.
 pub fn is_mcp(request: &Request) -> bool {
@@ -82,10 +98,23 @@ impl McpAgent {
         bridge: Option<&crate::sandbox::config::BridgeSettings>,
         mcp_hosts: Option<Vec<String>>,
     ) -> Result<Self, McpSetupError> {
+        let audit = AuditLog::open(data_dir)?;
+        Self::open_with_audit(data_dir, retention, bridge, mcp_hosts, audit)
+    }
+
+    /// [`McpAgent::open`] writing to `audit` (the agent opens its log once,
+    /// from `[audit]`, and shares it with the sandbox service).
+    pub fn open_with_audit(
+        data_dir: &Path,
+        retention: Duration,
+        bridge: Option<&crate::sandbox::config::BridgeSettings>,
+        mcp_hosts: Option<Vec<String>>,
+        audit: AuditLog,
+    ) -> Result<Self, McpSetupError> {
         Ok(Self {
             bridge: bridge.map(BridgeClient::new),
             record: Arc::new(McpRecord::open(data_dir, retention)?),
-            audit: AuditLog::open(data_dir)?,
+            audit,
             mcp_hosts,
             deadline: BRIDGE_DEADLINE,
         })
@@ -188,12 +217,70 @@ impl McpAgent {
                     .unwrap_or(0),
             ),
         };
-        let reply = self.call_tool_once(r, &host).await;
-        self.audit(line, &host, &reply, started);
+        let mut started_line = false;
+        let reply = self
+            .call_tool_once(r, &host, &line, &mut started_line)
+            .await;
+        if started_line {
+            self.audit_end(line, &host, &reply, started).await;
+        } else {
+            self.audit(line, &host, &reply, started);
+        }
         reply
     }
 
-    async fn call_tool_once(&self, r: McpCallTool, host: &Result<String, String>) -> McpReply {
+    /// The `start` line of an `mcp_call_tool` (fail closed: `Err` is the
+    /// refusal to return; nothing was sent).
+    async fn audit_start(
+        &self,
+        r: &McpCallTool,
+        line: &Line,
+        host: &Result<String, String>,
+    ) -> Result<(), McpReply> {
+        let (input, redactions) = if self.audit.detail() == Detail::Outcomes {
+            (None, None)
+        } else {
+            let input = serde_json::json!({"tool": r.tool, "arguments": r.arguments});
+            let s = crate::sandbox::bridge::scrub_for_audit(self.bridge.as_ref(), &input).await;
+            (Some(s.value), (s.redactions > 0).then_some(s.redactions))
+        };
+        let event = AuditEvent {
+            call: line.call.to_owned(),
+            phase: Some(PHASE_START.to_owned()),
+            session_id: Some(line.session_id.clone()),
+            tool_use_id: line.tool_use_id.clone(),
+            tool: line.tool.clone(),
+            input,
+            redactions,
+            decision: Some(Decision {
+                allowed: true,
+                ..Default::default()
+            }),
+            outcome: "started".into(),
+            mcp: Some(McpCallDetail {
+                server: (!line.server.is_empty()).then(|| line.server.clone()),
+                host: host.clone().unwrap_or_default(),
+                arguments_bytes: line.arguments_bytes,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.audit.try_record(event).map(|_| ()).map_err(|error| {
+            tracing::error!(tool_use_id = %r.tool_use_id, %error, "MCP call refused: the audit record could not be written");
+            failed(
+                McpFailure::Unknown(AUDIT_UNAVAILABLE.into()),
+                format!("refused: the audit record could not be written ({error}); nothing ran"),
+            )
+        })
+    }
+
+    async fn call_tool_once(
+        &self,
+        r: McpCallTool,
+        host: &Result<String, String>,
+        line: &Line,
+        started_line: &mut bool,
+    ) -> McpReply {
         if r.tool_use_id.is_empty() {
             return failed(McpFailure::InvalidRequest, "tool_use_id is empty".into());
         }
@@ -205,6 +292,16 @@ impl McpAgent {
                     r.tool
                 ),
             );
+        }
+        // Fail closed: a call that may reach the server first gets its start
+        // line, before the record is touched. (A call the policy or a
+        // missing bridge refuses gets one line after; its replay, if any,
+        // is still answered from the record below.)
+        if self.precheck(&r.server, host).is_ok() {
+            if let Err(refusal) = self.audit_start(&r, line, host).await {
+                return refusal;
+            }
+            *started_line = true;
         }
         // The record first: a replay or an unknown outcome is answered even
         // when the policy or the bridge changed since.
@@ -366,7 +463,59 @@ impl McpAgent {
         })
     }
 
+    /// The `end` line of an `mcp_call_tool` that had a `start` line: the
+    /// outcome and the result's digest (its scrubbed copy stored when the
+    /// outputs store is on). Written whatever happens: a failure leaves the
+    /// log unhealthy, the reply still goes back.
+    async fn audit_end(
+        &self,
+        line: Line,
+        host: &Result<String, String>,
+        reply: &McpReply,
+        started: Instant,
+    ) {
+        let mut event = self.event(line, host, reply, started);
+        event.phase = Some(PHASE_END.to_owned());
+        if let McpOutcome::Called { content, .. } = &reply.outcome {
+            let bytes = serde_json::to_vec(content).unwrap_or_default();
+            let mut digest = OutputDigest::of(&bytes);
+            if let Some(store) = self
+                .audit
+                .outputs()
+                .filter(|_| self.audit.detail() == Detail::Full)
+            {
+                let (value, found) = crate::audit::Scrubber::global()
+                    .scrubbed(serde_json::Value::from(content.clone()));
+                let s = crate::sandbox::bridge::scrub_for_audit(self.bridge.as_ref(), &value).await;
+                if s.complete {
+                    match serde_json::to_vec(&s.value)
+                        .map_err(crate::audit::AuditError::Encode)
+                        .and_then(|b| store.put(&b))
+                    {
+                        Ok(sha) => digest.stored = Some(sha),
+                        Err(error) => tracing::warn!(%error, "audit: MCP output not stored"),
+                    }
+                    let n = found.saturating_add(s.redactions);
+                    event.redactions = (n > 0).then_some(n);
+                }
+            }
+            event.output = Some(digest);
+        }
+        self.audit.record(event);
+    }
+
     fn audit(&self, line: Line, host: &Result<String, String>, reply: &McpReply, started: Instant) {
+        let event = self.event(line, host, reply, started);
+        self.audit.record(event);
+    }
+
+    fn event(
+        &self,
+        line: Line,
+        host: &Result<String, String>,
+        reply: &McpReply,
+        started: Instant,
+    ) -> AuditEvent {
         let (outcome, failure, is_error) = match &reply.outcome {
             McpOutcome::Tools { .. } => ("ok", None, false),
             McpOutcome::Called { is_error, .. } => {
@@ -380,7 +529,24 @@ impl McpAgent {
         } else {
             outcome
         };
-        self.audit.record(AuditEvent {
+        let decision = match &reply.outcome {
+            McpOutcome::Failed {
+                failure: McpFailure::PolicyDenied,
+                message,
+            } => Some(Decision {
+                allowed: false,
+                rule: Some("policy.mcp_hosts".into()),
+                reason: Some(message.clone()),
+            }),
+            _ => None,
+        };
+        let outcome = if decision.is_some() {
+            "refused"
+        } else {
+            outcome
+        };
+        AuditEvent {
+            decision,
             call: line.call.to_owned(),
             session_id: Some(line.session_id),
             tool_use_id: line.tool_use_id,
@@ -399,7 +565,7 @@ impl McpAgent {
                 arguments_bytes: line.arguments_bytes,
             }),
             ..Default::default()
-        });
+        }
     }
 }
 

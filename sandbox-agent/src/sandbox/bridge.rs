@@ -294,6 +294,36 @@ impl BridgeClient {
         }
     }
 
+    /// Ask the bridge to replace every secret value it knows in the strings
+    /// of `value` (for the audit record); returns the scrubbed value and how
+    /// many occurrences were replaced. A value whose request or answer would
+    /// not fit one frame is refused ([`BridgeErrorCode::TooLarge`]) before
+    /// or by the bridge.
+    pub async fn scrub(
+        &self,
+        value: serde_json::Value,
+    ) -> Result<(serde_json::Value, u32), BridgeError> {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let request = ToBridge::Scrub { id, value };
+        let size = serde_json::to_vec(&request).map_or(usize::MAX, |v| v.len());
+        if size >= self.codec.max_frame_bytes().saturating_sub(64) {
+            return Err(BridgeError::Refused {
+                socket: self.socket.clone(),
+                code: BridgeErrorCode::TooLarge,
+                message: format!("the value to scrub is {size} bytes; it does not fit one frame"),
+            });
+        }
+        match self.call(&request).await? {
+            FromBridge::Scrubbed {
+                id: answered,
+                value,
+                redactions,
+            } if answered == id => Ok((value, redactions)),
+            other => Err(self.unexpected("scrub", &other)),
+        }
+    }
+
     fn unexpected(&self, request: &str, answer: &FromBridge) -> BridgeError {
         let kind = serde_json::to_value(answer)
             .ok()
@@ -422,6 +452,58 @@ impl BridgeClient {
                 })?;
             if n == 0 {
                 return Err(protocol("connection closed before an answer".into()));
+            }
+        }
+    }
+}
+
+/// A value as the audit record may keep it after the bridge's scrub pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditScrubbed {
+    /// The scrubbed value, or (when the bridge could not scrub it) an
+    /// `{"omitted": why, "sha256": …, "bytes": …}` object in its place.
+    pub value: serde_json::Value,
+    /// How many secret values the bridge replaced.
+    pub redactions: u32,
+    /// Whether `value` is the scrubbed value (false: it was omitted).
+    pub complete: bool,
+}
+
+/// The bridge's scrub pass over `value` for the audit record (the agent's
+/// own token patterns are applied by the audit writer). Without a bridge
+/// the value is kept as is: there are no bridge secrets to find. When a
+/// bridge is configured but cannot scrub it (down, stuck, too large), the
+/// value is not kept: its digest and size stand in for it, so a secret the
+/// bridge would have found never reaches the audit files.
+pub async fn scrub_for_audit(
+    bridge: Option<&BridgeClient>,
+    value: &serde_json::Value,
+) -> AuditScrubbed {
+    let Some(bridge) = bridge else {
+        return AuditScrubbed {
+            value: value.clone(),
+            redactions: 0,
+            complete: true,
+        };
+    };
+    match bridge.scrub(value.clone()).await {
+        Ok((value, redactions)) => AuditScrubbed {
+            value,
+            redactions,
+            complete: true,
+        },
+        Err(error) => {
+            use sha2::Digest as _;
+            let bytes = serde_json::to_vec(value).unwrap_or_default();
+            tracing::warn!(%error, bytes = bytes.len(), "audit: the vault-bridge could not scrub a value; its digest is kept instead");
+            AuditScrubbed {
+                value: serde_json::json!({
+                    "omitted": format!("the vault-bridge could not scrub it: {error}"),
+                    "sha256": hex::encode(sha2::Sha256::digest(&bytes)),
+                    "bytes": bytes.len(),
+                }),
+                redactions: 0,
+                complete: false,
             }
         }
     }
@@ -695,6 +777,62 @@ mod tests {
         assert!(matches!(&e, BridgeError::Timeout { .. }), "{e:?}");
         assert!(started.elapsed() < Duration::from_secs(5));
         holder.abort();
+    }
+
+    #[tokio::test]
+    async fn scrub_sends_the_value_and_returns_the_bridge_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path(), Duration::from_secs(2));
+        let listener = UnixListener::bind(&settings.socket_path).unwrap();
+        let task = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = BytesMut::new();
+            let hello = read_request(&mut stream, &mut buf).await;
+            assert!(matches!(hello, Some(ToBridge::Hello { .. })));
+            answer(
+                &mut stream,
+                &FromBridge::HelloAccepted {
+                    version: 1,
+                    software_version: "t".into(),
+                },
+            )
+            .await;
+            let Some(ToBridge::Scrub { id, value }) = read_request(&mut stream, &mut buf).await
+            else {
+                panic!("no scrub request")
+            };
+            assert_eq!(value, serde_json::json!({"command": "echo s3cret-canary"}));
+            answer(
+                &mut stream,
+                &FromBridge::Scrubbed {
+                    id,
+                    value: serde_json::json!({"command": "echo [redacted:vcrd_1]"}),
+                    redactions: 1,
+                },
+            )
+            .await;
+        });
+        let client = BridgeClient::new(&settings);
+        let (value, n) = client
+            .scrub(serde_json::json!({"command": "echo s3cret-canary"}))
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(value["command"], "echo [redacted:vcrd_1]");
+        task.await.unwrap();
+        // Too large to fit a frame: refused before connecting.
+        let big = serde_json::json!("x".repeat(protocol::frame::DEFAULT_MAX_FRAME_BYTES));
+        let e = client.scrub(big).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                BridgeError::Refused {
+                    code: BridgeErrorCode::TooLarge,
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[tokio::test]

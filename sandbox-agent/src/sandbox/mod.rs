@@ -85,6 +85,10 @@ pub enum SandboxError {
     /// The service is shutting down.
     #[error("the sandbox service is shutting down")]
     ShuttingDown,
+    /// The call's `start` audit line could not be written, so nothing ran
+    /// (fail closed; see [`crate::audit`]).
+    #[error("refused: the audit record could not be written ({0}); nothing ran")]
+    AuditUnavailable(#[source] crate::audit::AuditError),
     /// A bug: an invariant did not hold.
     #[error("internal error: {0}")]
     Internal(String),
@@ -102,6 +106,7 @@ pub fn to_wire_error(error: &SandboxError) -> SandboxCallError {
         SandboxError::Engine { .. }
         | SandboxError::ExecutorStart { .. }
         | SandboxError::Bridge { .. }
+        | SandboxError::AuditUnavailable(_)
         | SandboxError::ShuttingDown => (SandboxErrorCode::Unavailable, None),
         SandboxError::State { .. } | SandboxError::Internal(_) => {
             (SandboxErrorCode::Internal, None)

@@ -33,7 +33,7 @@ use super::policy::{RequestRefused, SandboxSpec};
 use super::pool::{Pool, Warm};
 use super::record::{Begin, ExecutionRecord};
 use super::SandboxError;
-use crate::audit::{AuditEvent, AuditLog};
+use crate::audit::{AuditEvent, AuditLog, Decision, Detail, OutputDigest, PHASE_END, PHASE_START};
 
 /// Everything the service is built from.
 #[derive(Debug, Clone)]
@@ -143,9 +143,21 @@ fn millis(d: Duration) -> u64 {
 }
 
 impl SandboxService {
-    /// Connect to Docker, open the record and audit log, reconcile the
-    /// containers this agent owns, and start the reaper and pool refill.
+    /// Connect to Docker, open the record and the audit log of the data
+    /// dir (default settings), reconcile the containers this agent owns, and
+    /// start the reaper and pool refill.
     pub async fn start(cfg: ServiceConfig) -> Result<(Self, ReconcileReport), SandboxError> {
+        let audit =
+            AuditLog::open(&cfg.data_dir).map_err(|e| SandboxError::Internal(e.to_string()))?;
+        Self::start_with_audit(cfg, audit).await
+    }
+
+    /// [`SandboxService::start`] writing to `audit` (the agent opens its
+    /// log once, from `[audit]`, and shares it with the MCP dispatcher).
+    pub async fn start_with_audit(
+        cfg: ServiceConfig,
+        audit: AuditLog,
+    ) -> Result<(Self, ReconcileReport), SandboxError> {
         if !cfg.sandbox.executor_path.is_file() {
             return Err(SandboxError::State {
                 path: cfg.sandbox.executor_path.clone(),
@@ -165,8 +177,6 @@ impl SandboxService {
             None => None,
         };
         let record = ExecutionRecord::open(&cfg.data_dir, cfg.sandbox.record_retention)?;
-        let audit =
-            AuditLog::open(&cfg.data_dir).map_err(|e| SandboxError::Internal(e.to_string()))?;
         let assignments_dir = cfg.data_dir.join("sandboxes");
         std::fs::create_dir_all(&assignments_dir).map_err(io_err(&assignments_dir))?;
         let pool_profiles = if cfg.pool.size == 0 {
@@ -226,6 +236,11 @@ impl SandboxService {
     /// Path of the audit log.
     pub fn audit_path(&self) -> &Path {
         self.inner.audit.path()
+    }
+
+    /// The audit log this service writes.
+    pub fn audit(&self) -> &AuditLog {
+        &self.inner.audit
     }
 
     /// Warm containers ready for the default profile of `image`.
@@ -361,34 +376,58 @@ impl SandboxService {
         Ok(())
     }
 
-    /// `provision`: resolve the request against policy, hand out a warm
-    /// container of the same profile if there is one, else create one.
+    /// `provision`: resolve the request against policy, write the `start`
+    /// audit line (refused, with nothing created, when it cannot be
+    /// written), hand out a warm container of the same profile if there is
+    /// one, else create one; then the `end` line.
     pub async fn provision(&self, req: ProvisionRequest) -> Result<Provisioned, SandboxError> {
         let started = Instant::now();
-        let result = self.provision_inner(&req).await;
-        let (outcome, detail) = match &result {
+        let base = AuditEvent {
+            call: "provision".into(),
+            session_id: req.session_id.clone(),
+            ..Default::default()
+        };
+        let mut started_line = false;
+        let result = self.provision_inner(&req, &base, &mut started_line).await;
+        let (outcome, detail, decision) = match &result {
             Ok(p) => (
                 "ok".to_owned(),
                 Some(format!("image={} from_pool={}", p.image, p.from_pool)),
+                None,
             ),
-            Err(SandboxError::Refused(RequestRefused::Policy { rule, .. })) => {
-                ("refused".to_owned(), Some((*rule).to_owned()))
-            }
-            Err(e) => ("error".to_owned(), Some(e.to_string())),
+            Err(SandboxError::Refused(e @ RequestRefused::Policy { rule, .. })) => (
+                "refused".to_owned(),
+                Some((*rule).to_owned()),
+                Some(Decision {
+                    allowed: false,
+                    rule: Some((*rule).to_owned()),
+                    reason: Some(e.to_string()),
+                }),
+            ),
+            // Nothing was created and the log cannot take a line now.
+            Err(SandboxError::AuditUnavailable(_)) => return result,
+            Err(e) => ("error".to_owned(), Some(e.to_string()), None),
         };
+        let input = decision.as_ref().map(|_| provision_input(&req));
         self.inner.audit.record(AuditEvent {
-            call: "provision".into(),
+            phase: started_line.then(|| PHASE_END.to_owned()),
             sandbox_id: result.as_ref().ok().map(|p| p.sandbox_id.clone()),
-            session_id: req.session_id.clone(),
             outcome,
             detail,
+            decision,
+            input,
             duration_ms: millis(started.elapsed()),
-            ..Default::default()
+            ..base
         });
         result
     }
 
-    async fn provision_inner(&self, req: &ProvisionRequest) -> Result<Provisioned, SandboxError> {
+    async fn provision_inner(
+        &self,
+        req: &ProvisionRequest,
+        base: &AuditEvent,
+        started_line: &mut bool,
+    ) -> Result<Provisioned, SandboxError> {
         let inner = &self.inner;
         if inner.cancel.is_cancelled() {
             return Err(SandboxError::ShuttingDown);
@@ -400,6 +439,23 @@ impl SandboxService {
             reg.reserved += 1;
             spec
         };
+        // Fail closed: nothing is created unless the start line is written.
+        let start = AuditEvent {
+            phase: Some(PHASE_START.to_owned()),
+            input: Some(provision_input(req)),
+            decision: Some(Decision {
+                allowed: true,
+                ..Default::default()
+            }),
+            outcome: "started".into(),
+            ..base.clone()
+        };
+        if let Err(error) = inner.audit.try_record(start) {
+            inner.lock().reserved -= 1;
+            tracing::error!(session_id = ?req.session_id, %error, "provision refused: the audit record could not be written");
+            return Err(SandboxError::AuditUnavailable(error));
+        }
+        *started_line = true;
         let egress = EgressInput {
             repositories: super::bridge::repositories_from_resources(&req.resources),
             credentials: req.credentials.clone(),
@@ -514,67 +570,174 @@ impl SandboxService {
     /// `execute`: run one tool call, or answer it from the execution record
     /// when this `tool_use_id` was seen before. Streamed bash output goes to
     /// `stream` as it is produced.
+    ///
+    /// Audit: a request refused by validation or policy is one line (with
+    /// the decision and, for a policy refusal, the scrubbed input). Any other
+    /// call first gets its `start` line (scrubbed input, decision allowed),
+    /// written before the execution record or the sandbox is touched; if
+    /// that write fails the call is answered with a tool error and nothing
+    /// runs. After the call (run, replayed, unknown) the `end` line records
+    /// the outcome, exit code, output digest and duration; a failed `end`
+    /// write leaves the log unhealthy but the result is still returned.
     pub async fn execute(
         &self,
         req: ExecuteRequest,
         stream: Option<mpsc::Sender<Bytes>>,
     ) -> Result<ToolResult, SandboxError> {
         let started = Instant::now();
+        let inner = &self.inner;
+        let base = AuditEvent {
+            call: "execute".into(),
+            sandbox_id: Some(req.sandbox_id.clone()),
+            session_id: inner
+                .lock()
+                .live
+                .get(&req.sandbox_id)
+                .and_then(|s| s.session_id.clone()),
+            tool_use_id: Some(req.tool_use_id.clone()),
+            tool: Some(req.name.clone()),
+            ..Default::default()
+        };
+        if let Err(e) = check_execute(inner, &req) {
+            let (outcome, decision, input) = match &e {
+                SandboxError::Refused(refused @ RequestRefused::Policy { rule, .. }) => {
+                    let input = self.audit_input(&req.input).await;
+                    (
+                        "refused",
+                        Some(Decision {
+                            allowed: false,
+                            rule: Some((*rule).to_owned()),
+                            reason: Some(refused.to_string()),
+                        }),
+                        Some(input),
+                    )
+                }
+                _ => ("error", None, None),
+            };
+            let (input, redactions) = input.map_or((None, None), |(v, n)| (Some(v), n));
+            // The call is refused whether or not this line is written.
+            inner.audit.record(AuditEvent {
+                outcome: outcome.into(),
+                detail: Some(e.to_string()),
+                decision,
+                input,
+                redactions,
+                duration_ms: millis(started.elapsed()),
+                ..base
+            });
+            return Err(e);
+        }
+        let (input, redactions) = self.audit_input(&req.input).await;
+        let start = AuditEvent {
+            phase: Some(PHASE_START.to_owned()),
+            input: Some(input),
+            redactions,
+            decision: Some(Decision {
+                allowed: true,
+                ..Default::default()
+            }),
+            outcome: "started".into(),
+            ..base.clone()
+        };
+        if let Err(error) = inner.audit.try_record(start) {
+            tracing::error!(sandbox_id = %req.sandbox_id, tool_use_id = %req.tool_use_id, tool = %req.name, %error,
+                "tool call refused: the audit record could not be written");
+            return Ok(ToolResult::text(
+                SandboxError::AuditUnavailable(error).to_string(),
+                true,
+            ));
+        }
         let result = self.execute_inner(&req, stream).await;
-        let (outcome, detail) = match &result {
-            Ok(r) => (
-                match (r.disposition, r.is_error) {
+        let mut end = AuditEvent {
+            phase: Some(PHASE_END.to_owned()),
+            duration_ms: millis(started.elapsed()),
+            ..base
+        };
+        match &result {
+            Ok((r, exit_code)) => {
+                end.outcome = match (r.disposition, r.is_error) {
                     (Disposition::Replayed, _) => "replayed",
                     (Disposition::Unknown, _) => "unknown",
                     (Disposition::Ran, true) => "tool_error",
                     (Disposition::Ran, false) => "ok",
                 }
-                .to_owned(),
-                None,
-            ),
-            Err(SandboxError::Refused(RequestRefused::Policy { rule, .. })) => {
-                ("refused".to_owned(), Some((*rule).to_owned()))
+                .to_owned();
+                end.exit_code = *exit_code;
+                if r.disposition == Disposition::Replayed {
+                    end.detail = Some("answered from the execution record".into());
+                }
+                let (output, redactions) = self.audit_output(&r.content).await;
+                end.output = Some(output);
+                end.redactions = redactions;
             }
-            Err(e) => ("error".to_owned(), Some(e.to_string())),
+            Err(e) => {
+                end.outcome = "error".into();
+                end.detail = Some(e.to_string());
+            }
+        }
+        // The call ran (or was answered): its result goes back even if this
+        // line cannot be written; the log is then unhealthy.
+        inner.audit.record(end);
+        result.map(|(r, _)| r)
+    }
+
+    /// The tool input as the audit line keeps it: the bridge's scrub pass
+    /// when `[bridge]` is set (the writer adds the token patterns). Nothing
+    /// is scrubbed with `detail = "outcomes"`, which keeps no input.
+    async fn audit_input(&self, input: &serde_json::Value) -> (serde_json::Value, Option<u32>) {
+        if self.inner.audit.detail() == Detail::Outcomes {
+            return (serde_json::Value::Null, None);
+        }
+        let bridge = self
+            .inner
+            .cfg
+            .sandbox
+            .bridge
+            .as_ref()
+            .map(super::bridge::BridgeClient::new);
+        let s = super::bridge::scrub_for_audit(bridge.as_ref(), input).await;
+        (s.value, (s.redactions > 0).then_some(s.redactions))
+    }
+
+    /// The `output` of an `end` line: the digest of the content as
+    /// returned and, with the outputs store on, its scrubbed copy stored.
+    async fn audit_output(&self, content: &[serde_json::Value]) -> (OutputDigest, Option<u32>) {
+        let bytes = serde_json::to_vec(content).unwrap_or_default();
+        let mut digest = OutputDigest::of(&bytes);
+        let audit = &self.inner.audit;
+        let Some(store) = audit.outputs().filter(|_| audit.detail() == Detail::Full) else {
+            return (digest, None);
         };
-        self.inner.audit.record(AuditEvent {
-            call: "execute".into(),
-            sandbox_id: Some(req.sandbox_id.clone()),
-            tool_use_id: Some(req.tool_use_id.clone()),
-            tool: Some(req.name.clone()),
-            outcome,
-            detail,
-            duration_ms: millis(started.elapsed()),
-            ..Default::default()
-        });
-        result
+        let (value, found) =
+            crate::audit::Scrubber::global().scrubbed(serde_json::Value::from(content.to_vec()));
+        let bridge = self
+            .inner
+            .cfg
+            .sandbox
+            .bridge
+            .as_ref()
+            .map(super::bridge::BridgeClient::new);
+        let s = super::bridge::scrub_for_audit(bridge.as_ref(), &value).await;
+        if !s.complete {
+            return (digest, None);
+        }
+        let redactions = found.saturating_add(s.redactions);
+        match serde_json::to_vec(&s.value)
+            .map_err(crate::audit::AuditError::Encode)
+            .and_then(|b| store.put(&b))
+        {
+            Ok(sha) => digest.stored = Some(sha),
+            Err(error) => tracing::warn!(%error, "audit: output not stored"),
+        }
+        (digest, (redactions > 0).then_some(redactions))
     }
 
     async fn execute_inner(
         &self,
         req: &ExecuteRequest,
         stream: Option<mpsc::Sender<Bytes>>,
-    ) -> Result<ToolResult, SandboxError> {
+    ) -> Result<(ToolResult, Option<i32>), SandboxError> {
         let inner = &self.inner;
-        if req.tool_use_id.is_empty() || req.tool_use_id.len() > 256 {
-            return Err(RequestRefused::BadRequest {
-                field: "tool_use_id",
-                message: "must be 1 to 256 characters".into(),
-            }
-            .into());
-        }
-        if !TOOL_NAMES.contains(&req.name.as_str()) {
-            return Err(RequestRefused::BadRequest {
-                field: "name",
-                message: format!(
-                    "unknown tool `{}` (known: {})",
-                    req.name,
-                    TOOL_NAMES.join(", ")
-                ),
-            }
-            .into());
-        }
-        inner.cfg.policy.check_tool(&req.name)?;
         let sandbox = {
             let reg = inner.lock();
             match reg.live.get(&req.sandbox_id) {
@@ -584,15 +747,18 @@ impl SandboxService {
         };
         match inner.record.begin(&req.tool_use_id, &req.sandbox_id)? {
             Begin::Run => {}
-            Begin::Replay(r) | Begin::Unknown(r) => return Ok(r),
+            Begin::Replay(r) | Begin::Unknown(r) => return Ok((r, None)),
             Begin::InFlight(mut rx) => loop {
                 if let Some(r) = rx.borrow_and_update().clone() {
-                    return Ok(r);
+                    return Ok((r, None));
                 }
                 if rx.changed().await.is_err() {
-                    return Ok(super::record::unknown_result(
-                        &req.tool_use_id,
-                        "the earlier attempt ended without a recorded result",
+                    return Ok((
+                        super::record::unknown_result(
+                            &req.tool_use_id,
+                            "the earlier attempt ended without a recorded result",
+                        ),
+                        None,
                     ));
                 }
             },
@@ -608,7 +774,7 @@ impl SandboxService {
                     true,
                 );
                 inner.record.finish(&req.tool_use_id, &r)?;
-                return Ok(r);
+                return Ok((r, None));
             }
             Err(None) => {
                 inner.record.abandon(&req.tool_use_id);
@@ -636,7 +802,7 @@ impl SandboxService {
                     disposition: Disposition::Ran,
                 };
                 inner.record.finish(&req.tool_use_id, &result)?;
-                Ok(result)
+                Ok((result, r.exit_code))
             }
             Err(e) => {
                 let reason = match &e {
@@ -667,7 +833,7 @@ impl SandboxService {
                     true,
                 );
                 result.disposition = Disposition::Unknown;
-                Ok(result)
+                Ok((result, None))
             }
         }
     }
@@ -982,6 +1148,63 @@ async fn create_sandbox(
             Err(e)
         }
     }
+}
+
+/// The request checks of `execute` that come before anything is recorded:
+/// a usable `tool_use_id`, a known tool, and the policy's tool list.
+fn check_execute(inner: &Inner, req: &ExecuteRequest) -> Result<(), SandboxError> {
+    if req.tool_use_id.is_empty() || req.tool_use_id.len() > 256 {
+        return Err(RequestRefused::BadRequest {
+            field: "tool_use_id",
+            message: "must be 1 to 256 characters".into(),
+        }
+        .into());
+    }
+    if !TOOL_NAMES.contains(&req.name.as_str()) {
+        return Err(RequestRefused::BadRequest {
+            field: "name",
+            message: format!(
+                "unknown tool `{}` (known: {})",
+                req.name,
+                TOOL_NAMES.join(", ")
+            ),
+        }
+        .into());
+    }
+    inner.cfg.policy.check_tool(&req.name)?;
+    Ok(())
+}
+
+/// What a provision line keeps of the request: the sandbox's shape and the
+/// ids it names (never env values, credential secrets or resource tokens;
+/// the writer's token patterns run over it too).
+fn provision_input(req: &ProvisionRequest) -> serde_json::Value {
+    let mut v = serde_json::to_value(req).unwrap_or(serde_json::Value::Null);
+    if let Some(map) = v.as_object_mut() {
+        if let Some(env) = map.get_mut("env").and_then(|e| e.as_object_mut()) {
+            for value in env.values_mut() {
+                *value = serde_json::Value::String("[redacted:env]".into());
+            }
+        }
+        // A resource may carry a token: keep only what names it.
+        if let Some(resources) = map.get_mut("resources").and_then(|r| r.as_array_mut()) {
+            for r in resources.iter_mut() {
+                let kept: serde_json::Map<String, serde_json::Value> = r
+                    .as_object()
+                    .map(|o| {
+                        o.iter()
+                            .filter(|(k, _)| {
+                                matches!(k.as_str(), "type" | "id" | "url" | "mount_path")
+                            })
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                *r = serde_json::Value::Object(kept);
+            }
+        }
+    }
+    v
 }
 
 fn assignment_path(dir: &Path, sandbox_id: &str) -> Option<PathBuf> {

@@ -512,11 +512,13 @@ impl SandboxAgent {
             .collect()
     }
 
-    /// The audit log, one JSON object per line.
+    /// The audit log, one JSON object per call: the `start` lines written
+    /// before a call runs are left out (each such call also has its `end`).
     pub fn audit(&self) -> Vec<Value> {
         let text = std::fs::read_to_string(self.data_dir().join("audit.jsonl")).unwrap_or_default();
         text.lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| l["phase"] != "start")
             .collect()
     }
 
