@@ -78,7 +78,29 @@ pub struct RawSyslog {
     pub hostname: Option<String>,
     /// Whether `audit ship` runs (default true when the table exists).
     pub enabled: Option<bool>,
+    /// RFC 5424 facility: `authpriv` (default), `auth`, `daemon`, `user`,
+    /// `local0`…`local7`.
+    pub facility: Option<String>,
+    /// Who runs the shipper: `agent` (default: `sandbox-agent run` starts it
+    /// as a child) or `unit` (the separate `airlock-sandbox-agent-audit-ship.service`).
+    pub shipper: Option<String>,
 }
+
+/// Who runs `audit ship`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ShipperMode {
+    /// `sandbox-agent run` starts it as a child process.
+    #[default]
+    Agent,
+    /// A separate service (`airlock-sandbox-agent-audit-ship.service`) runs it.
+    Unit,
+}
+
+/// The facilities `[audit.syslog] facility` accepts.
+pub const SYSLOG_FACILITIES: &[&str] = &[
+    "authpriv", "auth", "daemon", "user", "local0", "local1", "local2", "local3", "local4",
+    "local5", "local6", "local7",
+];
 
 /// How much a line holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -125,6 +147,10 @@ pub struct SyslogSettings {
     pub hostname: String,
     /// Whether shipping is on.
     pub enabled: bool,
+    /// RFC 5424 facility name (one of [`SYSLOG_FACILITIES`]).
+    pub facility: String,
+    /// Who runs the shipper.
+    pub shipper: ShipperMode,
 }
 
 /// Typed `[audit]`.
@@ -321,6 +347,23 @@ impl SyslogSettings {
         printusascii("audit.syslog.app_name", &app_name, 48)?;
         let hostname = raw.hostname.unwrap_or_else(system_hostname);
         printusascii("audit.syslog.hostname", &hostname, 255)?;
+        let facility = raw.facility.unwrap_or_else(|| "authpriv".to_owned());
+        if !SYSLOG_FACILITIES.contains(&facility.as_str()) {
+            return Err(ConfigError::invalid(
+                "audit.syslog.facility",
+                format!("must be one of {}", SYSLOG_FACILITIES.join(", ")),
+            ));
+        }
+        let shipper = match raw.shipper.as_deref() {
+            None | Some("agent") => ShipperMode::Agent,
+            Some("unit") => ShipperMode::Unit,
+            Some(_) => {
+                return Err(ConfigError::invalid(
+                    "audit.syslog.shipper",
+                    "must be \"agent\" or \"unit\"",
+                ))
+            }
+        };
         Ok(Self {
             address,
             host,
@@ -331,6 +374,8 @@ impl SyslogSettings {
             app_name,
             hostname,
             enabled: raw.enabled.unwrap_or(true),
+            facility,
+            shipper,
         })
     }
 }
@@ -391,6 +436,14 @@ mod tests {
                 "[audit.syslog]\naddress = \"siem:6514\"\napp_name = \"a b\"",
                 "audit.syslog.app_name",
             ),
+            (
+                "[audit.syslog]\naddress = \"siem:6514\"\nfacility = \"kern\"",
+                "audit.syslog.facility",
+            ),
+            (
+                "[audit.syslog]\naddress = \"siem:6514\"\nshipper = \"cron\"",
+                "audit.syslog.shipper",
+            ),
         ] {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");
@@ -404,6 +457,18 @@ mod tests {
         assert_eq!(sys.app_name, "airlock-agent");
         assert!(sys.enabled);
         assert!(!sys.hostname.is_empty());
+        assert_eq!(sys.facility, "authpriv");
+        assert_eq!(sys.shipper, ShipperMode::Agent);
+        let sys = parse(
+            "[audit.syslog]\naddress = \"siem:6514\"\nfacility = \"local3\"\nshipper = \"unit\"",
+        )
+        .unwrap()
+        .syslog
+        .unwrap();
+        assert_eq!(
+            (sys.facility.as_str(), sys.shipper),
+            ("local3", ShipperMode::Unit)
+        );
     }
 
     #[test]
@@ -426,5 +491,6 @@ mod tests {
         let sys = s.syslog.expect("[audit.syslog] in the example");
         assert_eq!(sys.port, 6514);
         assert!(sys.client_cert.is_some());
+        assert_eq!(sys.shipper, ShipperMode::Agent);
     }
 }

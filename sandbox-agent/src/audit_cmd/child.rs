@@ -29,11 +29,14 @@ pub struct ChildSpec {
 }
 
 /// Whether `sandbox-agent run` should run the shipper itself: `[audit.syslog]`
-/// is configured and enabled, and `AIRLOCK_AUDIT_SHIP_EXTERNAL` is not `1`
-/// (set it when the separate unit `sandbox-agent-audit-ship.service` ships).
+/// is configured and enabled, and its `shipper` is `agent` (not `unit`, the
+/// separate `airlock-sandbox-agent-audit-ship.service`).
 pub fn wanted(config: &crate::config::Config) -> bool {
-    let external = std::env::var("AIRLOCK_AUDIT_SHIP_EXTERNAL").is_ok_and(|v| v == "1");
-    config.audit.syslog.as_ref().is_some_and(|s| s.enabled) && !external
+    config
+        .audit
+        .syslog
+        .as_ref()
+        .is_some_and(|s| s.enabled && s.shipper == crate::audit::config::ShipperMode::Agent)
 }
 
 /// The running supervisor of the shipper child.

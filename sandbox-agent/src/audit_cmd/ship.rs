@@ -137,17 +137,14 @@ pub struct ShipSettings {
 }
 
 impl ShipSettings {
-    /// From `[audit.syslog]`; the facility is authpriv unless
-    /// `AIRLOCK_AUDIT_SYSLOG_FACILITY` names another (`local0`…).
+    /// From `[audit.syslog]` (its `facility`, authpriv by default).
     pub fn from_config(syslog: Option<&SyslogSettings>) -> Result<Self, ShipError> {
         let syslog = syslog
             .filter(|s| s.enabled)
             .ok_or(ShipError::NotConfigured)?
             .clone();
-        let facility = std::env::var("AIRLOCK_AUDIT_SYSLOG_FACILITY")
-            .ok()
-            .and_then(|f| Facility::parse(&f))
-            .unwrap_or(Facility::AUTHPRIV);
+        // The config parser accepts only names Facility::parse knows.
+        let facility = Facility::parse(&syslog.facility).unwrap_or(Facility::AUTHPRIV);
         Ok(Self { syslog, facility })
     }
 }
@@ -605,6 +602,8 @@ mod tests {
                 app_name: "airlock-agent".into(),
                 hostname: "host-1".into(),
                 enabled: true,
+                facility: "authpriv".into(),
+                shipper: crate::audit::config::ShipperMode::Agent,
             },
             facility: Facility::AUTHPRIV,
         }
