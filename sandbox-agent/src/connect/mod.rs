@@ -328,7 +328,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         })
     });
 
-    let settings = client_settings(&config, &identity);
+    let mut settings = client_settings(&config, &identity);
+    // The control plane keeps every checkpoint head and the log's health
+    // (sent at every connect and on every change).
+    settings.audit_status = audit.as_ref().ok().map(|log| log.watch_status());
     tracing::info!(agent_id = %agent_id, server = %settings.server, transport = ?settings.mode,
         proxy = ?settings.proxy.as_ref().map(|p| p.to_string()), "sandbox-agent running");
     let drain = settings.drain_deadline;
