@@ -287,3 +287,112 @@ fn checkpoints_over_the_real_tunnel_are_verified_pinned_flagged_and_exported() {
     }
     rt.block_on(client.shutdown(Duration::from_secs(1)));
 }
+
+/// `sandbox-agent --config <cfg> audit verify --checkpoints <file>`.
+fn verify_against(agent: &Agent, checkpoints: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(airlock_tests::deploy::binary("sandbox-agent").unwrap())
+        .arg("--config")
+        .arg(agent.config_path())
+        .args(["audit", "verify", "--checkpoints"])
+        .arg(checkpoints)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+/// Append `n` records and a checkpoint to the agent's audit log through
+/// the agent's own audit library (what its calls do), as a stopped agent's
+/// history; returns the checkpoint.
+fn seed(
+    config: &sandbox_agent::config::Config,
+    agent_id: &str,
+    n: usize,
+) -> protocol::audit::AuditCheckpoint {
+    let log = sandbox_agent::audit::AuditLog::open_with(&config.audit, agent_id).unwrap();
+    for _ in 0..n {
+        log.try_record(sandbox_agent::audit::AuditEvent {
+            call: "list_sandboxes".into(),
+            outcome: "ok".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    log.checkpoint_now()
+        .unwrap()
+        .expect("a checkpoint over new records")
+}
+
+#[test]
+fn a_real_agent_publishes_its_checkpoints_and_a_rolled_back_log_is_caught() {
+    let cp = ControlPlane::spawn(CpOptions::default()).unwrap();
+    let join = cp.join_string("env-audit-agent").unwrap();
+    let mut agent = Agent::enroll(&cp, &join, AgentOptions::default()).unwrap();
+    let id = agent.agent_id().to_owned();
+    let config = sandbox_agent::config::Config::load(agent.config_path()).unwrap();
+    let audit_dir = config.audit.dir.clone();
+    let current = audit_dir.join("audit.jsonl");
+
+    // history: a checkpoint, a copy of the log at that point, then more
+    let old = seed(&config, &id, 3);
+    let old_copy = audit_dir.join("old-copy.jsonl.bak");
+    std::fs::copy(&current, &old_copy).unwrap();
+    let new = seed(&config, &id, 3);
+    assert!(new.seq > old.seq);
+
+    // the real agent publishes its latest checkpoint on connect
+    agent.run().unwrap();
+    cp.wait_connected(&id, LIMIT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", tail(&agent.log(), 30)));
+    let c = wait_checkpoints(&cp, &id, 1);
+    assert_eq!(flags(&c[0]), (new.seq, false, false), "{:?}", c);
+    assert_eq!(c[0]["head"], new.head.as_str());
+    assert_eq!(c[0]["public_key"], new.public_key.as_str());
+    let conn = cp
+        .wait_connection(&id, LIMIT, |a| a["audit"]["last_checkpoint_seq"] == new.seq)
+        .unwrap_or_else(|e| panic!("{e}\n{}", tail(&cp.log(), 30)));
+    assert_eq!(conn["audit"]["healthy"], true, "{conn}");
+
+    // the control plane's export verifies against the agent's log
+    let export = audit_dir.parent().unwrap().join("cp-checkpoints.jsonl");
+    std::fs::write(
+        &export,
+        cp.cli(&["audit", "checkpoints", "--agent", &id]).unwrap(),
+    )
+    .unwrap();
+    let out = verify_against(&agent, &export);
+    assert!(
+        out.status.success(),
+        "verify: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // someone puts the older copy back while the agent is stopped
+    agent.terminate().unwrap();
+    std::fs::copy(&old_copy, &current).unwrap();
+    std::fs::remove_file(&old_copy).unwrap();
+    let out = verify_against(&agent, &export);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("verify of the rolled-back log: {}", said.trim());
+    assert!(
+        !out.status.success(),
+        "the rolled-back log must fail verify: {said}"
+    );
+    assert!(
+        said.contains("truncated") || said.contains("rolled back"),
+        "{said}"
+    );
+
+    // restarted on the old copy, the agent's checkpoint goes backwards: the
+    // control plane keeps it, flagged
+    agent.run().unwrap();
+    let c = wait_checkpoints(&cp, &id, 2);
+    assert_eq!(flags(&c[1]), (old.seq, false, true), "{:?}", c);
+    let log = cp.log();
+    assert!(log.contains("flagged rollback"), "{}", tail(&log, 30));
+    agent.terminate().unwrap();
+}
