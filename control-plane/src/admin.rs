@@ -383,4 +383,43 @@ mod tests {
             assert!(!v["error"]["message"].as_str().unwrap().is_empty(), "{v}");
         }
     }
+
+    #[tokio::test]
+    async fn revocations_are_recorded_in_the_audit_even_when_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!("data_dir = \"{}\"", dir.path().display());
+        let config = crate::config::Config::parse(&text, Path::new("t.toml")).unwrap();
+        let identity =
+            IdentityService::open(config.pki.identity_settings(&config.data_dir)).unwrap();
+        let catalog: Arc<dyn catalog::Catalog> = Arc::new(
+            catalog::SqliteCatalog::open_in_dir(dir.path())
+                .await
+                .unwrap(),
+        );
+        let router = router(AdminState {
+            identity: Arc::new(identity),
+            directory: Arc::new(Registry::new()),
+            catalog: Some(catalog.clone()),
+        });
+        let unknown = AgentId::generate();
+        let (status, _) = call(&router, "POST", &format!("/v1/agents/{unknown}/revoke")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _) = call(&router, "GET", "/v1/agents").await;
+        assert_eq!(status, StatusCode::OK);
+        let page = catalog
+            .list_audit_events(catalog::audit::AuditEventQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let events: Vec<_> = page.items.into_iter().map(|r| r.event).collect();
+        assert_eq!(events.len(), 1, "reads are not recorded: {events:?}");
+        let e = &events[0];
+        assert_eq!(e.action, "agents.revoke");
+        assert_eq!(e.resource_ids, vec![unknown.to_string()]);
+        assert_eq!(e.outcome, catalog::audit::Outcome::Error);
+        // no connect info in a oneshot request: the uid is unknown
+        assert_eq!(e.actor, catalog::audit::Actor::Admin { uid: None });
+    }
 }
