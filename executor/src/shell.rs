@@ -533,8 +533,11 @@ mod tests {
         let mut sink = |_: &[u8]| {};
         let o = sh.run("cd / && X=1", Duration::from_secs(10), &mut sink);
         assert!(!o.is_error, "{}", o.text);
+        assert_eq!(o.exit_code, Some(0));
         let o = sh.run("echo \"$PWD $X\"", Duration::from_secs(10), &mut sink);
         assert_eq!(o.text, "/ 1\n");
+        let o = sh.run("(exit 7)", Duration::from_secs(10), &mut sink);
+        assert!(o.is_error && o.exit_code == Some(7), "{o:?}");
         let o = sh.run(
             "trap '' TERM; sleep 30",
             Duration::from_millis(300),
@@ -545,6 +548,7 @@ mod tests {
             "{}",
             o.text
         );
+        assert_eq!(o.exit_code, None, "no status for a killed command");
         let o = sh.run("echo \"[$X]\"", Duration::from_secs(10), &mut sink);
         assert_eq!(o.text, "[]\n", "a new shell after the timeout");
     }
