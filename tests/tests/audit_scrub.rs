@@ -7,7 +7,9 @@
 //! URL-encoded, base64) and common token formats. The canaries appear in
 //! what the tools return (so they were really there) but nowhere in the
 //! audit files, the outputs store or `sandbox-agent audit export`, where
-//! `[redacted:<credential id or kind>]` markers stand instead.
+//! `[redacted:<credential id or kind>]` markers stand instead. The bash
+//! call's `end` line carries its exit code (the static executor must be
+//! built from this tree: `scripts/setup.d/30-images.sh` does).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -212,6 +214,17 @@ async fn canaries_from_the_bridge_never_reach_the_audit_record() {
         "{}",
         starts[0]
     );
+    // The bash call's end line carries the command's exit status and the
+    // digest of what it returned.
+    let bash_end = lines
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|l| l["call"] == "execute" && l["phase"] == "end" && l["tool"] == "bash")
+        .unwrap();
+    assert_eq!(bash_end["outcome"], "ok", "{bash_end}");
+    assert_eq!(bash_end["exit_code"], 0, "{bash_end}");
+    assert_eq!(bash_end["output"]["sha256"].as_str().unwrap().len(), 64);
+    assert!(bash_end["output"]["stored"].is_string(), "{bash_end}");
     let denied: Vec<serde_json::Value> = lines
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
