@@ -5,11 +5,13 @@ it with strict response validation, so every response must parse into the
 SDK's own types.
 """
 
+import contextlib
 import json
 import os
 import pathlib
 import queue
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -261,3 +263,96 @@ class VaultBridge:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         self.log.close()
+
+
+def free_port():
+    """A loopback TCP port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def files_bytes(root):
+    """Every regular file under `root`, concatenated."""
+    out = bytearray()
+    for p in pathlib.Path(root).rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            try:
+                out += p.read_bytes()
+            except OSError:
+                pass
+    return bytes(out)
+
+
+@contextlib.contextmanager
+def bridged_deployment(model, upstream_ca_file, name, wait):
+    """The whole customer-side path: the fake model binary `model`, a real
+    `control-plane serve`, a real `vault-bridge serve` trusting
+    `upstream_ca_file`, an environment named after `name`, and a real
+    `sandbox-agent` enrolled into it beside the bridge, connected. Yields a
+    namespace (model, bridge, cp, client, environment, agent_id, agent,
+    agent_log_path, agent_dir); stops all of it, and removes the agent's
+    containers, at the end (also when setting up fails half-way)."""
+    executor = os.environ.get("AIRLOCK_EXECUTOR_PATH")
+    image = os.environ.get("AIRLOCK_SANDBOX_IMAGE")
+    if not executor or not image:
+        pytest.fail("AIRLOCK_EXECUTOR_PATH / AIRLOCK_SANDBOX_IMAGE unset: source scripts/setup.d/30-images.sh")
+    d = type("Deployment", (), {})()
+    with contextlib.ExitStack() as stack:
+        d.model = Fixture(model, until="base_url")
+        stack.callback(d.model.stop)
+        d.bridge = VaultBridge(upstream_ca_files=[upstream_ca_file])
+        stack.callback(d.bridge.dir.cleanup)
+        stack.callback(d.bridge.stop)
+        tunnel, enroll = free_port(), free_port()
+        while enroll == tunnel:
+            enroll = free_port()
+        d.cp = ControlPlane(d.model.facts["base_url"], tunnel_port=tunnel, enroll_port=enroll)
+        stack.callback(d.cp.dir.cleanup)
+        stack.callback(d.cp.stop)
+        d.client = d.cp.client(timeout=wait)
+        stack.callback(d.client.close)
+        d.environment = d.client.beta.environments.create(name=f"{name}-{time.monotonic_ns()}")
+        join = d.cp.cli("tokens", "create", "--environment", d.environment.id, "--json")["join_string"]
+        d.agent_dir = tempfile.TemporaryDirectory(prefix="airlock-py-agent-")
+        stack.callback(d.agent_dir.cleanup)
+        a = pathlib.Path(d.agent_dir.name)
+        config = a / "agent.toml"
+        config.write_text(
+            f'data_dir = "{a / "data"}"\n'
+            f'[sandbox]\nexecutor_path = "{executor}"\ndefault_image = "{image}"\n'
+            f'[policy]\nallowed_images = ["{image}"]\n' + d.bridge.agent_toml
+        )
+        out = subprocess.run([binary("sandbox-agent"), "--config", str(config), "enroll", "--join", join],
+                             check=True, capture_output=True, timeout=60).stdout.decode()
+        d.agent_id = next(l.split("=", 1)[1] for l in out.splitlines() if l.startswith("agent_id="))
+        stack.callback(_remove_agent_containers, d.agent_id)
+        d.agent_log_path = a / "agent.log"
+        agent_log = stack.enter_context(open(d.agent_log_path, "ab"))
+        d.agent = subprocess.Popen([binary("sandbox-agent"), "--config", str(config), "run"],
+                                   stdout=agent_log, stderr=agent_log, stdin=subprocess.DEVNULL,
+                                   env={**os.environ, "NO_COLOR": "1"})
+        stack.callback(_stop_process, d.agent)
+        deadline = time.monotonic() + 60
+        while not d.cp.cli("agents", "list", "--json"):
+            assert d.agent.poll() is None, f"the sandbox-agent exited:\n{d.agent_log_path.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "the sandbox-agent did not connect"
+            time.sleep(0.2)
+        yield d
+
+
+def _stop_process(proc):
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _remove_agent_containers(agent_id):
+    ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=airlock.agent_id={agent_id}"],
+                         capture_output=True, timeout=60).stdout.decode().split()
+    if ids:
+        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, timeout=120)

@@ -21,98 +21,24 @@ AIRLOCK_EXECUTOR_PATH, nginx + fcgiwrap (scripts/setup.d).
 """
 
 import json
-import os
-import pathlib
-import socket
 import subprocess
-import tempfile
-import time
 
 import pytest
 
-from conftest import ControlPlane, Fixture, VaultBridge, binary, user_message
+from conftest import Fixture, bridged_deployment, files_bytes, user_message
 
 WAIT = 180
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def files_bytes(root):
-    """Every regular file under `root`, concatenated."""
-    out = bytearray()
-    for p in pathlib.Path(root).rglob("*"):
-        if p.is_file() and not p.is_symlink():
-            try:
-                out += p.read_bytes()
-            except OSError:
-                pass
-    return bytes(out)
-
-
 @pytest.fixture(scope="module")
 def git_deployment():
-    executor = os.environ.get("AIRLOCK_EXECUTOR_PATH")
-    image = os.environ.get("AIRLOCK_SANDBOX_IMAGE", "airlock-sandbox:latest")
-    if not executor or not image:
-        pytest.fail("AIRLOCK_EXECUTOR_PATH / AIRLOCK_SANDBOX_IMAGE unset: source scripts/setup.d/30-images.sh")
-    d = type("D", (), {})()
-    d.model = Fixture("fake-model-bash", until="base_url")
-    d.git = Fixture("git-server")
-    d.bridge = VaultBridge(upstream_ca_files=[d.git.facts["ca_file"]])
-    tunnel, enroll = free_port(), free_port()
-    while enroll == tunnel:
-        enroll = free_port()
-    d.cp = ControlPlane(d.model.facts["base_url"], tunnel_port=tunnel, enroll_port=enroll)
-    d.client = d.cp.client(timeout=WAIT)
-    d.environment = d.client.beta.environments.create(name=f"git-{time.monotonic_ns()}")
-    join = d.cp.cli("tokens", "create", "--environment", d.environment.id, "--json")["join_string"]
-    d.agent_dir = tempfile.TemporaryDirectory(prefix="airlock-py-agent-")
-    a = pathlib.Path(d.agent_dir.name)
-    config = a / "agent.toml"
-    config.write_text(
-        f'data_dir = "{a / "data"}"\n'
-        f'[sandbox]\nexecutor_path = "{executor}"\ndefault_image = "{image}"\n'
-        f'[policy]\nallowed_images = ["{image}"]\n' + d.bridge.agent_toml
-    )
-    out = subprocess.run([binary("sandbox-agent"), "--config", str(config), "enroll", "--join", join],
-                         check=True, capture_output=True, timeout=60).stdout.decode()
-    d.agent_id = next(l.split("=", 1)[1] for l in out.splitlines() if l.startswith("agent_id="))
-    d.agent_log_path = a / "agent.log"
-    agent_log = open(d.agent_log_path, "ab")
-    d.agent = subprocess.Popen([binary("sandbox-agent"), "--config", str(config), "run"],
-                               stdout=agent_log, stderr=agent_log, stdin=subprocess.DEVNULL,
-                               env={**os.environ, "NO_COLOR": "1"})
+    upstream = Fixture("git-server")
     try:
-        deadline = time.monotonic() + 60
-        while not d.cp.cli("agents", "list", "--json"):
-            assert time.monotonic() < deadline, "the sandbox-agent did not connect"
-            time.sleep(0.2)
-        yield d
+        with bridged_deployment("fake-model-bash", upstream.facts["ca_file"], "git", WAIT) as d:
+            d.git = upstream
+            yield d
     finally:
-        d.client.close()
-        if d.agent.poll() is None:
-            d.agent.terminate()
-            try:
-                d.agent.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                d.agent.kill()
-                d.agent.wait(timeout=10)
-        agent_log.close()
-        ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=airlock.agent_id={d.agent_id}"],
-                             capture_output=True, timeout=60).stdout.decode().split()
-        if ids:
-            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, timeout=120)
-        d.cp.stop()
-        d.bridge.stop()
-        d.git.stop()
-        d.model.stop()
-        d.agent_dir.cleanup()
-        d.cp.dir.cleanup()
-        d.bridge.dir.cleanup()
+        upstream.stop()
 
 
 COMMANDS = [
