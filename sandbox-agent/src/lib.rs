@@ -12,6 +12,7 @@ pub mod audit;
 pub mod audit_cmd;
 pub mod config;
 pub mod connect;
+pub mod doctor;
 pub mod identity;
 pub mod mcp;
 pub mod sandbox;

@@ -34,6 +34,8 @@ enum Command {
         #[command(subcommand)]
         command: sandbox_agent::audit_cmd::cli::AuditCommand,
     },
+    /// Check what this agent needs (network, TLS, clock, certificates, Docker, image, bridge) and say what to fix.
+    Doctor(sandbox_agent::doctor::DoctorArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -110,6 +112,7 @@ fn main() -> ExitCode {
         Command::Enroll(flags) => enroll(&config, flags),
         Command::Run => run(config, &cli.global),
         Command::Audit { command } => sandbox_agent::audit_cmd::cli::run(command, &config),
+        Command::Doctor(args) => sandbox_agent::doctor::run(&args, &config),
     }
 }
 

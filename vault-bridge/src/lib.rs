@@ -15,6 +15,7 @@ pub mod agent_channel_egress;
 pub mod audit_journal;
 pub mod backend;
 pub mod config;
+pub mod doctor;
 pub mod egress;
 pub mod mcp;
 pub mod relay;

@@ -37,6 +37,8 @@ enum Command {
     /// The egress CA (created on first use in the data dir).
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Check what this bridge needs (backend reachable and unsealed, socket, upstreams) and say what to fix.
+    Doctor(vault_bridge::doctor::DoctorArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,6 +116,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve => serve(config),
+        Command::Doctor(args) => vault_bridge::doctor::run(&args, &config),
         Command::Credentials(c) => daemon::run_command(credentials(config, c)),
         Command::Ca(CaCommand::Print) => {
             let dir = vault_bridge::egress::ca_dir(&config.bridge.data_dir);
