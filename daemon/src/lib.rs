@@ -8,6 +8,7 @@
 //! typed values; only the plumbing is here.
 #![forbid(unsafe_code)]
 
+pub mod doctor;
 pub mod telemetry;
 
 use std::path::{Path, PathBuf};
