@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod doctor;
+pub mod ops;
 pub mod telemetry;
 
 use std::path::{Path, PathBuf};
