@@ -14,7 +14,9 @@
 //! unauthenticated caller learns nothing about ids), per-key rate limits,
 //! the body size limit, one parser per resource turning a request into a
 //! typed action, the validation of agent tools and permission policies, and
-//! the one mapping of errors to the standard envelope ([`error_response`]).
+//! the one mapping of errors to the standard envelope ([`error_response`]),
+//! and TLS on its listener ([`tls`]: certificate and key files, reloaded on
+//! `SIGHUP`; plain HTTP only on loopback unless allowed, see [`config`]).
 //! It does not store anything itself (agents, environments, keys and vault
 //! metadata live in the `catalog`, sessions and events in the
 //! `session-store`; the audit of state-changing requests ([`audit`]) goes to
@@ -44,6 +46,7 @@ pub mod relay;
 mod resources;
 mod sessions;
 mod stream;
+pub mod tls;
 mod tools;
 mod vaults;
 
@@ -253,8 +256,8 @@ pub fn router(state: ApiState) -> Router {
         .with_state(shared)
 }
 
-/// Serves `router(state)` on `listener` until `state.shutdown` fires, then
-/// waits for open requests (SSE streams end on the same token).
+/// Serves `router(state)` on `listener` (plain HTTP) until `state.shutdown`
+/// fires, then waits for open requests (SSE streams end on the same token).
 pub async fn serve(listener: tokio::net::TcpListener, state: ApiState) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
     let token = state.shutdown.clone();
@@ -272,4 +275,56 @@ pub async fn serve(listener: tokio::net::TcpListener, state: ApiState) -> std::i
     )
     .with_graceful_shutdown(async move { token.cancelled().await })
     .await
+}
+
+/// Serves `router(state)` over TLS with `cert` (see [`tls`]) until
+/// `state.shutdown` fires; `SIGHUP` reloads the certificate and key from
+/// their files for new connections (established ones and their SSE streams
+/// are untouched).
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    cert: tls::CertReloader,
+    state: ApiState,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let token = state.shutdown.clone();
+    let config = cert
+        .server_config()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    tokio::spawn(cert.reload_on_sighup(token.clone()));
+    let listener = tls::TlsListener::new(listener, config, token.clone())?;
+    // tap_io: a no-op that gives the listener the connect-info impl for its address.
+    let listener = listener.tap_io(|_| {});
+    let app = router(state);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { token.cancelled().await })
+    .await
+}
+
+/// Serves the API as `config` says: HTTPS with the certificate `tls`
+/// loaded from `[api.tls]`, or plain HTTP (logging a warning when that is
+/// off loopback, which the config allows only with `api.allow_plain_http`).
+pub async fn serve_configured(
+    listener: tokio::net::TcpListener,
+    tls: Option<tls::CertReloader>,
+    state: ApiState,
+) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    match tls {
+        Some(cert) => {
+            tracing::info!(api_addr = %addr, cert_file = %cert.files().cert_file.display(), "public API serving HTTPS");
+            serve_tls(listener, cert, state).await
+        }
+        None => {
+            if addr.ip().is_loopback() {
+                tracing::info!(api_addr = %addr, "public API serving plain HTTP on loopback (configure [api.tls] to expose it)");
+            } else {
+                tracing::warn!(api_addr = %addr, "public API serving PLAIN HTTP off loopback (api.allow_plain_http = true): API keys cross the network in clear unless a TLS proxy terminates in front");
+            }
+            serve(listener, state).await
+        }
+    }
 }

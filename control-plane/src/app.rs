@@ -62,6 +62,9 @@ pub enum AppError {
     /// The model client could not be built.
     #[error("model: {0}")]
     Model(#[from] model::ModelError),
+    /// The public API's certificate or key (`[api.tls]`) could not be loaded.
+    #[error(transparent)]
+    ApiTls(#[from] api::tls::TlsError),
 }
 
 /// A configured, not yet listening control plane.
@@ -192,6 +195,11 @@ impl App {
             catalog.clone(),
         )));
         running.tunnel_addr = gateway.local_addr();
+        // The API's certificate (`[api.tls]`; two small files, read here so a
+        // bad pair fails start-up before anything listens on the API port).
+        let api_tls = (self.config.api.tls.clone())
+            .map(api::tls::CertReloader::load)
+            .transpose()?;
         let api_listener = tokio::net::TcpListener::bind(self.config.api.listen)
             .await
             .map_err(|source| AppError::Bind {
@@ -263,7 +271,7 @@ impl App {
                 limits,
                 shutdown: token,
             };
-            if let Err(error) = api::serve(api_listener, state).await {
+            if let Err(error) = api::serve_configured(api_listener, api_tls, state).await {
                 tracing::error!(%error, "api listener failed");
             }
         });

@@ -38,14 +38,25 @@ fn main() -> Result<(), Box<dyn Error>> {
                 heartbeat_interval_ms: 5000,
                 max_frame_bytes: 1 << 20,
                 software_version: "0.1.0".into(),
+                server_time_unix_ms: None,
+            })?],
+        ),
+        (
+            "hello_accepted_v2",
+            vec![Frame::control(&HelloAnswer::Accepted {
+                version: 2,
+                heartbeat_interval_ms: 5000,
+                max_frame_bytes: 1 << 20,
+                software_version: "0.1.0".into(),
+                server_time_unix_ms: Some(1_767_225_600_000),
             })?],
         ),
         (
             "hello_rejected",
             vec![Frame::control(&HelloAnswer::Rejected {
                 code: RejectCode::UnsupportedVersion,
-                message: "no common version".into(),
-                supported: Some((1, 1)),
+                message: protocol::hello::unsupported_message((3, 4), (1, 2)),
+                supported: Some((1, 2)),
             })?],
         ),
         (

@@ -121,6 +121,13 @@ pub enum ClientStatus {
     },
     /// Shut down; no more dials.
     Stopped,
+    /// The control plane refused the hello with `unsupported_version`: no
+    /// protocol version in common (the message names both ranges). Final:
+    /// redialing with this build cannot succeed.
+    Incompatible {
+        /// The refusal as received.
+        error: String,
+    },
     /// The control plane refused this agent as revoked (TLS
     /// `certificate_revoked` alert, close code `revoked`, or the hello
     /// answered `rejected{revoked}`). Final: no more dials.
@@ -157,7 +164,13 @@ struct Active {
     state: Option<Arc<ControlState>>,
     /// Set when a TCP link learns that this agent is revoked.
     revoked: RevokedFlag,
+    /// Our clock minus the control plane's (version >= 2 answers carry its time).
+    clock_skew_ms: Option<i64>,
 }
+
+/// A clock further off than this from the control plane's is warned about
+/// at every connect (certificate validity and audit times depend on it).
+pub const CLOCK_SKEW_WARN: Duration = Duration::from_secs(30);
 
 /// Dial once over `transport` and complete the hello.
 async fn dial(
@@ -415,15 +428,18 @@ async fn hello(
         software_version: settings.software_version.clone(),
         capabilities: settings.capabilities.clone(),
     };
+    let sent = SystemTime::now();
     tx.send_message(&hello).await.map_err(ConnectError::Hello)?;
     let answer: HelloAnswer = rx.recv_message().await.map_err(|e| match e {
         StreamError::ConnectionLost(m) => ConnectError::Hello(StreamError::ConnectionLost(m)),
         other => ConnectError::Hello(other),
     })?;
+    let received = SystemTime::now();
     match answer {
         HelloAnswer::Accepted {
             version,
             heartbeat_interval_ms,
+            server_time_unix_ms,
             ..
         } => Ok(Active {
             link: link.clone(),
@@ -433,6 +449,8 @@ async fn hello(
             in_flight: Arc::new(AtomicU64::new(0)),
             state: None,
             revoked,
+            clock_skew_ms: server_time_unix_ms
+                .map(|t| protocol::hello::clock_skew_ms(t, sent, received)),
         }),
         HelloAnswer::Rejected { code, message, .. } => {
             Err(ConnectError::Rejected { code, message })
@@ -486,6 +504,22 @@ impl ClientHandle {
         let mut status = self.status.clone();
         loop {
             if let ClientStatus::Revoked { error } = &*status.borrow_and_update() {
+                return error.clone();
+            }
+            if status.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Resolves once the control plane has refused this agent's protocol
+    /// versions ([`ClientStatus::Incompatible`]); the client has stopped
+    /// dialing by then. Returns the refusal, which names both version
+    /// ranges. Pending forever otherwise.
+    pub async fn incompatible(&self) -> String {
+        let mut status = self.status.clone();
+        loop {
+            if let ClientStatus::Incompatible { error } = &*status.borrow_and_update() {
                 return error.clone();
             }
             if status.changed().await.is_err() {
@@ -583,6 +617,10 @@ impl Supervisor {
                         self.stop_revoked(error.to_string());
                         return;
                     }
+                    Err(error) if error.is_incompatible() => {
+                        self.stop_incompatible(error.to_string());
+                        return;
+                    }
                     Err(error) => {
                         tracing::warn!(agent_id = %agent_id, %transport, %error, "dial failed");
                         last_error = error.to_string();
@@ -595,7 +633,15 @@ impl Supervisor {
                     selector.connected(transport, Instant::now());
                     let up_since = Instant::now();
                     tracing::info!(agent_id = %agent_id, %transport, remote_addr = %active.link.remote_addr,
-                        version = active.version, "connected to control plane");
+                        version = active.version, clock_skew_ms = active.clock_skew_ms, "connected to control plane");
+                    if let Some(skew) = active
+                        .clock_skew_ms
+                        .filter(|s| s.unsigned_abs() > CLOCK_SKEW_WARN.as_millis() as u64)
+                    {
+                        tracing::warn!(agent_id = %agent_id, clock_skew_ms = skew,
+                            "this host's clock differs from the control plane's by more than {} s; certificates and audit times depend on it: sync the clock (NTP)",
+                            CLOCK_SKEW_WARN.as_secs());
+                    }
                     let _ = self.status.send(ClientStatus::Connected {
                         transport,
                         since: SystemTime::now(),
@@ -651,6 +697,16 @@ impl Supervisor {
             *c = None;
         }
         let _ = self.status.send(ClientStatus::Revoked { error });
+    }
+
+    /// The control plane speaks no protocol version of ours: stop dialing.
+    fn stop_incompatible(&self, error: String) {
+        tracing::warn!(agent_id = %self.settings.agent_id, %error,
+            "no protocol version in common with the control plane; not redialing");
+        if let Ok(mut c) = self.control.lock() {
+            *c = None;
+        }
+        let _ = self.status.send(ClientStatus::Incompatible { error });
     }
 
     /// Serve calls on `active` until it dies, we move to QUIC, or shutdown.

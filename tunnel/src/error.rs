@@ -193,6 +193,20 @@ impl ConnectError {
     }
 }
 
+impl ConnectError {
+    /// Whether the control plane found no protocol version in common
+    /// (`rejected{unsupported_version}`): redialing with this build cannot help.
+    pub fn is_incompatible(&self) -> bool {
+        matches!(
+            self,
+            ConnectError::Rejected {
+                code: RejectCode::UnsupportedVersion,
+                ..
+            }
+        )
+    }
+}
+
 /// Whether a TLS error is the peer's `certificate_revoked` alert.
 pub(crate) fn tls_is_revoked(e: &rustls::Error) -> bool {
     matches!(

@@ -448,6 +448,13 @@ impl PendingConnection {
                 .unwrap_or(u64::MAX),
             max_frame_bytes: settings.max_frame_bytes as u64,
             software_version: settings.software_version.clone(),
+            // Version 2 on: our clock, so the agent can measure its skew.
+            server_time_unix_ms: (version >= protocol::hello::VERSION_SERVER_TIME).then(|| {
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                    .unwrap_or(0)
+            }),
         };
         self.tx.send_message(&answer).await?;
         let (state, cmd_rx) = ControlState::new();

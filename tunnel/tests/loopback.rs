@@ -249,7 +249,8 @@ async fn unknown_version_is_rejected_with_a_typed_answer() {
     let mut status = client.status();
     let err = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            if let ClientStatus::Disconnected { error } = status.borrow_and_update().clone() {
+            // Final: no version in common, so the client stops dialing.
+            if let ClientStatus::Incompatible { error } = status.borrow_and_update().clone() {
                 return error;
             }
             status.changed().await.unwrap();
@@ -258,6 +259,7 @@ async fn unknown_version_is_rejected_with_a_typed_answer() {
     .await
     .unwrap();
     assert!(err.contains("unsupported_version"), "{err}");
+    assert_eq!(client.incompatible().await, err);
     client.shutdown(Duration::from_secs(1)).await;
 }
 

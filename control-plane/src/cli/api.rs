@@ -1,12 +1,14 @@
 //! The client of the public HTTP API behind `environments …` and
 //! `sessions …`: the same API and key an SDK uses. The URL comes from
-//! `--api-url`, `AIRLOCK_API_URL`, or `http://` + the config's
-//! `[api] listen`; the key from `--api-key` or `AIRLOCK_API_KEY` (never
-//! printed or logged). API errors are read from the API's error envelope;
+//! `--api-url`, `AIRLOCK_API_URL`, or `https://` (with `[api.tls]`) or
+//! `http://` + the config's `[api] listen`; the key from `--api-key` or
+//! `AIRLOCK_API_KEY` (never printed or logged). HTTPS trusts Mozilla's roots
+//! plus `--api-ca-file` / `AIRLOCK_API_CA_FILE` (PEM) when given. API errors are read from the API's error envelope;
 //! every failure maps to [`OperatorError`].
 
 use std::time::Duration;
 
+use api::tls::HttpsConnector;
 use bytes::Bytes;
 use clap::Args;
 use http_body_util::{BodyExt, Full};
@@ -25,9 +27,14 @@ pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Where the API is and how to authenticate (shared by every operator command).
 #[derive(Debug, Clone, Args)]
 pub struct ApiArgs {
-    /// Base URL of the public API (default: `http://` + `[api] listen`).
+    /// Base URL of the public API (default: `https://` with `[api.tls]`,
+    /// else `http://`, + `[api] listen`).
     #[arg(long, global = true, env = "AIRLOCK_API_URL")]
     pub api_url: Option<String>,
+    /// Extra CA certificate(s) (PEM) to trust for an `https://` API URL,
+    /// e.g. a private CA that issued `[api.tls] cert_file`.
+    #[arg(long, global = true, env = "AIRLOCK_API_CA_FILE")]
+    pub api_ca_file: Option<std::path::PathBuf>,
     /// API key (`control-plane api-keys create`).
     #[arg(long, global = true, env = "AIRLOCK_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -40,7 +47,7 @@ pub enum OperatorError {
     /// No API key was given.
     #[error("no API key: pass --api-key or set AIRLOCK_API_KEY (create one with `control-plane api-keys create`)")]
     MissingKey,
-    /// The API URL is not a valid `http://` URL.
+    /// The API URL is not a valid `http://` or `https://` URL.
     #[error("invalid --api-url {url}: {message}")]
     BadUrl {
         /// The URL given.
@@ -48,6 +55,9 @@ pub enum OperatorError {
         /// What is wrong.
         message: String,
     },
+    /// `--api-ca-file` could not be used.
+    #[error("{0}")]
+    CaFile(api::tls::TlsError),
     /// The API could not be reached (connection refused, DNS, reset).
     #[error("cannot reach the control plane API at {url} (is `control-plane serve` running?): {message}")]
     Unreachable {
@@ -120,7 +130,7 @@ pub enum OperatorError {
 pub(super) struct ApiClient {
     pub(super) base: String,
     key: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl ApiClient {
@@ -133,15 +143,20 @@ impl ApiClient {
         let base = args
             .api_url
             .clone()
-            .unwrap_or_else(|| format!("http://{}", config.api.listen))
+            .unwrap_or_else(|| {
+                let scheme = if config.api.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                format!("{scheme}://{}", config.api.listen)
+            })
             .trim_end_matches('/')
             .to_owned();
-        if !base.starts_with("http://") {
+        if !base.starts_with("http://") && !base.starts_with("https://") {
             return Err(OperatorError::BadUrl {
                 url: base,
-                message:
-                    "must start with http:// (the API serves plain HTTP on its listen address)"
-                        .to_owned(),
+                message: "must start with https:// or http://".to_owned(),
             });
         }
         if let Err(error) = format!("{base}/v1").parse::<hyper::Uri>() {
@@ -150,10 +165,12 @@ impl ApiClient {
                 message: error.to_string(),
             });
         }
+        let connector = api::tls::https_connector(args.api_ca_file.as_deref())
+            .map_err(OperatorError::CaFile)?;
         Ok(Self {
             base,
             key,
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: Client::builder(TokioExecutor::new()).build(connector),
         })
     }
 

@@ -347,12 +347,12 @@ impl AcceptContext {
             pending
                 .reject(
                     RejectCode::UnsupportedVersion,
-                    format!(
-                        "agent speaks {}..={}, control plane speaks {}..={}",
-                        hello.min_version,
-                        hello.max_version,
-                        protocol::hello::PROTOCOL_VERSION_MIN,
-                        protocol::hello::PROTOCOL_VERSION_MAX
+                    protocol::hello::unsupported_message(
+                        (hello.min_version, hello.max_version),
+                        (
+                            protocol::hello::PROTOCOL_VERSION_MIN,
+                            protocol::hello::PROTOCOL_VERSION_MAX,
+                        ),
                     ),
                 )
                 .await;

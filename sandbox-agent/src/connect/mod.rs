@@ -49,6 +49,15 @@ pub enum RunError {
         /// The refusal as received.
         detail: String,
     },
+    /// The control plane speaks no protocol version of this build (the
+    /// refusal names both ranges); redialing cannot help.
+    #[error("agent {agent_id}: the control plane refused this agent's protocol versions ({detail}); see docs/upgrades.md")]
+    Incompatible {
+        /// This agent's id.
+        agent_id: String,
+        /// The refusal as received.
+        detail: String,
+    },
 }
 
 /// Serves the control plane's calls.
@@ -352,9 +361,14 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         stop.clone(),
     ));
 
+    let mut incompatible = None;
     let revoked = tokio::select! {
         _ = shutdown_signal() => None,
         detail = handle.revoked() => Some(detail),
+        detail = handle.incompatible() => {
+            incompatible = Some(detail);
+            None
+        }
     };
     match &revoked {
         // No connection is left to drain: the client stopped dialing.
@@ -387,9 +401,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         }
     }
     tracing::info!(agent_id = %agent_id, "stopped");
-    match revoked {
-        Some(detail) => Err(RunError::Revoked { agent_id, detail }),
-        None => Ok(()),
+    match (revoked, incompatible) {
+        (Some(detail), _) => Err(RunError::Revoked { agent_id, detail }),
+        (None, Some(detail)) => Err(RunError::Incompatible { agent_id, detail }),
+        (None, None) => Ok(()),
     }
 }
 
