@@ -4,6 +4,7 @@ with the `openssl` CLI: the CA given to the SDK as an SSL context, and
 through `SSL_CERT_FILE`; without it the SDK refuses the certificate.
 """
 
+import http.client
 import os
 import pathlib
 import ssl
@@ -11,7 +12,6 @@ import subprocess
 import tempfile
 
 import anthropic
-import httpx
 import pytest
 
 from conftest import ControlPlane, user_message
@@ -98,6 +98,9 @@ def test_sdk_refuses_an_unknown_ca(tls_control_plane, monkeypatch):
 
 
 def test_plain_http_on_the_https_port_gets_no_answer(tls_control_plane):
-    plain = tls_control_plane.base_url.replace("https://localhost", "http://127.0.0.1")
-    with pytest.raises(httpx.HTTPError):
-        httpx.get(plain + "/v1/agents", headers={"x-api-key": tls_control_plane.key}, timeout=10)
+    port = int(tls_control_plane.base_url.rsplit(":", 1)[1])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    with pytest.raises((http.client.HTTPException, OSError)):
+        conn.request("GET", "/v1/agents", headers={"x-api-key": tls_control_plane.key})
+        conn.getresponse()
+    conn.close()
