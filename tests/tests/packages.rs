@@ -8,7 +8,8 @@
 //! and state, conffiles as dpkg lists them, the vault-bridge config naming
 //! airlock-agent's uid, the binaries and `check-config` as each daemon's
 //! user, a live vault-bridge refusing every peer but airlock-agent, a
-//! reinstall keeping local edits, then `dpkg -r` and `dpkg -P`. The unit
+//! reinstall keeping local edits, then `dpkg -r` and `dpkg -P`; and the
+//! bridge's package installed before the agent's in a fresh container. The unit
 //! files as installed are checked on the host with `systemd-analyze verify
 //! --root` (any output fails) and their `systemd-analyze security` exposure
 //! is printed and bounded.
@@ -728,6 +729,37 @@ fn check_remove_and_purge(c: &Debian) {
     c.ok("getent passwd airlock airlock-agent airlock-vault-bridge");
 }
 
+/// The other order: the bridge alone first makes airlock-agent (its uid
+/// goes into the config); the agent's package then keeps that user.
+fn check_bridge_first(image: &str, debs: &Path) {
+    let c = Debian::start(image, debs);
+    c.ok("dpkg -i /debs/airlock-vault-bridge_*.deb");
+    let uid = c.ok("id -u airlock-agent").trim().to_owned();
+    let line = c.ok("grep '^allowed_peer_uids' /etc/airlock/vault-bridge.toml");
+    assert!(
+        line.starts_with(&format!("allowed_peer_uids = [{uid}]")),
+        "{line}"
+    );
+    c.ok("dpkg -i /debs/airlock-sandbox-agent_*.deb");
+    assert_eq!(
+        c.ok("id -u airlock-agent").trim(),
+        uid,
+        "airlock-agent was remade"
+    );
+    let groups = c.ok("id -nG airlock-agent");
+    assert!(
+        groups
+            .split_whitespace()
+            .any(|g| g == "airlock-vault-bridge"),
+        "{groups}"
+    );
+    assert_eq!(
+        c.stat("/var/lib/airlock-agent"),
+        "700 airlock-agent airlock-agent"
+    );
+    c.ok("runuser -u airlock-agent -- sandbox-agent --config /etc/airlock/sandbox-agent.toml check-config");
+}
+
 #[test]
 fn debian_packages_install_verify_remove_purge() {
     let Some((executor, image)) = prerequisites() else {
@@ -762,5 +794,7 @@ fn debian_packages_install_verify_remove_purge() {
     check_units(&tree);
 
     check_remove_and_purge(&c);
+    drop(c);
+    check_bridge_first(&image, &out);
     eprintln!("packages: whole test {:.1?}", started.elapsed());
 }
