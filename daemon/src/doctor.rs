@@ -235,9 +235,8 @@ impl Report {
             checks: &self.checks,
             summary: self.summary(),
         };
-        serde_json::to_string_pretty(&r).unwrap_or_else(|e| {
-            format!("{{\"error\":\"report could not be encoded: {e}\"}}")
-        })
+        serde_json::to_string_pretty(&r)
+            .unwrap_or_else(|e| format!("{{\"error\":\"report could not be encoded: {e}\"}}"))
     }
 
     /// The table: one row per check (status, name, detail), its fix on the
@@ -277,8 +276,7 @@ impl Report {
         if json {
             println!("{}", self.to_json(version));
         } else {
-            let colour =
-                std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
             print!("{}", self.to_table(colour));
         }
         ExitCode::from(self.summary().exit_code)

@@ -336,7 +336,7 @@ impl BridgeClient {
     }
 
     /// Connect, hello, one request, one answer: all under the deadline.
-    async fn call(&self, request: &ToBridge) -> Result<FromBridge, BridgeError> {
+    pub async fn call(&self, request: &ToBridge) -> Result<FromBridge, BridgeError> {
         self.call_within(request, self.timeout)
             .await
             .map_err(|f| f.error)
