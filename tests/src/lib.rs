@@ -6,6 +6,7 @@
 pub mod api_stack;
 pub mod bridge;
 pub mod deploy;
+pub mod doctor_support;
 pub mod egress;
 pub mod fake_model;
 pub mod git_server;
