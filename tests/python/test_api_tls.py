@@ -10,6 +10,7 @@ import pathlib
 import ssl
 import subprocess
 import tempfile
+import time
 
 import anthropic
 import pytest
@@ -60,7 +61,7 @@ def tls_control_plane(fake_model, pki):
 def exercise(client):
     """Create, send and stream over HTTPS; returns the streamed event types."""
     agent = client.beta.agents.create(name="tls", model="claude-sonnet-4-5", system="Be brief.")
-    env = client.beta.environments.create(name=f"tls-{os.getpid()}", config={"type": "self_hosted"})
+    env = client.beta.environments.create(name=f"tls-{time.monotonic_ns()}", config={"type": "self_hosted"})
     session = client.beta.sessions.create(agent=agent.id, environment_id=env.id)
     seen = []
     with client.beta.sessions.events.stream(session.id, extra_query={"after": 0}) as stream:
