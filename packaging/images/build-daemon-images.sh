@@ -140,6 +140,7 @@ install -m 0755 "$ctx/sandbox-agent-entrypoint" "$work/sandbox-agent/rootfs/usr/
 
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -1)"
 revision="$(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)"
+source_url="$(sed -n 's/^repository = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -1)"
 if [ -z "$tag" ]; then
   tag="$( { echo "$base_hash"; cat "$ctx"/*.Dockerfile "$0";
             for d in "${daemons[@]}"; do tar --sort=name --mtime=@0 --numeric-owner -C "$work/$d" -cf - .; done; } \
@@ -165,7 +166,8 @@ for d in "${daemons[@]}"; do
       printf '      org.opencontainers.image.description="%s" \\\n' "${description[$d]}"
       printf '      org.opencontainers.image.version="%s" org.opencontainers.image.revision="%s" \\\n' "$version" "$revision"
       printf '      org.opencontainers.image.created="%s" org.opencontainers.image.licenses="Apache-2.0" \\\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-      printf '      org.opencontainers.image.documentation="docs/images.md" org.opencontainers.image.base.name="%s"\n' "$base_ref"
+      printf '      org.opencontainers.image.source="%s" org.opencontainers.image.documentation="docs/images.md" \\\n' "$source_url"
+      printf '      org.opencontainers.image.base.name="%s"\n' "$base_ref"
     } >"$work/$d/Dockerfile"
     docker build -q --build-arg "BASE=$base_ref" \
       -t "$ref" "$work/$d" >/dev/null
