@@ -27,6 +27,19 @@ const V1_COMMIT: &str = "1997c74";
 
 /// `AIRLOCK_BIN_DIR` is process-wide: the tests that set it run one at a time.
 static BIN_DIR: Mutex<()> = Mutex::new(());
+/// `AIRLOCK_BIN_DIR` as the test process got it (the current binaries).
+static ORIGINAL_BIN_DIR: std::sync::OnceLock<Option<std::ffi::OsString>> =
+    std::sync::OnceLock::new();
+
+/// Take the lock and put `AIRLOCK_BIN_DIR` back as the process got it.
+fn bin_dir_lock() -> std::sync::MutexGuard<'static, ()> {
+    let guard = BIN_DIR.lock().unwrap_or_else(|p| p.into_inner());
+    match ORIGINAL_BIN_DIR.get_or_init(|| std::env::var_os("AIRLOCK_BIN_DIR")) {
+        Some(d) => std::env::set_var("AIRLOCK_BIN_DIR", d),
+        None => std::env::remove_var("AIRLOCK_BIN_DIR"),
+    }
+    guard
+}
 
 /// The version-1 binaries, or `None` (skip) when they were not built and CI is not set.
 fn v1_dir() -> Option<PathBuf> {
@@ -112,9 +125,7 @@ async fn session_with(control_plane: PathBuf, sandbox_agent: PathBuf) -> (String
     let read = &results[uses[1]["id"].as_str().unwrap()];
     assert_eq!(read["is_error"], false, "{read}");
     assert!(content_text(read).contains(CONTENT.trim()), "{read}");
-    let logs = (d.cp.log(), agent.agent.log());
-    std::env::remove_var("AIRLOCK_BIN_DIR");
-    logs
+    (d.cp.log(), agent.agent.log())
 }
 
 /// The line of `log` containing `message`.
@@ -127,7 +138,7 @@ fn line<'a>(log: &'a str, message: &str) -> &'a str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn current_control_plane_runs_a_session_with_a_v1_agent() {
     let Some(v1) = v1_dir() else { return };
-    let _guard = BIN_DIR.lock().unwrap_or_else(|p| p.into_inner());
+    let _guard = bin_dir_lock();
     let (cp_log, agent_log) =
         session_with(bin_dir().join("control-plane"), v1.join("sandbox-agent")).await;
     let connected = line(&cp_log, "agent connected");
@@ -141,7 +152,7 @@ async fn current_control_plane_runs_a_session_with_a_v1_agent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v1_control_plane_runs_a_session_with_the_current_agent() {
     let Some(v1) = v1_dir() else { return };
-    let _guard = BIN_DIR.lock().unwrap_or_else(|p| p.into_inner());
+    let _guard = bin_dir_lock();
     let (cp_log, agent_log) =
         session_with(v1.join("control-plane"), bin_dir().join("sandbox-agent")).await;
     let connected = line(&cp_log, "agent connected");
@@ -164,8 +175,7 @@ impl tunnel::CallHandler for NoCalls {
 
 #[test]
 fn an_agent_two_versions_ahead_is_refused_with_both_ranges_and_stops() {
-    let _guard = BIN_DIR.lock().unwrap_or_else(|p| p.into_inner());
-    std::env::remove_var("AIRLOCK_BIN_DIR");
+    let _guard = bin_dir_lock();
     let cp = ControlPlane::spawn(CpOptions::default()).unwrap();
     let join = cp.join_string("env-upgrade").unwrap();
     let agent = Agent::enroll(&cp, &join, AgentOptions::default()).unwrap();
