@@ -62,6 +62,9 @@ pub enum AppError {
     /// The model client could not be built.
     #[error("model: {0}")]
     Model(#[from] model::ModelError),
+    /// The ops listener (`[ops] listen`) could not be bound.
+    #[error(transparent)]
+    Ops(#[from] daemon::ops::OpsError),
     /// The public API's certificate or key (`[api.tls]`) could not be loaded.
     #[error(transparent)]
     ApiTls(#[from] api::tls::TlsError),
@@ -154,6 +157,8 @@ impl App {
             session_store: None,
             catalog: None,
             supervisor: None,
+            ops_addr: None,
+            ready: daemon::ops::Flag::down("starting: listeners not bound yet"),
         };
         // Storage behind the public API, opened before anything listens.
         let session_store = match self.session_store.clone() {
@@ -166,6 +171,10 @@ impl App {
         };
         running.session_store = Some(session_store.clone());
         running.catalog = Some(catalog.clone());
+        // The ops listener (`[ops]`; off when absent): bound with the others
+        // so a conflict fails start-up; /readyz is 200 once all are bound and
+        // 503 again from the start of the drain.
+        let ops_server = daemon::ops::bind(&self.config.ops).await?;
         // The model client (no I/O yet), so a bad one fails before anything runs.
         let provider = match &self.runner {
             Some(_) => None,
@@ -255,6 +264,7 @@ impl App {
             }
             (None, runner) => runner.unwrap_or_else(|| Arc::new(api::NoRunner)),
         };
+        let (session_store_for_ops, catalog_for_ops) = (session_store.clone(), catalog.clone());
         let limits = self.config.api.limits.clone();
         let relay_gateway = running.gateway.clone();
         running.spawn_service("api", move |token| async move {
@@ -276,6 +286,20 @@ impl App {
             }
         });
 
+        if let Some(server) = ops_server {
+            running.ops_addr = Some(server.local_addr());
+            let ops = crate::ops::ops(
+                session_store_for_ops,
+                catalog_for_ops,
+                self.agents.clone(),
+                self.identity.clone(),
+                &running.ready,
+            );
+            running.spawn_service("ops", move |token| {
+                server.serve(ops, token.cancelled_owned())
+            });
+        }
+        running.ready.set_up();
         tracing::info!(
             enroll_addr = %running.enroll_addr,
             tunnel_addr = %running.tunnel_addr,
@@ -348,12 +372,19 @@ pub struct Running {
     session_store: Option<Arc<dyn session_store::SessionStore>>,
     catalog: Option<Arc<dyn catalog::Catalog>>,
     supervisor: Option<harness::Supervisor>,
+    ops_addr: Option<SocketAddr>,
+    ready: daemon::ops::Flag,
 }
 
 impl Running {
     /// The harness supervisor (`None` when a runner was given to the app).
     pub fn supervisor(&self) -> Option<&harness::Supervisor> {
         self.supervisor.as_ref()
+    }
+
+    /// Where the ops listener (`[ops]`) is bound, when configured.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops_addr
     }
 
     /// Where the public API listens (useful with port 0).
@@ -430,6 +461,7 @@ impl Running {
     /// Stop accepting, drain until `grace` has passed, and report.
     pub async fn shutdown(self, grace: Duration) -> ShutdownReport {
         let started = Instant::now();
+        self.ready.set_down("draining: shutting down");
         tracing::info!(
             grace_seconds = grace.as_secs_f64(),
             "shutting down: no new connections, draining"

@@ -50,6 +50,9 @@ pub struct RawConfig {
     /// `[harness]`: leases, retries, budgets, provisioning (see `harness::config`).
     #[serde(default)]
     pub harness: harness::RawHarnessConfig,
+    /// `[ops]`: the /metrics, /livez, /readyz listener (absent: off).
+    #[serde(default)]
+    pub ops: daemon::ops::RawOps,
 }
 
 /// `[tunnel]` as written.
@@ -101,6 +104,8 @@ pub struct Config {
     pub model: crate::runtime::ModelConfig,
     /// `[harness]` (its `instance_id` defaults to host name, pid and a random suffix).
     pub harness: harness::HarnessConfig,
+    /// `[ops]`.
+    pub ops: daemon::ops::OpsConfig,
 }
 
 /// Default drain deadline on shutdown.
@@ -155,7 +160,9 @@ impl daemon::DaemonConfig for Config {
         let session_store = session_store::StoreConfig::from_raw(&raw.session_store, &data_dir)?;
         let model = crate::runtime::ModelConfig::from_raw(raw.model)?;
         let harness = crate::runtime::harness_config(raw.harness)?;
+        let ops = daemon::ops::OpsConfig::from_raw(&raw.ops)?;
         Ok(Self {
+            ops,
             model,
             harness,
             api,

@@ -15,6 +15,7 @@ pub mod egress_credentials;
 pub mod enroll;
 pub mod gateway;
 pub mod hands;
+pub mod ops;
 pub mod relay;
 pub mod rfc3339;
 pub mod runtime;

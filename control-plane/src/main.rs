@@ -50,6 +50,9 @@ fn serve(config: Config) -> ExitCode {
         println!("admin_socket={}", running.admin_socket().display());
         println!("tunnel_addr={}", running.tunnel_addr());
         println!("api_addr={}", running.api_addr());
+        if let Some(addr) = running.ops_addr() {
+            println!("ops_addr={addr}");
+        }
         let failed = tokio::select! {
             _ = control_plane::app::shutdown_signal() => None,
             name = running.service_exited() => Some(name),

@@ -220,16 +220,10 @@ pub const CATALOGUE: &[MetricInfo] = &[
         "Times the agent connected again after losing its control plane.",
     ),
     m(
-        "airlock_tunnel_dial_failures_total",
-        Kind::Counter,
-        &["transport"],
-        "Failed dials to the control plane by transport.",
-    ),
-    m(
         "airlock_sandbox_calls_total",
         Kind::Counter,
         &["call", "outcome"],
-        "Sandbox calls served by the agent (provision, execute, destroy) by outcome.",
+        "Sandbox calls served by the agent by call and outcome.",
     ),
     m(
         "airlock_sandbox_execute_duration_seconds",
@@ -247,7 +241,7 @@ pub const CATALOGUE: &[MetricInfo] = &[
         "airlock_pool_containers",
         Kind::Gauge,
         &["state"],
-        "Warm pool containers by state (ready).",
+        "Warm pool containers by state (ready, creating).",
     ),
     // vault-bridge
     m(
@@ -665,7 +659,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_hung_check_fails_by_timeout() {
-        let ops = Ops::new().check("hung", || std::future::pending());
+        let ops = Ops::new().check("hung", std::future::pending);
         let r = ops.readiness().await;
         assert_eq!(r.len(), 1);
         assert!(r[0].1.as_ref().unwrap_err().contains("did not answer"));

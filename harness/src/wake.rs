@@ -374,6 +374,14 @@ impl Harness {
     pub async fn wake_report(&self, session_id: &str) -> Result<(WakeOutcome, u64), HarnessError> {
         let span = tracing::info_span!("wake", session_id, holder = %self.config.instance_id);
         let outcome = self.wake_inner(session_id).instrument(span).await;
+        let label = match &outcome {
+            Ok((WakeOutcome::Idle(_), _)) => "idle",
+            Ok((WakeOutcome::NothingToDo, _)) => "nothing_to_do",
+            Ok((WakeOutcome::Busy { .. }, _)) => "busy",
+            Ok((WakeOutcome::LeaseLost, _)) => "lease_lost",
+            Err(_) => "error",
+        };
+        metrics::counter!("airlock_wakes_total", "outcome" => label).increment(1);
         let reported = outcome
             .as_ref()
             .map(|(o, _)| o.clone())
@@ -859,6 +867,7 @@ impl Run<'_> {
             return self.run_mcp_tool(tool, &server).await;
         }
         self.ensure_running().await?;
+        let started = std::time::Instant::now();
         let call = ToolCall {
             tool_use_id: tool.event_id.clone(),
             name: tool.name.clone(),
@@ -886,6 +895,10 @@ impl Run<'_> {
                 ));
             }
         }
+        let outcome = if is_error { "error" } else { "ok" };
+        metrics::counter!("airlock_tool_calls_total", "outcome" => outcome).increment(1);
+        metrics::histogram!("airlock_tool_call_duration_seconds", "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
         tracing::debug!(tool_use_id = %call.tool_use_id, tool = %call.name, is_error, disposition = ?out.disposition, "tool result");
         self.append(
             vec![events::agent_tool_result(
@@ -1301,7 +1314,16 @@ impl Run<'_> {
         let offer = self.mcp_offer(&agent).await?;
         let request = build_request(&agent, &self.view, self.h.config.max_tokens, &offer);
         self.h.observer.model_request_sent(&self.sid);
+        let started = std::time::Instant::now();
         let streamed = self.stream_response(&request).await;
+        let outcome = match &streamed {
+            Streamed::Done(..) => "ok",
+            Streamed::Failed(..) => "error",
+            Streamed::Interrupted(..) | Streamed::LeaseLost => "interrupted",
+        };
+        metrics::counter!("airlock_model_requests_total", "outcome" => outcome).increment(1);
+        metrics::histogram!("airlock_model_request_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
         match marking.join().await {
             Some(Ok(())) => self.view.mark_consumed(&consumed),
             Some(Err(e)) => return Err(e.into()),

@@ -42,6 +42,9 @@ pub struct RawConfig {
     /// outputs store, syslog shipping).
     #[serde(default)]
     pub audit: crate::audit::config::RawAudit,
+    /// `[ops]`: the /metrics, /livez, /readyz listener (absent: off).
+    #[serde(default)]
+    pub ops: daemon::ops::RawOps,
 }
 
 /// Validated agent configuration.
@@ -63,6 +66,8 @@ pub struct Config {
     pub tunnel: crate::connect::config::TunnelConfig,
     /// `[audit]`.
     pub audit: crate::audit::AuditSettings,
+    /// `[ops]`.
+    pub ops: daemon::ops::OpsConfig,
 }
 
 /// Default data directory.
@@ -103,7 +108,9 @@ impl daemon::DaemonConfig for Config {
         let identity = crate::identity::config::IdentityConfig::from_raw(raw.identity, &data_dir);
         let tunnel = crate::connect::config::TunnelConfig::from_raw(raw.tunnel)?;
         let audit = crate::audit::AuditSettings::from_raw(raw.audit, &data_dir)?;
+        let ops = daemon::ops::OpsConfig::from_raw(&raw.ops)?;
         Ok(Self {
+            ops,
             data_dir,
             control_plane,
             identity,

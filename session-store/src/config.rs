@@ -182,11 +182,13 @@ pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn SessionStore>> {
                     )
                 })?;
             }
-            Arc::new(SqliteStore::open(path, options.clone()).await?)
+            Arc::new(crate::Metered(
+                SqliteStore::open(path, options.clone()).await?,
+            ))
         }
-        StoreConfig::Postgres { url, options } => {
-            Arc::new(PgStore::connect(url.expose(), options.clone()).await?)
-        }
+        StoreConfig::Postgres { url, options } => Arc::new(crate::Metered(
+            PgStore::connect(url.expose(), options.clone()).await?,
+        )),
     })
 }
 

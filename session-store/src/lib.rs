@@ -30,6 +30,7 @@ mod clock;
 pub mod config;
 mod error;
 mod lease;
+pub mod metered;
 pub mod names;
 pub mod postgres;
 pub mod sqlite;
@@ -42,6 +43,7 @@ use std::time::Duration;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{open_store, RawStoreConfig, StoreConfig, StoreConfigError};
 pub use error::{BoxError, Result, StoreError};
+pub use metered::Metered;
 pub use names::{
     ConfirmationResult, EvaluatedPermission, EventType, PermissionPolicy, RetryStatus,
     SessionErrorType, StopReasonType,
@@ -173,6 +175,34 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     /// each candidate carries its `last_seq` so the caller can skip one it
     /// already woke at that seq with nothing to do.
     async fn sessions_needing_wake(&self, after: i64, limit: usize) -> Result<Vec<WakeCandidate>>;
+
+    /// How many sessions have each status (for the `airlock_sessions`
+    /// gauge). The default pages through [`SessionStore::list_sessions`];
+    /// the SQL stores answer with one `GROUP BY`.
+    async fn count_sessions_by_status(&self) -> Result<Vec<(SessionStatus, u64)>> {
+        let mut out = Vec::with_capacity(SessionStatus::ALL.len());
+        for status in SessionStatus::ALL {
+            let mut n = 0u64;
+            let mut after = None;
+            loop {
+                let page = self
+                    .list_sessions(SessionQuery {
+                        status: Some(status),
+                        after_position: after,
+                        limit: 1000,
+                        ..SessionQuery::default()
+                    })
+                    .await?;
+                n += page.sessions.len() as u64;
+                after = page.sessions.last().map(|s| s.position);
+                if !page.has_more || after.is_none() {
+                    break;
+                }
+            }
+            out.push((status, n));
+        }
+        Ok(out)
+    }
 }
 
 /// Ttl in microseconds, saturating.

@@ -39,6 +39,9 @@ pub struct RawConfig {
     /// `[mcp]`.
     #[serde(default)]
     pub mcp: RawMcp,
+    /// `[ops]`: the /metrics, /livez, /readyz listener (absent: off).
+    #[serde(default)]
+    pub ops: daemon::ops::RawOps,
 }
 
 /// `[mcp]` as written.
@@ -159,6 +162,8 @@ pub struct Config {
     pub egress: EgressConfig,
     /// `[mcp]`.
     pub mcp: McpSettings,
+    /// `[ops]`.
+    pub ops: daemon::ops::OpsConfig,
 }
 
 /// `[mcp]`.
@@ -338,7 +343,9 @@ impl Config {
         let backend = BackendConfig::from_raw(raw.backend, &bridge.data_dir)?;
         let egress = EgressConfig::from_raw(raw.egress)?;
         let mcp = McpSettings::from_raw(raw.mcp)?;
+        let ops = daemon::ops::OpsConfig::from_raw(&raw.ops)?;
         Ok(Self {
+            ops,
             bridge,
             backend,
             egress,

@@ -34,6 +34,35 @@ pub enum ServeError {
     /// The agent channel socket cannot be bound.
     #[error(transparent)]
     AgentChannel(#[from] crate::agent_channel::ChannelError),
+    /// The ops listener (`[ops] listen`) cannot be bound.
+    #[error(transparent)]
+    Ops(#[from] daemon::ops::OpsError),
+}
+
+/// The bridge's readiness: the backend answers its health check (reachable,
+/// unsealed) once it is open, and the agent socket is bound; the health
+/// result also sets `airlock_bridge_backend_healthy`.
+fn ops(
+    backend: Arc<std::sync::OnceLock<Arc<dyn SecretBackend>>>,
+    socket: &daemon::ops::Flag,
+) -> daemon::ops::Ops {
+    daemon::ops::Ops::new()
+        .check("backend", move || {
+            let backend = backend.get().cloned();
+            async move {
+                let Some(backend) = backend else {
+                    return Err("secret backend not open yet (retrying)".to_owned());
+                };
+                let r = backend
+                    .health()
+                    .await
+                    .map_err(|e| format!("secret backend unhealthy: {e}"));
+                metrics::gauge!("airlock_bridge_backend_healthy")
+                    .set(f64::from(u8::from(r.is_ok())));
+                r
+            }
+        })
+        .flag("agent_socket", socket)
 }
 
 /// The egress proxy and its per-sandbox listeners, from `[egress]`.
@@ -71,6 +100,22 @@ fn egress_listeners(
 /// Run the bridge until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
     tokio::pin!(shutdown);
+    // The ops listener (`[ops]`; off when absent) answers from the start:
+    // /readyz says what is missing while the backend is retried.
+    let opened = Arc::new(std::sync::OnceLock::<Arc<dyn SecretBackend>>::new());
+    let socket_bound = daemon::ops::Flag::down("agent socket not bound yet");
+    let (stop_ops, ops_stopped) = tokio::sync::oneshot::channel::<()>();
+    let ops_task = match daemon::ops::bind(&config.ops).await? {
+        Some(server) => {
+            // Machine-readable, like the other daemons' addresses.
+            println!("ops_addr={}", server.local_addr());
+            let ops = ops(opened.clone(), &socket_bound);
+            Some(tokio::spawn(server.serve(ops, async move {
+                let _ = ops_stopped.await;
+            })))
+        }
+        None => None,
+    };
     let mut retry = 0u32;
     let backend: Arc<dyn SecretBackend> = loop {
         tokio::select! {
@@ -96,6 +141,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             }
         }
     };
+    let _ = opened.set(backend.clone());
     let mut healthy = match backend.health().await {
         Ok(()) => true,
         Err(error) if error.is_transient() => {
@@ -104,6 +150,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
         Err(error) => return Err(ServeError::Backend(error)),
     };
+    metrics::gauge!("airlock_bridge_backend_healthy").set(f64::from(u8::from(healthy)));
     let journal_path = crate::audit_journal::journal_path(&config.bridge.data_dir);
     let journal = crate::audit_journal::AuditJournal::open(
         &journal_path,
@@ -153,6 +200,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let channel_task = tokio::spawn(channel.run(async move {
         let _ = channel_stopped.await;
     }));
+    socket_bound.set_up();
     tracing::info!(
         socket_path = %config.bridge.socket_path.display(),
         egress_socket_dir = %config.egress.socket_dir.display(),
@@ -164,7 +212,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                match backend.health().await {
+                let checked = backend.health().await;
+                metrics::gauge!("airlock_bridge_backend_healthy").set(f64::from(u8::from(checked.is_ok())));
+                match checked {
                     Ok(()) if !healthy => {
                         healthy = true;
                         tracing::info!("secret backend healthy again");
@@ -182,6 +232,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
     }
     let grace = config.bridge.shutdown_grace;
+    socket_bound.set_down("shutting down");
     let _ = stop_channel.send(());
     let graceful = tokio::time::timeout(grace, async {
         let _ = channel_task.await;
@@ -189,6 +240,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     })
     .await
     .is_ok();
+    let _ = stop_ops.send(());
+    if let Some(task) = ops_task {
+        let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+    }
     tracing::info!(graceful, "vault-bridge stopped");
     Ok(())
 }

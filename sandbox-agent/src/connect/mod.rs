@@ -10,6 +10,7 @@
 //! [`crate::mcp`]) go to the local vault-bridge.
 
 pub mod config;
+mod ops;
 mod relay;
 
 use std::sync::Arc;
@@ -40,6 +41,9 @@ pub enum RunError {
     /// The TLS client configuration could not be built.
     #[error("tls: {0}")]
     Tls(#[from] pki::TlsError),
+    /// The ops listener (`[ops] listen`) could not be bound.
+    #[error(transparent)]
+    Ops(#[from] daemon::ops::OpsError),
     /// The control plane refused this agent as revoked; redialing cannot
     /// help. `main` exits with its own code so that systemd does not restart.
     #[error("agent {agent_id} is revoked by the control plane ({detail}); it will not reconnect. Re-enroll with a new join token: `sandbox-agent enroll --force --join <join string>` (create one with `control-plane tokens create`), then start the agent again")]
@@ -274,6 +278,11 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         .await
         .map_err(crate::identity::LoadError::Task)??;
     let tls = Arc::new(identity.client_config(&[tunnel::ALPN])?);
+    let ops_server = daemon::ops::bind(&config.ops).await?;
+    if let Some(server) = &ops_server {
+        // Machine-readable, like the control plane's addresses (tests read it).
+        println!("ops_addr={}", server.local_addr());
+    }
     let agent_id = identity.identity().agent_id.as_str().to_owned();
 
     // One audit log for the whole agent, shared by the sandbox service and
@@ -323,6 +332,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         Err(reason)
     };
     let service = sandboxes.as_ref().ok().cloned();
+    let ops_sandboxes = sandboxes.clone();
     let mcp = audit.clone().and_then(|log| {
         crate::mcp::McpAgent::open_with_audit(
             &config.data_dir,
@@ -355,6 +365,17 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     ));
 
     let stop = CancellationToken::new();
+    // The ops listener (`[ops]`; off when absent), stopped with the rest.
+    let ops_task = ops_server.map(|server| {
+        let ops = ops::ops(
+            handle.status(),
+            ops_sandboxes,
+            audit.clone(),
+            identity.clone(),
+        );
+        tokio::spawn(server.serve(ops, stop.clone().cancelled_owned()))
+    });
+    tokio::spawn(ops::watch_tunnel(handle.status()));
     let renewal = tokio::spawn(crate::identity::renewal::run(
         identity.clone(),
         TunnelRenewer(handle.clone()),
@@ -379,6 +400,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     }
     stop.cancel();
     handle.shutdown(drain).await;
+    if let Some(task) = ops_task {
+        let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(1), renewal).await;
     if let Some(service) = service {
         if revoked.is_some() {

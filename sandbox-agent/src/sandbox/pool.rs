@@ -129,6 +129,15 @@ impl<C> Pool<C> {
         self.lock().get(profile).map_or(0, |s| s.ready.len())
     }
 
+    /// Warm containers ready and being created, over every profile.
+    pub fn totals(&self) -> (usize, usize) {
+        let map = self.lock();
+        (
+            map.values().map(|s| s.ready.len()).sum(),
+            map.values().map(|s| s.creating).sum(),
+        )
+    }
+
     /// Whether this sandbox id is a warm (unassigned) one.
     pub fn contains(&self, sandbox_id: &str) -> bool {
         self.lock()

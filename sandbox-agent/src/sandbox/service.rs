@@ -243,6 +243,26 @@ impl SandboxService {
         &self.inner.audit
     }
 
+    /// Set the `airlock_sandboxes` and `airlock_pool_containers{state}`
+    /// gauges (read at scrape time; no audit record, unlike `list`).
+    pub fn record_gauges(&self) {
+        let live = self.inner.lock().live.len();
+        let (ready, creating) = self.inner.pool.totals();
+        metrics::gauge!("airlock_sandboxes").set(live as f64);
+        metrics::gauge!("airlock_pool_containers", "state" => "ready").set(ready as f64);
+        metrics::gauge!("airlock_pool_containers", "state" => "creating").set(creating as f64);
+    }
+
+    /// Whether Docker answers a ping (for the agent's readiness).
+    pub async fn docker_ping(&self) -> Result<(), String> {
+        self.inner
+            .docker
+            .ping()
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("docker ping failed: {e}"))
+    }
+
     /// Warm containers ready for the default profile of `image`.
     pub fn pool_ready(&self, image: &str) -> usize {
         let spec = SandboxSpec::pool_default(&self.inner.cfg.sandbox, image);

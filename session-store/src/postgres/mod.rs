@@ -38,7 +38,7 @@ use crate::types::{
     PreparedEvent, SessionPage, SessionQuery, SessionRecord, SessionUpdate, StoredEvent,
     WakeCandidate,
 };
-use crate::{check_limit, ttl_micros, SessionStore};
+use crate::{check_limit, ttl_micros, SessionStatus, SessionStore};
 
 use listener::quote_ident;
 use pool::{Conn, Pool};
@@ -579,6 +579,21 @@ impl SessionStore for PgStore {
         }
         .await;
         c.finish(r).await
+    }
+
+    async fn count_sessions_by_status(&self) -> Result<Vec<(SessionStatus, u64)>> {
+        let mut c = self.inner.pool.get().await?;
+        let rows = c
+            .query("SELECT status, count(*) FROM sessions GROUP BY status", &[])
+            .await
+            .map_err(|e| e.into_store("counting sessions"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let status: String = row.get(0);
+            let n: i64 = row.get(1);
+            out.push((stored_status("*", &status)?, u64::try_from(n).unwrap_or(0)));
+        }
+        Ok(out)
     }
 
     async fn list_sessions(&self, query: SessionQuery) -> Result<SessionPage> {

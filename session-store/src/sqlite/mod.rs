@@ -30,7 +30,7 @@ use crate::types::{
     PreparedEvent, SessionPage, SessionQuery, SessionRecord, SessionUpdate, StoredEvent,
     WakeCandidate,
 };
-use crate::{check_limit, ttl_micros, SessionStore};
+use crate::{check_limit, ttl_micros, SessionStatus, SessionStore};
 
 use writer::{Job, WriteJob};
 
@@ -586,6 +586,25 @@ impl SessionStore for SqliteStore {
             .and_then(|mut s| s.execute(params![id, record.status.as_str(), body, now_us]))
             .map_err(|e| map_err(format!("updating session {id}"), e))?;
             require_session(conn, &id)
+        })
+        .await
+    }
+
+    async fn count_sessions_by_status(&self) -> Result<Vec<(SessionStatus, u64)>> {
+        self.read_with(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT status, count(*) FROM sessions GROUP BY status")
+                .map_err(|e| map_err("preparing a session count", e))?;
+            let mut rows = stmt
+                .query([])
+                .map_err(|e| map_err("counting sessions", e))?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(|e| map_err("counting sessions", e))? {
+                let status: String = row.get(0).map_err(|e| map_err("counting sessions", e))?;
+                let n: i64 = row.get(1).map_err(|e| map_err("counting sessions", e))?;
+                out.push((stored_status("*", &status)?, u64::try_from(n).unwrap_or(0)));
+            }
+            Ok(out)
         })
         .await
     }

@@ -723,7 +723,11 @@ impl Tunnel {
         method: &Method,
         path: &str,
     ) -> Result<super::secrets::SecretValue, Stop> {
-        match self.egress.secrets.secret(cred).await {
+        let got = self.egress.secrets.secret(cred).await;
+        let outcome = if got.is_ok() { "ok" } else { "unavailable" };
+        metrics::counter!("airlock_bridge_credential_uses_total", "kind" => "egress", "outcome" => outcome)
+            .increment(1);
+        match got {
             Ok(v) => Ok(v),
             Err(e) => {
                 self.audit(Some(cred), method, path, AuditOutcome::SecretUnavailable);

@@ -381,7 +381,13 @@ impl McpClient {
                 credential_id: t.credential.as_ref().map(|c| c.credential_id.clone()),
             };
             let mut access = match &t.credential {
-                Some(c) => Some(self.tokens.access(c).await.map_err(|e| token_failure(&e))?),
+                Some(c) => {
+                    let got = self.tokens.access(c).await;
+                    let outcome = if got.is_ok() { "ok" } else { "unavailable" };
+                    metrics::counter!("airlock_bridge_credential_uses_total", "kind" => "mcp", "outcome" => outcome)
+                        .increment(1);
+                    Some(got.map_err(|e| token_failure(&e))?)
+                }
                 None => None,
             };
             let mut refreshed = false;

@@ -324,6 +324,7 @@ impl Tokens {
                 let e = Arc::new(e);
                 lock(&st.inner).last_failure = Some((seen, Instant::now(), e.clone()));
                 tracing::warn!(credential_id = %c.credential_id, error = %e, "mcp oauth refresh failed");
+                metrics::counter!("airlock_bridge_refresh_failures_total").increment(1);
                 Err(TokenError::Refresh {
                     credential_id: c.credential_id.clone(),
                     source: e,
