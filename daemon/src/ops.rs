@@ -150,7 +150,7 @@ pub const CATALOGUE: &[MetricInfo] = &[
         "airlock_model_requests_total",
         Kind::Counter,
         &["outcome"],
-        "Requests to the model provider by outcome (ok, error).",
+        "Requests to the model provider by outcome (ok, error, interrupted).",
     ),
     m(
         "airlock_model_request_duration_seconds",
@@ -162,7 +162,7 @@ pub const CATALOGUE: &[MetricInfo] = &[
         "airlock_tool_calls_total",
         Kind::Counter,
         &["outcome"],
-        "Tool calls run by the harness, by outcome (ok, error).",
+        "Sandbox tool calls run by the harness, by outcome (ok, error: the result the model sees).",
     ),
     m(
         "airlock_tool_call_duration_seconds",
@@ -180,13 +180,7 @@ pub const CATALOGUE: &[MetricInfo] = &[
         "airlock_store_operation_duration_seconds",
         Kind::Histogram,
         &["op"],
-        "Duration of session store operations (append, read, lease).",
-    ),
-    m(
-        "airlock_api_requests_total",
-        Kind::Counter,
-        &["status_class"],
-        "Public API requests by HTTP status class (2xx, 4xx, 5xx).",
+        "Duration of session store operations by op (append, read, lease, list_sessions, ...).",
     ),
     m(
         "airlock_agents_connected",
@@ -197,8 +191,8 @@ pub const CATALOGUE: &[MetricInfo] = &[
     m(
         "airlock_agent_calls_total",
         Kind::Counter,
-        &["outcome"],
-        "Calls from the gateway to agents by outcome (ok, error).",
+        &["call", "outcome"],
+        "Calls the gateway opened to agents by call name and outcome (opened, not_connected, tunnel_error).",
     ),
     m(
         "airlock_certificate_expiry_seconds",
@@ -220,18 +214,6 @@ pub const CATALOGUE: &[MetricInfo] = &[
         "Times the agent connected again after losing its control plane.",
     ),
     m(
-        "airlock_sandbox_calls_total",
-        Kind::Counter,
-        &["call", "outcome"],
-        "Sandbox calls served by the agent by call and outcome.",
-    ),
-    m(
-        "airlock_sandbox_execute_duration_seconds",
-        Kind::Histogram,
-        &[],
-        "Duration of sandbox execute calls on the agent.",
-    ),
-    m(
         "airlock_sandboxes",
         Kind::Gauge,
         &[],
@@ -248,7 +230,7 @@ pub const CATALOGUE: &[MetricInfo] = &[
         "airlock_bridge_credential_uses_total",
         Kind::Counter,
         &["kind", "outcome"],
-        "Credential uses by the bridge (kind = egress, mcp, relay) by outcome.",
+        "Credential uses by the bridge (kind = egress, mcp) by outcome (ok, unavailable).",
     ),
     m(
         "airlock_bridge_refresh_failures_total",
@@ -683,7 +665,7 @@ mod tests {
             "{body}"
         );
         assert!(
-            body.contains("# HELP airlock_tool_calls_total Tool calls"),
+            body.contains("# HELP airlock_tool_calls_total Sandbox tool calls"),
             "{body}"
         );
         assert!(

@@ -359,6 +359,10 @@ async fn prometheus_scrapes_all_three_daemons_and_readiness_follows_the_control_
         v >= 2.0
     });
     prom.wait_for("sum(airlock_wakes_total)", |v| v >= 1.0);
+    prom.wait_for(
+        "airlock_agent_calls_total{call=\"execute\",outcome=\"opened\"}",
+        |v| v >= 1.0,
+    );
     // user.message, the tool use and result, messages, status changes...
     prom.wait_for("airlock_events_appended_total", |v| v >= 4.0);
     prom.wait_for(

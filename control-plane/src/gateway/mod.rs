@@ -145,14 +145,23 @@ impl GatewayHandle {
         request: &Request,
         input: Option<Bytes>,
     ) -> Result<(String, TrackedCall), AgentCallError> {
-        let (agent_id, conn) = self
-            .registry
-            .pick(target)
-            .ok_or_else(|| AgentCallError::NotConnected(target.clone()))?;
+        let count = |outcome: &'static str| {
+            metrics::counter!("airlock_agent_calls_total", "call" => request.name().to_owned(), "outcome" => outcome)
+                .increment(1);
+        };
+        let Some((agent_id, conn)) = self.registry.pick(target) else {
+            count("not_connected");
+            return Err(AgentCallError::NotConnected(target.clone()));
+        };
         let opened = match input {
             None => conn.call(request).await,
             Some(data) => conn.call_finished(request, data).await,
         };
+        count(if opened.is_ok() {
+            "opened"
+        } else {
+            "tunnel_error"
+        });
         match opened {
             Ok(call) => Ok((agent_id, call)),
             Err(source) => Err(AgentCallError::Tunnel { agent_id, source }),
