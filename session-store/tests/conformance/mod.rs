@@ -68,6 +68,7 @@ macro_rules! all_conformance_tests {
             a_refused_batch_among_concurrent_ones_fails_alone,
             status_transitions_follow_one_rule,
             a_stale_status_change_is_fenced_in_every_path,
+            sessions_are_counted_by_status,
         );
     };
 }
@@ -122,6 +123,41 @@ async fn next_item(stream: &mut session_store::EventStream) -> TailItem {
 }
 
 // ---------------------------------------------------------------- cases
+
+/// `count_sessions_by_status` (the `airlock_sessions{status}` gauge) agrees
+/// with what `list_sessions` pages through, status by status.
+pub async fn sessions_are_counted_by_status(store: Arc<dyn SessionStore>) {
+    let empty = store.count_sessions_by_status().await.unwrap();
+    assert!(empty.iter().all(|(_, n)| *n == 0), "{empty:?}");
+    let plan = [
+        (SessionStatus::Running, 4u64),
+        (SessionStatus::Idle, 7),
+        (SessionStatus::Rescheduling, 2),
+    ];
+    for (status, n) in plan {
+        for _ in 0..n {
+            new_session(&*store, status).await;
+        }
+    }
+    let mut counted = store.count_sessions_by_status().await.unwrap();
+    counted.retain(|(_, n)| *n > 0);
+    counted.sort_by_key(|(s, _)| format!("{s:?}"));
+    let mut expected: Vec<(SessionStatus, u64)> = plan.to_vec();
+    expected.sort_by_key(|(s, _)| format!("{s:?}"));
+    assert_eq!(counted, expected);
+    for (status, n) in plan {
+        let page = store
+            .list_sessions(SessionQuery {
+                status: Some(status),
+                order: Order::Ascending,
+                after_position: None,
+                limit: 100,
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.sessions.len() as u64, n, "{status:?}");
+    }
+}
 
 pub async fn append_assigns_ids_seqs_and_processed_at(store: Arc<dyn SessionStore>) {
     let s = new_session(&*store, SessionStatus::Idle).await;
