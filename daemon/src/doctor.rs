@@ -178,6 +178,26 @@ struct JsonReport<'a> {
     summary: Summary,
 }
 
+/// Run a doctor's `checks` on a small single-threaded runtime and print the
+/// report (`--json` when `json`); the exit code says the worst result. The
+/// runtime is not waited on past 200 ms at the end (a QUIC endpoint's close
+/// need not hold up a finished report).
+pub fn run_checks(checks: impl Future<Output = Report>, json: bool, version: &str) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = runtime.block_on(checks);
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    report.print(json, version)
+}
+
 impl Report {
     /// An empty report for `program`.
     pub fn new(program: &str, strict: bool) -> Self {

@@ -34,19 +34,7 @@ pub struct DoctorArgs {
 /// Run the checks and print the report; the exit code says the worst result
 /// (0: no failure, 1: a failure; see docs/doctor.md).
 pub fn run(args: &DoctorArgs, config: &Config) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let report = runtime.block_on(checks(args, config));
-    runtime.shutdown_timeout(Duration::from_millis(200));
-    report.print(args.json, env!("CARGO_PKG_VERSION"))
+    daemon::doctor::run_checks(checks(args, config), args.json, env!("CARGO_PKG_VERSION"))
 }
 
 fn backend_name(config: &Config) -> String {
