@@ -161,19 +161,11 @@ async fn bad_peers_get_typed_errors_and_do_not_disturb_other_agents() {
             protocol::Response::error(protocol::ErrorCode::UnsupportedCall, "none")
         }
     }
+    // (the refusal is final: the client stops dialing, ClientStatus::Incompatible)
     let client = tunnel::client::spawn(settings, tls.clone(), Arc::new(Nothing));
-    let mut status = client.status();
-    let error = tokio::time::timeout(LIMIT, async {
-        loop {
-            if let tunnel::ClientStatus::Disconnected { error } = status.borrow_and_update().clone()
-            {
-                return error;
-            }
-            status.changed().await.unwrap();
-        }
-    })
-    .await
-    .unwrap();
+    let error = tokio::time::timeout(LIMIT, client.incompatible())
+        .await
+        .unwrap();
     assert!(error.contains("unsupported_version"), "{error}");
     client.shutdown(Duration::from_millis(100)).await;
 
