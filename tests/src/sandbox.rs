@@ -37,6 +37,28 @@ pub fn executor_path() -> PathBuf {
     p
 }
 
+/// An enrolled agent's config text with its `[sandbox]` pointed at the real
+/// executor and `image` (small limits for the test image) and a `[policy]`
+/// allowing that image; the caller appends more sections and writes it back.
+pub fn sandbox_ready_agent_config(config: &str, image: &str) -> String {
+    let mut out = String::new();
+    for line in config.lines() {
+        if line.starts_with("executor_path") {
+            out.push_str(&format!(
+                "executor_path = \"{}\"\ndefault_image = \"{image}\"\ndefault_memory_bytes = 268435456\ndefault_disk_bytes = 67108864\ndefault_pids = 128\ntmp_bytes = 33554432\n",
+                executor_path().display()
+            ));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out.push_str(&format!(
+        "\n[policy]\nallowed_images = [\"{image}\"]\nmax_memory_bytes = 536870912\n"
+    ));
+    out
+}
+
 /// The test image reference. Panics with the fix if Docker does not have it.
 pub fn test_image() -> String {
     let image = std::env::var("AIRLOCK_TEST_IMAGE")

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use airlock_tests::bridge::{Bridge, BridgeOptions};
 use airlock_tests::deploy::{free_port, tail, Agent, AgentOptions};
 use airlock_tests::fake_model::{FakeModel, Reply, RequestCtx, Turn};
-use airlock_tests::sandbox::{executor_path, remove_agent_containers, test_image};
+use airlock_tests::sandbox::{remove_agent_containers, test_image};
 use e2e_support::{runtime_toml, Deployment};
 use serde_json::{json, Value};
 use testkit::try_eventually_blocking;
@@ -202,21 +202,7 @@ fn start_agent(d: &Deployment, ops: SocketAddr, bridge: &Bridge) -> Agent {
     let join = d.cp.join_string(&d.environment_id).unwrap();
     let mut agent = Agent::enroll(&d.cp, &join, AgentOptions::default()).unwrap();
     let config = std::fs::read_to_string(agent.config_path()).unwrap();
-    let mut out = String::new();
-    for line in config.lines() {
-        if line.starts_with("executor_path") {
-            out.push_str(&format!(
-                "executor_path = \"{}\"\ndefault_image = \"{image}\"\ndefault_memory_bytes = 268435456\ndefault_disk_bytes = 67108864\ndefault_pids = 128\ntmp_bytes = 33554432\n",
-                executor_path().display()
-            ));
-        } else {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out.push_str(&format!(
-        "\n[policy]\nallowed_images = [\"{image}\"]\nmax_memory_bytes = 536870912\n"
-    ));
+    let mut out = airlock_tests::sandbox::sandbox_ready_agent_config(&config, &image);
     out.push_str(&bridge.agent_toml());
     out.push_str(&format!("\n[ops]\nlisten = \"{ops}\"\n"));
     std::fs::write(agent.config_path(), out).unwrap();

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use airlock_tests::deploy::{tail, Agent, AgentOptions, ControlPlane, CpOptions};
-use airlock_tests::sandbox::{executor_path, remove_agent_containers, test_image};
+use airlock_tests::sandbox::{remove_agent_containers, test_image};
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -458,21 +458,7 @@ impl SandboxAgent {
         let agent = Agent::enroll(cp, &join, AgentOptions::default())?;
         let cleanup = ContainerCleanup(agent.agent_id().to_owned());
         let config = std::fs::read_to_string(agent.config_path())?;
-        let mut out = String::new();
-        for line in config.lines() {
-            if line.starts_with("executor_path") {
-                out.push_str(&format!(
-                    "executor_path = \"{}\"\ndefault_image = \"{image}\"\ndefault_memory_bytes = 268435456\ndefault_disk_bytes = 67108864\ndefault_pids = 128\ntmp_bytes = 33554432\n",
-                    executor_path().display()
-                ));
-            } else {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-        out.push_str(&format!(
-            "\n[policy]\nallowed_images = [\"{image}\"]\nmax_memory_bytes = 536870912\n"
-        ));
+        let out = airlock_tests::sandbox::sandbox_ready_agent_config(&config, &image);
         std::fs::write(agent.config_path(), out)?;
         let mut me = Self {
             agent,
