@@ -30,7 +30,7 @@ use crate::{check_limit, Catalog};
 mod audit;
 mod vaults;
 
-static MIGRATIONS: [Step; 3] = [
+static MIGRATIONS: &[Step] = &[
     (
         1,
         "CREATE TABLE agents (
@@ -271,7 +271,7 @@ impl PgCatalog {
             .await
             .map_err(|e| map_pg("reading the schema version", e))?
             .get(0);
-        for (version, sql) in pending(found, &MIGRATIONS)? {
+        for (version, sql) in pending(found, MIGRATIONS)? {
             tx.batch_execute(sql)
                 .await
                 .map_err(|e| map_pg(&format!("applying catalog migration {version}"), e))?;

@@ -27,7 +27,7 @@ mod vaults;
 /// File name of the catalog inside a data directory.
 pub const DB_FILE_NAME: &str = "catalog.sqlite3";
 
-static MIGRATIONS: [Step; 3] = [
+static MIGRATIONS: &[Step] = &[
     (
         1,
         "CREATE TABLE agents (
@@ -207,7 +207,7 @@ fn migrate(conn: &mut Connection) -> Result<()> {
             |r| r.get(0),
         )
         .map_err(|e| map_sql("reading the schema version", e))?;
-    for (version, sql) in pending(found, &MIGRATIONS)? {
+    for (version, sql) in pending(found, MIGRATIONS)? {
         tx.execute_batch(sql)
             .map_err(|e| map_sql(&format!("applying catalog migration {version}"), e))?;
         tx.execute(
