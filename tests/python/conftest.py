@@ -285,11 +285,12 @@ def files_bytes(root):
 
 
 @contextlib.contextmanager
-def bridged_deployment(model, upstream_ca_file, name, wait):
+def bridged_deployment(model, upstream_ca_file, name, wait, cp_toml="", agent_toml=""):
     """The whole customer-side path: the fake model binary `model`, a real
     `control-plane serve`, a real `vault-bridge serve` trusting
     `upstream_ca_file`, an environment named after `name`, and a real
-    `sandbox-agent` enrolled into it beside the bridge, connected. Yields a
+    `sandbox-agent` enrolled into it beside the bridge, connected
+    (`cp_toml` / `agent_toml`: TOML appended to their configs). Yields a
     namespace (model, bridge, cp, client, environment, agent_id, agent,
     agent_log_path, agent_dir); stops all of it, and removes the agent's
     containers, at the end (also when setting up fails half-way)."""
@@ -307,7 +308,7 @@ def bridged_deployment(model, upstream_ca_file, name, wait):
         tunnel, enroll = free_port(), free_port()
         while enroll == tunnel:
             enroll = free_port()
-        d.cp = ControlPlane(d.model.facts["base_url"], tunnel_port=tunnel, enroll_port=enroll)
+        d.cp = ControlPlane(d.model.facts["base_url"], extra_toml=cp_toml, tunnel_port=tunnel, enroll_port=enroll)
         stack.callback(d.cp.dir.cleanup)
         stack.callback(d.cp.stop)
         d.client = d.cp.client(timeout=wait)
@@ -321,7 +322,7 @@ def bridged_deployment(model, upstream_ca_file, name, wait):
         config.write_text(
             f'data_dir = "{a / "data"}"\n'
             f'[sandbox]\nexecutor_path = "{executor}"\ndefault_image = "{image}"\n'
-            f'[policy]\nallowed_images = ["{image}"]\n' + d.bridge.agent_toml
+            f'[policy]\nallowed_images = ["{image}"]\n' + d.bridge.agent_toml + agent_toml
         )
         out = subprocess.run([binary("sandbox-agent"), "--config", str(config), "enroll", "--join", join],
                              check=True, capture_output=True, timeout=60).stdout.decode()
