@@ -68,6 +68,10 @@ pub enum AppError {
     /// The public API's certificate or key (`[api.tls]`) could not be loaded.
     #[error(transparent)]
     ApiTls(#[from] api::tls::TlsError),
+    /// The harness's instance id (`<data_dir>/instance_id`) could not be
+    /// claimed: another control plane runs on the data dir, or the file is bad.
+    #[error(transparent)]
+    InstanceId(#[from] crate::runtime::InstanceIdError),
 }
 
 /// A configured, not yet listening control plane.
@@ -157,6 +161,7 @@ impl App {
             session_store: None,
             catalog: None,
             supervisor: None,
+            instance: None,
             ops_addr: None,
             ready: daemon::ops::Flag::down("starting: listeners not bound yet"),
         };
@@ -175,10 +180,17 @@ impl App {
         // so a conflict fails start-up; /readyz is 200 once all are bound and
         // 503 again from the start of the drain.
         let ops_server = daemon::ops::bind(&self.config.ops).await?;
-        // The model client (no I/O yet), so a bad one fails before anything runs.
+        // The model client (no I/O yet), so a bad one fails before anything
+        // runs, and the harness's instance id, locked for this process.
         let provider = match &self.runner {
             Some(_) => None,
-            None => Some(crate::runtime::provider(&self.config.model)?),
+            None => Some((
+                crate::runtime::provider(&self.config.model)?,
+                crate::runtime::InstanceIdentity::claim(
+                    &self.config.data_dir,
+                    &self.config.harness,
+                )?,
+            )),
         };
 
         // Bind first, so a port conflict fails start-up before anything runs.
@@ -251,15 +263,17 @@ impl App {
         // The harness: started last, once the gateway serves, so recovered
         // wakes can reach agents as they reconnect.
         let runner: Arc<dyn api::SessionRunner> = match (provider, self.runner.clone()) {
-            (Some(provider), _) => {
+            (Some((provider, instance)), _) => {
                 let supervisor = crate::runtime::start_supervisor(
                     session_store.clone(),
                     provider,
                     &self.config.harness,
+                    &instance,
                     running.gateway.clone(),
                     catalog.clone(),
                 );
                 running.supervisor = Some(supervisor.clone());
+                running.instance = Some(instance);
                 Arc::new(api::FnRunner(move |id: &str| supervisor.notify(id)))
             }
             (None, runner) => runner.unwrap_or_else(|| Arc::new(api::NoRunner)),
@@ -372,6 +386,8 @@ pub struct Running {
     session_store: Option<Arc<dyn session_store::SessionStore>>,
     catalog: Option<Arc<dyn catalog::Catalog>>,
     supervisor: Option<harness::Supervisor>,
+    /// The lock on the instance id, held until this value is dropped.
+    instance: Option<crate::runtime::InstanceIdentity>,
     ops_addr: Option<SocketAddr>,
     ready: daemon::ops::Flag,
 }

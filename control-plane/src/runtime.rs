@@ -23,6 +23,7 @@
 //! every model request then fails with an error naming the missing setting,
 //! which the session shows as `session.error`. The key is never logged.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use harness::{Harness, HarnessConfig, Supervisor};
@@ -30,6 +31,8 @@ use model::{
     AnthropicConfig, AnthropicProvider, MessagesRequest, ModelError, ModelStream, Provider,
     RawAnthropicConfig,
 };
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 
 use crate::config::ConfigError;
 use crate::gateway::GatewayHandle;
@@ -106,9 +109,168 @@ impl Provider for Unconfigured {
     }
 }
 
-/// The harness's default lease holder name: host name, process id and a
-/// random suffix, so every process (and every restart) is a distinct holder.
-pub fn default_instance_id() -> String {
+/// The file under the data dir holding the control plane's stable
+/// instance id (the harness's lease holder name), created once with mode
+/// 0600. It is also the lock that keeps a second `serve` off the data dir.
+pub const INSTANCE_ID_FILE: &str = "instance_id";
+
+/// Why the instance id could not be claimed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InstanceIdError {
+    /// The file could not be created, locked, read or written.
+    #[error("instance id file {}: {source}", path.display())]
+    Io {
+        /// `<data_dir>/instance_id`.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Another live process holds the lock: two processes must never share
+    /// an instance id (each would take the other's leases).
+    #[error(
+        "another control plane is running on data dir {} (it holds the lock on {}); \
+         stop it first, or give this one a data dir of its own",
+        data_dir.display(),
+        path.display()
+    )]
+    InUse {
+        /// The data dir.
+        data_dir: PathBuf,
+        /// `<data_dir>/instance_id`.
+        path: PathBuf,
+    },
+    /// The file does not hold a usable id.
+    #[error(
+        "instance id file {}: {reason}; fix or delete it (a new id is then generated, \
+         and sessions this data dir's control plane held wait out their lease TTL once)",
+        path.display()
+    )]
+    Invalid {
+        /// `<data_dir>/instance_id`.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Where the instance id came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceIdSource {
+    /// `[harness] instance_id`.
+    Configured,
+    /// `<data_dir>/instance_id`, read.
+    DataDir,
+    /// `<data_dir>/instance_id`, created now.
+    Created,
+}
+
+/// The lease holder name of this `serve` process, and the lock on
+/// `<data_dir>/instance_id` that makes it this process's alone: held until
+/// the value is dropped (the kernel drops it when the process dies, SIGKILL
+/// included), so a second process on the same data dir fails to start
+/// instead of taking the first one's leases.
+#[derive(Debug)]
+pub struct InstanceIdentity {
+    id: String,
+    source: InstanceIdSource,
+    _lock: Flock<std::fs::File>,
+}
+
+impl InstanceIdentity {
+    /// Lock `<data_dir>/instance_id` (creating it, 0600, with a new id if
+    /// missing) and return the id to use: `[harness] instance_id` when
+    /// configured, else the file's. Blocking file I/O (a few syscalls).
+    pub fn claim(data_dir: &Path, harness: &HarnessConfig) -> Result<Self, InstanceIdError> {
+        use std::io::{Read, Seek, Write};
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let path = data_dir.join(INSTANCE_ID_FILE);
+        let io = |source| InstanceIdError::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(data_dir).map_err(io)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io)?;
+        let mut file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(f) => f,
+            Err((_, Errno::EWOULDBLOCK)) => {
+                return Err(InstanceIdError::InUse {
+                    data_dir: data_dir.to_owned(),
+                    path,
+                })
+            }
+            Err((_, e)) => return Err(io(std::io::Error::from(e))),
+        };
+        let mut text = String::new();
+        file.read_to_string(&mut text).map_err(io)?;
+        let stored = text.trim();
+        let (file_id, created) = if stored.is_empty() {
+            let id = new_stable_instance_id();
+            file.set_len(0).map_err(io)?;
+            file.rewind().map_err(io)?;
+            file.write_all(format!("{id}\n").as_bytes()).map_err(io)?;
+            file.sync_all().map_err(io)?;
+            (id, true)
+        } else {
+            if let Err(reason) = check_instance_id(stored) {
+                return Err(InstanceIdError::Invalid { path, reason });
+            }
+            (stored.to_owned(), false)
+        };
+        // Created 0600; an existing file keeps nothing wider.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        let (id, source) = if harness.instance_id_configured {
+            (harness.instance_id.clone(), InstanceIdSource::Configured)
+        } else if created {
+            (file_id, InstanceIdSource::Created)
+        } else {
+            (file_id, InstanceIdSource::DataDir)
+        };
+        Ok(Self {
+            id,
+            source,
+            _lock: file,
+        })
+    }
+
+    /// The lease holder name.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Where it came from.
+    pub fn source(&self) -> InstanceIdSource {
+        self.source
+    }
+}
+
+/// What an instance id file may hold: 1 to 200 bytes of printable ASCII.
+fn check_instance_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 200 {
+        return Err(format!("the id is {} bytes, not 1 to 200", id.len()));
+    }
+    if !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("the id holds characters other than printable ASCII".to_owned());
+    }
+    Ok(())
+}
+
+/// A new stable id: host name and a random suffix (no pid: the id outlives
+/// the process).
+fn new_stable_instance_id() -> String {
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{}-{}", host_name(), &suffix[..12])
+}
+
+/// The host name, sanitised for a holder name.
+fn host_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_owned())
@@ -125,8 +287,16 @@ pub fn default_instance_id() -> String {
         })
         .take(64)
         .collect();
+    host
+}
+
+/// A per-process lease holder name: host name, process id and a random
+/// suffix, so every process (and every restart) is a distinct holder. What
+/// `[harness]` gets when `instance_id` is unset; `serve` replaces it with
+/// the data dir's stable id ([`InstanceIdentity::claim`]).
+pub fn default_instance_id() -> String {
     let suffix = uuid::Uuid::new_v4().simple().to_string();
-    format!("{host}-{}-{}", std::process::id(), &suffix[..8])
+    format!("{}-{}-{}", host_name(), std::process::id(), &suffix[..8])
 }
 
 /// `[harness]` into the typed config, defaulting `instance_id` to
@@ -139,23 +309,29 @@ pub fn harness_config(mut raw: harness::RawHarnessConfig) -> Result<HarnessConfi
 }
 
 /// Build the harness over `store`, the model `provider` (see [`provider`])
-/// and the gateway's hands, and start its supervisor (which scans for
-/// sessions to recover at once).
+/// and the gateway's hands, with `instance`'s id as its lease holder name,
+/// and start its supervisor (which takes back the leases that id still
+/// holds, then scans for sessions to recover, at once).
 pub fn start_supervisor(
     store: Arc<dyn session_store::SessionStore>,
     provider: Arc<dyn Provider>,
     harness: &HarnessConfig,
+    instance: &InstanceIdentity,
     gateway: GatewayHandle,
     catalog: Arc<dyn catalog::Catalog>,
 ) -> Supervisor {
     let hands = Arc::new(GatewayHands::new(gateway).with_catalog(catalog));
+    let mut harness = harness.clone();
+    harness.instance_id = instance.id().to_owned();
     tracing::info!(
         instance_id = %harness.instance_id,
+        instance_id_source = ?instance.source(),
         lease_ttl_seconds = harness.lease_ttl.as_secs_f64(),
+        lease_renew_interval_seconds = harness.lease_renew_interval.as_secs_f64(),
         provisioning = ?harness.provisioning,
         "harness started"
     );
-    Supervisor::start(Harness::new(store, provider, hands, harness.clone()))
+    Supervisor::start(Harness::new(store, provider, hands, harness))
 }
 
 #[cfg(test)]
@@ -248,6 +424,46 @@ mod tests {
         let raw: harness::RawHarnessConfig = toml::from_str("provisioning = \"never\"").unwrap();
         let e = harness_config(raw).unwrap_err();
         assert!(e.to_string().contains("harness.provisioning"), "{e}");
+    }
+
+    #[test]
+    fn the_instance_id_is_created_once_kept_and_locked() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let generated = harness_config(harness::RawHarnessConfig::default()).unwrap();
+        let a = InstanceIdentity::claim(&data, &generated).unwrap();
+        assert_eq!(a.source(), InstanceIdSource::Created);
+        let path = data.join(INSTANCE_ID_FILE);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), a.id());
+        assert!(!a.id().contains(&format!("-{}-", std::process::id())));
+        // A second claim while the first is held fails, naming the data dir.
+        let e = InstanceIdentity::claim(&data, &generated).unwrap_err();
+        assert!(matches!(e, InstanceIdError::InUse { .. }), "{e}");
+        assert!(e.to_string().contains(&data.display().to_string()), "{e}");
+        let first = a.id().to_owned();
+        drop(a);
+        // After the holder is gone: the same id again, from the file.
+        let b = InstanceIdentity::claim(&data, &generated).unwrap();
+        assert_eq!(
+            (b.id(), b.source()),
+            (first.as_str(), InstanceIdSource::DataDir)
+        );
+        drop(b);
+        // `[harness] instance_id` wins, and still locks the data dir.
+        let raw: harness::RawHarnessConfig = toml::from_str("instance_id = \"cp-1\"").unwrap();
+        let configured = harness_config(raw).unwrap();
+        let c = InstanceIdentity::claim(&data, &configured).unwrap();
+        assert_eq!((c.id(), c.source()), ("cp-1", InstanceIdSource::Configured));
+        assert!(InstanceIdentity::claim(&data, &generated).is_err());
+        drop(c);
+        // A file that does not hold an id is refused, naming the file.
+        std::fs::write(&path, "two words\n").unwrap();
+        let e = InstanceIdentity::claim(&data, &generated).unwrap_err();
+        assert!(matches!(e, InstanceIdError::Invalid { .. }), "{e}");
+        assert!(e.to_string().contains(INSTANCE_ID_FILE), "{e}");
     }
 
     #[test]

@@ -88,6 +88,10 @@ pub struct SupervisorConfig {
 pub struct HarnessConfig {
     /// Lease holder name of this process (unique per replica).
     pub instance_id: String,
+    /// Whether `instance_id` was set in the file (`[harness] instance_id`);
+    /// `false`: generated, and `control-plane serve` replaces it with the
+    /// stable id kept in its data dir.
+    pub instance_id_configured: bool,
     /// Lease time-to-live.
     pub lease_ttl: Duration,
     /// How often a working harness renews its lease.
@@ -109,6 +113,7 @@ impl Default for HarnessConfig {
         // Cannot fail: the defaults are valid.
         Self::from_raw(RawHarnessConfig::default()).unwrap_or_else(|_| Self {
             instance_id: random_instance_id(),
+            instance_id_configured: false,
             lease_ttl: Duration::from_secs(30),
             lease_renew_interval: Duration::from_secs(10),
             max_tokens: 8192,
@@ -213,6 +218,7 @@ fn random_instance_id() -> String {
 impl HarnessConfig {
     /// Validate.
     pub fn from_raw(raw: RawHarnessConfig) -> Result<Self, ConfigError> {
+        let instance_id_configured = raw.instance_id.is_some();
         let instance_id = match raw.instance_id {
             Some(s) if s.is_empty() || s.len() > 200 => {
                 return Err(invalid("harness.instance_id", "must be 1 to 200 bytes"))
@@ -277,6 +283,7 @@ impl HarnessConfig {
         }
         Ok(Self {
             instance_id,
+            instance_id_configured,
             lease_ttl,
             lease_renew_interval,
             max_tokens,
@@ -327,12 +334,14 @@ mod tests {
         assert_eq!(c.lease_renew_interval, Duration::from_secs(10));
         assert_eq!(c.provisioning, ProvisioningMode::Speculative);
         assert!(c.instance_id.starts_with("harness-"));
+        assert!(!c.instance_id_configured);
         let raw: RawHarnessConfig = toml::from_str(
             "instance_id = \"cp-1\"\nprovisioning = \"lazy\"\nlease_ttl_seconds = 3\n[retry]\nmax_attempts = 2\n[budget]\nmax_session_tokens = 1000\n[supervisor]\nmax_concurrent_wakes = 4",
         )
         .unwrap();
         let c = HarnessConfig::from_raw(raw).unwrap();
         assert_eq!(c.instance_id, "cp-1");
+        assert!(c.instance_id_configured);
         assert_eq!(c.provisioning, ProvisioningMode::Lazy);
         assert_eq!(c.lease_renew_interval, Duration::from_secs(1));
         assert_eq!(c.retry.max_attempts, 2);

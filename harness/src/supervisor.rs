@@ -11,6 +11,15 @@
 //! later scans while its last seq is unchanged; a wake that failed is not
 //! remembered. The memo is in memory and bounded: losing it costs one wake.
 //!
+//! On start, before its first scan, the supervisor takes back the leases
+//! its instance id still holds ([`SessionStore::reclaim_leases`]: a
+//! restarted process that kept its id, e.g. from the control plane's data
+//! dir): each gets a new grant with a higher epoch, so anything left of the
+//! previous process is fenced, and those sessions are woken at once with it
+//! instead of after the lease TTL. A failed reclaim is tried again before
+//! each scan until it succeeds (the leases lapse meanwhile, and the scan
+//! finds them then).
+//!
 //! At most one wake per session runs in this process; a notify that arrives
 //! while one runs makes it run once more when it ends, so input appended
 //! after its last read is never left waiting. When another harness holds the
@@ -24,7 +33,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use session_store::StoreError;
+use session_store::{Lease, SessionStore, StoreError};
 use settings::{BackoffPolicy, Jitter};
 
 use crate::wake::{Harness, HarnessError, WakeOutcome};
@@ -46,6 +55,8 @@ struct Inner {
     settled: Mutex<HashMap<String, u64>>,
     permits: Semaphore,
     tasks: Mutex<JoinSet<()>>,
+    /// Leases taken back at start, waiting for their session's wake.
+    reclaimed: Mutex<HashMap<String, Lease>>,
 }
 
 /// The wake scheduler. Cheap to clone.
@@ -63,7 +74,11 @@ impl Supervisor {
         let s = Self::manual(harness);
         let me = s.clone();
         let handle = tokio::spawn(async move {
+            let mut reclaimed = false;
             loop {
+                if !reclaimed {
+                    reclaimed = me.reclaim_own_leases().await.is_ok();
+                }
                 me.recover_once().await;
                 tokio::time::sleep(interval).await;
             }
@@ -85,11 +100,53 @@ impl Supervisor {
             settled: Mutex::new(HashMap::new()),
             permits,
             tasks: Mutex::new(JoinSet::new()),
+            reclaimed: Mutex::new(HashMap::new()),
         });
         Self {
             inner,
             scanner: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// Take back every lease this instance id still holds (a previous
+    /// process with the same id died holding them), each with a new, higher
+    /// epoch, and wake those sessions now with it. Returns how many.
+    /// [`Supervisor::start`] calls it before its first scan.
+    pub async fn reclaim_own_leases(&self) -> Result<usize, StoreError> {
+        let cfg = self.inner.harness.config();
+        let started = Instant::now();
+        let leases = match self
+            .inner
+            .harness
+            .store()
+            .reclaim_leases(&cfg.instance_id, cfg.lease_ttl)
+            .await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(%e, instance_id = %cfg.instance_id, "reclaiming this instance's leases failed; retrying before the next scan");
+                return Err(e);
+            }
+        };
+        let n = leases.len();
+        let ids: Vec<String> = leases.iter().map(|l| l.session_id.clone()).collect();
+        if let Ok(mut m) = self.inner.reclaimed.lock() {
+            for l in leases {
+                m.insert(l.session_id.clone(), l);
+            }
+        }
+        for id in &ids {
+            self.notify(id);
+        }
+        if n > 0 {
+            tracing::info!(
+                sessions = n,
+                instance_id = %cfg.instance_id,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "reclaimed this instance's leases; resuming those sessions"
+            );
+        }
+        Ok(n)
     }
 
     /// One recovery scan: wake every session nobody holds that is running
@@ -187,7 +244,10 @@ impl Supervisor {
         loop {
             match tokio::time::timeout_at(deadline, tasks.join_next()).await {
                 Ok(Some(_)) => {}
-                Ok(None) => return true,
+                Ok(None) => {
+                    self.release_unused_reclaimed().await;
+                    return true;
+                }
                 Err(_) => {
                     tracing::warn!(left = tasks.len(), "shutdown grace over; aborting wakes");
                     tasks.abort_all();
@@ -195,9 +255,21 @@ impl Supervisor {
                     // The aborted wakes' leases would block their sessions
                     // on every other replica until they expire.
                     self.inner.harness.release_abandoned_leases().await;
+                    self.release_unused_reclaimed().await;
                     return false;
                 }
             }
+        }
+    }
+
+    /// Release reclaimed leases no wake used (shutdown came first).
+    async fn release_unused_reclaimed(&self) {
+        let left: Vec<Lease> = match self.inner.reclaimed.lock() {
+            Ok(mut m) => m.drain().map(|(_, l)| l).collect(),
+            Err(_) => return,
+        };
+        for lease in left {
+            let _ = self.inner.harness.store().release_lease(&lease).await;
         }
     }
 }
@@ -216,7 +288,10 @@ async fn run_session(inner: Arc<Inner>, sid: String) {
     let mut errors = 0u32;
     loop {
         let outcome = match inner.permits.acquire().await {
-            Ok(_permit) => inner.harness.wake_report(&sid).await,
+            Ok(_permit) => {
+                let held = inner.reclaimed.lock().ok().and_then(|mut m| m.remove(&sid));
+                inner.harness.wake_with_lease(&sid, held).await
+            }
             Err(_) => return,
         };
         if let Ok(mut m) = inner.settled.lock() {

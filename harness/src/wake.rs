@@ -372,8 +372,20 @@ impl Harness {
     /// `Idle` or `NothingToDo`, a session whose `last_seq` is still that has
     /// nothing new for a wake (the supervisor's recovery scan uses this).
     pub async fn wake_report(&self, session_id: &str) -> Result<(WakeOutcome, u64), HarnessError> {
+        self.wake_with_lease(session_id, None).await
+    }
+
+    /// [`Harness::wake_report`] starting from a lease this instance already
+    /// holds (one [`SessionStore::reclaim_leases`] gave back after a
+    /// restart) instead of acquiring one. The lease is renewed first; if it
+    /// was taken over or released meanwhile, the wake acquires as usual.
+    pub async fn wake_with_lease(
+        &self,
+        session_id: &str,
+        held: Option<Lease>,
+    ) -> Result<(WakeOutcome, u64), HarnessError> {
         let span = tracing::info_span!("wake", session_id, holder = %self.config.instance_id);
-        let outcome = self.wake_inner(session_id).instrument(span).await;
+        let outcome = self.wake_inner(session_id, held).instrument(span).await;
         let label = match &outcome {
             Ok((WakeOutcome::Idle(_), _)) => "idle",
             Ok((WakeOutcome::NothingToDo, _)) => "nothing_to_do",
@@ -390,16 +402,33 @@ impl Harness {
         outcome
     }
 
-    async fn wake_inner(&self, session_id: &str) -> Result<(WakeOutcome, u64), HarnessError> {
+    /// Renew `held` if given and still ours, else acquire the lease.
+    async fn take_lease(&self, session_id: &str, held: Option<Lease>) -> Result<Lease, StoreError> {
+        if let Some(lease) = held {
+            match self.store.renew_lease(&lease, self.config.lease_ttl).await {
+                Ok(l) => {
+                    tracing::debug!(epoch = l.epoch, "resuming with a reclaimed lease");
+                    return Ok(l);
+                }
+                Err(StoreError::Fenced { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.store
+            .acquire_lease(session_id, &self.config.instance_id, self.config.lease_ttl)
+            .await
+    }
+
+    async fn wake_inner(
+        &self,
+        session_id: &str,
+        held: Option<Lease>,
+    ) -> Result<(WakeOutcome, u64), HarnessError> {
         let store_err = |source| HarnessError::Store {
             session_id: session_id.to_owned(),
             source,
         };
-        let lease = match self
-            .store
-            .acquire_lease(session_id, &self.config.instance_id, self.config.lease_ttl)
-            .await
-        {
+        let lease = match self.take_lease(session_id, held).await {
             Ok(l) => l,
             Err(StoreError::LeaseHeld { holder, .. }) => {
                 return Ok((WakeOutcome::Busy { holder }, 0))

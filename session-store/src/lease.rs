@@ -83,6 +83,21 @@ impl LeaseRow {
         })
     }
 
+    /// A new grant to `holder` of a lease it holds (expired or not), with a
+    /// higher epoch: a restarted process taking back what its previous
+    /// incarnation held, so anything still running under the old grant is
+    /// fenced. `None` when `holder` does not hold it (free, or another's).
+    pub(crate) fn reclaim(&self, holder: &str, now_us: i64, ttl_us: i64) -> Option<LeaseRow> {
+        if self.holder.as_deref() != Some(holder) {
+            return None;
+        }
+        Some(LeaseRow {
+            epoch: self.epoch + 1,
+            holder: Some(holder.to_owned()),
+            expires_at_us: Some(now_us.saturating_add(ttl_us)),
+        })
+    }
+
     /// Frees the grant `epoch`; the epoch stays so the next grant is higher.
     pub(crate) fn release(&self, epoch: u64, holder: &str) -> Result<LeaseRow, LeaseError> {
         if self.epoch != epoch || self.holder.as_deref() != Some(holder) {
@@ -178,6 +193,24 @@ mod tests {
         let renewed = a.renew(1, "a", 5 * S, S).unwrap();
         assert_eq!(renewed.epoch, 1);
         assert_eq!(renewed.expires_at_us, Some(6 * S));
+    }
+
+    #[test]
+    fn reclaim_regrants_only_to_the_holder_and_fences_the_old_grant() {
+        let a = free().acquire("a", 0, 100 * S).unwrap();
+        // someone else, or a free lease: nothing to reclaim
+        assert_eq!(a.reclaim("b", S, 10 * S), None);
+        assert_eq!(free().reclaim("a", S, 10 * S), None);
+        // the holder, before or after expiry: a new grant, higher epoch
+        let again = a.reclaim("a", S, 10 * S).unwrap();
+        assert_eq!(again.epoch, 2);
+        assert_eq!(again.holder.as_deref(), Some("a"));
+        assert_eq!(again.expires_at_us, Some(11 * S));
+        assert!(again.reclaim("a", 500 * S, S).is_some());
+        // the old grant can neither renew, release nor write
+        assert!(again.renew(1, "a", S, S).is_err());
+        assert!(again.release(1, "a").is_err());
+        assert!(!fence_allows(Some(1), again.epoch));
     }
 
     #[test]

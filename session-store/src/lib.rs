@@ -162,6 +162,64 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     /// over or released already.
     async fn release_lease(&self, lease: &Lease) -> Result<()>;
 
+    /// Takes back every lease `holder` still holds, expired or not: each
+    /// gets a new grant to `holder`, for `ttl` from now, with a higher epoch,
+    /// so writes, renewals and releases under the earlier grants are refused
+    /// ([`StoreError::Fenced`]). For a restarted process that kept its
+    /// instance id: its previous incarnation's wakes are fenced, and it
+    /// wakes those sessions at once instead of waiting out the TTL. Never
+    /// touches a lease held by another holder or a free one. Two processes
+    /// must not share a holder name at once (each would fence the other).
+    ///
+    /// The provided body pages through [`SessionStore::list_sessions`] and
+    /// releases then re-acquires each lease (not atomic: another holder may
+    /// take one in between, and then it is not returned); both stores
+    /// override it with one statement.
+    async fn reclaim_leases(&self, holder: &str, ttl: Duration) -> Result<Vec<Lease>> {
+        let mut held = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .list_sessions(SessionQuery {
+                    after_position: after,
+                    limit: 1000,
+                    ..SessionQuery::default()
+                })
+                .await?;
+            for s in &page.sessions {
+                if s.lease.holder.as_deref() == Some(holder) {
+                    held.push(Lease {
+                        session_id: s.id.clone(),
+                        holder: holder.to_owned(),
+                        epoch: s.lease.epoch,
+                        expires_at: s
+                            .lease
+                            .expires_at
+                            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+                    });
+                }
+            }
+            after = page.sessions.last().map(|s| s.position);
+            if !page.has_more || after.is_none() {
+                break;
+            }
+        }
+        let mut out = Vec::with_capacity(held.len());
+        for old in held {
+            match self.release_lease(&old).await {
+                Ok(()) => {}
+                Err(StoreError::Fenced { .. } | StoreError::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+            match self.acquire_lease(&old.session_id, holder, ttl).await {
+                Ok(lease) => out.push(lease),
+                Err(StoreError::LeaseHeld { .. } | StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
     /// What a recovery scan should wake: sessions whose lease is free or
     /// expired and that either have status `running` (their harness died) or
     /// are not `terminated` and hold a queued event (`processed_at` unset:

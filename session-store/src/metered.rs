@@ -126,6 +126,10 @@ impl<S: SessionStore> SessionStore for Metered<S> {
         timed("lease", self.0.release_lease(lease)).await
     }
 
+    async fn reclaim_leases(&self, holder: &str, ttl: Duration) -> Result<Vec<Lease>> {
+        timed("lease", self.0.reclaim_leases(holder, ttl)).await
+    }
+
     async fn sessions_needing_wake(&self, after: i64, limit: usize) -> Result<Vec<WakeCandidate>> {
         timed(
             "sessions_needing_wake",

@@ -948,6 +948,34 @@ impl SessionStore for PgStore {
         })
     }
 
+    async fn reclaim_leases(&self, holder: &str, ttl: Duration) -> Result<Vec<Lease>> {
+        let ttl_us = ttl_micros(ttl);
+        let mut c = self.inner.pool.get().await?;
+        // One statement: each row is locked by the UPDATE, so a fenced write
+        // under the old epoch either committed before or is refused after.
+        let rows = c
+            .query(
+                concat!(
+                    "UPDATE sessions SET lease_epoch = lease_epoch + 1, lease_expires_at_us = ",
+                    now_us!(),
+                    " + $2 WHERE lease_holder = $1 RETURNING id, lease_epoch, lease_expires_at_us"
+                ),
+                &[&holder, &ttl_us],
+            )
+            .await
+            .map_err(|e| e.into_store(format!("reclaiming the leases of {holder}")))?;
+        rows.iter()
+            .map(|r| {
+                Ok(Lease {
+                    session_id: col(r, 0)?,
+                    holder: holder.to_owned(),
+                    epoch: to_u64(col(r, 1)?, "lease_epoch")?,
+                    expires_at: from_micros(col(r, 2)?)?,
+                })
+            })
+            .collect()
+    }
+
     async fn sessions_needing_wake(&self, after: i64, limit: usize) -> Result<Vec<WakeCandidate>> {
         check_limit("*", limit)?;
         let mut c = self.inner.pool.get().await?;

@@ -869,6 +869,43 @@ impl SessionStore for SqliteStore {
         .await
     }
 
+    async fn reclaim_leases(&self, holder: &str, ttl: Duration) -> Result<Vec<Lease>> {
+        let holder = holder.to_owned();
+        // One write transaction: the rows are read and re-granted (by the
+        // lease state machine) with no other write in between.
+        self.write(None, move |conn, now_us| {
+            let held: Vec<(String, i64, Option<i64>)> = conn
+                .prepare_cached(
+                    "SELECT id, lease_epoch, lease_expires_at_us FROM sessions WHERE lease_holder = ?1",
+                )
+                .and_then(|mut stmt| {
+                    stmt.query_map(params![holder], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                        .collect::<std::result::Result<Vec<_>, _>>()
+                })
+                .map_err(|e| map_err(format!("reading the leases of {holder}"), e))?;
+            let mut out = Vec::with_capacity(held.len());
+            for (id, epoch, expires_at_us) in held {
+                let row = LeaseRow {
+                    epoch: to_u64(epoch, "lease_epoch")?,
+                    holder: Some(holder.clone()),
+                    expires_at_us,
+                };
+                let Some(next) = row.reclaim(&holder, now_us, ttl_micros(ttl)) else {
+                    continue;
+                };
+                set_lease(conn, &id, &next)?;
+                out.push(Lease {
+                    session_id: id,
+                    holder: holder.clone(),
+                    epoch: next.epoch,
+                    expires_at: from_micros(next.expires_at_us.unwrap_or(now_us))?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn sessions_needing_wake(&self, after: i64, limit: usize) -> Result<Vec<WakeCandidate>> {
         check_limit("*", limit)?;
         let now_us = to_micros(self.inner.options.clock.now());

@@ -69,6 +69,7 @@ macro_rules! all_conformance_tests {
             status_transitions_follow_one_rule,
             a_stale_status_change_is_fenced_in_every_path,
             sessions_are_counted_by_status,
+            reclaim_takes_back_only_own_leases_with_a_higher_epoch,
         );
     };
 }
@@ -1057,6 +1058,135 @@ pub async fn sessions_needing_wake_follows_leases(store: Arc<dyn SessionStore>) 
     .await;
     assert!(later.contains(&free));
     assert!(!later.contains(&held));
+}
+
+pub async fn reclaim_takes_back_only_own_leases_with_a_higher_epoch(store: Arc<dyn SessionStore>) {
+    const LONG: Duration = Duration::from_secs(600);
+    // "a" is a process that died: one live lease, one lapsed, one released.
+    let live = new_session(&*store, SessionStatus::Running).await;
+    let lapsed = new_session(&*store, SessionStatus::Running).await;
+    let released = new_session(&*store, SessionStatus::Running).await;
+    let others = new_session(&*store, SessionStatus::Running).await;
+    let never = new_session(&*store, SessionStatus::Running).await;
+    let a_live = store.acquire_lease(&live, "a", LONG).await.unwrap();
+    store
+        .append(&live, vec![ev("a", 1)], Fence::from(&a_live))
+        .await
+        .unwrap();
+    let a_lapsed = store
+        .acquire_lease(&lapsed, "a", Duration::from_millis(100))
+        .await
+        .unwrap();
+    let a_released = store.acquire_lease(&released, "a", LONG).await.unwrap();
+    store.release_lease(&a_released).await.unwrap();
+    let b = store.acquire_lease(&others, "b", LONG).await.unwrap();
+    eventually_async("a's short lease to lapse", PATIENCE, || {
+        let store = store.clone();
+        let lapsed = lapsed.clone();
+        async move { wake_ids(&*store).await.contains(&lapsed) }
+    })
+    .await;
+
+    let t0 = time::OffsetDateTime::now_utc();
+    let mut got = store.reclaim_leases("a", LONG).await.unwrap();
+    got.sort_by(|x, y| x.session_id.cmp(&y.session_id));
+    let mut want = vec![
+        (live.clone(), a_live.epoch + 1),
+        (lapsed.clone(), a_lapsed.epoch + 1),
+    ];
+    want.sort();
+    assert_eq!(
+        got.iter()
+            .map(|l| (l.session_id.clone(), l.epoch))
+            .collect::<Vec<_>>(),
+        want,
+        "the live and the lapsed lease of a, each with the next epoch"
+    );
+    for l in &got {
+        assert_eq!(l.holder, "a");
+        assert!(
+            l.expires_at > t0 + time::Duration::seconds(500),
+            "a fresh ttl: {l:?}"
+        );
+        let record = store.get_session(&l.session_id).await.unwrap();
+        assert_eq!(record.lease.epoch, l.epoch);
+        assert_eq!(record.lease.holder.as_deref(), Some("a"));
+    }
+    let new_live = got.iter().find(|l| l.session_id == live).unwrap().clone();
+
+    // The old grant is fenced everywhere; the new one writes.
+    match store
+        .append(&live, vec![ev("a", 2)], Fence::from(&a_live))
+        .await
+    {
+        Err(StoreError::Fenced {
+            presented_epoch,
+            current_epoch,
+            ..
+        }) => assert_eq!(
+            (presented_epoch, current_epoch),
+            (a_live.epoch, new_live.epoch)
+        ),
+        other => panic!("expected Fenced, got {other:?}"),
+    }
+    assert!(matches!(
+        store.renew_lease(&a_live, LONG).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    assert!(matches!(
+        store.release_lease(&a_live).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    assert!(matches!(
+        store
+            .mark_processed(&live, EventSelector::Seqs(vec![1]), Fence::from(&a_live))
+            .await,
+        Err(StoreError::Fenced { .. })
+    ));
+    store
+        .append(&live, vec![ev("a", 3)], Fence::from(&new_live))
+        .await
+        .unwrap();
+    let events = read_all(&*store, &live).await;
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| e.event_type.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "a"]
+    );
+    assert_gap_free(&events, 1);
+    // The reclaimed leases are held: nobody else gets them.
+    assert!(matches!(
+        store.acquire_lease(&lapsed, "c", LONG).await,
+        Err(StoreError::LeaseHeld { .. })
+    ));
+
+    // Other holders' leases, free ones and never-leased ones are untouched.
+    let o = store.get_session(&others).await.unwrap().lease;
+    assert_eq!((o.holder.as_deref(), o.epoch), (Some("b"), b.epoch));
+    store
+        .append(&others, vec![ev("b", 1)], Fence::from(&b))
+        .await
+        .unwrap();
+    let r = store.get_session(&released).await.unwrap().lease;
+    assert_eq!((r.holder, r.epoch), (None, a_released.epoch));
+    let n = store.get_session(&never).await.unwrap().lease;
+    assert_eq!((n.holder, n.epoch), (None, 0));
+
+    // Reclaiming again re-grants again (epochs only grow); nothing for a
+    // holder with no leases.
+    let again = store.reclaim_leases("a", LONG).await.unwrap();
+    assert_eq!(again.len(), 2);
+    for l in &again {
+        let before = got.iter().find(|g| g.session_id == l.session_id).unwrap();
+        assert_eq!(l.epoch, before.epoch + 1);
+    }
+    assert!(store
+        .reclaim_leases("nobody", LONG)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 pub async fn sessions_needing_wake_includes_queued_input(store: Arc<dyn SessionStore>) {
