@@ -1,6 +1,7 @@
-//! `sandbox-agent run`: load the enrolled identity, dial the control plane
-//! through the tunnel (QUIC, TCP fallback, proxy), serve its calls, renew the
-//! certificate over the live connection, and drain on SIGTERM/SIGINT.
+//! `sandbox-agent run`: load the enrolled identity, dial every control-plane
+//! replica through the tunnel (one link each, see [`links`]; QUIC, TCP
+//! fallback, proxy), serve their calls with one set of services, renew the
+//! certificate over a live link, and drain every link on SIGTERM/SIGINT.
 //!
 //! Calls are dispatched by [`Dispatcher`]: `ping` and `echo` here;
 //! `provision`/`execute`/`destroy`/`list_sandboxes` by the sandbox service
@@ -10,7 +11,8 @@
 //! [`crate::mcp`]) go to the local vault-bridge.
 
 pub mod config;
-mod ops;
+pub mod links;
+pub mod ops;
 mod relay;
 
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use rustls_pki_types::CertificateDer;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tunnel::call::{CallHandler, CallIo};
-use tunnel::client::{self, ClientHandle, ClientSettings};
+use tunnel::client::{self, ClientSettings};
 
 use crate::config::Config;
 use crate::identity::renewal::{RenewalError, Renewer};
@@ -214,7 +216,7 @@ impl CallHandler for Dispatcher {
 
 /// Renewal over the live tunnel: the CSR goes out on the control stream,
 /// the chain comes back.
-struct TunnelRenewer(Arc<ClientHandle>);
+struct TunnelRenewer(Arc<links::Links>);
 
 fn pem(label: &str, der: &[u8]) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
@@ -349,13 +351,17 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 
     let mut settings = client_settings(&config, &identity);
     // The control plane keeps every checkpoint head and the log's health
-    // (sent at every connect and on every change).
+    // (sent at every connect and on every change, on every link).
     settings.audit_status = audit.as_ref().ok().map(|log| log.watch_status());
-    tracing::info!(agent_id = %agent_id, server = %settings.server, transport = ?settings.mode,
+    let addresses = identity.endpoint().addresses.clone();
+    tracing::info!(agent_id = %agent_id, addresses = ?addresses, transport = ?settings.mode,
         proxy = ?settings.proxy.as_ref().map(|p| p.to_string()), "sandbox-agent running");
     let drain = settings.drain_deadline;
-    let handle = Arc::new(client::spawn(
+    let endpoint = identity.endpoint().clone();
+    let handle = Arc::new(links::Links::start(
+        &addresses,
         settings,
+        move |configured| endpoint.server_name_for(configured),
         tls,
         Arc::new(
             Dispatcher::new(sandboxes)
@@ -368,14 +374,13 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     // The ops listener (`[ops]`; off when absent), stopped with the rest.
     let ops_task = ops_server.map(|server| {
         let ops = ops::ops(
-            handle.status(),
+            handle.clone(),
             ops_sandboxes,
             audit.clone(),
             identity.clone(),
         );
         tokio::spawn(server.serve(ops, stop.clone().cancelled_owned()))
     });
-    tokio::spawn(ops::watch_tunnel(handle.status()));
     let renewal = tokio::spawn(crate::identity::renewal::run(
         identity.clone(),
         TunnelRenewer(handle.clone()),
@@ -392,14 +397,21 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         }
     };
     match &revoked {
-        // No connection is left to drain: the client stopped dialing.
+        // Revoked on one link: the identity is revoked; stop every link.
         Some(_) => tracing::info!(agent_id = %agent_id, "revoked; stopping"),
         None => {
             tracing::info!(agent_id = %agent_id, drain_ms = drain.as_millis() as u64, "draining")
         }
     }
     stop.cancel();
-    handle.shutdown(drain).await;
+    // One shutdown path: every link drains under the same deadline (none
+    // for a revoked agent: it must not serve another call).
+    let deadline = if revoked.is_some() {
+        Duration::ZERO
+    } else {
+        drain
+    };
+    handle.shutdown(deadline).await;
     if let Some(task) = ops_task {
         let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
     }

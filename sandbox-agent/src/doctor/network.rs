@@ -32,14 +32,17 @@ pub const CLOCK_WARN: Duration = Duration::from_secs(30);
 /// Clock skew that fails.
 pub const CLOCK_FAIL: Duration = Duration::from_secs(300);
 
-/// Run the network checks in order.
+/// Run the network checks in order: `dns`, `udp`, `tcp`, `proxy` and
+/// `tls-interception` for every link (with several control-plane
+/// addresses, each check's name carries the address: `udp@cp-b:7443`),
+/// then `clock` once.
 pub(super) async fn all(r: &mut Report, config: &Config, id: &Loaded) {
-    let address = id
+    let addresses = id
         .identity
         .as_ref()
-        .map(|i| i.endpoint().address.clone())
-        .or_else(|| config.control_plane.address.clone());
-    let Some(address) = address else {
+        .map(|i| i.endpoint().addresses.clone())
+        .unwrap_or_else(|| config.control_plane.addresses.clone());
+    if addresses.is_empty() {
         for name in ["dns", "udp", "tcp", "proxy", "tls-interception", "clock"] {
             r.push(Check::skip(
                 name,
@@ -47,7 +50,24 @@ pub(super) async fn all(r: &mut Report, config: &Config, id: &Loaded) {
             ));
         }
         return;
-    };
+    }
+    let several = addresses.len() > 1;
+    for address in &addresses {
+        let mut one = Report::new("sandbox-agent", r.strict);
+        link_checks(&mut one, config, id, address).await;
+        for mut check in one.checks {
+            if several {
+                check.name = format!("{}@{address}", check.name);
+            }
+            r.push(check);
+        }
+    }
+    clock_check(r, config, id).await;
+}
+
+/// The checks of one link, to `address`.
+async fn link_checks(r: &mut Report, config: &Config, id: &Loaded, address: &str) {
+    let address = address.to_owned();
     let host = settings::split_host_port(&address)
         .map(|(h, _)| h.to_owned())
         .unwrap_or_default();
@@ -76,7 +96,7 @@ pub(super) async fn all(r: &mut Report, config: &Config, id: &Loaded) {
                     "udp",
                     t.quic_connect_timeout * 2 + Duration::from_secs(2),
                     "allow outbound UDP to the control plane's tunnel port",
-                    dial("udp", config, identity, TransportMode::QuicOnly),
+                    dial("udp", config, identity, &address, TransportMode::QuicOnly),
                 )
                 .await
             };
@@ -90,7 +110,7 @@ pub(super) async fn all(r: &mut Report, config: &Config, id: &Loaded) {
                     "tcp",
                     t.connect_timeout * 2 + Duration::from_secs(2),
                     "allow outbound TCP to the control plane's tunnel port (or through tunnel.proxy_url)",
-                    dial("tcp", config, identity, TransportMode::TcpOnly),
+                    dial("tcp", config, identity, &address, TransportMode::TcpOnly),
                 )
                 .await
             };
@@ -126,7 +146,7 @@ pub(super) async fn all(r: &mut Report, config: &Config, id: &Loaded) {
     let server_name = id
         .identity
         .as_ref()
-        .map(|i| i.endpoint().server_name.clone());
+        .map(|i| i.endpoint().server_name_for(&address));
     r.push(match (&ca, &server_name) {
         (Some(ca), Some(name)) if mode != TransportMode::QuicOnly => {
             timed(
@@ -143,6 +163,11 @@ pub(super) async fn all(r: &mut Report, config: &Config, id: &Loaded) {
         ),
         _ => Check::skip("tls-interception", "no identity (see the identity check)"),
     });
+}
+
+/// `clock`: skew against the enrollment listener's `Date`.
+async fn clock_check(r: &mut Report, config: &Config, id: &Loaded) {
+    let ca = id.identity.as_ref().map(|i| i.credentials().ca);
     r.push(match (&ca, &id.enroll) {
         (Some(ca), Some((enroll, name))) => {
             let proxy = config
@@ -215,9 +240,12 @@ async fn dial(
     name: &str,
     config: &Config,
     identity: &Arc<AgentIdentity>,
+    address: &str,
     mode: TransportMode,
 ) -> Check {
     let mut settings = crate::connect::client_settings(config, identity);
+    settings.server = address.to_owned();
+    settings.server_name = identity.endpoint().server_name_for(address);
     settings.mode = mode;
     settings.capabilities = vec!["doctor".into()];
     let server = settings.server.clone();

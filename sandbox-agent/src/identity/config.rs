@@ -18,8 +18,13 @@ pub const DEFAULT_TUNNEL_PORT: u16 = 7443;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawControlPlane {
-    /// Tunnel address, `host:port` (QUIC on UDP, TLS fallback on TCP).
+    /// Tunnel address, `host:port` (QUIC on UDP, TLS fallback on TCP): the
+    /// same as `addresses` with one entry.
     pub address: Option<String>,
+    /// Tunnel addresses, `host:port` each: one link to every control-plane
+    /// replica (a name resolving to several IP addresses gives one link per
+    /// address). Not together with `address`.
+    pub addresses: Option<Vec<String>>,
     /// Enrollment address, `host:port`.
     pub enroll_address: Option<String>,
     /// Pinned CA fingerprint, `sha256:<hex>`.
@@ -31,8 +36,11 @@ pub struct RawControlPlane {
 /// Validated `[control_plane]`.
 #[derive(Debug, Clone, Default)]
 pub struct ControlPlaneConfig {
-    /// Tunnel address.
+    /// The first tunnel address (of `address` or `addresses`).
     pub address: Option<String>,
+    /// Every tunnel address, in order (`address` is a list of one; empty:
+    /// none configured, the identity record's is used).
+    pub addresses: Vec<String>,
     /// Enrollment address.
     pub enroll_address: Option<String>,
     /// Pinned CA fingerprint.
@@ -68,8 +76,40 @@ fn check_addr(key: &str, v: Option<String>) -> Result<Option<String>, ConfigErro
 impl ControlPlaneConfig {
     /// Convert, naming the key on failure.
     pub fn from_raw(raw: RawControlPlane) -> Result<Self, ConfigError> {
+        let addresses = match (raw.address, raw.addresses) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "control_plane.addresses",
+                    "set either control_plane.address or control_plane.addresses, not both",
+                ))
+            }
+            (Some(a), None) => {
+                vec![check_addr("control_plane.address", Some(a))?.unwrap_or_default()]
+            }
+            (None, Some(list)) => {
+                if list.is_empty() {
+                    return Err(ConfigError::invalid(
+                        "control_plane.addresses",
+                        "must name at least one host:port",
+                    ));
+                }
+                let mut seen = std::collections::HashSet::new();
+                for a in &list {
+                    check_addr("control_plane.addresses", Some(a.clone()))?;
+                    if !seen.insert(a.to_ascii_lowercase()) {
+                        return Err(ConfigError::invalid(
+                            "control_plane.addresses",
+                            format!("`{a}` is listed twice"),
+                        ));
+                    }
+                }
+                list
+            }
+            (None, None) => Vec::new(),
+        };
         Ok(Self {
-            address: check_addr("control_plane.address", raw.address)?,
+            address: addresses.first().cloned(),
+            addresses,
             enroll_address: check_addr("control_plane.enroll_address", raw.enroll_address)?,
             ca_fingerprint: raw
                 .ca_fingerprint
@@ -115,5 +155,60 @@ mod tests {
             "{err}"
         );
         assert_eq!(split_host_port("[::1]:7443"), Some(("::1", 7443)));
+    }
+
+    #[test]
+    fn addresses_is_a_list_and_address_a_list_of_one() {
+        let one = ControlPlaneConfig::from_raw(RawControlPlane {
+            address: Some("cp:7443".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(one.addresses, ["cp:7443"]);
+        assert_eq!(one.address.as_deref(), Some("cp:7443"));
+        let two = ControlPlaneConfig::from_raw(RawControlPlane {
+            addresses: Some(vec!["cp-a:7443".into(), "cp-b:7443".into()]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(two.addresses, ["cp-a:7443", "cp-b:7443"]);
+        assert_eq!(two.address.as_deref(), Some("cp-a:7443"));
+        for (raw, want) in [
+            (
+                RawControlPlane {
+                    address: Some("cp:7443".into()),
+                    addresses: Some(vec!["cp-b:7443".into()]),
+                    ..Default::default()
+                },
+                "not both",
+            ),
+            (
+                RawControlPlane {
+                    addresses: Some(vec![]),
+                    ..Default::default()
+                },
+                "at least one",
+            ),
+            (
+                RawControlPlane {
+                    addresses: Some(vec!["cp-a:7443".into(), "nope".into()]),
+                    ..Default::default()
+                },
+                "`nope` is not host:port",
+            ),
+            (
+                RawControlPlane {
+                    addresses: Some(vec!["cp-a:7443".into(), "CP-A:7443".into()]),
+                    ..Default::default()
+                },
+                "listed twice",
+            ),
+        ] {
+            let e = ControlPlaneConfig::from_raw(raw).unwrap_err().to_string();
+            assert!(
+                e.contains("control_plane.addresses") && e.contains(want),
+                "{e}"
+            );
+        }
     }
 }

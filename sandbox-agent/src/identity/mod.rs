@@ -24,12 +24,28 @@ use settings::{join_host_port, split_host_port};
 /// Where and whom to dial, resolved from config and the identity record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControlPlaneEndpoint {
-    /// Tunnel address, `host:port`.
+    /// The first tunnel address, `host:port`.
     pub address: String,
+    /// Every tunnel address (one link each; `address` is the first), from
+    /// `control_plane.addresses`/`address`, else the identity record.
+    pub addresses: Vec<String>,
     /// Name the server certificate must carry.
     pub server_name: String,
     /// Pinned CA fingerprint.
     pub ca_fingerprint: Fingerprint,
+    /// `control_plane.server_name` (or the identity record's), when set.
+    pub explicit_server_name: Option<String>,
+}
+
+impl ControlPlaneEndpoint {
+    /// The name the certificate of the replica at `address` must carry:
+    /// `control_plane.server_name` when set, else the host of `address`.
+    pub fn server_name_for(&self, address: &str) -> String {
+        self.explicit_server_name
+            .clone()
+            .or_else(|| split_host_port(address).map(|(h, _)| h.to_owned()))
+            .unwrap_or_else(|| self.server_name.clone())
+    }
 }
 
 /// Why the identity could not be loaded.
@@ -69,9 +85,8 @@ impl AgentIdentity {
             .ca_fingerprint
             .or(record.as_ref().map(|r| r.ca_fingerprint));
         let creds = files.load(pin)?;
-        let address = cp
-            .address
-            .clone()
+        let configured = cp.addresses.first().cloned();
+        let address = configured
             .or_else(|| record.as_ref().and_then(|r| r.tunnel_address.clone()))
             .or_else(|| {
                 let enroll = cp
@@ -82,14 +97,23 @@ impl AgentIdentity {
                 Some(join_host_port(host, DEFAULT_TUNNEL_PORT))
             })
             .ok_or(LoadError::NoAddress)?;
-        let server_name = cp
+        let explicit_server_name = cp
             .server_name
             .clone()
-            .or_else(|| record.as_ref().and_then(|r| r.server_name.clone()))
+            .or_else(|| record.as_ref().and_then(|r| r.server_name.clone()));
+        let server_name = explicit_server_name
+            .clone()
             .or_else(|| split_host_port(&address).map(|(h, _)| h.to_owned()))
             .ok_or(LoadError::NoAddress)?;
+        let addresses = if cp.addresses.is_empty() {
+            vec![address.clone()]
+        } else {
+            cp.addresses.clone()
+        };
         let endpoint = ControlPlaneEndpoint {
             address,
+            addresses,
+            explicit_server_name,
             server_name,
             ca_fingerprint: Fingerprint::of_der(&creds.ca),
         };
