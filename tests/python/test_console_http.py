@@ -95,6 +95,8 @@ def deployment(fake_model):
         d.session = d.client.beta.sessions.create(agent=agent.id, environment_id=env.id, title="http checks")
         d.client.beta.sessions.events.send(d.session.id, events=[user_message("run bash please")])
         d.tool_use_id = wait_for_ask(d)
+        # Sign-ins are rate limited per address (10 at once): one admin session for the module.
+        d.admin = signed_in(d, d.admin_key)
         d.routes = post_routes(d)
         yield d
     finally:
@@ -151,8 +153,7 @@ def get_routes(d):
 def post_routes(d):
     """Every state-changing console route with the form it takes (the
     interrupt and archive actions as the admin's timeline page names them)."""
-    s = signed_in(d, d.admin_key)
-    page = Page(s.get(f"{d.console}/sessions/{d.session.id}", timeout=30).text)
+    page = Page(d.admin.get(f"{d.console}/sessions/{d.session.id}", timeout=30).text)
     actions = {f["id"]: f["action"] for f in page.find("form") if f.get("id") in ("interrupt", "archive")}
     assert set(actions) == {"interrupt", "archive"}, page.find("form")
     confirm = page.find("form", class_="confirm")
@@ -226,8 +227,7 @@ def test_no_page_without_a_session_cookie(deployment, cookie):
 
 def test_csrf_token_required_on_every_post(deployment):
     d = deployment
-    routes = d.routes
-    s = signed_in(d, d.admin_key)
+    routes, s = d.routes, d.admin
     token = Page(s.get(f"{d.console}/sessions/{d.session.id}", timeout=30).text).csrf()
     before = state(d)
     for path, form in routes + [("/console/logout", {})]:
