@@ -27,11 +27,16 @@
 //! The control plane's audit ([`audit`]) lives here too: the agents' signed
 //! audit checkpoints and audit health, and one row per state-changing API
 //! request or admin action.
+//!
+//! API keys have a role, and the web console keeps its server-side sessions
+//! here ([`console`]): only a hash of the cookie token, so every replica on
+//! one database accepts a sign-in and revoking the key ends it.
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod audit;
 pub mod config;
+pub mod console;
 mod error;
 pub mod keys;
 mod migrate;
@@ -41,6 +46,7 @@ mod types;
 pub mod vaults;
 
 pub use audit::AuditStore;
+pub use console::{ConsoleSessionRecord, ConsoleStore, KeyRole, NewConsoleSession};
 pub use config::{open_catalog, CatalogConfig, CatalogConfigError, RawCatalogConfig};
 pub use error::{CatalogError, Result};
 pub use keys::{hash_api_key, GeneratedKey, API_KEY_PREFIX};
@@ -59,7 +65,12 @@ pub use vaults::{
 /// [`VaultStore`]) vault and credential metadata. Share one per process
 /// (`Arc<dyn Catalog>`).
 #[async_trait::async_trait]
-pub trait Catalog: VaultStore + audit::AuditStore + Send + Sync + std::fmt::Debug {
+pub trait Catalog:
+    VaultStore
+    + audit::AuditStore
+    + console::ConsoleStore
+    + Send + Sync + std::fmt::Debug
+{
     /// Stores version 1 of a new agent. [`CatalogError::Conflict`] if the id exists.
     async fn create_agent(&self, new: NewAgent) -> Result<AgentRecord>;
 

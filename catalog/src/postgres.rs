@@ -28,6 +28,7 @@ use crate::types::{
 use crate::{check_limit, Catalog};
 
 mod audit;
+mod console;
 mod vaults;
 
 static MIGRATIONS: &[Step] = &[
@@ -69,6 +70,7 @@ static MIGRATIONS: &[Step] = &[
     ),
     (2, vaults::MIGRATION),
     (3, audit::MIGRATION),
+    (4, console::MIGRATION),
 ];
 
 /// Settings of the PostgreSQL catalog.
@@ -323,10 +325,13 @@ fn env_record(row: &Row) -> Result<EnvironmentRecord> {
     })
 }
 
-const KEY_COLUMNS: &str = "id, name, hint, created_at, revoked_at";
+const KEY_COLUMNS: &str = "id, name, hint, created_at, revoked_at, role";
 
 fn key_record(row: &Row) -> Result<ApiKeyRecord> {
+    let role: String = row.get(5);
     Ok(ApiKeyRecord {
+        role: crate::KeyRole::parse(&role)
+            .ok_or_else(|| CatalogError::corrupt(format!("api key has role {role:?}")))?,
         id: row.get(0),
         name: row.get(1),
         hint: row.get(2),
@@ -719,26 +724,7 @@ impl Catalog for PgCatalog {
     }
 
     async fn create_api_key(&self, new: NewApiKey) -> Result<ApiKeyRecord> {
-        let mut conn = self.pool.get().await?;
-        let sql = format!(
-            "INSERT INTO api_keys (id, name, key_hash, hint, created_at) VALUES ($1, $2, $3, $4, $5)
-             RETURNING {KEY_COLUMNS}"
-        );
-        let row = conn
-            .client()?
-            .query_one(
-                &sql,
-                &[&new.id, &new.name, &new.key_hash, &new.hint, &now_micros()],
-            )
-            .await
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    CatalogError::conflict(ResourceKind::ApiKey, &new.id, "the id or key exists")
-                } else {
-                    map_pg("inserting an api key", e)
-                }
-            })?;
-        key_record(&row)
+        crate::ConsoleStore::create_api_key_with_role(self, new, crate::KeyRole::Admin).await
     }
 
     async fn find_api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>> {

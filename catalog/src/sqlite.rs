@@ -22,6 +22,7 @@ use crate::types::{
 use crate::{check_limit, Catalog};
 
 mod audit;
+mod console;
 mod vaults;
 
 /// File name of the catalog inside a data directory.
@@ -66,6 +67,7 @@ static MIGRATIONS: &[Step] = &[
     ),
     (2, vaults::MIGRATION),
     (3, audit::MIGRATION),
+    (4, console::MIGRATION),
 ];
 
 /// The SQLite implementation of [`Catalog`]. Cheap to clone.
@@ -339,15 +341,19 @@ fn name_taken(tx: &Transaction<'_>, name: &str, except_id: &str) -> Result<bool>
     .map_err(|e| map_sql("checking an environment name", e))
 }
 
-const KEY_COLUMNS: &str = "id, name, hint, created_at, revoked_at";
+const KEY_COLUMNS: &str = "id, name, hint, created_at, revoked_at, role";
 
-fn key_row(r: &Row<'_>) -> rusqlite::Result<(String, String, String, i64, Option<i64>)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+type KeyRow = (String, String, String, i64, Option<i64>, String);
+
+fn key_row(r: &Row<'_>) -> rusqlite::Result<KeyRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
 }
 
-fn key_record(row: (String, String, String, i64, Option<i64>)) -> Result<ApiKeyRecord> {
-    let (id, name, hint, created, revoked) = row;
+fn key_record(row: KeyRow) -> Result<ApiKeyRecord> {
+    let (id, name, hint, created, revoked, role) = row;
     Ok(ApiKeyRecord {
+        role: crate::KeyRole::parse(&role)
+            .ok_or_else(|| CatalogError::corrupt(format!("api key {id} has role {role:?}")))?,
         id,
         name,
         hint,
@@ -672,27 +678,7 @@ impl Catalog for SqliteCatalog {
     }
 
     async fn create_api_key(&self, new: NewApiKey) -> Result<ApiKeyRecord> {
-        self.with(move |conn| {
-            let tx = immediate(conn)?;
-            tx.execute(
-                "INSERT INTO api_keys (id, name, key_hash, hint, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![new.id, new.name, new.key_hash, new.hint, now_micros()],
-            )
-            .map_err(|e| {
-                if is_constraint(&e) {
-                    CatalogError::conflict(ResourceKind::ApiKey, &new.id, "the id or key exists")
-                } else {
-                    map_sql("inserting an api key", e)
-                }
-            })?;
-            let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?1");
-            let row = tx
-                .query_row(&sql, params![new.id], key_row)
-                .map_err(|e| map_sql("reading an api key", e))?;
-            commit(tx)?;
-            key_record(row)
-        })
-        .await
+        crate::ConsoleStore::create_api_key_with_role(self, new, crate::KeyRole::Admin).await
     }
 
     async fn find_api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>> {

@@ -224,6 +224,8 @@ pub struct ApiKeyRecord {
     pub created_at: OffsetDateTime,
     /// When revoked; a revoked key authenticates nothing.
     pub revoked_at: Option<OffsetDateTime>,
+    /// What it may do (`admin` unless created `read_only`).
+    pub role: crate::console::KeyRole,
 }
 
 /// Unix microseconds of `t`.

@@ -41,6 +41,8 @@ conformance_tests!(sqlite:
     credentials_keep_bindings_unique_and_list_in_pages,
     checkpoints_pin_the_first_key_and_flag_rollbacks,
     audit_events_filter_and_page,
+    api_key_roles_are_stored_and_default_to_admin,
+    console_sessions_expire_and_end_with_their_key,
 );
 
 #[tokio::test]

@@ -12,8 +12,10 @@ use catalog::{
 use serde_json::json;
 
 mod audit;
+mod console;
 mod vaults;
 pub use audit::*;
+pub use console::*;
 pub use vaults::*;
 
 /// Generates one `#[tokio::test]` per suite case; `$fixture` is an async fn
