@@ -36,6 +36,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod identities;
 pub mod console;
 mod error;
 pub mod keys;
@@ -49,6 +50,7 @@ pub use audit::AuditStore;
 pub use console::{ConsoleSessionRecord, ConsoleStore, KeyRole, NewConsoleSession};
 pub use config::{open_catalog, CatalogConfig, CatalogConfigError, RawCatalogConfig};
 pub use error::{CatalogError, Result};
+pub use identities::{EnrolledAgent, EnrolledAgents};
 pub use keys::{hash_api_key, GeneratedKey, API_KEY_PREFIX};
 pub use postgres::{PgCatalog, PgCatalogOptions};
 pub use sqlite::SqliteCatalog;
@@ -69,6 +71,7 @@ pub trait Catalog:
     VaultStore
     + audit::AuditStore
     + console::ConsoleStore
+    + identities::EnrolledAgents
     + Send + Sync + std::fmt::Debug
 {
     /// Stores version 1 of a new agent. [`CatalogError::Conflict`] if the id exists.

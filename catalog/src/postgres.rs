@@ -29,6 +29,7 @@ use crate::{check_limit, Catalog};
 
 mod audit;
 mod console;
+mod identities;
 mod vaults;
 
 static MIGRATIONS: &[Step] = &[
@@ -71,6 +72,7 @@ static MIGRATIONS: &[Step] = &[
     (2, vaults::MIGRATION),
     (3, audit::MIGRATION),
     (4, console::MIGRATION),
+    (5, identities::MIGRATION),
 ];
 
 /// Settings of the PostgreSQL catalog.

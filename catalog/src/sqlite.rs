@@ -23,6 +23,7 @@ use crate::{check_limit, Catalog};
 
 mod audit;
 mod console;
+mod identities;
 mod vaults;
 
 /// File name of the catalog inside a data directory.
@@ -68,6 +69,7 @@ static MIGRATIONS: &[Step] = &[
     (2, vaults::MIGRATION),
     (3, audit::MIGRATION),
     (4, console::MIGRATION),
+    (5, identities::MIGRATION),
 ];
 
 /// The SQLite implementation of [`Catalog`]. Cheap to clone.

@@ -79,6 +79,8 @@ conformance_tests!(pg:
     audit_events_filter_and_page,
     api_key_roles_are_stored_and_default_to_admin,
     console_sessions_expire_and_end_with_their_key,
+    enrolled_agents_renew_list_and_revoke_once,
+    concurrent_revocations_keep_one_time,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,9 +13,11 @@ use serde_json::json;
 
 mod audit;
 mod console;
+mod identities;
 mod vaults;
 pub use audit::*;
 pub use console::*;
+pub use identities::*;
 pub use vaults::*;
 
 /// Generates one `#[tokio::test]` per suite case; `$fixture` is an async fn
