@@ -306,6 +306,15 @@ async fn revoke(state: &AdminState, id: &str) -> Result<RevokeResponse, AdminReq
 async fn ca(State(state): State<AdminState>) -> Json<CaResponse> {
     Json(CaResponse {
         fingerprint: state.identity.ca_fingerprint().to_string(),
+    // Enrolled at another replica: take in the shared record first, so it
+    // can be revoked here; the revocation is then mirrored to every replica.
+    let shared = state
+        .catalog
+        .clone()
+        .map(|c| crate::gateway::SharedIdentities::new(c, state.identity.clone()));
+    if let Some(shared) = &shared {
+        shared.adopt(&agent_id).await;
+    }
     })
 }
 
@@ -317,6 +326,9 @@ async fn no_such_endpoint(method: Method, uri: Uri) -> AdminRequestError {
 }
 
 #[cfg(test)]
+    if let Some(shared) = &shared {
+        shared.publish(&agent_id).await;
+    }
 mod tests {
     #![allow(clippy::unwrap_used)]
     use http::Request;

@@ -214,7 +214,8 @@ impl App {
         .await?
         .with_audit(Arc::new(crate::audit::CheckpointReceiver::new(
             catalog.clone(),
-        )));
+        )))
+        .with_shared_identities(catalog.clone());
         running.tunnel_addr = gateway.local_addr();
         // The API's certificate (`[api.tls]`; two small files, read here so a
         // bad pair fails start-up before anything listens on the API port).
@@ -235,13 +236,23 @@ impl App {
         });
 
         let identity = self.identity.clone();
+        let shared_identities = Some(crate::gateway::SharedIdentities::new(
+            catalog.clone(),
+            identity.clone(),
+        ));
         let enroll_config = self.config.enroll.clone();
         running.spawn_service("enroll", {
             let tracker = tracker.clone();
             move |token| async move {
-                if let Err(error) =
-                    crate::enroll::serve(enroll_listener, identity, enroll_config, token, tracker)
-                        .await
+                if let Err(error) = crate::enroll::serve(
+                    enroll_listener,
+                    identity,
+                    shared_identities,
+                    enroll_config,
+                    token,
+                    tracker,
+                )
+                .await
                 {
                     tracing::error!(%error, "enroll listener failed");
                 }

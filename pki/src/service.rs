@@ -488,6 +488,22 @@ impl IdentityService {
         Ok(newly)
     }
 
+    /// The agent as this replica's identity database knows it.
+    pub fn agent(&self, agent_id: &AgentId) -> Result<Option<AgentRecord>, ServiceError> {
+        Ok(self.store().agent(agent_id)?)
+    }
+
+    /// Take in an agent enrolled, renewed or revoked at another replica
+    /// (read from the shared catalog): stored locally so that this replica
+    /// renews it; a revoked one joins the revocation set at once.
+    pub fn import_agent(&self, agent: &AgentRecord) -> Result<(), ServiceError> {
+        self.store().import_agent(agent)?;
+        if agent.revoked_at.is_some() {
+            self.revocations.insert(agent.agent_id.clone());
+        }
+        Ok(())
+    }
+
     /// Every enrolled agent.
     pub fn agents(&self) -> Result<Vec<AgentRecord>, ServiceError> {
         Ok(self.store().agents()?)

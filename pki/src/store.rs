@@ -537,6 +537,30 @@ impl IdentityStore {
         Ok(())
     }
 
+    /// Record an agent enrolled at another replica (from the shared
+    /// catalog): inserted when unknown here, else its certificate serial
+    /// and expiry follow and a revocation is kept (never undone).
+    pub fn import_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO agents (agent_id, environment_id, enrolled_at, enrolled_from, cert_serial, cert_not_after, revoked_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (agent_id) DO UPDATE SET cert_serial = excluded.cert_serial, cert_not_after = excluded.cert_not_after,
+                   revoked_at = COALESCE(agents.revoked_at, excluded.revoked_at)",
+                params![
+                    agent.agent_id.as_str(),
+                    agent.environment_id.as_str(),
+                    agent.enrolled_at,
+                    agent.enrolled_from,
+                    agent.cert_serial,
+                    agent.cert_not_after,
+                    agent.revoked_at
+                ],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
     /// Mark an agent revoked. Returns false if it already was.
     pub fn revoke(&self, agent_id: &AgentId, now: SystemTime) -> Result<bool, StoreError> {
         let existing = self.agent(agent_id)?;

@@ -118,6 +118,7 @@ pub async fn bind(config: &EnrollConfig) -> std::io::Result<TcpListener> {
 pub async fn serve(
     listener: TcpListener,
     identity: Arc<IdentityService>,
+    shared: Option<crate::gateway::SharedIdentities>,
     config: EnrollConfig,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -145,6 +146,7 @@ pub async fn serve(
         };
         let acceptor = acceptor.clone();
         let identity = identity.clone();
+        let shared = shared.clone();
         let shutdown = shutdown.clone();
         let deadline = config.request_timeout;
         let span = tracing::info_span!("enroll_conn", remote_addr = %peer);
@@ -153,7 +155,7 @@ pub async fn serve(
                 let _permit = permit;
                 match tokio::time::timeout(
                     deadline,
-                    connection(tcp, peer, acceptor, identity, shutdown),
+                    connection(tcp, peer, acceptor, identity, shared, shutdown),
                 )
                 .await
                 {
@@ -176,6 +178,7 @@ async fn connection(
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     identity: Arc<IdentityService>,
+    shared: Option<crate::gateway::SharedIdentities>,
     shutdown: CancellationToken,
 ) {
     let accepted = tokio::select! {
@@ -192,7 +195,8 @@ async fn connection(
     };
     let service = hyper::service::service_fn(move |req| {
         let identity = identity.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(req, peer, identity).await) }
+        let shared = shared.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(req, peer, identity, shared).await) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -220,8 +224,9 @@ async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
     identity: Arc<IdentityService>,
+    shared: Option<crate::gateway::SharedIdentities>,
 ) -> Response<Full<Bytes>> {
-    match enroll_request(req, peer, identity).await {
+    match enroll_request(req, peer, identity, shared).await {
         Ok(resp) => resp,
         Err(error) => {
             tracing::warn!(remote_addr = %peer, %error, "enrollment refused");
@@ -234,6 +239,7 @@ async fn enroll_request(
     req: Request<Incoming>,
     peer: SocketAddr,
     identity: Arc<IdentityService>,
+    shared: Option<crate::gateway::SharedIdentities>,
 ) -> Result<Response<Full<Bytes>>, RequestError> {
     if req.uri().path() != ENROLL_PATH {
         return Err(RequestError::NotFound(req.uri().path().to_owned()));
@@ -274,6 +280,10 @@ async fn enroll_request(
         cert_serial = %enrollment.certificate.serial,
         "agent enrolled"
     );
+    // Every replica accepts, renews and lists it.
+    if let Some(shared) = &shared {
+        shared.publish(&enrollment.agent_id).await;
+    }
     let chain = &enrollment.certificate.chain;
     let response = EnrollResponse {
         agent_id: enrollment.agent_id.to_string(),

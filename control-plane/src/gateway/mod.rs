@@ -14,6 +14,7 @@
 //! closes only that connection.
 
 pub mod config;
+pub mod identities;
 pub mod registry;
 
 use std::net::SocketAddr;
@@ -29,6 +30,7 @@ use tunnel::server::TrackedCall;
 use tunnel::{CallFailure, CloseReason, Listener, PendingConnection, ServerSettings};
 
 pub use config::GatewayConfig;
+pub use identities::SharedIdentities;
 use registry::Entry;
 pub use registry::{AgentAudit, AgentDirectory, AgentInfo, Registry, Transport};
 
@@ -195,6 +197,7 @@ pub struct Gateway {
     identity: Arc<IdentityService>,
     registry: Arc<Registry>,
     audit: Option<Arc<crate::audit::CheckpointReceiver>>,
+    shared: Option<SharedIdentities>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -231,9 +234,19 @@ impl Gateway {
     pub fn with_audit(mut self, receiver: Arc<crate::audit::CheckpointReceiver>) -> Self {
         self.audit = Some(receiver);
         self
+            shared: None,
     }
 
     /// Where it listens (UDP and TCP).
+    /// Share identities with the other replicas through `catalog` (see
+    /// [`identities`]): agents enrolled elsewhere are accepted and renewed
+    /// here, renewals are mirrored, and revocations made at any replica
+    /// close the agent's links here within about [`identities::POLL`].
+    pub fn with_shared_identities(mut self, catalog: Arc<dyn catalog::Catalog>) -> Self {
+        self.shared = Some(SharedIdentities::new(catalog, self.identity.clone()));
+        self
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr()
     }
@@ -256,6 +269,14 @@ impl Gateway {
                         let ctx = AcceptContext {
                             settings: self.settings.clone(),
                             identity: self.identity.clone(),
+        if let Some(shared) = self.shared.clone() {
+            let registry = self.registry.clone();
+            let stop = shutdown.clone();
+            tracker.spawn(async move {
+                identities::publish_all(&shared).await;
+                shared.watch_revocations(registry, stop).await;
+            });
+        }
                             registry: self.registry.clone(),
                             audit: self.audit.clone(),
                         };
@@ -266,6 +287,7 @@ impl Gateway {
             }
         }
         self.listener.stop_accepting();
+                            shared: self.shared.clone(),
         let conns = self.registry.connections();
         tracing::info!(
             connections = conns.len(),
@@ -304,6 +326,7 @@ impl AcceptContext {
         let transport = pending.transport();
         let Some(leaf) = pending.peer_certificates().first() else {
             tracing::warn!(%remote_addr, %transport, "connection without a client certificate refused");
+    shared: Option<SharedIdentities>,
             pending
                 .reject(RejectCode::IdentityMismatch, "no client certificate")
                 .await;
@@ -330,6 +353,23 @@ impl AcceptContext {
             return;
         }
         let hello = match pending.hello() {
+        // Enrolled at another replica: take in the catalog's record first
+        // (so it is listed and renewed here, and a revocation there counts).
+        if let Some(shared) = &self.shared {
+            let svc = self.identity.clone();
+            let id = identity.agent_id.clone();
+            let known = tokio::task::spawn_blocking(move || svc.agent(&id))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten()
+                .is_some();
+            if !known && shared.adopt(&identity.agent_id).await {
+                self.identity
+                    .revocations()
+                    .insert(identity.agent_id.clone());
+            }
+        }
             Ok(h) => h.clone(),
             Err(error) => {
                 tracing::warn!(agent_id = %agent_id, %error, "malformed hello; connection refused");
@@ -380,6 +420,7 @@ impl AcceptContext {
             Ok(c) => c,
             Err(error) => {
                 tracing::warn!(agent_id = %agent_id, %error, "could not answer hello");
+            self.shared.clone(),
                 return;
             }
         };
@@ -443,6 +484,7 @@ fn renew_fn(
                 .map_err(|e| {
                     CallError::new(ErrorCode::BadRequest, format!("csr is not PEM: {e}"))
                 })?;
+    shared: Option<SharedIdentities>,
         match identity.renew(&peer, der.as_ref()) {
             Ok(cert) => {
                 if let Ok(mut t) = not_after.lock() {
@@ -457,6 +499,13 @@ fn renew_fn(
                     RenewError::Revoked(_) | RenewError::UnknownAgent(_) => ErrorCode::Forbidden,
                     RenewError::Internal(_) => ErrorCode::Internal,
                     _ => ErrorCode::BadRequest,
+                // The other replicas see the new serial and expiry.
+                if let (Some(shared), Ok(rt)) =
+                    (shared.clone(), tokio::runtime::Handle::try_current())
+                {
+                    let id = peer.agent_id.clone();
+                    rt.spawn(async move { shared.publish(&id).await });
+                }
                 };
                 Err(CallError::new(code, error.to_string()))
             }
