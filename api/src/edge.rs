@@ -1,8 +1,9 @@
 //! The edge every request passes: a request id, authentication (before any
 //! routing decision that could reveal an id), the per-key rate limit, the
 //! body size limit, the rendering of every error through
-//! [`crate::error_response`], and the audit event of every authenticated
-//! state-changing request ([`crate::audit`]).
+//! [`crate::error_response`], the audit event of every authenticated
+//! state-changing request ([`crate::audit`]), and the `read_only` role
+//! (403 `permission_error` for anything but GET).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -67,7 +68,10 @@ fn presented_key(req: &Request) -> Option<&str> {
     auth.strip_prefix("Bearer ").map(str::trim)
 }
 
-async fn authenticate(shared: &AppState, key: Option<String>) -> Result<String, ApiError> {
+async fn authenticate(
+    shared: &AppState,
+    key: Option<String>,
+) -> Result<catalog::ApiKeyRecord, ApiError> {
     let Some(key) = key.filter(|k| !k.is_empty()) else {
         return Err(ApiError::Authentication {
             message: "missing api key: send it in the x-api-key header".to_owned(),
@@ -75,11 +79,22 @@ async fn authenticate(shared: &AppState, key: Option<String>) -> Result<String, 
     };
     let hash = catalog::hash_api_key(&key);
     match shared.state.catalog.find_api_key(&hash).await? {
-        Some(record) if record.revoked_at.is_none() => Ok(record.id),
+        Some(record) if record.revoked_at.is_none() => Ok(record),
         _ => Err(ApiError::Authentication {
             message: "invalid x-api-key".to_owned(),
         }),
     }
+}
+
+/// A `read_only` key reads (GET, HEAD) and nothing else; checked before
+/// routing, so it learns nothing about the path either.
+fn read_only_may(role: catalog::KeyRole, method: &Method, path: &str) -> Result<(), ApiError> {
+    if role.can_write() || method == Method::GET || method == Method::HEAD {
+        return Ok(());
+    }
+    Err(ApiError::Permission {
+        message: format!("this API key has the role {role}: {method} {path} is not allowed (only GET)"),
+    })
 }
 
 /// The middleware around every route.
@@ -93,8 +108,11 @@ pub(crate) async fn edge(State(shared): State<AppState>, mut req: Request, next:
     let mut audit_target = None;
     let outcome = async {
         let key = presented_key(&req).map(str::to_owned);
-        key_id = authenticate(&shared, key).await?;
+        let record = authenticate(&shared, key).await?;
+        key_id = record.id;
         audit_target = crate::audit::target(&method, &path);
+        // after the audit target: a refused write is recorded too
+        read_only_may(record.role, &method, &path)?;
         shared
             .limiter
             .check(&key_id, Instant::now())

@@ -32,6 +32,13 @@ pub enum ApiError {
         /// What was wrong with the credentials (never which ids exist).
         message: String,
     },
+    /// The key may not do this (a `read_only` key sending anything but a
+    /// read): 403 `permission_error`.
+    #[error("{message}")]
+    Permission {
+        /// What was refused, naming the role.
+        message: String,
+    },
     /// The resource (or route) does not exist: 404 `not_found_error`.
     #[error("{message}")]
     NotFound {
@@ -117,6 +124,7 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest { .. } => (StatusCode::BAD_REQUEST, "invalid_request_error"),
             ApiError::Authentication { .. } => (StatusCode::UNAUTHORIZED, "authentication_error"),
+            ApiError::Permission { .. } => (StatusCode::FORBIDDEN, "permission_error"),
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found_error"),
             ApiError::MethodNotAllowed { .. } => {
                 (StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error")

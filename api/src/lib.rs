@@ -157,16 +157,70 @@ pub(crate) type AppState = Arc<Shared>;
 /// The API as an axum router, with authentication, limits and error
 /// rendering applied to every route (and to unknown routes).
 pub fn router(state: ApiState) -> Router {
-    let limiter = edge::RateLimiter::new(
-        state.limits.rate_limit_per_second,
-        state.limits.rate_limit_burst,
-    );
-    let hubs = fanout::Hubs::new(state.limits.sse_buffer_events);
-    let shared = Arc::new(Shared {
-        state,
-        limiter,
-        hubs,
-    });
+    ApiHandle::new(state).router()
+}
+
+/// The API's shared state, for another router on the same listener (the
+/// web console) to act through the API's own code paths instead of copies.
+#[derive(Debug, Clone)]
+pub struct ApiHandle(AppState);
+
+impl ApiHandle {
+    /// The shared state (rate limiter, live tails) over `state`.
+    pub fn new(state: ApiState) -> Self {
+        let limiter = edge::RateLimiter::new(
+            state.limits.rate_limit_per_second,
+            state.limits.rate_limit_burst,
+        );
+        let hubs = fanout::Hubs::new(state.limits.sse_buffer_events);
+        ApiHandle(Arc::new(Shared {
+            state,
+            limiter,
+            hubs,
+        }))
+    }
+
+    /// What the API serves from.
+    pub fn state(&self) -> &ApiState {
+        &self.0.state
+    }
+
+    /// The API's router over this state (see [`router`]).
+    pub fn router(&self) -> Router {
+        build_router(self.0.clone())
+    }
+
+    /// Sends user events exactly as `POST /v1/sessions/{id}/events` does
+    /// (the same parser, archived/terminated and reference checks, the
+    /// queued append and the runner's notify); the stored events as the API
+    /// returns them.
+    pub async fn send_events(
+        &self,
+        session_id: &str,
+        events: Vec<serde_json::Value>,
+    ) -> Result<Vec<serde_json::Value>, ApiError> {
+        let axum::Json(reply) = events::send(
+            axum::extract::State(self.0.clone()),
+            axum::extract::Path(session_id.to_owned()),
+            body::JsonBody(serde_json::json!({ "events": events })),
+        )
+        .await?;
+        Ok(reply["data"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Archives the session exactly as `POST /v1/sessions/{id}/archive`
+    /// does (refused while running; terminates it first).
+    pub async fn archive_session(&self, session_id: &str) -> Result<(), ApiError> {
+        sessions::archive(
+            axum::extract::State(self.0.clone()),
+            axum::extract::Path(session_id.to_owned()),
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+fn build_router(shared: AppState) -> Router {
     Router::new()
         .route("/v1/agents", post(agents::create).get(agents::list))
         .route(
@@ -259,9 +313,18 @@ pub fn router(state: ApiState) -> Router {
 /// Serves `router(state)` on `listener` (plain HTTP) until `state.shutdown`
 /// fires, then waits for open requests (SSE streams end on the same token).
 pub async fn serve(listener: tokio::net::TcpListener, state: ApiState) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
     let token = state.shutdown.clone();
-    let app = router(state);
+    serve_app(listener, router(state), token).await
+}
+
+/// Serves `app` (the API's router, possibly merged with another) on
+/// `listener` in plain HTTP until `token` fires.
+async fn serve_app(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    token: CancellationToken,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
     // SSE frames and small JSON replies must not wait for Nagle.
     let listener = listener.tap_io(|tcp| {
         if let Err(error) = tcp.set_nodelay(true) {
@@ -286,8 +349,17 @@ pub async fn serve_tls(
     cert: tls::CertReloader,
     state: ApiState,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
     let token = state.shutdown.clone();
+    serve_app_tls(listener, cert, router(state), token).await
+}
+
+async fn serve_app_tls(
+    listener: tokio::net::TcpListener,
+    cert: tls::CertReloader,
+    app: Router,
+    token: CancellationToken,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
     let config = cert
         .server_config()
         .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -295,7 +367,6 @@ pub async fn serve_tls(
     let listener = tls::TlsListener::new(listener, config, token.clone())?;
     // tap_io: a no-op that gives the listener the connect-info impl for its address.
     let listener = listener.tap_io(|_| {});
-    let app = router(state);
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
@@ -312,11 +383,25 @@ pub async fn serve_configured(
     tls: Option<tls::CertReloader>,
     state: ApiState,
 ) -> std::io::Result<()> {
+    let token = state.shutdown.clone();
+    serve_router(listener, tls, router(state), token).await
+}
+
+/// [`serve_configured`] for a router built by the caller: the API's
+/// ([`ApiHandle::router`]) merged with another one on the same listener
+/// (the web console, whose routes do not pass the API's edge), until
+/// `token` fires.
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    tls: Option<tls::CertReloader>,
+    app: Router,
+    token: CancellationToken,
+) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     match tls {
         Some(cert) => {
             tracing::info!(api_addr = %addr, cert_file = %cert.files().cert_file.display(), "public API serving HTTPS");
-            serve_tls(listener, cert, state).await
+            serve_app_tls(listener, cert, app, token).await
         }
         None => {
             if addr.ip().is_loopback() {
@@ -324,7 +409,7 @@ pub async fn serve_configured(
             } else {
                 tracing::warn!(api_addr = %addr, "public API serving PLAIN HTTP off loopback (api.allow_plain_http = true): API keys cross the network in clear unless a TLS proxy terminates in front");
             }
-            serve(listener, state).await
+            serve_app(listener, app, token).await
         }
     }
 }
