@@ -405,6 +405,18 @@ impl CertificateAuthority {
         })
     }
 
+    /// A 32-byte secret for `label`, derived from the CA key (HMAC-SHA256
+    /// keyed with its PKCS#8 DER): the same in every process that holds this
+    /// CA, across restarts and replicas; it reveals nothing of the key. The
+    /// tunnel keys its QUIC stateless resets with one.
+    pub fn derive_secret(&self, label: &str) -> [u8; 32] {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.issuer.key().serialize_der());
+        let tag = ring::hmac::sign(&key, label.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
     /// Issue an agent client certificate for the key in `public_key` (from a
     /// verified CSR): CN = agent id, SAN URI with environment and agent id,
     /// EKU `clientAuth` only, valid from now (minus clock-skew allowance) for `lifetime`.
