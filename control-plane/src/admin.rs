@@ -9,6 +9,8 @@
 //! - `POST /v1/agents/{agent_id}/revoke` → `{"agent_id", "newly_revoked",
 //!   "connections_closed"}`: persists the revocation, adds it to the set the
 //!   tunnel verifier consults, then closes the agent's live connections;
+//! - `POST /v1/agents/{agent_id}/ping` → `{"agent_id", "round_trip_us"}`:
+//!   a `ping` call on the agent's newest connection, timed here;
 //! - `GET /v1/ca` → `{"fingerprint"}`.
 //!
 //! Errors: `{"error": {"type", "message"}}`, mapped in [`error_response`] only
@@ -46,6 +48,15 @@ pub struct RevokeResponse {
     pub newly_revoked: bool,
     /// Live connections closed.
     pub connections_closed: usize,
+}
+
+/// Body of a ping response.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PingResponse {
+    /// The agent.
+    pub agent_id: String,
+    /// Round trip of the call, as timed by the control plane.
+    pub round_trip_us: u64,
 }
 
 /// Body of `GET /v1/agents`.
@@ -169,6 +180,7 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/v1/agents", get(list_agents))
         .route("/v1/agents/{agent_id}/revoke", post(revoke_agent))
+        .route("/v1/agents/{agent_id}/ping", post(ping_agent))
         .route("/v1/ca", get(ca))
         .fallback(no_such_endpoint)
         .method_not_allowed_fallback(no_such_endpoint)
@@ -215,6 +227,12 @@ pub enum AdminRequestError {
     /// The identity database failed.
     #[error("identity database: {0}")]
     Identity(pki::ServiceError),
+    /// The agent has no live connection here.
+    #[error("agent {0} is not connected")]
+    NotConnected(String),
+    /// A call to the agent failed.
+    #[error("{0}")]
+    AgentCall(String),
     /// The blocking task that ran the database work panicked or was cancelled.
     #[error("identity task: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -226,6 +244,8 @@ pub fn error_response(error: &AdminRequestError) -> Response {
         AdminRequestError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
         AdminRequestError::BadId(_) => (StatusCode::BAD_REQUEST, "invalid_agent_id"),
         AdminRequestError::UnknownAgent(_) => (StatusCode::NOT_FOUND, "unknown_agent"),
+        AdminRequestError::NotConnected(_) => (StatusCode::CONFLICT, "agent_not_connected"),
+        AdminRequestError::AgentCall(_) => (StatusCode::BAD_GATEWAY, "agent_call_failed"),
         AdminRequestError::Identity(_) | AdminRequestError::Task(_) => {
             (StatusCode::INTERNAL_SERVER_ERROR, "internal")
         }
@@ -301,6 +321,23 @@ async fn revoke(state: &AdminState, id: &str) -> Result<RevokeResponse, AdminReq
         newly_revoked: newly,
         connections_closed: closed,
     })
+}
+
+async fn ping_agent(
+    State(state): State<AdminState>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<PingResponse>, AdminRequestError> {
+    let agent_id = AgentId::parse(&id)?;
+    match state.directory.ping(&agent_id).await {
+        Ok(rtt) => Ok(Json(PingResponse {
+            agent_id: id,
+            round_trip_us: u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX),
+        })),
+        Err(crate::gateway::registry::PingError::NotConnected(a)) => {
+            Err(AdminRequestError::NotConnected(a))
+        }
+        Err(e) => Err(AdminRequestError::AgentCall(e.to_string())),
+    }
 }
 
 async fn ca(State(state): State<AdminState>) -> Json<CaResponse> {
@@ -387,6 +424,12 @@ mod tests {
                 &format!("/v1/agents/{}/revoke", AgentId::generate()),
                 StatusCode::NOT_FOUND,
                 "unknown_agent",
+            ),
+            (
+                "POST",
+                &format!("/v1/agents/{}/ping", AgentId::generate()),
+                StatusCode::CONFLICT,
+                "agent_not_connected",
             ),
         ] {
             let (status, v) = call(&router, method, path).await;

@@ -218,7 +218,15 @@ impl Gateway {
     ) -> Result<Self, GatewayError> {
         let tls = identity.tunnel_server_config(&[tunnel::ALPN])?;
         let settings = config.server_settings(listen);
-        let listener = Listener::bind(settings.clone(), Arc::new(tls)).await?;
+        // Keyed by the CA: a restarted control plane's stateless resets are
+        // accepted by agents still holding a connection to its predecessor.
+        let reset_key = tunnel::server::StatelessResetKey::new(
+            identity
+                .ca()
+                .derive_secret("airlock tunnel quic stateless reset v1"),
+        );
+        let listener =
+            Listener::bind_with_reset_key(settings.clone(), Arc::new(tls), Some(reset_key)).await?;
         Ok(Self {
             listener,
             settings,
@@ -344,7 +352,15 @@ impl AcceptContext {
         };
         let agent_id = identity.agent_id.as_str().to_owned();
         let span = tracing::info_span!("agent", agent_id = %agent_id, environment_id = %identity.environment_id, %transport, %remote_addr);
-        let _enter = span.enter();
+        // Instrumented, never entered across an await: an entered span stays
+        // on the worker thread while this task sleeps, and the events of every
+        // task later run there nest in it (10,000 agents connecting: log lines
+        // of ~100 KB, 2 GB of log in 3 minutes, handshakes timing out).
+        tracing::Instrument::instrument(self.accepted(pending, identity, agent_id), span).await
+    }
+
+    /// The rest of [`Self::handle`], in the agent's span.
+    async fn accepted(self, pending: PendingConnection, identity: PeerIdentity, agent_id: String) {
         if self.identity.revocations().is_revoked(&identity.agent_id) {
             tracing::warn!(agent_id = %agent_id, "revoked agent refused");
             pending

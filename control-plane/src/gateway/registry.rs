@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use pki::{AgentId, PeerIdentity};
 use tunnel::{CloseReason, ServerConnection};
@@ -85,6 +85,28 @@ pub trait AgentDirectory: Send + Sync + 'static {
     /// wait for the close to complete, but the close must be under way
     /// immediately: revocation promises it within a second.
     fn disconnect(&self, agent_id: &AgentId) -> usize;
+    /// Open a `ping` call on `agent_id`'s newest live connection and time
+    /// its round trip (the admin socket's `POST /v1/agents/{id}/ping`).
+    fn ping(&self, agent_id: &AgentId) -> PingFuture {
+        let _ = agent_id;
+        Box::pin(async { Err(PingError::Failed("ping is not offered here".into())) })
+    }
+}
+
+/// What [`AgentDirectory::ping`] returns: the round trip.
+pub type PingFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Duration, PingError>> + Send>>;
+
+/// Why a ping got no pong.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PingError {
+    /// No live, non-draining connection of the agent.
+    #[error("agent {0} is not connected")]
+    NotConnected(String),
+    /// The call failed or was answered with something else than a pong.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// One live connection in the registry.
@@ -198,6 +220,30 @@ impl AgentDirectory for Registry {
             .collect();
         out.sort_by(|a, b| (&a.agent_id, a.connected_since).cmp(&(&b.agent_id, b.connected_since)));
         out
+    }
+
+    fn ping(&self, agent_id: &AgentId) -> PingFuture {
+        let picked = self.pick(&Target::Agent(agent_id.as_str().to_owned()));
+        let agent_id = agent_id.as_str().to_owned();
+        Box::pin(async move {
+            let Some((_, conn)) = picked else {
+                return Err(PingError::NotConnected(agent_id));
+            };
+            let failed =
+                |e: tunnel::CallFailure| PingError::Failed(format!("ping {agent_id}: {e}"));
+            let start = Instant::now();
+            let call = conn
+                .call_finished(&protocol::Request::Ping, bytes::Bytes::new())
+                .await
+                .map_err(failed)?;
+            let (_, response) = call.finish_and_collect().await.map_err(failed)?;
+            match response {
+                protocol::Response::Ok(protocol::Reply::Pong(_)) => Ok(start.elapsed()),
+                other => Err(PingError::Failed(format!(
+                    "ping {agent_id}: answered {other:?}"
+                ))),
+            }
+        })
     }
 
     fn disconnect(&self, agent_id: &AgentId) -> usize {
