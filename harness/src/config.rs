@@ -145,9 +145,9 @@ impl Default for HarnessConfig {
 pub struct RawHarnessConfig {
     /// Lease holder name; default: `harness-` + a random suffix.
     pub instance_id: Option<String>,
-    /// Default 30.
+    /// Default [`DEFAULT_LEASE_TTL_SECONDS`].
     pub lease_ttl_seconds: Option<f64>,
-    /// Default 10; must be below `lease_ttl_seconds`.
+    /// Default min(10, TTL / 3); must be below `lease_ttl_seconds`.
     pub lease_renew_interval_seconds: Option<f64>,
     /// Default 8192.
     pub max_tokens: Option<u32>,
@@ -200,6 +200,13 @@ pub struct RawSupervisor {
     pub busy_retry_interval_seconds: Option<f64>,
 }
 
+/// The default lease TTL: how long a dead replica's sessions wait before
+/// another replica takes them over (a restart with the same instance id does
+/// not wait: it reclaims its leases). Renewed every min(10 s, TTL / 3).
+/// Not lowered yet: bench-recovery prints the renewal costs on PostgreSQL
+/// that would justify a lower default, and it has not been run.
+pub const DEFAULT_LEASE_TTL_SECONDS: f64 = 30.0;
+
 fn seconds(key: &str, v: Option<f64>, default: f64, min: f64) -> Result<Duration, ConfigError> {
     let s = v.unwrap_or(default);
     if !s.is_finite() || s < min || s > 86_400.0 {
@@ -229,7 +236,7 @@ impl HarnessConfig {
         let lease_ttl = seconds(
             "harness.lease_ttl_seconds",
             raw.lease_ttl_seconds,
-            30.0,
+            DEFAULT_LEASE_TTL_SECONDS,
             0.05,
         )?;
         let lease_renew_interval = seconds(

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use session_store::{Lease, SessionStore, StoreError};
+use session_store::{Lease, StoreError};
 use settings::{BackoffPolicy, Jitter};
 
 use crate::wake::{Harness, HarnessError, WakeOutcome};
@@ -67,8 +67,9 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// Start: scan for sessions to recover now and every
-    /// `supervisor.recovery_scan_interval`.
+    /// Start: take back this instance's leases
+    /// ([`Supervisor::reclaim_own_leases`]), then scan for sessions to
+    /// recover now and every `supervisor.recovery_scan_interval`.
     pub fn start(harness: Harness) -> Self {
         let interval = harness.config().supervisor.recovery_scan_interval;
         let s = Self::manual(harness);

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api_stack;
+pub mod bench_client;
 pub mod bridge;
 pub mod deploy;
 pub mod doctor_support;
