@@ -118,7 +118,8 @@ pub trait ConsoleStore: Send + Sync {
     /// Stores a key's hash with `role` (what `Catalog::create_api_key` does
     /// with [`KeyRole::Admin`]). [`crate::CatalogError::Conflict`] if the id
     /// or hash exists.
-    async fn create_api_key_with_role(&self, new: NewApiKey, role: KeyRole) -> Result<ApiKeyRecord>;
+    async fn create_api_key_with_role(&self, new: NewApiKey, role: KeyRole)
+        -> Result<ApiKeyRecord>;
 
     /// Stores a console session. [`crate::CatalogError::Conflict`] if the
     /// token hash exists.

@@ -302,7 +302,9 @@ async fn revoke_agent(
     result.map(Json)
 }
 
-async fn revoke(state: &AdminState, id: &str) -> Result<RevokeResponse, AdminRequestError> {
+/// Revokes `id` (persisted, revocation set, live connections closed); the
+/// admin socket and the web console (`crate::console`) both call this.
+pub(crate) async fn revoke(state: &AdminState, id: &str) -> Result<RevokeResponse, AdminRequestError> {
     let agent_id = AgentId::parse(id)?;
     let identity = state.identity.clone();
     let id2 = agent_id.clone();

@@ -289,6 +289,18 @@ impl App {
             }
             (None, runner) => runner.unwrap_or_else(|| Arc::new(api::NoRunner)),
         };
+        // The web console (`[console]`) on the API's listener, its agents and
+        // revocation over the same registry, identity and admin path.
+        let console_config = self.config.console.clone();
+        let console_control = console_config.enabled.then(|| {
+            let admin = AdminState {
+                identity: self.identity.clone(),
+                directory: self.agents.clone(),
+                catalog: Some(catalog.clone()),
+            };
+            Arc::new(crate::console::ConsoleControl::new(admin, running.gateway.clone()))
+                as Arc<dyn console::ControlPlane>
+        });
         let (session_store_for_ops, catalog_for_ops) = (session_store.clone(), catalog.clone());
         let limits = self.config.api.limits.clone();
         let relay_gateway = running.gateway.clone();
@@ -306,7 +318,18 @@ impl App {
                 limits,
                 shutdown: token,
             };
-            if let Err(error) = api::serve_configured(api_listener, api_tls, state).await {
+            let shutdown = state.shutdown.clone();
+            let api = api::ApiHandle::new(state);
+            let mut app = api.router();
+            if let Some(control) = console_control {
+                tracing::info!(secure_cookies = console_config.secure_cookies, "web console served under /console");
+                app = app.merge(console::router(console::ConsoleState {
+                    api,
+                    control,
+                    config: console_config,
+                }));
+            }
+            if let Err(error) = api::serve_router(api_listener, api_tls, app, shutdown).await {
                 tracing::error!(%error, "api listener failed");
             }
         });

@@ -52,7 +52,9 @@ pub struct RawConfig {
     pub harness: harness::RawHarnessConfig,
     /// `[ops]`: the /metrics, /livez, /readyz listener (absent: off).
     #[serde(default)]
-    pub ops: daemon::ops::RawOps,
+    pub ops: daemon::ops::RawOps,    /// `[console]`: the web console under `/console` on the API listener.
+    #[serde(default)]
+    pub console: console::RawConsoleConfig,
 }
 
 /// `[tunnel]` as written.
@@ -105,7 +107,8 @@ pub struct Config {
     /// `[harness]` (its `instance_id` defaults to host name, pid and a random suffix).
     pub harness: harness::HarnessConfig,
     /// `[ops]`.
-    pub ops: daemon::ops::OpsConfig,
+    pub ops: daemon::ops::OpsConfig,    /// `[console]` (checked against `[api]`: TLS or loopback).
+    pub console: console::ConsoleConfig,
 }
 
 /// Default drain deadline on shutdown.
@@ -161,7 +164,10 @@ impl daemon::DaemonConfig for Config {
         let model = crate::runtime::ModelConfig::from_raw(raw.model)?;
         let harness = crate::runtime::harness_config(raw.harness)?;
         let ops = daemon::ops::OpsConfig::from_raw(&raw.ops)?;
+        let console =
+            console::ConsoleConfig::from_raw(&raw.console, api.listen, api.tls.is_some())?;
         Ok(Self {
+            console,
             ops,
             model,
             harness,

@@ -11,6 +11,7 @@ pub mod app;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod egress_credentials;
 pub mod enroll;
 pub mod gateway;

@@ -24,7 +24,11 @@ pub(super) const MIGRATION: &str =
 
 #[async_trait::async_trait]
 impl ConsoleStore for PgCatalog {
-    async fn create_api_key_with_role(&self, new: NewApiKey, role: KeyRole) -> Result<ApiKeyRecord> {
+    async fn create_api_key_with_role(
+        &self,
+        new: NewApiKey,
+        role: KeyRole,
+    ) -> Result<ApiKeyRecord> {
         let mut conn = self.pool.get().await?;
         let sql = format!(
             "INSERT INTO api_keys (id, name, key_hash, hint, created_at, role) VALUES ($1, $2, $3, $4, $5, $6)
@@ -34,7 +38,14 @@ impl ConsoleStore for PgCatalog {
             .client()?
             .query_one(
                 &sql,
-                &[&new.id, &new.name, &new.key_hash, &new.hint, &now_micros(), &role.as_str()],
+                &[
+                    &new.id,
+                    &new.name,
+                    &new.key_hash,
+                    &new.hint,
+                    &now_micros(),
+                    &role.as_str(),
+                ],
             )
             .await
             .map_err(|e| {

@@ -4,7 +4,9 @@
 use rusqlite::{params, OptionalExtension};
 use time::OffsetDateTime;
 
-use super::{commit, immediate, is_constraint, key_record, key_row, map_sql, SqliteCatalog, KEY_COLUMNS};
+use super::{
+    commit, immediate, is_constraint, key_record, key_row, map_sql, SqliteCatalog, KEY_COLUMNS,
+};
 use crate::console::{ConsoleSessionRecord, ConsoleStore, KeyRole, NewConsoleSession};
 use crate::error::{CatalogError, Result};
 use crate::types::{from_micros, now_micros, to_micros, ApiKeyRecord, NewApiKey, ResourceKind};
@@ -26,7 +28,11 @@ type SessionRow = (String, String, String, String, String, i64, i64);
 
 #[async_trait::async_trait]
 impl ConsoleStore for SqliteCatalog {
-    async fn create_api_key_with_role(&self, new: NewApiKey, role: KeyRole) -> Result<ApiKeyRecord> {
+    async fn create_api_key_with_role(
+        &self,
+        new: NewApiKey,
+        role: KeyRole,
+    ) -> Result<ApiKeyRecord> {
         self.with(move |conn| {
             let tx = immediate(conn)?;
             tx.execute(

@@ -33,12 +33,20 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
     session_store::format_rfc3339(t)
 }
 
-/// `api-keys create --name NAME`: prints the key once; returns its id.
+/// `api-keys create --name NAME [--role admin|read-only]`: prints the key
+/// once; returns its id.
 pub async fn create(
     config: &Config,
     name: &str,
+    role: &str,
     json_out: bool,
 ) -> Result<String, ApiKeyCommandError> {
+    let Some(role) = catalog::KeyRole::parse(role) else {
+        return Err(ApiKeyCommandError::Usage {
+            flag: "--role",
+            message: format!("expected admin or read-only, got {role:?}"),
+        });
+    };
     if name.trim().is_empty() || name.len() > 256 {
         return Err(ApiKeyCommandError::Usage {
             flag: "--name",
@@ -48,21 +56,27 @@ pub async fn create(
     let catalog = open(config).await?;
     let key = GeneratedKey::generate();
     let record = catalog
-        .create_api_key(NewApiKey {
-            id: format!("key_{}", uuid::Uuid::now_v7().simple()),
-            name: name.to_owned(),
-            key_hash: key.key_hash.clone(),
-            hint: key.hint.clone(),
-        })
+        .create_api_key_with_role(
+            NewApiKey {
+                id: format!("key_{}", uuid::Uuid::now_v7().simple()),
+                name: name.to_owned(),
+                key_hash: key.key_hash.clone(),
+                hint: key.hint.clone(),
+            },
+            role,
+        )
         .await?;
-    tracing::info!(key_id = %record.id, "api key created");
+    tracing::info!(key_id = %record.id, role = %record.role, "api key created");
     if json_out {
         println!(
             "{}",
-            json!({"id": record.id, "name": record.name, "key": key.plaintext, "created_at": rfc3339(record.created_at)})
+            json!({"id": record.id, "name": record.name, "role": record.role.as_str(), "key": key.plaintext, "created_at": rfc3339(record.created_at)})
         );
     } else {
-        println!("created api key {} ({})", record.id, record.name);
+        println!(
+            "created api key {} ({}, role {})",
+            record.id, record.name, record.role
+        );
         println!("{}", key.plaintext);
         println!("store it now: only its hash is kept, it cannot be shown again");
     }
@@ -76,7 +90,7 @@ pub async fn list(config: &Config, json_out: bool) -> Result<(), ApiKeyCommandEr
         let rows: Vec<_> = keys
             .iter()
             .map(|k| {
-                json!({"id": k.id, "name": k.name, "hint": k.hint, "created_at": rfc3339(k.created_at),
+                json!({"id": k.id, "name": k.name, "role": k.role.as_str(), "hint": k.hint, "created_at": rfc3339(k.created_at),
                        "revoked_at": k.revoked_at.map(rfc3339)})
             })
             .collect();
@@ -84,14 +98,15 @@ pub async fn list(config: &Config, json_out: bool) -> Result<(), ApiKeyCommandEr
         return Ok(());
     }
     println!(
-        "{:<38} {:<20} {:<16} {:<21} REVOKED",
-        "ID", "NAME", "KEY", "CREATED"
+        "{:<38} {:<20} {:<10} {:<16} {:<21} REVOKED",
+        "ID", "NAME", "ROLE", "KEY", "CREATED"
     );
     for k in &keys {
         println!(
-            "{:<38} {:<20} {:<16} {:<21} {}",
+            "{:<38} {:<20} {:<10} {:<16} {:<21} {}",
             k.id,
             k.name,
+            k.role.as_str(),
             format!("{}…", k.hint),
             rfc3339(k.created_at),
             k.revoked_at.map(rfc3339).unwrap_or_else(|| "-".to_owned())

@@ -64,6 +64,9 @@ pub enum ApiKeysCommand {
         /// A label for the key.
         #[arg(long)]
         name: String,
+        /// `admin` (everything) or `read-only` (GET on the API, no console action).
+        #[arg(long, default_value = "admin")]
+        role: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -189,8 +192,8 @@ pub fn run(command: Command, config: &Config) -> ExitCode {
         Command::Ca(CaCommand::Fingerprint) => report(identity::ca_fingerprint(config)),
         Command::ApiKeys(command) => run_command(async {
             match command {
-                ApiKeysCommand::Create { name, json } => {
-                    let r = api_keys::create(config, &name, json).await;
+                ApiKeysCommand::Create { name, role, json } => {
+                    let r = api_keys::create(config, &name, &role, json).await;
                     let ids = r.as_ref().ok().cloned().into_iter().collect();
                     audit::record(config, "api_keys.create", ids, r.is_ok()).await;
                     r.map(|_| ())
