@@ -306,6 +306,15 @@ async fn revoke_agent(
 /// admin socket and the web console (`crate::console`) both call this.
 pub(crate) async fn revoke(state: &AdminState, id: &str) -> Result<RevokeResponse, AdminRequestError> {
     let agent_id = AgentId::parse(id)?;
+    // Enrolled at another replica: take in the shared record first, so it
+    // can be revoked here; the revocation is then mirrored to every replica.
+    let shared = state
+        .catalog
+        .clone()
+        .map(|c| crate::gateway::SharedIdentities::new(c, state.identity.clone()));
+    if let Some(shared) = &shared {
+        shared.adopt(&agent_id).await;
+    }
     let identity = state.identity.clone();
     let id2 = agent_id.clone();
     let newly = tokio::task::spawn_blocking(move || identity.revoke(&id2))
@@ -317,6 +326,9 @@ pub(crate) async fn revoke(state: &AdminState, id: &str) -> Result<RevokeRespons
             other => AdminRequestError::Identity(other),
         })?;
     let closed = state.directory.disconnect(&agent_id);
+    if let Some(shared) = &shared {
+        shared.publish(&agent_id).await;
+    }
     tracing::info!(agent_id = %agent_id, newly_revoked = newly, connections_closed = closed, "agent revoked");
     Ok(RevokeResponse {
         agent_id: agent_id.to_string(),
@@ -345,15 +357,6 @@ async fn ping_agent(
 async fn ca(State(state): State<AdminState>) -> Json<CaResponse> {
     Json(CaResponse {
         fingerprint: state.identity.ca_fingerprint().to_string(),
-    // Enrolled at another replica: take in the shared record first, so it
-    // can be revoked here; the revocation is then mirrored to every replica.
-    let shared = state
-        .catalog
-        .clone()
-        .map(|c| crate::gateway::SharedIdentities::new(c, state.identity.clone()));
-    if let Some(shared) = &shared {
-        shared.adopt(&agent_id).await;
-    }
     })
 }
 
@@ -365,9 +368,6 @@ async fn no_such_endpoint(method: Method, uri: Uri) -> AdminRequestError {
 }
 
 #[cfg(test)]
-    if let Some(shared) = &shared {
-        shared.publish(&agent_id).await;
-    }
 mod tests {
     #![allow(clippy::unwrap_used)]
     use http::Request;

@@ -234,18 +234,10 @@ impl Gateway {
             identity,
             registry,
             audit: None,
+            shared: None,
         })
     }
 
-    /// Hand the agents' audit statuses to `receiver` (without one they are
-    /// dropped).
-    pub fn with_audit(mut self, receiver: Arc<crate::audit::CheckpointReceiver>) -> Self {
-        self.audit = Some(receiver);
-        self
-            shared: None,
-    }
-
-    /// Where it listens (UDP and TCP).
     /// Share identities with the other replicas through `catalog` (see
     /// [`identities`]): agents enrolled elsewhere are accepted and renewed
     /// here, renewals are mirrored, and revocations made at any replica
@@ -255,6 +247,14 @@ impl Gateway {
         self
     }
 
+    /// Hand the agents' audit statuses to `receiver` (without one they are
+    /// dropped).
+    pub fn with_audit(mut self, receiver: Arc<crate::audit::CheckpointReceiver>) -> Self {
+        self.audit = Some(receiver);
+        self
+    }
+
+    /// Where it listens (UDP and TCP).
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr()
     }
@@ -269,14 +269,6 @@ impl Gateway {
     /// Accept connections until `shutdown`; then send every agent a goaway,
     /// let in-flight calls finish until the drain deadline, and close.
     pub async fn serve(mut self, shutdown: CancellationToken, tracker: TaskTracker) {
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                pending = self.listener.accept() => match pending {
-                    Some(pending) => {
-                        let ctx = AcceptContext {
-                            settings: self.settings.clone(),
-                            identity: self.identity.clone(),
         if let Some(shared) = self.shared.clone() {
             let registry = self.registry.clone();
             let stop = shutdown.clone();
@@ -285,8 +277,17 @@ impl Gateway {
                 shared.watch_revocations(registry, stop).await;
             });
         }
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                pending = self.listener.accept() => match pending {
+                    Some(pending) => {
+                        let ctx = AcceptContext {
+                            settings: self.settings.clone(),
+                            identity: self.identity.clone(),
                             registry: self.registry.clone(),
                             audit: self.audit.clone(),
+                            shared: self.shared.clone(),
                         };
                         tracker.spawn(ctx.handle(pending));
                     }
@@ -295,7 +296,6 @@ impl Gateway {
             }
         }
         self.listener.stop_accepting();
-                            shared: self.shared.clone(),
         let conns = self.registry.connections();
         tracing::info!(
             connections = conns.len(),
@@ -326,6 +326,7 @@ struct AcceptContext {
     identity: Arc<IdentityService>,
     registry: Arc<Registry>,
     audit: Option<Arc<crate::audit::CheckpointReceiver>>,
+    shared: Option<SharedIdentities>,
 }
 
 impl AcceptContext {
@@ -334,7 +335,6 @@ impl AcceptContext {
         let transport = pending.transport();
         let Some(leaf) = pending.peer_certificates().first() else {
             tracing::warn!(%remote_addr, %transport, "connection without a client certificate refused");
-    shared: Option<SharedIdentities>,
             pending
                 .reject(RejectCode::IdentityMismatch, "no client certificate")
                 .await;
@@ -361,14 +361,6 @@ impl AcceptContext {
 
     /// The rest of [`Self::handle`], in the agent's span.
     async fn accepted(self, pending: PendingConnection, identity: PeerIdentity, agent_id: String) {
-        if self.identity.revocations().is_revoked(&identity.agent_id) {
-            tracing::warn!(agent_id = %agent_id, "revoked agent refused");
-            pending
-                .reject(RejectCode::Revoked, format!("agent {agent_id} is revoked"))
-                .await;
-            return;
-        }
-        let hello = match pending.hello() {
         // Enrolled at another replica: take in the catalog's record first
         // (so it is listed and renewed here, and a revocation there counts).
         if let Some(shared) = &self.shared {
@@ -386,6 +378,14 @@ impl AcceptContext {
                     .insert(identity.agent_id.clone());
             }
         }
+        if self.identity.revocations().is_revoked(&identity.agent_id) {
+            tracing::warn!(agent_id = %agent_id, "revoked agent refused");
+            pending
+                .reject(RejectCode::Revoked, format!("agent {agent_id} is revoked"))
+                .await;
+            return;
+        }
+        let hello = match pending.hello() {
             Ok(h) => h.clone(),
             Err(error) => {
                 tracing::warn!(agent_id = %agent_id, %error, "malformed hello; connection refused");
@@ -428,6 +428,7 @@ impl AcceptContext {
             self.identity.clone(),
             identity.clone(),
             cert_not_after.clone(),
+            self.shared.clone(),
         );
         let conn = match pending
             .accept(version, &self.settings, Some(renew), agent_id.clone())
@@ -436,7 +437,6 @@ impl AcceptContext {
             Ok(c) => c,
             Err(error) => {
                 tracing::warn!(agent_id = %agent_id, %error, "could not answer hello");
-            self.shared.clone(),
                 return;
             }
         };
@@ -492,6 +492,7 @@ fn renew_fn(
     identity: Arc<IdentityService>,
     peer: PeerIdentity,
     not_after: Arc<Mutex<SystemTime>>,
+    shared: Option<SharedIdentities>,
 ) -> tunnel::RenewFn {
     Arc::new(move |csr_pem: String| {
         use rustls_pki_types::pem::PemObject;
@@ -500,13 +501,19 @@ fn renew_fn(
                 .map_err(|e| {
                     CallError::new(ErrorCode::BadRequest, format!("csr is not PEM: {e}"))
                 })?;
-    shared: Option<SharedIdentities>,
         match identity.renew(&peer, der.as_ref()) {
             Ok(cert) => {
                 if let Ok(mut t) = not_after.lock() {
                     *t = cert.not_after;
                 }
                 tracing::info!(agent_id = %peer.agent_id, not_after = %crate::rfc3339::display(cert.not_after), "certificate renewed over the tunnel");
+                // The other replicas see the new serial and expiry.
+                if let (Some(shared), Ok(rt)) =
+                    (shared.clone(), tokio::runtime::Handle::try_current())
+                {
+                    let id = peer.agent_id.clone();
+                    rt.spawn(async move { shared.publish(&id).await });
+                }
                 Ok(cert.chain_pem())
             }
             Err(error) => {
@@ -515,13 +522,6 @@ fn renew_fn(
                     RenewError::Revoked(_) | RenewError::UnknownAgent(_) => ErrorCode::Forbidden,
                     RenewError::Internal(_) => ErrorCode::Internal,
                     _ => ErrorCode::BadRequest,
-                // The other replicas see the new serial and expiry.
-                if let (Some(shared), Ok(rt)) =
-                    (shared.clone(), tokio::runtime::Handle::try_current())
-                {
-                    let id = peer.agent_id.clone();
-                    rt.spawn(async move { shared.publish(&id).await });
-                }
                 };
                 Err(CallError::new(code, error.to_string()))
             }
