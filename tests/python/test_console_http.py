@@ -129,7 +129,8 @@ def state(d):
     the enrolled agents (revocation), the API keys."""
     return (
         [(e.id, e.type) for e in d.client.beta.sessions.events.list(d.session.id)],
-        d.client.beta.sessions.retrieve(d.session.id).model_dump(exclude={"updated_at"}),
+        # (status and archival: the record's other fields, e.g. its stats, move with time)
+        (lambda r: (r.status, getattr(r, "archived_at", None)))(d.client.beta.sessions.retrieve(d.session.id)),
         d.cp.cli("agents", "list", "--enrolled", "--json"),
         d.cp.cli("api-keys", "list", "--json"),
     )
