@@ -421,3 +421,197 @@ async fn resolve_loop(shared: Arc<Shared>, configured: String, drain: Duration) 
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use pki::agent::{AgentFiles, IdentityRecord, PendingKey};
+    use pki::{EnvironmentId, IdentityService, IdentitySettings};
+    use protocol::call::{Reply, Request, Response};
+    use protocol::sandbox::{Disposition, ExecuteRequest, ToolResult};
+    use tokio::sync::mpsc;
+    use tunnel::call::CallIo;
+    use tunnel::{Listener, ServerConnection, ServerSettings};
+
+    use super::*;
+    use crate::identity::AgentIdentity;
+    use crate::sandbox::record::{Begin, ExecutionRecord};
+
+    /// `execute` through the agent's execution record, as the sandbox
+    /// service uses it (`begin`; run only on `Run`; wait on `InFlight`),
+    /// with a 300 ms stand-in for the tool that counts its runs.
+    struct Recorded {
+        record: ExecutionRecord,
+        runs: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl CallHandler for Recorded {
+        async fn handle(&self, request: Request, _io: &mut CallIo) -> Response {
+            let Request::Execute(req) = request else {
+                return Response::error(ErrorCode::UnsupportedCall, "execute only");
+            };
+            let result = match self
+                .record
+                .begin(&req.tool_use_id, &req.sandbox_id)
+                .unwrap()
+            {
+                Begin::Run => {
+                    self.runs.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let r = ToolResult::text("ran", false);
+                    self.record.finish(&req.tool_use_id, &r).unwrap();
+                    r
+                }
+                Begin::Replay(r) | Begin::Unknown(r) => r,
+                Begin::InFlight(mut rx) => loop {
+                    if let Some(r) = rx.borrow_and_update().clone() {
+                        break r;
+                    }
+                    rx.changed().await.unwrap();
+                },
+            };
+            Response::Ok(Reply::Execute(result))
+        }
+    }
+
+    async fn server(
+        tls: Arc<rustls::ServerConfig>,
+    ) -> (SocketAddr, mpsc::UnboundedReceiver<ServerConnection>) {
+        let settings = ServerSettings::default();
+        let mut listener = Listener::bind(settings.clone(), tls).await.unwrap();
+        let addr = listener.local_addr();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(pending) = listener.accept().await {
+                let version = pending.negotiate().unwrap();
+                let peer = pending.hello().map(|h| h.agent_id.clone()).unwrap();
+                let conn = pending
+                    .accept(version, &settings, None, peer)
+                    .await
+                    .unwrap();
+                let _ = tx.send(conn);
+            }
+        });
+        (addr, rx)
+    }
+
+    /// Two replicas (two tunnel listeners of one CA), one agent with a link
+    /// to each: the same tool_use id sent over both links at once runs once;
+    /// the other call gets the first one's outcome (`replayed`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_tool_use_id_over_two_links_at_once_runs_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = IdentityService::open(IdentitySettings::new(dir.path().join("cp"))).unwrap();
+        let token = svc
+            .create_token(
+                &EnvironmentId::parse("env_l").unwrap(),
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        let key = PendingKey::generate().unwrap();
+        let e = svc
+            .enroll(token.token.expose(), &key.csr_pem, None)
+            .unwrap();
+        let server_tls = Arc::new(svc.tunnel_server_config(&[tunnel::ALPN]).unwrap());
+        let (a, mut conns_a) = server(server_tls.clone()).await;
+        let (b, mut conns_b) = server(server_tls).await;
+        let text = format!(
+            "data_dir = \"{}\"\n[control_plane]\naddresses = [\"{a}\", \"{b}\"]\nserver_name = \"127.0.0.1\"\n",
+            dir.path().join("agent").display()
+        );
+        let config =
+            crate::config::Config::parse(&text, std::path::Path::new("test.toml")).unwrap();
+        AgentFiles::new(&config.identity.dir)
+            .save_enrollment(
+                &key,
+                &e.certificate.chain,
+                svc.ca_cert_der(),
+                &IdentityRecord {
+                    agent_id: e.agent_id.clone(),
+                    environment_id: e.environment_id.clone(),
+                    ca_fingerprint: svc.ca_fingerprint(),
+                    tunnel_address: None,
+                    enroll_address: None,
+                    server_name: None,
+                },
+            )
+            .unwrap();
+        let identity = AgentIdentity::load(&config).unwrap();
+        assert_eq!(
+            identity.endpoint().addresses,
+            [a.to_string(), b.to_string()]
+        );
+        let mut template = crate::connect::client_settings(&config, &identity);
+        template.backoff.base = Duration::from_millis(50);
+        template.backoff.cap = Duration::from_millis(500);
+        let handler = Arc::new(Recorded {
+            record: ExecutionRecord::open(&dir.path().join("agent"), Duration::from_secs(3600))
+                .unwrap(),
+            runs: AtomicUsize::new(0),
+        });
+        let endpoint = identity.endpoint().clone();
+        let links = Links::start(
+            &identity.endpoint().addresses.clone(),
+            template,
+            move |c| endpoint.server_name_for(c),
+            Arc::new(identity.client_config(&[tunnel::ALPN]).unwrap()),
+            handler.clone(),
+        );
+        let limit = Duration::from_secs(20);
+        let ca = tokio::time::timeout(limit, conns_a.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let cb = tokio::time::timeout(limit, conns_b.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        tokio::time::timeout(limit, async {
+            while links.connected() < 2 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap();
+        assert!(crate::connect::ops::links_ready(&links.statuses()).is_ok());
+
+        let req = Request::Execute(ExecuteRequest {
+            sandbox_id: "sbx_1".into(),
+            tool_use_id: "toolu_twice".into(),
+            name: "bash".into(),
+            input: serde_json::json!({"command": "true"}),
+            stream: false,
+        });
+        let call = |conn: ServerConnection, req: Request| async move {
+            let c = conn.call_finished(&req, Bytes::new()).await.unwrap();
+            match c.finish_and_collect().await.unwrap().1 {
+                Response::Ok(Reply::Execute(r)) => r.disposition,
+                other => panic!("{other:?}"),
+            }
+        };
+        let (ra, rb) = tokio::join!(call(ca.clone(), req.clone()), call(cb.clone(), req.clone()));
+        assert_eq!(handler.runs.load(Ordering::SeqCst), 1, "ran once");
+        let mut got = [ra, rb];
+        got.sort_by_key(|d| format!("{d:?}"));
+        assert_eq!(got, [Disposition::Ran, Disposition::Replayed], "{got:?}");
+        // Again later over either link: answered from the record.
+        assert_eq!(call(cb, req).await, Disposition::Replayed);
+        assert_eq!(handler.runs.load(Ordering::SeqCst), 1);
+        let starts = std::fs::read_to_string(dir.path().join("agent/executions.jsonl"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("\"t\":\"start\""))
+            .count();
+        assert_eq!(starts, 1);
+
+        // One link lost (it redials on its own), then one shutdown path
+        // drains both.
+        ca.close(tunnel::CloseReason::Normal);
+        links.shutdown(Duration::from_millis(200)).await;
+        assert!(links.statuses().is_empty());
+    }
+}
