@@ -143,7 +143,9 @@ fn events(n: usize) -> Vec<NewEvent> {
             "content": [{"type": "text", "text": text}],
         }))
     };
-    let mut out = vec![user("Run the test suite crate by crate and fix what fails.")];
+    let mut out = vec![user(
+        "Run the test suite crate by crate and fix what fails.",
+    )];
     let mut call = 0usize;
     while out.len() < n {
         if call % 25 == 0 {
@@ -211,8 +213,7 @@ fn shown(body: &[u8], api: bool) -> usize {
             .unwrap_or(0)
     } else {
         let html = String::from_utf8_lossy(body);
-        html.matches("<li class=\"event").count()
-            + html.matches("<tr class=\"session").count()
+        html.matches("<li class=\"event").count() + html.matches("<tr class=\"session").count()
     }
 }
 
@@ -228,9 +229,8 @@ async fn main() -> Result<()> {
 
     let mut cp = ControlPlane::configure(CpOptions::default())?;
     cp.start()?;
-    let created: Value = serde_json::from_str(&cp.cli(&[
-        "api-keys", "create", "--name", "bench", "--json",
-    ])?)?;
+    let created: Value =
+        serde_json::from_str(&cp.cli(&["api-keys", "create", "--name", "bench", "--json"])?)?;
     let key = created["key"].as_str().context("api key")?.to_owned();
     let base = format!("http://{}", cp.api_addr());
     let mut connector = HttpConnector::new();
@@ -344,14 +344,23 @@ async fn main() -> Result<()> {
     ];
     println!(
         "\nbench-console: one session of {} events, {} loads per page after 5 warm-up loads, \
-         one keep-alive loopback connection, release build",
-        args.events, args.loads
+         one keep-alive loopback connection, {} build",
+        args.events,
+        args.loads,
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
     );
     println!(
         "| {:<44} | {:>6} | {:>9} | {:>13} | {:>8} | {:>8} |",
-        "page", "events", "bytes", "first byte p50", "p50 ms", "p99 ms"
+        "page", "items", "bytes", "first byte p50", "p50 ms", "p99 ms"
     );
-    println!("|{:-<46}|{:->8}|{:->11}|{:->15}|{:->10}|{:->10}|", "", "", "", "", "", "");
+    println!(
+        "|{:-<46}|{:->8}|{:->11}|{:->15}|{:->10}|{:->10}|",
+        "", "", "", "", "", ""
+    );
     for (name, path, api) in &pages {
         let mut first = Vec::with_capacity(args.loads);
         let mut last = Vec::with_capacity(args.loads);
@@ -398,8 +407,16 @@ async fn main() -> Result<()> {
     println!(
         "\nmachine: {} cores; load average before {}, after {}",
         std::thread::available_parallelism().map_or(0, usize::from),
-        load_before.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
-        load_after.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load_before
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+        load_after
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     cp.terminate()?;
     Ok(())
