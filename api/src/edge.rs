@@ -93,7 +93,9 @@ fn read_only_may(role: catalog::KeyRole, method: &Method, path: &str) -> Result<
         return Ok(());
     }
     Err(ApiError::Permission {
-        message: format!("this API key has the role {role}: {method} {path} is not allowed (only GET)"),
+        message: format!(
+            "this API key has the role {role}: {method} {path} is not allowed (only GET)"
+        ),
     })
 }
 

@@ -36,9 +36,9 @@
 
 pub mod audit;
 pub mod config;
-pub mod identities;
 pub mod console;
 mod error;
+pub mod identities;
 pub mod keys;
 mod migrate;
 pub mod postgres;
@@ -47,8 +47,8 @@ mod types;
 pub mod vaults;
 
 pub use audit::AuditStore;
-pub use console::{ConsoleSessionRecord, ConsoleStore, KeyRole, NewConsoleSession};
 pub use config::{open_catalog, CatalogConfig, CatalogConfigError, RawCatalogConfig};
+pub use console::{ConsoleSessionRecord, ConsoleStore, KeyRole, NewConsoleSession};
 pub use error::{CatalogError, Result};
 pub use identities::{EnrolledAgent, EnrolledAgents};
 pub use keys::{hash_api_key, GeneratedKey, API_KEY_PREFIX};
@@ -72,7 +72,9 @@ pub trait Catalog:
     + audit::AuditStore
     + console::ConsoleStore
     + identities::EnrolledAgents
-    + Send + Sync + std::fmt::Debug
+    + Send
+    + Sync
+    + std::fmt::Debug
 {
     /// Stores version 1 of a new agent. [`CatalogError::Conflict`] if the id exists.
     async fn create_agent(&self, new: NewAgent) -> Result<AgentRecord>;

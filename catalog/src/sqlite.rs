@@ -348,7 +348,14 @@ const KEY_COLUMNS: &str = "id, name, hint, created_at, revoked_at, role";
 type KeyRow = (String, String, String, i64, Option<i64>, String);
 
 fn key_row(r: &Row<'_>) -> rusqlite::Result<KeyRow> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
 }
 
 fn key_record(row: KeyRow) -> Result<ApiKeyRecord> {

@@ -304,7 +304,10 @@ async fn revoke_agent(
 
 /// Revokes `id` (persisted, revocation set, live connections closed); the
 /// admin socket and the web console (`crate::console`) both call this.
-pub(crate) async fn revoke(state: &AdminState, id: &str) -> Result<RevokeResponse, AdminRequestError> {
+pub(crate) async fn revoke(
+    state: &AdminState,
+    id: &str,
+) -> Result<RevokeResponse, AdminRequestError> {
     let agent_id = AgentId::parse(id)?;
     // Enrolled at another replica: take in the shared record first, so it
     // can be revoked here; the revocation is then mirrored to every replica.

@@ -298,8 +298,10 @@ impl App {
                 directory: self.agents.clone(),
                 catalog: Some(catalog.clone()),
             };
-            Arc::new(crate::console::ConsoleControl::new(admin, running.gateway.clone()))
-                as Arc<dyn console::ControlPlane>
+            Arc::new(crate::console::ConsoleControl::new(
+                admin,
+                running.gateway.clone(),
+            )) as Arc<dyn console::ControlPlane>
         });
         let (session_store_for_ops, catalog_for_ops) = (session_store.clone(), catalog.clone());
         let limits = self.config.api.limits.clone();
@@ -322,7 +324,10 @@ impl App {
             let api = api::ApiHandle::new(state);
             let mut app = api.router();
             if let Some(control) = console_control {
-                tracing::info!(secure_cookies = console_config.secure_cookies, "web console served under /console");
+                tracing::info!(
+                    secure_cookies = console_config.secure_cookies,
+                    "web console served under /console"
+                );
                 app = app.merge(console::router(console::ConsoleState {
                     api,
                     control,

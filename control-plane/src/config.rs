@@ -52,7 +52,8 @@ pub struct RawConfig {
     pub harness: harness::RawHarnessConfig,
     /// `[ops]`: the /metrics, /livez, /readyz listener (absent: off).
     #[serde(default)]
-    pub ops: daemon::ops::RawOps,    /// `[console]`: the web console under `/console` on the API listener.
+    pub ops: daemon::ops::RawOps,
+    /// `[console]`: the web console under `/console` on the API listener.
     #[serde(default)]
     pub console: console::RawConsoleConfig,
 }
@@ -107,7 +108,8 @@ pub struct Config {
     /// `[harness]` (its `instance_id` defaults to host name, pid and a random suffix).
     pub harness: harness::HarnessConfig,
     /// `[ops]`.
-    pub ops: daemon::ops::OpsConfig,    /// `[console]` (checked against `[api]`: TLS or loopback).
+    pub ops: daemon::ops::OpsConfig,
+    /// `[console]` (checked against `[api]`: TLS or loopback).
     pub console: console::ConsoleConfig,
 }
 
