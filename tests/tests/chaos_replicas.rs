@@ -267,7 +267,13 @@ async fn a_session_survives_replica_kills_and_link_cuts_without_running_a_tool_t
             );
             ControlPlane::configure(CpOptions {
                 heartbeat_interval_seconds: 0.5,
-                extra_toml: format!("{}{runtime}{}", ca.pki_keys(), postgres_toml(&url, &schema)),
+                // The default budget (200 model requests a turn) would end
+                // the full schedule's 201-request turn with budget_reached.
+                extra_toml: format!(
+                    "{}{runtime}{}\n[harness.budget]\nmax_model_requests_per_turn = 0\n",
+                    ca.pki_keys(),
+                    postgres_toml(&url, &schema)
+                ),
                 ..CpOptions::default()
             })
             .unwrap()
