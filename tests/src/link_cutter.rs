@@ -433,14 +433,23 @@ mod tests {
         assert!(closed(&mut a).await, "flow a dropped");
         assert!(closed(&mut b).await, "flow b dropped");
         let mut during = TcpStream::connect(cutter.addr()).await.unwrap();
-        assert!(closed(&mut during).await, "a new connection is refused while cut");
+        assert!(
+            closed(&mut during).await,
+            "a new connection is refused while cut"
+        );
 
         cutter.restore();
         let mut c = TcpStream::connect(cutter.addr()).await.unwrap();
         assert_eq!(tcp_roundtrip(&mut c, b"three").await.unwrap(), b"three");
         let s = cutter.stats();
         assert_eq!(
-            (s.cuts, s.effective_cuts, s.flows_opened, s.flows_cut, s.tcp_refused),
+            (
+                s.cuts,
+                s.effective_cuts,
+                s.flows_opened,
+                s.flows_cut,
+                s.tcp_refused
+            ),
             (1, 1, 3, 2, 1),
             "{s}"
         );

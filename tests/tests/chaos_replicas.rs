@@ -420,7 +420,10 @@ async fn a_session_survives_replica_kills_and_link_cuts_without_running_a_tool_t
             } else {
                 "no call in flight within 30 s"
             };
-            (holder.unwrap_or(k.replica), format!("{point}, lease holder {holder:?}"))
+            (
+                holder.unwrap_or(k.replica),
+                format!("{point}, lease holder {holder:?}"),
+            )
         } else {
             tokio::time::sleep(k.delay).await;
             (k.replica, format!("+{} ms", k.delay.as_millis()))
@@ -435,7 +438,9 @@ async fn a_session_survives_replica_kills_and_link_cuts_without_running_a_tool_t
         let cp = &mut cps[victim];
         tokio::task::block_in_place(|| cp.start())
             .unwrap_or_else(|e| panic!("restart {} after kill {i}: {e:#}", NAMES[victim]));
-        wait_api(&apis[victim], Duration::from_secs(30)).await.unwrap();
+        wait_api(&apis[victim], Duration::from_secs(30))
+            .await
+            .unwrap();
     }
     eprintln!("{}", kill_log.join("\n"));
 
@@ -535,7 +540,11 @@ async fn a_session_survives_replica_kills_and_link_cuts_without_running_a_tool_t
         .iter()
         .map(|cp| cp.log().matches("control plane started").count())
         .sum();
-    assert_eq!(restarts, 2 + size.kills, "each kill was followed by a restart");
+    assert_eq!(
+        restarts,
+        2 + size.kills,
+        "each kill was followed by a restart"
+    );
     let stats: Vec<_> = cutters.iter().map(LinkCutter::stats).collect();
     assert_eq!(
         stats.iter().map(|s| s.cuts).sum::<u64>(),
