@@ -301,11 +301,15 @@ pub fn default_instance_id() -> String {
 
 /// `[harness]` into the typed config, defaulting `instance_id` to
 /// [`default_instance_id`].
-pub fn harness_config(mut raw: harness::RawHarnessConfig) -> Result<HarnessConfig, ConfigError> {
-    if raw.instance_id.is_none() {
-        raw.instance_id = Some(default_instance_id());
+/// A defaulted id is not a configured one: `serve` replaces it with the data
+/// dir's stable id ([`InstanceIdentity::claim`] looks at
+/// `instance_id_configured`).
+pub fn harness_config(raw: harness::RawHarnessConfig) -> Result<HarnessConfig, ConfigError> {
+    let mut config = HarnessConfig::from_raw(raw)?;
+    if !config.instance_id_configured {
+        config.instance_id = default_instance_id();
     }
-    Ok(HarnessConfig::from_raw(raw)?)
+    Ok(config)
 }
 
 /// Build the harness over `store`, the model `provider` (see [`provider`])
@@ -421,6 +425,7 @@ mod tests {
         assert!(a.contains(&format!("-{}-", std::process::id())), "{a}");
         let c = harness_config(harness::RawHarnessConfig::default()).unwrap();
         assert!(c.instance_id.contains(&std::process::id().to_string()));
+        assert!(!c.instance_id_configured, "a defaulted id is not a configured one");
         let raw: harness::RawHarnessConfig = toml::from_str("provisioning = \"never\"").unwrap();
         let e = harness_config(raw).unwrap_err();
         assert!(e.to_string().contains("harness.provisioning"), "{e}");
