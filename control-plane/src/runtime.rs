@@ -425,7 +425,10 @@ mod tests {
         assert!(a.contains(&format!("-{}-", std::process::id())), "{a}");
         let c = harness_config(harness::RawHarnessConfig::default()).unwrap();
         assert!(c.instance_id.contains(&std::process::id().to_string()));
-        assert!(!c.instance_id_configured, "a defaulted id is not a configured one");
+        assert!(
+            !c.instance_id_configured,
+            "a defaulted id is not a configured one"
+        );
         let raw: harness::RawHarnessConfig = toml::from_str("provisioning = \"never\"").unwrap();
         let e = harness_config(raw).unwrap_err();
         assert!(e.to_string().contains("harness.provisioning"), "{e}");
