@@ -327,7 +327,8 @@ async fn main() -> Result<()> {
         rows.push(run(m, &model, &mut seed).await?);
     }
     println!(
-        "bench-recovery: control-plane serve (release, SQLite), fake model at {} ms, SIGKILL + restart on the same data dir, {} cores",
+        "bench-recovery: control-plane serve from {} (SQLite), fake model at {} ms, SIGKILL + restart on the same data dir, {} cores",
+        std::env::var("AIRLOCK_BIN_DIR").unwrap_or_default(),
         MODEL_LATENCY.as_millis(),
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
