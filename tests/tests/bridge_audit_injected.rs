@@ -67,7 +67,7 @@ fn uses(path: &Path) -> Vec<Value> {
 }
 
 async fn use_of(path: &Path, tool_use_id: &str) -> Value {
-    testkit::eventually(
+    let found = testkit::try_eventually(
         "the credential use in the agent's audit record",
         Duration::from_secs(15),
         || {
@@ -76,7 +76,14 @@ async fn use_of(path: &Path, tool_use_id: &str) -> Value {
                 .find(|u| u["tool_use_id"] == tool_use_id)
         },
     )
-    .await
+    .await;
+    match found {
+        Ok(u) => u,
+        Err(e) => panic!(
+            "{e}: no use with tool_use_id {tool_use_id}; the record's credential uses: {:#?}",
+            uses(path)
+        ),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -96,17 +96,28 @@ impl ToolCalls {
     }
 
     /// The one tool call of `sandbox_id` running at `at`, if exactly one was.
+    /// A call whose span contains `at` itself wins; only when none does is
+    /// [`SLACK`] allowed around the spans (so two calls back to back, closer
+    /// than the slack, do not make a use inside the second one ambiguous).
     pub fn at(&self, sandbox_id: &str, at: SystemTime) -> Option<String> {
         let map = self.lock();
-        let mut hits = map
-            .get(sandbox_id)?
-            .iter()
-            .filter(|s| s.started <= at + SLACK && s.ended.is_none_or(|e| at <= e + SLACK));
-        let first = hits.next()?;
-        if hits.next().is_some() {
-            return None;
+        let spans = map.get(sandbox_id)?;
+        let only = |slack: Duration| {
+            let mut hits = spans
+                .iter()
+                .filter(|s| s.started <= at + slack && s.ended.is_none_or(|e| at <= e + slack));
+            let first = hits.next()?;
+            if hits.next().is_some() {
+                return None;
+            }
+            Some(first.tool_use_id.clone())
+        };
+        let within = |s: &&Span| s.started <= at && s.ended.is_none_or(|e| at <= e);
+        match spans.iter().filter(within).count() {
+            0 => only(SLACK),
+            1 => only(Duration::ZERO),
+            _ => None,
         }
-        Some(first.tool_use_id.clone())
     }
 }
 
@@ -363,6 +374,20 @@ mod tests {
         time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap()
+    }
+
+    #[test]
+    fn a_use_inside_the_second_of_two_calls_back_to_back_is_the_seconds() {
+        let calls = ToolCalls::default();
+        drop(calls.begin("sbx_1", "toolu_a"));
+        // toolu_b starts within SLACK of toolu_a's end; a use during b (also
+        // within SLACK of a's end) is b's, not ambiguous.
+        let _b = calls.begin("sbx_1", "toolu_b");
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(
+            calls.at("sbx_1", SystemTime::now()).as_deref(),
+            Some("toolu_b")
+        );
     }
 
     #[test]
