@@ -114,3 +114,30 @@ mod tests {
         );
     }
 }
+
+/// A replica's lease holder name: its stable instance id
+/// (`<data_dir>/instance_id`, written by `serve` at start).
+pub fn instance_id(cp: &crate::deploy::ControlPlane) -> String {
+    let path = cp.dir().join("data").join("instance_id");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .to_owned()
+}
+
+/// The holder of a running session's unexpired lease (a replica's
+/// [`instance_id`]), or `None` when the session is not running or its lease
+/// is free or expired.
+pub async fn live_holder(
+    store: &dyn session_store::SessionStore,
+    session_id: &str,
+) -> Option<String> {
+    let r = store.get_session(session_id).await.ok()?;
+    if r.status != session_store::SessionStatus::Running {
+        return None;
+    }
+    if r.lease.expires_at? <= time::OffsetDateTime::now_utc() {
+        return None;
+    }
+    r.lease.holder
+}

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use airlock_tests::deploy::{tail, Agent, AgentOptions, ControlPlane, CpOptions};
 use airlock_tests::fake_model::{FakeModel, Reply, RequestCtx, Turn};
+use airlock_tests::replicas::{instance_id, live_holder};
 use e2e_support::{
     check_seqs_and_ids, check_tool_pairs, content_text, runtime_toml, wait_api, Api,
     ContainerCleanup, RecordLine,
@@ -77,19 +78,6 @@ fn script(req: &RequestCtx) -> Reply {
 }
 
 /// The pid in the lease holder name (`host-pid-suffix`) of an unexpired lease.
-async fn holder_pid(store: &PgStore, session_id: &str) -> Option<u32> {
-    let r = store.get_session(session_id).await.ok()?;
-    if r.status != SessionStatus::Running {
-        return None;
-    }
-    let expires = r.lease.expires_at?;
-    if expires <= time::OffsetDateTime::now_utc() {
-        return None;
-    }
-    let holder = r.lease.holder?;
-    holder.rsplit('-').nth(1)?.parse().ok()
-}
-
 async fn results(api: &Api, session_id: &str) -> usize {
     api.events(session_id)
         .await
@@ -202,7 +190,8 @@ async fn a_session_moves_to_the_other_replica_and_keeps_its_sandbox_and_a_revoca
             tail(&agent.log(), 40)
         )
     };
-    let (pid_a, pid_b) = (a.pid().unwrap(), b.pid().unwrap());
+    let (id_a, id_b) = (instance_id(&a), instance_id(&b));
+    assert_ne!(id_a, id_b, "each replica has its own instance id");
     let mut cps = [a, b];
     for cp in &cps {
         if let Err(e) = cp.wait_connected(&agent_id, Duration::from_secs(60)) {
@@ -225,14 +214,15 @@ async fn a_session_moves_to_the_other_replica_and_keeps_its_sandbox_and_a_revoca
             let (store, sid, api) = (&store, &sid, &api_a);
             async move {
                 let n = results(api, sid).await;
-                let h = holder_pid(store, sid).await?;
+                let h = live_holder(store, sid).await?;
                 (2..STEPS - 4).contains(&n).then_some((h, n))
             }
         },
     )
     .await;
-    let (victim_is_a, before) = (holder.0 == pid_a, holder.1);
-    assert!(holder.0 == pid_a || holder.0 == pid_b, "holder {holder:?}");
+    let victim_is_a = holder.0 == id_a;
+    let before = holder.1;
+    assert!(victim_is_a || holder.0 == id_b, "holder {holder:?}");
     let (k, sv, api) = if victim_is_a {
         (0, 1, &api_b)
     } else {

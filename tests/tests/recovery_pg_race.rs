@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use airlock_tests::deploy::{tail, ControlPlane, CpOptions};
 use airlock_tests::fake_model::{FakeModel, Reply, RequestCtx, Turn};
+use airlock_tests::replicas::{instance_id, live_holder};
 use e2e_support::{
     check_seqs_and_ids, check_tool_pairs, content_text, runtime_toml, summary, wait_api, Api,
     SandboxAgent,
@@ -104,20 +105,6 @@ fn signal(pid: u32, sig: &str) {
     assert!(ok, "kill {sig} {pid}");
 }
 
-/// The pid in a lease holder name (`host-pid-suffix`) of an unexpired lease.
-async fn holder_pid(store: &PgStore, session_id: &str) -> Option<u32> {
-    let r = store.get_session(session_id).await.ok()?;
-    if r.status != SessionStatus::Running {
-        return None;
-    }
-    let expires = r.lease.expires_at?;
-    if expires <= time::OffsetDateTime::now_utc() {
-        return None;
-    }
-    let holder = r.lease.holder?;
-    holder.rsplit('-').nth(1)?.parse().ok()
-}
-
 async fn results(api: &Api, session_id: &str) -> usize {
     api.events(session_id)
         .await
@@ -192,6 +179,8 @@ async fn two_control_planes_on_postgres_one_harness_at_a_time_and_the_survivor_f
         sessions.push(sid);
     }
     let (pid_a, pid_b) = (a.pid().unwrap(), b.pid().unwrap());
+    let (id_a, id_b) = (instance_id(&a), instance_id(&b));
+    let (id_a, id_b) = (id_a.as_str(), id_b.as_str());
     let diag = |a: &ControlPlane, b: &ControlPlane| {
         format!(
             "\n--- A log:\n{}\n--- B log:\n{}",
@@ -206,7 +195,9 @@ async fn two_control_planes_on_postgres_one_harness_at_a_time_and_the_survivor_f
         async move {
             for sid in sessions {
                 let n = results(api, sid).await;
-                if (1..STEPS - 6).contains(&n) && holder_pid(store, sid).await == Some(pid_a) {
+                if (1..STEPS - 6).contains(&n)
+                    && live_holder(store, sid).await.as_deref() == Some(id_a)
+                {
                     return Some(sid.clone());
                 }
             }
@@ -225,7 +216,7 @@ async fn two_control_planes_on_postgres_one_harness_at_a_time_and_the_survivor_f
         || {
             let (store, target, api) = (&store, &target, &api_b);
             async move {
-                (holder_pid(store, target).await == Some(pid_b)
+                (live_holder(store, target).await.as_deref() == Some(id_b)
                     && results(api, target).await >= before + 2)
                     .then_some(())
             }
@@ -256,7 +247,7 @@ async fn two_control_planes_on_postgres_one_harness_at_a_time_and_the_survivor_f
         async move {
             for sid in sessions {
                 let n = results(api, sid).await;
-                if n < STEPS - 1 && holder_pid(store, sid).await == Some(pid_b) {
+                if n < STEPS - 1 && live_holder(store, sid).await.as_deref() == Some(id_b) {
                     return Some((sid.clone(), n));
                 }
             }
@@ -279,8 +270,12 @@ async fn two_control_planes_on_postgres_one_harness_at_a_time_and_the_survivor_f
             Err(e) => panic!("{e}{}", diag(&a, &b)),
         }
     }
-    let holder_after = holder_pid(&store, &victim.0).await;
-    assert_ne!(holder_after, Some(pid_b), "the dead replica holds nothing");
+    let holder_after = live_holder(&store, &victim.0).await;
+    assert_ne!(
+        holder_after.as_deref(),
+        Some(id_b),
+        "the dead replica holds nothing"
+    );
 
     // The logs: one harness at a time left one consistent history.
     for (sid, events) in &logs {
