@@ -118,8 +118,36 @@ pub fn router(state: ConsoleState) -> Router {
         )
         .route("/console/audit", get(pages::audit::show))
         .route("/console/{*rest}", get(pages::unknown).post(pages::unknown))
+        .layer(axum::middleware::from_fn(read_body_first))
         .layer(axum::middleware::from_fn(security_headers))
         .with_state(shared)
+}
+
+/// Largest form body the console reads.
+pub(crate) const MAX_FORM_BYTES: usize = 64 * 1024;
+
+/// Reads a request's body (up to [`MAX_FORM_BYTES`]) before anything
+/// answers it. A request refused before its handler reads the form (no
+/// session cookie, CSRF, read-only) would otherwise leave the body unread,
+/// and the server would close the connection after answering; a client that
+/// sends its next POST on that pooled connection gets it cut without an
+/// answer (POSTs are not retried). With the body read, the connection stays
+/// usable. A larger body is refused here with 413.
+async fn read_body_first(req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    match axum::body::to_bytes(body, MAX_FORM_BYTES).await {
+        Ok(bytes) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Err(_) => {
+            let mut r = Response::new(axum::body::Body::from(
+                "request body too large or unreadable",
+            ));
+            *r.status_mut() = http::StatusCode::PAYLOAD_TOO_LARGE;
+            r
+        }
+    }
 }
 
 /// Adds the CSP, `nosniff`, no-referrer, no framing and no caching to every

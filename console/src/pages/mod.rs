@@ -45,7 +45,7 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for FormPairs {
     type Rejection = ConsoleError;
 
     async fn from_request(req: axum::extract::Request, _state: &S) -> Result<Self, ConsoleError> {
-        let bytes = axum::body::to_bytes(req.into_body(), 64 * 1024)
+        let bytes = axum::body::to_bytes(req.into_body(), crate::MAX_FORM_BYTES)
             .await
             .map_err(|_| {
                 ConsoleError::BadRequest("form body too large or unreadable".to_owned())
