@@ -330,6 +330,10 @@ def test_agents_page_and_revoke_through_the_confirmation(deployment, browser):
     assert d.agent_id in connected_agents(d)
     shot(b, "revoke-confirm")
     b.find_element(By.ID, "revoke-confirm-button").click()
+    # The POST's answer (a redirect to the agent's page) must land before the
+    # next navigation, or it replaces the list loaded below.
+    until(b, "the revoke answered", lambda x: x.current_url.split("?")[0].endswith(f"/console/agents/{d.agent_id}")
+          and css(x, "#agent-state"))
     deadline = time.monotonic() + 30
     while True:
         b.get(d.console + "/agents")

@@ -203,12 +203,15 @@ pub async fn show(
         (None, Some(n)) => Window::After(n),
         (None, None) => Window::Tail,
     };
-    let record = s.state.api.state().store.get_session(&id).await?;
     let page = load(&s, &id, window).await?;
+    let reason = stop_reason(&s, &id).await?;
+    // Read after the events: the status shown is never older than the last
+    // event the page holds (the live tail starts after it, so a status change
+    // between the two reads is sent again rather than lost).
+    let record = s.state.api.state().store.get_session(&id).await?;
     let (results, confirmations) =
         answers_for(&s, &id, &page.events, page.newer || window != Window::Tail).await?;
     let placement = placement_for(&s, &record, &page.events).await;
-    let reason = stop_reason(&s, &id).await?;
     let uses_present: HashSet<String> = page
         .events
         .iter()
