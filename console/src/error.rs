@@ -50,6 +50,11 @@ pub enum ConsoleError {
 }
 
 impl ConsoleError {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        self.status_and_message().0
+    }
+
     /// The status and the message shown (no internals for 5xx).
     fn status_and_message(&self) -> (StatusCode, String) {
         match self {

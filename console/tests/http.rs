@@ -310,6 +310,31 @@ async fn read_only_keys_see_no_action_and_cannot_change_anything() {
     }
     assert_eq!(s.event_types("sesn_one").await.len(), 3);
     assert!(s.control.revoked.lock().unwrap().is_empty());
+    // every refused attempt is in the audit, with the key and the 403
+    let audit = s
+        .catalog
+        .list_audit_events(catalog::audit::AuditEventQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for want in [
+        "console.sessions.confirm.allow",
+        "console.sessions.interrupt",
+        "console.sessions.archive",
+        "console.agents.revoke",
+    ] {
+        let found = audit.items.iter().find(|e| e.event.action == want);
+        let e = found.unwrap_or_else(|| panic!("refused {want} not audited"));
+        assert_eq!(e.event.status, 403, "{want}");
+        assert_eq!(e.event.outcome, catalog::audit::Outcome::Error, "{want}");
+        assert!(
+            matches!(&e.event.actor, catalog::audit::Actor::ApiKey(k) if k == "key_reader"),
+            "{want}: {:?}",
+            e.event.actor
+        );
+    }
     // and on the public API: reads yes, anything else 403 permission_error naming the role
     let get = s
         .send(

@@ -33,7 +33,7 @@ use e2e_support::{
     SandboxAgent,
 };
 use serde_json::{json, Value};
-use session_store::{PgOptions, PgStore, SessionStatus, SessionStore};
+use session_store::{PgOptions, PgStore};
 use testkit::eventually_async;
 
 const STEPS: usize = 16;

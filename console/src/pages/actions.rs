@@ -21,8 +21,9 @@ pub(crate) async fn audit(
     key_id: &str,
     action: &str,
     resource_ids: Vec<String>,
-    ok: bool,
+    outcome: Result<(), &ConsoleError>,
 ) {
+    let ok = outcome.is_ok();
     let event = NewAuditEvent {
         id: format!("audevt_{}", uuid::Uuid::now_v7().simple()),
         at: OffsetDateTime::now_utc(),
@@ -30,7 +31,7 @@ pub(crate) async fn audit(
         remote_addr: None,
         action: action.to_owned(),
         resource_ids,
-        status: if ok { 200 } else { 400 },
+        status: outcome.map_or_else(|e| e.status().as_u16(), |()| 200),
         outcome: if ok { Outcome::Ok } else { Outcome::Error },
         request_id: None,
     };
@@ -39,10 +40,22 @@ pub(crate) async fn audit(
     }
 }
 
-/// The checks every action makes, in order: CSRF, then the role.
-fn admitted(who: &SignedIn, form: &[(String, String)]) -> Result<(), ConsoleError> {
-    who.check_csrf(form_field(form, "csrf"))?;
-    who.require_admin()
+/// The checks every action makes, in order: CSRF, then the role. A refusal
+/// is recorded in the audit like the action would have been (with its 403).
+pub(crate) async fn admitted(
+    s: &AppState,
+    who: &SignedIn,
+    form: &[(String, String)],
+    action: &str,
+    ids: &[String],
+) -> Result<(), ConsoleError> {
+    let checked = who
+        .check_csrf(form_field(form, "csrf"))
+        .and_then(|()| who.require_admin());
+    if let Err(refused) = &checked {
+        audit(s, who.key_id(), action, ids.to_vec(), Err(refused)).await;
+    }
+    checked
 }
 
 async fn finish(
@@ -53,7 +66,7 @@ async fn finish(
     result: Result<(), ConsoleError>,
     back: String,
 ) -> Result<Response, ConsoleError> {
-    audit(s, who.key_id(), action, ids, result.is_ok()).await;
+    audit(s, who.key_id(), action, ids, result.as_ref().copied()).await;
     result?;
     Ok(Redirect::to(&back).into_response())
 }
@@ -66,11 +79,16 @@ pub async fn confirm(
     who: SignedIn,
     FormPairs(form): FormPairs,
 ) -> Result<Response, ConsoleError> {
-    admitted(&who, &form)?;
     let tool_use_id = form_field(&form, "tool_use_id")
         .unwrap_or_default()
         .to_owned();
     let result = form_field(&form, "result").unwrap_or_default().to_owned();
+    let action = format!(
+        "console.sessions.confirm.{}",
+        if result == "allow" { "allow" } else { "deny" }
+    );
+    let ids = vec![id.clone(), tool_use_id.clone()];
+    admitted(&s, &who, &form, &action, &ids).await?;
     let mut event =
         json!({"type": "user.tool_confirmation", "tool_use_id": tool_use_id, "result": result});
     if let Some(m) = form_field(&form, "deny_message").filter(|m| !m.is_empty()) {
@@ -83,15 +101,11 @@ pub async fn confirm(
         .await
         .map(|_| ())
         .map_err(ConsoleError::from);
-    let action = format!(
-        "console.sessions.confirm.{}",
-        if result == "allow" { "allow" } else { "deny" }
-    );
     finish(
         &s,
         &who,
         &action,
-        vec![id.clone(), tool_use_id],
+        ids,
         outcome,
         format!("/console/sessions/{id}"),
     )
@@ -105,7 +119,7 @@ pub async fn interrupt(
     who: SignedIn,
     FormPairs(form): FormPairs,
 ) -> Result<Response, ConsoleError> {
-    admitted(&who, &form)?;
+    admitted(&s, &who, &form, "console.sessions.interrupt", &[id.clone()]).await?;
     let outcome = s
         .state
         .api
@@ -131,7 +145,7 @@ pub async fn archive(
     who: SignedIn,
     FormPairs(form): FormPairs,
 ) -> Result<Response, ConsoleError> {
-    admitted(&who, &form)?;
+    admitted(&s, &who, &form, "console.sessions.archive", &[id.clone()]).await?;
     let outcome = s
         .state
         .api

@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use crate::auth::SignedIn;
 use crate::backend::AgentView;
 use crate::error::ConsoleError;
-use crate::pages::{form_field, FormPairs};
+use crate::pages::FormPairs;
 use crate::render::rfc3339;
 use crate::AppState;
 
@@ -155,15 +155,20 @@ pub async fn revoke(
     who: SignedIn,
     FormPairs(form): FormPairs,
 ) -> Result<Response, ConsoleError> {
-    who.check_csrf(form_field(&form, "csrf"))?;
-    who.require_admin()?;
-    let result = s.state.control.revoke(&id).await;
+    let action = "console.agents.revoke";
+    crate::pages::actions::admitted(&s, &who, &form, action, &[id.clone()]).await?;
+    let result = s
+        .state
+        .control
+        .revoke(&id)
+        .await
+        .map_err(ConsoleError::from);
     crate::pages::actions::audit(
         &s,
         who.key_id(),
-        "console.agents.revoke",
+        action,
         vec![id.clone()],
-        result.is_ok(),
+        result.as_ref().map(|_| ()),
     )
     .await;
     let outcome = result?;

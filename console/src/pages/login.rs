@@ -86,7 +86,7 @@ pub async fn submit(
         &record.id,
         "console.login",
         vec![record.id.clone()],
-        true,
+        Ok(()),
     )
     .await;
     tracing::info!(key_id = %record.id, role = %record.role, "console sign-in");
@@ -116,7 +116,7 @@ pub async fn logout(
         who.key_id(),
         "console.logout",
         vec![who.key_id().to_owned()],
-        true,
+        Ok(()),
     )
     .await;
     let mut response = Redirect::to("/console/login").into_response();
