@@ -10,6 +10,7 @@ import json
 import os
 import pathlib
 import queue
+import random
 import signal
 import socket
 import subprocess
@@ -266,10 +267,21 @@ class VaultBridge:
 
 
 def free_port():
-    """A loopback TCP port that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free a moment ago for both TCP and UDP (the tunnel
+    listens on both), picked below the kernel's ephemeral range (32768..)
+    so the outgoing sockets opened by the hundred (agents' QUIC sockets, TCP
+    connects) cannot take it before the process it is for binds it; and
+    below the 20000.. range the Rust tests pick from (tests/src/deploy.rs)."""
+    for _ in range(2000):
+        port = random.randrange(12_000, 20_000)
+        try:
+            with socket.socket() as t, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                t.bind(("127.0.0.1", port))
+                u.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no loopback port in 12000..20000 free for both TCP and UDP")
 
 
 def files_bytes(root):

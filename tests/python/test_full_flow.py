@@ -21,14 +21,13 @@ model endpoint from ANTHROPIC_BASE_URL / ANTHROPIC_API_KEY.
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import tempfile
 import time
 
 import pytest
 
-from conftest import ControlPlane, binary, user_message
+from conftest import ControlPlane, binary, free_port, user_message
 
 #: Why the module would be skipped (None: it runs). `control-plane serve`
 #: runs the harness on the gateway's hands since 22e3e8a.
@@ -36,12 +35,6 @@ SKIP_REASON = None
 pytestmark = pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")
 
 WAIT = 120
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Deployment:
