@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! agent -> bridge:  Hello{min_version, max_version, software_version}
-//!                   OpenEgress{sandbox_id, session_id, allowed_hosts, repositories, credentials}
+//!                   OpenEgress{sandbox_id, session_id, allowed_hosts, repositories, credentials,
+//!                              egress_hosts?}
 //!                   CloseEgress{sandbox_id}   Health
 //!                   PutCredential | ForgetCredential | PutSessionToken | ForgetSessionToken
 //!                   SubscribeAudit{after_seq}
@@ -41,6 +42,14 @@
 //! only; whoever connects to it *is* that sandbox (the listener says so, the
 //! client cannot). Sandbox ids are checked with [`check_sandbox_id`] on both
 //! sides, because the bridge builds a path from them.
+//!
+//! Versions:
+//!
+//! - **1**: everything above.
+//! - **2**: `OpenEgress` may carry `egress_hosts`, the agent's
+//!   `[policy] egress_hosts`, and the bridge enforces it. An agent with that
+//!   policy refuses to open egress on a version-1 bridge (which would ignore
+//!   the field); without it nothing changes and the field is not sent.
 
 use std::collections::BTreeMap;
 
@@ -56,7 +65,9 @@ pub use crate::relay::{
 /// Lowest agent-channel version this build speaks.
 pub const BRIDGE_PROTOCOL_VERSION_MIN: u32 = 1;
 /// Highest agent-channel version this build speaks.
-pub const BRIDGE_PROTOCOL_VERSION_MAX: u32 = 1;
+pub const BRIDGE_PROTOCOL_VERSION_MAX: u32 = 2;
+/// The first version whose bridges enforce `OpenEgress::egress_hosts`.
+pub const BRIDGE_VERSION_EGRESS_HOSTS: u32 = 2;
 /// Longest sandbox id the bridge accepts.
 pub const SANDBOX_ID_MAX_LEN: usize = 64;
 
@@ -90,6 +101,12 @@ pub enum ToBridge {
         /// fetches the secrets).
         #[serde(default)]
         credentials: Vec<EgressCredential>,
+        /// The agent's egress policy (`[policy] egress_hosts`: `host`,
+        /// `*.domain`, either with `:port`): the only hosts of the above the
+        /// sandbox may reach. `None`: no limit beyond them; empty: none.
+        /// Sent only to bridges of version [`BRIDGE_VERSION_EGRESS_HOSTS`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        egress_hosts: Option<Vec<String>>,
     },
     /// Stop a sandbox's egress listener and remove its socket.
     CloseEgress {
@@ -262,6 +279,9 @@ code_enum! {
         SecretUnavailable => "secret_unavailable",
         /// A placeholder was sent to a host it is not allowed on; refused (403).
         PlaceholderRefused => "placeholder_refused",
+        /// The destination was refused (403) by a host policy (see `policy`);
+        /// no credential involved.
+        HostRefused => "host_refused",
     }
 }
 
@@ -295,6 +315,13 @@ pub struct CredentialUse {
     /// The upstream's HTTP status, when it answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
+    /// For `host_refused`: the policy that refused (`session.allowed_hosts`,
+    /// `session.plain_http`, `policy.egress_hosts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// For `host_refused`: the refusal (names host and port; never a secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// A sandbox id that cannot name a socket directory.
@@ -382,6 +409,7 @@ mod tests {
                         mcp_server_url: "https://mcp.example.com/mcp".into(),
                     },
                 }],
+                egress_hosts: Some(vec!["git.example.com:443".into(), "*.example.org".into()]),
             },
             ToBridge::ForgetSessionToken(ForgetSessionToken {
                 session_id: "sesn_1".into(),
@@ -440,6 +468,23 @@ mod tests {
                 path: "/a/b.git/info/refs".into(),
                 outcome: UseOutcome::Injected,
                 status: Some(200),
+                policy: None,
+                reason: None,
+            }),
+            FromBridge::AuditRecord(CredentialUse {
+                seq: 4,
+                at: "2026-12-06T14:00:01Z".into(),
+                sandbox_id: "sbx_1".into(),
+                session_id: "sesn_1".into(),
+                credential_id: None,
+                vault_id: None,
+                host: "b.example.com".into(),
+                method: "CONNECT".into(),
+                path: String::new(),
+                outcome: UseOutcome::HostRefused,
+                status: None,
+                policy: Some("policy.egress_hosts".into()),
+                reason: Some("host b.example.com port 443 is in the session's allowed hosts but not in this agent's policy.egress_hosts".into()),
             }),
         ] {
             assert_eq!(FromBridge::decode(&through_codec(&m)).unwrap(), m);
@@ -459,7 +504,20 @@ mod tests {
                 allowed_hosts: vec![],
                 repositories: vec![],
                 credentials: vec![],
+                egress_hosts: None,
             }
+        );
+        // Without a policy the field is not sent: a version-1 bridge sees
+        // exactly what it always did.
+        let s = serde_json::to_string(&m).unwrap();
+        assert!(!s.contains("egress_hosts"), "{s}");
+        let with: ToBridge = serde_json::from_str(
+            r#"{"type":"open_egress","sandbox_id":"s","session_id":"t","egress_hosts":[]}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(&with, ToBridge::OpenEgress { egress_hosts: Some(h), .. } if h.is_empty()),
+            "{with:?}"
         );
     }
 

@@ -66,6 +66,7 @@ fn open_egress(git: &GitServer) -> ToBridge {
             resource_id: Some("sesrsc_app".into()),
         }],
         credentials: vec![],
+        egress_hosts: None,
     }
 }
 
@@ -373,6 +374,7 @@ async fn relayed_environment_variable_credential_is_a_swapped_placeholder_until_
                     },
                 },
             }],
+            egress_hosts: None,
         })
         .await
         .unwrap();

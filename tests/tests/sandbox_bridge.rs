@@ -157,6 +157,7 @@ async fn a_bridged_sandbox_gets_its_dir_the_ca_and_the_proxy_and_nothing_else() 
                     resource_id: None,
                 }],
                 credentials: vec![],
+                egress_hosts: None,
             }
         );
     }

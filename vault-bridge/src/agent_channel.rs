@@ -32,7 +32,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinSet;
 
-use crate::agent_channel_egress::{session_policy, EgressListeners, OpenError};
+use crate::agent_channel_egress::{session_policy, with_agent_policy, EgressListeners, OpenError};
 use crate::backend::SecretBackend;
 use crate::egress::SandboxIdentity;
 
@@ -365,6 +365,7 @@ async fn handle(request: ToBridge, state: &State) -> FromBridge {
             allowed_hosts,
             repositories,
             credentials,
+            egress_hosts,
         } => {
             if let Some(relay) = &state.relay {
                 for c in &credentials {
@@ -385,6 +386,7 @@ async fn handle(request: ToBridge, state: &State) -> FromBridge {
                 has_token,
             )
             .and_then(|(policy, env)| {
+                let policy = with_agent_policy(&sandbox_id, policy, egress_hosts.as_deref())?;
                 let path = state.listeners.open(
                     SandboxIdentity {
                         sandbox_id: sandbox_id.clone(),
@@ -628,6 +630,7 @@ mod tests {
                 resource_id: None,
             }],
             credentials: vec![],
+            egress_hosts: None,
         }
     }
 
@@ -635,7 +638,7 @@ mod tests {
         let mut c = Client::connect(path).await;
         let a = c.call(&ToBridge::hello("test")).await;
         assert!(
-            matches!(a, FromBridge::HelloAccepted { version: 1, .. }),
+            matches!(a, FromBridge::HelloAccepted { version, .. } if version == BRIDGE_PROTOCOL_VERSION_MAX),
             "{a:?}"
         );
         c
@@ -751,6 +754,43 @@ mod tests {
         assert!(!f.channel_path.exists());
         assert!(!Path::new(&s2).exists());
         drop(f.dir);
+    }
+
+    #[tokio::test]
+    async fn the_agents_egress_hosts_refuse_a_session_host_naming_the_policy() {
+        let f = start(&[]).await;
+        let mut c = hello(&f.channel_path).await;
+        let mut req = open("sbx_4", &["a.example.com", "b.example.com"]);
+        if let ToBridge::OpenEgress { egress_hosts, .. } = &mut req {
+            *egress_hosts = Some(vec!["a.example.com".into(), "git.example.com:443".into()]);
+        }
+        let FromBridge::EgressOpened { socket_path, .. } = c.call(&req).await else {
+            panic!("not opened");
+        };
+        let (status, body) = connect_through(&socket_path, "b.example.com").await;
+        assert!(status.starts_with("HTTP/1.1 403"), "{status}");
+        assert!(
+            body.contains("b.example.com") && body.contains("policy.egress_hosts"),
+            "{body}"
+        );
+        // A host in neither keeps the session's refusal.
+        let (status, body) = connect_through(&socket_path, "c.example.com").await;
+        assert!(status.starts_with("HTTP/1.1 403"), "{status}");
+        assert!(
+            body.contains("session's allowed hosts") && !body.contains("egress_hosts"),
+            "{body}"
+        );
+        // A bad entry refuses the open, naming the key.
+        if let ToBridge::OpenEgress { egress_hosts, .. } = &mut req {
+            *egress_hosts = Some(vec!["https://a.example.com".into()]);
+        }
+        match c.call(&req).await {
+            FromBridge::Error { code, message } => {
+                assert_eq!(code, BridgeErrorCode::InvalidHost);
+                assert!(message.contains("policy.egress_hosts"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

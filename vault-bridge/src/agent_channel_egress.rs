@@ -29,8 +29,8 @@ use tokio::net::UnixListener;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::egress::{
-    AuthScheme, CredentialRef, Egress, EgressPolicy, HostCredential, HostPattern, HostRule,
-    InjectionLocation, Placeholder, PlaceholderHosts, SandboxIdentity,
+    AgentHost, AuthScheme, CredentialRef, Egress, EgressPolicy, HostCredential, HostPattern,
+    HostRule, InjectionLocation, Placeholder, PlaceholderHosts, SandboxIdentity,
 };
 
 /// File name of a sandbox's socket inside its directory.
@@ -455,6 +455,30 @@ pub fn session_policy(
     Ok((policy, env))
 }
 
+/// `policy` narrowed by the agent's `policy.egress_hosts` when the agent
+/// sent it (`None`: unchanged). An entry that is not `host`, `*.domain`,
+/// either with `:port`, refuses the whole `open_egress` naming it.
+pub fn with_agent_policy(
+    sandbox_id: &str,
+    policy: EgressPolicy,
+    egress_hosts: Option<&[String]>,
+) -> Result<EgressPolicy, OpenError> {
+    let Some(entries) = egress_hosts else {
+        return Ok(policy);
+    };
+    let hosts = entries
+        .iter()
+        .map(|h| {
+            AgentHost::parse(h).map_err(|e| OpenError::Host {
+                sandbox_id: sandbox_id.to_owned(),
+                host: h.clone(),
+                reason: format!("policy.egress_hosts: {e}"),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(policy.with_agent_policy(hosts))
+}
+
 /// The path prefixes a repository's token applies to: its URL path with and
 /// without `.git` (git's smart HTTP adds `/info/refs`, `/git-upload-pack`).
 pub fn repository_paths(path: &str) -> Vec<String> {
@@ -553,6 +577,48 @@ mod tests {
             .unwrap()
             .credentials
             .is_empty());
+    }
+
+    #[test]
+    fn the_agents_egress_hosts_narrow_the_session_policy() {
+        use crate::egress::PolicyName;
+        let p = policy_for(
+            "sbx_1",
+            &["a.example.com".into(), "b.example.com:8443".into()],
+            &[repo("https://git.example.com/org/app.git")],
+        )
+        .unwrap();
+        let same = with_agent_policy("sbx_1", p.clone(), None).unwrap();
+        assert!(same.check_connect("b.example.com", 8443).is_ok());
+        let narrowed = with_agent_policy(
+            "sbx_1",
+            p.clone(),
+            Some(&["a.example.com".into(), "*.example.com:443".into()]),
+        )
+        .unwrap();
+        assert!(narrowed.check_connect("a.example.com", 443).is_ok());
+        assert!(narrowed.check_connect("git.example.com", 443).is_ok());
+        assert_eq!(
+            narrowed
+                .check_connect("b.example.com", 8443)
+                .unwrap_err()
+                .policy,
+            PolicyName::AgentPolicy
+        );
+        let none = with_agent_policy("sbx_1", p.clone(), Some(&[])).unwrap();
+        assert_eq!(
+            none.check_connect("git.example.com", 443)
+                .unwrap_err()
+                .policy,
+            PolicyName::AgentPolicy
+        );
+        let e = with_agent_policy("sbx_7", p, Some(&["ok.example".into(), "bad host".into()]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("sbx_7") && e.contains("bad host") && e.contains("policy.egress_hosts"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -172,6 +172,12 @@ impl AuditJournal {
     /// Record one use: next sequence number, appended, broadcast. Returns it.
     pub fn append(&self, event: AuditEvent) -> CredentialUse {
         let (outcome, status) = map_outcome(&event.outcome);
+        let (policy, reason) = match &event.outcome {
+            AuditOutcome::HostRefused { policy, message } => {
+                (Some(policy.key().to_owned()), Some(message.clone()))
+            }
+            _ => (None, None),
+        };
         let mut st = self.lock();
         let use_ = CredentialUse {
             seq: st.next_seq,
@@ -185,6 +191,8 @@ impl AuditJournal {
             path: event.path,
             outcome,
             status,
+            policy,
+            reason,
         };
         st.next_seq += 1;
         match serde_json::to_vec(&use_) {
@@ -298,6 +306,7 @@ pub fn map_outcome(o: &AuditOutcome) -> (UseOutcome, Option<u16>) {
         AuditOutcome::UpstreamFailed => (UseOutcome::UpstreamFailed, None),
         AuditOutcome::SecretUnavailable => (UseOutcome::SecretUnavailable, None),
         AuditOutcome::PlaceholderRefused => (UseOutcome::PlaceholderRefused, None),
+        AuditOutcome::HostRefused { .. } => (UseOutcome::HostRefused, None),
     }
 }
 
@@ -372,6 +381,28 @@ mod tests {
             map_outcome(&AuditOutcome::UpstreamFailed),
             (UseOutcome::UpstreamFailed, None)
         );
+    }
+
+    #[test]
+    fn a_host_refusal_names_its_policy_and_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = AuditJournal::open(&journal_path(dir.path()), 100).unwrap();
+        let mut e = event("");
+        e.credential_id = None;
+        e.vault_id = None;
+        e.method = "CONNECT".into();
+        e.outcome = AuditOutcome::HostRefused {
+            policy: crate::egress::PolicyName::AgentPolicy,
+            message: "host b.test port 443 is in the session's allowed hosts but not in this agent's policy.egress_hosts".into(),
+        };
+        let u = j.append(e);
+        assert_eq!(u.outcome, UseOutcome::HostRefused);
+        assert_eq!(u.policy.as_deref(), Some("policy.egress_hosts"));
+        assert!(u.reason.as_deref().unwrap().contains("b.test port 443"));
+        assert_eq!((u.credential_id, u.status), (None, None));
+        // Other outcomes carry neither.
+        let u = j.append(event("/x"));
+        assert_eq!((u.policy, u.reason), (None, None));
     }
 
     #[test]

@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use protocol::bridge::{check_sandbox_id, BridgeErrorCode, EgressRepository, FromBridge, ToBridge};
+use protocol::bridge::{
+    check_sandbox_id, BridgeErrorCode, EgressRepository, FromBridge, ToBridge,
+    BRIDGE_VERSION_EGRESS_HOSTS,
+};
 use protocol::frame::{Frame, FrameCodec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -83,6 +86,19 @@ pub enum BridgeError {
     /// The sandbox id cannot name a socket directory.
     #[error(transparent)]
     InvalidSandboxId(#[from] protocol::bridge::InvalidSandboxId),
+    /// The agent has `policy.egress_hosts` but the bridge is too old to
+    /// enforce it; the request was not sent (fail closed).
+    #[error(
+        "vault-bridge agent channel {socket}: the bridge speaks agent channel version {version}, which does not enforce policy.egress_hosts (version {needed} does); egress not opened: upgrade the vault-bridge"
+    )]
+    PolicyUnsupported {
+        /// The agent channel socket.
+        socket: PathBuf,
+        /// The version the bridge accepted.
+        version: u32,
+        /// The first version that enforces it.
+        needed: u32,
+    },
 }
 
 /// A failed agent-channel call and how far it got.
@@ -145,13 +161,16 @@ impl BridgeClient {
     }
 
     /// The `open_egress` request for a sandbox (kept to re-send it after a
-    /// bridge restart).
+    /// bridge restart). `egress_hosts` is the agent's `policy.egress_hosts`
+    /// (`None`: none configured); with it, the request only goes to a bridge
+    /// that enforces it ([`BRIDGE_VERSION_EGRESS_HOSTS`]).
     pub fn open_egress_request(
         sandbox_id: &str,
         session_id: &str,
         allowed_hosts: Vec<String>,
         repositories: Vec<EgressRepository>,
         credentials: Vec<protocol::relay::EgressCredential>,
+        egress_hosts: Option<Vec<String>>,
     ) -> Result<ToBridge, BridgeError> {
         check_sandbox_id(sandbox_id)?;
         Ok(ToBridge::OpenEgress {
@@ -160,6 +179,7 @@ impl BridgeClient {
             allowed_hosts,
             repositories,
             credentials,
+            egress_hosts,
         })
     }
 
@@ -384,7 +404,23 @@ impl BridgeClient {
         self.send(&mut stream, &ToBridge::hello(env!("CARGO_PKG_VERSION")))
             .await?;
         match self.receive(&mut stream, &mut buf).await? {
-            FromBridge::HelloAccepted { .. } => {}
+            FromBridge::HelloAccepted { version, .. } => {
+                // A bridge that would ignore the agent's egress policy never
+                // gets a sandbox's egress.
+                if let ToBridge::OpenEgress {
+                    egress_hosts: Some(_),
+                    ..
+                } = request
+                {
+                    if version < BRIDGE_VERSION_EGRESS_HOSTS {
+                        return Err(BridgeError::PolicyUnsupported {
+                            socket: self.socket.clone(),
+                            version,
+                            needed: BRIDGE_VERSION_EGRESS_HOSTS,
+                        });
+                    }
+                }
+            }
             other => return Err(self.refused_or_unexpected("hello", other)),
         }
         *sent = true;
@@ -610,7 +646,8 @@ mod tests {
     }
 
     fn req(sandbox_id: &str, hosts: Vec<String>, repos: Vec<EgressRepository>) -> ToBridge {
-        BridgeClient::open_egress_request(sandbox_id, "sesn_1", hosts, repos, Vec::new()).unwrap()
+        BridgeClient::open_egress_request(sandbox_id, "sesn_1", hosts, repos, Vec::new(), None)
+            .unwrap()
     }
 
     async fn read_request(stream: &mut UnixStream, buf: &mut BytesMut) -> Option<ToBridge> {
@@ -634,6 +671,16 @@ mod tests {
     /// A peer that accepts one connection, checks the hello, records the
     /// request and answers it with `reply`.
     fn peer(listener: UnixListener, reply: FromBridge) -> tokio::task::JoinHandle<Vec<ToBridge>> {
+        peer_at(listener, 1, reply)
+    }
+
+    /// [`peer`] accepting the hello at `version`; records `None`-terminated:
+    /// when the client hangs up after the hello, only the hello is seen.
+    fn peer_at(
+        listener: UnixListener,
+        version: u32,
+        reply: FromBridge,
+    ) -> tokio::task::JoinHandle<Vec<ToBridge>> {
         tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
             let mut buf = BytesMut::new();
@@ -643,17 +690,98 @@ mod tests {
             answer(
                 &mut s,
                 &FromBridge::HelloAccepted {
-                    version: 1,
+                    version,
                     software_version: "test".into(),
                 },
             )
             .await;
             seen.push(hello);
-            let req = read_request(&mut s, &mut buf).await.unwrap();
+            let Some(req) = read_request(&mut s, &mut buf).await else {
+                return seen;
+            };
             seen.push(req);
             answer(&mut s, &reply).await;
             seen
         })
+    }
+
+    #[tokio::test]
+    async fn the_egress_policy_goes_only_to_a_bridge_that_enforces_it() {
+        let opened = FromBridge::EgressOpened {
+            socket_path: "/x/sbx_1/egress.sock".into(),
+            env: Default::default(),
+        };
+        let with_policy = BridgeClient::open_egress_request(
+            "sbx_1",
+            "sesn_1",
+            vec!["a.example.com".into(), "b.example.com".into()],
+            vec![],
+            vec![],
+            Some(vec!["a.example.com".into()]),
+        )
+        .unwrap();
+        // A version-1 bridge would ignore the field: refused before sending.
+        let dir = tempfile::tempdir().unwrap();
+        let st = settings(dir.path(), Duration::from_secs(5));
+        let old = peer_at(
+            UnixListener::bind(&st.socket_path).unwrap(),
+            1,
+            opened.clone(),
+        );
+        let e = BridgeClient::new(&st)
+            .open_egress(&with_policy)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                BridgeError::PolicyUnsupported {
+                    version: 1,
+                    needed: 2,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("policy.egress_hosts") && text.contains("upgrade the vault-bridge"),
+            "{text}"
+        );
+        assert_eq!(old.await.unwrap().len(), 1, "only the hello reached it");
+        // Without a policy a version-1 bridge is fine (nothing to enforce).
+        let dir = tempfile::tempdir().unwrap();
+        let st = settings(dir.path(), Duration::from_secs(5));
+        let old = peer_at(
+            UnixListener::bind(&st.socket_path).unwrap(),
+            1,
+            opened.clone(),
+        );
+        BridgeClient::new(&st)
+            .open_egress(&req("sbx_1", vec!["a.example.com".into()], vec![]))
+            .await
+            .unwrap();
+        let seen = old.await.unwrap();
+        assert!(
+            matches!(
+                &seen[1],
+                ToBridge::OpenEgress {
+                    egress_hosts: None,
+                    ..
+                }
+            ),
+            "{seen:?}"
+        );
+        // A version-2 bridge gets the policy.
+        let dir = tempfile::tempdir().unwrap();
+        let st = settings(dir.path(), Duration::from_secs(5));
+        let new = peer_at(UnixListener::bind(&st.socket_path).unwrap(), 2, opened);
+        BridgeClient::new(&st)
+            .open_egress(&with_policy)
+            .await
+            .unwrap();
+        let seen = new.await.unwrap();
+        assert_eq!(seen[1], with_policy);
     }
 
     #[tokio::test]
@@ -687,6 +815,7 @@ mod tests {
                 allowed_hosts: vec!["h.example.com".into()],
                 repositories: repos,
                 credentials: vec![],
+                egress_hosts: None,
             }
         );
     }

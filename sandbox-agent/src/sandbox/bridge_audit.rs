@@ -4,7 +4,9 @@
 //! [`run`] holds one `SubscribeAudit` connection on the bridge's agent
 //! channel: hello, then `SubscribeAudit{after_seq}` with the last bridge
 //! sequence number already in the audit record (recovered from the file on
-//! start), then one `credential_use` line per [`CredentialUse`] received.
+//! start), then one `credential_use` line per [`CredentialUse`] received (a
+//! destination a host policy refused is one too: `outcome: host_refused`,
+//! with a `decision` naming the policy and the refusal).
 //! Uses at or below the last recorded sequence number are skipped (no
 //! duplicates after a reconnect); a jump in the sequence means the bridge's
 //! bounded journal dropped uses before they could be delivered: logged and
@@ -196,8 +198,15 @@ impl Recorder {
             });
         }
         let tool_use_id = parse_at(&u.at).and_then(|at| self.calls.at(&u.sandbox_id, at));
+        let refused = u.outcome == protocol::bridge::UseOutcome::HostRefused;
+        let decision = refused.then(|| crate::audit::Decision {
+            allowed: false,
+            rule: u.policy.clone(),
+            reason: u.reason.clone(),
+        });
         self.audit.record(AuditEvent {
             call: "credential_use".into(),
+            decision,
             sandbox_id: Some(u.sandbox_id),
             session_id: Some(u.session_id),
             tool_use_id,
@@ -367,6 +376,8 @@ mod tests {
             path: "/x".into(),
             outcome: UseOutcome::Injected,
             status: Some(200),
+            policy: None,
+            reason: None,
         }
     }
 
@@ -446,5 +457,43 @@ mod tests {
         // A restarted agent resumes after the last recorded use.
         let r = Recorder::new(AuditLog::open(dir.path()).unwrap(), calls).unwrap();
         assert_eq!(r.last_seq(), 4);
+    }
+
+    #[test]
+    fn a_host_refusal_is_a_line_whose_decision_names_the_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = AuditLog::open(dir.path()).unwrap();
+        let mut r = Recorder::new(audit.clone(), ToolCalls::default()).unwrap();
+        let mut u = use_(1, &now_rfc3339());
+        u.credential_id = None;
+        u.vault_id = None;
+        u.host = "b.test".into();
+        u.method = "CONNECT".into();
+        u.path = String::new();
+        u.status = None;
+        u.outcome = UseOutcome::HostRefused;
+        u.policy = Some("policy.egress_hosts".into());
+        u.reason = Some("host b.test port 443 is in the session's allowed hosts but not in this agent's policy.egress_hosts".into());
+        r.record(u);
+        let line: serde_json::Value =
+            serde_json::from_str(std::fs::read_to_string(audit.path()).unwrap().trim()).unwrap();
+        assert_eq!(line["call"], "credential_use");
+        assert_eq!(line["outcome"], "host_refused");
+        assert_eq!(line["decision"]["allowed"], false);
+        assert_eq!(line["decision"]["rule"], "policy.egress_hosts");
+        assert!(line["decision"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("b.test port 443"));
+        assert_eq!(line["credential_use"]["bridge_seq"], 1);
+        assert_eq!(line["credential_use"]["host"], "b.test");
+        crate::audit::verify(audit.path()).unwrap();
+        // Its seq counts for the resume like any use.
+        assert_eq!(
+            Recorder::new(AuditLog::open(dir.path()).unwrap(), ToolCalls::default())
+                .unwrap()
+                .last_seq(),
+            1
+        );
     }
 }

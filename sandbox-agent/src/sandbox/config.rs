@@ -314,6 +314,11 @@ pub struct RawPolicy {
     /// sessions (`mcp.internal`, or `*.corp` for any name under `corp`).
     /// Absent: any host; present: only these (an empty list: none).
     pub mcp_hosts: Option<Vec<String>>,
+    /// Hosts this agent's sandboxes may reach through the vault-bridge, of
+    /// those their session allows (`git.internal`, `*.corp`, either with
+    /// `:port`). Absent: no limit beyond the session's; present: only these
+    /// (an empty list: none).
+    pub egress_hosts: Option<Vec<String>>,
 }
 
 /// Typed `[policy]`: what the control plane may ask of this agent.
@@ -339,6 +344,9 @@ pub struct Policy {
     pub allowed_networks: Vec<String>,
     /// Allowed MCP server host patterns (lowercase); `None`: any host.
     pub mcp_hosts: Option<Vec<String>>,
+    /// The egress hosts sandboxes may reach, of their session's; `None`: no
+    /// extra limit. Enforced by the vault-bridge (sent in `open_egress`).
+    pub egress_hosts: Option<Vec<EgressHost>>,
 }
 
 impl Policy {
@@ -389,7 +397,101 @@ impl Policy {
                 .mcp_hosts
                 .map(|hosts| hosts.iter().map(|h| mcp_host_pattern(h)).collect())
                 .transpose()?,
+            egress_hosts: raw
+                .egress_hosts
+                .map(|hosts| hosts.iter().map(|h| EgressHost::parse(h)).collect())
+                .transpose()?,
         })
+    }
+
+    /// Whether the agent's egress policy lets a sandbox reach `host:port`
+    /// (`true` without one). The bridge enforces it; the agent uses this to
+    /// explain a refusal (a repository that did not clone).
+    pub fn egress_allows(&self, host: &str, port: u16) -> bool {
+        self.egress_hosts
+            .as_ref()
+            .is_none_or(|hosts| hosts.iter().any(|h| h.matches(host, port)))
+    }
+
+    /// `policy.egress_hosts` as sent to the bridge.
+    pub fn egress_hosts_wire(&self) -> Option<Vec<String>> {
+        self.egress_hosts
+            .as_ref()
+            .map(|hosts| hosts.iter().map(EgressHost::to_string).collect())
+    }
+}
+
+/// One `policy.egress_hosts` entry: a host name or IPv4 address, or `*.`
+/// followed by a domain (any name under it, not the domain itself),
+/// optionally with `:port` (without: any port the session allows for it).
+/// The same rules as the bridge's host patterns, so an entry the agent
+/// accepts is one the bridge accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressHost {
+    /// Lowercase, without a trailing dot; may start with `*.`.
+    host: String,
+    port: Option<u16>,
+}
+
+impl EgressHost {
+    /// Parse an entry; errors name `policy.egress_hosts` and the entry.
+    pub fn parse(entry: &str) -> Result<Self, ConfigError> {
+        let bad =
+            |why: &str| ConfigError::invalid("policy.egress_hosts", format!("`{entry}`: {why}"));
+        if entry.contains("://") || entry.contains('/') || entry.contains('@') {
+            return Err(bad(
+                "a host name, not a URL (e.g. `git.internal`, `*.corp` or `git.internal:8443`)",
+            ));
+        }
+        if entry.contains('[') || entry.matches(':').count() > 1 {
+            return Err(bad("IPv6 addresses are not supported (the bridge reaches hosts by name or IPv4 address)"));
+        }
+        let (host, port) = match entry.split_once(':') {
+            Some((host, port)) => match port.parse::<u16>() {
+                Ok(p) if p != 0 => (host, Some(p)),
+                _ => return Err(bad("the port must be a number from 1 to 65535")),
+            },
+            None => (entry, None),
+        };
+        let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+        let body = host.strip_prefix("*.").unwrap_or(&host);
+        if body.is_empty() {
+            return Err(bad("empty host"));
+        }
+        if body.contains('*') {
+            return Err(bad("`*` is allowed only as a leading `*.`"));
+        }
+        let ok = body.len() <= 253
+            && body
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+            && !body.starts_with('.')
+            && !body.contains("..");
+        if !ok {
+            return Err(bad("not a host name"));
+        }
+        Ok(Self { host, port })
+    }
+
+    /// Whether `host:port` is in this entry (`host` compared case-insensitively).
+    pub fn matches(&self, host: &str, port: u16) -> bool {
+        let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+        let host_ok = match self.host.strip_prefix("*.") {
+            Some(domain) => host
+                .strip_suffix(domain)
+                .is_some_and(|rest| rest.len() > 1 && rest.ends_with('.')),
+            None => host == self.host,
+        };
+        host_ok && self.port.is_none_or(|p| p == port)
+    }
+}
+
+impl std::fmt::Display for EgressHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.port {
+            Some(p) => write!(f, "{}:{p}", self.host),
+            None => f.write_str(&self.host),
+        }
     }
 }
 
@@ -577,6 +679,65 @@ mod tests {
         assert!(e.to_string().contains("sandbox.on_restart"), "{e}");
     }
 
+    fn egress_policy(toml_text: &str) -> Result<Policy, ConfigError> {
+        crate::config::Config::parse(toml_text, std::path::Path::new("agent.toml"))
+            .map(|c| c.policy)
+    }
+
+    #[test]
+    fn egress_hosts_parse_match_and_go_on_the_wire() {
+        let p = egress_policy("").unwrap();
+        assert_eq!(p.egress_hosts, None);
+        assert_eq!(p.egress_hosts_wire(), None);
+        assert!(p.egress_allows("anything.example", 443));
+        let p = egress_policy(
+            "[policy]\negress_hosts = [\"Git.Internal.\", \"*.corp:8443\", \"10.0.0.7\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            p.egress_hosts_wire().unwrap(),
+            vec!["git.internal", "*.corp:8443", "10.0.0.7"]
+        );
+        assert!(p.egress_allows("git.internal", 443));
+        assert!(p.egress_allows("GIT.internal", 9443));
+        assert!(p.egress_allows("a.b.corp", 8443));
+        assert!(!p.egress_allows("a.b.corp", 443));
+        assert!(!p.egress_allows("corp", 8443));
+        assert!(!p.egress_allows("xcorp", 8443));
+        assert!(p.egress_allows("10.0.0.7", 443));
+        assert!(!p.egress_allows("10.0.0.8", 443));
+        assert!(!p.egress_allows("evil-git.internal", 443));
+        // An empty list: nothing.
+        let p = egress_policy("[policy]\negress_hosts = []\n").unwrap();
+        assert_eq!(p.egress_hosts_wire(), Some(vec![]));
+        assert!(!p.egress_allows("git.internal", 443));
+        for bad in [
+            "https://git.internal",
+            "git.internal/x",
+            "user@git.internal",
+            "git.internal:0",
+            "git.internal:http",
+            "git.internal:70000",
+            "[::1]",
+            "::1",
+            "*",
+            "*.",
+            "a.*.corp",
+            "git internal",
+            "",
+            ":443",
+            ".corp",
+            "a..corp",
+        ] {
+            let toml = format!("[policy]\negress_hosts = [\"ok.example\", {bad:?}]\n");
+            let e = egress_policy(&toml).unwrap_err().to_string();
+            assert!(
+                e.contains("policy.egress_hosts") && e.contains(&format!("`{bad}`")),
+                "{bad}: {e}"
+            );
+        }
+    }
+
     fn bridge(toml_text: &str) -> Result<Option<BridgeSettings>, ConfigError> {
         crate::config::Config::parse(toml_text, std::path::Path::new("agent.toml"))
             .map(|c| c.sandbox.bridge)
@@ -627,6 +788,19 @@ ca_cert_file = "/etc/airlock-vault-bridge/egress-ca.pem"
             let e = bridge(&text).unwrap_err().to_string();
             assert!(e.contains(key), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn the_commented_egress_hosts_example_parses_when_uncommented() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../packaging/examples/sandbox-agent.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("# egress_hosts = "))
+            .expect("a commented egress_hosts example");
+        let p = egress_policy(&format!("[policy]\negress_hosts = {line}\n")).unwrap();
+        assert!(!p.egress_hosts_wire().unwrap().is_empty());
     }
 
     #[test]

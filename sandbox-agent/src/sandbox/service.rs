@@ -488,7 +488,11 @@ impl SandboxService {
         // egress (the bridge adds the token); a failure is reported, not fatal.
         let (repos, mut resource_errors) = super::repositories::from_resources(&req.resources);
         if !repos.is_empty() {
-            resource_errors.extend(super::repositories::clone_all(&sandbox.client, &repos).await);
+            let failed = super::repositories::clone_all(&sandbox.client, &repos).await;
+            resource_errors.extend(failed.into_iter().map(|e| match &inner.cfg.sandbox.bridge {
+                Some(_) => explain_egress_refusal(&inner.cfg.policy, e),
+                None => e,
+            }));
         }
         let provisioned = Provisioned {
             sandbox_id: sandbox.id.clone(),
@@ -989,6 +993,31 @@ async fn retire(inner: &Inner, sandbox: &Sandbox, reason: &str) {
     close_egress(inner, &sandbox.id).await;
 }
 
+/// A repository that did not clone because its host is outside the agent's
+/// `policy.egress_hosts` (the bridge refused the CONNECT; git only says
+/// "CONNECT tunnel failed, response 403"): the resource error says so, with
+/// git's own words after it.
+fn explain_egress_refusal(
+    policy: &super::config::Policy,
+    mut e: protocol::sandbox::ResourceError,
+) -> protocol::sandbox::ResourceError {
+    let Ok(url) = url::Url::parse(&e.repository_url) else {
+        return e;
+    };
+    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+        return e;
+    };
+    if policy.egress_allows(host, port) {
+        return e;
+    }
+    e.error_type = "repository_forbidden_error".into();
+    e.message = format!(
+        "refused by the agent's egress policy (policy.egress_hosts): host {host} port {port} is not in it, so the vault-bridge refused the connection; git said: {}",
+        e.message
+    );
+    e
+}
+
 /// What a provision request says about the sandbox's way out.
 #[derive(Debug, Default)]
 struct EgressInput {
@@ -998,7 +1027,8 @@ struct EgressInput {
 }
 
 /// With `[bridge]`: ask the bridge to listen for this sandbox, as its
-/// session, with the session's repositories, credentials and allowed hosts;
+/// session, with the session's repositories, credentials and allowed hosts
+/// and the agent's `policy.egress_hosts` (which the bridge enforces);
 /// answers the credentials' placeholders for the tool environment. The
 /// request is kept so that a restarted bridge gets it again. A sandbox with
 /// no session gets no listener (its proxy reaches nothing). Fails closed: a
@@ -1022,6 +1052,7 @@ async fn open_egress(
         egress.allowed_hosts,
         egress.repositories,
         egress.credentials,
+        inner.cfg.policy.egress_hosts_wire(),
     )
     .map_err(bridge_err)?;
     let (socket, placeholders) = super::bridge::BridgeClient::new(bridge)
@@ -1359,5 +1390,41 @@ async fn refiller(inner: Arc<Inner>) {
             _ = inner.refill.notified() => {}
             _ = tokio::time::sleep(backoff) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_clone_refused_by_the_egress_policy_says_so() {
+        let policy = |toml: &str| {
+            crate::config::Config::parse(toml, std::path::Path::new("agent.toml"))
+                .unwrap()
+                .policy
+        };
+        let git_said = "fatal: unable to access 'https://127.0.0.1:9443/app.git/': CONNECT tunnel failed, response 403";
+        let err = |url: &str| protocol::sandbox::ResourceError {
+            error_type: "repository_forbidden_error".into(),
+            repository_url: url.into(),
+            message: git_said.into(),
+        };
+        let p = policy("[policy]\negress_hosts = [\"localhost\"]\n");
+        let e = explain_egress_refusal(&p, err("https://127.0.0.1:9443/app.git"));
+        assert_eq!(e.error_type, "repository_forbidden_error");
+        assert!(
+            e.message.starts_with(
+                "refused by the agent's egress policy (policy.egress_hosts): host 127.0.0.1 port 9443 is not in it"
+            ) && e.message.ends_with(git_said),
+            "{}",
+            e.message
+        );
+        // A host the policy allows (or no policy): git's message unchanged.
+        let e = explain_egress_refusal(&p, err("https://localhost:9443/app.git"));
+        assert_eq!(e.message, git_said);
+        let e = explain_egress_refusal(&policy(""), err("https://127.0.0.1:9443/app.git"));
+        assert_eq!(e.message, git_said);
     }
 }

@@ -1,11 +1,12 @@
-//! Every credential use (and every refusal that involves one) is reported to
-//! an [`AuditSink`]: who (sandbox, session), which credential, where (host,
-//! method, path without the query) and the outcome. Never a secret value.
+//! Every credential use (and every refusal that involves one), and every
+//! destination refused by a host policy, is reported to an [`AuditSink`]:
+//! who (sandbox, session), which credential, where (host, method, path
+//! without the query) and the outcome. Never a secret value.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use super::policy::CredentialRef;
+use super::policy::{CredentialRef, PolicyName, Refusal};
 
 /// Who is on the other end of a proxy connection. Set by the listener that
 /// accepted it (a per-sandbox socket knows its sandbox), never by the client.
@@ -31,6 +32,25 @@ pub enum AuditOutcome {
     SecretUnavailable,
     /// A placeholder was sent to a host it is not allowed on; refused (403).
     PlaceholderRefused,
+    /// The destination itself was refused (403) by a host policy: the
+    /// session's allowed hosts, its plain-http rule or the agent's
+    /// `policy.egress_hosts`. No credential is involved.
+    HostRefused {
+        /// Which policy.
+        policy: PolicyName,
+        /// The refusal's sentence (names the host and port; never a secret).
+        message: String,
+    },
+}
+
+impl AuditOutcome {
+    /// The outcome of a request refused by `refusal`.
+    pub fn host_refused(refusal: &Refusal) -> Self {
+        Self::HostRefused {
+            policy: refusal.policy,
+            message: refusal.message.clone(),
+        }
+    }
 }
 
 impl fmt::Display for AuditOutcome {
@@ -40,6 +60,7 @@ impl fmt::Display for AuditOutcome {
             Self::UpstreamFailed => f.write_str("upstream failed"),
             Self::SecretUnavailable => f.write_str("secret unavailable"),
             Self::PlaceholderRefused => f.write_str("placeholder refused"),
+            Self::HostRefused { policy, .. } => write!(f, "refused by {}", policy.as_str()),
         }
     }
 }

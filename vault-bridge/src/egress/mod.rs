@@ -27,7 +27,7 @@ pub mod upstream;
 pub use audit::{AuditEvent, AuditOutcome, AuditSink, MemoryAudit, SandboxIdentity, TracingAudit};
 pub use ca::EgressCa;
 pub use policy::{
-    AuthScheme, CredentialRef, EgressPolicy, HostCredential, HostPattern, HostRule,
+    AgentHost, AuthScheme, CredentialRef, EgressPolicy, HostCredential, HostPattern, HostRule,
     InjectionLocation, Placeholder, PlaceholderHosts, PolicyName, Refusal,
 };
 pub use proxy::{Egress, EGRESS_HEADER};

@@ -16,8 +16,13 @@ pub const PLACEHOLDER_MAX_LEN: usize = 160;
 /// Which policy refused a request; named in the 403 body and the audit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PolicyName {
-    /// The session's allowed hosts (repository hosts, credentials' hosts, agent policy).
+    /// The session's allowed hosts (repository hosts, credentials' hosts,
+    /// the environment's `networking.allowed_hosts`).
     AllowedHosts,
+    /// The agent operator's narrowing of them (`[policy] egress_hosts` in
+    /// the sandbox-agent's config): a host the session allows but this
+    /// list does not is refused.
+    AgentPolicy,
     /// The session's plain-HTTP rule (off unless a host's rule allows it).
     PlainHttp,
     /// A placeholder's `allowed_hosts`.
@@ -31,9 +36,21 @@ impl PolicyName {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::AllowedHosts => "the session's allowed hosts",
+            Self::AgentPolicy => "the agent's egress policy (policy.egress_hosts)",
             Self::PlainHttp => "the session's plain-http policy",
             Self::PlaceholderHosts => "the credential's allowed hosts",
             Self::HostMatch => "the tunnel's host binding",
+        }
+    }
+
+    /// A short stable key for the audit record's `decision.rule`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::AllowedHosts => "session.allowed_hosts",
+            Self::AgentPolicy => "policy.egress_hosts",
+            Self::PlainHttp => "session.plain_http",
+            Self::PlaceholderHosts => "credential.allowed_hosts",
+            Self::HostMatch => "tunnel.host",
         }
     }
 }
@@ -101,6 +118,50 @@ impl fmt::Display for HostPattern {
         match self {
             Self::Exact(h) => f.write_str(h),
             Self::Subdomains(s) => write!(f, "*{s}"),
+        }
+    }
+}
+
+/// One entry of the agent's egress policy (`policy.egress_hosts`): a host
+/// pattern as in [`HostPattern`], on any port the session allows for it, or
+/// (`host:port`) on that port only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentHost {
+    /// Which hosts.
+    pub pattern: HostPattern,
+    /// `None`: any port.
+    pub port: Option<u16>,
+}
+
+impl AgentHost {
+    /// Parse `host`, `*.domain`, `host:port` or `*.domain:port`.
+    pub fn parse(s: &str) -> Result<Self, BadHostPattern> {
+        let (host, port) = match s.rsplit_once(':') {
+            Some((host, port)) => {
+                let port = port
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| BadHostPattern(s.to_owned()))?;
+                (host, Some(port))
+            }
+            None => (s, None),
+        };
+        let pattern = HostPattern::parse(host).map_err(|_| BadHostPattern(s.to_owned()))?;
+        Ok(Self { pattern, port })
+    }
+
+    /// Whether `host:port` (host normalised) is in this entry.
+    pub fn matches(&self, host: &str, port: u16) -> bool {
+        self.pattern.matches(host) && self.port.is_none_or(|p| p == port)
+    }
+}
+
+impl fmt::Display for AgentHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.port {
+            Some(p) => write!(f, "{}:{p}", self.pattern),
+            None => write!(f, "{}", self.pattern),
         }
     }
 }
@@ -348,6 +409,8 @@ impl Placeholder {
 pub struct EgressPolicy {
     rules: Vec<HostRule>,
     placeholders: Vec<Placeholder>,
+    /// The agent's egress policy; `None`: no limit beyond the rules.
+    agent_hosts: Option<Vec<AgentHost>>,
 }
 
 impl EgressPolicy {
@@ -370,6 +433,19 @@ impl EgressPolicy {
         self
     }
 
+    /// Narrow the policy to the agent's `policy.egress_hosts`: a host the
+    /// rules allow is refused (by [`PolicyName::AgentPolicy`]) unless one of
+    /// `hosts` matches it and the port. An empty list refuses everything.
+    pub fn with_agent_policy(mut self, hosts: Vec<AgentHost>) -> Self {
+        self.agent_hosts = Some(hosts);
+        self
+    }
+
+    /// The agent's egress policy, if any.
+    pub fn agent_hosts(&self) -> Option<&[AgentHost]> {
+        self.agent_hosts.as_deref()
+    }
+
     /// The rules.
     pub fn rules(&self) -> &[HostRule] {
         &self.rules
@@ -384,7 +460,10 @@ impl EgressPolicy {
         self.rules.iter().find(|r| r.pattern.matches(host))
     }
 
-    /// May the sandbox open a TLS tunnel to `host:port`? `host` must be normalised.
+    /// May the sandbox open a TLS tunnel to `host:port`? `host` must be
+    /// normalised. The session's rules are checked first (a host they do
+    /// not allow is refused by them, whatever the agent's policy says), then
+    /// the agent's policy.
     pub fn check_connect(&self, host: &str, port: u16) -> Result<&HostRule, Refusal> {
         let rule = self.rule_for(host).ok_or_else(|| Refusal {
             policy: PolicyName::AllowedHosts,
@@ -402,6 +481,16 @@ impl EgressPolicy {
                         .join(", ")
                 ),
             });
+        }
+        if let Some(agent) = &self.agent_hosts {
+            if !agent.iter().any(|a| a.matches(host, port)) {
+                return Err(Refusal {
+                    policy: PolicyName::AgentPolicy,
+                    message: format!(
+                        "host {host} port {port} is in the session's allowed hosts but not in this agent's policy.egress_hosts"
+                    ),
+                });
+            }
         }
         Ok(rule)
     }
@@ -541,6 +630,91 @@ mod tests {
             pol.check_plain_http("git.test", 8443).unwrap_err().policy,
             PolicyName::PlainHttp
         );
+    }
+
+    #[test]
+    fn agent_hosts_parse_with_optional_port() {
+        let a = AgentHost::parse("Git.Example.com:8443").unwrap();
+        assert_eq!(a.pattern, HostPattern::Exact("git.example.com".into()));
+        assert_eq!(a.port, Some(8443));
+        assert_eq!(a.to_string(), "git.example.com:8443");
+        let w = AgentHost::parse("*.corp").unwrap();
+        assert_eq!(w.port, None);
+        assert!(w.matches("a.corp", 1) && w.matches("a.corp", 443));
+        assert!(!w.matches("corp", 443));
+        assert!(a.matches("git.example.com", 8443));
+        assert!(!a.matches("git.example.com", 443));
+        for bad in [
+            "h:0",
+            "h:x",
+            "h:70000",
+            "https://h",
+            "a b",
+            "[::1]",
+            "::1",
+            "a.*.corp",
+            "",
+            ":443",
+        ] {
+            let e = AgentHost::parse(bad).unwrap_err();
+            assert_eq!(e.0, bad);
+        }
+    }
+
+    #[test]
+    fn agent_policy_narrows_the_session_and_says_so() {
+        let session = EgressPolicy::new()
+            .allow(HostRule::new(HostPattern::parse("a.test").unwrap(), "a"))
+            .allow(HostRule::new(HostPattern::parse("b.test").unwrap(), "b").with_ports(&[8443]))
+            .allow(
+                HostRule::new(HostPattern::parse("*.corp").unwrap(), "corp")
+                    .with_ports(&[443, 8443])
+                    .with_plain_http(),
+            );
+        // Without an agent policy the session's rules decide alone.
+        assert!(session.check_connect("b.test", 8443).is_ok());
+        assert!(session.agent_hosts().is_none());
+        let p = session.clone().with_agent_policy(vec![
+            AgentHost::parse("a.test").unwrap(),
+            AgentHost::parse("*.corp:443").unwrap(),
+        ]);
+        assert!(p.check_connect("a.test", 443).is_ok());
+        assert!(p.check_connect("x.corp", 443).is_ok());
+        // In the session's hosts, outside the agent's: refused by the agent's policy.
+        let r = p.check_connect("b.test", 8443).unwrap_err();
+        assert_eq!(r.policy, PolicyName::AgentPolicy);
+        let text = r.to_string();
+        assert!(
+            text.contains("host b.test port 8443") && text.contains("policy.egress_hosts"),
+            "{text}"
+        );
+        let r = p.check_connect("x.corp", 8443).unwrap_err();
+        assert_eq!(r.policy, PolicyName::AgentPolicy);
+        // Plain http is checked against both too, the agent's policy first.
+        assert_eq!(
+            p.check_plain_http("x.corp", 8443).unwrap_err().policy,
+            PolicyName::AgentPolicy
+        );
+        assert!(p.check_plain_http("x.corp", 443).is_ok());
+        // In neither: the session's refusal, as before.
+        let r = p.check_connect("evil.test", 443).unwrap_err();
+        assert_eq!(r.policy, PolicyName::AllowedHosts);
+        assert!(!r.to_string().contains("egress_hosts"), "{r}");
+        // A port the session does not allow stays the session's refusal.
+        assert_eq!(
+            p.check_connect("a.test", 8443).unwrap_err().policy,
+            PolicyName::AllowedHosts
+        );
+        // An empty agent policy refuses every host the session allows.
+        let none = session.with_agent_policy(Vec::new());
+        for (h, port) in [("a.test", 443), ("b.test", 8443), ("x.corp", 443)] {
+            assert_eq!(
+                none.check_connect(h, port).unwrap_err().policy,
+                PolicyName::AgentPolicy,
+                "{h}"
+            );
+        }
+        assert_eq!(PolicyName::AgentPolicy.key(), "policy.egress_hosts");
     }
 
     #[test]

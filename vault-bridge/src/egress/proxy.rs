@@ -273,6 +273,14 @@ impl Egress {
                     sandbox_id = %who.sandbox_id, session_id = %who.session_id,
                     host = %host, port, policy = refusal.policy.as_str(), "egress refused"
                 );
+                self.audit.record(AuditEvent::new(
+                    None,
+                    &host,
+                    &Method::CONNECT,
+                    "",
+                    &who,
+                    AuditOutcome::host_refused(&refusal),
+                ));
                 return refused(&refusal);
             }
         };
@@ -382,6 +390,14 @@ impl Egress {
                 sandbox_id = %who.sandbox_id, host = %host, port,
                 policy = refusal.policy.as_str(), "egress refused"
             );
+            self.audit.record(AuditEvent::new(
+                None,
+                &host,
+                req.method(),
+                req.uri().path(),
+                &who,
+                AuditOutcome::host_refused(&refusal),
+            ));
             return refused(&refusal);
         }
         let method = req.method().clone();
