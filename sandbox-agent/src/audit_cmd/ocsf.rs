@@ -146,8 +146,12 @@ fn status(rec: &Record) -> (u32, &'static str, u32, &'static str) {
     match rec.outcome() {
         "ok" | "started" | "signed" | "injected" | "replayed" => (1, "Success", 1, "Informational"),
         "tool_error" => (2, "Failure", 2, "Low"),
-        "refused" | "denied" => (2, "Failure", 3, "Medium"),
-        "error" | "failed" => (2, "Failure", 4, "High"),
+        "refused" | "denied" | "placeholder_refused" | "host_refused" => {
+            (2, "Failure", 3, "Medium")
+        }
+        "error" | "failed" | "secret_unavailable" | "upstream_failed" => {
+            (2, "Failure", 4, "High")
+        }
         _ if rec.call() == "credential_use_gap" => (99, "Other", 4, "High"),
         _ => (0, "Unknown", 2, "Low"),
     }
@@ -374,6 +378,24 @@ mod tests {
 
     fn rec(line: &str) -> Record {
         Record::parse(std::path::Path::new("audit.jsonl"), 1, line.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn refused_and_failed_credential_uses_are_failures() {
+        for (outcome, severity) in [
+            ("placeholder_refused", "Medium"),
+            ("host_refused", "Medium"),
+            ("secret_unavailable", "High"),
+            ("upstream_failed", "High"),
+            ("injected", "Informational"),
+        ] {
+            let r = rec(&format!(
+                r#"{{"v":2,"seq":1,"at":"2026-12-06T20:00:01Z","call":"credential_use","outcome":"{outcome}","prev":"a","hash":"b"}}"#
+            ));
+            let (_, status, _, sev) = status(&r);
+            let want = if outcome == "injected" { "Success" } else { "Failure" };
+            assert_eq!((status, sev), (want, severity), "{outcome}");
+        }
     }
 
     #[test]
