@@ -43,10 +43,14 @@ pub struct ServerSettings {
     /// `handshake_queue_wait`, and are then refused (QUIC
     /// `CONNECTION_REFUSED`, TCP closed) so the agent backs off.
     pub max_concurrent_handshakes: usize,
-    /// Longest wait for a handshake slot (see `max_concurrent_handshakes`):
-    /// below the agent's QUIC connect timeout (3 s), so a slot is not spent on
-    /// an agent that already gave up.
+    /// Longest wait for a handshake slot (see `max_concurrent_handshakes`).
     pub handshake_queue_wait: Duration,
+    /// Longest time a handshake holds its slot; past it, the handshake goes
+    /// on without one (until `handshake_timeout`) and the slot serves the
+    /// next connection. Queue wait plus hold (1 s + 2 s) is the agent's QUIC
+    /// connect timeout (3 s): an agent that gave up (or a peer that never
+    /// answers) does not keep a slot from the live ones for long.
+    pub handshake_slot_hold: Duration,
     /// Our software version (in the hello answer).
     pub software_version: String,
     /// Flow-control windows.
@@ -63,6 +67,7 @@ impl Default for ServerSettings {
             handshake_timeout: Duration::from_secs(10),
             max_concurrent_handshakes: DEFAULT_MAX_CONCURRENT_HANDSHAKES,
             handshake_queue_wait: Duration::from_secs(1),
+            handshake_slot_hold: Duration::from_secs(2),
             software_version: env!("CARGO_PKG_VERSION").to_owned(),
             tuning: Tuning::default(),
         }
@@ -78,6 +83,7 @@ pub const DEFAULT_MAX_CONCURRENT_HANDSHAKES: usize = 64;
 struct HandshakeGate {
     slots: Arc<Semaphore>,
     queue_wait: Duration,
+    slot_hold: Duration,
     /// Refusals: in all, since the last warning, and when that was.
     refused: Mutex<Refusals>,
 }
@@ -94,6 +100,7 @@ impl HandshakeGate {
         Self {
             slots: Arc::new(Semaphore::new(settings.max_concurrent_handshakes.max(1))),
             queue_wait: settings.handshake_queue_wait,
+            slot_hold: settings.handshake_slot_hold,
             refused: Mutex::new(Refusals::default()),
         }
     }
@@ -104,6 +111,22 @@ impl HandshakeGate {
             .await
             .ok()?
             .ok()
+    }
+
+    /// Run `handshake` holding `slot` for at most the slot hold, then
+    /// without it.
+    async fn hold<F: std::future::Future>(
+        &self,
+        slot: OwnedSemaphorePermit,
+        handshake: F,
+    ) -> F::Output {
+        tokio::pin!(handshake);
+        tokio::select! {
+            out = &mut handshake => return out,
+            _ = tokio::time::sleep(self.slot_hold) => {}
+        }
+        drop(slot);
+        handshake.await
     }
 
     /// Count a refusal; warn at most every 5 s (a storm refuses thousands).
@@ -342,10 +365,9 @@ async fn quic_accept_loop(
             };
             let result = tokio::time::timeout(
                 settings.handshake_timeout,
-                quic_handshake(incoming, &settings),
+                gate.hold(slot, quic_handshake(incoming, &settings)),
             )
             .await;
-            drop(slot);
             match result {
                 Ok(Ok(pending)) => {
                     let _ = tx.send(pending).await;
@@ -417,10 +439,12 @@ async fn tcp_accept_loop(
             };
             let result = tokio::time::timeout(
                 settings.handshake_timeout,
-                tcp_handshake(stream, remote_addr, acceptor, &settings),
+                gate.hold(
+                    slot,
+                    tcp_handshake(stream, remote_addr, acceptor, &settings),
+                ),
             )
             .await;
-            drop(slot);
             match result {
                 Ok(Ok(pending)) => {
                     let _ = tx.send(pending).await;

@@ -30,7 +30,10 @@
 //! cargo build --release -p control-plane -p airlock-tests --bin bench-agents
 //! target/release/bench-agents                       # 10,000 agents, QUIC (auto)
 //! target/release/bench-agents --agents 2000 --transport tcp
+//! target/release/bench-agents --agents 3000 --max-concurrent-handshakes 65536   # ~ no bound
 //! ```
+//! The table also counts the control plane's handshake warnings (timed out,
+//! failed, refused for want of a slot) and prints the load average.
 //! Needs RLIMIT_NOFILE above N (one UDP socket or TCP connection per agent in
 //! this process; the control plane needs one per TCP agent): the soft limit is
 //! raised to the hard one with `prlimit`, and the run refuses to start if that
