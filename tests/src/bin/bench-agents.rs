@@ -27,7 +27,7 @@
 //!   and the failed dials on the way.
 //!
 //! ```text
-//! cargo build --release -p control-plane -p airlock-tests --bin bench-agents
+//! cargo build --release -p control-plane --bin control-plane && cargo build --release -p airlock-tests --bin bench-agents
 //! target/release/bench-agents                       # 10,000 agents, QUIC (auto)
 //! target/release/bench-agents --agents 2000 --transport tcp
 //! target/release/bench-agents --agents 3000 --max-concurrent-handshakes 65536   # ~ no bound
@@ -278,7 +278,7 @@ fn control_plane_binary() -> Result<PathBuf> {
     };
     let p = dir.join("control-plane");
     if !p.is_file() {
-        bail!("{} not found: cargo build --release -p control-plane -p airlock-tests --bin bench-agents", p.display());
+        bail!("{} not found: cargo build --release -p control-plane --bin control-plane && cargo build --release -p airlock-tests --bin bench-agents", p.display());
     }
     Ok(p)
 }
