@@ -70,8 +70,10 @@ pub struct RawTunnel {
     pub max_frame_bytes: Option<u64>,
     /// How long in-flight calls get when the gateway drains.
     pub drain_deadline_seconds: Option<f64>,
-    /// Time allowed from first packet to a complete hello.
+    /// Time allowed for a handshake, from when it gets a slot to a complete hello.
     pub handshake_timeout_seconds: Option<f64>,
+    /// Handshakes in progress at once (see `gateway::config`).
+    pub max_concurrent_handshakes: Option<u64>,
     /// Per-call receive window in bytes.
     pub stream_window_bytes: Option<u64>,
     /// Per-connection receive window in bytes.

@@ -6,14 +6,14 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use protocol::hello::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
 use protocol::{FrameCodec, Hello, HelloAnswer, RejectCode, Request};
 use rustls_pki_types::CertificateDer;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::call::Call;
 use crate::control::{ControlCmd, ControlLoop, ControlState, RenewFn};
@@ -35,8 +35,22 @@ pub struct ServerSettings {
     pub heartbeat_misses: u32,
     /// Frame cap.
     pub max_frame_bytes: usize,
-    /// Time allowed from first packet to a complete hello.
+    /// Time allowed for a handshake, from when it starts (it got one of
+    /// the `max_concurrent_handshakes` slots) to a complete hello.
     pub handshake_timeout: Duration,
+    /// Handshakes (TLS/QUIC handshake up to the hello) in progress at once,
+    /// both transports together; more connections wait for a slot, at most
+    /// `handshake_queue_wait`, and are then refused (QUIC
+    /// `CONNECTION_REFUSED`, TCP closed) so the agent backs off.
+    pub max_concurrent_handshakes: usize,
+    /// Longest wait for a handshake slot (see `max_concurrent_handshakes`).
+    pub handshake_queue_wait: Duration,
+    /// Longest time a handshake holds its slot; past it, the handshake goes
+    /// on without one (until `handshake_timeout`) and the slot serves the
+    /// next connection. Queue wait plus hold (1 s + 2 s) is the agent's QUIC
+    /// connect timeout (3 s): an agent that gave up (or a peer that never
+    /// answers) does not keep a slot from the live ones for long.
+    pub handshake_slot_hold: Duration,
     /// Our software version (in the hello answer).
     pub software_version: String,
     /// Flow-control windows.
@@ -51,8 +65,90 @@ impl Default for ServerSettings {
             heartbeat_misses: 3,
             max_frame_bytes: protocol::frame::DEFAULT_MAX_FRAME_BYTES,
             handshake_timeout: Duration::from_secs(10),
+            max_concurrent_handshakes: DEFAULT_MAX_CONCURRENT_HANDSHAKES,
+            handshake_queue_wait: Duration::from_secs(1),
+            handshake_slot_hold: Duration::from_secs(2),
             software_version: env!("CARGO_PKG_VERSION").to_owned(),
             tuning: Tuning::default(),
+        }
+    }
+}
+
+/// Default of [`ServerSettings::max_concurrent_handshakes`].
+pub const DEFAULT_MAX_CONCURRENT_HANDSHAKES: usize = 64;
+
+/// The handshake slots of a listener: a burst of dialers (every agent after
+/// a control-plane restart) is handshaken a few at a time, each at full
+/// speed, instead of all at once, each at a crawl until all time out.
+struct HandshakeGate {
+    slots: Arc<Semaphore>,
+    queue_wait: Duration,
+    slot_hold: Duration,
+    /// Refusals: in all, since the last warning, and when that was.
+    refused: Mutex<Refusals>,
+}
+
+#[derive(Default)]
+struct Refusals {
+    total: u64,
+    since_warning: u64,
+    warned: Option<Instant>,
+}
+
+impl HandshakeGate {
+    fn new(settings: &ServerSettings) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(settings.max_concurrent_handshakes.max(1))),
+            queue_wait: settings.handshake_queue_wait,
+            slot_hold: settings.handshake_slot_hold,
+            refused: Mutex::new(Refusals::default()),
+        }
+    }
+
+    /// A slot, or `None` when none came free within the queue wait.
+    async fn enter(&self) -> Option<OwnedSemaphorePermit> {
+        tokio::time::timeout(self.queue_wait, self.slots.clone().acquire_owned())
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// Run `handshake` holding `slot` for at most the slot hold, then
+    /// without it.
+    async fn hold<F: std::future::Future>(
+        &self,
+        slot: OwnedSemaphorePermit,
+        handshake: F,
+    ) -> F::Output {
+        tokio::pin!(handshake);
+        tokio::select! {
+            out = &mut handshake => return out,
+            _ = tokio::time::sleep(self.slot_hold) => {}
+        }
+        drop(slot);
+        handshake.await
+    }
+
+    /// Count a refusal; warn at most every 5 s (a storm refuses thousands).
+    fn refused(&self, transport: &'static str) {
+        let Ok(mut r) = self.refused.lock() else {
+            return;
+        };
+        r.total += 1;
+        r.since_warning += 1;
+        let now = Instant::now();
+        if r.warned
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(5))
+        {
+            tracing::warn!(
+                refused = r.since_warning,
+                refused_total = r.total,
+                transport,
+                wait_ms = self.queue_wait.as_millis() as u64,
+                "tunnel handshakes refused: every handshake slot stayed busy (tunnel.max_concurrent_handshakes); the agents back off and redial"
+            );
+            r.since_warning = 0;
+            r.warned = Some(now);
         }
     }
 }
@@ -201,15 +297,18 @@ impl Listener {
             source,
         })?;
         let (tx, rx) = mpsc::channel(64);
+        let gate = Arc::new(HandshakeGate::new(&settings));
         let settings = Arc::new(settings);
         let quic_task = tokio::spawn(quic_accept_loop(
             endpoint.clone(),
             settings.clone(),
+            gate.clone(),
             tx.clone(),
         ))
         .abort_handle();
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-        let tcp_task = tokio::spawn(tcp_accept_loop(tcp, acceptor, settings, tx)).abort_handle();
+        let tcp_task =
+            tokio::spawn(tcp_accept_loop(tcp, acceptor, settings, gate, tx)).abort_handle();
         tracing::info!(%local_addr, "tunnel listening (udp quic + tcp tls)");
         Ok(Self {
             local_addr,
@@ -248,16 +347,25 @@ impl Listener {
 async fn quic_accept_loop(
     endpoint: quinn::Endpoint,
     settings: Arc<ServerSettings>,
+    gate: Arc<HandshakeGate>,
     tx: mpsc::Sender<PendingConnection>,
 ) {
     while let Some(incoming) = endpoint.accept().await {
         let settings = settings.clone();
+        let gate = gate.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
             let remote_addr = incoming.remote_address();
+            // Nothing is done for the connection until it has a slot; the
+            // handshake timeout counts from then.
+            let Some(slot) = gate.enter().await else {
+                incoming.refuse();
+                gate.refused("quic");
+                return;
+            };
             let result = tokio::time::timeout(
                 settings.handshake_timeout,
-                quic_handshake(incoming, &settings),
+                gate.hold(slot, quic_handshake(incoming, &settings)),
             )
             .await;
             match result {
@@ -307,6 +415,7 @@ async fn tcp_accept_loop(
     tcp: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     settings: Arc<ServerSettings>,
+    gate: Arc<HandshakeGate>,
     tx: mpsc::Sender<PendingConnection>,
 ) {
     loop {
@@ -320,11 +429,20 @@ async fn tcp_accept_loop(
         };
         let acceptor = acceptor.clone();
         let settings = settings.clone();
+        let gate = gate.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
+            let Some(slot) = gate.enter().await else {
+                drop(stream);
+                gate.refused("tcp");
+                return;
+            };
             let result = tokio::time::timeout(
                 settings.handshake_timeout,
-                tcp_handshake(stream, remote_addr, acceptor, &settings),
+                gate.hold(
+                    slot,
+                    tcp_handshake(stream, remote_addr, acceptor, &settings),
+                ),
             )
             .await;
             match result {

@@ -27,10 +27,13 @@
 //!   and the failed dials on the way.
 //!
 //! ```text
-//! cargo build --release -p control-plane -p airlock-tests --bin bench-agents
+//! cargo build --release -p control-plane --bin control-plane && cargo build --release -p airlock-tests --bin bench-agents
 //! target/release/bench-agents                       # 10,000 agents, QUIC (auto)
 //! target/release/bench-agents --agents 2000 --transport tcp
+//! target/release/bench-agents --agents 3000 --max-concurrent-handshakes 65536   # ~ no bound
 //! ```
+//! The table also counts the control plane's handshake warnings (timed out,
+//! failed, refused for want of a slot) and prints the load average.
 //! Needs RLIMIT_NOFILE above N (one UDP socket or TCP connection per agent in
 //! this process; the control plane needs one per TCP agent): the soft limit is
 //! raised to the hard one with `prlimit`, and the run refuses to start if that
@@ -61,6 +64,8 @@ struct Args {
     calls_seconds: u64,
     storm: bool,
     connect_limit: Duration,
+    /// `tunnel.max_concurrent_handshakes` of the control plane (None: its default).
+    max_concurrent_handshakes: Option<u64>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -73,6 +78,7 @@ fn parse_args() -> Result<Args> {
         calls_seconds: 10,
         storm: true,
         connect_limit: Duration::from_secs(300),
+        max_concurrent_handshakes: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -96,6 +102,10 @@ fn parse_args() -> Result<Args> {
             }
             "--calls-seconds" => a.calls_seconds = value()?.parse().context("--calls-seconds")?,
             "--no-storm" => a.storm = false,
+            "--max-concurrent-handshakes" => {
+                a.max_concurrent_handshakes =
+                    Some(value()?.parse().context("--max-concurrent-handshakes")?)
+            }
             "--connect-limit-seconds" => {
                 a.connect_limit =
                     Duration::from_secs(value()?.parse().context("--connect-limit-seconds")?)
@@ -268,7 +278,7 @@ fn control_plane_binary() -> Result<PathBuf> {
     };
     let p = dir.join("control-plane");
     if !p.is_file() {
-        bail!("{} not found: cargo build --release -p control-plane -p airlock-tests --bin bench-agents", p.display());
+        bail!("{} not found: cargo build --release -p control-plane --bin control-plane && cargo build --release -p airlock-tests --bin bench-agents", p.display());
     }
     Ok(p)
 }
@@ -492,6 +502,50 @@ fn per_second(
     (buckets, times, by_transport)
 }
 
+// ---------------------------------------------------------------- control plane log
+
+/// What the control plane's log says about handshakes, from byte `from` on.
+#[derive(Debug, Default, Clone, Copy)]
+struct HandshakeLog {
+    /// `tunnel handshake timed out` lines.
+    timed_out: usize,
+    /// `tunnel handshake failed` lines.
+    failed: usize,
+    /// Connections refused for want of a handshake slot, as counted by the
+    /// rate-limited warnings (`refused=N`; those after the last warning of a
+    /// process are not in the log, so this is a lower bound).
+    refused: u64,
+}
+
+fn handshake_log(path: &Path, from: usize) -> (HandshakeLog, usize) {
+    let text = std::fs::read(path).unwrap_or_default();
+    let end = text.len();
+    let text = String::from_utf8_lossy(&text[from.min(end)..]);
+    let mut h = HandshakeLog::default();
+    for line in text.lines() {
+        if line.contains("tunnel handshake timed out") {
+            h.timed_out += 1;
+        } else if line.contains("tunnel handshake failed") {
+            h.failed += 1;
+        } else if line.contains("tunnel handshakes refused") {
+            if let Some(n) = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("refused="))
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                h.refused += n;
+            }
+        }
+    }
+    (h, end)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
 // ---------------------------------------------------------------- admin socket
 
 async fn list_agents(socket: &Path) -> Result<Vec<control_plane::gateway::AgentInfo>> {
@@ -531,12 +585,25 @@ async fn run(args: Args, fds: u64) -> Result<()> {
         heartbeat_interval_seconds: args.heartbeat_seconds,
         ..Default::default()
     })?;
+    if let Some(m) = args.max_concurrent_handshakes {
+        // Under `[tunnel]` of the config the deployment wrote.
+        let path = deployment.config_path();
+        let text = std::fs::read_to_string(&path)?;
+        let text = text.replacen(
+            "[tunnel]\n",
+            &format!("[tunnel]\nmax_concurrent_handshakes = {m}\n"),
+            1,
+        );
+        std::fs::write(&path, text)?;
+    }
+    let load_start = loadavg();
     let mut cp = Cp {
         deployment,
         bin: control_plane_binary()?,
         child: None,
     };
     cp.start()?;
+    let log_path = cp.deployment.log_path();
     let admin = cp.deployment.admin_socket();
     let started_rss = proc_sample(cp.pid())?;
     eprintln!(
@@ -584,19 +651,27 @@ async fn run(args: Args, fds: u64) -> Result<()> {
         per_second(&ups, connect_start, n)
     };
     let cold_failed = tracker.downs.lock().unwrap().len();
+    let (cold_log, log_offset) = handshake_log(&log_path, 0);
     eprintln!(
-        "all {n} connected in {} ({cold_failed} failed dial rounds; {cold_tr:?})",
+        "all {n} connected in {} ({cold_failed} failed dial rounds; {cold_tr:?}; control plane log: {cold_log:?})",
         secs(connect_all)
     );
 
     // The control plane agrees?
+    // Every agent listed; a few may briefly have two links (a TCP link
+    // draining after the move to QUIC, or a link whose agent gave up on the
+    // hello and redialed, until its watchdog closes it).
     let listed = list_agents(&admin).await?;
-    if listed.len() != n {
+    let distinct: std::collections::HashSet<&str> =
+        listed.iter().map(|a| a.agent_id.as_str()).collect();
+    if distinct.len() != n {
         bail!(
-            "the control plane lists {} connections, expected {n}",
+            "the control plane lists {} agents ({} links), expected {n}",
+            distinct.len(),
             listed.len()
         );
     }
+    eprintln!("listed: {n} agents, {} links", listed.len());
 
     // ------------------------------------------------ idle
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -737,17 +812,18 @@ async fn run(args: Args, fds: u64) -> Result<()> {
             );
         }
         let failed = tracker.downs.lock().unwrap().len() - downs_before;
+        let (storm_log, _) = handshake_log(&log_path, log_offset);
         let after = proc_sample(cp.pid())?;
         tokio::time::sleep(Duration::from_secs(5)).await;
         let settled = proc_sample(cp.pid())?;
         let listed = list_agents(&admin).await?.len();
         eprintln!(
-            "storm: kill→restart {} ; all {n} back {} after the restart; p50 {} p90 {} p99 {}; per second {buckets:?}; {failed} failed/lost dial rounds; {tr:?}; rss {} (hwm {}), {} 5 s later; listed {listed}",
+            "storm: kill→restart {} ; all {n} back {} after the restart; p50 {} p90 {} p99 {}; per second {buckets:?}; {failed} failed/lost dial rounds; {tr:?}; control plane log: {storm_log:?}; rss {} (hwm {}), {} 5 s later; listed {listed}",
             ms(restarted.duration_since(killed)), secs(all_back), secs(pct(&times, 0.5)), secs(pct(&times, 0.9)),
             secs(pct(&times, 0.99)), mib(after.rss_kib), mib(after.hwm_kib), mib(settled.rss_kib)
         );
         storm = Some((
-            listening, all_back, times, buckets, failed, tr, after, settled,
+            listening, all_back, times, buckets, failed, tr, after, settled, storm_log,
         ));
     }
 
@@ -758,11 +834,21 @@ async fn run(args: Args, fds: u64) -> Result<()> {
         TransportMode::TcpOnly => "TLS over TCP only",
     };
     println!();
-    println!("bench-agents: {n} agents, transport {mode}, heartbeat {} s, one control-plane serve (release) on loopback, {} cores", args.heartbeat_seconds, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    let slots = args.max_concurrent_handshakes.map_or_else(
+        || {
+            format!(
+                "{} (default)",
+                tunnel::server::DEFAULT_MAX_CONCURRENT_HANDSHAKES
+            )
+        },
+        |m| m.to_string(),
+    );
+    println!("bench-agents: {n} agents, transport {mode}, heartbeat {} s, max_concurrent_handshakes {slots}, one control-plane serve (release) on loopback, {} cores; load average (1/5/15 min) {load_start} at start, {} at the end", args.heartbeat_seconds, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), loadavg());
     println!();
     println!("| measure | value |");
     println!("|---|---|");
     println!("| agents connected (cold start, all started at once) | {n} in {} ({} failed dial rounds; per second {:?}; by transport {:?}) |", secs(connect_all), cold_failed, cold_buckets, cold_tr);
+    println!("| control plane log, cold start: handshakes timed out · failed · refused (no slot) | {} · {} · ≥ {} |", cold_log.timed_out, cold_log.failed, cold_log.refused);
     println!(
         "| control plane RSS at start, no agent | {} |",
         mib(started_rss.rss_kib)
@@ -788,7 +874,9 @@ async fn run(args: Args, fds: u64) -> Result<()> {
         println!("| ping call, {} calls/s for {} s to random agents: round trip at the control plane | p50 {} · p99 {} ({} ok, {call_errors} failed) |", args.calls_per_second, args.calls_seconds, ms(pct(&call_rtt, 0.5)), ms(pct(&call_rtt, 0.99)), call_rtt.len());
         println!("| same, whole admin request (connect, HTTP, call, answer) | p50 {} · p99 {} (control plane CPU {call_cpu:.0} % of one core) |", ms(pct(&call_e2e, 0.5)), ms(pct(&call_e2e, 0.99)));
     }
-    if let Some((listening, all_back, times, buckets, failed, tr, after, settled)) = &storm {
+    if let Some((listening, all_back, times, buckets, failed, tr, after, settled, storm_log)) =
+        &storm
+    {
         println!(
             "| reconnect storm: SIGKILL, restart at once; listening after | {} |",
             ms(*listening)
@@ -804,6 +892,7 @@ async fn run(args: Args, fds: u64) -> Result<()> {
         let peak = buckets.iter().max().copied().unwrap_or(0);
         println!("| connections accepted per second (peak · each second) | {peak} · {buckets:?} |");
         println!("| failed dial rounds during the storm; transports after | {failed}; {tr:?} |");
+        println!("| control plane log, storm: handshakes timed out · failed · refused (no slot) | {} · {} · ≥ {} |", storm_log.timed_out, storm_log.failed, storm_log.refused);
         println!(
             "| control plane RSS after the storm (peak · 5 s later) | {} · {} |",
             mib(after.hwm_kib),

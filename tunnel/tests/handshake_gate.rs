@@ -1,0 +1,185 @@
+//! The listener's handshake slots (`ServerSettings::max_concurrent_handshakes`):
+//! a burst of dialers larger than the slots all get through (queued, or
+//! refused and redialing after their backoff), and a connection waiting for a
+//! slot is refused after the queue wait instead of being handshaken late, and
+//! a peer that never completes its handshake frees its slot after the hold.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::TestPki;
+use protocol::{ErrorCode, Reply, Request, Response};
+use tokio::sync::mpsc;
+use tunnel::call::{CallHandler, CallIo};
+use tunnel::client::{self, ClientHandle, ClientSettings, ClientStatus};
+use tunnel::{Listener, ServerConnection, ServerSettings, TransportMode};
+
+struct Handler;
+
+#[async_trait::async_trait]
+impl CallHandler for Handler {
+    async fn handle(&self, request: Request, _io: &mut CallIo) -> Response {
+        match request {
+            Request::Ping => Response::Ok(Reply::Pong(Default::default())),
+            other => Response::error(ErrorCode::UnsupportedCall, format!("no {}", other.name())),
+        }
+    }
+}
+
+/// A listener that accepts every hello; accepted connections come out of the receiver.
+async fn server(
+    pki: &TestPki,
+    settings: ServerSettings,
+) -> (
+    std::net::SocketAddr,
+    mpsc::UnboundedReceiver<ServerConnection>,
+    tokio::task::JoinHandle<()>,
+) {
+    let mut listener = Listener::bind(settings.clone(), pki.server_config())
+        .await
+        .unwrap();
+    let addr = listener.local_addr();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        while let Some(pending) = listener.accept().await {
+            let version = pending.negotiate().unwrap();
+            let peer = pending.hello().unwrap().agent_id.clone();
+            let conn = pending
+                .accept(version, &settings, None, peer)
+                .await
+                .unwrap();
+            let _ = tx.send(conn);
+        }
+    });
+    (addr, rx, task)
+}
+
+fn client(
+    pki: &TestPki,
+    addr: std::net::SocketAddr,
+    agent: &str,
+    mode: TransportMode,
+) -> ClientHandle {
+    let mut s = ClientSettings::new(addr.to_string(), "localhost", agent);
+    s.mode = mode;
+    s.backoff.base = Duration::from_millis(50);
+    s.backoff.cap = Duration::from_millis(400);
+    client::spawn(s, pki.client_config(agent), Arc::new(Handler))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_larger_than_the_slots_all_connects() {
+    let pki = TestPki::new();
+    let settings = ServerSettings {
+        max_concurrent_handshakes: 1,
+        handshake_queue_wait: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let (addr, mut conns, _task) = server(&pki, settings).await;
+    let mut clients = Vec::new();
+    for i in 0..16 {
+        let mode = if i % 2 == 0 {
+            TransportMode::QuicOnly
+        } else {
+            TransportMode::TcpOnly
+        };
+        clients.push(client(&pki, addr, &format!("agent-{i}"), mode));
+    }
+    let mut agents = std::collections::BTreeSet::new();
+    let mut links = Vec::new();
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    while agents.len() < clients.len() {
+        let conn = tokio::time::timeout_at(until, conns.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of 16 connected in 60 s", agents.len()))
+            .unwrap();
+        // Every accepted link works (the slot was released, not the link).
+        let (_, pong) = conn
+            .call(&Request::Ping)
+            .await
+            .unwrap()
+            .finish_and_collect()
+            .await
+            .unwrap();
+        assert!(matches!(pong, Response::Ok(Reply::Pong(_))), "{pong:?}");
+        agents.insert(conn.remote_addr());
+        links.push(conn);
+    }
+    for c in &clients {
+        let mut status = c.status();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            status.wait_for(|s| matches!(s, ClientStatus::Connected { .. })),
+        )
+        .await
+        .expect("a client never saw its link up")
+        .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dialer_waiting_for_a_busy_slot_is_refused_then_gets_in() {
+    let pki = TestPki::new();
+    let settings = ServerSettings {
+        max_concurrent_handshakes: 1,
+        handshake_queue_wait: Duration::from_millis(300),
+        handshake_slot_hold: Duration::from_secs(2),
+        handshake_timeout: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let (addr, mut conns, _task) = server(&pki, settings).await;
+    // A TCP peer that never sends a ClientHello holds the only slot for the
+    // slot hold (2 s), then its handshake goes on without it.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let start = Instant::now();
+    let c = client(&pki, addr, "agent-q", TransportMode::QuicOnly);
+    let mut status = c.status();
+    let mut refused = 0;
+    let connected_after = loop {
+        let s = tokio::time::timeout(Duration::from_secs(20), async {
+            status.changed().await.unwrap();
+            status.borrow_and_update().clone()
+        })
+        .await
+        .expect("no status change in 20 s");
+        match s {
+            ClientStatus::Disconnected { error } => {
+                refused += 1;
+                // Refused at the queue wait, long before its own 3 s QUIC timeout.
+                assert!(!error.contains("timed out"), "{error}");
+            }
+            ClientStatus::Connected { .. } => break start.elapsed(),
+            _ => {}
+        }
+    };
+    assert!(
+        refused >= 2,
+        "the dialer was refused {refused} times while the slot was busy"
+    );
+    assert!(
+        connected_after >= Duration::from_millis(1_500),
+        "connected after {connected_after:?}, while the only slot was held"
+    );
+    // The silent peer's handshake was not cut at the slot hold: its
+    // connection is still open (the handshake timeout is 30 s).
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(
+        Duration::from_millis(500),
+        tokio::io::AsyncReadExt::read(&mut silent, &mut byte),
+    )
+    .await;
+    assert!(
+        read.is_err(),
+        "the silent peer's connection ended: {read:?}"
+    );
+    let conn = tokio::time::timeout(Duration::from_secs(5), conns.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    drop(conn);
+    drop(silent);
+}
