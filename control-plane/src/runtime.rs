@@ -487,7 +487,7 @@ mod tests {
             std::path::Path::new("docs/operations.md"),
         )
         .unwrap();
-        assert_eq!(c.harness.lease_ttl, std::time::Duration::from_secs(30));
+        assert_eq!(c.harness.lease_ttl, std::time::Duration::from_secs(10));
         assert_eq!(
             c.harness.provisioning,
             harness::ProvisioningMode::Speculative

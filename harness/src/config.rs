@@ -114,8 +114,8 @@ impl Default for HarnessConfig {
         Self::from_raw(RawHarnessConfig::default()).unwrap_or_else(|_| Self {
             instance_id: random_instance_id(),
             instance_id_configured: false,
-            lease_ttl: Duration::from_secs(30),
-            lease_renew_interval: Duration::from_secs(10),
+            lease_ttl: Duration::from_secs_f64(DEFAULT_LEASE_TTL_SECONDS),
+            lease_renew_interval: Duration::from_secs_f64(DEFAULT_LEASE_TTL_SECONDS / 3.0),
             max_tokens: 8192,
             provisioning: ProvisioningMode::Speculative,
             retry: RetryPolicy {
@@ -202,10 +202,12 @@ pub struct RawSupervisor {
 
 /// The default lease TTL: how long a dead replica's sessions wait before
 /// another replica takes them over (a restart with the same instance id does
-/// not wait: it reclaims its leases). Renewed every min(10 s, TTL / 3).
-/// Not lowered yet: bench-recovery prints the renewal costs on PostgreSQL
-/// that would justify a lower default, and it has not been run.
-pub const DEFAULT_LEASE_TTL_SECONDS: f64 = 30.0;
+/// not wait: it reclaims its leases). Renewed every min(10 s, TTL / 3), so
+/// 3.3 s by default: a renewal may be late by two intervals (6.7 s) before
+/// the lease can be lost; a harness that does lose it is fenced by the
+/// epoch and stops (docs/operations.md, "Lease TTL"). Was 30 s; lowered on
+/// the renewal costs bench-recovery measured on PostgreSQL.
+pub const DEFAULT_LEASE_TTL_SECONDS: f64 = 10.0;
 
 fn seconds(key: &str, v: Option<f64>, default: f64, min: f64) -> Result<Duration, ConfigError> {
     let s = v.unwrap_or(default);
@@ -337,7 +339,11 @@ mod tests {
     #[test]
     fn defaults_and_keys() {
         let c = HarnessConfig::from_raw(RawHarnessConfig::default()).unwrap();
-        assert_eq!(c.lease_ttl, Duration::from_secs(30));
+        assert_eq!(c.lease_ttl, Duration::from_secs(10));
+        assert_eq!(c.lease_renew_interval, Duration::from_secs_f64(10.0 / 3.0));
+        // A longer TTL renews every 10 s at most.
+        let raw: RawHarnessConfig = toml::from_str("lease_ttl_seconds = 60").unwrap();
+        let c = HarnessConfig::from_raw(raw).unwrap();
         assert_eq!(c.lease_renew_interval, Duration::from_secs(10));
         assert_eq!(c.provisioning, ProvisioningMode::Speculative);
         assert!(c.instance_id.starts_with("harness-"));
