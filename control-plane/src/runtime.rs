@@ -492,7 +492,7 @@ mod tests {
             c.harness.provisioning,
             harness::ProvisioningMode::Speculative
         );
-        assert_eq!(c.harness.supervisor.max_concurrent_wakes, 64);
+        assert_eq!(c.harness.supervisor.max_concurrent_wakes, 256);
         let e = crate::config::Config::parse(
             "[harness]\nlease_ttl_seconds = 0",
             std::path::Path::new("x.toml"),
