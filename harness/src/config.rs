@@ -361,7 +361,10 @@ mod tests {
         assert_eq!(c.lease_renew_interval, Duration::from_secs(10));
         assert_eq!(c.provisioning, ProvisioningMode::Speculative);
         assert_eq!(c.supervisor.max_concurrent_wakes, 256);
-        assert_eq!(HarnessConfig::default().supervisor.max_concurrent_wakes, 256);
+        assert_eq!(
+            HarnessConfig::default().supervisor.max_concurrent_wakes,
+            256
+        );
         assert_eq!(HarnessConfig::default().lease_ttl, Duration::from_secs(10));
         assert!(c.instance_id.starts_with("harness-"));
         assert!(!c.instance_id_configured);

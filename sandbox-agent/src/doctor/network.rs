@@ -184,7 +184,14 @@ async fn link_checks(
                     "udp",
                     t.quic_connect_timeout * 2 + Duration::from_secs(2),
                     "allow outbound UDP to the control plane's tunnel port",
-                    dial("udp", config, identity, configured, &address, TransportMode::QuicOnly),
+                    dial(
+                        "udp",
+                        config,
+                        identity,
+                        configured,
+                        &address,
+                        TransportMode::QuicOnly,
+                    ),
                 )
                 .await
             };
@@ -286,7 +293,10 @@ fn dns_check(configured: &str, found: Result<Vec<SocketAddr>, String>, proxied: 
         Ok(addrs) => {
             let mut ips: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
             ips.dedup();
-            Check::pass("dns", format!("{configured} resolves to {}", ips.join(", ")))
+            Check::pass(
+                "dns",
+                format!("{configured} resolves to {}", ips.join(", ")),
+            )
         }
         Err(e) => dns_failed(configured, e, proxied),
     }
@@ -854,7 +864,7 @@ mod tests {
                 },
             )
             .unwrap();
-        let identity = Arc::new(AgentIdentity::load(&config).unwrap());
+        let identity = AgentIdentity::load(&config).unwrap();
         let loaded = Loaded {
             identity: Some(identity),
             check: Check::pass("identity", "loaded"),
@@ -920,7 +930,10 @@ mod tests {
             link_label("cp.example:7443", "10.0.0.1:7443"),
             "cp.example:7443@10.0.0.1:7443"
         );
-        assert_eq!(link_label("10.0.0.9:7443", "10.0.0.9:7443"), "10.0.0.9:7443");
+        assert_eq!(
+            link_label("10.0.0.9:7443", "10.0.0.9:7443"),
+            "10.0.0.9:7443"
+        );
     }
 
     #[test]

@@ -19,9 +19,11 @@
 //! picks the values: `default` or numbers; `--latencies 0,1500` the model's
 //! delays in ms).
 //!
-//! Run: `cargo build --release -p control-plane -p airlock-tests --bin
-//! bench-sessions && ulimit -n 65536 && cargo run --release -p
-//! airlock-tests --bin bench-sessions` (`--quick`: 100 sessions;
+//! Run: `cargo build --release -p control-plane --bin control-plane &&
+//! cargo build --release -p airlock-tests --bin bench-sessions && ulimit -n
+//! 65536 && target/release/bench-sessions` (the first build matters: a
+//! `--bin bench-sessions` build does not rebuild the `control-plane`
+//! binary the bench starts) (`--quick`: 100 sessions;
 //! `--sessions N`, `--turns T`). Each session holds two connections (its
 //! stream and its POSTs), so the open file limit must be above 2 N + 100
 //! for the bench and for the control plane (which inherits it): checked
@@ -85,8 +87,8 @@ fn proc_sample(pid: u32) -> Result<(u64, u64)> {
     // After `(comm) `: state is field 3, utime 14, stime 15.
     let rest = &stat[stat.rfind(')').context("/proc/<pid>/stat")? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f.get(11).context("utime")?.parse::<u64>()?
-        + f.get(12).context("stime")?.parse::<u64>()?;
+    let ticks =
+        f.get(11).context("utime")?.parse::<u64>()? + f.get(12).context("stime")?.parse::<u64>()?;
     Ok((ticks, hwm))
 }
 
@@ -208,16 +210,14 @@ async fn run(
     lat.sort();
     Ok(Row {
         latency_ms: latency.as_millis() as u64,
-        wakes: max_wakes
-            .map(|n| n.to_string())
-            .unwrap_or_else(|| {
-                format!(
-                    "default {}",
-                    harness::HarnessConfig::default()
-                        .supervisor
-                        .max_concurrent_wakes
-                )
-            }),
+        wakes: max_wakes.map(|n| n.to_string()).unwrap_or_else(|| {
+            format!(
+                "default {}",
+                harness::HarnessConfig::default()
+                    .supervisor
+                    .max_concurrent_wakes
+            )
+        }),
         sessions,
         turns,
         events,
@@ -247,7 +247,10 @@ async fn main() -> Result<()> {
         "--wakes",
         &arg_str("--wakes").unwrap_or_else(|| format!("default,{sessions}")),
     )?;
-    let latencies = list("--latencies", &arg_str("--latencies").unwrap_or("0,1500".into()))?;
+    let latencies = list(
+        "--latencies",
+        &arg_str("--latencies").unwrap_or("0,1500".into()),
+    )?;
     if let Some(limit) = nofile() {
         let need = 2 * sessions as u64 + 100;
         if limit < need {
