@@ -487,12 +487,12 @@ mod tests {
             std::path::Path::new("docs/operations.md"),
         )
         .unwrap();
-        assert_eq!(c.harness.lease_ttl, std::time::Duration::from_secs(30));
+        assert_eq!(c.harness.lease_ttl, std::time::Duration::from_secs(10));
         assert_eq!(
             c.harness.provisioning,
             harness::ProvisioningMode::Speculative
         );
-        assert_eq!(c.harness.supervisor.max_concurrent_wakes, 64);
+        assert_eq!(c.harness.supervisor.max_concurrent_wakes, 256);
         let e = crate::config::Config::parse(
             "[harness]\nlease_ttl_seconds = 0",
             std::path::Path::new("x.toml"),

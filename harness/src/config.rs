@@ -77,7 +77,8 @@ pub struct Budget {
 pub struct SupervisorConfig {
     /// How often to look for running sessions whose lease is free or expired.
     pub recovery_scan_interval: Duration,
-    /// Wakes running at once in this process.
+    /// Wakes running at once in this process (each holds a permit for the
+    /// whole wake: model requests and tool calls included).
     pub max_concurrent_wakes: usize,
     /// Wait between attempts when another harness holds a notified session.
     pub busy_retry_interval: Duration,
@@ -114,8 +115,8 @@ impl Default for HarnessConfig {
         Self::from_raw(RawHarnessConfig::default()).unwrap_or_else(|_| Self {
             instance_id: random_instance_id(),
             instance_id_configured: false,
-            lease_ttl: Duration::from_secs(30),
-            lease_renew_interval: Duration::from_secs(10),
+            lease_ttl: Duration::from_secs_f64(DEFAULT_LEASE_TTL_SECONDS),
+            lease_renew_interval: Duration::from_secs_f64(DEFAULT_LEASE_TTL_SECONDS / 3.0),
             max_tokens: 8192,
             provisioning: ProvisioningMode::Speculative,
             retry: RetryPolicy {
@@ -132,7 +133,7 @@ impl Default for HarnessConfig {
             },
             supervisor: SupervisorConfig {
                 recovery_scan_interval: Duration::from_secs(5),
-                max_concurrent_wakes: 64,
+                max_concurrent_wakes: DEFAULT_MAX_CONCURRENT_WAKES,
                 busy_retry_interval: Duration::from_millis(250),
             },
         })
@@ -194,7 +195,7 @@ pub struct RawBudget {
 pub struct RawSupervisor {
     /// Default 5.
     pub recovery_scan_interval_seconds: Option<f64>,
-    /// Default 64.
+    /// Default [`DEFAULT_MAX_CONCURRENT_WAKES`].
     pub max_concurrent_wakes: Option<usize>,
     /// Default 0.25.
     pub busy_retry_interval_seconds: Option<f64>,
@@ -202,10 +203,22 @@ pub struct RawSupervisor {
 
 /// The default lease TTL: how long a dead replica's sessions wait before
 /// another replica takes them over (a restart with the same instance id does
-/// not wait: it reclaims its leases). Renewed every min(10 s, TTL / 3).
-/// Not lowered yet: bench-recovery prints the renewal costs on PostgreSQL
-/// that would justify a lower default, and it has not been run.
-pub const DEFAULT_LEASE_TTL_SECONDS: f64 = 30.0;
+/// not wait: it reclaims its leases). Renewed every min(10 s, TTL / 3), so
+/// 3.3 s by default: a renewal may be late by two intervals (6.7 s) before
+/// the lease can be lost; a harness that does lose it is fenced by the
+/// epoch and stops (docs/operations.md, "Lease TTL"). Was 30 s; lowered on
+/// the renewal costs bench-recovery measured on PostgreSQL.
+pub const DEFAULT_LEASE_TTL_SECONDS: f64 = 10.0;
+
+/// The default `[harness.supervisor] max_concurrent_wakes`. A wake holds
+/// its permit while it waits on the model and on tool calls, so the limit
+/// is on sessions *running* at once, not on CPU work: with 64 (the old
+/// default) and a model answering in 1.5 s, 1,000 sessions messaged at once
+/// waited 23.5 s (p50) for their idle, 6.4 s with 256 and 5.2 s with 1,000
+/// (bench-sessions, docs/scale.md). What it bounds is memory: each running
+/// wake holds its session's events and its next model request (a few MB for
+/// a session near the model's context limit).
+pub const DEFAULT_MAX_CONCURRENT_WAKES: usize = 256;
 
 fn seconds(key: &str, v: Option<f64>, default: f64, min: f64) -> Result<Duration, ConfigError> {
     let s = v.unwrap_or(default);
@@ -281,7 +294,10 @@ impl HarnessConfig {
                 "must not be below harness.retry.initial_backoff_seconds",
             ));
         }
-        let max_concurrent_wakes = raw.supervisor.max_concurrent_wakes.unwrap_or(64);
+        let max_concurrent_wakes = raw
+            .supervisor
+            .max_concurrent_wakes
+            .unwrap_or(DEFAULT_MAX_CONCURRENT_WAKES);
         if max_concurrent_wakes == 0 {
             return Err(invalid(
                 "harness.supervisor.max_concurrent_wakes",
@@ -337,9 +353,19 @@ mod tests {
     #[test]
     fn defaults_and_keys() {
         let c = HarnessConfig::from_raw(RawHarnessConfig::default()).unwrap();
-        assert_eq!(c.lease_ttl, Duration::from_secs(30));
+        assert_eq!(c.lease_ttl, Duration::from_secs(10));
+        assert_eq!(c.lease_renew_interval, Duration::from_secs_f64(10.0 / 3.0));
+        // A longer TTL renews every 10 s at most.
+        let raw: RawHarnessConfig = toml::from_str("lease_ttl_seconds = 60").unwrap();
+        let c = HarnessConfig::from_raw(raw).unwrap();
         assert_eq!(c.lease_renew_interval, Duration::from_secs(10));
         assert_eq!(c.provisioning, ProvisioningMode::Speculative);
+        assert_eq!(c.supervisor.max_concurrent_wakes, 256);
+        assert_eq!(
+            HarnessConfig::default().supervisor.max_concurrent_wakes,
+            256
+        );
+        assert_eq!(HarnessConfig::default().lease_ttl, Duration::from_secs(10));
         assert!(c.instance_id.starts_with("harness-"));
         assert!(!c.instance_id_configured);
         let raw: RawHarnessConfig = toml::from_str(

@@ -12,6 +12,7 @@
 //! the hello is a real connection: the control plane lists it for a moment
 //! and logs "agent connected" / "agent disconnected".
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -32,11 +33,28 @@ pub const CLOCK_WARN: Duration = Duration::from_secs(30);
 /// Clock skew that fails.
 pub const CLOCK_FAIL: Duration = Duration::from_secs(300);
 
-/// Run the network checks in order: `dns`, `udp`, `tcp`, `proxy` and
-/// `tls-interception` for every link (with several control-plane
-/// addresses, each check's name carries the address: `udp@cp-b:7443`),
-/// then `clock` once.
+/// Run the network checks in order: for every configured address `dns`,
+/// then `udp`, `tcp`, `proxy` and `tls-interception` for every link the
+/// agent makes to it (an IP address is one link; a DNS name one link per
+/// address it resolves to, as `run` dials them), then `clock` once.
+///
+/// With more than one link in all, each link check's name carries the
+/// link's label, the same as the `link` label of the agent's tunnel metrics
+/// and its log lines ([`link_label`]): `udp@10.0.0.2:7443` for an IP
+/// address, `udp@cp.example:7443@10.0.0.2:7443` for one address of a name;
+/// with more than one configured address the `dns` checks carry the
+/// configured address (`dns@cp-b.example:7443`).
 pub(super) async fn all(r: &mut Report, config: &Config, id: &Loaded) {
+    all_with(r, config, id, |a: String| async move { resolve(&a).await }).await;
+}
+
+/// [`all`] with the resolver given (the tests resolve a name to
+/// addresses of their own).
+async fn all_with<R, F>(r: &mut Report, config: &Config, id: &Loaded, resolver: R)
+where
+    R: Fn(String) -> F,
+    F: std::future::Future<Output = Result<Vec<SocketAddr>, String>>,
+{
     let addresses = id
         .identity
         .as_ref()
@@ -51,36 +69,106 @@ pub(super) async fn all(r: &mut Report, config: &Config, id: &Loaded) {
         }
         return;
     }
-    let several = addresses.len() > 1;
-    for address in &addresses {
-        let mut one = Report::new("sandbox-agent", r.strict);
-        link_checks(&mut one, config, id, address).await;
-        for mut check in one.checks {
-            if several {
-                check.name = format!("{}@{address}", check.name);
+    let proxied = |configured: &str| {
+        let host = settings::split_host_port(configured)
+            .map(|(h, _)| h.to_owned())
+            .unwrap_or_default();
+        config
+            .tunnel
+            .proxy
+            .as_ref()
+            .is_some_and(|p| p.applies_to(&host))
+    };
+    // Resolve every configured address first: the names of the checks
+    // depend on how many links there are in all.
+    let mut plans = Vec::with_capacity(addresses.len());
+    for configured in &addresses {
+        let started = std::time::Instant::now();
+        let found = match tokio::time::timeout(DNS_TIMEOUT, resolver(configured.clone())).await {
+            Ok(found) => found,
+            Err(_) => Err(format!("no answer within {} s", DNS_TIMEOUT.as_secs())),
+        };
+        let mut dns = dns_check(configured, found.clone(), proxied(configured));
+        dns.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        plans.push((configured.clone(), dns, link_targets(configured, &found)));
+    }
+    let links: usize = plans.iter().map(|(_, _, t)| t.len()).sum();
+    let several_addresses = addresses.len() > 1;
+    for (configured, dns, targets) in plans {
+        let mut dns = dns;
+        if several_addresses {
+            dns.name = format!("dns@{configured}");
+        }
+        r.push(dns);
+        for target in targets {
+            let mut one = Report::new("sandbox-agent", r.strict);
+            link_checks(&mut one, config, id, &configured, &target).await;
+            for mut check in one.checks {
+                if links > 1 || several_addresses {
+                    check.name = format!("{}@{}", check.name, link_label(&configured, &target));
+                }
+                r.push(check);
             }
-            r.push(check);
         }
     }
     clock_check(r, config, id).await;
 }
 
-/// The checks of one link, to `address`.
-async fn link_checks(r: &mut Report, config: &Config, id: &Loaded, address: &str) {
+/// Limit for resolving one configured address.
+const DNS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The system resolver, as the agent's links use it.
+async fn resolve(address: &str) -> Result<Vec<SocketAddr>, String> {
+    tokio::net::lookup_host(address)
+        .await
+        .map(|a| a.collect())
+        .map_err(|e| e.to_string())
+}
+
+/// What the agent dials for `configured`: itself when it is an IP address
+/// (or does not resolve here: the check then dials the name, which a proxy
+/// may resolve), else every address it resolves to, deduplicated and
+/// sorted as the agent's links are.
+fn link_targets(configured: &str, found: &Result<Vec<SocketAddr>, String>) -> Vec<String> {
+    let is_ip = settings::split_host_port(configured)
+        .is_some_and(|(h, _)| h.parse::<std::net::IpAddr>().is_ok());
+    match found {
+        Ok(addrs) if !is_ip && !addrs.is_empty() => addrs
+            .iter()
+            .map(SocketAddr::to_string)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect(),
+        _ => vec![configured.to_owned()],
+    }
+}
+
+/// A link's name in check names, logs and metrics: `configured`, or
+/// `configured@address` when a name was resolved to `address` (the same
+/// as the agent's links, `crate::connect::links`).
+fn link_label(configured: &str, address: &str) -> String {
+    if configured == address {
+        configured.to_owned()
+    } else {
+        format!("{configured}@{address}")
+    }
+}
+
+/// The checks of one link of `configured`, to `address` (`configured`
+/// itself, or one address it resolved to); the certificate name and the
+/// proxy's rules come from `configured`, as for the agent's links.
+async fn link_checks(
+    r: &mut Report,
+    config: &Config,
+    id: &Loaded,
+    configured: &str,
+    address: &str,
+) {
     let address = address.to_owned();
-    let host = settings::split_host_port(&address)
+    let host = settings::split_host_port(configured)
         .map(|(h, _)| h.to_owned())
         .unwrap_or_default();
     let proxy = config.tunnel.proxy.clone().filter(|p| p.applies_to(&host));
-    r.push(
-        timed(
-            "dns",
-            Duration::from_secs(10),
-            "check the resolver (/etc/resolv.conf) and that it answers",
-            dns(&address, proxy.is_some()),
-        )
-        .await,
-    );
     let mode = config.tunnel.transport;
     let (udp, tcp) = match &id.identity {
         None => (
@@ -96,7 +184,14 @@ async fn link_checks(r: &mut Report, config: &Config, id: &Loaded, address: &str
                     "udp",
                     t.quic_connect_timeout * 2 + Duration::from_secs(2),
                     "allow outbound UDP to the control plane's tunnel port",
-                    dial("udp", config, identity, &address, TransportMode::QuicOnly),
+                    dial(
+                        "udp",
+                        config,
+                        identity,
+                        configured,
+                        &address,
+                        TransportMode::QuicOnly,
+                    ),
                 )
                 .await
             };
@@ -110,7 +205,7 @@ async fn link_checks(r: &mut Report, config: &Config, id: &Loaded, address: &str
                     "tcp",
                     t.connect_timeout * 2 + Duration::from_secs(2),
                     "allow outbound TCP to the control plane's tunnel port (or through tunnel.proxy_url)",
-                    dial("tcp", config, identity, &address, TransportMode::TcpOnly),
+                    dial("tcp", config, identity, configured, &address, TransportMode::TcpOnly),
                 )
                 .await
             };
@@ -146,7 +241,7 @@ async fn link_checks(r: &mut Report, config: &Config, id: &Loaded, address: &str
     let server_name = id
         .identity
         .as_ref()
-        .map(|i| i.endpoint().server_name_for(&address));
+        .map(|i| i.endpoint().server_name_for(configured));
     r.push(match (&ca, &server_name) {
         (Some(ca), Some(name)) if mode != TransportMode::QuicOnly => {
             timed(
@@ -191,19 +286,19 @@ async fn clock_check(r: &mut Report, config: &Config, id: &Loaded) {
     });
 }
 
-async fn dns(address: &str, proxied: bool) -> Check {
-    match tokio::net::lookup_host(address).await {
+/// The `dns` check of `configured` from what the resolver said.
+fn dns_check(configured: &str, found: Result<Vec<SocketAddr>, String>, proxied: bool) -> Check {
+    match found {
+        Ok(addrs) if addrs.is_empty() => dns_failed(configured, "no addresses".into(), proxied),
         Ok(addrs) => {
-            let addrs: Vec<String> = addrs.map(|a| a.ip().to_string()).collect();
-            if addrs.is_empty() {
-                dns_failed(address, "no addresses".into(), proxied)
-            } else {
-                let mut uniq = addrs.clone();
-                uniq.dedup();
-                Check::pass("dns", format!("{address} resolves to {}", uniq.join(", ")))
-            }
+            let mut ips: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
+            ips.dedup();
+            Check::pass(
+                "dns",
+                format!("{configured} resolves to {}", ips.join(", ")),
+            )
         }
-        Err(e) => dns_failed(address, e.to_string(), proxied),
+        Err(e) => dns_failed(configured, e, proxied),
     }
 }
 
@@ -240,12 +335,13 @@ async fn dial(
     name: &str,
     config: &Config,
     identity: &Arc<AgentIdentity>,
+    configured: &str,
     address: &str,
     mode: TransportMode,
 ) -> Check {
     let mut settings = crate::connect::client_settings(config, identity);
     settings.server = address.to_owned();
-    settings.server_name = identity.endpoint().server_name_for(address);
+    settings.server_name = identity.endpoint().server_name_for(configured);
     settings.mode = mode;
     settings.capabilities = vec!["doctor".into()];
     let server = settings.server.clone();
@@ -696,8 +792,149 @@ fn parse_http_date(s: &str) -> Option<SystemTime> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    use pki::agent::{AgentFiles, IdentityRecord, PendingKey};
+    use pki::{EnvironmentId, IdentityService, IdentitySettings};
+    use tunnel::{Listener, ServerSettings};
+
+    /// A tunnel listener of `tls` that accepts every agent through the
+    /// hello (and keeps nothing).
+    async fn replica(tls: Arc<rustls::ServerConfig>) -> SocketAddr {
+        let settings = ServerSettings::default();
+        let mut listener = Listener::bind(settings.clone(), tls).await.unwrap();
+        let addr = listener.local_addr();
+        tokio::spawn(async move {
+            while let Some(pending) = listener.accept().await {
+                let version = pending.negotiate().unwrap();
+                let peer = pending.hello().map(|h| h.agent_id.clone()).unwrap();
+                let _ = pending.accept(version, &settings, None, peer).await;
+            }
+        });
+        addr
+    }
+
+    /// A name resolving to three addresses: two replicas (real tunnel
+    /// listeners whose certificate names only `cp.test`) and one where
+    /// nothing listens. The doctor dials each address, as `run` makes one
+    /// link each, with the name's certificate name, and names each check
+    /// after its link; only the dead address fails.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_address_a_name_resolves_to_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = IdentitySettings::new(dir.path().join("cp"));
+        settings.server_names = vec!["cp.test".into()];
+        let svc = IdentityService::open(settings).unwrap();
+        let token = svc
+            .create_token(
+                &EnvironmentId::parse("env_d").unwrap(),
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        let key = PendingKey::generate().unwrap();
+        let e = svc
+            .enroll(token.token.expose(), &key.csr_pem, None)
+            .unwrap();
+        let tls = Arc::new(svc.tunnel_server_config(&[tunnel::ALPN]).unwrap());
+        let a = replica(tls.clone()).await;
+        let b = replica(tls).await;
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let text = format!(
+            "data_dir = \"{}\"\n[control_plane]\naddress = \"cp.test:7443\"\n[tunnel]\nquic_connect_timeout_seconds = 0.5\n",
+            dir.path().join("agent").display()
+        );
+        let config = Config::parse(&text, std::path::Path::new("test.toml")).unwrap();
+        AgentFiles::new(&config.identity.dir)
+            .save_enrollment(
+                &key,
+                &e.certificate.chain,
+                svc.ca_cert_der(),
+                &IdentityRecord {
+                    agent_id: e.agent_id.clone(),
+                    environment_id: e.environment_id.clone(),
+                    ca_fingerprint: svc.ca_fingerprint(),
+                    tunnel_address: None,
+                    enroll_address: None,
+                    server_name: None,
+                },
+            )
+            .unwrap();
+        let identity = AgentIdentity::load(&config).unwrap();
+        let loaded = Loaded {
+            identity: Some(identity),
+            check: Check::pass("identity", "loaded"),
+            enroll: None,
+        };
+        let resolved = vec![a, dead, b];
+        let mut r = Report::new("sandbox-agent", false);
+        all_with(&mut r, &config, &loaded, |name: String| {
+            let resolved = resolved.clone();
+            async move {
+                assert_eq!(name, "cp.test:7443");
+                Ok(resolved)
+            }
+        })
+        .await;
+        let status = |name: &str| {
+            r.checks
+                .iter()
+                .find(|c| c.name == name)
+                .unwrap_or_else(|| panic!("no check {name}: {:#?}", r.checks))
+                .clone()
+        };
+        assert_eq!(status("dns").status, Status::Pass, "{:?}", status("dns"));
+        for up in [a, b] {
+            for check in ["udp", "tcp", "tls-interception"] {
+                let c = status(&format!("{check}@cp.test:7443@{up}"));
+                assert_eq!(c.status, Status::Pass, "{c:?}");
+            }
+            assert!(
+                status(&format!("tcp@cp.test:7443@{up}"))
+                    .detail
+                    .contains(&up.to_string()),
+                "the dial went to {up}"
+            );
+        }
+        for check in ["udp", "tcp"] {
+            let c = status(&format!("{check}@cp.test:7443@{dead}"));
+            assert_eq!(c.status, Status::Fail, "{c:?}");
+        }
+        // dns, then udp tcp proxy tls-interception for each of the three
+        // links in address order, then clock.
+        assert_eq!(r.checks.len(), 1 + 3 * 4 + 1, "{:#?}", r.checks);
+        assert_eq!(r.checks.last().unwrap().name, "clock");
+    }
+
+    #[test]
+    fn an_ip_address_is_one_link_and_a_name_one_per_address() {
+        let two: Result<Vec<SocketAddr>, String> = Ok(vec![
+            "10.0.0.2:7443".parse().unwrap(),
+            "10.0.0.1:7443".parse().unwrap(),
+            "10.0.0.2:7443".parse().unwrap(),
+        ]);
+        assert_eq!(
+            link_targets("cp.example:7443", &two),
+            ["10.0.0.1:7443", "10.0.0.2:7443"]
+        );
+        assert_eq!(link_targets("10.0.0.9:7443", &two), ["10.0.0.9:7443"]);
+        assert_eq!(
+            link_targets("cp.example:7443", &Err("nxdomain".into())),
+            ["cp.example:7443"]
+        );
+        assert_eq!(
+            link_label("cp.example:7443", "10.0.0.1:7443"),
+            "cp.example:7443@10.0.0.1:7443"
+        );
+        assert_eq!(
+            link_label("10.0.0.9:7443", "10.0.0.9:7443"),
+            "10.0.0.9:7443"
+        );
+    }
 
     #[test]
     fn http_dates_parse() {
