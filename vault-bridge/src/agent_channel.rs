@@ -34,7 +34,7 @@ use tokio::task::JoinSet;
 
 use crate::agent_channel_egress::{session_policy, EgressListeners, OpenError};
 use crate::backend::SecretBackend;
-use crate::egress::SandboxIdentity;
+use crate::egress::{EgressPolicy, SandboxIdentity};
 
 /// Frame cap of the agent channel: the protocol's default (1 MiB), so an
 /// MCP tool call's arguments and its result (up to
@@ -377,14 +377,23 @@ async fn handle(request: ToBridge, state: &State) -> FromBridge {
                     .as_ref()
                     .is_some_and(|r| r.holds_token(&session_id, resource_id))
             };
-            let opened = session_policy(
-                &sandbox_id,
-                &allowed_hosts,
-                &repositories,
-                &credentials,
-                has_token,
-            )
-            .and_then(|(policy, env)| {
+            let ended = state
+                .relay
+                .as_ref()
+                .is_some_and(|r| r.session_ended(&session_id));
+            let policy = if ended {
+                tracing::info!(%sandbox_id, %session_id, "open_egress for an ended session: every request is refused");
+                Ok((EgressPolicy::new(), Default::default()))
+            } else {
+                session_policy(
+                    &sandbox_id,
+                    &allowed_hosts,
+                    &repositories,
+                    &credentials,
+                    has_token,
+                )
+            };
+            let opened = policy.and_then(|(policy, env)| {
                 let path = state.listeners.open(
                     SandboxIdentity {
                         sandbox_id: sandbox_id.clone(),
@@ -456,7 +465,15 @@ async fn handle(request: ToBridge, state: &State) -> FromBridge {
             None => no_relay(),
         },
         ToBridge::ForgetSessionToken(f) => match &state.relay {
-            Some(r) => r.forget_session_token(&f).await,
+            Some(r) => {
+                if f.resource_id.is_none() {
+                    // The session ended: cut its sandboxes' egress first.
+                    if let Err(e) = end_session(r, &state.listeners, &f.session_id) {
+                        return FromBridge::error(BridgeErrorCode::Io, e.to_string());
+                    }
+                }
+                r.forget_session_token(&f).await
+            }
             None => no_relay(),
         },
         ToBridge::McpListTools(r) => match &state.mcp {
@@ -477,6 +494,38 @@ async fn handle(request: ToBridge, state: &State) -> FromBridge {
             "this bridge does not know that request type",
         ),
     }
+}
+
+/// A session ended (`forget_session_token` without a resource): record it
+/// (persisted, so a restarted bridge refuses it too) and re-open each of its
+/// sandboxes' sockets under a policy that refuses every host. Re-opening
+/// aborts their open connections (kept-alive tunnels included) and drops
+/// their pooled upstream connections; the socket stays, so the agent does
+/// not take it for a lost bridge and re-send the session's full policy.
+fn end_session(
+    relay: &crate::relay::Relay,
+    listeners: &EgressListeners,
+    session_id: &str,
+) -> Result<(), crate::relay::RelayStoreError> {
+    relay.end_session(session_id)?;
+    for sandbox_id in listeners.sandboxes_of(session_id) {
+        let who = SandboxIdentity {
+            sandbox_id: sandbox_id.clone(),
+            session_id: session_id.to_owned(),
+        };
+        match listeners.open(who, EgressPolicy::new()) {
+            Ok(_) => {
+                tracing::info!(%sandbox_id, %session_id, "egress of an ended session cut")
+            }
+            Err(error) => {
+                // Could not re-bind: close it outright (the agent's re-send
+                // then gets the refusing policy too).
+                tracing::warn!(%sandbox_id, %session_id, %error, "egress of an ended session closed");
+                let _ = listeners.close(&sandbox_id);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Answer a `Scrub`: every known secret value replaced; refused when the
