@@ -104,12 +104,15 @@ pub struct PutSessionToken {
     pub token: WireSecret,
 }
 
-/// Drop a session's repository token(s).
+/// Drop a session's repository token(s). Without a resource it says the
+/// session ended (archived or deleted): the bridge drops every token of the
+/// session and from then on refuses its sandboxes' egress (restarts
+/// included), so none of its credentials is used for it again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForgetSessionToken {
     /// `sesn_...`.
     pub session_id: String,
-    /// One resource; `None`: every token of the session (it ended).
+    /// One resource; `None`: the session ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_id: Option<String>,
 }

@@ -89,8 +89,9 @@ async fn forward(socket: PathBuf) -> u16 {
     port
 }
 
-/// One request through the proxy at `port`: (HTTP status, 0 when curl got
-/// none; body and curl's error).
+/// One request through the proxy at `port`: (the proxy's answer to CONNECT
+/// when it refused the tunnel, else the request's HTTP status, 0 when curl
+/// got none; body and curl's error).
 async fn probe(port: u16, ca: &Path, url: &str) -> (u16, String) {
     let out = tokio::process::Command::new("curl")
         .env_clear()
@@ -99,7 +100,7 @@ async fn probe(port: u16, ca: &Path, url: &str) -> (u16, String) {
         .arg(format!("http://127.0.0.1:{port}"))
         .arg("--cacert")
         .arg(ca)
-        .args(["-w", "\n%{http_code}", url])
+        .args(["-w", "\n%{http_connect} %{http_code}", url])
         .output()
         .await
         .unwrap();
@@ -108,11 +109,18 @@ async fn probe(port: u16, ca: &Path, url: &str) -> (u16, String) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let code = String::from_utf8_lossy(&out.stdout)
+    let codes: Vec<u16> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .last()
-        .and_then(|l| l.trim().parse().ok())
-        .unwrap_or(0);
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .collect();
+    let code = match codes[..] {
+        [connect, _] if connect != 0 && connect != 200 => connect,
+        [_, status] => status,
+        _ => 0,
+    };
     (code, text)
 }
 
@@ -318,10 +326,10 @@ async fn archiving_a_credential_or_ending_a_session_stops_its_use_within_a_secon
     assert_eq!(code, 502, "{text}");
     assert!(text.contains(&cred) && text.contains("archived"), "{text}");
 
-    // 2. A session archived, 3. a session deleted (a fresh credential each:
-    // the first one is archived).
+    // 2. A session archived, 3. a session deleted (a fresh credential: the
+    // first one is archived).
+    f.credential().await;
     for how in ["archived", "deleted"] {
-        f.credential().await;
         let (session, socket) = f.session().await;
         let port = forward(socket).await;
         let (code, text) = probe(port, &bridge_ca, &f.info_refs).await;

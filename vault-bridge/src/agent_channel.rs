@@ -923,6 +923,63 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_session_end_cuts_its_sandboxes_egress_and_survives_a_reopen() {
+        let f = start_with(&[], true).await;
+        let mut c = hello(&f.channel_path).await;
+        let opened = |a: FromBridge| match a {
+            FromBridge::EgressOpened { socket_path, .. } => socket_path,
+            other => panic!("not opened: {other:?}"),
+        };
+        let mine = opened(c.call(&open("sbx_end", &["allowed.example.com"])).await);
+        let mut other = open("sbx_other", &["allowed.example.com"]);
+        if let ToBridge::OpenEgress { session_id, .. } = &mut other {
+            *session_id = "sesn_2".into();
+        }
+        let theirs = opened(c.call(&other).await);
+        // A tunnel open before the end.
+        let mut held = UnixStream::connect(&mine).await.unwrap();
+        held.write_all(b"CONNECT allowed.example.com:443 HTTP/1.1\r\nHost: allowed.example.com:443\r\n\r\n")
+            .await
+            .unwrap();
+        let mut first = [0u8; 12];
+        held.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"HTTP/1.1 200");
+        // Open and idle (the rest of the answer read, then nothing more).
+        let mut buf = [0u8; 256];
+        loop {
+            match tokio::time::timeout(Duration::from_millis(300), held.read(&mut buf)).await {
+                Err(_) => break,
+                Ok(Ok(0)) | Ok(Err(_)) => panic!("the tunnel closed before the session ended"),
+                Ok(Ok(_)) => {}
+            }
+        }
+
+        let ended = c
+            .call(&ToBridge::ForgetSessionToken(
+                protocol::relay::ForgetSessionToken {
+                    session_id: "sesn_1".into(),
+                    resource_id: None,
+                },
+            ))
+            .await;
+        assert!(matches!(ended, FromBridge::Relayed { .. }), "{ended:?}");
+        // The held tunnel is cut, the socket stays (the agent sees no lost
+        // bridge) and refuses every host; the other session is untouched.
+        let mut rest = Vec::new();
+        let cut = tokio::time::timeout(Duration::from_secs(2), held.read_to_end(&mut rest)).await;
+        assert!(cut.is_ok(), "the open tunnel was not cut");
+        let (status, _) = connect_through(&mine, "allowed.example.com").await;
+        assert!(status.starts_with("HTTP/1.1 403"), "{status}");
+        let (status, _) = connect_through(&theirs, "allowed.example.com").await;
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        // The agent re-sending the full policy (after a bridge restart) gets no egress either.
+        let again = opened(c.call(&open("sbx_end", &["allowed.example.com"])).await);
+        let (status, _) = connect_through(&again, "allowed.example.com").await;
+        assert!(status.starts_with("HTTP/1.1 403"), "{status}");
+        drop(f);
+    }
+
+    #[tokio::test]
     async fn scrub_replaces_relayed_credentials_and_session_tokens() {
         use protocol::relay::{PutCredential, PutSessionToken, WireSecret};
         let f = start_with(&[], true).await;

@@ -12,6 +12,10 @@
 //!   resource's Git token for that session and resource only, sealed in
 //!   their own encrypted store (`<data_dir>/session-tokens/`, the file
 //!   backend's AEAD and atomic writes), so a bridge restart keeps them.
+//!   A `ForgetSessionToken` without a resource ends the session: its id goes
+//!   into `<data_dir>/ended-sessions.json` ([`EndedSessions`], atomic writes,
+//!   the last [`MAX_ENDED_SESSIONS`]) and the agent channel cuts its
+//!   sandboxes' egress (`agent_channel::end_session`).
 //!
 //! [`BridgeSecrets`] is the proxy's [`SecretSource`]: revocations first,
 //! then the session-token store (a [`CredentialRef`] without a vault is a
@@ -543,6 +547,34 @@ mod tests {
         async fn health(&self) -> Result<(), BackendError> {
             Ok(())
         }
+    }
+
+    #[tokio::test]
+    async fn ended_sessions_are_kept_across_a_restart_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = relay(dir.path()).await;
+        assert!(!r.session_ended("sesn_a"));
+        r.end_session("sesn_a").unwrap();
+        r.end_session("sesn_a").unwrap();
+        assert!(r.session_ended("sesn_a") && !r.session_ended("sesn_b"));
+        let path = dir.path().join(ENDED_SESSIONS_FILE);
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        drop(r);
+        let r = relay(dir.path()).await;
+        assert!(r.session_ended("sesn_a"), "kept across a restart");
+        let ended = EndedSessions::open(dir.path()).unwrap();
+        for i in 0..MAX_ENDED_SESSIONS {
+            lock(&ended.ended).push(format!("sesn_fill{i}"));
+        }
+        ended.end("sesn_last").unwrap();
+        let g = lock(&ended.ended);
+        assert_eq!(g.len(), MAX_ENDED_SESSIONS);
+        assert_eq!(g.first().map(String::as_str), Some("sesn_fill1"), "the oldest go first");
+        drop(g);
+        std::fs::write(&path, b"not json").unwrap();
+        let e = EndedSessions::open(dir.path()).unwrap_err().to_string();
+        assert!(e.contains(ENDED_SESSIONS_FILE), "{e}");
     }
 
     #[tokio::test]
