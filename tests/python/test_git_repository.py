@@ -37,12 +37,21 @@ WAIT = 180
 
 @pytest.fixture(scope="module")
 def git_deployment():
+    """The deployment and two Git servers: `git` takes the bridge's default
+    basic user-id (`x-access-token`), `gitlab` only `oauth2`."""
     upstream = Fixture("git-server")
     try:
-        with bridged_deployment("fake-model-bash", upstream.facts["ca_file"], "git", WAIT) as d:
-            d.git = upstream
+        other = Fixture("git-server", args=["--user", "oauth2"])
+    except Exception:
+        upstream.stop()
+        raise
+    try:
+        cas = [upstream.facts["ca_file"], other.facts["ca_file"]]
+        with bridged_deployment("fake-model-bash", cas, "git", WAIT) as d:
+            d.git, d.gitlab = upstream, other
             yield d
     finally:
+        other.stop()
         upstream.stop()
 
 
@@ -58,11 +67,12 @@ COMMANDS = [
 ]
 
 
-def run_git_session(d, s):
-    """Sends COMMANDS to session `s` and checks the work: `git log` in the
-    clone, the remote is the real URL, the push is on the server. Returns the
-    session's events as JSON text."""
-    url, c = d.git.facts["url"], d.client
+def run_git_session(d, s, server):
+    """Sends COMMANDS to session `s` and checks the work on `server` (a
+    git-server fixture): `git log` in the clone, the remote is the real URL,
+    the push is on the server. Returns the session's events as JSON text and
+    the server's new `main`."""
+    url, c = server.facts["url"], d.client
     prompt = "Work on the repository:\n" + "\n".join(f"$ {cmd}" for cmd in COMMANDS)
     with c.beta.sessions.events.stream(s.id) as stream:
         c.beta.sessions.events.send(s.id, events=[user_message(prompt)])
@@ -83,15 +93,18 @@ def run_git_session(d, s):
         assert not r.is_error, r
         return "".join(b.text for b in r.content if b.type == "text").strip()
 
-    assert out(0) in ("seed", "change from the sdk session"), "git log in the clone"
+    assert out(0) == "seed", "git log in the clone"
     assert out(1) == url, "the remote stays the real url"
     assert "push-exit=0" in out(2), out(2)
-    bare_log = subprocess.run(["git", "--git-dir", d.git.facts["bare"], "log", "--format=%s", "-1", "main"],
+    bare_log = subprocess.run(["git", "--git-dir", server.facts["bare"], "log", "--format=%s", "-1", "main"],
                               capture_output=True, check=True, timeout=30).stdout.decode().strip()
     assert bare_log == "change from the sdk session", "the push is on the server"
-    head = subprocess.run(["git", "--git-dir", d.git.facts["bare"], "rev-parse", "main"],
+    return dump, server_head(server)
+
+
+def server_head(server):
+    return subprocess.run(["git", "--git-dir", server.facts["bare"], "rev-parse", "main"],
                           capture_output=True, check=True, timeout=30).stdout.decode().strip()
-    return dump, head
 
 
 def assert_token_nowhere(d, token, dump):
@@ -122,37 +135,43 @@ def test_sdk_session_clones_commits_and_pushes_without_seeing_the_token(git_depl
     s = c.beta.sessions.create(agent=agent.id, environment_id=d.environment.id,
                                resources=[{"type": "github_repository", "url": url, "authorization_token": token}])
     assert token not in s.model_dump_json()
-    dump, _ = run_git_session(d, s)
+    dump, _ = run_git_session(d, s, d.git)
     assert_token_nowhere(d, token, dump)
 
 
 def test_a_vault_credential_bound_to_the_repository_serves_git_as_basic_auth(git_deployment):
-    """Gap of issue 9 item 4: the token comes from a vault credential bound to
-    the repository (a `static_bearer` whose `mcp_server_url` is the repository
-    URL, metadata `airlock.http_auth = "basic"`: sent as Basic
-    `x-access-token:<token>`, which the Git server requires), relayed to the
-    bridge through the API; the session names the vault and a
-    `github_repository` resource without `authorization_token`."""
+    """Issue 9 item 4 with the token in a vault credential bound to the
+    repository: a `static_bearer` whose `mcp_server_url` is the repository
+    URL, metadata `airlock.http_auth = "basic"` and `airlock.basic_username =
+    "oauth2"` (the only user-id this server takes, so the bridge's default
+    would be refused), relayed to the bridge through the API; the session
+    names the vault and a `github_repository` resource without
+    `authorization_token`."""
     d = git_deployment
-    token, url = d.git.facts["token"], d.git.facts["url"]
+    token, url = d.gitlab.facts["token"], d.gitlab.facts["url"]
+    assert d.gitlab.facts["user"] == "oauth2"
     c = d.client
     vault = c.beta.vaults.create(display_name="git", metadata={"airlock.environment_id": d.environment.id})
     # Validated at the API, naming the field.
-    with pytest.raises(anthropic.BadRequestError) as e:
-        c.beta.vaults.credentials.create(vault.id, display_name="bad", metadata={"airlock.http_auth": "digest"},
-                                         auth={"type": "static_bearer", "mcp_server_url": url, "token": token})
-    assert e.value.body["error"]["message"].startswith("metadata.airlock.http_auth:"), e.value.body
-    cred = c.beta.vaults.credentials.create(vault.id, display_name="git server", metadata={"airlock.http_auth": "basic"},
+    for meta, field in (({"airlock.http_auth": "digest"}, "metadata.airlock.http_auth:"),
+                        ({"airlock.basic_username": "oauth2"}, "metadata.airlock.basic_username:"),
+                        ({"airlock.http_auth": "basic", "airlock.basic_username": "a:b"},
+                         "metadata.airlock.basic_username:")):
+        with pytest.raises(anthropic.BadRequestError) as e:
+            c.beta.vaults.credentials.create(vault.id, display_name="bad", metadata=meta,
+                                             auth={"type": "static_bearer", "mcp_server_url": url, "token": token})
+        assert e.value.body["error"]["message"].startswith(field), e.value.body
+    meta = {"airlock.http_auth": "basic", "airlock.basic_username": "oauth2"}
+    cred = c.beta.vaults.credentials.create(vault.id, display_name="git server", metadata=meta,
                                             auth={"type": "static_bearer", "mcp_server_url": url, "token": token})
     assert token not in cred.model_dump_json()
-    assert cred.metadata == {"airlock.http_auth": "basic"}
-    before = subprocess.run(["git", "--git-dir", d.git.facts["bare"], "rev-parse", "main"],
-                            capture_output=True, check=True, timeout=30).stdout.decode().strip()
+    assert cred.metadata == meta
+    before = server_head(d.gitlab)
     agent = c.beta.agents.create(name="git-vault", model="claude-fake", tools=[{"type": "agent_toolset_20260401"}])
     s = c.beta.sessions.create(agent=agent.id, environment_id=d.environment.id, vault_ids=[vault.id],
                                resources=[{"type": "github_repository", "url": url}])
     assert s.vault_ids == [vault.id]
-    dump, after = run_git_session(d, s)
+    dump, after = run_git_session(d, s, d.gitlab)
     assert after != before, "a new commit was pushed"
     assert_token_nowhere(d, token, dump)
 
