@@ -938,9 +938,11 @@ mod tests {
         let theirs = opened(c.call(&other).await);
         // A tunnel open before the end.
         let mut held = UnixStream::connect(&mine).await.unwrap();
-        held.write_all(b"CONNECT allowed.example.com:443 HTTP/1.1\r\nHost: allowed.example.com:443\r\n\r\n")
-            .await
-            .unwrap();
+        held.write_all(
+            b"CONNECT allowed.example.com:443 HTTP/1.1\r\nHost: allowed.example.com:443\r\n\r\n",
+        )
+        .await
+        .unwrap();
         let mut first = [0u8; 12];
         held.read_exact(&mut first).await.unwrap();
         assert_eq!(&first, b"HTTP/1.1 200");

@@ -570,7 +570,11 @@ mod tests {
         ended.end("sesn_last").unwrap();
         let g = lock(&ended.ended);
         assert_eq!(g.len(), MAX_ENDED_SESSIONS);
-        assert_eq!(g.first().map(String::as_str), Some("sesn_fill1"), "the oldest go first");
+        assert_eq!(
+            g.first().map(String::as_str),
+            Some("sesn_fill1"),
+            "the oldest go first"
+        );
         drop(g);
         std::fs::write(&path, b"not json").unwrap();
         let e = EndedSessions::open(dir.path()).unwrap_err().to_string();
