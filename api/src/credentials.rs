@@ -37,6 +37,13 @@ use protocol::mcp::{McpValidation, ProbeHttpResponse};
 /// Credential metadata key naming the path of the secret in the customer's
 /// Vault/OpenBao (the bridge reads it there; the API never sees it).
 pub(crate) const KV_PATH_KEY: &str = "airlock.kv_path";
+/// Credential metadata key: how a `static_bearer` secret is sent on the way
+/// out, `"bearer"` (the default) or `"basic"` (HTTP Basic, for Git servers).
+pub(crate) const HTTP_AUTH_KEY: &str = "airlock.http_auth";
+/// Credential metadata key: the user-id of the `basic` form (default
+/// `x-access-token`).
+pub(crate) const BASIC_USERNAME_KEY: &str = "airlock.basic_username";
+const MAX_USERNAME_CHARS: usize = 255;
 const MAX_ALLOWED_HOSTS: usize = 16;
 const MAX_URL_CHARS: usize = 2048;
 const MAX_SECRET_NAME_CHARS: usize = 255;
@@ -373,6 +380,48 @@ fn kv_path(meta: &Map<String, Value>) -> Result<bool, ApiError> {
     Ok(true)
 }
 
+/// Checks `airlock.http_auth` and `airlock.basic_username` against the
+/// credential's `auth.type`.
+fn http_auth(meta: &Map<String, Value>, auth_type: &str) -> Result<(), ApiError> {
+    let path = |k: &str| format!("metadata.{k}");
+    let basic = match meta.get(HTTP_AUTH_KEY).and_then(Value::as_str) {
+        None => false,
+        Some(v @ ("bearer" | "basic")) => {
+            if auth_type != "static_bearer" {
+                return Err(ApiError::invalid(
+                    &path(HTTP_AUTH_KEY),
+                    format!("applies to static_bearer credentials only (this one is {auth_type})"),
+                ));
+            }
+            v == "basic"
+        }
+        Some(other) => {
+            return Err(ApiError::invalid(
+                &path(HTTP_AUTH_KEY),
+                format!("must be \"bearer\" or \"basic\", got {other:?}"),
+            ))
+        }
+    };
+    if let Some(u) = meta.get(BASIC_USERNAME_KEY).and_then(Value::as_str) {
+        if !basic {
+            return Err(ApiError::invalid(
+                &path(BASIC_USERNAME_KEY),
+                format!("is used only with metadata {HTTP_AUTH_KEY} = \"basic\""),
+            ));
+        }
+        let ok = !u.is_empty()
+            && u.chars().count() <= MAX_USERNAME_CHARS
+            && u.chars().all(|c| c.is_ascii_graphic() && c != ':');
+        if !ok {
+            return Err(ApiError::invalid(
+                &path(BASIC_USERNAME_KEY),
+                format!("must be 1 to {MAX_USERNAME_CHARS} visible ASCII characters without ':'"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Parses `POST /v1/vaults/{id}/credentials`.
 pub(crate) fn parse_create(body: &Value) -> Result<CreateCredential, ApiError> {
     let o = Obj::new("", body)?;
@@ -383,6 +432,7 @@ pub(crate) fn parse_create(body: &Value) -> Result<CreateCredential, ApiError> {
         return Err(ApiError::invalid("auth", "field required"));
     };
     let (auth, binding, secrets) = auth_create(auth, kv)?;
+    http_auth(&meta, auth["type"].as_str().unwrap_or_default())?;
     let name = o
         .opt_str("display_name")?
         .map(|n| display_name("display_name", n))
@@ -548,6 +598,9 @@ pub(crate) fn apply_update(current: &Value, body: &Value) -> Result<UpdateCreden
     if let Some(a) = o.get("auth") {
         let auth = auth_update(a, &current["auth"], &mut secrets)?;
         next.insert("auth".into(), auth);
+    }
+    if let Some(m) = next.get("metadata").and_then(Value::as_object) {
+        http_auth(m, current["auth"]["type"].as_str().unwrap_or_default())?;
     }
     Ok(UpdateCredential {
         body: Value::Object(next),
@@ -1078,6 +1131,58 @@ mod tests {
             "metadata": {KV_PATH_KEY: "../x"}})
         )
         .starts_with("metadata.airlock.kv_path:"));
+    }
+
+    #[test]
+    fn http_auth_metadata_is_checked_naming_the_key() {
+        let sb = json!({"type": "static_bearer", "mcp_server_url": "https://git.example/a/app.git", "token": "t"});
+        let ok = parse_create(&json!({"auth": sb,
+            "metadata": {HTTP_AUTH_KEY: "basic", BASIC_USERNAME_KEY: "oauth2"}}))
+        .unwrap();
+        assert_eq!(ok.body["metadata"][HTTP_AUTH_KEY], "basic");
+        parse_create(&json!({"auth": sb, "metadata": {HTTP_AUTH_KEY: "bearer"}})).unwrap();
+        let m = err(json!({"auth": sb, "metadata": {HTTP_AUTH_KEY: "digest"}}));
+        assert!(
+            m.starts_with("metadata.airlock.http_auth: must be \"bearer\" or \"basic\""),
+            "{m}"
+        );
+        let m = err(json!({"auth": sb, "metadata": {BASIC_USERNAME_KEY: "oauth2"}}));
+        assert!(
+            m.starts_with("metadata.airlock.basic_username: is used only with"),
+            "{m}"
+        );
+        for bad in ["", "a:b", "sp ace", "\u{e9}t\u{e9}"] {
+            let m = err(
+                json!({"auth": sb, "metadata": {HTTP_AUTH_KEY: "basic", BASIC_USERNAME_KEY: bad}}),
+            );
+            assert!(
+                m.starts_with("metadata.airlock.basic_username: must be"),
+                "{bad:?}: {m}"
+            );
+        }
+        let m = err(
+            json!({"auth": {"type": "environment_variable", "secret_name": "X", "secret_value": "v",
+            "networking": {"type": "unrestricted"}}, "metadata": {HTTP_AUTH_KEY: "basic"}}),
+        );
+        assert!(
+            m.starts_with("metadata.airlock.http_auth: applies to static_bearer credentials only"),
+            "{m}"
+        );
+        // An update is checked against the stored credential.
+        let stored = ok.body.clone();
+        let up = apply_update(&stored, &json!({"metadata": {BASIC_USERNAME_KEY: "git"}})).unwrap();
+        assert_eq!(up.body["metadata"][BASIC_USERNAME_KEY], "git");
+        let e = apply_update(&stored, &json!({"metadata": {HTTP_AUTH_KEY: "ntlm"}})).unwrap_err();
+        assert!(
+            e.to_string().starts_with("metadata.airlock.http_auth:"),
+            "{e}"
+        );
+        let e = apply_update(&stored, &json!({"metadata": {HTTP_AUTH_KEY: null}})).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("metadata.airlock.basic_username:"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -162,6 +162,15 @@ pub trait SecretRelay: Send + Sync + fmt::Debug {
     /// session failed). Idempotent: nothing held is not an error.
     async fn forget_session_token(&self, target: &SessionTokenTarget) -> Result<(), RelayError>;
 
+    /// Tells the bridges of `environment_id` that `session_id` ended
+    /// (archived or deleted): they drop its repository tokens and from then
+    /// on refuse its sandboxes' egress, so no credential is used for it any
+    /// more. Best effort and idempotent; the default does nothing.
+    async fn end_session(&self, environment_id: &str, session_id: &str) -> Result<(), RelayError> {
+        let _ = (environment_id, session_id);
+        Ok(())
+    }
+
     /// Asks one vault-bridge of `target`'s environment to probe the MCP
     /// server of the credential `target` (`mcp_oauth` or `static_bearer`)
     /// with the secret it holds, refreshing an `mcp_oauth` token on a 401,

@@ -745,9 +745,15 @@ fn refuse_while_running(record: &SessionRecord, what: &str) -> Result<(), ApiErr
     Ok(())
 }
 
-/// Tells the bridges to drop the repository tokens of `record`'s resources.
+/// The session ended: tells the bridges, which cut its sandboxes' egress
+/// and drop its repository tokens, then drops each resource's token too
+/// (bridges that predate the end-of-session message).
 async fn forget_resource_tokens(s: &AppState, record: &SessionRecord) {
     let env = record.body["environment_id"].as_str().unwrap_or_default();
+    if let Err(error) = s.state.relay.end_session(env, &record.id).await {
+        tracing::warn!(session_id = %record.id, environment_id = env, %error,
+            "the vault-bridges did not confirm the session's end");
+    }
     resources::forget_all(s, env, &record.id, &resources::stored(record)).await;
 }
 

@@ -9,11 +9,15 @@
 //! fails closed.
 
 use catalog::{Catalog, VaultQuery};
-use protocol::relay::{CredentialBinding, EgressCredential};
+use protocol::relay::{CredentialBinding, EgressCredential, HttpAuth, DEFAULT_BASIC_USERNAME};
 use serde_json::Value;
 
 /// Metadata key naming the customer's Vault path of a credential's secret.
 const KV_PATH_KEY: &str = "airlock.kv_path";
+/// Metadata key: how a `static_bearer` secret is sent, `bearer` (default) or `basic`.
+pub const HTTP_AUTH_KEY: &str = "airlock.http_auth";
+/// Metadata key: the user-id of the `basic` form (default `x-access-token`).
+pub const BASIC_USERNAME_KEY: &str = "airlock.basic_username";
 
 /// The live credentials of `vault_ids` (archived vaults and credentials skipped).
 pub async fn credentials_of(catalog: &dyn Catalog, vault_ids: &[String]) -> Vec<EgressCredential> {
@@ -79,12 +83,37 @@ pub fn egress_credential(
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
         .map(str::to_owned);
+    let http_auth = match http_auth(body.get("metadata")) {
+        Ok(h) => h,
+        Err(reason) => {
+            tracing::warn!(%vault_id, %credential_id, %reason, "credential metadata not understood; not bound");
+            return None;
+        }
+    };
     Some(EgressCredential {
+        http_auth,
         vault_id: vault_id.to_owned(),
         credential_id: credential_id.to_owned(),
         kv_path,
         binding,
     })
+}
+
+/// The wire form of a credential from its stored metadata (`airlock.http_auth`,
+/// `airlock.basic_username`; the API validated both). `Err` names what is
+/// not understood, and the credential is then not bound (fails closed).
+pub fn http_auth(metadata: Option<&Value>) -> Result<HttpAuth, String> {
+    let get = |k: &str| metadata.and_then(|m| m.get(k)).and_then(Value::as_str);
+    match get(HTTP_AUTH_KEY) {
+        None | Some("bearer") => Ok(HttpAuth::Bearer),
+        Some("basic") => Ok(HttpAuth::Basic {
+            username: get(BASIC_USERNAME_KEY)
+                .filter(|u| !u.is_empty())
+                .unwrap_or(DEFAULT_BASIC_USERNAME)
+                .to_owned(),
+        }),
+        Some(other) => Err(format!("{HTTP_AUTH_KEY} = {other:?}")),
+    }
 }
 
 /// The environment's `config.networking.allowed_hosts` when `limited`.
@@ -148,6 +177,44 @@ mod tests {
         assert!(o.kv_path.is_none());
         let u = egress_credential("vlt_1", "vcrd_3", &json!({"auth": {"type": "future"}})).unwrap();
         assert!(matches!(u.binding, CredentialBinding::Unknown));
+    }
+
+    #[test]
+    fn http_auth_metadata_gives_the_basic_form() {
+        let auth =
+            json!({"type": "static_bearer", "mcp_server_url": "https://git.example.com/a/app.git"});
+        let plain = egress_credential("vlt_1", "vcrd_1", &json!({"auth": auth})).unwrap();
+        assert_eq!(plain.http_auth, HttpAuth::Bearer);
+        let basic = egress_credential(
+            "vlt_1",
+            "vcrd_1",
+            &json!({"auth": auth, "metadata": {"airlock.http_auth": "basic"}}),
+        )
+        .unwrap();
+        assert_eq!(
+            basic.http_auth,
+            HttpAuth::Basic {
+                username: "x-access-token".into()
+            }
+        );
+        let named = egress_credential(
+            "vlt_1",
+            "vcrd_1",
+            &json!({"auth": auth, "metadata": {"airlock.http_auth": "basic", "airlock.basic_username": "oauth2"}}),
+        )
+        .unwrap();
+        assert_eq!(
+            named.http_auth,
+            HttpAuth::Basic {
+                username: "oauth2".into()
+            }
+        );
+        assert!(egress_credential(
+            "vlt_1",
+            "vcrd_1",
+            &json!({"auth": auth, "metadata": {"airlock.http_auth": "digest"}})
+        )
+        .is_none());
     }
 
     #[test]

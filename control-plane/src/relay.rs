@@ -195,6 +195,16 @@ impl SecretRelay for GatewayRelay {
         Ok(())
     }
 
+    async fn end_session(&self, environment_id: &str, session_id: &str) -> Result<(), RelayError> {
+        // Without a resource, the bridge takes it as the session's end.
+        let request = Request::ForgetSessionToken(ForgetSessionToken {
+            session_id: session_id.to_owned(),
+            resource_id: None,
+        });
+        GatewayRelay::forget(self, environment_id, request).await;
+        Ok(())
+    }
+
     async fn validate_mcp(
         &self,
         target: &RelayTarget,

@@ -402,6 +402,7 @@ mod tests {
                     resource_id: Some("sesrsc_1".into()),
                 }],
                 credentials: vec![EgressCredential {
+                    http_auth: Default::default(),
                     vault_id: "vlt_1".into(),
                     credential_id: "vcrd_1".into(),
                     kv_path: None,

@@ -104,12 +104,15 @@ pub struct PutSessionToken {
     pub token: WireSecret,
 }
 
-/// Drop a session's repository token(s).
+/// Drop a session's repository token(s). Without a resource it says the
+/// session ended (archived or deleted): the bridge drops every token of the
+/// session and from then on refuses its sandboxes' egress (restarts
+/// included), so none of its credentials is used for it again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForgetSessionToken {
     /// `sesn_...`.
     pub session_id: String,
-    /// One resource; `None`: every token of the session (it ended).
+    /// One resource; `None`: the session ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_id: Option<String>,
 }
@@ -135,6 +138,43 @@ pub struct EgressCredential {
     pub kv_path: Option<String>,
     /// How it is used.
     pub binding: CredentialBinding,
+    /// How a `static_bearer` secret goes on the wire: `Authorization:
+    /// Bearer` (the default, and what a bridge that predates this field
+    /// does) or HTTP Basic for Git servers (credential metadata
+    /// `airlock.http_auth = "basic"`, `airlock.basic_username`).
+    #[serde(default, skip_serializing_if = "HttpAuth::is_bearer")]
+    pub http_auth: HttpAuth,
+}
+
+/// Username of the HTTP Basic form when the credential's metadata names
+/// none (GitHub's convention; Gitea and GitLab accept any name with a token).
+pub const DEFAULT_BASIC_USERNAME: &str = "x-access-token";
+
+/// The HTTP authentication scheme a bearer-style secret is sent with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "scheme", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum HttpAuth {
+    /// `Authorization: Bearer <secret>`.
+    #[default]
+    Bearer,
+    /// `Authorization: Basic base64(<username>:<secret>)`: what Git servers
+    /// over HTTPS take (GitHub `x-access-token`, GitLab `oauth2`, Gitea any).
+    Basic {
+        /// The user-id part (no `:`).
+        username: String,
+    },
+    /// A scheme this build does not know: the credential is not bound
+    /// (fails closed).
+    #[serde(other)]
+    Unknown,
+}
+
+impl HttpAuth {
+    /// Whether this is the default, `Bearer`.
+    pub fn is_bearer(&self) -> bool {
+        matches!(self, Self::Bearer)
+    }
 }
 
 /// How a credential is used on the way out, by its `auth.type`.
@@ -309,6 +349,24 @@ mod tests {
         assert_eq!((r.scope.as_deref(), r.resource), (Some("read"), None));
         let u: CredentialBinding = serde_json::from_str(r#"{"type":"ssh_key","x":1}"#).unwrap();
         assert_eq!(u, CredentialBinding::Unknown);
+        assert_eq!(e.http_auth, HttpAuth::Bearer, "absent: bearer");
+        let b: EgressCredential = serde_json::from_value(serde_json::json!({
+            "vault_id": "vlt_1", "credential_id": "vcrd_2",
+            "binding": {"type": "static_bearer", "mcp_server_url": "https://git.example.com/a/b.git"},
+            "http_auth": {"scheme": "basic", "username": "oauth2"}
+        }))
+        .unwrap();
+        assert_eq!(
+            b.http_auth,
+            HttpAuth::Basic {
+                username: "oauth2".into()
+            }
+        );
+        let json = serde_json::to_value(&b).unwrap();
+        assert_eq!(json["http_auth"]["scheme"], "basic");
+        assert!(serde_json::to_value(&e).unwrap().get("http_auth").is_none());
+        let later: HttpAuth = serde_json::from_str(r#"{"scheme":"digest"}"#).unwrap();
+        assert_eq!(later, HttpAuth::Unknown);
         let f: ForgetSessionToken = serde_json::from_str(r#"{"session_id":"sesn_1"}"#).unwrap();
         assert_eq!(f.resource_id, None);
     }

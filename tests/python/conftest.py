@@ -190,8 +190,8 @@ class Fixture:
     """A fixture binary of tests/src/bin that prints `key=value` lines then
     `ready` (or just `base_url=…`), and serves until its stdin closes."""
 
-    def __init__(self, name, until="ready", timeout=120):
-        self.proc = subprocess.Popen([binary(name)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    def __init__(self, name, until="ready", timeout=120, args=()):
+        self.proc = subprocess.Popen([binary(name), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL)
         self.facts, lines = {}, queue.Queue()
 
@@ -302,7 +302,8 @@ def bridged_deployment(model, upstream_ca_file, name, wait, cp_toml="", agent_to
     `control-plane serve`, a real `vault-bridge serve` trusting
     `upstream_ca_file`, an environment named after `name`, and a real
     `sandbox-agent` enrolled into it beside the bridge, connected
-    (`cp_toml` / `agent_toml`: TOML appended to their configs). Yields a
+    (`upstream_ca_file` may be a list of CA files; `cp_toml` /
+    `agent_toml`: TOML appended to their configs). Yields a
     namespace (model, bridge, cp, client, environment, agent_id, agent,
     agent_log_path, agent_dir); stops all of it, and removes the agent's
     containers, at the end (also when setting up fails half-way)."""
@@ -314,7 +315,8 @@ def bridged_deployment(model, upstream_ca_file, name, wait, cp_toml="", agent_to
     with contextlib.ExitStack() as stack:
         d.model = Fixture(model, until="base_url")
         stack.callback(d.model.stop)
-        d.bridge = VaultBridge(upstream_ca_files=[upstream_ca_file])
+        cas = list(upstream_ca_file) if isinstance(upstream_ca_file, (list, tuple)) else [upstream_ca_file]
+        d.bridge = VaultBridge(upstream_ca_files=cas)
         stack.callback(d.bridge.dir.cleanup)
         stack.callback(d.bridge.stop)
         tunnel, enroll = free_port(), free_port()

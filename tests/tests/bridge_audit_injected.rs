@@ -41,6 +41,7 @@ const OTHER_SECRET: &str = "canary-elsewhere-secret-90ab3e";
 
 fn env_credential(id: &str, name: &str, host: &str) -> EgressCredential {
     EgressCredential {
+        http_auth: Default::default(),
         vault_id: VAULT.into(),
         credential_id: id.into(),
         kv_path: None,

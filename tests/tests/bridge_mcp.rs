@@ -49,6 +49,7 @@ fn skip() -> bool {
 
 fn bearer(id: &str, url: &str) -> EgressCredential {
     EgressCredential {
+        http_auth: Default::default(),
         vault_id: VAULT.into(),
         credential_id: id.into(),
         kv_path: None,
@@ -65,6 +66,7 @@ fn oauth_cred(
     expires_at: Option<String>,
 ) -> EgressCredential {
     EgressCredential {
+        http_auth: Default::default(),
         vault_id: VAULT.into(),
         credential_id: id.into(),
         kv_path: None,

@@ -35,6 +35,7 @@ fn creds() -> Vec<EgressCredential> {
     urls.iter()
         .enumerate()
         .map(|(i, u)| EgressCredential {
+            http_auth: Default::default(),
             vault_id: VAULT.into(),
             credential_id: format!("vcrd_iso{i}"),
             kv_path: None,

@@ -67,6 +67,7 @@ async fn a_public_client_refresh_sends_scope_and_resource() {
             url: url.clone(),
         },
         credentials: vec![EgressCredential {
+            http_auth: Default::default(),
             vault_id: "vlt_res".into(),
             credential_id: "vcrd_res".into(),
             kv_path: None,

@@ -336,6 +336,7 @@ async fn two_hundred_adversarial_commands_get_no_canary_byte() {
             ],
             allowed_hosts: vec![format!("localhost:{web_port}")],
             credentials: vec![EgressCredential {
+                http_auth: Default::default(),
                 vault_id: "vlt_redteam".into(),
                 credential_id: "vcrd_api".into(),
                 kv_path: None,

@@ -360,6 +360,7 @@ async fn relayed_environment_variable_credential_is_a_swapped_placeholder_until_
             allowed_hosts: vec![format!("localhost:{port}")],
             repositories: vec![],
             credentials: vec![EgressCredential {
+                http_auth: Default::default(),
                 vault_id: "vlt_env".into(),
                 credential_id: "vcrd_env".into(),
                 kv_path: None,

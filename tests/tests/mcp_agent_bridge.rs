@@ -26,6 +26,7 @@ use serde_json::{json, Value};
 
 fn credential(url: &str) -> EgressCredential {
     EgressCredential {
+        http_auth: Default::default(),
         vault_id: "vlt_agent".into(),
         credential_id: "vcrd_tickets".into(),
         kv_path: None,

@@ -32,6 +32,7 @@ use serde_json::{json, Value};
 
 fn credential(url: &str) -> EgressCredential {
     EgressCredential {
+        http_auth: Default::default(),
         vault_id: "vlt_e2e".into(),
         credential_id: "vcrd_e2e_tickets".into(),
         kv_path: None,

@@ -34,7 +34,7 @@ use tokio::task::JoinSet;
 
 use crate::agent_channel_egress::{session_policy, with_agent_policy, EgressListeners, OpenError};
 use crate::backend::SecretBackend;
-use crate::egress::SandboxIdentity;
+use crate::egress::{EgressPolicy, SandboxIdentity};
 
 /// Frame cap of the agent channel: the protocol's default (1 MiB), so an
 /// MCP tool call's arguments and its result (up to
@@ -378,15 +378,29 @@ async fn handle(request: ToBridge, state: &State) -> FromBridge {
                     .as_ref()
                     .is_some_and(|r| r.holds_token(&session_id, resource_id))
             };
-            let opened = session_policy(
-                &sandbox_id,
-                &allowed_hosts,
-                &repositories,
-                &credentials,
-                has_token,
-            )
-            .and_then(|(policy, env)| {
-                let policy = with_agent_policy(&sandbox_id, policy, egress_hosts.as_deref())?;
+            let ended = state
+                .relay
+                .as_ref()
+                .is_some_and(|r| r.session_ended(&session_id));
+            let policy = if ended {
+                tracing::info!(%sandbox_id, %session_id, "open_egress for an ended session: every request is refused");
+                Ok((EgressPolicy::new(), Default::default()))
+            } else {
+                session_policy(
+                    &sandbox_id,
+                    &allowed_hosts,
+                    &repositories,
+                    &credentials,
+                    has_token,
+                )
+                .and_then(|(policy, env)| {
+                    Ok((
+                        with_agent_policy(&sandbox_id, policy, egress_hosts.as_deref())?,
+                        env,
+                    ))
+                })
+            };
+            let opened = policy.and_then(|(policy, env)| {
                 let path = state.listeners.open(
                     SandboxIdentity {
                         sandbox_id: sandbox_id.clone(),
@@ -458,7 +472,15 @@ async fn handle(request: ToBridge, state: &State) -> FromBridge {
             None => no_relay(),
         },
         ToBridge::ForgetSessionToken(f) => match &state.relay {
-            Some(r) => r.forget_session_token(&f).await,
+            Some(r) => {
+                if f.resource_id.is_none() {
+                    // The session ended: cut its sandboxes' egress first.
+                    if let Err(e) = end_session(r, &state.listeners, &f.session_id) {
+                        return FromBridge::error(BridgeErrorCode::Io, e.to_string());
+                    }
+                }
+                r.forget_session_token(&f).await
+            }
             None => no_relay(),
         },
         ToBridge::McpListTools(r) => match &state.mcp {
@@ -479,6 +501,38 @@ async fn handle(request: ToBridge, state: &State) -> FromBridge {
             "this bridge does not know that request type",
         ),
     }
+}
+
+/// A session ended (`forget_session_token` without a resource): record it
+/// (persisted, so a restarted bridge refuses it too) and re-open each of its
+/// sandboxes' sockets under a policy that refuses every host. Re-opening
+/// aborts their open connections (kept-alive tunnels included) and drops
+/// their pooled upstream connections; the socket stays, so the agent does
+/// not take it for a lost bridge and re-send the session's full policy.
+fn end_session(
+    relay: &crate::relay::Relay,
+    listeners: &EgressListeners,
+    session_id: &str,
+) -> Result<(), crate::relay::RelayStoreError> {
+    relay.end_session(session_id)?;
+    for sandbox_id in listeners.sandboxes_of(session_id) {
+        let who = SandboxIdentity {
+            sandbox_id: sandbox_id.clone(),
+            session_id: session_id.to_owned(),
+        };
+        match listeners.open(who, EgressPolicy::new()) {
+            Ok(_) => {
+                tracing::info!(%sandbox_id, %session_id, "egress of an ended session cut")
+            }
+            Err(error) => {
+                // Could not re-bind: close it outright (the agent's re-send
+                // then gets the refusing policy too).
+                tracing::warn!(%sandbox_id, %session_id, %error, "egress of an ended session closed");
+                let _ = listeners.close(&sandbox_id);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Answer a `Scrub`: every known secret value replaced; refused when the
@@ -911,6 +965,65 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_session_end_cuts_its_sandboxes_egress_and_survives_a_reopen() {
+        let f = start_with(&[], true).await;
+        let mut c = hello(&f.channel_path).await;
+        let opened = |a: FromBridge| match a {
+            FromBridge::EgressOpened { socket_path, .. } => socket_path,
+            other => panic!("not opened: {other:?}"),
+        };
+        let mine = opened(c.call(&open("sbx_end", &["allowed.example.com"])).await);
+        let mut other = open("sbx_other", &["allowed.example.com"]);
+        if let ToBridge::OpenEgress { session_id, .. } = &mut other {
+            *session_id = "sesn_2".into();
+        }
+        let theirs = opened(c.call(&other).await);
+        // A tunnel open before the end.
+        let mut held = UnixStream::connect(&mine).await.unwrap();
+        held.write_all(
+            b"CONNECT allowed.example.com:443 HTTP/1.1\r\nHost: allowed.example.com:443\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut first = [0u8; 12];
+        held.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"HTTP/1.1 200");
+        // Open and idle (the rest of the answer read, then nothing more).
+        let mut buf = [0u8; 256];
+        loop {
+            match tokio::time::timeout(Duration::from_millis(300), held.read(&mut buf)).await {
+                Err(_) => break,
+                Ok(Ok(0)) | Ok(Err(_)) => panic!("the tunnel closed before the session ended"),
+                Ok(Ok(_)) => {}
+            }
+        }
+
+        let ended = c
+            .call(&ToBridge::ForgetSessionToken(
+                protocol::relay::ForgetSessionToken {
+                    session_id: "sesn_1".into(),
+                    resource_id: None,
+                },
+            ))
+            .await;
+        assert!(matches!(ended, FromBridge::Relayed { .. }), "{ended:?}");
+        // The held tunnel is cut, the socket stays (the agent sees no lost
+        // bridge) and refuses every host; the other session is untouched.
+        let mut rest = Vec::new();
+        let cut = tokio::time::timeout(Duration::from_secs(2), held.read_to_end(&mut rest)).await;
+        assert!(cut.is_ok(), "the open tunnel was not cut");
+        let (status, _) = connect_through(&mine, "allowed.example.com").await;
+        assert!(status.starts_with("HTTP/1.1 403"), "{status}");
+        let (status, _) = connect_through(&theirs, "allowed.example.com").await;
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        // The agent re-sending the full policy (after a bridge restart) gets no egress either.
+        let again = opened(c.call(&open("sbx_end", &["allowed.example.com"])).await);
+        let (status, _) = connect_through(&again, "allowed.example.com").await;
+        assert!(status.starts_with("HTTP/1.1 403"), "{status}");
+        drop(f);
     }
 
     #[tokio::test]

@@ -24,7 +24,7 @@ use crate::lock;
 use std::time::Duration;
 
 use protocol::bridge::{check_sandbox_id, EgressRepository, InvalidSandboxId};
-use protocol::relay::{CredentialBinding, EgressCredential, Networking};
+use protocol::relay::{CredentialBinding, EgressCredential, HttpAuth, Networking};
 use tokio::net::UnixListener;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -79,6 +79,7 @@ pub struct EgressListeners {
 struct Listening {
     task: JoinHandle<()>,
     socket: PathBuf,
+    session_id: String,
 }
 
 impl EgressListeners {
@@ -140,6 +141,7 @@ impl EgressListeners {
             Listening {
                 task,
                 socket: socket.clone(),
+                session_id: who.session_id,
             },
         ) {
             // A concurrent open of the same sandbox: the last one wins.
@@ -166,6 +168,17 @@ impl EgressListeners {
         for (id, l) in all {
             stop(&id, l);
         }
+    }
+
+    /// Sandboxes of `session_id` with an open listener.
+    pub fn sandboxes_of(&self, session_id: &str) -> Vec<String> {
+        let mut v: Vec<_> = lock(&self.open)
+            .iter()
+            .filter(|(_, l)| l.session_id == session_id)
+            .map(|(id, _)| id.clone())
+            .collect();
+        v.sort();
+        v
     }
 
     /// Sandboxes with an open listener.
@@ -264,7 +277,7 @@ pub fn policy_for(
 
 /// Username of the HTTP basic credential a repository token is sent with
 /// (GitHub's convention; Gitea and GitLab accept any name with a token).
-pub const GIT_TOKEN_USERNAME: &str = "x-access-token";
+pub const GIT_TOKEN_USERNAME: &str = protocol::relay::DEFAULT_BASIC_USERNAME;
 
 /// One host's rule while a policy is built.
 struct Draft {
@@ -282,6 +295,10 @@ struct Draft {
 ///   clone of another repository on the same host goes without it;
 /// - `static_bearer` / `mcp_oauth` credentials: `Authorization: Bearer` on
 ///   requests to the MCP server URL's host (under its path when it has one);
+///   with `http_auth` basic (metadata `airlock.http_auth = "basic"`), the
+///   Git form instead: `Authorization: Basic <username>:<secret>` under the
+///   URL's repository paths (with and without `.git`, as for a repository
+///   token);
 /// - `environment_variable` credentials: a fresh placeholder per sandbox,
 ///   returned as `secret_name` → placeholder, swapped on the credential's
 ///   `allowed_hosts` (which are allowed hosts of the session) or, when
@@ -379,18 +396,33 @@ pub fn session_policy(
                 };
                 let (url, pattern, port) = https(mcp_server_url, "mcp server")?;
                 let path = url.path().trim_end_matches('/');
+                // Basic is the Git form: the URL names a repository, and
+                // git's smart HTTP adds `/info/refs` etc. with or without `.git`.
+                let (scheme, paths) = match &c.http_auth {
+                    HttpAuth::Bearer => (AuthScheme::Bearer, vec![path.to_owned()]),
+                    HttpAuth::Basic { username } => (
+                        AuthScheme::Basic {
+                            username: username.clone(),
+                        },
+                        repository_paths(path),
+                    ),
+                    _ => {
+                        tracing::warn!(sandbox_id, credential_id = %c.credential_id, "credential sent with an http auth scheme this bridge does not know; skipped");
+                        continue;
+                    }
+                };
                 let cred = HostCredential::new(
                     CredentialRef {
                         vault_id: Some(c.vault_id.clone()),
                         credential_id: c.credential_id.clone(),
                         field: field.into(),
                     },
-                    AuthScheme::Bearer,
+                    scheme,
                 );
                 let cred = if path.is_empty() {
                     cred
                 } else {
-                    cred.limited_to(vec![path.to_owned()])
+                    cred.limited_to(paths)
                 };
                 add(
                     pattern,
@@ -626,6 +658,7 @@ mod tests {
         use protocol::relay::InjectionLocation as Loc;
         let creds = vec![
             EgressCredential {
+                http_auth: Default::default(),
                 vault_id: "vlt_1".into(),
                 credential_id: "vcrd_b".into(),
                 kv_path: None,
@@ -634,6 +667,7 @@ mod tests {
                 },
             },
             EgressCredential {
+                http_auth: Default::default(),
                 vault_id: "vlt_1".into(),
                 credential_id: "vcrd_e".into(),
                 kv_path: None,
@@ -649,6 +683,7 @@ mod tests {
                 },
             },
             EgressCredential {
+                http_auth: Default::default(),
                 vault_id: "vlt_1".into(),
                 credential_id: "vcrd_u".into(),
                 kv_path: None,
@@ -673,6 +708,7 @@ mod tests {
         assert_ne!(env2.get("API_KEY"), env.get("API_KEY"));
         // Plain-http credential urls are refused.
         let bad = vec![EgressCredential {
+            http_auth: Default::default(),
             vault_id: "vlt_1".into(),
             credential_id: "vcrd_h".into(),
             kv_path: None,
@@ -684,5 +720,57 @@ mod tests {
             session_policy("sbx_1", &[], &[], &bad, |_| false),
             Err(OpenError::Host { .. })
         ));
+    }
+
+    #[test]
+    fn a_basic_vault_credential_is_the_git_form_under_its_repository() {
+        let cred = |http_auth| EgressCredential {
+            http_auth,
+            vault_id: "vlt_1".into(),
+            credential_id: "vcrd_g".into(),
+            kv_path: None,
+            binding: CredentialBinding::StaticBearer {
+                mcp_server_url: "https://git.example.com:8443/org/app.git".into(),
+            },
+        };
+        let basic = cred(HttpAuth::Basic {
+            username: "oauth2".into(),
+        });
+        let (p, env) = session_policy("sbx_1", &[], &[], &[basic], |_| false).unwrap();
+        assert!(env.is_empty());
+        let rule = p.check_connect("git.example.com", 8443).unwrap();
+        for path in [
+            "/org/app.git/info/refs",
+            "/org/app/git-upload-pack",
+            "/org/app.git",
+        ] {
+            let c = rule
+                .credential_for(path)
+                .unwrap_or_else(|| panic!("{path}"));
+            assert_eq!(c.credential.credential_id, "vcrd_g");
+            assert_eq!(c.credential.field, "token");
+            assert_eq!(
+                c.scheme,
+                AuthScheme::Basic {
+                    username: "oauth2".into()
+                }
+            );
+        }
+        for path in ["/org/other.git/info/refs", "/org/app-evil/info/refs", "/"] {
+            assert!(rule.credential_for(path).is_none(), "{path}");
+        }
+        // The default stays bearer; an unknown scheme binds nothing.
+        let (p, _) =
+            session_policy("sbx_1", &[], &[], &[cred(HttpAuth::Bearer)], |_| false).unwrap();
+        let rule = p.check_connect("git.example.com", 8443).unwrap();
+        assert_eq!(
+            rule.credential_for("/org/app.git/info/refs")
+                .unwrap()
+                .scheme,
+            AuthScheme::Bearer
+        );
+        let (p, _) =
+            session_policy("sbx_1", &[], &[], &[cred(HttpAuth::Unknown)], |_| false).unwrap();
+        assert!(p.check_connect("git.example.com", 8443).is_err());
     }
 }

@@ -12,6 +12,10 @@
 //!   resource's Git token for that session and resource only, sealed in
 //!   their own encrypted store (`<data_dir>/session-tokens/`, the file
 //!   backend's AEAD and atomic writes), so a bridge restart keeps them.
+//!   A `ForgetSessionToken` without a resource ends the session: its id goes
+//!   into `<data_dir>/ended-sessions.json` ([`EndedSessions`], atomic writes,
+//!   the last [`MAX_ENDED_SESSIONS`]) and the agent channel cuts its
+//!   sandboxes' egress (`agent_channel::end_session`).
 //!
 //! [`BridgeSecrets`] is the proxy's [`SecretSource`]: revocations first,
 //! then the session-token store (a [`CredentialRef`] without a vault is a
@@ -55,6 +59,14 @@ pub enum RelayStoreError {
     /// The revocation file could not be read, parsed or written.
     #[error("revoked credentials file {path}: {cause}")]
     Revocations {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        cause: String,
+    },
+    /// The ended-sessions file could not be read, parsed or written.
+    #[error("ended sessions file {path}: {cause}")]
+    EndedSessions {
         /// The file.
         path: PathBuf,
         /// Why.
@@ -113,6 +125,73 @@ impl Revocations {
     }
 }
 
+/// File of ended session ids in the data dir.
+pub const ENDED_SESSIONS_FILE: &str = "ended-sessions.json";
+/// How many ended sessions are remembered (the oldest are forgotten first).
+pub const MAX_ENDED_SESSIONS: usize = 10_000;
+
+/// Sessions archived or deleted through the API: their sandboxes get no
+/// egress from now on, restarts included (a sandbox outlives its session
+/// until the agent reaps it, and the agent re-sends `open_egress` to a
+/// restarted bridge). Bounded to the last [`MAX_ENDED_SESSIONS`].
+#[derive(Debug)]
+pub struct EndedSessions {
+    path: PathBuf,
+    ended: Mutex<Vec<String>>,
+}
+
+impl EndedSessions {
+    /// Load `<data_dir>/ended-sessions.json` (empty when missing).
+    pub fn open(data_dir: &Path) -> Result<Self, RelayStoreError> {
+        let path = data_dir.join(ENDED_SESSIONS_FILE);
+        let ended = match std::fs::read(&path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| RelayStoreError::EndedSessions {
+                    path: path.clone(),
+                    cause: e.to_string(),
+                })?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                return Err(RelayStoreError::EndedSessions {
+                    path,
+                    cause: e.to_string(),
+                })
+            }
+        };
+        Ok(Self {
+            path,
+            ended: Mutex::new(ended),
+        })
+    }
+
+    /// Whether `session_id` ended.
+    pub fn contains(&self, session_id: &str) -> bool {
+        lock(&self.ended).iter().any(|s| s == session_id)
+    }
+
+    /// Record `session_id` as ended and persist it (atomic write, mode 0600).
+    pub fn end(&self, session_id: &str) -> Result<(), RelayStoreError> {
+        let mut g = lock(&self.ended);
+        if g.iter().any(|s| s == session_id) {
+            return Ok(());
+        }
+        g.push(session_id.to_owned());
+        let over = g.len().saturating_sub(MAX_ENDED_SESSIONS);
+        g.drain(..over);
+        let bytes = serde_json::to_vec(&*g).map_err(|e| RelayStoreError::EndedSessions {
+            path: self.path.clone(),
+            cause: e.to_string(),
+        })?;
+        crate::backend::file::write_atomic(&self.path, &bytes).map_err(|(path, e)| {
+            RelayStoreError::EndedSessions {
+                path,
+                cause: e.to_string(),
+            }
+        })
+    }
+}
+
 /// The key a session token is sealed under: the session as the "vault", the
 /// resource as the "credential".
 fn token_key(session_id: &str, resource_id: &str) -> Result<SecretKey, String> {
@@ -126,6 +205,7 @@ pub struct Relay {
     backend: Arc<dyn SecretBackend>,
     tokens: Arc<dyn SecretBackend>,
     revocations: Revocations,
+    ended_sessions: EndedSessions,
     /// resource id → session id of the tokens held (rebuilt from the store).
     token_sessions: Mutex<HashMap<String, String>>,
     /// credential id → KV path named by the control plane's metadata.
@@ -147,6 +227,7 @@ impl Relay {
         request_timeout: Duration,
     ) -> Result<Self, RelayStoreError> {
         let revocations = Revocations::open(data_dir)?;
+        let ended_sessions = EndedSessions::open(data_dir)?;
         let dir = data_dir.join(SESSION_TOKENS_DIR);
         std::fs::create_dir_all(&dir).map_err(|e| {
             RelayStoreError::SessionTokens(BackendError::Other {
@@ -176,6 +257,7 @@ impl Relay {
             backend,
             tokens,
             revocations,
+            ended_sessions,
             token_sessions: Mutex::new(token_sessions),
             kv_paths: Mutex::new(HashMap::new()),
             served: Mutex::new(HashMap::new()),
@@ -213,6 +295,19 @@ impl Relay {
             out.push((label, v));
         }
         Ok(out)
+    }
+
+    /// Whether `session_id` ended (its sandboxes get no egress).
+    pub fn session_ended(&self, session_id: &str) -> bool {
+        self.ended_sessions.contains(session_id)
+    }
+
+    /// Record that `session_id` ended (archived or deleted through the API),
+    /// persisted before it returns.
+    pub fn end_session(&self, session_id: &str) -> Result<(), RelayStoreError> {
+        self.ended_sessions.end(session_id)?;
+        tracing::info!(%session_id, "session ended: its sandboxes get no egress from now on");
+        Ok(())
     }
 
     /// Whether `credential_id` was archived or deleted.
@@ -452,6 +547,38 @@ mod tests {
         async fn health(&self) -> Result<(), BackendError> {
             Ok(())
         }
+    }
+
+    #[tokio::test]
+    async fn ended_sessions_are_kept_across_a_restart_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = relay(dir.path()).await;
+        assert!(!r.session_ended("sesn_a"));
+        r.end_session("sesn_a").unwrap();
+        r.end_session("sesn_a").unwrap();
+        assert!(r.session_ended("sesn_a") && !r.session_ended("sesn_b"));
+        let path = dir.path().join(ENDED_SESSIONS_FILE);
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        drop(r);
+        let r = relay(dir.path()).await;
+        assert!(r.session_ended("sesn_a"), "kept across a restart");
+        let ended = EndedSessions::open(dir.path()).unwrap();
+        for i in 0..MAX_ENDED_SESSIONS {
+            lock(&ended.ended).push(format!("sesn_fill{i}"));
+        }
+        ended.end("sesn_last").unwrap();
+        let g = lock(&ended.ended);
+        assert_eq!(g.len(), MAX_ENDED_SESSIONS);
+        assert_eq!(
+            g.first().map(String::as_str),
+            Some("sesn_fill1"),
+            "the oldest go first"
+        );
+        drop(g);
+        std::fs::write(&path, b"not json").unwrap();
+        let e = EndedSessions::open(dir.path()).unwrap_err().to_string();
+        assert!(e.contains(ENDED_SESSIONS_FILE), "{e}");
     }
 
     #[tokio::test]

@@ -102,6 +102,7 @@ fn check_text(content: &Value, n: u64) -> Result<()> {
 
 fn credential(url: &str) -> EgressCredential {
     EgressCredential {
+        http_auth: Default::default(),
         vault_id: "vlt_bench".into(),
         credential_id: "vcrd_bench_tickets".into(),
         kv_path: None,

@@ -134,6 +134,10 @@ pub struct Egress {
     audit: Arc<dyn AuditSink>,
     max_buffered_body: usize,
     pool: UpstreamPool,
+    /// Per sandbox, the signal that cuts its open CONNECT tunnels (each
+    /// runs in its own task, outside the connection that opened it): the
+    /// sender is dropped by [`Egress::forget_sandbox`].
+    cuts: Mutex<HashMap<String, tokio::sync::watch::Sender<()>>>,
 }
 
 impl Egress {
@@ -152,13 +156,24 @@ impl Egress {
             audit,
             max_buffered_body: DEFAULT_MAX_BUFFERED_BODY,
             pool: UpstreamPool::default(),
+            cuts: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Forget the idle upstream connections kept for `sandbox_id` (call when
-    /// its egress is closed).
+    /// Cut `sandbox_id`'s open tunnels and forget its idle upstream
+    /// connections (call when its egress is closed or re-opened under
+    /// another policy: a tunnel keeps the policy it was opened with).
     pub fn forget_sandbox(&self, sandbox_id: &str) {
+        lock(&self.cuts).remove(sandbox_id);
         self.pool.forget_sandbox(sandbox_id);
+    }
+
+    /// Resolves when `sandbox_id`'s egress is closed (see [`Self::forget_sandbox`]).
+    fn cut_signal(&self, sandbox_id: &str) -> tokio::sync::watch::Receiver<()> {
+        lock(&self.cuts)
+            .entry(sandbox_id.to_owned())
+            .or_insert_with(|| tokio::sync::watch::channel(()).0)
+            .subscribe()
     }
 
     /// The same proxy buffering at most `bytes` of a body it swaps placeholders in.
@@ -314,7 +329,9 @@ impl Egress {
             sender: Mutex::new(sender),
             pending: tokio::sync::Mutex::new(pending),
         });
-        tokio::spawn(async move {
+        let mut cut = self.cut_signal(&tunnel.who.sandbox_id);
+        let sandbox_id = tunnel.who.sandbox_id.clone();
+        let run = async move {
             let upgraded = match hyper::upgrade::on(req).await {
                 Ok(u) => u,
                 Err(e) => {
@@ -358,6 +375,15 @@ impl Egress {
                     .egress
                     .pool
                     .put(&tunnel.who.sandbox_id, &tunnel.host, tunnel.port, s);
+            }
+        };
+        tokio::spawn(async move {
+            tokio::select! {
+                () = run => {}
+                // The sender is only ever dropped: `changed` then errs.
+                _ = cut.changed() => {
+                    tracing::info!(%sandbox_id, "egress tunnel cut: the sandbox's egress was closed or re-opened");
+                }
             }
         });
         Response::new(empty())
