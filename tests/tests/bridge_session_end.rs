@@ -372,7 +372,10 @@ async fn archiving_a_credential_or_ending_a_session_stops_its_use_within_a_secon
             took,
         ));
         assert_eq!(code, 403, "{text}\n{}", f.logs());
-        assert!(text.contains("response 403"), "the bridge refused the tunnel: {text}");
+        assert!(
+            text.contains("response 403"),
+            "the bridge refused the tunnel: {text}"
+        );
         // Still refused a moment later (the agent did not re-open it).
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let (code, text) = probe(port, &bridge_ca, &f.info_refs).await;

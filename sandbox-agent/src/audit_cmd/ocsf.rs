@@ -149,9 +149,7 @@ fn status(rec: &Record) -> (u32, &'static str, u32, &'static str) {
         "refused" | "denied" | "placeholder_refused" | "host_refused" => {
             (2, "Failure", 3, "Medium")
         }
-        "error" | "failed" | "secret_unavailable" | "upstream_failed" => {
-            (2, "Failure", 4, "High")
-        }
+        "error" | "failed" | "secret_unavailable" | "upstream_failed" => (2, "Failure", 4, "High"),
         _ if rec.call() == "credential_use_gap" => (99, "Other", 4, "High"),
         _ => (0, "Unknown", 2, "Low"),
     }
@@ -393,7 +391,11 @@ mod tests {
                 r#"{{"v":2,"seq":1,"at":"2026-12-06T20:00:01Z","call":"credential_use","outcome":"{outcome}","prev":"a","hash":"b"}}"#
             ));
             let (_, status, _, sev) = status(&r);
-            let want = if outcome == "injected" { "Success" } else { "Failure" };
+            let want = if outcome == "injected" {
+                "Success"
+            } else {
+                "Failure"
+            };
             assert_eq!((status, sev), (want, severity), "{outcome}");
         }
     }
