@@ -203,11 +203,12 @@ async fn relayed_repository_token_is_used_for_its_repository_only_and_stops_on_f
         "{err}"
     );
 
-    // Forget: the very next fetch goes without the token.
+    // Forget the resource's token (not the whole session: that ends the
+    // session, see bridge_session_end.rs): the very next fetch goes without it.
     let forgot = ch
         .call(&ToBridge::ForgetSessionToken(ForgetSessionToken {
             session_id: "sesn_relay".into(),
-            resource_id: None,
+            resource_id: Some("sesrsc_app".into()),
         }))
         .await
         .unwrap();

@@ -391,7 +391,16 @@ async fn resolve_loop(shared: Arc<Shared>, configured: String, drain: Duration) 
             }
             Err(error) => {
                 failures = failures.saturating_add(1);
-                tracing::warn!(address = %configured, %error, links = shared.addresses_of(&configured).len(), "cannot resolve a control-plane address; keeping its current links");
+                if shared.template.proxy.is_some() && shared.addresses_of(&configured).is_empty() {
+                    // Behind a proxy the name may resolve only there (the
+                    // only way out): one link to the name itself, whose TCP
+                    // dial asks the proxy for `CONNECT name:port`. A later
+                    // resolution that works replaces it with one per address.
+                    tracing::warn!(address = %configured, %error, "cannot resolve a control-plane address on this host; one link to the name, through the proxy");
+                    shared.add(&configured, configured.clone());
+                } else {
+                    tracing::warn!(address = %configured, %error, links = shared.addresses_of(&configured).len(), "cannot resolve a control-plane address; keeping its current links");
+                }
             }
         }
         // Next: at once on a lost link (re-resolve on redial), else at the
@@ -497,6 +506,139 @@ mod tests {
             }
         });
         (addr, rx)
+    }
+
+    /// A minimal HTTP CONNECT proxy standing in for a proxy that resolves
+    /// names this host cannot: `CONNECT <name>:<port>` goes to
+    /// `127.0.0.1:<port>`; records each request line.
+    async fn name_resolving_proxy() -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut b = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if c.read(&mut b).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(b[0]);
+                    }
+                    let line = String::from_utf8_lossy(&head)
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    log.lock().unwrap().push(line.clone());
+                    let port = line
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|t| t.rsplit(':').next())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let Ok(mut up) =
+                        tokio::net::TcpStream::connect(format!("127.0.0.1:{port}")).await
+                    else {
+                        let _ = c.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
+                        return;
+                    };
+                    c.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                        .await
+                        .unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut c, &mut up).await;
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    /// A control-plane name this host cannot resolve, behind a proxy: the
+    /// agent still gets a link, to the name, through the proxy.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_name_only_the_proxy_resolves_gets_one_link_through_the_proxy() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = IdentityService::open(IdentitySettings::new(dir.path().join("cp"))).unwrap();
+        let token = svc
+            .create_token(
+                &EnvironmentId::parse("env_p").unwrap(),
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        let key = PendingKey::generate().unwrap();
+        let e = svc
+            .enroll(token.token.expose(), &key.csr_pem, None)
+            .unwrap();
+        let server_tls = Arc::new(svc.tunnel_server_config(&[tunnel::ALPN]).unwrap());
+        let (a, mut conns) = server(server_tls).await;
+        let (proxy, seen) = name_resolving_proxy().await;
+        let name = format!("cp.airlock.invalid:{}", a.port());
+        let text = format!(
+            "data_dir = \"{}\"\n[control_plane]\naddresses = [\"{name}\"]\nserver_name = \"127.0.0.1\"\n[tunnel]\ntransport = \"tcp\"\nproxy_url = \"http://{proxy}\"\nno_proxy = \"\"\n",
+            dir.path().join("agent").display()
+        );
+        let config =
+            crate::config::Config::parse(&text, std::path::Path::new("test.toml")).unwrap();
+        AgentFiles::new(&config.identity.dir)
+            .save_enrollment(
+                &key,
+                &e.certificate.chain,
+                svc.ca_cert_der(),
+                &IdentityRecord {
+                    agent_id: e.agent_id.clone(),
+                    environment_id: e.environment_id.clone(),
+                    ca_fingerprint: svc.ca_fingerprint(),
+                    tunnel_address: None,
+                    enroll_address: None,
+                    server_name: None,
+                },
+            )
+            .unwrap();
+        let identity = AgentIdentity::load(&config).unwrap();
+        let template = crate::connect::client_settings(&config, &identity);
+        assert!(template.proxy.is_some(), "the proxy is configured");
+        let handler = Arc::new(Recorded {
+            record: ExecutionRecord::open(&dir.path().join("agent"), Duration::from_secs(3600))
+                .unwrap(),
+            runs: AtomicUsize::new(0),
+        });
+        let endpoint = identity.endpoint().clone();
+        let links = Links::start(
+            &identity.endpoint().addresses.clone(),
+            template,
+            move |c| endpoint.server_name_for(c),
+            Arc::new(identity.client_config(&[tunnel::ALPN]).unwrap()),
+            handler,
+        );
+        let limit = Duration::from_secs(30);
+        let conn = tokio::time::timeout(limit, conns.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(conn.transport(), tunnel::Transport::Tcp);
+        tokio::time::timeout(limit, async {
+            while links.connected() < 1 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            links.shared.addresses_of(&name),
+            BTreeSet::from([name.clone()])
+        );
+        let lines = seen.lock().unwrap().clone();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(&format!("CONNECT {name} "))),
+            "the proxy was asked for the name: {lines:?}"
+        );
+        links.shutdown(Duration::from_millis(200)).await;
     }
 
     /// Two replicas (two tunnel listeners of one CA), one agent with a link
