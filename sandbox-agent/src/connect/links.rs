@@ -437,8 +437,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use bytes::Bytes;
-    use pki::agent::{AgentFiles, IdentityRecord, PendingKey};
-    use pki::{EnvironmentId, IdentityService, IdentitySettings};
+    use pki::{IdentityService, IdentitySettings};
     use protocol::call::{Reply, Request, Response};
     use protocol::sandbox::{Disposition, ExecuteRequest, ToolResult};
     use tokio::sync::mpsc;
@@ -446,7 +445,6 @@ mod tests {
     use tunnel::{Listener, ServerConnection, ServerSettings};
 
     use super::*;
-    use crate::identity::AgentIdentity;
     use crate::sandbox::record::{Begin, ExecutionRecord};
 
     /// `execute` through the agent's execution record, as the sandbox
@@ -563,16 +561,6 @@ mod tests {
     async fn a_name_only_the_proxy_resolves_gets_one_link_through_the_proxy() {
         let dir = tempfile::tempdir().unwrap();
         let svc = IdentityService::open(IdentitySettings::new(dir.path().join("cp"))).unwrap();
-        let token = svc
-            .create_token(
-                &EnvironmentId::parse("env_p").unwrap(),
-                Duration::from_secs(60),
-            )
-            .unwrap();
-        let key = PendingKey::generate().unwrap();
-        let e = svc
-            .enroll(token.token.expose(), &key.csr_pem, None)
-            .unwrap();
         let server_tls = Arc::new(svc.tunnel_server_config(&[tunnel::ALPN]).unwrap());
         let (a, mut conns) = server(server_tls).await;
         let (proxy, seen) = name_resolving_proxy().await;
@@ -583,22 +571,7 @@ mod tests {
         );
         let config =
             crate::config::Config::parse(&text, std::path::Path::new("test.toml")).unwrap();
-        AgentFiles::new(&config.identity.dir)
-            .save_enrollment(
-                &key,
-                &e.certificate.chain,
-                svc.ca_cert_der(),
-                &IdentityRecord {
-                    agent_id: e.agent_id.clone(),
-                    environment_id: e.environment_id.clone(),
-                    ca_fingerprint: svc.ca_fingerprint(),
-                    tunnel_address: None,
-                    enroll_address: None,
-                    server_name: None,
-                },
-            )
-            .unwrap();
-        let identity = AgentIdentity::load(&config).unwrap();
+        let identity = crate::identity::enrolled_for_test(&svc, "env_p", &config);
         let template = crate::connect::client_settings(&config, &identity);
         assert!(template.proxy.is_some(), "the proxy is configured");
         let handler = Arc::new(Recorded {
@@ -648,16 +621,6 @@ mod tests {
     async fn one_tool_use_id_over_two_links_at_once_runs_once() {
         let dir = tempfile::tempdir().unwrap();
         let svc = IdentityService::open(IdentitySettings::new(dir.path().join("cp"))).unwrap();
-        let token = svc
-            .create_token(
-                &EnvironmentId::parse("env_l").unwrap(),
-                Duration::from_secs(60),
-            )
-            .unwrap();
-        let key = PendingKey::generate().unwrap();
-        let e = svc
-            .enroll(token.token.expose(), &key.csr_pem, None)
-            .unwrap();
         let server_tls = Arc::new(svc.tunnel_server_config(&[tunnel::ALPN]).unwrap());
         let (a, mut conns_a) = server(server_tls.clone()).await;
         let (b, mut conns_b) = server(server_tls).await;
@@ -667,22 +630,7 @@ mod tests {
         );
         let config =
             crate::config::Config::parse(&text, std::path::Path::new("test.toml")).unwrap();
-        AgentFiles::new(&config.identity.dir)
-            .save_enrollment(
-                &key,
-                &e.certificate.chain,
-                svc.ca_cert_der(),
-                &IdentityRecord {
-                    agent_id: e.agent_id.clone(),
-                    environment_id: e.environment_id.clone(),
-                    ca_fingerprint: svc.ca_fingerprint(),
-                    tunnel_address: None,
-                    enroll_address: None,
-                    server_name: None,
-                },
-            )
-            .unwrap();
-        let identity = AgentIdentity::load(&config).unwrap();
+        let identity = crate::identity::enrolled_for_test(&svc, "env_l", &config);
         assert_eq!(
             identity.endpoint().addresses,
             [a.to_string(), b.to_string()]

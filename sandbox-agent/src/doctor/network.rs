@@ -796,8 +796,7 @@ fn parse_http_date(s: &str) -> Option<SystemTime> {
 mod tests {
     use super::*;
 
-    use pki::agent::{AgentFiles, IdentityRecord, PendingKey};
-    use pki::{EnvironmentId, IdentityService, IdentitySettings};
+    use pki::{IdentityService, IdentitySettings};
     use tunnel::{Listener, ServerSettings};
 
     /// A tunnel listener of `tls` that accepts every agent through the
@@ -827,16 +826,6 @@ mod tests {
         let mut settings = IdentitySettings::new(dir.path().join("cp"));
         settings.server_names = vec!["cp.test".into()];
         let svc = IdentityService::open(settings).unwrap();
-        let token = svc
-            .create_token(
-                &EnvironmentId::parse("env_d").unwrap(),
-                Duration::from_secs(60),
-            )
-            .unwrap();
-        let key = PendingKey::generate().unwrap();
-        let e = svc
-            .enroll(token.token.expose(), &key.csr_pem, None)
-            .unwrap();
         let tls = Arc::new(svc.tunnel_server_config(&[tunnel::ALPN]).unwrap());
         let a = replica(tls.clone()).await;
         let b = replica(tls).await;
@@ -849,22 +838,7 @@ mod tests {
             dir.path().join("agent").display()
         );
         let config = Config::parse(&text, std::path::Path::new("test.toml")).unwrap();
-        AgentFiles::new(&config.identity.dir)
-            .save_enrollment(
-                &key,
-                &e.certificate.chain,
-                svc.ca_cert_der(),
-                &IdentityRecord {
-                    agent_id: e.agent_id.clone(),
-                    environment_id: e.environment_id.clone(),
-                    ca_fingerprint: svc.ca_fingerprint(),
-                    tunnel_address: None,
-                    enroll_address: None,
-                    server_name: None,
-                },
-            )
-            .unwrap();
-        let identity = AgentIdentity::load(&config).unwrap();
+        let identity = crate::identity::enrolled_for_test(&svc, "env_d", &config);
         let loaded = Loaded {
             identity: Some(identity),
             check: Check::pass("identity", "loaded"),

@@ -163,3 +163,41 @@ impl AgentIdentity {
         Ok(renewed)
     }
 }
+
+/// Enrolls an agent at `svc` for tests: a join token for `environment`,
+/// a fresh key, the enrollment, its files saved where `config` keeps the
+/// identity, loaded back.
+#[cfg(test)]
+pub(crate) fn enrolled_for_test(
+    svc: &pki::IdentityService,
+    environment: &str,
+    config: &crate::config::Config,
+) -> std::sync::Arc<AgentIdentity> {
+    use pki::agent::{AgentFiles, IdentityRecord, PendingKey};
+    let token = svc
+        .create_token(
+            &pki::EnvironmentId::parse(environment).unwrap(),
+            std::time::Duration::from_secs(60),
+        )
+        .unwrap();
+    let key = PendingKey::generate().unwrap();
+    let e = svc
+        .enroll(token.token.expose(), &key.csr_pem, None)
+        .unwrap();
+    AgentFiles::new(&config.identity.dir)
+        .save_enrollment(
+            &key,
+            &e.certificate.chain,
+            svc.ca_cert_der(),
+            &IdentityRecord {
+                agent_id: e.agent_id.clone(),
+                environment_id: e.environment_id.clone(),
+                ca_fingerprint: svc.ca_fingerprint(),
+                tunnel_address: None,
+                enroll_address: None,
+                server_name: None,
+            },
+        )
+        .unwrap();
+    AgentIdentity::load(config).unwrap()
+}
