@@ -358,6 +358,41 @@ impl Channel {
     }
 }
 
+/// Every sandbox's `egress.sock` under a bridge's socket dir
+/// ([`Bridge::egress_dir`]), sorted.
+pub fn egress_sockets(dir: &Path) -> std::collections::BTreeSet<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path().join("egress.sock"))
+                .filter(|p| p.exists())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Forwards loopback TCP connections to the Unix socket `socket` (what the
+/// executor's forwarder does inside a sandbox), each connection opening the
+/// socket anew; returns the loopback port. Runs until the runtime ends.
+pub async fn forward_to_socket(socket: PathBuf) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let socket = socket.clone();
+            tokio::spawn(async move {
+                if let Ok(mut unix) = tokio::net::UnixStream::connect(&socket).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tcp, &mut unix).await;
+                }
+            });
+        }
+    });
+    port
+}
+
 /// Standard base64 with padding (what a basic-auth header carries).
 pub fn base64(input: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

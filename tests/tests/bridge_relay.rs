@@ -23,38 +23,16 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use airlock_tests::bridge::{Bridge, BridgeOptions, Channel};
+use airlock_tests::bridge::{forward_to_socket, Bridge, BridgeOptions, Channel};
 use airlock_tests::git_server::{git, run_ok, GitServer, StaticServer, TestCa};
 use protocol::bridge::{EgressRepository, FromBridge, ToBridge};
 use protocol::relay::{
     CredentialBinding, EgressCredential, ForgetCredential, ForgetReason, ForgetSessionToken,
     InjectionLocation, Networking, PutCredential, PutSessionToken, WireSecret,
 };
-use tokio::net::{TcpListener, UnixStream};
 
 const TOKEN: &str = "canary-relay-token-5f1e9a";
 const USER: &str = vault_bridge::agent_channel_egress::GIT_TOKEN_USERNAME;
-
-/// Forward loopback TCP connections to the sandbox's egress socket (what the
-/// executor's forwarder does inside a sandbox).
-async fn forward(socket: PathBuf) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let socket = socket.clone();
-            tokio::spawn(async move {
-                if let Ok(mut unix) = UnixStream::connect(&socket).await {
-                    let _ = tokio::io::copy_bidirectional(&mut tcp, &mut unix).await;
-                }
-            });
-        }
-    });
-    port
-}
 
 fn open_egress(git: &GitServer) -> ToBridge {
     ToBridge::OpenEgress {
@@ -135,7 +113,7 @@ async fn relayed_repository_token_is_used_for_its_repository_only_and_stops_on_f
         panic!("open_egress failed: {}", bridge.log());
     };
     assert!(env.is_empty());
-    let port = forward(PathBuf::from(&socket_path)).await;
+    let port = forward_to_socket(PathBuf::from(&socket_path)).await;
 
     // Clone, commit and push the named repository: no credential in git.
     let clone = work.path().join("app");
@@ -255,7 +233,7 @@ async fn relayed_repository_token_is_used_for_its_repository_only_and_stops_on_f
     else {
         panic!("open_egress after restart failed: {}", bridge.log());
     };
-    let port = forward(PathBuf::from(&socket_path)).await;
+    let port = forward_to_socket(PathBuf::from(&socket_path)).await;
     let (h, c) = (home.clone(), clone.clone());
     let ca2 = bridge_ca.clone();
     tokio::task::spawn_blocking(move || {
@@ -388,7 +366,7 @@ async fn relayed_environment_variable_credential_is_a_swapped_placeholder_until_
         .expect("a placeholder for API_KEY")
         .clone();
     assert!(!placeholder.contains(SECRET), "{placeholder}");
-    let proxy = forward(PathBuf::from(&socket_path)).await;
+    let proxy = forward_to_socket(PathBuf::from(&socket_path)).await;
 
     // The placeholder is swapped for the secret on the credential's host.
     let url = api.url("echo");

@@ -11,10 +11,9 @@
 
 mod e2e_support;
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use airlock_tests::bridge::{Bridge, BridgeOptions};
+use airlock_tests::bridge::{egress_sockets, Bridge, BridgeOptions};
 use airlock_tests::deploy::{tail, Agent, AgentOptions};
 use airlock_tests::fake_model::{FakeModel, Reply, RequestCtx, Turn};
 use airlock_tests::sandbox::{sandbox_ready_agent_config, test_image};
@@ -32,18 +31,6 @@ fn script(req: &RequestCtx) -> Reply {
             .into(),
         _ => Reply::text("done"),
     }
-}
-
-/// Every `egress.sock` under the bridge's socket dir.
-fn egress_sockets(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.path().join("egress.sock"))
-                .filter(|p| p.exists())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,7 +81,7 @@ async fn a_revoked_agent_closes_its_sandboxes_egress_within_a_second() {
     );
     let sockets = egress_sockets(&bridge.egress_dir());
     assert_eq!(sockets.len(), 1, "one sandbox with egress: {sockets:?}");
-    let socket = sockets[0].clone();
+    let socket = sockets.first().unwrap().clone();
     assert!(std::os::unix::net::UnixStream::connect(&socket).is_ok());
 
     let started = Instant::now();

@@ -27,18 +27,16 @@
 
 mod e2e_support;
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use airlock_tests::bridge::{Bridge, BridgeOptions};
+use airlock_tests::bridge::{egress_sockets, forward_to_socket, Bridge, BridgeOptions};
 use airlock_tests::deploy::{tail, Agent, AgentOptions};
 use airlock_tests::fake_model::{FakeModel, Reply, RequestCtx, Turn};
 use airlock_tests::git_server::{GitServer, TestCa};
 use airlock_tests::sandbox::{sandbox_ready_agent_config, test_image};
 use e2e_support::{runtime_toml, Api, ContainerCleanup, Deployment};
 use serde_json::{json, Value};
-use tokio::net::{TcpListener, UnixStream};
 
 const TOKEN: &str = "canary-session-end-5e1b77c0a4";
 const LIMIT: Duration = Duration::from_secs(1);
@@ -54,39 +52,6 @@ fn script(req: &RequestCtx) -> Reply {
             .into(),
         _ => Reply::text("done"),
     }
-}
-
-/// Every `egress.sock` under the bridge's socket dir.
-fn egress_sockets(dir: &Path) -> BTreeSet<PathBuf> {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.path().join("egress.sock"))
-                .filter(|p| p.exists())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Forward loopback TCP connections to `socket` (what the executor's
-/// forwarder does inside a sandbox); each connection opens the socket anew.
-async fn forward(socket: PathBuf) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let socket = socket.clone();
-            tokio::spawn(async move {
-                if let Ok(mut unix) = UnixStream::connect(&socket).await {
-                    let _ = tokio::io::copy_bidirectional(&mut tcp, &mut unix).await;
-                }
-            });
-        }
-    });
-    port
 }
 
 /// One request through the proxy at `port`: (the proxy's answer to CONNECT
@@ -301,7 +266,7 @@ async fn archiving_a_credential_or_ending_a_session_stops_its_use_within_a_secon
     // 1. The credential archived.
     let cred = f.credential().await;
     let (_s1, socket) = f.session().await;
-    let port = forward(socket).await;
+    let port = forward_to_socket(socket).await;
     let (code, text) = probe(port, &bridge_ca, &f.info_refs).await;
     assert_eq!(
         code,
@@ -331,7 +296,7 @@ async fn archiving_a_credential_or_ending_a_session_stops_its_use_within_a_secon
     f.credential().await;
     for how in ["archived", "deleted"] {
         let (session, socket) = f.session().await;
-        let port = forward(socket).await;
+        let port = forward_to_socket(socket).await;
         let (code, text) = probe(port, &bridge_ca, &f.info_refs).await;
         assert_eq!(
             code,
