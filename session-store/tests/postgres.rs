@@ -317,3 +317,58 @@ async fn tails_and_writes_survive_terminated_connections() {
     assert_eq!(next_seq(&mut items).await, 7);
     pump.abort();
 }
+
+/// A replica frozen inside a transaction holds the session's row lock; with
+/// the store's connection settings the server ends that transaction after
+/// its idle limit, so another replica takes the expired lease over instead
+/// of waiting for the frozen one to resume. (Without the setting the
+/// takeover waits until the frozen connection goes away: the test fails.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_frozen_inside_a_transaction_does_not_block_a_lease_takeover() {
+    let Some(url) = pg_url() else {
+        return;
+    };
+    let schema = schema_name();
+    let a = connect(&url, &schema).await;
+    let b = connect(&url, &schema).await;
+    let _guard = SchemaGuard(Some(a.clone()));
+    let id = new_session(&a, SessionStatus::Running).await;
+    a.acquire_lease(&id, "replica-a", Duration::from_millis(500))
+        .await
+        .unwrap();
+    // The frozen replica: one of its connections (configured as the store
+    // configures them) stopped after locking the session's row.
+    let (frozen, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    frozen
+        .batch_execute(session_store::postgres::SESSION_SETTINGS)
+        .await
+        .unwrap();
+    frozen
+        .batch_execute(&format!(
+            "BEGIN; SELECT id FROM \"{schema}\".sessions WHERE id = '{id}' FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let started = std::time::Instant::now();
+    let lease = tokio::time::timeout(
+        Duration::from_secs(30),
+        b.acquire_lease(&id, "replica-b", Duration::from_secs(5)),
+    )
+    .await
+    .expect("the takeover waited on the frozen replica's lock for 30 s")
+    .unwrap();
+    assert_eq!(lease.holder, "replica-b");
+    eprintln!(
+        "takeover past a frozen transaction took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -39,6 +39,10 @@ pub(crate) async fn connect(config: &Config, quoted_schema: Option<&str>) -> Res
             tracing::debug!(%e, "postgresql connection ended");
         }
     });
+    client
+        .batch_execute(super::SESSION_SETTINGS)
+        .await
+        .map_err(|e| map_pg("setting the connection's timeouts", e))?;
     if let Some(schema) = quoted_schema {
         client
             .batch_execute(&format!("SET search_path TO {schema}"))
