@@ -21,7 +21,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::backoff::{Backoff, BackoffPolicy};
 use crate::call::{CallHandler, CallIo};
 use crate::control::{ControlCmd, ControlLoop, ControlState};
-use crate::error::{h2_is_revoked, quic_is_revoked, CloseReason, ConnectError, StreamError};
+use crate::error::{
+    h2_is_revoked, quic_is_busy, quic_is_revoked, CloseReason, ConnectError, StreamError,
+};
 use crate::link::{quic_close_message, Link, LinkKind, H2_CALL_PATH, H2_CONTROL_PATH};
 use crate::proxy::ProxyConfig;
 use crate::select::{Transport, TransportMode, TransportSelector};
@@ -299,7 +301,15 @@ async fn dial_quic(
         .connect_with(config, addr, &settings.server_name)
         .map_err(|e| err(e.to_string()))?
         .await
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| {
+            if quic_is_busy(&e) {
+                ConnectError::Busy {
+                    address: settings.server.clone(),
+                }
+            } else {
+                err(e.to_string())
+            }
+        })?;
     let link = Link::new(LinkKind::Quic(conn.clone()), Transport::Quic, addr, codec);
     let (send, recv) = conn.open_bi().await.map_err(closed)?;
     Ok((
@@ -620,6 +630,13 @@ impl Supervisor {
                     Err(error) if error.is_incompatible() => {
                         self.stop_incompatible(error.to_string());
                         return;
+                    }
+                    // Reachable over UDP but saturated: a TCP handshake would
+                    // only add to its load. Back off and redial QUIC.
+                    Err(error) if error.is_busy() => {
+                        tracing::info!(agent_id = %agent_id, %transport, %error, "dial refused, control plane busy");
+                        last_error = error.to_string();
+                        break;
                     }
                     Err(error) => {
                         tracing::warn!(agent_id = %agent_id, %transport, %error, "dial failed");

@@ -162,6 +162,16 @@ pub enum ConnectError {
     /// The TLS configuration cannot be used for QUIC (e.g. no TLS 1.3 suite).
     #[error("tls configuration unusable: {0}")]
     TlsConfig(String),
+    /// The control plane answered the QUIC dial with `CONNECTION_REFUSED`
+    /// before any handshake: every handshake slot was busy
+    /// (`tunnel.max_concurrent_handshakes`, e.g. all agents redialing after
+    /// a restart). UDP reaches it, so the agent backs off and redials QUIC
+    /// rather than handshaking again over TCP.
+    #[error("{address} is busy and refused the quic connection (every handshake slot in use); backing off")]
+    Busy {
+        /// The address dialed.
+        address: String,
+    },
     /// The control plane refused our certificate because the agent is
     /// revoked: the TLS `certificate_revoked` alert during the handshake, or
     /// the connection closed with [`CloseReason::Revoked`]. Final: redialing
@@ -194,6 +204,12 @@ impl ConnectError {
 }
 
 impl ConnectError {
+    /// Whether the control plane refused the dial for want of a handshake
+    /// slot ([`ConnectError::Busy`]): back off, do not try another transport.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, ConnectError::Busy { .. })
+    }
+
     /// Whether the control plane found no protocol version in common
     /// (`rejected{unsupported_version}`): redialing with this build cannot help.
     pub fn is_incompatible(&self) -> bool {
@@ -243,6 +259,13 @@ pub(crate) fn quic_is_revoked(e: &quinn::ConnectionError) -> bool {
         }
         _ => false,
     }
+}
+
+/// Whether a QUIC dial was refused before its handshake (the listener's
+/// `CONNECTION_REFUSED`: no handshake slot free).
+pub(crate) fn quic_is_busy(e: &quinn::ConnectionError) -> bool {
+    matches!(e, quinn::ConnectionError::ConnectionClosed(c)
+        if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED)
 }
 
 /// Binding the listener failed.

@@ -158,7 +158,10 @@ impl HandshakeGate {
 /// key), the restarted listener answers packets of connections it no longer
 /// knows with a reset the agent accepts as genuine, so agents redial at once
 /// instead of waiting out their idle timeout (three heartbeat intervals).
-/// Without one the key is random per process and such resets are ignored.
+/// The connection ids the listener issues are checked with a key derived
+/// from it too, so the restarted listener recognises its predecessor's ids
+/// (and answers them) instead of dropping their packets as junk. Without a
+/// key both are random per process, and agents wait out their idle timeout.
 #[derive(Clone)]
 pub struct StatelessResetKey([u8; 32]);
 
@@ -180,6 +183,14 @@ impl std::fmt::Debug for StatelessResetKey {
 /// 10,000 agents of a restart). A reset is always smaller than the packet
 /// that caused it, so it cannot amplify.
 const MIN_RESET_INTERVAL: Duration = Duration::from_micros(50);
+
+/// The key of the check in our QUIC connection ids, from the reset secret.
+fn cid_key(reset: &ring::hmac::Key) -> u64 {
+    let tag = ring::hmac::sign(reset, b"airlock tunnel quic connection id check v1");
+    let mut k = [0u8; 8];
+    k.copy_from_slice(&tag.as_ref()[..8]);
+    u64::from_le_bytes(k)
+}
 
 /// Why a connection's hello could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -226,10 +237,16 @@ impl Listener {
     ) -> Result<Self, ListenError> {
         let endpoint_config = match &reset_key {
             Some(key) => {
-                let mut c = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
-                    ring::hmac::HMAC_SHA256,
-                    &key.0,
-                )));
+                let hmac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key.0);
+                // Connection ids carry a check keyed by the same secret: ids
+                // the previous process issued are then valid here, so their
+                // packets are answered with a reset instead of dropped as junk
+                // (quinn's default key is random per process).
+                let cid_key = cid_key(&hmac);
+                let mut c = quinn::EndpointConfig::new(Arc::new(hmac));
+                c.cid_generator(move || {
+                    Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+                });
                 c.min_reset_interval(MIN_RESET_INTERVAL);
                 c
             }
@@ -241,7 +258,7 @@ impl Listener {
         let quic_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls.clone())
             .map_err(|e| ListenError::TlsConfig(e.to_string()))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_crypto));
-        server_config.transport_config(Arc::new(tuning::quic_transport(
+        server_config.transport_config(Arc::new(tuning::quic_server_transport(
             &settings.tuning,
             settings.heartbeat_interval,
             settings.heartbeat_misses,

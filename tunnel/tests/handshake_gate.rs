@@ -7,68 +7,12 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::TestPki;
-use protocol::{ErrorCode, Reply, Request, Response};
-use tokio::sync::mpsc;
-use tunnel::call::{CallHandler, CallIo};
-use tunnel::client::{self, ClientHandle, ClientSettings, ClientStatus};
-use tunnel::{Listener, ServerConnection, ServerSettings, TransportMode};
-
-struct Handler;
-
-#[async_trait::async_trait]
-impl CallHandler for Handler {
-    async fn handle(&self, request: Request, _io: &mut CallIo) -> Response {
-        match request {
-            Request::Ping => Response::Ok(Reply::Pong(Default::default())),
-            other => Response::error(ErrorCode::UnsupportedCall, format!("no {}", other.name())),
-        }
-    }
-}
-
-/// A listener that accepts every hello; accepted connections come out of the receiver.
-async fn server(
-    pki: &TestPki,
-    settings: ServerSettings,
-) -> (
-    std::net::SocketAddr,
-    mpsc::UnboundedReceiver<ServerConnection>,
-    tokio::task::JoinHandle<()>,
-) {
-    let mut listener = Listener::bind(settings.clone(), pki.server_config())
-        .await
-        .unwrap();
-    let addr = listener.local_addr();
-    let (tx, rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(async move {
-        while let Some(pending) = listener.accept().await {
-            let version = pending.negotiate().unwrap();
-            let peer = pending.hello().unwrap().agent_id.clone();
-            let conn = pending
-                .accept(version, &settings, None, peer)
-                .await
-                .unwrap();
-            let _ = tx.send(conn);
-        }
-    });
-    (addr, rx, task)
-}
-
-fn client(
-    pki: &TestPki,
-    addr: std::net::SocketAddr,
-    agent: &str,
-    mode: TransportMode,
-) -> ClientHandle {
-    let mut s = ClientSettings::new(addr.to_string(), "localhost", agent);
-    s.mode = mode;
-    s.backoff.base = Duration::from_millis(50);
-    s.backoff.cap = Duration::from_millis(400);
-    client::spawn(s, pki.client_config(agent), Arc::new(Handler))
-}
+use common::{client, server, TestPki};
+use protocol::{Reply, Request, Response};
+use tunnel::client::ClientStatus;
+use tunnel::{ServerSettings, TransportMode};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_larger_than_the_slots_all_connects() {
@@ -181,5 +125,51 @@ async fn a_dialer_waiting_for_a_busy_slot_is_refused_then_gets_in() {
         .unwrap()
         .unwrap();
     drop(conn);
+    drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auto_dialer_refused_as_busy_backs_off_on_quic_instead_of_trying_tcp() {
+    let pki = TestPki::new();
+    let settings = ServerSettings {
+        max_concurrent_handshakes: 1,
+        handshake_queue_wait: Duration::from_millis(300),
+        handshake_slot_hold: Duration::from_secs(2),
+        handshake_timeout: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let (addr, mut conns, _task) = server(&pki, settings).await;
+    // The only slot is held (2 s) by a TCP peer that never says ClientHello.
+    let silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let c = client(&pki, addr, "agent-auto", TransportMode::Auto);
+    let mut status = c.status();
+    let mut errors = Vec::new();
+    let transport = loop {
+        let s = tokio::time::timeout(Duration::from_secs(20), async {
+            status.changed().await.unwrap();
+            status.borrow_and_update().clone()
+        })
+        .await
+        .expect("no status change in 20 s");
+        match s {
+            ClientStatus::Disconnected { error } => errors.push(error),
+            ClientStatus::Connected { transport, .. } => break transport,
+            _ => {}
+        }
+    };
+    assert!(!errors.is_empty(), "never refused while the slot was held");
+    for e in &errors {
+        // Each round ended at the QUIC refusal: no TCP dial after it (a TCP
+        // dial would have waited for the slot too, and its error would be
+        // the round's last).
+        assert!(e.contains("busy") && e.contains("quic"), "{errors:?}");
+    }
+    assert_eq!(transport, tunnel::Transport::Quic, "{errors:?}");
+    let conn = tokio::time::timeout(Duration::from_secs(5), conns.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(conn.transport(), tunnel::Transport::Quic);
     drop(silent);
 }

@@ -88,3 +88,82 @@ impl TestPki {
         )
     }
 }
+
+/// Answers `ping`; every other call is unsupported.
+pub struct PingHandler;
+
+#[async_trait::async_trait]
+impl tunnel::call::CallHandler for PingHandler {
+    async fn handle(
+        &self,
+        request: protocol::Request,
+        _io: &mut tunnel::call::CallIo,
+    ) -> protocol::Response {
+        match request {
+            protocol::Request::Ping => {
+                protocol::Response::Ok(protocol::Reply::Pong(Default::default()))
+            }
+            other => protocol::Response::error(
+                protocol::ErrorCode::UnsupportedCall,
+                format!("no {}", other.name()),
+            ),
+        }
+    }
+}
+
+/// A listener that accepts every hello; accepted connections come out of the receiver.
+pub async fn server(
+    pki: &TestPki,
+    settings: tunnel::ServerSettings,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<tunnel::ServerConnection>,
+    tokio::task::JoinHandle<()>,
+) {
+    server_with_reset_key(pki, settings, None).await
+}
+
+/// [`server`] with a QUIC stateless reset key.
+pub async fn server_with_reset_key(
+    pki: &TestPki,
+    settings: tunnel::ServerSettings,
+    reset_key: Option<tunnel::server::StatelessResetKey>,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<tunnel::ServerConnection>,
+    tokio::task::JoinHandle<()>,
+) {
+    let mut listener =
+        tunnel::Listener::bind_with_reset_key(settings.clone(), pki.server_config(), reset_key)
+            .await
+            .unwrap();
+    let addr = listener.local_addr();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        while let Some(pending) = listener.accept().await {
+            let version = pending.negotiate().unwrap();
+            let peer = pending.hello().unwrap().agent_id.clone();
+            let conn = pending
+                .accept(version, &settings, None, peer)
+                .await
+                .unwrap();
+            let _ = tx.send(conn);
+        }
+    });
+    (addr, rx, task)
+}
+
+/// An agent client of `agent` dialing `addr` with a short backoff (50 ms
+/// doubling to 400 ms).
+pub fn client(
+    pki: &TestPki,
+    addr: std::net::SocketAddr,
+    agent: &str,
+    mode: tunnel::TransportMode,
+) -> tunnel::ClientHandle {
+    let mut s = tunnel::ClientSettings::new(addr.to_string(), "localhost", agent);
+    s.mode = mode;
+    s.backoff.base = std::time::Duration::from_millis(50);
+    s.backoff.cap = std::time::Duration::from_millis(400);
+    tunnel::client::spawn(s, pki.client_config(agent), Arc::new(PingHandler))
+}
