@@ -2,7 +2,10 @@
 //! one database.
 //!
 //! Every connection has `search_path` set to the catalog's schema (default
-//! `public`), so SQL text is static and tests can use a schema each. Writes
+//! `public`), so SQL text is static and tests can use a schema each, and
+//! the shared `idle_in_transaction_session_timeout`
+//! ([`settings::backend::POSTGRES_SESSION_SETTINGS`]), so a replica frozen
+//! inside a transaction does not hold its row locks for long. Writes
 //! that read before they write lock the row (`FOR UPDATE`); environment name
 //! uniqueness is a unique index, so two replicas racing on a name get one
 //! success and one [`CatalogError::Conflict`]. Migrations run under a
@@ -183,9 +186,13 @@ impl Pool {
             }
         });
         client
-            .batch_execute(&format!("SET search_path TO \"{}\"", self.schema))
+            .batch_execute(&format!(
+                "{}; SET search_path TO \"{}\"",
+                settings::backend::POSTGRES_SESSION_SETTINGS,
+                self.schema
+            ))
             .await
-            .map_err(|e| map_pg("setting search_path", e))?;
+            .map_err(|e| map_pg("setting the connection's timeouts and search_path", e))?;
         Ok(client)
     }
 

@@ -169,6 +169,17 @@ impl RawBackend {
     }
 }
 
+/// Run on every PostgreSQL connection the catalog and the session store
+/// open. A replica that stops in the middle of a transaction (frozen,
+/// swapped out, its host stalled) keeps its connection open and its row
+/// locks held; without a limit, another replica's writes to those rows (a
+/// session's lease takeover, a catalog update) would wait until the frozen
+/// one resumes. The server ends such a session after 10 s idle inside a
+/// transaction (our transactions never wait on anything but the server),
+/// releasing its locks; the frozen replica finds its connection gone when it
+/// resumes.
+pub const POSTGRES_SESSION_SETTINGS: &str = "SET idle_in_transaction_session_timeout = '10s'";
+
 /// A PostgreSQL schema name usable unquoted: 1 to `max_len` ASCII letters,
 /// digits or `_`, not starting with a digit.
 pub fn check_schema_name(schema: &str, max_len: usize) -> Result<(), String> {

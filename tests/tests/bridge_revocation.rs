@@ -15,29 +15,15 @@ use std::time::{Duration, Instant};
 
 use airlock_tests::bridge::{egress_sockets, Bridge, BridgeOptions};
 use airlock_tests::deploy::{tail, Agent, AgentOptions};
-use airlock_tests::fake_model::{FakeModel, Reply, RequestCtx, Turn};
+use airlock_tests::fake_model::FakeModel;
 use airlock_tests::sandbox::{sandbox_ready_agent_config, test_image};
 use e2e_support::{runtime_toml, ContainerCleanup, Deployment};
-use serde_json::json;
-
-fn script(req: &RequestCtx) -> Reply {
-    match req.tool_uses_so_far() {
-        0 => Turn::new()
-            .tool_use(
-                "toolu_ready",
-                "bash",
-                json!({"command": "echo sandbox-ready"}),
-            )
-            .into(),
-        _ => Reply::text("done"),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_agent_closes_its_sandboxes_egress_within_a_second() {
     let model = FakeModel::builder()
         .latency(Duration::from_millis(20))
-        .start(script)
+        .start(e2e_support::one_ready_call)
         .await
         .unwrap();
     let d = Deployment::start(runtime_toml(&model.base_url(), 5.0))

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use airlock_tests::bridge::{egress_sockets, forward_to_socket, Bridge, BridgeOptions};
 use airlock_tests::deploy::{tail, Agent, AgentOptions};
-use airlock_tests::fake_model::{FakeModel, Reply, RequestCtx, Turn};
+use airlock_tests::fake_model::FakeModel;
 use airlock_tests::git_server::{GitServer, TestCa};
 use airlock_tests::sandbox::{sandbox_ready_agent_config, test_image};
 use e2e_support::{runtime_toml, Api, ContainerCleanup, Deployment};
@@ -40,19 +40,6 @@ use serde_json::{json, Value};
 
 const TOKEN: &str = "canary-session-end-5e1b77c0a4";
 const LIMIT: Duration = Duration::from_secs(1);
-
-fn script(req: &RequestCtx) -> Reply {
-    match req.tool_uses_so_far() {
-        0 => Turn::new()
-            .tool_use(
-                "toolu_ready",
-                "bash",
-                json!({"command": "echo sandbox-ready"}),
-            )
-            .into(),
-        _ => Reply::text("done"),
-    }
-}
 
 /// One request through the proxy at `port`: (the proxy's answer to CONNECT
 /// when it refused the tunnel, else the request's HTTP status, 0 when curl
@@ -219,7 +206,7 @@ async fn archiving_a_credential_or_ending_a_session_stops_its_use_within_a_secon
 
     let model = FakeModel::builder()
         .latency(Duration::from_millis(20))
-        .start(script)
+        .start(e2e_support::one_ready_call)
         .await
         .unwrap();
     let d = Deployment::start(runtime_toml(&model.base_url(), 5.0))

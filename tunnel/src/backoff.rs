@@ -20,6 +20,10 @@ pub const RECONNECT: BackoffPolicy = BackoffPolicy::new(
     Jitter::Full,
 );
 
+/// Ceiling of the wait after a refusal for want of a handshake slot
+/// ([`Backoff::next_busy_delay`]).
+pub const BUSY_CAP: Duration = Duration::from_secs(8);
+
 /// Backoff state: how many attempts failed in a row.
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -55,6 +59,23 @@ impl Backoff {
         self.next_delay_with(&mut rand::thread_rng())
     }
 
+    /// The next delay after a refusal for want of a handshake slot: as
+    /// [`Self::next_delay_with`], but its ceiling stops at [`BUSY_CAP`]. The
+    /// control plane is up and admitting agents as fast as it can, so the
+    /// refused ones should keep coming back within seconds, not drift to the
+    /// 30 s cap and come back long after it has gone idle.
+    pub fn next_busy_delay_with(&mut self, rng: &mut impl Rng) -> Duration {
+        let ceiling = self.policy.ceiling(self.attempt).min(BUSY_CAP);
+        let capped = BackoffPolicy::new(ceiling, ceiling, Jitter::Full);
+        self.attempt = self.attempt.saturating_add(1);
+        capped.delay(0, rng.gen())
+    }
+
+    /// [`Self::next_busy_delay_with`] with the thread's RNG.
+    pub fn next_busy_delay(&mut self) -> Duration {
+        self.next_busy_delay_with(&mut rand::thread_rng())
+    }
+
     /// A connection came up and stayed healthy: start over.
     pub fn reset(&mut self) {
         self.attempt = 0;
@@ -65,6 +86,22 @@ impl Backoff {
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    #[test]
+    fn busy_refusals_back_off_at_most_the_busy_cap() {
+        let mut b = Backoff::new(RECONNECT);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut longest = Duration::ZERO;
+        for _ in 0..64 {
+            let d = b.next_busy_delay_with(&mut rng);
+            assert!(d <= BUSY_CAP, "{d:?}");
+            longest = longest.max(d);
+        }
+        // Full jitter under the cap, and the attempts still count.
+        assert!(longest > BUSY_CAP / 2, "{longest:?}");
+        assert_eq!(b.attempt(), 64);
+        assert_eq!(b.ceiling(), RECONNECT.cap);
+    }
 
     #[test]
     fn ceiling_doubles_up_to_cap() {

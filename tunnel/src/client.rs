@@ -71,6 +71,22 @@ pub struct ClientSettings {
     /// every change (`None`: nothing is published). Control planes that do
     /// not know the message ignore it.
     pub audit_status: Option<tokio::sync::watch::Receiver<protocol::audit::AuditStatus>>,
+    /// The QUIC endpoint to dial from. `None` (an agent): a fresh endpoint,
+    /// with its own UDP socket, for every dial. `Some`: this one, shared
+    /// with other clients of the process -- for many simulated agents in one
+    /// process (`bench-agents`), where a socket and quinn's receive buffer
+    /// (about 3 MiB) per dial would cost more than the agents' protocol work.
+    /// Made with [`shared_quic_endpoint`].
+    pub quic_endpoint: Option<quinn::Endpoint>,
+}
+
+/// A client-only QUIC endpoint on `bind` (e.g. `0.0.0.0:0`) for
+/// [`ClientSettings::quic_endpoint`].
+pub fn shared_quic_endpoint(bind: SocketAddr, tuning: &Tuning) -> std::io::Result<quinn::Endpoint> {
+    let socket = tuning::udp_socket(bind, tuning)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| std::io::Error::other("no async runtime for quinn"))?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
 }
 
 impl ClientSettings {
@@ -98,6 +114,7 @@ impl ClientSettings {
             tuning: Tuning::default(),
             version_range: (PROTOCOL_VERSION_MIN, PROTOCOL_VERSION_MAX),
             audit_status: None,
+            quic_endpoint: None,
         }
     }
 }
@@ -273,16 +290,18 @@ async fn dial_quic(
         Duration::from_secs(5),
         settings.heartbeat_misses,
     )));
-    let bind: SocketAddr = if addr.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        ([0u16; 8], 0).into()
+    let endpoint = match &settings.quic_endpoint {
+        Some(shared) => shared.clone(),
+        None => {
+            let bind: SocketAddr = if addr.is_ipv4() {
+                ([0, 0, 0, 0], 0).into()
+            } else {
+                ([0u16; 8], 0).into()
+            };
+            shared_quic_endpoint(bind, &settings.tuning)
+                .map_err(|e| err(format!("udp endpoint: {e}")))?
+        }
     };
-    let socket =
-        tuning::udp_socket(bind, &settings.tuning).map_err(|e| err(format!("udp bind: {e}")))?;
-    let runtime = quinn::default_runtime().ok_or_else(|| err("no async runtime".into()))?;
-    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
-        .map_err(|e| err(format!("udp endpoint: {e}")))?;
     let closed = |e: quinn::ConnectionError| {
         if quic_is_revoked(&e) {
             ConnectError::Revoked {
@@ -617,6 +636,7 @@ impl Supervisor {
             let _ = self.status.send(ClientStatus::Connecting);
             let mut active = None;
             let mut last_error = String::new();
+            let mut busy = false;
             for &transport in selector.dial_order() {
                 match dial(transport, &self.settings, &self.tls).await {
                     Ok(a) => {
@@ -636,6 +656,7 @@ impl Supervisor {
                     Err(error) if error.is_busy() => {
                         tracing::info!(agent_id = %agent_id, %transport, %error, "dial refused, control plane busy");
                         last_error = error.to_string();
+                        busy = true;
                         break;
                     }
                     Err(error) => {
@@ -695,7 +716,11 @@ impl Supervisor {
             let _ = self
                 .status
                 .send(ClientStatus::Disconnected { error: last_error });
-            let delay = backoff.next_delay();
+            let delay = if busy {
+                backoff.next_busy_delay()
+            } else {
+                backoff.next_delay()
+            };
             tracing::info!(agent_id = %agent_id, delay_ms = delay.as_millis() as u64, attempt = backoff.attempt(), "redialing after backoff");
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}

@@ -47,9 +47,12 @@ pub struct ServerSettings {
     pub handshake_queue_wait: Duration,
     /// Longest time a handshake holds its slot; past it, the handshake goes
     /// on without one (until `handshake_timeout`) and the slot serves the
-    /// next connection. Queue wait plus hold (1 s + 2 s) is the agent's QUIC
-    /// connect timeout (3 s): an agent that gave up (or a peer that never
-    /// answers) does not keep a slot from the live ones for long.
+    /// next connection. A handshake costs a few ms of CPU and a few round
+    /// trips; one still going after the hold (500 ms) is waiting on a slow
+    /// path or on an agent that gave up (at its 3 s QUIC connect timeout it
+    /// drops the dial and sends nothing more), and neither needs the slot's
+    /// protection of the CPU. A 2 s hold let such abandoned handshakes stall
+    /// every slot for seconds during a 10,000-agent cold start.
     pub handshake_slot_hold: Duration,
     /// Our software version (in the hello answer).
     pub software_version: String,
@@ -67,7 +70,7 @@ impl Default for ServerSettings {
             handshake_timeout: Duration::from_secs(10),
             max_concurrent_handshakes: DEFAULT_MAX_CONCURRENT_HANDSHAKES,
             handshake_queue_wait: Duration::from_secs(1),
-            handshake_slot_hold: Duration::from_secs(2),
+            handshake_slot_hold: Duration::from_millis(500),
             software_version: env!("CARGO_PKG_VERSION").to_owned(),
             tuning: Tuning::default(),
         }

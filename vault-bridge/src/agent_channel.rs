@@ -394,10 +394,8 @@ async fn handle(request: ToBridge, state: &State) -> FromBridge {
                     has_token,
                 )
                 .and_then(|(policy, env)| {
-                    Ok((
-                        with_agent_policy(&sandbox_id, policy, egress_hosts.as_deref())?,
-                        env,
-                    ))
+                    with_agent_policy(&sandbox_id, policy, egress_hosts.as_deref())
+                        .map(|policy| (policy, env))
                 })
             };
             let opened = policy.and_then(|(policy, env)| {

@@ -78,16 +78,10 @@ impl Default for PgOptions {
     }
 }
 
-/// Run on every connection the store opens. A replica that stops in the
-/// middle of a transaction (frozen, swapped out, its host stalled) keeps its
-/// connection open and its row locks held; without a limit, another
-/// replica's lease takeover of that session would wait on the lock until the
-/// frozen one resumes, so the session would not move within the lease TTL.
-/// The server ends such a session after 10 s idle inside a transaction (our
-/// transactions never wait on anything but the server), releasing its locks;
-/// the frozen replica finds its connection gone when it resumes and its
-/// writes were fenced anyway.
-pub const SESSION_SETTINGS: &str = "SET idle_in_transaction_session_timeout = '10s'";
+/// Run on every connection the store opens (see
+/// [`settings::backend::POSTGRES_SESSION_SETTINGS`]): a replica frozen inside
+/// a transaction must not hold a session's row lock past a lease takeover.
+pub const SESSION_SETTINGS: &str = settings::backend::POSTGRES_SESSION_SETTINGS;
 
 /// The PostgreSQL implementation of [`SessionStore`]. Cheap to clone.
 #[derive(Debug, Clone)]

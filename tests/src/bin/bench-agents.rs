@@ -3,11 +3,17 @@
 //!
 //! Every agent is the `tunnel` crate's real client (QUIC first, TLS over TCP
 //! as the fallback, full-jitter reconnect backoff: what `sandbox-agent run`
-//! uses), each with its own UDP socket and its own certificate, issued in
+//! uses), each with its own certificate, issued in
 //! this process by the control plane's CA (read from its data dir with
 //! `pki`, as `control-plane` itself issues them at enrollment: same
 //! function, same extensions). The gateway needs nothing else of an agent to
 //! accept it (the identity database record is only read at renewal).
+//! The simulated agents dial QUIC from `--endpoints` (64) shared UDP
+//! endpoints (0: a fresh endpoint per dial, as a real agent does; quinn
+//! allocates about 3 MiB per endpoint, which made the bench process, not
+//! the control plane, the bottleneck of a storm) and accept
+//! `--agent-streams` (16) calls at once (an agent's default is 1,024; quinn
+//! sets up every stream slot at connect).
 //!
 //! Measured, from the control plane's side:
 //! - connect: time until all N are connected after they are started at once;
@@ -66,6 +72,11 @@ struct Args {
     connect_limit: Duration,
     /// `tunnel.max_concurrent_handshakes` of the control plane (None: its default).
     max_concurrent_handshakes: Option<u64>,
+    /// QUIC endpoints the simulated agents share (0: a fresh one per dial,
+    /// as a real agent dials).
+    endpoints: usize,
+    /// Calls the control plane may open at once on one simulated agent.
+    agent_streams: u32,
 }
 
 fn parse_args() -> Result<Args> {
@@ -79,6 +90,8 @@ fn parse_args() -> Result<Args> {
         storm: true,
         connect_limit: Duration::from_secs(300),
         max_concurrent_handshakes: None,
+        endpoints: 64,
+        agent_streams: 16,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -106,6 +119,8 @@ fn parse_args() -> Result<Args> {
                 a.max_concurrent_handshakes =
                     Some(value()?.parse().context("--max-concurrent-handshakes")?)
             }
+            "--endpoints" => a.endpoints = value()?.parse().context("--endpoints")?,
+            "--agent-streams" => a.agent_streams = value()?.parse().context("--agent-streams")?,
             "--connect-limit-seconds" => {
                 a.connect_limit =
                     Duration::from_secs(value()?.parse().context("--connect-limit-seconds")?)
@@ -623,11 +638,25 @@ async fn run(args: Args, fds: u64) -> Result<()> {
     let handler: Arc<dyn CallHandler> = Arc::new(BenchHandler);
     let server = cp.deployment.tunnel_addr().to_string();
     let connect_start = Instant::now();
+    // Shared QUIC endpoints: quinn gives every endpoint a receive buffer of
+    // about 3 MiB, and a real agent makes one per dial; 10,000 simulated
+    // agents redialing in one process spent most of its CPU allocating and
+    // unmapping them (and the bench, not the control plane, set the pace).
+    let tuning = tunnel::tuning::Tuning {
+        max_concurrent_streams: args.agent_streams,
+        ..Default::default()
+    };
+    let endpoints = (0..args.endpoints)
+        .map(|_| tunnel::client::shared_quic_endpoint(([127, 0, 0, 1], 0).into(), &tuning))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("shared quic endpoints")?;
     let mut handles = Vec::with_capacity(n);
     for (i, spec) in specs.iter().enumerate() {
         let mut s = ClientSettings::new(server.clone(), "localhost", spec.id.clone());
         s.mode = args.transport;
         s.capabilities = vec!["bench".into()];
+        s.tuning = tuning;
+        s.quic_endpoint = (!endpoints.is_empty()).then(|| endpoints[i % endpoints.len()].clone());
         let h = tunnel::client::spawn(s, spec.tls.clone(), handler.clone());
         watch_status(i, &h, tracker.clone());
         handles.push(h);
@@ -843,7 +872,11 @@ async fn run(args: Args, fds: u64) -> Result<()> {
         },
         |m| m.to_string(),
     );
-    println!("bench-agents: {n} agents, transport {mode}, heartbeat {} s, max_concurrent_handshakes {slots}, one control-plane serve (release) on loopback, {} cores; load average (1/5/15 min) {load_start} at start, {} at the end", args.heartbeat_seconds, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), loadavg());
+    let sockets = match args.endpoints {
+        0 => "a QUIC endpoint per dial".to_owned(),
+        e => format!("{e} shared QUIC endpoints"),
+    };
+    println!("bench-agents: {n} agents ({sockets}, {} calls at once each), transport {mode}, heartbeat {} s, max_concurrent_handshakes {slots}, one control-plane serve (release) on loopback, {} cores; load average (1/5/15 min) {load_start} at start, {} at the end", args.agent_streams, args.heartbeat_seconds, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), loadavg());
     println!();
     println!("| measure | value |");
     println!("|---|---|");

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use airlock_tests::deploy::{tail, Agent, AgentOptions, ControlPlane, CpOptions};
+use airlock_tests::fake_model::{Reply, RequestCtx, Turn};
 use airlock_tests::sandbox::{remove_agent_containers, test_image};
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
@@ -307,6 +308,22 @@ fn find(h: &[u8], n: &[u8]) -> Option<usize> {
 }
 
 /// `type` of every event, compactly (for failure messages).
+/// A model script whose first turn runs `echo sandbox-ready` in the
+/// sandbox (so the session's sandbox exists and is ready) and whose next
+/// turn ends with "done".
+pub fn one_ready_call(req: &RequestCtx) -> Reply {
+    match req.tool_uses_so_far() {
+        0 => Turn::new()
+            .tool_use(
+                "toolu_ready",
+                "bash",
+                json!({"command": "echo sandbox-ready"}),
+            )
+            .into(),
+        _ => Reply::text("done"),
+    }
+}
+
 pub fn summary(events: &[Value]) -> String {
     let tail: Vec<String> = events
         .iter()
