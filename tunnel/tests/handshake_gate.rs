@@ -14,6 +14,50 @@ use protocol::{Reply, Request, Response};
 use tunnel::client::ClientStatus;
 use tunnel::{ServerSettings, TransportMode};
 
+/// A listener with one handshake slot (queue wait 300 ms, slot hold 2 s,
+/// handshake timeout 30 s) and a TCP peer that never sends a ClientHello
+/// holding that slot: for the slot hold, then its handshake goes on without it.
+async fn one_slot_held_by_a_silent_peer(
+    pki: &TestPki,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<tunnel::ServerConnection>,
+    tokio::task::JoinHandle<()>,
+    tokio::net::TcpStream,
+) {
+    let settings = ServerSettings {
+        max_concurrent_handshakes: 1,
+        handshake_queue_wait: Duration::from_millis(300),
+        handshake_slot_hold: Duration::from_secs(2),
+        handshake_timeout: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let (addr, conns, task) = server(pki, settings).await;
+    let silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    (addr, conns, task, silent)
+}
+
+/// The errors of `c`'s failed dial rounds until it connects, and the
+/// transport it connected over (each status change within 20 s).
+async fn errors_until_connected(c: &tunnel::ClientHandle) -> (Vec<String>, tunnel::Transport) {
+    let mut status = c.status();
+    let mut errors = Vec::new();
+    loop {
+        let s = tokio::time::timeout(Duration::from_secs(20), async {
+            status.changed().await.unwrap();
+            status.borrow_and_update().clone()
+        })
+        .await
+        .expect("no status change in 20 s");
+        match s {
+            ClientStatus::Disconnected { error } => errors.push(error),
+            ClientStatus::Connected { transport, .. } => return (errors, transport),
+            _ => {}
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_larger_than_the_slots_all_connects() {
     let pki = TestPki::new();
@@ -67,39 +111,16 @@ async fn a_burst_larger_than_the_slots_all_connects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dialer_waiting_for_a_busy_slot_is_refused_then_gets_in() {
     let pki = TestPki::new();
-    let settings = ServerSettings {
-        max_concurrent_handshakes: 1,
-        handshake_queue_wait: Duration::from_millis(300),
-        handshake_slot_hold: Duration::from_secs(2),
-        handshake_timeout: Duration::from_secs(30),
-        ..Default::default()
-    };
-    let (addr, mut conns, _task) = server(&pki, settings).await;
-    // A TCP peer that never sends a ClientHello holds the only slot for the
-    // slot hold (2 s), then its handshake goes on without it.
-    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (addr, mut conns, _task, mut silent) = one_slot_held_by_a_silent_peer(&pki).await;
     let start = Instant::now();
     let c = client(&pki, addr, "agent-q", TransportMode::QuicOnly);
-    let mut status = c.status();
-    let mut refused = 0;
-    let connected_after = loop {
-        let s = tokio::time::timeout(Duration::from_secs(20), async {
-            status.changed().await.unwrap();
-            status.borrow_and_update().clone()
-        })
-        .await
-        .expect("no status change in 20 s");
-        match s {
-            ClientStatus::Disconnected { error } => {
-                refused += 1;
-                // Refused at the queue wait, long before its own 3 s QUIC timeout.
-                assert!(!error.contains("timed out"), "{error}");
-            }
-            ClientStatus::Connected { .. } => break start.elapsed(),
-            _ => {}
-        }
-    };
+    let (errors, _) = errors_until_connected(&c).await;
+    let connected_after = start.elapsed();
+    let refused = errors.len();
+    for error in &errors {
+        // Refused at the queue wait, long before its own 3 s QUIC timeout.
+        assert!(!error.contains("timed out"), "{error}");
+    }
     assert!(
         refused >= 2,
         "the dialer was refused {refused} times while the slot was busy"
@@ -131,33 +152,9 @@ async fn a_dialer_waiting_for_a_busy_slot_is_refused_then_gets_in() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_auto_dialer_refused_as_busy_backs_off_on_quic_instead_of_trying_tcp() {
     let pki = TestPki::new();
-    let settings = ServerSettings {
-        max_concurrent_handshakes: 1,
-        handshake_queue_wait: Duration::from_millis(300),
-        handshake_slot_hold: Duration::from_secs(2),
-        handshake_timeout: Duration::from_secs(30),
-        ..Default::default()
-    };
-    let (addr, mut conns, _task) = server(&pki, settings).await;
-    // The only slot is held (2 s) by a TCP peer that never says ClientHello.
-    let silent = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (addr, mut conns, _task, silent) = one_slot_held_by_a_silent_peer(&pki).await;
     let c = client(&pki, addr, "agent-auto", TransportMode::Auto);
-    let mut status = c.status();
-    let mut errors = Vec::new();
-    let transport = loop {
-        let s = tokio::time::timeout(Duration::from_secs(20), async {
-            status.changed().await.unwrap();
-            status.borrow_and_update().clone()
-        })
-        .await
-        .expect("no status change in 20 s");
-        match s {
-            ClientStatus::Disconnected { error } => errors.push(error),
-            ClientStatus::Connected { transport, .. } => break transport,
-            _ => {}
-        }
-    };
+    let (errors, transport) = errors_until_connected(&c).await;
     assert!(!errors.is_empty(), "never refused while the slot was held");
     for e in &errors {
         // Each round ended at the QUIC refusal: no TCP dial after it (a TCP
