@@ -141,3 +141,18 @@ pub async fn live_holder(
     }
     r.lease.holder
 }
+
+/// A session-store client on the replicas' schema (two connections), to
+/// read leases and logs directly.
+pub async fn session_store(url: &str, schema: &str) -> session_store::PgStore {
+    session_store::PgStore::connect(
+        url,
+        session_store::PgOptions {
+            schema: schema.to_owned(),
+            max_connections: 2,
+            ..session_store::PgOptions::default()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("session store on schema {schema}: {e}"))
+}

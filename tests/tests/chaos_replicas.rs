@@ -46,10 +46,10 @@ use airlock_tests::link_cutter::LinkCutter;
 use airlock_tests::replicas::{fresh_schema, pg_url, postgres_toml, SharedCa};
 use e2e_support::{
     check_seqs_and_ids, check_tool_pairs, content_text, results_by_use, runtime_toml, sandbox_file,
-    summary, wait_api, Api, Rng, SandboxAgent,
+    start_replicas, summary, wait_api, Api, Rng, SandboxAgent,
 };
 use serde_json::{json, Value};
-use session_store::{PgOptions, PgStore, SessionStatus, SessionStore};
+use session_store::{PgStore, SessionStatus, SessionStore};
 
 /// The schedule's size.
 #[derive(Debug, Clone, Copy)]
@@ -279,31 +279,9 @@ async fn a_session_survives_replica_kills_and_link_cuts_without_running_a_tool_t
             .unwrap()
         })
         .collect();
-    let key: Value = serde_json::from_str(
-        cps[0]
-            .cli(&["api-keys", "create", "--name", "chaos", "--json"])
-            .unwrap()
-            .trim(),
-    )
-    .unwrap();
-    let key = key["key"].as_str().unwrap().to_owned();
-    for cp in &mut cps {
-        cp.start().unwrap();
-    }
-    let apis: Vec<Api> = cps.iter().map(|cp| Api::new(cp.api_addr(), &key)).collect();
-    for api in &apis {
-        wait_api(api, Duration::from_secs(30)).await.unwrap();
-    }
-    let store = PgStore::connect(
-        &url,
-        PgOptions {
-            schema: schema.clone(),
-            max_connections: 2,
-            ..PgOptions::default()
-        },
-    )
-    .await
-    .unwrap();
+    let mut refs: Vec<&mut ControlPlane> = cps.iter_mut().collect();
+    let apis = start_replicas(&mut refs, "chaos").await.unwrap();
+    let store = airlock_tests::replicas::session_store(&url, &schema).await;
 
     // The agent: enrolled at A, then linked to both replicas through the cutters.
     let cutters: Arc<Vec<LinkCutter>> = Arc::new(

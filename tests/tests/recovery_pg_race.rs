@@ -29,11 +29,10 @@ use airlock_tests::deploy::{tail, ControlPlane, CpOptions};
 use airlock_tests::fake_model::{FakeModel, Reply, RequestCtx, Turn};
 use airlock_tests::replicas::{instance_id, live_holder};
 use e2e_support::{
-    check_seqs_and_ids, check_tool_pairs, content_text, runtime_toml, summary, wait_api, Api,
+    check_seqs_and_ids, check_tool_pairs, content_text, runtime_toml, start_replicas, summary, Api,
     SandboxAgent,
 };
 use serde_json::{json, Value};
-use session_store::{PgOptions, PgStore};
 use testkit::eventually_async;
 
 const STEPS: usize = 16;
@@ -140,28 +139,9 @@ async fn two_control_planes_on_postgres_one_harness_at_a_time_and_the_survivor_f
     };
     let mut a = ControlPlane::configure(options()).unwrap();
     let mut b = ControlPlane::configure(options()).unwrap();
-    let key: Value = serde_json::from_str(
-        a.cli(&["api-keys", "create", "--name", "race", "--json"])
-            .unwrap()
-            .trim(),
-    )
-    .unwrap();
-    let key = key["key"].as_str().unwrap().to_owned();
-    a.start().unwrap();
-    b.start().unwrap();
-    let (api_a, api_b) = (Api::new(a.api_addr(), &key), Api::new(b.api_addr(), &key));
-    wait_api(&api_a, Duration::from_secs(30)).await.unwrap();
-    wait_api(&api_b, Duration::from_secs(30)).await.unwrap();
-    let store = PgStore::connect(
-        &url,
-        PgOptions {
-            schema: schema.clone(),
-            max_connections: 2,
-            ..PgOptions::default()
-        },
-    )
-    .await
-    .unwrap();
+    let mut apis = start_replicas(&mut [&mut a, &mut b], "race").await.unwrap();
+    let (api_b, api_a) = (apis.pop().unwrap(), apis.pop().unwrap());
+    let store = airlock_tests::replicas::session_store(&url, &schema).await;
 
     // One environment (shared catalog), an agent enrolled with each replica.
     let env = api_a.create_environment("race").await.unwrap();

@@ -579,6 +579,31 @@ impl std::fmt::Debug for Deployment {
     }
 }
 
+/// An API key named `name`, created with `cp`'s CLI (started or not).
+pub fn create_api_key(cp: &ControlPlane, name: &str) -> Result<String> {
+    let out = cp.cli(&["api-keys", "create", "--name", name, "--json"])?;
+    let key: Value = serde_json::from_str(out.trim())?;
+    Ok(key["key"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no key in {key}"))?
+        .to_owned())
+}
+
+/// Start the replicas `cps` (configured, sharing one catalog) with one API
+/// key created at the first; an API client for each, once every one answers.
+pub async fn start_replicas(cps: &mut [&mut ControlPlane], key_name: &str) -> Result<Vec<Api>> {
+    let first = cps.first().ok_or_else(|| anyhow!("no replica"))?;
+    let key = create_api_key(first, key_name)?;
+    for cp in cps.iter_mut() {
+        cp.start()?;
+    }
+    let apis: Vec<Api> = cps.iter().map(|cp| Api::new(cp.api_addr(), &key)).collect();
+    for api in &apis {
+        wait_api(api, Duration::from_secs(30)).await?;
+    }
+    Ok(apis)
+}
+
 impl Deployment {
     /// Configure and start with `extra_toml` (typically [`runtime_toml`]).
     pub async fn start(extra_toml: String) -> Result<Self> {
@@ -586,12 +611,7 @@ impl Deployment {
             extra_toml,
             ..CpOptions::default()
         })?;
-        let key = cp.cli(&["api-keys", "create", "--name", "e2e", "--json"])?;
-        let key: Value = serde_json::from_str(key.trim())?;
-        let api_key = key["key"]
-            .as_str()
-            .ok_or_else(|| anyhow!("no key in {key}"))?
-            .to_owned();
+        let api_key = create_api_key(&cp, "e2e")?;
         cp.start()?;
         let api = Api::new(cp.api_addr(), &api_key);
         wait_api(&api, Duration::from_secs(30)).await?;
