@@ -190,6 +190,7 @@ impl daemon::DaemonConfig for Config {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,4 +1,5 @@
 //! Every shipped control-plane example config parses and validates.
+#![allow(clippy::expect_used)]
 
 use std::path::PathBuf;
 

@@ -1,4 +1,5 @@
 //! Every shipped sandbox-agent example config parses and validates.
+#![allow(clippy::expect_used)]
 
 use std::path::PathBuf;
 

@@ -97,22 +97,19 @@ pub fn postgres_toml(url: &str, schema: &str) -> String {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_shared_ca_loads_as_a_provided_ca() {
-        let ca = SharedCa::generate().unwrap();
-        let loaded = pki::CertificateAuthority::load(&ca.cert_file(), &ca.key_file()).unwrap();
-        assert_eq!(loaded.fingerprint().to_string(), ca.fingerprint());
-        let toml = format!("[pki]\n{}", ca.pki_keys());
-        let v: toml::Value = toml::from_str(&toml).unwrap();
-        assert_eq!(
-            v["pki"]["ca_key_file"].as_str().unwrap(),
-            ca.key_file().display().to_string()
-        );
-    }
+/// A session-store client on the replicas' schema (two connections), to
+/// read leases and logs directly.
+pub async fn session_store(url: &str, schema: &str) -> session_store::PgStore {
+    session_store::PgStore::connect(
+        url,
+        session_store::PgOptions {
+            schema: schema.to_owned(),
+            max_connections: 2,
+            ..session_store::PgOptions::default()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("session store on schema {schema}: {e}"))
 }
 
 /// A replica's lease holder name: its stable instance id
@@ -142,17 +139,20 @@ pub async fn live_holder(
     r.lease.holder
 }
 
-/// A session-store client on the replicas' schema (two connections), to
-/// read leases and logs directly.
-pub async fn session_store(url: &str, schema: &str) -> session_store::PgStore {
-    session_store::PgStore::connect(
-        url,
-        session_store::PgOptions {
-            schema: schema.to_owned(),
-            max_connections: 2,
-            ..session_store::PgOptions::default()
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("session store on schema {schema}: {e}"))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shared_ca_loads_as_a_provided_ca() {
+        let ca = SharedCa::generate().unwrap();
+        let loaded = pki::CertificateAuthority::load(&ca.cert_file(), &ca.key_file()).unwrap();
+        assert_eq!(loaded.fingerprint().to_string(), ca.fingerprint());
+        let toml = format!("[pki]\n{}", ca.pki_keys());
+        let v: toml::Value = toml::from_str(&toml).unwrap();
+        assert_eq!(
+            v["pki"]["ca_key_file"].as_str().unwrap(),
+            ca.key_file().display().to_string()
+        );
+    }
 }

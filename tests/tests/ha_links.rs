@@ -231,8 +231,7 @@ async fn a_session_moves_to_the_other_replica_and_keeps_its_sandbox_and_a_revoca
     assert_eq!(commands, (0..STEPS).map(command).collect::<Vec<_>>());
     let last = events
         .iter()
-        .filter(|e| e["type"] == "agent.tool_result")
-        .last()
+        .rfind(|e| e["type"] == "agent.tool_result")
         .unwrap();
     assert!(
         content_text(last).contains("ha-links-marker"),

@@ -348,6 +348,17 @@ async fn raw_request(
     )
 }
 
+/// One malformed enrollment request: (what, method, path, body, whether a
+/// Content-Length is sent, the expected status, the expected error type).
+type BadRequestCase = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Vec<u8>,
+    bool,
+    u16,
+    &'static str,
+);
 #[tokio::test]
 async fn malformed_requests_get_typed_errors() {
     let cp = tokio::task::spawn_blocking(|| ControlPlane::spawn(CpOptions::default()).unwrap())
@@ -359,7 +370,7 @@ async fn malformed_requests_get_typed_errors() {
         serde_json::to_vec(&serde_json::json!({"token": token, "csr_pem": csr})).unwrap()
     };
 
-    let cases: Vec<(&str, &str, &str, Vec<u8>, bool, u16, &str)> = vec![
+    let cases: Vec<BadRequestCase> = vec![
         (
             "malformed csr",
             "POST",

@@ -136,6 +136,7 @@ fn line<'a>(log: &'a str, message: &str) -> &'a str {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)] // serializes the tests sharing AIRLOCK_BIN_DIR; each runs on its own runtime and thread
 async fn current_control_plane_runs_a_session_with_a_v1_agent() {
     let Some(v1) = v1_dir() else { return };
     let _guard = bin_dir_lock();
@@ -150,6 +151,7 @@ async fn current_control_plane_runs_a_session_with_a_v1_agent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)] // serializes the tests sharing AIRLOCK_BIN_DIR; each runs on its own runtime and thread
 async fn v1_control_plane_runs_a_session_with_the_current_agent() {
     let Some(v1) = v1_dir() else { return };
     let _guard = bin_dir_lock();

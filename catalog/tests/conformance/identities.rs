@@ -88,7 +88,10 @@ pub async fn enrolled_agents_renew_list_and_revoke_once(c: Arc<dyn Catalog>) {
         c.enrolled_agent(&a).await.unwrap().unwrap().revoked_at,
         Some(300)
     );
-    assert_eq!(c.revoked_agent_ids().await.unwrap(), [a.clone()]);
+    assert_eq!(
+        c.revoked_agent_ids().await.unwrap(),
+        std::slice::from_ref(&a)
+    );
 }
 
 /// Two replicas revoking one agent at once: one revocation, one time.

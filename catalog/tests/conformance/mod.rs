@@ -446,7 +446,7 @@ pub async fn environments_archive_and_list(c: Arc<dyn Catalog>) {
         .unwrap();
     assert_eq!(
         p2.items.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
-        [d.id.clone()]
+        std::slice::from_ref(&d.id)
     );
     assert!(!p2.has_more);
 }

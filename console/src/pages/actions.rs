@@ -119,7 +119,14 @@ pub async fn interrupt(
     who: SignedIn,
     FormPairs(form): FormPairs,
 ) -> Result<Response, ConsoleError> {
-    admitted(&s, &who, &form, "console.sessions.interrupt", &[id.clone()]).await?;
+    admitted(
+        &s,
+        &who,
+        &form,
+        "console.sessions.interrupt",
+        std::slice::from_ref(&id),
+    )
+    .await?;
     let outcome = s
         .state
         .api
@@ -145,7 +152,14 @@ pub async fn archive(
     who: SignedIn,
     FormPairs(form): FormPairs,
 ) -> Result<Response, ConsoleError> {
-    admitted(&s, &who, &form, "console.sessions.archive", &[id.clone()]).await?;
+    admitted(
+        &s,
+        &who,
+        &form,
+        "console.sessions.archive",
+        std::slice::from_ref(&id),
+    )
+    .await?;
     let outcome = s
         .state
         .api

@@ -156,7 +156,7 @@ pub async fn revoke(
     FormPairs(form): FormPairs,
 ) -> Result<Response, ConsoleError> {
     let action = "console.agents.revoke";
-    crate::pages::actions::admitted(&s, &who, &form, action, &[id.clone()]).await?;
+    crate::pages::actions::admitted(&s, &who, &form, action, std::slice::from_ref(&id)).await?;
     let result = s
         .state
         .control

@@ -603,13 +603,13 @@ async fn run(args: Args, fds: u64) -> Result<()> {
     if let Some(m) = args.max_concurrent_handshakes {
         // Under `[tunnel]` of the config the deployment wrote.
         let path = deployment.config_path();
-        let text = std::fs::read_to_string(&path)?;
+        let text = std::fs::read_to_string(path)?;
         let text = text.replacen(
             "[tunnel]\n",
             &format!("[tunnel]\nmax_concurrent_handshakes = {m}\n"),
             1,
         );
-        std::fs::write(&path, text)?;
+        std::fs::write(path, text)?;
     }
     let load_start = loadavg();
     let mut cp = Cp {

@@ -74,8 +74,14 @@ const POOL_IDLE: Duration = Duration::from_secs(30);
 /// the upstream TCP and TLS handshakes of a new CONNECT.
 #[derive(Default)]
 struct UpstreamPool {
-    idle: Mutex<HashMap<(String, String, u16), Vec<(SendRequest<ProxyBody>, Instant)>>>,
+    idle: Mutex<HashMap<UpstreamKey, Vec<IdleUpstream>>>,
 }
+
+/// Sandbox id, host and port of a pooled upstream connection.
+type UpstreamKey = (String, String, u16);
+
+/// A pooled upstream connection and when it went idle.
+type IdleUpstream = (SendRequest<ProxyBody>, Instant);
 
 impl std::fmt::Debug for UpstreamPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
