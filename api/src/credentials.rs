@@ -19,7 +19,7 @@
 
 use axum::extract::{Path, RawQuery, State};
 use axum::Json;
-use catalog::{CatalogError, CredentialRecord, NewCredential, Order, VaultQuery, VaultRecord};
+use catalog::{CatalogError, CredentialRecord, NewCredential, VaultQuery, VaultRecord};
 use serde_json::{json, Map, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -28,7 +28,7 @@ use crate::body::JsonBody;
 use crate::error::ApiError;
 use crate::fields::{metadata, patch_metadata, type_name, Obj};
 use crate::ids::{new_id, rfc3339};
-use crate::query::{Cursor, Dir, Query};
+use crate::query::{ArchivableList, Query};
 use crate::relay::{RelayError, RelayTarget, SecretFields};
 use crate::vaults::{display_name, pinned_environment};
 use crate::AppState;
@@ -1000,31 +1000,18 @@ pub(crate) async fn list(
     Path(vault_id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let q = Query::parse(q.as_deref())?;
-    q.only(&["include_archived", "limit", "page"])?;
-    let limit = q.limit(20, 100)?;
-    let cursor = q.cursor("credentials", Dir::Desc)?;
+    let list = ArchivableList::parse(q.as_deref(), "credentials")?;
     let page = s
         .state
         .catalog
-        .list_credentials(
-            &vault_id,
-            VaultQuery {
-                include_archived: q.bool("include_archived")?.unwrap_or(false),
-                order: Order::Descending,
-                after_position: cursor.map(|c| c.at),
-                limit,
-            },
-        )
+        .list_credentials(&vault_id, list.vault_query())
         .await?;
-    let next = Cursor::next_desc(
-        "credentials",
+    Ok(Json(list.respond(
+        &page.items,
         page.has_more,
-        page.items.last().map(|r| r.position),
-    );
-    Ok(Json(
-        json!({"data": page.items.iter().map(render).collect::<Vec<_>>(), "next_page": next}),
-    ))
+        |r| r.position,
+        render,
+    )))
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use crate::body::JsonBody;
 use crate::error::ApiError;
 use crate::fields::{apply_metadata_patch, metadata, Obj, Patch};
 use crate::ids::{new_id, rfc3339};
-use crate::query::{Cursor, Dir, Query};
+use crate::query::{ArchivableList, Query};
 use crate::AppState;
 
 const MAX_NAME_CHARS: usize = 256;
@@ -234,28 +234,23 @@ pub(crate) async fn list(
     State(s): State<AppState>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let q = Query::parse(q.as_deref())?;
-    q.only(&["include_archived", "limit", "page"])?;
-    let limit = q.limit(20, 100)?;
-    let cursor = q.cursor("environments", Dir::Desc)?;
+    let list = ArchivableList::parse(q.as_deref(), "environments")?;
     let page = s
         .state
         .catalog
         .list_environments(EnvironmentQuery {
-            include_archived: q.bool("include_archived")?.unwrap_or(false),
+            include_archived: list.include_archived,
             order: Order::Descending,
-            after_position: cursor.map(|c| c.at),
-            limit,
+            after_position: list.after_position,
+            limit: list.limit,
         })
         .await?;
-    let next = Cursor::next_desc(
-        "environments",
+    Ok(Json(list.respond(
+        &page.items,
         page.has_more,
-        page.items.last().map(|r| r.position),
-    );
-    Ok(Json(
-        json!({"data": page.items.iter().map(render).collect::<Vec<_>>(), "next_page": next}),
-    ))
+        |r| r.position,
+        render,
+    )))
 }
 
 #[cfg(test)]

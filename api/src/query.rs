@@ -38,6 +38,58 @@ impl Dir {
     }
 }
 
+/// The query of a list endpoint over archivable resources (environments,
+/// vaults, credentials), newest first: `include_archived`, `limit`
+/// (default 20, at most 100) and `page`, nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ArchivableList {
+    /// The listing its cursors are made for.
+    listing: &'static str,
+    /// Include archived items.
+    pub include_archived: bool,
+    /// Page size.
+    pub limit: usize,
+    /// Continue after this position (exclusive).
+    pub after_position: Option<i64>,
+}
+
+impl ArchivableList {
+    /// Parse the raw query string of `listing`.
+    pub(crate) fn parse(raw: Option<&str>, listing: &'static str) -> Result<Self, ApiError> {
+        let q = Query::parse(raw)?;
+        q.only(&["include_archived", "limit", "page"])?;
+        Ok(Self {
+            listing,
+            include_archived: q.bool("include_archived")?.unwrap_or(false),
+            limit: q.limit(20, 100)?,
+            after_position: q.cursor(listing, Dir::Desc)?.map(|c| c.at),
+        })
+    }
+
+    /// As the catalog's page request over vaults or credentials.
+    pub(crate) fn vault_query(&self) -> catalog::VaultQuery {
+        catalog::VaultQuery {
+            include_archived: self.include_archived,
+            order: catalog::Order::Descending,
+            after_position: self.after_position,
+            limit: self.limit,
+        }
+    }
+
+    /// The response: the page's items rendered, and the cursor of the next
+    /// page (after the last item's `position`) when there is more.
+    pub(crate) fn respond<T>(
+        &self,
+        items: &[T],
+        has_more: bool,
+        position: impl Fn(&T) -> i64,
+        render: impl Fn(&T) -> serde_json::Value,
+    ) -> serde_json::Value {
+        let next = Cursor::next_desc(self.listing, has_more, items.last().map(&position));
+        serde_json::json!({"data": items.iter().map(render).collect::<Vec<_>>(), "next_page": next})
+    }
+}
+
 /// A decoded page cursor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Cursor {

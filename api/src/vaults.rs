@@ -12,14 +12,14 @@
 
 use axum::extract::{Path, RawQuery, State};
 use axum::Json;
-use catalog::{CatalogError, NewVault, Order, VaultQuery, VaultRecord};
+use catalog::{CatalogError, NewVault, VaultQuery, VaultRecord};
 use serde_json::{json, Map, Value};
 
 use crate::body::JsonBody;
 use crate::error::ApiError;
 use crate::fields::{metadata, patch_metadata, Obj};
 use crate::ids::{new_id, rfc3339};
-use crate::query::{Cursor, Dir, Query};
+use crate::query::{ArchivableList, Query};
 use crate::relay::RelayTarget;
 use crate::AppState;
 
@@ -281,28 +281,14 @@ pub(crate) async fn list(
     State(s): State<AppState>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let q = Query::parse(q.as_deref())?;
-    q.only(&["include_archived", "limit", "page"])?;
-    let limit = q.limit(20, 100)?;
-    let cursor = q.cursor("vaults", Dir::Desc)?;
-    let page = s
-        .state
-        .catalog
-        .list_vaults(VaultQuery {
-            include_archived: q.bool("include_archived")?.unwrap_or(false),
-            order: Order::Descending,
-            after_position: cursor.map(|c| c.at),
-            limit,
-        })
-        .await?;
-    let next = Cursor::next_desc(
-        "vaults",
+    let list = ArchivableList::parse(q.as_deref(), "vaults")?;
+    let page = s.state.catalog.list_vaults(list.vault_query()).await?;
+    Ok(Json(list.respond(
+        &page.items,
         page.has_more,
-        page.items.last().map(|r| r.position),
-    );
-    Ok(Json(
-        json!({"data": page.items.iter().map(render).collect::<Vec<_>>(), "next_page": next}),
-    ))
+        |r| r.position,
+        render,
+    )))
 }
 
 #[cfg(test)]
