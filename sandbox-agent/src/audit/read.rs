@@ -32,7 +32,7 @@ use serde::Deserialize;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::chain::{segment_name, segments};
+use super::chain::segments;
 use super::{AuditError, AuditEvent, CURRENT_FILE};
 
 /// One audit line as read.
@@ -144,6 +144,9 @@ struct Cursor {
     segment: Option<u64>,
 }
 
+/// Times one [`Reader::next_line`] call may look for the file again.
+const MAX_RELOCATIONS: u32 = 4;
+
 /// Reads records in chain order across files; see the module docs.
 pub struct Reader {
     dir: PathBuf,
@@ -250,7 +253,13 @@ impl Reader {
     /// The next whole line with a seq that may be beyond `after` (lines at
     /// or before it are skipped by the caller).
     fn next_line(&mut self) -> Result<Option<(Vec<u8>, PathBuf, usize)>, AuditError> {
-        let mut relocated = false;
+        // Each look again (a file rotated away between listing and opening,
+        // or while we read it) is bounded, so a log whose records are
+        // genuinely missing cannot loop here. A rotation between two looks
+        // can happen more than once in one call (a segment ends, the next
+        // listing misses the newest segment because it was being renamed):
+        // a single look again skipped its records.
+        let mut relocations = 0u32;
         loop {
             if self.cur.is_none() {
                 self.cur = self.locate()?;
@@ -270,10 +279,10 @@ impl Reader {
                 cur.line += 1;
                 // A first line beyond `after + 1` in `audit.jsonl`: it was
                 // rotated between listing and opening; look again.
-                if cur.segment.is_none() && cur.line == 1 && !relocated {
+                if cur.segment.is_none() && cur.line == 1 && relocations < MAX_RELOCATIONS {
                     if let Some(seq) = peek_seq(&raw) {
                         if seq > self.after + 1 {
-                            relocated = true;
+                            relocations += 1;
                             self.cur = None;
                             continue;
                         }
@@ -285,10 +294,10 @@ impl Reader {
             if cur.segment.is_some() {
                 // A segment is complete: go on with the next file.
                 self.cur = None;
-                if relocated {
+                if relocations >= MAX_RELOCATIONS {
                     return Ok(None);
                 }
-                relocated = true;
+                relocations += 1;
                 continue;
             }
             if !cur.partial.is_empty() {
@@ -301,14 +310,32 @@ impl Reader {
                 }
                 return Ok(None);
             }
-            // Was the file we hold rotated away (its last line is ours)?
-            if !relocated && self.after > 0 && self.dir.join(segment_name(self.after)).exists() {
-                relocated = true;
+            // Was the file we hold rotated away? Then what follows is in the
+            // next file: look again (from `after`, so lines written to ours
+            // after we reached its end are read from its segment). Only when
+            // ours is no longer `audit.jsonl`: once a segment named by our
+            // last seq existed, the old check held for the new file too and
+            // spent the looks while it was still empty, and a first line
+            // beyond `after + 1` then went through unchecked.
+            if relocations < MAX_RELOCATIONS && held_file_rotated(&self.dir, cur).map_err(io)? {
+                relocations += 1;
                 self.cur = None;
                 continue;
             }
             return Ok(None);
         }
+    }
+}
+
+/// Whether the file `cur` reads is no longer the log's `audit.jsonl` (it
+/// was renamed to a segment; the name may not be taken again yet).
+fn held_file_rotated(dir: &Path, cur: &Cursor) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let ours = cur.reader.get_ref().metadata()?;
+    match std::fs::metadata(dir.join(CURRENT_FILE)) {
+        Ok(now) => Ok(now.ino() != ours.ino() || now.dev() != ours.dev()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e),
     }
 }
 
