@@ -49,9 +49,7 @@ impl Backoff {
 
     /// The next delay, drawn from `rng`, and count one more attempt.
     pub fn next_delay_with(&mut self, rng: &mut impl Rng) -> Duration {
-        let delay = self.policy.delay(self.attempt, rng.gen());
-        self.attempt = self.attempt.saturating_add(1);
-        delay
+        self.draw(self.policy, rng)
     }
 
     /// The next delay with the thread's RNG.
@@ -65,10 +63,18 @@ impl Backoff {
     /// refused ones should keep coming back within seconds, not drift to the
     /// 30 s cap and come back long after it has gone idle.
     pub fn next_busy_delay_with(&mut self, rng: &mut impl Rng) -> Duration {
-        let ceiling = self.policy.ceiling(self.attempt).min(BUSY_CAP);
-        let capped = BackoffPolicy::new(ceiling, ceiling, Jitter::Full);
+        let policy = BackoffPolicy {
+            cap: self.policy.cap.min(BUSY_CAP),
+            ..self.policy
+        };
+        self.draw(policy, rng)
+    }
+
+    /// The delay of `policy` for the current attempt; count one more.
+    fn draw(&mut self, policy: BackoffPolicy, rng: &mut impl Rng) -> Duration {
+        let delay = policy.delay(self.attempt, rng.gen());
         self.attempt = self.attempt.saturating_add(1);
-        capped.delay(0, rng.gen())
+        delay
     }
 
     /// [`Self::next_busy_delay_with`] with the thread's RNG.

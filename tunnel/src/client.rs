@@ -287,6 +287,7 @@ async fn dial_quic(
     // keep-alive at 5 s and idle timeout at 3 x 5 s until then is harmless.
     config.transport_config(Arc::new(tuning::quic_transport(
         &settings.tuning,
+        settings.tuning.max_concurrent_streams,
         Duration::from_secs(5),
         settings.heartbeat_misses,
     )));

@@ -261,8 +261,9 @@ impl Listener {
         let quic_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls.clone())
             .map_err(|e| ListenError::TlsConfig(e.to_string()))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_crypto));
-        server_config.transport_config(Arc::new(tuning::quic_server_transport(
+        server_config.transport_config(Arc::new(tuning::quic_transport(
             &settings.tuning,
+            tuning::AGENT_OPENED_STREAMS,
             settings.heartbeat_interval,
             settings.heartbeat_misses,
         )));

@@ -53,10 +53,12 @@ impl Tuning {
 
 const UDP_PAYLOAD_KEY: &str = "tunnel.quic_max_udp_payload_bytes";
 
-/// QUIC transport parameters: windows, stream limits, keep-alive at the
-/// heartbeat interval and an idle timeout of `misses` intervals.
+/// QUIC transport parameters: windows, the streams the peer may open at
+/// once (`peer_streams`), keep-alive at the heartbeat interval and an idle
+/// timeout of `misses` intervals.
 pub(crate) fn quic_transport(
     t: &Tuning,
+    peer_streams: u32,
     heartbeat: Duration,
     misses: u32,
 ) -> quinn::TransportConfig {
@@ -64,7 +66,7 @@ pub(crate) fn quic_transport(
     c.stream_receive_window(quinn::VarInt::from_u32(t.stream_window_bytes));
     c.receive_window(quinn::VarInt::from_u32(t.connection_window_bytes));
     c.send_window(u64::from(t.connection_window_bytes));
-    c.max_concurrent_bidi_streams(quinn::VarInt::from_u32(t.max_concurrent_streams));
+    c.max_concurrent_bidi_streams(quinn::VarInt::from_u32(peer_streams));
     c.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
     // Path MTU discovery searches up to this size and settles on what the
     // path carries (lost probes are not congestion signals), so a jumbo
@@ -90,17 +92,6 @@ pub(crate) fn quic_transport(
 /// (about 70 KiB per connection at 1,024 streams, most of a quiet agent's
 /// cost on the control plane).
 pub(crate) const AGENT_OPENED_STREAMS: u32 = 4;
-
-/// [`quic_transport`] for the control plane's side of an agent connection.
-pub(crate) fn quic_server_transport(
-    t: &Tuning,
-    heartbeat: Duration,
-    misses: u32,
-) -> quinn::TransportConfig {
-    let mut c = quic_transport(t, heartbeat, misses);
-    c.max_concurrent_bidi_streams(quinn::VarInt::from_u32(AGENT_OPENED_STREAMS));
-    c
-}
 
 pub(crate) fn h2_client(t: &Tuning) -> h2::client::Builder {
     let mut b = h2::client::Builder::new();

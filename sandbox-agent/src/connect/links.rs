@@ -506,6 +506,39 @@ mod tests {
         (addr, rx)
     }
 
+    /// The agent's links to every address of `identity`, serving calls
+    /// through an execution record in `agent_dir`.
+    fn start_links(
+        identity: &crate::identity::AgentIdentity,
+        template: tunnel::ClientSettings,
+        agent_dir: &std::path::Path,
+    ) -> (Links, Arc<Recorded>) {
+        let handler = Arc::new(Recorded {
+            record: ExecutionRecord::open(agent_dir, Duration::from_secs(3600)).unwrap(),
+            runs: AtomicUsize::new(0),
+        });
+        let endpoint = identity.endpoint().clone();
+        let links = Links::start(
+            &identity.endpoint().addresses.clone(),
+            template,
+            move |c| endpoint.server_name_for(c),
+            Arc::new(identity.client_config(&[tunnel::ALPN]).unwrap()),
+            handler.clone(),
+        );
+        (links, handler)
+    }
+
+    /// Waits (at most `limit`) until `n` links are connected.
+    async fn wait_connected(links: &Links, n: usize, limit: Duration) {
+        tokio::time::timeout(limit, async {
+            while links.connected() < n {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap();
+    }
+
     /// A minimal HTTP CONNECT proxy standing in for a proxy that resolves
     /// names this host cannot: `CONNECT <name>:<port>` goes to
     /// `127.0.0.1:<port>`; records each request line.
@@ -574,32 +607,14 @@ mod tests {
         let identity = crate::identity::enrolled_for_test(&svc, "env_p", &config);
         let template = crate::connect::client_settings(&config, &identity);
         assert!(template.proxy.is_some(), "the proxy is configured");
-        let handler = Arc::new(Recorded {
-            record: ExecutionRecord::open(&dir.path().join("agent"), Duration::from_secs(3600))
-                .unwrap(),
-            runs: AtomicUsize::new(0),
-        });
-        let endpoint = identity.endpoint().clone();
-        let links = Links::start(
-            &identity.endpoint().addresses.clone(),
-            template,
-            move |c| endpoint.server_name_for(c),
-            Arc::new(identity.client_config(&[tunnel::ALPN]).unwrap()),
-            handler,
-        );
+        let (links, _) = start_links(&identity, template, &dir.path().join("agent"));
         let limit = Duration::from_secs(30);
         let conn = tokio::time::timeout(limit, conns.recv())
             .await
             .unwrap()
             .unwrap();
         assert_eq!(conn.transport(), tunnel::Transport::Tcp);
-        tokio::time::timeout(limit, async {
-            while links.connected() < 1 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .unwrap();
+        wait_connected(&links, 1, limit).await;
         assert_eq!(
             links.shared.addresses_of(&name),
             BTreeSet::from([name.clone()])
@@ -638,19 +653,7 @@ mod tests {
         let mut template = crate::connect::client_settings(&config, &identity);
         template.backoff.base = Duration::from_millis(50);
         template.backoff.cap = Duration::from_millis(500);
-        let handler = Arc::new(Recorded {
-            record: ExecutionRecord::open(&dir.path().join("agent"), Duration::from_secs(3600))
-                .unwrap(),
-            runs: AtomicUsize::new(0),
-        });
-        let endpoint = identity.endpoint().clone();
-        let links = Links::start(
-            &identity.endpoint().addresses.clone(),
-            template,
-            move |c| endpoint.server_name_for(c),
-            Arc::new(identity.client_config(&[tunnel::ALPN]).unwrap()),
-            handler.clone(),
-        );
+        let (links, handler) = start_links(&identity, template, &dir.path().join("agent"));
         let limit = Duration::from_secs(20);
         let ca = tokio::time::timeout(limit, conns_a.recv())
             .await
@@ -660,13 +663,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        tokio::time::timeout(limit, async {
-            while links.connected() < 2 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .unwrap();
+        wait_connected(&links, 2, limit).await;
         assert!(crate::connect::ops::links_ready(&links.statuses()).is_ok());
 
         let req = Request::Execute(ExecuteRequest {

@@ -39,16 +39,15 @@ pub(crate) async fn connect(config: &Config, quoted_schema: Option<&str>) -> Res
             tracing::debug!(%e, "postgresql connection ended");
         }
     });
+    // One round trip: the timeouts, and the schema when there is one.
+    let setup = match quoted_schema {
+        Some(schema) => format!("{}; SET search_path TO {schema}", super::SESSION_SETTINGS),
+        None => super::SESSION_SETTINGS.to_owned(),
+    };
     client
-        .batch_execute(super::SESSION_SETTINGS)
+        .batch_execute(&setup)
         .await
-        .map_err(|e| map_pg("setting the connection's timeouts", e))?;
-    if let Some(schema) = quoted_schema {
-        client
-            .batch_execute(&format!("SET search_path TO {schema}"))
-            .await
-            .map_err(|e| map_pg("setting search_path", e))?;
-    }
+        .map_err(|e| map_pg("setting the connection's timeouts and search_path", e))?;
     Ok(client)
 }
 

@@ -656,7 +656,7 @@ async fn run(args: Args, fds: u64) -> Result<()> {
         s.mode = args.transport;
         s.capabilities = vec!["bench".into()];
         s.tuning = tuning;
-        s.quic_endpoint = (!endpoints.is_empty()).then(|| endpoints[i % endpoints.len()].clone());
+        s.quic_endpoint = endpoints.get(i % endpoints.len().max(1)).cloned();
         let h = tunnel::client::spawn(s, spec.tls.clone(), handler.clone());
         watch_status(i, &h, tracker.clone());
         handles.push(h);

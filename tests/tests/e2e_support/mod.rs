@@ -307,7 +307,6 @@ fn find(h: &[u8], n: &[u8]) -> Option<usize> {
     h.windows(n.len()).position(|w| w == n)
 }
 
-/// `type` of every event, compactly (for failure messages).
 /// A model script whose first turn runs `echo sandbox-ready` in the
 /// sandbox (so the session's sandbox exists and is ready) and whose next
 /// turn ends with "done".
@@ -324,6 +323,7 @@ pub fn one_ready_call(req: &RequestCtx) -> Reply {
     }
 }
 
+/// `type` of every event, compactly (for failure messages).
 pub fn summary(events: &[Value]) -> String {
     let tail: Vec<String> = events
         .iter()
