@@ -193,9 +193,15 @@ impl FrameSender {
     pub fn finish(&mut self) -> Result<(), StreamError> {
         match &mut self.inner {
             SendHalf::Quic(s) => s.finish().map_err(|_| StreamError::Closed),
-            SendHalf::H2(s) => s
-                .send_data(Bytes::new(), true)
-                .map_err(StreamError::from_h2),
+            SendHalf::H2(s) => match s.send_data(Bytes::new(), true) {
+                Ok(()) => Ok(()),
+                // The peer answered in full and reset the rest of our input
+                // away (RST_STREAM, RFC 9113 §8.1: h2 servers do this when the
+                // handler is done before the request is): nothing is left to
+                // end, and the response is still there to read.
+                Err(_) if h2_peer_reset(s) => Ok(()),
+                Err(e) => Err(StreamError::from_h2(e)),
+            },
             // nothing written: the headers end the stream
             SendHalf::H2Unanswered(_) => self.inner.answer(true),
         }
@@ -227,6 +233,12 @@ impl FrameSender {
             }
         }
     }
+}
+
+/// Whether the peer has already reset this stream (checked without waiting).
+fn h2_peer_reset(s: &mut h2::SendStream<Bytes>) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    matches!(s.poll_reset(&mut cx), std::task::Poll::Ready(Ok(_)))
 }
 
 /// Data up to this size is handed to h2 without waiting for send capacity:

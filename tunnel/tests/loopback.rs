@@ -165,6 +165,42 @@ async fn echo_over_quic_and_tcp() {
     }
 }
 
+/// An agent may answer before the control plane ends its input (ping does):
+/// over h2 the agent's side then resets the rest of the request away
+/// (RST_STREAM after a complete response). Ending the input after that is
+/// not an error, and the response is still read (CI once failed here with
+/// "user error: inactive stream").
+#[tokio::test]
+async fn finishing_input_after_the_agent_answered_and_closed_is_fine() {
+    let pki = TestPki::new();
+    let mut srv = server(&pki, Duration::from_secs(1)).await;
+    for mode in [TransportMode::TcpOnly, TransportMode::QuicOnly] {
+        let client = client::spawn(
+            settings(srv.addr, mode),
+            pki.client_config("agent-1"),
+            Arc::new(Handler),
+        );
+        let conn = tokio::time::timeout(Duration::from_secs(10), srv.conns.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        for _ in 0..3 {
+            let call = conn.call(&Request::Ping).await.unwrap();
+            // The agent answers and (h2) resets our input away meanwhile.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let (_, pong) = call
+                .finish_and_collect()
+                .await
+                .unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+            assert!(
+                matches!(pong, Response::Ok(Reply::Pong(_))),
+                "{mode:?}: {pong:?}"
+            );
+        }
+        client.shutdown(Duration::from_secs(2)).await;
+    }
+}
+
 #[tokio::test]
 async fn unknown_call_and_malformed_request_are_typed_errors_and_the_link_survives() {
     let pki = TestPki::new();
