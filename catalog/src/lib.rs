@@ -39,6 +39,7 @@ pub mod config;
 pub mod console;
 mod error;
 pub mod identities;
+pub mod join_tokens;
 pub mod keys;
 mod migrate;
 pub mod postgres;
@@ -51,6 +52,7 @@ pub use config::{open_catalog, CatalogConfig, CatalogConfigError, RawCatalogConf
 pub use console::{ConsoleSessionRecord, ConsoleStore, KeyRole, NewConsoleSession};
 pub use error::{CatalogError, Result};
 pub use identities::{EnrolledAgent, EnrolledAgents};
+pub use join_tokens::{JoinTokens, SharedJoinToken, TokenClaim, TokenRevocation};
 pub use keys::{hash_api_key, GeneratedKey, API_KEY_PREFIX};
 pub use postgres::{PgCatalog, PgCatalogOptions};
 pub use sqlite::SqliteCatalog;
@@ -72,6 +74,7 @@ pub trait Catalog:
     + audit::AuditStore
     + console::ConsoleStore
     + identities::EnrolledAgents
+    + join_tokens::JoinTokens
     + Send
     + Sync
     + std::fmt::Debug

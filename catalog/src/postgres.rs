@@ -33,6 +33,7 @@ use crate::{check_limit, Catalog};
 mod audit;
 mod console;
 mod identities;
+mod join_tokens;
 mod vaults;
 
 static MIGRATIONS: &[Step] = &[
@@ -76,6 +77,7 @@ static MIGRATIONS: &[Step] = &[
     (3, audit::MIGRATION),
     (4, console::MIGRATION),
     (5, identities::MIGRATION),
+    (6, join_tokens::MIGRATION),
 ];
 
 /// Settings of the PostgreSQL catalog.

@@ -24,6 +24,7 @@ use crate::{check_limit, Catalog};
 mod audit;
 mod console;
 mod identities;
+mod join_tokens;
 mod vaults;
 
 /// File name of the catalog inside a data directory.
@@ -70,6 +71,7 @@ static MIGRATIONS: &[Step] = &[
     (3, audit::MIGRATION),
     (4, console::MIGRATION),
     (5, identities::MIGRATION),
+    (6, join_tokens::MIGRATION),
 ];
 
 /// The SQLite implementation of [`Catalog`]. Cheap to clone.

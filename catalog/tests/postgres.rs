@@ -81,6 +81,8 @@ conformance_tests!(pg:
     console_sessions_expire_and_end_with_their_key,
     enrolled_agents_renew_list_and_revoke_once,
     concurrent_revocations_keep_one_time,
+    join_tokens_claim_once_release_revoke_and_list,
+    concurrent_claims_take_a_token_once,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,7 +148,7 @@ async fn replicas_share_one_database_and_migrate_once() {
             .unwrap();
         (r.get(0), r.get(1), r.get(2))
     };
-    assert!(last >= 5, "every migration applied (last {last})");
+    assert!(last >= 6, "every migration applied (last {last})");
     assert_eq!(
         (rows, versions),
         (last, last),

@@ -45,6 +45,8 @@ conformance_tests!(sqlite:
     console_sessions_expire_and_end_with_their_key,
     enrolled_agents_renew_list_and_revoke_once,
     concurrent_revocations_keep_one_time,
+    join_tokens_claim_once_release_revoke_and_list,
+    concurrent_claims_take_a_token_once,
 );
 
 #[tokio::test]

@@ -48,8 +48,8 @@ pub use revocation::RevocationSet;
 /// rustls' certificate error kinds, as returned by the verifiers here.
 pub use rustls::CertificateError;
 pub use service::{
-    EnrollError, IdentityService, IdentitySettings, RenewError, RevokeTokenError, RevokedToken,
-    ServerFault, ServiceError,
+    EnrollError, IdentityService, IdentitySettings, PreparedEnrollment, RenewError,
+    RevokeTokenError, RevokedToken, ServerFault, ServiceError, SharedToken,
 };
 pub use store::{StoreError, TokenRevocation};
 pub use tls::{TlsError, ALPN_ENROLL};

@@ -198,6 +198,55 @@ pub struct Enrollment {
     pub certificate: IssuedCertificate,
 }
 
+/// An enrollment request that passed the checks that need no database:
+/// the token is shaped like one, the CSR is valid, and the agent id the
+/// enrollment will have is chosen (so a shared catalog can be asked to
+/// claim the token for it first).
+#[derive(Debug)]
+pub struct PreparedEnrollment {
+    token_hash: String,
+    agent_id: AgentId,
+    csr: ParsedCsr,
+}
+
+impl PreparedEnrollment {
+    /// Check `token` and `csr_pem`. The CSR is checked before anything
+    /// touches the token, so a bad CSR never burns one.
+    pub fn new(token: &str, csr_pem: &str) -> Result<Self, EnrollError> {
+        let token = JoinToken::parse(token)?;
+        let csr = ParsedCsr::from_pem(csr_pem)?;
+        Ok(Self {
+            token_hash: token.hash(),
+            agent_id: AgentId::generate(),
+            csr,
+        })
+    }
+
+    /// The token's hash (what the databases hold).
+    pub fn token_hash(&self) -> &str {
+        &self.token_hash
+    }
+
+    /// The id the agent gets if this enrollment succeeds.
+    pub fn agent_id(&self) -> &AgentId {
+        &self.agent_id
+    }
+}
+
+/// A join token as another replica shared it (see
+/// [`IdentityService::enroll_prepared`]). Times are Unix seconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedToken {
+    /// Public id.
+    pub token_id: String,
+    /// The environment an agent enrolled with it joins.
+    pub environment_id: EnvironmentId,
+    /// When it was made.
+    pub created_at: i64,
+    /// When it stops working.
+    pub expires_at: i64,
+}
+
 /// The identity service. See the module docs.
 #[derive(Debug)]
 pub struct IdentityService {
@@ -399,17 +448,43 @@ impl IdentityService {
         csr_pem: &str,
         peer: Option<&str>,
     ) -> Result<Enrollment, EnrollError> {
-        let token = JoinToken::parse(token)?;
-        // CSR first: a bad CSR must not burn the token.
-        let csr = ParsedCsr::from_pem(csr_pem)?;
+        self.enroll_prepared(PreparedEnrollment::new(token, csr_pem)?, peer, None)
+    }
+
+    /// Enroll as [`IdentityService::enroll`] does, from a checked request.
+    /// `shared`: the token as the shared catalog holds it, already claimed
+    /// there for `prepared.agent_id()` by the caller; it is taken into this
+    /// replica's database first when it was made at another replica (the
+    /// local checks still apply: a token revoked here is refused here).
+    pub fn enroll_prepared(
+        &self,
+        prepared: PreparedEnrollment,
+        peer: Option<&str>,
+        shared: Option<&SharedToken>,
+    ) -> Result<Enrollment, EnrollError> {
+        let PreparedEnrollment {
+            token_hash,
+            agent_id,
+            csr,
+        } = prepared;
         let now = SystemTime::now();
-        let agent_id = AgentId::generate();
         let lifetime = self.settings.agent_cert_lifetime;
         let mut issued = None;
         let mut token_id = String::new();
-        let result = self
-            .store()
-            .redeem_token(&token.hash(), now, |redeemed| {
+        let mut store = self.store();
+        if let Some(t) = shared {
+            store
+                .import_token(
+                    &token_hash,
+                    &t.token_id,
+                    &t.environment_id,
+                    t.created_at,
+                    t.expires_at,
+                )
+                .map_err(|e| EnrollError::Internal(e.into()))?;
+        }
+        let result = store
+            .redeem_token(&token_hash, now, |redeemed| {
                 let cert =
                     self.ca
                         .issue_agent(&agent_id, &redeemed.environment_id, &csr, lifetime)?;
@@ -441,6 +516,12 @@ impl IdentityService {
             Err(RedeemError::Token(e)) => Err(EnrollError::Token(e)),
             Err(RedeemError::Register(e)) => Err(EnrollError::Internal(e.into())),
         }
+    }
+
+    /// Every join token made or taken in here, with its hash (to share with
+    /// the other replicas; the hash, never the token).
+    pub fn tokens_with_hashes(&self) -> Result<Vec<(String, TokenRecord)>, ServiceError> {
+        Ok(self.store().tokens_with_hashes(SystemTime::now())?)
     }
 
     /// Re-issue a certificate for a connected agent, for the key in `csr_der`

@@ -183,7 +183,7 @@ type RedeemRow = (String, String, i64, Option<String>, Option<i64>);
 type RevokeRow = (i64, Option<i64>, Option<String>, Option<i64>);
 
 /// The state of a token row (`used_at`, `used_by`, `revoked_at`) at `now`.
-fn token_state(
+pub(crate) fn token_state(
     expires_at: i64,
     used_at: Option<i64>,
     used_by: Option<String>,
@@ -288,6 +288,33 @@ impl IdentityStore {
         Ok(())
     }
 
+    /// Take in a token made at another replica (read from the shared
+    /// catalog) so that it is redeemed here; a token known here is kept as
+    /// it is.
+    pub fn import_token(
+        &self,
+        token_hash: &str,
+        token_id: &str,
+        environment_id: &EnvironmentId,
+        created_at: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO join_tokens (token_hash, token_id, environment_id, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+                params![
+                    token_hash,
+                    token_id,
+                    environment_id.as_str(),
+                    created_at,
+                    expires_at
+                ],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
     /// Atomically: check the token (known, unused, unrevoked, unexpired), run `register`
     /// (which issues the certificate and returns the agent row), mark the
     /// token used by that agent, insert the agent. If anything fails, nothing
@@ -359,11 +386,24 @@ impl IdentityStore {
     /// Every join token with its state at `now`, newest first. Never returns
     /// the token hash.
     pub fn tokens(&self, now: SystemTime) -> Result<Vec<TokenRecord>, StoreError> {
+        Ok(self
+            .tokens_with_hashes(now)?
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect())
+    }
+
+    /// Every join token with its hash and state at `now`, newest first: what
+    /// a replica shares with the others (the hash, never the token).
+    pub fn tokens_with_hashes(
+        &self,
+        now: SystemTime,
+    ) -> Result<Vec<(String, TokenRecord)>, StoreError> {
         let now = unix_seconds(now);
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT token_id, environment_id, created_at, expires_at, used_at, used_by, revoked_at
+                "SELECT token_id, environment_id, created_at, expires_at, used_at, used_by, revoked_at, token_hash
                  FROM join_tokens ORDER BY created_at DESC, rowid DESC",
             )
             .map_err(self.err())?;
@@ -376,6 +416,7 @@ impl IdentityStore {
                 let used_at: Option<i64> = r.get(4)?;
                 let used_by: Option<String> = r.get(5)?;
                 let revoked_at: Option<i64> = r.get(6)?;
+                let hash: String = r.get(7)?;
                 Ok((|| {
                     Ok(TokenRecord {
                         environment_id: EnvironmentId::parse(&env).map_err(|e| e.to_string())?,
@@ -385,6 +426,7 @@ impl IdentityStore {
                         token_id: token_id.clone(),
                     })
                 })()
+                .map(|t| (hash, t))
                 .map_err(|message: String| format!("join token {token_id}: {message}")))
             })
             .map_err(self.err())?;

@@ -141,6 +141,19 @@ impl TokenState {
     pub fn is_active(&self) -> bool {
         matches!(self, Self::Active)
     }
+
+    /// The state of a token with these stored columns at `now` (Unix
+    /// seconds), e.g. a row of the shared catalog; the error names what is
+    /// inconsistent.
+    pub fn at(
+        expires_at: i64,
+        used_at: Option<i64>,
+        used_by: Option<String>,
+        revoked_at: Option<i64>,
+        now: i64,
+    ) -> Result<Self, String> {
+        crate::store::token_state(expires_at, used_at, used_by, revoked_at, now)
+    }
 }
 
 /// A join token as listed to the operator: public fields only, never the

@@ -14,10 +14,12 @@ use serde_json::json;
 mod audit;
 mod console;
 mod identities;
+mod join_tokens;
 mod vaults;
 pub use audit::*;
 pub use console::*;
 pub use identities::*;
+pub use join_tokens::*;
 pub use vaults::*;
 
 /// Generates one `#[tokio::test]` per suite case; `$fixture` is an async fn

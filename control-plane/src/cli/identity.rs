@@ -1,7 +1,8 @@
 //! The operator commands behind `control-plane tokens|agents|ca ...`. Each
 //! prints its result to stdout. `tokens create|list|revoke`, `ca fingerprint`
 //! and `agents list --enrolled` work on the data directory directly (the
-//! server need not run); `agents list` and `agents revoke` use the admin socket,
+//! server need not run), the token commands with the shared catalog too
+//! (a token made at one replica enrolls at any); `agents list` and `agents revoke` use the admin socket,
 //! and `agents revoke` falls back to recording the revocation in the
 //! database when the server is not running.
 
@@ -39,6 +40,9 @@ pub enum CommandError {
     /// A join token could not be revoked (unknown id, already used).
     #[error(transparent)]
     TokenRevoke(#[from] pki::RevokeTokenError),
+    /// The shared catalog did not take a token change.
+    #[error("{0}")]
+    SharedTokens(String),
     /// The blocking task that used the identity database panicked or was cancelled.
     #[error("identity database task: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -106,11 +110,101 @@ pub fn tokens_table(tokens: &[TokenRecord], all: bool) -> String {
     out
 }
 
+/// The shared catalog of `config`, for the token commands (`None`, with a
+/// warning on stderr naming `what` is affected, when it cannot be opened).
+async fn shared_catalog(
+    config: &Config,
+    what: &str,
+) -> Option<std::sync::Arc<dyn catalog::Catalog>> {
+    let open = tokio::time::timeout(
+        Duration::from_secs(10),
+        catalog::open_catalog(&config.catalog),
+    );
+    match open.await {
+        Ok(Ok(c)) => Some(c),
+        Ok(Err(e)) => {
+            eprintln!("warning: the shared catalog cannot be opened ({e}): {what}");
+            None
+        }
+        Err(_) => {
+            eprintln!("warning: the shared catalog did not answer in 10 s: {what}");
+            None
+        }
+    }
+}
+
+/// A token as the shared catalog holds it, as listed; `None` for a row
+/// that does not parse (said on stderr).
+fn from_catalog(t: catalog::SharedJoinToken, now: i64) -> Option<TokenRecord> {
+    let parsed = EnvironmentId::parse(&t.environment_id)
+        .map_err(|e| e.to_string())
+        .and_then(|environment_id| {
+            Ok(TokenRecord {
+                state: TokenState::at(t.expires_at, t.used_at, t.used_by, t.revoked_at, now)?,
+                token_id: t.token_id.clone(),
+                environment_id,
+                created_at: t.created_at,
+                expires_at: t.expires_at,
+            })
+        });
+    match parsed {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!(
+                "warning: join token {} in the shared catalog skipped: {e}",
+                t.token_id
+            );
+            None
+        }
+    }
+}
+
+/// This replica's tokens merged with the shared catalog's (which also
+/// holds the other replicas' tokens, and knows when a token was used or
+/// revoked anywhere: its state wins), newest first; tokens made in the same
+/// second keep this replica's order (the order they were made in).
+pub fn merge_tokens(local: Vec<TokenRecord>, shared: Vec<TokenRecord>) -> Vec<TokenRecord> {
+    let mut shared: std::collections::HashMap<String, TokenRecord> = shared
+        .into_iter()
+        .map(|t| (t.token_id.clone(), t))
+        .collect();
+    let mut all: Vec<TokenRecord> = local
+        .into_iter()
+        .map(|t| shared.remove(&t.token_id).unwrap_or(t))
+        .collect();
+    let mut others: Vec<TokenRecord> = shared.into_values().collect();
+    others.sort_by(|a, b| a.token_id.cmp(&b.token_id));
+    all.extend(others);
+    // Stable: ties keep the order above.
+    all.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    all
+}
+
 /// `tokens list`: active join tokens (every token with `all`), newest
-/// first, from the identity database. Never prints a token or its hash.
-pub fn tokens_list(config: &Config, all: bool, json: bool) -> Result<(), CommandError> {
-    let identity = IdentityService::open(config.pki.identity_settings(&config.data_dir))?;
-    let tokens = identity.tokens(all)?;
+/// first: this replica's and, through the shared catalog, every other
+/// replica's. Never prints a token or its hash.
+pub async fn tokens_list(config: &Config, all: bool, json: bool) -> Result<(), CommandError> {
+    let settings = config.pki.identity_settings(&config.data_dir);
+    let local = tokio::task::spawn_blocking(move || IdentityService::open(settings)?.tokens(true))
+        .await??;
+    let now = crate::gateway::identities::unix_now();
+    let shared = match shared_catalog(config, "listing this replica's tokens only").await {
+        Some(c) => match c.list_join_tokens().await {
+            Ok(rows) => rows
+                .into_iter()
+                .filter_map(|t| from_catalog(t, now))
+                .collect(),
+            Err(e) => {
+                eprintln!("warning: the shared catalog's tokens cannot be read ({e}): listing this replica's tokens only");
+                Vec::new()
+            }
+        },
+        None => Vec::new(),
+    };
+    let mut tokens = merge_tokens(local, shared);
+    if !all {
+        tokens.retain(|t| t.state.is_active());
+    }
     if json {
         let list: Vec<serde_json::Value> = tokens.iter().map(token_json).collect();
         println!(
@@ -123,30 +217,98 @@ pub fn tokens_list(config: &Config, all: bool, json: bool) -> Result<(), Command
     Ok(())
 }
 
-/// `tokens revoke <id>`: an unused token stops working at once (also for
-/// a running server: enrollment reads the same database). Revoking a
-/// revoked token succeeds and says so; a used token is an error naming
-/// the agent it enrolled.
-pub fn tokens_revoke(config: &Config, token_id: &str, json: bool) -> Result<(), CommandError> {
-    let identity = IdentityService::open(config.pki.identity_settings(&config.data_dir))?;
-    let r = identity.revoke_token(token_id)?;
+/// `tokens revoke <id>`: an unused token stops working at once, at every
+/// replica (enrollment claims tokens in the shared catalog, where it is
+/// revoked too; this replica's database also refuses it). A token made at
+/// another replica is revoked in the catalog. Revoking a revoked token
+/// succeeds and says so; a used token is an error naming the agent it
+/// enrolled; a revocation the catalog did not take is an error.
+pub async fn tokens_revoke(
+    config: &Config,
+    token_id: &str,
+    json: bool,
+) -> Result<(), CommandError> {
+    let settings = config.pki.identity_settings(&config.data_dir);
+    let id = token_id.to_owned();
+    let local = tokio::task::spawn_blocking(move || {
+        IdentityService::open(settings).map(|identity| identity.revoke_token(&id))
+    })
+    .await??;
+    let local = match local {
+        Ok(r) => Some(r),
+        Err(pki::RevokeTokenError::Unknown { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let Some(catalog) =
+        shared_catalog(config, "the token is not revoked at the other replicas").await
+    else {
+        return Err(CommandError::SharedTokens(format!(
+            "join token {token_id}: the shared catalog cannot be opened{}",
+            if local.is_some() {
+                "; revoked at this replica only, retry"
+            } else {
+                ""
+            }
+        )));
+    };
+    let now = crate::gateway::identities::unix_now();
+    let shared = catalog
+        .revoke_join_token(token_id, now)
+        .await
+        .map_err(|e| {
+            CommandError::SharedTokens(format!(
+                "join token {token_id}: {e}{}",
+                if local.is_some() {
+                    "; revoked at this replica only, retry"
+                } else {
+                    ""
+                }
+            ))
+        })?;
+    let (revoked_at, newly_revoked) = match (shared, &local) {
+        (catalog::TokenRevocation::AlreadyUsed { used_by, used_at }, _) => {
+            return Err(match AgentId::parse(&used_by) {
+                Ok(used_by) => pki::RevokeTokenError::AlreadyUsed {
+                    token_id: token_id.to_owned(),
+                    used_by,
+                    used_at,
+                }
+                .into(),
+                Err(_) => CommandError::SharedTokens(format!(
+                    "join token {token_id} was already used (by {used_by})"
+                )),
+            })
+        }
+        (catalog::TokenRevocation::Unknown, None) => {
+            return Err(pki::RevokeTokenError::Unknown {
+                token_id: token_id.to_owned(),
+            }
+            .into())
+        }
+        (catalog::TokenRevocation::Revoked { revoked_at }, l) => {
+            (l.as_ref().map_or(revoked_at, |l| l.revoked_at), true)
+        }
+        (catalog::TokenRevocation::AlreadyRevoked { revoked_at }, l) => (
+            l.as_ref().map_or(revoked_at, |l| l.revoked_at),
+            l.as_ref().is_some_and(|l| l.newly_revoked),
+        ),
+        // Made here before tokens were shared, and not shared yet: this
+        // replica is the only one that knows it.
+        (catalog::TokenRevocation::Unknown, Some(l)) => (l.revoked_at, l.newly_revoked),
+    };
     if json {
         let v = serde_json::json!({
-            "token_id": r.token_id,
-            "revoked_at": time(r.revoked_at),
-            "newly_revoked": r.newly_revoked,
+            "token_id": token_id,
+            "revoked_at": time(revoked_at),
+            "newly_revoked": newly_revoked,
         });
         println!("{v}");
-    } else if r.newly_revoked {
-        println!(
-            "join token {} revoked; it can no longer enroll an agent",
-            r.token_id
-        );
+    } else if newly_revoked {
+        println!("join token {token_id} revoked; it can no longer enroll an agent");
     } else {
         println!(
-            "join token {} was already revoked (at {}); nothing changed",
-            r.token_id,
-            time(r.revoked_at)
+            "join token {token_id} was already revoked (at {}); nothing changed",
+            time(revoked_at)
         );
     }
     Ok(())
@@ -154,7 +316,7 @@ pub fn tokens_revoke(config: &Config, token_id: &str, json: bool) -> Result<(), 
 
 /// `tokens create`: make a join token and print it with a join string;
 /// returns the token id (for the audit).
-pub fn tokens_create(
+pub async fn tokens_create(
     config: &Config,
     environment: &str,
     ttl_seconds: u64,
@@ -183,6 +345,7 @@ pub fn tokens_create(
             },
             other => other.into(),
         })?;
+    share_token(config, &identity, &created.token_id).await;
     let join = JoinString::new(
         &created.token,
         enroll_address.clone(),
@@ -216,6 +379,32 @@ pub fn tokens_create(
         println!("  sandbox-agent enroll --join '{join}'");
     }
     Ok(created.token_id)
+}
+
+/// Record the new token `token_id` in the shared catalog, so that every
+/// replica enrolls with it. On failure the token still works here (the
+/// replica shares it when its server next starts, or when the token is
+/// presented here); said on stderr.
+async fn share_token(config: &Config, identity: &IdentityService, token_id: &str) {
+    const LOCAL: &str = "the token works at this replica only, until its server next starts";
+    let Some(catalog) = shared_catalog(config, LOCAL).await else {
+        return;
+    };
+    let stored = identity
+        .tokens_with_hashes()
+        .map(|all| all.into_iter().find(|(_, t)| t.token_id == token_id));
+    let (hash, token) = match stored {
+        Ok(Some(found)) => found,
+        Ok(None) => return,
+        Err(e) => {
+            eprintln!("warning: the token cannot be read back ({e}): {LOCAL}");
+            return;
+        }
+    };
+    let row = crate::gateway::identities::token_to_catalog(&token);
+    if let Err(e) = catalog.record_join_token(&hash, row).await {
+        eprintln!("warning: the token is not in the shared catalog ({e}): {LOCAL}");
+    }
 }
 
 /// For `tokens create`: why an agent enrolled into `environment` would serve

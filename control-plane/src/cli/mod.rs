@@ -163,17 +163,18 @@ pub fn run(command: Command, config: &Config) -> ExitCode {
                 ttl_seconds,
                 enroll_address.as_deref(),
                 json,
-            );
+            )
+            .await;
             let mut ids = vec![environment.clone()];
             ids.extend(created.as_ref().ok().cloned());
             audit::record(config, "join_tokens.create", ids, created.is_ok()).await;
             created.map(|_| ())
         }),
         Command::Tokens(TokensCommand::List { all, json }) => {
-            report(identity::tokens_list(config, all, json))
+            run_command(identity::tokens_list(config, all, json))
         }
         Command::Tokens(TokensCommand::Revoke { token_id, json }) => run_command(async {
-            let r = identity::tokens_revoke(config, &token_id, json);
+            let r = identity::tokens_revoke(config, &token_id, json).await;
             audit::record(
                 config,
                 "join_tokens.revoke",

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use catalog::TokenClaim;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -18,7 +19,9 @@ use pki::enroll::{
     EnrollErrorCode, EnrollRequest, EnrollResponse, ErrorBody, ErrorEnvelope, ENROLL_PATH,
     MAX_ENROLL_BODY_BYTES,
 };
-use pki::{EnrollError, IdentityService, TokenError};
+use pki::{
+    EnrollError, EnvironmentId, IdentityService, PreparedEnrollment, SharedToken, TokenError,
+};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -49,6 +52,11 @@ pub enum RequestError {
     /// Wrong method on the endpoint.
     #[error("method {0} not allowed")]
     MethodNotAllowed(Method),
+    /// The shared catalog, which decides a token's single use across
+    /// replicas, could not be asked (or holds a row that does not parse).
+    /// The token is left as it was.
+    #[error("the shared catalog could not claim the join token: {0}")]
+    SharedCatalog(String),
 }
 
 /// The one place an enrollment error becomes an HTTP response.
@@ -74,6 +82,7 @@ pub fn error_response(error: &RequestError) -> Response<Full<Bytes>> {
         }
         RequestError::NotFound(_) => (StatusCode::NOT_FOUND, C::NotFound),
         RequestError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, C::MethodNotAllowed),
+        RequestError::SharedCatalog(_) => (StatusCode::SERVICE_UNAVAILABLE, C::Internal),
     };
     // Token errors say which check failed but never which agent used a token.
     let message = match error {
@@ -82,6 +91,10 @@ pub fn error_response(error: &RequestError) -> Response<Full<Bytes>> {
         }
         RequestError::Enroll(EnrollError::Internal(_)) => {
             "enrollment failed on the server; retry later".to_owned()
+        }
+        RequestError::SharedCatalog(_) => {
+            "the control plane's shared catalog is unavailable; the token is unchanged, retry later"
+                .to_owned()
         }
         other => other.to_string(),
     };
@@ -261,8 +274,20 @@ async fn enroll_request(
         serde_json::from_slice(&body).map_err(|e| RequestError::BadJson(e.to_string()))?;
     let peer_str = peer.to_string();
     let hostname = request.hostname.clone();
-    let enrollment = tokio::task::spawn_blocking(move || {
-        identity.enroll(&request.token, &request.csr_pem, Some(&peer_str))
+    let prepared = PreparedEnrollment::new(&request.token, &request.csr_pem)?;
+    // With a shared catalog the token is claimed there first: it decides
+    // single use across replicas, and brings in a token made elsewhere.
+    let claimed = match &shared {
+        Some(shared) => claim(shared, &prepared).await?,
+        None => None,
+    };
+    let (token_hash, agent_id) = (
+        prepared.token_hash().to_owned(),
+        prepared.agent_id().clone(),
+    );
+    let was_claimed = claimed.is_some();
+    let enrolled = tokio::task::spawn_blocking(move || {
+        identity.enroll_prepared(prepared, Some(&peer_str), claimed.as_ref())
     })
     .await
     .map_err(|e| {
@@ -270,7 +295,18 @@ async fn enroll_request(
             what: "enroll",
             source: Box::new(e),
         }))
-    })??;
+    })
+    .and_then(|r| r.map_err(RequestError::from));
+    let enrollment = match (enrolled, &shared) {
+        (Ok(e), _) => e,
+        (Err(error), Some(shared)) if was_claimed => {
+            // Refused here (a token revoked at this replica) or failed: the
+            // claim made for this enrollment is given back.
+            shared.release_token(&token_hash, &agent_id).await;
+            return Err(error);
+        }
+        (Err(error), _) => return Err(error),
+    };
     tracing::info!(
         remote_addr = %peer,
         agent_id = %enrollment.agent_id,
@@ -293,6 +329,47 @@ async fn enroll_request(
         not_after: pki_unix(enrollment.certificate.not_after),
     };
     Ok(json_response(StatusCode::OK, &response))
+}
+
+/// Claim the token of `prepared` in the shared catalog: `Some` (claimed;
+/// the token as the catalog holds it), `None` (no replica made it, as far
+/// as the catalog and this replica know: the local check answers
+/// `token_unknown`), or the refusal as the token error the local check
+/// would give.
+async fn claim(
+    shared: &crate::gateway::SharedIdentities,
+    prepared: &PreparedEnrollment,
+) -> Result<Option<SharedToken>, RequestError> {
+    let claim = shared
+        .claim_token(prepared.token_hash(), prepared.agent_id())
+        .await
+        .map_err(|e| RequestError::SharedCatalog(e.to_string()))?;
+    let refused = |e: TokenError| Err(RequestError::Enroll(EnrollError::Token(e)));
+    match claim {
+        TokenClaim::Claimed(t) => match EnvironmentId::parse(&t.environment_id) {
+            Ok(environment_id) => Ok(Some(SharedToken {
+                token_id: t.token_id,
+                environment_id,
+                created_at: t.created_at,
+                expires_at: t.expires_at,
+            })),
+            Err(e) => {
+                shared
+                    .release_token(prepared.token_hash(), prepared.agent_id())
+                    .await;
+                Err(RequestError::SharedCatalog(format!(
+                    "join token {}: environment id: {e}",
+                    t.token_id
+                )))
+            }
+        },
+        TokenClaim::Unknown => Ok(None),
+        TokenClaim::Used { token_id, used_by } => {
+            refused(TokenError::AlreadyUsed { token_id, used_by })
+        }
+        TokenClaim::Revoked { token_id } => refused(TokenError::Revoked { token_id }),
+        TokenClaim::Expired { token_id } => refused(TokenError::Expired { token_id }),
+    }
 }
 
 /// How much of an oversized body is read (and discarded) before answering

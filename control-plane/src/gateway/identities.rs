@@ -8,14 +8,19 @@
 //! handshake). pki's `identity.db` stays the local store; the catalog is
 //! the shared one. Catalog failures are logged and retried at the next
 //! poll; they never refuse an agent that the local store accepts.
+//!
+//! Join tokens are shared the same way (migration 6): `tokens create`
+//! records each token's hash in the catalog too, and enrollment at any
+//! replica claims the token there first (see `crate::enroll`), so a token
+//! made at one replica enrolls an agent at any of them, once.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use catalog::{Catalog, EnrolledAgent};
+use catalog::{Catalog, EnrolledAgent, SharedJoinToken, TokenClaim};
 use pki::store::AgentRecord;
-use pki::{AgentId, EnvironmentId, IdentityService};
+use pki::{AgentId, EnvironmentId, IdentityService, TokenRecord, TokenState};
 use tokio_util::sync::CancellationToken;
 
 use super::registry::{AgentDirectory, Registry};
@@ -129,6 +134,51 @@ impl SharedIdentities {
         revoked
     }
 
+    /// Claim the join token with `token_hash` in the shared catalog for
+    /// `agent_id` (see [`catalog::JoinTokens::claim_join_token`]). A token
+    /// this replica knows but the catalog does not (made while the catalog
+    /// was unreachable, or before tokens were shared) is recorded there
+    /// first, so the catalog decides every token's single use.
+    pub async fn claim_token(
+        &self,
+        token_hash: &str,
+        agent_id: &AgentId,
+    ) -> catalog::Result<TokenClaim> {
+        let claim = self
+            .catalog
+            .claim_join_token(token_hash, agent_id.as_str(), unix_now())
+            .await?;
+        if claim != TokenClaim::Unknown {
+            return Ok(claim);
+        }
+        let identity = self.identity.clone();
+        let local = match tokio::task::spawn_blocking(move || identity.tokens_with_hashes()).await {
+            Ok(Ok(tokens)) => tokens,
+            _ => return Ok(TokenClaim::Unknown),
+        };
+        let Some((_, token)) = local.iter().find(|(hash, _)| hash == token_hash) else {
+            return Ok(TokenClaim::Unknown);
+        };
+        self.catalog
+            .record_join_token(token_hash, token_to_catalog(token))
+            .await?;
+        self.catalog
+            .claim_join_token(token_hash, agent_id.as_str(), unix_now())
+            .await
+    }
+
+    /// Give back the claim `agent_id` made on a token (its enrollment
+    /// failed afterwards); a failure is logged (the token then stays used).
+    pub async fn release_token(&self, token_hash: &str, agent_id: &AgentId) {
+        if let Err(error) = self
+            .catalog
+            .release_join_token(token_hash, agent_id.as_str())
+            .await
+        {
+            tracing::warn!(agent_id = %agent_id, %error, "join token claim not released; the token stays used");
+        }
+    }
+
     /// Read the catalog's revocations every [`POLL`] until `shutdown`:
     /// each one new to this replica is stored locally, joins the revocation
     /// set and closes the agent's connections here.
@@ -177,9 +227,52 @@ impl SharedIdentities {
     }
 }
 
-/// Mirror this replica's existing identities into the catalog once (a
-/// replica upgraded into a shared deployment brings its agents along).
+/// The catalog's row for a local join token (a token known here in a
+/// state the catalog does not know yet, e.g. made before tokens were shared).
+pub fn token_to_catalog(t: &TokenRecord) -> SharedJoinToken {
+    let (used_at, used_by, revoked_at) = match &t.state {
+        TokenState::Used { used_by, used_at } => (Some(*used_at), Some(used_by.to_string()), None),
+        TokenState::Revoked { revoked_at } => (None, None, Some(*revoked_at)),
+        TokenState::Active | TokenState::Expired => (None, None, None),
+    };
+    SharedJoinToken {
+        token_id: t.token_id.clone(),
+        environment_id: t.environment_id.to_string(),
+        created_at: t.created_at,
+        expires_at: t.expires_at,
+        used_at,
+        used_by,
+        revoked_at,
+    }
+}
+
+/// Now, Unix seconds.
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Mirror this replica's existing identities and join tokens into the
+/// catalog once (a replica upgraded into a shared deployment brings its
+/// agents and tokens along; a token whose recording failed when it was made
+/// is shared now). Tokens the catalog holds already are left as they are.
 pub async fn publish_all(shared: &SharedIdentities) {
+    let identity = shared.identity.clone();
+    if let Ok(Ok(tokens)) = tokio::task::spawn_blocking(move || identity.tokens_with_hashes()).await
+    {
+        for (hash, t) in &tokens {
+            if let Err(error) = shared
+                .catalog
+                .record_join_token(hash, token_to_catalog(t))
+                .await
+            {
+                tracing::warn!(%error, "join tokens not shared through the catalog");
+                break;
+            }
+        }
+    }
     let identity = shared.identity.clone();
     let Ok(Ok(all)) = tokio::task::spawn_blocking(move || identity.agents()).await else {
         return;
