@@ -176,7 +176,7 @@ pub fn merge_tokens(local: Vec<TokenRecord>, shared: Vec<TokenRecord>) -> Vec<To
     others.sort_by(|a, b| a.token_id.cmp(&b.token_id));
     all.extend(others);
     // Stable: ties keep the order above.
-    all.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    all.sort_by_key(|t| std::cmp::Reverse(t.created_at));
     all
 }
 
