@@ -163,6 +163,23 @@ const MIGRATIONS: &[&str] = &[
 
 /// Bring a database at any earlier `user_version` up to date, atomically.
 /// A database from a newer build (higher version) is left as it is.
+/// How long opening the database waits for other processes' locks.
+const OPEN_BUSY_BUDGET: Duration = Duration::from_secs(5);
+
+/// WAL mode, the original schema, the migrations (each idempotent).
+fn prepare(conn: &mut Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.execute_batch(SCHEMA)?;
+    migrate(conn)
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -244,11 +261,24 @@ impl IdentityStore {
             }
         }
         let mut conn = Connection::open(path).map_err(err)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.execute_batch(SCHEMA).map_err(err)?;
-        migrate(&mut conn).map_err(err)?;
+        conn.busy_timeout(OPEN_BUSY_BUDGET).map_err(err)?;
+        // Processes opening one database at once (a server and a CLI; the
+        // first open of an old database switches it to WAL) can be told
+        // SQLITE_BUSY where SQLite does not wait on its own (taking the
+        // exclusive lock for the switch, upgrading a read lock): every step
+        // here is idempotent, so try again within the same budget.
+        let deadline = std::time::Instant::now() + OPEN_BUSY_BUDGET;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match prepare(&mut conn) {
+                Ok(()) => break,
+                Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                Err(e) => return Err(err(e)),
+            }
+        }
         restrict_mode(path)?;
         Ok(Self {
             conn,

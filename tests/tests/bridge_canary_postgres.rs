@@ -44,19 +44,6 @@ const CANARIES: [&str; 8] = [
     "canary-pg-repo-token-2-1d8a73",
 ];
 
-fn pg_url() -> Option<String> {
-    match std::env::var("AIRLOCK_TEST_PG_URL") {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("AIRLOCK_TEST_PG_URL is not set under CI=true: source scripts/setup.d/20-postgres.sh (scripts/test-all does)")
-        }
-        _ => {
-            eprintln!("skipping bridge_canary_postgres: AIRLOCK_TEST_PG_URL is not set (source scripts/setup.d/20-postgres.sh)");
-            None
-        }
-    }
-}
-
 fn files_containing(dir: &Path, needle: &[u8], hits: &mut Vec<String>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -124,7 +111,9 @@ async fn ok(api: &Api, method: &str, path: &str, body: Option<Value>) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_sent_through_the_api_are_in_no_postgres_row_event_file_or_log() {
-    let Some(url) = pg_url() else { return };
+    let Some(url) = airlock_tests::replicas::pg_url("bridge_canary_postgres") else {
+        return;
+    };
     let schema = format!(
         "canary_{}_{}",
         std::process::id(),

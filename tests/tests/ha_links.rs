@@ -37,19 +37,6 @@ use testkit::eventually_async;
 
 const STEPS: usize = 10;
 
-fn pg_url() -> Option<String> {
-    match std::env::var("AIRLOCK_TEST_PG_URL") {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("AIRLOCK_TEST_PG_URL is not set under CI=true: source scripts/setup.d/20-postgres.sh (scripts/test-all does)")
-        }
-        _ => {
-            eprintln!("skipping ha_links: AIRLOCK_TEST_PG_URL is not set (source scripts/setup.d/20-postgres.sh)");
-            None
-        }
-    }
-}
-
 /// Step 0 writes the marker; the last step reads it back; the rest take a
 /// moment each so that the kill lands in the middle.
 fn command(k: usize) -> String {
@@ -105,7 +92,9 @@ fn record(agent: &Agent) -> Vec<RecordLine> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_moves_to_the_other_replica_and_keeps_its_sandbox_and_a_revocation_reaches_both()
 {
-    let Some(url) = pg_url() else { return };
+    let Some(url) = airlock_tests::replicas::pg_url("ha_links") else {
+        return;
+    };
     let started = Instant::now();
     let schema = format!(
         "halinks_{}_{}",

@@ -1,6 +1,6 @@
 //! Join tokens across replicas: two real `control-plane serve` replicas
-//! share one PostgreSQL catalog and one CA (B is configured with A's CA
-//! files); agents enroll with the real `sandbox-agent enroll`.
+//! share one PostgreSQL (catalog and session store) and one CA made for the
+//! test; agents enroll with the real `sandbox-agent enroll`.
 //!
 //! - A token made at A (`tokens create` with A's config) enrolls an agent at
 //!   B; presented again, at A or at B, it is refused `token_used`, and
@@ -20,20 +20,8 @@
 use std::net::SocketAddr;
 
 use airlock_tests::deploy::{Agent, AgentOptions, ControlPlane, CpOptions};
+use airlock_tests::replicas;
 use serde_json::Value;
-
-fn pg_url() -> Option<String> {
-    match std::env::var("AIRLOCK_TEST_PG_URL") {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("AIRLOCK_TEST_PG_URL is not set under CI=true: source scripts/setup.d/20-postgres.sh (scripts/test-all does)")
-        }
-        _ => {
-            eprintln!("skipping ha_tokens: AIRLOCK_TEST_PG_URL is not set (source scripts/setup.d/20-postgres.sh)");
-            None
-        }
-    }
-}
 
 const ENV: &str = "env-ha-tokens";
 
@@ -98,31 +86,23 @@ fn listed(cp: &ControlPlane, token_id: &str) -> (String, Option<String>) {
 
 #[test]
 fn a_token_made_at_one_replica_enrolls_at_any_once() {
-    let Some(url) = pg_url() else { return };
-    let schema = format!(
-        "hatokens_{}_{}",
-        std::process::id(),
-        time::OffsetDateTime::now_utc().unix_timestamp()
+    let Some(url) = replicas::pg_url("ha_tokens") else {
+        return;
+    };
+    let ca = replicas::SharedCa::generate().unwrap();
+    let config = format!(
+        "{}{}",
+        ca.pki_keys(),
+        replicas::postgres_toml(&url, &replicas::fresh_schema("hatokens"))
     );
-    let catalog = format!(
-        "\n[catalog]\nbackend = \"postgres\"\npostgres_url = \"{url}\"\npostgres_schema = \"{schema}\"\n"
-    );
-    let mut a = ControlPlane::configure(CpOptions {
-        extra_toml: catalog.clone(),
-        ..CpOptions::default()
-    })
-    .unwrap();
-    // B signs with A's CA (the lines continue A's `[pki]` section).
-    let pki_dir = a.dir().join("data").join("pki");
-    let mut b = ControlPlane::configure(CpOptions {
-        extra_toml: format!(
-            "ca_cert_file = \"{}\"\nca_key_file = \"{}\"\n{catalog}",
-            pki_dir.join("ca.crt").display(),
-            pki_dir.join("ca.key").display()
-        ),
-        ..CpOptions::default()
-    })
-    .unwrap();
+    let replica = || {
+        ControlPlane::configure(CpOptions {
+            extra_toml: config.clone(),
+            ..CpOptions::default()
+        })
+        .unwrap()
+    };
+    let (mut a, mut b) = (replica(), replica());
     a.start().unwrap();
     b.start().unwrap();
 

@@ -38,19 +38,6 @@ use testkit::eventually_async;
 const STEPS: usize = 16;
 const SESSIONS: usize = 3;
 
-fn pg_url() -> Option<String> {
-    match std::env::var("AIRLOCK_TEST_PG_URL") {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("AIRLOCK_TEST_PG_URL is not set under CI=true: source scripts/setup.d/20-postgres.sh (scripts/test-all does)")
-        }
-        _ => {
-            eprintln!("skipping recovery_pg_race: AIRLOCK_TEST_PG_URL is not set (source scripts/setup.d/20-postgres.sh)");
-            None
-        }
-    }
-}
-
 fn command(k: usize) -> String {
     format!("sleep 0.3; echo step {k}")
 }
@@ -117,7 +104,9 @@ async fn results(api: &Api, session_id: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_control_planes_on_postgres_one_harness_at_a_time_and_the_survivor_finishes() {
-    let Some(url) = pg_url() else { return };
+    let Some(url) = airlock_tests::replicas::pg_url("recovery_pg_race") else {
+        return;
+    };
     let schema = format!(
         "race_{}_{}",
         std::process::id(),

@@ -404,3 +404,31 @@ fn pki_unix(t: std::time::SystemTime) -> i64 {
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A catalog failure at the claim is a 503 the agent may retry, with
+    /// the wire's `internal` kind and a message that names no detail of
+    /// the database (the detail is in the server's log line).
+    #[tokio::test]
+    async fn a_catalog_failure_is_a_retryable_503_without_details() {
+        let error = RequestError::SharedCatalog(
+            "catalog unavailable: connecting to postgres://airlock@db:5432 refused".into(),
+        );
+        let resp = error_response(&error);
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["type"], "internal", "{v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains("retry later"), "{message}");
+        assert!(!message.contains("postgres"), "{message}");
+        assert!(
+            error.to_string().contains("postgres"),
+            "the log line has the detail"
+        );
+    }
+}
