@@ -26,7 +26,7 @@ use crate::migrate::{pending, Step};
 use crate::types::{
     decode_body, encode_body, from_micros, now_micros, to_micros, version_i64, version_u64,
     AgentQuery, AgentRecord, ApiKeyRecord, EnvironmentQuery, EnvironmentRecord, NewAgent,
-    NewApiKey, NewEnvironment, Order, Page, ResourceKind, VersionQuery,
+    NewApiKey, NewEnvironment, Page, ResourceKind, VersionQuery,
 };
 use crate::{check_limit, Catalog};
 
@@ -361,13 +361,6 @@ fn limit_i64(limit: usize) -> i64 {
     i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX)
 }
 
-fn order_sql(order: Order) -> (&'static str, &'static str) {
-    match order {
-        Order::Ascending => (">", "ASC"),
-        Order::Descending => ("<", "DESC"),
-    }
-}
-
 async fn get_agent_in(
     client: &impl tokio_postgres::GenericClient,
     agent_id: &str,
@@ -536,7 +529,7 @@ impl Catalog for PgCatalog {
 
     async fn list_agents(&self, q: AgentQuery) -> Result<Page<AgentRecord>> {
         check_limit(q.limit)?;
-        let (cmp, dir) = order_sql(q.order);
+        let (cmp, dir) = q.order.keyset_sql();
         let sql = format!(
             "SELECT {AGENT_COLUMNS} FROM agents a JOIN agent_versions v
                ON v.agent_id = a.id AND v.version = a.latest_version
@@ -571,7 +564,7 @@ impl Catalog for PgCatalog {
         q: VersionQuery,
     ) -> Result<Page<AgentRecord>> {
         check_limit(q.limit)?;
-        let (cmp, dir) = order_sql(q.order);
+        let (cmp, dir) = q.order.keyset_sql();
         let sql = format!(
             "SELECT {AGENT_COLUMNS} FROM agents a JOIN agent_versions v ON v.agent_id = a.id
              WHERE a.id = $1 AND ($2::BIGINT IS NULL OR v.version {cmp} $2)
@@ -715,7 +708,7 @@ impl Catalog for PgCatalog {
 
     async fn list_environments(&self, q: EnvironmentQuery) -> Result<Page<EnvironmentRecord>> {
         check_limit(q.limit)?;
-        let (cmp, dir) = order_sql(q.order);
+        let (cmp, dir) = q.order.keyset_sql();
         let sql = format!(
             "SELECT {ENV_COLUMNS} FROM environments
              WHERE ($1::BOOLEAN OR archived_at IS NULL) AND ($2::BIGINT IS NULL OR position {cmp} $2)

@@ -17,7 +17,7 @@ use crate::migrate::{pending, Step};
 use crate::types::{
     decode_body, encode_body, from_micros, now_micros, to_micros, version_i64, version_u64,
     AgentQuery, AgentRecord, ApiKeyRecord, EnvironmentQuery, EnvironmentRecord, NewAgent,
-    NewApiKey, NewEnvironment, Order, Page, ResourceKind, VersionQuery,
+    NewApiKey, NewEnvironment, Page, ResourceKind, VersionQuery,
 };
 use crate::{check_limit, Catalog};
 
@@ -484,10 +484,7 @@ impl Catalog for SqliteCatalog {
     async fn list_agents(&self, q: AgentQuery) -> Result<Page<AgentRecord>> {
         check_limit(q.limit)?;
         self.with(move |conn| {
-            let (cmp, dir) = match q.order {
-                Order::Ascending => (">", "ASC"),
-                Order::Descending => ("<", "DESC"),
-            };
+            let (cmp, dir) = q.order.keyset_sql();
             let sql = format!(
                 "SELECT {AGENT_COLUMNS} FROM agents a JOIN agent_versions v
                    ON v.agent_id = a.id AND v.version = a.latest_version
@@ -530,10 +527,7 @@ impl Catalog for SqliteCatalog {
             if !agent_exists(conn, &agent_id)? {
                 return Err(CatalogError::not_found(ResourceKind::Agent, agent_id));
             }
-            let (cmp, dir) = match q.order {
-                Order::Ascending => (">", "ASC"),
-                Order::Descending => ("<", "DESC"),
-            };
+            let (cmp, dir) = q.order.keyset_sql();
             let sql = format!(
                 "SELECT {AGENT_COLUMNS} FROM agents a JOIN agent_versions v ON v.agent_id = a.id
                  WHERE a.id = ?1 AND (?2 IS NULL OR v.version {cmp} ?2)
@@ -663,10 +657,7 @@ impl Catalog for SqliteCatalog {
     async fn list_environments(&self, q: EnvironmentQuery) -> Result<Page<EnvironmentRecord>> {
         check_limit(q.limit)?;
         self.with(move |conn| {
-            let (cmp, dir) = match q.order {
-                Order::Ascending => (">", "ASC"),
-                Order::Descending => ("<", "DESC"),
-            };
+            let (cmp, dir) = q.order.keyset_sql();
             let sql = format!(
                 "SELECT {ENV_COLUMNS} FROM environments
                  WHERE (?1 OR archived_at IS NULL) AND (?2 IS NULL OR position {cmp} ?2)

@@ -44,6 +44,17 @@ pub enum Order {
     Descending,
 }
 
+impl Order {
+    /// The keyset comparison and `ORDER BY` direction of this order, for
+    /// `WHERE position {cmp} cursor ORDER BY position {dir}` (both backends).
+    pub(crate) fn keyset_sql(self) -> (&'static str, &'static str) {
+        match self {
+            Order::Ascending => (">", "ASC"),
+            Order::Descending => ("<", "DESC"),
+        }
+    }
+}
+
 /// One page of a listing.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page<T> {

@@ -6,7 +6,7 @@
 use serde_json::Value;
 use tokio_postgres::Row;
 
-use super::{is_unique_violation, limit_i64, map_pg, order_sql, page, PgCatalog};
+use super::{is_unique_violation, limit_i64, map_pg, page, PgCatalog};
 use crate::check_limit;
 use crate::error::{CatalogError, Result};
 use crate::types::{decode_body, encode_body, from_micros, now_micros, Page, ResourceKind};
@@ -213,7 +213,7 @@ impl VaultStore for PgCatalog {
 
     async fn list_vaults(&self, q: VaultQuery) -> Result<Page<VaultRecord>> {
         check_limit(q.limit)?;
-        let (cmp, dir) = order_sql(q.order);
+        let (cmp, dir) = q.order.keyset_sql();
         let sql = format!(
             "SELECT {VAULT_COLUMNS} FROM vaults
              WHERE ($1::BOOLEAN OR archived_at IS NULL) AND ($2::BIGINT IS NULL OR position {cmp} $2)
@@ -402,7 +402,7 @@ impl VaultStore for PgCatalog {
         q: VaultQuery,
     ) -> Result<Page<CredentialRecord>> {
         check_limit(q.limit)?;
-        let (cmp, dir) = order_sql(q.order);
+        let (cmp, dir) = q.order.keyset_sql();
         let sql = format!(
             "SELECT {CRED_COLUMNS} FROM vault_credentials
              WHERE vault_id = $1 AND ($2::BOOLEAN OR archived_at IS NULL)

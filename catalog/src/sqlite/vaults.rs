@@ -11,7 +11,7 @@ use super::{
 };
 use crate::check_limit;
 use crate::error::{CatalogError, Result};
-use crate::types::{decode_body, encode_body, from_micros, now_micros, Order, Page, ResourceKind};
+use crate::types::{decode_body, encode_body, from_micros, now_micros, Page, ResourceKind};
 use crate::vaults::{
     CredentialRecord, NewCredential, NewVault, VaultQuery, VaultRecord, VaultStore,
     MAX_CREDENTIALS_PER_VAULT,
@@ -127,13 +127,6 @@ fn get_cred_tx(conn: &Connection, vault_id: &str, credential_id: &str) -> Result
     }
 }
 
-fn order_sql(order: Order) -> (&'static str, &'static str) {
-    match order {
-        Order::Ascending => (">", "ASC"),
-        Order::Descending => ("<", "DESC"),
-    }
-}
-
 #[async_trait::async_trait]
 impl VaultStore for SqliteCatalog {
     async fn create_vault(&self, new: NewVault) -> Result<VaultRecord> {
@@ -227,7 +220,7 @@ impl VaultStore for SqliteCatalog {
     async fn list_vaults(&self, q: VaultQuery) -> Result<Page<VaultRecord>> {
         check_limit(q.limit)?;
         self.with(move |conn| {
-            let (cmp, dir) = order_sql(q.order);
+            let (cmp, dir) = q.order.keyset_sql();
             let sql = format!(
                 "SELECT {VAULT_COLUMNS} FROM vaults
                  WHERE (?1 OR archived_at IS NULL) AND (?2 IS NULL OR position {cmp} ?2)
@@ -393,7 +386,7 @@ impl VaultStore for SqliteCatalog {
         let vault_id = vault_id.to_owned();
         self.with(move |conn| {
             get_vault_tx(conn, &vault_id)?;
-            let (cmp, dir) = order_sql(q.order);
+            let (cmp, dir) = q.order.keyset_sql();
             let sql = format!(
                 "SELECT {CRED_COLUMNS} FROM vault_credentials
                  WHERE vault_id = ?1 AND (?2 OR archived_at IS NULL) AND (?3 IS NULL OR position {cmp} ?3)
