@@ -302,20 +302,12 @@ impl IdentityStore {
         created_at: SystemTime,
         expires_at: SystemTime,
     ) -> Result<(), StoreError> {
-        self.conn
-            .execute(
-                "INSERT INTO join_tokens (token_hash, token_id, environment_id, created_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    token_hash,
-                    token_id,
-                    environment_id.as_str(),
-                    unix_seconds(created_at),
-                    crate::util::unix_seconds_ceil(expires_at)
-                ],
-            )
-            .map_err(self.err())?;
-        Ok(())
+        self.write_token(
+            "",
+            [token_hash, token_id, environment_id.as_str()],
+            unix_seconds(created_at),
+            crate::util::unix_seconds_ceil(expires_at),
+        )
     }
 
     /// Take in a token made at another replica (read from the shared
@@ -329,17 +321,30 @@ impl IdentityStore {
         created_at: i64,
         expires_at: i64,
     ) -> Result<(), StoreError> {
+        self.write_token(
+            " ON CONFLICT DO NOTHING",
+            [token_hash, token_id, environment_id.as_str()],
+            created_at,
+            expires_at,
+        )
+    }
+
+    /// Insert an unused token row (`[hash, id, environment]`), with `conflict`
+    /// appended to the statement.
+    fn write_token(
+        &self,
+        conflict: &str,
+        [hash, id, environment]: [&str; 3],
+        created_at: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
         self.conn
             .execute(
-                "INSERT INTO join_tokens (token_hash, token_id, environment_id, created_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
-                params![
-                    token_hash,
-                    token_id,
-                    environment_id.as_str(),
-                    created_at,
-                    expires_at
-                ],
+                &format!(
+                    "INSERT INTO join_tokens (token_hash, token_id, environment_id, created_at, expires_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5){conflict}"
+                ),
+                params![hash, id, environment, created_at, expires_at],
             )
             .map_err(self.err())?;
         Ok(())

@@ -105,6 +105,25 @@ async fn echo_concurrent(conn: &ServerConnection, payload: Bytes) -> (Bytes, Res
     out
 }
 
+/// Spawn agent-1 dialing `srv` with `mode`; its client and the server's
+/// side of the link.
+async fn connect(
+    pki: &TestPki,
+    srv: &mut Server,
+    mode: TransportMode,
+) -> (client::ClientHandle, ServerConnection) {
+    let client = client::spawn(
+        settings(srv.addr, mode),
+        pki.client_config("agent-1"),
+        Arc::new(Handler),
+    );
+    let conn = tokio::time::timeout(Duration::from_secs(10), srv.conns.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    (client, conn)
+}
+
 #[tokio::test]
 async fn echo_over_quic_and_tcp() {
     let pki = TestPki::new();
@@ -113,15 +132,7 @@ async fn echo_over_quic_and_tcp() {
         (TransportMode::QuicOnly, Transport::Quic),
         (TransportMode::TcpOnly, Transport::Tcp),
     ] {
-        let client = client::spawn(
-            settings(srv.addr, mode),
-            pki.client_config("agent-1"),
-            Arc::new(Handler),
-        );
-        let conn = tokio::time::timeout(Duration::from_secs(10), srv.conns.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let (client, conn) = connect(&pki, &mut srv, mode).await;
         assert_eq!(conn.transport(), transport);
         let (_, pong) = conn
             .call(&Request::Ping)
@@ -175,15 +186,7 @@ async fn finishing_input_after_the_agent_answered_and_closed_is_fine() {
     let pki = TestPki::new();
     let mut srv = server(&pki, Duration::from_secs(1)).await;
     for mode in [TransportMode::TcpOnly, TransportMode::QuicOnly] {
-        let client = client::spawn(
-            settings(srv.addr, mode),
-            pki.client_config("agent-1"),
-            Arc::new(Handler),
-        );
-        let conn = tokio::time::timeout(Duration::from_secs(10), srv.conns.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let (client, conn) = connect(&pki, &mut srv, mode).await;
         for _ in 0..3 {
             let call = conn.call(&Request::Ping).await.unwrap();
             // The agent answers and (h2) resets our input away meanwhile.
