@@ -118,24 +118,18 @@ pub trait JoinTokens: Send + Sync {
 /// How a token row that a conditional claim did not take stands at `now`
 /// (shared by the implementations). `None`: it is claimable after all (a
 /// release raced the claim; the caller tries again).
-pub(crate) fn unclaimable(t: SharedJoinToken, now: i64) -> Option<TokenClaim> {
-    if let Some(used_by) = t.used_by {
+pub(crate) fn unclaimable(t: &SharedJoinToken, now: i64) -> Option<TokenClaim> {
+    let token_id = t.token_id.clone();
+    if let Some(used_by) = &t.used_by {
         return Some(TokenClaim::Used {
-            token_id: t.token_id,
-            used_by,
+            token_id,
+            used_by: used_by.clone(),
         });
     }
     if t.revoked_at.is_some() {
-        return Some(TokenClaim::Revoked {
-            token_id: t.token_id,
-        });
+        return Some(TokenClaim::Revoked { token_id });
     }
-    if now >= t.expires_at {
-        return Some(TokenClaim::Expired {
-            token_id: t.token_id,
-        });
-    }
-    None
+    (now >= t.expires_at).then_some(TokenClaim::Expired { token_id })
 }
 
 /// How a token that a conditional revocation did not change stands

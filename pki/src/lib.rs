@@ -49,7 +49,7 @@ pub use revocation::RevocationSet;
 pub use rustls::CertificateError;
 pub use service::{
     EnrollError, IdentityService, IdentitySettings, PreparedEnrollment, RenewError,
-    RevokeTokenError, RevokedToken, ServerFault, ServiceError, SharedToken,
+    RevokeTokenError, RevokedToken, ServerFault, ServiceError,
 };
 pub use store::{StoreError, TokenRevocation};
 pub use tls::{TlsError, ALPN_ENROLL};

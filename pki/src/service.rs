@@ -233,20 +233,6 @@ impl PreparedEnrollment {
     }
 }
 
-/// A join token as another replica shared it (see
-/// [`IdentityService::enroll_prepared`]). Times are Unix seconds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SharedToken {
-    /// Public id.
-    pub token_id: String,
-    /// The environment an agent enrolled with it joins.
-    pub environment_id: EnvironmentId,
-    /// When it was made.
-    pub created_at: i64,
-    /// When it stops working.
-    pub expires_at: i64,
-}
-
 /// The identity service. See the module docs.
 #[derive(Debug)]
 pub struct IdentityService {
@@ -454,13 +440,14 @@ impl IdentityService {
     /// Enroll as [`IdentityService::enroll`] does, from a checked request.
     /// `shared`: the token as the shared catalog holds it, already claimed
     /// there for `prepared.agent_id()` by the caller; it is taken into this
-    /// replica's database first when it was made at another replica (the
-    /// local checks still apply: a token revoked here is refused here).
+    /// replica's database first when it was made at another replica. Its
+    /// state is not taken in: the local checks still apply (a token revoked
+    /// here is refused here).
     pub fn enroll_prepared(
         &self,
         prepared: PreparedEnrollment,
         peer: Option<&str>,
-        shared: Option<&SharedToken>,
+        shared: Option<&TokenRecord>,
     ) -> Result<Enrollment, EnrollError> {
         let PreparedEnrollment {
             token_hash,

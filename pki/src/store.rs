@@ -28,7 +28,8 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::identity::{AgentId, EnvironmentId};
 use crate::tokens::{TokenError, TokenRecord, TokenState};
-use crate::util::{from_unix_seconds, unix_seconds};
+use crate::util::from_unix_seconds;
+pub use crate::util::unix_seconds;
 
 /// A database failure (not the caller's fault; may be transient).
 #[derive(Debug, thiserror::Error)]

@@ -95,7 +95,7 @@ impl JoinTokens for PgCatalog {
             let Some(r) = found else {
                 return Ok(TokenClaim::Unknown);
             };
-            if let Some(refused) = unclaimable(row(&r), now) {
+            if let Some(refused) = unclaimable(&row(&r), now) {
                 return Ok(refused);
             }
         }

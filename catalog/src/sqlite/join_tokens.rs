@@ -69,7 +69,7 @@ impl JoinTokens for SqliteCatalog {
             let Some(mut token) = found else {
                 return Ok(TokenClaim::Unknown);
             };
-            if let Some(refused) = unclaimable(token.clone(), now) {
+            if let Some(refused) = unclaimable(&token, now) {
                 return Ok(refused);
             }
             tx.execute(

@@ -136,34 +136,19 @@ async fn shared_catalog(
 /// A token as the shared catalog holds it, as listed; `None` for a row
 /// that does not parse (said on stderr).
 fn from_catalog(t: catalog::SharedJoinToken, now: i64) -> Option<TokenRecord> {
-    let parsed = EnvironmentId::parse(&t.environment_id)
-        .map_err(|e| e.to_string())
-        .and_then(|environment_id| {
-            Ok(TokenRecord {
-                state: TokenState::at(t.expires_at, t.used_at, t.used_by, t.revoked_at, now)?,
-                token_id: t.token_id.clone(),
-                environment_id,
-                created_at: t.created_at,
-                expires_at: t.expires_at,
-            })
-        });
-    match parsed {
-        Ok(r) => Some(r),
-        Err(e) => {
-            eprintln!(
-                "warning: join token {} in the shared catalog skipped: {e}",
-                t.token_id
-            );
-            None
-        }
-    }
+    let token_id = t.token_id.clone();
+    crate::gateway::identities::token_from_catalog(t, now)
+        .inspect_err(|e| {
+            eprintln!("warning: join token {token_id} in the shared catalog skipped: {e}")
+        })
+        .ok()
 }
 
 /// This replica's tokens merged with the shared catalog's (which also
 /// holds the other replicas' tokens, and knows when a token was used or
 /// revoked anywhere: its state wins), newest first; tokens made in the same
 /// second keep this replica's order (the order they were made in).
-pub fn merge_tokens(local: Vec<TokenRecord>, shared: Vec<TokenRecord>) -> Vec<TokenRecord> {
+fn merge_tokens(local: Vec<TokenRecord>, shared: Vec<TokenRecord>) -> Vec<TokenRecord> {
     let mut shared: std::collections::HashMap<String, TokenRecord> = shared
         .into_iter()
         .map(|t| (t.token_id.clone(), t))
@@ -187,7 +172,7 @@ pub async fn tokens_list(config: &Config, all: bool, json: bool) -> Result<(), C
     let settings = config.pki.identity_settings(&config.data_dir);
     let local = tokio::task::spawn_blocking(move || IdentityService::open(settings)?.tokens(true))
         .await??;
-    let now = crate::gateway::identities::unix_now();
+    let now = pki::store::unix_seconds(std::time::SystemTime::now());
     let shared = match shared_catalog(config, "listing this replica's tokens only").await {
         Some(c) => match c.list_join_tokens().await {
             Ok(rows) => rows
@@ -239,32 +224,22 @@ pub async fn tokens_revoke(
         Err(pki::RevokeTokenError::Unknown { .. }) => None,
         Err(e) => return Err(e.into()),
     };
-    let Some(catalog) =
-        shared_catalog(config, "the token is not revoked at the other replicas").await
-    else {
-        return Err(CommandError::SharedTokens(format!(
-            "join token {token_id}: the shared catalog cannot be opened{}",
-            if local.is_some() {
-                "; revoked at this replica only, retry"
-            } else {
-                ""
-            }
-        )));
+    let only_here = if local.is_some() {
+        "; revoked at this replica only, retry"
+    } else {
+        ""
     };
-    let now = crate::gateway::identities::unix_now();
-    let shared = catalog
-        .revoke_join_token(token_id, now)
+    let now = pki::store::unix_seconds(std::time::SystemTime::now());
+    let shared = match shared_catalog(config, "the token is not revoked at the other replicas")
         .await
-        .map_err(|e| {
-            CommandError::SharedTokens(format!(
-                "join token {token_id}: {e}{}",
-                if local.is_some() {
-                    "; revoked at this replica only, retry"
-                } else {
-                    ""
-                }
-            ))
-        })?;
+    {
+        Some(c) => c
+            .revoke_join_token(token_id, now)
+            .await
+            .map_err(|e| e.to_string()),
+        None => Err("the shared catalog cannot be opened".to_owned()),
+    }
+    .map_err(|e| CommandError::SharedTokens(format!("join token {token_id}: {e}{only_here}")))?;
     let (revoked_at, newly_revoked) = match (shared, &local) {
         (catalog::TokenRevocation::AlreadyUsed { used_by, used_at }, _) => {
             return Err(match AgentId::parse(&used_by) {

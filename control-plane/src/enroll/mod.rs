@@ -8,7 +8,9 @@ pub mod config;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
+use crate::gateway::identities::token_from_catalog;
 use bytes::Bytes;
 use catalog::TokenClaim;
 use http::{Method, Request, Response, StatusCode};
@@ -19,9 +21,7 @@ use pki::enroll::{
     EnrollErrorCode, EnrollRequest, EnrollResponse, ErrorBody, ErrorEnvelope, ENROLL_PATH,
     MAX_ENROLL_BODY_BYTES,
 };
-use pki::{
-    EnrollError, EnvironmentId, IdentityService, PreparedEnrollment, SharedToken, TokenError,
-};
+use pki::{EnrollError, IdentityService, PreparedEnrollment, TokenError, TokenRecord};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -285,7 +285,8 @@ async fn enroll_request(
         prepared.token_hash().to_owned(),
         prepared.agent_id().clone(),
     );
-    let was_claimed = claimed.is_some();
+    // Whose claim to give back if the enrollment fails after it.
+    let holder = shared.as_ref().filter(|_| claimed.is_some());
     let enrolled = tokio::task::spawn_blocking(move || {
         identity.enroll_prepared(prepared, Some(&peer_str), claimed.as_ref())
     })
@@ -297,15 +298,16 @@ async fn enroll_request(
         }))
     })
     .and_then(|r| r.map_err(RequestError::from));
-    let enrollment = match (enrolled, &shared) {
-        (Ok(e), _) => e,
-        (Err(error), Some(shared)) if was_claimed => {
+    let enrollment = match enrolled {
+        Ok(e) => e,
+        Err(error) => {
             // Refused here (a token revoked at this replica) or failed: the
             // claim made for this enrollment is given back.
-            shared.release_token(&token_hash, &agent_id).await;
+            if let Some(shared) = holder {
+                shared.release_token(&token_hash, &agent_id).await;
+            }
             return Err(error);
         }
-        (Err(error), _) => return Err(error),
     };
     tracing::info!(
         remote_addr = %peer,
@@ -326,7 +328,7 @@ async fn enroll_request(
         environment_id: enrollment.environment_id.to_string(),
         certificate_chain_pem: enrollment.certificate.chain_pem(),
         ca_certificate_pem: chain.last().map(pki::ca::der_to_pem).unwrap_or_default(),
-        not_after: pki_unix(enrollment.certificate.not_after),
+        not_after: pki::store::unix_seconds(enrollment.certificate.not_after),
     };
     Ok(json_response(StatusCode::OK, &response))
 }
@@ -339,30 +341,27 @@ async fn enroll_request(
 async fn claim(
     shared: &crate::gateway::SharedIdentities,
     prepared: &PreparedEnrollment,
-) -> Result<Option<SharedToken>, RequestError> {
+) -> Result<Option<TokenRecord>, RequestError> {
     let claim = shared
         .claim_token(prepared.token_hash(), prepared.agent_id())
         .await
         .map_err(|e| RequestError::SharedCatalog(e.to_string()))?;
     let refused = |e: TokenError| Err(RequestError::Enroll(EnrollError::Token(e)));
     match claim {
-        TokenClaim::Claimed(t) => match EnvironmentId::parse(&t.environment_id) {
-            Ok(environment_id) => Ok(Some(SharedToken {
-                token_id: t.token_id,
-                environment_id,
-                created_at: t.created_at,
-                expires_at: t.expires_at,
-            })),
-            Err(e) => {
-                shared
-                    .release_token(prepared.token_hash(), prepared.agent_id())
-                    .await;
-                Err(RequestError::SharedCatalog(format!(
-                    "join token {}: environment id: {e}",
-                    t.token_id
-                )))
+        TokenClaim::Claimed(t) => {
+            let token_id = t.token_id.clone();
+            match token_from_catalog(t, pki::store::unix_seconds(SystemTime::now())) {
+                Ok(token) => Ok(Some(token)),
+                Err(e) => {
+                    shared
+                        .release_token(prepared.token_hash(), prepared.agent_id())
+                        .await;
+                    Err(RequestError::SharedCatalog(format!(
+                        "join token {token_id}: {e}"
+                    )))
+                }
             }
-        },
+        }
         TokenClaim::Unknown => Ok(None),
         TokenClaim::Used { token_id, used_by } => {
             refused(TokenError::AlreadyUsed { token_id, used_by })
@@ -397,12 +396,6 @@ async fn read_body(mut body: Incoming) -> Result<Bytes, RequestError> {
         return Err(RequestError::TooLarge);
     }
     Ok(Bytes::from(buf))
-}
-
-fn pki_unix(t: std::time::SystemTime) -> i64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

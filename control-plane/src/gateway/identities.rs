@@ -246,12 +246,21 @@ pub fn token_to_catalog(t: &TokenRecord) -> SharedJoinToken {
     }
 }
 
-/// Now, Unix seconds.
-pub(crate) fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+/// A token as the catalog holds it, with its state at `now` (Unix
+/// seconds); the error names what does not parse.
+pub fn token_from_catalog(t: SharedJoinToken, now: i64) -> Result<TokenRecord, String> {
+    let environment_id = EnvironmentId::parse(&t.environment_id).map_err(|e| e.to_string())?;
+    Ok(TokenRecord {
+        state: TokenState::at(t.expires_at, t.used_at, t.used_by, t.revoked_at, now)?,
+        token_id: t.token_id,
+        environment_id,
+        created_at: t.created_at,
+        expires_at: t.expires_at,
+    })
+}
+
+fn unix_now() -> i64 {
+    pki::store::unix_seconds(std::time::SystemTime::now())
 }
 
 /// Mirror this replica's existing identities and join tokens into the
