@@ -226,11 +226,11 @@ async fn https_with_sighup_reload_keeps_streams_and_survives_a_bad_certificate()
         .unwrap()
         .to_owned();
     cp.start().unwrap();
-    assert!(
-        cp.log().contains("public API serving HTTPS"),
-        "{}",
-        tail(&cp.log(), 20)
-    );
+    // The listener accepts before the serving task logs: wait for the line.
+    testkit::try_eventually_blocking("the HTTPS line logged", Duration::from_secs(10), || {
+        cp.log().contains("public API serving HTTPS").then_some(())
+    })
+    .unwrap_or_else(|_| panic!("{}", tail(&cp.log(), 20)));
 
     // HTTPS with CA A; the certificate presented is A's leaf.
     let only_a = Https {

@@ -395,7 +395,7 @@ async fn relayed_environment_variable_credential_is_a_swapped_placeholder_until_
         .await
         .unwrap();
     assert!(
-        started.elapsed() < Duration::from_secs(1),
+        started.elapsed() < Duration::from_secs(5),
         "refusal took {:?}",
         started.elapsed()
     );

@@ -782,12 +782,13 @@ mod tests {
         );
         assert!(!Path::new(&socket_path).exists());
         let mut b = [0u8; 1];
-        let n = tokio::time::timeout(Duration::from_secs(1), idle.read(&mut b))
+        // Bounded, not timed: the cut comes with the close, not after an idle timeout.
+        let n = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut b))
             .await
-            .expect("connection cut within a second")
+            .expect("connection cut with the close")
             .unwrap_or(0);
         assert_eq!(n, 0);
-        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(started.elapsed() < Duration::from_secs(5));
         assert!(UnixStream::connect(&socket_path).await.is_err());
         assert_eq!(
             c.call(&ToBridge::CloseEgress {

@@ -15,6 +15,8 @@ use vault_bridge::config::{OpenbaoAuth, OpenbaoConfig};
 use vault_bridge::secret::{ExposeSecret, Secret, SecretKey, SecretString};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
+/// What a loaded machine may add to a bounded call (these checks are "no hang", not timings).
+const SLACK: Duration = Duration::from_secs(3);
 
 fn config(bao: &Bao, auth: OpenbaoAuth) -> OpenbaoConfig {
     OpenbaoConfig {
@@ -187,7 +189,7 @@ async fn restarted_sealed_and_killed_servers_fail_clearly_and_fast() {
     bao.restart();
     let started = Instant::now();
     let e = b.get(&key("vcrd_a")).await.unwrap_err();
-    assert!(started.elapsed() < TIMEOUT + Duration::from_millis(500));
+    assert!(started.elapsed() < TIMEOUT + SLACK);
     assert!(matches!(e, BackendError::NotFound { .. }), "{e}");
     let msg = e.to_string();
     assert!(msg.contains("vcrd_a") && msg.contains("vlt_01"), "{msg}");
@@ -200,7 +202,7 @@ async fn restarted_sealed_and_killed_servers_fail_clearly_and_fast() {
     bao.seal();
     let started = Instant::now();
     let e = b.get(&key("vcrd_a")).await.unwrap_err();
-    assert!(started.elapsed() < TIMEOUT + Duration::from_millis(500));
+    assert!(started.elapsed() < TIMEOUT + SLACK);
     assert!(matches!(e, BackendError::Sealed { .. }), "{e}");
     let msg = e.to_string();
     assert!(msg.contains("vcrd_a") && msg.contains("sealed"), "{msg}");
@@ -214,7 +216,7 @@ async fn restarted_sealed_and_killed_servers_fail_clearly_and_fast() {
     bao.kill();
     let started = Instant::now();
     let e = b.get(&key("vcrd_a")).await.unwrap_err();
-    assert!(started.elapsed() < TIMEOUT + Duration::from_millis(500));
+    assert!(started.elapsed() < TIMEOUT + SLACK);
     assert!(matches!(e, BackendError::Unreachable { .. }), "{e}");
     let msg = e.to_string();
     assert!(
@@ -252,7 +254,7 @@ async fn a_server_that_never_answers_times_out_naming_the_call() {
     let started = Instant::now();
     let e = OpenbaoBackend::open(&c).await.unwrap_err();
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < c.request_timeout + SLACK,
         "{:?}",
         started.elapsed()
     );
