@@ -441,7 +441,8 @@ mod tests {
 
     #[test]
     fn the_cache_expires_and_is_per_session_and_server() {
-        let c = McpToolCache::new(Duration::from_millis(50));
+        // long enough that a preempted test thread still reads a fresh entry
+        let c = McpToolCache::new(Duration::from_millis(500));
         c.put("s1", "w", "https://w", vec![info("a")]);
         assert_eq!(c.get("s1", "w", "https://w").unwrap().len(), 1);
         assert!(c.get("s2", "w", "https://w").is_none());
@@ -449,7 +450,7 @@ mod tests {
         c.invalidate("s1", "w");
         assert!(c.get("s1", "w", "https://w").is_none());
         c.put("s1", "w", "https://w", vec![info("a")]);
-        std::thread::sleep(Duration::from_millis(60));
+        std::thread::sleep(Duration::from_millis(600));
         assert!(c.get("s1", "w", "https://w").is_none());
     }
 

@@ -367,7 +367,9 @@ async fn a_replica_frozen_inside_a_transaction_does_not_block_a_lease_takeover()
         started.elapsed()
     );
     assert!(
-        started.elapsed() < Duration::from_secs(15),
+        // the frozen transaction ends at 10 s (idle_in_transaction_session_timeout);
+        // well short of the 30 s lock wait is the point, not a timing
+        started.elapsed() < Duration::from_secs(25),
         "{:?}",
         started.elapsed()
     );

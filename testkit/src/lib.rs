@@ -11,12 +11,55 @@
 //!
 //! The async forms measure time with tokio's clock, so they work unchanged in
 //! tests that pause it (`#[tokio::test(start_paused = true)]`). This crate
-//! owns no fixtures and depends on none of the workspace's crates.
+//! owns no fixtures and depends on none of the workspace's crates; besides
+//! waiting it picks loopback ports for servers a test starts
+//! ([`free_loopback_ports`]).
 #![forbid(unsafe_code)]
 
 use std::fmt;
 use std::future::Future;
+use std::net::{TcpListener, UdpSocket};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
+
+/// The first of `consecutive` loopback ports, each free on both UDP and TCP
+/// (the tunnel needs both; `bao server -dev` also binds the port after its
+/// listener's, for its cluster).
+///
+/// Ports come from 20000..32000, below the kernel's ephemeral range
+/// (32768..60999 by default), so the outgoing sockets that tests open by the
+/// hundred (agents' QUIC sockets, TCP connects, `bind(0)`) can never take a
+/// port between the moment it is picked here and the moment the process it
+/// was picked for binds it. A process-wide cursor starting at a pid-derived
+/// offset keeps two picks in one test binary, and picks of concurrently
+/// running test processes, apart.
+pub fn free_loopback_ports(consecutive: u16) -> u16 {
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static CURSOR: AtomicU32 = AtomicU32::new(u32::MAX);
+    let n = u32::from(consecutive.max(1));
+    let _ = CURSOR.compare_exchange(
+        u32::MAX,
+        (std::process::id().wrapping_mul(7919)) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    let free = |port: u32| {
+        let port = port as u16;
+        UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && TcpListener::bind(("127.0.0.1", port)).is_ok()
+    };
+    for _ in 0..SPAN {
+        let first = CURSOR.fetch_add(n, Ordering::SeqCst) % SPAN;
+        if first + n <= SPAN && (first..first + n).all(|i| free(LOW + i)) {
+            return (LOW + first) as u16;
+        }
+    }
+    panic!(
+        "no {n} consecutive loopback ports free on both UDP and TCP in {LOW}..{}",
+        LOW + SPAN
+    );
+}
 
 /// The first pause between two checks; it doubles up to [`MAX_INTERVAL`].
 const FIRST_INTERVAL: Duration = Duration::from_millis(2);

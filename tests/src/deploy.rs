@@ -20,7 +20,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -54,38 +54,10 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
-/// A loopback port free on both UDP and TCP (the tunnel needs both).
-///
-/// Ports come from 20000..32000, below the kernel's ephemeral range
-/// (32768..60999 by default), so the outgoing sockets that tests open by the
-/// hundred (agents' QUIC sockets, TCP connects, `bind(0)`) can never take a
-/// port between the moment it is picked here and the moment the process it
-/// was picked for binds it. A process-wide cursor starting at a pid-derived
-/// offset keeps two picks in one test binary, and picks of concurrently
-/// running test processes, apart.
+/// A loopback port free on both UDP and TCP (the tunnel needs both); see
+/// [`testkit::free_loopback_ports`].
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const LOW: u32 = 20_000;
-    const SPAN: u32 = 12_000;
-    static CURSOR: AtomicU32 = AtomicU32::new(u32::MAX);
-    let _ = CURSOR.compare_exchange(
-        u32::MAX,
-        (std::process::id().wrapping_mul(7919)) % SPAN,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
-    for _ in 0..SPAN {
-        let port = (LOW + CURSOR.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok()
-            && TcpListener::bind(("127.0.0.1", port)).is_ok()
-        {
-            return port;
-        }
-    }
-    panic!(
-        "no loopback port free on both UDP and TCP in {LOW}..{}",
-        LOW + SPAN
-    );
+    testkit::free_loopback_ports(1)
 }
 
 /// Control-plane settings for a test deployment.

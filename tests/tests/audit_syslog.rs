@@ -298,6 +298,14 @@ fn agent_killed_mid_stream_every_record_arrives_exactly_once() {
         Duration::from_secs(15),
         || shipper_gone(&data),
     );
+    // rsyslog writes what it received a moment later: first wait for the
+    // last record the exited shipper's cursor says the socket accepted.
+    let shipped = cursor_seq(&data);
+    wait_until(
+        "rsyslog to write what the exited shipper sent",
+        Duration::from_secs(15),
+        || rsyslog.received().iter().any(|r| r.0 >= shipped),
+    );
     let after_exit = rsyslog.received().len();
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
@@ -330,13 +338,18 @@ fn agent_killed_mid_stream_every_record_arrives_exactly_once() {
         || shipper_gone(&data),
     );
     let want = log_records(&data);
-    let got = rsyslog.received();
+    let got = rsyslog.wait_received(want.len(), Duration::from_secs(15));
     assert_exactly_once_in_order(&got, &want);
+    assert_eq!(Some(cursor_seq(&data)), want.last().map(|r| r.0));
+    rsyslog.stop();
+}
+
+/// The last record the shipper's cursor says the receiver accepted.
+fn cursor_seq(data: &Path) -> u64 {
     let cursor: Value =
         serde_json::from_str(&std::fs::read_to_string(data.join("audit-ship.cursor")).unwrap())
             .unwrap();
-    assert_eq!(cursor["seq"].as_u64(), want.last().map(|r| r.0));
-    rsyslog.stop();
+    cursor["seq"].as_u64().unwrap()
 }
 
 fn ship(config: &Path, args: &[&str]) -> Command {

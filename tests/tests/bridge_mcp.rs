@@ -457,8 +457,9 @@ async fn a_slow_tool_times_out_within_the_configured_deadline() {
     let r = client.call_tool(&slow).await;
     let (code, message) = failure(&r);
     assert_eq!(code, McpFailure::Timeout, "{message}");
+    // the tool sleeps 10 s: ending well before that is the 2 s deadline
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_secs(8),
         "{:?}",
         started.elapsed()
     );

@@ -98,7 +98,8 @@ async fn a_restarted_bridge_serves_the_live_sandbox_again() {
     let last = std::sync::Mutex::new(String::new());
     let ok = testkit::try_eventually_async(
         "the sandbox's egress to work again",
-        Duration::from_secs(5),
+        // printed below (about a second); the bound is for a loaded CI machine
+        Duration::from_secs(30),
         || {
             let (tools, url, last) = (&tools, &url, &last);
             async move {
@@ -112,7 +113,7 @@ async fn a_restarted_bridge_serves_the_live_sandbox_again() {
     .await;
     assert!(
         ok.is_ok(),
-        "egress not back within 5 s of the restart: {}\nbridge:\n{}",
+        "egress not back within 30 s of the restart: {}\nbridge:\n{}",
         last.lock().unwrap(),
         bridge.log()
     );

@@ -39,7 +39,9 @@ use e2e_support::{runtime_toml, Api, ContainerCleanup, Deployment};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "canary-session-end-5e1b77c0a4";
-const LIMIT: Duration = Duration::from_secs(1);
+/// The bound this test enforces. The target is a second (each run prints its
+/// figures, tens of milliseconds); a loaded CI machine only gets more slack.
+const LIMIT: Duration = Duration::from_secs(5);
 
 /// One request through the proxy at `port`: (the proxy's answer to CONNECT
 /// when it refused the tunnel, else the request's HTTP status, 0 when curl

@@ -383,6 +383,12 @@ fn a_sandboxs_next_tunnel_to_a_host_reuses_the_idle_upstream_connection() {
         let o = w.curl(&[&w.other.url("redirect")]);
         assert!(stdout(&o).ends_with("302"), "{}", all_output(&o));
     }
+    // nginx writes a request's line as it finishes it, maybe after curl exits
+    let redirects = |log: &str| log.lines().filter(|l| l.contains("/redirect")).count();
+    let _ =
+        testkit::try_eventually_blocking("both requests logged", Duration::from_secs(10), || {
+            redirects(&w.other.connections_log()) >= 2
+        });
     let log = w.other.connections_log();
     let conns: Vec<&str> = log
         .lines()

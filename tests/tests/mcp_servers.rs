@@ -195,11 +195,12 @@ fn tickets_broken_paths_are_broken() {
 #[test]
 fn oauth_server_refreshes_counts_and_expires() {
     let ca = TestCa::new("airlock mcp test CA").unwrap();
-    let s = McpTestServer::oauth(Some(&ca), 2.0).unwrap();
+    // Tokens live 5 s: long enough for three TLS requests on a loaded machine.
+    let s = McpTestServer::oauth(Some(&ca), 5.0).unwrap();
     assert_eq!(s.refresh_count().unwrap(), 0);
 
     let pair = s.grant(OAuthClient::Basic, None, Some(&s.url())).unwrap();
-    assert_eq!(pair.expires_in, 2);
+    assert_eq!(pair.expires_in, 5);
     let mut tools = s
         .list_tools_with(&s.url(), Some(&pair.access_token))
         .unwrap();
@@ -218,10 +219,12 @@ fn oauth_server_refreshes_counts_and_expires() {
         .unwrap();
     assert_eq!(no.status, 401);
     assert!(no.www_authenticate.unwrap().contains("resource_metadata="));
-    std::thread::sleep(std::time::Duration::from_millis(2600));
-    let expired = s
-        .list_tools_with(&s.url(), Some(&pair.access_token))
-        .unwrap_err();
+    let expired = testkit::try_eventually_blocking(
+        "the access token to expire",
+        std::time::Duration::from_secs(20),
+        || s.list_tools_with(&s.url(), Some(&pair.access_token)).err(),
+    )
+    .unwrap();
     assert!(expired.to_string().contains("HTTP 401"), "{expired:#}");
 
     // client_secret_basic (client_id only in the header), with scope and resource.

@@ -247,16 +247,20 @@ async fn prometheus_scrapes_all_three_daemons_and_readiness_follows_the_control_
     let _containers = Containers(agent.agent_id().to_owned());
 
     // Each daemon says where its ops listener is, and each is ready.
-    for (name, log, addr) in [
-        ("control plane", d.cp.log(), cp_ops),
-        ("agent", agent.log(), agent_ops),
-        ("bridge", bridge.log(), bridge_ops),
-    ] {
-        assert!(
-            log.contains(&format!("ops_addr={addr}")),
-            "{name} printed no ops_addr={addr}:\n{}",
-            tail(&log, 30)
-        );
+    let logs: [(&str, &dyn Fn() -> String, SocketAddr); 3] = [
+        ("control plane", &|| d.cp.log(), cp_ops),
+        ("agent", &|| agent.log(), agent_ops),
+        ("bridge", &|| bridge.log(), bridge_ops),
+    ];
+    for (name, log, addr) in logs {
+        // printed once the daemon has started, maybe after its listeners accept
+        let said = format!("ops_addr={addr}");
+        try_eventually_blocking(
+            &format!("{name} to print {said}"),
+            Duration::from_secs(10),
+            || log().contains(&said),
+        )
+        .unwrap_or_else(|_| panic!("{name} printed no {said}:\n{}", tail(&log(), 30)));
         let ready = try_eventually_blocking(
             &format!("{name} /readyz 200"),
             Duration::from_secs(30),

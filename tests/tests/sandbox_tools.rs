@@ -5,7 +5,7 @@
 //! `tool_use_id` replay.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use airlock_tests::sandbox::{exec_id, provision, text, tool_use_id, TestAgent, Tools};
+use airlock_tests::sandbox::{exec, exec_id, provision, text, tool_use_id, TestAgent, Tools};
 use protocol::sandbox::{Disposition, ExecuteRequest, ProvisionRequest};
 use serde_json::json;
 
@@ -122,7 +122,9 @@ async fn bash_output_streams_as_produced() {
         sandbox_id: sbx.clone(),
         tool_use_id: tool_use_id(),
         name: "bash".into(),
-        input: json!({"command": "echo first; sleep 3; echo second"}),
+        // waits (30 s at most) for a marker this test creates once it has
+        // seen the first chunk: no race with a slow reader
+        input: json!({"command": "echo first; for i in $(seq 300); do [ -e go ] && break; sleep 0.1; done; echo second"}),
         stream: true,
     };
     let svc2 = svc.clone();
@@ -137,6 +139,8 @@ async fn bash_output_streams_as_produced() {
         !call.is_finished(),
         "the call finished before its first chunk was seen"
     );
+    let go = exec(&svc, &sbx, "bash", json!({"command": "touch go"})).await;
+    assert!(!go.is_error, "{go:?}");
     let r = call.await.unwrap().unwrap();
     assert_eq!(text(&r), "first\nsecond\n");
     svc.shutdown(true).await;

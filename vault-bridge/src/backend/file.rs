@@ -771,7 +771,10 @@ mod tests {
         let started = Instant::now();
         let e = b.put(&key("vcrd_a"), &secret("x")).await.unwrap_err();
         assert!(matches!(e, BackendError::Timeout { .. }), "{e}");
-        assert!(started.elapsed() < Duration::from_secs(5), "no hang past the timeout");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no hang past the timeout"
+        );
         // Reads need no lock.
         b.health().await.unwrap();
         drop(held);

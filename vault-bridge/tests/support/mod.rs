@@ -39,13 +39,10 @@ pub fn bao_bin() -> Option<PathBuf> {
     found
 }
 
-/// A free loopback port (bound then released).
+/// A free loopback port whose successor is free too (`bao server -dev`
+/// binds its cluster listener on the next port).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    testkit::free_loopback_ports(2)
 }
 
 /// A running `bao server -dev`; killed on drop.
