@@ -396,6 +396,19 @@ impl Default for AgentOptions {
     }
 }
 
+impl AgentOptions {
+    /// The default, and an auto agent that fell back to TCP (its QUIC dial
+    /// landed while the control plane was down, or was slow under load)
+    /// tries QUIC again after a second instead of a minute: for tests that
+    /// compare the transport.
+    pub fn back_to_quic_soon() -> Self {
+        let mut o = Self::default();
+        o.tunnel_toml
+            .push_str("quic_retry_interval_seconds = 1.0\n");
+        o
+    }
+}
+
 /// An enrolled agent; runs `sandbox-agent run` on demand.
 #[derive(Debug)]
 pub struct Agent {

@@ -383,18 +383,20 @@ fn a_sandboxs_next_tunnel_to_a_host_reuses_the_idle_upstream_connection() {
         let o = w.curl(&[&w.other.url("redirect")]);
         assert!(stdout(&o).ends_with("302"), "{}", all_output(&o));
     }
-    // nginx writes a request's line as it finishes it, maybe after curl exits
-    let redirects = |log: &str| log.lines().filter(|l| l.contains("/redirect")).count();
+    // The upstream connection of each request, by nginx's access log
+    // (written as a request finishes, maybe after curl exits).
+    let conns = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains("/redirect"))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect()
+    };
     let _ =
         testkit::try_eventually_blocking("both requests logged", Duration::from_secs(10), || {
-            redirects(&w.other.connections_log()) >= 2
+            conns(&w.other.connections_log()).len() >= 2
         });
     let log = w.other.connections_log();
-    let conns: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("/redirect"))
-        .filter_map(|l| l.split_whitespace().next())
-        .collect();
+    let conns = conns(&log);
     assert_eq!(conns.len(), 2, "{log}");
     assert_eq!(
         conns[0], conns[1],

@@ -44,15 +44,7 @@ async fn enroll_connect_over_quic_and_echo_0b_1kib_10mib() {
     let cp = ControlPlane::configure(CpOptions::default()).unwrap();
     let app = InProcessControlPlane::start(&cp).await.unwrap();
     let join = cp.join_string("env-echo").unwrap();
-    // A first QUIC dial slow under load may fall back to TCP: move back soon.
-    let opts = AgentOptions {
-        tunnel_toml: format!(
-            "{}quic_retry_interval_seconds = 1.0\n",
-            AgentOptions::default().tunnel_toml
-        ),
-        ..AgentOptions::default()
-    };
-    let mut agent = Agent::enroll(&cp, &join, opts).unwrap();
+    let mut agent = Agent::enroll(&cp, &join, AgentOptions::back_to_quic_soon()).unwrap();
     agent.run().unwrap();
     let info = testkit::eventually_async("the agent on QUIC", LIMIT, || async {
         app.wait_connected(agent.agent_id(), LIMIT)
@@ -268,12 +260,7 @@ fn kill9_control_plane_and_restart_every_agent_reconnects() {
         let opts = if i == 2 {
             AgentOptions { tunnel_toml: "transport = \"tcp\"\nreconnect_base_seconds = 0.2\nreconnect_cap_seconds = 2.0\n".into(), ..Default::default() }
         } else {
-            // A QUIC dial that lands while the control plane is still down (or
-            // is slow under load) may fall back to TCP: move back soon.
-            AgentOptions {
-                tunnel_toml: "quic_connect_timeout_seconds = 1.5\nquic_retry_interval_seconds = 1.0\nreconnect_base_seconds = 0.2\nreconnect_cap_seconds = 2.0\n".into(),
-                ..Default::default()
-            }
+            AgentOptions::back_to_quic_soon()
         };
         let mut a = Agent::enroll(&cp, &join, opts).unwrap();
         a.run().unwrap();

@@ -114,13 +114,9 @@ fn assert_revoked_exit(run: &mut Run, agent_id: &str, what: &str) -> Duration {
     took
 }
 
-fn revoke_and_restart(tunnel_toml: &str, transport: &str) {
+fn revoke_and_restart(opts: AgentOptions, transport: &str) {
     let cp = ControlPlane::spawn(CpOptions::default()).unwrap();
     let join = cp.join_string("env-revoked-stops").unwrap();
-    let opts = AgentOptions {
-        tunnel_toml: format!("{}{tunnel_toml}\n", AgentOptions::default().tunnel_toml),
-        ..AgentOptions::default()
-    };
     let agent = Agent::enroll(&cp, &join, opts).unwrap();
     let id = agent.agent_id().to_owned();
 
@@ -159,13 +155,14 @@ fn revoke_and_restart(tunnel_toml: &str, transport: &str) {
 
 #[test]
 fn revoked_agent_on_quic_exits_with_code_77_and_does_not_loop() {
-    // an auto agent whose first QUIC dial was slow under load moves back soon
-    revoke_and_restart("quic_retry_interval_seconds = 1.0", "quic");
+    revoke_and_restart(AgentOptions::back_to_quic_soon(), "quic");
 }
 
 #[test]
 fn revoked_agent_on_tcp_exits_with_code_77_and_does_not_loop() {
-    revoke_and_restart("transport = \"tcp\"", "tcp");
+    let mut tcp = AgentOptions::default();
+    tcp.tunnel_toml.push_str("transport = \"tcp\"\n");
+    revoke_and_restart(tcp, "tcp");
 }
 
 #[test]
